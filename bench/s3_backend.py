@@ -406,22 +406,29 @@ def seal_rounds(eng, disk, seals: list[dict], mib: int, rounds: int,
     in flight, each of PUT_THREADS) — seals and PUTs in turn for `rounds` rounds, so a drift of
     the engine's or the machine's pace moves them alike (the PUTs all first, the seals after,
     saw the engine's PUT move by a tenth between runs while the seal did not); each object
-    deleted afterwards (and the engine's room taken back). Per setting the round of median
-    MiB/s and every round's; and the PUTs' (bytes, seconds) per setting."""
+    deleted afterwards (and the engine's room taken back). The round's two open shards are
+    written before its PUTs, so every seal and every PUT begins just after the engine's room
+    was taken back (review 47: a seal came after a second of writing its shard). Per setting the
+    round of median MiB/s and every round's; and the PUTs' (bytes, seconds) per setting."""
     streams = disk.upload_streams
     runs: dict[str, list[dict]] = {"rounds": [], "rounds_one_stream": []}
     put_runs: dict[str, list[tuple[int, float]]] = {f"{n}_in_flight": [] for n in PUT_THREADS}
+
+    def open_shard() -> str:
+        shard_hex = os.urandom(12).hex()
+        sink = disk.create(shard_hex)
+        for _ in range(0, mib, 8):
+            sink.write(os.urandom(8 * MiB))
+        sink.sync()
+        sink.close()
+        return shard_hex
+
     for _ in range(rounds):
+        staged = [open_shard(), open_shard()]
         for n in PUT_THREADS:
             put_runs[f"{n}_in_flight"].append(put(n))
             eng.reclaim()
-        for key, n in (("rounds", streams), ("rounds_one_stream", 1)):
-            shard_hex = os.urandom(12).hex()
-            sink = disk.create(shard_hex)
-            for _ in range(0, mib, 8):
-                sink.write(os.urandom(8 * MiB))
-            sink.sync()
-            sink.close()
+        for (key, n), shard_hex in zip((("rounds", streams), ("rounds_one_stream", 1)), staged):
             disk.upload_streams = n
             disk.seal(shard_hex)  # (timed by seal_timer: the last entry of `seals`)
             disk.upload_streams = streams

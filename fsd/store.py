@@ -200,12 +200,14 @@ class Store:
                     w.close()
                 self._writers.clear()
         finally:
-            for d in self.disks.values():
-                d.close_all()
-            self.index.close()
-            if self.held:
-                storelock.release_shared(lock_root(self.cfg), self.held)
-                self.held = ""
+            try:
+                for d in self.disks.values():
+                    d.close_all()  # (an S3 disk's waits for its staging files' unlinks: Ctrl-C may land there)
+            finally:
+                self.index.close()
+                if self.held:
+                    storelock.release_shared(lock_root(self.cfg), self.held)
+                    self.held = ""
 
     def exclusive(self, what: str, wait_s: float = 0.0):
         """The store lock held exclusively (this process's shared hold is converted): no other

@@ -348,7 +348,11 @@ class LocalBeside:
         removed, deleted = 0, []
         tmp = self.root / TMP
         for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
-            if p.is_file() and (now - p.stat().st_mtime >= grace_s or p.name == GC_RESERVE):
+            try:
+                st = p.stat()  # (as is_file: a link to a file is judged by it, and the link removed)
+            except OSError:
+                continue  # gone since the listing (an S3 disk's seal unlinks its staging file here, unlocked)
+            if stat.S_ISREG(st.st_mode) and (now - st.st_mtime >= grace_s or p.name == GC_RESERVE):
                 p.unlink(missing_ok=True)  # nothing names a file in tmp/; under the lock no job uses it
                 removed += 1
         aside = self.root / ORPHANS

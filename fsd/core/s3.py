@@ -382,6 +382,7 @@ class S3Disk:
         the unlinks under way. No open file under the shard's name (gone since): as `delete`."""
         src = self.staging.path(shard_hex, False)
         dest = self.staging.tmp_path(f"{shard_hex}.sealed.{secrets.token_hex(4)}")
+        self.staging.check()  # (DiskGone: no tmp/ made under a staging folder's vanished mount)
         dest.parent.mkdir(exist_ok=True)
         self.staging.forget(shard_hex)
         try:
@@ -389,7 +390,8 @@ class S3Disk:
         except FileNotFoundError:
             self.staging.delete(shard_hex)  # (FileNotFoundError, or DiskGone when the folder is gone)
             return
-        fsync_dir(src.parent)  # (one journal commit: the rename's two folders together)
+        fsync_dir(src.parent)
+        fsync_dir(dest.parent)  # (one journal commit for both on ext4 and XFS; not every file system)
         t = threading.Thread(target=self._unlink_dropped, args=(dest,), name=f"drop {shard_hex}", daemon=True)
         with self._dropping_lock:
             self._dropping = [*(d for d in self._dropping if d.is_alive()), t]
@@ -690,7 +692,7 @@ class S3Disk:
         with self._dropping_lock:
             dropping, self._dropping = self._dropping, []
         for t in dropping:
-            t.join()
+            t.join()  # (Ctrl-C here: Store.close still closes the index and lets go of the store lock)
 
     def forget(self, shard_hex: str) -> None:
         self.staging.forget(shard_hex)
