@@ -340,7 +340,7 @@ def _render_engines() -> None:
     def cw(rows: dict) -> str:
         return "{} / {}".format(*(best({k: v[t] for k, v in rows.items()})[1]["mib_s"] for t in ("cold", "warm")))
 
-    def share(d: dict, backend: dict, key: str) -> str:
+    def rate_and_share(d: dict, backend: dict, key: str) -> str:
         return (f"{backend['cold']['mib_s']} / {backend['warm']['mib_s']} "
                 f"({pct(d['shares']['cold'][key]['share'])} / {pct(d['shares']['warm'][key]['share'])})")
 
@@ -372,9 +372,9 @@ def _render_engines() -> None:
              f"| engine: GETs of the batch's ranges, best (MiB/s, cold / warm) | {both(lambda d: cw(d['batch_engine']))} |",
              f"| engine: GETs of the large object, best (MiB/s, cold / warm) | {both(lambda d: cw(d['large_engine']))} |",
              f"| hoardfs batch read (MiB/s, cold / warm; share of that engine's GETs) | "
-             f"{both(lambda d: share(d, d['batch_backend'], 'batch'))} |",
+             f"{both(lambda d: rate_and_share(d, d['batch_backend'], 'batch'))} |",
              f"| hoardfs large-object read, planner | "
-             f"{both(lambda d: share(d, d['large_backend']['planner'], 'large_planner'))} |",
+             f"{both(lambda d: rate_and_share(d, d['large_backend']['planner'], 'large_planner'))} |",
              f"| hoardfs seal upload (MiB/s; share of that engine's PUT) | {both(seal)} |",
              f"| `hoard disks replace` onto the bucket (MiB/s; share of PUT) | {both(replace)} |",
              "", ENGINES_END]
