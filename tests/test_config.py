@@ -62,6 +62,44 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.test_redis_url == "redis://127.0.0.1:6379/1"
 
 
+def _with_key(section: str, key: str, value: str) -> str:
+    """GOOD with `[section] key = value` added (a key of a disk set on the first disk)."""
+    if section == "disks":
+        return GOOD.replace('path = "d/a"', f'path = "d/a"\n{key} = "{value}"' if key != "path" else f'path = "{value}"', 1)
+    if (section, key) == ("ssd", "root"):
+        return GOOD.replace('root = "ssd"', f'root = "{value}"', 1)
+    if f"[{section}]" in GOOD:
+        return GOOD.replace(f"[{section}]\n", f"[{section}]\n{key} = \"{value}\"\n", 1)
+    return GOOD + f"[{section}]\n{key} = \"{value}\"\n"
+
+
+def _setting(cfg: config.Settings, section: str, key: str):
+    sect = getattr(cfg, section)
+    return getattr(sect[0] if isinstance(sect, list) else sect, key)
+
+
+@pytest.mark.parametrize(("section", "key"), [(s, k) for s, k, _ in config.path_keys()])
+def test_every_path_key_is_resolved_against_the_file(tmp_path: Path, section: str, key: str) -> None:
+    """Every local path key of the model (walked, not listed) given relative is the file's directory's."""
+    cfg = config.load(_write(tmp_path, _with_key(section, key, "rel/thing")))
+    assert _setting(cfg, section, key) == tmp_path / "rel" / "thing"
+
+
+def test_the_path_keys_are_every_path_field_of_the_model() -> None:
+    """path_keys() finds each Path field of every section; the remote ones are refused instead."""
+    found = {(s, k) for s, k, _ in config.path_keys()}
+    assert {("mount", "path"), ("gui", "socket"), ("search", "clip_weights"), ("disks", "path"),
+            ("ssd", "root"), ("api", "tokens_file")} <= found
+    assert not found & config._REMOTE_PATHS
+
+
+@pytest.mark.parametrize("key", ["files_root", "document_root"])
+def test_a_relative_label_studio_host_path_is_refused_naming_the_key(tmp_path: Path, key: str) -> None:
+    """A path on Label Studio's host given relative is one line naming the key, never resolved here."""
+    with pytest.raises(ConfigError, match=rf"label_studio\.{key}.*absolute"):
+        config.load(_write(tmp_path, _with_key("label_studio", key, "rel/files")))
+
+
 def test_example_and_embedded_default_are_valid(tmp_path: Path) -> None:
     """The committed example and the embedded template both validate."""
     ex = config.load(REPO / "hoard.example.toml")

@@ -653,23 +653,48 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
     )
 
 
-_PATH_KEYS = (("ssd", "root"), ("ssd", "index_dir"), ("embedded", "root"), ("gui", "users_file"), ("actions", "dir"),
-              ("label_studio", "token_file"), ("label_studio", "converter_python"), ("api", "tokens_file"))
+#: path keys that name a place on another host (Label Studio's): never resolved against
+#: hoard.toml's directory; their models refuse a relative value
+_REMOTE_PATHS = frozenset({("label_studio", "files_root"), ("label_studio", "document_root")})
+
+
+def _models_of(annotation: Any) -> tuple[bool, list[type[BaseModel]]]:
+    """(is a list, the models) a field's annotation holds: `M`, `M | None`, `list[M]`."""
+    listed = get_origin(annotation) is list
+    inner = get_args(annotation) if listed or get_args(annotation) else (annotation,)
+    return listed, [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def path_keys() -> list[tuple[str, str, bool]]:
+    """Every `(section, key, listed)` of hoard.toml whose value is a path on this host, found by
+    walking the models (so a new path key is resolved without being listed anywhere): `listed`
+    for a section that is a list of tables (`[[disks]]`)."""
+    keys = []
+    for section, field in Settings.model_fields.items():
+        if field.exclude:
+            continue
+        listed, models = _models_of(field.annotation)
+        for model in models:
+            for key, sub in model.model_fields.items():
+                ann = sub.annotation
+                if (ann is Path or Path in get_args(ann)) and (section, key) not in _REMOTE_PATHS:
+                    keys.append((section, key, listed))
+    return keys
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative paths of the file made absolute against its directory (`path_keys`)."""
     def fix(value: Any) -> Any:
         if isinstance(value, str) and value and not os.path.isabs(value):
             return str((base / value).resolve())
         return value
 
-    for disk in data.get("disks", []) if isinstance(data.get("disks"), list) else []:
-        if isinstance(disk, dict) and "path" in disk:
-            disk["path"] = fix(disk["path"])
-    for section, key in _PATH_KEYS:
+    for section, key, listed in path_keys():
         sect = data.get(section)
-        if isinstance(sect, dict) and key in sect:
-            sect[key] = fix(sect[key])
+        tables = (sect if isinstance(sect, list) else []) if listed else [sect]
+        for table in tables:
+            if isinstance(table, dict) and key in table:
+                table[key] = fix(table[key])
 
 
 def load(explicit: str | os.PathLike[str] | None = None) -> Settings:
