@@ -24,7 +24,15 @@ from rq.registry import (
 from rq.utils import current_timestamp
 from rq.worker import BaseWorker
 
-from fsd.base.errors import ExitCode, HoardError, ServiceUnavailable, first_line
+from fsd.base.errors import (
+    WRITE_CONFLICT_STATES,
+    ExitCode,
+    HoardError,
+    ServiceUnavailable,
+    conflict_line,
+    first_line,
+    write_conflict,
+)
 from fsd.base.proc import pid_alive
 from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
 
@@ -47,14 +55,16 @@ CONDITION_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS
 
 
 def is_condition(e: BaseException) -> bool:
-    """Whether `e` is a condition (see CONDITIONS): PostgreSQL only when it is unreachable,
-    out of resources or shut down (SQLSTATE classes 08, 53, 57P — a deadlock or a
-    serialization failure is a bug), an OSError only with one of CONDITION_ERRNOS."""
+    """Whether `e` is a condition (see CONDITIONS): PostgreSQL when it is unreachable, out of
+    resources or shut down (SQLSTATE classes 08, 53, 57P), or when it stopped this transaction
+    for another's writes to the same rows (a deadlock, a serialization failure: run again, it
+    goes through); an OSError only with one of CONDITION_ERRNOS."""
     if isinstance(e, (HoardError, redis.ConnectionError, redis.TimeoutError)):
         return True
     if isinstance(e, psycopg.OperationalError):
         state = getattr(e, "sqlstate", None)
-        return state is None or state[:2] in ("08", "53") or state.startswith("57P")
+        return (state is None or state[:2] in ("08", "53") or state.startswith("57P")
+                or state in WRITE_CONFLICT_STATES)
     return isinstance(e, OSError) and e.errno in CONDITION_ERRNOS
 
 
@@ -63,6 +73,8 @@ def condition_exit_code(e: BaseException) -> ExitCode:
     else a service or a disk unreachable (3)."""
     if isinstance(e, HoardError):
         return e.exit_code
+    if write_conflict(e):
+        return ExitCode.CONFLICT
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return ExitCode.NO_SPACE
     return ExitCode.UNAVAILABLE  # PostgreSQL, Redis or a disk
@@ -72,6 +84,8 @@ def condition_line(e: BaseException) -> str:
     """One line for a condition of CONDITIONS (what the worker's log says of it)."""
     if isinstance(e, HoardError):
         return e.message
+    if write_conflict(e):
+        return conflict_line(e)
     if isinstance(e, psycopg.OperationalError):
         return f"PostgreSQL unreachable ({first_line(e)})"
     if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):

@@ -26,12 +26,15 @@ transaction `apply_write_intent` opens.
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
+from fsd.base.errors import write_conflict
 from sql.intents import RESULT_COLUMNS, IntentConflict, IntentError, WriteIntent, parse_intent, virtual_description
 from sql.rows import one
 from sql.schema_decider import fill_specific_tables
@@ -44,10 +47,34 @@ class ApplyResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+#: how many times an intent is applied again after PostgreSQL rolled it back for another
+#: transaction's writes to the same rows (a deadlock, a serialization failure)
+CONFLICT_RETRIES = 4
+
+
 def apply_write_intent(conn: psycopg.Connection, intent: WriteIntent | dict[str, Any]) -> ApplyResult:
-    """Apply in one transaction; a re-applied key is a no-op (`noop=True`)."""
+    """Apply in one transaction; a re-applied key is a no-op (`noop=True`).
+
+    On a connection outside a transaction, an apply PostgreSQL rolled back for a write
+    conflict (deadlock, serialization failure) is applied again, up to CONFLICT_RETRIES times:
+    nothing of it was kept, and its key makes a second apply of a committed one a no-op.
+    Inside a caller's transaction the conflict is raised: the caller's earlier work is gone
+    with it, and only the caller can redo that."""
     if not isinstance(intent, WriteIntent):
         intent = parse_intent(intent)
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return _apply_once(conn, intent)
+    for attempt in range(CONFLICT_RETRIES + 1):
+        try:
+            return _apply_once(conn, intent)
+        except psycopg.Error as e:  # (DeadlockDetected is no TransactionRollback in psycopg 3)
+            if attempt == CONFLICT_RETRIES or not write_conflict(e):
+                raise
+            time.sleep(random.uniform(0.01, 0.1) * (attempt + 1))  # the other transaction gets ahead
+    raise AssertionError("unreachable")
+
+
+def _apply_once(conn: psycopg.Connection, intent: WriteIntent) -> ApplyResult:
     digest = intent.digest()
     with conn.transaction():
         row = conn.execute("INSERT INTO applied_intent (key, digest, counts) VALUES (%s, %s, '{}') "

@@ -446,6 +446,56 @@ def test_two_intents_writing_the_same_rows_in_opposite_orders_never_deadlock(db,
     assert db.execute(*count).fetchone()[0] == len(names)
 
 
+def test_an_intent_rolled_back_by_a_deadlock_is_applied_again(db, servers) -> None:
+    """An intent PostgreSQL picks as a deadlock's victim is applied again and lands whole.
+
+    A transaction holds label k050 of a node; the intent writes k000..k099 in key order, so it
+    waits at k050 holding k000..k049; the holder then writes k000 and waits on the intent. The
+    intent waited first, so its deadlock check runs first and PostgreSQL rolls it back; the
+    holder lets go, and the intent's second apply goes through."""
+    import threading
+
+    base = intent()
+    apply_write_intent(db, base)
+    db.commit()
+    node = base["nodes"][0]["sha256"]
+    node_id = db.execute("SELECT node_id FROM node WHERE sha256 = %s", [bytes.fromhex(node)]).fetchone()[0]
+    schema = db.execute("SELECT current_schema()").fetchone()[0]
+    url, opts = servers["database_url"], f"-c search_path={schema}"
+    doc = {"key": "deadlocked", "labels": [{"node": node, "key": f"k{i:03d}", "value": "v"} for i in range(100)]}
+    result: dict[str, object] = {}
+    with psycopg.connect(url, options=opts) as holder, psycopg.connect(url, autocommit=True) as watch:
+        holder.execute("INSERT INTO label (node_id, key, value) VALUES (%s, 'k050', 'v')", [node_id])
+        pids: list[int] = []
+
+        def apply() -> None:
+            with psycopg.connect(url, options=opts) as conn:
+                pids.append(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+                conn.commit()
+                try:
+                    result["r"] = apply_write_intent(conn, doc)
+                except Exception as e:  # noqa: BLE001 - the test reports it
+                    result["r"] = e
+
+        runner = threading.Thread(target=apply)
+        runner.start()
+        for _ in range(400):
+            if pids and watch.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND "
+                                      "wait_event_type = 'Lock'", [pids[0]]).fetchone()[0]:
+                break
+            runner.join(0.05)
+        else:
+            pytest.fail("the intent never waited on the held label")
+        holder.execute("INSERT INTO label (node_id, key, value) VALUES (%s, 'k000', 'v') "
+                       "ON CONFLICT DO NOTHING", [node_id])  # waits on the intent: the deadlock
+        holder.rollback()
+        runner.join(30)
+    assert not runner.is_alive()
+    assert not isinstance(result["r"], Exception), result
+    assert db.execute("SELECT count(*) FROM label WHERE node_id = %s AND key LIKE 'k%%'",
+                      [node_id]).fetchone()[0] == 100
+
+
 def test_of_two_rows_with_one_key_in_an_intent_the_one_listed_first_is_kept(db) -> None:
     """Ordering the rows by their table's key kept whichever of two rows with the same key the
     sort left first (a label's origin, a node's hash or embedding from two batches): the one

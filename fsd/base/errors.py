@@ -26,6 +26,9 @@ class ExitCode(enum.IntEnum):
     DATA = 5
     #: refused for lack of space: disks full, zone quota reached
     NO_SPACE = 6
+    #: two commands or jobs changed the same rows at once and PostgreSQL stopped this one (a
+    #: deadlock or a serialization failure): nothing of it was kept; run it again
+    CONFLICT = 7
     #: interrupted by the user (Ctrl-C)
     INTERRUPTED = 130
     #: the reader of our output went away (`hoard ... | head`): stopped early, as SIGPIPE would
@@ -63,3 +66,21 @@ def first_line(e: BaseException) -> str:
     """An exception's message cut to its first line (a driver's error often runs on with a
     DETAIL or a HINT), or its type's name when it has none: for one-line reports."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+#: SQLSTATEs of a transaction PostgreSQL rolled back because another wrote the same rows at
+#: once: serialization_failure, deadlock_detected. Not a server gone: the same command run
+#: again goes through.
+WRITE_CONFLICT_STATES = frozenset({"40001", "40P01"})
+
+
+def write_conflict(e: BaseException) -> bool:
+    """Whether `e` is a database error of WRITE_CONFLICT_STATES (read off the driver's
+    `sqlstate`, so this leaf needs no psycopg)."""
+    return getattr(e, "sqlstate", None) in WRITE_CONFLICT_STATES
+
+
+def conflict_line(e: BaseException) -> str:
+    """The one line a write conflict is reported with, never "cannot reach the database"."""
+    return (f"two commands wrote the same rows at once and PostgreSQL stopped this one ({first_line(e)}); "
+            "nothing of it was kept — run it again")

@@ -30,7 +30,7 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from fsd.base import config as config_mod
 from fsd.base import logs
-from fsd.base.errors import ExitCode, HoardError, first_line
+from fsd.base.errors import ExitCode, HoardError, conflict_line, first_line, write_conflict
 from fsd.base.files import PlantedLink
 from fsd.cli import _summaries
 from fsd.cli._common import OutputFailed, err, guard_stdout, out, state
@@ -205,6 +205,8 @@ def _service_down(e: Exception) -> HoardError | None:
     if psycopg is not None and isinstance(e, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)):
         return HoardError(f"the database's schema is older than this hoardfs ({first_line(e)}); `hoard db migrate` "
                           "brings it up to date — nothing was changed after this point", ExitCode.UNAVAILABLE)
+    if write_conflict(e):
+        return HoardError(conflict_line(e), ExitCode.CONFLICT)
     if psycopg is not None and isinstance(e, psycopg.OperationalError):
         first = first_line(e)
         return HoardError(f"cannot reach the database ({first}); start it with `hoard services up` or fix "

@@ -25,7 +25,7 @@ from rq.registry import ScheduledJobRegistry
 
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError, first_line
+from fsd.base.errors import ExitCode, HoardError, conflict_line, first_line, write_conflict
 from fsd.base.files import flocked
 from jobs import events
 from jobs.actions import contract as contracts
@@ -241,6 +241,8 @@ def _database(rid: str):
     try:
         yield
     except psycopg.OperationalError as e:
+        if write_conflict(e):
+            raise ActionError(f"run {rid}: {conflict_line(e)}", ExitCode.CONFLICT) from None
         raise ActionError(f"PostgreSQL unreachable ({first_line(e)}) while run {rid} was recorded; nothing was run "
                           "— start it, then the same command again", ExitCode.UNAVAILABLE) from None
 
