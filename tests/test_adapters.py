@@ -162,6 +162,8 @@ def test_hostile_reason_cases() -> None:
     assert "control" in hostile_reason("a\nb")
     assert "control" in hostile_reason("a\x9bb")  # C1: CSI, a terminal escape on its own
     assert "bidirectional override" in hostile_reason("x/cod\u202egnp.exe")
+    assert "starts with `-`" in hostile_reason("x/--checkpoint-action=exec=sh x.sh")  # an option to `tar … *`
+    assert hostile_reason("x/a-b-") is None
     assert hostile_reason("שלום/مرحبا.jpg") is None  # right-to-left letters are not controls
     assert "1000" in hostile_reason("x" * 1001)
 
@@ -201,7 +203,7 @@ def test_hostile_reason_fast_path_agrees_with_the_full_checks() -> None:
 
     import fsd.base.paths as paths
 
-    alphabet = ["a", "é", "😀", "/", ".", "\x00", "\x1f", "\x7f", "\x85", "\u202e", "\u2067", "\ud800", "ש", " "]
+    alphabet = ["a", "é", "😀", "/", ".", "-", "\x00", "\x1f", "\x7f", "\x85", "\u202e", "\u2067", "\ud800", "ש", " "]
     rng = random.Random(5)
     cases = ["".join(rng.choice(alphabet) for _ in range(rng.choice((1, 2, 3, 6, 20, 249, 251, 260))))
              for _ in range(20000)]

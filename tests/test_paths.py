@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 import fsd.base.paths as paths
 
-#: pieces that sit next to a check's edge: dots and slashes in every arrangement, each class
+#: pieces that sit next to a check's edge: dots, dashes and slashes in every arrangement, each class
 #: of refused character (C0, DEL, C1, bidi, surrogate) and characters of 2, 3 and 4 bytes
-PIECES = ["a", "b", ".", "..", "/", "//", "/.", "./", " ", "\\", "\t", "\x00", "\x1f", "\x7f", "\x85", "\x9f", "\xa0",
+PIECES = ["a", "b", ".", "..", "/", "//", "/.", "./", "-", "/-", " ", "\\", "\t", "\x00", "\x1f", "\x7f", "\x85", "\x9f", "\xa0",
           "\u202a", "\u202e", "\u2066", "\u2069", "\u2028", "\ud800", "\udfff", "é", "€", "😀"]
 
 
@@ -34,7 +34,7 @@ def test_fast_path_accepts_nothing_the_full_checks_refuse(rel: str) -> None:
         assert _full(rel) is None, rel
 
 
-@pytest.mark.parametrize("rel", ["a/b", ".hidden/x", "a/.b", "a/..b", "..a", "x" * 250, "é" * 250, "😀" * 250,
+@pytest.mark.parametrize("rel", ["a/b", ".hidden/x", "a/.b", "a/..b", "..a", "-x", "a/-x", "a-/x-", "x" * 250, "é" * 250, "😀" * 250,
                                  "😀" * 251])
 def test_fast_path_agrees_with_the_full_checks(rel: str) -> None:
     assert (paths.hostile_reason(rel) is None) == (_full(rel) is None), rel

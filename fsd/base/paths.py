@@ -38,7 +38,7 @@ SEPARATOR = re.compile("[\u2028\u2029]")
 
 
 #: any character `hostile_reason` may object to, in one search; with a few substring tests
-#: for the shape (`/` first or last, `//`, a part starting with `.`), it decides most paths:
+#: for the shape (`/` first or last, `//`, a part starting with `.` or `-`), it decides most paths:
 #: the checks below say what is wrong with the others (a view of millions of paths calls it
 #: for each, most of them fine; one regex with the shape's alternatives in it took 4× as long)
 _SUSPECT = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -46,8 +46,8 @@ _SUSPECT = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069
 
 def hostile_reason(rel: str) -> str | None:
     """Why a relative path from a document, a listing or a view manifest is unsafe, or None."""
-    if (rel and len(rel) * 4 <= MAX_PATH_BYTES and not _SUSPECT.search(rel) and rel[0] not in "/." and rel[-1] != "/"
-            and "//" not in rel and "/." not in rel):
+    if (rel and len(rel) * 4 <= MAX_PATH_BYTES and not _SUSPECT.search(rel) and rel[0] not in "/.-" and rel[-1] != "/"
+            and "//" not in rel and "/." not in rel and "/-" not in rel):
         return None  # short (even if every character took 4 bytes) and nothing suspect
     if not rel:
         return "an empty path"
@@ -70,6 +70,10 @@ def hostile_reason(rel: str) -> str | None:
         return "an absolute path"
     if any(part in ("..", ".") for part in rel.split("/")) or "//" in rel or rel.endswith("/"):
         return "the path climbs out of the batch (`..`) or is not normalised"
+    if rel[0] == "-" or "/-" in rel:
+        # `tar cf b.tar *` in the folder, or any tool given a glob, takes `--checkpoint-action=exec=…`
+        # for an option: a name must never be one
+        return "a part of the path starts with `-`, which a command given the name takes for an option"
     return None
 
 
