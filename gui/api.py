@@ -12,7 +12,9 @@ here (gui.auth TOKEN_PREFIXES). The body is parsed as it arrives (python-multipa
 parser, fed from `request.stream()`), each file written straight to 3A by jobs.ingest.upload —
 no part is held in memory or spooled elsewhere (FastAPI's `UploadFile` would spool to /tmp).
 What is checked before a byte of the body is read: the token, Content-Type, Content-Length
-against `api.max_batch_mb`, and 3A's room (its quota and file system: 507 when full).
+against `api.max_batch_mb`, the token's uploads under way (`api.max_uploads_per_token`,
+`api.max_reserved_mb_per_token`: 429 past either), and 3A's room for it (its quota and file
+system: 507 when full) — of which only what has arrived is held (jobs.ingest.upload).
 """
 
 from __future__ import annotations
@@ -267,8 +269,10 @@ async def _read(request: Request, form: _Form, boundary: bytes, length: int) -> 
     """Feed the body to the form as it arrives, and check it is a whole form with a source.
 
     _TooSlow when nothing of it comes for api.idle_timeout_s, or it has not all come by
-    idle_timeout_s + its bytes received / api.min_rate_kib_s (a byte a minute): a client that
-    opens an upload and goes quiet holds neither a task nor a reservation for long."""
+    idle_timeout_s + its bytes received / api.min_rate_kib_s (a floor on its average rate, not
+    on its length: at 1 KiB/s a 10 GiB body may take ~121 days): a client that opens an upload
+    and goes quiet holds neither a task nor room in 3A for long, and one that trickles holds
+    only what it sent and a step ahead (jobs.ingest.upload)."""
     api = form.cfg.api
     parser = MultipartParser(boundary, form.callbacks(), max_size=length)  # type: ignore[arg-type]
     chunks = request.stream().__aiter__()
@@ -331,10 +335,10 @@ async def _receive(request: Request, who: str, keyed: bool) -> tuple[int, dict[s
     boundary, length = _framing(request, cfg)
     try:
         upload = await in_thread(Upload.begin, cfg, length, who)
-    except UploadError as e:  # 3A full (507), or not there (503)
-        return e.status, {"error": e.message, "zone": "3A",
-                          "next_step": "free space in zone 3A (`hoard zones`), then send the batch again"
-                          if e.status == 507 else "mount the SSD (or `hoard init`), then send the batch again"}, None
+    except UploadError as e:  # 3A full (507), not there or its .tmp not the service's (503), the token's caps (429)
+        return e.status, {"error": e.message, "zone": "3A", "next_step": e.next_step or (
+            "free space in zone 3A (`hoard zones`), then send the batch again" if e.status == 507
+            else "mount the SSD (or `hoard init`), then send the batch again")}, None
     form = _Form(cfg, upload, digest=keyed)
     try:
         await _read(request, form, boundary, length)
@@ -407,6 +411,9 @@ def register() -> None:
                          408: _ERROR | {"description": "the body stopped coming (api.idle_timeout_s) or came slower "
                                         "than api.min_rate_kib_s: nothing of the upload kept"},
                          409: _ERROR, 411: _ERROR, 413: _ERROR, 415: _ERROR,
+                         429: _ERROR | {"description": "the token has api.max_uploads_per_token uploads under way, or "
+                                        "they declare api.max_reserved_mb_per_token together: send it once one "
+                                        "ends"},
                          422: _ERROR | {"description": "the Idempotency-Key was used for another request (another "
                                         "source, batch id, manifest or files): send a new key"},
                          507: _ERROR})
@@ -448,7 +455,7 @@ def register() -> None:
                   if up_mod.BATCH_ID.match(batch_id) and not names_work(batch_id) else None)
         except _Refused as r:
             return r.response
-        except (ValueError, TypeError, OSError) as e:  # a damaged record: the detail to the log only
+        except (ValueError, TypeError, OSError, HoardError) as e:  # a damaged or refused record: the detail to the log only
             log.warning("ingest record of batch %s cannot be read: %s", batch_id, e)
             return _error(503, f"the ingest record of batch {batch_id} cannot be read; its operator sees why in "
                                "the GUI's log")

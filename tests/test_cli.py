@@ -162,7 +162,8 @@ def _demo_end_to_end(hoard_home: Path, pg) -> None:
         seal.check_sealed(hoard_home / "ssd" / zone / oid, verify=True)
     # issue #33: the demo said 3A was emptied and left `_derived` and truth.json there, and
     # `hoard health` exited 4 right after it (no backup yet): it takes its first backup
-    assert sorted(p.name for p in (hoard_home / "ssd" / "3A").iterdir()) == []
+    zone3a = hoard_home / "ssd" / "3A"  # (its `.tmp`, where HTTP uploads are staged, is `hoard init`'s: empty)
+    assert sorted(p.name for p in zone3a.iterdir()) == [".tmp"] and not any((zone3a / ".tmp").iterdir())
     assert any(ln.startswith("13. backup") and "verified" in ln for ln in first.stdout.splitlines()), first.stdout
     _demo_dataset_built(hoard_home, first.stdout)
     thumb = _demo_actions_made(hoard_home, cfg, pg, first.stdout)

@@ -454,6 +454,19 @@ class ApiConfig(BaseModel):
     #: deadline is `idle_timeout_s` + its bytes received / this rate (Apache mod_reqtimeout's
     #: MinRate) — a client sending a byte now and then cannot hold an upload for ever either
     min_rate_kib_s: float = Field(default=1, gt=0, le=1 << 30)
+    #: the most uploads one token may have under way at once: past it 429 before the body is read
+    max_uploads_per_token: int = Field(default=4, ge=1, le=10_000)
+    #: the most bytes one token's uploads under way may declare together (their Content-Lengths:
+    #: what they may come to hold of 3A): past it 429 before the body is read
+    max_reserved_mb_per_token: float = Field(default=20480, gt=0, le=1 << 30)
+
+    @model_validator(mode="after")
+    def _one_upload_fits(self) -> ApiConfig:
+        if self.max_reserved_mb_per_token < self.max_batch_mb:
+            raise ValueError(f"max_reserved_mb_per_token = {self.max_reserved_mb_per_token:g} is less than "
+                             f"max_batch_mb = {self.max_batch_mb:g}: an upload of that size could never be taken; "
+                             "raise max_reserved_mb_per_token (or lower max_batch_mb)")
+        return self
 
 
 class EmbeddedConfig(BaseModel):

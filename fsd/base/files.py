@@ -273,18 +273,32 @@ def read_in_zone(path: Path, limit: int = 64 << 10) -> bytes:
         os.close(fd)
 
 
-def open_nofollow(root_fd: int, rel: str) -> int:
+def open_nofollow(root_fd: int, rel: str, create: int | None = None) -> int:
     """A descriptor of the file `rel` (a checked relative path) under the directory `root_fd`,
-    every directory on the way and the file opened without following a link (OSError, ELOOP
-    for a link), and without blocking (a fifo is opened, not waited on: fstat says what it is)."""
+    every directory on the way and the file opened without following a link (OSError ELOOP,
+    "a symbolic link, never followed", for a link), and without blocking (a fifo is opened, not
+    waited on: fstat says what it is). `create`: the file is made new for writing (O_EXCL:
+    FileExistsError if anything is there) with this mode, and each directory on the way made
+    (0750) where missing — a link planted where a directory goes is still never followed."""
     parts = rel.split("/")
     fd = root_fd
     try:
         for d in parts[:-1]:
-            nxt = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            if create is not None:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(d, 0o750, dir_fd=fd)
+            try:
+                nxt = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except NotADirectoryError:  # (a link there is ENOTDIR with O_DIRECTORY, as a file is)
+                if stat.S_ISLNK(os.lstat(d, dir_fd=fd).st_mode):
+                    raise OSError(errno.ELOOP, "a symbolic link, never followed", d) from None
+                raise
             if fd != root_fd:
                 os.close(fd)
             fd = nxt
+        if create is not None:
+            return os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, create,
+                           dir_fd=fd)
         return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=fd)
     finally:
         if fd != root_fd:

@@ -90,25 +90,53 @@ def ensure_dir(path: Path, mode: int = PRIVATE) -> Path:
     return path
 
 
+#: what a refusal of `refuse_unless_own` tells to do
+AGAIN = "remove it and run the command again"
+
+
 def own_dir(path: Path, mode: int = PRIVATE) -> Path:
     """`path`, a directory inside a zone others write (3A, 3C), as this service's own: made
     (`mode`) if missing; a symbolic link, a file or another user's directory there is refused
     in one line — a link planted where the service writes would send its files elsewhere."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, mode & 0o777)
-    refuse_unless_own(path)
+    os.close(open_own_dir(path, mode))
     return path
 
 
-def refuse_unless_own(path: Path) -> None:
+def open_own_dir(path: Path, mode: int = PRIVATE, next_step: str = AGAIN, parent_fd: int | None = None) -> int:
+    """`own_dir`, held: a descriptor of the directory `path` (made if missing, opened without
+    following a link) once `refuse_unless_own`'s rules pass on what was opened — what is made
+    through it lands there whatever its path names later. `parent_fd`: the directory holding
+    `path`, held already (`path` made and opened there by its name; the whole path names it
+    in a refusal); `next_step`: what a refusal tells to do."""
+    name, where = (path.name, parent_fd) if parent_fd is not None else (path, None)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, mode & 0o777, dir_fd=where)
+    try:  # (a link with O_DIRECTORY|O_NOFOLLOW is ENOTDIR, as a file is: lstat says which)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=where)
+    except NotADirectoryError:
+        refuse_unless_own(path, os.lstat(name, dir_fd=where), next_step)
+        raise
+    try:
+        refuse_unless_own(path, os.fstat(fd), next_step)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def refuse_unless_own(path: Path, st: os.stat_result | None = None, next_step: str = AGAIN) -> None:
     """Refuse (one line) what is at `path` unless it is a directory of this service's (or
-    root's): a symbolic link, a file, another user's directory, in a zone others write."""
-    st = os.lstat(path)
+    root's) that neither its group nor others may write: a symbolic link, a file, another
+    user's directory, one others could plant entries in, in a zone others write. `st`: what
+    was found there (lstat of `path` when not given)."""
+    st = os.lstat(path) if st is None else st
     why = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory" if not stat.S_ISDIR(st.st_mode)
-           else f"another user's (uid {st.st_uid})" if st.st_uid not in (os.geteuid(), 0) else None)
+           else f"another user's (uid {st.st_uid})" if st.st_uid not in (os.geteuid(), 0)
+           else f"writable by its group or others (mode {stat.S_IMODE(st.st_mode):04o})" if st.st_mode & 0o022
+           else None)
     if why:
         raise HoardError(f"{path} is {why}, where this service keeps a directory of its own in a zone others may "
-                         "write; nothing was written: remove it and run the command again", ExitCode.DATA)
+                         f"write; nothing was written: {next_step}", ExitCode.DATA)
 
 
 def passage(path: Path) -> Path:

@@ -9,9 +9,10 @@ import typer
 
 from fsd.base.config import ZONES, embedded_config_text
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.modes import PASSAGE, ensure_dir
+from fsd.base.modes import PASSAGE, ensure_dir, own_dir
 from fsd.cli._common import out, state
 from fsd.core.layout import protect_ssd
+from fsd.outputs.zones import TMP
 from fsd.store import Store
 
 
@@ -41,6 +42,9 @@ def init(
                              ExitCode.UNAVAILABLE)
 
     protect_ssd(cfg, make=True)  # the zones and the index, each with its mode (docs/security.md)
+    # where HTTP uploads are staged: the service's own before any upload (a scraper that made it
+    # first could lead an upload's files anywhere); one that is not is refused, in one line
+    own_dir(cfg.ssd.zone_path("3A") / TMP)
 
     Store.open(cfg, init=True).close()  # identity files for new disks, orphan recovery
     where = {d.label: d.path if d.kind == "local" else f"{d.endpoint}/{d.bucket}" for d in cfg.disks}

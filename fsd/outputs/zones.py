@@ -579,11 +579,14 @@ def usage(cfg: Settings) -> dict[str, dict[str, Any]]:
 
 # -- reserving ----------------------------------------------------------------------------
 
-def reserve(cfg: Settings, zone: str, output_id: str, job: str, nbytes: int, next_step: str = "") -> Reservation:
+def reserve(cfg: Settings, zone: str, output_id: str, job: str, nbytes: int, next_step: str = "",
+            hold: int | None = None) -> Reservation:
     """Reserve `nbytes` in `zone` for `<zone>/<id>/` before writing it; ZoneFull if the zone
     would pass its deny threshold (or is past emergency), naming what could be removed and
     then `next_step`. Reserving an id this process already holds replaces the reservation; one
-    a dead process held is reclaimed; one another live process holds is ZoneBusy."""
+    a dead process held is reclaimed; one another live process holds is ZoneBusy. `hold`: the
+    zone must have room for `nbytes` now, but only this much of it is held (the writer `grow`s
+    it with `limit="deny"` as its bytes come: an HTTP upload, whose sender sets its pace)."""
     _check_id(zone, output_id)
     zpath = cfg.ssd.zone_path(zone)
     if not zpath.is_dir():  # the SSD not mounted: write nothing (no lock, no reservation) on the wrong disk
@@ -604,7 +607,8 @@ def reserve(cfg: Settings, zone: str, output_id: str, job: str, nbytes: int, nex
         if (used + reserved) >= th.emergency * q or used + reserved + need > th.deny * q:
             raise ZoneFull(refusal(cfg, zone, job, need, used, reserved, others, next_step))
         now = time.time_ns()
-        r = Reservation(zone=zone, id=output_id, job=job, bytes=nbytes, pid=os.getpid(),
+        r = Reservation(zone=zone, id=output_id, job=job, bytes=nbytes if hold is None else min(hold, nbytes),
+                        pid=os.getpid(),
                         pid_start=pid_start(os.getpid()), host=socket.gethostname(),
                         created=_iso(now / 1e9), created_ns=now, space=_SPACE, written=written)
         with space_lock(cfg):
@@ -613,18 +617,19 @@ def reserve(cfg: Settings, zone: str, output_id: str, job: str, nbytes: int, nex
         return r
 
 
-def grow(cfg: Settings, r: Reservation, nbytes: int) -> Reservation:
+def grow(cfg: Settings, r: Reservation, nbytes: int, limit: str = "emergency") -> Reservation:
     """A running job needs more than it reserved: allowed up to the emergency threshold (past
-    deny, so work under way can finish), refused beyond it."""
+    deny, so work under way can finish), refused beyond it. `limit="deny"`: up to the deny
+    threshold, as a new reservation (bytes `reserve` checked but did not `hold`)."""
     with zone_lock(cfg, r.zone):
         rs = [x for x in reservations(cfg, r.zone) if not x.stale and x.id != r.id]
         zpath = cfg.ssd.zone_path(r.zone)
         used, reserved = zone_bytes(cfg, r.zone), sum(x.outstanding for x in rs)
         written = du(zpath / TMP / r.id) + output_bytes(cfg, r.zone, zpath / r.id)
-        q = quota(cfg, r.zone)
-        if used + reserved + max(0, nbytes - written) > cfg.ssd.thresholds.emergency * q:
+        q, th = quota(cfg, r.zone), cfg.ssd.thresholds
+        if used + reserved + max(0, nbytes - written) > (th.deny if limit == "deny" else th.emergency) * q:
             raise ZoneFull(refusal(cfg, r.zone, r.job, max(0, nbytes - written), used, reserved, rs, "",
-                                   limit="emergency"))
+                                   limit="" if limit == "deny" else "emergency"))
         r.bytes = nbytes
         with space_lock(cfg):
             _check_fs(cfg, r.zone, r.id, r.job, max(0, nbytes - written), "")

@@ -2,27 +2,48 @@
 into UA_1 as `hoard ingest` takes it (`submit`): the HTTP side parses the request, this module
 owns what lands on the SSD.
 
-    up = Upload.begin(cfg, content_length, who)   # quota reserved in 3A, 3A/.tmp/<upload>/ made
+    up = Upload.begin(cfg, content_length, who)   # room checked in 3A, 3A/.tmp/<upload>/ made
     up.open_file(part, "a.jpg"); up.write(b"…"); up.close_file()   # each file streamed to disk
     st = up.finish(source, batch_id)              # fsynced, _READY, renamed to 3A/<batch>, submitted
     up.abort()                                    # (any failure) the temporary directory removed
 
 Rules, and why:
 
-* The upload's size is reserved in 3A (`fsd.outputs.zones.reserve`, the job outputs' own
-  accounting) before a byte is read, so a full 3A is refused at once (ZoneFull) and two uploads
-  never both take the last room.
+* 3A must have room for the upload's size (its Content-Length) below its deny threshold before a
+  byte is read, so a full 3A is refused at once (ZoneFull: 507) — but only what has arrived, and
+  a step ahead of it (`_ahead`), is held (`fsd.outputs.zones.reserve(hold=…)`, the job outputs'
+  own accounting, then `grow` as the bytes come). The sender sets the pace: held whole from
+  the start, an upload declaring 2 GB and trickling at 2 KiB/s (above any sane rate floor)
+  would hold all of it for the 11 days it takes, and every other upload would be 507 — a
+  deadline that scales with the declared size only shortens that. Two uploads never both
+  take the last room (each growth is checked under the zone's lock); one that finds it taken
+  is 507 part way, nothing of it kept.
+* One token holds at most `api.max_uploads_per_token` uploads at once, declaring at most
+  `api.max_reserved_mb_per_token` together (429 past either, before a byte is read): what one
+  scraper's token can claim of 3A is bounded whatever its uploads' pace. Counted in this
+  process (`_claims`): one GUI process serves the endpoint.
 * Files are written under `3A/.tmp/<upload>/` and the directory is renamed to `3A/<batch>/`
   only once every file is complete and fsynced and its `_READY` written: the ingest (its timer's
   `--ready` included) never sees a half-sent batch. A dropped connection or any refusal removes
   the temporary directory (`abort`); one a killed server left is removed by the next upload
   (`sweep`: its reservation's process is gone).
+* `3A/.tmp` is the service's own (`hoard init` makes it 0750): an upload refuses it (503) unless
+  it is a directory, not a link, of this service's that neither its group nor others may write
+  (`fsd.base.modes.open_own_dir`, the job outputs' `<zone>/.tmp` rule) — a scraper that made it
+  could swap an upload's directory for one holding a link `sub -> /anywhere`, and have the
+  part `sub/x` written there as the service. Everything of an upload is reached from descriptors
+  held from the start — `3A/.tmp`, the upload's directory (made with mkdirat), each
+  sub-directory and file made and opened with openat, never following a link (`open_nofollow`)
+  — and the directory is renamed into 3A through them, once it is checked to be still the one
+  made (device and inode). `abort` and `sweep` remove through the held `3A/.tmp` (shutil.rmtree's
+  descriptor walk: a link inside is removed, never followed).
 * Names are checked with fsd.base.paths (`hostile_reason`, `long_name`) before anything is
   created, and files are created O_EXCL|O_NOFOLLOW inside the fresh directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -32,6 +53,7 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,8 +64,10 @@ import redis
 from adapters import canonical_source
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, fsync_dir, open_nofollow
+from fsd.base.files import atomic_write, open_nofollow
+from fsd.base.modes import open_own_dir
 from fsd.base.paths import MAX_NAME_BYTES, display, hostile_reason, long_name
+from fsd.base.units import fmt_bytes
 from fsd.outputs import zones
 from jobs.ingest.signals import REASON_FILE, REJECTED_SIGNAL, submit
 from jobs.ingest.state import BATCH_ID, SIGNAL, WORK, BatchState, load_state, names_work, state_dir
@@ -58,8 +82,13 @@ CHUNK = 1 << 20
 #: what a file (and a directory) takes at least on the SSD's file system, as the quota counts
 #: it (allocated blocks): an upload of many small files takes far more than its bytes
 BLOCK = 4096
-#: how much more an upload's reservation grows by at once when its files take more than it
+#: how much more an upload's reservation grows by at once when its files take more than its
+#: declared size (each file at least a block)
 GROW = 64 * BLOCK
+#: how far ahead of what has arrived an upload holds room in 3A (within its declared size): at
+#: least AHEAD_MIN, a quarter of what has arrived up to AHEAD_MAX — a grow measures 3A under its
+#: lock, so a 10 GiB upload grows ~40 times, while a trickling one holds AHEAD_MIN at most
+AHEAD_MIN, AHEAD_MAX = 16 << 20, 256 << 20
 
 
 @dataclass(frozen=True)
@@ -79,9 +108,9 @@ class UploadError(HoardError):
 
     exit_code = ExitCode.USAGE
 
-    def __init__(self, message: str, status: int = 400, part: int | None = None) -> None:
+    def __init__(self, message: str, status: int = 400, part: int | None = None, next_step: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.part = status, part
+        self.status, self.part, self.next_step = status, part, next_step
 
 
 def written_error(e: OSError) -> UploadError:
@@ -119,7 +148,7 @@ def check_batch_id(cfg: Settings, batch_id: str) -> None:
                           f"ingest work file (.{', .'.join(WORK)}); send another id, or none (the server makes one)")
     try:
         recorded = load_state(cfg, batch_id) is not None
-    except (ValueError, TypeError, OSError) as e:  # a damaged record is a used id all the same
+    except (ValueError, TypeError, OSError, HoardError) as e:  # a damaged record is a used id all the same
         log.warning("ingest record of batch %s cannot be read: %s", batch_id, e)
         recorded = True
     if (cfg.ssd.zone_path("3A") / batch_id).exists() or recorded:
@@ -127,13 +156,97 @@ def check_batch_id(cfg: Settings, batch_id: str) -> None:
                           "send the batch under a new id, or none (the server makes one)", status=409)
 
 
+#: what a refused `3A/.tmp` tells to do (`_staging`)
+STAGING_STEP = ("remove it and run `hoard init` on the server (it makes 3A/.tmp the service's own, 0750), then send "
+                "the batch again")
+#: what an upload tells to do when its own directory holds what it did not make: 3A/.tmp is
+#: the service's own, so something besides the service writes there
+INTRUDED = ("something besides this service writes in 3A/.tmp, which is the service's own: find what (`ls -la` it), "
+            "then send the batch again; nothing of the upload was kept")
+MiB = 1 << 20
+
+#: each token's uploads under way, in this process: token name → {upload id: its declared
+#: bytes} (`_claim`, `_unclaim`; `begin` runs in worker threads: `_claims_lock`)
+_claims: dict[str, dict[str, int]] = {}
+_claims_lock = threading.Lock()
+
+
+def _claim(cfg: Settings, who: str, upload_id: str, nbytes: int) -> None:
+    """Count an upload of `nbytes` against its token's caps (api.max_uploads_per_token,
+    api.max_reserved_mb_per_token); UploadError 429 past one, nothing counted."""
+    api = cfg.api
+    with _claims_lock:
+        mine = _claims.setdefault(who, {})
+        held = sum(mine.values())
+        if len(mine) >= api.max_uploads_per_token:
+            why = (f"token {who} has {len(mine)} uploads under way, as many as api.max_uploads_per_token = "
+                   f"{api.max_uploads_per_token}")
+        elif held + nbytes > api.max_reserved_mb_per_token * MiB:
+            why = (f"token {who}'s uploads under way declare {fmt_bytes(held)} and this one {fmt_bytes(nbytes)}, more "
+                   f"than api.max_reserved_mb_per_token = {api.max_reserved_mb_per_token:g} MiB together")
+        else:
+            mine[upload_id] = nbytes
+            return
+        if not mine:
+            del _claims[who]
+    raise UploadError(f"{why}; nothing was read: send it again once one of them is done", status=429,
+                      next_step="wait for this token's uploads under way to end, then send the batch again")
+
+
+def _unclaim(who: str, upload_id: str) -> None:
+    with _claims_lock:
+        mine = _claims.get(who)
+        if mine is not None:
+            mine.pop(upload_id, None)
+            if not mine:
+                del _claims[who]
+
+
+def _ahead(charged: int) -> int:
+    """How much room an upload holds beyond the `charged` bytes it has written (AHEAD_MIN…)."""
+    return max(AHEAD_MIN, min(charged // 4, AHEAD_MAX))
+
+
+def _staging(cfg: Settings) -> tuple[int, int] | None:
+    """(3A, 3A/.tmp) held open — `3A/.tmp` made if missing, refused (HoardError, one line naming
+    it and STAGING_STEP) unless it is this service's own (`open_own_dir`); None when 3A is not
+    there (the SSD not mounted: nothing is made)."""
+    zpath = cfg.ssd.zone_path("3A")
+    try:
+        zone_fd = os.open(zpath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        return zone_fd, open_own_dir(zpath / zones.TMP, next_step=STAGING_STEP, parent_fd=zone_fd)
+    except BaseException:
+        os.close(zone_fd)
+        raise
+
+
+def _remove(dir_fd: int, name: str) -> None:
+    """Remove the entry `name` of the directory `dir_fd`: a directory with what it holds
+    (shutil.rmtree's descriptor walk: a link inside is removed, never followed), anything else
+    unlinked. Gone already: nothing to do."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, ignore_errors=True, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
 class Upload:
     """One upload on its way into 3A (see the module's docstring). Every refusal is an
     UploadError carrying its HTTP status: 400 a bad part, 409 a used batch id, 413 past a
-    limit, 507 zone 3A full (its quota or its file system), 503 3A not there."""
+    limit, 429 past its token's caps, 507 zone 3A full (its quota or its file system), 503 3A
+    not there or its `.tmp` not the service's own."""
 
-    def __init__(self, cfg: Settings, upload_id: str, nbytes: int) -> None:
-        self.cfg, self.id, self.nbytes = cfg, upload_id, nbytes
+    def __init__(self, cfg: Settings, upload_id: str, nbytes: int, who: str = "") -> None:
+        self.cfg, self.id, self.nbytes, self.who = cfg, upload_id, nbytes, who
+        #: where it is written, as a path: what messages name (every step goes through the
+        #: descriptors below, never through this path)
         self.dir = cfg.ssd.zone_path("3A") / zones.TMP / upload_id
         self.files: dict[str, int] = {}
         self.res: zones.Reservation | None = None
@@ -142,28 +255,50 @@ class Upload:
         self._fh: BinaryIO | None = None
         self._name = ""
         self._part = 0
+        #: 3A, 3A/.tmp and the upload's own directory, held from `begin` until `finish` or `abort`
+        self._zone_fd = self._tmp_fd = self._fd = -1
+        self._ended = False
 
     @classmethod
     def begin(cls, cfg: Settings, nbytes: int, who: str) -> Upload:
-        """Reserve `nbytes` in 3A and make the temporary directory; UploadError 507 when 3A
-        cannot take them, 503 when 3A cannot be used (not there, a damaged reservation file)."""
-        up = cls(cfg, f"upload-{secrets.token_hex(8)}", nbytes)
+        """Count the upload against its token's caps (429), check 3A has room for `nbytes` and
+        hold the first of it, make the temporary directory; UploadError 507 when 3A cannot take
+        them, 503 when 3A cannot be used (not there, its `.tmp` not the service's own, a
+        damaged reservation file)."""
+        up = cls(cfg, f"upload-{secrets.token_hex(8)}", nbytes, who)
+        _claim(cfg, who, up.id, nbytes)
         try:
-            sweep(cfg)
-            up.res = zones.reserve(cfg, "3A", up.id, f"HTTP upload {up.id} of {who}", nbytes,
-                                   next_step="send the batch again")
+            up._begin()
+        except BaseException:
+            up.abort()
+            raise
+        return up
+
+    def _begin(self) -> None:
+        cfg = self.cfg
+        try:
+            held = _staging(cfg)
+        except HoardError as e:  # 3A/.tmp not the service's own
+            raise UploadError(e.message, status=503, next_step=STAGING_STEP) from None
+        except OSError as e:
+            raise written_error(e) from None
+        if held is None:  # (nothing made, not even a lock file: the SSD may not be mounted)
+            raise UploadError(f"zone 3A: {cfg.ssd.zone_path('3A')} does not exist — the SSD is not mounted, or not "
+                              "initialised; nothing was written; mount it, or run `hoard init`", status=503)
+        self._zone_fd, self._tmp_fd = held
+        try:
+            sweep(cfg, self._tmp_fd)
+            self.res = zones.reserve(cfg, "3A", self.id, f"HTTP upload {self.id} of {self.who}", self.nbytes,
+                                     next_step="send the batch again", hold=self.charged + _ahead(self.charged))
+            os.mkdir(self.id, 0o750, dir_fd=self._tmp_fd)
+            self._fd = os.open(self.id, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                               dir_fd=self._tmp_fd)
         except zones.ZoneFull as e:
             raise UploadError(e.message, status=507) from None
-        except HoardError as e:  # 3A not there (the SSD not mounted), a reservation file damaged
+        except HoardError as e:  # a reservation file damaged
             raise UploadError(e.message, status=503) from None
         except OSError as e:
             raise written_error(e) from None
-        try:
-            up.dir.mkdir(parents=True)
-        except BaseException:
-            zones.release(cfg, "3A", up.id)
-            raise
-        return up
 
     def open_file(self, part: int, name: str) -> None:
         self.close_file()
@@ -174,18 +309,24 @@ class Upload:
         if why := refused_name(name):
             raise UploadError(f"part {part}: file name {display(name)!r} is refused: {why}; send the file under a "
                               "relative name inside the batch", part=part)
-        path = self.dir / name
         new_dirs = {d for d in _parents(name)[1:] if d not in self._dirs}
         self._charge(part, BLOCK * len(new_dirs))  # (its blocks are charged as they are written)
         self._dirs |= new_dirs
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+        try:  # every directory on the way made and opened from the held upload directory, no link followed
+            fd = open_nofollow(self._fd, name, create=0o640)
         except (FileExistsError, NotADirectoryError) as e:
             twice = isinstance(e, FileExistsError) and name in self.files
             raise UploadError(f"part {part}: file name {display(name)!r} " + (
                 "comes twice in this upload; give each file its own name" if twice else
                 "is both a file and a directory in this upload; rename one"), part=part) from None
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            log.warning("HTTP upload %s: a symbolic link at %s in its own directory; not followed", self.id,
+                        display(str(e.filename)))
+            raise UploadError(f"part {part}: {self.dir} holds a symbolic link {display(str(e.filename))!r} the upload "
+                              f"did not make (never followed): {INTRUDED}", status=503, part=part,
+                              next_step=INTRUDED) from None
         self._fh, self._name, self._part = open(fd, "wb"), name, part
         self.files[name] = 0
 
@@ -203,16 +344,22 @@ class Upload:
         self.files[self._name] = size
 
     def _charge(self, part: int, nbytes: int) -> None:
-        """Count `nbytes` more on disk; past the reservation (many small files: each takes a
-        block), grow it — UploadError 507 when 3A cannot take them (its emergency threshold)."""
+        """Count `nbytes` more on disk; past what is held, hold more: within the declared size a
+        step ahead (`_ahead`), checked at 3A's deny threshold as `begin` checked the whole;
+        past it (many small files: each takes a block) GROW more, up to 3A's emergency
+        threshold — UploadError 507 when 3A cannot take them."""
         self.charged += nbytes
         if self.res is None or self.charged <= self.res.bytes:
             return
+        declared = self.charged <= self.nbytes
+        want = min(self.nbytes, self.charged + _ahead(self.charged)) if declared else self.charged + GROW
         try:
-            self.res = zones.grow(self.cfg, self.res, self.charged + GROW)
+            self.res = zones.grow(self.cfg, self.res, want, limit="deny" if declared else "emergency")
         except zones.ZoneFull as e:
-            raise UploadError(f"part {part}: the upload's files take more room in zone 3A than its size (each file "
-                              f"takes at least {BLOCK} bytes): {e.message}", status=507, part=part) from None
+            why = ("zone 3A filled while the upload came (only what has arrived is held)" if declared else
+                   f"the upload's files take more room in zone 3A than its size (each file takes at least {BLOCK} "
+                   "bytes)")
+            raise UploadError(f"part {part}: {why}: {e.message}", status=507, part=part) from None
 
     def close_file(self) -> None:
         if self._fh is not None:
@@ -224,36 +371,83 @@ class Upload:
     def finish(self, source: str, batch_id: str | None) -> Taken:
         """The batch complete: its signal written, the directory renamed into 3A and submitted
         to UA_1 as `hoard ingest` submits it (`_submitted`). UploadError for an unknown source or
-        a used batch id."""
+        a used batch id, 503 when the upload's directory is no longer the one it made."""
         self.close_file()
         if not self.files:
             raise UploadError("the upload holds no file: send `files` parts (each with its file name)")
         source = canonical_source(source, self.cfg.sources)
         batch_id = batch_id or new_batch_id(source)
         check_batch_id(self.cfg, batch_id)
-        for d in sorted({self.dir / n for name in self.files for n in _parents(name)}, reverse=True):
-            fsync_dir(d)
-        atomic_write(self.dir / SIGNAL, f"{source}\n".encode())
+        with open(open_nofollow(self._fd, SIGNAL, create=0o640), "wb") as fh:  # (a name no part may take)
+            fh.write(f"{source}\n".encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        for d in sorted({n for name in self.files for n in _parents(name)}, reverse=True):  # the top one last
+            fd = open_nofollow(self._fd, f"{d}/." if d else ".")
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        mine, there = os.fstat(self._fd), _lstat(self._tmp_fd, self.id)
+        if there is None or (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
+            log.warning("HTTP upload %s: %s is no longer the directory it made; nothing put in 3A", self.id, self.dir)
+            raise UploadError(f"{self.dir} is no longer the directory this upload made (moved, or replaced): "
+                              f"{INTRUDED}", status=503, next_step=INTRUDED)
         final = self.cfg.ssd.zone_path("3A") / batch_id
-        try:
-            os.rename(self.dir, final)  # whole, or not there at all
+        try:  # whole, or not there at all; from the held 3A/.tmp into the held 3A
+            os.rename(self.id, batch_id, src_dir_fd=self._tmp_fd, dst_dir_fd=self._zone_fd)
         except OSError as e:
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
                 raise
             raise UploadError(f"batch {batch_id} appeared in 3A while this upload was received; send it under a "
                               "new id, or none (the server makes one)", status=409) from None
-        fsync_dir(final.parent)
-        zones.release(self.cfg, "3A", self.id)
+        os.fsync(self._zone_fd)
+        os.fsync(self._tmp_fd)
+        self._end()
         log.info("HTTP upload %s: batch %s (%s, %d files) in 3A", self.id, batch_id, source, len(self.files))
         return _submitted(self.cfg, final, source, len(self.files), sum(self.files.values()))
 
     def abort(self) -> None:
-        """Remove what was received (idempotent): nothing of a failed upload stays in 3A."""
+        """Remove what was received (idempotent): nothing of a failed upload stays in 3A. Its
+        directory is emptied through the held descriptor (whatever its name is by then), and its
+        name removed from the held 3A/.tmp only if it is still that directory."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        shutil.rmtree(self.dir, ignore_errors=True)
-        zones.release(self.cfg, "3A", self.id)
+        if self._ended:
+            return
+        try:
+            if self._fd >= 0:
+                for name in os.listdir(self._fd):
+                    _remove(self._fd, name)
+                mine, there = os.fstat(self._fd), _lstat(self._tmp_fd, self.id)
+                if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rmdir(self.id, dir_fd=self._tmp_fd)
+        except OSError as e:  # (a failing SSD: the next upload's sweep removes the rest)
+            log.warning("HTTP upload %s: %s not all removed (%s)", self.id, self.dir, e)
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        """Let go of what the upload holds: its descriptors, its reservation, its token's claim."""
+        self._ended = True
+        for fd in (self._fd, self._tmp_fd, self._zone_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._tmp_fd = self._zone_fd = -1
+        try:
+            if self.res is not None:  # (none taken: nothing to release, no lock file made on an unmounted SSD)
+                zones.release(self.cfg, "3A", self.id)
+        finally:
+            _unclaim(self.who, self.id)
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
 
 
 def adopt(cfg: Settings, source: str, batch_id: str | None, manifest: bytes) -> Taken:
@@ -393,24 +587,31 @@ def _submitted(cfg: Settings, root: Path, source: str, files: int, nbytes: int) 
                      "ingest timer (`hoard ingest --ready`) takes it once that is fixed", files, nbytes)
 
 
-def sweep(cfg: Settings) -> list[str]:
+def sweep(cfg: Settings, tmp_fd: int | None = None) -> list[str]:
     """Remove the temporary directories of uploads whose process is gone (a server killed mid-
     upload): one without a live reservation. A live upload reserves before it makes its
-    directory, so none is taken for a dead one. Returns the removed upload ids."""
-    tmp = cfg.ssd.zone_path("3A") / zones.TMP
-    try:
-        found = [p for p in tmp.iterdir() if p.name.startswith("upload-")]
-    except FileNotFoundError:
-        return []
+    directory, so none is taken for a dead one. `tmp_fd`: 3A/.tmp, held (else it is opened
+    here, `_staging`: HoardError unless it is the service's own). Returns the removed upload ids."""
+    if tmp_fd is None:
+        held = _staging(cfg)
+        if held is None:
+            return []
+        try:
+            return sweep(cfg, held[1])
+        finally:
+            for fd in held:
+                os.close(fd)
+    found = [n for n in os.listdir(tmp_fd) if n.startswith("upload-")]
     if not found:
         return []
     live = {r.id for r in zones.reservations(cfg, "3A") if not r.stale}
-    gone = [p for p in found if p.name not in live]
-    for p in gone:
-        shutil.rmtree(p, ignore_errors=True)
-        zones.release(cfg, "3A", p.name)
-        log.info("removed %s, left by an upload whose process is gone", p)
-    return [p.name for p in gone]
+    gone = [n for n in found if n not in live]
+    tmp = cfg.ssd.zone_path("3A") / zones.TMP
+    for name in gone:
+        _remove(tmp_fd, name)
+        zones.release(cfg, "3A", name)
+        log.info("removed %s, left by an upload whose process is gone", tmp / name)
+    return gone
 
 
 def status_document(st: BatchState) -> dict[str, Any]:
