@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.base import File, Node, Record
-from adapters.records import RAW_LIMIT, small_raw
+from adapters.records import RAW_LIMIT, UNSTORABLE, small_raw
 from fsd.base.paths import file_ext
 from sql.intents import virtual_sha256
 
@@ -82,14 +82,15 @@ def _metadata(rec: Record, sha: str, source: str, stored: dict[str, tuple[str, i
     return _no_nul({"node": sha, "source": source, "title": rec.title, "view_count": rec.view_count,
                     "update_time": rec.update_time, "download_time": rec.download_time or download_time,
                     "author": rec.author, "user": rec.user, "raw_metadata": small_raw(rec.raw),
-                    "raw_object": raw_object, "specific": _bounded(rec.specific)})
+                    "raw_object": raw_object, "specific": _bounded(_no_nul(rec.specific))})
 
 
 def _no_nul(v: Any) -> Any:
-    """PostgreSQL text and jsonb cannot hold NUL (U+0000); scraped text sometimes does. The
-    stored document keeps the original; the database gets U+FFFD in its place."""
+    """PostgreSQL text and jsonb cannot hold NUL (U+0000) nor a lone surrogate (JSON's `\\ud800`);
+    scraped text sometimes does. The stored document keeps the original; the database gets
+    U+FFFD in its place. (A key holding one refuses its document at the scan: `unstorable`.)"""
     if isinstance(v, str):
-        return v.replace("\x00", "\ufffd")
+        return UNSTORABLE.sub("\ufffd", v) if UNSTORABLE.search(v) else v
     if isinstance(v, dict):
         return {_no_nul(k): _no_nul(x) for k, x in v.items()}
     if isinstance(v, list):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
-from adapters.base import Asset, File, Record
+from adapters.base import Asset, File, Record, short
 
 #: the bytes of a document's fields kept in its metadata row (the whole document is a stored file)
 RAW_LIMIT = 1024
@@ -30,7 +31,8 @@ def small_raw(doc: dict[str, Any], limit: int = RAW_LIMIT) -> dict[str, Any] | N
 
 
 def _jsonb_size(d: dict[str, Any]) -> int:
-    return len(json.dumps(d, ensure_ascii=False).encode())
+    # a lone surrogate (JSON's `\ud800`) counts 3 bytes, as the U+FFFD the database gets for it
+    return len(json.dumps(d, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 def node_json(n: File | Asset) -> list[str]:
@@ -84,6 +86,40 @@ def record_fault(d: object) -> str | None:
             for e in edges):
         return "its node or edges are malformed"
     return None
+
+
+#: what PostgreSQL's text and jsonb cannot hold: NUL and the UTF-16 surrogates (JSON's `\ud800`
+#: escape gives Python a lone one, which no UTF-8 encodes)
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(d: dict[str, Any]) -> str | None:
+    """What in a record's JSON (a `record_fault`-free one) the database cannot hold where it cannot
+    be replaced, or None: a key of its fields (replaced, two keys could become one), an asset's
+    kind or id, or a relationship (identities). Text values are not looked at: the intent takes
+    them with U+FFFD in place (adapters.intent); the stored document keeps them."""
+    def key_in(v: Any, depth: int = 0) -> tuple[str, str] | None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if UNSTORABLE.search(k):
+                    return "the key", k
+                if depth < 64 and (inner := key_in(x, depth + 1)):
+                    return inner
+        elif isinstance(v, list) and depth < 64:
+            return next((inner for x in v if (inner := key_in(x, depth + 1))), None)
+        return None
+
+    nodes = [d["node"], *(n for e in d["edges"] for n in e[:2])]
+    found = key_in(d["specific"]) or key_in(d["raw"]) or next(
+        ((f"the {short(n[1], 40)} id", n[2] if UNSTORABLE.search(n[2]) else n[1]) for n in nodes
+         if n[0] == "a" and (UNSTORABLE.search(n[1]) or UNSTORABLE.search(n[2]))), None) or next(
+        (("the relationship", e[2]) for e in d["edges"] if UNSTORABLE.search(e[2])), None)
+    if found is None:
+        return None
+    what, text = found
+    c = UNSTORABLE.search(text).group()  # type: ignore[union-attr]
+    char = "NUL (U+0000)" if c == "\x00" else f"a lone surrogate (U+{ord(c):04X})"
+    return f"{what} {short(text)} holds {char}, which the database cannot hold"
 
 
 _KEYS = {"doc", "title", "view_count", "author", "user", "specific", "raw", "node", "edges", "update_time",

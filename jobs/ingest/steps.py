@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tarfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import psycopg
 from adapters import Reject, adapter_for, display, quarantine
 from adapters.intent import build_intent
 from adapters.isolated import parse_isolated
-from adapters.records import record_load
+from adapters.records import record_load, unstorable
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, fsync_dir
@@ -52,6 +53,10 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
     adapter = adapter_for(st.source, cfg.sources)
     parsed, view, records = parse_isolated(root, adapter, cfg.ingest.settle_s,  # records: their JSON form
                                            memory_mb=cfg.ingest.parser_memory_mb)
+    records, refused = _storable(records, parsed.claimed)
+    for rej in refused:  # the document, and its media no other record describes, go to quarantine
+        parsed.rejects.append(rej)
+        parsed.claimed.difference_update(rej.paths)
     for rel, why in _beyond_3b(cfg, root, {rel: view.files[rel] for rel in parsed.claimed}).items():
         parsed.reject(why, rel)  # its records are skipped by the intent: their node is not stored
         parsed.claimed.discard(rel)
@@ -73,6 +78,32 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
     atomic_write(_work(cfg, st.batch_id, "records"),
                  json.dumps({"files": files, "records": records, "rendered": rendered,
                              "identity": {rel: view.identity[rel] for rel in files if rel in view.identity}}).encode())
+
+
+def _storable(records: list[dict[str, Any]], files: Collection[str]) -> tuple[list[dict[str, Any]], list[Reject]]:
+    """The records whose keys and identities the database can hold (`unstorable`), and a Reject
+    per document of the others: every record of that document is dropped — one key PostgreSQL
+    refuses would fail the whole batch at `apply`, and every resume of it — and the document goes
+    to quarantine with the files (of `files`) its records describe that no kept record names."""
+    bad: dict[str | None, str] = {}
+    for r in records:
+        if r["doc"] not in bad and (why := unstorable(r)) is not None:
+            bad[r["doc"]] = why
+    if not bad:
+        return records, []
+
+    def files_of(r: dict[str, Any]) -> set[str]:
+        return {r["doc"] or "", *(n[1] for n in [r["node"], *(n for e in r["edges"] for n in e[:2])] if n[0] == "f")}
+
+    kept = [r for r in records if r["doc"] not in bad]
+    named = set().union(*map(files_of, kept))
+    rejects = []
+    for doc, why in bad.items():
+        paths = set().union(*(files_of(r) for r in records if r["doc"] == doc)).intersection(files) - named
+        shown = f"{display(doc)}: " if doc else "a record: "
+        rejects.append(Reject(sorted(paths, key=lambda p: (p != doc, p)),
+                              f"{shown}{why}; fix the document and drop it again in a new batch"))
+    return kept, rejects
 
 
 def _beyond_3b(cfg: Settings, root: Path, files: dict[str, int]) -> dict[str, str]:
@@ -147,20 +178,46 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
 
 def _step_apply(cfg: Settings, st: BatchState) -> None:
     work = json.loads(_work(cfg, st.batch_id, "records").read_bytes())
-    records = [record_load(r) for r in work["records"]]
     stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
-    intent, stats = build_intent(f"ingest:{st.batch_id}", st.batch_id, st.source, records, stored,
-                                 dt.datetime.fromisoformat(st.signalled), labels=work.get("rendered"))
+    key = f"ingest:{st.batch_id}"
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:
         migrate(conn)
+        samples, refused = _storable(work["records"], stored)  # a work file of a scan that did not check keys
+        if refused and conn.execute("SELECT 1 FROM applied_intent WHERE key = %s", [key]).fetchone() is None:
+            stored = _refuse_late(cfg, st, work, stored, samples, refused)
+        # (applied before, its records are in the database: the intent stays the one applied)
+        records = [record_load(r) for r in work["records"]]
+        intent, stats = build_intent(key, st.batch_id, st.source, records, stored,
+                                     dt.datetime.fromisoformat(st.signalled), labels=work.get("rendered"))
         res = apply_write_intent(conn, intent)
-        prop = propose_if_new(conn, st.source, [r.specific for r in records[:128]])
+        prop = propose_if_new(conn, st.source, [r["specific"] for r in samples[:128]])
     st.report.update({"metadata_rows": len(intent["metadata"]), "edges": stats.edges,
                       "virtual_assets": stats.virtual, "nodes": len(intent["nodes"]),
                       "records_skipped": stats.skipped_records, "database": res.counts,
                       "intent": res.key, "intent_was_applied_before": res.noop})
     if prop:
         st.report["schema_proposal"] = prop.proposal_id
+
+
+def _refuse_late(cfg: Settings, st: BatchState, work: dict[str, Any], stored: dict[str, tuple[str, int]],
+                 kept: list[dict[str, Any]], refused: list[Reject]) -> dict[str, tuple[str, int]]:
+    """At `apply`, what `_storable` refuses of records a scan kept (its intent not applied yet):
+    the documents and their files quarantined (the store's copies are unpinned at the finish, and
+    named by no manifest), the work files written without them; returns the stored files left.
+    Run again after a crash, it finds the same records and moves nothing twice."""
+    gone = {p for rej in refused for p in rej.paths}
+    quarantine(cfg.ssd.zone_path("3A"), st.batch_id, refused)
+    shown = st.report.setdefault("rejected", [])
+    shown += [line for rej in refused for p in rej.paths or [""]
+              if (line := {"path": display(p) if p else None, "reason": rej.reason}) not in shown]
+    st.report["quarantine"] = str(cfg.ssd.zone_path("3A") / "_quarantine" / st.batch_id)
+    save_state(cfg, st)  # before the work files lose them: a crash in between says them once
+    stored = {rel: v for rel, v in stored.items() if rel not in gone}
+    work.update(records=kept, files={k: v for k, v in work["files"].items() if k not in gone},
+                identity={k: v for k, v in work.get("identity", {}).items() if k not in gone})
+    atomic_write(_work(cfg, st.batch_id, "stored"), json.dumps(stored).encode())
+    atomic_write(_work(cfg, st.batch_id, "records"), json.dumps(work).encode())
+    return stored
 
 
 def _step_package(cfg: Settings, st: BatchState) -> None:
