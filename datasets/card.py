@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
 
 from datasets.model import Sample
+from fsd.base.paths import display
 from fsd.core import formats
 
 FORMAT = formats.DATASET
@@ -56,9 +58,45 @@ def dataset_doc(spec_doc: dict[str, Any], spec_sha256: str, class_map: list[str]
                       "manifest_sha256": hashlib.sha256(manifest).hexdigest()}}
 
 
+#: a licence shown as an SPDX id (`CC-BY-4.0`, `MIT`): letters, digits, `.`, `+`, `-`; any other
+#: licence text is quoted
+SPDX_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9.+-]{0,63}")
+#: the characters of a value the card shows at most (a scraped licence may be a page of terms)
+VALUE_CHARS = 200
+_SPACE = re.compile(r"\s+")  # (Unicode's: U+0085, U+2028 and U+2029 end a line too)
+_TICKS = re.compile(r"`+")
+
+
+def code(value: Any, limit: int = VALUE_CHARS, cell: bool = False) -> str:
+    """A value from the data (a class name, a host, a licence) as one Markdown code span, which
+    no renderer reads as markup: a heading, a link, HTML and `javascript:` in it are text.
+    Whitespace runs (newlines too) are one space, control characters and bidirectional
+    overrides are shown as escapes (fsd.base.paths.display), the value is cut at `limit`
+    characters; the fence is one backtick longer than the longest run inside, with a space
+    inside it where the value begins or ends with a backtick (CommonMark's rule). `cell`: in a
+    table row, where GFM splits at every `|`, even one inside a code span, unless escaped."""
+    text = _SPACE.sub(" ", str(value)).strip()
+    text = display(text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+    if len(text) > limit:
+        text = text[:limit].rstrip() + "…"
+    fence = "`" * (max(map(len, _TICKS.findall(text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" or not text else ""
+    span = f"{fence}{pad}{text}{pad}{fence}"
+    return span.replace("|", "\\|") if cell else span
+
+
+def licence(value: Any) -> str:
+    """A licence the metadata names, as a card's list item: an SPDX-shaped id as it is, any
+    other text quoted (a scraped page of terms may hold headings, HTML and links)."""
+    text = str(value).strip()
+    return f"- {code(text)}" if SPDX_SHAPE.fullmatch(text) else f"- quoted from the metadata: {code(text)}"
+
+
 def readme(doc: dict[str, Any], samples: list[Sample]) -> bytes:
     """The dataset card: what it is, where its samples came from, how many of each class in each
-    split, the dates they were fetched, the licences their metadata names."""
+    split, the dates they were fetched, the licences their metadata names. Every value from the
+    data or the spec is a one-line code span (`code`): a class name or a scraped licence cannot
+    add a section, a link or HTML to the card."""
     splits = list(doc["counts"])
     classes = sorted({c for by in doc["counts"].values() for c in by},
                      key=lambda c: (doc["class_map"].index(c) if c in doc["class_map"] else len(doc["class_map"]), c))
@@ -72,25 +110,29 @@ def readme(doc: dict[str, Any], samples: list[Sample]) -> bytes:
     for by in doc["counts"].values():
         by_class.update(by)
     lines = [f"# {doc['name']}", "",
-             f"A dataset of {doc['samples']} samples ({doc['bytes']} bytes) in layout `{doc['layout']}`, built by "
+             f"A dataset of {doc['samples']} samples ({doc['bytes']} bytes) in layout {code(doc['layout'])}, built by "
              "hoardfs (`hoard dataset build`). `manifest.jsonl` lists every sample (path, sha256, node, lineage to "
              "its root, source URL, labels, split); `dataset.json` holds the spec and the class map.", "",
-             "## Counts", "", "| class | " + " | ".join(splits) + " | total |",
+             "## Counts", "", "| class | " + " | ".join(code(sp, cell=True) for sp in splits) + " | total |",
              "|---|" + "---|" * (len(splits) + 1)]
     for c in classes:
         row = [doc["counts"][sp].get(c, 0) for sp in splits]
-        lines.append(f"| {c} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
+        lines.append(f"| {code(c, cell=True)} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
     totals = [sum(doc["counts"][sp].values()) for sp in splits]
     lines += ["| total | " + " | ".join(map(str, totals)) + f" | {sum(totals)} |", "", "## Classes", ""]
-    lines += [f"{i}. {c} ({by_class.get(c, 0)} samples)" for i, c in enumerate(doc["class_map"])] or ["(no classes)"]
+    lines += [f"{i}. {code(c)} ({by_class.get(c, 0)} samples)" for i, c in enumerate(doc["class_map"])] or \
+        ["(no classes)"]
     lines += ["", "## Sources", ""]
-    lines += [f"- {h}: {n} samples" for h, n in sorted(hosts.items(), key=lambda hn: (-hn[1], hn[0]))] or \
+    lines += [f"- {code(h)}: {n} samples" for h, n in sorted(hosts.items(), key=lambda hn: (-hn[1], hn[0]))] or \
         ["- no source URL recorded"]
-    lines += ["", "## Dates", "", f"Downloaded from {first} to {last}." if dated else "No download date recorded.",
+    lines += ["", "## Dates", "",
+              f"Downloaded from {code(first)} to {code(last)}." if dated else "No download date recorded.",
               "", "## Licences", ""]
-    lines += [f"- {lic}" for lic in doc.get("licences", [])] or ["None found in the metadata: check each source's terms."]
+    lines += [licence(lic) for lic in doc.get("licences", [])] or \
+        ["None found in the metadata: check each source's terms."]
     lines += ["", "## Splits", "",
-              f"By hash of (salt {doc['spec']['split']['salt']!r}, group key `{doc['spec']['split']['group']}`): all "
+              f"By hash of (salt {code(repr(doc['spec']['split']['salt']))}, group key "
+              f"{code(doc['spec']['split']['group'])}): all "
               "samples of one group lie in one split, and adding data never moves a sample.",
               "", f"Spec sha256: `{doc['spec_sha256']}`; data fingerprint: `{doc['state']['fingerprint']}`.", ""]
     return "\n".join(lines).encode()

@@ -247,7 +247,7 @@ def test_build_twice_is_byte_identical_and_versions_diff_and_materialize(labelle
     assert all(m["path"] == f"{m['split']}/{m['class']}/{m['sha256'][:16]}.png" for m in manifest)
     doc = json.loads((root1 / "dataset.json").read_bytes())
     assert doc["class_map"] == ["cat", "dog"] and doc["samples"] == len(shas)
-    assert "| cat |" in (root1 / "README.md").read_text()
+    assert "| `cat` |" in (root1 / "README.md").read_text()
     h1 = tree_sha256(root1)
     same = _build(cfg, spec)
     assert same["unchanged"] and same["version"] == 1 and same["path"] == str(root1)

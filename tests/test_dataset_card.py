@@ -1,0 +1,89 @@
+"""The dataset card (`README.md` of a build in 3D): text from the data — class names, scraped
+licences, source hosts — is one escaped line each, so no value adds a section, a link or HTML."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from datasets.card import code
+from sql.apply import apply_write_intent
+from tests.test_datasets import _build, _spec
+from tests.test_ingest import ingest_all, ingest_home
+from tests.test_ingest_unstorable import _sidecar_batch
+
+#: a scraped licence that, copied as it was, closed its list and opened a second "Licences"
+#: section claiming CC0, with raw HTML and a `javascript:` link
+LICENCE = ("CC BY-NC 4.0\n\n## Licences\n\n- CC0-1.0: public domain <script>alert(1)</script>\n"
+           "[terms](javascript:alert(1)) <a href='javascript:x'>x</a>")
+#: class names that are Markdown or HTML (a `|` would split the counts table)
+CLASSES = ["<img src=x onerror=alert(1)>", "`tick``s`", "cat | [x](javascript:y)"]
+#: the HTML a card renders to: headings, paragraphs, the table, the lists, code
+ALLOWED = {"h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td", "ol", "ul", "li", "code"}
+SECTIONS = ["Counts", "Classes", "Sources", "Dates", "Licences", "Splits"]
+
+
+def _md() -> MarkdownIt:
+    return MarkdownIt("commonmark").enable("table")  # CommonMark with GFM's tables, as GitHub shows a card
+
+
+def _flat(tokens: list[Token]) -> list[Token]:
+    return [t for tok in tokens for t in [tok, *_flat(tok.children or [])]]
+
+
+def test_a_hostile_licence_and_class_names_stay_values_in_the_card(hoard_home: Path, pg, redis_conn,
+                                                                    tmp_path: Path) -> None:
+    """A build over samples whose scraped licence holds a heading, HTML and a `javascript:` link,
+    and whose class names are HTML, backticks and a table's `|`: the card has exactly one
+    "## Licences" heading and its six sections, no HTML and no link anywhere; each value is one
+    code span holding it (newlines made spaces), the licence quoted, an SPDX id as it is."""
+    cfg = ingest_home(hoard_home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    docs = {f"p{i}.png": json.dumps({"title": f"p{i}", "license": LICENCE if i % 2 else "CC-BY-4.0",
+                                     "source_url": f"https://ex<b>ample.org/{i}" if i == 0 else
+                                     f"https://example.org/{i}"}) for i in range(6)}
+    b, shas = _sidecar_batch(hoard_home, zone3a, "side-card-1", docs)
+    assert ingest_all(cfg, redis_conn, [b])[0].status == "done"
+    apply_write_intent(pg, {"key": "test:classes", "labels": [
+        {"node": sha, "key": "class", "value": CLASSES[i % 3]} for i, sha in enumerate(shas.values())]})
+    root = Path(_build(cfg, _spec(tmp_path))["path"])
+    text = (root / "README.md").read_text()
+
+    headings = [line for line in text.splitlines() if line.lstrip(" >-*+0123456789.").startswith("#")]
+    assert headings == ["# pets", *(f"## {s}" for s in SECTIONS)], text  # one "## Licences" among them
+    tokens = _flat(_md().parse(text))
+    assert [t.content for t in _flat(_md().parse(text)) if t.type == "inline" and
+            tokens[tokens.index(t) - 1].type == "heading_open" and tokens[tokens.index(t) - 1].tag == "h2"] == SECTIONS
+    assert not [t for t in tokens if t.type in ("html_inline", "html_block", "link_open", "image")], text
+    outside = re.sub(r"<code>.*?</code>", "", _md().render(text))  # what shows as other than a value
+    assert set(re.findall(r"</?([a-z0-9]+)[^>]*>", outside)) <= ALLOWED, outside
+    assert "javascript:" not in outside and "<a" not in outside and "<img" not in outside
+    spans = [t.content for t in tokens if t.type == "code_inline"]
+    assert set(CLASSES) <= set(spans), spans  # each class name whole, its backticks and `|` kept
+    assert " ".join(LICENCE.split()) in spans and "CC-BY-4.0" in spans, spans
+    assert "- `CC-BY-4.0`" in text.splitlines() and any(
+        line.startswith("- quoted from the metadata: `CC BY-NC 4.0 ## Licences") for line in text.splitlines())
+    assert "ex<b>ample.org" in spans  # a host is scraped text too
+    counts = [t for t in tokens if t.type == "tr_open"]
+    assert len(counts) == 1 + 3 + 1  # the header, one row per class (a `|` in one did not split it), the total
+
+
+def test_code_spans_take_any_run_of_backticks_and_one_line() -> None:
+    """A value's backticks get a longer fence (and a space beside one at an edge); newlines,
+    Unicode line separators and control characters never leave the line."""
+    md = _md()
+    for value, shown in [("a`b", "a`b"), ("``x", "``x"), ("x```", "x```"), ("`", "`"), ("plain", "plain"),
+                         ("two\nlines\r\n\u2028three", "two lines three"), ("esc\x1b[2J", "esc\\x1b[2J"),
+                         ("rtl\u202eexe.png", "rtl\\u202eexe.png")]:
+        span = code(value)
+        assert "\n" not in span and "\r" not in span and "\u2028" not in span
+        [inline] = [t for t in _flat(md.parse(f"x {span} y")) if t.type == "code_inline"]
+        assert inline.content == shown, (value, span)
+    cut = code("z" * 500)
+    assert len(cut) < 210 and cut.endswith("…`")
+    assert hashlib.sha256(code("same").encode()).digest() == hashlib.sha256(code("same").encode()).digest()
