@@ -12,6 +12,15 @@
    first is kept (the order's last column is the row's place in the intent);
 4. returns counts of what changed.
 
+A physical node the intent names is live: the intent is written once the store acknowledged
+its object, and storing an object again takes its type-B tombstone off (`Index.lookup_keep`),
+so a node `hoard delete --batch` marked deleted is marked live again in the transaction that
+adds its batch membership (`nodes_live_again`) — unless the store hides it (deletion type A,
+`is_hidden`), which storing it again does not undo. An intent that adds physical nodes or batch
+members holds `MEMBERSHIP_LOCK` shared, and `sql.deletion.drop_batch` holds it exclusively: a
+deletion's "no other batch holds it" is decided either before such an apply (which then marks
+the node live) or after it committed (and sees its members), never beside it.
+
 Every sha256 the intent names is looked up in `node` once (`NodeIds`: one statement for all
 of them, one more for the nodes the intent adds) and every row after that travels with its
 node's id: the reference checks are lookups in that map, and no statement joins `node` again
@@ -45,6 +54,18 @@ class ApplyResult:
     key: str
     noop: bool
     counts: dict[str, int] = field(default_factory=dict)
+
+
+#: the advisory lock (`pg_advisory_xact_lock`) between the writers of batch membership and
+#: node liveness: an apply of physical nodes or members takes it shared, a batch deletion
+#: exclusively ("hoardm")
+MEMBERSHIP_LOCK = 0x686F6172646D
+
+
+def hold_membership(conn: psycopg.Connection, exclusive: bool) -> None:
+    """Take MEMBERSHIP_LOCK for the rest of the transaction (shared: applies run side by side)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)" if exclusive else "SELECT pg_advisory_xact_lock_shared(%s)",
+                 [MEMBERSHIP_LOCK])
 
 
 #: how many times an intent is applied again after PostgreSQL rolled it back for another
@@ -232,6 +253,8 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                               "declare it in the intent's `relationships`")
 
     # -- nodes ------------------------------------------------------------------------------
+    if any(n.physical for n in it.nodes) or any(b.members for b in it.batches):
+        hold_membership(conn, exclusive=False)  # before any row of theirs is locked (a deletion takes it first too)
     named = _named(it)
     ids = NodeIds(conn, named)
     if it.nodes:
@@ -239,6 +262,7 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
         _clash(it, shas, ids)
         new = {sha: n.virtual is not None for sha, n in zip(shas, it.nodes, strict=True) if sha not in ids.ids}
         counts["nodes_new"] = 0
+        added: list[tuple[str, tuple[int, bool]]] = []
         if new:
             _temp(conn, "tmp_node", "sha bytea, is_virtual bool")
             _copy(conn, "tmp_node", "sha, is_virtual", ((bytes.fromhex(sha), v) for sha, v in new.items()))
@@ -268,6 +292,12 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                 "INSERT INTO physical_content (node_id, size, file_type) SELECT t.node_id, t.size, ft.ext "
                 "FROM tmp_physical t LEFT JOIN file_type ft ON ft.ext = t.file_type "
                 "ORDER BY t.node_id ON CONFLICT (node_id) DO NOTHING").rowcount
+            # the nodes the database had before: one deleted by type B is live again (the module's doc)
+            before = sorted(physical.keys() - {node_id for _sha, (node_id, _v) in added})
+            live = conn.execute("UPDATE physical_content SET is_deleted = false WHERE node_id = ANY(%s) "
+                                "AND is_deleted AND NOT is_hidden", [before]).rowcount if before else 0
+            if live:
+                counts["nodes_live_again"] = live
         if virtual:
             _temp(conn, "tmp_virtual", "node_id bigint, kind text, source_id smallint, stable_id text, description text")
             _copy(conn, "tmp_virtual", "node_id, kind, source_id, stable_id, description",

@@ -537,8 +537,9 @@ def drop_stale_locators(conn: psycopg.Connection, located: Sequence[tuple[str, s
 
 
 def undelete(conn: psycopg.Connection, shas: Sequence[str]) -> None:
+    """Mark these nodes live again — not one the store hides (`is_hidden`: `hoard delete --node`)."""
     conn.execute("UPDATE physical_content pc SET is_deleted = false FROM node n WHERE n.node_id = pc.node_id "
-                 "AND n.sha256 = ANY(%s) AND pc.is_deleted", [[bytes.fromhex(h) for h in shas]])
+                 "AND n.sha256 = ANY(%s) AND pc.is_deleted AND NOT pc.is_hidden", [[bytes.fromhex(h) for h in shas]])
 
 
 def set_status(conn: psycopg.Connection, name: str, number: int, status: str) -> None:

@@ -1,10 +1,13 @@
 """The database's side of deletion (the store's side is fsd.maintenance.deletion).
 
-Type A marks nodes `is_deleted` (selectors skip them; metadata, edges and labels stay as
-history). Type B drops one batch's references — its members and its `batch:<id>/…`
-locators — and marks deleted the nodes no other batch still holds; the batch row stays,
-with a `cancelled` event saying it was deleted. What the batch's documents said about nodes other
-batches also describe is replaced by the newest remaining description (`metadata_version`).
+Type A marks nodes `is_hidden` and `is_deleted` (selectors skip them; metadata, edges and
+labels stay as history). Type B drops one batch's references — its members and its
+`batch:<id>/…` locators — and marks deleted the nodes no other batch still holds; the batch row
+stays, with a `cancelled` event saying it was deleted. What the batch's documents said about
+nodes other batches also describe is replaced by the newest remaining description
+(`metadata_version`). A write-intent naming a node of a dropped batch again marks it live
+(sql/apply.py); a batch drop holds `MEMBERSHIP_LOCK` exclusively, so "no other batch holds it"
+is never decided beside an apply that is adding a batch holding it.
 """
 
 from __future__ import annotations
@@ -15,19 +18,20 @@ import psycopg
 from psycopg import sql as pgsql
 
 from fsd.base.errors import ExitCode, HoardError
-from sql.apply import VERSION_COLUMNS
+from sql.apply import VERSION_COLUMNS, hold_membership
 
 
 def hide_nodes(conn: psycopg.Connection, shas: list[bytes]) -> int:
     with conn.transaction():
-        cur = conn.execute("UPDATE physical_content pc SET is_deleted = true FROM node n "
-                           "WHERE n.node_id = pc.node_id AND n.sha256 = ANY(%s) AND NOT pc.is_deleted", [shas])
+        cur = conn.execute("UPDATE physical_content pc SET is_deleted = true, is_hidden = true FROM node n "
+                           "WHERE n.node_id = pc.node_id AND n.sha256 = ANY(%s) AND NOT pc.is_hidden", [shas])
         return cur.rowcount
 
 
 def drop_batch(conn: psycopg.Connection, batch_id: str, reason: str = "") -> dict[str, int]:
     """Idempotent: a second call finds nothing left to drop."""
     with conn.transaction():
+        hold_membership(conn, exclusive=True)  # no apply adds members or marks nodes live meanwhile
         row = conn.execute("SELECT action_id FROM action_batch WHERE batch_id = %s FOR UPDATE", [batch_id]).fetchone()
         if row is None:
             raise HoardError(f"no batch {batch_id!r} in the database", ExitCode.USAGE)

@@ -12,11 +12,11 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import database, err, finite, out, progress, state
 from fsd.cli.store import open_store
-from fsd.io import scrub
+from fsd.io import integrity, scrub
 from fsd.maintenance import check as check_mod
-from fsd.maintenance.health import smart_of_store
+from fsd.maintenance.health import smart_of_store, unmendable_problems
 from fsd.maintenance.orphans import sweep
-from sql.check import store_vs_database
+from sql.check import Liveness, liveness, mend_liveness, store_vs_database
 
 
 def verify(
@@ -47,6 +47,7 @@ def verify(
 
     with open_store(ctx) as store, progress("verifying") as update:
         rep = scrub.verify(store, sample, disk, sha256, repair, budget_s, batch=batch, progress=update)
+        stuck = store.unmendable_repairs() if repair and rep.unrepaired else []
         _, smart_problems, smart_warnings = smart_of_store(store, 0, [disk] if disk else None)
     scope = (f" on disk {disk}" if disk else "") + (f" holding batch {batch}" if batch else "")
     if rep.in_scope == 0 and not rep.bad and not as_json and not smart_problems + smart_warnings:
@@ -79,6 +80,8 @@ def verify(
                       "shard whole (the log names what each lacked); keep their disks in service — every object a "
                       "replica holds whole still reads — and see docs/operations.md \"A shard no replica holds "
                       "whole\"", markup=False)
+            for line in unmendable_problems(stuck)[1:]:  # a batch or view whose manifest is such a record
+                err.print(line, markup=False)
         raise typer.Exit(ExitCode.DATA)
 
 
@@ -106,18 +109,38 @@ def check(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
     no_database: Annotated[bool, typer.Option("--no-database", help="only the index and the disks")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="first set the database's deletion flags from the store "
+                                         "where they disagree (the one disagreement check mends)")] = False,
 ) -> None:
     """Do the index, the shards on the disks and the database agree? Names each disagreement.
 
     Exit 5 when something disagrees (each on one line with what to do), 0 when all agree.
-    Changes nothing; `hoard verify` reads every byte, this reads the index, footers and sizes.
+    Changes nothing, except with `--repair`: then a node the database marks deleted while a batch
+    holds it and the store shows it is marked live, and one the store hides (`hoard delete --node`)
+    is marked hidden, before the check. `hoard verify` reads every byte, this reads the index,
+    footers and sizes.
     """
 
-    with database(state(ctx).settings, skip=no_database) as conn, open_store(ctx, writable=False) as store:
-        rep = check_mod.check(store, (lambda objs: store_vs_database(conn, objs)) if conn is not None else None)
+    if repair and no_database:
+        raise HoardError("--repair sets the database's deletion flags from the store: drop --no-database",
+                         ExitCode.USAGE)
+    with database(state(ctx).settings, skip=no_database, needed_for="--repair changes the database" if repair
+                  else None) as conn, open_store(ctx, writable=False) as store:
+        mended: list[Liveness] = []
+        if repair and conn is not None:
+            mended = mend_liveness(conn, check_mod.IndexMarks(store))
+            if not as_json:
+                for f in mended[:integrity.SHOW]:
+                    out.print(f"repaired: {f.mended()}", markup=False)
+                out.print(f"repaired: {len(mended)} nodes' deletion flags in the database now follow the store",
+                          markup=False)
+        rep = check_mod.check(store, (lambda objs: store_vs_database(conn, objs)) if conn is not None else None,
+                              liveness_in_db=(lambda marks: (f.line() for f in liveness(conn, marks)))
+                              if conn is not None else None)
         check_mod.check_drives(store, rep)
     if as_json:
-        out.print(json.dumps(asdict(rep) | {"ok": rep.ok}), markup=False)
+        out.print(json.dumps(asdict(rep) | {"ok": rep.ok} | ({"repaired": len(mended)} if repair else {})),
+                  markup=False)
     else:
         t = rep.totals
         out.print(f"{t['objects']} objects in {t['shards']} shards ({t['sealed']} sealed), {t['replicas']} replicas; "

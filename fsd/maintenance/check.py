@@ -12,7 +12,9 @@ verifies"):
 4. each disk's `used_bytes` equals the size of the replica files the index puts there;
 5. deletion marks, roots, chunk maps and extensions name objects that exist;
 6. every batch and view manifest is stored, and every file it names is in the index;
-7. (with the database) every physical node that is not deleted is in the store;
+7. (with the database) every physical node that is not deleted is in the store, and every
+   node's deletion flags follow the store (design.md's item 14: `sql.check.liveness`; `hoard
+   check --repair` sets them from the store);
 8. the disks' marks logs (those an index rebuild reads: a failed disk's too) replay to
    exactly the index's marks;
 9. (design.md's item 10) every batch and view has its pointer in the index, and every disk
@@ -37,7 +39,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +54,7 @@ from fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
 from fsd.io import attach, integrity
 from fsd.io.writer import writer_alive
 from fsd.maintenance.health import smart_of_store
+from fsd.outputs import unreadable
 from fsd.outputs.manifest import iter_files
 
 if TYPE_CHECKING:
@@ -81,11 +84,37 @@ class CheckReport(integrity.Findings):
 #: what `check` asks the database: given a function that lists the store's objects (sha256s in
 #: byte order), the physical nodes the store lacks and how many store objects are no node
 MissingInDb = Callable[[Callable[[], Iterator[bytes]]], tuple[list[bytes], int]]
+#: what `check` asks the database of deletion: given what the index says of an object
+#: (`IndexMarks`), a line for each node whose deletion flags disagree with it
+LivenessInDb = Callable[["IndexMarks"], Iterable[str]]
 
 
-def check(store: Store, missing_in_db: MissingInDb | None = None, wait_s: float = 60.0) -> CheckReport:
+class IndexMarks:
+    """What the index says of an object, for the database's side of check (sql.check.StoreMarks):
+    point lookups, and the hidden marks in byte order from one read transaction."""
+
+    def __init__(self, store: Store) -> None:
+        self.idx = store.index
+
+    def holds(self, sha: bytes) -> bool:
+        return self.idx.lookup(sha) is not None
+
+    def hides(self, sha: bytes) -> bool:
+        return self.idx.is_marked(self.idx.hidden, sha)
+
+    def hidden(self) -> Iterator[bytes]:
+        if self.idx.hidden is None:  # a table an old index opened read-only does not have
+            return
+        with self.idx.env.begin(db=self.idx.hidden) as txn:
+            for k in txn.cursor().iternext(values=False):
+                yield bytes(k)
+
+
+def check(store: Store, missing_in_db: MissingInDb | None = None, wait_s: float = 60.0,
+          liveness_in_db: LivenessInDb | None = None) -> CheckReport:
     """Reconcile index ↔ disks (↔ database: `missing_in_db(store_objects)` returns the physical
-    nodes the store lacks and how many store objects the database does not know).
+    nodes the store lacks and how many store objects the database does not know;
+    `liveness_in_db(marks)` the nodes whose deletion flags disagree with the index's marks).
 
     Memory does not grow with the store (issue 37: sets of every object took 1.5 KB per
     object): whether an object is stored is asked of the index (objects are only ever added
@@ -98,7 +127,7 @@ def check(store: Store, missing_in_db: MissingInDb | None = None, wait_s: float 
     deletes their files and adjusts the disks' used bytes in steps, and a check reading between
     them reported "used bytes" and "missing replica" disagreements about a whole store."""
     with store.maintenance("check", wait_s=wait_s):
-        return _check(store, missing_in_db)
+        return _check(store, missing_in_db, liveness_in_db)
 
 
 def check_drives(store: Store, rep: CheckReport) -> None:
@@ -219,7 +248,8 @@ def _unreadable(shard_hex: str, label: str, e: OSError) -> str:
     return f"{head}: if the disk is dying, docs/operations.md \"A disk dies\" (`hoard health` names it once a read fails)"
 
 
-def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
+def _check(store: Store, missing_in_db: MissingInDb | None, liveness_in_db: LivenessInDb | None = None
+           ) -> CheckReport:
     rep = CheckReport()
     t0 = time.monotonic()
     rep.formats = attach.formats_found(store.cfg, store.index.format)
@@ -303,13 +333,14 @@ def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
                                 f"rebuild` finds it again if a disk holds it; else `{way_out}` unregisters it (its "
                                 "files stay)")
             continue
+        reading = unreadable.Reading(store)
         try:
             files = lost = 0
             example = ""
             own: list[bytes] = []
             man = bytes.fromhex(info["manifest"])
             # (a directory object or page of a view-2 manifest that is lost fails this read)
-            for path, sha, _size in iter_files(store.get, info["manifest"], own):
+            for path, sha, _size in iter_files(reading, info["manifest"], own):
                 files += 1
                 if not stored(sha):
                     lost += 1
@@ -320,7 +351,8 @@ def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
                 for sha in own:
                     held.look(sha, man)
         except Exception as e:  # noqa: BLE001 - a damaged manifest is a finding, not a crash
-            rep.add("manifest", f"{kind} {name}: its manifest cannot be read ({e})")
+            # (with the step: a disk to bring back, or `hoard delete --batch` / `hoard view rm`)
+            rep.add("manifest", unreadable.judge(store, kind, name, info["manifest"], e, reading.last).message)
             if held is not None:
                 held.unjudged.add(man[:held_mod.MAN])  # (this finding is its; no count to hold it to)
             continue
@@ -341,6 +373,9 @@ def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
         if unknown:
             rep.notes.append(f"{unknown} stored objects are not nodes in the database (manifests, dumps, files "
                              "stored with `hoard put`)")
+    if liveness_in_db is not None:  # 7: the deletion flags follow the store
+        for line in liveness_in_db(IndexMarks(store)):
+            rep.add("database", line)
     per_disk = {store.records[u].label: n for u, n in expect_used.items() if u in store.records}
     rep.totals = {"objects": m0.objects, "shards": len(shards), "sealed": sum(m.sealed for m in shards.values()),
                   "replicas": sum(len(m.replicas) for m in shards.values()), "bytes_per_disk": per_disk}
