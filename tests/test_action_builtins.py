@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from fsd.base import landlock
 from jobs.actions import contract
 from jobs.actions.builtin import CONTRACTS, PROGRAMS
 from tests.helpers import REALDATA
@@ -30,11 +31,12 @@ pytestmark = pytest.mark.services  # each test starts `hoard-builtin` (or `hoard
 needs_ffmpeg = pytest.mark.needs(shutil.which("ffmpeg") is not None, "FFMPEG MISSING: apt-get install ffmpeg")
 
 
-def run(name: str, inp: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+def run(name: str, inp: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`hoard-builtin NAME INP OUT ARGS…` as its own process (python -m: the console script of
-    this tree, whichever hoardfs the venv has installed)."""
+    this tree, whichever hoardfs the venv has installed; `env` added to this one's)."""
     return subprocess.run([sys.executable, "-m", "jobs.actions.builtin", name, str(inp), str(out), *args],
-                          capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONPATH": str(REPO)})
+                          capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"PYTHONPATH": str(REPO)} | (env or {}))
 
 
 def sha(path: Path) -> str:
@@ -323,6 +325,31 @@ def test_keyframes_video_scene_frame_hierarchy(tmp_path: Path) -> None:
     shutil.rmtree(out)
     assert run("keyframes", inp, out, "--threshold", "0.1", "--frames-per-scene", "2").returncode == 0
     assert tree(out) == first
+
+
+@needs_ffmpeg
+def test_every_builtin_writes_the_same_confined_as_on_debian_12s_landlock(images: Path, tmp_path: Path) -> None:
+    """Each built-in confined as on Debian 12's kernel (Landlock ABI 2, `landlock.TEST_ABI`: the
+    seccomp filters for truncation and signals stand in for what ABI 2 lacks; reads only its
+    input, Python, the system's libraries and ffmpeg) exits 0 and writes the same bytes as
+    confined with this kernel's own ABI: thumbnail, exif, resize-variants, canny and
+    near-dup-hash on images, keyframes (ffmpeg, ffprobe) on a video."""
+    video = tmp_path / "video"
+    video.mkdir()
+    cut = tmp_path / "cut.mp4"
+    _cut_video(cut)
+    shutil.copyfile(cut, video / f"{sha(cut)}.mp4")
+    jobs: list[tuple[str, Path, list[str]]] = [
+        (name, images, []) for name in ("thumbnail", "exif", "resize-variants", "canny", "near-dup-hash")]
+    jobs.append(("keyframes", video, ["--threshold", "0.1"]))
+    for name, inp, args in jobs:
+        outs = []
+        for abi in (None, "2"):
+            out = tmp_path / f"{name}-{abi or 'kernel'}"
+            res = run(name, inp, out, *args, env={landlock.TEST_ABI: abi} if abi else None)
+            assert res.returncode == 0 and "Traceback" not in res.stderr, (name, abi, res.stderr)
+            outs.append(tree(out))
+        assert outs[0] and outs[0] == outs[1], name
 
 
 def test_links_and_the_output_root(images: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ Landlock's calls as such a kernel does (tests/nolandlock.py)."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import io
@@ -19,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,10 +52,11 @@ def landlock_support() -> None:
         missing(f"LANDLOCK UNAVAILABLE: {st['reason']}")
 
 
-def _inside(script: str, *, prefix: list[str] | None = None) -> dict:
-    """Run `script` (which prints one JSON document last) in a new Python process."""
+def _inside(script: str, *, prefix: list[str] | None = None, env: dict[str, str] | None = None) -> dict:
+    """Run `script` (which prints one JSON document last) in a new Python process (`env`: added
+    to this one's environment)."""
     res = subprocess.run([*(prefix or []), sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
-                         text=True, cwd=REPO, timeout=120)
+                         text=True, cwd=REPO, timeout=120, env=os.environ | (env or {}))
     if res.returncode == UNSUPPORTED and prefix:
         missing(f"SECCOMP UNAVAILABLE: {res.stderr.strip()}")
     assert res.returncode == 0, res.stderr
@@ -117,10 +120,10 @@ print(json.dumps(out))
 
 
 def test_a_builtin_worker_writes_only_below_its_output_root(tmp_path: Path, landlock_support) -> None:
-    """`hoard-builtin`'s `_io.confine(output_root)`: below the output root the worker creates,
-    renames across directories (keyframes moves its scratch into place) and removes; a file of
-    the input root, 3C beside the run, the run's other directories and /tmp are EACCES, for the
-    worker and for a program it starts (ffmpeg)."""
+    """`hoard-builtin`'s `_io.confine(output_root, input_root)`: below the output root the worker
+    creates, renames across directories (keyframes moves its scratch into place) and removes; a
+    file of the input root, 3C beside the run, the run's other directories and /tmp are EACCES,
+    and so is starting a program it was not given (keyframes is given ffmpeg and ffprobe)."""
     run = tmp_path / "3C" / "run1"
     inp, out = run / "flat" / "input", run / "flat" / "output"
     inp.mkdir(parents=True)
@@ -130,7 +133,7 @@ def test_a_builtin_worker_writes_only_below_its_output_root(tmp_path: Path, land
 from pathlib import Path
 from jobs.actions.builtin import _io
 inp, out, run = {str(inp)!r}, {str(out)!r}, {str(run)!r}
-assert _io.confine(Path(out))
+assert _io.confine(Path(out), Path(inp))
 os.mkdir(out + "/.work")
 open(out + "/.work/t.png", "w").write("x")
 res = {{
@@ -143,18 +146,188 @@ res = {{
     "write beside the run": attempt(lambda: open(run + "/../other", "w")),
     "write the run directory": attempt(lambda: open(run + "/log", "w")),
     "write /tmp": attempt(lambda: open("/tmp/hoard-sandbox-test", "w")),
-    "a program it starts writes /tmp": subprocess.run(["sh", "-c", "echo x > /tmp/hoard-sandbox-test"],
-                                                       stderr=subprocess.DEVNULL).returncode,
+    "start a shell": attempt(lambda: subprocess.run(["sh", "-c", "echo x > /tmp/hoard-sandbox-test"])),
 }}
 print(json.dumps(res))
 ''')
     ok = ("write below the output root", "move the scratch into place", "remove the scratch", "read the input")
     assert {k: got.pop(k) for k in ok} == dict.fromkeys(ok, 0)
-    assert got.pop("a program it starts writes /tmp") != 0
     assert got == dict.fromkeys(got, errno.EACCES), got
     assert (out / "thumbs" / "x.jpg").read_bytes() == b"jpeg" and (out / "scenes" / "a" / "f.png").exists()
     assert (inp / "a.jpg").exists() and not (run / "log").exists() and not (run.parent / "other").exists()
     assert not Path("/tmp/hoard-sandbox-test").exists()
+
+
+#: what a process taken over tries, to hand what it read to another local user with no file:
+#: System V shared memory (a new segment, and one another process made), a message queue, a
+#: semaphore set, a POSIX message queue, the kernel's keyrings
+IPC = '''
+import ctypes, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+def c(fn, *args, fail=-1, undo=None):
+    """`fn(*args)` as an OSError where it fails; where it does not, what it made is removed again
+    (`undo(result)`): a test on a kernel that lets it through leaves nothing behind."""
+    def go():
+        got = fn(*args)
+        if got == fail:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        if undo:
+            undo(got)
+    return go
+def ipc(segment, add_key):
+    return {"shmget": attempt(c(libc.shmget, 0, 4096, 0o1666, undo=lambda i: libc.shmctl(i, 0, None))),
+            "shmat another's segment": attempt(c(libc.shmat, segment, None, 0, fail=ctypes.c_void_p(-1).value,
+                                                 undo=lambda a: libc.shmdt(ctypes.c_void_p(a)))),
+            "msgget": attempt(c(libc.msgget, 0, 0o1666, undo=lambda i: libc.msgctl(i, 0, None))),
+            "semget": attempt(c(libc.semget, 0, 1, 0o1666, undo=lambda i: libc.semctl(i, 0, 0))),
+            "mq_open": attempt(c(libc.mq_open, b"/hoard-sandbox-test", os.O_CREAT | os.O_RDWR, 0o666, None,
+                                 undo=lambda fd: (os.close(fd), libc.mq_unlink(b"/hoard-sandbox-test")))),
+            "add_key": attempt(c(libc.syscall, add_key, b"user", b"hoard-sandbox-test", b"x", 1, -3,
+                                 undo=lambda k: libc.syscall(add_key + 2, 9, k, -3))),  # KEYCTL_UNLINK
+            "keyctl": attempt(c(libc.syscall, add_key + 2, 0, -3, 0))}
+'''
+#: add_key(2)'s number (keyctl(2) is 2 more) on the machines the tests run on
+ADD_KEY = {"x86_64": 248, "aarch64": 217}
+
+
+@pytest.fixture
+def segment() -> Iterator[int]:
+    """A System V shared memory segment of this process, mode 0666 (as a taken-over worker made
+    one for `nobody` to read): its id, removed afterwards."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    shmid = libc.shmget(0, 4096, 0o1666)
+    if shmid < 0:
+        missing(f"NO SYSTEM V SHARED MEMORY HERE ({os.strerror(ctypes.get_errno())})")
+    try:
+        yield shmid
+    finally:
+        libc.shmctl(shmid, 0, None)  # IPC_RMID
+
+
+def _embedded_home(home: Path) -> tuple[Path, Path, dict[str, str]]:
+    """The embedded default's layout below `home`: hoard.toml beside `var/ssd`, the GUI's cookie
+    key, users and API tokens in `var/ssd/state/gui`, a run's roots in 3C (an image in the input
+    root). (the input root, the output root, each secret file → its text)."""
+    ssd = home / "var" / "ssd"
+    gui = ssd / "state" / "gui"
+    gui.mkdir(parents=True)
+    for zone in ("3A", "3B", "3C", "3D"):
+        (ssd / zone).mkdir()
+    found = {str(gui / "secret"): "cookie-key-5e1f0c9a", str(gui / "users.json"): '{"admin": "pbkdf2-7c1d"}',
+             str(gui / "tokens.json"): '{"scraper": "tok-0b9e33"}',
+             str(home / "hoard.toml"): '[ssd]\nroot = "var/ssd"\ndatabase_url = "postgresql://hoard:pw-41d2@db/h"\n'}
+    for path, text in found.items():
+        Path(path).write_text(text)
+    flat = ssd / "3C" / "run1" / "flat"
+    inp, out = flat / "input", flat / "output"
+    inp.mkdir(parents=True)
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(inp / "a.jpg")
+    return inp, out, found
+
+
+#: a built-in taken over by its input: `hoard-builtin thumbnail` as the worker runs it
+#: (`jobs.actions.builtin.main`: its checks, `_io.confine`, then the program), the program's
+#: `run` being what a decoder bug lets the input do — read the service's secrets, hand them out
+#: through System V IPC, its result file and signals
+BUILTIN_TAKEN_OVER = TRY + IPC + '''
+import sys
+from fsd.base import landlock
+from jobs.actions.builtin import _io, main, thumbnail
+SECRETS, STATE, SEGMENT, ADD_KEY, SERVICE, INPUT, OUTPUT = sys.argv[1:]
+got = {}
+def payload(input_root, output_root, args):
+    stolen = []
+    for path in SECRETS.split(","):
+        got["read " + os.path.basename(path)] = attempt(lambda: stolen.append(open(path).read()))
+    got["list state"] = attempt(lambda: os.listdir(STATE))
+    got["read its input"] = attempt(lambda: open(os.path.join(input_root, "a.jpg"), "rb").read())
+    got.update(ipc(int(SEGMENT), int(ADD_KEY)))
+    got["signal the service"] = attempt(lambda: os.kill(int(SERVICE), signal.SIGTERM))
+    got["signal every process"] = attempt(lambda: os.kill(-1, 0))  # 0: the check alone, nothing sent
+    got["leave its session"] = attempt(os.setsid)
+    got["leave its group"] = attempt(lambda: os.setpgid(0, 0))
+    raised = []
+    signal.signal(signal.SIGUSR1, lambda *_: raised.append(1))
+    got["signal itself"] = attempt(lambda: signal.raise_signal(signal.SIGUSR1)) or (0 if raised else "not delivered")
+    got["signal its own group"] = attempt(lambda: os.kill(0, 0))
+    _io.write_jsonl(output_root, "labels.jsonl", [{"label": text} for text in stolen])
+    return 0
+thumbnail.run = payload
+code = main(["thumbnail", INPUT, OUTPUT])
+print(json.dumps({"exit": code, "abi": landlock.abi(), **got}))
+'''
+
+
+@pytest.mark.parametrize("abi", [None, "2"], ids=["this-kernel", "abi-2"])
+def test_a_builtin_taken_over_reads_no_secret_and_hands_nothing_out(tmp_path: Path, abi: str | None, segment: int,
+                                                                     landlock_support) -> None:
+    """`hoard-builtin` confined as it runs (`main` → `_io.confine`), its program taken over by an
+    input: the GUI's cookie key, users and tokens in the SSD's `state/` and hoard.toml beside it
+    are EACCES (its input reads), so its result file carries none of them to a viewer; System V
+    shared memory (a new segment, another's 0666 one), message queues, semaphores, POSIX queues
+    and keyrings are EPERM; signalling a service process or every process, setsid and setpgid
+    are EPERM — also with the kernel taken for Debian 12's Landlock ABI 2 (no signal scoping),
+    where it still signals itself and its own group."""
+    inp, out, found = _embedded_home(tmp_path)
+    service = subprocess.Popen(["sleep", "60"])  # a process of the service's user (the mount, the GUI)
+    try:
+        script = [sys.executable, "-c", BUILTIN_TAKEN_OVER, ",".join(found), str(tmp_path / "var" / "ssd" / "state"),
+                  str(segment), str(ADD_KEY[os.uname().machine]), str(service.pid), str(inp), str(out)]
+        res = subprocess.run(script, capture_output=True, text=True, cwd=REPO, timeout=120,
+                             env=os.environ | ({landlock.TEST_ABI: abi} if abi else {}))
+        assert res.returncode == 0, res.stderr
+        got = json.loads(res.stdout.splitlines()[-1])
+        assert service.poll() is None, "the service's process was signalled"
+    finally:
+        service.kill()
+        service.wait()
+    assert got.pop("exit") == 0 and got.pop("abi") == (int(abi) if abi else landlock.abi()), got
+    # kill(-1) answers 0 when every process it tried refused it (Landlock's scope from ABI 6):
+    # only the seccomp filter below ABI 6 says EPERM
+    every = got.pop("signal every process")
+    assert abi is None or every == errno.EPERM, every
+    assert {k: got.pop(k) for k in ("read its input", "signal itself", "signal its own group")} == \
+        {"read its input": 0, "signal itself": 0, "signal its own group": 0}
+    reads = {k: got.pop(k) for k in list(got) if k.startswith(("read ", "list "))}
+    assert reads == dict.fromkeys(reads, errno.EACCES) and len(reads) == len(found) + 1, reads
+    assert got == dict.fromkeys(got, errno.EPERM), got
+    written = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file()) + res.stdout.encode() + res.stderr.encode()
+    assert (out / "labels.jsonl").read_text() == ""  # nothing read, nothing told
+    assert not any(text.encode() in written for text in found.values())
+
+
+def test_the_parser_reads_no_secret_and_hands_nothing_out(tmp_path: Path, segment: int, landlock_support) -> None:
+    """The ingest's parser (`confine_parser`, its batch in 3A of the embedded layout): the SSD's
+    `state/` and hoard.toml are EACCES, System V IPC, message queues and keyrings EPERM — a
+    document that takes it over has nothing to read and no way to leave it for another user."""
+    _inp, _out, found = _embedded_home(tmp_path)
+    batch = tmp_path / "var" / "ssd" / "3A" / "b1"
+    batch.mkdir()
+    (batch / "v.info.json").write_text(json.dumps({"id": "v", "title": "t"}))
+    got = _inside(TRY + IPC + f'''
+from adapters.isolated import confine_parser
+assert confine_parser({str(batch)!r})
+out = {{"read " + p: attempt(lambda: open(p).read()) for p in {sorted(found)!r}}}
+out.update(ipc({segment}, {ADD_KEY[os.uname().machine]}))
+print(json.dumps(out))
+''')
+    reads = {k: got.pop(k) for k in list(got) if k.startswith("read ")}
+    assert reads == dict.fromkeys(reads, errno.EACCES) and len(reads) == len(found), reads
+    assert got == dict.fromkeys(got, errno.EPERM), got
+
+
+def test_a_builtin_whose_rules_would_reach_the_services_secrets_is_refused(tmp_path: Path, landlock_support) -> None:
+    """A built-in given the SSD itself as its input root (its `state/` below it) — Landlock only
+    allows, so a rule there could not keep the cookie key out — refuses to run in one line
+    naming the secret, exit 2, and writes nothing."""
+    _inp, out, _found = _embedded_home(tmp_path)
+    ssd = tmp_path / "var" / "ssd"
+    res = subprocess.run([sys.executable, "-m", "jobs.actions.builtin", "thumbnail", str(ssd), str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert res.stderr.count("\n") == 1 and str(ssd / "state") in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert list(out.iterdir()) == []
 
 
 def _result(parsed, view, records=None) -> dict:
@@ -495,7 +668,7 @@ print(json.dumps(res))
     builtin = _inside(REACH + f'''
 from pathlib import Path
 from jobs.actions.builtin import _io
-assert _io.confine(Path({str(out)!r}))
+assert _io.confine(Path({str(out)!r}), Path({str(batch)!r}))
 res = services({urls})
 res.update({{"chmod": attempt(lambda: os.chmod({str(shard)!r}, 0)),
             "utime": attempt(lambda: os.utime({str(shard)!r}, (0, 0))),

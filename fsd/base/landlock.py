@@ -29,6 +29,7 @@ import json
 import os
 import resource
 import stat
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -59,7 +60,12 @@ _WRITE = (WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR | MAKE_DIR | MAKE_RE
           | MAKE_BLOCK | MAKE_SYM | REFER)
 _READ = READ_FILE | READ_DIR
 #: the rights a rule on a file (not a directory) may carry
-_FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE
+_FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
+#: test-only: `HOARD_TEST_LANDLOCK_ABI=N` makes this process (and every one that inherits its
+#: environment) take the kernel's ABI for the lower of N and its real one, so that the tests
+#: confine as on Debian 12's ABI 2 with a newer kernel. A lower ABI only trades Landlock's own
+#: rules for the seccomp filters that stand in for them below it; no unit or command sets it
+TEST_ABI = "HOARD_TEST_LANDLOCK_ABI"
 #: REFER is what ABI 1 lacks: without it a process under any ruleset cannot rename across
 #: directories (EXDEV), and the built-in workers move their outputs so
 MIN_ABI = 2
@@ -116,6 +122,9 @@ def _probe() -> tuple[int, str | None, str | None]:
         return 0, f"the kernel refused the Landlock version query ({e.strerror})", _NEXT["built"]
     except AttributeError:  # no syscall() in this C library
         return 0, "this C library offers no syscall()", _NEXT["built"]
+    forced = os.environ.get(TEST_ABI, "")
+    if forced.isdigit() and int(forced) > 0:  # test-only: never above what the kernel has
+        version = min(version, int(forced))
     if version < MIN_ABI:
         return version, (f"this kernel has Landlock ABI {version} (Linux 5.13–5.18), which cannot allow a rename "
                          f"between directories (ABI {MIN_ABI})"), _NEXT["old"]
@@ -133,8 +142,9 @@ def status() -> dict[str, object]:
     confined child of this process gets (`_probe_child`, run once) — enforced is both walls;
     fails, that such a child cannot even start (every batch and thumbnail would fail)."""
     version, why, next_step = _probe()
-    unconfined = ("ingest parsers and built-in actions read scraped input without Landlock's write restriction "
-                  "(the systemd units' sandboxing still applies)")
+    unconfined = ("ingest parsers and built-in actions read scraped input without Landlock's walls: one taken over "
+                  "may write, and read the service's secrets, wherever the service's user may (the systemd units' "
+                  "sandboxing still applies)")
     if why is not None:
         return {"abi": version, "enforced": False, "reason": why, "next_step": next_step, "landlock": False,
                 "seccomp": False, "effect": unconfined, "fails": False}
@@ -147,8 +157,9 @@ def status() -> dict[str, object]:
             "next_step": why_not and why_not[1], "landlock": True, "seccomp": why_not is None,
             "effect": why_not and ("ingest parsers, the thumbnail decoder and built-in actions run behind "
                                    "Landlock's file walls alone: they may open sockets (the service's Redis and "
-                                   "PostgreSQL), take flocks, change files' modes, times and flags and signal "
-                                   "the service's processes" + (", and truncate any file their user may write"
+                                   "PostgreSQL), take flocks, change files' modes, times and flags, hand what "
+                                   "they read to other users through System V IPC, message queues or keyrings, "
+                                   "leave their process group and signal the service's processes" + (", and truncate any file their user may write"
                                                                  if version < 3 else "")), "fails": False}
 
 
@@ -176,20 +187,25 @@ def _handled(version: int, reads: bool) -> int:
 
 
 def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | None = None,
-            write_files: Iterable[Path | str] = ("/dev/null",)) -> bool:
+            write_files: Iterable[Path | str] = ("/dev/null",), execute: Iterable[Path | str] = ()) -> bool:
     """Restrict this thread and every process it starts from now on, for good: files and
     directories are created, written, renamed or removed only below `write` (and the single
-    files of `write_files`). With `read` given, files are also read (and listed) only below
-    `read` and `write`, and programs started (execve) only below `write`; without it, reading
-    and starting programs are not restricted. A path that does not exist raises
-    FileNotFoundError (a rule cannot name it). False, with nothing done, where the kernel
-    cannot (`status()` says why); True once restricted. Call it before any other thread starts:
-    one started earlier would keep its rights and share the memory (RuntimeError).
+    files of `write_files`, devices among them driven by ioctls too). With `read` given, files are also read (and listed) only below
+    `read` and `write`, and programs started (execve) only below `write` and the single files
+    of `execute` (read too); without it, reading and starting programs are not restricted. A
+    path that does not exist raises FileNotFoundError (a rule cannot name it); a rule that would
+    let the process read the service's secrets raises SecretInReach (`secrets_near`). False,
+    with nothing done, where the kernel cannot (`status()` says why); True once restricted.
+    Call it before any other thread starts: one started earlier would keep its rights and share
+    the memory (RuntimeError).
 
     What Landlock leaves open and a confined process must not reach either is refused too: a
     socket (a seccomp filter on socket(2) and io_uring: the Redis socket would take an RQ job
-    that runs unconfined, PostgreSQL's would take SQL), and from ABI 6 a signal or an abstract
-    socket outside its own domain; an ioctl on a device it opens from ABI 5, and always pushing
+    that runs unconfined, PostgreSQL's would take SQL); System V IPC, POSIX message queues and
+    the kernel's keyrings (`_IPC`: a shared memory segment made 0666 hands what it read to any
+    local user); leaving its process group (`_LEAVE_GROUP`); a signal to another process — below
+    ABI 6 by seccomp (`refuse_signals_to_others`), from ABI 6 by Landlock outside its own domain,
+    with an abstract socket; an ioctl on a device it opens from ABI 5, and always pushing
     input into a terminal it inherited or setting a file's attribute flags (`refuse_ioctls`);
     an flock (ENOLCK), which would hold the service's own locks."""
     version, why, _ = _probe()
@@ -200,14 +216,18 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
         raise RuntimeError(f"confine: {threads - 1} other thread(s) of this process run already (a library that "
                            "starts a pool at import?) and would stay outside the sandbox, sharing its memory")
     handled = _handled(version, read is not None)
+    rules: list[tuple[Path | str, int]] = [(p, handled) for p in write]
+    # a device among them (a GPU's) is driven by ioctls, which Landlock refuses from ABI 5 without the right
+    rules += [(p, handled & (WRITE_FILE | TRUNCATE | READ_FILE | IOCTL_DEV)) for p in write_files if os.path.exists(p)]
+    rules += [(p, handled & _READ) for p in read or ()]  # reading a library is not executing it (mmap)
+    if read is not None:
+        rules += [(p, handled & (READ_FILE | EXECUTE)) for p in execute]
+        _refuse_secrets([p for p, _ in rules])
     attr: ctypes.Structure = _RulesetAttr(handled)
     if version >= 6:
         attr = _RulesetAttrScoped(handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL)
     ruleset = _call(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), ctypes.c_uint32(0))
     try:
-        rules: list[tuple[Path | str, int]] = [(p, handled) for p in write]
-        rules += [(p, handled & (WRITE_FILE | TRUNCATE | READ_FILE)) for p in write_files if os.path.exists(p)]
-        rules += [(p, handled & _READ) for p in read or ()]  # reading a library is not executing it (mmap)
         for path, rights in rules:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
@@ -223,7 +243,11 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
         filters = [refuse_other_abis, lambda: refuse_syscalls(_SOCKETS, errno.EACCES),
                    lambda: refuse_syscalls(_FLOCK, errno.ENOLCK),
+                   lambda: refuse_syscalls(_joined(_IPC, _LEAVE_GROUP), errno.EPERM),
                    refuse_ioctls]
+        if version < 6:  # Landlock scopes signals from ABI 6 on: below it, any process of the same user
+            pid = os.getpid()
+            filters.append(lambda: refuse_signals_to_others(pid))
         if version < 3:  # Landlock cannot refuse truncate(2) of a path yet: a shard the uid may write
             # nor an open(O_RDONLY | O_TRUNC), which truncates what it may read
             filters = [lambda: refuse_syscalls(_TRUNCATE, errno.EACCES), refuse_read_truncate, *filters]
@@ -232,6 +256,85 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     finally:
         os.close(ruleset)
     return True
+
+
+def with_interpreter(programs: Iterable[Path | str]) -> list[str]:
+    """`programs` and the ELF interpreter each names (its PT_INTERP: the dynamic loader, which
+    the kernel opens to run as Landlock's EXECUTE right checks): what `confine`'s `execute` needs
+    to start them. A file that is not a 64-bit little-endian ELF adds nothing."""
+    out: list[str] = []
+    for prog in programs:
+        out.append(str(prog))
+        try:
+            with open(prog, "rb") as f:
+                head = f.read(64)
+                if head[:6] != b"\x7fELF\x02\x01":  # ELFCLASS64, ELFDATA2LSB: x86_64 and aarch64
+                    continue
+                phoff, = struct.unpack_from("<Q", head, 32)
+                phentsize, phnum = struct.unpack_from("<HH", head, 54)
+                f.seek(phoff)
+                table = f.read(phentsize * phnum)
+                for i in range(phnum):
+                    p_type, _flags, offset, _vaddr, _paddr, size = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+                    if p_type == 3:  # PT_INTERP: a NUL-terminated path
+                        f.seek(offset)
+                        interp = f.read(size).split(b"\0")[0].decode()
+                        if interp not in out and os.path.exists(interp):
+                            out.append(interp)
+        except (OSError, struct.error, UnicodeDecodeError):
+            continue
+    return out
+
+
+class SecretInReach(ValueError):
+    """A read rule `confine` was given would let confined code read the service's secrets."""
+
+
+#: where an installed hoardfs keeps its configuration (hoard.toml, the database's password)
+_CONFIG_DIRS = ("/etc/hoard",)
+
+
+def secrets_near(paths: Iterable[Path | str]) -> list[str]:
+    """What confined code must never read, found from the paths it is to be let read: the
+    configuration directory (/etc/hoard), the file $HOARD_CONFIG names, and beside every
+    directory above one of `paths` (or one of them) its `hoard.toml` and, where that directory is
+    an SSD root (`state/` and `3C/` in it), its `state/` — the GUI's cookie key, the users and
+    API tokens, the runs' state. Only what exists is named."""
+    found = {d for d in _CONFIG_DIRS if os.path.isdir(d)}
+    named = os.environ.get("HOARD_CONFIG")
+    if named and os.path.isfile(named):
+        found.add(os.path.abspath(named))
+    seen: set[str] = set()
+    for p in paths:
+        a = os.path.abspath(p)
+        while a not in seen:
+            seen.add(a)
+            if os.path.isfile(os.path.join(a, "hoard.toml")):
+                found.add(os.path.join(a, "hoard.toml"))
+            if os.path.isdir(os.path.join(a, "state")) and os.path.isdir(os.path.join(a, "3C")):
+                found.add(os.path.join(a, "state"))
+            a = os.path.dirname(a)
+    return sorted(found)
+
+
+def _refuse_secrets(paths: list[Path | str]) -> None:
+    """SecretInReach when a rule on one of `paths` would cover a secret (`secrets_near`): the
+    path is the secret, a directory above it, or (a secret directory) below it. Landlock only
+    allows: a rule on a parent of `state/` (a venv or an input root that holds the SSD) could
+    not be narrowed afterwards."""
+    secrets = secrets_near(paths)
+    for p in paths:
+        a = os.path.realpath(p)
+        for secret in secrets:
+            s = os.path.realpath(secret)
+            if a == s or s.startswith(a.rstrip("/") + "/") or (os.path.isdir(s) and a.startswith(s + "/")):
+                raise SecretInReach(f"{p} would let confined code read {secret} (the service's configuration or "
+                                    "secrets): keep the SSD, hoard.toml and /etc/hoard outside Python's installation "
+                                    "and the actions' input and output directories")
+
+
+def _joined(*tables: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    return {m: tuple(nr for t in tables for nr in t.get(m, ())) for m in _AUDIT_ARCH}
 
 
 #: why this process's seccomp filters could not be installed (None: they were, or none was
@@ -293,6 +396,22 @@ _SIGNALS: dict[str, tuple[int, ...]] = {"x86_64": (62, 200, 234, 129, 297, 424),
 #: setpgid(2) and setsid(2): the parent kills a reader's whole process group when it ends
 #: (`fsd.base.proc.end_group`), and a process the reader forked that left the group outlived it
 _LEAVE_GROUP: dict[str, tuple[int, ...]] = {"x86_64": (109, 112), "aarch64": (154, 157)}
+#: System V IPC (shared memory, semaphores, message queues: every call, by id too — shmat(2) of a
+#: segment another process made needs no shmget), POSIX message queues and the kernel's keyrings
+#: (add_key, request_key, keyctl): what a process can leave behind for another user to read, with
+#: no path Landlock could see — a built-in taken over put the GUI's cookie key into a 0666
+#: segment that `nobody` read. (The multiplexed ipc(2) exists only in other ABIs: ENOSYS there.)
+_IPC: dict[str, tuple[int, ...]] = {
+    "x86_64": (29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 240, 241, 242, 243, 244, 245, 248, 249, 250),
+    "aarch64": (194, 195, 196, 197, 190, 191, 192, 193, 186, 187, 188, 189, 180, 181, 182, 183, 184, 185,
+                217, 218, 219)}
+#: the signals a process sends to one target it names by the first argument — kill(2) (0: its
+#: own group), tkill(2), tgkill(2), rt_sigqueueinfo(2), rt_tgsigqueueinfo(2) — and
+#: pidfd_send_signal(2), whose target a filter cannot see
+_PIDFD_SEND_SIGNAL = 424  # the same number on every architecture
+_SIGNAL_TARGET: dict[str, dict[int, bool]] = {  # number → whether 0 (its own process group) is a target it may name
+    "x86_64": {62: True, 200: False, 234: False, 129: False, 297: False, 424: False},
+    "aarch64": {129: True, 130: False, 131: False, 138: False, 240: False, 424: False}}
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _RET_ALLOW, _RET_ERRNO, _LD_W_ABS, _JEQ_K, _RET_K = 0x7FFF0000, 0x00050000, 0x20, 0x15, 0x06
 
@@ -325,6 +444,55 @@ def refuse_syscalls(numbers: dict[str, tuple[int, ...]], err: int) -> bool:
 #: the x32 ABI's bit in a system call number: its calls reach a filter as x86_64's, numbered apart
 _X32_BIT = 0x40000000
 _JGE_K = 0x35
+
+
+def refuse_signals_to_others(pid: int) -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: a signal to any process
+    but `pid` (this one: raise(3), abort(3), Python's own os.kill(os.getpid(), …)) or its own
+    process group (kill(0, …)) fails with EPERM — below Landlock ABI 6, which scopes signals
+    itself, a confined process could otherwise signal every process of its user (the mount, the
+    GUI, the service's workers). What it starts inherits the filter with the same `pid`, so a
+    program it runs cannot signal even itself. False on an architecture `_SIGNAL_TARGET` does not
+    name. The caller must have set no_new_privs."""
+    machine = os.uname().machine
+    arch, calls = _AUDIT_ARCH.get(machine), _SIGNAL_TARGET.get(machine)
+    if arch is None or not calls:
+        return False
+    # (a BPF jump goes forward only: each call's block comes after the dispatch, ALLOW and EPERM last)
+    prog: list[tuple[int, int | str, int | str, int | str] | str] = [
+        (_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, "allow", arch), (_LD_W_ABS, 0, 0, 0)]
+    prog += [(_JEQ_K, f"call{nr}", 0, nr) for nr in calls]
+    prog.append((_RET_K, 0, 0, _RET_ALLOW))
+    for nr, group in calls.items():
+        targets = [] if nr == _PIDFD_SEND_SIGNAL else [pid, 0] if group else [pid]
+        prog += [f"call{nr}", (_LD_W_ABS, 0, 0, 16)]  # the first argument's low 32 bits (a pid_t)
+        prog += [(_JEQ_K, "allow", 0, t) for t in targets]
+        prog.append((_JA, 0, 0, "eperm"))
+    prog += ["allow", (_RET_K, 0, 0, _RET_ALLOW), "eperm", (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)]
+    _install(_assemble(prog))
+    return True
+
+
+def _assemble(prog: list[tuple[int, int | str, int | str, int | str] | str]) -> list[tuple[int, int, int, int]]:
+    """BPF instructions from `prog`, where a string is a label (the next instruction's) and a jump
+    may name one: jt and jf of a conditional jump, k of `_JA`, turned into forward offsets."""
+    at, labels = 0, {}
+    for item in prog:
+        if isinstance(item, str):
+            labels[item] = at
+        else:
+            at += 1
+    code: list[tuple[int, int, int, int]] = []
+    for item in prog:
+        if isinstance(item, str):
+            continue
+        op, *args = item
+        here = len(code)
+        jt, jf, k = (labels[a] - here - 1 if isinstance(a, str) else a for a in args)
+        if not (0 <= jt <= 255 and 0 <= jf <= 255 and (op != _JA or k >= 0)):
+            raise ValueError("seccomp filter: a jump backwards or past 255 instructions")  # a bug here
+        code.append((op, jt, jf, k))
+    return code
 
 
 def refuse_other_abis() -> bool:
@@ -475,7 +643,7 @@ def confine_reader(read: Iterable[Path | str] = ()) -> bool:
     if not confine(read=[*python_runtime(), *read], write=[], write_files=()):
         return False
     if refuse_metadata():
-        _seccomp([lambda: refuse_syscalls(_SIGNALS, errno.EPERM), lambda: refuse_syscalls(_LEAVE_GROUP, errno.EPERM)])
+        _seccomp([lambda: refuse_syscalls(_SIGNALS, errno.EPERM)])
     return True
 
 

@@ -2,7 +2,8 @@
 
 `hoard-builtin NAME INPUT_ROOT OUTPUT_ROOT [--options]` runs one program (`PROGRAMS`) over a
 staged input tree and writes only inside the output root (`_io`; where the kernel has Landlock
-it cannot write anywhere else, fsd.base.landlock); each program's contract is
+it cannot write anywhere else, nor read beyond its roots and Python's and the system's files,
+fsd.base.landlock); each program's contract is
 `contracts/<action_id>.toml` (`CONTRACTS`), found by `hoard action list|show` after the
 actions directory's own files (a file there of the same id shadows the built-in). What each
 takes, writes and its parameters: docs/actions.md, "Built-in actions".
@@ -60,7 +61,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _io.check_output_root(args.output_root)
-        _io.confine(args.output_root)
+        mod = modules[args.name]
+        # what a program reads, starts or drives beyond its inputs and Python: its own
+        # `reads(args)`, `programs(args)` and `devices(args)` (clip-embed's weights and GPU,
+        # keyframes' ffmpeg); nothing else is in reach
+        def hook(name: str) -> list[Path]:
+            return list(getattr(mod, name, lambda a: [])(args))
+
+        _io.confine(args.output_root, args.input_root, read=hook("reads"), programs=hook("programs"),
+                    devices=hook("devices"))
         return int(modules[args.name].run(args.input_root, args.output_root, args))
     except _io.WorkerError as e:
         print(f"hoard-builtin {args.name}: error: {e}", file=sys.stderr)

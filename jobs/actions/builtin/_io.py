@@ -19,7 +19,7 @@ import os
 import secrets
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,19 +129,51 @@ def check_output_root(root: Path) -> None:
                           "give an empty directory")
 
 
-def confine(output_root: Path) -> bool:
+def check_input_root(root: Path) -> None:
+    """The input root exists and is a directory, not a link (`inputs` says the same again):
+    checked before `confine` names it in a rule, which would follow a link."""
+    try:
+        st = os.lstat(root)
+    except OSError as e:
+        raise WorkerError(f"input root {display(str(root))}: {e.strerror}; stage the inputs first") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise WorkerError(f"input root {display(str(root))} is not a directory (a link or a file); "
+                          "give the staged input directory")
+
+
+def confine(output_root: Path, input_root: Path, *, read: Iterable[Path] = (), programs: Iterable[Path] = (),
+            devices: Iterable[Path] = ()) -> bool:
     """From here on this process and every program it starts (ffmpeg) write below the output
-    root only: the inputs are scraped media that Pillow, OpenCV and ffmpeg decode. Reading stays
-    open (the libraries and ffmpeg read from all over the system). False where the kernel has no
-    Landlock (`hoard health` says so). Nor does it change any file's mode, owner or times: a
-    worker taken over made a shard mode 000, or hoard.toml world-readable (Landlock does not
-    cover chmod) — its outputs get their 0644 from the umask set here instead (readable by the
-    service when the worker runs as another user). docs/security.md, "Sandboxed parsers"."""
+    root only, and read only the input root, the output root, Python's and the system's
+    libraries (`landlock.python_runtime`), the processors' description (`_SYSTEM`) and the
+    files of `read` (clip-embed's weights); they start only `programs` (keyframes' ffmpeg and
+    ffprobe) and open to write only /dev/null and `devices` (clip-embed's GPU). The inputs are scraped media that
+    Pillow, OpenCV and ffmpeg decode: one taken over read the GUI's cookie key, the users and
+    the API tokens in the SSD's `state/` and put them in a result every viewer sees. False where
+    the kernel has no Landlock (`hoard health` says so); WorkerError where a rule would reach the
+    service's secrets (`landlock.SecretInReach`). Nor does it change any file's mode, owner or
+    times: a worker taken over made a shard mode 000, or hoard.toml world-readable (Landlock does
+    not cover chmod) — its outputs get their 0644 from the umask set here instead (readable by
+    the service when the worker runs as another user). docs/security.md, "Sandboxed parsers"."""
     os.umask(0o022)
-    if not landlock.confine(write=[output_root]):
-        return False
+    check_input_root(input_root)
+    runtime = [*landlock.python_runtime(), *_SYSTEM]
+    try:
+        if not landlock.confine(write=[output_root], read=[*runtime, input_root, *(p for p in read if p.exists())],
+                                execute=landlock.with_interpreter(programs), write_files=["/dev/null", *devices]):
+            return False
+    except landlock.SecretInReach as e:
+        raise WorkerError(f"cannot confine this worker: {e}") from None
     landlock.refuse_metadata()  # where seccomp cannot be, Landlock alone (`hoard health` says so)
     return True
+
+
+#: what a built-in reads of the system besides its libraries: the processors and memory nodes
+#: (the C library counts processors there, OpenCV's, numpy's and torch's pools size themselves
+#: by it, ffmpeg's libnuma and torch's cpuinfo read the topology and the processor's features)
+#: and /dev/urandom (ffmpeg seeds its random numbers there; /dev/null is a write rule of its own)
+_SYSTEM = tuple(p for p in ("/sys/devices/system/cpu", "/sys/devices/system/node", "/proc/cpuinfo", "/dev/urandom")
+                if os.path.exists(p))
 
 
 def write_bytes(root: Path, rel: str, data: bytes) -> Path:

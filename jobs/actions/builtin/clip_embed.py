@@ -39,6 +39,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs")
 
 
+def reads(args: argparse.Namespace) -> list[Path]:
+    """What this program reads besides its inputs and Python once confined (`_io.confine`): the
+    weights file and a model config JSON (`load` refuses one that is missing)."""
+    files = [Path(args.weights)] + ([Path(args.model)] if args.model.endswith(".json") else [])
+    if args.device == "cuda":  # the NVIDIA driver's description of the GPUs, which CUDA reads at its start
+        files += [Path(p) for p in _CUDA_READS]
+    return [p for p in files if p.exists()]
+
+
+#: what CUDA reads besides its libraries (site-packages, /usr/lib): the driver's /proc entries and
+#: the PCI devices in /sys
+_CUDA_READS = ("/proc/driver/nvidia", "/sys/bus/pci/devices", "/sys/devices")
+
+
+def devices(args: argparse.Namespace) -> list[Path]:
+    """The device files this program opens to read and write, and drives by ioctls, once
+    confined: with `--device cuda` the NVIDIA driver's (/dev/nvidiactl, /dev/nvidia0…,
+    /dev/nvidia-uvm); none on the CPU."""
+    if args.device != "cuda":
+        return []
+    return sorted(p for p in Path("/dev").glob("nvidia*") if p.is_char_device())
+
+
 def gpu_ready(device: str) -> int:
     """The gate hook: 0 when the run may start on `device`."""
     if device == "cpu":

@@ -41,6 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames-per-scene", type=int, default=1, help="keyframes kept per scene (1–10)")
 
 
+def programs(args: argparse.Namespace) -> list[Path]:
+    """What this program starts once confined (`_io.confine`): ffmpeg and ffprobe, where PATH
+    finds them (`run` says which is missing)."""
+    return [Path(found) for name in ("ffmpeg", "ffprobe") if (found := shutil.which(name))]
+
+
 def _ffmpeg(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", *args], capture_output=True, text=True,
                           errors="replace", check=False)
