@@ -38,7 +38,7 @@ from fsd.core import shardfmt as fmt
 from fsd.core.backend import Disk
 from fsd.core.disks import DiskGone, DiskRecord, DiskState, corrupt_fs, fsck_step
 from fsd.core.entries import ObjectLoc
-from fsd.core.held import iter_named
+from fsd.core.held import iter_named, named
 from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
 from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_ssd, remove_index_leftovers
 from fsd.core.placement import Candidate, choose
@@ -86,6 +86,7 @@ def _migrate_reading(store: Store) -> None:
         store.index.migrate(get=store.get)
     except (HoardError, ValueError, KeyError, TypeError) as e:  # (a manifest that does not decode)
         why = e.message if isinstance(e, HoardError) else f"a manifest does not decode: {e!r}"
+        store.migration_error = e  # (`hoard index migrate` names the step for it: fsd.outputs.unreadable)
         log.warning("the index stays at format %d (%s); deletion and gc read every manifest until `hoard index "
                     "migrate` succeeds — `hoard check` names a damaged manifest", store.index.format, why)
 
@@ -107,6 +108,8 @@ class Store:
         self._writers: dict[str, ShardWriter] = {}
         self.held = ""  # the lock this store holds shared until close() (see Store.open)
         self.reservations: SetAside | None = None  # gc's Reservation while it runs
+        #: why the open's migration left the index at an older format (a manifest it could not read)
+        self.migration_error: Exception | None = None
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -717,6 +720,22 @@ class Store:
         return plan, execute(self, plan, sink, large_sink)
 
     # -- status --------------------------------------------------------------------------------
+    def unmendable_repairs(self, repairs: list[tuple[bytes, str, dict]] | None = None) -> list[dict]:
+        """The queued repairs that found no copy to make (`Index.note_unmendable`): shard, disk,
+        why, how many records no replica holds whole, and the batches and views whose manifest
+        is one of them (what `hoard delete --batch` / `hoard view rm` unregisters)."""
+        found = [(sid, uuid, doc) for sid, uuid, doc in (self.index.pending_repairs() if repairs is None else repairs)
+                 if doc.get("unmendable") and self.index.get_shard(sid) is not None]  # (not one gc retired since)
+        if not found:
+            return []
+        lost = {h for _, _, doc in found for h in doc.get("lost", [])}
+        manifests = {info.get("manifest"): f"{kind} {name}" for kind, name, info in named(self.index)
+                     if info.get("manifest") in lost}
+        return [{"shard": sid.hex(), "disk": self.records[uuid].label if uuid in self.records else uuid,
+                 "why": doc["unmendable"], "lost": doc.get("lost_count", len(doc.get("lost", []))),
+                 "manifests": sorted({manifests[h] for h in doc.get("lost", []) if h in manifests})}
+                for sid, uuid, doc in found]
+
     def status(self) -> dict:
         disks = []
         seen = self.index.disks_seen()[0]
@@ -736,11 +755,13 @@ class Store:
 
         shards = list(self.index.iter_shards())  # (read once: 2,500 at 10 M objects, three passes before)
         stuck = [m.hex for m in shards if not m.sealed and not writer_alive(self.lock_path(m.hex))]
+        repairs = self.index.pending_repairs()
         return {"objects": self.index.count_objects(), "shard_bytes": sum(m.size for m in shards),
                 "disks": disks, "replication": replication_lag(self, shards),
                 "open_without_writer": stuck,
                 "oldest_unverified_s": oldest_unverified_age(self, shards),
-                "pending_repairs": len(self.index.pending_repairs()),
+                "pending_repairs": len(repairs),
+                "unmendable_repairs": self.unmendable_repairs(repairs),
                 "recent_errors": [e for e in self.index.recent_events(50) if e["kind"].endswith("_error")][:10],
                 "disk_failures": self.status_disk_failures(),
                 "recovery_incomplete": [e for e in self.index.recent_events(200)

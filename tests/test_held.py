@@ -428,7 +428,7 @@ def test_a_batch_or_view_whose_manifest_is_lost_is_removed_as_check_and_migrate_
                 db=env.open_db(b"views", txn=txn))
     env.close()
     res = _hoard(cfg_path, "index", "migrate")
-    assert res.returncode == 5 and "`hoard delete --batch`" in res.stderr, res.stderr[-2000:]
+    assert res.returncode == 5 and "`hoard delete --batch L`" in res.stderr, res.stderr[-2000:]
     lines = [p for p in json.loads(_hoard(cfg_path, "check", "--no-database", "--json").stdout)["problems"]
              if "is not in the store" in p]
     assert len(lines) == 2 and "`hoard delete --batch L`" in lines[0] and "`hoard view rm LV`" in lines[1], lines

@@ -9,10 +9,11 @@ from typing import Annotated
 import typer
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.cli._common import confirm, database, out, read_sha_list, state
+from fsd.cli._common import confirm, database, err, out, read_sha_list, state
 from fsd.core.records import sha_bytes
 from fsd.maintenance.deletion import drop_batch, finish_batch, hide, release
 from fsd.outputs.puts import release as release_put
+from fsd.outputs.unreadable import ManifestUnreadable
 from fsd.store import Store
 from jobs.ingest import forget_deleted
 from sql import deletion as db_del
@@ -80,8 +81,22 @@ def delete(
             finish_batch(store, batch)  # (the store's last step, if a killed run left it)
             out.print(f"type B: batch {batch} was already deleted", markup=False)
         else:
-            counts = db_del.drop_batch(conn, batch, reason) if db_del.batch_known(conn, batch) else {}
-            dropped, shared = drop_batch(store, batch)
+            counts: dict[str, int] = {}
+
+            def database_first() -> None:  # (run by drop_batch once it knows what it drops, before the store changes)
+                if db_del.batch_known(conn, batch):
+                    counts.update(db_del.drop_batch(conn, batch, reason))
+
+            try:
+                dropped, shared = drop_batch(store, batch, before=database_first)
+            except ManifestUnreadable as e:  # nothing changed yet: say so, and ask
+                err.print(f"batch {batch}: its manifest {e.manifest} cannot be read from any replica ({e.why}), and "
+                          "nothing mends it. What the batch named is not known, so dropping it tombstones nothing it "
+                          "named: its files stay stored (a leak, never a loss); only the manifest is tombstoned, and "
+                          "`hoard gc` frees it.", markup=False)
+                if not yes:
+                    confirm(f"unregister batch {batch}, tombstoning nothing it named?")
+                dropped, shared = drop_batch(store, batch, unreadable_ok=True, before=database_first)
             out.print(f"type B: batch {batch} dropped: {counts.get('members', 0)} memberships and "
                       f"{counts.get('nodes_marked_deleted', 0)} nodes marked deleted in the database; {dropped} "
                       f"objects tombstoned, {shared} kept (another batch or view uses them). `hoard gc` frees the space.")

@@ -10,9 +10,11 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out, progress, state
 from fsd.cli.store import open_store
 from fsd.core import formats, storelock
+from fsd.core.held import ManifestNotRead
 from fsd.core.layout import remove_index_leftovers
 from fsd.core.marks import TABLES
 from fsd.maintenance.reindex import backup_index, rebuild_index, restore_index
+from fsd.outputs import unreadable
 from fsd.store import Store
 
 app = typer.Typer(help="The LMDB index: rebuild it from the shards on the disks.", no_args_is_help=True)
@@ -90,12 +92,18 @@ def migrate(ctx: typer.Context) -> None:
         raise formats.NewerFormat(f"the index at {state(ctx).settings.index_dir}", found, formats.INDEX)
     with open_store(ctx) as store:  # (the writable open migrates it, and removes a killed rebuild's leftovers)
         now = store.index.format
+        why = store.migration_error
+        if isinstance(why, ManifestNotRead):  # a registered manifest: what reads it, or what unregisters it
+            why = unreadable.judge(store, why.kind, why.name, why.manifest, why)
         # what the open could not remove (it only logs why: every writer opens): health, check and
         # verify name this command as the way out, so it says why it is not
         _, stuck = remove_index_leftovers(store.cfg)
     if stuck:
         raise HoardError(f"{'; '.join(stuck)}: left by a killed index rebuild or restore, and cannot be removed; "
                          "nothing reads it: remove it by hand, then run `hoard check`", ExitCode.DATA)
+    if now < formats.INDEX and isinstance(why, HoardError):
+        raise HoardError(f"the index at {state(ctx).settings.index_dir} stays at format {now}: {why.message}; then "
+                         "run this again", why.exit_code)
     if now < formats.INDEX:  # a step that reads the manifests could not (the open warned why)
         raise HoardError(f"the index at {state(ctx).settings.index_dir} stays at format {now}: a registered manifest "
                          "cannot be read (the warning above names it); `hoard check` names the damage — repair it "

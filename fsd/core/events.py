@@ -17,6 +17,10 @@ from typing import Any
 #: events older than this, or beyond this many, are pruned (the newest are kept)
 EVENTS_MAX_AGE_S = 90 * 86400
 EVENTS_MAX = 100_000
+#: a queued repair's fields `note_unmendable` adds (kept when the replica is queued again)
+UNMENDABLE_KEYS = ("unmendable", "lost", "lost_count")
+#: the records no replica holds whole that a queued repair keeps the sha256 of (the rest counted)
+LOST_KEPT = 100
 _seq = 0
 _seq_lock = threading.Lock()
 
@@ -84,8 +88,26 @@ class EventTables:
         return out
 
     def queue_repair(self, sid: bytes, disk_uuid: str, reason: str) -> None:
+        """Queue the replica for repair; a finding that no copy of the shard can be assembled
+        (`note_unmendable`) stays with it: a reader finding the replica bad again changes nothing
+        about that — the next repair that fails writes it afresh, one that succeeds clears it."""
+        key = sid + disk_uuid.encode()
         with self.env.begin(write=True, db=self.repairs) as txn:
-            txn.put(sid + disk_uuid.encode(), json.dumps({"reason": reason, "time": time.time()}).encode())
+            raw = txn.get(key)
+            kept = {k: v for k, v in json.loads(raw).items() if k in UNMENDABLE_KEYS} if raw else {}
+            txn.put(key, json.dumps({"reason": reason, "time": time.time(), **kept}).encode())
+
+    def note_unmendable(self, sid: bytes, disk_uuid: str, why: str, lost: list[bytes]) -> None:
+        """A queued repair of this replica found no copy of the shard to make: some record is
+        whole in no replica (`why`; `lost`, the sha256 of each such record — up to LOST_KEPT).
+        `hoard health` says so instead of sending the user to `hoard replicate` again, and names
+        a batch or view whose manifest is among them (fsd.store.Store.status)."""
+        key = sid + disk_uuid.encode()
+        with self.env.begin(write=True, db=self.repairs) as txn:
+            raw = txn.get(key)
+            doc = json.loads(raw) if raw else {"reason": why, "time": time.time()}
+            doc.update(unmendable=why, lost=[s.hex() for s in lost[:LOST_KEPT]], lost_count=len(lost))
+            txn.put(key, json.dumps(doc).encode())
 
     def clear_repair(self, sid: bytes, disk_uuid: str) -> None:
         with self.env.begin(write=True, db=self.repairs) as txn:

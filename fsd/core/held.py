@@ -57,14 +57,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fsd.base.errors import HoardError
+from fsd.base.errors import ExitCode, HoardError
 from fsd.core import formats
 from fsd.core.entries import named_entry
 from fsd.core.spill import Spill
 from fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
 
-__all__ = ["OBJ", "MAN", "LONG_OBJ", "LONG_MAN", "PENDING", "HeldTables", "iter_files", "iter_named", "named",
-           "named_by", "pair"]
+__all__ = ["OBJ", "MAN", "LONG_OBJ", "LONG_MAN", "PENDING", "HeldTables", "ManifestNotRead", "iter_files",
+           "iter_named", "named", "named_by", "pair"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,18 @@ _SPAN = 200_000
 _SEEN_MAX = 100_000
 #: what reading a manifest may raise (it is lost, of a newer format, does not decode)
 _UNREADABLE = (HoardError, OSError, ValueError, KeyError, TypeError)
+
+
+class ManifestNotRead(HoardError):
+    """A registered manifest `fill_held` could not read: which registration (`kind`, `name`),
+    the error, and the object being read when it came (`asked`)."""
+
+    exit_code = ExitCode.DATA
+
+    def __init__(self, kind: str, name: str, manifest_hex: str, err: Exception, asked: str) -> None:
+        why = err.message if isinstance(err, HoardError) else f"{type(err).__name__}: {err}"
+        super().__init__(f"{kind} {name}: its manifest {manifest_hex} cannot be read ({why})")
+        self.kind, self.name, self.manifest, self.err, self.asked = kind, name, manifest_hex, err, asked
 
 
 def _distinct(keys: Iterable[bytes]) -> Iterator[bytes]:
@@ -402,15 +414,28 @@ class HeldTables:
         an empty table. Put as the manifests name them, each key dirtied a page of its own once
         the table outgrew a transaction, and every commit wrote most of the tree: 48 % of a
         rebuild at 10 M objects, 1.76× its cost per object at 1 M."""
+        whose: dict[bytes, tuple[str, str]] = {}  # manifest → (kind, name) of a registration naming it
         with self.env.begin() as txn:
-            manifests = sorted({bytes.fromhex(named_entry(kind, bytes(k).decode(errors="replace"), bytes(v))["manifest"])
-                                for kind, db in (("batch", self.batches), ("view", self.views))
-                                for k, v in txn.cursor(db=db)})
+            for kind, db in (("batch", self.batches), ("view", self.views)):
+                for k, v in txn.cursor(db=db):
+                    name = bytes(k).decode(errors="replace")
+                    whose.setdefault(bytes.fromhex(named_entry(kind, name, bytes(v))["manifest"]), (kind, name))
         n = 0
         with Spill(spills, OBJ + MAN, prefix="held-") as runs:
-            for man in manifests:
-                for sha in iter_named(get, man.hex()):
-                    runs.add(pair(sha, man))
+            for man in sorted(whose):
+                asked = [man.hex()]
+
+                def reading(sha_hex: str) -> bytes:
+                    asked[0] = sha_hex
+                    return get(sha_hex)
+
+                try:
+                    for sha in iter_named(reading, man.hex()):
+                        runs.add(pair(sha, man))
+                except formats.NewerFormat:
+                    raise
+                except _UNREADABLE as e:  # (which registration, so the step can be named: fsd.outputs.unreadable)
+                    raise ManifestNotRead(*whose[man], man.hex(), e, asked[0]) from e
             for part in chunked(_distinct(runs.sorted())):
                 with self.env.begin(write=True, db=self.held) as txn:
                     cur = txn.cursor()

@@ -279,6 +279,17 @@ def _take_exclusive(lk: _Lock, wait_s: float) -> bool:
     return got
 
 
+def held_by_others(ssd_root: Path, name: str = STORE, mine: int = 0) -> bool:
+    """Whether anyone but the caller holds the lock: another live process (its holder file: a
+    writer writes it before its first change to the store), or more users in this process than
+    the caller's own `mine` (a second Store opened beside it)."""
+    lk = _get(ssd_root, name)
+    with _guard:
+        if lk.shared + lk.exclusive > mine:
+            return True
+    return bool(lk.holders())
+
+
 def holders(ssd_root: Path, name: str = STORE) -> list[dict]:
     """Who holds the lock now (other processes), for `hoard health` and refusals."""
     return _get(ssd_root, name).holders()

@@ -180,6 +180,9 @@ def attach_s3(store: Store, dc: config_mod.DiskConfig, rec: DiskRecord | None, i
         ident, answered = disk.read_identity(), True
     except EngineError as e:
         ident, answered, why = None, False, e.message
+        if rec is None and _no_bucket(disk):  # a new disk's bucket not made yet: not "deleted, its shards lost"
+            why = (f"bucket {dc.bucket} does not exist at {dc.endpoint}: create it with the engine's tools (hoard "
+                   "does not create buckets), then run `hoard init`; or correct disks.bucket")
     else:
         why = f"bucket {dc.bucket} at {dc.endpoint} has no {IDENTITY} (not initialised: `hoard init`)"
     if rec is None:
@@ -227,6 +230,14 @@ def attach_s3(store: Store, dc: config_mod.DiskConfig, rec: DiskRecord | None, i
     store.records[rec.uuid] = rec
     store.disks[rec.uuid] = disk
     store.queue[rec.uuid] = 0
+
+
+def _no_bucket(disk: Any) -> bool:
+    """Whether the engine answers that the S3 disk's bucket does not exist."""
+    try:
+        return not disk.bucket_exists()
+    except (OSError, HoardError):  # (EngineError: the engine does not answer, refuses us)
+        return False
 
 
 def forgotten_s3(disk: Any) -> bool:

@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fsd.core import formats, marks, pointers
+from fsd.core import formats, marks, pointers, storelock
 from fsd.core import shardfmt as fmt
 from fsd.core.beside import MARKS_NAME
 from fsd.core.disks import DiskState
 from fsd.core.held import named
 from fsd.core.index import MARKS_NS, IndexDamaged, named_entry
-from fsd.core.layout import BATCHES_DIR, MARKS_LOG, VIEWS_DIR, index_leftovers, naming_busy
+from fsd.core.layout import BATCHES_DIR, MARKS_LOG, VIEWS_DIR, index_leftovers, lock_root, naming_busy
 from fsd.core.spill import Spill, spill_parent
 from fsd.io import judged
 
@@ -269,6 +269,7 @@ def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], sp
     now = judged.Memory(judged.index_identity(store), cutoff, before.whole_at if before else time.time(),
                         before.whole_by if before else by, {}, tail_at=time.time() if before else 0.0)
     uuids: dict[int, str] = {}
+    until: list[float] = []  # when the wait for records stamped ahead ends (`_ahead`: one per judgement)
     lines_read = 0  # lines of the disks' logs read this time (a tail's only)
     for uuid, rec in store.records.items():
         disk = store.disks.get(uuid)
@@ -314,7 +315,7 @@ def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], sp
             where = ", ".join(map(str, got.damaged_lines)) + (" …" if got.damaged > len(got.damaged_lines) else "")
             steps.append((name, f"disk {rec.label}: {got.damaged} damaged line(s) in its marks log (line {where}: a "
                                 f"check that does not hold — bit rot; a rebuild does not obey them): {fix}"))
-        ahead = _ahead(store, got)  # the index's stamp now: a put that committed meanwhile is no record ahead
+        ahead = _ahead(store, got, until)  # the index's stamp now: a put that committed meanwhile is no record ahead
         if ahead:
             steps.append((name, f"disk {rec.label}: its marks log holds {ahead} record(s) stamped after anything "
                                 "the index gave out (a record whose transaction never committed, or damage): "
@@ -501,16 +502,30 @@ def _index_marks(txn: Any, idx: Any, spill: Spill) -> None:
                 marks.hold(spill, t, bytes(k))
 
 
-def _ahead(store: Store, got: marks.DiskLog) -> int:
+def _ahead(store: Store, got: marks.DiskLog, until: list[float]) -> int:
     """How many of the log's records are stamped after anything the index gave out, once the
     writers whose records they may be had AHEAD_WAIT_S to commit: a writer appends its records
     to every disk inside its write transaction, before the commit (docs/design.md, "Deletion
     marks on the HDDs") — a check beside a `hoard put` read 918 roots "ahead" that committed a
-    moment later (tests/test_races.py). What is still ahead then never committed."""
-    deadline = time.monotonic() + AHEAD_WAIT_S
-    while (n := got.after(_index_stamp(store))) and time.monotonic() < deadline:
+    moment later (tests/test_races.py). What is still ahead then never committed.
+
+    One wait per judgement (`until`, shared by its disks: a writer's records are on every disk
+    before its commit, so one wait covers them all), and none while no writer holds the store
+    (`_writers_live`): a record a killed writer left is ahead for good, and waiting for it cost
+    every `hoard check` AHEAD_WAIT_S per disk holding one."""
+    n = got.after(_index_stamp(store))
+    if n and not until:
+        until.append(time.monotonic() + AHEAD_WAIT_S if _writers_live(store) else 0.0)
+    while n and time.monotonic() < until[0]:
         time.sleep(0.05)
+        n = got.after(_index_stamp(store))
     return n
+
+
+def _writers_live(store: Store) -> bool:
+    """Whether a writer may be inside a write transaction now: another process holds the store
+    lock, or another Store of this process does (the caller's own writable store is not one)."""
+    return storelock.held_by_others(lock_root(store.cfg), storelock.STORE, 1 if store.held == storelock.STORE else 0)
 
 
 def _index_stamp(store: Store) -> int:

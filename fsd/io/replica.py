@@ -19,11 +19,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import xxhash
+
 from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
 from fsd.base.modes import FILE
 from fsd.core import shardfmt as fmt
 from fsd.core.backend import has_files
-from fsd.core.disks import drop_cache, pread_full, verify_shard
+from fsd.core.disks import STREAM_PIECE, drop_cache, pread_full, verify_shard
 
 if TYPE_CHECKING:
     from fsd.core.backend import Disk, LocalFiles
@@ -186,10 +188,12 @@ def assemble_onto(store: Store, meta: ShardMeta, disk: Disk, reason: str) -> boo
     """Replace `disk`'s bad replica of `meta` by a copy assembled record by record from every
     replica that reads (`copy_merged`, the bad one included: it may hold records the others
     lost); True when done (its queued repair cleared, an `assembled` event). What every whole
-    copy failed to mend: each replica bad somewhere."""
+    copy failed to mend: each replica bad somewhere. When no copy can be assembled because
+    some record is whole in no replica, the queued repair keeps that finding (`Index.
+    note_unmendable`: `hoard health` names it, and a batch whose manifest is such a record)."""
     sources = list(store.sources(meta))
-    if len(sources) < 2 or not store.usable(disk.uuid, for_write=True):
-        return False
+    if len(sources) < 2 or not store.usable(disk.uuid, for_write=True) or not has_files(disk):
+        return False  # (a copy is assembled onto a disk with files; an S3 replica is then copied from it whole)
     try:
         copy_merged(sources, disk, meta, store.index, why=reason)
     except TargetError as e:
@@ -197,6 +201,10 @@ def assemble_onto(store: Store, meta: ShardMeta, disk: Disk, reason: str) -> boo
         return False
     except (OSError, fmt.ShardFormatError) as e:
         log.warning("shard %s: no copy could be assembled from its replicas: %s", meta.hex, e)
+        if isinstance(e, Unmendable):  # (so for every queued replica of the shard: no copy mends any of them)
+            queued = {u for sid, u, _ in store.index.pending_repairs() if sid == meta.shard_id} | {disk.uuid}
+            for u in sorted(queued):
+                store.index.note_unmendable(meta.shard_id, u, str(e), [r.sha256 for r in e.lost])
         return False
     store.index.clear_repair(meta.shard_id, disk.uuid)
     return True
@@ -206,45 +214,116 @@ class NoSource(Exception):
     """No copy of one shard could be made (each replica's error in the text)."""
 
 
+class Unmendable(fmt.PayloadChecksumMismatch):
+    """No replica holds some record of the shard whole: no copy can be assembled. `lost`: every
+    such record (the first is named in the text)."""
+
+    def __init__(self, message: str, lost: list[fmt.RecordInfo]) -> None:
+        super().__init__(message)
+        self.lost = lost
+
+
+class _Source:
+    """One replica as an assembly reads it: `read(offset, n)` (a descriptor's pread, or ranged
+    GETs off an S3 disk), its size, and whether its header names the shard — only then are its
+    header and footer taken; its records are taken from any replica, each checked on its own."""
+
+    def __init__(self, disk: Disk, meta: ShardMeta) -> None:
+        self.disk, self.hex, self.fd = disk, meta.hex, None
+        if has_files(disk):
+            self.fd = disk.open_fd(meta.hex)
+            try:
+                self.size = os.fstat(self.fd).st_size
+            except OSError:
+                self.close()
+                raise
+        else:  # (an S3 disk: its sealed object, read with ranged GETs)
+            self.size = disk.size(meta.hex)
+        self.names = self.size == meta.size and _header_of(meta)(self.read_or_none(0, fmt.SHARD_HEADER_SIZE))
+
+    def read(self, offset: int, n: int) -> bytes:
+        """`n` bytes at `offset`; fewer past the replica's end (nothing is asked beyond it: an
+        engine answers a range past an object's end with an error)."""
+        n = max(0, min(n, self.size - offset))
+        if n == 0:
+            return b""
+        if self.fd is not None:
+            return pread_full(self.fd, n, offset)
+        return self.disk.read_exact(self.hex, offset, n)
+
+    def read_or_none(self, offset: int, n: int) -> bytes:
+        try:
+            return self.read(offset, n)
+        except OSError:
+            return b""
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _open_sources(sources: Iterable[Disk], meta: ShardMeta) -> list[_Source]:
+    """Every replica of `meta` among `sources` that opens, of any size: a replica cut short
+    still holds the records before its cut, one whose header rotted still holds its records."""
+    out: list[_Source] = []
+    try:
+        for src in sources:
+            try:
+                out.append(_Source(src, meta))
+            except OSError:
+                continue
+    except BaseException:
+        for s in out:
+            s.close()
+        raise
+    return out
+
+
 def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta, index: Index,
                 stop: threading.Event | None = None, why: str = "") -> int:
     """A whole copy on `dst` of a sealed shard no replica of which is whole, record by record:
     each record (its header and payload) from the first replica whose bytes there check —
     the record header's own check, the payload's xxh3-128 and its sha256 against the name the
-    footer gives it — the shard header and footer from the first that hold them. The replicas
-    of a sealed shard are the same bytes (copies, or sealed alike by recovery), so each
-    record's bytes sit at the same place in each; a replica of another size or footer is not
-    used. Written tmp → fsync → checked whole (sha256 too) → named, as `copy_shard` does.
-    Raises ShardFormatError naming the first record no replica holds whole (nothing is
-    named then), TargetError when `dst` fails; returns the bytes written, with an `assembled`
-    event naming the replicas used (and `why`).
+    footer gives it — the shard header and footer from the first replica whose header names
+    the shard (`_merge_footer`: a footer that agrees with the index). The replicas of a sealed
+    shard are the same bytes (copies, or sealed alike by recovery), so each record's bytes sit
+    at the same place in each: any replica gives its records — one whose 32-byte header rotted,
+    one cut short (up to its cut), one on an S3 disk (ranged GETs) — since a record is taken
+    only where its bytes check against the name this shard's footer gives it (a file that is
+    another shard's — a cross-link: review 42 — gives nothing that does not). A record is read and written
+    in pieces (STREAM_PIECE), checked as a whole: any size, in bounded memory. Written tmp →
+    fsync → checked whole (sha256 too) → named, as `copy_shard` does. Raises Unmendable naming
+    every record no replica holds whole (nothing is named then), TargetError when `dst` fails;
+    returns the bytes written, with an `assembled` event naming the replicas used (and `why`).
 
-    What makes a shard mendable whose two replicas rotted at different records (review 42:
+    What makes a shard mendable whose replicas rotted at different records (review 42:
     whole-shard copies only, so no command could mend it while every object still read)."""
     if not has_files(dst):
         raise fmt.ShardFormatError(f"shard {meta.hex}: a copy assembled from its replicas goes onto a disk with "
                                    f"files only, not {dst.label}")
-    fds: list[tuple[Disk, int]] = []
+    srcs = _open_sources(sources, meta)
     try:
-        for src in sources:
-            if not has_files(src):
-                continue
-            try:
-                fd = src.open_fd(meta.hex)
-            except OSError:
-                continue
-            if os.fstat(fd).st_size != meta.size or not _names_the_shard(fd, meta):
-                os.close(fd)  # (another shard's file under this name — a cross-link — gives nothing: review 42)
-                continue
-            fds.append((src, fd))
-        records = _merge_footer(fds, meta, index)
+        records = _merge_footer([s for s in srcs if s.names], meta, index)
+        lost: list[fmt.RecordInfo] = []
+        used: list[str] = []
         with _tmp_replica(dst, meta.hex) as (out, tmp):
-            _write_from_first(fds, out, 0, fmt.SHARD_HEADER_SIZE, _header_of(meta), "the shard header")
+            head = _first_good([s for s in srcs if s.names], 0, fmt.SHARD_HEADER_SIZE, _header_of(meta))
+            with _on_target():
+                os.pwrite(out, head[1], 0)
+            used.append(head[0].disk.label)
             for rec in records:
                 if stop is not None and stop.is_set():
                     raise CopyStopped(f"shard {meta.hex}: the assembled copy was stopped")
-                start = rec.offset - fmt.RECORD_HEADER_SIZE
-                _write_from_first(fds, out, start, rec.end - start, _record_of(rec), f"the record at {rec.offset}")
+                got = _copy_record(srcs, out, rec)
+                if got is None:
+                    lost.append(rec)
+                elif got.disk.label not in used:
+                    used.append(got.disk.label)
+            if lost:
+                more = f" nor {len(lost) - 1} other record(s)" if len(lost) > 1 else ""
+                raise Unmendable(f"no replica holds the record at {lost[0].offset} whole{more} (read from "
+                                 f"{', '.join(s.disk.label for s in srcs)}; object {lost[0].sha256.hex()})", lost)
             footer_at = records[-1].end if records else fmt.SHARD_HEADER_SIZE
             with _on_target():
                 os.pwrite(out, fmt.encode_footer(records, footer_at), footer_at)
@@ -262,43 +341,37 @@ def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta, index: Inde
             dst.check()
             dst.install(meta.hex, tmp)
         index.record_event("assembled", disk=dst.label, shard=meta.hex,
-                           detail=f"from {', '.join(src.label for src, _ in fds)}" + (f" ({why})" if why else ""))
+                           detail=f"from {', '.join(used)}" + (f" ({why})" if why else ""))
         return meta.size
     finally:
-        for _src, fd in fds:
-            os.close(fd)
+        for s in srcs:
+            s.close()
 
 
-def _names_the_shard(fd: int, meta: ShardMeta) -> bool:
-    try:
-        return _header_of(meta)(pread_full(fd, fmt.SHARD_HEADER_SIZE, 0))
-    except OSError:
-        return False
-
-
-def _merge_footer(fds: list[tuple[Disk, int]], meta: ShardMeta, index: Index) -> list[fmt.RecordInfo]:
-    """The records of the first replica whose footer checks, lists its whole body and as many
-    records as the index counts, and agrees with the index: no record it lists is indexed
-    elsewhere (another shard, another offset or length). The records are then checked against
-    this list by their sha256, so a list that is not this shard's must never be taken."""
+def _merge_footer(srcs: list[_Source], meta: ShardMeta, index: Index) -> list[fmt.RecordInfo]:
+    """The records of the first replica (of those whose header names the shard) whose footer
+    checks, lists its whole body and as many records as the index counts, and agrees with the
+    index: no record it lists is indexed elsewhere (another shard, another offset or length).
+    The records are then checked against this list by their sha256, so a list that is not this
+    shard's must never be taken."""
     said = []
-    for src, fd in fds:
+    for s in srcs:
         try:
-            recs = fmt.decode_footer(lambda off, n, fd=fd: pread_full(fd, n, off), meta.size)
+            recs = fmt.decode_footer(s.read, meta.size)
         except (OSError, fmt.ShardFormatError) as e:
-            said.append(f"{src.label}: {getattr(e, 'strerror', None) or e}")
+            said.append(f"{s.disk.label}: {getattr(e, 'strerror', None) or e}")
             continue
         if recs is None or len(recs) != meta.records or not fmt.lists_whole_body(recs, meta.size):
-            said.append(f"{src.label}: no footer listing its {meta.records} records")
+            said.append(f"{s.disk.label}: no footer listing its {meta.records} records")
             continue
         locs = index.lookup_many([r.sha256 for r in recs])
         if any(r.sha256 in locs and (locs[r.sha256].shard_id, locs[r.sha256].offset, locs[r.sha256].length)
                != (meta.shard_id, r.offset, r.length) for r in recs):
-            said.append(f"{src.label}: its footer disagrees with the index")
+            said.append(f"{s.disk.label}: its footer disagrees with the index")
             continue
         return sorted(recs, key=lambda r: r.offset)
     raise fmt.FooterMismatch(f"shard {meta.hex}: no replica's footer lists its records "
-                             f"({'; '.join(said) or 'no replica of its size naming it could be opened'})")
+                             f"({'; '.join(said) or 'no replica of its size whose header names it could be opened'})")
 
 
 def _header_of(meta: ShardMeta):
@@ -310,42 +383,54 @@ def _header_of(meta: ShardMeta):
     return good
 
 
-def _record_of(rec: fmt.RecordInfo):
-    def good(buf: bytes) -> bool:
-        try:
-            sha, length, digest, _flags = fmt.decode_record_header(buf)
-        except fmt.ShardFormatError:
-            return False
-        payload = memoryview(buf)[fmt.RECORD_HEADER_SIZE:]
-        return (sha == rec.sha256 and length == rec.length == len(payload) and fmt.xxh3(payload) == digest
-                and hashlib.sha256(payload).digest() == rec.sha256)
-    return good
-
-
-def _write_from_first(fds: list[tuple[Disk, int]], out: int, start: int, n: int, good, what: str) -> None:
-    """Bytes [start, start+n) from the first replica whose bytes there are `good`, written at
-    `start` in `out`. (A record is held whole in memory: this path mends rare damage; a record
-    larger than MERGE_MAX is refused rather than read whole.)"""
-    if n > MERGE_MAX:
-        raise fmt.ShardFormatError(f"{what} is {n} bytes, over the {MERGE_MAX >> 20} MiB a copy assembled from "
-                                   "replicas reads at once")
-    said = []
-    for src, fd in fds:
-        try:
-            buf = pread_full(fd, n, start)
-        except OSError as e:
-            said.append(f"{src.label}: {e.strerror or e}")
-            continue
+def _first_good(srcs: list[_Source], start: int, n: int, good) -> tuple[_Source, bytes]:
+    """(replica, bytes [start, start+n)) of the first replica whose bytes there are `good`."""
+    for s in srcs:
+        buf = s.read_or_none(start, n)
         if len(buf) == n and good(buf):
+            return s, buf
+    raise fmt.BadMagic(f"no replica holds the shard header whole ({', '.join(s.disk.label for s in srcs)})")
+
+
+def _copy_record(srcs: list[_Source], out: int, rec: fmt.RecordInfo) -> _Source | None:
+    """Write the record `rec` (its header and payload) at its place in `out` from the first
+    replica whose bytes check (the header's own check and its fields against `rec`, the
+    payload's xxh3-128 and sha256), read and written in pieces; the replica used, or None when
+    none holds it whole (what was written of it is overwritten by the next try, or never named)."""
+    start = rec.offset - fmt.RECORD_HEADER_SIZE
+    for s in srcs:
+        if s.size < rec.end:
+            continue  # (cut short before this record's end)
+        try:
+            first = s.read(start, min(STREAM_PIECE, rec.end - start))
+            sha, length, digest, _flags = fmt.decode_record_header(first)
+        except (OSError, fmt.ShardFormatError):
+            continue
+        if sha != rec.sha256 or length != rec.length:
+            continue
+        x, h = xxhash.xxh3_128(), hashlib.sha256()
+        piece, at, whole = memoryview(first)[fmt.RECORD_HEADER_SIZE:], rec.offset, True
+        with _on_target():
+            os.pwrite(out, first[:fmt.RECORD_HEADER_SIZE], start)
+        while True:
+            x.update(piece)
+            h.update(piece)
             with _on_target():
-                os.pwrite(out, buf, start)
-            return
-        said.append(f"{src.label}: does not check")
-    raise fmt.PayloadChecksumMismatch(f"no replica holds {what} whole ({'; '.join(said)})")
-
-
-#: the largest record `copy_merged` reads at once
-MERGE_MAX = 256 << 20
+                os.pwrite(out, piece, at)
+            at += len(piece)
+            if at >= rec.end:
+                break
+            try:
+                piece = memoryview(s.read(at, min(STREAM_PIECE, rec.end - at)))
+            except OSError:
+                whole = False
+                break
+            if not piece:
+                whole = False
+                break
+        if whole and at == rec.end and x.digest() == digest and h.digest() == rec.sha256:
+            return s
+    return None
 
 
 def discard_copy(disk: Disk, shard_hex: str, why: str) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fsd.core import shardfmt as fmt
+from fsd.core.backend import has_files
 from fsd.core.placement import Need, NoSpace, simulate, space_report
 from fsd.io.replica import (
     NoSource,
@@ -162,7 +163,10 @@ def repair_reported(store: Store) -> int:
     and, if it really is bad, replaced by a verified copy of a good replica. An entry whose
     disk is failed or missing stays queued (rebuild handles that disk)."""
     fixed = 0
-    for sid, uuid, why in store.index.pending_repairs():
+    # disks with files first: a copy assembled onto one of them is then the whole source an S3
+    # disk's bad replica is repaired from in the same run
+    for sid, uuid, why in sorted(store.index.pending_repairs(),
+                                 key=lambda r: not (r[1] in store.disks and has_files(store.disks[r[1]]))):
         meta = store.index.get_shard(sid)
         disk = store.disks.get(uuid)
         if meta is None or uuid not in meta.replicas:

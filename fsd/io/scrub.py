@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.core import shardfmt as fmt
+from fsd.core.backend import has_files
 from fsd.io import integrity
 from fsd.io.replica import TargetError, assemble_onto, check_replica, repair_replica, reseal_unlisted
 
@@ -192,9 +193,10 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
 
 
 def _assemble(store: Store, meta: ShardMeta, bad: list, rep: VerifyReport) -> list:
-    """Replace the first bad replica on a writable disk by a copy assembled record by record
-    (`assemble_onto`); returns [that disk] when done, else []."""
-    for disk, why in bad:
+    """Replace the first bad replica on a writable disk with files by a copy assembled record by
+    record (`assemble_onto`; an S3 disk's is then repaired from it as from any good copy);
+    returns [that disk] when done, else []."""
+    for disk, why in sorted(bad, key=lambda b: not has_files(b[0])):
         if store.usable(disk.uuid, for_write=True):
             if not assemble_onto(store, meta, disk, why):
                 return []

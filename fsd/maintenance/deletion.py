@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.core.held import named_by
+from fsd.core.held import named, named_by
 from fsd.core.txnlog import chunked
 from fsd.outputs import holders
 from fsd.outputs.manifest import iter_files, naming_lock, references
+from fsd.outputs.unreadable import UNREADABLE, ManifestUnreadable, Reading, judge
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +29,18 @@ def hide(store, shas: list[bytes], reason: str) -> int:
     return store.index.mark(store.index.hidden, shas, reason)
 
 
-def referenced_elsewhere(store, skip_batch: str, among: set[bytes]) -> set[bytes]:
+def referenced_elsewhere(store, skip_batch: str, among: set[bytes],
+                         unreadable: list[HoardError] | None = None) -> set[bytes]:
     """Which of `among` (the batch's files) every other batch and view manifest names (files
     and the manifests' own objects). Memory for `among`, not for every object the manifests
     name (issue 37: the set of all of them made `delete --batch` grow ~110 B per object of the
-    store); each manifest is still read — which ones name a file is known only from them."""
-    return references(store, among, skip=("batch", skip_batch))
+    store); each manifest is still read — which ones name a file is known only from them.
+    `unreadable`: a manifest that does not read is put there and names nothing (References)."""
+    return references(store, among, skip=("batch", skip_batch), unreadable=unreadable)
 
 
-def drop_batch(store, batch_id: str) -> tuple[int, int]:
+def drop_batch(store, batch_id: str, unreadable_ok: bool = False,
+               before: Callable[[], object] | None = None) -> tuple[int, int]:
     """Tombstone what only this batch references; returns (tombstoned, kept because shared).
 
     Which of its objects another registered manifest names is asked of the `held` table (a
@@ -43,32 +48,66 @@ def drop_batch(store, batch_id: str) -> tuple[int, int]:
     manifest, read, on an index not migrated to it yet. The tombstones are set while the batch
     is still registered (a process killed meanwhile: gc clears them, the batch naming them;
     a re-run sets them again), then it is unregistered with a pending record of its manifest,
-    whose `held` entries go last (killed before: a re-run or the next gc removes them)."""
+    whose `held` entries go last (killed before: a re-run or the next gc removes them).
+
+    A batch whose manifest no replica reads raises ManifestUnreadable (nothing changed) unless
+    `unreadable_ok`: then it is unregistered and nothing tombstoned (`_unreadable`). Another
+    manifest that does not read never stops this deletion (its sharing is not known: see
+    `_shares_unknown`). `before()` runs once what is dropped is known, before the store
+    changes — the caller's side that goes first (the CLI's database rows)."""
     idx = store.index
     with naming_lock(store):  # a view defined meanwhile is a reference seen here, or clears the mark after
         info = idx.get_batch(batch_id)
         if info is None:
+            if before is not None:
+                before()
             if not _finish(store, batch_id):
                 raise HoardError(f"no ingested batch {batch_id!r} in the store; `ls <mount>/batches` lists them",
                                  ExitCode.USAGE)
             return 0, 0
-        if idx.lookup(bytes.fromhex(info["manifest"])) is None:
-            return _lost(store, batch_id, info["manifest"])
-        if idx.held_ready():
-            names = named_by(store.get, info["manifest"])
-            mine = set(names)
-            shared = idx.held_among(mine, skip=bytes.fromhex(info["manifest"]), get=store.get)
-        else:
-            names = None
-            mine = {sha for _path, sha, _size in iter_files(store.get, info["manifest"])}
-            shared = referenced_elsewhere(store, batch_id, mine)
+        manifest = info["manifest"]
+        if idx.lookup(bytes.fromhex(manifest)) is None:
+            if before is not None:
+                before()
+            return _lost(store, batch_id, manifest)
+        reading = Reading(store)
+        others: list[HoardError] = []
+        try:
+            if idx.held_ready():
+                names = named_by(reading, manifest)
+                mine = set(names)
+                shared = idx.held_among(mine, skip=bytes.fromhex(manifest), get=store.get)
+            else:
+                names = None
+                mine = {sha for _path, sha, _size in iter_files(reading, manifest)}
+                shared = referenced_elsewhere(store, batch_id, mine, others)
+        except UNREADABLE as e:
+            bad = judge(store, "batch", batch_id, manifest, e, reading.last)
+            if not (isinstance(bad, ManifestUnreadable) and unreadable_ok):
+                raise bad from None
+            if before is not None:
+                before()
+            return _unreadable(store, batch_id, manifest, bad)
+        _shares_unknown(batch_id, others)
         # gc checks the roots again when it swaps (a `hoard put` may root one after this line)
         shared |= idx.marked_among(idx.rooted, mine)
-        doomed = (mine - shared) | {bytes.fromhex(info["manifest"])}
+        doomed = (mine - shared) | {bytes.fromhex(manifest)}
+        if before is not None:
+            before()
         n = idx.mark(idx.deleted, doomed, f"batch {batch_id} deleted")
         store.register_batch(batch_id, None)
-        holders.unhold(store, info["manifest"], names)
+        holders.unhold(store, manifest, names)
     return n, len(shared)
+
+
+def _shares_unknown(batch_id: str, others: list[HoardError]) -> None:
+    """Say which other manifests did not read while a batch was deleted on an index not migrated
+    to `held`: what they share with it is not known, so its tombstones may fall on their files —
+    a request only: gc reads every registered manifest again before it frees anything, and
+    frees nothing while one does not read (it names the step), so nothing they name is lost."""
+    for e in others:
+        log.warning("%s — what it shares with batch %s is not known; gc frees nothing while it stays registered "
+                    "unread", e.message, batch_id)
 
 
 def _lost(store, batch_id: str, manifest: str) -> tuple[int, int]:
@@ -81,6 +120,26 @@ def _lost(store, batch_id: str, manifest: str) -> tuple[int, int]:
     store.register_batch(batch_id, None)
     holders.unhold(store, manifest)
     return 0, 0
+
+
+def _unreadable(store, batch_id: str, manifest: str, bad: ManifestUnreadable) -> tuple[int, int]:
+    """A batch whose manifest no replica reads (every replica rotted at it; it does not decode),
+    unregistered as a lost one is (`_lost`: nothing it named is tombstoned, its files stay),
+    once the user agreed (`hoard delete --batch` says so and asks). Without this it could not
+    be deleted at all, nor could any other batch on an index not migrated, and the index stayed
+    below format 3. The manifest object itself is tombstoned, as every deleted batch's is (no
+    other registration names it): gc then frees the rotted record, and its shard is whole again.
+    Returns (tombstoned, 0)."""
+    log.warning("batch %s: its manifest %s cannot be read from any replica (%s): the batch is unregistered and "
+                "nothing it named is tombstoned (what it named is not known; its files stay)", batch_id, manifest,
+                bad.why)
+    others = {info["manifest"] for kind, name, info in named(store.index) if (kind, name) != ("batch", batch_id)}
+    n = 0 if manifest in others else store.index.mark(store.index.deleted, [bytes.fromhex(manifest)],
+                                                      f"batch {batch_id} deleted (its manifest does not read)")
+    store.register_batch(batch_id, None)
+    if store.index.held is not None:  # (its entries by a pass over the table: the manifest is not read again)
+        store.index.unhold_unread(manifest, "remove", get=store.get)
+    return n, 0
 
 
 def finish_batch(store, batch_id: str) -> bool:

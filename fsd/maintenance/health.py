@@ -14,7 +14,7 @@ from fsd.core.disks import IDENTITY
 from fsd.core.index import has_index
 from fsd.io import attach, integrity
 from fsd.io.scrub import oldest_unverified_by_disk
-from fsd.outputs import zones
+from fsd.outputs import unreadable, zones
 from fsd.store import Store
 
 GB = 1024**3
@@ -73,6 +73,12 @@ def disk_next_step(d: dict[str, Any]) -> str:
         # active disks; forget then finds every shard at its target without it
         return (f"`hoard replicate` copies its shards to the other disks (until it reports 0 still below target), "
                 f"then `hoard disks forget {label}`, then {table}; or {back} to keep it")
+    if str(d.get("uuid", "")).startswith("unregistered-") and d.get("backend") == "s3":
+        # no identity in its bucket: a bucket to make (or name correctly), or an engine to reach — its
+        # reason says which; nothing is mounted at a URL
+        return (f"`hoard init` gives its bucket its identity once the engine answers and the bucket exists (hoard "
+                f"does not create buckets: the engine's tools do); a disk `hoard disks forget` dropped: {table}; "
+                "else correct disks.endpoint or disks.bucket there")
     if str(d.get("uuid", "")).startswith("unregistered-"):
         # no identity at its path: a new disk not initialised yet, or one `forget` dropped (the
         # index no longer knows it) and unmounted before its table was removed
@@ -104,6 +110,15 @@ def disk_next_step(d: dict[str, Any]) -> str:
         if not held:
             return f"it holds no replica: `hoard disks forget {label}`, then {table}; or, if its errors have passed, {back}"
         return f"{replace}; if its errors have passed, {back}"
+    if state == "missing" and d.get("backend") == "s3":
+        # nothing is mounted at a URL: the engine, its bucket or the staging folder is what is gone
+        back = ("it is used again as soon as its engine answers with its bucket and its staging folder is there (the "
+                "reason says which is not; a writing command such as `hoard init` makes a lost staging folder again)")
+        if not held:
+            return f"it holds no replica: {back}; or, if the bucket is gone for good, `hoard disks forget {label}`, then {table}"
+        if only:
+            return f"{back}: {only} shards have no other readable replica (lost if the bucket is gone for good)"
+        return f"{back}; if the bucket is lost: {replace}"
     if state == "missing":
         # `forget` takes a missing disk once no shard needs its replicas (as it takes a
         # retired one); a forgotten disk that comes back matches no index record
@@ -241,6 +256,25 @@ def _space_problems(cfg: Settings, disks: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def unmendable_problems(stuck: list[dict[str, Any]]) -> list[str]:
+    """The lines of the queued repairs no copy can mend (Store.status's `unmendable_repairs`):
+    running `hoard replicate` again does nothing for them, so the line says what does — and a
+    batch or view whose manifest is a record no replica holds whole is named with the command
+    that unregisters it (nothing tombstoned: what it named stays stored)."""
+    if not stuck:
+        return []
+    first = stuck[0]
+    out = [f"store: {len(stuck)} bad replicas cannot be mended — `hoard replicate` and `hoard verify --repair` found "
+           f"some record of their shard whole in no replica (e.g. shard {first['shard']} on {first['disk']}: "
+           f"{first['why']}); every object a replica holds whole still reads: see docs/operations.md \"A shard no "
+           "replica holds whole\""]
+    for what in sorted({m for s in stuck for m in s.get("manifests", [])}):
+        kind, name = what.split(" ", 1)
+        out.append(f"{what}: its manifest is a record no replica holds whole, so it cannot be read: "
+                   + unreadable.unregister_step(kind, name))
+    return out
+
+
 def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, Any]],
                    zones: dict[str, dict[str, Any]]) -> list[str]:
     """The lines of `hoard health` about the store, the disks and the SSD zones, each naming
@@ -255,9 +289,12 @@ def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, A
             problems.append(f"store: {len(risk)} shards have fewer than write_ack readable replicas"
                             + (f", {lost} have none" if lost else "")
                             + "; run `hoard replicate` (or `hoard rebuild --disk LABEL` for a failed disk)")
-        if store.get("pending_repairs"):
-            problems.append(f"store: {store['pending_repairs']} replicas were found bad by readers or verify and "
-                            "are not repaired yet; run `hoard replicate` (it re-copies them from good replicas)")
+        stuck_repairs = store.get("unmendable_repairs") or []
+        if store.get("pending_repairs", 0) > len(stuck_repairs):
+            problems.append(f"store: {store['pending_repairs'] - len(stuck_repairs)} replicas were found bad by readers "
+                            "or verify and are not repaired yet; run `hoard replicate` (it re-copies them from good "
+                            "replicas)")
+        problems += unmendable_problems(stuck_repairs)
         lag = store["replication"]
         if lag["shards_below_target"]:
             problems.append(f"store: {lag['shards_below_target']} shards ({fmt_bytes(lag['bytes_below_target'])}) are "

@@ -43,7 +43,9 @@ from fsd.core.disks import (
     read_identity,
     shard_files,
     shard_of,
+    write_identity,
 )
+from fsd.core.held import ManifestNotRead
 from fsd.core.index import Index, ObjectLoc, ShardMeta
 from fsd.core.layout import (
     BATCHES_DIR,
@@ -58,6 +60,7 @@ from fsd.core.layout import (
 )
 from fsd.core.spill import Spill
 from fsd.core.txnlog import SLACK, TXN_ENTRIES
+from fsd.outputs import unreadable
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +151,7 @@ def _disks_to_read(cfg: Settings, without: frozenset[str], rep: IndexRebuildRepo
     missing: list[tuple[str, str]] = []
     for dc in cfg.disks:
         if dc.kind == "s3" and dc.label in without:
-            rep.skipped_disks.append(f"{dc.label}: left out (--without {dc.label})")
+            rep.skipped_disks.append(f"{dc.label}: left out (--without {dc.label}){_left_out_bucket(dc)}")
             continue
         if dc.kind == "s3":
             _bucket_to_read(dc, found, missing, rep)
@@ -218,7 +221,41 @@ def _bucket_to_read(dc: Any, found: list[tuple[Any, dict]], missing: list[tuple[
         rep.skipped_disks.append(f"{dc.label}: forgotten by `hoard disks forget`; remove it from the config")
     else:
         b.disk.uuid = ident["uuid"]
+        _remake_staging(dc, ident["uuid"])
         found.append((b, ident))
+
+
+def _remake_staging(dc: Any, uuid: str) -> None:
+    """An S3 disk's staging folder that is gone — lost with the SSD it sits on by default
+    (`<ssd.root>/s3-staging/<label>`) — made again, with the disk's identity, before the bucket
+    is read (its marks log is read through the folder's tmp/), as every writable open makes a
+    lost one again (fsd.io.attach). Without it the rebuild after an SSD loss refused the bucket
+    as a disk that does not read and advised leaving it out, and the index built without it
+    was refused by every command (the bucket holds shards it does not know). A folder that
+    holds an identity is left as it is."""
+    if read_identity(dc.path) is not None:
+        return
+    try:
+        dc.path.mkdir(parents=True, exist_ok=True)
+        write_identity(dc.path, dc.label, uuid=uuid)
+    except OSError as e:
+        raise HoardError(f"disk {dc.label}: its staging folder {dc.path} is gone and cannot be made again "
+                         f"({e.strerror or e}); nothing changed: make it writable (or correct disks.path of "
+                         f"{dc.label}), then run `hoard index rebuild` again", ExitCode.UNAVAILABLE) from None
+
+
+def _left_out_bucket(dc: Any) -> str:
+    """What leaving out an S3 disk whose bucket answers means (a `--without` given for a bucket
+    that is healthy): its shards are not in the new index, so every command refuses the store
+    until a rebuild reads it too. "" when the bucket does not answer or holds no shards."""
+    try:
+        b = _bucket(dc)
+        if b.disk.read_identity() is None or not b.disk.shard_objects():
+            return ""
+    except (OSError, HoardError):
+        return ""
+    return (f"; its bucket answers and holds shards, so every command refuses the store until an index rebuild "
+            f"reads it too: run `hoard index rebuild` without --without {dc.label}")
 
 
 def _still_there(disks: list[tuple[Any, dict]]) -> None:
@@ -236,6 +273,15 @@ def _still_there(disks: list[tuple[Any, dict]]) -> None:
             raise _went_away(dc, "its identity no longer reads")
 
 
+def _answers(dc: Any) -> bool:
+    """Whether an S3 disk's bucket answers with the identity the rebuild read from it."""
+    try:
+        ident = dc.disk.read_identity()
+    except (OSError, HoardError):
+        return False
+    return bool(ident) and ident.get("uuid") == dc.disk.uuid
+
+
 #: what opening or reading a file planted in a disk's folders answers (a FIFO or a directory:
 #: `marks.regular`'s EINVAL; a loop of links): damage to name. Any other error reading a shard,
 #: a marks log or a pointer (EIO) is a disk that does not read — the rebuild stops: a shard
@@ -245,6 +291,11 @@ PLANTED = frozenset({errno.EINVAL, errno.ELOOP, errno.EISDIR})
 
 
 def _went_away(dc: Any, how: str) -> HoardError:
+    if dc.kind == "s3" and _answers(dc):  # (its bucket is fine: never advised to be left out)
+        return HoardError(f"disk {dc.label} (bucket {dc.disk.bucket} at {dc.disk.endpoint}, staging folder {dc.path}) "
+                          f"stopped reading during the index rebuild ({how}), though its bucket answers: nothing "
+                          "changed, the index is as it was. Make its staging folder readable (`hoard init` makes a "
+                          "missing one), then run `hoard index rebuild` again", ExitCode.UNAVAILABLE)
     return HoardError(f"disk {dc.label} at {dc.path} went away or stopped reading during the index rebuild ({how}): "
                       "the scan may have missed what it holds (shards, marks, view and batch pointers). Nothing "
                       "changed: the index is as it was. When the disk "
@@ -436,10 +487,11 @@ def _fill_held(cfg: Settings, index: Index, disks: list[tuple[Any, dict]], recor
         index.fill_held(reading.get, spills)
         return True
     except (HoardError, ValueError, KeyError, TypeError) as e:  # (as Store.open's migration: fsd.store)
+        if isinstance(e, ManifestNotRead):  # with its step: a disk to bring back, or what unregisters it
+            e = unreadable.judge(reading, e.kind, e.name, e.manifest, e)
         why = e.message if isinstance(e, HoardError) else f"a manifest does not decode: {e!r}"
         rep.damaged.append(f"held table not filled ({why}): the index stays at format {formats.INDEX_HELD_LONG - 1} "
-                           "— deletion and gc read every manifest until `hoard index migrate` succeeds; "
-                           "`hoard check` names a damaged manifest")
+                           "— deletion and gc read every manifest until `hoard index migrate` succeeds")
         return False
     finally:
         for d in reading.disks.values():

@@ -54,6 +54,7 @@ from fsd.base.paths import MAX_NAME_BYTES, hostile_reason, long_name
 from fsd.core import formats
 from fsd.core.held import iter_files, named
 from fsd.core.layout import names_lock
+from fsd.outputs import unreadable as unreadable_mod
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "files_in", "iter_files", "iter_placed",
            "manifest_objects", "named", "references", "References", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
@@ -356,10 +357,12 @@ def manifest_objects(get: Get, manifest_sha_hex: str) -> list[bytes]:
     return own
 
 
-def references(store, among: set[bytes], skip: tuple[str, str] | None = None) -> set[bytes]:
+def references(store, among: set[bytes], skip: tuple[str, str] | None = None,
+               unreadable: list[HoardError] | None = None) -> set[bytes]:
     """Which of `among` the registered manifests name — their files and their own objects —
-    leaving out manifest `skip` = (kind, name). Memory for `among`, not for all they name."""
-    return References(store, skip)(among)
+    leaving out manifest `skip` = (kind, name). Memory for `among`, not for all they name.
+    `unreadable` (References): a manifest that does not read is put there and skipped."""
+    return References(store, skip, unreadable)(among)
 
 
 class References:
@@ -377,15 +380,18 @@ class References:
     Every registered manifest is still read once: which manifests name an object is known
     only from them (docs/benchmarks.md, "Where hoardfs is behind")."""
 
-    def __init__(self, store, skip: tuple[str, str] | None = None) -> None:
-        self.store, self.skip = store, skip
+    def __init__(self, store, skip: tuple[str, str] | None = None, unreadable: list[HoardError] | None = None) -> None:
+        self.store, self.skip, self.unreadable = store, skip, unreadable
+        self.whose: dict[str, tuple[str, str]] = {}  # manifest sha256 hex → (kind, name) registering it
         self.asked: set[bytes] = set()
         self.named: dict[str, set[bytes]] = {}  # manifest sha256 hex → what it names among `asked`
         self.reads = 0  # manifests read (a regression test counts them)
 
     def __call__(self, among: set[bytes]) -> set[bytes]:
         new = among - self.asked
-        current = {info["manifest"] for kind, name, info in named(self.store.index) if (kind, name) != self.skip}
+        self.whose = {info["manifest"]: (kind, name) for kind, name, info in named(self.store.index)
+                      if (kind, name) != self.skip}
+        current = set(self.whose)
         for sha in set(self.named) - current:
             del self.named[sha]  # unregistered: it references nothing now
         everything = self.asked | new
@@ -398,9 +404,21 @@ class References:
         return set().union(*self.named.values()) & among
 
     def _read(self, manifest: str, among: set[bytes]) -> set[bytes]:
+        """What of `among` the manifest names. One that does not read raises the error that
+        names its step (fsd.outputs.unreadable: gc frees nothing then) — or, given a list
+        `unreadable` (a deletion: its tombstones are requests, and gc reads every manifest
+        again before it frees anything), is put there and names nothing here."""
         self.reads += 1
         own: list[bytes] = []
-        got = {sha for _path, sha, _size in iter_files(self.store.get, manifest, own) if sha in among}
+        reading = unreadable_mod.Reading(self.store)
+        try:
+            got = {sha for _path, sha, _size in iter_files(reading, manifest, own) if sha in among}
+        except unreadable_mod.UNREADABLE as e:
+            bad = unreadable_mod.judge(self.store, *self.whose[manifest], manifest, e, reading.last)
+            if self.unreadable is None:
+                raise bad from None
+            self.unreadable.append(bad)
+            return set()
         return got | (set(own) & among)
 
 
