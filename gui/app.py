@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from pathlib import Path
 
 from fastapi.responses import JSONResponse, Response
-from nicegui import app, ui
+from nicegui import app, core, ui
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
@@ -40,8 +40,10 @@ from gui import (
     users_page,
 )
 from gui.context import AppStopping, Context, ctx, in_thread, set_context, snapshot, stopping
+from gui.devices import Devices
 from gui.gate import LoginGate
 from gui.metrics import render
+from gui.protocol import head_timeout
 from gui.security import SecurityHeaders
 from gui.state import Cache
 from jobs.users import LoginLimiter, users
@@ -70,7 +72,12 @@ def storage_secret(cfg: Settings) -> str:
 def build(cfg: Settings) -> None:
     """Register the GUI on NiceGUI's app for `cfg`."""
     set_context(Context(cfg, Cache(cfg), LoginLimiter(cfg.gui.login_attempts, cfg.gui.login_window_s),
-                        LoginGate(cfg.gui.login_concurrency)))
+                        LoginGate(cfg.gui.login_concurrency), devices=Devices(storage_secret(cfg))))
+    # socket.io answers only the GUI's own origin (the scheme and Host the request came with, or
+    # a proxy's X-Forwarded-Proto/-Host), not NiceGUI's `*`, which lets a page on any origin —
+    # another port of this host is the same site, and its requests carry the session cookie —
+    # open a socket with the user's session; a handshake from another origin gets 400
+    core.sio.eio.cors_allowed_origins = None
     auth.register()
     app.add_middleware(SecurityHeaders)  # added after the login's: outside it, so its refusals carry the headers too
 
@@ -272,7 +279,9 @@ def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> No
                # the client address is the socket's: X-Forwarded-For from a local process must not
                # choose it (the failed-login limiter counts per client); `gui.trusted_proxies` and
                # `gui.socket` say whose header counts (gui.auth.client_address)
-               proxy_headers=False, **listen)
+               proxy_headers=False,
+               http=head_timeout(cfg.gui.header_timeout_s),  # uvicorn has no deadline on a request's head
+               **listen)
     finally:
         if sock is not None:
             sock.close()

@@ -9,7 +9,8 @@ gives the browser a new session id (`gui.tickets`: the form hands out a one-use 
 go through `login_check`: the same limits of failed logins (`gui.login_attempts` per
 `gui.login_window_s`, counted before the password is checked; docs/security.md) for the same
 client address (`client_address`: `gui.trusted_proxies`), and the same gate of password checks
-(`gui.login_concurrency` at once).
+(`gui.login_concurrency` at once). Either way a sign-in gives the browser a device cookie
+(gui.devices): its later logins of that name are counted apart from strangers' and checked first.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from nicegui import app, ui
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import cookie_parser
 
+from gui import devices
 from gui.context import AppStopping, ctx, in_thread, page, stopping
 from gui.gate import Busy
 from jobs import users as users_mod
@@ -222,28 +225,48 @@ def _basic(request: Request) -> tuple[str, str] | None:
     return name, password
 
 
-async def login_check(name: str, password: str, client: str) -> tuple[users_mod.User | None, str, float]:
+def recognised(name: str, cookie: str | None) -> devices.Device | None:
+    """The device `cookie` (a device cookie's value) names, if it signed in as `name` before."""
+    if not cookie:
+        return None
+    try:
+        account = users_mod.users(ctx().cfg).get(name)
+    except users_mod.UserError:
+        return None
+    return ctx().devices.recognise(cookie, account)
+
+
+async def login_check(name: str, password: str, client: str,
+                      device_cookie: str | None = None) -> tuple[users_mod.User | None, str, float]:
     """(the user, "", 0) on success; (None, why, seconds to wait or 0) on a refusal. The attempt
     counts as a failure before the password is checked (LoginLimiter.begin), and the check waits
-    for a turn at the gate (at most `gui.login_concurrency` at once)."""
+    for a turn at the gate (at most `gui.login_concurrency` at once). From a device that signed
+    in as `name` before (`device_cookie`), both count it on that device, apart from strangers."""
     c = ctx()
-    token, wait = c.limiter.begin(name, client)
+    device = recognised(name, device_cookie)
+    dev_id = device.id if device else None
+    token, wait = c.limiter.begin(name, client, dev_id)
     if token is None:
         return None, f"too many failed logins; try again in {math.ceil(wait)} s", wait
     user = None
     try:
-        async with c.gate.turn():
+        async with c.gate.turn(dev_id or client, known=device is not None):
             user = await in_thread(users_mod.authenticate, c.cfg, name, password)
     except Busy as busy:
-        c.limiter.end(name, client, token, succeeded=False)  # never checked: not a failure
+        c.limiter.end(name, client, token, succeeded=False, device=dev_id)  # never checked: not a failure
         return None, str(busy), busy.retry_s
     except BaseException:
-        c.limiter.end(name, client, token, succeeded=False)  # the GUI stopping: nothing was decided
+        c.limiter.end(name, client, token, succeeded=False, device=dev_id)  # the GUI stopping: nothing decided
         raise
     if user is None:
         return None, "wrong name or password", 0.0
-    c.limiter.end(name, client, token, succeeded=True)
+    c.limiter.end(name, client, token, succeeded=True, device=dev_id)
     return user, "", 0.0
+
+
+def _secure(request: Request) -> bool:
+    """Cookies are Secure when the GUI is reached over TLS: a proxy in front (`gui.secure_cookies`)."""
+    return ctx().cfg.gui.secure_cookies or request.url.scheme == "https"
 
 
 class AuthMiddleware(BaseHTTPMiddleware):
@@ -263,12 +286,16 @@ class AuthMiddleware(BaseHTTPMiddleware):
         if path.startswith(API_PREFIXES):
             creds = _basic(request)
             if creds:
+                cookie = request.cookies.get(devices.COOKIE)
                 try:
-                    user, why, wait = await login_check(*creds, _client(request))
+                    user, why, wait = await login_check(*creds, _client(request), cookie)
                 except AppStopping:
                     return stopping()
                 if user is not None:
-                    return await call_next(request)
+                    answer = await call_next(request)
+                    if recognised(user.name, cookie) is None:  # a browser's Basic sign-in: its device from now on
+                        ctx().devices.give(answer, user, _secure(request))
+                    return answer
             else:
                 why, wait = "sign in: HTTP Basic with a `hoard users` login", 0.0
             if wait:  # refused before the password was checked: come back later
@@ -276,6 +303,17 @@ class AuthMiddleware(BaseHTTPMiddleware):
             return JSONResponse({"error": why}, status_code=401, headers={"WWW-Authenticate": 'Basic realm="hoard"'})
         target = path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?redirect_to={quote(target, safe='/')}")
+
+
+def _device_cookie(page_cookie: str | None) -> str | None:
+    """The device cookie of the browser behind the login form: as its websocket sent it when the
+    form was opened, else as its page request did. The websocket's, because the cookie is
+    SameSite=Strict: a browser that followed a link from another site to the GUI sent the page
+    request without it, and the websocket the GUI's own page opened with it."""
+    environ = ui.context.client.environ or {}
+    header = environ.get("HTTP_COOKIE")
+    found = cookie_parser(header).get(devices.COOKIE) if isinstance(header, str) else None
+    return found or page_cookie
 
 
 def register() -> None:
@@ -287,9 +325,10 @@ def register() -> None:
         if current_user() is not None:
             return RedirectResponse(target)
         client = _client(request)
+        page_cookie = request.cookies.get(devices.COOKIE)
 
         async def attempt() -> None:
-            user, why, _ = await login_check(name.value.strip(), password.value, client)
+            user, why, _ = await login_check(name.value.strip(), password.value, client, _device_cookie(page_cookie))
             if user is None:
                 message.text = why
                 message.visible = True
@@ -323,7 +362,14 @@ def register() -> None:
         fresh = str(uuid.uuid4())  # as NiceGUI makes them
         request.session["id"] = fresh  # the session middleware sends the new cookie with this answer
         ctx().tickets.hand_over(fresh, state)
-        return RedirectResponse(_safe_target(target), status_code=303)
+        answer = RedirectResponse(_safe_target(target), status_code=303)
+        try:
+            account = users_mod.users(ctx().cfg).get(state["name"])
+        except users_mod.UserError:
+            account = None
+        if account is not None:  # this browser signed in as them: their device from now on
+            ctx().devices.give(answer, account, _secure(request))
+        return answer
 
     @app.post("/logout")
     def logout(request: Request) -> Response:

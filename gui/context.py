@@ -1,7 +1,7 @@
 """The one GUI process's shared objects: its settings, the snapshot cache, the login limiter
-and gate, the sign-in tickets; `in_thread`, the one way the GUI runs blocking work off the event loop,
-and `page`, the one way it registers a page (which ends quietly when that work finds the app
-stopping).
+and gate, the sign-in tickets, the device cookies' key; `in_thread`, the one way the GUI runs
+blocking work off the event loop, and `page`, the one way it registers a page (which ends
+quietly when that work finds the app stopping).
 
 Set once by `gui.app.build`; pages and routes read it with `ctx()`.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
@@ -19,6 +20,7 @@ from fastapi.responses import PlainTextResponse
 from nicegui import run, ui
 
 from fsd.base.config import Settings
+from gui.devices import Devices
 from gui.gate import LoginGate
 from gui.state import Cache, Snapshot
 from gui.tickets import Tickets
@@ -32,6 +34,8 @@ class Context:
     limiter: LoginLimiter
     gate: LoginGate = field(default_factory=LoginGate)
     tickets: Tickets = field(default_factory=Tickets)
+    #: signs and recognises device cookies (gui.app.build gives it the service's key)
+    devices: Devices = field(default_factory=lambda: Devices(secrets.token_urlsafe(32)))
     #: the usage history as last read (time.monotonic(), (usage points, SMART points)), shared
     #: by /storage's views
     history: tuple[float, tuple[list[Any], list[Any]]] | None = None

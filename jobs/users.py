@@ -82,15 +82,36 @@ def hash_password(password: str, name: str = "") -> str:
     why = weak_password(password, name)
     if why:
         raise UserError(f"the password is {why}; choose another (at least {MIN_PASSWORD} characters, not a common "
-                        "one, not the user's name)")
+                        "one, not the user's name, not a repeat or a keyboard run)")
     return _hasher.hash(password)
+
+
+#: rows a finger runs along (the rows and columns of common keyboard layouts, the alphabet, the
+#: digits): three or more neighbours on one row, in order either way, are a run (`qwer`, `4321`, `1qaz`)
+RUNS = ("abcdefghijklmnopqrstuvwxyz", "01234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm", "qwertzuiop",
+        "yxcvbnm", "azertyuiop", "qsdfghjklm", "wxcvbn", "!@#$%^&*()", "1qaz", "2wsx", "3edc", "4rfv", "5tgb",
+        "6yhn", "7ujm", "8ik,", "9ol.", "0p;/")
+#: (a, b) -> the (row, direction)s on which b follows a
+_STEPS: dict[tuple[str, str], set[tuple[int, int]]] = {}
+for _r, _line in enumerate(RUNS):
+    for _d, _row in enumerate((_line, _line[::-1])):
+        for _a, _b in zip(_row, _row[1:], strict=False):
+            _STEPS.setdefault((_a, _b), set()).add((_r, _d))
+#: the fewest characters a password must hold besides repeats, runs, common passwords and the name
+MIN_REST = 6
+#: how much of a password the pattern check reads (its work grows with the square of the
+#: length); characters past it count as other characters
+PATTERN_SPAN = 256
 
 
 def weak_password(password: str, name: str = "") -> str | None:
     """Why `password` is refused, or None: shorter than MIN_PASSWORD, white space or a few
     characters repeated (`12121212…`, eight spaces), a common password (COMMON_PASSWORDS, also
-    with digits or `!` after it), or the user's name with little added (fewer than six
-    characters, or no letter: `bob1234567890`)."""
+    with digits or `!` after it), the user's name with little added (fewer than six
+    characters, or no letter: `bob1234567890`), a short part repeated (what repeats the part
+    before it does not count towards MIN_PASSWORD: `adminadmin12`), or mostly patterns — fewer
+    than MIN_REST characters besides repeats, keyboard runs, common passwords and the name
+    (`patterns`: `1qaz2wsx3edc`, `bobbob-qwerty`)."""
     low = password.lower()
     if len(password) < MIN_PASSWORD:
         return f"too short ({len(password)} characters)"
@@ -101,7 +122,51 @@ def weak_password(password: str, name: str = "") -> str | None:
     rest = low.replace(name.lower(), "") if name else low
     if name and name.lower() in low and (len(rest) < 6 or not any(c.isalpha() for c in rest)):
         return "the user's name with little added"
+    found = patterns(low, name.lower())
+    if len(password) - found.get("a repeated part", 0) < MIN_PASSWORD:
+        return (f"a short part repeated ({len(password) - found.get('a repeated part', 0)} characters without the "
+                f"repeats; at least {MIN_PASSWORD} needed)")
+    other = len(password) - sum(found.values())
+    if other < MIN_REST:
+        return f"mostly {' and '.join(found)} (only {other} other character{'s' * (other != 1)}; at least {MIN_REST} needed)"
     return None
+
+
+def patterns(low: str, name: str = "") -> dict[str, int]:
+    """How many characters of `low` each kind of pattern covers (a character counts for the
+    first kind that covers it, in this order). The patterns, each found anywhere: a part of
+    three characters or more that repeats the part just before it (`admin|admin`: the copy is
+    covered, the first one not) — a shorter one from its third time on (`ab|ab|ab`, `a|a|a`:
+    two of those turn up by chance in random passwords); the user's name (three characters or
+    more); a run of three or more along one of RUNS; a common password of four letters or more."""
+    text = low[:PATTERN_SPAN]
+    n = len(text)
+    covered = [""] * n
+
+    def mark(start: int, end: int, kind: str) -> None:
+        for i in range(start, end):
+            covered[i] = covered[i] or kind
+
+    for i in range(1, n):
+        for u in range(min(i, n - i), 0, -1):  # the longest copy of what stands just before i
+            if text[i:i + u] == text[i - u:i] and (u > 2 or text[i - 2 * u:i - u] == text[i:i + u]):
+                mark(i, i + u, "a repeated part")
+                break
+    if len(name) >= 3:
+        for m in re.finditer(re.escape(name), text):
+            mark(m.start(), m.end(), "the user's name")
+    for i in range(n - 2):
+        for way in _STEPS.get((text[i], text[i + 1]), ()):
+            j = i + 1
+            while j + 1 < n and way in _STEPS.get((text[j], text[j + 1]), ()):
+                j += 1
+            if j - i >= 2:
+                mark(i, j + 1, "a keyboard run")
+    for word in COMMON_PASSWORDS:
+        if len(word) >= 4:
+            for m in re.finditer(re.escape(word), text):
+                mark(m.start(), m.end(), "a common password")
+    return {kind: covered.count(kind) for kind in dict.fromkeys(covered) if kind}
 
 
 def _read_file(path: Path) -> dict[str, dict[str, str]]:
@@ -208,6 +273,11 @@ class LoginLimiter:
       name left (spraying a password over many names) — a name that has not failed there in the
       window is still checked, so a correct password of a name that is not locked signs in.
 
+    A login from a recognised device (`device`: a browser that signed in as that name before,
+    gui.devices) is counted on that device and name alone — `attempts` failures a window lock
+    that device out of that name — and the three counts above (strangers') neither hold it back
+    nor grow by it: no stranger, whatever they guess, locks the owner's own browser out.
+
     In memory: a restart forgets, which only helps an owner locked out by a typo."""
 
     NAME_FACTOR = 4
@@ -227,30 +297,38 @@ class LoginLimiter:
         return q
 
     @staticmethod
-    def _keys(name: str, client: str) -> tuple[str, str, str]:
+    def _keys(name: str, client: str, device: str | None = None) -> tuple[str, ...]:
+        """The counts an attempt adds to: the first is the one a correct password clears."""
+        if device is not None:
+            return (f"d:{device}\0{name}",)
         return f"p:{client}\0{name}", f"n:{name}", f"c:{client}"
 
-    def begin(self, name: str, client: str) -> tuple[object | None, float]:
+    def begin(self, name: str, client: str, device: str | None = None) -> tuple[object | None, float]:
         """(a token for `end`, 0) when this attempt may be checked — it is counted as a failure
-        already; (None, seconds until it may) when it is refused."""
+        already; (None, seconds until it may) when it is refused. `device`: the id of the
+        recognised device it comes from, if any."""
         now = time.monotonic()
-        pair, nkey, ckey = self._keys(name, client)
+        keys = self._keys(name, client, device)
         with self._lock:
             if len(self._failures) > self.SWEEP_AT:
                 self._failures = {k: q for k in list(self._failures) if (q := self._recent(k, now))}
-            counts = {k: self._recent(k, now) for k in (pair, nkey, ckey)}
+            counts = {k: self._recent(k, now) for k in keys}
 
             def until_under(key: str, limit: int) -> float:  # seconds until `key` has fewer than `limit`
                 q = counts[key]
                 return q[len(q) - limit][0] + self.window_s - now if len(q) >= limit else 0.0
 
-            pair_wait = until_under(pair, self.attempts)
-            if until_under(ckey, self.attempts * self.CLIENT_FACTOR) > 0 and counts[pair]:
-                # one try per name left: until this name's failures here have gone, or the client's
-                # are under the limit again (and then the name's own limit still holds)
-                pair_wait = min(until_under(pair, 1),
-                                max(until_under(ckey, self.attempts * self.CLIENT_FACTOR), pair_wait))
-            wait = max(pair_wait, until_under(nkey, self.attempts * self.NAME_FACTOR))
+            if device is not None:
+                wait = until_under(keys[0], self.attempts)
+            else:
+                pair, nkey, ckey = keys
+                pair_wait = until_under(pair, self.attempts)
+                if until_under(ckey, self.attempts * self.CLIENT_FACTOR) > 0 and counts[pair]:
+                    # one try per name left: until this name's failures here have gone, or the client's
+                    # are under the limit again (and then the name's own limit still holds)
+                    pair_wait = min(until_under(pair, 1),
+                                    max(until_under(ckey, self.attempts * self.CLIENT_FACTOR), pair_wait))
+                wait = max(pair_wait, until_under(nkey, self.attempts * self.NAME_FACTOR))
             if wait > 0:
                 for k, q in counts.items():  # no key kept for a name only ever refused
                     if not q:
@@ -262,17 +340,17 @@ class LoginLimiter:
                 self._failures[k] = q
             return token, 0.0
 
-    def end(self, name: str, client: str, token: object, succeeded: bool) -> None:
+    def end(self, name: str, client: str, token: object, succeeded: bool, device: str | None = None) -> None:
         """The attempt `begin` counted was not a failure after all: the password was right
-        (`succeeded`: the name's earlier failures at this client are forgiven too — not those of
-        the name everywhere, which a login every few seconds would otherwise reset for a guesser
-        elsewhere), or it was never checked."""
-        pair, nkey, ckey = self._keys(name, client)
+        (`succeeded`: the name's earlier failures at this client, or on this device, are forgiven
+        too — not those of the name everywhere, which a login every few seconds would otherwise
+        reset for a guesser elsewhere), or it was never checked."""
+        keys = self._keys(name, client, device)
         with self._lock:
-            for k in (pair, nkey, ckey):
+            for k in keys:
                 q = self._failures.get(k)
                 if q is not None:
-                    if succeeded and k == pair:
+                    if succeeded and k == keys[0]:
                         q.clear()
                     elif token in q:
                         q.remove(token)  # type: ignore[arg-type]  # the (time, id) `begin` appended, opaque to callers

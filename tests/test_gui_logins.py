@@ -1,10 +1,13 @@
-"""Logins that resist races, floods and lockouts (issue W3-X 5 and 6; docs/security.md, Logins):
-a real `hoard gui` process, real HTTP requests from parallel threads.
+"""Logins that resist races, floods and lockouts (issue W3-X 5 and 6, W4-X M2; docs/security.md,
+Logins): a real `hoard gui` process, real HTTP requests from parallel threads.
 
 Reproduced before: 60 parallel wrong Basic logins to `/metrics` were all checked (the failure was
 recorded after argon2 answered); 300 parallel logins with random names ran 300 argon2 checks
 and slowed every page from 0.06 s to 4.1 s; 20 failures of any names from one address refused
-the admin's correct password; behind a TLS proxy every client was the proxy's address."""
+the admin's correct password; behind a TLS proxy every client was the proxy's address. Then,
+with every loopback address one client: five wrong guesses of the admin's name by any local
+user locked the admin out on 127.0.0.1, and 300 random-name logins at once made the admin's
+right password answer 429 busy (device cookies, gui.devices; the per-client places, gui.gate)."""
 
 from __future__ import annotations
 
@@ -79,9 +82,12 @@ def served(request, hoard_home: Path, pg, redis_conn):
         yield url
 
 
+@pytest.mark.parametrize("served", [{"login_concurrency": 2}], indirect=True)
 def test_parallel_wrong_logins_are_counted_before_they_are_checked(served) -> None:
     """60 wrong Basic logins of one name at once: at most `gui.login_attempts` (5) reach argon2,
-    the rest are refused (429, Retry-After) before it runs; the name is then locked here."""
+    the rest are refused (429, Retry-After) before it runs; the name is then locked here. (Two
+    checks at once: a client holds at most 4 × `gui.login_concurrency` places at the gate, and
+    all five guesses are to find one.)"""
     url = served
     results = _parallel(60, lambda i: _get(f"{url}/metrics", "otto", f"wrong-guess-{i}"))
     wrong, limited, busy = _refusals(results)
@@ -230,3 +236,140 @@ def test_the_client_is_the_right_most_untrusted_address() -> None:
     assert client("192.0.2.1", "203.0.113.5", ["10.0.0.0/8"]) == "192.0.2.1"
     assert client("::1", "2001:db8::7", ["::1"]) == "2001:db8::/64"  # an IPv6 client by its /64
     assert client("127.0.0.1", "203.0.113.5", ["127.0.0.1"]) != client("127.0.0.1", "203.0.113.6", ["127.0.0.1"])
+
+
+def _login(url: str, name: str, password: str, device: str | None = None) -> tuple[int, str, list[str]]:
+    """(status, body, the Set-Cookie headers) of a Basic login to /metrics, sending the device
+    cookie `device` (its value) if given."""
+    req = urllib.request.Request(f"{url}/metrics")
+    req.add_header("Authorization", "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode())
+    if device is not None:
+        req.add_header("Cookie", f"hoard_device={device}")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read().decode(), r.headers.get_all("set-cookie") or []
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), e.headers.get_all("set-cookie") or []
+
+
+def _device_cookie(set_cookies: list[str], name: str) -> str:
+    """The value of the device cookie among `set_cookies`, its attributes checked: it names
+    `name`, HttpOnly, SameSite=Strict, the whole site, not Secure on plain HTTP."""
+    found = [c for c in set_cookies if c.startswith("hoard_device=")]
+    assert len(found) == 1, set_cookies
+    value, *attrs = (part.strip() for part in found[0].split(";"))
+    attrs_low = [a.lower() for a in attrs]
+    assert "httponly" in attrs_low and "samesite=strict" in attrs_low and "path=/" in attrs_low, found
+    assert "secure" not in attrs_low, found
+    value = value.removeprefix("hoard_device=")
+    assert value.startswith(f"{name}.") and len(value.split(".")) == 4, value
+    return value
+
+
+def test_a_strangers_guesses_do_not_lock_out_a_device_that_signed_in_before(served) -> None:
+    """Ada signs in by HTTP Basic and keeps the device cookie she is given. A stranger on this
+    host (the same loopback client) guesses wrong as ada five times: her right password is
+    refused to strangers, and still signs her in from her device (which is not given a new
+    cookie). A tampered cookie is a stranger's. The device's own wrong guesses count on it
+    alone: five lock that device out of ada."""
+    url = served
+    status, _, cookies = _login(url, "ada", PASSWORDS["ada"])
+    assert status == 200
+    device = _device_cookie(cookies, "ada")
+    for i in range(5):
+        assert _login(url, "ada", f"stranger-guess-{i}")[0] == 401
+    assert _login(url, "ada", PASSWORDS["ada"])[0] == 429  # a stranger, even with the right password
+    status, _, again = _login(url, "ada", PASSWORDS["ada"], device)
+    assert status == 200, "a stranger's guesses locked the admin's own browser out"
+    assert not [c for c in again if c.startswith("hoard_device=")]  # recognised: nothing new to keep
+    name, issued, nonce, mac = device.split(".")
+    for forged in (f"otto.{issued}.{nonce}.{mac}", f"ada.{int(issued) + 1}.{nonce}.{mac}", f"ada.{issued}.x{nonce}.{mac}"):
+        assert _login(url, "ada", PASSWORDS["ada"], forged)[0] == 429, forged
+    for i in range(5):
+        assert _login(url, "ada", f"typo-{i}", device)[0] == 401
+    assert _login(url, "ada", PASSWORDS["ada"], device)[0] == 429  # the device's own five
+    assert _login(url, "vera", PASSWORDS["vera"])[0] == 200  # nobody else locked by any of it
+
+
+def _flood_while(call, waves: int = 100) -> tuple[list, threading.Event, threading.Thread]:
+    """Waves of `waves` parallel calls of `call(i)` in a thread until the returned event is set;
+    their results gather in the list. Returns once the first wave is under way."""
+    results: list = []
+    stop, started = threading.Event(), threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            def one(i: int):
+                started.set()
+                return call(i)
+            results.extend(_parallel(waves, one))
+
+    t = threading.Thread(target=flood)
+    t.start()
+    started.wait(60)
+    return results, stop, t
+
+
+@pytest.mark.parametrize("served", [{"login_concurrency": 1}], indirect=True)
+def test_a_flood_of_strangers_does_not_keep_a_known_device_waiting(served) -> None:
+    """Waves of 100 logins with random names at once from this host, one check at a time: the
+    admin's right password from her device goes ahead of them — every try during the flood
+    signs in, none is told busy — while the flood itself is turned away busy (its client holds
+    at most 4 places at the gate; before, the admin's login waited behind 16 and was told busy)."""
+    url = served
+    status, _, cookies = _login(url, "ada", PASSWORDS["ada"])
+    assert status == 200
+    device = _device_cookie(cookies, "ada")
+    flood, stop, t = _flood_while(lambda i: _get(f"{url}/metrics", f"spray-{uuid.uuid4().hex[:12]}", "Password1!"))
+    try:
+        admin = [_login(url, "ada", PASSWORDS["ada"], device)[:2] for _ in range(6)]
+    finally:
+        stop.set()
+        t.join()
+    assert all(s == 200 for s, _ in admin), [b for s, b in admin if s != 200]
+    wrong, limited, busy = _refusals(flood)
+    assert busy > wrong and len(flood) >= 100, (wrong, limited, busy)  # the gate was full all along
+
+
+@pytest.mark.parametrize("proxied", [{"login_concurrency": 1}], indirect=True)
+def test_one_clients_flood_does_not_fill_the_queue_for_the_others(proxied) -> None:
+    """Through the proxy (gui.socket), one client floods random-name logins, one check at a time;
+    another client, a stranger with no device cookie, signs in with vera's right password all
+    the while: the flooding client holds at most 4 × `gui.login_concurrency` places at the gate
+    and the clients take turns, so the other waits for a check or two, not the whole queue
+    (16 × `gui.login_concurrency`; before, it waited behind them and was told busy)."""
+    _, _, path = proxied
+
+    def login(name: str, password: str, client: str) -> tuple[int, str, dict[str, str]]:
+        auth = "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()
+        return unix_get(path, "/metrics", {"Authorization": auth, "X-Forwarded-For": client})
+
+    flood, stop, t = _flood_while(lambda i: login(f"spray-{uuid.uuid4().hex[:12]}", "Password1!", "203.0.113.5"))
+    try:
+        other = [login("vera", PASSWORDS["vera"], "203.0.113.9")[:2] for _ in range(6)]
+    finally:
+        stop.set()
+        t.join()
+    assert all(s == 200 for s, _ in other), [b for s, b in other if s != 200]
+    wrong, limited, busy = _refusals(flood)
+    assert busy > wrong, (wrong, limited, busy)
+
+
+@pytest.mark.needs(have_browser(), "no chromium + chromium-driver (Debian packages; `make deps` installs them)")
+def test_the_form_lets_a_browser_that_signed_in_before_past_a_strangers_lockout(served) -> None:
+    """Real Chromium on the form: ada signs in, and her browser keeps a device cookie (HttpOnly,
+    SameSite=Strict). Her session gone, a stranger on this host guesses wrong as ada five times
+    (strangers are refused her right password after that); ada signs in on the form in her
+    browser all the same."""
+    url = served
+    with chromium() as d:
+        browser_sign_in(d, url, "ada", PASSWORDS["ada"])
+        kept = d.get_cookie("hoard_device")
+        assert kept and kept["httpOnly"] and kept["sameSite"] == "Strict" and kept["value"].startswith("ada."), kept
+        for c in d.get_cookies():  # the session ends (expired, signed out): only the device cookie stays
+            if c["name"] != "hoard_device":
+                d.delete_cookie(c["name"])
+        for i in range(5):
+            assert _get(f"{url}/metrics", "ada", f"stranger-guess-{i}")[0] == 401
+        assert _get(f"{url}/metrics", "ada", PASSWORDS["ada"])[0] == 429
+        browser_sign_in(d, url, "ada", PASSWORDS["ada"])

@@ -2,20 +2,24 @@
 Chromium: a scraped value with U+2028 and a Markdown fence that used to close `ui.code`'s
 block and become HTML), no state change on GET, the headers on every answer (CSP, no framing:
 a page on another port cannot frame the node page), `/health/ready` saying only ready or not,
-the `Secure` cookie setting."""
+the `Secure` cookie setting; and of W4-X: a deadline on a request's head (L4), socket.io
+answering only the GUI's own origin (L5)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.server
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,8 +270,9 @@ async def test_ready_says_only_ready_or_not(user, gui_home: Path) -> None:
 
 
 def test_secure_cookies_behind_tls(hoard_home: Path, pg) -> None:
-    """`gui.secure_cookies = true` (a TLS proxy in front): the session cookie is Secure;
-    by default (the plain-HTTP listener) it is not, or it would never come back."""
+    """`gui.secure_cookies = true` (a TLS proxy in front): the session cookie and the device
+    cookie are Secure; by default (the plain-HTTP listener) they are not, or they would never
+    come back."""
     port = free_port()
     cfg_path = make_home(hoard_home, pg, port=port)  # its [gui] table last
     base = cfg_path.read_text()
@@ -279,10 +284,16 @@ def test_secure_cookies_behind_tls(hoard_home: Path, pg) -> None:
                     cookies = r.headers.get_all("set-cookie") or []
             except urllib.error.HTTPError as e:
                 raise AssertionError(e.read()) from None
+            basic = urllib.request.Request(f"{url}/metrics", headers={
+                "Authorization": "Basic " + base64.b64encode(f"vera:{PASSWORDS['vera']}".encode()).decode()})
+            with urllib.request.urlopen(basic, timeout=120) as r:  # a sign-in: the device cookie
+                device = [c for c in r.headers.get_all("set-cookie") or [] if c.startswith("hoard_device=")]
         session = [c for c in cookies if c.startswith("session=")]
         assert session, cookies
         assert ("; secure" in session[0].lower()) == secure, session
         assert "httponly" in session[0].lower() and "samesite=lax" in session[0].lower()
+        assert device and ("; secure" in device[0].lower()) == secure, device
+        assert "httponly" in device[0].lower() and "samesite=strict" in device[0].lower()
 
 
 def test_charts_never_make_markup_of_names() -> None:
@@ -305,3 +316,96 @@ def test_charts_never_make_markup_of_names() -> None:
         assert o["tooltip"] == {"show": False} or o["tooltip"]["renderMode"] == "richText", o["tooltip"]
     graph = options[-1]["series"][0]
     assert "\\u202e" in graph["data"][1]["name"] and "\u202e" not in json.dumps(graph, ensure_ascii=False)
+
+
+def _read_until_closed(sock: socket.socket, feed: bytes | None, every_s: float, limit_s: float) -> tuple[bytes, float]:
+    """What the server sent on `sock` until it closed it, and after how long; sending `feed`
+    whenever `every_s` passes with nothing from the server (a client dribbling its head). Fails
+    when the connection is still open after `limit_s`."""
+    start, got = time.monotonic(), b""
+    sock.settimeout(every_s)
+    while time.monotonic() - start < limit_s:
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            if feed is not None:
+                sock.sendall(feed)
+            continue
+        except ConnectionResetError:
+            return got, time.monotonic() - start
+        if not chunk:
+            return got, time.monotonic() - start
+        got += chunk
+    raise AssertionError(f"the connection is still open after {limit_s} s (sent a header line every {every_s} s)")
+
+
+def test_a_request_head_that_does_not_arrive_in_time_is_closed(hoard_home: Path, pg, redis_conn) -> None:
+    """`gui.header_timeout_s` (2 s here): a connection that dribbles its request's head one
+    header line a second, or sends nothing, is answered 408 and closed once the deadline has
+    passed (it stayed open indefinitely); a request sent at once is answered, and so is a second
+    one on the same kept-alive connection after an idle pause longer than the deadline."""
+    with gui_process(hoard_home, pg, header_timeout_s=2) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            got, after = _read_until_closed(sock, b"X-Dribble: one line a second\r\n", 1.0, 30)
+        assert 1.9 <= after, after
+        assert not got or got.startswith(b"HTTP/1.1 408"), got
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # says nothing at all
+            got, after = _read_until_closed(sock, None, 1.0, 30)
+        assert got.startswith(b"HTTP/1.1 408 Request Timeout") and b"gui.header_timeout_s" in got, got
+        assert 1.9 <= after, after
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            for pause in (0, 3):  # 3 s idle between requests: past the head's deadline, within keep-alive (5 s)
+                time.sleep(pause)
+                conn.request("GET", "/health/live")
+                r = conn.getresponse()
+                assert r.status == 200 and json.loads(r.read()) == {"ok": True}
+        finally:
+            conn.close()
+
+
+def _engine_io(url: str, origin: str, transport: str = "polling") -> tuple[int, str, dict[str, str]]:
+    """(status, body, headers) of an Engine.IO handshake — what NiceGUI's socket.io client opens
+    first — from a page of `origin`."""
+    req = urllib.request.Request(f"{url}/_nicegui_ws/socket.io/?EIO=4&transport={transport}&t={uuid.uuid4().hex[:7]}",
+                                 headers={"Origin": origin})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode(), {k.lower(): v for k, v in r.headers.items()}
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), {k.lower(): v for k, v in e.headers.items()}
+
+
+def _websocket_status(port: int, origin: str) -> bytes:
+    """The status line the GUI answers a websocket upgrade of socket.io from a page of `origin` with."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall((f"GET /_nicegui_ws/socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                      f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(b'x' * 16).decode()}"
+                      f"\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n").encode())
+        head = b""
+        while b"\r\n" not in head and (chunk := sock.recv(4096)):
+            head += chunk
+        return head.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.expect_log(r"^http://evil\.example is not an accepted origin", level="ERROR")  # python-engineio's, once
+def test_socket_io_answers_only_the_guis_own_origin(hoard_home: Path, pg, redis_conn) -> None:
+    """An Engine.IO handshake from a page of another origin — another site, or another port of
+    this host (the same site: the session cookie goes along) — is refused (400) with no
+    Access-Control-Allow-Origin, by polling and by websocket; one from the GUI's own origin gets
+    its session and the header naming that origin alone (it answered any Origin, credentials
+    allowed)."""
+    with gui_process(hoard_home, pg) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        for origin in ("http://evil.example", f"http://127.0.0.1:{port + 1}", f"https://127.0.0.1:{port}"):
+            status, body, headers = _engine_io(url, origin)
+            assert status == 400 and "access-control-allow-origin" not in headers, (origin, status, headers)
+            assert _websocket_status(port, origin).split()[1] != b"101", origin
+        status, body, headers = _engine_io(url, url)
+        assert status == 200 and body.startswith("0{") and '"sid"' in body, (status, body)
+        assert headers.get("access-control-allow-origin") == url, headers
+        assert _websocket_status(port, url).split()[1] == b"101"

@@ -412,6 +412,10 @@ class GuiConfig(BaseModel):
     #: the group whose members (the proxy's user) may connect to `socket` (mode 0660); default
     #: the service user's own group
     socket_group: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}\$?$")
+    #: the longest a request's head (its request line and headers) may take to arrive, from the
+    #: connection's first moment or the request's first byte: past it, 408 and the connection
+    #: closed — a client dribbling a header line a second holds no connection for ever
+    header_timeout_s: float = Field(default=20.0, gt=0, le=3600)
     #: seconds between the one background refresh of what the pages show (health, counts)
     refresh_s: float = Field(default=10.0, ge=1, le=3600)
     #: the session cookie is `Secure` (sent over HTTPS only): on when a TLS proxy serves the GUI;

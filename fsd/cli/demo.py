@@ -101,6 +101,8 @@ def _demo_login(cfg: Settings) -> tuple[str, str]:
     if kept.exists() and "demo" in logins.users(cfg):
         return "demo", kept.read_text().strip()
     password = secrets.token_urlsafe(9)
+    while logins.weak_password(password, "demo"):  # chance can make a repeat (`Ma-Ma-`): the policy's to judge
+        password = secrets.token_urlsafe(9)
     if "demo" in logins.users(cfg):
         logins.passwd(cfg, "demo", password)
     else:
