@@ -31,7 +31,7 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: summaries install uninstall help demo test test-fast test-ceph lint chaos peers bench deps venv up down clean labelstudio readers pyfuse3
+.PHONY: summaries cli-docs docs-check install uninstall help demo test test-fast test-ceph lint chaos peers bench deps venv up down clean labelstudio readers pyfuse3
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
@@ -39,7 +39,9 @@ help:
 	@echo "make test-fast - the unit tier only (no services, FUSE, disk lab or browser; under a minute)"
 	@echo "make test-ceph - the S3 tests against a private Ceph RGW (where ceph-mon ceph-osd ceph-mgr radosgw are installed)"
 	@echo "make labelstudio - Label Studio in its own venv (var/labelstudio/venv) for the AC5 tests"
-	@echo "make lint   - ruff and mypy as configured in pyproject.toml (CI runs it before the tests)"
+	@echo "make lint   - the docs check, ruff and mypy as configured in pyproject.toml (CI runs it before the tests)"
+	@echo "make docs-check - history numbers in the docs and product code, a README over 10 KiB (tests/docs_check.py)"
+	@echo "make cli-docs - write docs/cli.md's command reference again from the commands' help"
 	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
 	@echo "make peers  - hoardfs vs cp, git-annex, SnapRAID and mergerfs on one corpus (bench/peers; ARGS=...)"
 	@echo "make bench  - every other benchmark behind docs/benchmarks.md, raw JSON to bench/results"
@@ -192,7 +194,7 @@ test-fast: venv
 	  rm -rf $(FAST_TMP); exit $$rc
 
 # the linters need the .venv (the dev extra pins them) but no service; settings in pyproject.toml
-lint: venv
+lint: venv docs-check
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy
 
@@ -200,6 +202,16 @@ lint: venv
 # own help after one changes (tests/test_cli_help.py says when)
 summaries: venv
 	@$(VENV)/bin/python -c 'import fsd.cli; fsd.cli.write_summaries()'
+
+# docs/cli.md's reference part, written again from every command's help (tests/cli_docs.py);
+# tests/test_cli_docs.py fails when it is out of date
+cli-docs: venv
+	@$(VENV)/bin/python -m tests.cli_docs
+
+# the docs and the product code say what is: no session, review or issue numbers, a README of
+# at most 10 KiB (tests/docs_check.py; CONTRIBUTING.md, "Docs"). The standard library only.
+docs-check:
+	@$(PYTHON) -m tests.docs_check
 
 SEEDS ?= 200
 SEED0 ?= 0
