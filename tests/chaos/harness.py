@@ -23,6 +23,11 @@ acknowledged may be lost:
   nothing (exit 0; health: nothing beyond a new world's problems);
 - after each faulted command, before the heal, `hoard check`'s exit code and `hoard verify`'s
   agree, except where one of them is blind by design (`check_agrees_with_verify`).
+- every batch the store registers is selectable whole: the nodes `hoard select --batch B`
+  returns are its manifest's files less those the store hides (`check_batches`) — also a batch
+  ingested right after `hoard delete --batch` of one holding the same files (`batch_drop`);
+- at the end of a seed every registered batch can be deleted: `hoard delete --batch B` exits 0,
+  or names a `hoard` step after which it does (`delete_every_batch`), and `hoard check` agrees.
 - action runs (`action`, `action_rq`: `hoard action run` of an AC2 contract with a python test
   worker, ACTION_WORKER) happen exactly once: after the re-run every run acknowledged done has
   one child, edge, label and result row per input and one `done` action_event, the same command
@@ -659,15 +664,25 @@ class World:
 
     def ingest_and_drop(self, rng: random.Random) -> None:
         """A scraped batch some of whose files `hoard put` also stored is ingested and dropped
-        (`delete --batch`): the gc that follows must keep every object put acknowledged,
-        whatever fault hits it."""
+        (`delete --batch`), then a batch holding the same files (a copy under another name) is
+        ingested — its every node must be selectable (`check_batches`): the gc that follows must
+        keep every object put and the second batch acknowledged, whatever fault hits it."""
         batch = self.scraped_batch(rng)
         folder = self.ssd / "3A" / batch.batch_id
+        twin = self.ssd.parent / "gen" / f"{batch.batch_id}-again"  # (the ingest empties the folder)
+        shutil.copytree(folder, twin)
         media = [folder / i.path for i in batch.items if i.kind != "sidecar"]
         chosen = rng.sample(media, max(1, len(media) // 3))
         self.collect_acks("put", self.hoard("put", "--json", *map(str, chosen)).stdout, 0)
         self.hoard("ingest", str(folder), "--here", timeout=300)
         self.hoard("delete", "--batch", batch.batch_id, "--yes")
+        again = self.ssd / "3A" / twin.name
+        twin.rename(again)
+        if self.power:  # as a scraper's drop (scraped_batch)
+            syncfs(self.ssd)
+        self.hoard("ingest", str(again), "--here", timeout=300)
+        self.acked.update({i.sha256: i.size for i in batch.items})
+        self.batches.append(twin.name)
 
     def make_batch(self, rng: random.Random) -> Path:
         """A batch of new files: mostly small, a few duplicates of acknowledged content, now and
@@ -1134,6 +1149,62 @@ class World:
             raise InvariantViolation(f"after {step} and its heal: still reported: {json.dumps(left, indent=1)}")
         self.check_outputs(step)
         self.check_actions(step)
+        self.check_batches(step)
+
+    def registered(self) -> dict[str, int]:
+        """Each batch the store registers → how many nodes `hoard select --batch` must return: the
+        distinct files its manifest names less those the store hides (`hoard delete --node`)."""
+        from fsd.base import config
+        from fsd.core.held import iter_files
+        from fsd.store import Store
+
+        want = {}
+        with Store.open(config.load(self.cfg_path), writable=False) as store:
+            for batch_id, info in store.index.iter_batches():
+                files = {sha for _path, sha, _size in iter_files(store.get, info["manifest"])}
+                want[batch_id] = len(files - store.index.marked_among(store.index.hidden, files))
+        return want
+
+    def check_batches(self, step: Step | str) -> None:
+        """Every batch the store registers is selectable whole (`registered`). The count is the
+        selector `hoard select --batch B` runs (sql.selectors.query_nodes), asked in this process:
+        a `hoard` process per batch after every step would cost more than the step."""
+        from sql.selectors import parse_selector, query_nodes
+
+        want = self.registered()
+        with psycopg.connect(self.database_url) as conn:
+            got = {b: len(query_nodes(conn, parse_selector({"batches": [b]})).sha256) for b in want}
+        short = {b: f"{got[b]} of {n}" for b, n in want.items() if got[b] != n}
+        if short:
+            raise InvariantViolation(f"after {step}: batches the store registers are not selectable whole "
+                                     f"(`hoard select --batch` returns): {short}")
+
+    def delete_every_batch(self) -> None:
+        """At the end of a seed: `hoard delete --batch B` of every batch the store registers exits
+        0, or names a `hoard` step (FOLLOW) after which it does; then none is registered, and
+        `hoard check` (with the database) finds everything in agreement."""
+        for batch_id in sorted(self.registered()):
+            res = self.hoard("delete", "--batch", batch_id, "--yes", ok=None)
+            if res.returncode == 0:
+                continue
+            steps = [a for a in map(followable, next_steps(res.stderr)) if a]
+            if not steps:
+                raise InvariantViolation(f"`hoard delete --batch {batch_id}` exit {res.returncode} naming no step "
+                                         f"that makes it succeed:\n{res.stderr[-2000:]}")
+            for argv in steps:
+                self.hoard(*argv, ok=None, timeout=600)
+            again = self.hoard("delete", "--batch", batch_id, "--yes", ok=None)
+            if again.returncode != 0:
+                raise InvariantViolation(f"`hoard delete --batch {batch_id}` exit {again.returncode} after "
+                                         f"{[' '.join(a) for a in steps]}, the steps it named:\n{again.stderr[-2000:]}")
+        left = self.registered()
+        if left:
+            raise InvariantViolation(f"batches still registered after `hoard delete --batch` of each: {sorted(left)}")
+        self.batches.clear()
+        check = self.hoard("check", "--json", ok=None)
+        if check.returncode != 0:
+            raise InvariantViolation(f"after deleting every batch: `hoard check` exit {check.returncode}:\n"
+                                     f"{check.stdout[-3000:]}{check.stderr[-2000:]}")
 
     def check_actions(self, step: Step) -> None:
         """Every action run: none reported running (no process runs one between steps) and none

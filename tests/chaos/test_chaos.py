@@ -78,6 +78,10 @@ def test_chaos(seed: int, lab_factory, tmp_path: Path) -> None:
             except InvariantViolation as e:
                 _failed(world, e, done + [f"{last}  ← failed"])
             world.faults["replace every disk, then index rebuild"] = 1
+        try:  # (last: the deletions take the batches' files out of what must read back)
+            world.delete_every_batch()
+        except InvariantViolation as e:
+            _failed(world, e, done + [f"{Step(steps + 2, 'delete every batch', 'none', None, 0.0, 0)}  ← failed"])
         assert world.acked, "the run acknowledged nothing: it tested nothing"
         _report({"seed": seed, "power": world.power, "steps": steps, "acked": len(world.acked), "faults": world.faults,
                  "alarms": world.alarms, "followed": world.followed})
