@@ -122,16 +122,16 @@ def lab_config(work: Path, url: str, redis_url: str, body: str, quota_gb: int) -
 
 def write_doc_section(begin: str, end: str, lines: list[str], doc: Path | None = None) -> None:
     """docs/benchmarks.md's (or `doc`'s) section between the markers `begin` and `end` replaced
-    by `lines` (which hold both markers); the first time, it goes before W2-G's section (or at
-    the end of `doc`). A script's `--render`: the figures there are the script's, from its
-    JSON, never typed."""
+    by `lines` (which hold both markers); the first time, it goes before the section "Where
+    hoardfs is behind" (or at the end of `doc`). A script's `--render`: the figures there are
+    the script's, from its JSON, never typed."""
     doc = doc or REPO / "docs" / "benchmarks.md"
     text = doc.read_text()
     block = "\n".join(lines)
     if begin in text:
         text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
-    elif "\n## W2-G:" in text:
-        text = text.replace("\n## W2-G:", "\n" + block + "\n\n## W2-G:", 1)
+    elif "\n## Where hoardfs is behind" in text:
+        text = text.replace("\n## Where hoardfs is behind", "\n" + block + "\n\n## Where hoardfs is behind", 1)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     doc.write_text(text)

@@ -140,7 +140,7 @@ def render() -> None:
     path = RESULTS / "batch-client-cpu-default.json"
     doc = json.loads(path.read_text())
     st = doc["stages"]
-    lines = [BEGIN, "", "### The batch read's client work per record, without I/O (issue 39)", "",
+    lines = [BEGIN, "", "### The batch read's client work per record, without I/O", "",
              f"`bench/batch_client_cpu.py` at {doc['commit']}, {doc['when'][:16].replace('T', ' ')}: "
              f"{doc['objects']:,} objects of bench/s3_backend.py's corpus, {doc['ranges']} ranges "
              f"({doc['range_bytes'] / (1 << 20):.0f} MiB) read once into memory; this process's CPU, the median of "

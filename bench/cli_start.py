@@ -159,11 +159,12 @@ def render() -> None:
     doc["file"] = result_name("cli_start", doc["argv"]) + ".json"
     m = doc["machine"]
     floor = doc["floor"]
-    before = doc.get("before_commit")
-    head = "| invocation | CPU | wall |" + (f" CPU before ({before}) | wall before |" if before else "")
+    # (a run with --before also timed another checkout's commands: they stay in its JSON, the
+    # section shows this checkout's figures and the floor)
+    head = "| invocation | CPU | wall |"
     lines = [
         BEGIN, "",
-        "## W3-Z: what starting a `hoard` command costs",
+        "## What starting a `hoard` command costs",
         "",
         "`.venv/bin/python bench/cli_start.py` (its docstring says how) — each invocation its own process, "
         f"{doc['repeat']} runs after one",
@@ -178,13 +179,10 @@ def render() -> None:
         f"{floor['python: import typer, pydantic']['wall_s']:.3f} s.",
         "",
         head,
-        "|---|---|---|" + ("---|---|" if before else ""),
+        "|---|---|---|",
     ]
     for name, r in doc["invocations"].items():
-        row = f"| `hoard {name}` | {r['this']['cpu_s']:.3f} s | {r['this']['wall_s']:.3f} s |"
-        if before:
-            row += f" {r['before']['cpu_s']:.3f} s | {r['before']['wall_s']:.3f} s |"
-        lines.append(row)
+        lines.append(f"| `hoard {name}` | {r['this']['cpu_s']:.3f} s | {r['this']['wall_s']:.3f} s |")
     lines += ["", END]
     write_doc_section(BEGIN, END, lines)
 

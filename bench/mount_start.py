@@ -129,7 +129,7 @@ def render() -> None:
     newest = max(RESULTS.glob("mount-start-*.json"), key=lambda p: json.loads(p.read_text())["when"])
     doc = json.loads(newest.read_text())
     steps = [s for s in ORDER if s in doc["stores"][0]["step_cpu_s"]]  # (the JSON's keys are sorted)
-    lines = [BEGIN, "", f"`python bench/mount_start.py` at {doc['commit']} ({newest.relative_to(REPO)}): the kept "
+    lines = [BEGIN, "", f"`python bench/mount_start.py` at {doc['commit']}, {doc['when'][:10]} ({newest.relative_to(REPO)}): the kept "
              f"stores taken in turn, {doc['rounds']} rounds; CPU milliseconds of each step before the mount serves "
              "(the median), then the whole `hoard mount` start (wall seconds until it answers, and the daemon's CPU).",
              "", "| objects | batches | views | index | " + " | ".join(steps) + " | mount start | its CPU |",

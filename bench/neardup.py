@@ -151,7 +151,7 @@ def render() -> None:
     t = doc["default_threshold"]
     rec = doc["recall_by_threshold"]
     kinds = list(rec[str(t)]["recall"])
-    lines = [BEGIN, "", "## Near-duplicate groups (issue 40, part 2)", "",
+    lines = [BEGIN, "", "## Near-duplicate groups", "",
              f"`bench/neardup.py` at {doc['commit']}, {doc['when'][:10]}: {doc['originals']} distinct 640×480 JPEG "
              f"originals made from the {doc['images_source']} pictures and six copies of each "
              "(tests/near_variants.py), hashed by the action's own code. **The machine was loaded** (other runs beside "

@@ -17,7 +17,7 @@ BEGIN = "<!-- bench/s3_backend.py: begin (written by `bench/s3_backend.py --rend
 END = "<!-- bench/s3_backend.py: end -->"
 #: the default run's results (SeaweedFS): the section the docs show
 RESULT = RESULTS / "s3-backend-default.json"
-#: the share of the engine's own rate each row of the backend is to reach (issue 39, item 4)
+#: the share of the engine's own rate each row of the backend is to reach
 GOAL = 0.90
 
 
@@ -58,8 +58,8 @@ def share(rate: float, bound: float) -> float:
     return math.floor(rate / bound * 1000) / 1000
 
 
-TITLE = "## W3-L: the S3 backend against its engine (issue 39, item 4)"
-CEPH_TITLE = "## W3-L: the S3 backend against Ceph RGW (issue 39)"
+TITLE = "## The S3 backend against SeaweedFS"
+CEPH_TITLE = "## The S3 backend against Ceph RGW"
 
 
 def render() -> None:
@@ -111,7 +111,7 @@ def _render_engine(kind: str, path: Path | None) -> None:
                                                                   if trials else "") + ". The figures come from its "
                  "default run (20,000 objects, a 256 MiB object, 12,000 objects moved by `hoard disks replace`) on a "
                  "quiet machine: `.venv/bin/python bench/s3_backend.py` writes them here, with the reads and the "
-                 "seal at one stream (as before W3-L) beside `READ_STREAMS` / `UPLOAD_STREAMS` in the same run — on "
+                 "seal at one stream beside `READ_STREAMS` / `UPLOAD_STREAMS` in the same run — on "
                  "the busy machine the trials did not tell the two apart.", "",
                  "What the trials did show, as a matter of kind: the engine's GETs and PUTs run on the same two cores "
                  "as the backend, and the backend's client spends several times the CPU per GiB of a bare GET loop "
@@ -152,8 +152,8 @@ def _render_engine(kind: str, path: Path | None) -> None:
              f"in the JSON). Raw JSON: `{path.relative_to(REPO)}`."
              + (" CI and this project's development machine install no Ceph: its run is made in a Debian 12 root "
                 "with Debian's packages, the checkout bound in (docs/testing.md, \"Ceph RGW\"). One OSD on one "
-                "disk: a cluster's many OSDs share a bucket's load, which this does not measure; this run's code "
-                "is from before the backend's GETs went to presigned URLs (its bounds have no such row)."
+                "disk: a cluster's many OSDs share a bucket's load, which this does not measure; the code this run "
+                "measured sent its GETs through boto3, not to presigned URLs (its bounds have no such row)."
                 if kind == "ceph" else ""),
              "", "| row | cold | warm | bound (best of the engine's) |", "|---|---|---|---|"]
 
@@ -168,7 +168,7 @@ def _render_engine(kind: str, path: Path | None) -> None:
     rs = doc["read_streams"]
     row(f"batch read of {b['objects']:,} small objects (`Store.read_batch`; {b['requests']} ranged GETs, "
         f"{b['range_bytes'] / MiB:.0f} MiB, {rs} in flight)", doc["batch_backend"], "batch", doc["batch_engine"])
-    row(f"— the same, one GET at a time (before W3-L: {b['requests_one_stream']} GETs)",
+    row(f"— the same, one GET at a time ({b['requests_one_stream']} GETs)",
         doc["batch_backend_one_stream"], "batch_one_stream", doc["batch_engine"])
     lb = doc["large_backend"]
     streamed = doc.get("stream_large", False)  # (runs before S3Disk.stream_large read pieces only)
@@ -176,16 +176,16 @@ def _render_engine(kind: str, path: Path | None) -> None:
     row(f"large object, {big['bytes'] / MiB:.0f} MiB, through the planner ({how})", lb["planner"], "large_planner",
         doc["large_engine"])
     if "planner_pieces" in lb:
-        row(f"— the same in 8 MiB pieces, {rs} in flight (before the streamed GET)", lb["planner_pieces"],
+        row(f"— the same in 8 MiB pieces, {rs} in flight", lb["planner_pieces"],
             "large_planner_pieces", doc["large_engine"])
-    row("— the same, one piece at a time (before W3-L)" if streamed else "— the same, one piece at a time (before)",
+    row("— the same, one piece at a time",
         lb["planner_one_stream"], "large_planner_one_stream", doc["large_engine"])
     row("the same object through `Store.copy_object_to` (`hoard get`)", lb["copy_object_to"],
         "large_copy_object_to", doc["large_engine"])
     if "copy_object_to_pieces" in lb:
-        row(f"— in 8 MiB pieces, {rs} in flight (before the streamed GET)", lb["copy_object_to_pieces"],
+        row(f"— in 8 MiB pieces, {rs} in flight", lb["copy_object_to_pieces"],
             "large_copy_object_to_pieces", doc["large_engine"])
-    row("— one piece at a time (before W3-L)" if streamed else "— one piece at a time (before)",
+    row("— one piece at a time",
         lb["copy_object_to_one_stream"], "large_copy_object_to_one_stream", doc["large_engine"])
     if "verify_backend" in doc:
         v = doc["verify"]
@@ -196,7 +196,7 @@ def _render_engine(kind: str, path: Path | None) -> None:
                  f"{doc['seal']['upload_streams']} in flight, HEAD; median of {len(doc['seal']['rounds'])}) | "
                  f"{sh['seal']['mib_s']} MiB/s, **{pct(sh['seal']['share'])}** of {p['mib_s']} | — | "
                  f"the engine's multipart PUT of as many bytes ({p_name.replace('_', ' ')}) |")
-    lines.append(f"| — the same, one part at a time (before W3-L; the rounds alternated) | "
+    lines.append(f"| — the same, one part at a time (the rounds alternated) | "
                  f"{sh['seal_one_stream']['mib_s']} MiB/s, **{pct(sh['seal_one_stream']['share'])}** of "
                  f"{p['mib_s']} | — | the same |")
     if "replace" in doc:
@@ -208,22 +208,29 @@ def _render_engine(kind: str, path: Path | None) -> None:
         lines += ["", "A replace does more per shard than a PUT: the shard read off `d0`, written and synced on the "
                   "staging folder, uploaded, then read back whole and checked (its sha256, every record) before the "
                   "index names it, three shards at a time; its seconds are its process's, start included."]
-    lines += ["", "The engine's rates by requests in flight (MiB/s, cold / warm):", "",
-              "| in flight | batch: the plan's ranges (≤ 32 MiB) | batch: the same in 8 MiB pieces | batch: the "
-              "plan's ranges, presigned URLs (urllib3) | large object, 8 MiB pieces | large object, presigned "
-              "URLs | multipart PUT (64 MiB parts) |", "|---|---|---|---|---|---|---|"]
+    # the default engine's section in full; another engine's without the engine's rates by
+    # requests in flight and the breakdown of the client's CPU (both in its JSON)
+    brief = kind != "seaweedfs"
+    if brief:
+        lines += ["", "The engine's rates by requests in flight (each row's bound is the best of them) and the "
+                  "client's CPU seconds per GiB of every row are in the JSON."]
+    else:
+        lines += ["", "The engine's rates by requests in flight (MiB/s, cold / warm):", "",
+                  "| in flight | batch: the plan's ranges (≤ 32 MiB) | batch: the same in 8 MiB pieces | batch: the "
+                  "plan's ranges, presigned URLs (urllib3) | large object, 8 MiB pieces | large object, presigned "
+                  "URLs | multipart PUT (64 MiB parts) |", "|---|---|---|---|---|---|---|"]
 
-    def pair(rows: dict, k: str) -> str:
-        return f"{rows[k]['cold']['mib_s']} / {rows[k]['warm']['mib_s']}" if k in rows else "—"
+        def pair(rows: dict, k: str) -> str:
+            return f"{rows[k]['cold']['mib_s']} / {rows[k]['warm']['mib_s']}" if k in rows else "—"
 
-    be, le = doc["batch_engine"], doc["large_engine"]
-    for n in sorted({int(k.split("_")[0]) for k in be if re.fullmatch(r"[0-9]+_in_flight", k)}):
-        k = f"{n}_in_flight"
-        put = doc["engine_put"].get(k)
-        lines.append(f"| {n} | {pair(be, k)} | {pair(be, k + '_8mib')} | {pair(be, 'signed_' + k)} | {pair(le, k)} | "
-                     f"{pair(le, 'signed_' + k)} | {put['mib_s'] if put else '—'} |")
-    lines.append(f"| one GET of the whole object | — | — | — | {pair(le, 'one_get')} | {pair(le, 'signed_one_get')} "
-                 "| — |")
+        be, le = doc["batch_engine"], doc["large_engine"]
+        for n in sorted({int(k.split("_")[0]) for k in be if re.fullmatch(r"[0-9]+_in_flight", k)}):
+            k = f"{n}_in_flight"
+            put = doc["engine_put"].get(k)
+            lines.append(f"| {n} | {pair(be, k)} | {pair(be, k + '_8mib')} | {pair(be, 'signed_' + k)} | "
+                         f"{pair(le, k)} | {pair(le, 'signed_' + k)} | {put['mib_s'] if put else '—'} |")
+        lines.append(f"| one GET of the whole object | — | — | — | {pair(le, 'one_get')} | "
+                     f"{pair(le, 'signed_one_get')} | — |")
     small = doc["seal"]["small_shards"]
     if small:
         lines += ["", f"Seals while the small objects were put: {len(small)} shards, "
@@ -253,14 +260,13 @@ def _render_engine(kind: str, path: Path | None) -> None:
                   f"{cpu_gib(be[bname]['warm'])} for the engine's best GET loop ({bname.replace('_', ' ')}); large "
                   f"object {cpu_gib(lb['planner']['warm'])} against {cpu_gib(le[lname]['warm'])} "
                   f"({lname.replace('_', ' ')}). Client and engine share {m['cpus']} cores, so the client's CPU is "
-                  "the read's limit. What it goes on, measured in this run:"]
-        if cut and pieces8:
+                  "the read's limit." + ("" if brief else " What it goes on, measured in this run:")]
+        if cut and pieces8 and not brief:
             cut_mib = b.get("range_limit", 8 * MiB) // MiB  # (runs before range_limit cut at 8 MiB)
             lines += ["", f"- *Requests and threads.* With {rs} GETs in flight a reader cuts the "
                       f"plan's ranges at {cut_mib} MiB ({b['requests']} GETs where one stream makes "
                       f"{b['requests_one_stream']}) "
-                      + ("and reads a large object off one streamed GET (S3Disk.stream_large; in 8 MiB pieces, each "
-                         "GET in a thread of its own, before it). " if doc.get("stream_large") else
+                      + ("and reads a large object off one streamed GET (S3Disk.stream_large). " if doc.get("stream_large") else
                          "and reads a large object in 8 MiB pieces, each GET in a thread of its own. ")
                       + "The engine's own "
                       "GET loop pays for that cut as well: the same ranges in 8 MiB pieces, 4 in flight, cost "
@@ -276,11 +282,12 @@ def _render_engine(kind: str, path: Path | None) -> None:
                       "large object against its chunk map, each payload handed to the sink as a view of its range "
                       "(no copy) — are the rest: the one-stream batch read's "
                       f"{cpu_gib(doc['batch_backend_one_stream']['warm'])} s/GiB against the bound's "
-                      f"{cpu_gib(be[bname]['warm'])}.",
-                      "- boto3's own cost per request — about 3 ms of CPU (hooks, endpoint rules, signing, header "
-                      "parsing), some 0.3 s/GiB at 8 MiB pieces — is no longer paid: the backend's ranged GETs go to "
-                      "presigned URLs with urllib3 (`S3Disk._get`), and the bound includes the same GETs sent so "
-                      "(the `signed` rows)."]
+                      f"{cpu_gib(be[bname]['warm'])}."]
+            if any(k.startswith("signed_") for k in be):
+                lines.append("- boto3's own cost per request — about 3 ms of CPU (hooks, endpoint rules, signing, "
+                             "header parsing), some 0.3 s/GiB at 8 MiB pieces — is not paid: the backend's ranged "
+                             "GETs go to presigned URLs with urllib3 (`S3Disk._get`), and the bound includes the "
+                             "same GETs sent so (the `signed` rows).")
         # (judged by the load before the run: at its end the engine's and the client's own threads
         # count in it, whatever else ran)
         if m["loadavg_1m_at_start"] >= 1.0:

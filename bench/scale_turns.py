@@ -101,7 +101,7 @@ def render(path: Path) -> None:
     disks = doc["runs"][0]["result"]["disks"]
     cluster = doc["runs"][0]["result"].get("cluster", "")
     over = [g["command"] for g in got if g["median"] > GOAL_RATIO]
-    lines = [BEGIN, "", f"`python bench/scale_turns.py` at {doc['commit']} ({path.relative_to(REPO)}, "
+    lines = [BEGIN, "", f"`python bench/scale_turns.py` at {doc['commit']}, {doc['when'][:10]} ({path.relative_to(REPO)}, "
              f"{doc['seconds'] / 60:.0f} min): a {a} and a {b} store ({disks}; cluster: {cluster}) re-timed in turn, "
              f"{len(rounds)} rounds, each size settled before its measurements. The ratio is the {b} store's cost per "
              f"unit of work over the {a} store's in the same round; a goal (≤ {GOAL_RATIO}×) is judged by the median "
