@@ -28,7 +28,7 @@ from gui.frame import frame
 from jobs import launch, reports
 from jobs.actions.contract import Contract, Param
 
-STATUS_COLOR = {"done": "positive", "failed": "negative", "running": "primary", "queued": "grey",
+STATUS_COLOR = {"done": "positive", "failed": "negative", "refused": "negative", "running": "primary", "queued": "grey",
                 "canceled": "grey", "cancelled": "grey", "WAIT_GPU_READY": "orange", "waiting_external": "orange",
                 "waiting_labels": "orange", "waiting_remote": "orange"}
 STEP_COLOR = {"done": "positive", "failed": "negative", "running": "primary", "waiting": "orange",
@@ -232,6 +232,8 @@ def run_body(rid: str, user: SignedIn) -> Any:
                     "text-warning").mark("run-waiting")
             if d.get("error"):
                 text.label(d["error"]).classes("text-negative").mark("run-error")
+            if d.get("refused") and d["refused"] != d.get("error"):  # why it cannot be resumed as it is
+                text.label(d["refused"]).classes("text-negative").mark("run-refused")
             ui.label("Steps").classes("text-h6")
             with ui.timeline(side="right").mark("run-steps"):
                 for s in d["steps_timeline"]:
@@ -271,8 +273,9 @@ def run_body(rid: str, user: SignedIn) -> Any:
                     elif status == "waiting_labels":
                         ui.button("Release: import what is labelled now", on_click=lambda: act("release")).mark(
                             "run-release")
-                    if status in ("failed", "cancelled", "canceled") or d.get("stalled"):
+                    if (status in ("failed", "cancelled", "canceled") or d.get("stalled")) and not d.get("refused"):
                         # `hoard action resume RUN`: this run, with its recorded inputs and params
+                        # (none for a run whose files or contract do not prove themselves)
                         ui.button("Resume", on_click=lambda: act("resume")).mark("run-resume")
                     if status in launch.ACTION_CANCELABLE:
                         ui.button("Cancel", on_click=lambda: act("cancel")).props("color=negative").mark(

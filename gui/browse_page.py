@@ -161,7 +161,10 @@ def register() -> None:
                 for head in ("batch", "source", "members", "ingest", "created", "sealed"):
                     ui.label(head).classes("text-bold")
                 for r in rows:
-                    st = ingest.load_state(ctx().cfg, r["batch_id"])
+                    try:
+                        st = ingest.load_state(ctx().cfg, r["batch_id"])
+                    except HoardError:  # not the service's own file, or damaged: its run page says which
+                        st = None
                     ui.link(shown(r["batch_id"]), f"/assets?{urlencode({'batch': r['batch_id']})}")
                     text.label(r["source"] or r["action"])
                     ui.label(f"{r['members']:,}")

@@ -38,7 +38,7 @@ from jobs import progress as job_progress
 from jobs.actions import api as actions_api
 from jobs.actions import contract as contracts
 from jobs.actions.state import QUEUE_OF as ACTION_QUEUE_OF
-from jobs.actions.state import WAITING, check_id, load_state, log_path, read_work
+from jobs.actions.state import WAITING, RunRefused, check_id, load_state, log_path, read_work, refusal
 from jobs.guard import SERIALIZER
 from jobs.queues import connect, enqueue_once, fetch_job, redis_required, rq_queue, unserved_queues
 
@@ -148,7 +148,11 @@ def ingest_candidates(cfg: Settings) -> list[dict[str, str]]:
     for d in sorted(zone3a.iterdir()) if zone3a.is_dir() else []:
         if not d.is_dir() or d.name.startswith(("_", ".")):
             continue
-        st = ingest.load_state(cfg, d.name)
+        try:
+            st = ingest.load_state(cfg, d.name)
+        except HoardError:  # a state file the service did not write, or a damaged one: its line on the run's page
+            out.append({"batch_id": d.name, "source": "", "state": "refused"})
+            continue
         if st is not None and st.finished:
             continue
         try:
@@ -647,7 +651,12 @@ def action_detail(cfg: Settings, rid: str) -> dict[str, Any]:
     """Everything an action run's page shows: `hoard action status RUN --json`, each step's
     state and seconds, the children it stored (up to CHILDREN_SHOWN), the gate, its run log and
     the newest WORKER_LOG_TAIL bytes of its worker's log."""
-    st = load_state(cfg, check_id(rid))
+    try:
+        st = load_state(cfg, check_id(rid))
+    except RunRefused as e:  # files hoardfs did not write: the line, and nothing of what they say
+        doc = actions_api.refused_doc(refusal(cfg, rid, e.message))
+        return doc | {"steps_timeline": [], "children": None, "children_listed": [], "took": None,
+                      "gate_contract": None, "log": "", "worker_log": ""}
     if st is None:
         raise LaunchError(f"no action run {rid!r}; the Actions page lists them")
     doc = actions_api.status_doc(cfg, st)

@@ -42,7 +42,7 @@ from datasets import layouts
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.files import atomic_write, flocked, fsync_dir
+from fsd.base.files import NotOwn, flocked, fsync_dir, load_owned, state_directory, write_owned
 from fsd.outputs import seal, zones
 from fsd.outputs.manifest import ViewError
 from fsd.outputs.materialize import Item
@@ -155,24 +155,25 @@ class OutputState:
 
 
 def state_dir(cfg: Settings) -> Path:
-    d = cfg.ssd.root / "state" / "outputs"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return state_directory(cfg.ssd.root / "state" / "outputs")
 
 
 def load_state(cfg: Settings, output_id: str) -> OutputState | None:
-    """The recorded request of `output_id`, None if there is none; a damaged state file is
+    """The recorded request of `output_id`, None if there is none; a damaged state file, or one
+    the service did not write (another account's, one others may write: `load_owned`), is
     named (OutputError), never a traceback."""
     if not OUTPUT_ID.fullmatch(output_id or ""):
         raise OutputError(f"{output_id!r} is not an output id (1-128 of A-Z a-z 0-9 . _ -)")
     path = state_dir(cfg) / f"{output_id}.json"
     try:
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(load_owned(path))
         st = OutputState(**doc)
         OutputSpec(**st.spec)
         return st
     except FileNotFoundError:
         return None
+    except NotOwn as e:  # (never `hoard zones clean`: it would remove the real output of that id)
+        raise DamagedState(e.message) from None
     except (OSError, ValueError, TypeError) as e:
         raise DamagedState(f"the state of output {output_id} ({path}) is damaged ({type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}); `hoard zones clean {output_id}` forgets the "
@@ -223,7 +224,7 @@ def describe(cfg: Settings, st: OutputState) -> tuple[str, str]:
 
 def save_state(cfg: Settings, st: OutputState) -> None:
     st.updated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    atomic_write(state_dir(cfg) / f"{st.id}.json", json.dumps(asdict(st), indent=1, sort_keys=True).encode())
+    write_owned(state_dir(cfg) / f"{st.id}.json", json.dumps(asdict(st), indent=1, sort_keys=True).encode())
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.modes import FILE, rewrite_mode
+from fsd.base.modes import FILE, PRIVATE, ensure_dir, rewrite_mode
 
 
 def size_or_zero(path: str | os.PathLike[str]) -> int:
@@ -142,6 +142,89 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], prepare: Callable[[i
         if prepare is not None:
             prepare(f.fileno())
         os.fsync(f.fileno())
+
+
+#: the mode of a file of the service's own state (a run's state and work files): nobody else
+#: reads or writes it, the `hoard` group included
+OWN = 0o600
+
+
+class NotOwn(HoardError):
+    """A state file the service did not write (another account's, writable by others, a link,
+    not a regular file): not read. One line naming the file and the next step."""
+
+    exit_code = ExitCode.DATA
+
+
+def write_owned(path: Path, data: bytes) -> None:
+    """`atomic_write` of a file of the service's own state, 0600 from its first byte (set on the
+    descriptor before it has a name): what `load_owned` reads back."""
+    atomic_write(path, data, lambda fd: os.fchmod(fd, OWN))
+
+
+def not_own(st: os.stat_result) -> str | None:
+    """Why a file with status `st` is not one of the service's own state files (a clause), or
+    None: a regular file owned by this process's user (or root, who may write anything
+    anyway), writable by nobody else — its group and others cannot write it."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"owned by uid {st.st_uid}, not by this service's user (uid {os.geteuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by {'others' if st.st_mode & stat.S_IWOTH else 'its group'} (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def load_owned(path: Path) -> bytes:
+    """The bytes of `path`, a file of the service's own state (`write_owned`). A file another
+    local account planted there (in a directory its group may write), one others may write,
+    a symbolic link or anything but a regular file is not read: `NotOwn`, one line naming the
+    file and that it is to be removed. FileNotFoundError when there is none; another OSError
+    (a directory this user cannot read) as it comes. Opened without following a link, its
+    directory walked without following another account's (`open_regular`), judged on the
+    descriptor read (no swap between the check and the read)."""
+    def refuse(why: str) -> NotOwn:
+        return NotOwn(f"{path}: {why}: not written by hoardfs, so it is not read; remove it")
+
+    try:
+        fd = open_regular(path, walk=True)
+    except PlantedLink as e:
+        raise refuse(e.strerror or "a symbolic link on the way") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise refuse("a symbolic link") from None
+        if e.errno == errno.EINVAL:
+            raise refuse("not a regular file") from None
+        raise
+    try:
+        why = not_own(os.fstat(fd))
+        if why:
+            raise refuse(why)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+_OWN_DIRS: set[Path] = set()
+
+
+def state_directory(path: Path) -> Path:
+    """`path`, a directory of the service's state (`<ssd.root>/state/actions`, `…/ingest`,
+    `…/outputs`), made if missing and given the mode of `state/` (0750: the service writes,
+    its group reads; a group- or world-writable mode a person set is taken back) the first
+    time a process asks for it, and again whenever it had to be made anew."""
+    try:
+        path.mkdir(parents=True)  # (the umask's modes; a file in its place: named here)
+        _OWN_DIRS.discard(path)
+    except FileExistsError:
+        pass
+    if path not in _OWN_DIRS:
+        ensure_dir(path, PRIVATE)
+        _OWN_DIRS.add(path)
+    return path
 
 
 def atomic_copy(src: Path, dest: Path) -> None:

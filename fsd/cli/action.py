@@ -292,6 +292,8 @@ def status(ctx: typer.Context, run_id: RunId, as_json: AsJson = False) -> None:
                   f"{doc['inputs']} inputs)", markup=False)
         if doc["error"]:
             out.print(f"  {display(doc['error'])}", markup=False)
+        if doc["refused"]:  # why `resume` would refuse it
+            out.print(f"  {display(doc['refused'])}", markup=False)
         _print_figures(st.report)
     if doc["status"] == "failed":
         raise typer.Exit(int(ExitCode.DATA))
@@ -310,7 +312,7 @@ def runs_(ctx: typer.Context, as_json: AsJson = False) -> None:
     if not docs:
         err.print("no action runs yet (`hoard action run NAME`)", markup=False)
     for d in docs:
-        way = (f"  `hoard action resume {d['run']}`"
+        way = (f"  {d['refused']}" if d["refused"] else f"  `hoard action resume {d['run']}`"
                if d["status"] in ("failed", "cancelled") or d["stalled"] else "")
         out.print(f"{d['run']:<48} {d['status']:<16} {d['step']:<7} {d['inputs']} inputs{way}", markup=False)
 

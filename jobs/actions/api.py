@@ -30,23 +30,20 @@ from fsd.base.files import flocked
 from jobs import events
 from jobs.actions import contract as contracts
 from jobs.actions.contract import TYPES, Contract
-from jobs.actions.params import canonical, parse_params
+from jobs.actions.params import parse_params
 from jobs.actions.remote import cancel_remote, check_locatable
 from jobs.actions.runner import enqueue
 from jobs.actions.state import (
     QUEUE_OF,
     STALE_S,
-    STEPS_AC1,
-    STEPS_AC5,
-    STEPS_REMOTE,
-    STEPS_WORKER,
     WAITING,
     ActionError,
+    Refusal,
     RunState,
     Status,
-    all_states,
     cancel_flag,
     check_id,
+    check_runnable,
     heartbeat_age,
     here_lock_path,
     job_id,
@@ -54,11 +51,13 @@ from jobs.actions.state import (
     lock_path,
     now,
     resume_line,
-    run_id,
-    run_key,
+    run_id_of,
+    runnable_problem,
     save_state,
+    scan_states,
     stamp,
     state_dir,
+    steps_of,
     with_way_on,
     write_work,
 )
@@ -79,13 +78,6 @@ class Submitted:
     how: str
 
 
-def _canonical(c: Contract, params: dict[str, Any]) -> str:
-    if not params:
-        return "{}"
-
-    return canonical(params)
-
-
 def load_contract(cfg: Settings, name: str) -> Contract:
     """Action `name`'s contract: the actions directory's file, else the built-in of that id."""
     return contracts.load_file(contracts.find_any(cfg.actions_dir, name)[0])
@@ -96,16 +88,6 @@ def _params(c: Contract, given: list[str], cfg: Settings | None = None) -> dict[
         return {}
 
     return parse_params(c, given, cfg)
-
-
-def steps_of(c: Contract, remote: bool = False) -> list[str]:
-    if remote:  # stage, run, parse on another host; its children collected (jobs.actions.remote)
-        return [s for s in STEPS_REMOTE if s != "gate" or c.gate is not None]
-    if c.action_type == "AC1":
-        return list(STEPS_AC1)
-    if c.action_type == "AC5":
-        return list(STEPS_AC5)
-    return [s for s in STEPS_WORKER if s != "gate" or c.gate is not None]
 
 
 def select_inputs(cfg: Settings, c: Contract, selector: dict | None, nodes: list[str] | None) -> list[str]:
@@ -158,8 +140,7 @@ def prepare(cfg: Settings, name: str, *, selector: dict | None = None, nodes: li
     c = load_contract(cfg, name)
     params = _params(c, list(given or []), cfg)
     inputs = select_inputs(cfg, c, selector, nodes)
-    return c, params, inputs, run_id(c.action_id, c.version, run_key(c.action_id, c.version, _canonical(c, params),
-                                                                      inputs))
+    return c, params, inputs, run_id_of(c.action_id, c.version, params, inputs)
 
 
 def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: list[str] | None = None,
@@ -275,6 +256,7 @@ def _again(cfg: Settings, st: RunState, redis_conn, queue: bool) -> Submitted:
         return Submitted(st, "done already")
     if shown == Status.RUNNING.value:
         return Submitted(st, "running")
+    check_runnable(cfg, st)  # the contract it would run is the service's own, as it is now
     if queue and (shown in WAITING or shown == Status.QUEUED.value):
         if job_lost(cfg, st, redis_conn):
             # Redis lost the job that moves it on (restarted without persistence, or the enqueue
@@ -417,12 +399,28 @@ def describe(cfg: Settings, st: RunState, check_jobs: bool = True) -> tuple[str,
 
 
 def status_doc(cfg: Settings, st: RunState) -> dict[str, Any]:
+    """`hoard action status RUN --json`. `refused`: why a run that stopped cannot be resumed as
+    it is (its recorded contract is not the service's now: `runnable_problem`), else None —
+    the GUI then offers no Resume and `runs` names no `resume`."""
     shown, why = describe(cfg, st)
+    stalled = bool(why) and shown in (Status.QUEUED.value, *WAITING)
+    stopped = shown in (Status.FAILED.value, Status.CANCELLED.value) or stalled
     return {"run": st.run_id, "action": st.action, "version": st.version, "type": st.action_type,
             "status": shown, "step": st.step, "steps": st.steps, "done": st.done, "inputs": st.inputs,
             "params": st.params, "error": why or None, "seconds": st.seconds, "created": st.created,
             "updated": st.updated, "gate": st.gate, "report": st.report, "by": st.by,
-            "stalled": bool(why) and shown in (Status.QUEUED.value, *WAITING)}
+            "stalled": stalled, "refused": runnable_problem(cfg, st) if stopped else None}
+
+
+def refused_doc(r: Refusal) -> dict[str, Any]:
+    """A state file that does not prove itself (`scan_states`) as `status_doc` shapes a run:
+    status `refused`, the one line as its error and `refused`; nothing of what the file says
+    is shown but its run id (its name)."""
+    action, version, _key = r.run_id.rsplit("-", 2)
+    return {"run": r.run_id, "action": action, "version": int(version[1:]), "type": "", "status": "refused",
+            "step": "-", "steps": [], "done": [], "inputs": 0, "params": {}, "error": r.line, "seconds": {},
+            "created": r.changed, "updated": r.changed, "gate": {}, "report": {}, "by": "", "stalled": False,
+            "refused": r.line}
 
 
 def release(cfg: Settings, rid: str, redis_conn=None, *, queue: bool = True) -> RunState:
@@ -489,7 +487,10 @@ def _must(cfg: Settings, rid: str) -> RunState:
 
 
 def runs(cfg: Settings) -> list[dict[str, Any]]:
-    return [status_doc(cfg, st) for st in all_states(cfg)]
+    """Every run recorded (`status_doc`), and each state file that does not prove itself as a
+    `refused` one (`refused_doc`)."""
+    trusted, refused = scan_states(cfg)
+    return [status_doc(cfg, st) for st in trusted] + [refused_doc(r) for r in refused]
 
 
 def _died(cfg: Settings, st: RunState, shown: str) -> bool:
@@ -510,7 +511,7 @@ def relay_dead_runs(cfg: Settings) -> None:
     """`run_failed` for each run whose process died in a step (killed, out of memory, its host
     down): a dead process records no ending, so every health collection looks (one event per
     attempt). A step that only stopped writing its heartbeat may still end well: not announced."""
-    for st in all_states(cfg):
+    for st in scan_states(cfg)[0]:
         if st.status == Status.RUNNING.value:
             shown, why = describe(cfg, st, check_jobs=False)
             if _died(cfg, st, shown):
@@ -521,7 +522,9 @@ def problems(cfg: Settings) -> list[str]:
     """`hoard health`'s lines about runs: each failed one (a stale heartbeat included), with the way on."""
     out = []
     for doc in runs(cfg):
-        if doc["status"] == Status.FAILED.value:
+        if doc["status"] == "refused":
+            out.append(f"action run {doc['run']}: refused: {doc['error']}")
+        elif doc["status"] == Status.FAILED.value:
             out.append(f"action run {doc['run']}: failed at {doc['step']}: {doc['error']}")
         elif doc["stalled"]:
             out.append(f"action run {doc['run']}: {doc['status']} at {doc['step']}: {doc['error']}")

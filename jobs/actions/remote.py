@@ -64,7 +64,6 @@ from jobs import remote as remote_jobs
 from jobs.actions import contract as contracts
 from jobs.actions import parse
 from jobs.actions.contract import Contract, RunExternal, RunLabelStudio
-from jobs.actions.params import canonical, parse_params
 from jobs.actions.state import (
     REMOTE_POLL_S,
     RUN_ID,
@@ -77,11 +76,12 @@ from jobs.actions.state import (
     load_state,
     log_path,
     now,
+    own_contract,
     resume_line,
-    run_id,
-    run_key,
+    run_id_of,
     save_state,
     state_dir,
+    typed_params,
     write_work,
 )
 from jobs.actions.steps import (
@@ -674,7 +674,7 @@ def _job(cfg: Settings, doc: Any) -> tuple[str, Contract, dict[str, Any], output
     if spec.kind != "stage" or spec.id != rid:
         raise bad(f"its stage {spec.kind} {spec.id} is not the run's")
     try:
-        own = contracts.load_file(contracts.find_any(cfg.actions_dir, c.action_id)[0])
+        own = own_contract(cfg, c.action_id)[0]
     except contracts.ContractError as e:
         raise remote_jobs.RemoteError(f"run {rid}: this host has no action {c.action_id} ({first_line(e)[:200]}); "
                                       f"put the same contract file in actions.dir of {cfg.source}, then "
@@ -688,7 +688,7 @@ def _job(cfg: Settings, doc: Any) -> tuple[str, Contract, dict[str, Any], output
     if not isinstance(params, dict):
         raise bad("its parameters are not a table")
     try:
-        typed = parse_params(c, [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in params.items()], cfg)
+        typed = typed_params(c, params, cfg)
     except HoardError as e:
         raise bad(f"its parameters are not the contract's ({first_line(e)[:200]})") from None
     if refusal(c):
@@ -696,8 +696,7 @@ def _job(cfg: Settings, doc: Any) -> tuple[str, Contract, dict[str, Any], output
     # the run's id is the hash of what it is (api.prepare): a job naming a run of the server with
     # another contract, parameters or inputs would have this host upload its outputs as that
     # run's, collected there if they came first (If-None-Match: the first parsed.json stands)
-    key = run_key(c.action_id, c.version, canonical(typed) if typed else "{}", sorted(spec.nodes or []))
-    if run_id(c.action_id, c.version, key) != rid:
+    if run_id_of(c.action_id, c.version, typed, spec.nodes or []) != rid:
         raise bad(f"run {rid} is not the run of action {c.action_id} v{c.version} on these parameters and inputs")
     return rid, c, typed, spec, doc.get("plan"), doc["disk"]
 

@@ -30,11 +30,13 @@ from jobs.actions.state import (
     WAITING,
     ActionError,
     Cancelled,
+    RunRefused,
     RunState,
     Status,
     Waiting,
     beat,
     cancel_flag,
+    check_runnable,
     here_lock_path,
     job_id,
     load_state,
@@ -85,7 +87,11 @@ def _run_step_locked(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
 
 
 def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool = True) -> dict[str, Any]:
-    st = load_state(cfg, rid)
+    try:
+        st = load_state(cfg, rid)
+    except RunRefused as e:  # files it did not write: nothing of them is run, nor written over
+        log.warning("action %s, step %s: refused: %s", rid, step, e.message)
+        raise
     if st is None:
         raise ActionError(f"no run {rid}; `hoard action runs` lists the runs")
     if st.status in (Status.DONE.value, Status.CANCELLED.value, Status.FAILED.value) or step != st.step:
@@ -97,6 +103,8 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
         cancel_flag(cfg, rid).unlink(missing_ok=True)  # too late: its results are applied; it finishes
     t0 = time.monotonic()
     try:
+        if step not in st.done:
+            check_runnable(cfg, st)  # what the step runs is the service's own contract, as it is now
         st.status = Status.RUNNING.value
         save_state(cfg, st)
         if step not in st.done:

@@ -1,6 +1,12 @@
 """A run's state: its key and id, its file in <ssd.root>/state/actions/<run>.json (status, step,
 steps done, seconds per step, error, report, gate), written atomically after every change; its
-heartbeat file; the work files the steps hand each other; the job id of each step."""
+heartbeat file; the work files the steps hand each other; the job id of each step.
+
+A run's files are trusted only when they prove themselves (docs/security.md, "Run state"):
+each is the service's own (0600, its owner the service's user, no link: `load_owned`), and
+its recorded contract, parameters and inputs hash to its run id (`proof_problem`, the key a
+remote host checks too); a run that does not is refused (`RunRefused`) wherever it is loaded.
+What a step runs must also be the contract the service has now (`check_runnable`)."""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import datetime as dt
 import enum
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -16,8 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write
+from fsd.base.errors import ExitCode, HoardError, first_line
+from fsd.base.files import NotOwn, load_owned, state_directory, write_owned
+from fsd.base.paths import display
+from jobs.actions.contract import Contract, find_any, load_file
+from jobs.actions.params import canonical, parse_params
+
+log = logging.getLogger(__name__)
 
 #: the steps of each type (docs/actions.md, "Runs"); `gate` only when the contract has one
 STEPS_AC1 = ("plan", "apply", "finish")
@@ -63,6 +75,13 @@ WAITING = (Status.WAIT_GPU_READY.value, Status.WAITING_EXTERNAL.value, Status.WA
 
 class ActionError(HoardError):
     exit_code = ExitCode.USAGE
+
+
+class RunRefused(ActionError):
+    """A run whose files do not prove themselves (another account's, writable by others, or
+    not hashing to its id): nothing of it is run. One line naming the file, exit 5."""
+
+    exit_code = ExitCode.DATA
 
 
 class Cancelled(ActionError):
@@ -148,12 +167,32 @@ def run_id(action: str, version: int, key: str) -> str:
     return f"{action}-v{version}-{key[:12]}"
 
 
+def run_id_of(action: str, version: int, params: dict[str, Any], inputs: list[str]) -> str:
+    """The id of the run of `action` v`version` on the typed `params` and `inputs`: what
+    `hoard action run` records it as, what a remote host and every load of its state check."""
+    return run_id(action, version, run_key(action, version, canonical(params) if params else "{}", inputs))
+
+
+def typed_params(c: Contract, params: dict[str, Any], cfg: Settings | None = None) -> dict[str, Any]:
+    """Recorded parameters typed again against contract `c` (ParamError, one line, when one is
+    not the contract's): each given as `--param NAME=VALUE` would give it."""
+    return parse_params(c, [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in params.items()], cfg)
+
+
+def steps_of(c: Contract, remote: bool = False) -> list[str]:
+    if remote:  # stage, run, parse on another host; its children collected (jobs.actions.remote)
+        return [s for s in STEPS_REMOTE if s != "gate" or c.gate is not None]
+    if c.action_type == "AC1":
+        return list(STEPS_AC1)
+    if c.action_type == "AC5":
+        return list(STEPS_AC5)
+    return [s for s in STEPS_WORKER if s != "gate" or c.gate is not None]
+
+
 # -- files --------------------------------------------------------------------------------------
 
 def state_dir(cfg: Settings) -> Path:
-    d = cfg.ssd.root / "state" / "actions"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return state_directory(cfg.ssd.root / "state" / "actions")
 
 
 def check_id(rid: str) -> str:
@@ -163,31 +202,196 @@ def check_id(rid: str) -> str:
     return rid
 
 
-def load_state(cfg: Settings, rid: str) -> RunState | None:
-    path = state_dir(cfg) / f"{check_id(rid)}.json"
+def _read(path: Path, rid: str) -> Any:
+    """One of run `rid`'s files, the service's own (RunRefused otherwise), as JSON; None when
+    there is none."""
     try:
-        return RunState(**json.loads(path.read_bytes()))
+        raw = load_owned(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError) as e:
+    except NotOwn as e:
+        raise RunRefused(e.message) from None
+    except OSError as e:
+        raise ActionError(f"{display(str(path))}: cannot be read ({e.strerror}) as uid {os.geteuid()}; run the command "
+                          "as the service's user", ExitCode.DATA) from None
+    try:
+        return json.loads(raw)
+    except ValueError as e:
         raise ActionError(f"the state of run {rid} ({path}) is damaged ({type(e).__name__}); remove it and run the "
                           "action again", ExitCode.DATA) from None
 
 
+def load_state(cfg: Settings, rid: str) -> RunState | None:
+    """Run `rid`'s state, None when there is none; RunRefused (one line naming the file) when
+    its files do not prove themselves."""
+    path = state_dir(cfg) / f"{check_id(rid)}.json"
+    doc = _read(path, rid)
+    if doc is None:
+        return None
+    try:
+        st = RunState(**doc)
+    except TypeError as e:
+        raise ActionError(f"the state of run {rid} ({path}) is damaged ({type(e).__name__}); remove it and run the "
+                          "action again", ExitCode.DATA) from None
+    why = proof_problem(cfg, st, rid)
+    if why:
+        raise RunRefused(f"{display(str(path))}: {why}: not written by hoardfs, so nothing of it is run; remove "
+                         f"{display(str(state_dir(cfg)))}/{rid}.*")
+    return st
+
+
+#: runs proven in this process: run id → (what the proof read: its state's fields and its
+#: work files' identities). A file replaced since (another inode, size or time) is read again.
+_PROVEN: dict[str, tuple[Any, ...]] = {}
+_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    try:
+        s = os.lstat(path)
+    except OSError:
+        return None
+    return (s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_uid, s.st_mode)
+
+
+def proof_problem(cfg: Settings, st: RunState, rid: str) -> str | None:
+    """Why run `rid`'s state `st` does not prove itself (a clause), None when it does: its
+    recorded contract (`<run>.contract.json`), parameters and inputs (`<run>.inputs.json`)
+    hash to its id (`run_id_of`, the key `hoard action run` made), the state names that
+    contract's action, version, type and steps, and the parameters are the contract's. Its
+    work files are the service's own (RunRefused otherwise)."""
+    if not (isinstance(st.steps, list) and isinstance(st.done, list) and st.step in st.steps
+            and all(isinstance(d, str) and d in st.steps for d in st.done)):
+        return "its step and steps done are not among its steps"
+    fields = (st.run_id, st.action, st.version, st.action_type, st.inputs, repr(st.params), repr(st.steps))
+    seen = (fields, _identity(work(cfg, rid, "contract")), _identity(work(cfg, rid, "inputs")))
+    if _PROVEN.get(rid) == seen:
+        return None
+    if st.run_id != rid:
+        return f"it names another run ({display(str(st.run_id))[:80]})"
+    doc, inputs = _read(work(cfg, rid, "contract"), rid), _read(work(cfg, rid, "inputs"), rid)
+    if doc is None or inputs is None:
+        return f"its recorded {'contract' if doc is None else 'inputs'} ({rid}.{'contract' if doc is None else 'inputs'}.json) is missing"
+    try:
+        c = Contract.model_validate(doc)
+    except ValueError:
+        return f"its recorded contract ({rid}.contract.json) is not a contract"
+    if not (isinstance(inputs, list) and all(isinstance(h, str) and _SHA.fullmatch(h) for h in inputs)
+            and len(set(inputs)) == len(inputs) == st.inputs):
+        return f"its recorded inputs ({rid}.inputs.json) are not the {st.inputs!r:.20} sha256s its state counts"
+    if (st.action, st.version, st.action_type) != (c.action_id, c.version, c.action_type):
+        return f"its state names another action than its recorded contract ({c.action_id} v{c.version})"
+    if st.steps not in (steps_of(c), steps_of(c, remote=True)):
+        return f"its steps are not those of action {c.action_id} ({c.action_type})"
+    if not isinstance(st.params, dict):
+        return "its parameters are not a table"
+    try:
+        typed = typed_params(c, st.params, cfg)
+    except HoardError as e:
+        return f"its parameters are not the contract's ({first_line(e)[:200]})"
+    try:
+        same = canonical(typed) == canonical(st.params)
+    except (TypeError, ValueError):  # (a value JSON holds that no parameter types to: NaN)
+        same = False
+    if not same or run_id_of(c.action_id, c.version, typed, inputs) != rid:
+        return f"its contract, parameters and inputs do not hash to run {rid}"
+    _PROVEN[rid] = seen
+    return None
+
+
+def own_contract(cfg: Settings, name: str) -> tuple[Contract, Path, bool]:
+    """Action `name`'s contract as this service has it now: (the contract, its file, whether a
+    built-in) — the actions directory's file, else the built-in; ContractError when neither."""
+    path, builtin = find_any(cfg.actions_dir, name)
+    return load_file(path), path, builtin
+
+
+def runnable_problem(cfg: Settings, st: RunState) -> str | None:
+    """Why run `st` must not run a step now (one line with the way on), None when it may: the
+    contract it was recorded with is, key for key, its action's contract as the service has it
+    now (the actions directory's file, else the built-in) — a remote host checks the same. Its
+    files prove the rest (`load_state`); a contract swapped in beside a state, or edited in
+    place without raising its version, is not run."""
+    rid = st.run_id
+    try:
+        recorded = Contract.model_validate(read_work(cfg, rid, "contract"))
+    except (OSError, ValueError) as e:
+        return f"run {rid}: its recorded contract cannot be read ({first_line(e)[:200]}); remove its files and run it again"
+    try:
+        own, path, builtin = own_contract(cfg, recorded.action_id)
+    except HoardError as e:
+        return (f"run {rid}: action {recorded.action_id} is not one of this service's now ({first_line(e)[:200]}), so it "
+                f"is not run; put its contract in {display(str(cfg.actions_dir))} (then {resume_line(rid)}), or "
+                f"remove the run's files ({display(str(state_dir(cfg)))}/{rid}.*) if nobody here recorded it")
+    if own.model_dump(mode="json") != recorded.model_dump(mode="json"):
+        where = "the built-in" if builtin else display(str(path))
+        return (f"run {rid}: the contract it was recorded with is not action {own.action_id} v{own.version} as {where} "
+                f"has it now (edited without raising its version, or swapped in beside the run), so it is not run; "
+                f"raise `version` there to run it as it is now (another run), or put back the one recorded "
+                f"({display(str(work(cfg, rid, 'contract')))}) and then {resume_line(rid)}")
+    return None
+
+
+def check_runnable(cfg: Settings, st: RunState) -> None:
+    """`runnable_problem` as an ActionError (exit 5)."""
+    why = runnable_problem(cfg, st)
+    if why:
+        raise ActionError(why, ExitCode.DATA)
+
+
 def save_state(cfg: Settings, st: RunState) -> None:
     st.updated = now()
-    atomic_write(state_dir(cfg) / f"{st.run_id}.json", json.dumps(asdict(st), indent=1).encode())
+    write_owned(state_dir(cfg) / f"{st.run_id}.json", json.dumps(asdict(st), indent=1).encode())
 
 
-def all_states(cfg: Settings) -> list[RunState]:
-    out = []
+@dataclass
+class Refusal:
+    """A state file in the actions' state directory that does not prove itself: its run id
+    (the file's name), the one line saying why, when it was last changed."""
+
+    run_id: str
+    line: str
+    changed: str
+
+
+def refusal(cfg: Settings, rid: str, line: str) -> Refusal:
+    """Run `rid`'s Refusal: `line`, and when its state file was last changed."""
+    try:
+        when = dt.datetime.fromtimestamp((state_dir(cfg) / f"{rid}.json").lstat().st_mtime, dt.UTC)
+    except OSError:
+        when = dt.datetime.now(dt.UTC)
+    return Refusal(rid, line, when.isoformat(timespec="seconds"))
+
+
+#: refusals already logged by this process (each once)
+_WARNED: set[str] = set()
+
+
+def scan_states(cfg: Settings) -> tuple[list[RunState], list[Refusal]]:
+    """Every run's state that proves itself, and a Refusal for each that does not (each logged
+    once as a WARNING): a file another account planted, one others may write, one whose
+    contract, parameters and inputs do not hash to its id. A damaged file is skipped."""
+    out, refused = [], []
     for p in sorted(state_dir(cfg).glob("*.json")):
         if p.name.count(".") == 1 and RUN_ID.fullmatch(p.stem):
             try:
-                out.append(RunState(**json.loads(p.read_bytes())))
-            except (OSError, ValueError, TypeError):
+                st = load_state(cfg, p.stem)
+            except RunRefused as e:
+                refused.append(refusal(cfg, p.stem, e.message))
+                if e.message not in _WARNED:
+                    _WARNED.add(e.message)
+                    log.warning("action run refused: %s", e.message)
                 continue
-    return out
+            except HoardError:
+                continue
+            if st is not None:
+                out.append(st)
+    return out, refused
+
+
+def all_states(cfg: Settings) -> list[RunState]:
+    """Every run's state that proves itself (`scan_states`)."""
+    return scan_states(cfg)[0]
 
 
 def work(cfg: Settings, rid: str, what: str) -> Path:
@@ -196,11 +400,13 @@ def work(cfg: Settings, rid: str, what: str) -> Path:
 
 
 def read_work(cfg: Settings, rid: str, what: str) -> Any:
-    return json.loads(work(cfg, rid, what).read_bytes())
+    """A work file, the service's own (`load_owned`: NotOwn, one line, otherwise; FileNotFoundError
+    when there is none)."""
+    return json.loads(load_owned(work(cfg, rid, what)))
 
 
 def write_work(cfg: Settings, rid: str, what: str, doc: Any) -> None:
-    atomic_write(work(cfg, rid, what), json.dumps(doc).encode())
+    write_owned(work(cfg, rid, what), json.dumps(doc).encode())
 
 
 def beat(cfg: Settings, rid: str) -> None:

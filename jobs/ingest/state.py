@@ -1,6 +1,7 @@
 """A batch's ingest state: its file in <ssd.root>/state/ingest/<batch>.json (status, steps done,
-report), written atomically after every step; the job id of each step; a deleted batch's
-state and 3B package let go."""
+report), written atomically after every step, the service's own (0600; a file another account
+planted, or one others may write, is refused on load: `fsd.base.files.load_owned`); the job id
+of each step; a deleted batch's state and 3B package let go."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write
+from fsd.base.files import NotOwn, load_owned, state_directory, write_owned
 from fsd.base.paths import NAME_PATTERN
 from fsd.base.units import fmt_bytes
 from fsd.outputs import zones
@@ -73,21 +74,27 @@ def _now() -> str:
 # -- state files -------------------------------------------------------------------------
 
 def state_dir(cfg: Settings) -> Path:
-    d = cfg.ssd.root / "state" / "ingest"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return state_directory(cfg.ssd.root / "state" / "ingest")
 
 
 def load_state(cfg: Settings, batch_id: str) -> BatchState | None:
+    """Batch `batch_id`'s ingest state, None when there is none; NotOwn (one line naming the
+    file, exit 5) when it is not the service's own file, IngestError when it is damaged."""
     path = state_dir(cfg) / f"{batch_id}.json"
-    if not path.exists():
+    try:
+        raw = load_owned(path)
+    except FileNotFoundError:
         return None
-    return BatchState(**json.loads(path.read_bytes()))
+    try:
+        return BatchState(**json.loads(raw))
+    except (ValueError, TypeError) as e:
+        raise IngestError(f"the ingest state of batch {batch_id} ({path}) is damaged ({type(e).__name__}); remove it, "
+                          f"then `hoard ingest --resume {batch_id}` scans the batch anew", ExitCode.DATA) from None
 
 
 def save_state(cfg: Settings, st: BatchState) -> None:
     st.updated = _now()
-    atomic_write(state_dir(cfg) / f"{st.batch_id}.json", json.dumps(asdict(st), indent=1).encode())
+    write_owned(state_dir(cfg) / f"{st.batch_id}.json", json.dumps(asdict(st), indent=1).encode())
 
 
 def names_work(batch_id: str) -> bool:
@@ -101,14 +108,27 @@ def _work(cfg: Settings, batch_id: str, what: str) -> Path:
     return state_dir(cfg) / f"{batch_id}.{what}.json"
 
 
+#: state files refused by this process, each logged once
+_WARNED: set[str] = set()
+
+
 def all_states(cfg: Settings) -> list[BatchState]:
+    """Every batch's ingest state; a damaged one is skipped, one the service did not write
+    (`NotOwn`) too, with a WARNING in the log naming it."""
     out = []
     for p in sorted(state_dir(cfg).glob("*.json")):
         if not names_work(p.name.removesuffix(".json")):  # <batch>.json, not <batch>.<work>.json (an id may hold `.`)
             try:
-                out.append(BatchState(**json.loads(p.read_bytes())))
-            except (ValueError, TypeError):
+                st = load_state(cfg, p.name.removesuffix(".json"))
+            except NotOwn as e:
+                if e.message not in _WARNED:
+                    _WARNED.add(e.message)
+                    log.warning("ingest state refused: %s", e.message)
                 continue
+            except (HoardError, OSError):
+                continue
+            if st is not None:
+                out.append(st)
     return out
 
 
