@@ -273,7 +273,7 @@ def _build_lock(cfg: Settings, name: str) -> Iterator[None]:
     d = cfg.ssd.root / "state" / "datasets"
     d.mkdir(parents=True, exist_ok=True)
     try:
-        with flocked(d / f"{name}.lock", wait=False):
+        with flocked(d / f"{name}.lock", wait=False, transient=True):
             yield
     except BlockingIOError:
         raise HoardError(f"dataset {name}: another build, materialize or rm of it is running; wait for it",

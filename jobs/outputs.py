@@ -261,7 +261,7 @@ def submit(cfg: Settings, spec: OutputSpec) -> OutputState:
     output is gone is made again), another one — of either kind, queued, running, failed or
     done — is refused until `hoard zones clean ID` forgets it. One submit of an id at a time."""
     final = cfg.ssd.zone_path(spec.zone) / spec.id
-    with flocked(state_dir(cfg) / f"{spec.id}.submit.lock"):
+    with flocked(state_dir(cfg) / f"{spec.id}.submit.lock", transient=True):
         st = load_state(cfg, spec.id)
         if st is not None and st.status == "refused":
             st = None  # a refusal holds no id: any request may take it

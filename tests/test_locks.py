@@ -48,3 +48,37 @@ def test_a_lock_file_root_made_is_taken_read_only_by_another_user() -> None:
         assert free.stdout.strip() == "locked", free.stdout + free.stderr  # was PermissionError
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_transient_lock_leaves_no_file_and_never_has_two_holders(tmp_path: Path) -> None:
+    """A transient lock file is removed as its holder lets go; a waiter that got the lock of
+    the removed file locks the new one a later comer made instead, so two threads never hold
+    the lock at once (each thread has its own descriptor: flock excludes them as it does
+    processes)."""
+    import threading
+    import time
+
+    path = tmp_path / "x.submit.lock"
+    spans: list[tuple[float, float]] = []
+
+    def hold() -> None:
+        with flocked(path, transient=True):
+            start = time.monotonic()
+            time.sleep(0.15)
+            spans.append((start, time.monotonic()))
+
+    with flocked(path, transient=True):
+        waiters = [threading.Thread(target=hold) for _ in range(2)]
+        for t in waiters:
+            t.start()
+        time.sleep(0.2)  # both waiters have opened the file this holder removes
+    late = [threading.Thread(target=hold) for _ in range(2)]  # these make a new file
+    time.sleep(0.02)
+    for t in late:
+        t.start()
+    for t in waiters + late:
+        t.join(10)
+    assert len(spans) == 4
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
+    assert not path.exists()

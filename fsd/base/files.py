@@ -51,21 +51,40 @@ def ssd_space(ssd_root: Path, what: str, path: Path | str | None = None) -> Iter
 
 
 @contextlib.contextmanager
-def flocked(path: Path, wait: bool = True) -> Iterator[None]:
+def flocked(path: Path, wait: bool = True, transient: bool = False) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created if need be) for the with-block: one holder
     at a time across processes; the kernel drops it when the holder dies (kill -9 included).
     With `wait=False`, BlockingIOError at once when another process holds it. A lock file this
     user may only read (made by root: a command run as root beside the services) is locked
-    through a read-only descriptor — flock needs no write access — instead of failing."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE)
-    except PermissionError:
-        fd = os.open(path, os.O_RDONLY)  # (it exists: creating it was not what was refused)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield
-    finally:
-        os.close(fd)
+    through a read-only descriptor — flock needs no write access — instead of failing.
+
+    `transient`: the lock file is removed as the block ends (while still held), so a short
+    critical section leaves no file behind, whether it succeeds or fails. That is safe because
+    every holder checks, once it has the lock, that `path` still names the file it locked — a
+    waiter that got the lock of a removed file opens `path` again."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE)
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # (it exists: creating it was not what was refused)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            mine = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            if now is None or (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+                continue  # a transient holder removed it while this one waited: lock the new file
+            try:
+                yield
+            finally:
+                if transient:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            return
+        finally:
+            os.close(fd)
 
 
 def syncfs(path: Path) -> None:
@@ -135,13 +154,18 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], prepare: Callable[[i
     0640, or as strict as the file it replaces; `prepare(fd)` runs on it before it is synced
     and has a name (another mode or owner, say: by the descriptor, never by a path). `data`:
     the bytes, or pieces of them."""
-    with replacing(path, rewrite_mode(path)) as f:
-        for piece in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
-            f.write(piece)
-        f.flush()
-        if prepare is not None:
-            prepare(f.fileno())
-        os.fsync(f.fileno())
+    try:
+        with replacing(path, rewrite_mode(path)) as f:
+            for piece in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                f.write(piece)
+            f.flush()
+            if prepare is not None:
+                prepare(f.fileno())
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None  # (a write or flush names no file)
 
 
 #: the mode of a file of the service's own state (a run's state and work files): nobody else

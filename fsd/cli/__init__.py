@@ -11,6 +11,7 @@ about 4 s, most of it NiceGUI's.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.metadata
 import inspect
@@ -207,6 +208,10 @@ def _service_down(e: Exception) -> HoardError | None:
                           "brings it up to date — nothing was changed after this point", ExitCode.UNAVAILABLE)
     if write_conflict(e):
         return HoardError(conflict_line(e), ExitCode.CONFLICT)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return HoardError(f"{e.filename or 'a file the command writes'}: {e.strerror} — its file system (or quota) is "
+                          "full; free space there (`hoard health` names what fills the SSD), then run the same "
+                          "command again", ExitCode.NO_SPACE)
     if psycopg is not None and isinstance(e, psycopg.OperationalError):
         first = first_line(e)
         return HoardError(f"cannot reach the database ({first}); start it with `hoard services up` or fix "

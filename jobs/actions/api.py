@@ -59,6 +59,7 @@ from jobs.actions.state import (
     state_dir,
     steps_of,
     with_way_on,
+    work,
     write_work,
 )
 from jobs.actions.steps import cleanup_cancelled, record_ending, stage_context, write_pending_events
@@ -154,39 +155,53 @@ def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: lis
     changed; failed, cancelled or interrupted → resumed at its step; running or waiting → said
     so."""
     c, params, inputs, rid = prepare(cfg, name, selector=selector, nodes=nodes, given=given)
-    with flocked(state_dir(cfg) / f"{rid}.submit.lock"):
+    with flocked(state_dir(cfg) / f"{rid}.submit.lock", transient=True):
         st = load_state(cfg, rid)
         if st is not None:
             if ("remote" in st.steps) != remote:
                 way = "with --remote" if "remote" in st.steps else "on this server"
                 raise ActionError(f"run {rid} was submitted {way}; it goes on as it began: {resume_line(rid)}")
             return _again(cfg, st, redis_conn, queue)
-        context = None
-        if remote:
-            if not queue or not cfg.redis_url:
-                raise ActionError("--remote queues the run for a host of the `remote` queue: it needs redis_url in "
-                                  "hoard.toml and no --here")
-            context = stage_context(cfg, c, inputs)
-            check_locatable(cfg, c, rid, inputs, context)
-        with _database(rid):
-            conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
-            with conn:
-                num = register_action(conn, c.action_id, TYPES[c.action_type], c.description)
-                # the inputs become the run's batch, sealed: exactly once by its key
-                apply_write_intent(conn, {"key": f"action-batch:{rid}", "batches": [
-                    {"batch_id": rid, "action": num, "members": inputs, "seal": True}]})
-        write_work(cfg, rid, "contract", c.model_dump(mode="json"))
-        write_work(cfg, rid, "inputs", inputs)
-        if context is not None:  # what was located is what the run stages (the plan step keeps it)
-            write_work(cfg, rid, "context", context)
-        cancel_flag(cfg, rid).unlink(missing_ok=True)
-        st = RunState(rid, c.action_id, c.version, c.action_type, num, params, steps_of(c, remote), len(inputs),
-                      by=by)
-        with flocked(lock_path(cfg, rid)):  # saved and queued as one: never seen "queued" without its job
-            save_state(cfg, st)
-            if queue:
-                _queue(cfg, st, redis_conn, forget=True)
-        return Submitted(st, "new")
+        try:
+            return _record_new(cfg, c, params, inputs, rid, redis_conn=redis_conn, queue=queue, by=by, remote=remote)
+        except BaseException:
+            if not (state_dir(cfg) / f"{rid}.json").exists():  # not recorded (a full SSD): nothing of it stays
+                for what in ("contract", "inputs", "context"):
+                    work(cfg, rid, what).unlink(missing_ok=True)
+                lock_path(cfg, rid).unlink(missing_ok=True)
+            raise
+
+
+def _record_new(cfg: Settings, c, params: dict, inputs: list[str], rid: str, *, redis_conn, queue: bool, by: str,
+                remote: bool) -> Submitted:
+    """`submit` of a run not recorded before: its batch in PostgreSQL, its work files, its
+    state, its job — under the run's submit lock."""
+    context = None
+    if remote:
+        if not queue or not cfg.redis_url:
+            raise ActionError("--remote queues the run for a host of the `remote` queue: it needs redis_url in "
+                              "hoard.toml and no --here")
+        context = stage_context(cfg, c, inputs)
+        check_locatable(cfg, c, rid, inputs, context)
+    with _database(rid):
+        conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
+        with conn:
+            num = register_action(conn, c.action_id, TYPES[c.action_type], c.description)
+            # the inputs become the run's batch, sealed: exactly once by its key
+            apply_write_intent(conn, {"key": f"action-batch:{rid}", "batches": [
+                {"batch_id": rid, "action": num, "members": inputs, "seal": True}]})
+    write_work(cfg, rid, "contract", c.model_dump(mode="json"))
+    write_work(cfg, rid, "inputs", inputs)
+    if context is not None:  # what was located is what the run stages (the plan step keeps it)
+        write_work(cfg, rid, "context", context)
+    cancel_flag(cfg, rid).unlink(missing_ok=True)
+    st = RunState(rid, c.action_id, c.version, c.action_type, num, params, steps_of(c, remote), len(inputs),
+                  by=by)
+    with flocked(lock_path(cfg, rid)):  # saved and queued as one: never seen "queued" without its job
+        save_state(cfg, st)
+        if queue:
+            _queue(cfg, st, redis_conn, forget=True)
+    return Submitted(st, "new")
 
 
 #: the built-in action `ingest.near_dup_at_ingest` runs over each batch ingested
@@ -243,7 +258,7 @@ def resume(cfg: Settings, rid: str, *, redis_conn=None, queue: bool = True) -> S
     nothing changed; running → said so; failed, cancelled or interrupted → resumed at its step;
     queued or waiting whose job Redis lost → queued again (`queue=False`: the caller runs the
     steps itself, `run_here`)."""
-    with flocked(state_dir(cfg) / f"{check_id(rid)}.submit.lock"):
+    with flocked(state_dir(cfg) / f"{check_id(rid)}.submit.lock", transient=True):
         return _again(cfg, _must(cfg, rid), redis_conn, queue)
 
 

@@ -563,7 +563,7 @@ def sweep_transfers(cfg: Settings, disk: Any, grace_s: float = TRANSFER_GRACE_S)
                 continue  # failed or waiting: a resume collects what is there; unknown: not this store's run
             # judged again and deleted under the lock `hoard action run/resume` records a new
             # attempt under: a resume waits for this delete, and one under way now is not swept
-            with flocked(state_dir(cfg) / f"{rid}.submit.lock", wait=False):
+            with flocked(state_dir(cfg) / f"{rid}.submit.lock", wait=False, transient=True):
                 st = load_state(cfg, rid)
                 if st is None or st.status not in CLOSED:
                     continue  # (resumed since it was read above)
