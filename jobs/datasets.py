@@ -11,7 +11,7 @@ from datasets import api
 from datasets.spec import DatasetSpec, parse_spec
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
-from jobs import events
+from jobs import events, jobkey
 from jobs.queues import connect, enqueue_once, redis_required
 
 QUEUE = "io"
@@ -28,7 +28,7 @@ def submit(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: boo
         return enqueue_once(connect(cfg.redis_url), QUEUE, "jobs.datasets.run_job",
                             str(cfg.source) if cfg.source else None, spec.doc(), mode, force,
                             job_id=f"dataset-{spec.name}", timeout=JOB_TIMEOUT_S,
-                            description=f"dataset build {spec.name}")
+                            description=f"dataset build {spec.name}", key=jobkey.of(cfg))
 
 
 def run_job(config_path: str | None, spec_doc: dict[str, Any], mode: str = "copy", force: bool = False
@@ -61,7 +61,7 @@ def submit_materialize(cfg: Settings, ref: str) -> str:
     with redis_required(cfg.redis_url):
         return enqueue_once(connect(cfg.redis_url), QUEUE, "jobs.datasets.materialize_job",
                             str(cfg.source) if cfg.source else None, ref, job_id=f"dataset-{name}",
-                            timeout=JOB_TIMEOUT_S, description=f"dataset materialize {ref}")
+                            timeout=JOB_TIMEOUT_S, description=f"dataset materialize {ref}", key=jobkey.of(cfg))
 
 
 def materialize_job(config_path: str | None, ref: str) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from fsd.base import config as config_mod
 from fsd.base.config import Settings, WebhookConfig
 from fsd.base.errors import first_line
 from fsd.store import Store
+from jobs import jobkey
 from jobs.queues import connect, enqueue_once, redis_required, rq_queue
 from sql import events as sql_events
 from sql.events import EVENT_NAMES as EVENT_NAMES
@@ -149,9 +150,10 @@ def _enqueue(cfg: Settings, r: redis.Redis, delivery_id: int, n: int, delay_s: f
     desc = f"webhook delivery {delivery_id}, try {n}"
     if delay_s <= 0:
         enqueue_once(r, QUEUE, "jobs.events.deliver", path, delivery_id, n, job_id=jid, timeout=JOB_TIMEOUT_S,
-                     description=desc)
+                     description=desc, key=jobkey.of(cfg))
         return
-    rq_queue(QUEUE, r).enqueue_in(dt.timedelta(seconds=delay_s), "jobs.events.deliver", path, delivery_id, n,
+    rq_queue(QUEUE, r, jobkey.of(cfg)).enqueue_in(dt.timedelta(seconds=delay_s), "jobs.events.deliver", path,
+                                                  delivery_id, n,
                                   job_id=jid, job_timeout=JOB_TIMEOUT_S, result_ttl=86400, failure_ttl=30 * 86400,
                                   description=desc)
 

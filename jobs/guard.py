@@ -14,7 +14,10 @@ fetches the job (the GUI's run pages, rq-dashboard). So:
   own (a job naming another file would run a hoardfs job against someone else's disks and
   paths, as the worker's user) — or, for HOST_JOBS, none at all (run with the worker's
   own). A refused job is marked failed with the reason, one line in the worker's log, and
-  nothing of it was imported or run.
+  nothing of it was imported or run;
+- a job not of HOST_JOBS runs only when it is signed with the worker's store key and was not
+  run to its end before (jobs.jobkey): a remote host reaches the same Redis with its password,
+  but only the server's own code queues the server's jobs.
 
 This is the second wall: the first is that only the `hoard` group can reach Redis at all (a
 unix socket with mode 0770, or a password; docs/security.md).
@@ -31,7 +34,9 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
+from fsd.base.errors import HoardError
 from fsd.base.proc import process_space
+from jobs import jobkey
 
 #: the serializer of every hoardfs queue, job fetch and worker (never RQ's default, pickle)
 SERIALIZER = JSONSerializer
@@ -139,12 +144,49 @@ def _same_file(named: Any, own: str | os.PathLike[str] | None) -> bool:
         return False
 
 
+#: what the worker's log line ends with when a job is refused by `refusal`
+WALL = "only the hoard group may write to Redis (docs/security.md)"
+
+
 class GuardedWorker:
     """Mixin for an RQ worker class (before it in the bases): checks each dequeued job with
-    `refusal` before the worker forks or calls anything, and fails a refused one without
-    running it. `config_path` is the file the worker's own configuration came from."""
+    `refusal` — and, unless it is one of HOST_JOBS, its signature and run record (jobs.jobkey) —
+    before the worker forks or calls anything, and fails a refused one without running it (a
+    copy of a job that ran, or runs now, is dropped and the job it copies left as it is).
+    `config_path` is the file the worker's own configuration came from; `job_key` the key of its
+    store (when None, that of the store `config_path` names)."""
 
     config_path: str | os.PathLike[str] | None = None
+    job_key: jobkey.JobKey | None = None
+    #: the run record of the job under way (jobs.jobkey.JobKey.take), inherited by the work horse
+    _run_record: int | None = None
+
+    def _key(self) -> jobkey.JobKey | None:
+        if self.job_key is None and self.config_path is not None:
+            from fsd.base import config as config_mod  # deferred: the configuration, once
+
+            try:
+                self.job_key = jobkey.of(config_mod.load(self.config_path))
+            except HoardError:
+                return None
+        return self.job_key
+
+    def signature_refusal(self, job: Job, queue: Queue) -> tuple[str, int | None, bool]:
+        """(why `job`, allowed by `refusal`, must not run — "" to run it —, its run record to hold
+        while it runs, whether to fail it): HOST_JOBS run with none (the host has no key)."""
+        if job.func_name in HOST_JOBS:
+            return "", None, True
+        key = self._key()
+        if key is None:
+            return "not signed by this server's key (this worker loads no configuration, so holds no key)", None, True
+        why = key.check(job, queue.name)
+        if why:
+            return why, None, True
+        try:
+            why, record = key.take(job)
+        except jobkey.JobKeyError as e:
+            return e.message, None, True
+        return why, record, False
 
     def serialize(self) -> dict[str, Any]:
         """RQ's worker record, with where this worker's pid means what it says (its host's boot
@@ -153,16 +195,33 @@ class GuardedWorker:
         return {**super().serialize(), "hoard_space": process_space()}  # type: ignore[misc]
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        why = refusal(job, self.config_path)
+        why, tail, record, fail = refusal(job, self.config_path), WALL, None, True
         if not why:
-            super().execute_job(job, queue)  # type: ignore[misc]
+            why, record, fail = self.signature_refusal(job, queue)
+            tail = jobkey.TAIL
+        if not why:
+            self._run_record = record
+            try:
+                super().execute_job(job, queue)  # type: ignore[misc]
+            finally:
+                self._run_record = None
+                if record is not None:
+                    os.close(record)  # (the flock goes with the last descriptor: the work horse's ended)
             return
-        self.log.error("Worker %s: refused job %s on queue %s, not run: %s; only the hoard group may write to "  # type: ignore[attr-defined]
-                       "Redis (docs/security.md)", self.name, job.id, queue.name, why)  # type: ignore[attr-defined]
-        # nothing the job names may be reached on the way to failing it: no retry, no webhook
-        job.retries_left, job.webhooks = None, []
-        self.handle_job_failure(job, queue, exc_string=f"refused by the worker, not run: {why}")  # type: ignore[attr-defined]
+        self.log.error("Worker %s: refused job %s on queue %s, not run: %s; %s",  # type: ignore[attr-defined]
+                       self.name, job.id, queue.name, why, tail)  # type: ignore[attr-defined]
+        if fail:
+            # nothing the job names may be reached on the way to failing it: no retry, no webhook
+            job.retries_left, job.webhooks = None, []
+            self.handle_job_failure(job, queue, exc_string=f"refused by the worker, not run: {why}")  # type: ignore[attr-defined]
         queue.intermediate_queue.remove(job.id)
+
+    def handle_job_success(self, job: Job, *args: Any, **kwargs: Any) -> None:
+        """RQ records the job finished; then its run record says it ran to its end (in the work
+        horse, which holds the record: a copy of the job queued again is not run)."""
+        super().handle_job_success(job, *args, **kwargs)  # type: ignore[misc]
+        if self._run_record is not None:
+            jobkey.JobKey.ran(self._run_record)
 
 
 def exposure(url: str) -> str:

@@ -33,7 +33,7 @@ from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.outputs import zones
 from jobs import datasets as datasets_job
-from jobs import ingest, maintenance, outputs, reports, runlog
+from jobs import ingest, jobkey, maintenance, outputs, reports, runlog
 from jobs import progress as job_progress
 from jobs.actions import api as actions_api
 from jobs.actions import contract as contracts
@@ -133,7 +133,7 @@ def launch_maintenance(cfg: Settings, kind: str, params: dict[str, Any], by: str
     if kind == "rebuild" and clean.get("onto") == clean["disk"]:
         raise LaunchError(f"rebuild: onto: a disk cannot be rebuilt onto itself ({clean['disk']})")
     job_id = f"{PREFIX}{kind}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    rq_queue(MAINTENANCE_QUEUE, conn or connect(cfg.redis_url)).enqueue(
+    rq_queue(MAINTENANCE_QUEUE, conn or connect(cfg.redis_url), jobkey.of(cfg)).enqueue(
         maintenance.run, kind, str(cfg.source) if cfg.source else None, **clean, job_id=job_id,
         job_timeout=maintenance.JOB_TIMEOUT_S, result_ttl=30 * 86400, failure_ttl=365 * 86400,
         description=f"{kind} {' '.join(f'{k}={v}' for k, v in clean.items())}".strip(),
@@ -198,7 +198,7 @@ def enqueue_output(cfg: Settings, kind: str, output_id: str, conn=None) -> str:
     stage|export` does)."""
     return enqueue_once(conn or connect(cfg.redis_url), outputs.QUEUE, "jobs.outputs.run_job",
                         str(cfg.source) if cfg.source else None, output_id, job_id=f"{kind}-{output_id}",
-                        timeout=outputs.JOB_TIMEOUT_S, description=f"{kind} {output_id}")
+                        timeout=outputs.JOB_TIMEOUT_S, description=f"{kind} {output_id}", key=jobkey.of(cfg))
 
 
 # -- listing -------------------------------------------------------------------------------------

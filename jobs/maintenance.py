@@ -119,10 +119,11 @@ PROGRESS = {"replicate": "bytes copied", "verify": "bytes checked", "rebuild": "
 NOT_PARAMS = ("config_path", "progress")
 
 
-def run(kind: str, config_path: str | None, **params: Any) -> dict[str, Any]:
+def run(kind: str, config_path: str | None, /, **params: Any) -> dict[str, Any]:
     """RQ job: the maintenance job `kind` with its parameters, its log kept for the run page
     (jobs.runlog, under the RQ job's id), and for the streaming ones (PROGRESS) its figures
-    published while it runs (jobs.progress: never waited for)."""
+    published while it runs (jobs.progress: never waited for). `kind` and `config_path` are
+    positional only: a job's own parameter of either name (backup's `kind`) is one of `params`."""
     from rq import get_current_job  # deferred: only a worker runs this
 
     job = get_current_job()

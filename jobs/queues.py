@@ -35,6 +35,7 @@ from fsd.base.errors import (
 )
 from fsd.base.proc import pid_alive
 from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
+from jobs.jobkey import JobKey
 
 #: The queues of hoardfs, in the order a default worker serves them (`actions`: an action's
 #: worker step, which may run for hours — its own queue, so stages and ingests are not stuck behind it;
@@ -95,9 +96,26 @@ def condition_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def rq_queue(name: str, conn: redis.Redis) -> Queue:
-    """An RQ queue of hoardfs: JSON jobs (jobs.guard), never pickles."""
-    return Queue(name, connection=conn, serializer=SERIALIZER)
+class SigningQueue(Queue):
+    """An RQ queue whose every new job is signed with `job_key` (jobs.jobkey) as it is made —
+    `enqueue`, `enqueue_in`, `enqueue_at` all make their jobs here."""
+
+    job_key: JobKey | None = None
+
+    def create_job(self, *args: Any, **kwargs: Any) -> Job:
+        job = super().create_job(*args, **kwargs)
+        if self.job_key is not None:
+            self.job_key.sign(job)
+        return job
+
+
+def rq_queue(name: str, conn: redis.Redis, key: JobKey | None = None) -> Queue:
+    """An RQ queue of hoardfs: JSON jobs (jobs.guard), never pickles. `key`: the store's job key
+    (`jobs.jobkey.of(cfg)`), which signs every job queued through it — a worker of the server
+    runs no other job but a host's (jobs.guard.HOST_JOBS); only a queue that is read needs none."""
+    queue = SigningQueue(name, connection=conn, serializer=SERIALIZER)
+    queue.job_key = key
+    return queue
 
 
 def fetch_job(job_id: str, conn: redis.Redis) -> Job:
@@ -112,13 +130,15 @@ class HoardWorker(GuardedWorker, Worker):
     failed and the job — not a Python traceback for what is no bug; the job's state says how to
     go on, and RQ's failed job registry (rq-dashboard) keeps the whole traceback. Any other
     exception is a bug and is logged with its traceback as RQ does. `config_path`: the file the
-    worker's configuration came from (a job naming another is refused)."""
+    worker's configuration came from (a job naming another is refused); `job_key`: its store's
+    job key (jobs.jobkey: a job not of HOST_JOBS runs only when signed with it)."""
 
-    def __init__(self, *args: Any, config_path: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, config_path: Any = None, job_key: JobKey | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", SERIALIZER)
         kwargs.setdefault("job_class", HoardJob)
         super().__init__(*args, **kwargs)
         self.config_path = config_path
+        self.job_key = job_key
         if not any(isinstance(f, _OutageInOneLine) for f in self.log.filters):
             self.log.addFilter(_OutageInOneLine())
 
@@ -208,10 +228,11 @@ def job_counts(url: str) -> dict[str, dict[str, int]]:
 
 
 def enqueue_once(conn: redis.Redis, queue: str, func: str, *args: Any, job_id: str, timeout: int,
-                 description: str) -> str:
-    """Enqueue `func(*args)` as job `job_id` on `queue`, unless that job is already waiting or
-    running on a live worker (enqueueing it again would run it twice). A job that finished,
-    failed, or was "started" by a worker that died (kill -9, power loss) is replaced."""
+                 description: str, key: JobKey | None) -> str:
+    """Enqueue `func(*args)` as job `job_id` on `queue`, signed with `key` (`rq_queue`; None only
+    for a job no worker of the server runs), unless that job is already waiting or running on a
+    live worker (enqueueing it again would run it twice). A job that finished, failed, or was
+    "started" by a worker that died (kill -9, power loss) is replaced."""
     try:
         job = fetch_job(job_id, conn)
         status = job.get_status(refresh=True)
@@ -220,8 +241,8 @@ def enqueue_once(conn: redis.Redis, queue: str, func: str, *args: Any, job_id: s
         job.delete()
     except NoSuchJobError:
         pass
-    rq_queue(queue, conn).enqueue(func, *args, job_id=job_id, job_timeout=timeout, result_ttl=86400,
-                                          failure_ttl=30 * 86400, description=description)
+    rq_queue(queue, conn, key).enqueue(func, *args, job_id=job_id, job_timeout=timeout, result_ttl=86400,
+                                       failure_ttl=30 * 86400, description=description)
     return job_id
 
 

@@ -99,12 +99,13 @@ def locate(cfg: Settings, spec: outputs.OutputSpec) -> dict[str, Any]:
 def enqueue(cfg: Settings, spec: outputs.OutputSpec, conn: Any) -> str:
     """Plan and locate here, then queue the job on `remote` (once: a job of the same id that
     waits or runs is kept)."""
-    from jobs.queues import enqueue_once  # deferred: jobs.queues loads RQ
+    from jobs import jobkey  # deferred: jobs.queues loads RQ
+    from jobs.queues import enqueue_once
 
     plan = locate(cfg, spec)
     return enqueue_once(conn, QUEUE, "jobs.remote.run_output", None, spec.model_dump(), plan,
                         job_id=job_id(spec.kind, spec.id), timeout=outputs.JOB_TIMEOUT_S,
-                        description=f"{spec.kind} {spec.id} (remote)")
+                        description=f"{spec.kind} {spec.id} (remote)", key=jobkey.of(cfg))
 
 
 # -- on the remote host: run the plan ----------------------------------------------------------

@@ -124,7 +124,11 @@ def test_worker_runs_a_real_job(hoard_home: Path, redis_conn) -> None:
     (a job naming anything else is refused: tests/test_worker_guard.py)."""
     cfg = hoard_home / "hoard.toml"
     assert hoard("--config", str(cfg), "init").returncode == 0
-    job = rq_queue("maintenance", redis_conn).enqueue("jobs.store_jobs.replicate", str(cfg.resolve()), 60, None)
+    from fsd.base import config
+    from jobs import jobkey
+
+    job = rq_queue("maintenance", redis_conn, jobkey.of(config.load(cfg))).enqueue(  # signed, as the server queues
+        "jobs.store_jobs.replicate", str(cfg.resolve()), 60, None)
     res = hoard("--config", str(cfg), "worker", "--queues", "maintenance", "--burst")
     assert res.returncode == 0, res.stderr
     done = fetch_job(job.id, redis_conn)

@@ -288,6 +288,55 @@ def test_a_worker_on_another_host_stages_and_exports_from_the_s3_disk(cluster, t
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "done", status.stdout + status.stderr
 
 
+#: what a process on a remote host runs with that host's hoard.toml (argv: it, the server's
+#: hoard.toml): a `backup` queued on the server's `maintenance` queue, unsigned and signed with a
+#: key of the host's own
+FROM_A_HOST = """
+import sys
+from fsd.base import config
+from jobs import jobkey
+from jobs.queues import connect, rq_queue
+cfg = config.load(sys.argv[1])
+conn = connect(cfg.redis_url)
+rq_queue("maintenance", conn).enqueue("jobs.maintenance.run", "backup", sys.argv[2], job_id="from-host")
+rq_queue("maintenance", conn, jobkey.of(cfg)).enqueue("jobs.maintenance.run", "backup", sys.argv[2],
+                                                      job_id="from-host-key")
+"""
+
+
+@pytest.mark.expect_log(r"refused job from-host(-key)? on queue maintenance, not run: not signed by this server's key; "
+                        r"only the server queues server jobs \(docs/security.md\)", level="ERROR")
+def test_a_remote_host_cannot_queue_a_server_job(cluster) -> None:
+    """A process in a remote host's namespace, with only that host's hoard.toml (the server's
+    Redis and its password), queues `backup` on the server's `maintenance` queue — unsigned, and
+    signed with a key of the host's own: the server's `hoard worker --burst` refuses each in one
+    line and no backup is made; the backup the server queues itself (as the GUI's Run does) runs."""
+    main, (host, _), (remote, _) = cluster["main"], cluster["hosts"], cluster["remotes"]
+    cfg, conn = config.load(main), cluster["redis"]
+    zone3b = cfg.ssd.zone_path("3B")
+    before = sorted(zone3b.rglob("*"))
+    res = subprocess.run(["ip", "netns", "exec", host.ns, sys.executable, "-c", FROM_A_HOST, str(remote),
+                          str(main.resolve())], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    assert conn.lrange("rq:queue:maintenance", 0, -1) == [b"from-host", b"from-host-key"]  # it reached the queue
+
+    out = _hoard(main, "worker", "--queues", "maintenance", "--burst")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    for job_id in ("from-host", "from-host-key"):
+        assert len([ln for ln in out.stderr.splitlines() if f"refused job {job_id} " in ln]) == 1, out.stderr
+        assert fetch_job(job_id, conn).get_status(refresh=True) == "failed"
+    assert sorted(zone3b.rglob("*")) == before, "a backup was made"
+
+    from jobs.launch import launch_maintenance
+
+    job_id = launch_maintenance(cfg, "backup", {}, by="test")
+    out = _hoard(main, "worker", "--queues", "maintenance", "--burst")
+    assert out.returncode == 0 and "refused" not in out.stderr, out.stderr
+    assert fetch_job(job_id, conn).get_status(refresh=True) == "finished", out.stderr
+    assert sorted(zone3b.rglob("*")) != before
+
+
 @pytest.mark.expect_log(r"reaper: job remote-stage-st2 .* sent no heartbeat for \d+ s \(host down\?\); queued again",
                         level="WARNING")
 @pytest.mark.expect_log(r"zone 3C: reclaimed the stale reservation of job stage:st2 .* its process is gone",

@@ -1,8 +1,9 @@
 """`hoard worker` runs only hoardfs's own jobs (jobs.guard): a job written into Redis by anyone
 else — a pickle naming subprocess.check_call, a pickled `meta` that runs code when the job is
 merely read, a JSON job naming os.system, a hoardfs job pointed at another configuration, a
-garbled job hash — is refused with one log line, marked failed, and nothing of it runs; the
-worker goes on and runs the real job queued behind them."""
+garbled job hash, a server job this server did not sign (jobs.jobkey) — is refused with one log
+line, marked failed, and nothing of it runs; the worker goes on and runs the real job queued
+behind them. A copy of a signed job runs only while the job it copies has not run to its end."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from fsd.base import config
+from jobs import jobkey
 from jobs.guard import JOB_FUNCTIONS, SERIALIZER
 from jobs.queues import fetch_job, rq_queue
 
@@ -67,7 +70,8 @@ def test_hostile_jobs_are_refused_and_the_worker_goes_on(hoard_home: Path, redis
         ["jobs.store_jobs.replicate", None, [str(other), 60, None], {}]))
     _raw_job(redis_conn, "maintenance", "h-garbled", SERIALIZER.dumps(["os.system", None, ["true"], {}]),
              created_at="not a date")
-    legit = rq_queue("maintenance", redis_conn).enqueue("jobs.store_jobs.replicate", str(cfg.resolve()), 60, None)
+    key = jobkey.of(config.load(cfg))
+    legit = rq_queue("maintenance", redis_conn, key).enqueue("jobs.store_jobs.replicate", str(cfg.resolve()), 60, None)
 
     res = _hoard(cfg, "worker", "--queues", "maintenance", "--burst")
 
@@ -88,6 +92,109 @@ def test_hostile_jobs_are_refused_and_the_worker_goes_on(hoard_home: Path, redis
     done = fetch_job(legit.id, redis_conn)
     assert done.get_status(refresh=True) == "finished", res.stderr
     assert "copied_shards" in done.return_value()
+
+
+def _refused(stderr: str, job_id: str) -> str:
+    """The one line of the worker's log refusing `job_id`."""
+    lines = [ln for ln in stderr.splitlines() if f"refused job {job_id} " in ln]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.expect_log(r"refused job f-(unsigned|hostkey|changed|moved|renamed|old) on queue maintenance, not run",
+                        level="ERROR")
+def test_a_server_job_this_server_did_not_sign_is_refused(hoard_home: Path, redis_conn) -> None:
+    """What a remote host can write with the server's Redis password — a `backup` job unsigned
+    or signed with its own key, a signed job whose function and arguments it changed, one it
+    moved onto another queue, one copied under another id, a job path hoardfs no longer has —
+    is refused with one line each (`not signed by this server's key; only the server queues
+    server jobs`), failed, and runs nothing: no backup in 3B; the job the server signed runs."""
+    path = hoard_home / "hoard.toml"
+    assert _hoard(path, "init").returncode == 0
+    cfg = config.load(path)
+    key, named = jobkey.of(cfg), str(path.resolve())
+    assert (cfg.ssd.root / "state" / "jobs" / "key").stat().st_mode & 0o777 == 0o600  # `hoard init` made it
+    host_key = jobkey.JobKey(hoard_home / "host" / "state" / "jobs")  # a host's own: not the server's
+    backup = ("jobs.maintenance.run", "backup", named)
+    rq_queue("maintenance", redis_conn).enqueue(*backup, job_id="f-unsigned")
+    rq_queue("maintenance", redis_conn, host_key).enqueue(*backup, job_id="f-hostkey")
+    rq_queue("maintenance", redis_conn, key).enqueue("jobs.store_jobs.replicate", named, 60, None, job_id="f-changed")
+    redis_conn.hset("rq:job:f-changed", "data", zlib.compress(SERIALIZER.dumps([backup[0], None, list(backup[1:]), {}])))
+    rq_queue("io", redis_conn, key).enqueue("jobs.store_jobs.replicate", named, 60, None, job_id="f-moved")
+    redis_conn.lrem("rq:queue:io", 0, "f-moved")
+    redis_conn.rpush("rq:queue:maintenance", "f-moved")
+    redis_conn.hset("rq:job:f-renamed", mapping=redis_conn.hgetall("rq:job:f-moved"))
+    redis_conn.rpush("rq:queue:maintenance", "f-renamed")
+    _raw_job(redis_conn, "maintenance", "f-old", SERIALIZER.dumps(["jobs.ingest.run_batch", None, [named], {}]))
+    legit = rq_queue("maintenance", redis_conn, key).enqueue("jobs.store_jobs.replicate", named, 60, None)
+
+    res = _hoard(path, "worker", "--queues", "maintenance", "--burst")
+
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    tail = "; only the server queues server jobs (docs/security.md)"
+    for job_id in ("f-unsigned", "f-hostkey", "f-changed", "f-renamed"):
+        assert _refused(res.stderr, job_id).endswith(f"not run: not signed by this server's key{tail}")
+        assert fetch_job(job_id, redis_conn).get_status(refresh=True) == "failed"
+    assert _refused(res.stderr, "f-moved").endswith(f"not run: signed for queue 'io', taken from 'maintenance'{tail}")
+    assert "'jobs.ingest.run_batch' is not a hoardfs job" in _refused(res.stderr, "f-old")
+    assert not any(cfg.ssd.zone_path("3B").iterdir()), "a backup ran"
+    done = fetch_job(legit.id, redis_conn)
+    assert done.get_status(refresh=True) == "finished", res.stderr
+
+
+@pytest.mark.expect_log(r"refused job (r1|r2) on queue maintenance, not run: a copy of job", level="ERROR")
+def test_a_copy_of_a_signed_job_runs_only_while_its_job_has_not_run_to_its_end(hoard_home: Path, redis_conn) -> None:
+    """A host that queues again the id of a signed job that finished (RQ keeps it a day) has it
+    refused in one line and not run again; a copy of one a worker of the server runs now is
+    refused too; once that worker is gone without finishing it (the reaper queues such a job
+    again), the job runs — once."""
+    path = hoard_home / "hoard.toml"
+    assert _hoard(path, "init").returncode == 0
+    key, named = jobkey.of(config.load(path)), str(path.resolve())
+    queue = rq_queue("maintenance", redis_conn, key)
+    queue.enqueue("jobs.store_jobs.replicate", named, 60, None, job_id="r1")
+    assert _hoard(path, "worker", "--queues", "maintenance", "--burst").returncode == 0
+    assert fetch_job("r1", redis_conn).get_status(refresh=True) == "finished"
+    assert len(fetch_job("r1", redis_conn).results()) == 1
+
+    redis_conn.hset("rq:job:r1", "status", "queued")  # the host queues the finished job again
+    redis_conn.rpush("rq:queue:maintenance", "r1")
+    res = _hoard(path, "worker", "--queues", "maintenance", "--burst")
+    assert res.returncode == 0, res.stderr
+    assert "not run: a copy of job r1, which ran to its end" in _refused(res.stderr, "r1"), res.stderr
+    assert len(fetch_job("r1", redis_conn).results()) == 1  # not run again
+
+    r2 = queue.enqueue("jobs.store_jobs.replicate", named, 60, None, job_id="r2")  # a host's copy of it, queued...
+    why, held = key.take(fetch_job("r2", redis_conn))  # ...while a worker of this server runs it
+    assert why == "" and held is not None
+    try:
+        res = _hoard(path, "worker", "--queues", "maintenance", "--burst")
+        assert "which a worker of this server runs now" in _refused(res.stderr, "r2"), res.stderr
+        assert fetch_job("r2", redis_conn).results() == []
+    finally:
+        os.close(held)  # that worker dies without finishing it
+    redis_conn.rpush("rq:queue:maintenance", "r2")  # (as the reaper queues it again)
+    res = _hoard(path, "worker", "--queues", "maintenance", "--burst")
+    assert res.returncode == 0 and "refused" not in res.stderr, res.stderr
+    assert fetch_job(r2.id, redis_conn).get_status(refresh=True) == "finished"
+    assert len(fetch_job("r2", redis_conn).results()) == 1
+
+
+def test_a_key_that_is_not_the_services_alone_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The key is made 0600 once, whole; a key others may read, or an empty one, is refused in one
+    line saying what to do — by the command that signs and by the worker that checks."""
+    key = jobkey.JobKey(tmp_path / "state" / "jobs")
+    assert key.secret() is None  # a worker makes none
+    made = key.secret(make=True)
+    assert made is not None and len(made) == 64 and key.secret(make=True) == made
+    assert key.path.stat().st_mode & 0o777 == 0o600 and [p.name for p in key.dir.iterdir()] == ["key"]
+    key.path.chmod(0o644)
+    with pytest.raises(jobkey.JobKeyError, match=r"has mode 0644: .* `chmod 600 .*key`$"):
+        key.secret(make=True)
+    key.path.chmod(0o600)
+    key.path.write_text("")
+    with pytest.raises(jobkey.JobKeyError, match="holds no key .* remove it"):
+        key.secret()
 
 
 def test_every_job_hoardfs_enqueues_is_allowed() -> None:

@@ -14,6 +14,7 @@ from fsd.cli._common import out, state
 from fsd.core.layout import protect_ssd
 from fsd.outputs.zones import TMP
 from fsd.store import Store
+from jobs import jobkey
 
 
 def init(
@@ -47,6 +48,8 @@ def init(
     own_dir(cfg.ssd.zone_path("3A") / TMP)
 
     Store.open(cfg, init=True).close()  # identity files for new disks, orphan recovery
+    if not cfg.worker.remote:  # the key that signs the server's jobs (a remote host holds none)
+        jobkey.of(cfg).secret(make=True)
     where = {d.label: d.path if d.kind == "local" else f"{d.endpoint}/{d.bucket}" for d in cfg.disks}
     out.print(f"disks:  {', '.join(f'{label}={w}' for label, w in where.items())}")
     out.print(f"ssd:    {cfg.ssd.root} (zones {', '.join(ZONES)}; index {cfg.index_dir})")

@@ -10,6 +10,7 @@ import typer
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import state
+from jobs import jobkey
 from jobs.guard import exposure
 from jobs.queues import QUEUES, HoardWorker, connect, redis_required, rq_queue
 from jobs.reaper import Reaper
@@ -49,7 +50,7 @@ def worker(
             reaper.start()
         try:
             HoardWorker([rq_queue(n, conn) for n in names], connection=conn, config_path=cfg.source,
-                        job_monitoring_interval=beat).work(burst=burst, with_scheduler=True)
+                        job_key=jobkey.of(cfg), job_monitoring_interval=beat).work(burst=burst, with_scheduler=True)
         finally:
             if reaper is not None:
                 reaper.stop()

@@ -59,7 +59,7 @@ from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import flocked, open_nofollow
 from fsd.base.paths import display, hostile_reason
 from fsd.store import Store
-from jobs import outputs
+from jobs import jobkey, outputs
 from jobs import remote as remote_jobs
 from jobs.actions import contract as contracts
 from jobs.actions import parse
@@ -206,7 +206,7 @@ def _step_remote(cfg: Settings, st: RunState) -> None:
            "spec": spec.model_dump(), "plan": plan, "disk": label}
     conn.delete(closed_key(rid))  # (a cancelled run resumed: its host's job runs again)
     enqueue_once(conn, remote_jobs.QUEUE, JOB_FUNCTION, None, doc, job_id=job_id(rid), timeout=STEP_TIMEOUT_S,
-                 description=f"action {rid} (remote)")
+                 description=f"action {rid} (remote)", key=jobkey.of(cfg))
     rep.update(job=job_id(rid), disk=label, attempt=st.attempt, queued=now())
     save_state(cfg, st)
     raise Waiting(Status.WAITING_REMOTE.value, REMOTE_POLL_S)

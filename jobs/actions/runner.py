@@ -21,7 +21,7 @@ from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import flocked
 from fsd.outputs import zones
-from jobs import events, runlog
+from jobs import events, jobkey, runlog
 from jobs.actions.remote import REMOTE_STEPS, cancel_remote
 from jobs.actions.state import (
     HEARTBEAT_S,
@@ -179,7 +179,7 @@ def after_done(cfg: Settings, st: RunState, *, here: bool) -> None:
         try:
             enqueue_once(connect(cfg.redis_url), "maintenance", "jobs.actions.empty_trash",
                          str(cfg.source) if cfg.source else None, job_id=TRASH_JOB, timeout=STEP_TIMEOUT_S,
-                         description="actions: delete what finished runs set aside in 3C/.trash")
+                         description="actions: delete what finished runs set aside in 3C/.trash", key=jobkey.of(cfg))
             return
         except redis.RedisError as e:
             log.info("run %s: the trash is deleted here (Redis: %s)", st.run_id, first_line(e))
@@ -227,7 +227,7 @@ def enqueue(cfg: Settings, st: RunState, redis_conn=None, suffix: str = "") -> s
     return enqueue_once(redis_conn or connect(cfg.redis_url), QUEUE_OF[st.step], "jobs.actions.run_step",
                         str(cfg.source) if cfg.source else None, st.run_id, st.step,
                         job_id=job_id(st.run_id, st.step, suffix), timeout=STEP_TIMEOUT_S,
-                        description=f"action {st.run_id}: {st.step}")
+                        description=f"action {st.run_id}: {st.step}", key=jobkey.of(cfg))
 
 
 def _schedule_poll(cfg: Settings, st: RunState, poll_s: float) -> None:
@@ -239,7 +239,7 @@ def _schedule_poll(cfg: Settings, st: RunState, poll_s: float) -> None:
     with contextlib.suppress(Exception):
 
         fetch_job(jid, conn).delete()
-    rq_queue(QUEUE_OF[st.step], conn).enqueue_in(
+    rq_queue(QUEUE_OF[st.step], conn, jobkey.of(cfg)).enqueue_in(
         dt.timedelta(seconds=poll_s), "jobs.actions.run_step", str(cfg.source) if cfg.source else None, st.run_id,
         st.step, job_id=jid, job_timeout=STEP_TIMEOUT_S, result_ttl=3600, failure_ttl=30 * 86400,
         description=f"action {st.run_id}: {st.step} (poll)")

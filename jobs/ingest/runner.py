@@ -20,7 +20,7 @@ from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import flocked
-from jobs import runlog
+from jobs import jobkey, runlog
 from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
 from jobs.ingest.signals import enqueue
 from jobs.ingest.state import STEP_TIMEOUT_S, STEPS, IngestError, Status, load_state, save_state, state_dir
@@ -110,7 +110,7 @@ def queue_near_dups(cfg: Settings, batch_id: str) -> None:
     try:
         enqueue_once(connect(cfg.redis_url), "actions", "jobs.actions.near_dups_of_batch",
                      str(cfg.source) if cfg.source else None, batch_id, job_id=f"near-dups-{batch_id}",
-                     timeout=STEP_TIMEOUT_S, description=f"near-dup-hash over batch {batch_id}")
+                     timeout=STEP_TIMEOUT_S, description=f"near-dup-hash over batch {batch_id}", key=jobkey.of(cfg))
     except (redis.RedisError, OSError) as e:
         log.warning("batch %s: its near-dup-hash run not queued (%s); `hoard action run near-dup-hash --selector "
                     "'{\"batches\": [\"%s\"]}'` makes it", batch_id, condition_line(e), batch_id)
@@ -199,7 +199,7 @@ def work_here(cfg: Settings, redis_conn=None) -> None:
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     worker = _HereWorker([rq_queue(q, conn) for q in QUEUES], connection=conn, serializer=SERIALIZER,
                          job_class=HoardJob)
-    worker.config_path = cfg.source
+    worker.config_path, worker.job_key = cfg.source, jobkey.of(cfg)
     try:
         worker.work(burst=True, logging_level="WARNING")
     finally:

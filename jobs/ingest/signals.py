@@ -14,6 +14,7 @@ from adapters import UnknownSource, adapter_for, canonical_source
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode
 from fsd.base.files import atomic_write, read_in_zone
+from jobs import jobkey
 from jobs.ingest.state import (
     BATCH_ID,
     QUEUE_OF,
@@ -201,4 +202,4 @@ def enqueue(cfg: Settings, st: BatchState, redis_conn=None) -> str:
     return enqueue_once(redis_conn or connect(cfg.redis_url), QUEUE_OF[st.step], "jobs.ingest.run_step",
                         str(cfg.source) if cfg.source else None, st.batch_id, st.step,
                         job_id=_job_id(st.batch_id, st.step), timeout=STEP_TIMEOUT_S,
-                        description=f"ingest {st.batch_id}: {st.step}")
+                        description=f"ingest {st.batch_id}: {st.step}", key=jobkey.of(cfg))
