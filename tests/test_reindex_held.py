@@ -122,7 +122,8 @@ def test_the_held_fill_keeps_a_slice_of_its_keys_in_memory(tmp_path: Path, monke
 
 
 @pytest.mark.expect_log(r"disk d[0-9]: read error on shard [0-9a-f]+: payload checksum mismatch", level="WARNING")
-@pytest.mark.expect_log(r"the index stays at format 2 \(object [0-9a-f]+: no good replica", level="WARNING")
+@pytest.mark.expect_log(r"the index stays at format 2 \(batch b1: its manifest [0-9a-f]+ cannot be read \(object "
+                        r"[0-9a-f]+: no good replica", level="WARNING")
 def test_a_rebuild_that_cannot_read_a_manifest_never_swaps_in_format_5(tmp_path: Path) -> None:
     """A registered batch's manifest damaged on every replica when the SSD is lost: the rebuild
     names it and leaves the index at the format before `held` — never format 5 with the
