@@ -47,9 +47,16 @@ def init(
     # first could lead an upload's files anywhere); one that is not is refused, in one line
     own_dir(cfg.ssd.zone_path("3A") / TMP)
 
-    Store.open(cfg, init=True).close()  # identity files for new disks, orphan recovery
+    with Store.open(cfg, init=True) as store:  # identity files for new disks, orphan recovery
+        # an S3 disk whose bucket could not be given its identity (no such bucket, an engine that
+        # does not answer or refuses the credentials): named with its step, not passed over
+        s3 = {d.label for d in cfg.disks if d.kind == "s3"}
+        unready = [r for r in store.records.values() if r.label in s3 and r.uuid.startswith("unregistered-")]
     if not cfg.worker.remote:  # the key that signs the server's jobs (a remote host holds none)
         jobkey.of(cfg).secret(make=True)
     where = {d.label: d.path if d.kind == "local" else f"{d.endpoint}/{d.bucket}" for d in cfg.disks}
     out.print(f"disks:  {', '.join(f'{label}={w}' for label, w in where.items())}")
     out.print(f"ssd:    {cfg.ssd.root} (zones {', '.join(ZONES)}; index {cfg.index_dir})")
+    if unready:
+        raise HoardError("; ".join(f"disk {r.label} is not initialised: {r.reason}" for r in unready)
+                         + " (the SSD and the other disks are)", ExitCode.UNAVAILABLE)
