@@ -198,10 +198,10 @@ lint: venv docs-check
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy
 
-# each command's line in `hoard --help` (fsd/cli/_summaries.py), written again from the commands'
+# each command's line in `hoard --help` (cli/_summaries.py), written again from the commands'
 # own help after one changes (tests/test_cli_help.py says when)
 summaries: venv
-	@$(VENV)/bin/python -c 'import fsd.cli; fsd.cli.write_summaries()'
+	@$(VENV)/bin/python -c 'import hoardfs.cli; hoardfs.cli.write_summaries()'
 
 # docs/cli.md's reference part, written again from every command's help (tests/cli_docs.py);
 # tests/test_cli_docs.py fails when it is out of date

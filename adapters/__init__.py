@@ -1,12 +1,12 @@
 """S03 adapters: per-source parsers that turn a scraped batch into records and rejects.
 
-    from adapters import adapter_for, parse_batch
+    from hoardfs.adapters import adapter_for, parse_batch
     adapter = adapter_for("forum", cfg.sources)     # a source name → its format's adapter
     parsed, view = parse_batch(batch_dir, adapter)  # records, rejects (with reasons), claimed files
 
 Adding a source format = one module with an `Adapter` subclass + a line in `FORMATS` and its
-name in `fsd.base.config.SOURCE_FORMATS` (docs/adapters.md). Adapters never touch SQL or the
-store; `adapters.intent` turns records and the store's digests into a write-intent.
+name in `hoardfs.base.config.SOURCE_FORMATS` (docs/adapters.md). Adapters never touch SQL or the
+store; `hoardfs.adapters.intent` turns records and the store's digests into a write-intent.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import difflib
 from collections.abc import Mapping
 from pathlib import Path
 
-from adapters.base import Adapter, Asset, BatchView, File, Parsed, Record, Reject, Rendition
-from adapters.manifest import CsvManifest
-from adapters.screen import display, quarantine, screen
-from adapters.sidecars import GalleryDl, Sidecar, YtDlp
-from adapters.social import Mastodon, Reddit, Twitter
-from adapters.strokes import QuickDraw
-from fsd.base.errors import ExitCode, HoardError
+from hoardfs.adapters.base import Adapter, Asset, BatchView, File, Parsed, Record, Reject, Rendition
+from hoardfs.adapters.manifest import CsvManifest
+from hoardfs.adapters.screen import display, quarantine, screen
+from hoardfs.adapters.sidecars import GalleryDl, Sidecar, YtDlp
+from hoardfs.adapters.social import Mastodon, Reddit, Twitter
+from hoardfs.adapters.strokes import QuickDraw
+from hoardfs.base.errors import ExitCode, HoardError
 
 __all__ = ["ALIASES", "FORMATS", "Adapter", "Asset", "BatchView", "File", "Parsed", "Record", "Reject", "Rendition",
            "UnknownSource", "adapter_for", "canonical_source", "display", "known_sources", "parse_batch", "quarantine", "screen"]

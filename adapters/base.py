@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from fsd.base.paths import MAX_PATH_BYTES, hostile_reason
+from hoardfs.base.paths import MAX_PATH_BYTES, hostile_reason
 
 __all__ = ["MAX_PATH_BYTES", "hostile_reason"]  # re-exported: adapters check names with these
 
@@ -144,7 +144,7 @@ class BatchView:
     def __init__(self, root: Path, files: dict[str, int]) -> None:
         self.root, self.files = root, files
         #: relative path → (device, inode, size, mtime_ns) as the screen saw the file (or the
-        #: file an in-batch symlink named): the store step stores that file or none (fsd.io.put)
+        #: file an in-batch symlink named): the store step stores that file or none (hoardfs.fsd.io.put)
         self.identity: dict[str, tuple[int, int, int, int]] = {}
         self._media: dict[str, list[str]] | None = None
 
@@ -253,10 +253,10 @@ class Adapter:
         raise NotImplementedError
 
     def render(self, record: dict[str, Any]) -> Rendition | None:
-        """A file to make from a parsed record (its JSON form, `adapters.records.record_json`),
+        """A file to make from a parsed record (its JSON form, `hoardfs.adapters.records.record_json`),
         or None. Run by the ingest job, not by the sandboxed parser (which may write nothing):
         it must check what it takes from the record, which that parser made from hostile
-        bytes, and decode nothing (stroke data: adapters.strokes). ValueError if the record is
+        bytes, and decode nothing (stroke data: hoardfs.adapters.strokes). ValueError if the record is
         not one `parse` makes."""
         return None
 

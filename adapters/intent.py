@@ -7,10 +7,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.base import File, Node, Record
-from adapters.records import RAW_LIMIT, UNSTORABLE, small_raw
-from fsd.base.paths import file_ext
-from sql.intents import virtual_sha256
+from hoardfs.adapters.base import File, Node, Record
+from hoardfs.adapters.records import RAW_LIMIT, UNSTORABLE, small_raw
+from hoardfs.base.paths import file_ext
+from hoardfs.sql.intents import virtual_sha256
 
 #: relationships the built-in adapters use beyond the ones migration 001 registers
 RELATIONSHIPS = ("thumbnail_of", "subtitle_of", "attachment_of", "quote_of", "retweet_of")

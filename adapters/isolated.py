@@ -2,12 +2,12 @@
 batch and Python's own files — the scraped documents are hostile, and the process that
 ingests them otherwise holds the store, the database and the GUI's accounts.
 
-The child (`python -m adapters.isolated FORMAT SOURCE SETTLE_S BATCH_DIR`, one per batch, not
-per document) imports the parsers, confines itself with Landlock (fsd.base.landlock: no
+The child (`python -m hoardfs.adapters.isolated FORMAT SOURCE SETTLE_S BATCH_DIR`, one per batch, not
+per document) imports the parsers, confines itself with Landlock (hoardfs.base.landlock: no
 write anywhere, reads below the batch directory, the standard library, site-packages, the
 packages it loaded and the system's shared libraries; no program may be started), then
 screens and parses the batch exactly as in-process, and prints one JSON document on its
-stdout: the records (adapters.records), the rejects with their reasons, the claimed files,
+stdout: the records (hoardfs.adapters.records), the rejects with their reasons, the claimed files,
 the screen's files and identities. It has only its three standard descriptors (subprocess
 closes the rest: Landlock leaves a descriptor opened before the restriction its rights).
 The parent believes that answer only where it cannot send the ingest outside the batch
@@ -34,14 +34,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adapters import FORMATS, parse_batch
-from adapters.base import Adapter, BatchView, Parsed, Reject
-from adapters.records import record_fault, record_json
-from adapters.screen import open_batch
-from fsd.base import landlock
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import display, hostile_reason
-from fsd.base.proc import end_group, ended
+from hoardfs.adapters import FORMATS, parse_batch
+from hoardfs.adapters.base import Adapter, BatchView, Parsed, Reject
+from hoardfs.adapters.records import record_fault, record_json
+from hoardfs.adapters.screen import open_batch
+from hoardfs.base import landlock
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.paths import display, hostile_reason
+from hoardfs.base.proc import end_group, ended
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,13 @@ def parse_isolated(root: Path, adapter: Adapter, settle_s: float = 0.0, *, cmd: 
                    memory_mb: int = MEMORY_MB) -> tuple[Parsed, BatchView, list[dict[str, Any]]]:
     """`parse_batch(root, adapter, settle_s)` in a confined child: the rejects and claimed files
     (a Parsed whose `records` is left empty), a BatchView with the screen's files and
-    identities, and the records in their JSON form (`adapters.records.record_json`: what the
+    identities, and the records in their JSON form (`hoardfs.adapters.records.record_json`: what the
     ingest keeps; rebuilding 20,000 Records only to turn them back took ~2 s of CPU). A child
     that answers more than `limit` bytes, nothing within `timeout_s` (+ settle_s), or something
     that is not a parse refuses the batch in one line, killed and reaped; so does one whose
     documents need more than `memory_mb` MB (`cmd`: another child, only in the tests of what a
     parser made to lie can do)."""
-    cmd = cmd or [sys.executable, "-P", "-s", "-m", "adapters.isolated", adapter.format, adapter.source,
+    cmd = cmd or [sys.executable, "-P", "-s", "-m", "hoardfs.adapters.isolated", adapter.format, adapter.source,
                   repr(settle_s), str(root), str(memory_mb)]
     name = display(root.name)
     code, out, err_b = _run(cmd, timeout_s + settle_s, limit, adapter.format, name)

@@ -14,7 +14,19 @@ import csv
 import io
 from typing import Any
 
-from adapters.base import Adapter, Asset, BadDocument, BatchView, File, Parsed, Record, short, text, to_int, to_time
+from hoardfs.adapters.base import (
+    Adapter,
+    Asset,
+    BadDocument,
+    BatchView,
+    File,
+    Parsed,
+    Record,
+    short,
+    text,
+    to_int,
+    to_time,
+)
 
 _PATH = ("path", "file", "filename")
 _COLUMNS = {

@@ -1,4 +1,4 @@
-"""Records as JSON: how they leave the sandboxed parser (adapters.isolated) and wait between
+"""Records as JSON: how they leave the sandboxed parser (hoardfs.adapters.isolated) and wait between
 the ingest steps in the batch's work directory."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from adapters.base import Asset, File, Record, short
+from hoardfs.adapters.base import Asset, File, Record, short
 
 #: the bytes of a document's fields kept in its metadata row (the whole document is a stored file)
 RAW_LIMIT = 1024
@@ -97,7 +97,7 @@ def unstorable(d: dict[str, Any]) -> str | None:
     """What in a record's JSON (a `record_fault`-free one) the database cannot hold where it cannot
     be replaced, or None: a key of its fields (replaced, two keys could become one), an asset's
     kind or id, or a relationship (identities). Text values are not looked at: the intent takes
-    them with U+FFFD in place (adapters.intent); the stored document keeps them."""
+    them with U+FFFD in place (hoardfs.adapters.intent); the stored document keeps them."""
     def key_in(v: Any, depth: int = 0) -> tuple[str, str] | None:
         if isinstance(v, dict):
             for k, x in v.items():

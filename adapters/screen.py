@@ -17,9 +17,9 @@ import stat
 import time
 from pathlib import Path
 
-from adapters.base import SIGNAL_FILES, BatchView, Reject, hostile_reason
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import display
+from hoardfs.adapters.base import SIGNAL_FILES, BatchView, Reject, hostile_reason
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.paths import display
 
 QUARANTINE = "_quarantine"
 

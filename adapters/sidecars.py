@@ -12,7 +12,7 @@ import bisect
 from collections import defaultdict
 from typing import Any
 
-from adapters.base import (
+from hoardfs.adapters.base import (
     MEDIA_EXT,
     Adapter,
     Asset,

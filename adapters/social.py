@@ -17,7 +17,7 @@ import re
 from html import unescape
 from typing import Any
 
-from adapters.base import (
+from hoardfs.adapters.base import (
     Adapter,
     Asset,
     BadDocument,

@@ -29,7 +29,7 @@ import math
 import re
 from typing import Any
 
-from adapters.base import (
+from hoardfs.adapters.base import (
     JSON_ERRORS,
     Adapter,
     Asset,
@@ -56,7 +56,7 @@ MAX_COORD = 1 << 16
 #: a time value's bound (the raw format's t: milliseconds since the drawing's first point)
 MAX_T = 1 << 31
 #: the strokes kept in a node's metadata, as compact JSON: a node's specific fields hold at most
-#: 16 KB (sql.intents), and the drawing shares them with its other fields
+#: 16 KB (hoardfs.sql.intents), and the drawing shares them with its other fields
 DRAWING_BYTES = 14_000
 #: a key_id becomes a file name (`rendered/<key_id>.png`) and a virtual asset's id
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

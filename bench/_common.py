@@ -15,8 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fsd.base import config  # noqa: E402
-from fsd.store import Store  # noqa: E402
+from hoardfs.base import config  # noqa: E402
+from hoardfs.fsd.store import Store  # noqa: E402
 from tests.helpers import write_config  # noqa: E402
 from tests.lab import LAB4, Lab, drop_caches  # noqa: E402, F401
 
@@ -223,7 +223,7 @@ def hoard_mounted(cfg_path: Path, mnt: Path, repo: Path = REPO):
     block, the daemon is in the lab's cgroup (children inherit it). `repo`: the checkout whose
     daemon runs (another commit's worktree, for before/after figures in one run)."""
     mnt.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "mount", "--foreground",
+    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "mount", "--foreground",
                              str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=repo,
                             env={**os.environ, "PYTHONPATH": str(repo)})
     _wait_mount(mnt, proc)
@@ -328,7 +328,7 @@ def txn_lines(log: Path, offset: int) -> tuple[dict, int]:
 
 def hoard_process(cfg_path: Path, argv: list[str], repo: Path = REPO, txn_log: Path | None = None,
                   ok: tuple[int, ...] = (0, 5), prog: list[str] | None = None) -> dict:
-    """Run `python -m fsd --config CFG ARGV` (or `prog` + ARGV) from checkout `repo` as its own
+    """Run `python -m hoardfs --config CFG ARGV` (or `prog` + ARGV) from checkout `repo` as its own
     process: seconds, peak RSS (VmHWM, which counts the index pages the process mapped) and
     peak RssAnon (what it allocated), in KiB; its CPU seconds, the bytes it read from the disk
     (page-cache misses), the bytes it had written and its major faults (`peak_memory`); with
@@ -341,7 +341,7 @@ def hoard_process(cfg_path: Path, argv: list[str], repo: Path = REPO, txn_log: P
     if txn_log is not None:
         env["HOARD_LMDB_TXN_LOG"] = str(txn_log)
         offset = txn_log.stat().st_size if txn_log.exists() else 0
-    cmd = (prog or [sys.executable, "-m", "fsd", "--config", str(cfg_path)]) + argv
+    cmd = (prog or [sys.executable, "-m", "hoardfs", "--config", str(cfg_path)]) + argv
     got = peak_memory(cmd, env=env, cwd=repo, poll_s=0.05)
     if got["exit"] not in ok:
         raise SystemExit(f"{' '.join(argv)} failed ({got['exit']}): {got['stderr'][-2000:]}")
@@ -398,7 +398,7 @@ def private_cluster(where: Path | None = None, keep: bool = False):
 
     import psycopg
 
-    from sql.cluster import PrivateCluster, ensure_database
+    from hoardfs.sql.cluster import PrivateCluster, ensure_database
 
     if keep:
         work = (where or Path("/var/tmp")) / "kept-pg"

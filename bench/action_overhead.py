@@ -31,7 +31,7 @@ no baseline did; and a trash left growing (no maintenance worker empties it here
 after each run in service) is walked by every reservation's `du` (up to 1.0 s by the second cold pair of 10,000 images),
 stage alone and action alike.
 
-- **action**: `jobs.actions.api.submit` (select: the contract's selector in SQL, the run
+- **action**: `hoardfs.jobs.actions.api.submit` (select: the contract's selector in SQL, the run
   recorded, its batch sealed) and `runner.run_here` (what `hoard action run --here` runs):
   plan → stage → run → parse → store → apply → finish; the seconds of each step from the
   run's state file (jobs/actions/state.py). **Outside the worker**, as the issue counts it
@@ -39,7 +39,7 @@ stage alone and action alike.
   seconds (`report.run.seconds`, start to exit) minus `finish` (3C cleaned — the stage alone
   does not clean its output either); finish is shown apart, and so is the wall time with it.
 - **stage alone** (the baseline the goal is set against): `hoard stage` of the same nodes
-  (`--nodes`, the same by_sha256 layout) into 3C — `jobs.outputs.submit` + `run`, what
+  (`--nodes`, the same by_sha256 layout) into 3C — `hoardfs.jobs.outputs.submit` + `run`, what
   `hoard stage --here` runs: plan in SQL, reserve, batch-planned copy checked against each
   sha256, seal. Goal: outside the worker ≤ 1.5 × this. The floor is shown too: the stage
   alone plus the children written at the write bound, with nothing else costing anything.
@@ -89,13 +89,13 @@ from _common import (
     write_doc_section,
 )
 
-from fsd.base import config
-from fsd.base.files import syncfs
-from fsd.outputs import zones
-from fsd.store import Store
-from jobs import outputs
-from jobs.actions import api, runner
-from jobs.actions.state import load_state
+from hoardfs.base import config
+from hoardfs.base.files import syncfs
+from hoardfs.fsd.outputs import zones
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import outputs
+from hoardfs.jobs.actions import api, runner
+from hoardfs.jobs.actions.state import load_state
 
 BEGIN = "<!-- bench/action_overhead.py: begin (written by `bench/action_overhead.py --render`; do not edit) -->"
 END = "<!-- bench/action_overhead.py: end -->"
@@ -178,8 +178,8 @@ def _config(work: Path, lab: Lab, url: str, redis_url: str) -> config.Settings:
 
 def record_inputs(cfg: config.Settings, files: list[Path], results: list) -> list[str]:
     """The stored images as physical nodes of one sealed batch (what an ingest would have left)."""
-    from sql.apply import apply_write_intent
-    from sql.migrate import migrate
+    from hoardfs.sql.apply import apply_write_intent
+    from hoardfs.sql.migrate import migrate
 
     nodes = [{"sha256": r.sha256, "physical": {"size": r.size, "file_type": p.suffix[1:],
                                                "locators": [f"batch:{BATCH}/{p.name}"]}}
@@ -251,7 +251,7 @@ def main() -> None:
         return render()
     db_url = os.environ.get("HOARD_TEST_DATABASE_URL") or config.load(REPO / "hoard.toml").test_database_url
     redis_url = os.environ.get("HOARD_TEST_REDIS_URL") or config.load(REPO / "hoard.toml").test_redis_url
-    from sql.cluster import ensure_database
+    from hoardfs.sql.cluster import ensure_database
 
     ensure_database(db_url)  # as the tests do: the test database made when missing
     work = Path(tempfile.mkdtemp(prefix="hoard-bench-action-", dir="/var/tmp"))

@@ -4,14 +4,14 @@ read's client CPU goes on beside the engine's GET loop — docs/benchmarks.md, "
     python bench/batch_client_cpu.py [--objects 20000] [--rounds 7]
     python bench/batch_client_cpu.py --render
 
-The corpus is bench/s3_backend.py's (`adapters.synth.flat_files`, seed 20001: N files of
+The corpus is bench/s3_backend.py's (`hoardfs.adapters.synth.flat_files`, seed 20001: N files of
 4–64 KB, read in a shuffled order, seed 7), put into a store of two local directory disks in
 /var/tmp; every range the plan reads is read once into memory. Then, `--rounds` times each,
 this process's CPU seconds (`time.process_time`: every thread) for:
 
 - **plan** — `make_plan` of every object (the index looked up, the ranges cut);
 - **checks** — every record's header and payload checked as the batch read checks them
-  (`fsd.core.records.verified_view`), one thread;
+  (`hoardfs.fsd.core.records.verified_view`), one thread;
 - **xxh3 alone** — the payloads' xxh3-128 only: the part of the checks no code can drop;
 - **hand-off** — each payload handed to a sink that adds its length under a lock (the S3
   bench's sink), one thread;
@@ -40,11 +40,11 @@ from pathlib import Path
 import xxhash
 from _common import report, run_timed, write_doc_section
 
-from adapters.synth import flat_files
-from fsd.base import config
-from fsd.core.records import verified_view
-from fsd.io import planner
-from fsd.store import Store
+from hoardfs.adapters.synth import flat_files
+from hoardfs.base import config
+from hoardfs.fsd.core.records import verified_view
+from hoardfs.fsd.io import planner
+from hoardfs.fsd.store import Store
 from tests.helpers import write_config
 
 BEGIN = "<!-- bench/batch_client_cpu.py: begin (written by `bench/batch_client_cpu.py --render`; do not edit) -->"

@@ -41,7 +41,7 @@ from _common import (
     timed,
 )
 
-from adapters.synth import flat_files
+from hoardfs.adapters.synth import flat_files
 
 
 def main() -> None:

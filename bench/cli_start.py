@@ -4,7 +4,7 @@ process — a user's, a timer's, each of the thousands the test suite starts —
     python bench/cli_start.py [--repeat 9] [--before DIR]
     python bench/cli_start.py --render      # docs/benchmarks.md's section from the JSON
 
-Each invocation runs as its own process (`python -m fsd --config … ARGS`, this worktree's
+Each invocation runs as its own process (`python -m hoardfs --config … ARGS`, this worktree's
 venv), `--repeat` times one after the other; the first run of each is discarded (it reads the
 modules into the page cache: these are warm figures — a cold start also waits for the disk,
 which this does not measure). Per run: wall time, and the CPU (user + system) of that process
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._common import RESULTS, report, result_name, run_timed, write_doc_section  # noqa: E402
-from fsd.base import config  # noqa: E402
+from hoardfs.base import config  # noqa: E402
 from tests.helpers import dir_disks_config  # noqa: E402
 
 #: what is measured: a name → the arguments after `--config CFG` ({sha}: the stored object's)
@@ -125,9 +125,9 @@ def main() -> None:
         obj.write_bytes(b"hi\n")
         fill = {"{file}": str(obj), "{sha}": hashlib.sha256(obj.read_bytes()).hexdigest()}
         env = {k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "PYTHONPATH")}
-        subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), "init"], cwd=REPO, env=env, check=True,
+        subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), "init"], cwd=REPO, env=env, check=True,
                        capture_output=True)
-        subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), "put", str(obj)], cwd=REPO, env=env,
+        subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), "put", str(obj)], cwd=REPO, env=env,
                        check=True, capture_output=True)
         floor = {name: measure([sys.executable, "-c", code], root, env, args.repeat) for name, code in FLOOR.items()}
         results: dict[str, dict] = {}
@@ -136,7 +136,7 @@ def main() -> None:
             how = {}
             for code, where in codes.items():
                 path = os.pathsep.join([str(where)] + ([args.before_path] if code == "before" and args.before_path else []))
-                how[code] = ([sys.executable, "-m", "fsd", "--config", str(cfg), *argv], where, dict(env, PYTHONPATH=path))
+                how[code] = ([sys.executable, "-m", "hoardfs", "--config", str(cfg), *argv], where, dict(env, PYTHONPATH=path))
             results[name] = measure_each(how, args.repeat)
             print(f"{name}: " + ", ".join(f"{c} {r['cpu_s']:.3f} s CPU / {r['wall_s']:.3f} s"
                                           for c, r in results[name].items()), flush=True)

@@ -16,7 +16,7 @@ metadata holds a source URL and a download date — so each sample has a lineage
 (the split's group) and a source, as real ones do.
 
 - **copy** (`--bytes` MB, default 2000: samples of 32–256 KiB of random bytes, ≈ 14,000):
-  `datasets.api.build` (what `hoard dataset build SPEC --here` runs: plan in SQL, manifest,
+  `hoardfs.datasets.api.build` (what `hoard dataset build SPEC --here` runs: plan in SQL, manifest,
   render, the objects checked in the index, the version recorded, the files copied with the
   batch planner — each sha256 checked — or the tar shards written, sealed) of an
   `imagefolder` spec and of a `webdataset` spec over the same samples, cold (page cache
@@ -26,13 +26,13 @@ metadata holds a source URL and a download date — so each sample has a lineage
     the ideal (bytes / the four disks' summed read MiB/s); the disks' read speed is measured
     too (`dd iflag=direct`, 64 MiB each, in the lab's cgroup) — goal: ≥ 90 % of the bound;
   - **`hoard export`** of the same nodes (the same selector, layout `by_sha256`, into 3D),
-    cold and warm: `jobs.outputs.submit` + `run`, what `hoard export --here` runs.
+    cold and warm: `hoardfs.jobs.outputs.submit` + `run`, what `hoard export --here` runs.
 - **view** (`--samples`, default 1,000,000 tiny distinct objects put into the store in
-  bulk): `datasets.api.build` of an imagefolder spec in view mode (nothing copied: the tree
+  bulk): `hoardfs.datasets.api.build` of an imagefolder spec in view mode (nothing copied: the tree
   is a view; the manifest, dataset.json and README stored as objects) — goal ≤ 2 min; and
-  `datasets.api.dry_run` of the same spec in copy mode (counts per split × class, bytes, the
+  `hoardfs.datasets.api.dry_run` of the same spec in copy mode (counts per split × class, bytes, the
   quota) over the same nodes — goal ≤ 10 s. The dry run's steps are timed apart in a second
-  run: counts (datasets.plan.dry_plan, in PostgreSQL), estimate (the layout's own files from
+  run: counts (hoardfs.datasets.plan.dry_plan, in PostgreSQL), estimate (the layout's own files from
   ~2,000 samples rendered), quota.
 
 `--only copy|view` runs one half. `--results DIR`: where the JSON goes (default
@@ -70,12 +70,12 @@ from _common import (
     write_doc_section,
 )
 
-from datasets import api
-from datasets.spec import load_spec
-from fsd.base import config
-from fsd.io.planner import make_plan
-from fsd.store import Store
-from jobs import outputs
+from hoardfs.base import config
+from hoardfs.datasets import api
+from hoardfs.datasets.spec import load_spec
+from hoardfs.fsd.io.planner import make_plan
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import outputs
 
 BEGIN = "<!-- bench/dataset_build.py: begin (written by `bench/dataset_build.py --render`; do not edit) -->"
 END = "<!-- bench/dataset_build.py: end -->"
@@ -291,11 +291,11 @@ def view_half(args, cfg: config.Settings, work: Path, url: str, prof) -> dict:
 
 def dry_steps(cfg: config.Settings, spec) -> dict[str, float]:
     """The dry run's steps, each timed (a second run: the tables are warm as in the first's end):
-    `counts` (datasets.plan.dry_plan: the selection, classes, roots, splits, caps and the
+    `counts` (hoardfs.datasets.plan.dry_plan: the selection, classes, roots, splits, caps and the
     aggregates in PostgreSQL), `estimate` (the layout's own files, from ~2,000 samples
     rendered), `quota` (3D's usage)."""
-    from datasets.plan import dry_plan
-    from sql.datasets import class_map
+    from hoardfs.datasets.plan import dry_plan
+    from hoardfs.sql.datasets import class_map
 
     t: dict[str, float] = {}
     fmt = api.resolve_format(spec)
@@ -323,8 +323,8 @@ def main() -> None:
         return render()
     db_url = os.environ.get("HOARD_TEST_DATABASE_URL") or config.load(REPO / "hoard.toml").test_database_url
     redis_url = os.environ.get("HOARD_TEST_REDIS_URL") or config.load(REPO / "hoard.toml").test_redis_url
-    from sql.cluster import ensure_database
-    from sql.migrate import migrate
+    from hoardfs.sql.cluster import ensure_database
+    from hoardfs.sql.migrate import migrate
 
     ensure_database(db_url)
     work = Path(tempfile.mkdtemp(prefix="hoard-bench-dataset-", dir="/var/tmp"))

@@ -31,11 +31,11 @@ from contextlib import contextmanager
 import psycopg
 from _common import drop_caches, private_cluster, report
 
-from sql.apply import apply_write_intent
-from sql.cluster import PrivateCluster
-from sql.intents import WriteIntent, virtual_sha256
-from sql.migrate import migrate
-from sql.selectors import query_nodes
+from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.cluster import PrivateCluster
+from hoardfs.sql.intents import WriteIntent, virtual_sha256
+from hoardfs.sql.migrate import migrate
+from hoardfs.sql.selectors import query_nodes
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

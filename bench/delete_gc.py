@@ -5,7 +5,7 @@ the one batch they work on).
     python bench/delete_gc.py --work DIR --old CHECKOUT [--rounds 4] [--label NAME]
 
 Each round takes the newest batch still registered and deletes it — the store's side
-(`fsd.maintenance.deletion.drop_batch`, as the CLI calls it: the bench's PostgreSQL is gone
+(`hoardfs.fsd.maintenance.deletion.drop_batch`, as the CLI calls it: the bench's PostgreSQL is gone
 with its run) — then runs `hoard gc --no-database`, each its own process from one checkout,
 the checkouts taking turns (old, new, old, …) so that the machine's load falls on both. Time,
 VmHWM and peak RssAnon of each; raw JSON in bench/results/delete-gc-<label>.json.
@@ -22,11 +22,11 @@ from pathlib import Path
 
 from _common import REPO, RESULTS, _commit, _machine, hoard_process
 
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 
-DROP = ("import sys; from fsd.base import config; from fsd.store import Store; "
-        "from fsd.maintenance.deletion import drop_batch; "
+DROP = ("import sys; from hoardfs.base import config; from hoardfs.fsd.store import Store; "
+        "from hoardfs.fsd.maintenance.deletion import drop_batch; "
         "s = Store.open(config.load(sys.argv[1])); print(drop_batch(s, sys.argv[2])); s.close()")
 
 

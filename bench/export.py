@@ -8,7 +8,7 @@ files of 1–50 MiB, stored on lab4 with two copies (256 MiB shards). Everything
 the lab's throttled cgroup; the page cache is dropped before each variant; every variant
 ends with one syncfs of the destination (as durable as the export). Variants:
 
-- **export**: `fsd.outputs.materialize` — what `hoard export` runs after planning: the batch planner
+- **export**: `hoardfs.fsd.outputs.materialize` — what `hoard export` runs after planning: the batch planner
   (every record from the replica that balances the disks, coalesced, per disk in shard order),
   each file checked against its sha256;
 - **naive**: one object after another (`Store.iter_object`: the store's replica order), one
@@ -72,12 +72,12 @@ from _common import (
     timed,
 )
 
-from adapters.synth import flat_files
-from datasets import layouts
-from fsd.base.files import syncfs
-from fsd.io.planner import make_plan
-from fsd.outputs.materialize import Item, materialize
-from fsd.outputs.views import define_view_rows
+from hoardfs.adapters.synth import flat_files
+from hoardfs.base.files import syncfs
+from hoardfs.datasets import layouts
+from hoardfs.fsd.io.planner import make_plan
+from hoardfs.fsd.outputs.materialize import Item, materialize
+from hoardfs.fsd.outputs.views import define_view_rows
 
 
 def read_back(root: Path, paths: list[str], readers: int = 4) -> None:

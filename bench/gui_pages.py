@@ -36,9 +36,9 @@ from pathlib import Path
 import psycopg
 from _common import REPO, report, run_timed, visit_page
 
-from fsd.base import config
-from fsd.store import Store
-from sql import browse
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
+from hoardfs.sql import browse
 from tests.gui_browser import chromium, free_port, have_browser, serving, sign_in
 from tests.gui_fixtures import PASSWORDS, ROLES, fill_nodes, scale_pages
 
@@ -95,8 +95,8 @@ def main() -> None:
 
 def _home(work: Path, url: str, redis_url: str, port: int) -> Path:
     """hoard.toml with four directory disks, the bench's schema, the GUI on `port`, three users."""
-    from jobs import users
-    from sql.migrate import migrate
+    from hoardfs.jobs import users
+    from hoardfs.sql.migrate import migrate
 
     disks = "".join(f'[[disks]]\nlabel = "hdd{i}"\npath = "{work / f"hdd{i}"}"\n' for i in range(1, 5))
     zones = "".join(f"[ssd.zones.{z}]\nquota_gb = 5\n" for z in ("3A", "3B", "3C", "3D"))

@@ -1,4 +1,4 @@
-"""What the GUI's background refresh (`gui.state.StatusCache.refresh`) spends its time on, part
+"""What the GUI's background refresh (`hoardfs.gui.state.StatusCache.refresh`) spends its time on, part
 by part, on a store `bench/scale.py --keep` kept (its cluster in DIR/kept-pg started for it):
 
     python bench/gui_refresh_parts.py --work DIR [--json OUT]
@@ -15,9 +15,9 @@ from pathlib import Path
 
 from _common import private_cluster
 
-from fsd.base import config
-from gui.state import ingested_per_day_at, verified_by_disk
-from jobs.health import collect
+from hoardfs.base import config
+from hoardfs.gui.state import ingested_per_day_at, verified_by_disk
+from hoardfs.jobs.health import collect
 
 
 def main() -> None:
@@ -29,8 +29,8 @@ def main() -> None:
         raise SystemExit(f"{args.work}: no cluster kept in kept-pg (run bench/scale.py --keep --work {args.work})")
     with private_cluster(args.work, keep=True) as (url, _):  # (the kept cluster, stopped again after)
         cfg = config.load(args.work / "hoard.toml")
-        parts = {"jobs.health.collect": lambda: collect(cfg), "gui.state.verified_by_disk": lambda: verified_by_disk(cfg),
-                 "sql.browse.ingested_per_day_at": lambda: ingested_per_day_at(url)}
+        parts = {"hoardfs.jobs.health.collect": lambda: collect(cfg), "hoardfs.gui.state.verified_by_disk": lambda: verified_by_disk(cfg),
+                 "hoardfs.sql.browse.ingested_per_day_at": lambda: ingested_per_day_at(url)}
         got = {}
         for name, part in parts.items():
             times = []

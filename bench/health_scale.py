@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from bench._common import report, run_timed  # noqa: E402
 from bench.mem_scale import grow  # noqa: E402
-from fsd.base import config  # noqa: E402
+from hoardfs.base import config  # noqa: E402
 from tests.helpers import dir_disks_config  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def write_config(root: Path) -> Path:
 
 def health(cfg: Path, repo: Path) -> dict:
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), "health", "--json"], cwd=repo,
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), "health", "--json"], cwd=repo,
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(repo)))
     took = time.monotonic() - t0
     if res.returncode not in (0, 4):
@@ -64,8 +64,8 @@ def health(cfg: Path, repo: Path) -> dict:
 
 RESERVE = """
 import sys, time
-from fsd.base import config
-from fsd.outputs import zones
+from hoardfs.base import config
+from hoardfs.fsd.outputs import zones
 cfg = config.load(sys.argv[1])
 t0 = time.monotonic()
 r = zones.reserve(cfg, "3C", "small", "bench:small", 4096)

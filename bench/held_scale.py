@@ -12,7 +12,7 @@ manifest stored and registered as the ingest does; its index is then made the fo
 checkout writes (2: no `held` table) and the store copied, one copy per checkout. On each copy,
 in turn: `hoard index migrate` (this checkout's fills `held`: every manifest read once), then
 two rounds of the store's side of `hoard delete --batch` of the newest batch
-(`fsd.maintenance.deletion.drop_batch`, as the CLI calls it), `hoard gc --no-database --dry-run`
+(`hoardfs.fsd.maintenance.deletion.drop_batch`, as the CLI calls it), `hoard gc --no-database --dry-run`
 and `hoard gc --no-database`, each its own process: seconds, VmHWM and peak RssAnon (with
 `--migrate-old`, this checkout's `hoard index migrate` of the old copy's index after its rounds
 too: the upgrade's migration). Raw JSON in bench/results/held-scale-<label>.json.
@@ -32,14 +32,14 @@ from pathlib import Path
 import lmdb
 from _common import REPO, RESULTS, _commit, _machine, hoard_process
 
-from fsd.base import config
-from fsd.core import formats
-from fsd.outputs.manifest import batch_manifest, naming_lock
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.outputs.manifest import batch_manifest, naming_lock
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config
 
-DROP = ("import sys; from fsd.base import config; from fsd.store import Store; "
-        "from fsd.maintenance.deletion import drop_batch; "
+DROP = ("import sys; from hoardfs.base import config; from hoardfs.fsd.store import Store; "
+        "from hoardfs.fsd.maintenance.deletion import drop_batch; "
         "s = Store.open(config.load(sys.argv[1])); print(drop_batch(s, sys.argv[2])); s.close()")
 
 

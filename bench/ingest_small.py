@@ -28,7 +28,7 @@ from pathlib import Path
 
 from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, parallel, report, run_timed, timed
 
-from adapters.synth import flat_files
+from hoardfs.adapters.synth import flat_files
 
 
 def _clean(*paths: Path) -> None:

@@ -31,8 +31,8 @@ import psycopg
 import scale
 from _common import REPO, RESULTS, _commit, _machine, private_cluster
 
-from sql.apply import apply_write_intent
-from sql.migrate import migrate
+from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.migrate import migrate
 
 #: the intents that grow the database between points
 GROW = 10_000

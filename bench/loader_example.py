@@ -91,7 +91,7 @@ def _lab(args) -> None:
     from _common import LAB4, Lab, drop_caches, hoard_mounted, lab_store, report
     from PIL import Image
 
-    from fsd.outputs.views import define_view
+    from hoardfs.fsd.outputs.views import define_view
 
     work = Path(tempfile.mkdtemp(prefix="hoard-bench-loader-", dir="/var/tmp"))
     rng = random.Random(4)

@@ -9,7 +9,7 @@ not disk speed), two copies of everything, built through the public write path
 (`Store.put_bytes_many` in batches, then each batch rooted as `hoard put` roots what it
 stores — so every disk's marks log holds one record per object, the worst case for check
 and rebuild). It grows to each size in turn; at each one every command runs as its own
-`python -m fsd` process and its peak RSS is the kernel's figure for that process
+`python -m hoardfs` process and its peak RSS is the kernel's figure for that process
 (`wait4`'s ru_maxrss: VmHWM, which counts the pages of the LMDB index a scan maps — page
 cache, not the process's own) and the highest RssAnon seen (what the process allocated). `--before DIR` runs the same commands of another checkout
 (a `git worktree add` of the old commit) on the same store, right after, for a
@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 
 from _common import hoard_process  # noqa: E402
 
-from fsd.base import config  # noqa: E402
-from fsd.store import Store  # noqa: E402
+from hoardfs.base import config  # noqa: E402
+from hoardfs.fsd.store import Store  # noqa: E402
 from tests.helpers import dir_disks_config  # noqa: E402
 
 COMMANDS = {"check": ["check", "--no-database"], "gc-dry-run": ["gc", "--dry-run", "--no-database"],

@@ -22,11 +22,11 @@ from pathlib import Path
 import trio
 from _common import MiB, report
 
-from fsd.base import config
-from fsd.mount.namespace import ROOT, Namespace
-from fsd.mount.reader import Reader
-from fsd.outputs.views import define_view_rows
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.mount.namespace import ROOT, Namespace
+from hoardfs.fsd.mount.reader import Reader
+from hoardfs.fsd.outputs.views import define_view_rows
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config
 
 CHUNK = 50_000

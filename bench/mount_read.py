@@ -68,9 +68,9 @@ from _common import (
     timed,
 )
 
-from adapters.synth import flat_files
-from fsd.io.put import put_payloads
-from fsd.outputs.views import define_view
+from hoardfs.adapters.synth import flat_files
+from hoardfs.fsd.io.put import put_payloads
+from hoardfs.fsd.outputs.views import define_view
 
 MB = 1 << 20
 MiB = 1 << 20

@@ -5,7 +5,7 @@ in turn (issue 37: does the mount's start grow with the store?).
     python bench/mount_start.py --render      # docs/benchmarks.md's section from the newest JSON
 
 Each CONFIG is a kept store's hoard.toml (`bench/scale.py --keep --work DIR`: DIR/hoard.toml).
-Every round starts, for each store in turn, one process that does what `fsd.mount.run_mount`
+Every round starts, for each store in turn, one process that does what `hoardfs.fsd.mount.run_mount`
 does before `pyfuse3.init` — the imports, `Store.open` (read-only, the `readers` lock), the
 reader, the namespace, the watcher and its three refreshes (deletion marks, names, disk space)
 — timing each step (wall and CPU: `time.process_time`), and then one real `hoard mount
@@ -47,12 +47,12 @@ def step(name):
     got[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
     t0, c0 = time.perf_counter(), time.process_time()
 import pyfuse3, trio
-from fsd.base import config
-from fsd.mount import ops as mount_ops
-from fsd.mount.namespace import Namespace
-from fsd.mount.reader import Reader
-from fsd.mount.watch import Watcher
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.mount import ops as mount_ops
+from hoardfs.fsd.mount.namespace import Namespace
+from hoardfs.fsd.mount.reader import Reader
+from hoardfs.fsd.mount.watch import Watcher
+from hoardfs.fsd.store import Store
 step("imports")
 cfg = config.load(Path(sys.argv[1]))
 store = Store.open(cfg, writable=False, lock="readers", what="bench/mount_start.py")

@@ -10,7 +10,7 @@ JPEG originals (4 pictures whole and 4 windows of each), and of each its resized
 10 %-cropped, mirrored, 90°-turned and EXIF-rotated copies. Every file is hashed by the action's
 own code (`near_dup_hash.hashes`), with and without JPEG draft decoding; images per second per
 core = files / the process's CPU seconds (one process, one thread). Recall of a transform = the
-share of originals whose copy `sql.neardup.group` puts in the original's group, at thresholds
+share of originals whose copy `hoardfs.sql.neardup.group` puts in the original's group, at thresholds
 0–16 (the default's row is the goal's); `false joins` = groups holding two originals.
 
 Scale: `group` over N hashes (a quarter random, the rest 1, 3 and 6 bits from them: every value
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from _common import RESULTS, report, run_timed, write_doc_section
 
-from jobs.actions.builtin.near_dup_hash import hashes
-from sql import neardup
+from hoardfs.jobs.actions.builtin.near_dup_hash import hashes
+from hoardfs.sql import neardup
 from tests.helpers import REALDATA
 from tests.near_variants import TRANSFORMS, write_set
 
@@ -178,7 +178,7 @@ def render() -> None:
               "the turned image is kept); a 10 % crop needs a larger threshold (its distances above), where unrelated "
               "pictures begin to join (false joins).", ""]
     if doc["scale"]:
-        lines += ["Grouping at scale (`sql.neardup.group`, mirrored pHashes included, default threshold; hashes a "
+        lines += ["Grouping at scale (`hoardfs.sql.neardup.group`, mirrored pHashes included, default threshold; hashes a "
                   "quarter random and the rest 1, 3 and 6 bits from them):", "",
                   "| hashes | CPU seconds (one core) | wall seconds (loaded) | peak RSS | substrings (shift, bits, radius) |",
                   "|---|---|---|---|---|"]

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from _common import report, run_timed
 
-from adapters import FORMATS, parse_batch
-from adapters.isolated import parse_isolated
-from adapters.records import record_json
-from adapters.synth import Spec, generate
-from fsd.base import landlock
+from hoardfs.adapters import FORMATS, parse_batch
+from hoardfs.adapters.isolated import parse_isolated
+from hoardfs.adapters.records import record_json
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.base import landlock
 
 
 def _cpu() -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""What a full cyclic collection costs a batch plan, and what `fsd.base.collect.heap_frozen`
+"""What a full cyclic collection costs a batch plan, and what `hoardfs.base.collect.heap_frozen`
 saves (docs/benchmarks.md, "The batch read's client work, session 43").
 
     python bench/plan_collector.py [--held 130000] [--made 80000] [--rounds 12]
@@ -20,8 +20,8 @@ import time
 
 from _common import report, run_timed
 
-from fsd.base.collect import heap_frozen
-from fsd.io.planner import Wanted
+from hoardfs.base.collect import heap_frozen
+from hoardfs.fsd.io.planner import Wanted
 
 
 def build(made: int) -> list[list[Wanted]]:

@@ -10,7 +10,7 @@ the makespan at the disks' read MiB/s):
 - **all / small / large — read only**: `planner.execute` with sinks that only touch the
   payload (every record still verified: header + xxh3-128; large records piece by piece
   against their chunk map): what the readers achieve with nothing downstream;
-- **all — materialize**: `fsd.outputs.materialize` of the same selection to a directory (sha256 of
+- **all — materialize**: `hoardfs.fsd.outputs.materialize` of the same selection to a directory (sha256 of
   every file, one file per object, one syncfs): what `hoard export` runs.
 
 Per disk, the seconds its reader took next to its share of the bound tell which disk (and
@@ -29,9 +29,9 @@ from pathlib import Path
 from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, report, run_timed, timed
 from export import _fresh, _large
 
-from adapters.synth import flat_files
-from fsd.io.planner import execute, make_plan
-from fsd.outputs.materialize import Item, materialize
+from hoardfs.adapters.synth import flat_files
+from hoardfs.fsd.io.planner import execute, make_plan
+from hoardfs.fsd.outputs.materialize import Item, materialize
 
 
 def read_only(store, shas: list[bytes]) -> tuple[object, object]:

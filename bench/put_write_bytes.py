@@ -27,7 +27,7 @@ from pathlib import Path
 from _common import RESULTS, _commit, _machine, hoard_process, private_cluster
 from scale import batch_to_put
 
-from fsd.base import config
+from hoardfs.base import config
 
 FILES = 20_000
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from _common import report, run_timed
 
-from adapters import FORMATS
-from adapters.isolated import parse_isolated
-from fsd.base import config, landlock
-from jobs.ingest.render import render_all
+from hoardfs.adapters import FORMATS
+from hoardfs.adapters.isolated import parse_isolated
+from hoardfs.base import config, landlock
+from hoardfs.jobs.ingest.render import render_all
 from tests.helpers import write_config
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 from _common import REPO, RESULTS, _commit, lab_config
 
-from fsd.base import config
-from fsd.outputs.manifest import batch_manifest, naming_lock
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.outputs.manifest import batch_manifest, naming_lock
+from hoardfs.fsd.store import Store
 
 BATCH = 20_000
 
@@ -91,7 +91,7 @@ def rebuild(cfg_path: Path, repo: Path) -> dict:
 
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    got = peak_memory([sys.executable, "-m", "fsd", "--config", str(cfg_path), "index", "rebuild"],
+    got = peak_memory([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "index", "rebuild"],
                       env=dict(os.environ, PYTHONPATH=str(repo)), cwd=repo, poll_s=0.05)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if got["exit"] != 0:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from _common import LAB4, Lab, drop_caches, lab_profile, lab_store, report, run_timed
 
-from fsd.io.scrub import verify
-from fsd.maintenance.rebuild import rebuild
+from hoardfs.fsd.io.scrub import verify
+from hoardfs.fsd.maintenance.rebuild import rebuild
 from tests.lab import DiskProfile
 
 MB = 1 << 20  # the lab's unit: profiles' read/write figures are MiB/s
@@ -67,8 +67,8 @@ def main() -> None:
             cfg_text = (work / "hoard.toml").read_text()
             cfg_text += f'\n[[disks]]\nlabel = "new"\npath = "{lab.disks["new"].mountpoint}"\n'
             extra.write_text(cfg_text)
-            from fsd.base import config
-            from fsd.store import Store
+            from hoardfs.base import config
+            from hoardfs.fsd.store import Store
 
             store = Store.open(config.load(extra), init=True)
             drop_caches()

@@ -20,7 +20,7 @@ the backend and its bound alike.
 
 The store: one S3 disk only (copy_of_raw = write_ack = 1: every read has to come off the
 bucket), shards of 256 MiB (the default). The corpus is batch_read.py's: N files of 4–64 KB
-(`adapters.synth.flat_files`, seed 20001), read in a shuffled order (seed 7); the large object
+(`hoardfs.adapters.synth.flat_files`, seed 20001), read in a shuffled order (seed 7); the large object
 is N MiB of random bytes, a shard of its own.
 
 Rows and their bounds (docs/benchmarks.md, "S3 backend"):
@@ -30,7 +30,7 @@ Rows and their bounds (docs/benchmarks.md, "S3 backend"):
   sink) against **the engine's GET rate for the same bytes**: the ranges one stream's plan
   makes (up to 32 MiB each — the engine's faster size here: fewer requests; the backend's own
   plan cuts them at `range_limit`), fetched with the backend's own client settings
-  (`fsd.core.s3.client_for`: boto3, the same retries, timeouts and connection pool), bytes
+  (`hoardfs.fsd.core.s3.client_for`: boto3, the same retries, timeouts and connection pool), bytes
   read and dropped, with 1, 2, 4 and 8 requests in flight, and the same ranges cut in 8 MiB
   pieces. The bound is the best of those (the strongest fair baseline: the same bytes, the
   same library, only the concurrency and cut chosen after the fact). The same GETs are timed once more sent to presigned URLs with urllib3, as the
@@ -67,7 +67,7 @@ Rows and their bounds (docs/benchmarks.md, "S3 backend"):
   `--replace-objects` objects twice (shards of 64 MiB: several shards for the rebuild's 3
   streams), then an S3 disk added and `hoard disks replace d1 s3b --yes` run as its own process
   (each shard read off d0, staged, synced, uploaded, then read back whole and checked:
-  `fsd.io.replica._copy_through`). MiB/s of shard bytes moved against the engine's best PUT
+  `hoardfs.fsd.io.replica._copy_through`). MiB/s of shard bytes moved against the engine's best PUT
   rate measured above. Its source files are evicted from the page cache first.
 
 Cold = the engine's data files (and the replace's source shards) evicted from the page cache
@@ -105,11 +105,11 @@ import urllib3
 from _common import MiB, hoard_process, report, run_timed
 from s3_backend_render import GOAL, best, mib_s, pct, render, share
 
-from adapters.synth import flat_files
-from fsd.base import config
-from fsd.core import s3
-from fsd.io.planner import make_plan, range_limit
-from fsd.store import Store
+from hoardfs.adapters.synth import flat_files
+from hoardfs.base import config
+from hoardfs.fsd.core import s3
+from hoardfs.fsd.io.planner import make_plan, range_limit
+from hoardfs.fsd.store import Store
 from tests import ceph_rgw, seaweedfs
 from tests.helpers import write_config
 
@@ -260,7 +260,7 @@ def _timed_in_threads(one, ranges: list[tuple[str, int, int]], threads: int) -> 
 
 def get_ranges_signed(client, bucket: str, ranges: list[tuple[str, int, int]], threads: int) -> tuple[int, float]:
     """The same GETs to URLs presigned once per key (SigV4 in the query string, valid for any
-    range) sent with urllib3, as the backend's ranged reads are (`fsd.core.s3.S3Disk._get`):
+    range) sent with urllib3, as the backend's ranged reads are (`hoardfs.fsd.core.s3.S3Disk._get`):
     the same requests without boto3's per-request CPU; `threads` in flight, bytes dropped."""
     urls: dict[str, str] = {}
     for key, _s, _e in ranges:

@@ -144,7 +144,7 @@ def _render_engine(kind: str, path: Path | None) -> None:
              f"{doc['when'][:16].replace('T', ' ')}: {what}, on this machine (127.0.0.1: client "
              f"and engine share its {m['cpus']} cores); 1-minute load {m['loadavg_1m_at_start']:.1f} at the start, "
              f"{m['loadavg_1m_at_end']:.1f} at the end. Every bound is the engine's own rate for the same bytes, "
-             "measured in the same run with the backend's client settings (boto3, `fsd.core.s3.client_for`"
+             "measured in the same run with the backend's client settings (boto3, `hoardfs.fsd.core.s3.client_for`"
              + ("; and the same GETs to presigned URLs with urllib3, as the backend sends its own"
                 if any(k.startswith("signed_") for k in doc["batch_engine"]) else "")
              + f") at 1–8 requests in flight, the best taken. Cold = {cold}, warm = the same read again at once; "

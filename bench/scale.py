@@ -9,7 +9,7 @@ The store: objects of 0.5–4 KB of random bytes on two *directory* disks under 
 (this machine's disk, not the lab's loop devices: the figures are about how cost grows with
 the store, not about disk speed), two copies each, built through the public write path
 (`Store.put_bytes_many`) in batches of 20,000 like UA_1's: each batch's manifest stored and
-registered as the ingest's package step does, and its write-intent applied (`sql.apply`, the
+registered as the ingest's package step does, and its write-intent applied (`hoardfs.sql.apply`, the
 real path) to a PostgreSQL of the bench's own: a node per object (+ a virtual channel per 300),
 two edges per node (a video under two channels, a frame under two videos, a crop under two
 frames: 3-level ancestry) and a `split` label each, the batch's members and its seal. The
@@ -101,14 +101,14 @@ from _common import (
     write_doc_section,
 )
 
-from fsd.base import config
-from fsd.outputs import members
-from fsd.outputs.manifest import batch_manifest, naming_lock
-from fsd.outputs.views import define_view_rows
-from fsd.store import Store
-from sql.apply import apply_write_intent
-from sql.intents import virtual_sha256
-from sql.migrate import migrate
+from hoardfs.base import config
+from hoardfs.fsd.outputs import members
+from hoardfs.fsd.outputs.manifest import batch_manifest, naming_lock
+from hoardfs.fsd.outputs.views import define_view_rows
+from hoardfs.fsd.store import Store
+from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.intents import virtual_sha256
+from hoardfs.sql.migrate import migrate
 
 _HEX = re.compile(r"[0-9a-f]{16,}")
 #: what a profiled process's figures leave out (they are py-spy's process's)
@@ -459,7 +459,7 @@ class Run:
         if self.profile:  # (py-spy's process is the one timed: a profile's figures are not the table's)
             out = self.profile_path(" ".join(a for a in argv if not a.startswith("/") and not _HEX.fullmatch(a))
                                     or "write-intent")
-            prog = [*_py_spy(out), "--", *(prog or [sys.executable, "-m", "fsd", "--config", str(self.cfg_path)])]
+            prog = [*_py_spy(out), "--", *(prog or [sys.executable, "-m", "hoardfs", "--config", str(self.cfg_path)])]
         got = hoard_process(self.cfg_path, argv, repo=self.repo, txn_log=self.txn_log, ok=ok, prog=prog)
         if self.profile:  # (the memory and rusage measured are py-spy's own: not kept)
             got = {k: v for k, v in got.items() if k not in PROFILED_OUT} | {"profile": str(out.relative_to(REPO))}
@@ -1107,7 +1107,7 @@ DISKS = "two directory disks on this machine's disk (virtio, ext4), two copies"
 def _home(work: Path, url: str, redis_url: str) -> Path:
     """hoard.toml: two directory disks, two copies, the bench's cluster, the GUI on a free port,
     a viewer to sign in as."""
-    from jobs import users
+    from hoardfs.jobs import users
     from tests.gui_browser import free_port
     from tests.gui_fixtures import PASSWORDS, ROLES
 

@@ -6,7 +6,7 @@ maintenance).
 
 A store of `--size` small objects (0.5–4 KB of random bytes, every one rooted as `hoard put`
 roots what it stores) on two *directory* disks under `--work` (this machine's disk, as
-bench/mem_scale.py), two copies. Then each command runs as its own `python -m fsd` process
+bench/mem_scale.py), two copies. Then each command runs as its own `python -m hoardfs` process
 with HOARD_LMDB_TXN_LOG set (fsd/core/txnlog.py), and its line gives the longest write
 transaction (seconds, site, entries written) and the one that wrote most entries:
 
@@ -52,7 +52,7 @@ def run(cfg_path: Path, argv: list[str], repo: Path, log_path: Path) -> dict:
     log_path.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(repo), HOARD_LMDB_TXN_LOG=str(log_path))
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *argv], env=env, cwd=repo,
+    p = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *argv], env=env, cwd=repo,
                        capture_output=True, text=True)
     secs = time.monotonic() - t0
     if p.returncode != 0:
@@ -69,8 +69,8 @@ def run(cfg_path: Path, argv: list[str], repo: Path, log_path: Path) -> dict:
 
 def sequence(work: Path, repo: Path, size: int) -> list[dict]:
     cfg_path = work / "hoard.toml"
-    from fsd.base import config
-    from fsd.store import Store
+    from hoardfs.base import config
+    from hoardfs.fsd.store import Store
 
     with Store.open(config.load(cfg_path)) as store:  # the last fifth, in sha256 order
         shas = [sha for sha, _ in store.index.iter_objects()]

@@ -27,9 +27,9 @@ from pathlib import Path
 import psycopg
 from _common import LAB4, REPO, Lab, MiB, drop_caches, lab_config, parallel, report, run_timed, timed
 
-from adapters.synth import Spec, generate
-from fsd.base import config
-from jobs import ingest as ua1
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.base import config
+from hoardfs.jobs import ingest as ua1
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Datasets: what the CLI (`hoard dataset …`), the RQ job (jobs/datasets.py) and the GUI call
 — no business logic elsewhere (docs/datasets.md).
 
-    build = plan (datasets.plan) → manifest (datasets.card) → files (datasets.formats: a pure
-            function of the manifest and dataset.json) → write into zone 3D (jobs.outputs'
+    build = plan (hoardfs.datasets.plan) → manifest (hoardfs.datasets.card) → files (hoardfs.datasets.formats: a pure
+            function of the manifest and dataset.json) → write into zone 3D (hoardfs.jobs.outputs'
             write_copy / write_view: reserve, copy or publish a view, seal)
 
 Every version's manifest.jsonl and dataset.json are objects of the store, recorded as nodes
@@ -23,23 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasets import card, formats, layouts
-from datasets.formats import FORMATS, Format, Tree, tar_layout, tar_size
-from datasets.formats.webdataset import WebDataset, member_cost
-from datasets.model import Sample
-from datasets.plan import DryPlan, Plan, build_order, counts_of, dry_plan, place, plan, sample_of
-from datasets.spec import NAME, DatasetError, DatasetSpec, TemplateSpec
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.files import flocked
-from fsd.outputs import seal, zones
-from fsd.outputs.manifest import ViewError
-from fsd.outputs.materialize import Item
-from fsd.outputs.views import remove_view
-from fsd.outputs.write import require_stored, write_copy, write_view
-from fsd.store import Store
-from sql import datasets as sqld
-from sql.apply import apply_write_intent
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError, first_line
+from hoardfs.base.files import flocked
+from hoardfs.datasets import card, formats, layouts
+from hoardfs.datasets.formats import FORMATS, Format, Tree, tar_layout, tar_size
+from hoardfs.datasets.formats.webdataset import WebDataset, member_cost
+from hoardfs.datasets.model import Sample
+from hoardfs.datasets.plan import DryPlan, Plan, build_order, counts_of, dry_plan, place, plan, sample_of
+from hoardfs.datasets.spec import NAME, DatasetError, DatasetSpec, TemplateSpec
+from hoardfs.fsd.outputs import seal, zones
+from hoardfs.fsd.outputs.manifest import ViewError
+from hoardfs.fsd.outputs.materialize import Item
+from hoardfs.fsd.outputs.views import remove_view
+from hoardfs.fsd.outputs.write import require_stored, write_copy, write_view
+from hoardfs.fsd.store import Store
+from hoardfs.sql import datasets as sqld
+from hoardfs.sql.apply import apply_write_intent
 
 ZONE = "3D"
 #: where a version's manifest and dataset.json are located as nodes
@@ -201,7 +201,7 @@ def _sizes(made: _Made) -> tuple[list[int], list[str]]:
 def dry_run(cfg: Settings, spec: DatasetSpec, mode: str | None = None) -> DryRun:
     """What a build would make — counts per split × class, the samples' bytes, whether 3D's
     quota admits it, thumbnails per class — with nothing written anywhere. The counts and bytes
-    are the build's (datasets.plan.dry_plan: computed in the database, one row per split ×
+    are the build's (hoardfs.datasets.plan.dry_plan: computed in the database, one row per split ×
     class); the files a layout makes beside the samples' (manifest, card, metadata, tar
     headers) are estimated from a couple of thousand samples rendered whole, and the build
     checks the quota again, exactly, before a byte moves."""
@@ -283,7 +283,7 @@ def _build_lock(cfg: Settings, name: str) -> Iterator[None]:
 def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool = False,
           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Build version N+1 of the spec's dataset into `3D/<name>-v<N+1>/` (or resume the killed
-    build of version N). Refused, with nothing written, for every bad input (datasets.plan) and
+    build of version N). Refused, with nothing written, for every bad input (hoardfs.datasets.plan) and
     a zone too full; "unchanged since version N" when the spec and the data are those of the
     newest version (unless `force`). The report: name, version, path, mode, files, bytes, …"""
     t0 = time.monotonic()

@@ -14,9 +14,9 @@ from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
 
-from datasets.model import Sample
-from fsd.base.paths import display
-from fsd.core import formats
+from hoardfs.base.paths import display
+from hoardfs.datasets.model import Sample
+from hoardfs.fsd.core import formats
 
 FORMAT = formats.DATASET
 MANIFEST, DOC, README = "manifest.jsonl", "dataset.json", "README.md"
@@ -71,7 +71,7 @@ def code(value: Any, limit: int = VALUE_CHARS, cell: bool = False) -> str:
     """A value from the data (a class name, a host, a licence) as one Markdown code span, which
     no renderer reads as markup: a heading, a link, HTML and `javascript:` in it are text.
     Whitespace runs (newlines too) are one space, control characters and bidirectional
-    overrides are shown as escapes (fsd.base.paths.display), the value is cut at `limit`
+    overrides are shown as escapes (hoardfs.base.paths.display), the value is cut at `limit`
     characters; the fence is one backtick longer than the longest run inside, with a space
     inside it where the value begins or ends with a backtick (CommonMark's rule). `cell`: in a
     table row, where GFM splits at every `|`, even one inside a code span, unless escaped."""

@@ -8,7 +8,7 @@ unknown field, a value that would escape the tree (`..`, an absolute path, NUL, 
 a one-segment field), a missing label and two nodes mapped to one path are refused naming
 the node and the field. Every path the output will hold (each file's and its sidecar's,
 under the directory stage/export put them in) is held to the output contract's own rule,
-`fsd.base.paths.hostile_reason` — the rule fsd.outputs.seal applies when it seals — and to the file
+`hoardfs.base.paths.hostile_reason` — the rule hoardfs.fsd.outputs.seal applies when it seals — and to the file
 system's name length, so nothing the plan admits is refused after the bytes were copied.
 Format and examples: docs/layouts.md.
 """
@@ -23,10 +23,10 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import CONTROL, display, hostile_reason
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.paths import CONTROL, display, hostile_reason
 
-#: one node's fields as sql.layout_rows returns them
+#: one node's fields as hoardfs.sql.layout_rows returns them
 Row = dict
 
 

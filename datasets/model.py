@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from datasets.layouts import PlacementError
+from hoardfs.datasets.layouts import PlacementError
 
 #: how many decimals a pixel coordinate converted from Label Studio's percent keeps: a
 #: thousandth of a pixel, and no float noise (47.355000000000004) in the files
@@ -58,7 +58,7 @@ class Annotation:
 
 @dataclass(frozen=True)
 class Sample:
-    path: str          # the file's path in the dataset tree (the format decides: datasets.formats.plan_paths)
+    path: str          # the file's path in the dataset tree (the format decides: hoardfs.datasets.formats.plan_paths)
     sha256: str        # hex
     size: int
     ext: str           # ".jpg" ("" unknown)

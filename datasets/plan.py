@@ -1,4 +1,4 @@
-"""A dataset spec → its samples (docs/datasets.md): the selection (sql.selectors, tree
+"""A dataset spec → its samples (docs/datasets.md): the selection (hoardfs.sql.selectors, tree
 predicates included), each node's labels, lineage to the root, the root's source URL and
 date, the class and its index in the class map, the split by hash of (salt, group key),
 dedup, per-class caps, each sample's path in the layout — checked whole, before a byte moves.
@@ -16,16 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from datasets.formats import Format, plan_paths
-from datasets.layouts import PlacementError
-from datasets.model import LS_SHAPES, Annotation, Sample, annotations_from_ls
-from datasets.spec import DatasetError, DatasetSpec
-from fsd.base.errors import ExitCode
-from fsd.base.paths import display, hostile_reason
-from sql import datasets as sqld
-from sql import neardup
-from sql.datasets import sample_rows
-from sql.selectors import parse_selector, query_nodes, selector_query
+from hoardfs.base.errors import ExitCode
+from hoardfs.base.paths import display, hostile_reason
+from hoardfs.datasets.formats import Format, plan_paths
+from hoardfs.datasets.layouts import PlacementError
+from hoardfs.datasets.model import LS_SHAPES, Annotation, Sample, annotations_from_ls
+from hoardfs.datasets.spec import DatasetError, DatasetSpec
+from hoardfs.sql import datasets as sqld
+from hoardfs.sql import neardup
+from hoardfs.sql.datasets import sample_rows
+from hoardfs.sql.selectors import parse_selector, query_nodes, selector_query
 
 #: the labels an image's size is read from (the `exif` action writes them)
 WIDTH, HEIGHT = "image.width", "image.height"
@@ -104,7 +104,7 @@ def build_order(splits: list[str]) -> Callable[[Sample], tuple[int, int, str, st
 
 
 def plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None) -> Plan:
-    """Read the selection and its rows (sql.datasets) and make the samples; DatasetError — one
+    """Read the selection and its rows (hoardfs.sql.datasets) and make the samples; DatasetError — one
     line naming the problem and what to do — for anything that would make a wrong dataset."""
     node_ids = query_nodes(conn, spec.selector).node_ids
     if not node_ids:
@@ -175,7 +175,7 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
 
 def _sample(spec: DatasetSpec, r: dict[str, Any], cls: str | None, class_index: int | None, shared: bool,
             split: str) -> Sample:
-    """A node's row (sql.datasets.sample_rows) as a sample without its path; `shared`: another
+    """A node's row (hoardfs.sql.datasets.sample_rows) as a sample without its path; `shared`: another
     classed node has the same sha256[:16] (the key then names the node too)."""
     key = f"{r['sha256'][:16]}-{r['node_id']}" if shared else r["sha256"][:16]
     labels = {k: tuple(v) for k, v in sorted(r["labels"].items())}
@@ -194,7 +194,7 @@ def sample_of(spec: DatasetSpec, r: dict[str, Any], split: str, class_map: list[
 
 
 def place(fmt: Format, samples: list[Sample], name: str, options: dict[str, Any] | None = None) -> list[Sample]:
-    """Each sample with its path in the layout (datasets.formats.plan_paths: a webdataset
+    """Each sample with its path in the layout (hoardfs.datasets.formats.plan_paths: a webdataset
     sample's is `<shard>/<member>`, with the spec's shard options); a path that is no safe
     relative path, or two samples at one path, is refused naming them."""
     at: dict[str, str] = {}
@@ -281,7 +281,7 @@ def uses_near_dups(spec: DatasetSpec) -> bool:
 
 
 def near_dup_groups(conn, spec: DatasetSpec) -> dict[int, str]:
-    """node id → its near-duplicate group's name (sql.neardup.group_of_nodes, over every hashed
+    """node id → its near-duplicate group's name (hoardfs.sql.neardup.group_of_nodes, over every hashed
     image, selected or not: two selected copies linked through a third are one group); refused
     in one line when no image has been hashed."""
     if not neardup.hashed_count(conn):
@@ -368,7 +368,7 @@ def _int(values: tuple[str, ...] | None) -> int | None:
 def _annotations(spec: DatasetSpec, r: dict[str, Any], cls: str | None
                  ) -> tuple[tuple[Annotation, ...], int | None, int | None]:
     """Boxes and polygons in pixels: of result_ocr_box, or of Label Studio regions under the
-    `annotations` label key (datasets.model.annotations_from_ls: percent of original_width /
+    `annotations` label key (hoardfs.datasets.model.annotations_from_ls: percent of original_width /
     original_height → pixels; docs/actions.md "What comes back"), with the image's size."""
     if spec.annotations is None:
         return (), None, None
@@ -392,7 +392,7 @@ def _annotations(spec: DatasetSpec, r: dict[str, Any], cls: str | None
 
 @dataclass
 class DryPlan:
-    """What a build of the spec would hold, computed in the database (sql.datasets' dry_*): the
+    """What a build of the spec would hold, computed in the database (hoardfs.sql.datasets' dry_*): the
     same rules as `plan` — class, class map, dedup, split, caps — aggregated per split × class,
     never a Sample per node."""
     spec: DatasetSpec

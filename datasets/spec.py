@@ -24,13 +24,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from datasets.card import canonical
-from fsd.base.config import describe_validation_error
-from fsd.base.errors import ExitCode, HoardError
-from sql.neardup import DEFAULT_THRESHOLD, MAX_THRESHOLD
+from hoardfs.base.config import describe_validation_error
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.datasets.card import canonical
+from hoardfs.sql.neardup import DEFAULT_THRESHOLD, MAX_THRESHOLD
 
 #: a dataset's name: an output id of zone 3D once `-v<N>` is added (jobs/outputs.OUTPUT_ID) and
-#: an RQ job id once `dataset-` is (jobs.datasets.submit: RQ takes letters, digits, `_` and `-` only)
+#: an RQ job id once `dataset-` is (hoardfs.jobs.datasets.submit: RQ takes letters, digits, `_` and `-` only)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,119}")
 _strict = ConfigDict(extra="forbid")
 
@@ -103,7 +103,7 @@ class DatasetSpec(BaseModel):
     #: a label key holding boxes/polygons (Label Studio regions, e.g. "ls:box") or "result_ocr_box"
     annotations: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     webdataset: WebDatasetSpec = WebDatasetSpec()
-    #: the template of a layout file or built-in template, recorded at build time (datasets.api
+    #: the template of a layout file or built-in template, recorded at build time (hoardfs.datasets.api
     #: fills it in; written in the spec, it is used instead of reading `layout`)
     template: TemplateSpec | None = None
 
@@ -181,7 +181,7 @@ def parse_text(text: str, where: str = "the dataset spec") -> DatasetSpec:
 
 
 def parse_spec(raw: dict[str, Any], where: str = "the dataset spec") -> DatasetSpec:
-    from sql.selectors import SelectorError, parse_selector  # deferred: validation only
+    from hoardfs.sql.selectors import SelectorError, parse_selector  # deferred: validation only
 
     try:
         spec = DatasetSpec.model_validate(raw)

@@ -6,7 +6,7 @@
     store.close()
 
 Just past 500 lines and kept whole: it is the facade — opening, the put and get paths, batch
-reads and the store's health, each a few calls into fsd.core and fsd.io; attaching disks
+reads and the store's health, each a few calls into hoardfs.fsd.core and hoardfs.fsd.io; attaching disks
 (fsd/io/attach.py) and the copies of marks and pointers (fsd/io/copies.py) are apart.
 """
 
@@ -27,22 +27,30 @@ from typing import Protocol
 
 import lmdb
 
-from fsd.base import config as config_mod
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write
-from fsd.base.paths import file_ext
-from fsd.base.units import fmt_bytes
-from fsd.core import formats, storelock
-from fsd.core import shardfmt as fmt
-from fsd.core.backend import Disk
-from fsd.core.disks import DiskGone, DiskRecord, DiskState, corrupt_fs, fsck_step
-from fsd.core.entries import ObjectLoc
-from fsd.core.held import iter_named, named
-from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
-from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_ssd, remove_index_leftovers
-from fsd.core.placement import Candidate, choose
-from fsd.core.records import (
+from hoardfs.base import config as config_mod
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import atomic_write
+from hoardfs.base.paths import file_ext
+from hoardfs.base.units import fmt_bytes
+from hoardfs.fsd.core import formats, storelock
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.backend import Disk
+from hoardfs.fsd.core.disks import DiskGone, DiskRecord, DiskState, corrupt_fs, fsck_step
+from hoardfs.fsd.core.entries import ObjectLoc
+from hoardfs.fsd.core.held import iter_named, named
+from hoardfs.fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
+from hoardfs.fsd.core.layout import (
+    BATCHES_DIR,
+    VIEWS_DIR,
+    check_ssd,
+    lock_root,
+    pin_path,
+    protect_ssd,
+    remove_index_leftovers,
+)
+from hoardfs.fsd.core.placement import Candidate, choose
+from hoardfs.fsd.core.records import (
     GET_MAX,
     GROUP_BYTES,
     GROUP_OBJECTS,
@@ -55,18 +63,18 @@ from fsd.core.records import (
     sha_bytes,
     verify_record,
 )
-from fsd.io import attach, copies
-from fsd.io.planner import execute, in_order, make_plan
-from fsd.io.put import put_files, put_payloads
-from fsd.io.recovery import recover_orphans
-from fsd.io.replicate import replication_lag
-from fsd.io.scrub import oldest_unverified_age
-from fsd.io.writer import ShardWriter, writer_alive
+from hoardfs.fsd.io import attach, copies
+from hoardfs.fsd.io.planner import execute, in_order, make_plan
+from hoardfs.fsd.io.put import put_files, put_payloads
+from hoardfs.fsd.io.recovery import recover_orphans
+from hoardfs.fsd.io.replicate import replication_lag
+from hoardfs.fsd.io.scrub import oldest_unverified_age
+from hoardfs.fsd.io.writer import ShardWriter, writer_alive
 
 log = logging.getLogger(__name__)
 
 #: how far back `status()` lists the disks' failures (the health document's `store.disk_failures`,
-#: which jobs.events relays as `disk_failed` events: a relay missed for this long misses one)
+#: which hoardfs.jobs.events relays as `disk_failed` events: a relay missed for this long misses one)
 DISK_FAILURES_S = 7 * 86400
 
 
@@ -86,7 +94,7 @@ def _migrate_reading(store: Store) -> None:
         store.index.migrate(get=store.get)
     except (HoardError, ValueError, KeyError, TypeError) as e:  # (a manifest that does not decode)
         why = e.message if isinstance(e, HoardError) else f"a manifest does not decode: {e!r}"
-        store.migration_error = e  # (`hoard index migrate` names the step for it: fsd.outputs.unreadable)
+        store.migration_error = e  # (`hoard index migrate` names the step for it: hoardfs.fsd.outputs.unreadable)
         log.warning("the index stays at format %d (%s); deletion and gc read every manifest until `hoard index "
                     "migrate` succeeds — `hoard check` names a damaged manifest", store.index.format, why)
 
@@ -96,7 +104,7 @@ class Store:
         self.cfg, self.index, self.writable = cfg, index, writable
         self.shard_bytes = cfg.store.shard_size_mb << 20
         self._copies = cfg.disk_copies  # label → what one replica there counts as (`weight`)
-        #: bytes, or objects, of new files appended before their group's fdatasync is queued (fsd.io.put)
+        #: bytes, or objects, of new files appended before their group's fdatasync is queued (hoardfs.fsd.io.put)
         self.group_bytes, self.group_objects = GROUP_BYTES, GROUP_OBJECTS
         self.disks: dict[str, Disk] = {}
         self.records: dict[str, DiskRecord] = {}
@@ -295,7 +303,7 @@ class Store:
 
     def status_disk_failures(self) -> list[dict]:
         """The disks' failures the index recorded in the last DISK_FAILURES_S, oldest first: what
-        jobs.events relays as `disk_failed` events (each once, by the time of its index key)."""
+        hoardfs.jobs.events relays as `disk_failed` events (each once, by the time of its index key)."""
         return [{"at_ns": at, "disk": e.get("disk"), "detail": e.get("detail")}
                 for at, e in self.index.events_since("disk_failed", time.time() - DISK_FAILURES_S)]
 
@@ -373,7 +381,7 @@ class Store:
         `on_result` sees each file as soon as its outcome is final; `stop` ends the call at the
         next file boundary; `root` makes each stored file a root gc keeps until released
         (`hoard put`); `expect`: path → (device, inode, size, mtime_ns) a scan saw — another
-        file there is rejected (see fsd.io.put.put_files)."""
+        file there is rejected (see hoardfs.fsd.io.put.put_files)."""
         with self.lock:
             results = put_files(self, self.writer(klass), [p if isinstance(p, Path) else Path(p) for p in paths],
                                 on_result, stop, root, expect)
@@ -398,9 +406,9 @@ class Store:
         """Name an ingested batch's manifest object in the index and, so that `hoard index
         rebuild` finds it again, in `batches/<batch_id>.json` on every disk in service; None
         unregisters it (type-B deletion: the caller then tombstones and removes its `held`
-        entries, fsd.outputs.holders.forget — or the next gc does). What the manifest names is
-        held first (fsd.core.held): `holds`, its files and itself, when the caller has them;
-        else the manifest is read. Called under `naming_lock` (fsd.outputs.manifest)."""
+        entries, hoardfs.fsd.outputs.holders.forget — or the next gc does). What the manifest names is
+        held first (hoardfs.fsd.core.held): `holds`, its files and itself, when the caller has them;
+        else the manifest is read. Called under `naming_lock` (hoardfs.fsd.outputs.manifest)."""
         self._register(BATCHES_DIR, "batch", batch_id, info, holds)
 
     def register_view(self, name: str, info: dict | None, holds: list[bytes] | None = None) -> None:
@@ -427,12 +435,12 @@ class Store:
             raise
 
     def keep_pointer(self, key: str, doc: dict) -> None:
-        """A pointer at the disks' root (fsd.core.pointers.ROOT_FILES: the newest database dump) on
+        """A pointer at the disks' root (hoardfs.fsd.core.pointers.ROOT_FILES: the newest database dump) on
         every disk in service, kept in the index as a batch's is: a disk added or back later
         gets it, and an index rebuild takes the newest."""
         copies.pointing(self, lambda write: self.index.keep_pointer(key, doc, write))
 
-    # -- the marks logs and pointers beside the shards: fsd.io.copies ---------------------------
+    # -- the marks logs and pointers beside the shards: hoardfs.fsd.io.copies ---------------------------
     def write_pointer(self, rel: str, body: bytes, failed: list[tuple[Disk, OSError]] | None = None
                       ) -> list[str]:
         return copies.write_pointer(self, rel, body, failed)
@@ -712,7 +720,7 @@ class Store:
 
     def read_batch(self, shas_hex: list[str], sink, large_sink=None) -> tuple:
         """Read many objects with the batch planner; sink(sha_bytes, payload) per object, and
-        large_sink(sha_bytes, pieces) for objects too large to hold whole (fsd.io.planner.execute)."""
+        large_sink(sha_bytes, pieces) for objects too large to hold whole (hoardfs.fsd.io.planner.execute)."""
         plan = make_plan(self, [sha_bytes(h) for h in shas_hex])
         if plan.missing:
             raise ObjectNotFound(f"{len(plan.missing)} of the objects are not in the store, e.g. "

@@ -2,13 +2,13 @@
 its first problem) and every run of them, newest first. `/actions/{name}`: one contract as
 `hoard action show` describes it, and its launch form — typed from the contract's `params`,
 inputs from its selector (narrowed by an optional selector, or replaced by a list of sha256).
-One action run's page is `/runs/action/{run}` (`run_body`, called by gui.runs_page): its step
+One action run's page is `/runs/action/{run}` (`run_body`, called by hoardfs.gui.runs_page): its step
 timeline, the error line with the way on (and Resume), Release while the GPU gate or the labellers wait, Cancel, the
 children it stored (each a link to its node page), its logs.
 
-Only `jobs.launch`'s action functions (over `jobs.actions.api`) are called: no business logic
+Only `hoardfs.jobs.launch`'s action functions (over `hoardfs.jobs.actions.api`) are called: no business logic
 here. Contract text (descriptions, help, file names) and what workers wrote (error lines, logs,
-child paths) come from outside: shown as text, never markup (gui.text)."""
+child paths) come from outside: shown as text, never markup (hoardfs.gui.text)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from urllib.parse import quote
 
 from nicegui import ui
 
-from fsd.base.errors import HoardError
-from fsd.base.units import fmt_bytes
-from gui import text
-from gui.auth import SignedIn, require
-from gui.context import ctx, in_thread, page
-from gui.frame import frame
-from jobs import launch, reports
-from jobs.actions.contract import Contract, Param
+from hoardfs.base.errors import HoardError
+from hoardfs.base.units import fmt_bytes
+from hoardfs.gui import text
+from hoardfs.gui.auth import SignedIn, require
+from hoardfs.gui.context import ctx, in_thread, page
+from hoardfs.gui.frame import frame
+from hoardfs.jobs import launch, reports
+from hoardfs.jobs.actions.contract import Contract, Param
 
 STATUS_COLOR = {"done": "positive", "failed": "negative", "refused": "negative", "running": "primary", "queued": "grey",
                 "canceled": "grey", "cancelled": "grey", "WAIT_GPU_READY": "orange", "waiting_external": "orange",
@@ -187,7 +187,7 @@ def _launch_form(c: Contract, user: SignedIn) -> None:
 
 
 def run_body(rid: str, user: SignedIn) -> Any:
-    """The page of one action run, under the frame gui.runs_page made: returns an awaitable
+    """The page of one action run, under the frame hoardfs.gui.runs_page made: returns an awaitable
     that builds it (and refreshes it every few seconds)."""
     cfg = ctx().cfg
 

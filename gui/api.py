@@ -8,13 +8,13 @@
 
 A scraper signs in with its own token (`hoard tokens add NAME`; `Authorization: Bearer
 TOKEN`), never a person's login: the login middleware lets `/api/v1/` through to the checks
-here (gui.auth TOKEN_PREFIXES). The body is parsed as it arrives (python-multipart's streaming
-parser, fed from `request.stream()`), each file written straight to 3A by jobs.ingest.upload —
+here (hoardfs.gui.auth TOKEN_PREFIXES). The body is parsed as it arrives (python-multipart's streaming
+parser, fed from `request.stream()`), each file written straight to 3A by hoardfs.jobs.ingest.upload —
 no part is held in memory or spooled elsewhere (FastAPI's `UploadFile` would spool to /tmp).
 What is checked before a byte of the body is read: the token, Content-Type, Content-Length
 against `api.max_batch_mb`, the token's uploads under way (`api.max_uploads_per_token`,
 `api.max_reserved_mb_per_token`: 429 past either), and 3A's room for it (its quota and file
-system: 507 when full) — of which only what has arrived is held (jobs.ingest.upload).
+system: 507 when full) — of which only what has arrived is held (hoardfs.jobs.ingest.upload).
 """
 
 from __future__ import annotations
@@ -37,15 +37,15 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from adapters import canonical_source
-from fsd.base.config import Settings
-from fsd.base.errors import HoardError
-from gui.context import AppStopping, ctx, in_thread
-from jobs import tokens
-from jobs.ingest import load_state
-from jobs.ingest import upload as up_mod
-from jobs.ingest.state import names_work
-from jobs.ingest.upload import Upload, UploadError
+from hoardfs.adapters import canonical_source
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import HoardError
+from hoardfs.gui.context import AppStopping, ctx, in_thread
+from hoardfs.jobs import tokens
+from hoardfs.jobs.ingest import load_state
+from hoardfs.jobs.ingest import upload as up_mod
+from hoardfs.jobs.ingest.state import names_work
+from hoardfs.jobs.ingest.upload import Upload, UploadError
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ async def _read(request: Request, form: _Form, boundary: bytes, length: int) -> 
     idle_timeout_s + its bytes received / api.min_rate_kib_s (a floor on its average rate, not
     on its length: at 1 KiB/s a 10 GiB body may take ~121 days): a client that opens an upload
     and goes quiet holds neither a task nor room in 3A for long, and one that trickles holds
-    only what it sent and a step ahead (jobs.ingest.upload)."""
+    only what it sent and a step ahead (hoardfs.jobs.ingest.upload)."""
     api = form.cfg.api
     parser = MultipartParser(boundary, form.callbacks(), max_size=length)  # type: ignore[arg-type]
     chunks = request.stream().__aiter__()

@@ -20,10 +20,10 @@ from pathlib import Path
 from fastapi.responses import JSONResponse, Response
 from nicegui import app, core, ui
 
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.modes import PASSAGE, ensure_dir
-from gui import (
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.modes import PASSAGE, ensure_dir
+from hoardfs.gui import (
     actions_page,
     api,
     auth,
@@ -39,14 +39,14 @@ from gui import (
     storage,
     users_page,
 )
-from gui.context import AppStopping, Context, ctx, in_thread, set_context, snapshot, stopping
-from gui.devices import Devices
-from gui.gate import LoginGate
-from gui.metrics import render
-from gui.protocol import head_timeout
-from gui.security import SecurityHeaders
-from gui.state import Cache
-from jobs.users import LoginLimiter, users
+from hoardfs.gui.context import AppStopping, Context, ctx, in_thread, set_context, snapshot, stopping
+from hoardfs.gui.devices import Devices
+from hoardfs.gui.gate import LoginGate
+from hoardfs.gui.metrics import render
+from hoardfs.gui.protocol import head_timeout
+from hoardfs.gui.security import SecurityHeaders
+from hoardfs.gui.state import Cache
+from hoardfs.jobs.users import LoginLimiter, users
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> No
                show_welcome_message=False, favicon="🗄️",
                # the client address is the socket's: X-Forwarded-For from a local process must not
                # choose it (the failed-login limiter counts per client); `gui.trusted_proxies` and
-               # `gui.socket` say whose header counts (gui.auth.client_address)
+               # `gui.socket` say whose header counts (hoardfs.gui.auth.client_address)
                proxy_headers=False,
                http=head_timeout(cfg.gui.header_timeout_s),  # uvicorn has no deadline on a request's head
                **listen)

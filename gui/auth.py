@@ -2,7 +2,7 @@
 
 A browser signs in on `/login`; its session (NiceGUI's `app.storage.user`, keyed by the id in
 a signed cookie) holds the name, the role and when it expires (`gui.session_hours`). Signing in
-gives the browser a new session id (`gui.tickets`: the form hands out a one-use ticket,
+gives the browser a new session id (`hoardfs.gui.tickets`: the form hands out a one-use ticket,
 `/login/finish` redeems it), so a cookie someone held before the login stays signed out;
 `/logout` empties the session on the server (a copied cookie is signed out too). A program
 (Prometheus on `/metrics`, scripts on `/api/…`) sends HTTP Basic credentials instead; both
@@ -10,7 +10,7 @@ go through `login_check`: the same limits of failed logins (`gui.login_attempts`
 `gui.login_window_s`, counted before the password is checked; docs/security.md) for the same
 client address (`client_address`: `gui.trusted_proxies`), and the same gate of password checks
 (`gui.login_concurrency` at once). Either way a sign-in gives the browser a device cookie
-(gui.devices): its later logins of that name are counted apart from strangers' and checked first.
+(hoardfs.gui.devices): its later logins of that name are counted apart from strangers' and checked first.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from nicegui import app, ui
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import cookie_parser
 
-from gui import devices
-from gui.context import AppStopping, ctx, in_thread, page, stopping
-from gui.gate import Busy
-from jobs import users as users_mod
+from hoardfs.gui import devices
+from hoardfs.gui.context import AppStopping, ctx, in_thread, page, stopping
+from hoardfs.gui.gate import Busy
+from hoardfs.jobs import users as users_mod
 
 #: paths open without a login (the health probes of systemd / a load balancer; NiceGUI's
 #: own static files and websocket, which serve no data)
@@ -45,7 +45,7 @@ OPEN_PREFIXES = ("/health/", "/_nicegui")
 OPEN_PATHS = ("/login", "/login/finish", "/logout")
 #: paths answered with 401 + Basic instead of a redirect to the login page
 API_PREFIXES = ("/metrics", "/api/")
-#: paths whose routes check a scraper's bearer token themselves (gui.api): a login, a session
+#: paths whose routes check a scraper's bearer token themselves (hoardfs.gui.api): a login, a session
 #: or HTTP Basic gives nothing there, and the login limits do not count them
 TOKEN_PREFIXES = ("/api/v1/",)
 #: mounted apps whose POSTs act (rq-dashboard: requeue, cancel, delete): operators and admins only
@@ -275,7 +275,7 @@ class AuthMiddleware(BaseHTTPMiddleware):
         if (handed := ctx().tickets.claim(request.session.get("id"))) is not None:
             app.storage.user.update(handed)  # the first request of a session `/login/finish` made
         user = current_user() if not path.startswith(OPEN_PREFIXES) else None
-        acting = request.method not in ("GET", "HEAD")  # (a GET to rq-dashboard's acting routes: 405, gui.rqdash)
+        acting = request.method not in ("GET", "HEAD")  # (a GET to rq-dashboard's acting routes: 405, hoardfs.gui.rqdash)
         if user is not None and path.startswith(ACTING_PREFIXES) and acting and not user.may("cancel"):
             return JSONResponse({"error": f"a {user.role} may look but not act; ask an admin for the operator role"},
                                 status_code=403)

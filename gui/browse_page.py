@@ -1,7 +1,7 @@
 """`/batches`, `/assets`, `/node/{sha256}`: what was ingested, found by source, batch, date and
 metadata; one node with its metadata, labels, parents and children (depth-limited), its paths
-in the FUSE mount, and the low-quality flag (`in_black_list`). Reads go through `sql.browse`
-(bounded queries); thumbnails are `fsd.outputs.thumbs`'s, served here."""
+in the FUSE mount, and the low-quality flag (`in_black_list`). Reads go through `hoardfs.sql.browse`
+(bounded queries); thumbnails are `hoardfs.fsd.outputs.thumbs`'s, served here."""
 
 from __future__ import annotations
 
@@ -14,18 +14,18 @@ import psycopg
 from fastapi.responses import FileResponse, Response
 from nicegui import app, ui
 
-from fsd.base.errors import HoardError
-from fsd.base.paths import by_hash_path
-from fsd.base.units import fmt_bytes
-from fsd.outputs import thumbs
-from gui import charts, text
-from gui.auth import require
-from gui.context import AppStopping, ctx, in_thread, page, stopping
-from gui.frame import db_down, frame, page_number
-from gui.state import STORE_LOCK
-from gui.text import shown
-from jobs import clip_model, ingest
-from sql import browse, neardup
+from hoardfs.base.errors import HoardError
+from hoardfs.base.paths import by_hash_path
+from hoardfs.base.units import fmt_bytes
+from hoardfs.fsd.outputs import thumbs
+from hoardfs.gui import charts, text
+from hoardfs.gui.auth import require
+from hoardfs.gui.context import AppStopping, ctx, in_thread, page, stopping
+from hoardfs.gui.frame import db_down, frame, page_number
+from hoardfs.gui.state import STORE_LOCK
+from hoardfs.gui.text import shown
+from hoardfs.jobs import clip_model, ingest
+from hoardfs.sql import browse, neardup
 
 PER_PAGE = 48
 #: an image's near-duplicates its node page shows (the nearest)
@@ -33,7 +33,7 @@ NEAR_SHOWN = 24
 
 
 def _db(fn, *args, **kwargs):
-    """Run one sql.browse call on its own connection (blocking: run it `in_thread`)."""
+    """Run one hoardfs.sql.browse call on its own connection (blocking: run it `in_thread`)."""
     with psycopg.connect(ctx().cfg.database_url, connect_timeout=5) as conn:
         return fn(conn, *args, **kwargs)
 
@@ -75,7 +75,7 @@ def relatives_list(rows: list[dict]) -> ui.html:
 
 
 async def _near_duplicates(sha256: str) -> None:
-    """The node page's near-duplicates of an image (sql.neardup.near_of, by the indexed quarters
+    """The node page's near-duplicates of an image (hoardfs.sql.neardup.near_of, by the indexed quarters
     of its pHash), nearest first, each a thumbnail linking to its node; the /dups page groups them all."""
     try:
         near = await in_thread(_db, neardup.near_of, sha256, neardup.DEFAULT_THRESHOLD, limit=NEAR_SHOWN)
@@ -102,7 +102,7 @@ def _search_text(text_: str) -> tuple[str, list]:
 
 
 async def _looks_like(query: str) -> None:
-    """The images nearest a text by their CLIP embeddings (jobs.clip_model.search_text, as `hoard
+    """The images nearest a text by their CLIP embeddings (hoardfs.jobs.clip_model.search_text, as `hoard
     search`), nearest first, each a thumbnail with its similarity linking to its node. The query
     and every name are shown as text, never as markup."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gui.text import shown
+from hoardfs.gui.text import shown
 
 GIB = 1024**3
 #: ECharts' tooltips are HTML by default; drawn on the canvas instead, a name in them (a disk
@@ -63,7 +63,7 @@ def _series_by_name(points: list[Any], kind: str) -> dict[str, list[Any]]:
 
 
 def disk_history(points: list[Any]) -> dict[str, Any]:
-    """Used GiB per disk over time (`jobs.usage.history`); a bucket in which the disk could not
+    """Used GiB per disk over time (`hoardfs.jobs.usage.history`); a bucket in which the disk could not
     be read has no value, so its line breaks there instead of falling to zero."""
     series = [{"name": name, "type": "line", "showSymbol": False,
                "data": [[p.at.isoformat(), None if p.used_bytes is None else round(p.used_bytes / GIB, 3)]
@@ -77,7 +77,7 @@ def disk_history(points: list[Any]) -> dict[str, Any]:
 
 def smart_history(points: list[Any]) -> dict[str, Any]:
     """Each drive's temperature (°C, left axis) and its reallocated, pending and uncorrectable
-    sectors (right axis) over time (`jobs.usage.histories`: `smart_sample`); a bucket with no
+    sectors (right axis) over time (`hoardfs.jobs.usage.histories`: `smart_sample`); a bucket with no
     reading has no value, so the line breaks."""
     by: dict[str, list[Any]] = {}
     for p in points:
@@ -120,8 +120,8 @@ def zone_history(points: list[Any], marks: tuple[float, float, float]) -> dict[s
 
 
 def relative_name(r: dict[str, Any], sha_chars: int) -> str:
-    """How a parent or child (a row of `sql.browse.node`'s walk) is called: a virtual node by
-    its kind and stable id (scraped: its hidden characters written out, gui.text.shown), a file
+    """How a parent or child (a row of `hoardfs.sql.browse.node`'s walk) is called: a virtual node by
+    its kind and stable id (scraped: its hidden characters written out, hoardfs.gui.text.shown), a file
     by its type and the start of its sha256."""
     if r["is_virtual"]:
         return shown(f"{r['virtual_kind']} {r['stable_id']}")
@@ -135,7 +135,7 @@ GRAPH_MAX = 60
 
 def lineage(node: dict[str, Any]) -> dict[str, Any]:
     """A node's parents (left) and children (right) as a graph, one column per depth, each edge
-    drawn parent → child with its relationship (`sql.browse.node`'s walk: `via` is the node a
+    drawn parent → child with its relationship (`hoardfs.sql.browse.node`'s walk: `via` is the node a
     relative was reached from). A node reached both ways shows on both sides. Names are drawn
     on the canvas and there is no tooltip: stable ids come from scraped metadata, and ECharts'
     tooltips are HTML."""
@@ -143,7 +143,7 @@ def lineage(node: dict[str, Any]) -> dict[str, Any]:
     nodes = [{"id": "root", "name": "this node", "x": 0, "y": 0, "symbolSize": 22, "itemStyle": {"color": "#1e88e5"}}]
     links = []
     for direction, side in (("parents", -1), ("children", 1)):
-        drawn = node[direction][:GRAPH_MAX]  # nearest first (sql.browse.node): their vias are drawn too
+        drawn = node[direction][:GRAPH_MAX]  # nearest first (hoardfs.sql.browse.node): their vias are drawn too
         key = {r["node_id"]: f"{direction}:{r['node_id']}" for r in drawn} | {root: "root"}
         rows_at: dict[int, int] = {}
         for r in drawn:

@@ -3,7 +3,7 @@ and gate, the sign-in tickets, the device cookies' key; `in_thread`, the one way
 blocking work off the event loop, and `page`, the one way it registers a page (which ends
 quietly when that work finds the app stopping).
 
-Set once by `gui.app.build`; pages and routes read it with `ctx()`.
+Set once by `hoardfs.gui.app.build`; pages and routes read it with `ctx()`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any, ParamSpec, TypeVar
 from fastapi.responses import PlainTextResponse
 from nicegui import run, ui
 
-from fsd.base.config import Settings
-from gui.devices import Devices
-from gui.gate import LoginGate
-from gui.state import Cache, Snapshot
-from gui.tickets import Tickets
-from jobs.users import LoginLimiter
+from hoardfs.base.config import Settings
+from hoardfs.gui.devices import Devices
+from hoardfs.gui.gate import LoginGate
+from hoardfs.gui.state import Cache, Snapshot
+from hoardfs.gui.tickets import Tickets
+from hoardfs.jobs.users import LoginLimiter
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Context:
     limiter: LoginLimiter
     gate: LoginGate = field(default_factory=LoginGate)
     tickets: Tickets = field(default_factory=Tickets)
-    #: signs and recognises device cookies (gui.app.build gives it the service's key)
+    #: signs and recognises device cookies (hoardfs.gui.app.build gives it the service's key)
     devices: Devices = field(default_factory=lambda: Devices(secrets.token_urlsafe(32)))
     #: the usage history as last read (time.monotonic(), (usage points, SMART points)), shared
     #: by /storage's views
@@ -45,7 +45,7 @@ _current: Context | None = None
 
 
 def ctx() -> Context:
-    assert _current is not None, "gui.app.build(cfg) sets up the GUI first"
+    assert _current is not None, "hoardfs.gui.app.build(cfg) sets up the GUI first"
     return _current
 
 

@@ -6,10 +6,10 @@ run as it changes (counts per split × class, bytes, whether zone 3D's quota adm
 thumbnails per class) and Launch, which queues the build (`hoard dataset build SPEC`) and opens
 its run page (/runs/dataset/NAME).
 
-Only `datasets.api` (dry_run, list_datasets, diff, remove) and `jobs.launch` (launch_dataset,
+Only `hoardfs.datasets.api` (dry_run, list_datasets, diff, remove) and `hoardfs.jobs.launch` (launch_dataset,
 launch_dataset_materialize) are called: no business logic here. Dataset names, class names,
 label values, paths and error lines come from the database, labels and what a person typed:
-shown as text (gui.text), never markup."""
+shown as text (hoardfs.gui.text), never markup."""
 
 from __future__ import annotations
 
@@ -19,17 +19,17 @@ from urllib.parse import quote
 
 from nicegui import ui
 
-from datasets import api
-from datasets.formats import FORMATS
-from datasets.spec import DatasetSpec, parse_text
-from fsd.base.errors import HoardError
-from fsd.base.units import fmt_bytes
-from gui import text
-from gui.auth import SignedIn, require
-from gui.browse_page import thumb_img
-from gui.context import ctx, in_thread, page
-from gui.frame import frame
-from jobs import launch
+from hoardfs.base.errors import HoardError
+from hoardfs.base.units import fmt_bytes
+from hoardfs.datasets import api
+from hoardfs.datasets.formats import FORMATS
+from hoardfs.datasets.spec import DatasetSpec, parse_text
+from hoardfs.gui import text
+from hoardfs.gui.auth import SignedIn, require
+from hoardfs.gui.browse_page import thumb_img
+from hoardfs.gui.context import ctx, in_thread, page
+from hoardfs.gui.frame import frame
+from hoardfs.jobs import launch
 
 #: what /datasets/new starts with: the spec's minimal keys (issue 36, docs/datasets.md)
 EXAMPLE = """\

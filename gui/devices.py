@@ -6,8 +6,8 @@ Every loopback address is one client to the login limits (any local user binds a
 admin out on 127.0.0.1, and a flood of logins fills the password-check queue before the
 admin's turn. A successful sign-in — the form, or HTTP Basic — gives the browser a cookie
 naming the user, signed with the service's key; a later login of that name carrying it is
-counted on the device alone (jobs.users.LoginLimiter) and goes ahead of strangers' in the
-gate (gui.gate).
+counted on the device alone (hoardfs.jobs.users.LoginLimiter) and goes ahead of strangers' in the
+gate (hoardfs.gui.gate).
 
 The cookie: `<name>.<issued, unix s>.<random id>.<HMAC-SHA256>`, the MAC over the name, the
 time, the id and the user's password hash as it was (a new password makes every earlier device
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from starlette.responses import Response
 
-from jobs.users import User
+from hoardfs.jobs.users import User
 
 COOKIE = "hoard_device"
 #: how long a device stays recognised after its last sign-in (each sign-in gives a fresh cookie)

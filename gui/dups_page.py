@@ -1,4 +1,4 @@
-"""`/dups`: near-duplicate groups of the hashed images — the groups of `hoard dups` (sql.neardup)
+"""`/dups`: near-duplicate groups of the hashed images — the groups of `hoard dups` (hoardfs.sql.neardup)
 at a threshold the user chooses, largest first, each member a thumbnail linking to its node page,
 the members matched as mirror images marked. The grouping reads every hash once (docs/near-dups.md
 gives its time at a million); the page shows the first `SHOWN` groups."""
@@ -8,11 +8,11 @@ from __future__ import annotations
 import psycopg
 from nicegui import ui
 
-from gui.browse_page import thumb_img
-from gui.context import ctx, page
-from gui.frame import frame, read_or_say
-from gui.text import label
-from sql import neardup
+from hoardfs.gui.browse_page import thumb_img
+from hoardfs.gui.context import ctx, page
+from hoardfs.gui.frame import frame, read_or_say
+from hoardfs.gui.text import label
+from hoardfs.sql import neardup
 
 #: groups a page shows (the largest)
 SHOWN = 50

@@ -1,10 +1,10 @@
 """`/events`: what happened (batches ingested, runs finished or failed, gates waiting, datasets
-built, disks failed — sql.events, kept 90 days), who hears of it (the [[webhooks]] of hoard.toml,
+built, disks failed — hoardfs.sql.events, kept 90 days), who hears of it (the [[webhooks]] of hoard.toml,
 by name or scheme://host:port: never the secret, nor the URL's path, which may hold a token), and
 each delivery's tries — state, the receiver's last answer or the error that kept it from
 answering, when the next try is due. The same rows as `hoard events` and `hoard webhooks
 deliveries`. Subjects, details and receivers' answers come from outside: shown as text
-(gui.text), never markup."""
+(hoardfs.gui.text), never markup."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import json
 import psycopg
 from nicegui import ui
 
-from gui.context import ctx, page
-from gui.frame import frame, read_or_say
-from gui.text import label
-from sql import events as sql_events
+from hoardfs.gui.context import ctx, page
+from hoardfs.gui.frame import frame, read_or_say
+from hoardfs.gui.text import label
+from hoardfs.sql import events as sql_events
 
 #: rows each table shows (the newest)
 SHOWN = 100

@@ -10,11 +10,11 @@ from typing import Any
 import psycopg
 from nicegui import ui
 
-from fsd.base.errors import HoardError, first_line
-from fsd.base.units import fmt_bytes
-from gui.auth import SignedIn, current_user
-from gui.context import ctx, in_thread
-from gui.text import label, shown
+from hoardfs.base.errors import HoardError, first_line
+from hoardfs.base.units import fmt_bytes
+from hoardfs.gui.auth import SignedIn, current_user
+from hoardfs.gui.context import ctx, in_thread
+from hoardfs.gui.text import label, shown
 
 NAV = (("Overview", "/"), ("Storage", "/storage"), ("Runs", "/runs"), ("Launch", "/launch"), ("Actions", "/actions"),
        ("Batches", "/batches"), ("Assets", "/assets"), ("Near-dups", "/dups"), ("Pipelines", "/pipelines"),
@@ -57,7 +57,7 @@ def frame(title: str) -> Iterator[SignedIn]:
             ui.link(label, href).classes("text-white q-mr-md")
         ui.space()
         ui.label(f"{user.name} ({user.role})").classes("q-mr-md")
-        # a form POST: signing out acts, and no GET does (gui.auth's /logout)
+        # a form POST: signing out acts, and no GET does (hoardfs.gui.auth's /logout)
         with ui.element("form").props('method="post" action="/logout"'):
             ui.button("Sign out").props("type=submit flat dense no-caps color=white").mark("sign-out")
     live(banner)
@@ -84,7 +84,7 @@ async def read_or_say(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def progress_text(p: dict[str, Any]) -> str:
-    """A job's published figures (`jobs.progress`) in one line: `1.20 GiB of 3.40 GiB (35%),
+    """A job's published figures (`hoardfs.jobs.progress`) in one line: `1.20 GiB of 3.40 GiB (35%),
     80.1 MiB/s, about 28 s left`, or how it ended."""
     counted = p.get("unit", "bytes") != "bytes"
 

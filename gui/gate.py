@@ -8,10 +8,10 @@ otherwise it is told the GUI is busy (`Busy`: HTTP 429 with Retry-After, or the 
 and nothing of it was checked.
 
 Who goes next: a login from a recognised device (a browser that signed in as that name before,
-gui.devices) before any stranger's, so a flood of strangers' logins cannot keep an owner out;
+hoardfs.gui.devices) before any stranger's, so a flood of strangers' logins cannot keep an owner out;
 among each kind, one client after another in turn, so one client's backlog delays another's
 login by one check, not by its whole length. Strangers from every loopback address are one
-client (gui.auth.client_key): a local user's flood fills its own places, not the queue.
+client (hoardfs.gui.auth.client_key): a local user's flood fills its own places, not the queue.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`/launch`: forms that start runs — a UA_1 ingest of a 3A batch, a stage or export, and each
-maintenance job, its form generated from the job's typed parameters (`jobs.launch.params_model`).
+maintenance job, its form generated from the job's typed parameters (`hoardfs.jobs.launch.params_model`).
 Every request is validated by the jobs API before anything is queued; a refusal is shown as
 its one line."""
 
@@ -12,15 +12,15 @@ from typing import Any
 import psycopg
 from nicegui import ui
 
-from datasets.layouts import BUILTIN
-from fsd.base.errors import HoardError, first_line
-from gui.auth import SignedIn, require
-from gui.context import ctx, in_thread, page
-from gui.frame import frame
-from gui.text import shown
-from jobs import launch, outputs
-from jobs.maintenance import JOBS
-from sql.selectors import query_nodes
+from hoardfs.base.errors import HoardError, first_line
+from hoardfs.datasets.layouts import BUILTIN
+from hoardfs.gui.auth import SignedIn, require
+from hoardfs.gui.context import ctx, in_thread, page
+from hoardfs.gui.frame import frame
+from hoardfs.gui.text import shown
+from hoardfs.jobs import launch, outputs
+from hoardfs.jobs.maintenance import JOBS
+from hoardfs.sql.selectors import query_nodes
 
 
 async def _launched(message, fn, *args):

@@ -1,4 +1,4 @@
-"""`/metrics`: the latest snapshot (gui.state) in the Prometheus text format.
+"""`/metrics`: the latest snapshot (hoardfs.gui.state) in the Prometheus text format.
 
 A custom collector reads the snapshot at scrape time, so a scrape costs no query of its own.
 """
@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gui.gate import LoginGate
-from gui.state import Snapshot
-from jobs.queues import JOB_STATES
+from hoardfs.gui.gate import LoginGate
+from hoardfs.gui.state import Snapshot
+from hoardfs.jobs.queues import JOB_STATES
 
-DISK_STATES = ("active", "draining", "failed", "missing")  # fsd.core.disks.DiskState
+DISK_STATES = ("active", "draining", "failed", "missing")  # hoardfs.fsd.core.disks.DiskState
 
 
 class _Collector:
@@ -76,7 +76,7 @@ class _Collector:
 
 
 class _Logins:
-    """The login gate's counts (gui.gate): a flood of logins shows as busy refusals."""
+    """The login gate's counts (hoardfs.gui.gate): a flood of logins shows as busy refusals."""
 
     def __init__(self, gate: LoginGate) -> None:
         self._gate = gate

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from nicegui import ui
 
-from fsd.base.units import fmt_bytes
-from gui import text
-from gui.context import ctx, page, page_snapshot
-from gui.frame import age, frame, live
+from hoardfs.base.units import fmt_bytes
+from hoardfs.gui import text
+from hoardfs.gui.context import ctx, page, page_snapshot
+from hoardfs.gui.frame import age, frame, live
 
 
 def _body() -> None:

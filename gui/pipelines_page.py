@@ -11,11 +11,11 @@ from urllib.parse import quote
 import psycopg
 from nicegui import ui
 
-from fsd.base.units import fmt_bytes
-from gui.context import ctx, in_thread, page, page_snapshot
-from gui.frame import db_down, frame
-from gui.text import shown
-from sql import browse
+from hoardfs.base.units import fmt_bytes
+from hoardfs.gui.context import ctx, in_thread, page, page_snapshot
+from hoardfs.gui.frame import db_down, frame
+from hoardfs.gui.text import shown
+from hoardfs.sql import browse
 
 
 def _pipelines() -> list[dict]:

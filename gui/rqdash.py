@@ -1,11 +1,11 @@
 """rq-dashboard (a Flask app) mounted under `/rq` through a WSGI bridge (a2wsgi), behind the
-same login as every page (gui.auth's middleware wraps the whole ASGI app, mounts included).
+same login as every page (hoardfs.gui.auth's middleware wraps the whole ASGI app, mounts included).
 Every string in the JSON it serves is HTML-escaped (its templates insert it unescaped), and
-an acting request must come from the GUI's own pages (gui.auth: no cross-site requeue or
+an acting request must come from the GUI's own pages (hoardfs.gui.auth: no cross-site requeue or
 delete).
 
 A viewer may look but not act: rq-dashboard's requeue/cancel/delete/empty are POSTs, which
-gui.auth refuses to a viewer (ACTING_PREFIXES); a GET to any of them answers 405. rq-dashboard lists every job it is asked for and gets slow
+hoardfs.gui.auth refuses to a viewer (ACTING_PREFIXES); a GET to any of them answers 405. rq-dashboard lists every job it is asked for and gets slow
 with many failed ones (rq-dashboard #91, #396): our own pages show counts instead.
 """
 
@@ -23,9 +23,9 @@ from rq_dashboard.web import config as rq_dashboard_config
 from rq_dashboard.web import setup_rq_connection
 from starlette.routing import Mount
 
-from fsd.base.config import Settings
-from gui.text import shown
-from jobs.guard import SERIALIZER
+from hoardfs.base.config import Settings
+from hoardfs.gui.text import shown
+from hoardfs.jobs.guard import SERIALIZER
 
 PREFIX = "/rq"
 
@@ -42,7 +42,7 @@ def flask_app(cfg: Settings) -> Flask:
     # and static files carry the prefix
     fa.register_blueprint(rq_dashboard.blueprint, url_prefix="")
     setup_rq_connection(fa)
-    # hoardfs's jobs are JSON (jobs.guard): with RQ's default, pickle, showing a job written to
+    # hoardfs's jobs are JSON (hoardfs.jobs.guard): with RQ's default, pickle, showing a job written to
     # Redis by someone else would run the code its pickle names, in the GUI's process
     rq_dashboard_config.serializer = SERIALIZER
     fa.before_request(_no_acting_get)
@@ -75,7 +75,7 @@ def _escaped_json(response):
     """rq-dashboard's pages put the JSON it serves (job descriptions, results, tracebacks —
     text that can hold a scraped file's name) into the page unescaped (`<%= %>` templates):
     every string is HTML-escaped on its way out (and its hidden characters written out,
-    gui.text.shown), so it shows as text and never runs."""
+    hoardfs.gui.text.shown), so it shows as text and never runs."""
     if response.mimetype == "application/json":
         data = response.get_json(silent=True)
         if data is not None:

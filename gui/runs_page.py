@@ -9,12 +9,12 @@ from urllib.parse import quote, urlencode
 
 from nicegui import ui
 
-from fsd.base.errors import HoardError
-from gui import actions_page, text
-from gui.auth import require
-from gui.context import ctx, in_thread, page, page_snapshot
-from gui.frame import frame, page_number, progress_text
-from jobs import launch, reports
+from hoardfs.base.errors import HoardError
+from hoardfs.gui import actions_page, text
+from hoardfs.gui.auth import require
+from hoardfs.gui.context import ctx, in_thread, page, page_snapshot
+from hoardfs.gui.frame import frame, page_number, progress_text
+from hoardfs.jobs import launch, reports
 
 PER_PAGE = 25
 STATUS_COLOR = {"done": "positive", "done with rejects": "warning", "done with errors": "warning",
@@ -81,7 +81,7 @@ def register() -> None:
             if kind not in launch.KINDS:
                 text.label(f"no kind of run {kind!r}; one of {', '.join(launch.KINDS)}").classes("text-negative")
                 return
-            if kind == "action":  # a run of an ActionContract: its own page (gui.actions_page)
+            if kind == "action":  # a run of an ActionContract: its own page (hoardfs.gui.actions_page)
                 await actions_page.run_body(run_id, user)
                 return
 
@@ -112,7 +112,7 @@ def register() -> None:
                     ui.link("the dataset's versions", "/datasets").mark("run-dataset")
                 for why in d["waiting"]:
                     text.label(f"waiting: {why}").classes("text-warning")
-                if d.get("progress"):  # a maintenance job's figures (jobs.progress), live while it runs
+                if d.get("progress"):  # a maintenance job's figures (hoardfs.jobs.progress), live while it runs
                     figures = d["progress"]
                     if figures.get("total"):
                         ui.linear_progress(value=min(1.0, figures["done"] / figures["total"]), show_value=False,

@@ -2,7 +2,7 @@
 view reads memory instead of scanning the store, the database or Redis.
 
 `Snapshot` is replaced whole on each refresh (readers never see half of one). It holds the
-`hoard health --json` document (`jobs.health.collect`), the job counts per queue and state,
+`hoard health --json` document (`hoardfs.jobs.health.collect`), the job counts per queue and state,
 and the banner lines derived from both.
 """
 
@@ -16,13 +16,13 @@ from typing import Any
 
 import redis
 
-from fsd.base.config import Settings
-from fsd.maintenance.health import verified_by_disk
-from fsd.maintenance.reindex import index_copies
-from jobs.health import Laps, collect
-from jobs.launch import Run, runs
-from jobs.queues import job_counts
-from sql.browse import ingested_per_day_at
+from hoardfs.base.config import Settings
+from hoardfs.fsd.maintenance.health import verified_by_disk
+from hoardfs.fsd.maintenance.reindex import index_copies
+from hoardfs.jobs.health import Laps, collect
+from hoardfs.jobs.launch import Run, runs
+from hoardfs.jobs.queues import job_counts
+from hoardfs.sql.browse import ingested_per_day_at
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ class Snapshot:
     jobs: dict[str, dict[str, int]]  # queue → state → count
     banners: list[Banner]
     index_copies: list[dict[str, Any]]  # disk label → age of its index copy (`hoard index backup`)
-    runs: list[Run]  # every run, newest first (jobs.launch.runs)
-    ingested: list[dict[str, Any]]  # files ingested per day and source, last 30 days (sql.browse)
+    runs: list[Run]  # every run, newest first (hoardfs.jobs.launch.runs)
+    ingested: list[dict[str, Any]]  # files ingested per day and source, last 30 days (hoardfs.sql.browse)
     verified: dict[str, float | None]  # disk label → age of its least recently verified replica
     taken: float = field(default_factory=time.time)
     took_s: float = 0.0

@@ -11,13 +11,13 @@ from typing import Any
 
 from nicegui import ui
 
-from fsd.base.errors import HoardError
-from fsd.base.units import fmt_bytes
-from fsd.maintenance.health import smart_line
-from gui import charts, text
-from gui.context import ctx, in_thread, page, page_snapshot
-from gui.frame import age, frame, live, progress_text
-from jobs import usage
+from hoardfs.base.errors import HoardError
+from hoardfs.base.units import fmt_bytes
+from hoardfs.fsd.maintenance.health import smart_line
+from hoardfs.gui import charts, text
+from hoardfs.gui.context import ctx, in_thread, page, page_snapshot
+from hoardfs.gui.frame import age, frame, live, progress_text
+from hoardfs.jobs import usage
 
 #: how far back the usage history charts look
 HISTORY_DAYS = 30
@@ -44,7 +44,7 @@ def _bar(ratio: float, marks: tuple[float, ...] = ()) -> None:
 
 def _gone(d: dict[str, Any]) -> None:
     """What a person needs about a disk that is missing or failed: since when it is not seen,
-    what it holds by the index, and the next step (all from `hoard health`: fsd.maintenance.health)."""
+    what it holds by the index, and the next step (all from `hoard health`: hoardfs.fsd.maintenance.health)."""
     seen = d.get("seen")
     ui.label(f"last seen {age(time.time() - seen)} ({time.strftime('%Y-%m-%d %H:%M', time.localtime(seen))})"
              if seen else "last seen: not recorded").classes("text-caption").mark("disk-seen")
@@ -132,7 +132,7 @@ def _body() -> None:
                 ui.label(f"{kind}: none from here").classes("text-caption text-grey-7")
             else:
                 ui.link(f"{kind}: {last.status} {last.updated[:16].replace('T', ' ')}", f"/runs/{kind}/{last.id}")
-                if last.status == "running" and last.progress:  # jobs.progress, as of the snapshot
+                if last.status == "running" and last.progress:  # hoardfs.jobs.progress, as of the snapshot
                     ui.label(progress_text(last.progress)).classes("text-caption").mark(f"progress-{kind}")
     ui.label("(runs launched from this GUI; the systemd timers' runs show in `hoard health` and their journals)"
              ).classes("text-caption text-grey-7")
@@ -175,7 +175,7 @@ def _body() -> None:
 
 def _history(points: list[Any] | None, error: str, smart: list[Any] | None = None) -> None:
     """The usage history charts (`hoard health --record`, systemd/hoard-usage.timer) from
-    `_read_history`: one bucketed query of at most sql.usage.CHART_POINTS points per series,
+    `_read_history`: one bucketed query of at most hoardfs.sql.usage.CHART_POINTS points per series,
     shared by the views of HISTORY_KEEP_S."""
     t = ctx().cfg.ssd.thresholds
     ui.label(f"Usage over the last {HISTORY_DAYS} days").classes("text-h6 q-mt-md")
@@ -194,7 +194,7 @@ def _history(points: list[Any] | None, error: str, smart: list[Any] | None = Non
 async def _read_history() -> tuple[tuple[list[Any], list[Any]] | None, str]:
     """The usage history, or why it is not shown; never waits more than HISTORY_WAIT_S. The
     read is not cancelled (a thread cannot be): a late one ends on its own
-    (jobs.usage.HISTORY_TIMEOUT_S) and its answer is dropped. A read younger than
+    (hoardfs.jobs.usage.HISTORY_TIMEOUT_S) and its answer is dropped. A read younger than
     HISTORY_KEEP_S is reused."""
     c = ctx()
     if c.history is not None and time.monotonic() - c.history[0] < HISTORY_KEEP_S:

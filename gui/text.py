@@ -43,7 +43,7 @@ def label(text: object) -> ui.label:
 
 
 def run_log(records: Iterable[dict[str, Any]], failed: bool) -> None:
-    """A run's log (jobs.runlog records) under its heading, one safe line a record; WARNING and
+    """A run's log (hoardfs.jobs.runlog records) under its heading, one safe line a record; WARNING and
     worse in red. Shared by the run pages of every kind."""
     ui.label("Log" + (" (warnings and errors first)" if failed else "")).classes("text-h6 q-mt-md")
     with ui.column().classes("gap-0").mark("run-log"):

@@ -5,7 +5,7 @@ is made on the first visit, before anyone signs in. Were the signed-in state wri
 whoever had planted or copied that cookie beforehand would be signed in too. So the login form
 does not sign the session in: it hands out a ticket, bound to the session id that asked for it,
 which `/login/finish` redeems once — that route empties the old id's storage, gives the browser a
-new id (a new cookie) and hands the signed-in state over to it (`gui.auth`).
+new id (a new cookie) and hands the signed-in state over to it (`hoardfs.gui.auth`).
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from nicegui import ui
 
-from fsd.base.errors import HoardError
-from gui.auth import require
-from gui.context import ctx, in_thread, page
-from gui.frame import frame
-from jobs import users as users_mod
+from hoardfs.base.errors import HoardError
+from hoardfs.gui.auth import require
+from hoardfs.gui.context import ctx, in_thread, page
+from hoardfs.gui.frame import frame
+from hoardfs.jobs import users as users_mod
 
 
 @ui.refreshable

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import display
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.paths import display
 
 #: images encoded per forward pass
 BATCH = 16
@@ -252,7 +252,7 @@ def search_text(settings: Any, conn: Any, text: str, limit: int, note: Callable[
     """(model id, the `limit` images nearest `text`, nearest first) — `hoard search` and the GUI's
     search box. ClipError when the model cannot be loaded; NothingEmbedded when none of its
     embeddings are stored."""
-    from sql import embeddings  # deferred: the index code only a search needs, not the action
+    from hoardfs.sql import embeddings  # deferred: the index code only a search needs, not the action
 
     weights_file(settings.search.clip_weights)
     have = embeddings.models(conn)

@@ -1,18 +1,18 @@
 """RQ job (queue `io`): build a dataset — `hoard dataset build SPEC` without --here (and the
 GUI) queue it with `submit`; the spec travels in the job (a worker elsewhere has not the
-file) and is checked again here. The work is datasets.api.build's."""
+file) and is checked again here. The work is hoardfs.datasets.api.build's."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from datasets import api
-from datasets.spec import DatasetSpec, parse_spec
-from fsd.base import config as config_mod
-from fsd.base.config import Settings
-from jobs import events, jobkey
-from jobs.queues import connect, enqueue_once, redis_required
+from hoardfs.base import config as config_mod
+from hoardfs.base.config import Settings
+from hoardfs.datasets import api
+from hoardfs.datasets.spec import DatasetSpec, parse_spec
+from hoardfs.jobs import events, jobkey
+from hoardfs.jobs.queues import connect, enqueue_once, redis_required
 
 QUEUE = "io"
 JOB_TIMEOUT_S = 24 * 3600
@@ -25,7 +25,7 @@ def submit(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: boo
     api.resolve_format(spec)
     mode = mode or spec.mode
     with redis_required(cfg.redis_url):
-        return enqueue_once(connect(cfg.redis_url), QUEUE, "jobs.datasets.run_job",
+        return enqueue_once(connect(cfg.redis_url), QUEUE, "hoardfs.jobs.datasets.run_job",
                             str(cfg.source) if cfg.source else None, spec.doc(), mode, force,
                             job_id=f"dataset-{spec.name}", timeout=JOB_TIMEOUT_S,
                             description=f"dataset build {spec.name}", key=jobkey.of(cfg))
@@ -41,7 +41,7 @@ def run_job(config_path: str | None, spec_doc: dict[str, Any], mode: str = "copy
 
 def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool = False,
           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """datasets.api.build, then the webhooks' `dataset_built` (jobs.events) of a new version —
+    """hoardfs.datasets.api.build, then the webhooks' `dataset_built` (hoardfs.jobs.events) of a new version —
     the job and `hoard dataset build --here` both build through this; an unchanged spec built
     nothing and emits nothing."""
     report = api.build(cfg, spec, mode=mode, force=force, progress=progress)
@@ -59,7 +59,7 @@ def submit_materialize(cfg: Settings, ref: str) -> str:
     already waiting or running is that job, and nothing more is queued."""
     name, _n = api.parse_ref(ref)
     with redis_required(cfg.redis_url):
-        return enqueue_once(connect(cfg.redis_url), QUEUE, "jobs.datasets.materialize_job",
+        return enqueue_once(connect(cfg.redis_url), QUEUE, "hoardfs.jobs.datasets.materialize_job",
                             str(cfg.source) if cfg.source else None, ref, job_id=f"dataset-{name}",
                             timeout=JOB_TIMEOUT_S, description=f"dataset materialize {ref}", key=jobkey.of(cfg))
 

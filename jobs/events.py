@@ -1,6 +1,6 @@
 """Events and webhooks (issue 40, docs/operations.md "Events and webhooks"): `emit` records an
 event where its fact happens, with one pending delivery per `[[webhooks]]` table that asks for
-it (sql.events: one transaction), and queues each delivery on the RQ queue `events`; `deliver`,
+it (hoardfs.sql.events: one transaction), and queues each delivery on the RQ queue `events`; `deliver`,
 the RQ job, POSTs the event's JSON body signed with the webhook's secret (HMAC-SHA256 in
 `X-Hoard-Signature: sha256=<hex>`, GitHub's convention) and records the try — delivered on a
 2xx answer, else queued again after an exponential backoff until the webhook's `tries` are spent
@@ -12,7 +12,7 @@ Emitting never fails the step it reports, and never holds it long:
   emitters call `emit` right after their own write to PostgreSQL succeeded (the batch's event,
   the run's, the dataset's version), so this is a race, not the rule; a failed run's event is
   emitted when its `action_event` is written, which waits in the run's state while PostgreSQL is
-  down (jobs.actions.steps.record_ending) — queued, not dropped. A disk's failure is relayed
+  down (hoardfs.jobs.actions.steps.record_ending) — queued, not dropped. A disk's failure is relayed
   from the index's own events (`relay_disk_failures`: at the end of every maintenance job and by
   every health collection), so it is recorded once PostgreSQL answers.
 - Redis unreachable: the deliveries are recorded pending; a delivery whose try is overdue by
@@ -39,15 +39,15 @@ from typing import Any
 import psycopg
 import redis
 
-from fsd.base import config as config_mod
-from fsd.base.config import Settings, WebhookConfig
-from fsd.base.errors import first_line
-from fsd.store import Store
-from jobs import jobkey
-from jobs.queues import connect, enqueue_once, redis_required, rq_queue
-from sql import events as sql_events
-from sql.events import EVENT_NAMES as EVENT_NAMES
-from sql.events import Event
+from hoardfs.base import config as config_mod
+from hoardfs.base.config import Settings, WebhookConfig
+from hoardfs.base.errors import first_line
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import jobkey
+from hoardfs.jobs.queues import connect, enqueue_once, redis_required, rq_queue
+from hoardfs.sql import events as sql_events
+from hoardfs.sql.events import EVENT_NAMES as EVENT_NAMES
+from hoardfs.sql.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,10 @@ def _enqueue(cfg: Settings, r: redis.Redis, delivery_id: int, n: int, delay_s: f
     jid, path = f"webhook-{delivery_id}-{n}", str(cfg.source) if cfg.source else None
     desc = f"webhook delivery {delivery_id}, try {n}"
     if delay_s <= 0:
-        enqueue_once(r, QUEUE, "jobs.events.deliver", path, delivery_id, n, job_id=jid, timeout=JOB_TIMEOUT_S,
+        enqueue_once(r, QUEUE, "hoardfs.jobs.events.deliver", path, delivery_id, n, job_id=jid, timeout=JOB_TIMEOUT_S,
                      description=desc, key=jobkey.of(cfg))
         return
-    rq_queue(QUEUE, r, jobkey.of(cfg)).enqueue_in(dt.timedelta(seconds=delay_s), "jobs.events.deliver", path,
+    rq_queue(QUEUE, r, jobkey.of(cfg)).enqueue_in(dt.timedelta(seconds=delay_s), "hoardfs.jobs.events.deliver", path,
                                                   delivery_id, n,
                                   job_id=jid, job_timeout=JOB_TIMEOUT_S, result_ttl=86400, failure_ttl=30 * 86400,
                                   description=desc)
@@ -171,7 +171,7 @@ def requeue(cfg: Settings, conn: psycopg.Connection) -> list[int]:
 
 
 def relay_disk_failures(cfg: Settings, failures: list[dict[str, Any]]) -> None:
-    """Record a `disk_failed` event for each failure the index recorded (`fsd.maintenance.health`
+    """Record a `disk_failed` event for each failure the index recorded (`hoardfs.fsd.maintenance.health`
     lists those of the last days in the health document): the index is where a disk's failure is
     written — by whichever process met it, the mount included, none of which reaches PostgreSQL —
     and every health collection (the GUI's refresh, `hoard health`, hoard-usage.timer) relays

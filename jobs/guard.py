@@ -16,7 +16,7 @@ fetches the job (the GUI's run pages, rq-dashboard). So:
   own). A refused job is marked failed with the reason, one line in the worker's log, and
   nothing of it was imported or run;
 - a job not of HOST_JOBS runs only when it is signed with the worker's store key and was not
-  run to its end before (jobs.jobkey): a remote host reaches the same Redis with its password,
+  run to its end before (hoardfs.jobs.jobkey): a remote host reaches the same Redis with its password,
   but only the server's own code queues the server's jobs.
 
 This is the second wall: the first is that only the `hoard` group can reach Redis at all (a
@@ -34,9 +34,9 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from fsd.base.errors import HoardError
-from fsd.base.proc import process_space
-from jobs import jobkey
+from hoardfs.base.errors import HoardError
+from hoardfs.base.proc import process_space
+from hoardfs.jobs import jobkey
 
 #: the serializer of every hoardfs queue, job fetch and worker (never RQ's default, pickle)
 SERIALIZER = JSONSerializer
@@ -48,7 +48,7 @@ SERIALIZER = JSONSerializer
 # /rq/0/view/job/<id>. In a hoardfs process RQ's fallback is JSON: nothing is ever unpickled.
 rq_serializers.PickleSerializer = SERIALIZER  # type: ignore[assignment]  # replaced on purpose: see above
 if rq_serializers.resolve_serializer(None) is not SERIALIZER:  # an RQ that no longer falls back this way
-    raise ImportError("jobs.guard: RQ's default serializer could not be made JSON; pin rq or update jobs.guard")
+    raise ImportError("hoardfs.jobs.guard: RQ's default serializer could not be made JSON; pin rq or update hoardfs.jobs.guard")
 
 
 def _no_callback(job: Job) -> None:
@@ -66,24 +66,24 @@ for _name in ("success_callback", "failure_callback", "stopped_callback"):
 #: the job functions a hoardfs worker runs → the position of their `config_path` argument
 #: (positional, or the keyword of that name)
 JOB_FUNCTIONS = {
-    "jobs.ingest.run_step": 0,
-    "jobs.actions.run_step": 0,
-    "jobs.actions.empty_trash": 0,
-    "jobs.actions.near_dups_of_batch": 0,
-    "jobs.outputs.run_job": 0,
-    "jobs.datasets.run_job": 0,
-    "jobs.datasets.materialize_job": 0,
-    "jobs.maintenance.run": 1,
-    "jobs.store_jobs.replicate": 0,
-    "jobs.events.deliver": 0,
-    "jobs.remote.run_output": 0,
-    "jobs.actions.remote.run_action": 0,
+    "hoardfs.jobs.ingest.run_step": 0,
+    "hoardfs.jobs.actions.run_step": 0,
+    "hoardfs.jobs.actions.empty_trash": 0,
+    "hoardfs.jobs.actions.near_dups_of_batch": 0,
+    "hoardfs.jobs.outputs.run_job": 0,
+    "hoardfs.jobs.datasets.run_job": 0,
+    "hoardfs.jobs.datasets.materialize_job": 0,
+    "hoardfs.jobs.maintenance.run": 1,
+    "hoardfs.jobs.store_jobs.replicate": 0,
+    "hoardfs.jobs.events.deliver": 0,
+    "hoardfs.jobs.remote.run_output": 0,
+    "hoardfs.jobs.actions.remote.run_action": 0,
 }
 #: the job functions that name no configuration (None) and run against the worker's own —
 #: `hoard worker` sets HOARD_CONFIG to its file: a stage/export planned on the store's server
-#: and run on another host (jobs.remote), whose hoard.toml is not the server's; an action run's
-#: stage, worker and parse there (jobs.actions.remote)
-HOST_JOBS = frozenset({"jobs.remote.run_output", "jobs.actions.remote.run_action"})
+#: and run on another host (hoardfs.jobs.remote), whose hoard.toml is not the server's; an action run's
+#: stage, worker and parse there (hoardfs.jobs.actions.remote)
+HOST_JOBS = frozenset({"hoardfs.jobs.remote.run_output", "hoardfs.jobs.actions.remote.run_action"})
 
 
 class HoardJob(Job):
@@ -150,7 +150,7 @@ WALL = "only the hoard group may write to Redis (docs/security.md)"
 
 class GuardedWorker:
     """Mixin for an RQ worker class (before it in the bases): checks each dequeued job with
-    `refusal` — and, unless it is one of HOST_JOBS, its signature and run record (jobs.jobkey) —
+    `refusal` — and, unless it is one of HOST_JOBS, its signature and run record (hoardfs.jobs.jobkey) —
     before the worker forks or calls anything, and fails a refused one without running it (a
     copy of a job that ran, or runs now, is dropped and the job it copies left as it is).
     `config_path` is the file the worker's own configuration came from; `job_key` the key of its
@@ -158,12 +158,12 @@ class GuardedWorker:
 
     config_path: str | os.PathLike[str] | None = None
     job_key: jobkey.JobKey | None = None
-    #: the run record of the job under way (jobs.jobkey.JobKey.take), inherited by the work horse
+    #: the run record of the job under way (hoardfs.jobs.jobkey.JobKey.take), inherited by the work horse
     _run_record: int | None = None
 
     def _key(self) -> jobkey.JobKey | None:
         if self.job_key is None and self.config_path is not None:
-            from fsd.base import config as config_mod  # deferred: the configuration, once
+            from hoardfs.base import config as config_mod  # deferred: the configuration, once
 
             try:
                 self.job_key = jobkey.of(config_mod.load(self.config_path))
@@ -190,8 +190,8 @@ class GuardedWorker:
 
     def serialize(self) -> dict[str, Any]:
         """RQ's worker record, with where this worker's pid means what it says (its host's boot
-        and pid namespace: fsd.base.proc.process_space): the reaper tells a live worker of its own
-        host from a dead one on a host of the same name (jobs.reaper)."""
+        and pid namespace: hoardfs.base.proc.process_space): the reaper tells a live worker of its own
+        host from a dead one on a host of the same name (hoardfs.jobs.reaper)."""
         return {**super().serialize(), "hoard_space": process_space()}  # type: ignore[misc]
 
     def execute_job(self, job: Job, queue: Queue) -> None:

@@ -1,8 +1,8 @@
 """`hoard health`: one JSON document with the state of every part, and the problems to act on.
 
-Each system reports its own part — `fsd.maintenance.health` (the disks, the store, the SSD zones),
-`sql.health` (the database), `jobs.queues` (Redis), `jobs.ingest` (UA_1 batches),
-`jobs.outputs` (stages and exports), `jobs.actions.api` (action runs). `collect`
+Each system reports its own part — `hoardfs.fsd.maintenance.health` (the disks, the store, the SSD zones),
+`hoardfs.sql.health` (the database), `hoardfs.jobs.queues` (Redis), `hoardfs.jobs.ingest` (UA_1 batches),
+`hoardfs.jobs.outputs` (stages and exports), `hoardfs.jobs.actions.api` (action runs). `collect`
 puts them together here, above the store and the database, so that the `hoard` command and
 the GUI (which sit above jobs) read the same document.
 """
@@ -13,15 +13,22 @@ import math
 import time
 from typing import Any
 
-from fsd.base import landlock
-from fsd.base.config import Settings
-from fsd.io.attach import formats_found
-from fsd.maintenance.health import disk_status, smart_findings, smart_status, store_problems, store_status, zone_status
-from jobs import events, outputs
-from jobs.actions import api as actions
-from jobs.ingest import ingest_status
-from jobs.queues import redis_status
-from sql.health import database_problems, database_status
+from hoardfs.base import landlock
+from hoardfs.base.config import Settings
+from hoardfs.fsd.io.attach import formats_found
+from hoardfs.fsd.maintenance.health import (
+    disk_status,
+    smart_findings,
+    smart_status,
+    store_problems,
+    store_status,
+    zone_status,
+)
+from hoardfs.jobs import events, outputs
+from hoardfs.jobs.actions import api as actions
+from hoardfs.jobs.ingest import ingest_status
+from hoardfs.jobs.queues import redis_status
+from hoardfs.sql.health import database_problems, database_status
 
 
 def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:

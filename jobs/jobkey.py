@@ -2,11 +2,11 @@
 the record that lets each signed job run to its end once (docs/security.md, "Workers and Redis").
 
 A host that serves the `remote` queue (docs/scale-out.md) reaches the server's Redis with its
-password, and with it every queue: with the allow-list of jobs.guard alone it could queue a
+password, and with it every queue: with the allow-list of hoardfs.jobs.guard alone it could queue a
 backup, a `rebuild`, a `gc` or an export on the server. So every job the server's own code paths queue —
-the CLI, the GUI, the timers, the jobs themselves, through `jobs.queues.rq_queue(…, key=)` — is
+the CLI, the GUI, the timers, the jobs themselves, through `hoardfs.jobs.queues.rq_queue(…, key=)` — is
 signed with a key only the server holds, and a worker of the server runs a job that is not one
-of jobs.guard.HOST_JOBS only when its signature checks (`JobKey.check`):
+of hoardfs.jobs.guard.HOST_JOBS only when its signature checks (`JobKey.check`):
 
 - the key: `<ssd.root>/state/jobs/key`, 0600, the service's own (made by `hoard init` on the
   store's server, or by the first process that signs); a remote host has its own SSD and never
@@ -42,8 +42,8 @@ from typing import Any
 
 from rq.job import Job
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import create_new, open_dir, open_regular, writer_tmp
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import create_new, open_dir, open_regular, writer_tmp
 
 #: the job meta field that holds the signature
 META = "hoard_signature"

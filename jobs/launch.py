@@ -1,9 +1,9 @@
 """Launching and watching runs: what the GUI's scheduler pages call (S02).
 
-A *run* is one piece of work a person started: a UA_1 ingest of a batch (`jobs.ingest`, a
-chain of step jobs), a stage or export (`jobs.outputs`), a maintenance job
-(`jobs.maintenance`), a run of an action (UA_2, `jobs.actions.api`; kind "action"), or a
-dataset build queued on `io` (UA_3, `jobs.datasets`; kind "dataset", its id the dataset's name).
+A *run* is one piece of work a person started: a UA_1 ingest of a batch (`hoardfs.jobs.ingest`, a
+chain of step jobs), a stage or export (`hoardfs.jobs.outputs`), a maintenance job
+(`hoardfs.jobs.maintenance`), a run of an action (UA_2, `hoardfs.jobs.actions.api`; kind "action"), or a
+dataset build queued on `io` (UA_3, `hoardfs.jobs.datasets`; kind "dataset", its id the dataset's name).
 `runs(cfg)` lists them all in one shape from the state files and RQ's registries; `launch_*`
 validate a request completely before anything is queued; `cancel`, `retry` and `why_waiting`
 act on or explain one run.
@@ -27,25 +27,25 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-from datasets.api import ZONE as DATASET_ZONE
-from datasets.spec import DatasetSpec
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.outputs import zones
-from jobs import datasets as datasets_job
-from jobs import ingest, jobkey, maintenance, outputs, reports, runlog
-from jobs import progress as job_progress
-from jobs.actions import api as actions_api
-from jobs.actions import contract as contracts
-from jobs.actions.state import QUEUE_OF as ACTION_QUEUE_OF
-from jobs.actions.state import WAITING, RunRefused, check_id, load_state, log_path, read_work, refusal
-from jobs.guard import SERIALIZER
-from jobs.queues import connect, enqueue_once, fetch_job, redis_required, rq_queue, unserved_queues
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.datasets.api import ZONE as DATASET_ZONE
+from hoardfs.datasets.spec import DatasetSpec
+from hoardfs.fsd.outputs import zones
+from hoardfs.jobs import datasets as datasets_job
+from hoardfs.jobs import ingest, jobkey, maintenance, outputs, reports, runlog
+from hoardfs.jobs import progress as job_progress
+from hoardfs.jobs.actions import api as actions_api
+from hoardfs.jobs.actions import contract as contracts
+from hoardfs.jobs.actions.state import QUEUE_OF as ACTION_QUEUE_OF
+from hoardfs.jobs.actions.state import WAITING, RunRefused, check_id, load_state, log_path, read_work, refusal
+from hoardfs.jobs.guard import SERIALIZER
+from hoardfs.jobs.queues import connect, enqueue_once, fetch_job, redis_required, rq_queue, unserved_queues
 
 MAINTENANCE_QUEUE = "maintenance"
 PREFIX = "maint-"
 KINDS = ("ingest", "stage", "export", "action", "dataset", *maintenance.JOBS)
-#: a dataset build's RQ job is `dataset-<name>` (jobs.datasets.submit): one per name waits or runs
+#: a dataset build's RQ job is `dataset-<name>` (hoardfs.jobs.datasets.submit): one per name waits or runs
 DATASET_PREFIX = "dataset-"
 #: "done with errors": finished, but its report counts errors (a replicate that could not
 #: copy a shard) — not a success; "refused": a stage/export refused before it started
@@ -83,7 +83,7 @@ class Run:
     queue: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     by: str = ""
-    progress: dict[str, Any] | None = None  # a maintenance job's published figures (jobs.progress)
+    progress: dict[str, Any] | None = None  # a maintenance job's published figures (hoardfs.jobs.progress)
     seconds: float | None = None  # how long it worked (ingest: its steps' times; None while unknown)
 
     def as_dict(self) -> dict[str, Any]:
@@ -166,7 +166,7 @@ def ingest_candidates(cfg: Settings) -> list[dict[str, str]]:
 def sources(cfg: Settings) -> list[str]:
     """The source names a batch may be ingested as: the configured ones and every format."""
     # deferred: the adapters' format list, only for the launch form
-    from adapters import FORMATS
+    from hoardfs.adapters import FORMATS
 
     return sorted(set(cfg.sources) | set(FORMATS))
 
@@ -196,7 +196,7 @@ def launch_output(cfg: Settings, kind: str, output_id: str, layout: str, selecto
 def enqueue_output(cfg: Settings, kind: str, output_id: str, conn=None) -> str:
     """Queue the recorded request of an output, unless it already waits or runs (as `hoard
     stage|export` does)."""
-    return enqueue_once(conn or connect(cfg.redis_url), outputs.QUEUE, "jobs.outputs.run_job",
+    return enqueue_once(conn or connect(cfg.redis_url), outputs.QUEUE, "hoardfs.jobs.outputs.run_job",
                         str(cfg.source) if cfg.source else None, output_id, job_id=f"{kind}-{output_id}",
                         timeout=outputs.JOB_TIMEOUT_S, description=f"{kind} {output_id}", key=jobkey.of(cfg))
 
@@ -215,7 +215,7 @@ def _iso(t: dt.datetime | None) -> str:
     return t.isoformat(timespec="seconds")
 
 
-#: jobs.outputs.describe's statuses as runs show them (an interrupted or vanished output
+#: hoardfs.jobs.outputs.describe's statuses as runs show them (an interrupted or vanished output
 #: needs a person like a failed one; the reason says which)
 _OUTPUT_STATUS = {"interrupted": "failed", "gone": "failed"}
 
@@ -272,8 +272,8 @@ def dataset_runs(conn) -> list[Run]:
     return [_dataset_run(job) for job in jobs if job is not None]
 
 
-#: the job function of a queued materialize (jobs.datasets.submit_materialize)
-DATASET_MATERIALIZE = "jobs.datasets.materialize_job"
+#: the job function of a queued materialize (hoardfs.jobs.datasets.submit_materialize)
+DATASET_MATERIALIZE = "hoardfs.jobs.datasets.materialize_job"
 
 
 def _dataset_run(job: Job) -> Run:
@@ -550,7 +550,7 @@ def action_children(doc: dict[str, Any]) -> int | None:
 
 
 def action_run(doc: dict[str, Any]) -> Run:
-    """An action run (`jobs.actions.api.status_doc`) as a row of the runs list."""
+    """An action run (`hoardfs.jobs.actions.api.status_doc`) as a row of the runs list."""
     status = _ACTION_STATUS.get(doc["status"], doc["status"])
     seconds = sum(doc["seconds"].values()) if doc.get("seconds") else None
     return Run("action", doc["run"], status, doc["created"], doc["updated"], source=doc["action"],
@@ -608,7 +608,7 @@ def launch_action(cfg: Settings, name: str, selector: dict | None = None, nodes:
 
 def remote_refusal(c: contracts.Contract) -> str:
     """Why action `c` cannot run on another host (`--remote`), or "" when it can."""
-    from jobs.actions.remote import refusal  # deferred: the launch form asks; remote runs import boto3 later
+    from hoardfs.jobs.actions.remote import refusal  # deferred: the launch form asks; remote runs import boto3 later
 
     return refusal(c)
 

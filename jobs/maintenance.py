@@ -2,7 +2,7 @@
 replicate | verify | rebuild | gc | db backup | db verify-backup`, for the GUI's launch forms.
 
 Each job is a module-level function `(config_path, typed parameters…) -> report dict`; the
-parameters' annotations and defaults are the form (`jobs.launch.params_model` turns them
+parameters' annotations and defaults are the form (`hoardfs.jobs.launch.params_model` turns them
 into a pydantic model that validates a request before it is queued). Every one is safe to
 run again: replicate copies only what is below target, verify re-reads, rebuild and gc
 resume from their own state, a backup is a new one, a verify-backup another check.
@@ -17,23 +17,23 @@ from typing import Annotated, Any, Literal
 import psycopg
 from pydantic import Field
 
-from fsd.base import config
-from fsd.base.errors import ExitCode, HoardError
-from fsd.io.scrub import verify as _verify
-from fsd.maintenance.gc import gc as _gc
-from fsd.maintenance.rebuild import rebuild as _rebuild
-from fsd.store import Store
-from jobs import events, reports, runlog, store_jobs
-from jobs import progress as job_progress
-from sql.backup import dump_backup, verify_dump
-from sql.deletion import referenced
+from hoardfs.base import config
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.io.scrub import verify as _verify
+from hoardfs.fsd.maintenance.gc import gc as _gc
+from hoardfs.fsd.maintenance.rebuild import rebuild as _rebuild
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import events, reports, runlog, store_jobs
+from hoardfs.jobs import progress as job_progress
+from hoardfs.sql.backup import dump_backup, verify_dump
+from hoardfs.sql.deletion import referenced
 
 #: maintenance jobs hold the store's maintenance lock for hours on a big store
 JOB_TIMEOUT_S = 24 * 3600
 
 
 Seconds = Annotated[float, Field(gt=0, le=7 * 86400)]
-Hook = Callable[[int, int], None] | None  # fsd.base.progress.Progress.update: how far a job is
+Hook = Callable[[int, int], None] | None  # hoardfs.base.progress.Progress.update: how far a job is
 Rate = Annotated[float, Field(ge=0, le=100_000)]  # MB/s, 0 = no limit
 
 
@@ -121,8 +121,8 @@ NOT_PARAMS = ("config_path", "progress")
 
 def run(kind: str, config_path: str | None, /, **params: Any) -> dict[str, Any]:
     """RQ job: the maintenance job `kind` with its parameters, its log kept for the run page
-    (jobs.runlog, under the RQ job's id), and for the streaming ones (PROGRESS) its figures
-    published while it runs (jobs.progress: never waited for). `kind` and `config_path` are
+    (hoardfs.jobs.runlog, under the RQ job's id), and for the streaming ones (PROGRESS) its figures
+    published while it runs (hoardfs.jobs.progress: never waited for). `kind` and `config_path` are
     positional only: a job's own parameter of either name (backup's `kind`) is one of `params`."""
     from rq import get_current_job  # deferred: only a worker runs this
 
@@ -136,9 +136,9 @@ def run(kind: str, config_path: str | None, /, **params: Any) -> dict[str, Any]:
             else:
                 with job_progress.reported(cfg.redis_url, job_id, PROGRESS[kind]) as hook:
                     report = JOBS[kind](config_path, **params, progress=hook)
-        finally:  # a disk this job found dying is announced now (jobs.events), not at the next health
+        finally:  # a disk this job found dying is announced now (hoardfs.jobs.events), not at the next health
             events.relay_from_index(cfg)
-    if job is not None:  # the runs list reads it without loading every report (jobs.launch)
+    if job is not None:  # the runs list reads it without loading every report (hoardfs.jobs.launch)
         job.meta["errors"] = reports.errors(report)
         job.save_meta()
     return report

@@ -19,7 +19,7 @@ nothing reserved) keeps nothing: with --here its id is free at once; a worker's 
 id is a JSON file under `<ssd>/state/outputs/`.
 
 Kept whole past 500 lines: one job from request to seal — its state file, submission, run
-and clean share `OutputState` and the output id's lock; the steps it runs are fsd.outputs'
+and clean share `OutputState` and the output id's lock; the steps it runs are hoardfs.fsd.outputs'
 (zones, materialize, seal).
 """
 
@@ -38,16 +38,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from datasets import layouts
-from fsd.base import config as config_mod
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.files import NotOwn, flocked, fsync_dir, load_owned, state_directory, write_owned
-from fsd.outputs import seal, zones
-from fsd.outputs.manifest import ViewError
-from fsd.outputs.materialize import Item
-from fsd.outputs.write import require_stored, write_copy, write_view
-from jobs import runlog
+from hoardfs.base import config as config_mod
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError, first_line
+from hoardfs.base.files import NotOwn, flocked, fsync_dir, load_owned, state_directory, write_owned
+from hoardfs.datasets import layouts
+from hoardfs.fsd.outputs import seal, zones
+from hoardfs.fsd.outputs.manifest import ViewError
+from hoardfs.fsd.outputs.materialize import Item
+from hoardfs.fsd.outputs.write import require_stored, write_copy, write_view
+from hoardfs.jobs import runlog
 
 OUTPUT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ZONE_OF = {"stage": "3C", "export": "3D"}
@@ -115,7 +115,7 @@ def make_spec(kind: str, output_id: str, layout_spec: str, selector: dict | None
                           f"{ZONE_OF.get(kind, '3D')}-<id>)")
     lay = layouts.load(layout_spec)
     if selector is not None:
-        from sql.selectors import parse_selector  # deferred: validation only; the run queries
+        from hoardfs.sql.selectors import parse_selector  # deferred: validation only; the run queries
 
         parse_selector(selector)
     if nodes is not None:
@@ -299,7 +299,7 @@ def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | No
     written) is a refusal: the request is forgotten (`keep_refusal`: kept as `refused`, which
     holds no id) and the error raised as it is; so is a Ctrl-C before it started (--here).
     `body`: the run itself (default: planned here and read from this host's store; a remote
-    worker's is planned on the store's server, jobs.remote)."""
+    worker's is planned on the store's server, hoardfs.jobs.remote)."""
     with _id_lock(cfg, output_id):
         st = load_state(cfg, output_id)
         if st is None:
@@ -346,8 +346,8 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
     # deferred: the planning step is the only one that needs the database
     import psycopg
 
-    from sql.layout_rows import layout_rows
-    from sql.selectors import physical_nodes, query_nodes
+    from hoardfs.sql.layout_rows import layout_rows
+    from hoardfs.sql.selectors import physical_nodes, query_nodes
 
     lay = spec.the_layout()
     try:
@@ -395,8 +395,8 @@ def _context_items(cfg: Settings, spec: OutputSpec, lay: layouts.Layout, role: s
     # deferred: as in plan_items, only planning needs the database
     import psycopg
 
-    from sql.layout_rows import layout_rows
-    from sql.selectors import physical_nodes
+    from hoardfs.sql.layout_rows import layout_rows
+    from hoardfs.sql.selectors import physical_nodes
 
     if not shas:
         return []
@@ -438,7 +438,7 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
          started: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """The run; `started()` is called once the zone admitted it (room reserved, its tree
     made): what fails before that was refused, and has written and reserved nothing."""
-    from fsd.store import Store  # deferred: the store opens only when there is something to copy
+    from hoardfs.fsd.store import Store  # deferred: the store opens only when there is something to copy
 
     t0 = time.monotonic()
     if (done := _sealed_report(cfg, spec)) is not None:
@@ -490,11 +490,11 @@ def copy_planned(cfg: Settings, spec: OutputSpec, store: Any, items: list[Item],
 
 
 def clean(cfg: Settings, output_id: str, zone: str | None = None, aside: bool = False) -> dict[str, Any]:
-    """`hoard zones clean ID`: remove the output (fsd.outputs.zones.clean: sealed, or incomplete with
+    """`hoard zones clean ID`: remove the output (hoardfs.fsd.outputs.zones.clean: sealed, or incomplete with
     no live job), the view a view-mode output published, and the recorded request — the id is
     free again. Refused while a stage/export of the id runs (ZoneBusy). `aside`: its directories
-    renamed into the zone's trash (fsd.outputs.zones.clean), deleted later by `empty_trash`."""
-    from fsd.outputs.views import remove_view  # deferred: only a view-mode output opens the store here
+    renamed into the zone's trash (hoardfs.fsd.outputs.zones.clean), deleted later by `empty_trash`."""
+    from hoardfs.fsd.outputs.views import remove_view  # deferred: only a view-mode output opens the store here
 
     damaged = False
     try:
@@ -519,7 +519,7 @@ def clean(cfg: Settings, output_id: str, zone: str | None = None, aside: bool = 
     view = res["view"] or (view_name(spec) if spec is not None and spec.mode == "view" else None)
     res["view_removed"] = False
     if view:  # gc then frees what only it named
-        from fsd.store import Store  # deferred: the store opens only for a view
+        from hoardfs.fsd.store import Store  # deferred: the store opens only for a view
 
         with Store.open(cfg) as store, contextlib.suppress(ViewError):
             remove_view(store, view, for_output=True)

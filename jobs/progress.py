@@ -1,10 +1,10 @@
 """Live progress of maintenance jobs (replicate, verify, rebuild, gc) for the GUI: the job's
-figures (`fsd.base.progress`) published to Redis, and read back for the runs.
+figures (`hoardfs.base.progress`) published to Redis, and read back for the runs.
 
 The job's hook only stores figures in memory; `reported` publishes them from a daemon thread
 to the key `hoard:progress:<job id>` (JSON: done, total, rate, eta_s, state …) about once a
 second, on its own connection with a short timeout and no retries. Redis down, paused or
-slow: the figures go missing for that while, the job does not wait (`fsd.base.progress`
+slow: the figures go missing for that while, the job does not wait (`hoardfs.base.progress`
 says how little the end of a job waits for its last figures). While the job runs the key
 lives RUNNING_TTL_S past its last refresh, so a job killed outright leaves nothing stale for
 long; the final figures stay FINAL_TTL_S.
@@ -22,7 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from fsd.base.progress import Progress, Snapshot, published
+from hoardfs.base.progress import Progress, Snapshot, published
 
 KEY = "hoard:progress:{}"
 #: a publish waits at most this long for Redis (connect, then the reply)

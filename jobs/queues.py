@@ -24,7 +24,7 @@ from rq.registry import (
 from rq.utils import current_timestamp
 from rq.worker import BaseWorker
 
-from fsd.base.errors import (
+from hoardfs.base.errors import (
     WRITE_CONFLICT_STATES,
     ExitCode,
     HoardError,
@@ -33,13 +33,13 @@ from fsd.base.errors import (
     first_line,
     write_conflict,
 )
-from fsd.base.proc import pid_alive
-from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
-from jobs.jobkey import JobKey
+from hoardfs.base.proc import pid_alive
+from hoardfs.jobs.guard import SERIALIZER, GuardedWorker, HoardJob
+from hoardfs.jobs.jobkey import JobKey
 
 #: The queues of hoardfs, in the order a default worker serves them (`actions`: an action's
 #: worker step, which may run for hours — its own queue, so stages and ingests are not stuck behind it;
-#: `events`: webhook deliveries, short network calls, jobs.events)
+#: `events`: webhook deliveries, short network calls, hoardfs.jobs.events)
 QUEUES = ("ingest", "io", "sql", "maintenance", "actions", "events")
 #: the states `job_counts` counts jobs in (RQ's queue and its registries; `abandoned`: started by a
 #: worker that died, not yet failed or retried by a worker's maintenance), in its order
@@ -97,7 +97,7 @@ def condition_line(e: BaseException) -> str:
 
 
 class SigningQueue(Queue):
-    """An RQ queue whose every new job is signed with `job_key` (jobs.jobkey) as it is made —
+    """An RQ queue whose every new job is signed with `job_key` (hoardfs.jobs.jobkey) as it is made —
     `enqueue`, `enqueue_in`, `enqueue_at` all make their jobs here."""
 
     job_key: JobKey | None = None
@@ -110,9 +110,9 @@ class SigningQueue(Queue):
 
 
 def rq_queue(name: str, conn: redis.Redis, key: JobKey | None = None) -> Queue:
-    """An RQ queue of hoardfs: JSON jobs (jobs.guard), never pickles. `key`: the store's job key
-    (`jobs.jobkey.of(cfg)`), which signs every job queued through it — a worker of the server
-    runs no other job but a host's (jobs.guard.HOST_JOBS); only a queue that is read needs none."""
+    """An RQ queue of hoardfs: JSON jobs (hoardfs.jobs.guard), never pickles. `key`: the store's job key
+    (`hoardfs.jobs.jobkey.of(cfg)`), which signs every job queued through it — a worker of the server
+    runs no other job but a host's (hoardfs.jobs.guard.HOST_JOBS); only a queue that is read needs none."""
     queue = SigningQueue(name, connection=conn, serializer=SERIALIZER)
     queue.job_key = key
     return queue
@@ -124,14 +124,14 @@ def fetch_job(job_id: str, conn: redis.Redis) -> Job:
 
 
 class HoardWorker(GuardedWorker, Worker):
-    """`hoard worker`: RQ's worker, except that it runs only hoardfs's own jobs (jobs.guard: JSON,
+    """`hoard worker`: RQ's worker, except that it runs only hoardfs's own jobs (hoardfs.jobs.guard: JSON,
     an allow-list checked before anything of a job is imported), and that a job ending on one of
     CONDITIONS (PostgreSQL stopped, a disk gone, a full zone) is one line in the log — what
     failed and the job — not a Python traceback for what is no bug; the job's state says how to
     go on, and RQ's failed job registry (rq-dashboard) keeps the whole traceback. Any other
     exception is a bug and is logged with its traceback as RQ does. `config_path`: the file the
     worker's configuration came from (a job naming another is refused); `job_key`: its store's
-    job key (jobs.jobkey: a job not of HOST_JOBS runs only when signed with it)."""
+    job key (hoardfs.jobs.jobkey: a job not of HOST_JOBS runs only when signed with it)."""
 
     def __init__(self, *args: Any, config_path: Any = None, job_key: JobKey | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", SERIALIZER)

@@ -33,7 +33,7 @@ taken with one LREM — again only the reaper whose LREM removed it goes on — 
 `queued`, put back at the front of its queue.
 
 Running it again must be harmless, and is for the jobs it takes: a stage or export resumes
-or reports its sealed output (jobs.outputs, jobs.remote); the other hoardfs jobs resume from
+or reports its sealed output (hoardfs.jobs.outputs, hoardfs.jobs.remote); the other hoardfs jobs resume from
 their state files as after a kill -9 (their tests kill them at every step).
 """
 
@@ -51,9 +51,9 @@ from rq import Worker
 from rq.executions import parse_composite_key
 from rq.registry import StartedJobRegistry
 
-from fsd.base.proc import pid_alive, process_space
-from jobs.queues import QUEUES, connect, fetch_job, rq_queue
-from jobs.remote import QUEUE as REMOTE_QUEUE
+from hoardfs.base.proc import pid_alive, process_space
+from hoardfs.jobs.queues import QUEUES, connect, fetch_job, rq_queue
+from hoardfs.jobs.remote import QUEUE as REMOTE_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def _queue_again(conn: redis.Redis, queue: Any, job: Any, status: str) -> bool:
 
 def _runs_here(conn: redis.Redis, job_id: str) -> bool:
     """Whether the job's worker is a live process of this host — its hostname, and the process
-    space its `hoard worker` recorded (jobs.guard), this one's: RQ's SimpleWorker (in-process:
+    space its `hoard worker` recorded (hoardfs.jobs.guard), this one's: RQ's SimpleWorker (in-process:
     `hoard demo`, the benchmarks) sends no heartbeat while it runs a job, and a process of
     this host is known alive without one."""
     name = _text(conn.hget(f"rq:job:{job_id}", "worker_name"))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import redis
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.modes import ensure_dir
-from fsd.base.proc import run, which
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.modes import ensure_dir
+from hoardfs.base.proc import run, which
 
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes including the NUL
 

@@ -13,7 +13,7 @@ never opens the index (it lives on the server's SSD): it records the request in 
 `<ssd>/state/outputs/`, reads each record with a ranged GET from its S3 disk of the same
 label, checks it (the record header names the object; its xxh3 and sha256 are checked as any
 read checks them) and writes the output into its own 3C or 3D through the same reserve, copy
-and seal as a local run (fsd.outputs.write). A job re-queued after its host died (jobs.reaper)
+and seal as a local run (hoardfs.fsd.outputs.write). A job re-queued after its host died (hoardfs.jobs.reaper)
 runs the same request again: on a host that already holds the sealed output it is reported
 done, a partial tree is resumed (what checks is kept), and on another host it is made there —
 nothing of a stage or an export is written outside the host's own zone.
@@ -30,18 +30,18 @@ from typing import Any
 
 from rq import get_current_job
 
-from fsd.base import config as config_mod
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.paths import display, hostile_reason
-from fsd.core import shardfmt as fmt
-from fsd.core.records import ITER_READ, DataError, checked_header, verify_record
-from fsd.outputs.materialize import Item
-from jobs import outputs
+from hoardfs.base import config as config_mod
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError, first_line
+from hoardfs.base.paths import display, hostile_reason
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.records import ITER_READ, DataError, checked_header, verify_record
+from hoardfs.fsd.outputs.materialize import Item
+from hoardfs.jobs import outputs
 
 log = logging.getLogger(__name__)
 
-#: the queue only remote workers serve (not one of jobs.queues.QUEUES: a worker of the store's
+#: the queue only remote workers serve (not one of hoardfs.jobs.queues.QUEUES: a worker of the store's
 #: server serves those, and a job here is meant for another host's zone)
 QUEUE = "remote"
 #: records longer than this are read in pieces of it (bounded memory), as `Store.iter_object`
@@ -63,7 +63,7 @@ def locate(cfg: Settings, spec: outputs.OutputSpec) -> dict[str, Any]:
     """The plan a remote worker runs: the output's items and, for each object, its record's
     place (shard hex, offset, length) and the labels of the S3 disks holding a replica.
     RemoteError (one line) when an object is on no S3 disk, or the output is not a copy."""
-    from fsd.store import Store  # deferred: opened only to look the objects up
+    from hoardfs.fsd.store import Store  # deferred: opened only to look the objects up
 
     if spec.mode != "copy":
         raise RemoteError(f"{spec.kind} {spec.id}: --remote copies (--mode copy); a view lives in this server's "
@@ -99,11 +99,12 @@ def locate(cfg: Settings, spec: outputs.OutputSpec) -> dict[str, Any]:
 def enqueue(cfg: Settings, spec: outputs.OutputSpec, conn: Any) -> str:
     """Plan and locate here, then queue the job on `remote` (once: a job of the same id that
     waits or runs is kept)."""
-    from jobs import jobkey  # deferred: jobs.queues loads RQ
-    from jobs.queues import enqueue_once
+    # deferred: hoardfs.jobs.queues loads RQ, and the key is read only where a job is queued
+    from hoardfs.jobs import jobkey
+    from hoardfs.jobs.queues import enqueue_once
 
     plan = locate(cfg, spec)
-    return enqueue_once(conn, QUEUE, "jobs.remote.run_output", None, spec.model_dump(), plan,
+    return enqueue_once(conn, QUEUE, "hoardfs.jobs.remote.run_output", None, spec.model_dump(), plan,
                         job_id=job_id(spec.kind, spec.id), timeout=outputs.JOB_TIMEOUT_S,
                         description=f"{spec.kind} {spec.id} (remote)", key=jobkey.of(cfg))
 
@@ -112,7 +113,7 @@ def enqueue(cfg: Settings, spec: outputs.OutputSpec, conn: Any) -> str:
 
 def run_output(config_path: str | None, spec_doc: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
     """RQ job (queue `remote`): the located plan of a stage or export, run against this host's
-    own configuration (`config_path`: the worker's, given by jobs.guard). Idempotent: a sealed
+    own configuration (`config_path`: the worker's, given by hoardfs.jobs.guard). Idempotent: a sealed
     output of the same request is reported done; a partial one resumed."""
     cfg = config_mod.load(config_path)
     try:
@@ -137,7 +138,7 @@ def keep_exit_code(e: HoardError) -> None:
 def make_planned(cfg: Settings, spec: outputs.OutputSpec, plan: Any) -> dict[str, Any]:
     """The located plan of `spec` (checked first: `checked_plan`) made in this host's zone —
     recorded, reserved, read off the S3 disks, sealed; the output's report. Also the stage of
-    an action run on this host (jobs.actions.remote)."""
+    an action run on this host (hoardfs.jobs.actions.remote)."""
     items, where, n_nodes = checked_plan(spec, plan)
     outputs.submit(cfg, spec)
 
@@ -150,7 +151,7 @@ def make_planned(cfg: Settings, spec: outputs.OutputSpec, plan: Any) -> dict[str
 
 
 _SHA = re.compile(r"[0-9a-f]{64}")
-_SHARD = re.compile(r"[0-9a-f]{24}")  # a shard id: 12 bytes (fsd.core.entries)
+_SHARD = re.compile(r"[0-9a-f]{24}")  # a shard id: 12 bytes (hoardfs.fsd.core.entries)
 
 
 def checked_plan(spec: outputs.OutputSpec, plan: Any) -> tuple[list[Item], dict[str, list[Any]], int]:
@@ -158,7 +159,7 @@ def checked_plan(spec: outputs.OutputSpec, plan: Any) -> tuple[list[Item], dict[
     server's `locate` made it, but anyone who can write to Redis can queue a `run_output` (the
     guard allows the function), and its paths are joined to this host's zone and its sidecars
     are bytes written there. Every path must be a clean relative path under the layout's own
-    directory (`fsd.base.paths.hostile_reason`, as the seal checks it — but the sidecars are
+    directory (`hoardfs.base.paths.hostile_reason`, as the seal checks it — but the sidecars are
     written before the seal looks), every object located, each place well-formed. RemoteError
     (one line) naming the first thing wrong; nothing written, nothing recorded."""
     def bad(why: str) -> RemoteError:
@@ -209,7 +210,7 @@ def checked_plan(spec: outputs.OutputSpec, plan: Any) -> tuple[list[Item], dict[
 def open_s3(cfg: Settings, label: str) -> Any:
     """This host's S3 disk `label`, its bucket checked to be that hoardfs disk (its identity):
     RemoteError (one line) when hoard.toml declares no such S3 disk or names another bucket."""
-    from fsd.core.s3 import S3Disk  # deferred: boto3 is loaded only where an S3 disk is read
+    from hoardfs.fsd.core.s3 import S3Disk  # deferred: boto3 is loaded only where an S3 disk is read
 
     dc = next((d for d in cfg.disks if d.kind == "s3" and d.label == label), None)
     if dc is None:

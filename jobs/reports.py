@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fsd.base.units import fmt_bytes
+from hoardfs.base.units import fmt_bytes
 
 #: keys shown on their own (the rejected files, each with its reason) or not at all
 NOT_FIGURES = frozenset({"rejected", "already_done"})

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fsd.base.config import Settings
-from fsd.base.logs import JsonLinesHandler, run_context
+from hoardfs.base.config import Settings
+from hoardfs.base.logs import JsonLinesHandler, run_context
 
 #: what a run's log keeps (INFO: what it did; WARNING/ERROR: what went wrong)
 LEVEL = logging.INFO
@@ -32,7 +32,7 @@ def path(cfg: Settings, kind: str, run_id: str) -> Path:
 @contextlib.contextmanager
 def captured(cfg: Settings, kind: str, run_id: str) -> Iterator[None]:
     """Append this process's records to the run's log for the with-block (and, under systemd,
-    give them the run's journal fields: fsd.base.logs.run_context)."""
+    give them the run's journal fields: hoardfs.base.logs.run_context)."""
     p = path(cfg, kind, run_id)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict
 
-from fsd.base import config
-from fsd.io.replicate import replicate_once
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.io.replicate import replicate_once
+from hoardfs.fsd.store import Store
 
 
 def replicate(config_path: str | None = None, budget_s: float = 300.0, rate_mb_s: float | None = 100.0,

@@ -1,7 +1,7 @@
 """Who may upload batches over HTTP: one bearer token per scraper (`hoard tokens add|list|rm`),
-checked by `POST /api/v1/batches` (gui.api) — not a login of `hoard gui`, which signs in people.
+checked by `POST /api/v1/batches` (hoardfs.gui.api) — not a login of `hoard gui`, which signs in people.
 
-Here, below the GUI, as the logins are (`jobs.users`): the command manages tokens without
+Here, below the GUI, as the logins are (`hoardfs.jobs.users`): the command manages tokens without
 loading NiceGUI, the GUI only checks them. A token is 32 random bytes (`secrets.token_urlsafe`),
 printed once by `hoard tokens add`; only its sha256 is kept, in `api.tokens_file` (JSON, mode
 0600, beside the users file by default). A fast hash is enough for a random 256-bit secret —
@@ -18,9 +18,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from jobs.users import NAME, edit_private, read_private
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.jobs.users import NAME, edit_private, read_private
 
 #: what every token starts with: a reader of a log or a leaked config tells a hoardfs upload
 #: token from other secrets (GitHub's `ghp_` convention)

@@ -1,5 +1,5 @@
-"""Usage history: the `hoard health` document (`jobs.health.collect`) turned into one
-`usage_sample` (sql.usage) — `hoard health --record` and systemd/hoard-usage.timer — with each
+"""Usage history: the `hoard health` document (`hoardfs.jobs.health.collect`) turned into one
+`usage_sample` (hoardfs.sql.usage) — `hoard health --record` and systemd/hoard-usage.timer — with each
 disk's SMART reading (`smart_sample`), and read back for the storage page's charts.
 
 The figures are the document's own, never measured again here. What the document does not
@@ -14,13 +14,13 @@ from typing import Any
 
 import psycopg
 
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError, first_line
-from sql.browse import fold_member_tally
-from sql.usage import HistoryPoint, Recorded, SmartPoint, SmartRow, UsageRow
-from sql.usage import history as _history
-from sql.usage import record as _record
-from sql.usage import smart_history as _smart_history
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError, first_line
+from hoardfs.sql.browse import fold_member_tally
+from hoardfs.sql.usage import HistoryPoint, Recorded, SmartPoint, SmartRow, UsageRow
+from hoardfs.sql.usage import history as _history
+from hoardfs.sql.usage import record as _record
+from hoardfs.sql.usage import smart_history as _smart_history
 
 #: disk states whose byte counts are read from the disk itself
 _READABLE = ("active", "draining")
@@ -61,7 +61,7 @@ def rows(report: dict[str, Any]) -> list[UsageRow]:
 
 
 def smart_rows(report: dict[str, Any]) -> list[SmartRow]:
-    """The SMART readings of a `hoard health` document's disks (`fsd.core.smart.read_all`), one
+    """The SMART readings of a `hoard health` document's disks (`hoardfs.fsd.core.smart.read_all`), one
     row per disk whose drive has SMART; the figures as the document has them."""
     out = []
     for d in report["disks"]:
@@ -75,7 +75,7 @@ def smart_rows(report: dict[str, Any]) -> list[SmartRow]:
     return out
 
 
-#: a page view waits for the history only briefly (gui.storage): its connection and query give
+#: a page view waits for the history only briefly (hoardfs.gui.storage): its connection and query give
 #: up soon after, so a hung database does not hold a GUI thread for long per view
 HISTORY_TIMEOUT_S = 3
 
@@ -91,8 +91,8 @@ def _connect(cfg: Settings, why: str, timeout_s: int = 10) -> psycopg.Connection
 
 def record(cfg: Settings, report: dict[str, Any]) -> Recorded:
     """Record the document as a usage sample (unless the last one is younger than
-    sql.usage.SAMPLE_EVERY), prune samples older than sql.usage.KEEP, and fold the past days
-    of batch_member_tally (sql.browse.fold_member_tally)."""
+    hoardfs.sql.usage.SAMPLE_EVERY), prune samples older than hoardfs.sql.usage.KEEP, and fold the past days
+    of batch_member_tally (hoardfs.sql.browse.fold_member_tally)."""
     with _connect(cfg, "no usage sample recorded") as conn:
         done = _record(conn, rows(report), smart=smart_rows(report))
         fold_member_tally(conn)  # the ingest chart's per-statement rows of past days, one per batch and day

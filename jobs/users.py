@@ -2,7 +2,7 @@
 each role may do, and the limit on failed logins.
 
 Here, below the GUI, so that `hoard users` (and `hoard demo`, which makes the demo's login)
-manage accounts without loading NiceGUI; the GUI's sign-in (`gui.auth`) checks against it.
+manage accounts without loading NiceGUI; the GUI's sign-in (`hoardfs.gui.auth`) checks against it.
 
 Users come from two places: `[[gui.users]]` in hoard.toml (read-only here) and
 `gui.users_file` (JSON, mode 0600), which `hoard users add|passwd|rm` edits. A name in both
@@ -26,9 +26,9 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, flocked
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import atomic_write, flocked
 
 #: roles from least to most; each may do what the ones before it may
 ROLES = ("viewer", "operator", "admin")
@@ -214,7 +214,7 @@ def _edit(cfg: Settings, name: str, change) -> None:
 def edit_private(path: Path, read: Callable[[Path], dict[str, Any]], change: Callable[[dict[str, Any]], object]) -> None:
     """`change` the JSON object in `path` (as `read` reads it) under the file's lock, and write it
     back atomically, 0600 from its first byte: the users file (password hashes) and the tokens
-    file (jobs.tokens) are nobody else's to read."""
+    file (hoardfs.jobs.tokens) are nobody else's to read."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with flocked(path.with_name(f".{path.name}.lock")):
         data = read(path)
@@ -274,7 +274,7 @@ class LoginLimiter:
       window is still checked, so a correct password of a name that is not locked signs in.
 
     A login from a recognised device (`device`: a browser that signed in as that name before,
-    gui.devices) is counted on that device and name alone — `attempts` failures a window lock
+    hoardfs.gui.devices) is counted on that device and name alone — `attempts` failures a window lock
     that device out of that name — and the three counts above (strangers') neither hold it back
     nor grow by it: no stranger, whatever they guess, locks the owner's own browser out.
 

@@ -4,11 +4,11 @@ Other systems never write SQL: they hand `apply_write_intent` a `WriteIntent` an
 `query_nodes` for node sets. Every function takes an explicit connection.
 """
 
-from sql.apply import apply_write_intent as apply_write_intent
-from sql.intents import WriteIntent as WriteIntent
-from sql.intents import parse_intent as parse_intent
-from sql.migrate import migrate as migrate
-from sql.selectors import Selector as Selector
-from sql.selectors import query_nodes as query_nodes
+from hoardfs.sql.apply import apply_write_intent as apply_write_intent
+from hoardfs.sql.intents import WriteIntent as WriteIntent
+from hoardfs.sql.intents import parse_intent as parse_intent
+from hoardfs.sql.migrate import migrate as migrate
+from hoardfs.sql.selectors import Selector as Selector
+from hoardfs.sql.selectors import query_nodes as query_nodes
 
 __all__ = ["Selector", "WriteIntent", "apply_write_intent", "migrate", "parse_intent", "query_nodes"]

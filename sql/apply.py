@@ -17,7 +17,7 @@ its object, and storing an object again takes its type-B tombstone off (`Index.l
 so a node `hoard delete --batch` marked deleted is marked live again in the transaction that
 adds its batch membership (`nodes_live_again`) — unless the store hides it (deletion type A,
 `is_hidden`), which storing it again does not undo. An intent that adds physical nodes or batch
-members holds `MEMBERSHIP_LOCK` shared, and `sql.deletion.drop_batch` holds it exclusively: a
+members holds `MEMBERSHIP_LOCK` shared, and `hoardfs.sql.deletion.drop_batch` holds it exclusively: a
 deletion's "no other batch holds it" is decided either before such an apply (which then marks
 the node live) or after it committed (and sees its members), never beside it.
 
@@ -43,10 +43,17 @@ from typing import Any
 
 import psycopg
 
-from fsd.base.errors import write_conflict
-from sql.intents import RESULT_COLUMNS, IntentConflict, IntentError, WriteIntent, parse_intent, virtual_description
-from sql.rows import one
-from sql.schema_decider import fill_specific_tables
+from hoardfs.base.errors import write_conflict
+from hoardfs.sql.intents import (
+    RESULT_COLUMNS,
+    IntentConflict,
+    IntentError,
+    WriteIntent,
+    parse_intent,
+    virtual_description,
+)
+from hoardfs.sql.rows import one
+from hoardfs.sql.schema_decider import fill_specific_tables
 
 
 @dataclass
@@ -93,6 +100,11 @@ def apply_write_intent(conn: psycopg.Connection, intent: WriteIntent | dict[str,
                 raise
             time.sleep(random.uniform(0.01, 0.1) * (attempt + 1))  # the other transaction gets ahead
     raise AssertionError("unreachable")
+
+
+def is_applied(conn: psycopg.Connection, key: str) -> bool:
+    """Whether a write-intent of this key was applied (committed)."""
+    return conn.execute("SELECT 1 FROM applied_intent WHERE key = %s", [key]).fetchone() is not None
 
 
 def _apply_once(conn: psycopg.Connection, intent: WriteIntent) -> ApplyResult:
@@ -179,7 +191,7 @@ def _ids(conn: psycopg.Connection, table: str, key: str, names: set[str]) -> dic
 
 class NodeIds:
     """The node id (and kind) of each sha256 an intent names, looked up in `node` once; keyed
-    by the sha256 as the intent writes it (64 lowercase hex digits: `sql.intents.Sha`), so each
+    by the sha256 as the intent writes it (64 lowercase hex digits: `hoardfs.sql.intents.Sha`), so each
     is decoded once, for the lookup, and every row after it finds its id by the intent's own
     string (decoded again for the checks and for the rows, a 100,000-node intent spent about
     1 s of client CPU in the decodes: a profile of session 45)."""

@@ -20,11 +20,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_copy
-from fsd.base.proc import which
-from sql.deletion import sample_held
-from sql.rows import one
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import atomic_copy
+from hoardfs.base.proc import which
+from hoardfs.sql.deletion import sample_held
+from hoardfs.sql.rows import one
 
 
 @dataclass
@@ -92,7 +92,7 @@ def dump_backup(url: str, store, zone3b: Path, label: str = "hoard", progress=No
     return DumpResult(backup_id, put.sha256, size, dest, counts, time.monotonic() - t0)
 
 
-#: (the store keeps it as fsd.core.pointers.DB_DUMP: sql does not import fsd)
+#: (the store keeps it as hoardfs.fsd.core.pointers.DB_DUMP: sql does not import fsd)
 POINTER = ".hoard-db-dump.json"
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 
-from fsd.base.errors import ExitCode, HoardError
-from sql.rows import one
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.sql.rows import one
 
 
 class BatchError(HoardError):

@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from fsd.base.errors import ExitCode, HoardError
-from sql.rows import one
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.sql.rows import one
 
 #: the deepest parents/children a node page walks
 MAX_DEPTH = 3
@@ -101,7 +101,7 @@ def sources(conn: psycopg.Connection) -> list[str]:
 
 
 #: a video's poster: the image its source shipped with it (yt-dlp's thumbnail, a `thumbnail_of`
-#: child, adapters.sidecars), found through the edge's primary key — the first one still stored
+#: child, hoardfs.adapters.sidecars), found through the edge's primary key — the first one still stored
 #: (a deleted one has no bytes to show) and not flagged (unwanted content is no video's face)
 POSTER = """(SELECT encode(t.sha256, 'hex') FROM edge e JOIN relationship_type r ON r.rel_id = e.rel_id
                      JOIN node t ON t.node_id = e.child_id JOIN physical_content tc ON tc.node_id = e.child_id
@@ -303,7 +303,7 @@ def fold_member_tally(conn: psycopg.Connection) -> int:
 
 def ingested_per_day_at(url: str, days: int = 30) -> list[dict[str, Any]]:
     """`ingested_per_day` on a connection of its own, for a status refresh that must not fail:
-    [] when the database does not answer (`sql.health.database_status` says why)."""
+    [] when the database does not answer (`hoardfs.sql.health.database_status` says why)."""
     try:
         with psycopg.connect(url, connect_timeout=5) as conn:
             return ingested_per_day(conn, days)

@@ -1,4 +1,4 @@
-"""The database's side of `hoard check` (the store's side is fsd.maintenance.check): which
+"""The database's side of `hoard check` (the store's side is hoardfs.fsd.maintenance.check): which
 physical nodes the store lacks (`store_vs_database`), and whose deletion flags disagree with
 what the store says of their objects (`liveness`, mended by `mend_liveness`)."""
 
@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from sql.apply import hold_membership
+from hoardfs.sql.apply import hold_membership
 
 #: rows fetched from the server at a time: the nodes are streamed, never all held (issue 37)
 ROWS = 10_000
@@ -46,7 +46,7 @@ def _tuples(conn: psycopg.Connection, query: str) -> Iterator[tuple[Any, ...]]:
 
 
 class StoreMarks(Protocol):
-    """What the store says of an object (fsd.maintenance.check.IndexMarks asks the index)."""
+    """What the store says of an object (hoardfs.fsd.maintenance.check.IndexMarks asks the index)."""
 
     def holds(self, sha: bytes) -> bool:
         """Whether the index has the object."""

@@ -20,10 +20,10 @@ from pathlib import Path
 import psycopg
 from psycopg import sql as pgsql
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write
-from fsd.base.modes import passage
-from fsd.base.proc import run, which
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import atomic_write
+from hoardfs.base.modes import passage
+from hoardfs.base.proc import run, which
 
 PG_BIN_DIRS = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
 SERVER_USER = "postgres"

@@ -136,7 +136,7 @@ def _sample_rows(conn: psycopg.Connection, node_ids: Sequence[int], ocr_boxes: b
 #
 # Temp tables (ON COMMIT DROP: run in one transaction): ds_cls (the selection, each node with
 # its class and parent), ds_up (the roots of those parents), ds_kept (the classed nodes with their
-# split), ds_final (after the caps). Each computes what datasets.plan computes per sample — the
+# split), ds_final (after the caps). Each computes what hoardfs.datasets.plan computes per sample — the
 # same rules — so the dry run's counts are the build's (tests/test_datasets.py compares them).
 
 #: the signed bigint whose XOR maps an unsigned 64-bit value onto a signed one, order kept
@@ -285,7 +285,7 @@ def dry_kept_ids(conn: psycopg.Connection, node_ids: list[int]) -> list[int]:
 
 def split_thresholds(ratios: dict[str, float]) -> list[int]:
     """For each split in order, N: a draw n (the first 8 bytes of the hash, unsigned) falls in
-    it or before iff n < N — exactly where `datasets.plan.split_of`'s `n / 2**64 < acc` (acc
+    it or before iff n < N — exactly where `hoardfs.datasets.plan.split_of`'s `n / 2**64 < acc` (acc
     summed as it sums it, in floats) changes, found by bisection over the integers."""
     out, acc = [], 0.0
     for r in ratios.values():
@@ -302,7 +302,7 @@ def split_thresholds(ratios: dict[str, float]) -> list[int]:
 
 
 def split_case(ratios: dict[str, float], expr: str) -> str:
-    """SQL: the split index of the group key `expr` (text) drawn as datasets.plan.split_of does:
+    """SQL: the split index of the group key `expr` (text) drawn as hoardfs.datasets.plan.split_of does:
     sha256(%(salt)s || key), its first 8 bytes an unsigned integer against the thresholds (the
     last split when the float sum of the ratios falls a hair short of 1)."""
     n = (f"(('x' || encode(substring(sha256(%(salt)s::bytea || convert_to({expr}, 'UTF8')) from 1 for 8), 'hex'))"
@@ -319,7 +319,7 @@ def dry_kept(conn: psycopg.Connection, *, group: str, ratios: dict[str, float], 
              label_groups: dict[int, int] | None) -> None:
     """ds_kept(node_id, sha256, size, cls, split_idx): the classed nodes with the split their
     group drew; `label_groups` (label:KEY) maps a root id to the split index its group drew
-    (datasets.plan.group_keys), other roots drawing `root:<id>`. No dedup here: node.sha256 is
+    (hoardfs.datasets.plan.group_keys), other roots drawing `root:<id>`. No dedup here: node.sha256 is
     UNIQUE and a selection names a node once, so `by_sha256` never finds two nodes of one
     content (nor, of course, `by_node` one node twice)."""
     salted = {"salt": salt.encode() + b"\0"}
@@ -363,7 +363,7 @@ def dry_field(conn: psycopg.Connection, key: str, splits: list[str]) -> tuple[st
 
 
 def dry_caps(conn: psycopg.Connection, caps: dict[str, int] | None, max_per_class: int | None, salt: str) -> str:
-    """The caps (datasets.plan._caps): of each (split, class) the `cap` samples with the lowest
+    """The caps (hoardfs.datasets.plan._caps): of each (split, class) the `cap` samples with the lowest
     sha256(salt, sample key) — the key sha256[:16], or with the node id when two classed nodes
     share those digits. The table the counts come from: ds_final, or ds_kept without caps."""
     if not caps and max_per_class is None:

@@ -1,4 +1,4 @@
-"""The database's side of deletion (the store's side is fsd.maintenance.deletion).
+"""The database's side of deletion (the store's side is hoardfs.fsd.maintenance.deletion).
 
 Type A marks nodes `is_hidden` and `is_deleted` (selectors skip them; metadata, edges and
 labels stay as history). Type B drops one batch's references — its members and its
@@ -17,8 +17,8 @@ import json
 import psycopg
 from psycopg import sql as pgsql
 
-from fsd.base.errors import ExitCode, HoardError
-from sql.apply import VERSION_COLUMNS, hold_membership
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.sql.apply import VERSION_COLUMNS, hold_membership
 
 
 def hide_nodes(conn: psycopg.Connection, shas: list[bytes]) -> int:

@@ -2,7 +2,7 @@
 event with its pending deliveries in one transaction, claim a delivery for a try and record the
 try, list both for `hoard events`, `hoard webhooks deliveries` and the GUI.
 
-Who emits, who delivers and when is `jobs.events`'; here is only the SQL. An event is recorded
+Who emits, who delivers and when is `hoardfs.jobs.events`'; here is only the SQL. An event is recorded
 once per key: the same key again records nothing and makes no delivery (a step run again after
 a crash). Events older than KEEP are deleted whenever one is recorded, their deliveries with
 them.
@@ -19,8 +19,8 @@ import psycopg
 from psycopg.rows import class_row
 from pydantic import BaseModel
 
-from fsd.base.config import EVENT_NAMES as EVENT_NAMES  # the names are the configuration's to check
-from fsd.base.errors import ExitCode, HoardError
+from hoardfs.base.config import EVENT_NAMES as EVENT_NAMES  # the names are the configuration's to check
+from hoardfs.base.errors import ExitCode, HoardError
 
 KEEP = dt.timedelta(days=90)
 """Events older than this (and their deliveries) are deleted whenever an event is recorded."""

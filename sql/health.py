@@ -1,5 +1,5 @@
 """The database's part of `hoard health`: reachability, version, size, backups, and the
-problems they show (`jobs.health` puts every part together)."""
+problems they show (`hoardfs.jobs.health` puts every part together)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import psycopg
 
-from fsd.base.errors import first_line
-from sql.migrate import available
-from sql.rows import one
+from hoardfs.base.errors import first_line
+from hoardfs.sql.migrate import available
+from hoardfs.sql.rows import one
 
 
 def database_status(url: str, timeout: float = 5) -> dict[str, Any]:

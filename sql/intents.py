@@ -2,7 +2,7 @@
 
 An adapter or an action parser builds a `WriteIntent` (pure data, versioned, validated by
 pydantic: unknown fields and wrong types are refused with the path of the bad field) and
-hands it to `sql.apply.apply_write_intent(conn, intent)`. This module is the contract: the
+hands it to `hoardfs.sql.apply.apply_write_intent(conn, intent)`. This module is the contract: the
 models, `parse_intent`, the errors and the names of virtual assets.
 """
 
@@ -15,9 +15,9 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from fsd.base.config import describe_validation_error
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import NAME_PATTERN
+from hoardfs.base.config import describe_validation_error
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.paths import NAME_PATTERN
 
 INTENT_VERSION: Final = 1
 Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]

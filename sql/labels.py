@@ -1,5 +1,5 @@
 """Labels set and taken off by hand (`hoard label add|rm`): one write-intent per command, so
-the labels arrive the way every other change to the database does (sql.apply), all or
+the labels arrive the way every other change to the database does (hoardfs.sql.apply), all or
 nothing, with their origin recorded in `label.origin`.
 """
 
@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from fsd.base.errors import ExitCode, HoardError
-from sql.apply import apply_write_intent
-from sql.intents import parse_intent
-from sql.rows import one
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.intents import parse_intent
+from hoardfs.sql.rows import one
 
 
 class UnknownNodes(HoardError):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import psycopg
 
-from fsd.base.errors import ExitCode, HoardError
-from sql.rows import one
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.sql.rows import one
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _LOCK_ID = 0x686F617264  # "hoard"

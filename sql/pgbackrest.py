@@ -32,13 +32,20 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, create_new
-from fsd.base.modes import FILE, passage
-from sql.backup import VerifyResult, _counts, sampled_not_in_store
-from sql.cluster import SERVER_USER, PrivateCluster, _reachable_by, give_fd_to_server, give_to_server, run_as_server
-from sql.rows import one
-from sql.system import BACKREST_CONF, SystemCluster, read_backrest_conf
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import atomic_write, create_new
+from hoardfs.base.modes import FILE, passage
+from hoardfs.sql.backup import VerifyResult, _counts, sampled_not_in_store
+from hoardfs.sql.cluster import (
+    SERVER_USER,
+    PrivateCluster,
+    _reachable_by,
+    give_fd_to_server,
+    give_to_server,
+    run_as_server,
+)
+from hoardfs.sql.rows import one
+from hoardfs.sql.system import BACKREST_CONF, SystemCluster, read_backrest_conf
 
 STANZA = "hoard"
 RETENTION_FULL = 4  # weekly fulls kept: four weeks
@@ -79,7 +86,7 @@ class BackRest:
 
     @classmethod
     def system(cls, conf: Path = BACKREST_CONF) -> BackRest:
-        """The stanza `hoard install` set up for the system cluster (sql.system), for its
+        """The stanza `hoard install` set up for the system cluster (hoardfs.sql.system), for its
         backup unit, which runs as postgres."""
         if not conf.exists():
             raise BackRestError(f"{conf} is missing: `hoard install` sets pgBackRest up for the system cluster")

@@ -27,13 +27,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from fsd.base.errors import ExitCode, HoardError
-from sql.rows import one
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.sql.rows import one
 
 MAX_SAMPLES = 128
 COLUMN_PRESENCE = 0.5
 COLUMN_STABILITY = 0.95
-_LOCK_ID = 0x686F617264  # the migration lock (sql.migrate)
+_LOCK_ID = 0x686F617264  # the migration lock (hoardfs.sql.migrate)
 
 
 class ProposalError(HoardError):

@@ -16,10 +16,10 @@ import psycopg
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from fsd.base.config import describe_validation_error
-from fsd.base.errors import ExitCode, HoardError
-from sql.browse import search_query
-from sql.intents import Name, Sha
+from hoardfs.base.config import describe_validation_error
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.sql.browse import search_query
+from hoardfs.sql.intents import Name, Sha
 
 _strict = ConfigDict(extra="forbid")
 
@@ -176,7 +176,7 @@ def _from_sources(p: _Params, sources: list[str]) -> sql.Composable:
 
 def compile_selector(sel: Selector, words: str | None = None, ordered: bool = True
                      ) -> tuple[sql.Composed, dict[str, object]]:
-    """The query and its parameters. `words`: `sel.text` as a tsquery (sql.browse.search_query,
+    """The query and its parameters. `words`: `sel.text` as a tsquery (hoardfs.sql.browse.search_query,
     which needs the database to cut the words as the index did); required when `sel.text` is set.
     `ordered=False`: without ORDER BY when nothing depends on it (no LIMIT) — the same rows."""
     p = _Params()
@@ -220,7 +220,7 @@ def compile_selector(sel: Selector, words: str | None = None, ordered: bool = Tr
                              "AND cm.is_root = {})").format(p.add(sel.is_root)))
     if sel.text is not None:
         if words is None:
-            raise ValueError("compile_selector: a selector with text needs its words (sql.browse.search_query)")
+            raise ValueError("compile_selector: a selector with text needs its words (hoardfs.sql.browse.search_query)")
         # the expression of the metadata_search index (migration 008), as the GUI's search uses it
         where.append(sql.SQL("n.node_id IN (SELECT cm.node_id FROM common_metadata cm WHERE metadata_search_doc("
                              "cm.title, cm.author, cm.user_name, cm.raw_metadata) @@ {}::tsquery)").format(p.add(words)))

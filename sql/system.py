@@ -2,8 +2,8 @@
 `postgresql` package, peer authentication, a service role that is not a superuser, and a
 pgBackRest stanza whose repository is on an HDD.
 
-What is text and SQL lives here; `fsd.cli.install` runs it (as the postgres user) and
-`sql.pgbackrest.BackRest.system` reads the configuration back for the backup unit.
+What is text and SQL lives here; `hoardfs.cli.install` runs it (as the postgres user) and
+`hoardfs.sql.pgbackrest.BackRest.system` reads the configuration back for the backup unit.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 `smart_sample`, migration 012): record a sample, prune old ones, and read them back in time
 buckets for the storage page's charts.
 
-A sample is the rows `jobs.usage.rows` makes of one `hoard health` document: one per disk,
+A sample is the rows `hoardfs.jobs.usage.rows` makes of one `hoard health` document: one per disk,
 per SSD zone and one for the store. Recording takes an advisory lock, so two recorders at
 once (the timer and a person) leave one sample, not two.
 """
@@ -17,8 +17,8 @@ import psycopg
 from psycopg.rows import class_row
 from pydantic import BaseModel, ConfigDict
 
-from fsd.base.errors import ExitCode, HoardError
-from sql.rows import one
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.sql.rows import one
 
 SAMPLE_EVERY = dt.timedelta(minutes=10)
 """At most one sample per this interval: `hoard health --record` within it of the last sample

@@ -5,7 +5,7 @@ declared record that never shows up fails the test too, so declarations stay hon
 unless it is declared `optional=True` (a race decides whether it happens, e.g. a power cut).
 Records carrying a traceback (exc_info) count as unexpected unless declared.
 The processes a test starts (the CLI, the mount daemon, workers) are checked the same way:
-the plugin sets HOARD_LOG_JSON (fsd/base/logs.py) for the session, every `hoard` process appends
+the plugin sets HOARD_LOG_JSON (base/logs.py) for the session, every `hoard` process appends
 its WARNING/ERROR records there, and a test owns the records written while it ran.
 Modelled on S3QL's tests/pytest_checklogs.py.
 """
@@ -24,7 +24,7 @@ import pytest
 _KEY = pytest.StashKey["_Collector"]()
 _HITS = pytest.StashKey[set]()
 _PASSED = pytest.StashKey[bool]()
-_ENV = "HOARD_LOG_JSON"  # fsd.base.logs.ENV (not imported: the plugin loads before the project)
+_ENV = "HOARD_LOG_JSON"  # hoardfs.base.logs.ENV (not imported: the plugin loads before the project)
 
 
 _OWN = pytest.StashKey[str]()

@@ -20,7 +20,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from fsd.cli import COMMANDS, app
+from hoardfs.cli import COMMANDS, app
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 BEGIN = "<!-- BEGIN GENERATED: `make cli-docs` writes this part from the commands' help; edit the help, not this -->"

@@ -75,7 +75,7 @@ def _compile_bytecode() -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    from fsd.base import landlock
+    from hoardfs.base import landlock
 
     _compile_bytecode()
 
@@ -93,7 +93,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _repo_settings():
-    from fsd.base import config
+    from hoardfs.base import config
 
     return config.load(os.environ.get("HOARD_CONFIG") or REPO / "hoard.toml")
 
@@ -117,7 +117,7 @@ def servers() -> dict[str, str]:
         pytest.fail(f"refusing to test against database {name!r}: its name must end in _test", pytrace=False)
     if work_redis and redis.connection.parse_url(rd).get("db") == redis.connection.parse_url(work_redis).get("db"):
         pytest.fail("refusing to test against the working Redis database", pytrace=False)
-    from sql.cluster import ensure_database
+    from hoardfs.sql.cluster import ensure_database
 
     try:
         ensure_database(db)
@@ -356,8 +356,8 @@ def lab_factory() -> Iterator:
 @pytest.fixture
 def store_factory(tmp_path: Path):
     """Open stores on directory disks under tmp_path; all are closed after the test."""
-    from fsd.base import config
-    from fsd.store import Store
+    from hoardfs.base import config
+    from hoardfs.fsd.store import Store
 
     opened = []
 

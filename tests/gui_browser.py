@@ -78,7 +78,7 @@ def serving(cfg_path: Path, log_path: Path, port: int, unix: Path | None = None,
     gui.socket), until the block ends; yields its URL (`unix:<path>` for a socket) once
     /health/live answers. `started` gets the process (a benchmark reads its memory)."""
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "gui"], env=child_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "gui"], env=child_env(),
                             stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
     if started is not None:
         started.append(proc)

@@ -20,16 +20,16 @@ ROLES = {"ada": "admin", "otto": "operator", "vera": "viewer"}
 
 def make_home(home: Path, conn, **gui: object) -> Path:
     """Init the store and the schema under `home`, add the three users; returns the config path."""
-    from fsd.base import config
-    from jobs import users
-    from sql.migrate import migrate
+    from hoardfs.base import config
+    from hoardfs.jobs import users
+    from hoardfs.sql.migrate import migrate
 
     cfg_path = Path(use_schema(home, conn))
     text = cfg_path.read_text()
     if gui:
         text += "\n[gui]\n" + "".join(f"{k} = {v!r}\n" for k, v in gui.items())
     cfg_path.write_text(text)
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "init"], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "init"], capture_output=True,
                          text=True, env={k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"})
     assert res.returncode == 0, res.stderr
     migrate(conn)
@@ -63,7 +63,7 @@ def proxied(request, hoard_home: Path, pg, redis_conn) -> Iterator[tuple[str, in
     import shutil
     import tempfile
 
-    from fsd.base import config
+    from hoardfs.base import config
 
     top = Path(tempfile.mkdtemp(prefix="hg", dir="/tmp"))  # short: a socket's path holds 107 bytes at most
     top.chmod(0o711)
@@ -81,8 +81,8 @@ BATCH = "gallery-s3-b000"
 
 def drop_batch(cfg_path: Path, with_reject: bool = True) -> str:
     """A synthetic gallery batch with a `_READY` in 3A, plus one truncated sidecar (a reject)."""
-    from adapters.synth import Spec, generate
-    from fsd.base import config
+    from hoardfs.adapters.synth import Spec, generate
+    from hoardfs.base import config
 
     with open(cfg_path, "a") as fh:
         fh.write('\n[ingest]\nsettle_s = 0.05\n\n[sources]\ngallery = "gallery_dl"\n')
@@ -118,7 +118,7 @@ async def user(gui_home, user):  # noqa: F811 - NiceGUI's fixture, built after t
 
 #: what a current browser sends with a request a page of the GUI made (its Sign out form, its
 #: rq-dashboard's buttons): /logout and /rq's actions refuse a request that says nothing of where
-#: it came from (gui.auth._not_from_the_gui)
+#: it came from (hoardfs.gui.auth._not_from_the_gui)
 FROM_THE_GUI = {"Sec-Fetch-Site": "same-origin"}
 
 

@@ -5,8 +5,8 @@ import os
 
 from nicegui import ui
 
-from fsd.base import config
-from gui.app import build
+from hoardfs.base import config
+from hoardfs.gui.app import build
 
 build(config.load(os.environ["HOARD_CONFIG"]))
 ui.run(storage_secret="test secret", reload=False, show=False)

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from sql.cluster import PrivateCluster
+from hoardfs.sql.cluster import PrivateCluster
 
 REPO = Path(__file__).resolve().parent.parent
 REALDATA = REPO.parent / "shared" / "realdata"
@@ -94,7 +94,7 @@ def dir_disks_config(root: Path, n: int, first: int = 0, cap: float | None = Non
 
 def make_files(root: Path, n: int, seed: int = 0, lo: int = 1024, hi: int = 64 * 1024) -> list[Path]:
     """n files of pseudo-random bytes (deterministic by seed) under root."""
-    from adapters.synth import flat_files
+    from hoardfs.adapters.synth import flat_files
 
     return flat_files(root, n, seed, lo, hi)
 
@@ -115,7 +115,7 @@ def fresh_schema(url: str) -> Iterator[psycopg.Connection]:
 @contextmanager
 def filled_schema(url: str, fill) -> Iterator[psycopg.Connection]:
     """`fresh_schema`, migrated and filled by `fill(conn)` (a module's rows for its plans)."""
-    from sql.migrate import migrate
+    from hoardfs.sql.migrate import migrate
 
     with fresh_schema(url) as conn:
         migrate(conn)
@@ -291,8 +291,8 @@ def reads_back(cfg_path: Path, shas: list[bytes]) -> None:
     """Each of `shas` reads back from the store at `cfg_path`, its bytes hashing to its sha256."""
     import hashlib
 
-    from fsd.base import config
-    from fsd.store import Store
+    from hoardfs.base import config
+    from hoardfs.fsd.store import Store
 
     with Store.open(config.load(cfg_path)) as store:
         for sha in shas:
@@ -301,9 +301,9 @@ def reads_back(cfg_path: Path, shas: list[bytes]) -> None:
 
 def freed(cfg_path: Path, shas: list[bytes]) -> None:
     """None of `shas` is in the store at `cfg_path` any more."""
-    from fsd.base import config
-    from fsd.core.records import ObjectNotFound
-    from fsd.store import Store
+    from hoardfs.base import config
+    from hoardfs.fsd.core.records import ObjectNotFound
+    from hoardfs.fsd.store import Store
 
     with Store.open(config.load(cfg_path)) as store:
         for sha in shas:
@@ -316,7 +316,7 @@ def older_index(index_dir: Path, version: int, without: str) -> None:
     `format` that version."""
     import lmdb
 
-    from fsd.core import formats
+    from hoardfs.fsd.core import formats
 
     env = lmdb.open(str(index_dir), max_dbs=24, map_size=1 << 40)
     with env.begin(write=True) as txn:
@@ -328,7 +328,7 @@ def older_index(index_dir: Path, version: int, without: str) -> None:
 def private_cluster(base: Path) -> PrivateCluster:
     """A private PostgreSQL cluster at a path no earlier run used. As root, a directory the
     server user cannot reach gets a stand-in under /var/lib/hoardfs named after the path
-    (sql.cluster), and a run killed before its teardown leaves that stand-in for the next run
+    (hoardfs.sql.cluster), and a run killed before its teardown leaves that stand-in for the next run
     whose tmp path repeats (pytest numbers them from 0 again once /tmp is cleared): the test then
     found an old cluster, archive settings and rows included."""
     pg = base / f"pg-{uuid.uuid4().hex[:8]}"

@@ -46,7 +46,7 @@ class Server:
 
     @property
     def zone3a(self) -> Path:
-        from fsd.base import config
+        from hoardfs.base import config
 
         return config.load(self.cfg_path).ssd.zone_path("3A")
 
@@ -54,7 +54,7 @@ class Server:
         return {"Authorization": f"Bearer {token or self.token}"}
 
     def hoard(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "fsd", "--config", str(self.cfg_path), *args],
+        return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(self.cfg_path), *args],
                               capture_output=True, text=True, env=child_env())
 
     def batches(self) -> set[str]:
@@ -82,7 +82,7 @@ def ingest_server(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, s
     home = write_home(tmp_path_factory.mktemp("http-ingest"), servers)
     try:
         with fresh_schema(servers["database_url"]) as conn, gui_process(home, conn, prepared) as (url, cfg_path):
-            res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "tokens", "add", "scraper"],
+            res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "tokens", "add", "scraper"],
                                  capture_output=True, text=True, env=child_env())
             assert res.returncode == 0, res.stderr
             yield Server(url, cfg_path, res.stdout.strip())
@@ -100,7 +100,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, str]) ->
 @pytest.fixture
 def gallery(tmp_path: Path) -> Path:
     """A synthetic gallery-dl batch (media + JSON sidecars) outside 3A, as a scraper holds it."""
-    from adapters.synth import Spec, generate
+    from hoardfs.adapters.synth import Spec, generate
 
     batch = generate(tmp_path / "scraped", Spec(seed=5, batches=1, items_per_batch=5, sources=("gallery",),
                                                 large_max_mb=1))[0]

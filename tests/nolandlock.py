@@ -4,7 +4,7 @@ does — ENOSYS (built without it) or EOPNOTSUPP (built with it, not enabled at 
 NOSECCOMP, has Landlock but installs no further seccomp filter, as a kernel built without
 CONFIG_SECCOMP_FILTER answers (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER) and seccomp(2): EINVAL). A seccomp
 filter does it (inherited across fork and exec, like the real absence; the product's own
-`fsd.base.landlock.refuse_syscalls`): only the three Landlock system calls are refused,
+`hoardfs.base.landlock.refuse_syscalls`): only the three Landlock system calls are refused,
 everything else runs as usual.
 
 Exit 97 with one line when this kernel cannot install a seccomp filter here (the tests then
@@ -17,7 +17,7 @@ import errno
 import os
 import sys
 
-from fsd.base.landlock import refuse_requests, refuse_syscalls
+from hoardfs.base.landlock import refuse_requests, refuse_syscalls
 
 UNSUPPORTED = 97
 _PR_SET_NO_NEW_PRIVS = 38

@@ -14,10 +14,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd.base import config
-from fsd.store import Store
-from jobs.actions import api
-from jobs.actions.state import load_state
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
+from hoardfs.jobs.actions import api
+from hoardfs.jobs.actions.state import load_state
 from tests.test_action_runs import action_home, counts, hoard
 from tests.test_action_workers import assert_produced_once, ending_events, inputs_of, worker_contract
 

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from fsd.base import landlock
-from jobs.actions import contract
-from jobs.actions.builtin import CONTRACTS, PROGRAMS
+from hoardfs.base import landlock
+from hoardfs.jobs.actions import contract
+from hoardfs.jobs.actions.builtin import CONTRACTS, PROGRAMS
 from tests.helpers import REALDATA
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ needs_ffmpeg = pytest.mark.needs(shutil.which("ffmpeg") is not None, "FFMPEG MIS
 def run(name: str, inp: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`hoard-builtin NAME INP OUT ARGS…` as its own process (python -m: the console script of
     this tree, whichever hoardfs the venv has installed; `env` added to this one's)."""
-    return subprocess.run([sys.executable, "-m", "jobs.actions.builtin", name, str(inp), str(out), *args],
+    return subprocess.run([sys.executable, "-m", "hoardfs.jobs.actions.builtin", name, str(inp), str(out), *args],
                           capture_output=True, text=True, timeout=600,
                           env=os.environ | {"PYTHONPATH": str(REPO)} | (env or {}))
 
@@ -154,13 +154,13 @@ def test_every_builtin_contract_validates_and_runs_hoard_builtin() -> None:
     for tag in ("<RectangleLabels", "<PolygonLabels", "<Choices", "<TextArea"):
         assert tag in ls.label_config
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["hoard-builtin"] == "jobs.actions.builtin:main"
+    assert scripts["hoard-builtin"] == "hoardfs.jobs.actions.builtin:main"
 
 
 def test_blacklist_small_images_selects_images_under_4_kib(pg) -> None:
     """AC1: its rule's selector (max_size) picks the images of at most 4095 bytes, no larger one."""
-    from sql.migrate import migrate
-    from sql.selectors import query_nodes
+    from hoardfs.sql.migrate import migrate
+    from hoardfs.sql.selectors import query_nodes
 
     migrate(pg)
     c = load("blacklist-small-images")
@@ -374,7 +374,7 @@ def test_links_and_the_output_root(images: Path, tmp_path: Path) -> None:
 
 def hoard(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOARD_")}
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(home / "hoard.toml"), *args], cwd=home,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(home / "hoard.toml"), *args], cwd=home,
                           capture_output=True, text=True, timeout=120, env=env | {"COLUMNS": "200",
                                                                                   "PYTHONPATH": str(REPO)})
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.actions import contract
-from jobs.actions.contract import ContractError, load_file, parse
+from hoardfs.jobs.actions import contract
+from hoardfs.jobs.actions.contract import ContractError, load_file, parse
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "actions.md"
@@ -264,7 +264,7 @@ def home(tmp_path: Path) -> Path:
 
 def hoard(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOARD_")}
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(home / "hoard.toml"), *args], cwd=home,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(home / "hoard.toml"), *args], cwd=home,
                           capture_output=True, text=True, timeout=120, env=env | {"COLUMNS": "200",
                                                                                   "PYTHONPATH": str(REPO)})
 

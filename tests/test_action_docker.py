@@ -16,11 +16,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd.base import config
-from fsd.store import Store
-from jobs.actions import api
-from jobs.actions.execute import worker_identity
-from jobs.actions.state import load_state
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
+from hoardfs.jobs.actions import api
+from hoardfs.jobs.actions.execute import worker_identity
+from hoardfs.jobs.actions.state import load_state
 from tests.dockerd import IMAGE, Daemon
 from tests.test_action_runs import action_home, counts, hoard, write_contract
 from tests.test_action_workers import ending_events, inputs_of
@@ -137,7 +137,7 @@ def test_docker_worker_past_its_timeout_is_removed(hoard_home: Path, pg, redis_c
 
 def _runner_at_container(cfg: config.Settings, docker: Daemon) -> tuple[subprocess.Popen, str]:
     """`hoard action run copies --here --param pause=600` started and seen with its container running."""
-    runner = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "action", "run", "copies",
+    runner = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "action", "run", "copies",
                                "--here", "--param", "pause=600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     deadline = time.monotonic() + 180

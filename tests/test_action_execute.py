@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base.errors import ExitCode
-from jobs.actions.contract import Contract, ContractError, parse
-from jobs.actions.execute import (
+from hoardfs.base.errors import ExitCode
+from hoardfs.jobs.actions.contract import Contract, ContractError, parse
+from hoardfs.jobs.actions.execute import (
     CONTAINER_INPUT,
     CONTAINER_OUTPUT,
     ExecError,
@@ -27,7 +27,7 @@ from jobs.actions.execute import (
     run_worker,
     worker_identity,
 )
-from jobs.actions.params import ParamError, canonical, parse_params
+from hoardfs.jobs.actions.params import ParamError, canonical, parse_params
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.needs(ROOT, "NOT ROOT: these tests switch the worker to another user")

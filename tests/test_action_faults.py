@@ -44,7 +44,7 @@ def test_kill9_of_the_runner_ends_its_worker(hoard_home: Path, pg, redis_conn) -
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=86, items=3)
     worker_contract(cfg, batch, sleep=600)
     script = cfg.actions_dir / "thumbs-worker.py"
-    runner = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "action", "run", "thumbs",
+    runner = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "action", "run", "thumbs",
                                "--here"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     left: list[int] = []
@@ -71,8 +71,8 @@ def test_kill9_of_the_runner_ends_its_worker(hoard_home: Path, pg, redis_conn) -
 #: the runner killed -9 as its stage step begins (plan done: the stage request is recorded)
 KILLED_IN_STAGE = """
 import os, signal, sys
-from fsd.base import config
-from jobs.actions import api, run_here, steps
+from hoardfs.base import config
+from hoardfs.jobs.actions import api, run_here, steps
 cfg = config.load(sys.argv[1])
 steps.STEPS["stage"] = lambda cfg, st: os.kill(os.getpid(), signal.SIGKILL)
 run_here(cfg, api.submit(cfg, "thumbs", queue=False).state.run_id)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.actions import api
-from jobs.actions.state import load_state
+from hoardfs.jobs.actions import api
+from hoardfs.jobs.actions.state import load_state
 from tests.test_action_runs import action_home, counts, hoard, kill_at
 from tests.test_action_workers import _alive, assert_produced_once, inputs_of, worker_contract
 
@@ -58,7 +58,7 @@ def test_hook_not_ready_waits_without_a_worker_then_moves_on_by_itself(hoard_hom
     assert st.gate.get("hook_said") == "exit 1" and "released" not in st.gate, st.gate
     assert st.report.get("poll_s") == 5, st.report
     (d / "ready").touch()  # the GPU host is up
-    worker = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "worker"],
+    worker = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "worker"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
@@ -125,7 +125,7 @@ def test_runner_killed_at_the_gate_resumes_exactly_once(hoard_home: Path, pg, re
 def test_waiting_state_holds_the_gates_poll(hoard_home: Path, pg, redis_conn) -> None:
     """The state of a run waiting at its gate records the gate's poll_s (what `--here` waits
     between two checks), not only the report returned to RQ after the state was saved."""
-    from jobs.actions.runner import _run_step_locked
+    from hoardfs.jobs.actions.runner import _run_step_locked
 
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=134, items=2)
     worker_contract(cfg, batch, type="AC3", gate="[gate]\ntimeout_s = 3600\npoll_s = 7\n")

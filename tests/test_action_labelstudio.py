@@ -15,11 +15,11 @@ import httpx
 import psycopg
 import pytest
 
-from fsd.base import config
-from fsd.store import Store
-from jobs.actions import labelstudio as lsc
-from jobs.actions.runner import run_step
-from jobs.actions.state import all_states, load_state, save_state
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
+from hoardfs.jobs.actions import labelstudio as lsc
+from hoardfs.jobs.actions.runner import run_step
+from hoardfs.jobs.actions.state import all_states, load_state, save_state
 from tests.labelstudio import Server, _free_port, point_at
 from tests.test_action_runs import action_home, counts, hoard
 
@@ -269,10 +269,10 @@ def test_a_label_longer_than_a_btree_entry_is_stored_found_and_taken_off(pg) -> 
     key and index held the value itself and PostgreSQL refused it ("index row size exceeds btree
     maximum"; the intent's 2,000-character cap before that). Now it is stored once (the same
     intent again adds nothing), found by a selector naming the value, and taken off by value."""
-    from sql.apply import apply_write_intent
-    from sql.labels import change_labels
-    from sql.migrate import migrate
-    from sql.selectors import parse_selector, query_nodes
+    from hoardfs.sql.apply import apply_write_intent
+    from hoardfs.sql.labels import change_labels
+    from hoardfs.sql.migrate import migrate
+    from hoardfs.sql.selectors import parse_selector, query_nodes
 
     migrate(pg)
     sha = os.urandom(32).hex()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.actions import contract
-from jobs.actions.parse import (
+from hoardfs.jobs.actions import contract
+from hoardfs.jobs.actions.parse import (
     MAX_RESULT_FILE_BYTES,
     Child,
     InputFile,
@@ -313,7 +313,7 @@ def test_too_long_paths_and_names(tmp_path: Path) -> None:
     deep = root / "/".join(["d" * 200] * 6)
     deep.mkdir(parents=True)
     problem(make(THUMBS + '[output_parser]\nunmatched = "ignore"\n'), root, "the path is 1", "at most 1000")
-    from jobs.actions.parse import _name_problem  # no file system here takes a longer name to test it with
+    from hoardfs.jobs.actions.parse import _name_problem  # no file system here takes a longer name to test it with
     assert _name_problem("thumbs/" + "é" * 128) == "a name of 256 bytes (at most 255)"
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd.store import Store
-from jobs.actions import api, run_here, steps
-from jobs.actions.state import load_state, read_work
+from hoardfs.fsd.store import Store
+from hoardfs.jobs.actions import api, run_here, steps
+from hoardfs.jobs.actions.state import load_state, read_work
 from tests.test_action_runs import action_home
 from tests.test_action_workers import worker_contract
 
@@ -71,8 +71,8 @@ def test_cancel_after_apply_is_refused(hoard_home: Path, pg, redis_conn) -> None
     """A run whose one write-intent is applied (queued at finish) cannot be cancelled: its
     results are in SQL, so "cancelled" would be a lie that `status` and the database disagree
     on. The cancel is refused with one line; the same command finishes the run."""
-    from jobs.actions.runner import _run_step_locked
-    from jobs.actions.state import ActionError
+    from hoardfs.jobs.actions.runner import _run_step_locked
+    from hoardfs.jobs.actions.state import ActionError
     from tests.test_action_runs import AC1, write_contract
 
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=92, items=3)

@@ -15,10 +15,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd.base import config
-from fsd.core.layout import pin_path, pinned
-from jobs.actions import api
-from jobs.actions.state import load_state, read_work, save_state
+from hoardfs.base import config
+from hoardfs.fsd.core.layout import pin_path, pinned
+from hoardfs.jobs.actions import api
+from hoardfs.jobs.actions.state import load_state, read_work, save_state
 from tests.test_action_runs import action_home, hoard
 from tests.test_action_workers import GATE, assert_produced_once, ending_events, inputs_of, worker_contract
 from tests.test_ingest_faults import set_url
@@ -84,8 +84,8 @@ def test_redis_down_between_steps_one_line_then_resumes(hoard_home: Path, pg, re
     """Queued mode, Redis stops between two steps (the step ran, the next one could not be
     queued): the run stays queued at the next step; `run --wait` says so in one line (exit 3),
     status names it; Redis back, `run --wait` with a worker finishes it exactly once."""
-    from jobs.actions.runner import run_step
-    from jobs.redis_server import PrivateRedis
+    from hoardfs.jobs.actions.runner import run_step
+    from hoardfs.jobs.redis_server import PrivateRedis
 
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=103, items=3)
     worker_contract(cfg, batch)
@@ -111,7 +111,7 @@ def test_redis_down_between_steps_one_line_then_resumes(hoard_home: Path, pg, re
         out = hoard(cfg.source, "action", "status", rid).stdout
         assert "step stage could not be queued" in out or "not in Redis" in out, out
         private.start()
-        worker = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "worker"],
+        worker = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "worker"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         res = hoard(cfg.source, "action", "run", "thumbs", "--wait")
         assert res.returncode == 0 and f"run {rid}: done" in res.stdout, res.stdout + res.stderr
@@ -133,7 +133,7 @@ def test_ending_event_written_then_crash_does_not_swallow_the_next_ending(hoard_
     """A failed run's event is written, then its process dies before the state says so; the same
     command again fails again: that second ending gets its own event (the old key counted endings
     from the state, so the second reused the first's key and was dropped)."""
-    from jobs.actions import run_here, steps
+    from hoardfs.jobs.actions import run_here, steps
 
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=104, items=3)
     worker_contract(cfg, batch, exit=3)
@@ -176,7 +176,7 @@ def test_ending_event_skipped_with_postgresql_down_is_written_by_status(hoard_ho
                                                                          redis_conn) -> None:
     """PostgreSQL unreachable when a failed run records its ending: the event waits in the
     state (health says so); `hoard action status RUN` with PostgreSQL back writes it, once."""
-    from jobs.actions import run_here, steps
+    from hoardfs.jobs.actions import run_here, steps
 
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=106, items=3)
     worker_contract(cfg, batch, exit=3)
@@ -210,7 +210,7 @@ def test_ending_event_skipped_with_postgresql_down_is_written_by_status(hoard_ho
 def test_cancel_after_store_drops_the_pin_of_its_children(hoard_home: Path, pg, redis_conn) -> None:
     """A run cancelled after its store step: its children will never be applied, so the pin
     `action-<run>` that kept them from gc is dropped (before, they were pinned for ever)."""
-    from jobs.actions.runner import _run_step_locked
+    from hoardfs.jobs.actions.runner import _run_step_locked
 
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=107, items=3)
     worker_contract(cfg, batch)

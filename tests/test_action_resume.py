@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from jobs.actions import api
-from jobs.actions.state import load_state
+from hoardfs.base import config
+from hoardfs.jobs.actions import api
+from hoardfs.jobs.actions.state import load_state
 from tests.test_action_runs import action_home, counts, hoard
 from tests.test_action_workers import assert_produced_once, inputs_of, worker_contract
 
@@ -70,8 +70,8 @@ def test_failed_run_of_listed_nodes_resumes_by_its_id(hoard_home: Path, pg, redi
 def test_resume_of_a_queued_run_whose_job_redis_lost_queues_it_again(hoard_home: Path, pg, redis_conn) -> None:
     """A queued run whose job Redis lost: `status` names `hoard action resume RUN`; that command
     queues it again (one line), a worker takes it to done; a running run is said running."""
-    from fsd.base.files import flocked
-    from jobs.actions.state import beat, lock_path, save_state, state_dir
+    from hoardfs.base.files import flocked
+    from hoardfs.jobs.actions.state import beat, lock_path, save_state, state_dir
 
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=122, items=3)
     worker_contract(cfg, batch)

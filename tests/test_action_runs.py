@@ -1,4 +1,4 @@
-"""Runs of ActionContracts end to end (jobs.actions): the run key, AC1's rules → labels and
+"""Runs of ActionContracts end to end (hoardfs.jobs.actions): the run key, AC1's rules → labels and
 black list in one write-intent, `hoard action run|status|runs|cancel`, the same run again
 changing nothing — on real PostgreSQL, Redis, the store and files."""
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from adapters.synth import Spec
-from fsd.base import config
-from jobs.actions import api, run_here
-from jobs.actions.state import load_state
+from hoardfs.adapters.synth import Spec
+from hoardfs.base import config
+from hoardfs.jobs.actions import api, run_here
+from hoardfs.jobs.actions.state import load_state
 from tests.helpers import write_contract
 from tests.test_ingest import ingest_sample
 
@@ -28,7 +28,7 @@ TABLES = ("node", "physical_content", "physical_path", "edge", "label", "action"
 
 
 def hoard(cfg_path: str | Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args],
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -142,8 +142,8 @@ def test_nodes_replace_the_selector_and_key_the_run(hoard_home: Path, pg, redis_
 #: loss or the OOM killer) right after STEP's work, before its state says so: the worst moment
 KILLED_AT = """
 import os, signal, sys
-from fsd.base import config
-from jobs.actions import api, run_here, steps
+from hoardfs.base import config
+from hoardfs.jobs.actions import api, run_here, steps
 cfg = config.load(sys.argv[1])
 step, name = sys.argv[2], sys.argv[3]
 real = steps.STEPS[step]
@@ -193,8 +193,8 @@ def test_stale_heartbeat_is_failed_in_status_and_health(hoard_home: Path, pg, re
     import os
     import time
 
-    from fsd.base.files import flocked
-    from jobs.actions.state import lock_path, save_state, state_dir
+    from hoardfs.base.files import flocked
+    from hoardfs.jobs.actions.state import lock_path, save_state, state_dir
 
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=75, items=4)
     write_contract(cfg, "check-quality", AC1.format(batch=batch))

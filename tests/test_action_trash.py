@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from jobs.actions.state import load_state
+from hoardfs.base import config
+from hoardfs.jobs.actions.state import load_state
 from tests.test_action_runs import action_home, counts, hoard
 from tests.test_action_workers import assert_produced_once, inputs_of, worker_contract
 
 # tier: the module's tests start hoard processes and workers, and need PostgreSQL and Redis
 pytestmark = pytest.mark.services
 
-#: `jobs.actions.empty_trash` killed (SIGKILL, as by power loss) after its first few unlinks
+#: `hoardfs.jobs.actions.empty_trash` killed (SIGKILL, as by power loss) after its first few unlinks
 KILLED_DELETE = """
 import os, signal, sys
-from jobs.actions import empty_trash
+from hoardfs.jobs.actions import empty_trash
 real, n = os.unlink, [0]
 def unlink(*args, **kwargs):
     n[0] += 1

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 from nicegui import run
 
-from fsd.base import config
-from fsd.base.errors import HoardError
-from fsd.base.files import NotOwn, load_owned, write_owned
-from jobs import launch
-from jobs.actions import api
-from jobs.actions.contract import parse
-from jobs.actions.state import RunRefused, load_state, run_id_of, state_dir, steps_of
+from hoardfs.base import config
+from hoardfs.base.errors import HoardError
+from hoardfs.base.files import NotOwn, load_owned, write_owned
+from hoardfs.jobs import launch
+from hoardfs.jobs.actions import api
+from hoardfs.jobs.actions.contract import parse
+from hoardfs.jobs.actions.state import RunRefused, load_state, run_id_of, state_dir, steps_of
 from tests.gui_fixtures import BATCH, gui_home, sign_in, user  # noqa: F401 - fixtures
 from tests.helpers import worker_contract
 from tests.test_action_runs import action_home, hoard
@@ -158,7 +158,7 @@ def test_a_run_written_as_the_service_that_does_not_prove_itself_is_refused(hoar
             load_state(cfg, rid)
         assert [d["status"] for d in api.runs(cfg)] == ["refused"]
         # a step job queued for it (the runner, as a worker takes it): refused, nothing run
-        from jobs.actions.runner import run_step
+        from hoardfs.jobs.actions.runner import run_step
 
         with pytest.raises(RunRefused, match="do not hash to run"):
             run_step(str(cfg.source), rid, "plan")
@@ -192,8 +192,8 @@ def test_a_contract_swapped_beside_a_real_run_is_not_run(hoard_home: Path, pg, r
     runs = hoard(cfg.source, "action", "runs")
     assert "raise `version`" in runs.stdout, runs.stdout  # the refusal, where a resume was offered
     # a step job of it (the runner, as a worker takes it): refused, recorded failed with that line
-    from jobs.actions.runner import run_step
-    from jobs.actions.state import save_state
+    from hoardfs.jobs.actions.runner import run_step
+    from hoardfs.jobs.actions.state import save_state
 
     st = load_state(cfg, rid)
     st.status = "queued"
@@ -214,8 +214,8 @@ def test_state_files_are_the_services_own(hoard_home: Path, pg, redis_conn) -> N
     """A run's state and work files, an ingest's and an output's state are written 0600; each
     is refused on load (one line naming the file, no traceback) once others may write it (0666)
     or another account owns it, and read again once it is the service's own again."""
-    from jobs import outputs
-    from jobs.ingest import state as ingest_state
+    from hoardfs.jobs import outputs
+    from hoardfs.jobs.ingest import state as ingest_state
 
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=174, items=3)
     worker_contract(cfg, batch)

@@ -17,10 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd.base import config
-from fsd.store import Store
-from jobs.actions import api
-from jobs.actions.state import load_state
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
+from hoardfs.jobs.actions import api
+from hoardfs.jobs.actions.state import load_state
 from tests.helpers import ACTION_CONTRACT, GATE, worker_contract, write_contract
 from tests.test_action_runs import action_home, counts, hoard, kill_at
 from tests.test_ingest_faults import set_url
@@ -161,7 +161,7 @@ def test_database_down_at_apply_writes_nothing_then_resumes(hoard_home: Path, pg
     base = counts(cfg)
     rid = api.submit(cfg, "thumbs", queue=False).state.run_id
     good = Path(cfg.source).read_text()
-    from jobs.actions import run_here, steps
+    from hoardfs.jobs.actions import run_here, steps
 
     real = steps.STEPS["store"]
 
@@ -192,7 +192,7 @@ def test_cancel_while_running_stops_the_worker(hoard_home: Path, pg, redis_conn)
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=87, items=3)
     worker_contract(cfg, batch, sleep=600)
     base = counts(cfg)
-    runner = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "action", "run", "thumbs",
+    runner = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "action", "run", "thumbs",
                                "--here"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -223,7 +223,7 @@ def test_external_done_marker_with_outputs_missing_fails_at_parse(hoard_home: Pa
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=88, items=3)
     worker_contract(cfg, batch, run_spec='kind = "external"\ntimeout_s = 3600')
     rid = api.submit(cfg, "thumbs", queue=False).state.run_id
-    from jobs.actions import run_here, steps
+    from hoardfs.jobs.actions import run_here, steps
     real = steps.STEPS["run"]
 
     def done_without_outputs(c, st) -> None:  # the remote worker: only its marker
@@ -306,7 +306,7 @@ def _session(sid: int) -> list[int]:
 def _runner_at_worker(cfg: config.Settings) -> tuple[subprocess.Popen, str, int]:
     """`hoard action run thumbs --here` started and seen with its worker recorded in the state and
     the worker's forked process (its session's second) running."""
-    runner = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "action", "run", "thumbs",
+    runner = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "action", "run", "thumbs",
                                "--here"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters import FORMATS, parse_batch
-from adapters.intent import build_intent
-from adapters.records import record_json
-from sql.intents import parse_intent
+from hoardfs.adapters import FORMATS, parse_batch
+from hoardfs.adapters.intent import build_intent
+from hoardfs.adapters.records import record_json
+from hoardfs.sql.intents import parse_intent
 from tests.helpers import REALDATA
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c63f8ff"

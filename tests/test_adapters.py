@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from adapters import FORMATS, Asset, File, adapter_for, parse_batch
-from adapters.base import hostile_reason, specific_fields, to_time
-from adapters.intent import build_intent, small_raw
-from adapters.synth import Spec, generate
-from fsd.base.config import SOURCE_FORMATS
-from sql.intents import parse_intent
+from hoardfs.adapters import FORMATS, Asset, File, adapter_for, parse_batch
+from hoardfs.adapters.base import hostile_reason, specific_fields, to_time
+from hoardfs.adapters.intent import build_intent, small_raw
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.base.config import SOURCE_FORMATS
+from hoardfs.sql.intents import parse_intent
 from tests.helpers import REALDATA, needs_realdata
 
 
@@ -201,7 +201,7 @@ def test_hostile_reason_fast_path_agrees_with_the_full_checks() -> None:
     import random
     import re
 
-    import fsd.base.paths as paths
+    import hoardfs.base.paths as paths
 
     alphabet = ["a", "é", "😀", "/", ".", "-", "\x00", "\x1f", "\x7f", "\x85", "\u202e", "\u2067", "\ud800", "ש", " "]
     rng = random.Random(5)

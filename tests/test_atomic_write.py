@@ -1,4 +1,4 @@
-"""Durable replacement of a file (fsd.base.files.atomic_write / atomic_copy, `hoard get -o`):
+"""Durable replacement of a file (hoardfs.base.files.atomic_write / atomic_copy, `hoard get -o`):
 two writers at once, a write broken off."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import files
-from fsd.base.errors import HoardError
-from fsd.base.files import atomic_copy, atomic_write
-from fsd.cli.store import write_output
-from sql.cluster import SERVER_USER, give_fd_to_server, give_to_server
+from hoardfs.base import files
+from hoardfs.base.errors import HoardError
+from hoardfs.base.files import atomic_copy, atomic_write
+from hoardfs.cli.store import write_output
+from hoardfs.sql.cluster import SERVER_USER, give_fd_to_server, give_to_server
 from tests.helpers import REPO
 
 PIECE = 4096
@@ -164,7 +164,7 @@ def test_a_killed_get_leaves_no_part_behind_the_next_one(tmp_path: Path) -> None
     before the rename: three killed attempts and one that completes leave only the output."""
     out = tmp_path / "object.bin"
     child = ("import pathlib, sys, time\n"
-             "from fsd.cli.store import write_output\n"
+             "from hoardfs.cli.store import write_output\n"
              "def chunks():\n"
              "    yield b'x' * (1 << 20)\n"
              "    print('half', flush=True)\n"
@@ -301,19 +301,19 @@ def test_a_store_reached_through_another_accounts_link_is_one_line_not_a_traceba
     (theirs / "proj").symlink_to(real)
     os.lchown(theirs / "proj", 65534, 65534)
     cfg = write_config(tmp_path, [(d, theirs / "proj" / d, None) for d in ("d1", "d2")], ssd=theirs / "proj" / "ssd")
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), "init"], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), "init"], capture_output=True,
                          text=True, timeout=120, cwd=tmp_path, env={**os.environ, "HOARD_CONFIG": ""})
     assert res.returncode == 2, res.stdout + res.stderr
     assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
     assert "home/proj: a symbolic link owned by uid 65534 on the way to" in res.stderr, res.stderr
     os.lchown(theirs / "proj", 0, 0)  # the administrator's link: followed
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), "init"], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), "init"], capture_output=True,
                          text=True, timeout=120, cwd=tmp_path, env={**os.environ, "HOARD_CONFIG": ""})
     assert res.returncode == 0, res.stdout + res.stderr
     os.lchown(theirs / "proj", 65534, 65534)  # given away later: the store is not opened through it
     (tmp_path / "f").write_bytes(b"x" * 100)
     for args in (["put", str(tmp_path / "f")], ["ls"]):
-        res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], capture_output=True,
+        res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), *args], capture_output=True,
                              text=True, timeout=120, cwd=tmp_path, env={**os.environ, "HOARD_CONFIG": ""})
         assert res.returncode == 2 and res.stderr.count("\n") == 1, (args, res.stdout + res.stderr)
         assert "ssd.root " in res.stderr and "a symbolic link owned by uid 65534 on the way to" in res.stderr

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import psycopg
 
-from adapters.synth import Spec
-from fsd.base import config
-from fsd.store import Store
-from sql.apply import apply_write_intent
-from sql.backup import dump_backup, verify_dump
-from sql.migrate import available, migrate
+from hoardfs.adapters.synth import Spec
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
+from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.backup import dump_backup, verify_dump
+from hoardfs.sql.migrate import available, migrate
 from tests.helpers import dir_disks_config, make_files, use_schema
 from tests.test_cli import hoard
 from tests.test_ingest import ingest_sample
@@ -80,11 +80,11 @@ def test_restore_dump_with_confirmation(hoard_home: Path, pg) -> None:
     assert hoard("--config", cfg, "db", "backup").returncode == 0
     apply_write_intent(pg, {"key": "after", "nodes": [{"sha256": "bb" * 32, "physical": {"size": 2}}]})
     dbname = psycopg.conninfo.conninfo_to_dict(pg.info.dsn)["dbname"]
-    wrong = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg, "db", "restore", "--from", "dump"],
+    wrong = subprocess.run([sys.executable, "-m", "hoardfs", "--config", cfg, "db", "restore", "--from", "dump"],
                            input="nope\n", capture_output=True, text=True)
     assert wrong.returncode == 130 and "not confirmed" in wrong.stderr
     assert pg.execute("SELECT count(*) FROM node").fetchone() == (2,)
-    right = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg, "db", "restore", "--from", "dump"],
+    right = subprocess.run([sys.executable, "-m", "hoardfs", "--config", cfg, "db", "restore", "--from", "dump"],
                            input=f"{dbname}\n", capture_output=True, text=True)
     assert right.returncode == 0, right.stderr
     assert pg.execute("SELECT encode(sha256, 'hex') FROM node").fetchall() == [("aa" * 32,)]

@@ -19,16 +19,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from adapters.intent import build_intent
-from adapters.records import record_load
-from adapters.synth import Spec, generate
-from fsd.base import config
-from fsd.core.held import iter_files
-from fsd.store import Store
-from jobs import ingest as ua1
-from jobs.ingest.state import _work
-from sql import deletion as db_del
-from sql.apply import apply_write_intent
+from hoardfs.adapters.intent import build_intent
+from hoardfs.adapters.records import record_load
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.base import config
+from hoardfs.fsd.core.held import iter_files
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import ingest as ua1
+from hoardfs.jobs.ingest.state import _work
+from hoardfs.sql import deletion as db_del
+from hoardfs.sql.apply import apply_write_intent
 from tests.test_ingest import ingest_home
 
 # tier: the module's tests start hoard processes
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.services
 
 
 def _hoard(cfg: config.Settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args],
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args],
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
@@ -202,7 +202,7 @@ def test_a_batch_deletion_waits_for_an_apply_in_flight_and_keeps_what_it_holds(h
     with _second_connection(cfg) as applying:
         with applying.transaction():  # the apply, held open
             apply_write_intent(applying, intent)
-            deleting = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "delete",
+            deleting = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "delete",
                                          "--batch", a, "--yes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True, stdin=subprocess.DEVNULL)
             waited = _waits_on_the_lock(pg, deleting)
@@ -222,7 +222,7 @@ def test_check_names_deletion_flags_the_store_contradicts_and_repair_mends_them(
     the store hides that the database does not: `hoard check` (exit 0 on the old code) names
     each with `hoard check --repair`, which sets the flags from the store; then check, verify
     and health report nothing."""
-    from jobs.health import collect
+    from hoardfs.jobs.health import collect
 
     cfg = ingest_home(hoard_home, pg)
     a, _b = _twins(cfg, hoard_home, seed=75)

@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from sql.apply import apply_write_intent
-from sql.batches import (
+from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.batches import (
     BatchError,
     add_nodes,
     create_batch,
@@ -20,7 +20,7 @@ from sql.batches import (
     seal_batch,
     stage_done,
 )
-from sql.migrate import migrate
+from hoardfs.sql.migrate import migrate
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_dropping_a_batch_recomputes_shared_metadata(pg) -> None:
     """After `delete --batch`, a node another batch also describes shows that batch's newest
     description (raw_object included), and a node only the deleted batch described has no
     common_metadata row left."""
-    from sql.deletion import drop_batch
+    from hoardfs.sql.deletion import drop_batch
 
     migrate(pg)
 
@@ -121,8 +121,8 @@ def test_dropping_a_batch_recomputes_shared_metadata(pg) -> None:
 
 def test_register_action_is_idempotent_by_name(pg) -> None:
     """A contract's action gets the number after the largest; the same name again the same number."""
-    from sql.batches import register_action
-    from sql.migrate import migrate
+    from hoardfs.sql.batches import register_action
+    from hoardfs.sql.migrate import migrate
 
     migrate(pg)
     pg.execute("INSERT INTO action VALUES (7, 'older', 'cpu', '')")

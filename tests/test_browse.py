@@ -1,14 +1,14 @@
-"""sql.browse outside the GUI: the per-day ingest counts a status refresh gathers; a node's
+"""hoardfs.sql.browse outside the GUI: the per-day ingest counts a status refresh gathers; a node's
 parents and children as the node page walks and draws them; a video's poster."""
 
 from __future__ import annotations
 
 import psycopg
 
-from gui import charts
-from sql import browse
-from sql.browse import ingested_per_day_at
-from sql.migrate import migrate
+from hoardfs.gui import charts
+from hoardfs.sql import browse
+from hoardfs.sql.browse import ingested_per_day_at
+from hoardfs.sql.migrate import migrate
 
 
 def test_ingested_per_day_at(servers, pg) -> None:
@@ -46,7 +46,7 @@ def test_ingested_per_day_follows_every_way_members_come_and_go(pg) -> None:
     added by plain inserts, by a trusted bulk apply (session_replication_role = replica, which
     skips ordinary triggers), at an earlier day, then removed by a batch drop, a node deleted
     (ON DELETE CASCADE) and a batch row deleted — and folding past days changes no figure."""
-    from sql.deletion import drop_batch
+    from hoardfs.sql.deletion import drop_batch
 
     migrate(pg)
     pg.execute("INSERT INTO source (name) VALUES ('gallery'), ('forum')")
@@ -63,7 +63,7 @@ def test_ingested_per_day_follows_every_way_members_come_and_go(pg) -> None:
                    "now() - interval '3 days'", [ids[chunk:chunk + 10]])
     pg.commit()
     with pg.transaction():  # its own transaction: SET LOCAL lasts to its end
-        pg.execute("SET LOCAL session_replication_role = replica")  # what sql.apply does for a superuser
+        pg.execute("SET LOCAL session_replication_role = replica")  # what hoardfs.sql.apply does for a superuser
         pg.execute("INSERT INTO batch_member (batch_id, node_id) SELECT 'g2', unnest(%s::bigint[])", [ids[100:200]])
     pg.execute("INSERT INTO batch_member (batch_id, node_id) SELECT 'f1', unnest(%s::bigint[])", [ids[150:300]])
     pg.execute("INSERT INTO batch_member (batch_id, node_id) SELECT 'not-ingest', unnest(%s::bigint[])", [ids[:50]])

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.io.replicate import replicate_once
-from fsd.io.writer import _lock, _unlock
-from fsd.maintenance.check import check
-from fsd.maintenance.deletion import drop_batch
-from fsd.maintenance.gc import gc
-from fsd.maintenance.orphans import sweep
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.io.replicate import replicate_once
+from hoardfs.fsd.io.writer import _lock, _unlock
+from hoardfs.fsd.maintenance.check import check
+from hoardfs.fsd.maintenance.deletion import drop_batch
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.maintenance.orphans import sweep
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files, use_schema
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def test_each_damage_is_named(tmp_path: Path, pg) -> None:
     """A missing replica file, a sealed replica that grew, an object missing from the index, a
     used-bytes counter that drifted and a database node without bytes are each named; the CLI
     exits 5."""
-    from sql.migrate import migrate
+    from hoardfs.sql.migrate import migrate
 
     store, res = _store(tmp_path)
     metas = [m for m in store.index.iter_shards() if m.sealed]
@@ -74,7 +74,7 @@ def test_each_damage_is_named(tmp_path: Path, pg) -> None:
     (nid,) = pg.execute("INSERT INTO node (sha256, is_virtual, is_physical) VALUES (%s, false, true) RETURNING node_id",
                         [ghost]).fetchone()
     pg.execute("INSERT INTO physical_content (node_id, size) VALUES (%s, 1)", [nid])
-    from sql.check import store_vs_database
+    from hoardfs.sql.check import store_vs_database
 
     rep = check(store, lambda objs: store_vs_database(pg, objs))
     store.close()
@@ -86,7 +86,7 @@ def test_each_damage_is_named(tmp_path: Path, pg) -> None:
     assert f"physical node {ghost.hex()}" in text
     assert set(rep.counts) >= {"missing replica", "replica size", "unindexed", "used bytes", "database"}
     cfg_path = use_schema(tmp_path, pg)
-    cli = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg_path, "check"], cwd=REPO,
+    cli = subprocess.run([sys.executable, "-m", "hoardfs", "--config", cfg_path, "check"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 5 and "disagrees: " in cli.stderr and "hoard: error:" in cli.stderr, cli.stderr
 
@@ -132,14 +132,14 @@ def test_a_malformed_index_entry_is_named_not_a_traceback(tmp_path: Path) -> Non
     assert rep.counts["malformed"] == 2, rep.problems
     assert f"the index entry of object {victim.hex()} is malformed (5 bytes" in text
     assert f"the index entry of shard {shard.hex()} is malformed" in text
-    cli = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "check"], cwd=REPO,
+    cli = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "check"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 5 and "malformed" in cli.stderr and "Traceback" not in cli.stderr, cli.stderr
-    got = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "get", res[3].sha256],
+    got = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "get", res[3].sha256],
                          cwd=REPO, capture_output=True, timeout=120)
     err = got.stderr.decode()
     assert got.returncode == 5 and "`hoard index rebuild`" in err and "Traceback" not in err, err
-    rebuilt = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "index", "rebuild"],
+    rebuilt = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "index", "rebuild"],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert rebuilt.returncode == 0, rebuilt.stderr
     with Store.open(cfg) as again:
@@ -180,7 +180,7 @@ def test_every_table_s_malformed_entry_is_named_not_a_traceback(tmp_path: Path, 
     store.close()
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args], cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args], cwd=REPO,
                               capture_output=True, timeout=300)
 
     out = cli("check")
@@ -351,5 +351,5 @@ def test_a_put_that_filled_the_disks_leaves_nothing_check_cannot_clear(tmp_path:
 
 
 def _cli(cfg: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), *args], capture_output=True,
                           text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)

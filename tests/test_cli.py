@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.outputs import seal
-from jobs.queues import fetch_job, rq_queue
+from hoardfs.fsd.outputs import seal
+from hoardfs.jobs.queues import fetch_job, rq_queue
 from tests.helpers import use_schema, worker_reachable_home
 
 # tier: the module's tests start hoard processes, servers or a FUSE mount
@@ -27,7 +27,7 @@ SKELETON = ["init", "disks", "put", "get", "ingest", "stage", "export", "verify"
 def hoard(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     full_env.pop("HOARD_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "fsd", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", *args], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=120)
 
 
@@ -55,7 +55,7 @@ def importing(name, *args, **kw):
     return load(name, *args, **kw)
 builtins.__import__ = importing
 sys.argv = ["hoard", "health"]
-from fsd.entry import main
+from hoardfs.cli.entry import main
 main()
 """
 
@@ -124,11 +124,11 @@ def test_worker_runs_a_real_job(hoard_home: Path, redis_conn) -> None:
     (a job naming anything else is refused: tests/test_worker_guard.py)."""
     cfg = hoard_home / "hoard.toml"
     assert hoard("--config", str(cfg), "init").returncode == 0
-    from fsd.base import config
-    from jobs import jobkey
+    from hoardfs.base import config
+    from hoardfs.jobs import jobkey
 
     job = rq_queue("maintenance", redis_conn, jobkey.of(config.load(cfg))).enqueue(  # signed, as the server queues
-        "jobs.store_jobs.replicate", str(cfg.resolve()), 60, None)
+        "hoardfs.jobs.store_jobs.replicate", str(cfg.resolve()), 60, None)
     res = hoard("--config", str(cfg), "worker", "--queues", "maintenance", "--burst")
     assert res.returncode == 0, res.stderr
     done = fetch_job(job.id, redis_conn)
@@ -215,7 +215,7 @@ def _demo_actions_made(home: Path, cfg: str, pg, said: str) -> dict:
     as a user would) each made one child per image of the demo batches, linked to its image in
     PostgreSQL (edges, labels, result_canny), stored as class generated, shown by `hoard info`
     and by the asset browser's node page. Returns a thumbnail's `hoard info --json`."""
-    from sql.browse import node
+    from hoardfs.sql.browse import node
 
     lines = said.splitlines()
     assert any(ln.startswith("11. canny") and "waits at the GPU gate" in ln and "hoard action release canny-v1-" in ln

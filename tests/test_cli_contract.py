@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import typer.main
 
-from fsd.cli import app
+from hoardfs.cli import app
 from tests.helpers import use_schema
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,7 +189,7 @@ def world(tmp_path_factory, servers):
 
 def _run(config: Path, args: list[str], stdout=subprocess.PIPE, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "HOARD_DATABASE_URL", "HOARD_REDIS_URL")}
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(config), *args], cwd=config.parent,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(config), *args], cwd=config.parent,
                           stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                           timeout=timeout, env=env | {"COLUMNS": "200"})
 

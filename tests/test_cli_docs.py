@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fsd.cli import COMMANDS
+from hoardfs.cli import COMMANDS
 from tests import cli_docs
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, use_schema
 
 # tier: the module's tests start hoard processes, servers or a FUSE mount
@@ -24,15 +24,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _hoard(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=60, env={**os.environ, "COLUMNS": "200", **(env or {})}, **kw)
 
 
 @pytest.fixture
 def select_cfg(hoard_home: Path, pg) -> str:
     """A config on a fresh schema holding one jpg from source `sidecar`."""
-    from sql.apply import apply_write_intent
-    from sql.migrate import migrate
+    from hoardfs.sql.apply import apply_write_intent
+    from hoardfs.sql.migrate import migrate
 
     migrate(pg)
     h = hashlib.sha256(b"one").hexdigest()
@@ -134,7 +134,7 @@ def _placeholders() -> dict[tuple[str, ...], set[str]]:
     """Every command's `<placeholder>`s in its help text and its parameters' help."""
     import typer
 
-    from fsd.cli import app
+    from hoardfs.cli import app
 
     found: dict[tuple[str, ...], set[str]] = {}
 
@@ -178,8 +178,8 @@ def test_a_negative_budget_or_rate_is_a_usage_error(tmp_path: Path, args: list[s
 def test_a_batch_state_removed_while_ingest_waits_is_one_line(tmp_path: Path) -> None:
     """`hoard ingest --wait/--here` reads back the state of the batch it submitted: a state file
     removed meanwhile is one line naming it (exit 5), not an assertion's traceback."""
-    from fsd.base.errors import ExitCode, HoardError
-    from fsd.cli.ingest import _state
+    from hoardfs.base.errors import ExitCode, HoardError
+    from hoardfs.cli.ingest import _state
 
     cfg = config.load(dir_disks_config(tmp_path, 2))
     with pytest.raises(HoardError) as gone:

@@ -1,5 +1,5 @@
-"""`hoard --help` lists every command from fsd/cli/_summaries.py without loading one
-(fsd.cli.LazyGroup): the kept lines must be what the commands themselves say."""
+"""`hoard --help` lists every command from cli/_summaries.py without loading one
+(hoardfs.cli.LazyGroup): the kept lines must be what the commands themselves say."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import sys
 import typer
 from typer.testing import CliRunner
 
-import fsd.cli
-from fsd.cli import COMMANDS, app, summaries
-from fsd.cli._summaries import SUMMARIES
+import hoardfs.cli
+from hoardfs.cli import COMMANDS, app, summaries
+from hoardfs.cli._summaries import SUMMARIES
 
 
 def test_the_kept_summaries_are_the_commands_own() -> None:
     """Each command's line in `hoard --help` as kept equals the one its own help gives now — a
     command added, renamed or re-described without `make summaries` fails here."""
-    assert SUMMARIES == summaries(), "fsd/cli/_summaries.py is out of date: run `make summaries`"
+    assert SUMMARIES == summaries(), "cli/_summaries.py is out of date: run `make summaries`"
     assert list(SUMMARIES) == list(COMMANDS)
 
 
@@ -32,12 +32,12 @@ def test_the_root_help_lists_every_command_from_the_summaries() -> None:
         assert f"│ {name} " in words and " ".join(line.replace("`", "").split()[:4]) in words, name
     res = CliRunner().invoke(app, ["put", "--help"], env={"COLUMNS": "200"}, prog_name="hoard")
     assert res.exit_code == 0 and "--name" in res.output, res.output
-    assert "fsd.cli.store" in sys.modules
+    assert "hoardfs.cli.store" in sys.modules
     # (each invoke builds its own group: the one that wrote the listing is asked again here)
     group = typer.main.get_command(app)
     ctx = typer.Context(group, info_name="hoard")
     with contextlib.redirect_stdout(io.StringIO()):
         group.get_help(ctx)
-    assert isinstance(group, fsd.cli.LazyGroup) and not group.listing
+    assert isinstance(group, hoardfs.cli.LazyGroup) and not group.listing
     put = group.get_command(ctx, "put")
     assert put is not None and any("--name" in p.opts for p in put.params), put

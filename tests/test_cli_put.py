@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 from tests.terminal import as_foreground
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _hoard(cfg: Path, *args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), *args], cwd=REPO, capture_output=True,
                           text=True, timeout=60, **kw)
 
 
@@ -85,7 +85,7 @@ def test_interrupted_put_printed_exactly_what_it_stored(tmp_path: Path) -> None:
     the objects in the index — each readable; a re-run stores the rest."""
     cfg = _store(tmp_path)
     files = make_files(tmp_path / "in", 3000, seed=2, lo=20_000, hi=60_000)
-    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg), "put", str(tmp_path / "in")],
+    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg), "put", str(tmp_path / "in")],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=as_foreground)
     first = proc.stdout.readline()
@@ -113,7 +113,7 @@ def test_closed_or_full_stdout(tmp_path: Path) -> None:
     cfg = _store(tmp_path)
     files = make_files(tmp_path / "in", 300, seed=3)
     r, w = os.pipe()
-    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg), "put", str(tmp_path / "in")],
+    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg), "put", str(tmp_path / "in")],
                             cwd=REPO, stdout=w, stderr=subprocess.PIPE, text=True)
     os.close(w)
     with os.fdopen(r) as reader:
@@ -121,7 +121,7 @@ def test_closed_or_full_stdout(tmp_path: Path) -> None:
     errs = proc.communicate(timeout=60)[1]
     assert proc.returncode == 141 and "Traceback" not in errs, errs
     with open("/dev/full", "w") as full:
-        res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), "put", str(files[0])], cwd=REPO,
+        res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), "put", str(files[0])], cwd=REPO,
                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
     assert res.returncode == 6 and "cannot write the output: No space left on device" in res.stderr
     assert "Traceback" not in res.stderr

@@ -1,5 +1,5 @@
 """Break-it review of text → image search (issue 40 part 5): what a hostile or unlucky setup
-does to jobs.clip_model, the clip-embed worker and sql.embeddings' index — a model that would
+does to hoardfs.jobs.clip_model, the clip-embed worker and hoardfs.sql.embeddings' index — a model that would
 fetch from the hub, a weights path that reads as one of open_clip's download tags, an image
 whose shape makes the model's resize huge, an index that is not of the rows its stamp says,
 rows of another length under the model's id, many equal embeddings (HNSW's recall)."""
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs import clip_model
+from hoardfs.jobs import clip_model
 from tests.test_clip_search import TINY, tiny  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def test_an_image_of_extreme_shape_is_embedded_by_its_middle(tiny, tmp_path: Pat
     Image.new("L", (1, 2_000_000), 7).save(inp / "b.png")
     Image.new("RGB", (30, 40), (10, 10, 200)).save(inp / "c.png")
     shas = {n: hashlib.sha256((inp / n).read_bytes()).hexdigest() for n in ("a.png", "b.png", "c.png")}
-    done = subprocess.run([sys.executable, "-m", "jobs.actions.builtin", "clip-embed", str(inp), str(out),
+    done = subprocess.run([sys.executable, "-m", "hoardfs.jobs.actions.builtin", "clip-embed", str(inp), str(out),
                            "--model", str(cfg), "--weights", str(weights)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -100,7 +100,7 @@ def test_an_image_of_extreme_shape_is_embedded_by_its_middle(tiny, tmp_path: Pat
 
 def _fill(conn, n: int, key: str) -> list[str]:
     """n image nodes, no embeddings: their sha256s in the order of their node ids."""
-    from sql.apply import apply_write_intent
+    from hoardfs.sql.apply import apply_write_intent
 
     shas = [hashlib.sha256(f"{key} {i}".encode()).hexdigest() for i in range(n)]
     apply_write_intent(conn, {"key": f"{key}-nodes", "nodes": [
@@ -111,7 +111,7 @@ def _fill(conn, n: int, key: str) -> list[str]:
 
 def _embed(conn, run: str, model: str, rows: dict[str, np.ndarray]) -> None:
     """Embedding rows of `model`, stored by a write-intent as the action's run stores them."""
-    from sql.apply import apply_write_intent
+    from hoardfs.sql.apply import apply_write_intent
 
     apply_write_intent(conn, {
         "key": run, "batches": [{"batch_id": run, "seal": True}],
@@ -133,7 +133,7 @@ def _drop(conn, shas: list[str]) -> None:
 
 @pytest.fixture
 def db(pg):
-    from sql.migrate import migrate
+    from hoardfs.sql.migrate import migrate
 
     migrate(pg)
     return pg
@@ -146,7 +146,7 @@ def test_an_index_of_other_rows_with_the_same_stamp_is_rebuilt(db, tmp_path: Pat
     """The stamp (count, sum and largest node id) is the same for the rows of nodes {0, 3, 5}
     and {1, 2, 5}: a later run embedding 1 and 2 after 0 and 3 were purged left the index of
     {0, 3, 5} in use — node 1, the nearest, never found."""
-    from sql import embeddings
+    from hoardfs.sql import embeddings
 
     rng = np.random.default_rng(1)
     shas = _fill(db, 6, "stamp")
@@ -164,7 +164,7 @@ def test_an_index_file_renamed_in_by_a_slower_rebuild_is_not_trusted(db, tmp_pat
     """Two `hoard search` rebuilding at once each rename their index, then their stamp: the
     index of the older rows and the stamp of the newer can end up side by side. Such an index
     is rebuilt, never searched."""
-    from sql import embeddings
+    from hoardfs.sql import embeddings
 
     rng = np.random.default_rng(2)
     shas = _fill(db, 5, "race")
@@ -185,7 +185,7 @@ def test_rows_of_another_length_under_the_model_s_id_do_not_break_search(db, tmp
     """Any action may write result_image_embedding rows (the column takes 1 to 4096 numbers):
     rows of another length under the configured model's id made every search a ValueError
     traceback. They are left out, with one line saying so."""
-    from sql import embeddings
+    from hoardfs.sql import embeddings
 
     rng = np.random.default_rng(3)
     shas = _fill(db, 6, "dims")
@@ -203,7 +203,7 @@ def test_many_equal_embeddings_answer_as_brute_force_does(db, tmp_path: Path) ->
     """500 images, 400 of them (near-)copies of one picture — blank scans, black video frames:
     HNSW's graph over them misses the true nearest (its scores were 0.09 below brute force's);
     the answer is brute force's, scores and order (ties in any order among themselves)."""
-    from sql import embeddings
+    from hoardfs.sql import embeddings
 
     rng = np.random.default_rng(4)
     n = 500
@@ -226,7 +226,7 @@ def test_many_equal_embeddings_answer_as_brute_force_does(db, tmp_path: Path) ->
 
 def test_index_file_name_is_the_model_s_own(tmp_path: Path) -> None:
     """Two model ids that differ only where the file name writes `_` do not share a file."""
-    from sql import embeddings
+    from hoardfs.sql import embeddings
 
     a = embeddings.SearchIndex(tmp_path, "m/x@0123456789abcdef", 32).path
     b = embeddings.SearchIndex(tmp_path, "m_x@0123456789abcdef", 32).path
@@ -283,7 +283,7 @@ def test_searches_rebuilding_at_once_in_one_process_do_not_fail(db, servers, tmp
 
     import psycopg
 
-    from sql import embeddings
+    from hoardfs.sql import embeddings
 
     rng = np.random.default_rng(6)
     shas = _fill(db, 300, "threads")
@@ -339,7 +339,7 @@ def test_search_with_nothing_configured_says_so_before_asking_the_database(tmp_p
         '[store]\nallow_directory_disks = true\n'
         + "".join(f'[[disks]]\nlabel = "hdd{i}"\npath = "d{i}"\ncapacity_gb = 1\n' for i in (1, 2))
         + '[ssd]\nroot = "ssd"\n' + "".join(f"[ssd.zones.{z}]\nquota_gb = 1\n" for z in ("3A", "3B", "3C", "3D")))
-    done = subprocess.run([sys.executable, "-m", "fsd", "--config", str(tmp_path / "hoard.toml"), "search", "a dog"],
+    done = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(tmp_path / "hoard.toml"), "search", "a dog"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 2 and done.stdout == "", done
     assert done.stderr.count("\n") == 1 and "search.clip_weights is not set" in done.stderr, done.stderr

@@ -1,6 +1,6 @@
 """Text → image search (issue 40 part 5): a tiny open_clip model this module builds with random
 weights and saves as a weights file, loaded through the code a user's weights go through
-(jobs.clip_model); the `clip-embed` action (AC3, its GPU gate told "cpu") over an ingested batch
+(hoardfs.jobs.clip_model); the `clip-embed` action (AC3, its GPU gate told "cpu") over an ingested batch
 with bad images in it; the embeddings' rows in PostgreSQL; `hoard search` against brute force
 over those rows; the on-disk HNSW index rebuilt when missing, corrupt or behind. Random weights:
 what is checked is the plumbing — shapes, storage, nearest-neighbour order — not meaning."""
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs import clip_model
+from hoardfs.jobs import clip_model
 from tests.helpers import worker_reachable_home
 from tests.test_ingest import ingest_home
 
@@ -115,7 +115,7 @@ def test_weights_that_are_missing_or_not_the_model_s_are_one_line(tiny: tuple[Pa
 
 
 def _hoard(cfg, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args],
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -132,8 +132,8 @@ def test_clip_embed_then_hoard_search_finds_the_nearest_as_brute_force_does(
 
 
 def _embed_and_search(home: Path, pg, tiny: tuple[Path, Path]) -> None:
-    from fsd.base import config
-    from sql import embeddings
+    from hoardfs.base import config
+    from hoardfs.sql import embeddings
 
     model_cfg, weights = tiny
     cfg = ingest_home(home, pg)

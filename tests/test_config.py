@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg.conninfo
 import pytest
 
-from fsd.base import config
-from fsd.base.errors import ConfigError, ExitCode
+from hoardfs.base import config
+from hoardfs.base.errors import ConfigError, ExitCode
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -232,7 +232,7 @@ def test_missing_and_unreadable_files(tmp_path: Path, monkeypatch) -> None:
 def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     """`hoard health` with a bad file: exit 2, one line on stderr, no traceback."""
     path = _write(tmp_path, GOOD + "[store]\nwrite_ack = 'two'\n")
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(path), "health"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(path), "health"],
                          capture_output=True, text=True)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core import shardfmt as fmt
-from fsd.core.index import Index
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.index import Index
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 from tests.test_store import check_store
 
@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 CHILD = """
 import sys
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 paths = open(sys.argv[2]).read().split()
 with Store.open(config.load(sys.argv[1])) as store:
     store.put_many(paths)

@@ -108,9 +108,9 @@ def test_label_bad_input_is_one_line_and_changes_nothing(ingested, pg, tmp_path:
 
 def test_select_text_finds_what_the_gui_search_finds(ingested, pg, tmp_path: Path) -> None:
     """`select --text WORDS` (and `"text"` in a selector file) picks the nodes the GUI's asset
-    search (sql.browse.search, the same full-text index) finds for the same words — a word's
+    search (hoardfs.sql.browse.search, the same full-text index) finds for the same words — a word's
     start included — and combines with the other flags; words that are no words are one line."""
-    from sql import browse
+    from hoardfs.sql import browse
 
     cfg, b = ingested
     titles = pg.execute("SELECT cm.title FROM common_metadata cm JOIN physical_content USING (node_id) "
@@ -136,8 +136,8 @@ def test_every_example_in_docs_selectors_md_is_a_selector_that_runs(pg) -> None:
     names every key the Selector model has."""
     import re
 
-    from sql.migrate import migrate
-    from sql.selectors import Selector, parse_selector, query_nodes
+    from hoardfs.sql.migrate import migrate
+    from hoardfs.sql.selectors import Selector, parse_selector, query_nodes
 
     migrate(pg)
     doc = (Path(__file__).resolve().parent.parent / "docs" / "selectors.md").read_text()
@@ -261,7 +261,7 @@ def test_delete_objects_from_a_list(ingested, tmp_path: Path) -> None:
 
 def test_a_named_put_needs_no_database(hoard_home: Path, tmp_path: Path) -> None:
     """`put --name`, `ls --puts` and `delete --put` work on a store whose database does not answer."""
-    from fsd.base import config
+    from hoardfs.base import config
 
     cfg_path = hoard_home / "hoard.toml"
     text = cfg_path.read_text()

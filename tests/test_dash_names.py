@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from datasets.formats.base import PlacementError, check_name
-from datasets.spec import DatasetError, parse_text
-from fsd.base.paths import hostile_reason
+from hoardfs.base.paths import hostile_reason
+from hoardfs.datasets.formats.base import PlacementError, check_name
+from hoardfs.datasets.spec import DatasetError, parse_text
 from tests.http_ingest import Server, multipart, server  # noqa: F401 - fixtures
 from tests.test_action_parse import THUMBS, make, problem, put
 

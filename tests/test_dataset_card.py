@@ -11,8 +11,8 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from datasets.card import code
-from sql.apply import apply_write_intent
+from hoardfs.datasets.card import code
+from hoardfs.sql.apply import apply_write_intent
 from tests.test_datasets import _build, _spec
 from tests.test_ingest import ingest_all, ingest_home
 from tests.test_ingest_unstorable import _sidecar_batch

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from datasets.formats import (
+from hoardfs.datasets.formats import (
     FORMATS,
     TarMember,
     TarShard,
@@ -33,8 +33,8 @@ from datasets.formats import (
     template_format,
     write_tar,
 )
-from datasets.layouts import LayoutError, PlacementError, parse
-from datasets.model import Annotation, Sample, annotations_from_ls, canonical
+from hoardfs.datasets.layouts import LayoutError, PlacementError, parse
+from hoardfs.datasets.model import Annotation, Sample, annotations_from_ls, canonical
 from tests.helpers import REALDATA, needs_realdata
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def hf_load(root: Path, tmp_path: Path) -> dict:
     per split, each row's image size and its label columns."""
     script = """
 import json, sys
-from datasets import ClassLabel, load_dataset
+from hoardfs.datasets import ClassLabel, load_dataset
 ds = load_dataset("imagefolder", data_dir=sys.argv[1])
 out = {}
 for split, part in ds.items():

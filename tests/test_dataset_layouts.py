@@ -1,6 +1,6 @@
 """Every dataset layout through the real path (issue 36's "Done when"): images ingested (UA_1),
 classes labelled with `hoard label add`, boxes and a polygon written as Label Studio `ls:box`
-labels the way the AC5 round trip writes them (jobs.actions.labelstudio.annotations_to_labels
+labels the way the AC5 round trip writes them (hoardfs.jobs.actions.labelstudio.annotations_to_labels
 → a write-intent), `hoard dataset build SPEC --here --json`, then the sealed tree at the
 reported `path` read with the reader its users use (tests/test_dataset_formats.py's checks):
 counts and labels match manifest.jsonl. A forced rebuild and a materialize after rm give the
@@ -21,11 +21,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from adapters.synth import Spec
-from fsd.outputs import seal
-from fsd.store import Store
-from jobs.actions.labelstudio import SHA_KEY, annotations_to_labels
-from sql.apply import apply_write_intent
+from hoardfs.adapters.synth import Spec
+from hoardfs.fsd.outputs import seal
+from hoardfs.fsd.store import Store
+from hoardfs.jobs.actions.labelstudio import SHA_KEY, annotations_to_labels
+from hoardfs.sql.apply import apply_write_intent
 from tests.test_dataset_formats import READERS, _ultralytics_check, hf_load
 from tests.test_datasets import _hoard, tree_sha256
 from tests.test_ingest import ingest_sample
@@ -239,9 +239,9 @@ def test_each_layout_built_read_rebuilt_and_materialized_byte_identical(annotate
 
 
 def test_the_python_api_builds_what_the_cli_builds(annotated, tmp_path: Path) -> None:
-    """datasets.api.build (what the GUI and scripts call) seals the same tree as the CLI."""
-    from datasets import api
-    from datasets.spec import load_spec
+    """hoardfs.datasets.api.build (what the GUI and scripts call) seals the same tree as the CLI."""
+    from hoardfs.datasets import api
+    from hoardfs.datasets.spec import load_spec
 
     cfg, _shas, _ = annotated
     spec = _spec(tmp_path, "apivoc", "voc", 'annotations = "ls:box"')

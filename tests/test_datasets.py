@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from adapters.synth import Spec
-from datasets.formats import FORMATS
-from datasets.plan import samples_from_rows, split_of
-from datasets.spec import DatasetError, load_spec, parse_spec
-from fsd.outputs import seal
-from sql.apply import apply_write_intent
+from hoardfs.adapters.synth import Spec
+from hoardfs.datasets.formats import FORMATS
+from hoardfs.datasets.plan import samples_from_rows, split_of
+from hoardfs.datasets.spec import DatasetError, load_spec, parse_spec
+from hoardfs.fsd.outputs import seal
+from hoardfs.sql.apply import apply_write_intent
 from tests.test_ingest import ingest_sample
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ CONTRACT = {"_JOB.json", "_SEALED", "_MANIFEST.json"}  # _JOB.json holds times: 
 
 
 def _hoard(cfg, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -77,7 +77,7 @@ def _rows(n: int, classes=("cat", "dog"), roots: int | None = None) -> list[dict
 
 def test_a_near_dup_group_lies_in_one_split_and_dedup_keeps_one_of_it() -> None:
     """group = "near_dup": each row's `near_dup` (its near-duplicate group's name, as
-    sql.neardup.group_of_nodes gives it) joins its group with the posts it touches — every group
+    hoardfs.sql.neardup.group_of_nodes gives it) joins its group with the posts it touches — every group
     and every post lies in one split; dedup = "by_near_dup" keeps one sample of each group (the
     lowest node id) and every image in no group."""
     spec = load_spec(SPEC.replace('salt = "v1"', 'salt = "v1"\ngroup = "near_dup"'))
@@ -359,7 +359,7 @@ def test_kill_9_mid_build_then_the_same_command_completes(lab_factory, hoard_hom
                                      "USING (node_id) WHERE pc.file_type = 'png' ORDER BY n.node_id")]
     _label(pg, "slow", [(h, "class", "cat" if i % 2 else "dog") for i, h in enumerate(shas)])
     spec = _spec(tmp_path, "slow")
-    cmd = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "dataset", "build", str(spec), "--here"]
+    cmd = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "dataset", "build", str(spec), "--here"]
     proc = subprocess.Popen(lab.wrap(cmd), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     tmp = cfg.ssd.zone_path("3D") / ".tmp" / "slow-v1"
@@ -380,7 +380,7 @@ def test_kill_9_mid_build_then_the_same_command_completes(lab_factory, hoard_hom
 def test_a_queued_build_runs_on_the_io_queue(labelled, redis_conn, tmp_path: Path) -> None:
     """Without --here the build is an RQ job on `io` (the spec travels in it); a worker builds
     it and its report names the sealed directory under `path`."""
-    from jobs.queues import fetch_job
+    from hoardfs.jobs.queues import fetch_job
     from tests.test_ingest import work
 
     cfg, shas = labelled
@@ -403,9 +403,9 @@ def test_a_build_resumed_over_changed_labels_locates_one_manifest_per_name(label
     (on the old code both stayed located at the one name)."""
     import psycopg
 
-    from datasets import api
-    from fsd.store import Store
-    from sql import datasets as sqld
+    from hoardfs.datasets import api
+    from hoardfs.fsd.store import Store
+    from hoardfs.sql import datasets as sqld
 
     cfg, shas = labelled
     path = _spec(tmp_path, "rs")
@@ -465,7 +465,7 @@ def test_an_interrupted_materialize_never_lets_a_build_take_the_version_over(lab
     itself: `hoard gc` keeps its manifest and materialize makes its bytes again. On the old
     code materialize marked version 1 `building`, so the build "resumed" version 1 over the
     new data, dropped its manifest as stale, and pets@1 was another dataset."""
-    from datasets import api
+    from hoardfs.datasets import api
 
     cfg, shas = labelled
     spec = _spec(tmp_path)
@@ -495,9 +495,9 @@ def test_an_interrupted_materialize_never_lets_a_build_take_the_version_over(lab
 
 _KILLED_BUILD = """
 import os, signal, sys
-from fsd.base import config
-from datasets import api
-from datasets.spec import load_spec
+from hoardfs.base import config
+from hoardfs.datasets import api
+from hoardfs.datasets.spec import load_spec
 
 def kill_9(done, total):  # a real SIGKILL, while the files are copied
     if done:
@@ -541,10 +541,10 @@ def test_after_a_killed_build_health_and_show_name_the_next_step_and_it_works(la
 def test_sample_rows_lineage_roots_and_metadata_across_chunks(pg, monkeypatch) -> None:
     """Each node's lineage climbs by the parent with the lowest node id to a node with no parent
     (a cycle is cut at MAX_DEPTH), and its source URL and date are its root's — the same when
-    the nodes are read in chunks that share ancestors (sql.datasets reads a level of parents at
+    the nodes are read in chunks that share ancestors (hoardfs.sql.datasets reads a level of parents at
     a time, each ancestor once)."""
-    from sql import datasets as sqld
-    from sql.migrate import migrate
+    from hoardfs.sql import datasets as sqld
+    from hoardfs.sql.migrate import migrate
 
     migrate(pg)
     apply_write_intent(pg, {"key": "test:lineage", "sources": ["web"], "nodes": [
@@ -574,7 +574,7 @@ def test_split_thresholds_fall_where_split_of_changes_its_answer() -> None:
     n for which `split_of`'s float rule (n / 2**64 < the running sum of the ratios) no longer
     holds — so the SQL and Python draws agree on every n, the float sum that falls a hair short
     of 1 (0.6 + 0.3 + 0.1) included."""
-    from sql.datasets import split_thresholds
+    from hoardfs.sql.datasets import split_thresholds
 
     def python_index(ratios: dict[str, float], n: int) -> int:  # split_of, with the draw given
         u, acc = n / 2 ** 64, 0.0
@@ -603,7 +603,7 @@ def _dry_data(pg, second_parents: bool = True) -> dict[str, int]:
     split `fold` on some. sha256 → node id."""
     import random
 
-    from sql.migrate import migrate
+    from hoardfs.sql.migrate import migrate
 
     migrate(pg)
     rng = random.Random(36)
@@ -645,7 +645,7 @@ def _dry_hashes(pg, shas: dict[str, int]) -> None:
     cluster joins roots), a mirror pair, the rest apart."""
     import random
 
-    from sql.neardup import to_signed
+    from hoardfs.sql.neardup import to_signed
 
     rng = random.Random(15)
     order = sorted(shas, key=shas.get)
@@ -687,7 +687,7 @@ def test_dry_run_counts_are_the_builds(pg, variant: str) -> None:
     parents or one — a row per node joined, or grouped —, a cycle cut at MAX_DEPTH), node and label:KEY, an explicit split field, caps and
     max_per_class, dedup by node, no class. Fails on the old code: there was no dry_plan (the dry
     run built every sample)."""
-    from datasets.plan import dry_plan, plan
+    from hoardfs.datasets.plan import dry_plan, plan
 
     shas = _dry_data(pg, second_parents=variant != "root, one parent each")
     if variant.startswith("near-dup"):
@@ -722,7 +722,7 @@ def test_dry_run_counts_are_the_builds(pg, variant: str) -> None:
 def test_dry_run_refuses_what_the_build_refuses_in_the_same_line(pg) -> None:
     """Two values of the class label, an explicit split naming no split, a class outside the
     pinned map: the dry run's line is the build's, naming the same node."""
-    from datasets.plan import dry_plan, plan
+    from hoardfs.datasets.plan import dry_plan, plan
 
     shas = _dry_data(pg)
     first = sorted(shas, key=shas.get)

@@ -6,7 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from fsd.core import shardfmt as fmt
+from hoardfs.fsd.core import shardfmt as fmt
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "design.md"
 

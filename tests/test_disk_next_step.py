@@ -1,5 +1,5 @@
 """The next step `hoard health` and the storage page give for a disk that is not active
-(fsd.maintenance.health.disk_next_step) works: in each state, the `hoard` commands it names are run
+(hoardfs.fsd.maintenance.health.disk_next_step) works: in each state, the `hoard` commands it names are run
 through the real CLI, in the order it names them, on a small store of directory disks —
 each succeeds and the disk ends where the advice said (gone from the store, or active)."""
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core.disks import DiskState
-from fsd.maintenance.health import store_status
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core.disks import DiskState
+from hoardfs.fsd.maintenance.health import store_status
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
 
@@ -273,7 +273,7 @@ def test_a_damaged_identity_is_put_back_from_its_copy_by_activate(tmp_path: Path
     activate` puts the identity back from its copy (the disk is the registered one: the copy
     names its uuid) and checks its replicas. Without a copy, activate refuses and says to treat
     the disk as lost — not that another disk is mounted there."""
-    from fsd.core.disks import IDENTITY, IDENTITY_COPY
+    from hoardfs.fsd.core.disks import IDENTITY, IDENTITY_COPY
 
     cfg_path, results = _store(tmp_path)
     held = _held(cfg_path)
@@ -296,7 +296,7 @@ def test_a_damaged_identity_is_put_back_from_its_copy_by_activate(tmp_path: Path
 
 def test_a_disk_without_a_copy_of_its_identity_gets_one_at_the_next_open(tmp_path: Path) -> None:
     """Disks initialised before copies were kept get theirs from the next writable open."""
-    from fsd.core.disks import IDENTITY, IDENTITY_COPY
+    from hoardfs.fsd.core.disks import IDENTITY, IDENTITY_COPY
 
     cfg_path, _ = _store(tmp_path)
     disks = [p for p in tmp_path.iterdir() if (p / IDENTITY).is_file()]

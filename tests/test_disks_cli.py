@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
 from tests.test_store import check_store
@@ -70,8 +70,8 @@ def test_add_refuses_a_directory_that_is_no_mount_point(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 with Store.open(config.load(sys.argv[1])) as store:
     res = store.put_many(sys.argv[2:])
 print(sum(r.status == "new" for r in res))

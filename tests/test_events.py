@@ -4,7 +4,7 @@ exponential backoff on the RQ queue `events`, every try logged in `webhook_deliv
 
 The receivers are real HTTP servers on localhost (http.server in a thread) that check each
 signature with their own HMAC (as README's receiver does), not with hoard's function; the
-deliveries run in RQ workers guarded as `hoard worker` is (jobs.guard), with RQ's scheduler
+deliveries run in RQ workers guarded as `hoard worker` is (hoardfs.jobs.guard), with RQ's scheduler
 running the retries; PostgreSQL and Redis are the test servers."""
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ from typing import Any
 import pytest
 from rq import SimpleWorker
 
-from adapters.synth import Spec, generate
-from fsd.base import config
-from fsd.base.errors import ConfigError
-from fsd.core.disks import DiskState
-from fsd.store import Store
-from jobs import events
-from jobs import ingest as ua1
-from jobs.guard import SERIALIZER, GuardedWorker, HoardJob, refusal
-from jobs.queues import QUEUES, fetch_job, rq_queue
-from sql import events as sql_events
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.base import config
+from hoardfs.base.errors import ConfigError
+from hoardfs.fsd.core.disks import DiskState
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import events
+from hoardfs.jobs import ingest as ua1
+from hoardfs.jobs.guard import SERIALIZER, GuardedWorker, HoardJob, refusal
+from hoardfs.jobs.queues import QUEUES, fetch_job, rq_queue
+from hoardfs.sql import events as sql_events
 from tests.helpers import use_schema
 from tests.test_ingest import ingest_home
 
@@ -107,7 +107,7 @@ def hook(url: str, **over: Any) -> dict[str, Any]:
 
 
 class _Worker(GuardedWorker, SimpleWorker):
-    """An RQ worker that runs only what `hoard worker` would (jobs.guard)."""
+    """An RQ worker that runs only what `hoard worker` would (hoardfs.jobs.guard)."""
 
 
 def work(cfg: config.Settings, redis_conn, pg, queues: tuple[str, ...] = ("events",),
@@ -136,7 +136,7 @@ def deliveries(pg) -> list[sql_events.Delivery]:
 
 def home_with(hoard_home: Path, pg, *hooks: dict[str, Any]) -> config.Settings:
     cfg = with_webhooks(use_schema(hoard_home, pg), *hooks)
-    from sql.migrate import migrate
+    from hoardfs.sql.migrate import migrate
 
     migrate(pg)
     return cfg
@@ -168,7 +168,7 @@ def test_fails_twice_then_delivered_on_the_third_try(hoard_home: Path, pg, redis
     assert events.emit(cfg, "batch_ingested", "batch_ingested:b-1", "b-1", {"files": 3}) is None
     assert len(deliveries(pg)) == 1 and len(rx.got) == 3
     # `hoard webhooks test ops`: a signed ping, recorded nowhere
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "webhooks", "test", "ops"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "webhooks", "test", "ops"],
                          capture_output=True, text=True, timeout=120)
     assert (res.returncode, res.stdout) == (0, "ops: answered HTTP 200\n"), res.stdout + res.stderr
     assert rx.got[3]["signed"] and json.loads(rx.got[3]["body"])["event"] == "ping" and len(deliveries(pg)) == 1
@@ -192,13 +192,13 @@ def test_always_500_is_marked_failed_after_its_tries_with_the_last_error(hoard_h
     assert events.warnings(cfg) == [  # `hoard health` warns of it
         f"webhook {d.webhook}: 1 deliveries failed in the last 24 h; `hoard webhooks deliveries --state failed` says "
         f"why, `hoard webhooks test {d.webhook}` tries it now"]
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "webhooks", "deliveries"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "webhooks", "deliveries"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     (line,) = res.stdout.splitlines()
     assert line.startswith(f"#{d.delivery_id}") and "failed" in line and "try 3/3, HTTP 500" in line, line
     assert SECRET not in res.stdout + res.stderr and "t0ken" not in res.stdout + res.stderr
-    as_json = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "webhooks", "deliveries",
+    as_json = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "webhooks", "deliveries",
                               "--json", "--state", "failed"], capture_output=True, text=True, timeout=120)
     (row,) = json.loads(as_json.stdout)["deliveries"]
     assert row["state"] == "failed" and row["last_error"] == d.last_error and "t0ken" not in as_json.stdout
@@ -214,7 +214,7 @@ def test_an_unreachable_url_is_one_clear_line(hoard_home: Path, pg, redis_conn) 
         cfg = home_with(hoard_home, pg, hook(f"http://127.0.0.1:{port}/x", tries=1))
         events.emit(cfg, "disk_failed", "disk_failed:hdd9:1", "hdd9")
         work(cfg, redis_conn, pg)
-        res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "webhooks", "test"],
+        res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "webhooks", "test"],
                              capture_output=True, text=True, timeout=120)
     (d,) = deliveries(pg)
     assert (d.state, d.attempts, d.last_status, d.webhook) == ("failed", 1, None, f"http://127.0.0.1:{port}"), d
@@ -247,7 +247,7 @@ def test_redis_down_keeps_deliveries_pending_until_requeued(hoard_home: Path, pg
     (d,) = deliveries(pg)
     assert (d.state, d.attempts) == ("pending", 0) and not rx.got
     assert sql_events.trouble(pg, dt.timedelta(days=1), dt.timedelta(0))["overdue"] == 1  # health warns past OVERDUE
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "webhooks", "requeue"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "webhooks", "requeue"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "1 overdue deliveries queued again" in res.stdout, res.stdout + res.stderr
     work(cfg, redis_conn, pg)
@@ -273,7 +273,7 @@ def test_only_the_events_a_webhook_asks_for_are_sent(hoard_home: Path, pg, redis
 def test_events_older_than_the_kept_days_are_pruned_with_their_deliveries(pg) -> None:
     """Recording an event deletes those older than KEEP (90 days) and their deliveries: the
     table does not grow for ever."""
-    from sql.migrate import migrate
+    from hoardfs.sql.migrate import migrate
 
     migrate(pg)
     t = [sql_events.Target("w", "0" * 64, 3)]
@@ -317,12 +317,12 @@ def test_webhook_configuration_is_checked_and_the_secret_never_echoed(tmp_path: 
 
 
 def test_the_worker_guard_allows_the_delivery_job_and_only_it(hoard_home: Path, redis_conn) -> None:
-    """jobs.guard lets `jobs.events.deliver` naming the worker's configuration through, and
+    """hoardfs.jobs.guard lets `hoardfs.jobs.events.deliver` naming the worker's configuration through, and
     refuses it naming another file."""
     cfg = config.load(hoard_home / "hoard.toml")
     q = rq_queue("events", redis_conn)
-    ok = q.enqueue("jobs.events.deliver", str(cfg.source), 1, 1)
-    other = q.enqueue("jobs.events.deliver", str(hoard_home / "other.toml"), 1, 1)
+    ok = q.enqueue("hoardfs.jobs.events.deliver", str(cfg.source), 1, 1)
+    other = q.enqueue("hoardfs.jobs.events.deliver", str(hoard_home / "other.toml"), 1, 1)
     assert refusal(fetch_job(ok.id, redis_conn), cfg.source) == ""  # (as a worker reads it: JSON)
     assert "names configuration" in refusal(fetch_job(other.id, redis_conn), cfg.source)
     assert "events" in QUEUES
@@ -345,7 +345,7 @@ def test_an_ingested_batch_is_announced_once(hoard_home: Path, pg, redis_conn, r
     doc = json.loads(got["body"])
     assert got["signed"] and doc["event"] == "batch_ingested" and doc["subject"] == b.batch_id
     assert doc["detail"]["batch"] == b.batch_id and doc["detail"]["files_accepted"] == st.report["files_accepted"] > 0
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "events", "--json"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "events", "--json"],
                          capture_output=True, text=True, timeout=120)
     (ev,) = json.loads(res.stdout)["events"]
     assert (ev["name"], ev["subject"], ev["event_id"]) == ("batch_ingested", b.batch_id, doc["id"])
@@ -354,7 +354,7 @@ def test_an_ingested_batch_is_announced_once(hoard_home: Path, pg, redis_conn, r
 def test_a_failed_disk_is_relayed_once_from_the_index(hoard_home: Path, pg, redis_conn, receivers) -> None:
     """A disk marked failed in the index (as the store does on EIO, in whatever process):
     every health collection relays it as one `disk_failed` event, delivered once."""
-    from jobs.health import collect
+    from hoardfs.jobs.health import collect
 
     rx = receivers([(200, "")])
     cfg = home_with(hoard_home, pg, hook(rx.url, events=["disk_failed"]))
@@ -422,7 +422,7 @@ def test_a_maintenance_job_relays_a_failed_disk_at_its_end(hoard_home: Path, pg,
     """A disk failed in the index (the writer or the mount met EIO): the next maintenance job
     (here replicate) relays it as `disk_failed` when it ends, without waiting for a health
     collection; a second job relays nothing new."""
-    from jobs import maintenance
+    from hoardfs.jobs import maintenance
 
     cfg = home_with(hoard_home, pg)
     for d in cfg.disks:
@@ -442,7 +442,7 @@ def test_a_run_whose_process_died_is_announced_once(hoard_home: Path, pg, redis_
     looks, and not again when the run is resumed (the same attempt); resumed before any health
     collection looked, the resume announces it. The resumed run that completes is
     `run_finished`."""
-    from jobs.health import collect
+    from hoardfs.jobs.health import collect
     from tests.test_action_faults import KILLED_IN_STAGE
     from tests.test_action_runs import action_home, hoard
     from tests.test_action_workers import worker_contract

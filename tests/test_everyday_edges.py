@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from adapters.synth import Spec, generate
-from fsd.base import config
-from fsd.core.records import STREAM_THRESHOLD
-from fsd.store import Store
-from jobs import ingest as ua1
-from jobs import outputs
-from sql import browse
-from sql.selectors import query_nodes
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.base import config
+from hoardfs.fsd.core.records import STREAM_THRESHOLD
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import ingest as ua1
+from hoardfs.jobs import outputs
+from hoardfs.sql import browse
+from hoardfs.sql.selectors import query_nodes
 from tests.helpers import dir_disks_config, make_files
 from tests.test_ingest import ingest_all, ingest_home
 
@@ -76,7 +76,7 @@ def test_overlapping_puts_count_every_file_once(tmp_path: Path) -> None:
     for attempt in range(3):
         cfg = dir_disks_config(tmp_path / f"try{attempt}", 3, shard_size_mb=64)
         Store.open(config.load(cfg), init=True).close()
-        cmd = [sys.executable, "-m", "fsd", "--config", str(cfg), "put", str(src)]
+        cmd = [sys.executable, "-m", "hoardfs", "--config", str(cfg), "put", str(src)]
         procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
         outs = [p.communicate(timeout=300) for p in procs]
@@ -109,12 +109,12 @@ def test_view_and_stage_of_one_batch_use_its_paths(hoard_home: Path, pg, redis_c
     assert len(shas) > len(set(shas)), "the fixture needs files the batch holds twice"
     assert first & set(shas), "the fixture needs files another batch holds too"
     cfg_path = str(hoard_home / "hoard.toml")
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg_path, "select", "--batch", second.batch_id,
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", cfg_path, "select", "--batch", second.batch_id,
                           "--view"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert {tuple(line.split("  ", 1)) for line in res.stdout.splitlines()} == truth
     assert len(res.stdout.splitlines()) == len(truth)
-    add = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg_path, "view", "add", "b1", "-"], cwd=REPO,
+    add = subprocess.run([sys.executable, "-m", "hoardfs", "--config", cfg_path, "view", "add", "b1", "-"], cwd=REPO,
                          input=res.stdout, capture_output=True, text=True, timeout=120)
     assert add.returncode == 0, add.stderr
     spec = outputs.make_spec("stage", "one-batch", "by_batch", selector={"batches": [second.batch_id]})
@@ -143,7 +143,7 @@ def test_a_deleted_batch_is_shown_deleted_everywhere(hoard_home: Path, pg, redis
     cfg_path = str(hoard_home / "hoard.toml")
 
     def hoard(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fsd", "--config", cfg_path, *args], cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "hoardfs", "--config", cfg_path, *args], cwd=REPO,
                               capture_output=True, text=True, timeout=120)
 
     res = hoard("delete", "--batch", batch.batch_id, "--yes")

@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from adapters.synth import Spec, generate
+from hoardfs.adapters.synth import Spec, generate
 from tests.test_ingest import ingest_all, ingest_home
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _hoard(cfg, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args], cwd=REPO,
                           input=stdin, capture_output=True, text=True, timeout=60)
 
 

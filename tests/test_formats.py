@@ -15,14 +15,14 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from fsd.base import config
-from fsd.core import formats
-from fsd.core.records import ObjectNotFound
-from fsd.maintenance.deletion import hide, release
-from fsd.maintenance.gc import gc
-from fsd.maintenance.reindex import rebuild_index
-from fsd.outputs.views import define_view_rows
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.core.records import ObjectNotFound
+from hoardfs.fsd.maintenance.deletion import hide, release
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.maintenance.reindex import rebuild_index
+from hoardfs.fsd.outputs.views import define_view_rows
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files, missing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def _hoard(*args: str, env: dict[str, str] | None = None, pythonpath: Path | Non
     full.pop("HOARD_CONFIG", None)
     if pythonpath is not None:
         full["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([sys.executable, "-m", "fsd", *args], capture_output=True, text=True, env=full,
+    return subprocess.run([sys.executable, "-m", "hoardfs", *args], capture_output=True, text=True, env=full,
                           cwd=pythonpath or REPO, timeout=300)
 
 
@@ -153,7 +153,7 @@ def test_a_migration_killed_half_way_is_done_by_the_next_open(tmp_path: Path) ->
     each) leaves an index without its format; the next writable open migrates it whole."""
     cfg_path, kinds = _store(tmp_path, batches=6)
     cfg = config.load(cfg_path)
-    extra = _put_killed_in_migration(cfg_path, "fsd.core.pointers:align_pointers:2")
+    extra = _put_killed_in_migration(cfg_path, "hoardfs.fsd.core.pointers:align_pointers:2")
     half = _raw(cfg.index_dir, b"pointers")
     assert 0 < len(half) < 7 and formats.INDEX_KEY.encode() not in _raw(cfg.index_dir, b"meta")
     done = _hoard("--config", str(cfg_path), "put", str(extra), env={"HOARD_LMDB_TXN_ENTRIES": "68"})
@@ -221,8 +221,8 @@ def test_a_newer_disk_identity_refuses_writes(tmp_path: Path) -> None:
 def test_newer_shard_and_manifest_are_named(tmp_path: Path) -> None:
     """A shard header and a manifest of a later version are refused by their readers with the
     upgrade's line, not taken for damage."""
-    from fsd.core import shardfmt
-    from fsd.outputs.manifest import iter_files
+    from hoardfs.fsd.core import shardfmt
+    from hoardfs.fsd.outputs.manifest import iter_files
 
     header = bytearray(shardfmt.encode_shard_header(shardfmt.ShardHeader(b"\1" * 12, shardfmt.CLASS_RAW)))
     header[8:10] = (shardfmt.VERSION + 1).to_bytes(2, "little")
@@ -277,8 +277,8 @@ def test_previous_release_store_opens_migrated(tmp_path: Path) -> None:
 
 
 @pytest.mark.services  # (runs `hoard` in processes)
-@pytest.mark.parametrize("kill", ["fsd.core.index:move_seen_out:1", "fsd.core.pointers:align_pointers:1",
-                                  "fsd.core.pointers:align_pointers:3", "fsd.core.index:set_meta:1"])
+@pytest.mark.parametrize("kill", ["hoardfs.fsd.core.index:move_seen_out:1", "hoardfs.fsd.core.pointers:align_pointers:1",
+                                  "hoardfs.fsd.core.pointers:align_pointers:3", "hoardfs.fsd.core.index:set_meta:1"])
 def test_a_migration_killed_at_any_step_loses_nothing(tmp_path: Path, kill: str) -> None:
     """`hoard put` killed (SIGKILL) right after one of the migration's write transactions — the
     disks' last-seen times moved, some pointers filled, the version written — on an index with

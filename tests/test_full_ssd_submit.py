@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sql.apply import apply_write_intent
+from hoardfs.sql.apply import apply_write_intent
 from tests.helpers import missing, worker_contract
 from tests.test_action_runs import action_home, hoard
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core.records import ObjectNotFound
-from fsd.maintenance.deletion import drop_batch, hide, release
-from fsd.maintenance.gc import GcNoSpace, gc
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core.records import ObjectNotFound
+from hoardfs.fsd.maintenance.deletion import drop_batch, hide, release
+from hoardfs.fsd.maintenance.gc import GcNoSpace, gc
+from hoardfs.fsd.store import Store
 from tests.helpers import make_files, write_config
 
 
@@ -130,7 +130,7 @@ def test_kill_during_gc_then_rerun(lab_factory, tmp_path: Path) -> None:
         drop_batch(store, "doomed")
     free_before = sum(os.statvfs(d.mountpoint).f_bavail * os.statvfs(d.mountpoint).f_frsize
                       for d in lab.disks.values())
-    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg_path)]
+    hoard = [sys.executable, "-m", "hoardfs", "--config", str(cfg_path)]
     from tests.lab import drop_caches
 
     drop_caches()
@@ -160,7 +160,7 @@ def test_kill_during_gc_then_rerun(lab_factory, tmp_path: Path) -> None:
 def _swapped_not_deleted(store_factory, tmp_path: Path, seed: int, n_disks: int = 3):
     """A store where gc swapped the index to new shards for a dropped batch and stopped before
     deleting the old replicas (they are listed as retired); returns it and what was stored."""
-    from fsd.maintenance import gc as gcmod
+    from hoardfs.fsd.maintenance import gc as gcmod
 
     store = store_factory(n_disks=n_disks, caps=None, shard_size_mb=1)
     res = store.put_many(make_files(tmp_path / "a", 80, seed=seed))
@@ -194,8 +194,8 @@ def test_disk_vanishing_between_size_and_delete_keeps_its_retired_replica(store_
     delete; an unlink on the empty mount point left behind finds nothing, and that must not
     count as deleted (the file came back with the disk as an orphan nobody named, its bytes
     still counted). The replica stays retired; the next gc with the disk back deletes it."""
-    from fsd.maintenance import gc as gcmod
-    from fsd.maintenance.check import check
+    from hoardfs.fsd.maintenance import gc as gcmod
+    from hoardfs.fsd.maintenance.check import check
 
     store, res = _swapped_not_deleted(store_factory, tmp_path, seed=9)
     d1 = next(d for d in store.disks.values() if any(d.uuid in doc["replicas"] for doc in _retired(store).values()))
@@ -231,10 +231,10 @@ def test_forgetting_a_dead_disk_releases_its_retired_replicas(store_factory, tmp
     """Found by review: a disk that died while gc still had old replicas on it to delete is
     rebuilt and forgotten; its retired replicas must go with it (before, they stayed in the
     retired list for ever and gc tried them on every run)."""
-    from fsd.maintenance import gc as gcmod
-    from fsd.maintenance.check import check
-    from fsd.maintenance.lifecycle import forget
-    from fsd.maintenance.rebuild import rebuild
+    from hoardfs.fsd.maintenance import gc as gcmod
+    from hoardfs.fsd.maintenance.check import check
+    from hoardfs.fsd.maintenance.lifecycle import forget
+    from hoardfs.fsd.maintenance.rebuild import rebuild
 
     store, res = _swapped_not_deleted(store_factory, tmp_path, seed=9, n_disks=4)
     # a disk still holding a replica gc retired (which one depends on placement)
@@ -256,7 +256,7 @@ def test_forgetting_a_dead_disk_releases_its_retired_replicas(store_factory, tmp
 def test_delete_unknown_node_is_refused(hoard_home: Path, pg) -> None:
     """`hoard delete --node` of a sha256 the store does not hold exits 5 naming it and changes
     nothing (a known node given with it is not hidden either)."""
-    from sql.migrate import migrate
+    from hoardfs.sql.migrate import migrate
     from tests.helpers import use_schema
 
     migrate(pg)
@@ -266,7 +266,7 @@ def test_delete_unknown_node_is_refused(hoard_home: Path, pg) -> None:
     with Store.open(config.load(cfg_path), init=True) as store:
         known = store.put_many(make_files(hoard_home / "in", 1))[0].sha256
     ghost = "ab" * 32
-    r = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg_path, "delete", "--node", known, "--node", ghost],
+    r = subprocess.run([sys.executable, "-m", "hoardfs", "--config", cfg_path, "delete", "--node", known, "--node", ghost],
                        capture_output=True, text=True)
     assert r.returncode == 5 and f"no object {ghost}" in r.stderr and known not in r.stderr
     with Store.open(config.load(cfg_path), writable=False) as store:
@@ -280,8 +280,8 @@ def test_disk_vanishing_before_delete_keeps_its_retired_replica(store_factory, t
     the old replica look deleted already — the index kept counting its bytes and the file
     came back as an orphan with the disk. Now the replica stays retired until the disk is
     back; the next gc deletes it and `hoard check` finds the counts in agreement."""
-    from fsd.maintenance import gc as gcmod
-    from fsd.maintenance.check import check
+    from hoardfs.fsd.maintenance import gc as gcmod
+    from hoardfs.fsd.maintenance.check import check
 
     store, res = _swapped_not_deleted(store_factory, tmp_path, seed=9)
     d1 = next(d for d in store.disks.values() if any(d.uuid in doc["replicas"] for doc in _retired(store).values()))
@@ -305,7 +305,7 @@ def test_a_disk_vanishing_while_gc_copies_stops_it_with_nothing_lost(lab_factory
     """A disk gc writes its compacted shards to drops off mid-copy (lazy unmount): gc stops
     with a message naming the disk (it printed a traceback: chaos seed 388), every live object
     reads back, nothing is freed; with the disk back, gc runs to its end."""
-    from fsd.base.errors import HoardError
+    from hoardfs.base.errors import HoardError
     from tests.lab import DiskProfile
 
     lab = lab_factory([DiskProfile(f"g{i}", 300, 500, 500, 5000) for i in (1, 2)], throttle=False)

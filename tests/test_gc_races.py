@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core import formats
-from fsd.maintenance.deletion import drop_batch
-from fsd.maintenance.gc import gc
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.maintenance.deletion import drop_batch
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, make_files
 from tests.test_store import check_store
 
@@ -56,7 +56,7 @@ def test_delete_during_ingest_keeps_the_pinned_objects(store_factory, tmp_path: 
 def test_put_during_gc_swap_keeps_the_object(store_factory, tmp_path: Path) -> None:
     """An object tombstoned when gc planned, stored again before the swap: the swap sees the
     cleared tombstone in its own transaction and keeps the shard; put's "existing" holds."""
-    from fsd.maintenance import gc as gcmod
+    from hoardfs.fsd.maintenance import gc as gcmod
 
     store = store_factory(n_disks=3, caps=None, shard_size_mb=1)
     files = make_files(tmp_path / "a", 30, seed=14)
@@ -79,9 +79,9 @@ def test_put_during_gc_swap_keeps_the_object(store_factory, tmp_path: Path) -> N
 RACER_INGEST = """
 import json, sys, hashlib
 from pathlib import Path
-from fsd.base import config
-from fsd.core import formats
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.store import Store
 cfg = config.load(sys.argv[1]); files = sys.argv[3:]; acks = open(sys.argv[2], "a")
 for k in range(int(8)):
     with Store.open(cfg) as store:
@@ -99,11 +99,11 @@ for k in range(int(8)):
 
 RACER_DELETE = """
 import sys, time
-from fsd.base import config
-from fsd.core import formats
-from fsd.maintenance.deletion import drop_batch
-from fsd.maintenance.gc import gc
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.maintenance.deletion import drop_batch
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.store import Store
 cfg = config.load(sys.argv[1])
 deadline = time.monotonic() + 60
 k = 0
@@ -147,9 +147,9 @@ def test_ingest_racing_delete_and_gc_loses_nothing(tmp_path: Path) -> None:
 
 HOLD_STORE = """
 import sys, time
-from fsd.base import config
-from fsd.core import formats
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.store import Store
 store = Store.open(config.load(sys.argv[1]), what="a test writer")
 print("open", flush=True)
 time.sleep(60)
@@ -182,9 +182,9 @@ def test_index_rebuild_and_gc_refused_while_a_writer_runs(tmp_path: Path) -> Non
     assert res.returncode == 0, res.stderr
     with Store.open(config.load(cfg_path)) as store:
         with store.maintenance("gc"):
-            from fsd.core import storelock
+            from hoardfs.fsd.core import storelock
 
-            other = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "replicate"], cwd=REPO,
+            other = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "replicate"], cwd=REPO,
                                    capture_output=True, text=True)
             assert other.returncode == 3, other.stderr
             assert f"pid {os.getpid()}" in other.stderr and "maintenance.lock" in other.stderr
@@ -194,8 +194,8 @@ def test_index_rebuild_and_gc_refused_while_a_writer_runs(tmp_path: Path) -> Non
 def test_gc_keeps_what_the_database_references(store_factory, tmp_path: Path, pg) -> None:
     """A tombstoned object that a live database node still names is kept by gc (and its
     tombstone cleared); one whose node is deleted and held by no batch is freed."""
-    from sql.deletion import referenced
-    from sql.migrate import migrate
+    from hoardfs.sql.deletion import referenced
+    from hoardfs.sql.migrate import migrate
 
     migrate(pg)
     store = store_factory(n_disks=3, caps=None, shard_size_mb=1)
@@ -218,7 +218,7 @@ def test_a_reader_that_looked_up_before_a_gc_swap_still_reads(store_factory, tmp
     """A read whose lookup came just before gc re-pointed the object and deleted the old shard
     finds every replica file gone, looks the object up once more and reads the new copy —
     no error, no repair queued, no disk blamed."""
-    from fsd.maintenance import gc as gcmod
+    from hoardfs.fsd.maintenance import gc as gcmod
 
     store = store_factory(n_disks=3, caps=None, shard_size_mb=1)
     res = store.put_many(make_files(tmp_path / "a", 30, seed=23))
@@ -252,7 +252,7 @@ def test_a_manifest_registered_or_repointed_between_plan_and_swap_keeps_its_file
     registered after the plan, and a batch name pointed at another manifest after it, both
     naming objects still tombstoned: the swap reads the manifests it has not read and keeps
     the files; the next gc frees only what nothing names."""
-    from fsd.maintenance import gc as gcmod
+    from hoardfs.fsd.maintenance import gc as gcmod
 
     store = store_factory(n_disks=3, caps=None, shard_size_mb=1)
     res = store.put_many(make_files(tmp_path / "a", 30, seed=31))
@@ -283,7 +283,7 @@ def test_a_manifest_registered_or_repointed_between_plan_and_swap_keeps_its_file
 @pytest.mark.parametrize("held", [True, False])
 def test_gc_reads_each_manifest_once(store_factory, tmp_path: Path, monkeypatch, held: bool) -> None:
     """The work of gc's reference computation: no registered manifest is read — the `held` table
-    answers (fsd.core.held; the gc before it read every one) —, and on an index not migrated to
+    answers (hoardfs.fsd.core.held; the gc before it read every one) —, and on an index not migrated to
     it yet, each once for the plan and the swap together (the gc before that read every manifest
     again under the exclusive lock)."""
     store = store_factory(n_disks=3, caps=None, shard_size_mb=1)

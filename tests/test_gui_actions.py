@@ -16,9 +16,9 @@ import pytest
 import redis
 from nicegui import run, ui
 
-from gui.context import ctx
-from jobs import launch
-from jobs.actions.state import load_state, read_work
+from hoardfs.gui.context import ctx
+from hoardfs.jobs import launch
+from hoardfs.jobs.actions.state import load_state, read_work
 from tests.gui_fixtures import BATCH, gui_home, sign_in, sign_out, user  # noqa: F401 - fixtures
 from tests.helpers import GATE, worker_contract, write_contract
 
@@ -88,13 +88,13 @@ glob = "out/*.png"
 def _work(cfg_path: Path) -> None:
     """`hoard worker --burst`: a real worker process runs what is queued, then quits."""
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "worker", "--burst"],
                          capture_output=True, text=True, env=env, timeout=240)
     assert res.returncode == 0, res.stderr
 
 
 def _cfg(gui_home: Path):
-    from fsd.base import config
+    from hoardfs.base import config
 
     return config.load(gui_home)
 

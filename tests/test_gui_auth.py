@@ -295,7 +295,7 @@ async def test_the_overview_and_the_redirect_are_safe(user) -> None:
 
 def hoard(cfg: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), *args], input=stdin,
                           capture_output=True, text=True, env=env, timeout=60,
                           stdin=None if stdin is not None else subprocess.DEVNULL)
 
@@ -336,8 +336,8 @@ def test_users_commands(hoard_home: Path) -> None:
         assert res.returncode == 2, (args, res.stderr)
         assert says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert hoard(cfg, "users", "passwd", "ada", "--password-stdin", stdin="new-pass-123\n").returncode == 0
-    from fsd.base import config
-    from jobs import users
+    from hoardfs.base import config
+    from hoardfs.jobs import users
 
     c = config.load(cfg)
     assert users.authenticate(c, "ada", "new-pass-123") and not users.authenticate(c, "ada", "s3cret-pass")
@@ -352,7 +352,7 @@ def test_passwords_made_of_patterns_are_refused() -> None:
     with a pattern and enough else, and random ones of 16 characters."""
     import secrets
 
-    from jobs.users import weak_password
+    from hoardfs.jobs.users import weak_password
 
     for password, name, says in (
             ("adminadmin12", "ada", "a short part repeated (7 characters without the repeats"),
@@ -382,8 +382,8 @@ def test_users_from_hoard_toml(hoard_home: Path) -> None:
     assert hashed.returncode == 0 and hashed.stdout.startswith("$argon2id$")
     cfg.write_text(cfg.read_text() + f'\n[[gui.users]]\nname = "root"\nrole = "admin"\n'
                                      f'password_hash = "{hashed.stdout.strip()}"\n')
-    from fsd.base import config
-    from jobs import users
+    from hoardfs.base import config
+    from hoardfs.jobs import users
 
     assert users.authenticate(config.load(cfg), "root", "from-toml-pass").role == "admin"
     res = hoard(cfg, "users", "rm", "root")
@@ -457,7 +457,7 @@ async def test_rq_acts_only_from_the_gui_itself(user) -> None:
 async def test_rq_shows_job_text_as_text(user, redis_conn) -> None:
     """A job whose description holds markup (a scraped file's name, a form's value) comes out
     of /rq's JSON HTML-escaped: its templates insert it unescaped."""
-    from jobs.queues import rq_queue
+    from hoardfs.jobs.queues import rq_queue
 
     evil = "<img src=x onerror=alert(1)>"
     job = rq_queue("maintenance", redis_conn).enqueue("builtins.print", evil, description=f"verify {evil}")
@@ -472,7 +472,7 @@ async def test_rq_shows_job_text_as_text(user, redis_conn) -> None:
 
 def test_only_a_plain_local_path_follows_a_login() -> None:
     """`redirect_to` values a browser could turn into another site are replaced by `/`."""
-    from gui.auth import _safe_target
+    from hoardfs.gui.auth import _safe_target
 
     for bad in ("//evil.example/", "/\t/evil.example/x", "/\n/evil.example", "\\\\evil.example", "/\\evil.example",
                 "https://evil.example/", "/a b", "/x\x7f"):
@@ -486,7 +486,7 @@ def test_a_login_does_not_continue_to_a_route_that_acts() -> None:
     """Sign out, finish a sign-in, a program's `/api/…`, rq-dashboard's acting routes (requeue
     on GET; its JSON too): after a login these land on `/` — in every spelling that reaches them
     (percent-encoded, dot segments the browser resolves, a trailing slash)."""
-    from gui.auth import _safe_target
+    from hoardfs.gui.auth import _safe_target
 
     for acting in ("/logout", "/logout/", "/logout?x=1", "/%6cogout", "/%6Cogout", "/storage/../logout",
                    "/./logout", "/%2e%2e/logout", "/login/finish?ticket=abc", "/login/finish/", "/api/x", "/api",
@@ -506,7 +506,7 @@ def test_the_limits_of_failed_logins() -> None:
     once its window has passed."""
     import time
 
-    from jobs.users import LoginLimiter
+    from hoardfs.jobs.users import LoginLimiter
 
     lim = LoginLimiter(attempts=3, window_s=2.0)
 
@@ -551,7 +551,7 @@ def test_sign_in_tickets_are_short_lived_and_one_use() -> None:
     and not after its life; a handed-over state is claimed once, and not after its life."""
     import time
 
-    from gui.tickets import Tickets
+    from hoardfs.gui.tickets import Tickets
 
     t = Tickets(life_s=0.3)
     state = {"name": "ada", "role": "admin"}

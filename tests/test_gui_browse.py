@@ -21,13 +21,13 @@ pytestmark = [pytest.mark.timeout(300),
 
 def _ingest(cfg_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "ingest", "--ready", "--here"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "ingest", "--ready", "--here"],
                          capture_output=True, text=True, env=env, timeout=240)
     assert res.returncode in (0, 5), res.stderr  # 5: done with rejects (the fixture has one)
 
 
 def _an_image(cfg_path: Path) -> str:
-    from fsd.base import config
+    from hoardfs.base import config
 
     with psycopg.connect(config.load(cfg_path).database_url) as conn:
         return conn.execute("SELECT encode(n.sha256, 'hex') FROM node n JOIN physical_content pc USING (node_id) "
@@ -39,7 +39,7 @@ async def test_a_deleted_batch_is_shown_deleted(user, gui_home: Path) -> None:
     "done with rejects" beside 0 members)."""
     _ingest(gui_home)
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(gui_home), "delete", "--batch", BATCH, "--yes"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(gui_home), "delete", "--batch", BATCH, "--yes"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     await sign_in(user, "vera")
@@ -61,8 +61,8 @@ async def test_batches_assets_node_and_thumbnail(user, gui_home: Path) -> None:
     assert user.find(marker="thumb").elements  # image cards show thumbnails
     r = await user.http_client.get(f"/thumb/{sha}")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
-    from fsd.outputs import thumbs
-    from gui.context import ctx
+    from hoardfs.fsd.outputs import thumbs
+    from hoardfs.gui.context import ctx
 
     assert thumbs.path(ctx().cfg, sha).exists()  # cached
     assert (await user.http_client.get(f"/thumb/{'0' * 64}")).status_code == 404
@@ -87,7 +87,7 @@ async def test_operator_flags_and_unflags_low_quality(user, gui_home: Path) -> N
     await user.should_see(marker="node-flag", retries=30)
     user.find(marker="node-flag").click()
     await user.should_see("flagged low quality", retries=50)
-    from fsd.base import config
+    from hoardfs.base import config
 
     with psycopg.connect(config.load(gui_home).database_url) as conn:
         assert conn.execute("SELECT in_black_list FROM physical_content JOIN node USING (node_id) "
@@ -101,8 +101,8 @@ async def test_export_from_the_form_and_the_pipelines_page(user, gui_home: Path)
     """An operator exports the ingested images to 3D from the Launch form; a worker runs it;
     /pipelines shows the sealed output with its run, and a pipeline defined in the database
     with its stages; the charts on /storage and /batches render."""
-    from fsd.base import config
-    from sql.batches import define_action, define_pipeline
+    from hoardfs.base import config
+    from hoardfs.sql.batches import define_action, define_pipeline
 
     _ingest(gui_home)
     with psycopg.connect(config.load(gui_home).database_url, autocommit=True) as conn:
@@ -115,12 +115,12 @@ async def test_export_from_the_form_and_the_pipelines_page(user, gui_home: Path)
     user.find(marker="launch-output").click()
     await user.should_see("export imgs-v1", retries=50)
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(gui_home), "worker", "--burst"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(gui_home), "worker", "--burst"],
                          capture_output=True, text=True, env=env, timeout=240)
     assert res.returncode == 0, res.stderr
     from nicegui import run as nrun
 
-    from gui.context import ctx
+    from hoardfs.gui.context import ctx
 
     await nrun.io_bound(ctx().cache.refresh)
     await user.open("/runs/export/imgs-v1")
@@ -141,9 +141,9 @@ def test_an_image_bomb_gets_no_thumbnail(gui_home: Path, tmp_path: Path) -> None
     (it would take gigabytes to decode), while a normal image gets one."""
     from PIL import Image
 
-    from fsd.base import config
-    from fsd.outputs import thumbs
-    from fsd.store import Store
+    from hoardfs.base import config
+    from hoardfs.fsd.outputs import thumbs
+    from hoardfs.fsd.store import Store
 
     cfg = config.load(gui_home)
     bomb, fine = tmp_path / "bomb.png", tmp_path / "fine.png"
@@ -166,9 +166,9 @@ def test_files_pillow_chokes_on_get_no_thumbnail_and_no_error(gui_home: Path, tm
 
     from PIL import Image
 
-    from fsd.base import config
-    from fsd.outputs import thumbs
-    from fsd.store import Store
+    from hoardfs.base import config
+    from hoardfs.fsd.outputs import thumbs
+    from hoardfs.fsd.store import Store
 
     cfg = config.load(gui_home)
     buf = io.BytesIO()
@@ -201,9 +201,9 @@ async def test_hand_typed_pages_and_dates(user, gui_home: Path) -> None:
 async def test_node_page_draws_its_lineage(user, gui_home: Path) -> None:
     """A node's parents and children as a graph (one column per depth, edges parent → child with
     their relationship); a stable id full of HTML is drawn as text, never a tooltip."""
-    from fsd.base import config
-    from gui import charts
-    from sql import browse
+    from hoardfs.base import config
+    from hoardfs.gui import charts
+    from hoardfs.sql import browse
 
     with psycopg.connect(config.load(gui_home).database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO source (name) VALUES ('forum') ON CONFLICT DO NOTHING")
@@ -247,8 +247,8 @@ async def test_a_video_shows_the_poster_its_source_shipped(user, gui_home: Path)
 
     from PIL import Image
 
-    from adapters.synth import Spec, generate
-    from fsd.base import config
+    from hoardfs.adapters.synth import Spec, generate
+    from hoardfs.base import config
 
     with open(gui_home, "a") as fh:  # drop_batch's [sources] table is the file's last
         fh.write('ytdlp = "ytdlp"\n')

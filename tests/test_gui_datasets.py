@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from nicegui import run, ui
 
-from fsd.outputs import seal
-from jobs import launch
-from sql.apply import apply_write_intent
+from hoardfs.fsd.outputs import seal
+from hoardfs.jobs import launch
+from hoardfs.sql.apply import apply_write_intent
 from tests.gui_fixtures import BATCH, gui_home, sign_in, user  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(400)
@@ -43,7 +43,7 @@ salt = "s1"
 def _work(cfg_path: Path) -> None:
     """`hoard worker --burst`: a real worker process runs what is queued, then quits."""
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "worker", "--burst"],
                          capture_output=True, text=True, env=env, timeout=240)
     assert res.returncode == 0, res.stderr
 
@@ -58,7 +58,7 @@ def _label(cfg, key: str, rows: list[tuple[str, str]], unlabel: list[str] = ()) 
 async def _labelled(gui_home: Path):
     """The fixture batch ingested by a real worker; its PNGs labelled class = cat | dog, one of
     them the hostile class. Returns (cfg, the PNGs' sha256s)."""
-    from fsd.base import config
+    from hoardfs.base import config
 
     cfg = config.load(gui_home)
     await run.io_bound(launch.launch_ingest, cfg, BATCH, None)

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 from nicegui import ui
 
-from fsd.base import config
+from hoardfs.base import config
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
 from tests.test_near_dups import write_hashes
 

@@ -59,7 +59,7 @@ ratios = {{ train = 0.5, val = 0.5 }}
 
 def _prepare(cfg_path: Path) -> None:
     """The fixture batch in 3A and an action contract in the actions directory."""
-    from fsd.base import config
+    from hoardfs.base import config
 
     drop_batch(cfg_path)
     cfg = config.load(cfg_path)
@@ -135,7 +135,7 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     _shot(d, "launch")
     click(d, "Launch ingest")
     wait_text(d, "which no worker serves")
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"], env=child_env(),
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "worker", "--burst"], env=child_env(),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     wait_text(d, "done with rejects", timeout=60)  # the run page refreshes itself
@@ -153,7 +153,7 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     sel.send_keys('{"sources": ["gallery"], "kinds": ["image"]}')
     d.find_element("xpath", "//button[normalize-space(.)='Launch']").click()
     wait_text(d, "export gallery-images-v1")
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"], env=child_env(),
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "worker", "--burst"], env=child_env(),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     wait_text(d, "files", timeout=60)  # the export's report
@@ -187,7 +187,7 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     click(d, "Launch check-quality")
     wait_text(d, "plan: queued")
     assert "/runs/action/check-quality-v1-" in d.current_url
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"], env=child_env(),
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "worker", "--burst"], env=child_env(),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     wait_text(d, "finish: done", timeout=60)  # the run page refreshes itself
@@ -210,7 +210,7 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     click(d, "Launch the build")
     wait_text(d, "dataset checked")
     assert d.current_url.endswith("/runs/dataset/checked")
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"], env=child_env(),
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "worker", "--burst"], env=child_env(),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     wait_text(d, "checked-v1", timeout=60)  # the report names the directory it sealed

@@ -1,7 +1,7 @@
 """`hoard gui`'s /events page (issue 40, part 4): the configured webhooks (by name, never the
 secret or the URL's path), every delivery with its tries and last answer, the events. Subjects
 and receivers' answers come from outside: shown as their characters, never markup. Real test
-PostgreSQL; the deliveries are recorded as the delivery job records them (sql.events)."""
+PostgreSQL; the deliveries are recorded as the delivery job records them (hoardfs.sql.events)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from nicegui import ui
 
-from fsd.base import config
-from jobs import events
-from sql import events as sql_events
+from hoardfs.base import config
+from hoardfs.jobs import events
+from hoardfs.sql import events as sql_events
 from tests import gui_fixtures
 from tests.gui_fixtures import sign_in, user  # noqa: F401 - fixtures
 from tests.test_events import SECRET, hook, with_webhooks

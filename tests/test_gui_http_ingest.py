@@ -1,4 +1,4 @@
-"""HTTP ingest (gui.api, jobs.ingest.upload, jobs.tokens): a real `hoard gui` process on the
+"""HTTP ingest (hoardfs.gui.api, hoardfs.jobs.ingest.upload, hoardfs.jobs.tokens): a real `hoard gui` process on the
 test PostgreSQL and Redis, driven by real HTTP clients — httpx, and a raw socket where a
 client must stop half-way (a dropped connection, a body the server refuses to read)."""
 
@@ -66,8 +66,8 @@ def test_an_upload_is_ingested_and_its_status_is_hoard_ingest_status(server: Ser
     """A gallery-dl batch POSTed with a token lands whole in 3A with its `_READY` (202, the
     batch id and its status URL), is ingested by the workers' job, and the status URL serves
     the document `hoard ingest --status BATCH --json` prints."""
-    from fsd.base import config
-    from jobs.ingest import work_here
+    from hoardfs.base import config
+    from hoardfs.jobs.ingest import work_here
 
     before = server.batches()
     r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), data={"source": "gallery"},
@@ -185,8 +185,8 @@ def test_a_full_3a_is_507_before_the_body_is_read(server: Server) -> None:
 def test_a_dropped_connection_leaves_nothing_half_ingested(server: Server) -> None:
     """A client that goes away mid-file leaves no batch in 3A, no temporary directory and no
     reservation: the bytes it sent are removed, and the next upload goes through."""
-    from fsd.base import config
-    from fsd.outputs import zones
+    from hoardfs.base import config
+    from hoardfs.fsd.outputs import zones
 
     before = server.batches()
     headers, body = multipart([("source", None, b"gallery"), ("files", b"big.png", os.urandom(1 << 20))])
@@ -206,14 +206,14 @@ def test_an_upload_cut_by_a_killed_server_is_removed_at_its_next_start(hoard_hom
     """`hoard gui` killed (SIGKILL) mid-upload leaves its temporary directory and reservation in
     3A, which `hoard health` names with the step that removes them — the next start, which does;
     no batch ever appeared."""
-    from fsd.base import config
-    from fsd.outputs import zones
+    from hoardfs.base import config
+    from hoardfs.fsd.outputs import zones
     from tests.gui_browser import serving
 
     with gui_process(hoard_home, pg, prepare) as (_, cfg_path):
         pass  # (the home, its config and database made once)
     server = Server("", cfg_path, subprocess.run(
-        [sys.executable, "-m", "fsd", "--config", str(cfg_path), "tokens", "add", "scraper"],
+        [sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "tokens", "add", "scraper"],
         capture_output=True, text=True, env=child_env()).stdout.strip())
     cfg = config.load(cfg_path)
     headers, body = multipart([("source", None, b"gallery"), ("files", b"big.png", os.urandom(1 << 20))])
@@ -421,8 +421,8 @@ def test_a_batch_id_naming_another_batchs_work_file_is_refused(server: Server) -
     (state/ingest/<batch>.<work>.json, beside its <batch>.json): a batch sent under such an id
     would have its state written over the other batch's work (and removed when that batch
     ends); it is refused, and asking the status of such a name is 404, not a 500."""
-    from fsd.base import config
-    from jobs.ingest.state import state_dir
+    from hoardfs.base import config
+    from hoardfs.jobs.ingest.state import state_dir
 
     before = server.batches()
     for work in ("records", "stored"):
@@ -458,8 +458,8 @@ def test_a_damaged_ingest_record_or_token_entry_is_one_line_not_a_500(server: Se
     """An ingest record (state/ingest/<batch>.json) that is not JSON: its status is 503 saying
     where the operator sees why, and an upload under its id is 409 (the id is used). A tokens
     file entry whose hash is not text (a person's edit) matches no token and stops no other."""
-    from fsd.base import config
-    from jobs.ingest.state import state_dir
+    from hoardfs.base import config
+    from hoardfs.jobs.ingest.state import state_dir
 
     record = state_dir(config.load(server.cfg_path)) / "dmg-1.json"
     record.write_text('{"batch_id": ')
@@ -485,8 +485,8 @@ def test_many_small_files_cannot_fill_3a_past_its_quota(server: Server) -> None:
     few bytes of the body: an upload of 2,600 one-byte files (a Content-Length of ~200 KB that
     3A has room for) would take ~10 MiB. Its reservation grows as its files take room, and the
     upload is 507 naming its part once 3A cannot take more; nothing of it is kept."""
-    from fsd.base import config
-    from fsd.outputs import zones
+    from hoardfs.base import config
+    from hoardfs.fsd.outputs import zones
 
     cfg = config.load(server.cfg_path)
     filler = server.zone3a / "_filler"
@@ -512,8 +512,8 @@ def test_a_batch_id_with_a_dot_is_counted_with_the_others(server: Server) -> Non
     """A batch id may hold `.` (`hoard ingest` itself proposes `<batch>.2` for a re-used id):
     a batch sent as `shots.v2` is in the ingest's counts (`hoard health`, the runs page) like
     any other, not taken for another batch's work file and left out."""
-    from fsd.base import config
-    from jobs.ingest.health import ingest_status
+    from hoardfs.base import config
+    from hoardfs.jobs.ingest.health import ingest_status
 
     cfg = config.load(server.cfg_path)
     queued = ingest_status(cfg)["batches"].get("queued", 0)
@@ -528,8 +528,8 @@ def test_a_token_revoked_mid_upload_gets_no_batch(server: Server) -> None:
     """`hoard tokens rm` while the token's upload is being received: the upload is 401 when its
     body ends — no batch in 3A, nothing queued, nothing left in 3A/.tmp, no reservation (the
     token was checked only before the body was read: the revoked scraper's batch was taken)."""
-    from fsd.base import config
-    from fsd.outputs import zones
+    from hoardfs.base import config
+    from hoardfs.fsd.outputs import zones
 
     add = server.hoard("tokens", "add", "midway")
     assert add.returncode == 0, add.stderr

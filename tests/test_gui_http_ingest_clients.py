@@ -50,8 +50,8 @@ def test_a_sender_that_goes_quiet_or_drips_is_ended_and_nothing_kept(server: Ser
     api.min_rate_kib_s) and the connection closed: the upload's temporary directory and its
     reservation of 3A are gone, no batch appeared, the GUI's log says so, and the next upload
     goes through."""
-    from fsd.base import config
-    from fsd.outputs import zones
+    from hoardfs.base import config
+    from hoardfs.fsd.outputs import zones
 
     cfg = config.load(server.cfg_path)
     assert (cfg.api.idle_timeout_s, cfg.api.min_rate_kib_s) == (3, 1)
@@ -145,8 +145,8 @@ def test_a_batch_directory_swapped_for_a_link_while_its_manifest_is_checked(serv
     while the server hashes the manifest's last file (a real swap, made once the server holds
     that file open): the upload is refused naming the swap, nothing is signalled or written
     there or in 3A, no ingest is recorded — the server never went through the link."""
-    from fsd.base import config
-    from jobs.ingest import load_state
+    from hoardfs.base import config
+    from hoardfs.jobs.ingest import load_state
 
     elsewhere = tmp_path / "elsewhere"  # what the link leads to: the server must not write or read there
     elsewhere.mkdir()
@@ -193,9 +193,9 @@ def test_a_manifest_batch_swapped_before_its_ingest_is_not_read_through_the_link
     it elsewhere on the server whose image is another (a secret): the ingest reads nothing
     through the link — the batch fails in one line naming the link, the secret is not in the
     store, and the batch's own files wait where the scraper moved them."""
-    from fsd.base import config
-    from fsd.store import Store
-    from jobs.ingest import load_state, work_here
+    from hoardfs.base import config
+    from hoardfs.fsd.store import Store
+    from hoardfs.jobs.ingest import load_state, work_here
 
     cfg = config.load(server.cfg_path)
     root = server.zone3a / "swapped-2"
@@ -235,8 +235,8 @@ def test_a_part_s_headers_are_bounded_not_held_whole(server: Server) -> None:
     the part's data began — up to api.max_batch_mb (10 GiB by default), copied again at every
     chunk — with the python-multipart < 0.0.27 that pyproject.toml allowed (this test, run with
     0.0.26 first on the path, gets 202 after the server held the 4 MiB header)."""
-    from fsd.base import config
-    from fsd.outputs import zones
+    from hoardfs.base import config
+    from hoardfs.fsd.outputs import zones
 
     before = server.batches()
     pads = [b"X-Pad: " + b"a" * (4 << 20) + b"\r\n", b"".join(b"X-%d: a\r\n" % i for i in range(60_000))]

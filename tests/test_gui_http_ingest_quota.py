@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fsd.base import config
-from fsd.outputs import zones
+from hoardfs.base import config
+from hoardfs.fsd.outputs import zones
 from tests.http_ingest import Server, answer, connect, ingest_server, multipart, raw_request, until
 
 MiB = 1 << 20

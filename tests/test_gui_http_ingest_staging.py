@@ -84,8 +84,8 @@ def test_a_scraper_cannot_lead_an_uploads_file_through_a_planted_link(scraped: S
     files in `state/actions` made that run a Resume button away from running its command).
     An upload now refuses a 3A/.tmp that is not the service's own: 503 at once, one line naming
     the folder and `hoard init`; nothing is written anywhere, no batch, no reservation."""
-    from fsd.base import config
-    from fsd.outputs import zones
+    from hoardfs.base import config
+    from hoardfs.fsd.outputs import zones
 
     before = scraped.batches()
     with _staging_as_scrapers(scraped) as tmp:
@@ -156,7 +156,7 @@ def test_a_staging_folder_others_may_write_is_refused_by_init_and_uploads(scrape
                 shutil.rmtree(tmp)  # (the service's, 0750: the scraper could not remove it)
                 res = as_user(script, str(victim), str(tmp))
                 assert res.returncode == 0, res.stderr
-            res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(scraped.cfg_path), "init"],
+            res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(scraped.cfg_path), "init"],
                                  capture_output=True, text=True, env=child_env())
             assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
             assert f"{tmp} is {why}" in res.stderr and "remove it and run the command again" in res.stderr, res.stderr

@@ -7,7 +7,7 @@ and slowed every page from 0.06 s to 4.1 s; 20 failures of any names from one ad
 the admin's correct password; behind a TLS proxy every client was the proxy's address. Then,
 with every loopback address one client: five wrong guesses of the admin's name by any local
 user locked the admin out on 127.0.0.1, and 300 random-name logins at once made the admin's
-right password answer 429 busy (device cookies, gui.devices; the per-client places, gui.gate)."""
+right password answer 429 busy (device cookies, hoardfs.gui.devices; the per-client places, hoardfs.gui.gate)."""
 
 from __future__ import annotations
 
@@ -213,13 +213,13 @@ async def test_the_form_follows_the_same_rules(user) -> None:
 
 
 def test_the_client_is_the_right_most_untrusted_address() -> None:
-    """`gui.auth.client_address`: the socket's address unless it is a trusted proxy; then the
+    """`hoardfs.gui.auth.client_address`: the socket's address unless it is a trusted proxy; then the
     right-most X-Forwarded-For entry that is not one (a malformed entry stops the walk there)."""
     from ipaddress import ip_network
 
     from starlette.requests import Request
 
-    from gui.auth import client_address
+    from hoardfs.gui.auth import client_address
 
     def client(peer: str, forwarded: str | None, trusted: list[str]) -> str:
         headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded is not None else []

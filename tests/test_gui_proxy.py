@@ -61,7 +61,7 @@ def test_a_local_user_cannot_lock_a_name_everywhere_from_loopback_aliases(served
 def test_the_client_key_groups_loopback_and_ipv6_networks() -> None:
     """The address the limits count for: one key for every loopback address (v4, v6, v4-mapped),
     one per IPv6 /64 (a host is given a whole /64), IPv4 addresses as they are."""
-    from gui.auth import client_key
+    from hoardfs.gui.auth import client_key
 
     assert len({client_key(a) for a in ("127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.2")}) == 1
     assert client_key("2001:db8:1:2::5") == client_key("2001:db8:1:2:ffff::9") != client_key("2001:db8:1:3::5")
@@ -129,7 +129,7 @@ def test_a_loopback_trusted_proxy_is_refused_with_the_way_to_do_it(hoard_home: P
     for proxies in ('["127.0.0.1"]', '["::1"]', '["::ffff:127.0.0.1"]', '["10.0.0.1", "0.0.0.0/0"]'):
         cfg = tmp_path / "c.toml"
         cfg.write_text(base + f"\n[gui]\ntrusted_proxies = {proxies}\n")
-        res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), "gui"], capture_output=True,
+        res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), "gui"], capture_output=True,
                              text=True, env={k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}, timeout=60)
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1, (proxies, res.stdout, res.stderr)
@@ -141,8 +141,8 @@ def test_the_proxy_socket_replaces_a_dead_one_and_refuses_the_rest(tmp_path: Pat
     answers on, a file that is not a socket, or an unknown group is refused in one line."""
     import socket
 
-    from fsd.base.errors import HoardError
-    from gui.app import proxy_socket
+    from hoardfs.base.errors import HoardError
+    from hoardfs.gui.app import proxy_socket
 
     path = tmp_path / "run" / "gui.sock"
     dead = proxy_socket(path, None)
@@ -200,7 +200,7 @@ def test_a_trusted_proxy_network_holding_this_host_is_refused(hoard_home: Path, 
         cfg_path = hoard_home / f"c{i}.toml"
         cfg_path.write_text(base + f"\n[gui]\ntrusted_proxies = {proxies!r}\nport = {free_port()}\n")
         try:
-            res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "gui"], capture_output=True,
+            res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "gui"], capture_output=True,
                                  text=True, timeout=60, env={k: v for k, v in os.environ.items()
                                                              if k not in ("HOARD_CONFIG", "PYTEST_CURRENT_TEST")})
         except subprocess.TimeoutExpired:
@@ -223,8 +223,8 @@ def test_a_proxy_socket_where_another_user_could_replace_it_is_refused(tmp_path:
     import stat
     import tempfile
 
-    from fsd.base.errors import HoardError
-    from gui.app import proxy_socket
+    from hoardfs.base.errors import HoardError
+    from hoardfs.gui.app import proxy_socket
 
     top = Path(tempfile.mkdtemp(prefix="hg", dir="/tmp"))  # a socket's path holds 107 bytes at most
     try:

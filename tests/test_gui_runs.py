@@ -14,7 +14,7 @@ import pytest
 from nicegui import run, ui
 from rq import Queue
 
-from jobs import launch
+from hoardfs.jobs import launch
 from tests.gui_fixtures import BATCH, gui_home, sign_in, user  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(300)
@@ -23,19 +23,19 @@ pytestmark = pytest.mark.timeout(300)
 def _work(cfg_path: Path) -> None:
     """`hoard worker --burst`: a real worker process runs what is queued, then quits."""
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "worker", "--burst"],
                          capture_output=True, text=True, env=env, timeout=240)
     assert res.returncode == 0, res.stderr
 
 
 async def _refreshed() -> None:
-    from gui.context import ctx
+    from hoardfs.gui.context import ctx
 
     await run.io_bound(ctx().cache.refresh)
 
 
 def _cfg(gui_home: Path):
-    from fsd.base import config
+    from hoardfs.base import config
 
     return config.load(gui_home)
 
@@ -47,12 +47,12 @@ WITH_BATCH = pytest.mark.parametrize("gui_home", [{"_batch": True}], indirect=Tr
 async def test_the_run_page_of_a_deleted_batch_says_it_was_deleted(user, gui_home: Path) -> None:
     """W3-R: after `hoard delete --batch B`, `/runs/ingest/B` showed the ingest as done and
     nothing more (health, `ingest --status` and the batch list said it was deleted)."""
-    from gui.context import ctx
+    from hoardfs.gui.context import ctx
 
     launch.launch_ingest(ctx().cfg, BATCH, None)
     await run.io_bound(_work, gui_home)
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(gui_home), "delete", "--batch", BATCH, "--yes"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(gui_home), "delete", "--batch", BATCH, "--yes"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     await _refreshed()
@@ -96,8 +96,8 @@ async def test_a_viewer_cannot_launch_retry_or_cancel(user) -> None:
     await user.should_see("you can look at the forms but not launch")
     await user.should_not_see(marker="launch-ingest")
     await user.should_not_see(marker="launch-replicate")
-    from gui.context import ctx
-    from jobs import launch
+    from hoardfs.gui.context import ctx
+    from hoardfs.jobs import launch
 
     launch.launch_ingest(ctx().cfg, BATCH, None)
     await user.open(f"/runs/ingest/{BATCH}")
@@ -146,8 +146,8 @@ async def test_maintenance_forms_validate_before_queueing(user, gui_home: Path) 
 
 
 async def test_cancel_and_retry_a_maintenance_run(user, gui_home: Path) -> None:
-    from gui.context import ctx
-    from jobs import launch
+    from hoardfs.gui.context import ctx
+    from hoardfs.jobs import launch
 
     job_id = launch.launch_maintenance(ctx().cfg, "verify", {"sample": 50}, "otto")
     await sign_in(user, "otto")
@@ -165,7 +165,7 @@ async def test_cancel_and_retry_a_maintenance_run(user, gui_home: Path) -> None:
 
 
 @WITH_BATCH
-# `hoard worker` logs a job ending on a condition in one line (jobs.queues.HoardWorker); the
+# `hoard worker` logs a job ending on a condition in one line (hoardfs.jobs.queues.HoardWorker); the
 # traceback stays in RQ's failed registry, which the run page shows
 @pytest.mark.expect_log(r"\(ingest [^)]*: scan\) failed: batch directory .* is gone", level="ERROR")
 async def test_failed_ingest_shows_its_traceback_and_the_failed_view(user) -> None:
@@ -173,8 +173,8 @@ async def test_failed_ingest_shows_its_traceback_and_the_failed_view(user) -> No
     its error and its job's traceback; a later success of another run does not hide it."""
     import shutil
 
-    from gui.context import ctx
-    from jobs import launch
+    from hoardfs.gui.context import ctx
+    from hoardfs.jobs import launch
 
     batch_id = BATCH
     cfg = ctx().cfg
@@ -196,8 +196,8 @@ async def test_export_form_refuses_a_bad_request(user) -> None:
     """The selector starts empty and an empty one is refused (it would select every node); a
     bad id, bad JSON, an unknown key and a selection of no node are each refused in one line
     before anything is queued."""
-    from gui.context import ctx
-    from jobs import launch
+    from hoardfs.gui.context import ctx
+    from hoardfs.jobs import launch
 
     await sign_in(user, "otto")
     await user.open("/launch")
@@ -226,8 +226,8 @@ async def test_export_form_refuses_a_bad_request(user) -> None:
 
 async def test_runs_list_pages_on_the_server(user) -> None:
     """60 maintenance runs: 25 a page, links to the next and previous pages."""
-    from gui.context import ctx
-    from jobs import launch
+    from hoardfs.gui.context import ctx
+    from hoardfs.jobs import launch
 
     for _ in range(60):
         launch.launch_maintenance(ctx().cfg, "replicate", {}, "otto")
@@ -245,9 +245,9 @@ async def test_runs_list_pages_on_the_server(user) -> None:
 def test_an_output_recorded_while_redis_was_down_says_so(gui_home: Path, redis_conn) -> None:
     """Launched while Redis did not answer, an export is recorded but not queued: the launch
     says Redis in one line, and its run page says why it waits, not "no worker"."""
-    from fsd.base import config
-    from fsd.base.errors import HoardError
-    from jobs import outputs
+    from hoardfs.base import config
+    from hoardfs.base.errors import HoardError
+    from hoardfs.jobs import outputs
 
     cfg = config.load(gui_home)
     down = cfg.model_copy(update={"redis_url": "unix:///nonexistent/redis.sock?db=0"})
@@ -263,9 +263,9 @@ def test_an_output_recorded_while_redis_was_down_says_so(gui_home: Path, redis_c
 def test_a_run_keeps_its_own_log(gui_home: Path, redis_conn) -> None:
     """What a run logs while a worker runs it (a verify meeting a flipped bit) is kept as that
     run's log, which its page shows — warnings and errors first when it failed."""
-    from fsd.base import config
-    from fsd.store import Store
-    from jobs import runlog
+    from hoardfs.base import config
+    from hoardfs.fsd.store import Store
+    from hoardfs.jobs import runlog
     from tests.helpers import make_files
 
     cfg = config.load(gui_home)
@@ -286,7 +286,7 @@ def test_a_run_keeps_its_own_log(gui_home: Path, redis_conn) -> None:
 
 def test_retry_needs_a_run_to_retry(gui_home: Path, redis_conn) -> None:
     """Retrying an export nobody launched (or one of the other kind) queues nothing."""
-    from fsd.base import config
+    from hoardfs.base import config
 
     cfg = config.load(gui_home)
     for kind in ("export", "stage"):
@@ -300,11 +300,11 @@ async def test_pages_end_quietly_while_the_app_stops(user) -> None:
     """While the app stops, NiceGUI's thread pool runs nothing (run.io_bound answers None
     without running the call): each page waiting on such a call ends quietly with what it built
     — never reading that None as an answer (the node page read it as the node) — a run page's
-    refresh timer stops without an error, and gui.context.in_thread tells that None from a
+    refresh timer stops without an error, and hoardfs.gui.context.in_thread tells that None from a
     None the function returned."""
     import asyncio
 
-    from gui.context import ctx
+    from hoardfs.gui.context import ctx
 
     job_id = launch.launch_maintenance(ctx().cfg, "verify", {}, "otto")
     await sign_in(user, "otto")
@@ -317,7 +317,7 @@ async def test_pages_end_quietly_while_the_app_stops(user) -> None:
             await user.open(path)  # a 200 page, no error logged: a TypeError on the None was a 500 and an error
         await asyncio.sleep(2.5)  # the run page's refresh timer (every 2 s) meets the stopped pool
 
-        from gui.context import AppStopping, in_thread
+        from hoardfs.gui.context import AppStopping, in_thread
 
         with pytest.raises(AppStopping):
             await in_thread(len, "abc")
@@ -330,8 +330,8 @@ def _two_holders_failed(cfg) -> None:
     """Files put, then both disks holding one shard failed and unplugged (a failed disk still
     attached is read as the last resort): that shard has no readable replica, so a replicate run
     ends with errors (a real report, not a made-up one)."""
-    from fsd.core.disks import DiskState
-    from fsd.store import Store
+    from hoardfs.fsd.core.disks import DiskState
+    from hoardfs.fsd.store import Store
     from tests.helpers import make_files
 
     with Store.open(cfg) as store:
@@ -352,12 +352,12 @@ async def test_a_run_whose_report_has_errors_is_not_green_and_a_done_run_offers_
     """W3-R: a replicate whose report says errors 1 was a green "done" with raw keys
     (`intent_was_applied_before False`, `quarantine None`) and Retry/Cancel; now it is "done
     with errors", its report labelled figures with its duration, and it offers neither."""
-    from gui.context import ctx
+    from hoardfs.gui.context import ctx
 
     cfg = ctx().cfg
     # in a child process: the GUI in this process opens the index in its background refresh,
     # and LMDB refuses a second open of one environment in one process
-    code = ("import sys; from fsd.base import config; from tests.test_gui_runs import _two_holders_failed; "
+    code = ("import sys; from hoardfs.base import config; from tests.test_gui_runs import _two_holders_failed; "
             "_two_holders_failed(config.load(sys.argv[1]))")
     res = subprocess.run([sys.executable, "-c", code, str(gui_home)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -380,7 +380,7 @@ async def test_a_run_whose_report_has_errors_is_not_green_and_a_done_run_offers_
 
 async def test_a_done_run_offers_no_retry_or_cancel_and_shows_its_duration(user, gui_home: Path) -> None:
     """W3-R: a run that ended well offers no Cancel (nothing waits or runs) and no Retry."""
-    from gui.context import ctx
+    from hoardfs.gui.context import ctx
 
     job_id = launch.launch_maintenance(ctx().cfg, "replicate", {}, "otto")
     await run.io_bound(_work, gui_home)
@@ -395,8 +395,8 @@ async def test_a_done_run_offers_no_retry_or_cancel_and_shows_its_duration(user,
 
 async def test_a_maintenance_url_naming_another_job_says_so(user, gui_home: Path, redis_conn) -> None:
     """W3-R: `/runs/replicate/<an id not starting with maint->` (another run's job) raised
-    StopIteration in jobs.launch.detail and the page hung; now one line says there is no such run."""
-    from gui.context import ctx
+    StopIteration in hoardfs.jobs.launch.detail and the page hung; now one line says there is no such run."""
+    from hoardfs.gui.context import ctx
 
     cfg = ctx().cfg
     launch.launch_output(cfg, "export", "other1", "by_sha256", {"sources": ["gallery"]}, conn=redis_conn)
@@ -412,12 +412,12 @@ def test_replicate_exit_4_is_documented_and_says_what_to_do(gui_home: Path) -> N
     """W3-R: `hoard replicate` exited 4 (not in the README's table for it) with only raw
     WARNING lines; now 4 is the README's "shards remain below their target" and a line names
     the next step."""
-    from fsd.base import config
+    from hoardfs.base import config
 
     cfg = config.load(gui_home)
     _two_holders_failed(cfg)
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(gui_home), "replicate"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(gui_home), "replicate"],
                          capture_output=True, text=True, env=env, timeout=240)
     assert res.returncode == 4, res.stdout + res.stderr
     assert "could not be copied" in res.stderr and "`hoard health`" in res.stderr, res.stderr
@@ -430,7 +430,7 @@ def test_replicate_exit_4_is_documented_and_says_what_to_do(gui_home: Path) -> N
 def test_a_report_reads_as_labelled_figures() -> None:
     """W3-R: the report keys the run page showed raw (`intent_was_applied_before False`,
     `quarantine None`) read as labels and words; sizes and times carry their units."""
-    from jobs import reports
+    from hoardfs.jobs import reports
 
     shown = dict(reports.figures({"files_accepted": 120, "quarantine": None, "bytes_new": 3 << 20,
                                   "database": {"intent_was_applied_before": False}, "seconds": 75.2,

@@ -1,5 +1,5 @@
 """The GUI's pages answer with 100,000 nodes in the database: every page reads the snapshot or
-runs bounded, indexed queries (`sql.browse`). How fast: bench/gui_pages.py (a benchmark, not a
+runs bounded, indexed queries (`hoardfs.sql.browse`). How fast: bench/gui_pages.py (a benchmark, not a
 timed test); here each page must show its content within the 2 s a `should_see` polls."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ BATCHES = 200
 
 
 async def test_pages_answer_on_100k_nodes(user, gui_home) -> None:
-    from fsd.base import config
-    from gui.context import ctx
+    from hoardfs.base import config
+    from hoardfs.gui.context import ctx
 
     sha = await run.io_bound(fill_nodes, config.load(gui_home).database_url, N, BATCHES)
     await run.io_bound(ctx().cache.refresh)

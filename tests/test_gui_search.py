@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from nicegui import ui
 
-from fsd.base import config
-from jobs import clip_model
+from hoardfs.base import config
+from hoardfs.jobs import clip_model
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
 from tests.test_clip_search import tiny  # noqa: F401 - fixture
 
@@ -34,7 +34,7 @@ def clip_env(tiny, monkeypatch) -> tuple[Path, Path]:  # noqa: F811
 
 def _embedded(cfg: config.Settings, model_id: str, n: int) -> dict[str, np.ndarray]:
     """n image nodes with random unit embeddings of `model_id`, written as the action writes them."""
-    from sql.apply import apply_write_intent
+    from hoardfs.sql.apply import apply_write_intent
 
     rng = np.random.default_rng(5)
     vecs = rng.normal(size=(n, 32)).astype(np.float32)

@@ -247,7 +247,7 @@ async def test_ready_says_only_ready_or_not(user, gui_home: Path) -> None:
     errors) is `/api/health`'s, behind the login."""
     from nicegui import run
 
-    from gui.context import ctx
+    from hoardfs.gui.context import ctx
 
     await run.io_bound(ctx().cache.refresh)
     assert not ctx().cache.snapshot.health["ok"]
@@ -259,7 +259,7 @@ async def test_ready_says_only_ready_or_not(user, gui_home: Path) -> None:
     r = await user.http_client.get("/api/health")
     assert r.status_code == 200 and not r.json()["ok"], r.text
     assert any("no backup was ever taken" in p for p in r.json()["problems"]), r.text
-    res = await run.io_bound(subprocess.run, [sys.executable, "-m", "fsd", "--config", str(gui_home), "db", "backup"],
+    res = await run.io_bound(subprocess.run, [sys.executable, "-m", "hoardfs", "--config", str(gui_home), "db", "backup"],
                              capture_output=True, text=True, env=child_env(), timeout=120)
     assert res.returncode == 0, res.stderr
     await run.io_bound(ctx().cache.refresh)
@@ -302,7 +302,7 @@ def test_charts_never_make_markup_of_names() -> None:
     hidden characters written out."""
     from datetime import date
 
-    from gui import charts
+    from hoardfs.gui import charts
 
     evil = "<img src=/logout>\u202e"
     options = [charts.disk_usage([{"label": evil, "used_bytes": 1, "free_bytes": 2}]),

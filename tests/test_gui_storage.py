@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(120)
 
 async def _refresh() -> None:
     """What the background timer does, now (the test changed the world after the app started)."""
-    from gui.context import ctx
+    from hoardfs.gui.context import ctx
 
     await run.io_bound(ctx().cache.refresh)
 
@@ -38,7 +38,7 @@ async def test_a_page_answers_while_the_first_status_is_gathered(user) -> None:
     way holds the cache's lock for 4.5 s, as a slow one does."""
     import threading
 
-    from gui.context import ctx
+    from hoardfs.gui.context import ctx
 
     await sign_in(user, "vera")
     cache = ctx().cache
@@ -67,8 +67,8 @@ async def test_a_page_answers_while_the_first_status_is_gathered(user) -> None:
 async def test_banner_names_what_is_on_fire_on_every_page(user, gui_home: Path) -> None:
     """A disk gone from its path, a zone past warn, a failed batch, no backup: one banner line
     each, on every page, each linking where to look."""
-    from fsd.base import config
-    from jobs.ingest import BatchState, Status, save_state
+    from hoardfs.base import config
+    from hoardfs.jobs.ingest import BatchState, Status, save_state
 
     cfg = config.load(gui_home)
     shutil.rmtree(cfg.disks[3].path)  # hdd4 vanishes (as an unmounted disk leaves its mount point)
@@ -77,7 +77,7 @@ async def test_banner_names_what_is_on_fire_on_every_page(user, gui_home: Path) 
                                error="disk hdd2: read-only file system"))
     cfg_text = gui_home.read_text().replace("[ssd.zones.3D]\nquota_gb = 1", "[ssd.zones.3D]\nquota_gb = 0.0009765625")
     gui_home.write_text(cfg_text)
-    from gui.context import ctx
+    from hoardfs.gui.context import ctx
 
     ctx().cache.cfg = config.load(gui_home)  # the zone's smaller quota, as a restart would read it
     await _refresh()
@@ -91,9 +91,9 @@ async def test_banner_names_what_is_on_fire_on_every_page(user, gui_home: Path) 
 
 def test_no_banner_when_all_is_well(gui_home: Path) -> None:
     """With a fresh backup and nothing wrong, no banner line shows."""
-    from fsd.base import config
-    from gui.state import banners
-    from jobs.health import collect
+    from hoardfs.base import config
+    from hoardfs.gui.state import banners
+    from hoardfs.jobs.health import collect
 
     cfg = config.load(gui_home)
     h = collect(cfg)
@@ -101,9 +101,9 @@ def test_no_banner_when_all_is_well(gui_home: Path) -> None:
     h["database"]["backups"] = {"dump": fresh}
     h["problems"] = [p for p in h["problems"] if not p.startswith("database:")]  # as health says with it
     assert banners(h) == []
-    from sql.health import database_problems
+    from hoardfs.sql.health import database_problems
 
-    h["database"]["backups"] = {"dump": fresh | {"age_s": 9 * 86400},  # the rule is sql.health's, not the GUI's
+    h["database"]["backups"] = {"dump": fresh | {"age_s": 9 * 86400},  # the rule is hoardfs.sql.health's, not the GUI's
                                 "diff": fresh | {"verified": False, "verify_detail": "3 orphan rows"}}
     h["problems"] = database_problems(h["database"])
     texts = [b.text for b in banners(h)]
@@ -116,11 +116,11 @@ async def test_a_missing_and_a_failed_disk_card(user, gui_home: Path, tmp_path: 
     the replicas and bytes it held by the index and the `hoard disks` commands to run; once it
     is back and another disk has failed, that one its state and `hoard disks replace|activate`.
     Both picked from the index (placement decides which disks hold replicas)."""
-    from fsd.base import config
-    from fsd.base.units import fmt_bytes
-    from fsd.core.disks import DiskState
-    from fsd.store import Store
-    from gui.state import STORE_LOCK
+    from hoardfs.base import config
+    from hoardfs.base.units import fmt_bytes
+    from hoardfs.fsd.core.disks import DiskState
+    from hoardfs.fsd.store import Store
+    from hoardfs.gui.state import STORE_LOCK
     from tests.helpers import make_files
 
     cfg = config.load(gui_home)

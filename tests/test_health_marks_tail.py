@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core import marks
-from jobs.health import collect
+from hoardfs.base import config
+from hoardfs.fsd.core import marks
+from hoardfs.jobs.health import collect
 from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store

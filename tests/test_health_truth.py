@@ -10,10 +10,10 @@ import shutil
 import time
 from pathlib import Path
 
-from fsd.base import config
-from fsd.core import formats
-from fsd.store import Store
-from jobs.health import collect
+from hoardfs.base import config
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.store import Store
+from hoardfs.jobs.health import collect
 from tests.helpers import dir_disks_config, make_files
 
 
@@ -44,10 +44,10 @@ def test_below_target_and_full_disks_are_problems(tmp_path: Path) -> None:
 
 
 def test_verified_by_disk(tmp_path: Path) -> None:
-    """fsd.maintenance.health.verified_by_disk: per disk label, the age of its least recently verified
+    """hoardfs.fsd.maintenance.health.verified_by_disk: per disk label, the age of its least recently verified
     replica — small right after the writes that sealed its shards, None for a disk holding no
     sealed shard, and {} (not an error) when the store cannot be opened."""
-    from fsd.maintenance.health import verified_by_disk
+    from hoardfs.fsd.maintenance.health import verified_by_disk
 
     cfg_path = dir_disks_config(tmp_path, 4, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -80,7 +80,7 @@ def _commands_exist(text: str) -> None:
     """Every `hoard …` command a next step names is one the command line has."""
     import typer
 
-    from fsd.cli import app
+    from hoardfs.cli import app
 
     group = typer.main.get_command(app)
     ctx = typer.Context(group)
@@ -97,8 +97,8 @@ def test_a_missing_and_a_failed_disk_say_what_they_held_and_what_to_do(tmp_path:
     """store_status gives each disk its replicas and bytes by the index and when a store last
     found it at its path; a missing disk and a failed one (picked from the index: placement
     decides which hold replicas) carry a next step naming `hoard disks` commands that exist."""
-    from fsd.core.disks import DiskState
-    from fsd.maintenance.health import store_status
+    from hoardfs.fsd.core.disks import DiskState
+    from hoardfs.fsd.maintenance.health import store_status
 
     cfg_path = dir_disks_config(tmp_path, 4, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -135,7 +135,7 @@ def test_a_missing_and_a_failed_disk_say_what_they_held_and_what_to_do(tmp_path:
 def test_a_disk_is_noted_as_seen_at_most_every_ten_minutes(tmp_path: Path) -> None:
     """Every store open finds the disks, but writes a disk's `seen` only when the noted one is
     SEEN_EVERY_S old (status refreshes open the store every few seconds: no LMDB write each time)."""
-    from fsd.io.attach import SEEN_EVERY_S
+    from hoardfs.fsd.io.attach import SEEN_EVERY_S
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
     Store.open(cfg, init=True).close()
@@ -165,7 +165,7 @@ class _PreviousDiskRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> _PreviousDiskRecord:
-        from fsd.core.disks import DiskState
+        from hoardfs.fsd.core.disks import DiskState
 
         d = json.loads(raw)
         d["state"] = DiskState(d["state"])
@@ -183,8 +183,8 @@ def test_disk_records_stay_readable_by_the_previous_release(tmp_path: Path) -> N
     by the version that kept it there, an index of format 1) still gives the missing disk's card
     its time, and the next writable open migrates it: the time moves to the index's meta,
     leaving a record the previous release reads."""
-    from fsd.core.disks import DiskState
-    from fsd.maintenance.health import store_status
+    from hoardfs.fsd.core.disks import DiskState
+    from hoardfs.fsd.maintenance.health import store_status
 
     cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1))
     with Store.open(cfg, init=True) as store:
@@ -224,7 +224,7 @@ def test_a_library_call_of_health_reads_no_drive(tmp_path: Path) -> None:
     (hoard-smart.timer's) and starts no smartctl, even as root — which `hoard health` does when
     a reading is old (a unit test that did got a thread's traceback and "smartctl did not
     answer" for the disk)."""
-    from fsd.core import smart
+    from hoardfs.fsd.core import smart
 
     cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1))
     with Store.open(cfg, init=True):

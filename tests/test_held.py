@@ -18,15 +18,15 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from fsd.base import config
-from fsd.core import formats, held
-from fsd.core.txnlog import KILL_VAR
-from fsd.maintenance.deletion import drop_batch
-from fsd.maintenance.gc import gc
-from fsd.maintenance.reindex import rebuild_index
-from fsd.outputs.manifest import batch_manifest, iter_files
-from fsd.outputs.views import define_view_rows, remove_view
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import formats, held
+from hoardfs.fsd.core.txnlog import KILL_VAR
+from hoardfs.fsd.maintenance.deletion import drop_batch
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.maintenance.reindex import rebuild_index
+from hoardfs.fsd.outputs.manifest import batch_manifest, iter_files
+from hoardfs.fsd.outputs.views import define_view_rows, remove_view
+from hoardfs.fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, freed, older_index, reads_back
 
 # tier: the module's tests start hoard processes
@@ -92,14 +92,14 @@ def _shop(tmp_path: Path) -> tuple[Path, dict[str, list[bytes]]]:
 def _hoard(cfg_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     full.pop("HOARD_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args], capture_output=True,
                           text=True, env=full, cwd=REPO, timeout=600)
 
 
 def _drop(cfg_path: Path, batch_id: str, env: dict) -> subprocess.CompletedProcess[str]:
     """The store's side of `hoard delete --batch` in a process of its own."""
-    code = ("import sys; from fsd.base import config; from fsd.store import Store; "
-            "from fsd.maintenance.deletion import drop_batch; "
+    code = ("import sys; from hoardfs.base import config; from hoardfs.fsd.store import Store; "
+            "from hoardfs.fsd.maintenance.deletion import drop_batch; "
             "s = Store.open(config.load(sys.argv[1])); print(drop_batch(s, sys.argv[2])); s.close()")
     return subprocess.run([sys.executable, "-c", code, str(cfg_path), batch_id], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO), **env}, cwd=REPO, timeout=600)
@@ -157,8 +157,8 @@ def test_two_batches_holding_an_object_keep_it_through_deletion_and_gc(tmp_path:
     _clean(cfg_path)
 
 
-@pytest.mark.parametrize("site", ["fsd.core.marks:_mark:2", "fsd.core.pointers:keep_pointer:1",
-                                  "fsd.core.held:unhold:1", "fsd.core.held:unhold:2"])
+@pytest.mark.parametrize("site", ["hoardfs.fsd.core.marks:_mark:2", "hoardfs.fsd.core.pointers:keep_pointer:1",
+                                  "hoardfs.fsd.core.held:unhold:1", "hoardfs.fsd.core.held:unhold:2"])
 def test_a_deletion_killed_anywhere_then_run_again_loses_nothing(tmp_path: Path, site: str) -> None:
     """`delete --batch A` killed (SIGKILL) after a transaction of its tombstones, of its
     unregistration or of the removal of its `held` entries: a gc right after frees nothing
@@ -180,14 +180,14 @@ def test_a_deletion_killed_anywhere_then_run_again_loses_nothing(tmp_path: Path,
     _clean(cfg_path)
 
 
-@pytest.mark.parametrize("site", ["fsd.core.held:unhold:1", "fsd.maintenance.gc:_swap:1",
-                                  "fsd.maintenance.gc:_swap:3"])
+@pytest.mark.parametrize("site", ["hoardfs.fsd.core.held:unhold:1", "hoardfs.fsd.maintenance.gc:_swap:1",
+                                  "hoardfs.fsd.maintenance.gc:_swap:3"])
 def test_a_gc_killed_mid_way_then_run_again_loses_nothing(tmp_path: Path, site: str) -> None:
     """gc killed while it finishes the `held` entries a killed deletion left, or in its swap,
     then run again: every object another batch, a view or a root holds reads back, A's own are
     freed, check is clean."""
     cfg_path, kinds = _shop(tmp_path)
-    res = _drop(cfg_path, "A", {**SMALL, KILL_VAR: "fsd.core.pointers:keep_pointer:1"})  # (entries left)
+    res = _drop(cfg_path, "A", {**SMALL, KILL_VAR: "hoardfs.fsd.core.pointers:keep_pointer:1"})  # (entries left)
     assert res.returncode == -9, res.stderr[-2000:]
     res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0", env={**SMALL, KILL_VAR: site})
     assert res.returncode == -9, res.stderr[-2000:]
@@ -203,7 +203,7 @@ def test_a_killed_deletion_is_judged_alike_and_named_with_its_next_step(tmp_path
     """The `held` entries a killed deletion left are one finding in `hoard check`, `hoard health`
     and `hoard verify` alike, naming the batch and `hoard gc`; run, it is gone from all three."""
     cfg_path, _kinds = _shop(tmp_path)
-    res = _drop(cfg_path, "A", {**SMALL, KILL_VAR: "fsd.core.pointers:keep_pointer:1"})
+    res = _drop(cfg_path, "A", {**SMALL, KILL_VAR: "hoardfs.fsd.core.pointers:keep_pointer:1"})
     assert res.returncode == -9, res.stderr[-2000:]
     check = json.loads(_hoard(cfg_path, "check", "--no-database", "--json").stdout)["problems"]
     health = json.loads(_hoard(cfg_path, "health", "--json").stdout)["problems"]
@@ -228,7 +228,7 @@ def _a_missing_and_a_stray_entry(store: Store, kinds: dict[str, list[bytes]]) ->
 def test_a_missing_or_stray_entry_is_a_check_finding(tmp_path: Path) -> None:
     """`hoard check` names an object a registered manifest names without its `held` entry (a
     deletion could free it) and an entry of a manifest nothing registers."""
-    from fsd.maintenance.check import check
+    from hoardfs.fsd.maintenance.check import check
 
     cfg_path, kinds = _shop(tmp_path)
     with Store.open(config.load(cfg_path)) as store:
@@ -268,7 +268,7 @@ def test_rebuild_and_migration_make_the_table_the_store_grew(tmp_path: Path) -> 
     _clean(cfg_path)
 
 
-@pytest.mark.parametrize("kill", ["fsd.core.held:fill_held:2", "fsd.core.held:_sweep:1"])
+@pytest.mark.parametrize("kill", ["hoardfs.fsd.core.held:fill_held:2", "hoardfs.fsd.core.held:_sweep:1"])
 def test_a_migration_killed_in_the_fill_is_redone_whole(tmp_path: Path, kill: str) -> None:
     """The migration to the table killed in its filling or its sweep of entries no manifest
     needs leaves the index at format 2 (the manifests are read meanwhile); the next writable
@@ -294,8 +294,8 @@ def test_a_migration_killed_in_the_fill_is_redone_whole(tmp_path: Path, kill: st
 def _define(cfg_path: Path, name: str, shas: list[bytes], env: dict | None = None
             ) -> subprocess.CompletedProcess[str]:
     """`name` defined as a view of `shas` by a process of its own (a `hoard view add` beside)."""
-    code = ("import sys; from fsd.base import config; from fsd.store import Store; "
-            "from fsd.outputs.views import define_view_rows; "
+    code = ("import sys; from hoardfs.base import config; from hoardfs.fsd.store import Store; "
+            "from hoardfs.fsd.outputs.views import define_view_rows; "
             "s = Store.open(config.load(sys.argv[1])); "
             "define_view_rows(s, sys.argv[2], [(f'{i}.bin', h) for i, h in enumerate(sys.argv[3:])]); s.close()")
     res = subprocess.run([sys.executable, "-c", code, str(cfg_path), name, *(s.hex() for s in shas)],
@@ -311,7 +311,7 @@ def test_a_view_defined_while_check_reads_the_manifests_is_no_finding(tmp_path: 
     registration beside it — entries first, then the registration — is consistent at every one
     (it reported "manifest … has N `held` entries and names 0 objects" with `hoard index
     rebuild` as the next step)."""
-    from fsd.maintenance.check import check
+    from hoardfs.fsd.maintenance.check import check
 
     cfg_path, kinds = _shop(tmp_path)
     with Store.open(config.load(cfg_path), writable=False) as store:
@@ -351,8 +351,8 @@ def test_the_next_step_of_a_missing_or_stray_entry_mends_the_table(tmp_path: Pat
     reads_back(cfg_path, kinds["kept"])
 
 
-@pytest.mark.parametrize("site", ["fsd.core.held:hold:1", "fsd.core.held:hold:2", "fsd.core.pointers:keep_pointer:1",
-                                  "fsd.core.marks:_mark:1", "fsd.core.held:unhold:1"])
+@pytest.mark.parametrize("site", ["hoardfs.fsd.core.held:hold:1", "hoardfs.fsd.core.held:hold:2", "hoardfs.fsd.core.pointers:keep_pointer:1",
+                                  "hoardfs.fsd.core.marks:_mark:1", "hoardfs.fsd.core.held:unhold:1"])
 def test_a_view_replaced_killed_anywhere_keeps_what_the_registered_one_names(tmp_path: Path, site: str) -> None:
     """View V redefined to name some of A's own files too, killed (SIGKILL) after any write
     transaction of its `held` entries, its registration, its tombstones or the removal of the old
@@ -390,7 +390,7 @@ def test_a_deletion_killed_beside_a_gc_that_frees_its_manifest_is_finished_by_th
         def beside(db):  # the deletion runs when gc first lists the tombstones (after its finish step)
             if not beside.done:  # type: ignore[attr-defined]
                 beside.done = True  # type: ignore[attr-defined]
-                res = _drop(cfg_path, "A", {**SMALL, KILL_VAR: "fsd.core.pointers:keep_pointer:1"})
+                res = _drop(cfg_path, "A", {**SMALL, KILL_VAR: "hoardfs.fsd.core.pointers:keep_pointer:1"})
                 assert res.returncode == -9, res.stderr[-2000:]
             return marked(db)
 
@@ -450,7 +450,7 @@ def test_a_view_defined_again_as_it_was_killed_is_named_as_registered(tmp_path: 
     cfg_path, kinds = _shop(tmp_path)
     rows = kinds["a_only"][:4] + kinds["shared"][:4]
     assert _define(cfg_path, "V", rows).returncode == 0
-    res = _define(cfg_path, "V", rows, {**SMALL, KILL_VAR: "fsd.core.held:hold:1"})
+    res = _define(cfg_path, "V", rows, {**SMALL, KILL_VAR: "hoardfs.fsd.core.held:hold:1"})
     assert res.returncode == -9, res.stderr[-2000:]
     check = [p for p in json.loads(_hoard(cfg_path, "check", "--no-database", "--json").stdout)["problems"]
              if "held" in p]

@@ -20,14 +20,14 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from fsd.base import config
-from fsd.core import formats, held
-from fsd.core.txnlog import KILL_VAR
-from fsd.maintenance.deletion import drop_batch
-from fsd.maintenance.gc import gc
-from fsd.outputs.manifest import PAGE_ENTRIES, VIEW_FORMAT, _Builder, batch_manifest
-from fsd.outputs.views import define_view_rows, remove_view
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import formats, held
+from hoardfs.fsd.core.txnlog import KILL_VAR
+from hoardfs.fsd.maintenance.deletion import drop_batch
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.outputs.manifest import PAGE_ENTRIES, VIEW_FORMAT, _Builder, batch_manifest
+from hoardfs.fsd.outputs.views import define_view_rows, remove_view
+from hoardfs.fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, freed, reads_back
 from tests.test_held import SMALL, _clean, _drop, _fresh, _hoard, _objects, _table
 
@@ -116,7 +116,7 @@ def test_batches_sharing_a_manifest_prefix_each_free_only_their_own(tmp_path: Pa
     _clean(cfg_path)
 
 
-@pytest.mark.parametrize("site", ["fsd.core.pointers:keep_pointer:1", "fsd.core.held:unhold:1"])
+@pytest.mark.parametrize("site", ["hoardfs.fsd.core.pointers:keep_pointer:1", "hoardfs.fsd.core.held:unhold:1"])
 def test_a_killed_deletion_beside_a_sharing_manifest_is_one_finding_and_loses_nothing(tmp_path: Path,
                                                                                       site: str) -> None:
     """A's deletion killed after its unregistration or its first removal of entries, B sharing
@@ -137,15 +137,15 @@ def test_a_killed_deletion_beside_a_sharing_manifest_is_one_finding_and_loses_no
     assert _judged_alike(cfg_path) == []
 
 
-@pytest.mark.parametrize("site", ["fsd.core.held:hold:2", "fsd.core.held:hold:3"])
+@pytest.mark.parametrize("site", ["hoardfs.fsd.core.held:hold:2", "hoardfs.fsd.core.held:hold:3"])
 def test_a_registration_killed_beside_a_sharing_manifest_is_finished_by_gc(tmp_path: Path, site: str) -> None:
     """A's registration killed while its entries are added, B registered with A's prefix: check,
     health and verify name the pending record alike; the gc they name removes A's entries but
     not those of objects B names (the table then what B and C make: the old code cut to 4 bytes
     left every entry of A, for good), and a deletion of B frees all of B."""
     cfg_path, kinds, manifests = _pair(tmp_path, unregistered="A")
-    code = ("import sys; from fsd.base import config; from fsd.store import Store; "
-            "from fsd.outputs.manifest import naming_lock; s = Store.open(config.load(sys.argv[1]))\n"
+    code = ("import sys; from hoardfs.base import config; from hoardfs.fsd.store import Store; "
+            "from hoardfs.fsd.outputs.manifest import naming_lock; s = Store.open(config.load(sys.argv[1]))\n"
             "with naming_lock(s):\n"
             "    s.register_batch('A', {'source': 't', 'manifest': sys.argv[2], 'files': 70, 'bytes': 0})")
     res = subprocess.run([sys.executable, "-c", code, str(cfg_path), manifests["A"].hex()], capture_output=True,
@@ -223,7 +223,7 @@ def _a_deleted_keeps_b(cfg_path: Path, kinds: dict[str, list[bytes]]) -> None:
     _clean(cfg_path)
 
 
-@pytest.mark.parametrize("kill", [None, "fsd.core.held:_sweep:2"])
+@pytest.mark.parametrize("kill", [None, "hoardfs.fsd.core.held:_sweep:2"])
 def test_an_index_of_format_4_is_read_by_its_manifests_until_its_keys_are_cut(tmp_path: Path, kill: str | None) -> None:
     """An index of format 4 (keys of 16 + 8 bytes) is not asked by these keys — a deletion of A
     on it as it is asks the manifests —; `hoard index migrate` (killed in its pass: the index

@@ -39,7 +39,7 @@ def test_shard_updates_are_not_lost(store_factory, tmp_path: Path) -> None:
 def test_replicate_does_not_resurrect_a_retired_shard(store_factory, tmp_path: Path) -> None:
     """A shard gc retires while the replicator copies it: the copy is removed, the index does
     not get the shard back, and nothing is counted twice."""
-    from fsd.io.replicate import ShardGone, _copy_one
+    from hoardfs.fsd.io.replicate import ShardGone, _copy_one
 
     store = store_factory(n_disks=3, caps=None, copy_of_raw=3)
     store.put_many(make_files(tmp_path / "in", 5, seed=18))
@@ -60,8 +60,8 @@ def test_replicate_does_not_resurrect_a_retired_shard(store_factory, tmp_path: P
 def test_the_replicator_repairs_what_readers_reported(store_factory, tmp_path: Path) -> None:
     """A reader finds a flipped byte, reads the other replica and queues a repair; the next
     `replicate` re-copies the bad replica from the good one and empties the queue."""
-    from fsd.io.replica import check_replica
-    from fsd.io.replicate import replicate_once
+    from hoardfs.fsd.io.replica import check_replica
+    from hoardfs.fsd.io.replicate import replicate_once
 
     store = store_factory(n_disks=2, caps=None)
     [res] = store.put_many(make_files(tmp_path / "in", 1, seed=19))

@@ -1,14 +1,14 @@
 """`hoard info` finds an object's manifest paths by reading only the manifests that hold it
-(fsd.outputs.members), with the same answer as reading every manifest."""
+(hoardfs.fsd.outputs.members), with the same answer as reading every manifest."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fsd.cli.find import _manifest_paths
-from fsd.outputs import members
-from fsd.outputs.manifest import batch_manifest, iter_files, named, naming_lock
-from fsd.outputs.views import define_view_rows
+from hoardfs.cli.find import _manifest_paths
+from hoardfs.fsd.outputs import members
+from hoardfs.fsd.outputs.manifest import batch_manifest, iter_files, named, naming_lock
+from hoardfs.fsd.outputs.views import define_view_rows
 from tests.helpers import make_files
 
 T0 = "2026-01-01T00:00:00+00:00"

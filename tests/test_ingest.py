@@ -14,14 +14,14 @@ import psycopg
 import pytest
 from rq import SimpleWorker
 
-from adapters.synth import Spec, generate
-from fsd.base import config
-from fsd.base.errors import ExitCode, HoardError
-from fsd.store import Store
-from jobs import ingest as ua1
-from jobs.guard import SERIALIZER
-from jobs.queues import QUEUES, rq_queue
-from sql.intents import virtual_sha256
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.base import config
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import ingest as ua1
+from hoardfs.jobs.guard import SERIALIZER
+from hoardfs.jobs.queues import QUEUES, rq_queue
+from hoardfs.sql.intents import virtual_sha256
 from tests.helpers import REALDATA, fresh_schema, needs_realdata, use_schema
 
 SPEC = Spec(seed=5, batches=3, items_per_batch=30, large_max_mb=2, ready_signal=True)
@@ -300,7 +300,7 @@ def test_hoard_worker_logs_a_condition_in_one_line(hoard_home: Path, pg, redis_c
     Path(cfg.source).write_text(cfg_text.replace(json.dumps(cfg.database_url),
                                                  json.dumps("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")))
     ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "worker", "--burst"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "worker", "--burst"],
                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
     assert res.returncode == 0, res.stderr
     failed = [line for line in res.stderr.splitlines() if " failed: " in line]
@@ -367,7 +367,7 @@ def test_real_worker_process_and_cli(hoard_home: Path, pg, redis_conn) -> None:
     cfg = ingest_home(hoard_home, pg)
     zone3a = cfg.ssd.zone_path("3A")
     batches = generate(zone3a, Spec(seed=4, batches=2, items_per_batch=15, large_max_mb=1, ready_signal=True))
-    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source)]
+    hoard = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source)]
     queued = subprocess.run(hoard + ["ingest", "--ready"], capture_output=True, text=True, check=True)
     assert all(b.batch_id in queued.stdout for b in batches)
     subprocess.run(hoard + ["worker", "--burst"], capture_output=True, text=True, check=True, timeout=300)
@@ -407,7 +407,7 @@ def test_real_api_dumps_end_to_end(hoard_home: Path, pg, redis_conn) -> None:
 def test_schema_proposal_accept_fills_table(hoard_home: Path, pg, redis_conn) -> None:
     """The first ytdlp batch leaves a provisional proposal; accepting it creates src_ytdlp filled
     from the metadata so far, and the next batch fills it too."""
-    from sql.schema_decider import accept, list_proposals
+    from hoardfs.sql.schema_decider import accept, list_proposals
 
     cfg = ingest_home(hoard_home, pg)
     zone3a = cfg.ssd.zone_path("3A")
@@ -430,9 +430,9 @@ def test_schema_proposal_accept_fills_table(hoard_home: Path, pg, redis_conn) ->
 
 def test_schema_proposal_reject(pg) -> None:
     """Rejecting a provisional proposal marks it rejected; rejecting it again names it as not provisional."""
-    from sql.apply import apply_write_intent
-    from sql.migrate import migrate
-    from sql.schema_decider import ProposalError, list_proposals, propose, reject
+    from hoardfs.sql.apply import apply_write_intent
+    from hoardfs.sql.migrate import migrate
+    from hoardfs.sql.schema_decider import ProposalError, list_proposals, propose, reject
 
     migrate(pg)
     apply_write_intent(pg, {"key": "sources", "sources": ["demo"]})
@@ -446,7 +446,7 @@ def test_schema_proposal_reject(pg) -> None:
 def test_decider_heuristics() -> None:
     """Presence and type stability decide columns; ISO strings become timestamptz; mixed ints and
     floats are numbers; unstable or rare fields stay in extra."""
-    from sql.schema_decider import decide
+    from hoardfs.sql.schema_decider import decide
 
     docs = [{"a": i, "t": f"2024-01-{i % 28 + 1:02d}T00:00:00Z", "m": i if i % 2 else i + 0.5,
              "u": i if i % 3 else "x", "r": 1 if i == 0 else None, "l": [1]} for i in range(40)]
@@ -469,7 +469,7 @@ def test_worker_killed_mid_step_resumes(hoard_home: Path, pg, redis_conn) -> Non
     zone3a = cfg.ssd.zone_path("3A")
     batch = generate(zone3a, Spec(seed=15, batches=1, items_per_batch=20, large_max_mb=1, ready_signal=True))[0]
     ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
-    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source)]
+    hoard = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source)]
     worker = subprocess.Popen(hoard + ["worker", "--burst"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     deadline = time.monotonic() + 60
@@ -493,14 +493,14 @@ def test_delete_types_through_cli(hoard_home: Path, pg, redis_conn) -> None:
     """Type A (`--node`) hides a node in the database and the store but keeps its bytes; type B
     (`--batch`) drops the batch's memberships, marks its unshared nodes deleted, and `hoard gc`
     frees them while content another batch holds stays readable."""
-    from sql.selectors import query_nodes
+    from hoardfs.sql.selectors import query_nodes
 
     cfg = ingest_home(hoard_home, pg)
     zone3a = cfg.ssd.zone_path("3A")
     batches = generate(zone3a, Spec(seed=16, batches=2, items_per_batch=30, sources=("gallery",), large_max_mb=1,
                                     repeat_fraction=0.3, ready_signal=True))
     ingest_all(cfg, redis_conn, [zone3a / b.batch_id for b in batches])
-    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source)]
+    hoard = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source)]
     one = batches[1].items[0].sha256
     r = subprocess.run(hoard + ["delete", "--node", one], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -571,7 +571,7 @@ def test_orphaned_work_horse_is_waited_for(hoard_home: Path, pg, redis_conn) -> 
     zone3a = cfg.ssd.zone_path("3A")
     batch = generate(zone3a, Spec(seed=17, batches=1, items_per_batch=15, large_max_mb=1, ready_signal=True))[0]
     ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
-    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source)]
+    hoard = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source)]
     parent = subprocess.Popen(hoard + ["worker", "--burst"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while ua1.load_state(cfg, batch.batch_id).status != "running" and time.monotonic() < deadline:
@@ -594,7 +594,7 @@ def test_only_conditions_are_logged_as_conditions() -> None:
 
     import redis
 
-    from jobs.queues import is_condition
+    from hoardfs.jobs.queues import is_condition
 
     assert is_condition(psycopg.OperationalError("connection refused"))
     assert is_condition(psycopg.errors.AdminShutdown("terminating connection"))

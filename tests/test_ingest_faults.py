@@ -15,11 +15,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from adapters.synth import Spec, generate
-from fsd.base import config
-from fsd.base.errors import ExitCode
-from fsd.store import Store
-from jobs import ingest as ua1
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.base import config
+from hoardfs.base.errors import ExitCode
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import ingest as ua1
 from tests.test_ingest import ingest_home
 
 # tier: the module's tests start hoard processes, servers or a FUSE mount
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.services
 
 
 def hoard(cfg_path: str | Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args],
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -140,9 +140,9 @@ def test_finish_cut_after_its_cleanup_resumes(hoard_home: Path, pg) -> None:
 
 DIE_BEFORE_RELEASE = """
 import os, sys
-from fsd.outputs import zones
+from hoardfs.fsd.outputs import zones
 zones.release = lambda cfg, zone, output_id: os._exit(9)  # killed after the manifest, before the release
-from fsd.entry import main
+from hoardfs.cli.entry import main
 sys.argv = ["hoard", *sys.argv[1:]]
 main()
 """
@@ -168,9 +168,9 @@ def test_package_killed_between_its_manifest_and_its_release_resumes_without_a_s
 
 DIE_AT_FINISH = """
 import os, sys
-from jobs import ingest
+from hoardfs.jobs import ingest
 ingest._STEPS["finish"] = lambda cfg, st: os._exit(9)  # killed as the last step starts
-from fsd.entry import main
+from hoardfs.cli.entry import main
 sys.argv = ["hoard", *sys.argv[1:]]
 main()
 """
@@ -181,7 +181,7 @@ def test_finish_copies_again_what_a_failed_disk_held_then_empties_3a(hoard_home:
     805: it was replaced and forgotten, and a shard the writer had sealed without it stayed at
     one copy): `--resume` copies those shards to other disks itself, then finishes — it exited
     5, "fewer than 2 replicas", until someone ran `hoard replicate`."""
-    from fsd.core.disks import DiskState
+    from hoardfs.fsd.core.disks import DiskState
 
     cfg = ingest_home(hoard_home, pg)
     folder, files = drop_batch(cfg, seed=46)
@@ -203,8 +203,8 @@ def test_finish_copies_again_what_a_failed_disk_held_then_empties_3a(hoard_home:
 
 TOP_UP = """
 import json, sys
-from fsd.base import config
-from jobs.ingest.steps import _top_up
+from hoardfs.base import config
+from hoardfs.jobs.ingest.steps import _top_up
 stored = {k: tuple(v) for k, v in json.loads(sys.argv[2]).items()}
 print(json.dumps(_top_up(config.load(sys.argv[1]), stored, sorted(stored))))
 """
@@ -219,9 +219,9 @@ def test_finish_counts_copies_on_the_disk_states_after_its_top_up(tmp_path: Path
     import os
     import time
 
-    from fsd.core import storelock
-    from fsd.core.disks import DiskState
-    from fsd.core.layout import lock_root
+    from hoardfs.fsd.core import storelock
+    from hoardfs.fsd.core.disks import DiskState
+    from hoardfs.fsd.core.layout import lock_root
     from tests.helpers import dir_disks_config, make_files
 
     cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=8))

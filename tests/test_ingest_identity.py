@@ -12,17 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-from adapters.synth import Spec, generate
-from fsd.base import config
-from fsd.base.errors import ExitCode
-from fsd.store import Store
-from jobs import ingest as ua1
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.base import config
+from hoardfs.base.errors import ExitCode
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import ingest as ua1
 from tests.terminal import as_foreground
 from tests.test_ingest import ingest_home
 
 
 def hoard(cfg: config.Settings, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args],
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -154,7 +154,7 @@ def test_ctrl_c_under_here_stops_at_once_and_resumes(hoard_home: Path, pg, redis
     [spec_batch] = generate(zone3a, Spec(seed=24, batches=1, items_per_batch=300, sources=("gallery",),
                                          large_fraction=0.3, large_max_mb=2, ready_signal=True))
     batch = zone3a / spec_batch.batch_id
-    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "ingest", str(batch),
+    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "ingest", str(batch),
                              "--here"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              preexec_fn=as_foreground)
     wait_until(lambda: where(cfg, batch.name) == ("running", "store") or proc.poll() is not None, 120)
@@ -185,7 +185,7 @@ def test_ctrl_c_under_wait_leaves_the_batch_to_the_worker(hoard_home: Path, pg, 
     cfg = ingest_home(hoard_home, pg, settle_s=3)  # the scan looks twice, 3 s apart
     batch = drop(cfg.ssd.zone_path("3A"), Spec(seed=27, batches=1, items_per_batch=4, sources=("gallery",),
                                                large_max_mb=1, ready_signal=True))[0]
-    hoard_cmd = [sys.executable, "-m", "fsd", "--config", str(cfg.source)]
+    hoard_cmd = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source)]
     worker = subprocess.Popen(hoard_cmd + ["worker"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.synth import Spec, generate
-from jobs import ingest as ua1
-from jobs.ingest import steps
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.jobs import ingest as ua1
+from hoardfs.jobs.ingest import steps
 from tests.test_ingest import _reasons, ingest_all, ingest_home
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def test_a_batch_that_failed_on_such_a_key_resumes(hoard_home: Path, pg, redis_c
     applied = {k for (k,) in pg.execute("SELECT key FROM applied_intent")}
     assert "ingest:side-keys-2" in applied and "ingest:side-keys-3" not in applied
     for batch, code in (("side-keys-2", 0), ("side-keys-3", 5)):  # 5: done with rejects
-        res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "ingest", "--resume", batch,
+        res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "ingest", "--resume", batch,
                               "--here"], capture_output=True, text=True, timeout=300, cwd=REPO)
         assert res.returncode == code and "Traceback" not in res.stderr + res.stdout, res.stdout + res.stderr
     one, two = ua1.load_state(cfg, "side-keys-2"), ua1.load_state(cfg, "side-keys-3")

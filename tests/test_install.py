@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base.config import load
-from fsd.base.errors import HoardError
-from fsd.cli._host import Host
-from fsd.cli._takeover import Accounts, take_over
-from fsd.cli.install import ENABLE, SHIPPED_RW, Installer, config_text, render_unit, unit_exec_start
+from hoardfs.base.config import load
+from hoardfs.base.errors import HoardError
+from hoardfs.cli._host import Host
+from hoardfs.cli._takeover import Accounts, take_over
+from hoardfs.cli.install import ENABLE, SHIPPED_RW, Installer, config_text, render_unit, unit_exec_start
 from tests.helpers import REPO
 
-HOARD = [sys.executable, "-m", "fsd"]
+HOARD = [sys.executable, "-m", "hoardfs"]
 UNITS = sorted((REPO / "systemd").iterdir())
 DISKS = [("hd1", "/srv/hd1"), ("hd2", "/srv/hd2")]
 QUOTAS = {"3A": 30, "3B": 20, "3C": 20, "3D": 20}
@@ -286,9 +286,9 @@ HOARD_ID, POSTGRES_ID, SCRAPER_ID, TRAINER_ID, SCRAPERS_GID, OLD_ID = 64990, 649
 TAKEOVER = '''
 import sys
 from pathlib import Path
-from fsd.base.config import load
-from fsd.cli._host import Host
-from fsd.cli.install import Installer
+from hoardfs.base.config import load
+from hoardfs.cli._host import Host
+from hoardfs.cli.install import Installer
 cfg = load(Path(sys.argv[1]))
 for mode in sys.argv[2:]:
     host = Host(Path("/"), mode == "dry")
@@ -514,7 +514,7 @@ def test_an_entry_swapped_for_a_hard_link_between_its_look_and_its_change_is_not
     could put a hard link to a root-only file in its place in between (fs.protected_hardlinks=0):
     the change by name gave that file to hoard. Now it changes the entry it looked at, through
     one descriptor. The swap is made at the one moment between the two (the rule's decision)."""
-    from fsd.cli import _takeover
+    from hoardfs.cli import _takeover
 
     etc = tmp_path / "etc"
     etc.mkdir()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core import marks
-from jobs.health import collect
+from hoardfs.base import config
+from hoardfs.fsd.core import marks
+from hoardfs.jobs.health import collect
 from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store
@@ -88,7 +88,7 @@ def test_used_bytes_off_names_a_next_step_that_clears_it(tmp_path: Path) -> None
     """A disk's used bytes in the index off by 4 KiB: check named it ("the index counts … bytes
     used, its replicas add up to …") with no next step; now it names `hoard index rebuild`,
     which recounts them, and check passes after it."""
-    from fsd.store import Store
+    from hoardfs.fsd.store import Store
 
     cfg = _cli_store(tmp_path)
     _ok(_hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 3, seed=304))))
@@ -107,8 +107,8 @@ def test_activate_does_not_call_a_log_it_brings_up_bad(tmp_path: Path) -> None:
     pointers up to the index. With verify judging pointers too, a disk that missed a view while
     it was failed had "bad disk d1: lacks the pointer of view v1" printed, and "bad replicas are
     queued for repair"; a pointer is no replica, and activate brings it up the moment after."""
-    from fsd.core.disks import DiskState
-    from fsd.store import Store
+    from hoardfs.fsd.core.disks import DiskState
+    from hoardfs.fsd.store import Store
 
     cfg = _cli_store(tmp_path)
     _ok(_hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 3, seed=305))))
@@ -130,7 +130,7 @@ def test_stale_hidden_deleted_and_root_marks_are_cleared_by_the_rebuild_check_na
     damage): check names each as a stale mark with `hoard index rebuild` as its next step;
     following it clears them, brings the objects back (a disk holds them) with their marks,
     and check, verify and health report nothing."""
-    from fsd.store import Store
+    from hoardfs.fsd.store import Store
 
     cfg = _cli_store(tmp_path)
     put = _hoard(cfg, "put", "--json", *map(str, make_files(tmp_path / "in", 4, seed=307)))
@@ -178,7 +178,7 @@ def test_health_reads_again_only_the_pointers_that_changed_and_names_them_as_che
     import os
     import time
 
-    from fsd.io import judged
+    from hoardfs.fsd.io import judged
 
     cfg = _cli_store(tmp_path)
     put = _hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 3, seed=307)))
@@ -244,8 +244,8 @@ def test_a_pointer_changed_through_a_shared_mapping_is_named_once_its_reading_ag
     import os
     import time
 
-    from fsd.core import pointers
-    from fsd.io import judged
+    from hoardfs.fsd.core import pointers
+    from hoardfs.fsd.io import judged
 
     cfg = _viewed(tmp_path, 3, 311, "v1")
     time.sleep(judged.RACY_NS / 1e9 + 0.1)
@@ -312,7 +312,7 @@ def test_no_tool_hangs_on_a_fifo_where_health_keeps_its_pointers_memory(tmp_path
     os.mkfifo(memory)
     for tool in ("check", "verify", "health"):
         try:
-            res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), tool], cwd=REPO,
+            res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), tool], cwd=REPO,
                                  capture_output=True, text=True, timeout=60)
         except subprocess.TimeoutExpired:
             pytest.fail(f"`hoard {tool}` blocked on the FIFO at {memory}")
@@ -330,7 +330,7 @@ def test_a_memory_file_too_deep_for_json_or_a_directory_there_is_nothing_remembe
     import json
     import shutil
 
-    from fsd.io import judged
+    from hoardfs.fsd.io import judged
 
     cfg = _viewed(tmp_path, 3, 317, "v1")
     ssd = config.load(cfg).ssd.root

@@ -9,9 +9,9 @@ import hashlib
 import psycopg
 import pytest
 
-from sql.apply import BY_INDEX_RATIO, apply_write_intent
-from sql.intents import IntentConflict, IntentError, parse_intent, virtual_sha256
-from sql.migrate import migrate
+from hoardfs.sql.apply import BY_INDEX_RATIO, apply_write_intent
+from hoardfs.sql.intents import IntentConflict, IntentError, parse_intent, virtual_sha256
+from hoardfs.sql.migrate import migrate
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 HOSTILE = "x'); DROP TABLE node; --"

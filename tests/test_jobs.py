@@ -6,20 +6,20 @@ from pathlib import Path
 
 from rq import Queue, SimpleWorker
 
-from fsd.base import config
-from fsd.io.replicate import replication_lag
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.io.replicate import replication_lag
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 
 
 def test_replicate_job(tmp_path: Path, redis_conn) -> None:
-    """jobs.store_jobs.replicate brings a copy_of_raw=3 store to target; a second run copies nothing."""
+    """hoardfs.jobs.store_jobs.replicate brings a copy_of_raw=3 store to target; a second run copies nothing."""
     cfg_path = str(dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=3))
     with Store.open(config.load(cfg_path), init=True) as store:
         store.put_many(make_files(tmp_path / "in", 100))
     q = Queue("maintenance", connection=redis_conn)
-    first = q.enqueue("jobs.store_jobs.replicate", cfg_path, 60, None)
-    second = q.enqueue("jobs.store_jobs.replicate", cfg_path, 60, None, depends_on=first)
+    first = q.enqueue("hoardfs.jobs.store_jobs.replicate", cfg_path, 60, None)
+    second = q.enqueue("hoardfs.jobs.store_jobs.replicate", cfg_path, 60, None, depends_on=first)
     SimpleWorker([q], connection=redis_conn).work(burst=True)
     assert first.get_status(refresh=True) == "finished" and second.get_status(refresh=True) == "finished"
     assert first.return_value()["copied_shards"] > 0
@@ -29,11 +29,11 @@ def test_replicate_job(tmp_path: Path, redis_conn) -> None:
 
 
 def test_job_counts_per_queue_and_state(servers, redis_conn) -> None:
-    """jobs.queues.job_counts: every hoardfs queue with every state, a queued and a failed job
+    """hoardfs.jobs.queues.job_counts: every hoardfs queue with every state, a queued and a failed job
     counted where they are (from RQ's registries, as the GUI and /metrics show them)."""
     from rq.job import Job, JobStatus
 
-    from jobs.queues import JOB_STATES, QUEUES, job_counts
+    from hoardfs.jobs.queues import JOB_STATES, QUEUES, job_counts
 
     Queue("io", connection=redis_conn).enqueue("builtins.print", "waits")
     failed = Job.create("builtins.print", args=("x",), connection=redis_conn, origin="maintenance")
@@ -57,7 +57,7 @@ def test_job_counts_skip_expired_entries_and_change_nothing(servers, redis_conn)
     from rq.executions import Execution
     from rq.job import Job, JobStatus
 
-    from jobs.queues import QUEUES, job_counts
+    from hoardfs.jobs.queues import QUEUES, job_counts
 
     q = Queue("maintenance", connection=redis_conn)
 
@@ -90,7 +90,7 @@ def test_job_counts_skip_expired_entries_and_change_nothing(servers, redis_conn)
 
 
 def test_listing_maintenance_runs_changes_no_registry(servers, redis_conn) -> None:
-    """jobs.launch.maintenance_runs (the GUI's runs list, each refresh) reads the registries
+    """hoardfs.jobs.launch.maintenance_runs (the GUI's runs list, each refresh) reads the registries
     without RQ's cleanup: an expired started entry (its worker died) stays for a worker's
     maintenance to fail or retry, expired finished/failed entries are not deleted by a look."""
     import time
@@ -98,7 +98,7 @@ def test_listing_maintenance_runs_changes_no_registry(servers, redis_conn) -> No
     from rq.executions import Execution
     from rq.job import Job, JobStatus
 
-    from jobs.launch import PREFIX, maintenance_runs
+    from hoardfs.jobs.launch import PREFIX, maintenance_runs
 
     q = Queue("maintenance", connection=redis_conn)
 

@@ -1,4 +1,4 @@
-"""Under systemd, hoardfs's log records reach journald as structured entries (fsd.base.logs):
+"""Under systemd, hoardfs's log records reach journald as structured entries (hoardfs.base.logs):
 the native protocol's encoding, and the fields an operator filters by — the disk, the run, the
 batch — on a real unix datagram socket standing where journald's is."""
 
@@ -9,7 +9,7 @@ import socket
 import struct
 from pathlib import Path
 
-from fsd.base.logs import JournalHandler, encode_journal, run_context
+from hoardfs.base.logs import JournalHandler, encode_journal, run_context
 
 
 def parse(datagram: bytes) -> dict[str, str]:

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from jobs.actions import labelstudio as lsc
-from jobs.actions.labelstudio import Client, LabelStudioError, Task
+from hoardfs.jobs.actions import labelstudio as lsc
+from hoardfs.jobs.actions.labelstudio import Client, LabelStudioError, Task
 from tests.helpers import REALDATA, needs_realdata
 from tests.labelstudio import Server, _free_port
 

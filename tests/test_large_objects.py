@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core.index import Index
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core.index import Index
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config
 
 # tier: the module's tests start hoard processes, servers or a FUSE mount
@@ -56,7 +56,7 @@ def _make(path: Path, salt: bytes) -> str:
 
 def _hoard_rss(cfg: Path, *args: str) -> tuple[int, int, str]:
     """Run `hoard ARGS` in a fresh parent that reports its child's peak RSS (KiB)."""
-    res = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "fsd", "--config", str(cfg), *args],
+    res = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "hoardfs", "--config", str(cfg), *args],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     code, rss = map(int, res.stdout.split())
     return code, rss, res.stderr
@@ -99,9 +99,9 @@ def test_put_and_get_stream_in_bounded_memory(big) -> None:
 def test_verify_replicate_rebuild_and_planner(big) -> None:
     """verify --sha256 passes every replica; replicate makes the third copy; a lost disk's copy
     is rebuilt; the planner hands the object to a large sink in verified pieces."""
-    from fsd.io.replicate import replicate_once
-    from fsd.io.scrub import verify
-    from fsd.maintenance.rebuild import rebuild
+    from hoardfs.fsd.io.replicate import replicate_once
+    from hoardfs.fsd.io.scrub import verify
+    from hoardfs.fsd.maintenance.rebuild import rebuild
 
     cfg = config.load(big["cfg"])
     with Store.open(cfg) as store:
@@ -127,7 +127,7 @@ def test_the_mount_serves_it(big) -> None:
     """`sha256sum` through the FUSE mount reads the 3 GiB object back exactly."""
     mnt = big["root"] / "mnt"
     mnt.mkdir(exist_ok=True)
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(big["cfg"]), "mount", str(mnt)], cwd=REPO,
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(big["cfg"]), "mount", str(mnt)], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     try:
@@ -141,9 +141,9 @@ def test_the_mount_serves_it(big) -> None:
 
 DIE_BEFORE_SEAL = """
 import os, sys
-from fsd.base import config
-from fsd.store import Store
-from fsd.io.writer import ShardWriter
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
+from hoardfs.fsd.io.writer import ShardWriter
 def die(self):  # after the object is committed, before the seal
     if self.shard is None or self.shard.pending or not self.shard.records:  # not the moment meant
         sys.stderr.write(f"sealed with the record not committed (a replica failed? no room?): {self.shard}\\n")

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.base.errors import ExitCode
-from fsd.core.disks import DiskState
-from fsd.io.replicate import replicate_once
-from fsd.maintenance.check import check
-from fsd.maintenance.rebuild import rebuild
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.base.errors import ExitCode
+from hoardfs.fsd.core.disks import DiskState
+from hoardfs.fsd.io.replicate import replicate_once
+from hoardfs.fsd.maintenance.check import check
+from hoardfs.fsd.maintenance.rebuild import rebuild
+from hoardfs.fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, flip_byte, make_files
 from tests.test_store import check_store
 
@@ -95,7 +95,7 @@ def test_rebuild_copies_from_the_lost_disk_when_the_other_replica_rotted(tmp_pat
     _rot(store, rotted, victim)
     cfg = store.cfg
     store.close()
-    got = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "rebuild", "--disk", label,
+    got = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "rebuild", "--disk", label,
                           "--yes"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert got.returncode == 0, got.stderr  # old code: ExitCode.DATA, "no replica could be copied"
     with Store.open(cfg) as store:
@@ -128,7 +128,7 @@ def test_rebuild_goes_on_past_a_shard_it_cannot_copy_and_names_it(tmp_path: Path
         _rot(store, uuid, victim)
     cfg = store.cfg
     store.close()
-    got = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "rebuild", "--disk", label,
+    got = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "rebuild", "--disk", label,
                           "--yes"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert got.returncode == ExitCode.DATA, got.stderr
     said = " ".join(got.stderr.split())
@@ -146,7 +146,7 @@ def test_rebuild_goes_on_past_a_shard_it_cannot_copy_and_names_it(tmp_path: Path
 
 
 def _hoard(cfg, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args], capture_output=True,
                           text=True, cwd=REPO, timeout=120)
 
 
@@ -203,7 +203,7 @@ def test_a_failed_disk_is_not_dropped_while_the_copies_counted_instead_are_known
     failed = _replicas(store, victim)[0]
     label = store.records[failed].label
     store.set_disk_state(label, DiskState.FAILED, "test: an EIO once")
-    from fsd.io.replicate import _copy_one
+    from hoardfs.fsd.io.replicate import _copy_one
 
     meta = store.index.get_shard(store.index.lookup(bytes.fromhex(victim)).shard_id)
     assert _copy_one(store, meta, None)  # `hoard replicate` made a copy while d1 was failed
@@ -230,7 +230,7 @@ def test_verify_repair_mends_a_rotted_replica_from_the_failed_disk(tmp_path: Pat
     """Review 42: `hoard verify --repair` looked for a good copy among the usable replicas only,
     so a shard whose one active replica rotted stayed bad (exit 5, no step) while the failed
     disk held it whole; now it is repaired from there, as the docs say."""
-    from fsd.io.scrub import verify
+    from hoardfs.fsd.io.scrub import verify
 
     store, paths, shas = _store(tmp_path)
     victim = shas[5]
@@ -250,7 +250,7 @@ def test_verify_repair_assembles_a_shard_whose_replicas_rotted_at_different_reco
     one that holds it whole), yet no command could mend the shard — copies were whole-shard
     only. `hoard verify --repair` now assembles a copy record by record onto one bad replica's
     disk, then repairs the other from it."""
-    from fsd.io.scrub import verify
+    from hoardfs.fsd.io.scrub import verify
 
     store, paths, shas = _store(tmp_path)
     a, b = _replicas(store, shas[2])
@@ -300,7 +300,7 @@ def test_another_shards_file_under_a_shards_name_is_never_assembled_from(tmp_pat
     gives nothing: nothing is overwritten, and every object that read still reads."""
     import shutil
 
-    from fsd.io.scrub import verify
+    from hoardfs.fsd.io.scrub import verify
 
     cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=2))
     store = Store.open(cfg, init=True)
@@ -405,7 +405,7 @@ def test_a_disk_failed_by_this_very_read_is_not_read_again_as_its_last_resort(tm
     EIO), as `Store.sources` already leaves out the disks it yielded."""
     import errno as errno_
 
-    from fsd.core.records import DataError
+    from hoardfs.fsd.core.records import DataError
 
     store, paths, shas = _store(tmp_path)
     sha = bytes.fromhex(shas[6])
@@ -444,7 +444,7 @@ def test_a_replica_whose_header_rotted_gives_its_records_to_the_assembly(tmp_pat
     its records are whole. Its records now go into the copy (each checked against the footer
     of the replica whose header names the shard, which gives the header too): both replicas
     are mended and every object reads back from each."""
-    from fsd.io.scrub import verify
+    from hoardfs.fsd.io.scrub import verify
 
     store, paths, shas = _store(tmp_path)
     header_rot, record_rot = _replicas(store, shas[3])
@@ -467,7 +467,7 @@ def test_a_replica_cut_short_gives_the_records_before_its_cut(tmp_path: Path) ->
     gives the records before its cut, and both replicas are mended."""
     import os
 
-    from fsd.io.scrub import verify
+    from hoardfs.fsd.io.scrub import verify
 
     store, paths, shas = _store(tmp_path)
     short, rotted = _replicas(store, shas[2])
@@ -488,7 +488,7 @@ def test_a_record_larger_than_a_piece_is_assembled_in_pieces(tmp_path: Path) -> 
     20 MiB object rotted in one replica at its third piece, the other replica rotted at a small
     record — the copy takes the large one whole from the second and the small one from the
     first, and both replicas are mended."""
-    from fsd.io.scrub import verify
+    from hoardfs.fsd.io.scrub import verify
 
     cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=64, copy_of_raw=2))
     store = Store.open(cfg, init=True)

@@ -3,7 +3,7 @@ module imports itself back through others, and a function-level import says why 
 
 The map is the ```layers block of the document, read here, so the drawing and the test are
 one thing. Each line is `unit … → the units it may import`; a module belongs to the unit that
-is its longest prefix (`fsd.cli.demo` → `fsd.cli`, `fsd.store` → `fsd`). Units on one line may
+is its longest prefix (`hoardfs.cli.demo` → `hoardfs.cli`, `hoardfs.fsd.store` → `fsd`). Units on one line may
 import each other; a line may only name units of lines below it.
 
 Two narrower rules keep the GUI a thin layer (docs/ARCHITECTURE.md, Layers): the command line
@@ -24,22 +24,24 @@ from pathlib import Path
 
 import pytest
 
-from fsd.core import backend
-from fsd.core.disks import LocalDisk
+from hoardfs.fsd.core import backend
+from hoardfs.fsd.core.disks import LocalDisk
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "ARCHITECTURE.md"
-PACKAGES = ("fsd", "jobs", "sql", "adapters", "datasets", "gui")
+#: the folders under the one import root, each reached as `hoardfs.<folder>`
+PACKAGES = ("fsd", "jobs", "sql", "adapters", "datasets", "gui", "base", "cli")
+ROOT = "hoardfs"
 #: the comment a function-level import carries (on its line, or on the line above its group)
 DEFERRED = "# deferred:"
 #: what the command line may take from the GUI: the app `hoard gui` serves, inside that command
-CLI_MAY_TAKE_FROM_GUI = {"gui.app"}
+CLI_MAY_TAKE_FROM_GUI = {"hoardfs.gui.app"}
 #: the one command module that may take it: `hoard gui`'s
-CLI_GUI_COMMAND = "fsd.cli.gui"
+CLI_GUI_COMMAND = "hoardfs.cli.gui"
 #: the fsd modules gui may import: the leaf base and the store's reports made for it (health,
 #: index copies, thumbnails) — not the store, its index, disks or scrubber (`jobs` and these
 #: modules open the store; the pages show what they return)
-GUI_MAY_TAKE_FROM_FSD = ("fsd.base", "fsd.maintenance.health", "fsd.maintenance.reindex", "fsd.outputs.thumbs")
+GUI_MAY_TAKE_FROM_FSD = ("hoardfs.base", "hoardfs.fsd.maintenance.health", "hoardfs.fsd.maintenance.reindex", "hoardfs.fsd.outputs.thumbs")
 #: libraries behind the store, the job queue and the logins that gui must not use itself (it
 #: calls the hoardfs module that does): LMDB, Pillow, RQ (rq-dashboard is `rq_dashboard`), argon2
 GUI_MUST_NOT_USE = ("lmdb", "PIL", "rq", "argon2")
@@ -71,7 +73,7 @@ def modules() -> dict[str, Path]:
     for pkg in PACKAGES:
         for path in sorted((REPO / pkg).rglob("*.py")):
             parts = path.relative_to(REPO).with_suffix("").parts
-            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+            found[".".join((ROOT, *(parts[:-1] if parts[-1] == "__init__" else parts)))] = path
     return found
 
 
@@ -108,7 +110,7 @@ def imports(mods: dict[str, Path]) -> list[Import]:
                         base = ".".join(up + ([child.module] if child.module else []))
                     names = [f"{base}.{a.name}" for a in child.names]
                 for name in names:
-                    target = resolve(name) if name.split(".")[0] in PACKAGES else None
+                    target = resolve(name) if name.startswith(ROOT + ".") else None
                     if target and target != mod:
                         out.append(Import(mod, target, child.lineno, inner))
                 visit(child, inner)
@@ -128,7 +130,8 @@ def test_the_map_is_a_layering() -> None:
     for units, allowed in reversed(rows):
         assert allowed <= set(seen), f"{' '.join(units)} → {' '.join(sorted(allowed - set(seen)))}: not below it"
         seen += units
-    assert set(PACKAGES) <= set(seen), f"packages missing from the map: {set(PACKAGES) - set(seen)}"
+    folders = {f"{ROOT}.{p}" for p in PACKAGES}
+    assert folders <= set(seen), f"folders missing from the map: {folders - set(seen)}"
     assert len(seen) == len(set(seen)), "a unit is on two lines"
 
 
@@ -137,8 +140,8 @@ def test_each_part_of_fsd_has_its_row() -> None:
     `fsd` unit holds its __init__ alone), so the map says where each part stands."""
     units = {u for row, _ in layer_map() for u in row}
     fsd = REPO / "fsd"
-    parts = {f"fsd.{p.parent.name}" for p in fsd.glob("*/__init__.py")} | {
-        f"fsd.{p.stem}" for p in fsd.glob("*.py") if p.stem != "__init__"}
+    parts = {f"hoardfs.fsd.{p.parent.name}" for p in fsd.glob("*/__init__.py")} | {
+        f"hoardfs.fsd.{p.stem}" for p in fsd.glob("*.py") if p.stem != "__init__"}
     assert parts <= units, f"parts of fsd without a row in {DOC.name}'s ```layers block: {sorted(parts - units)}"
 
 
@@ -154,9 +157,22 @@ def test_imports_point_down() -> None:
     assert not upward, "upward imports:\n" + "\n".join(upward)
 
 
+def test_the_folders_stack_without_a_cycle() -> None:
+    """Between the folders under hoardfs (cli, gui, jobs, adapters, datasets, fsd, sql, base) the
+    imports that run form no cycle: the tree is the layering, not only the modules inside it."""
+    folder = {f"{ROOT}.{p}": p for p in PACKAGES}
+    graph: dict[str, set[str]] = {p: set() for p in PACKAGES}
+    for i in imports(modules()):
+        a, b = (folder[".".join(m.split(".")[:2])] for m in (i.source, i.target))
+        if i.where != "typing" and a != b:
+            graph[a].add(b)
+    cycles = [" → ".join(_path_back(graph, c)) for c in _cycles(graph)]
+    assert not cycles, "folders that import each other:\n" + "\n".join(cycles)
+
+
 def test_the_leaf_base_is_a_leaf() -> None:
-    """Reaching fsd.base runs fsd/__init__.py first: it must import nothing, or the base would not be a leaf."""
-    assert not [n for n in ast.walk(ast.parse((REPO / "fsd" / "__init__.py").read_text()))
+    """Reaching hoardfs.base runs hoardfs/__init__.py first: it must import nothing, or the base would not be a leaf."""
+    assert not [n for n in ast.walk(ast.parse((REPO / "hoardfs" / "__init__.py").read_text()))
                 if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
@@ -269,8 +285,8 @@ def test_function_level_imports_say_why() -> None:
 
 
 def test_the_cli_takes_only_the_gui_entry_point() -> None:
-    """`hoard users` and `hoard demo` manage logins through `jobs.users`, not the GUI: the
-    command line imports nothing of `gui` but `gui.app`, and that only in `fsd.cli.gui`, the
+    """`hoard users` and `hoard demo` manage logins through `hoardfs.jobs.users`, not the GUI: the
+    command line imports nothing of `gui` but `hoardfs.gui.app`, and that only in `hoardfs.cli.gui`, the
     module of the `hoard gui` command (a command's module loads only when it runs), so no
     other command loads NiceGUI."""
     mods = modules()
@@ -278,8 +294,8 @@ def test_the_cli_takes_only_the_gui_entry_point() -> None:
            + ("" if i.target in CLI_MAY_TAKE_FROM_GUI else f" (only {', '.join(sorted(CLI_MAY_TAKE_FROM_GUI))})")
            + ("" if i.source == CLI_GUI_COMMAND else f" outside {CLI_GUI_COMMAND}")
            for i in imports(mods)
-           if (i.source == "fsd.__main__" or i.source.startswith("fsd.cli"))
-           and (i.target == "gui" or i.target.startswith("gui."))
+           if (i.source == "hoardfs.cli.__main__" or i.source.startswith("hoardfs.cli"))
+           and (i.target == "hoardfs.gui" or i.target.startswith("hoardfs.gui."))
            and (i.target not in CLI_MAY_TAKE_FROM_GUI or i.source != CLI_GUI_COMMAND)]
     assert not bad, "the command line imports the GUI:\n" + "\n".join(bad)
 
@@ -288,17 +304,18 @@ def test_the_cli_takes_only_the_gui_entry_point() -> None:
 def test_a_command_loads_only_its_own_module() -> None:
     """`hoard put` (and `get`, `mount`, `--version`, `--help`) start without NiceGUI, RQ, Redis, the
     database client, jobs or sql: the root of the command line imports a command's module
-    only when that command runs (fsd.cli.COMMANDS). Checked in a real process."""
+    only when that command runs (hoardfs.cli.COMMANDS). Checked in a real process."""
     # (pydantic_settings: only the previous release's code, which tests/test_formats.py runs, uses it)
     heavy = ("gui", "nicegui", "rq", "redis", "psycopg", "jobs", "sql", "adapters", "PIL", "pyfuse3", "trio",
              "pydantic_settings")
     code = ("import sys\n"
-            "from fsd.cli import app\n"
+            "from hoardfs.cli import app\n"
             "try:\n"
             "    app(sys.argv[1:], prog_name='hoard')\n"
             "except SystemExit as e:\n"
             "    assert not e.code, e.code\n"
-            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})), file=sys.stderr)\n")
+            f"print(sorted({{m.removeprefix('hoardfs.').split('.')[0] for m in sys.modules}} & set({heavy!r})), "
+            "file=sys.stderr)\n")
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
     for args in (["--help"], ["--version"], ["put", "--help"], ["get", "--help"], ["mount", "--help"]):
         res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, env=env,
@@ -312,12 +329,13 @@ def test_hoard_users_loads_no_gui() -> None:
     """`hoard users hash` runs without importing any `gui` module or NiceGUI (what the command
     line loads, checked in a real process, not only read from its source)."""
     code = ("import sys\n"
-            "from fsd.cli import app\n"
+            "from hoardfs.cli import app\n"
             "try:\n"
             "    app(['users', 'hash', '--password-stdin'])\n"
             "except SystemExit as e:\n"
             "    assert not e.code, e.code\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gui', 'nicegui')), file=sys.stderr)\n")
+            "print(sorted(m for m in sys.modules if m.removeprefix('hoardfs.').split('.')[0] in ('gui', 'nicegui')), "
+            "file=sys.stderr)\n")
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
     res = subprocess.run([sys.executable, "-c", code], input="a-long-enough-password\n", capture_output=True,
                          text=True, cwd=REPO, env=env, timeout=120)
@@ -333,7 +351,7 @@ def _third_party_imports(path: Path) -> list[tuple[str, int]]:
             out += [(a.name.split(".")[0], node.lineno) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
             out.append((node.module.split(".")[0], node.lineno))
-    return [(name, line) for name, line in out if name not in PACKAGES]
+    return [(name, line) for name, line in out if name != ROOT]
 
 
 def test_the_gui_does_not_reach_into_the_store() -> None:
@@ -343,30 +361,30 @@ def test_the_gui_does_not_reach_into_the_store() -> None:
     mods = modules()
     bad = [f"{mods[i.source].relative_to(REPO)}:{i.line}: {i.source} imports {i.target}"
            for i in imports(mods)
-           if i.source.startswith("gui") and i.target.split(".")[0] == "fsd"
+           if i.source.startswith("hoardfs.gui") and i.target.startswith("hoardfs.fsd")
            and not any(i.target == m or i.target.startswith(m + ".") for m in GUI_MAY_TAKE_FROM_FSD)]
     bad += [f"{path.relative_to(REPO)}:{line}: imports {name}"
-            for mod, path in mods.items() if mod == "gui" or mod.startswith("gui.")
+            for mod, path in mods.items() if mod == "hoardfs.gui" or mod.startswith("hoardfs.gui.")
             for name, line in _third_party_imports(path) if name in GUI_MUST_NOT_USE]
     assert not bad, ("the GUI reaches into the store or its libraries (move the work into fsd/jobs/sql "
                      "and call it):\n" + "\n".join(bad))
 
 
-#: the one gui module that runs blocking work through NiceGUI's pools (gui.context.in_thread)
-#: and registers pages with ui.page (gui.context.page)
-GUI_POOL_CALLS_IN = "gui.context"
+#: the one gui module that runs blocking work through NiceGUI's pools (hoardfs.gui.context.in_thread)
+#: and registers pages with ui.page (hoardfs.gui.context.page)
+GUI_POOL_CALLS_IN = "hoardfs.gui.context"
 
 
 def test_the_gui_runs_blocking_work_only_through_in_thread() -> None:
     """NiceGUI's run.io_bound / run.cpu_bound answer None without running the call while the app
-    stops; only gui.context.in_thread calls them, and raises AppStopping instead, which the pages
-    (all registered through gui.context.page, never ui.page), NiceGUI's timers and its event
+    stops; only hoardfs.gui.context.in_thread calls them, and raises AppStopping instead, which the pages
+    (all registered through hoardfs.gui.context.page, never ui.page), NiceGUI's timers and its event
     handlers end on quietly: no page reads that None as an answer, and none has to remember to
     check for it."""
     mods = modules()
     bad = []
     for mod, path in mods.items():
-        if not (mod == "gui" or mod.startswith("gui.")) or mod == GUI_POOL_CALLS_IN:
+        if not (mod == "hoardfs.gui" or mod.startswith("hoardfs.gui.")) or mod == GUI_POOL_CALLS_IN:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module in ("nicegui", "nicegui.run") and any(
@@ -377,7 +395,7 @@ def test_the_gui_runs_blocking_work_only_through_in_thread() -> None:
             elif (isinstance(node, ast.Attribute) and node.attr == "page" and isinstance(node.value, ast.Name)
                   and node.value.id == "ui"):
                 bad.append(f"{path.relative_to(REPO)}:{node.lineno}: registers a page with ui.page")
-    assert not bad, "use gui.context.in_thread and gui.context.page:\n" + "\n".join(bad)
+    assert not bad, "use hoardfs.gui.context.in_thread and hoardfs.gui.context.page:\n" + "\n".join(bad)
 
 
 def test_only_sql_writes_sql() -> None:
@@ -385,7 +403,7 @@ def test_only_sql_writes_sql() -> None:
     elsewhere passes a query to `execute` — they call a function of `sql` that does."""
     found = []
     for mod, path in modules().items():
-        if mod == "sql" or mod.startswith("sql."):
+        if mod == "hoardfs.sql" or mod.startswith("hoardfs.sql."):
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
@@ -400,8 +418,8 @@ DISK_NAMES = {"disk", "src", "dst", "dest", "source", "target"}
 #: the modules that reach a disk's `root`: the local backend and what it keeps beside its shards
 #: (fsd/core/beside.py: every other caller goes through `disk.beside`, which an S3 disk has too)
 DISK_ROOT_FOR = {
-    "fsd.core.disks": "the local backend itself",
-    "fsd.core.beside": "the files a local disk keeps beside its shards (every other module uses `disk.beside`)",
+    "hoardfs.fsd.core.disks": "the local backend itself",
+    "hoardfs.fsd.core.beside": "the files a local disk keeps beside its shards (every other module uses `disk.beside`)",
 }
 
 
@@ -413,13 +431,13 @@ def _is_disk(node: ast.expr, names: set[str]) -> bool:
 
 def test_only_the_local_backend_reaches_shard_files() -> None:
     """Shards are read, written, sealed, listed and deleted through the backend's methods
-    (fsd/core/backend.py, which an S3 backend implements too): no module but fsd.core.disks
+    (fsd/core/backend.py, which an S3 backend implements too): no module but hoardfs.fsd.core.disks
     reaches a shard's file through `disk.find` / `disk.path`, names the shard layout (a
     `shards` folder, the `.shard` / `.open` names), or takes a disk's `root` unless it keeps
     files of its own beside the shards (DISK_ROOT_FOR)."""
     found = []
     for mod, path in modules().items():
-        if mod == "fsd.core.disks":
+        if mod == "hoardfs.fsd.core.disks":
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             where = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', 0)}"
@@ -430,10 +448,10 @@ def test_only_the_local_backend_reaches_shard_files() -> None:
                   and _is_disk(node.value, DISK_NAMES | {"d"})):
                 found.append(f"{where}: {ast.unparse(node)} (a disk's files are the backend's)")
             elif isinstance(node, ast.Constant) and node.value in (".shard", ".open"):
-                found.append(f"{where}: {node.value!r} (the shard layout is fsd.core.disks')")
+                found.append(f"{where}: {node.value!r} (the shard layout is hoardfs.fsd.core.disks')")
             elif (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant)
                   and node.right.value == "shards"):
-                found.append(f"{where}: {ast.unparse(node)} (the shard layout is fsd.core.disks')")
+                found.append(f"{where}: {ast.unparse(node)} (the shard layout is hoardfs.fsd.core.disks')")
     assert not found, "shard files reached outside the backend:\n" + "\n".join(found)
 
 

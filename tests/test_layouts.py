@@ -12,11 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from datasets.layouts import BUILTIN, LayoutError, PlacementError, load, parse, plan
-from sql.apply import apply_write_intent
-from sql.layout_rows import layout_rows
-from sql.migrate import migrate
-from sql.selectors import query_nodes
+from hoardfs.datasets.layouts import BUILTIN, LayoutError, PlacementError, load, parse, plan
+from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.layout_rows import layout_rows
+from hoardfs.sql.migrate import migrate
+from hoardfs.sql.selectors import query_nodes
 from tests.test_outputs import _hoard, _selector, _zones, filled  # noqa: F401 (a fixture)
 
 

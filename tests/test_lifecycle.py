@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core.disks import DiskState
-from fsd.maintenance.deletion import drop_batch, hide
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core.disks import DiskState
+from hoardfs.fsd.maintenance.deletion import drop_batch, hide
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files, use_schema
 
 # tier: the module's tests start hoard processes, servers or a FUSE mount
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.services
 
 
 def _hoard(cfg_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args],
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args],
                           capture_output=True, text=True, input=stdin, timeout=300)
 
 
@@ -40,7 +40,7 @@ def _states(cfg_path: Path) -> dict[str, str]:
 def test_retire_replicate_forget_then_health_is_clean(hoard_home: Path, pg) -> None:
     """retire → replicate → `disks forget` → remove from hoard.toml leaves `hoard health` clean
     (exit 0), and every object still reads back; forgetting before replicate is refused."""
-    from sql.migrate import migrate
+    from hoardfs.sql.migrate import migrate
 
     migrate(pg)
     cfg_path = Path(use_schema(hoard_home, pg))
@@ -185,7 +185,7 @@ def test_index_rebuild_keeps_states_and_deletion_marks(tmp_path: Path) -> None:
 def test_gc_drop_is_replayed(tmp_path: Path) -> None:
     """A tombstoned object gc freed, then stored anew, is not tombstoned again by an index rebuild
     (gc's drop is a record in marks/ too)."""
-    from fsd.maintenance.gc import gc
+    from hoardfs.fsd.maintenance.gc import gc
 
     cfg_path, results = _store(tmp_path, n=3)
     cfg = config.load(cfg_path)
@@ -207,9 +207,9 @@ def test_index_rebuild_takes_the_newest_view_pointer(tmp_path: Path) -> None:
     frees the old manifests. `hoard index rebuild` (with that disk back, or still failed)
     registers the newest definition and does not bring the removed view back: every view
     reads whole and `hoard check` agrees."""
-    from fsd.maintenance.gc import gc
-    from fsd.outputs.manifest import iter_files
-    from fsd.outputs.views import define_view_rows, remove_view
+    from hoardfs.fsd.maintenance.gc import gc
+    from hoardfs.fsd.outputs.manifest import iter_files
+    from hoardfs.fsd.outputs.views import define_view_rows, remove_view
 
     cfg_path, results = _store(tmp_path, n=3)
     cfg = config.load(cfg_path)

@@ -19,17 +19,17 @@ from typing import Any
 import lmdb
 import pytest
 
-from fsd.base import config
-from fsd.core import formats, live
-from fsd.core import shardfmt as fmt
-from fsd.core.index import ObjectLoc
-from fsd.core.txnlog import KILL_VAR
-from fsd.maintenance.check import check
-from fsd.maintenance.deletion import drop_batch
-from fsd.maintenance.gc import gc
-from fsd.maintenance.reindex import rebuild_index
-from fsd.outputs.manifest import batch_manifest
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import formats, live
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.index import ObjectLoc
+from hoardfs.fsd.core.txnlog import KILL_VAR
+from hoardfs.fsd.maintenance.check import check
+from hoardfs.fsd.maintenance.deletion import drop_batch
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.maintenance.reindex import rebuild_index
+from hoardfs.fsd.outputs.manifest import batch_manifest
+from hoardfs.fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, freed, older_index, reads_back
 
 # tier: the module's tests start hoard processes
@@ -101,13 +101,13 @@ def _exact(cfg_path: Path) -> dict[bytes, tuple[int, int]]:
 def _hoard(cfg_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     full.pop("HOARD_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args], capture_output=True,
                           text=True, env=full, cwd=REPO, timeout=600)
 
 
 def _run(cfg_path: Path, code: str, env: dict) -> subprocess.CompletedProcess[str]:
     """`code` (with `s`, the store opened writable) in a process of its own."""
-    full = ("import sys; from fsd.base import config; from fsd.store import Store\n"
+    full = ("import sys; from hoardfs.base import config; from hoardfs.fsd.store import Store\n"
             "s = Store.open(config.load(sys.argv[1]))\n" + code + "\ns.close()")
     return subprocess.run([sys.executable, "-c", full, str(cfg_path)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO), **env}, cwd=REPO, timeout=600)
@@ -239,7 +239,7 @@ def _dry_run_counted(store: Store) -> tuple[Any, int]:
         store.index.env._env = real
 
 
-@pytest.mark.parametrize("site", ["fsd.core.index:add_objects:1", "fsd.core.index:add_objects:3"])
+@pytest.mark.parametrize("site", ["hoardfs.fsd.core.index:add_objects:1", "hoardfs.fsd.core.index:add_objects:3"])
 def test_a_put_killed_at_its_commits_leaves_exact_counts(tmp_path: Path, site: str) -> None:
     """`put` killed (SIGKILL) right after one of its index commits: every object it committed reads
     back, check (which recounts) is clean, and a gc after a deletion loses nothing."""
@@ -259,23 +259,23 @@ def test_a_put_killed_at_its_commits_leaves_exact_counts(tmp_path: Path, site: s
     _clean(cfg_path)
 
 
-@pytest.mark.parametrize("site", ["fsd.core.marks:_mark:1", "fsd.core.index:add_objects:1",
-                                  "fsd.maintenance.gc:_swap:1", "fsd.maintenance.gc:_swap:2",
-                                  "fsd.maintenance.gc:_swap:3", "fsd.maintenance.gc:_swap:4",
-                                  "fsd.maintenance.gc:_finish_retired:1"])
+@pytest.mark.parametrize("site", ["hoardfs.fsd.core.marks:_mark:1", "hoardfs.fsd.core.index:add_objects:1",
+                                  "hoardfs.fsd.maintenance.gc:_swap:1", "hoardfs.fsd.maintenance.gc:_swap:2",
+                                  "hoardfs.fsd.maintenance.gc:_swap:3", "hoardfs.fsd.maintenance.gc:_swap:4",
+                                  "hoardfs.fsd.maintenance.gc:_finish_retired:1"])
 def test_a_deletion_or_gc_killed_anywhere_loses_nothing(tmp_path: Path, site: str) -> None:
     """`delete --batch A` and the gc after it, killed after one of their write transactions (the
     tombstones, a commit of gc's copies, a swap's repoints — three of 56 objects — or its drops,
     a retired shard's deletion): the counts stay exact,
     B's objects read back; run again, A's are freed and check is clean."""
     cfg_path, a, b = _shop(tmp_path)
-    steps = "from fsd.maintenance.deletion import drop_batch; from fsd.maintenance.gc import gc\n" \
+    steps = "from hoardfs.fsd.maintenance.deletion import drop_batch; from hoardfs.fsd.maintenance.gc import gc\n" \
             "drop_batch(s, 'A'); gc(s, threshold=1.0)"
     res = _run(cfg_path, steps, {**SMALL, KILL_VAR: site})
     assert res.returncode == -9, res.stderr[-2000:]
     _exact(cfg_path)
     reads_back(cfg_path, b)
-    again = _run(cfg_path, "from fsd.maintenance.deletion import drop_batch; drop_batch(s, 'A')", SMALL)
+    again = _run(cfg_path, "from hoardfs.fsd.maintenance.deletion import drop_batch; drop_batch(s, 'A')", SMALL)
     assert again.returncode == 0 or "no ingested batch 'A'" in again.stderr, again.stderr[-2000:]
     res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0", env=SMALL)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -348,7 +348,7 @@ def test_a_wrong_count_only_keeps_or_compacts_and_check_names_it(tmp_path: Path)
     _clean(cfg_path)
 
 
-@pytest.mark.parametrize("kill", [None, "fsd.core.live:fill_live:1", "fsd.core.live:fill_live:3"])
+@pytest.mark.parametrize("kill", [None, "hoardfs.fsd.core.live:fill_live:1", "hoardfs.fsd.core.live:fill_live:3"])
 def test_the_migration_fills_the_table_even_when_killed(tmp_path: Path, kill: str | None) -> None:
     """An index of format 3 (no table) is read as it is (gc's plan makes its pass); `hoard index
     migrate` — killed in its fill and run again — makes the table the store grew, byte for byte."""
@@ -384,7 +384,7 @@ def test_a_recount_killed_leaves_gc_planning_by_the_pass_until_run_again(tmp_pat
     wrong, the counts are only not complete), gc plans by a pass meanwhile and frees A's objects
     alone; the recount run again makes the counts exact."""
     cfg_path, a, b = _shop(tmp_path)
-    res = _hoard(cfg_path, "index", "recount", env={**SMALL, KILL_VAR: "fsd.core.live:fill_live:2"})
+    res = _hoard(cfg_path, "index", "recount", env={**SMALL, KILL_VAR: "hoardfs.fsd.core.live:fill_live:2"})
     assert res.returncode == -9, res.stderr[-2000:]
     assert _tables(config.load(cfg_path).index_dir)[2] is not None
     with Store.open(config.load(cfg_path)) as store:  # puts beside the stopped fill count below its mark only

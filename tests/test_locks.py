@@ -1,4 +1,4 @@
-"""The store's lock files (fsd.base.files.flocked) as the services' user finds them after a
+"""The store's lock files (hoardfs.base.files.flocked) as the services' user finds them after a
 command was run as root beside them: a lock file root made, which the `hoard` user may only
 read, is still a lock — taken through a read-only descriptor, excluding root's holder — instead
 of failing every timer from then on."""
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base.files import flocked
+from hoardfs.base.files import flocked
 
 #: as another user: take the lock without waiting; say "locked" or the error's name
 TAKE = """
 import os, sys
 os.setgid(65534); os.setuid(65534)
-from fsd.base.files import flocked
+from hoardfs.base.files import flocked
 try:
     with flocked(__import__("pathlib").Path(sys.argv[1]), wait=False):
         print("locked")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core.records import ObjectNotFound
-from fsd.maintenance.check import check
-from fsd.maintenance.gc import gc
-from fsd.outputs.manifest import (
+from hoardfs.base import config
+from hoardfs.fsd.core.records import ObjectNotFound
+from hoardfs.fsd.maintenance.check import check
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.outputs.manifest import (
     DIR_FORMAT,
     INLINE_ENTRIES,
     VIEW_FORMAT,
@@ -30,8 +30,8 @@ from fsd.outputs.manifest import (
     iter_files,
     manifest_objects,
 )
-from fsd.outputs.views import ViewError, define_view, define_view_rows, remove_view
-from fsd.store import Store
+from hoardfs.fsd.outputs.views import ViewError, define_view, define_view_rows, remove_view
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 
 REPO = Path(__file__).resolve().parents[1]

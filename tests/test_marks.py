@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core import marks
-from fsd.maintenance.deletion import drop_batch
-from fsd.maintenance.gc import gc
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import marks
+from hoardfs.fsd.maintenance.deletion import drop_batch
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.store import Store
 from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store
@@ -85,8 +85,8 @@ def test_replaced_disks_keep_the_roots_through_an_index_rebuild(tmp_path: Path) 
 def test_a_reactivated_disk_gets_the_marks_it_missed(store_factory, tmp_path: Path) -> None:
     """A disk failed while objects were put (its log missed the roots); `hoard disks activate`
     brings its log up to the index: alone it replays every root."""
-    from fsd.core.disks import DiskState
-    from fsd.maintenance.lifecycle import activate
+    from hoardfs.fsd.core.disks import DiskState
+    from hoardfs.fsd.maintenance.lifecycle import activate
 
     store = store_factory(n_disks=3, caps=None)
     early = store.put_many(make_files(tmp_path / "a", 2, seed=22), root=PUT)
@@ -177,7 +177,7 @@ def test_restore_brings_the_index_copy_up_to_date_from_the_disks(tmp_path: Path)
 def test_a_damaged_log_line_is_skipped_and_named(store_factory, tmp_path: Path) -> None:
     """Lines that are not records (a non-hex sha, an unknown op, a short line) do not stop an
     index rebuild: they are skipped and named; the good records still replay."""
-    from fsd.maintenance.reindex import rebuild_index
+    from hoardfs.fsd.maintenance.reindex import rebuild_index
 
     store = store_factory(n_disks=2, caps=None)
     acked = store.put_many(make_files(tmp_path / "a", 2, seed=27), root=PUT)
@@ -197,7 +197,7 @@ def test_a_damaged_log_line_is_skipped_and_named(store_factory, tmp_path: Path) 
 
 def test_stamps_never_go_back(store_factory, tmp_path: Path) -> None:
     """A clock set back does not reorder the log: a stamp is always after the last one."""
-    from fsd.core.index import MARKS_NS
+    from hoardfs.fsd.core.index import MARKS_NS
 
     store = store_factory(n_disks=2, caps=None)
     future = 4_000_000_000_000_000_000  # year 2096

@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.io import integrity
-from fsd.maintenance.check import check
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.io import integrity
+from hoardfs.fsd.maintenance.check import check
+from hoardfs.fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, make_files
 
 #: a writer killed right after its marks records reached every disk, before its commit
 APPEND_THEN_DIE = """
 import os, sys
-from fsd.base import config
-from fsd.io import copies
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.io import copies
+from hoardfs.fsd.store import Store
 
 append = copies.log_marks
 
@@ -58,7 +58,7 @@ def test_records_no_writer_can_commit_are_named_at_once(tmp_path: Path) -> None:
     """No writer holds the store: `hoard check` names each disk's record ahead at once (old
     code: it waited AHEAD_WAIT_S for each of the three disks first)."""
     cfg_path, _ = _killed_writer(tmp_path)
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "check", "--no-database",
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "check", "--no-database",
                           "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
     doc = json.loads(res.stdout)
     assert res.returncode == 5 and len([p for p in doc["problems"] if AHEAD in p]) == 3, doc["problems"]
@@ -68,8 +68,8 @@ def test_records_no_writer_can_commit_are_named_at_once(tmp_path: Path) -> None:
 #: a writer that holds the store (its lock, shared) until its stdin closes
 HOLD = """
 import sys
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 
 with Store.open(config.load(sys.argv[1])):
     print("open", flush=True)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config as config_mod
-from fsd.core import marks
-from fsd.maintenance.check import check
-from fsd.maintenance.deletion import drop_batch
-from fsd.maintenance.gc import gc
-from fsd.maintenance.reindex import rebuild_index
-from fsd.store import Store
+from hoardfs.base import config as config_mod
+from hoardfs.fsd.core import marks
+from hoardfs.fsd.maintenance.check import check
+from hoardfs.fsd.maintenance.deletion import drop_batch
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.maintenance.reindex import rebuild_index
+from hoardfs.fsd.store import Store
 from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store
@@ -174,7 +174,7 @@ def test_a_legacy_log_that_refuses_its_rewrite_is_not_retried_by_every_open(stor
                                                                             caplog) -> None:
     """A legacy log on a disk that cannot take the rewrite (here: a directory where its tmp
     goes): every writable open tried again — each reading every disk's whole marks log
-    (fsd.io.copies.logged_marks) and taking a write transaction — where a disk that is behind is
+    (hoardfs.fsd.io.copies.logged_marks) and taking a write transaction — where a disk that is behind is
     tried again only after MARKS_RETRY_S."""
     store = store_factory(n_disks=2, caps=None)
     x = make_files(tmp_path / "in", 1, seed=86)[0]
@@ -184,7 +184,7 @@ def test_a_legacy_log_that_refuses_its_rewrite_is_not_retried_by_every_open(stor
     log = marks.log_path(tmp_path / "disks" / "d1")
     _to_legacy(log)
     (log.parent / f".{log.name}.tmp").mkdir()
-    caplog.set_level(logging.WARNING, logger="fsd.store")
+    caplog.set_level(logging.WARNING, logger="hoardfs.fsd.store")
     for _ in range(3):
         Store.open(cfg).close()
     tries = [r for r in caplog.records if "cannot rewrite" in r.getMessage()]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.core import marks
-from fsd.maintenance.deletion import drop_batch
-from fsd.maintenance.gc import gc
-from fsd.maintenance.reindex import rebuild_index
-from fsd.store import Store
+from hoardfs.fsd.core import marks
+from hoardfs.fsd.maintenance.deletion import drop_batch
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.maintenance.reindex import rebuild_index
+from hoardfs.fsd.store import Store
 from tests.helpers import make_files
 from tests.test_gc import _register
 from tests.test_marks import _own_log
@@ -114,8 +114,8 @@ def test_an_open_during_another_writers_append_does_not_snapshot(store_factory, 
     go = tmp_path / "go"
     child = subprocess.Popen([sys.executable, "-c", f"""
 import os, time
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 orig = Store.log_marks
 def slow(self, op, shas, stamp):
     took = orig(self, op, shas, stamp)
@@ -157,7 +157,7 @@ def test_restore_with_one_damaged_index_copy(tmp_path: Path) -> None:
     the copy with "the index at <ssd>/index failed ... check the SSD ... `hoard index restore`"
     — it blames the SSD, recommends itself, and throws away a good rebuild although the other
     copy is intact. It should use the other copy (or go on without the extras, naming the copy)."""
-    from fsd.base import config
+    from hoardfs.base import config
     from tests.test_cli_put import _hoard
     from tests.test_cli_put import _store as _cli_store
 
@@ -181,7 +181,7 @@ def test_a_short_append_is_not_glued_to_the_next_record(store_factory, tmp_path:
     too large, which replays after everything — including the root of X stored again later.
     d2 ends at the index's stamp, so no writer snapshots it. After an index rebuild X is not a
     root: a batch with the same bytes dropped + gc frees the acknowledged object."""
-    from fsd.maintenance.deletion import release
+    from hoardfs.fsd.maintenance.deletion import release
 
     store = store_factory(n_disks=3, caps=None)
     d2 = tmp_path / "disks" / "d2"
@@ -221,8 +221,8 @@ def test_check_and_rebuild_read_the_same_logs(store_factory, tmp_path: Path) -> 
     read). One flipped bit in a failed disk's frozen log ('1' → '9' in a reset line's stamp:
     0x31 → 0x39) makes that reset "the newest": check says the logs are fine, the rebuild
     skips every record before that far-future stamp — every root is lost."""
-    from fsd.core.disks import DiskState
-    from fsd.maintenance.check import check
+    from hoardfs.fsd.core.disks import DiskState
+    from hoardfs.fsd.maintenance.check import check
 
     store = store_factory(n_disks=3, caps=None)
     d1 = tmp_path / "disks" / "d1"
@@ -253,7 +253,7 @@ def test_one_read_only_disk_does_not_make_every_open_rewrite_every_log(store_fac
     write is EROFS, which does not fail the disk). Its log stays behind, so every writable
     open — every `hoard put`, worker job, gc — rewrites the whole log of every *other* disk
     (a million marks: ~90 MB each, fsynced, inside the LMDB write lock)."""
-    import fsd.core.beside as beside  # where a local disk's marks logs and pointers are written
+    import hoardfs.fsd.core.beside as beside  # where a local disk's marks logs and pointers are written
 
     store = store_factory(n_disks=3, caps=None)
     store.put_many(make_files(tmp_path / "a", 3, seed=39), root=PUT)
@@ -310,7 +310,7 @@ def test_a_fifo_for_a_marks_log_hangs_nothing(tmp_path: Path) -> None:
     for cmd in (["put", str(files[1])], ["check", "--no-database"], ["index", "rebuild"]):
         try:
             _hoard(cfg, *cmd, timeout=15) if False else subprocess.run(
-                [sys.executable, "-m", "fsd", "--config", str(cfg), *cmd], capture_output=True, text=True,
+                [sys.executable, "-m", "hoardfs", "--config", str(cfg), *cmd], capture_output=True, text=True,
                 timeout=15, cwd=str(Path(__file__).resolve().parent.parent))
         except subprocess.TimeoutExpired:
             hung.append(" ".join(cmd[:2]))
@@ -324,7 +324,7 @@ def test_restore_with_a_stamp_that_is_not_a_stamp(tmp_path: Path, body: str) -> 
     """An index copy's stamp.json that is JSON but not {taken_at: number}: `hoard index
     restore` dies with a traceback (max() over mixed keys, dict.get on a list,
     time.localtime on a string) instead of skipping that copy with a one-line warning."""
-    from fsd.base import config
+    from hoardfs.base import config
     from tests.test_cli_put import _hoard
     from tests.test_cli_put import _store as _cli_store
 
@@ -350,9 +350,9 @@ def test_check_does_not_recommend_erasing_the_root_of_an_object_on_unplugged_dis
     that snapshot's reset, ignored on d2/d3 when they return. (Adding a disk to keep writing
     with write_ack 2 takes the same snapshot by itself.) After the rebuild with d2/d3 back, x
     is not a root: a batch with the same bytes dropped + gc frees what `hoard put` acknowledged."""
-    from fsd.core.disks import DiskState
-    from fsd.maintenance.check import check
-    from fsd.maintenance.lifecycle import activate
+    from hoardfs.fsd.core.disks import DiskState
+    from hoardfs.fsd.maintenance.check import check
+    from hoardfs.fsd.maintenance.lifecycle import activate
 
     store = store_factory(n_disks=4, caps=None)
     files = make_files(tmp_path / "a", 4, seed=43)
@@ -377,7 +377,7 @@ def test_check_does_not_recommend_erasing_the_root_of_an_object_on_unplugged_dis
         with Store.open(cfg) as s:  # what the advice says (the operator follows it)
             s.snapshot_marks()
     else:  # one disk left cannot take write_ack=2 writes: the operator adds one
-        from fsd.base import config as config_mod
+        from hoardfs.base import config as config_mod
         from tests.test_cli_put import _hoard
 
         # the enclosure's disks are taken out of hoard.toml meanwhile (`hoard disks add` opens
@@ -409,9 +409,9 @@ def test_a_stamp_on_the_disks_is_never_given_again(store_factory, tmp_path: Path
     take the snapshot (a transient error). d2 now ends with "s unroot x" = the index's stamp:
     it is "current" and never rewritten, and replay at stamp s sorts `unroot` after the
     snapshot's `root`: the logs no longer replay x's root (a rebuild loses it)."""
-    import fsd.core.beside as beside  # where a local disk's marks logs are written
-    import fsd.store as store_mod
-    from fsd.core.index import MARKS_NS
+    import hoardfs.fsd.core.beside as beside  # where a local disk's marks logs are written
+    import hoardfs.fsd.store as store_mod
+    from hoardfs.fsd.core.index import MARKS_NS
 
     store = store_factory(n_disks=2, caps=None)
     d2 = tmp_path / "disks" / "d2"
@@ -459,8 +459,8 @@ def test_check_is_not_fooled_by_a_put_while_it_reads_the_logs(store_factory, tmp
     but the disks' marks logs do not replay it (an index rebuild would lose it)" — exit 5 on a
     healthy store under ordinary use. (Reading the index's marks and `marks_ns` in one read
     transaction first and replaying only records up to that stamp makes it exact.)"""
-    import fsd.io.integrity as check_mod  # (item 8 is judged there)
-    from fsd.maintenance.check import check
+    import hoardfs.fsd.io.integrity as check_mod  # (item 8 is judged there)
+    from hoardfs.fsd.maintenance.check import check
 
     store = store_factory(n_disks=2, caps=None)
     store.put_many(make_files(tmp_path / "a", 2, seed=45), root=PUT)
@@ -485,8 +485,8 @@ def test_check_advice_fixes_a_draining_disks_log(store_factory, tmp_path: Path) 
     names) and every snapshot only write *writable* disks. A flipped digit in a draining
     disk's reset stamp makes check fail on every run; following its advice changes nothing
     (and an index rebuild would lose every root)."""
-    from fsd.core.disks import DiskState
-    from fsd.maintenance.check import check
+    from hoardfs.fsd.core.disks import DiskState
+    from hoardfs.fsd.maintenance.check import check
 
     store = store_factory(n_disks=3, caps=None)
     store.put_many(make_files(tmp_path / "a", 3, seed=47), root=PUT)
@@ -508,7 +508,7 @@ def test_check_notices_a_writable_disk_whose_log_lacks_roots(store_factory, tmp_
     """The hole of test_a_hole_in_a_log_is_not_seen_once_a_later_append_lands: d2's and d3's
     logs alone lose three acknowledged roots (a rebuild without d1 loses them), yet `hoard
     check` is clean — item 8 compares the union of the logs, not each disk's log."""
-    from fsd.maintenance.check import check
+    from hoardfs.fsd.maintenance.check import check
 
     store = store_factory(n_disks=3, caps=None)
     d2, d3 = (tmp_path / "disks" / f"d{i}" for i in (2, 3))
@@ -547,9 +547,9 @@ def test_a_disk_that_vanishes_gets_the_marks_it_missed(lab_factory, tmp_path: Pa
     log lacked them, with nothing to catch it up (chaos seed 1025: `hoard check` exit 5, "its
     marks log alone replays 70 marks differently"). Now an append is checked to land on the
     disk; the first writer that finds the disk back brings its log up to the index."""
-    from fsd.base import config
-    from fsd.maintenance.check import check
-    from fsd.maintenance.deletion import hide
+    from hoardfs.base import config
+    from hoardfs.fsd.maintenance.check import check
+    from hoardfs.fsd.maintenance.deletion import hide
     from tests.helpers import write_config
     from tests.lab import DiskProfile
 
@@ -582,9 +582,9 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
     both checks saw the disk, the index counted the marks as on its log, and the disk's own
     log lacked them with nothing to catch it up (the hole chaos seed 1025 found, narrowed
     to the time between the two checks). The append must be on the disk's filesystem."""
-    from fsd.base import config
-    from fsd.core.beside import LocalBeside
-    from fsd.maintenance.deletion import hide
+    from hoardfs.base import config
+    from hoardfs.fsd.core.beside import LocalBeside
+    from hoardfs.fsd.maintenance.deletion import hide
     from tests.helpers import write_config
     from tests.lab import DiskProfile
 
@@ -626,8 +626,8 @@ def test_marks_no_disk_takes_change_nothing_and_say_so(store_factory, tmp_path: 
     """Every disk dropped off (each mount point an empty directory): a hide is refused in one
     clear line naming each disk once, nothing is written under the empty mount points, and
     the index's marks are as they were."""
-    from fsd.base.errors import HoardError
-    from fsd.maintenance.deletion import hide
+    from hoardfs.base.errors import HoardError
+    from hoardfs.fsd.maintenance.deletion import hide
 
     store = store_factory(n_disks=2, caps=None)
     stored = store.put_many(make_files(tmp_path / "a", 2, seed=71), root=PUT)

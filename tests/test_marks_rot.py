@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core import marks
-from fsd.maintenance.deletion import drop_batch
-from fsd.maintenance.gc import gc
-from fsd.maintenance.reindex import rebuild_index
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import marks
+from hoardfs.fsd.maintenance.deletion import drop_batch
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.maintenance.reindex import rebuild_index
+from hoardfs.fsd.store import Store
 from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store

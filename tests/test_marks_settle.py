@@ -7,8 +7,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from fsd.core import marks
-from fsd.core.spill import Spill
+from hoardfs.fsd.core import marks
+from hoardfs.fsd.core.spill import Spill
 
 
 def _random_logs(root: Path, rng: random.Random, disks: int, shas: list[str]) -> list[Path]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
-from fsd.outputs import materialize as materialize_mod
-from fsd.outputs.materialize import Assembled, Item, materialize
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
+from hoardfs.fsd.outputs import materialize as materialize_mod
+from hoardfs.fsd.outputs.materialize import Assembled, Item, materialize
 from tests.helpers import make_files, missing
 from tests.lab import DiskProfile, drop_caches
 from tests.test_store_lab import _lab_store

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, peak_memory
 
 #: the store sizes compared: both past the rebuild's old chunk of index writes (50,000; now
@@ -49,7 +49,7 @@ def test_peak_memory_of_check_rebuild_and_gc_does_not_grow_per_object(tmp_path: 
         _grow(cfg, have, size, init=have == 0)
         have = size
         for name, args in COMMANDS.items():
-            got = peak_memory([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args], env=env)
+            got = peak_memory([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args], env=env)
             assert got["exit"] == 0 and got["peak_anon_kb"] > 0, (name, got["stderr"][-2000:])
             peaks[name].append(got["peak_anon_kb"] * 1024)
     per_object = {name: (b - a) / (SIZES[1] - SIZES[0]) for name, (a, b) in peaks.items()}
@@ -62,15 +62,15 @@ def test_peak_memory_of_check_rebuild_and_gc_does_not_grow_per_object(tmp_path: 
 #: leaf it touches, until the tables have more leaves than it has entries)
 BATCH, VICTIM = 5000, 200
 #: the store's side of `hoard delete --batch` (the CLI's needs the database), in its own process
-DROP = ("import sys; from fsd.base import config; from fsd.store import Store; "
-        "from fsd.maintenance.deletion import drop_batch; "
+DROP = ("import sys; from hoardfs.base import config; from hoardfs.fsd.store import Store; "
+        "from hoardfs.fsd.maintenance.deletion import drop_batch; "
         "s = Store.open(config.load(sys.argv[1])); print(drop_batch(s, sys.argv[2])); s.close()")
 
 
 def _grow_batches(cfg: config.Settings, have: int, want: int, init: bool) -> str:
     """Batches of BATCH small objects up to `want`, then one of VICTIM, each with its manifest
     stored and registered as an ingest's package step does; returns the last one's id."""
-    from fsd.outputs.manifest import batch_manifest, naming_lock
+    from hoardfs.fsd.outputs.manifest import batch_manifest, naming_lock
 
     rng = random.Random(have)
     with Store.open(cfg, init=init) as store:
@@ -98,7 +98,7 @@ def test_peak_memory_of_a_batch_deletion_and_its_gc_does_not_grow_per_object(tmp
         victim = _grow_batches(cfg, have, size, init=have == 0)
         have = size
         for name, argv in (("delete --batch", [sys.executable, "-c", DROP, str(cfg_path), victim]),
-                           ("gc (one deleted batch)", [sys.executable, "-m", "fsd", "--config", str(cfg_path), "gc",
+                           ("gc (one deleted batch)", [sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "gc",
                                                        "--no-database", "--threshold", "0.99"])):
             got = peak_memory(argv, env=env)
             assert got["exit"] == 0 and got["peak_anon_kb"] > 0, (name, got["stderr"][-2000:])

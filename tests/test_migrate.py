@@ -8,7 +8,7 @@ import re
 import psycopg
 import pytest
 
-from sql.migrate import available, current_version, migrate
+from hoardfs.sql.migrate import available, current_version, migrate
 
 
 def test_migrate_from_empty_is_idempotent(pg: psycopg.Connection) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.synth import Spec, generate
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 from tests.test_ingest import ingest_all, ingest_home
 
 SPEC = Spec(seed=21, batches=3, items_per_batch=40, large_max_mb=12, large_fraction=0.05, ready_signal=True)
@@ -31,7 +31,7 @@ def mounted(cfg_path: str, mnt: Path, wrap=None):
     under the lab's throttles); unmounted (and reaped) afterwards."""
     mnt.mkdir(parents=True, exist_ok=True)
     log = open(mnt.parent / f"{mnt.name}.log", "wb")
-    cmd = [sys.executable, "-m", "fsd", "--config", cfg_path, "mount", "--foreground", str(mnt)]
+    cmd = [sys.executable, "-m", "hoardfs", "--config", cfg_path, "mount", "--foreground", str(mnt)]
     proc = subprocess.Popen(wrap(cmd) if wrap else cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -159,7 +159,7 @@ def test_views_from_manifest(ingested, tmp_path: Path) -> None:
     items = [i for i in batches[0].items if i.kind == "image"][:5]
     manifest = tmp_path / "m.txt"
     manifest.write_text("".join(f"{i.sha256}  train/cats/{k}.png\n" for k, i in enumerate(items)))
-    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source)]
+    hoard = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source)]
     subprocess.run(hoard + ["view", "add", "train-v1", str(manifest)], check=True, capture_output=True)
     bad = tmp_path / "bad.txt"
     bad.write_text(f"{items[0].sha256}  ../escape.png\n")
@@ -191,7 +191,7 @@ def test_sigterm_with_open_reader_unmounts_cleanly(ingested, tmp_path: Path) -> 
     the daemon unmounts and it exits 0."""
     cfg, batches = ingested
     mnt = tmp_path / "mnt"
-    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source)]
+    hoard = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source)]
     with mounted(str(cfg.source), mnt) as proc:
         f = open(mnt / "batches" / batches[0].batch_id / batches[0].items[0].path, "rb")
         f.read(10)
@@ -209,7 +209,7 @@ def test_mount_refuses_bad_mountpoints(hoard_home: Path, tmp_path: Path) -> None
     for d in config.load(cfg_path).disks:
         d.path.mkdir(parents=True, exist_ok=True)
     Store.open(config.load(cfg_path), init=True).close()
-    hoard = [sys.executable, "-m", "fsd", "--config", cfg_path]
+    hoard = [sys.executable, "-m", "hoardfs", "--config", cfg_path]
     r = subprocess.run(hoard + ["mount", "--foreground", str(tmp_path / "nope")], capture_output=True, text=True)
     assert r.returncode == 2 and "mkdir -p" in r.stderr
     r = subprocess.run(hoard + ["mount", "--foreground", "/proc"], capture_output=True, text=True)
@@ -225,7 +225,7 @@ def test_mount_refusals_and_dead_mount(hoard_home: Path, tmp_path: Path) -> None
     for d in config.load(cfg_path).disks:
         d.path.mkdir(parents=True, exist_ok=True)
     Store.open(config.load(cfg_path), init=True).close()
-    hoard = [sys.executable, "-m", "fsd", "--config", cfg_path]
+    hoard = [sys.executable, "-m", "hoardfs", "--config", cfg_path]
     r = subprocess.run(hoard + ["mount", "/proc"], capture_output=True, text=True)
     assert r.returncode == 2 and "already a mount point" in r.stderr and "mounted" not in r.stdout
     full = tmp_path / "full"

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.mount.ops import NO_OPEN
-from fsd.outputs.views import define_view
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.mount.ops import NO_OPEN
+from hoardfs.fsd.outputs.views import define_view
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 from tests.test_mount import mounted
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED
 
 
 def _hoard(cfg_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args],
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -82,7 +82,7 @@ def test_redefined_view_serves_new_bytes_and_inodes_are_stable(tmp_path: Path) -
         hashed = by_hash / next(n for n in os.listdir(by_hash) if n.startswith(res[2].sha256))
         assert victim.exists() and hashed.exists()
         with Store.open(cfg) as store:
-            from fsd.maintenance.deletion import hide
+            from hoardfs.fsd.maintenance.deletion import hide
 
             hide(store, [bytes.fromhex(res[2].sha256)], "test")
         _until(lambda: not victim.exists(), "a hidden object is still shown")
@@ -106,9 +106,9 @@ def _requests(log: Path) -> Counter:
 def _open_per_file(cmd: list[str]) -> list[str]:
     """A `mounted(wrap=)` that runs the mount daemon as it runs with pyfuse3 as released
     (without hoardfs's no-open patch: every open asks the daemon)."""
-    code = ("import runpy; import fsd.mount.ops as o; o.NO_OPEN = False; "
+    code = ("import runpy; import hoardfs.fsd.mount.ops as o; o.NO_OPEN = False; "
             "runpy.run_module('fsd', run_name='__main__', alter_sys=True)")
-    return [cmd[0], "-c", code] + cmd[3:]  # cmd: python -m fsd …
+    return [cmd[0], "-c", code] + cmd[3:]  # cmd: python -m hoardfs …
 
 
 def _slurp(path: Path) -> bytes:
@@ -215,9 +215,9 @@ def test_health_is_fresh_though_the_kernel_keeps_its_pages(tmp_path: Path) -> No
 
 def _health_every(seconds: float):
     """A `mounted(wrap=)` that renders `.hoard/health` every `seconds` (10 in a real mount)."""
-    code = ("import runpy, sys; import fsd.mount.watch as w; w.HEALTH_S = float(sys.argv.pop(1)); "
+    code = ("import runpy, sys; import hoardfs.fsd.mount.watch as w; w.HEALTH_S = float(sys.argv.pop(1)); "
             "runpy.run_module('fsd', run_name='__main__', alter_sys=True)")
-    return lambda cmd: [cmd[0], "-c", code, str(seconds)] + cmd[3:]  # cmd: python -m fsd …
+    return lambda cmd: [cmd[0], "-c", code, str(seconds)] + cmd[3:]  # cmd: python -m hoardfs …
 
 
 def _drop_pages(path: Path) -> None:
@@ -233,10 +233,10 @@ def _prefix_bits(bits: int, marks_s: float = 2.0):
     """A `mounted(wrap=)` that runs the mount daemon with by-hash numbers of `bits` leading
     sha256 bits (61 in a real mount: objects that share them are one in ~10^12 at 10^6) and
     its deletions refresh every `marks_s` seconds (2 in a real mount)."""
-    code = ("import runpy, sys; import fsd.mount.namespace as n, fsd.mount.watch as w; "
+    code = ("import runpy, sys; import hoardfs.fsd.mount.namespace as n, hoardfs.fsd.mount.watch as w; "
             "n.Namespace.PREFIX_BITS = int(sys.argv.pop(1)); w.MARKS_S = float(sys.argv.pop(1)); "
             "runpy.run_module('fsd', run_name='__main__', alter_sys=True)")
-    return lambda cmd: [cmd[0], "-c", code, str(bits), str(marks_s)] + cmd[3:]  # cmd: python -m fsd …
+    return lambda cmd: [cmd[0], "-c", code, str(bits), str(marks_s)] + cmd[3:]  # cmd: python -m hoardfs …
 
 
 def _forty_small_objects(tmp_path: Path):
@@ -298,7 +298,7 @@ def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collect
     file a process holds open, reopened through /proc — and an open of it must not read the
     newcomer's bytes (it read them: the number was taken to name whichever one object has
     its bits)."""
-    from fsd.maintenance.gc import gc
+    from hoardfs.fsd.maintenance.gc import gc
 
     cfg_path, cfg, datas, shas, tops = _forty_small_objects(tmp_path)
     named, held = [k for k, t in enumerate(tops) if tops.count(t) == 1][:2]  # each alone in its 8 bits
@@ -345,7 +345,7 @@ def test_a_name_whose_object_was_collected_unseen_is_gone_not_an_io_error(tmp_pa
     gone (ESTALE, then ENOENT when looked up again) — not EIO, and no disk error logged."""
     import errno
 
-    from fsd.maintenance.gc import gc
+    from hoardfs.fsd.maintenance.gc import gc
 
     cfg_path, cfg, _, shas, tops = _forty_small_objects(tmp_path)
     k = next(i for i, t in enumerate(tops) if tops.count(t) > 1)  # shares its 8 bits: a table row
@@ -400,9 +400,9 @@ def test_deletions_invalidated_past_a_collected_view_manifest(tmp_path: Path) ->
     view can no longer be derived. Objects deleted after that are still invalidated
     everywhere else — the deletions refresh must not fail whole (it had already taken the
     objects as dead, so their names stayed in the kernel for an hour: ENTRY_TIMEOUT)."""
-    from fsd.maintenance.deletion import hide
-    from fsd.maintenance.gc import gc
-    from fsd.mount.namespace import Namespace
+    from hoardfs.fsd.maintenance.deletion import hide
+    from hoardfs.fsd.maintenance.gc import gc
+    from hoardfs.fsd.mount.namespace import Namespace
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -438,8 +438,8 @@ def test_object_deleted_during_a_listing_is_not_told_to_the_kernel(tmp_path: Pat
     do not include it — it was listed from a snapshot taken at opendir, and a name the
     kernel learns after the deletions refresh has passed is never invalidated (an hour of
     a deleted object shown and read: ENTRY_TIMEOUT)."""
-    from fsd.maintenance.deletion import hide
-    from fsd.outputs.views import define_view_rows
+    from hoardfs.fsd.maintenance.deletion import hide
+    from hoardfs.fsd.outputs.views import define_view_rows
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=4)
     cfg = config.load(cfg_path)

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from fsd.base import config
-from fsd.mount.namespace import DERIVED, ROOT, Namespace, Node, inode_of
-from fsd.mount.reader import Reader
-from fsd.outputs.views import define_view_rows
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.mount.namespace import DERIVED, ROOT, Namespace, Node, inode_of
+from hoardfs.fsd.mount.reader import Reader
+from hoardfs.fsd.outputs.views import define_view_rows
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config
 
 
@@ -170,7 +170,7 @@ def test_a_collected_objects_by_hash_bits_stay_taken(namespace) -> None:
     the same leading bits gets a row instead of that number, on this mount and the next; the
     collected object stored again is itself and gets its number back. Two collected objects
     whose first 64 bits agree leave the bits shared for good."""
-    from fsd.maintenance.gc import gc
+    from hoardfs.fsd.maintenance.gc import gc
 
     new, shas = namespace
     store = new.store
@@ -342,7 +342,7 @@ def test_file_columns_against_a_dict(seed: int) -> None:
     probe runs, wrapping at the table's end, rows freed in the middle of runs and reused)."""
     import random
 
-    from fsd.mount.inodes import Files
+    from hoardfs.fsd.mount.inodes import Files
 
     rnd = random.Random(seed)
     files, model = Files(), {}  # inode → (sha, mtime, lookups, parents)
@@ -414,7 +414,7 @@ def test_lone_records_kept_apart_from_read_ahead(disk_path: Path, monkeypatch) -
     page cache has them too, and serves a page read again without a thread hop) and never
     push out what read-ahead fetched; reading in order still grows a window and serves the
     following records from memory."""
-    from fsd.mount import reader as reader_mod
+    from hoardfs.fsd.mount import reader as reader_mod
 
     # no hedging: on a busy machine a read slower than 0.5 s is asked of the other replica too,
     # and that second read of the same record looks like a reader going on in order
@@ -535,8 +535,8 @@ def test_a_deletions_round_whose_search_fails_hands_its_objects_to_the_next(name
     """The deletions refresh takes objects as dead before it looks for their names; a search
     that fails (an unreadable index page, say) used to lose them — the kernel kept the names
     for its entry timeout, an hour. The next round looks for them again."""
-    from fsd.maintenance.deletion import hide
-    from fsd.mount.watch import Watcher
+    from hoardfs.fsd.maintenance.deletion import hide
+    from hoardfs.fsd.mount.watch import Watcher
 
     new, shas = namespace
 
@@ -567,7 +567,7 @@ def test_the_mount_hides_tombstones_except_roots_and_hidden_objects(namespace) -
     """What the mount takes as deleted: hidden objects, and tombstoned ones that are not roots
     (a racing `delete --batch` may tombstone what `hoard put` acknowledged: gc clears that) —
     the roots asked about the tombstoned only, not read whole each round."""
-    from fsd.mount.watch import Watcher
+    from hoardfs.fsd.mount.watch import Watcher
 
     new, shas = namespace
     idx = new.store.index
@@ -588,8 +588,8 @@ def test_the_watchers_rounds_read_nothing_while_the_index_is_unchanged(namespace
     deletions round keeps is 16 bytes per deleted object — no set of
     them (~120 B each) — from which objects are shown or not, a deleted one confirmed by the
     index."""
-    from fsd.maintenance.deletion import hide
-    from fsd.mount.watch import DEAD_PREFIX, Watcher
+    from hoardfs.fsd.maintenance.deletion import hide
+    from hoardfs.fsd.mount.watch import DEAD_PREFIX, Watcher
 
     new, shas = namespace
     store = new.store
@@ -629,7 +629,7 @@ def test_shuffled_reads_of_tiny_records_start_no_read_ahead(tmp_path: Path, monk
     records still stream ahead."""
     import random
 
-    from fsd.mount import reader as reader_mod
+    from hoardfs.fsd.mount import reader as reader_mod
 
     monkeypatch.setattr(reader_mod, "HEDGE_MIN", 60.0)  # (a hedged second read looks like one in order)
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=4))

@@ -16,11 +16,11 @@ import pytest
 import trio
 import trio.testing
 
-from fsd.base import config
-from fsd.mount.queue import BACKGROUND, DiskQueue
-from fsd.mount.reader import BLOCK, PREFETCH_BLOCKS
-from fsd.outputs.views import define_view
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.mount.queue import BACKGROUND, DiskQueue
+from hoardfs.fsd.mount.reader import BLOCK, PREFETCH_BLOCKS
+from hoardfs.fsd.outputs.views import define_view
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files, write_config
 from tests.test_mount import mounted
 
@@ -34,9 +34,9 @@ def test_no_open_keeps_the_files_being_read_within_bounds() -> None:
     pieces cancelled."""
     import concurrent.futures as cf
 
-    from fsd.mount.namespace import Node
-    from fsd.mount.ops import _Open, _Recent
-    from fsd.mount.reader import SMALL_MAX, _Stream
+    from hoardfs.fsd.mount.namespace import Node
+    from hoardfs.fsd.mount.ops import _Open, _Recent
+    from hoardfs.fsd.mount.reader import SMALL_MAX, _Stream
 
     def small(ino: int, size: int) -> _Open:
         return _Open(Node(ino, ("file", b"s", 0), 0o100440, size, 0, b"s"))
@@ -178,7 +178,7 @@ def test_frozen_disk_delays_only_its_own_readers(lab_factory, tmp_path: Path) ->
     the other view's on two healthy disks: while readers hang on the frozen one — its manifest
     included — the other view is listed and read at full speed, `.hoard/health` and `df`
     answer."""
-    from fsd.core.disks import DiskState
+    from hoardfs.fsd.core.disks import DiskState
 
     lab, cfg_path, cfg = _lab_store(lab_factory, tmp_path, 4, shard_size_mb=16, copy_of_raw=2, write_ack=2)
     labels = sorted(lab.disks)
@@ -303,10 +303,10 @@ class _Gate:
 def _no_open_ops(tmp_path: Path, sizes: list[int], **recent):
     """A no-open HoardOps (the mount daemon's, without FUSE) over a real store of objects of
     `sizes` (large ones are streamed): (ops, [(inode, bytes)], closer)."""
-    from fsd.mount.namespace import Namespace
-    from fsd.mount.ops import HoardOps, _Recent
-    from fsd.mount.reader import Reader
-    from fsd.mount.watch import Watcher
+    from hoardfs.fsd.mount.namespace import Namespace
+    from hoardfs.fsd.mount.ops import HoardOps, _Recent
+    from hoardfs.fsd.mount.reader import Reader
+    from hoardfs.fsd.mount.watch import Watcher
 
     cfg = config.load(dir_disks_config(tmp_path, 2))
     store = Store.open(cfg, init=True)
@@ -361,7 +361,7 @@ def test_no_open_two_readers_of_one_large_file_both_get_their_bytes(tmp_path: Pa
     """No-open: two readers of one large file share its stream (one state per inode). A READ
     far from the other reader's position moves the read-ahead window there — the pieces the
     other reader's READ is waiting for must still come, not be cancelled under it (EIO)."""
-    from fsd.mount.reader import MAP_PIECE, SMALL_MAX
+    from hoardfs.fsd.mount.reader import MAP_PIECE, SMALL_MAX
 
     ops, [(ino, data)], close = _no_open_ops(tmp_path, [SMALL_MAX + 4 * MAP_PIECE])
     try:
@@ -377,7 +377,7 @@ def test_no_open_a_read_in_flight_survives_its_file_being_evicted(tmp_path: Path
     """No-open: more large files read at once than streams kept (RECENT_STREAMS; a data
     loader with many workers) evicts a file whose READ is still waiting for its pieces — that
     READ must still get its bytes, not EIO."""
-    from fsd.mount.reader import MAP_PIECE, SMALL_MAX
+    from hoardfs.fsd.mount.reader import MAP_PIECE, SMALL_MAX
 
     ops, [(a, da), (b, db)], close = _no_open_ops(tmp_path, [SMALL_MAX + MAP_PIECE] * 2, max_streams=1)
     try:

@@ -15,11 +15,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd.base import config
-from fsd.core import formats
-from fsd.outputs.manifest import iter_files
-from fsd.store import Store
-from sql.apply import apply_write_intent
+from hoardfs.base import config
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.outputs.manifest import iter_files
+from hoardfs.fsd.store import Store
+from hoardfs.sql.apply import apply_write_intent
 from tests.helpers import make_files, write_config
 from tests.test_cli import hoard
 

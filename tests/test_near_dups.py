@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from jobs.actions.builtin import _image
-from jobs.actions.builtin.near_dup_hash import hashes
-from sql import neardup
+from hoardfs.jobs.actions.builtin import _image
+from hoardfs.jobs.actions.builtin.near_dup_hash import hashes
+from hoardfs.sql import neardup
 from tests.helpers import REALDATA, worker_reachable_home
 from tests.near_variants import originals, variants, write_set
 from tests.test_ingest import ingest_home
@@ -120,10 +120,10 @@ def test_the_action_s_hex_hashes_become_bigints_and_bad_ones_are_refused(tmp_pat
     pattern (ffff… negative); a hash that is not 16 hex digits refuses the run's output naming
     the line and the field. A write-intent's hash outside bigint, or not a whole number, is refused
     naming results[i]."""
-    from jobs.actions import contract
-    from jobs.actions.builtin import CONTRACTS
-    from jobs.actions.parse import InputFile, OutputProblem, parse_outputs
-    from sql.intents import IntentError, parse_intent
+    from hoardfs.jobs.actions import contract
+    from hoardfs.jobs.actions.builtin import CONTRACTS
+    from hoardfs.jobs.actions.parse import InputFile, OutputProblem, parse_outputs
+    from hoardfs.sql.intents import IntentError, parse_intent
 
     c = contract.load_file(CONTRACTS / "near-dup-hash.toml")
     shas = [hashlib.sha256(f"image {i}".encode()).hexdigest() for i in range(2)]
@@ -180,7 +180,7 @@ def test_hoard_builtin_hashes_good_images_and_names_each_bad_one(tmp_path: Path)
     good = next(iter(originals(REALDATA / "images").values()))
     (inp / "good.jpg").write_bytes(good)
     bad = _bad_images(inp, good)
-    res = subprocess.run([sys.executable, "-m", "jobs.actions.builtin", "near-dup-hash", str(inp), str(out)],
+    res = subprocess.run([sys.executable, "-m", "hoardfs.jobs.actions.builtin", "near-dup-hash", str(inp), str(out)],
                          capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(REPO)})
     assert res.returncode == 0, res.stderr
     lines = res.stderr.splitlines()
@@ -210,7 +210,7 @@ def test_an_image_with_corrupt_exif_is_hashed_with_one_line_naming_it(tmp_path: 
         im.convert("RGB").save(buf, "JPEG", exif=b"Exif\0\0MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\xff\xff\xff\xff"
                                b"\0\x06\0\0")
     (inp / "odd exif.jpg").write_bytes(buf.getvalue())
-    res = subprocess.run([sys.executable, "-m", "jobs.actions.builtin", "near-dup-hash", str(inp), str(out)],
+    res = subprocess.run([sys.executable, "-m", "hoardfs.jobs.actions.builtin", "near-dup-hash", str(inp), str(out)],
                          capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(REPO)})
     assert res.returncode == 0, res.stderr
     lines = res.stderr.splitlines()
@@ -224,7 +224,7 @@ def test_an_image_with_corrupt_exif_is_hashed_with_one_line_naming_it(tmp_path: 
 def write_hashes(conn, key: str, ph: list[int], flip: list[int]) -> list[str]:
     """Image nodes with these pHashes and mirrored pHashes (64-bit patterns), written as the
     action writes them (result rows of a write-intent); their sha256s."""
-    from sql.apply import apply_write_intent
+    from hoardfs.sql.apply import apply_write_intent
 
     shas = [hashlib.sha256(f"{key} image {i}".encode()).hexdigest() for i in range(len(ph))]
     apply_write_intent(conn, {
@@ -238,12 +238,12 @@ def write_hashes(conn, key: str, ph: list[int], flip: list[int]) -> list[str]:
 
 @pytest.mark.services
 def test_deleted_images_leave_their_groups_and_near_of_uses_the_quarter_indexes(pg) -> None:
-    """sql.neardup over real PostgreSQL: an image hidden by a type-A delete is in no group and no
+    """hoardfs.sql.neardup over real PostgreSQL: an image hidden by a type-A delete is in no group and no
     one's neighbour; near_of finds neighbours within t whose differing bits are spread over all
     four quarters (t = 7: 1 bit in three quarters, 4 in one) and through a mirror, nearest first,
     and its query uses the quarter indexes (EXPLAIN)."""
-    from sql.deletion import hide_nodes
-    from sql.migrate import migrate
+    from hoardfs.sql.deletion import hide_nodes
+    from hoardfs.sql.migrate import migrate
 
     migrate(pg)
     base = 0x1234_5678_9ABC_DEF0
@@ -275,7 +275,7 @@ def test_near_of_finds_every_image_hoard_dups_groups_with_one_through_a_mirror(p
     pHash can lie within t of the other's pHash while the other's mirrored pHash lies farther
     from the first's. `hoard dups` (groups) links the two either way; the node page's
     near-duplicates (near_of) must show each from the other — the same facts judged the same way."""
-    from sql.migrate import migrate
+    from hoardfs.sql.migrate import migrate
 
     migrate(pg)
     p = 0x1234_5678_9ABC_DEF0
@@ -288,7 +288,7 @@ def test_near_of_finds_every_image_hoard_dups_groups_with_one_through_a_mirror(p
 
 
 def _hoard(cfg, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args],
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args],
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.actions.builtin.near_dup_hash import hashes
-from sql import neardup
+from hoardfs.jobs.actions.builtin.near_dup_hash import hashes
+from hoardfs.sql import neardup
 from tests.helpers import REALDATA, worker_reachable_home
 from tests.near_variants import write_set
 from tests.test_ingest import ingest_home
@@ -45,7 +45,7 @@ def _rows(pg) -> dict[str, tuple[str, str, str]]:
 
 
 def _want(images: dict[str, Path]) -> dict[str, tuple[str, str, str]]:
-    """What the action's own function makes of each image (jobs.actions.builtin.near_dup_hash)."""
+    """What the action's own function makes of each image (hoardfs.jobs.actions.builtin.near_dup_hash)."""
     return {sha: (h["phash"], h["dhash"], h["phash_flip"]) for sha, path in images.items() for h in [hashes(path)]}
 
 
@@ -61,8 +61,8 @@ def test_near_dup_at_ingest_hashes_each_batchs_images_without_a_pipeline(hoard_h
 
 
 def _hashed_at_ingest(home: Path, pg, redis_conn) -> None:
-    from jobs import ingest as ua1
-    from jobs.ingest import work_here
+    from hoardfs.jobs import ingest as ua1
+    from hoardfs.jobs.ingest import work_here
 
     made = write_set(home / "set", REALDATA / "images")
     pictures = sorted(made)
@@ -75,7 +75,7 @@ def _hashed_at_ingest(home: Path, pg, redis_conn) -> None:
 
     text = Path(cfg.source).read_text().replace("[ingest]\n", "[ingest]\nnear_dup_at_ingest = true\n", 1)
     Path(cfg.source).write_text(text)
-    from fsd.base import config
+    from hoardfs.base import config
 
     cfg = config.load(cfg.source)
     assert cfg.ingest.near_dup_at_ingest
@@ -101,5 +101,5 @@ def _hashed_at_ingest(home: Path, pg, redis_conn) -> None:
 
 
 def _hoard(cfg, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args], capture_output=True,
                           text=True, timeout=600)

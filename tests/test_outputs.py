@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.synth import Spec, generate
-from fsd.outputs import seal
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.fsd.outputs import seal
 from tests.terminal import as_foreground
 from tests.test_ingest import ingest_all, ingest_home, ingest_sample
 
@@ -32,7 +32,7 @@ def filled(hoard_home: Path, pg, redis_conn):
 
 
 def _hoard(cfg, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -103,9 +103,9 @@ def test_stage_gives_the_worker_input_and_an_empty_output(filled, tmp_path: Path
 
 DIE_BEFORE_RELEASE = """
 import os, sys
-from fsd.outputs import zones
+from hoardfs.fsd.outputs import zones
 zones.release = lambda cfg, zone, output_id: os._exit(9)  # killed after the seal, before the release
-from fsd.entry import main
+from hoardfs.cli.entry import main
 sys.argv = ["hoard", *sys.argv[1:]]
 main()
 """
@@ -181,7 +181,7 @@ def test_killed_export_resumes_without_recopying(lab_factory, hoard_home: Path, 
     as done (no 3D/<id>, the output listed incomplete), and the same command finishes it,
     keeping the files the first run had written."""
     lab, cfg, sel = _slow_lab_export(lab_factory, hoard_home, pg, redis_conn, tmp_path)
-    cmd = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "export", "ex2", "--layout", "by_sha256",
+    cmd = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "export", "ex2", "--layout", "by_sha256",
            "--selector", sel, "--here"]
     proc = subprocess.Popen(lab.wrap(cmd), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -215,7 +215,7 @@ def test_ctrl_c_mid_export_exits_130_and_the_same_command_finishes(lab_factory, 
     reads): exit 130 within seconds without a traceback, nothing sealed, the output listed
     incomplete, and the same command finishes it keeping what was written."""
     lab, cfg, sel = _slow_lab_export(lab_factory, hoard_home, pg, redis_conn, tmp_path)
-    cmd = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "export", "ex4", "--layout", "by_sha256",
+    cmd = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "export", "ex4", "--layout", "by_sha256",
            "--selector", sel, "--here"]
     proc = subprocess.Popen(lab.wrap(cmd), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=as_foreground)
@@ -244,7 +244,7 @@ def test_zone_directory_deleted_mid_export(lab_factory, hoard_home: Path, pg, re
     import shutil
 
     lab, cfg, sel = _slow_lab_export(lab_factory, hoard_home, pg, redis_conn, tmp_path)
-    cmd = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "export", "ex3", "--layout", "flat",
+    cmd = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "export", "ex3", "--layout", "flat",
            "--selector", sel, "--here"]
     proc = subprocess.Popen(lab.wrap(cmd), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _until_a_file_in(cfg.ssd.zone_path("3D") / ".tmp" / "ex3")
@@ -266,7 +266,7 @@ def test_a_killed_export_left_a_zombie_is_not_alive(lab_factory, hoard_home: Pat
     """kill -9 of an export whose parent does not reap it (State: Z): the zombie holds
     nothing, so `zones clean` and the re-run are not refused as if it still ran."""
     lab, cfg, sel = _slow_lab_export(lab_factory, hoard_home, pg, redis_conn, tmp_path)
-    cmd = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "export", "ex5", "--layout", "by_sha256",
+    cmd = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "export", "ex5", "--layout", "by_sha256",
            "--selector", sel, "--here"]
     proc = subprocess.Popen(lab.wrap(cmd), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -484,8 +484,8 @@ def test_view_mode_sidecars_are_freed_once_no_view_names_them(filled, tmp_path: 
     """A view-mode export stores each sidecar as a generated object only its view names:
     while any view names it gc keeps it (two exports share identical sidecars), once the last
     is cleaned gc frees it — and the nodes' own objects, which the batches name, stay."""
-    from fsd.outputs.manifest import iter_files
-    from fsd.store import Store
+    from hoardfs.fsd.outputs.manifest import iter_files
+    from hoardfs.fsd.store import Store
 
     cfg, _ = filled
     with open(cfg.source, "a") as f:
@@ -524,7 +524,7 @@ def test_a_batch_deleted_under_a_view_mode_export_is_freed_once_the_export_is_cl
     """A batch deleted while a view-mode export names its files: the files stay while the
     export serves them; `zones clean` of the export and gc free what only that batch and the
     export named, and every object still referenced reads back."""
-    from fsd.store import Store
+    from hoardfs.fsd.store import Store
 
     cfg, batches = filled
     with open(cfg.source, "a") as f:
@@ -626,7 +626,7 @@ def test_a_refused_request_keeps_no_id_reservation_or_problem(filled, tmp_path: 
     """W3-R: a stage/export refused before it copies (--here) is not a failed output: no state,
     no reservation, no health line, one line with the README's code, and the id takes another
     request."""
-    from jobs import outputs
+    from hoardfs.jobs import outputs
 
     cfg, _ = filled
     saved = Path(cfg.source).read_text()
@@ -653,14 +653,14 @@ def test_a_refused_request_keeps_no_id_reservation_or_problem(filled, tmp_path: 
 def test_a_workers_refusal_says_why_and_holds_nothing(filled, redis_conn, tmp_path: Path, case, code,
                                                      message) -> None:
     """W3-R: refused in the worker (the GUI's launches): `--status` says `refused` and why with
-    the README's code, no health problem, nothing to retry (`jobs.launch.retry` queued it
+    the README's code, no health problem, nothing to retry (`hoardfs.jobs.launch.retry` queued it
     again), the id takes another request."""
-    from jobs import launch, outputs
+    from hoardfs.jobs import launch, outputs
 
     cfg, _ = filled
     saved = Path(cfg.source).read_text()
     args = _refusal_setup(cfg, tmp_path, case)
-    from fsd.base import config as config_mod
+    from hoardfs.base import config as config_mod
 
     spec = outputs.make_spec("export", "refusedw", args[1], json.loads(Path(args[3]).read_text()),
                              mode="view" if "view" in args else "copy")
@@ -690,14 +690,14 @@ def test_ctrl_c_while_an_export_is_planned_keeps_nothing(filled, servers, pg, tm
     and the message said "its files so far are kept" of files never written."""
     import psycopg
 
-    from jobs import outputs
+    from hoardfs.jobs import outputs
 
     cfg, _ = filled
     sel = _selector(tmp_path, {})
     schema = pg.execute("SELECT current_schema()").fetchone()[0]
     with psycopg.connect(servers["database_url"], options=f"-c search_path={schema}") as locker:
         locker.execute("LOCK TABLE node IN ACCESS EXCLUSIVE MODE")  # the plan's first query waits for it
-        proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "export", "cc1", "--layout",
+        proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "export", "cc1", "--layout",
                                  "by_sha256", "--selector", sel, "--here"], cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, preexec_fn=as_foreground)
         waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%FROM node%%'"
@@ -720,8 +720,8 @@ def test_a_stage_whose_database_goes_before_its_context_is_planned_says_so(hoard
     """A stage's parents/children (an action's include_parents/_children) are read from the
     database after its inputs: the database gone in between is the planning refusal's one line
     (exit 3, "run the same command again"), not psycopg's OperationalError out of the run."""
-    from fsd.base import config
-    from jobs import outputs
+    from hoardfs.base import config
+    from hoardfs.jobs import outputs
 
     cfg = config.load(hoard_home / "hoard.toml")
     cfg = cfg.model_copy(update={"database_url": f"postgresql://nobody@/nodb?host={tmp_path}/nopg"})

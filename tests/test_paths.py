@@ -1,4 +1,4 @@
-"""fsd.base.paths.hostile_reason: its fast path (one character-class search and a few
+"""hoardfs.base.paths.hostile_reason: its fast path (one character-class search and a few
 substring tests) never accepts a path its full checks refuse."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fsd.base.paths as paths
+import hoardfs.base.paths as paths
 
 #: pieces that sit next to a check's edge: dots, dashes and slashes in every arrangement, each class
 #: of refused character (C0, DEL, C1, bidi, surrogate) and characters of 2, 3 and 4 bytes

@@ -10,13 +10,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd.base import config
-from fsd.store import Store
-from sql.apply import apply_write_intent
-from sql.cluster import PrivateCluster
-from sql.deletion import hide_nodes
-from sql.migrate import migrate
-from sql.pgbackrest import BackRest
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
+from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.cluster import PrivateCluster
+from hoardfs.sql.deletion import hide_nodes
+from hoardfs.sql.migrate import migrate
+from hoardfs.sql.pgbackrest import BackRest
 from tests.helpers import dir_disks_config, make_files, private_cluster
 
 # tier: each test starts a private PostgreSQL cluster

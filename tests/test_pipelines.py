@@ -1,4 +1,4 @@
-"""Pipelines (jobs.actions.pipelines, `hoard pipeline define|show|advance`): ordered stages of
+"""Pipelines (hoardfs.jobs.actions.pipelines, `hoard pipeline define|show|advance`): ordered stages of
 actions a batch goes through, each stage's run found again by its run key — on real
 PostgreSQL, Redis, the store and worker processes."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd.base import config
-from jobs.actions.state import load_state
+from hoardfs.base import config
+from hoardfs.jobs.actions.state import load_state
 from tests.test_action_runs import action_home, counts, hoard, write_contract
 from tests.test_action_workers import GATE, assert_produced_once, inputs_of, worker_contract
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsd.core.placement import Candidate, NoSpace, choose
+from hoardfs.fsd.core.placement import Candidate, NoSpace, choose
 
 cand_lists = st.lists(
     st.builds(Candidate, uuid=st.uuids().map(str), label=st.text("abcdefgh", min_size=1, max_size=4),

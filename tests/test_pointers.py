@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
 
@@ -48,7 +48,7 @@ def _views(cfg: str) -> dict:
 
 
 def _view_paths(cfg: str, name: str) -> list[str]:
-    from fsd.outputs.manifest import iter_files
+    from hoardfs.fsd.outputs.manifest import iter_files
 
     with Store.open(config.load(cfg), writable=False) as st:
         return sorted(p for p, _, _ in iter_files(st.get, st.index.get_view(name)["manifest"]))
@@ -152,7 +152,7 @@ def test_a_redefinition_after_the_clock_went_back_still_wins(tmp_path: Path, mon
     """The clock set back an hour, view v is redefined while d2 is unplugged; d2 back, the index
     lost before any writer brought d2 up: the rebuild reads d2's old pointer beside the new
     one, and the new one must be the newer (pointer_ns was the wall clock: the OLD one won)."""
-    from fsd.outputs.views import define_view_rows
+    from hoardfs.fsd.outputs.views import define_view_rows
 
     cfg, results = _store(tmp_path, n=3)
     d2 = tmp_path / "d2"
@@ -229,7 +229,7 @@ def test_a_disk_added_or_back_gets_the_database_dump_pointer(tmp_path: Path, how
     """`.hoard-db-dump.json` (what names the database dump once the SSD is lost) is kept like
     the batches' pointers: a disk added later, or one unplugged while a dump was taken, holds
     the newest one after the next writer; it survives an index rebuild."""
-    from sql.backup import _point_disks_at
+    from hoardfs.sql.backup import _point_disks_at
 
     cfg, _ = _store(tmp_path)
     doc = {"sha256": "ab" * 32, "size": 1, "taken_at": "now"}
@@ -255,8 +255,8 @@ def test_a_disk_added_or_back_gets_the_database_dump_pointer(tmp_path: Path, how
 
 
 def test_the_design_docs_pointer_example_decodes() -> None:
-    """docs/design.md's pointer example is what fsd.core.pointers reads and writes, byte for byte."""
-    from fsd.core import pointers
+    """docs/design.md's pointer example is what hoardfs.fsd.core.pointers reads and writes, byte for byte."""
+    from hoardfs.fsd.core import pointers
 
     doc_text = (Path(__file__).resolve().parent.parent / "docs" / "design.md").read_text()
     body = re.search(r"```pointer-example\n(.*?)```", doc_text, re.S).group(1).rstrip("\n").encode()

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core import shardfmt as fmt
-from fsd.core.index import Index
-from fsd.core.records import DataError, ObjectNotFound
-from fsd.maintenance.gc import RESERVE_NAME
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.index import Index
+from hoardfs.fsd.core.records import DataError, ObjectNotFound
+from hoardfs.fsd.maintenance.gc import RESERVE_NAME
+from hoardfs.fsd.store import Store
 from tests.helpers import private_cluster, write_config
 from tests.lab import CutImages, DiskProfile, Lab, stopped
 from tests.test_store import check_store
@@ -58,8 +58,8 @@ POWER_LAB = tuple(DiskProfile(label, 400, 100, 100, 10000) for label in HDDS) + 
 CHILD = """
 import os, random, sys
 from pathlib import Path
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 cfg, scratch, acklog, seed, mode = sys.argv[1:6]
 rng = random.Random(int(seed))
 scratch = Path(scratch)
@@ -72,9 +72,9 @@ def log(sign, shas):
 
 with Store.open(config.load(cfg)) as store:
     if mode == "maint":
-        from fsd.maintenance.deletion import drop_batch
-        from fsd.maintenance.gc import gc
-        from fsd.io.replicate import replicate_once
+        from hoardfs.fsd.maintenance.deletion import drop_batch
+        from hoardfs.fsd.maintenance.gc import gc
+        from hoardfs.fsd.io.replicate import replicate_once
         from tests.test_gc import _register
     n = 0
     for rnd in range(10**9):
@@ -267,8 +267,8 @@ def test_power_cuts_during_replicate_and_gc_lose_no_acknowledged_object(lab_fact
 def test_power_cut_right_after_gc_leaves_no_unreferenced_shard(lab_factory, tmp_path: Path) -> None:
     """A power cut right after gc returns finds no shard file the index has forgotten: gc's
     deletes are durable before the index stops naming them, as docs/design.md's gc order says."""
-    from fsd.maintenance.deletion import drop_batch
-    from fsd.maintenance.gc import gc
+    from hoardfs.fsd.maintenance.deletion import drop_batch
+    from hoardfs.fsd.maintenance.gc import gc
     from tests.helpers import make_files
     from tests.test_gc import _check_all, _register
 
@@ -295,7 +295,7 @@ def test_power_cut_right_after_an_index_rebuild_keeps_the_rebuilt_index(lab_fact
     """A power cut right after `hoard index rebuild` returns brings back the index it swapped in
     (the same directory, its objects readable), not the one it set aside: the swap's two renames
     are durable when the command returns (the SSD's directory is fsynced after them)."""
-    from fsd.maintenance.reindex import rebuild_index
+    from hoardfs.fsd.maintenance.reindex import rebuild_index
     from tests.helpers import make_files
 
     lab = lab_factory(POWER_LAB, throttle=False, direct_io=True)
@@ -320,7 +320,7 @@ def test_power_cut_right_after_initdb_leaves_a_cluster_that_starts_as_configured
     without an fsync: the file came back cut short, and the server refused it)."""
     import psycopg
 
-    from sql.cluster import PrivateCluster
+    from hoardfs.sql.cluster import PrivateCluster
 
     lab = lab_factory(POWER_LAB[-1:], throttle=False, direct_io=True)
     os.chmod(lab.root, 0o711)  # the server user must reach its data directory on the lab disk
@@ -344,7 +344,7 @@ def test_power_cut_before_redis_syncs_its_appends_leaves_a_redis_that_starts(lab
     block with its journal, the page only at writeback): the zeros are cut off and every entry
     synced before the cut is there (Redis refused the file, "Bad file format", and never came
     up — found by chaos seed 102)."""
-    from jobs.redis_server import PrivateRedis
+    from hoardfs.jobs.redis_server import PrivateRedis
 
     lab = lab_factory(POWER_LAB[-1:], throttle=False, direct_io=True)
     mnt = lab.disks["ssd"].mountpoint
@@ -380,7 +380,7 @@ def test_power_cut_before_redis_syncs_its_appends_leaves_a_redis_that_starts(lab
 
 
 #: argv: hoard.toml, scratch dir, ack log, stops. One put_many of ~10 MiB in groups of 256 KiB:
-#: each group's fdatasync overlaps the reading and appending of the next (fsd.io.put). Every
+#: each group's fdatasync overlaps the reading and appending of the next (hoardfs.fsd.io.put). Every
 #: file reported stored (on_result) is logged at once. Every fourth path names no file: its
 #: rejection is reported as it is read, and the first one read after the ack count passed the
 #: next of `stops` stops the writer — a complete group reported, the next one being appended.
@@ -390,8 +390,8 @@ def test_power_cut_before_redis_syncs_its_appends_leaves_a_redis_that_starts(lab
 OVERLAP_CHILD = """
 import os, random, signal, sys, time
 from pathlib import Path
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 cfg, scratch, acklog, stops = sys.argv[1:5]
 stops = sorted(int(s) for s in stops.split(","))
 rng = random.Random(35)

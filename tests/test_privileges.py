@@ -20,8 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd.base import config, modes
-from fsd.base.errors import HoardError
+from hoardfs.base import config, modes
+from hoardfs.base.errors import HoardError
 from tests.gui_browser import have_browser
 
 USER, GROUP = "nobody", "nogroup"
@@ -60,7 +60,7 @@ def readable_by_user(paths: list[Path]) -> list[str]:
 def hoard(cfg_path: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     """The real `hoard` CLI (its entry point: the umask of every hoard process), as root."""
     env = {k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "PYTEST_CURRENT_TEST")}
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args], capture_output=True,
                          text=True, env=env, timeout=600)
     if ok:
         assert res.returncode == 0, f"hoard {' '.join(args)}: {res.stdout}{res.stderr}"
@@ -90,7 +90,7 @@ def reachable(tmp_path: Path) -> Iterator[Path]:
 def home(reachable: Path, hoard_home: Path, pg: psycopg.Connection) -> Path:
     """A store made by `hoard init` with its schema, a gallery source, and 3A given to the
     scraper's group as docs/operations.md tells (`chgrp SCRAPERS 3A`)."""
-    from sql.migrate import migrate
+    from hoardfs.sql.migrate import migrate
     from tests.helpers import use_schema
 
     cfg_path = Path(use_schema(hoard_home, pg))
@@ -106,7 +106,7 @@ def home(reachable: Path, hoard_home: Path, pg: psycopg.Connection) -> Path:
 
 def _gallery(out: Path, seed: int = 3) -> Path:
     """A generated gallery batch (readable by the user: the test process's umask) in `out`."""
-    from adapters.synth import Spec, generate
+    from hoardfs.adapters.synth import Spec, generate
 
     [batch] = generate(out, Spec(seed=seed, batches=1, items_per_batch=4, sources=("gallery",), large_max_mb=1,
                                   ready_signal=True))
@@ -153,8 +153,8 @@ def test_a_file_swapped_for_a_link_to_a_secret_is_not_stored(home: Path, pg) -> 
     a root-only secret; the store step (root) stores the batch's other files, not the secret."""
     import hashlib
 
-    from fsd.store import Store
-    from jobs import ingest as ua1
+    from hoardfs.fsd.store import Store
+    from hoardfs.jobs import ingest as ua1
 
     cfg = config.load(home / "hoard.toml")
     batch = _gallery(home / "gen", seed=5)
@@ -207,8 +207,8 @@ def test_an_unprivileged_user_reads_nothing_of_a_demo_run(home: Path, private_re
     thumbnail and the private Redis's append-only file, the user can read none of the shards,
     the dump in 3B, the ingest's package in 3B, the sessions, users.json, the thumbnails, the
     index or the AOF. (The old code left them 0644 under 0755 directories.)"""
-    from fsd.outputs import thumbs
-    from jobs import users
+    from hoardfs.fsd.outputs import thumbs
+    from hoardfs.jobs import users
     from tests.gui_browser import chromium, free_port, serving, sign_in
 
     cfg_path = home / "hoard.toml"

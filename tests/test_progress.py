@@ -21,16 +21,16 @@ import pytest
 import redis
 from nicegui import run
 
-from fsd.base import config
-from fsd.base.progress import Progress, published
-from fsd.maintenance.deletion import release
-from fsd.maintenance.rebuild import rebuild
-from fsd.store import Store
-from jobs import launch
-from jobs.ingest import work_here
-from jobs.progress import KEY
-from jobs.queues import fetch_job
-from sql.migrate import migrate
+from hoardfs.base import config
+from hoardfs.base.progress import Progress, published
+from hoardfs.fsd.maintenance.deletion import release
+from hoardfs.fsd.maintenance.rebuild import rebuild
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import launch
+from hoardfs.jobs.ingest import work_here
+from hoardfs.jobs.progress import KEY
+from hoardfs.jobs.queues import fetch_job
+from hoardfs.sql.migrate import migrate
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
 from tests.helpers import dir_disks_config, make_files, use_schema
 from tests.test_cli import hoard
@@ -198,7 +198,7 @@ def _tty_run(args: list[str]) -> str:
     """Run `hoard` with stderr on a pseudo-terminal; what it drew there."""
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"} | {"TERM": "xterm", "COLUMNS": "120"}
-    proc = subprocess.Popen([sys.executable, "-m", "fsd", *args], stdout=subprocess.PIPE, stderr=slave,
+    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", *args], stdout=subprocess.PIPE, stderr=slave,
                             stdin=subprocess.DEVNULL, env=env)
     os.close(slave)
     out = b""
@@ -226,7 +226,7 @@ def test_cli_shows_a_line_per_ten_percent_or_a_bar(hoard_home: Path) -> None:
     cfg_path = _home(hoard_home)
     _fill(cfg_path, seed=4)
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "replicate", "--rate-mb-s",
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "replicate", "--rate-mb-s",
                           str(RATE)], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("replicating: ")]
@@ -250,8 +250,8 @@ async def test_run_page_and_storage_show_progress_while_it_runs(user, gui_home: 
     """While a replicate job runs in a real worker, its run page shows the figures (with an ETA)
     and so does /storage (from the snapshot); after it, the run page keeps the final figures.
     (Each page is opened once while the job runs: every open run page polls the job.)"""
-    from gui.context import ctx
-    from gui.state import STORE_LOCK
+    from hoardfs.gui.context import ctx
+    from hoardfs.gui.state import STORE_LOCK
 
     cfg_path = gui_home
     cfg_path.write_text(cfg_path.read_text().replace("[store]\n", "[store]\ncopy_of_raw = 3\n"))
@@ -320,7 +320,7 @@ def test_verify_and_gc_jobs_end_with_their_last_figures(hoard_home: Path, pg, re
         release(store, [bytes.fromhex(r.sha256) for r in results[::2]], "test")  # half of each shard is dead
     ids = [launch.launch_maintenance(cfg, "verify", {"sha256": True}),
            launch.launch_maintenance(cfg, "gc", {"threshold": 0.9})]
-    work_here(cfg, redis_conn)  # hoardfs's own in-process worker (jobs.guard: JSON jobs)
+    work_here(cfg, redis_conn)  # hoardfs's own in-process worker (hoardfs.jobs.guard: JSON jobs)
     for job_id, what in zip(ids, ("bytes checked", "live bytes copied")):
         final = json.loads(redis_conn.get(KEY.format(job_id)))
         assert final["what"] == what and final["state"] == "done", final
@@ -340,7 +340,7 @@ def test_a_killed_job_shows_no_live_figures(hoard_home: Path, redis_conn) -> Non
     watcher = Watcher(cfg.redis_url, job_id)
     watcher.start()
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    worker = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"],
+    worker = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "worker", "--burst"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 60

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import Reject
-from adapters.screen import quarantine
-from fsd.base.errors import HoardError
+from hoardfs.adapters.base import Reject
+from hoardfs.adapters.screen import quarantine
+from hoardfs.base.errors import HoardError
 
 
 def _zone(tmp_path: Path) -> tuple[Path, Path]:

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from adapters import adapter_for, parse_batch
-from adapters.records import record_json
-from adapters.strokes import DRAWING_BYTES, MAX_COORD, MAX_POINTS, SIZE, QuickDraw, draw_png, drawing_fault
-from fsd.store import Store
-from jobs import ingest as ua1
+from hoardfs.adapters import adapter_for, parse_batch
+from hoardfs.adapters.records import record_json
+from hoardfs.adapters.strokes import DRAWING_BYTES, MAX_COORD, MAX_POINTS, SIZE, QuickDraw, draw_png, drawing_fault
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import ingest as ua1
 from tests.helpers import REALDATA, needs_realdata
 from tests.test_ingest import ingest_home
 
@@ -187,7 +187,7 @@ def test_real_quickdraw_samples_parse_and_render(tmp_path: Path) -> None:
 # -- end to end ---------------------------------------------------------------------------------------
 
 def _hoard(cfg, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -267,8 +267,8 @@ def test_a_record_the_parse_never_gives_refuses_the_batch_before_anything_is_dra
     a record with strokes out of bounds, a key_id that climbs out of the directory, or a name
     given twice (what a parser made to lie could answer) refuses the batch in one line (exit 5),
     and the files drawn before it are removed from the work directory."""
-    from fsd.base.errors import HoardError
-    from jobs.ingest.render import render_all, rendered_dir
+    from hoardfs.base.errors import HoardError
+    from hoardfs.jobs.ingest.render import render_all, rendered_dir
 
     cfg = ingest_home(hoard_home, pg)
     good = {"node": ["a", "drawing", "1"], "specific": {"word": "cat", "drawing": drawing(2, "1")}, "edges": []}

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.maintenance.deletion import release
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.maintenance.deletion import release
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 
 # tier: the module's tests start hoard processes, servers or a FUSE mount
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _hoard(cfg_path: Path, *args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -62,7 +62,7 @@ def test_check_beside_a_writer_reports_no_false_disagreement(tmp_path: Path) -> 
     "used bytes" for a shard sealed between reading the shard table and the disk's record; and
     "dangling" for objects committed after the shard table was read (seen 67, 37 and 1 times in
     400 checks before the fix)."""
-    from fsd.maintenance.check import check
+    from hoardfs.fsd.maintenance.check import check
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -70,7 +70,7 @@ def test_check_beside_a_writer_reports_no_false_disagreement(tmp_path: Path) -> 
     src = tmp_path / "src"
     make_files(src, 2500, seed=9, lo=8 * 1024, hi=64 * 1024)
     log = (tmp_path / "put.log").open("w+")  # (a pipe nobody reads would stop the put when full)
-    put = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "put", str(src)], cwd=REPO,
+    put = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "put", str(src)], cwd=REPO,
                            stdout=log, stderr=subprocess.STDOUT)
 
     def sealed() -> int:

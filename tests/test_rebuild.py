@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core.index import Index
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core.index import Index
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
 from tests.test_store import check_store
@@ -89,7 +89,7 @@ def test_rebuild_resumes_after_kill_9(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "d0")
     (tmp_path / "d4").mkdir()
     assert hoard("--config", cfg_path, "disks", "add", str(tmp_path / "d4"), "--label", "d4").returncode == 0
-    child = subprocess.Popen([sys.executable, "-m", "fsd", "--config", cfg_path, "rebuild", "--disk", "d0",
+    child = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", cfg_path, "rebuild", "--disk", "d0",
                               "--onto", "d4", "--rate-mb-s", "3"], cwd=REPO)
     deadline = time.monotonic() + 60
     while _shards_on(cfg_path, "d4") < 2 and time.monotonic() < deadline:
@@ -113,7 +113,7 @@ def test_rebuild_resumes_after_kill_9(tmp_path: Path) -> None:
 def test_two_disks_lost_with_three_copies(tmp_path: Path) -> None:
     """copy_of_raw=3 on five disks: two disks die, every object still reads back, and two
     rebuilds restore three copies of everything."""
-    from fsd.io.replicate import replicate_once
+    from hoardfs.fsd.io.replicate import replicate_once
 
     cfg_path = str(dir_disks_config(tmp_path, 5, shard_size_mb=1, copy_of_raw=3))
     cfg = config.load(cfg_path)

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core import shardfmt as fmt
-from fsd.core.index import Index
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.index import Index
+from hoardfs.fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, flip_byte, make_files
 from tests.test_store import check_store
 
 DIE_BEFORE_SEAL = """
 import os, sys
-from fsd.base import config
-from fsd.store import Store
-from fsd.io.writer import ShardWriter
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
+from hoardfs.fsd.io.writer import ShardWriter
 ShardWriter.seal = lambda self: os._exit(9)  # the process dies after its last commit, before sealing
 paths = open(sys.argv[2]).read().split()
 store = Store.open(config.load(sys.argv[1]))
@@ -76,7 +76,7 @@ def test_recovery_keeps_the_healthy_replica(tmp_path: Path) -> None:
         aside = list((second.root / "orphans").iterdir())
         assert len(aside) == 1 and aside[0].stat().st_size == victim_bytes  # renamed whole, not cut
         assert not victim.exists()
-        from fsd.io.replicate import replicate_once
+        from hoardfs.fsd.io.replicate import replicate_once
 
         replicate_once(store, rate_mb_s=None)
         assert len(store.index.get_shard(meta.shard_id).replicas) == 2
@@ -106,7 +106,7 @@ def test_recovery_cuts_nothing_when_no_replica_is_whole(tmp_path: Path) -> None:
         status = store.status()
         assert status["open_without_writer"] == [meta.hex]
         assert status["recovery_incomplete"][0]["shard"] == meta.hex
-    from jobs.health import collect
+    from hoardfs.jobs.health import collect
 
     problems = [p for p in collect(cfg)["problems"] if p.startswith("store:")]
     assert any("open shards have no writer left" in p for p in problems), problems

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.base.errors import HoardError
-from fsd.io.replicate import replicate_once
-from fsd.maintenance.reindex import index_copies
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.base.errors import HoardError
+from hoardfs.fsd.io.replicate import replicate_once
+from hoardfs.fsd.maintenance.reindex import index_copies
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files, write_config
 from tests.lab import DiskProfile
 from tests.test_cli import hoard
@@ -91,7 +91,7 @@ def test_health_without_an_index_answers_at_once_and_names_the_restore(tmp_path:
     once (it does not take the store's wait for an index being swapped in) and names the
     restore, not `hoard init` alone (which refuses a store whose disks hold shards, after
     making an empty index there)."""
-    from fsd.maintenance.health import store_status, verified_by_disk
+    from hoardfs.fsd.maintenance.health import store_status, verified_by_disk
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
     with Store.open(cfg, init=True) as store:
@@ -111,7 +111,7 @@ def test_an_empty_index_file_is_no_index(tmp_path: Path) -> None:
     """A zero-byte `data.mdb` (a crash on a filesystem that lost the file's data, a copy cut
     short) is no index: a reader refuses in one line and leaves it as it is — LMDB would have
     written a new, empty index into it — and health says so at once."""
-    from fsd.maintenance.health import store_status
+    from hoardfs.fsd.maintenance.health import store_status
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -315,7 +315,7 @@ def test_a_planted_log_beside_the_marks_log_does_not_hide_it(tmp_path: Path) -> 
     skipped the real log on every disk — it swapped in an index without the hides, deletions
     and roots (exit 0), and its writer seeded every log with that. The planted file is named
     and the real log is replayed; `hoard check` names it and still finds the logs agree."""
-    from fsd.maintenance.deletion import hide
+    from hoardfs.fsd.maintenance.deletion import hide
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -373,7 +373,7 @@ def test_a_huge_or_dangling_pointer_is_reported(tmp_path: Path) -> None:
 def _open_shard_on_two_disks(tmp_path: Path, n: int = 30):
     """A shard left open on d0 and d1 by a writer that died after committing `n` files (their
     bytes fsynced on both, indexed): the config and the two `.open` files."""
-    from fsd.io.put import _Batch
+    from hoardfs.fsd.io.put import _Batch
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=8))
     with Store.open(cfg, init=True) as store:
@@ -392,7 +392,7 @@ def _open_shard_on_two_disks(tmp_path: Path, n: int = 30):
 
 def test_rebuild_indexes_an_open_shard_that_the_next_writer_seals(tmp_path: Path) -> None:
     """A shard left open by a crash (no footer) is found by scanning; recovery then seals it."""
-    from fsd.maintenance.reindex import rebuild_index
+    from hoardfs.fsd.maintenance.reindex import rebuild_index
 
     cfg, _ = _open_shard_on_two_disks(tmp_path)
     shutil.rmtree(cfg.index_dir)
@@ -411,8 +411,8 @@ def test_an_open_shard_with_a_torn_copy_keeps_the_longer_copy(tmp_path: Path) ->
     its tail): the next writer's recovery keeps the copy that holds every record and sets the
     torn one aside — it cut the whole copy down to the torn one's end (the rebuilt index knew
     no acknowledged end), losing the objects past it."""
-    from fsd.core.disks import ORPHANS_DIR
-    from fsd.maintenance.reindex import rebuild_index
+    from hoardfs.fsd.core.disks import ORPHANS_DIR
+    from hoardfs.fsd.maintenance.reindex import rebuild_index
 
     cfg, (whole, torn) = _open_shard_on_two_disks(tmp_path)
     data = torn.read_bytes()
@@ -432,7 +432,7 @@ def _sealed_shard_with_a_stale_open_copy(tmp_path: Path):
     `.open` file of it holding its first two records (what a writer leaves on a disk that
     dropped out mid-write): config path, settings, the put results, the shard's metadata, the
     labels of its two disks, its two sealed files and the stale one."""
-    from fsd.core import shardfmt as fmt
+    from hoardfs.fsd.core import shardfmt as fmt
 
     cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -496,7 +496,7 @@ def test_a_sealed_copy_with_a_damaged_footer_keeps_its_records(tmp_path: Path) -
     index, and the damaged files left as orphans (a copy renames over them). Their records
     are verified one by one: they are indexed, and the writer's recovery seals those copies
     again and sets the stale one aside."""
-    from fsd.core.disks import ORPHANS_DIR
+    from hoardfs.fsd.core.disks import ORPHANS_DIR
 
     cfg_path, cfg, results, meta, holders, copies, stale = _sealed_shard_with_a_stale_open_copy(tmp_path)
     for p in copies:
@@ -543,8 +543,8 @@ def test_two_index_backups_at_once_each_leave_a_whole_copy(tmp_path: Path, monke
     (before, it deleted the first's half-written `index-copy.tmp`, and the first then swapped in
     the second's copy while it was being written — or failed); both end, and every copy opens
     and holds every object."""
-    from fsd.core.index import Index
-    from fsd.maintenance import reindex
+    from hoardfs.fsd.core.index import Index
+    from hoardfs.fsd.maintenance import reindex
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
     with Store.open(cfg, init=True) as store:
@@ -648,7 +648,7 @@ def test_a_disk_that_vanishes_during_the_scan_leaves_the_index_as_it_was(lab_fac
     rebuild stops naming the disk and swaps nothing in; with the disk back the rebuild
     completes with every replica (found by the chaos suite, seed 162: the index came out
     without the disk and the store then refused it)."""
-    from fsd.maintenance.reindex import rebuild_index
+    from hoardfs.fsd.maintenance.reindex import rebuild_index
 
     lab = lab_factory([DiskProfile(f"r{i}", 200, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
     disks = [(label, lab.disks[label].mountpoint, None) for label in ("r1", "r2", "r3")]
@@ -685,7 +685,7 @@ def test_a_folder_that_does_not_list_stops_the_rebuild(tmp_path: Path, monkeypat
     stops naming it and `--without`, nothing swapped in; once it reads, the rebuild gives the
     whole index again. (The EIO is injected into os.scandir: the lab's
     dying disk still lists folders whose blocks the kernel keeps.)"""
-    from fsd.maintenance.reindex import rebuild_index
+    from hoardfs.fsd.maintenance.reindex import rebuild_index
 
     # a replica on every disk: d1 always holds shards (with 2 of 3, placement sometimes left
     # d1 without one, its shards/ was never listed and the rebuild rightly went on)
@@ -735,8 +735,8 @@ def test_a_marks_log_pointer_or_shard_that_does_not_read_stops_the_rebuild(lab_f
     advice `hoard verify --repair`, which does nothing for a log); its writer then seeded
     every log with that. A file that does not read is a disk that does not read (as a folder
     that does not list: chaos seed 1101): the rebuild stops naming it, the index as it was."""
-    from fsd.maintenance.deletion import hide
-    from fsd.maintenance.reindex import rebuild_index
+    from hoardfs.fsd.maintenance.deletion import hide
+    from hoardfs.fsd.maintenance.reindex import rebuild_index
 
     lab = lab_factory([DiskProfile(f"k{i}", 120, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
     disks = [(label, lab.disks[label].mountpoint, None) for label in ("k1", "k2", "k3")]
@@ -749,7 +749,7 @@ def test_a_marks_log_pointer_or_shard_that_does_not_read_stops_the_rebuild(lab_f
     with Store.open(cfg) as store:  # k1 alone takes the hides and the view
         assert hide(store, hidden, "test: hidden while k2 and k3 were unplugged") == 3
         # (what it holds given: the object may be on k2 and k3 alone, and a registration reads the
-        # manifest for its `held` entries otherwise — fsd.core.held; an object that is no manifest names itself)
+        # manifest for its `held` entries otherwise — hoardfs.fsd.core.held; an object that is no manifest names itself)
         store.register_view("v1", {"manifest": results[4].sha256}, holds=[bytes.fromhex(results[4].sha256)])
     lab.reappear("k2")
     lab.reappear("k3")
@@ -783,7 +783,7 @@ def test_an_unreadable_forgotten_marker_does_not_leave_a_disk_out(tmp_path: Path
     """A disk whose `hoard disks forget` marker cannot be read (an I/O error there: chaos seed
     412 hit EIO) is not taken as forgotten — the rebuild left the live disk out and exited 0,
     and the disk was then unknown; it refuses, naming it, like any disk that does not read."""
-    from fsd.core.layout import FORGOTTEN
+    from hoardfs.fsd.core.layout import FORGOTTEN
 
     cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=2)
     cfg = config.load(cfg_path)
@@ -803,11 +803,11 @@ def test_what_a_killed_rebuild_left_is_named_alike_and_removed_but_never_a_runni
     and the next step — and removed by the next writer's open and by the next rebuild; while a
     rebuild runs (it holds the readers lock exclusively) they are its own: neither named nor
     removed. Before, nothing named them, and they stayed until the next rebuild."""
-    from fsd.core import storelock
-    from fsd.core.layout import lock_root
-    from fsd.maintenance.check import check
-    from fsd.maintenance.health import store_problems, store_status
-    from fsd.maintenance.reindex import rebuild_index
+    from hoardfs.fsd.core import storelock
+    from hoardfs.fsd.core.layout import lock_root
+    from hoardfs.fsd.maintenance.check import check
+    from hoardfs.fsd.maintenance.health import store_problems, store_status
+    from hoardfs.fsd.maintenance.reindex import rebuild_index
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
     with Store.open(cfg, init=True) as store:
@@ -848,8 +848,8 @@ def test_a_rebuild_ending_while_health_looks_is_not_named_as_leftovers(tmp_path:
     rebuild that ended in between (its folders removed, the lock given back) left nothing — but
     health named the folders it had seen as a killed rebuild's leftovers, an alarm without a
     cause. The interleaving is made by ending the rebuild inside the probe."""
-    from fsd.core import layout
-    from fsd.maintenance.health import store_problems, store_status
+    from hoardfs.fsd.core import layout
+    from hoardfs.fsd.maintenance.health import store_problems, store_status
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
     Store.open(cfg, init=True).close()
@@ -880,7 +880,7 @@ def test_a_leftover_that_is_a_symlink_or_a_file_is_removed_by_the_next_rebuild_n
     the new index built in the directory it points at and renamed into place as the index (a
     symlink out of the SSD); a file stopped the rebuild with a bare FileExistsError, and a file
     named `index.restore` made restore call every index copy on the disks unreadable."""
-    from fsd.maintenance import reindex
+    from hoardfs.fsd.maintenance import reindex
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
     with Store.open(cfg, init=True) as store:
@@ -943,7 +943,7 @@ def test_the_advice_for_a_leftover_that_cannot_be_removed_says_so(tmp_path: Path
 
 def test_a_rebuild_killed_between_its_two_renames_loses_nothing_the_index_knew(tmp_path: Path) -> None:
     """`hoard index rebuild` swaps its new index in by two renames: the index set aside
-    (`index.old-<time>`), then `index.rebuild` renamed to `index` (fsd.maintenance.reindex). A
+    (`index.old-<time>`), then `index.rebuild` renamed to `index` (hoardfs.fsd.maintenance.reindex). A
     kill or power cut between them leaves no `index` — the finished new one is `index.rebuild`,
     the one it replaces `index.old-<time>`. Health, check and every open then say "no index …
     `hoard index restore` or `hoard index rebuild`"; the rebuild they advise must not lose what
@@ -951,8 +951,8 @@ def test_a_rebuild_killed_between_its_two_renames_loses_nothing_the_index_knew(t
     `index.rebuild` as a leftover and took the disk states from the missing `index`: the
     retired disk came back active (new replicas would go to it). Now the states come from the
     index the killed rebuild set aside (`_last_index`)."""
-    from fsd.core.disks import DiskState
-    from fsd.maintenance.reindex import rebuild_index
+    from hoardfs.fsd.core.disks import DiskState
+    from hoardfs.fsd.maintenance.reindex import rebuild_index
 
     cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1))
     with Store.open(cfg, init=True) as store:
@@ -980,9 +980,9 @@ def test_an_index_backup_waits_while_a_restore_works_from_a_copy(tmp_path: Path)
     import subprocess
     import sys
 
-    from fsd.core import storelock
-    from fsd.core.layout import lock_root
-    from fsd.maintenance import reindex
+    from hoardfs.fsd.core import storelock
+    from hoardfs.fsd.core.layout import lock_root
+    from hoardfs.fsd.maintenance import reindex
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -996,7 +996,7 @@ def test_an_index_backup_waits_while_a_restore_works_from_a_copy(tmp_path: Path)
     before = stamps()
     with storelock.exclusive(lock_root(cfg), "index restore"), \
             storelock.exclusive(lock_root(cfg), "index restore", storelock.READERS):  # a restore runs
-        proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "index", "backup"],
+        proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "index", "backup"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             proc.wait(5)

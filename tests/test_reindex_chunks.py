@@ -1,6 +1,6 @@
 """`hoard index rebuild` in bounded memory (issue 37) loses nothing at its seams: objects are
 spilled to disk and written in chunks, the marks logs spilled and replayed object by object
-(fsd.core.spill, marks.settle). With chunks of a few entries — every object's records, its
+(hoardfs.fsd.core.spill, marks.settle). With chunks of a few entries — every object's records, its
 copies on several disks and its marks-log records on each, fall around many boundaries —
 the rebuilt index is the index it replaces, table by table, and every object reads back."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.maintenance import reindex
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.maintenance import reindex
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from fsd.base import config
-from fsd.core import formats, held, txnlog
-from fsd.core.index import Index
-from fsd.maintenance import reindex
-from fsd.outputs.manifest import batch_manifest
-from fsd.outputs.views import define_view_rows
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import formats, held, txnlog
+from hoardfs.fsd.core.index import Index
+from hoardfs.fsd.maintenance import reindex
+from hoardfs.fsd.outputs.manifest import batch_manifest
+from hoardfs.fsd.outputs.views import define_view_rows
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, flip_byte
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd.core import marks
+from hoardfs.fsd.core import marks
 from tests.test_cli_put import _hoard
 from tests.test_health_marks_tail import _check, _health, _put, _store
 
@@ -58,8 +58,8 @@ def test_a_hostile_remembered_judgement_is_one_clear_reading_not_a_traceback(tmp
     "replays x mark(s) differently")."""
     import json
 
-    from fsd.base import config
-    from fsd.io import judged as judged_mod
+    from hoardfs.base import config
+    from hoardfs.fsd.io import judged as judged_mod
 
     cfg = _store(tmp_path)
     assert _health(cfg)[0] == []
@@ -82,7 +82,7 @@ def test_a_zone_record_stamped_in_the_future_is_not_trusted_beyond_the_recount(t
     long as the clock had been ahead)."""
     import json
 
-    from fsd.outputs import zones
+    from hoardfs.fsd.outputs import zones
     from tests.test_zones import sealed_output, zone_config
 
     cfg = zone_config(tmp_path)
@@ -102,7 +102,7 @@ def test_a_damaged_zone_record_is_walked_not_a_traceback(tmp_path: Path, doc: di
     never a traceback out of a reservation or health's zone card."""
     import json
 
-    from fsd.outputs import zones
+    from hoardfs.fsd.outputs import zones
     from tests.test_zones import sealed_output, zone_config
 
     cfg = zone_config(tmp_path)

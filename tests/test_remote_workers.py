@@ -29,17 +29,17 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from adapters.synth import Spec
-from fsd.base import config
-from fsd.base.proc import process_space, which
-from fsd.core.records import DataError
-from fsd.io.replicate import replicate_once
-from fsd.outputs import seal
-from fsd.store import Store
-from jobs import remote as remote_mod
-from jobs.guard import SERIALIZER
-from jobs.queues import HoardWorker, fetch_job, rq_queue
-from jobs.reaper import reap
+from hoardfs.adapters.synth import Spec
+from hoardfs.base import config
+from hoardfs.base.proc import process_space, which
+from hoardfs.fsd.core.records import DataError
+from hoardfs.fsd.io.replicate import replicate_once
+from hoardfs.fsd.outputs import seal
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import remote as remote_mod
+from hoardfs.jobs.guard import SERIALIZER
+from hoardfs.jobs.queues import HoardWorker, fetch_job, rq_queue
+from hoardfs.jobs.reaper import reap
 from tests.helpers import missing, write_config
 from tests.s3fault import FaultProxy
 from tests.test_ingest import ingest_sample
@@ -112,7 +112,7 @@ class Host:
     def start_worker(self, cfg: Path) -> subprocess.Popen:
         """`hoard worker` inside the namespace, with this host's own hoard.toml."""
         log = (self.home / f"worker-{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-m", "fsd", "--config", str(cfg),
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-m", "hoardfs", "--config", str(cfg),
                                  "worker"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs.append(proc)
@@ -178,7 +178,7 @@ def _remote_config(home: Path, server_ip: str, port: int, password: str, endpoin
 
 
 def _hoard(cfg: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -293,13 +293,13 @@ def test_a_worker_on_another_host_stages_and_exports_from_the_s3_disk(cluster, t
 #: key of the host's own
 FROM_A_HOST = """
 import sys
-from fsd.base import config
-from jobs import jobkey
-from jobs.queues import connect, rq_queue
+from hoardfs.base import config
+from hoardfs.jobs import jobkey
+from hoardfs.jobs.queues import connect, rq_queue
 cfg = config.load(sys.argv[1])
 conn = connect(cfg.redis_url)
-rq_queue("maintenance", conn).enqueue("jobs.maintenance.run", "backup", sys.argv[2], job_id="from-host")
-rq_queue("maintenance", conn, jobkey.of(cfg)).enqueue("jobs.maintenance.run", "backup", sys.argv[2],
+rq_queue("maintenance", conn).enqueue("hoardfs.jobs.maintenance.run", "backup", sys.argv[2], job_id="from-host")
+rq_queue("maintenance", conn, jobkey.of(cfg)).enqueue("hoardfs.jobs.maintenance.run", "backup", sys.argv[2],
                                                       job_id="from-host-key")
 """
 
@@ -328,7 +328,7 @@ def test_a_remote_host_cannot_queue_a_server_job(cluster) -> None:
         assert fetch_job(job_id, conn).get_status(refresh=True) == "failed"
     assert sorted(zone3b.rglob("*")) == before, "a backup was made"
 
-    from jobs.launch import launch_maintenance
+    from hoardfs.jobs.launch import launch_maintenance
 
     job_id = launch_maintenance(cfg, "backup", {}, by="test")
     out = _hoard(main, "worker", "--queues", "maintenance", "--burst")
@@ -352,7 +352,7 @@ def test_a_host_killed_mid_stage_has_its_job_queued_again_and_finished_elsewhere
     cfg = config.load(main)
     shas = _nodes(cfg, tmp_path / "shas.txt")
     _onto_the_bucket(main)
-    reaper = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(main), "worker", "--queues", "sql"],
+    reaper = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(main), "worker", "--queues", "sql"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               stdin=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -410,7 +410,7 @@ def _started(conn, job_id: str, name: str = "io") -> tuple[Worker, Job]:
     """A job on queue `name` taken by a worker of this process, as RQ's worker takes one (its
     execution in the started registry, the job `started` with a heartbeat now)."""
     queue = rq_queue(name, conn)
-    queue.enqueue("jobs.outputs.run_job", None, job_id, job_id=job_id)
+    queue.enqueue("hoardfs.jobs.outputs.run_job", None, job_id, job_id=job_id)
     worker = Worker([queue], connection=conn, serializer=SERIALIZER)
     worker.register_birth()
     job = queue.dequeue_any([queue], None, connection=conn, serializer=SERIALIZER)[0]
@@ -445,7 +445,7 @@ def test_the_reaper_queues_again_a_job_its_worker_took_but_never_started(redis_c
     worker of that queue only. The reaper queues it again after two sightings `reap_after_s`
     apart, once; a job in the list that its worker started is left alone."""
     queue = rq_queue(remote_mod.QUEUE, redis_conn)
-    queue.enqueue("jobs.outputs.run_job", None, "lost", job_id="lost")
+    queue.enqueue("hoardfs.jobs.outputs.run_job", None, "lost", job_id="lost")
     assert Queue.lmove(redis_conn, queue.key, None) is not None  # BLMOVE, as `hoard worker` takes it
     assert redis_conn.lrange(queue.intermediate_queue_key, 0, -1) == [b"lost"] and queue.job_ids == []
     now = dt.datetime.now(dt.UTC)
@@ -507,7 +507,7 @@ def test_the_reaper_never_takes_a_job_a_live_worker_just_took_on_an_old_sighting
     not of this one — the job is left to its worker (before: taken and queued again, run by
     two workers at once)."""
     queue = rq_queue(remote_mod.QUEUE, redis_conn)
-    queue.enqueue("jobs.outputs.run_job", None, "again", job_id="again")
+    queue.enqueue("hoardfs.jobs.outputs.run_job", None, "again", job_id="again")
     assert Queue.lmove(redis_conn, queue.key, None) is not None  # a live worker takes it...
     now = dt.datetime.now(dt.UTC)
     assert reap(redis_conn, 40, now=now) == []  # ...as the reaper passes: seen
@@ -647,7 +647,7 @@ def test_a_hostile_plan_queued_by_hand_writes_nothing_outside_the_zone(redis_con
     an absolute path, a path beside the layout's directory — with sidecar bytes of its choosing:
     refused in one line before anything is written or recorded (the sidecars were written
     outside the zone, to the job's paths, before any record was read)."""
-    from jobs.guard import refusal
+    from hoardfs.jobs.guard import refusal
 
     root = tmp_path / "host"
     for d in ("d0", "d1", "ssd/3A", "ssd/3B", "ssd/3C", "ssd/3D"):
@@ -662,7 +662,7 @@ def test_a_hostile_plan_queued_by_hand_writes_nothing_outside_the_zone(redis_con
             "name": "x", "template": "{sha256}", "sidecars": True, "per_locator": False}}
         plan = {"nodes": 1, "items": [["x/input/ok", sha, 1, None], [path, sha, 1, "bytes of the job's choosing"]],
                 "where": where}
-        job = rq_queue(remote_mod.QUEUE, redis_conn).enqueue("jobs.remote.run_output", None, spec, plan,
+        job = rq_queue(remote_mod.QUEUE, redis_conn).enqueue("hoardfs.jobs.remote.run_output", None, spec, plan,
                                                             job_id=f"remote-stage-evil{n}")
         assert refusal(fetch_job(job.id, redis_conn), cfg_path) == ""  # what the guard lets through
         with pytest.raises(remote_mod.RemoteError) as e:
@@ -690,7 +690,7 @@ def test_after_redis_was_down_the_reaper_lets_live_workers_beat_again_first(tmp_
     the reaper takes nothing before reap_after_s has passed with Redis there (it used to take
     the job at its first look, from its live worker: another host made the output again); a job
     whose worker stays silent after that is taken as before."""
-    from jobs.reaper import Reaper
+    from hoardfs.jobs.reaper import Reaper
 
     with FaultProxy("http://127.0.0.1:1") as probe:  # a free port, taken and given back
         port = int(probe.endpoint.rsplit(":", 1)[1])

@@ -1,4 +1,4 @@
-"""One shard copy (fsd.io.replica.copy_shard, under rebuild, replicate, scrub and drain): the
+"""One shard copy (hoardfs.fsd.io.replica.copy_shard, under rebuild, replicate, scrub and drain): the
 footer goes first, each piece is pushed to the disk and read back while the next is written.
 These tests try to get a bad copy named as a good one: odd geometries (a footer spanning
 pieces, one piece, a record spanning many), a damaged source, a destination that stops
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.base.errors import HoardError
-from fsd.core import shardfmt as fmt
-from fsd.core.disks import DiskState
-from fsd.io import replica
-from fsd.io.replica import check_replica, copy_shard
-from fsd.io.replicate import repair_reported
-from fsd.maintenance.rebuild import rebuild
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.base.errors import HoardError
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.disks import DiskState
+from hoardfs.fsd.io import replica
+from hoardfs.fsd.io.replica import check_replica, copy_shard
+from hoardfs.fsd.io.replicate import repair_reported
+from hoardfs.fsd.maintenance.rebuild import rebuild
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, flip_byte, write_config
 from tests.lab import DiskProfile
 from tests.terminal import as_foreground
@@ -219,7 +219,7 @@ def test_an_interrupted_rebuild_stops_at_once_and_the_next_run_finishes(tmp_path
     datas = [os.urandom(900_000) for _ in range(40)]
     results = store.put_bytes_many(datas)
     store.close()
-    cmd = [sys.executable, "-m", "fsd", "--config", str(cfg_path), "rebuild", "--disk", "d1", "--yes"]
+    cmd = [sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "rebuild", "--disk", "d1", "--yes"]
     proc = subprocess.Popen([*cmd, "--rate-mb-s", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=as_foreground)
     try:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core.records import ObjectNotFound
-from fsd.maintenance.deletion import drop_batch, release
-from fsd.maintenance.gc import gc
-from fsd.maintenance.reindex import rebuild_index
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core.records import ObjectNotFound
+from hoardfs.fsd.maintenance.deletion import drop_batch, release
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.maintenance.reindex import rebuild_index
+from hoardfs.fsd.store import Store
 from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store
@@ -100,7 +100,7 @@ def test_release_then_gc_frees_only_what_nothing_else_needs(store_factory, tmp_p
 
 
 def test_release_of_an_unknown_object_changes_nothing(store_factory, tmp_path: Path) -> None:
-    from fsd.base.errors import HoardError
+    from hoardfs.base.errors import HoardError
 
     store = store_factory(n_disks=2, caps=None, shard_size_mb=1)
     acked = store.put_many(make_files(tmp_path / "a", 1, seed=4), root=PUT)
@@ -164,7 +164,7 @@ def test_put_racing_delete_batch_and_gc_loses_nothing(hoard_home: Path, pg, tmp_
     """A second process: `hoard put` of files a registered batch also holds runs while another
     process drops the batch and gcs, three rounds with new batches; every object `put --json`
     printed reads back afterwards, whatever the interleaving."""
-    from sql.migrate import migrate
+    from hoardfs.sql.migrate import migrate
     from tests.helpers import use_schema
 
     migrate(pg)
@@ -177,7 +177,7 @@ def test_put_racing_delete_batch_and_gc_loses_nothing(hoard_home: Path, pg, tmp_
         files = make_files(tmp_path / f"r{rnd}", 120, seed=10 + rnd, lo=256, hi=8 * 1024)
         with Store.open(config.load(cfg)) as store:
             _register(store, f"batch-{rnd}", store.put_many(files))
-        put = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg), "put", "--json",
+        put = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg), "put", "--json",
                                 *map(str, files[::2])], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
         time.sleep(0.05 * rnd)  # a different interleaving each round
@@ -204,7 +204,7 @@ def test_killed_put_has_rooted_everything_it_printed(tmp_path: Path) -> None:
     files = make_files(tmp_path / "in", 400, seed=20, lo=16 * 1024, hi=64 * 1024)
     with Store.open(config.load(cfg)) as store:
         _register(store, "batch-k", store.put_many(files[200:]))  # the second half is "existing" for put
-    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg), "put", "--json",
+    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg), "put", "--json",
                              *map(str, files[150:] + files[:150])], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     printed = []

@@ -12,7 +12,7 @@ from tests.gui_fixtures import gui_home, user  # noqa: F401 - fixtures
 
 @pytest.mark.expect_log(r"StartedJobRegistry cleanup: h-cb Moved to FailedJobRegistry", level="WARNING")
 def test_an_abandoned_job_runs_no_callback_it_names(hoard_home: Path, redis_conn) -> None:
-    """jobs.guard refuses a dequeued job naming callbacks; but RQ's registry clean-up (the
+    """hoardfs.jobs.guard refuses a dequeued job naming callbacks; but RQ's registry clean-up (the
     worker's, at start and every few minutes) fetched every job of `rq:wip:<queue>` whose
     time had passed and called its failure callback — imported by the name in the job hash,
     called with the job, nothing checked. A job hash written into Redis with
@@ -26,7 +26,7 @@ def test_an_abandoned_job_runs_no_callback_it_names(hoard_home: Path, redis_conn
 
     cfg = hoard_home / "hoard.toml"
     assert _hoard(cfg, "init").returncode == 0
-    data = json.dumps(["jobs.store_jobs.replicate", None, [str(cfg.resolve()), 60, None], {}]).encode()
+    data = json.dumps(["hoardfs.jobs.store_jobs.replicate", None, [str(cfg.resolve()), 60, None], {}]).encode()
     redis_conn.hset("rq:job:h-cb", mapping={
         "data": zlib.compress(data), "origin": "maintenance", "status": "started",
         "created_at": "2026-01-01T00:00:00.000000Z", "enqueued_at": "2026-01-01T00:00:00.000000Z",
@@ -41,7 +41,7 @@ def test_an_abandoned_job_runs_no_callback_it_names(hoard_home: Path, redis_conn
 
 @pytest.mark.timeout(120)
 async def test_rq_dashboard_never_unpickles_a_job(user, redis_conn, tmp_path: Path) -> None:
-    """The GUI reads jobs with the JSON serializer (jobs.guard); rq-dashboard's job page and its
+    """The GUI reads jobs with the JSON serializer (hoardfs.jobs.guard); rq-dashboard's job page and its
     delete route did not: `Job.fetch(job_id, connection=…)` with RQ's default serializer, and
     RQ decodes a job's `meta` as it fetches it. A job hash with a pickled `meta` (written by
     whoever reaches Redis) ran its command in the GUI's process (root) when a signed-in viewer
@@ -49,13 +49,13 @@ async def test_rq_dashboard_never_unpickles_a_job(user, redis_conn, tmp_path: Pa
     import pickle
     import zlib
 
-    from jobs.guard import SERIALIZER
+    from hoardfs.jobs.guard import SERIALIZER
     from tests.gui_fixtures import sign_in
     from tests.test_worker_guard import _RunsOnUnpickle
 
     marker = tmp_path / "pwned"
     redis_conn.hset("rq:job:h-view", mapping={
-        "data": zlib.compress(SERIALIZER.dumps(["jobs.store_jobs.replicate", None, [], {}])), "origin": "maintenance",
+        "data": zlib.compress(SERIALIZER.dumps(["hoardfs.jobs.store_jobs.replicate", None, [], {}])), "origin": "maintenance",
         "status": "failed", "created_at": "2026-01-01T00:00:00.000000Z", "description": "hostile",
         "meta": pickle.dumps(_RunsOnUnpickle(f"id > {marker}"))})
     try:
@@ -69,13 +69,13 @@ async def test_rq_dashboard_never_unpickles_a_job(user, redis_conn, tmp_path: Pa
 
 async def test_rq_dashboard_escapes_the_keys_of_a_result_too(user, redis_conn) -> None:
     """rq-dashboard's job page writes `JSON.stringify(d.result)` into a `<pre>` unescaped, and
-    `gui.rqdash` escaped the strings of its JSON but not the keys of an object: a result
+    `hoardfs.gui.rqdash` escaped the strings of its JSON but not the keys of an object: a result
     `{"<form action=/rq/requeue/ingest method=post><button>…": 1}` came out as a form on
     the GUI's own page (same origin: its POST passes the acting check), the issue's "also
     seen". Keys are escaped as values are now."""
     from rq.results import Result
 
-    from jobs.queues import rq_queue
+    from hoardfs.jobs.queues import rq_queue
     from tests.gui_fixtures import sign_in
 
     evil = "<form action=/rq/requeue/ingest method=post><button>session expired: continue</button></form>"

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.base.errors import ConfigError, HoardError
-from fsd.base.proc import booted_ns, pid_start
-from fsd.core import backend, s3
-from fsd.core import shardfmt as fmt
-from fsd.core.disks import DiskGone, LocalDisk, write_identity
+from hoardfs.base import config
+from hoardfs.base.errors import ConfigError, HoardError
+from hoardfs.base.proc import booted_ns, pid_start
+from hoardfs.fsd.core import backend, s3
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.disks import DiskGone, LocalDisk, write_identity
 from tests import ceph_rgw as ceph_mod
 from tests import seaweedfs as weed_mod
 from tests.helpers import ENGINE_FIXTURES, REPO, S3_ENGINES, flip_byte, missing
@@ -248,7 +248,7 @@ def test_the_tmp_sweep_skips_a_file_a_seal_unlinks_under_it(tmp_path: Path, monk
     """A seal unlinks its staging file in the staging folder's tmp/ without the maintenance lock
     the orphan sweep holds: one gone between the sweep's listing and its look at it is skipped,
     not an internal error (review 47: `hoard verify --orphans` beside a writer)."""
-    from fsd.core.beside import LocalBeside
+    from hoardfs.fsd.core.beside import LocalBeside
 
     (tmp_path / "tmp").mkdir()
     dropped, old = tmp_path / "tmp" / "aa.sealed.0001", tmp_path / "tmp" / "copy.tmp"
@@ -293,8 +293,8 @@ def test_a_staging_folder_lost_as_its_seal_ends_is_the_disk_gone(seaweedfs, engi
 def test_ctrl_c_while_a_store_waits_for_its_disks_still_closes_it(store_factory) -> None:
     """Store.close waits for an S3 disk's staging files' unlinks (`close_all`): Ctrl-C there still
     closes the index and lets go of the store lock (review 47)."""
-    from fsd.core import storelock
-    from fsd.store import lock_root
+    from hoardfs.fsd.core import storelock
+    from hoardfs.fsd.store import lock_root
 
     store = store_factory(n_disks=2)
     disk = next(iter(store.disks.values()))
@@ -492,7 +492,7 @@ def test_a_live_seal_s_claim_with_other_bytes_still_refuses(s3_engine, engine_en
 CLAIM_AND_WAIT = """
 import secrets, sys, time
 from pathlib import Path
-from fsd.core import s3
+from hoardfs.fsd.core import s3
 disk = s3.S3Disk("s3a", sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]), 10 << 30)
 nonce = secrets.token_hex(8)
 s3._SEALING.add(nonce)  # a seal of this process under way: its claim put, its upload not yet

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.core import marks, pointers, s3, s3files
-from fsd.core.beside import MARKS_NAME
-from fsd.core.disks import LocalDisk, write_identity
+from hoardfs.fsd.core import marks, pointers, s3, s3files
+from hoardfs.fsd.core.beside import MARKS_NAME
+from hoardfs.fsd.core.disks import LocalDisk, write_identity
 from tests.helpers import ENGINE_FIXTURES
 from tests.test_s3_backend import BACKENDS, engine_env, s3_disk  # noqa: F401  # (engine_env: a fixture)
 
@@ -36,7 +36,7 @@ def _local(tmp_path: Path) -> LocalDisk:
 
 
 def _append(disk, stamp: int, op: str, shas: list[bytes]) -> bytes:
-    body = b"\n" + marks.records(stamp, op, shas)  # what fsd.io.copies.log_marks appends
+    body = b"\n" + marks.records(stamp, op, shas)  # what hoardfs.fsd.io.copies.log_marks appends
     disk.beside.marks_append(body, [])
     return body
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core.disks import DiskState
-from fsd.io.replicate import replicate_once
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core.disks import DiskState
+from hoardfs.fsd.io.replicate import replicate_once
+from hoardfs.fsd.store import Store
 from tests.helpers import make_files
 from tests.s3fault import FaultProxy
 from tests.test_cli import hoard

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.base.errors import ExitCode
-from fsd.core.disks import IDENTITY
-from fsd.io.replicate import replicate_once
-from fsd.maintenance.health import store_status
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.base.errors import ExitCode
+from hoardfs.fsd.core.disks import IDENTITY
+from hoardfs.fsd.io.replicate import replicate_once
+from hoardfs.fsd.maintenance.health import store_status
+from hoardfs.fsd.store import Store
 from tests.helpers import make_files
 from tests.test_cli import hoard
 from tests.test_s3_backend import damage, engine_env  # noqa: F401  # (engine_env: a fixture)
@@ -147,7 +147,7 @@ def test_records_are_taken_from_an_s3_replica_to_assemble_a_copy(tmp_path: Path,
     --repair` could mend nothing ("no replica holds every record whole"). The bucket's record
     now goes into the copy (ranged GETs, checked by its sha256): every replica is mended, the
     bucket's from the assembled copy, and every object reads back from each."""
-    from fsd.io.scrub import verify
+    from hoardfs.fsd.io.scrub import verify
 
     engine_env(seaweedfs)
     bucket = _bucket(seaweedfs, "hoard-assemble-s3")

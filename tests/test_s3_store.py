@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core import s3
-from fsd.core.disks import DiskState
-from fsd.core.records import DataError
-from fsd.io.replicate import replicate_once, replication_lag
-from fsd.maintenance.deletion import drop_batch
-from fsd.maintenance.gc import gc
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import s3
+from hoardfs.fsd.core.disks import DiskState
+from hoardfs.fsd.core.records import DataError
+from hoardfs.fsd.io.replicate import replicate_once, replication_lag
+from hoardfs.fsd.maintenance.deletion import drop_batch
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.store import Store
 from tests.helpers import REPO, make_files, write_config
 from tests.test_cli import hoard
 from tests.test_s3_backend import damage, engine_env  # noqa: F401  # (engine_env: a fixture)
@@ -127,9 +127,9 @@ def test_a_store_with_an_s3_disk(tmp_path: Path, s3_engine, engine_env) -> None:
 
 DIE_BEFORE_SEAL = """
 import os, sys
-from fsd.base import config
-from fsd.io.writer import ShardWriter
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.io.writer import ShardWriter
+from hoardfs.fsd.store import Store
 ShardWriter.seal = lambda self: os._exit(9)  # killed with the objects committed, the shard open everywhere
 store = Store.open(config.load(sys.argv[1]))
 store.put_many(sys.argv[2:])
@@ -301,7 +301,7 @@ def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, s
     claim older than the grace is removed, a younger one kept."""
     import os
 
-    from fsd.maintenance.orphans import sweep
+    from hoardfs.fsd.maintenance.orphans import sweep
     from tests.test_s3_backend import shard_bytes
 
     engine_env(s3_engine)
@@ -340,7 +340,7 @@ def test_a_crowded_s3_marks_log_is_compacted_by_the_next_writer(tmp_path: Path, 
                                                                monkeypatch) -> None:
     """A bucket's marks log of more segments than CROWDED (one per append) is replaced by a
     snapshot at the next writable open, not only by gc: one segment, holding every root."""
-    from fsd.core import marks, s3files
+    from hoardfs.fsd.core import marks, s3files
 
     monkeypatch.setattr(s3files, "CROWDED", 3)
     engine_env(s3_engine)
@@ -362,7 +362,7 @@ def test_the_index_is_restored_from_a_copy_in_the_bucket(tmp_path: Path, s3_engi
     """`hoard index backup` puts its copy on the local disks first, in the bucket when asked for
     more; with the SSD's index and both local disks lost, `hoard index restore` takes the
     bucket's copy and brings it up to date from the bucket: every object and root is back."""
-    from fsd.maintenance.reindex import backup_index
+    from hoardfs.fsd.maintenance.reindex import backup_index
 
     engine_env(s3_engine)
     bucket = _bucket(s3_engine, "hoard-store-h")
@@ -493,7 +493,7 @@ def test_a_batch_read_off_a_bucket_keeps_several_ranged_gets_in_flight(tmp_path:
     `range_limit` (shorter than a local disk's MAX_RANGE); a large object comes off one streamed GET
     (S3Disk.stream_at, test_s3_faults) — every object arrives whole and checked, by the planner
     and by `copy_object_to`."""
-    from fsd.io.planner import MAX_RANGE, range_limit
+    from hoardfs.fsd.io.planner import MAX_RANGE, range_limit
 
     engine_env(seaweedfs)
     bucket = _bucket(seaweedfs, "hoard-store-streams")

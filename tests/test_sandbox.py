@@ -26,14 +26,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from adapters import FORMATS, parse_batch
-from adapters.isolated import answer as parse_isolated_answer
-from adapters.isolated import parse_isolated
-from adapters.records import record_json
-from fsd.base import landlock
-from fsd.base.errors import HoardError
-from fsd.base.proc import ended
-from fsd.outputs.thumb_decoder import Decoder
+from hoardfs.adapters import FORMATS, parse_batch
+from hoardfs.adapters.isolated import answer as parse_isolated_answer
+from hoardfs.adapters.isolated import parse_isolated
+from hoardfs.adapters.records import record_json
+from hoardfs.base import landlock
+from hoardfs.base.errors import HoardError
+from hoardfs.base.proc import ended
+from hoardfs.fsd.outputs.thumb_decoder import Decoder
 from tests.helpers import REPO, missing
 from tests.nolandlock import UNSUPPORTED
 from tests.test_adapter_fuzz import CASES
@@ -89,8 +89,8 @@ def test_the_parser_writes_nowhere_reads_only_its_batch_and_starts_nothing(tmp_p
     (tmp_path / "hoard.toml").write_text('database_url = "postgresql://hoard:secret@db/hoard"\n')
     got = _inside(TRY + f'''
 from pathlib import Path
-from adapters import FORMATS, parse_batch
-from adapters.isolated import confine_parser
+from hoardfs.adapters import FORMATS, parse_batch
+from hoardfs.adapters.isolated import confine_parser
 batch, zone3a, home = {str(batch)!r}, {str(zone3a)!r}, {str(tmp_path)!r}
 assert confine_parser(batch)
 out = {{
@@ -131,7 +131,7 @@ def test_a_builtin_worker_writes_only_below_its_output_root(tmp_path: Path, land
     (inp / "a.jpg").write_bytes(b"\xff\xd8\xff")
     got = _inside(TRY + f'''
 from pathlib import Path
-from jobs.actions.builtin import _io
+from hoardfs.jobs.actions.builtin import _io
 inp, out, run = {str(inp)!r}, {str(out)!r}, {str(run)!r}
 assert _io.confine(Path(out), Path(inp))
 os.mkdir(out + "/.work")
@@ -227,13 +227,13 @@ def _embedded_home(home: Path) -> tuple[Path, Path, dict[str, str]]:
 
 
 #: a built-in taken over by its input: `hoard-builtin thumbnail` as the worker runs it
-#: (`jobs.actions.builtin.main`: its checks, `_io.confine`, then the program), the program's
+#: (`hoardfs.jobs.actions.builtin.main`: its checks, `_io.confine`, then the program), the program's
 #: `run` being what a decoder bug lets the input do — read the service's secrets, hand them out
 #: through System V IPC, its result file and signals
 BUILTIN_TAKEN_OVER = TRY + IPC + '''
 import sys
-from fsd.base import landlock
-from jobs.actions.builtin import _io, main, thumbnail
+from hoardfs.base import landlock
+from hoardfs.jobs.actions.builtin import _io, main, thumbnail
 SECRETS, STATE, SEGMENT, ADD_KEY, SERVICE, INPUT, OUTPUT = sys.argv[1:]
 got = {}
 def payload(input_root, output_root, args):
@@ -306,7 +306,7 @@ def test_the_parser_reads_no_secret_and_hands_nothing_out(tmp_path: Path, segmen
     batch.mkdir()
     (batch / "v.info.json").write_text(json.dumps({"id": "v", "title": "t"}))
     got = _inside(TRY + IPC + f'''
-from adapters.isolated import confine_parser
+from hoardfs.adapters.isolated import confine_parser
 assert confine_parser({str(batch)!r})
 out = {{"read " + p: attempt(lambda: open(p).read()) for p in {sorted(found)!r}}}
 out.update(ipc({segment}, {ADD_KEY[os.uname().machine]}))
@@ -323,7 +323,7 @@ def test_a_builtin_whose_rules_would_reach_the_services_secrets_is_refused(tmp_p
     naming the secret, exit 2, and writes nothing."""
     _inp, out, _found = _embedded_home(tmp_path)
     ssd = tmp_path / "var" / "ssd"
-    res = subprocess.run([sys.executable, "-m", "jobs.actions.builtin", "thumbnail", str(ssd), str(out)],
+    res = subprocess.run([sys.executable, "-m", "hoardfs.jobs.actions.builtin", "thumbnail", str(ssd), str(out)],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.returncode == 2, (res.returncode, res.stderr)
     assert res.stderr.count("\n") == 1 and str(ssd / "state") in res.stderr and "Traceback" not in res.stderr, res.stderr
@@ -381,9 +381,9 @@ def test_a_kernel_without_landlock_parses_unconfined_and_says_why(tmp_path: Path
     got = _inside(f'''
 import json, os
 from pathlib import Path
-from adapters import FORMATS
-from adapters.isolated import parse_isolated
-from fsd.base import landlock
+from hoardfs.adapters import FORMATS
+from hoardfs.adapters.isolated import parse_isolated
+from hoardfs.base import landlock
 _, _, records = parse_isolated(Path({str(batch)!r}), FORMATS["ytdlp"]("ytdlp"))
 print(json.dumps({{"status": landlock.status(), "confined": landlock.confine(write=[{str(tmp_path)!r}]),
                   "records": [r["title"] for r in records], "tmp": os.access("/tmp", os.W_OK)}}))
@@ -399,7 +399,7 @@ def test_health_warns_once_where_the_kernel_has_no_landlock(hoard_home: Path, pg
     Landlock (this test home has other problems: no backup, no schema); with Landlock: no such
     warning and the ABI in --json and in its text."""
     cfg = ingest_home(hoard_home, pg)
-    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "health"]
+    hoard = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "health"]
     res = subprocess.run([*NOLANDLOCK, "ENOSYS", "--", *hoard, "--json"], capture_output=True, text=True, cwd=REPO)
     if res.returncode == UNSUPPORTED:
         missing(f"SECCOMP UNAVAILABLE: {res.stderr.strip()}")
@@ -439,9 +439,9 @@ def test_landlock_without_seccomp_parses_behind_landlock_alone_and_health_says_s
     got = _inside(TRY + f'''
 import socket
 from pathlib import Path
-from adapters import FORMATS
-from adapters.isolated import confine_parser, parse_isolated
-from fsd.base import landlock
+from hoardfs.adapters import FORMATS
+from hoardfs.adapters.isolated import confine_parser, parse_isolated
+from hoardfs.base import landlock
 _, _, records = parse_isolated(Path({str(batch)!r}), FORMATS["ytdlp"]("ytdlp"))
 status = landlock.status()
 confined = confine_parser({str(batch)!r})
@@ -455,7 +455,7 @@ print(json.dumps({{"records": [r["title"] for r in records], "status": status, "
     assert (st["enforced"], st["landlock"], st["seccomp"]) == (False, True, False), st
     assert "seccomp" in st["reason"] and "CONFIG_SECCOMP_FILTER=y" in st["next_step"] and "sockets" in st["effect"]
     cfg = ingest_home(hoard_home, pg)
-    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "health", "--json"]
+    hoard = [sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "health", "--json"]
     res = subprocess.run([*NOLANDLOCK, "NOSECCOMP", "--", *hoard], capture_output=True, text=True, cwd=REPO)
     report = json.loads(res.stdout)
     assert report["sandbox"] == st
@@ -465,17 +465,17 @@ print(json.dumps({{"records": [r["title"] for r in records], "status": status, "
 
 
 def test_the_thumbnail_decoder_writes_nothing_and_reads_only_python(tmp_path: Path, landlock_support) -> None:
-    """The GUI's decoder process (fsd.outputs.thumb_decoder) behind `confine_reader()`: Pillow
+    """The GUI's decoder process (hoardfs.fsd.outputs.thumb_decoder) behind `confine_reader()`: Pillow
     still decodes what comes over the pipe, while writing anywhere, reading the SSD's files
     (the GUI's users file) and starting a program are EACCES."""
     (tmp_path / "users.json").write_text('{"admin": "$argon2id$…"}')
     got = _inside(TRY + f'''
 import io
 from PIL import Image
-from fsd.outputs import thumb_decoder
+from hoardfs.fsd.outputs import thumb_decoder
 Image.init()
 thumb_decoder.make(b"")
-from fsd.base import landlock
+from hoardfs.base import landlock
 assert landlock.confine_reader()
 buf = io.BytesIO()
 Image.new("RGB", (640, 480), (10, 200, 30)).save(buf, "PNG")
@@ -514,7 +514,7 @@ def test_the_gui_decodes_in_a_process_of_its_own(tmp_path: Path) -> None:
 
 def test_a_parser_that_lies_sends_the_ingest_nowhere_outside_its_batch(tmp_path: Path) -> None:
     """The child read the hostile bytes, so its answer is checked before the ingest acts on it
-    (`adapters.isolated.answer`): naming a file outside the batch (a `..` path, a link out of
+    (`hoardfs.adapters.isolated.answer`): naming a file outside the batch (a `..` path, a link out of
     it, a file under a linked directory), another file's identity, a claimed file it never
     screened or a rejected path that climbs out refuses the batch in one line (exit 5) — the
     store step would have stored the named file as the service, the quarantine moved it. The
@@ -528,7 +528,7 @@ def test_a_parser_that_lies_sends_the_ingest_nowhere_outside_its_batch(tmp_path:
     (batch / "out").symlink_to(secret)
     (batch / "ldir").symlink_to(tmp_path, target_is_directory=True)
     adapter = FORMATS["ytdlp"]("ytdlp")
-    cmd = [sys.executable, "-P", "-s", "-m", "adapters.isolated", "ytdlp", "ytdlp", "0.0", str(batch)]
+    cmd = [sys.executable, "-P", "-s", "-m", "hoardfs.adapters.isolated", "ytdlp", "ytdlp", "0.0", str(batch)]
     honest = json.loads(subprocess.run(cmd, capture_output=True, check=True, cwd=REPO).stdout)
     parsed, view, records = parse_isolated_answer(batch, adapter, honest)
     assert sorted(view.files) == ["v.info.json", "v.mp4"] and records
@@ -606,7 +606,7 @@ def test_below_abi_3_truncate_is_refused_by_seccomp(tmp_path: Path) -> None:
     shard.write_bytes(b"x" * 4096)
     got = _inside(TRY + f'''
 import ctypes, errno
-from fsd.base.landlock import _TRUNCATE, refuse_syscalls
+from hoardfs.base.landlock import _TRUNCATE, refuse_syscalls
 assert ctypes.CDLL(None).prctl(38, 1, 0, 0, 0) == 0
 assert refuse_syscalls(_TRUNCATE, errno.EACCES)
 print(json.dumps({{"truncate": attempt(lambda: os.truncate({str(shard)!r}, 0)),
@@ -655,7 +655,7 @@ def test_a_confined_process_reaches_no_service_and_changes_no_file_outside(tmp_p
     out.mkdir()
     urls = f"{servers['redis_url']!r}, {servers['database_url']!r}"
     parser = _inside(REACH + f'''
-from adapters.isolated import confine_parser
+from hoardfs.adapters.isolated import confine_parser
 assert confine_parser({str(batch)!r})
 shard = {str(shard)!r}
 res = services({urls})
@@ -667,7 +667,7 @@ print(json.dumps(res))
 ''')
     builtin = _inside(REACH + f'''
 from pathlib import Path
-from jobs.actions.builtin import _io
+from hoardfs.jobs.actions.builtin import _io
 assert _io.confine(Path({str(out)!r}), Path({str(batch)!r}))
 res = services({urls})
 res.update({{"chmod": attempt(lambda: os.chmod({str(shard)!r}, 0)),
@@ -695,7 +695,7 @@ def test_below_abi_3_an_open_that_truncates_what_it_reads_is_refused(tmp_path: P
     shard.write_bytes(b"x" * 4096)
     out.mkdir()
     got = _inside(TRY + f'''
-from fsd.base import landlock
+from hoardfs.base import landlock
 landlock._probe = lambda: (2, None, None)
 assert landlock.confine(write=[{str(out)!r}])
 shard, out = {str(shard)!r}, {str(out)!r}
@@ -747,7 +747,7 @@ def test_a_process_the_parser_forked_dies_with_it(tmp_path: Path) -> None:
 #: decoder over runs its own machine code): their numbers differ, so a filter on the x86_64 numbers passed them
 I386 = TRY + '''
 import ctypes, mmap, sys
-from fsd.base import landlock
+from hoardfs.base import landlock
 def i386(nr):
     m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     m.write(b"\\xb8" + nr.to_bytes(4, "little") + b"\\xcd\\x80\\xc3")  # mov eax, nr; int 0x80; ret
@@ -881,7 +881,7 @@ def test_a_parser_made_to_lie_or_hang_is_stopped_and_refused_in_one_line(tmp_pat
     opens (its own text for hoard's) refuses the batch in
     one line (exit 5), what it printed logged without its escape sequences — never a traceback, never a worker waiting for ever or holding gigabytes —
     and the child is killed and reaped (no zombie)."""
-    caplog.set_level("INFO", logger="adapters.isolated")
+    caplog.set_level("INFO", logger="hoardfs.adapters.isolated")
     batch = tmp_path / "b1"
     batch.mkdir()
     pidfile = tmp_path / "pid"
@@ -897,7 +897,7 @@ def test_a_parser_made_to_lie_or_hang_is_stopped_and_refused_in_one_line(tmp_pat
 
 TAKEN_OVER = r'''
 import fcntl, sys, termios
-from fsd.base import landlock
+from hoardfs.base import landlock
 landlock.confine_reader()  # as the decoder does before its first image
 sys.stdin.buffer.read(9)
 try:
@@ -916,7 +916,7 @@ import os, pty, select, sys
 pid, fd = pty.fork()
 if pid == 0:  # the GUI, started from a shell: its stderr is the terminal
     import tty
-    from fsd.outputs.thumb_decoder import Decoder
+    from hoardfs.fsd.outputs.thumb_decoder import Decoder
     tty.setraw(0)
     dec = Decoder([sys.executable, "-c", {liar!r}])
     print(dec.thumbnail(b"any image")[1], flush=True)
@@ -999,7 +999,7 @@ def test_confine_refuses_a_process_whose_other_threads_would_stay_outside(tmp_pa
     thread (the real `canny` below runs confined, its output written)."""
     got = _inside(f'''
 import json, threading, time
-from fsd.base import landlock
+from hoardfs.base import landlock
 threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
 try:
     landlock.confine(write=[{str(tmp_path)!r}])
@@ -1031,7 +1031,7 @@ def test_a_confined_process_sets_no_attribute_flag_on_a_file_it_may_read(tmp_pat
         missing(f"NO ATTRIBUTE FLAGS on {tmp_path}'s filesystem: {res.stderr.strip()}")
     got = _inside(TRY + f'''
 import fcntl, struct
-from fsd.base import landlock
+from hoardfs.base import landlock
 assert landlock.confine(write=[{str(out)!r}])
 fd = os.open({str(shard)!r}, os.O_RDONLY)
 flags = struct.unpack("l", fcntl.ioctl(fd, 0x80086601, bytes(8)))[0]  # FS_IOC_GETFLAGS
@@ -1055,7 +1055,7 @@ def test_a_confined_process_holds_none_of_the_services_locks(tmp_path: Path, lan
     out.mkdir()
     proc = subprocess.Popen([sys.executable, "-c", TRY + f'''
 import fcntl, sys, json
-from fsd.base import landlock
+from hoardfs.base import landlock
 assert landlock.confine(write=[{str(out)!r}])
 fd = os.open({str(lock)!r}, os.O_RDONLY)
 print(json.dumps(attempt(lambda: fcntl.flock(fd, fcntl.LOCK_EX))), flush=True)
@@ -1091,7 +1091,7 @@ def test_the_decoder_outlives_the_thread_that_started_it_and_ends_with_the_gui(t
         dec.close()
     gui = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f'''
         import sys
-        from fsd.outputs.thumb_decoder import Decoder
+        from hoardfs.fsd.outputs.thumb_decoder import Decoder
         dec = Decoder()
         assert dec.thumbnail({buf.getvalue()!r})[0] is not None
         print(dec._proc.pid, flush=True)
@@ -1152,7 +1152,7 @@ def test_a_document_that_expands_past_the_parsers_memory_fails_its_batch_alone(h
     `ingest.parser_memory_mb` (RLIMIT_AS): over it, the batch fails in one line naming it, the
     key and the next step — its files stay where they were, nothing of it stored — and the next
     batch is ingested as usual."""
-    from jobs import ingest as ua1
+    from hoardfs.jobs import ingest as ua1
     from tests.test_ingest import ingest_all
 
     cfg = ingest_home(hoard_home, pg, parser_memory_mb=128)
@@ -1191,7 +1191,7 @@ def test_what_the_decoder_prints_is_one_bounded_safe_line_in_the_log(capfd, capl
     journal unfiltered. It is a pipe of the GUI's, read while it waits (a full pipe does not stop
     the decoder), and logged as one line shown safe, its first 2,000 bytes and a count of the
     rest; the image's answer is still taken."""
-    caplog.set_level("INFO", logger="fsd.outputs.thumb_decoder")
+    caplog.set_level("INFO", logger="hoardfs.fsd.outputs.thumb_decoder")
     dec = Decoder([sys.executable, "-c", SAYS])
     try:
         assert dec.thumbnail(b"any image") == (None, "")
@@ -1199,7 +1199,7 @@ def test_what_the_decoder_prints_is_one_bounded_safe_line_in_the_log(capfd, capl
         dec.close()
     err = capfd.readouterr().err
     assert "owned" not in err and "\x1b" not in err, err[:200]
-    lines = [r.getMessage() for r in caplog.records if r.name == "fsd.outputs.thumb_decoder"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "hoardfs.fsd.outputs.thumb_decoder"]
     assert len(lines) == 1 and "\n" not in lines[0] and "\x1b" not in lines[0] and len(lines[0]) < 9000, lines
     assert "said: \\x1b]0;owned\\x07[bold red]fake[/] line\\x0asecond\\x0axx" in lines[0], lines[0][:200]
     said = len(b"\x1b]0;owned\x07[bold red]fake[/] line\nsecond\n") + (1 << 20)

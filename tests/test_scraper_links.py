@@ -112,8 +112,8 @@ def test_a_sidecar_swapped_for_a_link_after_the_screen_is_not_read(tmp_path: Pat
     the secret as the sidecar's metadata — `raw_metadata` every viewer sees on the node page.
     A document is now read only if it is the file the screen saw (device and inode of what
     was opened); the swapped one is rejected with its media, the others taken."""
-    from adapters.screen import screen
-    from adapters.sidecars import GalleryDl
+    from hoardfs.adapters.screen import screen
+    from hoardfs.adapters.sidecars import GalleryDl
 
     batch = _gallery(tmp_path / "gen")
     secret = tmp_path / "users.json"
@@ -143,8 +143,8 @@ def test_the_package_holds_the_files_stored_not_what_3a_holds_later(home: Path, 
     import json
     import tarfile
 
-    from fsd.base import config
-    from jobs import ingest as ua1
+    from hoardfs.base import config
+    from hoardfs.jobs import ingest as ua1
 
     cfg = config.load(home / "hoard.toml")
     zone = cfg.ssd.zone_path("3A")
@@ -245,7 +245,7 @@ def test_an_output_signal_in_3c_is_read_never_through_a_link_nor_from_a_fifo(hom
                   '&& mkfifo "$1/y/_JOB.json"', str(zone), str(secret))
     assert res.returncode == 0, res.stderr
     try:  # a bound on the hang only: `hoard health` takes seconds
-        health = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "health", "--json"],
+        health = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "health", "--json"],
                                 capture_output=True, text=True, timeout=120,
                                 env={k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "PYTEST_CURRENT_TEST")})
     except subprocess.TimeoutExpired:
@@ -270,7 +270,7 @@ def test_an_output_checked_for_its_seal_is_read_never_from_a_fifo(tmp_path: Path
     (out / "_SEALED").touch()
     os.mkfifo(out / "_JOB.json")
     (out / "_MANIFEST.json").symlink_to("/dev/zero")
-    code = ("import sys\nfrom fsd.outputs import seal\ntry:\n    seal.check_sealed(__import__('pathlib').Path(sys.argv[1]))\n"
+    code = ("import sys\nfrom hoardfs.fsd.outputs import seal\ntry:\n    seal.check_sealed(__import__('pathlib').Path(sys.argv[1]))\n"
             "except seal.OutputIncomplete as e:\n    print(e)\n")
     try:  # a bound on the hang only: the check takes milliseconds
         res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=60)
@@ -284,8 +284,8 @@ def test_a_file_name_with_a_line_separator_is_refused_at_the_screen(tmp_path: Pa
     """W3-X build 1: U+2028/U+2029 "refused in file names and escaped in display". U+0085 was
     refused (a C1 control) and the bidi overrides were, but a scraped `a<U+2028>b.png` was
     accepted, stored under that name and printed as two lines by `display`."""
-    from adapters.screen import screen
-    from fsd.base.paths import display
+    from hoardfs.adapters.screen import screen
+    from hoardfs.base.paths import display
 
     batch = tmp_path / "b"
     batch.mkdir()
@@ -302,7 +302,7 @@ def test_get_never_writes_through_a_link_at_its_temporary_name(hoard_home: Path)
     """`hoard get SHA -o DIR/out` writes `DIR/.out.part`, then renames it. Run as root into a
     directory others write (/tmp), a link planted at `.out.part` had the object written into
     the file it named. The temporary name is now the command's own (`.out.<pid>-<random>.part`,
-    fsd.base.files.writer_tmp) and made new: the planted link is never written through."""
+    hoardfs.base.files.writer_tmp) and made new: the planted link is never written through."""
     import hashlib
     import subprocess
     import sys
@@ -311,7 +311,7 @@ def test_get_never_writes_through_a_link_at_its_temporary_name(hoard_home: Path)
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), *args], capture_output=True,
                               text=True, env=env, timeout=120)
 
     assert run("init").returncode == 0
@@ -338,8 +338,8 @@ def test_a_batch_directory_swapped_for_a_link_is_not_scanned(home: Path, pg) -> 
     following a link, and the scan refuses one in one line, nothing read."""
     import json
 
-    from fsd.base import config
-    from jobs import ingest as ua1
+    from hoardfs.base import config
+    from hoardfs.jobs import ingest as ua1
 
     cfg = config.load(home / "hoard.toml")
     zone = cfg.ssd.zone_path("3A")

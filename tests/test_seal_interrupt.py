@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-import fsd.io.writer as writer_mod
-from fsd.core import shardfmt as fmt
-from fsd.io.scrub import verify
-from fsd.maintenance.check import check
-from fsd.store import Store
+import hoardfs.fsd.io.writer as writer_mod
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.io.scrub import verify
+from hoardfs.fsd.maintenance.check import check
+from hoardfs.fsd.store import Store
 from tests.helpers import make_files
 
 
@@ -108,7 +108,7 @@ def test_a_record_the_index_names_is_kept_by_the_reseal(store_factory, tmp_path:
     stray = _plant_unlisted_record(store, meta)
     data = store.disks[meta.replicas[0]].find(meta.hex).read_bytes()
     body = list(fmt.scan_records(lambda off, n: data[off:off + n], len(data), sealed=True))
-    from fsd.core.index import ObjectLoc
+    from hoardfs.fsd.core.index import ObjectLoc
 
     store.index.add_objects([(stray, ObjectLoc(meta.shard_id, body[-1].offset, body[-1].length))], meta)
     fixed = verify(store, repair=True)

@@ -1,4 +1,4 @@
-"""The asset search (sql.browse.search, the GUI's /assets): words in the title, author, user
+"""The asset search (hoardfs.sql.browse.search, the GUI's /assets): words in the title, author, user
 name and metadata values, each as a word or its start, all required — served by the GIN index
 of migration 008 (no extension), safe for any text a person types, and carried by a dump and
 restore. Real PostgreSQL, 30,000 rows."""
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fsd.base.proc import which
-from sql import browse
-from sql.migrate import migrate
+from hoardfs.base.proc import which
+from hoardfs.sql import browse
+from hoardfs.sql.migrate import migrate
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
 from tests.helpers import filled_schema, fresh_schema
 

@@ -8,10 +8,10 @@ import hashlib
 import psycopg
 import pytest
 
-from sql.apply import apply_write_intent
-from sql.intents import virtual_sha256
-from sql.migrate import migrate
-from sql.selectors import SelectorError, compile_selector, parse_selector, query_nodes
+from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.intents import virtual_sha256
+from hoardfs.sql.migrate import migrate
+from hoardfs.sql.selectors import SelectorError, compile_selector, parse_selector, query_nodes
 
 HOSTILE = "x'); DROP TABLE node; --"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from sql.selectors import query_nodes, selector_query
+from hoardfs.sql.selectors import query_nodes, selector_query
 from tests.helpers import filled_schema
 
 pytestmark = pytest.mark.timeout(300)

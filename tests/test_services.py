@@ -8,9 +8,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from jobs.redis_server import PrivateRedis
-from sql.cluster import ensure_database
-from sql.health import database_status
+from hoardfs.jobs.redis_server import PrivateRedis
+from hoardfs.sql.cluster import ensure_database
+from hoardfs.sql.health import database_status
 from tests.helpers import private_cluster
 
 
@@ -31,7 +31,7 @@ def test_private_redis_start_is_idempotent_and_stops(tmp_path: Path) -> None:
 
 
 def test_private_redis_refuses_overlong_socket_path(tmp_path: Path) -> None:
-    from fsd.base.errors import HoardError
+    from hoardfs.base.errors import HoardError
 
     with pytest.raises(HoardError, match="longer than 100 bytes"):
         PrivateRedis(tmp_path, tmp_path / ("x" * 120) / "redis.sock")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsd.core import shardfmt as fmt
+from hoardfs.fsd.core import shardfmt as fmt
 
 SID = bytes(range(12))
 
@@ -87,7 +87,7 @@ def test_a_batch_reads_one_call_check_passes_nothing_the_detailed_checks_refuse(
     only where the detailed checks (`verified_view`'s: header, its check, sha256 and length as
     the index says, xxh3-128) hand back the same one: a bit flipped anywhere in a record, or
     the index naming another sha256 or length, gets None — and the detailed checks' error."""
-    from fsd.core.records import verified_view
+    from hoardfs.fsd.core.records import verified_view
     buf, recs = build(payloads, seal=False)
     for r, p in zip(recs, payloads):
         at = r.offset - fmt.RECORD_HEADER_SIZE

@@ -1,6 +1,6 @@
 """SMART in `hoard health`, `check` and `verify`: real `smartctl --json` outputs of a healthy and
 a failing drive (tests/data/smart/, README there names their source) judged the one way
-(fsd.core.smart), the failing drive's next step followed command by command on a real store,
+(hoardfs.fsd.core.smart), the failing drive's next step followed command by command on a real store,
 a loop disk on the lab (real smartctl run against it) reported as having no SMART, and the
 readings recorded into the usage history in a real PostgreSQL."""
 
@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from fsd.base import config
-from fsd.core import smart
-from jobs.usage import smart_rows
-from sql.migrate import migrate
-from sql.usage import record, smart_history
+from hoardfs.base import config
+from hoardfs.fsd.core import smart
+from hoardfs.jobs.usage import smart_rows
+from hoardfs.sql.migrate import migrate
+from hoardfs.sql.usage import record, smart_history
 from tests.helpers import use_schema, write_config
 from tests.lab import DiskProfile
 from tests.test_cli import hoard
@@ -35,7 +35,7 @@ def _doc(name: str) -> dict[str, Any]:
 
 
 def _raw(doc: dict[str, Any], attr_id: int) -> int:
-    """An ATA attribute's raw value as the document states it (read here without fsd.core.smart)."""
+    """An ATA attribute's raw value as the document states it (read here without hoardfs.fsd.core.smart)."""
     return next(a["raw"]["value"] for a in doc["ata_smart_attributes"]["table"] if a["id"] == attr_id)
 
 

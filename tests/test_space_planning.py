@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.core.placement import Candidate, Need, NoSpace, simulate
-from fsd.io.replicate import replicate_once
-from fsd.maintenance.deletion import drop_batch
-from fsd.maintenance.gc import GcNoSpace, gc
-from fsd.maintenance.rebuild import rebuild
+from hoardfs.fsd.core.placement import Candidate, Need, NoSpace, simulate
+from hoardfs.fsd.io.replicate import replicate_once
+from hoardfs.fsd.maintenance.deletion import drop_batch
+from hoardfs.fsd.maintenance.gc import GcNoSpace, gc
+from hoardfs.fsd.maintenance.rebuild import rebuild
 from tests.helpers import make_files
 
 

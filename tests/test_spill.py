@@ -1,4 +1,4 @@
-"""fsd.core.spill: fixed-width records back in byte order, one partition in memory at a time;
+"""hoardfs.fsd.core.spill: fixed-width records back in byte order, one partition in memory at a time;
 a spill that cannot be written is one line naming its folder and what to do."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.core.spill import Spill, sweep
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.core.spill import Spill, sweep
 from tests.helpers import REPO
 
 
@@ -42,7 +42,7 @@ def test_a_spill_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
 def test_a_killed_process_spill_folder_goes_with_the_next_one_a_live_one_stays(tmp_path: Path) -> None:
     """`hoard check` killed mid-way leaves its sorted runs on the SSD: the next Spill made there
     removes a folder whose process is gone, never one a running process still writes to."""
-    holder = ("import sys, time; from pathlib import Path; from fsd.core.spill import Spill; "
+    holder = ("import sys, time; from pathlib import Path; from hoardfs.fsd.core.spill import Spill; "
               "s = Spill(Path(sys.argv[1]), 4); s.add(b'abcd'); print(s.folder, flush=True); time.sleep(600)")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], stdout=subprocess.PIPE, text=True,

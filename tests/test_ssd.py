@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.base.errors import HoardError
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.base.errors import HoardError
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 from tests.test_store import check_store
 
@@ -42,7 +42,7 @@ def test_ssd_not_mounted_is_refused_before_any_write(tmp_path: Path) -> None:
     with pytest.raises(HoardError) as e:
         Store.open(cfg, init=True)
     assert "holds shards" in e.value.message and "hoard index rebuild" in e.value.message
-    from fsd.maintenance.reindex import rebuild_index
+    from hoardfs.fsd.maintenance.reindex import rebuild_index
 
     assert rebuild_index(cfg).objects == 5
     with Store.open(cfg) as store:

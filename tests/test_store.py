@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fsd.core import shardfmt as fmt
-from fsd.core.placement import NoSpace
-from fsd.core.records import DataError, ObjectNotFound
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.placement import NoSpace
+from hoardfs.fsd.core.records import DataError, ObjectNotFound
 from tests.helpers import flip_byte, make_files
 
 
@@ -126,7 +126,7 @@ def test_file_changing_while_stored_is_rejected(store_factory, tmp_path: Path) -
 
 def test_replicator_reaches_the_class_target(store_factory, tmp_path: Path) -> None:
     """copy_of_raw=3: after replicate_once every shard has 3 replicas on distinct disks."""
-    from fsd.io.replicate import replicate_once, replication_lag
+    from hoardfs.fsd.io.replicate import replicate_once, replication_lag
 
     store = store_factory(copy_of_raw=3, copy_of_generated=2)
     files = make_files(tmp_path / "in", 300)
@@ -196,7 +196,7 @@ def test_read_falls_back_from_a_corrupt_replica(store_factory, tmp_path: Path) -
 
 def test_batch_read_plan_covers_everything_coalesced(store_factory, tmp_path: Path) -> None:
     """The planner reads every object once, in (shard, offset) order per disk, in few reads."""
-    from fsd.io.planner import make_plan
+    from hoardfs.fsd.io.planner import make_plan
 
     store = store_factory(shard_size_mb=4)
     files = make_files(tmp_path / "in", 400)
@@ -263,8 +263,8 @@ def _ranges_by_record_order(records: list, gap: int, max_range: int) -> list[tup
 @pytest.fixture(scope="module")
 def planner_store(tmp_path_factory):
     """Three disks, two replicas a shard, 1 MiB shards of 600 objects of 2-20 KB (read only)."""
-    from fsd.base import config
-    from fsd.store import Store
+    from hoardfs.base import config
+    from hoardfs.fsd.store import Store
     from tests.helpers import write_config
 
     root = tmp_path_factory.mktemp("planner")
@@ -284,7 +284,7 @@ def test_the_plan_orders_each_disks_records_as_sorting_them_one_by_one_did(plann
     several disks, records over MAX_RANGE, any bandwidths and gaps): each disk's reads are
     exactly what sorting its records by (shard, offset) and coalescing them gave before the
     pieces were sorted instead, and every object found is read once."""
-    from fsd.io import planner
+    from hoardfs.fsd.io import planner
 
     store, shas = planner_store
     asked = data.draw(st.lists(st.sampled_from(shas), max_size=300))
@@ -308,7 +308,7 @@ def test_large_records_are_balanced_over_the_disks_and_streamed_by_their_readers
     """Records over MAX_RANGE count in the plan's per-disk load and bound, and each streams
     (verified pieces) from the disk the plan chose, inside that disk's reader, beside the
     other disks' readers — not one after another once everything else is read."""
-    from fsd.io.planner import MAX_RANGE, make_plan
+    from hoardfs.fsd.io.planner import MAX_RANGE, make_plan
     store = store_factory(n_disks=4, shard_size_mb=40, copy_of_raw=2, write_ack=2)
     big = []
     for i in range(4):
@@ -353,7 +353,7 @@ def test_batch_read_survives_a_damaged_replica(store_factory, tmp_path: Path) ->
     store = store_factory(shard_size_mb=4)
     files = make_files(tmp_path / "in", 200)
     res = store.put_many(files)
-    from fsd.io.planner import execute, make_plan
+    from hoardfs.fsd.io.planner import execute, make_plan
 
     plan = make_plan(store, [bytes.fromhex(r.sha256) for r in res])
     for uuid, ranges in plan.ranges.items():  # damage the very replicas the plan reads from
@@ -375,7 +375,7 @@ def test_a_record_rotted_mid_range_hands_on_each_object_once(store_factory, tmp_
     """A range whose middle record is rotted: the records before it are handed on from that
     range (checked in the thread that read it), the rotted one and those after it from the
     other replica — each object exactly once, every byte right."""
-    from fsd.io.planner import execute, make_plan
+    from hoardfs.fsd.io.planner import execute, make_plan
 
     store = store_factory(shard_size_mb=4)
     res = store.put_many(make_files(tmp_path / "in", 60))
@@ -410,7 +410,7 @@ def test_the_heap_frozen_for_a_plan_is_thawed_and_the_collector_never_stops() ->
     43: the collector held off instead could stay off for good after a Ctrl-C)."""
     import gc
 
-    from fsd.base.collect import heap_frozen
+    from hoardfs.base.collect import heap_frozen
 
     held = [[i] for i in range(1000)]
     assert gc.get_freeze_count() == 0
@@ -430,7 +430,7 @@ def test_the_heap_frozen_for_a_plan_is_thawed_and_the_collector_never_stops() ->
 def _slow_read(store_factory, tmp_path: Path, on_record) -> tuple[list, list]:
     """Read 400 objects from 4 disks through a sink that takes 10 ms a record and calls
     `on_record(n)` after the n-th; (records delivered, what execute raised)."""
-    from fsd.io.planner import execute, make_plan
+    from hoardfs.fsd.io.planner import execute, make_plan
 
     store = store_factory(shard_size_mb=1)
     res = store.put_many(make_files(tmp_path / "in", 400, lo=8 << 10, hi=24 << 10))
@@ -498,7 +498,7 @@ def test_in_order_keeps_the_order_runs_calls_at_once_and_drops_the_rest_when_lef
     """`in_order` (the planner's reads off a disk with several streams): results in the calls'
     order whatever order they finish in, `streams` calls running at once, an exception raised
     in its call's place, and calls not yet started never run once the consumer leaves."""
-    from fsd.io.planner import in_order
+    from hoardfs.fsd.io.planner import in_order
 
     together = threading.Barrier(3, timeout=10)  # the first three run at once, or it breaks
     started: list[int] = []
@@ -555,8 +555,8 @@ def test_a_pointer_write_error_on_one_disk_fails_that_disk_not_the_command(store
     other disks take the pointer, the disk is marked failed; with no disk left, one clear error."""
     import errno
 
-    import fsd.core.beside as beside  # where a local disk's pointers are written
-    from fsd.base.errors import HoardError
+    import hoardfs.fsd.core.beside as beside  # where a local disk's pointers are written
+    from hoardfs.base.errors import HoardError
 
     store = store_factory(n_disks=3, caps=None)
     real = beside.atomic_write
@@ -585,7 +585,7 @@ def test_descriptor_cache_never_closes_a_descriptor_a_reader_is_using(tmp_path: 
     descriptor closed under a reader made its pread fail (EBADF) or, once the number was
     reused by another open, return another shard's bytes — either would mark a healthy
     replica bad. Every read must return its own shard's bytes; nothing may leak."""
-    from fsd.core.disks import LocalDisk
+    from hoardfs.fsd.core.disks import LocalDisk
 
     disk = LocalDisk("d0", tmp_path, "u0", require_mount=False)
     shards = {}
@@ -627,7 +627,7 @@ def test_descriptor_cache_never_closes_a_descriptor_a_reader_is_using(tmp_path: 
 def test_a_descriptor_just_opened_is_never_trimmed_under_its_read(tmp_path: Path) -> None:
     """With every cached descriptor busy, the one a read just opened is the only idle one: the
     trim must not close it under that read (EBADF, or another file's bytes)."""
-    from fsd.core.disks import LocalDisk
+    from hoardfs.fsd.core.disks import LocalDisk
 
     disk = LocalDisk("d0", tmp_path, "u0", require_mount=False)
     disk.MAX_FDS = 0  # every open trims

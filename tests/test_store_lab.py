@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core.placement import choose
-from fsd.io.put import _Batch
-from fsd.io.replicate import replicate_once
-from fsd.maintenance.check import check
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core.placement import choose
+from hoardfs.fsd.io.put import _Batch
+from hoardfs.fsd.io.replicate import replicate_once
+from hoardfs.fsd.maintenance.check import check
+from hoardfs.fsd.store import Store
 from tests.helpers import REPO, make_files, write_config
 from tests.lab import DiskProfile, drop_caches
 from tests.test_recovery import DIE_BEFORE_SEAL, _run_child
@@ -37,7 +37,7 @@ def _batch_with_fault(lab_factory, tmp_path: Path, prefix: str, fault: str, grou
     """600 files stored in one batch on three fast lab disks; after 300, `fault` ("vanish" or
     "fail_writes") hits the first disk of the shard being written. With `group_bytes`, groups
     that small: the fault hits once a group's fdatasync is queued and the next group is being
-    appended (fsd.io.put overlaps them). Returns the results and the files reported stored
+    appended (hoardfs.fsd.io.put overlaps them). Returns the results and the files reported stored
     (on_result) before the batch ended."""
     lab = lab_factory([DiskProfile(f"{prefix}{i}", 400, 500, 500, 5000) for i in (1, 2, 3)])
     store = _lab_store(lab, tmp_path, [f"{prefix}{i}" for i in (1, 2, 3)], shard_size_mb=4)
@@ -216,8 +216,8 @@ def test_activate_names_a_rotted_shard_file_and_puts_the_disk_back(lab, tmp_path
     no traceback (review 41: the stat's EBADMSG escaped), the disk active, every object read.
     (The disk is the one holding most shards: placement follows the disks' room, and a run
     once put none on lab1.)"""
-    from fsd.core.disks import DiskState
-    from fsd.maintenance.rebuild import rebuild
+    from hoardfs.fsd.core.disks import DiskState
+    from hoardfs.fsd.maintenance.rebuild import rebuild
 
     store = _lab_store(lab, tmp_path, ["lab1", "lab2", "lab3"], shard_size_mb=1, copy_of_raw=2)
     files = make_files(tmp_path / "in", 120, lo=8000, hi=30000)
@@ -233,7 +233,7 @@ def test_activate_names_a_rotted_shard_file_and_puts_the_disk_back(lab, tmp_path
     rotted = on_disk[0]
     store.close()
     lab.rot_inode(name, victim.find(rotted.hex))
-    got = subprocess.run([sys.executable, "-m", "fsd", "--config", str(store.cfg.source), "disks", "activate", name],
+    got = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(store.cfg.source), "disks", "activate", name],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert got.returncode == 0, got.stderr
     assert f"{len(on_disk) - 1} shard files listed again" in got.stdout
@@ -272,7 +272,7 @@ def test_disk_vanishing_mid_batch(lab_factory, tmp_path: Path, group_bytes: int 
     next appended): nothing lands under the empty mount point, the batch completes on the
     other disks, every object reads back, and the replicator restores the copies the
     vanished disk held."""
-    from fsd.io.replicate import replicate_once, replication_lag
+    from hoardfs.fsd.io.replicate import replicate_once, replication_lag
 
     lab, store, files, results, victim_uuid = _batch_with_fault(lab_factory, tmp_path, "v", "vanish", group_bytes)
     victim = store.disks[victim_uuid].label

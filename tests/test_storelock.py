@@ -1,4 +1,4 @@
-"""The store-wide locks (fsd.core.storelock): shared holders, exclusive requests refused with the
+"""The store-wide locks (hoardfs.fsd.core.storelock): shared holders, exclusive requests refused with the
 holders named, and no window in which a failed upgrade leaves a process unprotected."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.core import storelock
-from fsd.core.storelock import StoreBusy
+from hoardfs.fsd.core import storelock
+from hoardfs.fsd.core.storelock import StoreBusy
 
 # tier: the module's tests start hoard processes, servers or a FUSE mount
 pytestmark = pytest.mark.services
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 HOLD = """
 import sys, time
 from pathlib import Path
-from fsd.core import storelock
+from hoardfs.fsd.core import storelock
 storelock.acquire_shared(Path(sys.argv[1]), "child holder")
 print("held", flush=True)
 sys.stdin.readline()
@@ -31,7 +31,7 @@ sys.stdin.readline()
 TRY_EXCLUSIVE = """
 import sys
 from pathlib import Path
-from fsd.core import storelock
+from hoardfs.fsd.core import storelock
 try:
     with storelock.exclusive(Path(sys.argv[1]), "third", wait_s=0.2):
         print("got it")

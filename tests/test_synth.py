@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from adapters.synth import Spec, generate
+from hoardfs.adapters.synth import Spec, generate
 
 SPEC = Spec(seed=3, batches=4, items_per_batch=80, large_max_mb=2, large_fraction=0.05)
 

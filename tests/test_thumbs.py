@@ -15,15 +15,15 @@ def test_a_progressive_jpeg_is_judged_by_its_declared_size(tmp_path: Path) -> No
     judged after draft (at 1/8), a 64 MP one passed the 40 MP limit and its decode grew the
     process by hundreds of MB (a 13000 × 13000 one: the GUI from 156 MB to 1.15 GB). Measured
     in a child process: no thumbnail, and little memory — in it and in its decoder process
-    (fsd.outputs.thumb_decoder: Python and Pillow take ~40 MB; the decode would take 190 MB)."""
+    (hoardfs.fsd.outputs.thumb_decoder: Python and Pillow take ~40 MB; the decode would take 190 MB)."""
     import io
     import subprocess
     import sys
 
     from PIL import Image
 
-    from fsd.base import config
-    from fsd.store import Store
+    from hoardfs.base import config
+    from hoardfs.fsd.store import Store
     from tests.helpers import REPO, dir_disks_config
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=4)
@@ -31,7 +31,7 @@ def test_a_progressive_jpeg_is_judged_by_its_declared_size(tmp_path: Path) -> No
     Image.new("RGB", (8000, 8000), (120, 30, 200)).save(buf, "JPEG", progressive=True, quality=50)
     with Store.open(config.load(cfg_path), init=True) as store:
         sha = store.put_bytes(buf.getvalue()).sha256
-    child = ("import resource, sys\nfrom fsd.base import config\nfrom fsd.outputs import thumbs\n"
+    child = ("import resource, sys\nfrom hoardfs.base import config\nfrom hoardfs.fsd.outputs import thumbs\n"
              "cfg = config.load(sys.argv[1])\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
              "got = thumbs.thumbnail(cfg, sys.argv[2])\nthumbs._DECODER.close()\n"
              "print(got is None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before,\n"
@@ -61,9 +61,9 @@ def test_an_image_that_decodes_past_the_decoders_memory_gets_no_thumbnail(tmp_pa
     memory. It has `gui.thumbnail_memory_mb` (RLIMIT_AS): over it the image gets no thumbnail,
     one line names the object, the key and the next step, and the next image gets its thumbnail
     (from the same decoder, its memory given back)."""
-    from fsd.base import config
-    from fsd.outputs import thumbs
-    from fsd.store import Store
+    from hoardfs.base import config
+    from hoardfs.fsd.outputs import thumbs
+    from hoardfs.fsd.store import Store
     from tests.helpers import dir_disks_config
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=4)
@@ -76,7 +76,7 @@ def test_an_image_that_decodes_past_the_decoders_memory_gets_no_thumbnail(tmp_pa
         big, small = (store.put_bytes(b).sha256 for b in (bomb, _png((64, 48))))
     try:
         assert thumbs.thumbnail(cfg, big) is None
-        lines = [r.getMessage() for r in caplog.records if r.name == "fsd.outputs.thumbs"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "hoardfs.fsd.outputs.thumbs"]
         assert len(lines) == 1 and "(gui.thumbnail_memory_mb); if the image is genuine, raise " \
             f"gui.thumbnail_memory_mb in hoard.toml and remove {thumbs.path(cfg, big)}" in lines[0], lines
         pid = thumbs._DECODER._proc.pid if thumbs._DECODER._proc else None
@@ -105,9 +105,9 @@ def test_a_thumbnail_lost_to_a_decoder_that_died_is_made_on_the_next_view(tmp_pa
     remembered as none, with one warning naming it and the cache file to remove."""
     import sys
 
-    from fsd.base import config
-    from fsd.outputs import thumbs
-    from fsd.store import Store
+    from hoardfs.base import config
+    from hoardfs.fsd.outputs import thumbs
+    from hoardfs.fsd.store import Store
     from tests.helpers import dir_disks_config
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=4))

@@ -12,19 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.base.units import fmt_bytes
-from fsd.maintenance.deletion import release
-from fsd.mount.watch import render_health
-from fsd.outputs import zones
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.base.units import fmt_bytes
+from hoardfs.fsd.maintenance.deletion import release
+from hoardfs.fsd.mount.watch import render_health
+from hoardfs.fsd.outputs import zones
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _hoard(cfg: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), *args], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.synth import Spec
-from fsd.base import config
-from fsd.base.errors import ExitCode
-from fsd.core import formats
-from fsd.store import Store
+from hoardfs.adapters.synth import Spec
+from hoardfs.base import config
+from hoardfs.base.errors import ExitCode
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.store import Store
 from tests.helpers import REPO, flip_byte
 from tests.test_ingest import ingest_sample
 
@@ -39,7 +39,7 @@ pytestmark = [
 
 
 def _hoard(cfg: config.Settings, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args], capture_output=True,
                           text=True, cwd=REPO, timeout=600, input=stdin)
 
 

@@ -1,4 +1,4 @@
-"""An HTTP upload's own directory under 3A/.tmp (jobs.ingest.upload), in-process on real files:
+"""An HTTP upload's own directory under 3A/.tmp (hoardfs.jobs.ingest.upload), in-process on real files:
 everything of it is made and reached from descriptors held from `begin` — a link planted inside
 it, or the directory swapped for another, never leads a file anywhere; what it holds of 3A
 grows with what arrives, and one token's uploads are capped (docs/http-ingest.md)."""
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.outputs import zones
-from jobs.ingest.upload import AHEAD_MIN, BLOCK, Upload, UploadError
+from hoardfs.base import config
+from hoardfs.fsd.outputs import zones
+from hoardfs.jobs.ingest.upload import AHEAD_MIN, BLOCK, Upload, UploadError
 from tests.test_zones import zone_config
 
 MiB = 1 << 20

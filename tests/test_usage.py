@@ -14,9 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd.base import config
-from jobs.usage import rows
-from sql.migrate import migrate
+from hoardfs.base import config
+from hoardfs.jobs.usage import rows
+from hoardfs.sql.migrate import migrate
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
 from tests.helpers import use_schema
 from tests.test_cli import hoard
@@ -82,7 +82,7 @@ def test_a_missing_disk_is_recorded_missing_not_empty(hoard_home: Path, pg) -> N
     assert sample[("disk", "hdd1")][0] == "active" and sample[("disk", "hdd1")][2] == 4 * 1024**3
 
     # the store cannot be opened at all (no index): the disks' states are not known
-    from jobs.health import collect
+    from hoardfs.jobs.health import collect
 
     shutil.rmtree(config.load(cfg).index_dir)
     report = collect(config.load(cfg))
@@ -159,7 +159,7 @@ async def test_storage_page_shows_when_the_database_hangs(user, gui_home: Path, 
     """A PostgreSQL that takes connections and never answers (stopped with SIGSTOP, or behind a
     network that drops its packets): /storage still shows the disks from the snapshot and says
     the history is not shown — not NiceGUI's error page after its 3 s response timeout."""
-    from gui.context import ctx
+    from hoardfs.gui.context import ctx
 
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
@@ -183,7 +183,7 @@ async def test_storage_page_views_share_one_history_read(user, gui_home: Path, p
     """The history is read at most once per HISTORY_KEEP_S per GUI, not on every view of
     /storage: the bucketed query reads a row per disk and zone per sample of 30 days (~120,000
     rows, 0.5 s with 24 disks; 1.5 s with 96) and samples change only every 10 minutes."""
-    from gui import storage
+    from hoardfs.gui import storage
 
     calls = []
     real = storage.usage.histories
@@ -201,7 +201,7 @@ def test_a_clock_set_back_does_not_stop_the_recording(pg) -> None:
     """The database's clock ran a day ahead and was set back (NTP stepping a wrong RTC): the
     sample stamped in the 'future' must not stop recording for a day (now - last < 10 min held
     for any sample after now), nor stay in the charts where it lies about when it was taken."""
-    from sql.usage import UsageRow, history, record
+    from hoardfs.sql.usage import UsageRow, history, record
 
     migrate(pg)
     pg.execute("INSERT INTO usage_sample (taken_at, kind, name, state, used_bytes, total_bytes) "
@@ -215,8 +215,8 @@ def test_a_clock_set_back_does_not_stop_the_recording(pg) -> None:
 def test_zone_chart_shows_a_zone_over_its_quota() -> None:
     """3A fills from outside hoardfs (scrapers write there whatever the quota says): a zone at
     130 % of its quota is drawn at 130 %, not cut off flat at the chart's 100 % top."""
-    from gui import charts
-    from sql.usage import HistoryPoint
+    from hoardfs.gui import charts
+    from hoardfs.sql.usage import HistoryPoint
 
     at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     points = [HistoryPoint(at=at + dt.timedelta(hours=h), kind="zone", name="3A", state="emergency",
@@ -231,7 +231,7 @@ def test_a_zone_whose_reservations_cannot_be_read_records_them_unknown(hoard_hom
     says why); the sample must record its reserved bytes as not known (NULL), not 0 — the
     table's rule, so the chart does not show the zone emptier than it may be."""
     cfg = _home(hoard_home, pg)
-    from fsd.outputs import zones
+    from hoardfs.fsd.outputs import zones
 
     d = zones.reservations_dir(config.load(cfg), "3D")
     d.mkdir(parents=True, exist_ok=True)

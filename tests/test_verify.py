@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, flip_byte, make_files
 from tests.test_cli import hoard
 from tests.test_store import check_store
@@ -49,7 +49,7 @@ def test_bit_flip_found_and_repaired(tmp_path: Path) -> None:
 
 def test_sample_and_budget(tmp_path: Path) -> None:
     """--sample checks part of the shards; the never-verified ones come first."""
-    from fsd.io.scrub import verify
+    from hoardfs.fsd.io.scrub import verify
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
     with Store.open(cfg, init=True) as store:
@@ -91,7 +91,7 @@ def test_sample_is_oldest_verified_first_and_deterministic(tmp_path: Path) -> No
     """`--sample PCT` checks exactly the first PCT % (at least one) of the sealed shards in
     (verified, created) order: two 50 % runs cover every shard once, and a third starts again
     with the shards verified longest ago."""
-    from fsd.io.scrub import verify
+    from hoardfs.fsd.io.scrub import verify
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
     with Store.open(cfg, init=True) as store:
@@ -134,7 +134,7 @@ def test_a_disk_vanishing_before_its_repair_is_named_not_a_traceback(lab_factory
     onto it (chaos seed 492: TargetError's traceback, exit 1). The repair is not done, the shard
     is reported bad and not stamped verified, every object reads; with the disk back, the
     next `verify --repair` mends it."""
-    from fsd.io.scrub import verify
+    from hoardfs.fsd.io.scrub import verify
     from tests.helpers import write_config
     from tests.lab import DiskProfile
     lab = lab_factory([DiskProfile(f"v{i}", 200, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd.outputs.views import ViewError, define_view
+from hoardfs.fsd.outputs.views import ViewError, define_view
 from tests.helpers import make_files
 
 
@@ -24,9 +24,9 @@ def test_file_that_is_another_paths_directory_is_refused(store_factory, tmp_path
 
 _RACER = r"""
 import sys, time
-from fsd.base import config
-from fsd.store import Store
-from fsd.outputs.views import define_view_rows, remove_view
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
+from hoardfs.fsd.outputs.views import define_view_rows, remove_view
 
 cfg_path, me, rounds, shas = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(",")
 with Store.open(config.load(cfg_path)) as store:
@@ -51,7 +51,7 @@ def test_a_view_removed_while_another_is_defined_never_tombstones_what_the_other
     import subprocess
     import sys
 
-    from fsd.maintenance.deletion import release
+    from hoardfs.fsd.maintenance.deletion import release
 
     store = store_factory(n_disks=2)
     shas = [r.sha256 for r in store.put_many(make_files(tmp_path / "in", 5))]
@@ -72,8 +72,8 @@ def test_removing_a_view_tombstones_only_what_it_owned(store_factory, tmp_path: 
     """A view names objects something else may need without naming them in a manifest (a
     database dump only backup_log knows, an object whose batch was dropped): removing the
     view leaves them alone — only objects made for it (`owned`) are tombstoned."""
-    from fsd.maintenance.deletion import release
-    from fsd.outputs.views import define_view_rows, remove_view
+    from hoardfs.fsd.maintenance.deletion import release
+    from hoardfs.fsd.outputs.views import define_view_rows, remove_view
 
     store = store_factory(n_disks=2)
     a, b, c = (r.sha256 for r in store.put_many(make_files(tmp_path / "in", 3)))
@@ -93,11 +93,11 @@ def test_a_view_is_named_only_after_every_object_of_its_manifest_is_durable(
     the disks, its index entry — only after every manifest object is indexed. (A build that
     indexed before its fsyncs, or stored the root first, or registered before its last
     group commit would leave a name pointing at bytes a power cut can take.)"""
-    from fsd.core import disks
-    from fsd.io import copies
-    from fsd.outputs import manifest
-    from fsd.outputs.manifest import manifest_objects
-    from fsd.outputs.views import define_view_rows
+    from hoardfs.fsd.core import disks
+    from hoardfs.fsd.io import copies
+    from hoardfs.fsd.outputs import manifest
+    from hoardfs.fsd.outputs.manifest import manifest_objects
+    from hoardfs.fsd.outputs.views import define_view_rows
 
     store = store_factory(n_disks=3, caps=None)
     res = store.put_many(make_files(tmp_path / "in", 8))
@@ -155,8 +155,8 @@ def test_view_add_refuses_names_and_paths_a_copy_out_of_the_mount_cannot_make(tm
     defined; a name of exactly 255 bytes is accepted. `view list --json` prints only JSON."""
     import json
 
-    from fsd.base import config
-    from fsd.store import Store
+    from hoardfs.base import config
+    from hoardfs.fsd.store import Store
     from tests.helpers import dir_disks_config
     from tests.test_cli import hoard
 

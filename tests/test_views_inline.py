@@ -19,14 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fsd.base import config
-from fsd.maintenance.check import check
-from fsd.maintenance.deletion import drop_batch, release
-from fsd.maintenance.gc import gc
-from fsd.outputs import manifest
-from fsd.outputs.manifest import Tree, build_view, iter_files, manifest_objects
-from fsd.outputs.views import define_view_rows, remove_view
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.maintenance.check import check
+from hoardfs.fsd.maintenance.deletion import drop_batch, release
+from hoardfs.fsd.maintenance.gc import gc
+from hoardfs.fsd.outputs import manifest
+from hoardfs.fsd.outputs.manifest import Tree, build_view, iter_files, manifest_objects
+from hoardfs.fsd.outputs.views import define_view_rows, remove_view
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
 
@@ -114,10 +114,10 @@ def test_files_only_inline_survive_every_reader(tmp_path: Path, monkeypatch: pyt
 
 _DEFINE = r"""
 import sys
-from fsd.base import config
-from fsd.outputs import manifest
-from fsd.store import Store
-from fsd.outputs.views import define_view_rows
+from hoardfs.base import config
+from hoardfs.fsd.outputs import manifest
+from hoardfs.fsd.store import Store
+from hoardfs.fsd.outputs.views import define_view_rows
 manifest._Builder.FLUSH_BYTES = 2048
 cfg_path, shas = sys.argv[1], sys.argv[2].split(",")
 with Store.open(config.load(cfg_path)) as store:
@@ -150,7 +150,7 @@ def test_kill_9_during_view_definitions(tmp_path: Path, delay: float) -> None:
         for name, info in store.index.iter_views():
             for path, sha, _ in iter_files(store.get, info["manifest"]):
                 assert hashlib.sha256(store.get(sha.hex())).hexdigest() == sha.hex()
-        from fsd.maintenance.gc import gc
+        from hoardfs.fsd.maintenance.gc import gc
         gc(store, threshold=1.0)
         for name, info in store.index.iter_views():
             for path, sha, _ in iter_files(store.get, info["manifest"]):

@@ -1,7 +1,7 @@
-"""`hoard worker` runs only hoardfs's own jobs (jobs.guard): a job written into Redis by anyone
+"""`hoard worker` runs only hoardfs's own jobs (hoardfs.jobs.guard): a job written into Redis by anyone
 else — a pickle naming subprocess.check_call, a pickled `meta` that runs code when the job is
 merely read, a JSON job naming os.system, a hoardfs job pointed at another configuration, a
-garbled job hash, a server job this server did not sign (jobs.jobkey) — is refused with one log
+garbled job hash, a server job this server did not sign (hoardfs.jobs.jobkey) — is refused with one log
 line, marked failed, and nothing of it runs; the worker goes on and runs the real job queued
 behind them. A copy of a signed job runs only while the job it copies has not run to its end."""
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from jobs import jobkey
-from jobs.guard import JOB_FUNCTIONS, SERIALIZER
-from jobs.queues import fetch_job, rq_queue
+from hoardfs.base import config
+from hoardfs.jobs import jobkey
+from hoardfs.jobs.guard import JOB_FUNCTIONS, SERIALIZER
+from hoardfs.jobs.queues import fetch_job, rq_queue
 
 
 class _RunsOnUnpickle:
@@ -45,7 +45,7 @@ def _raw_job(conn, queue: str, job_id: str, data: bytes, **fields: bytes | str) 
 
 def _hoard(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg), *args], capture_output=True,
                           text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
 
 
@@ -61,17 +61,17 @@ def test_hostile_jobs_are_refused_and_the_worker_goes_on(hoard_home: Path, redis
     marks = {n: hoard_home / f"pwned-{n}" for n in ("pickle", "meta", "json", "config")}
     _raw_job(redis_conn, "maintenance", "h-pickle", pickle.dumps(
         ("subprocess.check_call", None, (["sh", "-c", f"id > {marks['pickle']}"],), {})))
-    _raw_job(redis_conn, "maintenance", "h-meta", SERIALIZER.dumps(["jobs.store_jobs.replicate", None, [], {}]),
+    _raw_job(redis_conn, "maintenance", "h-meta", SERIALIZER.dumps(["hoardfs.jobs.store_jobs.replicate", None, [], {}]),
              meta=pickle.dumps(_RunsOnUnpickle(f"id > {marks['meta']}")))
     _raw_job(redis_conn, "maintenance", "h-json", SERIALIZER.dumps(["os.system", None, [f"id > {marks['json']}"], {}]))
     other = hoard_home / "other.toml"  # a hoardfs job against someone else's configuration
     other.write_text(cfg.read_text())
     _raw_job(redis_conn, "maintenance", "h-config", SERIALIZER.dumps(
-        ["jobs.store_jobs.replicate", None, [str(other), 60, None], {}]))
+        ["hoardfs.jobs.store_jobs.replicate", None, [str(other), 60, None], {}]))
     _raw_job(redis_conn, "maintenance", "h-garbled", SERIALIZER.dumps(["os.system", None, ["true"], {}]),
              created_at="not a date")
     key = jobkey.of(config.load(cfg))
-    legit = rq_queue("maintenance", redis_conn, key).enqueue("jobs.store_jobs.replicate", str(cfg.resolve()), 60, None)
+    legit = rq_queue("maintenance", redis_conn, key).enqueue("hoardfs.jobs.store_jobs.replicate", str(cfg.resolve()), 60, None)
 
     res = _hoard(cfg, "worker", "--queues", "maintenance", "--burst")
 
@@ -115,18 +115,18 @@ def test_a_server_job_this_server_did_not_sign_is_refused(hoard_home: Path, redi
     key, named = jobkey.of(cfg), str(path.resolve())
     assert (cfg.ssd.root / "state" / "jobs" / "key").stat().st_mode & 0o777 == 0o600  # `hoard init` made it
     host_key = jobkey.JobKey(hoard_home / "host" / "state" / "jobs")  # a host's own: not the server's
-    backup = ("jobs.maintenance.run", "backup", named)
+    backup = ("hoardfs.jobs.maintenance.run", "backup", named)
     rq_queue("maintenance", redis_conn).enqueue(*backup, job_id="f-unsigned")
     rq_queue("maintenance", redis_conn, host_key).enqueue(*backup, job_id="f-hostkey")
-    rq_queue("maintenance", redis_conn, key).enqueue("jobs.store_jobs.replicate", named, 60, None, job_id="f-changed")
+    rq_queue("maintenance", redis_conn, key).enqueue("hoardfs.jobs.store_jobs.replicate", named, 60, None, job_id="f-changed")
     redis_conn.hset("rq:job:f-changed", "data", zlib.compress(SERIALIZER.dumps([backup[0], None, list(backup[1:]), {}])))
-    rq_queue("io", redis_conn, key).enqueue("jobs.store_jobs.replicate", named, 60, None, job_id="f-moved")
+    rq_queue("io", redis_conn, key).enqueue("hoardfs.jobs.store_jobs.replicate", named, 60, None, job_id="f-moved")
     redis_conn.lrem("rq:queue:io", 0, "f-moved")
     redis_conn.rpush("rq:queue:maintenance", "f-moved")
     redis_conn.hset("rq:job:f-renamed", mapping=redis_conn.hgetall("rq:job:f-moved"))
     redis_conn.rpush("rq:queue:maintenance", "f-renamed")
-    _raw_job(redis_conn, "maintenance", "f-old", SERIALIZER.dumps(["jobs.ingest.run_batch", None, [named], {}]))
-    legit = rq_queue("maintenance", redis_conn, key).enqueue("jobs.store_jobs.replicate", named, 60, None)
+    _raw_job(redis_conn, "maintenance", "f-old", SERIALIZER.dumps(["hoardfs.jobs.ingest.run_batch", None, [named], {}]))
+    legit = rq_queue("maintenance", redis_conn, key).enqueue("hoardfs.jobs.store_jobs.replicate", named, 60, None)
 
     res = _hoard(path, "worker", "--queues", "maintenance", "--burst")
 
@@ -136,7 +136,7 @@ def test_a_server_job_this_server_did_not_sign_is_refused(hoard_home: Path, redi
         assert _refused(res.stderr, job_id).endswith(f"not run: not signed by this server's key{tail}")
         assert fetch_job(job_id, redis_conn).get_status(refresh=True) == "failed"
     assert _refused(res.stderr, "f-moved").endswith(f"not run: signed for queue 'io', taken from 'maintenance'{tail}")
-    assert "'jobs.ingest.run_batch' is not a hoardfs job" in _refused(res.stderr, "f-old")
+    assert "'hoardfs.jobs.ingest.run_batch' is not a hoardfs job" in _refused(res.stderr, "f-old")
     assert not any(cfg.ssd.zone_path("3B").iterdir()), "a backup ran"
     done = fetch_job(legit.id, redis_conn)
     assert done.get_status(refresh=True) == "finished", res.stderr
@@ -152,7 +152,7 @@ def test_a_copy_of_a_signed_job_runs_only_while_its_job_has_not_run_to_its_end(h
     assert _hoard(path, "init").returncode == 0
     key, named = jobkey.of(config.load(path)), str(path.resolve())
     queue = rq_queue("maintenance", redis_conn, key)
-    queue.enqueue("jobs.store_jobs.replicate", named, 60, None, job_id="r1")
+    queue.enqueue("hoardfs.jobs.store_jobs.replicate", named, 60, None, job_id="r1")
     assert _hoard(path, "worker", "--queues", "maintenance", "--burst").returncode == 0
     assert fetch_job("r1", redis_conn).get_status(refresh=True) == "finished"
     assert len(fetch_job("r1", redis_conn).results()) == 1
@@ -164,7 +164,7 @@ def test_a_copy_of_a_signed_job_runs_only_while_its_job_has_not_run_to_its_end(h
     assert "not run: a copy of job r1, which ran to its end" in _refused(res.stderr, "r1"), res.stderr
     assert len(fetch_job("r1", redis_conn).results()) == 1  # not run again
 
-    r2 = queue.enqueue("jobs.store_jobs.replicate", named, 60, None, job_id="r2")  # a host's copy of it, queued...
+    r2 = queue.enqueue("hoardfs.jobs.store_jobs.replicate", named, 60, None, job_id="r2")  # a host's copy of it, queued...
     why, held = key.take(fetch_job("r2", redis_conn))  # ...while a worker of this server runs it
     assert why == "" and held is not None
     try:
@@ -210,8 +210,9 @@ def test_every_job_hoardfs_enqueues_is_allowed() -> None:
         assert list(inspect.signature(fn).parameters)[at] == "config_path", name
     repo = Path(__file__).resolve().parents[1]
     named = set()
-    for f in [*(repo / "jobs").glob("*.py"), *(repo / "fsd").rglob("*.py"), *(repo / "gui").glob("*.py")]:
-        named |= set(re.findall(r'"(jobs\.[a-z_]+\.[a-z_]+)"', f.read_text()))
+    for f in [*(repo / "jobs").glob("*.py"), *(repo / "fsd").rglob("*.py"), *(repo / "cli").rglob("*.py"),
+              *(repo / "gui").glob("*.py")]:
+        named |= set(re.findall(r'"(hoardfs\.jobs\.[a-z_]+\.[a-z_]+)"', f.read_text()))
     enqueued = {n for n in named if n.rsplit(".", 1)[1] in {"run_step", "run_job", "run", "replicate"}}
     assert enqueued and enqueued <= set(JOB_FUNCTIONS), enqueued - set(JOB_FUNCTIONS)
     assert json.loads(SERIALIZER.dumps({"a": [1]})) == {"a": [1]}
@@ -223,7 +224,7 @@ def test_worker_names_a_redis_others_can_write_to(hoard_home: Path, tmp_path: Pa
     jobs: a TCP Redis without a password, a socket with mode 0777; not for 0770 or a password."""
     import socket
 
-    from jobs.guard import exposure
+    from hoardfs.jobs.guard import exposure
 
     sock = tmp_path / "r.sock"
     with socket.socket(socket.AF_UNIX) as s:
@@ -234,7 +235,7 @@ def test_worker_names_a_redis_others_can_write_to(hoard_home: Path, tmp_path: Pa
         assert exposure(f"unix://{sock}?db=0") == ""
     assert exposure("redis://:secret@127.0.0.1:6379/0") == ""
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(hoard_home / "hoard.toml"), "worker", "--burst"],
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(hoard_home / "hoard.toml"), "worker", "--burst"],
                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
                          env={**env, "HOARD_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert res.returncode == 3, res.stderr

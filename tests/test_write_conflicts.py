@@ -7,7 +7,7 @@ import threading
 import psycopg
 import pytest
 
-from fsd.base.errors import ExitCode
+from hoardfs.base.errors import ExitCode
 
 
 def _real_deadlock(url: str) -> psycopg.Error:
@@ -38,8 +38,8 @@ def _real_deadlock(url: str) -> psycopg.Error:
 def test_a_deadlock_is_named_as_a_write_conflict_by_the_cli_and_the_jobs(servers) -> None:
     """The CLI's one line and a job's condition line for a real deadlock say two writers met and
     to run it again (exit 7), never "cannot reach the database" (exit 3)."""
-    from fsd import cli
-    from jobs.queues import condition_exit_code, condition_line, is_condition
+    from hoardfs import cli
+    from hoardfs.jobs.queues import condition_exit_code, condition_line, is_condition
 
     e = _real_deadlock(servers["database_url"])
     assert isinstance(e, psycopg.errors.DeadlockDetected)
@@ -54,7 +54,7 @@ def test_a_deadlock_is_named_as_a_write_conflict_by_the_cli_and_the_jobs(servers
 @pytest.mark.parametrize("error", [psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected])
 def test_both_conflict_states_are_told_from_a_server_gone(error) -> None:
     """serialization_failure and deadlock_detected are conflicts; a refused connection is not."""
-    from fsd import cli
+    from hoardfs import cli
 
     assert cli._service_down(error("x")).exit_code == ExitCode.CONFLICT  # type: ignore[union-attr]
     gone = cli._service_down(psycopg.OperationalError("connection refused"))

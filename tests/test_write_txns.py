@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.core import marks
-from fsd.core.txnlog import KILL_VAR, LOG_VAR, TXN_ENTRIES
-from fsd.outputs.manifest import batch_manifest
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.core import marks
+from hoardfs.fsd.core.txnlog import KILL_VAR, LOG_VAR, TXN_ENTRIES
+from hoardfs.fsd.outputs.manifest import batch_manifest
+from hoardfs.fsd.store import Store
 from tests.helpers import REPO, dir_disks_config
 
 # tier: the module's tests start hoard processes
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.services
 def _hoard(cfg_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     full.pop("HOARD_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args], capture_output=True,
                           text=True, env=full, cwd=REPO, timeout=600)
 
 
@@ -106,7 +106,7 @@ def test_a_marks_snapshot_lets_writers_in_and_keeps_their_records(tmp_path: Path
     objects (the old code held the write transaction throughout: that process waited for
     it). Afterwards each disk's log holds the snapshot and those records: it replays to the
     index's marks, no disk is behind, and `hoard check` finds nothing."""
-    import fsd.io.copies as copies  # where the snapshot is written
+    import hoardfs.fsd.io.copies as copies  # where the snapshot is written
 
     cfg_path, shas = _store(tmp_path, 3000)
     real = marks.snapshot_chunks
@@ -143,7 +143,7 @@ def test_a_marks_snapshot_killed_at_any_step_loses_no_mark(tmp_path: Path, after
     cfg_path, shas = _store(tmp_path, 2000)
     with Store.open(config.load(cfg_path)) as store:
         store.index.mark(store.index.hidden, shas[:50], "a node deleted")
-    res = _hoard(cfg_path, "index", "rewrite-marks", env={KILL_VAR: f"fsd.core.marks:snapshot_marks:{after}"})
+    res = _hoard(cfg_path, "index", "rewrite-marks", env={KILL_VAR: f"hoardfs.fsd.core.marks:snapshot_marks:{after}"})
     assert res.returncode == -9, res.stderr[-2000:]
     with Store.open(config.load(cfg_path)) as store:  # a writer's open: a disk behind is snapshotted
         store.index.mark(store.index.deleted, shas[50:60], "a batch deleted")
@@ -172,13 +172,13 @@ def test_a_release_and_a_gc_killed_between_chunks_lose_nothing(tmp_path: Path) -
     listing = tmp_path / "released.txt"
     listing.write_text("".join(s.hex() + "\n" for s in gone))
     res = _hoard(cfg_path, "delete", "--objects-from", str(listing), "--yes",
-                 env={**SMALL, KILL_VAR: "fsd.core.marks:_mark:3"})
+                 env={**SMALL, KILL_VAR: "hoardfs.fsd.core.marks:_mark:3"})
     assert res.returncode == -9, res.stderr[-2000:]
     res = _hoard(cfg_path, "check", "--no-database")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert _hoard(cfg_path, "delete", "--objects-from", str(listing), "--yes", env=SMALL).returncode == 0
     res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "0.9",
-                 env={**SMALL, KILL_VAR: "fsd.maintenance.gc:_swap:2"})
+                 env={**SMALL, KILL_VAR: "hoardfs.fsd.maintenance.gc:_swap:2"})
     assert res.returncode == -9, res.stderr[-2000:]
     _all_read_back(cfg_path, kept)
     res = _hoard(cfg_path, "check", "--no-database")
@@ -204,14 +204,14 @@ def test_a_batch_deletion_killed_between_chunks_keeps_the_batch_whole(tmp_path: 
         body = batch_manifest("b1", "t", "now", {f"f{i}": (s.hex(), 1) for i, s in enumerate(mine)},
                               {f"f{i}": 0 for i in range(len(mine))}, [], [])
         store.register_batch("b1", {"source": "t", "manifest": store.put_bytes(body).sha256})
-    drop = ("import sys; from fsd.base import config; from fsd.store import Store; "
-            "from fsd.maintenance.deletion import drop_batch; "
+    drop = ("import sys; from hoardfs.base import config; from hoardfs.fsd.store import Store; "
+            "from hoardfs.fsd.maintenance.deletion import drop_batch; "
             "s = Store.open(config.load(sys.argv[1])); print(drop_batch(s, 'b1')); s.close()")
 
     def run(env: dict) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-c", drop, str(cfg_path)], capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO), **env}, cwd=REPO, timeout=600)
-    res = run({**SMALL, KILL_VAR: "fsd.core.marks:_mark:2"})
+    res = run({**SMALL, KILL_VAR: "hoardfs.fsd.core.marks:_mark:2"})
     assert res.returncode == -9, res.stderr[-2000:]
     assert _hoard(cfg_path, "gc", "--no-database", "--threshold", "0.99").returncode == 0
     _all_read_back(cfg_path, shas)
@@ -226,8 +226,8 @@ def test_a_batch_deletion_killed_between_chunks_keeps_the_batch_whole(tmp_path: 
     _log_marks_agree(cfg_path)
 
 
-@pytest.mark.parametrize("site", ["fsd.maintenance.gc:_swap:1", "fsd.maintenance.gc:_swap:3",
-                                  "fsd.core.marks:unmark:1"])
+@pytest.mark.parametrize("site", ["hoardfs.fsd.maintenance.gc:_swap:1", "hoardfs.fsd.maintenance.gc:_swap:3",
+                                  "hoardfs.fsd.core.marks:unmark:1"])
 def test_a_gc_killed_mid_way_keeps_what_a_batch_view_put_or_pin_names(tmp_path: Path, site: str) -> None:
     """Batch A is deleted; every object it named that something else names — batch B, view V,
     a named put (a root), a running job (a pin) — is tombstoned too (a `delete --object` or a
@@ -235,8 +235,8 @@ def test_a_gc_killed_mid_way_keeps_what_a_batch_view_put_or_pin_names(tmp_path: 
     tombstones, then run again: each of those objects reads back, A's own are freed, check is
     clean. gc decides once per run which manifests name what (manifest.References): a run
     killed mid-way leaves nothing a re-run could take for unreferenced."""
-    from fsd.maintenance.deletion import drop_batch
-    from fsd.outputs.views import define_view_rows
+    from hoardfs.fsd.maintenance.deletion import drop_batch
+    from hoardfs.fsd.outputs.views import define_view_rows
 
     cfg_path, shas = _store(tmp_path, 3000, shard_mb=1)
     a, rest = shas[:1200], shas[1200:]
@@ -313,7 +313,7 @@ def test_a_put_killed_between_its_group_commits_keeps_what_it_reported(tmp_path:
     cfg_path = _empty_store(tmp_path)
     files = _small_files(tmp_path / "in", 3000, seed=6)
     small = {"HOARD_LMDB_TXN_ENTRIES": "1000"}
-    res = _hoard(cfg_path, "put", "--json", str(files), env={**small, KILL_VAR: "fsd.core.index:add_objects:2"})
+    res = _hoard(cfg_path, "put", "--json", str(files), env={**small, KILL_VAR: "hoardfs.fsd.core.index:add_objects:2"})
     assert res.returncode == -9, res.stderr[-2000:]
     reported = [bytes.fromhex(json.loads(x)["sha256"]) for x in res.stdout.splitlines()]
     assert 0 < len(reported) < 3000  # (the first group's files, told before the second's commit)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.base import config
-from fsd.base.errors import ExitCode
-from fsd.base.proc import booted_ns, pid_alive, process_space
-from fsd.base.units import fmt_bytes
-from fsd.outputs import seal, zones
+from hoardfs.base import config
+from hoardfs.base.errors import ExitCode
+from hoardfs.base.proc import booted_ns, pid_alive, process_space
+from hoardfs.base.units import fmt_bytes
+from hoardfs.fsd.outputs import seal, zones
 from tests.helpers import missing
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def sealed_output(cfg: config.Settings, zone: str, output_id: str, nbytes: int) 
 
 def child(cfg: config.Settings, body: str, **env: str) -> subprocess.Popen:
     """A real process running `body` with `cfg` loaded (PYTHONPATH as this test's)."""
-    code = "from fsd.base import config\nfrom fsd.outputs import zones, seal\nimport os, sys, time\n" \
+    code = "from hoardfs.base import config\nfrom hoardfs.fsd.outputs import zones, seal\nimport os, sys, time\n" \
            f"cfg = config.load({str(cfg.source)!r})\n" + textwrap.dedent(body)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO, env=os.environ | env)
@@ -84,7 +84,7 @@ def wait_line(proc: subprocess.Popen, want: str, timeout: float = 30) -> str:
 
 
 def hoard(cfg: config.Settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), *args], capture_output=True,
                           text=True, cwd=REPO, timeout=60, env=os.environ | {"COLUMNS": "200"})
 
 
@@ -513,7 +513,7 @@ def test_ingest_reserves_3b_and_its_package_is_a_sealed_output(hoard_home: Path,
     """UA_1's package step reserves in 3B through the same mechanism: the reservation a killed
     packager left is reclaimed, none is left behind, and the package (sealed by its manifest)
     is listed as a sealed output `hoard zones clean` can remove."""
-    from adapters.synth import Spec, generate
+    from hoardfs.adapters.synth import Spec, generate
     from tests.test_ingest import ingest_all, ingest_home
 
     cfg = ingest_home(hoard_home, pg)
@@ -620,7 +620,7 @@ def test_a_zone_on_a_full_file_system_refuses_what_its_quota_would_admit(tmp_pat
     the file system's free bytes and counts them in `free_bytes`, `reserve` refuses 1 MiB
     (exit 6, one line naming the zone, its path, the free bytes and the need), `hoard zones`
     and `hoard health` name the shortfall; a reservation that fits is still taken."""
-    from fsd.maintenance.health import store_problems
+    from hoardfs.fsd.maintenance.health import store_problems
 
     cfg = zone_config(tmp_path)
     z = cfg.ssd.zone_path("3C")
@@ -748,7 +748,7 @@ def test_usage_with_a_damaged_reservation_file(tmp_path: Path, monkeypatch: pyte
 def test_a_sparse_file_counts_by_its_apparent_size(tmp_path: Path) -> None:
     """W3-X 14: `truncate -s 6G` in 3A allocates a few KB and slipped past the quota (ingest
     then read 6 GB); a file counts by its apparent size when that is larger than its blocks."""
-    from fsd.outputs.zones import du
+    from hoardfs.fsd.outputs.zones import du
 
     sparse = tmp_path / "3A" / "b" / "x"
     sparse.parent.mkdir(parents=True)

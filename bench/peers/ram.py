@@ -51,9 +51,9 @@ from pathlib import Path
 
 from _common import Lab, MiB, allocated, hoard_mounted, mergerfs_mounted, read_all
 
-from fsd.base import config
-from fsd.outputs.views import define_view_rows
-from fsd.store import Store
+from hoardfs.base import config
+from hoardfs.fsd.outputs.views import define_view_rows
+from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config
 from tests.lab import DiskProfile
 

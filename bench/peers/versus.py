@@ -5,7 +5,7 @@
                                  [--large-n 2 --large-mb 256] [--ram-objects 1000000 --ram-read 100000
                                  --ram-annex 50000] [--ram-only]
 
-One corpus from the S08 generator (adapters.synth: gallery-dl, forum and API batches, ~97 %
+One corpus from the S08 generator (hoardfs.adapters.synth: gallery-dl, forum and API batches, ~97 %
 files under 1 MiB, some content repeated across batches, a few files of up to 8 MiB) is
 stored with two copies on the lab's lab1 (50 MiB/s write) and lab2 (40 MiB/s write) by:
 
@@ -28,7 +28,7 @@ Rows (cold: page cache dropped first; warm: said so):
   durable) — files/s, MiB/s; bound = corpus bytes / the slower disk's write limit (both disks
   take every byte).
 - **small-file export** (cold) — copy everything out to a directory off the lab, the way a
-  stage to 3C or an export to 3D does, then one syncfs: hoardfs with `fsd.outputs.materialize` (the
+  stage to 3C or an export to 3D does, then one syncfs: hoardfs with `hoardfs.fsd.outputs.materialize` (the
   batch planner: every record from the replica that balances the two disks); cp with two
   `cp -r` in parallel, half of the batches from each disk's copy (the strongest use of two
   plain copies); git-annex and SnapRAID with `cp -rL` from the one disk holding their files
@@ -115,13 +115,13 @@ from _common import (  # noqa: E402
 )
 from ram import measure as measure_ram  # noqa: E402
 
-from adapters.synth import Spec, generate  # noqa: E402
-from fsd.base import config  # noqa: E402
-from fsd.core.disks import DiskState  # noqa: E402
-from fsd.maintenance.rebuild import rebuild  # noqa: E402
-from fsd.outputs.materialize import Item, materialize  # noqa: E402
-from fsd.outputs.views import define_view_rows  # noqa: E402
-from fsd.store import Store  # noqa: E402
+from hoardfs.adapters.synth import Spec, generate  # noqa: E402
+from hoardfs.base import config  # noqa: E402
+from hoardfs.fsd.core.disks import DiskState  # noqa: E402
+from hoardfs.fsd.maintenance.rebuild import rebuild  # noqa: E402
+from hoardfs.fsd.outputs.materialize import Item, materialize  # noqa: E402
+from hoardfs.fsd.outputs.views import define_view_rows  # noqa: E402
+from hoardfs.fsd.store import Store  # noqa: E402
 
 PEERS = ("hoardfs", "cp_x2_syncfs", "git_annex", "snapraid")
 READERS = (*PEERS, "mergerfs")  # mergerfs keeps one copy: it has read rows only

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from datasets import layouts
-from datasets.formats.base import IMAGE_EXTS, Format, Generated, StoredFile, TarMember, TarShard, Tree
-from datasets.formats.detection import Coco, Voc, Yolo
-from datasets.formats.folders import HFImageFolder, ImageFolder
-from datasets.formats.template import template_format
-from datasets.formats.webdataset import WebDataset, tar_bytes, tar_layout, tar_size, write_tar
-from datasets.layouts import LayoutError
-from datasets.model import Sample
+from hoardfs.datasets import layouts
+from hoardfs.datasets.formats.base import IMAGE_EXTS, Format, Generated, StoredFile, TarMember, TarShard, Tree
+from hoardfs.datasets.formats.detection import Coco, Voc, Yolo
+from hoardfs.datasets.formats.folders import HFImageFolder, ImageFolder
+from hoardfs.datasets.formats.template import template_format
+from hoardfs.datasets.formats.webdataset import WebDataset, tar_bytes, tar_layout, tar_size, write_tar
+from hoardfs.datasets.layouts import LayoutError
+from hoardfs.datasets.model import Sample
 
 FORMATS: dict[str, Format] = {f.name: f for f in (ImageFolder(), HFImageFolder(), Coco(), Yolo(), Voc(),
                                                   WebDataset())}

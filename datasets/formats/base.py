@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from datasets.layouts import LayoutError, PlacementError
-from datasets.model import Sample, canonical
-from fsd.base.paths import MAX_NAME_BYTES, display, hostile_reason
+from hoardfs.base.paths import MAX_NAME_BYTES, display, hostile_reason
+from hoardfs.datasets.layouts import LayoutError, PlacementError
+from hoardfs.datasets.model import Sample, canonical
 
 
 @dataclass(frozen=True)

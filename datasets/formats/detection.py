@@ -7,7 +7,7 @@ import json
 import math
 from xml.sax.saxutils import escape
 
-from datasets.formats.base import (
+from hoardfs.datasets.formats.base import (
     Generated,
     StoredFile,
     Tree,
@@ -18,8 +18,8 @@ from datasets.formats.base import (
     json_bytes,
     who,
 )
-from datasets.layouts import PlacementError
-from datasets.model import Annotation, Sample
+from hoardfs.datasets.layouts import PlacementError
+from hoardfs.datasets.model import Annotation, Sample
 
 
 def _indexed(fmt, samples: list[Sample], doc: dict) -> tuple[list[Sample], dict[str, int]]:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from datasets.formats.base import Generated, StoredFile, Tree, check_name, check_samples, class_names, finish, who
-from datasets.layouts import PlacementError
-from datasets.model import Sample, canonical
+from hoardfs.datasets.formats.base import (
+    Generated,
+    StoredFile,
+    Tree,
+    check_name,
+    check_samples,
+    class_names,
+    finish,
+    who,
+)
+from hoardfs.datasets.layouts import PlacementError
+from hoardfs.datasets.model import Sample, canonical
 
 #: the directory names `datasets` (Hugging Face) takes as a split (datasets.data_files.SPLIT_KEYWORDS),
 #: and the split it loads them as; a directory of another name is not a split to it

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from datasets import layouts
-from datasets.formats.base import Generated, StoredFile, Tree, check_name, check_samples, finish, json_bytes
-from datasets.layouts import Layout, LayoutError
-from datasets.model import Sample
+from hoardfs.datasets import layouts
+from hoardfs.datasets.formats.base import Generated, StoredFile, Tree, check_name, check_samples, finish, json_bytes
+from hoardfs.datasets.layouts import Layout, LayoutError
+from hoardfs.datasets.model import Sample
 
 #: the template fields a dataset sample carries (the rest — batch, orig_path, source, title … —
 #: are a stage's or an export's, read from the database when it runs)

@@ -9,10 +9,10 @@ import tarfile
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
-from datasets.formats.base import TarMember, TarShard, Tree, check_samples, class_names, finish, json_bytes, who
-from datasets.layouts import LayoutError, PlacementError
-from datasets.model import Sample
-from fsd.outputs.materialize import Assembled
+from hoardfs.datasets.formats.base import TarMember, TarShard, Tree, check_samples, class_names, finish, json_bytes, who
+from hoardfs.datasets.layouts import LayoutError, PlacementError
+from hoardfs.datasets.model import Sample
+from hoardfs.fsd.outputs.materialize import Assembled
 
 #: a shard's size before the next starts (the spec's `[webdataset] shard_bytes`)
 SHARD_BYTES = 256 * 1024 * 1024

@@ -7,4 +7,4 @@ bucket), where things live on them (`layout`), what each disk's marks log and po
 index's tables that mirror them (`marks`, `pointers`), the LMDB index of every object
 (`index`, with its entries' encoding in `entries` and its events and repairs in `events`),
 where a new shard goes (`placement`), the store's lock (`storelock`) and what each disk's
-drive says of itself (`smart`). Imports only `fsd.base`."""
+drive says of itself (`smart`). Imports only `hoardfs.base`."""

@@ -1,19 +1,19 @@
 """The shard backend interface: everything the store needs from a place that holds shards.
 
-`fsd.core.disks.LocalDisk` implements it for an HDD mount point, `fsd.core.s3.S3Disk` for a
+`hoardfs.fsd.core.disks.LocalDisk` implements it for an HDD mount point, `hoardfs.fsd.core.s3.S3Disk` for a
 bucket on an S3-compatible engine (SeaweedFS, Ceph RGW; docs/scale-out.md): shards are
 written once, sealed, then only read, copied or deleted whole — which maps onto an open
 shard on a local staging folder, one multipart PUT at seal, GET with a Range header, and
 DELETE. tests/test_s3_backend.py runs the same contract tests against both.
 
-This is the contract: no module but `fsd.core.disks` reaches a disk's shard files through
+This is the contract: no module but `hoardfs.fsd.core.disks` reaches a disk's shard files through
 `disk.root`, `disk.find` or `disk.path`, or names the shard layout (`shards/`, `.shard`,
 `.open`) — tests/test_layering.py::test_only_the_local_backend_reaches_shard_files.
 
 What a backend must also provide is what it keeps *beside* its shards — each disk's marks log,
 the batch, view and db-dump pointers, the index copies, the forgotten-disk marker, a `tmp/` and an
-`orphans/` folder for the sweep: a disk's `beside` (fsd.core.beside: `LocalBeside`, files under a
-local disk's root; `fsd.core.s3files.S3Beside`, objects in the bucket), which every caller uses
+`orphans/` folder for the sweep: a disk's `beside` (hoardfs.fsd.core.beside: `LocalBeside`, files under a
+local disk's root; `hoardfs.fsd.core.s3files.S3Beside`, objects in the bucket), which every caller uses
 (`Disk`). The identity is the backend's own (`check`). Index rebuild, the orphan sweep and
 `hoard check` look at the shard files one by one (`shard_files`: planted, damaged or misnamed
 ones included) and at the shards kept as objects (`shard_objects`: a bucket's listing). What
@@ -28,7 +28,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Protocol, TypeGuard
 
-from fsd.core.beside import Beside
+from hoardfs.fsd.core.beside import Beside
 
 
 class ShardSink(Protocol):
@@ -44,7 +44,7 @@ class ShardBackend(Protocol):
     label: str
     uuid: str
     # how many reads one reader keeps in flight (the batch planner, a large object's pieces):
-    # 1 for a disk head, several for an S3 engine (fsd.core.s3.READ_STREAMS)
+    # 1 for a disk head, several for an S3 engine (hoardfs.fsd.core.s3.READ_STREAMS)
     read_streams: int
     # whether a large object's pieces come off one streamed read (`stream_at`: S3, one GET for
     # the whole record) rather than a read per piece (a local disk, whose reads are cheap)
@@ -54,7 +54,7 @@ class ShardBackend(Protocol):
     def reopen(self, shard_hex: str) -> ShardSink: ...
     def seal(self, shard_hex: str) -> None: ...  # open → sealed, atomically
     # `length` bytes (fewer only at the end of the shard), however large: a local file needs
-    # several pread() calls past 2 GiB (fsd.core.disks.pread_full), S3 a ranged GET; callers read
+    # several pread() calls past 2 GiB (hoardfs.fsd.core.disks.pread_full), S3 a ranged GET; callers read
     # large records in pieces (Store.iter_object), never whole
     def read_at(self, shard_hex: str, offset: int, length: int) -> bytes: ...
     # the same bytes, fetched without speculating past them (a local file: read-ahead off; S3:
@@ -73,7 +73,7 @@ class ShardBackend(Protocol):
     def state(self, shard_hex: str) -> str | None: ...
     # (shard hex, sealed) of every shard held
     def shard_ids(self) -> list[tuple[str, bool]]: ...
-    # (size, records) of a sealed shard after checking it whole (fsd.core.disks.verify_shard);
+    # (size, records) of a sealed shard after checking it whole (hoardfs.fsd.core.disks.verify_shard);
     # raises OSError or ShardFormatError
     def verify(self, shard_hex: str, sha256: bool = False) -> tuple[int, int]: ...
     # sealed → open again, for recovery to seal it anew; False when an open one is there too

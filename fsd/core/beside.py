@@ -7,17 +7,17 @@ disks left (docs/design.md, "Beside the shards"):
 - small named files, read whole and replaced atomically and durably: the batch and view
   pointers (`batches/<name>.json`, `views/<name>.json`), the db-dump pointer
   (`.hoard-db-dump.json`), the marker a forgotten disk carries (`.hoard-forgotten.json`);
-- the **marks log** (fsd.core.marks: its lines and their checks), appended by every writer
+- the **marks log** (hoardfs.fsd.core.marks: its lines and their checks), appended by every writer
   inside its index transaction and now and then replaced by a snapshot of the index's marks,
   with the lines appended meanwhile kept after it;
 - the index copies (`index-copy/`, `hoard index backup`);
 - a folder for work in progress (`tmp/`) and one for what was set aside (`orphans/`), both
   swept by the orphan sweep.
 
-Callers (fsd.io.copies, fsd.io.integrity, fsd.maintenance) reach them only through a disk's
+Callers (hoardfs.fsd.io.copies, hoardfs.fsd.io.integrity, hoardfs.fsd.maintenance) reach them only through a disk's
 `beside` (tests/test_layering.py): `LocalBeside` keeps them as the files the store always wrote
 under the disk's root (a store made before this interface opens unchanged);
-`fsd.core.s3files.S3Beside` keeps them as objects in the disk's bucket.
+`hoardfs.fsd.core.s3files.S3Beside` keeps them as objects in the disk's bucket.
 
 Names are relative (`batches/x.json`); the marks log has no name here — it is "the" log
 (`marks/marks.log` on a local disk). `wrote` lists, for the caller's `on_disk`, the device each
@@ -38,13 +38,13 @@ from typing import Any, Protocol
 
 import xxhash
 
-from fsd.base.files import atomic_write, create_new, fsync_dir
-from fsd.base.modes import FILE, rewrite_mode
-from fsd.core import marks, pointers
-from fsd.core.diskid import ORPHANS_DIR as ORPHANS
-from fsd.core.diskid import TMP_DIR as TMP
-from fsd.core.layout import MARKS_DIR, MARKS_LOG
-from fsd.core.spill import Spill
+from hoardfs.base.files import atomic_write, create_new, fsync_dir
+from hoardfs.base.modes import FILE, rewrite_mode
+from hoardfs.fsd.core import marks, pointers
+from hoardfs.fsd.core.diskid import ORPHANS_DIR as ORPHANS
+from hoardfs.fsd.core.diskid import TMP_DIR as TMP
+from hoardfs.fsd.core.layout import MARKS_DIR, MARKS_LOG
+from hoardfs.fsd.core.spill import Spill
 
 #: the marks log's name among the files (the one a local disk writes)
 MARKS_NAME = f"{MARKS_DIR}/{MARKS_LOG}"
@@ -89,7 +89,7 @@ class Beside(Protocol):
     def marks_read_tail(self, label: str, spill: Spill, src: int, cutoff: int, start: int, lines: int,
                         checked: bool) -> marks.DiskLog: ...
     # (identity of the log or None, the other logs beside it, its length or -1), for a judgement
-    # remembered of the log's prefix (fsd.io.judged); None: none is remembered, it is read whole
+    # remembered of the log's prefix (hoardfs.fsd.io.judged); None: none is remembered, it is read whole
     def marks_files(self) -> tuple[list[int] | None, dict[str, list[int]], int]: ...
     def marks_tip(self, judged: int, file: list[int] | None) -> str: ...
     # a snapshot: `cut` notes the log now, `snapshot` writes one (not yet in force), `swap` puts

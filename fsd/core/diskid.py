@@ -1,5 +1,5 @@
-"""A disk's identity and what the index remembers of it — the part of fsd.core.disks that the
-index, the layout and the files beside the shards (fsd.core.beside) need without the shards.
+"""A disk's identity and what the index remembers of it — the part of hoardfs.fsd.core.disks that the
+index, the layout and the files beside the shards (hoardfs.fsd.core.beside) need without the shards.
 
     <disk root>/.hoard-disk.json          identity: {"uuid", "label", "created", "format"}
     <disk root>/.hoard-disk.copy.json     its second copy
@@ -15,15 +15,15 @@ import uuid as uuidlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fsd.base.files import atomic_write
-from fsd.core import formats
+from hoardfs.base.files import atomic_write
+from hoardfs.fsd.core import formats
 
 IDENTITY = ".hoard-disk.json"
 #: a second copy of a disk's identity (as ext4 keeps backup superblocks): a damaged identity
 #: file alone does not make a disk a stranger (`hoard disks activate` puts it back)
 IDENTITY_COPY = ".hoard-disk.copy.json"
 IDENTITY_FORMAT = formats.IDENTITY
-#: the folders of a local disk (fsd.core.disks): its shards, copies in progress, what was set aside
+#: the folders of a local disk (hoardfs.fsd.core.disks): its shards, copies in progress, what was set aside
 SHARDS_DIR, TMP_DIR, ORPHANS_DIR = "shards", "tmp", "orphans"
 
 
@@ -68,7 +68,7 @@ class DiskRecord:
         d["state"] = DiskState(d["state"])
         # a field a later version added is not this version's to read (an index written by it
         # still opens here); a `seen` that records of the version that kept it here carry is read
-        # by Index.disks_seen and moved out by the index's migration to format 2 (fsd.core.formats)
+        # by Index.disks_seen and moved out by the index's migration to format 2 (hoardfs.fsd.core.formats)
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -90,7 +90,7 @@ def read_identity(root: Path, name: str = IDENTITY) -> dict | None:
 
 def new_identity(label: str, uuid: str | None = None) -> dict:
     """A disk's identity: a fresh uuid (or `uuid`), its label, the format, when it was made (an
-    S3 disk keeps the same document as an object: fsd.core.s3)."""
+    S3 disk keeps the same document as an object: hoardfs.fsd.core.s3)."""
     return {"uuid": uuid or str(uuidlib.uuid4()), "label": label, "format": IDENTITY_FORMAT,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 

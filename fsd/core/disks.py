@@ -25,52 +25,52 @@ from collections import OrderedDict
 from collections.abc import Generator
 from pathlib import Path, PurePath
 
-from fsd.base.files import fsync_dir, open_regular
-from fsd.base.modes import FILE
-from fsd.core import shardfmt as fmt
-from fsd.core.beside import LocalBeside
+from hoardfs.base.files import fsync_dir, open_regular
+from hoardfs.base.modes import FILE
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.beside import LocalBeside
 
 # the identity and the records, re-exported: every caller imported them from here
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     IDENTITY as IDENTITY,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     IDENTITY_COPY as IDENTITY_COPY,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     IDENTITY_FORMAT as IDENTITY_FORMAT,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     ORPHANS_DIR as ORPHANS_DIR,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     SHARDS_DIR as SHARDS_DIR,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     TMP_DIR as TMP_DIR,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     DiskGone as DiskGone,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     DiskRecord as DiskRecord,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     DiskState as DiskState,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     keep_identity_copy as keep_identity_copy,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     new_identity as new_identity,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     read_identity as read_identity,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     restore_identity as restore_identity,
 )
-from fsd.core.diskid import (
+from hoardfs.fsd.core.diskid import (
     write_identity as write_identity,
 )
 

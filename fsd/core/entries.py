@@ -2,7 +2,7 @@
 table's 29-byte value), a shard's metadata (`ShardMeta`, JSON), the JSON entries of disks,
 batches, views and retired shards — each checked as it is read, so a damaged entry is one
 clear `IndexDamaged` naming it, never a traceback — and the index's errors.
-`fsd.core.index.Index` reads and writes them; its tables are listed there.
+`hoardfs.fsd.core.index.Index` reads and writes them; its tables are listed there.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 
 import lmdb
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.core.diskid import DiskRecord
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.core.diskid import DiskRecord
 
 _OBJ = struct.Struct("<12sQQB")
 

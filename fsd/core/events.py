@@ -2,7 +2,7 @@
 bounded log of what happened to disks and shards — a disk's state changed, a read or write
 error, a shard recovered, a replica repaired) and the `repairs` table (a replica a reader or
 verify found bad, queued until the replicator copies it again from a good replica).
-`EventTables` is a part of `fsd.core.index.Index`, which opens the tables.
+`EventTables` is a part of `hoardfs.fsd.core.index.Index`, which opens the tables.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class EventTables:
         """A queued repair of this replica found no copy of the shard to make: some record is
         whole in no replica (`why`; `lost`, the sha256 of each such record — up to LOST_KEPT).
         `hoard health` says so instead of sending the user to `hoard replicate` again, and names
-        a batch or view whose manifest is among them (fsd.store.Store.status)."""
+        a batch or view whose manifest is among them (hoardfs.fsd.store.Store.status)."""
         key = sid + disk_uuid.encode()
         with self.env.begin(write=True, db=self.repairs) as txn:
             raw = txn.get(key)

@@ -26,7 +26,7 @@ know what its bytes mean, and writing beside them could break what it relies on.
 
 **An older index is migrated** at the first writable open (`migrate_index`), by the ordered
 steps of MIGRATIONS, each idempotent and each committing in bounded write transactions
-(fsd.core.txnlog.TXN_ENTRIES); the new version is written only after the last one. A process
+(hoardfs.fsd.core.txnlog.TXN_ENTRIES); the new version is written only after the last one. A process
 killed in the middle leaves the old version in `meta`: the next writable open runs every step
 again, and the ones done find nothing to do. Read-only opens of an older index read it as it
 is (the tables it lacks read as empty); `hoard check` and `hoard health` judge its pointers only
@@ -34,10 +34,10 @@ once it is migrated (INDEX_POINTERS: a table the migration fills is not a disagr
 
 What other code upgrades in place, not in the index, stays with its owner and is named here
 so one page lists them: an SSD that holds an index from before SSD identities is given one
-(fsd.core.layout.check_ssd); a disk initialised before identity copies gets its copy
-(fsd.core.disks.keep_identity_copy); a marks log of format 1 is rewritten as a snapshot by
-the next writer (fsd.io.copies.catch_up_marks); files made before the `hoard` group get its
-modes at their next write (fsd.base.modes).
+(hoardfs.fsd.core.layout.check_ssd); a disk initialised before identity copies gets its copy
+(hoardfs.fsd.core.disks.keep_identity_copy); a marks log of format 1 is rewritten as a snapshot by
+the next writer (hoardfs.fsd.io.copies.catch_up_marks); files made before the `hoard` group get its
+modes at their next write (hoardfs.base.modes).
 """
 
 from __future__ import annotations
@@ -48,19 +48,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.core.spill import spill_parent
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.core.spill import spill_parent
 
 if TYPE_CHECKING:
-    from fsd.core.index import Index
+    from hoardfs.fsd.core.index import Index
 
 log = logging.getLogger(__name__)
 
 #: the index's format. 1: every index before this key existed (no `format` in `meta`; disk
 #: records may carry `seen`; the `pointers` table may be empty). 2: `seen` in `meta`
 #: (`disk_seen:<uuid>`), every batch and view named in `pointers`, the version in `meta`. 3: the
-#: `held` table (fsd.core.held) names, for every object a registered manifest names, that manifest.
-#: 4: the `live` table (fsd.core.live) counts, for every shard, the objects the index points at
+#: `held` table (hoardfs.fsd.core.held) names, for every object a registered manifest names, that manifest.
+#: 4: the `live` table (hoardfs.fsd.core.live) counts, for every shard, the objects the index points at
 #: there and their payload bytes. 5: the `held` table's keys are 12 + 4 bytes (3 and 4: 16 + 8).
 INDEX = 5
 #: the first index format whose `held` table is complete and keyed as this hoardfs reads it
@@ -80,13 +80,13 @@ INDEX_POINTERS = 2
 INDEX_KEY = "format"
 #: an index without INDEX_KEY
 INDEX_UNVERSIONED = 1
-#: the shard header's u16 and each record header's u8 version (fsd.core.shardfmt)
+#: the shard header's u16 and each record header's u8 version (hoardfs.fsd.core.shardfmt)
 SHARD = 1
-#: the `format` field of a disk's and the SSD's identity file (fsd.core.disks)
+#: the `format` field of a disk's and the SSD's identity file (hoardfs.fsd.core.disks)
 IDENTITY = 1
-#: the marks log (fsd.core.marks): 1 = `<stamp> <op> <sha256>` lines, 2 = the same with a check
+#: the marks log (hoardfs.fsd.core.marks): 1 = `<stamp> <op> <sha256>` lines, 2 = the same with a check
 MARKS_LOG = 2
-#: the remembered judgements of the marks logs (fsd.io.judged): a cache, redone when it differs
+#: the remembered judgements of the marks logs (hoardfs.fsd.io.judged): a cache, redone when it differs
 JUDGED = 1
 
 #: the documents stored as objects (manifests) or written beside outputs, each `"format":
@@ -191,13 +191,13 @@ def _pointers_filled(index: Index) -> int:
 
 
 def _held_filled(index: Index, get: Callable[[str], bytes]) -> int:
-    # the object → manifests table (fsd.core.held): every registered manifest read once, its keys
+    # the object → manifests table (hoardfs.fsd.core.held): every registered manifest read once, its keys
     # sorted in runs beside the index (on the SSD, when this process may write there)
     return index.fill_held(get, spill_parent(index.path.parent))
 
 
 def _live_filled(index: Index) -> int:
-    # the shard → live count table (fsd.core.live): one pass over the objects — unless another
+    # the shard → live count table (hoardfs.fsd.core.live): one pass over the objects — unless another
     # process migrated the index since this one read its format (its gc may plan from the counts)
     if index_version(index) >= INDEX_LIVE:
         return 0

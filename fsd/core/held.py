@@ -21,14 +21,14 @@ keep an object, never free one:
 - two registered manifests sharing 4 bytes (not rare: ~1 % of stores with 10,000 batches, most
   with 100,000) share their entries: an entry of that prefix holds while either is registered.
   When one of them is deleted (`held_among`'s `skip`; an output's view that went releasing its
-  files before its entries go: fsd.outputs.views.release_owned) or unregistered (`unhold`), what the
+  files before its entries go: hoardfs.fsd.outputs.views.release_owned) or unregistered (`unhold`), what the
   others name is read from them (`_sharing`): the objects whose 12 bytes they name stay held
   and keep their entries, the rest are the departing manifest's alone — so its own objects are
   tombstoned and freed as without the sharing, not kept for as long as the other is registered.
   A sharer that cannot be read keeps every entry of the prefix (a leak, never a loss).
 
 Invariant (what gc and deletion rely on): every object a registered manifest names has its
-entry. Hence the order, always under `naming_lock` (fsd.outputs.manifest):
+entry. Hence the order, always under `naming_lock` (hoardfs.fsd.outputs.manifest):
 
 - registering M: `hold` writes a pending `add` record and M's entries, in bounded write
   transactions (txnlog.chunked); then the transaction that registers M (Index.name_pointer's
@@ -41,7 +41,7 @@ entry. Hence the order, always under `naming_lock` (fsd.outputs.manifest):
 
 A process killed in between leaves entries of a manifest not registered — they hold nothing
 (only registered manifests count) — and its pending record, which the next `hoard gc` or a
-re-run `hoard delete --batch` finishes (fsd.outputs.holders.finish; a manifest that no longer
+re-run `hoard delete --batch` finishes (hoardfs.fsd.outputs.holders.finish; a manifest that no longer
 reads by a pass over the table: `unhold_unread`). `hoard check` compares the
 table with the manifests; `hoard index rebuild` and the migration to index format 3 fill it
 from the registered manifests (`fill_held`, these keys), the migration to 5 cuts the keys of
@@ -57,11 +57,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.core import formats
-from fsd.core.entries import named_entry
-from fsd.core.spill import Spill
-from fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.core.entries import named_entry
+from hoardfs.fsd.core.spill import Spill
+from hoardfs.fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
 
 __all__ = ["OBJ", "MAN", "LONG_OBJ", "LONG_MAN", "PENDING", "HeldTables", "ManifestNotRead", "iter_files",
            "iter_named", "named", "named_by", "pair"]
@@ -114,7 +114,7 @@ def pair(sha: bytes, manifest: bytes) -> bytes:
     return sha[:OBJ] + manifest[:MAN]
 
 
-# -- what a manifest names (the reading part of fsd.outputs.manifest, here so the index's
+# -- what a manifest names (the reading part of hoardfs.fsd.outputs.manifest, here so the index's
 # migration and rebuild can fill `held` without the layers above) ---------------------------
 
 def iter_files(get: Get, manifest_sha_hex: str, own: list[bytes] | None = None) -> Iterator[tuple[str, bytes, int]]:
@@ -182,7 +182,7 @@ def named_by(get: Get, manifest_sha_hex: str) -> list[bytes]:
 
 class HeldTables:
     """The index's side: the `held` table and the pending records in `meta`. A part of
-    `fsd.core.index.Index`, which opens the tables."""
+    `hoardfs.fsd.core.index.Index`, which opens the tables."""
 
     env: Any
     meta: Any
@@ -408,7 +408,7 @@ class HeldTables:
         transactions; a manifest that cannot be read raises (the index then stays below 3).
 
         The keys are written in key order (issue 37): every manifest's entries are spilled first
-        (fsd.core.spill: sorted runs on disk under `spills`, the system's temporary folder when
+        (hoardfs.fsd.core.spill: sorted runs on disk under `spills`, the system's temporary folder when
         None — memory for 1/256 of them), then put sorted, each transaction's run appended at
         the table's end (LMDB's MDB_APPEND) when it sorts after every key there — always, into
         an empty table. Put as the manifests name them, each key dirtied a page of its own once
@@ -434,7 +434,7 @@ class HeldTables:
                         runs.add(pair(sha, man))
                 except formats.NewerFormat:
                     raise
-                except _UNREADABLE as e:  # (which registration, so the step can be named: fsd.outputs.unreadable)
+                except _UNREADABLE as e:  # (which registration, so the step can be named: hoardfs.fsd.outputs.unreadable)
                     raise ManifestNotRead(*whose[man], man.hex(), e, asked[0]) from e
             for part in chunked(_distinct(runs.sorted())):
                 with self.env.begin(write=True, db=self.held) as txn:

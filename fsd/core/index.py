@@ -21,21 +21,21 @@ Named databases (keys → values):
                                     the mount never lets a by-hash number name a later object
                                     with the same leading bits (Index.sole_owner)
     held     sha256[:12] || manifest sha256[:4] → b"": a registered batch or view manifest names the
-                                    object (its files and its own objects), see fsd.core.held
+                                    object (its files and its own objects), see hoardfs.fsd.core.held
     live     shard_id (12 B)      → u64 objects | u64 payload bytes: the objects entries pointing at the
                                     shard, kept with every change to `objects` (gc plans from it),
-                                    see fsd.core.live
+                                    see hoardfs.fsd.core.live
     pointers `<folder>/<name>.json` → the exact bytes of the newest batch or view pointer written to the
                                     disks (fsd/core/pointers.py; removal records too), see Index.name_pointer
     meta     key (ascii)          → value: `ssd_uuid` (the SSD this index belongs to), `marks_*` (the marks
                                     log's stamps and each disk's progress, see Index.log_in), `pointers_*`
                                     (the pointers' stamps and each disk's progress, see Index.name_pointer),
                                     `held_pending:<manifest>` (its `held` entries being added or
-                                    removed, see fsd.core.held), `live_fill` (a fill of `live` under
-                                    way, see fsd.core.live),
+                                    removed, see hoardfs.fsd.core.held), `live_fill` (a fill of `live` under
+                                    way, see hoardfs.fsd.core.live),
                                     `disk_seen:<uuid>` (when a store open last found the disk at its
                                     path, see Index.disks_seen), `format` (the index's format:
-                                    fsd.core.formats, where every on-disk format is named)
+                                    hoardfs.fsd.core.formats, where every on-disk format is named)
 
 LMDB allows one writer at a time across processes (RQ workers, the mount daemon) and any
 number of readers. Transactions are short and never span an `await` or disk IO on the
@@ -45,10 +45,10 @@ them, so that its order is the index's (Store.log_marks, Store.snapshot_marks), 
 or view pointer, written inside the transaction that names it (Index.name_pointer).
 
 `Index` is the one class callers use. Its parts live with what they are about: the entries'
-types and encoding in `fsd.core.entries`, the marks tables (`MarksTables`) beside the marks
-log's format in `fsd.core.marks`, the pointers table (`PointerTables`) beside the pointers'
-format in `fsd.core.pointers`, the events and repairs tables (`EventTables`) in
-`fsd.core.events`.
+types and encoding in `hoardfs.fsd.core.entries`, the marks tables (`MarksTables`) beside the marks
+log's format in `hoardfs.fsd.core.marks`, the pointers table (`PointerTables`) beside the pointers'
+format in `hoardfs.fsd.core.pointers`, the events and repairs tables (`EventTables`) in
+`hoardfs.fsd.core.events`.
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ from typing import Any
 
 import lmdb
 
-from fsd.core import formats
-from fsd.core.disks import DiskRecord
-from fsd.core.entries import (
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.core.disks import DiskRecord
+from hoardfs.fsd.core.entries import (
     _OBJ,
     IndexDamaged,
     IndexUnavailable,
@@ -77,15 +77,15 @@ from fsd.core.entries import (
     json_entry,
     named_entry,
 )
-from fsd.core.events import EventTables
-from fsd.core.held import HeldTables
-from fsd.core.live import LiveTables, Tally
-from fsd.core.marks import HELD_UNTIL_NAMED, MARKS_NS, MarksTables
-from fsd.core.pointers import PointerTables
-from fsd.core.txnlog import Env, chunked
+from hoardfs.fsd.core.events import EventTables
+from hoardfs.fsd.core.held import HeldTables
+from hoardfs.fsd.core.live import LiveTables, Tally
+from hoardfs.fsd.core.marks import HELD_UNTIL_NAMED, MARKS_NS, MarksTables
+from hoardfs.fsd.core.pointers import PointerTables
+from hoardfs.fsd.core.txnlog import Env, chunked
 
-#: what callers take from here, kept where they live: the entries (fsd.core.entries), the
-#: marks' and pointers' parts of the index (fsd.core.marks, fsd.core.pointers)
+#: what callers take from here, kept where they live: the entries (hoardfs.fsd.core.entries), the
+#: marks' and pointers' parts of the index (hoardfs.fsd.core.marks, hoardfs.fsd.core.pointers)
 __all__ = ["HELD_UNTIL_NAMED", "MARKS_NS", "Index", "IndexDamaged", "IndexUnavailable", "ObjectLoc", "ShardMeta",
            "disk_record", "has_index", "index_error", "json_entry", "named_entry", "open_existing"]
 
@@ -135,13 +135,13 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
             path.mkdir(parents=True, exist_ok=True)
         self.path = path
         new = create and not has_index(path)
-        # every write transaction is timed and named (fsd.core.txnlog): none may stall the others
+        # every write transaction is timed and named (hoardfs.fsd.core.txnlog): none may stall the others
         self.env = Env(lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=24, readonly=readonly,
                                  max_readers=512, lock=True, create=create))
         # RQ kills work horses with SIGKILL: their reader slots stay taken and pin old pages
         # (the file grows) until someone clears them
         self.env.reader_check()
-        #: the index's format (fsd.core.formats), read before any table is created: an index a
+        #: the index's format (hoardfs.fsd.core.formats), read before any table is created: an index a
         #: later hoardfs wrote takes no write at all — not even a table this version would add
         self.format = formats.INDEX if new else self._stored_format()
         if self.format > formats.INDEX:
@@ -186,7 +186,7 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
         return formats.parse_index_version(bytes(raw).decode(errors="replace")) if raw else formats.INDEX_UNVERSIONED
 
     def migrate(self, get: Callable[[str], bytes] | None = None) -> list[str]:
-        """Bring an older index up to this hoardfs's format (fsd.core.formats.migrate_index);
+        """Bring an older index up to this hoardfs's format (hoardfs.fsd.core.formats.migrate_index);
         refuse a newer one. What a writable store open calls first, without `get` (the steps that
         read objects wait), and again with the store's `get` once its disks are attached."""
         if self.format > formats.INDEX:

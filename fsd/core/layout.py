@@ -7,7 +7,7 @@
     <disk root>/.hoard-forgotten.json     a disk `hoard disks forget` let go of
     <ssd.root>/.hoard-ssd.json            the SSD's identity (no identity: not mounted)
     <ssd.root>/state/pins/<name>.json     objects a running job relies on (gc keeps them)
-    <index_dir>/../                       the store's lock files (fsd.core.storelock)
+    <index_dir>/../                       the store's lock files (hoardfs.fsd.core.storelock)
 
 Who may enter which of them (`protect_ssd`, `protect_disk`; docs/security.md): a disk's root
 and the SSD's are passages (0751), what holds data below them 0750, zones 3A and 3C 1770 with
@@ -24,12 +24,12 @@ import re
 import shutil
 from pathlib import Path
 
-from fsd.base import modes
-from fsd.base.config import ZONES, Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import NAME_PATTERN
-from fsd.core import storelock
-from fsd.core.diskid import SHARDS_DIR, TMP_DIR, read_identity, write_identity
+from hoardfs.base import modes
+from hoardfs.base.config import ZONES, Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.paths import NAME_PATTERN
+from hoardfs.fsd.core import storelock
+from hoardfs.fsd.core.diskid import SHARDS_DIR, TMP_DIR, read_identity, write_identity
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ DISK_PRIVATE = (SHARDS_DIR, TMP_DIR, BATCHES_DIR, VIEWS_DIR, MARKS_DIR)
 
 
 def protect_ssd(cfg: Settings, make: bool = False) -> None:
-    """The SSD's directories with their modes (fsd.base.modes): `make` creates the missing ones
+    """The SSD's directories with their modes (hoardfs.base.modes): `make` creates the missing ones
     (`hoard init`), otherwise the existing ones are tightened (every writable open: a store
     made by an older hoardfs, 0755 everywhere, is closed to others at its next write)."""
     root = cfg.ssd.root
@@ -106,13 +106,13 @@ def pin_path(cfg: Settings, name: str) -> Path:
 
 def names_lock(cfg: Settings) -> Path:
     """The lock file held while a batch or view is registered or unregistered with what follows
-    from it (fsd.outputs.manifest.naming_lock)."""
+    from it (hoardfs.fsd.outputs.manifest.naming_lock)."""
     return cfg.ssd.root / "locks" / "names.lock"
 
 
 def naming_busy(cfg: Settings) -> bool:
     """Whether a process holds the naming lock now (its pending `held` records are work under way,
-    not work a killed process left: fsd.io.integrity). A lock file this user cannot read: taken
+    not work a killed process left: hoardfs.fsd.io.integrity). A lock file this user cannot read: taken
     as busy (nothing is reported that may be under way)."""
     try:
         return storelock.taken(names_lock(cfg))
@@ -138,7 +138,7 @@ def index_work(cfg: Settings, kind: str) -> Path:
 
 def index_rebuild_busy(cfg: Settings) -> bool:
     """Whether an index rebuild or restore runs now: only they hold the readers lock exclusively
-    (fsd.core.storelock), for as long as their work folders are in use. A lock file this user
+    (hoardfs.fsd.core.storelock), for as long as their work folders are in use. A lock file this user
     cannot read: taken as busy (nothing is reported or removed that may be in use)."""
     try:
         return storelock.taken(lock_root(cfg) / "locks" / f"{storelock.READERS}.lock")
@@ -149,7 +149,7 @@ def index_rebuild_busy(cfg: Settings) -> bool:
 def index_leftovers(cfg: Settings) -> list[Path]:
     """The work folders (INDEX_WORK) a killed index rebuild or restore left beside the index —
     none while a rebuild or restore runs (they are its own, or it removes them as it starts).
-    The one judgement `hoard health`, `hoard check` and `hoard verify` share (fsd.io.integrity),
+    The one judgement `hoard health`, `hoard check` and `hoard verify` share (hoardfs.fsd.io.integrity),
     and what a writer's open removes (`remove_index_leftovers`)."""
     found = [p for p in (index_work(cfg, kind) for kind in INDEX_WORK) if p.exists() or p.is_symlink()]
     if not found or index_rebuild_busy(cfg):

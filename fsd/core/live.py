@@ -34,9 +34,9 @@ import struct
 from itertools import islice
 from typing import Any
 
-from fsd.core import formats
-from fsd.core.entries import IndexDamaged, ObjectLoc
-from fsd.core.txnlog import SLACK, TXN_ENTRIES
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.core.entries import IndexDamaged, ObjectLoc
+from hoardfs.fsd.core.txnlog import SLACK, TXN_ENTRIES
 
 __all__ = ["FILL", "LiveTables", "Tally", "pack", "unpack"]
 
@@ -105,7 +105,7 @@ class Tally:
 
 
 class LiveTables:
-    """The index's side: the `live` table and its fill. A part of `fsd.core.index.Index`, which
+    """The index's side: the `live` table and its fill. A part of `hoardfs.fsd.core.index.Index`, which
     opens the tables."""
 
     env: Any

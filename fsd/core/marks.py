@@ -2,13 +2,13 @@
 
 The index's marks (hidden, deleted, rooted — see fsd/core/index.py) live on the SSD; each change
 is also appended, inside the index transaction that applies it, to every writable disk's
-log as lines `<stamp_ns> <op> <sha256 hex> <check>` (ops: fsd.core.layout.MARK_OPS; `check` is
+log as lines `<stamp_ns> <op> <sha256 hex> <check>` (ops: hoardfs.fsd.core.layout.MARK_OPS; `check` is
 the xxh3-64 of the line's first three fields, so a flipped bit makes a line *damaged* —
 named by `hoard check`/`verify` and never obeyed). Stamps come from Index._next_stamp:
 strictly increasing across processes, whatever the wall clock does.
 
 The index's side is `MarksTables` at the end of this module (the `hidden`, `deleted` and
-`rooted` tables, the stamps and each disk's progress), a part of `fsd.core.index.Index`.
+`rooted` tables, the stamps and each disk's progress), a part of `hoardfs.fsd.core.index.Index`.
 
 The index notes, in the transaction of each record, which disks took it (Index.log_in:
 `marks_at:<disk>`). A disk that missed records (failed, unplugged, newly added, a failed or
@@ -50,9 +50,9 @@ from typing import Any
 
 import xxhash
 
-from fsd.core.layout import MARK_OPS, MARKS_DIR, MARKS_LOG
-from fsd.core.spill import Spill
-from fsd.core.txnlog import chunked
+from hoardfs.fsd.core.layout import MARK_OPS, MARKS_DIR, MARKS_LOG
+from hoardfs.fsd.core.spill import Spill
+from hoardfs.fsd.core.txnlog import chunked
 
 #: the op of a snapshot's first line (its sha field is all zeros)
 RESET = "reset"
@@ -295,7 +295,7 @@ def read_log(folder: Path, planted: list[str] | None = None, label: str = "", sp
 def read_stream(f: Any, path: PurePath, label: str = "", spill: Spill | None = None, src: int = 0,
                 cutoff: int | None = None, start: int = 0, lines: int = 0, checked: bool = False) -> DiskLog:
     """The records of one log read from `f` (a log a backend without files hands over whole,
-    fsd.core.s3files; `path` names it: its name is MARKS_LOG), from byte `start` on as
+    hoardfs.fsd.core.s3files; `path` names it: its name is MARKS_LOG), from byte `start` on as
     `read_tail` reads, or whole as `read_log` reads one file."""
     out = DiskLog(label, spilled=spill is not None)
     f.seek(start)
@@ -664,7 +664,7 @@ def _reason(doc: bytes | None) -> str:
 class MarksTables:
     """The index's marks: the `hidden`, `deleted` and `rooted` tables, set and cleared in the
     write transaction that hands their records to the disks' logs (`log_in`), the log's
-    stamps, and each disk's progress in `meta`. A part of `fsd.core.index.Index`, which opens
+    stamps, and each disk's progress in `meta`. A part of `hoardfs.fsd.core.index.Index`, which opens
     the tables."""
 
     env: Any

@@ -13,8 +13,8 @@ import random
 from collections.abc import Set
 from dataclasses import dataclass
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.units import fmt_bytes
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.units import fmt_bytes
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ pointers"). The index keeps the exact bytes of every pointer it wrote (`pointers
 removal records included), stamped by Index.name_pointer with a monotonic `pointer_ns`; a
 disk that missed some is brought up to them by Store.catch_up_pointers. The index's side —
 that table, the stamps, each disk's progress — is `PointerTables` at the end of this module,
-a part of `fsd.core.index.Index`.
+a part of `hoardfs.fsd.core.index.Index`.
 
     body = encode({"manifest": sha, ...}, stamp)   # the file's bytes (JSON, with its checksum)
     doc = decode(read(path))                        # ValueError: not a pointer, or damaged
@@ -25,11 +25,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath
 from typing import Any
 
-from fsd.base.paths import NAME_PATTERN
-from fsd.core import marks
-from fsd.core.entries import IndexDamaged, named_entry
-from fsd.core.layout import BATCHES_DIR, VIEWS_DIR
-from fsd.core.txnlog import SLACK, TXN_ENTRIES
+from hoardfs.base.paths import NAME_PATTERN
+from hoardfs.fsd.core import marks
+from hoardfs.fsd.core.entries import IndexDamaged, named_entry
+from hoardfs.fsd.core.layout import BATCHES_DIR, VIEWS_DIR
+from hoardfs.fsd.core.txnlog import SLACK, TXN_ENTRIES
 
 #: the two folders, and what their entries are called in messages
 KINDS = {BATCHES_DIR: "batch", VIEWS_DIR: "view"}
@@ -104,7 +104,7 @@ def identity(st: os.stat_result) -> list[int]:
     """A file's device, inode, size, mtime and ctime (ns): a pointer is replaced by a rename (a
     new inode), and a write in place moves its ctime — except a store through a shared map into
     a page already written, and rot under the file system, which leave all five as they were
-    (fsd.io.judged.Pointers: what health re-reads hourly, and check and verify always)."""
+    (hoardfs.fsd.io.judged.Pointers: what health re-reads hourly, and check and verify always)."""
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
@@ -112,7 +112,7 @@ def foreign_name(path: PurePath) -> bool:
     """Whether the file's name is none the store writes: not UTF-8 (no key of the index's
     `pointers` table: taken for a pointer, it would end every writable open with a traceback
     while a disk holding one is behind), or in batches/ or views/ a name no batch or view can
-    have (fsd.base.paths.NAME_PATTERN: `..`, spaces, shell characters — a rebuild must not
+    have (hoardfs.base.paths.NAME_PATTERN: `..`, spaces, shell characters — a rebuild must not
     register such a file as a batch or view under a name `hoard view add` and ingest refuse)."""
     try:
         path.name.encode()
@@ -196,7 +196,7 @@ class PointerTables:
     """The index's side of the pointers: the `pointers` table (the exact bytes of the newest
     pointer of each name written to the disks), their stamps, and each disk's progress in
     `meta`. A pointer is written inside the transaction that names it (`name_pointer`). A
-    part of `fsd.core.index.Index`, which opens the tables."""
+    part of `hoardfs.fsd.core.index.Index`, which opens the tables."""
 
     env: Any
     meta: Any
@@ -319,7 +319,7 @@ class PointerTables:
         is no object the index knows (a rebuild left it out: its disk was absent; kept, so a
         rebuild with that disk back takes it). No disk is noted as holding the new pointers
         (Store.catch_up_pointers brings them). In write transactions of a bounded size, by name
-        (a migration of millions of batches, fsd.core.formats): a process killed between two
+        (a migration of millions of batches, hoardfs.fsd.core.formats): a process killed between two
         leaves the rest to the next call, which finds the done ones aligned. Returns how many
         changed."""
         n = 0

@@ -3,7 +3,7 @@ the helpers that hash a file and verify a record (docs/design.md: "RecordHeader"
 objects").
 
 A leaf of the store: the write path (`put`), the read paths (`planner`, the facade
-`fsd.store`, the mount) and gc import it; it imports only the byte format, the disks and the
+`hoardfs.fsd.store`, the mount) and gc import it; it imports only the byte format, the disks and the
 base.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import xxhash
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.core import shardfmt as fmt
-from fsd.core.disks import drop_cache
-from fsd.core.txnlog import SLACK, TXN_ENTRIES
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.disks import drop_cache
+from hoardfs.fsd.core.txnlog import SLACK, TXN_ENTRIES
 
 #: files up to this size are read into memory whole; larger ones are streamed twice
 STREAM_THRESHOLD = 8 << 20

@@ -81,11 +81,11 @@ import xxhash
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ReadTimeoutError
 
-from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.files import fsync_dir
-from fsd.base.proc import alive_since, earlier_boot, pid_start, process_space
-from fsd.core import shardfmt as fmt
-from fsd.core.disks import (
+from hoardfs.base.errors import ExitCode, HoardError, first_line
+from hoardfs.base.files import fsync_dir
+from hoardfs.base.proc import alive_since, earlier_boot, pid_start, process_space
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.disks import (
     IDENTITY,
     STREAM_PIECE,
     DiskGone,
@@ -94,15 +94,15 @@ from fsd.core.disks import (
     verify_shard,
     write_identity,
 )
-from fsd.core.s3files import CLAIMS, S3Beside
+from hoardfs.fsd.core.s3files import CLAIMS, S3Beside
 
 if TYPE_CHECKING:
-    from fsd.base.config import DiskConfig
+    from hoardfs.base.config import DiskConfig
 
 #: key prefixes in the bucket (module docstring)
 SHARD_PREFIX, ORPHAN_PREFIX, CLAIM_PREFIX = "shards/", "orphans/", CLAIMS
 #: a --remote action run's outputs on their way from its host to the store's server
-#: (jobs.actions.remote): objects of their own, never read as shards nor listed with them
+#: (hoardfs.jobs.actions.remote): objects of their own, never read as shards nor listed with them
 TRANSFER_PREFIX = "transfers/"
 #: the object metadata key holding the sha256 (hex) of the whole object; S3 sends it as the
 #: `x-amz-meta-hoard-sha256` header
@@ -132,11 +132,11 @@ CLAIM_CLOCK_SLACK = 60 * 10**9
 #: and signed again once less than a quarter of it is left; at most SIGNED_KEYS are kept
 SIGNED_S, SIGNED_KEYS = 3600, 4096
 #: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error;
-#: the read timeout is the disk's `timeout_s` (fsd.base.config.DiskConfig)
+#: the read timeout is the disk's `timeout_s` (hoardfs.base.config.DiskConfig)
 ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT = 3, 5, 60.0
 
 
-#: this host, as a seal's claim names it (`S3Disk._claim`; fsd.base.proc.process_space)
+#: this host, as a seal's claim names it (`S3Disk._claim`; hoardfs.base.proc.process_space)
 _HOST = process_space()
 #: the nonces of this process's seals in flight, on any S3Disk object (`S3Disk._claim`)
 _SEALING: set[str] = set()
@@ -220,7 +220,7 @@ class S3Disk:
         cfg = self.client.meta.config
         self._pool = urllib3.PoolManager(maxsize=cfg.max_pool_connections, block=False, retries=False,
                                          timeout=urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout))
-        self.beside = S3Beside(self)  # the marks log, pointers, index copy as objects (fsd.core.s3files)
+        self.beside = S3Beside(self)  # the marks log, pointers, index copy as objects (hoardfs.fsd.core.s3files)
         # sealed shards' staging files being unlinked (`_drop_staged`; seals of several writers' threads)
         self._dropping: list[threading.Thread] = []
         self._dropping_lock = threading.Lock()
@@ -451,7 +451,7 @@ class S3Disk:
 
     def _gone(self, claim: str, made_ns: int | None) -> bool:
         """Whether the seal that wrote `claim` has ended: its process is gone from this host (this
-        boot, this pid namespace: fsd.base.proc.process_space), it is this process and none of its seals in
+        boot, this pid namespace: hoardfs.base.proc.process_space), it is this process and none of its seals in
         flight wrote it, or it ran in an earlier boot of this machine — which the claim's object
         must show: made (`made_ns`, its LastModified) at least CLAIM_CLOCK_SLACK before this boot
         began. One made since names this machine's name and machine id but came from another
@@ -639,7 +639,7 @@ class S3Disk:
         if not removed:
             raise FileNotFoundError(errno.ENOENT, f"no shard {shard_hex} on disk {self.label}")
 
-    # -- transfers (jobs.actions.remote): plain objects under transfers/, not shards --------------
+    # -- transfers (hoardfs.jobs.actions.remote): plain objects under transfers/, not shards --------------
 
     def put_transfer(self, key: str, body: Any, sha_hex: str) -> bool:
         """Upload `body` (bytes or a file open for reading) as `key` under transfers/, its sha256

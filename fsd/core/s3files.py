@@ -1,4 +1,4 @@
-"""What an S3 disk keeps beside its shards, as objects in its bucket (fsd.core.beside's `Beside`).
+"""What an S3 disk keeps beside its shards, as objects in its bucket (hoardfs.fsd.core.beside's `Beside`).
 
     <bucket>/batches/<name>.json             the pointers and markers: one object each, the bytes a
     <bucket>/views/<name>.json               local disk keeps in the file of that name
@@ -13,26 +13,26 @@ durable as the engine makes an acknowledged write (docs/scale-out.md: SeaweedFS'
 
 **The marks log** cannot be appended to in place (S3 has no append), so each append is an object
 of its own, `marks/log/<stamp>.<nonce>` — `stamp` the 20-digit, zero-padded stamp of its records
-(one per append: fsd.io.copies.log_marks), `nonce` 8 random hex digits, PUT with
+(one per append: hoardfs.fsd.io.copies.log_marks), `nonce` 8 random hex digits, PUT with
 `If-None-Match: *` (never over another) — holding exactly the bytes a local disk appends (a
 newline, then the record lines with their checks). The log is the segments in key order, i.e.
 stamp order, concatenated: the same bytes a local `marks.log` holds, read by the same reader
-(fsd.core.marks.read_stream), so a flipped bit is a damaged line here as there. No append is
+(hoardfs.fsd.core.marks.read_stream), so a flipped bit is a damaged line here as there. No append is
 torn (a PUT is whole), and appends of concurrent writers never interleave inside a line.
 
-A snapshot (fsd.io.copies.snapshot_marks) is written to `marks/pending/` and put in force by the
+A snapshot (hoardfs.fsd.io.copies.snapshot_marks) is written to `marks/pending/` and put in force by the
 swap: copied to `marks/log/<its stamp>.<nonce>`, then every segment stamped before it is deleted.
 The appends made while it was written are stamped after it (the stamp is taken in a write
 transaction, and appends happen inside theirs) and stay after it in key order, as a local
 snapshot keeps them after itself. A swap cut short leaves older segments before the snapshot's
 `reset` line, which replay ignores (it starts from the newest honoured reset) and the next swap
 deletes. Reading a log costs a listing and a GET per segment: `marks_size` counts each segment
-as SEGMENT_WEIGHT bytes besides its own, so the compaction gc runs (fsd.io.copies.compact_marks;
+as SEGMENT_WEIGHT bytes besides its own, so the compaction gc runs (hoardfs.fsd.io.copies.compact_marks;
 also `hoard index rewrite-marks`) replaces a log of many small appends by one snapshot, and a
 log of more than CROWDED segments is replaced by the next writable open (`marks_crowded`).
 
 A log kept as objects has no file identity, so no judgement of its prefix is remembered
-(fsd.io.judged): `hoard health` reads it whole, as check and verify do.
+(hoardfs.fsd.io.judged): `hoard health` reads it whole, as check and verify do.
 """
 
 from __future__ import annotations
@@ -46,29 +46,29 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fsd.core import marks, pointers
-from fsd.core.beside import INDEX_COPY
-from fsd.core.diskid import TMP_DIR
-from fsd.core.layout import MARKS_DIR, MARKS_LOG
-from fsd.core.spill import Spill
+from hoardfs.fsd.core import marks, pointers
+from hoardfs.fsd.core.beside import INDEX_COPY
+from hoardfs.fsd.core.diskid import TMP_DIR
+from hoardfs.fsd.core.layout import MARKS_DIR, MARKS_LOG
+from hoardfs.fsd.core.spill import Spill
 
 #: where the marks log's segments and pending snapshots are (module docstring)
 SEGMENTS, PENDING = f"{MARKS_DIR}/log/", f"{MARKS_DIR}/pending/"
-#: where a seal claims its shard before its upload (fsd.core.s3, `S3Disk._claim`)
+#: where a seal claims its shard before its upload (hoardfs.fsd.core.s3, `S3Disk._claim`)
 CLAIMS = "claims/"
 #: a segment's name after its prefix: the stamp (20 digits) and a nonce
 SEGMENT_NAME = re.compile(r"(\d{20})\.([0-9a-f]{8})")
 #: what a segment counts for beside its bytes in `marks_size` (the cost of one more GET)
 SEGMENT_WEIGHT = 4096
 #: a log of more segments than this is replaced by a snapshot at the next writable open
-#: (fsd.io.copies.catch_up_marks), not only by gc: each is a GET for every reading
+#: (hoardfs.fsd.io.copies.catch_up_marks), not only by gc: each is a GET for every reading
 CROWDED = 256
 #: a log this large is read into memory; a larger one spills to a file in the staging folder
 IN_MEMORY = 8 << 20
 
 
 class S3Beside:
-    """The objects beside an S3 disk's shards (`disk`: its `fsd.core.s3.S3Disk`, whose requests
+    """The objects beside an S3 disk's shards (`disk`: its `hoardfs.fsd.core.s3.S3Disk`, whose requests
     these use: one line with the next step when the engine fails)."""
 
     def __init__(self, disk: Any) -> None:

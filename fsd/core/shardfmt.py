@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import xxhash
 
-from fsd.core import formats
+from hoardfs.fsd.core import formats
 
 SHARD_MAGIC = b"HOARDSH1"
 RECORD_MAGIC = b"HREC"
 SEAL_MAGIC = b"HSEALED1"
-VERSION = formats.SHARD  # (every on-disk format and its version: fsd.core.formats)
+VERSION = formats.SHARD  # (every on-disk format and its version: hoardfs.fsd.core.formats)
 
 CLASS_RAW = 1
 CLASS_GENERATED = 2
@@ -163,7 +163,7 @@ def decode_record_header(buf: bytes | memoryview, at: int = 0) -> tuple[bytes, i
 def sound_payload(buf: memoryview, at: int, sha: bytes, length: int) -> memoryview | None:
     """The payload of the record at `at` as a view into `buf` when its header is sound and
     describes (sha, length) and the payload matches its xxh3-128; None for anything else (the
-    caller's detailed checks then say which: `fsd.core.records.verified_view`). The same checks
+    caller's detailed checks then say which: `hoardfs.fsd.core.records.verified_view`). The same checks
     as `decode_record_header` + `verify_payload`, in one call: a batch read makes this call for
     each of tens of thousands of records (docs/benchmarks.md, "W3-L")."""
     try:

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsd.base.config import Settings
-from fsd.base.files import atomic_write
-from fsd.base.modes import ensure_dir
+from hoardfs.base.config import Settings
+from hoardfs.base.files import atomic_write
+from hoardfs.base.modes import ensure_dir
 
 log = logging.getLogger(__name__)
 

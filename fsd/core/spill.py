@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.proc import pid_alive
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.proc import pid_alive
 
 #: partitions: by a record's first byte
 PARTS = 256

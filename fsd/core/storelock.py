@@ -37,10 +37,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import ssd_space
-from fsd.base.modes import FILE
-from fsd.base.proc import pid_alive
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import ssd_space
+from hoardfs.base.modes import FILE
+from hoardfs.base.proc import pid_alive
 
 STORE = "store"
 READERS = "readers"

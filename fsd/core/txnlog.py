@@ -131,7 +131,7 @@ class Env:
         self._env = env
         self._open: _WriteTxn | None = None  # LMDB serialises write transactions: one at a time
         #: set (an error to raise) when no write may be taken: an index a later hoardfs wrote
-        #: (fsd.core.formats), opened to read
+        #: (hoardfs.fsd.core.formats), opened to read
         self.refused: Exception | None = None
 
     def __getattr__(self, name: str) -> Any:

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import lmdb
 
-from fsd.base import config as config_mod
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import PlantedLink, open_dir
-from fsd.core import formats
-from fsd.core.disks import (
+from hoardfs.base import config as config_mod
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import PlantedLink, open_dir
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.core.disks import (
     IDENTITY,
     IDENTITY_COPY,
     SHARDS_DIR,
@@ -35,10 +35,10 @@ from fsd.core.disks import (
     shard_files_under,
     write_identity,
 )
-from fsd.core.layout import FORGOTTEN, SSD_IDENTITY, protect_disk
+from hoardfs.fsd.core.layout import FORGOTTEN, SSD_IDENTITY, protect_disk
 
 if TYPE_CHECKING:
-    from fsd.store import Store
+    from hoardfs.fsd.store import Store
 
 log = logging.getLogger(__name__)
 #: a disk found at its path notes it in the index (Index.saw_disk, shown for a disk that went
@@ -71,7 +71,7 @@ def identity_formats(cfg: Settings) -> dict[str, Any]:
 
 
 def formats_found(cfg: Settings, index_format: int | None) -> dict[str, Any]:
-    """`formats` of `hoard health --json` and `hoard check --json` (fsd.core.formats.survey)."""
+    """`formats` of `hoard health --json` and `hoard check --json` (hoardfs.fsd.core.formats.survey)."""
     return formats.survey(index_format, identity_formats(cfg))
 
 
@@ -172,8 +172,8 @@ def attach_s3(store: Store, dc: config_mod.DiskConfig, rec: DiskRecord | None, i
     by `init`, If-None-Match: never over another disk's), its staging folder given the same
     identity if it has none, its state the engine's answer (`S3Disk.check`: an engine that does
     not answer, refuses the credentials or lost the bucket is `missing`, in its one line)."""
-    # deferred: boto3 (fsd.core.s3) is loaded only by a store that has an S3 disk
-    from fsd.core.s3 import EngineError, S3Disk
+    # deferred: boto3 (hoardfs.fsd.core.s3) is loaded only by a store that has an S3 disk
+    from hoardfs.fsd.core.s3 import EngineError, S3Disk
 
     disk = S3Disk.configured(dc, rec.uuid if rec else "")
     try:

@@ -1,9 +1,9 @@
 """What every disk keeps a copy of beside its shards — the marks log and the pointers — kept
 in step with the index: appended and written on every disk in service, brought up to the
 index on a disk that is behind (added, replaced onto, back from failed or unplugged),
-snapshotted when a log grows. The index decides what they say (fsd.core.index: the marks
-tables and the `pointers` table), fsd.core.marks and fsd.core.pointers their formats; the
-store facade delegates here, and each disk's `beside` (fsd.core.beside) keeps them. Each is
+snapshotted when a log grows. The index decides what they say (hoardfs.fsd.core.index: the marks
+tables and the `pointers` table), hoardfs.fsd.core.marks and hoardfs.fsd.core.pointers their formats; the
+store facade delegates here, and each disk's `beside` (hoardfs.fsd.core.beside) keeps them. Each is
 written on a disk checked to be there before and after the write (`on_disk`).
 """
 
@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 import lmdb
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.modes import FILE
-from fsd.core import marks, pointers
-from fsd.core.backend import Disk
-from fsd.core.disks import DiskGone
-from fsd.core.index import MARKS_NS
-from fsd.core.layout import lock_root
-from fsd.core.spill import Spill, spill_parent
-from fsd.io.integrity import in_index
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.modes import FILE
+from hoardfs.fsd.core import marks, pointers
+from hoardfs.fsd.core.backend import Disk
+from hoardfs.fsd.core.disks import DiskGone
+from hoardfs.fsd.core.index import MARKS_NS
+from hoardfs.fsd.core.layout import lock_root
+from hoardfs.fsd.core.spill import Spill, spill_parent
+from hoardfs.fsd.io.integrity import in_index
 
 if TYPE_CHECKING:
-    from fsd.store import Store
+    from hoardfs.fsd.store import Store
 
 log = logging.getLogger(__name__)
 #: a disk whose marks log refused a snapshot is tried again after this long (not by every open)
@@ -92,7 +92,7 @@ def catch_up_pointers(store: Store, uuids: Iterable[str] | None = None) -> list[
     """Every writable open: the disks that are behind (or `uuids`, whatever they hold) get
     the index's batch and view pointers. A new index, which named none yet, gets its table's
     stamp first (Index.align_pointers; an older index had its table filled when it was
-    migrated, fsd.core.formats). Returns the labels brought up."""
+    migrated, hoardfs.fsd.core.formats). Returns the labels brought up."""
     if not store.writable or store.index.pointers is None:
         return []
     state = store.index.pointers_state()
@@ -157,7 +157,7 @@ def bring_pointers(store: Store, uuid: str) -> bool:
 
 def log_marks(store: Store, op: str, shas: list[bytes], stamp: int) -> list[str]:
     """Append marks-log records (`op` is one of MARK_OPS) to the marks log on every
-    writable disk (`marks/marks.log`; fsd.core.beside), fsynced — what `hoard index rebuild` replays (fsd/core/marks.py); returns the
+    writable disk (`marks/marks.log`; hoardfs.fsd.core.beside), fsynced — what `hoard index rebuild` replays (fsd/core/marks.py); returns the
     uuids of the disks that took them (Index.log_in notes them). Called by the index
     inside the transaction that applies them: raising here (no disk took the records)
     leaves the index unchanged too. Each append starts with a newline, so the torn rest of
@@ -214,7 +214,7 @@ def catch_up_marks(store: Store) -> list[str]:
     # (or one committing right now: checked again inside the snapshot's transaction)
     ahead = [u for u, t in tails.items() if u in at and t > at[u] and store.usable(u, for_write=True)]
     behind = marks_behind(store, state)
-    # a log kept as many objects (fsd.core.s3files) is compacted now, not only by the next gc
+    # a log kept as many objects (hoardfs.fsd.core.s3files) is compacted now, not only by the next gc
     behind += [u for u, d in store.disks.items() if u not in behind and store.usable(u, for_write=True)
                and time.time() - state[2].get(u, 0.0) > MARKS_RETRY_S and _crowded(d)]
     # (a legacy log that refused its rewrite waits MARKS_RETRY_S like a disk behind: each try

@@ -19,18 +19,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fsd.core import formats, marks, pointers, storelock
-from fsd.core import shardfmt as fmt
-from fsd.core.beside import MARKS_NAME
-from fsd.core.disks import DiskState
-from fsd.core.held import named
-from fsd.core.index import MARKS_NS, IndexDamaged, named_entry
-from fsd.core.layout import BATCHES_DIR, MARKS_LOG, VIEWS_DIR, index_leftovers, lock_root, naming_busy
-from fsd.core.spill import Spill, spill_parent
-from fsd.io import judged
+from hoardfs.fsd.core import formats, marks, pointers, storelock
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.beside import MARKS_NAME
+from hoardfs.fsd.core.disks import DiskState
+from hoardfs.fsd.core.held import named
+from hoardfs.fsd.core.index import MARKS_NS, IndexDamaged, named_entry
+from hoardfs.fsd.core.layout import BATCHES_DIR, MARKS_LOG, VIEWS_DIR, index_leftovers, lock_root, naming_busy
+from hoardfs.fsd.core.spill import Spill, spill_parent
+from hoardfs.fsd.io import judged
 
 if TYPE_CHECKING:
-    from fsd.store import Store
+    from hoardfs.fsd.store import Store
 
 #: at most this many lines per kind of finding (the counts are always complete)
 SHOW = 20
@@ -53,7 +53,7 @@ class Findings:
     counts: dict[str, int] = field(default_factory=dict)  # kind of finding → how many
     notes: list[str] = field(default_factory=list)
     problem_kinds: list[str] = field(default_factory=list)  # the kind of each line of `problems`
-    #: the reading behind the marks findings (fsd.io.judged.age, and whether only tails were read)
+    #: the reading behind the marks findings (hoardfs.fsd.io.judged.age, and whether only tails were read)
     read: dict[str, Any] = field(default_factory=dict)
 
     def add(self, kind: str, line: str) -> None:
@@ -84,7 +84,7 @@ def judge(store: Store, known: Callable[[bytes], bool] | None = None, into: Find
     while it was read (a writer's catch-up, gc's compaction: its newest reset is stamped after
     the index was read) is judged again, up to RETRIES times: that is a moment, not damage.
 
-    Every judgement that reads each log cleanly is remembered (fsd.io.judged, `by` names the
+    Every judgement that reads each log cleanly is remembered (hoardfs.fsd.io.judged, `by` names the
     tool). `tail` (`hoard health`): a log that is the file judged last time, grown by appends
     only, is read from where that judgement stopped, and its judged part is reported as that
     judgement found it — `Findings.read` says how old the last whole reading is; a log
@@ -109,7 +109,7 @@ def judge(store: Store, known: Callable[[bytes], bool] | None = None, into: Find
 
 def _held_pending(store: Store, found: Findings) -> None:
     """A batch deletion, a view's removal or a registration that a killed process left half done
-    (fsd.core.held: its pending record) — unless a process holds the naming lock now (that is
+    (hoardfs.fsd.core.held: its pending record) — unless a process holds the naming lock now (that is
     the work under way). Nothing is lost meanwhile: what is not tombstoned yet is kept longer."""
     pending = store.index.pending_held()
     if not pending or naming_busy(store.cfg):
@@ -134,7 +134,7 @@ def _held_pending(store: Store, found: Findings) -> None:
 
 def _index_leftovers(store: Store, found: Findings) -> None:
     """The work folders a killed index rebuild or restore left beside the index (the new index
-    it was building, its spill, the copy it read: `fsd.core.layout.index_leftovers`) — never
+    it was building, its spill, the copy it read: `hoardfs.fsd.core.layout.index_leftovers`) — never
     while one runs. Nothing reads them; they only hold SSD space (as much as the index, and
     more), until the next writer's open removes them."""
     for p in index_leftovers(store.cfg):
@@ -242,7 +242,7 @@ def _files(store: Store) -> dict[str, tuple[list[int] | None, dict[str, list[int
 
 
 def _still(store: Store, mem: judged.Memory, cutoff: int, files: dict) -> bool:
-    """Whether the remembered judgement still speaks for every log's judged part (fsd.io.judged).
+    """Whether the remembered judgement still speaks for every log's judged part (hoardfs.fsd.io.judged).
     Not when it found objects whose marks disagree (per table, a disk alone, disputes): the
     memory keeps how many, not which, and records appended since may settle some of them (a
     root the cut log lost, released since) — counted again, or no longer, as a whole reading
@@ -398,7 +398,7 @@ def _pointers(store: Store, rep: Findings, known: Callable[[bytes], bool], tail:
     are replaced) must hold those pointers. A pointer stamped after the table was read is a
     write in flight, not a disagreement. Every pointer read is judged; `tail` (`hoard
     health`): one whose file and index pointer are the ones the last judgement found agreeing
-    (fsd.io.judged.Pointers) is not read again — a batch's pointer per disk, 500 at 10 M
+    (hoardfs.fsd.io.judged.Pointers) is not read again — a batch's pointer per disk, 500 at 10 M
     objects, was health's one cost that grew with the store (issue 37)."""
     fix = "`hoard index rewrite-pointers` writes the index's batch and view pointers to every disk in service"
     if store.index.pointers is None:

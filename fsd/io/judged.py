@@ -15,7 +15,7 @@ restore swaps it) whose marks stamp has not gone back, the same disks in the sam
 same other `*.log` files beside each log, and each log its same file no shorter than judged
 whose last bytes before that length are still the ones judged (Beside.marks_tip: a log cut shorter behind
 the store's back and grown again by appends past that length is the same inode, longer — its
-judged part is not what was judged; a log kept as objects, fsd.core.s3files, has no such
+judged part is not what was judged; a log kept as objects, hoardfs.fsd.core.s3files, has no such
 identity and is read whole every time); anything else — a memory that does not hold what this
 version writes, field by field, included — and the logs are read whole again.
 """
@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from fsd.base.files import PlantedLink, atomic_write, read_in_zone
-from fsd.core import formats, marks
+from hoardfs.base.files import PlantedLink, atomic_write, read_in_zone
+from hoardfs.fsd.core import formats, marks
 
 if TYPE_CHECKING:
-    from fsd.core.beside import Beside
-    from fsd.store import Store
+    from hoardfs.fsd.core.beside import Beside
+    from hoardfs.fsd.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Remembered:
              beside: Beside | None = None) -> bool:
         """Whether the log is still the file judged, grown only by appends (`beside`: where the
         log is, whose bytes before the judged length must still be the ones judged:
-        Beside.marks_tip). A log without a file identity (fsd.core.s3files) never fits: it is
+        Beside.marks_tip). A log without a file identity (hoardfs.fsd.core.s3files) never fits: it is
         read whole."""
         return (self.state == state and self.file is not None and self.file == file and self.others == others
                 and size >= self.judged and bool(self.tip)
@@ -219,7 +219,7 @@ def _not_kept(what: str, path: Path, e: OSError) -> None:
     every health then read everything whole, and nothing said why)."""
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
         # (ENOENT: the state directory went meanwhile; two healths saving at once each write a
-        # temporary file of their own, fsd.base.files.writer_tmp)
+        # temporary file of their own, hoardfs.base.files.writer_tmp)
         log.debug("cannot keep %s at %s: %s", what, path, e)
     elif isinstance(e, PlantedLink):  # (its words name the link and the next step)
         log.warning("cannot keep %s at %s: %s; every health reads it all again until it can", what, path, e.strerror)

@@ -18,7 +18,7 @@
    instead of reading (and handing to the sink) everything that was left.
 
 The plan's per-record objects are built with the process's other objects frozen out of the
-cyclic collector's walks (`fsd.base.collect.heap_frozen`), and the index's locations are
+cyclic collector's walks (`hoardfs.base.collect.heap_frozen`), and the index's locations are
 named tuples: a batch of tens of thousands would otherwise set off a full collection of
 everything the process holds, several times the plan's own time (docs/benchmarks.md, "W3-L").
 
@@ -41,13 +41,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from fsd.base.collect import heap_frozen
-from fsd.core import shardfmt as fmt
-from fsd.core.records import verified_view
+from hoardfs.base.collect import heap_frozen
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.records import verified_view
 
 if TYPE_CHECKING:
-    from fsd.core.entries import ShardMeta
-    from fsd.store import Store
+    from hoardfs.fsd.core.entries import ShardMeta
+    from hoardfs.fsd.store import Store
 
 PIECE_BYTES = 16 << 20
 GAP_BYTES = 256 << 10
@@ -134,7 +134,7 @@ def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = Non
     unique = list(dict.fromkeys(shas))
     by_shard: dict[bytes, list[Wanted]] = defaultdict(list)
     # the records' objects, built with the rest of the process's out of the collector's walks:
-    # they outlive the block (fsd.base.collect)
+    # they outlive the block (hoardfs.base.collect)
     with heap_frozen():
         locs = store.index.lookup_many(unique)
         for sha in unique:

@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import file_ext
-from fsd.core import shardfmt as fmt
-from fsd.core.records import (
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.paths import file_ext
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.records import (
     CHUNK,
     MAP_PIECE,
     STREAM_THRESHOLD,
@@ -29,10 +29,10 @@ from fsd.core.records import (
     hash_file,
     read_upto,
 )
-from fsd.io.writer import ReplicaFailed, ShardWriter, _Pending
+from hoardfs.fsd.io.writer import ReplicaFailed, ShardWriter, _Pending
 
 if TYPE_CHECKING:
-    from fsd.store import Store
+    from hoardfs.fsd.store import Store
 
 #: "existing" files (already stored) are acknowledged in runs: at most this many, or this
 #: long after the first, wait for the next commit to root them with (one marks-log fsync)

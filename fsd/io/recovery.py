@@ -30,16 +30,16 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from fsd.core import shardfmt as fmt
-from fsd.core.index import ObjectLoc
-from fsd.io.writer import _unlock, try_lock
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.index import ObjectLoc
+from hoardfs.fsd.io.writer import _unlock, try_lock
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from fsd.core.backend import Disk
-    from fsd.core.index import ShardMeta
-    from fsd.store import Store
+    from hoardfs.fsd.core.backend import Disk
+    from hoardfs.fsd.core.index import ShardMeta
+    from hoardfs.fsd.store import Store
 
 log = logging.getLogger(__name__)
 

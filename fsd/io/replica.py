@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
-from fsd.base.modes import FILE
-from fsd.core import shardfmt as fmt
-from fsd.core.backend import has_files
-from fsd.core.disks import STREAM_PIECE, drop_cache, pread_full, verify_shard
+from hoardfs.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
+from hoardfs.base.modes import FILE
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.backend import has_files
+from hoardfs.fsd.core.disks import STREAM_PIECE, drop_cache, pread_full, verify_shard
 
 if TYPE_CHECKING:
-    from fsd.core.backend import Disk, LocalFiles
-    from fsd.core.index import Index, ShardMeta
-    from fsd.store import Store
+    from hoardfs.fsd.core.backend import Disk, LocalFiles
+    from hoardfs.fsd.core.index import Index, ShardMeta
+    from hoardfs.fsd.store import Store
 
 COPY_CHUNK = 4 << 20
 PAGE = 4096
@@ -498,7 +498,7 @@ def _copy_through(src, dst, shard_hex: str, rate_mb_s: float | None, stop: threa
     """copy_shard onto or off an S3 disk: the source read in COPY_CHUNK pieces (`read_exact`:
     ranged GETs off an S3 disk), appended to an open shard on `dst` (an S3 disk's staging
     folder) and synced, then sealed — on an S3 disk the upload, which a HEAD confirms holds the
-    staged bytes' sha256 (fsd.core.s3) — and the sealed replica checked whole (`dst.verify`),
+    staged bytes' sha256 (hoardfs.fsd.core.s3) — and the sealed replica checked whole (`dst.verify`),
     before the caller names it. What `dst` holds of the shard already (a repair's bad replica, a
     killed copy's open file) is deleted first: the source, checked, holds what it should.
     Anything that fails leaves no replica named: the index still names only the source's."""

@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fsd.core import shardfmt as fmt
-from fsd.core.backend import has_files
-from fsd.core.placement import Need, NoSpace, simulate, space_report
-from fsd.io.replica import (
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.backend import has_files
+from hoardfs.fsd.core.placement import Need, NoSpace, simulate, space_report
+from hoardfs.fsd.io.replica import (
     NoSource,
     TargetError,
     assemble_onto,
@@ -31,8 +31,8 @@ from fsd.io.replica import (
 )
 
 if TYPE_CHECKING:
-    from fsd.core.index import ShardMeta
-    from fsd.store import Store
+    from hoardfs.fsd.core.index import ShardMeta
+    from hoardfs.fsd.store import Store
 
 log = logging.getLogger(__name__)
 

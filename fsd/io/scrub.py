@@ -19,17 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.core import shardfmt as fmt
-from fsd.core.backend import has_files
-from fsd.io import integrity
-from fsd.io.replica import TargetError, assemble_onto, check_replica, repair_replica, reseal_unlisted
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.backend import has_files
+from hoardfs.fsd.io import integrity
+from hoardfs.fsd.io.replica import TargetError, assemble_onto, check_replica, repair_replica, reseal_unlisted
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from fsd.core.index import ShardMeta
-    from fsd.store import Store
+    from hoardfs.fsd.core.index import ShardMeta
+    from hoardfs.fsd.store import Store
 
 
 @dataclass
@@ -43,7 +43,7 @@ class VerifyReport:
     in_scope: int = 0  # sealed shards the run could have chosen (before --sample)
     #: what is still bad, by kind: "replica file" (missing, unreadable, cut short — what `hoard
     #: check` sees too), "replica bytes" (bytes inside a whole file: only verify reads them),
-    #: "marks log", "pointer" (fsd.io.integrity: judged as `hoard check` and `hoard health` do)
+    #: "marks log", "pointer" (hoardfs.fsd.io.integrity: judged as `hoard check` and `hoard health` do)
     kinds: dict[str, int] = field(default_factory=dict)
     #: replicas of the chosen shards on disks that cannot be read now (missing, failed), by
     #: disk label: not verified — said, so a clean run never hides them
@@ -233,7 +233,7 @@ def _reseal(store: Store, meta: ShardMeta, bad: list, rep: VerifyReport) -> list
 
 def _judge_logs_and_pointers(store: Store, rep: VerifyReport, only_disk: str | None, repair: bool) -> None:
     """The disks' marks logs and batch and view pointers, judged as `hoard check` and `hoard
-    health` judge them (fsd.io.integrity.judge): each finding is bad. `--repair` rewrites the logs
+    health` judge them (hoardfs.fsd.io.integrity.judge): each finding is bad. `--repair` rewrites the logs
     from the index (a snapshot, as `hoard index rewrite-marks`) and the pointers (as `hoard
     index rewrite-pointers`), then judges again: what is left stays bad. `only_disk` keeps the
     findings about that disk."""

@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fsd.base.modes import FILE
-from fsd.core import shardfmt as fmt
-from fsd.core import storelock
-from fsd.core.index import ObjectLoc, ShardMeta
+from hoardfs.base.modes import FILE
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core import storelock
+from hoardfs.fsd.core.index import ObjectLoc, ShardMeta
 
 if TYPE_CHECKING:
-    from fsd.core.backend import Disk
-    from fsd.store import Store
+    from hoardfs.fsd.core.backend import Disk
+    from hoardfs.fsd.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ verifies"):
 5. deletion marks, roots, chunk maps and extensions name objects that exist;
 6. every batch and view manifest is stored, and every file it names is in the index;
 7. (with the database) every physical node that is not deleted is in the store, and every
-   node's deletion flags follow the store (design.md's item 14: `sql.check.liveness`; `hoard
+   node's deletion flags follow the store (design.md's item 14: `hoardfs.sql.check.liveness`; `hoard
    check --repair` sets them from the store);
 8. the disks' marks logs (those an index rebuild reads: a failed disk's too) replay to
    exactly the index's marks;
@@ -21,14 +21,14 @@ verifies"):
    in service holds the index's pointers, byte for byte (a rebuild from any of them names the same batches and
    views, with the same definitions);
 10. (design.md's item 11) no disk's drive says by its SMART that it is failing
-   (`fsd.core.smart.judge`, as `hoard health` judges it: a drive losing sectors is a note);
+   (`hoardfs.fsd.core.smart.judge`, as `hoard health` judges it: a drive losing sectors is a note);
 11. (design.md's item 12) the `held` table names, for every object a registered manifest names,
-   that manifest, and nothing else (fsd.core.held; read with item 6's manifests). A batch
+   that manifest, and nothing else (hoardfs.fsd.core.held; read with item 6's manifests). A batch
    deletion or registration a killed process left half done is judged with the marks logs and
-   pointers (fsd.io.integrity: `held`), as health and verify judge it; so are the work folders
+   pointers (hoardfs.fsd.io.integrity: `held`), as health and verify judge it; so are the work folders
    a killed index rebuild or restore left on the SSD (`leftover`).
 12. (design.md's item 13) the `live` table counts, for each shard, the objects the index points
-   at there and their payload bytes (fsd.core.live; from item 1's pass, in its read transaction).
+   at there and their payload bytes (hoardfs.fsd.core.live; from item 1's pass, in its read transaction).
 
 Replicas below their class target and orphan files are reported as notes, not failures
 (`hoard replicate`, `hoard verify --orphans` deal with them).
@@ -43,22 +43,22 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fsd.base.files import size_or_zero
-from fsd.core import formats
-from fsd.core import held as held_mod
-from fsd.core import live as live_mod
-from fsd.core import shardfmt as fmt
-from fsd.core.backend import has_files
-from fsd.core.disks import DiskState, corrupt_fs, fsck_step, shard_of
-from fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
-from fsd.io import attach, integrity
-from fsd.io.writer import writer_alive
-from fsd.maintenance.health import smart_of_store
-from fsd.outputs import unreadable
-from fsd.outputs.manifest import iter_files
+from hoardfs.base.files import size_or_zero
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.core import held as held_mod
+from hoardfs.fsd.core import live as live_mod
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.backend import has_files
+from hoardfs.fsd.core.disks import DiskState, corrupt_fs, fsck_step, shard_of
+from hoardfs.fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
+from hoardfs.fsd.io import attach, integrity
+from hoardfs.fsd.io.writer import writer_alive
+from hoardfs.fsd.maintenance.health import smart_of_store
+from hoardfs.fsd.outputs import unreadable
+from hoardfs.fsd.outputs.manifest import iter_files
 
 if TYPE_CHECKING:
-    from fsd.store import Store
+    from hoardfs.fsd.store import Store
 
 #: the next step of a disagreement inside the index (it is rebuilt from the shards on the disks)
 REBUILD = "`hoard index rebuild` recreates the index from the disks"
@@ -77,7 +77,7 @@ class CheckReport(integrity.Findings):
     how many), notes, totals."""
     totals: dict = field(default_factory=dict)
     seconds: float = 0.0
-    #: every on-disk format found and known (fsd.core.formats.survey, as `hoard health` shows it)
+    #: every on-disk format found and known (hoardfs.fsd.core.formats.survey, as `hoard health` shows it)
     formats: dict = field(default_factory=dict)
 
 
@@ -90,7 +90,7 @@ LivenessInDb = Callable[["IndexMarks"], Iterable[str]]
 
 
 class IndexMarks:
-    """What the index says of an object, for the database's side of check (sql.check.StoreMarks):
+    """What the index says of an object, for the database's side of check (hoardfs.sql.check.StoreMarks):
     point lookups, and the hidden marks in byte order from one read transaction."""
 
     def __init__(self, store: Store) -> None:
@@ -384,7 +384,7 @@ def _check(store: Store, missing_in_db: MissingInDb | None, liveness_in_db: Live
 
 
 class _Held:
-    """Item 11: the `held` table against the manifests (fsd.core.held). Every object a registered
+    """Item 11: the `held` table against the manifests (hoardfs.fsd.core.held). Every object a registered
     manifest names has its entry — one missing is an object a deletion or gc could free while
     the manifest names it; an entry of a manifest neither registered nor pending, or more
     entries of a manifest than it names objects, is one the table should not have (it only

@@ -1,4 +1,4 @@
-"""The store's side of the two kinds of deletion (the database's side is sql.deletion).
+"""The store's side of the two kinds of deletion (the database's side is hoardfs.sql.deletion).
 
 * Type A — `hide`: the objects get a `hidden` mark; the mount stops showing them, selectors
   (through the database flag) stop returning them; the bytes stay.
@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.core.held import named, named_by
-from fsd.core.txnlog import chunked
-from fsd.outputs import holders
-from fsd.outputs.manifest import iter_files, naming_lock, references
-from fsd.outputs.unreadable import UNREADABLE, ManifestUnreadable, Reading, judge
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.core.held import named, named_by
+from hoardfs.fsd.core.txnlog import chunked
+from hoardfs.fsd.outputs import holders
+from hoardfs.fsd.outputs.manifest import iter_files, naming_lock, references
+from hoardfs.fsd.outputs.unreadable import UNREADABLE, ManifestUnreadable, Reading, judge
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def drop_batch(store, batch_id: str, unreadable_ok: bool = False,
     """Tombstone what only this batch references; returns (tombstoned, kept because shared).
 
     Which of its objects another registered manifest names is asked of the `held` table (a
-    lookup per object: the batch's work, not the store's; fsd.core.held) — of every other
+    lookup per object: the batch's work, not the store's; hoardfs.fsd.core.held) — of every other
     manifest, read, on an index not migrated to it yet. The tombstones are set while the batch
     is still registered (a process killed meanwhile: gc clears them, the batch naming them;
     a re-run sets them again), then it is unregistered with a pending record of its manifest,

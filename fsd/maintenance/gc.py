@@ -6,7 +6,7 @@ the size without framing, so a whole shard of small objects is 100 % live). Shar
 threshold are compacted, in this order (docs/design.md, "gc order"):
 
 1. **plan + reserve**: the live bytes are each shard's `live` count (index format 4,
-   fsd.core.live) less its dead objects' lengths — a lookup per dead object, no pass over
+   hoardfs.fsd.core.live) less its dead objects' lengths — a lookup per dead object, no pass over
    the objects table —, a candidate's members its footer's records the index points there.
    Live bytes × replica target must fit in the disks' free space
    (with one shard of slack per disk); the space is claimed with `fallocate`d reservation
@@ -36,23 +36,23 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.units import fmt_bytes
-from fsd.core import shardfmt as fmt
-from fsd.core.backend import has_files
-from fsd.core.disks import DiskGone
-from fsd.core.index import ObjectLoc, ShardMeta
-from fsd.core.layout import pinned
-from fsd.core.live import Tally
-from fsd.core.placement import Need, simulate, space_report
-from fsd.core.records import STREAM_THRESHOLD
-from fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
-from fsd.io import integrity
-from fsd.io.replicate import _replicate
-from fsd.io.writer import ReplicaFailed, ShardWriter
-from fsd.outputs import holders
-from fsd.outputs.manifest import naming_lock
-from fsd.store import Store
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.units import fmt_bytes
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.backend import has_files
+from hoardfs.fsd.core.disks import DiskGone
+from hoardfs.fsd.core.index import ObjectLoc, ShardMeta
+from hoardfs.fsd.core.layout import pinned
+from hoardfs.fsd.core.live import Tally
+from hoardfs.fsd.core.placement import Need, simulate, space_report
+from hoardfs.fsd.core.records import STREAM_THRESHOLD
+from hoardfs.fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
+from hoardfs.fsd.io import integrity
+from hoardfs.fsd.io.replicate import _replicate
+from hoardfs.fsd.io.writer import ReplicaFailed, ShardWriter
+from hoardfs.fsd.outputs import holders
+from hoardfs.fsd.outputs.manifest import naming_lock
+from hoardfs.fsd.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ Candidate = tuple[ShardMeta, int, list[bytes]]
 def plan(store: Store, threshold: float, dead: set[bytes], members: bool = True,
          left: list[ShardMeta] | None = None) -> list[Candidate]:
     """The sealed shards below `threshold` live, with their live bytes and members (`members`
-    False: an empty list each, for `--dry-run`). From the `live` table (fsd.core.live) once the
+    False: an empty list each, for `--dry-run`). From the `live` table (hoardfs.fsd.core.live) once the
     index has it complete: a shard's count less the lengths of its dead objects (one lookup
     each), the members from each candidate's footer — the work grows with the dead objects and
     the shards, not with the store. Else (an index not migrated yet) by passes over the objects

@@ -1,21 +1,21 @@
 """The store's part of `hoard health`: the disks, the SSD zones, the store's status and the
-problems they show. `jobs.health` puts every part together."""
+problems they show. `hoardfs.jobs.health` puts every part together."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from fsd.base.config import Settings
-from fsd.base.errors import HoardError
-from fsd.base.units import fmt_bytes
-from fsd.core import smart
-from fsd.core.disks import IDENTITY
-from fsd.core.index import has_index
-from fsd.io import attach, integrity
-from fsd.io.scrub import oldest_unverified_by_disk
-from fsd.outputs import unreadable, zones
-from fsd.store import Store
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import HoardError
+from hoardfs.base.units import fmt_bytes
+from hoardfs.fsd.core import smart
+from hoardfs.fsd.core.disks import IDENTITY
+from hoardfs.fsd.core.index import has_index
+from hoardfs.fsd.io import attach, integrity
+from hoardfs.fsd.io.scrub import oldest_unverified_by_disk
+from hoardfs.fsd.outputs import unreadable, zones
+from hoardfs.fsd.store import Store
 
 GB = 1024**3
 
@@ -39,7 +39,7 @@ def disk_status(cfg: Settings) -> list[dict[str, Any]]:
 
 def zone_status(cfg: Settings) -> dict[str, dict[str, Any]]:
     """Per zone: quota, bytes on disk, reserved, free, level, reservations and outputs (the
-    figures of `hoard zones`, fsd.outputs.zones)."""
+    figures of `hoard zones`, hoardfs.fsd.outputs.zones)."""
     return zones.usage(cfg)
 
 
@@ -171,7 +171,7 @@ def store_status(cfg: Settings) -> dict[str, Any]:
 
 def verified_by_disk(cfg: Settings) -> dict[str, float | None]:
     """Per disk label, seconds since its least recently verified replica was verified (or
-    written); None for a disk with no sealed shard (`fsd.io.scrub.oldest_unverified_by_disk`).
+    written); None for a disk with no sealed shard (`hoardfs.fsd.io.scrub.oldest_unverified_by_disk`).
     {} when the store cannot be opened — `store_status` says why. Opens the store read-only: a
     process that may open it from several threads serialises the opens (LMDB opens an
     environment once per process)."""
@@ -190,7 +190,7 @@ smart_line = smart.summary
 
 def smart_status(cfg: Settings, disks: list[dict[str, Any]], max_age_s: float = smart.FRESH_S) -> dict[str, dict[str, Any]]:
     """Per disk label (of `disks`: entries of `disk_status` or `store_status`), its drive's SMART
-    reading (`fsd.core.smart.read_all`: the cached one while younger than `max_age_s`). Only a
+    reading (`hoardfs.fsd.core.smart.read_all`: the cached one while younger than `max_age_s`). Only a
     disk at its path is read — a mount point, or a directory holding the disk's identity file:
     an unmounted disk's mount point is an empty directory on another drive, whose SMART is not
     this disk's."""
@@ -220,7 +220,7 @@ def smart_of_store(store: Store, max_age_s: float = smart.FRESH_S,
 def smart_findings(disks: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """(problems, warnings) of the disks' SMART readings (each entry's `smart`, which gets its
     own as `findings`: [{level, line}]): the one judgement `hoard check` and `hoard verify`
-    make too (`fsd.core.smart.judge`)."""
+    make too (`hoardfs.fsd.core.smart.judge`)."""
     found = []
     for d in disks:
         if d.get("smart"):
@@ -341,7 +341,7 @@ def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, A
                                 f"{r['host']} is gone) before sealing {r['id']}; run the same `hoard dataset build "
                                 f"SPEC` (or `hoard dataset materialize {ref}`) again — it resumes, keeping what "
                                 f"checks — or give it up: `hoard dataset rm {ref}`")
-            elif r["stale"] and z == "3A":  # 3A holds no job outputs: an HTTP upload (jobs.ingest.upload)
+            elif r["stale"] and z == "3A":  # 3A holds no job outputs: an HTTP upload (hoardfs.jobs.ingest.upload)
                 problems.append(f"zone {z}: {r['job']} was cut short (pid {r['pid']} on {r['host']} is gone): "
                                 f"{s['path']}/.tmp/{r['id']} holds what it received and nothing was ingested; start "
                                 "`hoard gui` again — it removes both at start — and have the scraper send the batch "

@@ -2,7 +2,7 @@
 `forget` (a retired or replaced disk dropped from the index).
 
 Marking a disk failed (`hoard rebuild`, an EIO) and retiring it (`hoard disks retire`) are
-decisions the store keeps (see fsd.io.attach.attach_disks); these two are the ways back out of them,
+decisions the store keeps (see hoardfs.fsd.io.attach.attach_disks); these two are the ways back out of them,
 each guarded so it cannot lose data: activate only a disk that proves to be the registered
 one and whose replicas are checked, forget only a disk no shard still needs.
 """
@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.core.disks import (
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.core.disks import (
     IDENTITY_COPY,
     DiskGone,
     DiskState,
@@ -26,15 +26,15 @@ from fsd.core.disks import (
     read_identity,
     restore_identity,
 )
-from fsd.core.layout import FORGOTTEN
-from fsd.io.scrub import verify
-from fsd.maintenance.rebuild import shards_on
+from hoardfs.fsd.core.layout import FORGOTTEN
+from hoardfs.fsd.io.scrub import verify
+from hoardfs.fsd.maintenance.rebuild import shards_on
 
 log = logging.getLogger(__name__)
 if TYPE_CHECKING:
-    from fsd.base.config import DiskConfig
-    from fsd.core.disks import DiskRecord
-    from fsd.store import Store
+    from hoardfs.base.config import DiskConfig
+    from hoardfs.fsd.core.disks import DiskRecord
+    from hoardfs.fsd.store import Store
 
 
 @dataclass

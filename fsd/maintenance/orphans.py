@@ -30,15 +30,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fsd.core import shardfmt as fmt
-from fsd.core.disks import pread_full, shard_of
-from fsd.core.index import ShardMeta
-from fsd.io.recovery import set_aside
-from fsd.io.writer import writer_alive
-from fsd.maintenance.reindex import PLANTED
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.disks import pread_full, shard_of
+from hoardfs.fsd.core.index import ShardMeta
+from hoardfs.fsd.io.recovery import set_aside
+from hoardfs.fsd.io.writer import writer_alive
+from hoardfs.fsd.maintenance.reindex import PLANTED
 
 if TYPE_CHECKING:
-    from fsd.store import Store
+    from hoardfs.fsd.store import Store
 
 #: a file must be at least this old before the sweep touches it
 DEFAULT_GRACE_S = 24 * 3600

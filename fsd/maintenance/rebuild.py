@@ -18,16 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.core import shardfmt as fmt
-from fsd.core.disks import DiskState
-from fsd.core.placement import Need, NoSpace, simulate, space_report
-from fsd.io.replica import NoSource, TargetError, check_replica, copy_from_any, discard_copy
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.disks import DiskState
+from hoardfs.fsd.core.placement import Need, NoSpace, simulate, space_report
+from hoardfs.fsd.io.replica import NoSource, TargetError, check_replica, copy_from_any, discard_copy
 
 if TYPE_CHECKING:
-    from fsd.core.backend import Disk
-    from fsd.core.index import ShardMeta
-    from fsd.store import Store
+    from hoardfs.fsd.core.backend import Disk
+    from hoardfs.fsd.core.index import ShardMeta
+    from hoardfs.fsd.store import Store
 
 
 @dataclass

@@ -25,14 +25,14 @@ from typing import Any
 
 import lmdb
 
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import flocked, fsync_dir, size_or_zero
-from fsd.core import formats, marks, pointers, storelock
-from fsd.core import shardfmt as fmt
-from fsd.core.backend import has_files
-from fsd.core.beside import INDEX_COPY, LocalBeside
-from fsd.core.disks import (
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import flocked, fsync_dir, size_or_zero
+from hoardfs.fsd.core import formats, marks, pointers, storelock
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.backend import has_files
+from hoardfs.fsd.core.beside import INDEX_COPY, LocalBeside
+from hoardfs.fsd.core.disks import (
     IDENTITY,
     SHARDS_DIR,
     DiskRecord,
@@ -45,9 +45,9 @@ from fsd.core.disks import (
     shard_of,
     write_identity,
 )
-from fsd.core.held import ManifestNotRead
-from fsd.core.index import Index, ObjectLoc, ShardMeta
-from fsd.core.layout import (
+from hoardfs.fsd.core.held import ManifestNotRead
+from hoardfs.fsd.core.index import Index, ObjectLoc, ShardMeta
+from hoardfs.fsd.core.layout import (
     BATCHES_DIR,
     FORGOTTEN,
     INDEX_WORK,
@@ -58,9 +58,9 @@ from fsd.core.layout import (
     lock_root,
     remove_index_work,
 )
-from fsd.core.spill import Spill
-from fsd.core.txnlog import SLACK, TXN_ENTRIES
-from fsd.outputs import unreadable
+from hoardfs.fsd.core.spill import Spill
+from hoardfs.fsd.core.txnlog import SLACK, TXN_ENTRIES
+from hoardfs.fsd.outputs import unreadable
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def rebuild_index(cfg: Settings, progress: Callable[[int, int], None] | None = N
 def _seed_marks(cfg: Settings) -> None:
     """The rebuilt index knows no disk's log to be complete: the first writer gives every disk
     a snapshot of the replayed marks — done here, so the disks agree with it at once."""
-    from fsd.store import Store  # deferred: fsd.store imports this module's siblings
+    from hoardfs.fsd.store import Store  # deferred: hoardfs.fsd.store imports this module's siblings
 
     try:
         Store.open(cfg).close()
@@ -182,19 +182,19 @@ def _disks_to_read(cfg: Settings, without: frozenset[str], rep: IndexRebuildRepo
 @dataclass
 class _Bucket:
     """An S3 disk as an index rebuild reads it: its sealed shards, marks log and pointers are
-    objects in its bucket (fsd.core.s3files), its open shards files on its staging folder."""
+    objects in its bucket (hoardfs.fsd.core.s3files), its open shards files on its staging folder."""
 
     label: str
     path: Path  # its staging folder
-    disk: Any  # its fsd.core.s3.S3Disk
+    disk: Any  # its hoardfs.fsd.core.s3.S3Disk
     kind: str = "s3"
     sizes: dict[PurePath, int] = field(default_factory=dict)  # an object's size, by the name it is read as
 
 
 def _bucket(dc: Any) -> _Bucket:
     """The S3 disk `dc` configures, to be read (its uuid set once its identity is read)."""
-    # deferred: boto3 (fsd.core.s3) is loaded only for a configured S3 disk
-    from fsd.core.s3 import S3Disk
+    # deferred: boto3 (hoardfs.fsd.core.s3) is loaded only for a configured S3 disk
+    from hoardfs.fsd.core.s3 import S3Disk
 
     return _Bucket(dc.label, dc.path, S3Disk.configured(dc))
 
@@ -203,8 +203,8 @@ def _bucket_to_read(dc: Any, found: list[tuple[Any, dict]], missing: list[tuple[
                     rep: IndexRebuildReport) -> None:
     """`_disks_to_read` for an S3 disk: its bucket's identity read (an engine that does not
     answer, or a bucket without one, is a disk that cannot be read: refused unless left out)."""
-    # deferred: boto3 (fsd.core.s3) is loaded only for a configured S3 disk
-    from fsd.core.s3 import EngineError
+    # deferred: boto3 (hoardfs.fsd.core.s3) is loaded only for a configured S3 disk
+    from hoardfs.fsd.core.s3 import EngineError
 
     b = _bucket(dc)
     try:
@@ -229,7 +229,7 @@ def _remake_staging(dc: Any, uuid: str) -> None:
     """An S3 disk's staging folder that is gone — lost with the SSD it sits on by default
     (`<ssd.root>/s3-staging/<label>`) — made again, with the disk's identity, before the bucket
     is read (its marks log is read through the folder's tmp/), as every writable open makes a
-    lost one again (fsd.io.attach). Without it the rebuild after an SSD loss refused the bucket
+    lost one again (hoardfs.fsd.io.attach). Without it the rebuild after an SSD loss refused the bucket
     as a disk that does not read and advised leaving it out, and the index built without it
     was refused by every command (the bucket holds shards it does not know). A folder that
     holds an identity is left as it is."""
@@ -380,7 +380,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
            spills: Path) -> None:
     """The new index at `work`, from `disks`. Memory does not grow with the store (issue 37: a
     dict of every object and every replica's record list took 1.5 KB per object): a shard's
-    copies are read together and its objects spilled to disk (fsd.core.spill), sorted there,
+    copies are read together and its objects spilled to disk (hoardfs.fsd.core.spill), sorted there,
     then written in order; the marks logs are spilled and replayed object by object
     (marks.settle)."""
     index = Index(work)
@@ -474,8 +474,8 @@ def _fill_held(cfg: Settings, index: Index, disks: list[tuple[Any, dict]], recor
     manifests name them (57 % of a rebuild at 10 M objects; issue 37). A manifest that cannot be
     read leaves the index at the format before `held` (deletion and gc read every manifest, as
     that format does) and is named; the next writer's migration tries again."""
-    from fsd.core.disks import LocalDisk  # deferred: as _seed_marks's store
-    from fsd.store import Store  # deferred: as above
+    from hoardfs.fsd.core.disks import LocalDisk  # deferred: as _seed_marks's store
+    from hoardfs.fsd.store import Store  # deferred: as above
 
     reading = Store(cfg, index, writable=False)
     for (dc, _), rec in zip(disks, records, strict=True):
@@ -486,7 +486,7 @@ def _fill_held(cfg: Settings, index: Index, disks: list[tuple[Any, dict]], recor
     try:
         index.fill_held(reading.get, spills)
         return True
-    except (HoardError, ValueError, KeyError, TypeError) as e:  # (as Store.open's migration: fsd.store)
+    except (HoardError, ValueError, KeyError, TypeError) as e:  # (as Store.open's migration: hoardfs.fsd.store)
         if isinstance(e, ManifestNotRead):  # with its step: a disk to bring back, or what unregisters it
             e = unreadable.judge(reading, e.kind, e.name, e.manifest, e)
         why = e.message if isinstance(e, HoardError) else f"a manifest does not decode: {e!r}"
@@ -675,7 +675,7 @@ def _read_pointers(dc: Any, found: dict[str, dict], rep: IndexRebuildReport) -> 
     holds (a disk that was failed or absent may hold an older one). One that does not read as
     a pointer (planted, or damaged: its checksum) is damage to name; one that does not read
     (EIO) stops the rebuild: the newest pointer may be this disk's alone (a removal too)."""
-    if dc.kind == "s3":  # objects in its bucket (fsd.core.s3files); a root file there is read if it is there
+    if dc.kind == "s3":  # objects in its bucket (hoardfs.fsd.core.s3files); a root file there is read if it is there
         side = dc.disk.beside
         try:
             keys = [pointers.rel(folder, stem) for folder in pointers.KINDS for stem in side.names(folder, ".json")]
@@ -770,7 +770,7 @@ def _read_marks(dc: Any, rep: IndexRebuildReport, spill: Spill | None = None, sr
     folder = f"{dc.disk.beside.where}/{MARKS_DIR}" if dc.kind == "s3" else dc.path / MARKS_DIR
     planted: list[str] = []
     try:
-        if dc.kind == "s3":  # (its segments: fsd.core.s3files)
+        if dc.kind == "s3":  # (its segments: hoardfs.fsd.core.s3files)
             got = dc.disk.beside.marks_read(planted, dc.label, spill, src)
         else:
             got = marks.read_log(dc.path / MARKS_DIR, planted, dc.label, spill, src)

@@ -15,8 +15,8 @@ import re
 import signal
 from pathlib import Path
 
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
 
 __all__ = ["check_mountpoint", "run_mount"]
 
@@ -29,11 +29,11 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
     import pyfuse3
     import trio
 
-    from fsd.mount import ops as mount_ops
-    from fsd.mount.namespace import Namespace
-    from fsd.mount.reader import Reader
-    from fsd.mount.watch import Watcher
-    from fsd.store import Store
+    from hoardfs.fsd.mount import ops as mount_ops
+    from hoardfs.fsd.mount.namespace import Namespace
+    from hoardfs.fsd.mount.reader import Reader
+    from hoardfs.fsd.mount.watch import Watcher
+    from hoardfs.fsd.store import Store
 
     mountpoint = check_mountpoint(mountpoint, nonempty)
     if not os.path.exists("/dev/fuse"):

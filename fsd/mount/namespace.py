@@ -61,10 +61,10 @@ from typing import Any
 import trio
 import xxhash
 
-from fsd.base.errors import HoardError
-from fsd.mount.inodes import Files
-from fsd.outputs.manifest import Tree, WouldBlock
-from fsd.outputs.views import OUTPUT_VIEW
+from hoardfs.base.errors import HoardError
+from hoardfs.fsd.mount.inodes import Files
+from hoardfs.fsd.outputs.manifest import Tree, WouldBlock
+from hoardfs.fsd.outputs.views import OUTPUT_VIEW
 
 __all__ = ["DERIVED", "Namespace", "Node", "ROOT", "inode_of"]
 

@@ -33,12 +33,12 @@ from typing import NoReturn
 import pyfuse3
 import trio
 
-from fsd.base import modes
-from fsd.base.errors import HoardError
-from fsd.core.records import ObjectNotFound
-from fsd.mount.namespace import DERIVED, Namespace, Node
-from fsd.mount.reader import SMALL_MAX, ObjectGone, Reader, ReadFailed, _Stream
-from fsd.mount.watch import Watcher
+from hoardfs.base import modes
+from hoardfs.base.errors import HoardError
+from hoardfs.fsd.core.records import ObjectNotFound
+from hoardfs.fsd.mount.namespace import DERIVED, Namespace, Node
+from hoardfs.fsd.mount.reader import SMALL_MAX, ObjectGone, Reader, ReadFailed, _Stream
+from hoardfs.fsd.mount.watch import Watcher
 
 log = logging.getLogger(__name__)
 

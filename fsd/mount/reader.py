@@ -48,14 +48,14 @@ from dataclasses import dataclass, field
 import trio
 import xxhash
 
-from fsd.base.errors import HoardError
-from fsd.core import shardfmt as fmt
-from fsd.core.backend import has_files
-from fsd.core.disks import pread_full
-from fsd.core.records import MAP_PIECE, STREAM_THRESHOLD, ObjectNotFound, learn_map, verify_record
-from fsd.mount.extents import Extents, all_set, set_bits
-from fsd.mount.queue import BACKGROUND, DiskQueue, take_over
-from fsd.store import Store
+from hoardfs.base.errors import HoardError
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.backend import has_files
+from hoardfs.fsd.core.disks import pread_full
+from hoardfs.fsd.core.records import MAP_PIECE, STREAM_THRESHOLD, ObjectNotFound, learn_map, verify_record
+from hoardfs.fsd.mount.extents import Extents, all_set, set_bits
+from hoardfs.fsd.mount.queue import BACKGROUND, DiskQueue, take_over
+from hoardfs.fsd.store import Store
 
 __all__ = ["Reader", "ReadFailed", "SMALL_MAX"]
 

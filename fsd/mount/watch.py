@@ -38,7 +38,7 @@ import time
 import pyfuse3
 import trio
 
-from fsd.base.units import fmt_bytes
+from hoardfs.base.units import fmt_bytes
 
 __all__ = ["Watcher", "render_health"]
 

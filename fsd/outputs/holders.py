@@ -1,4 +1,4 @@
-"""A manifest unregistered with its `held` entries (fsd.core.held; Store.register_batch and
+"""A manifest unregistered with its `held` entries (hoardfs.fsd.core.held; Store.register_batch and
 register_view hold what a manifest names before registering it), and what a killed process left
 of either finished. Every function here is called under `naming_lock`.
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from fsd.base.errors import HoardError
-from fsd.core.held import iter_named
-from fsd.outputs.manifest import References
+from hoardfs.base.errors import HoardError
+from hoardfs.fsd.core.held import iter_named
+from hoardfs.fsd.outputs.manifest import References
 
 __all__ = ["finish", "referencer", "unhold"]
 

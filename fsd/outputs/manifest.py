@@ -26,7 +26,7 @@ the store, JSON, UTF-8):
 Past 500 lines, whole by design: it is the one module that knows the manifest formats, to
 read and to write them, so a format changes in one place (the view tree's builder writes the
 tree its reader walks) — but for `iter_files`, the walk of what a manifest names, which lives in
-fsd.core.held (re-exported here): the index's migration and rebuild fill its `held` table with
+hoardfs.fsd.core.held (re-exported here): the index's migration and rebuild fill its `held` table with
 it, below this layer.
 """
 
@@ -47,14 +47,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import ssd_full, ssd_space
-from fsd.base.modes import FILE
-from fsd.base.paths import MAX_NAME_BYTES, hostile_reason, long_name
-from fsd.core import formats
-from fsd.core.held import iter_files, named
-from fsd.core.layout import names_lock
-from fsd.outputs import unreadable as unreadable_mod
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import ssd_full, ssd_space
+from hoardfs.base.modes import FILE
+from hoardfs.base.paths import MAX_NAME_BYTES, hostile_reason, long_name
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.core.held import iter_files, named
+from hoardfs.fsd.core.layout import names_lock
+from hoardfs.fsd.outputs import unreadable as unreadable_mod
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "files_in", "iter_files", "iter_placed",
            "manifest_objects", "named", "references", "References", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
@@ -299,7 +299,7 @@ def iter_placed(get: Get, manifest_sha_hex: str) -> Iterator[tuple[bytes, str, s
     """(sha256, object, prefix) of every file a manifest names: the object whose entries hold
     it — the manifest itself for a one-document format, else a directory object or a page —
     and the path of that object's directory ("" or "a/b/"). `files_in(get, object, prefix)`
-    reads that object alone (fsd.outputs.members keeps these places)."""
+    reads that object alone (hoardfs.fsd.outputs.members keeps these places)."""
     doc = json.loads(get(manifest_sha_hex))
     formats.check_document(doc, f"the manifest {manifest_sha_hex}")
     if doc.get("format") not in TREE_FORMATS:
@@ -405,7 +405,7 @@ class References:
 
     def _read(self, manifest: str, among: set[bytes]) -> set[bytes]:
         """What of `among` the manifest names. One that does not read raises the error that
-        names its step (fsd.outputs.unreadable: gc frees nothing then) — or, given a list
+        names its step (hoardfs.fsd.outputs.unreadable: gc frees nothing then) — or, given a list
         `unreadable` (a deletion: its tombstones are requests, and gc reads every manifest
         again before it frees anything), is put there and names nothing here."""
         self.reads += 1

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, sync_file_range, syncfs_fd
-from fsd.base.modes import FILE
-from fsd.core.records import DataError
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, sync_file_range, syncfs_fd
+from hoardfs.base.modes import FILE
+from hoardfs.fsd.core.records import DataError
 
 if TYPE_CHECKING:
-    from fsd.store import Store
+    from hoardfs.fsd.store import Store
 
 CHUNK = 1 << 20
 

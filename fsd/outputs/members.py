@@ -43,11 +43,11 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from fsd.base.errors import HoardError
-from fsd.base.files import fsync_dir
-from fsd.base.modes import FILE
-from fsd.core.held import MAN
-from fsd.outputs.manifest import files_in, iter_placed, named
+from hoardfs.base.errors import HoardError
+from hoardfs.base.files import fsync_dir
+from hoardfs.base.modes import FILE
+from hoardfs.fsd.core.held import MAN
+from hoardfs.fsd.outputs.manifest import files_in, iter_placed, named
 
 __all__ = ["FOLDER", "MAGIC", "holding", "paths_in", "remember"]
 

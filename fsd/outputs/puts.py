@@ -1,7 +1,7 @@
 """Named puts: `hoard put --name NAME` records what one put stored, `hoard ls --puts` lists
 them, `hoard delete --put NAME` releases it all.
 
-A named put is a view named `put.<NAME>` (fsd.outputs.views: a manifest in the store, a pointer on
+A named put is a view named `put.<NAME>` (hoardfs.fsd.outputs.views: a manifest in the store, a pointer on
 every disk — so it survives `hoard index rebuild` like any view — and `<mount>/views/put.NAME/`
 shows its files under the paths they were stored from). While the put runs, each file is a
 root as with every `hoard put` (nothing is acknowledged that gc could free), but with a
@@ -19,11 +19,11 @@ import os
 import re
 import time
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import NAME_PATTERN
-from fsd.core.index import HELD_UNTIL_NAMED
-from fsd.outputs.manifest import iter_files
-from fsd.outputs.views import PUT_VIEW, ViewError, define_view_rows, release_owned, remove_view
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.paths import NAME_PATTERN
+from hoardfs.fsd.core.index import HELD_UNTIL_NAMED
+from hoardfs.fsd.outputs.manifest import iter_files
+from hoardfs.fsd.outputs.views import PUT_VIEW, ViewError, define_view_rows, release_owned, remove_view
 
 PREFIX = "put."
 NAME = re.compile(NAME_PATTERN)

@@ -5,7 +5,7 @@ reader can mistake for complete before it is.
         out.write("a/b.jpg", data)                 # or write under out.tmp, then out.declare(rel, size, sha)
     # sealed: <zone>/stage-42/{a/b.jpg, _MANIFEST.json, _JOB.json, _SEALED}
 
-Order (docs/design.md, "Zones and reservations"): reserve `expected_bytes` (fsd.outputs.zones) →
+Order (docs/design.md, "Zones and reservations"): reserve `expected_bytes` (hoardfs.fsd.outputs.zones) →
 write into `<zone>/.tmp/<id>/` → verify every file's size and sha256 against what the producer
 declared, fsync each file and directory → `_MANIFEST.json` (every file, size, sha256) →
 rename to `<zone>/<id>/` → `_JOB.json` (the job, times, expected and actual bytes and files,
@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, fsync_dir, read_in_zone
-from fsd.base.modes import own_dir, refuse_unless_own
-from fsd.base.paths import display, hostile_reason
-from fsd.core import formats
-from fsd.outputs import zones
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import atomic_write, fsync_dir, read_in_zone
+from hoardfs.base.modes import own_dir, refuse_unless_own
+from hoardfs.base.paths import display, hostile_reason
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.outputs import zones
 
 FORMAT = formats.OUTPUT
 MANIFEST_FORMAT = formats.OUTPUT_MANIFEST
@@ -107,7 +107,7 @@ class Output:
 
     def declare(self, rel: str, size: int, sha256: str, verified: bool = False) -> None:
         """What the producer says it wrote at `tmp/rel`; `seal` holds it to that. `verified`:
-        the producer hashed exactly the bytes it wrote there and synced them (fsd.outputs.materialize),
+        the producer hashed exactly the bytes it wrote there and synced them (hoardfs.fsd.outputs.materialize),
         so seal checks the size only — hashing a 100 GB export a second time buys nothing."""
         why = hostile_reason(rel) or (f"{rel} is a name the output contract keeps for itself"
                                       if rel in RESERVED_NAMES else None)
@@ -252,7 +252,7 @@ def begin(cfg: Settings, zone: str, output_id: str, *, job: str, kind: str, expe
     `reserve_bytes`: what the files will occupy (zones.charge), when it is not
     `expected_bytes` (the files' own sizes, which `_JOB.json` compares with the actual ones).
     `resume`: what an earlier attempt left there is kept (a producer that checks what it
-    finds, as fsd.outputs.materialize does, goes on from it); otherwise it is removed."""
+    finds, as hoardfs.fsd.outputs.materialize does, goes on from it); otherwise it is removed."""
     if zone not in zones.OUTPUT_ZONES:
         raise HoardError(f"zone {zone} holds no job outputs; outputs go to {', '.join(zones.OUTPUT_ZONES)}",
                          ExitCode.USAGE)

@@ -3,7 +3,7 @@ it writes nothing, starts nothing and reads only Python's own files — the imag
 (hostile) and the GUI process holds the users' password hashes, the session key and the store.
 
 `Decoder.thumbnail(data)` sends the bytes over a pipe and gets the JPEG back; the process is
-started on first use (`python -m fsd.outputs.thumb_decoder`), serves one image after another,
+started on first use (`python -m hoardfs.fsd.outputs.thumb_decoder`), serves one image after another,
 and is started anew after it dies (an image that crashes Pillow gets no thumbnail; the next
 image gets a new process). Where the kernel has no Landlock it runs unconfined (`hoard health`
 warns), still a process apart.
@@ -29,9 +29,9 @@ import sys
 import threading
 import time
 
-from fsd.base import landlock
-from fsd.base.paths import display
-from fsd.base.proc import end_group, ended
+from hoardfs.base import landlock
+from hoardfs.base.paths import display
+from hoardfs.base.proc import end_group, ended
 
 log = logging.getLogger(__name__)
 SIZE = (256, 256)
@@ -88,7 +88,7 @@ class Decoder:
                  memory_mb: int = MEMORY_MB) -> None:
         #: the decoder's command (another only in the test of what a decoder made to lie can do);
         #: it is given `memory_mb` as its last argument (a change applies to the next one started)
-        self.argv = argv or [sys.executable, "-P", "-s", "-m", "fsd.outputs.thumb_decoder"]
+        self.argv = argv or [sys.executable, "-P", "-s", "-m", "hoardfs.fsd.outputs.thumb_decoder"]
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
         self._proc: subprocess.Popen[bytes] | None = None

@@ -1,7 +1,7 @@
 """Thumbnails of stored images, made on first request from the store and kept under
 `<ssd.root>/state/gui/thumbs/` — content-addressed, so a cached one is never stale. The GUI
 serves the file `thumbnail` returns (`/thumb/{sha256}`). Pillow decodes them in a confined
-process of its own (fsd.outputs.thumb_decoder), never in the caller's."""
+process of its own (hoardfs.fsd.outputs.thumb_decoder), never in the caller's."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import logging
 import re
 from pathlib import Path
 
-from fsd.base.config import Settings
-from fsd.base.files import atomic_write
-from fsd.outputs.thumb_decoder import FORMATS, MAX_PIXELS, SIZE, Decoder
-from fsd.store import Store
+from hoardfs.base.config import Settings
+from hoardfs.base.files import atomic_write
+from hoardfs.fsd.outputs.thumb_decoder import FORMATS, MAX_PIXELS, SIZE, Decoder
+from hoardfs.fsd.store import Store
 
 __all__ = ["FORMATS", "MAX_BYTES", "MAX_PIXELS", "NONE", "SIZE", "path", "thumbnail"]
 

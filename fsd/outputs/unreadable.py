@@ -17,9 +17,9 @@ fill of an index migration or rebuild, `hoard check`.
 
 from __future__ import annotations
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.core.held import ManifestNotRead
-from fsd.core.records import DataError, ObjectNotFound
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.core.held import ManifestNotRead
+from hoardfs.fsd.core.records import DataError, ObjectNotFound
 
 __all__ = ["UNREADABLE", "ManifestUnreadable", "Reading", "judge", "unregister_step"]
 
@@ -35,9 +35,12 @@ class ManifestUnreadable(HoardError):
     exit_code = ExitCode.DATA
 
     def __init__(self, kind: str, name: str, manifest_hex: str, why: str, lost: bool = False) -> None:
-        head = "is not in the store" if lost else "cannot be read from any replica"
-        super().__init__(f"{kind} {name}: its manifest {manifest_hex} {head} ({why}); nothing mends it: "
-                         f"{unregister_step(kind, name)}")
+        if lost:  # (the index lost it: a disk may still hold it, and a rebuild of the index finds it)
+            step = f"`hoard index rebuild` finds it again if a disk holds it; else {unregister_step(kind, name)}"
+            super().__init__(f"{kind} {name}: its manifest {manifest_hex} cannot be read ({why}): {step}")
+        else:
+            super().__init__(f"{kind} {name}: its manifest {manifest_hex} cannot be read from any replica ({why}); "
+                             f"nothing mends it: {unregister_step(kind, name)}")
         self.kind, self.name, self.manifest, self.why = kind, name, manifest_hex, why
 
 
@@ -78,7 +81,8 @@ def judge(store, kind: str, name: str, manifest_hex: str, err: Exception, asked:
     loc = store.index.lookup(sha)
     meta = store.index.get_shard(loc.shard_id) if loc is not None else None
     if meta is None:
-        return ManifestUnreadable(kind, name, manifest_hex, f"object {sha.hex()} of it is in no shard", lost=True)
+        return ManifestUnreadable(kind, name, manifest_hex, f"object {sha.hex()} of it is in no shard the index "
+                                  "knows", lost=True)
     readable = {d.uuid for d in store.sources(meta)}
     away = [store.records[u].label if u in store.records else u for u in meta.replicas if u not in readable]
     if away:

@@ -19,22 +19,22 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import MAX_PATH_BYTES, NAME_PATTERN, display
-from fsd.core import formats
-from fsd.outputs import holders, members
-from fsd.outputs.manifest import ViewError, build_view, iter_files, manifest_objects, naming_lock
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.paths import MAX_PATH_BYTES, NAME_PATTERN, display
+from hoardfs.fsd.core import formats
+from hoardfs.fsd.outputs import holders, members
+from hoardfs.fsd.outputs.manifest import ViewError, build_view, iter_files, manifest_objects, naming_lock
 
 __all__ = ["ViewError", "define_view", "define_view_rows", "manifest_rows", "remove_view"]
 
 VIEW_NAME = re.compile(NAME_PATTERN)
-#: views named `<zone>-<id>` belong to view-mode outputs (jobs.outputs): only the output's
+#: views named `<zone>-<id>` belong to view-mode outputs (hoardfs.jobs.outputs): only the output's
 #: own job defines one and only `hoard zones clean` removes it, so a sealed output's entry
 #: can never dangle or show another selection
 OUTPUT_VIEW = re.compile(r"3[BCD]-")
 
 
-#: views named `put.<name>` are named puts (fsd.outputs.puts): `hoard put --name` defines one and only
+#: views named `put.<name>` are named puts (hoardfs.fsd.outputs.puts): `hoard put --name` defines one and only
 #: `hoard delete --put` removes it
 PUT_VIEW = re.compile(r"put\.")
 
@@ -152,7 +152,7 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
     info = {**built, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     with naming_lock(store):
         old = store.index.get_view(name)
-        # (what it names — files and its own objects — is held before it is registered: fsd.core.held)
+        # (what it names — files and its own objects — is held before it is registered: hoardfs.fsd.core.held)
         store.register_view(name, info, holds=named_files + [bytes.fromhex(s) for s in own])
         # a view removed or a batch deleted between the build's lookups and this line may
         # have tombstoned a file this view names: a named file is live, as the build said
@@ -230,9 +230,9 @@ def release_owned(store, shas: set[bytes], reason: str, departing: str | None = 
     files) unless a registered manifest, a `hoard put` root or a pin still names them; gc checks
     again when it swaps. `departing`: the manifest of the view that went, whose `held` entries
     are still there — those of its prefix hold only what a registered manifest sharing that
-    prefix names (fsd.core.held: else a sharer kept every file it served). Returns how many. A
+    prefix names (hoardfs.fsd.core.held: else a sharer kept every file it served). Returns how many. A
     pin file that cannot be read keeps them all (as gc would refuse to run)."""
-    from fsd.core.layout import pinned  # deferred: only releasing needs the pins
+    from hoardfs.fsd.core.layout import pinned  # deferred: only releasing needs the pins
 
     if not shas:
         return 0

@@ -1,7 +1,7 @@
 """Write an output into a zone, in copy or view mode — what every producer of zone 3C/3D
-shares (jobs.outputs: `hoard stage` / `hoard export`; datasets.api: `hoard dataset build`):
-reserve (fsd.outputs.zones: refused before a byte moves), copy with the batch planner
-(fsd.outputs.materialize) or publish a view (fsd.outputs.views), then seal (fsd.outputs.seal)."""
+shares (hoardfs.jobs.outputs: `hoard stage` / `hoard export`; hoardfs.datasets.api: `hoard dataset build`):
+reserve (hoardfs.fsd.outputs.zones: refused before a byte moves), copy with the batch planner
+(hoardfs.fsd.outputs.materialize) or publish a view (hoardfs.fsd.outputs.views), then seal (hoardfs.fsd.outputs.seal)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.outputs import seal, zones
-from fsd.outputs.materialize import Assembled, Item, MaterializeReport, materialize
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.fsd.outputs import seal, zones
+from hoardfs.fsd.outputs.materialize import Assembled, Item, MaterializeReport, materialize
 
 
 def require_stored(store, shas_hex: Sequence[str], error: type[HoardError], what: str = "") -> None:
@@ -85,7 +85,11 @@ def write_view(cfg: Settings, store, zone: str, output_id: str, *, job: str, kin
     view is defined only after the zone admitted the output, and removed if it fails. `rows`:
     more stored files as (path, sha256), without an Item each (a dataset's million). The
     `_JOB` document, the view's record and the number of files it names."""
-    from fsd.outputs.views import define_view_rows, release_owned, remove_view  # deferred: only view mode defines views
+    from hoardfs.fsd.outputs.views import (  # deferred: only view mode defines views
+        define_view_rows,
+        release_owned,
+        remove_view,
+    )
 
     assert cfg.mount.path is not None  # the caller refused the request without it
     out = seal.begin(cfg, zone, output_id, job=job, kind=kind, expected_bytes=0, expected_files=0, selector=selector,

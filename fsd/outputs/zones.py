@@ -17,7 +17,7 @@ releases the reservation when its output is sealed or it failed (`release`):
 
 Reservations are files, `<ssd.root>/state/reservations/<zone>/<id>.json` (written atomically,
 fsynced), so they survive a crash: each names its job, pid, the pid's start time, host, the
-process space its pid belongs to (`fsd.base.proc.process_space`: name, machine id, boot id,
+process space its pid belongs to (`hoardfs.base.proc.process_space`: name, machine id, boot id,
 pid namespace) and creation time. One whose process is gone is stale — reclaimed by the next
 `reserve` in its zone or `hoard zones clean`, and reported (`owner_gone`: as a seal's claim on
 an S3 disk is judged). Every change to a zone's
@@ -25,7 +25,7 @@ reservations happens under an flock on `<ssd.root>/locks/zone-<zone>.lock`, held
 zone is measured, so two processes never both get the last room.
 
 `<zone>/<id>/` is one output (docs/design.md, "Zones and reservations"): sealed when it holds
-`_SEALED` (the output contract, `fsd.outputs.seal`) — or, in 3B, `<id>.manifest.json` (a UA_1
+`_SEALED` (the output contract, `hoardfs.fsd.outputs.seal`) — or, in 3B, `<id>.manifest.json` (a UA_1
 package's own seal) — running while a live reservation names it, incomplete otherwise.
 
 One module for all of zone accounting, though past 500 lines: reservations, usage, the
@@ -50,18 +50,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsd.base.config import ZONES, Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, flocked, fsync_dir, read_in_zone
-from fsd.base.paths import NAME_PATTERN
-from fsd.base.proc import alive_since, earlier_boot, pid_start, process_space
-from fsd.base.units import fmt_bytes
+from hoardfs.base.config import ZONES, Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import atomic_write, flocked, fsync_dir, read_in_zone
+from hoardfs.base.paths import NAME_PATTERN
+from hoardfs.base.proc import alive_since, earlier_boot, pid_start, process_space
+from hoardfs.base.units import fmt_bytes
 
 log = logging.getLogger(__name__)
 
 #: the zones whose directories are job outputs (3A holds scraped input, not outputs)
 OUTPUT_ZONES = ("3B", "3C", "3D")
-#: the file a sealed output holds (fsd.outputs.seal writes it last)
+#: the file a sealed output holds (hoardfs.fsd.outputs.seal writes it last)
 SEALED = "_SEALED"
 #: where an output is written before it is sealed: `<zone>/.tmp/<id>/`
 TMP = ".tmp"
@@ -109,7 +109,7 @@ class Reservation:
     host: str
     created: str
     created_ns: int
-    #: where `pid` names a process (fsd.base.proc.process_space); "" in a file written before it
+    #: where `pid` names a process (hoardfs.base.proc.process_space); "" in a file written before it
     #: was recorded (then judged by `host` alone, as it was)
     space: str = ""
     #: set when read: its process is gone (`owner_gone`; another machine's or pid namespace's
@@ -351,7 +351,7 @@ def fs_free(path: os.PathLike[str] | str) -> int:
     return st.f_bavail * (st.f_frsize or st.f_bsize)
 
 
-#: this process's space (fsd.base.proc.process_space): read once, as a seal's claim reads it
+#: this process's space (hoardfs.base.proc.process_space): read once, as a seal's claim reads it
 _SPACE = process_space()
 
 

@@ -12,7 +12,7 @@ and state file. `labelstudio` — AC5's client of a real Label Studio
 
 from __future__ import annotations
 
-from jobs.actions.api import near_dups_of_batch
-from jobs.actions.runner import empty_trash, run_here, run_step
+from hoardfs.jobs.actions.api import near_dups_of_batch
+from hoardfs.jobs.actions.runner import empty_trash, run_here, run_step
 
 __all__ = ["empty_trash", "near_dups_of_batch", "run_here", "run_step"]

@@ -23,17 +23,17 @@ import redis
 from rq.exceptions import NoSuchJobError
 from rq.registry import ScheduledJobRegistry
 
-from fsd.base import config as config_mod
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError, conflict_line, first_line, write_conflict
-from fsd.base.files import flocked
-from jobs import events
-from jobs.actions import contract as contracts
-from jobs.actions.contract import TYPES, Contract
-from jobs.actions.params import parse_params
-from jobs.actions.remote import cancel_remote, check_locatable
-from jobs.actions.runner import enqueue
-from jobs.actions.state import (
+from hoardfs.base import config as config_mod
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError, conflict_line, first_line, write_conflict
+from hoardfs.base.files import flocked
+from hoardfs.jobs import events
+from hoardfs.jobs.actions import contract as contracts
+from hoardfs.jobs.actions.contract import TYPES, Contract
+from hoardfs.jobs.actions.params import parse_params
+from hoardfs.jobs.actions.remote import cancel_remote, check_locatable
+from hoardfs.jobs.actions.runner import enqueue
+from hoardfs.jobs.actions.state import (
     QUEUE_OF,
     STALE_S,
     WAITING,
@@ -62,12 +62,12 @@ from jobs.actions.state import (
     work,
     write_work,
 )
-from jobs.actions.steps import cleanup_cancelled, record_ending, stage_context, write_pending_events
-from jobs.queues import connect, fetch_job, rq_queue, running
-from sql.apply import apply_write_intent
-from sql.batches import register_action
-from sql.migrate import migrate
-from sql.selectors import is_deleted, parse_selector, physical_nodes, query_nodes
+from hoardfs.jobs.actions.steps import cleanup_cancelled, record_ending, stage_context, write_pending_events
+from hoardfs.jobs.queues import connect, fetch_job, rq_queue, running
+from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.batches import register_action
+from hoardfs.sql.migrate import migrate
+from hoardfs.sql.selectors import is_deleted, parse_selector, physical_nodes, query_nodes
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: lis
     """Record the run of action `name` (the actions directory's contract, else the built-in of
     that id) and queue its next step (`queue=False`: the caller runs the steps itself,
     `run_here`); `by`: who launched it (a GUI login); `remote`: its stage, worker and parse on
-    a host of the `remote` queue (jobs.actions.remote: refused in one line, nothing recorded,
+    a host of the `remote` queue (hoardfs.jobs.actions.remote: refused in one line, nothing recorded,
     when an input is on no S3 disk). The same run again: done → "done already", nothing
     changed; failed, cancelled or interrupted → resumed at its step; running or waiting → said
     so."""
@@ -224,7 +224,7 @@ def near_dups_of(cfg: Settings, batch_id: str, *, queue: bool = True, redis_conn
 
 
 def near_dups_of_batch(config_path: str | None, batch_id: str) -> str | None:
-    """RQ job the ingest's finish step queues by name (`jobs.ingest` cannot import this
+    """RQ job the ingest's finish step queues by name (`hoardfs.jobs.ingest` cannot import this
     package: it imports the ingest's runner): `near_dups_of`; the run id, or None."""
     sub = near_dups_of(config_mod.load(config_path), batch_id)
     if sub is not None:

@@ -11,7 +11,7 @@ over `MAX_BYTES`, bytes that are not UTF-8 and TOML syntax errors are each one l
 the file. Format, every key and one example per type: docs/actions.md.
 
 Nothing here runs a worker or opens a connection: the selector is checked with the model
-`hoard select` uses (sql.selectors), the staging layout with datasets.layouts.
+`hoard select` uses (hoardfs.sql.selectors), the staging layout with hoardfs.datasets.layouts.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from datasets import layouts
-from fsd.base.config import describe_validation_errors
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import CONTROL, display
-from fsd.core import formats
-from sql.intents import RESULT_COLUMNS
-from sql.selectors import Selector
+from hoardfs.base.config import describe_validation_errors
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.paths import CONTROL, display
+from hoardfs.datasets import layouts
+from hoardfs.fsd.core import formats
+from hoardfs.sql.intents import RESULT_COLUMNS
+from hoardfs.sql.selectors import Selector
 
 _strict = ConfigDict(extra="forbid")
 

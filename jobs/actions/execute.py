@@ -47,9 +47,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import display
-from jobs.actions.contract import _PART, PLACEHOLDERS, Contract, RunDocker, RunExternal, RunKubectl, RunLocal
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.paths import display
+from hoardfs.jobs.actions.contract import _PART, PLACEHOLDERS, Contract, RunDocker, RunExternal, RunKubectl, RunLocal
 
 #: a worker's log is kept to its last this many bytes (older output is dropped, with a line saying so)
 LOG_CAP = 8 << 20

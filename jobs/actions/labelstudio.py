@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.paths import display
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError, first_line
+from hoardfs.base.paths import display
 
 if TYPE_CHECKING:
     import httpx
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 #: tasks per import request: Label Studio's big imports time out and hit its upload caps
 #: (label-studio#2678, #4556)
 MAX_TASKS_PER_IMPORT = 1000
-#: the largest `key` + `value` of one label row (sql.intents.MAX_LABEL_VALUE): the label
+#: the largest `key` + `value` of one label row (hoardfs.sql.intents.MAX_LABEL_VALUE): the label
 #: table indexes md5(value), not the value (migration 010; before it, PostgreSQL's 2,704-byte
 #: b-tree entries refused a polygon of ~70 points in full-precision percent coordinates)
 MAX_LABEL_BYTES = 1 << 20

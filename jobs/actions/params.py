@@ -14,9 +14,9 @@ import math
 import re
 from typing import Any
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import display
-from jobs.actions.contract import Contract, Param
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.paths import display
+from hoardfs.jobs.actions.contract import Contract, Param
 
 Value = str | int | float | bool
 

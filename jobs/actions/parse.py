@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import open_nofollow
-from fsd.base.paths import MAX_NAME_BYTES, display, hostile_reason, long_name
-from fsd.base.units import fmt_bytes
-from jobs.actions.contract import RESULT_TABLES, ChildFiles, Contract, OutputParser, ResultFiles, RunExternal
-from sql.intents import RESULT_HASH_COLUMNS
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import open_nofollow
+from hoardfs.base.paths import MAX_NAME_BYTES, display, hostile_reason, long_name
+from hoardfs.base.units import fmt_bytes
+from hoardfs.jobs.actions.contract import RESULT_TABLES, ChildFiles, Contract, OutputParser, ResultFiles, RunExternal
+from hoardfs.sql.intents import RESULT_HASH_COLUMNS
 
 #: the largest result file read (a JSON array is parsed whole; records are held until stored)
 MAX_RESULT_FILE_BYTES = 64 << 20

@@ -7,8 +7,8 @@ define|show|advance`, docs/actions.md "Pipelines").
 
 A stage's run over a batch is the stage's action over the batch's members — those its
 contract's `input_selector` takes (`hoard action run ACTION --selector {"batches": [BATCH]}`)
-— with the default parameters; the run key (jobs.actions.state) makes "that run" exact, so
-`advance` needs no memory of its own beyond `batch_stage` (sql.batches): it records as done
+— with the default parameters; the run key (hoardfs.jobs.actions.state) makes "that run" exact, so
+`advance` needs no memory of its own beyond `batch_stage` (hoardfs.sql.batches): it records as done
 every stage whose run is done, in order, then submits the next stage's run. Repeating it is
 harmless; one batch may be in several pipelines (a run shared by two of them is one run).
 """
@@ -22,14 +22,14 @@ from typing import Any, Literal
 
 import psycopg
 
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError, first_line
-from jobs.actions import api
-from jobs.actions.contract import TYPES, ContractError
-from jobs.actions.runner import run_here
-from jobs.actions.state import WAITING, ActionError, Status, load_state
-from jobs.queues import redis_required
-from sql import batches as sqlb
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError, first_line
+from hoardfs.jobs.actions import api
+from hoardfs.jobs.actions.contract import TYPES, ContractError
+from hoardfs.jobs.actions.runner import run_here
+from hoardfs.jobs.actions.state import WAITING, ActionError, Status, load_state
+from hoardfs.jobs.queues import redis_required
+from hoardfs.sql import batches as sqlb
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 Mode = Literal["queue", "here", "wait"]

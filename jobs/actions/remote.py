@@ -3,7 +3,7 @@
 
     plan     sql      as any run (the inputs; parents/children to stage beside them)
     gate     …        AC3/AC4 with a gate: judged here, before anything is queued for the host
-    remote   actions  the stage planned and located here (jobs.remote.locate: refused in one line
+    remote   actions  the stage planned and located here (hoardfs.jobs.remote.locate: refused in one line
                       when an input is on no S3 disk), queued once per attempt on `remote` as
                       `run_action`; then waits (state waiting_remote, a poll every REMOTE_POLL_S,
                       no worker held) until the host's parsed outputs are in the bucket
@@ -12,14 +12,14 @@
     apply, finish     as any run: ONE write-intent `action:<run>`
 
 and on the remote host, the job `run_action` (queue `remote`, run with the host's own
-hoard.toml): the stage made in its own 3C from ranged GETs (jobs.remote.make_planned), the
-worker run there, its output root parsed (jobs.actions.parse: the hostile-output rules of any
+hoard.toml): the stage made in its own 3C from ranged GETs (hoardfs.jobs.remote.make_planned), the
+worker run there, its output root parsed (hoardfs.jobs.actions.parse: the hostile-output rules of any
 run), each child read back with O_NOFOLLOW at every component and only if it is the file the
 parser saw, uploaded as `transfers/<run>/<sha256>` (If-None-Match: a retry re-sends nothing),
 then `transfers/<run>/parsed.json` — what was parsed, the run's "done" on the bucket — and its
 3C output removed. The host has no index, no store disk and no PostgreSQL work to do.
 
-A host that dies mid-run has its job queued again by the server's reaper (jobs.reaper); run
+A host that dies mid-run has its job queued again by the server's reaper (hoardfs.jobs.reaper); run
 again, on it or another host, the job makes the same stage (resumed or anew), runs the worker
 again on an emptied output root and uploads what is not there yet. A job that finds
 parsed.json already there is done at once. The children are stored once whatever ran twice:
@@ -28,7 +28,7 @@ the store dedups by sha256, and the write-intent `action:<run>` is applied exact
 Anyone who can write to Redis can queue a `run_action` (the guard allows the function, which
 names no configuration): the host runs only a contract it has itself (its actions directory or
 its built-ins, the same document), with parameters that contract accepts, and the stage's plan
-is checked as a remote stage's is (jobs.remote.checked_plan). What comes back to the server —
+is checked as a remote stage's is (hoardfs.jobs.remote.checked_plan). What comes back to the server —
 parsed.json and the objects — is checked before it is stored or applied: every path clean,
 every parent one of the run's inputs or children, every record into a table the contract maps
 to, every object's bytes its sha256.
@@ -53,18 +53,18 @@ from rq import get_current_job
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
-from fsd.base import config as config_mod
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.files import flocked, open_nofollow
-from fsd.base.paths import display, hostile_reason
-from fsd.store import Store
-from jobs import jobkey, outputs
-from jobs import remote as remote_jobs
-from jobs.actions import contract as contracts
-from jobs.actions import parse
-from jobs.actions.contract import Contract, RunExternal, RunLabelStudio
-from jobs.actions.state import (
+from hoardfs.base import config as config_mod
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError, first_line
+from hoardfs.base.files import flocked, open_nofollow
+from hoardfs.base.paths import display, hostile_reason
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import jobkey, outputs
+from hoardfs.jobs import remote as remote_jobs
+from hoardfs.jobs.actions import contract as contracts
+from hoardfs.jobs.actions import parse
+from hoardfs.jobs.actions.contract import Contract, RunExternal, RunLabelStudio
+from hoardfs.jobs.actions.state import (
     REMOTE_POLL_S,
     RUN_ID,
     STEP_TIMEOUT_S,
@@ -84,7 +84,7 @@ from jobs.actions.state import (
     typed_params,
     write_work,
 )
-from jobs.actions.steps import (
+from hoardfs.jobs.actions.steps import (
     _rows,
     _why,
     context_of,
@@ -95,12 +95,12 @@ from jobs.actions.steps import (
     stage_spec,
     staged_inputs_for,
 )
-from jobs.queues import connect, enqueue_once, fetch_job
+from hoardfs.jobs.queues import connect, enqueue_once, fetch_job
 
 log = logging.getLogger(__name__)
 
-#: the job function a remote host runs (jobs.guard: JOB_FUNCTIONS, HOST_JOBS)
-JOB_FUNCTION = "jobs.actions.remote.run_action"
+#: the job function a remote host runs (hoardfs.jobs.guard: JOB_FUNCTIONS, HOST_JOBS)
+JOB_FUNCTION = "hoardfs.jobs.actions.remote.run_action"
 #: the name of what the host parsed, beside the children it uploaded
 PARSED = "parsed.json"
 #: the most bytes a parsed.json may hold (a run of 100,000 children writes ~40 MB)
@@ -163,7 +163,7 @@ def check_locatable(cfg: Settings, c: Contract, rid: str, inputs: list[str],
 
 
 def _located(cfg: Settings, spec: outputs.OutputSpec, who: str) -> dict[str, Any]:
-    """jobs.remote.locate's plan of the stage `spec`; its refusal as the run's, `who` first."""
+    """hoardfs.jobs.remote.locate's plan of the stage `spec`; its refusal as the run's, `who` first."""
     try:
         return remote_jobs.locate(cfg, spec)
     except remote_jobs.RemoteError as e:
@@ -195,7 +195,7 @@ def _step_remote(cfg: Settings, st: RunState) -> None:
             raise ActionError(f"run {rid}: its job {job.id} failed on a remote host: {line}"
                               + ("" if resume_line(rid) in line else f"; then {resume_line(rid)}"), _exit_code(job))
         if status in ("queued", "scheduled", "deferred", "started"):
-            # (started by a worker that is gone: the server's reaper queues it again — jobs.reaper)
+            # (started by a worker that is gone: the server's reaper queues it again — hoardfs.jobs.reaper)
             raise Waiting(Status.WAITING_REMOTE.value, REMOTE_POLL_S)
         # no such job (Redis lost it), or it ended without uploading: queued again below
     c = contract_of(cfg, st)
@@ -638,7 +638,7 @@ def cancel_remote(cfg: Settings, st: RunState) -> None:
         sweep_transfers(cfg, disk)
 
 
-#: the steps of a --remote run that are not a local run's (jobs.actions.runner runs both kinds)
+#: the steps of a --remote run that are not a local run's (hoardfs.jobs.actions.runner runs both kinds)
 REMOTE_STEPS = {"remote": _step_remote, "collect": _step_collect}
 
 
@@ -646,7 +646,7 @@ REMOTE_STEPS = {"remote": _step_remote, "collect": _step_collect}
 
 def run_action(config_path: str | None, doc: dict[str, Any]) -> dict[str, Any]:
     """RQ job (queue `remote`): stage, run and parse action run `doc["run"]` on this host (its
-    own hoard.toml: `config_path` is None, jobs.guard), then upload the children and what was
+    own hoard.toml: `config_path` is None, hoardfs.jobs.guard), then upload the children and what was
     parsed to the bucket. Idempotent: a run whose parsed.json is on the bucket is done."""
     cfg = config_mod.load(config_path)
     try:

@@ -1,7 +1,7 @@
-"""Running a run's steps: the RQ job `jobs.actions.run_step` (one step under the run's lock, a
+"""Running a run's steps: the RQ job `hoardfs.jobs.actions.run_step` (one step under the run's lock, a
 heartbeat while it runs, then the next step queued), the poll of a waiting run (RQ's
 scheduler: `enqueue_in`, no worker held meanwhile), and `hoard action run --here` (every step
-in this process, Ctrl-C safe). Like UA_1's runner (jobs.ingest.runner), whose interruption
+in this process, Ctrl-C safe). Like UA_1's runner (hoardfs.jobs.ingest.runner), whose interruption
 handling and one-line conditions this reuses."""
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import Any
 
 import redis
 
-from fsd.base import config as config_mod
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.files import flocked
-from fsd.outputs import zones
-from jobs import events, jobkey, runlog
-from jobs.actions.remote import REMOTE_STEPS, cancel_remote
-from jobs.actions.state import (
+from hoardfs.base import config as config_mod
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError, first_line
+from hoardfs.base.files import flocked
+from hoardfs.fsd.outputs import zones
+from hoardfs.jobs import events, jobkey, runlog
+from hoardfs.jobs.actions.remote import REMOTE_STEPS, cancel_remote
+from hoardfs.jobs.actions.state import (
     HEARTBEAT_S,
     QUEUE_OF,
     STEP_TIMEOUT_S,
@@ -45,9 +45,17 @@ from jobs.actions.state import (
     save_state,
     with_way_on,
 )
-from jobs.actions.steps import STEPS, cleanup_cancelled, record_ending, wait_a_little
-from jobs.ingest.runner import _explain, _interruptible
-from jobs.queues import CONDITIONS, condition_exit_code, connect, enqueue_once, fetch_job, is_condition, rq_queue
+from hoardfs.jobs.actions.steps import STEPS, cleanup_cancelled, record_ending, wait_a_little
+from hoardfs.jobs.ingest.runner import _explain, _interruptible
+from hoardfs.jobs.queues import (
+    CONDITIONS,
+    condition_exit_code,
+    connect,
+    enqueue_once,
+    fetch_job,
+    is_condition,
+    rq_queue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +185,7 @@ def after_done(cfg: Settings, st: RunState, *, here: bool) -> None:
         return
     if here and cfg.redis_url:
         try:
-            enqueue_once(connect(cfg.redis_url), "maintenance", "jobs.actions.empty_trash",
+            enqueue_once(connect(cfg.redis_url), "maintenance", "hoardfs.jobs.actions.empty_trash",
                          str(cfg.source) if cfg.source else None, job_id=TRASH_JOB, timeout=STEP_TIMEOUT_S,
                          description="actions: delete what finished runs set aside in 3C/.trash", key=jobkey.of(cfg))
             return
@@ -224,7 +232,7 @@ def _cancelled(cfg: Settings, st: RunState) -> None:
 
 def enqueue(cfg: Settings, st: RunState, redis_conn=None, suffix: str = "") -> str:
     assert cfg.redis_url
-    return enqueue_once(redis_conn or connect(cfg.redis_url), QUEUE_OF[st.step], "jobs.actions.run_step",
+    return enqueue_once(redis_conn or connect(cfg.redis_url), QUEUE_OF[st.step], "hoardfs.jobs.actions.run_step",
                         str(cfg.source) if cfg.source else None, st.run_id, st.step,
                         job_id=job_id(st.run_id, st.step, suffix), timeout=STEP_TIMEOUT_S,
                         description=f"action {st.run_id}: {st.step}", key=jobkey.of(cfg))
@@ -240,7 +248,7 @@ def _schedule_poll(cfg: Settings, st: RunState, poll_s: float) -> None:
 
         fetch_job(jid, conn).delete()
     rq_queue(QUEUE_OF[st.step], conn, jobkey.of(cfg)).enqueue_in(
-        dt.timedelta(seconds=poll_s), "jobs.actions.run_step", str(cfg.source) if cfg.source else None, st.run_id,
+        dt.timedelta(seconds=poll_s), "hoardfs.jobs.actions.run_step", str(cfg.source) if cfg.source else None, st.run_id,
         st.step, job_id=jid, job_timeout=STEP_TIMEOUT_S, result_ttl=3600, failure_ttl=30 * 86400,
         description=f"action {st.run_id}: {st.step} (poll)")
 

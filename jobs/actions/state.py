@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.files import NotOwn, load_owned, state_directory, write_owned
-from fsd.base.paths import display
-from jobs.actions.contract import Contract, find_any, load_file
-from jobs.actions.params import canonical, parse_params
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError, first_line
+from hoardfs.base.files import NotOwn, load_owned, state_directory, write_owned
+from hoardfs.base.paths import display
+from hoardfs.jobs.actions.contract import Contract, find_any, load_file
+from hoardfs.jobs.actions.params import canonical, parse_params
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 STEPS_AC1 = ("plan", "apply", "finish")
 STEPS_WORKER = ("plan", "stage", "gate", "run", "parse", "store", "apply", "finish")
 STEPS_AC5 = ("plan", "stage", "tasks", "labels", "apply", "finish")
-#: an AC2–AC4 run with --remote (jobs.actions.remote): stage, run and parse on another host
+#: an AC2–AC4 run with --remote (hoardfs.jobs.actions.remote): stage, run and parse on another host
 #: (one job on the `remote` queue, which `remote` queues and waits for), its children collected
 STEPS_REMOTE = ("plan", "gate", "remote", "collect", "apply", "finish")
 QUEUE_OF = {"plan": "sql", "stage": "io", "gate": "maintenance", "run": "actions", "parse": "io", "store": "io",
@@ -103,7 +103,7 @@ class RunState:
     action: str
     version: int
     action_type: str
-    #: action.action_id in the database (sql.batches.register_action)
+    #: action.action_id in the database (hoardfs.sql.batches.register_action)
     action_num: int
     params: dict[str, Any]
     steps: list[str]
@@ -180,7 +180,7 @@ def typed_params(c: Contract, params: dict[str, Any], cfg: Settings | None = Non
 
 
 def steps_of(c: Contract, remote: bool = False) -> list[str]:
-    if remote:  # stage, run, parse on another host; its children collected (jobs.actions.remote)
+    if remote:  # stage, run, parse on another host; its children collected (hoardfs.jobs.actions.remote)
         return [s for s in STEPS_REMOTE if s != "gate" or c.gate is not None]
     if c.action_type == "AC1":
         return list(STEPS_AC1)
@@ -451,7 +451,7 @@ def resume_line(rid: str) -> str:
     return f"`hoard action resume {rid}`"
 
 
-#: phrases of the one-line errors the steps meet (jobs.outputs, jobs.ingest, the Label Studio
+#: phrases of the one-line errors the steps meet (hoardfs.jobs.outputs, hoardfs.jobs.ingest, the Label Studio
 #: client, the parser) that mean "do it again", each replaced by the run's resume command
 _AGAIN_PHRASES = ("run the action again", "`hoard ingest --resume`", "the same command again",
                   "`hoard action run` resumes it", "run it again")

@@ -2,17 +2,17 @@
 they hand each other in `<ssd.root>/state/actions/`:
 
     plan     sql          AC1: each rule's nodes among the inputs (→ plan); others: the stage request
-    stage    io           jobs.outputs' stage (kind "stage", id = run id) into 3C/<run>/<layout>/input
+    stage    io           hoardfs.jobs.outputs' stage (kind "stage", id = run id) into 3C/<run>/<layout>/input
     gate     maintenance  AC3/AC4 with a gate: released by hand or by the hook, else wait (no worker held)
-    run      actions      the worker (jobs.actions.execute), or wait for an external one's done marker
-    parse    io           the output root read back (jobs.actions.parse) → children and records
+    run      actions      the worker (hoardfs.jobs.actions.execute), or wait for an external one's done marker
+    parse    io           the output root read back (hoardfs.jobs.actions.parse) → children and records
     store    io           the children into S01, class `generated`, pinned until the apply
     apply    sql          ONE write-intent `action:<run>`: children, edges, labels, results, black
                           list, the action_event
     finish   maintenance  3C/<run> renamed into 3C/.trash (deleted once the run is recorded done),
                           the reservation released, the pin dropped
 
-AC5 (human labels, jobs.actions.labelstudio) replaces gate … store by
+AC5 (human labels, hoardfs.jobs.actions.labelstudio) replaces gate … store by
 
     tasks    maintenance  the Label Studio project (run_spec.project_title, else the action id)
                           ensured; every staged input imported as a task by URL
@@ -40,20 +40,20 @@ from typing import Any
 
 import psycopg
 
-from datasets import layouts
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode
-from fsd.base.paths import display
-from fsd.core.layout import pin_path
-from fsd.outputs.seal import MANIFEST
-from fsd.store import Store
-from jobs import events, outputs
-from jobs.actions import execute, labelstudio, parse
-from jobs.actions.contract import Contract, RunExternal, RunLabelStudio
-from jobs.actions.execute import Roots
-from jobs.actions.labelstudio import Task
-from jobs.actions.parse import InputFile
-from jobs.actions.state import (
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode
+from hoardfs.base.paths import display
+from hoardfs.datasets import layouts
+from hoardfs.fsd.core.layout import pin_path
+from hoardfs.fsd.outputs.seal import MANIFEST
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import events, outputs
+from hoardfs.jobs.actions import execute, labelstudio, parse
+from hoardfs.jobs.actions.contract import Contract, RunExternal, RunLabelStudio
+from hoardfs.jobs.actions.execute import Roots
+from hoardfs.jobs.actions.labelstudio import Task
+from hoardfs.jobs.actions.parse import InputFile
+from hoardfs.jobs.actions.state import (
     EXTERNAL_POLL_S,
     LABELS_POLL_S,
     ActionError,
@@ -72,10 +72,10 @@ from jobs.actions.state import (
     work,
     write_work,
 )
-from sql.apply import apply_write_intent
-from sql.intents import IntentConflict
-from sql.migrate import migrate
-from sql.selectors import neighbours, query_nodes
+from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.intents import IntentConflict
+from hoardfs.sql.migrate import migrate
+from hoardfs.sql.selectors import neighbours, query_nodes
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def run_attempts(cfg: Settings, c: Contract, roots: execute.Roots, params: dict[
                  on_start: Callable[[int, int], None] | None = None,
                  ended: Callable[[execute.Outcome], None] = lambda outcome: None) -> execute.Outcome:
     """The worker run on an emptied output root, again after a failure, up to 1 + `c.retries`
-    times (here and on a --remote run's host, jobs.actions.remote); `ended(outcome)` after each
+    times (here and on a --remote run's host, hoardfs.jobs.actions.remote); `ended(outcome)` after each
     attempt. The last attempt's outcome: a success, or the failure that is the run's error line."""
     attempts = 1 + c.retries
     outcome: execute.Outcome | None = None
@@ -410,7 +410,7 @@ def _step_store(cfg: Settings, st: RunState) -> None:
 
 #: where the run's Label Studio export is written (in the output root) and located in the store
 EXPORT_NAME = "label-studio/export.json"
-#: … and its COCO conversion (jobs.actions.labelstudio.to_coco), stored and linked the same way
+#: … and its COCO conversion (hoardfs.jobs.actions.labelstudio.to_coco), stored and linked the same way
 COCO_NAME = "label-studio/coco.json"
 #: the edge from each labelled input to the run's export
 EXPORT_RELATIONSHIP = "labelled_in"
@@ -667,7 +667,7 @@ def write_pending_events(cfg: Settings, st: RunState) -> bool:
 
 
 def _emit_failed(cfg: Settings, st: RunState, intent: dict[str, Any], conn: psycopg.Connection) -> None:
-    """The webhooks' `run_failed` (jobs.events) of an ending just written: once per attempt (its
+    """The webhooks' `run_failed` (hoardfs.jobs.events) of an ending just written: once per attempt (its
     key is the ending's), and only once PostgreSQL took the ending — so it waits with it."""
     for ev in intent.get("events", []):
         if ev.get("status") == Status.FAILED.value:

@@ -22,9 +22,9 @@ atomically after every step; `hoard ingest --status BATCH` and `hoard health` re
 
 from __future__ import annotations
 
-from jobs.ingest.health import ingest_status, stalled_batches  # noqa: F401
-from jobs.ingest.runner import _run_step_locked, run_here, run_step, work_here  # noqa: F401
-from jobs.ingest.signals import (  # noqa: F401
+from hoardfs.jobs.ingest.health import ingest_status, stalled_batches  # noqa: F401
+from hoardfs.jobs.ingest.runner import _run_step_locked, run_here, run_step, work_here  # noqa: F401
+from hoardfs.jobs.ingest.signals import (  # noqa: F401
     REASON_FILE,
     REJECTED_SIGNAL,
     SignalRefused,
@@ -35,7 +35,7 @@ from jobs.ingest.signals import (  # noqa: F401
     set_signal_aside,
     submit,
 )
-from jobs.ingest.state import (  # noqa: F401
+from hoardfs.jobs.ingest.state import (  # noqa: F401
     BATCH_ID,
     QUEUE_OF,
     SIGNAL,
@@ -52,5 +52,5 @@ from jobs.ingest.state import (  # noqa: F401
     save_state,
     state_dir,
 )
-from jobs.ingest.steps import _STEPS, PACKAGE_OVERHEAD_PER_FILE  # noqa: F401
-from jobs.queues import unserved_queues  # noqa: F401 - tests wait on it through jobs.ingest
+from hoardfs.jobs.ingest.steps import _STEPS, PACKAGE_OVERHEAD_PER_FILE  # noqa: F401
+from hoardfs.jobs.queues import unserved_queues  # noqa: F401 - tests wait on it through hoardfs.jobs.ingest

@@ -9,10 +9,10 @@ from typing import Any
 import redis
 from rq.exceptions import NoSuchJobError
 
-from fsd.base.config import Settings
-from jobs.ingest.signals import refused_batches
-from jobs.ingest.state import QUEUE_OF, BatchState, Status, _job_id, all_states
-from jobs.queues import connect, fetch_job, running, unserved_queues
+from hoardfs.base.config import Settings
+from hoardfs.jobs.ingest.signals import refused_batches
+from hoardfs.jobs.ingest.state import QUEUE_OF, BatchState, Status, _job_id, all_states
+from hoardfs.jobs.queues import connect, fetch_job, running, unserved_queues
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Files an adapter makes from its parsed records (`Adapter.render`: a stroke drawing's PNG).
 
 The scan step makes them, in the ingest job, after the sandboxed parse: the parser's child may
-write nothing (adapters.isolated), and what it answers is not trusted — the adapter's `render`
+write nothing (hoardfs.adapters.isolated), and what it answers is not trusted — the adapter's `render`
 checks again every value it draws from. They wait in the batch's work directory,
 `<ssd.root>/state/ingest/<batch>.rendered/` (the service's own, never the scraper's 3A), until
 the finish step removes it. From the scan on, each is a file of the batch named
@@ -19,13 +19,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from adapters import Adapter
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import create_new, fsync_dir, ssd_space, syncfs
-from fsd.base.modes import FILE
-from fsd.base.paths import display
-from jobs.ingest.state import state_dir
+from hoardfs.adapters import Adapter
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import create_new, fsync_dir, ssd_space, syncfs
+from hoardfs.base.modes import FILE
+from hoardfs.base.paths import display
+from hoardfs.jobs.ingest.state import state_dir
 
 #: the directory of a batch's rendered files, in its locators and its package
 RENDERED = "rendered"

@@ -1,4 +1,4 @@
-"""Running the steps: the RQ job `jobs.ingest.run_step` (one step under the batch's lock, then
+"""Running the steps: the RQ job `hoardfs.jobs.ingest.run_step` (one step under the batch's lock, then
 the next step queued), and `hoard ingest --here` (every step in this process, Ctrl-C safe)."""
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from rq import SimpleWorker
 from rq.exceptions import StopRequested
 from rq.worker import WorkerStatus
 
-from fsd.base import config as config_mod
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import flocked
-from jobs import jobkey, runlog
-from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
-from jobs.ingest.signals import enqueue
-from jobs.ingest.state import STEP_TIMEOUT_S, STEPS, IngestError, Status, load_state, save_state, state_dir
-from jobs.ingest.steps import _STEPS
-from jobs.queues import (
+from hoardfs.base import config as config_mod
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import flocked
+from hoardfs.jobs import jobkey, runlog
+from hoardfs.jobs.guard import SERIALIZER, GuardedWorker, HoardJob
+from hoardfs.jobs.ingest.signals import enqueue
+from hoardfs.jobs.ingest.state import STEP_TIMEOUT_S, STEPS, IngestError, Status, load_state, save_state, state_dir
+from hoardfs.jobs.ingest.steps import _STEPS
+from hoardfs.jobs.queues import (
     CONDITIONS,
     QUEUES,
     condition_exit_code,
@@ -61,7 +61,7 @@ def _batch_lock(cfg: Settings, batch_id: str):
 
 
 def _run_step_locked(cfg: Settings, batch_id: str, step: str, *, then_enqueue: bool = True) -> dict[str, Any]:
-    with runlog.captured(cfg, "ingest", batch_id):  # the run page's log (jobs.runlog)
+    with runlog.captured(cfg, "ingest", batch_id):  # the run page's log (hoardfs.jobs.runlog)
         return _run_step_logged(cfg, batch_id, step, then_enqueue=then_enqueue)
 
 
@@ -104,11 +104,11 @@ def _run_step_logged(cfg: Settings, batch_id: str, step: str, *, then_enqueue: b
 
 def queue_near_dups(cfg: Settings, batch_id: str) -> None:
     """Queue the near-dup-hash run over an ingested batch (`ingest.near_dup_at_ingest`), by the
-    job's name: jobs.actions imports this package, so it cannot be imported here. A Redis that
+    job's name: hoardfs.jobs.actions imports this package, so it cannot be imported here. A Redis that
     fails now costs the hashes, not the batch: said in one line with the command that makes them."""
     assert cfg.redis_url
     try:
-        enqueue_once(connect(cfg.redis_url), "actions", "jobs.actions.near_dups_of_batch",
+        enqueue_once(connect(cfg.redis_url), "actions", "hoardfs.jobs.actions.near_dups_of_batch",
                      str(cfg.source) if cfg.source else None, batch_id, job_id=f"near-dups-{batch_id}",
                      timeout=STEP_TIMEOUT_S, description=f"near-dup-hash over batch {batch_id}", key=jobkey.of(cfg))
     except (redis.RedisError, OSError) as e:
@@ -132,7 +132,7 @@ def _explain(e: Exception, cfg: Settings | None = None) -> str:
     return f"{type(e).__name__}: {e} (a bug; traceback in the worker log)"
 
 
-# CONDITIONS (jobs.queues): under `run_here` a step meeting one ends the run with the one line
+# CONDITIONS (hoardfs.jobs.queues): under `run_here` a step meeting one ends the run with the one line
 # `_explain` recorded in the batch's state.
 
 
@@ -214,7 +214,7 @@ class _HereWorker(GuardedWorker, SimpleWorker):
     large batch) runs to its end, and RQ's handlers stay installed after `work()` returns, so
     a second Ctrl-C raised SystemExit — exit 0. Here Ctrl-C stops the step at once (steps are
     idempotent: `--resume` runs it again) and the caller puts its own handlers back. Like
-    `hoard worker` it runs only hoardfs's own jobs (jobs.guard)."""
+    `hoard worker` it runs only hoardfs's own jobs (hoardfs.jobs.guard)."""
 
     interrupted = False
 

@@ -10,12 +10,12 @@ import logging
 import os
 from pathlib import Path
 
-from adapters import UnknownSource, adapter_for, canonical_source
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode
-from fsd.base.files import atomic_write, read_in_zone
-from jobs import jobkey
-from jobs.ingest.state import (
+from hoardfs.adapters import UnknownSource, adapter_for, canonical_source
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode
+from hoardfs.base.files import atomic_write, read_in_zone
+from hoardfs.jobs import jobkey
+from hoardfs.jobs.ingest.state import (
     BATCH_ID,
     QUEUE_OF,
     SIGNAL,
@@ -30,7 +30,7 @@ from jobs.ingest.state import (
     save_state,
     state_dir,
 )
-from jobs.queues import connect, enqueue_once
+from hoardfs.jobs.queues import connect, enqueue_once
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _signalled_dirs(cfg: Settings) -> list[Path]:
 
 def enqueue(cfg: Settings, st: BatchState, redis_conn=None) -> str:
     assert cfg.redis_url
-    return enqueue_once(redis_conn or connect(cfg.redis_url), QUEUE_OF[st.step], "jobs.ingest.run_step",
+    return enqueue_once(redis_conn or connect(cfg.redis_url), QUEUE_OF[st.step], "hoardfs.jobs.ingest.run_step",
                         str(cfg.source) if cfg.source else None, st.batch_id, st.step,
                         job_id=_job_id(st.batch_id, st.step), timeout=STEP_TIMEOUT_S,
                         description=f"ingest {st.batch_id}: {st.step}", key=jobkey.of(cfg))

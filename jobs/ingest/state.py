@@ -1,6 +1,6 @@
 """A batch's ingest state: its file in <ssd.root>/state/ingest/<batch>.json (status, steps done,
 report), written atomically after every step, the service's own (0600; a file another account
-planted, or one others may write, is refused on load: `fsd.base.files.load_owned`); the job id
+planted, or one others may write, is refused on load: `hoardfs.base.files.load_owned`); the job id
 of each step; a deleted batch's state and 3B package let go."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import NotOwn, load_owned, state_directory, write_owned
-from fsd.base.paths import NAME_PATTERN
-from fsd.base.units import fmt_bytes
-from fsd.outputs import zones
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import NotOwn, load_owned, state_directory, write_owned
+from hoardfs.base.paths import NAME_PATTERN
+from hoardfs.base.units import fmt_bytes
+from hoardfs.fsd.outputs import zones
 
 log = logging.getLogger(__name__)
 

@@ -15,25 +15,25 @@ from typing import Any
 
 import psycopg
 
-from adapters import Reject, adapter_for, display, quarantine
-from adapters.intent import build_intent
-from adapters.isolated import parse_isolated
-from adapters.records import record_load, unstorable
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, fsync_dir
-from fsd.base.units import fmt_bytes
-from fsd.io.replicate import replicate_once
-from fsd.outputs import members, zones
-from fsd.outputs.manifest import batch_manifest, naming_lock
-from fsd.store import Store
-from jobs import events
-from jobs.ingest.render import forget as forget_rendered
-from jobs.ingest.render import path_of, render_all
-from jobs.ingest.state import SIGNAL, BatchState, IngestError, Status, _now, _work, save_state
-from sql.apply import apply_write_intent
-from sql.migrate import migrate
-from sql.schema_decider import propose_if_new
+from hoardfs.adapters import Reject, adapter_for, display, quarantine
+from hoardfs.adapters.intent import build_intent
+from hoardfs.adapters.isolated import parse_isolated
+from hoardfs.adapters.records import record_load, unstorable
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import atomic_write, fsync_dir
+from hoardfs.base.units import fmt_bytes
+from hoardfs.fsd.io.replicate import replicate_once
+from hoardfs.fsd.outputs import members, zones
+from hoardfs.fsd.outputs.manifest import batch_manifest, naming_lock
+from hoardfs.fsd.store import Store
+from hoardfs.jobs import events
+from hoardfs.jobs.ingest.render import forget as forget_rendered
+from hoardfs.jobs.ingest.render import path_of, render_all
+from hoardfs.jobs.ingest.state import SIGNAL, BatchState, IngestError, Status, _now, _work, save_state
+from hoardfs.sql.apply import apply_write_intent, is_applied
+from hoardfs.sql.migrate import migrate
+from hoardfs.sql.schema_decider import propose_if_new
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def _step_apply(cfg: Settings, st: BatchState) -> None:
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:
         migrate(conn)
         samples, refused = _storable(work["records"], stored)  # a work file of a scan that did not check keys
-        if refused and conn.execute("SELECT 1 FROM applied_intent WHERE key = %s", [key]).fetchone() is None:
+        if refused and not is_applied(conn, key):
             stored = _refuse_late(cfg, st, work, stored, samples, refused)
         # (applied before, its records are in the database: the intent stays the one applied)
         records = [record_load(r) for r in work["records"]]
@@ -230,7 +230,7 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
     if not manifest_path.exists():
         # reserved before a byte is written, released once the manifest (the package's seal) is
         # there or the step failed; a worker killed meanwhile leaves a stale reservation that
-        # the next reserve in 3B reclaims (fsd.outputs.zones)
+        # the next reserve in 3B reclaims (hoardfs.fsd.outputs.zones)
         need = sum(size for _, size in stored.values()) + PACKAGE_OVERHEAD_PER_FILE * (len(stored) + 10)
         zones.reserve(cfg, "3B", st.batch_id, f"ingest:{st.batch_id}", need,
                       next_step=f"`hoard ingest --resume {st.batch_id}`; the batch stays stored and in 3A until then")
@@ -342,7 +342,7 @@ def _step_finish(cfg: Settings, st: BatchState) -> None:
         apply_write_intent(conn, {"key": f"ingest:{st.batch_id}:event", "events": [{
             "batch_id": st.batch_id, "action": 0, "status": "done", "started_at": st.signalled,
             "ended_at": st.report["finished_at"], "detail": detail}]})
-        # the webhooks' event (jobs.events): once per batch whatever re-runs the step; never fails it
+        # the webhooks' event (hoardfs.jobs.events): once per batch whatever re-runs the step; never fails it
         events.emit(cfg, "batch_ingested", f"batch_ingested:{st.batch_id}", st.batch_id,
                     {"batch": st.batch_id, "source": st.source} | detail, conn=conn)
     st.status = status.value

@@ -1,4 +1,4 @@
-"""A batch sent over HTTP (`POST /api/v1/batches` of `hoard gui`, gui.api) into zone 3A, then
+"""A batch sent over HTTP (`POST /api/v1/batches` of `hoard gui`, hoardfs.gui.api) into zone 3A, then
 into UA_1 as `hoard ingest` takes it (`submit`): the HTTP side parses the request, this module
 owns what lands on the SSD.
 
@@ -11,7 +11,7 @@ Rules, and why:
 
 * 3A must have room for the upload's size (its Content-Length) below its deny threshold before a
   byte is read, so a full 3A is refused at once (ZoneFull: 507) — but only what has arrived, and
-  a step ahead of it (`_ahead`), is held (`fsd.outputs.zones.reserve(hold=…)`, the job outputs'
+  a step ahead of it (`_ahead`), is held (`hoardfs.fsd.outputs.zones.reserve(hold=…)`, the job outputs'
   own accounting, then `grow` as the bytes come). The sender sets the pace: held whole from
   the start, an upload declaring 2 GB and trickling at 2 KiB/s (above any sane rate floor)
   would hold all of it for the 11 days it takes, and every other upload would be 507 — a
@@ -29,7 +29,7 @@ Rules, and why:
   (`sweep`: its reservation's process is gone).
 * `3A/.tmp` is the service's own (`hoard init` makes it 0750): an upload refuses it (503) unless
   it is a directory, not a link, of this service's that neither its group nor others may write
-  (`fsd.base.modes.open_own_dir`, the job outputs' `<zone>/.tmp` rule) — a scraper that made it
+  (`hoardfs.base.modes.open_own_dir`, the job outputs' `<zone>/.tmp` rule) — a scraper that made it
   could swap an upload's directory for one holding a link `sub -> /anywhere`, and have the
   part `sub/x` written there as the service. Everything of an upload is reached from descriptors
   held from the start — `3A/.tmp`, the upload's directory (made with mkdirat), each
@@ -37,7 +37,7 @@ Rules, and why:
   — and the directory is renamed into 3A through them, once it is checked to be still the one
   made (device and inode). `abort` and `sweep` remove through the held `3A/.tmp` (shutil.rmtree's
   descriptor walk: a link inside is removed, never followed).
-* Names are checked with fsd.base.paths (`hostile_reason`, `long_name`) before anything is
+* Names are checked with hoardfs.base.paths (`hostile_reason`, `long_name`) before anything is
   created, and files are created O_EXCL|O_NOFOLLOW inside the fresh directory.
 """
 
@@ -61,17 +61,17 @@ from typing import Any, BinaryIO
 
 import redis
 
-from adapters import canonical_source
-from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, open_nofollow
-from fsd.base.modes import open_own_dir
-from fsd.base.paths import MAX_NAME_BYTES, display, hostile_reason, long_name
-from fsd.base.units import fmt_bytes
-from fsd.outputs import zones
-from jobs.ingest.signals import REASON_FILE, REJECTED_SIGNAL, submit
-from jobs.ingest.state import BATCH_ID, SIGNAL, WORK, BatchState, load_state, names_work, state_dir
-from jobs.queues import condition_line
+from hoardfs.adapters import canonical_source
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.base.files import atomic_write, open_nofollow
+from hoardfs.base.modes import open_own_dir
+from hoardfs.base.paths import MAX_NAME_BYTES, display, hostile_reason, long_name
+from hoardfs.base.units import fmt_bytes
+from hoardfs.fsd.outputs import zones
+from hoardfs.jobs.ingest.signals import REASON_FILE, REJECTED_SIGNAL, submit
+from hoardfs.jobs.ingest.state import BATCH_ID, SIGNAL, WORK, BatchState, load_state, names_work, state_dir
+from hoardfs.jobs.queues import condition_line
 
 log = logging.getLogger(__name__)
 

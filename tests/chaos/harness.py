@@ -80,7 +80,7 @@ from pathlib import Path
 
 import psycopg
 
-from fsd.base.files import syncfs
+from hoardfs.base.files import syncfs
 from tests.helpers import private_cluster
 from tests.lab import DiskProfile, Lab, stopped
 
@@ -271,7 +271,7 @@ class World:
     _files: int = 0
 
     def __post_init__(self) -> None:
-        from jobs.redis_server import PrivateRedis
+        from hoardfs.jobs.redis_server import PrivateRedis
 
         self.cfg_path = self.home / "hoard.toml"
         self.power = power_world(self.seed)
@@ -291,7 +291,7 @@ class World:
     def _cmd(self, *args: str) -> list[str]:
         if args and args[0] == READ_MOUNT:
             return [sys.executable, "-c", READER, str(self.mnt), *args[1:]]
-        return [sys.executable, "-m", "fsd", "--config", str(self.cfg_path), *args]
+        return [sys.executable, "-m", "hoardfs", "--config", str(self.cfg_path), *args]
 
     @property
     def mnt(self) -> Path:
@@ -322,7 +322,7 @@ class World:
 
     # -- setup --------------------------------------------------------------------
     def init(self) -> None:
-        from sql.cluster import ensure_database
+        from hoardfs.sql.cluster import ensure_database
 
         self.pg.start()
         self.redis.start()
@@ -553,7 +553,7 @@ class World:
         are none. The run's id is known before it starts (its key: action, version, parameters,
         the sorted inputs). `queued`: the run is submitted now, and a worker (the step's command)
         runs its steps."""
-        from jobs.actions.state import run_id, run_key
+        from hoardfs.jobs.actions.state import run_id, run_key
 
         media = self.media_nodes()
         if not media:
@@ -652,7 +652,7 @@ class World:
     def scraped_batch(self, rng: random.Random):
         """A UA_1 batch (synthetic gallery-dl: media + sidecars, now and then a large file and
         content seen before) dropped into zone 3A with its _READY signal."""
-        from adapters.synth import Spec, generate
+        from hoardfs.adapters.synth import Spec, generate
 
         staging = self.ssd.parent / "gen"  # on the SSD's file system: moved into 3A by a rename
         batch = generate(staging, Spec(seed=rng.randrange(1 << 30), batches=1, items_per_batch=rng.randint(10, 40),
@@ -720,8 +720,8 @@ class World:
             self.collect_action(workload, stdout, code)
             return
         if workload == "ingest_rq":  # the worker's exit says nothing of the batch: its state does
-            from fsd.base import config
-            from jobs.ingest import load_state
+            from hoardfs.base import config
+            from hoardfs.jobs.ingest import load_state
 
             st = load_state(config.load(self.cfg_path), self.pending_batch_id)
             code = 0 if st is not None and st.status == "done" else 1
@@ -752,8 +752,8 @@ class World:
         with "status": "done", whatever its exit), or — run by a worker — once its state says
         done; then each of its children (the run's `stored` work file: path → sha256, size) is
         an acknowledged object."""
-        from fsd.base import config
-        from jobs.actions.state import load_state, read_work
+        from hoardfs.base import config
+        from hoardfs.jobs.actions.state import load_state, read_work
 
         rid, n = self.pending_action
         done = False
@@ -863,7 +863,7 @@ class World:
         the old disk wiped and kept as the next spare), then the index lost and rebuilt from the
         new disks alone: every acknowledged object (check_invariants), batch and view — with its
         latest definition — must be there."""
-        from fsd.base import config
+        from hoardfs.base import config
 
         if not self.spares:  # dead disks (eio) used them up: nothing to replace onto
             self.log.append("-- replace every disk: no spare left, skipped")
@@ -955,7 +955,7 @@ class World:
 
     def start_servers(self, step: Step) -> None:
         """PostgreSQL and Redis start again after a cut; one that cannot is a violation, with its log."""
-        from fsd.base.errors import HoardError
+        from hoardfs.base.errors import HoardError
 
         for server, log in ((self.pg, self.pg.log_file), (self.redis, self.redis.data_dir / "redis.log")):
             try:
@@ -1007,11 +1007,11 @@ class World:
                                      f"harness cannot check): {false}")
 
     def _cut_claim_true(self, problem: str) -> bool:
-        from fsd.base import config
-        from fsd.outputs import zones
-        from fsd.store import Store
-        from jobs import ingest, outputs
-        from jobs.actions.state import load_state as action_state
+        from hoardfs.base import config
+        from hoardfs.fsd.outputs import zones
+        from hoardfs.fsd.store import Store
+        from hoardfs.jobs import ingest, outputs
+        from hoardfs.jobs.actions.state import load_state as action_state
 
         cfg = config.load(self.cfg_path)
         if m := re.match(r"store: (\d+) open shards have no writer left \(e\.g\. ([0-9a-f]+)\)", problem):
@@ -1035,7 +1035,7 @@ class World:
                          r"Redis", problem):
             import redis  # deferred: only this claim asks Redis
 
-            from jobs.actions.state import job_id
+            from hoardfs.jobs.actions.state import job_id
 
             st = action_state(cfg, m[1])  # and no job of its step waits in Redis (the cut lost it)
             conn = redis.Redis.from_url(cfg.redis_url)
@@ -1073,7 +1073,7 @@ class World:
         elif step.fault == "flip":
             if step.marks:  # the index lost while a log is damaged: the rebuild must not obey it
                 self.stop_mount()
-                from fsd.base import config
+                from hoardfs.base import config
 
                 shutil.rmtree(config.load(self.cfg_path).index_dir)
                 self.hoard("index", "rebuild")
@@ -1122,8 +1122,8 @@ class World:
 
     # -- invariants -----------------------------------------------------------------
     def check_invariants(self, step: Step) -> None:
-        from fsd.base import config
-        from fsd.store import Store
+        from hoardfs.base import config
+        from hoardfs.fsd.store import Store
 
         self.hoard("replicate")  # the store may lag its replica target after a fault; not a loss
         with Store.open(config.load(self.cfg_path), writable=False) as store:
@@ -1154,9 +1154,9 @@ class World:
     def registered(self) -> dict[str, int]:
         """Each batch the store registers → how many nodes `hoard select --batch` must return: the
         distinct files its manifest names less those the store hides (`hoard delete --node`)."""
-        from fsd.base import config
-        from fsd.core.held import iter_files
-        from fsd.store import Store
+        from hoardfs.base import config
+        from hoardfs.fsd.core.held import iter_files
+        from hoardfs.fsd.store import Store
 
         want = {}
         with Store.open(config.load(self.cfg_path), writable=False) as store:
@@ -1167,9 +1167,9 @@ class World:
 
     def check_batches(self, step: Step | str) -> None:
         """Every batch the store registers is selectable whole (`registered`). The count is the
-        selector `hoard select --batch B` runs (sql.selectors.query_nodes), asked in this process:
+        selector `hoard select --batch B` runs (hoardfs.sql.selectors.query_nodes), asked in this process:
         a `hoard` process per batch after every step would cost more than the step."""
-        from sql.selectors import parse_selector, query_nodes
+        from hoardfs.sql.selectors import parse_selector, query_nodes
 
         want = self.registered()
         with psycopg.connect(self.database_url) as conn:
@@ -1334,7 +1334,7 @@ class World:
     def check_outputs(self, step: Step) -> None:
         """No reservation outlives its job; every acknowledged output is sealed and matches its
         manifest; no output is reported done without its seal."""
-        from fsd.outputs.seal import OutputIncomplete, check_sealed
+        from hoardfs.fsd.outputs.seal import OutputIncomplete, check_sealed
 
         zones = json.loads(self.hoard("zones", "--json").stdout)["zones"]
         held = [f"{z}: {r['id']} ({r['job']})" for z, s in zones.items() for r in s["reservations"]]

@@ -3,7 +3,7 @@
 `hoard-builtin NAME INPUT_ROOT OUTPUT_ROOT [--options]` runs one program (`PROGRAMS`) over a
 staged input tree and writes only inside the output root (`_io`; where the kernel has Landlock
 it cannot write anywhere else, nor read beyond its roots and Python's and the system's files,
-fsd.base.landlock); each program's contract is
+hoardfs.base.landlock); each program's contract is
 `contracts/<action_id>.toml` (`CONTRACTS`), found by `hoard action list|show` after the
 actions directory's own files (a file there of the same id shadows the built-in). What each
 takes, writes and its parameters: docs/actions.md, "Built-in actions".
@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from jobs.actions.builtin import _io
+from hoardfs.jobs.actions.builtin import _io
 
 #: the contracts shipped with hoardfs (one `<action_id>.toml` each)
 CONTRACTS = Path(__file__).resolve().parent / "contracts"
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(argv) != 2 or argv[1] not in ("cpu", "cuda"):
             print("usage: hoard-builtin gpu-ready cpu|cuda", file=sys.stderr)
             return 2
-        from jobs.actions.builtin.clip_embed import gpu_ready  # deferred: torch, only for the gate hook
+        from hoardfs.jobs.actions.builtin.clip_embed import gpu_ready  # deferred: torch, only for the gate hook
 
         return gpu_ready(argv[1])
     # numpy's OpenBLAS and OpenCV start thread pools at import, before `_io.confine`: threads
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     # only the program asked for is imported (OpenCV is slow to load); all of them for --help
     chosen = {argv[0]: PROGRAMS[argv[0]]} if argv and argv[0] in PROGRAMS else PROGRAMS
     for name, module in chosen.items():
-        mod = importlib.import_module(f"jobs.actions.builtin.{module}")
+        mod = importlib.import_module(f"hoardfs.jobs.actions.builtin.{module}")
         p = sub.add_parser(name, help=(mod.__doc__ or "").split("\n")[0])
         p.add_argument("input_root", type=Path, metavar="INPUT_ROOT")
         p.add_argument("output_root", type=Path, metavar="OUTPUT_ROOT")

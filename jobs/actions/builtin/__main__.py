@@ -1,7 +1,7 @@
-"""`python -m jobs.actions.builtin NAME INPUT_ROOT OUTPUT_ROOT …` = `hoard-builtin …`."""
+"""`python -m hoardfs.jobs.actions.builtin NAME INPUT_ROOT OUTPUT_ROOT …` = `hoard-builtin …`."""
 
 import sys
 
-from jobs.actions.builtin import main
+from hoardfs.jobs.actions.builtin import main
 
 sys.exit(main())

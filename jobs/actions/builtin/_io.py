@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsd.base import landlock
-from fsd.base.paths import display
+from hoardfs.base import landlock
+from hoardfs.base.paths import display
 
 #: bytes read per call while hashing an input
 _CHUNK = 1 << 20

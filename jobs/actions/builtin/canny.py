@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from jobs.actions.builtin import _image, _io
+from hoardfs.jobs.actions.builtin import _image, _io
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -3,9 +3,9 @@ record of `embeddings.jsonl` — `{"sha256", "model", "embedding"}`, the embeddi
 float32 little-endian, L2-normalised — that `hoard search "TEXT"` finds images by
 (docs/search.md).
 
-The model is loaded by jobs.clip_model from the weights file the user installed (nothing is
+The model is loaded by hoardfs.jobs.clip_model from the weights file the user installed (nothing is
 downloaded). The image is the image as shown (first frame, EXIF orientation applied), opened as
-every built-in opens a hostile image (jobs.actions.builtin._image: the pixel count checked from
+every built-in opens a hostile image (hoardfs.jobs.actions.builtin._image: the pixel count checked from
 the header first); one that cannot be decoded is one line on stderr naming it and the run goes
 on. `model` is `<model name>@<first 16 hex of the weights' sha256>`: embeddings of other weights
 are never compared with these.
@@ -24,9 +24,9 @@ from typing import Any
 
 from PIL import Image
 
-from fsd.base import landlock
-from jobs import clip_model
-from jobs.actions.builtin import _image, _io
+from hoardfs.base import landlock
+from hoardfs.jobs import clip_model
+from hoardfs.jobs.actions.builtin import _image, _io
 
 #: the address space this program may take (MB): torch's CPU libraries map some 2 GB at import,
 #: a ViT-L's weights 1.7 GB more, a batch of decoded images and activations the rest

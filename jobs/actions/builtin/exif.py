@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import ExifTags
 
-from jobs.actions.builtin import _image, _io
+from hoardfs.jobs.actions.builtin import _image, _io
 
 #: EXIF tags read (IFD0 and the Exif IFD) → the label key
 TAGS = {ExifTags.Base.Make: "exif.make", ExifTags.Base.Model: "exif.model",

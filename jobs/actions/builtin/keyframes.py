@@ -23,7 +23,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from jobs.actions.builtin import _io
+from hoardfs.jobs.actions.builtin import _io
 
 #: the demuxers ffmpeg may use on an input (its -format_whitelist)
 FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,mpeg,ogg,asf"

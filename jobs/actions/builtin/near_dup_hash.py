@@ -27,8 +27,8 @@ import imagehash
 import scipy.fftpack  # noqa: F401 - imagehash imports it at its first pHash: here, before the memory limit
 from PIL import Image, ImageOps
 
-from fsd.base import landlock
-from jobs.actions.builtin import _image, _io
+from hoardfs.base import landlock
+from hoardfs.jobs.actions.builtin import _image, _io
 
 #: the address space this program may take (MB): a decoded 100-megapixel PNG in RGBA is 400 MB;
 #: numpy and scipy take some 300 MB of it when loaded

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from jobs.actions.builtin import _image, _io
+from hoardfs.jobs.actions.builtin import _image, _io
 
 #: the named presets (`--preset`); `all` is every one of them, `none` only what --sizes gives
 PRESETS = {"small": (320, 320), "medium": (640, 640), "large": (1280, 1280)}

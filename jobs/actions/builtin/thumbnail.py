@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from jobs.actions.builtin import _image, _io
+from hoardfs.jobs.actions.builtin import _image, _io
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

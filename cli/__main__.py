@@ -1,0 +1,5 @@
+"""`python -m hoardfs.cli ARGS` is `hoard ARGS`."""
+
+from hoardfs.cli.entry import main
+
+main()

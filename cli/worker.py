@@ -1,0 +1,56 @@
+"""`hoard worker`: an RQ worker on the hoardfs queues."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated
+
+import typer
+
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.cli._common import state
+from hoardfs.jobs import jobkey
+from hoardfs.jobs.guard import exposure
+from hoardfs.jobs.queues import QUEUES, HoardWorker, connect, redis_required, rq_queue
+from hoardfs.jobs.reaper import Reaper
+from hoardfs.jobs.remote import QUEUE as REMOTE_QUEUE
+
+
+def worker(
+    ctx: typer.Context,
+    queues: Annotated[str | None, typer.Option("--queues", "-q", help="comma-separated queue names (default: every "
+                                               "queue: " + ",".join(QUEUES) + "; on a host whose hoard.toml says "
+                                               f"[worker] remote = true: {REMOTE_QUEUE})")] = None,
+    burst: Annotated[bool, typer.Option("--burst", help="quit when the queues are empty")] = False,
+) -> None:
+    """Run an RQ worker on the hoardfs queues, with RQ's scheduler (a waiting action run's poll
+    is a scheduled job: nothing holds a worker while it waits). It heartbeats every
+    `[worker] heartbeat_s`; on the store's server it also runs the reaper, which queues again
+    a job whose worker went silent (docs/scale-out.md)."""
+    cfg = state(ctx).settings
+    remote = cfg.worker.remote
+    allowed = (REMOTE_QUEUE,) if remote else (*QUEUES, REMOTE_QUEUE)
+    names = list(allowed[:1] if remote else QUEUES) if queues is None else [q.strip() for q in queues.split(",")
+                                                                             if q.strip()]
+    unknown = [q for q in names if q not in allowed]
+    if unknown:
+        why = " (this host's hoard.toml says [worker] remote = true: it serves remote jobs only)" if remote else ""
+        raise HoardError(f"unknown queue(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}{why}", ExitCode.USAGE)
+    assert cfg.redis_url
+    if open_to := exposure(cfg.redis_url):
+        logging.getLogger("hoardfs.jobs.guard").warning("%s", open_to)
+    if cfg.source is not None:  # a job of hoardfs.jobs.guard.HOST_JOBS runs with this file (its work horse inherits it)
+        os.environ["HOARD_CONFIG"] = str(cfg.source)
+    beat = cfg.worker.heartbeat_s
+    with redis_required(cfg.redis_url):
+        conn = connect(cfg.redis_url)
+        reaper = None if remote else Reaper(cfg.redis_url, beat, cfg.worker.reap_after_s)
+        if reaper is not None:
+            reaper.start()
+        try:
+            HoardWorker([rq_queue(n, conn) for n in names], connection=conn, config_path=cfg.source,
+                        job_key=jobkey.of(cfg), job_monitoring_interval=beat).work(burst=burst, with_scheduler=True)
+        finally:
+            if reaper is not None:
+                reaper.stop()

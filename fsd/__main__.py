@@ -1,3 +1,0 @@
-from fsd.entry import main
-
-main()

@@ -1,0 +1,5 @@
+"""`python -m hoardfs ARGS` is `hoard ARGS`."""
+
+from hoardfs.cli.entry import main
+
+main()
