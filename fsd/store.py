@@ -260,9 +260,8 @@ class Store:
 
     def known_bad(self) -> set[tuple[bytes, str]]:
         """(shard id, disk uuid) of every replica queued for repair: found bad by a reader and
-        not yet mended — not to be counted on when another replica is dropped (review 42: a
-        rebuild or forget dropped a failed disk's good replica, the last one, while the
-        active ones it counted were known bad)."""
+        not yet mended — not to be counted on when another replica is dropped: a rebuild or
+        forget that counted them could drop a failed disk's good replica, the last one."""
         return {(sid, uuid) for sid, uuid, _ in self.index.pending_repairs()}
 
     def gone(self, disk: Disk, err: DiskGone) -> None:
@@ -497,13 +496,13 @@ class Store:
         those are used up — `last_resort` (its probe of each failed disk made only then)."""
         order = self.replica_order(meta, avoid)
         yield from order
-        # (not one of those again: a disk a copy just failed is a last resort by now — review 42)
+        # (not one of those again: a disk a copy just failed on is a last resort now)
         yield from self.last_resort(meta, set(avoid) | {d.uuid for d in order})
 
     def last_resort(self, meta: ShardMeta, avoid: Set[str] = frozenset()) -> list[Disk]:
         """The disks holding `meta` that were failed but are still attached: read only when
-        every usable replica failed (review 41: a failed disk read by nothing made an object
-        unreadable whose other replica had rotted, while the failed disk still held it whole).
+        every usable replica failed: a failed disk may still hold whole an object whose other
+        replica rotted, and read by nothing it would leave that object unreadable.
         Never written to; a read that fails there is not reported again (the disk is failed).
         Only a disk still at its path with its own identity (`check`): one that is gone holds
         nothing to read, and another disk mounted in its place must not be read as it."""

@@ -31,7 +31,7 @@ from hoardfs.gui.context import ctx, in_thread, page
 from hoardfs.gui.frame import frame
 from hoardfs.jobs import launch
 
-#: what /datasets/new starts with: the spec's minimal keys (issue 36, docs/datasets.md)
+#: what /datasets/new starts with: the spec's minimal keys (docs/datasets.md)
 EXAMPLE = """\
 name = "pets"                  # the dataset's name; builds are versions 1, 2, … of it
 layout = "imagefolder"         # imagefolder | hf-imagefolder | coco | yolo | voc | webdataset | a layout file

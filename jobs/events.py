@@ -1,4 +1,4 @@
-"""Events and webhooks (issue 40, docs/operations.md "Events and webhooks"): `emit` records an
+"""Events and webhooks (docs/operations.md "Events and webhooks"): `emit` records an
 event where its fact happens, with one pending delivery per `[[webhooks]]` table that asks for
 it (hoardfs.sql.events: one transaction), and queues each delivery on the RQ queue `events`; `deliver`,
 the RQ job, POSTs the event's JSON body signed with the webhook's secret (HMAC-SHA256 in

@@ -24,8 +24,8 @@ the node live) or after it committed (and sees its members), never beside it.
 Every sha256 the intent names is looked up in `node` once (`NodeIds`: one statement for all
 of them, one more for the nodes the intent adds) and every row after that travels with its
 node's id: the reference checks are lookups in that map, and no statement joins `node` again
-(issue 37: five to seven passes over the sha256 index per intent, whose cost grew with the
-database, became one).
+(one pass over the sha256 index per intent instead of five to seven, whose cost would grow
+with the database).
 
 Every reference check runs before anything that depends on it, and names the field path
 (`edges[12].child`) of the first problem. The bulk body (`apply_body`) runs inside the
@@ -145,10 +145,10 @@ def _joins_by_index(conn: psycopg.Connection, it: WriteIntent) -> list[str] | No
     An intent's statements meet rows of the intent's size (its temporary tables, its arrays)
     with tables of the database's size (`node` in `NodeIds`' one lookup; `physical_content`,
     `label`, `common_metadata`) on their indexes. Left to the
-    planner, tens of thousands of rows met a node table of millions by a hash join over the
+    planner, tens of thousands of rows meet a node table of millions by a hash join over the
     whole table — a read of every node in each of ten statements, spilling to disk at 1 M nodes:
-    an intent's cost grew with the database, not with the intent (issue 37: a 100,000-node
-    intent 3.2× slower per node at 10 M nodes than at 1 M; docs/benchmarks.md). Into a small
+    an intent's cost would grow with the database, not with the intent (a 100,000-node intent
+    3.2× slower per node at 10 M nodes than at 1 M; docs/benchmarks.md). Into a small
     database (a first bulk load, an intent larger than it) hash joins stay the faster way.
     SET LOCAL: a rolled back intent leaves nothing."""
     rows = max(len(it.nodes), len(it.edges), len(it.labels), len(it.metadata), len(it.unlabels), len(it.results),
@@ -193,8 +193,8 @@ class NodeIds:
     """The node id (and kind) of each sha256 an intent names, looked up in `node` once; keyed
     by the sha256 as the intent writes it (64 lowercase hex digits: `hoardfs.sql.intents.Sha`), so each
     is decoded once, for the lookup, and every row after it finds its id by the intent's own
-    string (decoded again for the checks and for the rows, a 100,000-node intent spent about
-    1 s of client CPU in the decodes: a profile of session 45)."""
+    string (decoded again for the checks and for the rows, a 100,000-node intent spends about
+    1 s of client CPU in the decodes)."""
 
     def __init__(self, conn: psycopg.Connection, shas: Iterable[str]) -> None:
         self.conn = conn

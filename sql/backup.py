@@ -1,6 +1,6 @@
 """Logical backups: `pg_dump -Fc` stored as an object in S01 (replicated on the HDDs, so a
 dead SSD loses nothing) and copied to zone 3B for cold storage; restore-verify into a
-scratch database. (pgBackRest full/diff backups: the rest of W1-C.)
+scratch database. (pgBackRest full/diff backups: hoardfs.sql.pgbackrest.)
 
 The dump and the row counts it is checked against come from one snapshot: a REPEATABLE
 READ transaction exports it and `pg_dump --snapshot` uses it.

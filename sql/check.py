@@ -13,7 +13,8 @@ import psycopg
 
 from hoardfs.sql.apply import hold_membership
 
-#: rows fetched from the server at a time: the nodes are streamed, never all held (issue 37)
+#: rows fetched from the server at a time: the nodes are streamed, never all held, so memory
+#: does not grow with the database
 ROWS = 10_000
 
 

@@ -168,7 +168,7 @@ def _replace_durably(path: Path, text: str) -> None:
 def give_fd_to_server(fd: int) -> None:
     """chown an open file to the server user (when root). By its descriptor, never a path: a
     file made in a directory the server owns could be swapped for a link before a chown by
-    name, which follows it — root would give the server any file the link names (review 40)."""
+    name, which follows it — root would give the server any file the link names."""
     if os.geteuid() == 0:
         pw = pwd.getpwnam(SERVER_USER)
         os.fchown(fd, pw.pw_uid, pw.pw_gid)

@@ -97,8 +97,8 @@ def drop_cache(fd: int) -> None:
 
 def open_shard_file(path: Path) -> int:
     """A read-only descriptor of a shard file: only a regular file, opened without following a
-    link or waiting on a FIFO (`open_regular`: a FIFO in a shard file's place hung a rebuild —
-    review 42); else OSError, a read error like another: the replica is reported and repaired."""
+    link or waiting on a FIFO (`open_regular`: a FIFO in a shard file's place would hang a
+    rebuild); else OSError, a read error like another: the replica is reported and repaired."""
     return open_regular(path, "not a regular file (a FIFO, device or folder in a shard file's place)")
 
 
@@ -469,8 +469,8 @@ def corrupt_fs(err: OSError | Exception) -> bool:
     """Whether an error is a filesystem that finds its own records corrupt: ext4 answers EBADMSG
     for an inode or extent block whose checksum fails (bit rot under the shards), EUCLEAN for one
     that makes no sense. One file's damage, not a dying disk: the disk stays in service (a
-    disk failed for it is not read even where its other replicas hold the only good copy of
-    an object — review 41); `e2fsck -f` on its device mends the records."""
+    disk failed for it would leave service holding, perhaps, the one good copy of some
+    object); `e2fsck -f` on its device mends the records."""
     return getattr(err, "errno", None) in (errno.EBADMSG, errno.EUCLEAN)
 
 

@@ -27,7 +27,7 @@ class ObjectLoc(NamedTuple):
     """Where an object's record is: its shard, the payload's offset there and its length. A
     named tuple, not a dataclass: a batch read looks up tens of thousands at once, and a tuple
     is made in half the time of a frozen dataclass's instance (the plan's lookups:
-    docs/benchmarks.md, "W3-L")."""
+    docs/benchmarks.md, "The S3 backend against SeaweedFS")."""
 
     shard_id: bytes
     offset: int

@@ -1,4 +1,4 @@
-"""The `held` table: which registered manifests name each object (issue 37).
+"""The `held` table: which registered manifests name each object.
 
 `hoard delete --batch B` must know which of B's objects another batch or view still names, and
 gc which tombstoned objects a manifest still names. That is written only in the manifests:
@@ -202,7 +202,7 @@ class HeldTables:
         `held` or the objects (the sweep after a fill, check), so each entry's JSON is parsed once
         per process (`_manifest_of`) and only the raw entries are read again: parsing them all
         per chunk cost chunks × batches — 11 samples per million objects of an index rebuild at
-        1 M, 85 at 10 M (docs/benchmarks.md, "Where hoardfs is behind on issue 37")."""
+        1 M, 85 at 10 M (docs/benchmarks.md)."""
         return {self._manifest_of(kind, bytes(k), bytes(v))
                 for kind, db in (("batch", self.batches), ("view", self.views)) for k, v in txn.cursor(db=db)}
 
@@ -407,7 +407,7 @@ class HeldTables:
         written after its own complete fill), and a killed one is redone whole. Bounded write
         transactions; a manifest that cannot be read raises (the index then stays below 3).
 
-        The keys are written in key order (issue 37): every manifest's entries are spilled first
+        The keys are written in key order: every manifest's entries are spilled first
         (hoardfs.fsd.core.spill: sorted runs on disk under `spills`, the system's temporary folder when
         None — memory for 1/256 of them), then put sorted, each transaction's run appended at
         the table's end (LMDB's MDB_APPEND) when it sorts after every key there — always, into
@@ -474,7 +474,7 @@ class HeldTables:
         and decides alone: a key is changed only if it is still there and that `edit` changes
         it (a registration made since the read keeps its entries). Asked per write transaction
         of _PER keys visited, `which` (the rebuild's sweep: every registered batch and view)
-        cost chunks x batches — the square of the store (docs/benchmarks.md, issue 37)."""
+        would cost chunks x batches — the square of the store (docs/benchmarks.md)."""
         changed = 0
         at: bytes | None = b""
         while at is not None:

@@ -1,5 +1,5 @@
 """The `live` table: how many objects the index points at in each shard, and their payload bytes
-(issue 37) — what gc's plan needs, without a pass over the objects table.
+— what gc's plan needs, without a pass over the objects table.
 
     live   shard_id (12 B)   →  u64 objects | u64 payload bytes   (big-endian; no entry: 0 and 0)
     meta   `live_fill`       →  the sha256 up to which a fill has counted (there while one runs)

@@ -817,8 +817,8 @@ class MarksTables:
                                        tuple[list[str], list[str]]],
                        finish: Callable[[str], bool], foreign: dict[str, list[bytes]] | None = None) -> int:
         """A snapshot of the marks to the disks' logs, in three steps, no write transaction
-        held while the marks are read and written (issue 37: at millions of marks that took
-        seconds, every writer waiting):
+        held while the marks are read and written (at millions of marks that takes seconds,
+        every writer waiting):
 
         1. one short write transaction takes the stamp, calls `start(stamp, at)` (`at`: each
            disk's `marks_at`) which returns {uuid: cut} for the disks to write — the cut is

@@ -28,8 +28,8 @@ GROUP_BYTES = 32 << 20
 #: … or uncommitted objects: the index transaction that adds a group (Index.add_objects) writes
 #: an entry per object and one per extension, and once the objects table is much larger than a
 #: transaction each entry dirties a page of its own — at 10 M objects a 32 MiB group of ~14,000
-#: small objects held the index 0.86–1.12 s (issue 37: no write transaction over 1 s;
-#: docs/benchmarks.md, W3-Z). A group stays within a maintenance command's chunk (TXN_ENTRIES).
+#: small objects held the index 0.86–1.12 s, and no write transaction may be held over 1 s
+#: (docs/benchmarks.md, "Every command at 1 M and 10 M objects"). A group stays within a maintenance command's chunk (TXN_ENTRIES).
 GROUP_OBJECTS = max(256, (TXN_ENTRIES - SLACK) // 2)  # (a floor: a small TXN_ENTRIES must not make a group a file)
 CHUNK = 4 << 20
 #: a large object's chunk map has the xxh3-128 of every MAP_PIECE bytes (CHUNK is a multiple)
@@ -105,7 +105,8 @@ def verify_record(buf: memoryview, at: int, sha: bytes, length: int, where: str 
 def verified_view(buf: memoryview, at: int, sha: bytes, length: int, where: str = "") -> memoryview:
     """`verify_record`'s checks, the payload handed back as a view into `buf`, not a copy: the
     batch planner's sinks write each payload out at once, and a copy of every record is a
-    client's CPU the read could not spare (docs/benchmarks.md, W3-L). A view keeps all of
+    client's CPU the read could not spare (docs/benchmarks.md, "The S3 backend against SeaweedFS").
+    A view keeps all of
     `buf` alive: for a caller that uses the payload at once, never one that keeps it."""
     payload = fmt.sound_payload(buf, at, sha, length)
     if payload is not None:

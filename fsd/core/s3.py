@@ -117,7 +117,7 @@ WINDOW = STREAM_PIECE
 #: an engine serves requests side by side, and across a network each request's round trip is
 #: hidden behind the others'; one at a time, the reader waits out every request alone.
 #: bench/s3_backend.py measures this setting against one stream in the same run
-#: (docs/benchmarks.md, "W3-L")
+#: (docs/benchmarks.md, "The S3 backend against SeaweedFS")
 READ_STREAMS = 4
 #: parts of one upload in flight (at most this many parts in memory), for the same reason;
 #: bench/s3_backend.py seals with this and with one part at a time in the same run
@@ -377,7 +377,7 @@ class S3Disk:
         into the staging folder's tmp/ (under a name of its own: a shard of this id staged again —
         unsealed, rebuilt here — is never the file dropped) and unlinked there by a thread of its
         own. Unlinking a 256 MiB file whose pages are cached takes the kernel 50–80 ms, 4 % of a
-        seal spent waiting for nothing (docs/benchmarks.md, "Session 47"). One a crash leaves in
+        seal spent waiting for nothing (docs/benchmarks.md). One a crash leaves in
         tmp/ is removed by `hoard verify --orphans`, as any stale tmp file; `close_all` waits for
         the unlinks under way. No open file under the shard's name (gone since): as `delete`."""
         src = self.staging.path(shard_hex, False)
@@ -856,7 +856,8 @@ class S3Disk:
         a URL presigned for the key (SigV4 in the query: valid for any range) with urllib3, not
         a boto3 call: boto3 spends about 3 ms of CPU per request on its own machinery (hooks,
         endpoint rules, signing, parsing headers it then drops), on the same cores as the engine
-        (docs/benchmarks.md, W3-L). Only a 206 with the range asked for is taken; anything else
+        (docs/benchmarks.md, "The S3 backend against SeaweedFS").
+        Only a 206 with the range asked for is taken; anything else
         — an error status, no answer, a range ignored — is asked again through boto3
         (`_get_boto`), whose retries and errors are every other request's."""
         r = self._ranged(key, offset, length, whole=False)
@@ -947,8 +948,8 @@ class _Appended:
             if self.sha is not None:
                 self._hash(data)
         except BaseException:
-            # some of it may be in the file, or in one hash and not the other (review 43: the
-            # sha256 had a write the parts' hashes had not, and the seal named the object so)
+            # some of it may be in the file, or in one hash and not the other (the sha256 may hold
+            # a write the parts' hashes lack, and a seal would name the object by it)
             self.sha = None
             raise
 

@@ -165,7 +165,8 @@ def sound_payload(buf: memoryview, at: int, sha: bytes, length: int) -> memoryvi
     describes (sha, length) and the payload matches its xxh3-128; None for anything else (the
     caller's detailed checks then say which: `hoardfs.fsd.core.records.verified_view`). The same checks
     as `decode_record_header` + `verify_payload`, in one call: a batch read makes this call for
-    each of tens of thousands of records (docs/benchmarks.md, "W3-L")."""
+    each of tens of thousands of records (docs/benchmarks.md, "The S3 backend against SeaweedFS").
+    """
     try:
         magic, version, flags, _r, got_len, got_sha, digest, _r2, check = _REC_HDR.unpack_from(buf, at)
     except struct.error:

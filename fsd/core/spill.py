@@ -1,6 +1,6 @@
 """Fixed-width records sorted on disk, so that work over every object of a store needs memory
-for a slice of them, not for all (issue 37: `hoard check` and `hoard index rebuild` held a
-Python object per object and grew 1.2–1.5 KB per object — 13–16 GB at 10 M).
+for a slice of them, not for all (a Python object per object costs 1.2–1.5 KB each: 13–16 GB
+for `hoard check` or `hoard index rebuild` at 10 M objects).
 
 A `Spill` takes records of one width, writes each to one of 256 partition files by its first
 byte, and gives them back in byte order, one partition sorted in memory at a time: a

@@ -1,4 +1,4 @@
-"""How long each LMDB write transaction is held, and how much it writes (issue 37: no write
+"""How long each LMDB write transaction is held, and how much it writes (the rule: no write
 transaction held longer than 1 s — writers and the mount never stall behind maintenance).
 
 LMDB lets one writer in at a time across processes: a write transaction held for seconds

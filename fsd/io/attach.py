@@ -78,10 +78,9 @@ def formats_found(cfg: Settings, index_format: int | None) -> dict[str, Any]:
 def refuse_planted_links(cfg: Settings) -> None:
     """Before the store is opened: the SSD root and every disk's folder reached through no
     link another account owns (`files.open_dir`'s rule) — else that account chooses where the
-    index, the shards and the identities are read and written, as root (review 44: such a
-    store had its shards written through the link and only the files replaced beside them
-    refused). One line naming the link; a folder missing or unreadable is judged where it is
-    used, as before."""
+    index, the shards and the identities are read and written, as root (shards would be
+    written through the link). One line naming the link; a folder missing or unreadable is
+    judged where it is used."""
     for what, path in (("ssd.root", cfg.ssd.root), *((f"disk {d.label}", d.path) for d in cfg.disks)):
         try:
             os.close(open_dir(path))

@@ -399,7 +399,7 @@ def _pointers(store: Store, rep: Findings, known: Callable[[bytes], bool], tail:
     write in flight, not a disagreement. Every pointer read is judged; `tail` (`hoard
     health`): one whose file and index pointer are the ones the last judgement found agreeing
     (hoardfs.fsd.io.judged.Pointers) is not read again — a batch's pointer per disk, 500 at 10 M
-    objects, was health's one cost that grew with the store (issue 37)."""
+    objects, would be health's one cost that grows with the store."""
     fix = "`hoard index rewrite-pointers` writes the index's batch and view pointers to every disk in service"
     if store.index.pointers is None:
         return

@@ -128,8 +128,8 @@ def load(store: Store) -> Memory | None:
 
 
 #: what reading a memory file may raise, each taken as nothing remembered: RecursionError for
-#: JSON nested deeper than the decoder goes (200 KB of `[`: review 39 — before, health said the
-#: store could not be opened, and dropped its whole integrity section)
+#: JSON nested deeper than the decoder goes (200 KB of `[`), which must not make health say the
+#: store cannot be opened and drop its whole integrity section
 _UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError)
 
 #: the most of a memory file read (a larger one — planted, or a store far beyond 100 M objects —
@@ -149,7 +149,7 @@ def _int(v: Any, low: int | None = 0) -> bool:
 
 def _num(v: Any) -> bool:
     """A finite number (NaN and Infinity are JSON to Python's json, and a 400-digit integer is no
-    float: review 39 — the one raised past the loaders, the others made health's ages NaN)."""
+    float: the one would raise past the loaders, the others make health's ages NaN)."""
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         return False
     try:
@@ -215,8 +215,8 @@ def save(store: Store, mem: Memory, after: Memory | None) -> None:
 
 def _not_kept(what: str, path: Path, e: OSError) -> None:
     """A memory that could not be written: quiet for a reader that may not write the SSD's
-    state; a warning naming the file otherwise (a directory planted at its name: review 39 —
-    every health then read everything whole, and nothing said why)."""
+    state; a warning naming the file otherwise (a directory planted at its name makes every
+    health read everything whole: the warning says why)."""
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
         # (ENOENT: the state directory went meanwhile; two healths saving at once each write a
         # temporary file of their own, hoardfs.base.files.writer_tmp)
@@ -292,7 +292,7 @@ class Pointers:
         if recall:  # (check and verify read every pointer: they open no file of health's)
             whole_at, old = self._load()
             # (a reading "in the future" — written under a clock that was ahead, or Infinity —
-            # would never age: review 39, health took a damaged pointer as judged until the next
+            # would never age, and health would take a damaged pointer as judged until the next
             # check; one older than WHOLE_MAX_S, or ahead of this clock, is no reading)
             if 0 <= self.started - whole_at < WHOLE_MAX_S:
                 self.old, self.whole_at = old, whole_at

@@ -20,7 +20,8 @@
 The plan's per-record objects are built with the process's other objects frozen out of the
 cyclic collector's walks (`hoardfs.base.collect.heap_frozen`), and the index's locations are
 named tuples: a batch of tens of thousands would otherwise set off a full collection of
-everything the process holds, several times the plan's own time (docs/benchmarks.md, "W3-L").
+everything the process holds, several times the plan's own time (docs/benchmarks.md,
+"The S3 backend against SeaweedFS").
 
 `Plan.bound_s` is the plan's own makespan at the assumed bandwidths — the bound that
 benchmarks compare the achieved time with; `Plan.ideal_s` is total bytes over the summed
@@ -56,7 +57,8 @@ MAX_RANGE = 32 << 20
 #: MAX_RANGE / read_streams would be shorter: each request is the engine's work too, on the
 #: same cores here, and bench/s3_backend.py read 20,000 small objects with 4 in flight at
 #: 750 / 925 MiB/s (cold / warm) in 8 MiB ranges, 901 / 1102 in 16 MiB and 886 / 966 in 32 MiB
-#: (docs/benchmarks.md, "W3-L"). A reader holds up to read_streams + 3 ranges at once (`execute`)
+#: (docs/benchmarks.md, "The S3 backend against SeaweedFS").
+#: A reader holds up to read_streams + 3 ranges at once (`execute`)
 STREAM_RANGE = 16 << 20
 DEFAULT_MB_S = 100.0
 
@@ -329,7 +331,8 @@ def _verified(disk, rng: ReadRange) -> tuple[list[memoryview], Exception | None]
     order, as views into its bytes — up to the first that does not, with the error that
     stopped it (a read error: none). Done in the thread that read the range, not the one
     handing payloads to the sink: the checks of several ranges run beside each other (xxh3
-    lets go of the GIL) and beside the sink's own work (docs/benchmarks.md, "W3-L")."""
+    lets go of the GIL) and beside the sink's own work (docs/benchmarks.md,
+    "The S3 backend against SeaweedFS")."""
     views: list[memoryview] = []
     try:
         buf = memoryview(_read_range(disk, rng))
@@ -343,8 +346,8 @@ def _verified(disk, rng: ReadRange) -> tuple[list[memoryview], Exception | None]
 
 class SinkFailed(Exception):
     """A sink raised (its exception is the cause): raised past the reader's handling of read
-    errors, so the disk read from is not blamed (review 41: a sink's EIO failed the source
-    disk, its ENOSPC was recorded as the source's read error and retried from the others)."""
+    errors, so the disk read from is not blamed: a sink's EIO must not fail the source disk,
+    nor its ENOSPC count as the source's read error and be retried from the others."""
 
 
 def _candidates(store: Store, meta: ShardMeta | None) -> list[str]:

@@ -291,14 +291,14 @@ def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta, index: Inde
     at the same place in each: any replica gives its records — one whose 32-byte header rotted,
     one cut short (up to its cut), one on an S3 disk (ranged GETs) — since a record is taken
     only where its bytes check against the name this shard's footer gives it (a file that is
-    another shard's — a cross-link: review 42 — gives nothing that does not). A record is read and written
+    another shard's — a cross-link — gives nothing that does not). A record is read and written
     in pieces (STREAM_PIECE), checked as a whole: any size, in bounded memory. Written tmp →
     fsync → checked whole (sha256 too) → named, as `copy_shard` does. Raises Unmendable naming
     every record no replica holds whole (nothing is named then), TargetError when `dst` fails;
     returns the bytes written, with an `assembled` event naming the replicas used (and `why`).
 
-    What makes a shard mendable whose replicas rotted at different records (review 42:
-    whole-shard copies only, so no command could mend it while every object still read)."""
+    What makes a shard mendable whose replicas rotted at different records: whole-shard copies
+    alone could not mend it, though every object still reads."""
     if not has_files(dst):
         raise fmt.ShardFormatError(f"shard {meta.hex}: a copy assembled from its replicas goes onto a disk with "
                                    f"files only, not {dst.label}")

@@ -157,7 +157,7 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
             rep.bad.append(f"shard {meta.hex} on {disk.label}: {why}")
         if bad and repair:
             if not good:  # the run may have checked one disk only: look at the others now
-                # (a failed but attached disk last: it may hold the one good copy — review 42)
+                # (a failed but attached disk last: it may hold the one good copy)
                 for d in store.sources(meta):
                     if d.uuid not in per_disk:
                         try:

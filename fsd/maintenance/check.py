@@ -116,7 +116,7 @@ def check(store: Store, missing_in_db: MissingInDb | None = None, wait_s: float 
     nodes the store lacks and how many store objects the database does not know;
     `liveness_in_db(marks)` the nodes whose deletion flags disagree with the index's marks).
 
-    Memory does not grow with the store (issue 37: sets of every object took 1.5 KB per
+    Memory does not grow with the store (sets of every object would take 1.5 KB per
     object): whether an object is stored is asked of the index (objects are only ever added
     while the maintenance lock is held — gc, the one that drops them, takes it too), the
     footers are compared shard by shard, the database's nodes are merged with the index in

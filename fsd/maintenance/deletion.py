@@ -33,7 +33,7 @@ def referenced_elsewhere(store, skip_batch: str, among: set[bytes],
                          unreadable: list[HoardError] | None = None) -> set[bytes]:
     """Which of `among` (the batch's files) every other batch and view manifest names (files
     and the manifests' own objects). Memory for `among`, not for every object the manifests
-    name (issue 37: the set of all of them made `delete --batch` grow ~110 B per object of the
+    name (the set of all of them would make `delete --batch` grow ~110 B per object of the
     store); each manifest is still read — which ones name a file is known only from them.
     `unreadable`: a manifest that does not read is put there and names nothing (References)."""
     return references(store, among, skip=("batch", skip_batch), unreadable=unreadable)

@@ -204,7 +204,7 @@ def footer_members(store: Store, meta: ShardMeta) -> list[bytes] | None:
 
 def _plan_by_pass(store: Store, threshold: float, dead: set[bytes], metas: list[ShardMeta]) -> list[Candidate]:
     """`plan` on an index without its `live` counts. Memory for the candidates' members only, not
-    for every object (issue 37: a list of every object's sha256 by shard made `gc --dry-run` grow
+    for every object (a list of every object's sha256 by shard would make `gc --dry-run` grow
     ~100 B per object): the objects table is read once, for the live bytes and the members of the
     shards the dead objects are in (found by their lookups: the shards a deletion made sparse, up
     to PLAN_MEMBERS members), and once more only when a shard below the threshold is not one of

@@ -100,7 +100,7 @@ def disk_next_step(d: dict[str, Any]) -> str:
             # not at its path (unmounted after it failed): activate reads its identity first
             back = f"mount it again at {path}, then {back}"
         if only and d.get("present", True) and d.get("identity", True):
-            # (attached: read as the last resort, and copied from by the rebuild — review 42)
+            # (attached: read as the last resort, and copied from by the rebuild)
             return (f"{only} shards have no other readable replica: they are read from it while it still reads; "
                     f"{replace} — those are copied from {label} itself; if its errors have passed, {back}")
         if only:

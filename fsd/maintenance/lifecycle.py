@@ -87,7 +87,7 @@ def activate(store: Store, label: str) -> ActivateReport:
                 found = disk.state(meta.hex)
             except OSError as e:  # a rotted inode is one file's; anything else: the disk stays failed
                 store.disk_error(disk, "activate", e, meta.hex)
-                if not corrupt_fs(e):  # (no stat of every other file, each a slow EIO — review 42)
+                if not corrupt_fs(e):  # (no stat of every other file, each a slow EIO)
                     store.records[rec.uuid].state = DiskState.FAILED
                     raise HoardError(f"disk {label} failed while its shard files were listed ({e.strerror or e}); "
                                      "it stays failed", ExitCode.UNAVAILABLE) from None

@@ -103,7 +103,7 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
                 _swap(store, meta, lost_uuid, None)
                 return
             # (a shard the target holds already needs its copy elsewhere: its one copy there
-            # does not stand for two — review 42, `disks replace d1 d2` left shards at one copy)
+            # does not stand for two, or `disks replace d1 d2` would leave shards at one copy)
             onto_it = target if target is not None and target.uuid not in meta.replicas else None
             dst = onto_it or _adoptable(store, meta) or store.place(1, meta.size, exclude=set(meta.replicas),
                                                                     why_excluded="holds a copy already")[0]
@@ -170,7 +170,7 @@ def _done_already(store: Store, meta: ShardMeta, lost: str, bad: Set[tuple[bytes
     """Whether the shard needs no copy to replace the lost disk's: it has its replica target
     without the lost copy, counting no replica known bad (`hoard replicate` made them while
     the disk was missing or draining). Its lost copy is then only dropped from the index.
-    (A copy on the target disk is one copy, not the target: review 42.)"""
+    (A copy on the target disk is one copy, not the target.)"""
     return store.copies_of(meta, without=lost, bad=bad) >= store.target(meta.klass)
 
 
@@ -182,7 +182,7 @@ def _adoptable(store: Store, meta: ShardMeta):
 
 
 def _verified_copy_exists(disk: Disk, meta: ShardMeta) -> bool:
-    try:  # (the stat too: a rotted directory block or inode answers EBADMSG to it — review 42)
+    try:  # (the stat too: a rotted directory block or inode answers EBADMSG to it)
         if disk.state(meta.hex) != "sealed":
             return False
         check_replica(disk, meta)

@@ -378,8 +378,8 @@ _ENTRY = 32 + 4 + 4 + 29
 def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: str, target: Path,
            rep: IndexRebuildReport, progress: Callable[[int, int], None] | None, backup: Path | None,
            spills: Path) -> None:
-    """The new index at `work`, from `disks`. Memory does not grow with the store (issue 37: a
-    dict of every object and every replica's record list took 1.5 KB per object): a shard's
+    """The new index at `work`, from `disks`. Memory does not grow with the store (a dict of
+    every object and every replica's record list would take 1.5 KB per object): a shard's
     copies are read together and its objects spilled to disk (hoardfs.fsd.core.spill), sorted there,
     then written in order; the marks logs are spilled and replayed object by object
     (marks.settle)."""
@@ -469,9 +469,9 @@ def _fill_held(cfg: Settings, index: Index, disks: list[tuple[Any, dict]], recor
                spills: Path, rep: IndexRebuildReport) -> bool:
     """Fill the new index's `held` table from the manifests it registers, read from the disks
     the rebuild read through the new index (a store of those disks alone, in their states); True
-    when it is complete. Before the swap, so the index swapped in is whole — a rebuild left
-    `held` to the migration of the first writer after it, which put its keys in the order the
-    manifests name them (57 % of a rebuild at 10 M objects; issue 37). A manifest that cannot be
+    when it is complete. Before the swap, so the index swapped in is whole — left to the
+    migration of the first writer after it, `held` would get its keys in the order the
+    manifests name them (57 % of a rebuild at 10 M objects). A manifest that cannot be
     read leaves the index at the format before `held` (deletion and gc read every manifest, as
     that format does) and is named; the next writer's migration tries again."""
     from hoardfs.fsd.core.disks import LocalDisk  # deferred: as _seed_marks's store

@@ -190,8 +190,8 @@ def refused_batches(cfg: Settings) -> list[dict[str, str]]:
 
 def _signalled_dirs(cfg: Settings) -> list[Path]:
     zone3a = cfg.ssd.zone_path("3A")
-    # (a link in 3A is no batch: a scraper's link to another batch made `--ready` act on that
-    # batch under a name it does not own — review 44)
+    # (a link in 3A is no batch: a scraper's link to another batch would make `--ready` act on
+    # that batch under a name it does not own)
     return [d for d in (sorted(zone3a.iterdir()) if zone3a.is_dir() else [])
             if not d.is_symlink() and d.is_dir() and not d.name.startswith("_")
             and ((d / SIGNAL).exists() or (d / REJECTED_SIGNAL).exists())]
