@@ -1,4 +1,4 @@
-"""Action runs on other hosts (docs/scale-out.md, "Workers on other hosts"; jobs.actions.remote):
+"""Action runs on other hosts (docs/scale-out.md, "Workers on other hosts"; hoardfs.jobs.actions.remote):
 `hoard action run thumbnail --remote` on the store's server, its stage, worker and parse by a
 `hoard worker` in a network namespace of its own (tests/test_remote_workers.py's hosts: Redis
 on TCP with a password, SeaweedFS's S3 through a proxy on a veth pair), its children back
@@ -25,15 +25,25 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd.base import config
-from fsd.base.errors import HoardError
-from fsd.base.files import flocked
-from fsd.core import s3
-from fsd.store import Store
-from jobs.actions import remote as remote_actions
-from jobs.actions.contract import Contract
-from jobs.actions.state import RunState, load_state, save_state, state_dir
-from jobs.queues import enqueue_once, fetch_job
+from hoardfs.base import config
+from hoardfs.base.errors import HoardError
+from hoardfs.base.files import flocked
+from hoardfs.fsd.core import s3
+from hoardfs.fsd.store import Store
+from hoardfs.jobs.actions import remote as remote_actions
+from hoardfs.jobs.actions.api import load_contract
+from hoardfs.jobs.actions.contract import Contract
+from hoardfs.jobs.actions.state import (
+    RunState,
+    load_state,
+    run_id_of,
+    save_state,
+    state_dir,
+    steps_of,
+    typed_params,
+    write_work,
+)
+from hoardfs.jobs.queues import enqueue_once, fetch_job
 from tests.s3fault import FaultProxy
 from tests.test_remote_workers import REPO, _hoard, _logs, _onto_the_bucket, cluster  # noqa: F401  # (a fixture)
 from tests.test_s3_backend import engine_env, s3_disk  # noqa: F401  # (a fixture)
@@ -87,7 +97,7 @@ def _run_id(line_source: str) -> str:
 def _server_worker(main: Path, home: Path) -> Iterator[subprocess.Popen]:
     """`hoard worker` of the store's server: every server queue, RQ's scheduler, the reaper."""
     log = (home / "server-worker.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(main), "worker"], cwd=REPO, stdout=log,
+    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(main), "worker"], cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         yield proc
@@ -229,7 +239,7 @@ def test_what_a_host_uploaded_is_checked_before_anything_is_stored() -> None:
 
 
 def _thumbnail() -> dict:
-    from jobs.actions import contract as contracts  # deferred: the built-in's file, found as the CLI finds it
+    from hoardfs.jobs.actions import contract as contracts  # deferred: the built-in's file, found as the CLI finds it
 
     return contracts.load_file(contracts.find_any(Path("/nonexistent"), "thumbnail")[0]).model_dump(mode="json")
 
@@ -412,7 +422,7 @@ def test_a_job_run_again_after_its_run_was_collected_leaves_nothing_on_the_bucke
     with _reachable_ssds([remote]), _server_worker(main, tmp_path):
         said = tmp_path / "wait.err"
         with said.open("w") as err:  # --wait before any host serves `remote`: it says so, then waits
-            proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(main), "action", "run", "thumbnail",
+            proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(main), "action", "run", "thumbnail",
                                      "--nodes", str(few), "--remote", "--wait"], cwd=REPO, stdout=subprocess.PIPE,
                                     stderr=err, stdin=subprocess.DEVNULL, text=True)
             deadline = time.monotonic() + 60
@@ -425,7 +435,7 @@ def test_a_job_run_again_after_its_run_was_collected_leaves_nothing_on_the_bucke
         rid = out.split()[1].rstrip(":")  # "run RID: done"
         assert load_state(cfg, rid).status == "done"
         job = fetch_job(remote_actions.job_id(rid), conn)
-        # the same job again, as the reaper queues it (jobs.queues.enqueue_once, same id and args)
+        # the same job again, as the reaper queues it (hoardfs.jobs.queues.enqueue_once, same id and args)
         enqueue_once(conn, "remote", remote_actions.JOB_FUNCTION, *job.args, job_id=job.id, timeout=600,
                      description=job.description, key=None)  # (a host's job: it checks no signature)
         deadline = time.monotonic() + 180
@@ -443,6 +453,29 @@ def _transfer(disk, key: str) -> None:
     disk.put_transfer(key, body, hashlib.sha256(body).hexdigest())
 
 
+#: where each status leaves a --remote run of thumbnail: its step, and how many of its steps are done
+_AT = {"done": ("finish", 5), "cancelled": ("remote", 1), "failed": ("collect", 2), "waiting_remote": ("remote", 1)}
+
+
+def _recorded(cfg: config.Settings, status: str = "cancelled", key: str | None = None) -> str:
+    """A run of the built-in thumbnail as `hoard action run thumbnail --remote` records it
+    (api.submit: its contract and inputs as work files, then its state; its id `run_id_of`
+    them), at `status` where its steps leave that status. `key`: the id's key made up instead
+    — a state written as the service that does not prove itself (load_state refuses it)."""
+    c = load_contract(cfg, "thumbnail")
+    params = typed_params(c, {}, cfg)
+    inputs = sorted(hashlib.sha256(secrets.token_bytes(16)).hexdigest() for _ in range(2))
+    rid = run_id_of(c.action_id, c.version, params, inputs) if key is None else f"{c.action_id}-v{c.version}-{key}"
+    steps = steps_of(c, remote=True)
+    step, done = _AT[status]
+    write_work(cfg, rid, "contract", c.model_dump(mode="json"))
+    write_work(cfg, rid, "inputs", inputs)
+    save_state(cfg, RunState(run_id=rid, action=c.action_id, version=c.version, action_type=c.action_type,
+                             action_num=1, params=params, steps=steps, inputs=len(inputs), status=status, step=step,
+                             done=steps[:done]))
+    return rid
+
+
 def test_what_past_deletes_left_on_the_bucket_is_swept_and_nothing_a_run_still_needs(
         hoard_home: Path, seaweedfs, engine_env, tmp_path: Path) -> None:  # noqa: F811
     """A cancel while the engine did not answer, or a host cut off from Redis that uploaded
@@ -450,18 +483,24 @@ def test_what_past_deletes_left_on_the_bucket_is_swept_and_nothing_a_run_still_n
     `verify --orphans` does not look at. The next collect or cancel of a --remote run sweeps it
     (sweep_transfers): the prefix of every run done or cancelled on this server, once its newest
     object is older than the grace — never one of a run that failed or waits (a resume collects
-    what is there), nor one this server does not know, nor a key no run names."""
+    what is there), nor one this server does not know, nor one whose state does not prove itself
+    (what it says, "cancelled" here, is not believed), nor a key no run names."""
     engine_env(seaweedfs)
     cfg = config.load(hoard_home / "hoard.toml")
     disk = s3_disk(seaweedfs, tmp_path / "staging")
     runs = {}
-    for status in ("done", "cancelled", "failed", "waiting_remote", "unknown"):
-        rid = f"thumbs-v1-{secrets.token_hex(6)}"
+    for status in ("done", "cancelled", "failed", "waiting_remote", "unknown", "refused"):
+        if status == "unknown":
+            rid = f"thumbnail-v1-{secrets.token_hex(6)}"
+        elif status == "refused":
+            rid = _recorded(cfg, "cancelled", key=secrets.token_hex(6))
+            with pytest.raises(HoardError, match="do not hash to run"):
+                load_state(cfg, rid)
+        else:
+            rid = _recorded(cfg, status)
+            st = load_state(cfg, rid)  # (it proves itself)
+            assert st is not None and st.status == status
         runs[status] = rid
-        if status != "unknown":
-            save_state(cfg, RunState(run_id=rid, action="thumbs", version=1, action_type="AC2", action_num=1,
-                                     params={}, steps=["plan", "remote", "collect", "apply", "finish"], inputs=1,
-                                     status=status))
         for name in ("a" * 64, "b" * 64, remote_actions.PARSED):
             _transfer(disk, remote_actions.prefix(rid) + name)
     _transfer(disk, "transfers/not-a-run/x")
@@ -469,8 +508,9 @@ def test_what_past_deletes_left_on_the_bucket_is_swept_and_nothing_a_run_still_n
     assert remote_actions.sweep_transfers(cfg, disk) == []  # all younger than the grace: a resume may want them
     assert remote_actions.sweep_transfers(cfg, disk, grace_s=0) == sorted([runs["done"], runs["cancelled"]])
     left = {key.split("/")[1] for key in disk.transfer_ages()}
-    assert left == {runs["failed"], runs["waiting_remote"], runs["unknown"], "not-a-run"}
-    assert all(len(disk.transfer_keys(remote_actions.prefix(runs[s]))) == 3 for s in ("failed", "waiting_remote"))
+    assert left == {runs["failed"], runs["waiting_remote"], runs["unknown"], runs["refused"], "not-a-run"}
+    assert all(len(disk.transfer_keys(remote_actions.prefix(runs[s]))) == 3
+               for s in ("failed", "waiting_remote", "refused"))
 
 
 def test_a_host_removes_the_stages_of_runs_the_server_closed(hoard_home: Path, redis_conn) -> None:
@@ -478,7 +518,7 @@ def test_a_host_removes_the_stages_of_runs_the_server_closed(hoard_home: Path, r
     was cut off, leaves its stage in this host's 3C. The host's next run_action job removes the
     stage of every run the server has closed (collected or cancelled) — not the job's own run's,
     not a run still open, not another output of the host."""
-    from jobs import outputs
+    from hoardfs.jobs import outputs
 
     cfg = config.load(hoard_home / "hoard.toml")
     ids = {what: f"thumbs-v1-{secrets.token_hex(6)}" for what in ("collected", "cancelled", "open", "current")}
@@ -499,13 +539,6 @@ def test_a_host_removes_the_stages_of_runs_the_server_closed(hoard_home: Path, r
         assert (outputs.load_state(cfg, oid) is not None) == kept, what
 
 
-def _cancelled(cfg, status: str = "cancelled") -> str:
-    rid = f"thumbs-v1-{secrets.token_hex(6)}"
-    save_state(cfg, RunState(run_id=rid, action="thumbs", version=1, action_type="AC2", action_num=1, params={},
-                             steps=["plan", "remote", "collect", "apply", "finish"], inputs=1, status=status))
-    return rid
-
-
 def test_a_delete_that_breaks_off_never_leaves_a_transfer_that_looks_uploaded(
         hoard_home: Path, seaweedfs, engine_env, tmp_path: Path) -> None:  # noqa: F811
     """parsed.json says a host's upload is whole: the host's job of a resumed run that finds it
@@ -520,7 +553,7 @@ def test_a_delete_that_breaks_off_never_leaves_a_transfer_that_looks_uploaded(
     seaweedfs.client().create_bucket(Bucket=bucket)
     with FaultProxy(seaweedfs.endpoint) as proxy:
         disk = s3.S3Disk.initialise("s3a", proxy.endpoint, bucket, tmp_path / "staging", capacity_bytes=10 << 30)
-        rid = _cancelled(cfg)
+        rid = _recorded(cfg)
         names = [hashlib.sha256(bytes([i])).hexdigest() for i in range(6)] + [remote_actions.PARSED]
         for name in names:
             _transfer(disk, remote_actions.prefix(rid) + name)
@@ -549,7 +582,7 @@ def test_a_sweep_takes_nothing_of_a_run_a_resume_is_recording(hoard_home: Path, 
     engine_env(seaweedfs)
     cfg = config.load(hoard_home / "hoard.toml")
     disk = s3_disk(seaweedfs, tmp_path / "staging")
-    rid = _cancelled(cfg)
+    rid = _recorded(cfg)
     for name in ("a" * 64, remote_actions.PARSED):
         _transfer(disk, remote_actions.prefix(rid) + name)
     with flocked(state_dir(cfg) / f"{rid}.submit.lock"):  # (as api.resume holds it)
