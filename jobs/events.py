@@ -82,8 +82,8 @@ def sign(secret: str | bytes, payload: bytes) -> str:
 
 
 def verify(secret: str | bytes, payload: bytes, header: str | None) -> bool:
-    """What a receiver does (README, "Webhooks"): the header is the signature of the very bytes
-    received, compared in constant time."""
+    """What a receiver does (docs/operations.md, "Events and webhooks"): the header is the
+    signature of the very bytes received, compared in constant time."""
     return header is not None and hmac.compare_digest(sign(secret, payload), header)
 
 
