@@ -24,6 +24,8 @@ Who the worker is: when hoard runs as root, `run_spec.run_as` or else `actions.w
 hoard's own user, and a `run_as` naming another user is refused. The output root is made the
 worker's (chown, when hoard is root): it is the one directory the worker writes; the input root
 and the directories above both roots must let that user through (checked before the start).
+One exception, for the embedded default cloned under a private home (/root, mode 0700): a
+built-in worker that the worker user cannot reach runs as the setup's owner (`as_setup_owner`).
 """
 
 from __future__ import annotations
@@ -120,6 +122,9 @@ class Command:
     then: Command | None = None
     #: run after a timeout or a cancel, to stop what the client started (docker rm -f, kubectl delete)
     stop: Command | None = None
+    #: started without any capability (`_no_caps`): a built-in worker that runs as root's uid
+    #: on an embedded default (`as_setup_owner`)
+    no_caps: bool = False
 
 
 @dataclass
@@ -216,6 +221,39 @@ def worker_identity(run_as: str | None, allow_root: bool, worker_user: str, *, e
         raise ExecError(f"{key}: the worker would run as root ({ident.name}); name an unprivileged user "
                         "(actions.worker_user in hoard.toml, or run_as), or set allow_root = true in the contract")
     return ident
+
+
+#: the built-in workers' program: the console script beside hoard's Python
+BUILTIN = "hoard-builtin"
+
+
+def as_setup_owner(cmd: Command, c: Contract, setup: Path | None, above: Path | None = None) -> Command:
+    """`cmd` as the embedded setup's owner when the worker user cannot reach it; else `cmd`.
+
+    `setup` is the directory of an embedded default's hoard.toml (None: not an embedded default).
+    When hoard runs as root there and the command is a built-in worker (`hoard-builtin` of hoard's
+    own venv, no `run_as`) that `actions.worker_user` cannot reach — the program, or `above` (the
+    directory over zone 3C), lies under a home closed to others such as /root (0700) — the worker
+    runs as the owner of `setup` instead: the user whose clone it is, who reaches it already, so
+    no directory is opened to anyone. When that owner is root the worker starts with no
+    capability at all (`_no_caps`): root's uid owns the clone's files, and nothing else. Either
+    way the built-in confines itself as always (Landlock to its roots and Python's files,
+    seccomp: hoardfs.base.landlock). Any other worker keeps the worker user's rules."""
+    rs = c.run_spec
+    if (setup is None or os.geteuid() != 0 or not isinstance(rs, RunLocal) or rs.run_as is not None
+            or cmd.argv[0] != str(_venv_bin() / BUILTIN) or cmd.user is None):
+        return cmd
+    try:
+        _reachable(Path(cmd.argv[0]), cmd.worker, 5, "run_spec.command[0]")
+        _reachable(Path(sys.executable), cmd.worker, 5, "hoard's Python")
+        if above is not None:
+            _reachable(above, cmd.worker, 1, "zone 3C's directory")
+        return cmd  # the worker user reaches all of it: it stays the worker
+    except ExecError:
+        pass
+    owner = _lookup(str(os.stat(setup).st_uid), "the embedded setup's owner")
+    env = {**cmd.env, "HOME": owner.home}
+    return replace(cmd, env=env, user=owner, worker=owner, no_caps=owner.uid == 0)
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -369,6 +407,38 @@ def _dies_with(parent: int) -> Callable[[], None] | None:
     return child
 
 
+_PR_CAPBSET_DROP, _PR_SET_SECUREBITS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 47, 4
+#: SECBIT_NOROOT and SECBIT_NO_SETUID_FIXUP with their locks, and SECBIT_KEEP_CAPS locked off:
+#: uid 0 gains no capability at execve, nor keeps or regains one by a change of uid
+_SECBITS = 0b101111
+_CAP_VERSION_3 = 0x20080522
+
+
+def _no_caps(then: Callable[[], None] | None) -> Callable[[], None]:
+    """A preexec function: `then()`, then every capability of the child taken away for good —
+    the bounding and ambient sets emptied, the securebits that keep root's uid from gaining any
+    at execve set and locked, the effective, permitted and inheritable sets cleared. The child
+    keeps root's uid and with it only what owner bits give (the files root owns)."""
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def child() -> None:
+        if then is not None:
+            then()
+        for cap in range(last + 1):
+            if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+        if libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 or \
+                libc.prctl(_PR_SET_SECUREBITS, _SECBITS, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(securebits)")
+        header = struct.pack("<Ii", _CAP_VERSION_3, 0)
+        data = ctypes.create_string_buffer(24)  # two (effective, permitted, inheritable) words: all zero
+        if libc.capset(header, data) != 0:
+            raise OSError(ctypes.get_errno(), "capset")
+
+    return child
+
+
 def _subreaper(on: bool) -> bool:
     """Make this process a child subreaper (or not); returns whether it was one (Linux prctl)."""
     try:
@@ -459,10 +529,11 @@ def _start(cmd: Command, cwd: str, out_fd: int) -> subprocess.Popen:
     kw: dict = {}
     if cmd.user is not None and cmd.user.uid != os.geteuid():
         kw = {"user": cmd.user.uid, "group": cmd.user.gid, "extra_groups": []}
+    dies = _dies_with(os.getpid())
+    pre = dies if not cmd.no_caps else _no_caps(dies)
     try:
         return subprocess.Popen(list(cmd.argv), stdin=stdin, stdout=out_fd, stderr=out_fd, env=dict(cmd.env),
-                                cwd=cwd, start_new_session=True, close_fds=True, preexec_fn=_dies_with(os.getpid()),
-                                **kw)
+                                cwd=cwd, start_new_session=True, close_fds=True, preexec_fn=pre, **kw)
     except OSError as e:
         who = cmd.user.name if cmd.user is not None else "hoard's user"
         raise ExecError(f"{cmd.key}: cannot start {display(cmd.argv[0])} as {who}: {e.strerror}; check that "
@@ -700,15 +771,18 @@ def prepare_roots(roots: Roots, worker: Identity, run_dir: Path | None = None, *
 def run_worker(c: Contract, roots: Roots, params: Mapping[str, object], *, log_path: Path,
                heartbeat: Callable[[], None], should_stop: Callable[[], bool], poll_s: float = 1.0,
                worker_user: str = "nobody", grace_s: float = TERM_GRACE_S, log_cap: int = LOG_CAP,
-               on_start: Callable[[int, int], None] | None = None, run_dir: Path | None = None) -> Outcome:
+               on_start: Callable[[int, int], None] | None = None, run_dir: Path | None = None,
+               setup: Path | None = None) -> Outcome:
     """Runs the contract's worker to its end: exited (its status), timeout (past run_spec.timeout_s)
     or cancelled (should_stop() said so); heartbeat() is called every poll_s. ExecError (one
     line) when it cannot be started. `worker_user` is `actions.worker_user` of hoard.toml;
-    `run_dir` the run's directory in zone 3C, which the worker user is let into.
+    `run_dir` the run's directory in zone 3C, which the worker user is let into; `setup` the
+    embedded default's directory, if it is one (`as_setup_owner`).
     `on_start(pid, start)` is called once the worker's process exists: its session id (= its pid)
     and its start time (clock ticks after boot, /proc/PID/stat), for `end_session` by a later
     process if this one dies (kill -9) and leaves the session running."""
-    cmd = command_for(c, roots, params, worker_user=worker_user)
+    cmd = as_setup_owner(command_for(c, roots, params, worker_user=worker_user), c, setup,
+                         run_dir.parent.parent if run_dir is not None else None)
     prepare_roots(roots, cmd.worker, run_dir, mounted=isinstance(c.run_spec, RunDocker))
     assert isinstance(c.run_spec, (RunLocal, RunDocker, RunKubectl))
     log = _Log(log_path, log_cap)
@@ -734,9 +808,9 @@ def gate_ready(c: Contract, roots: Roots, params: Mapping[str, object], *, log_p
 
 def gate_answer(c: Contract, roots: Roots, params: Mapping[str, object], *, log_path: Path, timeout_s: float = 60,
                 worker_user: str = "nobody", grace_s: float = TERM_GRACE_S,
-                log_cap: int = LOG_CAP) -> tuple[bool, str]:
+                log_cap: int = LOG_CAP, setup: Path | None = None) -> tuple[bool, str]:
     """`gate_ready`, with what the hook said in a few words: "ready", "exit 1", or "killed
-    after N s" (it hung: its whole session ended, not ready)."""
+    after N s" (it hung: its whole session ended, not ready). `setup`: as for `run_worker`."""
     if c.gate is None or not c.gate.hook:
         raise ExecError("gate.hook: this contract has no gate hook; release the run with `hoard action release RUN`")
     rs = c.run_spec
@@ -744,7 +818,7 @@ def gate_answer(c: Contract, roots: Roots, params: Mapping[str, object], *, log_
     ident = worker_identity(run_as, allow_root, worker_user)
     argv = [render(a, roots, params, key=f"gate.hook[{i}]") for i, a in enumerate(c.gate.hook)]
     argv[0] = which(argv[0], "gate.hook[0]")
-    cmd = Command(tuple(argv), _env(ident, {}), "gate.hook[0]", ident, ident)
+    cmd = as_setup_owner(Command(tuple(argv), _env(ident, {}), "gate.hook[0]", ident, ident), c, setup)
     log = _Log(log_path, log_cap)
     try:
         reason, code = _run(cmd, cwd="/", log=log, deadline=time.monotonic() + timeout_s, heartbeat=lambda: None,

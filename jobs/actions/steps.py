@@ -169,6 +169,14 @@ def _step_stage(cfg: Settings, st: RunState) -> None:
     st.report["stage"] = {k: rep.get(k) for k in ("path", "files", "bytes", "copied_files")}
 
 
+def embedded_setup(cfg: Settings) -> Path | None:
+    """The directory of an embedded default's hoard.toml, where its built-in workers may run as
+    the clone's owner (execute.as_setup_owner); None for any other config."""
+    if cfg.embedded is None:
+        return None
+    return cfg.source.parent if cfg.source is not None else Path.cwd()
+
+
 def roots_of(cfg: Settings, c: Contract, st: RunState) -> Roots:
     return roots_for(cfg, c, st.run_id)
 
@@ -211,7 +219,8 @@ def _step_gate(cfg: Settings, st: RunState) -> None:
     if gate.hook:
         limit = min(60, gate.poll_s * 2)
         ready, said = execute.gate_answer(c, roots_of(cfg, c, st), st.params, log_path=log_path(cfg, st.run_id),
-                                          timeout_s=limit, worker_user=cfg.actions.worker_user)
+                                          timeout_s=limit, worker_user=cfg.actions.worker_user,
+                                          setup=embedded_setup(cfg))
         st.gate["hook_checked"] = now()
         st.gate["hook_said"] = said
         if ready:
@@ -292,7 +301,8 @@ def run_attempts(cfg: Settings, c: Contract, roots: execute.Roots, params: dict[
         _empty(roots.output_root)
         outcome = execute.run_worker(c, roots, params, log_path=log_path(cfg, rid), heartbeat=heartbeat,
                                      should_stop=should_stop, worker_user=cfg.actions.worker_user,
-                                     on_start=on_start, run_dir=cfg.ssd.zone_path("3C") / rid)
+                                     on_start=on_start, run_dir=cfg.ssd.zone_path("3C") / rid,
+                                     setup=embedded_setup(cfg))
         ended(outcome)
         if outcome.reason == "exited" and outcome.exit_code == 0:
             break
