@@ -60,7 +60,7 @@ def _unit_starts_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.
 
 
 #: the packages whose modules `hoard` processes import (tests: its helpers run as `python -m tests.…`)
-BYTECODE_PACKAGES = ("fsd", "jobs", "gui", "adapters", "datasets", "sql", "tests")
+BYTECODE_PACKAGES = ("fsd", "base", "cli", "jobs", "gui", "adapters", "datasets", "sql", "tests")
 
 
 def _compile_bytecode() -> None:

@@ -110,7 +110,7 @@ def test_get_into_a_closed_pipe_exits_141(tmp_path: Path, unbuffered: str) -> No
     blob.write_bytes(os.urandom(3 << 20))
     assert _hoard("--config", str(cfg), "put", str(blob)).returncode == 0
     sha = hashlib.sha256(blob.read_bytes()).hexdigest()
-    res = subprocess.run(["bash", "-c", f'"$0" -m fsd --config {cfg} get {sha} | head -c 10 >/dev/null; '
+    res = subprocess.run(["bash", "-c", f'"$0" -m hoardfs --config {cfg} get {sha} | head -c 10 >/dev/null; '
                           'echo "${PIPESTATUS[0]}"', sys.executable], cwd=REPO, capture_output=True, text=True,
                          timeout=60, env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
     assert res.stdout.strip() == "141", res.stdout + res.stderr

@@ -107,7 +107,9 @@ def _hoard(*args: str, env: dict[str, str] | None = None, pythonpath: Path | Non
     full.pop("HOARD_CONFIG", None)
     if pythonpath is not None:
         full["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([sys.executable, "-m", "hoardfs", *args], capture_output=True, text=True, env=full,
+    # (the previous release's code, at `pythonpath`, is the `fsd` package of its own layout)
+    module = "fsd" if pythonpath is not None else "hoardfs"
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=full,
                           cwd=pythonpath or REPO, timeout=300)
 
 

@@ -107,7 +107,7 @@ def _open_per_file(cmd: list[str]) -> list[str]:
     """A `mounted(wrap=)` that runs the mount daemon as it runs with pyfuse3 as released
     (without hoardfs's no-open patch: every open asks the daemon)."""
     code = ("import runpy; import hoardfs.fsd.mount.ops as o; o.NO_OPEN = False; "
-            "runpy.run_module('fsd', run_name='__main__', alter_sys=True)")
+            "runpy.run_module('hoardfs', run_name='__main__', alter_sys=True)")
     return [cmd[0], "-c", code] + cmd[3:]  # cmd: python -m hoardfs …
 
 
@@ -216,7 +216,7 @@ def test_health_is_fresh_though_the_kernel_keeps_its_pages(tmp_path: Path) -> No
 def _health_every(seconds: float):
     """A `mounted(wrap=)` that renders `.hoard/health` every `seconds` (10 in a real mount)."""
     code = ("import runpy, sys; import hoardfs.fsd.mount.watch as w; w.HEALTH_S = float(sys.argv.pop(1)); "
-            "runpy.run_module('fsd', run_name='__main__', alter_sys=True)")
+            "runpy.run_module('hoardfs', run_name='__main__', alter_sys=True)")
     return lambda cmd: [cmd[0], "-c", code, str(seconds)] + cmd[3:]  # cmd: python -m hoardfs …
 
 
@@ -235,7 +235,7 @@ def _prefix_bits(bits: int, marks_s: float = 2.0):
     its deletions refresh every `marks_s` seconds (2 in a real mount)."""
     code = ("import runpy, sys; import hoardfs.fsd.mount.namespace as n, hoardfs.fsd.mount.watch as w; "
             "n.Namespace.PREFIX_BITS = int(sys.argv.pop(1)); w.MARKS_S = float(sys.argv.pop(1)); "
-            "runpy.run_module('fsd', run_name='__main__', alter_sys=True)")
+            "runpy.run_module('hoardfs', run_name='__main__', alter_sys=True)")
     return lambda cmd: [cmd[0], "-c", code, str(bits), str(marks_s)] + cmd[3:]  # cmd: python -m hoardfs …
 
 
