@@ -45,7 +45,6 @@ help:
 	@echo "make docs-check - history numbers in the docs and product code, a README over 10 KiB (tests/docs_check.py)"
 	@echo "make cli-docs - write docs/cli.md's command reference again from the commands' help"
 	@echo "make testing-docs - count each tier's tests with pytest into docs/testing.md's tier table"
-	@echo "make testing-docs - count each tier's tests with pytest into docs/testing.md's tier table"
 	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
 	@echo "make peers  - hoardfs vs cp, git-annex, SnapRAID and mergerfs on one corpus (bench/peers; ARGS=...)"
 	@echo "make bench  - every other benchmark behind docs/benchmarks.md, raw JSON to bench/results"
@@ -223,12 +222,6 @@ summaries: venv
 # tests/test_cli_docs.py fails when it is out of date
 cli-docs: venv
 	@$(VENV)/bin/python -m tests.cli_docs
-
-# docs/testing.md's tier table: each tier's tests counted by `pytest --collect-only -m TIER`
-# (tests/tier_counts.py), not typed; run it after adding or moving tests
-.PHONY: testing-docs
-testing-docs: venv
-	@$(VENV)/bin/python -m tests.tier_counts
 
 # docs/testing.md's tier table: each tier's tests counted by `pytest --collect-only -m TIER`
 # (tests/tier_counts.py), not typed; run it after adding or moving tests
