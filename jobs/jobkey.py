@@ -138,9 +138,10 @@ class JobKey:
         job.meta[META] = {"v": VERSION, "nonce": nonce, "at": at,
                           "mac": _mac(secret, job.id, job.origin, nonce, at, job.data)}
 
-    def check(self, job: Job, queue: str, now: float | None = None) -> str:
+    def check(self, job: Job, queue: str, now: float | None = None, max_age_s: float | None = MAX_AGE_S) -> str:
         """Why `job`, taken from `queue`, is not a job this server queued, or "" when it is:
-        its signature made with this key over its id, queue and data, made within MAX_AGE_S."""
+        its signature made with this key over its id, queue and data, made within `max_age_s`
+        (None: any age — a run kept to be retried, whose signed data is queued again, signed anew)."""
         sig = job.meta.get(META) if isinstance(job.meta, dict) else None
         if sig is None:
             return "not signed by this server's key"
@@ -161,7 +162,7 @@ class JobKey:
         if job.origin != queue:
             return f"signed for queue {job.origin!r}, taken from {queue!r}"
         age = (time.time() if now is None else now) - sig["at"]
-        if age > MAX_AGE_S:
+        if max_age_s is not None and age > max_age_s:
             return (f"its signature is {age / 86400:.0f} days old (good for {MAX_AGE_S // 86400}): queue it again "
                     "with the command that made it (`hoard ingest --resume`, `hoard action resume`, the GUI's Retry)")
         return ""

@@ -515,6 +515,8 @@ def retry(cfg: Settings, kind: str, run_id: str, by: str = "", conn=None) -> str
         enqueue_output(cfg, kind, run_id, conn)
         return run_id
     job = _job_of(cfg, kind, run_id, conn)
+    if job is not None:
+        _signed_here(cfg, kind, run_id, job)
     if kind == "dataset":  # the same spec, mode and force again (they travel in the job)
         if job is None:
             raise LaunchError(f"no dataset build {run_id!r} to retry; launch it again from /datasets/new")
@@ -524,7 +526,22 @@ def retry(cfg: Settings, kind: str, run_id: str, by: str = "", conn=None) -> str
         return datasets_job.submit(cfg, spec, job.args[2], bool(job.args[3])).removeprefix(DATASET_PREFIX)
     if job is None:
         raise LaunchError(f"no maintenance run {run_id!r} to retry")
-    return launch_maintenance(cfg, kind, job.meta.get("params", {}), by, conn)
+    if list(job.args or ())[:1] != [kind]:
+        raise LaunchError(f"maintenance run {run_id} is not a {kind} run; nothing queued")
+    # the parameters it was signed with (its arguments), not its meta: meta is outside the signature
+    return launch_maintenance(cfg, kind, dict(job.kwargs), by, conn)
+
+
+def _signed_here(cfg: Settings, kind: str, run_id: str, job: Job) -> None:
+    """LaunchError (one line) unless `job` was queued by this server (its signature checks with
+    the store's key, at any age): Retry queues its function and arguments again, signed anew, so
+    what a remote host wrote into Redis — a run it made up, a run whose arguments it changed — is
+    never signed by a Retry (hoardfs.jobs.jobkey)."""
+    queue = datasets_job.QUEUE if kind == "dataset" else MAINTENANCE_QUEUE
+    why = jobkey.of(cfg).check(job, queue, max_age_s=None)
+    if why:
+        raise LaunchError(f"{kind} run {run_id} was not queued by this server ({why}); nothing queued — launch it "
+                          "anew from its form", ExitCode.DATA)
 
 
 def batch_dir(cfg: Settings, batch_id: str) -> Path:
