@@ -50,6 +50,12 @@ def ssd_space(ssd_root: Path, what: str, path: Path | str | None = None) -> Iter
         raise ssd_full(ssd_root, what, f"cannot write {e.filename or path or ssd_root} ({e.strerror})") from None
 
 
+def same_inode(held: os.stat_result, now: os.stat_result | None) -> bool:
+    """Whether `now` (a path's stat, None when the path is gone) is the file `held` (a held
+    descriptor's fstat): the name still names what was opened, not a file swapped in since."""
+    return now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
 @contextlib.contextmanager
 def flocked(path: Path, wait: bool = True, transient: bool = False) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created if need be) for the with-block: one holder
@@ -74,7 +80,7 @@ def flocked(path: Path, wait: bool = True, transient: bool = False) -> Iterator[
                 now = os.stat(path)
             except FileNotFoundError:
                 now = None
-            if now is None or (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            if not same_inode(mine, now):
                 continue  # a transient holder removed it while this one waited: lock the new file
             try:
                 yield

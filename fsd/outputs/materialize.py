@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hoardfs.base.errors import ExitCode, HoardError
-from hoardfs.base.files import SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, sync_file_range, syncfs_fd
+from hoardfs.base.files import (
+    SYNC_FILE_RANGE_WAIT_BEFORE,
+    SYNC_FILE_RANGE_WRITE,
+    same_inode,
+    sync_file_range,
+    syncfs_fd,
+)
 from hoardfs.base.modes import FILE
 from hoardfs.fsd.core.records import DataError
 
@@ -297,7 +303,7 @@ class _Flusher:
             now = os.stat(self.dest)
         except FileNotFoundError:
             now = None
-        if now is None or (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+        if not same_inode(held, now):
             raise HoardError(f"{self.dest} was moved or replaced while the copy ran: what was written went with it "
                              "and is not this copy; run the same command again (it writes the tree anew there)",
                              ExitCode.UNAVAILABLE)

@@ -64,7 +64,7 @@ import redis
 from hoardfs.adapters import canonical_source
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError
-from hoardfs.base.files import atomic_write, open_nofollow
+from hoardfs.base.files import atomic_write, open_nofollow, same_inode
 from hoardfs.base.modes import open_own_dir
 from hoardfs.base.paths import MAX_NAME_BYTES, display, hostile_reason, long_name
 from hoardfs.base.units import fmt_bytes
@@ -389,7 +389,7 @@ class Upload:
             finally:
                 os.close(fd)
         mine, there = os.fstat(self._fd), _lstat(self._tmp_fd, self.id)
-        if there is None or (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
+        if not same_inode(mine, there):
             log.warning("HTTP upload %s: %s is no longer the directory it made; nothing put in 3A", self.id, self.dir)
             raise UploadError(f"{self.dir} is no longer the directory this upload made (moved, or replaced): "
                               f"{INTRUDED}", status=503, next_step=INTRUDED)
@@ -421,7 +421,7 @@ class Upload:
                 for name in os.listdir(self._fd):
                     _remove(self._fd, name)
                 mine, there = os.fstat(self._fd), _lstat(self._tmp_fd, self.id)
-                if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+                if same_inode(mine, there):
                     with contextlib.suppress(FileNotFoundError):
                         os.rmdir(self.id, dir_fd=self._tmp_fd)
         except OSError as e:  # (a failing SSD: the next upload's sweep removes the rest)
@@ -500,7 +500,7 @@ def _adopt_held(cfg: Settings, root: Path, root_fd: int, source: str, manifest: 
         now = os.lstat(root)
     except OSError:
         now = None
-    if now is None or (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+    if not same_inode(mine, now):
         log.warning("HTTP manifest: %s was replaced while its manifest was checked; nothing signalled", root)
         raise UploadError(f"{root} was replaced while its manifest was checked (moved, or a link put in its place): "
                           "nothing was signalled; put the batch's directory back, then send the manifest again",

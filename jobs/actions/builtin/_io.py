@@ -64,13 +64,7 @@ def _sha256(path: Path) -> str:
 
 def inputs(root: Path) -> Iterator[Input]:
     """The regular files under `root`, sorted by relative path, links never followed."""
-    try:
-        st = os.lstat(root)
-    except OSError as e:
-        raise WorkerError(f"input root {display(str(root))}: {e.strerror}; stage the inputs first") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise WorkerError(f"input root {display(str(root))} is not a directory (a link or a file); "
-                          "give the staged input directory")
+    check_input_root(root)
     found: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
