@@ -84,6 +84,9 @@ JOB_FUNCTIONS = {
 #: and run on another host (hoardfs.jobs.remote), whose hoard.toml is not the server's; an action run's
 #: stage, worker and parse there (hoardfs.jobs.actions.remote)
 HOST_JOBS = frozenset({"hoardfs.jobs.remote.run_output", "hoardfs.jobs.actions.remote.run_action"})
+#: the one queue HOST_JOBS are taken from (hoardfs.jobs.remote.QUEUE): they carry no signature,
+#: so one a host put on a server's queue (`io`, `maintenance`) is refused, never run there
+HOST_QUEUE = "remote"
 
 
 class HoardJob(Job):
@@ -174,7 +177,10 @@ class GuardedWorker:
     def signature_refusal(self, job: Job, queue: Queue) -> tuple[str, int | None, bool]:
         """(why `job`, allowed by `refusal`, must not run — "" to run it —, its run record to hold
         while it runs, whether to fail it): HOST_JOBS run with none (the host has no key)."""
-        if job.func_name in HOST_JOBS:
+        if job.func_name in HOST_JOBS:  # unsigned by design: so run only as a host's, from the hosts' queue
+            if queue.name != HOST_QUEUE:
+                return (f"{job.func_name} is a worker host's job, taken from {queue.name!r}: it runs only from "
+                        f"{HOST_QUEUE!r}"), None, True
             return "", None, True
         key = self._key()
         if key is None:

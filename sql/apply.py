@@ -44,6 +44,7 @@ from typing import Any
 import psycopg
 
 from hoardfs.base.errors import write_conflict
+from hoardfs.sql import result_tables
 from hoardfs.sql.intents import (
     RESULT_COLUMNS,
     IntentConflict,
@@ -479,6 +480,9 @@ def _write_results(conn: psycopg.Connection, it: WriteIntent, ids: NodeIds) -> i
                            f"FROM tmp_{table} t ORDER BY {', '.join('t.' + k for k in _RESULT_KEYS[table])}, t.idx "
                            "ON CONFLICT DO NOTHING")
         new += cur.rowcount
+    for table in sorted({r.table for r in it.results} - RESULT_COLUMNS.keys()):  # actions' own tables
+        new += result_tables.write_rows(conn, table, ((ids[r.node], r.batch_id, r.values)
+                                                      for r in it.results if r.table == table))
     return new
 
 

@@ -192,13 +192,18 @@ class ResultIn(BaseModel):
     """One row of a result table (an action's per-node result), for the batch that produced it."""
 
     model_config = _strict
-    table: Literal["result_canny", "result_ocr_box", "result_image_hash", "result_image_embedding"]
+    #: a built-in result table, or an action's own (`result_<action>`, made from its contract's
+    #: [result_table] by hoardfs.sql.result_tables, which checks its columns and types at apply)
+    table: Literal["result_canny", "result_ocr_box", "result_image_hash", "result_image_embedding"] | Annotated[
+        str, StringConstraints(pattern=r"^result_[a-z0-9_]{1,56}$")]
     node: Sha
     batch_id: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-    values: dict[str, str | int | float | None]
+    values: dict[str, str | int | float | bool | None | list[Any] | dict[str, Any]]
 
     @model_validator(mode="after")
     def _columns(self) -> ResultIn:
+        if self.table not in RESULT_COLUMNS:
+            return self  # an action's own table: its registered columns and types are checked at apply
         allowed, required = RESULT_COLUMNS[self.table]
         unknown = sorted(set(self.values) - allowed)
         if unknown:
@@ -212,7 +217,7 @@ class ResultIn(BaseModel):
                     isinstance(v, bool) or not isinstance(v, int) or not -(1 << 63) <= v < 1 << 63):
                 raise ValueError(f"{self.table}.{col} takes a 64-bit hash as a whole number from -2^63 to 2^63 - 1 "
                                  f"(a bigint), not {v!r:.40}")
-            if v is not None and (isinstance(v, str) != text or isinstance(v, bool)
+            if v is not None and (isinstance(v, str) != text or isinstance(v, (bool, list, dict))
                                   or col == "box_no" and not isinstance(v, int)):
                 raise ValueError(f"{self.table}.{col} takes {'text' if text else 'a number'}, not {v!r:.40}")
         return self

@@ -9,15 +9,18 @@ conditions walk edges with recursive CTEs (see `_tree` for the two plans).
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from hoardfs.base.config import describe_validation_error
 from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.sql import result_tables
 from hoardfs.sql.browse import search_query
 from hoardfs.sql.intents import Name, Sha
 
@@ -49,6 +52,42 @@ class LabelPredicate(BaseModel):
     present: bool = True
 
 
+#: `result.ACTION.COLUMN OP VALUE`, the short form of a result predicate (`result.` optional)
+_RESULT_FORM = re.compile(r"\s*(?:result\.)?([a-z][a-z0-9_-]{0,63})\.([a-z][a-z0-9_]{0,39})\s*"
+                          r"(==|=|!=|<>|<=|>=|<|>)\s*(.*?)\s*")
+_SHORT_OPS = {"=": "eq", "==": "eq", "!=": "ne", "<>": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+
+
+class ResultPredicate(BaseModel):
+    """A column of an action's own result table (`result_<action>`, its contract's
+    [result_table]): nodes with a row of that action whose column passes. Also written as one
+    string, `"result.maskr.score > 0.5"`."""
+
+    model_config = _strict
+    action: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+    column: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+    op: Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "contains", "exists"]
+    value: str | int | float | bool | list[str | int | float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, data: object) -> object:
+        if not isinstance(data, str):
+            return data
+        m = _RESULT_FORM.fullmatch(data)
+        if m is None:
+            raise ValueError(f"{data[:80]!r} is not `result.ACTION.COLUMN OP VALUE` (OP one of = != < <= > >=), "
+                             "e.g. \"result.maskr.score > 0.5\"")
+        raw = m.group(4)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        if not isinstance(value, (str, int, float, bool)):
+            value = raw
+        return {"action": m.group(1), "column": m.group(2), "op": _SHORT_OPS[m.group(3)], "value": value}
+
+
 class TreePredicate(BaseModel):
     """A related node within `max_depth` edges (of `relationship`, or any) that matches."""
 
@@ -69,6 +108,8 @@ class Selector(BaseModel):
     kinds: list[Literal["image", "video", "audio", "text"]] = []
     metadata: list[FieldPredicate] = []
     labels: list[LabelPredicate] = []
+    #: columns of actions' own result tables (`result.maskr.score > 0.5`)
+    results: list[ResultPredicate] = []
     has_ancestor: list[TreePredicate] = []
     has_descendant: list[TreePredicate] = []
     is_root: bool | None = None
@@ -174,10 +215,65 @@ def _from_sources(p: _Params, sources: list[str]) -> sql.Composable:
         " AND va.source_id IN (SELECT source_id FROM source WHERE name = ANY({ids}))))").format(ids=ids)
 
 
-def compile_selector(sel: Selector, words: str | None = None, ordered: bool = True
-                     ) -> tuple[sql.Composed, dict[str, object]]:
+#: the result-column types each op compares (hoardfs.sql.result_tables.TYPES)
+_RESULT_OPS = {"eq": {"int", "float", "text", "bool"}, "ne": {"int", "float", "text", "bool"},
+               "lt": {"int", "float", "text"}, "le": {"int", "float", "text"}, "gt": {"int", "float", "text"},
+               "ge": {"int", "float", "text"}, "in": {"int", "float", "text"}, "contains": {"text"},
+               "exists": {"int", "float", "text", "bool", "json", "box"}}
+
+
+def _value_fits(typ: str, v: object) -> bool:
+    if typ in ("int", "float"):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if typ == "bool":
+        return isinstance(v, bool)
+    return isinstance(v, str)
+
+
+def _result(p: _Params, i: int, rp: ResultPredicate, tables: ResultTypes) -> sql.Composable:
+    """Nodes with a row in the action's result table whose column passes: the table and the
+    column's type from the registry (`tables`), the value checked against that type first."""
+    where = f"results[{i}]"
+    if rp.action not in tables:
+        raise SelectorError(f"selector rejected: {where}.action: action {rp.action!r} has no result table (its "
+                            "contract declares no [result_table], or it has not run yet)")
+    table, columns = tables[rp.action]
+    typ = columns.get(rp.column)
+    if typ is None:
+        raise SelectorError(f"selector rejected: {where}.column: {table} has no column {rp.column!r}; its columns: "
+                            + ", ".join(sorted(columns)))
+    if typ not in _RESULT_OPS[rp.op]:
+        raise SelectorError(f"selector rejected: {where}.op: {rp.op!r} does not compare {table}.{rp.column}, a "
+                            f"{typ} column; ops for it: "
+                            + ", ".join(op for op, types in _RESULT_OPS.items() if typ in types))
+    col = sql.SQL("r.{}").format(sql.Identifier(rp.column))
+    if rp.op == "exists":
+        cond = sql.SQL("{} IS NOT NULL").format(col)
+    else:
+        values = rp.value if isinstance(rp.value, list) else [rp.value]
+        if (rp.op == "in") != isinstance(rp.value, list) or not all(_value_fits(typ, v) for v in values):
+            raise SelectorError(f"selector rejected: {where}.value: {table}.{rp.column} is a {typ} column; give "
+                                + ("a list of " if rp.op == "in" else "") + {"int": "numbers", "float": "numbers",
+                                "bool": "true or false", "text": "text"}[typ] + f", not {json.dumps(rp.value)[:60]}")
+        if rp.op == "in":
+            cond = sql.SQL("{} = ANY({})").format(col, p.add(values))
+        elif rp.op == "contains":
+            cond = sql.SQL("{} ILIKE '%%' || {} || '%%'").format(col, p.add(rp.value))
+        else:
+            cond = sql.SQL("{} {} {}").format(col, sql.SQL(OPS[rp.op]), p.add(rp.value))
+    return sql.SQL("EXISTS (SELECT 1 FROM {} r WHERE r.node_id = n.node_id AND {})").format(
+        sql.Identifier(table), cond)
+
+
+#: action → (its result table, {column: type}), from the registry (hoardfs.sql.result_tables)
+ResultTypes = dict[str, tuple[str, dict[str, str]]]
+
+
+def compile_selector(sel: Selector, words: str | None = None, ordered: bool = True,
+                     result_types: ResultTypes | None = None) -> tuple[sql.Composed, dict[str, object]]:
     """The query and its parameters. `words`: `sel.text` as a tsquery (hoardfs.sql.browse.search_query,
     which needs the database to cut the words as the index did); required when `sel.text` is set.
+    `result_types`: the result tables `sel.results` names (`result_types_of`); required when set.
     `ordered=False`: without ORDER BY when nothing depends on it (no LIMIT) — the same rows."""
     p = _Params()
     where: list[sql.Composable] = [sql.SQL("n.is_physical")]
@@ -207,6 +303,10 @@ def compile_selector(sel: Selector, words: str | None = None, ordered: bool = Tr
         where.append(sql.SQL("EXISTS (SELECT 1 FROM common_metadata cm WHERE cm.node_id = n.node_id AND {})").format(cond))
     for lp in sel.labels:
         where.append(_label(p, lp, "n"))
+    if sel.results and result_types is None:
+        raise ValueError("compile_selector: a selector with results needs their tables (result_types_of)")
+    for i, rp in enumerate(sel.results):
+        where.append(_result(p, i, rp, result_types or {}))
     for t in sel.has_ancestor:
         where.append(_tree(p, t, up=True))
     for t in sel.has_descendant:
@@ -246,7 +346,19 @@ def selector_query(conn: psycopg.Connection, selector: Selector | dict, ordered:
     it has no LIMIT) and parameters, to run or to use as a subquery."""
     sel = selector if isinstance(selector, Selector) else parse_selector(selector)
     words = search_query(conn, sel.text) if sel.text is not None else None
-    return compile_selector(sel, words, ordered)
+    return compile_selector(sel, words, ordered, result_types_of(conn, sel))
+
+
+def result_types_of(conn: psycopg.Connection, sel: Selector) -> ResultTypes | None:
+    """The result tables (and their columns' types) of the actions `sel.results` names."""
+    if not sel.results:
+        return None
+    out: ResultTypes = {}
+    for action in sorted({rp.action for rp in sel.results}):
+        got = result_tables.declared(conn, action)
+        if got is not None:
+            out[action] = (got[0], got[2])
+    return out
 
 
 def query_nodes(conn: psycopg.Connection, selector: Selector | dict) -> NodeSet:

@@ -46,3 +46,19 @@ def test_retry_of_a_run_a_host_wrote_into_redis_queues_nothing_signed(hoard_home
     again = fetch_job(launch.retry(cfg, "verify", real, conn=redis_conn), redis_conn)
     assert again.kwargs.get("repair") is False and again.kwargs.get("sample") == 1.0, again.kwargs
     assert key.check(again, launch.MAINTENANCE_QUEUE) == ""
+
+
+@pytest.mark.expect_log(r"refused job h-export on queue io, not run", level="ERROR")
+def test_a_hosts_job_put_on_a_server_queue_is_refused(hoard_home: Path, redis_conn) -> None:
+    """A host's job (a located stage/export, an action step: unsigned by design) runs only when taken from the
+    `remote` queue: one a host puts on a server queue (`io`) is refused in one line, and nothing of it runs."""
+    path = hoard_home / "hoard.toml"
+    assert _hoard(path, "init").returncode == 0
+    rq_queue("io", redis_conn).enqueue("hoardfs.jobs.remote.run_output", None, {"kind": "export"}, {},
+                                       job_id="h-export")
+    res = _hoard(path, "worker", "--queues", "io", "--burst")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    refused = [ln for ln in res.stderr.splitlines() if "refused job h-export on queue io, not run" in ln]
+    assert len(refused) == 1 and "remote" in refused[0], res.stderr
+    assert "not a stage/export request" not in res.stderr, "the host's job ran on the server"
+    assert "refused by the worker, not run" in (fetch_job("h-export", redis_conn).latest_result().exc_string or "")

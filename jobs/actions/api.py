@@ -62,7 +62,7 @@ from hoardfs.jobs.actions.state import (
     work,
     write_work,
 )
-from hoardfs.jobs.actions.steps import cleanup_cancelled, record_ending, stage_context, write_pending_events
+from hoardfs.jobs.actions.steps import cleanup_cancelled, own_table, record_ending, stage_context, write_pending_events
 from hoardfs.jobs.queues import connect, fetch_job, rq_queue, running
 from hoardfs.sql.apply import apply_write_intent
 from hoardfs.sql.batches import register_action
@@ -155,6 +155,9 @@ def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: lis
     changed; failed, cancelled or interrupted → resumed at its step; running or waiting → said
     so."""
     c, params, inputs, rid = prepare(cfg, name, selector=selector, nodes=nodes, given=given)
+    if c.result_table is not None:  # before "done already": a table changed at the same version is refused
+        with psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10) as conn:
+            own_table(conn, c)
     with flocked(state_dir(cfg) / f"{rid}.submit.lock", transient=True):
         st = load_state(cfg, rid)
         if st is not None:

@@ -34,6 +34,7 @@ from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.base.paths import CONTROL, display
 from hoardfs.datasets import layouts
 from hoardfs.fsd.core import formats
+from hoardfs.sql import result_tables
 from hoardfs.sql.intents import RESULT_COLUMNS
 from hoardfs.sql.selectors import Selector
 
@@ -62,7 +63,16 @@ RESULT_TABLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 #: without extension, its staged path (relative to the input root, without extension), or
 #: another child by its path in the output root (a child's parent: that path without its
 #: extension, as in video → scenes/v1_003.mp4 → frames/v1_003/0001.jpg; a result: the path whole)
-NodeKey = Literal["sha256", "stem", "staged_path", "output_path"]
+#: `name`: its staged file name with extension; `mapping`: an id the worker's mapping file
+#: (output_parser.mapping) names the input by
+NodeKey = Literal["sha256", "stem", "staged_path", "output_path", "name", "mapping"]
+#: where a record's value comes from: a field's name, or a JSON path into the record
+#: (`$.mask.score`, `$.boxes[0]`)
+FieldRef = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+#: `{FIELD}` or `{$.json.path}` of a label template (`{{`/`}}`: the braces themselves)
+_TEMPLATE_PART = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+#: a JSON path: `$` then `.name` or `[N]` steps
+JSON_PATH = re.compile(r"\$(?:\.[^.\[\]]+|\[[0-9]{1,6}\])+")
 
 ActionId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 ParamName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
@@ -250,6 +260,7 @@ class ChildFiles(BaseModel):
     #: its group `input` names the parent as `parent_key` says. The default: the file's name
     #: up to its first `_` or its extension, in any directory (`thumbs/cat_256.jpg` → `cat`)
     parent_match: Text = r"(?:[^/]+/)*(?P<input>[^/]+?)(_[^/]*)?\.[^/.]+"
+    #: how that group names the parent: also `mapping`, an id of output_parser.mapping
     parent_key: NodeKey = "stem"
     relationship: Relationship = "derived_from"
     #: labels every child gets
@@ -269,6 +280,12 @@ class ChildFiles(BaseModel):
         return self
 
 
+class LabelValue(BaseModel):
+    model_config = _strict
+    key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    value: Text = ""
+
+
 class ResultFiles(BaseModel):
     """Output files of per-node results (one record per row/object); `result_mapping.<name>`
     says where they go."""
@@ -279,11 +296,31 @@ class ResultFiles(BaseModel):
     format: Literal["json", "jsonl", "csv"]
     #: the record's field naming its node, and how it names it (`output_path`: a child by its
     #: path in the output root)
-    node_field: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "file"
+    node_field: FieldRef = "file"
     node_key: NodeKey = "stem"
 
     @model_validator(mode="after")
     def _pattern(self) -> ResultFiles:
+        why = _relative_glob(self.glob)
+        if why:
+            raise ValueError(f"glob {self.glob!r} {why}")
+        return self
+
+
+class MappingFile(BaseModel):
+    """A file the worker writes naming, for each of its own ids (`id_field`), the input it
+    belongs to (`input_field`, by `input_key`): `node_key` / `parent_key` = "mapping" look ids
+    up here."""
+
+    model_config = _strict
+    glob: Text
+    format: Literal["json", "jsonl", "csv"] = "csv"
+    id_field: FieldRef = "id"
+    input_field: FieldRef = "input"
+    input_key: Literal["sha256", "stem", "staged_path", "name"] = "name"
+
+    @model_validator(mode="after")
+    def _pattern(self) -> MappingFile:
         why = _relative_glob(self.glob)
         if why:
             raise ValueError(f"glob {self.glob!r} {why}")
@@ -296,6 +333,7 @@ class OutputParser(BaseModel):
     model_config = _strict
     children: list[ChildFiles] = []
     results: list[ResultFiles] = []
+    mapping: MappingFile | None = None
     #: an output file that no rule matches: refuse the run ("error") or leave it ("ignore")
     unmatched: Literal["error", "ignore"] = "error"
 
@@ -305,14 +343,30 @@ class ResultMapping(BaseModel):
     `columns` = {column: the record's field}."""
 
     model_config = _strict
-    into: Literal["labels", "result_canny", "result_ocr_box", "result_image_hash", "result_image_embedding"]
-    columns: dict[str, Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(min_length=1)
+    #: "result_table": the action's own table, as [result_table] declares it
+    into: Literal["labels", "result_table", "result_canny", "result_ocr_box", "result_image_hash",
+                  "result_image_embedding"]
+    columns: dict[str, FieldRef] = {}
+    #: labels each record gives its node: constant or templated keys and values
+    #: (`{key = "mask_score", value = "{score}"}`; `{FIELD}` or `{$.json.path}`)
+    labels: list[LabelValue] = []
 
 
-class LabelValue(BaseModel):
+class ResultTable(BaseModel):
+    """The action's own result table `result_<action>`: column → type. hoardfs creates it and
+    migrates it with the contract's version (hoardfs.sql.result_tables)."""
+
     model_config = _strict
-    key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    value: Text = ""
+    columns: dict[str, Literal["int", "float", "text", "bool", "json", "box"]] = Field(
+        min_length=1, max_length=result_tables.MAX_COLUMNS)
+
+    @model_validator(mode="after")
+    def _names(self) -> ResultTable:
+        for name in self.columns:
+            why = result_tables.column_problem(name)
+            if why:
+                raise ValueError(f"column {name!r} {why}")
+        return self
 
 
 class Rule(BaseModel):
@@ -356,6 +410,8 @@ class Contract(BaseModel):
     params: dict[ParamName, Param] = {}
     output_parser: OutputParser | None = None
     result_mapping: dict[ParamName, ResultMapping] = {}
+    #: the action's own typed result table (`result_<action>`)
+    result_table: ResultTable | None = None
     rules: list[Rule] = []
     gate: Gate | None = None
     retries: int = Field(default=0, ge=0, le=10)
@@ -417,6 +473,52 @@ def _docker_problems(c: Contract) -> Iterator[str]:
                    "`allow_root = true` if it really must")
 
 
+def _field_problem(ref: str) -> str | None:
+    if ref.startswith("$") and not JSON_PATH.fullmatch(ref):
+        return (f"{ref!r} is not a JSON path: `$` then `.name` or `[N]` steps (e.g. \"$.mask.score\"); a field "
+                "whose name starts with $ cannot be read")
+    return None
+
+
+def _mapping_problems(c: Contract, name: str, m: ResultMapping) -> Iterator[str]:
+    where = f"result_mapping.{name}"
+    if m.into == "result_table":
+        if c.result_table is None:
+            yield f"{where}.into: \"result_table\" needs [result_table] declaring the columns and their types"
+            return
+        allowed, required = frozenset(c.result_table.columns), frozenset[str]()
+    else:
+        allowed, required = RESULT_TABLES[m.into]
+    if m.into == "labels" and m.labels:
+        required = frozenset()  # the labels come from the templates; columns may add key/value
+    if not m.columns and not (m.into == "labels" and m.labels):
+        yield f"{where}.columns: map at least one column from a field (or, into labels, give `labels`)"
+    for col in sorted(set(m.columns) - allowed):
+        yield (f"{where}.columns.{col}: {table_of(c, m.into)} has no column {col!r}; its columns: "
+               f"{', '.join(sorted(allowed))}")
+    for col in sorted(required - set(m.columns)):
+        yield f"{where}.columns: {m.into} needs column {col!r}; map it from a field"
+    for col, ref in sorted(m.columns.items()):
+        why = _field_problem(ref)
+        if why:
+            yield f"{where}.columns.{col}: {why}"
+    for i, lv in enumerate(m.labels):
+        for part, text in (("key", lv.key), ("value", lv.value)):
+            for tm in _TEMPLATE_PART.finditer(text):
+                if tm.group(0) in ("{", "}"):
+                    yield (f"{where}.labels[{i}].{part}: an unmatched {tm.group(0)!r} in {display(text)!r}; write "
+                           f"{tm.group(0) * 2} for the character itself")
+                elif tm.group(1) is not None:
+                    why = "is empty" if not tm.group(1) else _field_problem(tm.group(1))
+                    if why:
+                        yield f"{where}.labels[{i}].{part}: {{{display(tm.group(1))}}} {why}"
+
+
+def table_of(c: Contract, into: str) -> str:
+    """The table a mapping's `into` names: "result_table" is the action's own `result_<action>`."""
+    return result_tables.table_name(c.action_id) if into == "result_table" else into
+
+
 def problems(c: Contract) -> list[str]:
     """Each thing wrong with a contract that validated key by key, as `key: what to fix`."""
     out: list[str] = []
@@ -463,12 +565,19 @@ def problems(c: Contract) -> list[str]:
         if name not in results:
             out.append(f"result_mapping.{name}: no output_parser.results rule is named {name!r}"
                        + (f" (named: {', '.join(sorted(results))})" if results else ""))
-        allowed, required = RESULT_TABLES[m.into]
-        for col in sorted(set(m.columns) - allowed):
-            out.append(f"result_mapping.{name}.columns.{col}: {m.into} has no column {col!r}; "
-                       f"its columns: {', '.join(sorted(allowed))}")
-        for col in sorted(required - set(m.columns)):
-            out.append(f"result_mapping.{name}.columns: {m.into} needs column {col!r}; map it from a field")
+        out.extend(_mapping_problems(c, name, m))
+    own = any(m.into == "result_table" for m in c.result_mapping.values())
+    if c.result_table is not None and not own:
+        out.append("result_table: no result_mapping writes into it; add one with into = \"result_table\", or remove "
+                   "[result_table]")
+    mapped = c.output_parser is not None and c.output_parser.mapping is not None
+    keys = [(f"output_parser.results[{i}].node_key", r.node_key) for i, r in enumerate(c.output_parser.results)] \
+        if c.output_parser else []
+    keys += [(f"output_parser.children[{i}].parent_key", ch.parent_key) for i, ch in enumerate(c.output_parser.children)] \
+        if c.output_parser else []
+    for key, how in keys:
+        if how == "mapping" and not mapped:
+            out.append(f"{key}: \"mapping\" needs [output_parser.mapping] (the file naming each id's input)")
     out.extend(_placeholder_problems(c))
     out.extend(_docker_problems(c))
     return out
@@ -690,6 +799,9 @@ def show_rows(c: Contract, path: Path, builtin: bool = False) -> list[tuple[str,
         for res in c.output_parser.results:
             m = c.result_mapping[res.name]
             rows.append(("results", f"{res.name}: {res.glob} ({res.format}) → {m.into}"))
+    if c.result_table is not None:
+        rows.append(("result_table", f"{result_tables.table_name(c.action_id)}: "
+                     + ", ".join(f"{k} {t}" for k, t in c.result_table.columns.items())))
     if c.a4_scale is not None:
         rows.append(("a4_scale", str(c.a4_scale)))
     return rows

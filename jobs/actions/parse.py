@@ -40,7 +40,19 @@ from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.base.files import open_nofollow
 from hoardfs.base.paths import MAX_NAME_BYTES, display, hostile_reason, long_name
 from hoardfs.base.units import fmt_bytes
-from hoardfs.jobs.actions.contract import RESULT_TABLES, ChildFiles, Contract, OutputParser, ResultFiles, RunExternal
+from hoardfs.jobs.actions.contract import (
+    _TEMPLATE_PART,
+    RESULT_TABLES,
+    ChildFiles,
+    Contract,
+    MappingFile,
+    OutputParser,
+    ResultFiles,
+    ResultMapping,
+    RunExternal,
+    table_of,
+)
+from hoardfs.sql import result_tables
 from hoardfs.sql.intents import RESULT_HASH_COLUMNS
 
 #: the largest result file read (a JSON array is parsed whole; records are held until stored)
@@ -179,6 +191,9 @@ class _Rules:
         for res in parser.results:
             r.globs.append(glob_regex(res.glob))
             r.names.append(f"output_parser.results {res.name!r} (glob {res.glob!r})")
+        if parser.mapping is not None:
+            r.globs.append(glob_regex(parser.mapping.glob))
+            r.names.append(f"output_parser.mapping (glob {parser.mapping.glob!r})")
         return r
 
 
@@ -321,9 +336,11 @@ class _Nodes:
     """Inputs and children by each way a worker may name them."""
 
     def __init__(self, inputs: list[InputFile]) -> None:
-        self.by: dict[str, dict[str, list[str]]] = {"sha256": {}, "stem": {}, "staged_path": {}}
+        self.by: dict[str, dict[str, list[str]]] = {"sha256": {}, "stem": {}, "staged_path": {}, "name": {},
+                                                    "mapping": {}}
         for f in inputs:
             self.by["sha256"].setdefault(f.sha256.lower(), []).append(f.sha256)
+            self.by["name"].setdefault(f.staged_path.rpartition("/")[2], []).append(f.sha256)
             self.by["stem"].setdefault(_strip_ext(f.staged_path).rpartition("/")[2], []).append(f.sha256)
             self.by["staged_path"].setdefault(_strip_ext(f.staged_path), []).append(f.sha256)
         self.children: set[str] = set()
@@ -340,7 +357,8 @@ class _Nodes:
         if len(found) == 1:
             return found[0], ""
         what = {"sha256": "sha256", "stem": "staged file name without extension",
-                "staged_path": "staged path without extension"}[key]
+                "staged_path": "staged path without extension", "name": "staged file name",
+                "mapping": "id in the mapping file (output_parser.mapping)"}[key]
         if not found:
             return None, f"names no input by its {what} ({display(value)!r})"
         if len(set(found)) > 1:
@@ -599,21 +617,26 @@ def _parse(parser: OutputParser, c: Contract, root: str, root_fd: int, inputs: l
             raise OutputProblem(f"{display(root)}: no file matches {rules.names[i]}: the worker did not write a "
                                 f"declared output; {_AGAIN}")
     nodes = _Nodes(inputs)
+    budget = MAX_RESULT_BYTES
+    n_results = rules.n_children + len(parser.results)
+    if parser.mapping is not None:
+        for f in taken[n_results]:
+            data = _read(root_fd, f, walk.shown(f.rel), budget)
+            budget -= len(data)
+            _read_mapping(parser.mapping, _text(data, walk.shown(f.rel)), walk.shown(f.rel), nodes)
     child_files = sorted((f for i in range(rules.n_children) for f in taken[i]), key=lambda f: f.rel)
     nodes.add_children([f.rel for f in child_files])
     children = [_child(parser.children[f.rules[0]], f, nodes, walk) for f in child_files]
     _no_loops(children, walk)
     records: list[Record] = []
-    budget = MAX_RESULT_BYTES
-    result_files = sorted((f for i in range(rules.n_children, len(rules.globs)) for f in taken[i]),
-                          key=lambda f: f.rel)
+    result_files = sorted((f for i in range(rules.n_children, n_results) for f in taken[i]), key=lambda f: f.rel)
     for f in result_files:
         rule = parser.results[f.rules[0] - rules.n_children]
         data = _read(root_fd, f, walk.shown(f.rel), budget)
         budget -= len(data)
         records.extend(_records(c, rule, f, _text(data, walk.shown(f.rel)), nodes, walk))
     _no_duplicates(records, walk)
-    used = child_files + result_files
+    used = child_files + result_files + (taken[n_results] if parser.mapping is not None else [])
     return Parsed(children, records, files=len(used), bytes=sum(f.size for f in used))
 
 
@@ -669,13 +692,53 @@ def _no_loops(children: list[Child], walk: _Walk) -> None:
         rooted.update(seen)
 
 
+def _get(rec: dict[str, Any], ref: str) -> Any:
+    """A record's field by name, or by a JSON path (`$.mask.score`, `$.boxes[0]`): None when
+    it is not there."""
+    if not ref.startswith("$"):
+        return rec.get(ref)
+    v: Any = rec
+    for step in re.findall(r"\.([^.\[\]]+)|\[([0-9]+)\]", ref):
+        if step[0]:
+            v = v.get(step[0]) if isinstance(v, dict) else None
+        else:
+            v = v[int(step[1])] if isinstance(v, list) and int(step[1]) < len(v) else None
+        if v is None:
+            return None
+    return v
+
+
+def _read_mapping(m: MappingFile, text: str, shown: str, nodes: _Nodes) -> None:
+    """The worker's mapping file: each id → the input it names (by `input_key`)."""
+    for where, rec in _rows(text, m.format, shown):
+        ident, named = _get(rec, m.id_field), _get(rec, m.input_field)
+        for ref, v in ((m.id_field, ident), (m.input_field, named)):
+            if _string(v) is None or isinstance(v, (bool, float)) or v == "":
+                raise OutputProblem(f"{shown} {where}: field {ref!r} is " + ("missing" if v in (None, "") else
+                                    "not a string") + f"; each row of the mapping file names an id and its input — "
+                                    f"{_AGAIN}")
+        sha, why = nodes.input(m.input_key, str(named))
+        if sha is None:
+            raise OutputProblem(f"{shown} {where}: field {m.input_field!r} {why}; {_AGAIN}")
+        have = nodes.by["mapping"].setdefault(str(ident), [])
+        if have and have[0] != sha:
+            raise OutputProblem(f"{shown} {where}: id {display(str(ident))!r} is mapped to two inputs; {_AGAIN}")
+        if not have:
+            have.append(sha)
+
+
 def _records(c: Contract, rule: ResultFiles, f: _File, text: str, nodes: _Nodes, walk: _Walk) -> Iterator[Record]:
     mapping = c.result_mapping[rule.name]
-    table = mapping.into
-    allowed, required = RESULT_TABLES[table]
+    table = table_of(c, mapping.into)
+    own = mapping.into == "result_table" and c.result_table is not None
+    if own:
+        assert c.result_table is not None
+        allowed, required = frozenset(c.result_table.columns), frozenset[str]()
+    else:
+        allowed, required = RESULT_TABLES[table]
     shown = walk.shown(f.rel)
     for where, rec in _rows(text, rule.format, shown):
-        name = rec.get(rule.node_field)
+        name = _get(rec, rule.node_field)
         value = _string(name) if not isinstance(name, (bool, float)) else None
         if value is None:
             raise OutputProblem(f"{shown} {where}: field {rule.node_field!r} (node_field) is "
@@ -692,22 +755,116 @@ def _records(c: Contract, rule: ResultFiles, f: _File, text: str, nodes: _Nodes,
             sha, why = nodes.input(rule.node_key, value)
             if sha is None:
                 raise OutputProblem(f"{shown} {where}: field {rule.node_field!r} {why}; {_AGAIN}")
+        if mapping.into == "labels" and not mapping.columns:
+            yield from _labels(rule, mapping, rec, sha, child, shown, where)
+            continue
         values: dict[str, Any] = {}
         for col in sorted(allowed):
             src = mapping.columns.get(col)
-            raw = rec.get(src) if src is not None else None
-            if raw is None or (raw == "" and col not in ("value", "text", "key")):
+            raw = _get(rec, src) if src is not None else None
+            if raw is None or (raw == "" and (own or col not in ("value", "text", "key"))):
                 if col in required:
                     raise OutputProblem(f"{shown} {where}: field {src!r} ({table}.{col}) is missing; "
                                         f"{table}.{col} needs a value — {_AGAIN}")
-                values[col] = _DEFAULTS.get(col)
+                if not own or src is not None:
+                    values[col] = None if own else _DEFAULTS.get(col)
                 continue
-            typed, why = _typed(table, col, raw)
+            if own:
+                assert c.result_table is not None
+                typed, why = _typed_own(c.result_table.columns[col], raw)
+            else:
+                typed, why = _typed(table, col, raw)
             if why:
                 raise OutputProblem(f"{shown} {where}: field {src!r} ({table}.{col}) {why} (got "
                                     f"{display(json.dumps(raw, ensure_ascii=False)[:80])}); {_AGAIN}")
             values[col] = typed
         yield Record(rule.name, table, sha, child, values)
+        yield from _labels(rule, mapping, rec, sha, child, shown, where)
+
+
+def _labels(rule: ResultFiles, mapping: ResultMapping, rec: dict[str, Any], sha: str | None, child: str | None,
+            shown: str, where: str) -> Iterator[Record]:
+    """The labels of a mapping's `labels` templates for one record."""
+    for i, lv in enumerate(mapping.labels):
+        got = {}
+        for part, template in (("key", lv.key), ("value", lv.value)):
+            text = _render(template, rec, f"{shown} {where}: result_mapping.{rule.name}.labels[{i}].{part}")
+            typed, why = _typed("labels", part, text)
+            if why:
+                raise OutputProblem(f"{shown} {where}: the label {part} of result_mapping.{rule.name}.labels[{i}] "
+                                    f"{why} (got {display(text[:80])!r}); {_AGAIN}")
+            got[part] = typed
+        yield Record(rule.name, "labels", sha, child, got)
+
+
+def _render(template: str, rec: dict[str, Any], where: str) -> str:
+    """A label template with each `{FIELD}` / `{$.path}` replaced by the record's value."""
+    out = []
+    pos = 0
+    for m in _TEMPLATE_PART.finditer(template):
+        out.append(template[pos:m.start()])
+        pos = m.end()
+        part = m.group(0)
+        if part in ("{{", "}}"):
+            out.append(part[0])
+            continue
+        v = _get(rec, m.group(1) or "")
+        text = json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else _string(v)
+        if v is None or text is None:
+            raise OutputProblem(f"{where}: {{{display(m.group(1) or '')}}} is "
+                                + ("missing" if v is None else "not a value a label can hold")
+                                + f" in this record; {_AGAIN}")
+        out.append(text)
+    out.append(template[pos:])
+    return "".join(out)
+
+
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def _typed_own(typ: str, v: Any) -> tuple[Any, str]:
+    """A worker's value converted to a declared column's type (a CSV cell is text: "42", "0.5",
+    "true", "[1, 2, 3, 4]"), checked as hoardfs.sql.result_tables checks it again before SQL:
+    (value, '') or (None, what it must be)."""
+    out: Any = None
+    if typ == "int":
+        if isinstance(v, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,19}\s*", v):
+            out = int(v)
+        elif isinstance(v, int) and not isinstance(v, bool):
+            out = v
+        elif isinstance(v, float) and v.is_integer():
+            out = int(v)
+    elif typ == "float":
+        n = _number(v)
+        out = None if n is None else (float(v.strip()) if isinstance(v, str) else float(v))
+        if out is not None and not math.isfinite(out):
+            out = None
+    elif typ == "bool":
+        out = v if isinstance(v, bool) else _BOOLS.get(v.strip().lower()) if isinstance(v, str) else None
+    elif typ == "text":
+        out = _string(v) if not isinstance(v, (list, dict)) else json.dumps(v, ensure_ascii=False)
+    elif typ == "json":
+        out = v
+        if isinstance(v, str):
+            try:
+                out = json.loads(v)
+            except (ValueError, RecursionError):
+                return None, "must be JSON"
+    elif typ == "box":
+        out = v
+        if isinstance(v, str):
+            try:
+                out = json.loads(v) if v.strip().startswith("[") else [float(x) for x in re.split(r"[\s,]+", v.strip())]
+            except (ValueError, RecursionError):
+                out = None
+        if isinstance(out, dict) and set(out) == {"x", "y", "w", "h"}:
+            out = [out["x"], out["y"], out["w"], out["h"]]
+    if out is None:
+        what = {"int": "a whole number", "float": "a number", "bool": "true or false", "text": "text",
+                "json": "JSON", "box": "a box [x, y, w, h]"}[typ]
+        return None, f"is not {what} (column type {typ})"
+    why = result_tables.problem(typ, out)
+    return (None, f"{why} (column type {typ})") if why else (out, "")
 
 
 def _no_duplicates(records: list[Record], walk: _Walk) -> list[Record]:

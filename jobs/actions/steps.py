@@ -72,6 +72,7 @@ from hoardfs.jobs.actions.state import (
     work,
     write_work,
 )
+from hoardfs.sql import result_tables
 from hoardfs.sql.apply import apply_write_intent
 from hoardfs.sql.intents import IntentConflict
 from hoardfs.sql.migrate import migrate
@@ -104,8 +105,19 @@ LABELS_FULL_EVERY = 10
 
 # -- plan ---------------------------------------------------------------------------------------
 
+def own_table(conn: psycopg.Connection, c: Contract) -> None:
+    """The contract's [result_table] made or migrated to its version (hoardfs.sql.result_tables):
+    at plan, so a table changed at the same version is refused before a worker runs, and again
+    at apply (the same version: nothing to do)."""
+    if c.result_table is not None:
+        result_tables.ensure(conn, c.action_id, c.version, dict(c.result_table.columns))
+
+
 def _step_plan(cfg: Settings, st: RunState) -> None:
     c = contract_of(cfg, st)
+    if c.result_table is not None:
+        with _connect(cfg) as conn:
+            own_table(conn, c)
     inputs = set(inputs_of(cfg, st))
     if c.action_type == "AC1":
         labels, black = [], set()
@@ -581,6 +593,7 @@ def _step_apply(cfg: Settings, st: RunState) -> None:
     intent = build_intent(cfg, st)
     with _connect(cfg) as conn:
         migrate(conn)
+        own_table(conn, contract_of(cfg, st))
         res = apply_write_intent(conn, intent)
     st.report.update(database=res.counts, intent=res.key, intent_was_applied_before=res.noop)
 

@@ -1,0 +1,283 @@
+"""An action's own typed result table (`[result_table]`, docs/actions.md "Result tables"), filled
+from a team's fixed workers' outputs (tests/data/workers/scorer.py and scorer.sh, written before
+the parser and never changed), through stage → run → parse → write-intent, against real
+PostgreSQL: a name,score CSV → typed rows and templated labels; JSONL read by JSON path; children
+whose parent a mapping file names; a type change as a new version; a bad cell refused in one
+line; a selector on a result column."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from hoardfs.base import config
+from hoardfs.sql.selectors import query_nodes
+from tests.helpers import write_contract
+from tests.test_action_runs import action_home, hoard
+
+pytestmark = pytest.mark.services
+
+WORKERS = Path(__file__).resolve().parent / "data" / "workers"
+
+CONTRACT = """action_type = "AC2"
+version = {version}
+
+[input_selector]
+batches = ["{batch}"]
+file_types = ["png"]
+
+[stage_layout]
+layout = "flat"
+
+[run_spec]
+kind = "local"
+command = {command}
+run_as = "root"
+allow_root = true
+
+{body}
+"""
+
+CSV_BODY = """[[output_parser.results]]
+name = "scores"
+glob = "scores.csv"
+format = "csv"
+node_field = "name"
+node_key = "name"
+
+[result_mapping.scores]
+into = "result_table"
+columns = { score = "score", passed = "passed", note = "note" }
+labels = [{ key = "mask_score", value = "{score}" }, { key = "scored", value = "by maskr" }]
+
+[result_table]
+columns = { score = "float", passed = "bool", note = "text" }
+"""
+
+
+def python_worker(mode: str) -> str:
+    return json.dumps([sys.executable, str(WORKERS / "scorer.py"), "{input_root}", "{output_root}", mode])
+
+
+def shell_worker() -> str:
+    return json.dumps([shutil.which("sh") or "/bin/sh", str(WORKERS / "scorer.sh"), "{input_root}",
+                       "{output_root}"])
+
+
+def contract(cfg: config.Settings, name: str, batch: str, command: str, body: str, version: int = 1) -> None:
+    write_contract(cfg, name, CONTRACT.format(version=version, batch=batch, command=command, body=body))
+
+
+def sizes(cfg: config.Settings, batch: str) -> dict[str, int]:
+    """sha256 → size of the batch's png inputs."""
+    with psycopg.connect(cfg.database_url) as conn:
+        return dict(conn.execute(
+            "SELECT encode(n.sha256, 'hex'), pc.size FROM batch_member m JOIN node n USING (node_id) "
+            "JOIN physical_content pc USING (node_id) WHERE m.batch_id = %s AND pc.file_type = 'png'",
+            [batch]).fetchall())
+
+
+def score(size: int) -> float:
+    return round((size % 1000) / 1000, 3)
+
+
+def rows(cfg: config.Settings, query: str, *params: object) -> list[tuple]:
+    with psycopg.connect(cfg.database_url) as conn:
+        return conn.execute(query, list(params)).fetchall()  # noqa: S608 - the tests' own text
+
+
+def run(cfg: config.Settings, name: str) -> dict:
+    res = hoard(cfg.source, "action", "run", name, "--here", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout)
+
+
+def test_csv_becomes_typed_rows_and_templated_labels(hoard_home: Path, pg, redis_conn) -> None:
+    """A name,score CSV keyed by the staged file name: one typed row per input in result_maskr
+    (float, bool, text; node_id, batch_id, run, version) and labels mask_score=<score>, scored=by maskr."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=91, items=6)
+    contract(cfg, "maskr", batch, python_worker("csv"), CSV_BODY)
+    doc = run(cfg, "maskr")
+    want = sizes(cfg, batch)
+    got = rows(cfg, "SELECT encode(n.sha256, 'hex'), r.score, r.passed, r.note, r.batch_id, r.run, r.version "
+                    "FROM result_maskr r JOIN node n USING (node_id)")
+    assert sorted(got) == sorted((sha, score(size), score(size) > 0.5, f"size {size}", doc["run"], doc["run"], 1)
+                                 for sha, size in want.items())
+    types = dict(rows(cfg, "SELECT column_name, data_type FROM information_schema.columns "
+                           "WHERE table_name = 'result_maskr'"))
+    assert types["score"] == "double precision" and types["passed"] == "boolean" and types["note"] == "text"
+    labels = rows(cfg, "SELECT encode(n.sha256, 'hex'), l.key, l.value, l.origin FROM label l JOIN node n "
+                       "USING (node_id) WHERE l.key IN ('mask_score', 'scored')")
+    assert sorted(labels) == sorted([(sha, "mask_score", str(score(size)), "action:maskr") for sha, size in want.items()]
+                                    + [(sha, "scored", "by maskr", "action:maskr") for sha in want])
+    show = hoard(cfg.source, "action", "show", "maskr")
+    assert "result_maskr: score float, passed bool, note text" in show.stdout, show.stdout
+
+
+JSONL_BODY = """[[output_parser.results]]
+name = "masks"
+glob = "results/*.jsonl"
+format = "jsonl"
+node_field = "$.input.file"
+node_key = "stem"
+
+[result_mapping.masks]
+into = "result_table"
+columns = { score = "$.mask.score", pixels = "$.mask.pixels", box = "$.mask.box", tags = "$.tags", first = "$.tags[0]" }
+
+[result_table]
+columns = { score = "float", pixels = "int", box = "box", tags = "json", first = "text" }
+"""
+
+
+def test_jsonl_read_by_json_path(hoard_home: Path, pg, redis_conn) -> None:
+    """JSON Lines whose node and values sit inside objects: JSON paths fill int, float, box, json
+    and text columns, the node named by `$.input.file` (its stem)."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=92, items=5)
+    contract(cfg, "mask-json", batch, python_worker("jsonl"), JSONL_BODY)
+    run(cfg, "mask-json")
+    got = rows(cfg, "SELECT encode(n.sha256, 'hex'), r.score, r.pixels, r.box, r.tags, r.first "
+                    "FROM result_mask_json r JOIN node n USING (node_id)")
+    assert sorted(got) == sorted((sha, score(size), size, [1.0, 2.0, 3.5, 4.0], ["scored", "jsonl"], "scored")
+                                 for sha, size in sizes(cfg, batch).items())
+
+
+MAPPING_BODY = """[output_parser.mapping]
+glob = "map.csv"
+id_field = "id"
+input_field = "source"
+input_key = "name"
+
+[[output_parser.children]]
+glob = "masks/*.png"
+parent_match = "masks/(?P<input>item[0-9]+)\\\\.png"
+parent_key = "mapping"
+relationship = "mask_of"
+
+[[output_parser.results]]
+name = "scores"
+glob = "scores.csv"
+format = "csv"
+node_field = "id"
+node_key = "mapping"
+
+[result_mapping.scores]
+into = "result_table"
+columns = { score = "score" }
+
+[result_table]
+columns = { score = "float" }
+"""
+
+
+def test_mapping_file_names_parents_and_rows(hoard_home: Path, pg, redis_conn) -> None:
+    """The worker names inputs by its own ids (item0001…) and writes map.csv (id → staged file
+    name): each mask child is the child of the input its id maps to, and each score row lands on it."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=93, items=5)
+    contract(cfg, "masker", batch, python_worker("mapping"), MAPPING_BODY)
+    doc = run(cfg, "masker")
+    want = sizes(cfg, batch)
+    edges = rows(cfg, "SELECT encode(p.sha256, 'hex'), c.node_id FROM edge e JOIN relationship_type r USING (rel_id) "
+                      "JOIN node p ON p.node_id = e.parent_id JOIN node c ON c.node_id = e.child_id "
+                      "WHERE r.name = 'mask_of'")
+    assert sorted(p for p, _ in edges) == sorted(want) and len({c for _, c in edges}) == len(want)
+    with psycopg.connect(cfg.database_url) as conn:
+        from hoardfs.fsd.store import Store  # deferred: the store opens only for this check
+        with Store.open(cfg, writable=False) as store:
+            for parent, child in edges:
+                sha = conn.execute("SELECT encode(sha256, 'hex') FROM node WHERE node_id = %s", [child]).fetchone()[0]
+                data = store.get(sha)
+                assert data.startswith(b"mask of ")
+                assert store.get(parent)[:32] == data[len(b"mask of "):]  # the mask of exactly that input
+    got = rows(cfg, "SELECT encode(n.sha256, 'hex'), r.score, r.run FROM result_masker r JOIN node n USING (node_id)")
+    assert sorted(got) == sorted((sha, score(size), doc["run"]) for sha, size in want.items())
+
+
+SHELL_BODY = """[[output_parser.results]]
+name = "scores"
+glob = "scores.csv"
+format = "csv"
+node_field = "name"
+node_key = "name"
+
+[result_mapping.scores]
+into = "result_table"
+columns = {{ score = "score" }}
+
+[result_table]
+columns = {{ score = "{type}" }}
+"""
+
+
+def test_type_change_is_a_new_version(hoard_home: Path, pg, redis_conn) -> None:
+    """The shell worker's whole-number scores in an int column (v1); the column declared float at
+    the same version is refused in one line naming the change; at version 2 the table is migrated:
+    the v1 values kept under score__v1, the new rows' score a float, each row naming its version."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=94, items=4)
+    contract(cfg, "shscore", batch, shell_worker(), SHELL_BODY.format(type="int"))
+    run(cfg, "shscore")
+    want = sizes(cfg, batch)
+    assert sorted(rows(cfg, "SELECT encode(n.sha256, 'hex'), r.score, r.version FROM result_shscore r "
+                            "JOIN node n USING (node_id)")) == sorted((sha, size % 100, 1) for sha, size in want.items())
+    contract(cfg, "shscore", batch, shell_worker(), SHELL_BODY.format(type="float"))
+    res = hoard(cfg.source, "action", "run", "shscore", "--here")
+    out = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert res.returncode != 0 and "Traceback" not in res.stdout + res.stderr, out
+    assert len(out) == 1 and "score: int → float" in out[0] and "raise `version` to 2" in out[0], out
+    contract(cfg, "shscore", batch, shell_worker(), SHELL_BODY.format(type="float"), version=2)
+    doc = run(cfg, "shscore")
+    types = dict(rows(cfg, "SELECT column_name, data_type FROM information_schema.columns "
+                           "WHERE table_name = 'result_shscore'"))
+    assert types["score"] == "double precision" and types["score__v1"] == "bigint"
+    got = rows(cfg, "SELECT encode(n.sha256, 'hex'), r.score, r.score__v1, r.version, r.run FROM result_shscore r "
+                    "JOIN node n USING (node_id)")
+    v2 = sorted(r for r in got if r[3] == 2)
+    assert v2 == sorted((sha, float(size % 100), None, 2, doc["run"]) for sha, size in want.items())
+    assert sorted((r[0], r[2]) for r in got if r[3] == 1) == sorted((sha, size % 100) for sha, size in want.items())
+    assert [r[0] for r in rows(cfg, "SELECT version FROM result_table_version WHERE name = 'result_shscore' "
+                                    "ORDER BY 1")] == [1, 2]
+
+
+def test_bad_cell_refused_in_one_line(hoard_home: Path, pg, redis_conn) -> None:
+    """A score cell "n/a" in a float column: the run fails at parse with one line naming the file,
+    its line and the column; no row, no label reaches the database."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=95, items=4)
+    contract(cfg, "maskbad", batch, python_worker("bad"), CSV_BODY)
+    res = hoard(cfg.source, "action", "run", "maskbad", "--here")
+    out = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert res.returncode == 5 and "Traceback" not in res.stdout + res.stderr, out
+    assert len(out) == 1 and "scores.csv line 3" in out[0] and "(result_maskbad.score)" in out[0], out
+    assert "is not a number (column type float)" in out[0] and '"n/a"' in out[0], out
+    assert rows(cfg, "SELECT count(*) FROM result_maskbad")[0][0] == 0
+    assert rows(cfg, "SELECT count(*) FROM label WHERE key = 'mask_score'")[0][0] == 0
+
+
+def test_selector_filters_on_a_result_column(hoard_home: Path, pg, redis_conn) -> None:
+    """`result.maskr.score > 0.5` (and its object form) picks exactly the inputs scored above
+    0.5; a value of the wrong type or an unknown column is refused in one line before SQL runs."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=96, items=8)
+    contract(cfg, "maskr", batch, python_worker("csv"), CSV_BODY)
+    run(cfg, "maskr")
+    want = sorted(sha for sha, size in sizes(cfg, batch).items() if score(size) > 0.5)
+    low = sorted(sha for sha, size in sizes(cfg, batch).items() if score(size) <= 0.5)
+    assert want and low, "the sample needs inputs on both sides of 0.5"
+    with psycopg.connect(cfg.database_url) as conn:
+        assert sorted(query_nodes(conn, {"results": ["result.maskr.score > 0.5"]}).sha256) == want
+        assert sorted(query_nodes(conn, {"results": [{"action": "maskr", "column": "passed", "op": "eq",
+                                                      "value": False}]}).sha256) == low
+    sel = hoard_home / "sel.json"
+    sel.write_text(json.dumps({"batches": [batch], "results": ["result.maskr.score > 0.5"]}))
+    res = hoard(cfg.source, "select", "--file", str(sel))
+    assert res.returncode == 0 and sorted(ln.split()[0] for ln in res.stdout.splitlines()) == want, res.stderr
+    for bad, says in (("result.maskr.score > \"high\"", "maskr.score is a float column; give numbers"),
+                      ("result.maskr.colour = 1", "result_maskr has no column 'colour'"),
+                      ("result.nobody.score > 1", "action 'nobody' has no result table")):
+        sel.write_text(json.dumps({"results": [bad]}))
+        res = hoard(cfg.source, "select", "--file", str(sel))
+        out = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+        assert res.returncode == 2 and len(out) == 1 and says in out[0], out
