@@ -248,6 +248,7 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
         if version < 6:  # Landlock scopes signals from ABI 6 on: below it, any process of the same user
             pid = os.getpid()
             filters.append(lambda: refuse_signals_to_others(pid))
+            filters.append(refuse_file_owners)
         if version < 3:  # Landlock cannot refuse truncate(2) of a path yet: a shard the uid may write
             # nor an open(O_RDONLY | O_TRUNC), which truncates what it may read
             filters = [lambda: refuse_syscalls(_TRUNCATE, errno.EACCES), refuse_read_truncate, *filters]
@@ -468,6 +469,32 @@ def refuse_signals_to_others(pid: int) -> bool:
         prog += [f"call{nr}", (_LD_W_ABS, 0, 0, 16)]  # the first argument's low 32 bits (a pid_t)
         prog += [(_JEQ_K, "allow", 0, t) for t in targets]
         prog.append((_JA, 0, 0, "eperm"))
+    prog += ["allow", (_RET_K, 0, 0, _RET_ALLOW), "eperm", (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)]
+    _install(_assemble(prog))
+    return True
+
+
+#: fcntl(2)'s number, and the commands that make another process a file's owner (F_SETOWN,
+#: F_SETOWN_EX): the kernel then signals it — SIGIO, whose default action ends a process, or the
+#: signal F_SETSIG names — on the file's input, a signal no kill(2) filter sees
+_FCNTL = {"x86_64": 72, "aarch64": 25}
+_SET_OWNER = (8, 15)
+
+
+def refuse_file_owners() -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: fcntl(F_SETOWN) and
+    fcntl(F_SETOWN_EX) fail with EPERM — below Landlock ABI 6 (which scopes these signals
+    itself) a confined process could otherwise have the kernel signal any process of its user
+    through a pipe it owns (`refuse_signals_to_others` covers the calls that name a target).
+    False on an architecture `_FCNTL` does not name. The caller must have set no_new_privs."""
+    machine = os.uname().machine
+    arch, nr = _AUDIT_ARCH.get(machine), _FCNTL.get(machine)
+    if arch is None or nr is None:
+        return False
+    prog: list[tuple[int, int | str, int | str, int | str] | str] = [
+        (_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, "allow", arch), (_LD_W_ABS, 0, 0, 0), (_JEQ_K, 0, "allow", nr),
+        (_LD_W_ABS, 0, 0, 24)]  # the second argument's low 32 bits: the command
+    prog += [(_JEQ_K, "eperm", 0, cmd) for cmd in _SET_OWNER]
     prog += ["allow", (_RET_K, 0, 0, _RET_ALLOW), "eperm", (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)]
     _install(_assemble(prog))
     return True

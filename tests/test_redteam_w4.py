@@ -62,3 +62,54 @@ def test_a_hosts_job_put_on_a_server_queue_is_refused(hoard_home: Path, redis_co
     assert len(refused) == 1 and "remote" in refused[0], res.stderr
     assert "not a stage/export request" not in res.stderr, "the host's job ran on the server"
     assert "refused by the worker, not run" in (fetch_job("h-export", redis_conn).latest_result().exc_string or "")
+
+
+#: a built-in taken over by its input, confined as `hoard-builtin` confines it (`_io.confine`),
+#: asking the kernel to signal another process of its user through a file's owner (F_SETOWN:
+#: SIGIO, whose default action ends a process, when its pipe becomes readable)
+SIGIO_TO_ANOTHER = '''
+import errno, fcntl, json, os, sys
+from pathlib import Path
+from hoardfs.jobs.actions.builtin import _io
+VICTIM, INPUT, OUTPUT = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+assert _io.confine(OUTPUT, INPUT)
+def attempt(f):
+    try:
+        f()
+        return 0
+    except OSError as e:
+        return e.errno
+r, w = os.pipe()
+got = {"own": attempt(lambda: fcntl.fcntl(r, fcntl.F_SETOWN, VICTIM))}
+got["async"] = attempt(lambda: fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_ASYNC))
+os.write(w, b"x")
+print(json.dumps(got))
+'''
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("abi", [None, "2"], ids=["this-kernel", "abi-2"])
+def test_a_confined_builtin_cannot_signal_another_process_through_a_file_owner(tmp_path: Path, abi: str | None) -> None:
+    """A confined built-in cannot signal another process of its user by making it a file's owner (F_SETOWN and
+    O_ASYNC: SIGIO on input), also where Landlock does not scope signals (ABI < 6): the process lives on."""
+    from hoardfs.base import landlock  # deferred: the kernel probe reads the forced ABI of this test's child
+
+    if not landlock.status()["enforced"]:
+        pytest.skip("no Landlock here")
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    out.mkdir()
+    victim = subprocess.Popen(["sleep", "60"])  # a process of the service's user (the mount, the GUI)
+    try:
+        res = subprocess.run([sys.executable, "-c", SIGIO_TO_ANOTHER, str(victim.pid), str(inp), str(out)],
+                             capture_output=True, text=True, timeout=60,
+                             env=os.environ | ({landlock.TEST_ABI: abi} if abi else {}))
+        assert res.returncode == 0, res.stderr
+        try:
+            victim.wait(1)
+        except subprocess.TimeoutExpired:
+            pass
+        assert victim.poll() is None, f"the service's process was signalled ({victim.returncode}): {res.stdout}"
+    finally:
+        victim.kill()
+        victim.wait()
