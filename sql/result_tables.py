@@ -169,7 +169,7 @@ def ensure(conn: psycopg.Connection, action: str, version: int, columns: dict[st
             conn.execute(statement)
         have = _registry(conn, name)
         if have is None:
-            taken = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"public.{name}"]).fetchone()
+            taken = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()
             if taken and taken[0]:
                 raise ResultTableError(f"action {action}: its result table would be {name}, a table hoardfs holds "
                                        "already; give the action another action_id")

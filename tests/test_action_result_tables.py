@@ -10,12 +10,18 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tomllib
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from hoardfs.base import config
+from hoardfs.base.errors import HoardError
+from hoardfs.jobs.actions import contract as contracts
+from hoardfs.sql import result_tables
+from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.migrate import migrate
 from hoardfs.sql.selectors import query_nodes
 from tests.helpers import write_contract
 from tests.test_action_runs import action_home, hoard
@@ -259,7 +265,8 @@ def test_bad_cell_refused_in_one_line(hoard_home: Path, pg, redis_conn) -> None:
 
 def test_selector_filters_on_a_result_column(hoard_home: Path, pg, redis_conn) -> None:
     """`result.maskr.score > 0.5` (and its object form) picks exactly the inputs scored above
-    0.5; a value of the wrong type or an unknown column is refused in one line before SQL runs."""
+    0.5, in `hoard select` and a dataset spec's [selector]; a value of the wrong type, an unknown
+    column or an action without a table is refused in one line before SQL runs."""
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=96, items=8)
     contract(cfg, "maskr", batch, python_worker("csv"), CSV_BODY)
     run(cfg, "maskr")
@@ -274,6 +281,14 @@ def test_selector_filters_on_a_result_column(hoard_home: Path, pg, redis_conn) -
     sel.write_text(json.dumps({"batches": [batch], "results": ["result.maskr.score > 0.5"]}))
     res = hoard(cfg.source, "select", "--file", str(sel))
     assert res.returncode == 0 and sorted(ln.split()[0] for ln in res.stdout.splitlines()) == want, res.stderr
+    spec = hoard_home / "high.toml"
+    spec.write_text('name = "high"\nlayout = "imagefolder"\nclass_label = "scored"\n[selector]\n'
+                    f'batches = ["{batch}"]\nresults = ["result.maskr.score > 0.5"]\n'
+                    '[split]\nratios = { train = 1.0 }\nsalt = "s1"\n')
+    res = hoard(cfg.source, "dataset", "build", str(spec), "--here", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    built = json.loads(res.stdout.strip().splitlines()[-1])
+    assert built["selected"] == built["samples"] == len(want)  # a dataset spec's [selector] takes the same key
     for bad, says in (("result.maskr.score > \"high\"", "maskr.score is a float column; give numbers"),
                       ("result.maskr.colour = 1", "result_maskr has no column 'colour'"),
                       ("result.nobody.score > 1", "action 'nobody' has no result table")):
@@ -281,3 +296,65 @@ def test_selector_filters_on_a_result_column(hoard_home: Path, pg, redis_conn) -
         res = hoard(cfg.source, "select", "--file", str(sel))
         out = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
         assert res.returncode == 2 and len(out) == 1 and says in out[0], out
+
+
+def test_intent_rows_are_checked_against_the_registry_before_sql(pg) -> None:
+    """A write-intent's rows for an action's table: a value not of its column's registered type, a
+    column the table does not declare (a hostile name, a reserved one) are refused in one line and
+    nothing is written; a hostile column or a table name that is taken is refused when the table
+    is made; a good row lands with its run and version."""
+    migrate(pg)
+    assert result_tables.ensure(pg, "hostile", 1, {"score": "float", "tags": "json", "box": "box"}) == "result_hostile"
+    sha = "ab" * 32
+    base = {"nodes": [{"sha256": sha, "physical": {"size": 1}}], "batches": [{"batch_id": "hostile-b1"}]}
+    for i, (values, says) in enumerate((({"score": "1; DROP TABLE node"}, "result_hostile.score of node"),
+                                        ({'score" text, "x': 1.0}, "has no column"),
+                                        ({"node_id": 5}, "has no column 'node_id'"),
+                                        ({"box": [0, 0, -1, 2]}, "width and height are ≥ 0"),
+                                        ({"score": True}, "must be a finite number"))):
+        with pytest.raises(HoardError) as err:
+            apply_write_intent(pg, {**base, "key": f"t:bad{i}", "results": [
+                {"table": "result_hostile", "node": sha, "batch_id": "hostile-b1", "values": values}]})
+        assert says in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert pg.execute("SELECT count(*) FROM result_hostile").fetchone()[0] == 0
+    apply_write_intent(pg, {**base, "key": "t:good", "results": [
+        {"table": "result_hostile", "node": sha, "batch_id": "hostile-b1",
+         "values": {"score": 0.5, "tags": {"a": [1, "x"]}, "box": [1, 2, 3, 4]}}]})
+    assert pg.execute("SELECT score, tags, box, run, version FROM result_hostile").fetchall() == [
+        (0.5, {"a": [1, "x"]}, [1.0, 2.0, 3.0, 4.0], "hostile-b1", 1)]
+    for action, columns, says in (("hostile2", {'x"; DROP TABLE node; --': "int"}, "is not a column name"),
+                                  ("hostile3", {"run": "int"}, "a column every result table has"),
+                                  ("table", {"x": "int"}, "a table hoardfs holds already"),
+                                  ("canny", {"x": "int"}, "a table hoardfs holds already")):
+        with pytest.raises(result_tables.ResultTableError, match=says):
+            result_tables.ensure(pg, action, 1, columns)
+
+
+def test_contract_refuses_what_the_parser_could_not_fill() -> None:
+    """Contract problems of the result side, one line each: a mapping into result_table without
+    [result_table]; a [result_table] nothing writes; a column it does not declare; a bad JSON
+    path; an unmatched brace in a label template; node_key = "mapping" without a mapping file."""
+    def problems(body: str) -> list[str]:
+        doc = tomllib.loads(CONTRACT.format(version=1, batch="b", command='["true"]', body=body))
+        doc["action_id"] = "maskr"
+        with pytest.raises(contracts.ContractError) as err:
+            contracts.parse(doc, "maskr.toml")
+        return err.value.lines
+
+    rule = CSV_BODY.split("[result_mapping.scores]")[0]
+    cases = {
+        'into = "result_table"\ncolumns = { score = "score" }\n': "needs [result_table]",
+        'into = "labels"\ncolumns = { key = "name" }\n[result_table]\ncolumns = { score = "float" }\n':
+            "result_table: no result_mapping writes into it",
+        'into = "result_table"\ncolumns = { colour = "c" }\n[result_table]\ncolumns = { score = "float" }\n':
+            "result_maskr has no column 'colour'",
+        'into = "result_table"\ncolumns = { score = "$.a..b" }\n[result_table]\ncolumns = { score = "float" }\n':
+            "is not a JSON path",
+        'into = "labels"\nlabels = [{ key = "s", value = "{score" }]\n': "an unmatched '{'",
+    }
+    for mapping, says in cases.items():
+        lines = problems(rule + "[result_mapping.scores]\n" + mapping)
+        assert any(says in ln for ln in lines), (says, lines)
+    lines = problems(rule.replace('node_key = "name"', 'node_key = "mapping"')
+                     + '[result_mapping.scores]\ninto = "labels"\nlabels = [{ key = "s", value = "{score}" }]\n')
+    assert any('"mapping" needs [output_parser.mapping]' in ln for ln in lines), lines
