@@ -32,7 +32,7 @@ def health(
     With --record the same figures become a usage sample (exit 3 if it cannot be recorded); a
     SMART reading older than 20 minutes is read again first."""
     cfg = state(ctx).settings
-    report = collect(cfg, REFRESH_S if record else FRESH_S)
+    report = collect(cfg, REFRESH_S if record else FRESH_S, search_import=True)
     if as_json:
         out.print_json(json.dumps(report))
     else:
@@ -94,6 +94,8 @@ def _print_health(report: dict) -> None:
     out.print(f"redis:    {'ok, Redis ' + str(rd['redis_version']) if rd['ok'] else 'DOWN'}")
     if report.get("sandbox", {}).get("enforced"):
         out.print(f"sandbox:  Landlock ABI {report['sandbox']['abi']} (parsers and built-in actions confined)")
+    if "search" in report:  # optional: a note, never a problem
+        out.print(f"search:   {escape(report['search']['note'])}")
     for w in report.get("warnings", []):
         err.print(f"[bold yellow]warning:[/] {escape(w)}")
     for p in report["problems"]:

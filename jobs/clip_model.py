@@ -13,13 +13,14 @@ command that does not search never pays their import time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import threading
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from hoardfs.base.paths import display
 BATCH = 16
 #: what a search says where torch and open_clip are not installed (`make install` leaves them out)
 NOT_INSTALLED = ("text → image search needs torch and open_clip, which this install lacks: install the search "
-                 "extra, `pip install 'hoardfs[search]'` (docs/search.md, Install)")
+                 "extra, `make search` in a checkout or `pip install 'hoardfs[search]'` (docs/search.md, Install)")
 #: the longest side an image is given to the model, in units of its shortest (`prepare`)
 MAX_ASPECT = 4
 #: the longest search text (characters); the tokenizer truncates to the model's context anyway
@@ -64,15 +65,10 @@ _LOCK = threading.Lock()
 
 
 def open_clip_module() -> Any:
-    """open_clip, imported (with torch and torchvision) on first use.
-
-    torchvision's wheel on PyPI is built against torch's CUDA build: beside torch's CPU build its
-    C++ operators (nms, roi_align, …) do not load, and torchvision 0.28 then fails at import,
-    registering fake kernels for those missing operators (`operator torchvision::nms does not
-    exist`). open_clip uses none of them — only torchvision's transforms and FrozenBatchNorm2d,
-    pure Python — so when that import fails the two registration modules are left out (empty
-    modules in their place) and torchvision is imported again. With a torchvision whose
-    operators load (a CUDA host's), nothing is changed."""
+    """open_clip, imported (with torch and torchvision) on first use; ClipError (one line) when
+    the search extra is missing or does not import — a torchvision beside a torch of another
+    build fails at import (`operator torchvision::nms does not exist`): the two are installed as
+    one pair (`make search`, docs/search.md)."""
     if "open_clip" in sys.modules:
         return sys.modules["open_clip"]
     # open_clip asks the hub for nothing (load refuses the configs that would); if it did, it must not —
@@ -80,28 +76,52 @@ def open_clip_module() -> Any:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     try:
-        import torch  # deferred: torch loads only where a model is used
-    except ImportError:
-        raise ClipError(NOT_INSTALLED) from None
-
-    spec = importlib.util.find_spec("torchvision")  # found, not imported
-    where = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
-    ext = next(where.glob("_C*.so"), None) if where else None
-    if ext is not None and "torchvision" not in sys.modules:
-        try:
-            torch.ops.load_library(str(ext))  # what torchvision's own import does first
-        except OSError:  # its operators cannot be had here: import it without registering kernels for them
-            for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
-                sys.modules[name] = types.ModuleType(name)
-    try:
-        import open_clip  # deferred: after the offline variables above
+        import open_clip  # deferred: torch loads only where a model is used, after the offline variables above
     except ImportError:
         raise ClipError(NOT_INSTALLED) from None
     except (OSError, RuntimeError) as e:  # a torchvision or torch that does not load here
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ClipError(f"open_clip does not import here ({first}); reinstall the search extra (docs/search.md, "
-                        "Install)") from None
+        raise ClipError(f"open_clip does not import here ({first}); install torch and torchvision as one pair: "
+                        "`make search` (docs/search.md, Install)") from None
     return open_clip
+
+
+def readiness(clip_weights: Path | None, *, check_import: bool = True) -> dict[str, Any]:
+    """Whether text → image search can run here (`hoard health`'s `search`): `installed` (open_clip
+    and usearch are found), `configured` (search.clip_weights names a file), `imports` (open_clip
+    imports: checked only where both hold and `check_import` asks, in a process of its own — it
+    loads torch, seconds — once per process; None where not checked), `ready` (all three) and
+    `note`, one line saying which and the next step."""
+    installed = all(importlib.util.find_spec(m) is not None for m in ("open_clip", "usearch"))
+    configured = clip_weights is not None and clip_weights.is_file()
+    imports: bool | None = None
+    if not installed:
+        note = "not installed (optional: `make search`, or `pip install 'hoardfs[search]'`; docs/search.md)"
+    elif clip_weights is None:
+        note = "installed, no weights configured (search.clip_weights; docs/search.md)"
+    elif not configured:
+        note = f"search.clip_weights {display(str(clip_weights))} is not a file; install the weights there"
+    elif not check_import:
+        note = "installed and configured (`hoard health` checks that open_clip imports)"
+    else:
+        imports, said = _imports()
+        note = ("ready" if imports else f"open_clip does not import here ({said}); install torch and torchvision as "
+                "one pair: `make search` (docs/search.md, Install)")
+    return {"installed": installed, "configured": configured, "imports": imports, "ready": bool(imports),
+            "note": note}
+
+
+@functools.cache
+def _imports() -> tuple[bool, str]:
+    """(open_clip imports in a fresh interpreter, its error's last line)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-c", "import open_clip"], capture_output=True, text=True,
+                              timeout=300, env=env)
+    except subprocess.TimeoutExpired:
+        return False, "the import took over 300 s"
+    lines = done.stderr.strip().splitlines()
+    return done.returncode == 0, (lines[-1][:200] if lines else f"exit {done.returncode}")
 
 
 def weights_digest(path: Path) -> str:

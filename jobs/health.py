@@ -24,20 +24,21 @@ from hoardfs.fsd.maintenance.health import (
     store_status,
     zone_status,
 )
-from hoardfs.jobs import events, outputs
+from hoardfs.jobs import clip_model, events, outputs
 from hoardfs.jobs.actions import api as actions
 from hoardfs.jobs.ingest import ingest_status
 from hoardfs.jobs.queues import redis_status
 from hoardfs.sql.health import database_problems, database_status
 
 
-def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
+def collect(cfg: Settings, smart_max_age_s: float = math.inf, *, search_import: bool = False) -> dict[str, Any]:
     """Gather the status of disks, zones, PostgreSQL and Redis, and list the problems (exit 4)
     and the warnings (signs to act on before they become problems: a drive losing sectors).
     Each disk's SMART reading is the cached one while younger than `smart_max_age_s` — by
     default the cached one (hoard-smart.timer's): a library call (the GUI, the demo, a test)
     runs no smartctl; `hoard health` passes FRESH_S (as root it reads a drive read over an
-    hour ago)."""
+    hour ago). `search_import`: whether configured search is checked by importing open_clip in a
+    process of its own (seconds: torch; `hoard health` does, the GUI's refreshes do not)."""
     assert cfg.database_url and cfg.redis_url
     lap = Laps()
     store = store_status(cfg)
@@ -69,6 +70,12 @@ def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
         (problems if sandbox["fails"] else warnings).append(
             f"sandbox: {sandbox['reason']}, so {sandbox['effect']}; {sandbox['next_step']} — docs/security.md, "
             "\"Sandboxed parsers\"")
+    # optional: a note where search is not set up; a warning where it is configured and cannot run
+    report["search"] = search = clip_model.readiness(cfg.search.clip_weights, check_import=search_import)
+    unchecked = search["installed"] and search["configured"] and search["imports"] is None
+    if cfg.search.clip_weights is not None and not search["ready"] and not unchecked:
+        warnings.append(f"search: {search['note']}")
+    lap("search")
     for f in report["ingest"]["failed"]:
         problems.append(f"ingest {f['batch_id']}: failed at {f['step']}: {f['error']}; after fixing it, "
                         f"`hoard ingest --resume {f['batch_id']}`")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -62,6 +63,11 @@ def missing(msg: str) -> None:
 
 #: for tests of real public sample files (../shared/realdata beside the repo; under CI=true a skip fails)
 needs_realdata = pytest.mark.needs(REALDATA.is_dir(), f"REAL SAMPLES MISSING at {REALDATA}")
+#: for tests of text → image search: the search extra (open_clip, torch, usearch) is installed on
+#: request (`make search`; CI does). Installed but not importing (a torch and torchvision of two
+#: builds) is no skip: those tests fail
+needs_search = pytest.mark.needs(all(importlib.util.find_spec(m) is not None for m in ("open_clip", "usearch")),
+                                 "SEARCH EXTRA MISSING (open_clip, usearch): make search")
 
 
 def write_config(root: Path, disks: list[tuple[str, Path, float | None]], allow_dirs: bool = True,

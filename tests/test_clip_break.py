@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from hoardfs.jobs import clip_model
+from tests.helpers import needs_search
 from tests.test_clip_search import TINY, tiny  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +42,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return tried
 
 
+@needs_search
 def test_a_shipped_model_that_needs_the_hub_is_refused_before_anything_is_fetched(
         tmp_path: Path, no_network: list[Any]) -> None:
     """49 of open_clip's 144 shipped configs name a Hugging Face tokenizer or text model (all
@@ -54,6 +56,7 @@ def test_a_shipped_model_that_needs_the_hub_is_refused_before_anything_is_fetche
     assert no_network == []
 
 
+@needs_search
 def test_a_weights_path_that_reads_as_a_download_tag_is_read_as_the_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[Any]) -> None:
     """`clip_weights = "openai"` (a relative path: a file named openai in the working
@@ -69,6 +72,7 @@ def test_a_weights_path_that_reads_as_a_download_tag_is_read_as_the_file(
     assert no_network == []
 
 
+@needs_search
 @pytest.mark.services
 def test_an_image_of_extreme_shape_is_embedded_by_its_middle(tiny, tmp_path: Path) -> None:  # noqa: F811
     """A 1 × 2,000,000 PNG (2 megapixels: under the pixel cap, a few KB) resized by the model's
@@ -86,6 +90,7 @@ def test_an_image_of_extreme_shape_is_embedded_by_its_middle(tiny, tmp_path: Pat
                            "--model", str(cfg), "--weights", str(weights)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.name for p in out.iterdir()] == ["embeddings.jsonl"]  # (torch's cache directory is gone)
     recs = [json.loads(ln) for ln in (out / "embeddings.jsonl").read_text().splitlines()]
     assert sorted(r["sha256"] for r in recs) == sorted(shas.values())
     assert all(len(base64.b64decode(r["embedding"])) == 4 * 32 for r in recs)
@@ -142,6 +147,7 @@ def db(pg):
 MODEL = "tiny@0123456789abcdef"
 
 
+@needs_search
 def test_an_index_of_other_rows_with_the_same_stamp_is_rebuilt(db, tmp_path: Path) -> None:
     """The stamp (count, sum and largest node id) is the same for the rows of nodes {0, 3, 5}
     and {1, 2, 5}: a later run embedding 1 and 2 after 0 and 3 were purged left the index of
@@ -160,6 +166,7 @@ def test_an_index_of_other_rows_with_the_same_stamp_is_rebuilt(db, tmp_path: Pat
     assert got[0].sha256 == shas[1] and {h.sha256 for h in got} == {shas[1], shas[2], shas[5]}
 
 
+@needs_search
 def test_an_index_file_renamed_in_by_a_slower_rebuild_is_not_trusted(db, tmp_path: Path) -> None:
     """Two `hoard search` rebuilding at once each rename their index, then their stamp: the
     index of the older rows and the stamp of the newer can end up side by side. Such an index
@@ -181,6 +188,7 @@ def test_an_index_file_renamed_in_by_a_slower_rebuild_is_not_trusted(db, tmp_pat
     assert got[0].sha256 == shas[3] and {h.sha256 for h in got} == {shas[0], shas[1], shas[3]}
 
 
+@needs_search
 def test_rows_of_another_length_under_the_model_s_id_do_not_break_search(db, tmp_path: Path) -> None:
     """Any action may write result_image_embedding rows (the column takes 1 to 4096 numbers):
     rows of another length under the configured model's id made every search a ValueError
@@ -199,6 +207,7 @@ def test_rows_of_another_length_under_the_model_s_id_do_not_break_search(db, tmp
     assert any("2 embeddings" in line and "left out" in line for line in said), said
 
 
+@needs_search
 def test_many_equal_embeddings_answer_as_brute_force_does(db, tmp_path: Path) -> None:
     """500 images, 400 of them (near-)copies of one picture — blank scans, black video frames:
     HNSW's graph over them misses the true nearest (its scores were 0.09 below brute force's);
@@ -239,7 +248,7 @@ def test_without_torch_installed_loading_is_one_line() -> None:
     worker then raised ModuleNotFoundError with a traceback. (A process of its own: this one has
     torch imported already.)"""
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from jobs import clip_model\n"
+            "from hoardfs.jobs import clip_model\n"
             "try:\n    clip_model.load('ViT-B-32', '/etc/hostname')\n"
             "except clip_model.ClipError as e:\n    print(e.message)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
@@ -255,6 +264,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@needs_search
 def test_weights_that_run_code_or_are_no_file_are_refused(tiny, tmp_path: Path) -> None:  # noqa: F811
     """A weights file that is a pickle running a command is refused without running it
     (torch.load with weights_only); a FIFO, a link to one and a device are no weights file (a
@@ -276,6 +286,7 @@ def test_weights_that_run_code_or_are_no_file_are_refused(tiny, tmp_path: Path) 
             clip_model.load(str(cfg), path)
 
 
+@needs_search
 def test_searches_rebuilding_at_once_in_one_process_do_not_fail(db, servers, tmp_path: Path) -> None:
     """The GUI searches in threads of one process: rebuilding the index at once they wrote the
     same temporary file (named by the process id only), and one's rename found it gone."""
@@ -313,6 +324,7 @@ def test_searches_rebuilding_at_once_in_one_process_do_not_fail(db, servers, tmp
         assert errors == []
 
 
+@needs_search
 def test_weights_replaced_at_the_same_path_are_loaded_anew(tiny, tmp_path: Path) -> None:  # noqa: F811
     """The GUI keeps the model loaded: new weights copied over the configured file were never
     seen — its searches went on with the old model and its old id until a restart."""

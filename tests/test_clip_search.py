@@ -23,10 +23,11 @@ import pytest
 from PIL import Image
 
 from hoardfs.jobs import clip_model
-from tests.helpers import worker_reachable_home
+from tests.helpers import needs_search, worker_reachable_home
 from tests.test_ingest import ingest_home
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = needs_search
 #: a ViT of 2 layers on 32-pixel images and a text transformer of 2 layers: ~3 M parameters, most
 #: of them the token embedding (open_clip's tokenizer has 49,408 tokens)
 TINY = {"embed_dim": 32,

@@ -19,7 +19,10 @@ from nicegui import ui
 from hoardfs.base import config
 from hoardfs.jobs import clip_model
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
+from tests.helpers import needs_search
 from tests.test_clip_search import tiny  # noqa: F401 - fixture
+
+pytestmark = needs_search
 
 
 @pytest.fixture

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +84,20 @@ def gpu_ready(device: str) -> int:
 def run(input_root: Path, output_root: Path, args: argparse.Namespace) -> int:
     landlock.limit_memory(MEMORY_MB)
     Image.MAX_IMAGE_PIXELS = _image.MAX_PIXELS
+    # At import torch makes its compile cache's directory, and CUDA's library finder writes a
+    # temporary file (ctypes.util.find_library): in TMPDIR, else /tmp, else the working directory.
+    # Confined, this program writes only in its output root: a scratch directory there, gone
+    # again once the model is loaded (nothing is compiled here), before any output is written
+    scratch = output_root / ".torch-scratch"
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    os.environ["TMPDIR"] = os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(scratch)
+    tempfile.tempdir = None  # (asked again, from TMPDIR)
     try:
         m = clip_model.load(args.model, args.weights, args.device)
     except clip_model.ClipError as e:
         raise _io.WorkerError(str(e)) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     records: list[dict[str, Any]] = []
     pending: list[tuple[str, Any]] = []
 
