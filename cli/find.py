@@ -140,10 +140,13 @@ def info(
         for m in db["metadata"]:
             lines.append(f"metadata:  [{m['source']}] " + "; ".join(
                 f"{k} {display(str(v))}" for k, v in m.items() if k != "source" and v not in (None, "")))
+        for m in db.get("made_by", []):
+            lines.append(f"made by:   {m['action']}" + (f" v{m['version']}" if m["version"] else "") + f", run {m['run']}")
         if db["labels"]:
             lines.append("labels:    " + ", ".join(f"{lb['key']}={lb['value']}" for lb in db["labels"]))
         for e in db["edges"][:10]:
-            lines.append(f"{e['direction'] + ':':<11}{e['sha256']} ({e['relationship']})")
+            lines.append(f"{e['direction'] + ':':<11}{e['sha256']} ({e['relationship']}"
+                         + (f", made by {e['action']}" if e.get("action") else "") + ")")
         if len(db["edges"]) > 10:
             lines.append(f"           … and {len(db['edges']) - 10} more edges (--json lists them)")
     lines += [f"mount:     <mount>/{p}" for p in doc["mount_paths"][:5]]
@@ -198,6 +201,9 @@ def select(
     since: Annotated[str | None, typer.Option(help="downloaded at or after (YYYY-MM-DD or YYYY-MM-DDTHH:MM)")] = None,
     until: Annotated[str | None, typer.Option(help="downloaded before (YYYY-MM-DD or YYYY-MM-DDTHH:MM)")] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="KEY or KEY=VALUE (repeatable)")] = None,
+    result: Annotated[list[str] | None, typer.Option(
+        "--result", help="ACTION.COLUMN OP VALUE of an action's result table, e.g. 'maskr.score>0.5' "
+                         "(repeatable)")] = None,
     ancestor: Annotated[str | None, typer.Option("--has-ancestor", help="a node (sha256) above it")] = None,
     text: Annotated[str | None, typer.Option("--text", help="words of the title, author, user name or metadata "
                                                 "values, all of them (the GUI's asset search)")] = None,
@@ -224,6 +230,8 @@ def select(
     for lb in label or []:
         key, _, value = lb.partition("=")
         data.setdefault("labels", []).append({"key": key, "value": value or None})
+    for predicate in result or []:  # the short form of a result predicate (docs/selectors.md)
+        data.setdefault("results", []).append(predicate)
     if text is not None:
         data["text"] = text
     if ancestor:

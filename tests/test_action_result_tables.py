@@ -281,6 +281,8 @@ def test_selector_filters_on_a_result_column(hoard_home: Path, pg, redis_conn) -
     sel.write_text(json.dumps({"batches": [batch], "results": ["result.maskr.score > 0.5"]}))
     res = hoard(cfg.source, "select", "--file", str(sel))
     assert res.returncode == 0 and sorted(ln.split()[0] for ln in res.stdout.splitlines()) == want, res.stderr
+    res = hoard(cfg.source, "select", "--batch", batch, "--result", "maskr.score>0.5")
+    assert res.returncode == 0 and sorted(ln.split()[0] for ln in res.stdout.splitlines()) == want, res.stderr
     spec = hoard_home / "high.toml"
     spec.write_text('name = "high"\nlayout = "imagefolder"\nclass_label = "scored"\n[selector]\n'
                     f'batches = ["{batch}"]\nresults = ["result.maskr.score > 0.5"]\n'
