@@ -319,9 +319,11 @@ def test_intent_rows_are_checked_against_the_registry_before_sql(pg) -> None:
                 {"table": "result_hostile", "node": sha, "batch_id": "hostile-b1", "values": values}]})
         assert says in str(err.value) and "\n" not in str(err.value), str(err.value)
     assert pg.execute("SELECT count(*) FROM result_hostile").fetchone()[0] == 0
-    apply_write_intent(pg, {**base, "key": "t:good", "results": [
+    good = apply_write_intent(pg, {**base, "key": "t:good", "results": [
         {"table": "result_hostile", "node": sha, "batch_id": "hostile-b1",
-         "values": {"score": 0.5, "tags": {"a": [1, "x"]}, "box": [1, 2, 3, 4]}}]})
+         "values": {"score": 0.5, "tags": {"a": [1, "x"]}, "box": [1, 2, 3, 4]}},
+        {"table": "result_hostile", "node": sha, "batch_id": "hostile-b1", "values": {"score": 0.7}}]})
+    assert good.counts["results_new"] == 1  # one row per node and batch: the first listed is kept
     assert pg.execute("SELECT score, tags, box, run, version FROM result_hostile").fetchall() == [
         (0.5, {"a": [1, "x"]}, [1.0, 2.0, 3.0, 4.0], "hostile-b1", 1)]
     for action, columns, says in (("hostile2", {'x"; DROP TABLE node; --': "int"}, "is not a column name"),
