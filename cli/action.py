@@ -107,10 +107,13 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
         remote: Annotated[bool, typer.Option("--remote", help="stage, run and parse on a worker of another host "
                                              "(queue `remote`) reading the inputs from the S3 disks; the children "
                                              "come back through the bucket and are stored here")] = False,
+        rerun: Annotated[bool, typer.Option("--rerun", help="run the worker on every input, also those this "
+                                            "action (version, parameters) ran on before")] = False,
         as_json: AsJson = False) -> None:
     """Run an action on its inputs: queued for `hoard worker` (or --here, or --wait; --remote: its
-    worker on another host, docs/scale-out.md). The same command again: done → "done already"
-    (nothing changes); failed or interrupted → resumed."""
+    worker on another host, docs/scale-out.md). An AC2–AC4 run stages and runs only the inputs
+    its action, version and parameters have not run on ("N reused, M new"; --rerun: all). The
+    same command again: done → "done already" (nothing changes); failed or interrupted → resumed."""
     # deferred: hoardfs.jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     from hoardfs.base.errors import HoardError
     from hoardfs.cli._common import read_sha_list
@@ -134,11 +137,12 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
         return
     try:
         if here:
-            sub = api.submit(cfg, name, selector=sel, nodes=listed, given=param or [], queue=False)
+            sub = api.submit(cfg, name, selector=sel, nodes=listed, given=param or [], queue=False, rerun=rerun)
         else:
             assert cfg.redis_url
             with redis_required(cfg.redis_url):
-                sub = api.submit(cfg, name, selector=sel, nodes=listed, given=param or [], remote=remote)
+                sub = api.submit(cfg, name, selector=sel, nodes=listed, given=param or [], remote=remote,
+                                 rerun=rerun)
     except ContractError as e:
         _refuse(e)
         return
@@ -268,6 +272,12 @@ def _run_report(cfg, rid: str, as_json: bool, line: str) -> None:
 
 
 def _print_figures(report: dict) -> None:
+    if "inputs_new" in report:
+        runs = report.get("reused_from") or {}
+        out.print(f"  {report['inputs_reused']} reused, {report['inputs_new']} new"
+                  + (f" (reused: the results of run{'s' * (len(runs) > 1)} {', '.join(sorted(runs))})" if runs else "")
+                  + ("; every input done already with this version and parameters: no worker started "
+                     "(--rerun runs them again)" if not report["inputs_new"] else ""), markup=False)
     for k in ("labels_planned", "black_list_planned", "children", "records", "children_stored"):
         if k in report:
             out.print(f"  {k.replace('_', ' ')}: {report[k]}", markup=False)

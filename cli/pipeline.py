@@ -1,9 +1,10 @@
-"""`hoard pipeline define|show|advance`: ordered stages of actions a batch goes through
+"""`hoard pipeline define|show|advance|watch`: ordered stages of actions a batch goes through
 (hoardfs.jobs.actions.pipelines; docs/actions.md "Pipelines")."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,12 +23,18 @@ Name = Annotated[str, typer.Argument(metavar="NAME", help="the pipeline's name")
 
 @app.command("define")
 def define(ctx: typer.Context, name: Name,
-           actions: Annotated[list[str], typer.Argument(metavar="ACTION...", help="the stages: action ids, in order")]
+           actions: Annotated[list[str], typer.Argument(metavar="ACTION...", help="the stages: action ids, in order")],
+           source: Annotated[str | None, typer.Option("--source", help="and start it on every new batch of this "
+                                                                      "source (as `hoard pipeline watch`)")] = None,
            ) -> None:
     """Define a pipeline: its stages, the actions in order. The same again changes nothing;
     other stages for an existing name are refused (a pipeline's stages never change)."""
     new = pipelines.define(state(ctx).settings, name, actions)
     out.print(f"pipeline {name}: {' → '.join(actions)}" + ("" if new else " (defined already)"), markup=False)
+    if source is not None:
+        pipelines.watch(state(ctx).settings, name, source=source)
+        out.print(f"  starts on every new batch of source {display(source)} (`hoard pipeline watch {name}`)",
+                  markup=False)
 
 
 def _next_line(doc: dict) -> str:
@@ -91,3 +98,40 @@ def advance(ctx: typer.Context, name: Name,
     out.print(f"pipeline {name}, batch {display(batch)}: done {last}; {display(_next_line(doc))}", markup=False)
     if doc["next"] is not None and doc["next"]["status"] in ("queued", "running") and not (here or wait):
         out.print("  `hoard worker` runs it; `hoard pipeline advance` again records it once done", markup=False)
+
+
+@app.command("watch")
+def watch(ctx: typer.Context, name: Name,
+          source: Annotated[str | None, typer.Option("--source", help="start on each new batch of this source "
+                                                                     "(default: of every source)")] = None,
+          selector: Annotated[Path | None, typer.Option("--selector", help="a selector JSON file: only batches "
+                                                                          "with a member it matches")] = None,
+          off: Annotated[bool, typer.Option("--off", help="stop watching")] = False,
+          as_json: AsJson = False) -> None:
+    """Start the pipeline on every batch ingested from now on from SOURCE (and matching the
+    selector): its stages run one after the other on a `hoard worker`, without `hoard pipeline
+    advance`, to the end or to a gate. --off stops it; no option shows the binding."""
+    # deferred: the selector file reader lives with the output commands, loaded only here
+    from hoardfs.cli.outputs import _json_file
+
+    cfg = state(ctx).settings
+    if off:
+        if source is not None or selector is not None:
+            raise HoardError("--off takes no --source or --selector: it stops the watch", ExitCode.USAGE)
+        was = pipelines.unwatch(cfg, name)
+        out.print(f"pipeline {name}: " + ("watches no source now" if was else "watched no source"), markup=False)
+        return
+    if source is not None or selector is not None:
+        pipelines.watch(cfg, name, source=source,
+                        selector=_json_file(selector, "selector") if selector is not None else None)
+    doc = pipelines.watch_doc(cfg, name)
+    if as_json:
+        out.print(json.dumps({"pipeline": name, "watch": doc}, ensure_ascii=False), markup=False)
+        return
+    if doc is None:
+        out.print(f"pipeline {name}: watches no source (`hoard pipeline watch {name} --source SOURCE`)", markup=False)
+        return
+    out.print(f"pipeline {name}: starts on every new batch of "
+              + (f"source {display(doc['source'])}" if doc["source"] else "every source")
+              + (f" with a member matching {display(json.dumps(doc['selector']))}" if doc["selector"] else "")
+              + f" (since {doc['since']}); `hoard worker` runs its stages", markup=False)

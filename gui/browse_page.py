@@ -271,6 +271,9 @@ def register() -> None:
                             ui.button("Unflag" if n["in_black_list"] else "Flag low quality",
                                       on_click=lambda: toggle(not n["in_black_list"])).mark("node-flag")
                     text.label(f"batches: {', '.join(n['batches']) or '-'}")
+                    for m in n.get("made_by", []):
+                        text.label(f"made by {m['action']}" + (f" v{m['version']}" if m["version"] else "")
+                                   + f", run {m['run']}").mark("node-made-by")
                     ui.label("In the FUSE mount:").classes("text-bold q-mt-sm")
                     for p in mount_paths(n["sha256"], n.get("file_type"), n["paths"]):
                         text.label(p).classes("text-mono text-caption")

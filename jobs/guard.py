@@ -70,6 +70,7 @@ JOB_FUNCTIONS = {
     "hoardfs.jobs.actions.run_step": 0,
     "hoardfs.jobs.actions.empty_trash": 0,
     "hoardfs.jobs.actions.near_dups_of_batch": 0,
+    "hoardfs.jobs.actions.pipelines_of_batch": 0,
     "hoardfs.jobs.outputs.run_job": 0,
     "hoardfs.jobs.datasets.run_job": 0,
     "hoardfs.jobs.datasets.materialize_job": 0,

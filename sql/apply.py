@@ -225,7 +225,8 @@ def _named(it: WriteIntent) -> set[str]:
     """Every sha256 an intent names."""
     return {*(n.sha256 for n in it.nodes), *(m.node for m in it.metadata), *(e.parent for e in it.edges),
             *(e.child for e in it.edges), *(lb.node for lb in it.labels), *(lb.node for lb in it.unlabels),
-            *(m for b in it.batches for m in b.members), *(r.node for r in it.results), *it.black_list}
+            *(m for b in it.batches for m in b.members), *(r.node for r in it.results), *it.black_list,
+            *(m.node for m in it.memo)}
 
 
 #: the columns common_metadata and metadata_version share besides their keys
@@ -248,9 +249,11 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
     # -- names: sources and relationship types ------------------------------------------------
     for name in it.sources:
         conn.execute("INSERT INTO source (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", [name])
+    # a relationship type is (name, action): an action's edges are its own type, whoever used
+    # the name first (migration 019)
     for rel in it.relationships:
         conn.execute("INSERT INTO relationship_type (name, action_id) VALUES (%s, %s) "
-                     "ON CONFLICT (name) DO NOTHING", [rel.name, rel.action])
+                     "ON CONFLICT (name, action_id) DO NOTHING", [rel.name, rel.action])
     wanted_sources = ({m.source for m in it.metadata} | {n.virtual.source for n in it.nodes if n.virtual}
                       | {b.source for b in it.batches if b.source})
     sources = _ids(conn, "source", "source_id", wanted_sources)
@@ -259,7 +262,7 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                        + [(f"batches[{i}].source", b.source) for i, b in enumerate(it.batches) if b.source]):
         if name not in sources:
             raise IntentError(f"{path}: unknown source {name!r}; declare it in the intent's `sources`")
-    rels = _ids(conn, "relationship_type", "rel_id", {e.relationship for e in it.edges})
+    rels = _relationship_ids(conn, it)
     for i, e in enumerate(it.edges):
         if e.relationship not in rels:
             raise IntentError(f"edges[{i}].relationship: unknown relationship {e.relationship!r}; "
@@ -428,11 +431,44 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
     counts["events"] = len(it.events)
     if it.results:  # after the batches: a result row names the batch that produced it
         counts["results_new"] = _write_results(conn, it, ids)
+    if it.memo:  # after the batches: a memo row names the run (its batch) that did the input
+        ids.check(((f"{i}].node", m.node) for i, m in enumerate(it.memo)), "memo")
+        _temp(conn, "tmp_memo", "action_id int, version int, params_digest bytea, node_id bigint, run_id text")
+        _copy(conn, "tmp_memo", "action_id, version, params_digest, node_id, run_id",
+              ((m.action, m.version, bytes.fromhex(m.params), ids[m.node], m.run) for m in it.memo))
+        counts["memo_new"] = conn.execute(
+            "INSERT INTO action_memo (action_id, version, params_digest, node_id, run_id) SELECT action_id, version, "
+            "params_digest, node_id, run_id FROM tmp_memo ORDER BY action_id, version, params_digest, node_id "
+            # the run that ran it last (a --rerun) holds the input: its results are the newest
+            "ON CONFLICT (action_id, version, params_digest, node_id) DO UPDATE SET run_id = EXCLUDED.run_id "
+            "WHERE action_memo.run_id <> EXCLUDED.run_id").rowcount
     if it.black_list:
         cur = conn.execute("UPDATE physical_content SET in_black_list = true "
                            "WHERE node_id = ANY(%s) AND NOT in_black_list", [black])
         counts["black_listed"] = cur.rowcount
     return counts
+
+
+def _relationship_ids(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
+    """The type id of each relationship the intent's edges name: the type of the action the
+    intent declares it for, else the ingest's (action 0), else the one type of that name."""
+    names = {e.relationship for e in it.edges}
+    if not names:
+        return {}
+    declared = {rel.name: rel.action for rel in it.relationships}
+    found: dict[str, dict[int, int]] = {}
+    for name, action, rel_id in conn.execute("SELECT name, action_id, rel_id FROM relationship_type "
+                                             "WHERE name = ANY(%s)", [sorted(names)]).fetchall():
+        found.setdefault(name, {})[action] = rel_id
+    out = {}
+    for name in names:
+        types = found.get(name, {})
+        pick = types.get(declared[name]) if name in declared else types.get(0)
+        if pick is None and name not in declared and len(types) == 1:
+            pick = next(iter(types.values()))
+        if pick is not None:
+            out[name] = pick
+    return out
 
 
 def _clash(it: WriteIntent, shas: list[str], ids: NodeIds) -> None:

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.sql import memo
 from hoardfs.sql.rows import one
 
 #: the deepest parents/children a node page walks
@@ -224,6 +225,8 @@ def node(conn: psycopg.Connection, sha256_hex: str, depth: int = 1) -> dict[str,
                                     [node_id]).fetchall()
         out["batches"] = [r["batch_id"] for r in cur.execute(
             "SELECT batch_id FROM batch_member WHERE node_id = %s ORDER BY batch_id LIMIT 100", [node_id])]
+    out["made_by"] = memo.made_by(conn, node_id)  # the action runs that made it (`hoard info` too)
+    with conn.cursor(row_factory=dict_row) as cur:
         for direction, (near, far) in (("parents", ("child_id", "parent_id")), ("children", ("parent_id", "child_id"))):
             out[direction] = cur.execute(f"""
                 WITH RECURSIVE walk(node_id, via, rel, depth) AS (
@@ -349,14 +352,18 @@ def node_facts(conn: psycopg.Connection, sha: bytes) -> dict[str, Any]:
     labels = conn.execute("SELECT key, value FROM label WHERE node_id = %s ORDER BY key LIMIT 50", [row[0]]).fetchall()
     batches = [r[0] for r in conn.execute("SELECT batch_id FROM batch_member WHERE node_id = %s ORDER BY batch_id",
                                           [row[0]])]
-    # its first 50 edges each way: an action's child names its parent (thumbnail_of, edges_of …)
-    edges = [{"direction": d, "relationship": rel, "sha256": bytes(other).hex()} for d, rel, other in conn.execute(
-        "(SELECT 'parent', r.name, n.sha256 FROM edge e JOIN relationship_type r USING (rel_id) JOIN node n "
-        " ON n.node_id = e.parent_id WHERE e.child_id = %(id)s ORDER BY 2, 3 LIMIT 50) UNION ALL "
-        "(SELECT 'child', r.name, n.sha256 FROM edge e JOIN relationship_type r USING (rel_id) JOIN node n "
-        " ON n.node_id = e.child_id WHERE e.parent_id = %(id)s ORDER BY 2, 3 LIMIT 50)", {"id": row[0]}).fetchall()]
+    # its first 50 edges each way: an action's child names its parent (thumbnail_of, edges_of …),
+    # each with the action whose relationship type it is (None: the ingest's)
+    edges = [{"direction": d, "relationship": rel, "sha256": bytes(other).hex(), "action": action}
+             for d, rel, other, action in conn.execute(
+        "(SELECT 'parent', r.name, n.sha256, a.name FROM edge e JOIN relationship_type r USING (rel_id) JOIN node n "
+        " ON n.node_id = e.parent_id LEFT JOIN action a ON a.action_id = r.action_id AND r.action_id <> 0 "
+        " WHERE e.child_id = %(id)s ORDER BY 2, 3 LIMIT 50) UNION ALL "
+        "(SELECT 'child', r.name, n.sha256, a.name FROM edge e JOIN relationship_type r USING (rel_id) JOIN node n "
+        " ON n.node_id = e.child_id LEFT JOIN action a ON a.action_id = r.action_id AND r.action_id <> 0 "
+        " WHERE e.parent_id = %(id)s ORDER BY 2, 3 LIMIT 50)", {"id": row[0]}).fetchall()]
     return {"known": True, "node_id": row[0], "virtual": row[1], "deleted": row[3], "black_listed": row[4],
-            "file_type": row[5], "batches": batches, "edges": edges,
+            "file_type": row[5], "batches": batches, "edges": edges, "made_by": memo.made_by(conn, row[0]),
             "metadata": [{"source": m[0], "title": m[1], "author": m[2], "user": m[3], "view_count": m[4],
                           "download_time": m[5].isoformat() if m[5] else None} for m in meta],
             "labels": [{"key": k, "value": v} for k, v in labels]}

@@ -223,6 +223,19 @@ class ResultIn(BaseModel):
         return self
 
 
+class MemoIn(BaseModel):
+    """An input an action run's worker ran on (`action_memo`): a later run of that action,
+    version and parameters (`params` is the sha256 of their canonical JSON) over that input
+    reuses run `run` instead of running it again."""
+
+    model_config = _strict
+    action: int = Field(ge=1)
+    version: int = Field(ge=1)
+    params: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    node: Sha
+    run: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
 class WriteIntent(BaseModel):
     """Everything one step wants written, applied all or nothing."""
 
@@ -243,6 +256,8 @@ class WriteIntent(BaseModel):
     results: list[ResultIn] = []
     #: physical nodes to black-list (`physical_content.in_black_list`; an AC1 rule)
     black_list: list[Sha] = []
+    #: the inputs an action run's worker ran on (`action_memo`)
+    memo: list[MemoIn] = []
 
     @model_validator(mode="after")
     def _each_node_one_kind(self) -> WriteIntent:
@@ -260,9 +275,9 @@ class WriteIntent(BaseModel):
         """sha256 of the body (everything but the key) as pydantic serialises it: field order
         is the model's, list order and the key order of free-form dicts are the caller's —
         a retried intent built by the same code hashes the same. An empty `unlabels`,
-        `results` or `black_list` is left out: an intent applied before the field existed
-        hashes as it did then."""
-        skip = {"key"} | {f for f in ("unlabels", "results", "black_list") if not getattr(self, f)}
+        `results`, `black_list` or `memo` is left out: an intent applied before the field
+        existed hashes as it did then."""
+        skip = {"key"} | {f for f in ("unlabels", "results", "black_list", "memo") if not getattr(self, f)}
         return hashlib.sha256(self.model_dump_json(exclude=skip).encode()).digest()
 
 

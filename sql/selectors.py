@@ -173,7 +173,7 @@ def _tree(p: _Params, t: TreePredicate, up: bool) -> sql.Composable:
     if t.label:
         match.append(_label(p, t.label, "m"))
     matches = sql.SQL(" AND ").join(match) if match else sql.SQL("true")
-    rel = (sql.SQL(" AND e.rel_id = (SELECT rel_id FROM relationship_type WHERE name = {})").format(p.add(t.relationship))
+    rel = (sql.SQL(" AND e.rel_id IN (SELECT rel_id FROM relationship_type WHERE name = {})").format(p.add(t.relationship))
            if t.relationship else sql.SQL(""))
     near, far = ("child_id", "parent_id") if up else ("parent_id", "child_id")
     depth = p.add(t.max_depth)

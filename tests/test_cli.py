@@ -238,7 +238,7 @@ def _demo_actions_made(home: Path, cfg: str, pg, said: str) -> dict:
         "JOIN node p ON p.node_id = e.parent_id JOIN node c ON c.node_id = e.child_id WHERE r.name = 'thumbnail_of' "
         "ORDER BY 2 LIMIT 1").fetchone()
     info = hoard("--config", cfg, "info", child)
-    assert info.returncode == 0 and f"parent:    {image} (thumbnail_of)" in info.stdout, info.stdout + info.stderr
+    assert info.returncode == 0 and f"parent:    {image} (thumbnail_of, made by thumbnail)" in info.stdout, info.stdout + info.stderr
     assert "labels:    variant=thumbnail" in info.stdout and "(generated)" in info.stdout, info.stdout
     doc = json.loads(hoard("--config", cfg, "info", child, "--json").stdout)
     assert doc["class"] == "generated" and len(doc["replicas"]) >= 1

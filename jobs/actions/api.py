@@ -34,6 +34,7 @@ from hoardfs.jobs.actions.params import parse_params
 from hoardfs.jobs.actions.remote import cancel_remote, check_locatable
 from hoardfs.jobs.actions.runner import enqueue
 from hoardfs.jobs.actions.state import (
+    MEMOISED,
     QUEUE_OF,
     STALE_S,
     WAITING,
@@ -50,6 +51,7 @@ from hoardfs.jobs.actions.state import (
     load_state,
     lock_path,
     now,
+    params_digest,
     resume_line,
     run_id_of,
     runnable_problem,
@@ -64,6 +66,7 @@ from hoardfs.jobs.actions.state import (
 )
 from hoardfs.jobs.actions.steps import cleanup_cancelled, own_table, record_ending, stage_context, write_pending_events
 from hoardfs.jobs.queues import connect, fetch_job, rq_queue, running
+from hoardfs.sql import memo
 from hoardfs.sql.apply import apply_write_intent
 from hoardfs.sql.batches import register_action
 from hoardfs.sql.migrate import migrate
@@ -146,18 +149,26 @@ def prepare(cfg: Settings, name: str, *, selector: dict | None = None, nodes: li
 
 def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: list[str] | None = None,
            given: list[str] | None = None, redis_conn=None, queue: bool = True, by: str = "",
-           remote: bool = False) -> Submitted:
+           remote: bool = False, rerun: bool = False) -> Submitted:
     """Record the run of action `name` (the actions directory's contract, else the built-in of
     that id) and queue its next step (`queue=False`: the caller runs the steps itself,
     `run_here`); `by`: who launched it (a GUI login); `remote`: its stage, worker and parse on
     a host of the `remote` queue (hoardfs.jobs.actions.remote: refused in one line, nothing recorded,
     when an input is on no S3 disk). The same run again: done → "done already", nothing
     changed; failed, cancelled or interrupted → resumed at its step; running or waiting → said
-    so."""
+    so. An AC2–AC4 run stages and runs only the inputs its action (version, parameters) has not
+    run on before (`action_memo`: `inputs_new`, `inputs_reused` in its report); `rerun`: all of
+    them, as another run (its key holds the time it was asked for)."""
+    if rerun and remote:  # (its host checks the run id against contract, parameters and inputs alone)
+        raise ActionError("--rerun is for runs on this server: a --remote run is not memoised (its host stages "
+                          "every input); give one of them")
     c, params, inputs, rid = prepare(cfg, name, selector=selector, nodes=nodes, given=given)
     if c.result_table is not None:  # before "done already": a table changed at the same version is refused
         with psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10) as conn:
             own_table(conn, c)
+    again = stamp() if rerun else ""
+    if again:
+        rid = run_id_of(c.action_id, c.version, params, inputs, again)
     with flocked(state_dir(cfg) / f"{rid}.submit.lock", transient=True):
         st = load_state(cfg, rid)
         if st is not None:
@@ -166,19 +177,20 @@ def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: lis
                 raise ActionError(f"run {rid} was submitted {way}; it goes on as it began: {resume_line(rid)}")
             return _again(cfg, st, redis_conn, queue)
         try:
-            return _record_new(cfg, c, params, inputs, rid, redis_conn=redis_conn, queue=queue, by=by, remote=remote)
+            return _record_new(cfg, c, params, inputs, rid, redis_conn=redis_conn, queue=queue, by=by, remote=remote,
+                               rerun=again)
         except BaseException:
             if not (state_dir(cfg) / f"{rid}.json").exists():  # not recorded (a full SSD): nothing of it stays
-                for what in ("contract", "inputs", "context"):
+                for what in ("contract", "inputs", "context", "memo"):
                     work(cfg, rid, what).unlink(missing_ok=True)
                 lock_path(cfg, rid).unlink(missing_ok=True)
             raise
 
 
 def _record_new(cfg: Settings, c, params: dict, inputs: list[str], rid: str, *, redis_conn, queue: bool, by: str,
-                remote: bool) -> Submitted:
-    """`submit` of a run not recorded before: its batch in PostgreSQL, its work files, its
-    state, its job — under the run's submit lock."""
+                remote: bool, rerun: str = "") -> Submitted:
+    """`submit` of a run not recorded before: its batch in PostgreSQL, its work files (the
+    memo split among them), its state, its job — under the run's submit lock."""
     context = None
     if remote:
         if not queue or not cfg.redis_url:
@@ -193,18 +205,46 @@ def _record_new(cfg: Settings, c, params: dict, inputs: list[str], rid: str, *, 
             # the inputs become the run's batch, sealed: exactly once by its key
             apply_write_intent(conn, {"key": f"action-batch:{rid}", "batches": [
                 {"batch_id": rid, "action": num, "members": inputs, "seal": True}]})
+            split = memo_split(conn, c, num, params, inputs, remote=remote, rerun=rerun)
     write_work(cfg, rid, "contract", c.model_dump(mode="json"))
     write_work(cfg, rid, "inputs", inputs)
     if context is not None:  # what was located is what the run stages (the plan step keeps it)
         write_work(cfg, rid, "context", context)
+    if split is not None:
+        write_work(cfg, rid, "memo", split)
     cancel_flag(cfg, rid).unlink(missing_ok=True)
     st = RunState(rid, c.action_id, c.version, c.action_type, num, params, steps_of(c, remote), len(inputs),
-                  by=by)
+                  by=by, rerun=rerun)
+    if split is not None:
+        st.report.update(memo_report(split))
     with flocked(lock_path(cfg, rid)):  # saved and queued as one: never seen "queued" without its job
         save_state(cfg, st)
         if queue:
             _queue(cfg, st, redis_conn, forget=True)
     return Submitted(st, "new")
+
+
+def memo_split(conn: psycopg.Connection, c: Contract, num: int, params: dict[str, Any], inputs: list[str], *,
+               remote: bool = False, rerun: str = "") -> dict[str, Any] | None:
+    """Which of a run's inputs its action (version, parameters) has run on before (`action_memo`):
+    {"key": the parameters' digest, "new": [sha256 …], "reused": {sha256: run}} — `new` is what
+    the run stages and runs. None for a run that is not memoised (AC1, AC5, --remote: its host
+    stages every input); a --rerun's `reused` is empty."""
+    if c.action_type not in MEMOISED or remote:
+        return None
+    key = params_digest(params)
+    reused = {} if rerun else memo.done_by(conn, num, c.version, key, inputs)
+    return {"key": key, "new": [h for h in inputs if h not in reused], "reused": reused}
+
+
+def memo_report(split: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a run's memo split for its report: `inputs_new`, `inputs_reused`, and the
+    runs whose results the reused inputs keep (`reused_from`: run → how many)."""
+    runs: dict[str, int] = {}
+    for run in split["reused"].values():
+        runs[run] = runs.get(run, 0) + 1
+    return {"inputs_new": len(split["new"]), "inputs_reused": len(split["reused"]),
+            "reused_from": dict(sorted(runs.items()))}
 
 
 #: the built-in action `ingest.near_dup_at_ingest` runs over each batch ingested

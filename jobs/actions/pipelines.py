@@ -11,10 +11,19 @@ contract's `input_selector` takes (`hoard action run ACTION --selector {"batches
 `advance` needs no memory of its own beyond `batch_stage` (hoardfs.sql.batches): it records as done
 every stage whose run is done, in order, then submits the next stage's run. Repeating it is
 harmless; one batch may be in several pipelines (a run shared by two of them is one run).
+
+    watch(cfg, "clean", source="gallery")                           # every new gallery batch …
+    watched_of_batch(cfg, "gallery-s7-b001")                        # … goes through it, stage after stage
+
+A pipeline bound to a source (or every source) and a selector (`hoard pipeline watch`,
+hoardfs.sql.watch) is advanced over each batch ingested from that source whose members the
+selector matches: the ingest's finish step queues `pipelines_of_batch`, which runs the stages
+one after the other in that job (as `advance --here`), to the end or to a gate.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -22,6 +31,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from hoardfs.base import config as config_mod
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError, first_line
 from hoardfs.jobs.actions import api
@@ -30,7 +40,10 @@ from hoardfs.jobs.actions.runner import run_here
 from hoardfs.jobs.actions.state import WAITING, ActionError, Status, load_state
 from hoardfs.jobs.queues import redis_required
 from hoardfs.sql import batches as sqlb
+from hoardfs.sql import watch as sqlw
+from hoardfs.sql.selectors import parse_selector, query_nodes
 
+log = logging.getLogger(__name__)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 Mode = Literal["queue", "here", "wait"]
 
@@ -245,3 +258,57 @@ def _wait(cfg: Settings, rid: str, poll_s: float) -> None:
         if shown not in (Status.QUEUED.value, Status.RUNNING.value) + WAITING:
             return
         time.sleep(poll_s)
+
+
+def watch(cfg: Settings, name: str, *, source: str | None = None, selector: dict[str, Any] | None = None) -> None:
+    """Bind pipeline `name` to `source` (None: every source) and `selector` (None: every batch):
+    each batch ingested from then on that matches goes through its stages (`watched_of_batch`).
+    A selector that does not parse is refused in one line; binding again replaces the binding."""
+    _check_name(name)
+    if selector is not None:
+        try:
+            parse_selector(selector)
+        except HoardError as e:
+            raise PipelineError(f"pipeline {name}: the selector does not parse: {first_line(e)}; nothing was "
+                                "changed") from None
+    with _connect(cfg) as conn:
+        _stages(conn, name)
+        sqlw.set_watch(conn, name, source, selector)
+
+
+def unwatch(cfg: Settings, name: str) -> bool:
+    """Unbind pipeline `name`; False when it was not bound."""
+    _check_name(name)
+    with _connect(cfg) as conn:
+        _stages(conn, name)
+        return sqlw.drop_watch(conn, name)
+
+
+def watch_doc(cfg: Settings, name: str) -> dict[str, Any] | None:
+    """Pipeline `name`'s binding (source, selector, since), None when it has none."""
+    with _connect(cfg) as conn:
+        return sqlw.watch_of(conn, _check_name(name))
+
+
+def watched_of_batch(cfg: Settings, batch: str) -> list[Standing]:
+    """Advance ingested batch `batch` along every pipeline bound to its source whose selector
+    matches one of its members: each stage's run in this process (`advance`, mode "here"), to
+    the end or to a gate. A pipeline that stops (a failed run, a gate) is logged with its way
+    on and the others go on."""
+    with _connect(cfg) as conn:
+        bound = sqlw.watching(conn, batch)
+        chosen = [name for name, sel in bound
+                  if sel is None or query_nodes(conn, parse_selector(sel | {"batches": [batch]})).sha256]
+    out = []
+    for name in chosen:
+        try:
+            out.append(advance(cfg, name, batch, mode="here"))
+        except PipelineError as e:
+            log.warning("pipeline %s, batch %s (watched): %s", name, batch, e.message)
+    return out
+
+
+def pipelines_of_batch(config_path: str | None, batch_id: str) -> list[str]:
+    """RQ job the ingest's finish step queues by name when a pipeline is bound
+    (hoardfs.jobs.ingest cannot import this package): `watched_of_batch`; the pipelines it moved."""
+    return [st.pipeline for st in watched_of_batch(config_mod.load(config_path), batch_id)]

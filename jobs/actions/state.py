@@ -41,6 +41,9 @@ STEPS_REMOTE = ("plan", "gate", "remote", "collect", "apply", "finish")
 QUEUE_OF = {"plan": "sql", "stage": "io", "gate": "maintenance", "run": "actions", "parse": "io", "store": "io",
             "tasks": "maintenance", "labels": "maintenance", "apply": "sql", "finish": "maintenance",
             "remote": "actions", "collect": "io"}
+#: the action types whose runs are memoised per input (`action_memo`: a worker runs on each);
+#: AC1's rules are cheap and see the selection whole, AC5's labels are people's
+MEMOISED = ("AC2", "AC3", "AC4")
 #: RQ timeout of a step (the worker's own timeout is the contract's; the run step adds a margin)
 STEP_TIMEOUT_S = 6 * 3600
 #: a running step writes its heartbeat this often …
@@ -129,6 +132,9 @@ class RunState:
     endings: int = 0
     #: who launched it (a GUI login; empty from the command line), as other runs record it
     by: str = ""
+    #: `hoard action run --rerun`: when it was asked for — part of the run's key (another run
+    #: than the one over the same inputs before), and its inputs are run whatever the memo says
+    rerun: str = ""
     #: when this attempt began (submitted, or resumed by `hoard action run` again): the key of
     #: the attempt's ending event (`action-end:<run>:<attempt>`), so that an ending whose event
     #: was written but whose state was not saved (a crash between the two) is not mistaken for
@@ -157,9 +163,12 @@ def since(stamp: str) -> float:
     return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(stamp)).total_seconds()
 
 
-def run_key(action: str, version: int, params_canonical: str, inputs: list[str]) -> str:
-    """sha256 of the canonical JSON of what makes a run the same run."""
-    doc = {"action": action, "version": version, "params": params_canonical, "inputs": sorted(inputs)}
+def run_key(action: str, version: int, params_canonical: str, inputs: list[str], rerun: str = "") -> str:
+    """sha256 of the canonical JSON of what makes a run the same run (`rerun`: the time a
+    `--rerun` was asked for, which makes it another run)."""
+    doc: dict[str, Any] = {"action": action, "version": version, "params": params_canonical, "inputs": sorted(inputs)}
+    if rerun:
+        doc["rerun"] = rerun
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -167,10 +176,17 @@ def run_id(action: str, version: int, key: str) -> str:
     return f"{action}-v{version}-{key[:12]}"
 
 
-def run_id_of(action: str, version: int, params: dict[str, Any], inputs: list[str]) -> str:
-    """The id of the run of `action` v`version` on the typed `params` and `inputs`: what
-    `hoard action run` records it as, what a remote host and every load of its state check."""
-    return run_id(action, version, run_key(action, version, canonical(params) if params else "{}", inputs))
+def run_id_of(action: str, version: int, params: dict[str, Any], inputs: list[str], rerun: str = "") -> str:
+    """The id of the run of `action` v`version` on the typed `params` and `inputs` (and the
+    `--rerun` stamp, if any): what `hoard action run` records it as, what a remote host and
+    every load of its state check."""
+    return run_id(action, version, run_key(action, version, canonical(params) if params else "{}", inputs, rerun))
+
+
+def params_digest(params: dict[str, Any]) -> str:
+    """sha256 (hex) of the typed parameters' canonical JSON: the parameters' part of the memo
+    key (action, version, parameters, input), as the run key hashes them."""
+    return hashlib.sha256((canonical(params) if params else "{}").encode()).hexdigest()
 
 
 def typed_params(c: Contract, params: dict[str, Any], cfg: Settings | None = None) -> dict[str, Any]:
@@ -263,7 +279,8 @@ def proof_problem(cfg: Settings, st: RunState, rid: str) -> str | None:
     if not (isinstance(st.steps, list) and isinstance(st.done, list) and st.step in st.steps
             and all(isinstance(d, str) and d in st.steps for d in st.done)):
         return "its step and steps done are not among its steps"
-    fields = (st.run_id, st.action, st.version, st.action_type, st.inputs, repr(st.params), repr(st.steps))
+    fields = (st.run_id, st.action, st.version, st.action_type, st.inputs, repr(st.params), repr(st.steps),
+              repr(st.rerun))
     seen = (fields, _identity(work(cfg, rid, "contract")), _identity(work(cfg, rid, "inputs")))
     if _PROVEN.get(rid) == seen:
         return None
@@ -293,7 +310,9 @@ def proof_problem(cfg: Settings, st: RunState, rid: str) -> str | None:
         same = canonical(typed) == canonical(st.params)
     except (TypeError, ValueError):  # (a value JSON holds that no parameter types to: NaN)
         same = False
-    if not same or run_id_of(c.action_id, c.version, typed, inputs) != rid:
+    if not isinstance(st.rerun, str) or len(st.rerun) > 64:
+        return "its --rerun stamp is not a time"
+    if not same or run_id_of(c.action_id, c.version, typed, inputs, st.rerun) != rid:
         return f"its contract, parameters and inputs do not hash to run {rid}"
     _PROVEN[rid] = seen
     return None

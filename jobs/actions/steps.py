@@ -56,6 +56,7 @@ from hoardfs.jobs.actions.parse import InputFile
 from hoardfs.jobs.actions.state import (
     EXTERNAL_POLL_S,
     LABELS_POLL_S,
+    MEMOISED,
     ActionError,
     Cancelled,
     RunState,
@@ -65,6 +66,7 @@ from hoardfs.jobs.actions.state import (
     cancel_flag,
     log_path,
     now,
+    params_digest,
     read_work,
     resume_line,
     save_state,
@@ -88,6 +90,30 @@ def contract_of(cfg: Settings, st: RunState) -> Contract:
 
 def inputs_of(cfg: Settings, st: RunState) -> list[str]:
     return list(read_work(cfg, st.run_id, "inputs"))
+
+
+def memo_of(cfg: Settings, st: RunState) -> dict[str, Any] | None:
+    """The run's memo split (api.memo_split, fixed at submit): the inputs it runs (`new`) and
+    those its action ran on before (`reused`: sha256 → run); None for a run not memoised."""
+    return read_work(cfg, st.run_id, "memo") if work(cfg, st.run_id, "memo").is_file() else None
+
+
+def run_inputs(cfg: Settings, st: RunState) -> list[str]:
+    """The inputs the run stages and its worker runs on (sorted): the new ones of a memoised
+    run, else all of them."""
+    split = memo_of(cfg, st)
+    return sorted(split["new"] if split is not None else inputs_of(cfg, st))
+
+
+def nothing_new(cfg: Settings, st: RunState) -> bool:
+    """A memoised run whose every input its action ran on before: nothing is staged, no gate
+    is waited at and no worker starts — its apply records the run, its report says so."""
+    split = memo_of(cfg, st)
+    return split is not None and not split["new"]
+
+
+#: what a skipped step reports
+ALL_DONE = "every input done already (inputs_reused); no worker started"
 
 
 def origin(st: RunState) -> str:
@@ -118,7 +144,10 @@ def _step_plan(cfg: Settings, st: RunState) -> None:
     if c.result_table is not None:
         with _connect(cfg) as conn:
             own_table(conn, c)
-    inputs = set(inputs_of(cfg, st))
+    if nothing_new(cfg, st):
+        st.report["stage"] = ALL_DONE
+        return
+    inputs = set(run_inputs(cfg, st))  # (a memoised run: only those its action did not run on before)
     if c.action_type == "AC1":
         labels, black = [], set()
         with _connect(cfg) as conn:
@@ -174,9 +203,11 @@ def stage_spec(c: Contract, rid: str, inputs: list[str], context: dict[str, list
 # -- stage --------------------------------------------------------------------------------------
 
 def _step_stage(cfg: Settings, st: RunState) -> None:
+    if nothing_new(cfg, st):
+        return
     # the request again (the same request is fine): `hoard zones clean RUN`, which health offers
     # for the stage of a run killed while it staged, forgets it — and the run must still resume
-    outputs.submit(cfg, stage_spec(contract_of(cfg, st), st.run_id, sorted(inputs_of(cfg, st)), context_of(cfg, st)))
+    outputs.submit(cfg, stage_spec(contract_of(cfg, st), st.run_id, run_inputs(cfg, st), context_of(cfg, st)))
     rep = outputs.run(cfg, st.run_id)
     st.report["stage"] = {k: rep.get(k) for k in ("path", "files", "bytes", "copied_files")}
 
@@ -223,6 +254,9 @@ def _step_gate(cfg: Settings, st: RunState) -> None:
     c = contract_of(cfg, st)
     gate = c.gate
     assert gate is not None  # the step is in the run's steps only with a gate
+    if nothing_new(cfg, st):
+        st.report["gate"] = ALL_DONE
+        return
     st.gate.setdefault("since", now())
     if st.gate.get("released"):
         st.report["gate"] = f"released by hand at {st.gate['released']}"
@@ -262,6 +296,9 @@ def _empty(d: Path) -> None:
 
 
 def _step_run(cfg: Settings, st: RunState) -> None:
+    if nothing_new(cfg, st):
+        st.report["run"] = {"skipped": ALL_DONE}
+        return
     c = contract_of(cfg, st)
     roots = roots_of(cfg, c, st)
     rs = c.run_spec
@@ -378,6 +415,10 @@ def _why(outcome: Any, c: Contract) -> str:
 # -- parse --------------------------------------------------------------------------------------
 
 def _step_parse(cfg: Settings, st: RunState) -> None:
+    if nothing_new(cfg, st):
+        write_work(cfg, st.run_id, "parsed", {"children": [], "records": []})
+        st.report.update(children=0, records=0)
+        return
     c = contract_of(cfg, st)
     roots = roots_of(cfg, c, st)
     inputs = staged_inputs(cfg, c, st)
@@ -583,6 +624,10 @@ def build_intent(cfg: Settings, st: RunState) -> dict[str, Any]:
     doc.update(relationships=[{"name": n, "action": st.action_num}
                               for n in sorted({e["relationship"] for e in edges})],
                nodes=nodes, edges=edges, labels=labels, results=results)
+    if c.action_type in MEMOISED:  # the inputs its worker ran on: a later run reuses this one's results
+        key = params_digest(st.params)
+        doc["memo"] = [{"action": st.action_num, "version": st.version, "params": key, "node": h, "run": st.run_id}
+                       for h in run_inputs(cfg, st)]
     return doc
 
 

@@ -35,6 +35,7 @@ from hoardfs.jobs.queues import (
     is_condition,
     rq_queue,
 )
+from hoardfs.sql import watch
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,30 @@ def _run_step_logged(cfg: Settings, batch_id: str, step: str, *, then_enqueue: b
     else:
         if then_enqueue and cfg.ingest.near_dup_at_ingest:  # before "done" is saved: queued at least once
             queue_near_dups(cfg, batch_id)
+        if then_enqueue:  # a pipeline bound to the batch's source starts on it (`hoard pipeline watch`)
+            queue_watched(cfg, batch_id)
         save_state(cfg, st)
     return st.report
+
+
+def queue_watched(cfg: Settings, batch_id: str) -> None:
+    """Queue the job that moves an ingested batch along the pipelines bound to its source
+    (`hoard pipeline watch`), by the job's name as `queue_near_dups` does — only when a pipeline
+    is bound. PostgreSQL or Redis failing now costs the start, not the batch: said in one line
+    with the command that makes it."""
+    if not cfg.redis_url:
+        return
+    try:
+        with psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10) as conn:
+            if not watch.any_watch(conn):
+                return
+        enqueue_once(connect(cfg.redis_url), "actions", "hoardfs.jobs.actions.pipelines_of_batch",
+                     str(cfg.source) if cfg.source else None, batch_id, job_id=f"pipelines-{batch_id}",
+                     timeout=STEP_TIMEOUT_S, description=f"watched pipelines over batch {batch_id}",
+                     key=jobkey.of(cfg))
+    except (psycopg.Error, redis.RedisError, OSError) as e:
+        log.warning("batch %s: the pipelines watching its source not started (%s); `hoard pipeline advance NAME "
+                    "%s` starts each", batch_id, condition_line(e), batch_id)
 
 
 def queue_near_dups(cfg: Settings, batch_id: str) -> None:
