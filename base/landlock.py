@@ -205,7 +205,8 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     the kernel's keyrings (`_IPC`: a shared memory segment made 0666 hands what it read to any
     local user); leaving its process group (`_LEAVE_GROUP`); a signal to another process — below
     ABI 6 by seccomp (`refuse_signals_to_others`), from ABI 6 by Landlock outside its own domain,
-    with an abstract socket; an ioctl on a device it opens from ABI 5, and always pushing
+    with an abstract socket — and through a file's owner (F_SETOWN: `refuse_file_owners`); another
+    process's limits, priority or processors (`refuse_others_limits`); an ioctl on a device it opens from ABI 5, and always pushing
     input into a terminal it inherited or setting a file's attribute flags (`refuse_ioctls`);
     an flock (ENOLCK), which would hold the service's own locks."""
     version, why, _ = _probe()
@@ -244,7 +245,7 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
         filters = [refuse_other_abis, lambda: refuse_syscalls(_SOCKETS, errno.EACCES),
                    lambda: refuse_syscalls(_FLOCK, errno.ENOLCK),
                    lambda: refuse_syscalls(_joined(_IPC, _LEAVE_GROUP), errno.EPERM),
-                   refuse_ioctls]
+                   refuse_ioctls, lambda: refuse_others_limits(os.getpid())]
         if version < 6:  # Landlock scopes signals from ABI 6 on: below it, any process of the same user
             pid = os.getpid()
             filters.append(lambda: refuse_signals_to_others(pid))
@@ -495,6 +496,46 @@ def refuse_file_owners() -> bool:
         (_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, "allow", arch), (_LD_W_ABS, 0, 0, 0), (_JEQ_K, 0, "allow", nr),
         (_LD_W_ABS, 0, 0, 24)]  # the second argument's low 32 bits: the command
     prog += [(_JEQ_K, "eperm", 0, cmd) for cmd in _SET_OWNER]
+    prog += ["allow", (_RET_K, 0, 0, _RET_ALLOW), "eperm", (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)]
+    _install(_assemble(prog))
+    return True
+
+
+#: the calls that change another process's limits, priority or processors, which Landlock does
+#: not scope at any ABI (it scopes ptrace and signals only): number → (the argument that names
+#: the process, the value the argument before it must have — its `which`: a process, never a
+#: group or a user — or None). prlimit64, sched_setaffinity, sched_setparam, sched_setscheduler,
+#: sched_setattr, setpriority, ioprio_set
+_OTHERS_LIMITS: dict[str, dict[int, tuple[int, int | None]]] = {
+    "x86_64": {302: (0, None), 203: (0, None), 142: (0, None), 144: (0, None), 314: (0, None), 141: (1, 0),
+               251: (1, 1)},
+    "aarch64": {261: (0, None), 122: (0, None), 118: (0, None), 119: (0, None), 274: (0, None), 140: (1, 0),
+                30: (1, 1)}}
+
+
+def refuse_others_limits(pid: int) -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: changing the resource
+    limits, priority, I/O priority, scheduling or processors of any process but `pid` (this one)
+    or the caller itself (0) fails with EPERM — a confined process could otherwise set the hard
+    RLIMIT_FSIZE of the mount or the GUI to 0 (their next write ends them with SIGXFSZ), their
+    RLIMIT_NOFILE to 3, renice every process of its user (setpriority(PRIO_USER)) or pin them to
+    one processor. False on an architecture `_OTHERS_LIMITS` does not name. The caller must have
+    set no_new_privs."""
+    machine = os.uname().machine
+    arch, calls = _AUDIT_ARCH.get(machine), _OTHERS_LIMITS.get(machine)
+    if arch is None or not calls:
+        return False
+    prog: list[tuple[int, int | str, int | str, int | str] | str] = [
+        (_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, "allow", arch), (_LD_W_ABS, 0, 0, 0)]
+    prog += [(_JEQ_K, f"call{nr}", 0, nr) for nr in calls]
+    prog.append((_RET_K, 0, 0, _RET_ALLOW))
+    for nr, (arg, which) in calls.items():
+        prog.append(f"call{nr}")
+        if which is not None:  # its `which` (the argument before): a single process, or refused
+            prog += [(_LD_W_ABS, 0, 0, 16 + 8 * (arg - 1)), (_JEQ_K, 0, "eperm", which)]
+        prog.append((_LD_W_ABS, 0, 0, 16 + 8 * arg))  # the low 32 bits of the pid
+        prog += [(_JEQ_K, "allow", 0, t) for t in (0, pid)]
+        prog.append((_JA, 0, 0, "eperm"))
     prog += ["allow", (_RET_K, 0, 0, _RET_ALLOW), "eperm", (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)]
     _install(_assemble(prog))
     return True

@@ -3,6 +3,8 @@ crash — each test one finding, with real Redis, PostgreSQL and `hoard` process
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import subprocess
 import sys
@@ -113,3 +115,56 @@ def test_a_confined_builtin_cannot_signal_another_process_through_a_file_owner(t
     finally:
         victim.kill()
         victim.wait()
+
+
+#: a built-in taken over by its input, confined as `hoard-builtin` confines it, changing another
+#: process of its user: its hard limits (a file size of 0 ends it at its next write), its
+#: priority, its processors
+LIMITS_OF_ANOTHER = '''
+import json, os, resource, sys
+from pathlib import Path
+from hoardfs.jobs.actions.builtin import _io
+VICTIM, INPUT, OUTPUT = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+assert _io.confine(OUTPUT, INPUT)
+def attempt(f):
+    try:
+        f()
+        return 0
+    except OSError as e:
+        return e.errno
+got = {"file size": attempt(lambda: resource.prlimit(VICTIM, resource.RLIMIT_FSIZE, (0, 0))),
+       "open files": attempt(lambda: resource.prlimit(VICTIM, resource.RLIMIT_NOFILE, (3, 3))),
+       "renice it": attempt(lambda: os.setpriority(os.PRIO_PROCESS, VICTIM, 19)),
+       "pin it": attempt(lambda: os.sched_setaffinity(VICTIM, {0})),
+       "own limit": attempt(lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0))),
+       "own priority": attempt(lambda: os.setpriority(os.PRIO_PROCESS, 0, 1))}
+print(json.dumps(got))
+'''
+
+
+@pytest.mark.services
+def test_a_confined_builtin_cannot_change_another_processs_limits(tmp_path: Path) -> None:
+    """A confined built-in cannot change another process's resource limits, priority or processors (EPERM); its
+    own limits and priority it may still set."""
+    from hoardfs.base import landlock  # deferred: as above
+
+    if not landlock.status()["enforced"]:
+        pytest.skip("no Landlock here")
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    out.mkdir()
+    victim = subprocess.Popen(["sleep", "60"])  # a process of the service's user (the mount, the GUI)
+    try:
+        before = Path(f"/proc/{victim.pid}/limits").read_text()
+        res = subprocess.run([sys.executable, "-c", LIMITS_OF_ANOTHER, str(victim.pid), str(inp), str(out)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        got = json.loads(res.stdout.splitlines()[-1])
+        assert Path(f"/proc/{victim.pid}/limits").read_text() == before, "another process's limits changed"
+        assert os.getpriority(os.PRIO_PROCESS, victim.pid) == os.getpriority(os.PRIO_PROCESS, 0) and os.sched_getaffinity(victim.pid) == \
+            os.sched_getaffinity(0)
+    finally:
+        victim.kill()
+        victim.wait()
+    assert {k: got.pop(k) for k in ("own limit", "own priority")} == {"own limit": 0, "own priority": 0}
+    assert got == dict.fromkeys(got, errno.EPERM), got
