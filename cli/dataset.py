@@ -37,6 +37,18 @@ def _counts(counts: dict[str, dict[str, int]]) -> str:
                      for split, by in counts.items())
 
 
+def _shares(splits: dict[str, dict[str, Any]] | None, large: list[dict[str, Any]] | None) -> str:
+    """The realised split (samples, share, ratio asked) and the groups over the reported share."""
+    if not splits:
+        return ""
+    out = " — split " + ", ".join(f"{sp} {g['samples']} ({g['share']:.1%} of {g['ratio']:.0%})"
+                                   for sp, g in splits.items())
+    if large:
+        out += "; large groups: " + ", ".join(f"{g['group']} {g['samples']} ({g['share']:.1%})" for g in large[:3])
+        out += f" and {len(large) - 3} more" if len(large) > 3 else ""
+    return out
+
+
 @app.command("build")
 def build(
     ctx: typer.Context,
@@ -57,7 +69,7 @@ def build(
     if dry_run:
         d = api.dry_run(cfg, spec, mode)
         _emit(d.to_json(), as_json, f"dataset {d.name} ({d.layout}, {d.mode}): {d.samples} samples of {d.selected} "
-              f"selected, {fmt_bytes(d.bytes)} — {_counts(d.counts)}; zone 3D "
+              f"selected, {fmt_bytes(d.bytes)} — {_counts(d.counts)}{_shares(d.splits, d.large_groups)}; zone 3D "
               + ("admits it" if d.quota_ok else f"is too full ({fmt_bytes(d.reserve_bytes)} needed, "
                                                 f"{fmt_bytes(d.zone_free)} free)")
               + (f"; new classes: {', '.join(d.new_classes)}" if d.new_classes else "")
@@ -109,7 +121,7 @@ def _report(r: dict[str, Any], as_json: bool) -> None:
     else:
         line = (f"{r['path']}: sealed — dataset {r['name']}@{r['version']}, {r['files']} files, "
                 f"{fmt_bytes(r['bytes'])} ({r['mode']}" + (f", view {r['view']}" if r.get("view") else "") + ") — "
-                + _counts(r["counts"]))
+                + _counts(r["counts"]) + _shares(r.get("splits"), r.get("large_groups")))
     _emit(r, as_json, line)
 
 

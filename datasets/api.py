@@ -65,6 +65,10 @@ class DryRun:
     unlabelled: int
     capped: int
     dropped_dup: int
+    #: split → {samples, share, ratio}: the realised split of `counts`
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the groups over split.max_group_share of the samples: [{group, samples, share}]
+    large_groups: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,7 +219,8 @@ def dry_run(cfg: Settings, spec: DatasetSpec, mode: str | None = None) -> DryRun
             need = _estimate(cfg, conn, spec, fmt, d)
     _need, room, _ok = _quota(cfg, [], [], "view")
     return DryRun(spec.name, spec.layout, spec.mode, d.counts, d.samples, d.bytes, need, room, need <= room,
-                  d.class_map, d.new_classes, d.thumbnails, d.selected, d.unlabelled, d.capped, d.dropped_dup)
+                  d.class_map, d.new_classes, d.thumbnails, d.selected, d.unlabelled, d.capped, d.dropped_dup,
+                  card.split_shares(d.counts, spec.split.ratios), d.large_groups)
 
 
 #: samples rendered whole to estimate the layout's own files in a dry run
@@ -307,7 +312,8 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
             last = done[-1]
             return {"name": spec.name, "version": last["version"], "path": last["path"], "mode": last["mode"],
                     "unchanged": True, "status": last["status"], "files": last["files"], "bytes": last["bytes"],
-                    "counts": last["counts"], "samples": len(p.samples)}
+                    "counts": last["counts"], "samples": len(p.samples), "splits": made.doc["splits"],
+                    "large_groups": made.doc["large_groups"]}
         sizes, paths = _sizes(made)
         need, room, ok = _quota(cfg, sizes, paths, spec.mode)
         if not ok:
@@ -325,7 +331,8 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
             raise
         sqld.save_class_map(conn, spec.name, p.class_map)
     return report | {"samples": len(p.samples), "selected": p.selected, "unlabelled": p.unlabelled,
-                     "new_classes": p.new_classes, "seconds": round(time.monotonic() - t0, 3)}
+                     "new_classes": p.new_classes, "splits": made.doc["splits"],
+                     "large_groups": made.doc["large_groups"], "seconds": round(time.monotonic() - t0, 3)}
 
 
 def _check_view(cfg: Settings, spec: DatasetSpec, fmt: Format) -> None:

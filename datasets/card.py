@@ -49,11 +49,36 @@ def fingerprint(manifest: bytes, spec_sha256: str) -> str:
     return hashlib.sha256(manifest + b"\0" + spec_sha256.encode()).hexdigest()
 
 
+def split_shares(counts: dict[str, dict[str, int]], ratios: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """split → {samples, share, ratio}: the realised split of `counts` (split → class → n)."""
+    total = sum(sum(by.values()) for by in counts.values())
+    out = {}
+    for sp in [*ratios, *(k for k in counts if k not in ratios)]:
+        n = sum(counts.get(sp, {}).values())
+        out[sp] = {"samples": n, "share": round(n / total, 4) if total else 0.0, "ratio": ratios.get(sp, 0.0)}
+    return out
+
+
+def large_groups(samples: list[Sample], max_share: float) -> list[dict[str, Any]]:
+    """The groups (each sample's `group`) holding more than `max_share` of the samples, largest first."""
+    sizes = Counter(s.group for s in samples if s.group is not None)
+    total = len(samples)
+    return [{"group": g, "samples": n, "share": round(n / total, 4)}
+            for g, n in sorted(sizes.items(), key=lambda gn: (-gn[1], gn[0])) if total and n / total > max_share]
+
+
 def dataset_doc(spec_doc: dict[str, Any], spec_sha256: str, class_map: list[str], counts: dict[str, dict[str, int]],
                 samples: list[Sample], manifest: bytes, licences: list[str]) -> dict[str, Any]:
+    ratios = spec_doc["split"]["ratios"]
+    ratios = {k: ratios[k] for k in spec_doc["split"].get("order") or ratios}
+    missing = {"source_url": sum(1 for s in samples if not s.source_url), "date": sum(1 for s in samples if not s.date),
+               "author": sum(1 for s in samples if not s.author), "licence": sum(1 for s in samples if not s.licences)}
     return {"format": FORMAT, "name": spec_doc["name"], "layout": spec_doc["layout"], "spec": spec_doc,
             "spec_sha256": spec_sha256, "class_map": class_map, "counts": counts, "samples": len(samples),
             "bytes": sum(s.size for s in samples), "licences": licences,
+            "splits": split_shares(counts, ratios),
+            "large_groups": large_groups(samples, float(spec_doc["split"].get("max_group_share", 1.0))),
+            "without": missing,
             "state": {"fingerprint": fingerprint(manifest, spec_sha256),
                       "manifest_sha256": hashlib.sha256(manifest).hexdigest()}}
 
@@ -122,17 +147,40 @@ def readme(doc: dict[str, Any], samples: list[Sample]) -> bytes:
     lines += ["| total | " + " | ".join(map(str, totals)) + f" | {sum(totals)} |", "", "## Classes", ""]
     lines += [f"{i}. {code(c)} ({by_class.get(c, 0)} samples)" for i, c in enumerate(doc["class_map"])] or \
         ["(no classes)"]
-    lines += ["", "## Sources", ""]
+    n = len(samples)
+    without = Counter({"source URL": sum(1 for s in samples if not s.source_url),
+                       "download date": sum(1 for s in samples if not s.date),
+                       "author": sum(1 for s in samples if not s.author),
+                       "licence": sum(1 for s in samples if not s.licences)})
+    authors = Counter(s.author for s in samples if s.author)
+    lines += ["", "## Sources", "",
+              "Each sample's source URL, download date, author and licence are those of the nearest item that "
+              "holds them: the sample itself, its post (video, message), then theirs.", ""]
     lines += [f"- {code(h)}: {n} samples" for h, n in sorted(hosts.items(), key=lambda hn: (-hn[1], hn[0]))] or \
         ["- no source URL recorded"]
+    lines += ["", "Samples without a value (of " + str(n) + "): " + ", ".join(f"{what} {k}" for what, k in without.items())
+              + ".",
+              "", "## Authors", ""]
+    top = sorted(authors.items(), key=lambda an: (-an[1], an[0]))
+    lines += [f"- {code(a)}: {k} samples" for a, k in top[:10]] or ["- no author recorded"]
+    if len(top) > 10:
+        lines.append(f"- and {len(top) - 10} more authors ({sum(k for _, k in top[10:])} samples)")
     lines += ["", "## Dates", "",
               f"Downloaded from {code(first)} to {code(last)}." if dated else "No download date recorded.",
               "", "## Licences", ""]
     lines += [licence(lic) for lic in doc.get("licences", [])] or \
         ["None found in the metadata: check each source's terms."]
+    split = doc["spec"]["split"]
     lines += ["", "## Splits", "",
-              f"By hash of (salt {code(repr(doc['spec']['split']['salt']))}, group key "
-              f"{code(doc['spec']['split']['group'])}): all "
-              "samples of one group lie in one split, and adding data never moves a sample.",
-              "", f"Spec sha256: `{doc['spec_sha256']}`; data fingerprint: `{doc['state']['fingerprint']}`.", ""]
+              f"Groups {code(split['group'])} placed by hash of (salt {code(repr(split['salt']))}, group key), the "
+              "cuts between splits moved where needed to honour the ratios (docs/datasets.md \"Splits\"): all "
+              "samples of one group lie in one split, and added data moves few samples.", "",
+              "| split | samples | share | ratio |", "|---|---|---|---|"]
+    for sp, got in (doc.get("splits") or {}).items():
+        lines.append(f"| {code(sp, cell=True)} | {got['samples']} | {got['share']:.2%} | {got['ratio']:.2%} |")
+    big = doc.get("large_groups") or []
+    if big:
+        lines += ["", f"Groups over {float(split.get('max_group_share', 1.0)):.0%} of the samples:"]
+        lines += [f"- {code(g['group'])}: {g['samples']} samples ({g['share']:.1%})" for g in big]
+    lines += ["", f"Spec sha256: `{doc['spec_sha256']}`; data fingerprint: `{doc['state']['fingerprint']}`.", ""]
     return "\n".join(lines).encode()

@@ -67,7 +67,7 @@ class Sample:
     root_id: int
     lineage: tuple[int, ...]   # node, parent, …, root
     source_url: str | None
-    date: str | None           # the root's download date YYYY-MM-DD
+    date: str | None           # the nearest dated item's download date YYYY-MM-DD
     labels: dict[str, tuple[str, ...]] = field(hash=False)
     cls: str | None
     class_index: int | None
@@ -75,6 +75,9 @@ class Sample:
     annotations: tuple[Annotation, ...] = ()
     width: int | None = None
     height: int | None = None
+    author: str | None = None   # of the nearest item that names one (the sample, its post, …)
+    licences: tuple[str, ...] = ()  # of the nearest item that names any
+    group: str | None = None    # the group key its split was drawn for (`split.group`)
 
     def to_json(self) -> dict:
         """The manifest line's document (write it with `canonical`)."""
@@ -84,7 +87,8 @@ class Sample:
                 "labels": {k: list(v) for k, v in self.labels.items()},  # (written with sorted keys)
                 "class": self.cls, "class_index": self.class_index, "split": self.split,
                 "annotations": [a.to_json() for a in self.annotations],
-                "width": self.width, "height": self.height}
+                "width": self.width, "height": self.height, "author": self.author,
+                "licences": list(self.licences), "group": self.group}
 
     @classmethod
     def from_json(cls, d: dict) -> Sample:
@@ -94,7 +98,8 @@ class Sample:
                    labels={k: tuple(v) for k, v in d.get("labels", {}).items()},
                    cls=d.get("class"), class_index=d.get("class_index"), split=d["split"],
                    annotations=tuple(Annotation.from_json(a) for a in d.get("annotations", ())),
-                   width=d.get("width"), height=d.get("height"))
+                   width=d.get("width"), height=d.get("height"), author=d.get("author"),
+                   licences=tuple(d.get("licences", ())), group=d.get("group"))
 
 
 # -- Label Studio regions → pixel annotations -----------------------------------------------

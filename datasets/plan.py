@@ -1,7 +1,8 @@
 """A dataset spec → its samples (docs/datasets.md): the selection (hoardfs.sql.selectors, tree
-predicates included), each node's labels, lineage to the root, the root's source URL and
-date, the class and its index in the class map, the split by hash of (salt, group key),
-dedup, per-class caps, each sample's path in the layout — checked whole, before a byte moves.
+predicates included), each node's labels, lineage to the root, the source URL, date, author
+and licence of its nearest item, the class and its index in the class map, its group, the
+split of its group (hoardfs.datasets.splits: the ratios honoured, or refused), dedup,
+per-class caps, each sample's path in the layout — checked whole, before a byte moves.
 
 Everything after the database reads is a pure function of the rows (`samples_from_rows`):
 the same rows and spec give the same samples, in the same order.
@@ -22,6 +23,7 @@ from hoardfs.datasets.formats import Format, plan_paths
 from hoardfs.datasets.layouts import PlacementError
 from hoardfs.datasets.model import LS_SHAPES, Annotation, Sample, annotations_from_ls
 from hoardfs.datasets.spec import DatasetError, DatasetSpec
+from hoardfs.datasets.splits import Balance, balance, unit
 from hoardfs.sql import datasets as sqld
 from hoardfs.sql import neardup
 from hoardfs.sql.datasets import sample_rows
@@ -45,6 +47,10 @@ class Plan:
     dropped_dup: int = 0
     capped: int = 0
     licences: list[str] = field(default_factory=list)  # found in the samples' metadata (`license`/`licence`)
+    #: split → {samples, share, ratio}: the realised split (before caps), as `check_splits` judged it
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the groups over split.max_group_share of the samples: [{group, samples, share}], largest first
+    large_groups: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def bytes(self) -> int:
@@ -69,12 +75,6 @@ def counts_of(samples: list[Sample], splits: list[str]) -> dict[str, dict[str, i
         by = out.setdefault(s.split, {})
         by[s.cls or NO_CLASS] = by.get(s.cls or NO_CLASS, 0) + 1
     return {k: dict(sorted(v.items())) for k, v in out.items()}
-
-
-def unit(salt: str, key: str) -> float:
-    """The sample's place in [0, 1): it depends on the salt and its group key only, so adding
-    data never moves an existing sample."""
-    return int.from_bytes(hashlib.sha256(f"{salt}\0{key}".encode()).digest()[:8], "big") / 2 ** 64
 
 
 def split_of(ratios: dict[str, float], salt: str, key: str) -> str:
@@ -118,6 +118,9 @@ def plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None) -> 
         near = near_dup_groups(conn, spec)
         for r in rows.values():
             r["near_dup"] = near.get(r["node_id"])
+    if spec.split.group in sqld.GROUP_KINDS:
+        for nid, key in sqld.group_keys(conn, list(rows), spec.split.group).items():
+            rows[nid]["group"] = key
     return samples_from_rows(spec, fmt, [rows[n] for n in node_ids if n in rows], frozen_map)
 
 
@@ -150,11 +153,10 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
     # one sample per node; dedup by content or node
     seen: set[str | int] = set()
     dropped = 0
-    out: list[Sample] = []
     keys = Counter(r["sha256"][:16] for r, _ in classed)
     splits = list(spec.split.ratios)
     groups = group_keys(spec, [r for r, _ in classed])
-    drawn: dict[str, str] = {}  # group key → split (the samples of a group share their draw)
+    kept_rows: list[tuple[dict[str, Any], str | None]] = []
     for r, cls in sorted(classed, key=lambda rc: rc[0]["node_id"]):
         ident = r["sha256"] if spec.dedup == "by_sha256" else r["node_id"] if spec.dedup == "by_node" else \
             f"near_dup:{r.get('near_dup') or r['sha256']}"
@@ -162,19 +164,30 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
             dropped += 1
             continue
         seen.add(ident)
-        split = _split(spec, r, splits, groups[r["node_id"]], drawn)
-        out.append(_sample(spec, r, cls, index[cls] if cls is not None else None, keys[r["sha256"][:16]] > 1, split))
+        kept_rows.append((r, cls))
+    # the groups' sizes → their splits (hoardfs.datasets.splits.balance: the ratios honoured)
+    sizes = Counter(groups[r["node_id"]] for r, _ in kept_rows)
+    bal = balance(spec.split.ratios, spec.split.salt, dict(sizes))
+    out: list[Sample] = []
+    for r, cls in kept_rows:
+        group = groups[r["node_id"]]
+        split = _split(spec, r, splits, splits[bal.assign[group]])
+        out.append(_sample(spec, r, cls, index[cls] if cls is not None else None, keys[r["sha256"][:16]] > 1, split,
+                           group))
+    realised = Counter(s.split for s in out)
+    report = check_splits(spec, bal, [realised.get(sp, 0) for sp in splits], sizes)
+    large = large_groups(spec, sizes)
     out, capped = _caps(spec, out)
     kept = {s.node_id for s in out}
     licences = sorted({lic for r, _ in classed if r["node_id"] in kept for lic in r.get("licences", ())})
     placed = place(fmt, out, name, spec.webdataset.model_dump())
     placed.sort(key=build_order(splits))
     return Plan(spec, placed, cmap, new, selected=len(rows), unlabelled=unlabelled, dropped_dup=dropped, capped=capped,
-                licences=licences)
+                licences=licences, splits=report, large_groups=large)
 
 
 def _sample(spec: DatasetSpec, r: dict[str, Any], cls: str | None, class_index: int | None, shared: bool,
-            split: str) -> Sample:
+            split: str, group: str | None = None) -> Sample:
     """A node's row (hoardfs.sql.datasets.sample_rows) as a sample without its path; `shared`: another
     classed node has the same sha256[:16] (the key then names the node too)."""
     key = f"{r['sha256'][:16]}-{r['node_id']}" if shared else r["sha256"][:16]
@@ -184,7 +197,8 @@ def _sample(spec: DatasetSpec, r: dict[str, Any], cls: str | None, class_index: 
     return Sample(path="", sha256=r["sha256"], size=int(r["size"]), ext=f".{r['file_type']}" if r.get("file_type") else "",
                   key=key, node_id=r["node_id"], root_id=r["root_id"], lineage=tuple(r["lineage"]),
                   source_url=r["source_url"], date=r["date"], labels=labels, cls=cls, class_index=class_index,
-                  split=split, annotations=anns, width=width or w2, height=height or h2)
+                  split=split, annotations=anns, width=width or w2, height=height or h2, author=r.get("author"),
+                  licences=tuple(r.get("licences", ())), group=group)
 
 
 def sample_of(spec: DatasetSpec, r: dict[str, Any], split: str, class_map: list[str], shared: bool) -> Sample:
@@ -292,24 +306,34 @@ def near_dup_groups(conn, spec: DatasetSpec) -> dict[int, str]:
 
 
 def group_keys(spec: DatasetSpec, rows: list[dict[str, Any]]) -> dict[int, str]:
-    """node id → the key its split is drawn from: `node:<id>`, `root:<root id>`, or with
-    `group = "label:KEY"` one key for every sample linked by a root or a value of KEY — a
-    near-duplicate group and every sample of each post it touches lie in one split (keyed by
-    the group's least value, `label:<value>`; `root:<id>` for a post none of whose samples has
-    the label). Taking a node's label alone would put a labelled image in its group's split and
-    its unlabelled siblings of the same post in their root's: one post in two splits. With
-    `group = "near_dup"` the same, a row's `near_dup` (its group's name) as its one value,
-    keyed `near_dup:<name>`."""
+    """node id → the key of the group its split is drawn for (docs/datasets.md "Groups"):
+    `node:<id>` (none, node); `root:<root id>`; the row's `group` for post / author / thread /
+    channel / lineage (hoardfs.sql.datasets.group_keys fills it in); `near_dup:<name>` for a
+    member of a near-duplicate group and `node:<id>` for an image in none (near_dup: nothing
+    else joined); with `group = "label:KEY"` one key for every sample linked by a root or a
+    value of KEY — each group and every sample of each post it touches lie in one split (keyed
+    by the group's least value, `label:<value>`; `root:<id>` for a post none of whose samples
+    has the label). Taking a node's label alone would put a labelled image in its group's split
+    and its unlabelled siblings of the same post in their root's: one post in two splits."""
     g = spec.split.group
-    if g == "node":
+    if g in ("node", "none"):
         return {r["node_id"]: f"node:{r['node_id']}" for r in rows}
-    if not g.startswith("label:") and g != "near_dup":
+    if g == "root":
         return {r["node_id"]: f"root:{r['root_id']}" for r in rows}
+    if g == "near_dup":
+        return {r["node_id"]: f"near_dup:{r['near_dup']}" if r.get("near_dup") else f"node:{r['node_id']}"
+                for r in rows}
+    if not g.startswith("label:"):
+        missing = next((r["node_id"] for r in rows if not r.get("group")), None)
+        if missing is not None:
+            raise DatasetError(f"dataset {spec.name}: node {missing} has no {g} group key; this is a bug — report it",
+                               ExitCode.BUG)
+        return {r["node_id"]: r["group"] for r in rows}
     key = g[6:]
-    prefix = "near_dup:" if g == "near_dup" else "label:"
+    prefix = "label:"
 
     def values(r: dict[str, Any]) -> Any:
-        return ([r["near_dup"]] if r.get("near_dup") else []) if g == "near_dup" else r["labels"].get(key, ())
+        return r["labels"].get(key, ())
 
     parent: dict[str, str] = {}
 
@@ -323,23 +347,58 @@ def group_keys(spec: DatasetSpec, rows: list[dict[str, Any]]) -> dict[int, str]:
     for r in rows:
         root = find(f"root:{r['root_id']}")
         for v in values(r):
-            a, b = sorted((root, find(f"{prefix}{v}")))  # a label (or near_dup) key sorts before a root key: it names the group
+            a, b = sorted((root, find(f"{prefix}{v}")))  # a label key sorts before a root key: it names the group
             parent[b] = a
             root = a
     return {r["node_id"]: find(f"root:{r['root_id']}") for r in rows}
 
 
-def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str], group: str, drawn: dict[str, str]) -> str:
+def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str], drawn: str) -> str:
+    """The sample's split: its explicit `split.field` value, else its group's (`drawn`)."""
     sp = spec.split
     if sp.field is not None and r["labels"].get(sp.field):
         values = r["labels"][sp.field]
         if len(values) > 1 or values[0] not in sp.ratios:
             raise _bad_field(spec, r["sha256"], values)
         return values[0]
-    split = drawn.get(group)
-    if split is None:
-        split = drawn[group] = split_of(sp.ratios, sp.salt, group)
-    return split
+    return drawn
+
+
+#: the groups a refusal or report names at most
+NAMED = 3
+
+
+def check_splits(spec: DatasetSpec, bal: Balance, counts: list[int], sizes: Counter[str] | dict[str, int]
+                 ) -> dict[str, dict[str, Any]]:
+    """split → {samples, share, ratio} of the realised `counts` (explicit split values
+    included); DatasetError — before a byte moves — when a split is empty or off its ratio by
+    more than the tolerance (2 percentage points or the largest group, whichever is larger),
+    naming the largest groups and how to change the grouping; `split.allow_skew` builds anyway."""
+    total = sum(counts)
+    report = {sp: {"samples": n, "share": round(n / total, 4) if total else 0.0, "ratio": r}
+              for sp, n, r in zip(bal.splits, counts, bal.ratios)}
+    if spec.split.allow_skew:
+        return report
+    bad = [(sp, n, r) for sp, n, r in zip(bal.splits, counts, bal.ratios) if n == 0 or abs(n - total * r) > bal.tolerance]
+    if not bad:
+        return report
+    sp, n, r = bad[0]
+    big = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:NAMED]
+    named = ", ".join(f"{k} ({v} samples)" for k, v in big)
+    finer = "split.group = \"none\"" if spec.split.group != "none" else "more data or other ratios"
+    raise DatasetError(
+        f"dataset {spec.name}: split {sp!r} would hold {n} of {total} samples ({n / total if total else 0:.1%}, ratio "
+        f"{r:g}) — {len(sizes)} group(s) of split.group = {spec.split.group!r} cannot be cut closer; the largest: "
+        f"{named}; choose a finer grouping ({finer}, or lineage / post instead of author / thread / channel), "
+        "change the ratios, or set split.allow_skew = true to build anyway (nothing was written)", ExitCode.DATA)
+
+
+def large_groups(spec: DatasetSpec, sizes: Counter[str] | dict[str, int]) -> list[dict[str, Any]]:
+    """The groups holding more than split.max_group_share of the samples, largest first."""
+    total = sum(sizes.values())
+    over = [(k, n) for k, n in sizes.items() if total and n / total > spec.split.max_group_share]
+    return [{"group": k, "samples": n, "share": round(n / total, 4)}
+            for k, n in sorted(over, key=lambda kv: (-kv[1], kv[0]))]
 
 
 def _caps(spec: DatasetSpec, samples: list[Sample]) -> tuple[list[Sample], int]:
@@ -409,6 +468,8 @@ class DryPlan:
     dropped_dup: int
     capped: int
     table: str            # the temp table of the final samples (node_id, sha256, size, cls, split_idx)
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)  # as Plan.splits
+    large_groups: list[dict[str, Any]] = field(default_factory=list)  # as Plan.large_groups
 
 
 def dry_plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None, block: int = 4096) -> DryPlan:
@@ -426,7 +487,8 @@ def dry_plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None,
     by_id = sel.order == "node_id" and sel.limit is None  # the selection's order is the node ids': not sorted
     query, params = selector_query(conn, sel, ordered=not by_id)
     g = spec.split.group
-    selected, classed = sqld.dry_select(conn, query, params, spec.class_label, parents=g != "node", by_id=by_id)
+    parents = g == "root" or g.startswith("label:")  # the groups made of roots need each node's parent
+    selected, classed = sqld.dry_select(conn, query, params, spec.class_label, parents=parents, by_id=by_id)
     if not selected:
         empty = sqld.dry_count(conn, query, params)
         raise DatasetError(f"dataset {name}: the selection is empty — " + (
@@ -449,34 +511,33 @@ def dry_plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None,
     cmap, new = _class_map(spec, frozen_map, sqld.dry_found(conn), lambda c: sqld.dry_node_of(conn, c))
     splits = list(spec.split.ratios)
     near = near_dup_groups(conn, spec) if uses_near_dups(spec) else {}
-    label_groups = None
-    if g != "node":
+    root_keys: dict[int, str] | None = None
+    if g == "root" or g.startswith("label:"):
         sqld.dry_roots(conn, spec.split.ratios, spec.split.salt)
-        rows: list[dict[str, Any]] = []
-        if g.startswith("label:"):
-            pairs = sqld.dry_label_pairs(conn, g[6:])
-            rows = [{"node_id": i, "root_id": root, "labels": {g[6:]: [v]}} for i, (root, v) in enumerate(pairs)]
-        elif g == "near_dup":
-            rows = [{"node_id": n, "root_id": root, "near_dup": near[n], "labels": {}}
-                    for n, root in sqld.dry_roots_of(conn, sorted(near))]
-        if g.startswith("label:") or g == "near_dup":
-            keys = group_keys(spec, rows)  # the same union of roots and values as the build's
-            label_groups = {r["root_id"]: splits.index(split_of(spec.split.ratios, spec.split.salt, keys[r["node_id"]]))
-                            for r in rows}
-    sqld.dry_kept(conn, group=g, ratios=spec.split.ratios, salt=spec.split.salt, label_groups=label_groups)
-    dropped = 0
+    if g.startswith("label:"):
+        pairs = sqld.dry_label_pairs(conn, g[6:])
+        rows: list[dict[str, Any]] = [{"node_id": i, "root_id": root, "labels": {g[6:]: [v]}}
+                                      for i, (root, v) in enumerate(pairs)]
+        keys = group_keys(spec, rows)  # the same union of roots and values as the build's
+        root_keys = {r["root_id"]: keys[r["node_id"]] for r in rows}
+    sqld.dry_groups(conn, g, near, root_keys)
+    copies: list[int] = []
     if spec.dedup == "by_near_dup":  # as the build: of each group's classed members, the lowest node id stays
         seen: set[str] = set()
-        copies = []
         for n in sqld.dry_kept_ids(conn, sorted(near)):
             if near[n] in seen:
                 copies.append(n)
             seen.add(near[n])
-        dropped = sqld.dry_drop(conn, copies)
+    sizes = sqld.dry_sizes(conn, copies)
+    bal = balance(spec.split.ratios, spec.split.salt, sizes)
+    sqld.dry_kept(conn, bal.assign, copies)
+    dropped = len(copies)
     if spec.split.field is not None:
         bad = sqld.dry_field(conn, spec.split.field, splits)
         if bad is not None:
             raise _bad_field(spec, *bad)
+    realised = sqld.dry_split_counts(conn)
+    report = check_splits(spec, bal, [realised.get(i, 0) for i in range(len(splits))], sizes)
     table = sqld.dry_caps(conn, spec.caps, spec.max_per_class, spec.split.salt)
     counts: dict[str, dict[str, int]] = {s: {} for s in splits}
     first: dict[str | None, tuple[int, int]] = {}
@@ -493,5 +554,6 @@ def dry_plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None,
                                                                          cmap.index(c) if c in cmap else -1))}
     return DryPlan(spec, cmap, new, {k: dict(sorted(v.items())) for k, v in counts.items()}, total, nbytes, blocks,
                    members, thumbs, selected=selected, unlabelled=selected - classed if spec.class_label else 0,
-                   dropped_dup=dropped, capped=classed - dropped - total, table=table)
+                   dropped_dup=dropped, capped=classed - dropped - total, table=table, splits=report,
+                   large_groups=large_groups(spec, sizes))
 

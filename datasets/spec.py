@@ -10,7 +10,7 @@ is read from the database — unknown keys refused, one line per problem (docs/d
     [split]
     ratios = { train = 0.8, val = 0.2 }
     salt = "v1"
-    group = "root"
+    group = "post"
 """
 
 from __future__ import annotations
@@ -44,9 +44,17 @@ class SplitSpec(BaseModel):
     #: split name → its share; in the order written (the hash thresholds follow it)
     ratios: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")], float]
     salt: str = ""
-    #: the group that never straddles splits: root | node | label:KEY | near_dup (the near-duplicate
-    #: groups of `hoard dups` at the spec's near_dup_threshold, joined with the roots they touch)
-    group: Annotated[str, StringConstraints(pattern=r"^(root|node|label:.{1,200}|near_dup)$")] = "root"
+    #: the group that never straddles splits (docs/datasets.md "Groups"): post (the sample's
+    #: nearest scraped item) | author | thread | channel | lineage (an image with its derived
+    #: children and parents) | near_dup (the near-duplicate groups of `hoard dups` at the spec's
+    #: near_dup_threshold, nothing else joined) | none (each sample alone; `node` says the same) |
+    #: root (the ancestor with the lowest node id) | label:KEY
+    group: Annotated[str, StringConstraints(
+        pattern=r"^(post|author|thread|channel|lineage|near_dup|none|node|root|label:.{1,200})$")] = "post"
+    #: build even when a split is empty or off its ratio by more than the tolerance
+    allow_skew: bool = False
+    #: a group holding more than this share of the samples is reported (dry run, build, card)
+    max_group_share: float = Field(default=0.1, gt=0, le=1)
     #: a label key whose value names the split (explicit splits), instead of the hash
     field: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
 

@@ -1,5 +1,6 @@
 """SQL of datasets (datasets/plan.py, datasets/api.py): what a sample needs of its node —
-labels, lineage to the root, the root's source URL and date, boxes of the result tables — in
+labels, lineage to the root, its group key, the source URL, date, author and licence of its
+nearest item, boxes of the result tables — in
 a few set-based queries per chunk (no query per node), and the `dataset` / `dataset_version`
 rows of migration 011."""
 
@@ -41,8 +42,8 @@ def _fill(conn: psycopg.Connection, table: str, ids: Sequence[int]) -> str:
 
 def sample_rows(conn: psycopg.Connection, node_ids: Sequence[int], ocr_boxes: bool = False) -> dict[int, dict[str, Any]]:
     """node_id → {sha256 (hex), size, file_type, labels {key: [values, sorted]}, lineage [node, parent,
-    …, root] (at each step the parent with the lowest node id), root_id, source_url, date
-    (YYYY-MM-DD of the root's download time), raw_metadata of the node (licences), ocr boxes
+    …, root] (at each step the parent with the lowest node id), root_id, source_url, date,
+    author, licences (`provenance`: of the nearest item that holds each), ocr boxes
     [(x, y, w, h, text)] when `ocr_boxes`}. Each query joins the chunk's ids (a temp table,
     `_fill`) to one table — no subquery per node, the planner free to hash-join a million."""
     # a million rows hashed in memory, and no JIT compile for one pass (this connection's own)
@@ -96,33 +97,17 @@ def _sample_rows(conn: psycopg.Connection, node_ids: Sequence[int], ocr_boxes: b
             while at in parent and len(line) <= MAX_DEPTH:  # a cycle the edge table allows is cut
                 at = parent[at]
                 line.append(at)
-        # this chunk's nodes and roots (not every chunk's so far: that grew with each chunk)
-        _fill(conn, "sr_more", list({rows[n]["lineage"][-1] for n in ids if n in rows} | set(ids)))
-        meta: dict[int, tuple[Any, Any]] = {}
-        for nid, dl, raw in conn.execute(
-                # of raw_metadata only the keys read here (the rest can be 1 KiB a row)
-                "SELECT DISTINCT ON (cm.node_id) cm.node_id, cm.download_time, CASE WHEN "
-                "jsonb_typeof(cm.raw_metadata) = 'object' THEN (SELECT jsonb_object_agg(k, v) FROM "
-                "jsonb_each(cm.raw_metadata) AS j(k, v) WHERE k = ANY(%s)) END "
-                "FROM sr_more s JOIN common_metadata cm ON cm.node_id = s.id "
-                "JOIN source src ON src.source_id = cm.source_id ORDER BY cm.node_id, src.name",
-                [list(URL_KEYS + LICENCE_KEYS)]).fetchall():
-            meta[nid] = (dl, raw)
-        of_root: dict[int, tuple[str | None, str | None, list[str]]] = {}  # the samples of a post share it
         for nid in ids:
-            if nid not in rows:
-                continue
-            r = rows[nid]
-            root = r["root_id"] = r["lineage"][-1]
-            got = of_root.get(root)
-            if got is None:
-                dl, raw = meta.get(root, (None, None))
-                got = of_root[root] = (
-                    next((str(raw[k]) for k in URL_KEYS if isinstance(raw, dict) and raw.get(k)), None),
-                    dl.astimezone(dt.UTC).date().isoformat() if dl is not None else None, _licences(raw))
-            r["source_url"], r["date"], licences = got
-            own = meta.get(nid) if nid != root else None
-            r["licences"] = sorted(set(licences) | set(_licences(own[1]))) if own is not None else list(licences)
+            if nid in rows:
+                rows[nid]["root_id"] = rows[nid]["lineage"][-1]
+        # where each sample came from: the nearest item that says (its own post, not its root)
+        _fill(conn, "sr_more", [n for n in ids if n in rows])
+        for nid, got in provenance(conn, "sr_more").items():
+            rows[nid].update(got)
+        for nid in ids:
+            if nid in rows:
+                for k, v in (("source_url", None), ("date", None), ("author", None), ("licences", [])):
+                    rows[nid].setdefault(k, v)
         if ocr_boxes:
             for nid, x, y, w, h, text in conn.execute(
                     "SELECT node_id, x, y, w, h, text FROM result_ocr_box WHERE node_id = ANY(%s) "
@@ -130,6 +115,114 @@ def _sample_rows(conn: psycopg.Connection, node_ids: Sequence[int], ocr_boxes: b
                 if nid in rows:
                     rows[nid]["boxes"].append((float(x), float(y), float(w), float(h), text))
     return rows
+
+
+# -- groups and provenance: what each sample's own post says ---------------------------------------
+
+#: the group kinds a query finds (hoardfs.datasets.spec: split.group); root, node, none,
+#: label:KEY and near_dup are made without one
+GROUP_KINDS = ("post", "author", "thread", "channel", "lineage")
+#: the relationships a kind's item is the parent by, first found wins (the nearer item first)
+GROUP_RELS = {"author": ("author_of", "channel_of"), "thread": ("thread_of",), "channel": ("channel_of",)}
+#: a lineage (physical parents and children) or an item chain longer than this is cut
+GROUP_DEPTH = 16
+
+# `up`: each sample and its physical ancestors (derived-from parents: crops, frames, thumbnails),
+# with their distance; `post`: the sample's nearest scraped item — the `media_of` parent of the
+# nearest of them that has one (the lowest node id of several); `top`: the ancestor farthest up
+# (lowest node id), the sample's post when no item holds it
+_UP = """WITH RECURSIVE up(start, at, depth) AS (
+  SELECT s.id, s.id, 0 FROM {src} s
+  UNION
+  SELECT u.start, e.parent_id, u.depth + 1 FROM up u JOIN edge e ON e.child_id = u.at
+    JOIN node p ON p.node_id = e.parent_id AND p.is_physical WHERE u.depth < %(depth)s),
+post AS (
+  SELECT DISTINCT ON (u.start) u.start, e.parent_id AS post, u.depth FROM up u JOIN edge e ON e.child_id = u.at
+    JOIN relationship_type r ON r.rel_id = e.rel_id AND r.name = 'media_of'
+  ORDER BY u.start, u.depth, e.parent_id),
+top AS (SELECT DISTINCT ON (start) start, at FROM up ORDER BY start, depth DESC, at)"""
+
+
+def group_table(conn: psycopg.Connection, src: str, kind: str, out: str, on_commit_drop: bool = False) -> None:
+    """A temp table `out` (node_id, gkey) of every node id in the temp table `src` (id): the
+    key of its group of `kind` (GROUP_KINDS; docs/datasets.md "Groups"):
+
+    - post: `post:<id>` of its nearest scraped item (the `media_of` parent of it or of the
+      nearest image it derives from), else of the top of its lineage;
+    - author / thread / channel: `<kind>:<id>` of the nearest `author_of` (then `channel_of`) /
+      `thread_of` / `channel_of` parent of it, its lineage or its post; else its post's key;
+    - lineage: `lineage:<lowest node id>` of the nodes joined to it by edges between two
+      physical nodes (derived children and parents, either way).
+    `on_commit_drop`: the table goes with the caller's transaction (the dry run's)."""
+    conn.execute(f"DROP TABLE IF EXISTS {out}")
+    out = f"{out} ON COMMIT DROP" if on_commit_drop else out
+    if kind == "lineage":
+        conn.execute(
+            f"CREATE TEMP TABLE {out} AS WITH RECURSIVE comp(start, at, depth) AS ("
+            f"SELECT s.id, s.id, 0 FROM {src} s UNION "
+            "SELECT c.start, x.other, c.depth + 1 FROM comp c CROSS JOIN LATERAL ("
+            "SELECT e.parent_id FROM edge e JOIN node p ON p.node_id = e.parent_id AND p.is_physical "
+            "WHERE e.child_id = c.at UNION ALL "
+            "SELECT e.child_id FROM edge e JOIN node k ON k.node_id = e.child_id AND k.is_physical "
+            "WHERE e.parent_id = c.at) x(other) WHERE c.depth < %(depth)s) "
+            "SELECT start AS node_id, 'lineage:' || min(at) AS gkey FROM comp GROUP BY start",
+            {"depth": GROUP_DEPTH})
+    elif kind == "post":
+        conn.execute(f"CREATE TEMP TABLE {out} AS {_UP.format(src=src)} SELECT t.start AS node_id, "
+                     "'post:' || coalesce(p.post, t.at) AS gkey FROM top t LEFT JOIN post p ON p.start = t.start",
+                     {"depth": GROUP_DEPTH})
+    else:
+        rels = list(GROUP_RELS[kind])
+        conn.execute(
+            f"CREATE TEMP TABLE {out} AS {_UP.format(src=src)}, "
+            "anchor(start, at, rank) AS (SELECT start, at, 2 * depth FROM up "
+            "UNION ALL SELECT start, post, 2 * depth + 1 FROM post), "
+            "hit AS (SELECT DISTINCT ON (a.start) a.start, e.parent_id AS g FROM anchor a JOIN edge e "
+            "ON e.child_id = a.at JOIN relationship_type r ON r.rel_id = e.rel_id AND r.name = ANY(%(rels)s) "
+            "ORDER BY a.start, array_position(%(rels)s, r.name), a.rank, e.parent_id) "
+            "SELECT t.start AS node_id, coalesce(%(kind)s || ':' || h.g, 'post:' || coalesce(p.post, t.at)) AS gkey "
+            "FROM top t LEFT JOIN post p ON p.start = t.start LEFT JOIN hit h ON h.start = t.start",
+            {"depth": GROUP_DEPTH, "rels": rels, "kind": kind})
+    conn.execute(f"ANALYZE {out.split()[0]}")
+
+
+def group_keys(conn: psycopg.Connection, node_ids: Sequence[int], kind: str) -> dict[int, str]:
+    """node id → its group key of `kind` (group_table)."""
+    _fill(conn, "gk_ids", list(node_ids))
+    try:
+        group_table(conn, "gk_ids", kind, "gk_out")
+        return dict(conn.execute("SELECT node_id, gkey FROM gk_out").fetchall())
+    finally:
+        conn.execute("DROP TABLE IF EXISTS gk_ids, gk_out")
+
+
+def provenance(conn: psycopg.Connection, src: str) -> dict[int, dict[str, Any]]:
+    """node id (of the temp table `src`) → {source_url, date, author, licences}: each from the
+    nearest item that holds it — the node, then its parents of every kind (its post, the image
+    it derives from), then theirs — at equal distance the lowest node id, then the source
+    name. `date` is the YYYY-MM-DD of the download time; `author` the metadata's author, else
+    its user name; a value no item holds is None ([] for licences)."""
+    out: dict[int, dict[str, Any]] = {}
+    for start, _d, _at, dl, author, user, raw in conn.execute(
+            f"WITH RECURSIVE up(start, at, depth) AS (SELECT s.id, s.id, 0 FROM {src} s UNION "
+            "SELECT u.start, e.parent_id, u.depth + 1 FROM up u JOIN edge e ON e.child_id = u.at "
+            "WHERE u.depth < %(depth)s), near AS (SELECT start, at, min(depth) AS d FROM up GROUP BY start, at) "
+            "SELECT n.start, n.d, n.at, cm.download_time, cm.author, cm.user_name, CASE WHEN "
+            "jsonb_typeof(cm.raw_metadata) = 'object' THEN (SELECT jsonb_object_agg(k, v) FROM "
+            "jsonb_each(cm.raw_metadata) AS j(k, v) WHERE k = ANY(%(keys)s)) END "
+            "FROM near n JOIN common_metadata cm ON cm.node_id = n.at JOIN source src ON src.source_id = cm.source_id "
+            "ORDER BY n.start, n.d, n.at, src.name",
+            {"depth": GROUP_DEPTH, "keys": list(URL_KEYS + LICENCE_KEYS)}):
+        got = out.setdefault(start, {"source_url": None, "date": None, "author": None, "licences": []})
+        if got["source_url"] is None and isinstance(raw, dict):
+            got["source_url"] = next((str(raw[k]) for k in URL_KEYS if raw.get(k)), None)
+        if got["date"] is None and dl is not None:
+            got["date"] = dl.astimezone(dt.UTC).date().isoformat()
+        if got["author"] is None and (author or user):
+            got["author"] = str(author or user)
+        if not got["licences"]:
+            got["licences"] = _licences(raw)
+    return out
 
 
 # -- the dry run: counts and bytes aggregated here, never a row per sample in Python ----------------
@@ -315,35 +408,64 @@ def split_case(ratios: dict[str, float], expr: str) -> str:
     return f"(CASE {' '.join(arms)} ELSE {len(ratios) - 1} END)"
 
 
-def dry_kept(conn: psycopg.Connection, *, group: str, ratios: dict[str, float], salt: str,
-             label_groups: dict[int, int] | None) -> None:
-    """ds_kept(node_id, sha256, size, cls, split_idx): the classed nodes with the split their
-    group drew; `label_groups` (label:KEY) maps a root id to the split index its group drew
-    (hoardfs.datasets.plan.group_keys), other roots drawing `root:<id>`. No dedup here: node.sha256 is
-    UNIQUE and a selection names a node once, so `by_sha256` never finds two nodes of one
-    content (nor, of course, `by_node` one node twice)."""
-    salted = {"salt": salt.encode() + b"\0"}
-    if group == "node":
-        draw = split_case(ratios, "'node:' || c.node_id")
-        conn.execute(f"CREATE TEMP TABLE ds_kept ON COMMIT DROP AS SELECT c.node_id, c.sha256, c.size, c.cls, "
-                     f"{draw} AS split_idx FROM ds_cls c WHERE c.n IS NOT NULL", salted)
-    else:
-        join_lg = ""
-        if label_groups is not None:
-            conn.execute("CREATE TEMP TABLE ds_lg (root_id bigint PRIMARY KEY, split_idx int) ON COMMIT DROP")
-            with conn.cursor().copy("COPY ds_lg (root_id, split_idx) FROM STDIN") as cp:
-                for root, idx in label_groups.items():
-                    cp.write_row((root, idx))
-            join_lg = f"LEFT JOIN ds_lg g ON g.root_id = {ROOT}"
-        # a node without a parent is its own root: its draw is made here, the others' in ds_up
-        draw = split_case(ratios, "'root:' || c.node_id")
-        pick = f"coalesce(u.split_idx, {draw})"
-        if label_groups is not None:
-            pick = f"coalesce(g.split_idx, {pick})"
-        conn.execute(f"CREATE TEMP TABLE ds_kept ON COMMIT DROP AS SELECT c.node_id, c.sha256, c.size, c.cls, "
-                     f"{pick} AS split_idx FROM ds_cls c LEFT JOIN ds_up u ON u.start = c.parent {join_lg} "
-                     "WHERE c.n IS NOT NULL", salted)
+def dry_groups(conn: psycopg.Connection, group: str, near: dict[int, str], root_keys: dict[int, str] | None) -> None:
+    """ds_gk(node_id, gkey): each classed node's group key, as hoardfs.datasets.plan.group_keys
+    makes it — `near`: node id → its near-duplicate group's name (near_dup); `root_keys`: root
+    id → its label group's key (label:KEY; a root without one keys `root:<id>`). root and
+    label:KEY need ds_up (dry_roots)."""
+    classed = "FROM ds_cls c LEFT JOIN ds_up u ON u.start = c.parent" if group == "root" or group.startswith(
+        "label:") else "FROM ds_cls c"
+    if group in GROUP_KINDS:
+        conn.execute("CREATE TEMP TABLE ds_cids ON COMMIT DROP AS SELECT node_id AS id FROM ds_cls WHERE n IS NOT NULL")
+        group_table(conn, "ds_cids", group, "ds_gk", on_commit_drop=True)
+        return
+    if group == "near_dup":
+        conn.execute("CREATE TEMP TABLE ds_nd (node_id bigint PRIMARY KEY, name text) ON COMMIT DROP")
+        with conn.cursor().copy("COPY ds_nd (node_id, name) FROM STDIN") as cp:
+            for nid, name in near.items():
+                cp.write_row((nid, name))
+        key = "coalesce('near_dup:' || d.name, 'node:' || c.node_id)"
+        classed += " LEFT JOIN ds_nd d ON d.node_id = c.node_id"
+    elif group.startswith("label:"):
+        conn.execute("CREATE TEMP TABLE ds_lk (root_id bigint PRIMARY KEY, gkey text) ON COMMIT DROP")
+        with conn.cursor().copy("COPY ds_lk (root_id, gkey) FROM STDIN") as cp:
+            for root, gkey in (root_keys or {}).items():
+                cp.write_row((root, gkey))
+        key = f"coalesce(k.gkey, 'root:' || {ROOT})"
+        classed += f" LEFT JOIN ds_lk k ON k.root_id = {ROOT}"
+    elif group == "root":
+        key = f"'root:' || {ROOT}"
+    else:  # none, node
+        key = "'node:' || c.node_id"
+    conn.execute(f"CREATE TEMP TABLE ds_gk ON COMMIT DROP AS SELECT c.node_id, {key} AS gkey {classed} "
+                 "WHERE c.n IS NOT NULL")
+    conn.execute("ANALYZE ds_gk")
+
+
+def dry_sizes(conn: psycopg.Connection, leave_out: list[int]) -> dict[str, int]:
+    """Group key → its classed nodes (less `leave_out`: the copies dedup drops)."""
+    return dict(conn.execute("SELECT gkey, count(*) FROM ds_gk WHERE NOT (node_id = ANY(%s)) GROUP BY gkey",
+                             [leave_out]).fetchall())
+
+
+def dry_kept(conn: psycopg.Connection, assign: dict[str, int], leave_out: list[int]) -> None:
+    """ds_kept(node_id, sha256, size, cls, split_idx): the classed nodes (less `leave_out`)
+    with the split their group was given (`assign`: group key → split index). No dedup by
+    content here: node.sha256 is UNIQUE and a selection names a node once, so `by_sha256` never
+    finds two nodes of one content (nor, of course, `by_node` one node twice)."""
+    conn.execute("CREATE TEMP TABLE ds_ga (gkey text PRIMARY KEY, split_idx int) ON COMMIT DROP")
+    with conn.cursor().copy("COPY ds_ga (gkey, split_idx) FROM STDIN") as cp:
+        for gkey, idx in assign.items():
+            cp.write_row((gkey, idx))
+    conn.execute("CREATE TEMP TABLE ds_kept ON COMMIT DROP AS SELECT c.node_id, c.sha256, c.size, c.cls, a.split_idx "
+                 "FROM ds_cls c JOIN ds_gk k ON k.node_id = c.node_id JOIN ds_ga a ON a.gkey = k.gkey "
+                 "WHERE c.n IS NOT NULL AND NOT (c.node_id = ANY(%s))", [leave_out])
     conn.execute("ANALYZE ds_kept")
+
+
+def dry_split_counts(conn: psycopg.Connection) -> dict[int, int]:
+    """Split index → samples of ds_kept (the realised split, before caps)."""
+    return dict(conn.execute("SELECT split_idx, count(*) FROM ds_kept GROUP BY 1").fetchall())
 
 
 def dry_field(conn: psycopg.Connection, key: str, splits: list[str]) -> tuple[str, list[str]] | None:

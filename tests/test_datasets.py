@@ -71,15 +71,15 @@ def _rows(n: int, classes=("cat", "dog"), roots: int | None = None) -> list[dict
         rows.append({"node_id": i + 1, "sha256": sha, "size": 100 + i, "file_type": "png",
                      "labels": {"class": [classes[i % len(classes)]]}, "lineage": [i + 1, root], "root_id": root,
                      "source_url": f"https://example.org/p/{root}", "date": "2024-05-01", "boxes": [],
-                     "licences": []})
+                     "licences": [], "group": f"post:{root}"})
     return rows
 
 
 def test_a_near_dup_group_lies_in_one_split_and_dedup_keeps_one_of_it() -> None:
     """group = "near_dup": each row's `near_dup` (its near-duplicate group's name, as
-    hoardfs.sql.neardup.group_of_nodes gives it) joins its group with the posts it touches — every group
-    and every post lies in one split; dedup = "by_near_dup" keeps one sample of each group (the
-    lowest node id) and every image in no group."""
+    hoardfs.sql.neardup.group_of_nodes gives it) is its group, nothing else joined — every group
+    lies in one split, the splits honour the ratios; dedup = "by_near_dup" keeps one sample of
+    each group (the lowest node id) and every image in no group."""
     spec = load_spec(SPEC.replace('salt = "v1"', 'salt = "v1"\ngroup = "near_dup"'))
     fmt = FORMATS["imagefolder"]
     out = _rows(160, roots=None)
@@ -92,11 +92,11 @@ def test_a_near_dup_group_lies_in_one_split_and_dedup_keeps_one_of_it() -> None:
     split_of_node = {s.node_id: s.split for s in samples}
     by: dict[str, set[str]] = {}
     for r in out:
-        by.setdefault(f"root {r['root_id']}", set()).add(split_of_node[r["node_id"]])
         if r.get("near_dup"):
             by.setdefault(f"group {r['near_dup']}", set()).add(split_of_node[r["node_id"]])
     assert all(len(v) == 1 for v in by.values()), by
-    assert {s.split for s in samples} == {"train", "val"}
+    val = sum(1 for s in samples if s.split == "val")
+    assert abs(val / len(samples) - 0.2) <= 0.02, val  # 53 groups of 3 and 107 images alone: no chain
     deduped = samples_from_rows(spec.model_copy(update={"dedup": "by_near_dup"}), fmt, out, None)
     grouped = {r["near_dup"] for r in out if r.get("near_dup")}
     assert deduped.dropped_dup == sum(1 for r in out if r.get("near_dup")) - len(grouped)
@@ -140,8 +140,9 @@ def test_splits_never_move_when_data_is_added_and_groups_stay_together() -> None
 def test_a_label_group_takes_every_sample_of_its_posts_into_one_split() -> None:
     """group = "label:dup" (a near-duplicate group an action wrote): each post has a labelled
     image and an unlabelled sibling, and some groups span two posts. Every post and every group
-    lies in one split, and adding unrelated posts moves nothing. On the old code the labelled
-    image took its group's split and its sibling its root's: one post in train and val."""
+    lies in one split, the ratios are met, and doubling the posts moves at most two groups (the
+    cuts between splits follow the data). On the old code the labelled image took its group's
+    split and its sibling its root's: one post in train and val."""
     spec = load_spec(SPEC.replace('salt = "v1"', 'salt = "v1"\ngroup = "label:dup"'))
     fmt = FORMATS["imagefolder"]
 
@@ -165,7 +166,8 @@ def test_a_label_group_takes_every_sample_of_its_posts_into_one_split() -> None:
     assert all(len(v) == 1 for v in by_group.values()), by_group
     assert {s.split for s in small} == {"train", "val"}
     big = {s.sha256: s.split for s in samples_from_rows(spec, fmt, list(reversed(rows(80))), None).samples}
-    assert all(big[s.sha256] == s.split for s in small)
+    assert sum(big[s.sha256] != s.split for s in small) <= 8  # two groups of 4
+    assert sum(s.split == "val" for s in small) == 16
 
 
 def test_class_map_is_frozen_pinned_and_appended_never_reordered() -> None:
@@ -666,8 +668,12 @@ def _dry_hashes(pg, shas: dict[str, int]) -> None:
 
 
 DRY_VARIANTS = {
-    "root": "",
-    "root, one parent each": "",
+    "root": 'group = "root"',
+    "root, one parent each": 'group = "root"',
+    "post (default)": "",
+    "lineage": 'group = "lineage"',
+    "author": 'group = "author"',
+    "none": 'group = "none"',
     "node": 'group = "node"',
     "label group": 'group = "label:dup"',
     "near-dup group": 'group = "near_dup"',
