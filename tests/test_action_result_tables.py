@@ -19,6 +19,7 @@ import pytest
 from hoardfs.base import config
 from hoardfs.base.errors import HoardError
 from hoardfs.jobs.actions import contract as contracts
+from hoardfs.jobs.actions import parse
 from hoardfs.sql import result_tables
 from hoardfs.sql.apply import apply_write_intent
 from hoardfs.sql.migrate import migrate
@@ -94,7 +95,7 @@ def score(size: int) -> float:
 
 def rows(cfg: config.Settings, query: str, *params: object) -> list[tuple]:
     with psycopg.connect(cfg.database_url) as conn:
-        return conn.execute(query, list(params)).fetchall()  # noqa: S608 - the tests' own text
+        return conn.execute(query, list(params)).fetchall()  # the tests' own text
 
 
 def run(cfg: config.Settings, name: str) -> dict:
@@ -362,3 +363,29 @@ def test_contract_refuses_what_the_parser_could_not_fill() -> None:
     lines = problems(rule.replace('node_key = "name"', 'node_key = "mapping"')
                      + '[result_mapping.scores]\ninto = "labels"\nlabels = [{ key = "s", value = "{score}" }]\n')
     assert any('"mapping" needs [output_parser.mapping]' in ln for ln in lines), lines
+
+
+def test_values_are_typed_as_their_format_writes_them(tmp_path: Path) -> None:
+    """A CSV cell of a json column is JSON text, a JSON record's string is a JSON string; a float
+    column takes a double's range; an int column refuses 4.5 in one line naming file, line, column."""
+    body = ('[[output_parser.results]]\nname = "a"\nglob = "a.csv"\nformat = "csv"\nnode_field = "name"\n'
+            'node_key = "name"\n[[output_parser.results]]\nname = "b"\nglob = "b.jsonl"\nformat = "jsonl"\n'
+            'node_field = "name"\nnode_key = "name"\n'
+            '[result_mapping.a]\ninto = "result_table"\ncolumns = { meta = "meta", big = "big", n = "n" }\n'
+            '[result_mapping.b]\ninto = "labels"\nlabels = [{ key = "k", value = "{$.meta.x}" }]\n'
+            '[result_table]\ncolumns = { meta = "json", big = "float", n = "int" }\n')
+    doc = tomllib.loads(CONTRACT.format(version=1, batch="b", command='["true"]', body=body))
+    doc["action_id"] = "typed"
+    c = contracts.parse(doc, "typed.toml")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.csv").write_text('name,meta,big,n\nx.png,"{""x"": 1}",1e300,4\n')
+    (out / "b.jsonl").write_text(json.dumps({"name": "x.png", "meta": {"x": "hello"}}) + "\n")
+    inputs = [parse.InputFile(sha256="ab" * 32, staged_path="x.png")]
+    got = parse.parse_outputs(c, out, inputs, a4_scale=1)
+    assert [(r.into, r.values) for r in got.records] == [
+        ("result_typed", {"meta": {"x": 1}, "big": 1e300, "n": 4}), ("labels", {"key": "k", "value": "hello"})]
+    (out / "a.csv").write_text('name,meta,big,n\nx.png,{},1,4.5\n')
+    with pytest.raises(parse.OutputProblem) as err:
+        parse.parse_outputs(c, out, inputs, a4_scale=1)
+    assert "a.csv line 2: field 'n' (result_typed.n) is not a whole number (column type int)" in str(err.value)

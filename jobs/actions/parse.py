@@ -771,7 +771,7 @@ def _records(c: Contract, rule: ResultFiles, f: _File, text: str, nodes: _Nodes,
                 continue
             if own:
                 assert c.result_table is not None
-                typed, why = _typed_own(c.result_table.columns[col], raw)
+                typed, why = _typed_own(c.result_table.columns[col], raw, cell=rule.format == "csv")
             else:
                 typed, why = _typed(table, col, raw)
             if why:
@@ -822,10 +822,11 @@ def _render(template: str, rec: dict[str, Any], where: str) -> str:
 _BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
-def _typed_own(typ: str, v: Any) -> tuple[Any, str]:
-    """A worker's value converted to a declared column's type (a CSV cell is text: "42", "0.5",
-    "true", "[1, 2, 3, 4]"), checked as hoardfs.sql.result_tables checks it again before SQL:
-    (value, '') or (None, what it must be)."""
+def _typed_own(typ: str, v: Any, cell: bool = False) -> tuple[Any, str]:
+    """A worker's value converted to a declared column's type (a CSV `cell` is text: "42", "0.5",
+    "true", "[1, 2, 3, 4]"; a json column's cell is JSON text, a JSON record's string is a
+    string), checked as hoardfs.sql.result_tables checks it again before SQL: (value, '') or
+    (None, what it must be)."""
     out: Any = None
     if typ == "int":
         if isinstance(v, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,19}\s*", v):
@@ -834,9 +835,12 @@ def _typed_own(typ: str, v: Any) -> tuple[Any, str]:
             out = v
         elif isinstance(v, float) and v.is_integer():
             out = int(v)
-    elif typ == "float":
-        n = _number(v)
-        out = None if n is None else (float(v.strip()) if isinstance(v, str) else float(v))
+    elif typ == "float":  # a double: any finite number (not _number's float4 bound)
+        try:
+            out = float(v.strip()) if isinstance(v, str) else float(v) if isinstance(v, (int, float)) \
+                and not isinstance(v, bool) else None
+        except (ValueError, OverflowError):
+            out = None
         if out is not None and not math.isfinite(out):
             out = None
     elif typ == "bool":
@@ -845,11 +849,11 @@ def _typed_own(typ: str, v: Any) -> tuple[Any, str]:
         out = _string(v) if not isinstance(v, (list, dict)) else json.dumps(v, ensure_ascii=False)
     elif typ == "json":
         out = v
-        if isinstance(v, str):
+        if cell and isinstance(v, str):
             try:
                 out = json.loads(v)
             except (ValueError, RecursionError):
-                return None, "must be JSON"
+                return None, "must be JSON text (a CSV cell of a json column)"
     elif typ == "box":
         out = v
         if isinstance(v, str):
