@@ -40,6 +40,9 @@ def drop_batch(conn: psycopg.Connection, batch_id: str, reason: str = "") -> dic
         paths = conn.execute("DELETE FROM physical_path WHERE locator LIKE %s",
                              [f"batch:{batch_id.replace('%', '').replace('_', chr(92) + '_')}/%"]).rowcount
         described = _forget_descriptions(conn, members)
+        # an action run's batch: what its worker did is no longer kept, so its inputs are not
+        # done (a later run of the action runs them again)
+        conn.execute("DELETE FROM action_memo WHERE run_id = %s", [batch_id])
         hidden = conn.execute(
             "UPDATE physical_content pc SET is_deleted = true WHERE pc.node_id = ANY(%s) AND NOT pc.is_deleted "
             "AND NOT EXISTS (SELECT 1 FROM batch_member bm WHERE bm.node_id = pc.node_id)", [members]).rowcount

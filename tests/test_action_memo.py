@@ -19,6 +19,7 @@ import pytest
 from hoardfs.adapters.synth import Spec, generate
 from hoardfs.base import config
 from hoardfs.sql import browse
+from hoardfs.sql.deletion import drop_batch
 from tests.helpers import write_contract
 from tests.test_action_runs import hoard
 from tests.test_ingest import ingest_all, ingest_home, ingest_sample
@@ -114,6 +115,10 @@ def test_grown_selection_runs_only_the_new_batch(hoard_home: Path, pg, redis_con
     assert made_by_run(cfg, first["run"]) == pngs(cfg, b1)
     text = hoard(cfg.source, "action", "status", grown["run"])
     assert f"{len(pngs(cfg, b1))} reused, {len(new)} new" in text.stdout, text.stdout
+    with psycopg.connect(cfg.database_url) as conn:  # the first run's batch deleted: its inputs are not done
+        drop_batch(conn, first["run"], "test")
+        held = dict(conn.execute("SELECT run_id, count(*) FROM action_memo GROUP BY 1").fetchall())
+    assert held == {grown["run"]: len(new)}
 
 
 def test_black_listing_one_runs_none_and_rerun_runs_all(hoard_home: Path, pg, redis_conn) -> None:
