@@ -197,6 +197,10 @@ class Placement:
     sha256: str
     size: int
     sidecar: bytes | None = None  # the JSON written at path + ".json"
+    #: the ingest batch and the path inside it the place was rendered from (a stage's files
+    #: beside each input are rendered from the same: hoardfs.datasets.stagefiles)
+    batch: str | None = field(default=None, compare=False)
+    rel: str | None = field(default=None, compare=False)
 
 
 def _check_value(value: str, what, error, multi: bool = False) -> None:
@@ -404,7 +408,7 @@ def plan(layout: Layout, rows: Iterable[Row], prefix: str | None = None,
                 continue  # the same bytes on the same path: a template without {orig_path} folds a node's paths
             mine.add(path)
             car = sidecar(row, batch, rel) if layout.sidecars else None
-            p = Placement(path, row["node_id"], row["sha256"], row["size"], car)
+            p = Placement(path, row["node_id"], row["sha256"], row["size"], car, batch, rel)
             for taken in (path, path + SIDECAR_SUFFIX) if car is not None else (path,):
                 other = placed.get(taken)
                 if other is not None:

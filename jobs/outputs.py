@@ -42,7 +42,7 @@ from hoardfs.base import config as config_mod
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError, first_line
 from hoardfs.base.files import NotOwn, flocked, fsync_dir, load_owned, state_directory, write_owned
-from hoardfs.datasets import layouts
+from hoardfs.datasets import layouts, stagefiles
 from hoardfs.fsd.outputs import seal, zones
 from hoardfs.fsd.outputs.manifest import ViewError
 from hoardfs.fsd.outputs.materialize import Item
@@ -77,11 +77,18 @@ class OutputSpec(BaseModel):
     #: a stage's files beside its inputs, by role (`parents`, `children`: sha256 hex): laid out
     #: like the inputs, under `<layout>/<role>/` (an action's stage_layout.include_parents/_children)
     context: dict[Literal["parents", "children"], list[str]] | None = None
+    #: a stage's files beside its inputs for a worker's folder contract (index files, a folder
+    #: per input, label files, conversion: hoardfs.datasets.stagefiles.StageFiles, dumped)
+    stage: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _context_is_a_stage_copy(self) -> OutputSpec:
         if self.context is not None and (self.kind != "stage" or self.mode != "copy"):
             raise ValueError("parents/children beside the inputs are staged in copy mode only")
+        if self.stage is not None:
+            if self.kind != "stage" or self.mode != "copy":
+                raise ValueError("a worker's index, label and converted files are staged in copy mode only")
+            stagefiles.StageFiles.model_validate(self.stage)
         return self
 
     @property
@@ -90,8 +97,9 @@ class OutputSpec(BaseModel):
 
     def digest(self) -> str:
         """The request's identity: key order of its dicts does not count (state files sort them).
-        `context` counts only when set: a request's digest stays what it was before it existed."""
-        doc = self.model_dump(exclude={"context"} if self.context is None else set())
+        `context` and `stage` count only when set: a request's digest stays what it was before
+        they existed."""
+        doc = self.model_dump(exclude={k for k in ("context", "stage") if getattr(self, k) is None})
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def the_layout(self) -> layouts.Layout:
@@ -343,13 +351,26 @@ def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | No
 
 def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
     """The files of the output (paths relative to `<zone>/<id>/`) and the nodes selected."""
+    lay = spec.the_layout()
+    rows = _selected_rows(cfg, spec)
+    prefix = f"{lay.name}/input/" if spec.kind == "stage" else f"{lay.name}/"
+    batches = (spec.selector or {}).get("batches") or ()  # a stage of one batch: that batch's paths
+    placed = layouts.plan(lay, rows, prefix, batches)  # paths checked as they will lie in the output
+    items = [Item(prefix + p.path, p.sha256, p.size, p.sidecar) for p in placed]
+    for role, shas in sorted((spec.context or {}).items()):
+        items += _context_items(cfg, spec, lay, role, shas)
+    return items, len(rows)
+
+
+def _selected_rows(cfg: Settings, spec: OutputSpec) -> list[dict[str, Any]]:
+    """The layout fields (hoardfs.sql.layout_rows) of every selected node, or OutputError: the
+    database down, an empty selection, a listed node unknown or hidden."""
     # deferred: the planning step is the only one that needs the database
     import psycopg
 
     from hoardfs.sql.layout_rows import layout_rows
     from hoardfs.sql.selectors import physical_nodes, query_nodes
 
-    lay = spec.the_layout()
     try:
         conn = psycopg.connect(cfg.database_url, connect_timeout=10)
     except psycopg.OperationalError as e:
@@ -379,13 +400,131 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
     if missing:  # selected, then gone before the fields were read (a concurrent deletion)
         raise OutputError(f"{missing} selected node(s) vanished while the {spec.kind} was planned; run it again",
                           ExitCode.DATA)
-    prefix = f"{lay.name}/input/" if spec.kind == "stage" else f"{lay.name}/"
-    batches = (spec.selector or {}).get("batches") or ()  # a stage of one batch: that batch's paths
-    placed = layouts.plan(lay, rows, prefix, batches)  # paths checked as they will lie in the output
-    items = [Item(prefix + p.path, p.sha256, p.size, p.sidecar) for p in placed]
-    for role, shas in sorted((spec.context or {}).items()):
-        items += _context_items(cfg, spec, lay, role, shas)
-    return items, len(rows)
+    return rows
+
+
+#: where a stage with a worker's files (`OutputSpec.stage`) lists its inputs — `[[path relative
+#: to the input root, the node's sha256]]` —, beside (not in) the input root: the index and
+#: label files, the parents and the converted bytes in the input root are not inputs
+INPUTS_FILE = "staged-inputs.json"
+
+
+def plan_stage(cfg: Settings, spec: OutputSpec, store: Any) -> tuple[list[Item], list[tuple[str, bytes]], int]:
+    """A stage with a worker's files (hoardfs.datasets.stagefiles): the items copied from the
+    store (inputs, parents, context), the files made here (index, per-input JSON, label files,
+    converted images, INPUTS_FILE) and the nodes selected. Every bytes check (a template's fixed
+    extension, `convert`) reads the object from `store`; every refusal is one line (PlacementError,
+    exit 5) before a byte is written."""
+    files = stagefiles.StageFiles.model_validate(spec.stage)
+    lay = spec.the_layout()
+    rows = _selected_rows(cfg, spec)
+    prefix = f"{lay.name}/input/"
+    want = files.convert
+    # with `convert`, {ext} is the type staged
+    lrows = {r["node_id"]: ({**r, "file_type": want} if want else r) for r in rows}
+    by_id = {r["node_id"]: r for r in rows}
+    batches = (spec.selector or {}).get("batches") or ()
+    placed = layouts.plan(lay, list(lrows.values()), prefix, batches)
+    context = [it for role, shas in sorted((spec.context or {}).items())
+               for it in _context_items(cfg, spec, lay, role, shas)]
+    parents, children, prow = _neighbours(cfg, spec, [r["node_id"] for r in rows], files)
+    ctx_path = {(it.path.split("/", 2)[1], it.sha256): "../" + it.path.split("/", 1)[1] for it in context}
+    items: list[Item] = list(context)
+    made: list[tuple[str, bytes]] = []
+    bytes_of: dict[str, bytes] = {}
+
+    def data(sha: str) -> bytes:
+        if sha not in bytes_of:
+            bytes_of[sha] = store.get(sha)
+        return bytes_of[sha]
+
+    def place(path: str, sha: str, size: int, who: str, tpl_lay: layouts.Layout, sidecar: bytes | None = None) -> None:
+        lit = stagefiles.literal_ext(tpl_lay)
+        if want is not None and stagefiles.sniff(data(sha)[:16]) != want:
+            made.append((prefix + path, stagefiles.convert(data(sha), want, who)))
+            if sidecar is not None:
+                made.append((prefix + path + layouts.SIDECAR_SUFFIX, sidecar))
+            return
+        if want is None and lit is not None:
+            stagefiles.check_type(data(sha), lit, who, tpl_lay.template)
+        items.append(Item(prefix + path, sha, size, sidecar))
+
+    parent_lay = layouts.parse(files.parent_template, lay.name) if files.parent_template else None
+    staged: list[stagefiles.Staged] = []
+    for p in placed:
+        row = lrows[p.node_id]
+        who = f"node {p.node_id} ({p.sha256[:12]}…)"
+        place(p.path, p.sha256, p.size, who, lay, p.sidecar)
+        s = stagefiles.Staged(row=by_id[p.node_id], path=p.path, batch=p.batch, rel=p.rel)
+        ups = parents.get(p.node_id, [])
+        if parent_lay is not None and ups:
+            if len(ups) > 1:
+                raise layouts.PlacementError(f"{who} has {len(ups)} parents; stage_layout.parent_template places one "
+                                             "— narrow the selector, or stage them with include_parents")
+            par = prow[ups[0]]
+            path = layouts.render(parent_lay, {**row, "file_type": want or par.get("file_type")}, p.batch, p.rel,
+                                  prefix)
+            place(path, par["sha256"], par["size"], f"the parent {par['node_id']} ({par['sha256'][:12]}…) of {who}",
+                  parent_lay)
+            s.parents = [path]
+        else:
+            s.parents = sorted(ctx_path[("parents", prow[u]["sha256"])] for u in ups
+                               if ("parents", prow[u]["sha256"]) in ctx_path)
+        s.children = sorted(ctx_path[("children", prow[d]["sha256"])] for d in children.get(p.node_id, [])
+                            if ("children", prow[d]["sha256"]) in ctx_path)
+        staged.append(s)
+    parsed: dict[str, layouts.Layout] = {}
+
+    def per_input(tpl: str, s: stagefiles.Staged) -> str:
+        if tpl not in parsed:
+            parsed[tpl] = layouts.parse(tpl, lay.name)
+        return layouts.render(parsed[tpl], lrows[s.row["node_id"]], s.batch, s.rel, prefix)
+
+    def size_of(sha: str) -> tuple[int, int]:
+        return stagefiles.image_size(data(sha), f"node {sha[:12]}…")
+
+    made += [(prefix + path, b) for path, b in stagefiles.build(files, staged, per_input, size_of)]
+    made.append((f"{lay.name}/{INPUTS_FILE}",
+                 json.dumps([[s.path, s.row["sha256"]] for s in staged], indent=0).encode()))
+    _one_file_per_path(lay, [it.path for it in items] + [it.path + layouts.SIDECAR_SUFFIX for it in items
+                                                         if it.sidecar is not None] + [p for p, _ in made])
+    return items, made, len(rows)
+
+
+def _neighbours(cfg: Settings, spec: OutputSpec, node_ids: list[int], files: stagefiles.StageFiles
+                ) -> tuple[dict[int, list[int]], dict[int, list[int]], dict[int, dict[str, Any]]]:
+    """(node → its parents, node → its children, their layout rows by node id), as far as the
+    stage places them (a parent_template, include_parents/_children) — else empty."""
+    import psycopg  # deferred: as in plan_items, only planning needs the database
+
+    from hoardfs.sql.layout_rows import layout_rows, neighbour_ids
+
+    ctx = spec.context or {}
+    up, down = bool(files.parent_template or "parents" in ctx), "children" in ctx
+    if not (up or down):
+        return {}, {}, {}
+    with _planning_db(spec), psycopg.connect(cfg.database_url, connect_timeout=10) as conn:
+        parents = neighbour_ids(conn, node_ids, up=True) if up else {}
+        children = neighbour_ids(conn, node_ids, up=False) if down else {}
+        ids = sorted({n for m in (parents, children) for v in m.values() for n in v})
+        return parents, children, {r["node_id"]: r for r in layout_rows(conn, ids)}
+
+
+def _one_file_per_path(lay: layouts.Layout, paths: list[str]) -> None:
+    """Refuse two of a stage's files on one path, or a file where another's directory is."""
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            raise layouts.PlacementError(f"stage {lay.name}: two files would be written to {path!r} (an input, a "
+                                         "parent, an index or a label file): give them templates that tell them apart")
+        seen.add(path)
+    for path in paths:
+        above = path.rpartition("/")[0]
+        while above:
+            if above in seen:
+                raise layouts.PlacementError(f"stage {lay.name}: {above!r} is a file and the directory of {path!r}: "
+                                             "make the templates end every path at the same depth")
+            above = above.rpartition("/")[0]
 
 
 def _context_items(cfg: Settings, spec: OutputSpec, lay: layouts.Layout, role: str, shas: list[str]) -> list[Item]:
@@ -446,6 +585,12 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
     if spec.mode == "view" and cfg.mount.path is None:
         raise OutputError("--mode view needs the mount: set `[mount] path = \"/srv/hoard\"` in hoard.toml (where "
                           "`hoard mount` / hoard-mount.service serves), or use --mode copy")
+    if spec.stage is not None:  # a worker's folder contract: its files are made from the objects' bytes
+        with Store.open(cfg) as store:
+            require_stored(store, spec.nodes or [], OutputError)
+            items, made, n_nodes = plan_stage(cfg, spec, store)
+            require_stored(store, [it.sha256 for it in items], OutputError)
+            return copy_planned(cfg, spec, store, items, n_nodes, progress, started, t0, generated=made)
     items, n_nodes = plan_items(cfg, spec)
     with Store.open(cfg) as store:
         require_stored(store, [it.sha256 for it in items], OutputError)
@@ -470,9 +615,10 @@ def _sealed_report(cfg: Settings, spec: OutputSpec) -> dict[str, Any] | None:
 
 def copy_planned(cfg: Settings, spec: OutputSpec, store: Any, items: list[Item], n_nodes: int,
                  progress: Callable[[int, int], None] | None, started: Callable[[], None],
-                 t0: float | None = None) -> dict[str, Any]:
+                 t0: float | None = None, generated: list[tuple[str, bytes]] | None = None) -> dict[str, Any]:
     """Copy mode of a planned output: `items` read through `store` (its `read_batch`: the store,
-    or a remote worker's reader of located records) into the zone, sealed; the report."""
+    or a remote worker's reader of located records) into the zone, and the `generated` (path,
+    bytes) files made by the plan (plan_stage), sealed; the report."""
     t0 = time.monotonic() if t0 is None else t0
     if (done := _sealed_report(cfg, spec)) is not None:
         return done
@@ -480,7 +626,7 @@ def copy_planned(cfg: Settings, spec: OutputSpec, store: Any, items: list[Item],
     # the worker's output directory, and a root per staged role (parents, children) even with no file
     empty = [f"{spec.layout['name']}/{role}" for role in ("output", *(spec.context or {}))] if spec.kind == "stage" else []
     doc, rep = write_copy(cfg, store, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, items=items,
-                          selector=_request(spec), layout=spec.layout, progress=progress, started=started,
+                          generated=generated or (), selector=_request(spec), layout=spec.layout, progress=progress, started=started,
                           empty_dirs=empty)
     return {"id": spec.id, "zone": zone, "path": str(final), "layout": spec.layout["name"], "nodes": n_nodes,
             "files": doc["actual_files"], "bytes": doc["actual_bytes"], "copied_files": rep.written,

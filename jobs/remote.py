@@ -68,6 +68,10 @@ def locate(cfg: Settings, spec: outputs.OutputSpec) -> dict[str, Any]:
     if spec.mode != "copy":
         raise RemoteError(f"{spec.kind} {spec.id}: --remote copies (--mode copy); a view lives in this server's "
                           "mount", ExitCode.USAGE)
+    if spec.stage is not None:  # its files are made from the objects' bytes, which only this server reads
+        raise RemoteError(f"{spec.kind} {spec.id}: its stage_layout makes files beside the inputs (index, "
+                          "parent_template, meta_template, labels or convert), which the store's server makes: run "
+                          "it without --remote", ExitCode.USAGE)
     items, n_nodes = outputs.plan_items(cfg, spec)
     s3 = {d.label for d in cfg.disks if d.kind == "s3"}
     where: dict[str, list[Any]] = {}

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from hoardfs.base.config import describe_validation_errors
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.base.paths import CONTROL, display
-from hoardfs.datasets import layouts
+from hoardfs.datasets import layouts, stagefiles
 from hoardfs.fsd.core import formats
 from hoardfs.sql import result_tables
 from hoardfs.sql.intents import RESULT_COLUMNS
@@ -135,8 +135,10 @@ class Param(BaseModel):
         return self
 
 
-class StageLayout(BaseModel):
-    """How the selected nodes are staged into zone 3C (`<batch>/<layout>/input/…`)."""
+class StageLayout(stagefiles.StageFiles):
+    """How the selected nodes are staged into zone 3C (`<batch>/<layout>/input/…`), and the
+    files a worker's folder contract reads beside them (hoardfs.datasets.stagefiles: index
+    files, a folder per input, label files, `convert`)."""
 
     model_config = _strict
     #: a built-in layout of docs/layouts.md (by_sha256, by_batch, by_label, flat) …
@@ -158,10 +160,21 @@ class StageLayout(BaseModel):
             raise ValueError(f"layout {self.layout!r} is not a built-in layout; use one of "
                              f"{', '.join(layouts.BUILTIN)} or write a `template` (docs/layouts.md)")
         try:
-            if self.template is not None:
-                layouts.parse(self.template, "stage", sidecars=self.sidecars)
+            lay = layouts.parse(self.template, "stage", sidecars=self.sidecars) if self.template is not None \
+                else layouts.load(str(self.layout))
         except layouts.LayoutError as e:
             raise ValueError(e.message.removeprefix("layout stage: ")) from None
+        lit = stagefiles.literal_ext(lay)
+        if self.convert and lit is not None and lit != self.convert:
+            raise ValueError(f"the template ends in .{lit} but convert = {self.convert!r}: end it in "
+                             f".{self.convert} or {{ext}}")
+        for name, staged, key in (("parents", self.include_parents or self.parent_template is not None,
+                                   "include_parents = true or a parent_template"),
+                                  ("parent", self.include_parents or self.parent_template is not None,
+                                   "include_parents = true or a parent_template"),
+                                  ("children", self.include_children, "include_children = true")):
+            if self.uses(name) and not staged:
+                raise ValueError(f"an index names {{{name}}} but no {name} are staged: add {key}")
         return self
 
 
@@ -767,6 +780,12 @@ def show_rows(c: Contract, path: Path, builtin: bool = False) -> list[tuple[str,
         extra = [k for k in ("sidecars", "include_parents", "include_children") if getattr(s, k)]
         rows.append(("stage", (f"layout {s.layout}" if s.layout else f"template {s.template}")
                      + (f" (+ {', '.join(extra)})" if extra else "")))
+        made = ([f"convert to {s.convert}"] if s.convert else []) + \
+            [f"{k.removesuffix('_template')} {getattr(s, k)}" for k in ("parent_template", "meta_template")
+             if getattr(s, k)] + [f"index {ix.path} ({ix.format})" for ix in s.index] + \
+            [f"labels {lf.path} ({lf.format})" for lf in s.labels]
+        if made:
+            rows.append(("stage files", ", ".join(made)))
     rs = c.run_spec
     if isinstance(rs, RunLocal):
         rows.append(("run", f"local: {' '.join(rs.command)}"))

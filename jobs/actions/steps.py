@@ -43,7 +43,7 @@ import psycopg
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode
 from hoardfs.base.paths import display
-from hoardfs.datasets import layouts
+from hoardfs.datasets import layouts, stagefiles
 from hoardfs.fsd.core.layout import pin_path
 from hoardfs.fsd.outputs.seal import MANIFEST
 from hoardfs.fsd.store import Store
@@ -194,8 +194,12 @@ def stage_spec(c: Contract, rid: str, inputs: list[str], context: dict[str, list
     s = c.stage_layout
     assert s is not None  # contract.problems: every type but AC1 has one
     lay = layouts.load(s.layout) if s.layout else layouts.parse(s.template or "", c.action_id, s.sidecars)
+    files = stagefiles.StageFiles.model_validate(s.model_dump(include=set(stagefiles.StageFiles.model_fields)))
+    # the worker's files, and the check of a template's fixed extension against the bytes: only
+    # when asked for (a stage without them keeps the request, and its digest, it always had)
+    stage = files.model_dump() if files.used() or stagefiles.literal_ext(lay) is not None else None
     return outputs.OutputSpec.model_validate({
-        "kind": "stage", "id": rid, "nodes": inputs, "context": context,
+        "kind": "stage", "id": rid, "nodes": inputs, "context": context, "stage": stage,
         "layout": {"name": lay.name, "template": lay.template, "sidecars": s.sidecars or lay.sidecars,
                    "per_locator": lay.per_locator}})
 
@@ -242,6 +246,9 @@ def staged_inputs_for(cfg: Settings, c: Contract, rid: str) -> list[Any]:
     """The staged files (relative to the input root) and their sha256, from the stage's manifest."""
     spec = stage_spec(c, rid, [])
     prefix = f"{spec.layout['name']}/input/"
+    if spec.stage is not None:  # a worker's folder contract: its input root holds more than the inputs
+        listed = json.loads((cfg.ssd.zone_path("3C") / rid / spec.layout["name"] / outputs.INPUTS_FILE).read_bytes())
+        return [InputFile(sha256=sha, staged_path=path) for path, sha in listed]
     doc = json.loads((cfg.ssd.zone_path("3C") / rid / MANIFEST).read_bytes())
     return [InputFile(sha256=f["sha256"], staged_path=f["path"].removeprefix(prefix))
             for f in doc["files"] if f.get("sha256") and f["path"].startswith(prefix)
