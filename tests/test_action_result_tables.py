@@ -389,3 +389,30 @@ def test_values_are_typed_as_their_format_writes_them(tmp_path: Path) -> None:
     with pytest.raises(parse.OutputProblem) as err:
         parse.parse_outputs(c, out, inputs, a4_scale=1)
     assert "a.csv line 2: field 'n' (result_typed.n) is not a whole number (column type int)" in str(err.value)
+
+
+def test_a_mapping_file_that_cannot_be_trusted_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The mapping file is worker output too: missing, an id mapped to two inputs, an input it
+    names that was not staged, or an id a child or record uses that it does not map — each one
+    line naming the file (and line); nothing is taken."""
+    doc = tomllib.loads(CONTRACT.format(version=1, batch="b", command='["true"]', body=MAPPING_BODY))
+    doc["action_id"] = "masker"
+    c = contracts.parse(doc, "masker.toml")
+    inputs = [parse.InputFile(sha256="ab" * 32, staged_path="x.png"), parse.InputFile(sha256="cd" * 32,
+                                                                                     staged_path="y.png")]
+    cases = {
+        "": "no file matches output_parser.mapping",
+        "id,source\nitem0001,x.png\nitem0001,y.png\n": "map.csv line 3: id 'item0001' is mapped to two inputs",
+        "id,source\nitem0001,z.png\n": "map.csv line 2: field 'source' names no input by its staged file name",
+        "id,source\nitem0002,x.png\n": "masks/item0001.png: its parent names no input by its id in the mapping file",
+    }
+    for i, (mapping, says) in enumerate(cases.items()):
+        out = tmp_path / f"out{i}"
+        (out / "masks").mkdir(parents=True)
+        (out / "masks" / "item0001.png").write_bytes(b"mask")
+        (out / "scores.csv").write_text("id,score\nitem0001,0.5\n")
+        if mapping:
+            (out / "map.csv").write_text(mapping)
+        with pytest.raises(parse.OutputProblem) as err:
+            parse.parse_outputs(c, out, inputs, a4_scale=1)
+        assert says in str(err.value) and "\n" not in str(err.value), (says, str(err.value))
