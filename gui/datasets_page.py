@@ -40,10 +40,10 @@ class_label = "class"          # the label key whose value is the class
 classes = ["cat", "dog"]       # the pinned class map (optional: frozen at the first build)
 [selector]                     # as `hoard select --file` takes it (docs/selectors.md)
 kinds = ["image"]
-[split]                        # ratios by name; salt; the group key that never straddles splits
+[split]                        # ratios by name; salt; the group that never straddles splits
 ratios = { train = 0.8, val = 0.2 }
 salt = "v1"
-group = "root"
+group = "post"                 # post | author | thread | channel | lineage | near_dup | none | root
 """
 #: how long the editor must rest before the dry run follows it (seconds)
 DEBOUNCE_S = 0.8

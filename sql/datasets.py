@@ -126,6 +126,9 @@ GROUP_KINDS = ("post", "author", "thread", "channel", "lineage")
 GROUP_RELS = {"author": ("author_of", "channel_of"), "thread": ("thread_of",), "channel": ("channel_of",)}
 #: a lineage (physical parents and children) or an item chain longer than this is cut
 GROUP_DEPTH = 16
+#: how far up provenance looks: a frame → its video file → the video item → its channel is 3;
+#: a forum's reply chain (each post a parent of the next) is not followed to its start
+PROVENANCE_DEPTH = 6
 
 # `up`: each sample and its physical ancestors (derived-from parents: crops, frames, thumbnails),
 # with their distance; `post`: the sample's nearest scraped item — the `media_of` parent of the
@@ -212,7 +215,7 @@ def provenance(conn: psycopg.Connection, src: str) -> dict[int, dict[str, Any]]:
             "jsonb_each(cm.raw_metadata) AS j(k, v) WHERE k = ANY(%(keys)s)) END "
             "FROM near n JOIN common_metadata cm ON cm.node_id = n.at JOIN source src ON src.source_id = cm.source_id "
             "ORDER BY n.start, n.d, n.at, src.name",
-            {"depth": GROUP_DEPTH, "keys": list(URL_KEYS + LICENCE_KEYS)}):
+            {"depth": PROVENANCE_DEPTH, "keys": list(URL_KEYS + LICENCE_KEYS)}):
         got = out.setdefault(start, {"source_url": None, "date": None, "author": None, "licences": []})
         if got["source_url"] is None and isinstance(raw, dict):
             got["source_url"] = next((str(raw[k]) for k in URL_KEYS if raw.get(k)), None)
