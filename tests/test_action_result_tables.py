@@ -20,6 +20,7 @@ from hoardfs.base import config
 from hoardfs.base.errors import HoardError
 from hoardfs.jobs.actions import contract as contracts
 from hoardfs.jobs.actions import parse
+from hoardfs.jobs.actions import remote as remote_actions
 from hoardfs.sql import result_tables
 from hoardfs.sql.apply import apply_write_intent
 from hoardfs.sql.migrate import migrate
@@ -416,3 +417,19 @@ def test_a_mapping_file_that_cannot_be_trusted_is_refused_in_one_line(tmp_path: 
         with pytest.raises(parse.OutputProblem) as err:
             parse.parse_outputs(c, out, inputs, a4_scale=1)
         assert says in str(err.value) and "\n" not in str(err.value), (says, str(err.value))
+
+
+def test_a_remote_hosts_records_into_the_actions_own_table_are_taken(tmp_path: Path) -> None:
+    """A --remote host's parsed.json: records into result_<action> (the contract's own table) are
+    a table the contract maps to; another action's table is not."""
+    doc = tomllib.loads(CONTRACT.format(version=1, batch="b", command='["true"]', body=CSV_BODY))
+    doc["action_id"] = "maskr"
+    c = contracts.parse(doc, "maskr.toml")
+    inp = "ab" * 32
+    record = {"rule": "scores", "into": "result_maskr", "node_sha256": inp, "child_path": None,
+              "values": {"score": 0.5, "passed": True, "note": "x"}}
+    _, records, _ = remote_actions._checked(c, {"children": [], "records": [record]}, {inp}, limit=1, max_bytes=None)
+    assert records == [record]
+    with pytest.raises(remote_actions._Bad, match="into a table the contract maps to"):
+        remote_actions._checked(c, {"children": [], "records": [record | {"into": "result_other"}]}, {inp}, limit=1,
+                                max_bytes=None)

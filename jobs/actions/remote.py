@@ -484,7 +484,7 @@ def _checked(c: Contract, doc: Any, inputs: set[str], *, limit: int, max_bytes: 
         else:
             raise _Bad(f"child {display(ch['path'])[:200]!r}: its parents go round in a ring, never reaching an "
                        "input of the run")
-    tables = {"labels"} | {m.into for m in c.result_mapping.values()}
+    tables = {"labels"} | {contracts.table_of(c, m.into) for m in c.result_mapping.values()}  # own: result_<action>
     records = []
     for n, r in enumerate(doc["records"], start=1):
         if not (isinstance(r, dict) and r.get("into") in tables and isinstance(r.get("values"), dict)
