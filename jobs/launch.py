@@ -379,7 +379,7 @@ def select(all_runs: list[Run], kind: str = "", status: str = "", source: str = 
 
 def _ingest_job(cfg: Settings, st: ingest.BatchState, conn) -> Job | None:
     try:
-        return fetch_job(ingest._job_id(st.batch_id, st.step), conn)
+        return fetch_job(ingest.job_id(st.batch_id, st.step), conn)
     except NoSuchJobError:
         return None
 

@@ -16,7 +16,7 @@ its request: the same command resumes it. A request refused before it started (a
 layout for the data, an empty selection, a full zone, PostgreSQL down: nothing written,
 nothing reserved) keeps nothing: with --here its id is free at once; a worker's leaves a
 `refused` state saying why, which holds no id and is no health problem. The state of each
-id is a JSON file under `<ssd>/state/outputs/`.
+id is a JSON file under `<ssd>/state/outputs/` (the run-state store `hoardfs.jobs.runs`).
 
 Kept whole past 500 lines: one job from request to seal — its state file, submission, run
 and clean share `OutputState` and the output id's lock; the steps it runs are hoardfs.fsd.outputs'
@@ -26,13 +26,12 @@ and clean share `OutputState` and the output id's lock; the steps it runs are ho
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import json
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,13 +40,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hoardfs.base import config as config_mod
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError, first_line
-from hoardfs.base.files import NotOwn, flocked, fsync_dir, load_owned, state_directory, write_owned
+from hoardfs.base.files import flocked, fsync_dir
 from hoardfs.datasets import layouts, stagefiles
 from hoardfs.fsd.outputs import seal, zones
 from hoardfs.fsd.outputs.manifest import ViewError
 from hoardfs.fsd.outputs.materialize import Item
 from hoardfs.fsd.outputs.write import require_stored, write_copy, write_view
-from hoardfs.jobs import runlog
+from hoardfs.jobs import runlog, runs
+from hoardfs.jobs.runs import Status
 
 OUTPUT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ZONE_OF = {"stage": "3C", "export": "3D"}
@@ -151,7 +151,7 @@ def make_spec(kind: str, output_id: str, layout_spec: str, selector: dict | None
 class OutputState:
     id: str
     spec: dict[str, Any]
-    status: str = "queued"  # queued | running | done | failed | refused
+    status: str = Status.QUEUED.value  # one of STATUSES
     error: str = ""
     report: dict[str, Any] = field(default_factory=dict)
     updated: str = ""
@@ -162,30 +162,33 @@ class OutputState:
     exit_code: int = 0
 
 
+#: the statuses a stage or export takes (`Status`, the one of every kind of run)
+STATUSES = runs.STATUSES["outputs"]
+
+
 def state_dir(cfg: Settings) -> Path:
-    return state_directory(cfg.ssd.root / "state" / "outputs")
+    return runs.state_dir(cfg, "outputs")
 
 
 def load_state(cfg: Settings, output_id: str) -> OutputState | None:
-    """The recorded request of `output_id`, None if there is none; a damaged state file, or one
-    the service did not write (another account's, one others may write: `load_owned`), is
-    named (OutputError), never a traceback."""
+    """The recorded request of `output_id`, None if there is none; a damaged state file (not
+    JSON, not an output's state, not a request: `hoardfs.jobs.runs.load`), or one the service did
+    not write (another account's, one others may write: `load_owned`), is named (DamagedState,
+    one line), never a traceback."""
     if not OUTPUT_ID.fullmatch(output_id or ""):
         raise OutputError(f"{output_id!r} is not an output id (1-128 of A-Z a-z 0-9 . _ -)")
     path = state_dir(cfg) / f"{output_id}.json"
-    try:
-        doc = json.loads(load_owned(path))
-        st = OutputState(**doc)
-        OutputSpec(**st.spec)
-        return st
-    except FileNotFoundError:
+    what = f"the state of output {output_id}"
+    way_on = f"`hoard zones clean {output_id}` forgets the request (and removes its output)"
+    # (a file the service did not write is never `hoard zones clean`'s: it would remove the real output of that id)
+    st = runs.load(path, OutputState, "outputs", what, way_on, DamagedState, DamagedState)
+    if st is None:
         return None
-    except NotOwn as e:  # (never `hoard zones clean`: it would remove the real output of that id)
-        raise DamagedState(e.message) from None
-    except (OSError, ValueError, TypeError) as e:
-        raise DamagedState(f"the state of output {output_id} ({path}) is damaged ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}); `hoard zones clean {output_id}` forgets the "
-                           "request (and removes its output)") from None
+    try:
+        OutputSpec(**st.spec)
+    except (ValueError, TypeError) as e:  # (pydantic's ValidationError is a ValueError)
+        raise DamagedState(f"{what} ({path}) is damaged (its request: {first_line(e)[:120]}); {way_on}") from None
+    return st
 
 
 def forget(cfg: Settings, output_id: str) -> bool:
@@ -231,8 +234,7 @@ def describe(cfg: Settings, st: OutputState) -> tuple[str, str]:
 
 
 def save_state(cfg: Settings, st: OutputState) -> None:
-    st.updated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    write_owned(state_dir(cfg) / f"{st.id}.json", json.dumps(asdict(st), indent=1, sort_keys=True).encode())
+    runs.save(state_dir(cfg) / f"{st.id}.json", st, sort_keys=True)
 
 
 @contextlib.contextmanager

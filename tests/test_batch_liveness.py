@@ -26,7 +26,7 @@ from hoardfs.base import config
 from hoardfs.fsd.core.held import iter_files
 from hoardfs.fsd.store import Store
 from hoardfs.jobs import ingest as ua1
-from hoardfs.jobs.ingest.state import _work
+from hoardfs.jobs.ingest.state import work_path
 from hoardfs.sql import deletion as db_del
 from hoardfs.sql.apply import apply_write_intent
 from tests.test_ingest import ingest_home
@@ -192,8 +192,8 @@ def test_a_batch_deletion_waits_for_an_apply_in_flight_and_keeps_what_it_holds(h
     _steps(cfg, b, "scan", "store")
     st = ua1.load_state(cfg, b)
     assert st is not None
-    work = json.loads(_work(cfg, b, "records").read_bytes())
-    stored = {k: tuple(v) for k, v in json.loads(_work(cfg, b, "stored").read_bytes()).items()}
+    work = json.loads(work_path(cfg, b, "records").read_bytes())
+    stored = {k: tuple(v) for k, v in json.loads(work_path(cfg, b, "stored").read_bytes()).items()}
     intent, _stats = build_intent(f"ingest:{b}", b, st.source, [record_load(r) for r in work["records"]], stored,
                                   dt.datetime.fromisoformat(st.signalled), labels=work.get("rendered"))
     if intent_of == "members":

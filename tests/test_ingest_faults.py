@@ -126,7 +126,7 @@ def test_finish_cut_after_its_cleanup_resumes(hoard_home: Path, pg) -> None:
     st = ua1.submit(cfg, folder, None, queue=False)
     assert ua1.run_here(cfg, st.batch_id) == ExitCode.OK
     st = ua1.load_state(cfg, folder.name)
-    assert "finished_at" in st.report and not ua1._work(cfg, st.batch_id, "stored").exists()
+    assert "finished_at" in st.report and not ua1.work_path(cfg, st.batch_id, "stored").exists()
     st.step, st.status, st.done = "finish", ua1.Status.RUNNING.value, st.done[:-1]  # the state the cut left
     ua1.save_state(cfg, st)
     res = hoard(cfg.source, "ingest", "--resume", folder.name, "--here")

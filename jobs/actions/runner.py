@@ -1,8 +1,8 @@
 """Running a run's steps: the RQ job `hoardfs.jobs.actions.run_step` (one step under the run's lock, a
 heartbeat while it runs, then the next step queued), the poll of a waiting run (RQ's
 scheduler: `enqueue_in`, no worker held meanwhile), and `hoard action run --here` (every step
-in this process, Ctrl-C safe). Like UA_1's runner (hoardfs.jobs.ingest.runner), whose interruption
-handling and one-line conditions this reuses."""
+in this process, Ctrl-C safe). Its interruption handling and one-line conditions are UA_1's
+runner's too (`hoardfs.jobs.runs`: `interruptible`, `explain`)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,6 @@ from hoardfs.jobs.actions.state import (
     with_way_on,
 )
 from hoardfs.jobs.actions.steps import STEPS, cleanup_cancelled, record_ending, wait_a_little
-from hoardfs.jobs.ingest.runner import _explain, _interruptible
 from hoardfs.jobs.queues import (
     CONDITIONS,
     condition_exit_code,
@@ -56,6 +55,7 @@ from hoardfs.jobs.queues import (
     is_condition,
     rq_queue,
 )
+from hoardfs.jobs.runs import explain, interruptible
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
         return st.report
     except BaseException as e:
         st.status = Status.FAILED.value
-        st.error = (with_way_on(_explain(e, cfg), rid) if isinstance(e, Exception) else
+        st.error = (with_way_on(explain(e, cfg), rid) if isinstance(e, Exception) else
                     f"interrupted during step {step}; {resume_line(rid)} resumes it")
         st.exit_code = int(e.exit_code) if isinstance(e, HoardError) else int(ExitCode.UNAVAILABLE)
         st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
@@ -260,7 +260,7 @@ def run_here(cfg: Settings, rid: str, *, until_waiting: bool = False) -> ExitCod
     and the demo release the gate, then call again). A condition ends the run failed with
     its one line (the exit code says why); a bug propagates; Ctrl-C stops the step at once,
     recorded as interrupted."""
-    with _interruptible(), flocked(here_lock_path(cfg, rid)):
+    with interruptible(), flocked(here_lock_path(cfg, rid)):
         while True:
             st = load_state(cfg, rid)
             if st is None:
@@ -278,7 +278,7 @@ def run_here(cfg: Settings, rid: str, *, until_waiting: bool = False) -> ExitCod
                 code = condition_exit_code(e)
                 after = load_state(cfg, rid)
                 if after is None or after.status != Status.FAILED.value:
-                    raise HoardError(f"run {rid} at step {st.step}: {_explain(e, cfg)}", code) from None
+                    raise HoardError(f"run {rid} at step {st.step}: {explain(e, cfg)}", code) from None
                 return code
             after = load_state(cfg, rid)
             if after is not None and after.status in WAITING:

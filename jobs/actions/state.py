@@ -6,28 +6,30 @@ A run's files are trusted only when they prove themselves (docs/security.md, "Ru
 each is the service's own (0600, its owner the service's user, no link: `load_owned`), and
 its recorded contract, parameters and inputs hash to its run id (`proof_problem`, the key a
 remote host checks too); a run that does not is refused (`RunRefused`) wherever it is loaded.
-What a step runs must also be the contract the service has now (`check_runnable`)."""
+What a step runs must also be the contract the service has now (`check_runnable`). The file is
+read and written through the run-state store of every kind of run (`hoardfs.jobs.runs`)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import hashlib
 import json
 import logging
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError, first_line
-from hoardfs.base.files import NotOwn, load_owned, state_directory, write_owned
+from hoardfs.base.files import load_owned, write_owned
 from hoardfs.base.paths import display
+from hoardfs.jobs import runs
 from hoardfs.jobs.actions.contract import Contract, find_any, load_file
 from hoardfs.jobs.actions.params import canonical, parse_params
+from hoardfs.jobs.runs import Status, now
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +61,8 @@ LABELS_POLL_S = 60
 RUN_ID = re.compile(r"[a-z][a-z0-9_-]{0,63}-v[0-9]+-[0-9a-f]{12}")
 
 
-class Status(str, enum.Enum):  # noqa: UP042  # StrEnum would change str(member), which messages print
-    QUEUED = "queued"
-    RUNNING = "running"
-    WAIT_GPU_READY = "WAIT_GPU_READY"
-    WAITING_EXTERNAL = "waiting_external"
-    WAITING_LABELS = "waiting_labels"
-    #: a --remote run while a host of the `remote` queue stages, runs and parses it
-    WAITING_REMOTE = "waiting_remote"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
+#: the statuses a run takes (`Status`, the one of every kind of run)
+STATUSES = runs.STATUSES["actions"]
 WAITING = (Status.WAIT_GPU_READY.value, Status.WAITING_EXTERNAL.value, Status.WAITING_LABELS.value,
            Status.WAITING_REMOTE.value)
 
@@ -150,10 +141,6 @@ class RunState:
         return self.status == Status.DONE.value
 
 
-def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
 def stamp() -> str:
     """A start stamp unique to the microsecond (an attempt's)."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
@@ -208,7 +195,7 @@ def steps_of(c: Contract, remote: bool = False) -> list[str]:
 # -- files --------------------------------------------------------------------------------------
 
 def state_dir(cfg: Settings) -> Path:
-    return state_directory(cfg.ssd.root / "state" / "actions")
+    return runs.state_dir(cfg, "actions")
 
 
 def check_id(rid: str) -> str:
@@ -218,37 +205,24 @@ def check_id(rid: str) -> str:
     return rid
 
 
+#: the way on from a damaged file of a run
+_DAMAGED_WAY_ON = "remove it and run the action again"
+
+
 def _read(path: Path, rid: str) -> Any:
     """One of run `rid`'s files, the service's own (RunRefused otherwise), as JSON; None when
-    there is none."""
-    try:
-        raw = load_owned(path)
-    except FileNotFoundError:
-        return None
-    except NotOwn as e:
-        raise RunRefused(e.message) from None
-    except OSError as e:
-        raise ActionError(f"{display(str(path))}: cannot be read ({e.strerror}) as uid {os.geteuid()}; run the command "
-                          "as the service's user", ExitCode.DATA) from None
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise ActionError(f"the state of run {rid} ({path}) is damaged ({type(e).__name__}); remove it and run the "
-                          "action again", ExitCode.DATA) from None
+    there is none; ActionError (one line naming it, exit 5) when it is damaged."""
+    return runs.read(path, f"the state of run {rid}", _DAMAGED_WAY_ON, ActionError, RunRefused)
 
 
 def load_state(cfg: Settings, rid: str) -> RunState | None:
     """Run `rid`'s state, None when there is none; RunRefused (one line naming the file) when
-    its files do not prove themselves."""
+    its files do not prove themselves, ActionError (one line, exit 5) when it is damaged: not
+    JSON, not a run's state (`hoardfs.jobs.runs.load`)."""
     path = state_dir(cfg) / f"{check_id(rid)}.json"
-    doc = _read(path, rid)
-    if doc is None:
+    st = runs.load(path, RunState, "actions", f"the state of run {rid}", _DAMAGED_WAY_ON, ActionError, RunRefused)
+    if st is None:
         return None
-    try:
-        st = RunState(**doc)
-    except TypeError as e:
-        raise ActionError(f"the state of run {rid} ({path}) is damaged ({type(e).__name__}); remove it and run the "
-                          "action again", ExitCode.DATA) from None
     why = proof_problem(cfg, st, rid)
     if why:
         raise RunRefused(f"{display(str(path))}: {why}: not written by hoardfs, so nothing of it is run; remove "
@@ -359,8 +333,7 @@ def check_runnable(cfg: Settings, st: RunState) -> None:
 
 
 def save_state(cfg: Settings, st: RunState) -> None:
-    st.updated = now()
-    write_owned(state_dir(cfg) / f"{st.run_id}.json", json.dumps(asdict(st), indent=1).encode())
+    runs.save(state_dir(cfg) / f"{st.run_id}.json", st)
 
 
 @dataclass

@@ -44,13 +44,13 @@ from hoardfs.jobs.ingest.state import (  # noqa: F401
     BatchState,
     IngestError,
     Status,
-    _job_id,
-    _work,
     all_states,
     forget_deleted,
+    job_id,
     load_state,
     save_state,
     state_dir,
+    work_path,
 )
 from hoardfs.jobs.ingest.steps import _STEPS, PACKAGE_OVERHEAD_PER_FILE  # noqa: F401
 from hoardfs.jobs.queues import unserved_queues  # noqa: F401 - tests wait on it through hoardfs.jobs.ingest

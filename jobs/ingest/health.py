@@ -11,7 +11,7 @@ from rq.exceptions import NoSuchJobError
 
 from hoardfs.base.config import Settings
 from hoardfs.jobs.ingest.signals import refused_batches
-from hoardfs.jobs.ingest.state import QUEUE_OF, BatchState, Status, _job_id, all_states
+from hoardfs.jobs.ingest.state import QUEUE_OF, BatchState, Status, all_states, job_id
 from hoardfs.jobs.queues import connect, fetch_job, running, unserved_queues
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,12 @@ def stalled_batches(cfg: Settings, pending: list[BatchState]) -> list[dict[str, 
         conn = connect(cfg.redis_url)
         idle = set(unserved_queues(conn))
         for st in pending:
-            job_id = _job_id(st.batch_id, st.step)
+            step_job = job_id(st.batch_id, st.step)
             try:
-                job_status = fetch_job(job_id, conn).get_status(refresh=True)
+                job_status = fetch_job(step_job, conn).get_status(refresh=True)
             except NoSuchJobError:
                 job_status = None
-            if job_status == "started" and running(conn, job_id):
+            if job_status == "started" and running(conn, step_job):
                 continue
             if job_status in ("queued", "scheduled", "deferred"):
                 if QUEUE_OF[st.step] not in idle:

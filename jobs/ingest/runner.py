@@ -7,7 +7,6 @@ import contextlib
 import logging
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -35,6 +34,7 @@ from hoardfs.jobs.queues import (
     is_condition,
     rq_queue,
 )
+from hoardfs.jobs.runs import explain, interruptible
 from hoardfs.sql import watch
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def _run_step_logged(cfg: Settings, batch_id: str, step: str, *, then_enqueue: b
         # "running" with nobody running it would look busy for ever, while "failed" shows in
         # `hoard health` with the step and the way on
         st.status = Status.FAILED.value
-        st.error = (_explain(e, cfg) if isinstance(e, Exception) else
+        st.error = (explain(e, cfg) if isinstance(e, Exception) else
                     f"interrupted during step {step}; `hoard ingest --resume {batch_id}` runs it again")
         st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
         save_state(cfg, st)
@@ -139,24 +139,8 @@ def queue_near_dups(cfg: Settings, batch_id: str) -> None:
                     "'{\"batches\": [\"%s\"]}'` makes it", batch_id, condition_line(e), batch_id)
 
 
-def _explain(e: Exception, cfg: Settings | None = None) -> str:
-    """One line for the state file: what failed and what to do."""
-    if isinstance(e, HoardError):
-        return e.message
-    if isinstance(e, (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError)):
-        return f"{condition_line(e)}; start it, then `hoard ingest --resume`"
-    if isinstance(e, OSError):
-        where = Path(e.filename) if isinstance(e.filename, str) else None
-        disk = next((d for d in (cfg.disks if cfg and where else []) if where and where.is_relative_to(d.path)), None)
-        if disk is not None:  # the store meets a disk dying under it (EIO) before it has marked it failed
-            return (f"disk {disk.label}: {e.strerror or e} ({e.filename}); `hoard health` shows its state: bring it "
-                    f"back or replace it (`hoard disks replace {disk.label} …`), then `hoard ingest --resume`")
-        return f"{condition_line(e)}; fix it, then `hoard ingest --resume`"
-    return f"{type(e).__name__}: {e} (a bug; traceback in the worker log)"
-
-
 # CONDITIONS (hoardfs.jobs.queues): under `run_here` a step meeting one ends the run with the one line
-# `_explain` recorded in the batch's state.
+# `explain` recorded in the batch's state.
 
 
 def run_here(cfg: Settings, batch_id: str) -> ExitCode:
@@ -169,7 +153,7 @@ def run_here(cfg: Settings, batch_id: str) -> ExitCode:
     (`--resume BATCH --here`) goes on at that step. A bug propagates with its traceback.
     Ctrl-C or SIGTERM stops the step under way at once, recorded as interrupted, and raises
     KeyboardInterrupt; a second one while that is recorded is ignored."""
-    with _interruptible():
+    with interruptible():
         while True:
             st = load_state(cfg, batch_id)
             if st is None:
@@ -185,30 +169,8 @@ def run_here(cfg: Settings, batch_id: str) -> ExitCode:
                 code = condition_exit_code(e)
                 after = load_state(cfg, batch_id)
                 if after is None or after.status != Status.FAILED.value:  # not recorded (the SSD itself?)
-                    raise HoardError(f"batch {batch_id} at step {st.step}: {_explain(e, cfg)}", code) from None
+                    raise HoardError(f"batch {batch_id} at step {st.step}: {explain(e, cfg)}", code) from None
                 return code
-
-
-@contextlib.contextmanager
-def _interruptible():
-    """SIGINT and SIGTERM raise KeyboardInterrupt once inside; the process's handlers come back after."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    fired = False
-
-    def interrupt(signum, frame) -> None:
-        nonlocal fired
-        if fired:
-            return  # already stopping: a second Ctrl-C must not cut short the recording of the first
-        fired = True
-        raise KeyboardInterrupt
-
-    for sig in saved:
-        signal.signal(sig, interrupt)
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
 def work_here(cfg: Settings, redis_conn=None) -> None:

@@ -23,14 +23,14 @@ from hoardfs.jobs.ingest.state import (
     BatchState,
     IngestError,
     Status,
-    _job_id,
-    _now,
+    job_id,
     load_state,
     names_work,
     save_state,
     state_dir,
 )
 from hoardfs.jobs.queues import connect, enqueue_once
+from hoardfs.jobs.runs import now
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def set_signal_aside(batch_dir: Path, reason: str) -> str:
     """Rename a refused `_READY` to `_READY.rejected` beside a `_REASON.txt`, so the timer's
     `--ready` does not refuse it again every 30 s while `hoard health` keeps showing it.
     Returns the sentence to add to the reason: how to signal the batch again."""
-    atomic_write(batch_dir / REASON_FILE, f"{_now()}\t{reason}\n".encode())  # (first: refused, nothing renamed)
+    atomic_write(batch_dir / REASON_FILE, f"{now()}\t{reason}\n".encode())  # (first: refused, nothing renamed)
     os.replace(batch_dir / SIGNAL, batch_dir / REJECTED_SIGNAL)
     return (f"its signal was set aside as {batch_dir / REJECTED_SIGNAL} (reason in {REASON_FILE}); once fixed, "
             f"write {SIGNAL} again")
@@ -201,5 +201,5 @@ def enqueue(cfg: Settings, st: BatchState, redis_conn=None) -> str:
     assert cfg.redis_url
     return enqueue_once(redis_conn or connect(cfg.redis_url), QUEUE_OF[st.step], "hoardfs.jobs.ingest.run_step",
                         str(cfg.source) if cfg.source else None, st.batch_id, st.step,
-                        job_id=_job_id(st.batch_id, st.step), timeout=STEP_TIMEOUT_S,
+                        job_id=job_id(st.batch_id, st.step), timeout=STEP_TIMEOUT_S,
                         description=f"ingest {st.batch_id}: {st.step}", key=jobkey.of(cfg))

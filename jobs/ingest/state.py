@@ -1,26 +1,25 @@
 """A batch's ingest state: its file in <ssd.root>/state/ingest/<batch>.json (status, steps done,
 report), written atomically after every step, the service's own (0600; a file another account
-planted, or one others may write, is refused on load: `hoardfs.base.files.load_owned`); the job id
-of each step; a deleted batch's state and 3B package let go."""
+planted, or one others may write, is refused on load, a damaged one named: the run-state store
+`hoardfs.jobs.runs`); the job id of each step; a deleted batch's state and 3B package let go."""
 
 from __future__ import annotations
 
-import datetime as dt
-import enum
 import hashlib
-import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError
-from hoardfs.base.files import NotOwn, load_owned, state_directory, write_owned
+from hoardfs.base.files import NotOwn
 from hoardfs.base.paths import NAME_PATTERN
 from hoardfs.base.units import fmt_bytes
 from hoardfs.fsd.outputs import zones
+from hoardfs.jobs import runs
+from hoardfs.jobs.runs import Status, now
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +34,8 @@ SIGNAL = "_READY"
 WORK = ("records", "stored")
 
 
-class Status(str, enum.Enum):  # noqa: UP042  # StrEnum would change str(member), which messages print
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    DONE_WITH_REJECTS = "done with rejects"
-    FAILED = "failed"
+#: the statuses a batch takes (`Status`, the one of every kind of run)
+STATUSES = runs.STATUSES["ingest"]
 
 
 class IngestError(HoardError):
@@ -54,8 +49,8 @@ class BatchState:
     status: str = Status.QUEUED.value
     step: str = "scan"
     done: list[str] = field(default_factory=list)
-    signalled: str = field(default_factory=lambda: _now())
-    updated: str = field(default_factory=lambda: _now())
+    signalled: str = field(default_factory=lambda: now())
+    updated: str = field(default_factory=lambda: now())
     error: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
@@ -67,34 +62,28 @@ class BatchState:
         return self.status in (Status.DONE.value, Status.DONE_WITH_REJECTS.value)
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
 # -- state files -------------------------------------------------------------------------
 
 def state_dir(cfg: Settings) -> Path:
-    return state_directory(cfg.ssd.root / "state" / "ingest")
+    return runs.state_dir(cfg, "ingest")
 
 
 def load_state(cfg: Settings, batch_id: str) -> BatchState | None:
     """Batch `batch_id`'s ingest state, None when there is none; NotOwn (one line naming the
-    file, exit 5) when it is not the service's own file, IngestError when it is damaged."""
+    file, exit 5) when it is not the service's own file, IngestError (one line naming it and
+    the next step, exit 5) when it is damaged: not JSON, not a batch's state, a step not UA_1's."""
     path = state_dir(cfg) / f"{batch_id}.json"
-    try:
-        raw = load_owned(path)
-    except FileNotFoundError:
-        return None
-    try:
-        return BatchState(**json.loads(raw))
-    except (ValueError, TypeError) as e:
-        raise IngestError(f"the ingest state of batch {batch_id} ({path}) is damaged ({type(e).__name__}); remove it, "
-                          f"then `hoard ingest --resume {batch_id}` scans the batch anew", ExitCode.DATA) from None
+    what, way_on = f"the ingest state of batch {batch_id}", (f"remove it, then `hoard ingest --resume {batch_id}` "
+                                                             "scans the batch anew")
+    st = runs.load(path, BatchState, "ingest", what, way_on, IngestError)
+    if st is not None and (st.step not in STEPS or not set(st.done) <= set(STEPS)):
+        raise IngestError(f"{what} ({path}) is damaged (its step or steps done are not among {', '.join(STEPS)}); "
+                          f"{way_on}", ExitCode.DATA)
+    return st
 
 
 def save_state(cfg: Settings, st: BatchState) -> None:
-    st.updated = _now()
-    write_owned(state_dir(cfg) / f"{st.batch_id}.json", json.dumps(asdict(st), indent=1).encode())
+    runs.save(state_dir(cfg) / f"{st.batch_id}.json", st)
 
 
 def names_work(batch_id: str) -> bool:
@@ -104,8 +93,10 @@ def names_work(batch_id: str) -> bool:
     return bool(head and dot) and tail in WORK
 
 
-def _work(cfg: Settings, batch_id: str, what: str) -> Path:
+def work_path(cfg: Settings, batch_id: str, what: str) -> Path:
+    """A work file a batch's steps hand each other: `<batch>.<what>.json` (WORK)."""
     return state_dir(cfg) / f"{batch_id}.{what}.json"
+
 
 
 #: state files refused by this process, each logged once
@@ -139,7 +130,7 @@ def forget_deleted(cfg: Settings, batch_id: str) -> str:
     saying what happened to the package."""
     st = load_state(cfg, batch_id)
     if st is not None and st.deleted is None:
-        st.deleted = _now()
+        st.deleted = now()
         save_state(cfg, st)
     package = cfg.ssd.zone_path("3B") / batch_id
     try:
@@ -151,6 +142,8 @@ def forget_deleted(cfg: Settings, batch_id: str) -> str:
     return f"3B package {package} removed ({fmt_bytes(freed)})"
 
 
-def _job_id(batch_id: str, step: str) -> str:
+def job_id(batch_id: str, step: str) -> str:
+    """The RQ job id of a batch's step (one per step: a step queued twice is one job)."""
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", batch_id)
     return f"ingest-{safe}-{hashlib.sha1(batch_id.encode()).hexdigest()[:8]}-{step}"
+

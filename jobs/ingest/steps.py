@@ -30,7 +30,8 @@ from hoardfs.fsd.store import Store
 from hoardfs.jobs import events
 from hoardfs.jobs.ingest.render import forget as forget_rendered
 from hoardfs.jobs.ingest.render import path_of, render_all
-from hoardfs.jobs.ingest.state import SIGNAL, BatchState, IngestError, Status, _now, _work, save_state
+from hoardfs.jobs.ingest.state import SIGNAL, BatchState, IngestError, Status, save_state, work_path
+from hoardfs.jobs.runs import now
 from hoardfs.sql.apply import apply_write_intent, is_applied
 from hoardfs.sql.migrate import migrate
 from hoardfs.sql.schema_decider import propose_if_new
@@ -75,7 +76,7 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
     quarantine(zone3a, st.batch_id, parsed.rejects)
     if parsed.rejects:
         st.report["quarantine"] = str(zone3a / "_quarantine" / st.batch_id)
-    atomic_write(_work(cfg, st.batch_id, "records"),
+    atomic_write(work_path(cfg, st.batch_id, "records"),
                  json.dumps({"files": files, "records": records, "rendered": rendered,
                              "identity": {rel: view.identity[rel] for rel in files if rel in view.identity}}).encode())
 
@@ -137,7 +138,7 @@ def _nothing_accepted(st: BatchState, root: Path, what: str, rejected: list[dict
 
 
 def _step_store(cfg: Settings, st: BatchState) -> None:
-    work = json.loads(_work(cfg, st.batch_id, "records").read_bytes())
+    work = json.loads(work_path(cfg, st.batch_id, "records").read_bytes())
     root = cfg.ssd.zone_path("3A") / st.batch_id
     rendered = work.get("rendered", {})  # a work file of before rendered files has none
     rels = [*work["files"], *rendered]
@@ -171,14 +172,14 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
     if late:
         quarantine(cfg.ssd.zone_path("3A"), st.batch_id, [Reject([rel], why) for rel, why in late])
         st.report["rejected"] += [{"path": display(rel), "reason": why} for rel, why in late]
-    atomic_write(_work(cfg, st.batch_id, "stored"), json.dumps(stored).encode())
+    atomic_write(work_path(cfg, st.batch_id, "stored"), json.dumps(stored).encode())
     st.report.update({"stored_new": new, "stored_existing": existing, "bytes_new": bytes_new,
                       "bytes_total": sum(size for _, size in stored.values())})
 
 
 def _step_apply(cfg: Settings, st: BatchState) -> None:
-    work = json.loads(_work(cfg, st.batch_id, "records").read_bytes())
-    stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
+    work = json.loads(work_path(cfg, st.batch_id, "records").read_bytes())
+    stored = {k: tuple(v) for k, v in json.loads(work_path(cfg, st.batch_id, "stored").read_bytes()).items()}
     key = f"ingest:{st.batch_id}"
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:
         migrate(conn)
@@ -215,14 +216,14 @@ def _refuse_late(cfg: Settings, st: BatchState, work: dict[str, Any], stored: di
     stored = {rel: v for rel, v in stored.items() if rel not in gone}
     work.update(records=kept, files={k: v for k, v in work["files"].items() if k not in gone},
                 identity={k: v for k, v in work.get("identity", {}).items() if k not in gone})
-    atomic_write(_work(cfg, st.batch_id, "stored"), json.dumps(stored).encode())
-    atomic_write(_work(cfg, st.batch_id, "records"), json.dumps(work).encode())
+    atomic_write(work_path(cfg, st.batch_id, "stored"), json.dumps(stored).encode())
+    atomic_write(work_path(cfg, st.batch_id, "records"), json.dumps(work).encode())
     return stored
 
 
 def _step_package(cfg: Settings, st: BatchState) -> None:
-    stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
-    work = json.loads(_work(cfg, st.batch_id, "records").read_bytes())
+    stored = {k: tuple(v) for k, v in json.loads(work_path(cfg, st.batch_id, "stored").read_bytes()).items()}
+    work = json.loads(work_path(cfg, st.batch_id, "records").read_bytes())
     records = work["records"]
     root = cfg.ssd.zone_path("3A") / st.batch_id
     out = cfg.ssd.zone_path("3B") / st.batch_id
@@ -252,7 +253,7 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
         with naming_lock(store):
             store.register_batch(st.batch_id, {"source": st.source, "manifest": put.sha256,
                                                "files": len(stored), "bytes": sum(s for _, s in stored.values()),
-                                               "sealed": _now()},
+                                               "sealed": now()},
                                  holds=[bytes.fromhex(h) for h, _ in stored.values()] + [bytes.fromhex(put.sha256)])
             # a batch deleted since the store step may have tombstoned a file this one shares (the
             # pin kept it from gc): named by a registered batch now, it is live — not hidden
@@ -318,7 +319,7 @@ def _step_finish(cfg: Settings, st: BatchState) -> None:
     # cut before the state said done) goes on from the event — the work files it reads before
     # are removed at its end, so a second run must not need them (else it fails on every run)
     if "finished_at" not in st.report:
-        stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
+        stored = {k: tuple(v) for k, v in json.loads(work_path(cfg, st.batch_id, "stored").read_bytes()).items()}
         zone3a = cfg.ssd.zone_path("3A")
         root = zone3a / st.batch_id
         with Store.open(cfg, writable=False) as store:
@@ -332,7 +333,7 @@ def _step_finish(cfg: Settings, st: BatchState) -> None:
                              f"then `hoard replicate`), then `hoard ingest --resume {st.batch_id}`", ExitCode.DATA)
         if root.exists():
             _empty_batch_dir(zone3a, st, stored)
-        st.report["finished_at"] = _now()  # fixed before the event is written: a retry sends the same intent
+        st.report["finished_at"] = now()  # fixed before the event is written: a retry sends the same intent
         save_state(cfg, st)
     status = Status.DONE_WITH_REJECTS if st.report.get("rejected") else Status.DONE
     summary = {k: v for k, v in st.report.items() if k != "rejected"} | {
@@ -347,7 +348,7 @@ def _step_finish(cfg: Settings, st: BatchState) -> None:
                     {"batch": st.batch_id, "source": st.source} | detail, conn=conn)
     st.status = status.value
     for what in ("records", "stored"):
-        _work(cfg, st.batch_id, what).unlink(missing_ok=True)
+        work_path(cfg, st.batch_id, what).unlink(missing_ok=True)
     forget_rendered(cfg, st.batch_id)
     with Store.open(cfg, writable=False) as store:
         store.unpin(f"ingest-{st.batch_id}")  # the registered manifest references the files now
