@@ -8,13 +8,17 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from hoardfs.base import config
+from hoardfs.base import config, landlock
 from hoardfs.jobs import jobkey, launch
 from hoardfs.jobs.queues import fetch_job, rq_queue
+from tests.helpers import write_contract
+from tests.test_action_runs import AC1, action_home, hoard
 
 
 def _hoard(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -94,8 +98,6 @@ print(json.dumps(got))
 def test_a_confined_builtin_cannot_signal_another_process_through_a_file_owner(tmp_path: Path, abi: str | None) -> None:
     """A confined built-in cannot signal another process of its user by making it a file's owner (F_SETOWN and
     O_ASYNC: SIGIO on input), also where Landlock does not scope signals (ABI < 6): the process lives on."""
-    from hoardfs.base import landlock  # deferred: the kernel probe reads the forced ABI of this test's child
-
     if not landlock.status()["enforced"]:
         pytest.skip("no Landlock here")
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -146,8 +148,6 @@ print(json.dumps(got))
 def test_a_confined_builtin_cannot_change_another_processs_limits(tmp_path: Path) -> None:
     """A confined built-in cannot change another process's resource limits, priority or processors (EPERM); its
     own limits and priority it may still set."""
-    from hoardfs.base import landlock  # deferred: as above
-
     if not landlock.status()["enforced"]:
         pytest.skip("no Landlock here")
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -168,3 +168,45 @@ def test_a_confined_builtin_cannot_change_another_processs_limits(tmp_path: Path
         victim.wait()
     assert {k: got.pop(k) for k in ("own limit", "own priority")} == {"own limit": 0, "own priority": 0}
     assert got == dict.fromkeys(got, errno.EPERM), got
+
+
+@pytest.mark.services
+@pytest.mark.xfail(strict=True, reason="SQLSTATE 53100 (DiskFull) is an OperationalError that jobs.queues.condition_line/"
+                   "condition_exit_code and cli/root.py take for an unreachable server (exit 3, 'start it'); the fix "
+                   "spans jobs/queues.py, cli/root.py and the action runner's tail, files other helpers hold edits in")
+def test_a_database_whose_disk_is_full_is_named_as_such(hoard_home: Path, pg, redis_conn) -> None:
+    """A command whose database write finds PostgreSQL's disk full says so in one line, exit 6 (no space), never
+    "cannot reach the database; start it with `hoard services up`" (the server is up)."""
+    if not pg.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+        pytest.skip("the test role cannot make a tablespace")
+    cfg, batch = action_home(hoard_home, pg, redis_conn)
+    write_contract(cfg, "check-quality", AC1.format(batch=batch))
+    where = Path(tempfile.mkdtemp(prefix="hoard-pgfull-"))  # (PostgreSQL's user must reach it: not below tmp_path)
+    where.chmod(0o755)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)]).returncode != 0:
+        where.rmdir()
+        pytest.skip("no tmpfs here (needs root)")
+    space = f"rt_full_{os.getpid()}"
+    schema = pg.execute("SELECT current_schema()").fetchone()[0]
+    tables = [r[0] for r in pg.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", [schema])]
+    pg.autocommit = True
+    try:
+        subprocess.run(["chown", "postgres:postgres", str(where)], check=True)
+        pg.execute(f"CREATE TABLESPACE {space} LOCATION '{where}'")
+        for t in tables:
+            pg.execute(f'ALTER TABLE "{t}" SET TABLESPACE {space}')
+        pg.execute(f"CREATE TABLE rt_filler (b bytea) TABLESPACE {space}")
+        with pytest.raises(psycopg.errors.DiskFull):
+            while True:
+                pg.execute("INSERT INTO rt_filler SELECT decode(repeat('ab', 8000), 'hex') FROM generate_series(1, 50)")
+        res = hoard(cfg.source, "action", "run", "check-quality", "--here")
+        lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+        assert "Traceback" not in res.stderr and len(lines) == 1, lines
+        assert res.returncode == 6 and "hoard services up" not in lines[0], (res.returncode, lines)
+    finally:
+        pg.execute("DROP TABLE IF EXISTS rt_filler")
+        for t in tables:
+            pg.execute(f'ALTER TABLE "{t}" SET TABLESPACE pg_default')
+        pg.execute(f"DROP TABLESPACE IF EXISTS {space}")
+        subprocess.run(["umount", "-l", str(where)], check=False)
+        where.rmdir()
