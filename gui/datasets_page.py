@@ -91,6 +91,11 @@ def dry_run_view(d: api.DryRun) -> None:
     ui.label(f"{d.samples} samples ({d.selected} nodes selected; {d.unlabelled} without the class label, "
              f"{d.capped} over a cap, {d.dropped_dup} duplicates left out)").mark("dataset-dry-samples")
     counts_table(d.counts, d.class_map)
+    text.label("split: " + ", ".join(f"{sp} {g['samples']} ({g['share']:.1%}, ratio {g['ratio']:.0%})"
+                                     for sp, g in d.splits.items())).mark("dataset-dry-splits")
+    if d.large_groups:
+        text.label("large groups: " + ", ".join(f"{g['group']} {g['samples']} ({g['share']:.1%})"
+                                                for g in d.large_groups[:5])).classes("text-warning")
     text.label(f"{fmt_bytes(d.bytes)} in {d.mode} mode, layout {d.layout}").mark("dataset-dry-bytes")
     if d.quota_ok:
         ui.label(f"zone 3D admits it: it reserves {fmt_bytes(d.reserve_bytes)}, "
