@@ -433,12 +433,13 @@ def plan_stage(cfg: Settings, spec: OutputSpec, store: Any) -> tuple[list[Item],
     ctx_path = {(it.path.split("/", 2)[1], it.sha256): "../" + it.path.split("/", 1)[1] for it in context}
     items: list[Item] = list(context)
     made: list[tuple[str, bytes]] = []
-    bytes_of: dict[str, bytes] = {}
+    last: dict[str, bytes] = {}  # the object read last only: a stage of many images never holds them all
 
     def data(sha: str) -> bytes:
-        if sha not in bytes_of:
-            bytes_of[sha] = store.get(sha)
-        return bytes_of[sha]
+        if sha not in last:
+            last.clear()
+            last[sha] = store.get(sha)
+        return last[sha]
 
     def place(path: str, sha: str, size: int, who: str, tpl_lay: layouts.Layout, sidecar: bytes | None = None) -> None:
         lit = stagefiles.literal_ext(tpl_lay)

@@ -287,6 +287,20 @@ def test_extension_not_the_bytes_refused(shop) -> None:
     assert labels(cfg, "mislabelled", "score") == {}
 
 
+def test_metadata_never_a_path_unchecked(shop) -> None:
+    """A per-input template over scraped metadata ({title}/meta.json, a title holding '/') is
+    refused at stage in one line naming the node and the field; nothing is staged."""
+    cfg, shas = shop
+    write_contract(cfg, "by-title", CONTRACT.format(
+        selector=f'batches = ["{SHOP}"]\nfile_types = ["png"]',
+        stage='template = "{sha256}{ext}"\nmeta_template = "{title}/meta.json"', command=worker("meta_scores.py"),
+        run_as=RUN_AS, glob="scores.csv", fmt="csv", field="file", key="stem"))
+    res = hoard(str(cfg.source), "action", "run", "by-title", "--here")
+    err = (res.stderr or res.stdout).strip()
+    assert res.returncode != 0 and "Traceback" not in res.stderr and len(err.splitlines()) == 1, err
+    assert shas["a.png"][:12] in err and "title" in err and "'/'" in err, err
+
+
 def test_contract_keys_checked() -> None:
     """The stage keys are validated: an unknown key, an unknown field and a fixed extension that
     contradicts `convert` are each one line naming the key."""
