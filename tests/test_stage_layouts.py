@@ -207,17 +207,47 @@ def test_index_path_list_shell_worker(shop) -> None:
     assert got == {shas[n]: [size[shas[n]]] for n in ("a.png", "b.png", "e.png")}
 
 
+def crops(cfg: config.Settings) -> list[tuple[str, str]]:
+    """(crop, its source image) sha256 pairs: the crops action run once over SHOP's PNGs (a
+    child per image, relationship crop_of)."""
+    if not crop_pairs(cfg):
+        write_contract(cfg, "crop", CONTRACT.split("[[output_parser")[0].format(
+            selector=f'batches = ["{SHOP}"]\nfile_types = ["png"]', stage='template = "{sha256}{ext}"',
+            command=worker("crop.py"), run_as=RUN_AS) + '[[output_parser.children]]\nglob = "crops/*.png"\n'
+            'relationship = "crop_of"\n')
+        res = hoard(str(cfg.source), "action", "run", "crop", "--here", "--json")
+        assert res.returncode == 0 and json.loads(res.stdout)["status"] == "done", res.stdout + res.stderr
+    return crop_pairs(cfg)
+
+
+def crop_pairs(cfg: config.Settings) -> list[tuple[str, str]]:
+    with psycopg.connect(cfg.database_url) as conn:
+        return conn.execute("SELECT encode(c.sha256, 'hex'), encode(p.sha256, 'hex') FROM edge e JOIN "
+                            "relationship_type r USING (rel_id) JOIN node c ON c.node_id = e.child_id JOIN node p ON "
+                            "p.node_id = e.parent_id WHERE r.name = 'crop_of' ORDER BY 1").fetchall()
+
+
+def test_index_names_staged_parents(shop) -> None:
+    """With include_parents, an index column {parent} / {parents} gives each input's parent as
+    staged beside the input root (../parents/…), the path a worker opens from the input root."""
+    cfg, shas = shop
+    pairs = crops(cfg)
+    doc = run_action(cfg, "parent-index", 'template = "{sha256}{ext}"\ninclude_parents = true\n'
+                     '[[stage_layout.index]]\npath = "inputs.jsonl"\nformat = "jsonl"\ncolumns = { file = "{path}", '
+                     'sha = "{sha256}", size = "{size}", title = "{parent}", tags = "{parents}" }',
+                     worker("check_index.py", "inputs.jsonl"), "checked.jsonl", fmt="jsonl", field="sha",
+                     key="sha256", selector='has_ancestor = [{ relationship = "crop_of" }]')
+    assert doc["report"]["records"] == 3
+    want = {crop: [f'../parents/{parent}.png|["../parents/{parent}.png"]'] for crop, parent in pairs}
+    assert labels(cfg, "parent-index", "checked") == want
+
+
 def test_folder_per_input_with_parent_and_meta(shop) -> None:
     """A folder per input holding the input, its parent and a meta.json naming that parent: crops
     made by one action are staged as <id>/image.png beside <id>/parent.png (their source image)
     for a shell worker that reads all three."""
     cfg, shas = shop
-    write_contract(cfg, "crop", CONTRACT.split("[[output_parser")[0].format(
-        selector=f'batches = ["{SHOP}"]\nfile_types = ["png"]', stage='template = "{sha256}{ext}"',
-        command=worker("crop.py"), run_as=RUN_AS) + '[[output_parser.children]]\nglob = "crops/*.png"\n'
-        'relationship = "crop_of"\n')
-    res = hoard(str(cfg.source), "action", "run", "crop", "--here", "--json")
-    assert res.returncode == 0 and json.loads(res.stdout)["status"] == "done", res.stdout + res.stderr
+    crops(cfg)
     run_action(cfg, "folders", 'template = "{sha256:16}/image{ext}"\nparent_template = "{sha256:16}/parent{ext}"\n'
                'meta_template = "{sha256:16}/meta.json"', worker("folder.sh"), "folders.csv", key="staged_path",
                selector='has_ancestor = [{ relationship = "crop_of" }]')
