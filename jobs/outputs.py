@@ -441,15 +441,25 @@ def plan_stage(cfg: Settings, spec: OutputSpec, store: Any) -> tuple[list[Item],
             last[sha] = store.get(sha)
         return last[sha]
 
+    def head(sha: str) -> bytes:
+        """The object's first bytes, which tell its type (a video is not read whole for them)."""
+        if sha in last:
+            return last[sha][:16]
+        pieces = store.iter_object(bytes.fromhex(sha))
+        try:
+            return bytes(next(pieces, b""))[:16]
+        finally:
+            pieces.close()
+
     def place(path: str, sha: str, size: int, who: str, tpl_lay: layouts.Layout, sidecar: bytes | None = None) -> None:
         lit = stagefiles.literal_ext(tpl_lay)
-        if want is not None and stagefiles.sniff(data(sha)[:16]) != want:
+        if want is not None and stagefiles.sniff(head(sha)) != want:
             made.append((prefix + path, stagefiles.convert(data(sha), want, who)))
             if sidecar is not None:
                 made.append((prefix + path + layouts.SIDECAR_SUFFIX, sidecar))
             return
         if want is None and lit is not None:
-            stagefiles.check_type(data(sha), lit, who, tpl_lay.template)
+            stagefiles.check_type(head(sha), lit, who, tpl_lay.template)
         items.append(Item(prefix + path, sha, size, sidecar))
 
     parent_lay = layouts.parse(files.parent_template, lay.name) if files.parent_template else None
