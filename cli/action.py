@@ -194,11 +194,11 @@ def _go(cfg, sub, *, here: bool, wait: bool, as_json: bool) -> None:
         _run_report(cfg, rid, as_json, f"run {rid}: done already (nothing changed)")
         return
     if sub.how in ("running",) + WAITING and not here and not wait:  # (--wait: waits for it below)
-        _run_report(cfg, rid, as_json, f"run {rid}: {sub.how} (`hoard action status {rid}`)")
+        _run_report(cfg, rid, as_json, f"run {rid}: {sub.how} (`hoard action status {rid}`)", memo=False)
         return
     if sub.how == "requeued" and not wait:
         _run_report(cfg, rid, as_json, f"run {rid}: its job at step {sub.state.step} was lost from Redis; queued "
-                                       f"again ({sub.state.status}; `hoard action status {rid}`)")
+                                       f"again ({sub.state.status}; `hoard action status {rid}`)", memo=False)
         return
     if here:
         try:
@@ -257,7 +257,9 @@ def _go(cfg, sub, *, here: bool, wait: bool, as_json: bool) -> None:
     _run_report(cfg, rid, as_json, f"run {rid}: done")
 
 
-def _run_report(cfg, rid: str, as_json: bool, line: str) -> None:
+def _run_report(cfg, rid: str, as_json: bool, line: str, memo: bool = True) -> None:
+    """The run's line, then its figures (`memo`: with "N reused, M new" — a run found again
+    running, waiting or requeued is said in its one line)."""
     # deferred: hoardfs.jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     from hoardfs.jobs.actions import api
     from hoardfs.jobs.actions.state import load_state
@@ -268,11 +270,11 @@ def _run_report(cfg, rid: str, as_json: bool, line: str) -> None:
         out.print(json.dumps(api.status_doc(cfg, st), ensure_ascii=False), markup=False)
         return
     out.print(line, markup=False)
-    _print_figures(st.report)
+    _print_figures(st.report, memo=memo)
 
 
-def _print_figures(report: dict) -> None:
-    if "inputs_new" in report:
+def _print_figures(report: dict, memo: bool = True) -> None:
+    if memo and "inputs_new" in report:
         runs = report.get("reused_from") or {}
         out.print(f"  {report['inputs_reused']} reused, {report['inputs_new']} new"
                   + (f" (reused: the results of run{'s' * (len(runs) > 1)} {', '.join(sorted(runs))})" if runs else "")

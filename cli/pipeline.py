@@ -62,6 +62,11 @@ def show(ctx: typer.Context,
     for p in docs:
         out.print(f"pipeline {p['name']}: " + " → ".join(f"{i}. {a}" for i, a in enumerate(p["stages"])),
                   markup=False)
+        if p.get("watch"):
+            w = p["watch"]
+            out.print(f"  starts on every new batch of {'source ' + display(w['source']) if w['source'] else 'every source'}"
+                      + (f" with a member matching {display(json.dumps(w['selector']))}" if w["selector"] else ""),
+                      markup=False)
         if not p["batches"]:
             out.print(f"  no batch yet (`hoard pipeline advance {p['name']} BATCH`)", markup=False)
         for b in p["batches"]:

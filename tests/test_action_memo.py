@@ -204,6 +204,7 @@ def test_pipeline_watching_a_source_starts_on_ingest(hoard_home: Path, pg, redis
     assert [s.status for s in ingest_all(cfg, redis_conn, [zone3a / b2.batch_id])] == ["done"]
     shown = json.loads(hoard(cfg.source, "pipeline", "show", "auto", "--json").stdout)["pipelines"][0]
     assert [(b["batch"], b["last_done"]) for b in shown["batches"]] == [(b2.batch_id, "made")], shown
+    assert shown["watch"]["source"] == "gallery" and shown["watch"]["selector"] is None
     (made_run,) = [r["run"] for r in json.loads(hoard(cfg.source, "action", "runs", "--json").stdout)["runs"]
                    if r["action"] == "made" and r["status"] == "done"]
     assert made_by_run(cfg, made_run) == pngs(cfg, b2.batch_id)

@@ -69,7 +69,7 @@ def test_two_ac1_stages_define_show_advance_here(hoard_home: Path, pg, redis_con
                               "JOIN action a USING (action_id) WHERE p.name = 'clean' ORDER BY s.position").fetchall()
     assert stages == [("checked", "cpu"), ("sorted", "cpu")]
     shown = json.loads(hoard(cfg.source, "pipeline", "show", "clean", "--json").stdout)
-    assert shown == {"pipelines": [{"name": "clean", "stages": ["checked", "sorted"], "batches": []}]}
+    assert shown == {"pipelines": [{"name": "clean", "stages": ["checked", "sorted"], "watch": None, "batches": []}]}
 
     res = hoard(cfg.source, "pipeline", "advance", "clean", batch, "--here", "--json")
     assert res.returncode == 0, res.stdout + res.stderr

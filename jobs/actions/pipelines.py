@@ -164,14 +164,14 @@ def _next(cfg: Settings, batch: str, stages: list[str], done: int) -> Next | Non
 
 
 def show(cfg: Settings, name: str | None = None) -> list[dict[str, Any]]:
-    """Every pipeline (or `name`): its stages and each batch in it with the last stage done
-    and the next stage's run."""
+    """Every pipeline (or `name`): its stages, its binding to a source (`watch`, None when it
+    has none) and each batch in it with the last stage done and the next stage's run."""
     with _connect(cfg) as conn:
         names = [_check_name(name)] if name is not None else sqlb.pipeline_names(conn)
-        found = [(n, _stages(conn, n), sqlb.pipeline_batches(conn, n)) for n in names]
-    return [{"name": n, "stages": stages,
+        found = [(n, _stages(conn, n), sqlb.pipeline_batches(conn, n), sqlw.watch_of(conn, n)) for n in names]
+    return [{"name": n, "stages": stages, "watch": watching,
              "batches": [Standing(n, b, stages, done, _next(cfg, b, stages, done)).doc() for b, done in batches]}
-            for n, stages, batches in found]
+            for n, stages, batches, watching in found]
 
 
 def advance(cfg: Settings, name: str, batch: str, *, mode: Mode = "queue", retry: bool = False,
