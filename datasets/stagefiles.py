@@ -395,7 +395,14 @@ def index_bytes(ix: IndexFile, staged: Sequence[Staged]) -> bytes:
     """One index file's bytes."""
     if ix.format == "paths":
         parts = parse_value_template(ix.line)
-        return "".join(render_value(parts, s, False) + "\n" for s in staged).encode()
+        lines = [render_value(parts, s, False) for s in staged]
+        for s, line in zip(staged, lines, strict=True):
+            if "\n" in line or "\r" in line or CONTROL.search(line.replace("\t", "")):
+                # a value from the web would split one input's line in two, or hide in a terminal
+                raise PlacementError(f"node {s.row['node_id']} ({s.row['sha256'][:12]}…): the line of index {ix.path} "
+                                     f"holds a line break or control character from its metadata ({_short(line)}); "
+                                     "use format \"jsonl\" or \"csv\" for such values, or leave the field out")
+        return "".join(line + "\n" for line in lines).encode()
     cols = [(name, parse_value_template(tpl)) for name, tpl in ix.columns.items()]
     if ix.format == "csv":
         buf = io.StringIO()

@@ -353,3 +353,15 @@ def test_csv_cells_never_start_a_formula() -> None:
     """OWASP's rule: a cell starting =, +, -, @, a tab or a CR gets a leading '; numbers stay."""
     assert [stagefiles.csv_cell(v) for v in ("=1+2", "+x", "-x", "@x", "\tx", "-5", "1.5e3", "ok")] == [
         "'=1+2", "'+x", "'-x", "'@x", "'\tx", "-5", "1.5e3", "ok"]
+
+
+def test_path_list_line_cannot_be_split_by_metadata() -> None:
+    """A path list's line holding a scraped value with a line break is refused, naming the node
+    (it would read as two inputs); a value without one is written as it is."""
+    ix = stagefiles.IndexFile(path="list.txt", format="paths", line="{path}\t{meta.title}")
+    staged = [stagefiles.Staged(row={"sha256": "ab" * 32, "node_id": 7, "size": 3, "title": "one\ntwo"}, path="a.png")]
+    with pytest.raises(stagefiles.PlacementError) as e:
+        stagefiles.index_bytes(ix, staged)
+    assert "node 7" in e.value.message and "line break" in e.value.message
+    staged[0].row["title"] = "one, two"
+    assert stagefiles.index_bytes(ix, staged) == b"a.png\tone, two\n"
