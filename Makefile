@@ -187,8 +187,10 @@ $(LS_STAMP): | deps
 labelstudio: $(LS_STAMP)
 
 # Hugging Face `datasets`, the reader tests/test_dataset_formats.py loads the imagefolder layouts
-# with: a venv of its own, since its top-level package is named `datasets` like hoardfs's and one
-# would shadow the other in .venv (and it pulls pyarrow and pandas)
+# with: a venv of its own. The installed hoardfs holds only `hoardfs` and sits beside it (tests/
+# test_wheel.py), but in this checkout `import datasets` from its root, and in pytest, which puts
+# the root on sys.path, finds the checkout's `datasets/` folder (hoardfs.datasets' source) first
+# (and it pulls pyarrow and pandas)
 READERS_VENV := var/readers/venv
 READERS_STAMP := $(READERS_VENV)/.installed
 READERS_PIP := datasets[vision]>=3,<6

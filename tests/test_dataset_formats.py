@@ -38,8 +38,9 @@ from hoardfs.datasets.model import Annotation, Sample, annotations_from_ls, cano
 from tests.helpers import REALDATA, needs_realdata
 
 REPO = Path(__file__).resolve().parents[1]
-#: Hugging Face `datasets` lives in its own venv (`make readers`): its top-level package is
-#: named `datasets` like hoardfs's, and one would shadow the other in .venv
+#: Hugging Face `datasets` lives in its own venv (`make readers`): in a process started in the
+#: checkout, and in pytest (the repo root on sys.path), `import datasets` finds the checkout's
+#: `datasets/` folder (hoardfs.datasets' source) before an installed HF `datasets`
 READERS = Path(os.environ.get("HOARD_TEST_READERS") or REPO / "var" / "readers" / "venv")
 needs_hf = pytest.mark.needs((READERS / "bin" / "python").exists(),
                              f"HUGGING FACE DATASETS MISSING at {READERS}: make readers")
