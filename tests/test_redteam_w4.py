@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,8 +18,10 @@ import pytest
 from hoardfs.base import config, landlock
 from hoardfs.jobs import jobkey, launch
 from hoardfs.jobs.queues import fetch_job, rq_queue
+from tests.gui_fixtures import gui_process
 from tests.helpers import write_contract
 from tests.test_action_runs import AC1, action_home, hoard
+from tests.test_gui_security import _read_until_closed
 
 
 def _hoard(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -210,3 +213,15 @@ def test_a_database_whose_disk_is_full_is_named_as_such(hoard_home: Path, pg, re
         pg.execute(f"DROP TABLESPACE IF EXISTS {space}")
         subprocess.run(["umount", "-l", str(where)], check=False)
         where.rmdir()
+
+
+@pytest.mark.parametrize("path", ["/logout", "/api/v1/batches"])
+def test_a_request_body_that_dribbles_is_not_held_open(hoard_home: Path, pg, redis_conn, path: str) -> None:
+    """A request whose body dribbles in one byte a second — answered without its body, or not — is closed within a
+    bounded time (here 20 s), as a dribbling head is: a stranger cannot hold connections open without end."""
+    with gui_process(hoard_home, pg, header_timeout_s=2) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/octet-stream\r\n"
+                         "Content-Length: 1000000\r\n\r\n".encode())
+            _read_until_closed(sock, b"x", 1.0, 20)
