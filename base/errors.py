@@ -84,3 +84,18 @@ def conflict_line(e: BaseException) -> str:
     """The one line a write conflict is reported with, never "cannot reach the database"."""
     return (f"two commands wrote the same rows at once and PostgreSQL stopped this one ({first_line(e)}); "
             "nothing of it was kept — run it again")
+
+
+#: SQLSTATE disk_full: PostgreSQL could not extend a file; the server is up
+DB_DISK_FULL = "53100"
+
+
+def db_disk_full(e: BaseException) -> bool:
+    """Whether `e` is PostgreSQL's disk_full (read off the driver's `sqlstate`)."""
+    return getattr(e, "sqlstate", None) == DB_DISK_FULL
+
+
+def db_disk_full_line(e: BaseException) -> str:
+    """The one line for PostgreSQL's disk full: the server answers, its file system is full."""
+    return (f"the database's file system is full ({first_line(e)}); nothing of this was kept — free space where "
+            "PostgreSQL keeps its data (`hoard health` names it), then run it again")

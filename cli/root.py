@@ -31,7 +31,15 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from hoardfs.base import config as config_mod
 from hoardfs.base import logs
-from hoardfs.base.errors import ExitCode, HoardError, conflict_line, first_line, write_conflict
+from hoardfs.base.errors import (
+    ExitCode,
+    HoardError,
+    conflict_line,
+    db_disk_full,
+    db_disk_full_line,
+    first_line,
+    write_conflict,
+)
 from hoardfs.base.files import PlantedLink
 from hoardfs.cli import _summaries
 from hoardfs.cli._common import OutputFailed, err, guard_stdout, out, state
@@ -208,6 +216,8 @@ def _service_down(e: Exception) -> HoardError | None:
                           "brings it up to date — nothing was changed after this point", ExitCode.UNAVAILABLE)
     if write_conflict(e):
         return HoardError(conflict_line(e), ExitCode.CONFLICT)
+    if db_disk_full(e):
+        return HoardError(db_disk_full_line(e), ExitCode.NO_SPACE)
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return HoardError(f"{e.filename or 'a file the command writes'}: {e.strerror} — its file system (or quota) is "
                           "full; free space there (`hoard health` names what fills the SSD), then run the same "
@@ -228,7 +238,7 @@ def _index_path(argv: list[str] | None) -> str:
     explicit = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")), None)
     try:
         return str(config_mod.load(explicit).index_dir)
-    except Exception:  # noqa: BLE001 - a message without the path is still a message
+    except Exception:  # a message without the path is still a message
         return "(the index)"
 
 

@@ -30,6 +30,8 @@ from hoardfs.base.errors import (
     HoardError,
     ServiceUnavailable,
     conflict_line,
+    db_disk_full,
+    db_disk_full_line,
     first_line,
     write_conflict,
 )
@@ -76,6 +78,8 @@ def condition_exit_code(e: BaseException) -> ExitCode:
         return e.exit_code
     if write_conflict(e):
         return ExitCode.CONFLICT
+    if db_disk_full(e):
+        return ExitCode.NO_SPACE
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return ExitCode.NO_SPACE
     return ExitCode.UNAVAILABLE  # PostgreSQL, Redis or a disk
@@ -87,6 +91,8 @@ def condition_line(e: BaseException) -> str:
         return e.message
     if write_conflict(e):
         return conflict_line(e)
+    if db_disk_full(e):
+        return db_disk_full_line(e)
     if isinstance(e, psycopg.OperationalError):
         return f"PostgreSQL unreachable ({first_line(e)})"
     if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
@@ -222,7 +228,7 @@ def job_counts(url: str) -> dict[str, dict[str, int]]:
                 asked.append((name, state))
         answers = p.execute()
     out: dict[str, dict[str, int]] = {name: {} for name in QUEUES}
-    for (name, state), n in zip(asked, answers):
+    for (name, state), n in zip(asked, answers, strict=True):
         out[name][state] = n
     return out
 

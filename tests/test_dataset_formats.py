@@ -101,7 +101,7 @@ def hf_load(root: Path, tmp_path: Path) -> dict:
     per split, each row's image size and its label columns."""
     script = """
 import json, sys
-from hoardfs.datasets import ClassLabel, load_dataset
+from datasets import ClassLabel, load_dataset
 ds = load_dataset("imagefolder", data_dir=sys.argv[1])
 out = {}
 for split, part in ds.items():
@@ -327,6 +327,8 @@ def test_voc_read_with_elementtree(tmp_path):
         assert sorted(o[0] for o in objs) == sorted(a.label for a in s.annotations)
 
 
+# tier: webdataset imports torch where it is installed (`make search`), and torch starts a process
+@pytest.mark.services
 @pytest.mark.parametrize("options, shards", [({}, 2), ({"shard_samples": 2}, 3 + 2), ({"shard_bytes": 4096}, 9)])
 def test_webdataset_read_by_the_webdataset_package(tmp_path, options, shards):
     """The webdataset package iterates every shard: each sample once, with its image, class index and json."""

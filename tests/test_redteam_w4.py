@@ -174,9 +174,6 @@ def test_a_confined_builtin_cannot_change_another_processs_limits(tmp_path: Path
 
 
 @pytest.mark.services
-@pytest.mark.xfail(strict=True, reason="SQLSTATE 53100 (DiskFull) is an OperationalError that jobs.queues.condition_line/"
-                   "condition_exit_code and cli/root.py take for an unreachable server (exit 3, 'start it'); the fix "
-                   "spans jobs/queues.py, cli/root.py and the action runner's tail, files other helpers hold edits in")
 def test_a_database_whose_disk_is_full_is_named_as_such(hoard_home: Path, pg, redis_conn) -> None:
     """A command whose database write finds PostgreSQL's disk full says so in one line, exit 6 (no space), never
     "cannot reach the database; start it with `hoard services up`" (the server is up)."""

@@ -25,7 +25,15 @@ from rq.registry import ScheduledJobRegistry
 
 from hoardfs.base import config as config_mod
 from hoardfs.base.config import Settings
-from hoardfs.base.errors import ExitCode, HoardError, conflict_line, first_line, write_conflict
+from hoardfs.base.errors import (
+    ExitCode,
+    HoardError,
+    conflict_line,
+    db_disk_full,
+    db_disk_full_line,
+    first_line,
+    write_conflict,
+)
 from hoardfs.base.files import flocked
 from hoardfs.jobs import events
 from hoardfs.jobs.actions import contract as contracts
@@ -282,6 +290,8 @@ def _database(rid: str):
     except psycopg.OperationalError as e:
         if write_conflict(e):
             raise ActionError(f"run {rid}: {conflict_line(e)}", ExitCode.CONFLICT) from None
+        if db_disk_full(e):
+            raise ActionError(f"run {rid}: {db_disk_full_line(e)}", ExitCode.NO_SPACE) from None
         raise ActionError(f"PostgreSQL unreachable ({first_line(e)}) while run {rid} was recorded; nothing was run "
                           "— start it, then the same command again", ExitCode.UNAVAILABLE) from None
 
