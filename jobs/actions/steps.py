@@ -145,7 +145,7 @@ def _step_plan(cfg: Settings, st: RunState) -> None:
         with _connect(cfg) as conn:
             own_table(conn, c)
     if nothing_new(cfg, st):
-        st.report["stage"] = ALL_DONE
+        st.report["stage"] = {"skipped": ALL_DONE}  # (the shape of a stage's figures, as `run`'s)
         return
     inputs = set(run_inputs(cfg, st))  # (a memoised run: only those its action did not run on before)
     if c.action_type == "AC1":
