@@ -89,13 +89,13 @@ def drawing_fault(drawing: Any) -> str | None:
         n = len(stroke[0])
         if n == 0:
             return f"stroke {s} has no point"
-        for name, values in zip("yt", stroke[1:]):
+        for name, values in zip("yt", stroke[1:], strict=False):
             if len(values) != n:
                 return f"stroke {s} has {n} x but {len(values)} {name} values"
         points += n
         if points > MAX_POINTS:
             return f"the drawing has more than {MAX_POINTS:,} points"
-        for name, values in zip("xyt", stroke):
+        for name, values in zip("xyt", stroke, strict=False):
             low, high = (0, MAX_T) if name == "t" else (-MAX_COORD, MAX_COORD)
             for i, v in enumerate(values):
                 if type(v) not in (int, float):  # not isinstance: a boolean is no number here
@@ -264,7 +264,7 @@ def draw_png(drawing: list[list[list[float]]]) -> bytes:
     img = Image.new("L", (SIZE, SIZE), 255)
     pen = ImageDraw.Draw(img)
     for stroke in drawing:
-        pts = [(round(x * scale + ox), round(y * scale + oy)) for x, y in zip(stroke[0], stroke[1])]
+        pts = [(round(x * scale + ox), round(y * scale + oy)) for x, y in zip(stroke[0], stroke[1], strict=False)]
         if len(pts) == 1:
             (x, y), r = pts[0], LINE_WIDTH // 2
             pen.ellipse((x - r, y - r, x + r, y + r), fill=0)

@@ -27,8 +27,9 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
+from types import MappingProxyType
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ENV = "HOARD_LOG_JSON"
@@ -51,7 +52,7 @@ class JsonLinesHandler(logging.Handler):
                 os.write(fd, line.encode())
             finally:
                 os.close(fd)
-        except Exception:  # noqa: BLE001 - logging must never take the process down
+        except Exception:  # logging must never take the process down
             self.handleError(record)
 
 
@@ -59,7 +60,7 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 #: syslog priorities of logging's levels (journald's PRIORITY field)
 PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 #: the run this process works on: journal fields (HOARD_RUN_KIND, HOARD_RUN, HOARD_BATCH)
-_run: ContextVar[dict[str, str]] = ContextVar("hoard_run", default={})
+_run: ContextVar[Mapping[str, str]] = ContextVar("hoard_run", default=MappingProxyType({}))
 
 
 @contextlib.contextmanager
@@ -117,7 +118,7 @@ class JournalHandler(logging.Handler):
                 self.sock.sendto(encode_journal(journal_fields(record, message, self.identifier)), self.path)
             except OSError:
                 sys.stderr.write(f"{record.levelname} {record.name}: {message}\n")
-        except Exception:  # noqa: BLE001 - logging must never take the process down
+        except Exception:  # logging must never take the process down
             self.handleError(record)
 
 

@@ -113,7 +113,7 @@ def published(progress: Progress, sink: Callable[[Snapshot], None], every_s: flo
         try:
             sink(snap)
             health["ok"] = True
-        except Exception as e:  # noqa: BLE001 - never the job's problem
+        except Exception as e:  # never the job's problem
             health["ok"] = False
             log.debug("progress of %s not shown: %s", progress.what, e)
         finally:

@@ -160,7 +160,7 @@ def place_plain(files: list[Path], roots: list[list[Path]]) -> list[tuple[int, l
     import shutil
 
     placed = []
-    for path, where in zip(files, roots):
+    for path, where in zip(files, roots, strict=True):
         copies = []
         for root in where:
             dst = root / "plain" / path.name

@@ -46,7 +46,7 @@ stage alone and action alike.
 - references, cold: `cp -r` of the same images as plain files on lab1 to 3C + syncfs (what
   the stage copy does without a store), and `cp -r` of the children to lab1 and lab2 in
   parallel + syncfs per disk (what the store step does without a store; cgroup v1 does not
-  throttle its buffered writeback, so it is not held to the disks' limits — ECOSYSTEM.md).
+  throttle its buffered writeback, so it is not held to the disks' limits).
 
 The write bound is measured in the same run: 64 MiB written with `dd oflag=direct` (the
 throttle applies to direct writes) to each of lab1 and lab2 inside the lab's cgroup; the
@@ -183,7 +183,7 @@ def record_inputs(cfg: config.Settings, files: list[Path], results: list) -> lis
 
     nodes = [{"sha256": r.sha256, "physical": {"size": r.size, "file_type": p.suffix[1:],
                                                "locators": [f"batch:{BATCH}/{p.name}"]}}
-             for p, r in zip(files, results)]
+             for p, r in zip(files, results, strict=True)]
     shas = sorted({r.sha256 for r in results})
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:
         migrate(conn)
@@ -315,7 +315,7 @@ def main() -> None:
                     children = work / "children"  # the children's bytes as the worker wrote them
                     children.mkdir()
                     tag = ("\n" + runs["cold"][0]["run"]).encode()
-                    for p, r in zip(files, stored):
+                    for p, r in zip(files, stored, strict=True):
                         (children / f"{r.sha256}{p.suffix}").write_bytes(p.read_bytes() + tag)
                     os.sync()
                     ref = cfg.ssd.zone_path("3C") / "cp-reference"
@@ -344,7 +344,7 @@ def main() -> None:
 
 def median_pair(d: dict, temp: str) -> tuple[dict, float, float]:
     """The pair (action run, its stage alone) whose ratio is the median, and that ratio."""
-    pairs = sorted(zip(d["runs"][temp], d["stage_alone_s"][temp]), key=lambda p: p[0]["outside_s"] / p[1])
+    pairs = sorted(zip(d["runs"][temp], d["stage_alone_s"][temp], strict=True), key=lambda p: p[0]["outside_s"] / p[1])
     run, stage = pairs[len(pairs) // 2]
     return run, stage, run["outside_s"] / stage
 
@@ -357,7 +357,7 @@ def summary(d: dict) -> list[tuple[str, str]]:
     bnd = d["child_store_bound_s"]
     for temp in ("cold", "warm"):
         r, stage, ratio = median_pair(d, temp)
-        all_ratios = sorted(x["outside_s"] / s for x, s in zip(d["runs"][temp], d["stage_alone_s"][temp]))
+        all_ratios = sorted(x["outside_s"] / s for x, s in zip(d["runs"][temp], d["stage_alone_s"][temp], strict=True))
         rows.append((f"{temp}: action, outside the worker", f"{r['outside_s']:.2f} s = {ratio:.2f}x the stage alone "
                      f"{stage:.2f} s (goal <= 1.5x; all pairs {', '.join(f'{x:.2f}' for x in all_ratios)})"))
         rows.append((f"{temp}: of which", ", ".join(f"{k} {r['steps'][k]:.2f}" for k in OUTSIDE)
@@ -420,7 +420,8 @@ def render() -> None:
     slower = min(wb, key=wb.get)
 
     def ratios(temp: str) -> str:
-        return ", ".join(f"{x['outside_s'] / s:.2f}" for x, s in zip(doc["runs"][temp], doc["stage_alone_s"][temp]))
+        return ", ".join(f"{x['outside_s'] / s:.2f}"
+                         for x, s in zip(doc["runs"][temp], doc["stage_alone_s"][temp], strict=True))
 
     def both(key: str, fmt: str = "{:.2f} s") -> str:
         return f"{fmt.format(cold[key])} | {fmt.format(warm[key])}"

@@ -95,8 +95,8 @@ def measure(objects: int, rounds: int, work: Path) -> dict:
                     xxhash.xxh3_128_digest(v)
 
         def handoff() -> None:
-            for (_d, r), vs in zip(ranges, views):
-                for w, v in zip(r.records, vs):
+            for (_d, r), vs in zip(ranges, views, strict=True):
+                for w, v in zip(r.records, vs, strict=True):
                     if stop.is_set():
                         return
                     sink(w.sha, v)

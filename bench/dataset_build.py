@@ -164,7 +164,7 @@ def record(conn: psycopg.Connection, batch: str, shas: list[bytes], sizes: list[
         conn.execute("INSERT INTO source (name) VALUES ('bench') ON CONFLICT DO NOTHING")
         conn.execute("CREATE TEMP TABLE t (i bigint, sha bytea, size bigint) ON COMMIT DROP")
         with conn.cursor().copy("COPY t (i, sha, size) FROM STDIN") as cp:
-            for i, (h, s) in enumerate(zip(shas, sizes)):
+            for i, (h, s) in enumerate(zip(shas, sizes, strict=True)):
                 cp.write_row((i, h, s))
         conn.execute("INSERT INTO node (sha256, is_virtual, is_physical) SELECT sha, false, true FROM t ORDER BY i")
         conn.execute("CREATE TEMP TABLE m ON COMMIT DROP AS SELECT t.i, n.node_id, t.size FROM t "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import report, run_timed  # noqa: E402
+from bench._common import report, run_timed
 
 ONE = r"""
 import json, os, random, sys, time

@@ -12,8 +12,8 @@ durable:
 - `rsync -a` to both disks in parallel, then syncfs;
 - `cp -r` + `sync -d` of every file (per-file durability, what a naive durable copy does).
 
-cgroup v1 cannot charge writeback done by the kernel's flusher threads to the lab's cgroup
-(ECOSYSTEM.md), so the buffered baselines are *not* held to the disks' write limits on the
+cgroup v1 cannot charge writeback done by the kernel's flusher threads to the lab's cgroup,
+so the buffered baselines are *not* held to the disks' write limits on the
 lab4 profile: their times can beat physics. That is why every row also gives the share of
 the physical bound: the bytes each disk must take divided by the slower disk's write
 limit in MiB/s (2^20 bytes/s, the unit blkio throttles in).

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, RESULTS, hoard_mounted, report, run_timed, write_doc_section  # noqa: E402
+from bench._common import REPO, RESULTS, hoard_mounted, report, run_timed, write_doc_section
 
 BEGIN, END = "<!-- mount-start:begin -->", "<!-- mount-start:end -->"
 #: the steps in the order a start takes them

@@ -428,7 +428,7 @@ def seal_rounds(eng, disk, seals: list[dict], mib: int, rounds: int,
         for n in PUT_THREADS:
             put_runs[f"{n}_in_flight"].append(put(n))
             eng.reclaim()
-        for (key, n), shard_hex in zip((("rounds", streams), ("rounds_one_stream", 1)), staged):
+        for (key, n), shard_hex in zip((("rounds", streams), ("rounds_one_stream", 1)), staged, strict=True):
             disk.upload_streams = n
             disk.seal(shard_hex)  # (timed by seal_timer: the last entry of `seals`)
             disk.upload_streams = streams

@@ -246,7 +246,8 @@ def _render_engine(kind: str, path: Path | None) -> None:
               f"(S3Disk.read_streams = {doc['read_streams']} ranged GETs in flight per reader)."]
     lines += ["", f"The batch read's time includes its plan (the index looked up for every object, the ranges "
               f"cut): {b['plan_s']:.2f} s; the engine's rows are given ranges made (one stream's plan, up to 32 MiB)."]
-    behind = [name for name, ok in zip(("the batch read", "the large-object read", "the seal"), met) if not ok]
+    behind = [name for name, ok in zip(("the batch read", "the large-object read", "the seal"), met, strict=True)
+              if not ok]
     if behind:
         def cpu_gib(row: dict) -> str:
             return f"{row['cpu_s'] / (row['bytes'] / (1 << 30)):.2f}"

@@ -776,7 +776,7 @@ def mount(r: Run, view: list[bytes], n: int) -> dict:
     with hoard_mounted(r.cfg_path, mnt, r.repo) as proc:
         starts.append(time.monotonic() - t0)
         cpus.append(_cpu_s(proc.pid))
-        start, start_cpu = sorted(zip(starts, cpus))[1]  # (the median start, and its own CPU)
+        start, start_cpu = sorted(zip(starts, cpus, strict=True))[1]  # (the median start, and its own CPU)
         watch = PeakWatch(proc.pid)
         anon = {"anon_after_start_kb": _rss_anon_kb(proc.pid)}
         with sampled(r, proc.pid, "mount find"):

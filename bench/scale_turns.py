@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, RESULTS, _commit, _machine, run_timed, write_doc_section  # noqa: E402
-from bench.scale import GOAL_RATIO, _pretty, _units  # noqa: E402
+from bench._common import REPO, RESULTS, _commit, _machine, run_timed, write_doc_section
+from bench.scale import GOAL_RATIO, _pretty, _units
 
 #: what issue 37's run left over 1.25× against one of its 1 M measurements (session 40), and the
 #: cheap commands beside them; the store's alone (the write-intent and the GUI need a kept cluster);

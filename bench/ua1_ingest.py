@@ -2,7 +2,7 @@
 time of each step, against copying the same batch durably to two disks by hand — `cp -r` to
 lab1 and lab2 in parallel, then one `sync -f` (syncfs) per disk: stores the bytes twice but
 parses nothing, writes no database, packs nothing. cgroup v1 does not throttle that copy's
-buffered writeback (ECOSYSTEM.md), so each is also given as a share of its physical bound
+buffered writeback, so each is also given as a share of its physical bound
 in the lab's MiB/s: UA_1 places 2 copies over the four disks (bound: 2 × bytes / the sum
 of their write limits), the baseline writes each byte to lab1 and lab2 (bytes / the
 slower's write limit).

@@ -167,7 +167,7 @@ def open_input(path, what: str):
             raise HoardError(f"{what} {name} is not a file (a directory or a device); name a file, or `-` for "
                              "standard input", ExitCode.USAGE)
         try:
-            stream = open(path, "rb")  # noqa: SIM115 - closed below
+            stream = open(path, "rb")  # closed below
         except OSError as e:
             raise HoardError(f"cannot read {what} {name}: {e.strerror}", ExitCode.USAGE) from None
     try:

@@ -119,7 +119,7 @@ def _sample_batches(cfg: Settings) -> list:
     ingested them already (then only their reports are shown again)."""
     zone3a = cfg.ssd.zone_path("3A")
     names = [f"{src}-s{DEMO_SPEC.seed}-b{b:03d}" for b, src in
-             zip(range(DEMO_SPEC.batches), DEMO_SPEC.sources * DEMO_SPEC.batches)]
+             zip(range(DEMO_SPEC.batches), DEMO_SPEC.sources * DEMO_SPEC.batches, strict=False)]
     done = {n for n in names if (st := load_state(cfg, n)) is not None and st.finished}
     sample = cfg.ssd.root / "state" / "demo-sample"
     batches = generate(sample, DEMO_SPEC)  # with its `_derived/` and truth.json, which stay out of 3A

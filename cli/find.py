@@ -260,9 +260,10 @@ def select(
     if view:
         print_lines(f"{sha}  {path}" for sha in nodes.sha256 for path in paths.get(sha) or [sha])
     elif as_json:
-        print_lines(json.dumps({"sha256": sha, "size": size}) for sha, size in zip(nodes.sha256, nodes.sizes))
+        print_lines(json.dumps({"sha256": sha, "size": size})
+                    for sha, size in zip(nodes.sha256, nodes.sizes, strict=True))
     else:
-        print_lines(f"{sha}  {size:>12,}" for sha, size in zip(nodes.sha256, nodes.sizes))
+        print_lines(f"{sha}  {size:>12,}" for sha, size in zip(nodes.sha256, nodes.sizes, strict=True))
     err.print(f"{len(nodes.sha256)} nodes", markup=False)
 
 

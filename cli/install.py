@@ -510,10 +510,11 @@ def _quotas(values: list[str], ssd: Path | None, root: Path) -> dict[str, float]
 
 
 def install(
-    disk: Annotated[list[str], typer.Option("--disk", metavar="LABEL=PATH", help="an HDD (repeat for each)")] = [],
+    disk: Annotated[list[str] | None, typer.Option("--disk", metavar="LABEL=PATH",
+                                                   help="an HDD (repeat for each)")] = None,
     ssd: Annotated[Path | None, typer.Option("--ssd", help="the SSD's root (zones 3A-3D and the index)")] = None,
-    quota: Annotated[list[str], typer.Option("--quota", metavar="ZONE=GB", help="a zone's quota in GiB (default: a "
-                                             "tenth of the SSD's file system each)")] = [],
+    quota: Annotated[list[str] | None, typer.Option("--quota", metavar="ZONE=GB", help="a zone's quota in GiB "
+                                                    "(default: a tenth of the SSD's file system each)")] = None,
     shared_mount: Annotated[bool, typer.Option("--shared-mount", help="others may look the mount up (allow_other; "
                                                "user_allow_other in /etc/fuse.conf)")] = False,
     directory_disks: Annotated[bool, typer.Option("--allow-directory-disks", help="accept directories as disks "
@@ -538,12 +539,12 @@ def install(
     if src is None or not (src / "systemd").is_dir():
         raise HoardError("no checkout to install from: give --source (the directory with pyproject.toml and "
                          "systemd/)", ExitCode.USAGE)
-    disks = _pairs(disk, "--disk")
+    disks = _pairs(disk or [], "--disk")
     if backup_disk and disks and backup_disk not in dict(disks):
         raise HoardError(f"--backup-disk {backup_disk}: not one of the --disk labels ({', '.join(dict(disks))})",
                          ExitCode.USAGE)
     host = Host(root, dry_run)
-    inst = Installer(host, src.resolve(), disks, ssd, _quotas(quota, ssd, host.root), shared_mount, directory_disks,
+    inst = Installer(host, src.resolve(), disks, ssd, _quotas(quota or [], ssd, host.root), shared_mount, directory_disks,
                      backup_disk)
     text = inst.planned()  # a bad flag or a missing disk stops here, before the first change
     if not inst.systemd:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError, first_line
@@ -40,6 +40,9 @@ from hoardfs.fsd.outputs.write import require_stored, write_copy, write_view
 from hoardfs.fsd.store import Store
 from hoardfs.sql import datasets as sqld
 from hoardfs.sql.apply import apply_write_intent
+
+if TYPE_CHECKING:
+    import psycopg
 
 ZONE = "3D"
 #: where a version's manifest and dataset.json are located as nodes
@@ -118,7 +121,7 @@ def resolve_format(spec: DatasetSpec) -> Format:
         raise DatasetError(f"dataset {spec.name}: {e.message}; fix the layout") from None
 
 
-def _connect(cfg: Settings, what: str):
+def _connect(cfg: Settings, what: str) -> psycopg.Connection:
     import psycopg  # deferred: only what reads the database needs it (not `hoard dataset --help`)
 
     try:
@@ -149,7 +152,7 @@ def _with_mode(spec: DatasetSpec, mode: str | None) -> DatasetSpec:
     return spec.model_copy(update={"mode": mode})
 
 
-def _plan(cfg: Settings, conn, spec: DatasetSpec, fmt: Format) -> Plan:
+def _plan(cfg: Settings, conn: psycopg.Connection, spec: DatasetSpec, fmt: Format) -> Plan:
 
     with _db_errors(f"dataset {spec.name} was planned"):
         return plan(conn, spec, fmt, sqld.class_map(conn, spec.name))
@@ -227,7 +230,7 @@ def dry_run(cfg: Settings, spec: DatasetSpec, mode: str | None = None) -> DryRun
 ESTIMATE_SAMPLES = 2000
 
 
-def _estimate(cfg: Settings, conn, spec: DatasetSpec, fmt: Format, d: DryPlan) -> int:
+def _estimate(cfg: Settings, conn: psycopg.Connection, spec: DatasetSpec, fmt: Format, d: DryPlan) -> int:
     """What a copy build would reserve in 3D (zones.charge): the samples' files exactly (in
     whole blocks, or as tar members), plus the files the layout and the card make, scaled from
     ESTIMATE_SAMPLES samples (the lowest sha256s) made into a whole tree by the build's own code
@@ -350,7 +353,7 @@ def _check_stored(cfg: Settings, name: str, made: _Made) -> None:
         require_stored(store, shas, DatasetError, f"dataset {name}: ")
 
 
-def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
+def _write(cfg: Settings, conn: psycopg.Connection, name: str, n: int, mode: str, made: _Made,
            progress: Callable[[int, int], None] | None, resumed: bool = False) -> dict[str, Any]:
     """Record the manifest and dataset.json (objects + nodes), then write and seal
     `3D/<name>-v<n>/`; the version is `done` once sealed."""
@@ -405,7 +408,8 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
             "fingerprint": fp, "sealed_files": doc["actual_files"]}
 
 
-def _record(store, conn, name: str, n: int, made: _Made, resumed: bool = False) -> tuple[str, str]:
+def _record(store: Store, conn: psycopg.Connection, name: str, n: int, made: _Made,
+            resumed: bool = False) -> tuple[str, str]:
     """Store the manifest and dataset.json (class generated, pinned until the database names
     them) and record them as nodes by one write-intent: gc keeps them while the rows live.
 
@@ -425,13 +429,14 @@ def _record(store, conn, name: str, n: int, made: _Made, resumed: bool = False) 
     store.pin(pin, shas, f"manifest and dataset.json of dataset {name}@{n}, until recorded")
     try:
         files = [(card.MANIFEST, made.manifest, None), (card.DOC, made.doc_bytes, "json")]
-        located = [(LOCATOR.format(name=name, version=n, file=fname), sha) for (fname, _, _), sha in zip(files, shas)]
+        located = [(LOCATOR.format(name=name, version=n, file=fname), sha)
+                   for (fname, _, _), sha in zip(files, shas, strict=True)]
         with _db_errors(f"dataset {name} was recorded"), conn.transaction():
             stale = sqld.drop_stale_locators(conn, located) if resumed else []
             intent = {"key": f"dataset:{name}@{n}:{shas[0][:16]}" + (f":replaces:{stale[0][:16]}" if stale else ""),
                       "nodes": [{"sha256": sha, "physical": {"size": len(data), "file_type": ftype,
                                                               "locators": [loc]}}
-                                for (loc, sha), (_, data, ftype) in zip(located, files)]}
+                                for (loc, sha), (_, data, ftype) in zip(located, files, strict=True)]}
             apply_write_intent(conn, intent)
             sqld.undelete(conn, shas)  # one an earlier attempt dropped as stale is live again
     finally:
@@ -446,7 +451,7 @@ def parse_ref(ref: str, need_version: bool = True) -> tuple[str, int | None]:
     return m.group(1), int(m.group(2)) if m.group(2) else None
 
 
-def _version(conn, ref: str, need_version: bool = False) -> dict[str, Any]:
+def _version(conn: psycopg.Connection, ref: str, need_version: bool = False) -> dict[str, Any]:
 
     name, n = parse_ref(ref, need_version)
     with _db_errors(f"dataset {name} was read"):

@@ -19,7 +19,7 @@ import json
 import re
 import tomllib
 import unicodedata
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -203,7 +203,8 @@ class Placement:
     rel: str | None = field(default=None, compare=False)
 
 
-def _check_value(value: str, what, error, multi: bool = False) -> None:
+def _check_value(value: str, what: str | tuple[Row, Slot], error: Callable[[str], Exception],
+                 multi: bool = False) -> None:
     """Refuse a value that would escape or reshape the tree, or that the output contract
     refuses (`hostile_reason`, as the seal applies it); `what` names it (a string, or (row,
     slot): the message is built only for a refusal)."""
@@ -213,7 +214,7 @@ def _check_value(value: str, what, error, multi: bool = False) -> None:
                 why)
 
 
-def _refuse(value: str, what: str, error, multi: bool, why: str | None) -> None:
+def _refuse(value: str, what: str, error: Callable[[str], Exception], multi: bool, why: str | None) -> None:
     if CONTROL.search(value):
         raise error(f"{what} holds a control character ({display(value)}); narrow the selector or use a template "
                     "without this field")

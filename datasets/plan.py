@@ -15,7 +15,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hoardfs.base.errors import ExitCode
 from hoardfs.base.paths import display, hostile_reason
@@ -28,6 +28,9 @@ from hoardfs.sql import datasets as sqld
 from hoardfs.sql import neardup
 from hoardfs.sql.datasets import sample_rows
 from hoardfs.sql.selectors import parse_selector, query_nodes, selector_query
+
+if TYPE_CHECKING:
+    import psycopg
 
 #: the labels an image's size is read from (the `exif` action writes them)
 WIDTH, HEIGHT = "image.width", "image.height"
@@ -87,14 +90,9 @@ def split_of(ratios: dict[str, float], salt: str, key: str) -> str:
     return names[-1]  # the float sum fell a hair short of 1
 
 
-def order_key(s: Sample, splits: list[str]) -> tuple[int, int, str, str]:
-    """Build order: split (the ratios' order), class index, sha256, path."""
-    return (splits.index(s.split) if s.split in splits else len(splits),
-            s.class_index if s.class_index is not None else -1, s.sha256, s.path)
-
-
 def build_order(splits: list[str]) -> Callable[[Sample], tuple[int, int, str, str]]:
-    """order_key over these splits, the split's rank looked up once per name, not searched per sample."""
+    """The build order's key over these splits: split (the ratios' order; one not among them
+    last), class index, sha256, path — the split's rank looked up once per name."""
     rank = {sp: i for i, sp in reversed(list(enumerate(splits)))}
     last = len(splits)
 
@@ -103,7 +101,7 @@ def build_order(splits: list[str]) -> Callable[[Sample], tuple[int, int, str, st
     return key
 
 
-def plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None) -> Plan:
+def plan(conn: psycopg.Connection, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None) -> Plan:
     """Read the selection and its rows (hoardfs.sql.datasets) and make the samples; DatasetError — one
     line naming the problem and what to do — for anything that would make a wrong dataset."""
     node_ids = query_nodes(conn, spec.selector).node_ids
@@ -294,7 +292,7 @@ def uses_near_dups(spec: DatasetSpec) -> bool:
     return spec.split.group == "near_dup" or spec.dedup == "by_near_dup"
 
 
-def near_dup_groups(conn, spec: DatasetSpec) -> dict[int, str]:
+def near_dup_groups(conn: psycopg.Connection, spec: DatasetSpec) -> dict[int, str]:
     """node id → its near-duplicate group's name (hoardfs.sql.neardup.group_of_nodes, over every hashed
     image, selected or not: two selected copies linked through a third are one group); refused
     in one line when no image has been hashed."""
@@ -376,10 +374,11 @@ def check_splits(spec: DatasetSpec, bal: Balance, counts: list[int], sizes: Coun
     naming the largest groups and how to change the grouping; `split.allow_skew` builds anyway."""
     total = sum(counts)
     report = {sp: {"samples": n, "share": round(n / total, 4) if total else 0.0, "ratio": r}
-              for sp, n, r in zip(bal.splits, counts, bal.ratios)}
+              for sp, n, r in zip(bal.splits, counts, bal.ratios, strict=True)}
     if spec.split.allow_skew:
         return report
-    bad = [(sp, n, r) for sp, n, r in zip(bal.splits, counts, bal.ratios) if n == 0 or abs(n - total * r) > bal.tolerance]
+    bad = [(sp, n, r) for sp, n, r in zip(bal.splits, counts, bal.ratios, strict=True)
+           if n == 0 or abs(n - total * r) > bal.tolerance]
     if not bad:
         return report
     sp, n, r = bad[0]
@@ -472,7 +471,8 @@ class DryPlan:
     large_groups: list[dict[str, Any]] = field(default_factory=list)  # as Plan.large_groups
 
 
-def dry_plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None, block: int = 4096) -> DryPlan:
+def dry_plan(conn: psycopg.Connection, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None,
+             block: int = 4096) -> DryPlan:
     """The counts and bytes of `plan(conn, spec, fmt, frozen_map)` without its samples: the
     selection, classes, groups, splits, dedup and caps are computed in PostgreSQL (temp tables
     in the caller's transaction) and Python sees one row per split × class (and per label group

@@ -53,7 +53,7 @@ class Balance:
         """split → its samples, its share and the ratio asked for (the dry run, the build's
         report, --json, dataset.json and the card show it)."""
         return {s: {"samples": n, "share": round(n / self.total, 4) if self.total else 0.0, "ratio": r}
-                for s, n, r in zip(self.splits, self.counts, self.ratios)}
+                for s, n, r in zip(self.splits, self.counts, self.ratios, strict=True)}
 
 
 def tolerance(total: int, largest: int) -> float:

@@ -33,7 +33,7 @@ def zone_usage(zones: dict[str, dict[str, Any]], marks: tuple[float, float, floa
     # deny's name below the axis, the others above: 90 and 95 % are too close for two names
     lines = [{"xAxis": round(100 * m), "name": n, "lineStyle": {"color": c}, "label": {"position": p}}
              for m, n, c, p in zip(marks, ("warn", "deny", "emergency"), ("#ef6c00", "#d84315", "#b71c1c"),
-                                   ("end", "start", "end"))]
+                                   ("end", "start", "end"), strict=True)]
     return {"title": {"text": "SSD zones (% of quota)", "textStyle": {"fontSize": 14}},
             "tooltip": {**TOOLTIP}, "grid": {"left": 60, "right": 30, "top": 40, "bottom": 40},
             "xAxis": {"type": "value", "max": 100}, "yAxis": {"type": "category", "data": names},
@@ -108,7 +108,7 @@ def zone_history(points: list[Any], marks: tuple[float, float, float]) -> dict[s
     series = [{"name": name, "type": "line", "showSymbol": False, "data": [[p.at.isoformat(), pct(p)] for p in pts]}
               for name, pts in sorted(_series_by_name(points, "zone").items())]
     lines = [{"yAxis": round(100 * m), "name": n, "lineStyle": {"color": c, "type": "dashed"}}
-             for m, n, c in zip(marks, ("warn", "deny", "emergency"), ("#ef6c00", "#d84315", "#b71c1c"))]
+             for m, n, c in zip(marks, ("warn", "deny", "emergency"), ("#ef6c00", "#d84315", "#b71c1c"), strict=True)]
     # 100 % at the top, or the highest value above it: 3A fills from outside and can pass its quota
     top = max([100.0] + [v for s in series for _, v in s["data"] if v is not None])
     if series:

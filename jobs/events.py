@@ -117,7 +117,7 @@ def emit(cfg: Settings, name: str, key: str, subject: str, detail: dict[str, Any
             with psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=EMIT_CONNECT_S) as own:
                 rec = sql_events.record(own, name, key, subject, detail, targets(cfg, name), at=at)
                 late = sql_events.overdue(own, OVERDUE, SWEEP) if cfg.webhooks else []
-    except Exception as e:  # noqa: BLE001 - the step reported on goes on whatever happens here
+    except Exception as e:  # the step reported on goes on whatever happens here
         why = e.message if hasattr(e, "message") else first_line(e)
         log.warning("event %s of %s not recorded, dropped: %s (its webhooks are not called)", name, subject, why)
         return None
@@ -125,7 +125,7 @@ def emit(cfg: Settings, name: str, key: str, subject: str, detail: dict[str, Any
     if queue:
         try:
             _queue(cfg, queue)
-        except Exception as e:  # noqa: BLE001 - (Redis's own errors are said by _queue) pending, requeued later
+        except Exception as e:  # (Redis's own errors are said by _queue) pending, requeued later
             log.warning("webhook deliveries of event %s not queued: %s; they stay pending (`hoard webhooks requeue`)",
                         name, first_line(e))
     return rec.event_id
@@ -192,7 +192,7 @@ def relay_disk_failures(cfg: Settings, failures: list[dict[str, Any]]) -> None:
                 if len(_relayed) > 10_000:
                     _relayed.clear()
                 _relayed.add(k)
-    except Exception as e:  # noqa: BLE001 - a health collection goes on; the next one relays
+    except Exception as e:  # a health collection goes on; the next one relays
         log.info("disk failures not relayed as events now: %s", first_line(e))
 
 
@@ -203,7 +203,7 @@ def relay_from_index(cfg: Settings) -> None:
     try:
         with Store.open(cfg, writable=False) as store:
             failures = store.status_disk_failures()
-    except Exception as e:  # noqa: BLE001 - the job's own report is what counts; the next collection relays
+    except Exception as e:  # the job's own report is what counts; the next collection relays
         log.info("disk failures not read from the index now: %s", first_line(e))
         return
     relay_disk_failures(cfg, failures)
@@ -222,7 +222,7 @@ def warnings(cfg: Settings) -> list[str]:
     try:
         with psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=EMIT_CONNECT_S) as conn:
             t = sql_events.trouble(conn, dt.timedelta(days=1), OVERDUE)
-    except Exception:  # noqa: BLE001 - (said by the database part; a table missing by `hoard db migrate`'s check)
+    except Exception:  # (said by the database part; a table missing by `hoard db migrate`'s check)
         return []
     out = [f"webhook {name}: {n} deliveries failed in the last 24 h; `hoard webhooks deliveries --state failed` says "
            f"why, `hoard webhooks test {name}` tries it now" for name, n in t["failed"].items()]

@@ -63,7 +63,7 @@ def read(conn: redis.Redis, job_ids: list[str]) -> dict[str, dict[str, Any]]:
     if not job_ids:
         return {}
     out = {}
-    for job_id, raw in zip(job_ids, conn.mget([KEY.format(j) for j in job_ids])):
+    for job_id, raw in zip(job_ids, conn.mget([KEY.format(j) for j in job_ids]), strict=True):
         if raw is not None:
             try:
                 out[job_id] = json.loads(raw)

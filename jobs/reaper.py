@@ -80,7 +80,7 @@ def reap(conn: redis.Redis, reap_after_s: float, now: dt.datetime | None = None)
                 continue  # another reaper (or the job's end) took it first
             try:
                 job = fetch_job(job_id, conn)
-            except Exception as e:  # noqa: BLE001  # a job hash gone or unreadable: nothing to queue
+            except Exception as e:  # a job hash gone or unreadable: nothing to queue
                 log.warning("reaper: job %s of queue %s had no heartbeat for %ss but cannot be read (%s); dropped "
                             "from the started jobs", job_id, name, reap_after_s, e)
                 continue
@@ -154,7 +154,7 @@ def _reap_intermediate(conn: redis.Redis, queue: Any, registry: StartedJobRegist
         conn.delete(seen_key)
         try:
             job = fetch_job(job_id, conn)
-        except Exception as e:  # noqa: BLE001  # a job hash gone or unreadable: nothing to queue
+        except Exception as e:  # a job hash gone or unreadable: nothing to queue
             log.warning("reaper: job %s left unstarted on queue %s cannot be read (%s); dropped", job_id,
                         queue.name, e)
             continue

@@ -511,7 +511,7 @@ def _write_results(conn: psycopg.Connection, it: WriteIntent, ids: NodeIds) -> i
             f"{c} {_RESULT_TYPES.get(c, 'real')}" for c in cols))
         _copy(conn, f"tmp_{table}", "idx, node_id, batch_id, " + ", ".join(cols),
               ((i, ids[r.node], r.batch_id, *(r.values.get(c) for c in cols)) for i, r in enumerate(rows)))
-        cur = conn.execute(f"INSERT INTO {table} (node_id, batch_id, {', '.join(cols)}) "  # noqa: S608 - fixed names
+        cur = conn.execute(f"INSERT INTO {table} (node_id, batch_id, {', '.join(cols)}) "  # fixed names
                            f"SELECT t.node_id, t.batch_id, {', '.join(_RESULT_EXPR.get(c, 't.' + c) for c in cols)} "
                            f"FROM tmp_{table} t ORDER BY {', '.join('t.' + k for k in _RESULT_KEYS[table])}, t.idx "
                            "ON CONFLICT DO NOTHING")

@@ -14,8 +14,10 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -25,6 +27,10 @@ from hoardfs.base.files import atomic_copy
 from hoardfs.base.proc import which
 from hoardfs.sql.deletion import sample_held
 from hoardfs.sql.rows import one
+
+#: the store the dumps are put into and read back from: a `hoardfs.fsd.store.Store` (sql does not
+#: import fsd, its sibling, even for a type)
+Store = Any
 
 
 @dataclass
@@ -50,12 +56,14 @@ def _tables(conn: psycopg.Connection, schema: str) -> list[str]:
         "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", [schema]).fetchall()]
 
 
-def _counts(conn: psycopg.Connection, schema: str) -> dict[str, int]:
+def table_counts(conn: psycopg.Connection, schema: str) -> dict[str, int]:
+    """Each table of `schema` (but the backup log) → its rows."""
     return {t: one(conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(t))
                             ))[0] for t in _tables(conn, schema) if t != "backup_log"}
 
 
-def dump_backup(url: str, store, zone3b: Path, label: str = "hoard", progress=None) -> DumpResult:
+def dump_backup(url: str, store: Store, zone3b: Path, label: str = "hoard",
+                progress: Callable[[int, int], None] | None = None) -> DumpResult:
     """pg_dump the database at `url` (its current schema), store it, copy it to 3B, record it.
     `progress(done, 3)` after each of the three steps (dump, store, cold copy)."""
     step = progress or (lambda done, total: None)
@@ -65,7 +73,7 @@ def dump_backup(url: str, store, zone3b: Path, label: str = "hoard", progress=No
         schema = one(conn.execute("SELECT current_schema()"))[0]
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot = one(conn.execute("SELECT pg_export_snapshot()"))[0]
-        counts = _counts(conn, schema)
+        counts = table_counts(conn, schema)
         with tempfile.TemporaryDirectory(prefix="hoard-dump-") as tmp:
             out = Path(tmp) / "db.dump"
             res = subprocess.run([which("pg_dump", "postgresql-client"), "-Fc", f"--snapshot={snapshot}",
@@ -96,7 +104,7 @@ def dump_backup(url: str, store, zone3b: Path, label: str = "hoard", progress=No
 POINTER = ".hoard-db-dump.json"
 
 
-def _point_disks_at(store, doc: dict) -> None:
+def _point_disks_at(store: Store, doc: dict[str, Any]) -> None:
     """Write the latest dump's sha256 to every HDD in service's root (and, kept by the index,
     to a disk added or back later): with the SSD (index, database, zone 3B) lost, `cat
     /srv/hdd/*/.hoard-db-dump.json` names the object to `hoard get` after `hoard index rebuild`."""
@@ -114,7 +122,7 @@ def _dump_row(conn: psycopg.Connection, backup_id: int | None) -> tuple[int, str
     return row
 
 
-def sampled_not_in_store(conn: psycopg.Connection, schema: str, store, sample: int) -> list[str]:
+def sampled_not_in_store(conn: psycopg.Connection, schema: str, store: Store, sample: int) -> list[str]:
     """The problem, if any, of a restored database's sample of nodes whose bytes the store must
     hold (deleted nodes no batch holds are left out: gc frees their bytes by design)."""
     shas = sample_held(conn, schema, sample)
@@ -122,7 +130,7 @@ def sampled_not_in_store(conn: psycopg.Connection, schema: str, store, sample: i
     return [f"{len(missing)} of {len(shas)} sampled nodes are not in the store, e.g. {missing[0]}"] if missing else []
 
 
-def verify_dump(url: str, store, backup_id: int | None = None, sample: int = 200) -> VerifyResult:
+def verify_dump(url: str, store: Store, backup_id: int | None = None, sample: int = 200) -> VerifyResult:
     """Restore a dump (default: the latest) from the store into a scratch database and check it:
     the restore itself (every constraint, foreign keys included, is re-created and validated),
     row counts against the dump's snapshot, and that sampled physical nodes exist in the store."""
@@ -147,7 +155,7 @@ def verify_dump(url: str, store, backup_id: int | None = None, sample: int = 200
                     problems.append(f"pg_restore failed: {res.stderr.strip().splitlines()[-1]}")
             if not problems:
                 with psycopg.connect(scratch_url) as sc:
-                    got = _counts(sc, schema)
+                    got = table_counts(sc, schema)
                     for table, n in counts.items():
                         if got.get(table) != n:
                             problems.append(f"table {table}: {got.get(table)} rows restored, {n} dumped")
@@ -161,7 +169,7 @@ def verify_dump(url: str, store, backup_id: int | None = None, sample: int = 200
     return VerifyResult(backup_id, ok, detail, time.monotonic() - t0)
 
 
-def restore_dump(url: str, store, backup_id: int | None = None, sha: str | None = None) -> int:
+def restore_dump(url: str, store: Store, backup_id: int | None = None, sha: str | None = None) -> int:
     """Replace the database's schema with a dump (default: the latest recorded; `sha`: that
     object — the dump the disks name, for a database that recorded none: a new server);
     returns the backup id (0 for `sha`). The backup log survives: its rows are carried over

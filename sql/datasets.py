@@ -582,7 +582,7 @@ def save_class_map(conn: psycopg.Connection, name: str, classes: list[str]) -> N
 
 
 def _row(r: Sequence[Any]) -> dict[str, Any]:
-    d = dict(zip(COLUMNS, r))
+    d = dict(zip(COLUMNS, r, strict=True))
     for k in ("manifest_sha256", "doc_sha256"):
         d[k] = bytes(d[k]).hex() if d[k] is not None else None
     d["built_at"] = d["built_at"].isoformat(timespec="seconds")

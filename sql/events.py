@@ -178,12 +178,6 @@ def overdue(conn: psycopg.Connection, late: dt.timedelta, limit: int = 1000) -> 
         raise _no_table(e) from None
 
 
-def latest_at(conn: psycopg.Connection, name: str) -> dt.datetime | None:
-    """When the newest event of `name` happened (None: none kept)."""
-    row = conn.execute("SELECT max(at) FROM event WHERE name = %s", [name]).fetchone()
-    return row[0] if row else None
-
-
 def trouble(conn: psycopg.Connection, since: dt.timedelta, late: dt.timedelta) -> dict[str, Any]:
     """What `hoard health` warns of: deliveries failed since `since` ago (per webhook), and
     pending ones overdue by more than `late` (no worker serves the queue, or their job was lost)."""

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -35,7 +36,7 @@ from psycopg import sql
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.base.files import atomic_write, create_new
 from hoardfs.base.modes import FILE, passage
-from hoardfs.sql.backup import VerifyResult, _counts, sampled_not_in_store
+from hoardfs.sql.backup import Store, VerifyResult, sampled_not_in_store, table_counts
 from hoardfs.sql.cluster import (
     SERVER_USER,
     PrivateCluster,
@@ -186,7 +187,7 @@ class BackRest:
         started = dt.datetime.now(dt.UTC)
         with psycopg.connect(url, autocommit=True) as conn:
             schema = one(conn.execute("SELECT current_schema()"))[0]
-            counts, writes_before = _counts(conn, schema), _writes(conn, schema)
+            counts, writes_before = table_counts(conn, schema), _writes(conn, schema)
         if kind == "diff" and not any(b["type"] == "full" for b in self.info()):
             kind = "full"  # a differential needs a full one first
         self.run(f"--type={kind}", "backup", what=f"{kind} backup")
@@ -203,7 +204,7 @@ class BackRest:
                 "size": latest["info"]["repository"]["delta"], "repo": str(self.repo)}
 
     # -- restore-verify -------------------------------------------------------------------------
-    def verify_latest(self, url: str, store, sample: int = 200, scratch_in: Path | None = None) -> VerifyResult:
+    def verify_latest(self, url: str, store: Store, sample: int = 200, scratch_in: Path | None = None) -> VerifyResult:
         """Restore the newest full/diff backup into a scratch cluster on its own socket, check
         it (row counts, foreign keys, sampled sha256s in the store — without a store, as the
         postgres user's backup unit runs it, not those), remove it. The scratch cluster goes
@@ -322,11 +323,11 @@ def _writes(conn: psycopg.Connection, schema: str) -> dict[str, int]:
         [schema]).fetchall()}
 
 
-def _check_restored(url: str, schema: str, counts: dict, store, sample: int) -> list[str]:
+def _check_restored(url: str, schema: str, counts: dict[str, Any], store: Store, sample: int) -> list[str]:
     problems = []
     changed = set(counts.get("__changed_during_backup__", []))
     with psycopg.connect(url, autocommit=True) as sc:
-        got = _counts(sc, schema)
+        got = table_counts(sc, schema)
         for table, n in counts.items():
             if table.startswith("__") or table in changed:
                 continue
@@ -359,4 +360,4 @@ def _foreign_keys(conn: psycopg.Connection, schema: str) -> list[tuple[str, str,
         JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = k.pk
         WHERE c.contype = 'f' AND n.nspname = %s
         GROUP BY c.conname, cl.relname, pl.relname""", [schema]).fetchall()
-    return [(name, child, parent, list(zip(cc, pc))) for name, child, parent, cc, pc in rows]
+    return [(name, child, parent, list(zip(cc, pc, strict=True))) for name, child, parent, cc, pc in rows]

@@ -107,7 +107,7 @@ def servers() -> dict[str, str]:
     if not (db and rd):
         try:
             cfg = _repo_settings()
-        except Exception as e:  # noqa: BLE001 - turned into a clear failure
+        except Exception as e:  # turned into a clear failure
             pytest.fail(f"no test servers: set HOARD_TEST_DATABASE_URL/HOARD_TEST_REDIS_URL or run `make test` "
                         f"(it writes hoard.toml and starts the services): {e}", pytrace=False)
         db, rd, work_redis = db or cfg.test_database_url, rd or cfg.test_redis_url, cfg.redis_url
@@ -122,7 +122,7 @@ def servers() -> dict[str, str]:
     try:
         ensure_database(db)
         redis.Redis.from_url(rd).ping()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         pytest.fail(f"test servers unreachable ({e}); `make test` starts the embedded ones", pytrace=False)
     return {"database_url": db, "redis_url": rd}
 
@@ -377,7 +377,7 @@ def store_factory(tmp_path: Path):
     for st in opened:
         try:
             st.close()
-        except Exception:  # noqa: BLE001 - a test may have closed it already
+        except Exception:  # a test may have closed it already
             pass
 
 

@@ -157,7 +157,7 @@ class Booted:
 
     def __enter__(self) -> Booted:
         BOOT_LOCK.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = open(BOOT_LOCK, "a")  # noqa: SIM115 (held until __exit__)
+        self.lock = open(BOOT_LOCK, "a")  # (held until __exit__)
         fcntl.flock(self.lock, fcntl.LOCK_EX)  # another booted root's run finishes first
         # the mount point of the private tmpfs (an empty directory of this machine's, removed after)
         self.made_run_dir = not NSPAWN_RUN.exists()

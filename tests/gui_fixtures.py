@@ -111,7 +111,7 @@ def gui_home(request, hoard_home: Path, pg, redis_conn, monkeypatch) -> Path:
 
 
 @pytest.fixture
-async def user(gui_home, user):  # noqa: F811 - NiceGUI's fixture, built after the home exists
+async def user(gui_home, user):  # NiceGUI's fixture, built after the home exists
     """NiceGUI's simulated user, on the app built for `gui_home` (tests/gui_main.py)."""
     yield user
 

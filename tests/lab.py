@@ -2,7 +2,7 @@
 
 Speeds are enforced by the kernel through cgroup v1 blkio throttling
 (`/sys/fs/cgroup/blkio/<group>/blkio.throttle.*_device`); a process is throttled once
-its pid is in the group's `cgroup.procs`. Note (ECOSYSTEM.md): reads are throttled
+its pid is in the group's `cgroup.procs`. Note: reads are throttled
 whether buffered or O_DIRECT, writes only when O_DIRECT, because buffered writeback is
 not charged to the writer's group.
 

@@ -45,7 +45,7 @@ class FaultProxy:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002  # (the base's name)
+            def log_message(self, format: str, *args: object) -> None:  # (the base's name)
                 pass
 
             def _handle(self) -> None:

@@ -206,7 +206,7 @@ def _demo_dataset_built(home: Path, said: str) -> None:
 
 
 def _row_counts(pg) -> dict[str, int]:
-    return {t: pg.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608
+    return {t: pg.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
             for t in ("node", "edge", "label", "result_canny", "action_event", "physical_path")}
 
 

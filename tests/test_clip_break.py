@@ -74,7 +74,7 @@ def test_a_weights_path_that_reads_as_a_download_tag_is_read_as_the_file(
 
 @needs_search
 @pytest.mark.services
-def test_an_image_of_extreme_shape_is_embedded_by_its_middle(tiny, tmp_path: Path) -> None:  # noqa: F811
+def test_an_image_of_extreme_shape_is_embedded_by_its_middle(tiny, tmp_path: Path) -> None:
     """A 1 × 2,000,000 PNG (2 megapixels: under the pixel cap, a few KB) resized by the model's
     transform to 32 pixels on its short side was 64 M × 32 pixels: the worker died of
     MemoryError in the middle of the batch, every image's embedding lost. Its middle is
@@ -265,7 +265,7 @@ class _Payload:
 
 
 @needs_search
-def test_weights_that_run_code_or_are_no_file_are_refused(tiny, tmp_path: Path) -> None:  # noqa: F811
+def test_weights_that_run_code_or_are_no_file_are_refused(tiny, tmp_path: Path) -> None:
     """A weights file that is a pickle running a command is refused without running it
     (torch.load with weights_only); a FIFO, a link to one and a device are no weights file (a
     FIFO would block the search forever)."""
@@ -310,7 +310,7 @@ def test_searches_rebuilding_at_once_in_one_process_do_not_fail(db, servers, tmp
                 gate.wait()
                 got = embeddings.nearest(c, tmp_path, MODEL, vecs[shas[7]], 1, lambda _: None)
                 assert got[0].sha256 == shas[7]
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     for _ in range(5):
@@ -325,7 +325,7 @@ def test_searches_rebuilding_at_once_in_one_process_do_not_fail(db, servers, tmp
 
 
 @needs_search
-def test_weights_replaced_at_the_same_path_are_loaded_anew(tiny, tmp_path: Path) -> None:  # noqa: F811
+def test_weights_replaced_at_the_same_path_are_loaded_anew(tiny, tmp_path: Path) -> None:
     """The GUI keeps the model loaded: new weights copied over the configured file were never
     seen — its searches went on with the old model and its old id until a restart."""
     import torch

@@ -30,7 +30,7 @@ def test_a_dash_inside_a_name_or_another_character_passes(rel: str) -> None:
     assert hostile_reason(rel) is None, rel
 
 
-def test_an_upload_part_named_with_a_leading_dash_is_400(server: Server) -> None:  # noqa: F811 - fixture
+def test_an_upload_part_named_with_a_leading_dash_is_400(server: Server) -> None:  # fixture
     """`POST /api/v1/batches` with a file part named `-x` is 400 naming the part; nothing is kept."""
     before = server.batches()
     headers, body = multipart([("source", None, b"sidecar"), ("files", b"ok.png", b"fine"),

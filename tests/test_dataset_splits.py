@@ -59,7 +59,7 @@ def test_every_split_is_within_the_tolerance_when_its_share_can_hold_a_group(rat
     for i, sp in enumerate(ratios):
         assert b.counts[i] == sum(n for k, n in groups.items() if b.assign[k] == i), sp
     if all(r * total >= b.tolerance for r in ratios.values()):
-        for n, r in zip(b.counts, ratios.values()):
+        for n, r in zip(b.counts, ratios.values(), strict=True):
             assert n > 0 and abs(n - r * total) <= b.tolerance, (b.counts, ratios, b.tolerance)
     shuffled = list(groups.items())
     random.Random(len(sizes)).shuffle(shuffled)
@@ -268,7 +268,7 @@ def test_a_chain_of_near_duplicates_is_balanced(hoard_home: Path, pg, redis_conn
     rng = random.Random(3)
     hashes: dict[str, int] = {}
     pairs = []
-    for a, b in zip(posts, posts[1:]):
+    for a, b in zip(posts, posts[1:], strict=False):
         base = rng.getrandbits(64)
         hashes[a[2]], hashes[b[0]] = base, base ^ 1
         pairs.append((a[2], b[0]))

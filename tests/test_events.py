@@ -52,7 +52,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:  # http.server's name
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 mac = "sha256=" + hmac.new(outer.secret.encode(), raw, hashlib.sha256).hexdigest()
                 outer.got.append({"headers": dict(self.headers), "body": raw, "path": self.path,

@@ -26,7 +26,7 @@ pytestmark = needs_search
 
 
 @pytest.fixture
-def clip_env(tiny, monkeypatch) -> tuple[Path, Path]:  # noqa: F811
+def clip_env(tiny, monkeypatch) -> tuple[Path, Path]:
     """[search] of hoard.toml given by the environment (HOARD_SEARCH__…), before the app is built."""
     cfg, weights = tiny
     monkeypatch.setenv("HOARD_SEARCH__CLIP_MODEL", str(cfg))

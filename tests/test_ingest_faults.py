@@ -227,7 +227,7 @@ def test_finish_counts_copies_on_the_disk_states_after_its_top_up(tmp_path: Path
     cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=8))
     with Store.open(cfg, init=True) as store:
         files = make_files(tmp_path / "in", 20)
-        stored = {p.name: (r.sha256, r.size) for p, r in zip(files, store.put_many(files))}
+        stored = {p.name: (r.sha256, r.size) for p, r in zip(files, store.put_many(files), strict=True)}
         meta = store.index.get_shard(store.index.lookup(bytes.fromhex(next(iter(stored.values()))[0])).shard_id)
         first, second = (store.disks[u].label for u in meta.replicas)
         store.set_disk_state(first, DiskState.FAILED, "test: failed before finish")

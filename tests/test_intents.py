@@ -342,7 +342,7 @@ def _apply_while_another_commits(db, servers, doc: dict, theirs: list[str]) -> d
         def apply() -> None:
             try:
                 result["res"] = apply_write_intent(mine, doc)
-            except Exception as e:  # noqa: BLE001 - the test reports it
+            except Exception as e:  # the test reports it
                 result["err"] = e
 
         runner = threading.Thread(target=apply)
@@ -380,7 +380,7 @@ def _both_apply_while_a_row_is_held(db, servers, docs: list[dict], hold: str, ar
                 conn.commit()
                 try:
                     results[doc["key"]] = apply_write_intent(conn, doc)
-                except Exception as e:  # noqa: BLE001 - the test reports it
+                except Exception as e:  # the test reports it
                     results[doc["key"]] = e
 
         runners = [threading.Thread(target=apply, args=(d,)) for d in docs]
@@ -474,7 +474,7 @@ def test_an_intent_rolled_back_by_a_deadlock_is_applied_again(db, servers) -> No
                 conn.commit()
                 try:
                     result["r"] = apply_write_intent(conn, doc)
-                except Exception as e:  # noqa: BLE001 - the test reports it
+                except Exception as e:  # the test reports it
                     result["r"] = e
 
         runner = threading.Thread(target=apply)

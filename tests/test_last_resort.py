@@ -63,7 +63,7 @@ def test_an_object_whose_other_replica_rotted_reads_from_the_failed_disk_and_is_
     assert failed not in _replicas(store, victim)
     assert check_store(store) == len(shas)
     assert check(store).counts == {}
-    for p, sha in zip(paths, shas):
+    for p, sha in zip(paths, shas, strict=True):
         assert store.get(sha) == p.read_bytes()
     store.close()
 
@@ -77,7 +77,7 @@ def test_batch_reads_of_a_shard_whose_disks_all_failed_come_from_them(tmp_path: 
         store.set_disk_state(label, DiskState.FAILED, "test: an EIO once")
     got: dict[str, bytes] = {}
     store.read_batch(shas, lambda sha, data: got.__setitem__(sha.hex(), bytes(data)))
-    assert got == {sha: p.read_bytes() for p, sha in zip(paths, shas)}
+    assert got == {sha: p.read_bytes() for p, sha in zip(paths, shas, strict=True)}
     found = check(store)  # its footer read from a failed disk: not "no readable replica footer" (review 42)
     assert found.counts == {} and found.problems == []
     store.close()
@@ -102,7 +102,7 @@ def test_rebuild_copies_from_the_lost_disk_when_the_other_replica_rotted(tmp_pat
         assert lost not in _replicas(store, victim)
         assert replicate_once(store, rate_mb_s=None).repaired == 1  # the rotted replica, queued by the rebuild
         assert check_store(store) == len(shas)  # every replica of every object reads whole
-        for p, sha in zip(paths, shas):
+        for p, sha in zip(paths, shas, strict=True):
             assert store.get(sha) == p.read_bytes()
 
 
@@ -140,7 +140,7 @@ def test_rebuild_goes_on_past_a_shard_it_cannot_copy_and_names_it(tmp_path: Path
         for sid in on_lost:
             if sid != first:
                 assert lost not in store.index.get_shard(sid).replicas
-        for p, sha in zip(paths, shas):
+        for sha in shas:
             if sha != victim:
                 assert hashlib.sha256(store.get(sha)).hexdigest() == sha
 
@@ -262,7 +262,7 @@ def test_verify_repair_assembles_a_shard_whose_replicas_rotted_at_different_reco
     assert any("assembled record by record" in r for r in rep.repaired)
     assert verify(store, sha256=True).bad == [] and check_store(store) == len(shas)
     assert any(e["kind"] == "assembled" for e in store.index.recent_events(20))
-    for p, sha in zip(paths, shas):
+    for p, sha in zip(paths, shas, strict=True):
         assert store.get(sha) == p.read_bytes()
     store.close()
 
@@ -285,7 +285,7 @@ def test_rebuild_assembles_a_copy_when_the_lost_and_the_other_replica_rotted_at_
         assert lost not in _replicas(store, shas[2])
         assert replicate_once(store, rate_mb_s=None).repaired == 1  # the other, queued by the rebuild
         assert check_store(store) == len(shas)
-        for p, sha in zip(paths, shas):
+        for p, sha in zip(paths, shas, strict=True):
             assert store.get(sha) == p.read_bytes()
 
 
@@ -365,7 +365,7 @@ def test_what_verify_repair_cannot_mend_is_said_with_what_still_reads(tmp_path: 
     assert 'docs/operations.md "A shard no replica holds whole"' in said
     assert "## A shard no replica holds whole" in (REPO / "docs" / "operations.md").read_text()
     with Store.open(cfg, writable=False) as store:
-        for i, (p, sha) in enumerate(zip(paths, shas)):
+        for i, (p, sha) in enumerate(zip(paths, shas, strict=True)):
             if i != 4:
                 assert store.get(sha) == p.read_bytes()
 
@@ -384,7 +384,7 @@ def test_a_fifo_in_a_shard_files_place_hangs_nothing_and_is_repaired(tmp_path: P
     label = store.records[fifo_disk].label
     path.unlink()
     os.mkfifo(path)
-    for p, sha in zip(paths, shas):
+    for p, sha in zip(paths, shas, strict=True):
         assert store.get(sha) == p.read_bytes()
     cfg = store.cfg
     store.close()
@@ -428,7 +428,7 @@ def test_a_disk_failed_by_this_very_read_is_not_read_again_as_its_last_resort(tm
 
 def _every_replica_reads_every_object(store: Store, paths: list[Path], shas: list[str]) -> None:
     """Each object read back byte for byte from each of its replicas, one by one."""
-    for p, sha in zip(paths, shas):
+    for p, sha in zip(paths, shas, strict=True):
         loc = store.index.lookup(bytes.fromhex(sha))
         meta = store.index.get_shard(loc.shard_id)
         for u in meta.replicas:
@@ -451,7 +451,7 @@ def test_a_replica_whose_header_rotted_gives_its_records_to_the_assembly(tmp_pat
     meta = store.index.get_shard(store.index.lookup(bytes.fromhex(shas[3])).shard_id)
     flip_byte(store.disks[header_rot].find(meta.hex), 18)  # inside the header's shard id
     _rot(store, record_rot, shas[3])
-    for p, sha in zip(paths, shas):
+    for p, sha in zip(paths, shas, strict=True):
         assert store.get(sha) == p.read_bytes()  # every object reads: the header is not read by a read
     rep = verify(store, repair=True)
     assert len(rep.bad) == 2 and not rep.unrepaired, rep  # old code: 2 unrepaired

@@ -93,7 +93,7 @@ def imports(mods: dict[str, Path]) -> list[Import]:
     for mod, path in mods.items():
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
 
-        def visit(node: ast.AST, where: str) -> None:
+        def visit(node: ast.AST, where: str, mod: str = mod, package: str = package) -> None:
             for child in ast.iter_child_nodes(node):
                 inner = where
                 if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and where == "module":

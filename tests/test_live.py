@@ -329,7 +329,7 @@ def test_a_wrong_count_only_keeps_or_compacts_and_check_names_it(tmp_path: Path)
     with Store.open(cfg) as store:
         sids = sorted({store.index.lookup(sha).shard_id for sha in a + b})
         with store.index.env.begin(write=True) as txn:
-            for sid, delta in zip(sids, (1, -1)):
+            for sid, delta in zip(sids, (1, -1), strict=False):
                 n, nbytes = live.unpack(txn.get(sid, db=store.index.live))
                 txn.put(sid, live.pack(n + delta, nbytes), db=store.index.live)
         lines = [line for kind, line in check(store).lines() if kind == "live count"]

@@ -197,7 +197,7 @@ def _doc_example(version: str) -> tuple[list[str], list[dict]]:
     docs = [json.loads(m) for m in re.findall(r"^(\{.*\})$", block, re.M)]
     shas = re.findall(r"^([0-9a-f]{64}):$", block, re.M)
     assert len(docs) == len(shas) >= 2
-    for sha, doc in zip(shas, docs):
+    for sha, doc in zip(shas, docs, strict=True):
         raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() if "format" in doc and \
             doc["format"].startswith("hoardfs-dir-") else json.dumps(doc, sort_keys=True).encode()
         assert hashlib.sha256(raw).hexdigest() == sha
@@ -232,11 +232,11 @@ def test_view2_manifests_still_read(store_factory, tmp_path: Path) -> None:
     assert {d["format"] for d in docs} == {"hoardfs-view-2", "hoardfs-dir-1"}
     store = store_factory(n_disks=2)
     rows = _pets(store, tmp_path)
-    for sha, doc in zip(shas, docs):
+    for sha, doc in zip(shas, docs, strict=True):
         raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() if doc["format"] == "hoardfs-dir-1" \
             else json.dumps(doc, sort_keys=True).encode()
         assert store.put_bytes(raw, klass="generated").sha256 == sha
-    manifest = next(sha for sha, d in zip(shas, docs) if d["format"] == "hoardfs-view-2")
+    manifest = next(sha for sha, d in zip(shas, docs, strict=True) if d["format"] == "hoardfs-view-2")
     new = build_view(store, "pets", list(rows.items()))["manifest"]
     for sha in (manifest, new):
         tree = Tree(store.get, sha)

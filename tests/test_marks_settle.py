@@ -63,13 +63,13 @@ def test_settle_decides_what_agree_and_replay_decide(tmp_path: Path) -> None:
             got_held = {t: [] for t in marks.TABLES}
             alone = {i: {t: [] for t in marks.TABLES} for i in range(len(logs))}
             for sha, final, in_index, own in marks.settle(logs, spill, range(len(logs)), disputes):
-                for t, on, h in zip(marks.TABLES, final, in_index):
+                for t, on, h in zip(marks.TABLES, final, in_index, strict=True):
                     if on:
                         got[t].append(sha)
                     if h:
                         got_held[t].append(sha)
                 for i, m in own.items():
-                    for t, on in zip(marks.TABLES, m):
+                    for t, on in zip(marks.TABLES, m, strict=True):
                         if on:
                             alone[i][t].append(sha)
         assert got == want, case

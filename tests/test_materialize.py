@@ -25,7 +25,7 @@ from tests.test_store_lab import _lab_store
 
 
 def _items(results, files: list[Path]) -> list[Item]:
-    return [Item(f"in/{i % 7}/{p.name}", r.sha256, r.size) for i, (p, r) in enumerate(zip(files, results))]
+    return [Item(f"in/{i % 7}/{p.name}", r.sha256, r.size) for i, (p, r) in enumerate(zip(files, results, strict=True))]
 
 
 def _check_tree(dest: Path, items: list[Item]) -> None:
@@ -72,7 +72,7 @@ def test_assembled_files_get_their_objects_in_one_pass_and_are_made_anew(store_f
     big = tmp_path / "src" / "big.bin"
     big.write_bytes(hashlib.sha256(b"y").digest() * (40 << 15))  # 40 MiB
     res = store.put_many([*files, big])
-    blob = {r.sha256: p.read_bytes() for p, r in zip([*files, big], res)}
+    blob = {r.sha256: p.read_bytes() for p, r in zip([*files, big], res, strict=True)}
     pieces = [(100, b"head"), (5000, b"middle")]
     objs, pos = [], 6000
     for r in [*res[:6], res[0]]:  # res[0] twice in one file
@@ -277,7 +277,7 @@ def test_a_kept_file_whose_writeback_failed_before_the_run_is_written_again(lab_
     try:
         lab.fail_writes("ssd")
         planted = []  # what a first attempt killed before its syncfs left: the right bytes, not yet written back
-        for it, src in zip(items, files):
+        for it, src in zip(items, files, strict=True):
             (dest / it.path).write_bytes(src.read_bytes())
             planted.append(dest / it.path)
             if it.sidecar is not None:
@@ -313,7 +313,7 @@ def test_a_resumed_tree_with_things_planted_in_it_is_put_right(store_factory, tm
     names = ["a/x 1.bin", "a/y#é.bin", "b/c/z.bin", "d/fifo", "d/dirlink", "d/filelink", "d/wrong", "e/ok",
              "d/emptydir"]
     items = [Item(f"out/{n}", r.sha256, r.size, b"{}\n" if i % 3 == 0 else None)
-             for i, (n, r) in enumerate(zip(names, results))]
+             for i, (n, r) in enumerate(zip(names, results, strict=True))]
     dest = tmp_path / "dest"
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -432,7 +432,8 @@ def test_a_destination_replaced_mid_copy_is_never_a_finished_copy(store_factory,
     descriptor of the old directory — materialize raises naming it instead of returning."""
     store = store_factory(n_disks=2, caps=None)
     files = make_files(tmp_path / "src", 60, seed=40)
-    items = [Item(p.name, r.sha256, r.size) for p, r in zip(files, store.put_many(files))]  # all at the top
+    # all at the top
+    items = [Item(p.name, r.sha256, r.size) for p, r in zip(files, store.put_many(files), strict=True)]
     dest = tmp_path / "out"
     (tmp_path / "moved").mkdir()
     calls = [0]

@@ -332,7 +332,7 @@ def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collect
                 assert got != newcomers[tops[held]], "a collected object's open file read the newcomer's bytes"
         finally:
             os.close(fd)
-        for k, data in newcomers.items():
+        for data in newcomers.values():
             sha = hashlib.sha256(data).hexdigest()
             assert path(sha).read_bytes() == data
 

@@ -143,9 +143,9 @@ def test_by_hash_files_whose_number_bits_are_shared_get_rows(namespace) -> None:
     alone = [(p, name, n) for p, name, n in files if tops[n.sha[0]] == 1]
     shared = [(p, name, n) for p, name, n in files if tops[n.sha[0]] > 1]
     assert len(alone) > 20 and len(shared) > 100  # (~300 objects in 256 buckets)
-    for p, name, n in alone:
+    for _p, _name, n in alone:
         assert n.inode == DERIVED | 1 << 61 | n.sha[0] and ns.nodes[n.inode].sha == n.sha
-    for p, name, n in shared:
+    for p, _name, n in shared:
         assert n.inode < DERIVED and ns.files.row(n.inode) >= 0 and ns.nodes[n.inode].sha == n.sha
         assert ns.files.parents(ns.files.row(n.inode)) == [p]  # the (numbered, not kept) by-hash directory
     dead = {shared[0][2].sha, alone[0][2].sha}
@@ -375,7 +375,7 @@ def test_file_columns_against_a_dict(seed: int) -> None:
                 model[ino] = (sha, mtime, n - k, parents)
         if step % 500 == 0:
             assert len(files) == len(model)
-            for i, (sha, mtime, n, parents) in model.items():
+            for i, (sha, _mtime, n, parents) in model.items():
                 r = files.row(i)
                 assert files.sha_of(r) == sha and files.count_of(r) == n
                 assert sorted(files.parents(r)) == sorted(parents)

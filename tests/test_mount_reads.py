@@ -320,7 +320,8 @@ def _no_open_ops(tmp_path: Path, sizes: list[int], **recent):
     ops = HoardOps(ns, reader, watcher, no_open=True)
     if recent:
         ops.recent = _Recent(**recent)
-    files = [(ns._file_number(bytes.fromhex(s) if isinstance(s, str) else s), d) for s, d in zip(shas, datas)]
+    files = [(ns._file_number(bytes.fromhex(s) if isinstance(s, str) else s), d)
+             for s, d in zip(shas, datas, strict=True)]
 
     def close() -> None:
         reader.close()

@@ -71,7 +71,7 @@ def test_groups_are_the_connected_pairs_flips_included() -> None:
     for t in (2, 6):
         parent = list(range(len(ph)))
 
-        def find(x: int) -> int:
+        def find(x: int, parent: list[int] = parent) -> int:
             while parent[x] != x:
                 parent[x] = parent[parent[x]]
                 x = parent[x]

@@ -208,7 +208,7 @@ def _cut_while_running(lab: Lab, tmp_path: Path, mode: str, cuts: int, gap: tupl
         for i in range(cuts):
             if i % 5 == 4:
                 size = ack_log.stat().st_size
-                _wait(lambda: ack_log.stat().st_size != size, child, 30)
+                _wait(lambda size=size: ack_log.stat().st_size != size, child, 30)
             else:
                 time.sleep(rng.uniform(*gap))
             assert child.poll() is None, f"the writer died (exit {child.returncode}); see its stderr above"

@@ -167,7 +167,7 @@ def test_a_stalled_redis_does_not_slow_the_job(hoard_home: Path, redis_conn) -> 
         watcher.start()
         paused: list[float] = []
 
-        def pauser() -> None:
+        def pauser(watcher: Watcher = watcher, paused: list[float] = paused) -> None:
             deadline = time.monotonic() + 60
             while not watcher.mid_run() and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -321,7 +321,7 @@ def test_verify_and_gc_jobs_end_with_their_last_figures(hoard_home: Path, pg, re
     ids = [launch.launch_maintenance(cfg, "verify", {"sha256": True}),
            launch.launch_maintenance(cfg, "gc", {"threshold": 0.9})]
     work_here(cfg, redis_conn)  # hoardfs's own in-process worker (hoardfs.jobs.guard: JSON jobs)
-    for job_id, what in zip(ids, ("bytes checked", "live bytes copied")):
+    for job_id, what in zip(ids, ("bytes checked", "live bytes copied"), strict=True):
         final = json.loads(redis_conn.get(KEY.format(job_id)))
         assert final["what"] == what and final["state"] == "done", final
         assert final["done"] == final["total"] > 0, final

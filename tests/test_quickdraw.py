@@ -178,7 +178,7 @@ def test_real_quickdraw_samples_parse_and_render(tmp_path: Path) -> None:
     for where, n in ((d, 10), (d2, 20)):
         parsed, _ = parse_batch(where, adapter_for("quickdraw", {}))
         assert len(parsed.records) == n and not parsed.rejects
-        for rec, doc in zip(parsed.records, source):
+        for rec, doc in zip(parsed.records, source, strict=False):
             assert rec.node.id == doc["key_id"] and rec.specific["drawing"] == doc["drawing"]  # type: ignore[union-attr]
             assert rec.title == "angel" and rec.specific["recognized"] == doc["recognized"]
             assert Image.open(io.BytesIO(draw_png(doc["drawing"]))).size == (SIZE, SIZE)

@@ -569,7 +569,7 @@ def test_two_index_backups_at_once_each_leave_a_whole_copy(tmp_path: Path, monke
         def backup() -> None:
             try:
                 reindex.backup_index(store, copies=2)
-            except BaseException as e:  # noqa: BLE001 - the test reports it
+            except BaseException as e:  # the test reports it
                 errors.append(e)
 
         a = threading.Thread(target=backup)

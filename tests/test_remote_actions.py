@@ -349,7 +349,7 @@ def test_what_a_host_uploaded_is_held_to_the_runs_limits() -> None:
 
 
 def test_a_parsed_json_is_read_as_it_streams_and_refused_before_it_fills_the_servers_memory(
-        seaweedfs, engine_env, tmp_path: Path) -> None:  # noqa: F811
+        seaweedfs, engine_env, tmp_path: Path) -> None:
     """parsed.json comes off a bucket anyone with its key can write. Read whole and given to
     `json.loads` (as before), a document of PARSED_MAX (1 GiB) could hold twenty times that in
     the server's memory — a list of empty maps — before a check looked at it. It is now read as
@@ -477,7 +477,7 @@ def _recorded(cfg: config.Settings, status: str = "cancelled", key: str | None =
 
 
 def test_what_past_deletes_left_on_the_bucket_is_swept_and_nothing_a_run_still_needs(
-        hoard_home: Path, seaweedfs, engine_env, tmp_path: Path) -> None:  # noqa: F811
+        hoard_home: Path, seaweedfs, engine_env, tmp_path: Path) -> None:
     """A cancel while the engine did not answer, or a host cut off from Redis that uploaded
     after its run was collected from another host, leaves `transfers/<run>/` on the bucket, which
     `verify --orphans` does not look at. The next collect or cancel of a --remote run sweeps it
@@ -540,7 +540,7 @@ def test_a_host_removes_the_stages_of_runs_the_server_closed(hoard_home: Path, r
 
 
 def test_a_delete_that_breaks_off_never_leaves_a_transfer_that_looks_uploaded(
-        hoard_home: Path, seaweedfs, engine_env, tmp_path: Path) -> None:  # noqa: F811
+        hoard_home: Path, seaweedfs, engine_env, tmp_path: Path) -> None:
     """parsed.json says a host's upload is whole: the host's job of a resumed run that finds it
     does nothing ("already done"), the server's poll that finds it collects. A delete of
     `transfers/<run>/` the engine breaks off part way (a sweep here; a cancel or a collect the
@@ -572,7 +572,7 @@ def test_a_delete_that_breaks_off_never_leaves_a_transfer_that_looks_uploaded(
 
 
 def test_a_sweep_takes_nothing_of_a_run_a_resume_is_recording(hoard_home: Path, seaweedfs, engine_env,
-                                                             tmp_path: Path) -> None:  # noqa: F811
+                                                             tmp_path: Path) -> None:
     """`hoard action resume` of a cancelled run records its new attempt under the run's submit
     lock, then its host's job uploads to `transfers/<run>/` — or, finding the old attempt's
     parsed.json still there, does nothing and the server collects that. A sweep that judged the

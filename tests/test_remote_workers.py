@@ -188,7 +188,7 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def cluster(hoard_home: Path, pg, redis_conn, seaweedfs, engine_env, tmp_path: Path):  # noqa: F811
+def cluster(hoard_home: Path, pg, redis_conn, seaweedfs, engine_env, tmp_path: Path):
     """The store's server (a store of four directory disks and the S3 disk s3a, filled by a real
     ingest), a TCP Redis, and two hosts in network namespaces, each with its S3 proxy."""
     engine_env(seaweedfs)
@@ -587,7 +587,7 @@ def test_a_host_that_cannot_read_an_object_fails_the_job_in_one_line(cluster, tm
     assert "Traceback" not in _logs(host1) + _logs(host2)
 
 
-def test_a_large_record_is_read_off_the_bucket_in_checked_pieces(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+def test_a_large_record_is_read_off_the_bucket_in_checked_pieces(tmp_path: Path, seaweedfs, engine_env) -> None:
     """An object larger than a piece (8 MiB) is read by a remote worker's reader in pieces of
     ranged GETs, its record header checked first, the pieces' sha256 the object's; a plan that
     points at another record's place is refused in one line naming the object and the shard."""
@@ -738,7 +738,7 @@ def test_after_redis_was_down_the_reaper_lets_live_workers_beat_again_first(tmp_
 
 @pytest.mark.expect_log(r"object [0-9a-f]{64}: its record in shard [0-9a-f]+ on S3 disk s3a cannot be used .*; read "
                         r"from S3 disk s3b instead", level="WARNING")
-def test_a_bad_record_on_one_s3_disk_is_read_from_another(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+def test_a_bad_record_on_one_s3_disk_is_read_from_another(tmp_path: Path, seaweedfs, engine_env) -> None:
     """Two S3 disks hold each shard; on the first the payload of a small record and of one larger
     than a piece is damaged: a remote worker's reader reads both from the second, checked, each
     fallback a WARNING and counted (the reader tried only the plan's first disk and failed the job

@@ -128,7 +128,7 @@ def test_rebuild_skips_a_damaged_source_for_a_whole_one(store_factory, monkeypat
         f.unlink()
     rep = rebuild(store, lost.label)
     assert not rep.lost and rep.copied == len(on_lost)
-    for r, data in zip(results, datas):
+    for r, data in zip(results, datas, strict=True):
         assert store.get(r.sha256) == data
     assert {(sid, uuid) for sid, uuid, _why in store.index.pending_repairs()} == damaged
     assert repair_reported(store) == len(on_lost)
@@ -174,7 +174,7 @@ def test_a_target_that_stops_writing_is_blamed_not_the_source(lab_factory, tmp_p
     assert states["t2"] == DiskState.ACTIVE and states["t3"] != DiskState.ACTIVE
     t3 = next(u for u, r in store.records.items() if r.label == "t3")
     assert all(t3 not in m.replicas for m in store.index.iter_shards())
-    for r, data in zip(results, datas):
+    for r, data in zip(results, datas, strict=True):
         assert store.get(r.sha256) == data
     store.close()
 
@@ -202,7 +202,7 @@ def test_a_target_that_dropped_off_gets_no_copy_on_the_root_filesystem(lab_facto
     for meta in store.index.iter_shards():
         if t3 in meta.replicas:
             check_replica(store.disks[t3], meta)
-    for r, data in zip(results, datas):
+    for r, data in zip(results, datas, strict=True):
         assert store.get(r.sha256) == data
     store.close()
 
@@ -244,7 +244,7 @@ def test_an_interrupted_rebuild_stops_at_once_and_the_next_run_finishes(tmp_path
                 assert not any((d.root / "tmp").glob("*")), f"a temporary file is left on {d.label}"
         d1 = next(u for u, r in store.records.items() if r.label == "d1")
         assert all(d1 not in m.replicas for m in store.index.iter_shards())
-        for r, data in zip(results, datas):
+        for r, data in zip(results, datas, strict=True):
             assert store.get(r.sha256) == data
         assert check_store(store) == len(datas)
     finally:
@@ -275,5 +275,5 @@ def test_a_target_that_gives_back_other_bytes_is_blamed_not_the_source(store_fac
     assert list(states.values()).count(DiskState.FAILED) == 2  # the lost disk and the target
     assert not list(store.index.pending_repairs())
     monkeypatch.undo()
-    for r, data in zip(results, datas):
+    for r, data in zip(results, datas, strict=True):
         assert store.get(r.sha256) == data

@@ -61,7 +61,7 @@ def _local_first(tmp_path: Path, engine, proxy: FaultProxy, name: str, seed: int
     return _store(tmp_path, engine, proxy, bucket, copies=3), res
 
 
-def test_a_5xx_now_and_then_is_retried_and_never_seen(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
+def test_a_5xx_now_and_then_is_retried_and_never_seen(tmp_path: Path, s3_engine, engine_env) -> None:
     """Every upload of a replication meets one 503 first: each is tried again and lands, and
     the bucket's replicas read back and verify."""
     engine_env(s3_engine)
@@ -87,8 +87,8 @@ def _shards_of(cfg_path: Path) -> int:
 @pytest.mark.expect_log(r"disk s3a: replicate error on shard .*failed \(503 SlowDown\)", level="WARNING")
 @pytest.mark.expect_log(r"replication of shard .* postponed: .*s3a missing \(disk s3a: .*failed \(503 SlowDown\)",
                         level="WARNING")
-def test_an_engine_that_keeps_failing_is_one_line_and_loses_nothing(tmp_path: Path, s3_engine,  # noqa: F811
-                                                                    engine_env) -> None:  # noqa: F811
+def test_an_engine_that_keeps_failing_is_one_line_and_loses_nothing(tmp_path: Path, s3_engine,
+                                                                    engine_env) -> None:
     """An engine that answers 503 to everything: the replication names the disk, the status and
     the next step for each shard it could not copy and names no replica on the bucket; a put
     goes to the local disks; `hoard health` says the disk is missing and why; every object
@@ -123,7 +123,7 @@ def test_an_engine_that_keeps_failing_is_one_line_and_loses_nothing(tmp_path: Pa
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_a_slow_engine_is_one_line_within_its_timeout(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
+def test_a_slow_engine_is_one_line_within_its_timeout(tmp_path: Path, s3_engine, engine_env) -> None:
     """An engine that answers slower than the disk's `timeout_s`: `hoard health` and `hoard
     verify` end (no hang) and name the disk as not answering, with the key to raise; an engine
     slow within it is only slow — the same commands succeed."""
@@ -169,7 +169,7 @@ def _large_on_the_bucket(tmp_path: Path, engine, bucket: str, proxy: FaultProxy,
 
 
 def test_a_large_objects_stream_that_breaks_off_costs_a_few_gets_not_the_read(tmp_path: Path, s3_engine,
-                                                                             engine_env) -> None:  # noqa: F811
+                                                                             engine_env) -> None:
     """A large object on the bucket comes off ONE ranged GET (S3Disk.stream_at), checked piece
     by piece as it arrives. The engine breaking that body off part way (the proxy cuts it after
     12 MiB) is not a bad replica: the pieces already checked stand, the rest is read piece by
@@ -224,7 +224,7 @@ def _damaged_17_mib_in(tmp_path: Path, engine, name: str) -> Iterator[tuple]:
 
 @PIECE_17
 def test_a_damaged_piece_in_a_large_objects_stream_is_read_from_another_replica(tmp_path: Path, s3_engine,
-                                                                               engine_env) -> None:  # noqa: F811
+                                                                               engine_env) -> None:
     """One flipped byte in the bucket's copy of a large object, 17 MiB in: the stream's third
     piece does not match the object's chunk map, so no reader is handed it — the pieces before
     it stand, that piece and the rest come from the local replica, and the bucket's copy is
@@ -237,7 +237,7 @@ def test_a_damaged_piece_in_a_large_objects_stream_is_read_from_another_replica(
 
 @PIECE_17
 def test_a_damaged_piece_the_stream_found_is_reported_though_the_replicas_order_changed(
-        tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
+        tmp_path: Path, s3_engine, engine_env) -> None:
     """The stream off the bucket's copy (the first replica when the read began) meets a damaged
     piece 17 MiB in and stops there; that piece is read again from the same replica first, so
     the bucket's copy is reported and queued for repair — even when the replicas' order changed

@@ -34,7 +34,7 @@ def _said(res) -> str:
 
 def _every_replica_reads_every_object(store: Store, paths: list[Path], shas: list[str]) -> None:
     """Each object read back byte for byte from each of its replicas (the bucket's with ranged GETs)."""
-    for p, sha in zip(paths, shas):
+    for p, sha in zip(paths, shas, strict=True):
         loc = store.index.lookup(bytes.fromhex(sha))
         meta = store.index.get_shard(loc.shard_id)
         for u in meta.replicas:

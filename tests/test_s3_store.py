@@ -70,7 +70,7 @@ def _batch(store: Store, res, name: str) -> None:
                                 "bytes": 0})
 
 
-def test_a_store_with_an_s3_disk(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
+def test_a_store_with_an_s3_disk(tmp_path: Path, s3_engine, engine_env) -> None:
     """Put, replicate onto the bucket, read back from every replica, verify; lose both local disks
     and rebuild them from the S3 replicas; gc compacts shards on the bucket; health names the
     backend of each disk."""
@@ -137,7 +137,7 @@ store.put_many(sys.argv[2:])
 
 
 @pytest.mark.expect_log(r"disk s3a: recovery error on shard .*is being sealed with other bytes", level="WARNING")
-def test_a_refused_seal_in_recovery_leaves_the_replica_out_and_opens_the_store(tmp_path: Path, s3_engine,  # noqa: F811
+def test_a_refused_seal_in_recovery_leaves_the_replica_out_and_opens_the_store(tmp_path: Path, s3_engine,
                                                                                engine_env) -> None:
     """The writer dies with a shard open on d0 and s3a; a live seal elsewhere claims the shard
     on the bucket with other bytes. Recovery inside the next Store.open seals the local replica
@@ -170,7 +170,7 @@ def test_a_refused_seal_in_recovery_leaves_the_replica_out_and_opens_the_store(t
 
 
 @pytest.mark.expect_log(r"disk s3a: replicate error on shard .*does not answer", level="WARNING")
-def test_engine_killed_mid_replication_loses_nothing(tmp_path: Path, s3_engine_own, engine_env,  # noqa: F811
+def test_engine_killed_mid_replication_loses_nothing(tmp_path: Path, s3_engine_own, engine_env,
                                                      monkeypatch) -> None:
     """The engine killed in the middle of a replication (one shard's replica up, the next
     upload starting — tests/test_s3_backend.py kills it between two parts of one): the copy fails
@@ -211,7 +211,7 @@ def test_engine_killed_mid_replication_loses_nothing(tmp_path: Path, s3_engine_o
     assert res_v.returncode == 0, res_v.stdout + res_v.stderr
 
 
-def test_bucket_deleted_loses_nothing(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
+def test_bucket_deleted_loses_nothing(tmp_path: Path, s3_engine, engine_env) -> None:
     """Every shard on the bucket and on both local disks; the bucket deleted behind the store's
     back: the S3 disk is missing with the line that names the next step, and every object still
     reads from the local replicas."""
@@ -237,7 +237,7 @@ def test_bucket_deleted_loses_nothing(tmp_path: Path, s3_engine, engine_env) -> 
     assert "disk s3a: missing" in problems and "does not exist" in problems, problems
 
 
-def test_the_index_is_rebuilt_from_the_bucket_alone(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
+def test_the_index_is_rebuilt_from_the_bucket_alone(tmp_path: Path, s3_engine, engine_env) -> None:
     """The SSD's index and both local disks lost: `hoard index rebuild` from the S3 disk alone
     (the new disks left out) brings back every object (its shard objects read with ranged GETs), the batch the bucket's
     pointer names and the roots its marks log's segments hold; every object reads back."""
@@ -268,7 +268,7 @@ def test_the_index_is_rebuilt_from_the_bucket_alone(tmp_path: Path, s3_engine, e
     assert res_v.returncode == 0, res_v.stdout + res_v.stderr
 
 
-def test_a_failed_s3_disk_is_activated_again(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
+def test_a_failed_s3_disk_is_activated_again(tmp_path: Path, s3_engine, engine_env) -> None:
     """`hoard init` gives an empty bucket its identity (its staging folder made on the SSD);
     `hoard disks activate` takes a failed S3 disk back by its bucket's identity (not by its
     staging folder being a mount point) and verifies every replica on the bucket first."""
@@ -292,7 +292,7 @@ def test_a_failed_s3_disk_is_activated_again(tmp_path: Path, s3_engine, engine_e
 
 
 @pytest.mark.expect_log(r"shard \w+ on s3a set aside to hoard-store-f/orphans/", level="WARNING")
-def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, s3_engine,  # noqa: F811
+def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, s3_engine,
                                                                engine_env) -> None:
     """`hoard verify --orphans` on a bucket: an object under shards/ that no index entry names is
     set aside to orphans/ when every object in it is known, kept and reported when it holds one
@@ -336,7 +336,7 @@ def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, s
         assert check_store(store) == len({r.sha256 for r in res})
 
 
-def test_a_crowded_s3_marks_log_is_compacted_by_the_next_writer(tmp_path: Path, s3_engine, engine_env,  # noqa: F811
+def test_a_crowded_s3_marks_log_is_compacted_by_the_next_writer(tmp_path: Path, s3_engine, engine_env,
                                                                monkeypatch) -> None:
     """A bucket's marks log of more segments than CROWDED (one per append) is replaced by a
     snapshot at the next writable open, not only by gc: one segment, holding every root."""
@@ -358,7 +358,7 @@ def test_a_crowded_s3_marks_log_is_compacted_by_the_next_writer(tmp_path: Path, 
         assert got.resets and marks.replay(got.records | {(max(got.resets), marks.RESET, "0" * 64)})["rooted"] == rooted
 
 
-def test_the_index_is_restored_from_a_copy_in_the_bucket(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
+def test_the_index_is_restored_from_a_copy_in_the_bucket(tmp_path: Path, s3_engine, engine_env) -> None:
     """`hoard index backup` puts its copy on the local disks first, in the bucket when asked for
     more; with the SSD's index and both local disks lost, `hoard index restore` takes the
     bucket's copy and brings it up to date from the bucket: every object and root is back."""
@@ -386,7 +386,7 @@ def test_the_index_is_restored_from_a_copy_in_the_bucket(tmp_path: Path, s3_engi
         assert store.index.count(store.index.rooted) == len({r.sha256 for r in res})
 
 
-def test_an_s3_disk_is_added_with_hoard_disks_add(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
+def test_an_s3_disk_is_added_with_hoard_disks_add(tmp_path: Path, s3_engine, engine_env) -> None:
     """`hoard disks add s3://BUCKET --endpoint URL --capacity-gb N`: checked before hoard.toml is
     touched — the flags it needs, the engine answering, the bucket there and no disk's yet —
     then the bucket given its identity, the table appended, the disk active and replicated
@@ -435,7 +435,7 @@ def test_an_s3_disk_is_added_with_hoard_disks_add(tmp_path: Path, s3_engine, eng
     assert (s3x["state"], s3x["backend"]) == ("active", "s3"), s3x
 
 
-def test_an_engine_s_own_copies_count_toward_the_target_and_never_let_a_copy_go(tmp_path: Path, s3_engine,  # noqa: F811
+def test_an_engine_s_own_copies_count_toward_the_target_and_never_let_a_copy_go(tmp_path: Path, s3_engine,
                                                                                  engine_env) -> None:
     """s3a keeps 2 copies of its own (`copies = 2`), copy_of_raw = 3: shards written on the two
     local disks get the bucket as their third replica; with a local disk lost, a local disk and
@@ -486,7 +486,7 @@ def test_an_engine_s_own_copies_count_toward_the_target_and_never_let_a_copy_go(
         assert check_store(store) == 61
 
 
-def test_a_batch_read_off_a_bucket_keeps_several_ranged_gets_in_flight(tmp_path: Path, seaweedfs,  # noqa: F811
+def test_a_batch_read_off_a_bucket_keeps_several_ranged_gets_in_flight(tmp_path: Path, seaweedfs,
                                                                         engine_env, monkeypatch) -> None:
     """The planner reads an S3 disk with READ_STREAMS ranged GETs in flight (one at a time left
     the engine idle between requests: docs/benchmarks.md, W3-L), its ranges no longer than
@@ -513,7 +513,7 @@ def test_a_batch_read_off_a_bucket_keeps_several_ranged_gets_in_flight(tmp_path:
 
     with Store.open(config.load(path), init=True) as store:
         res = store.put_many([*files, big])
-        want = {bytes.fromhex(r.sha256): p.read_bytes() for r, p in zip(res, [*files, big])}
+        want = {bytes.fromhex(r.sha256): p.read_bytes() for r, p in zip(res, [*files, big], strict=True)}
         monkeypatch.setattr(s3.S3Disk, "_get", get)
         got: dict[bytes, bytes] = {}
         lock = threading.Lock()
@@ -540,8 +540,8 @@ def test_a_batch_read_off_a_bucket_keeps_several_ranged_gets_in_flight(tmp_path:
 
 
 @pytest.mark.expect_log(r"disk s3a: read error on shard [0-9a-f]+: payload checksum mismatch", level="WARNING")
-def test_a_damaged_record_on_the_bucket_fails_the_batch_read(tmp_path: Path, seaweedfs,  # noqa: F811
-                                                            engine_env) -> None:  # noqa: F811
+def test_a_damaged_record_on_the_bucket_fails_the_batch_read(tmp_path: Path, seaweedfs,
+                                                            engine_env) -> None:
     """One flipped byte in a record's payload on the bucket (the object's only disk) fails the
     batch read and a get of that object, naming it; no sink is handed the damaged bytes and
     every other object arrives whole — the record checks stand whatever client sends the GETs
@@ -553,7 +553,7 @@ def test_a_damaged_record_on_the_bucket_fails_the_batch_read(tmp_path: Path, sea
     with Store.open(config.load(path), init=True) as store:
         res = store.put_many(files)
         replicate_once(store, rate_mb_s=None)  # (the open shard sealed: an object on the bucket)
-        want = {bytes.fromhex(r.sha256): p.read_bytes() for r, p in zip(res, files)}
+        want = {bytes.fromhex(r.sha256): p.read_bytes() for r, p in zip(res, files, strict=True)}
         bad = bytes.fromhex(res[len(res) // 2].sha256)
         loc = store.index.lookup(bad)
         meta = store.index.get_shard(loc.shard_id)

@@ -65,7 +65,7 @@ def _plant_unlisted_record(store: Store, meta) -> bytes:
     for uuid in meta.replicas:
         path = store.disks[uuid].find(meta.hex)
         data = path.read_bytes()
-        listed = fmt.decode_footer(lambda off, n: data[off:off + n], len(data))
+        listed = fmt.decode_footer(lambda off, n, data=data: data[off:off + n], len(data))
         body = data[:listed[-1].end] + fmt.encode_record_header(sha, len(payload), fmt.xxh3(payload)) + payload
         path.write_bytes(body + fmt.encode_footer(listed, len(body)))
         store.disks[uuid].forget(meta.hex)

@@ -281,7 +281,7 @@ def test_a_search_cancelled_for_another_reason_is_not_called_too_broad(filled, s
         def search() -> None:
             try:
                 browse.search(conn, text="zebra")
-            except BaseException as e:  # noqa: BLE001 - handed to the test
+            except BaseException as e:  # handed to the test
                 got.append(e)
 
         with locker.transaction():

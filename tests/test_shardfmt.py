@@ -40,7 +40,7 @@ def test_round_trip(payloads: list[bytes], seal: bool) -> None:
     scanned = list(fmt.scan_records(reader(buf), len(buf), sealed=seal))
     assert [r.sha256 for r in fmt.scan_records(reader(buf), len(buf))] == [r.sha256 for r in scanned]
     assert [(r.sha256, r.offset, r.length) for r in scanned] == [(r.sha256, r.offset, r.length) for r in recs]
-    for r, p in zip(scanned, payloads):
+    for r, p in zip(scanned, payloads, strict=True):
         assert buf[r.offset:r.end] == p
     footer = fmt.decode_footer(reader(buf), len(buf), strict=seal)
     if seal:
@@ -89,7 +89,7 @@ def test_a_batch_reads_one_call_check_passes_nothing_the_detailed_checks_refuse(
     the index naming another sha256 or length, gets None — and the detailed checks' error."""
     from hoardfs.fsd.core.records import verified_view
     buf, recs = build(payloads, seal=False)
-    for r, p in zip(recs, payloads):
+    for r, p in zip(recs, payloads, strict=True):
         at = r.offset - fmt.RECORD_HEADER_SIZE
         assert bytes(fmt.sound_payload(memoryview(buf), at, r.sha256, r.length)) == p
         assert bytes(verified_view(memoryview(buf), at, r.sha256, r.length)) == p

@@ -60,7 +60,7 @@ def test_put_get_round_trip_and_dedupe(store_factory, tmp_path: Path) -> None:
     res = store.put_many(files)
     assert Counter(r.status for r in res) == {"new": 200, "existing": 1}
     assert all(r.replicas == 2 and r.target == 2 for r in res)
-    for f, r in zip(files, res):
+    for f, r in zip(files, res, strict=True):
         assert r.sha256 == _sha(f) and store.get(r.sha256) == f.read_bytes()
     again = store.put_many(files)
     assert {r.status for r in again} == {"existing"}
@@ -449,7 +449,7 @@ def _slow_read(store_factory, tmp_path: Path, on_record) -> tuple[list, list]:
     raised = []
     try:
         execute(store, plan, sink)
-    except BaseException as e:  # noqa: BLE001 - the test looks at what came out
+    except BaseException as e:  # the test looks at what came out
         raised.append((e, time.monotonic()))
     n_at_return = len(delivered)
     time.sleep(0.1)
@@ -610,7 +610,7 @@ def test_descriptor_cache_never_closes_a_descriptor_a_reader_is_using(tmp_path: 
                 assert got == shards[hexid][off:off + n], f"shard {hexid}: wrong bytes"
                 if rng.random() < 0.01:
                     disk.forget(hexid)  # what seal, replace and delete do, while others read
-        except BaseException as e:  # noqa: BLE001 — reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     threads = [threading.Thread(target=reader, args=(s,)) for s in range(6)]

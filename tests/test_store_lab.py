@@ -47,7 +47,7 @@ def _batch_with_fault(lab_factory, tmp_path: Path, prefix: str, fault: str, grou
     reported: list = []
     batch = _Batch(store, store.writer("raw"), reported.append)
     todo = iter(files)
-    for p in files[:300]:
+    for _ in files[:300]:
         batch.add_file(next(todo))
     while group_bytes and batch.writer.shard.syncing is None:
         batch.add_file(next(todo))
@@ -86,7 +86,7 @@ def test_disk_full_mid_shard_rolls_to_other_disks(lab_factory, tmp_path: Path) -
     results = batch.finish()
     assert [r.status for r in results] == ["new"] * len(files)
     assert check_store(store) == len(files)
-    for p, r in zip(files, results):
+    for p, r in zip(files, results, strict=True):
         assert store.get(r.sha256) == p.read_bytes()
     events = [e for e in store.index.recent_events(50) if e["kind"] == "write_error"]
     assert events and events[0]["disk"] == "tiny" and events[0]["errno"] == 28  # ENOSPC
@@ -106,7 +106,7 @@ def test_eio_on_one_disk_reads_come_from_the_others(lab, tmp_path: Path) -> None
     victim_uuid = max(store.disks, key=lambda u: sum(m.replicas[0] == u for m in store.index.iter_shards()))
     victim = store.disks[victim_uuid].label
     lab.fail_eio(victim)  # while the store is open and in use
-    for p, r in zip(files, results):
+    for r in results:
         assert hashlib.sha256(store.get(r.sha256)).hexdigest() == r.sha256
     errors = [e for e in store.index.recent_events(500) if e["kind"] == "read_error"]
     assert errors and {e["disk"] for e in errors} == {victim}
@@ -149,7 +149,7 @@ def test_a_rotted_inode_is_read_around_named_by_check_and_mended_by_fsck(lab, tm
     assert found.problems == [
         f"shard {meta.hex}: its replica on {victim.label} does not read (Bad message): its filesystem finds its own "
         f"records corrupt — unmount {victim.label}, run `e2fsck -f` on its device, mount it again, then `hoard verify`"]
-    in_shard = [(p, r) for p, r in zip(files, results)
+    in_shard = [(p, r) for p, r in zip(files, results, strict=True)
                 if store.index.lookup(bytes.fromhex(r.sha256)).shard_id == meta.shard_id]
     assert in_shard
     for p, r in in_shard:
@@ -279,7 +279,7 @@ def test_disk_vanishing_mid_batch(lab_factory, tmp_path: Path, group_bytes: int 
     assert [r.status for r in results] == ["new"] * len(files)
     assert list(lab.disks[victim].mountpoint.iterdir()) == [], "something was written under the empty mount point"
     assert store.records[victim_uuid].state.value == "missing"
-    for p, r in zip(files, results):
+    for p, r in zip(files, results, strict=True):
         assert store.get(r.sha256) == p.read_bytes()
     # a copy on the vanished disk, or none there at all: a shard with groups committed before the
     # disk vanished is sealed on the replicas that remain (the overlapped case), one with none is dropped
@@ -306,7 +306,7 @@ def test_write_eio_mid_batch(lab_factory, tmp_path: Path, group_bytes: int | Non
     victim = store.disks[victim_uuid].label
     assert f"--disk {victim}" in store.records[victim_uuid].reason or f"replace {victim}" in \
         store.records[victim_uuid].reason
-    for p, r in zip(files, results):
+    for p, r in zip(files, results, strict=True):
         assert store.get(r.sha256) == p.read_bytes()
     assert check_store(store) == len(files)
     store.close()

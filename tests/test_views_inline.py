@@ -96,7 +96,7 @@ def test_files_only_inline_survive_every_reader(tmp_path: Path, monkeypatch: pyt
         assert not check(store).problems
     r = hoard("--config", str(cfg_path), "check")
     assert r.returncode == 0, r.stdout + r.stderr
-    for p, s in list(rows.items())[:5]:
+    for s in list(rows.values())[:5]:
         g = hoard("--config", str(cfg_path), "get", s, "-o", str(tmp_path / "g.bin"))
         assert g.returncode == 0, g.stderr
         assert hashlib.sha256((tmp_path / "g.bin").read_bytes()).hexdigest() == s
@@ -104,7 +104,7 @@ def test_files_only_inline_survive_every_reader(tmp_path: Path, monkeypatch: pyt
     with mounted(str(cfg_path), mnt):
         top = mnt / "views" / "v3"
         seen = {}
-        for dirpath, dirs, files in os.walk(top):
+        for dirpath, _dirs, files in os.walk(top):
             for f in files:
                 full = Path(dirpath) / f
                 seen[str(full.relative_to(top))] = hashlib.sha256(full.read_bytes()).hexdigest()
@@ -147,13 +147,13 @@ def test_kill_9_during_view_definitions(tmp_path: Path, delay: float) -> None:
     out, err = p.communicate()
     assert "Traceback" not in err, err
     with Store.open(cfg) as store:
-        for name, info in store.index.iter_views():
-            for path, sha, _ in iter_files(store.get, info["manifest"]):
+        for _name, info in store.index.iter_views():
+            for _path, sha, _ in iter_files(store.get, info["manifest"]):
                 assert hashlib.sha256(store.get(sha.hex())).hexdigest() == sha.hex()
         from hoardfs.fsd.maintenance.gc import gc
         gc(store, threshold=1.0)
-        for name, info in store.index.iter_views():
-            for path, sha, _ in iter_files(store.get, info["manifest"]):
+        for _name, info in store.index.iter_views():
+            for _path, sha, _ in iter_files(store.get, info["manifest"]):
                 assert hashlib.sha256(store.get(sha.hex())).hexdigest() == sha.hex()
         rep = check(store)
         assert not rep.problems, (out, rep.problems)

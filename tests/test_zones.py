@@ -586,7 +586,7 @@ def test_a_bug_in_the_producer_is_cleaned_up_and_raised_as_it_is(tmp_path: Path)
     with pytest.raises(ZeroDivisionError):
         with seal.output(cfg, "3C", "oops", job="stage:oops", kind="stage", expected_bytes=MiB) as o:
             o.write("half.bin", b"x" * 1000)
-            1 / 0
+            _ = 1 / 0
     assert zones.reservations(cfg, "3C") == [] and not o.tmp.exists()
 
 

@@ -76,7 +76,7 @@ Rows (cold: page cache dropped first; warm: said so):
   alone.
 
 Units are the lab's: MiB/s (blkio throttles in 2^20 bytes/s). cgroup v1 does not throttle
-buffered writeback (ECOSYSTEM.md), so the buffered peers can beat a write bound on the lab4
+buffered writeback, so the buffered peers can beat a write bound on the lab4
 profile — their ingest shares are upper limits, hoardfs's (it syncs every group) are not.
 Reads are throttled for everyone. With `--profile unthrottled` no share of a bound is shown.
 """
@@ -95,7 +95,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import (  # noqa: E402
+from _common import (
     LAB4,
     Lab,
     MiB,
@@ -113,15 +113,15 @@ from _common import (  # noqa: E402
     run_timed,
     timed,
 )
-from ram import measure as measure_ram  # noqa: E402
+from ram import measure as measure_ram
 
-from hoardfs.adapters.synth import Spec, generate  # noqa: E402
-from hoardfs.base import config  # noqa: E402
-from hoardfs.fsd.core.disks import DiskState  # noqa: E402
-from hoardfs.fsd.maintenance.rebuild import rebuild  # noqa: E402
-from hoardfs.fsd.outputs.materialize import Item, materialize  # noqa: E402
-from hoardfs.fsd.outputs.views import define_view_rows  # noqa: E402
-from hoardfs.fsd.store import Store  # noqa: E402
+from hoardfs.adapters.synth import Spec, generate
+from hoardfs.base import config
+from hoardfs.fsd.core.disks import DiskState
+from hoardfs.fsd.maintenance.rebuild import rebuild
+from hoardfs.fsd.outputs.materialize import Item, materialize
+from hoardfs.fsd.outputs.views import define_view_rows
+from hoardfs.fsd.store import Store
 
 PEERS = ("hoardfs", "cp_x2_syncfs", "git_annex", "snapraid")
 READERS = (*PEERS, "mergerfs")  # mergerfs keeps one copy: it has read rows only

@@ -57,7 +57,6 @@ class Tree:
 class Format(Protocol):
     name: str
     needs_class: bool   # every sample must have a class
-    needs_boxes: bool   # the dataset must carry annotations
     needs_size: bool    # every sample must have width and height
     view_ok: bool       # its files can be shown by a view (False: bytes made here hold the samples, e.g. tars)
 

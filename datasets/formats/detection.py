@@ -8,6 +8,7 @@ import math
 from xml.sax.saxutils import escape
 
 from hoardfs.datasets.formats.base import (
+    Format,
     Generated,
     StoredFile,
     Tree,
@@ -22,7 +23,7 @@ from hoardfs.datasets.layouts import PlacementError
 from hoardfs.datasets.model import Annotation, Sample
 
 
-def _indexed(fmt, samples: list[Sample], doc: dict) -> tuple[list[Sample], dict[str, int]]:
+def _indexed(fmt: Format, samples: list[Sample], doc: dict) -> tuple[list[Sample], dict[str, int]]:
     """The samples in order and the class map (name → index), after the checks a detection
     layout needs: the dataset carries annotations, every annotation has a shape and a class
     in the map."""
@@ -47,7 +48,7 @@ def _indexed(fmt, samples: list[Sample], doc: dict) -> tuple[list[Sample], dict[
     return ordered, index
 
 
-def _split_tree(fmt, ordered: list[Sample]) -> Tree:
+def _split_tree(fmt: Format, ordered: list[Sample]) -> Tree:
     return Tree(files=[StoredFile(fmt.place(s), s.sha256, s.size) for s in ordered])
 
 
@@ -66,7 +67,6 @@ class Coco:
 
     name = "coco"
     needs_class = False
-    needs_boxes = True
     needs_size = True
     view_ok = True
 
@@ -120,7 +120,6 @@ class Yolo:
 
     name = "yolo"
     needs_class = False
-    needs_boxes = True
     needs_size = True
     view_ok = True
 
@@ -176,7 +175,6 @@ class Voc:
 
     name = "voc"
     needs_class = False
-    needs_boxes = True
     needs_size = True
     view_ok = True
 

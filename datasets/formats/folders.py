@@ -27,7 +27,6 @@ class ImageFolder:
 
     name = "imagefolder"
     needs_class = True
-    needs_boxes = False
     needs_size = False
     view_ok = True
 
@@ -61,7 +60,6 @@ class HFImageFolder:
 
     name = "hf-imagefolder"
     needs_class = True
-    needs_boxes = False
     needs_size = False
     view_ok = True
 

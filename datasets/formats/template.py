@@ -25,7 +25,6 @@ class TemplateFormat:
     line as `<file>.json` next to it."""
 
     needs_class = False
-    needs_boxes = False
     needs_size = False
     view_ok = True
 

@@ -7,12 +7,15 @@ import hashlib
 import io
 import tarfile
 from collections.abc import Callable, Iterable
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from hoardfs.datasets.formats.base import TarMember, TarShard, Tree, check_samples, class_names, finish, json_bytes, who
 from hoardfs.datasets.layouts import LayoutError, PlacementError
 from hoardfs.datasets.model import Sample
 from hoardfs.fsd.outputs.materialize import Assembled
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 #: a shard's size before the next starts (the spec's `[webdataset] shard_bytes`)
 SHARD_BYTES = 256 * 1024 * 1024
@@ -37,7 +40,6 @@ class WebDataset:
 
     name = "webdataset"
     needs_class = False
-    needs_boxes = False
     needs_size = False
     view_ok = False
 
@@ -102,10 +104,11 @@ class _Member(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf) -> int:
+    def readinto(self, buf: WriteableBuffer) -> int:
         """Fill `buf` whole unless the pieces end (tarfile takes a short read for the end)."""
+        out = memoryview(buf).cast("B")
         done = 0
-        while done < len(buf):
+        while done < len(out):
             if not self._left:
                 piece = next(self._pieces, None)
                 if piece is None:
@@ -113,8 +116,8 @@ class _Member(io.RawIOBase):
                 self._left = memoryview(piece)
                 self.size += len(piece)
                 self.sha.update(piece)
-            n = min(len(buf) - done, len(self._left))
-            buf[done:done + n] = self._left[:n]
+            n = min(len(out) - done, len(self._left))
+            out[done:done + n] = self._left[:n]
             self._left = self._left[n:]
             done += n
         return done

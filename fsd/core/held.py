@@ -425,7 +425,7 @@ class HeldTables:
             for man in sorted(whose):
                 asked = [man.hex()]
 
-                def reading(sha_hex: str) -> bytes:
+                def reading(sha_hex: str, asked: list[str] = asked) -> bytes:
                     asked[0] = sha_hex
                     return get(sha_hex)
 

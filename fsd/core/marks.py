@@ -337,7 +337,8 @@ def _read_lines(f: Any, path: PurePath, out: DiskLog, keep: Callable[[Record], N
     judging = own
     if own:
         out.judged, out.judged_lines = pos, n
-    for n, raw in enumerate(f, n + 1):
+    first = n + 1
+    for n, raw in enumerate(f, first):
         pos += len(raw)
         kind, rec = classify(raw) if raw.strip() else (OTHER, None)
         if judging and (not raw.endswith(b"\n") or (rec is not None and rec[0] > top)):

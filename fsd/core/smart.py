@@ -433,12 +433,6 @@ def _shown(dv: Device, entry: dict[str, Any] | None, program: str | None, root: 
     return r
 
 
-def findings(readings: dict[str, dict[str, Any]], states: dict[str, str] | None = None) -> list[tuple[str, str]]:
-    """`judge` of every disk of `read_all`'s readings, in label order (`states`: label → the
-    disk's state in the index, where known)."""
-    return [f for label in sorted(readings) for f in judge(label, readings[label], (states or {}).get(label, "active"))]
-
-
 def summary(s: dict[str, Any]) -> str:
     """One short line of a disk's reading for the `hoard health` table and the GUI card."""
     if not s.get("available"):

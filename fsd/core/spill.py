@@ -49,7 +49,7 @@ class Spill:
         f = self._files[rec[0]]
         try:
             if f is None:
-                f = self._files[rec[0]] = open(self.folder / f"{rec[0]:02x}", "wb")  # noqa: SIM115 - closed in sorted()
+                f = self._files[rec[0]] = open(self.folder / f"{rec[0]:02x}", "wb")  # closed in sorted()
             f.write(rec)
         except OSError as e:
             raise self._failed(e) from None

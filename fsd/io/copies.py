@@ -373,7 +373,7 @@ def logged_marks(store: Store) -> dict[str, list[bytes]]:
         known = in_index(store)
         for sha, final, _held, _alone in marks.settle(logs, spill):
             if any(final) and not known(sha):
-                for t, on in zip(marks.TABLES, final):
+                for t, on in zip(marks.TABLES, final, strict=True):
                     if on:
                         out[t].append(sha)
     return out

@@ -70,7 +70,7 @@ class Findings:
     def lines(self) -> list[tuple[str, str]]:
         """(kind, line) of each problem, then one line per kind with more than SHOW."""
         more = [(kind, f"{n - SHOW} more {kind} finding(s) like these") for kind, n in self.counts.items() if n > SHOW]
-        return list(zip(self.problem_kinds, self.problems)) + more
+        return list(zip(self.problem_kinds, self.problems, strict=True)) + more
 
     @property
     def ok(self) -> bool:
@@ -350,8 +350,8 @@ def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], sp
             unknown += sum(final)  # (an object the index does not know: its marks are not judged)
             continue
         for i, m in own.items():
-            off[i] += sum(h != a for h, a in zip(held, m))
-        for t, h, logged in zip(marks.TABLES, held, final):
+            off[i] += sum(h != a for h, a in zip(held, m, strict=True))
+        for t, h, logged in zip(marks.TABLES, held, final, strict=True):
             if h != logged:
                 which = 0 if h else 1
                 counts[t][which] += 1

@@ -405,7 +405,8 @@ def execute(store: Store, plan: Plan, sink: Sink,
                 return
             delivered = 0
             try:
-                for w, payload in zip(rng.records, payloads):
+                # (the payloads stop at the first record that does not check out)
+                for w, payload in zip(rng.records, payloads, strict=False):
                     if stop.is_set():
                         return
                     try:

@@ -8,6 +8,7 @@ moved, it is rejected and nothing of it is indexed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -272,7 +273,7 @@ class _Batch:
             except ReplicaFailed as f:
                 self.writer.disk_failed(f)
                 group = self.writer.abandon_group()
-                self._retrying(lambda: self._replay(group))
+                self._retrying(functools.partial(self._replay, group))
         raise HoardError("writes keep failing on every disk; see `hoard health`", ExitCode.UNAVAILABLE)
 
     def _replay(self, group: list[_Pending]) -> None:

@@ -184,12 +184,18 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
             kind = file_or_bytes.get((sid, disk.uuid), "replica bytes")
             rep.kinds[kind] = rep.kinds.get(kind, 0) + 1
         if not bad and good and len(per_disk) == len(store.replica_order(meta)):
-            now = time.time()
-            store.index.update_shard(meta.shard_id, lambda m: setattr(m, "verified", now))
+            store.index.update_shard(meta.shard_id, _verified_at(time.time()))
     if batch is None and logs:
         _judge_logs_and_pointers(store, rep, only_disk, repair)
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _verified_at(when: float) -> Callable[[ShardMeta], None]:
+    """The index update that stamps a shard verified at `when` (time.time())."""
+    def stamp(m: ShardMeta) -> None:
+        m.verified = when
+    return stamp
 
 
 def _assemble(store: Store, meta: ShardMeta, bad: list, rep: VerifyReport) -> list:

@@ -253,7 +253,7 @@ class ShardWriter:
 
     def _submit(self, sh: OpenShard, fn) -> None:
         """Queue fn(sink) on every replica's lane; wait when too much is queued."""
-        sh.inflight += [(d, self._lane(d).submit(fn, s)) for d, s in zip(sh.disks, sh.sinks)]
+        sh.inflight += [(d, self._lane(d).submit(fn, s)) for d, s in zip(sh.disks, sh.sinks, strict=False)]
         if len(sh.inflight) >= MAX_INFLIGHT * len(sh.disks):
             # forget what is done (raising its error), then wait for the oldest writes only: a
             # group's fdatasync queued by start_commit is not waited for before MAX_INFLIGHT
@@ -333,7 +333,7 @@ class ShardWriter:
                 return  # nothing appended since its fdatasync was queued
             self.finish_commit()
         self._write_buf(sh)
-        futures = [(d, self._lane(d).submit(_sync, s)) for d, s in zip(sh.disks, sh.sinks)]
+        futures = [(d, self._lane(d).submit(_sync, s)) for d, s in zip(sh.disks, sh.sinks, strict=False)]
         sh.inflight += futures
         sh.syncing = _Syncing(end, futures)
 
@@ -379,7 +379,7 @@ class ShardWriter:
             sh.committed = end
             sh.pending = [p for p in sh.pending if p.loc.offset + p.loc.length > end]
             sh.pending_set.difference_update(p.sha for p in group)
-            self.committed_log.extend((p.sha, a) for p, a in zip(group, added))
+            self.committed_log.extend((p.sha, a) for p, a in zip(group, added, strict=True))
             if self.log_written:
                 self.written_log.extend((p.sha, p.loc) for p in group)
         sh.syncing = None

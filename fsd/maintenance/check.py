@@ -350,7 +350,7 @@ def _check(store: Store, missing_in_db: MissingInDb | None, liveness_in_db: Live
             if held is not None:
                 for sha in own:
                     held.look(sha, man)
-        except Exception as e:  # noqa: BLE001 - a damaged manifest is a finding, not a crash
+        except Exception as e:  # a damaged manifest is a finding, not a crash
             # (with the step: a disk to bring back, or `hoard delete --batch` / `hoard view rm`)
             rep.add("manifest", unreadable.judge(store, kind, name, info["manifest"], e, reading.last).message)
             if held is not None:

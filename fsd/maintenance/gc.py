@@ -410,7 +410,7 @@ def _copy_live(store: Store, klass: str, items, dead: set[bytes],
     copied = 0
     try:
         with store.lock, _stopped_by_a_failing_disk(writer):
-            for meta, _live, shas in items:
+            for _meta, _live, shas in items:
                 for sha in shas:
                     if sha in dead:
                         continue

@@ -555,7 +555,7 @@ def _put_marks(index: Index, settled: Iterable[tuple[bytes, marks.Marks, marks.M
                                                              "restored from marks/ by an index rebuild"))
         pending[table] = []
     for sha, final, _held, _alone in settled:
-        for t, on in zip(marks.TABLES, final):
+        for t, on in zip(marks.TABLES, final, strict=True):
             if on:
                 pending[t].append(sha)
                 if len(pending[t]) >= CHUNK:

@@ -135,7 +135,7 @@ class DiskQueue:
                 self.running[me] = t0
                 try:
                     fut.set_result(fn(*args))
-                except BaseException as e:  # noqa: BLE001 - handed to the waiting reader
+                except BaseException as e:  # handed to the waiting reader
                     fut.set_exception(e)
                 dt = time.monotonic() - t0
                 with self.cv:

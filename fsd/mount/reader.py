@@ -154,6 +154,11 @@ def _close_all(fds: list[int]) -> None:
         os.close(fd)
 
 
+def _wake(token: trio.lowlevel.TrioToken, event: trio.Event, _done: cf.Future) -> None:
+    """A done callback of a request's future (a worker thread): wakes the trio task waiting on `event`."""
+    token.run_sync_soon(event.set)
+
+
 class Reader:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -236,7 +241,7 @@ class Reader:
                 return a.result()  # both failed: the first one's error
             event = trio.Event()
             for f in (a, b):
-                f.add_done_callback(lambda _f: token.run_sync_soon(event.set))
+                f.add_done_callback(functools.partial(_wake, token, event))
             await event.wait()
 
     def _choose(self, meta, avoid: frozenset = frozenset()) -> str:

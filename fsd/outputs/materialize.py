@@ -445,7 +445,7 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
             t_hash = time.monotonic()
             with ThreadPoolExecutor(max_workers=min(len(assembled), os.cpu_count() or 1)) as pool:
                 digests = list(pool.map(_sha256_of, [dest / a.path for a in assembled]))
-            rep.assembled = {a.path: d for a, d in zip(assembled, digests)}
+            rep.assembled = {a.path: d for a, d in zip(assembled, digests, strict=True)}
             rep.phases["hash"] = time.monotonic() - t_hash
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -87,12 +87,12 @@ def _body(placed: Iterable[tuple[bytes, str, str]]) -> list[bytes]:
     pairs: list[bytes] = []
     count = 0
     for keys, where in buckets:
-        run = sorted(set(zip(keys, where)))
+        run = sorted(set(zip(keys, where, strict=True)))
         count += len(run)
         pairs.append(b"".join(_PAIR.pack(k, w) for k, w in run))
     paths = [prefix.encode() for _obj, prefix in places]
     table, offset = [], 0
-    for (obj, _prefix), path in zip(places, paths):
+    for (obj, _prefix), path in zip(places, paths, strict=True):
         table.append(_PLACE.pack(bytes.fromhex(obj), offset, len(path)))
         offset += len(path)
     return [_HEAD.pack(MAGIC, count, len(places), offset), *pairs, *table, *paths]

@@ -77,7 +77,7 @@ def make(data: bytes) -> tuple[bytes | None, str]:
         return None, ""
     except MemoryError:  # the decode's buffers are freed by now
         return None, _OUT_OF_MEMORY
-    except Exception as e:  # noqa: BLE001 - untrusted bytes: Pillow's plugins raise what they like
+    except Exception as e:  # untrusted bytes: Pillow's plugins raise what they like
         return None, f"{type(e).__name__}: {e}"
 
 

@@ -24,6 +24,8 @@ MAX_BYTES = 64 << 20
 #: one decoder process, one decode at a time: a page asks for dozens of thumbnails at once
 _DECODER = Decoder()
 atexit.register(_DECODER.close)
+#: the store lock of a caller that opens the store from one thread only (nullcontext is reusable)
+_NO_LOCK = contextlib.nullcontext()
 SHA = re.compile(r"[0-9a-f]{64}")  # fullmatch: `$` would let a trailing newline through
 #: what the cache holds for an object that has no thumbnail (not an image, too large, a
 #: file Pillow cannot decode): it is not read again on every page view
@@ -40,7 +42,7 @@ def path(cfg: Settings, sha256_hex: str) -> Path:
 
 
 def thumbnail(cfg: Settings, sha256_hex: str,
-              store_lock: contextlib.AbstractContextManager = contextlib.nullcontext()) -> Path | None:
+              store_lock: contextlib.AbstractContextManager = _NO_LOCK) -> Path | None:
     """The cached JPEG thumbnail of an object, made now if missing; None if it is not an image
     Pillow reads (or is too large), or if the decoder process failed on it (tried again on the
     next call, up to PROCESS_TRIES). Blocking: run it in a thread. The store is opened under

@@ -199,7 +199,7 @@ def _retire(store, name: str, old: dict) -> None:
     log = logging.getLogger(__name__)
     try:
         store.index.mark(store.index.deleted, manifest_objects(store.get, old["manifest"]), "replaced view manifest")
-    except Exception as e:  # noqa: BLE001 - an unreadable old manifest is `hoard check`'s to report
+    except Exception as e:  # an unreadable old manifest is `hoard check`'s to report
         log.warning("the replaced view manifest %s cannot be read (%s): its objects are left in place",
                     old["manifest"], e)
     if old.get("owned"):
@@ -209,7 +209,7 @@ def _retire(store, name: str, old: dict) -> None:
                 raise ValueError(f"not a {OWNED_FORMAT} list")
             release_owned(store, {bytes.fromhex(h) for h in lines[1:] if h} | {bytes.fromhex(old["owned"])},
                           "made for a view that was removed or replaced", old["manifest"])
-        except Exception as e:  # noqa: BLE001 - see above
+        except Exception as e:  # see above
             log.warning("the objects view %s owned (list %s) are left in place: %s", name, old["owned"], e)
     if not OUTPUT_VIEW.match(name):
         return
@@ -221,7 +221,7 @@ def _retire(store, name: str, old: dict) -> None:
                 release_owned(store, files, "served by an output that was cleaned or redone", old["manifest"])
                 files = set()
         release_owned(store, files, "served by an output that was cleaned or redone", old["manifest"])
-    except Exception as e:  # noqa: BLE001 - see above
+    except Exception as e:  # see above
         log.warning("the files of output view %s (manifest %s) are left in place: %s", name, old["manifest"], e)
 
 

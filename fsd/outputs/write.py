@@ -104,7 +104,7 @@ def write_view(cfg: Settings, store, zone: str, output_id: str, *, job: str, kin
             if any(r.status not in ("new", "existing") for r in stored):
                 bad = next(r for r in stored if r.status not in ("new", "existing"))
                 raise HoardError(f"a file made for view {view} could not be stored: {bad.reason}", ExitCode.UNAVAILABLE)
-            rows += [(path, r.sha256) for (path, _), r in zip(made, stored)]
+            rows += [(path, r.sha256) for (path, _), r in zip(made, stored, strict=True)]
         info = define_view_rows(store, view, rows, for_output=True, owned=[r.sha256 for r in stored])
         defined = True
         out.prune(set(entries))

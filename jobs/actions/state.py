@@ -82,7 +82,7 @@ class Cancelled(ActionError):
     """The run was cancelled (`hoard action cancel`) while a step ran."""
 
 
-class Waiting(Exception):  # noqa: N818 - not an error: the step ends and the run waits
+class Waiting(Exception):  # not an error: the step ends and the run waits
     """A step that must wait (the gate, an external worker) ends here without holding a worker;
     a poll job (or `hoard action release`) runs it again."""
 

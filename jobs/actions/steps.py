@@ -471,7 +471,7 @@ def _step_store(cfg: Settings, st: RunState) -> None:
                                   ExitCode.DATA)
             # referenced from now on (gc), until the apply's rows reference them; finish unpins
             store.pin(f"action-{st.run_id}", [r.sha256 for r in results], f"children of action run {st.run_id}")
-        stored = {ch["path"]: [r.sha256, r.size] for ch, r in zip(children, results)}
+        stored = {ch["path"]: [r.sha256, r.size] for ch, r in zip(children, results, strict=True)}
     write_work(cfg, st.run_id, "stored", stored)
     st.report["children_stored"] = len(stored)
 
@@ -684,7 +684,7 @@ def cleanup_cancelled(cfg: Settings, st: RunState) -> None:
         outputs.clean(cfg, st.run_id, "3C")
     except (outputs.zones.NoSuchOutput, outputs.OutputError):
         pass
-    except Exception as e:  # noqa: BLE001 - the cancel stands; say what was left
+    except Exception as e:  # the cancel stands; say what was left
         st.report["3c_kept"] = f"{cfg.ssd.zone_path('3C') / st.run_id}: {e}"
 
 

@@ -159,7 +159,7 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
                   f"ingest of {st.batch_id}")
     stored, late = {}, []
     new = existing = bytes_new = 0
-    for rel, res in zip(rels, results):
+    for rel, res in zip(rels, results, strict=True):
         if res.status == "rejected":
             late.append((rel, res.reason))
             continue
@@ -395,7 +395,7 @@ def _empty_batch_dir(zone3a: Path, st: BatchState, stored: dict[str, tuple[str, 
                for rel in extra]
         quarantine(zone3a, st.batch_id, rej)
         st.report.setdefault("rejected", []).extend({"path": display(r), "reason": j.reason}
-                                                    for r, j in zip(extra, rej))
+                                                    for r, j in zip(extra, rej, strict=True))
     shutil.rmtree(root)
     fsync_dir(zone3a)
 

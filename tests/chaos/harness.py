@@ -586,7 +586,7 @@ class World:
 
     def action_counts(self) -> dict[str, int]:
         with psycopg.connect(self.database_url) as conn:
-            return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ACTION_TABLES}  # noqa: S608
+            return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ACTION_TABLES}
 
     def action_done_already(self, step: Step) -> None:
         """The same `hoard action run` once more, after its run is done: "done already", exit 0, and
@@ -1131,7 +1131,7 @@ class World:
             for sha, size in sorted(self.acked.items()):
                 try:
                     data = store.get(sha)
-                except Exception as e:  # noqa: BLE001 - any failure to read it back is a loss
+                except Exception as e:  # any failure to read it back is a loss
                     lost.append(f"{sha}: {type(e).__name__}: {e}")
                     continue
                 if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
@@ -1240,7 +1240,7 @@ class World:
                              "other events")
                     raise InvariantViolation(f"after {step}: action run {rid} ({n} inputs) is not there exactly once: "
                                              + ", ".join(f"{k} {g}" + (f" (want {w})" if g != w else "")
-                                                         for k, g, w in zip(names, row, want)))
+                                                         for k, g, w in zip(names, row, want, strict=True)))
                 left = [p for p in (self.ssd / "3C" / rid, self.ssd / "3C" / ".tmp" / rid) if p.exists()]
                 if left:
                     raise InvariantViolation(f"after {step}: action run {rid} is done but 3C still holds {left}")
