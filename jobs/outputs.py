@@ -508,7 +508,8 @@ def _neighbours(cfg: Settings, spec: OutputSpec, node_ids: list[int], files: sta
                 ) -> tuple[dict[int, list[int]], dict[int, list[int]], dict[int, dict[str, Any]]]:
     """(node → its parents, node → its children, their layout rows by node id), as far as the
     stage places them (a parent_template, include_parents/_children) — else empty."""
-    import psycopg  # deferred: as in plan_items, only planning needs the database
+    # deferred: as in plan_items, only planning needs the database
+    import psycopg
 
     from hoardfs.sql.layout_rows import layout_rows, neighbour_ids
 
