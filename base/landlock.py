@@ -448,6 +448,18 @@ _X32_BIT = 0x40000000
 _JGE_K = 0x35
 
 
+def _dispatch(arch: int, calls: Iterable[int]) -> list[tuple[int, int | str, int | str, int | str] | str]:
+    """The head of a filter that looks at some calls' arguments: another architecture is
+    allowed (its calls are refused by the filters that name them), each call in `calls` jumps
+    to its block (labelled `call<nr>`), every other call is allowed. A BPF jump goes forward
+    only: each call's block comes after this head, ALLOW and EPERM last."""
+    prog: list[tuple[int, int | str, int | str, int | str] | str] = [
+        (_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, "allow", arch), (_LD_W_ABS, 0, 0, 0)]
+    prog += [(_JEQ_K, f"call{nr}", 0, nr) for nr in calls]
+    prog.append((_RET_K, 0, 0, _RET_ALLOW))
+    return prog
+
+
 def refuse_signals_to_others(pid: int) -> bool:
     """A seccomp filter, for this thread and what it starts, for good: a signal to any process
     but `pid` (this one: raise(3), abort(3), Python's own os.kill(os.getpid(), …)) or its own
@@ -460,11 +472,7 @@ def refuse_signals_to_others(pid: int) -> bool:
     arch, calls = _AUDIT_ARCH.get(machine), _SIGNAL_TARGET.get(machine)
     if arch is None or not calls:
         return False
-    # (a BPF jump goes forward only: each call's block comes after the dispatch, ALLOW and EPERM last)
-    prog: list[tuple[int, int | str, int | str, int | str] | str] = [
-        (_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, "allow", arch), (_LD_W_ABS, 0, 0, 0)]
-    prog += [(_JEQ_K, f"call{nr}", 0, nr) for nr in calls]
-    prog.append((_RET_K, 0, 0, _RET_ALLOW))
+    prog = _dispatch(arch, calls)
     for nr, group in calls.items():
         targets = [] if nr == _PIDFD_SEND_SIGNAL else [pid, 0] if group else [pid]
         prog += [f"call{nr}", (_LD_W_ABS, 0, 0, 16)]  # the first argument's low 32 bits (a pid_t)
@@ -525,10 +533,7 @@ def refuse_others_limits(pid: int) -> bool:
     arch, calls = _AUDIT_ARCH.get(machine), _OTHERS_LIMITS.get(machine)
     if arch is None or not calls:
         return False
-    prog: list[tuple[int, int | str, int | str, int | str] | str] = [
-        (_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, "allow", arch), (_LD_W_ABS, 0, 0, 0)]
-    prog += [(_JEQ_K, f"call{nr}", 0, nr) for nr in calls]
-    prog.append((_RET_K, 0, 0, _RET_ALLOW))
+    prog = _dispatch(arch, calls)
     for nr, (arg, which) in calls.items():
         prog.append(f"call{nr}")
         if which is not None:  # its `which` (the argument before): a single process, or refused
