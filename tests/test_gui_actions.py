@@ -18,6 +18,7 @@ from nicegui import run, ui
 
 from hoardfs.gui.context import ctx
 from hoardfs.jobs import launch
+from hoardfs.jobs.actions import api as actions_api
 from hoardfs.jobs.actions.state import load_state, read_work
 from tests.gui_fixtures import BATCH, gui_home, sign_in, sign_out, user  # noqa: F401 - fixtures
 from tests.helpers import GATE, worker_contract, write_contract
@@ -245,7 +246,7 @@ async def test_hostile_contract_text_is_shown_as_text(user, gui_home: Path) -> N
 async def test_release_then_cancel_and_a_viewer_sees_no_buttons(user, gui_home: Path) -> None:
     """An AC3 run with a gate: a worker runs it to WAIT_GPU_READY and ends; its page says so and
     offers Release and Cancel to an operator, none to a viewer; Release → another worker takes it to done, its children listed with links
-    to their node pages. A second gated run is cancelled at the gate: cancelled, 3C cleaned."""
+    to their node pages. A second gated run (--rerun of one input, done already) is cancelled at the gate: cancelled, 3C cleaned."""
     cfg = await _ingested(gui_home)
     worker_contract(cfg, BATCH, type="AC3", gate=GATE.format(timeout=3600))
     sub = await run.io_bound(launch.launch_action, cfg, "thumbs", None, None, [], "otto")
@@ -284,9 +285,10 @@ async def test_release_then_cancel_and_a_viewer_sees_no_buttons(user, gui_home: 
     user.find(f"inputs: {inputs}").click()  # the run's batch in the asset browser
     await user.should_see("assets on page 1")
 
-    # a second run of it (other parameters: none; other inputs: one of them) cancelled at the gate
+    # a second run of it (other parameters: none; other inputs: one of them) cancelled at the gate;
+    # --rerun, since that input is done already and a run with nothing new waits at no gate
     first = (await run.io_bound(_inputs, cfg, rid))[0]
-    sub2 = await run.io_bound(launch.launch_action, cfg, "thumbs", None, [first], [], "otto")
+    sub2 = await run.io_bound(_rerun, cfg, "thumbs", [first], "otto")
     rid2 = sub2.state.run_id
     assert rid2 != rid
     await run.io_bound(_work, gui_home)
@@ -302,6 +304,12 @@ async def test_release_then_cancel_and_a_viewer_sees_no_buttons(user, gui_home: 
 
 def _inputs(cfg, rid: str) -> list[str]:
     return read_work(cfg, rid, "inputs")
+
+
+def _rerun(cfg, name: str, nodes: list[str], by: str) -> actions_api.Submitted:
+    """`hoard action run NAME --nodes FILE --rerun`, queued for `hoard worker`."""
+    return actions_api.submit(cfg, name, nodes=nodes, given=[], redis_conn=redis.Redis.from_url(cfg.redis_url),
+                              by=by, rerun=True)
 
 
 @WITH_BATCH
