@@ -13,12 +13,24 @@ import psycopg
 def done_by(conn: psycopg.Connection, action_id: int, version: int, params_digest: str,
             inputs: list[str]) -> dict[str, str]:
     """{input sha256 (hex): the run that ran it} for the `inputs` action `action_id` v`version`
-    ran on parameters of digest `params_digest` (hex) — the inputs left out are not done."""
+    ran on parameters of digest `params_digest` (hex) — the inputs left out are not done.
+
+    An input is done only while what its run made of it is still there: the run is recorded
+    done (its `done` action_event) and none of the children it made from that input (an edge of
+    the action's own relationship type from the input to a node located `action:<run>/…`) is
+    deleted — `hoard delete --node` of a child, or a batch drop that took it, makes the input
+    not done, so the next run runs it again and its output is there to ask for."""
     if not inputs:
         return {}
     return {bytes(sha).hex(): run for sha, run in conn.execute(
         "SELECT n.sha256, m.run_id FROM action_memo m JOIN node n USING (node_id) "
-        "WHERE m.action_id = %s AND m.version = %s AND m.params_digest = %s AND n.sha256 = ANY(%s)",
+        "WHERE m.action_id = %s AND m.version = %s AND m.params_digest = %s AND n.sha256 = ANY(%s) "
+        "AND EXISTS (SELECT 1 FROM action_event ev WHERE ev.batch_id = m.run_id AND ev.status = 'done') "
+        "AND NOT EXISTS (SELECT 1 FROM edge e JOIN relationship_type r ON r.rel_id = e.rel_id "
+        "  JOIN physical_content pc ON pc.node_id = e.child_id "
+        "  WHERE e.parent_id = m.node_id AND r.action_id = m.action_id AND pc.is_deleted "
+        "  AND EXISTS (SELECT 1 FROM physical_path p WHERE p.node_id = e.child_id "
+        "    AND starts_with(p.locator, 'action:' || m.run_id || '/')))",
         [action_id, version, bytes.fromhex(params_digest), [bytes.fromhex(h) for h in inputs]]).fetchall()}
 
 

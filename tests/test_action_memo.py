@@ -121,6 +121,39 @@ def test_grown_selection_runs_only_the_new_batch(hoard_home: Path, pg, redis_con
     assert held == {grown["run"]: len(new)}
 
 
+def live_children(cfg: config.Settings, rid: str) -> dict[str, str]:
+    """{input sha256: child sha256} of the children run `rid` made that are not deleted."""
+    with psycopg.connect(cfg.database_url) as conn:
+        return dict(conn.execute(
+            "SELECT encode(p.sha256, 'hex'), encode(c.sha256, 'hex') FROM physical_path pp "
+            "JOIN edge e ON e.child_id = pp.node_id JOIN node p ON p.node_id = e.parent_id "
+            "JOIN node c ON c.node_id = e.child_id JOIN physical_content pc ON pc.node_id = c.node_id "
+            "WHERE pp.locator LIKE %s AND NOT pc.is_deleted", [f"action:{rid}/%"]).fetchall())
+
+
+def test_an_input_whose_child_was_deleted_runs_again(hoard_home: Path, pg, redis_conn) -> None:
+    """A run over batch 1, one of its children deleted (`hoard delete --node`), then a run over
+    both batches: that child's input is not reused but run again, and the memo names that run."""
+    cfg, (b1, b2) = memo_home(hoard_home, pg, redis_conn)
+    first = run(cfg, "--selector", selector(cfg, b1))
+    made = live_children(cfg, first["run"])
+    assert first["status"] == "done" and set(made) == pngs(cfg, b1)
+    victim = sorted(made)[0]
+    gone = hoard(cfg.source, "delete", "--node", made[victim])
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert victim not in live_children(cfg, first["run"])
+    grown = run(cfg)
+    new = pngs(cfg, b2) - pngs(cfg, b1)
+    assert grown["status"] == "done"
+    assert (grown["report"]["inputs_new"], grown["report"]["inputs_reused"]) == (len(new) + 1, len(pngs(cfg, b1)) - 1)
+    assert grown["report"]["reused_from"] == {first["run"]: len(pngs(cfg, b1)) - 1}
+    assert made_by_run(cfg, grown["run"]) == new | {victim}  # the worker ran on it again
+    with psycopg.connect(cfg.database_url) as conn:  # the memo names the run that made the live child
+        (holder,) = conn.execute("SELECT m.run_id FROM action_memo m JOIN node n USING (node_id) WHERE n.sha256 = %s",
+                                 [bytes.fromhex(victim)]).fetchone()
+    assert holder == grown["run"]
+
+
 def test_black_listing_one_runs_none_and_rerun_runs_all(hoard_home: Path, pg, redis_conn) -> None:
     """All inputs done, one black-listed: a new run (another key) that starts no worker and says
     so; the same selection with --rerun runs the worker on every input again."""

@@ -267,7 +267,9 @@ class World:
     followed: dict[str, int] = field(default_factory=dict)  # advice the harness followed → how often
     database_url: str = ""
     pending_action: tuple[str, int] = ("", 0)  # (run id, inputs) of the action run under way
-    action_runs: dict[str, int] = field(default_factory=dict)  # run id → inputs, every run acknowledged done
+    action_runs: dict[str, int] = field(default_factory=dict)  # run id → inputs its worker ran on, every run done
+    #: run id → (its inputs, {input: the earlier run whose child it reuses}), every run acknowledged done
+    action_inputs: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     _files: int = 0
 
     def __post_init__(self) -> None:
@@ -751,9 +753,11 @@ class World:
         """An action run is acknowledged once `hoard action run --json` printed it done (a line
         with "status": "done", whatever its exit), or — run by a worker — once its state says
         done; then each of its children (the run's `stored` work file: path → sha256, size) is
-        an acknowledged object."""
+        an acknowledged object. The run is incremental (its `memo` work file): its worker made a
+        child of each new input, and each input it reused has the live child an earlier run made
+        — every input of a done run has its child."""
         from hoardfs.base import config
-        from hoardfs.jobs.actions.state import load_state, read_work
+        from hoardfs.jobs.actions.state import load_state, read_work, work
 
         rid, n = self.pending_action
         done = False
@@ -767,11 +771,33 @@ class World:
             done = st is not None and st.status == "done"
         if not done:
             return
-        stored = read_work(config.load(self.cfg_path), rid, "stored")
-        if len(stored) != n:
-            raise InvariantViolation(f"action run {rid} is done with {len(stored)} children stored for {n} inputs")
+        cfg = config.load(self.cfg_path)
+        inputs = list(read_work(cfg, rid, "inputs"))
+        reused = dict(read_work(cfg, rid, "memo")["reused"]) if work(cfg, rid, "memo").is_file() else {}
+        stored = read_work(cfg, rid, "stored") if work(cfg, rid, "stored").is_file() else {}
+        if len(inputs) != n or len(stored) != n - len(reused):
+            raise InvariantViolation(f"action run {rid} is done with {len(stored)} children stored for {len(inputs)} "
+                                     f"inputs ({n} chosen), {len(reused)} of them reused")
+        self.childless(rid, inputs, reused, "done")
         self.acked.update({sha: size for sha, size in stored.values()})
-        self.action_runs[rid] = n
+        self.action_runs[rid] = n - len(reused)
+        self.action_inputs[rid] = (inputs, reused)
+
+    def childless(self, rid: str, inputs: list[str], reused: dict[str, str], when: str) -> None:
+        """Each input of run `rid` has a live child (not deleted, an edge ACTION_REL from the
+        input) located `action:<run>/…` of the run that ran it: `rid`, or the earlier run the
+        memo reused it from."""
+        with psycopg.connect(self.database_url) as conn:
+            live = {run: {r[0] for r in conn.execute(
+                "SELECT encode(p.sha256, 'hex') FROM edge e JOIN relationship_type r USING (rel_id) "
+                "JOIN node p ON p.node_id = e.parent_id JOIN physical_content pc ON pc.node_id = e.child_id "
+                "WHERE r.name = %s AND NOT pc.is_deleted AND EXISTS (SELECT 1 FROM physical_path pp "
+                "WHERE pp.node_id = e.child_id AND starts_with(pp.locator, %s))", [ACTION_REL, f"action:{run}/"])}
+                for run in {rid, *reused.values()}}
+        missing = sorted(h for h in inputs if h not in live[reused.get(h, rid)])
+        if missing:
+            raise InvariantViolation(f"action run {rid} is {when} but {len(missing)} of its {len(inputs)} inputs have "
+                                     f"no live child (made by it or reused): {[(h, reused.get(h, rid)) for h in missing[:5]]}")
 
     def define_view(self, rng: random.Random) -> None:
         """A new view over some acknowledged objects; the previous one is removed, so its
@@ -1209,9 +1235,10 @@ class World:
     def check_actions(self, step: Step) -> None:
         """Every action run: none reported running (no process runs one between steps) and none
         failed (each was re-run to completion); every run acknowledged done wrote exactly once
-        what one run writes — a child per input (located `action:<run>/…`, labelled, an edge
-        from its input), a result row per input, one `done` action_event (the failed endings of
-        faulted attempts aside) — and left nothing in
+        what one run writes — a child per input its worker ran on (the memo's new ones: located
+        `action:<run>/…`, labelled, an edge from its input), a result row per such input, one
+        `done` action_event (the failed endings of faulted attempts aside) — every input it
+        reused still has the live child of the run that made it, and it left nothing in
         3C (the reservation's release is check_outputs')."""
         if not self.action_runs and not (self.ssd / "state" / "actions").is_dir():
             return
@@ -1241,6 +1268,7 @@ class World:
                     raise InvariantViolation(f"after {step}: action run {rid} ({n} inputs) is not there exactly once: "
                                              + ", ".join(f"{k} {g}" + (f" (want {w})" if g != w else "")
                                                          for k, g, w in zip(names, row, want, strict=True)))
+                self.childless(rid, *self.action_inputs[rid], f"done (after {step})")
                 left = [p for p in (self.ssd / "3C" / rid, self.ssd / "3C" / ".tmp" / rid) if p.exists()]
                 if left:
                     raise InvariantViolation(f"after {step}: action run {rid} is done but 3C still holds {left}")
