@@ -90,6 +90,7 @@ COMMANDS: dict[str, list[str]] = {
     "pipeline advance": ["nosuch", "no-such-batch"],
     "pipeline define": ["p", "nosuch"],  # no such action: exit 2
     "pipeline show": [],
+    "pipeline watch": ["nosuch", "--source", "nosuch"],  # no such pipeline: one line
     "put": ["{FILE}"],
     "rebuild": ["--disk", "nosuch"],
     "replicate": ["--budget-s", "5"],
@@ -125,7 +126,7 @@ COMMANDS: dict[str, list[str]] = {
 #: commands whose work needs the service: with it down they must say so (exit 3, naming it)
 NEEDS_DATABASE = {"dataset diff", "dataset list", "dataset materialize", "dataset rm", "dataset show",
                   "db backup", "db migrate", "db proposals", "db status", "db verify-backup", "delete", "demo", "dups",
-                  "events", "gc", "label add", "pipeline advance", "pipeline show", "select", "webhooks deliveries",
+                  "events", "gc", "label add", "pipeline advance", "pipeline show", "pipeline watch", "select", "webhooks deliveries",
                   "webhooks requeue"}
 NEEDS_REDIS = {"demo", "worker"}
 

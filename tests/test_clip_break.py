@@ -43,6 +43,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 @needs_search
+@pytest.mark.services  # (importing PyPI's torch starts a process)
 def test_a_shipped_model_that_needs_the_hub_is_refused_before_anything_is_fetched(
         tmp_path: Path, no_network: list[Any]) -> None:
     """49 of open_clip's 144 shipped configs name a Hugging Face tokenizer or text model (all
@@ -57,6 +58,7 @@ def test_a_shipped_model_that_needs_the_hub_is_refused_before_anything_is_fetche
 
 
 @needs_search
+@pytest.mark.services  # (importing PyPI's torch starts a process)
 def test_a_weights_path_that_reads_as_a_download_tag_is_read_as_the_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[Any]) -> None:
     """`clip_weights = "openai"` (a relative path: a file named openai in the working

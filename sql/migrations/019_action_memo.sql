@@ -37,3 +37,7 @@ CREATE TABLE pipeline_watch (
     since       timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE pipeline_watch IS 'Pipelines that start on every newly ingested batch of source_id (NULL: any) with a member matching selector (NULL: any)';
+COMMENT ON COLUMN pipeline_watch.pipeline_id IS 'The pipeline that starts; one watch each';
+COMMENT ON COLUMN pipeline_watch.source_id IS 'Only batches of this source start it; NULL: batches of every source';
+COMMENT ON COLUMN pipeline_watch.selector IS 'Only a batch with a member this selector matches starts it; NULL: every batch';
+COMMENT ON COLUMN pipeline_watch.since IS 'When the watch began: batches ingested before it do not start the pipeline';
