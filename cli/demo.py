@@ -270,7 +270,8 @@ def _actions(cfg: Settings, batches: list) -> str | None:
 
 #: the demo's dataset (docs/datasets.md): the children the actions made, class = the `variant`
 #: label each wrote (thumbnail | canny), split by their root so an image's thumbnail and edge
-#: map never straddle train and val; at most 20 of a class per split: a small one
+#: map never straddle train and val; at most 20 of a class in train (and 5 in val, its ratio's
+#: share): a small one
 DEMO_DATASET = {"name": "demo-variants", "layout": "imagefolder", "class_label": "variant",
                 "classes": [name for name, _ in DEMO_ACTIONS], "max_per_class": 20,
                 "selector": {"kinds": ["image"], "labels": [{"key": "variant"}]},

@@ -23,7 +23,7 @@ from hoardfs.datasets.formats import Format, plan_paths
 from hoardfs.datasets.layouts import PlacementError
 from hoardfs.datasets.model import LS_SHAPES, Annotation, Sample, annotations_from_ls
 from hoardfs.datasets.spec import DatasetError, DatasetSpec
-from hoardfs.datasets.splits import Balance, balance, unit
+from hoardfs.datasets.splits import Balance, balance, tolerance, unit
 from hoardfs.sql import datasets as sqld
 from hoardfs.sql import neardup
 from hoardfs.sql.datasets import sample_rows
@@ -50,7 +50,7 @@ class Plan:
     dropped_dup: int = 0
     capped: int = 0
     licences: list[str] = field(default_factory=list)  # found in the samples' metadata (`license`/`licence`)
-    #: split → {samples, share, ratio}: the realised split (before caps), as `check_splits` judged it
+    #: split → {samples, share, ratio}: the realised split (after the caps), as `check_capped` judged it
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the groups over split.max_group_share of the samples: [{group, samples, share}], largest first
     large_groups: list[dict[str, Any]] = field(default_factory=list)
@@ -104,7 +104,7 @@ def build_order(splits: list[str]) -> Callable[[Sample], tuple[int, int, str, st
 def plan(conn: psycopg.Connection, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None) -> Plan:
     """Read the selection and its rows (hoardfs.sql.datasets) and make the samples; DatasetError — one
     line naming the problem and what to do — for anything that would make a wrong dataset."""
-    node_ids = query_nodes(conn, spec.selector).node_ids
+    node_ids = query_nodes(conn, spec.selection()).node_ids
     if not node_ids:
         raise DatasetError(f"dataset {spec.name}: the selection is empty — no node matches its [selector]; check it "
                            "with `hoard select` (nothing was written)", ExitCode.DATA)
@@ -173,9 +173,11 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
         out.append(_sample(spec, r, cls, index[cls] if cls is not None else None, keys[r["sha256"][:16]] > 1, split,
                            group))
     realised = Counter(s.split for s in out)
-    report = check_splits(spec, bal, [realised.get(sp, 0) for sp in splits], sizes)
+    check_splits(spec, bal, [realised.get(sp, 0) for sp in splits], sizes)
     large = large_groups(spec, sizes)
     out, capped = _caps(spec, out)
+    final = Counter(s.split for s in out)
+    report = check_capped(spec, bal, [final.get(sp, 0) for sp in splits], capped, sizes)
     kept = {s.node_id for s in out}
     licences = sorted({lic for r, _ in classed if r["node_id"] in kept for lic in r.get("licences", ())})
     placed = place(fmt, out, name, spec.webdataset.model_dump())
@@ -400,17 +402,49 @@ def large_groups(spec: DatasetSpec, sizes: Counter[str] | dict[str, int]) -> lis
             for k, n in sorted(over, key=lambda kv: (-kv[1], kv[0]))]
 
 
+def split_caps(spec: DatasetSpec) -> dict[str, dict[str, int | None]]:
+    """split → class ("" for the default) → its cap there: a cap holds in the split of the largest
+    ratio and each other split keeps its ratio's share of it (at least 1), so that capping keeps
+    the ratios asked for (`max_per_class = 20` with train 0.8 / val 0.2: 20 and 5)."""
+    top = max(spec.split.ratios.values())
+    scaled = {**{c: n for c, n in (spec.caps or {}).items()}, "": spec.max_per_class}
+    return {sp: {c: None if n is None else max(1, round(n * r / top)) for c, n in scaled.items()}
+            for sp, r in spec.split.ratios.items()}
+
+
+def check_capped(spec: DatasetSpec, bal: Balance, counts: list[int], capped: int,
+                 sizes: Counter[str] | dict[str, int]) -> dict[str, dict[str, Any]]:
+    """split → {samples, share, ratio} of the samples kept after the caps; DatasetError — before a
+    byte moves — when the caps leave a split empty or off its ratio by more than the tolerance
+    (the classes then hold too few samples in some split for its share of the cap)."""
+    total = sum(counts)
+    report = {sp: {"samples": n, "share": round(n / total, 4) if total else 0.0, "ratio": r}
+              for sp, n, r in zip(bal.splits, counts, bal.ratios, strict=True)}
+    if not capped or spec.split.allow_skew:
+        return report
+    for sp, n, r in zip(bal.splits, counts, bal.ratios, strict=True):
+        if n == 0 or abs(n - total * r) > tolerance(total, max(sizes.values(), default=0)):
+            raise DatasetError(
+                f"dataset {spec.name}: after the caps split {sp!r} would hold {n} of {total} samples "
+                f"({n / total if total else 0:.1%}, ratio {r:g}) — some classes hold too few samples in a split for "
+                "its share of the cap; raise or drop caps / max_per_class, or set split.allow_skew = true to build "
+                "anyway (nothing was written)", ExitCode.DATA)
+    return report
+
+
 def _caps(spec: DatasetSpec, samples: list[Sample]) -> tuple[list[Sample], int]:
-    """At most the cap of each class per split, keeping the lowest sha256(salt, key) first (a
-    stable choice: adding data replaces a kept sample only by one that sorts before it)."""
+    """At most the cap of each class per split (`split_caps`), keeping the lowest sha256(salt, key)
+    first (a stable choice: adding data replaces a kept sample only by one that sorts before it)."""
     if not spec.caps and spec.max_per_class is None:
         return samples, 0
+    by_split = split_caps(spec)
     groups: dict[tuple[str, str | None], list[Sample]] = defaultdict(list)
     for s in samples:
         groups[(s.split, s.cls)].append(s)
     kept: list[Sample] = []
-    for (_split_name, cls), members in groups.items():
-        cap = (spec.caps or {}).get(cls or "", spec.max_per_class)
+    for (split_name, cls), members in groups.items():
+        table = by_split[split_name]
+        cap = table.get(cls or "", table[""])
         members.sort(key=lambda s: hashlib.sha256(f"{spec.split.salt}\0{s.key}".encode()).digest())
         kept.extend(members if cap is None else members[:cap])
     return kept, len(samples) - len(kept)
@@ -483,7 +517,7 @@ def dry_plan(conn: psycopg.Connection, spec: DatasetSpec, fmt: Format, frozen_ma
     sample's path (hostile names, collisions, case), its file type and size for the layout, its
     annotations, that its object is still in the store (docs/datasets.md)."""
     name = spec.name
-    sel = parse_selector(spec.selector)
+    sel = parse_selector(spec.selection())
     by_id = sel.order == "node_id" and sel.limit is None  # the selection's order is the node ids': not sorted
     query, params = selector_query(conn, sel, ordered=not by_id)
     g = spec.split.group
@@ -537,8 +571,9 @@ def dry_plan(conn: psycopg.Connection, spec: DatasetSpec, fmt: Format, frozen_ma
         if bad is not None:
             raise _bad_field(spec, *bad)
     realised = sqld.dry_split_counts(conn)
-    report = check_splits(spec, bal, [realised.get(i, 0) for i in range(len(splits))], sizes)
-    table = sqld.dry_caps(conn, spec.caps, spec.max_per_class, spec.split.salt)
+    check_splits(spec, bal, [realised.get(i, 0) for i in range(len(splits))], sizes)
+    caps = split_caps(spec) if spec.caps or spec.max_per_class is not None else None
+    table = sqld.dry_caps(conn, None if caps is None else [caps[sp] for sp in splits], spec.split.salt)
     counts: dict[str, dict[str, int]] = {s: {} for s in splits}
     first: dict[str | None, tuple[int, int]] = {}
     total = nbytes = blocks = members = 0
@@ -552,8 +587,10 @@ def dry_plan(conn: psycopg.Connection, spec: DatasetSpec, fmt: Format, frozen_ma
     # in build order, as Plan.thumbnails: the first split holding the class, then its index
     thumbs = {c or NO_CLASS: got[c] for c in sorted(got, key=lambda c: (first[c][0],
                                                                          cmap.index(c) if c in cmap else -1))}
+    capped = classed - dropped - total
+    report = check_capped(spec, bal, [sum(counts[sp].values()) for sp in splits], capped, sizes)
     return DryPlan(spec, cmap, new, {k: dict(sorted(v.items())) for k, v in counts.items()}, total, nbytes, blocks,
                    members, thumbs, selected=selected, unlabelled=selected - classed if spec.class_label else 0,
-                   dropped_dup=dropped, capped=classed - dropped - total, table=table, splits=report,
+                   dropped_dup=dropped, capped=capped, table=table, splits=report,
                    large_groups=large_groups(spec, sizes))
 

@@ -487,11 +487,12 @@ def dry_field(conn: psycopg.Connection, key: str, splits: list[str]) -> tuple[st
     return None
 
 
-def dry_caps(conn: psycopg.Connection, caps: dict[str, int] | None, max_per_class: int | None, salt: str) -> str:
-    """The caps (hoardfs.datasets.plan._caps): of each (split, class) the `cap` samples with the lowest
+def dry_caps(conn: psycopg.Connection, caps: list[dict[str, int | None]] | None, salt: str) -> str:
+    """The caps (hoardfs.datasets.plan._caps): of each (split, class) the cap of that split and
+    class (`caps[split index]`: class → cap, "" the default) samples with the lowest
     sha256(salt, sample key) — the key sha256[:16], or with the node id when two classed nodes
     share those digits. The table the counts come from: ds_final, or ds_kept without caps."""
-    if not caps and max_per_class is None:
+    if caps is None:
         return "ds_kept"
     conn.execute("CREATE TEMP TABLE ds_twice ON COMMIT DROP AS SELECT substring(sha256 from 1 for 8) AS pre "
                  "FROM ds_cls WHERE n IS NOT NULL GROUP BY 1 HAVING count(*) > 1")
@@ -499,10 +500,11 @@ def dry_caps(conn: psycopg.Connection, caps: dict[str, int] | None, max_per_clas
         "CREATE TEMP TABLE ds_final ON COMMIT DROP AS SELECT node_id, sha256, size, cls, split_idx FROM ("
         "SELECT k.*, row_number() OVER (PARTITION BY k.split_idx, k.cls ORDER BY sha256(%(salt)s::bytea || "
         "convert_to(left(encode(k.sha256, 'hex'), 16) || CASE WHEN t.pre IS NULL THEN '' ELSE '-' || k.node_id END, "
-        "'UTF8'))) AS rn, coalesce((%(caps)s::jsonb ->> coalesce(k.cls, ''))::bigint, %(max)s::bigint) AS cap "
+        "'UTF8'))) AS rn, coalesce((%(caps)s::jsonb -> k.split_idx ->> coalesce(k.cls, ''))::bigint, "
+        "(%(caps)s::jsonb -> k.split_idx ->> '')::bigint) AS cap "
         "FROM ds_kept k LEFT JOIN ds_twice t ON t.pre = substring(k.sha256 from 1 for 8)) x "
         "WHERE cap IS NULL OR rn <= cap",
-        {"salt": salt.encode() + b"\0", "caps": json.dumps(caps or {}), "max": max_per_class})
+        {"salt": salt.encode() + b"\0", "caps": json.dumps(caps)})
     return "ds_final"
 
 

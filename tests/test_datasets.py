@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -189,11 +190,32 @@ def test_class_map_is_frozen_pinned_and_appended_never_reordered() -> None:
 
 
 def test_caps_keep_a_stable_choice() -> None:
-    spec = load_spec(SPEC.replace('class_label = "class"', 'class_label = "class"\nmax_per_class = 3'))
+    """max_per_class = 8 with train 0.8 / val 0.2: 8 of a class in train, 2 in val, whatever the
+    rows' order."""
+    spec = load_spec(SPEC.replace('class_label = "class"', 'class_label = "class"\nmax_per_class = 8'))
     fmt = FORMATS["imagefolder"]
-    a = samples_from_rows(spec, fmt, _rows(60), None).samples
-    b = samples_from_rows(spec, fmt, list(reversed(_rows(60))), None).samples
-    assert a == b and len(a) == 3 * 2 * 2  # 3 per class per split, two classes, two splits
+    a = samples_from_rows(spec, fmt, _rows(120), None).samples
+    b = samples_from_rows(spec, fmt, list(reversed(_rows(120))), None).samples
+    assert a == b
+    assert Counter((s.split, s.cls) for s in a) == {("train", "cat"): 8, ("train", "dog"): 8,
+                                                    ("val", "cat"): 2, ("val", "dog"): 2}
+
+
+def test_caps_keep_the_ratios_asked_for() -> None:
+    """A cap holds in the largest split and the others keep their ratio's share of it: with 80/20
+    and 20 per class the realised shares are 80/20 (a cap per split alike made it ~53/47); caps
+    that leave a split off its ratio (a class too small in train) are refused before a byte moves."""
+    spec = load_spec(SPEC.replace('class_label = "class"', 'class_label = "class"\nmax_per_class = 20'))
+    p = samples_from_rows(spec, FORMATS["imagefolder"], _rows(80), None)
+    shares = {sp: v["share"] for sp, v in p.splits.items()}
+    assert shares == {"train": 0.8, "val": 0.2}, shares
+    tiny = SPEC.replace('class_label = "class"', 'class_label = "class"\ncaps = { cat = 2, dog = 2, fox = 2 }')
+    rows = _rows(60, classes=("cat", "dog", "fox"))
+    with pytest.raises(DatasetError, match=r"after the caps split 'train' would hold 6 of 9 samples .*allow_skew"):
+        samples_from_rows(load_spec(tiny), FORMATS["imagefolder"], rows, None)  # val keeps 1 a class: at least 1
+    skewed = samples_from_rows(load_spec(tiny.replace('salt = "v1"', 'salt = "v1"\nallow_skew = true')),
+                               FORMATS["imagefolder"], rows, None)
+    assert {sp: v["samples"] for sp, v in skewed.splits.items()} == {"train": 6, "val": 3}
 
 
 # -- against the services -------------------------------------------------------------------------
