@@ -291,7 +291,8 @@ def _print_figures(report: dict, memo: bool = True) -> None:
 
 @app.command("status")
 def status(ctx: typer.Context, run_id: RunId, as_json: AsJson = False) -> None:
-    """One run: status (a run whose heartbeat stopped is failed), step, steps done, error and figures."""
+    """One run: status (a run whose heartbeat stopped is failed), step, steps done, error, figures
+    and the command to type next (`--json`: `next`, null while nothing is yours to do)."""
     # deferred: hoardfs.jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     from hoardfs.jobs.actions import api
 
@@ -307,6 +308,8 @@ def status(ctx: typer.Context, run_id: RunId, as_json: AsJson = False) -> None:
         if doc["refused"]:  # why `resume` would refuse it
             out.print(f"  {display(doc['refused'])}", markup=False)
         _print_figures(st.report)
+        if doc["next"]:
+            out.print(f"  next: {doc['next']}", markup=False)
     if doc["status"] == "failed":
         raise typer.Exit(int(ExitCode.DATA))
 

@@ -100,5 +100,8 @@ def _print_health(report: dict) -> None:
         err.print(f"[bold yellow]warning:[/] {escape(w)}")
     for p in report["problems"]:
         err.print(f"[bold red]problem:[/] {escape(p)}")
-    if report["ok"]:
+    if report["ok"] and not report.get("warnings"):
         out.print("[green]all good[/]")
+    elif report["ok"]:  # (a warning is worth a look: never "all good" beside one)
+        n = len(report["warnings"])
+        out.print(f"[yellow]no problems; {n} warning{'s' * (n > 1)} above[/]")

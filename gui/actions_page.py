@@ -230,6 +230,8 @@ def run_body(rid: str, user: SignedIn) -> Any:
                 text.label("waiting for the external worker's done marker"
                            + (f" in {d['report']['external']}" if d["report"].get("external") else "")).classes(
                     "text-warning").mark("run-waiting")
+            if d.get("next"):  # the command to type next (`hoard action status RUN`'s `next`)
+                text.label(f"next: `{d['next']}`").classes("text-mono").mark("run-next")
             if d.get("error"):
                 text.label(d["error"]).classes("text-negative").mark("run-error")
             if d.get("refused") and d["refused"] != d.get("error"):  # why it cannot be resumed as it is
@@ -256,12 +258,14 @@ def run_body(rid: str, user: SignedIn) -> Any:
                             "text-caption")
             if d["params"]:
                 text.label("parameters: " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
-            figures = {k: v for k, v in d["report"].items() if k not in ("database", "external")}
+            # each figure a line of text (hoardfs.jobs.reports: nested figures as `outer: inner`, yes/no,
+            # sizes and durations in words), never a dictionary's repr; as text: a worker wrote some of it
+            figures = reports.figures({k: v for k, v in d["report"].items() if k not in ("database", "external")})
             if figures or d["report"].get("database"):
                 ui.label("Report").classes("text-h6")
                 with ui.grid(columns=2).classes("gap-x-6").mark("run-report"):
-                    for k, v in figures.items():
-                        text.label(k.replace("_", " ")).classes("text-bold")
+                    for k, v in figures:
+                        text.label(k).classes("text-bold")
                         text.label(v)
                     if d["report"].get("database"):
                         ui.label("database").classes("text-bold")

@@ -25,7 +25,9 @@ def _body() -> None:
             with ui.card().classes("q-pa-sm"):
                 ui.label(label).classes("text-caption")
                 ui.label(value).classes("text-h6")
-    ui.label("Needs attention" if h["problems"] else "All good").classes("text-h6 q-mt-md")
+    # the words of `hoard health`: "All good" only with neither a problem nor a warning
+    ui.label("Needs attention" if h["problems"] else "Worth a look" if h.get("warnings") else "All good"
+             ).classes("text-h6 q-mt-md")
     for p in h["problems"]:
         text.label(p).classes("text-body2")  # a problem line can name a batch directory (scraped)
     for w in h.get("warnings", []):  # (a drive losing sectors: smartctl's words, as text)

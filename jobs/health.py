@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from hoardfs.base import landlock
 from hoardfs.base.config import Settings
+from hoardfs.base.files import flocked
 from hoardfs.fsd.io.attach import formats_found
 from hoardfs.fsd.maintenance.health import (
     disk_status,
@@ -26,8 +28,11 @@ from hoardfs.fsd.maintenance.health import (
 )
 from hoardfs.jobs import clip_model, events, outputs
 from hoardfs.jobs.actions import api as actions
+from hoardfs.jobs.actions.nextstep import idle_queues, queues_of, worker_command
+from hoardfs.jobs.actions.state import WAITING, Status, all_states, here_lock_path
 from hoardfs.jobs.ingest import ingest_status
-from hoardfs.jobs.queues import redis_status
+from hoardfs.jobs.queues import QUEUES, redis_status
+from hoardfs.jobs.remote import QUEUE as REMOTE_QUEUE
 from hoardfs.sql.health import database_problems, database_status
 
 
@@ -89,6 +94,8 @@ def collect(cfg: Settings, smart_max_age_s: float = math.inf, *, search_import: 
     if not report["redis"]["ok"]:
         problems.append(f"redis: {report['redis']['error']}; start it with `hoard services up` or fix redis_url")
     warnings += events.warnings(cfg)
+    if report["redis"]["ok"]:
+        warnings += unserved_warnings(cfg)
     lap("problems")
     report["problems"] = problems
     report["warnings"] = warnings
@@ -100,6 +107,45 @@ def collect(cfg: Settings, smart_max_age_s: float = math.inf, *, search_import: 
     lap("relays")
     report["took_s"] = lap.took
     return report
+
+
+def waiting_on(cfg: Settings) -> dict[str, list[str]]:
+    """The action runs each queue's jobs move on: every queued or waiting run under the queues
+    of `nextstep.queues_of`. A run `hoard action run --here` drives (its here-lock held) needs
+    no worker and is left out."""
+    out: dict[str, list[str]] = {}
+    for st in all_states(cfg):
+        if (st.status == Status.QUEUED.value or st.status in WAITING) and not _held(here_lock_path(cfg, st.run_id)):
+            for queue in queues_of(st):
+                out.setdefault(queue, []).append(st.run_id)
+    return out
+
+
+def unserved_warnings(cfg: Settings) -> list[str]:
+    """`hoard health`'s warnings (and the GUI's) about work nothing will start: one line per
+    queue that action runs wait on and no live worker serves, naming the command that starts
+    one (`nextstep.worker_command`). None when every such queue is served or nothing waits, nor
+    when Redis does not answer (health reports Redis itself). An ingest batch waiting on such a
+    queue is a problem of its own (`hoardfs.jobs.ingest.stalled_batches`)."""
+    waiting = waiting_on(cfg)
+    idle = idle_queues(cfg) if waiting else None
+    if not idle:
+        return []
+    out = []
+    for queue in [q for q in (*QUEUES, REMOTE_QUEUE) if q in waiting and q in idle]:
+        runs = sorted(waiting[queue])
+        shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+        out.append(f"queue {queue}: {len(runs)} action run{'s' * (len(runs) > 1)} wait{'s' * (len(runs) == 1)} "
+                   f"on it ({shown}) and no worker serves it; start one: {worker_command(queue, idle)}")
+    return out
+
+
+def _held(path: Path) -> bool:
+    try:
+        with flocked(path, wait=False):
+            return False
+    except BlockingIOError:
+        return True
 
 
 class Laps:

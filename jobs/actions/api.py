@@ -38,6 +38,7 @@ from hoardfs.base.files import flocked
 from hoardfs.jobs import events
 from hoardfs.jobs.actions import contract as contracts
 from hoardfs.jobs.actions.contract import TYPES, Contract
+from hoardfs.jobs.actions.nextstep import next_command
 from hoardfs.jobs.actions.params import parse_params
 from hoardfs.jobs.actions.remote import cancel_remote, check_locatable
 from hoardfs.jobs.actions.runner import enqueue
@@ -473,11 +474,14 @@ def status_doc(cfg: Settings, st: RunState) -> dict[str, Any]:
     shown, why = describe(cfg, st)
     stalled = bool(why) and shown in (Status.QUEUED.value, *WAITING)
     stopped = shown in (Status.FAILED.value, Status.CANCELLED.value) or stalled
+    refused = runnable_problem(cfg, st) if stopped else None
     return {"run": st.run_id, "action": st.action, "version": st.version, "type": st.action_type,
             "status": shown, "step": st.step, "steps": st.steps, "done": st.done, "inputs": st.inputs,
             "params": st.params, "error": why or None, "seconds": st.seconds, "created": st.created,
             "updated": st.updated, "gate": st.gate, "report": st.report, "by": st.by,
-            "stalled": stalled, "refused": runnable_problem(cfg, st) if stopped else None}
+            "stalled": stalled, "refused": refused,
+            # the command a person types next (hoardfs.jobs.actions.nextstep), None when none is theirs
+            "next": next_command(cfg, st, shown, stalled=stalled, refused=refused)}
 
 
 def refused_doc(r: Refusal) -> dict[str, Any]:
@@ -488,7 +492,7 @@ def refused_doc(r: Refusal) -> dict[str, Any]:
     return {"run": r.run_id, "action": action, "version": int(version[1:]), "type": "", "status": "refused",
             "step": "-", "steps": [], "done": [], "inputs": 0, "params": {}, "error": r.line, "seconds": {},
             "created": r.changed, "updated": r.changed, "gate": {}, "report": {}, "by": "", "stalled": False,
-            "refused": r.line}
+            "refused": r.line, "next": None}
 
 
 def release(cfg: Settings, rid: str, redis_conn=None, *, queue: bool = True) -> RunState:
