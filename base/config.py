@@ -252,6 +252,10 @@ class WorkerConfig(BaseModel):
     #: then fails the job instead of queueing it again — the reaper comes first while
     #: reap_after_s + heartbeat_s < 60 (a file that sets more is refused)
     reap_after_s: float = Field(default=40, ge=2, le=55)
+    #: the embedded default's `hoard worker` (a hoard.toml with [embedded]) queues a replicate job
+    #: this often, as hoard-replicate.timer does in an install (hoardfs.jobs.replicator); 0: never.
+    #: A hoard.toml without [embedded] leaves it to the timer whatever this says
+    replicate_every_s: float = Field(default=300, ge=0, le=86400)
 
     @model_validator(mode="after")
     def _reap_after_beats(self) -> WorkerConfig:

@@ -15,6 +15,7 @@ from hoardfs.jobs.guard import exposure
 from hoardfs.jobs.queues import QUEUES, HoardWorker, connect, redis_required, rq_queue
 from hoardfs.jobs.reaper import Reaper
 from hoardfs.jobs.remote import QUEUE as REMOTE_QUEUE
+from hoardfs.jobs.replicator import Replicator, scheduled
 
 
 def worker(
@@ -27,7 +28,8 @@ def worker(
     """Run an RQ worker on the hoardfs queues, with RQ's scheduler (a waiting action run's poll
     is a scheduled job: nothing holds a worker while it waits). It heartbeats every
     `[worker] heartbeat_s`; on the store's server it also runs the reaper, which queues again
-    a job whose worker went silent (docs/scale-out.md)."""
+    a job whose worker went silent (docs/scale-out.md). In the embedded default (no
+    hoard-replicate.timer) it queues the replicate job every `[worker] replicate_every_s`."""
     cfg = state(ctx).settings
     remote = cfg.worker.remote
     allowed = (REMOTE_QUEUE,) if remote else (*QUEUES, REMOTE_QUEUE)
@@ -46,11 +48,15 @@ def worker(
     with redis_required(cfg.redis_url):
         conn = connect(cfg.redis_url)
         reaper = None if remote else Reaper(cfg.redis_url, beat, cfg.worker.reap_after_s)
-        if reaper is not None:
-            reaper.start()
+        # the embedded default has no hoard-replicate.timer: its worker queues the replicate job
+        replicator = Replicator(cfg) if scheduled(cfg, names) and not burst else None
+        for thread in (reaper, replicator):
+            if thread is not None:
+                thread.start()
         try:
             HoardWorker([rq_queue(n, conn) for n in names], connection=conn, config_path=cfg.source,
                         job_key=jobkey.of(cfg), job_monitoring_interval=beat).work(burst=burst, with_scheduler=True)
         finally:
-            if reaper is not None:
-                reaper.stop()
+            for thread in (reaper, replicator):
+                if thread is not None:
+                    thread.stop()

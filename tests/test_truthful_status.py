@@ -102,3 +102,75 @@ def test_health_warns_of_runs_no_worker_will_start_and_status_names_the_next_com
     doc, text = status(cfg, frid)
     assert doc["status"] == "failed" and doc["next"] == f"hoard action resume {frid}"
     assert f"  next: hoard action resume {frid}" in text
+
+
+def _embedded_home(home: Path, pg) -> config.Settings:
+    """`hoard_home` as the embedded default sees itself (an [embedded] section; its PostgreSQL
+    and Redis the test's), copy_of_raw 3 over write_ack 2 (an ingest leaves its shards below
+    target), the worker's replicate job every second."""
+    from tests.test_ingest import ingest_home
+
+    text = (home / "hoard.toml").read_text().replace(
+        "[store]\n", "[store]\ncopy_of_raw = 3\ncopy_of_generated = 3\nwrite_ack = 2\n", 1)
+    (home / "hoard.toml").write_text(text + '\n[embedded]\nroot = "var"\npostgres = false\nredis = false\n'
+                                     "\n[worker]\nreplicate_every_s = 1\n")
+    cfg = ingest_home(home, pg)
+    assert cfg.embedded is not None and cfg.worker.replicate_every_s == 1
+    return cfg
+
+
+def _replicas(cfg: config.Settings) -> list[tuple[str, int, int]]:
+    """(class, copies, target) of every sealed shard."""
+    from hoardfs.fsd.store import Store
+
+    with Store.open(cfg, writable=False) as store:
+        return [(m.klass, store.copies_of(m), store.target(m.klass)) for m in store.index.iter_shards() if m.sealed]
+
+
+def test_the_embedded_default_worker_replicates_by_itself(hoard_home: Path, pg, redis_conn) -> None:
+    """An embedded setup with `hoard worker` running: a batch ingested through it ends with every
+    sealed shard at its replica target (3) within a bounded wait — nobody typed `hoard
+    replicate` — by the replicate job the worker queues, one at a time. A configuration without
+    [embedded] (an install: its timer replicates) gets no such schedule."""
+    import subprocess
+    import sys
+    import time
+
+    from hoardfs.adapters.synth import Spec, generate
+    from hoardfs.jobs import ingest as ua1
+    from hoardfs.jobs.queues import fetch_job
+    from hoardfs.jobs.replicator import REPLICATE_JOB, queue_replicate, scheduled
+
+    cfg = _embedded_home(hoard_home, pg)
+    worker = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "worker"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        zone3a = cfg.ssd.zone_path("3A")
+        (batch,) = generate(zone3a, Spec(seed=652, batches=1, items_per_batch=12, sources=("gallery",),
+                                         large_max_mb=1, ready_signal=True))
+        ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            st = ua1.load_state(cfg, batch.batch_id)
+            shards = _replicas(cfg)
+            if st is not None and st.status == "done" and shards and all(c >= t for _, c, t in shards):
+                break
+            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+            time.sleep(0.5)
+        assert st is not None and st.status == "done", (st.status, st.error) if st else None
+        assert shards and {t for _, _, t in shards} == {3} and all(c >= 3 for _, c, _ in shards), shards
+        job = fetch_job(REPLICATE_JOB, redis_conn)
+        assert job.meta.get("by") == "hoard worker" and job.func_name == "hoardfs.jobs.maintenance.run"
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+    # one replicate job waits at a time, whoever queues it; an install (no [embedded]) queues none
+    fetch_job(REPLICATE_JOB, redis_conn).delete()
+    assert queue_replicate(cfg, redis_conn) is True and queue_replicate(cfg, redis_conn) is False
+    assert scheduled(cfg, ["maintenance"]) and not scheduled(cfg, ["io"])
+    install = config.load(cfg.source).model_copy(update={"embedded": None})
+    assert not scheduled(install, ["maintenance"])
