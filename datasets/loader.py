@@ -1,0 +1,417 @@
+"""Train from the store: a dataset version's samples read straight from the shards, in a
+disk-friendly and well-mixed order that is a function of (the version's manifest, split, seed,
+epoch) alone — so a run resumes by recomputing the order and skipping to its position.
+
+    from hoardfs.loader import Loader
+    ld = Loader("cats@3", split="train", seed=7, epoch=0)
+    for sample in ld:              # {key, sha256, bytes, labels, split, class, …}
+        ...
+    state = ld.state_dict()        # JSON, < 1 KB: Loader.from_state_dict(state) goes on from there
+
+The order of an epoch, computed before a byte is read (`plan`):
+
+1. The split's samples are looked up in the index and grouped by shard; each shard's records,
+   in offset order, are cut into *runs* of at most `run_bytes` — the long sequential reads.
+2. The runs of all shards are interleaved by a seeded shuffle that keeps each shard's runs in
+   offset order (a random merge of the shards' sequences).
+3. `lanes` runs are open at once and give one sample each in turn: neighbouring samples come
+   from `lanes` different runs (shards, and disks: each run is read from the replica the
+   batch planner's balance picks, hoardfs.fsd.outputs.runs).
+4. A seeded shuffle buffer of `buffer` samples mixes them further.
+
+Disks and bandwidths decide only where a run is read from, never the order, so the same
+version, split, seed and epoch give the same sequence on any machine. What does change it:
+the samples' records moving (a gc compacting their shards, a sample freed) between a
+`state_dict` and the resume. The rng is seeded from the manifest's sha256, not the version's
+number: a dataset built twice from the same data yields the same order.
+
+Worker split (`worker`, `workers`, `block`): position k of the sequence (counted from where the
+iteration starts) belongs to worker `(k // block) % workers`; each worker reads only its own
+samples. A torch DataLoader taking `block`-sized batches from its workers in turn puts them
+back in the sequence's order — the same keys in the same order for any number of workers.
+
+Liveness and safety: a sample whose node the database marks deleted or black-listed when the
+epoch starts, or that the store no longer shows when its run is read (`Index.shown`), is not
+read and not yielded (its position is passed over). The store is opened read-only, sharing
+the `readers` lock (ingest, gc's swap and replication go on meanwhile; a record gc moved is
+looked up again); nothing is written to the store or the SSD.
+
+Memory: the shuffle buffer, the `lanes` runs being interleaved (at most `run_bytes` each), and
+per disk the run being read plus `ahead` read ones — whatever the dataset's size. The plan
+itself is a few integers per sample (with the manifest's samples).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hoardfs.base import config
+from hoardfs.base.errors import ExitCode, HoardError
+from hoardfs.datasets import api, card
+from hoardfs.datasets.model import Sample
+from hoardfs.fsd.outputs import runs as runs_mod
+from hoardfs.fsd.outputs.runs import Rec, Run
+from hoardfs.fsd.store import Store
+from hoardfs.sql import datasets as sqld
+from hoardfs.sql.selectors import physical_nodes
+
+__all__ = ["Loader", "LoaderError", "Mix"]
+
+#: samples the shuffle buffer holds
+BUFFER = 4096
+#: runs open at once, taking turns
+LANES = 8
+#: the longest run of one shard read at once (a sequential read of up to this many bytes)
+RUN_BYTES = 8 << 20
+#: the window the mix is measured over (`stats()["mix"]`)
+WINDOW = 1000
+#: the state's format
+STATE = 1
+
+
+class LoaderError(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+@dataclass
+class Plan:
+    """One epoch's order: `post[k]` is the sample (an index into the split's samples) at
+    position k; `runs[r]` a run, `run_samples[r]` its samples (record order, a sample per
+    record and its duplicates), `run_of[s]` the run sample s is read in (-1: not in the store)."""
+    runs: list[Run]
+    run_samples: list[list[int]]
+    run_of: list[int]
+    post: list[int]
+
+
+def _rng(manifest_sha: str, split: str | None, seed: int, epoch: int, what: str) -> random.Random:
+    return random.Random(f"hoardfs.loader/{manifest_sha}/{split or '*'}/{seed}/{epoch}/{what}")
+
+
+def plan(samples: list[Sample], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
+         epoch: int, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES) -> Plan:
+    """The epoch's order (the module's steps 1–4) from the samples and their records'
+    locations (sha → ObjectLoc); a sample without one is placed nowhere (never read)."""
+    by_shard: dict[bytes, dict[bytes, list[int]]] = {}
+    where: dict[bytes, Any] = {}
+    for i, s in enumerate(samples):
+        sha = bytes.fromhex(s.sha256)
+        loc = locs.get(sha)
+        if loc is None:
+            continue
+        where[sha] = loc
+        by_shard.setdefault(loc.shard_id, {}).setdefault(sha, []).append(i)
+    runs: list[Run] = []
+    run_samples: list[list[int]] = []
+    per_shard: list[list[int]] = []  # the run numbers of each shard, offset order
+    for shard_id in sorted(by_shard):
+        shas = sorted(by_shard[shard_id], key=lambda h: where[h].offset)
+        mine: list[int] = []
+        cur: list[Rec] = []
+        size = 0
+        for sha in shas:
+            loc = where[sha]
+            if cur and size + loc.length > run_bytes:
+                mine.append(len(runs))
+                runs.append(Run(shard_id, cur))
+                cur, size = [], 0
+            cur.append(Rec(sha, loc.offset, loc.length))
+            size += loc.length
+        mine.append(len(runs))
+        runs.append(Run(shard_id, cur))
+        per_shard.append(mine)
+    for run in runs:
+        run_samples.append([i for r in run.records for i in by_shard[run.shard_id][r.sha]])
+    run_of = [-1] * len(samples)
+    for r, members in enumerate(run_samples):
+        for i in members:
+            run_of[i] = r
+    # 2. a random merge of the shards' run sequences: each shard's runs stay in offset order
+    tickets = [k for k, mine in enumerate(per_shard) for _ in mine]
+    _rng(manifest_sha, split, seed, epoch, "runs").shuffle(tickets)
+    nth = [0] * len(per_shard)
+    order = []
+    for k in tickets:
+        order.append(per_shard[k][nth[k]])
+        nth[k] += 1
+    runs = [runs[r] for r in order]
+    run_samples = [run_samples[r] for r in order]
+    renumber = {old: new for new, old in enumerate(order)}
+    run_of = [renumber[r] if r >= 0 else -1 for r in run_of]
+    # 3. lanes: `lanes` runs open at once, one sample each in turn
+    pre: list[int] = []
+    slots: list[deque[int]] = []
+    nxt = 0
+    while nxt < len(run_samples) or slots:
+        while len(slots) < max(1, lanes) and nxt < len(run_samples):
+            slots.append(deque(run_samples[nxt]))
+            nxt += 1
+        for q in slots:
+            pre.append(q.popleft())
+        slots = [q for q in slots if q]
+    # 4. the shuffle buffer
+    rng = _rng(manifest_sha, split, seed, epoch, "buffer")
+    post: list[int] = []
+    buf: list[int] = []
+    size_b = max(1, buffer)
+    for i in pre:
+        buf.append(i)
+        if len(buf) >= size_b:
+            j = rng.randrange(len(buf))
+            post.append(buf[j])
+            buf[j] = buf[-1]
+            buf.pop()
+    rng.shuffle(buf)
+    post.extend(buf)
+    return Plan(runs, run_samples, run_of, post)
+
+
+class Mix:
+    """The mix of what was yielded, over every window of WINDOW consecutive samples: the fewest
+    and the mean number of distinct shards, and the largest share of one shard."""
+
+    def __init__(self, window: int = WINDOW) -> None:
+        self.window = window
+        self.last: deque[bytes] = deque()
+        self.count: Counter[bytes] = Counter()
+        self.of_count: Counter[int] = Counter()  # how many shards have each count
+        self.top = 0
+        self.windows = 0
+        self.distinct_min: int | None = None
+        self.distinct_sum = 0
+        self.top_max = 0
+
+    def _bump(self, shard: bytes, d: int) -> None:
+        c = self.count[shard]
+        if c:
+            self.of_count[c] -= 1
+        c += d
+        if c:
+            self.count[shard] = c
+            self.of_count[c] += 1
+        else:
+            del self.count[shard]
+        if d > 0:
+            self.top = max(self.top, c)
+        elif not self.of_count[self.top]:
+            self.top -= 1
+
+    def add(self, shard: bytes) -> None:
+        self.last.append(shard)
+        self._bump(shard, 1)
+        if len(self.last) > self.window:
+            self._bump(self.last.popleft(), -1)
+        if len(self.last) == self.window:
+            self.windows += 1
+            n = len(self.count)
+            self.distinct_min = n if self.distinct_min is None else min(self.distinct_min, n)
+            self.distinct_sum += n
+            self.top_max = max(self.top_max, self.top)
+
+    def report(self) -> dict[str, Any]:
+        if not self.windows:
+            return {"window": self.window, "windows": 0}
+        return {"window": self.window, "windows": self.windows, "distinct_shards_min": self.distinct_min,
+                "distinct_shards_mean": round(self.distinct_sum / self.windows, 1),
+                "largest_shard_share": round(self.top_max / self.window, 4)}
+
+
+class Loader:
+    """The samples of a dataset version's split, read from the store (the module's docstring).
+
+    `ref`: `NAME@N` (or `NAME`: the newest finished version, recorded as `NAME@N`); `split`:
+    a split's name, or None for every sample; `decode(bytes)`: its result is yielded as
+    `data` in place of `bytes`; `config`: a hoard.toml (default: found as the CLI finds it —
+    `HOARD_CONFIG`, ./hoard.toml, /etc/hoard/hoard.toml). Iterating yields one epoch from
+    `position`, then moves on to the next epoch (position 0): iterate again for it."""
+
+    def __init__(self, ref: str, split: str | None = "train", seed: int = 0, epoch: int = 0, *,
+                 position: int = 0, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES,
+                 decode: Callable[[bytes], Any] | None = None, worker: int = 0, workers: int = 1, block: int = 1,
+                 ahead: int = runs_mod.AHEAD, config_path: str | Path | None = None) -> None:
+        for what, v, least in (("seed", seed, 0), ("epoch", epoch, 0), ("position", position, 0),
+                               ("buffer", buffer, 1), ("lanes", lanes, 1), ("run_bytes", run_bytes, 1),
+                               ("workers", workers, 1), ("block", block, 1), ("ahead", ahead, 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                raise LoaderError(f"Loader {what}={v!r}: a whole number of at least {least}")
+        if not 0 <= worker < workers:
+            raise LoaderError(f"Loader worker={worker!r}: one of 0..{workers - 1} (workers={workers})")
+        self.cfg = config.load(config_path)
+        self.config_path = str(config_path) if config_path is not None else None
+        self.seed, self.epoch, self.position = seed, epoch, position
+        self.buffer, self.lanes, self.run_bytes, self.ahead = buffer, lanes, run_bytes, ahead
+        self.decode = decode
+        self.worker, self.workers, self.block = worker, workers, block
+        name, number = api.parse_ref(ref, need_version=False)
+        with api._connect(self.cfg, f"read dataset {ref}") as conn:
+            if number is not None:  # (a version that is not there: named as such, whatever the others' state)
+                with api._db_errors(f"dataset {name} was read"):
+                    there = [r["version"] for r in sqld.versions(conn, name)]
+                if number not in there:
+                    raise LoaderError(f"no dataset {ref} (its versions: {', '.join(map(str, there)) or 'none'}); "
+                                      "`hoard dataset list`")
+            row = api._version(conn, ref)
+        if not row["manifest_sha256"]:
+            raise LoaderError(f"dataset {row['name']}@{row['version']} was never finished; build it again")
+        self.ref = f"{row['name']}@{row['version']}"
+        self.manifest_sha: str = row["manifest_sha256"]
+        with self._store() as store:
+            every = card.read_manifest(store.get(self.manifest_sha))
+        splits = sorted({s.split for s in every})
+        if split is not None and split not in splits:
+            raise LoaderError(f"dataset {self.ref} has no split {split!r} (its splits: {', '.join(splits) or 'none'})")
+        self.split = split
+        self.samples = [s for s in every if split is None or s.split == split]
+        self._plan: Plan | None = None
+        self._plan_epoch = -1
+        self._stats: dict[str, Any] = {"samples": 0, "bytes": 0, "read_bytes": 0, "per_disk_bytes": {},
+                                       "fallbacks": 0, "withheld": 0}
+        self._mix = Mix()
+
+    def _store(self) -> Store:
+        return Store.open(self.cfg, writable=False, lock="readers", what=f"the loader of {self.ref}"
+                          if hasattr(self, "ref") else "a loader")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where the sequence stands: seed, epoch, position and what else fixes the order (JSON,
+        well under 1 KB). At the end of an epoch: the next epoch at position 0."""
+        epoch, position = self.epoch, self.position
+        if position >= len(self.samples):
+            epoch, position = epoch + 1, 0
+        state = {"state": STATE, "dataset": self.ref, "split": self.split, "seed": self.seed, "epoch": epoch,
+                 "position": position, "buffer": self.buffer, "lanes": self.lanes, "run_bytes": self.run_bytes}
+        if self.workers > 1:
+            state |= {"worker": self.worker, "workers": self.workers, "block": self.block}
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], **kwargs: Any) -> Loader:
+        """The loader that goes on exactly where `state` (`state_dict`) stood; `kwargs` (decode,
+        config_path, ahead) as for the constructor."""
+        if not isinstance(state, dict) or state.get("state") != STATE:
+            raise LoaderError(f"not a loader state (format {STATE}): {str(state)[:80]!r}; pass what "
+                              "Loader.state_dict() returned")
+        try:
+            return cls(state["dataset"], state["split"], state["seed"], state["epoch"], position=state["position"],
+                       buffer=state.get("buffer", BUFFER), lanes=state.get("lanes", LANES),
+                       run_bytes=state.get("run_bytes", RUN_BYTES),
+                       worker=state.get("worker", 0), workers=state.get("workers", 1), block=state.get("block", 1),
+                       **kwargs)
+        except KeyError as e:
+            raise LoaderError(f"the loader state lacks {e.args[0]!r}; pass what Loader.state_dict() returned") from None
+
+    def stats(self) -> dict[str, Any]:
+        """Samples and bytes yielded, bytes read per disk, replicas fallen back to, samples
+        withheld (deleted or hidden), and the mix (`Mix`)."""
+        return {**self._stats, "per_disk_bytes": dict(self._stats["per_disk_bytes"]), "mix": self._mix.report()}
+
+    # -- the sequence -----------------------------------------------------------------------
+    def plan(self, store: Store) -> Plan:
+        if self._plan is None or self._plan_epoch != self.epoch:
+            locs = store.index.lookup_many([bytes.fromhex(s.sha256) for s in self.samples])
+            self._plan = plan(self.samples, locs, self.manifest_sha, self.split, self.seed, self.epoch,
+                              self.buffer, self.lanes, self.run_bytes)
+            self._plan_epoch = self.epoch
+        return self._plan
+
+    def order(self) -> list[str]:
+        """The keys of the epoch's sequence (no byte read): what iterating yields, withheld
+        samples left out."""
+        with self._store() as store:
+            p = self.plan(store)
+        return [self.samples[i].key for i in p.post]
+
+    def _owned(self, k: int, start: int) -> bool:
+        return ((k - start) // self.block) % self.workers == self.worker
+
+    def _withheld(self, store: Store) -> set[bytes]:
+        """The samples' objects the database marks deleted or black-listed, or the store does
+        not show (hidden, tombstoned) or no longer holds."""
+        shas = sorted({bytes.fromhex(s.sha256) for s in self.samples})
+        with api._connect(self.cfg, f"read dataset {self.ref}") as conn, api._db_errors(f"{self.ref} was read"):
+            gone = {bytes.fromhex(h) for h, _node, dead in physical_nodes(conn, shas) if dead}
+        return gone | {h for h in shas if h not in gone and not store.index.shown(h)}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with self._store() as store:
+            yield from self._epoch(store)
+
+    def _epoch(self, store: Store) -> Iterator[dict[str, Any]]:
+        p = self.plan(store)
+        start = self.position
+        withheld = self._withheld(store)
+        # what this worker reads from here: its own positions' samples, live ones
+        need = [False] * len(self.samples)
+        for k in range(start, len(p.post)):
+            i = p.post[k]
+            if self._owned(k, start) and bytes.fromhex(self.samples[i].sha256) not in withheld:
+                need[i] = True
+        lost = [self.samples[i] for i in range(len(self.samples)) if need[i] and p.run_of[i] < 0]
+        if lost:
+            raise LoaderError(f"{len(lost)} samples of {self.ref} are not in the store, e.g. {lost[0].key} "
+                              f"({lost[0].sha256}), and their nodes are not deleted: the store lost them — "
+                              "`hoard health` names what to do", ExitCode.DATA)
+        todo: list[int] = []  # the plan's run numbers read, in order
+        parts: list[Run] = []
+        for r, run in enumerate(p.runs):
+            wanted = {bytes.fromhex(self.samples[i].sha256) for i in p.run_samples[r] if need[i]}
+            if wanted:
+                todo.append(r)
+                parts.append(Run(run.shard_id, [rec for rec in run.records if rec.sha in wanted]))
+        reads = runs_mod.read_runs(store, parts, self.ahead)
+        held: dict[int, bytes] = {}
+        done = -1  # the last plan run read
+        per_disk = self._stats["per_disk_bytes"]
+        try:
+            for k in range(start, len(p.post)):
+                i = p.post[k]
+                if not need[i]:
+                    if self._owned(k, start):
+                        self._stats["withheld"] += 1
+                    self.position = k + 1
+                    continue
+                r = p.run_of[i]
+                while done < r:
+                    got = next(reads)
+                    done = todo[got.number]
+                    self._stats["read_bytes"] += got.nbytes
+                    self._stats["fallbacks"] += got.fallbacks
+                    if got.disk:
+                        per_disk[got.disk] = per_disk.get(got.disk, 0) + got.nbytes
+                    for j in p.run_samples[done]:
+                        data = got.payloads.get(bytes.fromhex(self.samples[j].sha256)) if need[j] else None
+                        if data is not None:
+                            held[j] = data
+                data = held.pop(i, None)
+                self.position = k + 1
+                if data is None:  # hidden or deleted since the epoch began: not read
+                    self._stats["withheld"] += 1
+                    continue
+                s = self.samples[i]
+                self._stats["samples"] += 1
+                self._stats["bytes"] += len(data)
+                self._mix.add(p.runs[r].shard_id)
+                yield self._sample(s, data, k)
+        finally:
+            reads.close()
+        self.epoch += 1
+        self.position = 0
+
+    def _sample(self, s: Sample, data: bytes, k: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": s.key, "sha256": s.sha256, "labels": {a: list(b) for a, b in s.labels.items()},
+                               "split": s.split, "class": s.cls, "class_index": s.class_index, "path": s.path,
+                               "node_id": s.node_id, "epoch": self.epoch, "position": k}
+        if self.decode is None:
+            out["bytes"] = data
+        else:
+            out["data"] = self.decode(data)
+        return out

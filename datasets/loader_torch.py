@@ -1,0 +1,67 @@
+"""The loader as a `torch.utils.data.IterableDataset` (torch needed only for this module).
+
+    ds = TorchDataset("cats@3", split="train", seed=7, epoch=0, block=64)
+    for batch in DataLoader(ds, batch_size=64, num_workers=4, collate_fn=...):
+        ...
+
+Each DataLoader worker makes its own Loader (its own store and database connection) over its
+part of the sequence: positions in blocks of `block` (the DataLoader's batch_size; 1 with
+batch_size=None), block b to worker b % num_workers. The DataLoader takes one batch from each
+worker in turn, so what it hands out is the sequence itself, whatever the number of workers.
+`state_dict(consumed)` is the Loader state after the first `consumed` samples this dataset's
+iteration handed out: `TorchDataset.from_state_dict(state, block=…)` goes on from there, with
+any number of workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from hoardfs.datasets.loader import Loader
+
+__all__ = ["TorchDataset"]
+
+
+class TorchDataset(IterableDataset):
+    def __init__(self, ref: str, split: str | None = "train", seed: int = 0, epoch: int = 0, *, position: int = 0,
+                 block: int = 1, **kwargs: Any) -> None:
+        super().__init__()
+        # checked here, in the process that makes it: a bad name or split is one line now, not
+        # a worker's traceback later
+        probe = Loader(ref, split, seed, epoch, position=position, block=block, **kwargs)
+        self.ref, self.split, self.seed, self.epoch, self.position = probe.ref, split, seed, epoch, position
+        self.block = block
+        self.kwargs = kwargs
+        self.samples = len(probe)
+
+    def __len__(self) -> int:
+        return max(0, self.samples - self.position)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next iteration is epoch `epoch`, from its start."""
+        self.epoch, self.position = epoch, 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        ld = Loader(self.ref, self.split, self.seed, self.epoch, position=self.position, worker=worker,
+                    workers=workers, block=self.block, **self.kwargs)
+        yield from ld
+
+    def state_dict(self, consumed: int) -> dict[str, Any]:
+        """The Loader state after `consumed` samples of this iteration were handed out."""
+        epoch, position = self.epoch, self.position + consumed
+        if position >= self.samples:
+            epoch, position = epoch + 1, 0
+        return {"state": 1, "dataset": self.ref, "split": self.split, "seed": self.seed, "epoch": epoch,
+                "position": position, **{k: self.kwargs[k] for k in ("buffer", "lanes", "run_bytes")
+                                         if k in self.kwargs}}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], block: int = 1, **kwargs: Any) -> TorchDataset:
+        extra = {k: state[k] for k in ("buffer", "lanes", "run_bytes") if k in state}
+        return cls(state["dataset"], state["split"], state["seed"], state["epoch"], position=state["position"],
+                   block=block, **extra, **kwargs)

@@ -1,0 +1,230 @@
+"""Ordered run reads: records of the store read run by run in an order the caller fixes, every
+disk at once — the batch planner's reads (fsd/io/planner.py) for a consumer that needs the
+records in a set order and cannot hold them all (the training loader, hoardfs.datasets.loader).
+
+A *run* is records of one shard in offset order, the caller's unit of order. Each run is
+given to one replica disk, balanced over all of them as the planner balances its pieces (the
+disk that would finish it earliest at its bandwidth); one reader thread per disk reads its
+runs in the caller's order, each run's wanted records coalesced into ranges (gaps up to
+GAP_BYTES read through, a range at most `range_limit(read_streams)`), and keeps at most
+`ahead` runs read ahead of the consumer. Every record is verified (header, xxh3-128) as the
+planner verifies it; a record that does not check out, or whose replica cannot be read (a
+shard gc retired meanwhile), is read from the other replicas (`Store.from_replicas`, which
+looks the object up again) and never handed out unverified.
+
+Read-only: a bad replica is logged, not queued for repair nor its disk marked (the mount's
+rule for a reader: the store may be opened read-only, by another user). An object the store
+no longer shows (`Index.shown`: hidden by a type-A delete, tombstoned by a type-B one) when
+its run comes up is not read at all — not a byte of it.
+
+Memory: each disk's reader holds the run it reads plus up to `ahead` read ones; the consumer
+holds the one it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.records import DataError, ObjectNotFound, verified_view, verify_record
+from hoardfs.fsd.io.planner import DEFAULT_MB_S, GAP_BYTES, bandwidths, in_order, range_limit
+
+if TYPE_CHECKING:
+    from hoardfs.fsd.store import Store
+
+log = logging.getLogger(__name__)
+
+#: runs a disk's reader keeps read ahead of the consumer
+AHEAD = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Rec:
+    sha: bytes
+    offset: int  # the payload's offset in the shard
+    length: int
+
+
+@dataclass(slots=True)
+class Run:
+    shard_id: bytes
+    records: list[Rec]  # in offset order
+
+    @property
+    def size(self) -> int:
+        return sum(r.length + fmt.RECORD_HEADER_SIZE for r in self.records)
+
+
+@dataclass(slots=True)
+class RunRead:
+    """A run read: the payloads of its records the store shows (sha → bytes), the disk it came
+    from, the bytes read off it, how many records came from another replica."""
+    number: int
+    payloads: dict[bytes, bytes]
+    disk: str
+    nbytes: int = 0
+    fallbacks: int = 0
+    unshown: list[bytes] = field(default_factory=list)
+
+
+def assign(store: Store, runs: Sequence[Run]) -> list[str]:
+    """The disk (uuid) each run is read from: among the usable replicas of its shard (the
+    failed but attached ones when it has none, `Store.last_resort`), the one that would finish
+    it earliest at its bandwidth — the planner's balance, in the runs' order. "" for a run
+    whose shard has no replica to read (its records are read by `Store.from_replicas`)."""
+    bw = bandwidths(store)
+    load: dict[str, int] = {}
+    out = []
+    metas: dict[bytes, list[str]] = {}
+    for run in runs:
+        cands = metas.get(run.shard_id)
+        if cands is None:
+            meta = store.index.get_shard(run.shard_id)
+            cands = [] if meta is None else [d.uuid for d in store.replica_order(meta) or store.last_resort(meta)]
+            metas[run.shard_id] = cands
+        if not cands:
+            out.append("")
+            continue
+        size = run.size
+        best = min(cands, key=lambda u: ((load.get(u, 0) + size) / bw.get(u, DEFAULT_MB_S * 1e6), u))
+        load[best] = load.get(best, 0) + size
+        out.append(best)
+    return out
+
+
+def _ranges(records: list[Rec], longest: int) -> list[list[Rec]]:
+    """The records (offset order) cut into ranges read whole: a gap up to GAP_BYTES read through."""
+    out: list[list[Rec]] = []
+    start = end = 0
+    for r in records:
+        a, b = r.offset - fmt.RECORD_HEADER_SIZE, r.offset + r.length
+        if out and a - end <= GAP_BYTES and b - start <= longest:
+            out[-1].append(r)
+            end = max(end, b)
+        else:
+            out.append([r])
+            start, end = a, b
+    return out
+
+
+def _fallback(store: Store, rec: Rec, avoid: str) -> bytes:
+    """The record from another replica (looked up again: gc may have moved it), verified."""
+    def read(disk, meta, loc) -> bytes:
+        buf = disk.read_at(meta.hex, loc.offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE + loc.length)
+        return verify_record(memoryview(buf), 0, rec.sha, loc.length, f" (shard {meta.hex} on {disk.label})")
+
+    def bad(disk, meta, e: Exception) -> None:
+        log.warning("loader: replica of shard %s on %s unreadable: %s; trying another", meta.hex, disk.label, e)
+
+    return store.from_replicas(rec.sha, read, frozenset({avoid}) if avoid else frozenset(), on_bad=bad)
+
+
+def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
+    """One run off disk `uuid`: what the store still shows of it, verified, each record that
+    fails there read from another replica."""
+    flags = [store.index.shown(r.sha) for r in run.records]
+    wanted = [r for r, ok in zip(run.records, flags, strict=True) if ok]
+    disk = store.disks.get(uuid) if uuid else None
+    out = RunRead(number, {}, disk.label if disk is not None else "",
+                  unshown=[r.sha for r, ok in zip(run.records, flags, strict=True) if not ok])
+    failed: list[Rec] = []
+    if disk is None:
+        failed = wanted
+    else:
+        shard_hex = run.shard_id.hex()
+        where = f" (shard {shard_hex} on {disk.label})"
+
+        def read(rng: list[Rec]) -> Callable[[], tuple[list[Rec], bytes | None, Exception | None]]:
+            def call() -> tuple[list[Rec], bytes | None, Exception | None]:
+                a = rng[0].offset - fmt.RECORD_HEADER_SIZE
+                try:
+                    return rng, disk.read_exact(shard_hex, a, max(r.offset + r.length for r in rng) - a), None
+                except OSError as e:
+                    return rng, None, e
+            return call
+
+        for rng, buf, err in in_order((read(g) for g in _ranges(wanted, range_limit(disk.read_streams))),
+                                      disk.read_streams):
+            if buf is None:
+                log.warning("loader: shard %s on %s unreadable (%s); its records come from another replica",
+                            shard_hex, disk.label, err)
+                failed += rng
+                continue
+            view = memoryview(buf)
+            base = rng[0].offset - fmt.RECORD_HEADER_SIZE
+            out.nbytes += len(buf)
+            for r in rng:
+                try:
+                    out.payloads[r.sha] = bytes(verified_view(view, r.offset - fmt.RECORD_HEADER_SIZE - base,
+                                                              r.sha, r.length, where))
+                except fmt.ShardFormatError as e:
+                    log.warning("loader: record %s…%s does not check out (%s); read from another replica",
+                                r.sha.hex()[:12], where, e)
+                    failed.append(r)
+    for r in failed:
+        try:
+            out.payloads[r.sha] = _fallback(store, r, uuid)
+        except ObjectNotFound:  # freed meanwhile: it was deleted (gc frees nothing else)
+            out.unshown.append(r.sha)
+            continue
+        out.fallbacks += 1
+    return out
+
+
+def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
+    """Each run read (`read_run`), in the order given, every disk reading its own runs at once
+    and at most `ahead` runs ahead of the consumer. A reader's error (a record no replica
+    holds whole: DataError) is raised here in its run's place. Closing the iterator stops the
+    readers."""
+    disk_of = assign(store, runs)
+    mine: dict[str, list[int]] = {}
+    for i, u in enumerate(disk_of):
+        mine.setdefault(u, []).append(i)
+    stop = threading.Event()
+    queues: dict[str, queue.Queue] = {u: queue.Queue(maxsize=max(1, ahead)) for u in mine}
+
+    def put(q: queue.Queue, item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def reader(u: str) -> None:
+        q = queues[u]
+        for i in mine[u]:
+            if stop.is_set():
+                return
+            try:
+                item: RunRead | BaseException = read_run(store, i, runs[i], u)
+            except BaseException as e:  # handed to the consumer, which raises it
+                put(q, e)
+                return
+            if not put(q, item):
+                return
+
+    threads = [threading.Thread(target=reader, args=(u,), name=f"loader-read {u[:8]}", daemon=True) for u in mine]
+    for t in threads:
+        t.start()
+    try:
+        for i, u in enumerate(disk_of):
+            while True:
+                try:
+                    item = queues[u].get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    if not any(t.is_alive() for t in threads) and queues[u].empty():
+                        raise DataError(f"the reader of run {i} stopped without a word") from None
+            if isinstance(item, BaseException):
+                raise item
+            assert item.number == i
+            yield item
+    finally:
+        stop.set()

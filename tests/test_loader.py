@@ -1,0 +1,262 @@
+"""Train from the store (hoardfs.loader, datasets/loader.py): a dataset version's samples read
+from the shards in an order fixed by (manifest, split, seed, epoch) alone — the same for any
+worker split, resumable from any position, verified record by record, never yielding a deleted
+or hidden sample — against real PostgreSQL, Redis and the store, a version built by `hoard
+dataset build`."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from hoardfs.adapters.synth import Spec
+from hoardfs.datasets.loader import Mix, plan
+from hoardfs.fsd.maintenance.deletion import hide
+from hoardfs.fsd.outputs.runs import assign, read_run
+from hoardfs.fsd.store import Store
+from hoardfs.loader import Loader, LoaderError
+from tests.helpers import flip_byte
+from tests.test_datasets import _build, _hoard, _label, _spec
+from tests.test_ingest import ingest_sample
+
+#: small runs, lanes and buffer: a few dozen samples still make many runs, mixed and buffered
+SMALL = {"buffer": 7, "lanes": 3, "run_bytes": 96 << 10}
+
+
+@pytest.fixture
+def built(hoard_home: Path, pg, redis_conn, tmp_path: Path):
+    """Three gallery batches ingested, their png images labelled cat | dog, and dataset pets@1
+    built from them (copy mode): (cfg, the spec file)."""
+    cfg, _ = ingest_sample(hoard_home, pg, redis_conn, Spec(seed=71, batches=3, items_per_batch=30, large_max_mb=1,
+                                                            ready_signal=True, sources=("gallery",)))
+    shas = [r[0] for r in pg.execute(
+        "SELECT encode(n.sha256, 'hex') FROM node n JOIN physical_content pc USING (node_id) "
+        "WHERE pc.file_type = 'png' ORDER BY n.node_id")]
+    assert len(shas) >= 20
+    _label(pg, "setup", [(h, "class", "cat" if i % 2 else "dog") for i, h in enumerate(shas)])
+    spec = _spec(tmp_path, ratios="train = 0.8, val = 0.2")
+    assert _build(cfg, spec)["version"] == 1
+    return cfg, spec
+
+
+def _keys(ld: Loader) -> list[str]:
+    return [s["key"] for s in ld]
+
+
+def _epochs(cfg, n: int = 2, **kw) -> list[tuple[int, str]]:
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **kw)
+    return [(s["epoch"], s["key"]) for _ in range(n) for s in ld]
+
+
+def test_every_sample_once_verified_and_the_same_order_for_any_worker_split(built) -> None:
+    """An epoch yields each train sample once, its bytes those of its sha256, with its labels; the
+    order is the plan's (`order()`, no byte read) and comes back the same from 1, 2 and 4 workers
+    (blocks of 1 and of 3) interleaved; another seed or epoch is another order."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    got = list(ld)
+    assert len(got) == len(ld) and len({s["key"] for s in got}) == len(got) and len(got) >= 15
+    assert all(hashlib.sha256(s["bytes"]).hexdigest() == s["sha256"] and s["split"] == "train"
+               and s["labels"]["class"] == [s["class"]] for s in got)
+    keys = [s["key"] for s in got]
+    assert ld.order() == keys or ld.epoch == 1  # (order() is of the loader's current epoch)
+    assert Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL).order() == keys
+    st = ld.stats()
+    assert st["samples"] == len(got) and st["bytes"] == sum(len(s["bytes"]) for s in got)
+    assert sum(st["per_disk_bytes"].values()) == st["read_bytes"] >= st["bytes"] and len(st["per_disk_bytes"]) >= 2
+    for block in (1, 3):
+        for workers in (1, 2, 4):
+            parts = [_keys(Loader("pets@1", "train", 7, 0, config_path=cfg.source, worker=w, workers=workers,
+                                  block=block, **SMALL)) for w in range(workers)]
+            assert sorted(k for p in parts for k in p) == sorted(keys)
+            rejoined = []
+            blocks = [[p[i:i + block] for i in range(0, len(p), block)] for p in parts]
+            for b in range(max(len(x) for x in blocks)):
+                for w in range(workers):
+                    if b < len(blocks[w]):
+                        rejoined += blocks[w][b]
+            assert rejoined == keys, (block, workers)
+    assert _keys(Loader("pets@1", "train", 8, 0, config_path=cfg.source, **SMALL)) != keys
+    assert _keys(Loader("pets@1", "train", 7, 1, config_path=cfg.source, **SMALL)) != keys
+
+
+def test_resume_from_100_points_gives_the_same_sequence(built) -> None:
+    """Stopped after any number of samples of two epochs — mid-buffer, at the epoch boundary —
+    and resumed from its JSON state (< 1 KB), twice in a row, the loader yields exactly the
+    rest of the uninterrupted sequence."""
+    cfg, _ = built
+    whole = _epochs(cfg, **SMALL)
+    n = len(whole) // 2
+    rng = random.Random(5)
+    points = sorted({0, 1, 3, SMALL["buffer"] - 1, SMALL["buffer"] + 1, n - 1, n, n + 1, 2 * n - 1}
+                    | {rng.randrange(2 * n) for _ in range(200)})[:100]
+    assert len(points) >= min(100, 2 * n)
+    for p in points:
+        ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+        got: list[tuple[int, str]] = []
+        while len(got) < p:  # a kill after p samples
+            for s in ld:
+                got.append((s["epoch"], s["key"]))
+                if len(got) == p:
+                    break
+        raw = json.dumps(ld.state_dict())
+        assert len(raw) <= 1024, raw
+        again = Loader.from_state_dict(json.loads(raw), config_path=cfg.source)
+        q = p + (len(whole) - p) // 2  # killed again half-way through the rest
+        while len(got) < q:
+            for s in again:
+                got.append((s["epoch"], s["key"]))
+                if len(got) == q:
+                    break
+        third = Loader.from_state_dict(json.loads(json.dumps(again.state_dict())), config_path=cfg.source)
+        while third.epoch < 2:
+            got += [(s["epoch"], s["key"]) for s in third]
+        assert got == whole, p
+
+
+@pytest.mark.expect_log(r"loader: record .* does not check out", level="WARNING")
+def test_a_rotten_replica_is_read_around(built) -> None:
+    """A flipped byte in the replica the loader reads a sample from: the sample comes from
+    another replica, its bytes right, the fallback counted and the record named in the log (the
+    store is not written: a reader's rule); nothing else changes."""
+    cfg, _ = built
+    whole = list(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    victim = whole[len(whole) // 2]
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        sha = bytes.fromhex(victim["sha256"])
+        loc = store.index.lookup(sha)
+        p = ld.plan(store)
+        r = next(r for r, run in enumerate(p.runs) if any(rec.sha == sha for rec in run.records))
+        uuid = assign(store, p.runs)[r]
+        meta = store.index.get_shard(loc.shard_id)
+        assert len(meta.replicas) >= 2
+        path = store.disks[uuid].find(meta.hex)
+    flip_byte(path, loc.offset + 5)
+    got = list(ld)
+    assert [s["key"] for s in got] == [s["key"] for s in whole]
+    assert all(hashlib.sha256(s["bytes"]).hexdigest() == s["sha256"] for s in got)
+    assert ld.stats()["fallbacks"] == 1
+
+
+def test_a_deleted_or_hidden_sample_is_never_yielded(built) -> None:
+    """`hoard delete --node` (the database's flag and the store's mark) before the epoch, and a
+    hidden mark in the store alone: neither sample is yielded nor read; the rest come in the
+    same order, and the positions stay those of the whole sequence."""
+    cfg, _ = built
+    whole = list(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    a, b = whole[2], whole[-3]
+    res = _hoard(cfg, "delete", "--node", a["sha256"])
+    assert res.returncode == 0, res.stderr
+    with Store.open(cfg) as store:
+        hide(store, [bytes.fromhex(b["sha256"])], "test: the store's mark alone")
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    got = list(ld)
+    assert [s["key"] for s in got] == [s["key"] for s in whole if s["key"] not in (a["key"], b["key"])]
+    assert [s["position"] for s in got] == [s["position"] for s in whole if s["key"] not in (a["key"], b["key"])]
+    assert ld.stats()["withheld"] == 2
+    # the run holding the hidden one, read as the loader reads it: not a byte of it
+    sha = bytes.fromhex(b["sha256"])
+    with Store.open(cfg, writable=False) as store:
+        p = ld.plan(store)
+        r = next(r for r, run in enumerate(p.runs) if any(rec.sha == sha for rec in run.records))
+        got_run = read_run(store, r, p.runs[r], assign(store, p.runs)[r])
+    assert sha in got_run.unshown and sha not in got_run.payloads
+    assert set(got_run.payloads) == {rec.sha for rec in p.runs[r].records} - set(got_run.unshown)
+
+
+def test_a_dataset_built_twice_yields_the_same_order(built) -> None:
+    """`hoard dataset build --force` makes version 2 of the same data: the same keys in the same
+    order for the same seed (the order is the manifest's, not the version number's)."""
+    cfg, spec = built
+    assert _build(cfg, spec, "--force")["version"] == 2
+    one = _keys(Loader("pets@1", "train", 3, 0, config_path=cfg.source))
+    assert _keys(Loader("pets@2", "train", 3, 0, config_path=cfg.source)) == one
+    assert _keys(Loader("pets", "val", 3, 0, config_path=cfg.source))  # the newest version, another split
+
+
+def test_the_store_is_found_as_the_cli_finds_it_and_bad_input_is_one_line(built, monkeypatch) -> None:
+    """No config_path: HOARD_CONFIG names the store; an unknown version or split, a bad seed,
+    a state that is not one: each a LoaderError or DatasetError of one line."""
+    cfg, _ = built
+    monkeypatch.setenv("HOARD_CONFIG", str(cfg.source))
+    ld = Loader("pets@1", split="train", seed=7, epoch=0)
+    assert ld.ref == "pets@1" and len(ld) == len(_keys(ld))
+    for bad, match in ((lambda: Loader("pets@9"), r"no dataset pets@9 \(its versions: 1\)"),
+                       (lambda: Loader("pets@1", split="test"), r"no split 'test' \(its splits: train, val\)"),
+                       (lambda: Loader("pets@1", seed=-1), r"seed=-1: a whole number"),
+                       (lambda: Loader.from_state_dict({"x": 1}), r"not a loader state")):
+        with pytest.raises(Exception, match=match) as e:
+            bad()
+        assert "\n" not in str(e.value)
+    assert isinstance(pytest.raises(LoaderError, lambda: Loader("pets@1", workers=2, worker=2)).value, LoaderError)
+
+
+def test_the_mix_counts_distinct_shards_and_the_largest_share() -> None:
+    """Mix: over every window, the fewest and mean distinct shards and the largest one-shard share."""
+    m = Mix(window=4)
+    for s in [b"a", b"a", b"b", b"c", b"a", b"a", b"a", b"a"]:
+        m.add(s)
+    rep = m.report()
+    # windows: aabc(3, 2/4) abca(3, 2/4) bcaa(3, 2/4) caaa(2, 3/4) aaaa(1, 4/4)
+    assert rep == {"window": 4, "windows": 5, "distinct_shards_min": 1, "distinct_shards_mean": 2.4,
+                   "largest_shard_share": 1.0}
+
+
+def test_the_plan_keeps_each_shards_runs_in_offset_order_and_mixes_lanes() -> None:
+    """The plan (no store): every sample once; a shard's records come in offset order before the
+    buffer; neighbours before the buffer come from `lanes` different runs; the same inputs give
+    the same plan and another seed another."""
+    from hoardfs.datasets.model import Sample
+    from hoardfs.fsd.core.entries import ObjectLoc
+
+    samples, locs = [], {}
+    for i in range(300):
+        sha = hashlib.sha256(f"s{i}".encode()).digest()
+        samples.append(Sample(path=f"p{i}", sha256=sha.hex(), size=100, ext=".png", key=sha.hex()[:16], node_id=i,
+                              root_id=i, lineage=(i,), source_url=None, date=None, labels={}, cls=None,
+                              class_index=None, split="train"))
+        locs[sha] = ObjectLoc(bytes([i % 5]) * 16, 1000 + (i // 5) * 200, 100)
+    a = plan(samples, locs, "m", "train", 1, 0, buffer=1, lanes=4, run_bytes=1000)
+    assert sorted(a.post) == list(range(300))
+    assert all(len(r.records) <= 10 for r in a.runs)
+    for r in a.runs:
+        assert [x.offset for x in r.records] == sorted(x.offset for x in r.records)
+    # buffer 1 = no shuffle: four runs take turns
+    assert [a.run_of[i] for i in a.post[:8]] == [0, 1, 2, 3, 0, 1, 2, 3]
+    firsts = {}
+    for run in a.runs:  # a shard's runs come in offset order
+        firsts.setdefault(run.shard_id, []).append(run.records[0].offset)
+    assert all(v == sorted(v) for v in firsts.values())
+    assert plan(samples, locs, "m", "train", 1, 0).post == plan(samples, locs, "m", "train", 1, 0).post
+    assert plan(samples, locs, "m", "train", 2, 0).post != plan(samples, locs, "m", "train", 1, 0).post
+
+
+TORCH = importlib.util.find_spec("torch") is not None
+
+
+@pytest.mark.services  # (importing PyPI's torch starts a process)
+@pytest.mark.needs(TORCH, "TORCH MISSING (the search extra): make search")
+def test_the_torch_wrapper_under_a_dataloader_with_two_workers(built) -> None:
+    """TorchDataset under a real DataLoader(num_workers=2): the sequence of the Loader itself,
+    each sample once; resumed from state_dict(consumed) with 1 worker it goes on identically."""
+    from torch.utils.data import DataLoader
+
+    from hoardfs.loader import TorchDataset
+
+    cfg, _ = built
+    keys = _keys(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    ds = TorchDataset("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    got = [s["key"] for s in DataLoader(ds, batch_size=None, num_workers=2)]
+    assert got == keys
+    state = ds.state_dict(5)
+    rest = TorchDataset.from_state_dict(state, config_path=cfg.source)
+    assert [s["key"] for s in DataLoader(rest, batch_size=None, num_workers=1)] == keys[5:]
+    batched = TorchDataset("pets@1", "train", 7, 0, block=4, config_path=cfg.source, **SMALL)
+    batches = list(DataLoader(batched, batch_size=4, num_workers=2, collate_fn=lambda b: [s["key"] for s in b]))
+    assert [k for b in batches for k in b] == keys
