@@ -53,6 +53,8 @@ SUMMARIES: dict[str, str] = {'put': 'Store files: prints sha256, new/existing an
  'pipeline': 'Pipelines: ordered stages of actions a batch goes through (docs/actions.md).',
  'dataset': 'Training datasets from a spec (docs/datasets.md): `hoard dataset build SPEC` makes version N+1 '
             'in `3D/<name>-v<N>/`; list, show, diff, materialize and rm the versions.',
+ 'labelstudio': 'Start, stop and show a Label Studio on this host for the `label-studio` action (`make '
+                'labelstudio` installs it).',
  'events': 'The newest events, newest first: batch_ingested, run_finished, run_failed, gate_waiting,\n'
            'dataset_built, disk_failed (kept 90 days).',
  'webhooks': "Webhooks: the configured ones, each delivery's tries, and queueing the overdue again.",

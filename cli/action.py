@@ -75,6 +75,11 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME",
         return
     for key, value in show_rows(c, path, builtin):
         out.print(f"{key:<13}{display(value)}", markup=False)
+    label_config = getattr(c.run_spec, "label_config", None)  # AC5: the labelling interface, as Label Studio gets it
+    if label_config:
+        out.print("label_config (Label Studio's labelling interface):", markup=False)
+        for line in label_config.strip("\n").splitlines():
+            out.print(f"  {display(line)}", markup=False)
 
 
 @app.command("validate")
@@ -353,6 +358,13 @@ def cancel(ctx: typer.Context, run_id: RunId) -> None:
 
     before = api._must(state(ctx).settings, run_id)
     st = api.cancel(state(ctx).settings, run_id)
+    if before.status == "done":  # an AC5 run released with tasks unlabelled (api.cancel refuses another)
+        lsr = st.report.get("label_studio") or {}
+        out.print(f"run {st.run_id}: done, its labels stand; {lsr.get('withdrawn', 0)} unlabelled task(s) removed "
+                  f"from Label Studio project {lsr.get('project')}"
+                  + (f", {lsr['kept']} kept: another run waits for them" if lsr.get("kept") else
+                     "; its staged files deleted"), markup=False)
+        return
     if before.status == "failed" and st.status == "cancelled":
         out.print(f"run {st.run_id}: cancelled; it had failed at step {st.step} and that ending stands (no second "
                   "event); its 3C output and pin were dropped", markup=False)

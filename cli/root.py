@@ -68,7 +68,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("db", "app"), "index": ("index", "app"), "zones": ("zones", "app"), "users": ("users", "app"),
     "tokens": ("tokens", "app"),
     "label": ("label", "app"), "view": ("mount", "view_app"), "action": ("action", "app"),
-    "pipeline": ("pipeline", "app"), "dataset": ("dataset", "app"),
+    "pipeline": ("pipeline", "app"), "dataset": ("dataset", "app"), "labelstudio": ("labelstudio", "app"),
     "events": ("events", "events"), "webhooks": ("events", "app"), "dups": ("dups", "dups"),
     "search": ("search", "search"),
     "install": ("install", "install"), "uninstall": ("install", "uninstall"),

@@ -186,6 +186,21 @@ def _launch_form(c: Contract, user: SignedIn) -> None:
                 "text-warning")
 
 
+def label_studio_project(report: dict[str, Any]) -> tuple[str, str] | None:
+    """(text, URL) of an AC5 run's Label Studio project: the Label Studio its tasks step used
+    (label_studio.url, or this host's, `hoard labelstudio up`) and the project id, both in its
+    report; None for another run."""
+    ls = report.get("label_studio")
+    if not isinstance(ls, dict) or not isinstance(ls.get("project"), int) or isinstance(ls.get("project"), bool):
+        return None
+    base = ls.get("url")
+    if not isinstance(base, str) or not base.startswith(("http://", "https://")):
+        return None
+    title = ls.get("title") if isinstance(ls.get("title"), str) else ""
+    return (f"Label Studio project {ls['project']}" + (f" ({title})" if title else ""),
+            f"{base.rstrip('/')}/projects/{ls['project']}/data")
+
+
 def run_body(rid: str, user: SignedIn) -> Any:
     """The page of one action run, under the frame hoardfs.gui.runs_page made: returns an awaitable
     that builds it (and refreshes it every few seconds)."""
@@ -230,6 +245,9 @@ def run_body(rid: str, user: SignedIn) -> Any:
                 text.label("waiting for the external worker's done marker"
                            + (f" in {d['report']['external']}" if d["report"].get("external") else "")).classes(
                     "text-warning").mark("run-waiting")
+            project = label_studio_project(d["report"])
+            if project is not None:  # AC5: its Label Studio project, a plain link (its text shown as text)
+                ui.link(project[0], project[1], new_tab=True).mark("run-ls-project")
             if d.get("next"):  # the command to type next (`hoard action status RUN`'s `next`)
                 text.label(f"next: `{d['next']}`").classes("text-mono").mark("run-next")
             if d.get("error"):

@@ -20,7 +20,8 @@ from hoardfs.fsd.store import Store
 from hoardfs.jobs.actions import labelstudio as lsc
 from hoardfs.jobs.actions.runner import run_step
 from hoardfs.jobs.actions.state import all_states, load_state, save_state
-from tests.labelstudio import Server, _free_port, point_at
+from tests.helpers import write_contract
+from tests.labelstudio import Server, _free_port, expected_label_rows, normalised, point_at
 from tests.test_action_runs import action_home, counts, hoard
 
 # tier: the module's tests start hoard processes and Label Studio, and need PostgreSQL and Redis
@@ -69,19 +70,15 @@ def post(server: Server, task_id: int, result: list[dict], cancelled: bool = Fal
 
 
 def expected_rows(sha: str, ann: int, result: list[dict]) -> set[tuple[str, str, str]]:
-    out = set()
-    for region in result:
-        shape = {"type": region["type"], "value": region["value"], "annotation": ann, "region": region["id"]}
-        shape.update({k: region[k] for k in ("original_width", "original_height", "image_rotation") if k in region})
-        out.add((sha, "ls:" + region["from_name"], json.dumps(shape, sort_keys=True)))
-    return out
+    return expected_label_rows(sha, ann, result)
 
 
 def labels_in_sql(cfg: config.Settings) -> set[tuple[str, str, str]]:
+    """The labels the action wrote (its origin), raw `ls:` values normalised (tests/labelstudio.normalised)."""
     with psycopg.connect(cfg.database_url) as conn:
         rows = conn.execute("SELECT encode(n.sha256, 'hex'), l.key, l.value FROM label l JOIN node n USING (node_id) "
-                            "WHERE l.key LIKE 'ls:%%' AND l.origin = %s", [f"action:{ACTION}"]).fetchall()
-    return {(s, k, json.dumps(json.loads(v), sort_keys=True)) for s, k, v in rows}
+                            "WHERE l.origin = %s", [f"action:{ACTION}"]).fetchall()
+    return normalised(rows)
 
 
 def queued_run(cfg: config.Settings) -> str:
@@ -331,3 +328,191 @@ def test_a_forged_task_naming_a_staged_path_with_another_node_labels_nothing(hoa
     assert st.status == "done", st.error
     assert labels_in_sql(cfg) == expected
     assert not any(sha == victim for sha, _k, _v in labels_in_sql(cfg))
+
+
+SCENES = '''action_type = "AC5"
+version = 1
+description = "Scenes: a choice, a rating, a caption and a taxonomy per image."
+
+[input_selector]
+kinds = ["image"]
+
+[stage_layout]
+layout = "flat"
+
+[run_spec]
+kind = "label_studio"
+project_title = "hoard scenes {seed}"
+label_config = """
+<View>
+  <Image name="image" value="$image"/>
+  <Choices name="scene" toName="image" choice="multiple"><Choice value="outdoor"/><Choice value="indoor"/><Choice value="night"/></Choices>
+  <Rating name="quality" toName="image" maxRating="5"/>
+  <TextArea name="caption" toName="image"/>
+  <Taxonomy name="kind" toName="image"><Choice value="Animal"><Choice value="Cat"/></Choice><Choice value="Plant"/></Taxonomy>
+  <RectangleLabels name="box" toName="image"><Label value="cat"/></RectangleLabels>
+</View>
+"""
+'''
+
+
+def answers(n: int) -> list[dict]:
+    """Answers for the whole image (and one box): `scene` outdoor (+ night on even n), a rating,
+    a caption, a taxonomy path."""
+    return [
+        {"id": f"s{n}", "from_name": "scene", "to_name": "image", "type": "choices",
+         "value": {"choices": ["outdoor", "night"] if n % 2 == 0 else ["outdoor"]}},
+        {"id": f"r{n}", "from_name": "quality", "to_name": "image", "type": "rating", "value": {"rating": 1 + n % 5}},
+        {"id": f"t{n}", "from_name": "caption", "to_name": "image", "type": "textarea",
+         "value": {"text": [f"a cat on a mat, no {n}"]}},
+        {"id": f"k{n}", "from_name": "kind", "to_name": "image", "type": "taxonomy",
+         "value": {"taxonomy": [["Animal", "Cat"]]}},
+        {"id": f"b{n}", "from_name": "box", "to_name": "image", "type": "rectanglelabels", "original_width": 640,
+         "original_height": 480, "image_rotation": 0,
+         "value": {"x": 5.5, "y": 6.25, "width": 20.0, "height": 30.0, "rotation": 0, "rectanglelabels": ["cat"]}},
+    ]
+
+
+def selected(cfg: config.Settings, *args: str) -> set[str]:
+    res = hoard(cfg.source, "select", *args, "--json")
+    assert res.returncode == 0, res.stderr
+    return {json.loads(line)["sha256"] for line in res.stdout.splitlines() if line.strip()}
+
+
+def test_ac5_answers_come_back_as_key_value_labels_a_selector_finds(hoard_home: Path, pg, redis_conn,
+                                                                   label_studio: Server) -> None:
+    """Choices, a rating, a caption and a taxonomy drawn in Label Studio come back as plain
+    `scene=outdoor`, `quality=3`, `caption=…`, `kind=Animal/Cat` labels (one row per choice), the
+    box as its raw `ls:box` row; `hoard select --label scene=outdoor` finds exactly the labelled
+    images, `--label scene=night` the even ones — the raw JSON (`ls:scene={…}`) matched neither."""
+    cfg = ls_home(hoard_home, pg, redis_conn, label_studio, seed=145)
+    write_contract(cfg, "scenes", SCENES.format(seed=145))
+    res = hoard(cfg.source, "action", "run", "scenes", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    rid = json.loads(res.stdout)["run"]
+    burst(cfg)
+    st = load_state(cfg, rid)
+    assert st.status == "waiting_labels", st.error
+    ls = lsc.Client(url=label_studio.url, token=label_studio.token, zone_root=cfg.ssd.zone_path("3C"),
+                    files_root=cfg.label_studio.files_root, document_root=label_studio.document_root)
+    tasks = sorted((t for t in lsc.project_tasks(ls, st.report["label_studio"]["project"])
+                    if str(t["data"].get(lsc.PATH_KEY, "")).startswith(f"{rid}/")), key=lambda t: t["id"])
+    assert len(tasks) > 1
+    expected: set[tuple[str, str, str]] = set()
+    for n, t in enumerate(tasks):
+        expected |= expected_label_rows(t["data"][lsc.SHA_KEY], post(label_studio, t["id"], answers(n)), answers(n))
+    run_step(str(cfg.source), rid, "labels")
+    burst(cfg)
+    st = load_state(cfg, rid)
+    assert st.status == "done", st.error
+    with psycopg.connect(cfg.database_url) as conn:
+        rows = conn.execute("SELECT encode(n.sha256, 'hex'), l.key, l.value FROM label l JOIN node n USING (node_id) "
+                            "WHERE l.origin = 'action:scenes'").fetchall()
+    assert normalised(rows) == expected
+    shas = [t["data"][lsc.SHA_KEY] for t in tasks]
+    assert {(s, k, v) for s, k, v in rows if k == "scene"} == \
+        {(s, "scene", "outdoor") for s in shas} | {(s, "scene", "night") for s in shas[::2]}
+    assert (shas[0], "kind", "Animal/Cat") in rows and (shas[1], "quality", "2") in rows
+    assert selected(cfg, "--label", "scene=outdoor") == set(shas)
+    assert selected(cfg, "--label", "scene=night") == set(shas[::2])
+    assert selected(cfg, "--label", "kind=Animal/Cat", "--label", "quality=1") == {shas[0]}
+
+
+def _image(server: Server, task: dict) -> int:
+    return httpx.get(server.url + task["data"]["image"], timeout=60,
+                     headers={"Authorization": f"Token {server.token}"}).status_code
+
+
+def _by_node(server: Server, cfg: config.Settings, project: int) -> dict[str, list[dict]]:
+    ls = lsc.Client(url=server.url, token=server.token, zone_root=cfg.ssd.zone_path("3C"),
+                    files_root=cfg.label_studio.files_root, document_root=server.document_root)
+    out: dict[str, list[dict]] = {}
+    for t in lsc.project_tasks(ls, project):
+        out.setdefault(t["data"].get(lsc.SHA_KEY, ""), []).append(t)
+    return out
+
+
+def _released_with_one_labelled(cfg: config.Settings, server: Server) -> tuple[str, list[dict], int]:
+    """A run of the built-in whose first task is labelled, released: (run, its tasks, project)."""
+    rid = queued_run(cfg)
+    burst(cfg)
+    tasks = run_tasks(server, cfg, rid)
+    assert len(tasks) >= 3
+    post(server, tasks[0]["id"], drawn(1)[2:3])  # class=keep
+    rel = hoard(cfg.source, "action", "release", rid)
+    assert rel.returncode == 0, rel.stdout + rel.stderr
+    burst(cfg)
+    st = load_state(cfg, rid)
+    assert st.status == "done", st.error
+    assert st.report["label_studio"]["kept"] == len(tasks) - 1
+    return rid, tasks, st.report["label_studio"]["project"]
+
+
+def test_ac5_partial_release_keeps_unlabelled_tasks_working_and_a_rerun_takes_them_over(
+        hoard_home: Path, pg, redis_conn, label_studio: Server) -> None:
+    """Released with 1 of N labelled: the 1 is imported, the N-1 unlabelled tasks stay in Label
+    Studio and their images still load (the stage was trashed: 404). A run over those nodes
+    imports none again (it had N-1 duplicates, their images broken): it takes the same tasks
+    over, waits for them, imports their labels, and the first run's stage then goes."""
+    cfg = ls_home(hoard_home, pg, redis_conn, label_studio, seed=146)
+    rid, tasks, project = _released_with_one_labelled(cfg, label_studio)
+    assert labels_in_sql(cfg) == {(tasks[0]["data"][lsc.SHA_KEY], "class", "keep")}
+    rest = tasks[1:]
+    assert [_image(label_studio, t) for t in rest] == [200] * len(rest)
+    assert (cfg.ssd.zone_path("3C") / rid).is_dir()
+    nodes = hoard_home / "rest.txt"
+    nodes.write_text("".join(t["data"][lsc.SHA_KEY] + "\n" for t in rest))
+    res = hoard(cfg.source, "action", "run", ACTION, "--nodes", str(nodes), "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    again = json.loads(res.stdout)["run"]
+    assert again != rid
+    burst(cfg)
+    st = load_state(cfg, again)
+    assert st.status == "waiting_labels", st.error
+    assert (st.report["label_studio"]["imported"], st.report["label_studio"]["taken_over"]) == (0, len(rest))
+    by_node = _by_node(label_studio, cfg, project)
+    assert all(len(by_node[t["data"][lsc.SHA_KEY]]) == 1 for t in tasks), "a node's task imported twice"
+    expected = {(tasks[0]["data"][lsc.SHA_KEY], "class", "keep")}
+    for n, t in enumerate(rest, 1):
+        expected |= expected_rows(t["data"][lsc.SHA_KEY], post(label_studio, t["id"], drawn(n)), drawn(n))
+    run_step(str(cfg.source), again, "labels")
+    burst(cfg)
+    st = load_state(cfg, again)
+    assert st.status == "done", st.error
+    assert labels_in_sql(cfg) == expected
+    assert st.report["label_studio"]["kept"] == 0 and not (cfg.ssd.zone_path("3C") / again).exists()
+    first = load_state(cfg, rid)
+    assert first.report["label_studio"]["kept"] == 0 and not (cfg.ssd.zone_path("3C") / rid).exists()
+
+
+def test_ac5_cancel_removes_unlabelled_tasks_of_a_waiting_and_of_a_released_run(
+        hoard_home: Path, pg, redis_conn, label_studio: Server) -> None:
+    """`hoard action cancel` of a run released with tasks unlabelled removes those tasks from
+    the project and deletes its kept stage, its labels standing (before: "done; nothing to
+    cancel", the tasks left with broken images); cancelling a waiting run removes its
+    unlabelled tasks too (before: left behind, their images deleted with 3C) but never a
+    labelled one (people's work)."""
+    cfg = ls_home(hoard_home, pg, redis_conn, label_studio, seed=147)
+    rid, tasks, project = _released_with_one_labelled(cfg, label_studio)
+    res = hoard(cfg.source, "action", "cancel", rid)
+    assert res.returncode == 0 and "removed from Label Studio" in res.stdout, res.stdout + res.stderr
+    st = load_state(cfg, rid)
+    assert st.status == "done" and st.report["label_studio"]["withdrawn"] == len(tasks) - 1
+    assert not (cfg.ssd.zone_path("3C") / rid).exists()
+    by_node = _by_node(label_studio, cfg, project)
+    assert [t["id"] for t in by_node[tasks[0]["data"][lsc.SHA_KEY]]] == [tasks[0]["id"]]  # labelled: kept
+    assert not any(t["id"] in {x["id"] for x in by_node.get(t["data"][lsc.SHA_KEY], [])} for t in tasks[1:])
+    assert labels_in_sql(cfg) == {(tasks[0]["data"][lsc.SHA_KEY], "class", "keep")}
+    # a waiting run over the same nodes: new tasks for the removed ones; cancelled, they go too
+    res = hoard(cfg.source, "action", "run", ACTION, "--rerun", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    waiting = json.loads(res.stdout)["run"]
+    burst(cfg)
+    mine = run_tasks(label_studio, cfg, waiting)
+    assert load_state(cfg, waiting).status == "waiting_labels" and len(mine) == len(tasks)
+    post(label_studio, mine[1]["id"], drawn(1)[2:3])
+    res = hoard(cfg.source, "action", "cancel", waiting)
+    assert res.returncode == 0, res.stdout + res.stderr
+    st = load_state(cfg, waiting)
+    assert st.status == "cancelled" and st.report["label_studio"]["withdrawn"] == len(tasks) - 1
+    assert [t["id"] for t in run_tasks(label_studio, cfg, waiting)] == [mine[1]["id"]]

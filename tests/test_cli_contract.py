@@ -84,6 +84,10 @@ COMMANDS: dict[str, list[str]] = {
     "install": ["--dry-run", "--root", "{MISSING}"],
     "label add": ["class=cat", "{SHA}"],
     "label rm": ["class", "--nodes", "{FILE}"],
+    "labelstudio down": [],
+    "labelstudio status": [],
+    "labelstudio token": [],
+    "labelstudio up": ["--venv", "{MISSING}"],  # no Label Studio there: refused in one line, nothing started
     "init": [],
     "ls": [],
     "mount": ["{MISSING}"],

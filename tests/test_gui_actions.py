@@ -361,7 +361,8 @@ async def test_release_of_a_run_waiting_for_its_labellers_imports_what_is_labell
     assert st.status == "done", st.error
     assert st.report["label_studio"]["finished"] == 1 and st.report["label_studio"]["released"] is True
     with psycopg.connect(cfg.database_url) as conn:
-        labelled = conn.execute("SELECT count(DISTINCT node_id) FROM label WHERE key = 'ls:class' AND origin = %s",
+        labelled = conn.execute("SELECT count(DISTINCT node_id) FROM label WHERE key = 'class' AND value = 'keep' "
+                                "AND origin = %s",
                                 [f"action:{ACTION}"]).fetchone()[0]
     assert labelled == 1
     await user.open(f"/runs/action/{rid}")

@@ -20,7 +20,7 @@ from PIL import Image
 from hoardfs.jobs.actions import labelstudio as lsc
 from hoardfs.jobs.actions.labelstudio import Client, LabelStudioError, Task
 from tests.helpers import REALDATA, needs_realdata
-from tests.labelstudio import Server, _free_port
+from tests.labelstudio import Server, _free_port, expected_label_rows, normalised
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -133,16 +133,13 @@ def test_round_trip_gives_back_every_shape_as_drawn(label_studio: Server, tmp_pa
         drawn = drawn_on[sha] = _drawn(w, h, n)
         ann = _post(label_studio, task["id"], drawn)
         _post(label_studio, task["id"], [{**drawn[0], "id": "skipped"}], cancelled=True)
-        for region in drawn:
-            shape = {"type": region["type"], "value": region["value"], "annotation": ann, "region": region["id"]}
-            shape.update({k: region[k] for k in ("original_width", "original_height", "image_rotation") if k in region})
-            expected.add((sha, "ls:" + region["from_name"], json.dumps(shape, sort_keys=True)))
+        expected |= expected_label_rows(sha, ann, drawn)
 
     exported = lsc.export(ls, project)
     rows = lsc.annotations_to_labels(exported)
     assert len(rows) == 12 == len(expected)
     # shape by shape: every value read back equals what was drawn, numbers to the last bit
-    assert {(s, k, json.dumps(json.loads(v), sort_keys=True)) for s, k, v in rows} == expected
+    assert normalised(rows) == expected
     assert {s for s, _, _ in rows} == set(by_sha)
     assert lsc.annotations_to_labels(lsc.export(ls, project)) == rows
 
@@ -281,3 +278,52 @@ def test_local_url_is_relative_to_the_document_root() -> None:
     ls = Client(url="http://x", token="t", zone_root=Path("/srv/ssd/3C"), files_root=Path("/data/hoard/3C"),
                 document_root=Path("/data"))
     assert lsc.local_url(ls, "run 1/a b/é.jpg") == "/data/local-files/?d=hoard/3C/run%201/a%20b/%C3%A9.jpg"
+
+
+def _answer(ann_id: int, *results: dict) -> list[dict]:
+    return [{"id": 3, "data": {lsc.SHA_KEY: "b" * 64}, "annotations": [{"id": ann_id, "result": list(results)}]}]
+
+
+def test_answers_come_back_as_plain_key_value_labels() -> None:
+    """Choices (one row per value), a rating (its number), text areas (each text) and a taxonomy
+    (each path joined with "/") are `<from_name>=<value>` labels — `scene=outdoor`, not the raw
+    JSON — while a box stays its raw `ls:` row."""
+    box = {"id": "r1", "from_name": "box", "to_name": "image", "type": "rectanglelabels", "original_width": 10,
+           "original_height": 10, "value": {"x": 1, "y": 2, "width": 3, "height": 4, "rectanglelabels": ["cat"]}}
+    rows = lsc.annotations_to_labels(_answer(
+        5,
+        {"id": "a", "from_name": "scene", "to_name": "image", "type": "choices",
+         "value": {"choices": ["outdoor", "night"]}},
+        {"id": "b", "from_name": "quality", "to_name": "image", "type": "rating", "value": {"rating": 4}},
+        {"id": "c", "from_name": "caption", "to_name": "image", "type": "textarea",
+         "value": {"text": ["a cat\non a mat", "été"]}},
+        {"id": "d", "from_name": "kind", "to_name": "image", "type": "taxonomy",
+         "value": {"taxonomy": [["Animal", "Cat"], ["Plant"]]}},
+        box))
+    sha = "b" * 64
+    assert normalised(rows) == {(sha, "scene", "outdoor"), (sha, "scene", "night"), (sha, "quality", "4"),
+                                (sha, "caption", "a cat\non a mat"), (sha, "caption", "été"),
+                                (sha, "kind", "Animal/Cat"), (sha, "kind", "Plant")} | \
+        expected_label_rows(sha, 5, [box])
+
+
+def test_answers_that_are_not_plain_keep_their_raw_row() -> None:
+    """A per-region answer (its value has the region's coordinates), a control name that is no
+    plain key (`a=b` could not be selected as KEY=VALUE) and a choice that is not text keep the
+    raw `ls:<from_name>` row: nothing is lost, nothing is made up."""
+    region = {"id": "r", "from_name": "what", "to_name": "image", "type": "choices",
+              "value": {"x": 1, "y": 2, "width": 3, "height": 4, "rotation": 0, "choices": ["cat"]}}
+    odd = {"id": "o", "from_name": "a=b", "to_name": "image", "type": "choices", "value": {"choices": ["x"]}}
+    num = {"id": "n", "from_name": "scene", "to_name": "image", "type": "choices", "value": {"choices": [7]}}
+    rows = lsc.annotations_to_labels(_answer(6, region, odd, num))
+    assert sorted(k for _s, k, _v in rows) == ["ls:a=b", "ls:scene", "ls:what"]
+
+
+def test_a_label_holding_nul_is_refused_naming_its_task() -> None:
+    """A labeller's text holding NUL cannot be a label (PostgreSQL's text): one line naming the
+    task and the control, not a failed write-intent for the whole run."""
+    with pytest.raises(LabelStudioError) as e:
+        lsc.annotations_to_labels(_answer(7, {"id": "t", "from_name": "caption", "to_name": "image",
+                                              "type": "textarea", "value": {"text": ["bad\x00text"]}}))
+    line = _one_line(e)
+    assert "task 3" in line and "caption" in line and "NUL" in line

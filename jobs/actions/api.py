@@ -73,7 +73,14 @@ from hoardfs.jobs.actions.state import (
     work,
     write_work,
 )
-from hoardfs.jobs.actions.steps import cleanup_cancelled, own_table, record_ending, stage_context, write_pending_events
+from hoardfs.jobs.actions.steps import (
+    cancel_kept,
+    cleanup_cancelled,
+    own_table,
+    record_ending,
+    stage_context,
+    write_pending_events,
+)
 from hoardfs.jobs.queues import connect, fetch_job, rq_queue, running
 from hoardfs.sql import memo
 from hoardfs.sql.apply import apply_write_intent
@@ -524,8 +531,13 @@ def release(cfg: Settings, rid: str, redis_conn=None, *, queue: bool = True) -> 
 
 def cancel(cfg: Settings, rid: str) -> RunState:
     """`hoard action cancel RUN`: a running step stops (its worker killed); a queued or waiting
-    run is cancelled now. 3C is cleaned; nothing is applied."""
+    run is cancelled now. 3C is cleaned; nothing is applied; an AC5 run's unlabelled tasks
+    leave its Label Studio project. A done AC5 run released with tasks unlabelled: those leave
+    the project and its kept stage goes (`steps.cancel_kept`); it stays done, its labels stand."""
     st = _must(cfg, rid)
+    if st.status == Status.DONE.value and (st.report.get("label_studio") or {}).get("kept"):
+        # an AC5 run released with tasks unlabelled: they leave Label Studio, its labels stand
+        return cancel_kept(cfg, rid)
     if st.status == Status.DONE.value:
         raise ActionError(f"run {rid} is done; nothing to cancel")
     if "apply" in st.done:

@@ -24,6 +24,7 @@ task, and the next step.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import stat
@@ -119,11 +120,17 @@ def read_token(path: Path) -> str:
 
 
 def client_from_settings(cfg: Settings) -> Client:
-    """The client hoard.toml's `[label_studio]` describes (docs/config.md)."""
+    """The client hoard.toml's `[label_studio]` describes (docs/config.md); without its url or
+    token_file, this host's Label Studio as `hoard labelstudio up` started it."""
     lc = cfg.label_studio
-    if lc.url is None or lc.token_file is None:
-        raise LabelStudioError("AC5 needs label_studio.url and label_studio.token_file in hoard.toml "
-                               "(docs/actions.md, \"AC5 — your Label Studio\")", ExitCode.USAGE)
+    from hoardfs.jobs.actions import labelstudio_local  # deferred: it imports this module (errors, read_token)
+
+    url = lc.url or labelstudio_local.recorded_url(cfg)
+    token_file = lc.token_file or labelstudio_local.default_token_file(cfg)
+    if url is None or not (lc.token_file or token_file.exists()):
+        raise LabelStudioError("AC5 needs label_studio.url and label_studio.token_file in hoard.toml, or this "
+                               "host's Label Studio: `hoard labelstudio up` (docs/actions.md, \"Starting Label "
+                               "Studio\")", ExitCode.USAGE)
     zone_root = cfg.ssd.zone_path("3C")
     files_root = lc.files_root or zone_root
     document_root = lc.document_root or files_root
@@ -131,7 +138,7 @@ def client_from_settings(cfg: Settings) -> Client:
         raise LabelStudioError(f"label_studio.files_root {files_root} is not inside label_studio.document_root "
                                f"{document_root}: Label Studio serves files under its document root only",
                                ExitCode.USAGE)
-    return Client(url=lc.url.rstrip("/"), token=read_token(lc.token_file), zone_root=zone_root,
+    return Client(url=url.rstrip("/"), token=read_token(token_file), zone_root=zone_root,
                   files_root=files_root, document_root=document_root,
                   converter_python=lc.converter_python or DEFAULT_CONVERTER_PYTHON, timeout_s=lc.timeout_s)
 
@@ -296,6 +303,28 @@ def project_tasks(ls: Client, project: int) -> list[dict[str, Any]]:
         return list(_pages(ls, http, "/api/tasks", {"project": project}, "tasks"))
 
 
+def task_index(ls: Client, project: int) -> dict[tuple[str, str], dict[str, Any]]:
+    """The project's tasks hoard imported, by (node sha256, staged path): {id, labelled — a
+    submitted, not skipped, annotation —}; the lowest id where a pair is there twice."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for t in sorted(project_tasks(ls, project), key=lambda t: int(t.get("id") or 0)):
+        data = t.get("data") or {}
+        sha, path = data.get(SHA_KEY), data.get(PATH_KEY)
+        if isinstance(sha, str) and isinstance(path, str) and (sha, path) not in out:
+            out[(sha, path)] = {"id": int(t["id"]), "labelled": int(t.get("total_annotations") or 0) > 0}
+    return out
+
+
+def delete_tasks(ls: Client, ids: Iterable[int]) -> int:
+    """Delete these tasks of Label Studio (one already gone counts as deleted); how many."""
+    n = 0
+    with _client() as http:
+        for i in ids:
+            _call(ls, http, "DELETE", f"/api/tasks/{int(i)}/", ok=(200, 204, 404))
+            n += 1
+    return n
+
+
 def import_tasks(ls: Client, project: int, tasks: Sequence[Task], label_config: str, *,
                  batch: int = MAX_TASKS_PER_IMPORT) -> ImportReport:
     """Create a task per staged file, by URL, in requests of at most `batch` tasks. Every
@@ -416,9 +445,59 @@ def label_of(annotation_id: int, result: dict[str, Any]) -> tuple[str, str]:
     return KEY_PREFIX + str(name), canonical(shape)
 
 
+#: the answers that come back as plain `KEY=VALUE` labels (docs/actions.md, "What comes back"):
+#: result type → the key of its value holding the answer
+ANSWERS = {"choices": "choices", "rating": "rating", "textarea": "text", "taxonomy": "taxonomy"}
+#: a control name that is a plain label key: `--label scene=outdoor` selects it (no `=`, no `:`,
+#: no space); any other name keeps the raw `ls:<from_name>` row
+PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+#: a value holding one of these belongs to a region (a per-region answer): kept raw with it
+_REGION_KEYS = frozenset({"x", "y", "width", "height", "points", "start", "end", "startOffset", "endOffset"})
+
+
+def answer_values(result: dict[str, Any]) -> list[str] | None:
+    """The plain values of an answer for the whole image — each choice, the rating as a
+    number, each text of a text area, each taxonomy path joined with "/" — or None when the
+    result is a region, a per-region answer, another control, or not shaped as Label Studio
+    shapes that answer (such a result keeps its raw `ls:` row: nothing is lost)."""
+    field = ANSWERS.get(str(result.get("type")))
+    value = result.get("value")
+    name = result.get("from_name")
+    if field is None or not isinstance(value, dict) or not isinstance(name, str) or not PLAIN_KEY.fullmatch(name):
+        return None
+    if _REGION_KEYS & value.keys() or result.get("parentID"):
+        return None
+    got = value.get(field)
+    if field == "rating":
+        if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got):
+            return None
+        return [str(int(got)) if float(got).is_integer() else repr(float(got))]
+    if not isinstance(got, list) or not got:
+        return None
+    if field == "taxonomy":
+        if not all(isinstance(p, list) and p and all(isinstance(x, str) for x in p) for p in got):
+            return None
+        return ["/".join(p) for p in got]
+    if not all(isinstance(x, str) for x in got):
+        return None
+    return list(got)
+
+
+def labels_of(annotation_id: int, result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The label rows of one region or answer: an answer for the whole image (choices, rating,
+    text area, taxonomy) is a `<from_name>=<value>` row per value (`scene=outdoor`); a region
+    (boxes, polygons, keypoints, per-region answers) its raw `label_of` row."""
+    plain = answer_values(result)
+    if plain is None:
+        return [label_of(annotation_id, result)]
+    return [(str(result["from_name"]), v) for v in plain]
+
+
 def annotations_to_labels(export_json: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(node sha256, key, value) rows for every region and answer of every finished (not
-    cancelled) annotation; sorted, no duplicates, the same export → the same rows."""
+    cancelled) annotation; sorted, no duplicates, the same export → the same rows. Labels are
+    the labellers' text: one holding NUL (PostgreSQL's text cannot) or over MAX_LABEL_BYTES is
+    refused in one line naming its task and control."""
     rows: set[tuple[str, str, str]] = set()
     for task in export_json:
         sha = (task.get("data") or {}).get(SHA_KEY)
@@ -431,14 +510,18 @@ def annotations_to_labels(export_json: Sequence[dict[str, Any]]) -> list[tuple[s
                                    ExitCode.DATA)
         for ann in annotations:
             for result in ann.get("result") or []:
-                key, value = label_of(int(ann["id"]), result)
-                if len(key.encode()) + len(value.encode()) > MAX_LABEL_BYTES:
-                    raise LabelStudioError(
-                        f"Label Studio task {task.get('id')} (node {sha}): region {display(str(result.get('id')))} "
-                        f"of {display(key)} is {len(value.encode())} bytes as a label, over the {MAX_LABEL_BYTES} "
-                        "a label row holds; simplify it in Label Studio (fewer polygon points) and run again",
-                        ExitCode.DATA)
-                rows.add((sha, key, value))
+                for key, value in labels_of(int(ann["id"]), result):
+                    where = (f"Label Studio task {task.get('id')} (node {sha}): region "
+                             f"{display(str(result.get('id')))} of {display(key)}")
+                    if len(key.encode()) + len(value.encode()) > MAX_LABEL_BYTES:
+                        raise LabelStudioError(
+                            f"{where} is {len(value.encode())} bytes as a label, over the {MAX_LABEL_BYTES} a label "
+                            "row holds; simplify it in Label Studio (fewer polygon points) and run again",
+                            ExitCode.DATA)
+                    if "\x00" in key or "\x00" in value:
+                        raise LabelStudioError(f"{where} holds NUL (U+0000), which a label cannot; edit it in Label "
+                                               "Studio and run again", ExitCode.DATA)
+                    rows.add((sha, key, value))
     return sorted(rows)
 
 

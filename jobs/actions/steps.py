@@ -10,7 +10,8 @@ they hand each other in `<ssd.root>/state/actions/`:
     apply    sql          ONE write-intent `action:<run>`: children, edges, labels, results, black
                           list, the action_event
     finish   maintenance  3C/<run> renamed into 3C/.trash (deleted once the run is recorded done),
-                          the reservation released, the pin dropped
+                          the reservation released, the pin dropped — an AC5 run released with
+                          tasks unlabelled keeps 3C/<run> while one of them shows its files
 
 AC5 (human labels, hoardfs.jobs.actions.labelstudio) replaces gate … store by
 
@@ -20,7 +21,9 @@ AC5 (human labels, hoardfs.jobs.actions.labelstudio) replaces gate … store by
                           the run's tasks has a finished annotation, or `hoard action release`;
                           then export (a snapshot), the run's tasks → label rows, the export JSON
                           and its COCO conversion stored as assets (class generated, pinned until
-                          finish)
+                          finish); the tasks left unlabelled by a release stay in Label Studio,
+                          listed (`ls_open`) for a later run over their nodes to take over, until
+                          taken or the run is cancelled (`cancel_kept`)
 
 A step that fails keeps what it wrote (3C included) for inspection; `hoard action resume RUN`
 resumes at that step.
@@ -42,6 +45,7 @@ import psycopg
 
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode
+from hoardfs.base.files import flocked
 from hoardfs.base.paths import display
 from hoardfs.datasets import layouts, stagefiles
 from hoardfs.fsd.core.layout import pin_path
@@ -62,8 +66,11 @@ from hoardfs.jobs.actions.state import (
     RunState,
     Status,
     Waiting,
+    all_states,
     beat,
     cancel_flag,
+    load_state,
+    lock_path,
     log_path,
     now,
     params_digest,
@@ -498,15 +505,63 @@ def _ls_tasks(cfg: Settings, c: Contract, st: RunState) -> list[Any]:
     return [Task(sha256=f.sha256, path=(base / f.staged_path).as_posix()) for f in staged_inputs(cfg, c, st)]
 
 
+#: the run's tasks, [sha256, path in 3C] each (`_step_tasks`): its own staged file's, or the
+#: task of the same node an earlier run's partial release left unlabelled, taken over
+LS_TASKS = "ls_tasks"
+#: the tasks a partial release left unlabelled, [sha256, path] each: while one is listed, the
+#: staged files of the run directory its path names stay in 3C (Label Studio shows them)
+LS_OPEN = "ls_open"
+
+
+def _pairs(cfg: Settings, rid: str, what: str) -> list[tuple[str, str]] | None:
+    try:
+        return [(str(sha), str(path)) for sha, path in read_work(cfg, rid, what)]
+    except FileNotFoundError:
+        return None
+
+
+def ls_mine(cfg: Settings, c: Contract, st: RunState) -> list[tuple[str, str]]:
+    """The run's Label Studio tasks as (sha256, path): the tasks step's list; before it (or for
+    a run recorded before the list was kept) its own staged files."""
+    mine = _pairs(cfg, st.run_id, LS_TASKS)
+    return mine if mine is not None else [(t.sha256, t.path) for t in _ls_tasks(cfg, c, st)]
+
+
+def _kept_runs(cfg: Settings, action: str, url: Any, project: Any, but: str = "") -> list[RunState]:
+    """The done runs of `action` whose partial release left tasks unlabelled in Label Studio
+    project `project` at `url` (their stage kept for them)."""
+    out = []
+    for k in all_states(cfg):
+        lsr = k.report.get("label_studio") or {}
+        if (k.run_id != but and k.action == action and k.status == Status.DONE.value and lsr.get("kept")
+                and lsr.get("url") == url and lsr.get("project") == project):
+            out.append(k)
+    return out
+
+
 def _step_tasks(cfg: Settings, st: RunState) -> None:
     c = contract_of(cfg, st)
     rs = _ls_spec(c)
     ls = labelstudio.client_from_settings(cfg)
     title = rs.project_title or c.action_id
     project = labelstudio.ensure_project(ls, title, rs.label_config)
-    rep = labelstudio.import_tasks(ls, project, _ls_tasks(cfg, c, st), rs.label_config, batch=rs.tasks_per_import)
-    st.report["label_studio"] = {"url": ls.url, "project": project, "title": title, "tasks": rep.imported + rep.present,
-                                 "imported": rep.imported, "present": rep.present, "requests": rep.requests}
+    own = _ls_tasks(cfg, c, st)
+    # a node an earlier run's partial release left unlabelled keeps that task (its images are
+    # kept in 3C): taken over, never imported twice — found in hoard's own list of those runs,
+    # never by what a task's data says (any project member may write that)
+    kept: dict[str, str] = {}
+    for k in _kept_runs(cfg, st.action, ls.url, project, but=st.run_id):
+        for sha, path in _pairs(cfg, k.run_id, LS_OPEN) or []:
+            kept.setdefault(sha, path)
+    there = labelstudio.task_index(ls, project) if kept else {}
+    mine = [(t.sha256, kept[t.sha256]) if (t.sha256, kept.get(t.sha256)) in there else (t.sha256, t.path)
+            for t in own]
+    new = [t for t, (_sha, path) in zip(own, mine, strict=True) if path == t.path]
+    rep = labelstudio.import_tasks(ls, project, new, rs.label_config, batch=rs.tasks_per_import)
+    write_work(cfg, st.run_id, LS_TASKS, mine)
+    st.report["label_studio"] = {"url": ls.url, "project": project, "title": title, "tasks": len(mine),
+                                 "imported": rep.imported, "present": rep.present, "requests": rep.requests,
+                                 "taken_over": len(own) - len(new)}
 
 
 def _finished(task: dict[str, Any]) -> bool:
@@ -520,7 +575,7 @@ def _step_labels(cfg: Settings, st: RunState) -> None:
     project = int(st.report["label_studio"]["project"])
     if st.waiting_since is None:
         st.waiting_since = now()
-    mine = {(t.sha256, t.path) for t in _ls_tasks(cfg, c, st)}
+    mine = set(ls_mine(cfg, c, st))
     released = st.gate.get("released")
     lsr = st.report["label_studio"]
     counters = labelstudio.progress(ls, project)  # before the export: a change after it is seen next time
@@ -555,8 +610,12 @@ def _step_labels(cfg: Settings, st: RunState) -> None:
     out = root / EXPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(json.dumps(tasks, indent=1, ensure_ascii=False, sort_keys=True).encode())
-    # the same export as COCO, by label-studio-sdk's converter (its own Python)
-    made = labelstudio.to_coco(ls, tasks, rs.label_config, root / "label-studio" / "coco")
+    # the same export as COCO, by label-studio-sdk's converter (its own Python), each image the
+    # run's own staged file (a task taken over shows an earlier run's copy of it)
+    own = {t.sha256: t.path for t in _ls_tasks(cfg, c, st)}
+    made = labelstudio.to_coco(ls, [{**t, "data": {**t["data"], labelstudio.PATH_KEY: own.get(
+        t["data"][labelstudio.SHA_KEY], t["data"][labelstudio.PATH_KEY])}} for t in tasks],
+        rs.label_config, root / "label-studio" / "coco")
     coco = root / COCO_NAME
     made.replace(coco)
     with Store.open(cfg) as store:
@@ -569,8 +628,135 @@ def _step_labels(cfg: Settings, st: RunState) -> None:
     labelled = sorted({t["data"][labelstudio.SHA_KEY] for t in tasks if _finished(t)})
     write_work(cfg, st.run_id, "labels", {"rows": rows, "export": [res.sha256, res.size],
                                           "coco": [cres.sha256, cres.size], "labelled": labelled})
+    # released with tasks unlabelled: they stay in Label Studio, their images in 3C (finish),
+    # until labelled — a later run over their nodes takes them over — or this run is cancelled
+    finished = {(t["data"][labelstudio.SHA_KEY], t["data"][labelstudio.PATH_KEY]) for t in tasks if _finished(t)}
+    left = sorted(mine - finished)
+    write_work(cfg, st.run_id, LS_OPEN, left)
     st.report["label_studio"].update(labels=len(rows), export=res.sha256, coco=cres.sha256,
-                                     released=bool(released) and done < len(mine))
+                                     released=bool(released) and done < len(mine), kept=len(left))
+
+
+def _live_claims(cfg: Settings, action: str, but: str) -> set[tuple[str, str]]:
+    """The tasks the runs of `action` that may still take labels (not cancelled, not past their
+    labels step) wait for."""
+    out: set[tuple[str, str]] = set()
+    for k in all_states(cfg):
+        if (k.run_id != but and k.action == action and k.status != Status.CANCELLED.value
+                and "labels" not in k.done):
+            out |= set(_pairs(cfg, k.run_id, LS_TASKS) or [])
+    return out
+
+
+def _shown(cfg: Settings, action: str, rid: str) -> bool:
+    """A task some run of `action` waits for (not past its labels step) or keeps (its list of
+    tasks not taken, once past it) shows a staged file of run `rid`."""
+    head = f"{rid}/"
+    for k in all_states(cfg):
+        if k.action != action or k.status == Status.CANCELLED.value:
+            continue
+        listed = _pairs(cfg, k.run_id, LS_OPEN if "labels" in k.done else LS_TASKS) or []
+        if any(p.startswith(head) for _sha, p in listed):
+            return True
+    return False
+
+
+def _prune(cfg: Settings, runs: list[RunState], there: dict[tuple[str, str], Any] | None,
+           taken: set[tuple[str, str]]) -> None:
+    """Each kept run's list of tasks not taken, less those a run took (`taken`: their labels
+    applied) and those deleted in Label Studio since (`there`: the project's tasks now; None:
+    not known); then each stage no listed task shows any more is deleted (`_drop_unshown`)."""
+    for k in runs:
+        with flocked(lock_path(cfg, k.run_id)):
+            now_st = load_state(cfg, k.run_id)
+            if now_st is None:
+                continue
+            left = [t for t in _pairs(cfg, k.run_id, LS_OPEN) or []
+                    if t not in taken and (there is None or t in there)]
+            write_work(cfg, k.run_id, LS_OPEN, left)
+            now_st.report.setdefault("label_studio", {})["kept"] = len(left)
+            save_state(cfg, now_st)
+    for k in runs:
+        _drop_unshown(cfg, k.action, k.run_id)
+
+
+def _drop_unshown(cfg: Settings, action: str, rid: str) -> None:
+    """Run `rid`'s stage kept for Label Studio is deleted from 3C (its reservation given back)
+    once no task a run keeps or waits for shows one of its files."""
+    if _shown(cfg, action, rid):
+        return
+    with flocked(lock_path(cfg, rid)):
+        st = load_state(cfg, rid)
+        if st is None or st.status != Status.DONE.value:
+            return
+        lsr = st.report.setdefault("label_studio", {})
+        if lsr.get("stage_deleted"):
+            return
+        try:
+            outputs.clean(cfg, rid, "3C")
+        except (outputs.zones.NoSuchOutput, outputs.OutputError):
+            pass
+        lsr["stage_deleted"] = now()
+        save_state(cfg, st)
+    log.info("run %s: no Label Studio task left to take shows its staged files: deleted from 3C", rid)
+
+
+def sweep_kept(cfg: Settings, st: RunState) -> None:
+    """At the end of run `st` (finish, cancel): the kept lists of the done runs of its action in
+    its project lose the tasks `st` took and those deleted in Label Studio since, and a stage
+    none shows is deleted (`_prune`). Label Studio not answering: only what `st` took leaves."""
+    lsr = st.report.get("label_studio") or {}
+    if lsr.get("project") is None:
+        return
+    runs = _kept_runs(cfg, st.action, lsr.get("url"), lsr.get("project"), but=st.run_id)
+    if not runs:
+        return
+    left = _pairs(cfg, st.run_id, LS_OPEN)  # (None: its labels step did not end: it took none)
+    taken = set(_pairs(cfg, st.run_id, LS_TASKS) or []) - set(left) if left is not None else set()
+    there: dict[tuple[str, str], Any] | None
+    try:
+        there = labelstudio.task_index(labelstudio.client_from_settings(cfg), int(lsr["project"]))
+    except labelstudio.LabelStudioError as e:
+        log.info("run %s: Label Studio not asked which kept tasks are deleted: %s", st.run_id, e.message)
+        there = None
+    _prune(cfg, runs, there, taken)
+
+
+def withdraw_tasks(cfg: Settings, st: RunState, tasks: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Delete from the run's Label Studio project those of `tasks` nobody labelled (a labelled
+    one is people's work: it stays there) and no other run of its action waits for; the kept
+    lists lose them (`_prune`). The unlabelled ones another run waits for are returned.
+    LabelStudioError when Label Studio does not answer."""
+    lsr = st.report.get("label_studio") or {}
+    ls = labelstudio.client_from_settings(cfg)
+    there = labelstudio.task_index(ls, int(lsr["project"]))
+    claimed = _live_claims(cfg, st.action, st.run_id)
+    gone = [t for t in tasks if t in there and not there[t]["labelled"] and t not in claimed]
+    labelstudio.delete_tasks(ls, [there[t]["id"] for t in gone])
+    lsr["withdrawn"] = lsr.get("withdrawn", 0) + len(gone)
+    after = {t: v for t, v in there.items() if t not in set(gone)}
+    _prune(cfg, _kept_runs(cfg, st.action, lsr.get("url"), lsr.get("project"), but=st.run_id), after, set())
+    return [t for t in tasks if t in after and t in claimed and not after[t]["labelled"]]
+
+
+def cancel_kept(cfg: Settings, rid: str) -> RunState:
+    """`hoard action cancel RUN` of a done AC5 run whose partial release left tasks not taken:
+    the unlabelled ones leave the Label Studio project (`withdraw_tasks`; those another run
+    waits for stay), none is kept for a later run any more, and its kept stage is deleted once
+    no task shows it. Its labels stand: it stays done."""
+    st = load_state(cfg, rid)
+    assert st is not None
+    waited = withdraw_tasks(cfg, st, _pairs(cfg, rid, LS_OPEN) or [])
+    with flocked(lock_path(cfg, rid)):
+        now_st = load_state(cfg, rid)
+        assert now_st is not None
+        lsr = now_st.report.setdefault("label_studio", {})
+        lsr["withdrawn"] = st.report["label_studio"].get("withdrawn", 0)
+        write_work(cfg, rid, LS_OPEN, waited)
+        lsr["kept"] = len(waited)
+        save_state(cfg, now_st)
+    _drop_unshown(cfg, st.action, rid)
+    return load_state(cfg, rid) or now_st
 
 
 def _ac5_intent(cfg: Settings, st: RunState, doc: dict[str, Any]) -> dict[str, Any]:
@@ -654,7 +840,14 @@ def _step_apply(cfg: Settings, st: RunState) -> None:
 
 def _step_finish(cfg: Settings, st: RunState) -> None:
     c = contract_of(cfg, st)
-    if c.action_type != "AC1":
+    keep = c.action_type == "AC5" and any(p.startswith(f"{st.run_id}/") for _sha, p in
+                                           _pairs(cfg, st.run_id, LS_OPEN) or [])
+    if c.action_type == "AC5":
+        sweep_kept(cfg, st)  # the tasks it took leave earlier runs' kept lists; a stage none shows goes
+    if keep:  # its unlabelled tasks show these files: kept, with its reservation, until none does (_drop_unshown)
+        with Store.open(cfg) as store:
+            store.unpin(f"action-{st.run_id}")
+    elif c.action_type != "AC1":
         try:
             # renamed aside at once (20,000 unlinks took 8–48 s, bench/action_overhead.py); the
             # trash is deleted once the run is recorded done (runner.after_done), its bytes
@@ -677,7 +870,13 @@ STEPS: dict[str, Callable[[Settings, RunState], None]] = {
 def cleanup_cancelled(cfg: Settings, st: RunState) -> None:
     """A cancelled run ends a worker its dead runner left, then gives its 3C output and
     reservation back and drops the store pin of its children (nothing was applied, nothing will
-    be: gc may take them)."""
+    be: gc may take them). An AC5 run's unlabelled tasks leave its Label Studio project
+    (`withdraw_tasks`): their images go with its 3C output."""
+    if (st.report.get("label_studio") or {}).get("project") is not None:
+        try:
+            withdraw_tasks(cfg, st, _pairs(cfg, st.run_id, LS_TASKS) or [])
+        except labelstudio.LabelStudioError as e:  # the cancel stands; say what was left
+            st.report["label_studio"]["tasks_left"] = f"not removed from Label Studio: {e.message}"
     end_left_worker(cfg, st)
     unpin_children(cfg, st)
     try:

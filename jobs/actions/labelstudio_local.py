@@ -1,0 +1,366 @@
+"""A Label Studio on this host for the embedded default: `hoard labelstudio up|down|status|token`
+(docs/actions.md, "Starting Label Studio").
+
+`make labelstudio` installs label-studio 1.23 in a venv of its own (`var/labelstudio/venv`, or
+the venv of `label_studio.converter_python`). `up` starts its `label-studio start` detached, in
+a session of its own, with
+
+- its data (SQLite, its log) in `<ssd.root>/state/labelstudio/` (`data/`, `label-studio.log`),
+  and `server.json` there: the process id, the URL, when it started;
+- local-files serving on, its document root the one AC5 needs (`label_studio.document_root`,
+  else `files_root`, else zone 3C): the tasks' images are served from the staged files;
+- one user (`hoard@localhost`) and its legacy API token, generated once: the token in
+  `label_studio.token_file` (else `<state>/labelstudio/token`), the password in
+  `<state>/labelstudio/password`, both 0600; given to Label Studio through its environment,
+  never its command line (which other local accounts can read in `ps`);
+- listening on 127.0.0.1 only, at `label_studio.url`'s port (else 8080, another free one when
+  8080 is taken, kept in server.json for the next start).
+
+`down` stops only the process `server.json` names, and only while that process is this data
+directory's `label-studio`. AC5 (`labelstudio.client_from_settings`) uses this server when
+hoard.toml's `[label_studio]` names no url or token_file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from hoardfs.base.config import Settings
+from hoardfs.base.errors import ExitCode
+from hoardfs.base.files import NotOwn, flocked, load_owned, state_directory, write_owned
+from hoardfs.base.paths import display
+from hoardfs.jobs.actions.labelstudio import DEFAULT_CONVERTER_PYTHON, LabelStudioError, read_token
+
+#: the user `up` creates (Label Studio signs in by e-mail address)
+USERNAME = "hoard@localhost"
+#: Label Studio's own default port
+DEFAULT_PORT = 8080
+#: the longest a start may take: a first start applies Label Studio's migrations (~25 s on 2 cores)
+START_S = 300.0
+#: how long `down` waits for the process to end after SIGTERM, before SIGKILL
+STOP_S = 30.0
+_STARTED = re.compile(r"Starting development server at http://127\.0\.0\.1:(\d+)/")
+_LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+@dataclass(frozen=True)
+class Local:
+    """Where this host's Label Studio lives, and how it is started."""
+
+    home: Path              # <ssd.root>/state/labelstudio
+    venv: Path              # the venv holding `label-studio`
+    token_file: Path
+    document_root: Path
+    port: int | None        # label_studio.url's port; None: not configured
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "label-studio.log"
+
+    @property
+    def server_file(self) -> Path:
+        return self.home / "server.json"
+
+    @property
+    def password_file(self) -> Path:
+        return self.home / "password"
+
+    @property
+    def exe(self) -> Path:
+        return self.venv / "bin" / "label-studio"
+
+
+@dataclass(frozen=True)
+class Running:
+    url: str
+    pid: int
+    started: bool           # started now (False: it was up already)
+
+
+def home_of(cfg: Settings) -> Path:
+    return cfg.ssd.root / "state" / "labelstudio"
+
+
+def local_of(cfg: Settings, venv: Path | None = None) -> Local:
+    """The local server `cfg` describes (`venv`: the one holding label-studio, instead of
+    label_studio.converter_python's); refused in one line when label_studio.url names another
+    host (that Label Studio is run there, not by hoard)."""
+    lc = cfg.label_studio
+    port = None
+    if lc.url is not None:
+        parts = urlsplit(lc.url)
+        if parts.hostname not in _LOCAL_HOSTS or parts.scheme != "http":
+            raise LabelStudioError(f"label_studio.url is {display(lc.url)}: a Label Studio run elsewhere; "
+                                   "`hoard labelstudio up` starts one on this host only when the url is unset or "
+                                   "http://127.0.0.1:PORT", ExitCode.USAGE)
+        port = parts.port or 80
+    venv = venv or (lc.converter_python or DEFAULT_CONVERTER_PYTHON).parent.parent
+    return Local(home=home_of(cfg), venv=venv, token_file=lc.token_file or home_of(cfg) / "token",
+                 document_root=lc.document_root or lc.files_root or cfg.ssd.zone_path("3C"), port=port)
+
+
+def recorded(home: Path) -> dict[str, Any]:
+    """What server.json says (empty when there is none)."""
+    try:
+        doc = json.loads(load_owned(home / "server.json"))
+    except FileNotFoundError:
+        return {}
+    except (NotOwn, OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _record(local: Local, doc: dict[str, Any]) -> None:
+    write_owned(local.server_file, json.dumps(doc, sort_keys=True).encode())
+
+
+def _is_ours(local: Local, pid: int) -> bool:
+    """Process `pid` is this data directory's `label-studio` (not a pid reused by another)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(local.data).encode() in argv and any(a.endswith(b"label-studio") for a in argv[:2])
+
+
+def running(local: Local) -> Running | None:
+    """The server `up` started, while its process lives; None otherwise."""
+    doc = recorded(local.home)
+    pid, url = doc.get("pid"), doc.get("url")
+    if isinstance(pid, int) and isinstance(url, str) and not _ended(pid) and _is_ours(local, pid):
+        return Running(url=url, pid=pid, started=False)
+    return None
+
+
+def recorded_url(cfg: Settings) -> str | None:
+    """The URL of this host's Label Studio as `up` last started it (None: never started)."""
+    url = recorded(home_of(cfg)).get("url")
+    return url if isinstance(url, str) else None
+
+
+def default_token_file(cfg: Settings) -> Path:
+    return home_of(cfg) / "token"
+
+
+def _secret(path: Path, make: Callable[[], str]) -> str:
+    """The one-word secret in `path`, made once (0600) when there is none."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_owned(path, (make() + "\n").encode())
+    return read_token(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def tail(log: Path, n: int = 3) -> str:
+    """The log's last lines, as one line."""
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()[-n:]
+    except OSError:
+        return "(no log)"
+    return display(" | ".join(x.strip() for x in lines)) or "(empty log)"
+
+
+def launch(exe: Path, *, data: Path, document_root: Path, port: int, token: str, password: str, log: Path,
+           cwd: Path, username: str = USERNAME) -> subprocess.Popen:
+    """`label-studio start` detached (a session of its own), its output in `log`: local-files
+    serving under `document_root`, the user `username` with `token` as its legacy API token on
+    a first start (secrets through the environment), bound to 127.0.0.1:`port`."""
+    env = {
+        "PATH": f"{exe.parent}:/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",   # its "Starting development server at …" line reaches the log at once
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
+        "LABEL_STUDIO_USERNAME": username, "LABEL_STUDIO_PASSWORD": password, "LABEL_STUDIO_USER_TOKEN": token,
+        # offline and quiet: no version check on PyPI, no analytics
+        "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false",
+    }
+    argv = [str(exe), "start", "--no-browser", "--data-dir", str(data), "--internal-host", "127.0.0.1",
+            "--port", str(port), "--enable-legacy-api-token"]
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=cwd, start_new_session=True)
+
+
+def wait_until_up(alive: Callable[[], int | None], port: int, token: str, log: Path, *, since: int = 0,
+                  limit_s: float = START_S) -> str:
+    """The URL once its API answers with `token`; Label Studio moves to the next port when its
+    own is taken, and the log (read from byte `since`) says which. `alive()` gives the exit
+    status once the process ended (None while it runs). LabelStudioError, one line, otherwise."""
+    import httpx  # deferred: only `up` and the tests wait for a server; httpx is ~50 ms
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        code = alive()
+        if code is not None:
+            raise LabelStudioError(f"Label Studio exited with status {code} while starting: {tail(log)} "
+                                   f"({display(str(log))})")
+        try:
+            with log.open("rb") as fh:
+                fh.seek(since)
+                found = _STARTED.search(fh.read().decode(errors="replace"))
+        except OSError:
+            found = None
+        url = f"http://127.0.0.1:{found.group(1) if found else port}"
+        try:
+            r = httpx.get(f"{url}/api/projects/", headers={"Authorization": f"Token {token}"}, timeout=10,
+                          trust_env=False)
+            if r.status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise LabelStudioError(f"Label Studio did not answer within {limit_s:g} s (port {port}): {tail(log)}; "
+                           f"see {display(str(log))}")
+
+
+def stop_group(pid: int, wait: Callable[[float], bool]) -> None:
+    """SIGTERM to the process group `pid` leads (`launch` made it a session of its own), then
+    SIGKILL when `wait(STOP_S)` says it did not end."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    if not wait(STOP_S):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        wait(10.0)
+
+
+def up(cfg: Settings, venv: Path | None = None) -> Running:
+    """Start this host's Label Studio (from `venv`, default `local_of`'s) unless it runs;
+    return once it answers."""
+    local = local_of(cfg, venv)
+    state_directory(local.home)
+    with flocked(local.home / "up.lock"):
+        now = running(local)
+        if now is not None:
+            return now
+        if not local.exe.is_file():
+            raise LabelStudioError(f"no Label Studio in {display(str(local.venv))}: `make labelstudio` installs it "
+                                   "(or set label_studio.converter_python to a venv's python that has it)",
+                                   ExitCode.USAGE)
+        if not local.document_root.is_dir():
+            raise LabelStudioError(f"Label Studio's document root {display(str(local.document_root))} is not a "
+                                   "directory; `hoard init` makes zone 3C (or fix label_studio.document_root)",
+                                   ExitCode.USAGE)
+        token = _secret(local.token_file, lambda: secrets.token_hex(20))
+        password = _secret(local.password_file, lambda: secrets.token_urlsafe(18))
+        before = recorded(local.home)
+        port = local.port or before.get("port") or DEFAULT_PORT
+        if not _port_free(port):
+            if local.port is not None:
+                raise LabelStudioError(f"port {port} of label_studio.url is taken by another program; stop it or "
+                                       "give label_studio.url another port", ExitCode.UNAVAILABLE)
+            port = free_port()
+        local.data.mkdir(parents=True, exist_ok=True)
+        since = local.log.stat().st_size if local.log.exists() else 0
+        proc = launch(local.exe, data=local.data, document_root=local.document_root, port=port, token=token,
+                      password=password, log=local.log, cwd=local.home)
+        _record(local, {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}", "starting": True,
+                        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        try:
+            url = wait_until_up(proc.poll, port, token, local.log, since=since)
+        except BaseException:
+            stop_group(proc.pid, lambda s: _waited(proc, s))
+            _record(local, {"port": port, "url": f"http://127.0.0.1:{port}"})
+            raise
+        got = int(urlsplit(url).port or port)
+        if local.port is not None and got != local.port:
+            stop_group(proc.pid, lambda s: _waited(proc, s))
+            raise LabelStudioError(f"Label Studio took port {got}, not label_studio.url's {local.port} (taken "
+                                   "meanwhile); free it and run `hoard labelstudio up` again", ExitCode.UNAVAILABLE)
+        _record(local, {"pid": proc.pid, "port": got, "url": url,
+                        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        return Running(url=url, pid=proc.pid, started=True)
+
+
+def _waited(proc: subprocess.Popen, seconds: float) -> bool:
+    try:
+        proc.wait(seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _ended(pid: int) -> bool:
+    """Process `pid` is gone, or a zombie its parent has not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def _gone(pid: int, seconds: float) -> bool:
+    """Process `pid` (not a child of this one) ended within `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if _ended(pid):
+            return True
+        time.sleep(0.2)
+    return _ended(pid)
+
+
+def down(cfg: Settings) -> int | None:
+    """Stop the server `up` started (its process id, or None when none runs); nothing else."""
+    local = local_of(cfg)
+    state_directory(local.home)
+    with flocked(local.home / "up.lock"):
+        now = running(local)
+        doc = recorded(local.home)
+        if now is None:
+            if doc.get("pid") is not None:  # a process that ended by itself: forgotten
+                _record(local, {k: v for k, v in doc.items() if k in ("port", "url")})
+            return None
+        stop_group(now.pid, lambda s: _gone(now.pid, s))
+        _record(local, {k: v for k, v in doc.items() if k in ("port", "url")})
+        return now.pid
+
+
+def status(cfg: Settings) -> dict[str, Any]:
+    """{running, url, pid}: the url it answers at (or would: label_studio.url, the last one)."""
+    local = local_of(cfg)
+    now = running(local)
+    if now is not None:
+        return {"running": True, "url": now.url, "pid": now.pid}
+    url = cfg.label_studio.url or recorded(local.home).get("url") or f"http://127.0.0.1:{DEFAULT_PORT}"
+    return {"running": False, "url": url.rstrip("/"), "pid": None}
+
+
+def token(cfg: Settings) -> str:
+    """The token AC5 uses for this host's Label Studio."""
+    local = local_of(cfg)
+    if not local.token_file.exists():
+        raise LabelStudioError(f"no Label Studio token yet ({display(str(local.token_file))}); `hoard labelstudio "
+                               "up` makes one", ExitCode.USAGE)
+    return read_token(local.token_file)

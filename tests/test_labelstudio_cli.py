@@ -1,0 +1,98 @@
+"""`hoard labelstudio up|down|status|token` in a fresh embedded setup: Label Studio started from
+`make labelstudio`'s venv, its data under the setup's state, serving zone 3C's staged files, a
+user and its token made once (0600) where AC5 reads it, the process it started stopped by
+`down` and nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hoardfs.base import config
+from hoardfs.jobs.actions import labelstudio as lsc
+from tests.helpers import missing
+from tests.labelstudio import VENV
+
+
+def _hoard(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(home / "hoard.toml"), *args], cwd=home,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _setup(home: Path, venv: Path) -> None:
+    """`hoard init --embedded` in `home`, Label Studio's venv named through converter_python."""
+    home.mkdir(exist_ok=True)
+    res = subprocess.run([sys.executable, "-m", "hoardfs", "init", "--embedded"], cwd=home, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    with open(home / "hoard.toml", "a") as fh:
+        fh.write(f"\n[label_studio]\nconverter_python = {json.dumps(str(venv / 'bin' / 'python'))}\n")
+
+
+@pytest.mark.services  # runs `hoard` processes
+def test_up_without_label_studio_names_make_labelstudio(tmp_path: Path) -> None:
+    """No venv with label-studio: one line naming `make labelstudio`, exit 2, nothing started."""
+    _setup(tmp_path, tmp_path / "no-venv")
+    res = _hoard(tmp_path, "labelstudio", "up")
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "make labelstudio" in lines[0] and "Traceback" not in res.stderr
+    down = _hoard(tmp_path, "labelstudio", "status", "--json")
+    assert down.returncode == 3 and json.loads(down.stdout)["running"] is False
+
+
+@pytest.mark.services  # starts a Label Studio of its own (its first start applies its migrations: ~45 s)
+def test_up_status_token_down_on_the_embedded_default(tmp_path: Path) -> None:
+    """`up` starts Label Studio and returns once it answers; again it says it runs already;
+    `status --json` gives running, url, pid; `token` prints the 0600 token that its API takes
+    and AC5 finds without a [label_studio] url or token_file; a file staged in zone 3C is served
+    to a task; `down` stops that process, `status` then says stopped (exit 3)."""
+    if not (VENV / "bin" / "label-studio").is_file():
+        missing(f"LABEL STUDIO MISSING at {VENV}: run `make labelstudio`")
+    home = tmp_path / "setup"
+    _setup(home, VENV)
+    try:
+        up = _hoard(home, "labelstudio", "up")
+        assert up.returncode == 0 and "started at http://127.0.0.1:" in up.stdout, up.stdout + up.stderr
+        again = _hoard(home, "labelstudio", "up")
+        assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
+        st = _hoard(home, "labelstudio", "status", "--json")
+        doc = json.loads(st.stdout)
+        assert st.returncode == 0 and set(doc) == {"running", "url", "pid"} and doc["running"] is True
+        assert doc["url"] in up.stdout and f"pid {doc['pid']}" in up.stdout
+        tok = _hoard(home, "labelstudio", "token")
+        token = tok.stdout.strip()
+        cfg = config.load(home / "hoard.toml")
+        token_file = cfg.ssd.root / "state" / "labelstudio" / "token"
+        assert tok.returncode == 0 and token == token_file.read_text().strip() and len(token) >= 20
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        r = httpx.get(f"{doc['url']}/api/projects/", headers={"Authorization": f"Token {token}"}, timeout=60)
+        assert r.status_code == 200, r.text
+        # AC5 uses it as hoard.toml names no url or token_file, and it serves zone 3C's staged files
+        ls = lsc.client_from_settings(cfg)
+        assert (ls.url, ls.token, ls.document_root) == (doc["url"], token, cfg.ssd.zone_path("3C"))
+        staged = cfg.ssd.zone_path("3C") / "run-1" / "input" / "a.png"
+        staged.parent.mkdir(parents=True)
+        staged.write_bytes(b"\x89PNG not really")
+        config_xml = '<View><Image name="image" value="$image"/></View>'
+        project = lsc.ensure_project(ls, "hoard cli test", config_xml)
+        lsc.import_tasks(ls, project, [lsc.Task("c" * 64, "run-1/input/a.png")], config_xml)
+        [task] = lsc.project_tasks(ls, project)
+        got = httpx.get(doc["url"] + task["data"]["image"], headers={"Authorization": f"Token {token}"}, timeout=60)
+        assert got.status_code == 200 and got.content == staged.read_bytes()
+        down = _hoard(home, "labelstudio", "down")
+        assert down.returncode == 0 and f"stopped (pid {doc['pid']})" in down.stdout, down.stdout + down.stderr
+        assert not os.path.exists(f"/proc/{doc['pid']}") or \
+            Path(f"/proc/{doc['pid']}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+        after = _hoard(home, "labelstudio", "status", "--json")
+        assert after.returncode == 3 and json.loads(after.stdout) == {"running": False, "url": doc["url"], "pid": None}
+        assert "not running" in _hoard(home, "labelstudio", "down").stdout
+    finally:
+        _hoard(home, "labelstudio", "down")
