@@ -7,8 +7,9 @@ data directory (SQLite), local-files serving on with the document root a session
 that the tests use as zone 3C, a user and its legacy API token created by `label-studio start
 --enable-legacy-api-token` with LABEL_STUDIO_USERNAME, _PASSWORD and _USER_TOKEN in its
 environment (label_studio/server.py `_create_user`; the token replaces the user's auth token,
-the organisation keeps legacy tokens on): `hoard labelstudio up`'s own `launch` and wait. Starting it applies Label Studio's migrations to the new database: about 25 s on this
-2-core machine, once per session.
+the organisation keeps legacy tokens on): `hoard labelstudio up`'s own `launch` and wait.
+Starting it applies Label Studio's migrations to the new database: about 25 s on this 2-core
+machine, once per session.
 """
 
 from __future__ import annotations
