@@ -27,11 +27,14 @@ from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError, first_line
 from hoardfs.base.files import flocked
 from hoardfs.datasets import card, formats, layouts
-from hoardfs.datasets.formats import FORMATS, Format, Tree, tar_layout, tar_size
+from hoardfs.datasets.formats import FORMATS, Format, Tree, jpeg, tar_layout, tar_size
+from hoardfs.datasets.formats.detection import Voc
 from hoardfs.datasets.formats.webdataset import WebDataset, member_cost
+from hoardfs.datasets.layouts import PlacementError
 from hoardfs.datasets.model import Sample
 from hoardfs.datasets.plan import DryPlan, Plan, build_order, counts_of, dry_plan, place, plan, sample_of
 from hoardfs.datasets.spec import NAME, DatasetError, DatasetSpec, TemplateSpec
+from hoardfs.fsd.core.layout import pin_path
 from hoardfs.fsd.outputs import seal, zones
 from hoardfs.fsd.outputs.manifest import ViewError
 from hoardfs.fsd.outputs.materialize import Item
@@ -217,6 +220,13 @@ def dry_run(cfg: Settings, spec: DatasetSpec, mode: str | None = None) -> DryRun
     with _connect(cfg, f"plan dataset {spec.name}") as conn, \
             _db_errors(f"dataset {spec.name} was planned"), conn.transaction():
         d = dry_plan(conn, spec, fmt, sqld.class_map(conn, spec.name), zones.zone_block_size((cfg, ZONE)))
+        if isinstance(fmt, Voc) and not spec.convert:  # (the build reads each image; here its file type)
+            bad = sqld.dry_not_jpeg(conn, d.table)
+            if bad is not None:
+                sha, ftype, nid, shared = bad
+                key = f"{sha[:16]}-{nid}" if shared else sha[:16]
+                raise DatasetError(jpeg.not_jpeg(spec.name, _named(sha, key), ftype.upper() or "(unknown)"),
+                                   ExitCode.DATA)
         need = 0
         if spec.mode == "copy":
             need = _estimate(cfg, conn, spec, fmt, d)
@@ -245,6 +255,8 @@ def _estimate(cfg: Settings, conn: psycopg.Connection, spec: DatasetSpec, fmt: F
         rows = sqld.sample_rows(conn, [nid for nid, _, _ in picked], ocr_boxes=spec.annotations == "result_ocr_box")
         splits = list(spec.split.ratios)
         samples = [sample_of(spec, rows[nid], splits[idx], d.class_map, shared) for nid, idx, shared in picked]
+        if isinstance(fmt, Voc):  # a JPEG of each, its size guessed as the original's (the build converts)
+            samples = [dataclasses.replace(s, converted=s.written) for s in samples]
         made = _make(spec.doc(), spec.sha256(), fmt, place(fmt, samples, spec.name, spec.webdataset.model_dump()),
                      d.class_map, [])
     except HoardError:
@@ -299,9 +311,12 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
     fmt = resolve_format(spec)
     if spec.mode == "view":
         _check_view(cfg, spec, fmt)
-    with _build_lock(cfg, spec.name), _connect(cfg, f"build dataset {spec.name}") as conn, no_gc():
+    with _build_lock(cfg, spec.name), _connect(cfg, f"build dataset {spec.name}") as conn, no_gc(), \
+            _jpeg_pin(cfg, spec.name):
         conn.autocommit = True
         p = _plan(cfg, conn, spec, fmt)
+        if isinstance(fmt, Voc):
+            p.samples = _jpegs(cfg, spec, p.samples)
         spec_doc, spec_sha = spec.doc(), spec.sha256()
         made = _make(spec_doc, spec_sha, fmt, p.samples, p.class_map, p.licences)
         fp = made.doc["state"]["fingerprint"]
@@ -336,6 +351,48 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
     return report | {"samples": len(p.samples), "selected": p.selected, "unlabelled": p.unlabelled,
                      "new_classes": p.new_classes, "splits": made.doc["splits"],
                      "large_groups": made.doc["large_groups"], "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _named(sha: str, key: str) -> Sample:
+    """A sample that only names a node and its key (for a line of the dry run's)."""
+    return Sample(path="", sha256=sha, size=0, ext="", key=key, node_id=0, root_id=0, lineage=(), source_url=None,
+                  date=None, labels={}, cls=None, class_index=None, split="")
+
+
+def _jpeg_pin_name(name: str) -> str:
+    return f"dataset-{name}-jpeg"
+
+
+@contextlib.contextmanager
+def _jpeg_pin(cfg: Settings, name: str) -> Iterator[None]:
+    """The JPEGs a build converts are pinned (`_jpegs`) until it ends: its manifest names them then."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            pin_path(cfg, _jpeg_pin_name(name)).unlink(missing_ok=True)
+
+
+def _jpegs(cfg: Settings, spec: DatasetSpec, samples: list[Sample]) -> list[Sample]:
+    """The samples of a JPEG-only layout read from the store (hoardfs.datasets.formats.jpeg.prepare):
+    size and depth from each image, and each that is not a JPEG converted — the JPEGs stored
+    (class generated) and pinned until the build ends; refused, one line, with `convert = false`."""
+    made: list[str] = []
+    with Store.open(cfg) as store:
+        def put_many(datas: list[bytes]) -> list[str]:
+            res = store.put_bytes_many(datas, klass="generated")
+            bad = next((r for r in res if r.status not in ("new", "existing")), None)
+            if bad is not None:
+                raise HoardError(f"dataset {spec.name}: a converted JPEG could not be stored ({bad.reason}); nothing "
+                                 "was written — run the same command again", ExitCode.UNAVAILABLE)
+            made.extend(r.sha256 for r in res)
+            store.pin(_jpeg_pin_name(spec.name), made, f"JPEGs converted for dataset {spec.name}, until built")
+            return [r.sha256 for r in res]
+
+        try:
+            return jpeg.prepare(spec.name, samples, store.get, put_many, spec.convert, spec.jpeg_quality)
+        except PlacementError as e:
+            raise DatasetError(e.message, ExitCode.DATA) from None
 
 
 def _check_view(cfg: Settings, spec: DatasetSpec, fmt: Format) -> None:

@@ -78,17 +78,35 @@ class Sample:
     author: str | None = None   # of the nearest item that names one (the sample, its post, …)
     licences: tuple[str, ...] = ()  # of the nearest item that names any
     group: str | None = None    # the group key its split was drawn for (`split.group`)
+    #: the image's channels as the file written holds them (1 greyscale, 3 colour; VOC's
+    #: `<depth>`), read from the image at build; None where no layout needs it
+    depth: int | None = None
+    #: the file written in place of the stored one (sha256 hex, size): a JPEG converted at build
+    #: for a layout that holds JPEG only (voc; hoardfs.datasets.formats.jpeg). `sha256` stays the
+    #: stored original's: the sample's identity in diffs, lineage and every other layout
+    converted: tuple[str, int] | None = None
+
+    @property
+    def written(self) -> tuple[str, int]:
+        """(sha256, size) of the bytes the layout writes for this sample."""
+        return self.converted if self.converted is not None else (self.sha256, self.size)
 
     def to_json(self) -> dict:
-        """The manifest line's document (write it with `canonical`)."""
-        return {"path": self.path, "sha256": self.sha256, "size": self.size, "ext": self.ext, "key": self.key,
-                "node_id": self.node_id, "root_id": self.root_id, "lineage": list(self.lineage),
-                "source_url": self.source_url, "date": self.date,
-                "labels": {k: list(v) for k, v in self.labels.items()},  # (written with sorted keys)
-                "class": self.cls, "class_index": self.class_index, "split": self.split,
-                "annotations": [a.to_json() for a in self.annotations],
-                "width": self.width, "height": self.height, "author": self.author,
-                "licences": list(self.licences), "group": self.group}
+        """The manifest line's document (write it with `canonical`); `depth` and `converted`
+        only when set, so the manifests of the layouts that do not use them stay as they were."""
+        doc = {"path": self.path, "sha256": self.sha256, "size": self.size, "ext": self.ext, "key": self.key,
+               "node_id": self.node_id, "root_id": self.root_id, "lineage": list(self.lineage),
+               "source_url": self.source_url, "date": self.date,
+               "labels": {k: list(v) for k, v in self.labels.items()},  # (written with sorted keys)
+               "class": self.cls, "class_index": self.class_index, "split": self.split,
+               "annotations": [a.to_json() for a in self.annotations],
+               "width": self.width, "height": self.height, "author": self.author,
+               "licences": list(self.licences), "group": self.group}
+        if self.depth is not None:
+            doc["depth"] = self.depth
+        if self.converted is not None:
+            doc["converted"] = {"sha256": self.converted[0], "size": self.converted[1]}
+        return doc
 
     @classmethod
     def from_json(cls, d: dict) -> Sample:
@@ -99,7 +117,8 @@ class Sample:
                    cls=d.get("class"), class_index=d.get("class_index"), split=d["split"],
                    annotations=tuple(Annotation.from_json(a) for a in d.get("annotations", ())),
                    width=d.get("width"), height=d.get("height"), author=d.get("author"),
-                   licences=tuple(d.get("licences", ())), group=d.get("group"))
+                   licences=tuple(d.get("licences", ())), group=d.get("group"), depth=d.get("depth"),
+                   converted=(d["converted"]["sha256"], d["converted"]["size"]) if d.get("converted") else None)
 
 
 # -- Label Studio regions → pixel annotations -----------------------------------------------

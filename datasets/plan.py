@@ -240,13 +240,50 @@ def _no_key(spec: DatasetSpec, what: str, key: str, have: set[str]) -> DatasetEr
 
 
 def _check_keys(spec: DatasetSpec, rows: list[dict[str, Any]]) -> None:
-    """A label key the spec names that no selected node has is a typo until proven otherwise."""
+    """A label key the spec names that no selected node has is a typo until proven otherwise;
+    one named for plain values (`plain_keys`) that holds a JSON blob is refused (`_json_key`)."""
     have: set[str] = set()
     for r in rows:
         have.update(r["labels"])
     for what, key in _named_keys(spec):
         if key not in have:
             raise _no_key(spec, what, key, have)
+    for what, key in plain_keys(spec):
+        for r in rows:
+            blob = next((v for v in r["labels"].get(key, ()) if json_blob(v)), None)
+            if blob is not None:
+                raise _json_key(spec, what, key, r["sha256"], blob, have)
+
+
+def plain_keys(spec: DatasetSpec) -> list[tuple[str, str]]:
+    """The label keys the spec reads as plain values — the class, the explicit split, the
+    label group — not `annotations`, whose values are Label Studio's regions (JSON)."""
+    return [(what, key) for what, key in _named_keys(spec) if what != "annotations"]
+
+
+def json_blob(value: str) -> bool:
+    """A label value that is a JSON object or array (a Label Studio result kept raw, e.g.
+    `ls:scene={"type":"choices",…}`): never a class, a split or a group's name."""
+    v = value.lstrip()
+    if not v.startswith(("{", "[")):
+        return False
+    try:
+        return isinstance(json.loads(v), (dict, list))
+    except ValueError:
+        return False
+
+
+def _json_key(spec: DatasetSpec, what: str, key: str, sha: str, value: str, have: set[str]) -> DatasetError:
+    plain = key[3:] if key.startswith("ls:") else None
+    if plain is not None and plain in have:
+        step = f"name the plain key instead ({what} = {plain!r}, which holds Label Studio's answers as values)"
+    else:
+        step = ("name a key of plain KEY=VALUE labels (`hoard label add KEY=VALUE`; Label Studio's choices come back "
+                "as `<control>=<choice>`, docs/actions.md \"What comes back\")")
+    shown = display(value[:60]) + ("…" if len(value) > 60 else "")
+    return DatasetError(f"dataset {spec.name}: {what} = {key!r} holds JSON blobs, not plain values (node {sha}: "
+                        f"{shown}); a class, a split or a group is one plain value — {step} (nothing was written)",
+                        ExitCode.DATA)
 
 
 def _two_classes(spec: DatasetSpec, sha: str, values: list[str]) -> DatasetError:
@@ -533,6 +570,10 @@ def dry_plan(conn: psycopg.Connection, spec: DatasetSpec, fmt: Format, frozen_ma
     for what, key in named:
         if key not in have:
             raise _no_key(spec, what, key, sqld.dry_all_keys(conn))
+    for what, key in plain_keys(spec):
+        blob = sqld.dry_json_value(conn, key, json_blob)
+        if blob is not None:
+            raise _json_key(spec, what, key, *blob, sqld.dry_all_keys(conn))
     if fmt.needs_class and spec.class_label is None:
         raise DatasetError(f"dataset {name}: layout {fmt.name} needs a class: set class_label to the label key that "
                            "holds it")

@@ -111,6 +111,10 @@ class DatasetSpec(BaseModel):
     #: a label key holding boxes/polygons (Label Studio regions, e.g. "ls:box") or "result_ocr_box"
     annotations: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     webdataset: WebDatasetSpec = WebDatasetSpec()
+    #: layout voc: a sample that is not a JPEG is converted at build (false: refused, naming it)
+    convert: bool = True
+    #: the quality of the JPEGs a conversion writes (Pillow's scale, 1-100)
+    jpeg_quality: int = Field(default=95, ge=1, le=100)
     #: the template of a layout file or built-in template, recorded at build time (hoardfs.datasets.api
     #: fills it in; written in the spec, it is used instead of reading `layout`)
     template: TemplateSpec | None = None
@@ -141,7 +145,11 @@ class DatasetSpec(BaseModel):
         """The spec as data (dataset.json, SQL): plus the order of the splits, which a JSON
         object with sorted keys (or PostgreSQL's jsonb) would lose; without `mode`, which says
         how the files are delivered, not what they are (a view and a copy are the same tree)."""
-        d = self.model_dump(mode="json", exclude={"mode"} | ({"template"} if self.template is None else set()))
+        # keys left at their defaults that a spec written before them did not have are left out:
+        # its sha256 (and so its version's fingerprint) stays what it was
+        d = self.model_dump(mode="json", exclude={"mode"} | ({"template"} if self.template is None else set())
+                            | ({"convert"} if self.convert else set())
+                            | ({"jpeg_quality"} if self.jpeg_quality == 95 else set()))
         d["split"]["order"] = list(self.split.ratios)
         return d
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -314,6 +314,33 @@ def dry_keys(conn: psycopg.Connection, keys: Sequence[str]) -> set[str]:
 def dry_all_keys(conn: psycopg.Connection) -> set[str]:
     return {k for (k,) in conn.execute(
         "SELECT DISTINCT l.key FROM label l WHERE l.node_id IN (SELECT node_id FROM ds_cls)")}
+
+
+#: values of a key that start like JSON that the dry run parses, at most, looking for a blob
+JSON_CANDIDATES = 10_000
+
+
+def dry_json_value(conn: psycopg.Connection, key: str, is_blob: Callable[[str], bool]) -> tuple[str, str] | None:
+    """The first selected node (selection order) with a value of `key` that `is_blob` says is a
+    JSON object or array, as (sha256 hex, the value); the values starting with `{` or `[` are
+    the candidates (PostgreSQL 15 cannot test a text for JSON without failing on it)."""
+    rows = conn.execute(
+        "SELECT encode(s.sha256, 'hex'), l.value FROM label l JOIN ds_cls s ON s.node_id = l.node_id "
+        "WHERE l.key = %s AND l.value ~ '^[[:space:]]*[[{]' ORDER BY s.ord, l.value COLLATE \"C\" LIMIT %s",
+        [key, JSON_CANDIDATES])
+    return next(((sha, v) for sha, v in rows if is_blob(v)), None)
+
+
+def dry_not_jpeg(conn: psycopg.Connection, table: str) -> tuple[str, str, int, bool] | None:
+    """The dry run's sample (of `table`, dry_caps') with the lowest node id whose file type is
+    not jpg/jpeg: (sha256 hex, its file type, node id, whether another sample shares its
+    sha256's first 16 digits — its key then names the node too), or None."""
+    row = conn.execute(
+        f"SELECT encode(t.sha256, 'hex'), coalesce(pc.file_type, ''), t.node_id, EXISTS (SELECT 1 FROM {table} o "
+        "WHERE substring(o.sha256 from 1 for 8) = substring(t.sha256 from 1 for 8) AND o.node_id <> t.node_id) "
+        f"FROM {table} t JOIN physical_content pc ON pc.node_id = t.node_id "
+        "WHERE lower(coalesce(pc.file_type, '')) NOT IN ('jpg', 'jpeg') ORDER BY t.node_id LIMIT 1").fetchone()
+    return (row[0], row[1], int(row[2]), bool(row[3])) if row else None
 
 
 def dry_two_classes(conn: psycopg.Connection, class_label: str) -> tuple[str, list[str]] | None:

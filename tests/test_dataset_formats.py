@@ -33,6 +33,7 @@ from hoardfs.datasets.formats import (
     template_format,
     write_tar,
 )
+from hoardfs.datasets.formats.jpeg import prepare
 from hoardfs.datasets.layouts import LayoutError, PlacementError, parse
 from hoardfs.datasets.model import Annotation, Sample, annotations_from_ls, canonical
 from tests.helpers import REALDATA, needs_realdata
@@ -81,6 +82,16 @@ def dataset(n: int = 9, boxes: bool = True, polygon: bool = False) -> tuple[list
 
 
 DOC = {"name": "pets", "classes": CLASSES}
+
+
+def voc_ready(samples: list[Sample], blobs: dict[str, bytes]) -> list[Sample]:
+    """The samples as a voc build gives them to the format (hoardfs.datasets.formats.jpeg.prepare):
+    size and depth read from each image, each PNG converted — its JPEG added to `blobs`."""
+    def put_many(datas: list[bytes]) -> list[str]:
+        shas = [hashlib.sha256(d).hexdigest() for d in datas]
+        blobs.update(zip(shas, datas, strict=True))
+        return shas
+    return prepare("pets", samples, blobs.__getitem__, put_many)
 
 
 def materialise(tree: Tree, blobs: dict[str, bytes], root: Path) -> str:
@@ -313,13 +324,20 @@ def test_yolo_meets_ultralytics_structure(tmp_path, polygon):
 def test_voc_read_with_elementtree(tmp_path):
     """Annotations/<key>.xml parse; each object's name and 1-based box; ImageSets list each split's keys."""
     samples, blobs = dataset()
+    samples = voc_ready(samples, blobs)
     materialise(get("voc").render(samples, DOC, {}), blobs, tmp_path)
     for split in ("train", "val"):
         keys = (tmp_path / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
         assert sorted(keys) == sorted(s.key for s in samples if s.split == split)
     for s in samples:
         root = ET.parse(tmp_path / "Annotations" / f"{s.key}.xml").getroot()
-        assert (tmp_path / "JPEGImages" / root.findtext("filename")).read_bytes() == blobs[s.sha256]
+        assert root.findtext("filename") == f"{s.key}.jpg" and root.findtext("size/depth") == "3"
+        with Image.open(tmp_path / "JPEGImages" / f"{s.key}.jpg") as im:
+            assert im.format == "JPEG" and im.size == (s.width, s.height)
+        if s.ext == ".jpg":  # a JPEG is written as stored; another image as the JPEG made of it
+            assert s.converted is None and (tmp_path / "JPEGImages" / f"{s.key}.jpg").read_bytes() == blobs[s.sha256]
+        else:
+            assert s.converted is not None and s.converted[1] == (tmp_path / "JPEGImages" / f"{s.key}.jpg").stat().st_size
         assert (int(root.findtext("size/width")), int(root.findtext("size/height"))) == (s.width, s.height)
         objs = sorted((o.findtext("name"), *(int(o.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")))
                       for o in root.iter("object"))
@@ -377,6 +395,8 @@ def test_render_is_byte_identical_in_any_order(tmp_path, layout):
     """The same samples in another order (and another call) give the same tree, tars included."""
     samples, blobs = dataset(polygon=True)
     fmt = get(layout)
+    if layout == "voc":
+        samples = voc_ready(samples, blobs)
     shuffled = samples[:]
     random.Random(7).shuffle(shuffled)
     first = materialise(fmt.render(samples, DOC, {"shard_samples": 3}), blobs, tmp_path / "a")

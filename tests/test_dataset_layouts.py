@@ -143,15 +143,26 @@ def read_yolo(root: Path, manifest: list[dict], _tmp: Path) -> None:
                 a["label"] for a in by_path[path]["annotations"])
 
 
-def read_voc(root: Path, manifest: list[dict], _tmp: Path) -> None:
+def read_voc(root: Path, manifest: list[dict], tmp: Path) -> None:
+    """torchvision's VOCDetection loads each split: every sample's JPEG (the PNGs converted at
+    build, the manifest naming the JPEG written) with its size and boxes."""
+    from tests.test_dataset_voc import voc_detection  # deferred: it imports this module's neighbours
+
     for split, mine in _by_split(manifest).items():
         keys = (root / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
         assert sorted(keys) == sorted(m["key"] for m in manifest if m["split"] == split) and len(keys) == len(mine)
+        by_key = {m["key"]: m for m in manifest if m["split"] == split}
+        items = voc_detection(root, split, tmp)
+        assert sorted(it["annotation"]["filename"] for it in items) == sorted(f"{k}.jpg" for k in by_key)
+        for it in items:
+            m = by_key[it["annotation"]["filename"][:-4]]
+            assert it["size"] == [m["width"], m["height"]] and it["annotation"]["size"]["depth"] == str(m["depth"])
+            assert sorted(o["name"] for o in it["annotation"]["object"]) == sorted(a["label"] for a in m["annotations"])
     for m in manifest:
         doc = ET.parse(root / "Annotations" / f"{m['key']}.xml").getroot()
-        assert (root / "JPEGImages" / doc.findtext("filename")).stat().st_size == m["size"]
+        assert doc.findtext("filename") == f"{m['key']}.jpg" and m["converted"]  # the gallery's PNGs, converted
+        assert (root / "JPEGImages" / doc.findtext("filename")).stat().st_size == m["converted"]["size"]
         assert (int(doc.findtext("size/width")), int(doc.findtext("size/height"))) == (m["width"], m["height"])
-        assert sorted(o.findtext("name") for o in doc.iter("object")) == sorted(a["label"] for a in m["annotations"])
 
 
 def read_webdataset(root: Path, manifest: list[dict], _tmp: Path) -> None:

@@ -19,6 +19,7 @@ from hoardfs.datasets.formats.base import (
     json_bytes,
     who,
 )
+from hoardfs.datasets.formats.jpeg import JPEG_EXTS
 from hoardfs.datasets.layouts import PlacementError
 from hoardfs.datasets.model import Annotation, Sample
 
@@ -169,9 +170,12 @@ def _yolo_line(a: Annotation, cls: int, s: Sample, segment: bool) -> str:
 
 
 class Voc:
-    """Pascal VOC: `JPEGImages/<key><ext>`, `Annotations/<key>.xml` (`bndbox` in VOC's 1-based
-    whole pixels: xmin = floor(x) + 1, xmax = ceil(x + w), clamped to the image) and
-    `ImageSets/Main/<split>.txt` (the keys of each split, one a line)."""
+    """Pascal VOC as torchvision's `VOCDetection` reads it: `JPEGImages/<key>.jpg` (a JPEG
+    always — a sample that is not one is converted at build, hoardfs.datasets.formats.jpeg, and
+    the manifest records both sha256s: `sha256` the stored original's, `converted` the JPEG
+    written), `Annotations/<key>.xml` (`size` and `depth` as the image has them; `bndbox` in
+    VOC's 1-based whole pixels: xmin = floor(x) + 1, xmax = ceil(x + w), clamped to the image)
+    and `ImageSets/Main/<split>.txt` (the keys of each split, one a line)."""
 
     name = "voc"
     needs_class = False
@@ -179,12 +183,18 @@ class Voc:
     view_ok = True
 
     def place(self, sample: Sample) -> str:
-        return f"JPEGImages/{sample.key}{sample.ext}"
+        return f"JPEGImages/{sample.key}.jpg"
 
     def render(self, samples: list[Sample], doc: dict, options: dict) -> Tree:
         ordered, _ = _indexed(self, samples, doc)
-        tree = _split_tree(self, ordered)
+        tree = Tree()
         for s in ordered:
+            if s.converted is None and s.ext.lower() not in JPEG_EXTS:
+                raise PlacementError(f"{who(s)}: its file is {s.ext or '(unknown)'!r}, not a JPEG, and no JPEG was "
+                                     f"made of it; layout {self.name} holds JPEG files only — build the dataset "
+                                     "again (hoard dataset build: convert = true converts it)")
+            sha, size = s.written
+            tree.files.append(StoredFile(self.place(s), sha, size))
             tree.generated.append(Generated(f"Annotations/{s.key}.xml", _voc_xml(s, str(doc.get("name", "")))))
         for split, group in _by_split(ordered).items():
             keys = sorted(s.key for s in group)
@@ -194,9 +204,9 @@ class Voc:
 
 def _voc_xml(s: Sample, folder: str) -> bytes:
     w, h = s.width or 0, s.height or 0
-    out = ["<annotation>", f"  <folder>{escape(folder)}</folder>", f"  <filename>{s.key}{s.ext}</filename>",
+    out = ["<annotation>", f"  <folder>{escape(folder)}</folder>", f"  <filename>{s.key}.jpg</filename>",
            "  <source><database>hoardfs</database></source>",
-           f"  <size><width>{w}</width><height>{h}</height><depth>3</depth></size>",
+           f"  <size><width>{w}</width><height>{h}</height><depth>{s.depth or 3}</depth></size>",
            f"  <segmented>{0}</segmented>"]
     for a in s.annotations:
         x, y, bw, bh = a.box()  # type: ignore[misc]
