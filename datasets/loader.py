@@ -31,9 +31,9 @@ samples. A torch DataLoader taking `block`-sized batches from its workers in tur
 back in the sequence's order — the same keys in the same order for any number of workers.
 
 Liveness and safety: a sample whose node the database marks deleted or black-listed when the
-epoch starts, or that the store no longer shows when its run is read (`Index.shown`), is not
-read and not yielded (its position is passed over). The store is opened read-only, sharing
-the `readers` lock (ingest, gc's swap and replication go on meanwhile; a record gc moved is
+epoch starts, or that the store no longer holds or shows when its run is read or when its
+position comes up (hoardfs.fsd.outputs.runs.live), is not read or not yielded (its position is
+passed over). The store is opened read-only, sharing the `readers` lock (ingest, gc's swap and replication go on meanwhile; a record gc moved is
 looked up again); nothing is written to the store or the SSD.
 
 Memory: the shuffle buffer, the `lanes` runs being interleaved (at most `run_bytes` each), and
@@ -43,7 +43,10 @@ itself is a few integers per sample (with the manifest's samples).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -221,6 +224,34 @@ class Mix:
                 "largest_shard_share": round(self.top_max / self.window, 4)}
 
 
+#: the store each process's loaders share, by index path: [store, users, pid] (LMDB opens an
+#: index once per process — a train and a val loader iterating at once share it; a forked
+#: DataLoader worker opens its own)
+_OPEN: dict[str, list[Any]] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _shared_store(cfg: config.Settings) -> Iterator[Store]:
+    """The store opened read-only under the `readers` lock, shared by the process's loaders
+    while any uses it, closed after the last."""
+    key = str(cfg.index_dir)
+    with _OPEN_LOCK:
+        got = _OPEN.get(key)
+        if got is None or got[2] != os.getpid():
+            got = [Store.open(cfg, writable=False, lock="readers", what="a training loader"), 0, os.getpid()]
+            _OPEN[key] = got
+        got[1] += 1
+    try:
+        yield got[0]
+    finally:
+        with _OPEN_LOCK:
+            got[1] -= 1
+            if got[1] == 0 and _OPEN.get(key) is got:
+                del _OPEN[key]
+                got[0].close()
+
+
 class Loader:
     """The samples of a dataset version's split, read from the store (the module's docstring).
 
@@ -273,9 +304,8 @@ class Loader:
                                        "fallbacks": 0, "withheld": 0}
         self._mix = Mix()
 
-    def _store(self) -> Store:
-        return Store.open(self.cfg, writable=False, lock="readers", what=f"the loader of {self.ref}"
-                          if hasattr(self, "ref") else "a loader")
+    def _store(self) -> contextlib.AbstractContextManager[Store]:
+        return _shared_store(self.cfg)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -393,7 +423,9 @@ class Loader:
                             held[j] = data
                 data = held.pop(i, None)
                 self.position = k + 1
-                if data is None:  # hidden or deleted since the epoch began: not read
+                # hidden or deleted since the epoch began: not read — or read before, and not
+                # handed out now that the store no longer shows it
+                if data is None or not runs_mod.live(store, bytes.fromhex(self.samples[i].sha256)):
                     self._stats["withheld"] += 1
                     continue
                 s = self.samples[i]

@@ -260,3 +260,41 @@ def test_the_torch_wrapper_under_a_dataloader_with_two_workers(built) -> None:
     batched = TorchDataset("pets@1", "train", 7, 0, block=4, config_path=cfg.source, **SMALL)
     batches = list(DataLoader(batched, batch_size=4, num_workers=2, collate_fn=lambda b: [s["key"] for s in b]))
     assert [k for b in batches for k in b] == keys
+
+
+def test_an_epoch_goes_on_through_a_batch_deletion_and_a_gc(built, pg) -> None:
+    """Mid-epoch, `hoard delete --batch` then `hoard gc --threshold 1.0` (which frees the batch's
+    shards, their files deleted — some already read ahead, or open): the epoch goes on — the
+    samples still live come in the planned order with their right bytes, and none of the
+    deleted batch's after the deletion, read ahead or not."""
+    cfg, _ = built
+    whole = [(s["key"], s["sha256"]) for s in Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)]
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, ahead=1, **SMALL)
+    it = iter(ld)
+    got = [next(it) for _ in range(3)]
+    res = _hoard(cfg, "delete", "--batch", "gallery-s71-b001", "--yes")
+    assert res.returncode == 0, res.stderr
+    gc = _hoard(cfg, "gc", "--threshold", "1.0", "--json")
+    assert gc.returncode == 0, gc.stderr
+    rep = json.loads(gc.stdout)
+    assert rep["compacted"] >= 1 and rep["replicas_deleted"] >= 1, rep
+    got += list(it)
+    dead = {r[0] for r in pg.execute("SELECT encode(n.sha256, 'hex') FROM node n JOIN physical_content pc "
+                                     "USING (node_id) WHERE pc.is_deleted")}
+    assert dead & {sha for _, sha in whole[3:]}
+    assert [s["key"] for s in got] == [k for k, _ in whole[:3]] + [k for k, sha in whole[3:] if sha not in dead]
+    assert all(hashlib.sha256(s["bytes"]).hexdigest() == s["sha256"] for s in got)
+
+
+def test_a_train_and_a_val_loader_iterate_at_once(built) -> None:
+    """Two loaders of one store iterating at the same time in one process (train and val, the
+    usual loop) share its index: each yields what it yields alone."""
+    cfg, _ = built
+    train = _keys(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    val = _keys(Loader("pets@1", "val", 7, 0, config_path=cfg.source, **SMALL))
+    a = iter(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    b = iter(Loader("pets@1", "val", 7, 0, config_path=cfg.source, **SMALL))
+    pairs = list(zip(a, b, strict=False))
+    assert [x["key"] for x, _ in pairs] == train[:len(pairs)] and [y["key"] for _, y in pairs] == val[:len(pairs)]
+    assert len(pairs) == len(val) >= 3 and len(train) > len(val)
+    assert [x["key"] for x in a] == train[len(pairs) + 1:]  # (zip took one more of `a` before `b` ended)

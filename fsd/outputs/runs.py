@@ -14,8 +14,8 @@ looks the object up again) and never handed out unverified.
 
 Read-only: a bad replica is logged, not queued for repair nor its disk marked (the mount's
 rule for a reader: the store may be opened read-only, by another user). An object the store
-no longer shows (`Index.shown`: hidden by a type-A delete, tombstoned by a type-B one) when
-its run comes up is not read at all — not a byte of it.
+no longer holds or shows (`live`: hidden by a type-A delete, tombstoned by a type-B one,
+dropped by gc) when its run comes up is not read at all — not a byte of it.
 
 Memory: each disk's reader holds the run it reads plus up to `ahead` read ones; the consumer
 holds the one it is given.
@@ -124,10 +124,16 @@ def _fallback(store: Store, rec: Rec, avoid: str) -> bytes:
     return store.from_replicas(rec.sha, read, frozenset({avoid}) if avoid else frozenset(), on_bad=bad)
 
 
+def live(store: Store, sha: bytes) -> bool:
+    """Whether the store holds and shows object `sha`: in the index (gc drops a deleted object
+    with its marks) and neither hidden nor tombstoned (`Index.shown`)."""
+    return store.index.lookup(sha) is not None and store.index.shown(sha)
+
+
 def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
     """One run off disk `uuid`: what the store still shows of it, verified, each record that
     fails there read from another replica."""
-    flags = [store.index.shown(r.sha) for r in run.records]
+    flags = [live(store, r.sha) for r in run.records]
     wanted = [r for r, ok in zip(run.records, flags, strict=True) if ok]
     disk = store.disks.get(uuid) if uuid else None
     out = RunRead(number, {}, disk.label if disk is not None else "",
@@ -151,8 +157,11 @@ def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
         for rng, buf, err in in_order((read(g) for g in _ranges(wanted, range_limit(disk.read_streams))),
                                       disk.read_streams):
             if buf is None:
-                log.warning("loader: shard %s on %s unreadable (%s); its records come from another replica",
-                            shard_hex, disk.label, err)
+                # a shard file gone is a shard gc retired after the plan (its records were moved:
+                # looked up again); any other error is the replica's
+                (log.info if isinstance(err, FileNotFoundError) else log.warning)(
+                    "loader: shard %s on %s unreadable (%s); its records are looked up and read again",
+                    shard_hex, disk.label, err)
                 failed += rng
                 continue
             view = memoryview(buf)
