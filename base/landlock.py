@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = ["MIN_ABI", "abi", "child_env", "confine", "confine_reader", "limit_memory", "python_runtime", "refuse_metadata",
-           "refuse_other_abis", "refuse_read_truncate", "refuse_ioctls", "refuse_requests", "refuse_syscalls", "status"]
+           "refuse_other_abis", "refuse_read_truncate", "refuse_ioctls", "refuse_requests", "refuse_secrets", "refuse_sockets",
+           "refuse_syscalls", "status", "unavailable"]
 
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
 _CREATE_RULESET_VERSION = 1
@@ -131,6 +132,13 @@ def _probe() -> tuple[int, str | None, str | None]:
     return version, None, None
 
 
+def unavailable() -> tuple[str, str] | None:
+    """Why this kernel cannot confine at all and the next step, or None where it can (Landlock
+    at `MIN_ABI` or above; whether seccomp installs too is known only to a process that tries)."""
+    _, why, next_step = _probe()
+    return None if why is None else (why, next_step or _NEXT["built"])
+
+
 def abi() -> int:
     """The kernel's Landlock ABI version; 0 where it has none."""
     return _probe()[0]
@@ -187,7 +195,8 @@ def _handled(version: int, reads: bool) -> int:
 
 
 def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | None = None,
-            write_files: Iterable[Path | str] = ("/dev/null",), execute: Iterable[Path | str] = ()) -> bool:
+            write_files: Iterable[Path | str] = ("/dev/null",), execute: Iterable[Path | str] = (),
+            network: bool = False, flock: bool = False, leave_group: bool = False) -> bool:
     """Restrict this thread and every process it starts from now on, for good: files and
     directories are created, written, renamed or removed only below `write` (and the single
     files of `write_files`, devices among them driven by ioctls too). With `read` given, files are also read (and listed) only below
@@ -208,7 +217,13 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     with an abstract socket — and through a file's owner (F_SETOWN: `refuse_file_owners`); another
     process's limits, priority or processors (`refuse_others_limits`); an ioctl on a device it opens from ABI 5, and always pushing
     input into a terminal it inherited or setting a file's attribute flags (`refuse_ioctls`);
-    an flock (ENOLCK), which would hold the service's own locks."""
+    an flock (ENOLCK), which would hold the service's own locks.
+
+    A team's own worker (hoardfs.base.confine) is let loosen three of these: `network` allows
+    socket(2) for IPv4 and IPv6 (every other family stays refused, `refuse_sockets`), `flock`
+    allows flock(2) (what it may open holds none of the service's locks) and `leave_group`
+    allows setsid(2) and setpgid(2) (its runner ends its whole session and the orphans it is
+    handed as their subreaper, hoardfs.jobs.actions.execute)."""
     version, why, _ = _probe()
     if why is not None:
         return False
@@ -242,9 +257,10 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
                 os.close(fd)
         if _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # required by restrict_self without CAP_SYS_ADMIN
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-        filters = [refuse_other_abis, lambda: refuse_syscalls(_SOCKETS, errno.EACCES),
-                   lambda: refuse_syscalls(_FLOCK, errno.ENOLCK),
-                   lambda: refuse_syscalls(_joined(_IPC, _LEAVE_GROUP), errno.EPERM),
+        filters = [refuse_other_abis,
+                   (lambda: refuse_sockets(_INET)) if network else (lambda: refuse_syscalls(_SOCKETS, errno.EACCES)),
+                   *([] if flock else [lambda: refuse_syscalls(_FLOCK, errno.ENOLCK)]),
+                   lambda: refuse_syscalls(_IPC if leave_group else _joined(_IPC, _LEAVE_GROUP), errno.EPERM),
                    refuse_ioctls, lambda: refuse_others_limits(os.getpid())]
         if version < 6:  # Landlock scopes signals from ABI 6 on: below it, any process of the same user
             pid = os.getpid()
@@ -335,6 +351,12 @@ def _refuse_secrets(paths: list[Path | str]) -> None:
                                     "and the actions' input and output directories")
 
 
+def refuse_secrets(paths: Iterable[Path | str]) -> None:
+    """SecretInReach when a rule on one of `paths` would let confined code read the service's
+    secrets (`secrets_near`): what `confine` checks, for a caller that names the rule first."""
+    _refuse_secrets(list(paths))
+
+
 def _joined(*tables: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     return {m: tuple(nr for t in tables for nr in t.get(m, ())) for m in _AUDIT_ARCH}
 
@@ -384,6 +406,10 @@ _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _TRUNCATE: dict[str, tuple[int, ...]] = {"x86_64": (76,), "aarch64": (45,)}
 #: socket(2), and io_uring_setup(2) (its SOCKET/CONNECT operations do not pass through seccomp)
 _SOCKETS: dict[str, tuple[int, ...]] = {"x86_64": (41, 425), "aarch64": (198, 425)}
+#: the socket families a worker with `network` may open: AF_INET and AF_INET6 (the same numbers
+#: on every architecture); AF_UNIX stays refused — Landlock cannot limit which named socket it
+#: reaches, and the service's Redis and PostgreSQL listen on such sockets
+_INET = (2, 10)
 #: flock(2): it needs only a descriptor open to read, and a built-in (which reads anywhere) held
 #: the service's own locks (`<ssd>/locks/`: the store, the zones' reservations) while it ran
 _FLOCK: dict[str, tuple[int, ...]] = {"x86_64": (73,), "aarch64": (32,)}
@@ -659,6 +685,26 @@ def refuse_requests(numbers: dict[str, int], arg: int, values: tuple[int, ...], 
     code += [(_JEQ_K, allow - (5 + i), 0, v) for i, v in enumerate(values)]  # equal: past ALLOW
     code += [(_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | err)]
     _install(code)
+    return True
+
+
+def refuse_sockets(families: tuple[int, ...]) -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: socket(2) of a family not
+    in `families` fails with EACCES, io_uring_setup(2) always (its socket operations do not pass
+    through seccomp); socketpair(2), which makes a connected pair and reaches nothing, runs.
+    False on an architecture `_SOCKETS` does not name. The caller must have set no_new_privs."""
+    machine = os.uname().machine
+    arch, calls = _AUDIT_ARCH.get(machine), _SOCKETS.get(machine)
+    if arch is None or not calls:
+        return False
+    socket_nr, *others = calls
+    prog: list[tuple[int, int | str, int | str, int | str] | str] = [
+        (_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, "allow", arch), (_LD_W_ABS, 0, 0, 0)]
+    prog += [(_JEQ_K, "eacces", 0, nr) for nr in others]
+    prog += [(_JEQ_K, 0, "allow", socket_nr), (_LD_W_ABS, 0, 0, 16)]  # socket's family: its first argument
+    prog += [(_JEQ_K, "allow", 0, f) for f in families]
+    prog += ["eacces", (_RET_K, 0, 0, _RET_ERRNO | errno.EACCES), "allow", (_RET_K, 0, 0, _RET_ALLOW)]
+    _install(_assemble(prog))
     return True
 
 

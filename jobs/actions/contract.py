@@ -197,11 +197,25 @@ class _Worker(BaseModel):
         return self
 
 
+#: an absolute path without control characters (a rule names it as it is)
+AbsPath = Annotated[str, StringConstraints(pattern=r"^/[^\x00-\x1f\x7f]{0,1023}$")]
+
+
 class RunLocal(_Worker):
     """A command on this host: argv (no shell), each item may hold placeholders."""
 
     kind: Literal["local"]
     command: list[Text] = Field(min_length=1)
+    #: the worker runs confined (Landlock and seccomp, as the built-ins: docs/actions.md,
+    #: "Confinement"): it writes only below its output root and its own TMPDIR, reads only its
+    #: roots, the system, its program and `read`. false: it runs unconfined, as its user may —
+    #: also where the kernel cannot confine, which otherwise refuses the run
+    confine: bool = True
+    #: it may open IPv4 and IPv6 sockets (false: no socket but a connected pair); its files stay
+    #: confined either way
+    network: bool = False
+    #: more it may read and run programs from (its model weights, its own code tree)
+    read: list[AbsPath] = []
 
 
 class RunDocker(_Worker):
@@ -789,6 +803,9 @@ def show_rows(c: Contract, path: Path, builtin: bool = False) -> list[tuple[str,
     rs = c.run_spec
     if isinstance(rs, RunLocal):
         rows.append(("run", f"local: {' '.join(rs.command)}"))
+        rows.append(("confined", ("no (confine = false)" if not rs.confine else
+                                  "yes: " + ("network allowed" if rs.network else "no network")
+                                  + (f", also reads {', '.join(rs.read)}" if rs.read else ""))))
     elif isinstance(rs, RunDocker):
         rows.append(("run", f"docker: {rs.image} {' '.join(rs.args)}" + (" (gpus)" if rs.gpus else "")))
     elif isinstance(rs, RunKubectl):

@@ -38,6 +38,7 @@ import pwd
 import re
 import select
 import shlex
+import shutil
 import signal
 import stat
 import struct
@@ -49,6 +50,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from hoardfs.base import landlock
+from hoardfs.base.confine import REFUSED
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.base.paths import display
 from hoardfs.jobs.actions.contract import _PART, PLACEHOLDERS, Contract, RunDocker, RunExternal, RunKubectl, RunLocal
@@ -134,6 +137,10 @@ class Outcome:
     reason: Literal["exited", "timeout", "cancelled"]
     exit_code: int | None
     seconds: float
+    #: a worker that exited non-zero: the last line it wrote (its error, or the launcher's refusal)
+    last_line: str = ""
+    #: the worker ran confined (`confined_argv`)
+    confined: bool = False
 
 
 # -- placeholders -----------------------------------------------------------------------------
@@ -311,7 +318,13 @@ def command_for(c: Contract, roots: Roots, params: Mapping[str, object], *, work
         argv = [render(a, roots, params, key=f"run_spec.command[{i}]") for i, a in enumerate(rs.command)]
         argv[0] = which(argv[0], "run_spec.command[0]")
         env = {k: render(v, roots, params, key=f"run_spec.env.{k}") for k, v in rs.env.items()}
-        return Command(tuple(argv), _env(ident, env), "run_spec.command[0]", ident, ident)
+        if argv[0] == str(_venv_bin() / BUILTIN):  # the built-ins confine themselves (hoard-builtin)
+            return Command(tuple(argv), _env(ident, env), "run_spec.command[0]", ident, ident)
+        env = {"TMPDIR": str(worker_tmp(roots)), **env}
+        full = _env(ident, env)
+        if rs.confine:
+            argv = confined_argv(rs, argv, roots, full.get("PATH", ""))
+        return Command(tuple(argv), full, "run_spec.command[0]", ident, ident)
     me = _lookup(str(os.geteuid()), "hoard's user")
     if isinstance(rs, RunDocker):
         inside = Roots(Path(CONTAINER_INPUT), Path(CONTAINER_OUTPUT), roots.batch_id,
@@ -345,6 +358,165 @@ def command_for(c: Contract, roots: Roots, params: Mapping[str, object], *, work
     stop = Command((*base, "delete", "--ignore-not-found", "--wait=false", "-f", "-"), env, key, None, ident,
                    stdin=manifest)
     return Command((*base, "apply", "-f", "-"), env, key, None, ident, stdin=manifest, then=wait, stop=stop)
+
+
+# -- confinement of a team's own worker ---------------------------------------------------------
+
+#: the launcher that confines a worker and then runs it (hoardfs.base.confine)
+LAUNCHER = "hoardfs.base.confine"
+#: the system's programs and libraries: read and run by every confined worker
+SYSTEM_PROGRAMS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+#: what else of the system a confined worker reads: the loader's and the C library's files
+#: (users, time zone, name service, certificates), the processors' description, random bytes
+SYSTEM_READS = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd",
+                "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/host.conf", "/etc/resolv.conf", "/etc/gai.conf",
+                "/etc/services", "/etc/protocols", "/etc/ssl", "/etc/ca-certificates", "/etc/pki", "/etc/mime.types",
+                "/etc/magic", "/etc/locale.alias", "/etc/fonts", "/sys/devices/system/cpu", "/sys/devices/system/node",
+                "/proc/cpuinfo", "/proc/meminfo", "/dev/urandom", "/dev/random", "/dev/zero")
+#: directories too widely shared to let a worker read whole because its program lies there: only
+#: the program's file is read there
+_SHARED_DIRS = ("/", "/tmp", "/var/tmp", "/dev/shm", "/root", "/home", "/opt", "/srv", "/var")
+
+
+def worker_tmp(roots: Roots) -> Path:
+    """The worker's own temporary directory (its TMPDIR): `tmp` beside its output root, made
+    empty and the worker's before it starts, removed after (`run_worker`)."""
+    return roots.output_root.parent / "tmp"
+
+
+def _under_system(p: str) -> bool:
+    return any(p == d or p.startswith(d + "/") for d in SYSTEM_PROGRAMS)
+
+
+def _shebang(path: str, search: str) -> list[str]:
+    """The interpreter a script names on its `#!` line (and, for `/usr/bin/env NAME`, NAME found
+    on `search`, the worker's PATH); [] for a program that is not a script."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return []
+    if not head.startswith(b"#!"):
+        return []
+    words = head[2:].split(b"\n")[0].decode("utf-8", "replace").split()
+    if not words:
+        return []
+    out = [words[0]]
+    if Path(words[0]).name == "env":
+        name = next((w for w in words[1:] if not w.startswith("-")), None)
+        if name is not None:
+            for d in search.split(os.pathsep):
+                cand = os.path.join(d, name)
+                if d and os.path.isfile(cand) and os.access(cand, os.X_OK):
+                    out.append(cand)
+                    break
+    return out
+
+
+def _prefix(program: str) -> str | None:
+    """The installation a program belongs to, where it is not the system's: the directory above
+    its `bin/` when that holds a virtual environment (pyvenv.cfg) or a `lib/` (Python's, conda's)."""
+    d = Path(program).parent
+    if d.name != "bin" or str(d.parent) in _SHARED_DIRS:
+        return None
+    if (d.parent / "pyvenv.cfg").is_file() or (d.parent / "lib").is_dir():
+        return str(d.parent)
+    return None
+
+
+def _home_of(path: str) -> str:
+    """What a worker reads for a file it is given: the file's directory (a script and its own
+    modules), or the file alone where that directory is a shared one (/tmp, /home…)."""
+    d = os.path.dirname(path)
+    return path if d in _SHARED_DIRS else d
+
+
+def confined_argv(rs: RunLocal, argv: list[str], roots: Roots, search: str) -> list[str]:
+    """The launcher's argv (hoardfs.base.confine) that confines `argv` and runs it: it writes
+    only below its output root and its own TMPDIR (`worker_tmp`); reads its input root, the
+    context roots, the system's programs and libraries (`SYSTEM_PROGRAMS`, `SYSTEM_READS`),
+    its program — the file, the interpreter a script names, the installation (venv) a program
+    lies in, the directory of each file its command names — and `run_spec.read`; runs programs
+    from the same places; opens no socket unless `run_spec.network`. ExecError (one line naming
+    the key) where the kernel cannot confine, or a path would let it read the service's secrets."""
+    gone = landlock.unavailable()
+    if gone is not None:
+        raise ExecError(f"run_spec.confine: this kernel cannot confine the worker: {gone[0]}; {gone[1]}, or set "
+                        "confine = false in the contract's [run_spec] to run it unconfined")
+    reads: list[tuple[str, str]] = [(str(roots.input_root), "input_root")]
+    reads += [(str(p), k) for k, p in roots.context().items()]
+    if roots.input_root.parent == roots.output_root.parent:  # the run's own directory (3C/<run>/<layout>)
+        reads.append((str(roots.output_root.parent), "output_root"))
+    runs: list[tuple[str, str]] = []
+    for i, p in enumerate(rs.read):
+        if not os.path.exists(p):
+            raise ExecError(f"run_spec.read[{i}]: {display(p)} does not exist; create it or remove it from the list")
+        runs.append((p, f"run_spec.read[{i}]"))
+    if sys.prefix != sys.base_prefix:  # hoard's venv: its bin/ is first on every worker's PATH (`_env`)
+        runs.append((sys.prefix, "hoard's Python"))
+    programs = [argv[0], *_shebang(argv[0], search)]
+    for prog in programs:
+        for path in landlock.with_interpreter([prog, os.path.realpath(prog)]):
+            if not _under_system(path):
+                runs.append((path, "run_spec.command[0]"))
+        for p in (prog, os.path.realpath(prog)):
+            pre = _prefix(p)
+            if pre is not None and not _under_system(pre):
+                runs.append((pre, "run_spec.command[0]"))
+        if not _under_system(os.path.realpath(prog)):
+            runs.append((_home_of(os.path.realpath(prog)), "run_spec.command[0]"))
+    data = [os.path.realpath(p) for p in (roots.input_root, roots.output_root, *roots.context().values())]
+    for i, a in enumerate(argv[1:], 1):
+        real = os.path.realpath(a)
+        if (os.path.isabs(a) and os.path.isfile(a) and not _under_system(real)
+                and not any(real.startswith(d + "/") for d in data)):  # a staged file is data, not its program
+            runs.append((_home_of(real), f"run_spec.command[{i}]"))
+    for path, key in reads + runs:
+        try:
+            landlock.refuse_secrets([path])
+        except landlock.SecretInReach as e:
+            raise ExecError(f"{key}: {e}") from None
+    out = [sys.executable, "-I", "-m", LAUNCHER]
+    for p in (str(roots.output_root), str(worker_tmp(roots))):
+        out += ["--write", p]
+    for p in dict.fromkeys([*(p for p, _ in reads + runs), *SYSTEM_PROGRAMS, *SYSTEM_READS]):
+        out += ["--read", p]
+    for p in dict.fromkeys([*(p for p, _ in runs), *SYSTEM_PROGRAMS]):
+        out += ["--execute", p]
+    if rs.network:
+        out.append("--network")
+    return [*out, "--", *argv]
+
+
+def _fresh_tmp(tmp: Path, worker: Identity) -> None:
+    """`tmp` made anew, empty, mode 0700 and the worker's (chown, when hoard is root)."""
+    _remove_tmp(tmp)
+    os.mkdir(tmp, 0o700)
+    if os.geteuid() == 0 and worker.uid != 0:
+        os.chown(tmp, worker.uid, worker.gid)
+
+
+def _remove_tmp(tmp: Path) -> None:
+    try:
+        st = os.lstat(tmp)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.unlink(tmp)
+
+
+def _last_line(log_path: Path) -> str:
+    """The last line a worker wrote to its log (not hoard's own notes), shortened."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and not ln.startswith("[hoard ")]
+    return display(lines[-1][:300]) if lines else ""
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -785,6 +957,13 @@ def run_worker(c: Contract, roots: Roots, params: Mapping[str, object], *, log_p
                          run_dir.parent.parent if run_dir is not None else None)
     prepare_roots(roots, cmd.worker, run_dir, mounted=isinstance(c.run_spec, RunDocker))
     assert isinstance(c.run_spec, (RunLocal, RunDocker, RunKubectl))
+    confined = cmd.argv[2:4] == ("-m", LAUNCHER)
+    tmp = worker_tmp(roots) if "TMPDIR" in cmd.env and isinstance(c.run_spec, RunLocal) else None
+    if confined and cmd.user is not None and cmd.user.uid != os.geteuid():  # the launcher is hoard's Python
+        _reachable(Path(sys.executable), cmd.worker, 5, "hoard's Python (which confines the worker)")
+        _reachable(Path(landlock.__file__), cmd.worker, 4, "hoardfs (which confines the worker)")
+    if tmp is not None:
+        _fresh_tmp(tmp, cmd.worker)
     log = _Log(log_path, log_cap)
     t0 = time.monotonic()
     try:
@@ -793,9 +972,12 @@ def run_worker(c: Contract, roots: Roots, params: Mapping[str, object], *, log_p
                             on_start=on_start)
     finally:
         log.close()
+        if tmp is not None:
+            _remove_tmp(tmp)
         if run_dir is not None and cmd.worker.uid != os.geteuid():
             close_run_tree(run_dir, cmd.worker)
-    return Outcome(reason, code, time.monotonic() - t0)  # type: ignore[arg-type]  # _run's reasons are Outcome's
+    last = _last_line(log_path) if reason == "exited" and code != 0 else ""
+    return Outcome(reason, code, time.monotonic() - t0, last, confined)  # type: ignore[arg-type]  # _run's reasons are Outcome's
 
 
 def gate_ready(c: Contract, roots: Roots, params: Mapping[str, object], *, log_path: Path, timeout_s: float = 60,
@@ -903,5 +1085,6 @@ def done_marker_present(c: Contract, roots: Roots) -> bool:
         os.close(fd)
 
 
-__all__ = ["Command", "ExecError", "Identity", "Outcome", "Roots", "command_for", "done_marker_present", "end_session", "gate_ready",
+__all__ = ["LAUNCHER", "REFUSED", "Command", "ExecError", "Identity", "Outcome", "Roots", "command_for", "confined_argv",
+           "worker_tmp", "done_marker_present", "end_session", "gate_ready",
            "prepare_roots", "render", "run_worker", "stop_left", "which", "worker_identity"]

@@ -423,7 +423,14 @@ def end_left_worker(cfg: Settings, st: RunState) -> None:
 def _why(outcome: Any, c: Contract) -> str:
     if outcome.reason == "timeout":
         return f"the worker did not finish within {getattr(c.run_spec, 'timeout_s', '?')} s (run_spec.timeout_s) and was killed"
-    return f"the worker exited with status {outcome.exit_code}"
+    last = getattr(outcome, "last_line", "")
+    if getattr(outcome, "confined", False) and outcome.exit_code == execute.REFUSED and last.startswith("hoard: "):
+        return last.removeprefix("hoard: ")  # the launcher's one line: it could not confine or start it
+    why = f"the worker exited with status {outcome.exit_code}" + (f" (its last line: {last})" if last else "")
+    if getattr(outcome, "confined", False):
+        why += ("; it runs confined: it writes only below its output root and $TMPDIR and has no network unless "
+                "run_spec.network = true (docs/actions.md, Confinement)")
+    return why
 
 
 # -- parse --------------------------------------------------------------------------------------
