@@ -333,8 +333,9 @@ async def test_pipelines_show_their_stages_as_actions(user, gui_home: Path) -> N
 async def test_release_of_a_run_waiting_for_its_labellers_imports_what_is_labelled(user, gui_home: Path,
                                                                                    label_studio) -> None:
     """An AC5 run (the built-in `label-studio`, a real Label Studio) waits in waiting_labels: its
-    page says so and offers an operator "Release: import what is labelled now"; one task labelled,
-    Release → a worker imports that task's labels and the run is done, the others unlabelled."""
+    page says so, links its Label Studio project and offers an operator "Release: import what is
+    labelled now"; one task labelled, Release → a worker imports that task's labels and the run
+    is done, the others unlabelled."""
     from tests.labelstudio import point_at
     from tests.test_action_labelstudio import ACTION, drawn, post, run_tasks
 
@@ -354,6 +355,11 @@ async def test_release_of_a_run_waiting_for_its_labellers_imports_what_is_labell
     await user.should_see(marker="run-waiting", retries=50)
     await user.should_see("waiting for the labellers")
     await user.should_see("labels: waiting")
+    # its Label Studio project, a plain link (the project id of its report on Label Studio's URL)
+    project = load_state(cfg, rid).report["label_studio"]["project"]
+    [link] = user.find(marker="run-ls-project").elements
+    assert link.props["href"] == f"{label_studio.url}/projects/{project}/data", link.props
+    assert link.text == f"Label Studio project {project} (hoardfs labelling)"
     user.find(marker="run-release").click()
     await user.should_see(f"run {rid}: labels released", retries=50)
     await run.io_bound(_work, gui_home)
