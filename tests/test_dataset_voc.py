@@ -21,7 +21,7 @@ from PIL import Image
 from hoardfs.fsd.outputs import seal
 from hoardfs.jobs.actions.labelstudio import SHA_KEY, annotations_to_labels
 from hoardfs.sql.apply import apply_write_intent
-from tests.helpers import REALDATA, needs_realdata
+from tests.helpers import REALDATA, missing, needs_realdata
 from tests.test_dataset_formats import READERS
 from tests.test_datasets import _hoard, tree_sha256
 from tests.test_ingest import ingest_home
@@ -51,7 +51,7 @@ def voc_detection(root: Path, split: str, tmp: Path) -> list[dict]:
     size as the reader returns it and the annotation it parsed."""
     py = _python_with_torchvision()
     if py is None:
-        pytest.skip("TORCHVISION MISSING: make search (or torchvision in the readers venv)")
+        missing("TORCHVISION MISSING: make search (or torchvision in the readers venv)")
     devkit = tmp / f"voc-{hashlib.sha256(str(root).encode()).hexdigest()[:12]}"
     (devkit / "VOCdevkit").mkdir(parents=True, exist_ok=True)
     link = devkit / "VOCdevkit" / "VOC2012"
