@@ -14,6 +14,7 @@ from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.base.units import fmt_bytes
 from hoardfs.cli._common import err, out, progress, state
 from hoardfs.datasets import api
+from hoardfs.datasets.audit import leak_line
 from hoardfs.datasets.spec import load_spec
 from hoardfs.jobs import datasets as dataset_jobs
 from hoardfs.jobs.queues import connect, fetch_job, redis_required
@@ -122,6 +123,10 @@ def _report(r: dict[str, Any], as_json: bool) -> None:
         line = (f"{r['path']}: sealed — dataset {r['name']}@{r['version']}, {r['files']} files, "
                 f"{fmt_bytes(r['bytes'])} ({r['mode']}" + (f", view {r['view']}" if r.get("view") else "") + ") — "
                 + _counts(r["counts"]) + _shares(r.get("splits"), r.get("large_groups")))
+        if r.get("leak_audit"):
+            line += "\n  leak audit: " + leak_line(r["leak_audit"])
+    if r.get("leak_warning"):
+        err.print(f"warning: {r['leak_warning']}", markup=False)
     _emit(r, as_json, line)
 
 
@@ -143,12 +148,21 @@ def list_(ctx: typer.Context, as_json: AsJson = False) -> None:
 
 @app.command("show")
 def show(ctx: typer.Context, ref: Annotated[str, typer.Argument(metavar="NAME[@N]")], as_json: AsJson = False) -> None:
-    """One version (the newest without @N): its counts, class map, spec and where it is."""
+    """One version (the newest without @N): its counts, class map, spec, leak audit and where it
+    is; without @N every version of the name is listed after it."""
     name, n = api.parse_ref(ref, need_version=False)
     r = api.show(state(ctx).settings, name, n)
-    _emit(r, as_json, f"{r['name']}@{r['version']}: {r['status']}, {r['mode']}, {r['files']} files "
-          f"({fmt_bytes(r['bytes'])}), {'sealed' if r['sealed'] else 'not in 3D'} at {r['path']}\n  "
-          + _counts(r["counts"]) + "\n  classes: " + ", ".join((r.get("dataset") or {}).get("class_map", [])))
+    doc = r.get("dataset") or {}
+    lines = [f"{r['name']}@{r['version']}: {r['status']}, {r['mode']}, {r['files']} files "
+             f"({fmt_bytes(r['bytes'])}), {'sealed' if r['sealed'] else 'not in 3D'} at {r['path']}",
+             "  " + _counts(r["counts"]), "  classes: " + ", ".join(doc.get("class_map", []))]
+    if doc.get("leak_audit"):
+        lines.append("  leak audit: " + leak_line(doc["leak_audit"]))
+    if n is None:
+        lines.append(f"versions ({len(r['versions'])}):")
+        lines += [f"  @{v['version']}  {v['status']:8} {v['mode']:4} {v['files']:>7} files "
+                  f"{fmt_bytes(v['bytes']):>10}  {v['built_at']}  {v['path']}" for v in r["versions"]]
+    _emit(r, as_json, "\n".join(lines))
 
 
 @app.command("diff")

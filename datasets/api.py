@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError, first_line
 from hoardfs.base.files import flocked
-from hoardfs.datasets import card, formats, layouts
+from hoardfs.datasets import audit, card, formats, layouts
 from hoardfs.datasets.formats import FORMATS, Format, Tree, jpeg, tar_layout, tar_size
 from hoardfs.datasets.formats.detection import Voc
 from hoardfs.datasets.formats.webdataset import WebDataset, member_cost
@@ -162,13 +162,16 @@ def _plan(cfg: Settings, conn: psycopg.Connection, spec: DatasetSpec, fmt: Forma
 
 
 def _make(spec_doc: dict[str, Any], spec_sha: str, fmt: Format, samples: list[Sample], class_map: list[str],
-          licences: list[str], manifest: bytes | None = None, doc_bytes: bytes | None = None) -> _Made:
-    """The files of a version (pure): from a plan, or from a stored manifest + dataset.json."""
+          licences: list[str], manifest: bytes | None = None, doc_bytes: bytes | None = None,
+          leak_audit: dict[str, Any] | None = None) -> _Made:
+    """The files of a version (pure): from a plan and its leak audit, or from a stored manifest +
+    dataset.json."""
     splits = list(spec_doc["split"].get("order") or spec_doc["split"]["ratios"])
     samples = sorted(samples, key=build_order(splits))
     manifest = manifest if manifest is not None else card.manifest_bytes(samples)
     if doc_bytes is None:
-        doc = card.dataset_doc(spec_doc, spec_sha, class_map, counts_of(samples, splits), samples, manifest, licences)
+        doc = card.dataset_doc(spec_doc, spec_sha, class_map, counts_of(samples, splits), samples, manifest, licences,
+                               leak_audit)
         doc_bytes = card.canonical_bytes(doc)
     else:
         doc = json.loads(doc_bytes)
@@ -317,8 +320,10 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
         p = _plan(cfg, conn, spec, fmt)
         if isinstance(fmt, Voc):
             p.samples = _jpegs(cfg, spec, p.samples)
+        with _db_errors(f"dataset {spec.name} was audited"):
+            leaks = audit.run(conn, spec, p.samples)
         spec_doc, spec_sha = spec.doc(), spec.sha256()
-        made = _make(spec_doc, spec_sha, fmt, p.samples, p.class_map, p.licences)
+        made = _make(spec_doc, spec_sha, fmt, p.samples, p.class_map, p.licences, leak_audit=leaks)
         fp = made.doc["state"]["fingerprint"]
         with _db_errors(f"dataset {spec.name} was recorded"):
             every = sqld.versions(conn, spec.name)
@@ -331,7 +336,8 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
             return {"name": spec.name, "version": last["version"], "path": last["path"], "mode": last["mode"],
                     "unchanged": True, "status": last["status"], "files": last["files"], "bytes": last["bytes"],
                     "counts": last["counts"], "samples": len(p.samples), "splits": made.doc["splits"],
-                    "large_groups": made.doc["large_groups"]}
+                    "large_groups": made.doc["large_groups"], "leak_audit": leaks}
+        warning = audit.check(spec, leaks)  # refused here (the default) when a pair leaks across splits
         sizes, paths = _sizes(made)
         need, room, ok = _quota(cfg, sizes, paths, spec.mode)
         if not ok:
@@ -350,7 +356,8 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
         sqld.save_class_map(conn, spec.name, p.class_map)
     return report | {"samples": len(p.samples), "selected": p.selected, "unlabelled": p.unlabelled,
                      "new_classes": p.new_classes, "splits": made.doc["splits"],
-                     "large_groups": made.doc["large_groups"], "seconds": round(time.monotonic() - t0, 3)}
+                     "large_groups": made.doc["large_groups"], "leak_audit": leaks, "leak_warning": warning,
+                     "seconds": round(time.monotonic() - t0, 3)}
 
 
 def _named(sha: str, key: str) -> Sample:
@@ -526,6 +533,10 @@ def _version(conn: psycopg.Connection, ref: str, need_version: bool = False) -> 
     return row
 
 
+#: what `list_datasets` and `show` give of each version
+VERSION_KEYS = ("version", "status", "mode", "path", "files", "bytes", "built_at", "counts")
+
+
 def list_datasets(cfg: Settings) -> list[dict[str, Any]]:
     """Every dataset with its versions (newest last) and class map."""
     with _connect(cfg, "list datasets") as conn, _db_errors("datasets were listed"):
@@ -534,17 +545,18 @@ def list_datasets(cfg: Settings) -> list[dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         d = out.setdefault(r["name"], {"name": r["name"], "class_map": maps.get(r["name"], []), "versions": []})
-        d["versions"].append({k: r[k] for k in ("version", "status", "mode", "path", "files", "bytes", "built_at",
-                                                "counts")})
+        d["versions"].append({k: r[k] for k in VERSION_KEYS})
     return list(out.values())
 
 
 def show(cfg: Settings, name: str, version: int | None = None) -> dict[str, Any]:
-    """A version (the newest when `version` is None): its row, its dataset.json and whether its
-    output is sealed in 3D."""
+    """A version (the newest when `version` is None): its row, its dataset.json, whether its
+    output is sealed in 3D, and `versions`: every version of the name, oldest first."""
     ref = f"{name}@{version}" if version is not None else name
     with _connect(cfg, f"show dataset {ref}") as conn:
         row = _version(conn, ref)
+        with _db_errors(f"dataset {name} was read"):
+            row["versions"] = [{k: v[k] for k in VERSION_KEYS} for v in sqld.versions(conn, name)]
     if row["doc_sha256"]:
         with Store.open(cfg) as store:
             row["dataset"] = json.loads(store.get(row["doc_sha256"]))

@@ -68,12 +68,15 @@ def large_groups(samples: list[Sample], max_share: float) -> list[dict[str, Any]
 
 
 def dataset_doc(spec_doc: dict[str, Any], spec_sha256: str, class_map: list[str], counts: dict[str, dict[str, int]],
-                samples: list[Sample], manifest: bytes, licences: list[str]) -> dict[str, Any]:
+                samples: list[Sample], manifest: bytes, licences: list[str],
+                leak_audit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """dataset.json; `leak_audit`: the build's (hoardfs.datasets.audit.run), kept as it is."""
     ratios = spec_doc["split"]["ratios"]
     ratios = {k: ratios[k] for k in spec_doc["split"].get("order") or ratios}
     missing = {"source_url": sum(1 for s in samples if not s.source_url), "date": sum(1 for s in samples if not s.date),
                "author": sum(1 for s in samples if not s.author), "licence": sum(1 for s in samples if not s.licences)}
-    return {"format": FORMAT, "name": spec_doc["name"], "layout": spec_doc["layout"], "spec": spec_doc,
+    audit = {} if leak_audit is None else {"leak_audit": leak_audit}
+    return {**audit, "format": FORMAT, "name": spec_doc["name"], "layout": spec_doc["layout"], "spec": spec_doc,
             "spec_sha256": spec_sha256, "class_map": class_map, "counts": counts, "samples": len(samples),
             "bytes": sum(s.size for s in samples), "licences": licences,
             "splits": split_shares(counts, ratios),
@@ -81,6 +84,32 @@ def dataset_doc(spec_doc: dict[str, Any], spec_sha256: str, class_map: list[str]
             "without": missing,
             "state": {"fingerprint": fingerprint(manifest, spec_sha256),
                       "manifest_sha256": hashlib.sha256(manifest).hexdigest()}}
+
+
+def _leak_audit(a: dict[str, Any] | None) -> list[str]:
+    """The card's "Leak audit" section: the cross-split pairs of each kind (docs/datasets.md)."""
+    if a is None:
+        return []
+    near = (f"{a['near_dup_pairs']} (perceptual hashes within {a['near_dup_threshold']} bits, the spec's "
+            "near_dup_threshold)"
+            if a.get("near_dup_pairs") is not None else "not checked (no image has perceptual hashes: `hoard action "
+            "run near-dup-hash`)")
+    if a.get("cosine_pairs") is None:
+        cos = "not checked (no sample has an image embedding: `hoard action run clip-embed`)"
+    else:
+        cos = (f"{a['cosine_pairs']} (cosine similarity {a['cosine_threshold']:g} or more, model "
+               f"{code(a['cosine_model'])}, {a['cosine_compared']} embedded samples compared"
+               + ("" if a.get("cosine_exact", True) else ", by nearest neighbours: a lower bound") + ")")
+    lines = ["", "## Leak audit", "",
+             "Pairs of samples in two different splits that a model could learn one from the other "
+             "(all zero for a dataset whose splits are apart):", "",
+             f"- sharing a lineage (an image and its crops, thumbnails, frames): {a['lineage_pairs']}",
+             f"- near-duplicates: {near}", f"- near in embedding: {cos}"]
+    if a.get("examples"):
+        lines += ["", "For example:"]
+        lines += [f"- {code(e['a'][:16])} ({code(e['a_split'])}) and {code(e['b'][:16])} ({code(e['b_split'])}): "
+                  f"{e['kind'].replace('_', '-')}" for e in a["examples"]]
+    return lines
 
 
 #: a licence shown as an SPDX id (`CC-BY-4.0`, `MIT`): letters, digits, `.`, `+`, `-`; any other
@@ -182,5 +211,6 @@ def readme(doc: dict[str, Any], samples: list[Sample]) -> bytes:
     if big:
         lines += ["", f"Groups over {float(split.get('max_group_share', 1.0)):.0%} of the samples:"]
         lines += [f"- {code(g['group'])}: {g['samples']} samples ({g['share']:.1%})" for g in big]
+    lines += _leak_audit(doc.get("leak_audit"))
     lines += ["", f"Spec sha256: `{doc['spec_sha256']}`; data fingerprint: `{doc['state']['fingerprint']}`.", ""]
     return "\n".join(lines).encode()

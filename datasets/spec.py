@@ -73,6 +73,17 @@ class SplitSpec(BaseModel):
         return v
 
 
+class AuditSpec(BaseModel):
+    """The leak audit every build runs (docs/datasets.md "The leak audit"): cross-split pairs
+    of samples that share a lineage, are near-duplicates at `near_dup_threshold`, or whose
+    embeddings lie within `cosine`."""
+    model_config = _strict
+    #: two samples whose image embeddings' cosine similarity is at least this are a leak
+    cosine: float = Field(default=0.95, gt=0, le=1)
+    #: a build whose audit finds a pair: refused (nothing written) or built with a warning
+    on_leak: Literal["refuse", "warn"] = "refuse"
+
+
 class WebDatasetSpec(BaseModel):
     model_config = _strict
     shard_bytes: int = Field(default=256 << 20, ge=1 << 10)
@@ -115,6 +126,9 @@ class DatasetSpec(BaseModel):
     convert: bool = True
     #: the quality of the JPEGs a conversion writes (Pillow's scale, 1-100)
     jpeg_quality: int = Field(default=95, ge=1, le=100)
+    #: keep the nodes derived from a black-listed one (the selector's `include_blacklisted_lineage`)
+    include_blacklisted_lineage: bool = False
+    audit: AuditSpec = AuditSpec()
     #: the template of a layout file or built-in template, recorded at build time (hoardfs.datasets.api
     #: fills it in; written in the spec, it is used instead of reading `layout`)
     template: TemplateSpec | None = None
@@ -148,10 +162,19 @@ class DatasetSpec(BaseModel):
         # keys left at their defaults that a spec written before them did not have are left out:
         # its sha256 (and so its version's fingerprint) stays what it was
         d = self.model_dump(mode="json", exclude={"mode"} | ({"template"} if self.template is None else set())
+                            | ({"include_blacklisted_lineage"} if not self.include_blacklisted_lineage else set())
+                            | ({"audit"} if self.audit == AuditSpec() else set())
                             | ({"convert"} if self.convert else set())
                             | ({"jpeg_quality"} if self.jpeg_quality == 95 else set()))
         d["split"]["order"] = list(self.split.ratios)
         return d
+
+    def selection(self) -> dict[str, Any]:
+        """The selector the build runs: `[selector]`, keeping the black-listed lineage when the
+        spec says `include_blacklisted_lineage = true`."""
+        if self.include_blacklisted_lineage:
+            return {**self.selector, "include_blacklisted_lineage": True}
+        return self.selector
 
     def sha256(self) -> str:
         return hashlib.sha256(canonical(self.doc()).encode()).hexdigest()

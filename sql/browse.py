@@ -111,6 +111,15 @@ POSTER = """(SELECT encode(t.sha256, 'hex') FROM edge e JOIN relationship_type r
                      ORDER BY e.child_id LIMIT 1)"""
 
 
+#: a dataset's own files (its manifest.jsonl and dataset.json, recorded as nodes located only
+#: `dataset:<name>@<N>/…`: hoardfs.datasets.api) are the dataset's, not assets: the asset search
+#: leaves them out, as a dataset's selection does (hoardfs.sql.datasets); a node also located
+#: elsewhere (the same bytes ingested) stays. Two look-ups of physical_path's primary key a row.
+DATASET_FILE = ("NOT (EXISTS (SELECT 1 FROM physical_path dp WHERE dp.node_id = n.node_id "
+                "AND dp.locator LIKE 'dataset:%%') AND NOT EXISTS (SELECT 1 FROM physical_path op "
+                "WHERE op.node_id = n.node_id AND op.locator NOT LIKE 'dataset:%%'))")
+
+
 def search(conn: psycopg.Connection, source: str | None = None, batch: str | None = None,
            since: dt.date | None = None, until: dt.date | None = None, text: str | None = None,
            file_kind: str | None = None, limit: int = 48, offset: int = 0, *,
@@ -144,7 +153,7 @@ def search_statement(conn: psycopg.Connection, source: str | None = None, batch:
                      file_kind: str | None = None, limit: int = 48, offset: int = 0, *,
                      label: str | None = None) -> tuple[str, dict[str, Any]]:
     """The statement `search` runs and its parameters (tests EXPLAIN it)."""
-    where = ["NOT pc.is_deleted"]
+    where = ["NOT pc.is_deleted", DATASET_FILE]
     params: dict[str, Any] = {"limit": limit, "offset": offset}
     for what, value in (("source", source), ("batch", batch), ("kind", file_kind), ("label", label)):
         if value and ("\x00" in value or any("\ud800" <= c <= "\udfff" for c in value)):

@@ -120,6 +120,9 @@ class Selector(BaseModel):
     #: from 3 characters on, the start of one): the GUI's asset search, on its full-text index
     text: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
     include_black_listed: bool = False
+    #: also the nodes derived from a black-listed one (its crops, thumbnails, frames and theirs),
+    #: which are left out with it by default; `include_black_listed` keeps them too
+    include_blacklisted_lineage: bool = False
     include_deleted: bool = False
     order: Literal["node_id", "size", "sha256"] = "node_id"
     limit: int | None = Field(default=None, ge=1, le=100_000_000)
@@ -191,6 +194,19 @@ def _tree(p: _Params, t: TreePredicate, up: bool) -> sql.Composable:
         " WHERE w.depth < {depth}{rel}) SELECT 1 FROM walk"
         " WHERE EXISTS (SELECT 1 FROM node m WHERE m.node_id = walk.node_id AND {matches} OFFSET 0))"
     ).format(near=sql.Identifier(near), far=sql.Identifier(far), matches=matches, rel=rel, depth=depth)
+
+
+#: the physical nodes derived from a black-listed node: its descendants by edges between physical
+#: nodes (crop_of, thumbnail_of, frame_of … — never the ingest's post → media edges from a
+#: virtual node), walked down once per query from the black-listed nodes (their partial index,
+#: migration 020) over the edge's primary key (parent_id first). UNION (not UNION ALL) drops a
+#: node met again, so a cycle of edges ends the walk.
+_BLACK_LINEAGE = sql.SQL(
+    "black_lineage(node_id) AS ("
+    " SELECT e.child_id FROM physical_content b JOIN edge e ON e.parent_id = b.node_id"
+    " JOIN node k ON k.node_id = e.child_id AND k.is_physical WHERE b.in_black_list"
+    " UNION SELECT e.child_id FROM black_lineage w JOIN edge e ON e.parent_id = w.node_id"
+    " JOIN node k ON k.node_id = e.child_id AND k.is_physical)")
 
 
 def _label(p: _Params, lp: LabelPredicate, alias: str) -> sql.Composable:
@@ -279,6 +295,9 @@ def compile_selector(sel: Selector, words: str | None = None, ordered: bool = Tr
     where: list[sql.Composable] = [sql.SQL("n.is_physical")]
     if not sel.include_black_listed:
         where.append(sql.SQL("NOT pc.in_black_list"))
+    lineage = not sel.include_black_listed and not sel.include_blacklisted_lineage
+    if lineage:  # an anti-join against the walk, made once (a NOT IN might scan it per row)
+        where.append(sql.SQL("NOT EXISTS (SELECT 1 FROM black_lineage bl WHERE bl.node_id = n.node_id)"))
     if not sel.include_deleted:
         where.append(sql.SQL("NOT pc.is_deleted"))
     if sel.sources:
@@ -326,6 +345,8 @@ def compile_selector(sel: Selector, words: str | None = None, ordered: bool = Tr
                              "cm.title, cm.author, cm.user_name, cm.raw_metadata) @@ {}::tsquery)").format(p.add(words)))
     query = sql.SQL("SELECT n.node_id, encode(n.sha256, 'hex'), pc.size FROM node n "
                     "JOIN physical_content pc USING (node_id) WHERE {}").format(sql.SQL(" AND ").join(where))
+    if lineage:
+        query = sql.SQL("WITH RECURSIVE {} {}").format(_BLACK_LINEAGE, query)
     if ordered or sel.limit is not None:
         query = sql.SQL("{} ORDER BY {}").format(query, sql.SQL(ORDERS[sel.order]))
     if sel.limit is not None:

@@ -25,7 +25,7 @@ LICENCE = ("CC BY-NC 4.0\n\n## Licences\n\n- CC0-1.0: public domain <script>aler
 CLASSES = ["<img src=x onerror=alert(1)>", "`tick``s`", "cat | [x](javascript:y)"]
 #: the HTML a card renders to: headings, paragraphs, the table, the lists, code
 ALLOWED = {"h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td", "ol", "ul", "li", "code"}
-SECTIONS = ["Counts", "Classes", "Sources", "Authors", "Dates", "Licences", "Splits"]
+SECTIONS = ["Counts", "Classes", "Sources", "Authors", "Dates", "Licences", "Splits", "Leak audit"]
 
 
 def _md() -> MarkdownIt:
@@ -40,7 +40,7 @@ def test_a_hostile_licence_and_class_names_stay_values_in_the_card(hoard_home: P
                                                                     tmp_path: Path) -> None:
     """A build over samples whose scraped licence holds a heading, HTML and a `javascript:` link,
     and whose class names are HTML, backticks and a table's `|`: the card has exactly one
-    "## Licences" heading and its seven sections, no HTML and no link anywhere; each value is one
+    "## Licences" heading and its eight sections, no HTML and no link anywhere; each value is one
     code span holding it (newlines made spaces), the licence quoted, an SPDX id as it is."""
     cfg = ingest_home(hoard_home, pg)
     zone3a = cfg.ssd.zone_path("3A")
