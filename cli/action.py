@@ -20,7 +20,7 @@ from hoardfs.cli._common import err, out, state
 from hoardfs.jobs.actions.contract import TYPES, ContractError, find_any, list_all, load_file, show_rows, summary
 
 app = typer.Typer(help="ActionContracts (UA_2): `hoard action list`, `show NAME`, `validate FILE`, `run NAME`, "
-                       "`resume RUN`, `status RUN`, `runs`, `release RUN`, `cancel RUN` (docs/actions.md).",
+                       "`resume RUN`, `status RUN`, `runs`, `release RUN`, `collect RUN`, `cancel RUN` (docs/actions.md).",
                   no_args_is_help=True)
 
 AsJson = Annotated[bool, typer.Option("--json", help="one JSON document on stdout, nothing else")]
@@ -348,6 +348,26 @@ def release(ctx: typer.Context, run_id: RunId) -> None:
     what = ("labels released: the annotations finished now are imported" if "labels" in st.steps
             else "gate released")
     out.print(f"run {st.run_id}: {what} ({st.status} at step {st.step})", markup=False)
+
+
+@app.command("collect")
+def collect(ctx: typer.Context, run_id: RunId, as_json: AsJson = False) -> None:
+    """Take what a waiting run produced so far, without ending it: an external worker's outputs
+    written by now (stored and applied as the run's own), an AC5 run's tasks labelled by now
+    (their labels). The run goes on waiting; `release` opens the gate (AC5: ends the wait)."""
+    # deferred: hoardfs.jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
+    from hoardfs.jobs.actions.collect import collect as take
+
+    figures = take(state(ctx).settings, run_id)
+    if as_json:
+        out.print(json.dumps({"run": run_id} | figures, ensure_ascii=False), markup=False)
+        return
+    new = figures["new"]
+    added = ", ".join(f"{k} {v}" for k, v in sorted(new.items()) if v) if new else ""
+    out.print(f"run {run_id}: collected {figures['children']} children, {figures['labels']} labels, "
+              f"{figures['results']} result rows so far" + (f" (new in the database: {added})" if added else
+                                                          " (nothing new since the last collect)")
+              + "; the run goes on waiting", markup=False)
 
 
 @app.command("cancel")

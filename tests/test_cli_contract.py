@@ -31,6 +31,7 @@ ALLOWED = {0, 2, 3, 4, 5, 6, 9, 130, 141}
 #: one invocation per command, shaped as a user would type it; placeholders are filled per run
 COMMANDS: dict[str, list[str]] = {
     "action cancel": ["nosuch"],
+    "action collect": ["nosuch"],
     "action list": [],
     "action release": ["nosuch"],
     "action resume": ["nosuch"],

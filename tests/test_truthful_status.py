@@ -174,3 +174,74 @@ def test_the_embedded_default_worker_replicates_by_itself(hoard_home: Path, pg, 
     assert scheduled(cfg, ["maintenance"]) and not scheduled(cfg, ["io"])
     install = config.load(cfg.source).model_copy(update={"embedded": None})
     assert not scheduled(install, ["maintenance"])
+
+
+def test_collect_takes_what_an_external_worker_wrote_so_far_and_the_run_goes_on(
+        hoard_home: Path, pg, redis_conn) -> None:
+    """A run waiting for its external worker: status names `hoard action collect RUN`; collect
+    stores and applies the children and result rows written so far (the run still waits, no
+    done event), again changes nothing; once the worker is done the run ends with every child,
+    edge and result row exactly once. A run at its GPU gate has nothing to collect: one line
+    naming `hoard action release RUN`."""
+    import psycopg
+
+    from tests.test_action_workers import inputs_of
+
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=653, items=6)
+    worker_contract(cfg, batch, run_spec='kind = "external"\ntimeout_s = 3600')
+    rid = json.loads(hoard(cfg.source, "action", "run", "thumbs", "--json").stdout)["run"]
+    assert hoard(cfg.source, "worker", "--burst").returncode == 0
+    assert status(cfg, rid)[0]["next"] == "hoard worker"  # its poll waits on a queue nothing serves
+    with live_worker(redis_conn):
+        doc, text = status(cfg, rid)
+    assert doc["status"] == "waiting_external" and doc["next"] == f"hoard action collect {rid}", doc
+    shas = inputs_of(cfg, batch)
+    assert len(shas) >= 3
+
+    def rows() -> tuple[int, int, int, int]:
+        with psycopg.connect(cfg.database_url) as conn:
+            return (conn.execute("SELECT count(*) FROM physical_path WHERE locator LIKE %s", [f"action:{rid}/%"]).fetchone()[0],
+                    conn.execute("SELECT count(*) FROM edge JOIN relationship_type r USING (rel_id) "
+                                 "WHERE r.name = 'thumb_of'").fetchone()[0],
+                    conn.execute("SELECT count(*) FROM result_canny WHERE batch_id = %s", [rid]).fetchone()[0],
+                    conn.execute("SELECT count(*) FROM action_event WHERE batch_id = %s", [rid]).fetchone()[0])
+
+    nothing = hoard(cfg.source, "action", "collect", rid)
+    assert nothing.returncode == 0 and "collected 0 children" in nothing.stdout, nothing.stdout + nothing.stderr
+    assert rows() == (0, 0, 0, 0)
+
+    out = cfg.ssd.zone_path("3C") / rid / "by_sha256" / "output"
+    (out / "thumbs").mkdir(parents=True, exist_ok=True)
+    for sha in shas[:2]:  # the external worker, part way: two thumbnails and one result line
+        (out / "thumbs" / f"{sha}.txt").write_bytes(b"thumb of " + sha.encode())
+    (out / "edges.jsonl").write_text(json.dumps({"sha": shas[0], "status": "ok", "ratio": 0.5}) + "\n")
+    res = hoard(cfg.source, "action", "collect", rid, "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = json.loads(res.stdout)
+    assert (got["children"], got["results"]) == (2, 1), got
+    assert rows() == (2, 2, 1, 0)  # applied, and no ending: the run goes on
+    doc, _ = status(cfg, rid)
+    assert doc["status"] == "waiting_external" and doc["report"]["collected"]["times"] == 2
+    again = hoard(cfg.source, "action", "collect", rid)
+    assert again.returncode == 0 and "nothing new since the last collect" in again.stdout, again.stdout
+    assert rows() == (2, 2, 1, 0)
+
+    for sha in shas:  # the worker done: every thumbnail, every line, its marker
+        (out / "thumbs" / f"{sha}.txt").write_bytes(b"thumb of " + sha.encode())
+    (out / "edges.jsonl").write_text("".join(json.dumps({"sha": s, "status": "ok", "ratio": 0.5}) + "\n"
+                                             for s in shas))
+    (out / "_DONE").write_text("")
+    fin = hoard(cfg.source, "action", "resume", rid, "--here")
+    assert fin.returncode == 0, fin.stdout + fin.stderr
+    assert rows() == (len(shas), len(shas), len(shas), 1)
+    assert status(cfg, rid)[0]["status"] == "done"
+    late = hoard(cfg.source, "action", "collect", rid)
+    assert late.returncode == 2 and "is done" in late.stderr and "Traceback" not in late.stderr, late.stderr
+
+    worker_contract(cfg, batch, name="gated", type="AC3", gate=GATE.format(timeout=3600))
+    grid = json.loads(hoard(cfg.source, "action", "run", "gated", "--json").stdout)["run"]
+    assert hoard(cfg.source, "worker", "--burst").returncode == 0
+    assert status(cfg, grid)[0]["status"] == "WAIT_GPU_READY"
+    gate = hoard(cfg.source, "action", "collect", grid)
+    lines = [ln for ln in (gate.stdout + gate.stderr).splitlines() if ln.strip()]
+    assert gate.returncode == 2 and len(lines) == 1 and f"`hoard action release {grid}`" in lines[0], lines

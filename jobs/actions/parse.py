@@ -565,13 +565,14 @@ _DEFAULTS = {"value": "", "text": "", "edge_ratio": None, "confidence": None}
 # -- the whole ---------------------------------------------------------------------------------
 
 def parse_outputs(c: Contract, output_root: Path, inputs: list[InputFile], *, a4_scale: int,
-                  done_marker: str | None = None, max_bytes: int | None = None) -> Parsed:
+                  done_marker: str | None = None, max_bytes: int | None = None, partial: bool = False) -> Parsed:
     """The children and result records the worker wrote in `output_root`, sorted by path, or
     OutputProblem (one line) for the first thing that cannot be taken. `done_marker` (an
     external run's `_DONE`, the contract's when not given) in the root is not an output.
     `max_bytes`: the most bytes the children may hold together (their sizes as stat says, a
     sparse file's included), refused as soon as the walk passes it (None: the contract's
-    `max_output_bytes`, else no bound)."""
+    `max_output_bytes`, else no bound). `partial`: what a worker still at work wrote so far
+    (`hoard action collect`): a declared output not written yet is no problem."""
     parser = c.output_parser or OutputParser()
     if done_marker is None and isinstance(c.run_spec, RunExternal):
         done_marker = c.run_spec.done_marker
@@ -585,20 +586,20 @@ def parse_outputs(c: Contract, output_root: Path, inputs: list[InputFile], *, a4
                             "directory the worker wrote into — run the action again") from None
     try:
         return _parse(parser, c, root, root_fd, inputs, a4_scale, done_marker,
-                      max_bytes if max_bytes is not None else c.max_output_bytes)
+                      max_bytes if max_bytes is not None else c.max_output_bytes, partial)
     finally:
         os.close(root_fd)
 
 
 def _parse(parser: OutputParser, c: Contract, root: str, root_fd: int, inputs: list[InputFile], a4_scale: int,
-           done_marker: str | None, max_bytes: int | None = None) -> Parsed:
+           done_marker: str | None, max_bytes: int | None = None, partial: bool = False) -> Parsed:
     rules = _Rules.of(parser)
     walk = _Walk(root, rules, done_marker, a4_scale * len(inputs), a4_scale, len(inputs), max_bytes)
     walk.dir(root_fd, "", 0)
     if walk.refused is not None:
         raise OutputProblem(walk.refused + (f" (and {walk.more} more refused in the output)" if walk.more else ""))
     files = sorted(walk.files, key=lambda f: f.rel)
-    if not files and (parser.children or parser.results):
+    if not files and (parser.children or parser.results) and not partial:
         raise OutputProblem(f"{display(root)}: the worker wrote nothing (the contract declares "
                             + " and ".join(w for w, on in (("children", parser.children), ("results", parser.results))
                                            if on) + "); see the worker's log, fix it and run the action again")
@@ -613,7 +614,7 @@ def _parse(parser: OutputParser, c: Contract, root: str, root_fd: int, inputs: l
             raise OutputProblem(f"{walk.shown(f.rel)}: no output_parser rule takes this file (unmatched = \"error\"); "
                                 "add a rule for it, set output_parser.unmatched = \"ignore\", or fix the worker")
     for i, got in enumerate(taken):
-        if not got:
+        if not got and not partial:
             raise OutputProblem(f"{display(root)}: no file matches {rules.names[i]}: the worker did not write a "
                                 f"declared output; {_AGAIN}")
     nodes = _Nodes(inputs)
