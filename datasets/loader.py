@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from hoardfs.base import config
+from hoardfs.base.collect import heap_frozen
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.datasets import api, card
 from hoardfs.datasets.model import Sample
@@ -99,7 +100,15 @@ def _rng(manifest_sha: str, split: str | None, seed: int, epoch: int, what: str)
 def plan(samples: list[Sample], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
          epoch: int, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES) -> Plan:
     """The epoch's order (the module's steps 1–4) from the samples and their records'
-    locations (sha → ObjectLoc); a sample without one is placed nowhere (never read)."""
+    locations (sha → ObjectLoc); a sample without one is placed nowhere (never read). Built
+    with the process's other objects out of the cyclic collector's walks (`heap_frozen`): the
+    manifest's samples would otherwise be walked by every collection its objects set off."""
+    with heap_frozen():
+        return _plan(samples, locs, manifest_sha, split, seed, epoch, buffer, lanes, run_bytes)
+
+
+def _plan(samples: list[Sample], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
+          epoch: int, buffer: int, lanes: int, run_bytes: int) -> Plan:
     by_shard: dict[bytes, dict[bytes, list[int]]] = {}
     where: dict[bytes, Any] = {}
     for i, s in enumerate(samples):
@@ -298,6 +307,7 @@ class Loader:
             raise LoaderError(f"dataset {self.ref} has no split {split!r} (its splits: {', '.join(splits) or 'none'})")
         self.split = split
         self.samples = [s for s in every if split is None or s.split == split]
+        self.shas = [bytes.fromhex(s.sha256) for s in self.samples]
         self._plan: Plan | None = None
         self._plan_epoch = -1
         self._stats: dict[str, Any] = {"samples": 0, "bytes": 0, "read_bytes": 0, "per_disk_bytes": {},
@@ -347,7 +357,7 @@ class Loader:
     # -- the sequence -----------------------------------------------------------------------
     def plan(self, store: Store) -> Plan:
         if self._plan is None or self._plan_epoch != self.epoch:
-            locs = store.index.lookup_many([bytes.fromhex(s.sha256) for s in self.samples])
+            locs = store.index.lookup_many(self.shas)
             self._plan = plan(self.samples, locs, self.manifest_sha, self.split, self.seed, self.epoch,
                               self.buffer, self.lanes, self.run_bytes)
             self._plan_epoch = self.epoch
@@ -366,7 +376,7 @@ class Loader:
     def _withheld(self, store: Store) -> set[bytes]:
         """The samples' objects the database marks deleted or black-listed, or the store does
         not show (hidden, tombstoned) or no longer holds."""
-        shas = sorted({bytes.fromhex(s.sha256) for s in self.samples})
+        shas = sorted(set(self.shas))
         with api._connect(self.cfg, f"read dataset {self.ref}") as conn, api._db_errors(f"{self.ref} was read"):
             gone = {bytes.fromhex(h) for h, _node, dead in physical_nodes(conn, shas) if dead}
         return gone | {h for h in shas if h not in gone and not store.index.shown(h)}
@@ -383,7 +393,7 @@ class Loader:
         need = [False] * len(self.samples)
         for k in range(start, len(p.post)):
             i = p.post[k]
-            if self._owned(k, start) and bytes.fromhex(self.samples[i].sha256) not in withheld:
+            if self._owned(k, start) and self.shas[i] not in withheld:
                 need[i] = True
         lost = [self.samples[i] for i in range(len(self.samples)) if need[i] and p.run_of[i] < 0]
         if lost:
@@ -393,7 +403,7 @@ class Loader:
         todo: list[int] = []  # the plan's run numbers read, in order
         parts: list[Run] = []
         for r, run in enumerate(p.runs):
-            wanted = {bytes.fromhex(self.samples[i].sha256) for i in p.run_samples[r] if need[i]}
+            wanted = {self.shas[i] for i in p.run_samples[r] if need[i]}
             if wanted:
                 todo.append(r)
                 parts.append(Run(run.shard_id, [rec for rec in run.records if rec.sha in wanted]))
@@ -418,14 +428,14 @@ class Loader:
                     if got.disk:
                         per_disk[got.disk] = per_disk.get(got.disk, 0) + got.nbytes
                     for j in p.run_samples[done]:
-                        data = got.payloads.get(bytes.fromhex(self.samples[j].sha256)) if need[j] else None
+                        data = got.payloads.get(self.shas[j]) if need[j] else None
                         if data is not None:
                             held[j] = data
                 data = held.pop(i, None)
                 self.position = k + 1
                 # hidden or deleted since the epoch began: not read — or read before, and not
                 # handed out now that the store no longer shows it
-                if data is None or not runs_mod.live(store, bytes.fromhex(self.samples[i].sha256)):
+                if data is None or not runs_mod.live(store, self.shas[i]):
                     self._stats["withheld"] += 1
                     continue
                 s = self.samples[i]

@@ -28,7 +28,7 @@ import queue
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.records import DataError, ObjectNotFound, verified_view, verify_record
@@ -43,8 +43,10 @@ log = logging.getLogger(__name__)
 AHEAD = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Rec:
+class Rec(NamedTuple):
+    """A record to read (a named tuple: a plan makes one per sample, and a frozen dataclass's
+    instance takes several times as long to make)."""
+
     sha: bytes
     offset: int  # the payload's offset in the shard
     length: int
@@ -237,3 +239,7 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD) -> Generato
             yield item
     finally:
         stop.set()
+        # each reader ends within its run (no more than one run's read): joined, so none uses
+        # the store after the consumer went and its owner may close it
+        for t in threads:
+            t.join()
