@@ -184,6 +184,19 @@ def test_reads_beyond_its_roots_only_what_run_spec_read_names(roots: Roots) -> N
         shutil.rmtree(team)
 
 
+def test_a_process_pool_needs_shared_memory_true(roots: Roots) -> None:
+    """A worker running a multiprocessing pool (its semaphores live in /dev/shm, which every user
+    shares) is refused there by default and fails in its own words; with `shared_memory = true`
+    it runs and writes its output, its other files still confined."""
+    cmd = [sys.executable, str(WORKERS / "pool.py"), "{input_root}", "{output_root}"]
+    out = run(contract(cmd), roots)
+    assert out.exit_code == 1 and out.last_line.startswith("PermissionError"), log_of(roots)
+    assert not (roots.output_root / "sizes.csv").exists()
+    out = run(contract(cmd, shared_memory=True), roots)
+    assert out.exit_code == 0, log_of(roots)
+    assert (roots.output_root / "sizes.csv").read_text() == "file,size\na.jpg,4\n"
+
+
 @pytest.mark.parametrize("kernel", ["ENOSYS", "EOPNOTSUPP", "NOSECCOMP"])
 def test_the_launcher_refuses_where_the_kernel_cannot_confine(tmp_path: Path, kernel: str) -> None:
     """The launcher on a kernel without Landlock (built without it, not enabled at boot) or

@@ -216,6 +216,9 @@ class RunLocal(_Worker):
     network: bool = False
     #: more it may read and run programs from (its model weights, its own code tree)
     read: list[AbsPath] = []
+    #: it may also write /dev/shm: POSIX shared memory and semaphores (Python's multiprocessing
+    #: locks, queues and pools; a PyTorch DataLoader with workers) — a directory every user shares
+    shared_memory: bool = False
 
 
 class RunDocker(_Worker):
@@ -805,6 +808,7 @@ def show_rows(c: Contract, path: Path, builtin: bool = False) -> list[tuple[str,
         rows.append(("run", f"local: {' '.join(rs.command)}"))
         rows.append(("confined", ("no (confine = false)" if not rs.confine else
                                   "yes: " + ("network allowed" if rs.network else "no network")
+                                  + (", writes /dev/shm" if rs.shared_memory else "")
                                   + (f", also reads {', '.join(rs.read)}" if rs.read else ""))))
     elif isinstance(rs, RunDocker):
         rows.append(("run", f"docker: {rs.image} {' '.join(rs.args)}" + (" (gpus)" if rs.gpus else "")))

@@ -373,6 +373,8 @@ SYSTEM_READS = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/et
                 "/etc/services", "/etc/protocols", "/etc/ssl", "/etc/ca-certificates", "/etc/pki", "/etc/mime.types",
                 "/etc/magic", "/etc/locale.alias", "/etc/fonts", "/sys/devices/system/cpu", "/sys/devices/system/node",
                 "/proc/cpuinfo", "/proc/meminfo", "/dev/urandom", "/dev/random", "/dev/zero")
+#: where POSIX shared memory and semaphores live: written by a worker with `shared_memory = true`
+SHARED_MEMORY = "/dev/shm"
 #: directories too widely shared to let a worker read whole because its program lies there: only
 #: the program's file is read there
 _SHARED_DIRS = ("/", "/tmp", "/var/tmp", "/dev/shm", "/root", "/home", "/opt", "/srv", "/var")
@@ -437,8 +439,9 @@ def confined_argv(rs: RunLocal, argv: list[str], roots: Roots, search: str) -> l
     context roots, the system's programs and libraries (`SYSTEM_PROGRAMS`, `SYSTEM_READS`),
     its program — the file, the interpreter a script names, the installation (venv) a program
     lies in, the directory of each file its command names — and `run_spec.read`; runs programs
-    from the same places; opens no socket unless `run_spec.network`. ExecError (one line naming
-    the key) where the kernel cannot confine, or a path would let it read the service's secrets."""
+    from the same places; opens no socket unless `run_spec.network`; writes /dev/shm too with
+    `run_spec.shared_memory`. ExecError (one line naming the key) where the kernel cannot
+    confine, or a path would let it read the service's secrets."""
     gone = landlock.unavailable()
     if gone is not None:
         raise ExecError(f"run_spec.confine: this kernel cannot confine the worker: {gone[0]}; {gone[1]}, or set "
@@ -477,7 +480,7 @@ def confined_argv(rs: RunLocal, argv: list[str], roots: Roots, search: str) -> l
         except landlock.SecretInReach as e:
             raise ExecError(f"{key}: {e}") from None
     out = [sys.executable, "-I", "-m", LAUNCHER]
-    for p in (str(roots.output_root), str(worker_tmp(roots))):
+    for p in (str(roots.output_root), str(worker_tmp(roots)), *([SHARED_MEMORY] if rs.shared_memory else [])):
         out += ["--write", p]
     for p in dict.fromkeys([*(p for p, _ in reads + runs), *SYSTEM_PROGRAMS, *SYSTEM_READS]):
         out += ["--read", p]
