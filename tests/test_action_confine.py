@@ -246,7 +246,8 @@ def test_a_wandering_worker_fails_its_run_in_one_line_and_no_landlock_refuses_un
         hoard_home: Path, pg, redis_conn) -> None:
     """Through the CLI: a worker writing into /tmp fails the run at `run` in one line naming
     its error and the confinement, nothing written there. On a kernel without Landlock the run
-    is refused in one line naming `run_spec.confine` before the worker starts; with
+    is refused in one line naming `run_spec.confine` before the worker starts; without seccomp
+    filters the launcher refuses to start it, in one line naming `confine = false`; with
     `confine = false` (a new version of the contract) the same worker runs there unconfined and
     its run completes."""
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=91, items=3)
@@ -272,6 +273,15 @@ def test_a_wandering_worker_fails_its_run_in_one_line_and_no_landlock_refuses_un
         assert "run_spec.confine: this kernel cannot confine the worker" in lines[0], lines
         assert "confine = false" in lines[0] and "Traceback" not in lines[0]
         assert not leak.exists() and "without Landlock" in load_state(cfg, rid).error
+        # Landlock but no seccomp filters: the launcher, as the worker's process, refuses to run it
+        noseccomp = [*NOLANDLOCK, "NOSECCOMP", "--", sys.executable, "-m", "hoardfs", "--config", str(cfg.source)]
+        res = subprocess.run([*noseccomp, "action", "run", "wander", "--here"], capture_output=True, text=True,
+                             timeout=300)
+        lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+        assert res.returncode == 5 and len(lines) == 1, lines
+        assert "failed at step run" in lines[0] and "worker not started: this host cannot confine its network" \
+            in lines[0] and "confine = false" in lines[0], lines
+        assert not leak.exists()
         write_contract(cfg, "wander", CONTRACT.format(batch=batch, command=cmd, extra="confine = false", version=2))
         res = subprocess.run([*unconfined, "action", "run", "wander", "--here", "--json"], capture_output=True,
                              text=True, timeout=300)
