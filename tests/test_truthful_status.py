@@ -245,3 +245,44 @@ def test_collect_takes_what_an_external_worker_wrote_so_far_and_the_run_goes_on(
     gate = hoard(cfg.source, "action", "collect", grid)
     lines = [ln for ln in (gate.stdout + gate.stderr).splitlines() if ln.strip()]
     assert gate.returncode == 2 and len(lines) == 1 and f"`hoard action release {grid}`" in lines[0], lines
+
+
+def test_collect_takes_the_labels_done_so_far_and_the_ac5_run_goes_on(hoard_home: Path, pg, redis_conn,
+                                                                       label_studio) -> None:
+    """An AC5 run waiting for its labellers with one task of several labelled: status names
+    `hoard action collect RUN` (a worker alive); collect writes that task's labels and the run
+    still waits for the others; once they are labelled it ends with every label, each once."""
+    from hoardfs.jobs.actions.runner import run_step
+    from tests.test_action_labelstudio import (
+        burst,
+        drawn,
+        expected_rows,
+        labels_in_sql,
+        ls_home,
+        post,
+        queued_run,
+        run_tasks,
+    )
+
+    cfg = ls_home(hoard_home, pg, redis_conn, label_studio, seed=654)
+    rid = queued_run(cfg)
+    burst(cfg)
+    with live_worker(redis_conn):
+        doc, text = status(cfg, rid)
+    assert doc["status"] == "waiting_labels" and doc["next"] == f"hoard action collect {rid}", doc
+    tasks = run_tasks(label_studio, cfg, rid)
+    assert len(tasks) > 1
+    first = drawn(0)
+    expected = expected_rows(tasks[0]["data"]["hoard_sha256"], post(label_studio, tasks[0]["id"], first), first)
+    res = hoard(cfg.source, "action", "collect", rid, "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["labels"] > 0
+    assert labels_in_sql(cfg) == expected
+    assert status(cfg, rid)[0]["status"] == "waiting_labels"  # the run goes on waiting for the others
+    for n, t in enumerate(tasks[1:], start=1):
+        result = drawn(n)
+        expected |= expected_rows(t["data"]["hoard_sha256"], post(label_studio, t["id"], result), result)
+    run_step(str(cfg.source), rid, "labels")  # what the scheduled poll job runs
+    burst(cfg)
+    assert status(cfg, rid)[0]["status"] == "done"
+    assert labels_in_sql(cfg) == expected
