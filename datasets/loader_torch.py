@@ -9,7 +9,8 @@ part of the sequence: positions in blocks of `block` (the DataLoader's batch_siz
 batch_size=None), block b to worker b % num_workers. The DataLoader takes one batch from each
 worker in turn, so what it hands out is the sequence itself, whatever the number of workers.
 `state_dict(consumed)` is the Loader state after the first `consumed` samples this dataset's
-iteration handed out: `TorchDataset.from_state_dict(state, block=…)` goes on from there, with
+iteration handed out (`state_dict(last=sample)`: after that sample, exact even when samples
+were withheld): `TorchDataset.from_state_dict(state, block=…)` goes on from there, with
 any number of workers.
 """
 
@@ -51,9 +52,11 @@ class TorchDataset(IterableDataset):
                     workers=workers, block=self.block, **self.kwargs)
         yield from ld
 
-    def state_dict(self, consumed: int) -> dict[str, Any]:
-        """The Loader state after `consumed` samples of this iteration were handed out."""
-        epoch, position = self.epoch, self.position + consumed
+    def state_dict(self, consumed: int = 0, *, last: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The Loader state after `consumed` samples of this iteration were handed out — or,
+        exactly even when samples were withheld (deleted meanwhile: their positions passed
+        over), after the sample `last` (the last one handed out: its `position`)."""
+        epoch, position = self.epoch, self.position + consumed if last is None else int(last["position"]) + 1
         if position >= self.samples:
             epoch, position = epoch + 1, 0
         return {"state": 1, "dataset": self.ref, "split": self.split, "seed": self.seed, "epoch": epoch,

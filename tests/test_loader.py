@@ -187,6 +187,9 @@ def test_the_store_is_found_as_the_cli_finds_it_and_bad_input_is_one_line(built,
     monkeypatch.setenv("HOARD_CONFIG", str(cfg.source))
     ld = Loader("pets@1", split="train", seed=7, epoch=0)
     assert ld.ref == "pets@1" and len(ld) == len(_keys(ld))
+    every = list(Loader("pets@1", split=None, decode=lambda b: hashlib.sha256(b).hexdigest()))
+    assert {s["split"] for s in every} == {"train", "val"} and len(every) == len(ld) + len(Loader("pets@1", "val"))
+    assert all(s["data"] == s["sha256"] and "bytes" not in s for s in every)
     for bad, match in ((lambda: Loader("pets@9"), r"no dataset pets@9 \(its versions: 1\)"),
                        (lambda: Loader("pets@1", split="test"), r"no split 'test' \(its splits: train, val\)"),
                        (lambda: Loader("pets@1", seed=-1), r"seed=-1: a whole number"),
@@ -256,7 +259,9 @@ def test_the_torch_wrapper_under_a_dataloader_with_two_workers(built) -> None:
     assert got == keys
     state = ds.state_dict(5)
     rest = TorchDataset.from_state_dict(state, config_path=cfg.source)
-    assert [s["key"] for s in DataLoader(rest, batch_size=None, num_workers=1)] == keys[5:]
+    handed = list(DataLoader(rest, batch_size=None, num_workers=1))
+    assert [s["key"] for s in handed] == keys[5:]
+    assert ds.state_dict(last=handed[0]) == rest.state_dict(1) == {**state, "position": 6}
     batched = TorchDataset("pets@1", "train", 7, 0, block=4, config_path=cfg.source, **SMALL)
     batches = list(DataLoader(batched, batch_size=4, num_workers=2, collate_fn=lambda b: [s["key"] for s in b]))
     assert [k for b in batches for k in b] == keys
