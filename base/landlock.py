@@ -152,7 +152,8 @@ def status() -> dict[str, object]:
     version, why, next_step = _probe()
     unconfined = ("ingest parsers and built-in actions read scraped input without Landlock's walls: one taken over "
                   "may write, and read the service's secrets, wherever the service's user may (the systemd units' "
-                  "sandboxing still applies)")
+                  "sandboxing still applies); a team's own local workers are refused unless their contract says "
+                  "confine = false")
     if why is not None:
         return {"abi": version, "enforced": False, "reason": why, "next_step": next_step, "landlock": False,
                 "seccomp": False, "effect": unconfined, "fails": False}
@@ -168,7 +169,9 @@ def status() -> dict[str, object]:
                                    "PostgreSQL), take flocks, change files' modes, times and flags, hand what "
                                    "they read to other users through System V IPC, message queues or keyrings, "
                                    "leave their process group and signal the service's processes" + (", and truncate any file their user may write"
-                                                                 if version < 3 else "")), "fails": False}
+                                                                 if version < 3 else "")
+                                   + "; a team's own local workers are refused unless their contract says "
+                                     "confine = false"), "fails": False}
 
 
 @functools.cache
