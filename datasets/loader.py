@@ -266,8 +266,8 @@ class Loader:
 
     `ref`: `NAME@N` (or `NAME`: the newest finished version, recorded as `NAME@N`); `split`:
     a split's name, or None for every sample; `decode(bytes)`: its result is yielded as
-    `data` in place of `bytes`; `config`: a hoard.toml (default: found as the CLI finds it —
-    `HOARD_CONFIG`, ./hoard.toml, /etc/hoard/hoard.toml). Iterating yields one epoch from
+    `data` in place of `bytes`; `config_path`: a hoard.toml (default: found as the CLI finds
+    it — `HOARD_CONFIG`, ./hoard.toml, /etc/hoard/hoard.toml). Iterating yields one epoch from
     `position`, then moves on to the next epoch (position 0): iterate again for it."""
 
     def __init__(self, ref: str, split: str | None = "train", seed: int = 0, epoch: int = 0, *,
@@ -296,8 +296,9 @@ class Loader:
                     raise LoaderError(f"no dataset {ref} (its versions: {', '.join(map(str, there)) or 'none'}); "
                                       "`hoard dataset list`")
             row = api._version(conn, ref)
-        if not row["manifest_sha256"]:
-            raise LoaderError(f"dataset {row['name']}@{row['version']} was never finished; build it again")
+        if not row["manifest_sha256"] or row["status"] == "building":
+            raise LoaderError(f"dataset {row['name']}@{row['version']} is building (or its build was killed): "
+                              "read a finished version, or run the same `hoard dataset build SPEC` again to finish it")
         self.ref = f"{row['name']}@{row['version']}"
         self.manifest_sha: str = row["manifest_sha256"]
         with self._store() as store:

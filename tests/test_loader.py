@@ -20,6 +20,7 @@ from hoardfs.fsd.maintenance.deletion import hide
 from hoardfs.fsd.outputs.runs import assign, read_run
 from hoardfs.fsd.store import Store
 from hoardfs.loader import Loader, LoaderError
+from hoardfs.sql import datasets as sqld
 from tests.helpers import flip_byte
 from tests.test_datasets import _build, _hoard, _label, _spec
 from tests.test_ingest import ingest_sample
@@ -180,9 +181,10 @@ def test_a_dataset_built_twice_yields_the_same_order(built) -> None:
     assert _keys(Loader("pets", "val", 3, 0, config_path=cfg.source))  # the newest version, another split
 
 
-def test_the_store_is_found_as_the_cli_finds_it_and_bad_input_is_one_line(built, monkeypatch) -> None:
-    """No config_path: HOARD_CONFIG names the store; an unknown version or split, a bad seed,
-    a state that is not one: each a LoaderError or DatasetError of one line."""
+def test_the_store_is_found_as_the_cli_finds_it_and_bad_input_is_one_line(built, pg, monkeypatch) -> None:
+    """No config_path: HOARD_CONFIG names the store; split=None reads every split, decode=
+    yields `data`; an unknown version or split, a bad seed, a state that is not one, a version
+    still building: each a LoaderError or DatasetError of one line."""
     cfg, _ = built
     monkeypatch.setenv("HOARD_CONFIG", str(cfg.source))
     ld = Loader("pets@1", split="train", seed=7, epoch=0)
@@ -198,6 +200,9 @@ def test_the_store_is_found_as_the_cli_finds_it_and_bad_input_is_one_line(built,
             bad()
         assert "\n" not in str(e.value)
     assert isinstance(pytest.raises(LoaderError, lambda: Loader("pets@1", workers=2, worker=2)).value, LoaderError)
+    sqld.set_status(pg, "pets", 1, "building")  # as a killed build leaves it
+    with pytest.raises(LoaderError, match=r"pets@1 is building \(or its build was killed\): read a finished"):
+        Loader("pets@1")
 
 
 def test_the_mix_counts_distinct_shards_and_the_largest_share() -> None:
