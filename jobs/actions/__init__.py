@@ -4,6 +4,8 @@
 file safely and listing a directory of them. `params` — `--param K=V`; `execute` — starting,
 watching and ending a worker; `parse` — a worker's output root read back into child files and
 typed result records, hostile-input safe. Runs: `api` — submit, status, release, cancel;
+`collect` — what a waiting run produced so far, taken now; `nextstep` — the command a run's
+status names next;
 `runner` — the RQ job `run_step` and `run_here`; `steps` — what each step does; `pipelines` —
 stages a batch goes through, and the RQ job `pipelines_of_batch` of a watched source; `remote` — a
 `--remote` run's steps on the server and its job on another host; `state` — a run's key, id
