@@ -312,7 +312,7 @@ class Loader:
         self._plan: Plan | None = None
         self._plan_epoch = -1
         self._stats: dict[str, Any] = {"samples": 0, "bytes": 0, "read_bytes": 0, "per_disk_bytes": {},
-                                       "fallbacks": 0, "withheld": 0}
+                                       "fallbacks": 0, "withheld": 0, "held_max": 0}
         self._mix = Mix()
 
     def _store(self) -> contextlib.AbstractContextManager[Store]:
@@ -352,7 +352,8 @@ class Loader:
 
     def stats(self) -> dict[str, Any]:
         """Samples and bytes yielded, bytes read per disk, replicas fallen back to, samples
-        withheld (deleted or hidden), and the mix (`Mix`)."""
+        withheld (deleted or hidden), the most samples held read and not yet yielded at once
+        (`held_max`: at most `buffer` + `lanes` × a run's samples), and the mix (`Mix`)."""
         return {**self._stats, "per_disk_bytes": dict(self._stats["per_disk_bytes"]), "mix": self._mix.report()}
 
     # -- the sequence -----------------------------------------------------------------------
@@ -432,6 +433,7 @@ class Loader:
                         data = got.payloads.get(self.shas[j]) if need[j] else None
                         if data is not None:
                             held[j] = data
+                    self._stats["held_max"] = max(self._stats["held_max"], len(held))
                 data = held.pop(i, None)
                 self.position = k + 1
                 # hidden or deleted since the epoch began: not read — or read before, and not
