@@ -75,7 +75,7 @@ def build(
                                                 f"{fmt_bytes(d.zone_free)} free)")
               + (f"; new classes: {', '.join(d.new_classes)}" if d.new_classes else "")
               + (f"; {d.unlabelled} selected nodes have no {spec.class_label!r} label and are left out"
-                 if d.unlabelled else ""))
+                 if d.unlabelled else "") + f"; leak audit: {leak_line(d.leak_audit)}")
         if not d.quota_ok:
             raise typer.Exit(ExitCode.NO_SPACE)
         return

@@ -75,6 +75,8 @@ class DryRun:
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the groups over split.max_group_share of the samples: [{group, samples, share}]
     large_groups: list[dict[str, Any]] = field(default_factory=list)
+    #: the build's leak audit of these samples (hoardfs.datasets.audit; dataset.json's `leak_audit`)
+    leak_audit: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -230,13 +232,14 @@ def dry_run(cfg: Settings, spec: DatasetSpec, mode: str | None = None) -> DryRun
                 key = f"{sha[:16]}-{nid}" if shared else sha[:16]
                 raise DatasetError(jpeg.not_jpeg(spec.name, _named(sha, key), ftype.upper() or "(unknown)"),
                                    ExitCode.DATA)
+        leaks = audit.run_dry(conn, spec, d.table)
         need = 0
         if spec.mode == "copy":
             need = _estimate(cfg, conn, spec, fmt, d)
     _need, room, _ok = _quota(cfg, [], [], "view")
     return DryRun(spec.name, spec.layout, spec.mode, d.counts, d.samples, d.bytes, need, room, need <= room,
                   d.class_map, d.new_classes, d.thumbnails, d.selected, d.unlabelled, d.capped, d.dropped_dup,
-                  card.split_shares(d.counts, spec.split.ratios), d.large_groups)
+                  card.split_shares(d.counts, spec.split.ratios), d.large_groups, leaks)
 
 
 #: samples rendered whole to estimate the layout's own files in a dry run

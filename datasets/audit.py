@@ -1,8 +1,8 @@
 """The leak audit every build runs (docs/datasets.md "The leak audit"): pairs of samples in two
 different splits that a model could learn one from the other — they share a lineage (an image
 and its crop, thumbnail or frame), they are near-duplicates at the spec's `near_dup_threshold`
-(hoardfs.sql.neardup), or their image embeddings lie within `audit.cosine` (hoardfs.sql.embeddings'
-table). All three are zero for a good build. The counts go into dataset.json and the card
+(hoardfs.sql.neardup's groups, made of the samples' own hashes), or their image embeddings lie
+within `audit.cosine` (hoardfs.sql.embeddings' table). All three are zero for a good build. The counts go into dataset.json and the card
 (`leak_audit`); a build with a pair is refused (`audit.on_leak = "refuse"`, the default) or
 built with a warning (`"warn"`), naming a few pairs and how to keep them in one split.
 
@@ -45,15 +45,30 @@ def run(conn: psycopg.Connection, spec: DatasetSpec, samples: list[Sample]) -> d
     """The audit of `samples` (their node ids, sha256s and splits): dataset.json's `leak_audit`."""
     try:
         sqll.fill_samples(conn, ((s.node_id, s.sha256, s.split) for s in samples))
-        lineage, lin_ex = sqll.cross_pairs(conn, sqll.lineage_keys(conn), EXAMPLES)
-        near: int | None = None
-        near_ex: list[tuple[str, str, str, str]] = []
-        if neardup.hashed_count(conn):
-            groups = neardup.group_of_nodes(conn, spec.near_dup_threshold)
-            near, near_ex = sqll.cross_pairs(conn, sqll.near_dup_keys(conn, groups), EXAMPLES)
-        cos = _cosine(conn, spec.audit.cosine)
+        return _audit(conn, spec)
     finally:
         sqll.drop(conn)
+
+
+def run_dry(conn: psycopg.Connection, spec: DatasetSpec, table: str) -> dict[str, Any]:
+    """The audit of a dry run's samples (hoardfs.datasets.plan.DryPlan.table): the build's."""
+    try:
+        sqll.fill_from(conn, table, list(spec.split.ratios))
+        return _audit(conn, spec)
+    finally:
+        sqll.drop(conn)
+
+
+def _audit(conn: psycopg.Connection, spec: DatasetSpec) -> dict[str, Any]:
+    lineage, lin_ex = sqll.cross_pairs(conn, sqll.lineage_keys(conn), EXAMPLES)
+    near: int | None = None
+    near_ex: list[tuple[str, str, str, str]] = []
+    ids, ph, pf = sqll.sample_hashes(conn)
+    if len(ids):  # the near-duplicate groups of the samples' own hashes (`hoard dups`' rule)
+        grouping = neardup.group(ph, pf, spec.near_dup_threshold)
+        groups = {int(ids[p]): f"g{k}" for k, members in enumerate(grouping.groups) for p in members}
+        near, near_ex = sqll.cross_pairs(conn, sqll.near_dup_keys(conn, groups), EXAMPLES)
+    cos = _cosine(conn, spec.audit.cosine)
     examples = [{"kind": kind, "a": a, "a_split": sa, "b": b, "b_split": sb}
                 for kind, found in (("lineage", lin_ex), ("near_dup", near_ex), ("cosine", cos.pop("examples")))
                 for a, sa, b, sb in found]
@@ -131,7 +146,7 @@ def _neighbours(mat: np.ndarray, split: np.ndarray, threshold: float) -> tuple[i
 def leak_line(a: dict[str, Any]) -> str:
     """The audit in one line: each kind's pairs, or why it was not checked."""
     near = (f"{a['near_dup_pairs']} near-duplicate (threshold {a['near_dup_threshold']})"
-            if a.get("near_dup_pairs") is not None else "near-duplicates not checked (no image hashed)")
+            if a.get("near_dup_pairs") is not None else "near-duplicates not checked (no sample hashed)")
     if a.get("cosine_pairs") is None:
         cos = "embeddings not checked (no sample embedded)"
     else:

@@ -92,7 +92,7 @@ def _leak_audit(a: dict[str, Any] | None) -> list[str]:
         return []
     near = (f"{a['near_dup_pairs']} (perceptual hashes within {a['near_dup_threshold']} bits, the spec's "
             "near_dup_threshold)"
-            if a.get("near_dup_pairs") is not None else "not checked (no image has perceptual hashes: `hoard action "
+            if a.get("near_dup_pairs") is not None else "not checked (no sample has perceptual hashes: `hoard action "
             "run near-dup-hash`)")
     if a.get("cosine_pairs") is None:
         cos = "not checked (no sample has an image embedding: `hoard action run clip-embed`)"

@@ -22,6 +22,7 @@ from nicegui import ui
 from hoardfs.base.errors import HoardError
 from hoardfs.base.units import fmt_bytes
 from hoardfs.datasets import api
+from hoardfs.datasets.audit import leak_line
 from hoardfs.datasets.formats import FORMATS
 from hoardfs.datasets.spec import DatasetSpec, parse_text
 from hoardfs.gui import text
@@ -96,6 +97,9 @@ def dry_run_view(d: api.DryRun) -> None:
     if d.large_groups:
         text.label("large groups: " + ", ".join(f"{g['group']} {g['samples']} ({g['share']:.1%})"
                                                 for g in d.large_groups[:5])).classes("text-warning")
+    if d.leak_audit:  # pairs across splits: the build refuses (or warns) — shown before it is launched
+        text.label("leak audit: " + leak_line(d.leak_audit)).classes(
+            "text-warning" if d.leak_audit["pairs"] else "").mark("dataset-dry-leaks")
     text.label(f"{fmt_bytes(d.bytes)} in {d.mode} mode, layout {d.layout}").mark("dataset-dry-bytes")
     if d.quota_ok:
         ui.label(f"zone 3D admits it: it reserves {fmt_bytes(d.reserve_bytes)}, "

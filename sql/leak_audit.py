@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import psycopg
 
 from hoardfs.sql.datasets import group_table
@@ -28,6 +29,17 @@ def fill_samples(conn: psycopg.Connection, rows: Iterable[tuple[int, str, str]])
     with conn.cursor().copy("COPY la_s (node_id, sha256, split) FROM STDIN") as cp:
         for row in rows:
             cp.write_row(row)
+    conn.execute("ANALYZE la_s")
+
+
+def fill_from(conn: psycopg.Connection, table: str, splits: list[str]) -> None:
+    """la_s from a dry run's temp table of samples (hoardfs.sql.datasets.dry_caps: node_id,
+    sha256, split_idx), each split index named by `splits`."""
+    if table not in ("ds_kept", "ds_final"):
+        raise ValueError(f"fill_from: {table!r} is not a dry run's table of samples")
+    drop(conn)
+    conn.execute(f"CREATE TEMP TABLE la_s AS SELECT node_id, encode(sha256, 'hex') AS sha256, "
+                 f"(%s::text[])[split_idx + 1] AS split FROM {table}", [splits])
     conn.execute("ANALYZE la_s")
 
 
@@ -49,9 +61,18 @@ def lineage_keys(conn: psycopg.Connection) -> str:
     return "la_lin"
 
 
+def sample_hashes(conn: psycopg.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(node ids, pHashes, mirrored pHashes) of the samples that are hashed (result_image_hash,
+    hoardfs.sql.neardup), as numpy arrays (uint64 hashes), by node id."""
+    rows = conn.execute("SELECT r.node_id, r.phash, r.phash_flip FROM la_s s JOIN result_image_hash r "
+                        "ON r.node_id = s.node_id ORDER BY 1").fetchall()
+    arr = np.asarray(rows, np.int64).reshape(-1, 3)
+    return arr[:, 0], arr[:, 1].view(np.uint64), arr[:, 2].view(np.uint64)
+
+
 def near_dup_keys(conn: psycopg.Connection, groups: dict[int, str]) -> str:
     """la_nd(node_id, gkey): each sample's near-duplicate group (`groups`: node id → its
-    group's name, hoardfs.sql.neardup.group_of_nodes). Its name."""
+    group's key). Its name."""
     conn.execute("CREATE TEMP TABLE la_nd (node_id bigint PRIMARY KEY, gkey text NOT NULL)")
     with conn.cursor().copy("COPY la_nd (node_id, gkey) FROM STDIN") as cp:
         for nid, name in groups.items():

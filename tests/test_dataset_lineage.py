@@ -247,7 +247,8 @@ def test_the_leak_audit_refuses_a_cross_split_near_duplicate_warns_and_shows_zer
     in embedding (cosine ≈ 0.999). The build is refused in one line naming the pair and the
     next step, nothing written; with audit.on_leak = "warn" it is built, warns, and its report,
     dataset.json and card count the pairs (lineage, near-duplicate, cosine); grouped by lineage
-    the same data builds clean and the card shows zeros. Fails on the old code: there was no
+    the same data builds clean and the card shows zeros; the dry run counts what the build
+    does. Fails on the old code: there was no
     audit (the leaky build was sealed without a word)."""
     from hoardfs.datasets.formats import FORMATS
     from hoardfs.datasets.plan import plan
@@ -262,6 +263,10 @@ def test_the_leak_audit_refuses_a_cross_split_near_duplicate_warns_and_shows_zer
     image, crop = straddle[0]
     _hashes_and_embeddings(pg, shas + sorted(crops), (image, crop))
 
+    dry = _hoard(cfg, "dataset", "build", str(leaky), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    seen = json.loads(dry.stdout)["leak_audit"]  # the dry run shows what the build will refuse
+    assert (seen["lineage_pairs"], seen["near_dup_pairs"], seen["cosine_pairs"]) == (len(straddle), 1, 1), seen
     res = _hoard(cfg, "dataset", "build", str(leaky), "--here")
     assert res.returncode == 5, res.stdout + res.stderr
     line = res.stderr.strip()
@@ -281,7 +286,7 @@ def test_the_leak_audit_refuses_a_cross_split_near_duplicate_warns_and_shows_zer
     assert (a["lineage_pairs"], a["near_dup_pairs"], a["cosine_pairs"]) == (len(straddle), 1, 1), a
     assert a["cosine_compared"] == len(shas) + len(crops) and a["cosine_exact"]
     root = Path(report["path"])
-    assert json.loads((root / "dataset.json").read_text())["leak_audit"] == a
+    assert json.loads((root / "dataset.json").read_text())["leak_audit"] == a == seen
     card = (root / "README.md").read_text()
     assert "## Leak audit" in card and f"crops, thumbnails, frames): {len(straddle)}" in card, card
     assert "- near-duplicates: 1 (" in card and "- near in embedding: 1 (" in card, card
