@@ -10,6 +10,8 @@ import hashlib
 import importlib.util
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -310,3 +312,45 @@ def test_a_train_and_a_val_loader_iterate_at_once(built) -> None:
     assert [x["key"] for x, _ in pairs] == train[:len(pairs)] and [y["key"] for _, y in pairs] == val[:len(pairs)]
     assert len(pairs) == len(val) >= 3 and len(train) > len(val)
     assert [x["key"] for x in a] == train[len(pairs) + 1:]  # (zip took one more of `a` before `b` ended)
+
+
+#: a training loop: each sample's epoch and key appended to OUT, then the loader's state saved
+#: (atomically) to STATE; SIGKILLed by itself after KILL_AT samples of this run
+TRAINER = """
+import json, os, signal, sys
+from hoardfs.loader import Loader
+state, out, kill_at, cfg = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+small = json.loads(sys.argv[5])
+if os.path.exists(state):
+    with open(state) as f:
+        ld = Loader.from_state_dict(json.load(f), config_path=cfg)
+else:
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg, **small)
+done = 0
+with open(out, "a") as f:
+    while ld.epoch < 2:
+        for s in ld:
+            f.write(f"{s['epoch']} {s['key']}\\n")
+            f.flush()
+            with open(state + ".tmp", "w") as g:
+                json.dump(ld.state_dict(), g)
+            os.replace(state + ".tmp", state)
+            done += 1
+            if done == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_training_loop_killed_twice_resumes_the_same_sequence(built, tmp_path: Path) -> None:
+    """A training process SIGKILLed mid-epoch (its readers mid-read), then again mid-way through
+    the next epoch after resuming from its saved state, then run to the end: the samples it saw,
+    in order, are exactly those of two uninterrupted epochs."""
+    cfg, _ = built
+    whole = [f"{e} {k}" for e, k in _epochs(cfg, **SMALL)]
+    state, out = tmp_path / "state.json", tmp_path / "seen.txt"
+    n = len(whole) // 2
+    for kill_at in (n // 3, n, 0):  # mid-epoch; in the second epoch (n more); not killed
+        res = subprocess.run([sys.executable, "-c", TRAINER, str(state), str(out), str(kill_at), str(cfg.source),
+                              json.dumps(SMALL)], capture_output=True, text=True, timeout=300)
+        assert res.returncode == (-9 if kill_at else 0), res.stderr
+    assert out.read_text().splitlines() == whole
