@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hoardfs.adapters.synth import Spec
+from hoardfs.adapters.synth import Spec, generate
 from hoardfs.datasets.loader import Mix, plan
 from hoardfs.fsd.maintenance.deletion import hide
 from hoardfs.fsd.outputs.runs import assign, read_run
@@ -354,3 +354,20 @@ def test_a_training_loop_killed_twice_resumes_the_same_sequence(built, tmp_path:
                               json.dumps(SMALL)], capture_output=True, text=True, timeout=300)
         assert res.returncode == (-9 if kill_at else 0), res.stderr
     assert out.read_text().splitlines() == whole
+
+
+def test_an_epoch_goes_on_while_a_batch_is_ingested(built) -> None:
+    """`hoard ingest --here` of a new batch mid-epoch (new shards written, the index changed
+    under the loader's read-only store): the epoch yields exactly its planned sequence."""
+    cfg, _ = built
+    whole = [s["key"] for s in Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)]
+    zone3a = cfg.ssd.zone_path("3A")
+    batch = generate(zone3a, Spec(seed=99, batches=1, items_per_batch=25, large_max_mb=1, ready_signal=True,
+                                  sources=("gallery",)))[0]
+    it = iter(Loader("pets@1", "train", 7, 0, config_path=cfg.source, ahead=1, **SMALL))
+    got = [next(it)["key"] for _ in range(3)]
+    res = _hoard(cfg, "ingest", "--here", str(zone3a / batch.batch_id))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not (zone3a / batch.batch_id).exists()  # ingested, done
+    got += [s["key"] for s in it]
+    assert got == whole
