@@ -18,6 +18,7 @@ import pytest
 
 from hoardfs.adapters.synth import Spec, generate
 from hoardfs.datasets.loader import Mix, plan
+from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.maintenance.deletion import hide
 from hoardfs.fsd.outputs.runs import assign, read_run
 from hoardfs.fsd.store import Store
@@ -151,28 +152,34 @@ def test_a_rotten_replica_is_read_around(built) -> None:
 
 def test_a_deleted_or_hidden_sample_is_never_yielded(built) -> None:
     """`hoard delete --node` (the database's flag and the store's mark) before the epoch, and a
-    hidden mark in the store alone: neither sample is yielded nor read; the rest come in the
-    same order, and the positions stay those of the whole sequence."""
+    hidden mark in the store alone: neither sample is yielded nor read — a run holding the
+    hidden one between two others is read in two ranges, its bytes left on the disk —; the
+    rest come in the same order, and the positions stay those of the whole sequence."""
     cfg, _ = built
     whole = list(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
-    a, b = whole[2], whole[-3]
+    wide = Loader("pets@1", "train", 7, 0, config_path=cfg.source, run_bytes=64 << 20)  # a shard, a run
+    with Store.open(cfg, writable=False) as store:
+        run = max(wide.plan(store).runs, key=lambda run: len(run.records))
+    assert len(run.records) >= 3
+    middle = run.records[len(run.records) // 2]
+    b = next(s for s in whole if s["sha256"] == middle.sha.hex())
+    a = next(s for s in whole if s["key"] != b["key"])
     res = _hoard(cfg, "delete", "--node", a["sha256"])
     assert res.returncode == 0, res.stderr
     with Store.open(cfg) as store:
-        hide(store, [bytes.fromhex(b["sha256"])], "test: the store's mark alone")
+        hide(store, [middle.sha], "test: the store's mark alone")
     ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
     got = list(ld)
     assert [s["key"] for s in got] == [s["key"] for s in whole if s["key"] not in (a["key"], b["key"])]
     assert [s["position"] for s in got] == [s["position"] for s in whole if s["key"] not in (a["key"], b["key"])]
     assert ld.stats()["withheld"] == 2
-    # the run holding the hidden one, read as the loader reads it: not a byte of it
-    sha = bytes.fromhex(b["sha256"])
+    # the wide run, read as the loader reads it: not a byte of the hidden record
     with Store.open(cfg, writable=False) as store:
-        p = ld.plan(store)
-        r = next(r for r, run in enumerate(p.runs) if any(rec.sha == sha for rec in run.records))
-        got_run = read_run(store, r, p.runs[r], assign(store, p.runs)[r])
-    assert sha in got_run.unshown and sha not in got_run.payloads
-    assert set(got_run.payloads) == {rec.sha for rec in p.runs[r].records} - set(got_run.unshown)
+        got_run = read_run(store, 0, run, assign(store, [run])[0])
+    assert middle.sha in got_run.unshown and middle.sha not in got_run.payloads
+    assert set(got_run.payloads) == {rec.sha for rec in run.records} - set(got_run.unshown)
+    span = run.records[-1].offset + run.records[-1].length - run.records[0].offset + fmt.RECORD_HEADER_SIZE
+    assert got_run.nbytes <= span - middle.length - fmt.RECORD_HEADER_SIZE
 
 
 def test_a_dataset_built_twice_yields_the_same_order(built) -> None:

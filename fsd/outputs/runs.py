@@ -156,8 +156,16 @@ def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
                     return rng, None, e
             return call
 
-        for rng, buf, err in in_order((read(g) for g in _ranges(wanted, range_limit(disk.read_streams))),
-                                      disk.read_streams):
+        # a range never reads through a record of the run the store no longer shows: its
+        # bytes stay on the disk (only other objects' gaps are read through, as the planner does)
+        segments: list[list[Rec]] = [[]]
+        for r, ok in zip(run.records, flags, strict=True):
+            if ok:
+                segments[-1].append(r)
+            elif segments[-1]:
+                segments.append([])
+        groups = [g for seg in segments for g in _ranges(seg, range_limit(disk.read_streams))]
+        for rng, buf, err in in_order((read(g) for g in groups), disk.read_streams):
             if buf is None:
                 # a shard file gone is a shard gc retired after the plan (its records were moved:
                 # looked up again); any other error is the replica's
