@@ -453,7 +453,8 @@ def test_ac5_partial_release_keeps_unlabelled_tasks_working_and_a_rerun_takes_th
     """Released with 1 of N labelled: the 1 is imported, the N-1 unlabelled tasks stay in Label
     Studio and their images still load (the stage was trashed: 404). A run over those nodes
     imports none again (it had N-1 duplicates, their images broken): it takes the same tasks
-    over, waits for them, imports their labels, and the first run's stage then goes."""
+    over, waits for them (`collect` takes a taken-over task's labels meanwhile), imports their
+    labels, and the first run's stage then goes."""
     cfg = ls_home(hoard_home, pg, redis_conn, label_studio, seed=146)
     rid, tasks, project = _released_with_one_labelled(cfg, label_studio)
     assert labels_in_sql(cfg) == {(tasks[0]["data"][lsc.SHA_KEY], "class", "keep")}
@@ -475,6 +476,10 @@ def test_ac5_partial_release_keeps_unlabelled_tasks_working_and_a_rerun_takes_th
     expected = {(tasks[0]["data"][lsc.SHA_KEY], "class", "keep")}
     for n, t in enumerate(rest, 1):
         expected |= expected_rows(t["data"][lsc.SHA_KEY], post(label_studio, t["id"], drawn(n)), drawn(n))
+        if n == 1:  # collect takes a task the run took over, as one it imported
+            res = hoard(cfg.source, "action", "collect", again, "--json")
+            assert res.returncode == 0, res.stdout + res.stderr
+            assert labels_in_sql(cfg) == expected
     run_step(str(cfg.source), again, "labels")
     burst(cfg)
     st = load_state(cfg, again)

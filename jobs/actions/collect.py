@@ -36,8 +36,8 @@ from hoardfs.jobs.actions.contract import RunExternal
 from hoardfs.jobs.actions.state import ActionError, RunState, Status, check_id, load_state, lock_path, now, save_state
 from hoardfs.jobs.actions.steps import (
     _finished,
-    _ls_tasks,
     contract_of,
+    ls_mine,
     origin,
     own_table,
     roots_of,
@@ -144,7 +144,7 @@ def _labels_intent(cfg: Settings, st: RunState) -> dict[str, Any]:
     c = contract_of(cfg, st)
     ls = labelstudio.client_from_settings(cfg)
     project = int(st.report["label_studio"]["project"])
-    mine = {(t.sha256, t.path) for t in _ls_tasks(cfg, c, st)}
+    mine = set(ls_mine(cfg, c, st))  # its own tasks and those it took over from a partial release
     tasks = [t for t in labelstudio.export(ls, project)
              if ((t.get("data") or {}).get(labelstudio.SHA_KEY), (t.get("data") or {}).get(labelstudio.PATH_KEY))
              in mine and _finished(t)]

@@ -40,6 +40,7 @@ from urllib.parse import quote
 
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError, first_line
+from hoardfs.base.files import NotOwn, load_owned
 from hoardfs.base.paths import display
 
 if TYPE_CHECKING:
@@ -119,14 +120,38 @@ def read_token(path: Path) -> str:
     return text
 
 
+# -- this host's Label Studio, as `hoard labelstudio up` (jobs/actions/labelstudio_local.py) records it
+
+def home_of(cfg: Settings) -> Path:
+    """Where `hoard labelstudio up` keeps this host's Label Studio: its data, server.json, token."""
+    return cfg.ssd.root / "state" / "labelstudio"
+
+
+def recorded(home: Path) -> dict[str, Any]:
+    """What server.json says (empty when there is none)."""
+    try:
+        doc = json.loads(load_owned(home / "server.json"))
+    except (FileNotFoundError, NotOwn, OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def recorded_url(cfg: Settings) -> str | None:
+    """The URL of this host's Label Studio as `up` last started it (None: never started)."""
+    url = recorded(home_of(cfg)).get("url")
+    return url if isinstance(url, str) else None
+
+
+def default_token_file(cfg: Settings) -> Path:
+    return home_of(cfg) / "token"
+
+
 def client_from_settings(cfg: Settings) -> Client:
     """The client hoard.toml's `[label_studio]` describes (docs/config.md); without its url or
     token_file, this host's Label Studio as `hoard labelstudio up` started it."""
     lc = cfg.label_studio
-    from hoardfs.jobs.actions import labelstudio_local  # deferred: it imports this module (errors, read_token)
-
-    url = lc.url or labelstudio_local.recorded_url(cfg)
-    token_file = lc.token_file or labelstudio_local.default_token_file(cfg)
+    url = lc.url or recorded_url(cfg)
+    token_file = lc.token_file or default_token_file(cfg)
     if url is None or not (lc.token_file or token_file.exists()):
         raise LabelStudioError("AC5 needs label_studio.url and label_studio.token_file in hoard.toml, or this "
                                "host's Label Studio: `hoard labelstudio up` (docs/actions.md, \"Starting Label "

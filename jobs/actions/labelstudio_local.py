@@ -40,9 +40,15 @@ from urllib.parse import urlsplit
 
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode
-from hoardfs.base.files import NotOwn, flocked, load_owned, state_directory, write_owned
+from hoardfs.base.files import flocked, state_directory, write_owned
 from hoardfs.base.paths import display
-from hoardfs.jobs.actions.labelstudio import DEFAULT_CONVERTER_PYTHON, LabelStudioError, read_token
+from hoardfs.jobs.actions.labelstudio import (
+    DEFAULT_CONVERTER_PYTHON,
+    LabelStudioError,
+    home_of,
+    read_token,
+    recorded,
+)
 
 #: the user `up` creates (Label Studio signs in by e-mail address)
 USERNAME = "hoard@localhost"
@@ -94,10 +100,6 @@ class Running:
     started: bool           # started now (False: it was up already)
 
 
-def home_of(cfg: Settings) -> Path:
-    return cfg.ssd.root / "state" / "labelstudio"
-
-
 def local_of(cfg: Settings, venv: Path | None = None) -> Local:
     """The local server `cfg` describes (`venv`: the one holding label-studio, instead of
     label_studio.converter_python's); refused in one line when label_studio.url names another
@@ -114,17 +116,6 @@ def local_of(cfg: Settings, venv: Path | None = None) -> Local:
     venv = venv or (lc.converter_python or DEFAULT_CONVERTER_PYTHON).parent.parent
     return Local(home=home_of(cfg), venv=venv, token_file=lc.token_file or home_of(cfg) / "token",
                  document_root=lc.document_root or lc.files_root or cfg.ssd.zone_path("3C"), port=port)
-
-
-def recorded(home: Path) -> dict[str, Any]:
-    """What server.json says (empty when there is none)."""
-    try:
-        doc = json.loads(load_owned(home / "server.json"))
-    except FileNotFoundError:
-        return {}
-    except (NotOwn, OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def _record(local: Local, doc: dict[str, Any]) -> None:
@@ -147,16 +138,6 @@ def running(local: Local) -> Running | None:
     if isinstance(pid, int) and isinstance(url, str) and not _ended(pid) and _is_ours(local, pid):
         return Running(url=url, pid=pid, started=False)
     return None
-
-
-def recorded_url(cfg: Settings) -> str | None:
-    """The URL of this host's Label Studio as `up` last started it (None: never started)."""
-    url = recorded(home_of(cfg)).get("url")
-    return url if isinstance(url, str) else None
-
-
-def default_token_file(cfg: Settings) -> Path:
-    return home_of(cfg) / "token"
 
 
 def _secret(path: Path, make: Callable[[], str]) -> str:
