@@ -34,7 +34,8 @@ SUMMARIES: dict[str, str] = {'put': 'Store files: prints sha256, new/existing an
  'worker': "Run an RQ worker on the hoardfs queues, with RQ's scheduler (a waiting action run's poll\n"
            'is a scheduled job: nothing holds a worker while it waits). It heartbeats every\n'
            "`[worker] heartbeat_s`; on the store's server it also runs the reaper, which queues again\n"
-           'a job whose worker went silent (docs/scale-out.md).',
+           'a job whose worker went silent (docs/scale-out.md). In the embedded default (no\n'
+           'hoard-replicate.timer) it queues the replicate job every `[worker] replicate_every_s`.',
  'demo': 'The main job on the embedded default (grows as the issues land).',
  'services': 'Start, stop and show the private PostgreSQL and Redis (embedded default).',
  'fixtures': 'Deterministic test and benchmark data.',
@@ -49,7 +50,7 @@ SUMMARIES: dict[str, str] = {'put': 'Store files: prints sha256, new/existing an
           'SHA256 …)`; `hoard select --label KEY=VALUE` and by_label layouts see them.',
  'view': 'Named views: a manifest of path → sha256 shown under `<mount>/views/NAME`.',
  'action': 'ActionContracts (UA_2): `hoard action list`, `show NAME`, `validate FILE`, `run NAME`, `resume '
-           'RUN`, `status RUN`, `runs`, `release RUN`, `cancel RUN` (docs/actions.md).',
+           'RUN`, `status RUN`, `runs`, `release RUN`, `collect RUN`, `cancel RUN` (docs/actions.md).',
  'pipeline': 'Pipelines: ordered stages of actions a batch goes through (docs/actions.md).',
  'dataset': 'Training datasets from a spec (docs/datasets.md): `hoard dataset build SPEC` makes version N+1 '
             'in `3D/<name>-v<N>/`; list, show, diff, materialize and rm the versions.',
