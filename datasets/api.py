@@ -91,6 +91,9 @@ class _Made:
     doc_bytes: bytes
     readme: bytes
     generated: list[tuple[str, bytes]] = field(default_factory=list)
+    #: the objects written that no node names (the JPEGs a voc build converted): the version's
+    #: rows name them (hoardfs.sql.datasets.record_objects), so gc keeps them
+    own: list[str] = field(default_factory=list)
 
 
 # -- the pieces ---------------------------------------------------------------------------------
@@ -178,7 +181,8 @@ def _make(spec_doc: dict[str, Any], spec_sha: str, fmt: Format, samples: list[Sa
     else:
         doc = json.loads(doc_bytes)
     tree = fmt.render(samples, doc, dict(spec_doc.get("webdataset", {})))  # shard_bytes, shard_samples
-    made = _Made(tree, manifest, doc, doc_bytes, card.readme(doc, samples))
+    made = _Made(tree, manifest, doc, doc_bytes, card.readme(doc, samples),
+                 own=sorted({s.converted[0] for s in samples if s.converted is not None}))
     taken = {f.path for f in tree.files} | {g.path for g in tree.generated} | {t.path for t in tree.tars}
     clash = sorted(taken & set(card.COMMON))
     if clash:
@@ -478,7 +482,9 @@ def _write(cfg: Settings, conn: psycopg.Connection, name: str, n: int, mode: str
 def _record(store: Store, conn: psycopg.Connection, name: str, n: int, made: _Made,
             resumed: bool = False) -> tuple[str, str]:
     """Store the manifest and dataset.json (class generated, pinned until the database names
-    them) and record them as nodes by one write-intent: gc keeps them while the rows live.
+    them) and record them as nodes by one write-intent, and the version's converted JPEGs
+    (`made.own`, pinned by the build until it ends) as its objects: gc keeps them all while
+    the version is recorded (hoardfs.sql.deletion.referenced).
 
     A build of version n killed after this, then resumed over other data (labels changed in
     between), records another manifest for n: in the same transaction the nodes an earlier
@@ -506,6 +512,7 @@ def _record(store: Store, conn: psycopg.Connection, name: str, n: int, made: _Ma
                                 for (loc, sha), (_, data, ftype) in zip(located, files, strict=True)]}
             apply_write_intent(conn, intent)
             sqld.undelete(conn, shas)  # one an earlier attempt dropped as stale is live again
+            sqld.record_objects(conn, name, n, made.own)
     finally:
         store.unpin(pin)
     return shas[0], shas[1]

@@ -696,5 +696,14 @@ def undelete(conn: psycopg.Connection, shas: Sequence[str]) -> None:
                  "AND n.sha256 = ANY(%s) AND pc.is_deleted AND NOT pc.is_hidden", [[bytes.fromhex(h) for h in shas]])
 
 
+def record_objects(conn: psycopg.Connection, name: str, number: int, shas: Sequence[str]) -> None:
+    """Name the objects (sha256 hex) version `number` of `name` wrote that no node names — the
+    JPEGs a voc build converted — so `hoard gc` keeps them while the version is recorded
+    (hoardfs.sql.deletion.referenced). Run again (a materialize), it adds nothing twice."""
+    if shas:
+        conn.execute("INSERT INTO dataset_object (name, version, sha256) SELECT %s, %s, unnest(%s::bytea[]) "
+                     "ON CONFLICT DO NOTHING", [name, number, [bytes.fromhex(h) for h in shas]])
+
+
 def set_status(conn: psycopg.Connection, name: str, number: int, status: str) -> None:
     conn.execute("UPDATE dataset_version SET status = %s WHERE name = %s AND version = %s", [status, name, number])

@@ -90,9 +90,15 @@ def referenced(conn: psycopg.Connection, shas: set[bytes], chunk: int = 10_000) 
     """Which of these digests a row still needs — what `hoard gc` must keep although the store
     holds a tombstone for it: a physical node that is not deleted or that a batch still holds
     (type A keeps bytes), the full document (`raw_object`) of a metadata row describing a
-    node that is not deleted (a virtual asset, or content still held), a database dump."""
+    node that is not deleted (a virtual asset, or content still held), a database dump, and a
+    dataset version's own objects — its manifest.jsonl and dataset.json, whatever their nodes
+    say (a batch of the same bytes dropped marks them deleted), and the JPEGs it converted
+    (`dataset_object`): `hoard dataset materialize` makes the version again from them."""
     out: set[bytes] = set()
     todo = list(shas)
+    # (a database not migrated to 021 yet has no dataset_object: its versions' manifests still count)
+    converted = ("UNION SELECT sha256 FROM dataset_object WHERE sha256 = ANY(%(s)s) "
+                 if conn.execute("SELECT to_regclass('dataset_object') IS NOT NULL").fetchone() == (True,) else "")
     for i in range(0, len(todo), chunk):
         part = todo[i:i + chunk]
         rows = conn.execute(
@@ -101,7 +107,9 @@ def referenced(conn: psycopg.Connection, shas: set[bytes], chunk: int = 10_000) 
             "UNION SELECT cm.raw_object FROM common_metadata cm LEFT JOIN physical_content pc USING (node_id) "
             "WHERE cm.raw_object = ANY(%(s)s) AND (pc.node_id IS NULL OR NOT pc.is_deleted "
             "OR EXISTS (SELECT 1 FROM batch_member bm WHERE bm.node_id = cm.node_id)) "
-            "UNION SELECT sha256 FROM backup_log WHERE sha256 = ANY(%(s)s)", {"s": part})
+            "UNION SELECT sha256 FROM backup_log WHERE sha256 = ANY(%(s)s) "
+            "UNION SELECT manifest_sha256 FROM dataset_version WHERE manifest_sha256 = ANY(%(s)s) "
+            "UNION SELECT doc_sha256 FROM dataset_version WHERE doc_sha256 = ANY(%(s)s) " + converted, {"s": part})
         out.update(bytes(r[0]) for r in rows)
     return out
 
