@@ -262,15 +262,21 @@ def plain_keys(spec: DatasetSpec) -> list[tuple[str, str]]:
 
 
 def json_blob(value: str) -> bool:
-    """A label value that is a JSON object or array (a Label Studio result kept raw, e.g.
-    `ls:scene={"type":"choices",…}`): never a class, a split or a group's name."""
+    """A label value that is a JSON document with structure — an object with a key, or an array
+    holding an object or an array (a Label Studio result or region kept raw, e.g.
+    `ls:scene={"type":"choices",…}`): never a class, a split or a group's name. Text that is
+    only shaped like JSON — `[1]`, `[0, 1]` (a multi-hot target), `["a"]`, `{}`, `[]` — is a
+    plain value a user may mean."""
     v = value.lstrip()
     if not v.startswith(("{", "[")):
         return False
     try:
-        return isinstance(json.loads(v), (dict, list))
+        doc = json.loads(v)
     except ValueError:
         return False
+    if isinstance(doc, dict):
+        return bool(doc)
+    return isinstance(doc, list) and any(isinstance(x, (dict, list)) for x in doc)
 
 
 def _json_key(spec: DatasetSpec, what: str, key: str, sha: str, value: str, have: set[str]) -> DatasetError:
