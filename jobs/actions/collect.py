@@ -11,9 +11,12 @@ run's wait).
                        in one write-intent the same way
     WAIT_GPU_READY     nothing: the worker has not run (`hoard action release RUN` opens the gate)
 
-Every row it writes is one the run's own apply writes again when it ends (each table takes a
-row once: ON CONFLICT DO NOTHING), so nothing is counted twice; a row is kept as it was
-collected — an external worker writes each output file whole (write, then rename).
+What it writes stands until the run's own apply, which takes it back first — the result rows
+of the run's batch in the tables it wrote, the labels it added (work file `collected`) — and
+then writes the run's final outputs in the same transaction: a row collected from a file the
+worker had not finished, or a label a labeller changed since, does not outlive the run. A
+child stored from a file not written whole stays a node of its own (the final file is another
+child): an external worker writes each child file whole (write, then rename).
 """
 
 from __future__ import annotations
@@ -33,8 +36,20 @@ from hoardfs.fsd.core.layout import pin_path
 from hoardfs.fsd.store import Store
 from hoardfs.jobs.actions import labelstudio, parse
 from hoardfs.jobs.actions.contract import RunExternal
-from hoardfs.jobs.actions.state import ActionError, RunState, Status, check_id, load_state, lock_path, now, save_state
+from hoardfs.jobs.actions.state import (
+    ActionError,
+    RunState,
+    Status,
+    check_id,
+    load_state,
+    lock_path,
+    now,
+    read_work,
+    save_state,
+    write_work,
+)
 from hoardfs.jobs.actions.steps import (
+    COLLECTED,
     _finished,
     contract_of,
     ls_mine,
@@ -44,6 +59,7 @@ from hoardfs.jobs.actions.steps import (
     staged_inputs,
 )
 from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.collected import labels_present
 from hoardfs.sql.migrate import migrate
 
 #: the states a run can be collected from
@@ -77,6 +93,10 @@ def collect(cfg: Settings, rid: str) -> dict[str, Any]:
                 with psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10) as conn:
                     migrate(conn)
                     own_table(conn, c)
+                    triples = [(lb["node"], lb["key"], lb["value"]) for lb in intent.get("labels", [])]
+                    there = labels_present(conn, triples)
+                    _record(cfg, rid, {r["table"] for r in intent.get("results", [])},
+                            [t for t in triples if t not in there])
                     res = apply_write_intent(conn, intent)
             except psycopg.OperationalError as e:
                 raise ActionError(f"run {rid}: PostgreSQL did not take what was collected ({str(e).strip()[:200]}); "
@@ -150,6 +170,21 @@ def _labels_intent(cfg: Settings, st: RunState) -> dict[str, Any]:
              in mine and _finished(t)]
     rows = labelstudio.annotations_to_labels(tasks)
     return {"labels": [{"node": h, "key": k, "value": v, "origin": origin(st)} for h, k, v in rows]}
+
+
+def _record(cfg: Settings, rid: str, tables: set[str], labels: list[tuple[str, str, str]]) -> None:
+    """Add to the run's work file `collected` the result tables and the labels (those the
+    database did not hold) a collect is about to write: the run's own apply takes them back
+    before it writes its final outputs (`steps.withdraw_collected`). Written before the apply,
+    so an apply that commits is always on record."""
+    try:
+        doc = read_work(cfg, rid, COLLECTED)
+    except FileNotFoundError:
+        doc = {"tables": [], "labels": []}
+    have = {tuple(t) for t in doc["labels"]}
+    doc["tables"] = sorted(set(doc["tables"]) | tables)
+    doc["labels"] = doc["labels"] + [list(t) for t in dict.fromkeys(labels) if t not in have]
+    write_work(cfg, rid, COLLECTED, doc)
 
 
 def _pin(rid: str) -> str:

@@ -82,7 +82,8 @@ from hoardfs.jobs.actions.state import (
     write_work,
 )
 from hoardfs.sql import result_tables
-from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.apply import apply_write_intent, is_applied
+from hoardfs.sql.collected import withdraw
 from hoardfs.sql.intents import IntentConflict
 from hoardfs.sql.migrate import migrate
 from hoardfs.sql.selectors import neighbours, query_nodes
@@ -831,6 +832,27 @@ def build_intent(cfg: Settings, st: RunState) -> dict[str, Any]:
     return doc
 
 
+#: the work file of what `hoard action collect RUN` wrote (hoardfs.jobs.actions.collect)
+COLLECTED = "collected"
+
+
+def withdraw_collected(cfg: Settings, st: RunState, conn: psycopg.Connection, intent: dict[str, Any]) -> dict[str, int]:
+    """Inside the apply's transaction, before its intent: what collects of this run wrote is
+    taken back — its batch's rows in the result tables they wrote (the intent writes the final
+    rows) and the labels they added that the intent does not hold — so the run's final outputs
+    win over a file collected half-written or a task relabelled since. Nothing once the intent
+    is applied (a retried apply) or where nothing was collected."""
+    try:
+        done = read_work(cfg, st.run_id, COLLECTED)
+    except FileNotFoundError:
+        return {}
+    if is_applied(conn, str(intent["key"])):
+        return {}
+    final = {(lb["node"], lb["key"], lb["value"]) for lb in intent.get("labels", [])}
+    stale = [(str(h), str(k), str(v)) for h, k, v in done["labels"] if (h, k, v) not in final]
+    return withdraw(conn, st.run_id, done["tables"], stale, origin(st))
+
+
 def _step_apply(cfg: Settings, st: RunState) -> None:
     if "ended_at" not in st.report:  # fixed before the intent is built: a retry sends the same body
         st.report["ended_at"] = now()
@@ -839,8 +861,16 @@ def _step_apply(cfg: Settings, st: RunState) -> None:
     with _connect(cfg) as conn:
         migrate(conn)
         own_table(conn, contract_of(cfg, st))
-        res = apply_write_intent(conn, intent)
+        withdrawn: dict[str, int] = {}
+        if work(cfg, st.run_id, COLLECTED).exists():
+            with conn.transaction():  # what collect wrote goes with the final rows' arrival, or neither
+                withdrawn = withdraw_collected(cfg, st, conn, intent)
+                res = apply_write_intent(conn, intent)
+        else:  # (outside a transaction: an apply rolled back by a write conflict is retried)
+            res = apply_write_intent(conn, intent)
     st.report.update(database=res.counts, intent=res.key, intent_was_applied_before=res.noop)
+    if withdrawn:
+        st.report["collected_withdrawn"] = withdrawn
 
 
 # -- finish -------------------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""`hoard action collect RUN` takes what a waiting run produced so far; the run's own apply takes
+that back and writes its final outputs (jobs/actions/collect.py, steps.withdraw_collected): a
+row collected from a file the worker had not finished does not outlive the run. Real
+PostgreSQL, Redis and `hoard` processes; the external worker is this test writing its files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.helpers import write_contract
+from tests.test_action_runs import action_home, hoard
+from tests.test_action_workers import inputs_of
+
+pytestmark = pytest.mark.services
+
+CONTRACT = """action_type = "AC2"
+version = 1
+
+[input_selector]
+batches = ["{batch}"]
+file_types = ["png"]
+
+[stage_layout]
+layout = "by_sha256"
+
+[run_spec]
+kind = "external"
+timeout_s = 3600
+
+[[output_parser.results]]
+name = "edges"
+glob = "edges.jsonl"
+format = "jsonl"
+node_field = "sha"
+node_key = "sha256"
+
+[result_mapping.edges]
+into = "result_canny"
+columns = {{ status = "status", edge_ratio = "ratio" }}
+labels = [{{ key = "edge_class", value = "{{class}}" }}]
+"""
+
+
+def line(sha: str, ratio: float, klass: str) -> str:
+    return json.dumps({"sha": sha, "status": "ok", "ratio": ratio, "class": klass}) + "\n"
+
+
+def test_the_final_apply_wins_over_a_row_collected_from_a_half_written_file(hoard_home: Path, pg,
+                                                                            redis_conn) -> None:
+    """An external worker part way through its results file: collect takes the rows written so
+    far, one of them a value the worker then corrects (a half-written line, `0.1` of `0.15`);
+    when the run ends, each input holds exactly the final file's row and label — the collected
+    value and label are gone, a label someone set by hand stays."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=657, items=3)
+    write_contract(cfg, "edgy", CONTRACT.format(batch=batch))
+    res = hoard(cfg.source, "action", "run", "edgy", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    rid = json.loads(res.stdout)["run"]
+    assert hoard(cfg.source, "worker", "--burst").returncode == 0
+    shas = inputs_of(cfg, batch)
+    out = cfg.ssd.zone_path("3C") / rid / "by_sha256" / "output"
+    out.mkdir(parents=True, exist_ok=True)
+    # part way: the first line whole, the second cut short after "0.1" (of 0.15) and its class
+    (out / "edges.jsonl").write_text(line(shas[0], 0.5, "sharp") + line(shas[1], 0.1, "soft"))
+    got = hoard(cfg.source, "action", "collect", rid, "--json")
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert json.loads(got.stdout)["results"] == 2
+    assert hoard(cfg.source, "label", "add", "edge_class=soft", shas[2]).returncode == 0  # a person's own
+
+    def rows() -> tuple[list[tuple[str, float]], list[tuple[str, str, str]]]:
+        with psycopg.connect(cfg.database_url) as conn:
+            canny = conn.execute("SELECT encode(n.sha256, 'hex'), round(c.edge_ratio::numeric, 2)::float "
+                                 "FROM result_canny c JOIN node n USING (node_id) WHERE c.batch_id = %s ORDER BY 1",
+                                 [rid]).fetchall()
+            labels = conn.execute("SELECT encode(n.sha256, 'hex'), l.value, l.origin FROM label l JOIN node n "
+                                  "USING (node_id) WHERE l.key = 'edge_class' ORDER BY 1, 2").fetchall()
+        return [(s, r) for s, r in canny], [(s, v, o) for s, v, o in labels]
+
+    canny, labels = rows()
+    assert dict(canny) == {shas[0]: 0.5, shas[1]: 0.1}
+    assert (shas[1], "soft", "action:edgy") in labels
+
+    (out / "edges.jsonl").write_text(line(shas[0], 0.5, "sharp") + line(shas[1], 0.15, "grainy")
+                                     + line(shas[2], 0.25, "sharp"))
+    (out / "_DONE").write_text("")
+    fin = hoard(cfg.source, "action", "resume", rid, "--here")
+    assert fin.returncode == 0, fin.stdout + fin.stderr
+    canny, labels = rows()
+    assert dict(canny) == {shas[0]: 0.5, shas[1]: 0.15, shas[2]: 0.25} and len(canny) == 3, canny
+    mine = sorted((s, v) for s, v, o in labels if o == "action:edgy")
+    assert mine == sorted([(shas[0], "sharp"), (shas[1], "grainy"), (shas[2], "sharp")]), labels
+    assert [(s, v) for s, v, o in labels if o != "action:edgy"] == [(shas[2], "soft")], labels
