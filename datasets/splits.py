@@ -10,7 +10,11 @@ stays there while the samples below it, S(t_i), are within half the tolerance of
 C_i = N·(r_1 + … + r_i); otherwise it moves to the cut between two groups (in u order) nearest
 its base whose S is within that half — such a cut always exists, since S jumps by one group at a
 time — leaving split i non-empty where a cut allows. With each cumulative count within tol/2,
-every split's count is within tol of N·r, tol = max(2 % of N, the largest group).
+every split's count is within tol of N·r, tol = max(2 % of N, the largest group). With few
+groups those bands can ask more than the ratios need — every cut in a band may leave a split
+empty where another cut fits — so when the cuts of the bands do not put every split within tol
+of N·r, any cuts that do are taken, each as near its base as the others allow (`_fitting`); a
+refusal then means no cut of the groups in u order fits.
 
 Stability: a group moves only when a threshold passes its u. Data added where every boundary
 at its base is within the band moves nothing; in general a boundary moves from one cut within
@@ -81,6 +85,8 @@ def balance(ratios: dict[str, float], salt: str, sizes: dict[str, int]) -> Balan
         accs.append(acc)
         base = bisect_left(us, acc)  # the groups with u < acc: split_of's draw
         cuts.append(_cut(cum, base, total * acc, tol / 2, cuts[-1] if cuts else 0, len(points)))
+    if not _fits(cum, cuts, total, rs, tol):  # the bands ask more than the ratios need: any cuts that fit
+        cuts = _fitting(cum, cuts, total, rs, tol) or cuts
     thresholds = [us[c] if c < len(us) else 1.0 for c in cuts]
     assign: dict[str, int] = {}
     counts = [0] * len(names)
@@ -120,3 +126,57 @@ def _cut(cum: list[int], base: int, target: float, half: float, lo: int, n: int)
         return min(sided, key=lambda j: (abs(cum[j] - target), abs(j - base), j))
     banded = [j for j in range(lo, n + 1) if in_band(j)]
     return min(banded, key=lambda j: (abs(j - base), j)) if banded else base
+
+
+def _counts(cum: list[int], cuts: list[int]) -> list[int]:
+    bounds = [0, *cuts, len(cum) - 1]
+    return [cum[bounds[i + 1]] - cum[bounds[i]] for i in range(len(bounds) - 1)]
+
+
+def _fits(cum: list[int], cuts: list[int], total: int, rs: list[float], tol: float) -> bool:
+    """Whether every split of these cuts is non-empty and within `tol` of its ratio (what
+    hoardfs.datasets.plan.check_splits accepts)."""
+    return all(n > 0 and abs(n - total * r) <= tol for n, r in zip(_counts(cum, cuts), rs, strict=True))
+
+
+def _fitting(cum: list[int], near: list[int], total: int, rs: list[float], tol: float) -> list[int] | None:
+    """Cuts (in u order) whose every split is non-empty and within `tol` of its ratio, each as
+    near its place in `near` as the later ones allow — or None when no cuts fit. Asked only when
+    the cuts within the bands do not fit: with few groups each cumulative count within tol/2
+    of its target is more than the ratios need (a split may take a larger part of the tolerance
+    when its neighbours take less). Forward, the cuts each boundary can reach with every split
+    before it fitting; backward, from the last, the reachable cut nearest its place that the
+    one after it can follow. O(splits × groups)."""
+    n, k = len(cum) - 1, len(rs)
+    if k < 2:
+        return None
+
+    def span(prev: int, r: float) -> tuple[int, int]:
+        """The cuts c after `prev` whose split (prev, c] fits ratio r: c in [lo, hi)."""
+        lo = bisect_left(cum, cum[prev] + max(1.0, total * r - tol), prev + 1)
+        hi = bisect_right(cum, cum[prev] + total * r + tol, prev + 1)
+        return lo, hi
+
+    reach: list[list[bool]] = [[j == 0 for j in range(n + 1)]]
+    for i in range(k - 1):
+        diff = [0] * (n + 2)
+        for prev in range(n + 1):
+            if reach[i][prev]:
+                lo, hi = span(prev, rs[i])
+                if lo < hi:
+                    diff[lo] += 1
+                    diff[hi] -= 1
+        row, run = [], 0
+        for j in range(n + 1):
+            run += diff[j]
+            row.append(run > 0 and j < n)  # a split after this one needs a group
+        reach.append(row)
+    last = [j for j in range(n + 1) if reach[k - 1][j] and span(j, rs[k - 1])[0] <= n < span(j, rs[k - 1])[1]]
+    if not last:
+        return None
+    cuts = [min(last, key=lambda j: (abs(j - near[k - 2]), j))]
+    for i in range(k - 2, 0, -1):
+        after = cuts[0]
+        able = [j for j in range(n + 1) if reach[i][j] and span(j, rs[i])[0] <= after < span(j, rs[i])[1]]
+        cuts.insert(0, min(able, key=lambda j: (abs(j - near[i - 1]), j)))
+    return cuts if _fits(cum, cuts, total, rs, tol) else None

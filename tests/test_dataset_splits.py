@@ -6,6 +6,7 @@ yt-dlp batches into real PostgreSQL, planned and built by the real code."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import subprocess
@@ -90,6 +91,31 @@ def test_adding_data_moves_few_samples(ratios, sizes, added) -> None:
     order = sorted(new_groups, key=lambda k: unit("s", k))
     idx = [new.assign[k] for k in order]
     assert idx == sorted(idx)
+
+
+def _fits(counts: list[int], total: int, ratios: list[float], tol: float) -> bool:
+    return all(n > 0 and abs(n - total * r) <= tol for n, r in zip(counts, ratios, strict=True))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ratios=RATIOS | st.sampled_from([{"a": 0.587, "b": 0.09, "c": 0.323}, {"a": 0.346, "b": 0.239,
+                                                                                "c": 0.119, "d": 0.296}]),
+       sizes=st.lists(st.sampled_from([1, 1, 1, 2, 3, 5, 8]), min_size=2, max_size=8), salt=st.text(max_size=3))
+def test_a_few_groups_are_refused_only_when_no_cut_fits(ratios, sizes, salt) -> None:
+    """A few groups of unequal sizes: whenever some cut of the groups in hash order puts every
+    split non-empty and within the tolerance, the assignment does too (the old cuts, each kept
+    within half the tolerance of its cumulative target, left a split empty — refused — where
+    another cut fitted: 0.587/0.09/0.323 over groups of 3, 1, 3 and 8)."""
+    groups = _groups(sizes)
+    b = balance(ratios, salt, groups)
+    rs, total = list(ratios.values()), sum(sizes)
+    ordered = [groups[k] for k in sorted(groups, key=lambda k: unit(salt, k))]
+    fitting = any(_fits([sum(ordered[a:z]) for a, z in zip((0, *cuts), (*cuts, len(ordered)), strict=True)],
+                        total, rs, b.tolerance)
+                  for cuts in itertools.combinations(range(1, len(ordered)), len(rs) - 1))
+    assert _fits(b.counts, total, rs, b.tolerance) == fitting, (b.counts, ordered, b.tolerance)
+    idx = [b.assign[k] for k in sorted(groups, key=lambda k: unit(salt, k))]
+    assert idx == sorted(idx)  # still monotone in the hash: a group moves only when a cut passes it
 
 
 def test_a_hash_draw_within_the_tolerance_is_kept_as_it_is() -> None:
