@@ -25,10 +25,13 @@ the samples' records moving (a gc compacting their shards, a sample freed) betwe
 `state_dict` and the resume. The rng is seeded from the manifest's sha256, not the version's
 number: a dataset built twice from the same data yields the same order.
 
-Worker split (`worker`, `workers`, `block`): position k of the sequence (counted from where the
-iteration starts) belongs to worker `(k // block) % workers`; each worker reads only its own
-samples. A torch DataLoader taking `block`-sized batches from its workers in turn puts them
-back in the sequence's order — the same keys in the same order for any number of workers.
+Worker split (`worker`, `workers`, `block`): the epoch's samples live when it starts (not
+withheld, below), counted from `origin` (the position the split starts at: where the
+iteration starts, kept in a worker's state), are dealt in blocks of `block`, block b to worker
+`b % workers`; each worker reads only its own samples. A torch DataLoader taking
+`block`-sized batches from its workers in turn puts them back in the sequence's order — the
+same keys in the same order for any number of workers, samples deleted before the epoch
+included (a block of a worker never has a hole its batch would fill from its next block).
 
 Liveness and safety: a sample whose node the database marks deleted or black-listed when the
 epoch starts, or that the store no longer holds or shows when its run is read or when its
@@ -80,6 +83,28 @@ STATE = 1
 
 class LoaderError(HoardError):
     exit_code = ExitCode.USAGE
+
+
+def _state_args(state: Any) -> dict[str, Any]:
+    """The constructor's arguments a state (`Loader.state_dict`) gives, or LoaderError (one
+    line) for what is not one: the wrong format, a key missing, a name or split not a string."""
+    if not isinstance(state, dict) or state.get("state") != STATE:
+        raise LoaderError(f"not a loader state (format {STATE}): {str(state)[:80]!r}; pass what "
+                          "Loader.state_dict() returned")
+    missing = [k for k in ("dataset", "split", "seed", "epoch", "position") if k not in state]
+    if missing:
+        raise LoaderError(f"the loader state lacks {missing[0]!r}; pass what Loader.state_dict() returned")
+    if not isinstance(state["dataset"], str) or not (state["split"] is None or isinstance(state["split"], str)):
+        raise LoaderError(f"the loader state's dataset {state['dataset']!r} or split {state['split']!r} is not a "
+                          "name; pass what Loader.state_dict() returned")
+    if "manifest" in state and not isinstance(state["manifest"], str):
+        raise LoaderError(f"the loader state's manifest {state['manifest']!r} is not a digest; pass what "
+                          "Loader.state_dict() returned")
+    out = {"ref": state["dataset"], "split": state["split"], "seed": state["seed"], "epoch": state["epoch"],
+           "position": state["position"], "manifest": state.get("manifest")}
+    out |= {k: state[k] for k in ("buffer", "lanes", "run_bytes", "worker", "workers", "block", "origin")
+            if k in state}
+    return out
 
 
 @dataclass
@@ -273,17 +298,27 @@ class Loader:
     def __init__(self, ref: str, split: str | None = "train", seed: int = 0, epoch: int = 0, *,
                  position: int = 0, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES,
                  decode: Callable[[bytes], Any] | None = None, worker: int = 0, workers: int = 1, block: int = 1,
-                 ahead: int = runs_mod.AHEAD, config_path: str | Path | None = None) -> None:
+                 ahead: int = runs_mod.AHEAD, config_path: str | Path | None = None, origin: int | None = None,
+                 manifest: str | None = None) -> None:
+        if origin is None:
+            origin = position
         for what, v, least in (("seed", seed, 0), ("epoch", epoch, 0), ("position", position, 0),
                                ("buffer", buffer, 1), ("lanes", lanes, 1), ("run_bytes", run_bytes, 1),
-                               ("workers", workers, 1), ("block", block, 1), ("ahead", ahead, 1)):
+                               ("workers", workers, 1), ("block", block, 1), ("ahead", ahead, 1),
+                               ("worker", worker, 0), ("origin", origin, 0)):
             if not isinstance(v, int) or isinstance(v, bool) or v < least:
                 raise LoaderError(f"Loader {what}={v!r}: a whole number of at least {least}")
-        if not 0 <= worker < workers:
+        if not worker < workers:
             raise LoaderError(f"Loader worker={worker!r}: one of 0..{workers - 1} (workers={workers})")
+        if origin > position:
+            raise LoaderError(f"Loader origin={origin}: at most position={position} (the worker split starts "
+                              "at or before where the iteration does); pass what Loader.state_dict() returned")
+        if not isinstance(ref, str) or not (split is None or isinstance(split, str)):
+            raise LoaderError(f"Loader({ref!r}, split={split!r}): a dataset version NAME@N and a split's name "
+                              "(or None); `hoard dataset list` names them")
         self.cfg = config.load(config_path)
         self.config_path = str(config_path) if config_path is not None else None
-        self.seed, self.epoch, self.position = seed, epoch, position
+        self.seed, self.epoch, self.position, self.origin = seed, epoch, position, origin
         self.buffer, self.lanes, self.run_bytes, self.ahead = buffer, lanes, run_bytes, ahead
         self.decode = decode
         self.worker, self.workers, self.block = worker, workers, block
@@ -301,6 +336,9 @@ class Loader:
                               "read a finished version, or run the same `hoard dataset build SPEC` again to finish it")
         self.ref = f"{row['name']}@{row['version']}"
         self.manifest_sha: str = row["manifest_sha256"]
+        if manifest is not None and not self.manifest_sha.startswith(manifest or "-"):
+            raise LoaderError(f"the loader state is of another {self.ref} (manifest {manifest[:16]}…, this store's "
+                              f"is {self.manifest_sha[:16]}…): a state resumes only the dataset it was saved from")
         with self._store() as store:
             every = card.read_manifest(store.get(self.manifest_sha))
         splits = sorted({s.split for s in every})
@@ -308,6 +346,10 @@ class Loader:
             raise LoaderError(f"dataset {self.ref} has no split {split!r} (its splits: {', '.join(splits) or 'none'})")
         self.split = split
         self.samples = [s for s in every if split is None or s.split == split]
+        if position > len(self.samples):
+            raise LoaderError(f"Loader position={position}: past the end of {self.ref}'s "
+                              f"{split if split is not None else 'every'} split ({len(self.samples)} samples); "
+                              "pass what Loader.state_dict() returned")
         self.shas = [bytes.fromhex(s.sha256) for s in self.samples]
         self._plan: Plan | None = None
         self._plan_epoch = -1
@@ -325,30 +367,35 @@ class Loader:
     def state_dict(self) -> dict[str, Any]:
         """Where the sequence stands: seed, epoch, position and what else fixes the order (JSON,
         well under 1 KB). At the end of an epoch: the next epoch at position 0."""
-        epoch, position = self.epoch, self.position
+        epoch, position, origin = self.epoch, self.position, self.origin
         if position >= len(self.samples):
-            epoch, position = epoch + 1, 0
-        state = {"state": STATE, "dataset": self.ref, "split": self.split, "seed": self.seed, "epoch": epoch,
-                 "position": position, "buffer": self.buffer, "lanes": self.lanes, "run_bytes": self.run_bytes}
-        if self.workers > 1:
-            state |= {"worker": self.worker, "workers": self.workers, "block": self.block}
+            epoch, position, origin = epoch + 1, 0, 0
+        state = {"state": STATE, "dataset": self.ref, "manifest": self.manifest_sha[:16], "split": self.split,
+                 "seed": self.seed, "epoch": epoch, "position": position, "buffer": self.buffer, "lanes": self.lanes,
+                 "run_bytes": self.run_bytes}
+        if self.workers > 1:  # a worker's own state: the split it is a part of, and where that starts
+            state |= {"worker": self.worker, "workers": self.workers, "block": self.block, "origin": origin}
         return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], **kwargs: Any) -> Loader:
         """The loader that goes on exactly where `state` (`state_dict`) stood; `kwargs` (decode,
-        config_path, ahead) as for the constructor."""
-        if not isinstance(state, dict) or state.get("state") != STATE:
-            raise LoaderError(f"not a loader state (format {STATE}): {str(state)[:80]!r}; pass what "
-                              "Loader.state_dict() returned")
-        try:
-            return cls(state["dataset"], state["split"], state["seed"], state["epoch"], position=state["position"],
-                       buffer=state.get("buffer", BUFFER), lanes=state.get("lanes", LANES),
-                       run_bytes=state.get("run_bytes", RUN_BYTES),
-                       worker=state.get("worker", 0), workers=state.get("workers", 1), block=state.get("block", 1),
-                       **kwargs)
-        except KeyError as e:
-            raise LoaderError(f"the loader state lacks {e.args[0]!r}; pass what Loader.state_dict() returned") from None
+        config_path, ahead) as for the constructor. The whole sequence's state resumes split over
+        any `worker`, `workers`, `block` given; a worker's own state (one with `workers`) resumes
+        that worker of that split only — refused in one line with another split."""
+        args = _state_args(state)
+        split_kw: dict[str, Any] = {k: kwargs.pop(k) for k in ("worker", "workers", "block") if k in kwargs}
+        if "workers" in args:
+            if any(args[k] != v for k, v in split_kw.items()):
+                raise LoaderError(f"the loader state is worker {args['worker']}'s of {args['workers']} (blocks of "
+                                  f"{args['block']}): it resumes that worker only; to split over other workers, resume "
+                                  "from the whole sequence's state (what one Loader or TorchDataset.state_dict gives)")
+        else:
+            args |= split_kw
+        for k in ("manifest", "origin"):
+            if k in kwargs:
+                raise LoaderError(f"from_state_dict({k}=…): the state gives it; pass the state alone")
+        return cls(args.pop("ref"), args.pop("split"), args.pop("seed"), args.pop("epoch"), **args, **kwargs)
 
     def stats(self) -> dict[str, Any]:
         """Samples and bytes yielded, bytes read per disk, replicas fallen back to, samples
@@ -372,8 +419,16 @@ class Loader:
             p = self.plan(store)
         return [self.samples[i].key for i in p.post]
 
-    def _owned(self, k: int, start: int) -> bool:
-        return ((k - start) // self.block) % self.workers == self.worker
+    def _owners(self, p: Plan, origin: int, withheld: set[bytes]) -> list[bool]:
+        """Whether this worker owns each position of the epoch: the positions from `origin` of
+        samples not withheld, dealt in blocks (the module's worker split)."""
+        mine = [False] * len(p.post)
+        rank = 0
+        for k in range(origin, len(p.post)):
+            if self.shas[p.post[k]] not in withheld:
+                mine[k] = (rank // self.block) % self.workers == self.worker
+                rank += 1
+        return mine
 
     def _withheld(self, store: Store) -> set[bytes]:
         """The samples' objects the database marks deleted or black-listed, or the store does
@@ -391,11 +446,12 @@ class Loader:
         p = self.plan(store)
         start = self.position
         withheld = self._withheld(store)
-        # what this worker reads from here: its own positions' samples, live ones
+        # what this worker reads from here: its own positions' samples (live ones: owned)
+        owned = self._owners(p, self.origin, withheld) if self.workers > 1 else None
         need = [False] * len(self.samples)
         for k in range(start, len(p.post)):
             i = p.post[k]
-            if self._owned(k, start) and self.shas[i] not in withheld:
+            if (owned[k] if owned is not None else self.shas[i] not in withheld):
                 need[i] = True
         lost = [self.samples[i] for i in range(len(self.samples)) if need[i] and p.run_of[i] < 0]
         if lost:
@@ -417,7 +473,7 @@ class Loader:
             for k in range(start, len(p.post)):
                 i = p.post[k]
                 if not need[i]:
-                    if self._owned(k, start):
+                    if owned is None:
                         self._stats["withheld"] += 1
                     self.position = k + 1
                     continue
@@ -449,7 +505,7 @@ class Loader:
         finally:
             reads.close()
         self.epoch += 1
-        self.position = 0
+        self.position = self.origin = 0
 
     def _sample(self, s: Sample, data: bytes, k: int) -> dict[str, Any]:
         out: dict[str, Any] = {"key": s.key, "sha256": s.sha256, "labels": {a: list(b) for a, b in s.labels.items()},

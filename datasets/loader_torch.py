@@ -11,7 +11,8 @@ worker in turn, so what it hands out is the sequence itself, whatever the number
 `state_dict(consumed)` is the Loader state after the first `consumed` samples this dataset's
 iteration handed out (`state_dict(last=sample)`: after that sample, exact even when samples
 were withheld): `TorchDataset.from_state_dict(state, block=…)` goes on from there, with
-any number of workers.
+any number of workers. An iteration is one epoch: `set_epoch(e)` before each (the DataLoader's
+workers iterate copies of the dataset, so it cannot move on by itself).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from hoardfs.datasets.loader import Loader
+from hoardfs.datasets.loader import Loader, LoaderError, _state_args
 
 __all__ = ["TorchDataset"]
 
@@ -34,6 +35,7 @@ class TorchDataset(IterableDataset):
         # a worker's traceback later
         probe = Loader(ref, split, seed, epoch, position=position, block=block, **kwargs)
         self.ref, self.split, self.seed, self.epoch, self.position = probe.ref, split, seed, epoch, position
+        self.manifest = probe.manifest_sha[:16]
         self.block = block
         self.kwargs = kwargs
         self.samples = len(probe)
@@ -59,12 +61,18 @@ class TorchDataset(IterableDataset):
         epoch, position = self.epoch, self.position + consumed if last is None else int(last["position"]) + 1
         if position >= self.samples:
             epoch, position = epoch + 1, 0
-        return {"state": 1, "dataset": self.ref, "split": self.split, "seed": self.seed, "epoch": epoch,
-                "position": position, **{k: self.kwargs[k] for k in ("buffer", "lanes", "run_bytes")
-                                         if k in self.kwargs}}
+        return {"state": 1, "dataset": self.ref, "manifest": self.manifest, "split": self.split, "seed": self.seed,
+                "epoch": epoch, "position": position, **{k: self.kwargs[k] for k in ("buffer", "lanes", "run_bytes")
+                                                         if k in self.kwargs}}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], block: int = 1, **kwargs: Any) -> TorchDataset:
-        extra = {k: state[k] for k in ("buffer", "lanes", "run_bytes") if k in state}
-        return cls(state["dataset"], state["split"], state["seed"], state["epoch"], position=state["position"],
-                   block=block, **extra, **kwargs)
+        """The dataset that goes on where `state` stood (this class's or a whole-sequence
+        `Loader.state_dict()`), split over the DataLoader's workers; anything else is refused
+        in one line."""
+        args = _state_args(state)
+        if "workers" in args:
+            raise LoaderError(f"the loader state is worker {args['worker']}'s of {args['workers']}: a TorchDataset "
+                              "resumes from the whole sequence's state (TorchDataset.state_dict or one Loader's)")
+        return cls(args.pop("ref"), args.pop("split"), args.pop("seed"), args.pop("epoch"), block=block, **args,
+                   **kwargs)

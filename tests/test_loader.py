@@ -281,6 +281,40 @@ def test_the_torch_wrapper_under_a_dataloader_with_two_workers(built) -> None:
     batched = TorchDataset("pets@1", "train", 7, 0, block=4, config_path=cfg.source, **SMALL)
     batches = list(DataLoader(batched, batch_size=4, num_workers=2, collate_fn=lambda b: [s["key"] for s in b]))
     assert [k for b in batches for k in b] == keys
+    for bad, match in (({"x": 1}, r"not a loader state"), ({**state, "workers": 2, "worker": 0, "block": 1},
+                                                             r"is worker 0's of 2: a TorchDataset resumes from the whole")):
+        with pytest.raises(LoaderError, match=match) as e:
+            TorchDataset.from_state_dict(bad, config_path=cfg.source)
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.services  # (importing PyPI's torch starts a process)
+@pytest.mark.needs(TORCH, "TORCH MISSING (the search extra): make search")
+def test_a_sample_deleted_before_the_epoch_leaves_dataloader_batches_in_order(built) -> None:
+    """A sample deleted before the epoch (`hoard delete --node`): a DataLoader over 2 or 3
+    workers in batches of 4 (drop_last or not) hands out the one-worker sequence without it —
+    no worker's batch filled from its next block —, and resuming after a batch with
+    `state_dict(last=…)` repeats and skips nothing."""
+    from torch.utils.data import DataLoader
+
+    from hoardfs.loader import TorchDataset
+
+    cfg, _ = built
+    whole = list(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    res = _hoard(cfg, "delete", "--node", whole[1]["sha256"])
+    assert res.returncode == 0, res.stderr
+    keys = [s["key"] for s in whole if s["key"] != whole[1]["key"]]
+    assert _keys(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)) == keys
+    for workers in (2, 3):
+        for drop_last in (False, True):
+            ds = TorchDataset("pets@1", "train", 7, 0, block=4, config_path=cfg.source, **SMALL)
+            batches = list(DataLoader(ds, batch_size=4, num_workers=workers, drop_last=drop_last,
+                                      collate_fn=lambda b: b))
+            got = [s["key"] for b in batches for s in b]
+            assert got == (keys[:len(keys) // 4 * 4] if drop_last else keys), (workers, drop_last)
+            seen = got[:8]
+            rest = _keys(Loader.from_state_dict(ds.state_dict(last=batches[1][-1]), config_path=cfg.source))
+            assert seen + rest == keys, (workers, drop_last)
 
 
 def test_an_epoch_goes_on_through_a_batch_deletion_and_a_gc(built, pg) -> None:
@@ -378,3 +412,49 @@ def test_an_epoch_goes_on_while_a_batch_is_ingested(built) -> None:
     assert not (zone3a / batch.batch_id).exists()  # ingested, done
     got += [s["key"] for s in it]
     assert got == whole
+
+
+def test_a_workers_own_state_resumes_that_worker(built) -> None:
+    """One worker of a split (2 workers in blocks of 1, 3 in blocks of 2) stopped after two
+    samples resumes from its own state with exactly the rest of its part; that state is refused
+    in one line for another split, and the whole sequence's state splits over any workers."""
+    cfg, _ = built
+    keys = _keys(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    for workers, block in ((2, 1), (3, 2)):
+        for w in range(workers):
+            split = {"worker": w, "workers": workers, "block": block}
+            part = _keys(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **split, **SMALL))
+            ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **split, **SMALL)
+            it = iter(ld)
+            got = [next(it)["key"] for _ in range(2)]
+            state = json.loads(json.dumps(ld.state_dict()))
+            it.close()
+            assert got + _keys(Loader.from_state_dict(state, config_path=cfg.source)) == part, (workers, block, w)
+    with pytest.raises(LoaderError, match=r"it resumes that worker only; to split over other workers") as e:
+        Loader.from_state_dict(state, config_path=cfg.source, workers=4)
+    assert "\n" not in str(e.value)
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    it = iter(ld)
+    seen = [next(it)["key"] for _ in range(5)]
+    whole_state = ld.state_dict()
+    it.close()
+    parts = [_keys(Loader.from_state_dict(whole_state, config_path=cfg.source, worker=w, workers=2))
+             for w in range(2)]
+    rest = [k for pair in zip(*parts, strict=False) for k in pair] + parts[0][len(parts[1]):]
+    assert seen + rest == keys
+
+
+def test_forged_or_foreign_states_are_refused_in_one_line(built, pg) -> None:
+    """A state past the end of its epoch, with a dataset that is not a name, or saved from
+    another dataset of the same name and version (another manifest): a LoaderError of one line
+    naming it, never an epoch silently skipped or another order."""
+    cfg, _ = built
+    state = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL).state_dict()
+    n = len(Loader("pets@1", "train", config_path=cfg.source))
+    for bad, match in (({**state, "position": n + 1}, rf"position={n + 1}: past the end of pets@1's train split"),
+                       ({**state, "dataset": 5}, r"dataset 5 or split 'train' is not a name"),
+                       ({**state, "manifest": "0" * 16}, r"the loader state is of another pets@1 \(manifest 0000"),
+                       ({**state, "origin": state["position"] + 1}, r"origin=1: at most position=0")):
+        with pytest.raises(LoaderError, match=match) as e:
+            Loader.from_state_dict(bad, config_path=cfg.source)
+        assert "\n" not in str(e.value)
