@@ -327,3 +327,19 @@ def test_a_label_holding_nul_is_refused_naming_its_task() -> None:
                                               "type": "textarea", "value": {"text": ["bad\x00text"]}}))
     line = _one_line(e)
     assert "task 3" in line and "caption" in line and "NUL" in line
+
+
+def test_a_rating_past_a_floats_range_or_not_finite_is_one_line_not_a_traceback() -> None:
+    """A rating Label Studio holds as an integer past a float's range (10**400, written by its
+    API) keeps its raw `ls:` row; a value holding NaN or an infinity (Python's JSON reads
+    `Infinity`) is refused in one line naming the task and the control."""
+    huge = {"id": "h", "from_name": "quality", "to_name": "image", "type": "rating", "value": {"rating": 10**400}}
+    rows = lsc.annotations_to_labels(_answer(8, huge))
+    assert [k for _s, k, _v in rows] == ["ls:quality"] and str(10**400) in rows[0][2]
+    for bad in ({"rating": float("inf")}, {"x": float("nan"), "y": 1, "width": 2, "height": 3}):
+        kind = "rating" if "rating" in bad else "rectanglelabels"
+        with pytest.raises(LabelStudioError) as e:
+            lsc.annotations_to_labels(_answer(9, {"id": "z", "from_name": "quality", "to_name": "image",
+                                                  "type": kind, "value": bad}))
+        line = _one_line(e)
+        assert "task 3" in line and "quality" in line and "not finite" in line

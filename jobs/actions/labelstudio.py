@@ -494,9 +494,15 @@ def answer_values(result: dict[str, Any]) -> list[str] | None:
         return None
     got = value.get(field)
     if field == "rating":
-        if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got):
+        if isinstance(got, bool) or not isinstance(got, (int, float)):
             return None
-        return [str(int(got)) if float(got).is_integer() else repr(float(got))]
+        try:
+            number = float(got)  # an integer past a float's range (10**400) raises: not a rating
+        except OverflowError:
+            return None
+        if not math.isfinite(number):
+            return None
+        return [str(int(got)) if number.is_integer() else repr(number)]
     if not isinstance(got, list) or not got:
         return None
     if field == "taxonomy":
@@ -535,7 +541,15 @@ def annotations_to_labels(export_json: Sequence[dict[str, Any]]) -> list[tuple[s
                                    ExitCode.DATA)
         for ann in annotations:
             for result in ann.get("result") or []:
-                for key, value in labels_of(int(ann["id"]), result):
+                try:
+                    got = labels_of(int(ann["id"]), result)
+                except ValueError:  # NaN or an infinity in its value: no JSON (canonical) can hold it
+                    raise LabelStudioError(
+                        f"Label Studio task {task.get('id')} (node {sha}): region {display(str(result.get('id')))} "
+                        f"of {display(str(result.get('from_name')))} holds a number that is not finite (NaN or an "
+                        "infinity), which a label cannot; edit it in Label Studio and run again",
+                        ExitCode.DATA) from None
+                for key, value in got:
                     where = (f"Label Studio task {task.get('id')} (node {sha}): region "
                              f"{display(str(result.get('id')))} of {display(key)}")
                     if len(key.encode()) + len(value.encode()) > MAX_LABEL_BYTES:
