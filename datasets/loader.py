@@ -273,7 +273,13 @@ def _shared_store(cfg: config.Settings) -> Iterator[Store]:
     with _OPEN_LOCK:
         got = _OPEN.get(key)
         if got is None or got[2] != os.getpid():
-            got = [Store.open(cfg, writable=False, lock="readers", what="a training loader"), 0, os.getpid()]
+            try:
+                got = [Store.open(cfg, writable=False, lock="readers", what="a training loader"), 0, os.getpid()]
+            except PermissionError as e:  # a user who may only read: the lock files are written
+                raise LoaderError(f"this user cannot open the store for a training loader ({e.strerror}: "
+                                  f"{e.filename or e}): it shares the `readers` lock and LMDB's reader table, "
+                                  "both written — run it as the store's user or a member of its group "
+                                  "(docs/security.md)", ExitCode.UNAVAILABLE) from None
             _OPEN[key] = got
         got[1] += 1
     try:

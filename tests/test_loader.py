@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import pickle
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from hoardfs.adapters.synth import Spec, generate
+from hoardfs.base import config
 from hoardfs.datasets.loader import Mix, plan
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.maintenance.deletion import hide
@@ -24,7 +27,7 @@ from hoardfs.fsd.outputs.runs import assign, read_run
 from hoardfs.fsd.store import Store
 from hoardfs.loader import Loader, LoaderError
 from hoardfs.sql import datasets as sqld
-from tests.helpers import flip_byte
+from tests.helpers import flip_byte, worker_reachable_home
 from tests.test_datasets import _build, _hoard, _label, _spec
 from tests.test_ingest import ingest_sample
 
@@ -458,3 +461,28 @@ def test_forged_or_foreign_states_are_refused_in_one_line(built, pg) -> None:
         with pytest.raises(LoaderError, match=match) as e:
             Loader.from_state_dict(bad, config_path=cfg.source)
         assert "\n" not in str(e.value)
+
+
+def test_a_user_who_may_only_read_the_store_is_told_in_one_line(built) -> None:
+    """A loader made by the store's user, iterated by a user who may only read the store's files
+    (nobody, a copy of the home readable by all): refused by a LoaderError of one line naming
+    the file and what to run it as — no PermissionError traceback, nothing written."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with worker_reachable_home(Path(cfg.source).parent) as home:
+        shutil.rmtree(home)
+        shutil.copytree(Path(cfg.source).parent, home, symlinks=True)
+        subprocess.run(["chmod", "-R", "a+rX,go-w", str(home)], check=True)
+        ld.cfg = config.load(home / "hoard.toml")
+        (home / "loader.pickle").write_bytes(pickle.dumps(ld))
+        before = sorted((str(p), p.stat().st_mtime_ns) for p in home.rglob("*"))
+        code = ("import pickle, sys\nld = pickle.load(open(sys.argv[1], 'rb'))\ntry:\n    list(ld)\n"
+                "except Exception as e:\n    print(type(e).__name__, e)\n")
+        res = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+                              "-c", code, str(home / "loader.pickle")], capture_output=True, text=True, timeout=120,
+                             cwd="/")
+        assert sorted((str(p), p.stat().st_mtime_ns) for p in home.rglob("*")) == before
+    assert res.returncode == 0 and not res.stderr, res.stderr
+    assert res.stdout.startswith("LoaderError this user cannot open the store for a training loader (Permission "
+                                 "denied: ") and "run it as the store's user or a member of its group" in res.stdout
+    assert res.stdout.count("\n") == 1
