@@ -14,6 +14,7 @@ import pytest
 from tests.helpers import write_contract
 from tests.test_action_runs import action_home, hoard
 from tests.test_action_workers import inputs_of
+from tests.test_truthful_status import live_worker
 
 pytestmark = pytest.mark.services
 
@@ -94,3 +95,34 @@ def test_the_final_apply_wins_over_a_row_collected_from_a_half_written_file(hoar
     mine = sorted((s, v) for s, v, o in labels if o == "action:edgy")
     assert mine == sorted([(shas[0], "sharp"), (shas[1], "grainy"), (shas[2], "sharp")]), labels
     assert [(s, v) for s, v, o in labels if o != "action:edgy"] == [(shas[2], "soft")], labels
+
+
+def test_collect_of_a_run_being_cancelled_is_refused_and_writes_nothing(hoard_home: Path, pg, redis_conn) -> None:
+    """`hoard action cancel RUN` while a step of the waiting run holds its lock (its poll) only
+    asks for the cancel; a collect after that takes nothing from the run: one line naming the
+    cancel and the way on, no row written; status names `hoard action cancel RUN`, which ends it."""
+    from hoardfs.base.files import flocked
+    from hoardfs.jobs.actions.state import lock_path
+
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=659, items=2)
+    write_contract(cfg, "edgy", CONTRACT.format(batch=batch))
+    rid = json.loads(hoard(cfg.source, "action", "run", "edgy", "--json").stdout)["run"]
+    assert hoard(cfg.source, "worker", "--burst").returncode == 0
+    shas = inputs_of(cfg, batch)
+    out = cfg.ssd.zone_path("3C") / rid / "by_sha256" / "output"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "edges.jsonl").write_text(line(shas[0], 0.5, "sharp"))
+    with flocked(lock_path(cfg, rid)):  # as the run's poll holds it while it looks
+        asked = hoard(cfg.source, "action", "cancel", rid)
+    assert asked.returncode == 0 and "cancel asked" in asked.stdout, asked.stdout + asked.stderr
+    got = hoard(cfg.source, "action", "collect", rid)
+    lines = [ln for ln in (got.stdout + got.stderr).splitlines() if ln.strip()]
+    assert got.returncode == 2 and len(lines) == 1, lines
+    assert "cancel" in lines[0] and f"hoard action cancel {rid}" in lines[0] and "Traceback" not in lines[0], lines
+    with psycopg.connect(cfg.database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM result_canny WHERE batch_id = %s", [rid]).fetchone()[0] == 0
+    with live_worker(redis_conn):  # its queue served: the next command is the cancel, not a collect
+        doc = json.loads(hoard(cfg.source, "action", "status", rid, "--json").stdout)
+    assert doc["next"] == f"hoard action cancel {rid}", doc
+    done = hoard(cfg.source, "action", doc["next"].split()[2], rid)
+    assert done.returncode == 0 and f"run {rid}: cancelled" in done.stdout, done.stdout + done.stderr

@@ -40,6 +40,7 @@ from hoardfs.jobs.actions.state import (
     ActionError,
     RunState,
     Status,
+    cancel_flag,
     check_id,
     load_state,
     lock_path,
@@ -82,6 +83,9 @@ def collect(cfg: Settings, rid: str) -> dict[str, Any]:
             raise ActionError(f"run {rid} is {st.status} at step {st.step}: collect takes what a run waiting for an "
                               "external worker or for its labellers produced so far; `hoard action status "
                               f"{rid}` names its next command")
+        if cancel_flag(cfg, rid).exists():  # a cancel asked while a step held the lock: nothing more is applied
+            raise ActionError(f"run {rid} is being cancelled (`hoard action cancel` asked it while a step ran): "
+                              f"nothing collected; `hoard action cancel {rid}` again ends it now")
         intent = _labels_intent(cfg, st) if st.status == Status.WAITING_LABELS.value else _external_intent(cfg, st)
         body = {k: v for k, v in intent.items() if k != "key"}
         digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

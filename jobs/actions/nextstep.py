@@ -4,6 +4,7 @@ what a person types to move the run on from where it is, or None where nothing i
     waiting at its GPU gate          `hoard action release RUN`
     released, or queued / waiting,   `hoard worker` (`--queues Q` when other queues are served;
       with no worker on its queue      a --remote run's host: one with [worker] remote = true)
+    a cancel asked while a step ran  `hoard action cancel RUN` (again: it ends the run now)
     waiting for an external worker   `hoard action collect RUN` (what it wrote so far)
       or for its labellers
     failed, cancelled, its job lost  `hoard action resume RUN`
@@ -17,7 +18,7 @@ from __future__ import annotations
 import redis
 
 from hoardfs.base.config import Settings
-from hoardfs.jobs.actions.state import QUEUE_OF, WAITING, RunState, Status, resume_line
+from hoardfs.jobs.actions.state import QUEUE_OF, WAITING, RunState, Status, cancel_flag, resume_line
 from hoardfs.jobs.queues import QUEUES, connect, unserved_queues
 from hoardfs.jobs.remote import QUEUE as REMOTE_QUEUE
 
@@ -72,6 +73,8 @@ def next_command(cfg: Settings, st: RunState, shown: str, *, stalled: bool, refu
     unserved = [q for q in queues_of(st) if idle is not None and q in idle]
     if unserved:
         return worker_command(unserved[0], idle or []).strip("`").split("`")[0]
+    if cancel_flag(cfg, rid).exists():  # a cancel asked while a step ran: asking again ends it now
+        return f"hoard action cancel {rid}"
     if shown in (Status.WAITING_EXTERNAL.value, Status.WAITING_LABELS.value):
         return f"hoard action collect {rid}"
     return None
