@@ -11,8 +11,13 @@ worker in turn, so what it hands out is the sequence itself, whatever the number
 `state_dict(consumed)` is the Loader state after the first `consumed` samples this dataset's
 iteration handed out (`state_dict(last=sample)`: after that sample, exact even when samples
 were withheld): `TorchDataset.from_state_dict(state, block=…)` goes on from there, with
-any number of workers. An iteration is one epoch: `set_epoch(e)` before each (the DataLoader's
-workers iterate copies of the dataset, so it cannot move on by itself).
+any number of workers.
+
+An iteration is one epoch; each copy of the dataset moves on by itself, one epoch per
+iteration, from the epoch it was given (the first from `position`, the rest from their
+start): the main process's (num_workers=0) and a persistent worker's (persistent_workers=True,
+which iterates its one copy every epoch — a `set_epoch` in the main process never reaches it).
+Workers that are not persistent get a fresh copy each epoch: `set_epoch(e)` before each.
 """
 
 from __future__ import annotations
@@ -39,18 +44,26 @@ class TorchDataset(IterableDataset):
         self.block = block
         self.kwargs = kwargs
         self.samples = len(probe)
+        self.iterations = 0  # of this copy since its epoch was set
 
     def __len__(self) -> int:
-        return max(0, self.samples - self.position)
+        return max(0, self.samples - self._now()[1])
 
     def set_epoch(self, epoch: int) -> None:
         """The next iteration is epoch `epoch`, from its start."""
-        self.epoch, self.position = epoch, 0
+        self.epoch, self.position, self.iterations = epoch, 0, 0
+
+    def _now(self) -> tuple[int, int]:
+        """The epoch this copy's current (or next, before any) iteration reads, and its start."""
+        n = max(0, self.iterations - 1)
+        return self.epoch + n, self.position if n == 0 else 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        ld = Loader(self.ref, self.split, self.seed, self.epoch, position=self.position, worker=worker,
+        self.iterations += 1
+        epoch, position = self._now()
+        ld = Loader(self.ref, self.split, self.seed, epoch, position=position, worker=worker,
                     workers=workers, block=self.block, **self.kwargs)
         yield from ld
 
@@ -58,7 +71,10 @@ class TorchDataset(IterableDataset):
         """The Loader state after `consumed` samples of this iteration were handed out — or,
         exactly even when samples were withheld (deleted meanwhile: their positions passed
         over), after the sample `last` (the last one handed out: its `position`)."""
-        epoch, position = self.epoch, self.position + consumed if last is None else int(last["position"]) + 1
+        epoch, start = self._now()
+        position = start + consumed
+        if last is not None:  # (the sample names its own epoch and position)
+            epoch, position = int(last["epoch"]), int(last["position"]) + 1
         if position >= self.samples:
             epoch, position = epoch + 1, 0
         return {"state": 1, "dataset": self.ref, "manifest": self.manifest, "split": self.split, "seed": self.seed,

@@ -486,3 +486,30 @@ def test_a_user_who_may_only_read_the_store_is_told_in_one_line(built) -> None:
     assert res.stdout.startswith("LoaderError this user cannot open the store for a training loader (Permission "
                                  "denied: ") and "run it as the store's user or a member of its group" in res.stdout
     assert res.stdout.count("\n") == 1
+
+
+@pytest.mark.services  # (importing PyPI's torch starts a process)
+@pytest.mark.needs(TORCH, "TORCH MISSING (the search extra): make search")
+def test_each_dataloader_iteration_is_the_next_epoch(built) -> None:
+    """Persistent DataLoader workers (which never see the main process's `set_epoch`) and
+    num_workers=0 without `set_epoch` read epoch 1 on the second iteration — not epoch 0 again —,
+    and the state after it names epoch 1."""
+    from torch.utils.data import DataLoader
+
+    from hoardfs.loader import TorchDataset
+
+    cfg, _ = built
+    e0, e1 = (_keys(Loader("pets@1", "train", 7, e, config_path=cfg.source, **SMALL)) for e in (0, 1))
+    assert e0 != e1
+    for workers, persistent in ((2, True), (0, False)):
+        ds = TorchDataset("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+        dl = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=persistent)
+        assert [s["key"] for s in dl] == e0
+        ds.set_epoch(1)
+        second = list(dl)
+        assert [s["key"] for s in second] == e1, (workers, persistent)
+        assert ds.state_dict(3)["epoch"] == ds.state_dict(last=second[2])["epoch"] == 1
+        assert ds.state_dict(last=second[2])["position"] == 3
+    ds = TorchDataset("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    assert [[s["key"] for s in ds] for _ in range(2)] == [e0, e1]
+    assert ds.state_dict(3) == {**ds.state_dict(0), "position": 3} and ds.state_dict(0)["epoch"] == 1
