@@ -419,11 +419,12 @@ class Loader:
         return self._plan
 
     def order(self) -> list[str]:
-        """The keys of the epoch's sequence (no byte read): what iterating yields, withheld
-        samples left out."""
+        """The keys of the epoch's whole sequence (no byte read): what iterating it from its
+        start yields, the samples withheld now left out."""
         with self._store() as store:
             p = self.plan(store)
-        return [self.samples[i].key for i in p.post]
+            withheld = self._withheld(store)
+        return [self.samples[i].key for i in p.post if self.shas[i] not in withheld]
 
     def _owners(self, p: Plan, origin: int, withheld: set[bytes]) -> list[bool]:
         """Whether this worker owns each position of the epoch: the positions from `origin` of
