@@ -319,6 +319,8 @@ class Loader:
         if origin > position:
             raise LoaderError(f"Loader origin={origin}: at most position={position} (the worker split starts "
                               "at or before where the iteration does); pass what Loader.state_dict() returned")
+        if decode is not None and not callable(decode):
+            raise LoaderError(f"Loader decode={decode!r}: a function of a sample's bytes (or None: `bytes` yielded)")
         if not isinstance(ref, str) or not (split is None or isinstance(split, str)):
             raise LoaderError(f"Loader({ref!r}, split={split!r}): a dataset version NAME@N and a split's name "
                               "(or None); `hoard dataset list` names them")

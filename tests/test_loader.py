@@ -198,8 +198,9 @@ def test_a_dataset_built_twice_yields_the_same_order(built) -> None:
 
 def test_the_store_is_found_as_the_cli_finds_it_and_bad_input_is_one_line(built, pg, monkeypatch) -> None:
     """No config_path: HOARD_CONFIG names the store; split=None reads every split, decode=
-    yields `data`; an unknown version or split, a bad seed, a state that is not one, a version
-    still building: each a LoaderError or DatasetError of one line."""
+    yields `data`; an unknown version or split, a bad seed, a state that is not one, a decode
+    that is not a function, a version still building: each a LoaderError or DatasetError of one
+    line."""
     cfg, _ = built
     monkeypatch.setenv("HOARD_CONFIG", str(cfg.source))
     ld = Loader("pets@1", split="train", seed=7, epoch=0)
@@ -210,7 +211,8 @@ def test_the_store_is_found_as_the_cli_finds_it_and_bad_input_is_one_line(built,
     for bad, match in ((lambda: Loader("pets@9"), r"no dataset pets@9 \(its versions: 1\)"),
                        (lambda: Loader("pets@1", split="test"), r"no split 'test' \(its splits: train, val\)"),
                        (lambda: Loader("pets@1", seed=-1), r"seed=-1: a whole number"),
-                       (lambda: Loader.from_state_dict({"x": 1}), r"not a loader state")):
+                       (lambda: Loader.from_state_dict({"x": 1}), r"not a loader state"),
+                       (lambda: Loader("pets@1", decode="jpeg"), r"decode='jpeg': a function of a sample's bytes")):
         with pytest.raises(Exception, match=match) as e:
             bad()
         assert "\n" not in str(e.value)
