@@ -521,3 +521,32 @@ def test_ac5_cancel_removes_unlabelled_tasks_of_a_waiting_and_of_a_released_run(
     st = load_state(cfg, waiting)
     assert st.status == "cancelled" and st.report["label_studio"]["withdrawn"] == len(tasks) - 1
     assert [t["id"] for t in run_tasks(label_studio, cfg, waiting)] == [mine[1]["id"]]
+
+
+def test_ac5_a_kept_task_whose_stage_was_deleted_by_hand_is_not_taken_over(
+        hoard_home: Path, pg, redis_conn, label_studio: Server) -> None:
+    """Released with 1 of N labelled, then the run's kept stage deleted from 3C by hand (its
+    unlabelled tasks' images answer 404): a run over those nodes does not take the broken tasks
+    over — it imports its own, whose images load, and the broken ones leave the project (each
+    node has one task)."""
+    import shutil
+
+    cfg = ls_home(hoard_home, pg, redis_conn, label_studio, seed=148)
+    rid, tasks, project = _released_with_one_labelled(cfg, label_studio)
+    rest = tasks[1:]
+    shutil.rmtree(cfg.ssd.zone_path("3C") / rid)
+    assert [_image(label_studio, t) for t in rest] == [404] * len(rest)
+    nodes = hoard_home / "rest.txt"
+    nodes.write_text("".join(t["data"][lsc.SHA_KEY] + "\n" for t in rest))
+    res = hoard(cfg.source, "action", "run", ACTION, "--nodes", str(nodes), "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    again = json.loads(res.stdout)["run"]
+    burst(cfg)
+    st = load_state(cfg, again)
+    assert st.status == "waiting_labels", st.error
+    assert (st.report["label_studio"]["imported"], st.report["label_studio"]["taken_over"]) == (len(rest), 0)
+    mine = run_tasks(label_studio, cfg, again)
+    assert [_image(label_studio, t) for t in mine] == [200] * len(rest)
+    by_node = _by_node(label_studio, cfg, project)
+    assert all(len(by_node[t["data"][lsc.SHA_KEY]]) == 1 for t in tasks), by_node
+    assert load_state(cfg, rid).report["label_studio"]["kept"] == 0

@@ -558,9 +558,16 @@ def _step_tasks(cfg: Settings, st: RunState) -> None:
     # kept in 3C): taken over, never imported twice — found in hoard's own list of those runs,
     # never by what a task's data says (any project member may write that)
     kept: dict[str, str] = {}
+    zone = cfg.ssd.zone_path("3C")
     for k in _kept_runs(cfg, st.action, ls.url, project, but=st.run_id):
+        broken = []
         for sha, path in _pairs(cfg, k.run_id, LS_OPEN) or []:
-            kept.setdefault(sha, path)
+            if (zone / path).is_file():
+                kept.setdefault(sha, path)
+            else:  # its image deleted from 3C by hand: a task nobody can label; this run imports its own
+                broken.append((sha, path))
+        if broken:  # out of the project (unlabelled ones), and out of that run's kept list
+            _forget_kept(cfg, k, broken, withdraw_tasks(cfg, k, broken))
     there = labelstudio.task_index(ls, project) if kept else {}
     mine = [(t.sha256, kept[t.sha256]) if (t.sha256, kept.get(t.sha256)) in there else (t.sha256, t.path)
             for t in own]
@@ -745,6 +752,20 @@ def withdraw_tasks(cfg: Settings, st: RunState, tasks: list[tuple[str, str]]) ->
     after = {t: v for t, v in there.items() if t not in set(gone)}
     _prune(cfg, _kept_runs(cfg, st.action, lsr.get("url"), lsr.get("project"), but=st.run_id), after, set())
     return [t for t in tasks if t in after and t in claimed and not after[t]["labelled"]]
+
+
+def _forget_kept(cfg: Settings, k: RunState, tasks: list[tuple[str, str]], waited: list[tuple[str, str]]) -> None:
+    """Kept run `k` keeps `tasks` no more, but those another run waits for (`waited`)."""
+    with flocked(lock_path(cfg, k.run_id)):
+        now_st = load_state(cfg, k.run_id)
+        if now_st is None:
+            return
+        drop = set(tasks) - set(waited)
+        left = [t for t in _pairs(cfg, k.run_id, LS_OPEN) or [] if t not in drop]
+        write_work(cfg, k.run_id, LS_OPEN, left)
+        now_st.report.setdefault("label_studio", {})["kept"] = len(left)
+        save_state(cfg, now_st)
+    _drop_unshown(cfg, k.action, k.run_id)
 
 
 def cancel_kept(cfg: Settings, rid: str) -> RunState:
