@@ -126,3 +126,42 @@ def test_collect_of_a_run_being_cancelled_is_refused_and_writes_nothing(hoard_ho
     assert doc["next"] == f"hoard action cancel {rid}", doc
     done = hoard(cfg.source, "action", doc["next"].split()[2], rid)
     assert done.returncode == 0 and f"run {rid}: cancelled" in done.stdout, done.stdout + done.stderr
+
+
+def test_status_of_a_run_driven_here_names_collect_not_a_worker(hoard_home: Path, pg, redis_conn) -> None:
+    """An external run that `hoard action run --here` drives (it polls in the foreground, no
+    worker anywhere): status names `hoard action collect RUN`, not `hoard worker` — the command
+    it names works — and health warns of no queue."""
+    import subprocess
+    import sys
+    import time
+
+    from hoardfs.base import config
+    from hoardfs.jobs.actions import api
+    from tests.test_truthful_status import queue_warnings
+
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=661, items=2)
+    write_contract(cfg, "edgy", CONTRACT.format(batch=batch))
+    here = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg.source), "action", "run", "edgy",
+                             "--here"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            runs = api.runs(cfg)
+            if runs and runs[0]["status"] == "waiting_external":
+                break
+            assert here.poll() is None, here.communicate()
+            time.sleep(0.3)
+        (rid,) = [r["run"] for r in api.runs(cfg)]
+        doc = json.loads(hoard(cfg.source, "action", "status", rid, "--json").stdout)
+        assert doc["status"] == "waiting_external" and doc["next"] == f"hoard action collect {rid}", doc
+        assert queue_warnings(config.load(cfg.source)) == []
+        res = hoard(cfg.source, *doc["next"].split()[1:])
+        assert res.returncode == 0 and "collected 0 children" in res.stdout, res.stdout + res.stderr
+    finally:
+        here.terminate()
+        try:
+            here.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            here.kill()
+            here.wait()

@@ -3,7 +3,8 @@ what a person types to move the run on from where it is, or None where nothing i
 
     waiting at its GPU gate          `hoard action release RUN`
     released, or queued / waiting,   `hoard worker` (`--queues Q` when other queues are served;
-      with no worker on its queue      a --remote run's host: one with [worker] remote = true)
+      with no worker on its queue      a --remote run's host: one with [worker] remote = true),
+                                       unless `hoard action run --here` drives it (its here-lock)
     a cancel asked while a step ran  `hoard action cancel RUN` (again: it ends the run now)
     waiting for an external worker   `hoard action collect RUN` (what it wrote so far)
       or for its labellers
@@ -15,10 +16,13 @@ what a person types to move the run on from where it is, or None where nothing i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis
 
 from hoardfs.base.config import Settings
-from hoardfs.jobs.actions.state import QUEUE_OF, WAITING, RunState, Status, cancel_flag, resume_line
+from hoardfs.base.files import flocked
+from hoardfs.jobs.actions.state import QUEUE_OF, WAITING, RunState, Status, cancel_flag, here_lock_path, resume_line
 from hoardfs.jobs.queues import QUEUES, connect, unserved_queues
 from hoardfs.jobs.remote import QUEUE as REMOTE_QUEUE
 
@@ -55,6 +59,15 @@ def idle_queues(cfg: Settings, conn: redis.Redis | None = None) -> list[str] | N
         return None
 
 
+def held(path: Path) -> bool:
+    """Whether a process holds the lock file `path` (`hoard action run --here` holds its run's)."""
+    try:
+        with flocked(path, wait=False):
+            return False
+    except BlockingIOError:
+        return True
+
+
 def next_command(cfg: Settings, st: RunState, shown: str, *, stalled: bool, refused: str | None,
                  conn: redis.Redis | None = None) -> str | None:
     """The next command of run `st` (the table above) shown as `shown` (`api.describe`):
@@ -70,7 +83,8 @@ def next_command(cfg: Settings, st: RunState, shown: str, *, stalled: bool, refu
     if shown == Status.WAIT_GPU_READY.value and not st.gate.get("released"):
         return f"hoard action release {rid}"
     idle = idle_queues(cfg, conn)
-    unserved = [q for q in queues_of(st) if idle is not None and q in idle]
+    here = held(here_lock_path(cfg, rid))  # `hoard action run --here` drives it: no worker needed
+    unserved = [q for q in queues_of(st) if idle is not None and q in idle and not here]
     if unserved:
         return worker_command(unserved[0], idle or []).strip("`").split("`")[0]
     if cancel_flag(cfg, rid).exists():  # a cancel asked while a step ran: asking again ends it now
