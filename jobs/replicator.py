@@ -9,7 +9,8 @@ queues `hoardfs.jobs.maintenance.run("replicate", …)` — the launch page's re
 the `maintenance` queue, as job REPLICATE_JOB.
 
 Never two at once: the job has one id, and it is queued only when no job of that id waits or
-runs on a live worker (however many workers run, whichever queues it first); the replicate
+runs on a live worker (however many workers run, whichever queues it first: one process looks
+and queues at a time, `QUEUEING`); the replicate
 itself holds the store's maintenance lock (one of gc, replicate, rebuild at a time). An
 install (no `[embedded]`) gets no thread: its timer does the work, and both never run it.
 """
@@ -43,9 +44,26 @@ def scheduled(cfg: Settings, queues: list[str]) -> bool:
     return cfg.embedded is not None and QUEUE in queues and cfg.worker.replicate_every_s > 0 and not cfg.worker.remote
 
 
+#: held (SET NX, expiring) while one process looks for the job and queues it: two workers that
+#: look at once would both find none and queue it twice — the id twice on the queue, the job run
+#: twice
+QUEUEING = "rq:hoard:replicate-queueing"
+QUEUEING_TTL_S = 30
+
+
 def queue_replicate(cfg: Settings, conn: redis.Redis) -> bool:
-    """Queue the replicate job unless one waits or runs on a live worker; True when queued. A
-    job of that id that ended (done, failed) or whose worker died is replaced."""
+    """Queue the replicate job unless one waits or runs on a live worker, or another process is
+    queueing it now; True when queued. A job of that id that ended (done, failed) or whose
+    worker died is replaced."""
+    if not conn.set(QUEUEING, "1", nx=True, ex=QUEUEING_TTL_S):
+        return False
+    try:
+        return _queue_replicate(cfg, conn)
+    finally:
+        conn.delete(QUEUEING)
+
+
+def _queue_replicate(cfg: Settings, conn: redis.Redis) -> bool:
     try:
         job = fetch_job(REPLICATE_JOB, conn)
         status = job.get_status(refresh=True)
