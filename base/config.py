@@ -289,6 +289,18 @@ class LabelStudioConfig(BaseModel):
     #: seconds one request may take
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
 
+    @field_validator("url")
+    @classmethod
+    def _parses(cls, url: str | None) -> str | None:
+        # its host and port are read wherever it is used (`hoard labelstudio`, AC5): one that
+        # does not parse ("…:notaport", "…:99999", "http://[::1") is refused here, named
+        if url is not None:
+            try:
+                _ = urlsplit(url).port
+            except ValueError as e:
+                raise ValueError(f"not a URL with a valid host and port ({e}); write it as http://HOST:PORT") from None
+        return url
+
     @field_validator("files_root", "document_root")
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
