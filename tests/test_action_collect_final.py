@@ -165,3 +165,23 @@ def test_status_of_a_run_driven_here_names_collect_not_a_worker(hoard_home: Path
         except subprocess.TimeoutExpired:
             here.kill()
             here.wait()
+
+
+def test_a_remote_run_with_the_servers_worker_alive_names_a_remote_hosts_worker(hoard_home: Path, pg,
+                                                                                 redis_conn) -> None:
+    """A --remote run waiting for a host while the server's own `hoard worker` serves every
+    queue but `remote`: the next command is a worker on a host whose hoard.toml says
+    `[worker] remote = true` — not a bare `hoard worker`, which the server runs already and
+    which would not serve `remote`."""
+    from hoardfs.base import config
+    from hoardfs.jobs.actions.nextstep import next_command
+    from hoardfs.jobs.actions.state import load_state
+    from hoardfs.jobs.queues import QUEUES
+    from tests.test_remote_actions import _recorded
+
+    cfg = config.load(hoard_home / "hoard.toml")
+    rid = _recorded(cfg, "waiting_remote")
+    st = load_state(cfg, rid)
+    with live_worker(redis_conn, QUEUES):
+        got = next_command(cfg, st, st.status, stalled=False, refused=None, conn=redis_conn)
+    assert got is not None and got.startswith("hoard worker on a host") and "remote = true" in got, got

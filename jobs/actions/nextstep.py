@@ -85,8 +85,8 @@ def next_command(cfg: Settings, st: RunState, shown: str, *, stalled: bool, refu
     idle = idle_queues(cfg, conn)
     here = held(here_lock_path(cfg, rid))  # `hoard action run --here` drives it: no worker needed
     unserved = [q for q in queues_of(st) if idle is not None and q in idle and not here]
-    if unserved:
-        return worker_command(unserved[0], idle or []).strip("`").split("`")[0]
+    if unserved:  # (the `remote` queue's worker runs on another host: said with the command)
+        return worker_command(unserved[0], idle or []).replace("`", "")
     if cancel_flag(cfg, rid).exists():  # a cancel asked while a step ran: asking again ends it now
         return f"hoard action cancel {rid}"
     if shown in (Status.WAITING_EXTERNAL.value, Status.WAITING_LABELS.value):
