@@ -1,7 +1,9 @@
 """`hoard action collect RUN` takes what a waiting run produced so far; the run's own apply takes
 that back and writes its final outputs (jobs/actions/collect.py, steps.withdraw_collected): a
-row collected from a file the worker had not finished does not outlive the run. Real
-PostgreSQL, Redis and `hoard` processes; the external worker is this test writing its files."""
+row collected from a file the worker had not finished does not outlive the run. A run being
+cancelled is not collected, and `hoard action status` names a command that works for runs
+driven by --here, being cancelled, or waiting for a remote host (jobs/actions/nextstep.py).
+Real PostgreSQL, Redis and `hoard` processes; the external worker is this test writing its files."""
 
 from __future__ import annotations
 
