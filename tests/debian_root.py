@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers import needs_private_mounts
+
 #: the cached base (about 250 MB); HOARD_DEBIAN_ROOT_CACHE moves it
 CACHE = Path(os.environ.get("HOARD_DEBIAN_ROOT_CACHE", "/tmp/hoard-debian12-base.tar"))
 SUITE = "bookworm"
@@ -156,6 +158,7 @@ class Booted:
         self.made_run_dir = False
 
     def __enter__(self) -> Booted:
+        needs_private_mounts()  # systemd-nspawn boots it in a mount namespace of its own
         BOOT_LOCK.parent.mkdir(parents=True, exist_ok=True)
         self.lock = open(BOOT_LOCK, "a")  # (held until __exit__)
         fcntl.flock(self.lock, fcntl.LOCK_EX)  # another booted root's run finishes first

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -59,6 +60,42 @@ def missing(msg: str) -> None:
         pytest.fail(msg + " (CI must run these tests)", pytrace=False)
     print(f"\n*** {msg} ***", file=sys.stderr)
     pytest.skip(msg)
+
+
+def checkout_out_of_reach() -> str | None:
+    """Why other accounts (the worker user, nobody) cannot run hoard from this checkout — a
+    directory on the way to its venv or its source without the others' x bit, as a clone in
+    /root (0700) has — or None where they can."""
+    for top in (Path(sys.prefix), Path(__file__).resolve().parent.parent):
+        for d in [top, *top.parents]:
+            mode = d.stat().st_mode & 0o777
+            if not mode & 0o001:
+                return f"{d} (mode {mode:o}) stops other accounts on the way to {top}"
+    return None
+
+
+def needs_reachable_checkout() -> None:
+    """Tests that run hoard's Python as another account (the worker user) need a checkout that
+    account can pass; a clone in /root cannot be (its built-in workers there run as the embedded
+    default's owner instead: `make demo` tests that). Missing loudly here; a failure in CI."""
+    why = checkout_out_of_reach()
+    if why is not None:
+        missing(f"THE CHECKOUT IS OUT OF OTHER ACCOUNTS' REACH: {why}; clone it where they may pass to run this test")
+
+
+_PRIVATE_MOUNTS: list[str | None] = []
+
+
+def needs_private_mounts() -> None:
+    """Tests that bind files in a mount namespace of their own (`unshare --mount --propagation
+    private`, systemd-nspawn) need a root directory that is a mount point: in a chroot it is not,
+    and the kernel refuses to make it private. Missing loudly there; a failure in CI."""
+    if not _PRIVATE_MOUNTS:
+        res = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True,
+                             text=True, timeout=30)
+        _PRIVATE_MOUNTS.append(None if res.returncode == 0 else (res.stderr.strip() or f"exit {res.returncode}"))
+    if _PRIVATE_MOUNTS[0] is not None:
+        missing(f"NO PRIVATE MOUNT NAMESPACE HERE (a chroot?): `unshare --mount --propagation private`: {_PRIVATE_MOUNTS[0]}")
 
 
 #: for tests of real public sample files (../shared/realdata beside the repo; under CI=true a skip fails)
@@ -241,6 +278,8 @@ def worker_reachable_home(home: Path) -> Iterator[Path]:
     """`home`'s hoard.toml in a directory of its own that an action's worker can pass: as
     root, a worker runs as `actions.worker_user` (nobody), who cannot enter pytest's root-only
     tmp_path. The directory (0711 under /var/tmp: passage, no listing) is removed afterwards."""
+    if os.geteuid() == 0:
+        needs_reachable_checkout()  # the worker user runs hoard's own Python (built-ins, the launcher)
     d = Path(tempfile.mkdtemp(prefix="hoard-home-", dir="/var/tmp"))
     try:
         d.chmod(0o711)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from hoardfs.jobs.actions import execute
 from hoardfs.jobs.actions.contract import Contract, parse
+from tests.helpers import needs_reachable_checkout
 from tests.test_ingest import ingest_home
 
 pytestmark = pytest.mark.needs(os.geteuid() == 0, "NOT ROOT: a worker user is chosen only when hoard runs as root")
@@ -114,6 +115,7 @@ def test_only_a_builtin_the_worker_user_cannot_reach_changes_user(tmp_path: Path
     other = _contract("/bin/true")
     assert execute.as_setup_owner(execute.command_for(other, roots, {}), other, closed, closed / "ssd").worker.name \
         == "nobody"
+    needs_reachable_checkout()  # the rest: where the worker user reaches hoard's Python and the built-in
     open_dir = Path(tempfile.mkdtemp(prefix="hoard-open-", dir="/var/tmp"))
     try:
         open_dir.chmod(0o755)

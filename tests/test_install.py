@@ -20,7 +20,7 @@ from hoardfs.base.errors import HoardError
 from hoardfs.cli._host import Host
 from hoardfs.cli._takeover import Accounts, take_over
 from hoardfs.cli.install import ENABLE, SHIPPED_RW, Installer, config_text, render_unit, unit_exec_start
-from tests.helpers import REPO
+from tests.helpers import REPO, needs_private_mounts
 
 HOARD = [sys.executable, "-m", "hoardfs"]
 UNITS = sorted((REPO / "systemd").iterdir())
@@ -300,6 +300,7 @@ for mode in sys.argv[2:]:
 def _in_namespace(etc: Path, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """TAKEOVER run with `etc`'s passwd and group as the system's: bound over /etc's in a mount
     namespace of its own (this machine's stay as they are), so `chown hoard` names HOARD_ID."""
+    needs_private_mounts()
     binds = " && ".join(f"mount --bind {etc / name} /etc/{name}" for name in ("passwd", "group"))
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                            f'{binds} && exec "$@"', "sh", *prefix, sys.executable, "-c", TAKEOVER, *args],

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hoardfs.base.files import flocked
+from tests.helpers import needs_reachable_checkout
 
 #: as another user: take the lock without waiting; say "locked" or the error's name
 TAKE = """
@@ -34,6 +35,7 @@ except OSError as e:
 @pytest.mark.services  # starts a process as another user
 @pytest.mark.skipif(os.geteuid() != 0, reason="makes a lock file as root and takes it as nobody")
 def test_a_lock_file_root_made_is_taken_read_only_by_another_user() -> None:
+    needs_reachable_checkout()  # the other user runs hoard's Python
     d = Path(tempfile.mkdtemp(prefix="hoard-locks-", dir="/var/tmp"))
     try:
         d.chmod(0o755)  # (the services' user may read the folder, not write it: as on an installed store)

@@ -23,6 +23,7 @@ import pytest
 from hoardfs.base import config, modes
 from hoardfs.base.errors import HoardError
 from tests.gui_browser import have_browser
+from tests.helpers import needs_reachable_checkout
 
 USER, GROUP = "nobody", "nogroup"
 
@@ -370,6 +371,7 @@ def test_an_unprivileged_user_reads_nothing_through_the_mount(reachable: Path) -
 
 @pytest.mark.services  # starts hoard processes as root and as another user
 def test_root_on_a_store_another_account_owns_is_sent_to_that_account(reachable: Path) -> None:
+    needs_reachable_checkout()  # the account runs hoard's Python
     """An installed store is `hoard`'s: root's commands there would leave root's files (marks,
     locks, the health cache) that the services cannot write. Root is refused with one line that
     names the command to run instead — and that command works; --help and what only root does

@@ -105,14 +105,20 @@ class Host:
         _run("ip", "link", "set", self.veth + "b", "netns", self.ns)
         _run("ip", "addr", "add", f"{self.server_ip}/24", "dev", self.veth + "a")
         _run("ip", "link", "set", self.veth + "a", "up")
-        for cmd in (("ip", "addr", "add", f"10.77.{self.n}.2/24", "dev", self.veth + "b"),
-                    ("ip", "link", "set", self.veth + "b", "up"), ("ip", "link", "set", "lo", "up")):
-            _run("ip", "netns", "exec", self.ns, *cmd)
+        for cmd in (("addr", "add", f"10.77.{self.n}.2/24", "dev", self.veth + "b"),
+                    ("link", "set", self.veth + "b", "up"), ("link", "set", "lo", "up")):
+            _run("ip", "-n", self.ns, *cmd)
+
+    def inside(self) -> tuple[str, ...]:
+        """The prefix that runs a command in this host's network namespace: `nsenter --net`, not
+        `ip netns exec`, which also remounts /sys in a mount namespace of its own (refused where the
+        root directory is no mount point: a chroot) — the host's processes need only its network."""
+        return ("nsenter", f"--net=/run/netns/{self.ns}")
 
     def start_worker(self, cfg: Path) -> subprocess.Popen:
         """`hoard worker` inside the namespace, with this host's own hoard.toml."""
         log = (self.home / f"worker-{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-m", "hoardfs", "--config", str(cfg),
+        proc = subprocess.Popen([*self.inside(), sys.executable, "-m", "hoardfs", "--config", str(cfg),
                                  "worker"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs.append(proc)
@@ -315,7 +321,7 @@ def test_a_remote_host_cannot_queue_a_server_job(cluster) -> None:
     cfg, conn = config.load(main), cluster["redis"]
     zone3b = cfg.ssd.zone_path("3B")
     before = sorted(zone3b.rglob("*"))
-    res = subprocess.run(["ip", "netns", "exec", host.ns, sys.executable, "-c", FROM_A_HOST, str(remote),
+    res = subprocess.run([*host.inside(), sys.executable, "-c", FROM_A_HOST, str(remote),
                           str(main.resolve())], cwd=REPO, capture_output=True, text=True, timeout=60,
                          stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stderr

@@ -22,7 +22,7 @@ from hoardfs.fsd.core import smart
 from hoardfs.jobs.usage import smart_rows
 from hoardfs.sql.migrate import migrate
 from hoardfs.sql.usage import record, smart_history
-from tests.helpers import use_schema, write_config
+from tests.helpers import missing, use_schema, write_config
 from tests.lab import DiskProfile
 from tests.test_cli import hoard
 
@@ -142,6 +142,13 @@ def test_a_planted_cache_is_not_trusted(tmp_path: Path) -> None:
     assert smart._load(cfg) == {}
 
 
+def needs_findmnt(path: Path) -> None:
+    """findmnt must name the mount holding `path`: in a chroot (freshbox) the mounts lie outside
+    it and findmnt names none, so no drive is found. Missing loudly there; a failure in CI."""
+    res = subprocess.run(["findmnt", "-n", "-o", "SOURCE", "--target", str(path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        missing(f"FINDMNT NAMES NO MOUNT FOR {path} (a chroot?): {res.stderr.strip() or f'exit {res.returncode}'}")
+
 @pytest.mark.services  # (runs smartctl)
 @pytest.mark.needs(os.geteuid() == 0 and shutil.which("smartctl", path="/usr/sbin:/sbin:/usr/bin") is not None,
                    "ROOT AND SMARTCTL NEEDED (only root reads the drives and keeps their readings)")
@@ -150,6 +157,7 @@ def test_root_follows_no_link_in_place_of_the_state_directory(tmp_path: Path) ->
     """The SSD's root is hoard's: a link it puts in place of `state/` is not followed by root's
     reading (hoard-smart.service) — before, root wrote smart.json into the link's target and
     re-moded it (and gave it the hoard group: /etc, say)."""
+    needs_findmnt(tmp_path)  # (a drive must be found for its reading to be kept)
     cfg = config.load(write_config(tmp_path, [(f"d{i}", tmp_path / f"d{i}", None) for i in range(2)]))
     for d in cfg.disks:
         d.path.mkdir()
@@ -210,6 +218,7 @@ def test_a_directory_disk_is_found_on_the_drive_findmnt_names(tmp_path: Path) ->
     findmnt and lsblk (util-linux) name it."""
     d = tmp_path / "disk"
     d.mkdir()
+    needs_findmnt(d)
     source = subprocess.run(["findmnt", "-n", "-o", "SOURCE,MAJ:MIN", "--target", str(d)], capture_output=True,
                             text=True, check=True).stdout.split()
     dev = smart.device_of(d)
