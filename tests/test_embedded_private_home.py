@@ -89,18 +89,19 @@ def test_a_config_that_is_not_embedded_keeps_the_worker_users_rule(closed_home: 
     assert re.search(r"the worker user nobody cannot reach \S*hoard-closed-\S+ \(mode drwx------", said), said
 
 
-def _contract(command: str) -> Contract:
+def _contract(command: str, extra: str = "") -> Contract:
     return parse(tomllib.loads(f'action_id = "x"\naction_type = "AC2"\nversion = 1\n[input_selector]\nkinds = ["image"]\n'
                                '[stage_layout]\nlayout = "flat"\n'
-                 f'[run_spec]\nkind = "local"\ncommand = [{command!r}, "{{input_root}}", "{{output_root}}"]\n'
+                 f'[run_spec]\nkind = "local"\ncommand = [{command!r}, "{{input_root}}", "{{output_root}}"]\n{extra}'
                  'timeout_s = 60\n[[output_parser.children]]\nglob = "*"\nparent_key = "sha256"\n'
                  'relationship = "thumbnail_of"\n'), "test")
 
 
 def test_only_a_builtin_the_worker_user_cannot_reach_changes_user(tmp_path: Path) -> None:
     """`as_setup_owner`: a built-in whose zones lie under a closed directory runs as the setup's
-    owner (root here: no capabilities); not for a config that is not embedded, not for another
-    program, not where the worker user reaches everything."""
+    owner (root here: no capabilities), and so does a team's program started confined (hoard's
+    Python is its launcher); not for a config that is not embedded, not for a program started
+    unconfined (`confine = false`), not where the worker user reaches everything."""
     closed = tmp_path / "closed"
     (closed / "ssd").mkdir(parents=True)
     closed.chmod(0o700)
@@ -112,8 +113,13 @@ def test_only_a_builtin_the_worker_user_cannot_reach_changes_user(tmp_path: Path
     assert (moved.worker.uid, moved.user and moved.user.uid, moved.no_caps) == (0, 0, True)
     assert moved.env["HOME"] == "/root" and moved.argv == cmd.argv
     assert execute.as_setup_owner(cmd, builtin, None, closed / "ssd") is cmd
-    other = _contract("/bin/true")
-    assert execute.as_setup_owner(execute.command_for(other, roots, {}), other, closed, closed / "ssd").worker.name \
+    confined = _contract("/bin/true")
+    launched = execute.command_for(confined, roots, {})
+    assert launched.argv[2:4] == ("-m", execute.LAUNCHER)
+    moved = execute.as_setup_owner(launched, confined, closed, closed / "ssd")
+    assert (moved.worker.uid, moved.no_caps, moved.argv) == (0, True, launched.argv)
+    free = _contract("/bin/true", "confine = false\n")
+    assert execute.as_setup_owner(execute.command_for(free, roots, {}), free, closed, closed / "ssd").worker.name \
         == "nobody"
     needs_reachable_checkout()  # the rest: where the worker user reaches hoard's Python and the built-in
     open_dir = Path(tempfile.mkdtemp(prefix="hoard-open-", dir="/var/tmp"))

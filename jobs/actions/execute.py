@@ -245,10 +245,15 @@ def as_setup_owner(cmd: Command, c: Contract, setup: Path | None, above: Path | 
     no directory is opened to anyone. When that owner is root the worker starts with no
     capability at all (`_no_caps`): root's uid owns the clone's files, and nothing else. Either
     way the built-in confines itself as always (Landlock to its roots and Python's files,
-    seccomp: hoardfs.base.landlock). Any other worker keeps the worker user's rules."""
+    seccomp: hoardfs.base.landlock). A team's own local worker started confined (through the
+    launcher, hoard's Python: `confined_argv`) is moved alike, for the same reason — the worker
+    user cannot start hoard's Python —, and stays as confined. Any other worker (`confine =
+    false`, `run_as`, a container) keeps the worker user's rules."""
     rs = c.run_spec
+    ours = cmd.argv[0] == str(_venv_bin() / BUILTIN) or (cmd.argv[0] == sys.executable
+                                                          and cmd.argv[2:4] == ("-m", LAUNCHER))
     if (setup is None or os.geteuid() != 0 or not isinstance(rs, RunLocal) or rs.run_as is not None
-            or cmd.argv[0] != str(_venv_bin() / BUILTIN) or cmd.user is None):
+            or not ours or cmd.user is None):
         return cmd
     try:
         _reachable(Path(cmd.argv[0]), cmd.worker, 5, "run_spec.command[0]")
