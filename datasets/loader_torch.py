@@ -90,5 +90,7 @@ class TorchDataset(IterableDataset):
         if "workers" in args:
             raise LoaderError(f"the loader state is worker {args['worker']}'s of {args['workers']}: a TorchDataset "
                               "resumes from the whole sequence's state (TorchDataset.state_dict or one Loader's)")
+        for k in ("worker", "block", "origin"):  # (the DataLoader's split is this dataset's own)
+            args.pop(k, None)
         return cls(args.pop("ref"), args.pop("split"), args.pop("seed"), args.pop("epoch"), block=block, **args,
                    **kwargs)

@@ -284,6 +284,7 @@ def test_the_torch_wrapper_under_a_dataloader_with_two_workers(built) -> None:
     handed = list(DataLoader(rest, batch_size=None, num_workers=1))
     assert [s["key"] for s in handed] == keys[5:]
     assert ds.state_dict(last=handed[0]) == rest.state_dict(1) == {**state, "position": 6}
+    assert TorchDataset.from_state_dict({**state, "block": 3, "worker": 0}, block=4, config_path=cfg.source).block == 4
     batched = TorchDataset("pets@1", "train", 7, 0, block=4, config_path=cfg.source, **SMALL)
     batches = list(DataLoader(batched, batch_size=4, num_workers=2, collate_fn=lambda b: [s["key"] for s in b]))
     assert [k for b in batches for k in b] == keys
