@@ -90,6 +90,16 @@ def _cosine(conn: psycopg.Connection, threshold: float) -> dict[str, Any]:
     split_idx = np.asarray([splits.index(r[2]) for r in rows], np.int32)
     mat = np.frombuffer(b"".join(r[3] for r in rows), dtype="<f4").reshape(len(rows), length // 4)
     mat = mat.astype(np.float32)
+    # the rows are said to be L2-normalised, and nothing enforces it (a team's own worker writes
+    # them too): made so here, or a product is no cosine (a false alarm on long vectors, a leak
+    # missed on short ones); a zero or non-finite row is like no embedding
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.linalg.norm(mat, axis=1)
+    usable = np.isfinite(norms) & (norms > 0) & np.isfinite(mat).all(axis=1)
+    if not usable.all():
+        rows = [r for r, ok in zip(rows, usable, strict=True) if ok]
+        mat, split_idx, norms = mat[usable], split_idx[usable], norms[usable]
+    mat = mat / norms[:, None]
     pairs: list[tuple[int, int]]
     exact = True
     if len(rows) <= COSINE_EXACT:

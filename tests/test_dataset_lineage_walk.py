@@ -57,3 +57,30 @@ def test_lineage_keys_are_components_found_in_linear_time(servers) -> None:
         assert time.monotonic() - t0 < 5
         half = FRAMES // 2
         assert pairs == half * half + (CHAIN // 2) * (CHAIN - CHAIN // 2) and len(examples) == 2
+
+
+def _fill_embedded(conn: psycopg.Connection) -> None:
+    """Nodes 1-5 and a run's batch: their embeddings are written by test_cosine_… itself."""
+    conn.execute("INSERT INTO node (node_id, sha256, is_virtual, is_physical) "
+                 "SELECT g, sha256(int8send(g)), false, true FROM generate_series(1, 5) g")
+    conn.execute("INSERT INTO action_batch (batch_id, action_id) VALUES ('embed-1', 0)")
+
+
+def test_cosine_pairs_are_cosines_of_embeddings_not_normalised(servers) -> None:
+    """Embeddings a worker wrote without L2-normalising them: two long vectors far apart in
+    angle (cosine 0.2) are no leak, two short ones pointing the same way (cosine 1) are one,
+    and a zero vector is left out — the old audit took the raw products for cosines (a false
+    alarm on the long pair, the short pair missed)."""
+    import numpy as np
+
+    from hoardfs.datasets.audit import _cosine
+
+    vectors = {1: [10.0, 1.0], 2: [1.0, 10.0], 3: [0.3, 0.4], 4: [0.6, 0.8], 5: [0.0, 0.0]}
+    with filled_schema(servers["database_url"], _fill_embedded) as conn:
+        for nid, v in vectors.items():
+            conn.execute("INSERT INTO result_image_embedding (node_id, model, batch_id, embedding) "
+                         "VALUES (%s, 'm@0', 'embed-1', %s)", [nid, np.asarray(v, "<f4").tobytes()])
+        sqll.fill_samples(conn, [(n, f"{n:064x}", "train" if n % 2 else "val") for n in vectors])
+        got = _cosine(conn, 0.95)
+        assert got["cosine_pairs"] == 1 and got["cosine_compared"] == 4
+        assert [(a[-1], b[-1]) for a, _, b, _ in got["examples"]] == [("3", "4")]
