@@ -418,10 +418,23 @@ def _check_view(cfg: Settings, spec: DatasetSpec, fmt: Format) -> None:
                            "stored); use --mode copy")
 
 
-def _check_stored(cfg: Settings, name: str, made: _Made) -> None:
+def _check_stored(cfg: Settings, name: str, made: _Made, ref: str | None = None) -> None:
+    """Every object the files are made of is in the store, before a byte moves; else one line.
+    `ref` (a materialize's NAME@N): the version names its objects — no selection to narrow —
+    so the line says it cannot be made again, and what to build instead."""
     shas = [f.sha256 for f in made.tree.files] + [m.sha256 for t in made.tree.tars for m in t.members if m.sha256]
     with Store.open(cfg) as store:
-        require_stored(store, shas, DatasetError, f"dataset {name}: ")
+        if ref is None:
+            require_stored(store, shas, DatasetError, f"dataset {name}: ")
+            return
+        want = sorted({bytes.fromhex(h) for h in shas})
+        found = store.index.lookup_many(want)
+        gone = [s.hex() for s in want if s not in found]
+    if gone:
+        raise DatasetError(f"dataset {ref}: {len(gone)} of the {len(want)} objects its files are made of are no longer "
+                           f"in the store (their nodes deleted and collected), e.g. {gone[0]}; nothing was written — "
+                           "this version cannot be made again: build a new one from its spec (`hoard dataset build "
+                           "SPEC`), which leaves out what was deleted", ExitCode.DATA)
 
 
 def _write(cfg: Settings, conn: psycopg.Connection, name: str, n: int, mode: str, made: _Made,
@@ -633,7 +646,7 @@ def materialize(cfg: Settings, ref: str, progress: Callable[[int, int], None] | 
             raise zones.ZoneFull(f"dataset {ref}: zone {ZONE} has room for {room} bytes under its deny threshold, it "
                                  f"needs {need}; nothing was written — free space (`hoard zones`) and run the same "
                                  "command again")
-        _check_stored(cfg, name, made)
+        _check_stored(cfg, name, made, ref)
         # its status stays what it is (`removed`, or `done` with its tree gone) until sealed:
         # never `building`, which would let the next build of the name take the version over
         report = _write(cfg, conn, name, int(n or 0), row["mode"], made, progress)

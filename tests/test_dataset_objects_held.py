@@ -113,3 +113,19 @@ def test_the_dry_run_finds_a_blob_past_one_fetch_of_candidates(photos, pg, tmp_p
         api.dry_run(cfg, spec)
     res = _hoard(cfg, "dataset", "build", str(tmp_path / "drafts.toml"), "--here")
     assert res.returncode == 5 and "class_label = 'kind' holds JSON blobs" in res.stderr, res.stdout + res.stderr
+
+
+def test_materialize_of_samples_deleted_says_to_build_a_new_version(photos, tmp_path: Path) -> None:
+    """The samples' batch dropped and collected: `materialize` of a removed version refuses in
+    one line saying it cannot be made again and to build a new version (the old line said to
+    narrow a selection a materialize does not have)."""
+    cfg, _ = photos
+    v1 = _build(cfg, _imagefolder(tmp_path, "gone", "class"))
+    _ok(_hoard(cfg, "dataset", "rm", "gone@1"))
+    _ok(_hoard(cfg, "delete", "--batch", "photos-1", "--yes"))
+    _ok(_hoard(cfg, "gc", "--threshold", "1.0"))
+    res = _hoard(cfg, "dataset", "materialize", "gone@1")
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 5 and len(lines) == 1 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    assert "dataset gone@1:" in lines[0] and "build a new one from its spec" in lines[0], lines[0]
+    assert "narrow the selection" not in lines[0] and not Path(v1["path"]).exists()
