@@ -54,6 +54,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -437,6 +438,8 @@ def main() -> None:
         return render(args.results)
     if not _has_torch():
         raise SystemExit("torch is missing: install the dev extra (`make dev`)")
+    # a SIGTERM (timeout, kill) unwinds like Ctrl-C: the lab's disks, the mount and the schema go
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     data = run(args)
     profile = "lab4" if (args.items, args.large) == (100_000, 200) else f"lab4-{args.items}-{args.large}"
     results = args.results or RESULTS
