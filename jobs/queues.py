@@ -233,20 +233,29 @@ def job_counts(url: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def pending(conn: redis.Redis, job_id: str) -> bool:
+    """Whether job `job_id` waits (queued, scheduled, deferred) or runs on a live worker; a job of
+    that id that ended (done, failed) or was "started" by a worker that died is deleted, so the
+    id can be queued again."""
+    try:
+        job = fetch_job(job_id, conn)
+        status = job.get_status(refresh=True)
+        if status in ("queued", "scheduled", "deferred") or (status == "started" and running(conn, job_id)):
+            return True
+        job.delete()
+    except NoSuchJobError:
+        pass
+    return False
+
+
 def enqueue_once(conn: redis.Redis, queue: str, func: str, *args: Any, job_id: str, timeout: int,
                  description: str, key: JobKey | None) -> str:
     """Enqueue `func(*args)` as job `job_id` on `queue`, signed with `key` (`rq_queue`; None only
     for a job no worker of the server runs), unless that job is already waiting or running on a
     live worker (enqueueing it again would run it twice). A job that finished, failed, or was
     "started" by a worker that died (kill -9, power loss) is replaced."""
-    try:
-        job = fetch_job(job_id, conn)
-        status = job.get_status(refresh=True)
-        if status in ("queued", "scheduled", "deferred") or (status == "started" and running(conn, job_id)):
-            return job_id
-        job.delete()
-    except NoSuchJobError:
-        pass
+    if pending(conn, job_id):
+        return job_id
     rq_queue(queue, conn, key).enqueue(func, *args, job_id=job_id, job_timeout=timeout, result_ttl=86400,
                                        failure_ttl=30 * 86400, description=description)
     return job_id

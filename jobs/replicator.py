@@ -22,11 +22,10 @@ import threading
 from typing import Any
 
 import redis
-from rq.exceptions import NoSuchJobError
 
 from hoardfs.base.config import Settings
 from hoardfs.jobs import jobkey, maintenance
-from hoardfs.jobs.queues import connect, fetch_job, rq_queue, running
+from hoardfs.jobs.queues import connect, pending, rq_queue
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +63,8 @@ def queue_replicate(cfg: Settings, conn: redis.Redis) -> bool:
 
 
 def _queue_replicate(cfg: Settings, conn: redis.Redis) -> bool:
-    try:
-        job = fetch_job(REPLICATE_JOB, conn)
-        status = job.get_status(refresh=True)
-        if status in ("queued", "scheduled", "deferred") or (status == "started" and running(conn, REPLICATE_JOB)):
-            return False
-        job.delete()
-    except NoSuchJobError:
-        pass
+    if pending(conn, REPLICATE_JOB):
+        return False
     every = cfg.worker.replicate_every_s
     rq_queue(QUEUE, conn, jobkey.of(cfg)).enqueue(
         maintenance.run, "replicate", str(cfg.source) if cfg.source else None, job_id=REPLICATE_JOB,
