@@ -40,7 +40,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hoardfs.base.collect import heap_frozen
 from hoardfs.fsd.core import shardfmt as fmt
@@ -237,6 +237,18 @@ class Stopped(Exception):
 READ_AHEAD = 1
 
 
+def put_unless(q: queue.Queue, item: Any, *stops: threading.Event) -> bool:
+    """Put `item` on the bounded queue `q`, waiting for room until one of `stops` is set; False
+    then (the consumer left or the read was stopped: the producer ends)."""
+    while not any(e.is_set() for e in stops):
+        try:
+            q.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _ahead(source: Iterator, stop: threading.Event, name: str) -> Iterator:
     """The items of `source`, produced by a helper thread READ_AHEAD ahead of the consumer:
     the disk reads the next range while this one is verified, hashed and written (a throttled
@@ -246,13 +258,7 @@ def _ahead(source: Iterator, stop: threading.Event, name: str) -> Iterator:
     gone = threading.Event()  # the consumer left (done, or an exception of its own)
 
     def put(item) -> bool:
-        while not (stop.is_set() or gone.is_set()):
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless(q, item, stop, gone)
 
     def produce() -> None:
         it = iter(source)

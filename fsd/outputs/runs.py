@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.records import DataError, ObjectNotFound, verified_view, verify_record
-from hoardfs.fsd.io.planner import DEFAULT_MB_S, GAP_BYTES, bandwidths, in_order, range_limit
+from hoardfs.fsd.io.planner import DEFAULT_MB_S, GAP_BYTES, bandwidths, in_order, put_unless, range_limit
 
 if TYPE_CHECKING:
     from hoardfs.fsd.store import Store
@@ -208,13 +208,7 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD) -> Generato
     queues: dict[str, queue.Queue] = {u: queue.Queue(maxsize=max(1, ahead)) for u in mine}
 
     def put(q: queue.Queue, item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless(q, item, stop)
 
     def reader(u: str) -> None:
         q = queues[u]
