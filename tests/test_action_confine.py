@@ -9,6 +9,7 @@ kernel without Landlock is this one behind tests/nolandlock.py."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -26,7 +27,7 @@ from hoardfs.jobs.actions import api
 from hoardfs.jobs.actions.contract import Contract, parse
 from hoardfs.jobs.actions.execute import ExecError, Outcome, Roots, run_worker
 from hoardfs.jobs.actions.state import load_state
-from tests.helpers import REPO, missing, write_contract
+from tests.helpers import REPO, missing, needs_reachable_checkout, write_contract
 from tests.nolandlock import UNSUPPORTED
 from tests.test_action_runs import action_home, hoard
 from tests.test_action_workers import inputs_of
@@ -63,6 +64,8 @@ def contract(cmd: list[str], **run_spec: object) -> Contract:
 def roots() -> Iterator[Roots]:
     """An input and an output root under a directory every user may enter (pytest's tmp_path is
     root's own, mode 0700: the worker user could not reach it)."""
+    if os.geteuid() == 0:
+        needs_reachable_checkout()  # the worker user starts hoard's Python (the launcher)
     d = Path(tempfile.mkdtemp(prefix="hoard-confine-", dir="/tmp"))
     d.chmod(0o755)
     (d / "input").mkdir()

@@ -107,12 +107,13 @@ class Host:
         _run("ip", "link", "set", self.veth + "a", "up")
         for cmd in (("addr", "add", f"10.77.{self.n}.2/24", "dev", self.veth + "b"),
                     ("link", "set", self.veth + "b", "up"), ("link", "set", "lo", "up")):
-            _run("ip", "-n", self.ns, *cmd)
+            _run(*self.inside(), "ip", *cmd)
 
     def inside(self) -> tuple[str, ...]:
         """The prefix that runs a command in this host's network namespace: `nsenter --net`, not
-        `ip netns exec`, which also remounts /sys in a mount namespace of its own (refused where the
-        root directory is no mount point: a chroot) — the host's processes need only its network."""
+        `ip netns exec` or `ip -n`, which also remount /sys in a mount namespace of their own
+        (refused where the root directory is no mount point: a chroot) — the host's processes, and
+        `ip` setting up its link, need only its network."""
         return ("nsenter", f"--net=/run/netns/{self.ns}")
 
     def start_worker(self, cfg: Path) -> subprocess.Popen:
