@@ -44,6 +44,7 @@ from hoardfs.jobs.actions.state import (
     write_work,
 )
 from hoardfs.jobs.queues import enqueue_once, fetch_job
+from tests.helpers import needs_reachable_checkout
 from tests.s3fault import FaultProxy
 from tests.test_remote_workers import REPO, _hoard, _logs, _onto_the_bucket, cluster  # noqa: F401  # (a fixture)
 from tests.test_s3_backend import engine_env, s3_disk  # noqa: F401  # (a fixture)
@@ -57,6 +58,8 @@ def _reachable_ssds(remotes: list[Path]) -> Iterator[None]:
     """Each host's SSD moved where an action's worker can pass: as root, a worker runs as
     `actions.worker_user` (nobody), who cannot enter pytest's root-only tmp_path (0711 under
     /var/tmp: passage, no listing)."""
+    if os.geteuid() == 0:
+        needs_reachable_checkout()  # the worker user starts hoard's Python on the host
     made = []
     try:
         for cfg in remotes:
