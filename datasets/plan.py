@@ -24,6 +24,7 @@ from hoardfs.datasets.layouts import PlacementError
 from hoardfs.datasets.model import LS_SHAPES, Annotation, Sample, annotations_from_ls
 from hoardfs.datasets.spec import DatasetError, DatasetSpec
 from hoardfs.datasets.splits import Balance, balance, tolerance, unit
+from hoardfs.datasets.splits import report as split_report
 from hoardfs.sql import datasets as sqld
 from hoardfs.sql import neardup
 from hoardfs.sql.datasets import sample_rows
@@ -411,21 +412,18 @@ def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str], drawn: str) 
 NAMED = 3
 
 
-def check_splits(spec: DatasetSpec, bal: Balance, counts: list[int], sizes: Counter[str] | dict[str, int]
-                 ) -> dict[str, dict[str, Any]]:
-    """split → {samples, share, ratio} of the realised `counts` (explicit split values
-    included); DatasetError — before a byte moves — when a split is empty or off its ratio by
-    more than the tolerance (2 percentage points or the largest group, whichever is larger),
-    naming the largest groups and how to change the grouping; `split.allow_skew` builds anyway."""
+def check_splits(spec: DatasetSpec, bal: Balance, counts: list[int], sizes: Counter[str] | dict[str, int]) -> None:
+    """DatasetError — before a byte moves — when a split of the realised `counts` (explicit split
+    values included) is empty or off its ratio by more than the tolerance (2 percentage points
+    or the largest group, whichever is larger), naming the largest groups and how to change the
+    grouping; `split.allow_skew` builds anyway."""
     total = sum(counts)
-    report = {sp: {"samples": n, "share": round(n / total, 4) if total else 0.0, "ratio": r}
-              for sp, n, r in zip(bal.splits, counts, bal.ratios, strict=True)}
     if spec.split.allow_skew:
-        return report
+        return
     bad = [(sp, n, r) for sp, n, r in zip(bal.splits, counts, bal.ratios, strict=True)
            if n == 0 or abs(n - total * r) > bal.tolerance]
     if not bad:
-        return report
+        return
     sp, n, r = bad[0]
     big = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:NAMED]
     named = ", ".join(f"{k} ({v} samples)" for k, v in big)
@@ -461,8 +459,7 @@ def check_capped(spec: DatasetSpec, bal: Balance, counts: list[int], capped: int
     byte moves — when the caps leave a split empty or off its ratio by more than the tolerance
     (the classes then hold too few samples in some split for its share of the cap)."""
     total = sum(counts)
-    report = {sp: {"samples": n, "share": round(n / total, 4) if total else 0.0, "ratio": r}
-              for sp, n, r in zip(bal.splits, counts, bal.ratios, strict=True)}
+    report = split_report(bal.splits, bal.ratios, counts)
     if not capped or spec.split.allow_skew:
         return report
     for sp, n, r in zip(bal.splits, counts, bal.ratios, strict=True):

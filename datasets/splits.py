@@ -53,11 +53,14 @@ class Balance:
     def shares(self) -> list[float]:
         return [c / self.total if self.total else 0.0 for c in self.counts]
 
-    def report(self) -> dict[str, dict[str, float | int]]:
-        """split → its samples, its share and the ratio asked for (the dry run, the build's
-        report, --json, dataset.json and the card show it)."""
-        return {s: {"samples": n, "share": round(n / self.total, 4) if self.total else 0.0, "ratio": r}
-                for s, n, r in zip(self.splits, self.counts, self.ratios, strict=True)}
+
+
+def report(splits: list[str], ratios: list[float], counts: list[int]) -> dict[str, dict[str, float | int]]:
+    """split → its samples, its share and the ratio asked for (the dry run, the build's
+    report, --json, dataset.json and the card show it)."""
+    total = sum(counts)
+    return {s: {"samples": n, "share": round(n / total, 4) if total else 0.0, "ratio": r}
+            for s, n, r in zip(splits, counts, ratios, strict=True)}
 
 
 def tolerance(total: int, largest: int) -> float:
