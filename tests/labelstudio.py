@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,15 +60,7 @@ def serve(base: Path) -> Iterator[Server]:
         yield Server(url=url, token=token, document_root=root, python=VENV / "bin" / "python", log=log)
     finally:
         if proc.poll() is None:
-            local.stop_group(proc.pid, lambda s: _waited(proc, s))
-
-
-def _waited(proc: subprocess.Popen, seconds: float) -> bool:
-    try:
-        proc.wait(seconds)
-        return True
-    except subprocess.TimeoutExpired:
-        return False
+            local.stop_group(proc.pid, lambda s: local.waited(proc, s))
 
 
 def point_at(cfg_path: Path, home: Path, server: Server, zone: Path, url: str | None = None) -> None:

@@ -272,12 +272,12 @@ def up(cfg: Settings, venv: Path | None = None) -> Running:
         try:
             url = wait_until_up(proc.poll, port, token, local.log, since=since)
         except BaseException:
-            stop_group(proc.pid, lambda s: _waited(proc, s))
+            stop_group(proc.pid, lambda s: waited(proc, s))
             _record(local, {"port": port, "url": f"http://127.0.0.1:{port}"})
             raise
         got = int(urlsplit(url).port or port)
         if local.port is not None and got != local.port:
-            stop_group(proc.pid, lambda s: _waited(proc, s))
+            stop_group(proc.pid, lambda s: waited(proc, s))
             raise LabelStudioError(f"Label Studio took port {got}, not label_studio.url's {local.port} (taken "
                                    "meanwhile); free it and run `hoard labelstudio up` again", ExitCode.UNAVAILABLE)
         _record(local, {"pid": proc.pid, "port": got, "url": url,
@@ -285,7 +285,8 @@ def up(cfg: Settings, venv: Path | None = None) -> Running:
         return Running(url=url, pid=proc.pid, started=True)
 
 
-def _waited(proc: subprocess.Popen, seconds: float) -> bool:
+def waited(proc: subprocess.Popen, seconds: float) -> bool:
+    """Whether `proc` ended within `seconds`."""
     try:
         proc.wait(seconds)
         return True
