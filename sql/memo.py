@@ -19,7 +19,11 @@ def done_by(conn: psycopg.Connection, action_id: int, version: int, params_diges
     done (its `done` action_event) and none of the children it made from that input (an edge of
     the action's own relationship type from the input to a node located `action:<run>/…`) is
     deleted — `hoard delete --node` of a child, or a batch drop that took it, makes the input
-    not done, so the next run runs it again and its output is there to ask for."""
+    not done, so the next run runs it again and its output is there to ask for. A hidden child
+    (`hoard delete --node`: the team's decision, which storing the bytes again does not undo)
+    that an earlier run of the action had made too is not such a reason: the run re-made the
+    bytes it was hidden for, and running it again would make them once more, hidden — the
+    input is done (`--rerun` runs it anyway)."""
     if not inputs:
         return {}
     return {bytes(sha).hex(): run for sha, run in conn.execute(
@@ -30,7 +34,10 @@ def done_by(conn: psycopg.Connection, action_id: int, version: int, params_diges
         "  JOIN physical_content pc ON pc.node_id = e.child_id "
         "  WHERE e.parent_id = m.node_id AND r.action_id = m.action_id AND pc.is_deleted "
         "  AND EXISTS (SELECT 1 FROM physical_path p WHERE p.node_id = e.child_id "
-        "    AND starts_with(p.locator, 'action:' || m.run_id || '/')))",
+        "    AND starts_with(p.locator, 'action:' || m.run_id || '/')) "
+        "  AND NOT (pc.is_hidden AND EXISTS (SELECT 1 FROM physical_path q JOIN action_batch b "
+        "    ON b.batch_id = split_part(substr(q.locator, 8), '/', 1) WHERE q.node_id = e.child_id "
+        "    AND starts_with(q.locator, 'action:') AND b.batch_id <> m.run_id AND b.action_id = m.action_id)))",
         [action_id, version, bytes.fromhex(params_digest), [bytes.fromhex(h) for h in inputs]]).fetchall()}
 
 

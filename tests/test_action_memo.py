@@ -154,6 +154,30 @@ def test_an_input_whose_child_was_deleted_runs_again(hoard_home: Path, pg, redis
     assert holder == grown["run"]
 
 
+def test_a_hidden_child_made_again_leaves_its_input_done(hoard_home: Path, pg, redis_conn) -> None:
+    """A child hidden (`hoard delete --node`) makes its input run once more; the fixed worker
+    makes the same bytes, which stay hidden — and the next run over that input reuses it rather
+    than run the worker on it again, and again, at every run."""
+    cfg, (b1, _b2) = memo_home(hoard_home, pg, redis_conn)
+    first = run(cfg, "--selector", selector(cfg, b1))
+    made = live_children(cfg, first["run"])
+    victim = sorted(made)[0]
+    assert hoard(cfg.source, "delete", "--node", made[victim]).returncode == 0
+    again = run(cfg)  # (both batches: another run) — the hidden child's input runs once more
+    assert victim in made_by_run(cfg, again["run"]) and victim not in live_children(cfg, again["run"])
+    other = sorted(set(made) - {victim})[0]
+    both, one = cfg.source.parent / "both.txt", cfg.source.parent / "one.txt"
+    both.write_text(f"{victim}\n{other}\n")
+    one.write_text(f"{victim}\n")
+    third = run(cfg, "--nodes", str(both))  # another selection holding it: a third run
+    assert third["run"] not in (first["run"], again["run"]) and third["status"] == "done"
+    assert (third["report"]["inputs_new"], third["report"]["inputs_reused"]) == (0, 2), third["report"]
+    assert third["report"]["reused_from"] == {again["run"]: 1, first["run"]: 1}
+    assert not made_by_run(cfg, third["run"])  # the worker did not run
+    forced = run(cfg, "--nodes", str(one), "--rerun")
+    assert forced["report"]["inputs_new"] == 1 and victim in made_by_run(cfg, forced["run"])
+
+
 def test_black_listing_one_runs_none_and_rerun_runs_all(hoard_home: Path, pg, redis_conn) -> None:
     """All inputs done, one black-listed: a new run (another key) that starts no worker and says
     so; the same selection with --rerun runs the worker on every input again."""
