@@ -288,6 +288,10 @@ class LabelStudioConfig(BaseModel):
     converter_python: Path | None = None
     #: seconds one request may take
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    #: `hoard labelstudio up` starts Label Studio confined (Landlock: it reads its venv, the
+    #: system's files and the document root, writes its data; a link in 3C to elsewhere is not
+    #: served); false starts it unconfined, as its user may
+    confine: bool = True
 
     @field_validator("url")
     @classmethod

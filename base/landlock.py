@@ -199,7 +199,8 @@ def _handled(version: int, reads: bool) -> int:
 
 def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | None = None,
             write_files: Iterable[Path | str] = ("/dev/null",), execute: Iterable[Path | str] = (),
-            network: bool = False, flock: bool = False, leave_group: bool = False) -> bool:
+            network: bool = False, flock: bool = False, leave_group: bool = False,
+            own: Iterable[Path | str] = ()) -> bool:
     """Restrict this thread and every process it starts from now on, for good: files and
     directories are created, written, renamed or removed only below `write` (and the single
     files of `write_files`, devices among them driven by ioctls too). With `read` given, files are also read (and listed) only below
@@ -226,7 +227,11 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     socket(2) for IPv4 and IPv6 (every other family stays refused, `refuse_sockets`), `flock`
     allows flock(2) (what it may open holds none of the service's locks) and `leave_group`
     allows setsid(2) and setpgid(2) (its runner ends its whole session and the orphans it is
-    handed as their subreaper, hoardfs.jobs.actions.execute)."""
+    handed as their subreaper, hoardfs.jobs.actions.execute).
+
+    `own`: directories written like `write` that are the program's own although they lie in the
+    service's state (Label Studio's data, `<ssd.root>/state/labelstudio/data`): the secrets
+    check lets them lie below `state/`, never hold a secret."""
     version, why, _ = _probe()
     if why is not None:
         return False
@@ -235,13 +240,14 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
         raise RuntimeError(f"confine: {threads - 1} other thread(s) of this process run already (a library that "
                            "starts a pool at import?) and would stay outside the sandbox, sharing its memory")
     handled = _handled(version, read is not None)
-    rules: list[tuple[Path | str, int]] = [(p, handled) for p in write]
+    own = list(own)
+    rules: list[tuple[Path | str, int]] = [(p, handled) for p in [*write, *own]]
     # a device among them (a GPU's) is driven by ioctls, which Landlock refuses from ABI 5 without the right
     rules += [(p, handled & (WRITE_FILE | TRUNCATE | READ_FILE | IOCTL_DEV)) for p in write_files if os.path.exists(p)]
     rules += [(p, handled & _READ) for p in read or ()]  # reading a library is not executing it (mmap)
     if read is not None:
         rules += [(p, handled & (READ_FILE | EXECUTE)) for p in execute]
-        _refuse_secrets([p for p, _ in rules])
+        _refuse_secrets([p for p, _ in rules if p not in own], own)
     attr: ctypes.Structure = _RulesetAttr(handled)
     if version >= 6:
         attr = _RulesetAttrScoped(handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL)
@@ -338,17 +344,20 @@ def secrets_near(paths: Iterable[Path | str]) -> list[str]:
     return sorted(found)
 
 
-def _refuse_secrets(paths: list[Path | str]) -> None:
+def _refuse_secrets(paths: list[Path | str], own: list[Path | str] | None = None) -> None:
     """SecretInReach when a rule on one of `paths` would cover a secret (`secrets_near`): the
     path is the secret, a directory above it, or (a secret directory) below it. Landlock only
     allows: a rule on a parent of `state/` (a venv or an input root that holds the SSD) could
-    not be narrowed afterwards."""
-    secrets = secrets_near(paths)
-    for p in paths:
+    not be narrowed afterwards. A path of `own` (`confine`'s) may lie below a secret directory."""
+    mine = list(own or ())
+    secrets = secrets_near([*paths, *mine])
+    for p in [*paths, *mine]:
         a = os.path.realpath(p)
+        below_ok = p in mine
         for secret in secrets:
             s = os.path.realpath(secret)
-            if a == s or s.startswith(a.rstrip("/") + "/") or (os.path.isdir(s) and a.startswith(s + "/")):
+            if a == s or s.startswith(a.rstrip("/") + "/") or (not below_ok and os.path.isdir(s)
+                                                               and a.startswith(s + "/")):
                 raise SecretInReach(f"{p} would let confined code read {secret} (the service's configuration or "
                                     "secrets): keep the SSD, hoard.toml and /etc/hoard outside Python's installation "
                                     "and the actions' input and output directories")

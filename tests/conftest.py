@@ -181,8 +181,9 @@ def per_worker(db: str, rd: str) -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ls_mod.Server]:
-    """A real Label Studio 1.23 for the session (tests/labelstudio.py: ~25 s to start, once)."""
-    yield from ls_mod.serve(tmp_path_factory.mktemp("label-studio"))
+    """A real Label Studio 1.23 for the session (tests/labelstudio.py: ~25 s to start, once),
+    confined; it reads the session's temporary tree, where the tests' homes and their 3C lie."""
+    yield from ls_mod.serve(tmp_path_factory.mktemp("label-studio"), read=(tmp_path_factory.getbasetemp(),))
 
 
 @pytest.fixture(scope="session")

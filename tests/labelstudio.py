@@ -7,7 +7,10 @@ data directory (SQLite), local-files serving on with the document root a session
 that the tests use as zone 3C, a user and its legacy API token created by `label-studio start
 --enable-legacy-api-token` with LABEL_STUDIO_USERNAME, _PASSWORD and _USER_TOKEN in its
 environment (label_studio/server.py `_create_user`; the token replaces the user's auth token,
-the organisation keeps legacy tokens on): `hoard labelstudio up`'s own `launch` and wait.
+the organisation keeps legacy tokens on): `hoard labelstudio up`'s own `launch` and wait,
+confined as `up` starts it. The tests' homes come after it, each its own zone 3C that a link in
+the document root points at (`point_at`); the server reads them through the session's temporary
+tree (`serve`'s `read`), as a host's Label Studio reads a team's mount its document root links to.
 Starting it applies Label Studio's migrations to the new database: about 25 s on this 2-core
 machine, once per session.
 """
@@ -42,9 +45,10 @@ def _free_port() -> int:
     return local.free_port()
 
 
-def serve(base: Path) -> Iterator[Server]:
+def serve(base: Path, read: tuple[Path, ...] = ()) -> Iterator[Server]:
     """Start Label Studio with its data under `base` (`hoard labelstudio up`'s own launch and
-    wait), yield it once it answers, stop it."""
+    wait, confined: it reads its document root and `read` besides its own files), yield it once
+    it answers, stop it."""
     exe = VENV / "bin" / "label-studio"
     if not exe.is_file():
         missing(f"LABEL STUDIO MISSING at {VENV}: run `make labelstudio`")
@@ -54,7 +58,7 @@ def serve(base: Path) -> Iterator[Server]:
     token = secrets.token_hex(20)
     port = _free_port()
     proc = local.launch(exe, data=data, document_root=root, port=port, token=token, password=secrets.token_hex(12),
-                        log=log, cwd=base, username="hoard@example.org")
+                        log=log, cwd=base, tmp=base / "tmp", username="hoard@example.org", read=read)
     try:
         url = local.wait_until_up(proc.poll, port, token, log, limit_s=START_S)
         yield Server(url=url, token=token, document_root=root, python=VENV / "bin" / "python", log=log)

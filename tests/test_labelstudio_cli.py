@@ -17,8 +17,9 @@ import pytest
 
 from hoardfs.base import config
 from hoardfs.jobs.actions import labelstudio as lsc
-from tests.helpers import missing
+from tests.helpers import REPO, missing
 from tests.labelstudio import VENV
+from tests.nolandlock import UNSUPPORTED
 
 
 def _hoard(home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -96,3 +97,73 @@ def test_up_status_token_down_on_the_embedded_default(tmp_path: Path) -> None:
         assert "not running" in _hoard(home, "labelstudio", "down").stdout
     finally:
         _hoard(home, "labelstudio", "down")
+
+
+@pytest.mark.services  # starts a Label Studio of its own (its first start applies its migrations: ~45 s)
+def test_up_serves_no_link_out_of_the_document_root(tmp_path: Path) -> None:
+    """Label Studio that `up` starts runs confined: a link a worker plants in zone 3C to a file
+    outside it (a secret in /tmp, a disk's file, the LMDB index, hoard.toml) is answered 404
+    through /data/local-files/ under a local-files storage that covers it, while a staged file
+    and a link to one inside 3C are served."""
+    if not (VENV / "bin" / "label-studio").is_file():
+        missing(f"LABEL STUDIO MISSING at {VENV}: run `make labelstudio`")
+    home = tmp_path / "setup"
+    _setup(home, VENV)
+    cfg = config.load(home / "hoard.toml")
+    out = cfg.ssd.zone_path("3C") / "run-1" / "out"
+    out.mkdir(parents=True)
+    (out / "a.png").write_bytes(b"\x89PNG staged")
+    (out / "inside.png").symlink_to(out / "a.png")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET of another user\n")
+    outside = {"tmp.jpg": secret, "disk.jpg": cfg.disks[0].path / ".hoard-disk.json",
+               "index.jpg": cfg.ssd.root / "index" / "data.mdb", "toml.jpg": home / "hoard.toml"}
+    for name, target in outside.items():
+        assert target.is_file(), target
+        (out / name).symlink_to(target)
+    try:
+        up = _hoard(home, "labelstudio", "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        url = json.loads(_hoard(home, "labelstudio", "status", "--json").stdout)["url"]
+        auth = {"Authorization": f"Token {_hoard(home, 'labelstudio', 'token').stdout.strip()}"}
+        project = httpx.post(f"{url}/api/projects/", headers=auth, json={"title": "links"}, timeout=60)
+        assert project.status_code == 201, project.text
+        storage = httpx.post(f"{url}/api/storages/localfiles/", headers=auth, timeout=60,
+                             json={"project": project.json()["id"], "path": str(out.parent), "use_blob_urls": True,
+                                   "title": "run-1"})
+        assert storage.status_code == 201, storage.text
+
+        def served(name: str) -> httpx.Response:
+            return httpx.get(f"{url}/data/local-files/", params={"d": f"run-1/out/{name}"}, headers=auth, timeout=60)
+
+        assert [(served(n).status_code, served(n).content) for n in ("a.png", "inside.png")] == \
+            [(200, b"\x89PNG staged")] * 2
+        for name, target in outside.items():
+            got = served(name)
+            assert got.status_code == 404 and target.read_bytes()[:16] not in got.content, (name, got.status_code)
+    finally:
+        _hoard(home, "labelstudio", "down")
+
+
+@pytest.mark.services  # runs `hoard` processes behind tests/nolandlock.py
+def test_up_where_the_kernel_cannot_confine_is_refused_in_one_line(tmp_path: Path) -> None:
+    """`hoard labelstudio up` (label_studio.confine, default true) on a kernel without Landlock:
+    one line naming label_studio.confine and why, exit 3, nothing started; with Landlock but no
+    seccomp filter, the launcher refuses to start it and `up` says so in one line, naming the key."""
+    if not (VENV / "bin" / "label-studio").is_file():
+        missing(f"LABEL STUDIO MISSING at {VENV}: run `make labelstudio`")
+    home = tmp_path / "setup"
+    _setup(home, VENV)
+    for kernel, code, said in (("ENOSYS", 3, "label_studio.confine: this kernel cannot confine Label Studio: "
+                                             "this kernel was built without Landlock"),
+                               ("NOSECCOMP", 3, "Label Studio not started: this host cannot confine its network")):
+        res = subprocess.run([sys.executable, str(REPO / "tests" / "nolandlock.py"), kernel, "--", sys.executable,
+                              "-m", "hoardfs", "--config", str(home / "hoard.toml"), "labelstudio", "up"],
+                             cwd=home, capture_output=True, text=True, timeout=300)
+        if res.returncode == UNSUPPORTED:
+            missing(f"SECCOMP UNAVAILABLE: {res.stderr.strip()}")
+        lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+        assert res.returncode == code and len(lines) == 1, (kernel, lines)
+        assert said in lines[0] and "set label_studio.confine = false in hoard.toml" in lines[0], lines
+        st = _hoard(home, "labelstudio", "status", "--json")
+        assert st.returncode == 3 and json.loads(st.stdout)["running"] is False

@@ -45,7 +45,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -462,17 +462,7 @@ def confined_argv(rs: RunLocal, argv: list[str], roots: Roots, search: str) -> l
         runs.append((p, f"run_spec.read[{i}]"))
     if sys.prefix != sys.base_prefix:  # hoard's venv: its bin/ is first on every worker's PATH (`_env`)
         runs.append((sys.prefix, "hoard's Python"))
-    programs = [argv[0], *_shebang(argv[0], search)]
-    for prog in programs:
-        for path in landlock.with_interpreter([prog, os.path.realpath(prog)]):
-            if not _under_system(path):
-                runs.append((path, "run_spec.command[0]"))
-        for p in (prog, os.path.realpath(prog)):
-            pre = _prefix(p)
-            if pre is not None and not _under_system(pre):
-                runs.append((pre, "run_spec.command[0]"))
-        if not _under_system(os.path.realpath(prog)):
-            runs.append((_home_of(os.path.realpath(prog)), "run_spec.command[0]"))
+    runs += [(p, "run_spec.command[0]") for p in program_paths(argv[0], search)]
     data = [os.path.realpath(p) for p in (roots.input_root, roots.output_root, *roots.context().values())]
     for i, a in enumerate(argv[1:], 1):
         real = os.path.realpath(a)
@@ -484,16 +474,53 @@ def confined_argv(rs: RunLocal, argv: list[str], roots: Roots, search: str) -> l
             landlock.refuse_secrets([path])
         except landlock.SecretInReach as e:
             raise ExecError(f"{key}: {e}") from None
+    writes = [str(roots.output_root), str(worker_tmp(roots)), *([SHARED_MEMORY] if rs.shared_memory else [])]
+    return [*launcher_argv(write=writes, read=[p for p, _ in reads], run=[p for p, _ in runs], network=rs.network),
+            "--", *argv]
+
+
+def program_paths(program: str, search: str) -> list[str]:
+    """What a confined process reads and runs to start `program`, none of the system's
+    (`SYSTEM_PROGRAMS`): the file, the interpreter a script names (`_shebang`, NAME found on
+    `search` for `/usr/bin/env NAME`), the ELF interpreter of each, the installation (venv)
+    each lies in, and the directory of each (a script's own modules)."""
+    out: list[str] = []
+    for prog in [program, *_shebang(program, search)]:
+        out += [p for p in landlock.with_interpreter([prog, os.path.realpath(prog)]) if not _under_system(p)]
+        for p in (prog, os.path.realpath(prog)):
+            pre = _prefix(p)
+            if pre is not None and not _under_system(pre):
+                out.append(pre)
+        if not _under_system(os.path.realpath(prog)):
+            out.append(_home_of(os.path.realpath(prog)))
+    return out
+
+
+def launcher_argv(*, write: Iterable[str], read: Iterable[str], run: Iterable[str], network: bool,
+                  own: Iterable[str] = (), name: str | None = None, opt_out: str | None = None) -> list[str]:
+    """hoard's Python running the launcher (hoardfs.base.confine) with these rules, up to its
+    `--`: writes below `write` (and `own`, the program's own directories of the service's
+    state); reads below those, `read`, `run`, the system's programs and libraries
+    (`SYSTEM_PROGRAMS`) and files (`SYSTEM_READS`); runs programs from `run` and the system's;
+    IPv4 and IPv6 sockets with `network`. `name` and `opt_out`: what the launcher's refusals
+    call the program and the key that runs it unconfined (default: a team's worker's)."""
     out = [sys.executable, "-I", "-m", LAUNCHER]
-    for p in (str(roots.output_root), str(worker_tmp(roots)), *([SHARED_MEMORY] if rs.shared_memory else [])):
+    for p in write:
         out += ["--write", p]
-    for p in dict.fromkeys([*(p for p, _ in reads + runs), *SYSTEM_PROGRAMS, *SYSTEM_READS]):
+    for p in own:
+        out += ["--own", p]
+    run = list(run)
+    for p in dict.fromkeys([*read, *run, *SYSTEM_PROGRAMS, *SYSTEM_READS]):
         out += ["--read", p]
-    for p in dict.fromkeys([*(p for p, _ in runs), *SYSTEM_PROGRAMS]):
+    for p in dict.fromkeys([*run, *SYSTEM_PROGRAMS]):
         out += ["--execute", p]
-    if rs.network:
+    if network:
         out.append("--network")
-    return [*out, "--", *argv]
+    if name is not None:
+        out += ["--name", name]
+    if opt_out is not None:
+        out += ["--opt-out", opt_out]
+    return out
 
 
 def _fresh_tmp(tmp: Path, worker: Identity) -> None:
@@ -1094,5 +1121,5 @@ def done_marker_present(c: Contract, roots: Roots) -> bool:
 
 
 __all__ = ["LAUNCHER", "REFUSED", "Command", "ExecError", "Identity", "Outcome", "Roots", "command_for", "confined_argv",
-           "worker_tmp", "done_marker_present", "end_session", "gate_ready",
+           "launcher_argv", "program_paths", "worker_tmp", "done_marker_present", "end_session", "gate_ready",
            "prepare_roots", "render", "run_worker", "stop_left", "which", "worker_identity"]

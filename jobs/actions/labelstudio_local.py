@@ -14,7 +14,15 @@ a session of its own, with
   `<state>/labelstudio/password`, both 0600; given to Label Studio through its environment,
   never its command line (which other local accounts can read in `ps`);
 - listening on 127.0.0.1 only, at `label_studio.url`'s port (else 8080, another free one when
-  8080 is taken, kept in server.json for the next start).
+  8080 is taken, kept in server.json for the next start);
+- confined (`label_studio.confine`, default true) through hoard's launcher hoardfs.base.confine:
+  Label Studio writes only its data directory and a temporary directory of its own
+  (`<state>/labelstudio/tmp`, its TMPDIR), reads only those, its venv (and the Python that venv
+  runs), the system's programs, libraries and files (hoardfs.jobs.actions.execute's
+  SYSTEM_PROGRAMS, SYSTEM_READS) and the document root, and opens IPv4/IPv6 sockets only.
+  Landlock checks the file a link resolves to, so a link a worker plants in 3C pointing
+  elsewhere (hoard.toml, a shard, the index) is answered 404, whichever user runs it. Where
+  the kernel cannot confine it, `up` refuses in one line naming the key.
 
 `down` stops only the process `server.json` names, and only while that process is this data
 directory's `label-studio`. AC5 (`labelstudio.client_from_settings`) uses this server when
@@ -28,20 +36,23 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from hoardfs.base import landlock
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode
 from hoardfs.base.files import flocked, state_directory, write_owned
 from hoardfs.base.paths import display
+from hoardfs.jobs.actions.execute import launcher_argv, program_paths
 from hoardfs.jobs.actions.labelstudio import (
     DEFAULT_CONVERTER_PYTHON,
     LabelStudioError,
@@ -79,6 +90,10 @@ class Local:
     @property
     def log(self) -> Path:
         return self.home / "label-studio.log"
+
+    @property
+    def tmp(self) -> Path:
+        return self.home / "tmp"
 
     @property
     def server_file(self) -> Path:
@@ -172,13 +187,45 @@ def tail(log: Path, n: int = 3) -> str:
     return display(" | ".join(x.strip() for x in lines)) or "(empty log)"
 
 
+#: the refusals' next step where Label Studio cannot be confined
+_OPT_OUT = "set label_studio.confine = false in hoard.toml to start it unconfined"
+
+
+def confines(wanted: bool, gone: tuple[str, str] | None) -> bool:
+    """Whether `up` starts Label Studio confined: `wanted` is label_studio.confine, `gone`
+    what `landlock.unavailable()` says (why this kernel cannot confine, the next step; None
+    where it can). LabelStudioError, one line naming the key, where it is wanted and cannot be."""
+    if wanted and gone is not None:
+        raise LabelStudioError(f"label_studio.confine: this kernel cannot confine Label Studio: {gone[0]}; "
+                               f"{gone[1]}, or {_OPT_OUT}", ExitCode.UNAVAILABLE)
+    return wanted
+
+
+def confined_argv(argv: list[str], *, data: Path, tmp: Path, read: Iterable[Path], search: str) -> list[str]:
+    """hoard's launcher (hoardfs.base.confine) running `argv`, Label Studio's: it writes only
+    `data` and `tmp`, reads those, `read` (the document root), its program's files
+    (`program_paths`: the venv, the Python it runs) and the system's; IPv4 and IPv6 sockets."""
+    return [*launcher_argv(write=[], own=[str(data), str(tmp)], read=[str(p) for p in read],
+                           run=program_paths(argv[0], search), network=True, name="Label Studio", opt_out=_OPT_OUT),
+            "--", *argv]
+
+
 def launch(exe: Path, *, data: Path, document_root: Path, port: int, token: str, password: str, log: Path,
-           cwd: Path, username: str = USERNAME) -> subprocess.Popen:
+           cwd: Path, tmp: Path, username: str = USERNAME, confine: bool = True,
+           read: Iterable[Path] = ()) -> subprocess.Popen:
     """`label-studio start` detached (a session of its own), its output in `log`: local-files
     serving under `document_root`, the user `username` with `token` as its legacy API token on
-    a first start (secrets through the environment), bound to 127.0.0.1:`port`."""
+    a first start (secrets through the environment), bound to 127.0.0.1:`port`, `tmp` (made
+    anew, empty) its TMPDIR. With `confine`, through hoard's launcher (`confined_argv`): it
+    writes `data` and `tmp` alone and reads, besides its own files, `document_root` and `read`."""
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = {
-        "PATH": f"{exe.parent}:/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8",
+        "PATH": f"{exe.parent}:/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8", "TMPDIR": str(tmp),
         "PYTHONUNBUFFERED": "1",   # its "Starting development server at …" line reaches the log at once
         "LABEL_STUDIO_BASE_DATA_DIR": str(data),
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
@@ -189,6 +236,8 @@ def launch(exe: Path, *, data: Path, document_root: Path, port: int, token: str,
     }
     argv = [str(exe), "start", "--no-browser", "--data-dir", str(data), "--internal-host", "127.0.0.1",
             "--port", str(port), "--enable-legacy-api-token"]
+    if confine:
+        argv = confined_argv(argv, data=data, tmp=tmp, read=[document_root, *read], search=env["PATH"])
     with log.open("ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=cwd, start_new_session=True)
@@ -254,6 +303,14 @@ def up(cfg: Settings, venv: Path | None = None) -> Running:
             raise LabelStudioError(f"Label Studio's document root {display(str(local.document_root))} is not a "
                                    "directory; `hoard init` makes zone 3C (or fix label_studio.document_root)",
                                    ExitCode.USAGE)
+        confine = confines(cfg.label_studio.confine, landlock.unavailable())
+        files_root = cfg.label_studio.files_root
+        reads = [Path(os.path.realpath(files_root))] if files_root is not None else []  # a link in the root
+        if confine:
+            try:
+                landlock.refuse_secrets([local.document_root, *reads])
+            except landlock.SecretInReach as e:
+                raise LabelStudioError(f"label_studio.document_root: {e}", ExitCode.USAGE) from None
         token = _secret(local.token_file, lambda: secrets.token_hex(20))
         password = _secret(local.password_file, lambda: secrets.token_urlsafe(18))
         before = recorded(local.home)
@@ -266,7 +323,7 @@ def up(cfg: Settings, venv: Path | None = None) -> Running:
         local.data.mkdir(parents=True, exist_ok=True)
         since = local.log.stat().st_size if local.log.exists() else 0
         proc = launch(local.exe, data=local.data, document_root=local.document_root, port=port, token=token,
-                      password=password, log=local.log, cwd=local.home)
+                      password=password, log=local.log, cwd=local.home, tmp=local.tmp, confine=confine, read=reads)
         _record(local, {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}", "starting": True,
                         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         try:
