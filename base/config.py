@@ -168,6 +168,10 @@ class StoreConfig(BaseModel):
     copy_of_raw: int = Field(default=2, ge=2)
     copy_of_generated: int = Field(default=2, ge=2)
     write_ack: int = Field(default=2, ge=1)
+    #: shards a writer keeps open at once, each on its own set of write_ack disks, its groups
+    #: of records spread over them by the disks' bandwidth: "auto" (enough sets that every disk
+    #: writes, hoardfs.fsd.io.spread.auto_open_shards) or a number (1: one shard at a time)
+    open_shards: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = "auto"
     a4_scale: int = Field(default=10, ge=1)
     #: accept plain directories as disks (embedded default and unit tests only)
     allow_directory_disks: bool = False
@@ -390,6 +394,38 @@ class MountConfig(BaseModel):
     allow_other: bool = False
 
 
+class LoaderConfig(BaseModel):
+    """`[loader]`: where a training loader (`hoardfs.loader.Loader`) reads a dataset version's
+    samples on this host (docs/datasets.md, "From another host")."""
+
+    model_config = _strict
+    #: "store": the store's own index and disks (the store's server); "s3": the version's
+    #: published locator and the sealed shards on the S3 disks (`hoard dataset publish`); "mount":
+    #: the published locator and the objects' files through a hoard mount
+    source: Literal["store", "s3", "mount"] = "store"
+    #: source "s3": the S3 disk (a `[[disks]]` label) whose bucket holds the published locators
+    #: (default: the first S3 disk of the file)
+    disk: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    #: source "mount": the hoard mount's path (default: `[mount] path`)
+    mount: Path | None = None
+    #: source "mount": the directory holding the published locators (`hoard dataset publish
+    #: NAME@N --dir DIR`), one file `<name>@<N>.json` each
+    locators: Path | None = None
+
+
+class LoaderHost(BaseModel):
+    """What a training loader reads of hoard.toml when `[loader] source` is "s3" or "mount": a
+    host with no PostgreSQL, no Redis and no index of the store — its `[loader]`, its S3 disks
+    and `[mount]`; any other table (a remote worker's) is left to the programs that read it."""
+
+    model_config = ConfigDict(extra="ignore")
+    loader: LoaderConfig = LoaderConfig()
+    disks: list[DiskConfig] = []
+    mount: MountConfig = MountConfig()
+    #: the file this came from (set by `load_loader_host`)
+    source: Path | None = Field(default=None, exclude=True)
+
+
 class GuiUser(BaseModel):
     """A login of `hoard gui` given in hoard.toml (`hoard users add` keeps others in `gui.users_file`)."""
 
@@ -549,6 +585,8 @@ class Settings(BaseModel):
     api: ApiConfig = ApiConfig()
     #: text → image search: the CLIP model (docs/search.md)
     search: SearchConfig = SearchConfig()
+    #: where a training loader reads samples on this host (docs/datasets.md, "From another host")
+    loader: LoaderConfig = LoaderConfig()
     #: the file this came from (set by `load`, not a key of the file)
     source: Path | None = Field(default=None, exclude=True)
 
@@ -736,6 +774,30 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
 
 def load(explicit: str | os.PathLike[str] | None = None) -> Settings:
     """Read, validate and return the configuration; ConfigError on any problem."""
+    path, data = _read(explicit)
+    try:
+        settings = Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
+    settings.source = path.resolve()
+    return settings
+
+
+def load_loader_host(explicit: str | os.PathLike[str] | None = None) -> LoaderHost:
+    """The `[loader]`, S3 disks and `[mount]` of the configuration, validated alone (a training
+    loader's host has no database nor SSD); ConfigError on any problem."""
+    path, data = _read(explicit)
+    try:
+        host = LoaderHost(**data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
+    host.source = path.resolve()
+    return host
+
+
+def _read(explicit: str | os.PathLike[str] | None) -> tuple[Path, dict[str, Any]]:
+    """The file found (`find_config`) and its tables: parsed, relative paths made absolute
+    against its directory, the environment's keys laid over them."""
     path = find_config(explicit)
     try:
         raw = path.read_bytes()
@@ -753,12 +815,7 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Settings:
     # the environment beats the file, so HOARD_DATABASE_URL can point a checkout at a running
     # server without editing hoard.toml
     _overlay(data, environment())
-    try:
-        settings = Settings(**data)
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
-    settings.source = path.resolve()
-    return settings
+    return path, data
 
 
 #: the prefix of an environment variable that gives a key of hoard.toml

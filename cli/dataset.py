@@ -1,4 +1,4 @@
-"""`hoard dataset build|list|show|diff|materialize|rm`: training datasets from a spec
+"""`hoard dataset build|list|show|diff|materialize|publish|rm`: training datasets from a spec
 (docs/datasets.md) into zone 3D, as versions; hoardfs.datasets.api does the work."""
 
 from __future__ import annotations
@@ -187,6 +187,24 @@ def materialize(ctx: typer.Context, ref: Annotated[str, typer.Argument(metavar="
     with progress(f"dataset {ref}") as update:
         r = api.materialize(state(ctx).settings, ref, update)
     _report(r, as_json)
+
+
+@app.command("publish")
+def publish(ctx: typer.Context, ref: Annotated[str, typer.Argument(metavar="NAME@N")],
+            disk: Annotated[str | None, typer.Option("--disk", metavar="LABEL", help="the S3 disk to publish to "
+                                                     "(default: every S3 disk)")] = None,
+            out_dir: Annotated[Path | None, typer.Option("--dir", metavar="DIR", help="also write the locator "
+                                                         "as DIR/NAME@N.json (a mount reader's `[loader] "
+                                                         "locators`); alone: only there")] = None,
+            as_json: AsJson = False) -> None:
+    """Publish a version's locator — its manifest's and samples' places on the S3 disks, the
+    samples withheld now — for a training loader on another host (docs/datasets.md, "From
+    another host"); run it again after a delete or a gc."""
+    from hoardfs.datasets import publish as pub  # deferred: opens the store; `hoard dataset --help` needs none of it
+
+    r = pub.publish(state(ctx).settings, ref, disk, out_dir)
+    _emit(r, as_json, f"{r['dataset']}: {r['samples']} samples, {r['withheld']} withheld; its locator "
+                      f"({fmt_bytes(r['bytes'])}) → " + ", ".join(r["written"]))
 
 
 @app.command("rm")

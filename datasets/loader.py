@@ -42,6 +42,12 @@ looked up again); nothing is written to the store or the SSD.
 Memory: the shuffle buffer, the `lanes` runs being interleaved (at most `run_bytes` each), and
 per disk the run being read plus `ahead` read ones — whatever the dataset's size. The plan
 itself is a few integers per sample (with the manifest's samples).
+
+Where it reads (`source`, else hoard.toml's `[loader] source`): "store", the store's index and
+disks as above; "s3" or "mount", on a host with neither the index nor the database, a version's
+published locator and the S3 disks' sealed shards or a hoard mount (hoardfs.datasets.loader_remote):
+the locator holds the places the index gave at publish time, so the plan — and the sequence, and
+a state's resume — is the same.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ import os
 import random
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +66,7 @@ from hoardfs.base import config
 from hoardfs.base.collect import heap_frozen
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.datasets import api, card
+from hoardfs.datasets import loader_remote as remote
 from hoardfs.datasets.model import Sample
 from hoardfs.fsd.outputs import runs as runs_mod
 from hoardfs.fsd.outputs.runs import Rec, Run
@@ -79,6 +86,8 @@ RUN_BYTES = 8 << 20
 WINDOW = 1000
 #: the state's format
 STATE = 1
+#: where a loader reads (`[loader] source`; the constructor's `source`)
+SOURCES = ("store", "s3", "mount")
 
 
 class LoaderError(HoardError):
@@ -292,6 +301,33 @@ def _shared_store(cfg: config.Settings) -> Iterator[Store]:
                 got[0].close()
 
 
+class _StoreSource:
+    """The store's answers to what a loader asks of where it reads (hoardfs.datasets.loader_remote
+    answers the same from a published locator)."""
+
+    def __init__(self, ld: Loader, store: Store) -> None:
+        self.ld, self.store = ld, store
+
+    def locs(self, shas: list[bytes]) -> dict[bytes, Any]:
+        return self.store.index.lookup_many(shas)
+
+    def withheld(self, shas: list[bytes]) -> set[bytes]:
+        """The samples' objects the database marks deleted or black-listed, or the store does
+        not show (hidden, tombstoned) or no longer holds."""
+        assert self.ld.cfg is not None
+        every = sorted(set(shas))
+        with api._connect(self.ld.cfg, f"read dataset {self.ld.ref}") as conn, \
+                api._db_errors(f"{self.ld.ref} was read"):
+            gone = {bytes.fromhex(h) for h, _node, dead in physical_nodes(conn, every) if dead}
+        return gone | {h for h in every if h not in gone and not self.store.index.shown(h)}
+
+    def read_runs(self, runs: list[Run], ahead: int) -> Generator[runs_mod.RunRead, None, None]:
+        return runs_mod.read_runs(self.store, runs, ahead)
+
+    def live(self, sha: bytes) -> bool:
+        return runs_mod.live(self.store, sha)
+
+
 class Loader:
     """The samples of a dataset version's split, read from the store (the module's docstring).
 
@@ -305,7 +341,7 @@ class Loader:
                  position: int = 0, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES,
                  decode: Callable[[bytes], Any] | None = None, worker: int = 0, workers: int = 1, block: int = 1,
                  ahead: int = runs_mod.AHEAD, config_path: str | Path | None = None, origin: int | None = None,
-                 manifest: str | None = None) -> None:
+                 manifest: str | None = None, source: str | None = None) -> None:
         if origin is None:
             origin = position
         for what, v, least in (("seed", seed, 0), ("epoch", epoch, 0), ("position", position, 0),
@@ -324,31 +360,28 @@ class Loader:
         if not isinstance(ref, str) or not (split is None or isinstance(split, str)):
             raise LoaderError(f"Loader({ref!r}, split={split!r}): a dataset version NAME@N and a split's name "
                               "(or None); `hoard dataset list` names them")
-        self.cfg = config.load(config_path)
+        if source is not None and source not in SOURCES:
+            raise LoaderError(f"Loader source={source!r}: one of {', '.join(SOURCES)} (or None: hoard.toml's "
+                              "[loader] source)")
         self.config_path = str(config_path) if config_path is not None else None
         self.seed, self.epoch, self.position, self.origin = seed, epoch, position, origin
         self.buffer, self.lanes, self.run_bytes, self.ahead = buffer, lanes, run_bytes, ahead
         self.decode = decode
         self.worker, self.workers, self.block = worker, workers, block
         name, number = api.parse_ref(ref, need_version=False)
-        with api._connect(self.cfg, f"read dataset {ref}") as conn:
-            if number is not None:  # (a version that is not there: named as such, whatever the others' state)
-                with api._db_errors(f"dataset {name} was read"):
-                    there = [r["version"] for r in sqld.versions(conn, name)]
-                if number not in there:
-                    raise LoaderError(f"no dataset {ref} (its versions: {', '.join(map(str, there)) or 'none'}); "
-                                      "`hoard dataset list`")
-            row = api._version(conn, ref)
-        if not row["manifest_sha256"] or row["status"] == "building":
-            raise LoaderError(f"dataset {row['name']}@{row['version']} is building (or its build was killed): "
-                              "read a finished version, or run the same `hoard dataset build SPEC` again to finish it")
-        self.ref = f"{row['name']}@{row['version']}"
-        self.manifest_sha: str = row["manifest_sha256"]
-        if manifest is not None and not self.manifest_sha.startswith(manifest or "-"):
-            raise LoaderError(f"the loader state is of another {self.ref} (manifest {manifest[:16]}…, this store's "
-                              f"is {self.manifest_sha[:16]}…): a state resumes only the dataset it was saved from")
-        with self._store() as store:
-            every = card.read_manifest(store.get(self.manifest_sha))
+        host = config.load_loader_host(config_path) if source != "store" else None
+        self.source: str = source or (host.loader.source if host is not None else "store")
+        self._located: remote.Located | None = None
+        if self.source == "store":
+            self.cfg: config.Settings | None = config.load(config_path)
+            every = self._from_store(ref, name, number, manifest)
+        else:
+            assert host is not None
+            self.cfg = None
+            self._located = remote.open_located(host, ref, self.source)
+            self.ref, self.manifest_sha = self._located.ref, self._located.manifest_sha
+            self._check_manifest(manifest)
+            every = self._located.manifest()
         splits = sorted({s.split for s in every})
         if split is not None and split not in splits:
             raise LoaderError(f"dataset {self.ref} has no split {split!r} (its splits: {', '.join(splits) or 'none'})")
@@ -365,8 +398,44 @@ class Loader:
                                        "fallbacks": 0, "withheld": 0, "held_max": 0}
         self._mix = Mix()
 
+    def _check_manifest(self, manifest: str | None) -> None:
+        if manifest is not None and not self.manifest_sha.startswith(manifest or "-"):
+            raise LoaderError(f"the loader state is of another {self.ref} (manifest {manifest[:16]}…, this "
+                              f"{'store' if self.source == 'store' else 'locator'}'s is {self.manifest_sha[:16]}…): "
+                              "a state resumes only the dataset it was saved from")
+
+    def _from_store(self, ref: str, name: str, number: int | None, manifest: str | None) -> list[Sample]:
+        """The version's samples, its name and manifest looked up in the database and the store."""
+        assert self.cfg is not None
+        with api._connect(self.cfg, f"read dataset {ref}") as conn:
+            if number is not None:  # (a version that is not there: named as such, whatever the others' state)
+                with api._db_errors(f"dataset {name} was read"):
+                    there = [r["version"] for r in sqld.versions(conn, name)]
+                if number not in there:
+                    raise LoaderError(f"no dataset {ref} (its versions: {', '.join(map(str, there)) or 'none'}); "
+                                      "`hoard dataset list`")
+            row = api._version(conn, ref)
+        if not row["manifest_sha256"] or row["status"] == "building":
+            raise LoaderError(f"dataset {row['name']}@{row['version']} is building (or its build was killed): "
+                              "read a finished version, or run the same `hoard dataset build SPEC` again to finish it")
+        self.ref = f"{row['name']}@{row['version']}"
+        self.manifest_sha = row["manifest_sha256"]
+        self._check_manifest(manifest)
+        with self._store() as store:
+            return card.read_manifest(store.get(self.manifest_sha))
+
     def _store(self) -> contextlib.AbstractContextManager[Store]:
+        assert self.cfg is not None, "a loader reading through s3 or the mount opens no store"
         return _shared_store(self.cfg)
+
+    @contextlib.contextmanager
+    def _source(self) -> Iterator[_StoreSource | remote.Located]:
+        """Where the samples are read: the store (shared, `_shared_store`) or the located version."""
+        if self._located is not None:
+            yield self._located
+            return
+        with self._store() as store:
+            yield _StoreSource(self, store)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -412,9 +481,11 @@ class Loader:
         return {**self._stats, "per_disk_bytes": dict(self._stats["per_disk_bytes"]), "mix": self._mix.report()}
 
     # -- the sequence -----------------------------------------------------------------------
-    def plan(self, store: Store) -> Plan:
+    def plan(self, store: Store | _StoreSource | remote.Located) -> Plan:
+        """The epoch's plan from the records' places: the index's (a Store), or the published
+        locator's (which are the index's at publish time)."""
         if self._plan is None or self._plan_epoch != self.epoch:
-            locs = store.index.lookup_many(self.shas)
+            locs = store.index.lookup_many(self.shas) if isinstance(store, Store) else store.locs(self.shas)
             self._plan = plan(self.samples, locs, self.manifest_sha, self.split, self.seed, self.epoch,
                               self.buffer, self.lanes, self.run_bytes)
             self._plan_epoch = self.epoch
@@ -423,9 +494,9 @@ class Loader:
     def order(self) -> list[str]:
         """The keys of the epoch's whole sequence (no byte read): what iterating it from its
         start yields, the samples withheld now left out."""
-        with self._store() as store:
-            p = self.plan(store)
-            withheld = self._withheld(store)
+        with self._source() as src:
+            p = self.plan(src)
+            withheld = src.withheld(self.shas)
         return [self.samples[i].key for i in p.post if self.shas[i] not in withheld]
 
     def _owners(self, p: Plan, origin: int, withheld: set[bytes]) -> list[bool]:
@@ -439,22 +510,14 @@ class Loader:
                 rank += 1
         return mine
 
-    def _withheld(self, store: Store) -> set[bytes]:
-        """The samples' objects the database marks deleted or black-listed, or the store does
-        not show (hidden, tombstoned) or no longer holds."""
-        shas = sorted(set(self.shas))
-        with api._connect(self.cfg, f"read dataset {self.ref}") as conn, api._db_errors(f"{self.ref} was read"):
-            gone = {bytes.fromhex(h) for h, _node, dead in physical_nodes(conn, shas) if dead}
-        return gone | {h for h in shas if h not in gone and not store.index.shown(h)}
-
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        with self._store() as store:
-            yield from self._epoch(store)
+        with self._source() as src:
+            yield from self._epoch(src)
 
-    def _epoch(self, store: Store) -> Iterator[dict[str, Any]]:
-        p = self.plan(store)
+    def _epoch(self, src: _StoreSource | remote.Located) -> Iterator[dict[str, Any]]:
+        p = self.plan(src)
         start = self.position
-        withheld = self._withheld(store)
+        withheld = src.withheld(self.shas)
         # what this worker reads from here: its own positions' samples (live ones: owned)
         owned = self._owners(p, self.origin, withheld) if self.workers > 1 else None
         need = [False] * len(self.samples)
@@ -474,7 +537,7 @@ class Loader:
             if wanted:
                 todo.append(r)
                 parts.append(Run(run.shard_id, [rec for rec in run.records if rec.sha in wanted]))
-        reads = runs_mod.read_runs(store, parts, self.ahead)
+        reads = src.read_runs(parts, self.ahead)
         held: dict[int, bytes] = {}
         done = -1  # the last plan run read
         per_disk = self._stats["per_disk_bytes"]
@@ -503,7 +566,7 @@ class Loader:
                 self.position = k + 1
                 # hidden or deleted since the epoch began: not read — or read before, and not
                 # handed out now that the store no longer shows it
-                if data is None or not runs_mod.live(store, self.shas[i]):
+                if data is None or not src.live(self.shas[i]):
                     self._stats["withheld"] += 1
                     continue
                 s = self.samples[i]

@@ -251,7 +251,7 @@ def test_every_key_is_documented() -> None:
               "actions.": config.ActionsConfig, "label_studio.": config.LabelStudioConfig,
               "gui.": config.GuiConfig, "gui.users[].": config.GuiUser, "webhooks[].": config.WebhookConfig,
               "api.": config.ApiConfig, "worker.": config.WorkerConfig,
-              "search.": config.SearchConfig}
+              "search.": config.SearchConfig, "loader.": config.LoaderConfig}
     missing = [f"{prefix}{name}" for prefix, model in models.items() for name in model.model_fields
                if name != "source" and f"`{prefix}{name}`" not in doc]
     assert not missing, f"undocumented keys: {missing}"

@@ -9,6 +9,9 @@
     <bucket>/transfers/<run>/<sha256>   a --remote action run's child on its way to the store's
                                         server (metadata `hoard-sha256`), and `transfers/<run>/
                                         parsed.json`, what its host parsed; deleted once collected
+    <bucket>/loaders/<name>@<N>.json    a dataset version's published locator (hoardfs.datasets.publish): its
+                                        manifest's and samples' places, read by a training loader on
+                                        another host; replaced by each `hoard dataset publish`
     <bucket>/claims/<shard hex>         while a seal runs: `<size> <sha256 hex> <host> <pid> <pid start>
                                         <nonce>`: the bytes it uploads, and which seal it is (<host>:
                                         `<name>/<machine id>/<boot id>/<pid namespace>`)
@@ -104,6 +107,9 @@ SHARD_PREFIX, ORPHAN_PREFIX, CLAIM_PREFIX = "shards/", "orphans/", CLAIMS
 #: a --remote action run's outputs on their way from its host to the store's server
 #: (hoardfs.jobs.actions.remote): objects of their own, never read as shards nor listed with them
 TRANSFER_PREFIX = "transfers/"
+#: dataset versions' published locators (hoardfs.datasets.publish): plain objects, replaced whole by
+#: each publish, never read as shards nor listed with them
+PUBLISHED_PREFIX = "loaders/"
 #: the object metadata key holding the sha256 (hex) of the whole object; S3 sends it as the
 #: `x-amz-meta-hoard-sha256` header
 SHA_KEY = "hoard-sha256"
@@ -677,6 +683,33 @@ class S3Disk:
     def delete_transfer(self, key: str) -> None:
         assert key.startswith(TRANSFER_PREFIX)
         self._call(f"deleting {key}", self.client.delete_object, Bucket=self.bucket, Key=key)
+
+    # -- published locators (hoardfs.datasets.publish): plain objects under loaders/ -------------
+
+    def put_published(self, name: str, body: bytes) -> None:
+        """`body` as loaders/<name>, replacing the one there (a PUT is whole or nothing)."""
+        self._call(f"publishing {PUBLISHED_PREFIX}{name}", self.client.put_object, Bucket=self.bucket,
+                   Key=PUBLISHED_PREFIX + name, Body=body, Metadata={SHA_KEY: hashlib.sha256(body).hexdigest()})
+
+    def get_published(self, name: str) -> bytes | None:
+        """The bytes of loaders/<name>; None when there is no such object."""
+        try:
+            r = self._call(f"reading {PUBLISHED_PREFIX}{name}", self.client.get_object, Bucket=self.bucket,
+                           Key=PUBLISHED_PREFIX + name)
+        except FileNotFoundError:
+            return None
+        body = r["Body"]
+        try:
+            data: bytes = body.read()
+            return data
+        except BotoCoreError as e:
+            raise self._broke(f"reading {PUBLISHED_PREFIX}{name}", e) from None
+        finally:
+            body.close()
+
+    def published_names(self, prefix: str = "") -> list[str]:
+        """The names under loaders/ starting with `prefix` (a listing)."""
+        return sorted(k[len(PUBLISHED_PREFIX):] for k in self._keys(PUBLISHED_PREFIX + prefix))
 
     def free_bytes(self, used_by_hoard: int) -> int:
         """The space granted to hoard on the engine (`capacity_gb`) less what hoard holds there:

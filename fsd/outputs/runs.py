@@ -26,9 +26,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.records import DataError, ObjectNotFound, verified_view, verify_record
@@ -99,7 +99,7 @@ def assign(store: Store, runs: Sequence[Run]) -> list[str]:
     return out
 
 
-def _ranges(records: list[Rec], longest: int) -> list[list[Rec]]:
+def ranges(records: list[Rec], longest: int) -> list[list[Rec]]:
     """The records (offset order) cut into ranges read whole: a gap up to GAP_BYTES read through."""
     out: list[list[Rec]] = []
     start = end = 0
@@ -112,6 +112,29 @@ def _ranges(records: list[Rec], longest: int) -> list[list[Rec]]:
             out.append([r])
             start, end = a, b
     return out
+
+
+def disk_ranges(disk: Any, records: list[Rec]) -> list[list[Rec]]:
+    """`ranges` of `records` as one read of `disk` joins them: up to `range_limit` of its reads
+    in flight (`read_streams`)."""
+    return ranges(records, range_limit(disk.read_streams))
+
+
+def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[tuple[list[Rec], bytes | None,
+                                                                                      OSError | None]]:
+    """Each group (`disk_ranges`) of shard `shard_hex` read off `disk` as one range, from its
+    first record's header to its last record's end, `read_streams` at once, in order: (the
+    group, its bytes or None, the OSError that failed it). Nothing is checked here."""
+    def read(rng: list[Rec]) -> Callable[[], tuple[list[Rec], bytes | None, OSError | None]]:
+        def call() -> tuple[list[Rec], bytes | None, OSError | None]:
+            a = rng[0].offset - fmt.RECORD_HEADER_SIZE
+            try:
+                return rng, disk.read_exact(shard_hex, a, max(r.offset + r.length for r in rng) - a), None
+            except OSError as e:  # (an S3 engine that does not answer: EngineError, an OSError)
+                return rng, None, e
+        return call
+
+    return in_order((read(g) for g in groups), disk.read_streams)
 
 
 def _fallback(store: Store, rec: Rec, avoid: str) -> bytes:
@@ -147,15 +170,6 @@ def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
         shard_hex = run.shard_id.hex()
         where = f" (shard {shard_hex} on {disk.label})"
 
-        def read(rng: list[Rec]) -> Callable[[], tuple[list[Rec], bytes | None, Exception | None]]:
-            def call() -> tuple[list[Rec], bytes | None, Exception | None]:
-                a = rng[0].offset - fmt.RECORD_HEADER_SIZE
-                try:
-                    return rng, disk.read_exact(shard_hex, a, max(r.offset + r.length for r in rng) - a), None
-                except OSError as e:
-                    return rng, None, e
-            return call
-
         # a range never reads through a record of the run the store no longer shows: its
         # bytes stay on the disk (only other objects' gaps are read through, as the planner does)
         segments: list[list[Rec]] = [[]]
@@ -164,8 +178,8 @@ def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
                 segments[-1].append(r)
             elif segments[-1]:
                 segments.append([])
-        groups = [g for seg in segments for g in _ranges(seg, range_limit(disk.read_streams))]
-        for rng, buf, err in in_order((read(g) for g in groups), disk.read_streams):
+        groups = [g for seg in segments for g in disk_ranges(disk, seg)]
+        for rng, buf, err in read_groups(disk, shard_hex, groups):
             if buf is None:
                 # a shard file gone is a shard gc retired after the plan (its records were moved:
                 # looked up again); any other error is the replica's
@@ -200,7 +214,15 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD) -> Generato
     and at most `ahead` runs ahead of the consumer. A reader's error (a record no replica
     holds whole: DataError) is raised here in its run's place. Closing the iterator stops the
     readers."""
-    disk_of = assign(store, runs)
+    yield from read_assigned(assign(store, runs), lambda i, u: read_run(store, i, runs[i], u), ahead)
+
+
+def read_assigned(disk_of: Sequence[str], read: Callable[[int, str], RunRead],
+                  ahead: int = AHEAD) -> Generator[RunRead, None, None]:
+    """`read(i, disk_of[i])` of each run i, handed out in run order: one reader thread per disk
+    reading its own runs in that order, at most `ahead` runs ahead of the consumer (`read_runs`;
+    a training loader on another host reads its S3 disks or a mount through it). A reader's
+    error is raised here in its run's place. Closing the iterator stops the readers."""
     mine: dict[str, list[int]] = {}
     for i, u in enumerate(disk_of):
         mine.setdefault(u, []).append(i)
@@ -216,7 +238,7 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD) -> Generato
             if stop.is_set():
                 return
             try:
-                item: RunRead | BaseException = read_run(store, i, runs[i], u)
+                item: RunRead | BaseException = read(i, u)
             except BaseException as e:  # handed to the consumer, which raises it
                 put(q, e)
                 return

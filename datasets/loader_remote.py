@@ -1,0 +1,394 @@
+"""A training loader's samples on a host that has neither the store's index nor its database
+(docs/datasets.md, "From another host"): read through the S3 disks' sealed shards or through a
+hoard mount, from a version's published locator (hoardfs.datasets.publish).
+
+    [loader]                    # the host's hoard.toml (hoardfs.base.config.LoaderConfig)
+    source = "s3"               # or "mount" (mount = PATH, locators = DIR)
+    disk = "s3a"                # the S3 disk whose bucket holds loaders/<name>@<N>.json
+
+The locator gives the version's manifest (read from its own place, its sha256 checked) and each
+sample's record place — shard, offset, length — as the index had it at publish time, so the
+loader (hoardfs.datasets.loader) plans the epoch from exactly what it plans from on the store's
+server: the same order, the same resume.
+
+**S3** (`S3Located`): each run is read from an S3 disk of this host holding its shard (the
+runs balanced over them by bytes), its records coalesced into ranged GETs as the store's loader
+coalesces them (hoardfs.fsd.outputs.runs.ranges), `read_streams` GETs in flight per disk,
+one reader thread per disk at most `ahead` runs ahead. Each record's header and xxh3-128 are
+checked (`verified_view`); a record that does not check, or a shard object not there, is read
+from the next S3 disk of this host holding its shard (logged, counted as a fallback); with none
+left the loader stops in one line naming the record and the next step.
+
+**Mount** (`MountLocated`): each sample's object read as the file `by-hash/<aa>/<bb>/<sha256>.<ext>`
+of the mount (every object the store shows is there, whatever the version's mode), its sha256
+checked; a file that is not there is an object the store no longer shows (deleted since the
+publish, or collected): withheld, as the store's loader withholds it.
+
+What a host withholds: the samples the locator lists as withheld (deleted, black-listed or
+hidden when it was published); through the mount also those deleted since. Through S3 a sample
+deleted after the publish is read while its shard holds it: publish again after a delete
+(`hoard dataset publish NAME@N`). Nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from hoardfs.base.config import LoaderHost
+from hoardfs.base.errors import ExitCode, HoardError, first_line
+from hoardfs.datasets import card
+from hoardfs.datasets.model import Sample
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.records import verified_view, verify_record
+from hoardfs.fsd.outputs.runs import AHEAD, Rec, Run, RunRead, disk_ranges, read_assigned, read_groups
+
+__all__ = ["Loc", "Located", "MountLocated", "RemoteLoaderError", "S3Located", "open_located"]
+
+log = logging.getLogger(__name__)
+
+#: the locator's format (hoardfs.datasets.publish.LOCATOR; datasets may not import each other's
+#: server side here: the host runs this module alone)
+LOCATOR = 1
+#: files read through the mount at once by the mount reader (the mount's own read queues
+#: spread them over the replicas)
+MOUNT_STREAMS = 4
+#: a shard staging folder that is never there: a host reads sealed objects only, and an S3
+#: disk's read of a key that is not there looks on its staging folder next
+_NO_STAGING = Path("/nonexistent/hoard-loader-no-staging")
+
+_SHA = re.compile(r"[0-9a-f]{64}")
+_SHARD = re.compile(r"[0-9a-f]{24}")
+_EXT = re.compile(r"[A-Za-z0-9._+-]{0,32}")
+_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*@[1-9][0-9]{0,8}")
+
+
+class RemoteLoaderError(HoardError):
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class Loc(NamedTuple):
+    """A record's place, as the index's ObjectLoc gives it to the plan."""
+
+    shard_id: bytes
+    offset: int
+    length: int
+
+
+def _checked(raw: bytes, where: str, ref: str) -> dict[str, Any]:
+    """The locator's document, each field checked (a bucket's object is what whoever may write
+    the bucket put there); RemoteLoaderError (one line) naming the first thing wrong."""
+    def bad(why: str) -> RemoteLoaderError:
+        return RemoteLoaderError(f"the locator of {ref} at {where} {why}: publish it again on the store's server "
+                                 f"(`hoard dataset publish {ref}`)", ExitCode.DATA)
+
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise bad("is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("locator") != LOCATOR:
+        raise bad(f"is not a locator of format {LOCATOR}")
+    if doc.get("dataset") != ref:
+        raise bad(f"names dataset {str(doc.get('dataset'))[:80]!r}")
+    if not isinstance(doc.get("manifest_sha256"), str) or not _SHA.fullmatch(doc["manifest_sha256"]):
+        raise bad("names no manifest")
+    objects, withheld = doc.get("objects"), doc.get("withheld")
+    if not isinstance(objects, dict) or not isinstance(withheld, list):
+        raise bad("has no objects or withheld list")
+    for sha, place in objects.items():
+        ok = isinstance(place, list) and len(place) == 5
+        shard, offset, length, labels, ext = place if ok else (None, 0, 0, None, None)
+        if not (ok and isinstance(sha, str) and _SHA.fullmatch(sha) and isinstance(shard, str)
+                and _SHARD.fullmatch(shard) and type(offset) is int and type(length) is int
+                and offset >= fmt.RECORD_HEADER_SIZE and length >= 0 and isinstance(labels, list)
+                and all(isinstance(x, str) for x in labels) and isinstance(ext, str) and _EXT.fullmatch(ext)):
+            raise bad(f"places object {str(sha)[:80]!r} nowhere a record can be")
+    if not all(isinstance(h, str) and _SHA.fullmatch(h) for h in withheld):
+        raise bad("withholds something that is not a sha256")
+    if doc["manifest_sha256"] not in objects:
+        raise bad("does not place its manifest")
+    return doc
+
+
+class Located:
+    """What the loader asks of where it reads (the store's `_StoreSource` answers the same):
+    the version, its samples' places, what is withheld, the runs read."""
+
+    source = ""
+
+    def __init__(self, ref: str, doc: dict[str, Any], where: str) -> None:
+        self.ref, self.where = ref, where
+        self.manifest_sha: str = doc["manifest_sha256"]
+        self.objects: dict[str, list[Any]] = doc["objects"]
+        self.withheld_at_publish = {bytes.fromhex(h) for h in doc["withheld"]}
+        self.unshown: set[bytes] = set()  # found gone since the publish (the mount)
+
+    def manifest(self) -> list[Sample]:
+        """The version's samples, from the manifest's own place, its sha256 checked."""
+        rec = self._rec(bytes.fromhex(self.manifest_sha))
+        data = self.read_one(rec, self.objects[self.manifest_sha][3])
+        if data is None or hashlib.sha256(data).hexdigest() != self.manifest_sha:
+            raise RemoteLoaderError(f"the manifest of {self.ref} ({self.manifest_sha[:16]}…) cannot be read whole "
+                                    f"through {self.where}: publish it again on the store's server (`hoard dataset "
+                                    f"publish {self.ref}`)", ExitCode.DATA)
+        return card.read_manifest(data)
+
+    def _rec(self, sha: bytes) -> Rec:
+        shard, offset, length, _labels, _ext = self.objects[sha.hex()]
+        return Rec(sha, offset, length)
+
+    def locs(self, shas: list[bytes]) -> dict[bytes, Loc]:
+        out = {}
+        for h in shas:
+            place = self.objects.get(h.hex())
+            if place is not None:
+                out[h] = Loc(bytes.fromhex(place[0]), place[1], place[2])
+        return out
+
+    def withheld(self, shas: list[bytes]) -> set[bytes]:
+        return self.withheld_at_publish | self.unshown
+
+    def live(self, sha: bytes) -> bool:
+        return sha not in self.withheld_at_publish and sha not in self.unshown
+
+    def read_one(self, rec: Rec, labels: list[str]) -> bytes | None:
+        raise NotImplementedError
+
+    def read_runs(self, runs: list[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+# -- S3 ----------------------------------------------------------------------------------------
+
+def _open_s3(host: LoaderHost, label: str) -> Any:
+    """This host's S3 disk `label`, its bucket checked to be that hoardfs disk (its identity)."""
+    from hoardfs.fsd.core.s3 import S3Disk  # deferred: boto3 is loaded only where an S3 disk is read
+
+    dc = next((d for d in host.disks if d.kind == "s3" and d.label == label), None)
+    if dc is None:
+        raise RemoteLoaderError(f"S3 disk {label}: {host.source} declares no such disk: add its [[disks]] table "
+                                "(kind = \"s3\") on this host")
+    if dc.path is None:  # (a host has no SSD: its S3 disks stage nothing, it reads sealed objects)
+        dc = dc.model_copy(update={"path": _NO_STAGING / dc.label})
+    disk = S3Disk.configured(dc)
+    ident = disk.read_identity()  # (an engine that does not answer: EngineError, one line)
+    if ident is None or ident.get("label") != dc.label:
+        raise RemoteLoaderError(f"disk {dc.label}: bucket {dc.bucket} at {dc.endpoint} is not that hoardfs disk (its "
+                                f"identity: {ident and ident.get('label')}); correct disks.bucket in {host.source}")
+    return S3Disk.configured(dc, str(ident["uuid"]))
+
+
+class S3Located(Located):
+    """The version read through this host's S3 disks (the module's docstring)."""
+
+    source = "s3"
+
+    def __init__(self, host: LoaderHost, ref: str) -> None:
+        s3 = [d.label for d in host.disks if d.kind == "s3"]
+        label = host.loader.disk or (s3[0] if s3 else None)
+        if label is None:
+            raise RemoteLoaderError(f"[loader] source = \"s3\" in {host.source}, which declares no S3 disk: add the "
+                                    "[[disks]] table (kind = \"s3\") of the store's S3 disk holding the locators",
+                                    ExitCode.USAGE)
+        self.disks: dict[str, Any] = {label: _open_s3(host, label)}
+        self.host = host
+        home = self.disks[label]
+        ref = self._resolve(home, ref)
+        raw = home.get_published(f"{ref}.json")
+        if raw is None:
+            raise RemoteLoaderError(f"no locator of {ref} in bucket {home.bucket} (S3 disk {label}): publish it on the "
+                                    f"store's server (`hoard dataset publish {ref}`)")
+        super().__init__(ref, _checked(raw, f"s3://{home.bucket}/loaders/{ref}.json", ref), f"S3 disk {label}")
+        for other in sorted({x for p in self.objects.values() for x in p[3]} & set(s3) - {label}):
+            self.disks[other] = _open_s3(host, other)
+
+    @staticmethod
+    def _resolve(disk: Any, ref: str) -> str:
+        """`NAME@N` as given; `NAME` alone: the highest version published in the bucket."""
+        if "@" in ref:
+            return ref
+        found = [n[:-5] for n in disk.published_names(f"{ref}@") if n.endswith(".json") and _REF.fullmatch(n[:-5])]
+        if not found:
+            raise RemoteLoaderError(f"no version of dataset {ref} is published in bucket {disk.bucket}: publish one on "
+                                    f"the store's server (`hoard dataset publish {ref}@N`)")
+        return max(found, key=lambda r: int(r.rpartition("@")[2]))
+
+    def _here(self, labels: list[str]) -> list[Any]:
+        return [self.disks[x] for x in labels if x in self.disks]
+
+    def _missing(self, rec: Rec, labels: list[str]) -> RemoteLoaderError:
+        return RemoteLoaderError(f"object {rec.sha.hex()} of {self.ref} lies on S3 disk(s) {', '.join(labels) or 'none'}"
+                                 f", none of which {self.host.source} declares: add its [[disks]] table (kind = \"s3\") "
+                                 "on this host")
+
+    def read_one(self, rec: Rec, labels: list[str]) -> bytes | None:
+        disks = self._here(labels)
+        if not disks:
+            raise self._missing(rec, labels)
+        return self._fallback(rec, self.objects[rec.sha.hex()][0], disks)
+
+    def _fallback(self, rec: Rec, shard_hex: str, disks: list[Any], tried: Any = None,
+                  err: Exception | None = None) -> bytes:
+        """The record from the first of `disks` (not `tried`, which failed with `err`) that gives
+        it whole and checked; RemoteLoaderError (one line) when none does."""
+        why, gone = (first_line(err), isinstance(err, FileNotFoundError)) if err is not None else ("", True)
+        for disk in disks:
+            if disk is tried:
+                continue
+            where = f" (shard {shard_hex} on S3 disk {disk.label})"
+            try:
+                buf = disk.read_exact(shard_hex, rec.offset - fmt.RECORD_HEADER_SIZE,
+                                      fmt.RECORD_HEADER_SIZE + rec.length)
+                return verify_record(memoryview(buf), 0, rec.sha, rec.length, where)
+            except (fmt.ShardFormatError, OSError) as e:  # (EngineError is an OSError: DiskGone)
+                why, gone = first_line(e), gone and isinstance(e, FileNotFoundError)
+                log.warning("loader: record %s…%s cannot be used (%s); trying another S3 disk", rec.sha.hex()[:12],
+                            where, why)
+        raise RemoteLoaderError(
+            f"object {rec.sha.hex()} of {self.ref}: no S3 disk of this host gives its record in shard {shard_hex} whole "
+            f"({why}); " + ("the shard is not in the bucket: the store moved or dropped it since the publish (gc) — "
+                            "publish again on the store's server "
+                            f"(`hoard dataset publish {self.ref}`)" if gone else
+                            "run `hoard verify` on the store's server (it repairs the replica), then resume"),
+            ExitCode.DATA)
+
+    def _assign(self, runs: list[Run]) -> list[str]:
+        """The S3 disk each run is read from: of this host's disks holding its shard, the one with
+        the fewest bytes given so far (ties: the label) — the store's balance, by bytes."""
+        load: dict[str, int] = {}
+        out = []
+        for run in runs:
+            rec = run.records[0]
+            labels = self.objects[rec.sha.hex()][3]
+            here = [x for x in labels if x in self.disks]
+            if not here:
+                raise self._missing(rec, labels)
+            best = min(here, key=lambda x: (load.get(x, 0), x))
+            load[best] = load.get(best, 0) + run.size
+            out.append(best)
+        return out
+
+    def read_runs(self, runs: list[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
+        return read_assigned(self._assign(runs), lambda i, label: self._read_run(i, runs[i], label), ahead)
+
+    def _read_run(self, number: int, run: Run, label: str) -> RunRead:
+        disk = self.disks[label]
+        shard_hex = run.shard_id.hex()
+        where = f" (shard {shard_hex} on S3 disk {label})"
+        out = RunRead(number, {}, label)
+        failed: list[tuple[Rec, Exception]] = []
+        for rng, buf, err in read_groups(disk, shard_hex, disk_ranges(disk, run.records)):
+            if buf is None:
+                log.warning("loader: shard %s on S3 disk %s unreadable (%s); its records are read from another S3 disk",
+                            shard_hex, label, first_line(err) if err else "?")
+                failed += [(r, err or OSError("no answer")) for r in rng]
+                continue
+            view = memoryview(buf)
+            base = rng[0].offset - fmt.RECORD_HEADER_SIZE
+            out.nbytes += len(buf)
+            for r in rng:
+                try:
+                    out.payloads[r.sha] = bytes(verified_view(view, r.offset - fmt.RECORD_HEADER_SIZE - base,
+                                                              r.sha, r.length, where))
+                except fmt.ShardFormatError as e:
+                    log.warning("loader: record %s…%s does not check out (%s); read from another S3 disk",
+                                r.sha.hex()[:12], where, e)
+                    failed.append((r, e))
+        for r, why in failed:
+            labels = self.objects[r.sha.hex()][3]
+            out.payloads[r.sha] = self._fallback(r, shard_hex, self._here(labels), disk, why)
+            out.fallbacks += 1
+        return out
+
+    def close(self) -> None:
+        self.disks.clear()
+
+
+# -- the mount ---------------------------------------------------------------------------------
+
+class MountLocated(Located):
+    """The version read through a hoard mount (the module's docstring)."""
+
+    source = "mount"
+
+    def __init__(self, host: LoaderHost, ref: str) -> None:
+        root = host.loader.mount or host.mount.path
+        if root is None:
+            raise RemoteLoaderError(f"[loader] source = \"mount\" in {host.source} names no mount: set [loader] mount "
+                                    "(or [mount] path) to the hoard mount's path", ExitCode.USAGE)
+        if not (root / "by-hash").is_dir() or not (root / ".hoard").is_dir():
+            raise RemoteLoaderError(f"{root}: not a hoard mount (no by-hash/ and .hoard/ there): mount the store there "
+                                    "(`hoard mount PATH`), or correct [loader] mount", ExitCode.UNAVAILABLE)
+        folder = host.loader.locators
+        if folder is None:
+            raise RemoteLoaderError(f"[loader] source = \"mount\" in {host.source} names no locators directory: set "
+                                    "[loader] locators to where `hoard dataset publish NAME@N --dir DIR` writes",
+                                    ExitCode.USAGE)
+        if "@" not in ref:
+            found = [p.stem for p in folder.glob(f"{ref}@*.json") if _REF.fullmatch(p.stem)]
+            if not found:
+                raise RemoteLoaderError(f"no version of dataset {ref} is published in {folder}: publish one on the "
+                                        f"store's server (`hoard dataset publish {ref}@N --dir {folder}`)")
+            ref = max(found, key=lambda r: int(r.rpartition("@")[2]))
+        path = folder / f"{ref}.json"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise RemoteLoaderError(f"{path}: no locator of {ref} there: publish it on the store's server (`hoard "
+                                    f"dataset publish {ref} --dir {folder}`)") from None
+        except OSError as e:
+            raise RemoteLoaderError(f"{path}: cannot read the locator of {ref} ({e.strerror})") from None
+        self.root = root
+        super().__init__(ref, _checked(raw, str(path), ref), f"the mount {root}")
+
+    def path(self, sha: bytes) -> Path:
+        h = sha.hex()
+        ext = self.objects[h][4]
+        return self.root / "by-hash" / h[:2] / h[2:4] / (h + (f".{ext}" if ext else ""))
+
+    def read_one(self, rec: Rec, labels: list[str]) -> bytes | None:
+        path = self.path(rec.sha)
+        try:
+            with open(path, "rb", buffering=0) as f:  # (unbuffered: no isatty round trip, docs/mount.md)
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RemoteLoaderError(f"{path}: cannot be read through the mount ({e.strerror}); `hoard health` on the "
+                                    "store's server says why", ExitCode.DATA) from None
+        if len(data) != rec.length or hashlib.sha256(data).digest() != rec.sha:
+            raise RemoteLoaderError(f"{path}: its bytes are not object {rec.sha.hex()} ({len(data)} bytes read); "
+                                    "`hoard health` on the store's server says why", ExitCode.DATA)
+        return data
+
+    def read_runs(self, runs: list[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
+        return read_assigned(["mount"] * len(runs), lambda i, _u: self._read_run(i, runs[i]), ahead)
+
+    def _read_run(self, number: int, run: Run) -> RunRead:
+        out = RunRead(number, {}, "mount")
+        with ThreadPoolExecutor(MOUNT_STREAMS, thread_name_prefix="loader-mount") as pool:
+            got = list(zip(run.records, pool.map(lambda r: self.read_one(r, []), run.records), strict=True))
+        for r, data in got:
+            if data is None:  # not shown by the store any more: deleted since the publish, or collected
+                self.unshown.add(r.sha)
+                out.unshown.append(r.sha)
+                continue
+            out.payloads[r.sha] = data
+            out.nbytes += len(data)
+        return out
+
+
+def open_located(host: LoaderHost, ref: str, source: str) -> Located:
+    """The version `ref` read through `source` ("s3" or "mount") as `host` configures it."""
+    if source == "s3":
+        return S3Located(host, ref)
+    return MountLocated(host, ref)

@@ -1,0 +1,257 @@
+"""The training loader on another host (hoardfs.datasets.loader_remote; docs/datasets.md, "From
+another host"): a version published by `hoard dataset publish` and read, by a Loader whose
+hoard.toml has only `[loader]` and the S3 disks, through a real SeaweedFS's sealed shards — or,
+with `[loader] source = "mount"`, through a real FUSE mount — in the same order, resumed the
+same, verified record by record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+
+from hoardfs.base import config
+from hoardfs.base.errors import ConfigError
+from hoardfs.datasets.loader_remote import RemoteLoaderError
+from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.io.replicate import replicate_once
+from hoardfs.fsd.store import Store
+from hoardfs.loader import Loader, LoaderError
+from tests.test_datasets import _hoard
+from tests.test_loader import SMALL, built  # noqa: F401  # (built: a fixture)
+from tests.test_mount import mounted
+from tests.test_s3_backend import engine_env  # noqa: F401  # (engine_env: a fixture)
+
+# tier: PostgreSQL, Redis, an S3 engine (SeaweedFS) and a FUSE mount
+pytestmark = pytest.mark.services
+
+
+def _add_s3(cfg_path: Path, engine, label: str) -> str:
+    """S3 disk `label` (a new bucket of `engine`) added to the server's hoard.toml and initialised."""
+    bucket = f"hoard-{label}-" + secrets.token_hex(4)
+    engine.client().create_bucket(Bucket=bucket)
+    cfg_path.write_text(cfg_path.read_text().replace(
+        "\n[ssd]", f'\n[[disks]]\nlabel = "{label}"\nkind = "s3"\nendpoint = "{engine.endpoint}"\n'
+                   f'bucket = "{bucket}"\ncapacity_gb = 2\n\n[ssd]', 1))
+    Store.open(config.load(cfg_path), init=True).close()
+    return bucket
+
+
+def _onto_the_buckets(cfg_path: Path, copies: int) -> None:
+    """Every shard replicated until it has `copies` replicas (every disk: the S3 ones too)."""
+    text = cfg_path.read_text()
+    head, _, rest = text.partition("[store]\n")
+    rest = "\n".join(line for line in rest.split("\n") if not line.startswith("copy_of_"))
+    cfg_path.write_text(f"{head}[store]\ncopy_of_raw = {copies}\ncopy_of_generated = {copies}\n{rest}")
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+
+
+def _host(root: Path, engine, buckets: dict[str, str], **loader: str) -> Path:
+    """A host's hoard.toml: `[loader]` and the S3 disks `buckets` (label → bucket) — no database,
+    no Redis, no SSD, no local disk."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["[loader]"] + [f"{k} = {json.dumps(v)}" for k, v in loader.items()]
+    for label, bucket in buckets.items():
+        lines += ["", "[[disks]]", f'label = "{label}"', 'kind = "s3"', f'endpoint = "{engine.endpoint}"',
+                  f'bucket = "{bucket}"', "capacity_gb = 2"]
+    path = root / "hoard.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _seq(ld: Loader, epochs: int = 2) -> list[tuple[int, str]]:
+    return [(s["epoch"], s["key"]) for _ in range(epochs) for s in ld]
+
+
+def _publish(cfg, *args: str) -> dict:
+    res = _hoard(cfg, "dataset", "publish", "pets@1", "--json", *args)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout)
+
+
+def _flip(engine, bucket: str, shard_hex: str, at: int) -> None:
+    """Flip one byte of the sealed shard's object in the bucket (the test's own hands)."""
+    c, key = engine.client(), f"shards/{shard_hex[-2:]}/{shard_hex}"
+    obj = c.get_object(Bucket=bucket, Key=key)
+    data = bytearray(obj["Body"].read())
+    data[at] ^= 0xFF
+    c.put_object(Bucket=bucket, Key=key, Body=bytes(data), Metadata=obj["Metadata"])
+
+
+def test_a_host_reads_the_published_version_through_s3_in_the_same_order(built, seaweedfs, engine_env,
+                                                                         tmp_path: Path) -> None:
+    """Publish is refused in one line while a sample is on no S3 disk (nothing written); once
+    replicated it writes the locator into the bucket. A host whose hoard.toml has only `[loader]
+    source = "s3"` and the S3 disk yields the server's own sequence — every key, in the same
+    order, for two epochs, split over 3 workers too — its bytes right, every byte read off the
+    S3 disk; its state resumes from any point on the host and on the server alike; a node
+    deleted before a new publish is withheld; the host never opens a database or an index."""
+    cfg, _ = built
+    engine_env(seaweedfs)
+    bucket = _add_s3(Path(cfg.source), seaweedfs, "s3a")
+    res = _hoard(cfg, "dataset", "publish", "pets@1")
+    assert res.returncode == 3, res.stdout + res.stderr
+    line = res.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line and "on no sealed replica on S3 disk s3a" in line
+    assert "hoard replicate" in line
+    assert "Contents" not in seaweedfs.client().list_objects_v2(Bucket=bucket, Prefix="loaders/")
+    _onto_the_buckets(Path(cfg.source), 5)
+    rep = _publish(cfg)
+    assert rep["dataset"] == "pets@1" and rep["withheld"] == 0 and rep["written"] == [
+        f"s3://{bucket}/loaders/pets@1.json (s3a)"]
+
+    host = _host(tmp_path / "host", seaweedfs, {"s3a": bucket}, source="s3", disk="s3a")
+    here = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    whole = _seq(here)
+    there = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+    assert there.source == "s3" and there.cfg is None and there.ref == "pets@1"
+    got = []
+    for _ in range(2):
+        for s in there:
+            assert hashlib.sha256(s["bytes"]).hexdigest() == s["sha256"]
+            got.append((s["epoch"], s["key"]))
+    assert got == whole and len(whole) >= 30
+    st = there.stats()
+    assert set(st["per_disk_bytes"]) == {"s3a"} and st["read_bytes"] >= st["bytes"] > 0 and st["fallbacks"] == 0
+    assert Loader("pets", "train", 7, 1, config_path=host, **SMALL).order() == [k for e, k in whole if e == 1]
+    parts = [[s["key"] for s in Loader("pets@1", "train", 7, 0, config_path=host, worker=w, workers=3, **SMALL)]
+             for w in range(3)]
+    assert [parts[i % 3][i // 3] for i in range(len(whole) // 2)] == [k for e, k in whole if e == 0]
+
+    n = len(whole) // 2
+    rng = random.Random(3)
+    for p in sorted({0, 1, SMALL["buffer"] - 1, SMALL["buffer"] + 1, n - 1, n, n + 1}
+                    | {rng.randrange(2 * n) for _ in range(8)}):
+        ld = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+        seen: list[tuple[int, str]] = []
+        while len(seen) < p:  # stopped after p samples
+            for s in ld:
+                seen.append((s["epoch"], s["key"]))
+                if len(seen) == p:
+                    break
+        state = json.loads(json.dumps(ld.state_dict()))
+        on_host = Loader.from_state_dict(state, config_path=host)
+        on_server = Loader.from_state_dict(state, config_path=cfg.source)
+        for again in (on_host, on_server):
+            rest = []
+            while again.epoch < 2:
+                rest += [(s["epoch"], s["key"]) for s in again]
+            assert seen + rest == whole, (p, again.source)
+
+    gone = whole[3][1]
+    sha = next(s.sha256 for s in here.samples if s.key == gone)
+    res = _hoard(cfg, "delete", "--node", sha)
+    assert res.returncode == 0, res.stderr
+    assert _publish(cfg)["withheld"] == 1
+    kept = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+    assert [s["key"] for s in kept] == [k for e, k in whole if e == 0 and k != gone]
+    assert kept.stats()["withheld"] == 1
+
+
+@pytest.mark.expect_log(r"loader: record [0-9a-f]+….* does not check out .*; read from another S3 disk", level="WARNING")
+@pytest.mark.expect_log(r"loader: record [0-9a-f]+….* cannot be used .*; trying another S3 disk", level="WARNING")
+def test_a_rotten_record_on_a_bucket_is_read_around_or_refused_in_one_line(built, seaweedfs, engine_env,
+                                                                          tmp_path: Path) -> None:
+    """Two S3 disks hold every shard: a byte flipped in the record of the one the host reads the
+    sample from gives the sample from the other (its bytes right, the fallback counted and
+    logged); the same record flipped on both stops the loader in one line naming the object and
+    `hoard verify` — never handing the rotten bytes out."""
+    cfg, _ = built
+    engine_env(seaweedfs)
+    buckets = {label: _add_s3(Path(cfg.source), seaweedfs, label) for label in ("s3a", "s3b")}
+    _onto_the_buckets(Path(cfg.source), 6)
+    _publish(cfg)
+    host = _host(tmp_path / "host", seaweedfs, buckets, source="s3")
+    whole = list(Loader("pets@1", "train", 7, 0, config_path=host, **SMALL))
+    doc = json.loads(seaweedfs.client().get_object(Bucket=buckets["s3a"], Key="loaders/pets@1.json")["Body"].read())
+    victim = whole[len(whole) // 2]
+    shard_hex, offset, _length, on, _ext = doc["objects"][victim["sha256"]]
+    assert on == ["s3a", "s3b"]
+    ld = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+    first = ld._located._assign(ld.plan(ld._located).runs)  # type: ignore[union-attr]
+    r = next(r for r, run in enumerate(ld.plan(ld._located).runs)  # type: ignore[arg-type]
+             if any(rec.sha.hex() == victim["sha256"] for rec in run.records))
+    _flip(seaweedfs, buckets[first[r]], shard_hex, offset + 3)
+    got = list(ld)
+    assert [s["key"] for s in got] == [s["key"] for s in whole]
+    assert all(hashlib.sha256(s["bytes"]).hexdigest() == s["sha256"] for s in got)
+    assert ld.stats()["fallbacks"] == 1
+    _flip(seaweedfs, buckets["s3b" if first[r] == "s3a" else "s3a"], shard_hex, offset + 3)
+    with pytest.raises(RemoteLoaderError) as e:
+        list(Loader("pets@1", "train", 7, 0, config_path=host, **SMALL))
+    msg = str(e.value)
+    assert "\n" not in msg and f"object {victim['sha256']}" in msg and "hoard verify" in msg
+
+
+def test_a_host_reads_the_published_version_through_the_mount(built, fuse, tmp_path: Path) -> None:
+    """`hoard dataset publish --dir` writes the locator for a mount reader; a Loader configured
+    with `[loader] source = "mount"` (the mount and the locators' directory, nothing else) yields
+    the server's sequence through a real FUSE mount, each file's sha256 checked; a node deleted
+    after the publish is gone from the mount and withheld; a path that is no hoard mount, a
+    locator not published and an unknown source are each one line."""
+    cfg, _ = built
+    locators = tmp_path / "locators"
+    locators.mkdir()
+    rep = _publish(cfg, "--dir", str(locators))
+    assert rep["written"] == [str(locators / "pets@1.json")]
+    whole = _seq(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    mnt = tmp_path / "mnt"
+    host = tmp_path / "host" / "hoard.toml"
+    host.parent.mkdir()
+    host.write_text(f'[loader]\nsource = "mount"\nmount = "{mnt}"\nlocators = "{locators}"\n')
+    with mounted(str(cfg.source), mnt):
+        ld = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+        got = []
+        for _ in range(2):
+            for s in ld:
+                assert hashlib.sha256(s["bytes"]).hexdigest() == s["sha256"]
+                got.append((s["epoch"], s["key"]))
+        assert got == whole and ld.stats()["per_disk_bytes"] == {"mount": ld.stats()["read_bytes"]}
+        gone = whole[2][1]
+        sha = next(s.sha256 for s in ld.samples if s.key == gone)
+        res = _hoard(cfg, "delete", "--node", sha)
+        assert res.returncode == 0, res.stderr
+        deadline = time.monotonic() + 15
+        ext = json.loads((locators / "pets@1.json").read_text())["objects"][sha][4]
+        while os.path.exists(mnt / "by-hash" / sha[:2] / sha[2:4] / f"{sha}.{ext}"):
+            assert time.monotonic() < deadline, "the mount still shows the deleted object"
+            time.sleep(0.2)
+        kept = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+        assert [s["key"] for s in kept] == [k for e, k in whole if e == 0 and k != gone]
+        assert kept.stats()["withheld"] == 1
+        with pytest.raises(RemoteLoaderError, match=r"no locator of pets@2 there: publish it .*--dir") as e:
+            Loader("pets@2", "train", config_path=host)
+    with pytest.raises(RemoteLoaderError, match=rf"{mnt}: not a hoard mount .*`hoard mount PATH`") as e:
+        Loader("pets@1", "train", config_path=host)
+    assert "\n" not in str(e.value)
+    with pytest.raises(LoaderError, match=r"Loader source='nfs': one of store, s3, mount"):
+        Loader("pets@1", source="nfs", config_path=host)
+    host.write_text('[loader]\nsource = "nfs"\n')
+    with pytest.raises(ConfigError, match=r"loader\.source") as e:
+        Loader("pets@1", config_path=host)
+    assert "\n" not in str(e.value)
+
+
+def test_a_locator_is_checked_before_anything_is_read(tmp_path: Path) -> None:
+    """A locator file that is not one — not JSON, another dataset's, a place no record can be,
+    no manifest placed — is refused in one line naming the file and `hoard dataset publish`."""
+    from hoardfs.datasets.loader_remote import _checked
+
+    sha, shard = "ab" * 32, "cd" * 12
+    good = {"locator": 1, "dataset": "pets@1", "manifest_sha256": sha, "published": "t",
+            "objects": {sha: [shard, fmt.RECORD_HEADER_SIZE, 10, ["s3a"], "jsonl"]}, "withheld": []}
+    assert _checked(json.dumps(good).encode(), "f", "pets@1")["manifest_sha256"] == sha
+    for bad, why in ((b"{", "is not JSON"), (json.dumps({**good, "dataset": "cats@1"}).encode(), "names dataset"),
+                     (json.dumps({**good, "objects": {sha: [shard, 3, 10, [], ""]}}).encode(), "nowhere a record"),
+                     (json.dumps({**good, "objects": {}}).encode(), "does not place its manifest"),
+                     (json.dumps({**good, "withheld": ["x"]}).encode(), "withholds something")):
+        with pytest.raises(RemoteLoaderError, match=why) as e:
+            _checked(bad, "f", "pets@1")
+        assert "\n" not in str(e.value) and "hoard dataset publish pets@1" in str(e.value)
