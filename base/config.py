@@ -168,10 +168,6 @@ class StoreConfig(BaseModel):
     copy_of_raw: int = Field(default=2, ge=2)
     copy_of_generated: int = Field(default=2, ge=2)
     write_ack: int = Field(default=2, ge=1)
-    #: shards a writer keeps open at once, each on its own set of write_ack disks, its groups
-    #: of records spread over them by the disks' bandwidth: "auto" (enough sets that every disk
-    #: writes, hoardfs.fsd.io.spread.auto_open_shards) or a number (1: one shard at a time)
-    open_shards: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = "auto"
     a4_scale: int = Field(default=10, ge=1)
     #: accept plain directories as disks (embedded default and unit tests only)
     allow_directory_disks: bool = False
