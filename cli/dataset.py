@@ -196,7 +196,8 @@ def publish(ctx: typer.Context, ref: Annotated[str, typer.Argument(metavar="NAME
             out_dir: Annotated[Path | None, typer.Option("--dir", metavar="DIR", help="also write the locator "
                                                          "as DIR/NAME@N.json (a mount reader's `[loader] "
                                                          "locators`); alone: only there")] = None,
-            as_json: AsJson = False) -> None:
+            as_json: Annotated[bool, typer.Option("--json", help="the report as one JSON object (`written`: "
+                                                  "where the locator went)")] = False) -> None:
     """Publish a version's locator — its manifest's and samples' places on the S3 disks, the
     samples withheld now — for a training loader on another host (docs/datasets.md, "From
     another host"); run it again after a delete or a gc."""
