@@ -334,8 +334,10 @@ class Loader:
     `ref`: `NAME@N` (or `NAME`: the newest finished version, recorded as `NAME@N`); `split`:
     a split's name, or None for every sample; `decode(bytes)`: its result is yielded as
     `data` in place of `bytes`; `config_path`: a hoard.toml (default: found as the CLI finds
-    it — `HOARD_CONFIG`, ./hoard.toml, /etc/hoard/hoard.toml). Iterating yields one epoch from
-    `position`, then moves on to the next epoch (position 0): iterate again for it."""
+    it — `HOARD_CONFIG`, ./hoard.toml, /etc/hoard/hoard.toml); `source`: "store", "s3" or
+    "mount" (default: that file's `[loader] source`; hoardfs.datasets.loader_remote). Iterating
+    yields one epoch from `position`, then moves on to the next epoch (position 0): iterate
+    again for it."""
 
     def __init__(self, ref: str, split: str | None = "train", seed: int = 0, epoch: int = 0, *,
                  position: int = 0, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES,
@@ -526,6 +528,10 @@ class Loader:
             if (owned[k] if owned is not None else self.shas[i] not in withheld):
                 need[i] = True
         lost = [self.samples[i] for i in range(len(self.samples)) if need[i] and p.run_of[i] < 0]
+        if lost and self.source != "store":
+            raise LoaderError(f"{len(lost)} samples of {self.ref}, e.g. {lost[0].key} ({lost[0].sha256}), are placed "
+                              f"nowhere by its locator and not withheld: publish it again on the store's server "
+                              f"(`hoard dataset publish {self.ref}`)", ExitCode.DATA)
         if lost:
             raise LoaderError(f"{len(lost)} samples of {self.ref} are not in the store, e.g. {lost[0].key} "
                               f"({lost[0].sha256}), and their nodes are not deleted: the store lost them — "

@@ -287,9 +287,10 @@ class S3Located(Located):
         out = RunRead(number, {}, label)
         failed: list[tuple[Rec, Exception]] = []
         for rng, buf, err in read_groups(disk, shard_hex, disk_ranges(disk, run.records)):
-            if buf is None:
-                log.warning("loader: shard %s on S3 disk %s unreadable (%s); its records are read from another S3 disk",
-                            shard_hex, label, first_line(err) if err else "?")
+            if buf is None:  # (a shard object not there: gc retired it since the publish)
+                (log.info if isinstance(err, FileNotFoundError) else log.warning)(
+                    "loader: shard %s on S3 disk %s unreadable (%s); its records are read from another S3 disk",
+                    shard_hex, label, first_line(err) if err else "?")
                 failed += [(r, err or OSError("no answer")) for r in rng]
                 continue
             view = memoryview(buf)

@@ -92,7 +92,9 @@ def test_a_host_reads_the_published_version_through_s3_in_the_same_order(built, 
     source = "s3"` and the S3 disk yields the server's own sequence — every key, in the same
     order, for two epochs, split over 3 workers too — its bytes right, every byte read off the
     S3 disk; its state resumes from any point on the host and on the server alike; a node
-    deleted before a new publish is withheld; the host never opens a database or an index."""
+    deleted before a new publish is withheld; after a gc retires the shards it names, the host
+    stops in one line until the version is published again, then follows the server's new
+    order; the host never opens a database or an index."""
     cfg, _ = built
     engine_env(seaweedfs)
     bucket = _add_s3(Path(cfg.source), seaweedfs, "s3a")
@@ -153,6 +155,19 @@ def test_a_host_reads_the_published_version_through_s3_in_the_same_order(built, 
     kept = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
     assert [s["key"] for s in kept] == [k for e, k in whole if e == 0 and k != gone]
     assert kept.stats()["withheld"] == 1
+
+    # a gc moves records and retires the shards the locator names: one line, then a new publish
+    res = _hoard(cfg, "delete", "--batch", "gallery-s71-b001", "--yes")
+    assert res.returncode == 0, res.stderr
+    res = _hoard(cfg, "gc", "--threshold", "1.0", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["compacted"] >= 1, res.stdout + res.stderr
+    with pytest.raises(RemoteLoaderError, match=r"publish again on the store's server") as e:
+        list(Loader("pets@1", "train", 7, 0, config_path=host, **SMALL))
+    assert "\n" not in str(e.value)
+    _onto_the_buckets(Path(cfg.source), 5)  # (the compacted shards' new replicas onto the bucket)
+    assert _publish(cfg)["withheld"] > 1
+    assert _seq(Loader("pets@1", "train", 7, 0, config_path=host, **SMALL), 1) == _seq(
+        Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL), 1)
 
 
 @pytest.mark.expect_log(r"loader: record [0-9a-f]+….* does not check out .*; read from another S3 disk", level="WARNING")
