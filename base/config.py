@@ -168,9 +168,20 @@ class StoreConfig(BaseModel):
     copy_of_raw: int = Field(default=2, ge=2)
     copy_of_generated: int = Field(default=2, ge=2)
     write_ack: int = Field(default=2, ge=1)
+    #: shards a writer keeps open at once, each on its own set of write_ack disks, its groups
+    #: of records spread over them by the disks' bandwidth: "auto" (enough sets that every disk
+    #: writes, hoardfs.fsd.io.spread.auto_open_shards) or a number (1: one shard at a time)
+    open_shards: Literal["auto"] | int = "auto"
     a4_scale: int = Field(default=10, ge=1)
     #: accept plain directories as disks (embedded default and unit tests only)
     allow_directory_disks: bool = False
+
+    @field_validator("open_shards", mode="before")
+    @classmethod
+    def _open_shards(cls, v: Any) -> Any:
+        if v == "auto" or (type(v) is int and 1 <= v <= 64):
+            return v
+        raise ValueError('write "auto" or a number of open shards from 1 to 64')
 
 
 class IngestConfig(BaseModel):

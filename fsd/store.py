@@ -69,7 +69,8 @@ from hoardfs.fsd.io.put import put_files, put_payloads
 from hoardfs.fsd.io.recovery import recover_orphans
 from hoardfs.fsd.io.replicate import replication_lag
 from hoardfs.fsd.io.scrub import oldest_unverified_age
-from hoardfs.fsd.io.writer import ShardWriter, writer_alive
+from hoardfs.fsd.io.spread import SpreadWriter
+from hoardfs.fsd.io.writer import writer_alive
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class Store:
         self.measured_bw: dict[str, float] = {}  # MB/s seen by the batch reader, per disk uuid
         self.lock = threading.RLock()
         self.rng = random.Random()
-        self._writers: dict[str, ShardWriter] = {}
+        self._writers: dict[str, SpreadWriter] = {}
         self.held = ""  # the lock this store holds shared until close() (see Store.open)
         self.reservations: SetAside | None = None  # gc's Reservation while it runs
         #: why the open's migration left the index at an older format (a manifest it could not read)
@@ -319,11 +320,13 @@ class Store:
             self.records[rec.uuid].state, self.records[rec.uuid].reason = rec.state, rec.reason
         return rec.uuid
 
-    def place(self, n: int, need: int, exclude: set[str], why_excluded: str = "excluded after an error"
-              ) -> list[Disk]:
+    def place(self, n: int, need: int, exclude: set[str], why_excluded: str = "excluded after an error",
+              spread: list[frozenset[str]] | None = None) -> list[Disk]:
         """`n` distinct disks with room for `need` bytes; a reservation of this process's on
-        them is shrunk by `need` first, so the write about to happen finds the space."""
-        disks = [self.disks[c.uuid] for c in choose(self.candidates(), n, need, self.rng, exclude, why_excluded)]
+        them is shrunk by `need` first, so the write about to happen finds the space. `spread`:
+        the disk sets of the caller's other open shards (hoardfs.fsd.core.placement)."""
+        disks = [self.disks[c.uuid]
+                 for c in choose(self.candidates(), n, need, self.rng, exclude, why_excluded, spread)]
         if self.reservations is not None:
             for d in disks:
                 self.reservations.take(d.uuid, need)
@@ -361,14 +364,15 @@ class Store:
     def target(self, klass: str) -> int:
         return self.cfg.store.copy_of_raw if klass == "raw" else self.cfg.store.copy_of_generated
 
-    def writer(self, klass: str) -> ShardWriter:
+    def writer(self, klass: str) -> SpreadWriter:
+        """This process's writer of `klass`: `store.open_shards` shards open at once (hoardfs.fsd.io.spread)."""
         if not self.writable:
             raise HoardError("the store was opened read-only", ExitCode.USAGE)
         if klass not in fmt.CLASSES:
             raise HoardError(f"unknown class {klass!r}; allowed: raw, generated", ExitCode.USAGE)
         w = self._writers.get(klass)
         if w is None:
-            w = self._writers[klass] = ShardWriter(self, klass)
+            w = self._writers[klass] = SpreadWriter(self, klass)
         return w
 
     # -- the write path ------------------------------------------------------------------------

@@ -5,12 +5,17 @@ proportional to its free space, so a 4 TB disk takes about twice the new data of
 one and no disk fills first; the weight is divided by the disk's current queue (shards
 this process is writing there) so one batch spreads over the disks instead of landing on
 one. Disks that cannot hold a whole shard are not eligible.
+
+A writer keeping several shards open at once (hoardfs.fsd.io.spread) passes its open sets as
+`spread`: each pick is then among the eligible disks with the fewest open shards and, of
+those, the fewest open sets shared with the disks already picked — so the sets cover every
+disk and differ from each other — still weighted by free space among equals.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Set
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 from hoardfs.base.errors import ExitCode, HoardError
@@ -33,9 +38,11 @@ class NoSpace(HoardError):
 
 
 def choose(cands: list[Candidate], n: int, need_bytes: int, rng: random.Random | None = None,
-           exclude: Set[str] = frozenset(), why_excluded: str = "excluded after an error") -> list[Candidate]:
+           exclude: Set[str] = frozenset(), why_excluded: str = "excluded after an error",
+           spread: Sequence[Set[str]] | None = None) -> list[Candidate]:
     """Pick `n` distinct disks that can each take `need_bytes`; NoSpace names them all otherwise.
-    `why_excluded` says why the `exclude` disks are out (an error, or holding a copy already)."""
+    `why_excluded` says why the `exclude` disks are out (an error, or holding a copy already);
+    `spread`: the disk sets of the caller's other open shards (see the module's docstring)."""
     rng = rng or random.Random()
     eligible = [c for c in cands if c.usable and c.uuid not in exclude and c.free_bytes >= need_bytes]
     if len(eligible) < n:
@@ -47,10 +54,24 @@ def choose(cands: list[Candidate], n: int, need_bytes: int, rng: random.Random |
     chosen: list[Candidate] = []
     pool = list(eligible)
     for _ in range(n):
-        weights = [c.free_bytes / (1 + c.queue) for c in pool]
-        pick = rng.choices(range(len(pool)), weights=weights)[0]
-        chosen.append(pool.pop(pick))
+        among = pool if spread is None else _least_shared(pool, chosen, spread)
+        weights = [c.free_bytes / (1 + c.queue) for c in among]
+        pick = among[rng.choices(range(len(among)), weights=weights)[0]]
+        pool.remove(pick)
+        chosen.append(pick)
     return chosen
+
+
+def _least_shared(pool: list[Candidate], chosen: list[Candidate], sets: Sequence[Set[str]]) -> list[Candidate]:
+    """The candidates with the fewest open shards, and of those the fewest open sets that hold
+    every disk already chosen as well."""
+    picked = {c.uuid for c in chosen}
+
+    def rank(c: Candidate) -> tuple[int, int]:
+        return c.queue, sum(1 for s in sets if c.uuid in s and picked <= s) if picked else 0
+
+    best = min(map(rank, pool))
+    return [c for c in pool if rank(c) == best]
 
 
 def _describe(c: Candidate, need: int, exclude: Set[str], why_excluded: str) -> str:

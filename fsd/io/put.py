@@ -30,9 +30,10 @@ from hoardfs.fsd.core.records import (
     hash_file,
     read_upto,
 )
-from hoardfs.fsd.io.writer import ReplicaFailed, ShardWriter, _Pending
+from hoardfs.fsd.io.writer import ReplicaFailed, _Pending
 
 if TYPE_CHECKING:
+    from hoardfs.fsd.io.spread import SpreadWriter
     from hoardfs.fsd.store import Store
 
 #: "existing" files (already stored) are acknowledged in runs: at most this many, or this
@@ -41,7 +42,7 @@ KNOWN_BATCH = 256
 KNOWN_WAIT_S = 1.0
 
 
-def put_files(store: Store, writer: ShardWriter, paths: list[Path],
+def put_files(store: Store, writer: SpreadWriter, paths: list[Path],
               on_result: Callable[[PutResult], None] | None = None,
               stop: threading.Event | None = None, root: str | None = None,
               expect: dict[str, tuple[int, int, int, int]] | None = None) -> list[PutResult]:
@@ -75,7 +76,7 @@ def put_files(store: Store, writer: ShardWriter, paths: list[Path],
         raise
 
 
-def put_payloads(store: Store, writer: ShardWriter, items: list[tuple[str, bytes]]) -> list[PutResult]:
+def put_payloads(store: Store, writer: SpreadWriter, items: list[tuple[str, bytes]]) -> list[PutResult]:
     batch = _Batch(store, writer)
     for name, data in items:
         res = PutResult(name)
@@ -85,7 +86,7 @@ def put_payloads(store: Store, writer: ShardWriter, items: list[tuple[str, bytes
 
 
 class _Batch:
-    def __init__(self, store: Store, writer: ShardWriter, on_result: Callable[[PutResult], None] | None = None,
+    def __init__(self, store: Store, writer: SpreadWriter, on_result: Callable[[PutResult], None] | None = None,
                  root: str | None = None) -> None:
         self.store, self.writer, self.root = store, writer, root
         self.on_result = on_result or (lambda _res: None)
@@ -156,7 +157,7 @@ class _Batch:
         self.waiting[sha] = [res]
         self.uncommitted += len(data)
         self.uncommitted_n += 1
-        if self.uncommitted >= self.store.group_bytes or self.uncommitted_n >= self.store.group_objects:
+        if self.uncommitted >= self.writer.group_bytes or self.uncommitted_n >= self.store.group_objects:
             self._commit(wait=False)
 
     def _add_large(self, res: PutResult, path: Path) -> None:
@@ -233,7 +234,8 @@ class _Batch:
         a full group in the middle of a batch) queue it and go on reading the next files while
         the disks take it — its files are reported once it is done (`_ready`, or the next
         commit, which finishes it first). Either way a file is reported only after its group
-        was fsynced on every replica and indexed (ShardWriter.finish_commit)."""
+        was fsynced on every replica and indexed (ShardWriter.finish_commit), in whichever of
+        the writer's open shards it went to (hoardfs.fsd.io.spread)."""
         self._retrying(self.writer.commit if wait else self.writer.start_commit)
         self.uncommitted = self.uncommitted_n = 0
         self._report_committed()
@@ -266,7 +268,8 @@ class _Batch:
 
     def _retrying(self, fn: Callable[[], object]) -> None:
         """Run fn; when a replica fails, move the uncommitted group to other disks and retry."""
-        for _ in range(len(self.store.disks) + 1):
+        # a failed disk fails each open shard on it once: every one is cut and written again
+        for _ in range(len(self.store.disks) * len(self.writer.writers) + 1):
             try:
                 fn()
                 return

@@ -11,6 +11,9 @@ Rules (docs/design.md, "Durability"):
 - A failing replica (ENOSPC, EIO, a vanished disk) never leaves a half-indexed record: the
   uncommitted group is cut off every replica, the shard is sealed as it was at its last
   commit, and the group is written again into a new shard on other disks.
+- A writer may keep several shards open at once (hoardfs.fsd.io.spread, `store.open_shards`):
+  each is one ShardWriter with its own groups and fdatasyncs, so every rule here holds per
+  shard; they share one writer thread per disk.
 - A shard is sealed by writing its footer, fsyncing, renaming `.open` → `.shard` and
   fsyncing the directory; a crash before that leaves an open shard that `recover_orphans`
   seals (truncating any torn tail) the next time a writer opens the store.
@@ -34,6 +37,8 @@ from hoardfs.fsd.core import storelock
 from hoardfs.fsd.core.index import ObjectLoc, ShardMeta
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from hoardfs.fsd.core.backend import Disk
     from hoardfs.fsd.store import Store
 
@@ -102,13 +107,19 @@ class OpenShard:
 class ShardWriter:
     """Appends records for one class (raw or generated); used under the Store's write lock."""
 
-    def __init__(self, store: Store, klass: str) -> None:
+    def __init__(self, store: Store, klass: str, lanes: dict[str, ThreadPoolExecutor] | None = None,
+                 excluded: set[str] | None = None,
+                 open_sets: Callable[[], list[frozenset[str]]] | None = None) -> None:
+        """`lanes`, `excluded`: shared by the writers of one SpreadWriter; `open_sets`: the disk
+        sets of its other open shards, which a new shard's placement spreads away from."""
         self.store, self.klass = store, klass
         self.shard: OpenShard | None = None
         # one thread per disk: a replica's writes stay in order, the disks work in parallel
         # and hashing the next files overlaps with writing the previous ones
-        self.lanes: dict[str, ThreadPoolExecutor] = {}
-        self.excluded: set[str] = set()  # disks that failed for this writer
+        self.lanes: dict[str, ThreadPoolExecutor] = {} if lanes is None else lanes
+        self.excluded: set[str] = set() if excluded is None else excluded  # disks that failed for this writer
+        self.open_sets = open_sets
+        self.max_inflight = MAX_INFLIGHT  # writes queued per replica before appending waits
         self.committed_log: list[tuple[bytes, bool]] = []  # (sha, newly indexed) since last drain
         self.log_written = False  # gc turns this on: it re-points the index itself
         self.written_log: list[tuple[bytes, ObjectLoc]] = []  # (sha, where this writer put it)
@@ -117,7 +128,8 @@ class ShardWriter:
     def _open(self, need: int) -> OpenShard:
         st = self.store
         while True:
-            disks = st.place(st.cfg.store.write_ack, max(need, st.shard_bytes), self.excluded)
+            disks = st.place(st.cfg.store.write_ack, max(need, st.shard_bytes), self.excluded,
+                             spread=self.open_sets() if self.open_sets else None)
             sid = new_shard_id()
             meta = ShardMeta(sid, self.klass, replicas=[d.uuid for d in disks])
             lock_fd = _lock(st.lock_path(sid.hex()))
@@ -254,12 +266,12 @@ class ShardWriter:
     def _submit(self, sh: OpenShard, fn) -> None:
         """Queue fn(sink) on every replica's lane; wait when too much is queued."""
         sh.inflight += [(d, self._lane(d).submit(fn, s)) for d, s in zip(sh.disks, sh.sinks, strict=False)]
-        if len(sh.inflight) >= MAX_INFLIGHT * len(sh.disks):
+        if len(sh.inflight) >= self.max_inflight * len(sh.disks):
             # forget what is done (raising its error), then wait for the oldest writes only: a
-            # group's fdatasync queued by start_commit is not waited for before MAX_INFLIGHT
+            # group's fdatasync queued by start_commit is not waited for before max_inflight
             # more writes are queued behind it (waiting for everything here would end the overlap)
             self._reap(sh)
-            while len(sh.inflight) >= MAX_INFLIGHT * len(sh.disks):
+            while len(sh.inflight) >= self.max_inflight * len(sh.disks):
                 d, fut = sh.inflight.pop(0)
                 try:
                     fut.result()

@@ -1,0 +1,206 @@
+"""Several open shards at once, so that every disk writes: K ShardWriters and a chooser.
+
+With write_ack = 2 on four disks, one open shard keeps two disks writing and two idle. A
+SpreadWriter owns K ShardWriters (`store.open_shards`; "auto": `auto_open_shards`), each with
+its own open shard on its own set of write_ack disks (placement spreads the sets over the
+disks: hoardfs.fsd.core.placement, `spread`), and gives the put path (hoardfs.fsd.io.put) the
+interface of one ShardWriter:
+
+- records are appended to the current writer; when a group is complete (`start_commit`) its
+  fdatasync is queued and the next group goes to the writer whose disks are least ahead of
+  their share of the batch: a disk's share of the disks' bandwidth
+  (hoardfs.fsd.io.planner.bandwidths: the configured or measured MB/s), or of their free
+  space where that is smaller — so every disk writes all the time at its own speed, and a
+  small fast disk does not fill first;
+- every writer keeps its own fdatasync/commit cycle, so the ack rule is the one of a single
+  ShardWriter: a record is acknowledged only once its own shard's group is fsynced on
+  write_ack disks and indexed (hoardfs.fsd.io.writer);
+- a failing replica is handled in the shard it hit: `abandon_group` cuts that writer's
+  uncommitted group, seals its shard and the group is written again into a new shard on
+  other disks; the other open shards go on (a disk that failed is excluded for all of them);
+- each shard is sealed when full by its writer; `seal` (the end of a batch) seals them all,
+  and `recover_orphans` seals every shard left open by a crash, however many.
+
+Shards are opened lazily: a batch of one group opens one shard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, TypeVar
+
+from hoardfs.fsd.io.planner import bandwidths
+from hoardfs.fsd.io.writer import MAX_INFLIGHT, ReplicaFailed, ShardWriter, _Pending
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from hoardfs.fsd.core.index import ObjectLoc
+    from hoardfs.fsd.io.writer import OpenShard
+    from hoardfs.fsd.store import Store
+
+T = TypeVar("T")
+
+#: the smallest group `group_bytes` gives (a tiny shard size must not make a group a file)
+MIN_GROUP = 64 << 10
+#: the most open shards "auto" gives: each holds up to a group of records in memory until it
+#: is fsynced (hoardfs.fsd.core.records.GROUP_BYTES)
+AUTO_MAX = 6
+#: the fewest writes one of several open shards queues per replica before appending waits
+MIN_INFLIGHT = 4
+
+
+def auto_open_shards(disks: int, write_ack: int) -> int:
+    """One shard per set of write_ack disks out of `disks` (at most AUTO_MAX): enough distinct
+    sets that the groups can be spread so every disk writes at its own speed (with sets of two
+    out of four disks, only pairs that overlap let a fast disk take more than a slow one)."""
+    if disks <= write_ack:
+        return 1
+    return min(math.comb(disks, write_ack), AUTO_MAX)
+
+
+class SpreadWriter:
+    """K ShardWriters of one class and the chooser of the writer each group goes to."""
+
+    def __init__(self, store: Store, klass: str) -> None:
+        self.store, self.klass = store, klass
+        ack, k = store.cfg.store.write_ack, store.cfg.store.open_shards
+        writable = sum(1 for c in store.candidates() if c.usable)
+        if k == "auto":
+            k = auto_open_shards(writable, ack)
+        self.lanes: dict[str, ThreadPoolExecutor] = {}  # one per disk, shared: a disk's writes stay in order
+        self.excluded: set[str] = set()  # disks that failed, for every writer
+        spread = self._open_sets if k > 1 else None  # (one open shard: placed as it always was)
+        self.writers = [ShardWriter(store, klass, self.lanes, self.excluded, spread) for _ in range(k)]
+        if k > 1:  # the writes queued per disk stay about what one open shard queues there
+            for w in self.writers:
+                w.max_inflight = max(MIN_INFLIGHT, MAX_INFLIGHT * writable // (k * ack))
+        self.current = self.writers[0]
+        self.failed: ShardWriter | None = None  # the writer whose replica raised the last ReplicaFailed
+        self.bw = bandwidths(store)  # bytes/s per disk uuid
+        self.sent: dict[str, int] = {}  # bytes appended per disk uuid since the last seal
+
+    @property
+    def shard(self) -> OpenShard | None:
+        """The open shard records are appended to now."""
+        return self.current.shard
+
+    @property
+    def group_bytes(self) -> int:
+        """Bytes of new records appended before a group's fdatasync is queued (hoardfs.fsd.io.put):
+        with several open shards at most a quarter of a shard, so each shard takes several groups
+        and the groups follow the disks' shares even where shards are small."""
+        if len(self.writers) == 1:
+            return self.store.group_bytes
+        return min(self.store.group_bytes, max(self.store.shard_bytes // 4, MIN_GROUP))
+
+    @property
+    def committed_log(self) -> list[tuple[bytes, bool]]:
+        return [e for w in self.writers for e in w.committed_log]
+
+    def _open_sets(self) -> list[frozenset[str]]:
+        return [frozenset(d.uuid for d in w.shard.disks) for w in self.writers if w.shard is not None]
+
+    def _on(self, w: ShardWriter, fn: Callable[[], T]) -> T:
+        """fn(), noting `w` as the writer to abandon a group of if a replica fails."""
+        try:
+            return fn()
+        except ReplicaFailed:
+            self.failed = w
+            raise
+
+    def _each(self, name: str) -> list:
+        return [self._on(w, getattr(w, name)) for w in self.writers]
+
+    # -- appending -------------------------------------------------------------------------
+    def append(self, sha: bytes, payload: bytes, ext: str = "") -> ObjectLoc | None:
+        w = self.current
+        loc = self._on(w, lambda: w.append(sha, payload, ext))
+        self._count(w, len(payload))
+        return loc
+
+    def append_stream(self, sha: bytes, digest: bytes, length: int, chunks,
+                      source: Path | None = None, ext: str = "") -> ObjectLoc | None:
+        w = self.current
+        loc = self._on(w, lambda: w.append_stream(sha, digest, length, chunks, source, ext))
+        self._count(w, length)
+        return loc
+
+    def pending_shas(self) -> set[bytes]:
+        return set().union(*(w.pending_shas() for w in self.writers))
+
+    # -- commits ---------------------------------------------------------------------------
+    def start_commit(self) -> None:
+        """Queue the current group's fdatasync and send the next group to the least busy writer."""
+        w = self.current
+        self._on(w, w.start_commit)
+        self.current = self._least_busy()
+
+    def commit(self) -> None:
+        """Every writer's pending records fsynced and indexed (their fdatasyncs run together)."""
+        self._each("start_commit")
+        self._each("finish_commit")
+        self.current = self._least_busy()
+
+    def finish_commit(self) -> None:
+        self._each("finish_commit")
+
+    def commit_ready(self) -> bool:
+        """Finish every group whose fdatasyncs are all done (never waits); whether one was."""
+        return any(self._each("commit_ready"))
+
+    def drain_committed(self) -> list[tuple[bytes, bool]]:
+        return [e for w in self.writers for e in w.drain_committed()]
+
+    def _least_busy(self) -> ShardWriter:
+        """The writer for the next group: one without an open shard first (its shard is placed
+        on the disks the others leave), then the one whose disks are least ahead of their
+        share — each disk's share of a batch is its share of the disks' bandwidth, or of their
+        free space where that is smaller (so a small fast disk does not fill first)."""
+        share = self._shares()
+
+        def ahead(w: ShardWriter) -> float:
+            if w.shard is None:
+                return -1.0
+            return max((self.sent.get(d.uuid, 0) + self.group_bytes) / share.get(d.uuid, 1.0)
+                       for d in w.shard.disks)
+
+        return min(self.writers, key=ahead)
+
+    def _shares(self) -> dict[str, float]:
+        free = {c.uuid: c.free_bytes for c in self.store.candidates() if c.usable}
+        bw = {u: self.bw.get(u, 0.0) for u in free}
+        total_free, total_bw = sum(free.values()) or 1, sum(bw.values()) or 1.0
+        return {u: max(1e-6, min(bw[u] / total_bw, free[u] / total_free)) for u in free}
+
+    def _count(self, w: ShardWriter, size: int) -> None:
+        if w.shard is not None:
+            for d in w.shard.disks:
+                self.sent[d.uuid] = self.sent.get(d.uuid, 0) + size
+
+    # -- failures and the end ----------------------------------------------------------------
+    def disk_failed(self, f: ReplicaFailed) -> None:
+        self.writers[0].disk_failed(f)  # (the excluded set is shared)
+
+    def abandon_group(self) -> list[_Pending]:
+        """After a ReplicaFailed: cut the uncommitted group off the shard it hit (sealing the
+        rest of it) and make that writer current, so the group is written again into a new
+        shard on other disks; the other open shards are untouched."""
+        w, self.failed = self.failed or self.current, None
+        self.current = w
+        return w.abandon_group()
+
+    def rollback(self) -> None:
+        for w in self.writers:
+            w.rollback()
+
+    def seal(self) -> None:
+        """Seal every open shard (the end of a batch: the next one starts its shares afresh)."""
+        self._each("seal")
+        self.sent.clear()
+
+    def close(self) -> None:
+        for lane in self.lanes.values():
+            lane.shutdown(wait=True)

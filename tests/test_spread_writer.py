@@ -1,0 +1,264 @@
+"""Several open shards at once (hoardfs.fsd.io.spread) try to lose acknowledged objects and fail:
+every disk writes during one batch, a kill -9 or a power cut with several shards open leaves
+every acknowledged object readable after recovery, and a replica failing in one of the open
+shards has its group written again elsewhere while the others go on. Real files: directory
+disks, and lab disks (ext4 on loop devices) for the failing replica and the power cuts."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from hoardfs.base import config
+from hoardfs.base.errors import ConfigError
+from hoardfs.fsd.core.index import Index
+from hoardfs.fsd.core.placement import Candidate, choose
+from hoardfs.fsd.io.put import _Batch
+from hoardfs.fsd.io.spread import auto_open_shards
+from hoardfs.fsd.store import Store
+from tests.helpers import REPO, dir_disks_config, make_files, write_config
+from tests.lab import DiskProfile
+from tests.test_powercut import POWER_LAB, _config, _failures, _owed, _reboot_and_check, _summary
+from tests.test_store import check_store
+
+
+def _disks_with_open_shards(store: Store) -> set[str]:
+    return {d.label for d in store.disks.values() if any((d.root / "shards").rglob("*.open"))}
+
+
+def _spread_batch(store: Store, files: list[Path]) -> tuple[list, int]:
+    """Store `files` in one batch of small groups; the most disks seen holding an open shard at once."""
+    store.group_bytes = 128 << 10
+    batch = _Batch(store, store.writer("raw"))
+    most = 0
+    for p in files:
+        batch.add_file(p)
+        most = max(most, len(_disks_with_open_shards(store)))
+    return batch.finish(), most
+
+
+def test_one_batch_writes_on_every_disk_at_once(tmp_path: Path) -> None:
+    """With write_ack 2 on four disks, one batch keeps shards open on all four at once (each on
+    two distinct disks), and every object reads back from every replica."""
+    store = Store.open(config.load(dir_disks_config(tmp_path, 4, shard_size_mb=4)), init=True)
+    files = make_files(tmp_path / "in", 600, lo=4000, hi=30000)
+    results, most = _spread_batch(store, files)
+    assert most == 4, f"open shards covered only {most} of 4 disks at once"
+    assert [r.status for r in results] == ["new"] * len(files)
+    assert check_store(store) == len(files)
+    written = Counter(store.disks[u].label for m in store.index.iter_shards() for u in m.replicas)
+    assert set(written) == {"d0", "d1", "d2", "d3"}
+    store.close()
+
+
+def test_open_shards_1_writes_one_shard_at_a_time(tmp_path: Path) -> None:
+    """`store.open_shards = 1`: one open shard at a time, on write_ack disks."""
+    store = Store.open(config.load(dir_disks_config(tmp_path, 4, shard_size_mb=4, open_shards=1)), init=True)
+    files = make_files(tmp_path / "in", 300, lo=4000, hi=30000)
+    results, most = _spread_batch(store, files)
+    assert most == 2
+    assert check_store(store) == len(files) == sum(r.status == "new" for r in results)
+    store.close()
+
+
+@pytest.mark.parametrize("value", ['"lots"', "0", "65", "true"])
+def test_a_bad_open_shards_is_one_line_naming_the_allowed_values(tmp_path: Path, value: str) -> None:
+    """`store.open_shards` other than "auto" or 1..64: one line naming the key and what to write."""
+    path = dir_disks_config(tmp_path, 4)
+    path.write_text(path.read_text().replace("[store]\n", f"[store]\nopen_shards = {value}\n"))
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert "store.open_shards: write \"auto\" or a number of open shards from 1 to 64" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_auto_open_shards_gives_one_per_disk_set() -> None:
+    """"auto": one shard per set of write_ack disks (at most 6); one when there are no more disks than that."""
+    assert [auto_open_shards(n, 2) for n in (1, 2, 3, 4, 5)] == [1, 1, 3, 6, 6]
+    assert auto_open_shards(4, 3) == 4
+
+
+def test_spread_placement_opens_every_pair_once() -> None:
+    """Six shards opened on pairs of four equal disks, each placed spreading from the others:
+    the six distinct pairs, each disk in three."""
+    sets: list[frozenset[str]] = []
+    queue = Counter[str]()
+    rng = random.Random(3)
+    for _ in range(6):
+        cands = [Candidate(u, u, 1 << 40, queue[u]) for u in "abcd"]
+        picked = frozenset(c.uuid for c in choose(cands, 2, 1 << 20, rng, spread=sets))
+        sets.append(picked)
+        queue.update(picked)
+    assert len(set(sets)) == 6 and all(len(s) == 2 for s in sets)
+    assert set(queue.values()) == {3}
+
+
+#: argv: hoard.toml, the list of files, the ack log. One put_many in small groups; every file
+#: reported stored is appended to the ack log (fsynced) before the next is read.
+SPREAD_CHILD = """
+import os, sys
+from hoardfs.base import config
+from hoardfs.base.errors import ConfigError
+from hoardfs.fsd.store import Store
+cfg, listing, acklog = sys.argv[1:4]
+ack = os.open(acklog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+def on_result(res):
+    if res.status in ("new", "existing"):
+        os.write(ack, f"+{res.sha256}\\n".encode())
+        os.fsync(ack)
+
+with Store.open(config.load(cfg)) as store:
+    store.group_bytes = 128 << 10
+    store.put_many(open(listing).read().split(), on_result=on_result)
+"""
+
+
+def _open_replicas(cfg: config.Settings) -> int:
+    return sum(1 for d in cfg.disks for _ in (d.path / "shards").rglob("*.open"))
+
+
+@pytest.mark.services  # starts a hoard process
+@pytest.mark.parametrize("acks", [50, 700])
+def test_kill_9_with_several_open_shards_loses_no_acknowledged_object(tmp_path: Path, acks: int) -> None:
+    """A writer killed -9 while it has several shards open (two disks each, four disks): the
+    next open recovers and seals every one of them, every acknowledged object reads back
+    verified and the store checks clean."""
+    cfg = config.load(dir_disks_config(tmp_path, 4, shard_size_mb=8))
+    Store.open(cfg, init=True).close()
+    files = make_files(tmp_path / "in", 3000, seed=acks, lo=4000, hi=30000)
+    listing, ack_log = tmp_path / "list.txt", tmp_path / "acks.log"
+    listing.write_text("\n".join(map(str, files)))
+    child = subprocess.Popen([sys.executable, "-c", SPREAD_CHILD, str(cfg.source), str(listing), str(ack_log)],
+                             cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not (len(_owed(ack_log)) >= acks and _open_replicas(cfg) >= 6):
+        assert child.poll() is None, f"the writer ended (exit {child.returncode}) before the kill"
+        assert time.monotonic() < deadline, "the writer never had three shards open"
+        time.sleep(0.002)
+    child.kill()
+    child.wait()
+    owed = _owed(ack_log)
+    idx = Index(cfg.index_dir)
+    orphans = [m.hex for m in idx.iter_shards() if not m.sealed]
+    idx.close()
+    assert len(orphans) >= 2, f"only {len(orphans)} open shard(s) in the index at the kill"
+    with Store.open(cfg) as store:  # recovery
+        recovered = {e["shard"] for e in store.index.recent_events(100) if e["kind"] == "recovered_shard"}
+        assert set(orphans) <= recovered | {h for h in orphans if store.index.get_shard(bytes.fromhex(h)) is None}
+        assert all(m.sealed for m in store.index.iter_shards())
+        assert not [p for d in store.disks.values() for p in (d.root / "shards").rglob("*.open")]
+        for sha in owed:
+            assert hashlib.sha256(store.get(sha)).hexdigest() == sha
+        assert check_store(store) >= len(owed)
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r"disk sp\d: write error", level="WARNING")
+def test_a_replica_failing_in_one_open_shard_rewrites_only_its_group(lab_factory, tmp_path: Path) -> None:
+    """Writes start failing on a disk of an open shard other than the one being appended to:
+    that shard's uncommitted group is written again into a new shard on other disks, the other
+    open shards go on, every file is reported once, stored and readable, and nothing indexed
+    after the failure names the failed disk."""
+    labels = [f"sp{i}" for i in range(1, 5)]
+    lab = lab_factory([DiskProfile(label, 400, 500, 500, 5000) for label in labels])
+    cfg = config.load(write_config(tmp_path, [(label, lab.disks[label].mountpoint, None) for label in labels],
+                                   allow_dirs=False, shard_size_mb=8))
+    store = Store.open(cfg, init=True)
+    store.group_bytes = 128 << 10
+    files = make_files(tmp_path / "in", 900, lo=8000, hi=30000)
+    reported: list = []
+    batch = _Batch(store, store.writer("raw"), reported.append)
+    spread = batch.writer
+    todo = iter(files)
+    while sum(w.shard is not None for w in spread.writers) < 3:
+        batch.add_file(next(todo))
+    other = next(w for w in spread.writers if w.shard is not None and w is not spread.current)
+    victim = other.shard.disks[0]
+    lab.fail_writes(victim.label)
+    before = {m.shard_id for m in store.index.iter_shards()}
+    for p in todo:
+        batch.add_file(p)
+    results = batch.finish()
+    assert sorted(r.path for r in reported) == sorted(map(str, files)), "a file was reported twice or never"
+    assert [r.status for r in results] == ["new"] * len(files)
+    events = [e for e in store.index.recent_events(200) if e["kind"] == "write_error"]
+    assert events and {e["disk"] for e in events} == {victim.label}
+    later = [m for m in store.index.iter_shards() if m.shard_id not in before]
+    assert later and all(victim.uuid not in m.replicas for m in later)
+    for p, r in zip(files, results, strict=True):
+        assert store.get(r.sha256) == p.read_bytes()
+    store.close()
+
+
+#: argv: hoard.toml, scratch dir, ack log. put_many calls of 200–400 files in groups of 128 KiB:
+#: each call spreads its groups over several open shards. Acknowledged sha256s are logged
+#: (fsynced) when each call returns.
+POWER_CHILD = """
+import os, random, sys
+from pathlib import Path
+from hoardfs.base import config
+from hoardfs.base.errors import ConfigError
+from hoardfs.fsd.store import Store
+cfg, scratch, acklog = sys.argv[1:4]
+rng = random.Random(68)
+scratch = Path(scratch)
+scratch.mkdir(exist_ok=True)
+ack = os.open(acklog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+with Store.open(config.load(cfg)) as store:
+    store.group_bytes = 128 << 10
+    n = 0
+    while True:
+        paths = []
+        for _ in range(rng.randint(200, 400)):
+            p = scratch / f"{n}.bin"
+            n += 1
+            p.write_bytes(rng.randbytes(rng.randint(1, 24 << 10)))
+            paths.append(p)
+        res = store.put_many(paths)
+        os.write(ack, "".join(f"+{r.sha256}\\n" for r in res if r.status in ("new", "existing")).encode())
+        os.fsync(ack)
+        for p in paths:
+            p.unlink()
+"""
+
+
+@pytest.mark.lab
+def test_power_cuts_with_several_open_shards_lose_no_acknowledged_object(lab_factory, tmp_path: Path) -> None:
+    """After a power cut at any of 12 points of a stream of batches each spread over several
+    open shards (three disks, write_ack 2: three shards), recovery leaves every acknowledged
+    object readable and the store clean, and some cuts hit more than one open shard."""
+    lab = lab_factory(POWER_LAB, throttle=False, direct_io=True)
+    mounts = {label: d.mountpoint for label, d in lab.disks.items()}
+    cfg_path = _config(tmp_path, mounts, shard_size_mb=4)
+    Store.open(config.load(cfg_path), init=True).close()
+    ack_log = tmp_path / "acks.log"
+    child = subprocess.Popen([sys.executable, "-c", POWER_CHILD, str(cfg_path), str(tmp_path / "scratch"),
+                              str(ack_log)], cwd=REPO)
+    rng = random.Random(68)
+    reports = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (ack_log.exists() and ack_log.stat().st_size > 0):
+            assert child.poll() is None and time.monotonic() < deadline, "the writer made no progress"
+            time.sleep(0.01)
+        for _ in range(12):
+            time.sleep(rng.uniform(0.05, 0.4))
+            assert child.poll() is None, f"the writer died (exit {child.returncode}); see its stderr above"
+            with lab.paused(child.pid):
+                owed = _owed(ack_log)
+                with lab.power_cut() as cut:
+                    reports.append(_reboot_and_check(cut, owed, shard_size_mb=4))
+    finally:
+        child.kill()
+        child.wait()
+    print(_summary(reports))
+    assert not _failures(reports), "\n".join(_failures(reports))
+    assert max(r.recovered for r in reports) >= 2, "no cut hit several open shards: " + _summary(reports)
