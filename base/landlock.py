@@ -363,10 +363,11 @@ def _refuse_secrets(paths: list[Path | str], own: list[Path | str] | None = None
                                     "and the actions' input and output directories")
 
 
-def refuse_secrets(paths: Iterable[Path | str]) -> None:
+def refuse_secrets(paths: Iterable[Path | str], own: Iterable[Path | str] = ()) -> None:
     """SecretInReach when a rule on one of `paths` would let confined code read the service's
-    secrets (`secrets_near`): what `confine` checks, for a caller that names the rule first."""
-    _refuse_secrets(list(paths))
+    secrets (`secrets_near`, found from `own` too): what `confine` checks, for a caller that
+    names the rules first."""
+    _refuse_secrets(list(paths), list(own))
 
 
 def _joined(*tables: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:

@@ -101,10 +101,12 @@ def test_up_status_token_down_on_the_embedded_default(tmp_path: Path) -> None:
 
 @pytest.mark.services  # starts a Label Studio of its own (its first start applies its migrations: ~45 s)
 def test_up_serves_no_link_out_of_the_document_root(tmp_path: Path) -> None:
-    """Label Studio that `up` starts runs confined: a link a worker plants in zone 3C to a file
-    outside it (a secret in /tmp, a disk's file, the LMDB index, hoard.toml) is answered 404
-    through /data/local-files/ under a local-files storage that covers it, while a staged file
-    and a link to one inside 3C are served."""
+    """Label Studio that `up` starts serves through /data/local-files/ only files below its
+    document root: a link a worker plants in zone 3C to a file outside it (a secret in /tmp, a
+    disk's file, the LMDB index, hoard.toml, Label Studio's own database and `.env` — every
+    account's token, the key that signs its cookies —, its venv, /etc/passwd, /dev/null, a
+    /proc/self path) is answered 404 under a local-files storage that covers it, confined and
+    with label_studio.confine = false, while a staged file and a link to one inside 3C are served."""
     if not (VENV / "bin" / "label-studio").is_file():
         missing(f"LABEL STUDIO MISSING at {VENV}: run `make labelstudio`")
     home = tmp_path / "setup"
@@ -116,31 +118,71 @@ def test_up_serves_no_link_out_of_the_document_root(tmp_path: Path) -> None:
     (out / "inside.png").symlink_to(out / "a.png")
     secret = tmp_path / "secret.txt"
     secret.write_text("TOP SECRET of another user\n")
+    own = cfg.ssd.root / "state" / "labelstudio" / "data"
     outside = {"tmp.jpg": secret, "disk.jpg": cfg.disks[0].path / ".hoard-disk.json",
-               "index.jpg": cfg.ssd.root / "index" / "data.mdb", "toml.jpg": home / "hoard.toml"}
+               "index.jpg": cfg.ssd.root / "index" / "data.mdb", "toml.jpg": home / "hoard.toml",
+               "db.jpg": own / "label_studio.sqlite3", "env.jpg": own / ".env", "data": own,
+               "venv.jpg": VENV / "pyvenv.cfg", "passwd.jpg": Path("/etc/passwd"), "null.jpg": Path("/dev/null"),
+               "cwd.jpg": Path("/proc/self/cwd/data/.env"), "environ.jpg": Path("/proc/self/environ")}
     for name, target in outside.items():
-        assert target.is_file(), target
         (out / name).symlink_to(target)
     try:
-        up = _hoard(home, "labelstudio", "up")
-        assert up.returncode == 0, up.stdout + up.stderr
-        url = json.loads(_hoard(home, "labelstudio", "status", "--json").stdout)["url"]
-        auth = {"Authorization": f"Token {_hoard(home, 'labelstudio', 'token').stdout.strip()}"}
-        project = httpx.post(f"{url}/api/projects/", headers=auth, json={"title": "links"}, timeout=60)
-        assert project.status_code == 201, project.text
-        storage = httpx.post(f"{url}/api/storages/localfiles/", headers=auth, timeout=60,
-                             json={"project": project.json()["id"], "path": str(out.parent), "use_blob_urls": True,
-                                   "title": "run-1"})
-        assert storage.status_code == 201, storage.text
+        for confine in (True, False):
+            if not confine:
+                _hoard(home, "labelstudio", "down")
+                with open(home / "hoard.toml", "a") as fh:
+                    fh.write("confine = false\n")  # [label_studio] is the file's last table
+            up = _hoard(home, "labelstudio", "up")
+            assert up.returncode == 0, up.stdout + up.stderr
+            url = json.loads(_hoard(home, "labelstudio", "status", "--json").stdout)["url"]
+            auth = {"Authorization": f"Token {_hoard(home, 'labelstudio', 'token').stdout.strip()}"}
+            if confine:
+                project = httpx.post(f"{url}/api/projects/", headers=auth, json={"title": "links"}, timeout=60)
+                assert project.status_code == 201, project.text
+                storage = httpx.post(f"{url}/api/storages/localfiles/", headers=auth, timeout=60,
+                                     json={"project": project.json()["id"], "path": str(out.parent),
+                                           "use_blob_urls": True, "title": "run-1"})
+                assert storage.status_code == 201, storage.text
 
-        def served(name: str) -> httpx.Response:
-            return httpx.get(f"{url}/data/local-files/", params={"d": f"run-1/out/{name}"}, headers=auth, timeout=60)
+            def served(name: str, url: str = url, auth: dict[str, str] = auth) -> httpx.Response:
+                return httpx.get(f"{url}/data/local-files/", params={"d": f"run-1/out/{name}"}, headers=auth,
+                                 timeout=60)
 
-        assert [(served(n).status_code, served(n).content) for n in ("a.png", "inside.png")] == \
-            [(200, b"\x89PNG staged")] * 2
-        for name, target in outside.items():
-            got = served(name)
-            assert got.status_code == 404 and target.read_bytes()[:16] not in got.content, (name, got.status_code)
+            assert [(served(n).status_code, served(n).content) for n in ("a.png", "inside.png")] == \
+                [(200, b"\x89PNG staged")] * 2, confine
+            assert (own / ".env").read_text().strip() and (own / "label_studio.sqlite3").stat().st_size
+            for name, target in [*outside.items(), ("data/.env", own / ".env"), ("../../../state/x", own)]:
+                got = served(name)
+                leaked = target.is_file() and str(target).startswith(str(tmp_path)) and \
+                    target.read_bytes()[:16] in got.content
+                assert got.status_code == 404 and not leaked, (confine, name, got.status_code)
+    finally:
+        _hoard(home, "labelstudio", "down")
+
+
+@pytest.mark.services  # runs `hoard` processes
+def test_up_refuses_a_document_root_that_holds_the_ssds_state(tmp_path: Path) -> None:
+    """label_studio.document_root a directory above the SSD root (its state/ holds Label
+    Studio's token and password, the GUI's users and keys): `up` refuses in one line naming the
+    key, exit 2, confined or not, and starts nothing."""
+    if not (VENV / "bin" / "label-studio").is_file():
+        missing(f"LABEL STUDIO MISSING at {VENV}: run `make labelstudio`")
+    home = tmp_path / "setup"
+    _setup(home, VENV)
+    cfg = config.load(home / "hoard.toml")
+    with open(home / "hoard.toml", "a") as fh:  # [label_studio] is the file's last table
+        fh.write(f"document_root = {json.dumps(str(cfg.ssd.root.parent))}\n")
+    try:
+        for confine in (True, False):
+            if not confine:
+                with open(home / "hoard.toml", "a") as fh:
+                    fh.write("confine = false\n")
+            res = _hoard(home, "labelstudio", "up")
+            lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+            assert res.returncode == 2 and len(lines) == 1, (confine, res.returncode, lines)
+            assert "label_studio.document_root" in lines[0] and "state" in lines[0], lines
+            st = _hoard(home, "labelstudio", "status", "--json")
+            assert st.returncode == 3 and json.loads(st.stdout)["running"] is False
     finally:
         _hoard(home, "labelstudio", "down")
 

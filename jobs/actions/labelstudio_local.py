@@ -210,6 +210,105 @@ def confined_argv(argv: list[str], *, data: Path, tmp: Path, read: Iterable[Path
             "--", *argv]
 
 
+#: the module Label Studio takes as its Django settings (`launch`): its own settings and
+#: `LocalFilesGuard`, in a directory of its TMPDIR on its PYTHONPATH
+GUARD_MODULE = "hoard_label_studio"
+#: its source. Label Studio's /data/local-files/ follows the links below its document root to
+#: whatever it may read — its own data too (the SQLite database holding every account's token
+#: and password hash, `.env` holding the key that signs its session cookies), which Landlock
+#: cannot tell apart from its own reads. The guard serves a file only where its real path lies
+#: below a root hoard names (HOARD_LABEL_STUDIO_SERVES: the document root, files_root's target)
+#: and outside Label Studio's own directories (HOARD_LABEL_STUDIO_OWN): checked before the view
+#: opens it (no device, FIFO or /proc file is opened) and again on the file it opened, by the
+#: kernel's name for it (a link swapped in between is caught); anything else is answered 404.
+_GUARD = """\
+import json
+import os
+import posixpath
+import sys
+
+_LS = "label_studio.core.settings.label_studio"
+
+
+def __getattr__(name):  # its settings read while they load (Sentry's) are Label Studio's own so far
+    return getattr(sys.modules[_LS], name)
+
+
+def __dir__():
+    return dir(sys.modules[_LS])
+
+
+from label_studio.core.settings.label_studio import *  # noqa: E402,F403
+
+MIDDLEWARE = [*MIDDLEWARE, "hoard_label_studio.LocalFilesGuard"]  # noqa: F405
+
+_SERVES = [os.path.realpath(p) for p in json.loads(os.environ.get("HOARD_LABEL_STUDIO_SERVES", "[]"))]
+_OWN = [os.path.realpath(p) for p in json.loads(os.environ.get("HOARD_LABEL_STUDIO_OWN", "[]"))]
+
+
+def _below(path, roots):
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def served(path):
+    return _below(path, _SERVES) and not _below(path, _OWN)
+
+
+def _fileno(response):
+    # Django's FileResponse holds the file as `file_to_stream`; Label Studio's RangedFileResponse
+    # as `ranged_file.f` (its RangedFileReader's)
+    f = getattr(response, "file_to_stream", None) or getattr(response, "ranged_file", None)
+    for _ in range(3):
+        if f is None:
+            return None
+        if hasattr(f, "fileno"):
+            try:
+                return f.fileno()
+            except (OSError, ValueError):
+                return None
+        f = getattr(f, "f", None)
+    return None
+
+
+class LocalFilesGuard:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if getattr(request, "hoard_local_file", False) and getattr(response, "streaming", False):
+            fd = _fileno(response)
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}") if fd is not None else ""
+            except OSError:
+                real = ""
+            if not served(real):
+                from django.http import HttpResponseNotFound
+
+                response.close()
+                return HttpResponseNotFound()
+        return response
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        match = getattr(request, "resolver_match", None)
+        if match is None or match.url_name != "localfiles_data":
+            return None
+        request.hoard_local_file = True
+        d = request.GET.get("d")
+        if not d:
+            return None
+        from django.conf import settings
+        from django.http import HttpResponseNotFound
+        from django.utils._os import safe_join
+
+        try:
+            full = safe_join(settings.LOCAL_FILES_DOCUMENT_ROOT, posixpath.normpath(d).lstrip("/"))
+        except Exception:  # SuspiciousFileOperation: `..` out of the root
+            return HttpResponseNotFound()
+        return None if served(os.path.realpath(full)) else HttpResponseNotFound()
+"""
+
+
 def launch(exe: Path, *, data: Path, document_root: Path, port: int, token: str, password: str, log: Path,
            cwd: Path, tmp: Path, username: str = USERNAME, confine: bool = True,
            read: Iterable[Path] = ()) -> subprocess.Popen:
@@ -224,8 +323,14 @@ def launch(exe: Path, *, data: Path, document_root: Path, port: int, token: str,
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (tmp / "guard").mkdir(mode=0o700)
+    (tmp / "guard" / f"{GUARD_MODULE}.py").write_text(_GUARD)
     env = {
         "PATH": f"{exe.parent}:/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8", "TMPDIR": str(tmp),
+        # its settings and the guard of its local files (`_GUARD`), confined or not
+        "PYTHONPATH": str(tmp / "guard"), "DJANGO_SETTINGS_MODULE": GUARD_MODULE,
+        "HOARD_LABEL_STUDIO_SERVES": json.dumps([os.path.realpath(p) for p in [document_root, *read]]),
+        "HOARD_LABEL_STUDIO_OWN": json.dumps([os.path.realpath(p) for p in (data, tmp)]),
         "PYTHONUNBUFFERED": "1",   # its "Starting development server at …" line reaches the log at once
         "LABEL_STUDIO_BASE_DATA_DIR": str(data),
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
@@ -306,11 +411,10 @@ def up(cfg: Settings, venv: Path | None = None) -> Running:
         confine = confines(cfg.label_studio.confine, landlock.unavailable())
         files_root = cfg.label_studio.files_root
         reads = [Path(os.path.realpath(files_root))] if files_root is not None else []  # a link in the root
-        if confine:
-            try:
-                landlock.refuse_secrets([local.document_root, *reads])
-            except landlock.SecretInReach as e:
-                raise LabelStudioError(f"label_studio.document_root: {e}", ExitCode.USAGE) from None
+        try:  # what it serves, confined or not; its data dir names the SSD whose state/ it must not hold
+            landlock.refuse_secrets([local.document_root, *reads], own=[local.data, local.tmp])
+        except landlock.SecretInReach as e:
+            raise LabelStudioError(f"label_studio.document_root: {e}", ExitCode.USAGE) from None
         token = _secret(local.token_file, lambda: secrets.token_hex(20))
         password = _secret(local.password_file, lambda: secrets.token_urlsafe(18))
         before = recorded(local.home)
