@@ -105,8 +105,9 @@ def test_up_serves_no_link_out_of_the_document_root(tmp_path: Path) -> None:
     document root: a link a worker plants in zone 3C to a file outside it (a secret in /tmp, a
     disk's file, the LMDB index, hoard.toml, Label Studio's own database and `.env` — every
     account's token, the key that signs its cookies —, its venv, /etc/passwd, /dev/null, a
-    /proc/self path) is answered 404 under a local-files storage that covers it, confined and
-    with label_studio.confine = false, while a staged file and a link to one inside 3C are served."""
+    /proc/self path) is answered 404 under a local-files storage that covers it, nor imported as
+    a task by one that reads JSON files, confined and with label_studio.confine = false, while a
+    staged file and a link to one inside 3C are served."""
     if not (VENV / "bin" / "label-studio").is_file():
         missing(f"LABEL STUDIO MISSING at {VENV}: run `make labelstudio`")
     home = tmp_path / "setup"
@@ -126,6 +127,9 @@ def test_up_serves_no_link_out_of_the_document_root(tmp_path: Path) -> None:
                "cwd.jpg": Path("/proc/self/cwd/data/.env"), "environ.jpg": Path("/proc/self/environ")}
     for name, target in outside.items():
         (out / name).symlink_to(target)
+    tasks = cfg.ssd.zone_path("3C") / "run-2" / "out"  # a storage that imports tasks from JSON files
+    tasks.mkdir(parents=True)
+    (tasks / "export.json").symlink_to(own / "export" / "secret.json")
     try:
         for confine in (True, False):
             if not confine:
@@ -143,6 +147,15 @@ def test_up_serves_no_link_out_of_the_document_root(tmp_path: Path) -> None:
                                      json={"project": project.json()["id"], "path": str(out.parent),
                                            "use_blob_urls": True, "title": "run-1"})
                 assert storage.status_code == 201, storage.text
+                (own / "export" / "secret.json").write_text('{"data": {"text": "TOP SECRET export"}}')
+                json_storage = httpx.post(f"{url}/api/storages/localfiles/", headers=auth, timeout=60,
+                                          json={"project": project.json()["id"], "path": str(tasks),
+                                                "use_blob_urls": False, "title": "run-2"}).json()["id"]
+            sync = httpx.post(f"{url}/api/storages/localfiles/{json_storage}/sync", headers=auth, timeout=120)
+            listed = httpx.get(f"{url}/api/tasks/", params={"project": project.json()["id"]}, headers=auth,
+                               timeout=60)
+            assert sync.status_code == 200 and listed.status_code == 200 and "TOP SECRET" not in listed.text, \
+                (confine, listed.text[:300])
 
             def served(name: str, url: str = url, auth: dict[str, str] = auth) -> httpx.Response:
                 return httpx.get(f"{url}/data/local-files/", params={"d": f"run-1/out/{name}"}, headers=auth,

@@ -221,6 +221,7 @@ GUARD_MODULE = "hoard_label_studio"
 #: and outside Label Studio's own directories (HOARD_LABEL_STUDIO_OWN): checked before the view
 #: opens it (no device, FIFO or /proc file is opened) and again on the file it opened, by the
 #: kernel's name for it (a link swapped in between is caught); anything else is answered 404.
+#: A storage that imports tasks from JSON files reads each file under the same rule.
 _GUARD = """\
 import json
 import os
@@ -270,9 +271,35 @@ def _fileno(response):
     return None
 
 
+def _read_served(key):
+    if not served(os.path.realpath(key)):
+        raise ValueError(f"{key} lies outside the files Label Studio serves here (hoard's guard)")
+    try:
+        with open(key, "rb") as f:
+            if not served(os.readlink(f"/proc/self/fd/{f.fileno()}")):
+                raise ValueError(f"{key} lies outside the files Label Studio serves here (hoard's guard)")
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"Failed to read file {key}: {e}") from None
+
+
+def _guard_imports():
+    # a local-files storage that imports tasks from JSON files reads each through `get_data`
+    from io_storages.localfiles.models import LocalFilesImportStorageBase
+    from io_storages.utils import load_tasks_json
+
+    own = LocalFilesImportStorageBase.get_data
+
+    def get_data(self, key):
+        return own(self, key) if self.use_blob_urls else load_tasks_json(_read_served(key), key)
+
+    LocalFilesImportStorageBase.get_data = get_data
+
+
 class LocalFilesGuard:
     def __init__(self, get_response):
         self.get_response = get_response
+        _guard_imports()  # the apps are loaded once a middleware is made
 
     def __call__(self, request):
         response = self.get_response(request)
