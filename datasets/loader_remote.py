@@ -32,10 +32,13 @@ deleted after the publish is read while its shard holds it: publish again after 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
 import re
+import stat
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,6 +59,9 @@ log = logging.getLogger(__name__)
 #: the locator's format (hoardfs.datasets.publish.LOCATOR; datasets may not import each other's
 #: server side here: the host runs this module alone)
 LOCATOR = 1
+#: the most bytes of a locator read (about 130 bytes a sample: some 8 million samples); a larger
+#: object or file is refused before a byte of it is read or parsed
+LOCATOR_MAX = 1 << 30
 #: files read through the mount at once by the mount reader (the mount's own read queues
 #: spread them over the replicas)
 MOUNT_STREAMS = 4
@@ -71,6 +77,15 @@ _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*@[1-9][0-9]{0,8}")
 
 class RemoteLoaderError(HoardError):
     exit_code = ExitCode.UNAVAILABLE
+
+
+def _kind(e: BaseException) -> str:
+    """What a failed record read says of its replica: "data" (bytes that do not check out),
+    "gone" (no such shard object), "engine" (any other failed request: the engine does not
+    answer, refuses, has no such bucket)."""
+    if isinstance(e, fmt.ShardFormatError) or not isinstance(e, OSError):
+        return "data"
+    return "gone" if isinstance(e, FileNotFoundError) else "engine"
 
 
 class Loc(NamedTuple):
@@ -203,11 +218,15 @@ class S3Located(Located):
         self.host = host
         home = self.disks[label]
         ref = self._resolve(home, ref)
-        raw = home.get_published(f"{ref}.json")
+        where = f"s3://{home.bucket}/loaders/{ref}.json"
+        try:
+            raw = home.get_published(f"{ref}.json", LOCATOR_MAX)
+        except ValueError as e:  # (larger than LOCATOR_MAX: not read)
+            raise _too_large(where, ref, str(e)) from None
         if raw is None:
             raise RemoteLoaderError(f"no locator of {ref} in bucket {home.bucket} (S3 disk {label}): publish it on the "
                                     f"store's server (`hoard dataset publish {ref}`)")
-        super().__init__(ref, _checked(raw, f"s3://{home.bucket}/loaders/{ref}.json", ref), f"S3 disk {label}")
+        super().__init__(ref, _checked(raw, where, ref), f"S3 disk {label}")
         for other in sorted({x for p in self.objects.values() for x in p[3]} & set(s3) - {label}):
             self.disks[other] = _open_s3(host, other)
 
@@ -239,8 +258,10 @@ class S3Located(Located):
     def _fallback(self, rec: Rec, shard_hex: str, disks: list[Any], tried: Any = None,
                   err: Exception | None = None) -> bytes:
         """The record from the first of `disks` (not `tried`, which failed with `err`) that gives
-        it whole and checked; RemoteLoaderError (one line) when none does."""
-        why, gone = (first_line(err), isinstance(err, FileNotFoundError)) if err is not None else ("", True)
+        it whole and checked; RemoteLoaderError (one line) when none does, its next step the
+        failures': a shard not in any bucket (gc) — publish again; an engine that does not
+        answer — start it and resume; a record that does not check — `hoard verify`."""
+        why, kinds = (first_line(err), {_kind(err)}) if err is not None else ("", set())
         for disk in disks:
             if disk is tried:
                 continue
@@ -250,15 +271,19 @@ class S3Located(Located):
                                       fmt.RECORD_HEADER_SIZE + rec.length)
                 return verify_record(memoryview(buf), 0, rec.sha, rec.length, where)
             except (fmt.ShardFormatError, OSError) as e:  # (EngineError is an OSError: DiskGone)
-                why, gone = first_line(e), gone and isinstance(e, FileNotFoundError)
+                why = first_line(e)
+                kinds.add(_kind(e))
                 log.warning("loader: record %s…%s cannot be used (%s); trying another S3 disk", rec.sha.hex()[:12],
                             where, why)
+        head = f"object {rec.sha.hex()} of {self.ref}: no S3 disk of this host gives its record in shard {shard_hex} "
+        if "data" not in kinds and "engine" in kinds:
+            raise RemoteLoaderError(head + f"({why}); start the S3 engine (or correct this host's [[disks]] table "
+                                    f"in {self.host.source}), then resume from the loader's state_dict()")
         raise RemoteLoaderError(
-            f"object {rec.sha.hex()} of {self.ref}: no S3 disk of this host gives its record in shard {shard_hex} whole "
-            f"({why}); " + ("the shard is not in the bucket: the store moved or dropped it since the publish (gc) — "
-                            "publish again on the store's server "
-                            f"(`hoard dataset publish {self.ref}`)" if gone else
-                            "run `hoard verify` on the store's server (it repairs the replica), then resume"),
+            head + f"whole ({why}); " + (
+                "the shard is not in the bucket: the store moved or dropped it since the publish (gc) — "
+                f"publish again on the store's server (`hoard dataset publish {self.ref}`)" if kinds <= {"gone"} else
+                "run `hoard verify` on the store's server (it repairs the replica), then resume"),
             ExitCode.DATA)
 
     def _assign(self, runs: list[Run]) -> list[str]:
@@ -326,7 +351,11 @@ class MountLocated(Located):
         if root is None:
             raise RemoteLoaderError(f"[loader] source = \"mount\" in {host.source} names no mount: set [loader] mount "
                                     "(or [mount] path) to the hoard mount's path", ExitCode.USAGE)
-        if not (root / "by-hash").is_dir() or not (root / ".hoard").is_dir():
+        try:
+            shown = (root / "by-hash").is_dir() and (root / ".hoard").is_dir()
+        except OSError as e:  # (a mount whose daemon is gone: ENOTCONN)
+            raise _mount_error(root, e) from None
+        if not shown:
             raise RemoteLoaderError(f"{root}: not a hoard mount (no by-hash/ and .hoard/ there): mount the store there "
                                     "(`hoard mount PATH`), or correct [loader] mount", ExitCode.UNAVAILABLE)
         folder = host.loader.locators
@@ -342,7 +371,7 @@ class MountLocated(Located):
             ref = max(found, key=lambda r: int(r.rpartition("@")[2]))
         path = folder / f"{ref}.json"
         try:
-            raw = path.read_bytes()
+            raw = _read_locator(path, ref)
         except FileNotFoundError:
             raise RemoteLoaderError(f"{path}: no locator of {ref} there: publish it on the store's server (`hoard "
                                     f"dataset publish {ref} --dir {folder}`)") from None
@@ -360,12 +389,11 @@ class MountLocated(Located):
         path = self.path(rec.sha)
         try:
             with open(path, "rb", buffering=0) as f:  # (unbuffered: no isatty round trip, docs/mount.md)
-                data = f.read()
+                data = f.read(rec.length + 1)  # (more than the record's length: not its object)
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise RemoteLoaderError(f"{path}: cannot be read through the mount ({e.strerror}); `hoard health` on the "
-                                    "store's server says why", ExitCode.DATA) from None
+            raise _mount_error(path, e) from None
         if len(data) != rec.length or hashlib.sha256(data).digest() != rec.sha:
             raise RemoteLoaderError(f"{path}: its bytes are not object {rec.sha.hex()} ({len(data)} bytes read); "
                                     "`hoard health` on the store's server says why", ExitCode.DATA)
@@ -386,6 +414,40 @@ class MountLocated(Located):
             out.payloads[r.sha] = data
             out.nbytes += len(data)
         return out
+
+
+def _read_locator(path: Path, ref: str) -> bytes:
+    """The locator file's bytes: a regular file of at most LOCATOR_MAX bytes (a FIFO, a device or
+    a larger file is refused in one line before a byte of it is read; OSError as open raises it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # (a FIFO: no wait for a writer)
+    with open(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RemoteLoaderError(f"{path}: not a regular file, so no locator of {ref}: publish it on the store's "
+                                    f"server (`hoard dataset publish {ref} --dir DIR`)", ExitCode.DATA)
+        if st.st_size > LOCATOR_MAX:
+            raise _too_large(str(path), ref, f"{st.st_size} bytes")
+        raw = f.read(LOCATOR_MAX + 1)
+    if len(raw) > LOCATOR_MAX:  # (grown since the fstat)
+        raise _too_large(str(path), ref, f"more than {LOCATOR_MAX} bytes")
+    return bytes(raw)
+
+
+def _too_large(where: str, ref: str, size: str) -> RemoteLoaderError:
+    return RemoteLoaderError(f"the locator of {ref} at {where} holds {size}, more than a locator may ({LOCATOR_MAX} "
+                             f"bytes): not read — publish it again on the store's server (`hoard dataset publish "
+                             f"{ref}`)", ExitCode.DATA)
+
+
+def _mount_error(path: Path, e: OSError) -> RemoteLoaderError:
+    """A read through the mount that failed: a mount whose daemon is gone (ENOTCONN, ECONNABORTED)
+    named as such, with its next step; any other error with `hoard health`."""
+    if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+        return RemoteLoaderError(f"{path}: the hoard mount does not answer ({e.strerror}): its daemon is gone — "
+                                 "`hoard umount --lazy MOUNTPOINT` and `hoard mount MOUNTPOINT` again, then resume "
+                                 "from the loader's state_dict()")
+    return RemoteLoaderError(f"{path}: cannot be read through the mount ({e.strerror}); `hoard health` on the "
+                             "store's server says why", ExitCode.DATA)
 
 
 def open_located(host: LoaderHost, ref: str, source: str) -> Located:

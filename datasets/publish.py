@@ -36,6 +36,7 @@ from typing import Any
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.datasets import api, card
+from hoardfs.datasets.loader_remote import LOCATOR_MAX
 from hoardfs.fsd.store import Store
 from hoardfs.sql.selectors import physical_nodes
 
@@ -114,7 +115,12 @@ def _locator(store: Store, name: str, manifest_sha: str, shas: list[bytes], with
     doc = {"locator": LOCATOR, "dataset": name, "manifest_sha256": manifest_sha,
            "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "objects": objects,
            "withheld": sorted(h.hex() for h in withheld)}
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode(), len(objects)
+    body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    if len(body) > LOCATOR_MAX:  # (a host refuses it unread)
+        raise PublishError(f"{name}: its locator would hold {len(body)} bytes, more than a training host reads "
+                           f"({LOCATOR_MAX}); nothing was published — split the dataset into smaller versions",
+                           ExitCode.DATA)
+    return body, len(objects)
 
 
 def _put(store: Store, label: str, name: str, body: bytes) -> str:

@@ -6,19 +6,22 @@ same, verified record by record."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
 import secrets
+import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from hoardfs.base import config
-from hoardfs.base.errors import ConfigError
-from hoardfs.datasets.loader_remote import RemoteLoaderError
+from hoardfs.base.errors import ConfigError, ExitCode
+from hoardfs.datasets.loader_remote import LOCATOR_MAX, RemoteLoaderError
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.io.replicate import replicate_once
 from hoardfs.fsd.store import Store
@@ -26,7 +29,7 @@ from hoardfs.loader import Loader, LoaderError
 from tests.test_datasets import _hoard
 from tests.test_loader import SMALL, built  # noqa: F401  # (built: a fixture)
 from tests.test_mount import mounted
-from tests.test_s3_backend import engine_env  # noqa: F401  # (engine_env: a fixture)
+from tests.test_s3_backend import engine_env, s3_disk  # noqa: F401  # (engine_env: a fixture)
 
 # tier: PostgreSQL, Redis, an S3 engine (SeaweedFS) and a FUSE mount
 pytestmark = pytest.mark.services
@@ -270,3 +273,105 @@ def test_a_locator_is_checked_before_anything_is_read(tmp_path: Path) -> None:
         with pytest.raises(RemoteLoaderError, match=why) as e:
             _checked(bad, "f", "pets@1")
         assert "\n" not in str(e.value) and "hoard dataset publish pets@1" in str(e.value)
+
+
+@pytest.mark.expect_log(r"loader: shard [0-9a-f]+ on S3 disk s3a unreadable .*does not answer", level="WARNING")
+def test_an_s3_engine_that_stalls_or_stops_mid_epoch_is_one_line_then_resumes(built, seaweedfs_own, engine_env,
+                                                                              tmp_path: Path) -> None:
+    """The host's S3 engine stalled (SIGSTOP) mid-epoch stops the loader within its disks.timeout_s
+    retries, and stopped (killed) at once — each in one line naming the engine and a resume, not
+    `hoard verify` (no record is rotten); once it answers again, the state saved where it stopped
+    resumes to the uninterrupted sequence."""
+    cfg, _ = built
+    engine = seaweedfs_own
+    engine_env(engine)
+    bucket = _add_s3(Path(cfg.source), engine, "s3a")
+    _onto_the_buckets(Path(cfg.source), 5)
+    _publish(cfg)
+    host = _host(tmp_path / "host", engine, {"s3a": bucket}, source="s3")
+    host.write_text(host.read_text() + "timeout_s = 1\n")
+    whole = [s["key"] for s in Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)]
+    assert engine.proc is not None
+    for stall in (True, False):
+        ld = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+        it = iter(ld)
+        seen = [next(it)["key"] for _ in range(3)]
+        if stall:
+            os.killpg(engine.proc.pid, signal.SIGSTOP)
+        else:
+            engine.stop()
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(RemoteLoaderError) as e:
+                for s in it:  # (what was read before it stalled is yielded first)
+                    seen.append(s["key"])
+        finally:
+            if stall:
+                os.killpg(engine.proc.pid, signal.SIGCONT)
+            else:
+                engine.start()
+        msg = str(e.value)
+        assert time.monotonic() - t0 < 60
+        assert "\n" not in msg and "disk s3a" in msg and "start the S3 engine" in msg and "state_dict" in msg, msg
+        assert "hoard verify" not in msg and e.value.exit_code == ExitCode.UNAVAILABLE
+        rest = [s["key"] for s in Loader.from_state_dict(ld.state_dict(), config_path=host)]
+        assert seen + rest == whole
+
+
+def test_a_dead_mount_and_a_locator_no_host_should_read_are_one_line(built, fuse, tmp_path: Path) -> None:
+    """A locator larger than LOCATOR_MAX (a sparse file), a FIFO in its place, or an S3 object
+    over the limit is refused in one line before a byte of it is read; a mount whose daemon was
+    killed (ENOTCONN) is one line naming `hoard umount --lazy`, when the loader is made and
+    mid-epoch alike."""
+    cfg, _ = built
+    locators = tmp_path / "locators"
+    locators.mkdir()
+    _publish(cfg, "--dir", str(locators))
+    mnt = tmp_path / "mnt"
+    host = tmp_path / "host" / "hoard.toml"
+    host.parent.mkdir()
+    host.write_text(f'[loader]\nsource = "mount"\nmount = "{mnt}"\nlocators = "{locators}"\n')
+    with mounted(str(cfg.source), mnt) as proc:
+        with open(locators / "pets@2.json", "wb") as f:
+            f.truncate(LOCATOR_MAX + 1)
+        with pytest.raises(RemoteLoaderError, match=rf"holds {LOCATOR_MAX + 1} bytes, more than a locator may") as e:
+            Loader("pets@2", "train", config_path=host)
+        assert "\n" not in str(e.value)
+        (locators / "pets@2.json").unlink()
+        os.mkfifo(locators / "pets@2.json")
+        with pytest.raises(RemoteLoaderError, match=r"pets@2\.json: not a regular file"):
+            Loader("pets@2", "train", config_path=host)
+        ld = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+        it = iter(ld)
+        next(it)
+        proc.kill()  # the daemon dies; the kernel keeps the mount attached (`mounted` leaves it)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.stat(mnt)
+            except OSError as err:
+                assert err.errno == errno.ENOTCONN
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        try:
+            for make in (lambda: list(it), lambda: Loader("pets@1", "train", config_path=host)):
+                with pytest.raises(RemoteLoaderError, match=r"the hoard mount does not answer .*hoard umount --lazy") \
+                        as e:
+                    make()
+                assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+        finally:
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
+def test_a_locator_object_over_the_limit_is_not_read(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """An S3 disk's get_published refuses an object larger than its limit (naming its size)
+    without reading it, and gives one within it whole."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    disk.put_published("pets@1.json", b"x" * 100)
+    assert disk.get_published("pets@1.json", 100) == b"x" * 100
+    with pytest.raises(ValueError, match=r"^101 bytes$"):
+        disk.put_published("pets@1.json", b"x" * 101) or disk.get_published("pets@1.json", 100)
+    assert disk.get_published("pets@9.json", 100) is None

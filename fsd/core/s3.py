@@ -691,8 +691,9 @@ class S3Disk:
         self._call(f"publishing {PUBLISHED_PREFIX}{name}", self.client.put_object, Bucket=self.bucket,
                    Key=PUBLISHED_PREFIX + name, Body=body, Metadata={SHA_KEY: hashlib.sha256(body).hexdigest()})
 
-    def get_published(self, name: str) -> bytes | None:
-        """The bytes of loaders/<name>; None when there is no such object."""
+    def get_published(self, name: str, limit: int | None = None) -> bytes | None:
+        """The bytes of loaders/<name>; None when there is no such object; ValueError naming its
+        size when it holds more than `limit` bytes (none of them read)."""
         try:
             r = self._call(f"reading {PUBLISHED_PREFIX}{name}", self.client.get_object, Bucket=self.bucket,
                            Key=PUBLISHED_PREFIX + name)
@@ -700,7 +701,12 @@ class S3Disk:
             return None
         body = r["Body"]
         try:
-            data: bytes = body.read()
+            size = int(r.get("ContentLength") or 0)
+            if limit is not None and size > limit:
+                raise ValueError(f"{size} bytes")
+            data: bytes = body.read(None if limit is None else limit + 1)
+            if limit is not None and len(data) > limit:
+                raise ValueError(f"more than {limit} bytes")
             return data
         except BotoCoreError as e:
             raise self._broke(f"reading {PUBLISHED_PREFIX}{name}", e) from None
