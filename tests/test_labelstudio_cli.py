@@ -106,8 +106,9 @@ def test_up_serves_no_link_out_of_the_document_root(tmp_path: Path) -> None:
     disk's file, the LMDB index, hoard.toml, Label Studio's own database and `.env` — every
     account's token, the key that signs its cookies —, its venv, /etc/passwd, /dev/null, a
     /proc/self path) is answered 404 under a local-files storage that covers it, nor imported as
-    a task by one that reads JSON files, confined and with label_studio.confine = false, while a
-    staged file and a link to one inside 3C are served."""
+    a task by one that reads JSON files, nor overwritten by an export storage's annotation file,
+    confined and with label_studio.confine = false, while a staged file and a link to one inside
+    3C are served."""
     if not (VENV / "bin" / "label-studio").is_file():
         missing(f"LABEL STUDIO MISSING at {VENV}: run `make labelstudio`")
     home = tmp_path / "setup"
@@ -156,6 +157,26 @@ def test_up_serves_no_link_out_of_the_document_root(tmp_path: Path) -> None:
                                timeout=60)
             assert sync.status_code == 200 and listed.status_code == 200 and "TOP SECRET" not in listed.text, \
                 (confine, listed.text[:300])
+            # an export storage in 3C writes each annotation to a file named by its id or its task's
+            victim = own / "victim.txt"
+            victim.write_text("Label Studio's own file\n")
+            exports = cfg.ssd.zone_path("3C") / f"run-3-{confine}" / "out"
+            exports.mkdir(parents=True)
+            labelled = httpx.post(f"{url}/api/projects/", headers=auth, timeout=60, json={
+                "title": f"export {confine}", "label_config": '<View><Text name="t" value="$text"/><Choices '
+                'name="c" toName="t"><Choice value="a"/></Choices></View>'}).json()["id"]
+            httpx.post(f"{url}/api/projects/{labelled}/import", headers=auth, json=[{"text": "x"}], timeout=60)
+            task = httpx.get(f"{url}/api/tasks/", params={"project": labelled}, headers=auth,
+                             timeout=60).json()["tasks"][0]["id"]
+            ann = httpx.post(f"{url}/api/tasks/{task}/annotations/", headers=auth, timeout=60, json={"result": [
+                {"from_name": "c", "to_name": "t", "type": "choices", "value": {"choices": ["a"]}}]}).json()["id"]
+            for key in {str(ann), str(task), f"{task}.json"}:
+                (exports / key).symlink_to(victim)
+            target = httpx.post(f"{url}/api/storages/export/localfiles", headers=auth, timeout=60,
+                                json={"project": labelled, "path": str(exports), "title": "export"})
+            assert target.status_code == 201, target.text
+            httpx.post(f"{url}/api/storages/export/localfiles/{target.json()['id']}/sync", headers=auth, timeout=120)
+            assert victim.read_text() == "Label Studio's own file\n", confine
 
             def served(name: str, url: str = url, auth: dict[str, str] = auth) -> httpx.Response:
                 return httpx.get(f"{url}/data/local-files/", params={"d": f"run-1/out/{name}"}, headers=auth,

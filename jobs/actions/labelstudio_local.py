@@ -221,7 +221,10 @@ GUARD_MODULE = "hoard_label_studio"
 #: and outside Label Studio's own directories (HOARD_LABEL_STUDIO_OWN): checked before the view
 #: opens it (no device, FIFO or /proc file is opened) and again on the file it opened, by the
 #: kernel's name for it (a link swapped in between is caught); anything else is answered 404.
-#: A storage that imports tasks from JSON files reads each file under the same rule.
+#: A storage that imports tasks from JSON files reads each file under the same rule; an export
+#: storage writes an annotation's file only there too, never through a link (a link a worker
+#: plants in 3C named as the next annotation would otherwise have it overwrite its database,
+#: or, unconfined, any file its user may write).
 _GUARD = """\
 import json
 import os
@@ -296,10 +299,36 @@ def _guard_imports():
     LocalFilesImportStorageBase.get_data = get_data
 
 
+def _write_served(path, text):
+    if not served(os.path.realpath(os.path.dirname(path))):
+        raise ValueError(f"{path} lies outside the files Label Studio serves here (hoard's guard)")
+    # never through a link, nor into a FIFO; truncated only once the file is known to be served
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
+        if not served(os.readlink(f"/proc/self/fd/{fd}")):
+            raise ValueError(f"{path} lies outside the files Label Studio serves here (hoard's guard)")
+        f.truncate(0)
+        f.write(text)
+
+
+def _guard_exports():
+    # a local-files export storage writes each annotation as a file named by its id
+    from io_storages.localfiles.models import LocalFilesExportStorage, LocalFilesExportStorageLink
+
+    def save_annotation(self, annotation):
+        key = LocalFilesExportStorageLink.get_key(annotation)
+        path = os.path.join(self._get_storage_path_or_raise(), f"{key}")
+        _write_served(path, json.dumps(self._get_serialized_data(annotation), indent=2))
+        LocalFilesExportStorageLink.create(annotation, self)
+
+    LocalFilesExportStorage.save_annotation = save_annotation
+
+
 class LocalFilesGuard:
     def __init__(self, get_response):
         self.get_response = get_response
         _guard_imports()  # the apps are loaded once a middleware is made
+        _guard_exports()
 
     def __call__(self, request):
         response = self.get_response(request)
