@@ -76,6 +76,9 @@ class DiskConfig(BaseModel):
     capacity_gb: float | None = Field(default=None, gt=0)
     #: sequential read bandwidth for the batch read planner; measured if unset
     read_mb_s: float | None = Field(default=None, gt=0)
+    #: sequential write bandwidth: a writer with several open shards gives each disk a share
+    #: of a batch by it (hoardfs.fsd.io.spread); read_mb_s (or the measured read speed) if unset
+    write_mb_s: float | None = Field(default=None, gt=0)
     #: kind "s3": the engine's S3 URL (http:// or https://) and the bucket the disk is
     endpoint: str | None = None
     bucket: str | None = None

@@ -25,14 +25,15 @@ _LOAD_AT_START = os.getloadavg()[0]  # a benchmark imports this module first
 
 
 def lab_store(lab: Lab, root: Path, labels: list[str] | None = None, **opts) -> Store:
-    """A store whose disks are the lab's mounts, with the profile's read speeds configured."""
+    """A store whose disks are the lab's mounts, with the profile's read and write speeds configured."""
     labels = labels or list(lab.disks)
     disks = [(label, lab.disks[label].mountpoint, None) for label in labels]
     path = write_config(root, disks, allow_dirs=False, **opts)
     text = path.read_text()
-    for label in labels:  # give the planner the lab's real read bandwidths: blkio throttles in MiB/s,
-        mb_s = lab.disks[label].profile.read_mbps * MiB / 1e6  # read_mb_s is in MB/s (10^6 bytes)
-        text = text.replace(f'label = "{label}"\n', f'label = "{label}"\nread_mb_s = {mb_s:.3f}\n')
+    for label in labels:  # give the planner and the writer the lab's real bandwidths: blkio throttles
+        prof = lab.disks[label].profile  # in MiB/s, read_mb_s and write_mb_s are in MB/s (10^6 bytes)
+        text = text.replace(f'label = "{label}"\n', f'label = "{label}"\nread_mb_s = {prof.read_mbps * MiB / 1e6:.3f}\n'
+                                                    f'write_mb_s = {prof.write_mbps * MiB / 1e6:.3f}\n')
     path.write_text(text)
     return Store.open(config.load(path), init=True)
 

@@ -68,6 +68,66 @@ def test_open_shards_1_writes_one_shard_at_a_time(tmp_path: Path) -> None:
     store.close()
 
 
+def _with_speeds(path: Path, mb_s: dict[str, float], key: str = "read_mb_s") -> Path:
+    text = path.read_text()
+    for label, speed in mb_s.items():
+        text = text.replace(f'label = "{label}"\n', f'label = "{label}"\n{key} = {speed}\n')
+    path.write_text(text)
+    return path
+
+
+def test_a_batch_is_shared_by_the_disks_speeds(tmp_path: Path) -> None:
+    """Disks of configured speeds 60, 45, 35 and 25 MB/s take a batch's bytes in that proportion
+    (within 10 %), whatever their free space (each disk's shares of speed and of free space are
+    within a factor of two)."""
+    speeds = {"d0": 60, "d1": 45, "d2": 35, "d3": 25}
+    path = _with_speeds(dir_disks_config(tmp_path, 4, cap=2, shard_size_mb=2), speeds)
+    store = Store.open(config.load(path), init=True)
+    files = make_files(tmp_path / "in", 1500, lo=4000, hi=30000)
+    _spread_batch(store, files)
+    written = Counter[str]()
+    for m in store.index.iter_shards():
+        for u in m.replicas:
+            written[store.disks[u].label] += m.size
+    total, speed_total = sum(written.values()), sum(speeds.values())
+    for label, speed in speeds.items():
+        assert written[label] / total == pytest.approx(speed / speed_total, rel=0.1), written
+    store.close()
+
+
+def test_write_mb_s_sets_the_shares_over_read_mb_s(tmp_path: Path) -> None:
+    """`disks[].write_mb_s` 60/45/35/25 with every `read_mb_s` 100: shares by the write speeds."""
+    writes = {"d0": 60, "d1": 45, "d2": 35, "d3": 25}
+    path = _with_speeds(_with_speeds(dir_disks_config(tmp_path, 4, cap=2), dict.fromkeys(writes, 100)), writes,
+                        "write_mb_s")
+    with Store.open(config.load(path), init=True) as store:
+        shares = {store.disks[u].label: s for u, s in store.writer("raw").shares().items()}
+    assert shares == pytest.approx({d: w / sum(writes.values()) for d, w in writes.items()})
+
+
+def test_shares_by_free_space_when_no_speed_is_known_and_never_twice_the_free_share(tmp_path: Path) -> None:
+    """No speed configured or measured: shares follow free space (disks of 8, 4, 2 and 1 GB).
+    Equal speeds on disks of 8, 4, 2 and 0.1 GB: the small one's share is twice its share of
+    the free space, not a quarter."""
+    def store_of(root: Path, caps: tuple[float, ...], speed: float | None) -> Store:
+        disks = [(f"d{i}", root / f"d{i}", cap) for i, cap in enumerate(caps)]
+        for _, p, _ in disks:
+            p.mkdir(parents=True)
+        path = write_config(root, disks, shard_size_mb=2)
+        return Store.open(config.load(_with_speeds(path, {d[0]: speed for d in disks}) if speed else path), init=True)
+
+    for caps, speed in (((8, 4, 2, 1), None), ((8, 4, 2, 0.1), 50)):
+        store = store_of(tmp_path / str(caps[-1]), caps, speed)
+        free = {store.disks[c.uuid].label: c.free_bytes for c in store.candidates()}
+        shares = {store.disks[u].label: s for u, s in store.writer("raw").shares().items()}
+        if speed is None:
+            assert shares == pytest.approx({d: f / sum(free.values()) for d, f in free.items()})
+        else:
+            assert shares["d3"] == pytest.approx(2 * free["d3"] / sum(free.values()))
+            assert shares["d0"] == shares["d1"] == shares["d2"] == 0.25
+        store.close()
+
+
 @pytest.mark.parametrize("value", ['"lots"', "0", "65", "true"])
 def test_a_bad_open_shards_is_one_line_naming_the_allowed_values(tmp_path: Path, value: str) -> None:
     """`store.open_shards` other than "auto" or 1..64: one line naming the key and what to write."""

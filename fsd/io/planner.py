@@ -110,14 +110,17 @@ class Plan:
                           for u, b in self.bytes_per_disk.items()}}
 
 
-def bandwidths(store: Store) -> dict[str, float]:
+def bandwidths(store: Store, default: float | None = DEFAULT_MB_S) -> dict[str, float]:
+    """Bytes/s per disk uuid: the configured `read_mb_s`, else what the batch reader measured,
+    else `default` MB/s (None: such a disk is left out)."""
     out = {}
     by_label = {d.label: d for d in store.cfg.disks}
     for uuid, disk in store.disks.items():
         conf = by_label.get(disk.label)
         measured = store.measured_bw.get(uuid)
-        mb_s = (conf.read_mb_s if conf and conf.read_mb_s else None) or measured or DEFAULT_MB_S
-        out[uuid] = mb_s * 1e6
+        mb_s = (conf.read_mb_s if conf and conf.read_mb_s else None) or measured or default
+        if mb_s:
+            out[uuid] = mb_s * 1e6
     return out
 
 

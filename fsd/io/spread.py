@@ -8,10 +8,9 @@ interface of one ShardWriter:
 
 - records are appended to the current writer; when a group is complete (`start_commit`) its
   fdatasync is queued and the next group goes to the writer whose disks are least ahead of
-  their share of the batch: a disk's share of the disks' bandwidth
-  (hoardfs.fsd.io.planner.bandwidths: the configured or measured MB/s), or of their free
-  space where that is smaller — so every disk writes all the time at its own speed, and a
-  small fast disk does not fill first;
+  their share of the batch (`shares`: by the disks' bandwidth, the configured or measured
+  MB/s; by free space when no speed is known) — so every disk writes all the time at its
+  own speed;
 - every writer keeps its own fdatasync/commit cycle, so the ack rule is the one of a single
   ShardWriter: a record is acknowledged only once its own shard's group is fsynced on
   write_ack disks and indexed (hoardfs.fsd.io.writer);
@@ -32,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
 from hoardfs.fsd.io.planner import bandwidths
-from hoardfs.fsd.io.writer import MAX_INFLIGHT, ReplicaFailed, ShardWriter, _Pending
+from hoardfs.fsd.io.writer import ReplicaFailed, ShardWriter, _Pending
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -45,11 +44,8 @@ T = TypeVar("T")
 
 #: the smallest group `group_bytes` gives (a tiny shard size must not make a group a file)
 MIN_GROUP = 64 << 10
-#: the most open shards "auto" gives: each holds up to a group of records in memory until it
-#: is fsynced (hoardfs.fsd.core.records.GROUP_BYTES)
+#: the most open shards "auto" gives
 AUTO_MAX = 6
-#: the fewest writes one of several open shards queues per replica before appending waits
-MIN_INFLIGHT = 4
 
 
 def auto_open_shards(disks: int, write_ack: int) -> int:
@@ -66,20 +62,15 @@ class SpreadWriter:
 
     def __init__(self, store: Store, klass: str) -> None:
         self.store, self.klass = store, klass
-        ack, k = store.cfg.store.write_ack, store.cfg.store.open_shards
-        writable = sum(1 for c in store.candidates() if c.usable)
+        k = store.cfg.store.open_shards
         if k == "auto":
-            k = auto_open_shards(writable, ack)
+            k = auto_open_shards(sum(1 for c in store.candidates() if c.usable), store.cfg.store.write_ack)
         self.lanes: dict[str, ThreadPoolExecutor] = {}  # one per disk, shared: a disk's writes stay in order
         self.excluded: set[str] = set()  # disks that failed, for every writer
         spread = self._open_sets if k > 1 else None  # (one open shard: placed as it always was)
         self.writers = [ShardWriter(store, klass, self.lanes, self.excluded, spread) for _ in range(k)]
-        if k > 1:  # the writes queued per disk stay about what one open shard queues there
-            for w in self.writers:
-                w.max_inflight = max(MIN_INFLIGHT, MAX_INFLIGHT * writable // (k * ack))
         self.current = self.writers[0]
         self.failed: ShardWriter | None = None  # the writer whose replica raised the last ReplicaFailed
-        self.bw = bandwidths(store)  # bytes/s per disk uuid
         self.sent: dict[str, int] = {}  # bytes appended per disk uuid since the last seal
 
     @property
@@ -89,12 +80,16 @@ class SpreadWriter:
 
     @property
     def group_bytes(self) -> int:
-        """Bytes of new records appended before a group's fdatasync is queued (hoardfs.fsd.io.put):
-        with several open shards at most a quarter of a shard, so each shard takes several groups
-        and the groups follow the disks' shares even where shards are small."""
-        if len(self.writers) == 1:
+        """Bytes of new records appended before a group's fdatasync is queued (hoardfs.fsd.io.put).
+        With K open shards a group is the store's group × write_ack / K: each writer holds up to
+        two groups (one being fsynced, one appended), so together they hold about what one
+        shard's writer did; and at most a quarter of a shard, so each shard takes several
+        groups and the groups follow the disks' shares even where shards are small."""
+        k = len(self.writers)
+        if k == 1:
             return self.store.group_bytes
-        return min(self.store.group_bytes, max(self.store.shard_bytes // 4, MIN_GROUP))
+        share = self.store.group_bytes * self.store.cfg.store.write_ack // k
+        return max(MIN_GROUP, min(share, self.store.shard_bytes // 4))
 
     @property
     def committed_log(self) -> list[tuple[bytes, bool]]:
@@ -157,23 +152,31 @@ class SpreadWriter:
     def _least_busy(self) -> ShardWriter:
         """The writer for the next group: one without an open shard first (its shard is placed
         on the disks the others leave), then the one whose disks are least ahead of their
-        share — each disk's share of a batch is its share of the disks' bandwidth, or of their
-        free space where that is smaller (so a small fast disk does not fill first)."""
-        share = self._shares()
+        share of the batch (`shares`)."""
+        share = self.shares()
 
         def ahead(w: ShardWriter) -> float:
             if w.shard is None:
                 return -1.0
-            return max((self.sent.get(d.uuid, 0) + self.group_bytes) / share.get(d.uuid, 1.0)
+            return max((self.sent.get(d.uuid, 0) + self.group_bytes) / share.get(d.uuid, 1e-6)
                        for d in w.shard.disks)
 
         return min(self.writers, key=ahead)
 
-    def _shares(self) -> dict[str, float]:
+    def shares(self) -> dict[str, float]:
+        """Each writable disk's share of a batch: its share of the disks' bandwidth (`write_mb_s`,
+        else `read_mb_s` or the measured read speed: hoardfs.fsd.io.planner.bandwidths; a disk of
+        unknown speed counts as the mean of the known), or of their free space when no speed is
+        known — and never more than twice its share of the free space, so a small fast disk
+        does not fill long before the others."""
         free = {c.uuid: c.free_bytes for c in self.store.candidates() if c.usable}
-        bw = {u: self.bw.get(u, 0.0) for u in free}
-        total_free, total_bw = sum(free.values()) or 1, sum(bw.values()) or 1.0
-        return {u: max(1e-6, min(bw[u] / total_bw, free[u] / total_free)) for u in free}
+        write = {d.label: d.write_mb_s * 1e6 for d in self.store.cfg.disks if d.write_mb_s}
+        read = bandwidths(self.store, default=None)
+        known = {u: b for u in free if (b := write.get(self.store.disks[u].label) or read.get(u))}
+        mean = sum(known.values()) / len(known) if known else 0.0
+        weight = {u: known.get(u, mean) for u in free} if known else {u: float(f) for u, f in free.items()}
+        total_w, total_free = sum(weight.values()) or 1.0, sum(free.values()) or 1
+        return {u: max(1e-6, min(weight[u] / total_w, 2 * free[u] / total_free)) for u in free}
 
     def _count(self, w: ShardWriter, size: int) -> None:
         if w.shard is not None:

@@ -119,7 +119,6 @@ class ShardWriter:
         self.lanes: dict[str, ThreadPoolExecutor] = {} if lanes is None else lanes
         self.excluded: set[str] = set() if excluded is None else excluded  # disks that failed for this writer
         self.open_sets = open_sets
-        self.max_inflight = MAX_INFLIGHT  # writes queued per replica before appending waits
         self.committed_log: list[tuple[bytes, bool]] = []  # (sha, newly indexed) since last drain
         self.log_written = False  # gc turns this on: it re-points the index itself
         self.written_log: list[tuple[bytes, ObjectLoc]] = []  # (sha, where this writer put it)
@@ -266,12 +265,12 @@ class ShardWriter:
     def _submit(self, sh: OpenShard, fn) -> None:
         """Queue fn(sink) on every replica's lane; wait when too much is queued."""
         sh.inflight += [(d, self._lane(d).submit(fn, s)) for d, s in zip(sh.disks, sh.sinks, strict=False)]
-        if len(sh.inflight) >= self.max_inflight * len(sh.disks):
+        if len(sh.inflight) >= MAX_INFLIGHT * len(sh.disks):
             # forget what is done (raising its error), then wait for the oldest writes only: a
-            # group's fdatasync queued by start_commit is not waited for before max_inflight
+            # group's fdatasync queued by start_commit is not waited for before MAX_INFLIGHT
             # more writes are queued behind it (waiting for everything here would end the overlap)
             self._reap(sh)
-            while len(sh.inflight) >= self.max_inflight * len(sh.disks):
+            while len(sh.inflight) >= MAX_INFLIGHT * len(sh.disks):
                 d, fut = sh.inflight.pop(0)
                 try:
                     fut.result()
