@@ -221,6 +221,34 @@ def test_up_refuses_a_document_root_that_holds_the_ssds_state(tmp_path: Path) ->
         _hoard(home, "labelstudio", "down")
 
 
+@pytest.mark.services  # runs `hoard` processes
+def test_up_refuses_a_document_root_that_holds_hoard_toml(tmp_path: Path) -> None:
+    """hoard.toml (named by --config) in a directory below label_studio.document_root, the SSD
+    elsewhere: `up` refuses in one line naming the key and hoard.toml, exit 2, starts nothing."""
+    if not (VENV / "bin" / "label-studio").is_file():
+        missing(f"LABEL STUDIO MISSING at {VENV}: run `make labelstudio`")
+    home = tmp_path / "setup"
+    _setup(home, VENV)
+    conf = tmp_path / "docs" / "conf" / "hoard.toml"
+    conf.parent.mkdir(parents=True)
+    text = (home / "hoard.toml").read_text().replace('"var', f'"{home}/var')  # its paths made absolute
+    conf.write_text(text + f"document_root = {json.dumps(str(tmp_path / 'docs'))}\n")  # [label_studio] is last
+
+    def hoard(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(conf), *args], cwd=home,
+                              capture_output=True, text=True, timeout=600)
+
+    try:
+        res = hoard("labelstudio", "up")
+        lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+        assert res.returncode == 2 and len(lines) == 1, (res.returncode, lines)
+        assert "label_studio.document_root" in lines[0] and "hoard.toml" in lines[0], lines
+        st = hoard("labelstudio", "status", "--json")
+        assert st.returncode == 3 and json.loads(st.stdout)["running"] is False
+    finally:
+        hoard("labelstudio", "down")
+
+
 @pytest.mark.services  # runs `hoard` processes behind tests/nolandlock.py
 def test_up_where_the_kernel_cannot_confine_is_refused_in_one_line(tmp_path: Path) -> None:
     """`hoard labelstudio up` (label_studio.confine, default true) on a kernel without Landlock:

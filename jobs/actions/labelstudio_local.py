@@ -471,6 +471,12 @@ def up(cfg: Settings, venv: Path | None = None) -> Running:
             landlock.refuse_secrets([local.document_root, *reads], own=[local.data, local.tmp])
         except landlock.SecretInReach as e:
             raise LabelStudioError(f"label_studio.document_root: {e}", ExitCode.USAGE) from None
+        toml = os.path.realpath(cfg.source) if cfg.source is not None else None  # wherever --config found it
+        for root in [local.document_root, *reads]:
+            if toml is not None and toml.startswith(os.path.realpath(root).rstrip("/") + "/"):
+                raise LabelStudioError(f"label_studio.document_root: {display(str(root))} holds hoard.toml "
+                                       f"({display(toml)}), which Label Studio would serve; keep hoard.toml outside "
+                                       "its document root", ExitCode.USAGE)
         token = _secret(local.token_file, lambda: secrets.token_hex(20))
         password = _secret(local.password_file, lambda: secrets.token_urlsafe(18))
         before = recorded(local.home)
