@@ -49,8 +49,8 @@ from hoardfs.base.errors import ExitCode, HoardError, first_line
 from hoardfs.datasets import card
 from hoardfs.datasets.model import Sample
 from hoardfs.fsd.core import shardfmt as fmt
-from hoardfs.fsd.core.records import verified_view, verify_record
-from hoardfs.fsd.outputs.runs import AHEAD, Rec, Run, RunRead, disk_ranges, read_assigned, read_groups
+from hoardfs.fsd.core.records import verify_record
+from hoardfs.fsd.outputs.runs import AHEAD, Rec, Run, RunRead, disk_ranges, read_assigned, read_checked
 
 __all__ = ["Loc", "Located", "MountLocated", "RemoteLoaderError", "S3Located", "open_located"]
 
@@ -308,27 +308,9 @@ class S3Located(Located):
     def _read_run(self, number: int, run: Run, label: str) -> RunRead:
         disk = self.disks[label]
         shard_hex = run.shard_id.hex()
-        where = f" (shard {shard_hex} on S3 disk {label})"
         out = RunRead(number, {}, label)
-        failed: list[tuple[Rec, Exception]] = []
-        for rng, buf, err in read_groups(disk, shard_hex, disk_ranges(disk, run.records)):
-            if buf is None:  # (a shard object not there: gc retired it since the publish)
-                (log.info if isinstance(err, FileNotFoundError) else log.warning)(
-                    "loader: shard %s on S3 disk %s unreadable (%s); its records are read from another S3 disk",
-                    shard_hex, label, first_line(err) if err else "?")
-                failed += [(r, err or OSError("no answer")) for r in rng]
-                continue
-            view = memoryview(buf)
-            base = rng[0].offset - fmt.RECORD_HEADER_SIZE
-            out.nbytes += len(buf)
-            for r in rng:
-                try:
-                    out.payloads[r.sha] = bytes(verified_view(view, r.offset - fmt.RECORD_HEADER_SIZE - base,
-                                                              r.sha, r.length, where))
-                except fmt.ShardFormatError as e:
-                    log.warning("loader: record %s…%s does not check out (%s); read from another S3 disk",
-                                r.sha.hex()[:12], where, e)
-                    failed.append((r, e))
+        failed = read_checked(disk, shard_hex, disk_ranges(disk, run.records), f"S3 disk {label}", out,
+                              "another S3 disk")
         for r, why in failed:
             labels = self.objects[r.sha.hex()][3]
             out.payloads[r.sha] = self._fallback(r, shard_hex, self._here(labels), disk, why)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from hoardfs.base.errors import first_line
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.records import DataError, ObjectNotFound, verified_view, verify_record
 from hoardfs.fsd.io.planner import DEFAULT_MB_S, GAP_BYTES, bandwidths, in_order, put_unless, range_limit
@@ -137,6 +138,36 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[
     return in_order((read(g) for g in groups), disk.read_streams)
 
 
+def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, out: RunRead,
+                 elsewhere: str) -> list[tuple[Rec, Exception]]:
+    """Each group of shard `shard_hex` read off `disk` (`read_groups`) and each of its records
+    verified (header, xxh3-128) into `out.payloads`, the bytes read counted in `out.nbytes`; the
+    records that could not be read or did not check out, each with why — logged (a shard object
+    not there at INFO: gc retired it; the rest as a WARNING) as read from `elsewhere` next.
+    `name`: the disk as the log names it."""
+    where = f" (shard {shard_hex} on {name})"
+    failed: list[tuple[Rec, Exception]] = []
+    for rng, buf, err in read_groups(disk, shard_hex, groups):
+        if buf is None:
+            (log.info if isinstance(err, FileNotFoundError) else log.warning)(
+                "loader: shard %s on %s unreadable (%s); its records are read from %s", shard_hex, name,
+                first_line(err) if err else "?", elsewhere)
+            failed += [(r, err or OSError("no answer")) for r in rng]
+            continue
+        view = memoryview(buf)
+        base = rng[0].offset - fmt.RECORD_HEADER_SIZE
+        out.nbytes += len(buf)
+        for r in rng:
+            try:
+                out.payloads[r.sha] = bytes(verified_view(view, r.offset - fmt.RECORD_HEADER_SIZE - base, r.sha,
+                                                          r.length, where))
+            except fmt.ShardFormatError as e:
+                log.warning("loader: record %s…%s does not check out (%s); read from %s", r.sha.hex()[:12], where,
+                            e, elsewhere)
+                failed.append((r, e))
+    return failed
+
+
 def _fallback(store: Store, rec: Rec, avoid: str) -> bytes:
     """The record from another replica (looked up again: gc may have moved it), verified."""
     def read(disk, meta, loc) -> bytes:
@@ -167,9 +198,6 @@ def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
     if disk is None:
         failed = wanted
     else:
-        shard_hex = run.shard_id.hex()
-        where = f" (shard {shard_hex} on {disk.label})"
-
         # a range never reads through a record of the run the store no longer shows: its
         # bytes stay on the disk (only other objects' gaps are read through, as the planner does)
         segments: list[list[Rec]] = [[]]
@@ -179,26 +207,10 @@ def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
             elif segments[-1]:
                 segments.append([])
         groups = [g for seg in segments for g in disk_ranges(disk, seg)]
-        for rng, buf, err in read_groups(disk, shard_hex, groups):
-            if buf is None:
-                # a shard file gone is a shard gc retired after the plan (its records were moved:
-                # looked up again); any other error is the replica's
-                (log.info if isinstance(err, FileNotFoundError) else log.warning)(
-                    "loader: shard %s on %s unreadable (%s); its records are looked up and read again",
-                    shard_hex, disk.label, err)
-                failed += rng
-                continue
-            view = memoryview(buf)
-            base = rng[0].offset - fmt.RECORD_HEADER_SIZE
-            out.nbytes += len(buf)
-            for r in rng:
-                try:
-                    out.payloads[r.sha] = bytes(verified_view(view, r.offset - fmt.RECORD_HEADER_SIZE - base,
-                                                              r.sha, r.length, where))
-                except fmt.ShardFormatError as e:
-                    log.warning("loader: record %s…%s does not check out (%s); read from another replica",
-                                r.sha.hex()[:12], where, e)
-                    failed.append(r)
+        # a shard file gone is a shard gc retired after the plan (its records were moved: looked
+        # up again); any other error is the replica's
+        failed += [r for r, _why in read_checked(disk, run.shard_id.hex(), groups, disk.label, out,
+                                                 "another replica, looked up again")]
     for r in failed:
         try:
             out.payloads[r.sha] = _fallback(store, r, uuid)
