@@ -22,7 +22,11 @@ a session of its own, with
   SYSTEM_PROGRAMS, SYSTEM_READS) and the document root, and opens IPv4/IPv6 sockets only.
   Landlock checks the file a link resolves to, so a link a worker plants in 3C pointing
   elsewhere (hoard.toml, a shard, the index) is answered 404, whichever user runs it. Where
-  the kernel cannot confine it, `up` refuses in one line naming the key.
+  the kernel cannot confine it, `up` refuses in one line naming the key;
+- confined or not, hoard's settings module (`GUARD_MODULE`, `_GUARD`): Landlock lets Label
+  Studio read and write its own data, so its local files (served, imported as JSON tasks,
+  written by an export storage) are only files whose real path lies below the document root
+  and outside its data; `up` refuses a document root that holds the SSD's state/ or hoard.toml.
 
 `down` stops only the process `server.json` names, and only while that process is this data
 directory's `label-studio`. AC5 (`labelstudio.client_from_settings`) uses this server when
@@ -371,8 +375,9 @@ def launch(exe: Path, *, data: Path, document_root: Path, port: int, token: str,
     """`label-studio start` detached (a session of its own), its output in `log`: local-files
     serving under `document_root`, the user `username` with `token` as its legacy API token on
     a first start (secrets through the environment), bound to 127.0.0.1:`port`, `tmp` (made
-    anew, empty) its TMPDIR. With `confine`, through hoard's launcher (`confined_argv`): it
-    writes `data` and `tmp` alone and reads, besides its own files, `document_root` and `read`."""
+    anew, empty, holding `_GUARD`) its TMPDIR. With `confine`, through hoard's launcher
+    (`confined_argv`): it writes `data` and `tmp` alone and reads, besides its own files,
+    `document_root` and `read`. Either way its local files lie below those two, outside its own."""
     if tmp.is_dir() and not tmp.is_symlink():
         shutil.rmtree(tmp)
     else:
