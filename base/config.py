@@ -421,6 +421,9 @@ class LoaderConfig(BaseModel):
     #: source "mount": the directory holding the published locators (`hoard dataset publish
     #: NAME@N --dir DIR`), one file `<name>@<N>.json` each
     locators: Path | None = None
+    #: source "mount": seconds a read of the mount may give nothing before the loader stops in one
+    #: line (a mount whose daemon is stopped or stuck: the kernel waits for it without end)
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
 
 
 class LoaderHost(BaseModel):

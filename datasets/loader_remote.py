@@ -37,12 +37,14 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import stat
-from collections.abc import Generator
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import deque
+from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 from hoardfs.base.config import LoaderHost
 from hoardfs.base.errors import ExitCode, HoardError, first_line
@@ -55,6 +57,7 @@ from hoardfs.fsd.outputs.runs import AHEAD, Rec, Run, RunRead, disk_ranges, read
 __all__ = ["Loc", "Located", "MountLocated", "RemoteLoaderError", "S3Located", "open_located"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: the locator's format (hoardfs.datasets.publish.LOCATOR; datasets may not import each other's
 #: server side here: the host runs this module alone)
@@ -333,8 +336,9 @@ class MountLocated(Located):
         if root is None:
             raise RemoteLoaderError(f"[loader] source = \"mount\" in {host.source} names no mount: set [loader] mount "
                                     "(or [mount] path) to the hoard mount's path", ExitCode.USAGE)
+        self.root, self.timeout = root, host.loader.timeout_s
         try:
-            shown = (root / "by-hash").is_dir() and (root / ".hoard").is_dir()
+            shown = self._within(lambda: (root / "by-hash").is_dir() and (root / ".hoard").is_dir(), root)
         except OSError as e:  # (a mount whose daemon is gone: ENOTCONN)
             raise _mount_error(root, e) from None
         if not shown:
@@ -359,7 +363,6 @@ class MountLocated(Located):
                                     f"dataset publish {ref} --dir {folder}`)") from None
         except OSError as e:
             raise RemoteLoaderError(f"{path}: cannot read the locator of {ref} ({e.strerror})") from None
-        self.root = root
         super().__init__(ref, _checked(raw, str(path), ref), f"the mount {root}")
 
     def path(self, sha: bytes) -> Path:
@@ -367,7 +370,39 @@ class MountLocated(Located):
         ext = self.objects[h][4]
         return self.root / "by-hash" / h[:2] / h[2:4] / (h + (f".{ext}" if ext else ""))
 
+    def _within(self, call: Callable[[], T], path: Path) -> T:
+        """`call()` in a thread of its own, given `timeout` seconds ([loader] timeout_s): a mount
+        whose daemon is stopped or stuck answers nothing, and a read of it waits in the kernel
+        for as long — RemoteLoaderError (one line) then, the thread left to its read (a daemon
+        thread: it ends once the mount answers or goes)."""
+        got: list[Any] = []
+
+        def run() -> None:
+            try:
+                got.append((True, call()))
+            except BaseException as e:  # handed to the caller
+                got.append((False, e))
+
+        t = threading.Thread(target=run, name="loader-mount", daemon=True)
+        t.start()
+        t.join(self.timeout)
+        if not got:
+            raise self._stuck(path)
+        ok, value = got[0]
+        if not ok:
+            raise value
+        return cast(T, value)
+
+    def _stuck(self, path: Path) -> RemoteLoaderError:
+        return RemoteLoaderError(f"{path}: the hoard mount gave nothing for {self.timeout:g} s ([loader] timeout_s): "
+                                 "its daemon is stopped or stuck — see `hoard health` on the store's server, or mount "
+                                 "it again, then resume from the loader's state_dict()")
+
     def read_one(self, rec: Rec, labels: list[str]) -> bytes | None:
+        return self._within(lambda: self._read_file(rec), self.path(rec.sha))
+
+    def _read_file(self, rec: Rec) -> bytes | None:
+        """The object's by-hash file, its sha256 checked; None when the mount does not show it."""
         path = self.path(rec.sha)
         try:
             with open(path, "rb", buffering=0) as f:  # (unbuffered: no isatty round trip, docs/mount.md)
@@ -385,10 +420,38 @@ class MountLocated(Located):
         return read_assigned(["mount"] * len(runs), lambda i, _u: self._read_run(i, runs[i]), ahead)
 
     def _read_run(self, number: int, run: Run) -> RunRead:
+        """The run's files, MOUNT_STREAMS at once in daemon threads (`_within`'s reason); one that
+        gives nothing for `timeout` seconds stops it in one line."""
         out = RunRead(number, {}, "mount")
-        with ThreadPoolExecutor(MOUNT_STREAMS, thread_name_prefix="loader-mount") as pool:
-            got = list(zip(run.records, pool.map(lambda r: self.read_one(r, []), run.records), strict=True))
-        for r, data in got:
+        todo, done = deque(enumerate(run.records)), queue.Queue[tuple[int, bool, Any]]()
+        stop = threading.Event()
+
+        def work() -> None:
+            while not stop.is_set():
+                try:
+                    j, rec = todo.popleft()
+                except IndexError:
+                    return
+                try:
+                    done.put((j, True, self._read_file(rec)))
+                except BaseException as e:  # handed to the run's reader
+                    done.put((j, False, e))
+
+        for _ in range(min(MOUNT_STREAMS, len(run.records))):
+            threading.Thread(target=work, name="loader-mount", daemon=True).start()
+        datas: list[bytes | None] = [None] * len(run.records)
+        try:
+            for _ in run.records:
+                try:
+                    j, ok, value = done.get(timeout=self.timeout)
+                except queue.Empty:
+                    raise self._stuck(self.root) from None
+                if not ok:
+                    raise value
+                datas[j] = value
+        finally:
+            stop.set()
+        for r, data in zip(run.records, datas, strict=True):
             if data is None:  # not shown by the store any more: deleted since the publish, or collected
                 self.unshown.add(r.sha)
                 out.unshown.append(r.sha)

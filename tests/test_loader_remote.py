@@ -375,3 +375,39 @@ def test_a_locator_object_over_the_limit_is_not_read(seaweedfs, engine_env, tmp_
     with pytest.raises(ValueError, match=r"^101 bytes$"):
         disk.put_published("pets@1.json", b"x" * 101) or disk.get_published("pets@1.json", 100)
     assert disk.get_published("pets@9.json", 100) is None
+
+
+def test_a_mount_that_hangs_is_one_line_within_the_loaders_timeout(built, fuse, tmp_path: Path) -> None:
+    """A mount whose daemon is stopped (SIGSTOP: every read waits in the kernel) stops an epoch
+    within `[loader] timeout_s`, and a new Loader as well, each in one line naming the timeout —
+    never a hang; once the daemon goes on, the state saved where it stopped resumes to the
+    uninterrupted sequence."""
+    cfg, _ = built
+    locators = tmp_path / "locators"
+    locators.mkdir()
+    _publish(cfg, "--dir", str(locators))
+    mnt = tmp_path / "mnt"
+    host = tmp_path / "host" / "hoard.toml"
+    host.parent.mkdir()
+    host.write_text(f'[loader]\nsource = "mount"\nmount = "{mnt}"\nlocators = "{locators}"\ntimeout_s = 2\n')
+    whole = [s["key"] for s in Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)]
+    with mounted(str(cfg.source), mnt) as proc:
+        stuck = r"the hoard mount gave nothing for 2 s \(\[loader\] timeout_s\): its daemon is stopped or stuck"
+        for first in (True, False):  # a new Loader on a mount not read yet; an epoch under way
+            if not first:
+                ld = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+                it = iter(ld)
+                seen = [next(it)["key"]]
+            proc.send_signal(signal.SIGSTOP)
+            t0 = time.monotonic()
+            try:
+                with pytest.raises(RemoteLoaderError, match=stuck) as e:
+                    if first:
+                        Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+                    for s in it:  # (what was read before it stopped is yielded first)
+                        seen.append(s["key"])
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            assert time.monotonic() - t0 < 30 and "\n" not in str(e.value)
+        rest = [s["key"] for s in Loader.from_state_dict(ld.state_dict(), config_path=host)]
+        assert seen + rest == whole
