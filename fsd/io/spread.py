@@ -128,16 +128,17 @@ class SpreadWriter:
 
     # -- commits ---------------------------------------------------------------------------
     def start_commit(self) -> None:
-        """Queue the current group's fdatasync and send the next group to the least busy writer."""
+        """Queue the current group's fdatasync; the next group goes to the writer whose disks are
+        least ahead of their share (`_next_writer`)."""
         w = self.current
         self._on(w, w.start_commit)
-        self.current = self._least_busy()
+        self.current = self._next_writer()
 
     def commit(self) -> None:
         """Every writer's pending records fsynced and indexed (their fdatasyncs run together)."""
         self._each("start_commit")
         self._each("finish_commit")
-        self.current = self._least_busy()
+        self.current = self._next_writer()
 
     def finish_commit(self) -> None:
         self._each("finish_commit")
@@ -149,7 +150,7 @@ class SpreadWriter:
     def drain_committed(self) -> list[tuple[bytes, bool]]:
         return [e for w in self.writers for e in w.drain_committed()]
 
-    def _least_busy(self) -> ShardWriter:
+    def _next_writer(self) -> ShardWriter:
         """The writer for the next group: one without an open shard first (its shard is placed
         on the disks the others leave), then the one whose disks are least ahead of their
         share of the batch (`shares`)."""
