@@ -155,7 +155,15 @@ class Located:
             raise RemoteLoaderError(f"the manifest of {self.ref} ({self.manifest_sha[:16]}…) cannot be read whole "
                                     f"through {self.where}: publish it again on the store's server (`hoard dataset "
                                     f"publish {self.ref}`)", ExitCode.DATA)
-        return card.read_manifest(data)
+        try:
+            samples = card.read_manifest(data)
+            for s in samples:
+                bytes.fromhex(s.sha256)  # (the plan reads each as a sha256)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # (UnicodeDecodeError: a ValueError)
+            raise RemoteLoaderError(f"the object {self.manifest_sha[:16]}… the locator of {self.ref} names as its "
+                                    "manifest is not a dataset manifest: publish it again on the store's server "
+                                    f"(`hoard dataset publish {self.ref}`)", ExitCode.DATA) from None
+        return samples
 
     def _rec(self, sha: bytes) -> Rec:
         shard, offset, length, _labels, _ext = self.objects[sha.hex()]
@@ -286,7 +294,9 @@ class S3Located(Located):
             head + f"whole ({why}); " + (
                 "the shard is not in the bucket: the store moved or dropped it since the publish (gc) — "
                 f"publish again on the store's server (`hoard dataset publish {self.ref}`)" if kinds <= {"gone"} else
-                "run `hoard verify` on the store's server (it repairs the replica), then resume"),
+                "run `hoard verify` on the store's server (it repairs the replica), then resume; if it finds the "
+                f"replica sound, the locator places the object wrongly: publish it again (`hoard dataset publish "
+                f"{self.ref}`)"),
             ExitCode.DATA)
 
     def _assign(self, runs: list[Run]) -> list[str]:

@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from hoardfs.base import config
 from hoardfs.base.errors import ConfigError, ExitCode
 from hoardfs.datasets.loader_remote import LOCATOR_MAX, RemoteLoaderError
+from hoardfs.fsd.core import s3
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.io.replicate import replicate_once
 from hoardfs.fsd.store import Store
@@ -411,3 +413,37 @@ def test_a_mount_that_hangs_is_one_line_within_the_loaders_timeout(built, fuse, 
             assert time.monotonic() - t0 < 30 and "\n" not in str(e.value)
         rest = [s["key"] for s in Loader.from_state_dict(ld.state_dict(), config_path=host)]
         assert seen + rest == whole
+
+
+def test_a_host_with_read_only_credentials_reads_and_trusts_only_a_manifest(built, seaweedfs_own, engine_env,
+                                                                             tmp_path: Path) -> None:
+    """A host whose S3 credentials may only read and list (a PUT with them is refused) reads the
+    newest published version, the server's sequence — it writes nothing; a locator that names
+    another object (a sample, its sha256 right) as the manifest is one line, not a traceback."""
+    cfg, _ = built
+    engine = seaweedfs_own
+    engine_env(engine)
+    bucket = _add_s3(Path(cfg.source), engine, "s3a")
+    _onto_the_buckets(Path(cfg.source), 5)
+    _publish(cfg)
+    ids = json.loads((engine.base / "identities.json").read_text())
+    ids["identities"].append({"name": "reader", "credentials": [{"accessKey": "hoardreader", "secretKey": "r" * 24}],
+                              "actions": ["Read", "List"]})
+    (engine.base / "identities.json").write_text(json.dumps(ids))
+    engine.stop()
+    engine.start()
+    host = _host(tmp_path / "host", engine, {"s3a": bucket}, source="s3")
+    whole = [s["key"] for s in Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)]
+    admin = seaweedfs_own.client()
+    doc = json.loads(admin.get_object(Bucket=bucket, Key="loaders/pets@1.json")["Body"].read())
+    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = "hoardreader", "r" * 24
+    with pytest.raises(ClientError, match="AccessDenied"):
+        s3.client_for(engine.endpoint).put_object(Bucket=bucket, Key="loaders/x.json", Body=b"{}")
+    assert [s["key"] for s in Loader("pets", "train", 7, 0, config_path=host, **SMALL)] == whole
+    sample = next(h for h in doc["objects"] if h != doc["manifest_sha256"])
+    admin.put_object(Bucket=bucket, Key="loaders/pets@1.json",
+                     Body=json.dumps({**doc, "manifest_sha256": sample}).encode())
+    with pytest.raises(RemoteLoaderError, match=r"names as its manifest is not a dataset manifest: publish it again") \
+            as e:
+        Loader("pets@1", "train", config_path=host)
+    assert "\n" not in str(e.value)
