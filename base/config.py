@@ -23,7 +23,7 @@ import re
 import tomllib
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from pydantic import (
@@ -785,27 +785,30 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                 table[key] = fix(table[key])
 
 
-def load(explicit: str | os.PathLike[str] | None = None) -> Settings:
-    """Read, validate and return the configuration; ConfigError on any problem."""
+_Model = TypeVar("_Model", "Settings", "LoaderHost")
+
+
+def _validated(model: type[_Model], explicit: str | os.PathLike[str] | None) -> _Model:
+    """The configuration found (`_read`) validated as `model`, its `source` set; ConfigError
+    naming the file on any problem."""
     path, data = _read(explicit)
     try:
-        settings = Settings(**data)
+        out = model(**data)
     except ValidationError as e:
         raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
-    settings.source = path.resolve()
-    return settings
+    out.source = path.resolve()
+    return out
+
+
+def load(explicit: str | os.PathLike[str] | None = None) -> Settings:
+    """Read, validate and return the configuration; ConfigError on any problem."""
+    return _validated(Settings, explicit)
 
 
 def load_loader_host(explicit: str | os.PathLike[str] | None = None) -> LoaderHost:
     """The `[loader]`, S3 disks and `[mount]` of the configuration, validated alone (a training
     loader's host has no database nor SSD); ConfigError on any problem."""
-    path, data = _read(explicit)
-    try:
-        host = LoaderHost(**data)
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
-    host.source = path.resolve()
-    return host
+    return _validated(LoaderHost, explicit)
 
 
 def _read(explicit: str | os.PathLike[str] | None) -> tuple[Path, dict[str, Any]]:
