@@ -65,6 +65,9 @@ def publish(cfg: Settings, ref: str, disk: str | None = None, out_dir: Path | No
     if not targets and out_dir is None:
         raise PublishError(f"this store has no S3 disk to publish {ref} to: add one (`hoard disks add s3://BUCKET "
                            "…`), or write the locator for a mount reader with --dir DIR")
+    if out_dir is not None and not (Path(out_dir).is_dir() and os.access(out_dir, os.W_OK | os.X_OK)):
+        raise PublishError(f"--dir {out_dir}: not a directory this user may write: give one (the locator of {ref} "
+                           "was written nowhere)")
     with api._connect(cfg, f"publish dataset {ref}") as conn:
         row = api._version(conn, ref)
         if not row["manifest_sha256"] or row["status"] == "building":

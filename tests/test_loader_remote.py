@@ -417,14 +417,18 @@ def test_a_mount_that_hangs_is_one_line_within_the_loaders_timeout(built, fuse, 
 
 def test_a_host_with_read_only_credentials_reads_and_trusts_only_a_manifest(built, seaweedfs_own, engine_env,
                                                                              tmp_path: Path) -> None:
-    """A host whose S3 credentials may only read and list (a PUT with them is refused) reads the
-    newest published version, the server's sequence — it writes nothing; a locator that names
-    another object (a sample, its sha256 right) as the manifest is one line, not a traceback."""
+    """A publish whose --dir cannot be written is refused before any bucket is written. A host
+    whose S3 credentials may only read and list (a PUT with them is refused) reads the newest
+    published version, the server's sequence — it writes nothing; a locator that names another
+    object (a sample, its sha256 right) as the manifest is one line, not a traceback."""
     cfg, _ = built
     engine = seaweedfs_own
     engine_env(engine)
     bucket = _add_s3(Path(cfg.source), engine, "s3a")
     _onto_the_buckets(Path(cfg.source), 5)
+    res = _hoard(cfg, "dataset", "publish", "pets@1", "--dir", str(tmp_path / "nowhere"))
+    assert res.returncode == 2 and "not a directory this user may write" in res.stderr.strip().splitlines()[-1]
+    assert "Contents" not in engine.client().list_objects_v2(Bucket=bucket, Prefix="loaders/")  # (none half made)
     _publish(cfg)
     ids = json.loads((engine.base / "identities.json").read_text())
     ids["identities"].append({"name": "reader", "credentials": [{"accessKey": "hoardreader", "secretKey": "r" * 24}],
