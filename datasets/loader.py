@@ -28,7 +28,9 @@ number: a dataset built twice from the same data yields the same order.
 Worker split (`worker`, `workers`, `block`): the epoch's samples live when it starts (not
 withheld, below), counted from `origin` (the position the split starts at: where the
 iteration starts, kept in a worker's state), are dealt in blocks of `block`, block b to worker
-`b % workers`; each worker reads only its own samples. A torch DataLoader taking
+`b % workers`; each worker yields only its own samples. Reading the store, a worker reads
+every run holding one of them whole, as one process reads it (`_reads`): the workers' reads
+of a local disk meet in the page cache, which has the disk read each byte once. A torch DataLoader taking
 `block`-sized batches from its workers in turn puts them back in the sequence's order — the
 same keys in the same order for any number of workers, samples deleted before the epoch
 included (a block of a worker never has a hole its batch would fill from its next block).
@@ -53,6 +55,7 @@ a state's resume — is the same.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import threading
@@ -111,7 +114,7 @@ def _state_args(state: Any) -> dict[str, Any]:
                           "Loader.state_dict() returned")
     out = {"ref": state["dataset"], "split": state["split"], "seed": state["seed"], "epoch": state["epoch"],
            "position": state["position"], "manifest": state.get("manifest")}
-    out |= {k: state[k] for k in ("buffer", "lanes", "run_bytes", "worker", "workers", "block", "origin")
+    out |= {k: state[k] for k in ("buffer", "lanes", "run_bytes", "worker", "workers", "block", "origin", "withheld")
             if k in state}
     return out
 
@@ -343,7 +346,7 @@ class Loader:
                  position: int = 0, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES,
                  decode: Callable[[bytes], Any] | None = None, worker: int = 0, workers: int = 1, block: int = 1,
                  ahead: int = runs_mod.AHEAD, config_path: str | Path | None = None, origin: int | None = None,
-                 manifest: str | None = None, source: str | None = None) -> None:
+                 manifest: str | None = None, source: str | None = None, withheld: str | None = None) -> None:
         if origin is None:
             origin = position
         for what, v, least in (("seed", seed, 0), ("epoch", epoch, 0), ("position", position, 0),
@@ -370,6 +373,11 @@ class Loader:
         self.buffer, self.lanes, self.run_bytes, self.ahead = buffer, lanes, run_bytes, ahead
         self.decode = decode
         self.worker, self.workers, self.block = worker, workers, block
+        # a worker's share of the positions from `origin` rests on which samples are withheld
+        # there (`_owners`): the digest of those positions when the share was dealt (`_dealt`),
+        # and the one a worker's state expects its epoch to find again
+        self._expect_dealt = withheld if workers > 1 else None
+        self._dealt: str | None = None
         name, number = api.parse_ref(ref, need_version=False)
         host = config.load_loader_host(config_path) if source != "store" else None
         self.source: str = source or (host.loader.source if host is not None else "store")
@@ -454,6 +462,9 @@ class Loader:
                  "run_bytes": self.run_bytes}
         if self.workers > 1:  # a worker's own state: the split it is a part of, and where that starts
             state |= {"worker": self.worker, "workers": self.workers, "block": self.block, "origin": origin}
+            dealt = (self._dealt or self._expect_dealt) if epoch == self.epoch else None
+            if dealt is not None:  # (the positions withheld when the share was dealt)
+                state["withheld"] = dealt
         return state
 
     @classmethod
@@ -471,7 +482,7 @@ class Loader:
                                   "from the whole sequence's state (what one Loader or TorchDataset.state_dict gives)")
         else:
             args |= split_kw
-        for k in ("manifest", "origin"):
+        for k in ("manifest", "origin", "withheld"):
             if k in kwargs:
                 raise LoaderError(f"from_state_dict({k}=…): the state gives it; pass the state alone")
         return cls(args.pop("ref"), args.pop("split"), args.pop("seed"), args.pop("epoch"), **args, **kwargs)
@@ -501,6 +512,20 @@ class Loader:
             withheld = src.withheld(self.shas)
         return [self.samples[i].key for i in p.post if self.shas[i] not in withheld]
 
+    def _deal_check(self, p: Plan, withheld: set[bytes]) -> None:
+        """Keep the digest of the positions from `origin` withheld as this worker's share is
+        dealt; LoaderError (one line) when a worker's state expects another: samples deleted,
+        hidden or shown again since it was saved (or a locator published again) deal the shares
+        otherwise, and the workers would hand out some samples twice and others never."""
+        withheld_at = ",".join(str(k) for k in range(self.origin, len(p.post)) if self.shas[p.post[k]] in withheld)
+        self._dealt = hashlib.sha256(withheld_at.encode()).hexdigest()[:16]
+        expect, self._expect_dealt = self._expect_dealt, None
+        if expect is not None and expect != self._dealt:
+            raise LoaderError(f"the loader state is worker {self.worker}'s of {self.workers} of {self.ref}, saved "
+                              "while other samples were withheld (deleted, hidden or shown again since): the workers' "
+                              "shares moved — resume from the whole sequence's state (TorchDataset.state_dict, or "
+                              "one Loader's) split over the workers again", ExitCode.DATA)
+
     def _owners(self, p: Plan, origin: int, withheld: set[bytes]) -> list[bool]:
         """Whether this worker owns each position of the epoch: the positions from `origin` of
         samples not withheld, dealt in blocks (the module's worker split)."""
@@ -512,6 +537,32 @@ class Loader:
                 rank += 1
         return mine
 
+    def _reads(self, p: Plan, start: int, withheld: set[bytes], need: list[bool]) -> tuple[list[int], list[Run]]:
+        """The runs read from position `start` (`need`: the samples this worker yields): the
+        plan's run numbers and each run as read. One worker of one: a run's needed records. One
+        of several reading the store: every run any worker needs, whole (what one process reads
+        of it), keeping its own records — every worker gives each run the same disk and reads
+        it in the same ranges, so the page cache has the disk read its bytes once for all."""
+        todo: list[int] = []
+        parts: list[Run] = []
+        every = self.workers > 1 and self.source == "store"
+        if every:
+            live_from = [False] * len(self.samples)
+            for k in range(start, len(p.post)):
+                i = p.post[k]
+                live_from[i] = self.shas[i] not in withheld
+        for r, run in enumerate(p.runs):
+            wanted = {self.shas[i] for i in p.run_samples[r] if need[i]}
+            if every:
+                read = {self.shas[i] for i in p.run_samples[r] if live_from[i]}
+                if read:
+                    todo.append(r)
+                    parts.append(Run(run.shard_id, [rec for rec in run.records if rec.sha in read], frozenset(wanted)))
+            elif wanted:
+                todo.append(r)
+                parts.append(Run(run.shard_id, [rec for rec in run.records if rec.sha in wanted]))
+        return todo, parts
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         with self._source() as src:
             yield from self._epoch(src)
@@ -522,6 +573,8 @@ class Loader:
         withheld = src.withheld(self.shas)
         # what this worker reads from here: its own positions' samples (live ones: owned)
         owned = self._owners(p, self.origin, withheld) if self.workers > 1 else None
+        if self.workers > 1:
+            self._deal_check(p, withheld)
         need = [False] * len(self.samples)
         for k in range(start, len(p.post)):
             i = p.post[k]
@@ -536,13 +589,7 @@ class Loader:
             raise LoaderError(f"{len(lost)} samples of {self.ref} are not in the store, e.g. {lost[0].key} "
                               f"({lost[0].sha256}), and their nodes are not deleted: the store lost them — "
                               "`hoard health` names what to do", ExitCode.DATA)
-        todo: list[int] = []  # the plan's run numbers read, in order
-        parts: list[Run] = []
-        for r, run in enumerate(p.runs):
-            wanted = {self.shas[i] for i in p.run_samples[r] if need[i]}
-            if wanted:
-                todo.append(r)
-                parts.append(Run(run.shard_id, [rec for rec in run.records if rec.sha in wanted]))
+        todo, parts = self._reads(p, start, withheld, need)
         reads = src.read_runs(parts, self.ahead)
         held: dict[int, bytes] = {}
         done = -1  # the last plan run read
@@ -584,6 +631,7 @@ class Loader:
             reads.close()
         self.epoch += 1
         self.position = self.origin = 0
+        self._dealt = None
 
     def _sample(self, s: Sample, data: bytes, k: int) -> dict[str, Any]:
         out: dict[str, Any] = {"key": s.key, "sha256": s.sha256, "labels": {a: list(b) for a, b in s.labels.items()},

@@ -451,3 +451,45 @@ def test_a_host_with_read_only_credentials_reads_and_trusts_only_a_manifest(buil
             as e:
         Loader("pets@1", "train", config_path=host)
     assert "\n" not in str(e.value)
+
+
+def test_a_workers_state_resumes_only_while_the_same_samples_are_withheld(built, seaweedfs, engine_env,
+                                                                          tmp_path: Path) -> None:
+    """Three workers (blocks of 4) stopped mid-epoch with a sample withheld: each one's state
+    resumes its own uninterrupted sequence, on the host and on the server alike. After a sample
+    one of them already handed out is deleted and the version published again, the shares
+    would deal otherwise (some samples twice, others never): each worker's state is refused in
+    one line naming the whole sequence's state."""
+    cfg, _ = built
+    engine_env(seaweedfs)
+    bucket = _add_s3(Path(cfg.source), seaweedfs, "s3a")
+    _onto_the_buckets(Path(cfg.source), 5)
+    here = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    whole = [s["key"] for s in here]
+    sha_of = {s.key: s.sha256 for s in here.samples}
+    assert _hoard(cfg, "delete", "--node", sha_of[whole[5]]).returncode == 0
+    _publish(cfg)
+    host = _host(tmp_path / "host", seaweedfs, {"s3a": bucket}, source="s3")
+    kw = dict(SMALL, workers=3, block=4)
+    states, seen, full = [], [], []
+    for w in range(3):
+        full.append([s["key"] for s in Loader("pets@1", "train", 7, 0, config_path=host, worker=w, **kw)])
+        ld = Loader("pets@1", "train", 7, 0, config_path=host, worker=w, **kw)
+        mine: list[str] = []
+        for s in ld:
+            mine.append(s["key"])
+            if len(mine) == 6:
+                break
+        states.append(json.loads(json.dumps(ld.state_dict())))
+        seen.append(mine)
+        assert "withheld" in states[w] and len(json.dumps(states[w])) <= 1024
+    for where in (host, cfg.source):
+        for w in range(3):
+            assert seen[w] + [s["key"] for s in Loader.from_state_dict(states[w], config_path=where)] == full[w]
+    assert _hoard(cfg, "delete", "--node", sha_of[seen[0][1]]).returncode == 0
+    _publish(cfg)
+    for w in range(3):
+        with pytest.raises(LoaderError, match=rf"worker {w}'s of 3 of pets@1, saved while other samples were "
+                                              r"withheld .*resume from the whole sequence's state") as e:
+            list(Loader.from_state_dict(states[w], config_path=host))
+        assert "\n" not in str(e.value)
