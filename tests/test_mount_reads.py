@@ -387,3 +387,53 @@ def test_no_open_a_read_in_flight_survives_its_file_being_evicted(tmp_path: Path
         assert out["second"] == db[:128 << 10]
     finally:
         close()
+
+
+def _served_when_idle(reader) -> int:
+    """Requests the disk queues' threads have served, once none is pending (`served` counts a
+    request just after its reader was handed the bytes)."""
+    deadline = time.monotonic() + 10
+    while any(q.pending for q in reader.queues.values()):
+        assert time.monotonic() < deadline, "disk queues still busy"
+        time.sleep(0.01)
+    return sum(q.served for q in reader.queues.values())
+
+
+def test_first_reads_of_page_cached_records_need_no_disk_thread(tmp_path: Path) -> None:
+    """A first READ of a small object whose shard pages the page cache holds (cachestat) is
+    read right on the trio thread — no disk queue request — once a replica file of its shard
+    is kept open; with those pages evicted it goes to a disk thread, and the bytes are right."""
+    ops, files, close = _no_open_ops(tmp_path, [4096] * 200)
+    try:
+        reader = ops.reader
+        shard_files = [p for p in tmp_path.rglob("*.shard")]
+        assert shard_files
+
+        def pages(advice: int) -> None:
+            for p in shard_files:
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    if advice == os.POSIX_FADV_DONTNEED:
+                        os.posix_fadvise(fd, 0, 0, advice)
+                    else:
+                        while os.read(fd, 1 << 20):
+                            pass
+                finally:
+                    os.close(fd)
+
+        async def read_each(picked: list[tuple[int, bytes]]) -> None:
+            ops.reader.token = trio.lowlevel.current_trio_token()
+            for ino, data in picked:
+                assert await ops.read(ino, 0, 1 << 20) == data
+
+        trio.run(read_each, files[:1])  # the shard's first read: a disk thread, which keeps its file open
+        first = _served_when_idle(reader)
+        assert first >= 1
+        pages(os.POSIX_FADV_WILLNEED)  # every page of the shards cached (not read by the mount)
+        trio.run(read_each, files[20::20])  # records apart: none continues the last, none read before
+        assert _served_when_idle(reader) == first, "a page-cached record went to a disk thread"
+        pages(os.POSIX_FADV_DONTNEED)
+        trio.run(read_each, files[30::40])  # (not the ones read above: ops keeps their bytes)
+        assert _served_when_idle(reader) > first, "an evicted record was read on the trio thread"
+    finally:
+        close()

@@ -38,6 +38,8 @@ per-disk queues: queue.py).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
+import errno
 import functools
 import logging
 import os
@@ -138,6 +140,37 @@ def _open_read(disk, shard_hex: str, lo: int, hi: int, pattern: int) -> bytes:
         return pread_full(fd, hi - lo, lo)
     finally:
         os.close(fd)
+
+
+class _CacheStatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _CacheStat(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in
+                ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")]
+
+
+#: cachestat(2) (Linux ≥ 6.5; the same number on every architecture): how many pages of a
+#: range of a file the page cache holds, without reading or mapping it
+_SYS_CACHESTAT = 451
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_libc = ctypes.CDLL(None, use_errno=True)
+_cachestat_works = [hasattr(_libc, "syscall")]
+
+
+def resident(fd: int, off: int, length: int) -> bool:
+    """Whether every page of bytes [off, off+length) of the file is in the page cache now
+    (cachestat: no IO, nothing started). False where the kernel has no cachestat (ENOSYS, a
+    seccomp filter's EPERM): then only pages this reader read before are asked for."""
+    if not _cachestat_works[0] or length <= 0:
+        return False
+    rng, cs = _CacheStatRange(off, length), _CacheStat()
+    if _libc.syscall(_SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(cs), 0) != 0:
+        if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):
+            _cachestat_works[0] = False
+        return False
+    return cs.nr_cache >= (off + length - 1) // _PAGE - off // _PAGE + 1
 
 
 def _continues(last_end: int, start: int, end: int) -> bool:
@@ -380,17 +413,20 @@ class Reader:
 
     def _small_nowait(self, sha: bytes, loc) -> bytes | None:
         """The record from the kernel's page cache, verified, right here — or None when it is
-        not all there. Asked only for pages this reader read before from the file it keeps
-        open, and with RWF_NOWAIT: a page evicted since fails with EAGAIN instead of waiting
-        for the disk, so the trio thread never does (the read the kernel then starts covers
-        just that page: the file is opened POSIX_FADV_RANDOM)."""
+        not all there. Asked only from a replica file a worker thread keeps open, and only for
+        pages this reader read before or that `resident` (cachestat) finds cached now — a first
+        read of a shard's page-cached records (written or read by another process: a shuffled
+        first epoch) costs no thread hop —, and with RWF_NOWAIT: a page evicted since fails
+        with EAGAIN instead of waiting for the disk, so the trio thread never does (the read
+        the kernel then starts covers just that page: the file is opened POSIX_FADV_RANDOM)."""
         sid = loc.shard_id
         start, end = loc.offset - fmt.RECORD_HEADER_SIZE, loc.offset + loc.length
         first, last = start // ALIGN, (end - 1) // ALIGN
         with self.lock:
             for uuid in self.queues:  # (the disks: a few)
                 kept = self.fds.get((sid, uuid))
-                if kept is not None and all_set(kept[1], first, last) and self.store.usable(uuid):
+                if kept is not None and self.store.usable(uuid) and (
+                        all_set(kept[1], first, last) or resident(kept[0], start, end - start)):
                     break
             else:
                 return None
@@ -400,6 +436,7 @@ class Reader:
                     return None
             except OSError:  # EAGAIN: evicted since (EOPNOTSUPP: no such reads here)
                 return None
+            set_bits(kept[1], first, last)
             self.fds.move_to_end((sid, uuid))
             st = self.seq.get(sid)  # where this shard's last read ended, as a read from disk sets it
             if st is not None and _continues(st[0], start, end):
