@@ -81,6 +81,17 @@ def _publish(cfg, *args: str) -> dict:
     return json.loads(res.stdout)
 
 
+def _mount_host(cfg, root: Path, more: str = "") -> tuple[Path, Path, Path]:
+    """pets@1 published into root/locators, and a host's hoard.toml reading it through a mount
+    at root/mnt (`[loader]` alone, with `more`): (the locators, the mount point, the file)."""
+    locators, mnt, host = root / "locators", root / "mnt", root / "host" / "hoard.toml"
+    locators.mkdir()
+    _publish(cfg, "--dir", str(locators))
+    host.parent.mkdir()
+    host.write_text(f'[loader]\nsource = "mount"\nmount = "{mnt}"\nlocators = "{locators}"\n{more}')
+    return locators, mnt, host
+
+
 def _flip(engine, bucket: str, shard_hex: str, at: int) -> None:
     """Flip one byte of the sealed shard's object in the bucket (the test's own hands)."""
     c, key = engine.client(), f"shards/{shard_hex[-2:]}/{shard_hex}"
@@ -326,13 +337,7 @@ def test_a_dead_mount_and_a_locator_no_host_should_read_are_one_line(built, fuse
     killed (ENOTCONN) is one line naming `hoard umount --lazy`, when the loader is made and
     mid-epoch alike."""
     cfg, _ = built
-    locators = tmp_path / "locators"
-    locators.mkdir()
-    _publish(cfg, "--dir", str(locators))
-    mnt = tmp_path / "mnt"
-    host = tmp_path / "host" / "hoard.toml"
-    host.parent.mkdir()
-    host.write_text(f'[loader]\nsource = "mount"\nmount = "{mnt}"\nlocators = "{locators}"\n')
+    locators, mnt, host = _mount_host(cfg, tmp_path)
     with mounted(str(cfg.source), mnt) as proc:
         with open(locators / "pets@2.json", "wb") as f:
             f.truncate(LOCATOR_MAX + 1)
@@ -385,13 +390,7 @@ def test_a_mount_that_hangs_is_one_line_within_the_loaders_timeout(built, fuse, 
     never a hang; once the daemon goes on, the state saved where it stopped resumes to the
     uninterrupted sequence."""
     cfg, _ = built
-    locators = tmp_path / "locators"
-    locators.mkdir()
-    _publish(cfg, "--dir", str(locators))
-    mnt = tmp_path / "mnt"
-    host = tmp_path / "host" / "hoard.toml"
-    host.parent.mkdir()
-    host.write_text(f'[loader]\nsource = "mount"\nmount = "{mnt}"\nlocators = "{locators}"\ntimeout_s = 2\n')
+    _locators, mnt, host = _mount_host(cfg, tmp_path, "timeout_s = 2\n")
     whole = [s["key"] for s in Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)]
     with mounted(str(cfg.source), mnt) as proc:
         stuck = r"the hoard mount gave nothing for 2 s \(\[loader\] timeout_s\): its daemon is stopped or stuck"
