@@ -322,3 +322,50 @@ def test_power_cuts_with_several_open_shards_lose_no_acknowledged_object(lab_fac
     print(_summary(reports))
     assert not _failures(reports), "\n".join(_failures(reports))
     assert max(r.recovered for r in reports) >= 2, "no cut hit several open shards: " + _summary(reports)
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r"disk lo\d: write error", level="WARNING")
+def test_a_disk_that_failed_one_open_shard_takes_no_more_groups_of_the_others(lab_factory, tmp_path: Path) -> None:
+    """A write error confined to one replica file (that file made immutable: EPERM) in an open
+    shard other than the one appended to: from then on no open shard on that disk indexes
+    another group there — each cuts its group and writes it again on other disks — while every
+    file is stored and reads back."""
+    labels = [f"lo{i}" for i in range(1, 5)]
+    lab = lab_factory([DiskProfile(label, 400, 500, 500, 5000) for label in labels], throttle=False)
+    cfg = config.load(write_config(tmp_path, [(label, lab.disks[label].mountpoint, None) for label in labels],
+                                   allow_dirs=False, shard_size_mb=16))
+    store = Store.open(cfg, init=True)
+    store.group_bytes = 128 << 10
+    files = make_files(tmp_path / "in", 900, lo=8000, hi=30000)
+    batch = _Batch(store, store.writer("raw"))
+    spread = batch.writer
+    todo = iter(files)
+    while True:  # a disk shared by two open shards, neither of them the one being appended to
+        batch.add_file(next(todo))
+        shared = Counter(d.uuid for w in spread.writers if w.shard is not None and w is not spread.current
+                         for d in w.shard.disks)
+        if any(n >= 2 for n in shared.values()):
+            break
+    victim = store.disks[next(u for u, n in shared.items() if n >= 2)]
+    hit = next(w.shard for w in spread.writers if w.shard is not None and w is not spread.current
+               and victim in w.shard.disks)
+    stuck = victim.root / "shards" / hit.hex[-2:] / f"{hit.hex}.open"
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)
+    try:
+        on_victim: dict[bytes, int] | None = None  # each shard on the victim: its records when it was left out
+        for p in todo:
+            batch.add_file(p)
+            if on_victim is None and victim.uuid in spread.excluded:
+                on_victim = {m.shard_id: m.records for m in store.index.iter_shards() if victim.uuid in m.replicas}
+        results = batch.finish()
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    assert on_victim is not None, "the write error was never met"
+    after = {m.shard_id: m.records for m in store.index.iter_shards() if victim.uuid in m.replicas}
+    grew = {sid.hex(): (on_victim.get(sid), n) for sid, n in after.items() if n != on_victim.get(sid)}
+    assert not grew, f"groups indexed on {victim.label} after the writer left it out: {grew}"
+    assert [r.status for r in results] == ["new"] * len(files)
+    for p, r in zip(files, results, strict=True):
+        assert store.get(r.sha256) == p.read_bytes()
+    store.close()

@@ -16,7 +16,8 @@ interface of one ShardWriter:
   write_ack disks and indexed (hoardfs.fsd.io.writer);
 - a failing replica is handled in the shard it hit: `abandon_group` cuts that writer's
   uncommitted group, seals its shard and the group is written again into a new shard on
-  other disks; the other open shards go on (a disk that failed is excluded for all of them);
+  other disks; the other open shards go on (a disk that failed is excluded for all of them,
+  and one of them with a shard there cuts its next group the same way: `LeftOut`);
 - each shard is sealed when full by its writer; `seal` (the end of a batch) seals them all,
   and `recover_orphans` seals every shard left open by a crash, however many.
 

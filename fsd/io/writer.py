@@ -13,7 +13,8 @@ Rules (docs/design.md, "Durability"):
   commit, and the group is written again into a new shard on other disks.
 - A writer may keep several shards open at once (hoardfs.fsd.io.spread, `store.open_shards`):
   each is one ShardWriter with its own groups and fdatasyncs, so every rule here holds per
-  shard; they share one writer thread per disk.
+  shard; they share one writer thread per disk, and the disks left out after an error: a
+  group of any of them is indexed on no such disk.
 - A shard is sealed by writing its footer, fsyncing, renaming `.open` → `.shard` and
   fsyncing the directory; a crash before that leaves an open shard that `recover_orphans`
   seals (truncating any torn tail) the next time a writer opens the store.
@@ -59,6 +60,14 @@ class ReplicaFailed(Exception):
     def __init__(self, disk: Disk, err: OSError) -> None:
         super().__init__(f"disk {disk.label}: {err.strerror or err}")
         self.disk, self.err = disk, err
+
+
+class LeftOut(ReplicaFailed):
+    """A group on a disk this writer left out after an error in another of its open shards:
+    cut and written again elsewhere like a failed replica's (the error was recorded then)."""
+
+    def __init__(self, disk: Disk) -> None:
+        super().__init__(disk, OSError(f"left out after an earlier write error on {disk.label}"))
 
 
 @dataclass
@@ -160,7 +169,8 @@ class ShardWriter:
 
     def disk_failed(self, f: ReplicaFailed) -> None:
         self.excluded.add(f.disk.uuid)
-        self.store.disk_error(f.disk, "write", f.err)
+        if not isinstance(f, LeftOut):
+            self.store.disk_error(f.disk, "write", f.err)
 
     def seal(self) -> None:
         """Write the footer and make the current shard immutable."""
@@ -374,6 +384,11 @@ class ShardWriter:
                 d.check()
             except OSError as e:
                 raise ReplicaFailed(d, e) from e
+            # nor onto one a write of another open shard failed on (`excluded` is shared): an
+            # error confined to that shard's file leaves this one's writes working, yet the
+            # disk is out of service for this writer (EIO: failed) — nothing more is indexed there
+            if d.uuid in self.excluded:
+                raise LeftOut(d)
         # Each step below leaves a state that a second commit (Store.close after a Ctrl-C in the
         # middle of this one) completes without doubling anything: the group is the pending
         # records up to the fsynced end (none, once they are dropped), they are added by
