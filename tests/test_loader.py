@@ -23,7 +23,7 @@ from hoardfs.base import config
 from hoardfs.datasets.loader import Mix, plan
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.maintenance.deletion import hide
-from hoardfs.fsd.outputs.runs import assign, read_run
+from hoardfs.fsd.outputs.runs import Run, assign, read_run, read_runs
 from hoardfs.fsd.store import Store
 from hoardfs.loader import Loader, LoaderError
 from hoardfs.sql import datasets as sqld
@@ -517,3 +517,36 @@ def test_each_dataloader_iteration_is_the_next_epoch(built) -> None:
     ds = TorchDataset("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
     assert [[s["key"] for s in ds] for _ in range(2)] == [e0, e1]
     assert ds.state_dict(3) == {**ds.state_dict(0), "position": 3} and ds.state_dict(0)["epoch"] == 1
+
+
+def test_workers_read_every_run_whole_off_the_same_disk(built) -> None:
+    """Each of 2 or 4 workers (blocks of 1 and of 3) reads every run holding one of its samples
+    as one process reads it — whole, off the same disk, in the same ranges: per disk the bytes
+    one process reads of those runs — so the page cache the workers share has the disks read
+    each byte once; each still yields only its own samples, verified."""
+    cfg, _ = built
+    one = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        p = one.plan(store)  # (epoch 0's: iterating moves on to epoch 1)
+        assert sorted(i for r in p.run_samples for i in r) == list(range(len(one)))  # nothing withheld
+        per_run = [(g.disk, g.nbytes) for g in read_runs(store, [Run(r.shard_id, r.records) for r in p.runs])]
+    keys = _keys(one)
+    whole: dict[str, int] = {}
+    for disk, n in per_run:
+        whole[disk] = whole.get(disk, 0) + n
+    assert whole == one.stats()["per_disk_bytes"] and len(whole) >= 2
+    for block in (1, 3):
+        for workers in (2, 4):
+            yielded: list[str] = []
+            for w in range(workers):
+                ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, worker=w, workers=workers, block=block,
+                            **SMALL)
+                got = list(ld)
+                assert all(hashlib.sha256(s["bytes"]).hexdigest() == s["sha256"] for s in got)
+                yielded += [s["key"] for s in got]
+                mine = {p.run_of[i] for k, i in enumerate(p.post) if (k // block) % workers == w}
+                expect: dict[str, int] = {}
+                for r in mine:
+                    expect[per_run[r][0]] = expect.get(per_run[r][0], 0) + per_run[r][1]
+                assert ld.stats()["per_disk_bytes"] == expect, (block, workers, w)
+            assert sorted(yielded) == sorted(keys)

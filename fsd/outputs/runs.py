@@ -12,6 +12,12 @@ planner verifies it; a record that does not check out, or whose replica cannot b
 shard gc retired meanwhile), is read from the other replicas (`Store.from_replicas`, which
 looks the object up again) and never handed out unverified.
 
+A run may name the records `keep` handed out of it (a training loader's worker, which owns
+part of every run): on a local disk the whole run is read all the same — the same ranges in
+every worker, so the kernel's page cache, which the processes share, has the disk read each
+byte once and the others copy it from memory — and only the kept records are verified and
+handed out; on a disk whose reads no cache shares (S3) only the kept ones are read.
+
 Read-only: a bad replica is logged, not queued for repair nor its disk marked (the mount's
 rule for a reader: the store may be opened read-only, by another user). An object the store
 no longer holds or shows (`live`: hidden by a type-A delete, tombstoned by a type-B one,
@@ -32,6 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hoardfs.base.errors import first_line
 from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.disks import LocalDisk
 from hoardfs.fsd.core.records import DataError, ObjectNotFound, verified_view, verify_record
 from hoardfs.fsd.io.planner import DEFAULT_MB_S, GAP_BYTES, bandwidths, in_order, put_unless, range_limit
 
@@ -57,6 +64,11 @@ class Rec(NamedTuple):
 class Run:
     shard_id: bytes
     records: list[Rec]  # in offset order
+    # the records handed out (None: all); the others only read through (the module's docstring)
+    keep: frozenset[bytes] | None = None
+
+    def kept(self) -> list[Rec]:
+        return self.records if self.keep is None else [r for r in self.records if r.sha in self.keep]
 
     @property
     def size(self) -> int:
@@ -139,12 +151,13 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[
 
 
 def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, out: RunRead,
-                 elsewhere: str) -> list[tuple[Rec, Exception]]:
+                 elsewhere: str, keep: frozenset[bytes] | None = None) -> list[tuple[Rec, Exception]]:
     """Each group of shard `shard_hex` read off `disk` (`read_groups`) and each of its records
     verified (header, xxh3-128) into `out.payloads`, the bytes read counted in `out.nbytes`; the
     records that could not be read or did not check out, each with why — logged (a shard object
     not there at INFO: gc retired it; the rest as a WARNING) as read from `elsewhere` next.
-    `name`: the disk as the log names it."""
+    `name`: the disk as the log names it; `keep`: the records verified and handed out (None:
+    all), the others read through only."""
     where = f" (shard {shard_hex} on {name})"
     failed: list[tuple[Rec, Exception]] = []
     for rng, buf, err in read_groups(disk, shard_hex, groups):
@@ -152,12 +165,14 @@ def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, 
             (log.info if isinstance(err, FileNotFoundError) else log.warning)(
                 "loader: shard %s on %s unreadable (%s); its records are read from %s", shard_hex, name,
                 first_line(err) if err else "?", elsewhere)
-            failed += [(r, err or OSError("no answer")) for r in rng]
+            failed += [(r, err or OSError("no answer")) for r in rng if keep is None or r.sha in keep]
             continue
         view = memoryview(buf)
         base = rng[0].offset - fmt.RECORD_HEADER_SIZE
         out.nbytes += len(buf)
         for r in rng:
+            if keep is not None and r.sha not in keep:
+                continue
             try:
                 out.payloads[r.sha] = bytes(verified_view(view, r.offset - fmt.RECORD_HEADER_SIZE - base, r.sha,
                                                           r.length, where))
@@ -187,13 +202,20 @@ def live(store: Store, sha: bytes) -> bool:
 
 
 def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
-    """One run off disk `uuid`: what the store still shows of it, verified, each record that
-    fails there read from another replica."""
-    flags = [live(store, r.sha) for r in run.records]
-    wanted = [r for r, ok in zip(run.records, flags, strict=True) if ok]
+    """One run off disk `uuid`: what the store still shows of its kept records, verified, each
+    record that fails there read from another replica. A run whose `keep` names some of its
+    records is read whole off a local disk (the module's docstring), its kept records alone off
+    any other; one that keeps none is not read at all."""
+    kept = run.kept()
+    if not kept:  # (no disk named: nothing read off one)
+        return RunRead(number, {}, "")
     disk = store.disks.get(uuid) if uuid else None
-    out = RunRead(number, {}, disk.label if disk is not None else "",
-                  unshown=[r.sha for r, ok in zip(run.records, flags, strict=True) if not ok])
+    out = RunRead(number, {}, disk.label if disk is not None else "")
+    span = run.records if run.keep is not None and isinstance(disk, LocalDisk) else kept
+    flags = [live(store, r.sha) for r in span]
+    wanted = [r for r, ok in zip(span, flags, strict=True) if ok and (run.keep is None or r.sha in run.keep)]
+    out.unshown = [r.sha for r, ok in zip(span, flags, strict=True)
+                   if not ok and (run.keep is None or r.sha in run.keep)]
     failed: list[Rec] = []
     if disk is None:
         failed = wanted
@@ -201,7 +223,7 @@ def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
         # a range never reads through a record of the run the store no longer shows: its
         # bytes stay on the disk (only other objects' gaps are read through, as the planner does)
         segments: list[list[Rec]] = [[]]
-        for r, ok in zip(run.records, flags, strict=True):
+        for r, ok in zip(span, flags, strict=True):
             if ok:
                 segments[-1].append(r)
             elif segments[-1]:
@@ -210,7 +232,7 @@ def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
         # a shard file gone is a shard gc retired after the plan (its records were moved: looked
         # up again); any other error is the replica's
         failed += [r for r, _why in read_checked(disk, run.shard_id.hex(), groups, disk.label, out,
-                                                 "another replica, looked up again")]
+                                                 "another replica, looked up again", run.keep)]
     for r in failed:
         try:
             out.payloads[r.sha] = _fallback(store, r, uuid)
