@@ -314,7 +314,7 @@ def _no_open_ops(tmp_path: Path, sizes: list[int], **recent):
     datas = [rng.randbytes(n) for n in sizes]
     shas = [r.sha256 for r in store.put_bytes_many(datas)]
     reader = Reader(store)
-    ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), reader.get_object)
+    ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), reader.get_object, get_nowait=reader.get_object_nowait)
     watcher = Watcher(store, reader, ns, "no-open", True)
     ns.visible = watcher.visible
     ops = HoardOps(ns, reader, watcher, no_open=True)
@@ -399,6 +399,20 @@ def _served_when_idle(reader) -> int:
     return sum(q.served for q in reader.queues.values())
 
 
+def _shard_pages(root: Path, advice: int) -> None:
+    """Every shard file under `root` read into the page cache (WILLNEED), or dropped from it."""
+    for p in root.rglob("*.shard"):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            if advice == os.POSIX_FADV_DONTNEED:
+                os.posix_fadvise(fd, 0, 0, advice)
+            else:
+                while os.read(fd, 1 << 20):
+                    pass
+        finally:
+            os.close(fd)
+
+
 def test_first_reads_of_page_cached_records_need_no_disk_thread(tmp_path: Path) -> None:
     """A first READ of a small object whose shard pages the page cache holds (cachestat) is
     read right on the trio thread — no disk queue request — once a replica file of its shard
@@ -406,20 +420,10 @@ def test_first_reads_of_page_cached_records_need_no_disk_thread(tmp_path: Path) 
     ops, files, close = _no_open_ops(tmp_path, [4096] * 200)
     try:
         reader = ops.reader
-        shard_files = [p for p in tmp_path.rglob("*.shard")]
-        assert shard_files
+        assert any(tmp_path.rglob("*.shard"))
 
         def pages(advice: int) -> None:
-            for p in shard_files:
-                fd = os.open(p, os.O_RDONLY)
-                try:
-                    if advice == os.POSIX_FADV_DONTNEED:
-                        os.posix_fadvise(fd, 0, 0, advice)
-                    else:
-                        while os.read(fd, 1 << 20):
-                            pass
-                finally:
-                    os.close(fd)
+            _shard_pages(tmp_path, advice)
 
         async def read_each(picked: list[tuple[int, bytes]]) -> None:
             ops.reader.token = trio.lowlevel.current_trio_token()
@@ -435,5 +439,44 @@ def test_first_reads_of_page_cached_records_need_no_disk_thread(tmp_path: Path) 
         pages(os.POSIX_FADV_DONTNEED)
         trio.run(read_each, files[30::40])  # (not the ones read above: ops keeps their bytes)
         assert _served_when_idle(reader) > first, "an evicted record was read on the trio thread"
+    finally:
+        close()
+
+
+def test_a_lookup_in_a_page_cached_manifest_page_needs_no_disk_thread(tmp_path: Path) -> None:
+    """A LOOKUP in a view directory whose manifest page is not parsed yet is answered on the
+    trio thread when the page's bytes are in the page cache (no disk queue request, once a
+    file of its shard is kept open); with them evicted it goes to a disk thread. The names
+    found are the right objects either way."""
+    from hoardfs.fsd.mount.namespace import ROOT
+
+    ops, files, close = _no_open_ops(tmp_path, [1000] * 60)
+    try:
+        reader = ops.reader
+        shas = [ops.ns.nodes[ino].sha for ino, _ in files]
+        # three directories of 20 files: a directory object each (more than INLINE_ENTRIES)
+        define_view(reader.store, "v", "".join(f"{s.hex()}  d{k // 20}/f{k:03d}\n" for k, s in enumerate(shas)).encode())
+
+        async def look(*names: str) -> bytes:
+            ino = ROOT
+            for name in names:
+                ino = (await ops.lookup(ino, name.encode())).st_ino
+            return ops.ns.nodes[ino].sha
+
+        def lookups(*paths: str) -> list[bytes]:
+            async def main() -> list[bytes]:
+                reader.token = trio.lowlevel.current_trio_token()
+                return [await look(*p.split("/")) for p in paths]
+            ops.ns.trees.clear()  # no page parsed: each lookup needs its directory's page
+            return trio.run(main)
+
+        assert lookups("views/v/d0/f000") == [shas[0]]  # a disk thread, which keeps the shard file open
+        first = _served_when_idle(reader)
+        _shard_pages(tmp_path, os.POSIX_FADV_WILLNEED)
+        assert lookups("views/v/d1/f021", "views/v/d2/f042") == [shas[21], shas[42]]
+        assert _served_when_idle(reader) == first, "a page-cached manifest page went to a disk thread"
+        _shard_pages(tmp_path, os.POSIX_FADV_DONTNEED)
+        assert lookups("views/v/d1/f033") == [shas[33]]
+        assert _served_when_idle(reader) > first, "an evicted manifest page was read on the trio thread"
     finally:
         close()

@@ -42,7 +42,7 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
     store = Store.open(cfg, writable=False, lock="readers", what=f"hoard mount {mountpoint}")
     store.index.damaged = _warn_once()  # a damaged index entry hides itself, not its folder
     reader = Reader(store)
-    ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), reader.get_object)
+    ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), reader.get_object, get_nowait=reader.get_object_nowait)
     no_open = mount_ops.NO_OPEN
     mode = (f"no-open (pyfuse3 {pyfuse3.__version__}): a file whose pages the kernel keeps is read with no "
             "request to the daemon" if no_open else

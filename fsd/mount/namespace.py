@@ -171,9 +171,10 @@ class Namespace:
     manifests); `visible(sha)` says whether an object is shown (not deleted)."""
 
     TREE_CACHE = 64
-    #: parsed manifest pages kept per batch or view (the estimate Tree counts, ~1.7× their real
-    #: size), and over all of them. A page serves the listing of its directory; the kernel then
-    #: keeps the names (an hour), so pages are needed again only for lookups after that: the
+    #: parsed manifest pages kept per batch or view (the estimate Tree counts, 4× their JSON:
+    #: ~1.25× the memory they take), and over all of them. A page serves the listing of its
+    #: directory; the kernel then keeps the names (an hour), so pages are needed again only for
+    #: lookups after that: the
     #: library's default (64 MiB a tree) held ~38 MB of a 1,000,000-name view after one `find`,
     #: for nothing, and a `find` over batches/ kept up to TREE_CACHE trees of them
     TREE_BYTES = 4 << 20
@@ -184,9 +185,13 @@ class Namespace:
     PREFIX_BITS = 61
 
     def __init__(self, index: Any, zone3a: str, get: Callable[[str], bytes],
-                 visible: Callable[[bytes], bool] = lambda sha: True) -> None:
+                 visible: Callable[[bytes], bool] = lambda sha: True,
+                 get_nowait: Callable[[str], bytes | None] | None = None) -> None:
         self.index, self.zone3a = index, zone3a
         self.get, self.visible = get, visible
+        #: a manifest page without waiting for a disk (in the page cache), else None: a lookup
+        #: whose page is not parsed yet then needs no worker thread (Reader.get_object_nowait)
+        self.get_nowait = get_nowait
         self.started_ns = time.time_ns()
         #: inode → node, every node the kernel holds: files in columns, the rest as Nodes; a
         #: node is at inode_of(its key) …
@@ -552,7 +557,7 @@ class Namespace:
         with self.lock:
             t = self.trees.get(manifest_sha_hex)
             if t is None:
-                t = self.trees[manifest_sha_hex] = Tree(self.get, manifest_sha_hex, self.TREE_BYTES)
+                t = self.trees[manifest_sha_hex] = Tree(self.get, manifest_sha_hex, self.TREE_BYTES, self.get_nowait)
                 while len(self.trees) > self.TREE_CACHE:
                     self.trees.popitem(last=False)
             else:

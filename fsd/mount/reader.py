@@ -348,9 +348,26 @@ class Reader:
         replica choice and hedging of every mount read. Blocking: call it from a worker thread."""
         return self._hedged_sync(bytes.fromhex(sha_hex), self._object_sync)
 
+    def get_object_nowait(self, sha_hex: str) -> bytes | None:
+        """The same, only when it can be had right here without waiting for a disk (from the
+        extent cache, or the page cache: `_small_nowait`); else None. For the trio thread."""
+        sha = bytes.fromhex(sha_hex)
+        loc = self.store.index.lookup(sha)
+        if loc is None or loc.length > SMALL_MAX:
+            return None
+        data = self._small_cached(sha, loc)
+        if data is None:
+            data = self._small_nowait(sha, loc)
+        return None if data is None else bytes(data)
+
     def _object_sync(self, sha: bytes, first: str, avoid: frozenset) -> bytes:
-        return self.store.from_replicas(sha, lambda disk, meta, loc: self.store._read_record(
-            disk, meta.hex, loc.offset, loc.length, sha), avoid, on_bad=self._bad_replica, first=first)
+        def read(disk, meta, loc) -> bytes:
+            data = self.store._read_record(disk, meta.hex, loc.offset, loc.length, sha)
+            # its shard file kept open: the next page of it is read without a thread (get_object_nowait)
+            self._keep_open(disk, meta, loc.offset - fmt.RECORD_HEADER_SIZE, loc.offset + loc.length)
+            return data
+
+        return self.store.from_replicas(sha, read, avoid, on_bad=self._bad_replica, first=first)
 
     def _choose_stream(self, meta) -> str:
         """The replica a large object streams from: the most bandwidth per request queued

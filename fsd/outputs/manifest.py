@@ -73,6 +73,8 @@ INLINE_ENTRIES = 16
 CACHE_BYTES = 64 << 20
 
 Get = Callable[[str], bytes]
+#: an object's verified bytes only if they can be had without waiting for a disk, else None
+GetNowait = Callable[[str], "bytes | None"]
 
 
 class Entry(NamedTuple):
@@ -95,14 +97,16 @@ class ViewError(HoardError):
 
 class _Dir:
     """A parsed directory object: its entries (sorted), or the index of its pages. A
-    directory written inline (dir-2 `"i"` entries) is a _Dir in `inline`, by name."""
+    directory written inline (dir-2 `"i"` entries) is a _Dir in `inline`, by name. The rows
+    are kept as JSON parsed them and an Entry is made only for a row asked for: a lookup in
+    a page not parsed yet (a shuffled first epoch) pays for the JSON, not for 4,096 Entries."""
 
-    __slots__ = ("names", "entries", "firsts", "pages", "cost", "inline")
+    __slots__ = ("names", "rows", "firsts", "pages", "cost", "inline")
 
     def __init__(self, doc: dict, cost: int) -> None:
         self.cost = cost
+        self.rows: list[list] = []
         self.names: list[str] = []
-        self.entries: list[Entry] = []
         self.firsts: list[str] = []
         self.pages: list[str] = []
         self.inline: dict[str, _Dir] = {}
@@ -111,28 +115,40 @@ class _Dir:
                 self.firsts.append(first)
                 self.pages.append(sha)
         else:
-            for e in doc["entries"]:
-                self.names.append(e[0])
-                if e[1] == "f":
-                    self.entries.append(Entry(e[0], False, bytes.fromhex(e[2]), e[3]))
-                elif e[1] == "d":
-                    self.entries.append(Entry(e[0], True, bytes.fromhex(e[2]), e[3], e[4]))
-                else:  # "i": its entries are here; it has no object (sha None)
-                    self.entries.append(Entry(e[0], True, None, e[3], e[4]))
+            self.rows = doc["entries"]
+            self.names = [e[0] for e in self.rows]
+            for e in self.rows:
+                if e[1] == "i":  # its entries are here; it has no object (sha None)
                     self.inline[e[0]] = _Dir({"entries": e[2]}, 0)
+
+    @property
+    def entries(self) -> list[Entry]:
+        return [_entry(e) for e in self.rows]
 
     def find(self, name: str) -> Entry | None:
         i = bisect.bisect_left(self.names, name)
-        return self.entries[i] if i < len(self.names) and self.names[i] == name else None
+        return _entry(self.rows[i]) if i < len(self.names) and self.names[i] == name else None
+
+
+def _entry(e: list) -> Entry:
+    """A directory object's row as an Entry: `["name", "f", sha, size]`, `["name", "d", sha,
+    size, files]`, `["name", "i", entries, size, files]`."""
+    if e[1] == "f":
+        return Entry(e[0], False, bytes.fromhex(e[2]), e[3])
+    if e[1] == "d":
+        return Entry(e[0], True, bytes.fromhex(e[2]), e[3], e[4])
+    return Entry(e[0], True, None, e[3], e[4])
 
 
 class Tree:
     """A manifest as directories, loaded lazily. `list_dir`/`lookup` may load objects
     (blocking: call them from a worker thread); the `_nowait` versions answer only from what
-    is loaded and raise WouldBlock otherwise. Thread-safe."""
+    is loaded — or, given `get_nowait`, can be fetched without waiting for a disk (a page in
+    the page cache) — and raise WouldBlock otherwise. Thread-safe."""
 
-    def __init__(self, get: Get, manifest_sha_hex: str, cache_bytes: int = CACHE_BYTES) -> None:
-        self.get, self.sha = get, manifest_sha_hex
+    def __init__(self, get: Get, manifest_sha_hex: str, cache_bytes: int = CACHE_BYTES,
+                 get_nowait: GetNowait | None = None) -> None:
+        self.get, self.sha, self.get_nowait = get, manifest_sha_hex, get_nowait
         self.cache_bytes = cache_bytes
         self.lock = threading.RLock()
         self.kind: str | None = None  # "v2" or "flat"
@@ -146,9 +162,7 @@ class Tree:
     def _head(self, block: bool) -> None:
         if self.kind is not None:
             return
-        if not block:
-            raise WouldBlock(self.sha)
-        doc = json.loads(self.get(self.sha))
+        doc = json.loads(self._fetch(self.sha, block))
         formats.check_document(doc, f"the manifest {self.sha}")
         with self.lock:
             if self.kind is not None:
@@ -172,9 +186,7 @@ class Tree:
             if cached is not None:
                 self.objects.move_to_end(sha)
                 return cached
-        if not block:
-            raise WouldBlock(sha)
-        raw = self.get(sha)
+        raw = self._fetch(sha, block)
         d = _Dir(json.loads(raw), len(raw) * 4)
         with self.lock:
             if sha not in self.objects:
@@ -184,6 +196,14 @@ class Tree:
                     _, old = self.objects.popitem(last=False)
                     self.used -= old.cost
         return d
+
+    def _fetch(self, sha: str, block: bool) -> bytes:
+        if block:
+            return self.get(sha)
+        raw = self.get_nowait(sha) if self.get_nowait is not None else None
+        if raw is None:
+            raise WouldBlock(sha)
+        return raw
 
     def _find(self, dir_sha: str, name: str, block: bool) -> Entry | None:
         return self._find_in(dir_sha, name, block)[0]
