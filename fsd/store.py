@@ -280,6 +280,7 @@ class Store:
 
     def candidates(self) -> list[Candidate]:
         out = []
+        open_bytes = self.open_bytes()
         for uuid, rec in self.records.items():
             disk = self.disks.get(uuid)
             if disk is None or not self.usable(uuid, for_write=True):
@@ -287,14 +288,32 @@ class Store:
                     f" ({rec.reason})" if rec.reason else "")))
                 continue
             fresh = self._disk_record(uuid)
+            written, to_come = open_bytes.get(uuid, (0, 0))
             try:
-                free = disk.free_bytes(fresh.used_bytes)
+                free = disk.free_bytes(fresh.used_bytes + written)
             except OSError as e:  # it dropped off since the store was opened: nothing goes there
                 out.append(Candidate(uuid, rec.label, 0, usable=False, why_not=f"unreachable ({e.strerror})"))
                 continue
             if self.reservations is not None:  # what gc set aside is free for gc itself
                 free += self.reservations.remaining(uuid)
-            out.append(Candidate(uuid, rec.label, free, self.queue.get(uuid, 0), copies=self.weight(uuid)))
+            out.append(Candidate(uuid, rec.label, free, self.queue.get(uuid, 0), copies=self.weight(uuid),
+                                 promised=to_come))
+        return out
+
+    def open_bytes(self) -> dict[str, tuple[int, int]]:
+        """Per disk uuid, of the shards this process's writers have open there: the bytes
+        appended, and those they may still append until full. Free space leaves both out:
+        the first are in the filesystem's count already but in the index's `used_bytes` (a
+        disk's `capacity_gb`, an S3 disk's) only from the seal; placement keeps the second for
+        them — with several open shards a disk would otherwise take a new one with room for
+        one shard while two are open there, and answer ENOSPC to the three."""
+        out: dict[str, tuple[int, int]] = {}
+        for spread in list(self._writers.values()):
+            for w in spread.writers:
+                if (sh := w.shard) is not None:
+                    for d in sh.disks:
+                        written, to_come = out.get(d.uuid, (0, 0))
+                        out[d.uuid] = (written + sh.pos, to_come + max(0, self.shard_bytes - sh.pos))
         return out
 
     def _disk_record(self, uuid: str) -> DiskRecord:

@@ -62,7 +62,9 @@ def test_gc_refuses_up_front_when_copies_do_not_fit_on_distinct_disks(store_fact
 def test_replicate_reports_what_has_no_room_once(store_factory, tmp_path: Path) -> None:
     """Shards that cannot get their missing replica are reported once (one warning, counted
     in the report), the one that fits is copied; no disk is called faulty."""
-    store = store_factory(n_disks=3, caps=None, shard_size_mb=1, copy_of_raw=3)
+    # one shard open at a time: the batch makes three full shards (open ones all on d1 and d2
+    # would share its groups, each taking a few)
+    store = store_factory(n_disks=3, caps=None, shard_size_mb=1, copy_of_raw=3, open_shards=1)
     _room(store, "d3", 0)  # everything lands on d1 and d2
     store.put_many(make_files(tmp_path / "a", 100, seed=2, lo=20_000, hi=30_000))
     assert len(list(store.index.iter_shards())) == 3

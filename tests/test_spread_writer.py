@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 from hoardfs.base import config
 from hoardfs.base.errors import ConfigError
 from hoardfs.fsd.core.index import Index
-from hoardfs.fsd.core.placement import Candidate, choose
+from hoardfs.fsd.core.placement import Candidate, NoSpace, choose
 from hoardfs.fsd.io.put import _Batch
 from hoardfs.fsd.io.spread import auto_open_shards
 from hoardfs.fsd.store import Store
@@ -368,4 +369,58 @@ def test_a_disk_that_failed_one_open_shard_takes_no_more_groups_of_the_others(la
     assert [r.status for r in results] == ["new"] * len(files)
     for p, r in zip(files, results, strict=True):
         assert store.get(r.sha256) == p.read_bytes()
+    store.close()
+
+
+def test_a_disk_takes_no_more_open_shards_than_its_free_space_holds(tmp_path: Path) -> None:
+    """Three disks, write_ack 2, three open shards of 4 MiB: the disk with room for one and a
+    half shards never has two open at once (each could grow to a full shard: ENOSPC), the
+    others take the rest, and a new shard refused for want of room names what is kept."""
+    disks = [("d0", tmp_path / "d0", 1.0), ("d1", tmp_path / "d1", 1.0), ("d2", tmp_path / "d2", 6 / 1024)]
+    for _, p, _ in disks:
+        p.mkdir()
+    store = Store.open(config.load(write_config(tmp_path, disks, shard_size_mb=4, open_shards=3)), init=True)
+    small = next(u for u, d in store.disks.items() if d.label == "d2")
+    store.group_bytes = 128 << 10
+    batch = _Batch(store, store.writer("raw"))
+    most, named = 0, False
+    files = make_files(tmp_path / "in", 200, lo=10000, hi=30000)
+    for p in files:
+        batch.add_file(p)
+        most = max(most, sum(1 for w in batch.writer.writers if w.shard is not None
+                             and small in {d.uuid for d in w.shard.disks}))
+        if most == 1 and not named:
+            with pytest.raises(NoSpace) as e:
+                store.place(3, 4 << 20, set())
+            assert re.search(r"d2 [\d.]+ MiB free, [\d.]+ MiB of it kept for the shards open there \(too little\)",
+                             e.value.message), e.value.message
+            named = True
+    results = batch.finish()
+    assert most == 1, f"d2 (room for 1.5 shards) had {most} shards open at once"
+    assert [r.status for r in results] == ["new"] * len(files)
+    assert check_store(store) == len(files)
+    store.close()
+
+
+def test_a_batch_fills_the_room_its_open_shards_keep_before_it_is_refused(tmp_path: Path) -> None:
+    """Three disks with room for two 4 MiB shards each, three open shards, d0 much the fastest
+    (the shards on it fill first): when a full shard's writer finds no disks for a new one
+    beside the room the others keep, its records go to those others — 10 MiB of files are
+    stored, near three shards' worth — and the next batch is refused in one line naming every
+    disk's free space."""
+    disks = [(f"d{i}", tmp_path / f"d{i}", 9 / 1024) for i in range(3)]
+    for _, p, _ in disks:
+        p.mkdir()
+    path = write_config(tmp_path, disks, shard_size_mb=4, open_shards=3)
+    store = Store.open(config.load(_with_speeds(path, {"d0": 100, "d1": 10, "d2": 10}, "write_mb_s")), init=True)
+    store.group_bytes = 128 << 10
+    files = make_files(tmp_path / "in", 500, lo=15000, hi=25000)
+    assert sum(p.stat().st_size for p in files) < 10.2 * (1 << 20)
+    results = store.put_many(files)
+    assert [r.status for r in results] == ["new"] * len(files)
+    assert check_store(store) == len(files)
+    with pytest.raises(NoSpace) as e:
+        store.put_many(make_files(tmp_path / "more", 300, seed=1, lo=15000, hi=25000))
+    assert re.search(r"only \d can take it: d0 .* free \(too little\), d1 .*, d2 .*; add a disk", e.value.message)
+    assert "\n" not in e.value.message
     store.close()

@@ -4,7 +4,9 @@ Like mergerfs' `pfrd` (and CRUSH weights), a disk is picked with probability
 proportional to its free space, so a 4 TB disk takes about twice the new data of a 2 TB
 one and no disk fills first; the weight is divided by the disk's current queue (shards
 this process is writing there) so one batch spreads over the disks instead of landing on
-one. Disks that cannot hold a whole shard are not eligible.
+one. Disks that cannot hold a whole shard are not eligible — besides what the shards this
+process has open there may still append until full (`Candidate.promised`), so shards open at
+once never outgrow a disk's free space between them.
 
 A writer keeping several shards open at once (hoardfs.fsd.io.spread) passes its open sets as
 `spread`: each pick is then among the eligible disks with the fewest open shards and, of
@@ -31,6 +33,14 @@ class Candidate:
     usable: bool = True
     why_not: str = ""
     copies: int = 1  # what one replica here counts as toward a target (an S3 disk's `copies`)
+    #: of `free_bytes`, what the shards this process has open there may still append until
+    #: full (hoardfs.fsd.store.Store.open_bytes): a new shard is placed only beside that
+    promised: int = 0
+
+    @property
+    def room(self) -> int:
+        """What a new shard may take here: the free space the open shards leave."""
+        return self.free_bytes - self.promised
 
 
 class NoSpace(HoardError):
@@ -44,7 +54,7 @@ def choose(cands: list[Candidate], n: int, need_bytes: int, rng: random.Random |
     `why_excluded` says why the `exclude` disks are out (an error, or holding a copy already);
     `spread`: the disk sets of the caller's other open shards (see the module's docstring)."""
     rng = rng or random.Random()
-    eligible = [c for c in cands if c.usable and c.uuid not in exclude and c.free_bytes >= need_bytes]
+    eligible = [c for c in cands if c.usable and c.uuid not in exclude and c.room >= need_bytes]
     if len(eligible) < n:
         raise NoSpace(
             f"need {n} disks with {fmt_bytes(need_bytes)} free for a new shard, only {len(eligible)} can take it: "
@@ -55,7 +65,7 @@ def choose(cands: list[Candidate], n: int, need_bytes: int, rng: random.Random |
     pool = list(eligible)
     for _ in range(n):
         among = pool if spread is None else _least_shared(pool, chosen, spread)
-        weights = [c.free_bytes / (1 + c.queue) for c in among]
+        weights = [c.room / (1 + c.queue) for c in among]
         pick = among[rng.choices(range(len(among)), weights=weights)[0]]
         pool.remove(pick)
         chosen.append(pick)
@@ -79,7 +89,8 @@ def _describe(c: Candidate, need: int, exclude: Set[str], why_excluded: str) -> 
         return f"{c.label} {c.why_not or 'unusable'}"
     if c.uuid in exclude:
         return f"{c.label} {why_excluded}"
-    return f"{c.label} {fmt_bytes(c.free_bytes)} free" + (" (too little)" if c.free_bytes < need else "")
+    held = f", {fmt_bytes(c.promised)} of it kept for the shards open there" if c.promised else ""
+    return f"{c.label} {fmt_bytes(c.free_bytes)} free{held}" + (" (too little)" if c.room < need else "")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,9 @@ interface of one ShardWriter:
   uncommitted group, seals its shard and the group is written again into a new shard on
   other disks; the other open shards go on (a disk that failed is excluded for all of them,
   and one of them with a shard there cuts its next group the same way: `LeftOut`);
+- a new shard is placed only where there is room for it beside what the open ones may still
+  append (hoardfs.fsd.store.Store.open_bytes); when there is none, the record goes to another
+  open shard (`_append`), and the batch is refused only once none is left open;
 - each shard is sealed when full by its writer; `seal` (the end of a batch) seals them all,
   and `recover_orphans` seals every shard left open by a crash, however many.
 
@@ -26,11 +29,13 @@ Shards are opened lazily: a batch of one group opens one shard.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
+from hoardfs.fsd.core.placement import NoSpace
 from hoardfs.fsd.io.planner import bandwidths
 from hoardfs.fsd.io.writer import ReplicaFailed, ShardWriter, _Pending
 
@@ -112,17 +117,31 @@ class SpreadWriter:
 
     # -- appending -------------------------------------------------------------------------
     def append(self, sha: bytes, payload: bytes, ext: str = "") -> ObjectLoc | None:
-        w = self.current
-        loc = self._on(w, lambda: w.append(sha, payload, ext))
-        self._count(w, len(payload))
-        return loc
+        return self._append(lambda w: w.append(sha, payload, ext), len(payload))
 
     def append_stream(self, sha: bytes, digest: bytes, length: int, chunks,
                       source: Path | None = None, ext: str = "") -> ObjectLoc | None:
-        w = self.current
-        loc = self._on(w, lambda: w.append_stream(sha, digest, length, chunks, source, ext))
-        self._count(w, length)
-        return loc
+        return self._append(lambda w: w.append_stream(sha, digest, length, chunks, source, ext), length)
+
+    def _append(self, fn: Callable[[ShardWriter], ObjectLoc | None], size: int) -> ObjectLoc | None:
+        """fn(the current writer). When that writer needs a new shard and no disks have room
+        for one beside what the other open shards keep (NoSpace: hoardfs.fsd.core.placement,
+        `promised`), the record goes to another open shard instead: so a batch fills the room
+        its open shards keep before it is refused, and is refused only once none is left open
+        (a writer that found no room has no shard, and `_room_for` raises before `fn` takes
+        any of a stream's chunks)."""
+        while True:
+            w = self.current
+            try:
+                loc = self._on(w, functools.partial(fn, w))
+            except NoSpace:
+                others = [o for o in self.writers if o.shard is not None]
+                if not others:
+                    raise
+                self.current = self._next_writer(others)
+                continue
+            self._count(w, size)
+            return loc
 
     def pending_shas(self) -> set[bytes]:
         return set().union(*(w.pending_shas() for w in self.writers))
@@ -151,10 +170,10 @@ class SpreadWriter:
     def drain_committed(self) -> list[tuple[bytes, bool]]:
         return [e for w in self.writers for e in w.drain_committed()]
 
-    def _next_writer(self) -> ShardWriter:
-        """The writer for the next group: one without an open shard first (its shard is placed
-        on the disks the others leave), then the one whose disks are least ahead of their
-        share of the batch (`shares`)."""
+    def _next_writer(self, among: list[ShardWriter] | None = None) -> ShardWriter:
+        """The writer for the next group (of `among`, by default all): one without an open
+        shard first (its shard is placed on the disks the others leave), then the one whose
+        disks are least ahead of their share of the batch (`shares`)."""
         share = self.shares()
 
         def ahead(w: ShardWriter) -> float:
@@ -163,7 +182,7 @@ class SpreadWriter:
             return max((self.sent.get(d.uuid, 0) + self.group_bytes) / share.get(d.uuid, 1e-6)
                        for d in w.shard.disks)
 
-        return min(self.writers, key=ahead)
+        return min(among or self.writers, key=ahead)
 
     def shares(self) -> dict[str, float]:
         """Each writable disk's share of a batch: its share of the disks' bandwidth (`write_mb_s`,
