@@ -92,6 +92,38 @@ def test_view2_roundtrip_any_order(store_factory, tmp_path: Path, page_entries: 
 
 
 @pytest.mark.services  # starts hoard processes, servers or a FUSE mount
+def test_nowait_reads_fetch_what_comes_without_waiting(store_factory, tmp_path: Path) -> None:
+    """Given a getter that answers without waiting (the mount's page cache reads), the
+    `_nowait` calls fetch and parse pages themselves — a lookup its path's objects, a
+    listing at most NOWAIT_PAGES missing pages (more: WouldBlock, for a worker thread) —;
+    a getter answering None leaves them to the blocking calls, as before."""
+    from hoardfs.fsd.outputs.manifest import NOWAIT_PAGES
+
+    store = store_factory(n_disks=2)
+    res = store.put_many(make_files(tmp_path / "in", 5))
+    rows = {f"big/f{k:03d}": res[k % 5].sha256 for k in range(40)} | {"small/x": res[0].sha256}
+    built = build_view(store, "t", list(rows.items()), page_entries=2)  # big/: 20 pages
+    fetched: list[str] = []
+
+    def nowait(sha: str) -> bytes:
+        fetched.append(sha)
+        return store.get(sha)
+
+    tree = Tree(store.get, built["manifest"], get_nowait=nowait)
+    e = tree.lookup_nowait("big", "f007")
+    assert e is not None and e.sha.hex() == rows["big/f007"] and fetched
+    assert [x.name for x in tree.list_dir_nowait("small") or []] == ["x"]
+    with pytest.raises(WouldBlock):
+        tree.list_dir_nowait("big")  # 19 pages not parsed yet
+    assert len(tree.list_dir("big") or []) == 40
+    assert len(tree.list_dir_nowait("big") or []) == 40 and NOWAIT_PAGES < 19
+    cold = Tree(store.get, built["manifest"], get_nowait=lambda sha: None)
+    with pytest.raises(WouldBlock):
+        cold.lookup_nowait("big", "f007")
+    assert cold.lookup("big", "f007") == e
+
+
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_bad_rows_refused_with_the_path(store_factory, tmp_path: Path) -> None:
     store = store_factory(n_disks=2)
     one, two = store.put_many(make_files(tmp_path / "in", 2))

@@ -73,6 +73,9 @@ INLINE_ENTRIES = 16
 CACHE_BYTES = 64 << 20
 
 Get = Callable[[str], bytes]
+#: pages a `_nowait` listing may fetch and parse itself (~1 ms each at PAGE_ENTRIES); a listing
+#: missing more raises WouldBlock, for a worker thread
+NOWAIT_PAGES = 2
 #: an object's verified bytes only if they can be had without waiting for a disk, else None
 GetNowait = Callable[[str], "bytes | None"]
 
@@ -251,6 +254,11 @@ class Tree:
         d = self._dir(sha, block)
         if not d.pages:
             return list(d.entries)
+        if not block:
+            with self.lock:
+                missing = sum(1 for page in d.pages if page not in self.objects)
+            if missing > NOWAIT_PAGES:  # parsing them all here would hold up the caller's other work
+                raise WouldBlock(sha)
         out: list[Entry] = []
         for page in d.pages:
             out.extend(self._dir(page, block).entries)
