@@ -22,6 +22,7 @@ from hoardfs.base.errors import ConfigError
 from hoardfs.fsd.core.index import Index
 from hoardfs.fsd.core.placement import Candidate, NoSpace, choose
 from hoardfs.fsd.io.put import _Batch
+from hoardfs.fsd.io.replicate import replicate_once, replication_lag
 from hoardfs.fsd.io.spread import auto_open_shards
 from hoardfs.fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, make_files, write_config
@@ -423,4 +424,37 @@ def test_a_batch_fills_the_room_its_open_shards_keep_before_it_is_refused(tmp_pa
         store.put_many(make_files(tmp_path / "more", 300, seed=1, lo=15000, hi=25000))
     assert re.search(r"only \d can take it: d0 .* free \(too little\), d1 .*, d2 .*; add a disk", e.value.message)
     assert "\n" not in e.value.message
+    store.close()
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r"disk fw2: write error", level="WARNING")
+def test_open_shards_on_a_disk_that_stops_writing_are_sealed_on_their_other_disks(lab_factory,
+                                                                                  tmp_path: Path) -> None:
+    """A disk stops writing (EIO) with several shards open on it: each is sealed on its other
+    disk at once — no shard stays open and locked while the writer lives (replication takes
+    only sealed shards) — and one replication pass leaves no shard at risk."""
+    labels = [f"fw{i}" for i in range(1, 5)]
+    lab = lab_factory([DiskProfile(label, 300, 500, 500, 5000) for label in labels], throttle=False)
+    cfg = config.load(write_config(tmp_path, [(label, lab.disks[label].mountpoint, None) for label in labels],
+                                   allow_dirs=False, shard_size_mb=8))
+    store = Store.open(cfg, init=True)
+    store.group_bytes = 128 << 10
+    files = make_files(tmp_path / "in", 1200, lo=8000, hi=30000)
+    batch = _Batch(store, store.writer("raw"))
+    todo = iter(files)
+    for p in todo:
+        batch.add_file(p)
+        if sum(any(d.label == "fw2" for d in w.shard.disks) for w in batch.writer.writers if w.shard) >= 2:
+            break
+    lab.fail_writes("fw2")
+    for p in todo:
+        batch.add_file(p)
+    results = batch.finish()
+    assert [r.status for r in results] == ["new"] * len(files)
+    assert not [m.hex for m in store.index.iter_shards() if not m.sealed], "a shard was left open"
+    replicate_once(store, rate_mb_s=None)
+    assert replication_lag(store)["at_risk"] == []
+    for p, r in zip(files, results, strict=True):
+        assert store.get(r.sha256) == p.read_bytes()
     store.close()

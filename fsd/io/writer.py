@@ -16,8 +16,9 @@ Rules (docs/design.md, "Durability"):
   shard; they share one writer thread per disk, and the disks left out after an error: a
   group of any of them is indexed on no such disk.
 - A shard is sealed by writing its footer, fsyncing, renaming `.open` → `.shard` and
-  fsyncing the directory; a crash before that leaves an open shard that `recover_orphans`
-  seals (truncating any torn tail) the next time a writer opens the store.
+  fsyncing the directory, on every replica that takes it (one that fails is left out); a
+  crash before that leaves an open shard that `recover_orphans` seals (truncating any torn
+  tail) the next time a writer opens the store.
 """
 
 from __future__ import annotations
@@ -189,18 +190,22 @@ class ShardWriter:
         records = [sh.records[off] for off in sorted(sh.records)]
         end = sh.committed = records[-1].end
         footer = fmt.encode_footer(records, end)
-        try:
-            self._on_all(sh, lambda s: (s.truncate(end), s.write(footer), s.sync()))
-        except ReplicaFailed as f:
-            # the records are committed and fsynced; recovery seals what remains readable
-            self.disk_failed(f)
-            for s in sh.sinks:
-                s.close()
-            return
+        # every replica's footer, after what is queued on it: one whose write fails (this one or
+        # an earlier one: a failed or full disk) is left out and the shard sealed on the others,
+        # as where a rename fails below — the records are committed and fsynced on them. (Left
+        # open, the shard would stay locked, unreplicated and unreported while this process
+        # lives: replication takes sealed shards, recovery those whose writer is gone.)
+        sh.inflight += [(d, self._lane(d).submit(_seal_body, s, end, footer))
+                        for d, s in zip(sh.disks, sh.sinks, strict=True)]
+        failed = self._drain_each(sh)
+        for d, e in failed.values():
+            self.disk_failed(ReplicaFailed(d, e))
         for s in sh.sinks:
             s.close()
+        if len(failed) == len(sh.disks):
+            return  # left open and locked until this process ends; recovery seals it then
         survivors = []
-        renames = [(d, self._lane(d).submit(d.seal, sh.hex)) for d in sh.disks]  # in parallel
+        renames = [(d, self._lane(d).submit(d.seal, sh.hex)) for d in sh.disks if d.uuid not in failed]
         for d, fut in renames:
             try:
                 fut.result()
@@ -318,10 +323,16 @@ class ShardWriter:
         if failure and raise_errors:
             raise failure
 
-    def _on_all(self, sh: OpenShard, fn) -> None:
-        """Run fn(sink) on every replica after what is queued, and wait for all of it."""
-        self._submit(sh, fn)
-        self._drain(sh)
+    def _drain_each(self, sh: OpenShard) -> dict[str, tuple[Disk, OSError]]:
+        """Wait for every queued write; the first OSError of each replica, by disk uuid."""
+        failed: dict[str, tuple[Disk, OSError]] = {}
+        for d, fut in sh.inflight:
+            try:
+                fut.result()
+            except OSError as e:
+                failed.setdefault(d.uuid, (d, e))
+        sh.inflight.clear()
+        return failed
 
     def drain_committed(self) -> list[tuple[bytes, bool]]:
         out, self.committed_log = self.committed_log, []
@@ -450,6 +461,13 @@ class ShardWriter:
 
 
 def _sync(sink) -> None:
+    sink.sync()
+
+
+def _seal_body(sink, end: int, footer: bytes) -> None:
+    """A replica cut where its last committed record ends, the footer after it, fsynced."""
+    sink.truncate(end)
+    sink.write(footer)
     sink.sync()
 
 
