@@ -109,8 +109,10 @@ def test_write_mb_s_sets_the_shares_over_read_mb_s(tmp_path: Path) -> None:
 
 def test_shares_by_free_space_when_no_speed_is_known_and_never_twice_the_free_share(tmp_path: Path) -> None:
     """No speed configured or measured: shares follow free space (disks of 8, 4, 2 and 1 GB).
-    Equal speeds on disks of 8, 4, 2 and 0.1 GB: the small one's share is twice its share of
-    the free space, not a quarter."""
+    Equal speeds on empty disks of 8, 4, 2 and 0.1 GB: the small one's share is twice its
+    share of the free space, not a quarter; the 8 GB disk, holding more than half the free
+    space, takes at least its free share (write_ack 2: the others could not pair with the
+    room it would keep), the other two the rest alike."""
     def store_of(root: Path, caps: tuple[float, ...], speed: float | None) -> Store:
         disks = [(f"d{i}", root / f"d{i}", cap) for i, cap in enumerate(caps)]
         for _, p, _ in disks:
@@ -126,7 +128,8 @@ def test_shares_by_free_space_when_no_speed_is_known_and_never_twice_the_free_sh
             assert shares == pytest.approx({d: f / sum(free.values()) for d, f in free.items()})
         else:
             assert shares["d3"] == pytest.approx(2 * free["d3"] / sum(free.values()))
-            assert shares["d0"] == shares["d1"] == shares["d2"] == 0.25
+            assert shares["d0"] == pytest.approx(free["d0"] / sum(free.values()))
+            assert shares["d1"] == shares["d2"] == pytest.approx((1 - shares["d0"] - shares["d3"]) / 2)
         store.close()
 
 
@@ -371,6 +374,37 @@ def test_a_disk_that_failed_one_open_shard_takes_no_more_groups_of_the_others(la
     for p, r in zip(files, results, strict=True):
         assert store.get(r.sha256) == p.read_bytes()
     store.close()
+
+
+def _fill(tmp_path: Path, caps_mb: tuple[int, ...], speeds: dict[str, float]) -> tuple[dict[str, int], int]:
+    """Disks of `caps_mb` MiB at `speeds` filled by batches of 8 MiB until one is refused: (the
+    free bytes left on each disk, the size of a shard)."""
+    disks = [(f"d{i}", tmp_path / f"d{i}", cap / 1024) for i, cap in enumerate(caps_mb)]
+    for _, p, _ in disks:
+        p.mkdir()
+    store = Store.open(config.load(_with_speeds(write_config(tmp_path, disks, shard_size_mb=2), speeds,
+                                                "write_mb_s")), init=True)
+    store.group_bytes = 128 << 10
+    for n in range(200):
+        try:
+            store.put_many(make_files(tmp_path / f"in{n}", 400, seed=n, lo=15000, hi=25000))
+        except NoSpace:
+            break
+    left = {store.disks[c.uuid].label: c.free_bytes for c in store.candidates()}
+    check_store(store)
+    store.close()
+    return left, 2 << 20
+
+
+def test_disks_of_one_speed_and_unequal_sizes_fill_together(tmp_path: Path) -> None:
+    """Disks of 80, 60, 40 and 30 MiB written at one speed, filled until a batch is refused:
+    no disk keeps four shards' worth, all of them less than six (5.7 %) — the shares lean to
+    free space as the disks fill, so the small disks do not fill first and leave room only the
+    big one has (write_ack 2 cannot use it: shares by speed capped at twice the free share
+    left 18 MiB on the 80 MiB disk)."""
+    left, shard = _fill(tmp_path, (80, 60, 40, 30), dict.fromkeys(("d0", "d1", "d2", "d3"), 50))
+    mib = {d: round(v / 2**20, 1) for d, v in left.items()}
+    assert max(left.values()) < 4 * shard and sum(left.values()) < 6 * shard, mib
 
 
 def test_a_disk_takes_no_more_open_shards_than_its_free_space_holds(tmp_path: Path) -> None:

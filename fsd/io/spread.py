@@ -188,16 +188,55 @@ class SpreadWriter:
         """Each writable disk's share of a batch: its share of the disks' bandwidth (`write_mb_s`,
         else `read_mb_s` or the measured read speed: hoardfs.fsd.io.planner.bandwidths; a disk of
         unknown speed counts as the mean of the known), or of their free space when no speed is
-        known — and never more than twice its share of the free space, so a small fast disk
-        does not fill long before the others."""
+        known — held near its share `x` of the free space, the nearer the fuller the disks
+        (F their free bytes, C their size, a = `write_ack`; the speed shares scaled alike until
+        the held shares sum to 1):
+
+        - at most `x · (1 + F/C)`: twice on empty disks, nearing `x` as they fill;
+        - at least `x · (1 − (F/C) · ln(1 / (a·x)))` (`x` where `x ≥ 1/a`). Over the W bytes
+          written a free share then grows by d ln x ≤ (F/C) ln(1/(a·x)) · dW/F = ln(1/(a·x)) dW/C,
+          so it never passes 1/a: no disk is left holding more free space than the others can
+          pair with (a group's `write_ack` copies go to distinct disks, so one disk takes at most
+          1/a of the writes, and room only it has is unusable). The disks fill together.
+
+        Why not the speeds alone: total time to fill the disks is bound by max(free / speed)
+        however the writes are shared, and a small fast disk filled first leaves its slower
+        partners to fill alone, slower, with room at the end that cannot be used."""
         free = {c.uuid: c.free_bytes for c in self.store.candidates() if c.usable}
         write = {d.label: d.write_mb_s * 1e6 for d in self.store.cfg.disks if d.write_mb_s}
         read = bandwidths(self.store, default=None)
         known = {u: b for u in free if (b := write.get(self.store.disks[u].label) or read.get(u))}
         mean = sum(known.values()) / len(known) if known else 0.0
         weight = {u: known.get(u, mean) for u in free} if known else {u: float(f) for u, f in free.items()}
-        total_w, total_free = sum(weight.values()) or 1.0, sum(free.values()) or 1
-        return {u: max(1e-6, min(weight[u] / total_w, 2 * free[u] / total_free)) for u in free}
+        total_w, total_free = sum(weight.values()) or 1.0, sum(free.values())
+        if not total_free:
+            return {u: max(1e-6, w / total_w) for u, w in weight.items()}
+        room = min(1.0, total_free / max(1, self._size(free)))  # F/C
+        ack = self.store.cfg.store.write_ack
+        x = {u: v / total_free for u, v in free.items()}
+        low = {u: v * (1 - min(1.0, room * max(0.0, math.log(1 / (ack * v))))) if v > 0 else 0.0
+               for u, v in x.items()}
+
+        def held(scale: float) -> dict[str, float]:
+            return {u: min(x[u] * (1 + room), max(low[u], scale * weight[u] / total_w)) for u in free}
+
+        lo, hi = 0.0, 1.0
+        while sum(held(hi).values()) < 1 and hi < 1e12:  # (Σ low ≤ 1 ≤ Σ x·(1 + F/C): a scale fits)
+            hi *= 2
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if sum(held(mid).values()) < 1 else (lo, mid)
+        return {u: max(1e-6, v) for u, v in held(hi).items()}
+
+    def _size(self, free: dict[str, int]) -> int:
+        """The summed size of these disks (their free space where a disk cannot say)."""
+        total = 0
+        for u, f in free.items():
+            try:
+                total += max(f, self.store.disks[u].total_bytes())
+            except OSError:
+                total += f
+        return total
 
     def _count(self, w: ShardWriter, size: int) -> None:
         if w.shard is not None:
