@@ -53,6 +53,7 @@ COMMANDS: dict[str, list[str]] = {
     "dataset diff": ["nosuch@1", "nosuch@2"],
     "dataset list": [],
     "dataset materialize": ["nosuch@1"],
+    "dataset publish": ["nosuch@1"],  # no S3 disk and no --dir: refused in one line (exit 2)
     "dataset rm": ["nosuch@1"],
     "dataset show": ["nosuch"],
     "delete": ["--batch", "no-such-batch", "--yes"],

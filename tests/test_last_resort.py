@@ -302,7 +302,8 @@ def test_another_shards_file_under_a_shards_name_is_never_assembled_from(tmp_pat
 
     from hoardfs.fsd.io.scrub import verify
 
-    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=2))
+    # (one open shard: the test counts one shard's records)
+    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=2, open_shards=1))
     store = Store.open(cfg, init=True)
     paths = make_files(tmp_path / "in", 50, seed=42, lo=50000, hi=50000)
     shas = [r.sha256 for r in store.put_many(paths)]
@@ -490,7 +491,8 @@ def test_a_record_larger_than_a_piece_is_assembled_in_pieces(tmp_path: Path) -> 
     first, and both replicas are mended."""
     from hoardfs.fsd.io.scrub import verify
 
-    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=64, copy_of_raw=2))
+    # (one open shard: the small files and the big one share a shard, as the test needs)
+    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=64, copy_of_raw=2, open_shards=1))
     store = Store.open(cfg, init=True)
     paths = make_files(tmp_path / "in", 6, seed=43, lo=2000, hi=20000)
     big = tmp_path / "in" / "big.bin"

@@ -95,7 +95,8 @@ def test_a_damaged_first_record_stops_the_copy_early(store_factory, monkeypatch)
     """The check runs behind the writes: a bad first record ends the copy long before the
     whole shard is written (here: a rate of 2 MB/s and 4 MB to go — it would take 2 s)."""
     monkeypatch.setattr(replica, "COPY_CHUNK", 256 << 10)
-    store = store_factory(n_disks=3, caps=None, write_ack=2, copy_of_raw=2, shard_size_mb=8)
+    # (one open shard: the 4 MB the test copies are in one shard)
+    store = store_factory(n_disks=3, caps=None, write_ack=2, copy_of_raw=2, shard_size_mb=8, open_shards=1)
     store.put_bytes_many([os.urandom(200_000) for _ in range(20)])
     meta = max(_sealed(store), key=lambda m: m.size)
     assert meta.size > 3_500_000

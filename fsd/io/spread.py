@@ -76,6 +76,7 @@ class SpreadWriter:
         spread = self._open_sets if k > 1 else None  # (one open shard: placed as it always was)
         self.writers = [ShardWriter(store, klass, self.lanes, self.excluded, spread) for _ in range(k)]
         self.current = self.writers[0]
+        self.choose = False  # the next record's writer is to be chosen (`_next_writer`) first
         self.failed: ShardWriter | None = None  # the writer whose replica raised the last ReplicaFailed
         self.sent: dict[str, int] = {}  # bytes appended per disk uuid since the last seal
 
@@ -131,6 +132,8 @@ class SpreadWriter:
         (a writer that found no room has no shard, and `_room_for` raises before `fn` takes
         any of a stream's chunks)."""
         while True:
+            if self.choose:  # (chosen when a record comes: a commit at close reads no disk's state)
+                self.current, self.choose = self._next_writer(), False
             w = self.current
             try:
                 loc = self._on(w, functools.partial(fn, w))
@@ -152,13 +155,13 @@ class SpreadWriter:
         least ahead of their share (`_next_writer`)."""
         w = self.current
         self._on(w, w.start_commit)
-        self.current = self._next_writer()
+        self.choose = True
 
     def commit(self) -> None:
         """Every writer's pending records fsynced and indexed (their fdatasyncs run together)."""
         self._each("start_commit")
         self._each("finish_commit")
-        self.current = self._next_writer()
+        self.choose = True
 
     def finish_commit(self) -> None:
         self._each("finish_commit")
@@ -252,7 +255,7 @@ class SpreadWriter:
         rest of it) and make that writer current, so the group is written again into a new
         shard on other disks; the other open shards are untouched."""
         w, self.failed = self.failed or self.current, None
-        self.current = w
+        self.current, self.choose = w, False
         return w.abandon_group()
 
     def rollback(self) -> None:
