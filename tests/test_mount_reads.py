@@ -433,9 +433,17 @@ def test_first_reads_of_page_cached_records_need_no_disk_thread(tmp_path: Path) 
         trio.run(read_each, files[:1])  # the shard's first read: a disk thread, which keeps its file open
         first = _served_when_idle(reader)
         assert first >= 1
-        pages(os.POSIX_FADV_WILLNEED)  # every page of the shards cached (not read by the mount)
-        trio.run(read_each, files[20::20])  # records apart: none continues the last, none read before
-        assert _served_when_idle(reader) == first, "a page-cached record went to a disk thread"
+        # every page of the shards cached (not read by the mount), then records apart: none
+        # continues the last, none read before. Another test dropping the machine's caches
+        # meanwhile (drop_caches, in a parallel run) sends them to a disk thread: tried anew
+        for picked in (files[20::20], files[25::40], files[45::40]):
+            pages(os.POSIX_FADV_WILLNEED)
+            trio.run(read_each, picked)
+            if _served_when_idle(reader) == first:
+                break
+            first = _served_when_idle(reader)
+        else:
+            raise AssertionError("a page-cached record went to a disk thread, three times")
         pages(os.POSIX_FADV_DONTNEED)
         trio.run(read_each, files[30::40])  # (not the ones read above: ops keeps their bytes)
         assert _served_when_idle(reader) > first, "an evicted record was read on the trio thread"
@@ -472,9 +480,14 @@ def test_a_lookup_in_a_page_cached_manifest_page_needs_no_disk_thread(tmp_path: 
 
         assert lookups("views/v/d0/f000") == [shas[0]]  # a disk thread, which keeps the shard file open
         first = _served_when_idle(reader)
-        _shard_pages(tmp_path, os.POSIX_FADV_WILLNEED)
-        assert lookups("views/v/d1/f021", "views/v/d2/f042") == [shas[21], shas[42]]
-        assert _served_when_idle(reader) == first, "a page-cached manifest page went to a disk thread"
+        for _ in range(3):  # (tried anew when a parallel test's drop_caches evicted the pages meanwhile)
+            _shard_pages(tmp_path, os.POSIX_FADV_WILLNEED)
+            assert lookups("views/v/d1/f021", "views/v/d2/f042") == [shas[21], shas[42]]
+            if _served_when_idle(reader) == first:
+                break
+            first = _served_when_idle(reader)
+        else:
+            raise AssertionError("a page-cached manifest page went to a disk thread, three times")
         _shard_pages(tmp_path, os.POSIX_FADV_DONTNEED)
         assert lookups("views/v/d1/f033") == [shas[33]]
         assert _served_when_idle(reader) > first, "an evicted manifest page was read on the trio thread"

@@ -259,7 +259,8 @@ def test_a_target_that_gives_back_other_bytes_is_blamed_not_the_source(store_fac
     stays active and is not queued for repair, the rebuild stops naming the target. (The lab
     has no device-mapper to build such a disk: the copy's check is made to see one bad record,
     the seam being `replica.verify_shard`; the source check that decides runs for real.)"""
-    store = store_factory(n_disks=3, caps=None, write_ack=2, copy_of_raw=2)
+    # (one open shard: one shard to copy, so the error the rebuild ends with is that copy's)
+    store = store_factory(n_disks=3, caps=None, write_ack=2, copy_of_raw=2, open_shards=1)
     datas = [os.urandom(9_000) for _ in range(60)]
     results = store.put_bytes_many(datas)
     lost = store.disks[_sealed(store)[0].replicas[0]]
