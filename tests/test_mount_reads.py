@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -413,17 +415,35 @@ def _shard_pages(root: Path, advice: int) -> None:
             os.close(fd)
 
 
+def _nowait_root(tmp_path: Path) -> Path:
+    """A directory for the store whose file system reads with RWF_NOWAIT: tmp_path, or one in
+    /var/tmp where tmp_path is a tmpfs (`make test-fast` puts it in /dev/shm), which refuses
+    RWF_NOWAIT (EOPNOTSUPP) — there the reader always takes a disk thread, as it should."""
+    probe = tmp_path / "nowait-probe"
+    probe.write_bytes(b"x" * 4096)
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
+        return tmp_path
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="hoard-nowait-", dir="/var/tmp"))
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
 def test_first_reads_of_page_cached_records_need_no_disk_thread(tmp_path: Path) -> None:
     """A first READ of a small object whose shard pages the page cache holds (cachestat) is
     read right on the trio thread — no disk queue request — once a replica file of its shard
     is kept open; with those pages evicted it goes to a disk thread, and the bytes are right."""
-    ops, files, close = _no_open_ops(tmp_path, [4096] * 200)
+    root = _nowait_root(tmp_path)
+    ops, files, close = _no_open_ops(root, [4096] * 200)
     try:
         reader = ops.reader
-        assert any(tmp_path.rglob("*.shard"))
+        assert any(root.rglob("*.shard"))
 
         def pages(advice: int) -> None:
-            _shard_pages(tmp_path, advice)
+            _shard_pages(root, advice)
 
         async def read_each(picked: list[tuple[int, bytes]]) -> None:
             ops.reader.token = trio.lowlevel.current_trio_token()
@@ -449,6 +469,8 @@ def test_first_reads_of_page_cached_records_need_no_disk_thread(tmp_path: Path) 
         assert _served_when_idle(reader) > first, "an evicted record was read on the trio thread"
     finally:
         close()
+        if root != tmp_path:
+            shutil.rmtree(root)
 
 
 def test_a_lookup_in_a_page_cached_manifest_page_needs_no_disk_thread(tmp_path: Path) -> None:
@@ -458,7 +480,8 @@ def test_a_lookup_in_a_page_cached_manifest_page_needs_no_disk_thread(tmp_path: 
     found are the right objects either way."""
     from hoardfs.fsd.mount.namespace import ROOT
 
-    ops, files, close = _no_open_ops(tmp_path, [1000] * 60)
+    root = _nowait_root(tmp_path)
+    ops, files, close = _no_open_ops(root, [1000] * 60)
     try:
         reader = ops.reader
         shas = [ops.ns.nodes[ino].sha for ino, _ in files]
@@ -481,15 +504,17 @@ def test_a_lookup_in_a_page_cached_manifest_page_needs_no_disk_thread(tmp_path: 
         assert lookups("views/v/d0/f000") == [shas[0]]  # a disk thread, which keeps the shard file open
         first = _served_when_idle(reader)
         for _ in range(3):  # (tried anew when a parallel test's drop_caches evicted the pages meanwhile)
-            _shard_pages(tmp_path, os.POSIX_FADV_WILLNEED)
+            _shard_pages(root, os.POSIX_FADV_WILLNEED)
             assert lookups("views/v/d1/f021", "views/v/d2/f042") == [shas[21], shas[42]]
             if _served_when_idle(reader) == first:
                 break
             first = _served_when_idle(reader)
         else:
             raise AssertionError("a page-cached manifest page went to a disk thread, three times")
-        _shard_pages(tmp_path, os.POSIX_FADV_DONTNEED)
+        _shard_pages(root, os.POSIX_FADV_DONTNEED)
         assert lookups("views/v/d1/f033") == [shas[33]]
         assert _served_when_idle(reader) > first, "an evicted manifest page was read on the trio thread"
     finally:
         close()
+        if root != tmp_path:
+            shutil.rmtree(root)
