@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -329,6 +330,18 @@ def test_power_cuts_with_several_open_shards_lose_no_acknowledged_object(lab_fac
     assert max(r.recovered for r in reports) >= 2, "no cut hit several open shards: " + _summary(reports)
 
 
+def _fast_lab_store(lab_factory, tmp_path: Path, prefix: str, size_mb: int, shard_mb: int) -> tuple[Any, Store]:
+    """The lab and a store on its four unthrottled disks <prefix>1..4 of `size_mb` MiB (ext4 on
+    loop devices), shards of `shard_mb` MiB, groups of 128 KiB."""
+    labels = [f"{prefix}{i}" for i in range(1, 5)]
+    lab = lab_factory([DiskProfile(label, size_mb, 500, 500, 5000) for label in labels], throttle=False)
+    cfg = config.load(write_config(tmp_path, [(label, lab.disks[label].mountpoint, None) for label in labels],
+                                   allow_dirs=False, shard_size_mb=shard_mb))
+    store = Store.open(cfg, init=True)
+    store.group_bytes = 128 << 10
+    return lab, store
+
+
 @pytest.mark.lab
 @pytest.mark.expect_log(r"disk lo\d: write error", level="WARNING")
 def test_a_disk_that_failed_one_open_shard_takes_no_more_groups_of_the_others(lab_factory, tmp_path: Path) -> None:
@@ -336,12 +349,7 @@ def test_a_disk_that_failed_one_open_shard_takes_no_more_groups_of_the_others(la
     shard other than the one appended to: from then on no open shard on that disk indexes
     another group there — each cuts its group and writes it again on other disks — while every
     file is stored and reads back."""
-    labels = [f"lo{i}" for i in range(1, 5)]
-    lab = lab_factory([DiskProfile(label, 400, 500, 500, 5000) for label in labels], throttle=False)
-    cfg = config.load(write_config(tmp_path, [(label, lab.disks[label].mountpoint, None) for label in labels],
-                                   allow_dirs=False, shard_size_mb=16))
-    store = Store.open(cfg, init=True)
-    store.group_bytes = 128 << 10
+    _lab, store = _fast_lab_store(lab_factory, tmp_path, "lo", 400, 16)
     files = make_files(tmp_path / "in", 900, lo=8000, hi=30000)
     batch = _Batch(store, store.writer("raw"))
     spread = batch.writer
@@ -468,12 +476,7 @@ def test_open_shards_on_a_disk_that_stops_writing_are_sealed_on_their_other_disk
     """A disk stops writing (EIO) with several shards open on it: each is sealed on its other
     disk at once — no shard stays open and locked while the writer lives (replication takes
     only sealed shards) — and one replication pass leaves no shard at risk."""
-    labels = [f"fw{i}" for i in range(1, 5)]
-    lab = lab_factory([DiskProfile(label, 300, 500, 500, 5000) for label in labels], throttle=False)
-    cfg = config.load(write_config(tmp_path, [(label, lab.disks[label].mountpoint, None) for label in labels],
-                                   allow_dirs=False, shard_size_mb=8))
-    store = Store.open(cfg, init=True)
-    store.group_bytes = 128 << 10
+    lab, store = _fast_lab_store(lab_factory, tmp_path, "fw", 300, 8)
     files = make_files(tmp_path / "in", 1200, lo=8000, hi=30000)
     batch = _Batch(store, store.writer("raw"))
     todo = iter(files)

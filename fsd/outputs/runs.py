@@ -263,9 +263,6 @@ def read_assigned(disk_of: Sequence[str], read: Callable[[int, str], RunRead],
     stop = threading.Event()
     queues: dict[str, queue.Queue] = {u: queue.Queue(maxsize=max(1, ahead)) for u in mine}
 
-    def put(q: queue.Queue, item) -> bool:
-        return put_unless(q, item, stop)
-
     def reader(u: str) -> None:
         q = queues[u]
         for i in mine[u]:
@@ -274,9 +271,9 @@ def read_assigned(disk_of: Sequence[str], read: Callable[[int, str], RunRead],
             try:
                 item: RunRead | BaseException = read(i, u)
             except BaseException as e:  # handed to the consumer, which raises it
-                put(q, e)
+                put_unless(q, e, stop)
                 return
-            if not put(q, item):
+            if not put_unless(q, item, stop):
                 return
 
     threads = [threading.Thread(target=reader, args=(u,), name=f"loader-read {u[:8]}", daemon=True) for u in mine]
