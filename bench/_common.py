@@ -80,9 +80,10 @@ def timed(results: dict, name: str):
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def report(title: str, rows: list[tuple[str, str]], data: dict, results: Path | None = None) -> None:
+def report(title: str, rows: list[tuple[str, str]], data: dict, results: Path | None = None,
+           name: str | None = None) -> None:
     """Print the rows and write the raw numbers to `results` (default RESULTS) as
-    `<benchmark>-<arguments>.json`."""
+    `<benchmark>-<arguments>.json` (or `<name>.json`)."""
     print(f"\n== {title}")
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -90,7 +91,7 @@ def report(title: str, rows: list[tuple[str, str]], data: dict, results: Path | 
     print("json: " + json.dumps(data, sort_keys=True))
     results = results or RESULTS
     results.mkdir(parents=True, exist_ok=True)
-    slug = result_name(Path(sys.argv[0]).stem, sys.argv[1:])
+    slug = name or result_name(Path(sys.argv[0]).stem, sys.argv[1:])
     doc = {"benchmark": title, "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), **data}
     (results / f"{slug}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
@@ -418,6 +419,39 @@ def private_cluster(where: Path | None = None, keep: bool = False):
         else:
             cluster.destroy()
             shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_servers() -> tuple[str, str]:
+    """The test PostgreSQL's and Redis's URLs (the environment's, else hoard.toml's), the test
+    database made when missing (as the tests do)."""
+    from hoardfs.sql.cluster import ensure_database  # deferred: only the benchmarks on the test servers need it
+
+    db_url = os.environ.get("HOARD_TEST_DATABASE_URL") or config.load(REPO / "hoard.toml").test_database_url
+    redis_url = os.environ.get("HOARD_TEST_REDIS_URL") or config.load(REPO / "hoard.toml").test_redis_url
+    ensure_database(db_url)
+    return db_url, redis_url
+
+
+@contextmanager
+def bench_schema(db_url: str):
+    """A fresh schema in the database at `db_url`, migrated, dropped afterwards; yields the URL
+    whose search_path is that schema (a benchmark's rows never meet the tests')."""
+    import uuid
+
+    import psycopg
+
+    from hoardfs.sql.migrate import migrate  # deferred: only the benchmarks on the test servers need it
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            url = psycopg.conninfo.make_conninfo(db_url, options=f"-c search_path={schema}")
+            with psycopg.connect(url, autocommit=True) as conn:
+                migrate(conn)
+            yield url
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 # -- GUI pages in a browser ------------------------------------------------------------------------
