@@ -401,7 +401,7 @@ def physical_nodes(conn: psycopg.Connection, shas: list[bytes]) -> list[tuple[st
     (a stage or export given --nodes: a listed sha256 that is none of these is refused)."""
     return [(h, node_id, bool(hidden)) for h, node_id, hidden in conn.execute(
         "SELECT encode(n.sha256, 'hex'), n.node_id, pc.in_black_list OR pc.is_deleted "
-        "FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = ANY(%s)", [shas]).fetchall()]
+        "FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = ANY(%b)", [shas]).fetchall()]
 
 
 def neighbours(conn: psycopg.Connection, shas: list[bytes], up: bool) -> list[str]:

@@ -370,13 +370,14 @@ class LocalDisk:
 
     MAX_FDS = 256  # kept open per disk; more are opened while in use, then closed
 
-    def _pread(self, shard_hex: str, offset: int, length: int, exact: bool = False) -> bytes:
-        key = (shard_hex, exact)
+    def _acquire(self, key: tuple[str, bool]) -> list[int]:
+        """The shard's descriptor entry [fd, users] (opened once, kept among MAX_FDS), counted in
+        use until `_release`."""
         with self._fds_lock:
             ent = self._fds.get(key)
             if ent is None:
-                fd = open_shard_file(self.find(shard_hex))
-                if exact:
+                fd = open_shard_file(self.find(key[0]))
+                if key[1]:  # exact reads
                     with contextlib.suppress(OSError):  # only a hint: the bytes are the same without it
                         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
                 ent = self._fds[key] = [fd, 1]  # in use before the trim: never its victim
@@ -384,13 +385,21 @@ class LocalDisk:
             else:
                 self._fds.move_to_end(key)
                 ent[1] += 1
+        return ent
+
+    def _release(self, key: tuple[str, bool], ent: list[int]) -> None:
+        with self._fds_lock:
+            ent[1] -= 1
+            if ent[1] == 0 and self._fds.get(key) is not ent:  # dropped while this read used it
+                _close(ent[0])
+
+    def _pread(self, shard_hex: str, offset: int, length: int, exact: bool = False) -> bytes:
+        key = (shard_hex, exact)
+        ent = self._acquire(key)
         try:
             return pread_full(ent[0], length, offset)
         finally:
-            with self._fds_lock:
-                ent[1] -= 1
-                if ent[1] == 0 and self._fds.get(key) is not ent:  # dropped while this read used it
-                    _close(ent[0])
+            self._release(key, ent)
 
     def _trim(self) -> None:
         """Close the least recently used idle descriptors beyond MAX_FDS (lock held)."""
@@ -405,6 +414,24 @@ class LocalDisk:
 
     def read_at(self, shard_hex: str, offset: int, length: int) -> bytes:
         return self._pread(shard_hex, offset, length)
+
+    def prefetch(self, shard_hex: str, offset: int, length: int) -> None:
+        """Have the kernel start reading these bytes into the page cache and return at once
+        (POSIX_FADV_WILLNEED on `read_exact`'s descriptor): a reader that knows its next range
+        keeps the disk busy while it checks the last one. The kernel reads up to its read-ahead
+        window of it; `read_exact` of the range then waits only for the rest. Only a hint:
+        errors are ignored (the read that follows meets them)."""
+        key = (shard_hex, True)
+        try:
+            ent = self._acquire(key)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(ent[0], offset, length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            self._release(key, ent)
 
     def stream_at(self, shard_hex: str, offset: int, length: int, piece: int) -> Generator[bytes, None, None]:
         """The bytes in pieces, a pread each (the backend contract's; Store.iter_object reads a

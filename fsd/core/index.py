@@ -57,7 +57,7 @@ import heapq
 import json
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -439,6 +439,15 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
                 return False
             return txn.get(sha, db=self.deleted) is None or (self.rooted is not None and
                                                              txn.get(sha, db=self.rooted) is not None)
+
+    def live_many(self, shas: Sequence[bytes]) -> list[bool]:
+        """For each of `shas`: whether the index holds the object and the mount shows it
+        (`lookup` and `shown` of each, all from one read transaction)."""
+        with self.env.begin() as txn:
+            get, objects, hidden, deleted, rooted = txn.get, self.objects, self.hidden, self.deleted, self.rooted
+            return [get(sha, db=objects) is not None and get(sha, db=hidden) is None
+                    and (get(sha, db=deleted) is None or (rooted is not None and get(sha, db=rooted) is not None))
+                    for sha in shas]
 
     def iter_unshown(self) -> Iterator[bytes]:
         """Every object the mount does not show (`shown`), in sha256 order, from one read

@@ -133,6 +133,13 @@ def disk_ranges(disk: Any, records: list[Rec]) -> list[list[Rec]]:
     return ranges(records, range_limit(disk.read_streams))
 
 
+def span(group: list[Rec]) -> tuple[int, int]:
+    """(offset, length) of the range that reads `group` whole: its first record's header to its
+    last record's end."""
+    a = group[0].offset - fmt.RECORD_HEADER_SIZE
+    return a, max(r.offset + r.length for r in group) - a
+
+
 def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[tuple[list[Rec], bytes | None,
                                                                                       OSError | None]]:
     """Each group (`disk_ranges`) of shard `shard_hex` read off `disk` as one range, from its
@@ -140,9 +147,8 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[
     group, its bytes or None, the OSError that failed it). Nothing is checked here."""
     def read(rng: list[Rec]) -> Callable[[], tuple[list[Rec], bytes | None, OSError | None]]:
         def call() -> tuple[list[Rec], bytes | None, OSError | None]:
-            a = rng[0].offset - fmt.RECORD_HEADER_SIZE
             try:
-                return rng, disk.read_exact(shard_hex, a, max(r.offset + r.length for r in rng) - a), None
+                return rng, disk.read_exact(shard_hex, *span(rng)), None
             except OSError as e:  # (an S3 engine that does not answer: EngineError, an OSError)
                 return rng, None, e
         return call
@@ -151,16 +157,27 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[
 
 
 def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, out: RunRead,
-                 elsewhere: str, keep: frozenset[bytes] | None = None) -> list[tuple[Rec, Exception]]:
+                 elsewhere: str, keep: frozenset[bytes] | None = None,
+                 then: Callable[[], None] | None = None) -> list[tuple[Rec, Exception]]:
     """Each group of shard `shard_hex` read off `disk` (`read_groups`) and each of its records
     verified (header, xxh3-128) into `out.payloads`, the bytes read counted in `out.nbytes`; the
     records that could not be read or did not check out, each with why — logged (a shard object
     not there at INFO: gc retired it; the rest as a WARNING) as read from `elsewhere` next.
     `name`: the disk as the log names it; `keep`: the records verified and handed out (None:
-    all), the others read through only."""
+    all), the others read through only.
+
+    A disk read one range at a time that takes hints (`LocalDisk.prefetch`) is told the next
+    range as soon as one arrives, and `then` (the reader's next run's first range, say) is
+    called when the last one has: the disk reads on while this thread checks."""
     where = f" (shard {shard_hex} on {name})"
     failed: list[tuple[Rec, Exception]] = []
-    for rng, buf, err in read_groups(disk, shard_hex, groups):
+    hint = getattr(disk, "prefetch", None) if disk.read_streams <= 1 else None
+    for k, (rng, buf, err) in enumerate(read_groups(disk, shard_hex, groups)):
+        if hint is not None:
+            if k + 1 < len(groups):
+                hint(shard_hex, *span(groups[k + 1]))
+            elif then is not None:
+                then()
         if buf is None:
             (log.info if isinstance(err, FileNotFoundError) else log.warning)(
                 "loader: shard %s on %s unreadable (%s); its records are read from %s", shard_hex, name,
@@ -198,41 +215,61 @@ def _fallback(store: Store, rec: Rec, avoid: str) -> bytes:
 def live(store: Store, sha: bytes) -> bool:
     """Whether the store holds and shows object `sha`: in the index (gc drops a deleted object
     with its marks) and neither hidden nor tombstoned (`Index.shown`)."""
-    return store.index.lookup(sha) is not None and store.index.shown(sha)
+    return store.index.live_many([sha])[0]
 
 
-def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
+@dataclass(slots=True)
+class _Planned:
+    """A run's read as the index shows its records now: the ranges off `disk` and the records
+    read elsewhere (no disk)."""
+
+    out: RunRead
+    disk: Any
+    groups: list[list[Rec]]
+    elsewhere: list[Rec]
+
+
+def _planned(store: Store, number: int, run: Run, uuid: str) -> _Planned | None:
+    """`read_run`'s ranges of `run` off disk `uuid` (None: it keeps no record, nothing is read)."""
+    kept = run.kept()
+    if not kept:  # (no disk named: nothing read off one)
+        return None
+    disk = store.disks.get(uuid) if uuid else None
+    out = RunRead(number, {}, disk.label if disk is not None else "")
+    span_ = run.records if run.keep is not None and isinstance(disk, LocalDisk) else kept
+    flags = store.index.live_many([r.sha for r in span_])
+    wanted = [r for r, ok in zip(span_, flags, strict=True) if ok and (run.keep is None or r.sha in run.keep)]
+    out.unshown = [r.sha for r, ok in zip(span_, flags, strict=True)
+                   if not ok and (run.keep is None or r.sha in run.keep)]
+    if disk is None:
+        return _Planned(out, None, [], wanted)
+    # a range never reads through a record of the run the store no longer shows: its
+    # bytes stay on the disk (only other objects' gaps are read through, as the planner does)
+    segments: list[list[Rec]] = [[]]
+    for r, ok in zip(span_, flags, strict=True):
+        if ok:
+            segments[-1].append(r)
+        elif segments[-1]:
+            segments.append([])
+    return _Planned(out, disk, [g for seg in segments for g in disk_ranges(disk, seg)], [])
+
+
+def read_run(store: Store, number: int, run: Run, uuid: str,
+             then: Callable[[], None] | None = None) -> RunRead:
     """One run off disk `uuid`: what the store still shows of its kept records, verified, each
     record that fails there read from another replica. A run whose `keep` names some of its
     records is read whole off a local disk (the module's docstring), its kept records alone off
-    any other; one that keeps none is not read at all."""
-    kept = run.kept()
-    if not kept:  # (no disk named: nothing read off one)
+    any other; one that keeps none is not read at all. `then`: called once the run's last range
+    is read, before it is checked (`read_checked`)."""
+    p = _planned(store, number, run, uuid)
+    if p is None:
         return RunRead(number, {}, "")
-    disk = store.disks.get(uuid) if uuid else None
-    out = RunRead(number, {}, disk.label if disk is not None else "")
-    span = run.records if run.keep is not None and isinstance(disk, LocalDisk) else kept
-    flags = [live(store, r.sha) for r in span]
-    wanted = [r for r, ok in zip(span, flags, strict=True) if ok and (run.keep is None or r.sha in run.keep)]
-    out.unshown = [r.sha for r, ok in zip(span, flags, strict=True)
-                   if not ok and (run.keep is None or r.sha in run.keep)]
-    failed: list[Rec] = []
-    if disk is None:
-        failed = wanted
-    else:
-        # a range never reads through a record of the run the store no longer shows: its
-        # bytes stay on the disk (only other objects' gaps are read through, as the planner does)
-        segments: list[list[Rec]] = [[]]
-        for r, ok in zip(span, flags, strict=True):
-            if ok:
-                segments[-1].append(r)
-            elif segments[-1]:
-                segments.append([])
-        groups = [g for seg in segments for g in disk_ranges(disk, seg)]
+    out, failed = p.out, list(p.elsewhere)
+    if p.disk is not None:
         # a shard file gone is a shard gc retired after the plan (its records were moved: looked
         # up again); any other error is the replica's
-        failed += [r for r, _why in read_checked(disk, run.shard_id.hex(), groups, disk.label, out,
-                                                 "another replica, looked up again", run.keep)]
+        failed += [r for r, _why in read_checked(p.disk, run.shard_id.hex(), p.groups, p.disk.label, out,
+                                                 "another replica, looked up again", run.keep, then)]
     for r in failed:
         try:
             out.payloads[r.sha] = _fallback(store, r, uuid)
@@ -243,12 +280,32 @@ def read_run(store: Store, number: int, run: Run, uuid: str) -> RunRead:
     return out
 
 
+def _prefetch_first(store: Store, number: int, run: Run, uuid: str) -> None:
+    """Hint the disk the first range `read_run` will read of `run` (as the index shows its
+    records now: nothing of a record it no longer shows)."""
+    p = _planned(store, number, run, uuid)
+    if p is not None and p.groups and hasattr(p.disk, "prefetch"):
+        p.disk.prefetch(run.shard_id.hex(), *span(p.groups[0]))
+
+
 def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
     """Each run read (`read_run`), in the order given, every disk reading its own runs at once
     and at most `ahead` runs ahead of the consumer. A reader's error (a record no replica
     holds whole: DataError) is raised here in its run's place. Closing the iterator stops the
     readers."""
-    yield from read_assigned(assign(store, runs), lambda i, u: read_run(store, i, runs[i], u), ahead)
+    disk_of = assign(store, runs)
+    following: dict[int, int] = {}  # run → the next run its disk reads
+    last: dict[str, int] = {}
+    for i, u in enumerate(disk_of):
+        if u in last:
+            following[last[u]] = i
+        last[u] = i
+
+    def read(i: int, u: str) -> RunRead:
+        j = following.get(i)
+        return read_run(store, i, runs[i], u, None if j is None else lambda: _prefetch_first(store, j, runs[j], u))
+
+    yield from read_assigned(disk_of, read, ahead)
 
 
 def read_assigned(disk_of: Sequence[str], read: Callable[[int, str], RunRead],
