@@ -76,6 +76,7 @@ from loader import corpus, lab_settings, place_plain, profiles
 from mount_read import MERGERFS_CACHED
 
 from hoardfs.base.files import syncfs
+from hoardfs.fsd.io.planner import make_plan
 from hoardfs.fsd.outputs.views import define_view
 from hoardfs.fsd.store import Store
 from hoardfs.jobs import outputs
@@ -115,16 +116,21 @@ def measure(temp: str, fn) -> tuple[float, Any]:
     return round(time.monotonic() - t0, 3), got
 
 
-def store_corpus(cfg, lab: Lab, files: list[Path]) -> list:
+def store_corpus(cfg, lab: Lab, files: list[Path]) -> tuple[list, dict]:
     """The files put into the store, placed as plain files (bench/loader.py's placement) and
-    defined as the mount's view VIEW under the plain side's names (c<class>/<name>.jpg)."""
+    defined as the mount's view VIEW under the plain side's names (c<class>/<name>.jpg); the
+    results, and the planner's own plan of reading them all (its makespan at the configured
+    read speeds, bytes per disk)."""
     with Store.open(cfg) as store:
         res = store.put_many(files)
         plain = place_plain(store, lab, files, [r.sha256 for r in res])
         rels = (f"c{k % 10}/{p.stem}.jpg" for k, p in enumerate(files))
         define_view(store, VIEW, "".join(f"{r.sha256}  {rel}\n" for r, rel in zip(res, rels, strict=True)).encode())
+        plan = make_plan(store, [bytes.fromhex(r.sha256) for r in res])
+        planned = {"planner_bound_s": round(plan.bound_s, 3), "planner_ideal_s": round(plan.ideal_s, 3),
+                   "plan": plan.summary({u: d.label for u, d in store.disks.items()})["disks"]}
     assert all((plain / f"c{k % 10}" / f"{p.stem}.jpg").is_symlink() for k, p in enumerate(files))
-    return res
+    return res, planned
 
 
 def one_size(items: int, db_url: str, redis_url: str, cprofile: Path | None) -> dict:
@@ -143,7 +149,8 @@ def one_size(items: int, db_url: str, redis_url: str, cprofile: Path | None) -> 
             spent.mkdir()
             with lab.throttled():
                 t0 = time.monotonic()
-                res = store_corpus(cfg, lab, files)
+                res, planned = store_corpus(cfg, lab, files)
+                d |= planned
                 shas = [r.sha256 for r in res]
                 with psycopg.connect(url, autocommit=True) as conn:
                     record(conn, BATCH, [bytes.fromhex(h) for h in shas], [r.size for r in res])
@@ -229,7 +236,8 @@ def rows(d: dict) -> list[tuple[str, str]]:
                                      f"bound {b:.2f} s ({size['binding']}): read {size['read_bound_s']:.2f} s at Σ "
                                      f"{size['read_mib_s_sum']:.0f} MiB/s measured (configured "
                                      f"{size['read_mib_s_configured_sum']}), SSD write {size['ssd_write_bound_s']:.2f} s "
-                                     f"at {size['ssd_write_mib_s']:.0f} MiB/s"))
+                                     f"at {size['ssd_write_mib_s']:.0f} MiB/s; the planner's own plan "
+                                     f"{size['planner_bound_s']:.2f} s"))
         for s in SIDES:
             for temp in ("cold", "warm"):
                 secs = size["sides"][s][temp]["seconds"]
@@ -265,6 +273,9 @@ def render(results: Path | None = None) -> None:
             c, w = size["sides"][s]["cold"]["seconds"], size["sides"][s]["warm"]["seconds"]
             lines.append(f"| {n:,} | {size['mib']:.0f} | {bound} | {names[s]} | {c:.2f} | {n / c:,.0f} | {b / c:.0%} "
                          f"| {w:.2f} | {n / w:,.0f} | {b / w:.0%} |")
+    lines += ["", "The planner's own plan of those reads (its makespan at the configured read speeds, over the disks "
+              "holding the replicas): " + "; ".join(f"{s['items']:,} images {s['planner_bound_s']:.2f} s"
+                                                    for s in d["sizes"].values()) + "."]
     lines += [""] + [f"- {g}" for g in goals(d)] + ["", END]
     write_doc_section(BEGIN, END, lines)
 
