@@ -170,10 +170,14 @@ class Output:
         return doc
 
     def _verify(self) -> list[dict[str, Any]]:
+        # both done once per file: `tmp` built once (the property makes a new Path each call),
+        # and each relative path cut off the walk's own prefix (every top os.walk yields starts with it)
+        tmp = self.tmp
+        cut = len(str(tmp)) + 1
         on_disk = set()
-        for top, dirs, names in os.walk(self.tmp):
+        for top, dirs, names in os.walk(tmp):
             for n in names + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
-                on_disk.add(os.path.relpath(os.path.join(top, n), self.tmp))
+                on_disk.add(os.path.join(top, n)[cut:])
         where = f"output {self.zone}/{self.id} (job {self.job})"
         extra = sorted(on_disk - set(self.declared) - set(self.links) - {MANIFEST})
         if extra:
@@ -181,9 +185,9 @@ class Output:
                               f"{display(extra[0])}; not sealed")
         files = []
         for rel, (size, sha) in sorted(self.declared.items()):
-            path = self.tmp / rel
+            path = tmp / rel
             if rel not in on_disk or path.is_symlink() or not path.is_file():
-                raise SealRefused(f"{where}: {display(rel)} was declared but is not a regular file in {self.tmp}; "
+                raise SealRefused(f"{where}: {display(rel)} was declared but is not a regular file in {tmp}; "
                                   "not sealed")
             got_size, got_sha = (path.stat().st_size, sha) if rel in self.verified else sha256_file(path)
             if got_size != size:
@@ -193,12 +197,12 @@ class Output:
                                   "— the producer wrote something else than it computed")
             files.append({"path": rel, "size": size, "sha256": sha})
         for rel, target in sorted(self.links.items()):
-            path = self.tmp / rel
+            path = tmp / rel
             if not path.is_symlink() or os.readlink(path) != target:
                 raise SealRefused(f"{where}: the link {display(rel)} → {display(target)} was declared but is not "
                                   "there; not sealed")
             files.append({"path": rel, "link": target})
-        for top, _dirs, _names in os.walk(self.tmp):
+        for top, _dirs, _names in os.walk(tmp):
             fsync_dir(Path(top))
         return files
 
