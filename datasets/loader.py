@@ -59,6 +59,7 @@ import hashlib
 import os
 import random
 import threading
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -389,9 +390,12 @@ class Loader:
             assert host is not None
             self.cfg = None
             self._located = remote.open_located(host, ref, self.source)
-            self.ref, self.manifest_sha = self._located.ref, self._located.manifest_sha
-            self._check_manifest(manifest)
-            every = self._located.manifest()
+            try:
+                self.ref, self.manifest_sha = self._located.ref, self._located.manifest_sha
+                self._check_manifest(manifest)
+                every = self._located.manifest()
+            finally:  # (opened again by the first read: a loader made and not read holds nothing open)
+                self._located.close()
         splits = sorted({s.split for s in every})
         if split is not None and split not in splits:
             raise LoaderError(f"dataset {self.ref} has no split {split!r} (its splits: {', '.join(splits) or 'none'})")
@@ -407,6 +411,8 @@ class Loader:
         self._stats: dict[str, Any] = {"samples": 0, "bytes": 0, "read_bytes": 0, "per_disk_bytes": {},
                                        "fallbacks": 0, "withheld": 0, "held_max": 0}
         self._mix = Mix()
+        #: this loader's iterations not yet collected (`close` ends those still going)
+        self._live: weakref.WeakSet[Generator[dict[str, Any], None, None]] = weakref.WeakSet()
 
     def _check_manifest(self, manifest: str | None) -> None:
         if manifest is not None and not self.manifest_sha.startswith(manifest or "-"):
@@ -442,10 +448,36 @@ class Loader:
     def _source(self) -> Iterator[_StoreSource | remote.Located]:
         """Where the samples are read: the store (shared, `_shared_store`) or the located version."""
         if self._located is not None:
-            yield self._located
+            try:
+                yield self._located
+            finally:  # (an epoch read, or its iteration abandoned: its S3 connections closed now)
+                self._located.close()
             return
         with self._store() as store:
             yield _StoreSource(self, store)
+
+    def close(self) -> None:
+        """End the loader's iterations still going and let go of what it holds open (an S3
+        source's connections). An iteration ended or abandoned (its generator closed) lets go of
+        what it opened by itself; iterating again after `close` opens what it reads anew."""
+        for it in list(self._live):  # (an iteration still going: ended first, its readers stopped)
+            it.close()
+        if self._located is not None:
+            self._located.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The loader as pickled (a DataLoader's workers, a process of its own): its iterations stay here."""
+        return {k: v for k, v in self.__dict__.items() if k != "_live"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._live = weakref.WeakSet()
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -564,6 +596,11 @@ class Loader:
         return todo, parts
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        it = self._iterate()
+        self._live.add(it)
+        return it
+
+    def _iterate(self) -> Generator[dict[str, Any], None, None]:
         with self._source() as src:
             yield from self._epoch(src)
 

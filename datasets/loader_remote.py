@@ -190,13 +190,14 @@ class Located:
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        """Let go of what reading holds open (the S3 disks' connections); reading again reopens it."""
 
 
 # -- S3 ----------------------------------------------------------------------------------------
 
-def _open_s3(host: LoaderHost, label: str) -> Any:
-    """This host's S3 disk `label`, its bucket checked to be that hoardfs disk (its identity)."""
+def _open_s3(host: LoaderHost, label: str, uuid: str | None = None) -> Any:
+    """This host's S3 disk `label`: its bucket checked to be that hoardfs disk (its identity),
+    or, given the `uuid` that check found, opened as that disk without asking again."""
     from hoardfs.fsd.core.s3 import S3Disk  # deferred: boto3 is loaded only where an S3 disk is read
 
     dc = next((d for d in host.disks if d.kind == "s3" and d.label == label), None)
@@ -205,12 +206,25 @@ def _open_s3(host: LoaderHost, label: str) -> Any:
                                 "(kind = \"s3\") on this host")
     if dc.path is None:  # (a host has no SSD: its S3 disks stage nothing, it reads sealed objects)
         dc = dc.model_copy(update={"path": _NO_STAGING / dc.label})
-    disk = S3Disk.configured(dc)
-    ident = disk.read_identity()  # (an engine that does not answer: EngineError, one line)
+    if uuid is not None:
+        return S3Disk.configured(dc, uuid)
+    probe = S3Disk.configured(dc)
+    try:
+        ident = probe.read_identity()  # (an engine that does not answer: EngineError, one line)
+    finally:
+        _close_s3(probe)
     if ident is None or ident.get("label") != dc.label:
         raise RemoteLoaderError(f"disk {dc.label}: bucket {dc.bucket} at {dc.endpoint} is not that hoardfs disk (its "
                                 f"identity: {ident and ident.get('label')}); correct disks.bucket in {host.source}")
     return S3Disk.configured(dc, str(ident["uuid"]))
+
+
+def _close_s3(disk: Any) -> None:
+    """Close what an S3 disk of the loader holds open — its ranged GETs' connection pool and its
+    boto3 client's — now, not whenever the cyclic collector reaches them (the client is part of
+    reference cycles): each is a socket, a file descriptor of the training process."""
+    disk._pool.clear()
+    disk.client.close()
 
 
 class S3Located(Located):
@@ -225,9 +239,20 @@ class S3Located(Located):
             raise RemoteLoaderError(f"[loader] source = \"s3\" in {host.source}, which declares no S3 disk: add the "
                                     "[[disks]] table (kind = \"s3\") of the store's S3 disk holding the locators",
                                     ExitCode.USAGE)
-        self.disks: dict[str, Any] = {label: _open_s3(host, label)}
+        #: the S3 disks read, by label, while open (`_disk`; `close` closes them); `_uuids`: the
+        #: identity each was checked to have, so a disk closed and opened again is not asked again
+        self.disks: dict[str, Any] = {}
+        self._uuids: dict[str, str] = {}
+        self._lock = threading.Lock()
         self.host = host
-        home = self.disks[label]
+        try:
+            self._init(host, ref, label, s3)
+        except BaseException:
+            self.close()
+            raise
+
+    def _init(self, host: LoaderHost, ref: str, label: str, s3: list[str]) -> None:
+        home = self._disk(label)
         ref = self._resolve(home, ref)
         where = f"s3://{home.bucket}/loaders/{ref}.json"
         try:
@@ -239,7 +264,16 @@ class S3Located(Located):
                                     f"store's server (`hoard dataset publish {ref}`)")
         super().__init__(ref, _checked(raw, where, ref), f"S3 disk {label}")
         for other in sorted({x for p in self.objects.values() for x in p[3]} & set(s3) - {label}):
-            self.disks[other] = _open_s3(host, other)
+            self._disk(other)  # (each checked now: a wrong bucket is one line before a byte is read)
+
+    def _disk(self, label: str) -> Any:
+        """This host's S3 disk `label`, open (opened again after a `close`)."""
+        with self._lock:  # (the readers of several disks fall back to others at once)
+            disk = self.disks.get(label)
+            if disk is None:
+                disk = self.disks[label] = _open_s3(self.host, label, self._uuids.get(label))
+                self._uuids[label] = disk.uuid
+            return disk
 
     @staticmethod
     def _resolve(disk: Any, ref: str) -> str:
@@ -253,7 +287,7 @@ class S3Located(Located):
         return max(found, key=lambda r: int(r.rpartition("@")[2]))
 
     def _here(self, labels: list[str]) -> list[Any]:
-        return [self.disks[x] for x in labels if x in self.disks]
+        return [self._disk(x) for x in labels if x in self._uuids]
 
     def _missing(self, rec: Rec, labels: list[str]) -> RemoteLoaderError:
         return RemoteLoaderError(f"object {rec.sha.hex()} of {self.ref} lies on S3 disk(s) {', '.join(labels) or 'none'}"
@@ -307,7 +341,7 @@ class S3Located(Located):
         for run in runs:
             rec = run.records[0]
             labels = self.objects[rec.sha.hex()][3]
-            here = [x for x in labels if x in self.disks]
+            here = [x for x in labels if x in self._uuids]
             if not here:
                 raise self._missing(rec, labels)
             best = min(here, key=lambda x: (load.get(x, 0), x))
@@ -319,7 +353,7 @@ class S3Located(Located):
         return read_assigned(self._assign(runs), lambda i, label: self._read_run(i, runs[i], label), ahead)
 
     def _read_run(self, number: int, run: Run, label: str) -> RunRead:
-        disk = self.disks[label]
+        disk = self._disk(label)
         shard_hex = run.shard_id.hex()
         out = RunRead(number, {}, label)
         failed = read_checked(disk, shard_hex, disk_ranges(disk, run.records), f"S3 disk {label}", out,
@@ -330,8 +364,19 @@ class S3Located(Located):
             out.fallbacks += 1
         return out
 
+    def __getstate__(self) -> dict[str, Any]:
+        """As pickled: no disk open (the other process opens its own as it reads)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("disks", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, disks={}, _lock=threading.Lock())
+
     def close(self) -> None:
-        self.disks.clear()
+        """Close the S3 disks opened (their sockets); a later read opens them again."""
+        with self._lock:
+            disks, self.disks = list(self.disks.values()), {}
+        for disk in disks:
+            _close_s3(disk)
 
 
 # -- the mount ---------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ same, verified record by record."""
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import json
 import os
+import pickle
 import random
 import secrets
 import signal
@@ -492,3 +494,47 @@ def test_a_workers_state_resumes_only_while_the_same_samples_are_withheld(built,
                                               r"withheld .*resume from the whole sequence's state") as e:
             list(Loader.from_state_dict(states[w], config_path=host))
         assert "\n" not in str(e.value)
+
+
+def test_a_remote_loader_holds_no_file_descriptor_after_an_epoch_or_an_abandoned_one(built, seaweedfs, engine_env,
+                                                                                     tmp_path: Path) -> None:
+    """With the cyclic collector off (so it cannot close what the loader leaves open), a loader
+    reading two S3 disks holds no more file descriptors than before it was made: once made,
+    after a whole epoch, after an iteration abandoned mid-epoch (its generator closed), and
+    after `close` (a `with` block) ends an iteration still going; it reads again after that, and
+    a pickled copy (a DataLoader worker's) opens its own disks and reads the same."""
+    cfg, _ = built
+    engine_env(seaweedfs)
+    buckets = {label: _add_s3(Path(cfg.source), seaweedfs, label) for label in ("s3a", "s3b")}
+    _onto_the_buckets(Path(cfg.source), 5)
+    _publish(cfg)
+    host = _host(tmp_path / "host", seaweedfs, buckets, source="s3", disk="s3a")
+    whole = [s["key"] for s in Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)]
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = fds()
+        ld = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+        assert fds() == before
+        assert [s["key"] for s in ld] == whole
+        assert fds() == before
+        it = iter(Loader("pets@1", "train", 7, 0, config_path=host, **SMALL))
+        assert next(it)["key"] == whole[0]
+        assert fds() > before  # (its S3 connections, open while it reads)
+        it.close()
+        assert fds() == before
+        with Loader("pets@1", "train", 7, 0, config_path=host, **SMALL) as ld2:
+            going = iter(ld2)
+            assert [next(going)["key"] for _ in range(3)] == whole[:3]
+        assert fds() == before
+        assert [s["key"] for s in ld2] == whole[3:]  # (closed, it reads on from there, opening anew)
+        assert fds() == before
+        copy = pickle.loads(pickle.dumps(Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)))
+        assert [s["key"] for s in copy] == whole  # (pickled, as for a DataLoader's worker: it opens its own)
+        assert fds() == before
+    finally:
+        gc.enable()
