@@ -55,6 +55,7 @@ a state's resume — is the same.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 import random
@@ -332,6 +333,11 @@ class _StoreSource:
         return runs_mod.live(self.store, sha)
 
 
+def _fresh_stats() -> dict[str, Any]:
+    return {"samples": 0, "bytes": 0, "read_bytes": 0, "per_disk_bytes": {}, "fallbacks": 0, "withheld": 0,
+            "held_max": 0}
+
+
 class Loader:
     """The samples of a dataset version's split, read from the store (the module's docstring).
 
@@ -408,8 +414,7 @@ class Loader:
         self.shas = [bytes.fromhex(s.sha256) for s in self.samples]
         self._plan: Plan | None = None
         self._plan_epoch = -1
-        self._stats: dict[str, Any] = {"samples": 0, "bytes": 0, "read_bytes": 0, "per_disk_bytes": {},
-                                       "fallbacks": 0, "withheld": 0, "held_max": 0}
+        self._stats: dict[str, Any] = _fresh_stats()
         self._mix = Mix()
         #: this loader's iterations not yet collected (`close` ends those still going)
         self._live: weakref.WeakSet[Generator[dict[str, Any], None, None]] = weakref.WeakSet()
@@ -464,6 +469,26 @@ class Loader:
             it.close()
         if self._located is not None:
             self._located.close()
+
+    def planned(self) -> Loader:
+        """This loader, its current epoch planned now (the index's places as they stand)."""
+        with self._source() as src:
+            self.plan(src)
+        return self
+
+    def part(self, worker: int, workers: int, epoch: int, position: int) -> Loader:
+        """A new loader of this one's samples from `position` of `epoch`, as worker `worker` of
+        `workers` (blocks of `block`): what `Loader(…, worker=, workers=)` gives, without reading
+        the manifest again, and with this loader's plan when it is of `epoch` — a DataLoader's
+        workers share the plan their dataset made (hoardfs.datasets.loader_torch)."""
+        if not 0 <= worker < workers or not 0 <= position <= len(self.samples) or epoch < 0:
+            raise LoaderError(f"Loader.part({worker}, {workers}, {epoch}, {position}): a worker of 0..{workers - 1}, "
+                              f"an epoch and a position of 0..{len(self.samples)}")
+        ld = copy.copy(self)
+        ld.worker, ld.workers, ld.epoch, ld.position, ld.origin = worker, workers, epoch, position, position
+        ld._expect_dealt = ld._dealt = None
+        ld._stats, ld._mix = _fresh_stats(), Mix()
+        return ld
 
     def __getstate__(self) -> dict[str, Any]:
         """The loader as pickled (a DataLoader's workers, a process of its own): its iterations stay here."""

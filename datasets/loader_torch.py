@@ -4,9 +4,12 @@
     for batch in DataLoader(ds, batch_size=64, num_workers=4, collate_fn=...):
         ...
 
-Each DataLoader worker makes its own Loader (its own store and database connection) over its
-part of the sequence: positions in blocks of `block` (the DataLoader's batch_size; 1 with
-batch_size=None), block b to worker b % num_workers. The DataLoader takes one batch from each
+The dataset reads the version's manifest and plans its epoch once, where it is made (and
+again at `set_epoch`); each DataLoader worker reads its part of the sequence through a Loader of
+its own (`Loader.part`: its own store and database connection) on that plan — not a manifest
+read and a plan per worker, and every worker on the same plan. Positions are dealt in blocks
+of `block` (the DataLoader's batch_size; 1 with batch_size=None), block b to worker
+b % num_workers. The DataLoader takes one batch from each
 worker in turn, so what it hands out is the sequence itself, whatever the number of workers.
 `state_dict(consumed)` is the Loader state after the first `consumed` samples this dataset's
 iteration handed out (`state_dict(last=sample)`: after that sample, exact even when samples
@@ -39,6 +42,9 @@ class TorchDataset(IterableDataset):
         # checked here, in the process that makes it: a bad name or split is one line now, not
         # a worker's traceback later
         probe = Loader(ref, split, seed, epoch, position=position, block=block, **kwargs)
+        # the samples and the epoch's plan, made once here: each worker's loader is a part of this
+        # one (`Loader.part`), not a manifest read and a plan of its own
+        self.loader = probe.planned()
         self.ref, self.split, self.seed, self.epoch, self.position = probe.ref, split, seed, epoch, position
         self.manifest = probe.manifest_sha[:16]
         self.block = block
@@ -52,6 +58,7 @@ class TorchDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """The next iteration is epoch `epoch`, from its start."""
         self.epoch, self.position, self.iterations = epoch, 0, 0
+        self.loader = self.loader.part(0, 1, epoch, 0).planned()
 
     def _now(self) -> tuple[int, int]:
         """The epoch this copy's current (or next, before any) iteration reads, and its start."""
@@ -63,9 +70,11 @@ class TorchDataset(IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         self.iterations += 1
         epoch, position = self._now()
-        ld = Loader(self.ref, self.split, self.seed, epoch, position=position, worker=worker,
-                    workers=workers, block=self.block, **self.kwargs)
-        yield from ld
+        ld = self.loader.part(worker, workers, epoch, position)
+        try:
+            yield from ld
+        finally:
+            ld.close()
 
     def state_dict(self, consumed: int = 0, *, last: dict[str, Any] | None = None) -> dict[str, Any]:
         """The Loader state after `consumed` samples of this iteration were handed out — or,

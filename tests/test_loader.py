@@ -550,3 +550,28 @@ def test_workers_read_every_run_whole_off_the_same_disk(built) -> None:
                     expect[per_run[r][0]] = expect.get(per_run[r][0], 0) + per_run[r][1]
                 assert ld.stats()["per_disk_bytes"] == expect, (block, workers, w)
             assert sorted(yielded) == sorted(keys)
+
+
+def test_a_loaders_parts_are_the_worker_loaders_on_its_own_plan(built) -> None:
+    """`Loader.part(w, W, epoch, position)` yields what `Loader(…, worker=w, workers=W)` does, for
+    1, 2, 4 and 8 workers and from a position mid-epoch, its parts together the whole sequence —
+    on the plan the loader made (no manifest read, no plan made again), as a TorchDataset's
+    DataLoader workers use it; another epoch's part plans its own epoch."""
+    cfg, _ = built
+    whole = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL).planned()
+    keys = _keys(whole.part(0, 1, 0, 0))
+    assert keys == _keys(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    for workers in (1, 2, 4, 8):
+        for position in (0, 5):
+            parts = [whole.part(w, workers, 0, position) for w in range(workers)]
+            assert all(p._plan is whole._plan for p in parts)  # (shared, not made again)
+            got = [_keys(p) for p in parts]
+            assert got == [_keys(Loader("pets@1", "train", 7, 0, config_path=cfg.source, position=position,
+                                        worker=w, workers=workers, **SMALL)) for w in range(workers)]
+            assert [got[k % workers][k // workers] for k in range(len(keys) - position)] == keys[position:]
+    later = whole.part(0, 1, 1, 0)
+    assert _keys(later) == _keys(Loader("pets@1", "train", 7, 1, config_path=cfg.source, **SMALL)) != keys
+    assert later._plan is not whole._plan and whole._plan_epoch == 0
+    with pytest.raises(LoaderError, match=r"Loader.part\(2, 2, 0, 0\): a worker of 0..1") as e:
+        whole.part(2, 2, 0, 0)
+    assert "\n" not in str(e.value)
