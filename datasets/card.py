@@ -42,17 +42,25 @@ def manifest_bytes(samples: list[Sample]) -> bytes:
     return "".join(canonical(s.to_json()) + "\n" for s in sorted(samples, key=lambda s: s.path)).encode()
 
 
+#: a run of digits as long as an integer orjson may read as a float (past 64 bits: it does not
+#: refuse one, it rounds it); one inside a string or a float's digits only costs the json module
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def read_manifest(data: bytes) -> list[Sample]:
     """The manifest's samples (a line each). Parsed by orjson (a loader's start waits for it);
-    a line orjson refuses and the json module reads (an integer past 64 bits, NaN) by the json
-    module, as written."""
+    a line orjson refuses (NaN) or may round (digits enough for an integer past 64 bits) by the
+    json module, which reads every number as written."""
     out = []
     for line in data.splitlines():
         if line:
-            try:
-                doc = orjson.loads(line)
-            except orjson.JSONDecodeError:
+            if _LONG_DIGITS.search(line):
                 doc = json.loads(line)
+            else:
+                try:
+                    doc = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    doc = json.loads(line)
             out.append(Sample.from_json(doc))
     return out
 

@@ -89,3 +89,25 @@ def test_code_spans_take_any_run_of_backticks_and_one_line() -> None:
     cut = code("z" * 500)
     assert len(cut) < 210 and cut.endswith("…`")
     assert hashlib.sha256(code("same").encode()).digest() == hashlib.sha256(code("same").encode()).digest()
+
+
+def test_a_manifest_reads_back_every_number_and_character_as_written() -> None:
+    """A manifest with integers past 64 bits, floats, escapes and U+2028 reads back to the same bytes."""
+    from hoardfs.datasets.card import manifest_bytes, read_manifest  # (the card's manifest half)
+    from hoardfs.datasets.model import Sample
+
+    def sample(i: int, cls: str | None = None, class_index: int | None = None, date: str | None = None,
+               **kw: object) -> Sample:
+        return Sample(path=f"d/{i}.jpg", sha256=f"{i:064x}", size=10 + i, ext=".jpg", key=f"{i:016x}",
+                      node_id=i, root_id=1, lineage=(i, 1), source_url=None, date=date, labels={"k": ("v",)},
+                      cls=cls, class_index=class_index, split="train", **kw)  # type: ignore[arg-type]
+    samples = [sample(1, width=2 ** 70, height=-(2 ** 63) - 1, depth=2 ** 64),
+               sample(2, width=2 ** 64 - 1, height=-(2 ** 63), author="a\u2028b\x85c\"\\\n\u00e9\U0001f600"),
+               sample(3, cls="x", class_index=10 ** 30, licences=("1234567890123456789012",)),
+               sample(4, date="0.1", group="g", depth=0)]
+    data = manifest_bytes(samples)
+    back = read_manifest(data)
+    assert back == sorted(samples, key=lambda s: s.path)
+    assert [type(s.width) for s in back] == [int, int, type(None), type(None)]
+    assert manifest_bytes(back) == data
+    assert read_manifest(data.replace(b"\n", b"\r\n") + b"\n\n") == back
