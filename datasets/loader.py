@@ -57,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import os
 import random
 import threading
@@ -418,6 +419,7 @@ class Loader:
         self._mix = Mix()
         #: this loader's iterations not yet collected (`close` ends those still going)
         self._live: weakref.WeakSet[Generator[dict[str, Any], None, None]] = weakref.WeakSet()
+        self._closes = 0  # `close` calls: an iteration running through one ends at its next sample
 
     def _check_manifest(self, manifest: str | None) -> None:
         if manifest is not None and not self.manifest_sha.startswith(manifest or "-"):
@@ -464,10 +466,19 @@ class Loader:
     def close(self) -> None:
         """End the loader's iterations still going and let go of what it holds open (an S3
         source's connections). An iteration ended or abandoned (its generator closed) lets go of
-        what it opened by itself; iterating again after `close` opens what it reads anew."""
+        what it opened by itself; iterating again after `close` opens what it reads anew. An
+        iteration making its next sample as `close` is called (from a signal handler, another
+        thread) hands that sample out and ends then, letting go of what it opened."""
+        self._closes += 1
+        running = False
         for it in list(self._live):  # (an iteration still going: ended first, its readers stopped)
-            it.close()
-        if self._located is not None:
+            try:
+                it.close()
+            except ValueError:
+                if inspect.getgeneratorstate(it) != inspect.GEN_RUNNING:
+                    raise
+                running = True  # (it ends at its next sample, `_iterate`: what it reads stays open till then)
+        if self._located is not None and not running:
             self._located.close()
 
     def planned(self) -> Loader:
@@ -626,10 +637,14 @@ class Loader:
         return it
 
     def _iterate(self) -> Generator[dict[str, Any], None, None]:
-        with self._source() as src:
-            yield from self._epoch(src)
+        closes = self._closes
+        with self._source() as src, contextlib.closing(self._epoch(src)) as samples:
+            for s in samples:
+                yield s
+                if self._closes != closes:  # (`close` while it made this sample: it ends, the sample handed out)
+                    return
 
-    def _epoch(self, src: _StoreSource | remote.Located) -> Iterator[dict[str, Any]]:
+    def _epoch(self, src: _StoreSource | remote.Located) -> Generator[dict[str, Any], None, None]:
         p = self.plan(src)
         start = self.position
         withheld = src.withheld(self.shas)
