@@ -47,22 +47,30 @@ def manifest_bytes(samples: list[Sample]) -> bytes:
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
+def manifest_lines(data: bytes) -> tuple[list[bytes], bool]:
+    """The manifest's lines (blank ones left out), and whether any holds digits enough for an
+    integer past 64 bits (the whole manifest searched once: `parse_line` then looks at a line
+    only when one does)."""
+    return [line for line in data.splitlines() if line], _LONG_DIGITS.search(data) is not None
+
+
+def parse_line(line: bytes, long: bool = True) -> dict:
+    """A manifest line's document. Parsed by orjson (a loader's start waits for it); a line
+    orjson refuses (NaN) or may round (`long` and digits enough for an integer past 64 bits:
+    orjson does not refuse one, it rounds it) by the json module, which reads every number as
+    written."""
+    if long and _LONG_DIGITS.search(line):
+        return json.loads(line)
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
+
+
 def read_manifest(data: bytes) -> list[Sample]:
-    """The manifest's samples (a line each). Parsed by orjson (a loader's start waits for it);
-    a line orjson refuses (NaN) or may round (digits enough for an integer past 64 bits) by the
-    json module, which reads every number as written."""
-    out = []
-    for line in data.splitlines():
-        if line:
-            if _LONG_DIGITS.search(line):
-                doc = json.loads(line)
-            else:
-                try:
-                    doc = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    doc = json.loads(line)
-            out.append(Sample.from_json(doc))
-    return out
+    """The manifest's samples (a line each)."""
+    lines, long = manifest_lines(data)
+    return [Sample.from_json(parse_line(line, long)) for line in lines]
 
 
 def fingerprint(manifest: bytes, spec_sha256: str) -> str:

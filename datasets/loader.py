@@ -63,10 +63,10 @@ import random
 import threading
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from hoardfs.base import config
 from hoardfs.base.collect import heap_frozen
@@ -137,22 +137,28 @@ def _rng(manifest_sha: str, split: str | None, seed: int, epoch: int, what: str)
     return random.Random(f"hoardfs.loader/{manifest_sha}/{split or '*'}/{seed}/{epoch}/{what}")
 
 
-def plan(samples: list[Sample], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
+def plan(samples: Sequence[Sample], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
          epoch: int, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES) -> Plan:
     """The epoch's order (the module's steps 1–4) from the samples and their records'
-    locations (sha → ObjectLoc); a sample without one is placed nowhere (never read). Built
-    with the process's other objects out of the cyclic collector's walks (`heap_frozen`): the
-    manifest's samples would otherwise be walked by every collection its objects set off."""
+    locations (sha → ObjectLoc); a sample without one is placed nowhere (never read)."""
+    return plan_shas([bytes.fromhex(s.sha256) for s in samples], locs, manifest_sha, split, seed, epoch, buffer,
+                     lanes, run_bytes)
+
+
+def plan_shas(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
+              epoch: int, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES) -> Plan:
+    """`plan` from the samples' sha256s (sample i's is `shas[i]`). Built with the process's
+    other objects out of the cyclic collector's walks (`heap_frozen`): the manifest's samples
+    would otherwise be walked by every collection its objects set off."""
     with heap_frozen():
-        return _plan(samples, locs, manifest_sha, split, seed, epoch, buffer, lanes, run_bytes)
+        return _plan(shas, locs, manifest_sha, split, seed, epoch, buffer, lanes, run_bytes)
 
 
-def _plan(samples: list[Sample], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
+def _plan(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
           epoch: int, buffer: int, lanes: int, run_bytes: int) -> Plan:
     by_shard: dict[bytes, dict[bytes, list[int]]] = {}
     where: dict[bytes, Any] = {}
-    for i, s in enumerate(samples):
-        sha = bytes.fromhex(s.sha256)
+    for i, sha in enumerate(shas):
         loc = locs.get(sha)
         if loc is None:
             continue
@@ -162,11 +168,11 @@ def _plan(samples: list[Sample], locs: dict[bytes, Any], manifest_sha: str, spli
     run_samples: list[list[int]] = []
     per_shard: list[list[int]] = []  # the run numbers of each shard, offset order
     for shard_id in sorted(by_shard):
-        shas = sorted(by_shard[shard_id], key=lambda h: where[h].offset)
+        in_shard = sorted(by_shard[shard_id], key=lambda h: where[h].offset)
         mine: list[int] = []
         cur: list[Rec] = []
         size = 0
-        for sha in shas:
+        for sha in in_shard:
             loc = where[sha]
             if cur and size + loc.length > run_bytes:
                 mine.append(len(runs))
@@ -179,7 +185,7 @@ def _plan(samples: list[Sample], locs: dict[bytes, Any], manifest_sha: str, spli
         per_shard.append(mine)
     for run in runs:
         run_samples.append([i for r in run.records for i in by_shard[run.shard_id][r.sha]])
-    run_of = [-1] * len(samples)
+    run_of = [-1] * len(shas)
     for r, members in enumerate(run_samples):
         for i in members:
             run_of[i] = r
@@ -221,6 +227,58 @@ def _plan(samples: list[Sample], locs: dict[bytes, Any], manifest_sha: str, spli
     rng.shuffle(buf)
     post.extend(buf)
     return Plan(runs, run_samples, run_of, post)
+
+
+class _Samples(Sequence[Sample]):
+    """A version's samples, each built from its manifest line when it is first asked for (and
+    kept): a loader's start needs only their sha256s and splits, and building 100,000 samples
+    first keeps every disk waiting — built as they are handed out, the work is spread over the
+    epoch while the disks read. A line takes a third of a built sample's memory."""
+
+    def __init__(self, items: list[Any], shas: list[str], splits: list[str], long: bool = True) -> None:
+        self._items = items  # a manifest line (bytes) or a Sample
+        self._shas, self._splits, self._long = shas, splits, long
+
+    @classmethod
+    def of_manifest(cls, data: bytes) -> _Samples:
+        lines, long = card.manifest_lines(data)
+        shas, splits = [], []
+        for line in lines:
+            doc = card.parse_line(line, long)
+            shas.append(doc["sha256"])
+            splits.append(doc["split"])
+        return cls(lines, shas, splits, long)
+
+    @classmethod
+    def of(cls, samples: Sequence[Sample]) -> _Samples:
+        return cls(list(samples), [s.sha256 for s in samples], [s.split for s in samples])
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, i: int) -> Sample: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Sample]: ...
+
+    def __getitem__(self, i: int | slice) -> Sample | Sequence[Sample]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self._items)))]
+        it = self._items[i]
+        if isinstance(it, bytes):
+            it = self._items[i] = Sample.from_json(card.parse_line(it, self._long))
+        return it
+
+    def splits(self) -> list[str]:
+        return self._splits
+
+    def of_split(self, split: str) -> _Samples:
+        keep = [k for k, sp in enumerate(self._splits) if sp == split]
+        return _Samples([self._items[k] for k in keep], [self._shas[k] for k in keep], [split] * len(keep),
+                        self._long)
+
+    def shas(self) -> list[bytes]:
+        return [bytes.fromhex(h) for h in self._shas]
 
 
 class Mix:
@@ -403,16 +461,18 @@ class Loader:
                 every = self._located.manifest()
             finally:  # (opened again by the first read: a loader made and not read holds nothing open)
                 self._located.close()
-        splits = sorted({s.split for s in every})
+        if not isinstance(every, _Samples):
+            every = _Samples.of(every)
+        splits = sorted(set(every.splits()))
         if split is not None and split not in splits:
             raise LoaderError(f"dataset {self.ref} has no split {split!r} (its splits: {', '.join(splits) or 'none'})")
         self.split = split
-        self.samples = [s for s in every if split is None or s.split == split]
+        self.samples = every if split is None else every.of_split(split)
         if position > len(self.samples):
             raise LoaderError(f"Loader position={position}: past the end of {self.ref}'s "
                               f"{split if split is not None else 'every'} split ({len(self.samples)} samples); "
                               "pass what Loader.state_dict() returned")
-        self.shas = [bytes.fromhex(s.sha256) for s in self.samples]
+        self.shas = self.samples.shas()
         self._plan: Plan | None = None
         self._plan_epoch = -1
         self._stats: dict[str, Any] = _fresh_stats()
@@ -427,7 +487,7 @@ class Loader:
                               f"{'store' if self.source == 'store' else 'locator'}'s is {self.manifest_sha[:16]}…): "
                               "a state resumes only the dataset it was saved from")
 
-    def _from_store(self, ref: str, name: str, number: int | None, manifest: str | None) -> list[Sample]:
+    def _from_store(self, ref: str, name: str, number: int | None, manifest: str | None) -> Sequence[Sample]:
         """The version's samples, its name and manifest looked up in the database and the store."""
         assert self.cfg is not None
         with api._connect(self.cfg, f"read dataset {ref}") as conn:
@@ -445,7 +505,7 @@ class Loader:
         self.manifest_sha = row["manifest_sha256"]
         self._check_manifest(manifest)
         with self._store() as store:
-            return card.read_manifest(store.get(self.manifest_sha))
+            return _Samples.of_manifest(runs_mod.read_striped(store, self.manifest_sha))
 
     def _store(self) -> contextlib.AbstractContextManager[Store]:
         assert self.cfg is not None, "a loader reading through s3 or the mount opens no store"
@@ -567,8 +627,8 @@ class Loader:
         locator's (which are the index's at publish time)."""
         if self._plan is None or self._plan_epoch != self.epoch:
             locs = store.index.lookup_many(self.shas) if isinstance(store, Store) else store.locs(self.shas)
-            self._plan = plan(self.samples, locs, self.manifest_sha, self.split, self.seed, self.epoch,
-                              self.buffer, self.lanes, self.run_bytes)
+            self._plan = plan_shas(self.shas, locs, self.manifest_sha, self.split, self.seed, self.epoch,
+                                   self.buffer, self.lanes, self.run_bytes)
             self._plan_epoch = self.epoch
         return self._plan
 
