@@ -64,6 +64,7 @@ import threading
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -636,9 +637,20 @@ class Loader:
         """The keys of the epoch's whole sequence (no byte read): what iterating it from its
         start yields, the samples withheld now left out."""
         with self._source() as src:
-            p = self.plan(src)
-            withheld = src.withheld(self.shas)
+            p, withheld = self._plan_and_withheld(src)
         return [self.samples[i].key for i in p.post if self.shas[i] not in withheld]
+
+    def _plan_and_withheld(self, src: _StoreSource | remote.Located) -> tuple[Plan, set[bytes]]:
+        """The epoch's plan and the samples withheld now, the two made at once: the database
+        and index are asked (`withheld`, waiting on PostgreSQL) while the plan is made (the
+        disks wait for both)."""
+        with ThreadPoolExecutor(1, thread_name_prefix="loader-withheld") as pool:
+            asked = pool.submit(src.withheld, self.shas)
+            try:
+                p = self.plan(src)
+            finally:
+                withheld = asked.result()
+        return p, withheld
 
     def _deal_check(self, p: Plan, withheld: set[bytes]) -> None:
         """Keep the digest of the positions from `origin` withheld as this worker's share is
@@ -705,9 +717,8 @@ class Loader:
                     return
 
     def _epoch(self, src: _StoreSource | remote.Located) -> Generator[dict[str, Any], None, None]:
-        p = self.plan(src)
+        p, withheld = self._plan_and_withheld(src)
         start = self.position
-        withheld = src.withheld(self.shas)
         # what this worker reads from here: its own positions' samples (live ones: owned)
         owned = self._owners(p, self.origin, withheld) if self.workers > 1 else None
         if self.workers > 1:
