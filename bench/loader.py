@@ -464,8 +464,15 @@ def render(results: Path | None = None) -> None:
     lines += ["", "Peak RSS is the main process's (VmHWM; the DataLoader's workers apart). 3D export then "
               f"reading it: {d['export_s']:.1f} s + {e - d['export_s']:.1f} s = {bound / e:.0%} of the bound. The "
               f"loader's mix (one process, cold, windows of {mix.get('window')} samples): {mixed}; MiB read per "
-              "disk: " + ", ".join(f"{k} {v / (1 << 20):,.0f}" for k, v in sorted(per_disk.items())) + ".", ""]
-    lines += [f"- {g}" for g in goals(d)] + ["", END]
+              "disk: " + ", ".join(f"{k} {v / (1 << 20):,.0f}" for k, v in sorted(per_disk.items())) + "."]
+    one = d["sides"]["loader x1"]["cold"]
+    if one.get("disk_first_read_s"):
+        first, last = min(one["disk_first_read_s"].values()), max(one["disk_last_read_end_s"].values())
+        lines += [f"Where the one-process cold epoch's {one['seconds']:.1f} s go: its start (the manifest read and "
+                  f"parsed, the plan, the withheld query) until the first disk read, {first:.1f} s; the disks reading, "
+                  f"{last - first:.1f} s ({bound / (last - first):.0%} of the bound while they read); after the "
+                  f"last read, {one['seconds'] - last:.1f} s."]
+    lines += [""] + [f"- {g}" for g in goals(d)] + ["", END]
     write_doc_section(BEGIN, END, lines)
 
 
