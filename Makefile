@@ -261,7 +261,7 @@ clean: down
 # writes its raw JSON (commit, machine, load) to bench/results/. Run it on a quiet machine.
 BENCHES := "ingest_small.py --profile lab4" batch_read.py rebuild_scrub.py db_apply.py \
            "ua1_ingest.py --items 20000" mount_read.py pyfuse3_floor.py export.py planner_read.py gui_pages.py \
-           "loader_example.py --lab" action_overhead.py dataset_build.py s3_backend.py stage_small.py
+           "loader_example.py --lab" action_overhead.py dataset_build.py s3_backend.py stage_small.py loader.py
 bench: APT_PKGS += mergerfs
 bench: up
 	@for b in $(BENCHES); do echo "==> bench/$$b"; $(VENV)/bin/python bench/$$b; done
