@@ -58,16 +58,16 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 from _common import (
     LAB4,
-    REPO,
     RESULTS,
     MiB,
+    bench_schema,
+    bench_servers,
     disk_reads,
     drop_caches,
     hoard_mounted,
@@ -87,8 +87,6 @@ from hoardfs.datasets.spec import load_spec
 from hoardfs.fsd.store import Store
 from hoardfs.jobs import outputs
 from hoardfs.loader import Loader
-from hoardfs.sql.cluster import ensure_database
-from hoardfs.sql.migrate import migrate
 from tests.helpers import peak_memory
 from tests.lab import Lab
 
@@ -304,79 +302,69 @@ def export(cfg, oid: str, batches: list[str]) -> tuple[float, Path]:
 # -- the run ----------------------------------------------------------------------------------------
 
 def run(args) -> dict:
-    db_url = os.environ.get("HOARD_TEST_DATABASE_URL") or config.load(REPO / "hoard.toml").test_database_url
-    redis_url = os.environ.get("HOARD_TEST_REDIS_URL") or config.load(REPO / "hoard.toml").test_redis_url
-    ensure_database(db_url)
+    db_url, redis_url = bench_servers()
     work = Path(tempfile.mkdtemp(prefix="hoard-bench-loader-", dir="/var/tmp"))
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
     data: dict = {"items": args.items, "large": args.large, "procs": list(PROCS), "sides": {}}
     sides = data["sides"]
     try:
         files = corpus(work, args.items, args.large)
         total = sum(p.stat().st_size for p in files)
         profs, data["disk_scale"] = profiles(total)
-        with psycopg.connect(db_url, autocommit=True) as admin, Lab(profs, direct_io=True) as lab:
-            admin.execute(f"CREATE SCHEMA {schema}")
-            try:
-                url = psycopg.conninfo.make_conninfo(db_url, options=f"-c search_path={schema}")
+        with Lab(profs, direct_io=True) as lab, bench_schema(db_url) as url:
+            cfg = lab_settings(work, lab, url, redis_url)
+            data["lab"] = lab_profile(lab)
+            read_mib_s = sum(d.profile.read_mbps for d in lab.disks.values())
+            with lab.throttled():
+                t0 = time.monotonic()
+                with Store.open(cfg) as store:
+                    res = store.put_many(files)
+                    shas = [r.sha256 for r in res]
+                    plain = place_plain(store, lab, files, shas)
+                cut = len(files) // 4
                 with psycopg.connect(url, autocommit=True) as conn:
-                    migrate(conn)
-                cfg = lab_settings(work, lab, url, redis_url)
-                data["lab"] = lab_profile(lab)
-                read_mib_s = sum(d.profile.read_mbps for d in lab.disks.values())
-                with lab.throttled():
-                    t0 = time.monotonic()
-                    with Store.open(cfg) as store:
-                        res = store.put_many(files)
-                        shas = [r.sha256 for r in res]
-                        plain = place_plain(store, lab, files, shas)
-                    cut = len(files) // 4
-                    with psycopg.connect(url, autocommit=True) as conn:
-                        for batch, part in zip(BATCHES, (slice(0, cut), slice(cut, None)), strict=True):
-                            record(conn, batch, [bytes.fromhex(h) for h in shas[part]], [r.size for r in res[part]])
-                    data["datasets"] = {SMALL: build(cfg, work, SMALL, [BATCHES[0]]),
-                                        FULL: build(cfg, work, FULL, list(BATCHES))}
-                    data["setup_s"] = round(time.monotonic() - t0, 1)
-                    os.sync()
-                    n_full, n_small = len(files), cut
-                    data |= {"samples": n_full, "bytes": total, "mib": round(total / MiB, 1),
-                             "read_mib_s_sum": read_mib_s, "bound_s": round(total / MiB / read_mib_s, 3),
-                             "small_samples": n_small,
-                             "small_bytes": sum(p.stat().st_size for p in files[:cut])}
-                    full, small = f"{FULL}@{data['datasets'][FULL]['version']}", \
-                        f"{SMALL}@{data['datasets'][SMALL]['version']}"
-                    conf = str(cfg.source)
-                    cold_warm(lab, work, "loader x1", {"kind": "loader", "procs": 0, "ref": full, "config": conf},
-                              sides, n_full)
-                    cold_warm(lab, work, "loader x1 (small)", {"kind": "loader", "procs": 0, "ref": small,
-                                                               "config": conf}, sides, n_small)
+                    for batch, part in zip(BATCHES, (slice(0, cut), slice(cut, None)), strict=True):
+                        record(conn, batch, [bytes.fromhex(h) for h in shas[part]], [r.size for r in res[part]])
+                data["datasets"] = {SMALL: build(cfg, work, SMALL, [BATCHES[0]]),
+                                    FULL: build(cfg, work, FULL, list(BATCHES))}
+                data["setup_s"] = round(time.monotonic() - t0, 1)
+                os.sync()
+                n_full, n_small = len(files), cut
+                data |= {"samples": n_full, "bytes": total, "mib": round(total / MiB, 1),
+                         "read_mib_s_sum": read_mib_s, "bound_s": round(total / MiB / read_mib_s, 3),
+                         "small_samples": n_small,
+                         "small_bytes": sum(p.stat().st_size for p in files[:cut])}
+                full, small = f"{FULL}@{data['datasets'][FULL]['version']}", \
+                    f"{SMALL}@{data['datasets'][SMALL]['version']}"
+                conf = str(cfg.source)
+                cold_warm(lab, work, "loader x1", {"kind": "loader", "procs": 0, "ref": full, "config": conf},
+                          sides, n_full)
+                cold_warm(lab, work, "loader x1 (small)", {"kind": "loader", "procs": 0, "ref": small,
+                                                           "config": conf}, sides, n_small)
+                for n in PROCS:
+                    cold_warm(lab, work, f"loader x{n}", {"kind": "loader", "procs": n, "ref": full,
+                                                          "config": conf}, sides, n_full)
+                view = data["datasets"][FULL]["view"]
+                mnt = work / "mnt"
+                with hoard_mounted(cfg.source, mnt):
                     for n in PROCS:
-                        cold_warm(lab, work, f"loader x{n}", {"kind": "loader", "procs": n, "ref": full,
-                                                              "config": conf}, sides, n_full)
-                    view = data["datasets"][FULL]["view"]
-                    mnt = work / "mnt"
-                    with hoard_mounted(cfg.source, mnt):
-                        for n in PROCS:
-                            cold_warm(lab, work, f"mount x{n}", {"kind": "files", "procs": n, "order": "shuffled",
-                                                                 "root": str(mnt / "views" / view)}, sides, n_full)
-                    for n in PROCS:
-                        cold_warm(lab, work, f"plain x{n}", {"kind": "files", "procs": n, "order": "shuffled",
-                                                             "root": str(plain)}, sides, n_full)
-                    cold_warm(lab, work, f"plain x{PROCS[-1]} inode", {"kind": "files", "procs": PROCS[-1],
-                                                                       "order": "inode", "root": str(plain)},
-                              sides, n_full)
-                    if not wanted("3D"):
-                        return data
-                    drop_caches()
-                    secs, where = export(cfg, "ldr-export", list(BATCHES))
-                    data["export_s"] = round(secs, 3)
-                    print(f"{'3D export':>22} cold: {secs:8.2f} s", flush=True)
-                    cold_warm(lab, work, f"3D copy x{PROCS[-1]}", {"kind": "files", "procs": PROCS[-1],
-                                                                    "order": "shuffled", "root": str(where)},
-                              sides, n_full)
-                    os.sync()
-            finally:
-                admin.execute(f"DROP SCHEMA {schema} CASCADE")
+                        cold_warm(lab, work, f"mount x{n}", {"kind": "files", "procs": n, "order": "shuffled",
+                                                             "root": str(mnt / "views" / view)}, sides, n_full)
+                for n in PROCS:
+                    cold_warm(lab, work, f"plain x{n}", {"kind": "files", "procs": n, "order": "shuffled",
+                                                         "root": str(plain)}, sides, n_full)
+                cold_warm(lab, work, f"plain x{PROCS[-1]} inode", {"kind": "files", "procs": PROCS[-1],
+                                                                   "order": "inode", "root": str(plain)},
+                          sides, n_full)
+                if not wanted("3D"):
+                    return data
+                drop_caches()
+                secs, where = export(cfg, "ldr-export", list(BATCHES))
+                data["export_s"] = round(secs, 3)
+                print(f"{'3D export':>22} cold: {secs:8.2f} s", flush=True)
+                cold_warm(lab, work, f"3D copy x{PROCS[-1]}", {"kind": "files", "procs": PROCS[-1],
+                                                                "order": "shuffled", "root": str(where)},
+                          sides, n_full)
+                os.sync()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return data
