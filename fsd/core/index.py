@@ -435,19 +435,20 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
         root (a racing `delete --batch` may tombstone what `hoard put` acknowledged: gc clears
         that). One read transaction: no set of marked objects is kept anywhere."""
         with self.env.begin() as txn:
-            if txn.get(sha, db=self.hidden) is not None:
-                return False
-            return txn.get(sha, db=self.deleted) is None or (self.rooted is not None and
-                                                             txn.get(sha, db=self.rooted) is not None)
+            return self._shown_in(txn, sha)
+
+    def _shown_in(self, txn: Any, sha: bytes) -> bool:
+        """`shown` in the read transaction `txn`."""
+        if txn.get(sha, db=self.hidden) is not None:
+            return False
+        return txn.get(sha, db=self.deleted) is None or (self.rooted is not None and
+                                                         txn.get(sha, db=self.rooted) is not None)
 
     def live_many(self, shas: Sequence[bytes]) -> list[bool]:
         """For each of `shas`: whether the index holds the object and the mount shows it
         (`lookup` and `shown` of each, all from one read transaction)."""
         with self.env.begin() as txn:
-            get, objects, hidden, deleted, rooted = txn.get, self.objects, self.hidden, self.deleted, self.rooted
-            return [get(sha, db=objects) is not None and get(sha, db=hidden) is None
-                    and (get(sha, db=deleted) is None or (rooted is not None and get(sha, db=rooted) is not None))
-                    for sha in shas]
+            return [txn.get(sha, db=self.objects) is not None and self._shown_in(txn, sha) for sha in shas]
 
     def iter_unshown(self) -> Iterator[bytes]:
         """Every object the mount does not show (`shown`), in sha256 order, from one read

@@ -286,7 +286,8 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
 
 def _prefetch_first(store: Store, number: int, run: Run, uuid: str) -> None:
     """Hint the disk the first range `read_run` will read of `run` (as the index shows its
-    records now: nothing of a record it no longer shows)."""
+    records now: nothing of a record it no longer shows). `read_run` plans the run again when
+    it reads it, so a record the store stops showing in between is not read either."""
     p = _planned(store, number, run, uuid)
     if p is not None and p.groups and hasattr(p.disk, "prefetch"):
         p.disk.prefetch(run.shard_id.hex(), *span(p.groups[0]))
