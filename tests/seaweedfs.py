@@ -67,6 +67,8 @@ class Engine:
                 "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=0",
                 "-filer", "-s3", f"-s3.config={self.base / 'identities.json'}",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.preStopSeconds=0",
+                # read-only below 256 MiB free, not below 1 % of whatever disk holds /tmp
+                "-volume.minFreeSpace=256MiB",
                 # their unix sockets beside the data, not in /tmp under a port number
                 f"-filer.localSocket={self.base / 'filer.sock'}", f"-s3.localSocket={self.base / 's3.sock'}"]
         for role in ROLES:

@@ -73,6 +73,7 @@ def big(tmp_path_factory):
     assert code == 0, err
     src.unlink()  # the module needs ~18 GiB of /tmp at its peak; the source is not needed again
     yield {"root": root, "cfg": cfg_path, "sha": sha, "put_rss": rss}
+    shutil.rmtree(root, ignore_errors=True)  # gigabytes the rest of the run needs
     shutil.rmtree(root, ignore_errors=True)
 
 
