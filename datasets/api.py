@@ -18,7 +18,7 @@ import gc
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ from hoardfs.fsd.outputs.write import require_stored, write_copy, write_view
 from hoardfs.fsd.store import Store
 from hoardfs.sql import datasets as sqld
 from hoardfs.sql.apply import apply_write_intent
+from hoardfs.sql.selectors import withheld_nodes
 
 if TYPE_CHECKING:
     import psycopg
@@ -529,6 +530,14 @@ def _record(store: Store, conn: psycopg.Connection, name: str, n: int, made: _Ma
     finally:
         store.unpin(pin)
     return shas[0], shas[1]
+
+
+def withheld(conn: psycopg.Connection, store: Store, shas: Iterable[bytes]) -> set[bytes]:
+    """Those of `shas` a reader of a version leaves out: a node the database marks deleted or
+    black-listed, or an object the store does not show (hidden, tombstoned) — what a loader
+    withholds and a published locator lists as withheld."""
+    every = set(shas)
+    return withheld_nodes(conn, sorted(every)) | store.index.unshown_among(every)
 
 
 def parse_ref(ref: str, need_version: bool = True) -> tuple[str, int | None]:

@@ -79,7 +79,6 @@ from hoardfs.fsd.outputs import runs as runs_mod
 from hoardfs.fsd.outputs.runs import Rec, Run
 from hoardfs.fsd.store import Store
 from hoardfs.sql import datasets as sqld
-from hoardfs.sql.selectors import physical_nodes
 
 __all__ = ["Loader", "LoaderError", "Mix"]
 
@@ -157,39 +156,47 @@ def plan_shas(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, spli
 
 def _plan(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
           epoch: int, buffer: int, lanes: int, run_bytes: int) -> Plan:
-    by_shard: dict[bytes, dict[bytes, list[int]]] = {}
-    where: dict[bytes, Any] = {}
+    # 1. each shard's records in offset order, cut into runs of at most `run_bytes` (a record
+    # at least): every sample placed as (shard, offset, its number), sorted once
+    placed = []
+    get = locs.get
     for i, sha in enumerate(shas):
-        loc = locs.get(sha)
-        if loc is None:
-            continue
-        where[sha] = loc
-        by_shard.setdefault(loc.shard_id, {}).setdefault(sha, []).append(i)
+        loc = get(sha)
+        if loc is not None:
+            placed.append((loc.shard_id, loc.offset, i))
+    placed.sort()
     runs: list[Run] = []
     run_samples: list[list[int]] = []
     per_shard: list[list[int]] = []  # the run numbers of each shard, offset order
-    for shard_id in sorted(by_shard):
-        in_shard = sorted(by_shard[shard_id], key=lambda h: where[h].offset)
-        mine: list[int] = []
-        cur: list[Rec] = []
-        size = 0
-        for sha in in_shard:
-            loc = where[sha]
-            if cur and size + loc.length > run_bytes:
-                mine.append(len(runs))
-                runs.append(Run(shard_id, cur))
-                cur, size = [], 0
-            cur.append(Rec(sha, loc.offset, loc.length))
-            size += loc.length
-        mine.append(len(runs))
-        runs.append(Run(shard_id, cur))
-        per_shard.append(mine)
-    for run in runs:
-        run_samples.append([i for r in run.records for i in by_shard[run.shard_id][r.sha]])
     run_of = [-1] * len(shas)
-    for r, members in enumerate(run_samples):
-        for i in members:
-            run_of[i] = r
+    shard: bytes | None = None
+    last = -1  # the offset of the run's last record
+    size = 0
+    recs: list[Rec] = []
+    members: list[int] = []
+    for shard_id, offset, i in placed:
+        if shard_id == shard and offset == last:  # (the same record again: a duplicate sample)
+            members.append(i)
+            run_of[i] = len(runs)
+            continue
+        length = locs[shas[i]].length
+        if shard_id != shard or size + length > run_bytes:
+            if recs:
+                runs.append(Run(shard, recs))
+                run_samples.append(members)
+            if shard_id != shard:
+                per_shard.append([])
+                shard = shard_id
+            per_shard[-1].append(len(runs))
+            recs, members, size = [], [], 0
+        recs.append(Rec(shas[i], offset, length))
+        members.append(i)
+        run_of[i] = len(runs)
+        size += length
+        last = offset
+    if recs:
+        runs.append(Run(shard, recs))
+        run_samples.append(members)
     # 2. a random merge of the shards' run sequences: each shard's runs stay in offset order
     tickets = [k for k, mine in enumerate(per_shard) for _ in mine]
     _rng(manifest_sha, split, seed, epoch, "runs").shuffle(tickets)
@@ -236,19 +243,22 @@ class _Samples(Sequence[Sample]):
     first keeps every disk waiting — built as they are handed out, the work is spread over the
     epoch while the disks read. A line takes a third of a built sample's memory."""
 
-    def __init__(self, items: list[Any], shas: list[str], splits: list[str], long: bool = True) -> None:
-        self._items = items  # a manifest line (bytes) or a Sample
-        self._shas, self._splits, self._long = shas, splits, long
+    def __init__(self, items: list[Any], shas: list[str], splits: list[str]) -> None:
+        self._items = items  # a manifest line orjson reads as written (bytes), or a Sample
+        self._shas, self._splits = shas, splits
 
     @classmethod
     def of_manifest(cls, data: bytes) -> _Samples:
         lines, long = card.manifest_lines(data)
+        items: list[Any] = lines
         shas, splits = [], []
-        for line in lines:
-            doc = card.parse_line(line, long)
+        for k, line in enumerate(lines):
+            doc = card.parse_line(line, k in long)
             shas.append(doc["sha256"])
             splits.append(doc["split"])
-        return cls(lines, shas, splits, long)
+            if k in long:  # (built now: its line is parsed by the json module, `card.parse_line`)
+                items[k] = Sample.from_json(doc)
+        return cls(items, shas, splits)
 
     @classmethod
     def of(cls, samples: Sequence[Sample]) -> _Samples:
@@ -267,7 +277,7 @@ class _Samples(Sequence[Sample]):
             return [self[k] for k in range(*i.indices(len(self._items)))]
         it = self._items[i]
         if isinstance(it, bytes):
-            it = self._items[i] = Sample.from_json(card.parse_line(it, self._long))
+            it = self._items[i] = Sample.from_json(card.parse_line(it, False))
         return it
 
     def splits(self) -> list[str]:
@@ -275,8 +285,7 @@ class _Samples(Sequence[Sample]):
 
     def of_split(self, split: str) -> _Samples:
         keep = [k for k, sp in enumerate(self._splits) if sp == split]
-        return _Samples([self._items[k] for k in keep], [self._shas[k] for k in keep], [split] * len(keep),
-                        self._long)
+        return _Samples([self._items[k] for k in keep], [self._shas[k] for k in keep], [split] * len(keep))
 
     def shas(self) -> list[bytes]:
         return [bytes.fromhex(h) for h in self._shas]
@@ -380,11 +389,9 @@ class _StoreSource:
         """The samples' objects the database marks deleted or black-listed, or the store does
         not show (hidden, tombstoned) or no longer holds."""
         assert self.ld.cfg is not None
-        every = sorted(set(shas))
         with api._connect(self.ld.cfg, f"read dataset {self.ld.ref}") as conn, \
                 api._db_errors(f"{self.ld.ref} was read"):
-            gone = {bytes.fromhex(h) for h, _node, dead in physical_nodes(conn, every) if dead}
-        return gone | {h for h in every if h not in gone and not self.store.index.shown(h)}
+            return api.withheld(conn, self.store, shas)
 
     def read_runs(self, runs: list[Run], ahead: int) -> Generator[runs_mod.RunRead, None, None]:
         return runs_mod.read_runs(self.store, runs, ahead)

@@ -38,7 +38,6 @@ from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.datasets import api, card
 from hoardfs.datasets.loader_remote import LOCATOR_MAX
 from hoardfs.fsd.store import Store
-from hoardfs.sql.selectors import physical_nodes
 
 __all__ = ["LOCATOR", "PublishError", "locator_name", "publish"]
 
@@ -79,8 +78,7 @@ def publish(cfg: Settings, ref: str, disk: str | None = None, out_dir: Path | No
             samples = card.read_manifest(store.get(manifest_sha))
             shas = sorted({bytes.fromhex(s.sha256) for s in samples})
             with api._db_errors(f"{name} was published"):
-                dead = {bytes.fromhex(h) for h, _node, gone in physical_nodes(conn, shas) if gone}
-            withheld = dead | {h for h in shas if h not in dead and not store.index.shown(h)}
+                withheld = api.withheld(conn, store, shas)
             body, placed = _locator(store, name, manifest_sha, shas, withheld, s3, targets)
             written = [_put(store, label, name, body) for label in targets]
     if out_dir is not None:

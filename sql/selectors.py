@@ -404,6 +404,14 @@ def physical_nodes(conn: psycopg.Connection, shas: list[bytes]) -> list[tuple[st
         "FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = ANY(%b)", [shas]).fetchall()]
 
 
+def withheld_nodes(conn: psycopg.Connection, shas: list[bytes]) -> set[bytes]:
+    """The sha256s among `shas` of a physical node deleted or black-listed (the rows of
+    `physical_nodes` marked so, without sending every live one back)."""
+    return {bytes(r[0]) for r in conn.execute(
+        "SELECT DISTINCT n.sha256 FROM node n JOIN physical_content pc USING (node_id) "
+        "WHERE n.sha256 = ANY(%b) AND (pc.in_black_list OR pc.is_deleted)", [shas]).fetchall()}
+
+
 def neighbours(conn: psycopg.Connection, shas: list[bytes], up: bool) -> list[str]:
     """sha256 hex of the physical nodes one edge above (`up`: parents) or below (children) the
     nodes `shas`, leaving out deleted and black-listed ones, as a selector does — what an action

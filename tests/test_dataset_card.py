@@ -111,3 +111,8 @@ def test_a_manifest_reads_back_every_number_and_character_as_written() -> None:
     assert [type(s.width) for s in back] == [int, int, type(None), type(None)]
     assert manifest_bytes(back) == data
     assert read_manifest(data.replace(b"\n", b"\r\n") + b"\n\n") == back
+    from hoardfs.datasets.loader import _Samples  # (the loader builds each sample from its line when asked)
+    for raw in (data, data.replace(b"\n", b"\r\n") + b"\n\n", b"\n\n" + data):
+        lazy = _Samples.of_manifest(raw)
+        assert list(lazy) == back
+        assert lazy.shas() == [bytes.fromhex(s.sha256) for s in back] and lazy.splits() == ["train"] * 4

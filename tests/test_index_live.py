@@ -38,3 +38,36 @@ def test_live_many_is_lookup_and_shown_for_every_state(tmp_path) -> None:
         assert idx.live_many([]) == []
     finally:
         idx.close()
+
+
+def test_unshown_among_walks_the_marks_or_asks_each_and_agrees_with_shown(tmp_path) -> None:
+    """unshown_among gives exactly the asked objects shown refuses, whether it walks the marks
+    (fewer than the objects asked) or asks each object (more marks than objects asked)."""
+    idx = Index(tmp_path / "index")
+    try:
+        states = ("held", "hidden", "tombstoned", "rooted", "hidden-rooted")
+        sha = {(name, k): hashlib.sha256(f"{name}/{k}".encode()).digest() for name in states for k in range(40)}
+        with idx.env.begin(write=True) as txn:
+            for n, ((name, _k), h) in enumerate(sha.items()):
+                txn.put(h, ObjectLoc(b"\x01" * 12, 4096 * (n + 1), 100).pack(), db=idx.objects)
+                if name in ("hidden", "hidden-rooted"):
+                    txn.put(h, b"", db=idx.hidden)
+                if name in ("tombstoned", "rooted", "hidden-rooted"):
+                    txn.put(h, b"", db=idx.deleted)
+                if name in ("rooted", "hidden-rooted") and idx.rooted is not None:
+                    txn.put(h, b"", db=idx.rooted)
+        absent = hashlib.sha256(b"absent").digest()
+        few = [sha["held", 0], sha["hidden", 0], sha["tombstoned", 0], sha["rooted", 0], sha["hidden-rooted", 0],
+               absent]  # 6 asked, 160 marks: each asked
+        every = list(sha.values()) + [absent]  # 201 asked, 160 marks: the marks walked
+        for asked in (few, every, every + every[:30]):
+            want = {h for h in asked if not idx.shown(h)}
+            assert idx.unshown_among(asked) == want
+            assert idx.unshown_among(set(asked)) == want
+        got = idx.unshown_among(every)
+        assert sha["hidden", 3] in got and sha["tombstoned", 3] in got and sha["hidden-rooted", 3] in got
+        assert sha["held", 3] not in got and absent not in got
+        assert (sha["rooted", 3] in got) == (idx.rooted is None)
+        assert idx.unshown_among([]) == set()
+    finally:
+        idx.close()
