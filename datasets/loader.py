@@ -169,7 +169,7 @@ def _plan(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, split: s
     run_samples: list[list[int]] = []
     per_shard: list[list[int]] = []  # the run numbers of each shard, offset order
     run_of = [-1] * len(shas)
-    shard: bytes | None = None
+    shard = b""  # (no shard id is empty)
     last = -1  # the offset of the run's last record
     size = 0
     recs: list[Rec] = []
