@@ -243,26 +243,28 @@ class _Samples(Sequence[Sample]):
     first keeps every disk waiting — built as they are handed out, the work is spread over the
     epoch while the disks read. A line takes a third of a built sample's memory."""
 
-    def __init__(self, items: list[Any], shas: list[str], splits: list[str]) -> None:
+    def __init__(self, items: list[Any], shas: list[bytes], splits: list[str]) -> None:
         self._items = items  # a manifest line orjson reads as written (bytes), or a Sample
-        self._shas, self._splits = shas, splits
+        self._shas, self._splits = shas, splits  # (each split's name one string, shared)
 
     @classmethod
     def of_manifest(cls, data: bytes) -> _Samples:
         lines, long = card.manifest_lines(data)
         items: list[Any] = lines
-        shas, splits = [], []
+        shas: list[bytes] = []
+        splits: list[str] = []
+        named: dict[str, str] = {}
         for k, line in enumerate(lines):
             doc = card.parse_line(line, k in long)
-            shas.append(doc["sha256"])
-            splits.append(doc["split"])
+            shas.append(bytes.fromhex(doc["sha256"]))
+            splits.append(named.setdefault(doc["split"], doc["split"]))
             if k in long:  # (built now: its line is parsed by the json module, `card.parse_line`)
                 items[k] = Sample.from_json(doc)
         return cls(items, shas, splits)
 
     @classmethod
     def of(cls, samples: Sequence[Sample]) -> _Samples:
-        return cls(list(samples), [s.sha256 for s in samples], [s.split for s in samples])
+        return cls(list(samples), [bytes.fromhex(s.sha256) for s in samples], [s.split for s in samples])
 
     def __len__(self) -> int:
         return len(self._items)
@@ -276,9 +278,20 @@ class _Samples(Sequence[Sample]):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self._items)))]
         it = self._items[i]
+        return Sample.from_json(card.parse_line(it, False)) if isinstance(it, bytes) else it
+
+    def fields(self, i: int) -> dict[str, Any]:
+        """Sample i's fields a loader yields, from its line (no Sample built, none kept: an
+        epoch's memory does not grow with the samples handed out)."""
+        it = self._items[i]
         if isinstance(it, bytes):
-            it = self._items[i] = Sample.from_json(card.parse_line(it, False))
-        return it
+            d = card.parse_line(it, False)
+            return {"key": d["key"], "sha256": d["sha256"], "labels": d.get("labels", {}), "split": d["split"],
+                    "class": d.get("class"), "class_index": d.get("class_index"), "path": d["path"],
+                    "node_id": d["node_id"]}
+        return {"key": it.key, "sha256": it.sha256, "labels": {a: list(b) for a, b in it.labels.items()},
+                "split": it.split, "class": it.cls, "class_index": it.class_index, "path": it.path,
+                "node_id": it.node_id}
 
     def splits(self) -> list[str]:
         return self._splits
@@ -288,7 +301,8 @@ class _Samples(Sequence[Sample]):
         return _Samples([self._items[k] for k in keep], [self._shas[k] for k in keep], [split] * len(keep))
 
     def shas(self) -> list[bytes]:
-        return [bytes.fromhex(h) for h in self._shas]
+        """Each sample's sha256 (the list kept: not to be changed)."""
+        return self._shas
 
 
 class Mix:
@@ -645,7 +659,7 @@ class Loader:
         start yields, the samples withheld now left out."""
         with self._source() as src:
             p, withheld = self._plan_and_withheld(src)
-        return [self.samples[i].key for i in p.post if self.shas[i] not in withheld]
+        return [self.samples.fields(i)["key"] for i in p.post if self.shas[i] not in withheld]
 
     def _plan_and_withheld(self, src: _StoreSource | remote.Located) -> tuple[Plan, set[bytes]]:
         """The epoch's plan and the samples withheld now, the two made at once: the database
@@ -777,21 +791,19 @@ class Loader:
                 if data is None or not src.live(self.shas[i]):
                     self._stats["withheld"] += 1
                     continue
-                s = self.samples[i]
                 self._stats["samples"] += 1
                 self._stats["bytes"] += len(data)
                 self._mix.add(p.runs[r].shard_id)
-                yield self._sample(s, data, k)
+                yield self._sample(i, data, k)
         finally:
             reads.close()
         self.epoch += 1
         self.position = self.origin = 0
         self._dealt = None
 
-    def _sample(self, s: Sample, data: bytes, k: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"key": s.key, "sha256": s.sha256, "labels": {a: list(b) for a, b in s.labels.items()},
-                               "split": s.split, "class": s.cls, "class_index": s.class_index, "path": s.path,
-                               "node_id": s.node_id, "epoch": self.epoch, "position": k}
+    def _sample(self, i: int, data: bytes, k: int) -> dict[str, Any]:
+        out = self.samples.fields(i)
+        out["epoch"], out["position"] = self.epoch, k
         if self.decode is None:
             out["bytes"] = data
         else:
