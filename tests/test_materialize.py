@@ -17,6 +17,7 @@ import pytest
 
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
+from hoardfs.fsd.io import planner
 from hoardfs.fsd.outputs import materialize as materialize_mod
 from hoardfs.fsd.outputs.materialize import Assembled, Item, materialize
 from tests.helpers import make_files, missing
@@ -133,7 +134,7 @@ def test_a_symlink_planted_in_the_tree_is_replaced_not_followed(store_factory, t
 
 @pytest.mark.lab
 @pytest.mark.expect_log(r"disk m\d: read error", level="WARNING")
-def test_a_disk_dying_mid_copy_is_replaced_by_the_other_replicas(lab_factory, tmp_path: Path) -> None:
+def test_a_disk_dying_mid_copy_is_replaced_by_the_other_replicas(lab_factory, tmp_path: Path, monkeypatch) -> None:
     """The disk most reads go to starts answering EIO once the first file is copied:
     the copy completes from the other replicas, every file checks, the disk is marked failed."""
     lab = lab_factory([DiskProfile(f"m{i}", 400, 500, 500, 5000) for i in (1, 2, 3)])
@@ -142,6 +143,9 @@ def test_a_disk_dying_mid_copy_is_replaced_by_the_other_replicas(lab_factory, tm
     items = _items(store.put_many(files), files)
     victim = max(store.disks, key=lambda u: sum(m.replicas[0] == u for m in store.index.iter_shards()))
     fired = threading.Event()
+    # one range at a time in the sink threads' hands: the disks are still being read when the
+    # first file is written (with room to run ahead they read these few MiB before it)
+    monkeypatch.setattr(planner, "SINK_BUDGET", 1)
 
     def progress(done: int, total: int) -> None:
         if not fired.is_set():
@@ -386,6 +390,9 @@ def test_a_write_error_another_syncfs_was_told_of_first_fails_the_copy(lab_facto
     (The helper's first syncfs is 2 s in, after the fault: a journal commit during it would
     turn the file system read-only, and the error would come from a write instead.)"""
     monkeypatch.setattr(materialize_mod, "FLUSH_EVERY_S", 2.0 if told == "the helper thread" else 60.0)
+    # every file's writeback started as it is written (as a large file's is), so the files
+    # written during the fault fail theirs then, not at a later syncfs when the SSD works again
+    monkeypatch.setattr(materialize_mod, "WRITEBACK_MIN", 0)
     lab = lab_factory([DiskProfile("ssd", 200, 500, 500, 5000)])
     ssd = lab.disks["ssd"]
     store = store_factory(n_disks=2, caps=None)

@@ -7,15 +7,18 @@
    as early as possible. Bandwidths come from `disks[].read_mb_s` or measurements.
 3. On each disk, sort by (shard, offset) and coalesce records whose gap is at most
    GAP_BYTES into one read (reading a small gap is cheaper than a seek).
-4. One reader thread per disk; every record is verified (header + xxh3-128) before it is
-   handed to the sink — in the thread that read its range, beside the reader's sink calls;
+4. One reader thread per disk; every record is verified (header + xxh3-128) in the thread
+   that read its range, then handed to a small pool of sink threads (SINK_THREADS, at most
+   SINK_BUDGET bytes of ranges in their hands): the reader goes on to its next range while
+   the last one's records are written, so a disk never waits for the sink's work;
    a failed range falls back to `Store.get` on the other replicas. A disk with
    `read_streams` > 1 (an S3 engine) has that many reads in flight, handed on in order
    (`in_order`), and its ranges cut at `range_limit(read_streams)`.
-5. The first failure stops the whole read: an exception in a reader (a sink's included) or
-   in the caller's thread (Ctrl-C) sets a stop event every reader checks before each range,
-   record and large-record piece, so `execute` returns within about one record's time
-   instead of reading (and handing to the sink) everything that was left.
+5. The first failure stops the whole read: an exception in a reader or a sink thread, or in
+   the caller's thread (Ctrl-C), sets a stop event every reader checks before each range and
+   large-record piece, and every sink thread before each record, so `execute` returns within
+   about one record's time instead of reading (and handing to the sink) everything that was
+   left.
 
 The plan's per-record objects are built with the process's other objects frozen out of the
 cyclic collector's walks (`hoardfs.base.collect.heap_frozen`), and the index's locations are
@@ -239,6 +242,78 @@ class Stopped(Exception):
 #: MAX_RANGE, or one ITER_READ piece of a large record)
 READ_AHEAD = 1
 
+#: the threads that call the sink for the records the readers verified (a stage's file writes
+#: and sha256 checks: both let go of the GIL), apart from the readers, so a disk's next range is
+#: read while the last one's records are written: bench/stage_small.py
+SINK_THREADS = 4
+#: the bytes of ranges whose records wait for or are in a sink call (a payload is a view into
+#: its range, which stays held until its last record is written): a reader waits for room
+#: before it hands a range on; a range longer than the budget goes when nothing else is held
+SINK_BUDGET = 128 << 20
+
+
+class _Handoff:
+    """Verified records from the readers to SINK_THREADS threads calling `sink`, with at most
+    `budget` bytes of ranges held. A sink's exception goes to `failed` (which stops the read);
+    once `stop` is set the records still queued are dropped, not written."""
+
+    def __init__(self, sink: Sink, stop: threading.Event, failed: Callable[[BaseException], None],
+                 threads: int | None = None, budget: int | None = None) -> None:
+        threads = SINK_THREADS if threads is None else threads
+        self.sink, self.stop, self.failed = sink, stop, failed
+        self.budget = SINK_BUDGET if budget is None else budget
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()  # bounded by the budget, not a count
+        self.room = threading.Condition()
+        self.held = 0
+        self.threads = [threading.Thread(target=self._run, name=f"sink-{k}", daemon=True) for k in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def hand(self, rng: ReadRange, payloads: list[memoryview]) -> bool:
+        """Queue the range's verified `payloads` (its first records) once the budget has room
+        for the range; False (nothing queued) when the read was stopped meanwhile."""
+        size = rng.end - rng.start
+        with self.room:
+            while self.held and self.held + size > self.budget:
+                if self.stop.is_set():
+                    return False
+                self.room.wait(0.05)
+            if self.stop.is_set():
+                return False
+            self.held += size
+        left = [len(payloads), size]  # records of the range not yet done; its bytes
+        for w, payload in zip(rng.records, payloads, strict=False):
+            self.queue.put((w.sha, payload, left))
+        return True
+
+    def _done(self, left: list[int]) -> None:
+        with self.room:
+            left[0] -= 1
+            if left[0] == 0:
+                self.held -= left[1]
+                self.room.notify_all()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            sha, payload, left = item
+            del item  # (the range is let go of with its last record)
+            try:
+                if not self.stop.is_set():  # a stopped read's queued records are dropped
+                    self.sink(sha, payload)
+            except BaseException as e:  # the sink's own (a full zone, its disk's EIO): not a disk's
+                self.failed(e)
+            finally:
+                del payload
+                self._done(left)
+
+    def close(self) -> None:
+        """Wait for every queued record to be written (or dropped, once stopped) and the
+        threads to end: no sink is called after this returns."""
+        for _ in self.threads:
+            self.queue.put(None)
+        for t in self.threads:
+            t.join()
+
 
 def put_unless(q: queue.Queue, item: Any, *stops: threading.Event) -> bool:
     """Put `item` on the bounded queue `q`, waiting for room until one of `stops` is set; False
@@ -353,12 +428,6 @@ def _verified(disk, rng: ReadRange) -> tuple[list[memoryview], Exception | None]
     return views, None
 
 
-class SinkFailed(Exception):
-    """A sink raised (its exception is the cause): raised past the reader's handling of read
-    errors, so the disk read from is not blamed: a sink's EIO must not fail the source disk,
-    nor its ENOSPC count as the source's read error and be retried from the others."""
-
-
 def _candidates(store: Store, meta: ShardMeta | None) -> list[str]:
     """The disks a shard's piece may be read from: its usable replicas, or, when it has none,
     those on failed but attached disks (Store.last_resort) rather than calling it missing."""
@@ -369,7 +438,9 @@ def _candidates(store: Store, meta: ShardMeta | None) -> list[str]:
 
 def execute(store: Store, plan: Plan, sink: Sink,
             large_sink: Callable[[bytes, Iterator[bytes]], None] | None = None) -> ReadStats:
-    """Run the plan: one reader per disk; `sink(sha, payload)` is called from those threads.
+    """Run the plan: one reader per disk; `sink(sha, payload)` is called from SINK_THREADS sink
+    threads the readers hand their verified records to (`_Handoff`), and from the calling
+    thread for what a failed range had not delivered (read again from other replicas).
     Records over MAX_RANGE are handed to `large_sink(sha, pieces)` by the reader of the disk
     the plan chose for them, after its ranges — an iterator of verified pieces
     (Store.iter_object, that disk first, another replica for a piece it fails), so no object
@@ -382,9 +453,10 @@ def execute(store: Store, plan: Plan, sink: Sink,
 
     Memory: a disk's reader holds up to `read_streams` + 3 ranges at once with several streams
     — those in flight (`in_order`), one its read-ahead thread waits to queue, one in the queue
-    (READ_AHEAD) and the one whose payloads the sink is given — and 3 with one: 4 streams of
-    16 MiB (an S3 disk) 112 MiB, one of 32 MiB (a local disk) 96 MiB; a range of one record up
-    to MAX_RANGE is that long (an S3 disk's reader: up to 224 MiB)."""
+    (READ_AHEAD) and the one it waits to hand on — and 3 with one: 4 streams of 16 MiB (an S3
+    disk) 112 MiB, one of 32 MiB (a local disk) 96 MiB; a range of one record up to MAX_RANGE
+    is that long (an S3 disk's reader: up to 224 MiB). The sink threads hold SINK_BUDGET
+    (128 MiB) of ranges besides, or one range longer than that."""
     if plan.large and large_sink is None:
         raise ValueError(f"{len(plan.large)} objects are larger than {MAX_RANGE >> 20} MiB: pass a large_sink "
                          "that consumes them piece by piece")
@@ -395,15 +467,18 @@ def execute(store: Store, plan: Plan, sink: Sink,
     stop = threading.Event()
     errors: list[BaseException] = []  # the first reader failure is the one raised (the rest stopped because of it)
 
+    def fail(e: BaseException) -> None:
+        with lock:
+            errors.append(e)
+        stop.set()
+
     def read_disk(uuid: str) -> None:
         try:
             _read_disk(uuid)
         except Stopped:
             pass
         except BaseException as e:
-            with lock:
-                errors.append(e.__cause__ if isinstance(e, SinkFailed) and e.__cause__ is not None else e)
-            stop.set()
+            fail(e)
 
     def _read_disk(uuid: str) -> None:
         disk = store.disks[uuid]
@@ -415,16 +490,12 @@ def execute(store: Store, plan: Plan, sink: Sink,
             delivered = 0
             try:
                 # (the payloads stop at the first record that does not check out)
-                for w, payload in zip(rng.records, payloads, strict=False):
-                    if stop.is_set():
+                if payloads:
+                    if not handoff.hand(rng, payloads):
                         return
-                    try:
-                        sink(w.sha, payload)
-                    except BaseException as e:  # the sink's own (a full zone, its disk's EIO): not this disk's
-                        raise SinkFailed() from e
-                    delivered += 1
-                    n_obj += 1
-                    n_bytes += w.length
+                    delivered = len(payloads)
+                    n_obj += delivered
+                    n_bytes += sum(w.length for w in rng.records[:delivered])
                 if err is not None:
                     raise err
             except (OSError, fmt.ShardFormatError) as e:
@@ -449,11 +520,20 @@ def execute(store: Store, plan: Plan, sink: Sink,
                 store.measured_bw[uuid] = now if old is None else 0.7 * old + 0.3 * now
 
     t0 = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(1, len(plan.ranges)), thread_name_prefix="reader") as pool:
+    handoff = _Handoff(sink, stop, fail)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, len(plan.ranges)), thread_name_prefix="reader") as pool:
+            try:
+                list(pool.map(read_disk, list(plan.ranges)))
+            except BaseException:  # Ctrl-C while waiting: the readers stop at their next check, then `with` ends
+                stop.set()
+                raise
+    finally:
         try:
-            list(pool.map(read_disk, list(plan.ranges)))
-        except BaseException:  # Ctrl-C while waiting: the readers stop at their next check, then `with` ends
+            handoff.close()  # every record handed on is written (dropped once stopped) before this returns
+        except BaseException:  # Ctrl-C while the sink threads finish: they stop at their next record
             stop.set()
+            handoff.close()
             raise
     if errors:
         raise errors[0]

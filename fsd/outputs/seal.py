@@ -26,7 +26,9 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,24 @@ class OutputFailed(HoardError):
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+#: directories fsynced at once by `fsync_dirs`: each fsync waits for the SSD's cache flush, and
+#: side by side they share the file system's journal commits and flushes (a stage of 10,000
+#: files under 256 directories spent 0.3–0.5 s fsyncing them one by one)
+FSYNC_THREADS = 8
+
+
+def fsync_dirs(paths: list[str]) -> None:
+    """fsync every directory of `paths`, FSYNC_THREADS at a time; the first error is raised,
+    after every call ended."""
+    if len(paths) <= 1:
+        for p in paths:
+            fsync_dir(Path(p))
+        return
+    with ThreadPoolExecutor(max_workers=min(FSYNC_THREADS, len(paths)), thread_name_prefix="fsync-dir") as pool:
+        for _ in pool.map(lambda p: fsync_dir(Path(p)), paths):
+            pass
 
 
 def sha256_file(path: Path) -> tuple[int, str]:
@@ -175,7 +195,9 @@ class Output:
         tmp = self.tmp
         cut = len(str(tmp)) + 1
         on_disk = set()
+        tops = []  # every directory of the tree, fsynced once the files check out
         for top, dirs, names in os.walk(tmp):
+            tops.append(top)
             for n in names + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
                 on_disk.add(os.path.join(top, n)[cut:])
         where = f"output {self.zone}/{self.id} (job {self.job})"
@@ -186,10 +208,15 @@ class Output:
         files = []
         for rel, (size, sha) in sorted(self.declared.items()):
             path = tmp / rel
-            if rel not in on_disk or path.is_symlink() or not path.is_file():
+            # one lstat: a regular file (not a link, whatever it points to), and its size
+            try:
+                st = os.lstat(path) if rel in on_disk else None
+            except FileNotFoundError:  # gone since the walk
+                st = None
+            if st is None or not stat.S_ISREG(st.st_mode):
                 raise SealRefused(f"{where}: {display(rel)} was declared but is not a regular file in {tmp}; "
                                   "not sealed")
-            got_size, got_sha = (path.stat().st_size, sha) if rel in self.verified else sha256_file(path)
+            got_size, got_sha = (st.st_size, sha) if rel in self.verified else sha256_file(path)
             if got_size != size:
                 raise SealRefused(f"{where}: {display(rel)} has {got_size} bytes, {size} were declared; not sealed")
             if got_sha != sha:
@@ -202,8 +229,7 @@ class Output:
                 raise SealRefused(f"{where}: the link {display(rel)} → {display(target)} was declared but is not "
                                   "there; not sealed")
             files.append({"path": rel, "link": target})
-        for top, _dirs, _names in os.walk(tmp):
-            fsync_dir(Path(top))
+        fsync_dirs(tops)
         return files
 
     def prune(self, keep: set[str]) -> int:
