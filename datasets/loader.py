@@ -237,6 +237,29 @@ def _plan(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, split: s
     return Plan(runs, run_samples, run_of, post)
 
 
+_SHA_AT, _SPLIT_AT = b'"sha256":"', b'"split":"'
+
+
+def _sha_and_split(line: bytes) -> tuple[bytes, str] | None:
+    """A manifest line's sha256 and split, found without parsing it (a loader's start waits on
+    100,000 lines): its keys are sorted (`card.canonical`), so the sample's own `sha256` and
+    `split` are the last of their names followed by a string (a converted file's sha256 comes
+    earlier, under `converted`; no later key holds an object). None where that does not
+    hold plainly (an escape in the split's name): the line is parsed then."""
+    a, b = line.rfind(_SHA_AT), line.rfind(_SPLIT_AT)
+    if a < 0 or b < a:
+        return None
+    a += len(_SHA_AT)
+    b += len(_SPLIT_AT)
+    end = line.find(b'"', b)
+    if line[a + 64:a + 65] != b'"' or end < 0 or b"\\" in line[b:end]:
+        return None
+    try:
+        return bytes.fromhex(line[a:a + 64].decode("ascii")), line[b:end].decode()
+    except ValueError:  # (not hex, not UTF-8: the parser says what is wrong)
+        return None
+
+
 class _Samples(Sequence[Sample]):
     """A version's samples, each built from its manifest line when it is first asked for (and
     kept): a loader's start needs only their sha256s and splits, and building 100,000 samples
@@ -255,11 +278,14 @@ class _Samples(Sequence[Sample]):
         splits: list[str] = []
         named: dict[str, str] = {}
         for k, line in enumerate(lines):
-            doc = card.parse_line(line, k in long)
-            shas.append(bytes.fromhex(doc["sha256"]))
-            splits.append(named.setdefault(doc["split"], doc["split"]))
-            if k in long:  # (built now: its line is parsed by the json module, `card.parse_line`)
-                items[k] = Sample.from_json(doc)
+            got = None if k in long else _sha_and_split(line)
+            if got is None:
+                doc = card.parse_line(line, k in long)
+                got = bytes.fromhex(doc["sha256"]), doc["split"]
+                if k in long:  # (built now: its line is parsed by the json module, `card.parse_line`)
+                    items[k] = Sample.from_json(doc)
+            shas.append(got[0])
+            splits.append(named.setdefault(got[1], got[1]))
         return cls(items, shas, splits)
 
     @classmethod

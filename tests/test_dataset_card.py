@@ -3,6 +3,7 @@ licences, source hosts — is one escaped line each, so no value adds a section,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -112,7 +113,15 @@ def test_a_manifest_reads_back_every_number_and_character_as_written() -> None:
     assert manifest_bytes(back) == data
     assert read_manifest(data.replace(b"\n", b"\r\n") + b"\n\n") == back
     from hoardfs.datasets.loader import _Samples  # (the loader builds each sample from its line when asked)
-    for raw in (data, data.replace(b"\n", b"\r\n") + b"\n\n", b"\n\n" + data):
+    # a converted file's sha256, labels named sha256 and split, splits with an escape or not ASCII
+    odd = samples + [dataclasses.replace(sample(5, converted=("ab" * 32, 7)), split='we"ird',
+                                         labels={"sha256": ("x",), "split": ('"split":"y"',)}),
+                     dataclasses.replace(sample(6), split="v\u00e9l", source_url='http://x/"sha256":"' + "0" * 64)]
+    odd_back = read_manifest(manifest_bytes(odd))
+    for raw, want in ((data, back), (data.replace(b"\n", b"\r\n") + b"\n\n", back), (b"\n\n" + data, back),
+                      (manifest_bytes(odd), odd_back)):
         lazy = _Samples.of_manifest(raw)
-        assert list(lazy) == back
-        assert lazy.shas() == [bytes.fromhex(s.sha256) for s in back] and lazy.splits() == ["train"] * 4
+        assert list(lazy) == want
+        assert lazy.shas() == [bytes.fromhex(s.sha256) for s in want]
+        assert lazy.splits() == [s.split for s in want]
+        assert [lazy.fields(k)["sha256"] for k in range(len(want))] == [s.sha256 for s in want]
