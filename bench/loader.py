@@ -417,7 +417,9 @@ def goals(d: dict) -> list[str]:
             f"against the mount's fastest file loader: {mount / cold:.1f}× (goal ≥ {GOAL_VS_MOUNT:.0f}×): "
             f"{'met' if mount / cold >= GOAL_VS_MOUNT else 'missed'}; with the same processes: {same}",
             f"peak RSS {rss_small / 1024:.0f} MiB at {d['small_samples']:,} samples, {rss_full / 1024:.0f} MiB at "
-            f"{d['samples']:,} ({rss_full / rss_small:.2f}×; goal: flat)"]
+            f"{d['samples']:,} ({rss_full / rss_small:.2f}×, "
+            f"{(rss_full - rss_small) * 1024 / (d['samples'] - d['small_samples']) / 1000:.1f} KB a sample more; "
+            "goal: flat)"]
 
 
 def render(results: Path | None = None) -> None:
@@ -460,7 +462,7 @@ def render(results: Path | None = None) -> None:
         first, last = max(one["disk_first_read_s"].values()), max(one["disk_last_read_end_s"].values())
         lines += [f"Where the one-process cold epoch's {one['seconds']:.1f} s go: its start until every disk reads "
                   f"samples, {first:.1f} s (the loader made in {one['setup_s']:.1f} s: its manifest read off both "
-                  f"replicas and parsed; then the plan and the withheld query); the disks reading, {last - first:.1f} "
+                  f"replicas, each line's sha256 and split found; then the plan and the withheld query); the disks reading, {last - first:.1f} "
                   f"s ({bound / (last - first):.0%} of the bound while they read); after the last read, "
                   f"{one['seconds'] - last:.1f} s."]
     lines += [""] + [f"- {g}" for g in goals(d)] + ["", END]
