@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,11 +64,12 @@ def refuse_lost_index(cfg: Settings) -> None:
 
 def identity_formats(cfg: Settings) -> dict[str, Any]:
     """The `format` of the SSD's and each configured disk's identity file (None: none or
-    unreadable) — one small read each."""
-    found = {"ssd": (read_identity(cfg.ssd.root, SSD_IDENTITY) or {}).get("format")}
-    for dc in cfg.disks:
-        found[f"disk {dc.label}"] = (read_identity(dc.path) or {}).get("format")
-    return found
+    unreadable) — one small read each, all at once: cold, each costs its disk a few seeks
+    (a stage's cold start on four throttled disks spent 0.4–0.9 s on them one by one)."""
+    files = [("ssd", cfg.ssd.root, SSD_IDENTITY)] + [(f"disk {dc.label}", dc.path, IDENTITY) for dc in cfg.disks]
+    with ThreadPoolExecutor(max_workers=len(files), thread_name_prefix="identity") as pool:
+        got = list(pool.map(read_identity, [root for _, root, _ in files], [name for _, _, name in files]))
+    return {what: (ident or {}).get("format") for (what, _, _), ident in zip(files, got, strict=True)}
 
 
 def formats_found(cfg: Settings, index_format: int | None) -> dict[str, Any]:

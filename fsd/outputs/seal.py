@@ -206,17 +206,18 @@ class Output:
             raise SealRefused(f"{where}: {len(extra)} file(s) the producer did not declare, e.g. "
                               f"{display(extra[0])}; not sealed")
         files = []
+        base = str(tmp) + "/"  # (joined as strings: a Path each cost more than the lstat)
         for rel, (size, sha) in sorted(self.declared.items()):
-            path = tmp / rel
+            at = base + rel
             # one lstat: a regular file (not a link, whatever it points to), and its size
             try:
-                st = os.lstat(path) if rel in on_disk else None
+                st = os.lstat(at) if rel in on_disk else None
             except FileNotFoundError:  # gone since the walk
                 st = None
             if st is None or not stat.S_ISREG(st.st_mode):
                 raise SealRefused(f"{where}: {display(rel)} was declared but is not a regular file in {tmp}; "
                                   "not sealed")
-            got_size, got_sha = (st.st_size, sha) if rel in self.verified else sha256_file(path)
+            got_size, got_sha = (st.st_size, sha) if rel in self.verified else sha256_file(Path(at))
             if got_size != size:
                 raise SealRefused(f"{where}: {display(rel)} has {got_size} bytes, {size} were declared; not sealed")
             if got_sha != sha:
