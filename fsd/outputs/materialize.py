@@ -131,7 +131,7 @@ def _no_lost_writes(fd: int) -> bool:
     return True
 
 
-def _open_new(path: Path) -> int:
+def _open_new(path: Path | str) -> int:
     """A file to write, replacing what is there; never follows a symlink at the last part.
     (Created first and removed only when something is in the way: a first run's files are
     all new, and an unlink each that finds nothing is 20,000 wasted calls.)"""
@@ -140,9 +140,9 @@ def _open_new(path: Path) -> int:
         return os.open(path, flags, FILE)
     except FileExistsError:
         try:
-            path.unlink()  # a file, a link, a FIFO (O_EXCL refuses them all)
+            os.unlink(path)  # a file, a link, a FIFO (O_EXCL refuses them all)
         except IsADirectoryError:
-            path.rmdir()  # an empty directory; one with something in it is not this run's to remove
+            os.rmdir(path)  # an empty directory; one with something in it is not this run's to remove
         return os.open(path, flags, FILE)
 
 
@@ -169,7 +169,7 @@ def _start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
 WRITEBACK_MIN = 1 << 20
 
 
-def _write_file(path: Path, data: memoryview | bytes) -> None:
+def _write_file(path: Path | str, data: memoryview | bytes) -> None:
     try:
         fd = _open_new(path)
         try:
@@ -385,12 +385,14 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
                     if progress:
                         progress(done[0], rep.bytes)
 
+            base = str(dest) + "/"
+
             def sink(sha: bytes, payload: memoryview) -> None:
                 hexsha = sha.hex()
                 if hashlib.sha256(payload).hexdigest() != hexsha:
                     raise DataError(f"object {hexsha} read back with another sha256; nothing of it was written")
                 for it in todo.get(hexsha, ()):
-                    _write_file(dest / it.path, payload)
+                    _write_file(base + it.path, payload)  # (a string: a Path each costs more than the write)
                     advance(it.size)
                 for path, off, size in places.get(hexsha, ()):
                     _write_at(path, off, payload)
