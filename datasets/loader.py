@@ -67,7 +67,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 from hoardfs.base import config
 from hoardfs.base.collect import heap_frozen
@@ -235,100 +235,6 @@ def _plan(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, split: s
     rng.shuffle(buf)
     post.extend(buf)
     return Plan(runs, run_samples, run_of, post)
-
-
-_SHA_AT, _SPLIT_AT = b'"sha256":"', b'"split":"'
-
-
-def _sha_and_split(line: bytes) -> tuple[bytes, str] | None:
-    """A manifest line's sha256 and split, found without parsing it (a loader's start waits on
-    100,000 lines): its keys are sorted (`card.canonical`), so the sample's own `sha256` and
-    `split` are the last of their names followed by a string (a converted file's sha256 comes
-    earlier, under `converted`; no later key holds an object). None where that does not
-    hold plainly (an escape in the split's name): the line is parsed then."""
-    a, b = line.rfind(_SHA_AT), line.rfind(_SPLIT_AT)
-    if a < 0 or b < a:
-        return None
-    a += len(_SHA_AT)
-    b += len(_SPLIT_AT)
-    end = line.find(b'"', b)
-    if line[a + 64:a + 65] != b'"' or end < 0 or b"\\" in line[b:end]:
-        return None
-    try:
-        return bytes.fromhex(line[a:a + 64].decode("ascii")), line[b:end].decode()
-    except ValueError:  # (not hex, not UTF-8: the parser says what is wrong)
-        return None
-
-
-class _Samples(Sequence[Sample]):
-    """A version's samples, each built from its manifest line when it is first asked for (and
-    kept): a loader's start needs only their sha256s and splits, and building 100,000 samples
-    first keeps every disk waiting — built as they are handed out, the work is spread over the
-    epoch while the disks read. A line takes a third of a built sample's memory."""
-
-    def __init__(self, items: list[Any], shas: list[bytes], splits: list[str]) -> None:
-        self._items = items  # a manifest line orjson reads as written (bytes), or a Sample
-        self._shas, self._splits = shas, splits  # (each split's name one string, shared)
-
-    @classmethod
-    def of_manifest(cls, data: bytes) -> _Samples:
-        lines, long = card.manifest_lines(data)
-        items: list[Any] = lines
-        shas: list[bytes] = []
-        splits: list[str] = []
-        named: dict[str, str] = {}
-        for k, line in enumerate(lines):
-            got = None if k in long else _sha_and_split(line)
-            if got is None:
-                doc = card.parse_line(line, k in long)
-                got = bytes.fromhex(doc["sha256"]), doc["split"]
-                if k in long:  # (built now: its line is parsed by the json module, `card.parse_line`)
-                    items[k] = Sample.from_json(doc)
-            shas.append(got[0])
-            splits.append(named.setdefault(got[1], got[1]))
-        return cls(items, shas, splits)
-
-    @classmethod
-    def of(cls, samples: Sequence[Sample]) -> _Samples:
-        return cls(list(samples), [bytes.fromhex(s.sha256) for s in samples], [s.split for s in samples])
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @overload
-    def __getitem__(self, i: int) -> Sample: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[Sample]: ...
-
-    def __getitem__(self, i: int | slice) -> Sample | Sequence[Sample]:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self._items)))]
-        it = self._items[i]
-        return Sample.from_json(card.parse_line(it, False)) if isinstance(it, bytes) else it
-
-    def fields(self, i: int) -> dict[str, Any]:
-        """Sample i's fields a loader yields, from its line (no Sample built, none kept: an
-        epoch's memory does not grow with the samples handed out)."""
-        it = self._items[i]
-        if isinstance(it, bytes):
-            d = card.parse_line(it, False)
-            return {"key": d["key"], "sha256": d["sha256"], "labels": d.get("labels", {}), "split": d["split"],
-                    "class": d.get("class"), "class_index": d.get("class_index"), "path": d["path"],
-                    "node_id": d["node_id"]}
-        return {"key": it.key, "sha256": it.sha256, "labels": {a: list(b) for a, b in it.labels.items()},
-                "split": it.split, "class": it.cls, "class_index": it.class_index, "path": it.path,
-                "node_id": it.node_id}
-
-    def splits(self) -> list[str]:
-        return self._splits
-
-    def of_split(self, split: str) -> _Samples:
-        keep = [k for k, sp in enumerate(self._splits) if sp == split]
-        return _Samples([self._items[k] for k in keep], [self._shas[k] for k in keep], [split] * len(keep))
-
-    def shas(self) -> list[bytes]:
-        """Each sample's sha256 (the list kept: not to be changed)."""
-        return self._shas
 
 
 class Mix:
@@ -509,8 +415,8 @@ class Loader:
                 every = self._located.manifest()
             finally:  # (opened again by the first read: a loader made and not read holds nothing open)
                 self._located.close()
-        if not isinstance(every, _Samples):
-            every = _Samples.of(every)
+        if not isinstance(every, card.Samples):
+            every = card.Samples.of(every)
         splits = sorted(set(every.splits()))
         if split is not None and split not in splits:
             raise LoaderError(f"dataset {self.ref} has no split {split!r} (its splits: {', '.join(splits) or 'none'})")
@@ -553,7 +459,7 @@ class Loader:
         self.manifest_sha = row["manifest_sha256"]
         self._check_manifest(manifest)
         with self._store() as store:
-            return _Samples.of_manifest(runs_mod.read_striped(store, self.manifest_sha))
+            return card.Samples.of_manifest(runs_mod.read_striped(store, self.manifest_sha))
 
     def _store(self) -> contextlib.AbstractContextManager[Store]:
         assert self.cfg is not None, "a loader reading through s3 or the mount opens no store"

@@ -49,7 +49,6 @@ from typing import Any, NamedTuple, TypeVar, cast
 from hoardfs.base.config import LoaderHost
 from hoardfs.base.errors import ExitCode, HoardError, first_line
 from hoardfs.datasets import card
-from hoardfs.datasets.model import Sample
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.records import verify_record
 from hoardfs.fsd.outputs.runs import AHEAD, Rec, Run, RunRead, disk_ranges, read_assigned, read_checked
@@ -147,7 +146,7 @@ class Located:
         self.withheld_at_publish = {bytes.fromhex(h) for h in doc["withheld"]}
         self.unshown: set[bytes] = set()  # found gone since the publish (the mount)
 
-    def manifest(self) -> list[Sample]:
+    def manifest(self) -> card.Samples:
         """The version's samples, from the manifest's own place, its sha256 checked."""
         rec = self._rec(bytes.fromhex(self.manifest_sha))
         data = self.read_one(rec, self.objects[self.manifest_sha][3])
@@ -156,9 +155,9 @@ class Located:
                                     f"through {self.where}: publish it again on the store's server (`hoard dataset "
                                     f"publish {self.ref}`)", ExitCode.DATA)
         try:
-            samples = card.read_manifest(data)
-            for s in samples:
-                bytes.fromhex(s.sha256)  # (the plan reads each as a sha256)
+            samples = card.Samples.of_manifest(data)  # (each sha256 read as one: the plan needs it)
+            if len(samples):  # (a manifest's lines all have one shape: its first and last are built whole)
+                _ = samples[0], samples[-1]
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # (UnicodeDecodeError: a ValueError)
             raise RemoteLoaderError(f"the object {self.manifest_sha[:16]}… the locator of {self.ref} names as its "
                                     "manifest is not a dataset manifest: publish it again on the store's server "

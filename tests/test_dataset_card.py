@@ -112,7 +112,7 @@ def test_a_manifest_reads_back_every_number_and_character_as_written() -> None:
     assert [type(s.width) for s in back] == [int, int, type(None), type(None)]
     assert manifest_bytes(back) == data
     assert read_manifest(data.replace(b"\n", b"\r\n") + b"\n\n") == back
-    from hoardfs.datasets.loader import _Samples  # (the loader builds each sample from its line when asked)
+    from hoardfs.datasets.card import Samples  # (a loader builds each sample from its line when asked)
     # a converted file's sha256, labels named sha256 and split, splits with an escape or not ASCII
     odd = samples + [dataclasses.replace(sample(5, converted=("ab" * 32, 7)), split='we"ird',
                                          labels={"sha256": ("x",), "split": ('"split":"y"',)}),
@@ -120,7 +120,7 @@ def test_a_manifest_reads_back_every_number_and_character_as_written() -> None:
     odd_back = read_manifest(manifest_bytes(odd))
     for raw, want in ((data, back), (data.replace(b"\n", b"\r\n") + b"\n\n", back), (b"\n\n" + data, back),
                       (manifest_bytes(odd), odd_back)):
-        lazy = _Samples.of_manifest(raw)
+        lazy = Samples.of_manifest(raw)
         assert list(lazy) == want
         assert lazy.shas() == [bytes.fromhex(s.sha256) for s in want]
         assert lazy.splits() == [s.split for s in want]
