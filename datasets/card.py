@@ -46,7 +46,6 @@ def manifest_bytes(samples: list[Sample]) -> bytes:
 
 #: a run of digits as long as an integer orjson may read as a float (past 64 bits: it does not
 #: refuse one, it rounds it); one inside a string or a float's digits only costs the json module
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _LONG = len("18446744073709551616") - 1
 #: every digit as "0", every other byte as " ": a run of _LONG zeros is a run of digits
 _ZEROS = bytes(48 if chr(b).isdigit() and b < 128 else 32 for b in range(256))
@@ -76,12 +75,12 @@ def manifest_lines(data: bytes) -> tuple[list[bytes], set[int]]:
     return lines, long
 
 
-def parse_line(line: bytes, long: bool = True) -> dict:
+def parse_line(line: bytes, long: bool) -> dict:
     """A manifest line's document. Parsed by orjson (a loader's start waits for it); a line
-    orjson refuses (NaN) or may round (`long`, and digits enough for an integer past 64 bits:
-    orjson does not refuse one, it rounds it) by the json module, which reads every number as
-    written."""
-    if long and _LONG_DIGITS.search(line):
+    orjson refuses (NaN) or may round (`long`: `manifest_lines` found digits enough for an
+    integer past 64 bits in it — orjson does not refuse one, it rounds it) by the json module,
+    which reads every number as written."""
+    if long:
         return json.loads(line)
     try:
         return orjson.loads(line)
