@@ -11,12 +11,14 @@ import bisect
 import hashlib
 import json
 import re
+from array import array
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any, overload
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol, overload
 from urllib.parse import urlsplit
 
 import orjson
+import xxhash
 
 from hoardfs.base.paths import display
 from hoardfs.datasets.model import Sample
@@ -51,28 +53,56 @@ _LONG = len("18446744073709551616") - 1
 _ZEROS = bytes(48 if chr(b).isdigit() and b < 128 else 32 for b in range(256))
 
 
+_BLANK = frozenset(b" \t\r\n\x0b\x0c")
+
+
+def _line_starts(data: bytes) -> array[int]:
+    """Where each of the manifest's lines starts (blank ones left out)."""
+    starts = array("Q")
+    at, end = 0, len(data)
+    find = data.find
+    while at < end:
+        nl = find(b"\n", at)
+        if nl < 0:
+            nl = end
+        if data[at] not in _BLANK or data[at:nl].strip():  # (a line starts "{": its first byte says)
+            starts.append(at)
+        at = nl + 1
+    return starts
+
+
+#: the manifest searched for long integers this many bytes at a time (`_long_lines`)
+_CHUNK = 1 << 20
+
+
+def _long_lines(data: bytes, starts: Sequence[int]) -> set[int]:
+    """The numbers of the lines (`starts`) holding digits enough for an integer past 64 bits:
+    the manifest searched at C speed (a regular expression over a loader's 100,000 lines
+    costs its start more than parsing them; a sha256's hex holds such a run once in ~200
+    lines), a chunk translated at a time (no copy of the whole manifest)."""
+    long: set[int] = set()
+    run = b"0" * _LONG
+    for base in range(0, len(data), _CHUNK):
+        zeros = data[base:base + _CHUNK + _LONG - 1].translate(_ZEROS)
+        hit = zeros.find(run)
+        while hit >= 0:
+            k = bisect.bisect_right(starts, base + hit) - 1
+            long.add(k)
+            nxt = starts[k + 1] if k + 1 < len(starts) else len(data)
+            hit = zeros.find(run, nxt - base) if nxt - base < len(zeros) else -1
+    return long
+
+
+def _line(data: bytes, at: int) -> bytes:
+    end = data.find(b"\n", at)
+    return data[at:end] if end >= 0 else data[at:]
+
+
 def manifest_lines(data: bytes) -> tuple[list[bytes], set[int]]:
     """The manifest's lines (blank ones left out), and the numbers of those holding digits
-    enough for an integer past 64 bits. The whole manifest is searched once, at C speed (a
-    regular expression over a loader's 100,000 lines costs its start more than parsing them;
-    a sha256's hex holds such a run once in ~200 lines)."""
-    lines: list[bytes] = []
-    starts: list[int] = []
-    at = 0
-    for line in data.split(b"\n"):
-        if line.strip():
-            lines.append(line)
-            starts.append(at)
-        at += len(line) + 1
-    long: set[int] = set()
-    zeros, run = data.translate(_ZEROS), b"0" * _LONG
-    hit = zeros.find(run)
-    while hit >= 0:
-        k = bisect.bisect_right(starts, hit) - 1
-        long.add(k)
-        nxt = starts[k + 1] if k + 1 < len(starts) else len(data)
-        hit = zeros.find(run, nxt)
-    return lines, long
+    enough for an integer past 64 bits (`_long_lines`)."""
+    starts = _line_starts(data)
+    return [_line(data, at) for at in starts], _long_lines(data, starts)
 
 
 def parse_line(line: bytes, long: bool) -> dict:
@@ -117,41 +147,108 @@ def _sha_and_split(line: bytes) -> tuple[bytes, str] | None:
         return None
 
 
-class Samples(Sequence[Sample]):
-    """A version's samples, each built from its manifest line whenever it is asked for, none
-    kept: a loader's start needs only their sha256s and splits (`_sha_and_split`), and
-    building 100,000 samples first keeps every disk waiting — built as they are handed out,
-    the work is spread over the epoch while the disks read. A line takes a third of a built
-    sample's memory."""
+class Lines(Protocol):
+    """Where a manifest's lines are read back from when it is not kept (`Samples.of_pieces`):
+    `read(at, n, digest)` gives the n bytes at `at`, their xxh3-64 `digest` checked."""
 
-    def __init__(self, items: list[Any], shas: list[bytes], splits: list[str]) -> None:
-        self._items = items  # a manifest line orjson reads as written (bytes), or a Sample
-        self._shas, self._splits = shas, splits  # (each split's name one string, shared)
+    def read(self, at: int, n: int, digest: int) -> bytes: ...
 
-    @classmethod
-    def of_manifest(cls, data: bytes) -> Samples:
-        lines, long = manifest_lines(data)
-        items: list[Any] = lines
-        shas: list[bytes] = []
-        splits: list[str] = []
-        named: dict[str, str] = {}
-        for k, line in enumerate(lines):
+
+class _Scan:
+    """What a Samples keeps of each line, gathered a block of whole lines at a time."""
+
+    def __init__(self, digests: bool) -> None:
+        self.starts, self.lens = array("Q"), array("L")
+        self.xxh: array[int] | None = array("Q") if digests else None
+        self.shas = bytearray()
+        self.split_of = array("H")
+        self.names: dict[str, int] = {}
+        self.built: dict[int, Sample] = {}
+
+    def block(self, data: bytes, base: int) -> None:
+        """The whole lines `data` (the manifest's bytes from `base`)."""
+        starts = _line_starts(data)
+        long = _long_lines(data, starts)
+        first = len(self.starts)
+        for k, at in enumerate(starts):
+            line = _line(data, at)
             got = None if k in long else _sha_and_split(line)
             if got is None:
                 doc = parse_line(line, k in long)
                 got = bytes.fromhex(doc["sha256"]), doc["split"]
                 if k in long:  # (built now: its line is parsed by the json module, `card.parse_line`)
-                    items[k] = Sample.from_json(doc)
-            shas.append(got[0])
-            splits.append(named.setdefault(got[1], got[1]))
-        return cls(items, shas, splits)
+                    self.built[first + k] = Sample.from_json(doc)
+            self.starts.append(base + at)
+            self.lens.append(len(line))
+            if self.xxh is not None:
+                self.xxh.append(xxhash.xxh3_64_intdigest(line))
+            self.shas += got[0]
+            self.split_of.append(self.names.setdefault(got[1], len(self.names)))
+
+    def samples(self, data: bytes = b"", lines: Lines | None = None) -> Samples:
+        return Samples(self.starts, self.lens, bytes(self.shas), self.split_of, list(self.names), self.built,
+                       data=data, lines=lines, xxh=self.xxh)
+
+
+class Samples(Sequence[Sample]):
+    """A version's samples, each built from its manifest line whenever it is asked for, none
+    kept: a loader's start needs only their sha256s and splits (`_sha_and_split`), and
+    building 100,000 samples first keeps every disk waiting — built as they are handed out,
+    the work is spread over the epoch while the disks read. Kept a sample: where its line
+    starts and its length, its sha256 (all in one bytes) and its split's number — no object a
+    sample; and either the manifest as read (`of_manifest`), or nothing of it: each line read
+    back as it is asked for, its xxh3-64 kept and checked (`of_pieces`, 62 bytes a sample,
+    whatever the manifest's size)."""
+
+    def __init__(self, starts: array[int], lens: array[int], shas: bytes, split_of: array[int], names: list[str],
+                 built: dict[int, Sample] | None = None, *, data: bytes = b"", lines: Lines | None = None,
+                 xxh: array[int] | None = None) -> None:
+        self._starts, self._lens = starts, lens  # sample i's line: its start in the manifest, its length
+        self._sha = shas  # sample i's sha256: _sha[32 i : 32 i + 32]
+        self._split_of, self._names = split_of, names  # sample i's split: names[split_of[i]]
+        self._built = built or {}  # samples built at once (a line the json module reads, `parse_line`)
+        self._data, self._lines, self._xxh = data, lines, xxh  # the manifest kept, or where its lines are read
+
+    @classmethod
+    def of_manifest(cls, data: bytes) -> Samples:
+        """The samples of a manifest read whole, kept."""
+        scan = _Scan(digests=False)
+        scan.block(data, 0)
+        return scan.samples(data=data)
+
+    @classmethod
+    def of_pieces(cls, pieces: Iterable[bytes], lines: Lines) -> Samples:
+        """The samples of a manifest read in verified pieces (of any size), none of it kept:
+        `lines` reads each sample's line back when it is asked for."""
+        scan = _Scan(digests=True)
+        carry, base = b"", 0
+        for piece in pieces:
+            buf = carry + piece if carry else bytes(piece)
+            cut = buf.rfind(b"\n") + 1
+            if cut:
+                scan.block(buf[:cut], base)
+                base += cut
+            carry = buf[cut:]
+        if carry:
+            scan.block(carry, base)
+        return scan.samples(lines=lines)
 
     @classmethod
     def of(cls, samples: Sequence[Sample]) -> Samples:
-        return cls(list(samples), [bytes.fromhex(s.sha256) for s in samples], [s.split for s in samples])
+        names: dict[str, int] = {}
+        split_of = array("H", (names.setdefault(s.split, len(names)) for s in samples))
+        return cls(array("Q", bytes(8 * len(samples))), array("L", bytes(array("L").itemsize * len(samples))),
+                   b"".join(bytes.fromhex(s.sha256) for s in samples), split_of, list(names), dict(enumerate(samples)))
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._starts)
+
+    def _line(self, i: int) -> bytes:
+        at, n = self._starts[i], self._lens[i]
+        if self._lines is None:
+            return self._data[at:at + n]
+        assert self._xxh is not None
+        return self._lines.read(at, n, self._xxh[i])
 
     @overload
     def __getitem__(self, i: int) -> Sample: ...
@@ -160,16 +257,18 @@ class Samples(Sequence[Sample]):
 
     def __getitem__(self, i: int | slice) -> Sample | Sequence[Sample]:
         if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self._items)))]
-        it = self._items[i]
-        return Sample.from_json(parse_line(it, False)) if isinstance(it, bytes) else it
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        built = self._built.get(i)
+        return built if built is not None else Sample.from_json(parse_line(self._line(i), False))
 
     def fields(self, i: int) -> dict[str, Any]:
         """Sample i's fields a loader yields, from its line (no Sample built, none kept: an
         epoch's memory does not grow with the samples handed out)."""
-        it = self._items[i]
-        if isinstance(it, bytes):
-            d = parse_line(it, False)
+        it = self._built.get(i)
+        if it is None:
+            d = parse_line(self._line(i), False)
             return {"key": d["key"], "sha256": d["sha256"], "labels": d.get("labels", {}), "split": d["split"],
                     "class": d.get("class"), "class_index": d.get("class_index"), "path": d["path"],
                     "node_id": d["node_id"]}
@@ -178,15 +277,63 @@ class Samples(Sequence[Sample]):
                 "node_id": it.node_id}
 
     def splits(self) -> list[str]:
-        return self._splits
+        """Each sample's split."""
+        names = self._names
+        return [names[k] for k in self._split_of]
+
+    def split_names(self) -> list[str]:
+        """The names of the splits the samples are in."""
+        present = set(self._split_of)
+        return [n for k, n in enumerate(self._names) if k in present]
 
     def of_split(self, split: str) -> Samples:
-        keep = [k for k, sp in enumerate(self._splits) if sp == split]
-        return Samples([self._items[k] for k in keep], [self._shas[k] for k in keep], [split] * len(keep))
+        """The samples of one split (what is kept of them, shared: the manifest or its lines)."""
+        code = self._names.index(split) if split in self._names else -1
+        keep = [k for k, c in enumerate(self._split_of) if c == code]
+        sha, xxh = self._sha, self._xxh
+        return Samples(array("Q", (self._starts[k] for k in keep)), array("L", (self._lens[k] for k in keep)),
+                       b"".join(sha[32 * k:32 * k + 32] for k in keep), array("H", bytes(2 * len(keep))), [split],
+                       {n: self._built[k] for n, k in enumerate(keep) if k in self._built}, data=self._data,
+                       lines=self._lines, xxh=array("Q", (xxh[k] for k in keep)) if xxh is not None else None)
 
-    def shas(self) -> list[bytes]:
-        """Each sample's sha256 (the list kept: not to be changed)."""
-        return self._shas
+    def shas(self) -> Shas:
+        """Each sample's sha256 (a view: each made as it is asked for)."""
+        return Shas(self._sha)
+
+
+class Shas(Sequence[bytes]):
+    """The sha256s of samples, kept as one bytes: item i made when it is asked for."""
+
+    __slots__ = ("_b",)
+
+    def __init__(self, b: bytes) -> None:
+        self._b = b
+
+    def __len__(self) -> int:
+        return len(self._b) // 32
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._b[32 * i:32 * i + 32]
+
+    def __iter__(self) -> Iterator[bytes]:
+        b = self._b
+        return (b[k:k + 32] for k in range(0, len(b), 32))
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, Shas)) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def fingerprint(manifest: bytes, spec_sha256: str) -> str:

@@ -42,8 +42,10 @@ passed over). The store is opened read-only, sharing the `readers` lock (ingest,
 looked up again); nothing is written to the store or the SSD.
 
 Memory: the shuffle buffer, the `lanes` runs being interleaved (at most `run_bytes` each), and
-per disk the run being read plus `ahead` read ones — whatever the dataset's size. The plan
-itself is a few integers per sample (with the manifest's samples).
+per disk the run being read plus `ahead` read ones — whatever the dataset's size. Per sample:
+the plan (a few integers and its record's place) and what `card.Samples` keeps — no manifest:
+it is read at the start in verified pieces, and each sample's line read back from the store
+as the sample is handed out (`_ManifestLines`), checked against the xxh3-64 taken then.
 
 Where it reads (`source`, else hoard.toml's `[loader] source`): "store", the store's index and
 disks as above; "s3" or "mount", on a host with neither the index nor the database, a version's
@@ -69,12 +71,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from hoardfs.base import config
 from hoardfs.base.collect import heap_frozen
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.datasets import api, card
 from hoardfs.datasets import loader_remote as remote
 from hoardfs.datasets.model import Sample
+from hoardfs.fsd.core.disks import LocalDisk, open_shard_file
+from hoardfs.fsd.core.shardfmt import PayloadChecksumMismatch
 from hoardfs.fsd.outputs import runs as runs_mod
 from hoardfs.fsd.outputs.runs import Rec, Run
 from hoardfs.fsd.store import Store
@@ -346,6 +352,49 @@ class _StoreSource:
         return runs_mod.live(self.store, sha)
 
 
+class _ManifestLines:
+    """A version's manifest lines read back from the store as a loader hands its samples out
+    (`card.Samples.of_pieces`: no manifest kept in memory), each checked against the xxh3-64
+    taken when the manifest was read whole and verified. A line is read off the replica the
+    last one came from (a descriptor of its shard's file kept open: one pread a line); a read
+    that fails or does not check goes through `Store.from_replicas` — the bad replica reported,
+    the next one read, the manifest looked up again had gc moved it."""
+
+    def __init__(self, cfg: config.Settings, manifest_sha: str) -> None:
+        self.cfg, self.sha = cfg, bytes.fromhex(manifest_sha)
+        self._at: tuple[int, int, int] | None = None  # (pid, descriptor, record offset) of the last read
+        self._closer: weakref.finalize | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cfg": self.cfg, "sha": self.sha, "_at": None, "_closer": None}
+
+    def _keep(self, fd: int, offset: int) -> None:
+        if self._closer is not None:
+            self._closer()
+        self._at = (os.getpid(), fd, offset)
+        self._closer = weakref.finalize(self, os.close, fd)
+
+    def read(self, at: int, n: int, digest: int) -> bytes:
+        last = self._at
+        if last is not None and last[0] == os.getpid():
+            with contextlib.suppress(OSError):
+                got = os.pread(last[1], n, last[2] + at)
+                if len(got) == n and xxhash.xxh3_64_intdigest(got) == digest:
+                    return got
+        with _shared_store(self.cfg) as store:
+            def read(disk: Any, meta: Any, loc: Any) -> bytes:
+                got = disk.read_at(meta.hex, loc.offset + at, n)
+                if len(got) != n or xxhash.xxh3_64_intdigest(got) != digest:
+                    raise PayloadChecksumMismatch(f"bytes {at}+{n} of manifest {self.sha.hex()[:12]}… do not match "
+                                                  f"what was read of it (shard {meta.hex} on {disk.label})")
+                if isinstance(disk, LocalDisk):  # (the next lines read off this replica's file directly)
+                    with contextlib.suppress(OSError):
+                        self._keep(open_shard_file(disk.find(meta.hex)), loc.offset)
+                return got
+
+            return store.from_replicas(self.sha, read)
+
+
 def _fresh_stats() -> dict[str, Any]:
     return {"samples": 0, "bytes": 0, "read_bytes": 0, "per_disk_bytes": {}, "fallbacks": 0, "withheld": 0,
             "held_max": 0}
@@ -417,7 +466,7 @@ class Loader:
                 self._located.close()
         if not isinstance(every, card.Samples):
             every = card.Samples.of(every)
-        splits = sorted(set(every.splits()))
+        splits = sorted(every.split_names())
         if split is not None and split not in splits:
             raise LoaderError(f"dataset {self.ref} has no split {split!r} (its splits: {', '.join(splits) or 'none'})")
         self.split = split
@@ -426,7 +475,7 @@ class Loader:
             raise LoaderError(f"Loader position={position}: past the end of {self.ref}'s "
                               f"{split if split is not None else 'every'} split ({len(self.samples)} samples); "
                               "pass what Loader.state_dict() returned")
-        self.shas = self.samples.shas()
+        self.shas = list(self.samples.shas())  # (a list: the epoch asks for them by number, a few times each)
         self._plan: Plan | None = None
         self._plan_epoch = -1
         self._stats: dict[str, Any] = _fresh_stats()
@@ -458,8 +507,9 @@ class Loader:
         self.ref = f"{row['name']}@{row['version']}"
         self.manifest_sha = row["manifest_sha256"]
         self._check_manifest(manifest)
-        with self._store() as store:
-            return card.Samples.of_manifest(runs_mod.read_striped(store, self.manifest_sha))
+        with self._store() as store:  # (read in verified pieces, none of it kept: its lines are read back)
+            return card.Samples.of_pieces(store.iter_object(bytes.fromhex(self.manifest_sha)),
+                                          _ManifestLines(self.cfg, self.manifest_sha))
 
     def _store(self) -> contextlib.AbstractContextManager[Store]:
         assert self.cfg is not None, "a loader reading through s3 or the mount opens no store"

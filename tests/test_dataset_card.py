@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
@@ -125,3 +126,29 @@ def test_a_manifest_reads_back_every_number_and_character_as_written() -> None:
         assert lazy.shas() == [bytes.fromhex(s.sha256) for s in want]
         assert lazy.splits() == [s.split for s in want]
         assert [lazy.fields(k)["sha256"] for k in range(len(want))] == [s.sha256 for s in want]
+        for split in {s.split for s in want}:  # (a split's samples: the same as the whole's of it)
+            part = lazy.of_split(split)
+            assert list(part) == [s for s in want if s.split == split]
+            assert list(part.shas()) == [bytes.fromhex(s.sha256) for s in want if s.split == split]
+    assert len(Samples.of_manifest(data).of_split("nowhere")) == 0
+
+
+def test_long_integers_are_found_across_the_search_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest is searched for integers past 64 bits a chunk at a time: a run of digits
+    that starts just before, across or just after a chunk's end is found, whatever the chunk,
+    and such a line is read by the json module (exact), the others as orjson reads them."""
+    from hoardfs.datasets import card
+    from hoardfs.datasets.model import Sample
+
+    samples = [Sample(path=f"d/{i:03}.jpg", sha256=f"{i:064x}", size=1, ext=".jpg", key=f"{i:016x}", node_id=i,
+                      root_id=1, lineage=(i, 1), source_url=None, date=None, labels={}, cls=None, class_index=None,
+                      split="train", width=(2 ** 70 + i) if i % 3 == 0 else i)  # type: ignore[arg-type]
+               for i in range(40)]
+    data = card.manifest_bytes(samples)
+    want = {k for k, s in enumerate(sorted(samples, key=lambda s: s.path)) if s.width > 2 ** 64}
+    for chunk in (7, 19, 20, 21, 64, 333, 1 << 20):
+        monkeypatch.setattr(card, "_CHUNK", chunk)
+        lines, long = card.manifest_lines(data)
+        assert long >= want and all(k in want or b"0" * 19 in lines[k].translate(card._ZEROS) for k in long), chunk
+        assert card.read_manifest(data) == sorted(samples, key=lambda s: s.path), chunk
+        assert list(card.Samples.of_manifest(data)) == sorted(samples, key=lambda s: s.path), chunk

@@ -155,6 +155,38 @@ def test_a_rotten_replica_is_read_around(built) -> None:
     assert ld.stats()["fallbacks"] == 1
 
 
+@pytest.mark.expect_log(r"read error on shard .* of manifest .* do not match what was read of it", level="WARNING")
+def test_the_manifests_lines_are_read_back_checked(built) -> None:
+    """A loader keeps no manifest: each sample's line is read back from the store as it is
+    handed out, checked against what was read at the start. A bit flipped after the start in
+    the replica read first: every sample still comes with its own fields (the line read off
+    the other replica); flipped in every replica: the epoch stops with one line naming the
+    manifest — never a sample with another's key or labels."""
+    from hoardfs.fsd.core.records import DataError
+
+    cfg, _ = built
+    want = [{k: v for k, v in s.items() if k != "bytes"} for s in Loader("pets@1", "train", 7, 0,
+                                                                         config_path=cfg.source, **SMALL)]
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)  # (its manifest read now)
+    with Store.open(cfg, writable=False) as store:
+        sha = bytes.fromhex(ld.manifest_sha)
+        loc = store.index.lookup(sha)
+        meta = store.index.get_shard(loc.shard_id)
+        paths = [d.find(meta.hex) for d in store.replica_order(meta)]
+        manifest = store.get(ld.manifest_sha)
+    assert len(paths) >= 2
+    victims = [want[k]["key"].encode() for k in (0, len(want) // 2, len(want) - 1)]
+    spots = [loc.offset + manifest.index(b'"key":"' + key) + 8 for key in victims]
+    for at in spots:
+        flip_byte(paths[0], at)
+    assert [{k: v for k, v in s.items() if k != "bytes"} for s in ld] == want
+    for path in paths[1:]:
+        for at in spots:
+            flip_byte(path, at)
+    with pytest.raises(DataError, match=f"object {ld.manifest_sha}: no good replica"):
+        list(ld)
+
+
 def test_a_deleted_or_hidden_sample_is_never_yielded(built) -> None:
     """`hoard delete --node` (the database's flag and the store's mark) before the epoch, and a
     hidden mark in the store alone: neither sample is yielded nor read — a run holding the
