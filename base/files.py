@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import fcntl
+import json
 import os
 import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import orjson
 
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.base.modes import FILE, PRIVATE, ensure_dir, rewrite_mode
@@ -497,3 +501,16 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def json_bytes(doc: Any, sort_keys: bool = False) -> bytes:
+    """`doc` (JSON data, or a dataclass of it) as indented JSON in UTF-8 — a state or a seal's
+    manifest a person may read. orjson writes it (the json module indents in Python: a stage of
+    100,000 files spent seconds there); what orjson refuses — a path with a surrogate escape
+    (undecodable bytes), an integer past 64 bits — the json module writes, escaped."""
+    try:
+        return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | (orjson.OPT_SORT_KEYS if sort_keys else 0))
+    except (orjson.JSONEncodeError, TypeError):
+        if dataclasses.is_dataclass(doc) and not isinstance(doc, type):
+            doc = dataclasses.asdict(doc)
+        return json.dumps(doc, indent=1, sort_keys=sort_keys).encode()

@@ -29,7 +29,7 @@ import redis
 
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError, first_line
-from hoardfs.base.files import NotOwn, load_owned, state_directory, write_owned
+from hoardfs.base.files import NotOwn, json_bytes, load_owned, state_directory, write_owned
 from hoardfs.base.paths import display
 from hoardfs.jobs.queues import condition_line
 
@@ -116,7 +116,7 @@ def load(path: Path, record: type[R], kind: str, what: str, way_on: str, damaged
 def save(path: Path, st: Any, sort_keys: bool = False) -> None:
     """Record run state `st` (a dataclass with an `updated` stamp, set now) whole in `path`."""
     st.updated = now()
-    write_owned(path, json.dumps(dataclasses.asdict(st), indent=1, sort_keys=sort_keys).encode())
+    write_owned(path, json_bytes(st, sort_keys))
 
 
 def problem(record: type, doc: Any, kind: str) -> str | None:

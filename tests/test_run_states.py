@@ -126,3 +126,28 @@ def test_every_kind_takes_statuses_of_the_one_enum() -> None:
     for kind in KINDS:
         assert set(runs.STATUSES[kind]) <= set(runs.Status), kind
     assert str(runs.Status.DONE_WITH_REJECTS.value) == "done with rejects"
+
+
+def test_state_and_seal_json_reads_back_whatever_it_holds() -> None:
+    """`json_bytes` (run states, a seal's manifest and _JOB.json) reads back to the same data:
+    a path with undecodable bytes (a surrogate escape), an integer past 64 bits, text not
+    ASCII, a dataclass — what orjson refuses is written by the json module, escaped."""
+    import dataclasses
+    import json
+
+    from hoardfs.base.files import json_bytes
+
+    @dataclasses.dataclass
+    class St:
+        path: str
+        nodes: list[int]
+
+    odd = b"caf\xe9-\xff.jpg".decode("utf-8", "surrogateescape")
+    for doc in ({"b": 1, "a": [1, 2.5, None, True], "é": "ü\u2028"}, {"path": odd}, {"n": 2 ** 70},
+                {"files": [{"path": f"x/{i}", "size": i} for i in range(3)]}):
+        assert json.loads(json_bytes(doc, sort_keys=True)) == doc
+        assert json.loads(json_bytes(doc)) == doc
+    assert json.loads(json_bytes({"b": 1, "a": 2}, sort_keys=True)) == {"a": 1 + 1, "b": 1}
+    assert list(json.loads(json_bytes({"b": 1, "a": 2}, sort_keys=True))) == ["a", "b"]
+    for st in (St("p", [1, 2]), St(odd, [2 ** 70])):
+        assert json.loads(json_bytes(st)) == dataclasses.asdict(st)

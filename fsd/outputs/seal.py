@@ -35,7 +35,7 @@ from typing import Any
 
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError
-from hoardfs.base.files import atomic_write, fsync_dir, read_in_zone
+from hoardfs.base.files import atomic_write, fsync_dir, json_bytes, read_in_zone
 from hoardfs.base.modes import own_dir, refuse_unless_own
 from hoardfs.base.paths import display, hostile_reason
 from hoardfs.fsd.core import formats
@@ -168,7 +168,7 @@ class Output:
         """Verify, rename, write `_JOB.json` and `_SEALED`, release the reservation; the `_JOB`
         document. SealRefused (nothing renamed) when a file differs from its declaration."""
         files = self._verify()
-        body = json.dumps({"format": MANIFEST_FORMAT, "files": files}, sort_keys=True, indent=1).encode()
+        body = json_bytes({"format": MANIFEST_FORMAT, "files": files}, sort_keys=True)
         atomic_write(self.tmp / MANIFEST, body)
         if self.final.exists():
             raise SealRefused(f"output {self.zone}/{self.id} exists already ({self.final}); not replaced — "
@@ -273,7 +273,7 @@ def as_error(e: OSError, what: str) -> HoardError:
 
 
 def _write_job(final: Path, doc: dict[str, Any]) -> None:
-    atomic_write(final / JOB, json.dumps(doc, sort_keys=True, indent=1).encode())
+    atomic_write(final / JOB, json_bytes(doc, sort_keys=True))
 
 
 def begin(cfg: Settings, zone: str, output_id: str, *, job: str, kind: str, expected_bytes: int,
