@@ -60,6 +60,7 @@ import contextlib
 import copy
 import hashlib
 import inspect
+import logging
 import os
 import random
 import threading
@@ -87,6 +88,8 @@ from hoardfs.fsd.store import Store
 from hoardfs.sql import datasets as sqld
 
 __all__ = ["Loader", "LoaderError", "Mix"]
+
+log = logging.getLogger(__name__)
 
 #: samples the shuffle buffer holds
 BUFFER = 4096
@@ -357,8 +360,9 @@ class _ManifestLines:
     (`card.Samples.of_pieces`: no manifest kept in memory), each checked against the xxh3-64
     taken when the manifest was read whole and verified. A line is read off the replica the
     last one came from (a descriptor of its shard's file kept open: one pread a line); a read
-    that fails or does not check goes through `Store.from_replicas` — the bad replica reported,
-    the next one read, the manifest looked up again had gc moved it."""
+    that fails or does not check goes through `Store.from_replicas` — the bad replica logged
+    (nothing written: no repair queued, no disk marked, as for a record), the next one read, the
+    manifest looked up again had gc moved it."""
 
     def __init__(self, cfg: config.Settings, manifest_sha: str) -> None:
         self.cfg, self.sha = cfg, bytes.fromhex(manifest_sha)
@@ -392,7 +396,11 @@ class _ManifestLines:
                         self._keep(open_shard_file(disk.find(meta.hex)), loc.offset)
                 return got
 
-            return store.from_replicas(self.sha, read)
+            def bad(disk: Any, meta: Any, e: Exception) -> None:  # (logged: a reader queues no repair, marks no disk)
+                log.warning("loader: manifest %s… unreadable on shard %s on %s: %s; trying another replica",
+                            self.sha.hex()[:12], meta.hex, disk.label, e)
+
+            return store.from_replicas(self.sha, read, on_bad=bad)
 
 
 def _fresh_stats() -> dict[str, Any]:
@@ -731,7 +739,14 @@ class Loader:
             i = p.post[k]
             if (owned[k] if owned is not None else self.shas[i] not in withheld):
                 need[i] = True
-        lost = [self.samples[i] for i in range(len(self.samples)) if need[i] and p.run_of[i] < 0]
+        # a sample the plan places nowhere has no position: one neither withheld is lost (the
+        # store's, or the locator's), asked again of the store (deleted and freed by a gc while
+        # the epoch was planned: withheld now)
+        gone = [i for i in range(len(self.samples)) if p.run_of[i] < 0 and self.shas[i] not in withheld]
+        if gone and self.source == "store":
+            again = src.withheld([self.shas[i] for i in gone])
+            gone = [i for i in gone if self.shas[i] not in again]
+        lost = [self.samples[i] for i in gone]
         if lost and self.source != "store":
             raise LoaderError(f"{len(lost)} samples of {self.ref}, e.g. {lost[0].key} ({lost[0].sha256}), are placed "
                               f"nowhere by its locator and not withheld: publish it again on the store's server "

@@ -155,7 +155,7 @@ def test_a_rotten_replica_is_read_around(built) -> None:
     assert ld.stats()["fallbacks"] == 1
 
 
-@pytest.mark.expect_log(r"read error on shard .* of manifest .* do not match what was read of it", level="WARNING")
+@pytest.mark.expect_log(r"loader: manifest .* unreadable on shard .* do not match what was read of it", level="WARNING")
 def test_the_manifests_lines_are_read_back_checked(built) -> None:
     """A loader keeps no manifest: each sample's line is read back from the store as it is
     handed out, checked against what was read at the start. A bit flipped after the start in

@@ -1,0 +1,67 @@
+"""The training loader (hoardfs.loader) against what breaks it: a rotten manifest replica read
+around without writing the store, a sample no source places and nothing withholds, manifests
+whose lines do not hold one sha256 each — real stores built as tests/test_loader.py builds them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hoardfs.fsd.store import Store
+from hoardfs.loader import Loader, LoaderError
+from tests.helpers import flip_byte
+from tests.test_datasets import _hoard
+from tests.test_loader import SMALL, built  # noqa: F401  # (built: a fixture)
+from tests.test_mount import mounted
+
+
+@pytest.mark.expect_log(r"loader: manifest .* unreadable on shard .* do not match what was read of it .*; trying",
+                        level="WARNING")
+def test_a_rotten_manifest_replica_is_read_around_and_the_store_not_written(built) -> None:
+    """A manifest line that does not check in one replica (flipped after the loader's start) is
+    read off another and logged — no repair queued, no event recorded in the store's index: a
+    loader writes nothing of the store, as for a rotten record."""
+    cfg, _ = built
+    want = [{k: v for k, v in s.items() if k != "bytes"} for s in Loader("pets@1", "train", 7, 0,
+                                                                         config_path=cfg.source, **SMALL)]
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        loc = store.index.lookup(bytes.fromhex(ld.manifest_sha))
+        meta = store.index.get_shard(loc.shard_id)
+        paths = [d.find(meta.hex) for d in store.replica_order(meta)]
+        manifest = store.get(ld.manifest_sha)
+        before = (store.index.pending_repairs(), store.index.events_since("read_error", 0))
+    assert len(paths) >= 2
+    for k in (0, len(want) - 1):  # (in both replicas: whichever the loader reads first)
+        flip_byte(paths[k % 2], loc.offset + manifest.index(b'"key":"' + want[k]["key"].encode()) + 8)
+    assert [{k: v for k, v in s.items() if k != "bytes"} for s in ld] == want
+    with Store.open(cfg, writable=False) as store:
+        assert (store.index.pending_repairs(), store.index.events_since("read_error", 0)) == before == ([], [])
+
+
+def test_a_sample_its_locator_places_nowhere_is_one_line_not_lost(built, fuse, tmp_path: Path) -> None:
+    """A locator that neither places nor withholds one of the version's samples (a locator
+    written by other hands): the loader through the mount stops in one line naming the sample
+    and the next step — never an epoch that silently leaves a live sample out."""
+    cfg, _ = built
+    locators, mnt, host = tmp_path / "locators", tmp_path / "mnt", tmp_path / "host" / "hoard.toml"
+    locators.mkdir()
+    res = _hoard(cfg, "dataset", "publish", "pets@1", "--json", "--dir", str(locators))
+    assert res.returncode == 0, res.stdout + res.stderr
+    host.parent.mkdir()
+    host.write_text(f'[loader]\nsource = "mount"\nmount = "{mnt}"\nlocators = "{locators}"\n')
+    whole = [s["key"] for s in Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)]
+    with mounted(str(cfg.source), mnt):
+        assert [s["key"] for s in Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)] == whole
+        doc = json.loads((locators / "pets@1.json").read_text())
+        ld = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+        victim = next(s for s in ld.samples if s.key == whole[len(whole) // 2])
+        del doc["objects"][victim.sha256]
+        (locators / "pets@1.json").write_text(json.dumps(doc))
+        ld = Loader("pets@1", "train", 7, 0, config_path=host, **SMALL)
+        with pytest.raises(LoaderError, match=rf"1 samples of pets@1, e.g. {victim.key} .* are placed nowhere by its "
+                                              r"locator and not withheld: publish it again") as e:
+            list(ld)
+        assert "\n" not in str(e.value)
