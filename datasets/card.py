@@ -154,6 +154,10 @@ class Lines(Protocol):
     def read(self, at: int, n: int, digest: int) -> bytes: ...
 
 
+#: the most splits a Samples tells apart (a split's number is kept in 16 bits a sample)
+_SPLITS = 1 << 16
+
+
 class _Scan:
     """What a Samples keeps of each line, gathered a block of whole lines at a time."""
 
@@ -178,12 +182,19 @@ class _Scan:
                 got = bytes.fromhex(doc["sha256"]), doc["split"]
                 if k in long:  # (built now: its line is parsed by the json module, `card.parse_line`)
                     self.built[first + k] = Sample.from_json(doc)
+            # a sha256 of 32 bytes, a split's name of at most _SPLITS: what `shas` and `split_of` keep
+            # (a line that is not a sample's is refused, not let shift every later sample's sha256)
+            if len(got[0]) != 32 or not isinstance(got[1], str):
+                raise ValueError(f"manifest line {first + k + 1}: its sha256 or split is not one")
+            split = self.names.setdefault(got[1], len(self.names))
+            if split >= _SPLITS:
+                raise ValueError(f"manifest line {first + k + 1}: more than {_SPLITS} splits")
             self.starts.append(base + at)
             self.lens.append(len(line))
             if self.xxh is not None:
                 self.xxh.append(xxhash.xxh3_64_intdigest(line))
             self.shas += got[0]
-            self.split_of.append(self.names.setdefault(got[1], len(self.names)))
+            self.split_of.append(split)
 
     def samples(self, data: bytes = b"", lines: Lines | None = None) -> Samples:
         return Samples(self.starts, self.lens, bytes(self.shas), self.split_of, list(self.names), self.built,

@@ -403,6 +403,12 @@ class _ManifestLines:
             return store.from_replicas(self.sha, read, on_bad=bad)
 
 
+def _not_a_manifest(ref: str, manifest_sha: str, e: Exception) -> str:
+    return (f"the manifest of {ref} ({manifest_sha[:16]}…) is not a dataset manifest "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else '?'}): build the version again "
+            "(`hoard dataset build SPEC --force`) or, on another host, publish it again")
+
+
 def _fresh_stats() -> dict[str, Any]:
     return {"samples": 0, "bytes": 0, "read_bytes": 0, "per_disk_bytes": {}, "fallbacks": 0, "withheld": 0,
             "held_max": 0}
@@ -516,8 +522,11 @@ class Loader:
         self.manifest_sha = row["manifest_sha256"]
         self._check_manifest(manifest)
         with self._store() as store:  # (read in verified pieces, none of it kept: its lines are read back)
-            return card.Samples.of_pieces(store.iter_object(bytes.fromhex(self.manifest_sha)),
-                                          _ManifestLines(self.cfg, self.manifest_sha))
+            try:
+                return card.Samples.of_pieces(store.iter_object(bytes.fromhex(self.manifest_sha)),
+                                              _ManifestLines(self.cfg, self.manifest_sha))
+            except (ValueError, KeyError, TypeError) as e:  # (a line that is not a sample's; UnicodeDecodeError)
+                raise LoaderError(_not_a_manifest(self.ref, self.manifest_sha, e), ExitCode.DATA) from None
 
     def _store(self) -> contextlib.AbstractContextManager[Store]:
         assert self.cfg is not None, "a loader reading through s3 or the mount opens no store"
@@ -799,7 +808,10 @@ class Loader:
         self._dealt = None
 
     def _sample(self, i: int, data: bytes, k: int) -> dict[str, Any]:
-        out = self.samples.fields(i)
+        try:
+            out = self.samples.fields(i)
+        except (ValueError, KeyError, TypeError) as e:  # (its line checked at the start by its sha256 and split alone)
+            raise LoaderError(_not_a_manifest(self.ref, self.manifest_sha, e), ExitCode.DATA) from None
         out["epoch"], out["position"] = self.epoch, k
         if self.decode is None:
             out["bytes"] = data

@@ -152,3 +152,33 @@ def test_long_integers_are_found_across_the_search_chunks(monkeypatch: pytest.Mo
         assert long >= want and all(k in want or b"0" * 19 in lines[k].translate(card._ZEROS) for k in long), chunk
         assert card.read_manifest(data) == sorted(samples, key=lambda s: s.path), chunk
         assert list(card.Samples.of_manifest(data)) == sorted(samples, key=lambda s: s.path), chunk
+
+
+def test_a_line_without_one_sha256_and_split_is_refused_not_shifting_the_rest() -> None:
+    """A manifest line whose sha256 is not 64 hex digits (short, or with spaces bytes.fromhex
+    skips), or whose split is not a name, or a manifest of more splits than a sample's split
+    number holds: ValueError naming the line, whole or read in pieces — never the later
+    samples' sha256s shifted onto other samples."""
+    from hoardfs.datasets import card
+    from hoardfs.datasets.model import Sample
+
+    def sample(i: int, sha: str, split: str = "train") -> Sample:
+        return Sample(path=f"d/{i:06}", sha256=sha, size=1, ext=".jpg", key=f"k{i}", node_id=i, root_id=1,
+                      lineage=(i,), source_url=None, date=None, labels={}, cls=None, class_index=None, split=split)
+
+    class Whole:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def read(self, at: int, n: int, digest: int) -> bytes:
+            return self.data[at:at + n]
+
+    good = "11" * 32
+    for bad, line in (([sample(0, "abcd"), sample(1, good)], 1), ([sample(0, good), sample(1, "22" * 16 + " " * 32)], 2),
+                      ([sample(0, good), sample(1, "ab" * 32, split=None)], 2),  # type: ignore[arg-type]
+                      ([sample(i, f"{i:064x}", split=str(i)) for i in range(card._SPLITS + 1)], card._SPLITS + 1)):
+        data = card.manifest_bytes(bad)
+        with pytest.raises(ValueError, match=rf"manifest line {line}: "):
+            card.Samples.of_manifest(data)
+        with pytest.raises(ValueError, match=rf"manifest line {line}: "):
+            card.Samples.of_pieces([data[:7], data[7:]], Whole(data))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hoardfs.datasets import card
 from hoardfs.fsd.store import Store
 from hoardfs.loader import Loader, LoaderError
 from tests.helpers import flip_byte
@@ -65,3 +66,23 @@ def test_a_sample_its_locator_places_nowhere_is_one_line_not_lost(built, fuse, t
                                               r"locator and not withheld: publish it again") as e:
             list(ld)
         assert "\n" not in str(e.value)
+
+
+def test_a_manifest_line_that_is_no_samples_is_one_line_mid_epoch(built) -> None:
+    """A manifest whose lines are checked at the start by their sha256 and split alone (a
+    remote host's: the bucket's writer made it), one of them lacking its key: the epoch stops
+    at that sample with one LoaderError naming the manifest — not a KeyError's traceback."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        manifest = store.get(ld.manifest_sha)
+    lines = manifest.split(b"\n")
+    k = next(n for n, line in enumerate(lines) if b'"split":"train"' in line and n > len(lines) // 3)
+    at = lines[k].index(b'"key":"')
+    lines[k] = lines[k][:at] + lines[k][lines[k].index(b'"', at + 7) + 2:]  # ("key":"…", left out)
+    ld.samples = card.Samples.of_manifest(b"\n".join(lines)).of_split("train")
+    assert list(ld.samples.shas()) == ld.shas
+    with pytest.raises(LoaderError, match=rf"the manifest of pets@1 \({ld.manifest_sha[:16]}…\) is not a dataset "
+                                          r"manifest \(KeyError: 'key'\): build the version again") as e:
+        list(ld)
+    assert "\n" not in str(e.value)
