@@ -61,6 +61,8 @@ FIELDS = {
     "label": ("{label:KEY}: the node's value of label KEY", True),
     "meta": ("{meta:KEY}: a scalar of the node's raw metadata", True),
 }
+#: fields read from a node's common metadata (`_value`)
+METADATA_FIELDS = {"source", "title", "author", "user_name", "view_count", "download_date", "meta"}
 #: fields whose value may hold '/' (each part is checked like a segment)
 MULTI_SEGMENT = {"orig_path"}
 #: fields whose values we make (hex, digits, a checked file type): nothing to check
@@ -101,6 +103,15 @@ class Layout:
 
     def needs(self) -> set[str]:
         return {p.field for p in self.parts if isinstance(p, Slot)}
+
+    def row_parts(self) -> set[str]:
+        """The parts of a node's row (hoardfs.sql.layout_rows) this layout's paths and
+        sidecars read: a sidecar holds them all."""
+        if self.sidecars:
+            return {"metadata", "labels", "batch_sources"}
+        needs = self.needs()
+        return ({"metadata"} if needs & METADATA_FIELDS else set()) | ({"labels"} if "label" in needs else set()) \
+            | ({"batch_sources"} if "source" in needs else set())
 
 
 def parse(template: str, name: str = "custom", sidecars: bool = False, per_locator: bool = False,

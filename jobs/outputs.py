@@ -30,7 +30,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -354,7 +354,7 @@ def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | No
 def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
     """The files of the output (paths relative to `<zone>/<id>/`) and the nodes selected."""
     lay = spec.the_layout()
-    rows = _selected_rows(cfg, spec)
+    rows = _selected_rows(cfg, spec, lay.row_parts())  # (only what its paths and sidecars read: a query a part)
     prefix = f"{lay.name}/input/" if spec.kind == "stage" else f"{lay.name}/"
     batches = (spec.selector or {}).get("batches") or ()  # a stage of one batch: that batch's paths
     placed = layouts.plan(lay, rows, prefix, batches)  # paths checked as they will lie in the output
@@ -364,15 +364,16 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
     return items, len(rows)
 
 
-def _selected_rows(cfg: Settings, spec: OutputSpec) -> list[dict[str, Any]]:
-    """The layout fields (hoardfs.sql.layout_rows) of every selected node, or OutputError: the
-    database down, an empty selection, a listed node unknown or hidden."""
+def _selected_rows(cfg: Settings, spec: OutputSpec, parts: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """The layout fields (hoardfs.sql.layout_rows; of `parts`, default all) of every selected
+    node, or OutputError: the database down, an empty selection, a listed node unknown or hidden."""
     # deferred: the planning step is the only one that needs the database
     import psycopg
 
-    from hoardfs.sql.layout_rows import layout_rows
+    from hoardfs.sql.layout_rows import PARTS, layout_rows
     from hoardfs.sql.selectors import physical_nodes, query_nodes
 
+    parts = PARTS if parts is None else parts
     try:
         conn = psycopg.connect(cfg.database_url, connect_timeout=10)
     except psycopg.OperationalError as e:
@@ -397,7 +398,7 @@ def _selected_rows(cfg: Settings, spec: OutputSpec) -> list[dict[str, Any]]:
         if not node_ids:
             raise OutputError(f"the selection is empty: no node matches, so there is nothing to {spec.kind}; "
                               "check the selector (`hoard select`)", ExitCode.DATA)
-        rows = layout_rows(conn, node_ids)
+        rows = layout_rows(conn, node_ids, parts)
     missing = len(node_ids) - len(rows)
     if missing:  # selected, then gone before the fields were read (a concurrent deletion)
         raise OutputError(f"{missing} selected node(s) vanished while the {spec.kind} was planned; run it again",

@@ -3,7 +3,7 @@ few set-based queries (no query per node)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import psycopg
 from psycopg import sql
@@ -12,12 +12,17 @@ from psycopg import sql
 CHUNK = 50_000
 
 
-def layout_rows(conn: psycopg.Connection, node_ids: Sequence[int]) -> list[dict]:
+#: the parts of a row beyond a node's own fields and locators, each a query of its own
+PARTS = frozenset({"metadata", "labels", "batch_sources"})
+
+
+def layout_rows(conn: psycopg.Connection, node_ids: Sequence[int], parts: Collection[str] = PARTS) -> list[dict]:
     """One dict per physical node, in the order of `node_ids`: node_id, sha256 (hex), size,
-    file_type, locators (sorted), source + common metadata (of the source whose name sorts
-    first, when several described it), raw_metadata, specific (the source's own fields, flat
-    `a.b` keys), labels {key: [values, sorted]},
-    batch_sources {ingest batch: its source} (the source of a file no metadata describes)."""
+    file_type, locators (sorted), and of `parts` (all by default; a layout asks only for
+    those its fields use — a query each): "metadata", source + common metadata (of the source
+    whose name sorts first, when several described it), raw_metadata, specific (the source's
+    own fields, flat `a.b` keys); "labels", {key: [values, sorted]}; "batch_sources", {ingest
+    batch: its source} (the source of a file no metadata describes)."""
     rows: dict[int, dict] = {}
     for i in range(0, len(node_ids), CHUNK):
         ids = list(node_ids[i:i + CHUNK])
@@ -28,12 +33,12 @@ def layout_rows(conn: psycopg.Connection, node_ids: Sequence[int]) -> list[dict]
                 "FROM node n JOIN physical_content pc USING (node_id) WHERE n.node_id = ANY(%s)", [ids]):
             rows[nid] = {"node_id": nid, "sha256": sha, "size": size, "file_type": ftype, "locators": locs or [],
                          "labels": {}, "batch_sources": {}}
-        for nid, batch, source in conn.execute(
+        for nid, batch, source in () if "batch_sources" not in parts else conn.execute(
                 "SELECT bm.node_id, ab.batch_id, s.name FROM batch_member bm JOIN action_batch ab USING (batch_id) "
                 "JOIN source s ON s.source_id = ab.source_id WHERE bm.node_id = ANY(%s)", [ids]):
             if nid in rows:
                 rows[nid]["batch_sources"][batch] = source
-        for nid, source, title, author, user, views, dl, raw, specific in conn.execute(
+        for nid, source, title, author, user, views, dl, raw, specific in () if "metadata" not in parts else conn.execute(
                 "SELECT DISTINCT ON (cm.node_id) cm.node_id, s.name, cm.title, cm.author, cm.user_name, "
                 "       cm.view_count, cm.download_time, cm.raw_metadata, cm.specific "
                 "FROM common_metadata cm JOIN source s USING (source_id) WHERE cm.node_id = ANY(%s) "
@@ -41,7 +46,7 @@ def layout_rows(conn: psycopg.Connection, node_ids: Sequence[int]) -> list[dict]
             if nid in rows:
                 rows[nid].update(source=source, title=title, author=author, user_name=user, view_count=views,
                                  download_time=dl, raw_metadata=raw, specific=specific)
-        for nid, key, values in conn.execute(
+        for nid, key, values in () if "labels" not in parts else conn.execute(
                 "SELECT node_id, key, array_agg(value ORDER BY value) FROM label WHERE node_id = ANY(%s) "
                 "GROUP BY node_id, key", [ids]):
             if nid in rows:

@@ -63,6 +63,36 @@ def test_builtin_layouts_place_every_node(rows: dict[str, dict]) -> None:
     assert "gallery/b2/again/c.png" in {p.path for p in every} and len(every) == 5
 
 
+def test_a_layout_reads_only_the_row_parts_it_needs_and_places_the_same(pg: psycopg.Connection,
+                                                                        rows: dict[str, dict]) -> None:
+    """A stage asks layout_rows only for the parts its layout's fields and sidecars read
+    (`Layout.row_parts`): every field's layout places every node on the same path — or
+    refuses it with the same line — as from whole rows, a node no metadata describes too."""
+    from hoardfs.datasets.layouts import FIELDS
+
+    apply_write_intent(pg, {"key": "layouts-bare", "sources": ["gallery"],
+                            "nodes": [{"sha256": sha("e"), "physical": {"size": 3, "file_type": "jpg",
+                                                                        "locators": ["batch:b3/e.jpg"]}}],
+                            "batches": [{"batch_id": "b3", "members": [sha("e")]}]})
+    ids = query_nodes(pg, {}).node_ids
+    whole = layout_rows(pg, ids)
+    templates = [f"{{{f}:class|none}}/{{sha256}}" if f == "label" else f"{{{f}:album|none}}/{{sha256}}"
+                 if f == "meta" else f"{{{f}|none}}/{{sha256}}" for f in FIELDS]
+    lays = [parse(t, f"f{k}") for k, t in enumerate(templates)] + [load(n) for n in BUILTIN] + \
+        [parse("{sha256}", "car", sidecars=True)]
+    asked = set()
+    for lay in lays:
+        asked.add(frozenset(lay.row_parts()))
+
+        def placed(got: list[dict], lay=lay) -> object:
+            try:
+                return [(p.path, p.sha256, p.sidecar) for p in plan(lay, got)]
+            except PlacementError as e:
+                return str(e)
+        assert placed(layout_rows(pg, ids, lay.row_parts())) == placed(whole), lay.template
+    assert frozenset() in asked and len(asked) >= 4, asked
+
+
 def test_a_missing_label_is_refused_naming_the_node_unless_a_default_is_given(rows: dict[str, dict]) -> None:
     with pytest.raises(PlacementError, match=rf"node {rows['c']['node_id']} \({sha('c')[:12]}…\) has no label:class; "
                                              r"layout by_label needs it — give a default"):
