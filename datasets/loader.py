@@ -80,7 +80,9 @@ from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.datasets import api, card
 from hoardfs.datasets import loader_remote as remote
 from hoardfs.datasets.model import Sample
+from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.disks import LocalDisk, open_shard_file
+from hoardfs.fsd.core.records import ITER_READ, checked_header
 from hoardfs.fsd.core.shardfmt import PayloadChecksumMismatch
 from hoardfs.fsd.outputs import runs as runs_mod
 from hoardfs.fsd.outputs.runs import Rec, Run
@@ -403,6 +405,50 @@ class _ManifestLines:
             return store.from_replicas(self.sha, read, on_bad=bad)
 
 
+def _manifest_samples(store: Store, manifest_sha: str, lines: _ManifestLines) -> card.Samples:
+    """The manifest's samples (`card.Samples.of_pieces`), its record read off one replica in
+    pieces of ITER_READ, none kept: its header and xxh3-128 checked before they are used. A
+    replica that fails or does not check is logged and the next one read (`Store.from_replicas`:
+    the manifest looked up again had gc moved it) — nothing written: no repair queued, no disk
+    marked, no chunk map recorded (a reader's rule, as for a record)."""
+    sha = bytes.fromhex(manifest_sha)
+
+    def read(disk: Any, meta: Any, loc: Any) -> card.Samples:
+        where = f" (manifest {manifest_sha[:12]}…, shard {meta.hex} on {disk.label})"
+        head = disk.read_at(meta.hex, loc.offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE)
+        digest = checked_header(head, 0, sha, loc.length, where)
+        xx = xxhash.xxh3_128()
+
+        def pieces() -> Iterator[bytes]:
+            for start in range(0, loc.length, ITER_READ):
+                n = min(ITER_READ, loc.length - start)
+                buf = disk.read_at(meta.hex, loc.offset + start, n)
+                if len(buf) != n:
+                    raise fmt.TruncatedShard(f"short read{where}")
+                xx.update(buf)
+                yield buf
+
+        got = pieces()
+        refused: Exception | None = None
+        try:
+            samples = card.Samples.of_pieces(got, lines)
+        except (ValueError, KeyError, TypeError) as e:  # (a rotten replica's bytes, or not a manifest: the digest says)
+            refused = e
+            for _ in got:
+                pass
+        if xx.digest() != digest:
+            raise fmt.PayloadChecksumMismatch(f"payload checksum mismatch{where}")
+        if refused is not None:
+            raise refused
+        return samples
+
+    def bad(disk: Any, meta: Any, e: Exception) -> None:  # (logged: a reader queues no repair, marks no disk)
+        log.warning("loader: manifest %s… unreadable on shard %s on %s: %s; trying another replica",
+                    manifest_sha[:12], meta.hex, disk.label, e)
+
+    return store.from_replicas(sha, read, on_bad=bad)
+
+
 def _not_a_manifest(ref: str, manifest_sha: str, e: Exception) -> str:
     return (f"the manifest of {ref} ({manifest_sha[:16]}…) is not a dataset manifest "
             f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else '?'}): build the version again "
@@ -523,8 +569,7 @@ class Loader:
         self._check_manifest(manifest)
         with self._store() as store:  # (read in verified pieces, none of it kept: its lines are read back)
             try:
-                return card.Samples.of_pieces(store.iter_object(bytes.fromhex(self.manifest_sha)),
-                                              _ManifestLines(self.cfg, self.manifest_sha))
+                return _manifest_samples(store, self.manifest_sha, _ManifestLines(self.cfg, self.manifest_sha))
             except (ValueError, KeyError, TypeError) as e:  # (a line that is not a sample's; UnicodeDecodeError)
                 raise LoaderError(_not_a_manifest(self.ref, self.manifest_sha, e), ExitCode.DATA) from None
 

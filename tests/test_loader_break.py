@@ -18,23 +18,27 @@ from tests.test_loader import SMALL, built  # noqa: F401  # (built: a fixture)
 from tests.test_mount import mounted
 
 
-@pytest.mark.expect_log(r"loader: manifest .* unreadable on shard .* do not match what was read of it .*; trying",
-                        level="WARNING")
+@pytest.mark.expect_log(r"loader: manifest .* unreadable on shard .*: (payload checksum mismatch|bytes .* do not "
+                        r"match what was read of it) .*; trying another replica", level="WARNING")
 def test_a_rotten_manifest_replica_is_read_around_and_the_store_not_written(built) -> None:
-    """A manifest line that does not check in one replica (flipped after the loader's start) is
-    read off another and logged — no repair queued, no event recorded in the store's index: a
-    loader writes nothing of the store, as for a rotten record."""
+    """A manifest replica that does not check — flipped before the loader's start (the manifest
+    read whole then) and, in each replica, a line flipped after it (read back as its sample is
+    handed out) — is read around and logged: no repair queued, no event recorded in the store's
+    index, a loader writes nothing of the store, as for a rotten record."""
     cfg, _ = built
     want = [{k: v for k, v in s.items() if k != "bytes"} for s in Loader("pets@1", "train", 7, 0,
                                                                          config_path=cfg.source, **SMALL)]
-    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    sha = bytes.fromhex(Loader("pets@1", "train", config_path=cfg.source).manifest_sha)
     with Store.open(cfg, writable=False) as store:
-        loc = store.index.lookup(bytes.fromhex(ld.manifest_sha))
+        loc = store.index.lookup(sha)
         meta = store.index.get_shard(loc.shard_id)
         paths = [d.find(meta.hex) for d in store.replica_order(meta)]
-        manifest = store.get(ld.manifest_sha)
+        manifest = store.get(sha.hex())
         before = (store.index.pending_repairs(), store.index.events_since("read_error", 0))
     assert len(paths) >= 2
+    flip_byte(paths[0], loc.offset + 100)  # (whichever replica the start reads first: the other then)
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    flip_byte(paths[0], loc.offset + 100)
     for k in (0, len(want) - 1):  # (in both replicas: whichever the loader reads first)
         flip_byte(paths[k % 2], loc.offset + manifest.index(b'"key":"' + want[k]["key"].encode()) + 8)
     assert [{k: v for k, v in s.items() if k != "bytes"} for s in ld] == want
