@@ -361,7 +361,8 @@ class _ManifestLines:
     """A version's manifest lines read back from the store as a loader hands its samples out
     (`card.Samples.of_pieces`: no manifest kept in memory), each checked against the xxh3-64
     taken when the manifest was read whole and verified. A line is read off the replica the
-    last one came from (a descriptor of its shard's file kept open: one pread a line); a read
+    last one came from (a descriptor of its shard's file kept open while the file is there: one
+    pread a line; a file gc retired is let go, not kept from freeing its disk space); a read
     that fails or does not check goes through `Store.from_replicas` — the bad replica logged
     (nothing written: no repair queued, no disk marked, as for a record), the next one read, the
     manifest looked up again had gc moved it."""
@@ -375,18 +376,25 @@ class _ManifestLines:
         return {"cfg": self.cfg, "sha": self.sha, "_at": None, "_closer": None}
 
     def _keep(self, fd: int, offset: int) -> None:
-        if self._closer is not None:
-            self._closer()
+        self._let_go()
         self._at = (os.getpid(), fd, offset)
         self._closer = weakref.finalize(self, os.close, fd)
+
+    def _let_go(self) -> None:
+        if self._closer is not None:
+            self._closer()
+        self._at = self._closer = None
 
     def read(self, at: int, n: int, digest: int) -> bytes:
         last = self._at
         if last is not None and last[0] == os.getpid():
             with contextlib.suppress(OSError):
-                got = os.pread(last[1], n, last[2] + at)
-                if len(got) == n and xxhash.xxh3_64_intdigest(got) == digest:
-                    return got
+                if not os.fstat(last[1]).st_nlink:  # (a shard file gc retired: let go, its space freed)
+                    self._let_go()
+                else:
+                    got = os.pread(last[1], n, last[2] + at)
+                    if len(got) == n and xxhash.xxh3_64_intdigest(got) == digest:
+                        return got
         with _shared_store(self.cfg) as store:
             def read(disk: Any, meta: Any, loc: Any) -> bytes:
                 got = disk.read_at(meta.hex, loc.offset + at, n)

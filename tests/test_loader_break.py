@@ -4,7 +4,9 @@ whose lines do not hold one sha256 each — real stores built as tests/test_load
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,36 @@ def test_a_manifest_line_that_is_no_samples_is_one_line_mid_epoch(built) -> None
                                           r"manifest \(KeyError: 'key'\): build the version again") as e:
         list(ld)
     assert "\n" not in str(e.value)
+
+
+def _held(shard_hex: str) -> list[str]:
+    """The files of shard `shard_hex` this process holds open."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if shard_hex in target:
+                out.append(target)
+    return out
+
+
+def test_a_manifest_replica_file_retired_mid_epoch_is_let_go(built) -> None:
+    """The manifest's replica file a loader reads its lines off (kept open) is retired mid-epoch
+    (gc deletes a shard file it moved): the epoch goes on with every sample's own fields, read off
+    another replica, and the loader lets the retired file go — its disk space is not held for the
+    life of the training process."""
+    cfg, _ = built
+    want = [{k: v for k, v in s.items() if k != "bytes"} for s in Loader("pets@1", "train", 7, 0,
+                                                                         config_path=cfg.source, **SMALL)]
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        loc = store.index.lookup(bytes.fromhex(ld.manifest_sha))
+        shard_hex = store.index.get_shard(loc.shard_id).hex
+    it = iter(ld)
+    got = [{k: v for k, v in next(it).items() if k != "bytes"} for _ in range(3)]
+    held = _held(shard_hex)
+    assert len(set(held)) == 1 and os.path.exists(held[0])
+    os.unlink(held[0])
+    got += [{k: v for k, v in s.items() if k != "bytes"} for s in it]
+    assert got == want
+    assert not [f for f in _held(shard_hex) if f.endswith("(deleted)")]
