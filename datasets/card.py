@@ -272,14 +272,27 @@ class Samples(Sequence[Sample]):
         if i < 0:
             i += len(self)
         built = self._built.get(i)
-        return built if built is not None else Sample.from_json(parse_line(self._line(i), False))
+        return built if built is not None else Sample.from_json(self._doc(i))
+
+    def _doc(self, i: int) -> dict[str, Any]:
+        """Sample i's line parsed: ValueError where its sha256 or split is not the one found at the
+        start (`_sha_and_split` reads a canonical line; one written otherwise, a key after
+        `split` holding an object with its own `split`, may differ) — the sample is never
+        handed out with fields other than those it was planned by."""
+        d = parse_line(self._line(i), False)
+        if not isinstance(d, dict) or not isinstance(d.get("sha256"), str) or \
+                bytes.fromhex(d["sha256"]) != self._sha[32 * i:32 * i + 32] or \
+                d.get("split") != self._names[self._split_of[i]]:
+            raise ValueError(f"the manifest line at byte {self._starts[i]}: its sha256 or split is not the one found "
+                             "in it at the start (not a canonical manifest line)")
+        return d
 
     def fields(self, i: int) -> dict[str, Any]:
         """Sample i's fields a loader yields, from its line (no Sample built, none kept: an
         epoch's memory does not grow with the samples handed out)."""
         it = self._built.get(i)
         if it is None:
-            d = parse_line(self._line(i), False)
+            d = self._doc(i)
             return {"key": d["key"], "sha256": d["sha256"], "labels": d.get("labels", {}), "split": d["split"],
                     "class": d.get("class"), "class_index": d.get("class_index"), "path": d["path"],
                     "node_id": d["node_id"]}

@@ -182,3 +182,22 @@ def test_a_line_without_one_sha256_and_split_is_refused_not_shifting_the_rest() 
             card.Samples.of_manifest(data)
         with pytest.raises(ValueError, match=rf"manifest line {line}: "):
             card.Samples.of_pieces([data[:7], data[7:]], Whole(data))
+
+
+def test_a_line_whose_fields_are_not_those_found_at_the_start_is_refused() -> None:
+    """A manifest line not written canonically (a remote host's manifest is whatever its
+    bucket's writer made), a key after `split` holding an object with a `split` of its own: the
+    sample found in split "val" at the start is never handed out as a "train" sample — asking
+    for it is a ValueError naming the line; a canonical line is handed out as parsed."""
+    from hoardfs.datasets import card
+    from hoardfs.datasets.model import Sample
+
+    doc = Sample(path="d/1", sha256="ab" * 32, size=1, ext=".jpg", key="k1", node_id=1, root_id=1, lineage=(1,),
+                 source_url=None, date=None, labels={}, cls=None, class_index=None, split="train").to_json()
+    good = card.canonical(doc).encode()
+    odd = good[:-1] + b',"zz":{"split":"val"}}'
+    samples = card.Samples.of_manifest(good + b"\n" + odd + b"\n")
+    assert samples.splits() == ["train", "val"] and samples.fields(0)["split"] == "train"
+    for ask in (lambda: samples.fields(1), lambda: samples[1], lambda: samples.of_split("val").fields(0)):
+        with pytest.raises(ValueError, match=rf"the manifest line at byte {len(good) + 1}: its sha256 or split is not"):
+            ask()
