@@ -153,6 +153,8 @@ class Lines(Protocol):
 
     def read(self, at: int, n: int, digest: int) -> bytes: ...
 
+    def close(self) -> None: ...
+
 
 #: the most splits a Samples tells apart (a split's number is kept in 16 bits a sample)
 _SPLITS = 1 << 16
@@ -319,6 +321,11 @@ class Samples(Sequence[Sample]):
                        b"".join(sha[32 * k:32 * k + 32] for k in keep), array("H", bytes(2 * len(keep))), [split],
                        {n: self._built[k] for n, k in enumerate(keep) if k in self._built}, data=self._data,
                        lines=self._lines, xxh=array("Q", (xxh[k] for k in keep)) if xxh is not None else None)
+
+    def close(self) -> None:
+        """Let go of what reading the lines back holds open (read again, it is opened anew)."""
+        if self._lines is not None:
+            self._lines.close()
 
     def shas(self) -> Shas:
         """Each sample's sha256 (a view: each made as it is asked for)."""

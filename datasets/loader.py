@@ -357,6 +357,11 @@ class _StoreSource:
         return runs_mod.live(self.store, sha)
 
 
+#: a manifest line reader looks whether the replica file it reads off is still linked once in
+#: this many lines (an fstat costs a line's read again)
+LOOK_LINKS = 1024
+
+
 class _ManifestLines:
     """A version's manifest lines read back from the store as a loader hands its samples out
     (`card.Samples.of_pieces`: no manifest kept in memory), each checked against the xxh3-64
@@ -371,9 +376,10 @@ class _ManifestLines:
         self.cfg, self.sha = cfg, bytes.fromhex(manifest_sha)
         self._at: tuple[int, int, int] | None = None  # (pid, descriptor, record offset) of the last read
         self._closer: weakref.finalize | None = None
+        self._reads = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"cfg": self.cfg, "sha": self.sha, "_at": None, "_closer": None}
+        return {"cfg": self.cfg, "sha": self.sha, "_at": None, "_closer": None, "_reads": 0}
 
     def _keep(self, fd: int, offset: int) -> None:
         self._let_go()
@@ -385,11 +391,15 @@ class _ManifestLines:
             self._closer()
         self._at = self._closer = None
 
+    close = _let_go
+
     def read(self, at: int, n: int, digest: int) -> bytes:
         last = self._at
         if last is not None and last[0] == os.getpid():
+            self._reads += 1
             with contextlib.suppress(OSError):
-                if not os.fstat(last[1]).st_nlink:  # (a shard file gc retired: let go, its space freed)
+                # (a shard file gc retired, looked for every LOOK_LINKS lines: let go, its space freed)
+                if not self._reads % LOOK_LINKS and not os.fstat(last[1]).st_nlink:
                     self._let_go()
                 else:
                     got = os.pread(last[1], n, last[2] + at)
@@ -614,6 +624,8 @@ class Loader:
                 running = True  # (it ends at its next sample, `_iterate`: what it reads stays open till then)
         if self._located is not None and not running:
             self._located.close()
+        if not running:
+            self.samples.close()
 
     def planned(self) -> Loader:
         """This loader, its current epoch planned now (the index's places as they stand)."""
@@ -709,9 +721,9 @@ class Loader:
     def order(self) -> list[str]:
         """The keys of the epoch's whole sequence (no byte read): what iterating it from its
         start yields, the samples withheld now left out."""
-        with self._source() as src:
+        with self._source() as src:  # (the lines read while the store is open)
             p, withheld = self._plan_and_withheld(src)
-        return [self.samples.fields(i)["key"] for i in p.post if self.shas[i] not in withheld]
+            return [self.samples.fields(i)["key"] for i in p.post if self.shas[i] not in withheld]
 
     def _plan_and_withheld(self, src: _StoreSource | remote.Located) -> tuple[Plan, set[bytes]]:
         """The epoch's plan and the samples withheld now, the two made at once: the database

@@ -105,11 +105,14 @@ def _held(shard_hex: str) -> list[str]:
     return out
 
 
-def test_a_manifest_replica_file_retired_mid_epoch_is_let_go(built) -> None:
+def test_a_manifest_replica_file_retired_mid_epoch_is_let_go(built, monkeypatch: pytest.MonkeyPatch) -> None:
     """The manifest's replica file a loader reads its lines off (kept open) is retired mid-epoch
     (gc deletes a shard file it moved): the epoch goes on with every sample's own fields, read off
     another replica, and the loader lets the retired file go — its disk space is not held for the
     life of the training process."""
+    from hoardfs.datasets import loader as loader_mod
+
+    monkeypatch.setattr(loader_mod, "LOOK_LINKS", 1)  # (looked for at every line: the version is small)
     cfg, _ = built
     want = [{k: v for k, v in s.items() if k != "bytes"} for s in Loader("pets@1", "train", 7, 0,
                                                                          config_path=cfg.source, **SMALL)]
@@ -125,3 +128,18 @@ def test_a_manifest_replica_file_retired_mid_epoch_is_let_go(built) -> None:
     got += [{k: v for k, v in s.items() if k != "bytes"} for s in it]
     assert got == want
     assert not [f for f in _held(shard_hex) if f.endswith("(deleted)")]
+
+
+def test_close_lets_go_of_the_manifest_file(built) -> None:
+    """`Loader.close()` closes the descriptor its manifest's lines are read through; the loader
+    iterated again reads them anew, every sample with its own fields."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        shard_hex = store.index.get_shard(store.index.lookup(bytes.fromhex(ld.manifest_sha)).shard_id).hex
+    first = [{k: v for k, v in s.items() if k != "bytes"} for s in ld]
+    assert _held(shard_hex)
+    ld.close()
+    assert not _held(shard_hex)
+    ld.epoch = 0
+    assert [{k: v for k, v in s.items() if k != "bytes"} for s in ld] == first
