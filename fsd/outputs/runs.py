@@ -29,19 +29,17 @@ holds the one it is given.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hoardfs.base.errors import first_line
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.disks import LocalDisk
-from hoardfs.fsd.core.records import GET_MAX, DataError, ObjectNotFound, verified_view, verify_record
+from hoardfs.fsd.core.records import DataError, ObjectNotFound, verified_view, verify_record
 from hoardfs.fsd.io.planner import DEFAULT_MB_S, GAP_BYTES, bandwidths, in_order, put_unless, range_limit
 
 if TYPE_CHECKING:
@@ -52,8 +50,6 @@ log = logging.getLogger(__name__)
 #: runs a disk's reader keeps read ahead of the consumer: lab4's cold epoch of 100,200 samples read
 #: at 87-90 % of the all-disk bound with 2, 92 % with 4, 88-92 % with 8 (runs of 8 MiB)
 AHEAD = 4
-#: the smallest object `read_striped` reads off several replicas at once
-STRIPE_MIN = 4 << 20
 
 
 class Rec(NamedTuple):
@@ -292,38 +288,6 @@ def _prefetch_first(store: Store, number: int, run: Run, uuid: str) -> None:
     p = _planned(store, number, run, uuid)
     if p is not None and p.groups and hasattr(p.disk, "prefetch"):
         p.disk.prefetch(run.shard_id.hex(), *span(p.groups[0]))
-
-
-def read_striped(store: Store, sha_hex: str) -> bytes:
-    """Object `sha_hex` whole and verified as `Store.get` verifies it, its record read in parts,
-    one off each local replica of its shard at once, each part in proportion to its disk's
-    bandwidth: a large object read by every disk holding it (a loader's manifest at its start,
-    when the disks have nothing else to read). An object under STRIPE_MIN, with one usable
-    replica, or whose parts fail to read or to check out, is read by `Store.get` (one replica
-    after another, the bad one named)."""
-    sha = bytes.fromhex(sha_hex)
-    loc = store.index.lookup(sha)
-    meta = store.index.get_shard(loc.shard_id) if loc is not None else None
-    disks = [d for d in store.replica_order(meta) if isinstance(d, LocalDisk)] if meta is not None else []
-    if loc is None or meta is None or len(disks) < 2 or not STRIPE_MIN <= loc.length <= GET_MAX:
-        return store.get(sha_hex)
-    bw = bandwidths(store)
-    weights = [bw.get(d.uuid, DEFAULT_MB_S * 1e6) for d in disks]
-    start, total = loc.offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE + loc.length
-    cuts = [0]
-    for w in itertools.accumulate(weights[:-1]):
-        cuts.append(int(total * w / sum(weights)))
-    cuts.append(total)
-    with ThreadPoolExecutor(len(disks), thread_name_prefix="striped") as pool:
-        parts = [pool.submit(d.read_exact, meta.hex, start + a, b - a)
-                 for d, a, b in zip(disks, cuts[:-1], cuts[1:], strict=True)]
-        try:
-            buf = b"".join(f.result() for f in parts)
-            return verify_record(memoryview(buf), 0, sha, loc.length, f" (shard {meta.hex}, striped)")
-        except (OSError, fmt.ShardFormatError) as e:
-            log.warning("object %s…: a part off one of its replicas failed (%s); read whole from one", sha_hex[:12],
-                        first_line(e))
-    return store.get(sha_hex)
 
 
 def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
