@@ -84,6 +84,7 @@ from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.disks import LocalDisk, open_shard_file
 from hoardfs.fsd.core.records import ITER_READ, checked_header
 from hoardfs.fsd.core.shardfmt import PayloadChecksumMismatch
+from hoardfs.fsd.io.planner import DEFAULT_MB_S, bandwidths
 from hoardfs.fsd.outputs import runs as runs_mod
 from hoardfs.fsd.outputs.runs import Rec, Run
 from hoardfs.fsd.store import Store
@@ -464,7 +465,83 @@ def _manifest_samples(store: Store, manifest_sha: str, lines: _ManifestLines) ->
         log.warning("loader: manifest %s… unreadable on shard %s on %s: %s; trying another replica",
                     manifest_sha[:12], meta.hex, disk.label, e)
 
-    return store.from_replicas(sha, read, on_bad=bad)
+    striped = _striped_manifest(store, sha, lines)
+    return striped if striped is not None else store.from_replicas(sha, read, on_bad=bad)
+
+
+#: a manifest at least this long is read a piece off each local replica at once (`_striped_manifest`)
+STRIPE_MIN = 16 << 20
+#: the pieces it is read in
+STRIPE_PIECE = ITER_READ
+
+
+def _striped_manifest(store: Store, sha: bytes, lines: _ManifestLines) -> card.Samples | None:
+    """The manifest's samples read in pieces off every local replica at once, each disk a share
+    of the pieces in proportion to its bandwidth (the start's wait: the disks have nothing else
+    to read yet), at most two pieces a disk ahead; its header and xxh3-128 checked before the
+    samples are used. None — the caller reads it off one replica after another — for a manifest
+    under STRIPE_MIN or with one local replica, and for a read or check that fails (logged;
+    nothing written). Bytes that check out and are no manifest: the parser's error."""
+    loc = store.index.lookup(sha)
+    meta = store.index.get_shard(loc.shard_id) if loc is not None else None
+    disks = [d for d in store.replica_order(meta) if isinstance(d, LocalDisk)] if meta is not None else []
+    if loc is None or meta is None or len(disks) < 2 or loc.length < STRIPE_MIN:
+        return None
+    bw = bandwidths(store)
+    speed = [bw.get(d.uuid, DEFAULT_MB_S * 1e6) for d in disks]
+    given = [0] * len(disks)
+    plan: list[tuple[int, int, int]] = []  # (disk, start, length), in the record's order
+    for start in range(0, loc.length, STRIPE_PIECE):
+        n = min(STRIPE_PIECE, loc.length - start)
+        k = min(range(len(disks)), key=lambda d: (given[d] + n) / speed[d])
+        given[k] += n
+        plan.append((k, start, n))
+    where = f" (manifest {sha.hex()[:12]}…, shard {meta.hex}, striped)"
+    pools = [ThreadPoolExecutor(1, thread_name_prefix="loader-manifest") for _ in disks]
+
+    def submit(k: int, at: int, n: int) -> Any:
+        return pools[k].submit(disks[k].read_exact, meta.hex, at, n)
+
+    try:
+        head = submit(0, loc.offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE)
+        todo = deque(submit(k, loc.offset + a, n) for k, a, n in plan[:2 * len(disks)])
+        later = iter(plan[2 * len(disks):])
+        xx = xxhash.xxh3_128()
+
+        def pieces() -> Iterator[bytes]:
+            for _k, _a, n in plan:
+                buf = todo.popleft().result()
+                if len(buf) != n:
+                    raise fmt.TruncatedShard(f"short read{where}")
+                nxt = next(later, None)
+                if nxt is not None:
+                    todo.append(submit(nxt[0], loc.offset + nxt[1], nxt[2]))
+                xx.update(buf)
+                yield buf
+
+        digest = checked_header(head.result(), 0, sha, loc.length, where)
+        got = pieces()
+        refused: Exception | None = None
+        try:
+            samples = card.Samples.of_pieces(got, lines)
+        except fmt.ShardFormatError:
+            raise
+        except (ValueError, KeyError, TypeError) as e:  # (rotten bytes, or no manifest: the digest says)
+            refused = e
+            for _ in got:
+                pass
+        if xx.digest() != digest:
+            raise fmt.PayloadChecksumMismatch(f"payload checksum mismatch{where}")
+        if refused is not None:
+            raise refused
+        return samples
+    except (OSError, fmt.ShardFormatError) as e:
+        log.warning("loader: manifest %s… not read striped (%s); reading it off one replica after another",
+                    sha.hex()[:12], str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _not_a_manifest(ref: str, manifest_sha: str, e: Exception) -> str:

@@ -143,3 +143,36 @@ def test_close_lets_go_of_the_manifest_file(built) -> None:
     assert not _held(shard_hex)
     ld.epoch = 0
     assert [{k: v for k, v in s.items() if k != "bytes"} for s in ld] == first
+
+
+@pytest.mark.expect_log(r"loader: manifest .* (not read striped \(payload checksum mismatch .*\); reading it off one "
+                        r"replica after another|unreadable on shard .*; trying another replica)", level="WARNING")
+def test_a_manifest_read_striped_is_the_same_and_reads_around_rot(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest read a piece off each replica at once (`_striped_manifest`; its floor and
+    piece made small: the test's version is small) gives every sample the fields one read
+    replica after replica gives; a bit flipped in one replica's copy is logged and the manifest
+    read off one replica after another — the same fields, and nothing written of the store."""
+    from hoardfs.datasets import loader as loader_mod
+
+    cfg, _ = built
+
+    def fields() -> list[dict]:
+        return [{k: v for k, v in s.items() if k != "bytes"} for s in Loader("pets@1", "train", 7, 0,
+                                                                            config_path=cfg.source, **SMALL)]
+
+    want = fields()
+    monkeypatch.setattr(loader_mod, "STRIPE_MIN", 0)
+    monkeypatch.setattr(loader_mod, "STRIPE_PIECE", 777)
+    assert fields() == want
+    sha = bytes.fromhex(Loader("pets@1", "train", config_path=cfg.source).manifest_sha)
+    with Store.open(cfg, writable=False) as store:
+        loc = store.index.lookup(sha)
+        meta = store.index.get_shard(loc.shard_id)
+        paths = [d.find(meta.hex) for d in store.replica_order(meta)]
+        before = (store.index.pending_repairs(), store.index.events_since("read_error", 0))
+    assert len(paths) >= 2 and loc.length > 3 * 777
+    for start in range(0, loc.length, 777):  # (every piece in the second replica: whichever it is given)
+        flip_byte(paths[1], loc.offset + start + 5)
+    assert fields() == want
+    with Store.open(cfg, writable=False) as store:
+        assert (store.index.pending_repairs(), store.index.events_since("read_error", 0)) == before == ([], [])
