@@ -363,6 +363,12 @@ class _StoreSource:
 LOOK_LINKS = 1024
 
 
+def _close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 class _ManifestLines:
     """A version's manifest lines read back from the store as a loader hands its samples out
     (`card.Samples.of_pieces`: no manifest kept in memory), each checked against the xxh3-64
@@ -375,17 +381,24 @@ class _ManifestLines:
 
     def __init__(self, cfg: config.Settings, manifest_sha: str) -> None:
         self.cfg, self.sha = cfg, bytes.fromhex(manifest_sha)
-        self._at: tuple[int, int, int] | None = None  # (pid, descriptor, record offset) of the last read
+        # where lines are read: (pid, the replicas' descriptors, the record's offset, the
+        # descriptor of each piece (None: the first's), the pieces' size)
+        self._at: tuple[int, tuple[int, ...], int, bytes | None, int] | None = None
         self._closer: weakref.finalize | None = None
         self._reads = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {"cfg": self.cfg, "sha": self.sha, "_at": None, "_closer": None, "_reads": 0}
 
-    def _keep(self, fd: int, offset: int) -> None:
+    def _keep(self, fds: tuple[int, ...], offset: int, piece_of: bytes | None = None, piece: int = 1) -> None:
         self._let_go()
-        self._at = (os.getpid(), fd, offset)
-        self._closer = weakref.finalize(self, os.close, fd)
+        self._at = (os.getpid(), fds, offset, piece_of, piece)
+        self._closer = weakref.finalize(self, _close_all, fds)
+
+    def keep_striped(self, fds: tuple[int, ...], offset: int, piece_of: bytes, piece: int) -> None:
+        """Read each line off the replica its piece of the manifest was read from at the start
+        (`_striped_manifest`: that file's pages hold it in the page cache, the others' not)."""
+        self._keep(fds, offset, piece_of, piece)
 
     def _let_go(self) -> None:
         if self._closer is not None:
@@ -398,12 +411,13 @@ class _ManifestLines:
         last = self._at
         if last is not None and last[0] == os.getpid():
             self._reads += 1
+            fd = last[1][0] if last[3] is None else last[1][last[3][min(at // last[4], len(last[3]) - 1)]]
             with contextlib.suppress(OSError):
                 # (a shard file gc retired, looked for every LOOK_LINKS lines: let go, its space freed)
-                if not self._reads % LOOK_LINKS and not os.fstat(last[1]).st_nlink:
+                if not self._reads % LOOK_LINKS and not os.fstat(fd).st_nlink:
                     self._let_go()
                 else:
-                    got = os.pread(last[1], n, last[2] + at)
+                    got = os.pread(fd, n, last[2] + at)
                     if len(got) == n and xxhash.xxh3_64_intdigest(got) == digest:
                         return got
         with _shared_store(self.cfg) as store:
@@ -414,7 +428,7 @@ class _ManifestLines:
                                                   f"what was read of it (shard {meta.hex} on {disk.label})")
                 if isinstance(disk, LocalDisk):  # (the next lines read off this replica's file directly)
                     with contextlib.suppress(OSError):
-                        self._keep(open_shard_file(disk.find(meta.hex)), loc.offset)
+                        self._keep((open_shard_file(disk.find(meta.hex)),), loc.offset)
                 return got
 
             def bad(disk: Any, meta: Any, e: Exception) -> None:  # (logged: a reader queues no repair, marks no disk)
@@ -534,6 +548,14 @@ def _striped_manifest(store: Store, sha: bytes, lines: _ManifestLines) -> card.S
             raise fmt.PayloadChecksumMismatch(f"payload checksum mismatch{where}")
         if refused is not None:
             raise refused
+        fds: list[int] = []
+        try:
+            for d in disks:
+                fds.append(open_shard_file(d.find(meta.hex)))
+        except OSError:  # (the lines are read as any line is: `_ManifestLines.read`)
+            _close_all(tuple(fds))
+        else:
+            lines.keep_striped(tuple(fds), loc.offset, bytes(k for k, _a, _n in plan), STRIPE_PIECE)
         return samples
     except (OSError, fmt.ShardFormatError) as e:
         log.warning("loader: manifest %s… not read striped (%s); reading it off one replica after another",
