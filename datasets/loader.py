@@ -438,6 +438,27 @@ class _ManifestLines:
             return store.from_replicas(self.sha, read, on_bad=bad)
 
 
+def _checked_samples(pieces: Iterator[bytes], lines: _ManifestLines, xx: Any, digest: bytes,
+                     where: str) -> card.Samples:
+    """The samples of a manifest read in `pieces` (each added to `xx`, an xxh3-128, as it is
+    read), once `digest` checks out: bytes that do not are a rotten replica's (PayloadChecksum-
+    Mismatch), bytes that do and are no manifest the parser's error."""
+    refused: Exception | None = None
+    try:
+        samples = card.Samples.of_pieces(pieces, lines)
+    except fmt.ShardFormatError:  # (a short read: the replica's)
+        raise
+    except (ValueError, KeyError, TypeError) as e:  # (rotten bytes, or no manifest: the digest says)
+        refused = e
+        for _ in pieces:
+            pass
+    if xx.digest() != digest:
+        raise fmt.PayloadChecksumMismatch(f"payload checksum mismatch{where}")
+    if refused is not None:
+        raise refused
+    return samples
+
+
 def _manifest_samples(store: Store, manifest_sha: str, lines: _ManifestLines) -> card.Samples:
     """The manifest's samples (`card.Samples.of_pieces`), its record read off one replica in
     pieces of ITER_READ, none kept: its header and xxh3-128 checked before they are used. A
@@ -461,19 +482,7 @@ def _manifest_samples(store: Store, manifest_sha: str, lines: _ManifestLines) ->
                 xx.update(buf)
                 yield buf
 
-        got = pieces()
-        refused: Exception | None = None
-        try:
-            samples = card.Samples.of_pieces(got, lines)
-        except (ValueError, KeyError, TypeError) as e:  # (a rotten replica's bytes, or not a manifest: the digest says)
-            refused = e
-            for _ in got:
-                pass
-        if xx.digest() != digest:
-            raise fmt.PayloadChecksumMismatch(f"payload checksum mismatch{where}")
-        if refused is not None:
-            raise refused
-        return samples
+        return _checked_samples(pieces(), lines, xx, digest, where)
 
     def bad(disk: Any, meta: Any, e: Exception) -> None:  # (logged: a reader queues no repair, marks no disk)
         log.warning("loader: manifest %s… unreadable on shard %s on %s: %s; trying another replica",
@@ -533,21 +542,8 @@ def _striped_manifest(store: Store, sha: bytes, lines: _ManifestLines) -> card.S
                 xx.update(buf)
                 yield buf
 
-        digest = checked_header(head.result(), 0, sha, loc.length, where)
-        got = pieces()
-        refused: Exception | None = None
-        try:
-            samples = card.Samples.of_pieces(got, lines)
-        except fmt.ShardFormatError:
-            raise
-        except (ValueError, KeyError, TypeError) as e:  # (rotten bytes, or no manifest: the digest says)
-            refused = e
-            for _ in got:
-                pass
-        if xx.digest() != digest:
-            raise fmt.PayloadChecksumMismatch(f"payload checksum mismatch{where}")
-        if refused is not None:
-            raise refused
+        samples = _checked_samples(pieces(), lines, xx, checked_header(head.result(), 0, sha, loc.length, where),
+                                   where)
         fds: list[int] = []
         try:
             for d in disks:
