@@ -81,10 +81,9 @@ from hoardfs.datasets import api, card
 from hoardfs.datasets import loader_remote as remote
 from hoardfs.datasets.model import Sample
 from hoardfs.fsd.core import shardfmt as fmt
-from hoardfs.fsd.core.disks import LocalDisk, open_shard_file
+from hoardfs.fsd.core.disks import LocalDisk
 from hoardfs.fsd.core.records import ITER_READ, checked_header
 from hoardfs.fsd.core.shardfmt import PayloadChecksumMismatch
-from hoardfs.fsd.io.planner import DEFAULT_MB_S, bandwidths
 from hoardfs.fsd.outputs import runs as runs_mod
 from hoardfs.fsd.outputs.runs import Rec, Run
 from hoardfs.fsd.store import Store
@@ -428,7 +427,7 @@ class _ManifestLines:
                                                   f"what was read of it (shard {meta.hex} on {disk.label})")
                 if isinstance(disk, LocalDisk):  # (the next lines read off this replica's file directly)
                     with contextlib.suppress(OSError):
-                        self._keep((open_shard_file(disk.find(meta.hex)),), loc.offset)
+                        self._keep((disk.open_reader(meta.hex),), loc.offset)
                 return got
 
             def bad(disk: Any, meta: Any, e: Exception) -> None:  # (logged: a reader queues no repair, marks no disk)
@@ -510,8 +509,7 @@ def _striped_manifest(store: Store, sha: bytes, lines: _ManifestLines) -> card.S
     disks = [d for d in store.replica_order(meta) if isinstance(d, LocalDisk)] if meta is not None else []
     if loc is None or meta is None or len(disks) < 2 or loc.length < STRIPE_MIN:
         return None
-    bw = bandwidths(store)
-    speed = [bw.get(d.uuid, DEFAULT_MB_S * 1e6) for d in disks]
+    speed = runs_mod.speeds(store, disks)
     given = [0] * len(disks)
     plan: list[tuple[int, int, int]] = []  # (disk, start, length), in the record's order
     for start in range(0, loc.length, STRIPE_PIECE):
@@ -547,7 +545,7 @@ def _striped_manifest(store: Store, sha: bytes, lines: _ManifestLines) -> card.S
         fds: list[int] = []
         try:
             for d in disks:
-                fds.append(open_shard_file(d.find(meta.hex)))
+                fds.append(d.open_reader(meta.hex))
         except OSError:  # (the lines are read as any line is: `_ManifestLines.read`)
             _close_all(tuple(fds))
         else:

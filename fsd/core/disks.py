@@ -270,6 +270,12 @@ class LocalDisk:
     def path(self, shard_hex: str, sealed: bool) -> Path:
         return self.root / SHARDS_DIR / shard_hex[-2:] / f"{shard_hex}{SEALED if sealed else OPEN}"
 
+    def open_reader(self, shard_hex: str) -> int:
+        """A read-only descriptor of the shard's file (`open_shard_file`) that the caller owns
+        and closes: for a reader of many small pieces of one object, a pread each (a training
+        loader's manifest lines). OSError when the file is not there or not a regular file."""
+        return open_shard_file(self.find(shard_hex))
+
     def find(self, shard_hex: str) -> Path:
         sealed = self.path(shard_hex, True)
         if sealed.exists():

@@ -88,6 +88,13 @@ class RunRead:
     unshown: list[bytes] = field(default_factory=list)
 
 
+def speeds(store: Store, disks: Sequence[Any]) -> list[float]:
+    """Each disk's read bandwidth in bytes/s as the batch planner weighs it (a default for one
+    not measured yet)."""
+    bw = bandwidths(store)
+    return [bw.get(d.uuid, DEFAULT_MB_S * 1e6) for d in disks]
+
+
 def assign(store: Store, runs: Sequence[Run]) -> list[str]:
     """The disk (uuid) each run is read from: among the usable replicas of its shard (the
     failed but attached ones when it has none, `Store.last_resort`), the one that would finish
