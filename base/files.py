@@ -510,7 +510,7 @@ def json_bytes(doc: Any, sort_keys: bool = False) -> bytes:
     (undecodable bytes), an integer past 64 bits — the json module writes, escaped."""
     try:
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | (orjson.OPT_SORT_KEYS if sort_keys else 0))
-    except (orjson.JSONEncodeError, TypeError):
+    except TypeError:  # (orjson.JSONEncodeError is one)
         if dataclasses.is_dataclass(doc) and not isinstance(doc, type):
             doc = dataclasses.asdict(doc)
         return json.dumps(doc, indent=1, sort_keys=sort_keys).encode()

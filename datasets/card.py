@@ -13,7 +13,7 @@ import json
 import re
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, overload
 from urllib.parse import urlsplit
 
@@ -327,44 +327,10 @@ class Samples(Sequence[Sample]):
         if self._lines is not None:
             self._lines.close()
 
-    def shas(self) -> Shas:
-        """Each sample's sha256 (a view: each made as it is asked for)."""
-        return Shas(self._sha)
-
-
-class Shas(Sequence[bytes]):
-    """The sha256s of samples, kept as one bytes: item i made when it is asked for."""
-
-    __slots__ = ("_b",)
-
-    def __init__(self, b: bytes) -> None:
-        self._b = b
-
-    def __len__(self) -> int:
-        return len(self._b) // 32
-
-    @overload
-    def __getitem__(self, i: int) -> bytes: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[bytes]: ...
-
-    def __getitem__(self, i: int | slice) -> bytes | Sequence[bytes]:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self._b[32 * i:32 * i + 32]
-
-    def __iter__(self) -> Iterator[bytes]:
-        b = self._b
-        return (b[k:k + 32] for k in range(0, len(b), 32))
-
-    def __eq__(self, other: object) -> bool:
-        return list(self) == list(other) if isinstance(other, (list, Shas)) else NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
+    def shas(self) -> list[bytes]:
+        """Each sample's sha256 (a new list: its items made from the one bytes kept)."""
+        b = self._sha
+        return [b[k:k + 32] for k in range(0, len(b), 32)]
 
 
 def fingerprint(manifest: bytes, spec_sha256: str) -> str:

@@ -107,7 +107,7 @@ class Layout:
     def row_parts(self) -> set[str]:
         """The parts of a node's row (hoardfs.sql.layout_rows) this layout's paths and
         sidecars read: a sidecar holds them all."""
-        if self.sidecars:
+        if self.sidecars:  # (hoardfs.sql.layout_rows.PARTS: not imported here, it brings psycopg to every start)
             return {"metadata", "labels", "batch_sources"}
         needs = self.needs()
         return ({"metadata"} if needs & METADATA_FIELDS else set()) | ({"labels"} if "label" in needs else set()) \

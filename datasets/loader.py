@@ -368,6 +368,15 @@ def _close_all(fds: tuple[int, ...]) -> None:
             os.close(fd)
 
 
+def _bad_manifest_replica(sha: bytes) -> Callable[[Any, Any, Exception], None]:
+    """`Store.from_replicas`'s report of a manifest replica that fails or does not check: logged
+    only — a reader queues no repair and marks no disk, as for a record."""
+    def bad(disk: Any, meta: Any, e: Exception) -> None:
+        log.warning("loader: manifest %s… unreadable on shard %s on %s: %s; trying another replica",
+                    sha.hex()[:12], meta.hex, disk.label, e)
+    return bad
+
+
 class _ManifestLines:
     """A version's manifest lines read back from the store as a loader hands its samples out
     (`card.Samples.of_pieces`: no manifest kept in memory), each checked against the xxh3-64
@@ -389,15 +398,13 @@ class _ManifestLines:
     def __getstate__(self) -> dict[str, Any]:
         return {"cfg": self.cfg, "sha": self.sha, "_at": None, "_closer": None, "_reads": 0}
 
-    def _keep(self, fds: tuple[int, ...], offset: int, piece_of: bytes | None = None, piece: int = 1) -> None:
+    def keep(self, fds: tuple[int, ...], offset: int, piece_of: bytes | None = None, piece: int = 1) -> None:
+        """Read the lines off these replica files (descriptors it now owns): the first, or each
+        line off the one its piece of the manifest was read from (`piece_of`: a manifest read
+        striped, `_striped_manifest` — that file's pages hold it in the page cache, the others' not)."""
         self._let_go()
         self._at = (os.getpid(), fds, offset, piece_of, piece)
         self._closer = weakref.finalize(self, _close_all, fds)
-
-    def keep_striped(self, fds: tuple[int, ...], offset: int, piece_of: bytes, piece: int) -> None:
-        """Read each line off the replica its piece of the manifest was read from at the start
-        (`_striped_manifest`: that file's pages hold it in the page cache, the others' not)."""
-        self._keep(fds, offset, piece_of, piece)
 
     def _let_go(self) -> None:
         if self._closer is not None:
@@ -427,14 +434,10 @@ class _ManifestLines:
                                                   f"what was read of it (shard {meta.hex} on {disk.label})")
                 if isinstance(disk, LocalDisk):  # (the next lines read off this replica's file directly)
                     with contextlib.suppress(OSError):
-                        self._keep((disk.open_reader(meta.hex),), loc.offset)
+                        self.keep((disk.open_reader(meta.hex),), loc.offset)
                 return got
 
-            def bad(disk: Any, meta: Any, e: Exception) -> None:  # (logged: a reader queues no repair, marks no disk)
-                log.warning("loader: manifest %s… unreadable on shard %s on %s: %s; trying another replica",
-                            self.sha.hex()[:12], meta.hex, disk.label, e)
-
-            return store.from_replicas(self.sha, read, on_bad=bad)
+            return store.from_replicas(self.sha, read, on_bad=_bad_manifest_replica(self.sha))
 
 
 def _checked_samples(pieces: Iterator[bytes], lines: _ManifestLines, xx: Any, digest: bytes,
@@ -483,12 +486,8 @@ def _manifest_samples(store: Store, manifest_sha: str, lines: _ManifestLines) ->
 
         return _checked_samples(pieces(), lines, xx, digest, where)
 
-    def bad(disk: Any, meta: Any, e: Exception) -> None:  # (logged: a reader queues no repair, marks no disk)
-        log.warning("loader: manifest %s… unreadable on shard %s on %s: %s; trying another replica",
-                    manifest_sha[:12], meta.hex, disk.label, e)
-
     striped = _striped_manifest(store, sha, lines)
-    return striped if striped is not None else store.from_replicas(sha, read, on_bad=bad)
+    return striped if striped is not None else store.from_replicas(sha, read, on_bad=_bad_manifest_replica(sha))
 
 
 #: a manifest at least this long is read a piece off each local replica at once (`_striped_manifest`)
@@ -549,7 +548,7 @@ def _striped_manifest(store: Store, sha: bytes, lines: _ManifestLines) -> card.S
         except OSError:  # (the lines are read as any line is: `_ManifestLines.read`)
             _close_all(tuple(fds))
         else:
-            lines.keep_striped(tuple(fds), loc.offset, bytes(k for k, _a, _n in plan), STRIPE_PIECE)
+            lines.keep(tuple(fds), loc.offset, bytes(k for k, _a, _n in plan), STRIPE_PIECE)
         return samples
     except (OSError, fmt.ShardFormatError) as e:
         log.warning("loader: manifest %s… not read striped (%s); reading it off one replica after another",
@@ -646,7 +645,7 @@ class Loader:
             raise LoaderError(f"Loader position={position}: past the end of {self.ref}'s "
                               f"{split if split is not None else 'every'} split ({len(self.samples)} samples); "
                               "pass what Loader.state_dict() returned")
-        self.shas = list(self.samples.shas())  # (a list: the epoch asks for them by number, a few times each)
+        self.shas = self.samples.shas()  # (a list: the epoch asks for them by number, a few times each)
         self._plan: Plan | None = None
         self._plan_epoch = -1
         self._stats: dict[str, Any] = _fresh_stats()
