@@ -1081,6 +1081,12 @@ class World:
         if m := re.match(r"(stage|export) (\S+): interrupted", problem):
             st = outputs.load_state(cfg, m[2])  # and no process runs it: the cut killed every one
             return st is not None and st.status == "running"
+        if m := re.match(r"disk (\S+): its marks log holds (\d+) record\(s\) stamped after anything the index gave "
+                         r"out", problem):
+            # a writer appends its records to every disk before its commit: the cut came between
+            with Store.open(cfg, writable=False) as store:
+                raw = store.index.get_meta("marks_ns") if store.index.meta is not None else None
+            return m[1] in self.lab.disks and _stamped_after(self.lab.disks[m[1]].mountpoint, int(raw or 0)) == int(m[2])
         return False
 
     def heal(self, step: Step) -> None:
@@ -1437,6 +1443,23 @@ def followable(cmd: str) -> list[str] | None:
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "HOARD_DATABASE_URL", "HOARD_REDIS_URL")}
     return env | {"COLUMNS": "200", "PYTHONPATH": str(REPO)}
+
+
+def _stamped_after(disk_root: Path, stamp: int) -> int:
+    """How many whole, checked lines of the disk's marks log (`<stamp> <op> <sha256> <xxh3-64 of
+    the first three>`, fsd/core/marks.py) other than a snapshot's `end` are stamped after
+    `stamp` — read here from the file, not through the store's reader."""
+    import xxhash  # deferred: only this claim reads a marks log
+
+    n = 0
+    with contextlib.suppress(FileNotFoundError), open(disk_root / "marks" / "marks.log", "rb") as f:
+        for raw in f:
+            fields = raw.split()
+            if len(fields) != 4 or not fields[0].isdigit() or fields[1] == b"end":
+                continue
+            if xxhash.xxh3_64_hexdigest(b" ".join(fields[:3])) == fields[3].decode("ascii", "replace"):
+                n += int(fields[0]) > stamp
+    return n
 
 
 def _pidfile(path: Path) -> int | None:
