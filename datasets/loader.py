@@ -65,8 +65,9 @@ import os
 import random
 import threading
 import weakref
+from array import array
 from collections import Counter, deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Container, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,105 +136,224 @@ def _state_args(state: Any) -> dict[str, Any]:
 
 @dataclass
 class Plan:
-    """One epoch's order: `post[k]` is the sample (an index into the split's samples) at
-    position k; `runs[r]` a run, `run_samples[r]` its samples (record order, a sample per
-    record and its duplicates), `run_of[s]` the run sample s is read in (-1: not in the store)."""
-    runs: list[Run]
-    run_samples: list[list[int]]
-    run_of: list[int]
-    post: list[int]
+    """One epoch's order, in arrays — a few bytes a sample, no object a sample (as lists of
+    tuples and ints a plan held ~0.2 KB a sample, and its making as much again).
+
+    `post[k]`: the sample (an index into the split's samples) at position k. Run r (the plan's
+    reading order) is the built run `order[r]` = b: of shard `shard_ids[run_shard[b]]`, its
+    records `rec_at[b]`..`rec_at[b + 1]` (each: `rec_sample`, the first sample it holds — its
+    sha256 the record's —, `rec_offset`, `rec_length`; offset order) and the samples it hands
+    out `members[mem_at[b]:mem_at[b + 1]]` (record order, a sample per record and its
+    duplicates); `run_of[s]`: the run sample s is read in (-1: not in the store). `runs` and
+    `run_samples` give each run as a Run and its samples, made as asked for."""
+    shas: Sequence[bytes]
+    shard_ids: list[bytes]
+    order: array[int]
+    run_shard: array[int]
+    rec_at: array[int]
+    rec_sample: array[int]
+    rec_offset: array[int]
+    rec_length: array[int]
+    mem_at: array[int]
+    members: array[int]
+    run_of: array[int]
+    post: array[int]
+
+    def shard(self, r: int) -> bytes:
+        return self.shard_ids[self.run_shard[self.order[r]]]
+
+    def samples_of(self, r: int) -> array[int]:
+        b = self.order[r]
+        return self.members[self.mem_at[b]:self.mem_at[b + 1]]
+
+    def records(self, r: int, only: Container[bytes] | None = None) -> list[Rec]:
+        """Run r's records (those of sha256s in `only`)."""
+        b, shas = self.order[r], self.shas
+        recs = (Rec(shas[self.rec_sample[k]], self.rec_offset[k], self.rec_length[k])
+                for k in range(self.rec_at[b], self.rec_at[b + 1]))
+        return list(recs) if only is None else [rec for rec in recs if rec.sha in only]
+
+    def size(self, r: int, only: Container[bytes] | None = None) -> int:
+        """The bytes run r reads (of the records of sha256s in `only`): `Run.size` with no Run made."""
+        b, shas = self.order[r], self.shas
+        return sum(self.rec_length[k] + fmt.RECORD_HEADER_SIZE for k in range(self.rec_at[b], self.rec_at[b + 1])
+                   if only is None or shas[self.rec_sample[k]] in only)
+
+    @property
+    def runs(self) -> Sequence[Run]:
+        return _Runs(self, range(len(self.order)))
+
+    @property
+    def run_samples(self) -> Sequence[array[int]]:
+        return _RunSamples(self)
+
+
+class _RunSamples(Sequence["array[int]"]):
+    def __init__(self, p: Plan) -> None:
+        self.p = p
+
+    def __len__(self) -> int:
+        return len(self.p.order)
+
+    def __getitem__(self, r: Any) -> Any:
+        if isinstance(r, slice):
+            return [self.p.samples_of(k) for k in range(*r.indices(len(self)))]
+        return self.p.samples_of(range(len(self))[r])
+
+
+class _Runs(Sequence[Run]):
+    """Runs of a plan (`numbers`), each made as it is asked for: of run r the records of the
+    sha256s `only(r)` gives (None: all), `keep(r)` its Run's `keep` — an epoch's reads hold no
+    Rec a sample for the epoch. `shapes` gives each one's shard and size, no Run made
+    (`hoardfs.fsd.outputs.runs.assign`)."""
+
+    def __init__(self, p: Plan, numbers: Sequence[int], only: Callable[[int], set[bytes]] | None = None,
+                 keep: Callable[[int], frozenset[bytes] | None] | None = None) -> None:
+        self.p, self.numbers, self.only, self.keep = p, numbers, only, keep
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __getitem__(self, j: Any) -> Any:
+        if isinstance(j, slice):
+            return [self[k] for k in range(*j.indices(len(self)))]
+        r = self.numbers[j]
+        only = self.only(r) if self.only is not None else None
+        return Run(self.p.shard(r), self.p.records(r, only), self.keep(r) if self.keep is not None else None)
+
+    def shapes(self) -> Iterator[tuple[bytes, int]]:
+        for r in self.numbers:
+            yield self.p.shard(r), self.p.size(r, self.only(r) if self.only is not None else None)
 
 
 def _rng(manifest_sha: str, split: str | None, seed: int, epoch: int, what: str) -> random.Random:
     return random.Random(f"hoardfs.loader/{manifest_sha}/{split or '*'}/{seed}/{epoch}/{what}")
 
 
-def plan(samples: Sequence[Sample], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
+#: samples looked up at once in the index as a plan is made, and in the database as an epoch
+#: starts (the places of all of them at once held ~0.3 KB a sample, freed again at once)
+LOCATE = 1 << 13
+
+
+def plan(samples: Sequence[Sample], locs: Mapping[bytes, Any], manifest_sha: str, split: str | None, seed: int,
          epoch: int, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES) -> Plan:
     """The epoch's order (the module's steps 1–4) from the samples and their records'
     locations (sha → ObjectLoc); a sample without one is placed nowhere (never read)."""
-    return plan_shas([bytes.fromhex(s.sha256) for s in samples], locs, manifest_sha, split, seed, epoch, buffer,
-                     lanes, run_bytes)
+    return plan_shas([bytes.fromhex(s.sha256) for s in samples], lambda _shas: locs, manifest_sha, split, seed,
+                     epoch, buffer, lanes, run_bytes)
 
 
-def plan_shas(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
-              epoch: int, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES) -> Plan:
-    """`plan` from the samples' sha256s (sample i's is `shas[i]`). Built with the process's
-    other objects out of the cyclic collector's walks (`heap_frozen`): the manifest's samples
-    would otherwise be walked by every collection its objects set off."""
+def plan_shas(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]], manifest_sha: str,
+              split: str | None, seed: int, epoch: int, buffer: int = BUFFER, lanes: int = LANES,
+              run_bytes: int = RUN_BYTES) -> Plan:
+    """`plan` from the samples' sha256s (sample i's is `shas[i]`), `locate(some)` giving the
+    places of `some` of them (LOCATE at a time). Built with the process's other objects out of
+    the cyclic collector's walks (`heap_frozen`): the manifest's samples would otherwise be
+    walked by every collection its objects set off."""
     with heap_frozen():
-        return _plan(shas, locs, manifest_sha, split, seed, epoch, buffer, lanes, run_bytes)
+        return _plan(shas, locate, manifest_sha, split, seed, epoch, buffer, lanes, run_bytes)
 
 
-def _plan(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
-          epoch: int, buffer: int, lanes: int, run_bytes: int) -> Plan:
-    # 1. each shard's records in offset order, cut into runs of at most `run_bytes` (a record
-    # at least): every sample placed as (shard, offset, its number), sorted once
-    placed = []
-    get = locs.get
-    for i, sha in enumerate(shas):
-        loc = get(sha)
-        if loc is not None:
-            placed.append((loc.shard_id, loc.offset, i))
-    placed.sort()
-    runs: list[Run] = []
-    run_samples: list[list[int]] = []
+def _located(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]]
+             ) -> tuple[list[bytes], array[int], array[int], array[int]]:
+    """Each sample's record: its shard's number in the first list (-1: not in the store), its
+    offset, its length."""
+    n = len(shas)
+    ids: list[bytes] = []
+    number: dict[bytes, int] = {}
+    shard, offset, length = array("i", [-1]) * n, array("q", [0]) * n, array("q", [0]) * n
+    for a in range(0, n, LOCATE):
+        part = shas[a:a + LOCATE]
+        get = locate(part).get
+        for i, sha in enumerate(part, a):
+            loc = get(sha)
+            if loc is not None:
+                k = number.get(loc.shard_id)
+                if k is None:
+                    k = number[loc.shard_id] = len(ids)
+                    ids.append(loc.shard_id)
+                shard[i], offset[i], length[i] = k, loc.offset, loc.length
+    return ids, shard, offset, length
+
+
+def _plan(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]], manifest_sha: str,
+          split: str | None, seed: int, epoch: int, buffer: int, lanes: int, run_bytes: int) -> Plan:
+    # 1. each shard's records (shards in id order) in offset order — a record's duplicate
+    # samples in sample order (a stable sort of samples gathered in order) — cut into runs of at
+    # most `run_bytes` (a record at least)
+    n = len(shas)
+    ids, shard_of, offset, length = _located(shas, locate)
+    by_shard: list[array[int] | None] = [array("i") for _ in ids]
+    for i in range(n):
+        s = shard_of[i]
+        if s >= 0:
+            by_shard[s].append(i)  # type: ignore[union-attr]
+    del shard_of
+    run_shard, rec_at, mem_at = array("i"), array("q", [0]), array("q", [0])
+    rec_sample, rec_offset, rec_length, members = array("i"), array("q"), array("q"), array("i")
+    run_of = array("i", [-1]) * n
     per_shard: list[list[int]] = []  # the run numbers of each shard, offset order
-    run_of = [-1] * len(shas)
-    shard = b""  # (no shard id is empty)
-    last = -1  # the offset of the run's last record
-    size = 0
-    recs: list[Rec] = []
-    members: list[int] = []
-    for shard_id, offset, i in placed:
-        if shard_id == shard and offset == last:  # (the same record again: a duplicate sample)
+    for s in sorted(range(len(ids)), key=ids.__getitem__):
+        mine = sorted(by_shard[s], key=offset.__getitem__)  # type: ignore[arg-type]
+        by_shard[s] = None
+        runs_here: list[int] = []
+        size, last = 0, -1  # the run's bytes, the offset of its last record
+        for i in mine:
+            at = offset[i]
+            if runs_here and at == last:  # (the same record again: a duplicate sample)
+                members.append(i)
+                run_of[i] = len(run_shard) - 1
+                continue
+            n_bytes = length[i]
+            if not runs_here or size + n_bytes > run_bytes:
+                if runs_here:
+                    rec_at.append(len(rec_sample))
+                    mem_at.append(len(members))
+                runs_here.append(len(run_shard))
+                run_shard.append(s)
+                size = 0
+            rec_sample.append(i)
+            rec_offset.append(at)
+            rec_length.append(n_bytes)
             members.append(i)
-            run_of[i] = len(runs)
-            continue
-        length = locs[shas[i]].length
-        if shard_id != shard or size + length > run_bytes:
-            if recs:
-                runs.append(Run(shard, recs))
-                run_samples.append(members)
-            if shard_id != shard:
-                per_shard.append([])
-                shard = shard_id
-            per_shard[-1].append(len(runs))
-            recs, members, size = [], [], 0
-        recs.append(Rec(shas[i], offset, length))
-        members.append(i)
-        run_of[i] = len(runs)
-        size += length
-        last = offset
-    if recs:
-        runs.append(Run(shard, recs))
-        run_samples.append(members)
+            run_of[i] = len(run_shard) - 1
+            size += n_bytes
+            last = at
+        if runs_here:
+            rec_at.append(len(rec_sample))
+            mem_at.append(len(members))
+            per_shard.append(runs_here)
+    del offset, length
     # 2. a random merge of the shards' run sequences: each shard's runs stay in offset order
-    tickets = [k for k, mine in enumerate(per_shard) for _ in mine]
+    tickets = [k for k, mine_runs in enumerate(per_shard) for _ in mine_runs]
     _rng(manifest_sha, split, seed, epoch, "runs").shuffle(tickets)
     nth = [0] * len(per_shard)
-    order = []
+    order = array("i")
     for k in tickets:
         order.append(per_shard[k][nth[k]])
         nth[k] += 1
-    runs = [runs[r] for r in order]
-    run_samples = [run_samples[r] for r in order]
-    renumber = {old: new for new, old in enumerate(order)}
-    run_of = [renumber[r] if r >= 0 else -1 for r in run_of]
+    renumber = array("i", [0]) * len(order)
+    for new, old in enumerate(order):
+        renumber[old] = new
+    for i in range(n):
+        if run_of[i] >= 0:
+            run_of[i] = renumber[run_of[i]]
     # 3. lanes: `lanes` runs open at once, one sample each in turn
-    pre: list[int] = []
-    slots: list[deque[int]] = []
+    pre = array("i")
+    slots: list[list[int]] = []  # [next, end] in `members` of each open run
     nxt = 0
-    while nxt < len(run_samples) or slots:
-        while len(slots) < max(1, lanes) and nxt < len(run_samples):
-            slots.append(deque(run_samples[nxt]))
+    while nxt < len(order) or slots:
+        while len(slots) < max(1, lanes) and nxt < len(order):
+            b = order[nxt]
+            slots.append([mem_at[b], mem_at[b + 1]])
             nxt += 1
         for q in slots:
-            pre.append(q.popleft())
-        slots = [q for q in slots if q]
+            pre.append(members[q[0]])
+            q[0] += 1
+        slots = [q for q in slots if q[0] < q[1]]
     # 4. the shuffle buffer
     rng = _rng(manifest_sha, split, seed, epoch, "buffer")
-    post: list[int] = []
+    post = array("i")
     buf: list[int] = []
     size_b = max(1, buffer)
     for i in pre:
@@ -243,9 +363,10 @@ def _plan(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, split: s
             post.append(buf[j])
             buf[j] = buf[-1]
             buf.pop()
+    del pre
     rng.shuffle(buf)
     post.extend(buf)
-    return Plan(runs, run_samples, run_of, post)
+    return Plan(shas, ids, order, run_shard, rec_at, rec_sample, rec_offset, rec_length, mem_at, members, run_of, post)
 
 
 class Mix:
@@ -339,18 +460,21 @@ class _StoreSource:
     def __init__(self, ld: Loader, store: Store) -> None:
         self.ld, self.store = ld, store
 
-    def locs(self, shas: list[bytes]) -> dict[bytes, Any]:
+    def locs(self, shas: Sequence[bytes]) -> dict[bytes, Any]:
         return self.store.index.lookup_many(shas)
 
-    def withheld(self, shas: list[bytes]) -> set[bytes]:
+    def withheld(self, shas: Sequence[bytes]) -> set[bytes]:
         """The samples' objects the database marks deleted or black-listed, or the store does
         not show (hidden, tombstoned) or no longer holds."""
         assert self.ld.cfg is not None
+        out: set[bytes] = set()
         with api._connect(self.ld.cfg, f"read dataset {self.ld.ref}") as conn, \
                 api._db_errors(f"{self.ld.ref} was read"):
-            return api.withheld(conn, self.store, shas)
+            for a in range(0, len(shas), LOCATE):  # (a set of all of them at once: ~0.1 KB a sample)
+                out |= api.withheld(conn, self.store, shas[a:a + LOCATE])
+        return out
 
-    def read_runs(self, runs: list[Run], ahead: int) -> Generator[runs_mod.RunRead, None, None]:
+    def read_runs(self, runs: Sequence[Run], ahead: int) -> Generator[runs_mod.RunRead, None, None]:
         return runs_mod.read_runs(self.store, runs, ahead)
 
     def live(self, sha: bytes) -> bool:
@@ -645,7 +769,7 @@ class Loader:
             raise LoaderError(f"Loader position={position}: past the end of {self.ref}'s "
                               f"{split if split is not None else 'every'} split ({len(self.samples)} samples); "
                               "pass what Loader.state_dict() returned")
-        self.shas = self.samples.shas()  # (a list: the epoch asks for them by number, a few times each)
+        self.shas = self.samples.sha256s  # (read out of the one bytes kept: no object a sample)
         self._plan: Plan | None = None
         self._plan_epoch = -1
         self._stats: dict[str, Any] = _fresh_stats()
@@ -804,8 +928,8 @@ class Loader:
         """The epoch's plan from the records' places: the index's (a Store), or the published
         locator's (which are the index's at publish time)."""
         if self._plan is None or self._plan_epoch != self.epoch:
-            locs = store.index.lookup_many(self.shas) if isinstance(store, Store) else store.locs(self.shas)
-            self._plan = plan_shas(self.shas, locs, self.manifest_sha, self.split, self.seed, self.epoch,
+            locate = store.index.lookup_many if isinstance(store, Store) else store.locs
+            self._plan = plan_shas(self.shas, locate, self.manifest_sha, self.split, self.seed, self.epoch,
                                    self.buffer, self.lanes, self.run_bytes)
             self._plan_epoch = self.epoch
         return self._plan
@@ -843,10 +967,10 @@ class Loader:
                               "shares moved — resume from the whole sequence's state (TorchDataset.state_dict, or "
                               "one Loader's) split over the workers again", ExitCode.DATA)
 
-    def _owners(self, p: Plan, origin: int, withheld: set[bytes]) -> list[bool]:
+    def _owners(self, p: Plan, origin: int, withheld: set[bytes]) -> bytearray:
         """Whether this worker owns each position of the epoch: the positions from `origin` of
         samples not withheld, dealt in blocks (the module's worker split)."""
-        mine = [False] * len(p.post)
+        mine = bytearray(len(p.post))
         rank = 0
         for k in range(origin, len(p.post)):
             if self.shas[p.post[k]] not in withheld:
@@ -854,31 +978,28 @@ class Loader:
                 rank += 1
         return mine
 
-    def _reads(self, p: Plan, start: int, withheld: set[bytes], need: list[bool]) -> tuple[list[int], list[Run]]:
+    def _reads(self, p: Plan, start: int, withheld: set[bytes], need: bytearray) -> tuple[list[int], Sequence[Run]]:
         """The runs read from position `start` (`need`: the samples this worker yields): the
-        plan's run numbers and each run as read. One worker of one: a run's needed records. One
-        of several reading the store: every run any worker needs, whole (what one process reads
-        of it), keeping its own records — every worker gives each run the same disk and reads
-        it in the same ranges, so the page cache has the disk read its bytes once for all."""
-        todo: list[int] = []
-        parts: list[Run] = []
-        every = self.workers > 1 and self.source == "store"
-        if every:
-            live_from = [False] * len(self.samples)
+        plan's run numbers and each run as read (made as the readers ask for it). One worker of
+        one: a run's needed records. One of several reading the store: every run any worker
+        needs, whole (what one process reads of it), keeping its own records — every worker
+        gives each run the same disk and reads it in the same ranges, so the page cache has the
+        disk read its bytes once for all."""
+        shas = self.shas
+        read = need
+        if self.workers > 1 and self.source == "store":
+            read = bytearray(len(self.samples))
             for k in range(start, len(p.post)):
                 i = p.post[k]
-                live_from[i] = self.shas[i] not in withheld
-        for r, run in enumerate(p.runs):
-            wanted = {self.shas[i] for i in p.run_samples[r] if need[i]}
-            if every:
-                read = {self.shas[i] for i in p.run_samples[r] if live_from[i]}
-                if read:
-                    todo.append(r)
-                    parts.append(Run(run.shard_id, [rec for rec in run.records if rec.sha in read], frozenset(wanted)))
-            elif wanted:
-                todo.append(r)
-                parts.append(Run(run.shard_id, [rec for rec in run.records if rec.sha in wanted]))
-        return todo, parts
+                read[i] = shas[i] not in withheld
+
+        def of(flags: bytearray) -> Callable[[int], set[bytes]]:
+            return lambda r: {shas[i] for i in p.samples_of(r) if flags[i]}
+
+        todo = [r for r in range(len(p.order)) if any(read[i] for i in p.samples_of(r))]
+        if read is need:
+            return todo, _Runs(p, todo, of(need))
+        return todo, _Runs(p, todo, of(read), lambda r: frozenset(of(need)(r)))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         it = self._iterate()
@@ -900,7 +1021,7 @@ class Loader:
         owned = self._owners(p, self.origin, withheld) if self.workers > 1 else None
         if self.workers > 1:
             self._deal_check(p, withheld)
-        need = [False] * len(self.samples)
+        need = bytearray(len(self.samples))
         for k in range(start, len(p.post)):
             i = p.post[k]
             if (owned[k] if owned is not None else self.shas[i] not in withheld):
@@ -942,7 +1063,7 @@ class Loader:
                     self._stats["fallbacks"] += got.fallbacks
                     if got.disk:
                         per_disk[got.disk] = per_disk.get(got.disk, 0) + got.nbytes
-                    for j in p.run_samples[done]:
+                    for j in p.samples_of(done):
                         data = got.payloads.get(self.shas[j]) if need[j] else None
                         if data is not None:
                             held[j] = data
@@ -956,7 +1077,7 @@ class Loader:
                     continue
                 self._stats["samples"] += 1
                 self._stats["bytes"] += len(data)
-                self._mix.add(p.runs[r].shard_id)
+                self._mix.add(p.shard(r))
                 yield self._sample(i, data, k)
         finally:
             reads.close()

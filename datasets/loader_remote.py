@@ -42,7 +42,7 @@ import re
 import stat
 import threading
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -168,7 +168,7 @@ class Located:
         shard, offset, length, _labels, _ext = self.objects[sha.hex()]
         return Rec(sha, offset, length)
 
-    def locs(self, shas: list[bytes]) -> dict[bytes, Loc]:
+    def locs(self, shas: Sequence[bytes]) -> dict[bytes, Loc]:
         out = {}
         for h in shas:
             place = self.objects.get(h.hex())
@@ -176,7 +176,7 @@ class Located:
                 out[h] = Loc(bytes.fromhex(place[0]), place[1], place[2])
         return out
 
-    def withheld(self, shas: list[bytes]) -> set[bytes]:
+    def withheld(self, shas: Sequence[bytes]) -> set[bytes]:
         return self.withheld_at_publish | self.unshown
 
     def live(self, sha: bytes) -> bool:
@@ -185,7 +185,7 @@ class Located:
     def read_one(self, rec: Rec, labels: list[str]) -> bytes | None:
         raise NotImplementedError
 
-    def read_runs(self, runs: list[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
+    def read_runs(self, runs: Sequence[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -332,7 +332,7 @@ class S3Located(Located):
                 f"{self.ref}`)"),
             ExitCode.DATA)
 
-    def _assign(self, runs: list[Run]) -> list[str]:
+    def _assign(self, runs: Sequence[Run]) -> list[str]:
         """The S3 disk each run is read from: of this host's disks holding its shard, the one with
         the fewest bytes given so far (ties: the label) — the store's balance, by bytes."""
         load: dict[str, int] = {}
@@ -348,7 +348,7 @@ class S3Located(Located):
             out.append(best)
         return out
 
-    def read_runs(self, runs: list[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
+    def read_runs(self, runs: Sequence[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
         return read_assigned(self._assign(runs), lambda i, label: self._read_run(i, runs[i], label), ahead)
 
     def _read_run(self, number: int, run: Run, label: str) -> RunRead:
@@ -470,7 +470,7 @@ class MountLocated(Located):
                                     "`hoard health` on the store's server says why", ExitCode.DATA)
         return data
 
-    def read_runs(self, runs: list[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
+    def read_runs(self, runs: Sequence[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
         return read_assigned(["mount"] * len(runs), lambda i, _u: self._read_run(i, runs[i]), ahead)
 
     def _read_run(self, number: int, run: Run) -> RunRead:

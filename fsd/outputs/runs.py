@@ -95,6 +95,13 @@ def speeds(store: Store, disks: Sequence[Any]) -> list[float]:
     return [bw.get(d.uuid, DEFAULT_MB_S * 1e6) for d in disks]
 
 
+def shapes(runs: Sequence[Run]) -> Iterator[tuple[bytes, int]]:
+    """Each run's shard and size; of a sequence that makes its runs as they are asked for (a
+    training loader's), its `shapes()`, which makes none."""
+    made = getattr(runs, "shapes", None)
+    return made() if made is not None else ((run.shard_id, run.size) for run in runs)
+
+
 def assign(store: Store, runs: Sequence[Run]) -> list[str]:
     """The disk (uuid) each run is read from: among the usable replicas of its shard (the
     failed but attached ones when it has none, `Store.last_resort`), the one that would finish
@@ -104,16 +111,15 @@ def assign(store: Store, runs: Sequence[Run]) -> list[str]:
     load: dict[str, int] = {}
     out = []
     metas: dict[bytes, list[str]] = {}
-    for run in runs:
-        cands = metas.get(run.shard_id)
+    for shard_id, size in shapes(runs):
+        cands = metas.get(shard_id)
         if cands is None:
-            meta = store.index.get_shard(run.shard_id)
+            meta = store.index.get_shard(shard_id)
             cands = [] if meta is None else [d.uuid for d in store.replica_order(meta) or store.last_resort(meta)]
-            metas[run.shard_id] = cands
+            metas[shard_id] = cands
         if not cands:
             out.append("")
             continue
-        size = run.size
         best = min(cands, key=lambda u: ((load.get(u, 0) + size) / bw.get(u, DEFAULT_MB_S * 1e6), u))
         load[best] = load.get(best, 0) + size
         out.append(best)

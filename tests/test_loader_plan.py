@@ -1,0 +1,138 @@
+"""The epoch's plan kept in arrays gives what the plan of lists and tuples gave — the same
+sequence, runs, records and run of each sample — so a state saved before resumes the same
+sequence, and the plan of a large dataset keeps a few bytes a sample. The reference below is
+that plan of lists, kept as the oracle."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import Any
+
+import pytest
+
+from hoardfs.datasets import loader
+from hoardfs.datasets.loader import _rng, plan_shas
+from hoardfs.fsd.core.entries import ObjectLoc
+from hoardfs.fsd.outputs.runs import Rec, Run
+
+
+def _reference(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
+               epoch: int, buffer: int, lanes: int, run_bytes: int) -> tuple:
+    # 1. each shard's records in offset order, cut into runs of at most `run_bytes` (a record
+    # at least): every sample placed as (shard, offset, its number), sorted once
+    placed = []
+    get = locs.get
+    for i, sha in enumerate(shas):
+        loc = get(sha)
+        if loc is not None:
+            placed.append((loc.shard_id, loc.offset, i))
+    placed.sort()
+    runs: list[Run] = []
+    run_samples: list[list[int]] = []
+    per_shard: list[list[int]] = []  # the run numbers of each shard, offset order
+    run_of = [-1] * len(shas)
+    shard = b""  # (no shard id is empty)
+    last = -1  # the offset of the run's last record
+    size = 0
+    recs: list[Rec] = []
+    members: list[int] = []
+    for shard_id, offset, i in placed:
+        if shard_id == shard and offset == last:  # (the same record again: a duplicate sample)
+            members.append(i)
+            run_of[i] = len(runs)
+            continue
+        length = locs[shas[i]].length
+        if shard_id != shard or size + length > run_bytes:
+            if recs:
+                runs.append(Run(shard, recs))
+                run_samples.append(members)
+            if shard_id != shard:
+                per_shard.append([])
+                shard = shard_id
+            per_shard[-1].append(len(runs))
+            recs, members, size = [], [], 0
+        recs.append(Rec(shas[i], offset, length))
+        members.append(i)
+        run_of[i] = len(runs)
+        size += length
+        last = offset
+    if recs:
+        runs.append(Run(shard, recs))
+        run_samples.append(members)
+    # 2. a random merge of the shards' run sequences: each shard's runs stay in offset order
+    tickets = [k for k, mine in enumerate(per_shard) for _ in mine]
+    _rng(manifest_sha, split, seed, epoch, "runs").shuffle(tickets)
+    nth = [0] * len(per_shard)
+    order = []
+    for k in tickets:
+        order.append(per_shard[k][nth[k]])
+        nth[k] += 1
+    runs = [runs[r] for r in order]
+    run_samples = [run_samples[r] for r in order]
+    renumber = {old: new for new, old in enumerate(order)}
+    run_of = [renumber[r] if r >= 0 else -1 for r in run_of]
+    # 3. lanes: `lanes` runs open at once, one sample each in turn
+    pre: list[int] = []
+    slots: list[deque[int]] = []
+    nxt = 0
+    while nxt < len(run_samples) or slots:
+        while len(slots) < max(1, lanes) and nxt < len(run_samples):
+            slots.append(deque(run_samples[nxt]))
+            nxt += 1
+        for q in slots:
+            pre.append(q.popleft())
+        slots = [q for q in slots if q]
+    # 4. the shuffle buffer
+    rng = _rng(manifest_sha, split, seed, epoch, "buffer")
+    post: list[int] = []
+    buf: list[int] = []
+    size_b = max(1, buffer)
+    for i in pre:
+        buf.append(i)
+        if len(buf) >= size_b:
+            j = rng.randrange(len(buf))
+            post.append(buf[j])
+            buf[j] = buf[-1]
+            buf.pop()
+    rng.shuffle(buf)
+    post.extend(buf)
+    return runs, run_samples, run_of, post
+
+
+
+def _world(seed: int) -> tuple[list[bytes], dict[bytes, ObjectLoc]]:
+    """Samples over a few shards: records of random sizes, some samples the same object (a
+    record's duplicates, not next to each other), some placed nowhere."""
+    rng = random.Random(seed)
+    n = rng.randrange(1, 3000)
+    objects = [rng.randbytes(32) for _ in range(max(1, n * 4 // 5))]
+    shas = [rng.choice(objects) if rng.random() < 0.2 else rng.randbytes(32) for _ in range(n)]
+    shards = [rng.randbytes(16) for _ in range(rng.randrange(1, 9))]
+    locs, at = {}, {s: 0 for s in shards}
+    for sha in shas:
+        if sha in locs or rng.random() < 0.03:
+            continue
+        shard = rng.choice(shards)
+        length = rng.randrange(1, 70_000)
+        locs[sha] = ObjectLoc(shard, at[shard] + 64, length)
+        at[shard] += 64 + length
+    return shas, locs
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_plan_in_arrays_is_the_plan_of_lists(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any samples, shards, duplicates, unplaced samples, run sizes, lanes and buffers, the places
+    looked up in pieces of any size: the sequence, each run's shard, records and samples, and
+    each sample's run are the reference's."""
+    shas, locs = _world(seed)
+    rng = random.Random(-seed)
+    monkeypatch.setattr(loader, "LOCATE", rng.choice([1, 7, 1000, loader.LOCATE]))
+    args = ("m" * 64, rng.choice(["train", None]), rng.randrange(100), rng.randrange(3), rng.choice([1, 7, 64, 4096]),
+            rng.randrange(1, 10), rng.choice([1, 50_000, 300_000, 8 << 20]))
+    runs, run_samples, run_of, post = _reference(shas, locs, *args)
+    p = plan_shas(shas, lambda some: {s: locs[s] for s in some if s in locs}, *args)
+    assert list(p.post) == post and list(p.run_of) == run_of
+    assert [list(r) for r in p.run_samples] == run_samples
+    assert [(r.shard_id, r.records) for r in p.runs] == [(r.shard_id, r.records) for r in runs]
+    assert [p.size(r) for r in range(len(runs))] == [r.size for r in runs]
