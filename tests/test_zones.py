@@ -819,6 +819,26 @@ def test_a_sealed_outputs_bytes_are_recorded_and_the_zone_never_counts_less_than
     assert not any((cfg.ssd.root / "state" / "zone-bytes" / "3C").iterdir())  # no record outlives its output
 
 
+def test_the_seal_records_its_outputs_bytes_from_its_own_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sealing walks the output once: its verify's walk gives the recorded bytes (no `du` of it
+    after), and the record is what `du` counts — a crashed seal's manifest and a link included —
+    so neither the seal nor a later reservation walks it again."""
+    cfg = zone_config(tmp_path)
+    z = cfg.ssd.zone_path("3C")
+    walked = _walked(monkeypatch)
+    o = seal.begin(cfg, "3C", "once", job="test:once", kind="test", expected_bytes=MiB)
+    for i in range(30):
+        o.write(f"d{i % 3}/e{i % 2}/f{i}.bin", os.urandom(1000 + 500 * i))
+    (o.tmp / seal.MANIFEST).write_bytes(os.urandom(70_000))  # a crashed seal's: replaced, counted as the new one
+    o.link("to-mount", "/srv/hoard/views/v")
+    o.seal()
+    used = zones.zone_usage(cfg, "3C")["used_bytes"]
+    assert str(z / "once") not in walked, walked
+    [record] = (cfg.ssd.root / "state" / "zone-bytes" / "3C").iterdir()
+    assert json.loads(record.read_bytes())["bytes"] == zones.du(z / "once")
+    assert used == zones.du(z)
+
+
 def test_a_file_rewritten_in_place_in_a_sealed_output_is_counted_at_the_recount(tmp_path: Path) -> None:
     """No directory changes when a sealed file grows in place: its record is trusted until
     RECOUNT_S old, then the output is walked again and counted whole (the file system's free

@@ -167,7 +167,7 @@ class Output:
     def seal(self) -> dict[str, Any]:
         """Verify, rename, write `_JOB.json` and `_SEALED`, release the reservation; the `_JOB`
         document. SealRefused (nothing renamed) when a file differs from its declaration."""
-        files = self._verify()
+        files, walked, dirs = self._verify()
         body = json_bytes({"format": MANIFEST_FORMAT, "files": files}, sort_keys=True)
         atomic_write(self.tmp / MANIFEST, body)
         if self.final.exists():
@@ -183,41 +183,62 @@ class Output:
                "manifest": MANIFEST, "manifest_sha256": hashlib.sha256(body).hexdigest()}
         _write_job(self.final, doc)
         atomic_write(self.final / SEALED, b"")
-        # its bytes recorded now (one walk of this output): a reservation does not walk it again
-        zones.output_bytes(self.cfg, self.zone, self.final)
+        # its bytes recorded now, from the verify's walk (a reservation does not walk it again):
+        # what it counted, and the files and the top directory written since, as `du` counts them
+        top = os.lstat(self.final)
+        dirs[""] = [top.st_mtime_ns, top.st_size]
+        zones.record_bytes(self.cfg, self.zone, top, walked + zones.charged(top) + sum(
+            zones.charged(os.lstat(self.final / n)) for n in (MANIFEST, JOB, SEALED)), dirs)
         zones.release(self.cfg, self.zone, self.id)
         self.sealed = doc
         return doc
 
-    def _verify(self) -> list[dict[str, Any]]:
-        # both done once per file: `tmp` built once (the property makes a new Path each call),
-        # and each relative path cut off the walk's own prefix (every top os.walk yields starts with it)
-        tmp = self.tmp
-        cut = len(str(tmp)) + 1
-        on_disk = set()
-        tops = []  # every directory of the tree, fsynced once the files check out
-        for top, dirs, names in os.walk(tmp):
-            tops.append(top)
-            for n in names + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
-                on_disk.add(os.path.join(top, n)[cut:])
+    def _verify(self) -> tuple[list[dict[str, Any]], int, dict[str, list[int]]]:
+        """The manifest's entries, once every declared file and link is on disk as declared and
+        every directory of the tree is fsynced; and from the same walk (an lstat per entry, once),
+        what `zones.du` counts below `tmp` but `tmp` itself and a crashed seal's MANIFEST (the
+        final one is written after), and each directory's (mtime_ns, size) by its path
+        below `tmp`, taken before it is read — `zones.record_bytes`'s arguments."""
+        tmp = str(self.tmp)
+        cut = len(tmp) + 1
+        on_disk: dict[str, os.stat_result] = {}  # relative path → lstat, everything but directories
+        tops = [tmp]  # every directory of the tree, fsynced once the files check out
+        dirs: dict[str, list[int]] = {}
+        walked = 0
+        for top in tops:  # (grows as it goes: each directory listed once, never through a link)
+            try:
+                listing = list(os.scandir(top))
+            except FileNotFoundError:  # gone: every file declared in it is missing, below
+                continue
+            for e in listing:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:  # gone since the listing
+                    continue
+                rel = e.path[cut:]
+                if rel == MANIFEST:
+                    continue  # a crashed seal's: written anew below, counted once final
+                if stat.S_ISDIR(st.st_mode):
+                    dirs[rel] = [st.st_mtime_ns, st.st_size]
+                    tops.append(e.path)
+                else:
+                    on_disk[rel] = st
+                walked += zones.charged(st)
         where = f"output {self.zone}/{self.id} (job {self.job})"
-        extra = sorted(on_disk - set(self.declared) - set(self.links) - {MANIFEST})
+        extra = sorted(on_disk.keys() - set(self.declared) - set(self.links))
         if extra:
             raise SealRefused(f"{where}: {len(extra)} file(s) the producer did not declare, e.g. "
                               f"{display(extra[0])}; not sealed")
         files = []
-        base = str(tmp) + "/"  # (joined as strings: a Path each cost more than the lstat)
+        base = tmp + "/"  # (joined as strings: a Path each cost more than the lstat)
         for rel, (size, sha) in sorted(self.declared.items()):
             at = base + rel
-            # one lstat: a regular file (not a link, whatever it points to), and its size
-            try:
-                st = os.lstat(at) if rel in on_disk else None
-            except FileNotFoundError:  # gone since the walk
-                st = None
-            if st is None or not stat.S_ISREG(st.st_mode):
+            # the walk's lstat: a regular file (not a link, whatever it points to), and its size
+            seen = on_disk.get(rel)
+            if seen is None or not stat.S_ISREG(seen.st_mode):
                 raise SealRefused(f"{where}: {display(rel)} was declared but is not a regular file in {tmp}; "
                                   "not sealed")
-            got_size, got_sha = (st.st_size, sha) if rel in self.verified else sha256_file(Path(at))
+            got_size, got_sha = (seen.st_size, sha) if rel in self.verified else sha256_file(Path(at))
             if got_size != size:
                 raise SealRefused(f"{where}: {display(rel)} has {got_size} bytes, {size} were declared; not sealed")
             if got_sha != sha:
@@ -225,13 +246,13 @@ class Output:
                                   "— the producer wrote something else than it computed")
             files.append({"path": rel, "size": size, "sha256": sha})
         for rel, target in sorted(self.links.items()):
-            path = tmp / rel
+            path = self.tmp / rel
             if not path.is_symlink() or os.readlink(path) != target:
                 raise SealRefused(f"{where}: the link {display(rel)} → {display(target)} was declared but is not "
                                   "there; not sealed")
             files.append({"path": rel, "link": target})
         fsync_dirs(tops)
-        return files
+        return files, walked, dirs
 
     def prune(self, keep: set[str]) -> int:
         """Remove from `tmp` every file and link not in `keep` (relative paths), and the

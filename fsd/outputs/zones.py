@@ -171,7 +171,7 @@ def _check_id(zone: str, output_id: str) -> None:
                          "(at most 128, starting with a letter or digit)", ExitCode.USAGE)
 
 
-def _charged(st: os.stat_result) -> int:
+def charged(st: os.stat_result) -> int:
     """What a file counts against a quota: its allocated bytes, or its apparent size if that is
     larger — a sparse file (`truncate -s 6G` allocates 12 KB) holds what ingest reads, packages
     and stores, and counted only by its blocks it would slip past the 3A quota."""
@@ -180,7 +180,7 @@ def _charged(st: os.stat_result) -> int:
 
 
 def du(path: os.PathLike[str] | str, dirs: dict[str, list[int]] | None = None) -> int:
-    """Bytes below `path` as a quota counts them (`_charged`), without following symlinks; 0
+    """Bytes below `path` as a quota counts them (`charged`), without following symlinks; 0
     for nothing there. A single file counts too. `dirs`: filled with every directory's
     (mtime_ns, size) by its path below `path` ("" for itself), each taken before the directory
     is read — a file added, removed or renamed in it after that changes them (`output_bytes`)."""
@@ -188,7 +188,7 @@ def du(path: os.PathLike[str] | str, dirs: dict[str, list[int]] | None = None) -
         st = os.lstat(path)
     except FileNotFoundError:
         return 0
-    total = _charged(st)
+    total = charged(st)
     root = os.fspath(path)
     stack = [root] if stat.S_ISDIR(st.st_mode) else []
     if dirs is not None and stack:
@@ -202,7 +202,7 @@ def du(path: os.PathLike[str] | str, dirs: dict[str, list[int]] | None = None) -
                         st = e.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    total += _charged(st)
+                    total += charged(st)
                     if e.is_dir(follow_symlinks=False):
                         stack.append(e.path)
                         if dirs is not None:
@@ -251,10 +251,19 @@ def output_bytes(cfg: Settings, zone: str, p: os.PathLike[str] | str) -> int:
     dirs: dict[str, list[int]] = {}
     total = du(p, dirs)
     if sealed and (path / SEALED).exists():  # (a 3B package sealed by its manifest is walked each time)
-        with contextlib.suppress(OSError):
-            record.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(record, json.dumps({"bytes": total, "dirs": dirs, "at": time.time()}).encode())
+        record_bytes(cfg, zone, st, total, dirs)
     return total
+
+
+def record_bytes(cfg: Settings, zone: str, st: os.stat_result, total: int, dirs: dict[str, list[int]]) -> None:
+    """Record `total` (as `du` counts it) for the sealed output directory whose lstat is `st`,
+    with `dirs` as `du(p, dirs)` fills it: each directory's (mtime_ns, size) taken before it
+    was read — what `output_bytes` trusts until one of them changes. Best effort: an output
+    not recorded is walked."""
+    record = sizes_dir(cfg, zone) / f"{st.st_dev}-{st.st_ino}.json"
+    with contextlib.suppress(OSError):
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(record, json.dumps({"bytes": total, "dirs": dirs, "at": time.time()}).encode())
 
 
 def _same_dir(path: Path, was: list[int]) -> bool:
@@ -276,7 +285,7 @@ def zone_bytes(cfg: Settings, zone: str) -> int:
     if zone not in OUTPUT_ZONES:
         return du(zpath)
     try:
-        total = _charged(os.lstat(zpath))
+        total = charged(os.lstat(zpath))
         entries = list(os.scandir(zpath))
     except (FileNotFoundError, NotADirectoryError):
         return 0
@@ -284,7 +293,7 @@ def zone_bytes(cfg: Settings, zone: str) -> int:
         try:
             whole = e.is_dir(follow_symlinks=False) and not e.name.startswith(".")
             if e.name == TRASH and e.is_dir(follow_symlinks=False):
-                total += _charged(e.stat(follow_symlinks=False))
+                total += charged(e.stat(follow_symlinks=False))
                 total += sum(output_bytes(cfg, zone, os.path.join(e.path, n)) for n in os.listdir(e.path))
             elif whole:
                 total += output_bytes(cfg, zone, e.path)
