@@ -459,6 +459,7 @@ class _StoreSource:
 
     def __init__(self, ld: Loader, store: Store) -> None:
         self.ld, self.store = ld, store
+        self._since: int | None = None  # the index's last write when the reads began
 
     def locs(self, shas: Sequence[bytes]) -> dict[bytes, Any]:
         return self.store.index.lookup_many(shas)
@@ -475,9 +476,16 @@ class _StoreSource:
         return out
 
     def read_runs(self, runs: Sequence[Run], ahead: int) -> Generator[runs_mod.RunRead, None, None]:
+        self._since = self.store.index.generation()  # (before any of them is read)
         return runs_mod.read_runs(self.store, runs, ahead)
 
     def live(self, sha: bytes) -> bool:
+        """Whether a sample read by `read_runs` is still held and shown: so when nothing in the
+        index changed since the reads began (each run's records were asked then, as it was
+        read, `runs.read_run`) — one look at the index's last write, not three lookups a sample;
+        asked of the index otherwise (an ingest, a delete, a gc writing meanwhile)."""
+        if self._since is not None and self.store.index.generation() == self._since:
+            return True
         return runs_mod.live(self.store, sha)
 
 

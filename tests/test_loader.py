@@ -220,6 +220,29 @@ def test_a_deleted_or_hidden_sample_is_never_yielded(built) -> None:
     assert got_run.nbytes <= span - middle.length - fmt.RECORD_HEADER_SIZE
 
 
+def test_a_sample_hidden_after_its_run_was_read_is_not_handed_out(built) -> None:
+    """A sample whose run was read (its bytes held, its position still to come) and which
+    `hoard delete --node` then hides is not handed out: the check at hand-out looks at the index again once
+    anything was written to it since the reads began; the others come as before."""
+    cfg, _ = built
+    whole = _keys(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, buffer=len(whole), lanes=1, run_bytes=64 << 20)
+    with Store.open(cfg, writable=False) as store:
+        p = ld.plan(store)
+    it = iter(ld)
+    first = next(it)
+    i0 = p.post[0]
+    run = p.samples_of(p.run_of[i0])  # read whole before the first sample came
+    victim = next(i for i in run if i != i0 and ld.shas[i] != ld.shas[i0])
+    res = _hoard(cfg, "delete", "--node", ld.shas[victim].hex())  # (another process, as a user's)
+    assert res.returncode == 0, res.stderr
+    rest = list(it)
+    keys = [first["key"], *(s["key"] for s in rest)]
+    held = ld.samples.fields(victim)["key"]
+    assert held not in keys and sorted(keys + [held]) == sorted(whole)
+    assert ld.stats()["withheld"] == 1
+
+
 def test_a_dataset_built_twice_yields_the_same_order(built) -> None:
     """`hoard dataset build --force` makes version 2 of the same data: the same keys in the same
     order for the same seed (the order is the manifest's, not the version number's)."""

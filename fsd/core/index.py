@@ -444,6 +444,11 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
         return txn.get(sha, db=self.deleted) is None or (self.rooted is not None and
                                                          txn.get(sha, db=self.rooted) is not None)
 
+    def generation(self) -> int:
+        """The id of the index's last committed write transaction, any process's: the same id
+        twice, nothing in the index changed in between (LMDB's meta page, no transaction)."""
+        return int(self.env.info()["last_txnid"])
+
     def live_many(self, shas: Sequence[bytes]) -> list[bool]:
         """For each of `shas`: whether the index holds the object and the mount shows it
         (`lookup` and `shown` of each, all from one read transaction)."""
