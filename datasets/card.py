@@ -369,6 +369,18 @@ class Shas(Sequence[bytes]):
         b = self._b
         return (b[k:k + 32] for k in range(0, len(b), 32))
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to the list of the same sha256s in the same order (`Samples.shas()`, what a
+        loader's `shas` is a view of) and to Shas of the same bytes."""
+        if isinstance(other, Shas):
+            return self._b == other._b
+        if isinstance(other, list):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._b)
+
 
 def fingerprint(manifest: bytes, spec_sha256: str) -> str:
     """The state of the data a build saw: its manifest's lines and its spec."""

@@ -239,17 +239,22 @@ def plan(samples: Sequence[Sample], locs: Mapping[bytes, Any], manifest_sha: str
          epoch: int, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES) -> Plan:
     """The epoch's order (the module's steps 1–4) from the samples and their records'
     locations (sha → ObjectLoc); a sample without one is placed nowhere (never read)."""
-    return plan_shas([bytes.fromhex(s.sha256) for s in samples], lambda _shas: locs, manifest_sha, split, seed,
-                     epoch, buffer, lanes, run_bytes)
+    return plan_shas([bytes.fromhex(s.sha256) for s in samples], locs, manifest_sha, split, seed, epoch, buffer,
+                     lanes, run_bytes)
 
 
-def plan_shas(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]], manifest_sha: str,
+def plan_shas(shas: Sequence[bytes],
+              locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]] | Mapping[bytes, Any], manifest_sha: str,
               split: str | None, seed: int, epoch: int, buffer: int = BUFFER, lanes: int = LANES,
               run_bytes: int = RUN_BYTES) -> Plan:
     """`plan` from the samples' sha256s (sample i's is `shas[i]`), `locate(some)` giving the
-    places of `some` of them (LOCATE at a time). Built with the process's other objects out of
-    the cyclic collector's walks (`heap_frozen`): the manifest's samples would otherwise be
-    walked by every collection its objects set off."""
+    places of `some` of them (LOCATE at a time) — or `locate` the places of all of them (sha →
+    ObjectLoc), as `plan` takes them. Built with the process's other objects out of the cyclic
+    collector's walks (`heap_frozen`): the manifest's samples would otherwise be walked by every
+    collection its objects set off."""
+    if isinstance(locate, Mapping):
+        locs = locate
+        locate = lambda _some: locs  # noqa: E731
     with heap_frozen():
         return _plan(shas, locate, manifest_sha, split, seed, epoch, buffer, lanes, run_bytes)
 

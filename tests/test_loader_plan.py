@@ -5,13 +5,15 @@ that plan of lists, kept as the oracle."""
 
 from __future__ import annotations
 
+import json
+import pickle
 import random
 from collections import deque
 from typing import Any
 
 import pytest
 
-from hoardfs.datasets import loader
+from hoardfs.datasets import card, loader
 from hoardfs.datasets.loader import _rng, plan_shas
 from hoardfs.fsd.core.entries import ObjectLoc
 from hoardfs.fsd.outputs.runs import Rec, Run
@@ -136,3 +138,41 @@ def test_the_plan_in_arrays_is_the_plan_of_lists(seed: int, monkeypatch: pytest.
     assert [list(r) for r in p.run_samples] == run_samples
     assert [(r.shard_id, r.records) for r in p.runs] == [(r.shard_id, r.records) for r in runs]
     assert [p.size(r) for r in range(len(runs))] == [r.size for r in runs]
+
+
+def test_the_places_of_all_samples_in_one_mapping_plan_as_before() -> None:
+    """`plan_shas` still takes the places of all the samples as one mapping (sha → ObjectLoc), as
+    `plan` does: the same plan as the reference's, not a TypeError."""
+    shas, locs = _world(3)
+    args = ("m" * 64, "train", 7, 1, 64, 4, 300_000)
+    runs, run_samples, run_of, post = _reference(shas, locs, *args)
+    p = plan_shas(shas, locs, *args)
+    assert list(p.post) == post and list(p.run_of) == run_of
+    assert [(r.shard_id, r.records) for r in p.runs] == [(r.shard_id, r.records) for r in runs]
+
+
+def test_the_sha256s_view_is_the_list_it_stands_for() -> None:
+    """`Samples.sha256s` (a loader's `shas`) reads as the list `Samples.shas()` gives: each index
+    (negative too), slice (any step), iteration, reversal, pickling — and it compares equal to
+    that list and to a view of the same bytes, unequal to another order."""
+    rng = random.Random(11)
+    shas = [rng.randbytes(32) for _ in range(23)]
+    view = card.Shas(b"".join(shas))
+    assert len(view) == len(shas) and list(view) == shas and list(reversed(view)) == shas[::-1]
+    for i in range(-len(shas), len(shas)):
+        assert view[i] == shas[i]
+    for i in (len(shas), -len(shas) - 1):
+        with pytest.raises(IndexError):
+            view[i]
+    for a in (None, -30, -5, 0, 3, 22, 40):
+        for b in (None, -30, -1, 0, 4, 23, 40):
+            for step in (None, 1, 2, -1, -3):
+                assert list(view[a:b:step]) == shas[a:b:step], (a, b, step)
+    assert view == shas and shas == view and not view != shas
+    assert view == card.Shas(b"".join(shas)) and hash(view) == hash(card.Shas(b"".join(shas)))
+    assert view != shas[::-1] and view != shas[:-1] and view != tuple(shas)
+    assert pickle.loads(pickle.dumps(view)) == shas
+    samples = card.Samples.of_manifest(b"".join(
+        json.dumps({"key": f"k{k}", "sha256": s.hex(), "split": "train", "path": f"p{k}", "node_id": k}).encode() + b"\n"
+        for k, s in enumerate(shas)))
+    assert samples.sha256s == samples.shas() == shas
