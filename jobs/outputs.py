@@ -592,7 +592,9 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
          started: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """The run; `started()` is called once the zone admitted it (room reserved, its tree
     made): what fails before that was refused, and has written and reserved nothing."""
-    from hoardfs.fsd.store import Store  # deferred: the store opens only when there is something to copy
+    # deferred: the store opens only when there is something to copy
+    from hoardfs.fsd.io.planner import warming
+    from hoardfs.fsd.store import Store
 
     t0 = time.monotonic()
     if (done := _sealed_report(cfg, spec)) is not None:
@@ -603,9 +605,20 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
     if spec.stage is not None:  # a worker's folder contract: its files are made from the objects' bytes
         with Store.open(cfg) as store:
             require_stored(store, spec.nodes or [], OutputError)
-            items, made, n_nodes = plan_stage(cfg, spec, store)
-            require_stored(store, [it.sha256 for it in items], OutputError)
-            return copy_planned(cfg, spec, store, items, n_nodes, progress, started, t0, generated=made)
+            with warming(store, [bytes.fromhex(h) for h in spec.nodes or []]) as planned:
+                items, made, n_nodes = plan_stage(cfg, spec, store)
+                require_stored(store, [it.sha256 for it in items], OutputError)
+                planned()
+                return copy_planned(cfg, spec, store, items, n_nodes, progress, started, t0, generated=made)
+    if spec.nodes and spec.mode == "copy":
+        # the objects to read are known before the plan (its SQL, its paths): the disks start
+        # reading them into the page cache meanwhile, and the copy finds them there
+        with Store.open(cfg) as store:
+            with warming(store, [bytes.fromhex(h) for h in spec.nodes]) as planned:
+                items, n_nodes = plan_items(cfg, spec)
+                require_stored(store, [it.sha256 for it in items], OutputError)
+                planned()
+                return copy_planned(cfg, spec, store, items, n_nodes, progress, started, t0)
     items, n_nodes = plan_items(cfg, spec)
     with Store.open(cfg) as store:
         require_stored(store, [it.sha256 for it in items], OutputError)

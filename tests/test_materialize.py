@@ -457,3 +457,69 @@ def test_a_destination_replaced_mid_copy_is_never_a_finished_copy(store_factory,
     rep = materialize(store, items, dest)
     assert rep.written >= 10
     _check_tree(dest, items)
+
+
+def _cached(path: Path, start: int, end: int) -> tuple[int, int]:
+    """(pages of path[start:end] in the page cache, pages) — mincore(2) of a mapping of it (the
+    mapping reads nothing)."""
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    page = mmap.PAGESIZE
+    first, last = start // page * page, end
+    with open(path, "rb") as f:
+        m = mmap.mmap(f.fileno(), last - first, offset=first, access=mmap.ACCESS_COPY)
+        try:
+            buf = ctypes.c_char.from_buffer(m)
+            try:
+                n = (last - first + page - 1) // page
+                vec = ctypes.create_string_buffer(n)
+                assert libc.mincore(ctypes.addressof(buf), last - first, vec) == 0, os.strerror(ctypes.get_errno())
+                return sum(b & 1 for b in vec.raw), n
+            finally:
+                del buf
+        finally:
+            m.close()
+
+
+def test_the_disks_read_what_a_copy_will_read_while_it_is_planned(store_factory, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """`planner.warming`: while its block runs, each disk reads the start of its share of the
+    plan (in pieces, in the plan's order) into the page cache, so a copy planned meanwhile does
+    not start on idle disks; once stopped it asks for nothing more, and no thread outlives it."""
+    monkeypatch.setattr(planner, "WARM_PIECE", 64 << 10)  # several pieces a disk
+    store = store_factory(n_disks=2, caps=None, shard_size_mb=1)  # several shards: both disks have a share
+    results = store.put_many(make_files(tmp_path / "src", 120, seed=47, lo=16 << 10, hi=48 << 10))
+    shas = [bytes.fromhex(r.sha256) for r in results]
+    plan = planner.make_plan(store, shas)
+    firsts = {uuid: ranges[0] for uuid, ranges in plan.ranges.items() if ranges}
+    assert len(firsts) == 2
+    for uuid, rng in firsts.items():  # nothing of it cached to begin with
+        path = store.disks[uuid].find(rng.shard_hex)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        assert _cached(path, rng.start, rng.end)[0] == 0
+    asked: list[tuple[str, int]] = []
+    for disk in store.disks.values():
+        real = disk.prefetch
+        monkeypatch.setattr(disk, "prefetch", lambda h, off, n, real=real: (asked.append((h, off)), real(h, off, n)))
+    with planner.warming(store, shas) as stop:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+                _cached(store.disks[u].find(r.shard_hex), r.start, r.end)[0] >= 16 for u, r in firsts.items()):
+            time.sleep(0.01)
+        stop()
+        time.sleep(0.1)
+        after = len(asked)
+    assert len(asked) == after  # nothing asked for once stopped
+    for uuid, rng in firsts.items():  # each disk's first piece was read while the block ran
+        got, pages = _cached(store.disks[uuid].find(rng.shard_hex), rng.start, min(rng.end, rng.start + (64 << 10)))
+        assert got == pages, (store.disks[uuid].label, got, pages)
+    starts = [off for h, off in asked]
+    assert all(any(r.shard_hex == h and r.start <= off < r.end for rs in plan.ranges.values() for r in rs)
+               for h, off in asked) and starts  # only what the plan reads
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("warm")]

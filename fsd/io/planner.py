@@ -548,5 +548,72 @@ def execute(store: Store, plan: Plan, sink: Sink,
     return stats
 
 
+#: what `warming` asks each disk to read ahead at most, in pieces of WARM_PIECE: the longest
+#: a stopped warm-up goes on reading, and no longer than a read-ahead window (the kernel reads
+#: one window of what POSIX_FADV_WILLNEED asks: 2.5 MiB on the lab)
+WARM_BYTES = 512 << 20
+WARM_PIECE = 2 << 20
+#: a piece whose last page comes back faster than this was in the page cache already: the
+#: rest is taken to be there too (a warm run asks for no more than a piece a disk)
+WARM_CACHED_S = 0.0005
+
+
+@contextlib.contextmanager
+def warming(store: Store, shas: list[bytes]) -> Iterator[Callable[[], None]]:
+    """While the block runs (a caller still planning what to write where: its SQL, its paths,
+    its checks), each local disk reads the start of its share of `make_plan(store, shas)` into
+    the page cache, piece by piece in the plan's order, up to WARM_BYTES; `execute` of that
+    plan then finds it there instead of starting on idle disks (bench/stage_small.py: a cold
+    stage of 10,000 small files on the lab takes 0.5–0.7 s less). Yields `stop`, which ends it (the
+    pieces asked for are still read, as the copy would); the block's end stops it too and
+    waits for the disks' last pieces. Only a hint: nothing read here is used or trusted —
+    `execute` reads and checks every byte itself —, and its errors are left for `execute`
+    to meet."""
+    stop = threading.Event()
+
+    def warm(disk, ranges: list[ReadRange]) -> None:
+        done = 0
+        for rng in ranges:
+            for off in range(rng.start, rng.end, WARM_PIECE):
+                if stop.is_set() or done >= WARM_BYTES:
+                    return
+                n = min(WARM_PIECE, rng.end - off)
+                t0 = time.monotonic()
+                try:
+                    # the kernel reads the piece into the page cache (no copy here); reading its
+                    # last page waits until it is there, so one piece a disk is asked for at a time
+                    disk.prefetch(rng.shard_hex, off, n)
+                    disk.read_exact(rng.shard_hex, off + n - min(n, 4096), min(n, 4096))
+                except Exception:  # (execute meets it: a read error is handled there)
+                    return
+                done += n
+                if time.monotonic() - t0 < WARM_CACHED_S:
+                    return  # cached already
+
+    def start() -> None:
+        try:
+            plan = make_plan(store, shas)
+        except Exception:  # (the caller's own plan meets it)
+            return
+        for uuid, ranges in plan.ranges.items():
+            disk = store.disks[uuid]
+            # a local disk (the page cache holds what it reads)
+            if not disk.stream_large and hasattr(disk, "prefetch") and ranges and not stop.is_set():
+                t = threading.Thread(target=warm, args=(disk, ranges), name=f"warm {disk.label}", daemon=True)
+                t.start()
+                threads.append(t)
+
+    threads: list[threading.Thread] = []
+    starter = threading.Thread(target=start, name="warm-plan", daemon=True)
+    starter.start()
+    try:
+        yield stop.set
+    finally:
+        stop.set()
+        starter.join()
+        for t in threads:
+            t.join()
+
+
 def _read_range(disk, rng: ReadRange) -> bytes:
     return disk.read_exact(rng.shard_hex, rng.start, rng.end - rng.start)
