@@ -40,6 +40,33 @@ def test_live_many_is_lookup_and_shown_for_every_state(tmp_path) -> None:
         idx.close()
 
 
+def test_live_many_with_no_marks_or_one_kind_of_mark_is_lookup_and_shown(tmp_path) -> None:
+    """Many objects asked at once, with no mark in the index (one lookup each), then only a
+    hidden mark, then only a tombstone: live_many still says live exactly where lookup finds
+    the object and shown shows it — the one marked object is never live."""
+    idx = Index(tmp_path / "index")
+    try:
+        shas = [hashlib.sha256(b"%d" % k).digest() for k in range(12)]
+        with idx.env.begin(write=True) as txn:
+            for k, h in enumerate(shas[:10]):  # (the last two absent)
+                txn.put(h, ObjectLoc(b"\x02" * 16, 4096 * (k + 1), 100).pack(), db=idx.objects)
+
+        def agrees() -> list[bool]:
+            got = idx.live_many(shas)
+            assert got == [idx.lookup(h) is not None and idx.shown(h) for h in shas]
+            return got
+
+        assert agrees() == [True] * 10 + [False] * 2
+        for table in (idx.hidden, idx.deleted):
+            with idx.env.begin(write=True) as txn:
+                txn.put(shas[3], b"", db=table)
+            assert agrees() == [True] * 3 + [False] + [True] * 6 + [False] * 2
+            with idx.env.begin(write=True) as txn:
+                txn.delete(shas[3], db=table)
+    finally:
+        idx.close()
+
+
 def test_unshown_among_walks_the_marks_or_asks_each_and_agrees_with_shown(tmp_path) -> None:
     """unshown_among gives exactly the asked objects shown refuses, whether it walks the marks
     (fewer than the objects asked) or asks each object (more marks than objects asked)."""

@@ -25,6 +25,7 @@ from hoardfs.base import config
 from hoardfs.datasets.loader import Mix, plan
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.maintenance.deletion import hide
+from hoardfs.fsd.outputs import runs as runs_mod
 from hoardfs.fsd.outputs.runs import Run, assign, read_run, read_runs
 from hoardfs.fsd.store import Store
 from hoardfs.loader import Loader, LoaderError
@@ -241,6 +242,37 @@ def test_a_sample_hidden_after_its_run_was_read_is_not_handed_out(built) -> None
     held = ld.samples.fields(victim)["key"]
     assert held not in keys and sorted(keys + [held]) == sorted(whole)
     assert ld.stats()["withheld"] == 1
+
+
+def test_a_record_hidden_after_its_run_was_hinted_is_not_read(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's plan made when its disk's previous run ended (the hint of its first range) is
+    read on only while nothing was written to the index since: a record `hoard delete --node`
+    hides in between is not read — its run planned again — and the run's others are."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    hinted: list[int] = []
+    with Store.open(cfg, writable=False) as store:
+        p = ld.plan(store)
+        runs = [Run(r.shard_id, r.records) for r in p.runs]
+        disk_of = assign(store, runs)
+        # a run read right after another off the same disk, holding two records or more
+        j = next(b for b in range(1, len(runs)) if len(runs[b].records) >= 2 and disk_of[b] in disk_of[:b])
+        victim = runs[j].records[1].sha
+        real = runs_mod._prefetch_first
+
+        def hint_then_hide(store_: Store, number: int, run: Run, uuid: str) -> object:
+            got = real(store_, number, run, uuid)
+            if number == j:
+                hinted.append(number)
+                res = _hoard(cfg, "delete", "--node", victim.hex())  # (another process, as a user's)
+                assert res.returncode == 0, res.stderr
+            return got
+
+        monkeypatch.setattr(runs_mod, "_prefetch_first", hint_then_hide)
+        got = {g.number: g for g in read_runs(store, runs)}
+    assert hinted == [j]  # (the plan was made ahead, then the record hidden)
+    assert victim not in got[j].payloads and victim in got[j].unshown
+    assert {r.sha for r in runs[j].records} - {victim} <= set(got[j].payloads)
 
 
 def test_a_dataset_built_twice_yields_the_same_order(built) -> None:

@@ -268,14 +268,19 @@ def _planned(store: Store, number: int, run: Run, uuid: str) -> _Planned | None:
     return _Planned(out, disk, [g for seg in segments for g in disk_ranges(disk, seg)], [])
 
 
+#: `read_run` not handed a plan of its run (it plans it then)
+_UNPLANNED: Any = object()
+
+
 def read_run(store: Store, number: int, run: Run, uuid: str,
-             then: Callable[[], None] | None = None) -> RunRead:
+             then: Callable[[], None] | None = None, planned: _Planned | None = _UNPLANNED) -> RunRead:
     """One run off disk `uuid`: what the store still shows of its kept records, verified, each
     record that fails there read from another replica. A run whose `keep` names some of its
     records is read whole off a local disk (the module's docstring), its kept records alone off
     any other; one that keeps none is not read at all. `then`: called once the run's last range
-    is read, before it is checked (`read_checked`)."""
-    p = _planned(store, number, run, uuid)
+    is read, before it is checked (`read_checked`); `planned`: its plan, made with nothing
+    written to the index since (`read_runs`)."""
+    p = _planned(store, number, run, uuid) if planned is _UNPLANNED else planned
     if p is None:
         return RunRead(number, {}, "")
     out, failed = p.out, list(p.elsewhere)
@@ -294,13 +299,13 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
     return out
 
 
-def _prefetch_first(store: Store, number: int, run: Run, uuid: str) -> None:
+def _prefetch_first(store: Store, number: int, run: Run, uuid: str) -> _Planned | None:
     """Hint the disk the first range `read_run` will read of `run` (as the index shows its
-    records now: nothing of a record it no longer shows). `read_run` plans the run again when
-    it reads it, so a record the store stops showing in between is not read either."""
+    records now: nothing of a record it no longer shows); the plan that range is of."""
     p = _planned(store, number, run, uuid)
     if p is not None and p.groups and hasattr(p.disk, "prefetch"):
         p.disk.prefetch(run.shard_id.hex(), *span(p.groups[0]))
+    return p
 
 
 def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
@@ -316,9 +321,22 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD) -> Generato
             following[last[u]] = i
         last[u] = i
 
+    # a run hinted (its plan made as the disk's run before it ended) → the index's last write
+    # before that plan, the run, the plan: read on that plan when nothing was written since —
+    # else planned again, so a record the store stops showing in between is not read either
+    hinted: dict[int, tuple[int, Run, _Planned | None]] = {}
+
+    def hint(j: int, u: str) -> None:
+        since, run = store.index.generation(), runs[j]
+        hinted[j] = (since, run, _prefetch_first(store, j, run, u))
+
     def read(i: int, u: str) -> RunRead:
         j = following.get(i)
-        return read_run(store, i, runs[i], u, None if j is None else lambda: _prefetch_first(store, j, runs[j], u))
+        then = None if j is None else lambda: hint(j, u)
+        got = hinted.pop(i, None)
+        if got is not None and got[0] == store.index.generation():
+            return read_run(store, i, got[1], u, then, got[2])
+        return read_run(store, i, runs[i], u, then)
 
     yield from read_assigned(disk_of, read, ahead)
 
