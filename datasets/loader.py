@@ -464,7 +464,7 @@ class _StoreSource:
 
     def __init__(self, ld: Loader, store: Store) -> None:
         self.ld, self.store = ld, store
-        self._since: int | None = None  # the index's last write when the reads began
+        self._since: int | None = None  # the index's last write the reads' start saw (Index.snapshot)
 
     def locs(self, shas: Sequence[bytes]) -> dict[bytes, Any]:
         return self.store.index.lookup_many(shas)
@@ -481,7 +481,7 @@ class _StoreSource:
         return out
 
     def read_runs(self, runs: Sequence[Run], ahead: int) -> Generator[runs_mod.RunRead, None, None]:
-        self._since = self.store.index.generation()  # (before any of them is read)
+        self._since = self.store.index.snapshot()  # (before any of them is read)
         return runs_mod.read_runs(self.store, runs, ahead)
 
     def live(self, sha: bytes) -> bool:

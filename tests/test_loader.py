@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import pickle
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -22,8 +24,10 @@ import pytest
 
 from hoardfs.adapters.synth import Spec, generate
 from hoardfs.base import config
+from hoardfs.datasets import loader as loader_mod
 from hoardfs.datasets.loader import Mix, plan
 from hoardfs.fsd.core import shardfmt as fmt
+from hoardfs.fsd.core.index import Index
 from hoardfs.fsd.maintenance.deletion import hide
 from hoardfs.fsd.outputs import runs as runs_mod
 from hoardfs.fsd.outputs.runs import Run, assign, read_run, read_runs
@@ -271,6 +275,106 @@ def test_a_record_hidden_after_its_run_was_hinted_is_not_read(built, monkeypatch
         monkeypatch.setattr(runs_mod, "_prefetch_first", hint_then_hide)
         got = {g.number: g for g in read_runs(store, runs)}
     assert hinted == [j]  # (the plan was made ahead, then the record hidden)
+    assert victim not in got[j].payloads and victim in got[j].unshown
+    assert {r.sha for r in runs[j].records} - {victim} <= set(got[j].payloads)
+
+
+def _lock_txnid(cfg, txnid: int | None = None) -> int:
+    """The last committed write's id in the index's LMDB lock file — the snapshot a read
+    transaction begun now takes — set to `txnid` when given (LMDB 0.9's MDB_txbody on 64-bit
+    Linux: magic and format, a robust pthread mutex, then the id, at byte 48)."""
+    path = cfg.index_dir / "lock.mdb"
+    fd = os.open(path, os.O_RDWR)
+    try:
+        was = struct.unpack("<Q", os.pread(fd, 8, 48))[0]
+        if txnid is not None:
+            os.pwrite(fd, struct.pack("<Q", txnid), 48)
+        return int(was)
+    finally:
+        os.close(fd)
+
+
+def _hide_landing(cfg, index: Index, sha: bytes) -> int:
+    """`hoard delete --node` of `sha` (another process), its commit then held in its last
+    moment — LMDB's meta page written, the lock file's id not yet (the meta page's write is
+    synced to the disk in between): a read transaction of `index` (the store's, open) begun now
+    still sees the object shown. The id the commit lands at (`_lock_txnid(cfg, it)` lands it)."""
+    res = _hoard(cfg, "delete", "--node", sha.hex())
+    assert res.returncode == 0, res.stderr
+    g = index.generation()
+    assert _lock_txnid(cfg) == g  # (the layout read right: the lock file names the same write)
+    assert index.shown(sha) is False
+    _lock_txnid(cfg, g - 1)
+    assert index.shown(sha) is True and index.generation() == g  # (the snapshot before the hide)
+    return g
+
+
+def test_a_sample_hidden_by_a_commit_landing_as_the_reads_begin_is_not_handed_out(
+        built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hide whose commit is still landing as the reads begin (LMDB's meta page already names
+    it, a read transaction does not see it yet) is seen at hand-out once it has landed: the
+    reads' starting point is the snapshot they read, not the meta page's id."""
+    cfg, _ = built
+    whole = _keys(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, buffer=len(whole), lanes=1, run_bytes=64 << 20)
+    with Store.open(cfg, writable=False) as store:
+        p = ld.plan(store)
+    i0 = p.post[0]
+    run = p.samples_of(p.run_of[i0])  # read whole before the first sample comes
+    victim = next(i for i in run if i != i0 and ld.shas[i] != ld.shas[i0])
+    real, landing = Loader._reads, []
+
+    def reads_as_a_hide_lands(self: Loader, *a: object) -> object:
+        out = real(self, *a)  # (the epoch planned and its withheld asked: the reads begin next)
+        landing.append(_hide_landing(cfg, loader_mod._OPEN[str(cfg.index_dir)][0].index, ld.shas[victim]))
+        return out
+
+    monkeypatch.setattr(Loader, "_reads", reads_as_a_hide_lands)
+    it = iter(ld)
+    first = next(it)
+    _lock_txnid(cfg, landing[0])  # the commit has landed
+    keys = [first["key"], *(s["key"] for s in it)]
+    held = ld.samples.fields(victim)["key"]
+    assert held not in keys and sorted(keys + [held]) == sorted(whole)
+    assert ld.stats()["withheld"] == 1
+
+
+def test_a_record_hidden_by_a_commit_landing_as_its_run_is_hinted_is_not_read(
+        built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hint's plan made while a hide's commit lands (LMDB's meta page names it, the plan's
+    read transaction does not see it) is not read on once it has landed: the run is planned
+    again, the hidden record not read, the run's others are."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        p = ld.plan(store)
+        runs = [Run(r.shard_id, r.records) for r in p.runs]
+        disk_of = assign(store, runs)
+        j = next(b for b in range(1, len(runs)) if len(runs[b].records) >= 2 and disk_of[b] in disk_of[:b])
+        victim = runs[j].records[1].sha
+        real_checked, real_first, landing = runs_mod.read_checked, runs_mod._prefetch_first, []
+
+        before = max(b for b in range(j) if disk_of[b] == disk_of[j])  # (its last range read: j hinted)
+
+        def checked(*a: object) -> object:
+            out, then = a[4], a[7]
+            if then is not None and getattr(out, "number", None) == before:
+                def hide_then_hint() -> None:
+                    landing.append(_hide_landing(cfg, store.index, victim))
+                    then()
+                a = (*a[:7], hide_then_hint)
+            return real_checked(*a)
+
+        def first(store_: Store, number: int, run: Run, uuid: str) -> object:
+            got = real_first(store_, number, run, uuid)
+            if number == j:
+                _lock_txnid(cfg, landing[0])  # the commit has landed, the plan made before
+            return got
+
+        monkeypatch.setattr(runs_mod, "read_checked", checked)
+        monkeypatch.setattr(runs_mod, "_prefetch_first", first)
+        got = {g.number: g for g in read_runs(store, runs)}
+    assert landing
     assert victim not in got[j].payloads and victim in got[j].unshown
     assert {r.sha for r in runs[j].records} - {victim} <= set(got[j].payloads)
 

@@ -445,9 +445,19 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
                                                          txn.get(sha, db=self.rooted) is not None)
 
     def generation(self) -> int:
-        """The id of the index's last committed write transaction, any process's: the same id
-        twice, nothing in the index changed in between (LMDB's meta page, no transaction)."""
+        """The id of the index's last committed write transaction, any process's (LMDB's meta
+        page, no transaction): equal to a `snapshot()` taken before, nothing was written since
+        that snapshot. Never the starting point itself: a commit writes its meta page (synced
+        to the disk) before the id read transactions start from, so this may name a write that
+        a read transaction begun after it does not see."""
         return int(self.env.info()["last_txnid"])
+
+    def snapshot(self) -> int:
+        """The id of the last write a read transaction begun now sees: the starting point a
+        later `generation()` is compared with (each read transaction begun after it sees this
+        write or a later one)."""
+        with self.env.begin() as txn:
+            return int(txn.id())
 
     def live_many(self, shas: Sequence[bytes]) -> list[bool]:
         """For each of `shas`: whether the index holds the object and the mount shows it

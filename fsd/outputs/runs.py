@@ -327,7 +327,7 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD) -> Generato
     hinted: dict[int, tuple[int, Run, _Planned | None]] = {}
 
     def hint(j: int, u: str) -> None:
-        since, run = store.index.generation(), runs[j]
+        since, run = store.index.snapshot(), runs[j]  # (not generation(): it may name a write the plan misses)
         hinted[j] = (since, run, _prefetch_first(store, j, run, u))
 
     def read(i: int, u: str) -> RunRead:
