@@ -160,6 +160,38 @@ def test_a_rotten_replica_is_read_around(built) -> None:
     assert ld.stats()["fallbacks"] == 1
 
 
+@pytest.mark.expect_log(r"loader: record .* does not check out", level="WARNING")
+def test_a_record_hidden_while_its_run_is_read_is_not_read_off_another_replica(
+        built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record that does not check out on its run's disk, hidden by `hoard delete --node` while
+    its run is read, is not read off another replica: passed over as the store no longer shows
+    it, the run's other records read."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        p = ld.plan(store)
+        runs = [Run(r.shard_id, r.records) for r in p.runs]
+        disk_of = assign(store, runs)
+        j = next(b for b in range(len(runs)) if len(runs[b].records) >= 2 and disk_of[b])
+        victim = runs[j].records[1]
+        meta = store.index.get_shard(runs[j].shard_id)
+        assert len(meta.replicas) >= 2
+        flip_byte(store.disks[disk_of[j]].find(meta.hex), victim.offset + 5)
+        real = runs_mod.read_checked
+
+        def checked_then_hidden(*a: object) -> object:
+            failed = real(*a)
+            assert [r.sha for r, _why in failed] == [victim.sha]
+            res = _hoard(cfg, "delete", "--node", victim.sha.hex())  # (another process, as a user's)
+            assert res.returncode == 0, res.stderr
+            return failed
+
+        monkeypatch.setattr(runs_mod, "read_checked", checked_then_hidden)
+        got = read_run(store, j, runs[j], disk_of[j])
+    assert victim.sha not in got.payloads and victim.sha in got.unshown and got.fallbacks == 0
+    assert {r.sha for r in runs[j].records} - {victim.sha} <= set(got.payloads)
+
+
 @pytest.mark.expect_log(r"loader: manifest .* unreadable on shard .* do not match what was read of it", level="WARNING")
 def test_the_manifests_lines_are_read_back_checked(built) -> None:
     """A loader keeps no manifest: each sample's line is read back from the store as it is

@@ -289,7 +289,13 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
         # up again); any other error is the replica's
         failed += [r for r, _why in read_checked(p.disk, run.shard_id.hex(), p.groups, p.disk.label, out,
                                                  "another replica, looked up again", run.keep, then)]
-    for r in failed:
+    # a record read elsewhere is read later than its plan: one the store stopped showing since
+    # (hidden, tombstoned while the run was read) is not read off another replica either
+    shown = store.index.live_many([r.sha for r in failed]) if failed else []
+    for r, ok in zip(failed, shown, strict=True):
+        if not ok:
+            out.unshown.append(r.sha)
+            continue
         try:
             out.payloads[r.sha] = _fallback(store, r, uuid)
         except ObjectNotFound:  # freed meanwhile: it was deleted (gc frees nothing else)
