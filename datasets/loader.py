@@ -486,9 +486,10 @@ class _StoreSource:
 
     def live(self, sha: bytes) -> bool:
         """Whether a sample read by `read_runs` is still held and shown: so when nothing in the
-        index changed since the reads began (each run's records were asked then, as it was
-        read, `runs.read_run`) — one look at the index's last write, not three lookups a sample;
-        asked of the index otherwise (an ingest, a delete, a gc writing meanwhile)."""
+        index changed since the snapshot the reads began from (each run's records were asked
+        in that snapshot or a later one, as it was read, `runs.read_run`) — one look at the
+        index's last write, not three lookups a sample; asked of the index otherwise (an
+        ingest, a delete, a gc writing meanwhile)."""
         if self._since is not None and self.store.index.generation() == self._since:
             return True
         return runs_mod.live(self.store, sha)
