@@ -44,7 +44,8 @@ Bound: the samples' bytes over the summed read MiB/s of all four disks (as blkio
 them); *share* = bound time / measured time. Goals: the loader cold ≥ 90 % of the
 bound and ≥ 3× the mount's file loader in the same run; RSS flat in the dataset size (the peak
 over `ldr-full`, four times the samples of `ldr-small`, at most 1.05× its peak); warm at
-page-cache speed (the one-process warm epoch at least as fast as the page-cache floor). Raw
+page-cache speed (the one-process warm epoch, its start apart, at least as fast as the
+page-cache floor's reads, its listing apart). Raw
 JSON: bench/results/loader-lab4.json (other sizes: loader-lab4-<items>-<large>.json;
 `--results DIR` puts it elsewhere, e.g. a smoke run's), with the date, the commit,
 the machine and the load at start and end; a run of the default size into bench/results/
@@ -446,14 +447,17 @@ def goals(d: dict) -> list[str]:
 
 def _warm_goal(d: dict) -> list[str]:
     """The loader's warm epoch against the page-cache floor (one process reading each sample's
-    plain file out of the page cache in a plain loop): at page-cache speed is at least as fast."""
+    plain file out of the page cache in a plain loop): at page-cache speed is at least as fast.
+    Each side's start apart (the loader's manifest and plan, the floor's listing — its inode
+    order stats every file): the samples handed out, side by side."""
     floor = d.get("page_cache_floor")
     if floor is None:
         return []
-    warm = d["sides"]["loader x1"]["warm"]["seconds"]
-    return [f"warm: the loader's one-process epoch {warm:.2f} s, one process reading the same samples' files out "
-            f"of the page cache in a plain loop {floor['seconds']:.2f} s ({floor['seconds'] / warm:.2f}×; goal: at "
-            f"page-cache speed, at least as fast): {'met' if warm <= floor['seconds'] else 'missed'}"]
+    w = d["sides"]["loader x1"]["warm"]
+    warm, base = w["seconds"] - w["setup_s"], floor["seconds"] - floor["setup_s"]
+    return [f"warm, each side's start apart: the loader's one-process epoch {warm:.2f} s, one process reading the "
+            f"same samples' files out of the page cache in a plain loop {base:.2f} s ({base / warm:.2f}×; goal: at "
+            f"page-cache speed, at least as fast): {'met' if warm <= base else 'missed'}"]
 
 
 def render(results: Path | None = None) -> None:
