@@ -527,9 +527,11 @@ class _ManifestLines:
 
     def __init__(self, cfg: config.Settings, manifest_sha: str) -> None:
         self.cfg, self.sha = cfg, bytes.fromhex(manifest_sha)
-        # where lines are read: (pid, the replicas' descriptors, the record's offset, the
-        # descriptor of each piece (None: the first's), the pieces' size)
-        self._at: tuple[int, tuple[int, ...], int, bytes | None, int] | None = None
+        # where lines are read: (the replicas' descriptors, the record's offset, the descriptor
+        # of each piece (None: the first's), the pieces' size) — a forked process (a DataLoader's
+        # worker) reads on through the descriptors it inherited: the replicas whose page cache
+        # holds each piece (opened anew, it would read every line off one of them)
+        self._at: tuple[tuple[int, ...], int, bytes | None, int] | None = None
         self._closer: weakref.finalize | None = None
         self._reads = 0
 
@@ -541,7 +543,7 @@ class _ManifestLines:
         line off the one its piece of the manifest was read from (`piece_of`: a manifest read
         striped, `_striped_manifest` — that file's pages hold it in the page cache, the others' not)."""
         self._let_go()
-        self._at = (os.getpid(), fds, offset, piece_of, piece)
+        self._at = (fds, offset, piece_of, piece)
         self._closer = weakref.finalize(self, _close_all, fds)
 
     def _let_go(self) -> None:
@@ -553,15 +555,15 @@ class _ManifestLines:
 
     def read(self, at: int, n: int, digest: int) -> bytes:
         last = self._at
-        if last is not None and last[0] == os.getpid():
+        if last is not None:
             self._reads += 1
-            fd = last[1][0] if last[3] is None else last[1][last[3][min(at // last[4], len(last[3]) - 1)]]
+            fd = last[0][0] if last[2] is None else last[0][last[2][min(at // last[3], len(last[2]) - 1)]]
             with contextlib.suppress(OSError):
                 # (a shard file gc retired, looked for every LOOK_LINKS lines: let go, its space freed)
                 if not self._reads % LOOK_LINKS and not os.fstat(fd).st_nlink:
                     self._let_go()
                 else:
-                    got = os.pread(fd, n, last[2] + at)
+                    got = os.pread(fd, n, last[1] + at)
                     if len(got) == n and xxhash.xxh3_64_intdigest(got) == digest:
                         return got
         with _shared_store(self.cfg) as store:

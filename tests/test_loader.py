@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,6 +191,36 @@ def test_a_record_hidden_while_its_run_is_read_is_not_read_off_another_replica(
         got = read_run(store, j, runs[j], disk_of[j])
     assert victim.sha not in got.payloads and victim.sha in got.unshown and got.fallbacks == 0
     assert {r.sha for r in runs[j].records} - {victim.sha} <= set(got.payloads)
+
+
+def test_a_forked_worker_reads_the_manifests_lines_off_the_replicas_the_start_read(built) -> None:
+    """A forked process (a DataLoader's worker) reads each sample's manifest line through the
+    descriptors it inherited — off the replica whose page cache holds that piece — not through
+    the store opened anew (which read every line off one replica, half of them off the disks
+    after a striped start): the child's fields are the parent's, with the store's way shut."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    want = [ld.samples.fields(i)["key"] for i in range(len(ld))]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: any read through the store is a failure
+        os.close(r)
+        code = 1
+        try:
+            def shut(cfg_: Any) -> Any:
+                raise AssertionError("a line read through the store")
+
+            loader_mod._shared_store = shut
+            got = [ld.samples.fields(i)["key"] for i in range(len(ld))]
+            os.write(w, json.dumps(got).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and json.loads(out) == want
 
 
 @pytest.mark.expect_log(r"loader: manifest .* unreadable on shard .* do not match what was read of it", level="WARNING")
