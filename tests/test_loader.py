@@ -311,6 +311,15 @@ def test_a_sample_hidden_after_its_run_was_read_is_not_handed_out(built) -> None
     assert ld.stats()["withheld"] == 1
 
 
+def _hinted_run(store: Store, ld: Loader) -> tuple[list[Run], list[str], int, bytes]:
+    """The epoch's runs as read, each one's disk, and a run j read right after another off the
+    same disk (so it is hinted) holding two records or more; its second record's sha256."""
+    runs = [Run(r.shard_id, r.records) for r in ld.plan(store).runs]
+    disk_of = assign(store, runs)
+    j = next(b for b in range(1, len(runs)) if len(runs[b].records) >= 2 and disk_of[b] in disk_of[:b])
+    return runs, disk_of, j, runs[j].records[1].sha
+
+
 def test_a_record_hidden_after_its_run_was_hinted_is_not_read(built, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run's plan made when its disk's previous run ended (the hint of its first range) is
     read on only while nothing was written to the index since: a record `hoard delete --node`
@@ -319,12 +328,7 @@ def test_a_record_hidden_after_its_run_was_hinted_is_not_read(built, monkeypatch
     ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
     hinted: list[int] = []
     with Store.open(cfg, writable=False) as store:
-        p = ld.plan(store)
-        runs = [Run(r.shard_id, r.records) for r in p.runs]
-        disk_of = assign(store, runs)
-        # a run read right after another off the same disk, holding two records or more
-        j = next(b for b in range(1, len(runs)) if len(runs[b].records) >= 2 and disk_of[b] in disk_of[:b])
-        victim = runs[j].records[1].sha
+        runs, disk_of, j, victim = _hinted_run(store, ld)
         real = runs_mod._prefetch_first
 
         def hint_then_hide(store_: Store, number: int, run: Run, uuid: str) -> object:
@@ -410,11 +414,7 @@ def test_a_record_hidden_by_a_commit_landing_as_its_run_is_hinted_is_not_read(
     cfg, _ = built
     ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
     with Store.open(cfg, writable=False) as store:
-        p = ld.plan(store)
-        runs = [Run(r.shard_id, r.records) for r in p.runs]
-        disk_of = assign(store, runs)
-        j = next(b for b in range(1, len(runs)) if len(runs[b].records) >= 2 and disk_of[b] in disk_of[:b])
-        victim = runs[j].records[1].sha
+        runs, disk_of, j, victim = _hinted_run(store, ld)
         real_checked, real_first, landing = runs_mod.read_checked, runs_mod._prefetch_first, []
 
         before = max(b for b in range(j) if disk_of[b] == disk_of[j])  # (its last range read: j hinted)
