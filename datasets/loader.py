@@ -707,7 +707,7 @@ def _not_a_manifest(ref: str, manifest_sha: str, e: Exception) -> str:
 
 def _fresh_stats() -> dict[str, Any]:
     return {"samples": 0, "bytes": 0, "read_bytes": 0, "per_disk_bytes": {}, "fallbacks": 0, "withheld": 0,
-            "held_max": 0}
+            "held_max": 0, "held_bytes_max": 0}
 
 
 class Loader:
@@ -936,7 +936,8 @@ class Loader:
     def stats(self) -> dict[str, Any]:
         """Samples and bytes yielded, bytes read per disk, replicas fallen back to, samples
         withheld (deleted or hidden), the most samples held read and not yet yielded at once
-        (`held_max`: at most `buffer` + `lanes` × a run's samples), and the mix (`Mix`)."""
+        (`held_max`: at most `buffer` + `lanes` × a run's samples) and the most bytes
+        (`held_bytes_max`), and the mix (`Mix`)."""
         return {**self._stats, "per_disk_bytes": dict(self._stats["per_disk_bytes"]), "mix": self._mix.report()}
 
     # -- the sequence -----------------------------------------------------------------------
@@ -1061,6 +1062,7 @@ class Loader:
         todo, parts = self._reads(p, start, withheld, need)
         reads = src.read_runs(parts, self.ahead)
         held: dict[int, bytes] = {}
+        held_bytes = 0
         done = -1  # the last plan run read
         per_disk = self._stats["per_disk_bytes"]
         try:
@@ -1083,8 +1085,12 @@ class Loader:
                         data = got.payloads.get(self.shas[j]) if need[j] else None
                         if data is not None:
                             held[j] = data
+                            held_bytes += len(data)
                     self._stats["held_max"] = max(self._stats["held_max"], len(held))
+                    self._stats["held_bytes_max"] = max(self._stats["held_bytes_max"], held_bytes)
                 data = held.pop(i, None)
+                if data is not None:
+                    held_bytes -= len(data)
                 self.position = k + 1
                 # hidden or deleted since the epoch began: not read — or read before, and not
                 # handed out now that the store no longer shows it

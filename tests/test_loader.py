@@ -320,6 +320,29 @@ def _hinted_run(store: Store, ld: Loader) -> tuple[list[Run], list[str], int, by
     return runs, disk_of, j, runs[j].records[1].sha
 
 
+@pytest.mark.expect_log(r"loader: record .* does not check out", level="WARNING")
+def test_every_record_read_into_a_readers_one_buffer_is_its_own(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader thread reads each range of a local disk into its one buffer: every record it
+    hands out is a copy the next range's read does not overwrite — with each record a range of
+    its own (no gap read through), every payload of every run, all held at once, is its own
+    bytes; and a record that fails its check is still read from its other replica."""
+    cfg, _ = built
+    monkeypatch.setattr(runs_mod, "GAP_BYTES", -1)
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        runs = [Run(r.shard_id, r.records) for r in ld.plan(store).runs]
+        assert any(len(r.records) >= 2 for r in runs)
+        bad = next(r for r in runs if len(r.records) >= 2)
+        disk = store.disks[assign(store, runs)[runs.index(bad)]]
+        flip_byte(disk.find(bad.shard_id.hex()), bad.records[1].offset + 3)
+        disk.forget(bad.shard_id.hex())
+        got = list(read_runs(store, runs))
+    payloads = {sha: data for g in got for sha, data in g.payloads.items()}
+    assert set(payloads) == {rec.sha for r in runs for rec in r.records}
+    assert all(hashlib.sha256(data).digest() == sha for sha, data in payloads.items())
+    assert sum(g.fallbacks for g in got) == 1
+
+
 def test_a_record_hidden_after_its_run_was_hinted_is_not_read(built, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run's plan made when its disk's previous run ended (the hint of its first range) is
     read on only while nothing was written to the index since: a record `hoard delete --node`

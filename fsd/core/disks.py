@@ -143,6 +143,18 @@ def verify_shard(read, size: int, name: str, sha256: bool = False, shard_hex: st
     return count
 
 
+def pread_into(fd: int, buf: memoryview, offset: int) -> int:
+    """`pread_full` into `buf`: the bytes at `offset` until `buf` is full or the file ends (as
+    many preadv() calls as it takes); how many were read."""
+    got = 0
+    while got < len(buf):
+        n = os.preadv(fd, [buf[got:got + READ_STEP]], offset + got)
+        if not n:
+            break
+        got += n
+    return got
+
+
 def pread_full(fd: int, length: int, offset: int) -> bytes:
     """`length` bytes at `offset` (fewer only at the end of the file), in as many pread()
     calls as it takes. The one read helper of the local backend: every read goes through it."""
@@ -453,6 +465,17 @@ class LocalDisk:
         cost a throttled or busy disk as much as wanted ones (bench/planner_read.py: 10–20 %
         of a batch read's time)."""
         return self._pread(shard_hex, offset, length, exact=True)
+
+    def read_exact_into(self, shard_hex: str, offset: int, buf: memoryview) -> int:
+        """`read_exact` into the caller's `buf` (how many bytes: fewer only at the file's end):
+        a reader of many ranges one after the other reuses one buffer, where a fresh `bytes`
+        each range has the allocator carve and free ranges of up to MAX_RANGE over and over."""
+        key = (shard_hex, True)
+        ent = self._acquire(key)
+        try:
+            return pread_into(ent[0], buf, offset)
+        finally:
+            self._release(key, ent)
 
     def size(self, shard_hex: str) -> int:
         return self.find(shard_hex).stat().st_size

@@ -23,8 +23,9 @@ rule for a reader: the store may be opened read-only, by another user). An objec
 no longer holds or shows (`live`: hidden by a type-A delete, tombstoned by a type-B one,
 dropped by gc) when its run comes up is not read at all — not a byte of it.
 
-Memory: each disk's reader holds the run it reads plus up to `ahead` read ones; the consumer
-holds the one it is given.
+Memory: each disk's reader holds the run it reads plus up to `ahead` read ones, and one range
+buffer it reads a local disk's ranges into (each record copied out of it); the consumer holds
+the one it is given.
 """
 
 from __future__ import annotations
@@ -154,11 +155,44 @@ def span(group: list[Rec]) -> tuple[int, int]:
     return a, max(r.offset + r.length for r in group) - a
 
 
-def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[tuple[list[Rec], bytes | None,
+#: each reader thread's buffer the ranges of a local disk are read into (`read_groups`)
+_scratch = threading.local()
+
+
+def _scratch_of(n: int) -> memoryview:
+    """This thread's range buffer, at least `n` bytes (a new one when it is shorter: a buffer
+    whose view someone still holds cannot be resized)."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < n:
+        buf = _scratch.buf = bytearray(max(n, SCRATCH_BYTES))
+    return memoryview(buf)[:n]
+
+
+#: the range buffer a reader thread starts with: a run's longest read (the loader's RUN_BYTES)
+SCRATCH_BYTES = 8 << 20
+
+
+def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[tuple[list[Rec], Any,
                                                                                       OSError | None]]:
     """Each group (`disk_ranges`) of shard `shard_hex` read off `disk` as one range, from its
     first record's header to its last record's end, `read_streams` at once, in order: (the
-    group, its bytes or None, the OSError that failed it). Nothing is checked here."""
+    group, its bytes or None, the OSError that failed it). Nothing is checked here.
+
+    A local disk read one range at a time (`read_exact_into`) reads each into this thread's
+    one buffer: the bytes handed out are a view of it, good until the next group is asked
+    for — the caller copies what it keeps before (`read_checked`)."""
+    if disk.read_streams <= 1 and hasattr(disk, "read_exact_into"):
+        for rng in groups:
+            a, n = span(rng)
+            view = _scratch_of(n)
+            try:
+                got: tuple[list[Rec], Any, OSError | None] = (rng, view[:disk.read_exact_into(shard_hex, a, view)],
+                                                               None)
+            except OSError as e:
+                got = (rng, None, e)
+            yield got
+        return
+
     def read(rng: list[Rec]) -> Callable[[], tuple[list[Rec], bytes | None, OSError | None]]:
         def call() -> tuple[list[Rec], bytes | None, OSError | None]:
             try:
@@ -167,7 +201,7 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[
                 return rng, None, e
         return call
 
-    return in_order((read(g) for g in groups), disk.read_streams)
+    yield from in_order((read(g) for g in groups), disk.read_streams)
 
 
 def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, out: RunRead,
