@@ -24,8 +24,9 @@ no longer holds or shows (`live`: hidden by a type-A delete, tombstoned by a typ
 dropped by gc) when its run comes up is not read at all — not a byte of it.
 
 Memory: each disk's reader holds the run it reads plus up to `ahead` read ones, and one range
-buffer it reads a local disk's ranges into (each record copied out of it); the consumer holds
-the one it is given.
+buffer it reads a local disk's ranges into (each record copied out of it; at most a range's
+longest, `range_limit`: a longer record is read into bytes of its own, freed once copied out);
+the consumer holds the one it is given.
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ _scratch = threading.local()
 
 def _scratch_of(n: int) -> memoryview:
     """This thread's range buffer, at least `n` bytes (a new one when it is shorter: a buffer
-    whose view someone still holds cannot be resized)."""
+    whose view someone still holds cannot be resized). `read_groups` asks it for a range no
+    longer than records are joined into (`range_limit`), so what a reader keeps is bounded
+    whatever the records' sizes."""
     buf = getattr(_scratch, "buf", None)
     if buf is None or len(buf) < n:
         buf = _scratch.buf = bytearray(max(n, SCRATCH_BYTES))
@@ -180,14 +183,21 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[
 
     A local disk read one range at a time (`read_exact_into`) reads each into this thread's
     one buffer: the bytes handed out are a view of it, good until the next group is asked
-    for — the caller copies what it keeps before (`read_checked`)."""
+    for — the caller copies what it keeps before (`read_checked`). A range longer than the
+    disk's `range_limit` (one record of its own) is read into bytes of its own, freed with
+    them: in the buffer, the epoch's largest record would stay held by the reader to its end
+    (every worker process of a training loader reads every run)."""
     if disk.read_streams <= 1 and hasattr(disk, "read_exact_into"):
+        longest = range_limit(disk.read_streams)
         for rng in groups:
             a, n = span(rng)
-            view = _scratch_of(n)
+            got: tuple[list[Rec], Any, OSError | None]
             try:
-                got: tuple[list[Rec], Any, OSError | None] = (rng, view[:disk.read_exact_into(shard_hex, a, view)],
-                                                               None)
+                if n > longest:
+                    got = (rng, disk.read_exact(shard_hex, a, n), None)
+                else:
+                    view = _scratch_of(n)
+                    got = (rng, view[:disk.read_exact_into(shard_hex, a, view)], None)
             except OSError as e:
                 got = (rng, None, e)
             yield got

@@ -1,0 +1,90 @@
+"""A reader of ordered runs (hoardfs.fsd.outputs.runs) reads a local disk's ranges into the one
+buffer its thread keeps: every record handed out is its own bytes, checked; a replica cut short
+or gone is read around; and the buffer a thread keeps stays bounded by the longest range records
+are joined into, whatever the largest record — real stores on directory disks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from hoardfs.fsd.io.planner import MAX_RANGE
+from hoardfs.fsd.outputs import runs as runs_mod
+from hoardfs.fsd.outputs.runs import Rec, Run, assign, read_run
+from hoardfs.fsd.store import Store
+
+
+def _run(store: Store, datas: list[bytes]) -> tuple[Run, dict[bytes, bytes]]:
+    """`datas` put into the store (in one shard, offset order) and the run of their records;
+    sha → bytes."""
+    shas = [bytes.fromhex(r.sha256) for r in store.put_bytes_many(datas)]
+    locs = store.index.lookup_many(shas)
+    assert len({locs[s].shard_id for s in shas}) == 1
+    recs = sorted((Rec(s, locs[s].offset, locs[s].length) for s in shas), key=lambda r: r.offset)
+    return Run(locs[shas[0]].shard_id, recs), dict(zip(shas, datas, strict=True))
+
+
+def _fresh_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This thread's range buffer forgotten (the test thread is a reader like any other)."""
+    monkeypatch.setattr(runs_mod, "_scratch", threading.local())
+
+
+def test_a_record_longer_than_the_longest_range_leaves_no_buffer_of_its_size(
+        store_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose ranges grow from small ones to one record longer than MAX_RANGE hands out
+    every record whole and its own; the reader's kept buffer is the usual one (SCRATCH_BYTES),
+    not one the size of that record held for the rest of the reader's life."""
+    store = store_factory(shard_size_mb=128)
+    _fresh_buffer(monkeypatch)
+    big = MAX_RANGE + 5
+    run, want = _run(store, [os.urandom(1000 + i) for i in range(3)] + [os.urandom(big)])
+    got = read_run(store, 0, run, assign(store, [run])[0])
+    assert got.fallbacks == 0 and got.payloads == want
+    assert all(type(v) is bytes for v in got.payloads.values())
+    assert len(runs_mod._scratch.buf) == runs_mod.SCRATCH_BYTES
+    # and a run read after it reuses that buffer, its records right too
+    run2, want2 = _run(store, [os.urandom(3000 + i) for i in range(4)])
+    kept = runs_mod._scratch.buf
+    got2 = read_run(store, 1, run2, assign(store, [run2])[0])
+    assert got2.payloads == want2 and runs_mod._scratch.buf is kept
+
+
+@pytest.mark.expect_log(r"loader: record .* does not check out", level="WARNING")
+def test_a_replica_cut_short_inside_a_range_gives_its_missing_records_from_another(
+        store_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica's shard file cut inside the second record of a range (a short read into the
+    reader's buffer, whose bytes past the cut are the last range's) hands out the first record
+    from it and the cut ones from another replica, byte for byte — never a stale byte."""
+    store = store_factory(shard_size_mb=128)
+    _fresh_buffer(monkeypatch)
+    # a first run fills the buffer with other bytes where the cut run's bytes would go
+    first, _ = _run(store, [os.urandom(50_000)])
+    read_run(store, 0, first, assign(store, [first])[0])
+    run, want = _run(store, [os.urandom(20_000 + i) for i in range(3)])
+    uuid = assign(store, [run])[0]
+    disk = store.disks[uuid]
+    path = disk.find(run.shard_id.hex())
+    os.truncate(path, run.records[1].offset + 100)
+    disk.forget(run.shard_id.hex())
+    got = read_run(store, 1, run, uuid)
+    assert got.payloads == want and got.fallbacks == 2
+
+
+def test_a_replica_gone_between_runs_is_read_around(store_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard file gone from its disk (gc retired it) after the reader's buffer held a range of
+    it: the next run of it hands out every record from another replica, its own bytes."""
+    store = store_factory(shard_size_mb=128)
+    _fresh_buffer(monkeypatch)
+    run, want = _run(store, [os.urandom(9000 + i) for i in range(3)])
+    uuid = assign(store, [run])[0]
+    assert read_run(store, 0, run, uuid).payloads == want
+    disk = store.disks[uuid]
+    Path(disk.find(run.shard_id.hex())).unlink()
+    disk.forget(run.shard_id.hex())
+    got = read_run(store, 1, run, uuid)
+    assert got.payloads == want and got.fallbacks == 3 and got.nbytes == 0
+    assert all(hashlib.sha256(v).digest() == k for k, v in got.payloads.items())
