@@ -36,8 +36,8 @@ def _fresh_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_record_longer_than_the_longest_range_leaves_no_buffer_of_its_size(
         store_factory, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run whose ranges grow from small ones to one record longer than MAX_RANGE hands out
-    every record whole and its own; the reader's kept buffer is the usual one (SCRATCH_BYTES),
-    not one the size of that record held for the rest of the reader's life."""
+    every record whole and its own; the reader's kept buffer is the small records' range's
+    (`scratch_size`), not one the size of that record held for the rest of the reader's life."""
     store = store_factory(shard_size_mb=128)
     _fresh_buffer(monkeypatch)
     big = MAX_RANGE + 5
@@ -45,7 +45,7 @@ def test_a_record_longer_than_the_longest_range_leaves_no_buffer_of_its_size(
     got = read_run(store, 0, run, assign(store, [run])[0])
     assert got.fallbacks == 0 and got.payloads == want
     assert all(type(v) is bytes for v in got.payloads.values())
-    assert len(runs_mod._scratch.buf) == runs_mod.SCRATCH_BYTES
+    assert len(runs_mod._scratch.buf) == runs_mod.SCRATCH_BYTES  # (three records of ~1 KB: the least)
     # and a run read after it reuses that buffer, its records right too
     run2, want2 = _run(store, [os.urandom(3000 + i) for i in range(4)])
     kept = runs_mod._scratch.buf
@@ -87,3 +87,11 @@ def test_a_replica_gone_between_runs_is_read_around(store_factory, monkeypatch: 
     got = read_run(store, 1, run, uuid)
     assert got.payloads == want and got.fallbacks == 3 and got.nbytes == 0
     assert all(hashlib.sha256(v).digest() == k for k, v in got.payloads.items())
+
+
+def test_the_buffer_kept_fits_the_ranges_read() -> None:
+    """A reader keeps the power of two at or above its longest range, at least 1 MiB: runs of
+    96 KiB keep 1 MiB, a range of just over 1 MiB 2 MiB, one of 8 MiB exactly 8 MiB."""
+    size = runs_mod.scratch_size
+    assert size(1) == size(96 << 10) == size(1 << 20) == runs_mod.SCRATCH_BYTES == 1 << 20
+    assert size((1 << 20) + 1) == 2 << 20 and size(8 << 20) == 8 << 20 and size((8 << 20) + 1) == 16 << 20

@@ -167,12 +167,19 @@ def _scratch_of(n: int) -> memoryview:
     whatever the records' sizes."""
     buf = getattr(_scratch, "buf", None)
     if buf is None or len(buf) < n:
-        buf = _scratch.buf = bytearray(max(n, SCRATCH_BYTES))
+        buf = _scratch.buf = bytearray(scratch_size(n))
     return memoryview(buf)[:n]
 
 
-#: the range buffer a reader thread starts with: a run's longest read (the loader's RUN_BYTES)
-SCRATCH_BYTES = 8 << 20
+#: the least range buffer a reader thread keeps
+SCRATCH_BYTES = 1 << 20
+
+
+def scratch_size(n: int) -> int:
+    """The range buffer kept for a range of `n` bytes: the power of two at or above it, at least
+    SCRATCH_BYTES — a reader of small runs keeps a small one, and one of runs growing to
+    `run_bytes` regrows it a few times at most."""
+    return max(SCRATCH_BYTES, 1 << max(0, n - 1).bit_length())
 
 
 def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[tuple[list[Rec], Any,
