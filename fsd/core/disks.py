@@ -22,8 +22,9 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path, PurePath
+from typing import TypeVar
 
 from hoardfs.base.files import fsync_dir, open_regular
 from hoardfs.base.modes import FILE
@@ -141,6 +142,9 @@ def verify_shard(read, size: int, name: str, sha256: bool = False, shard_hex: st
         if found != shard_hex:
             raise fmt.ShardFormatError(f"{name}: the header names shard {found}, not {shard_hex}")
     return count
+
+
+T = TypeVar("T")
 
 
 def pread_into(fd: int, buf: memoryview, offset: int) -> int:
@@ -412,10 +416,14 @@ class LocalDisk:
                 _close(ent[0])
 
     def _pread(self, shard_hex: str, offset: int, length: int, exact: bool = False) -> bytes:
+        return self._on_fd(shard_hex, exact, lambda fd: pread_full(fd, length, offset))
+
+    def _on_fd(self, shard_hex: str, exact: bool, read: Callable[[int], T]) -> T:
+        """`read(fd)` on the shard's shared descriptor (read-ahead off: `exact`), held for it."""
         key = (shard_hex, exact)
         ent = self._acquire(key)
         try:
-            return pread_full(ent[0], length, offset)
+            return read(ent[0])
         finally:
             self._release(key, ent)
 
@@ -470,12 +478,7 @@ class LocalDisk:
         """`read_exact` into the caller's `buf` (how many bytes: fewer only at the file's end):
         a reader of many ranges one after the other reuses one buffer, where a fresh `bytes`
         each range has the allocator carve and free ranges of up to MAX_RANGE over and over."""
-        key = (shard_hex, True)
-        ent = self._acquire(key)
-        try:
-            return pread_into(ent[0], buf, offset)
-        finally:
-            self._release(key, ent)
+        return self._on_fd(shard_hex, True, lambda fd: pread_into(fd, buf, offset))
 
     def size(self, shard_hex: str) -> int:
         return self.find(shard_hex).stat().st_size
