@@ -33,6 +33,18 @@ def _fresh_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runs_mod, "_scratch", threading.local())
 
 
+def _read_once(store_factory, monkeypatch: pytest.MonkeyPatch,
+               size: int) -> tuple[Store, Run, dict[bytes, bytes], str, Path]:
+    """A fresh store with a run of three records of about `size` bytes, read once through a
+    fresh buffer (every record right): (store, run, sha → bytes, its disk, its shard file)."""
+    store = store_factory(shard_size_mb=128)
+    _fresh_buffer(monkeypatch)
+    run, want = _run(store, [os.urandom(size + i) for i in range(3)])
+    uuid = assign(store, [run])[0]
+    assert read_run(store, 0, run, uuid).payloads == want
+    return store, run, want, uuid, Path(store.disks[uuid].find(run.shard_id.hex()))
+
+
 def test_a_record_longer_than_the_longest_range_leaves_no_buffer_of_its_size(
         store_factory, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run whose ranges grow from small ones to one record longer than MAX_RANGE hands out
@@ -60,15 +72,9 @@ def test_a_replica_cut_short_inside_a_range_gives_its_missing_records_from_anoth
     reader's buffer, whose bytes past the cut are still the same range's, read whole before the
     cut) hands out the first record from it and the cut ones from another replica — nothing
     the file no longer holds is taken from the buffer."""
-    store = store_factory(shard_size_mb=128)
-    _fresh_buffer(monkeypatch)
-    run, want = _run(store, [os.urandom(20_000 + i) for i in range(3)])
-    uuid = assign(store, [run])[0]
-    assert read_run(store, 0, run, uuid).payloads == want
-    disk = store.disks[uuid]
-    path = disk.find(run.shard_id.hex())
+    store, run, want, uuid, path = _read_once(store_factory, monkeypatch, 20_000)
     os.truncate(path, run.records[1].offset + 100)
-    disk.forget(run.shard_id.hex())
+    store.disks[uuid].forget(run.shard_id.hex())
     got = read_run(store, 1, run, uuid)
     assert got.payloads == want and got.fallbacks == 2
 
@@ -76,14 +82,9 @@ def test_a_replica_cut_short_inside_a_range_gives_its_missing_records_from_anoth
 def test_a_replica_gone_between_runs_is_read_around(store_factory, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shard file gone from its disk (gc retired it) after the reader's buffer held a range of
     it: the next run of it hands out every record from another replica, its own bytes."""
-    store = store_factory(shard_size_mb=128)
-    _fresh_buffer(monkeypatch)
-    run, want = _run(store, [os.urandom(9000 + i) for i in range(3)])
-    uuid = assign(store, [run])[0]
-    assert read_run(store, 0, run, uuid).payloads == want
-    disk = store.disks[uuid]
-    Path(disk.find(run.shard_id.hex())).unlink()
-    disk.forget(run.shard_id.hex())
+    store, run, want, uuid, path = _read_once(store_factory, monkeypatch, 9000)
+    Path(path).unlink()
+    store.disks[uuid].forget(run.shard_id.hex())
     got = read_run(store, 1, run, uuid)
     assert got.payloads == want and got.fallbacks == 3 and got.nbytes == 0
     assert all(hashlib.sha256(v).digest() == k for k, v in got.payloads.items())
