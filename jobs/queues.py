@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -129,6 +131,10 @@ def fetch_job(job_id: str, conn: redis.Redis) -> Job:
     return Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
 
 
+#: the longest `hoard worker`'s wait for a job blocks at a time (s): the most a lost stop request waits
+STOP_CHECK_S = 5
+
+
 class HoardWorker(GuardedWorker, Worker):
     """`hoard worker`: RQ's worker, except that it runs only hoardfs's own jobs (hoardfs.jobs.guard: JSON,
     an allow-list checked before anything of a job is imported), and that a job ending on one of
@@ -147,6 +153,31 @@ class HoardWorker(GuardedWorker, Worker):
         self.job_key = job_key
         if not any(isinstance(f, _OutageInOneLine) for f in self.log.filters):
             self.log.addFilter(_OutageInOneLine())
+
+    def _shutdown(self) -> None:
+        """SIGTERM/SIGINT's warm shutdown. RQ stops an idle worker by raising StopRequested from
+        the signal handler, wherever the main thread is — and Python drops an exception raised
+        inside a finalizer (`__del__`), as do the `except Exception` blocks around RQ's and
+        redis-py's bookkeeping: one such landing left an idle worker running for good. The
+        request is remembered first, so the wait for jobs ends on it (`dequeue_job_and_maintain_ttl`)."""
+        self._stop_requested = True
+        super()._shutdown()
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        """RQ's wait for the next job, in steps of at most STOP_CHECK_S blocking, ended by a stop
+        request whose StopRequested was lost (`_shutdown`); None then, which ends the work loop."""
+        if timeout is None:  # burst: one look, nothing blocks
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        until = None if max_idle_time is None else time.monotonic() + max_idle_time
+        while not self._stop_requested:
+            left = STOP_CHECK_S if until is None else math.ceil(until - time.monotonic())
+            if left <= 0:
+                return None
+            found = super().dequeue_job_and_maintain_ttl(timeout, min(left, STOP_CHECK_S))
+            if found is not None:
+                return found
+        self.log.info("Worker %s: stopping on request", self.name)
+        return None
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         e = exc_info[1]

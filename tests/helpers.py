@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,14 @@ REALDATA = REPO.parent / "shared" / "realdata"
 S3_ENGINES = ["seaweedfs", pytest.param("ceph", marks=pytest.mark.ceph)]
 #: each engine's fixtures (tests/conftest.py): the session's, and a test's own that it may stop
 ENGINE_FIXTURES = {"seaweedfs": ("seaweedfs", "seaweedfs_own"), "ceph": ("ceph_rgw", "ceph_rgw_own")}
+
+
+def wait_until(condition: Any, timeout: float = 60.0, what: str = "timed out") -> None:
+    """Poll `condition()` until true; fail saying `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
 
 
 def free_ports(n: int) -> list[int]:

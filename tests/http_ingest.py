@@ -10,7 +10,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import redis
 from tests.conftest import write_home
 from tests.gui_browser import child_env
 from tests.gui_fixtures import gui_process
-from tests.helpers import fresh_schema
+from tests.helpers import fresh_schema, wait_until
 
 QUOTA_GB = 50 / 1024
 API = """
@@ -139,7 +138,4 @@ def answer(sock: socket.socket) -> tuple[int, dict]:
 
 
 def until(cond, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.05)
+    wait_until(cond, timeout, f"never happened: {what}")

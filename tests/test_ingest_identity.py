@@ -17,6 +17,7 @@ from hoardfs.base import config
 from hoardfs.base.errors import ExitCode
 from hoardfs.fsd.store import Store
 from hoardfs.jobs import ingest as ua1
+from tests.helpers import wait_until
 from tests.terminal import as_foreground
 from tests.test_ingest import ingest_home
 
@@ -36,13 +37,6 @@ def where(cfg: config.Settings, batch_id: str) -> tuple[str, str] | None:
     """(status, step) of a batch, None before it is submitted."""
     st = ua1.load_state(cfg, batch_id)
     return (st.status, st.step) if st else None
-
-
-def wait_until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def drop(zone3a: Path, spec: Spec) -> list[Path]:
