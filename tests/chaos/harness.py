@@ -1447,15 +1447,17 @@ def _env() -> dict[str, str]:
 
 def _stamped_after(disk_root: Path, stamp: int) -> int:
     """How many whole, checked lines of the disk's marks log (`<stamp> <op> <sha256> <xxh3-64 of
-    the first three>`, fsd/core/marks.py) other than a snapshot's `end` are stamped after
-    `stamp` — read here from the file, not through the store's reader."""
+    the first three>` and its newline, fsd/core/marks.py) other than a snapshot's `end` are
+    stamped after `stamp` — read here from the file, not through the store's reader. A last
+    line without its newline is an append the cut tore (its page reached the disk, the next
+    did not), even when its check holds: no record, as a rebuild and `hoard health` take it."""
     import xxhash  # deferred: only this claim reads a marks log
 
     n = 0
     with contextlib.suppress(FileNotFoundError), open(disk_root / "marks" / "marks.log", "rb") as f:
         for raw in f:
             fields = raw.split()
-            if len(fields) != 4 or not fields[0].isdigit() or fields[1] == b"end":
+            if not raw.endswith(b"\n") or len(fields) != 4 or not fields[0].isdigit() or fields[1] == b"end":
                 continue
             if xxhash.xxh3_64_hexdigest(b" ".join(fields[:3])) == fields[3].decode("ascii", "replace"):
                 n += int(fields[0]) > stamp
