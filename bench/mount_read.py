@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--entries", type=int, default=100_000)
     ap.add_argument("--warm-files", type=int, default=100_000)
     ap.add_argument("--warm-readers", type=int, default=4)
+    ap.add_argument("--open-shards", default="auto", help="the store's `open_shards` (auto, or a number: 1 writes "
+                    "one shard at a time — an A/B of how the writer's spread shapes reads in stored order)")
     ap.add_argument("--before", type=Path, help="also mount with the daemon of this checkout (small, shuffled, warm)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -99,7 +101,8 @@ def main() -> None:
     t: dict[str, float] = {}
     rows: list[tuple[str, str]] = []
     with Lab(LAB4, throttle=args.profile == "lab4", direct_io=True) as lab:
-        store = lab_store(lab, work, shard_size_mb=256, copy_of_raw=2, write_ack=2)
+        store = lab_store(lab, work, shard_size_mb=256, copy_of_raw=2, write_ack=2,
+                          open_shards=args.open_shards if args.open_shards == "auto" else int(args.open_shards))
         cfg_path = store.cfg.source
         large = flat_files(work / "large", args.large_n, seed=7, lo=args.large_mb * MB, hi=args.large_mb * MB)
         small = flat_files(work / "small", args.small, seed=8) if "small" in parts else []
@@ -144,9 +147,12 @@ def main() -> None:
             where.append((r, disk, disk.find(meta.hex), loc))
             replica_files += [d.find(meta.hex) for d in disks]
         small_disks: set[str] = set()
+        small_shards: set[int] = set()  # the shards the small files landed in (the writer's spread)
         small_home = {}  # the store's placement for the plain copies: file k on replica k mod 2
         for k, r in enumerate(small_res):
-            meta = store.index.get_shard(store.index.lookup(bytes.fromhex(r.sha256)).shard_id)
+            loc = store.index.lookup(bytes.fromhex(r.sha256))
+            small_shards.add(loc.shard_id)
+            meta = store.index.get_shard(loc.shard_id)
             small_disks.update(store.disks[u].label for u in meta.replicas)
             small_home[Path(r.path).name] = store.disks[meta.replicas[k % len(meta.replicas)]].label
         store.close()
@@ -223,6 +229,7 @@ def main() -> None:
                 mbps = sum(lab.disks[d].profile.read_mbps for d in small_disks)
                 bound = sum(r.size for r in small_res) / MiB / mbps  # the lab's limits are MiB/s
                 t["small_bound"], t["small_disks"] = bound, "+".join(sorted(small_disks))
+                t["small_shards"] = len(small_shards)
                 rows.append(("  disk bound (replicas on " + "+".join(sorted(small_disks)) + ")",
                              f"{bound:6.2f} s — the mount reaches {bound / t['small_mount']:.0%} of it"))
                 if args.before:
