@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -165,3 +166,44 @@ def test_a_record_the_cut_left_without_its_newline_is_counted_by_neither(tmp_pat
     for d, n in zip(cfg.disks, (2, 3, 3), strict=True):
         assert f"disk {d.label}: its marks log holds {n} record(s)" in " ".join(ahead), ahead
         assert _stamped_after(d.path, stamp) == n  # old harness: 3 on the torn log
+
+
+@pytest.mark.services  # starts hoard processes
+@pytest.mark.parametrize("alone", [False, True], ids=["every-disk", "one-disk"])
+def test_the_next_writer_mends_a_log_whose_append_the_cut_tore(tmp_path: Path, alone: bool) -> None:
+    """A power cut tore a writer's append on one disk in its last record (its first records
+    whole, ahead of the index); `alone`: the cut came before the writer reached the other
+    disks. The next writer (`hoard replicate`, docs/operations.md "After a power loss") took
+    the log's torn last line for no stamp at all (marks.last_stamp: None) and left the log as
+    it was: health went on naming its records ahead — or, once another disk's raised the
+    index's stamp past them, that it alone replays marks the index never held — and, the one
+    disk holding them, an index rebuild hid objects nobody hid. It now sees the records before
+    the torn line, and snapshots the log."""
+    cfg_path, _ = _killed_writer(tmp_path, 3)
+    cfg = config.load(cfg_path)
+    logs = [d.path / "marks" / "marks.log" for d in cfg.disks]
+    logs[0].write_bytes(logs[0].read_bytes()[:-40])  # torn in its third record
+    if alone:
+        for log in logs[1:]:
+            data = log.read_bytes()
+            log.write_bytes(data[:data.rfind(b"\n\n") + 1])  # (each append begins with a newline)
+
+    def hoard(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+
+    doc = json.loads(hoard("health", "--json").stdout)
+    assert "disk d0: its marks log holds 2 record(s)" in " ".join(doc["problems"]), doc["problems"]
+    assert hoard("replicate").returncode == 0
+    doc = json.loads(hoard("health", "--json").stdout)
+    assert not [p for p in doc["problems"] if "marks log" in p], doc["problems"]  # old code: disk d0 named
+    res = hoard("check", "--no-database", "--json")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert b" hide " not in logs[0].read_bytes()  # the records that never committed are gone
+    with Store.open(cfg, writable=False) as store:
+        assert not store.index.env.begin(db=store.index.hidden).stat()["entries"]
+    if alone:  # what a rebuild replays: no other disk's snapshot is newer than those records
+        shutil.rmtree(cfg.index_dir)
+        assert hoard("index", "rebuild").returncode == 0
+        with Store.open(cfg, writable=False) as store:
+            assert not store.index.env.begin(db=store.index.hidden).stat()["entries"]  # old code: 2

@@ -413,8 +413,9 @@ def read(folder: Path, into: set[Record], planted: list[str] | None = None) -> i
 
 
 def last_stamp(disk_root: Path) -> int | None:
-    """The stamp of the log's last complete record; 0 when there is no log (or it is
-    empty); None when the last line is not a record (torn or damaged)."""
+    """The stamp of the log's last complete record (before a torn last line: `ends_of`); 0
+    when there is no log (or it is empty); None when the last line is not a record (damaged,
+    or torn with no record before it)."""
     return log_ends(disk_root)[0]
 
 
@@ -460,11 +461,22 @@ def ends(disk_root: Path) -> tuple[bytes | None, bytes | None]:
 
 def ends_of(head: bytes, tail: bytes) -> tuple[bytes | None, bytes | None]:
     """The first non-blank line of `head` (a log's first bytes) and the last line of `tail` (its
-    last ones); None, None for an empty log."""
+    last ones) — or, when that one is the torn rest of an append (`classify`: OTHER), the
+    checked record right before it in `tail`: a power cut that tore an append (its transaction never
+    committed) left the records it wrote whole ahead of the index, and the next writer must
+    see them (Store.catch_up_marks: `last_stamp`); None, None for an empty log."""
     if not head and not tail:
         return None, None
     first = head.lstrip(b"\n")
-    return first[:first.find(b"\n") + 1] or first, tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
+    last = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
+    if last.strip() and classify(last)[0] == OTHER:
+        # (the window's first line may begin mid-line: only lines a newline precedes in it)
+        for line in reversed(tail[:len(tail) - len(last)].split(b"\n")[1:]):
+            if line.strip():
+                if classify(line + b"\n")[0] == OK:
+                    last = line + b"\n"
+                break
+    return first[:first.find(b"\n") + 1] or first, last
 
 
 def agree(logs: Iterable[DiskLog]) -> tuple[set[Record], list[tuple[Record, str]]]:
