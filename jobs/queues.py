@@ -24,7 +24,7 @@ from rq.registry import (
     StartedJobRegistry,
 )
 from rq.utils import current_timestamp
-from rq.worker import BaseWorker
+from rq.worker import BaseWorker, WorkerStatus
 
 from hoardfs.base.errors import (
     WRITE_CONFLICT_STATES,
@@ -131,8 +131,8 @@ def fetch_job(job_id: str, conn: redis.Redis) -> Job:
     return Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
 
 
-#: the longest `hoard worker`'s wait for a job blocks at a time (s): the most a lost stop request waits
-STOP_CHECK_S = 5
+#: the longest `hoard worker`'s wait for a job blocks at a time (s): how long an idle worker takes to stop
+STOP_CHECK_S = 2
 
 
 class HoardWorker(GuardedWorker, Worker):
@@ -156,16 +156,21 @@ class HoardWorker(GuardedWorker, Worker):
 
     def _shutdown(self) -> None:
         """SIGTERM/SIGINT's warm shutdown. RQ stops an idle worker by raising StopRequested from
-        the signal handler, wherever the main thread is — and Python drops an exception raised
-        inside a finalizer (`__del__`), as do the `except Exception` blocks around RQ's and
-        redis-py's bookkeeping: one such landing left an idle worker running for good. The
-        request is remembered first, so the wait for jobs ends on it (`dequeue_job_and_maintain_ttl`)."""
+        the signal handler, wherever the main thread is: in the moment between taking a job off
+        its queue and starting it, that drops the job (queued, in no list any more); inside a
+        finalizer (`__del__`) Python drops the exception, as do the `except Exception` blocks
+        around RQ's and redis-py's bookkeeping — one such landing left an idle worker running
+        for good. So an idle worker raises nothing: the request is remembered, and its wait for
+        jobs ends within STOP_CHECK_S (`dequeue_job_and_maintain_ttl`); a job it took
+        meanwhile runs first. A busy worker is RQ's: it stops once its job is done, and a second
+        signal stops it cold."""
         self._stop_requested = True
-        super()._shutdown()
+        if self.get_state() == WorkerStatus.BUSY:
+            super()._shutdown()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         """RQ's wait for the next job, in steps of at most STOP_CHECK_S blocking, ended by a stop
-        request whose StopRequested was lost (`_shutdown`); None then, which ends the work loop."""
+        request (`_shutdown`): None then, which ends the work loop."""
         if timeout is None:  # burst: one look, nothing blocks
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         until = None if max_idle_time is None else time.monotonic() + max_idle_time
