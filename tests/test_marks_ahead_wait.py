@@ -5,6 +5,7 @@ It now waits only while a writer holds the store, and once for all the disks."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hoardfs.base import config
+from hoardfs.fsd.core.layout import lock_root
 from hoardfs.fsd.io import integrity
 from hoardfs.fsd.maintenance.check import check
 from hoardfs.fsd.store import Store
@@ -207,3 +209,76 @@ def test_the_next_writer_mends_a_log_whose_append_the_cut_tore(tmp_path: Path, a
         assert hoard("index", "rebuild").returncode == 0
         with Store.open(cfg, writable=False) as store:
             assert not store.index.env.begin(db=store.index.hidden).stat()["entries"]  # old code: 2
+
+
+@pytest.mark.services  # starts hoard processes
+@pytest.mark.parametrize("alone", [False, True], ids=["every-disk", "one-disk"])
+def test_a_record_cut_before_its_newline_is_never_made_whole_by_the_next_append(tmp_path: Path, alone: bool) -> None:
+    """A power cut took only the newline of a one-record append on one disk: its last line is
+    the whole, checked record of a hide that never committed, without its end. The next
+    writer's append begins with a newline (which ends a torn line) — here it ended the record:
+    from then on a whole line, obeyed by an index rebuild (`alone`: that disk the only one
+    holding it) and named by health as a mark the disk alone replays. The next writer now
+    takes such a line for the last record, ahead of the index, and snapshots the log first."""
+    cfg_path, shas = _killed_writer(tmp_path, 1)
+    cfg = config.load(cfg_path)
+    logs = [d.path / "marks" / "marks.log" for d in cfg.disks]
+    logs[0].write_bytes(logs[0].read_bytes()[:-1])  # the record whole, its newline lost
+    if alone:
+        for log in logs[1:]:
+            data = log.read_bytes()
+            log.write_bytes(data[:data.rfind(b"\n\n") + 1])  # (each append begins with a newline)
+    with Store.open(cfg) as store:  # the next writer: one hide of its own, committed
+        store.index.mark(store.index.hidden, [bytes.fromhex(shas[3])], "test: the next writer's mark")
+    assert shas[0].encode() not in logs[0].read_bytes()  # the record that never committed is gone
+
+    def hoard(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+
+    doc = json.loads(hoard("health", "--json").stdout)
+    assert not [p for p in doc["problems"] if "marks log" in p], doc["problems"]
+    assert hoard("check", "--no-database", "--json").returncode == 0
+    if alone:
+        shutil.rmtree(cfg.index_dir)
+        assert hoard("index", "rebuild").returncode == 0
+    with Store.open(cfg, writable=False) as store:
+        hidden = [k for k, _ in store.index.env.begin(db=store.index.hidden).cursor()]
+    assert hidden == [bytes.fromhex(shas[3])]  # old code: the uncommitted hide of shas[0] too
+
+
+#: the next writer: opens the store (catching its marks logs up) and commits one hide of its own
+NEXT_WRITER = """
+import sys
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
+with Store.open(config.load(sys.argv[1])) as store:
+    store.index.mark(store.index.hidden, [bytes.fromhex(sys.argv[2])], "test: the next writer's mark")
+"""
+
+
+@pytest.mark.services  # starts a hoard process
+def test_a_writer_opening_beside_a_snapshot_mends_the_logs_ahead_before_it_appends(tmp_path: Path) -> None:
+    """Two writers open at once after a cut: one takes the snapshot lock and reads every log
+    (seconds at millions of marks); the other found the lock taken and went on — and its first
+    append buried the records ahead, which the snapshot's recheck then took for mended (the
+    log's last line no later than the index's): an uncommitted hide or delete for good, obeyed
+    by an index rebuild. A writer that finds logs ahead now waits for the lock to mend them."""
+    cfg_path, shas = _killed_writer(tmp_path, 1)
+    cfg = config.load(cfg_path)
+    (lock_root(cfg) / "locks").mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_root(cfg) / "locks" / "marks-snapshot", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process's snapshot under way
+        proc = subprocess.Popen([sys.executable, "-c", NEXT_WRITER, str(cfg_path), shas[3]], cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert proc.poll() is None  # it waits (old code: appended at once, and was done)
+    finally:
+        os.close(fd)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    for d in cfg.disks:
+        assert shas[0].encode() not in (d.path / "marks" / "marks.log").read_bytes(), d.label
+    with Store.open(cfg, writable=False) as store:
+        hidden = [k for k, _ in store.index.env.begin(db=store.index.hidden).cursor()]
+    assert hidden == [bytes.fromhex(shas[3])]

@@ -461,15 +461,23 @@ def ends(disk_root: Path) -> tuple[bytes | None, bytes | None]:
 
 def ends_of(head: bytes, tail: bytes) -> tuple[bytes | None, bytes | None]:
     """The first non-blank line of `head` (a log's first bytes) and the last line of `tail` (its
-    last ones) — or, when that one is the torn rest of an append (`classify`: OTHER), the
-    checked record right before it in `tail`: a power cut that tore an append (its transaction never
-    committed) left the records it wrote whole ahead of the index, and the next writer must
-    see them (Store.catch_up_marks: `last_stamp`); None, None for an empty log."""
+    last ones) — or, when that one is the torn rest of an append (`classify`: OTHER), that
+    record made whole when the cut took its newline alone, else the checked record right
+    before it in `tail`: a power cut that tore an append (its transaction never committed) left
+    the records it wrote whole ahead of the index, and the next writer must see them
+    (Store.catch_up_marks: `last_stamp`) and snapshot the log before it appends; None, None
+    for an empty log."""
     if not head and not tail:
         return None, None
     first = head.lstrip(b"\n")
     last = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
-    if last.strip() and classify(last)[0] == OTHER:
+    if not last.strip() or classify(last)[0] != OTHER:
+        pass
+    elif classify(last + b"\n")[0] == OK:
+        # a whole, checked record the cut left without its newline: the last one (the next
+        # append, which begins with a newline, would otherwise make it a whole line, obeyed)
+        last += b"\n"
+    else:
         # (the window's first line may begin mid-line: only lines a newline precedes in it)
         for line in reversed(tail[:len(tail) - len(last)].split(b"\n")[1:]):
             if line.strip():

@@ -223,7 +223,9 @@ def catch_up_marks(store: Store) -> list[str]:
     _drop_snapshot_leftovers(store)
     if not (behind or ahead):
         return []
-    done = snapshot_marks(store, behind + ahead, recheck=set(ahead) - set(behind), wait=False)
+    # a disk behind waits for a later open; one ahead is mended before this writer appends (its
+    # append would bury the records ahead, and a snapshot under way then find the log mended)
+    done = snapshot_marks(store, behind + ahead, recheck=set(ahead) - set(behind), wait=bool(ahead))
     if done:
         log.info("marks log of %s brought up to the index", ", ".join(done))
     return done
