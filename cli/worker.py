@@ -29,7 +29,9 @@ def worker(
     is a scheduled job: nothing holds a worker while it waits). It heartbeats every
     `[worker] heartbeat_s`; on the store's server it also runs the reaper, which queues again
     a job whose worker went silent (docs/scale-out.md). In the embedded default (no
-    hoard-replicate.timer) it queues the replicate job every `[worker] replicate_every_s`."""
+    hoard-replicate.timer) it queues the replicate job every `[worker] replicate_every_s`.
+    SIGTERM or Ctrl-C: an idle worker stops within 2 s (a job it took meanwhile runs first), a
+    busy one once its job is done; a second signal stops it at once."""
     cfg = state(ctx).settings
     remote = cfg.worker.remote
     allowed = (REMOTE_QUEUE,) if remote else (*QUEUES, REMOTE_QUEUE)
