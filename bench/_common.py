@@ -62,24 +62,25 @@ def lab_profile(lab: Lab) -> dict:
                     "iops": d.profile.iops} for label, d in lab.disks.items()}
 
 
-def measured_limits(lab: Lab, labels: list[str] | None = None, mib: int = 64) -> dict[str, dict[str, float]]:
-    """Each lab disk's write and read MiB/s as `dd` gets them through the lab's throttle, one
-    disk at a time (O_DIRECT, 1 MiB blocks, `mib` MiB written with a final fsync, then read back):
-    the bound a benchmark divides by — blkio lets a few per cent more through than it is set to,
-    so a bound from the configured limits would flatter every share."""
+def measured_limits(lab: Lab, labels: list[str] | None = None, mib: int = 64,
+                    read: bool = True) -> dict[str, dict[str, float]]:
+    """Each lab disk's write (and, with `read`, read) MiB/s as `dd` gets them through the lab's
+    throttle, one disk at a time (O_DIRECT, 1 MiB blocks, `mib` MiB written with a final fsync,
+    then read back) — called inside `lab.throttled()`: the bound a benchmark divides by (blkio
+    lets a few per cent more through than it is set to, so a bound from the configured limits
+    would flatter every share)."""
     out: dict[str, dict[str, float]] = {}
-    with lab.throttled():
-        for label in labels or list(lab.disks):
-            path = lab.disks[label].mountpoint / ".dd-limit"
-            t0 = time.monotonic()
-            subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={mib}", "oflag=direct", "conv=fsync",
-                            "status=none"], check=True)
-            written = time.monotonic() - t0
+    for label in labels or list(lab.disks):
+        path = lab.disks[label].mountpoint / ".dd-limit"
+        t0 = time.monotonic()
+        subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={mib}", "oflag=direct", "conv=fsync",
+                        "status=none"], check=True)
+        out[label] = {"write_mib_s": round(mib / (time.monotonic() - t0), 2)}
+        if read:
             t0 = time.monotonic()
             subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M", "iflag=direct", "status=none"], check=True)
-            read = time.monotonic() - t0
-            path.unlink()
-            out[label] = {"write_mib_s": round(mib / written, 2), "read_mib_s": round(mib / read, 2)}
+            out[label]["read_mib_s"] = round(mib / (time.monotonic() - t0), 2)
+        path.unlink()
     return out
 
 

@@ -82,6 +82,7 @@ from _common import (
     drop_caches,
     lab_config,
     lab_profile,
+    measured_limits,
     parallel,
     report,
     run_timed,
@@ -158,15 +159,7 @@ def images(root: Path, n: int, seed: int) -> list[Path]:
 def write_bound(lab: Lab, labels: tuple[str, ...], mib: int = 64) -> dict[str, float]:
     """Each disk's write speed as the lab throttles it, measured now: `dd oflag=direct` of `mib`
     MiB (run from inside the throttled block)."""
-    out = {}
-    for label in labels:
-        f = lab.disks[label].mountpoint / "write-bound.bin"
-        t0 = time.monotonic()
-        subprocess.run(["dd", "if=/dev/zero", f"of={f}", "bs=1M", f"count={mib}", "oflag=direct", "conv=fsync"],
-                       check=True, capture_output=True)
-        out[label] = round(mib / (time.monotonic() - t0), 2)
-        f.unlink()
-    return out
+    return {k: v["write_mib_s"] for k, v in measured_limits(lab, list(labels), mib, read=False).items()}
 
 
 def _config(work: Path, lab: Lab, url: str, redis_url: str) -> config.Settings:

@@ -330,7 +330,10 @@ def run(args, work: Path) -> None:
         check_room(m, src, total, args.items)
         profile = lab_profile(lab)
         # every bound from what dd gets through the throttle (a few per cent above the set limits)
-        limits = measured_limits(lab) if args.profile == "lab4" else None
+        limits = None
+        if args.profile == "lab4":
+            with lab.throttled():
+                limits = measured_limits(lab)
         lim = limits or {d: {"read_mib_s": lab.disks[d].profile.read_mbps,
                              "write_mib_s": lab.disks[d].profile.write_mbps} for d in lab.disks}
         slower_write = min(lim[x]["write_mib_s"] for x in ("lab1", "lab2"))
