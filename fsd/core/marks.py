@@ -471,20 +471,23 @@ def ends_of(head: bytes, tail: bytes) -> tuple[bytes | None, bytes | None]:
         return None, None
     first = head.lstrip(b"\n")
     last = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
-    if not last.strip() or classify(last)[0] != OTHER:
-        pass
-    elif classify(last + b"\n")[0] == OK:
-        # a whole, checked record the cut left without its newline: the last one (the next
-        # append, which begins with a newline, would otherwise make it a whole line, obeyed)
-        last += b"\n"
-    else:
-        # (the window's first line may begin mid-line: only lines a newline precedes in it)
-        for line in reversed(tail[:len(tail) - len(last)].split(b"\n")[1:]):
-            if line.strip():
-                if classify(line + b"\n")[0] == OK:
-                    last = line + b"\n"
-                break
+    if last.strip() and classify(last)[0] == OTHER:
+        last = _last_record(tail, last)
     return first[:first.find(b"\n") + 1] or first, last
+
+
+def _last_record(tail: bytes, torn: bytes) -> bytes:
+    """`ends_of`'s last line when the log's last line `torn` is the torn rest of an append:
+    the record itself when the cut took its newline alone (the next append, which begins
+    with a newline, would otherwise make it a whole line, obeyed), else the checked record
+    right before it in `tail` — or `torn` when there is none."""
+    if classify(torn + b"\n")[0] == OK:
+        return torn + b"\n"
+    # (the window's first line may begin mid-line: only lines a newline precedes in it)
+    for line in reversed(tail[:len(tail) - len(torn)].split(b"\n")[1:]):
+        if line.strip():
+            return line + b"\n" if classify(line + b"\n")[0] == OK else torn
+    return torn
 
 
 def agree(logs: Iterable[DiskLog]) -> tuple[set[Record], list[tuple[Record, str]]]:
