@@ -57,13 +57,31 @@ def _killed_writer(tmp_path: Path, n: int = 1) -> tuple[Path, list[str]]:
     return cfg_path, shas
 
 
+def _hoard(cfg_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`hoard --config CFG ARGS…` run as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def _only_d0_took_it(logs: list[Path]) -> None:
+    """The cut came before the killed writer reached the disks after the first: their logs lose
+    its append (each append begins with a newline)."""
+    for log in logs[1:]:
+        data = log.read_bytes()
+        log.write_bytes(data[:data.rfind(b"\n\n") + 1])
+
+
+def _hidden(cfg: config.Settings) -> list[bytes]:
+    with Store.open(cfg, writable=False) as store:
+        return [bytes(k) for k, _ in store.index.env.begin(db=store.index.hidden).cursor()]
+
+
 @pytest.mark.services  # starts hoard processes
 def test_records_no_writer_can_commit_are_named_at_once(tmp_path: Path) -> None:
     """No writer holds the store: `hoard check` names each disk's record ahead at once (old
     code: it waited AHEAD_WAIT_S for each of the three disks first)."""
     cfg_path, _ = _killed_writer(tmp_path)
-    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "check", "--no-database",
-                          "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = _hoard(cfg_path, "check", "--no-database", "--json", timeout=120)
     doc = json.loads(res.stdout)
     assert res.returncode == 5 and len([p for p in doc["problems"] if AHEAD in p]) == 3, doc["problems"]
     assert doc["seconds"] < integrity.AHEAD_WAIT_S, doc["seconds"]  # old code: over 3 × 5 s
@@ -116,11 +134,7 @@ def test_after_a_cut_the_claim_is_true_and_the_next_writer_mends_it(tmp_path: Pa
     cfg_path, shas = _killed_writer(tmp_path)
     cfg = config.load(cfg_path)
 
-    def hoard(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args],
-                              capture_output=True, text=True, cwd=REPO, timeout=300)
-
-    doc = json.loads(hoard("health", "--json").stdout)
+    doc = json.loads(_hoard(cfg_path, "health", "--json").stdout)
     ahead = [p for p in doc["problems"] if AHEAD in p]
     assert len(ahead) == 3, doc["problems"]
     with Store.open(cfg, writable=False) as store:
@@ -129,10 +143,10 @@ def test_after_a_cut_the_claim_is_true_and_the_next_writer_mends_it(tmp_path: Pa
     for d in cfg.disks:
         assert f"disk {d.label}: its marks log holds {_stamped_after(d.path, stamp)} record(s)" in " ".join(ahead)
         assert _stamped_after(d.path, stamp) == 1
-    assert hoard("replicate").returncode == 0
-    doc = json.loads(hoard("health", "--json").stdout)
+    assert _hoard(cfg_path, "replicate").returncode == 0
+    doc = json.loads(_hoard(cfg_path, "health", "--json").stdout)
     assert not [p for p in doc["problems"] if AHEAD in p], doc["problems"]
-    res = hoard("check", "--no-database", "--json")
+    res = _hoard(cfg_path, "check", "--no-database", "--json")
     assert res.returncode == 0, res.stdout[-3000:]
     with Store.open(cfg, writable=False) as store:
         assert not store.index.env.begin(db=store.index.hidden).stat()["entries"]  # never committed: not hidden
@@ -159,8 +173,7 @@ def test_a_record_the_cut_left_without_its_newline_is_counted_by_neither(tmp_pat
     data = torn.read_bytes()
     assert data.endswith(b"\n")
     torn.write_bytes(data[:-1])
-    res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "health", "--json"],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = _hoard(cfg_path, "health", "--json", timeout=120)
     ahead = [p for p in json.loads(res.stdout)["problems"] if AHEAD in p]
     with Store.open(cfg, writable=False) as store:
         stamp = int(store.index.get_meta("marks_ns") or 0)
@@ -186,29 +199,21 @@ def test_the_next_writer_mends_a_log_whose_append_the_cut_tore(tmp_path: Path, a
     logs = [d.path / "marks" / "marks.log" for d in cfg.disks]
     logs[0].write_bytes(logs[0].read_bytes()[:-40])  # torn in its third record
     if alone:
-        for log in logs[1:]:
-            data = log.read_bytes()
-            log.write_bytes(data[:data.rfind(b"\n\n") + 1])  # (each append begins with a newline)
+        _only_d0_took_it(logs)
 
-    def hoard(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args],
-                              capture_output=True, text=True, cwd=REPO, timeout=300)
-
-    doc = json.loads(hoard("health", "--json").stdout)
+    doc = json.loads(_hoard(cfg_path, "health", "--json").stdout)
     assert "disk d0: its marks log holds 2 record(s)" in " ".join(doc["problems"]), doc["problems"]
-    assert hoard("replicate").returncode == 0
-    doc = json.loads(hoard("health", "--json").stdout)
+    assert _hoard(cfg_path, "replicate").returncode == 0
+    doc = json.loads(_hoard(cfg_path, "health", "--json").stdout)
     assert not [p for p in doc["problems"] if "marks log" in p], doc["problems"]  # old code: disk d0 named
-    res = hoard("check", "--no-database", "--json")
+    res = _hoard(cfg_path, "check", "--no-database", "--json")
     assert res.returncode == 0, res.stdout[-3000:]
     assert b" hide " not in logs[0].read_bytes()  # the records that never committed are gone
-    with Store.open(cfg, writable=False) as store:
-        assert not store.index.env.begin(db=store.index.hidden).stat()["entries"]
+    assert not _hidden(cfg)
     if alone:  # what a rebuild replays: no other disk's snapshot is newer than those records
         shutil.rmtree(cfg.index_dir)
-        assert hoard("index", "rebuild").returncode == 0
-        with Store.open(cfg, writable=False) as store:
-            assert not store.index.env.begin(db=store.index.hidden).stat()["entries"]  # old code: 2
+        assert _hoard(cfg_path, "index", "rebuild").returncode == 0
+        assert not _hidden(cfg)  # old code: 2
 
 
 @pytest.mark.services  # starts hoard processes
@@ -225,26 +230,18 @@ def test_a_record_cut_before_its_newline_is_never_made_whole_by_the_next_append(
     logs = [d.path / "marks" / "marks.log" for d in cfg.disks]
     logs[0].write_bytes(logs[0].read_bytes()[:-1])  # the record whole, its newline lost
     if alone:
-        for log in logs[1:]:
-            data = log.read_bytes()
-            log.write_bytes(data[:data.rfind(b"\n\n") + 1])  # (each append begins with a newline)
+        _only_d0_took_it(logs)
     with Store.open(cfg) as store:  # the next writer: one hide of its own, committed
         store.index.mark(store.index.hidden, [bytes.fromhex(shas[3])], "test: the next writer's mark")
     assert shas[0].encode() not in logs[0].read_bytes()  # the record that never committed is gone
 
-    def hoard(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), *args],
-                              capture_output=True, text=True, cwd=REPO, timeout=300)
-
-    doc = json.loads(hoard("health", "--json").stdout)
+    doc = json.loads(_hoard(cfg_path, "health", "--json").stdout)
     assert not [p for p in doc["problems"] if "marks log" in p], doc["problems"]
-    assert hoard("check", "--no-database", "--json").returncode == 0
+    assert _hoard(cfg_path, "check", "--no-database", "--json").returncode == 0
     if alone:
         shutil.rmtree(cfg.index_dir)
-        assert hoard("index", "rebuild").returncode == 0
-    with Store.open(cfg, writable=False) as store:
-        hidden = [k for k, _ in store.index.env.begin(db=store.index.hidden).cursor()]
-    assert hidden == [bytes.fromhex(shas[3])]  # old code: the uncommitted hide of shas[0] too
+        assert _hoard(cfg_path, "index", "rebuild").returncode == 0
+    assert _hidden(cfg) == [bytes.fromhex(shas[3])]  # old code: the uncommitted hide of shas[0] too
 
 
 #: the next writer: opens the store (catching its marks logs up) and commits one hide of its own
@@ -279,6 +276,4 @@ def test_a_writer_opening_beside_a_snapshot_mends_the_logs_ahead_before_it_appen
     assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
     for d in cfg.disks:
         assert shas[0].encode() not in (d.path / "marks" / "marks.log").read_bytes(), d.label
-    with Store.open(cfg, writable=False) as store:
-        hidden = [k for k, _ in store.index.env.begin(db=store.index.hidden).cursor()]
-    assert hidden == [bytes.fromhex(shas[3])]
+    assert _hidden(cfg) == [bytes.fromhex(shas[3])]
