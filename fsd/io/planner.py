@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hoardfs.base.collect import heap_frozen
+from hoardfs.base.threads import Thread, join_all
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.records import verified_view
 
@@ -265,7 +266,7 @@ class _Handoff:
         self.queue: queue.SimpleQueue = queue.SimpleQueue()  # bounded by the budget, not a count
         self.room = threading.Condition()
         self.held = 0
-        self.threads = [threading.Thread(target=self._run, name=f"sink-{k}", daemon=True) for k in range(threads)]
+        self.threads = [Thread(self._run, name=f"sink-{k}") for k in range(threads)]
         for t in self.threads:
             t.start()
 
@@ -308,11 +309,11 @@ class _Handoff:
 
     def close(self) -> None:
         """Wait for every queued record to be written (or dropped, once stopped) and the
-        threads to end: no sink is called after this returns."""
+        threads to end: no sink is called after this returns, or after what it raises (a Ctrl-C
+        meanwhile stops the read, and is raised once the threads have ended)."""
         for _ in self.threads:
             self.queue.put(None)
-        for t in self.threads:
-            t.join()
+        join_all(self.threads, on_interrupt=self.stop.set)
 
 
 def put_unless(q: queue.Queue, item: Any, *stops: threading.Event) -> bool:
@@ -521,20 +522,18 @@ def execute(store: Store, plan: Plan, sink: Sink,
 
     t0 = time.monotonic()
     handoff = _Handoff(sink, stop, fail)
+    readers = [Thread(read_disk, uuid, name=f"reader {store.disks[uuid].label}") for uuid in plan.ranges]
     try:
-        with ThreadPoolExecutor(max_workers=max(1, len(plan.ranges)), thread_name_prefix="reader") as pool:
-            try:
-                list(pool.map(read_disk, list(plan.ranges)))
-            except BaseException:  # Ctrl-C while waiting: the readers stop at their next check, then `with` ends
-                stop.set()
-                raise
-    finally:
         try:
-            handoff.close()  # every record handed on is written (dropped once stopped) before this returns
-        except BaseException:  # Ctrl-C while the sink threads finish: they stop at their next record
+            for t in readers:
+                t.start()
+        except BaseException:
             stop.set()
-            handoff.close()
             raise
+        finally:  # a Ctrl-C while waiting stops the readers at their next check, and is raised once they ended
+            join_all(readers, on_interrupt=stop.set)
+    finally:
+        handoff.close()  # every record handed on is written (dropped once stopped) before this returns
     if errors:
         raise errors[0]
     for uuid, rest in failed:  # what a failed range had not delivered, one by one from other replicas
@@ -599,20 +598,19 @@ def warming(store: Store, shas: list[bytes]) -> Iterator[Callable[[], None]]:
             disk = store.disks[uuid]
             # a local disk (the page cache holds what it reads)
             if not disk.stream_large and hasattr(disk, "prefetch") and ranges and not stop.is_set():
-                t = threading.Thread(target=warm, args=(disk, ranges), name=f"warm {disk.label}", daemon=True)
+                t = Thread(warm, disk, ranges, name=f"warm {disk.label}")
                 t.start()
                 threads.append(t)
 
-    threads: list[threading.Thread] = []
-    starter = threading.Thread(target=start, name="warm-plan", daemon=True)
+    threads: list[Thread] = []
+    starter = Thread(start, name="warm-plan")
     starter.start()
     try:
         yield stop.set
     finally:
         stop.set()
-        starter.join()
-        for t in threads:
-            t.join()
+        join_all([starter])  # (then `threads` holds every warm thread started)
+        join_all(threads)
 
 
 def _read_range(disk, rng: ReadRange) -> bytes:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hoardfs.base.errors import first_line
+from hoardfs.base.threads import Thread, join_all
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.disks import LocalDisk
 from hoardfs.fsd.core.records import DataError, ObjectNotFound, verified_view, verify_record
@@ -423,7 +424,7 @@ def read_assigned(disk_of: Sequence[str], read: Callable[[int, str], RunRead],
             if not put_unless(q, item, stop):
                 return
 
-    threads = [threading.Thread(target=reader, args=(u,), name=f"loader-read {u[:8]}", daemon=True) for u in mine]
+    threads = [Thread(reader, u, name=f"loader-read {u[:8]}") for u in mine]
     for t in threads:
         t.start()
     try:
@@ -443,5 +444,4 @@ def read_assigned(disk_of: Sequence[str], read: Callable[[int, str], RunRead],
         stop.set()
         # each reader ends within its run (no more than one run's read): joined, so none uses
         # the store after the consumer went and its owner may close it
-        for t in threads:
-            t.join()
+        join_all(threads)

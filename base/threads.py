@@ -1,0 +1,57 @@
+"""Threads whose end a Ctrl-C cannot fake.
+
+CPython before 3.13 marks a thread as ended when a signal handler's exception — the
+KeyboardInterrupt of a Ctrl-C — interrupts a `join()` on it: the next `join()` returns at once
+and `is_alive()` says False while the thread still runs (python/cpython#90882). Code that must
+not go on until its helpers have stopped — the batch read's "no sink is called once `execute`
+has returned", a loader's "no reader uses the store once the consumer went" — waits for them
+here instead: on an event the thread sets as its last step, which an interrupted wait leaves
+as it was."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+class Thread(threading.Thread):
+    """A daemon thread running `target(*args)` whose `join` and `is_alive` go by an event set
+    when `target` returns or raises, so an interrupted `join` can be waited on again."""
+
+    def __init__(self, target: Callable[..., Any], *args: Any, name: str) -> None:
+        super().__init__(target=target, args=args, name=name, daemon=True)
+        self._ended = threading.Event()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self._ended.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._ended.wait(timeout):
+            super().join()  # (its code is done: what is left is the interpreter's own teardown)
+
+    def is_alive(self) -> bool:
+        return super().is_alive() and not self._ended.is_set()
+
+
+def join_all(threads: Iterable[Thread], on_interrupt: Callable[[], None] | None = None) -> None:
+    """Return once every one of `threads` has ended. An exception raised while waiting (a
+    Ctrl-C's KeyboardInterrupt) calls `on_interrupt()` — which should tell the threads to
+    stop — and is raised once they all have ended: never does this return, or raise, with one
+    of them still running. A second Ctrl-C meanwhile waits too."""
+    caught: BaseException | None = None
+    for t in threads:
+        while t.ident is not None:  # (one never started has nothing to wait for)
+            try:
+                t.join()
+                break
+            except BaseException as e:  # raised below, once every thread has ended
+                if caught is None:
+                    caught = e
+                    if on_interrupt is not None:
+                        on_interrupt()
+    if caught is not None:
+        raise caught
