@@ -149,6 +149,7 @@ class Store:
             store = cls(cfg, index, writable)
             store.held = hold
             index.mark_log = store.log_marks
+            index.mark_tails = store.marks_tails
             try:
                 if writable:  # an older index is migrated, a newer one refused, before anything is written
                     index.migrate()
@@ -475,6 +476,9 @@ class Store:
 
     def log_marks(self, op: str, shas: list[bytes], stamp: int) -> list[str]:
         return copies.log_marks(self, op, shas, stamp)
+
+    def marks_tails(self) -> dict[str, int]:
+        return copies.marks_tails(self, for_write=True)[0]
 
     def marks_behind(self, state: tuple[int, dict[str, int], dict[str, float]] | None = None) -> list[str]:
         return copies.marks_behind(self, state)

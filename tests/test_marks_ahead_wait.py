@@ -277,3 +277,42 @@ def test_a_writer_opening_beside_a_snapshot_mends_the_logs_ahead_before_it_appen
     for d in cfg.disks:
         assert shas[0].encode() not in (d.path / "marks" / "marks.log").read_bytes(), d.label
     assert _hidden(cfg) == [bytes.fromhex(shas[3])]
+
+
+@pytest.mark.services  # starts hoard processes
+def test_a_writer_already_open_when_another_dies_leaves_the_dead_records_to_a_snapshot(tmp_path: Path) -> None:
+    """Writer A (a mount, a worker) has the store open when writer B appends a hide to every
+    disk's marks log and is killed before its commit. A's catch-up ran at its open, before
+    that: its next mark appended after B's records, and the index took every disk as
+    complete — B's hide buried under a committed record, ahead no more, never mended; an
+    index rebuild hid the object nobody hid, and health named a mark the disks alone replay.
+    A now leaves those disks behind: health names them, and the next writer (`hoard
+    replicate`) replaces their logs by a snapshot; a rebuild hides only what A hid."""
+    cfg_path = dir_disks_config(tmp_path, 3)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        shas = [r.sha256 for r in store.put_many(make_files(tmp_path / "in", 4, seed=8))]
+    logs = [d.path / "marks" / "marks.log" for d in cfg.disks]
+    with Store.open(cfg) as a:
+        res = subprocess.run([sys.executable, "-c", APPEND_THEN_DIE, str(cfg_path), shas[0]], capture_output=True,
+                             text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        assert res.returncode == 9, res.stderr[-2000:]
+        assert all(shas[0].encode() in log.read_bytes() for log in logs)
+        a.index.mark(a.index.hidden, [bytes.fromhex(shas[3])], "test: A's own hide")
+        assert sorted(a.marks_behind()) == sorted(a.disks)  # old code: none
+        stamps = [int(line.split()[0]) for line in logs[0].read_bytes().split(b"\n") if line.strip()]
+        assert stamps == sorted(stamps), "A's record is stamped before B's"
+
+    doc = json.loads(_hoard(cfg_path, "health", "--json").stdout)
+    named = [p for p in doc["problems"] if "marks log" in p]
+    assert sum("misses records the index holds" in p for p in named) == 3, doc["problems"]
+    assert any(shas[0] in p for p in named), doc["problems"]  # B's hide, which a rebuild would obey
+    assert all("hoard index rewrite-marks" in p for p in named), doc["problems"]
+    assert _hoard(cfg_path, "replicate").returncode == 0  # "the next writer rewrites it"
+    doc = json.loads(_hoard(cfg_path, "health", "--json").stdout)
+    assert not [p for p in doc["problems"] if "marks log" in p], doc["problems"]
+    assert _hoard(cfg_path, "check", "--no-database", "--json").returncode == 0
+    assert all(shas[0].encode() not in log.read_bytes() for log in logs)  # B's hide is gone
+    shutil.rmtree(cfg.index_dir)
+    assert _hoard(cfg_path, "index", "rebuild").returncode == 0
+    assert _hidden(cfg) == [bytes.fromhex(shas[3])]  # old code: B's uncommitted hide of shas[0] too

@@ -593,17 +593,19 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
     cfg = config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=1, copy_of_raw=2))
     m3 = lab.disks["m3"].mountpoint
     real_log, real_regular = LocalBeside._log_made, marks.regular
-    armed = []
+    armed, gone = [], []
 
     def marks_log(files):  # after the check before: the disk drops off
         if armed and files.root == m3:
             lab.vanish("m3")
+            gone.append(True)
         return real_log(files)
 
     def regular(fd, path):  # the log is open (beside the disk): it is mounted again
         real_regular(fd, path)
-        if armed and path.is_relative_to(m3):
+        if gone and path.is_relative_to(m3):  # (not the read of the log's end before the append)
             armed.clear()
+            gone.clear()
             lab.reappear("m3")
 
     with Store.open(cfg, init=True) as store:

@@ -698,6 +698,7 @@ class MarksTables:
     deleted: Any
     rooted: Any
     mark_log: Callable[[str, list[bytes], int], list[str]] | None
+    mark_tails: Callable[[], dict[str, int]] | None
     _stamp_floor: int
 
     def _ops(self, db: Any) -> tuple[str, str]:
@@ -790,22 +791,34 @@ class MarksTables:
         record's stamp, `marks_at:<disk uuid>` the stamp up to which that disk's log is
         complete. A disk that missed a record (not writable then, a failed or short append)
         keeps an older one: it is *behind* (Store.marks_behind) — known to the index, not
-        guessed from the log's last line, so a later append cannot hide the hole."""
+        guessed from the log's last line, so a later append cannot hide the hole.
+
+        So does a disk whose log, read before this append (`mark_tails`), ends past what the
+        index knows it took: records of a writer that appended them and died before its
+        commit, after this process opened the store (Store.catch_up_marks mends those at
+        open). This append would bury them under a record the index did take — obeyed by an
+        index rebuild, never seen again as ahead —; the disk behind, the next writable open
+        (`hoard replicate`) replaces its log by a snapshot, and this record's stamp is after
+        theirs."""
         if shas and self.mark_log:
             raw = txn.get(MARKS_LAST, db=self.meta)
             before = int(raw) if raw else 0
+            tails = self.mark_tails() if self.mark_tails else {}
+            self._stamp_floor = max(self._stamp_floor, *tails.values(), 0)
             stamp = self._next_stamp(txn)
             took = self.mark_log(op, shas, stamp)
             self.env.count_writes(len(shas))  # (records written inside this transaction, on the HDDs)
             txn.put(MARKS_LAST, str(stamp).encode(), db=self.meta)
             for uuid in took:  # only a disk that was complete stays complete: a hole stays a hole
+                tail = tails.get(uuid, 0)
                 at = txn.get(_marks_at(uuid), db=self.meta)
-                if at is not None and int(at) >= before:
+                if at is not None and int(at) >= before and tail <= int(at):
                     txn.put(_marks_at(uuid), str(stamp).encode(), db=self.meta)
                 # the same for a snapshot being written (snapshot_marks): how far its disk
-                # will be complete once the snapshot is renamed in
+                # will be complete once the snapshot is renamed in (it takes the log's records
+                # after its cut, a dead writer's too)
                 snap = txn.get(_marks_snap(uuid), db=self.meta)
-                if snap is not None and int(snap.split()[1]) >= before:
+                if snap is not None and int(snap.split()[1]) >= before and tail <= int(snap.split()[1]):
                     txn.put(_marks_snap(uuid), snap.split()[0] + b" " + str(stamp).encode(), db=self.meta)
 
     def marks_state(self) -> tuple[int, dict[str, int], dict[str, float]]:

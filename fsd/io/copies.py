@@ -191,14 +191,14 @@ def marks_behind(store: Store, state: tuple[int, dict[str, int], dict[str, float
             and (u not in at or at[u] < last) and now - failed.get(u, 0.0) > MARKS_RETRY_S]
 
 
-def catch_up_marks(store: Store) -> list[str]:
-    """Every writable open: no stamp is handed out again that a disk's log already holds
-    (a writer that appended and died before its commit), and the disks that are behind
-    get a snapshot of the index's marks."""
+def marks_tails(store: Store, for_write: bool = False) -> tuple[dict[str, int], list[str]]:
+    """({disk uuid: the stamp its marks log ends with, 0 for none or a damaged last line},
+    the disks whose log is in the format before lines had checks) of the disks in use
+    (`for_write`: writable) — a disk whose log's end cannot be read is left out."""
     tails: dict[str, int] = {}
-    legacy: list[str] = []  # logs written before lines had checks: rewritten (fsd/core/marks.py)
+    legacy: list[str] = []
     for u, d in store.disks.items():
-        if store.usable(u):
+        if store.usable(u, for_write=for_write):
             try:
                 stamp, old_format = marks.judge_ends(*d.beside.marks_ends())
                 tails[u] = stamp or 0
@@ -206,6 +206,15 @@ def catch_up_marks(store: Store) -> list[str]:
                     legacy.append(u)
             except OSError as e:  # a dying disk, a hostile file: health's and check's business
                 log.warning("disk %s: cannot read the end of its marks log: %s", d.label, e)
+    return tails, legacy
+
+
+def catch_up_marks(store: Store) -> list[str]:
+    """Every writable open: no stamp is handed out again that a disk's log already holds
+    (a writer that appended and died before its commit), and the disks that are behind
+    get a snapshot of the index's marks."""
+    # (legacy: logs written before lines had checks: rewritten, fsd/core/marks.py)
+    tails, legacy = marks_tails(store)
     if tails and max(tails.values()) > int(store.index.get_meta(MARKS_NS.decode()) or 0):
         store.index.raise_stamp(max(tails.values()))
     state = store.index.marks_state()
