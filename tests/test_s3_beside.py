@@ -184,3 +184,31 @@ def test_segment_names_need_a_stamp() -> None:
     with pytest.raises(ValueError):
         s3files._stamp_of(b"\nnot a record\n")
     assert s3files._stamp_of(b"\n" + marks.records(99, "root", SHA[:1])) == 99
+
+
+@pytest.mark.services
+def test_the_ends_of_an_s3_log_are_read_without_its_snapshot(tmp_path: Path, s3_engine, engine_env) -> None:
+    """Every marks transaction reads the ends of each writable disk's log inside its write
+    transaction (Index.log_in: Store.marks_tails): a bucket's is a window at each end, as a local
+    disk reads 4 KiB — not the snapshot segment whole, which holds every mark (~108 bytes each:
+    a store whose objects are all roots GETs 100 MiB a transaction at a million objects)."""
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
+    side = disk.beside
+    many = [i.to_bytes(32, "big") for i in range(3000)]  # a snapshot of ~330 kB
+    cut = side.marks_cut()
+    side.marks_snapshot(marks.snapshot_chunks(50, {"rooted": many}), [])
+    side.marks_swap(cut, [])
+    read: list[int] = []
+    real = disk.client.get_object
+
+    def counted(**kw):
+        r = real(**kw)
+        read.append(int(r["ContentLength"]))
+        return r
+
+    disk.client.get_object = counted
+    assert marks.judge_ends(*side.marks_ends()) == (50, False)  # (its `end` line)
+    _append(disk, 51, "hide", many[:1])
+    assert marks.judge_ends(*side.marks_ends()) == (51, False)
+    assert sum(read) <= 4 * s3files.ENDS, read  # old code: the whole snapshot, twice

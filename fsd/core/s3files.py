@@ -65,6 +65,8 @@ SEGMENT_WEIGHT = 4096
 CROWDED = 256
 #: a log this large is read into memory; a larger one spills to a file in the staging folder
 IN_MEMORY = 8 << 20
+#: the bytes `marks_ends` reads at each end of the log (a local disk's hoardfs.fsd.core.marks.ends)
+ENDS = 4096
 
 
 class S3Beside:
@@ -139,8 +141,11 @@ class S3Beside:
                 return
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
-    def _get(self, key: str) -> bytes:
-        r = self.disk._call(f"reading {key}", self.disk.client.get_object, Bucket=self.disk.bucket, Key=key)
+    def _get(self, key: str, span: str | None = None) -> bytes:
+        """The object's bytes (`span`: those of an HTTP Range, "bytes=0-4095", "bytes=-4096")."""
+        extra = {"Range": span} if span else {}
+        r = self.disk._call(f"reading {key}", self.disk.client.get_object, Bucket=self.disk.bucket, Key=key,
+                            **extra)
         body = r["Body"]
         try:
             data: bytes = body.read()
@@ -159,15 +164,25 @@ class S3Beside:
         self._put_new(SEGMENTS, _stamp_of(body), body)
 
     def marks_ends(self) -> tuple[bytes | None, bytes | None]:
+        """A window of ENDS bytes at each end, as a local disk reads (hoardfs.fsd.core.marks.ends):
+        every marks transaction asks (Index.log_in), and the first segment is a snapshot of
+        every mark once one was put in force (~108 bytes a mark)."""
         segs = self._segments()
         if not segs:
             return None, None
         head = b""
-        for key, _ in segs:  # (a first segment of blank lines only: the next one's first line)
-            head += self._get(key)
+        for key, size in segs:  # (a first segment of blank lines only: the next one's first line)
+            piece = self._get(key, f"bytes=0-{ENDS - 1}") if size > ENDS else self._get(key)
+            if size > ENDS and not piece.strip():
+                piece = self._get(key)  # (a window of blank lines only: the segment whole)
+            head += piece
             if head.strip():
                 break
-        tail = self._get(segs[-1][0]) if len(segs) > 1 else head
+        key, size = segs[-1]
+        if len(segs) == 1 and size <= ENDS:
+            return marks.ends_of(head, head)
+        # (the window's first line may begin mid-line: ends_of takes only the lines it holds whole)
+        tail = self._get(key, f"bytes=-{ENDS}") if size > ENDS else self._get(key)
         return marks.ends_of(head, tail)
 
     def marks_size(self) -> int:
