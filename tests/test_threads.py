@@ -70,3 +70,28 @@ def test_join_all_passes_over_a_thread_never_started() -> None:
     started.start()
     join_all([started, never])
     assert ran.is_set() and not never.is_alive()
+
+
+def test_a_loader_reader_that_cannot_start_stops_those_started(monkeypatch) -> None:
+    """The training loader's read_assigned starts one reader a disk: when one cannot start
+    (no thread left, a Ctrl-C meanwhile) the error is raised and the readers already started
+    stop — not left blocked on a full queue for good, reading the store after its owner went."""
+    from types import SimpleNamespace
+
+    from hoardfs.fsd.outputs import runs
+
+    started: list[Thread] = []
+
+    class Refusing(Thread):
+        def start(self) -> None:
+            if started:
+                raise RuntimeError("can't start new thread")
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(runs, "Thread", Refusing)
+    gen = runs.read_assigned(["a", "b", "a", "a"], lambda i, u: SimpleNamespace(number=i), ahead=1)
+    with pytest.raises(RuntimeError):
+        next(gen)
+    started[0].join(5)
+    assert not started[0].is_alive(), "the reader started waits on its full queue for good"

@@ -425,9 +425,9 @@ def read_assigned(disk_of: Sequence[str], read: Callable[[int, str], RunRead],
                 return
 
     threads = [Thread(reader, u, name=f"loader-read {u[:8]}") for u in mine]
-    for t in threads:
-        t.start()
     try:
+        for t in threads:  # (a start that fails, or a Ctrl-C meanwhile, stops those started)
+            t.start()
         for i, u in enumerate(disk_of):
             while True:
                 try:
