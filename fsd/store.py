@@ -477,8 +477,10 @@ class Store:
     def log_marks(self, op: str, shas: list[bytes], stamp: int) -> list[str]:
         return copies.log_marks(self, op, shas, stamp)
 
-    def marks_tails(self) -> dict[str, int]:
-        return copies.marks_tails(self, for_write=True)[0]
+    def marks_tails(self) -> dict[str, int | None]:
+        """Each writable disk's last marks-log stamp; None where the log's end did not read."""
+        tails = copies.marks_tails(self, for_write=True)[0]
+        return {u: tails.get(u) for u in self.disks if self.usable(u, for_write=True)}
 
     def marks_behind(self, state: tuple[int, dict[str, int], dict[str, float]] | None = None) -> list[str]:
         return copies.marks_behind(self, state)

@@ -316,3 +316,29 @@ def test_a_writer_already_open_when_another_dies_leaves_the_dead_records_to_a_sn
     shutil.rmtree(cfg.index_dir)
     assert _hoard(cfg_path, "index", "rebuild").returncode == 0
     assert _hidden(cfg) == [bytes.fromhex(shas[3])]  # old code: B's uncommitted hide of shas[0] too
+
+
+@pytest.mark.expect_log(r"cannot read the end of its marks log", level="WARNING")
+def test_a_log_whose_end_does_not_read_is_not_taken_for_complete(tmp_path: Path, monkeypatch) -> None:
+    """A transaction's read of each log's end fails on one disk (a GET the engine refused
+    once) and its append there succeeds: that log may hold a dead writer's records under the
+    new one, so the disk is left behind — and the next writer snapshots it."""
+    from hoardfs.fsd.core.beside import LocalBeside
+
+    cfg = config.load(dir_disks_config(tmp_path, 3))
+    with Store.open(cfg, init=True) as store:
+        shas = [r.sha256 for r in store.put_many(make_files(tmp_path / "in", 2, seed=9))]
+        d1 = next(u for u, d in store.disks.items() if d.label == "d1")
+        real = LocalBeside.marks_ends
+
+        def refused(self):
+            if self.root == store.disks[d1].root:
+                raise OSError(5, "Input/output error (once)")
+            return real(self)
+
+        monkeypatch.setattr(LocalBeside, "marks_ends", refused)
+        store.index.mark(store.index.hidden, [bytes.fromhex(shas[0])], "test: a hide")
+        monkeypatch.undo()
+        assert store.marks_behind() == [d1]  # old code: none
+    with Store.open(cfg) as store:
+        assert store.marks_behind() == []

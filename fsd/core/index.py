@@ -170,10 +170,10 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
         #: before it commits (the store appends them to `marks/` on the HDDs, see
         #: Store.log_marks): the log's order is then the order the index applied them in
         self.mark_log: Callable[[str, list[bytes], int], list[str]] | None = None
-        #: `()` → {disk uuid: the stamp its marks log ends with}, called inside that write
+        #: `()` → {disk uuid: the stamp its marks log ends with, None: unread}, called inside that write
         #: transaction before `mark_log` (Store.marks_tails): a log ending past what the index
         #: knows the disk took holds a dead transaction's records (see MarksTables.log_in)
-        self.mark_tails: Callable[[], dict[str, int]] | None = None
+        self.mark_tails: Callable[[], dict[str, int | None]] | None = None
         #: listings hand an entry that does not decode here and leave it out (see _listed)
         self.damaged: Callable[[IndexDamaged], None] | None = None
         self._stamp_floor = 0

@@ -698,7 +698,7 @@ class MarksTables:
     deleted: Any
     rooted: Any
     mark_log: Callable[[str, list[bytes], int], list[str]] | None
-    mark_tails: Callable[[], dict[str, int]] | None
+    mark_tails: Callable[[], dict[str, int | None]] | None
     _stamp_floor: int
 
     def _ops(self, db: Any) -> tuple[str, str]:
@@ -797,28 +797,30 @@ class MarksTables:
         index knows it took: records of a writer that appended them and died before its
         commit, after this process opened the store (Store.catch_up_marks mends those at
         open). This append would bury them under a record the index did take — obeyed by an
-        index rebuild, never seen again as ahead —; the disk behind, the next writable open
+        index rebuild, never seen again as ahead —; the disk behind (also one whose log's end
+        did not read: None), the next writable open
         (`hoard replicate`) replaces its log by a snapshot, and this record's stamp is after
         theirs."""
         if shas and self.mark_log:
             raw = txn.get(MARKS_LAST, db=self.meta)
             before = int(raw) if raw else 0
             tails = self.mark_tails() if self.mark_tails else {}
-            self._stamp_floor = max(self._stamp_floor, *tails.values(), 0)
+            self._stamp_floor = max(self._stamp_floor, *(t for t in tails.values() if t is not None), 0)
             stamp = self._next_stamp(txn)
             took = self.mark_log(op, shas, stamp)
             self.env.count_writes(len(shas))  # (records written inside this transaction, on the HDDs)
             txn.put(MARKS_LAST, str(stamp).encode(), db=self.meta)
             for uuid in took:  # only a disk that was complete stays complete: a hole stays a hole
-                tail = tails.get(uuid, 0)
+                tail = tails.get(uuid, 0)  # (None: its end did not read — not taken for complete)
                 at = txn.get(_marks_at(uuid), db=self.meta)
-                if at is not None and int(at) >= before and tail <= int(at):
+                if at is not None and int(at) >= before and tail is not None and tail <= int(at):
                     txn.put(_marks_at(uuid), str(stamp).encode(), db=self.meta)
                 # the same for a snapshot being written (snapshot_marks): how far its disk
                 # will be complete once the snapshot is renamed in (it takes the log's records
                 # after its cut, a dead writer's too)
                 snap = txn.get(_marks_snap(uuid), db=self.meta)
-                if snap is not None and int(snap.split()[1]) >= before and tail <= int(snap.split()[1]):
+                if snap is not None and int(snap.split()[1]) >= before and tail is not None \
+                        and tail <= int(snap.split()[1]):
                     txn.put(_marks_snap(uuid), snap.split()[0] + b" " + str(stamp).encode(), db=self.meta)
 
     def marks_state(self) -> tuple[int, dict[str, int], dict[str, float]]:
