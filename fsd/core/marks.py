@@ -655,6 +655,14 @@ MARKS_NS = b"marks_ns"
 MARKS_LAST = b"marks_last"
 
 
+def _still_complete(upto: int, before: int, tail: int | None) -> bool:
+    """Whether a disk whose log is complete up to `upto` (its `marks_at`, or its snapshot
+    marker's second stamp) stays complete with this transaction's append: it held every
+    record up to the last one (`before`), and its log ended there — not past it (a dead
+    writer's records), nor unread (None)."""
+    return upto >= before and tail is not None and tail <= upto
+
+
 def _marks_at(uuid: str) -> bytes:
     return b"marks_at:" + uuid.encode()
 
@@ -798,9 +806,8 @@ class MarksTables:
         commit, after this process opened the store (Store.catch_up_marks mends those at
         open). This append would bury them under a record the index did take — obeyed by an
         index rebuild, never seen again as ahead —; the disk behind (also one whose log's end
-        did not read: None), the next writable open
-        (`hoard replicate`) replaces its log by a snapshot, and this record's stamp is after
-        theirs."""
+        did not read: None), the next writable open (`hoard replicate`) replaces its log by a
+        snapshot, and this record's stamp is after theirs."""
         if shas and self.mark_log:
             raw = txn.get(MARKS_LAST, db=self.meta)
             before = int(raw) if raw else 0
@@ -813,15 +820,16 @@ class MarksTables:
             for uuid in took:  # only a disk that was complete stays complete: a hole stays a hole
                 tail = tails.get(uuid, 0)  # (None: its end did not read — not taken for complete)
                 at = txn.get(_marks_at(uuid), db=self.meta)
-                if at is not None and int(at) >= before and tail is not None and tail <= int(at):
+                if at is not None and _still_complete(int(at), before, tail):
                     txn.put(_marks_at(uuid), str(stamp).encode(), db=self.meta)
                 # the same for a snapshot being written (snapshot_marks): how far its disk
                 # will be complete once the snapshot is renamed in (it takes the log's records
                 # after its cut, a dead writer's too)
                 snap = txn.get(_marks_snap(uuid), db=self.meta)
-                if snap is not None and int(snap.split()[1]) >= before and tail is not None \
-                        and tail <= int(snap.split()[1]):
-                    txn.put(_marks_snap(uuid), snap.split()[0] + b" " + str(stamp).encode(), db=self.meta)
+                if snap is not None:
+                    snap_stamp, upto = snap.split()
+                    if _still_complete(int(upto), before, tail):
+                        txn.put(_marks_snap(uuid), snap_stamp + b" " + str(stamp).encode(), db=self.meta)
 
     def marks_state(self) -> tuple[int, dict[str, int], dict[str, float]]:
         """(stamp of the last record, {disk uuid: complete up to}, {disk uuid: time its log
