@@ -263,7 +263,8 @@ BENCHES := "ingest_small.py --profile lab4" batch_read.py rebuild_scrub.py db_ap
            "ua1_ingest.py --items 20000" mount_read.py pyfuse3_floor.py export.py planner_read.py gui_pages.py \
            "loader_example.py --lab" action_overhead.py dataset_build.py s3_backend.py stage_small.py loader.py
 bench: APT_PKGS += mergerfs
-bench: up
+# (bench/loader.py's DataLoader sides need torch: the search extra's)
+bench: up $(SEARCH_STAMP)
 	@for b in $(BENCHES); do echo "==> bench/$$b"; $(VENV)/bin/python bench/$$b; done
 
 # the peers' packages only for the benchmark (a target-specific variable reaches `deps`)

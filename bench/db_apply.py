@@ -2,7 +2,7 @@
 strongest hand-written loads of the same rows in the same run; the no-op re-apply; 3-level
 ancestor selectors over 1,000,000 nodes, cold and warm.
 
-    python bench/db_apply.py [--nodes 100000] [--big 1000000]
+    python bench/db_apply.py [--nodes 100000] [--big 1000000] [--where DIR]
 
 Baselines (the same nodes, physical rows, metadata and edges; fewer tables than the
 write-intent, which also records virtual assets and the intent itself):
@@ -27,6 +27,7 @@ import hashlib
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 from _common import drop_caches, private_cluster, report
@@ -158,8 +159,10 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=100_000)
     ap.add_argument("--baseline-nodes", type=int, default=20_000, help="per-row baseline sample size")
     ap.add_argument("--big", type=int, default=1_000_000)
+    ap.add_argument("--where", type=Path, help="the cluster's parent folder (default /var/tmp; e.g. /dev/shm "
+                    "to take the disk under PostgreSQL out of the figures)")
     args = ap.parse_args()
-    with private_cluster() as (url, cluster):
+    with private_cluster(args.where) as (url, cluster):
         run(args, url, cluster)
 
 

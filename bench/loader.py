@@ -50,7 +50,7 @@ JSON: bench/results/loader-lab4.json (other sizes: loader-lab4-<items>-<large>.j
 `--results DIR` puts it elsewhere, e.g. a smoke run's), with the date, the commit,
 the machine and the load at start and end; a run of the default size into bench/results/
 rewrites docs/benchmarks.md's section (`--render` alone does it again from the JSON).
-Needs root (the lab), torch (the dev extra) and the test servers (`make test` set them up).
+Needs root (the lab), torch (`make search` installs it) and the test servers (`make test` set them up).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def child(job: dict) -> None:
     """One epoch of one side; its figures as JSON to `job["out"]` (torch imported before the
     clock starts, and only by the sides that run it: it is not in the one-process loader's RSS)."""
     if job["procs"]:
-        import torch  # deferred: the dev extra's, only on the sides that run it
+        import torch  # deferred: `make search` installs it; only the sides that run it
         from torch.utils.data import DataLoader
 
         from hoardfs.loader import TorchDataset  # deferred: imports torch
@@ -522,7 +522,7 @@ def main() -> None:
     if args.render:
         return render(args.results)
     if not _has_torch():
-        raise SystemExit("torch is missing: install the dev extra (`make dev`)")
+        raise SystemExit("bench/loader.py: torch is missing; install it with `make search` and run again")
     # a SIGTERM (timeout, kill) unwinds like Ctrl-C: the lab's disks, the mount and the schema go
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ONLY[:] = [p.strip() for p in (args.sides or "").split(",") if p.strip()]
