@@ -64,6 +64,7 @@ from _common import (
     drop_caches,
     lab_config,
     lab_profile,
+    measured_limits,
     report,
     run_timed,
     timed,
@@ -105,18 +106,9 @@ def _config(work: Path, lab: Lab, url: str, redis_url: str) -> config.Settings:
 
 
 def read_bound(lab: Lab, mib: int = 64) -> dict[str, float]:
-    """Each disk's read speed as the lab throttles it, measured now: `dd iflag=direct` of `mib`
-    MiB written there first (run from inside the throttled block)."""
-    out = {}
-    for label, d in lab.disks.items():
-        f = d.mountpoint / "read-bound.bin"
-        subprocess.run(["dd", "if=/dev/urandom", f"of={f}", "bs=1M", f"count={mib}", "conv=fsync"], check=True,
-                       capture_output=True)
-        t0 = time.monotonic()
-        subprocess.run(["dd", f"if={f}", "of=/dev/null", "bs=1M", "iflag=direct"], check=True, capture_output=True)
-        out[label] = round(mib / (time.monotonic() - t0), 2)
-        f.unlink()
-    return out
+    """Each disk's read speed as the lab throttles it, measured now (`measured_limits`: `dd
+    iflag=direct` of `mib` MiB written there first; run from inside the throttled block)."""
+    return {label: m["read_mib_s"] for label, m in measured_limits(lab, mib=mib).items()}
 
 
 # -- the corpora -----------------------------------------------------------------------------------
