@@ -19,7 +19,8 @@ shuffled  what a training data loader does: 20,000 small files (4–64 KB, 2 rep
         read in the same order by the same number of readers. Reported: files/s, MiB/s,
         and amplification = bytes the disks read (sectors read, /sys/block/<loop>/stat,
         summed over the lab disks) / bytes served; bound = max(bytes / the summed read
-        limit, files / the summed IOPS limit) of the disks holding the files' replicas
+        limit, files / the summed IOPS limit) of the disks holding the files' replicas,
+        also with the read MiB/s `dd` measures through the throttle (`*_bound_measured*`)
 entries `find` over a view of 100,000 entries (1,000 per directory) vs `find` over the same
         tree as plain files on one lab disk
 warm    a training loader's later epochs: 100,000 small files (0.5–4 KiB, a view of 1,000 per
@@ -59,6 +60,7 @@ from _common import (
     drop_caches,
     hoard_mounted,
     lab_store,
+    measured_limits,
     mergerfs_mounted,
     names_warm_data_cold,
     read_all,
@@ -181,6 +183,8 @@ def main() -> None:
         os.sync()
         mnt, mfs = work / "mnt", work / "mergerfs"
         with lab.throttled():
+            if {"small", "shuffled"} & set(parts):  # each disk's read as dd gets it through the throttle
+                t["read_mib_s_measured"] = {k: v["read_mib_s"] for k, v in measured_limits(lab).items()}
             if "large" in parts:
                 drop_caches()
                 with timed(t, "large_direct"):
@@ -230,8 +234,12 @@ def main() -> None:
                 bound = sum(r.size for r in small_res) / MiB / mbps  # the lab's limits are MiB/s
                 t["small_bound"], t["small_disks"] = bound, "+".join(sorted(small_disks))
                 t["small_shards"] = len(small_shards)
+                dd = sum(t["read_mib_s_measured"][d] for d in small_disks)
+                t["small_bound_measured"] = sum(r.size for r in small_res) / MiB / dd
                 rows.append(("  disk bound (replicas on " + "+".join(sorted(small_disks)) + ")",
-                             f"{bound:6.2f} s — the mount reaches {bound / t['small_mount']:.0%} of it"))
+                             f"{bound:6.2f} s — the mount reaches {bound / t['small_mount']:.0%} of it; "
+                             f"{t['small_bound_measured']:.2f} s at the dd-measured {dd:.1f} MiB/s: "
+                             f"{t['small_bound_measured'] / t['small_mount']:.0%}"))
                 if args.before:
                     drop_caches()
                     with hoard_mounted(cfg_path, mnt, repo=args.before), timed(t, "small_before"):
@@ -281,9 +289,12 @@ def shuffled_part(lab, args, cfg_path: Path, mnt: Path, res, where, plain, t: di
     bound = max(served / MiB / mib_s, len(sample) / iops)
     t["shuffled_files"], t["shuffled_bytes"], t["shuffled_bound_s"] = len(sample), served, bound
     t["shuffled_disks"], t["shuffled_iops"], t["shuffled_mib_s"] = "+".join(used), iops, mib_s
+    dd = sum(t["read_mib_s_measured"][label] for label in used)  # (dd measures MiB/s, not IOPS)
+    t["shuffled_bound_measured_s"] = max(served / MiB / dd, len(sample) / iops)
     rows = [("shuffled small files", f"{len(sample)} of {len(res)} files (4–64 KB, {served / MiB:.0f} MiB) in "
                                      f"random order, cold, profile {args.profile}; replicas on {'+'.join(used)}; "
-                                     f"bound {bound:.2f} s (max of {mib_s:.0f} MiB/s, {iops} IOPS)")]
+                                     f"bound {bound:.2f} s (max of {mib_s:.0f} MiB/s, {iops} IOPS; at the dd-measured "
+                                     f"{dd:.1f} MiB/s {t['shuffled_bound_measured_s']:.2f} s)")]
     for n in [int(x) for x in args.readers.split(",")]:
         for kind in ("plain", "mount") + (("before",) if args.before else ()):
             # names warm on both sides (a loader lists its dataset first), file data cold: stat

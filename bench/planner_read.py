@@ -14,7 +14,9 @@ the makespan at the disks' read MiB/s):
   every file, one file per object, one syncfs): what `hoard export` runs.
 
 Per disk, the seconds its reader took next to its share of the bound tell which disk (and
-which kind of record) finishes late.
+which kind of record) finishes late. Each variant also against the ideal over every disk at
+the read speeds `dd` measures through the throttle after the store is written
+(`ideal_measured_s`: the plan's bytes over their sum).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, report, run_timed, timed
+from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, measured_limits, report, run_timed, timed
 from export import _fresh, _large
 
 from hoardfs.adapters.synth import flat_files
@@ -68,6 +70,8 @@ def main() -> None:
         with lab.throttled():
             results = store.put_many(files)
             subprocess.run(["sync"], check=True)
+            measured = measured_limits(lab)  # each disk's read (and write) as dd gets it through the throttle
+            dd_read = sum(m["read_mib_s"] for m in measured.values())
             by_path = {Path(r.path): bytes.fromhex(r.sha256) for r in results}
             sets = {"all": [by_path[p] for p in files], "small": [by_path[p] for p in small],
                     "large": [by_path[p] for p in large]}
@@ -76,6 +80,7 @@ def main() -> None:
                 with timed(t, f"read_{name}"):
                     plan, stats = read_only(store, shas)
                 out[name] = {"bound_s": round(plan.bound_s, 3), "ideal_s": round(plan.ideal_s, 3),
+                             "ideal_measured_s": round(sum(plan.bytes_per_disk.values()) / MiB / dd_read, 3),
                              "mib": round(stats.bytes / MiB, 1), "seconds": round(t[f"read_{name}"], 3),
                              "disks": {labels[u]: {"plan_s": round(b / plan.bandwidth[u], 2),
                                                    "took_s": round(stats.per_disk_seconds.get(labels[u], 0.0), 2),
@@ -95,7 +100,9 @@ def main() -> None:
     for name in ("all", "small", "large"):
         o = out[name]
         rows.append((f"read only: {name}", f"{o['seconds']:7.2f} s  {o['mib'] / o['seconds']:6.1f} MiB/s  "
-                                           f"{o['bound_s'] / o['seconds']:5.0%} of its plan's bound ({o['bound_s']:.2f} s)"))
+                                           f"{o['bound_s'] / o['seconds']:5.0%} of its plan's bound ({o['bound_s']:.2f} s), "
+                                           f"{o['ideal_measured_s'] / o['seconds']:.0%} of the dd-measured all-disk one "
+                                           f"({o['ideal_measured_s']:.2f} s)"))
         rows.append(("  per disk (plan s / took s / large MiB)",
                      "  ".join(f"{k} {v['plan_s']}/{v['took_s']}/{v['large_mib']}" for k, v in sorted(o["disks"].items()))))
     m = out["materialize"]
@@ -103,7 +110,8 @@ def main() -> None:
                                      f"{m['bound_s'] / m['seconds']:5.0%} of the bound; per disk took "
                                      + "  ".join(f"{k} {v}" for k, v in sorted(m["disks"].items()))))
     rows.append(("  materialize phases (s)", "  ".join(f"{k} {v}" for k, v in m["phases"].items())))
-    report("planner reads", rows, {"small": args.small, "large": args.large, "lab": profile, **out}, results=args.results)
+    report("planner reads", rows, {"small": args.small, "large": args.large, "lab": profile,
+                                   "read_mib_s_measured": measured, **out}, results=args.results)
     shutil.rmtree(work, ignore_errors=True)
 
 
