@@ -412,8 +412,8 @@ def warm_part(args, cfg_path: Path, mnt: Path, mfs: Path, rels: list[str], branc
                                    f" s system, {t[f'warm_{kind}_steal_s']:.1f} s stolen; first pass "
                                    f"{files / t[f'warm_{kind}_first']:7.0f} files/s"))
     for kind in kinds[3:]:
-        shares = sorted(r["plain"]["s"] / r[kind]["s"] for r in rounds)
-        vs = sorted(min(r["mergerfs"]["s"], r["mergerfs_cached"]["s"]) / r[kind]["s"] for r in rounds)
+        shares = [r["plain"]["s"] / r[kind]["s"] for r in rounds]  # (in the rounds' order)
+        vs = [min(r["mergerfs"]["s"], r["mergerfs_cached"]["s"]) / r[kind]["s"] for r in rounds]
         t[f"warm_{kind}_share_of_plain_by_round"] = [round(x, 3) for x in shares]
         t[f"warm_{kind}_vs_faster_mergerfs_by_round"] = [round(x, 3) for x in vs]
         rows.append((f"  {kind} / plain, / the faster mergerfs (each round)",

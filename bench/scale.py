@@ -1346,10 +1346,12 @@ def sizing(doc: dict, path: Path) -> list[str]:
            "", "**RAM**: peak RssAnon (what the process allocated) and VmHWM (the index pages it mapped "
            "included: page cache, given back under pressure) of the commands that allocate most, MB. "
            f"A write-intent's memory follows its size, not the store's: {hi['commands']['write-intent']['nodes']:,} "
-           f"nodes took {hi['commands']['write-intent']['peak_anon_kb'] / 1024:,.0f} MB RssAnon.", "",
+           f"nodes took {hi['commands']['write-intent']['peak_anon_kb'] * 1024 / 1e6:,.0f} MB RssAnon.", "",
            f"| command | {head} |", "|---|---:|---:|---:|"]
     top = sorted((k for k in hi["commands"] if k != "write-intent"), key=lambda k: -hi["commands"][k]["peak_anon_kb"])
-    top = [k for k in top if k == "GUI storage page" or not k.startswith("GUI")][:5]  # (one GUI process serves all three)
+    # (one GUI process serves all three pages, one mount daemon its start, find and lookups)
+    top = [k for k in top if (k == "GUI storage page" or not k.startswith("GUI"))
+           and (k == "mount find (view)" or not k.startswith("mount"))][:5]
     for name in top:
         if name in lo["commands"]:
             out.append(row(f"{name}: RssAnon", lambda s, k=name: s["commands"][k]["peak_anon_kb"] * 1024, 1e6,
