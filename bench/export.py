@@ -312,7 +312,7 @@ def main() -> None:
     rows.append(("ideal (bytes / all disks' read)", f"{export['ideal_s']:8.2f} s -> export achieved "
                                                     f"{export['ideal_s'] / t['export']:.0%}"))
     dd_read = sum(m["read_mib_s"] for m in export["read_mib_s_measured"].values())
-    rows.append(("ideal, dd-measured", f"{export['ideal_measured_s']:8.2f} s (Σ {dd_read:.1f} MiB/s as dd reads through "
+    rows.append(("ideal over all four disks, dd-measured", f"{export['ideal_measured_s']:8.2f} s (Σ {dd_read:.1f} MiB/s as dd reads through "
                                        f"the throttle) -> export achieved {export['share_of_measured_ideal']:.0%}"))
     for k, goal in (("naive", "3x"), ("naive_per_disk", "-"), ("mergerfs_cp", "10x"), ("plain_per_disk", "-"),
                      ("plain_placed", "-")):

@@ -1076,10 +1076,11 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
                 if any(wanted(k, only) for k in MOUNT):
                     t0 = time.monotonic()
                     with Store.open(r.cfg) as store:
-                        defined = store.index.get_view("scale") is not None
-                    if defined and built.count == had and len(built.deleted) == deleted:
-                        view = built.live(VIEW_MAX)  # (the view the kept run defined: the same objects)
-                    else:
+                        kept_view = store.index.get_view("scale")
+                    view = built.live(VIEW_MAX)  # (the view the kept run defined: the same objects —
+                    # unless the store grew, lost a batch, or was kept by a run whose VIEW_MAX differed)
+                    if kept_view is None or kept_view.get("files") != len(view) or built.count != had \
+                            or len(built.deleted) != deleted:
                         view = define_view(r, built)
                     got |= {"setup_s": round(time.monotonic() - t0, 1), "view_entries": len(view)}
                     cmds |= {k: v for k, v in mount(r, view, n).items() if wanted(k, only)}
