@@ -84,6 +84,12 @@ def measured_limits(lab: Lab, labels: list[str] | None = None, mib: int = 64,
     return out
 
 
+def measured_reads(lab: Lab, mib: int = 64) -> dict[str, float]:
+    """Each lab disk's read MiB/s as `dd` gets it through the throttle (`measured_limits`' read
+    half; called inside `lab.throttled()`)."""
+    return {label: m["read_mib_s"] for label, m in measured_limits(lab, mib=mib).items()}
+
+
 def parallel(cmds: list[list[str]]) -> None:
     """Run the commands at the same time (one per disk); fail if any fails."""
     procs = [subprocess.Popen(c) for c in cmds]

@@ -64,7 +64,7 @@ from _common import (
     drop_caches,
     lab_config,
     lab_profile,
-    measured_limits,
+    measured_reads,
     report,
     run_timed,
     timed,
@@ -103,12 +103,6 @@ def _config(work: Path, lab: Lab, url: str, redis_url: str) -> config.Settings:
                     f"read_mb_s = {lab.disks[k].profile.read_mbps * MiB / 1e6:.3f}\n" for k in lab.disks)
     return lab_config(work, url, redis_url, "[store]\nshard_size_mb = 256\ncopy_of_raw = 2\ncopy_of_generated = 2\n"
                       f'write_ack = 2\n[mount]\npath = "{work / "mnt"}"\n{disks}', quota_gb=40)
-
-
-def read_bound(lab: Lab, mib: int = 64) -> dict[str, float]:
-    """Each disk's read speed as the lab throttles it, measured now (`measured_limits`: `dd
-    iflag=direct` of `mib` MiB written there first; run from inside the throttled block)."""
-    return {label: m["read_mib_s"] for label, m in measured_limits(lab, mib=mib).items()}
 
 
 # -- the corpora -----------------------------------------------------------------------------------
@@ -229,7 +223,7 @@ def copy_half(args, cfg: config.Settings, lab: Lab, work: Path, url: str, prof) 
         plan = make_plan(store, shas)
         bound = {"bound_s": round(plan.bound_s, 3), "ideal_s": round(plan.ideal_s, 3),
                  "plan": plan.summary({u: d.label for u, d in store.disks.items()})["disks"]}
-    measured = read_bound(lab)
+    measured = measured_reads(lab)
     specs = {"imagefolder": spec_file(work, "dsb-if", "imagefolder", "copy", COPY_BATCH),
              "webdataset": spec_file(work, "dsb-wds", "webdataset", "copy", COPY_BATCH)}
     out: dict = {"samples": len(shas), "bytes": sum(sizes), "setup": {k: round(v, 1) for k, v in t.items()},

@@ -85,7 +85,7 @@ from _common import (
     hoard_mounted,
     lab_config,
     lab_profile,
-    measured_limits,
+    measured_reads,
     report,
     run_timed,
     write_doc_section,
@@ -371,7 +371,7 @@ def run(args) -> dict:
                 data["setup_s"] = round(time.monotonic() - t0, 1)
                 os.sync()
                 # each disk's read as dd gets it through the throttle: the bound the goal is judged by
-                data["read_mib_s_measured"] = {k: v["read_mib_s"] for k, v in measured_limits(lab).items()}
+                data["read_mib_s_measured"] = measured_reads(lab)
                 data["bound_measured_s"] = round(total / MiB / sum(data["read_mib_s_measured"].values()), 3)
                 n_full, n_small = len(files), cut
                 data |= {"samples": n_full, "bytes": total, "mib": round(total / MiB, 1),

@@ -60,7 +60,7 @@ from _common import (
     drop_caches,
     hoard_mounted,
     lab_store,
-    measured_limits,
+    measured_reads,
     mergerfs_mounted,
     names_warm_data_cold,
     read_all,
@@ -184,7 +184,7 @@ def main() -> None:
         mnt, mfs = work / "mnt", work / "mergerfs"
         with lab.throttled():
             if {"small", "shuffled"} & set(parts):  # each disk's read as dd gets it through the throttle
-                t["read_mib_s_measured"] = {k: v["read_mib_s"] for k, v in measured_limits(lab).items()}
+                t["read_mib_s_measured"] = measured_reads(lab)
             if "large" in parts:
                 drop_caches()
                 with timed(t, "large_direct"):

@@ -702,8 +702,8 @@ def time_commands(r: Run, built: Built, n: int, only: list[str] | None = None) -
 
 def define_view(r: Run, built: Built) -> list[bytes]:
     """View `scale`: the objects of the batches not deleted, at most VIEW_MAX (what the mount's
-    `find` walks: at 10 M a view of 10 M entries, less the deleted batch); those objects. Then a gc: a view redefined (every size after the first)
-    leaves its old manifest tombstoned until one, and while any object awaits collection the
+    `find` walks: at 10 M a view of 10 M entries, less the deleted batch); those objects. Then
+    a gc: a view redefined (every size after the first) leaves its old manifest tombstoned until one, and while any object awaits collection the
     mount checks every file it shows against the deleted list (docs/benchmarks.md, issue 37,
     session 45) — each size's `find` starts with nothing pending."""
     view = built.live(VIEW_MAX)

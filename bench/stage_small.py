@@ -65,13 +65,14 @@ from _common import (
     drop_caches,
     hoard_mounted,
     lab_profile,
+    measured_reads,
     mergerfs_mounted,
     report,
     run_timed,
     write_doc_section,
 )
 from action_overhead import spend, stage_alone
-from dataset_build import read_bound, record
+from dataset_build import record
 from loader import corpus, lab_settings, place_plain, profiles
 from mount_read import MERGERFS_CACHED
 
@@ -157,7 +158,7 @@ def one_size(items: int, db_url: str, redis_url: str, cprofile: Path | None) -> 
                 nodes = sorted(set(shas))
                 d["setup_s"] = round(time.monotonic() - t0, 1)
                 os.sync()
-                d["read_mib_s_measured"] = read_bound(lab)
+                d["read_mib_s_measured"] = measured_reads(lab)
                 d["ssd_write_mib_s"] = ssd_write_bound(beside)
                 if cprofile:
                     import cProfile  # deferred: only a profiling run needs it
