@@ -1,11 +1,12 @@
 """The objects a process already holds kept out of the cyclic collector's way while a burst of
-long-lived objects is built."""
+long-lived objects is built; the memory a burst of short-lived ones freed handed back."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -30,3 +31,27 @@ def heap_frozen() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim` (looked up among the process's own symbols: no library search), or
+    None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _libc_trim()
+
+
+def give_back_freed() -> None:
+    """Hand the memory the C allocator holds free back to the system (glibc's `malloc_trim`;
+    nothing elsewhere): after a burst of short-lived allocations — a training loader's
+    manifest read in pieces of 8 MiB, its epoch's plan — the heap keeps their pages, and a
+    process that then holds a buffer's worth of samples for hours would keep them too
+    (~0.2 KB a sample of a 100,000-sample manifest, measured: docs/benchmarks.md). About a
+    millisecond; not for a loop: trimming pages the allocator reuses at once costs their
+    faults again."""
+    if _TRIM is not None:
+        _TRIM(0)

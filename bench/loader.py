@@ -173,8 +173,12 @@ def child(job: dict) -> None:
         ld = Loader(job["ref"], split=None, config_path=job["config"])
         out["setup_s"] = time.monotonic() - t0
         prof = _profiler()
+        trace = [[0, _rss_anon_kb()]]  # (RssAnon every TRACE_EVERY samples: where the peak is reached)
         for s in ld:
             n, nbytes = n + 1, nbytes + len(s["bytes"])
+            if not n % TRACE_EVERY:
+                trace.append([n, _rss_anon_kb()])
+        out["rss_anon_kb_by_sample"] = trace
         if prof is not None:
             prof.disable()
             prof.dump_stats(Path(os.environ["HOARD_BENCH_PROFILE"]) / f"loader-{time.time_ns()}.prof")
@@ -203,6 +207,15 @@ def child(job: dict) -> None:
         out["disk_first_read_s"] = {k: round(v[2] - t0, 3) for k, v in sorted(busy.items())}
         out["disk_last_read_end_s"] = {k: round(v[1] - t0, 3) for k, v in sorted(busy.items())}
     Path(job["out"]).write_text(json.dumps(out))
+
+
+#: the one-process loader's RssAnon is read once in this many samples (`rss_anon_kb_by_sample`)
+TRACE_EVERY = 2500
+
+
+def _rss_anon_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(row.split()[1]) for row in f if row.startswith("RssAnon:"))
 
 
 def _profiler() -> Any:
@@ -476,8 +489,23 @@ def goals(d: dict) -> list[str]:
             f"peak RSS {rss_small / 1024:.0f} MiB at {d['small_samples']:,} samples, {rss_full / 1024:.0f} MiB at "
             f"{d['samples']:,} ({rss_full / rss_small:.2f}×, "
             f"{(rss_full - rss_small) * 1024 / (d['samples'] - d['small_samples']) / 1000:.2f} KB a sample more; "
-            f"goal: flat, ≤ {GOAL_RSS_FLAT:.2f}×): {'met' if rss_full / rss_small <= GOAL_RSS_FLAT else 'missed'}",
+            f"goal: flat, ≤ {GOAL_RSS_FLAT:.2f}×): {'met' if rss_full / rss_small <= GOAL_RSS_FLAT else 'missed'}"
+            + _rss_over_the_epoch(d),
             *_warm_goal(d)]
+
+
+def _rss_over_the_epoch(d: dict) -> str:
+    """Where the larger cold epoch's RssAnon stood once it had handed out as many samples as
+    the smaller dataset holds, and where its readings peaked (nothing for a run without them)."""
+    trace = d["sides"]["loader x1"]["cold"].get("rss_anon_kb_by_sample")
+    if not trace:
+        return ""
+    at = next((kb for n, kb in trace if n >= d["small_samples"]), trace[-1][1])
+    top = max(kb for _n, kb in trace)
+    where = next(n for n, kb in trace if kb == top)
+    small = d["sides"]["loader x1 (small)"]["cold"]["peak_anon_kb"]
+    return (f"; RssAnon of the larger epoch after {d['small_samples']:,} samples {at / 1024:.0f} MiB (the smaller "
+            f"one's peak {small / 1024:.0f} MiB), its highest reading {top / 1024:.0f} MiB at sample {where:,}")
 
 
 def _warm_goal(d: dict) -> list[str]:

@@ -17,7 +17,8 @@ The order of an epoch, computed before a byte is read (`plan`):
 3. `lanes` runs are open at once and give one sample each in turn: neighbouring samples come
    from `lanes` different runs (shards, and disks: each run is read from the replica the
    batch planner's balance picks, hoardfs.fsd.outputs.runs).
-4. A seeded shuffle buffer of `buffer` samples mixes them further.
+4. A seeded shuffle buffer of `buffer` samples, and at most `buffer_bytes` of their bytes
+   (0: no bound in bytes), mixes them further.
 
 Disks and bandwidths decide only where a run is read from, never the order, so the same
 version, split, seed and epoch give the same sequence on any machine. What does change it:
@@ -41,7 +42,7 @@ position comes up (hoardfs.fsd.outputs.runs.live), is not read or not yielded (i
 passed over). The store is opened read-only, sharing the `readers` lock (ingest, gc's swap and replication go on meanwhile; a record gc moved is
 looked up again); nothing is written to the store or the SSD.
 
-Memory: the shuffle buffer, the `lanes` runs being interleaved (at most `run_bytes` each), and
+Memory: the shuffle buffer (at most `buffer_bytes`), the `lanes` runs being interleaved (at most `run_bytes` each), and
 per disk the run being read plus `ahead` read ones — whatever the dataset's size. Per sample:
 the plan (a few integers and its record's place) and what `card.Samples` keeps — no manifest:
 it is read at the start in verified pieces, and each sample's line read back from the store
@@ -76,7 +77,7 @@ from typing import Any
 import xxhash
 
 from hoardfs.base import config
-from hoardfs.base.collect import heap_frozen
+from hoardfs.base.collect import give_back_freed, heap_frozen
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.datasets import api, card
 from hoardfs.datasets import loader_remote as remote
@@ -96,6 +97,10 @@ log = logging.getLogger(__name__)
 
 #: samples the shuffle buffer holds
 BUFFER = 4096
+#: the most bytes of samples the shuffle buffer holds (0: `buffer` samples, whatever their size —
+#: the held bytes' peak then grows with the epoch: the more samples, the likelier a run of large
+#: ones meets in the buffer)
+BUFFER_BYTES = 128 << 20
 #: runs open at once, taking turns
 LANES = 8
 #: the longest run of one shard read at once (a sequential read of up to this many bytes)
@@ -129,6 +134,8 @@ def _state_args(state: Any) -> dict[str, Any]:
                           "Loader.state_dict() returned")
     out = {"ref": state["dataset"], "split": state["split"], "seed": state["seed"], "epoch": state["epoch"],
            "position": state["position"], "manifest": state.get("manifest")}
+    # (a state without `buffer_bytes` was saved by a loader whose buffer had no bound in bytes)
+    out["buffer_bytes"] = state.get("buffer_bytes", 0)
     out |= {k: state[k] for k in ("buffer", "lanes", "run_bytes", "worker", "workers", "block", "origin", "withheld")
             if k in state}
     return out
@@ -144,7 +151,8 @@ class Plan:
     records `rec_at[b]`..`rec_at[b + 1]` (each: `rec_sample`, the first sample it holds — its
     sha256 the record's —, `rec_offset`, `rec_length`; offset order) and the samples it hands
     out `members[mem_at[b]:mem_at[b + 1]]` (record order, a sample per record and its
-    duplicates); `run_of[s]`: the run sample s is read in (-1: not in the store). `runs` and
+    duplicates), `run_size[b]` the bytes it reads (records and headers); `run_of[s]`: the run
+    sample s is read in (-1: not in the store). `runs` and
     `run_samples` give each run as a Run and its samples, made as asked for."""
     shas: Sequence[bytes]
     shard_ids: list[bytes]
@@ -158,6 +166,7 @@ class Plan:
     members: array[int]
     run_of: array[int]
     post: array[int]
+    run_size: array[int]
 
     def shard(self, r: int) -> bytes:
         return self.shard_ids[self.run_shard[self.order[r]]]
@@ -176,6 +185,8 @@ class Plan:
     def size(self, r: int, only: Container[bytes] | None = None) -> int:
         """The bytes run r reads (of the records of sha256s in `only`): `Run.size` with no Run made."""
         b, shas = self.order[r], self.shas
+        if only is None:
+            return self.run_size[b]
         return sum(self.rec_length[k] + fmt.RECORD_HEADER_SIZE for k in range(self.rec_at[b], self.rec_at[b + 1])
                    if only is None or shas[self.rec_sample[k]] in only)
 
@@ -236,17 +247,18 @@ LOCATE = 1 << 13
 
 
 def plan(samples: Sequence[Sample], locs: Mapping[bytes, Any], manifest_sha: str, split: str | None, seed: int,
-         epoch: int, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES) -> Plan:
+         epoch: int, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES,
+         buffer_bytes: int = BUFFER_BYTES) -> Plan:
     """The epoch's order (the module's steps 1–4) from the samples and their records'
     locations (sha → ObjectLoc); a sample without one is placed nowhere (never read)."""
     return plan_shas([bytes.fromhex(s.sha256) for s in samples], locs, manifest_sha, split, seed, epoch, buffer,
-                     lanes, run_bytes)
+                     lanes, run_bytes, buffer_bytes)
 
 
 def plan_shas(shas: Sequence[bytes],
               locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]] | Mapping[bytes, Any], manifest_sha: str,
               split: str | None, seed: int, epoch: int, buffer: int = BUFFER, lanes: int = LANES,
-              run_bytes: int = RUN_BYTES) -> Plan:
+              run_bytes: int = RUN_BYTES, buffer_bytes: int = BUFFER_BYTES) -> Plan:
     """`plan` from the samples' sha256s (sample i's is `shas[i]`), `locate(some)` giving the
     places of `some` of them (LOCATE at a time) — or `locate` the places of all of them (sha →
     ObjectLoc), as `plan` takes them. Built with the process's other objects out of the cyclic
@@ -256,7 +268,7 @@ def plan_shas(shas: Sequence[bytes],
         locs = locate
         locate = lambda _some: locs  # noqa: E731
     with heap_frozen():
-        return _plan(shas, locate, manifest_sha, split, seed, epoch, buffer, lanes, run_bytes)
+        return _plan(shas, locate, manifest_sha, split, seed, epoch, buffer, lanes, run_bytes, buffer_bytes)
 
 
 def _located(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]]
@@ -282,7 +294,8 @@ def _located(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[
 
 
 def _plan(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]], manifest_sha: str,
-          split: str | None, seed: int, epoch: int, buffer: int, lanes: int, run_bytes: int) -> Plan:
+          split: str | None, seed: int, epoch: int, buffer: int, lanes: int, run_bytes: int,
+          buffer_bytes: int) -> Plan:
     # 1. each shard's records (shards in id order) in offset order — a record's duplicate
     # samples in sample order (a stable sort of samples gathered in order) — cut into runs of at
     # most `run_bytes` (a record at least)
@@ -296,6 +309,7 @@ def _plan(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[byt
     del shard_of
     run_shard, rec_at, mem_at = array("i"), array("q", [0]), array("q", [0])
     rec_sample, rec_offset, rec_length, members = array("i"), array("q"), array("q"), array("i")
+    run_size = array("q")
     run_of = array("i", [-1]) * n
     per_shard: list[list[int]] = []  # the run numbers of each shard, offset order
     for s in sorted(range(len(ids)), key=ids.__getitem__):
@@ -316,6 +330,7 @@ def _plan(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[byt
                     mem_at.append(len(members))
                 runs_here.append(len(run_shard))
                 run_shard.append(s)
+                run_size.append(0)
                 size = 0
             rec_sample.append(i)
             rec_offset.append(at)
@@ -323,12 +338,13 @@ def _plan(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[byt
             members.append(i)
             run_of[i] = len(run_shard) - 1
             size += n_bytes
+            run_size[-1] += n_bytes + fmt.RECORD_HEADER_SIZE
             last = at
         if runs_here:
             rec_at.append(len(rec_sample))
             mem_at.append(len(members))
             per_shard.append(runs_here)
-    del offset, length
+    del offset
     # 2. a random merge of the shards' run sequences: each shard's runs stay in offset order
     tickets = [k for k, mine_runs in enumerate(per_shard) for _ in mine_runs]
     _rng(manifest_sha, split, seed, epoch, "runs").shuffle(tickets)
@@ -356,22 +372,30 @@ def _plan(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[byt
             pre.append(members[q[0]])
             q[0] += 1
         slots = [q for q in slots if q[0] < q[1]]
-    # 4. the shuffle buffer
+    # 4. the shuffle buffer: a sample out (at random) for each one in once it holds `buffer`
+    # samples, or as many as leave it holding at most `buffer_bytes` (a record's duplicates
+    # counted as many times: each is held apart, `_epoch`)
     rng = _rng(manifest_sha, split, seed, epoch, "buffer")
     post = array("i")
     buf: list[int] = []
     size_b = max(1, buffer)
+    cap = buffer_bytes if buffer_bytes > 0 else -1
+    held = 0
     for i in pre:
         buf.append(i)
-        if len(buf) >= size_b:
+        held += length[i]
+        while len(buf) >= size_b or held > cap >= 0:
             j = rng.randrange(len(buf))
-            post.append(buf[j])
+            out = buf[j]
+            post.append(out)
+            held -= length[out]
             buf[j] = buf[-1]
             buf.pop()
-    del pre
+    del pre, length
     rng.shuffle(buf)
     post.extend(buf)
-    return Plan(shas, ids, order, run_shard, rec_at, rec_sample, rec_offset, rec_length, mem_at, members, run_of, post)
+    return Plan(shas, ids, order, run_shard, rec_at, rec_sample, rec_offset, rec_length, mem_at, members, run_of, post,
+                run_size)
 
 
 class Mix:
@@ -725,13 +749,14 @@ class Loader:
                  position: int = 0, buffer: int = BUFFER, lanes: int = LANES, run_bytes: int = RUN_BYTES,
                  decode: Callable[[bytes], Any] | None = None, worker: int = 0, workers: int = 1, block: int = 1,
                  ahead: int = runs_mod.AHEAD, config_path: str | Path | None = None, origin: int | None = None,
-                 manifest: str | None = None, source: str | None = None, withheld: str | None = None) -> None:
+                 manifest: str | None = None, source: str | None = None, withheld: str | None = None,
+                 buffer_bytes: int = BUFFER_BYTES) -> None:
         if origin is None:
             origin = position
         for what, v, least in (("seed", seed, 0), ("epoch", epoch, 0), ("position", position, 0),
                                ("buffer", buffer, 1), ("lanes", lanes, 1), ("run_bytes", run_bytes, 1),
                                ("workers", workers, 1), ("block", block, 1), ("ahead", ahead, 1),
-                               ("worker", worker, 0), ("origin", origin, 0)):
+                               ("worker", worker, 0), ("origin", origin, 0), ("buffer_bytes", buffer_bytes, 0)):
             if not isinstance(v, int) or isinstance(v, bool) or v < least:
                 raise LoaderError(f"Loader {what}={v!r}: a whole number of at least {least}")
         if not worker < workers:
@@ -750,6 +775,7 @@ class Loader:
         self.config_path = str(config_path) if config_path is not None else None
         self.seed, self.epoch, self.position, self.origin = seed, epoch, position, origin
         self.buffer, self.lanes, self.run_bytes, self.ahead = buffer, lanes, run_bytes, ahead
+        self.buffer_bytes = buffer_bytes
         self.decode = decode
         self.worker, self.workers, self.block = worker, workers, block
         # a worker's share of the positions from `origin` rests on which samples are withheld
@@ -793,6 +819,7 @@ class Loader:
         #: this loader's iterations not yet collected (`close` ends those still going)
         self._live: weakref.WeakSet[Generator[dict[str, Any], None, None]] = weakref.WeakSet()
         self._closes = 0  # `close` calls: an iteration running through one ends at its next sample
+        give_back_freed()  # (the manifest was read in pieces of 8 MiB: their pages not kept for the epoch)
 
     def _check_manifest(self, manifest: str | None) -> None:
         if manifest is not None and not self.manifest_sha.startswith(manifest or "-"):
@@ -905,7 +932,7 @@ class Loader:
             epoch, position, origin = epoch + 1, 0, 0
         state = {"state": STATE, "dataset": self.ref, "manifest": self.manifest_sha[:16], "split": self.split,
                  "seed": self.seed, "epoch": epoch, "position": position, "buffer": self.buffer, "lanes": self.lanes,
-                 "run_bytes": self.run_bytes}
+                 "run_bytes": self.run_bytes, "buffer_bytes": self.buffer_bytes}
         if self.workers > 1:  # a worker's own state: the split it is a part of, and where that starts
             state |= {"worker": self.worker, "workers": self.workers, "block": self.block, "origin": origin}
             dealt = (self._dealt or self._expect_dealt) if epoch == self.epoch else None
@@ -937,7 +964,8 @@ class Loader:
         """Samples and bytes yielded, bytes read per disk, replicas fallen back to, samples
         withheld (deleted or hidden), the most samples held read and not yet yielded at once
         (`held_max`: at most `buffer` + `lanes` × a run's samples) and the most bytes
-        (`held_bytes_max`), and the mix (`Mix`)."""
+        (`held_bytes_max`: at most `buffer_bytes` + `lanes` × `run_bytes`, a record larger than
+        those counted whole), and the mix (`Mix`)."""
         return {**self._stats, "per_disk_bytes": dict(self._stats["per_disk_bytes"]), "mix": self._mix.report()}
 
     # -- the sequence -----------------------------------------------------------------------
@@ -947,7 +975,7 @@ class Loader:
         if self._plan is None or self._plan_epoch != self.epoch:
             locate = store.index.lookup_many if isinstance(store, Store) else store.locs
             self._plan = plan_shas(self.shas, locate, self.manifest_sha, self.split, self.seed, self.epoch,
-                                   self.buffer, self.lanes, self.run_bytes)
+                                   self.buffer, self.lanes, self.run_bytes, self.buffer_bytes)
             self._plan_epoch = self.epoch
         return self._plan
 
@@ -1003,6 +1031,8 @@ class Loader:
         gives each run the same disk and reads it in the same ranges, so the page cache has the
         disk read its bytes once for all."""
         shas = self.shas
+        if start == 0 and self.workers == 1 and not withheld:  # (the whole epoch: every run, each whole)
+            return list(range(len(p.order))), _Runs(p, range(len(p.order)))
         read = need
         if self.workers > 1 and self.source == "store":
             read = bytearray(len(self.samples))
@@ -1038,11 +1068,14 @@ class Loader:
         owned = self._owners(p, self.origin, withheld) if self.workers > 1 else None
         if self.workers > 1:
             self._deal_check(p, withheld)
-        need = bytearray(len(self.samples))
-        for k in range(start, len(p.post)):
-            i = p.post[k]
-            if (owned[k] if owned is not None else self.shas[i] not in withheld):
-                need[i] = True
+        if start == 0 and owned is None and not withheld:  # (the whole epoch: every sample; none unplaced comes up)
+            need = bytearray(b"\x01") * len(self.samples)
+        else:
+            need = bytearray(len(self.samples))
+            for k in range(start, len(p.post)):
+                i = p.post[k]
+                if (owned[k] if owned is not None else self.shas[i] not in withheld):
+                    need[i] = True
         # a sample the plan places nowhere has no position: one neither withheld is lost (the
         # store's, or the locator's), asked again of the store (deleted and freed by a gc while
         # the epoch was planned: withheld now)
@@ -1060,6 +1093,7 @@ class Loader:
                               f"({lost[0].sha256}), and their nodes are not deleted: the store lost them — "
                               "`hoard health` names what to do", ExitCode.DATA)
         todo, parts = self._reads(p, start, withheld, need)
+        give_back_freed()  # (what making the plan and asking the withheld freed: not kept for the epoch)
         reads = src.read_runs(parts, self.ahead)
         held: dict[int, bytes] = {}
         held_bytes = 0

@@ -87,8 +87,8 @@ class TorchDataset(IterableDataset):
         if position >= self.samples:
             epoch, position = epoch + 1, 0
         return {"state": 1, "dataset": self.ref, "manifest": self.manifest, "split": self.split, "seed": self.seed,
-                "epoch": epoch, "position": position, **{k: self.kwargs[k] for k in ("buffer", "lanes", "run_bytes")
-                                                         if k in self.kwargs}}
+                "epoch": epoch, "position": position, "buffer_bytes": self.loader.buffer_bytes,
+                **{k: self.kwargs[k] for k in ("buffer", "lanes", "run_bytes") if k in self.kwargs}}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], block: int = 1, **kwargs: Any) -> TorchDataset:

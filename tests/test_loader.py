@@ -136,6 +136,32 @@ def test_resume_from_100_points_gives_the_same_sequence(built) -> None:
         assert got == whole, p
 
 
+def test_the_buffer_bounded_in_bytes_bounds_what_an_epoch_holds(built) -> None:
+    """A shuffle buffer of `buffer_bytes`: an epoch holds at most those bytes plus the lanes'
+    runs read (a record larger counted whole) — fewer than the same buffer by count alone holds
+    — yields every sample once, and resumes from its state; a state saved without
+    `buffer_bytes` (a loader whose buffer had no bound in bytes) resumes that loader's sequence."""
+    cfg, _ = built
+    kw = {"buffer": 1000, "lanes": 2, "run_bytes": 96 << 10}
+    free = Loader("pets@1", "train", 7, 0, config_path=cfg.source, buffer_bytes=0, **kw)
+    keys = _keys(free)
+    cap = 200 << 10
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, buffer_bytes=cap, **kw)
+    got = list(ld)
+    assert sorted(s["key"] for s in got) == sorted(keys) and [s["key"] for s in got] != keys
+    largest = max(len(s["bytes"]) for s in got)
+    held = ld.stats()["held_bytes_max"]
+    assert held <= cap + kw["lanes"] * (kw["run_bytes"] + largest) < free.stats()["held_bytes_max"]
+    state = Loader("pets@1", "train", 7, 0, config_path=cfg.source, buffer_bytes=cap, **kw).state_dict()
+    assert state["buffer_bytes"] == cap
+    state["position"] = 5
+    assert _keys(Loader.from_state_dict(state, config_path=cfg.source)) == [s["key"] for s in got][5:]
+    del state["buffer_bytes"]
+    assert _keys(Loader.from_state_dict(state, config_path=cfg.source)) == keys[5:]
+    with pytest.raises(LoaderError, match="buffer_bytes=-1"):
+        Loader("pets@1", "train", config_path=cfg.source, buffer_bytes=-1)
+
+
 @pytest.mark.expect_log(r"loader: record .* does not check out", level="WARNING")
 def test_a_rotten_replica_is_read_around(built) -> None:
     """A flipped byte in the replica the loader reads a sample from: the sample comes from

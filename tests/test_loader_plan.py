@@ -20,7 +20,7 @@ from hoardfs.fsd.outputs.runs import Rec, Run
 
 
 def _reference(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, split: str | None, seed: int,
-               epoch: int, buffer: int, lanes: int, run_bytes: int) -> tuple:
+               epoch: int, buffer: int, lanes: int, run_bytes: int, buffer_bytes: int = 0) -> tuple:
     # 1. each shard's records in offset order, cut into runs of at most `run_bytes` (a record
     # at least): every sample placed as (shard, offset, its number), sorted once
     placed = []
@@ -85,14 +85,14 @@ def _reference(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, spl
         for q in slots:
             pre.append(q.popleft())
         slots = [q for q in slots if q]
-    # 4. the shuffle buffer
+    # 4. the shuffle buffer: `buffer` samples, at most `buffer_bytes` of them (0: no bound)
     rng = _rng(manifest_sha, split, seed, epoch, "buffer")
     post: list[int] = []
     buf: list[int] = []
     size_b = max(1, buffer)
     for i in pre:
         buf.append(i)
-        if len(buf) >= size_b:
+        while len(buf) >= size_b or (buffer_bytes and sum(locs[shas[k]].length for k in buf) > buffer_bytes):
             j = rng.randrange(len(buf))
             post.append(buf[j])
             buf[j] = buf[-1]
@@ -131,7 +131,7 @@ def test_the_plan_in_arrays_is_the_plan_of_lists(seed: int, monkeypatch: pytest.
     rng = random.Random(-seed)
     monkeypatch.setattr(loader, "LOCATE", rng.choice([1, 7, 1000, loader.LOCATE]))
     args = ("m" * 64, rng.choice(["train", None]), rng.randrange(100), rng.randrange(3), rng.choice([1, 7, 64, 4096]),
-            rng.randrange(1, 10), rng.choice([1, 50_000, 300_000, 8 << 20]))
+            rng.randrange(1, 10), rng.choice([1, 50_000, 300_000, 8 << 20]), rng.choice([0, 1, 100_000, 2 << 20]))
     runs, run_samples, run_of, post = _reference(shas, locs, *args)
     p = plan_shas(shas, lambda some: {s: locs[s] for s in some if s in locs}, *args)
     assert list(p.post) == post and list(p.run_of) == run_of
@@ -140,11 +140,37 @@ def test_the_plan_in_arrays_is_the_plan_of_lists(seed: int, monkeypatch: pytest.
     assert [p.size(r) for r in range(len(runs))] == [r.size for r in runs]
 
 
+def test_a_buffer_bounded_in_bytes_holds_no_more_and_none_is_the_old_sequence() -> None:
+    """A shuffle buffer bounded in bytes holds at most that many of its samples' bytes (one
+    sample larger than the bound passes through alone); `buffer_bytes=0` bounds it by count
+    alone — the sequence a state saved without `buffer_bytes` resumes (`_state_args`)."""
+    shas, locs = _world(5)
+    base = ("m" * 64, None, 3, 0, 4096, 3, 300_000)
+    bounded = plan_shas(shas, locs, *base, 200_000)
+    unbounded = plan_shas(shas, locs, *base, 0)
+    assert sorted(bounded.post) == sorted(unbounded.post) and list(bounded.post) != list(unbounded.post)
+    assert list(unbounded.post) == _reference(shas, locs, *base)[3]
+    # the buffer's bytes replayed from the lanes' sequence: at most the bound after each step
+    pre = _reference(shas, locs, *base[:4], 1, base[5], base[6])[3]  # (a buffer of one: the lanes' sequence)
+    held, out, bytes_in = set(), iter(bounded.post), 0
+    length = {i: locs[shas[i]].length for i in pre}
+    for i in pre:
+        held.add(i)
+        bytes_in += length[i]
+        while len(held) >= 4096 or bytes_in > 200_000:
+            k = next(out)
+            held.remove(k)
+            bytes_in -= length[k]
+        assert bytes_in <= 200_000
+    assert loader._state_args({"state": 1, "dataset": "d@1", "split": None, "seed": 0, "epoch": 0,
+                               "position": 0})["buffer_bytes"] == 0
+
+
 def test_the_places_of_all_samples_in_one_mapping_plan_as_before() -> None:
     """`plan_shas` still takes the places of all the samples as one mapping (sha → ObjectLoc), as
     `plan` does: the same plan as the reference's, not a TypeError."""
     shas, locs = _world(3)
-    args = ("m" * 64, "train", 7, 1, 64, 4, 300_000)
+    args = ("m" * 64, "train", 7, 1, 64, 4, 300_000, loader.BUFFER_BYTES)
     runs, run_samples, run_of, post = _reference(shas, locs, *args)
     p = plan_shas(shas, locs, *args)
     assert list(p.post) == post and list(p.run_of) == run_of
