@@ -67,7 +67,7 @@ import random
 import threading
 import weakref
 from array import array
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Container, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -400,45 +400,50 @@ def _plan(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[byt
 
 class Mix:
     """The mix of what was yielded, over every window of WINDOW consecutive samples: the fewest
-    and the mean number of distinct shards, and the largest share of one shard."""
+    and the mean number of distinct shards, and the largest share of one shard. Kept as it goes
+    (a loader adds every sample it hands out): each shard's count in the window and how many
+    shards have each count, so the largest count moves by one at most a sample."""
 
     def __init__(self, window: int = WINDOW) -> None:
         self.window = window
-        self.last: deque[bytes] = deque()
-        self.count: Counter[bytes] = Counter()
-        self.of_count: Counter[int] = Counter()  # how many shards have each count
+        self.last: deque[Any] = deque()
+        self.count: dict[Any, int] = {}
+        self.of_count: dict[int, int] = {}  # how many shards have each count
         self.top = 0
         self.windows = 0
         self.distinct_min: int | None = None
         self.distinct_sum = 0
         self.top_max = 0
 
-    def _bump(self, shard: bytes, d: int) -> None:
-        c = self.count[shard]
+    def add(self, shard: Any) -> None:
+        last, count, of = self.last, self.count, self.of_count
+        last.append(shard)
+        c = count.get(shard, 0)
         if c:
-            self.of_count[c] -= 1
-        c += d
-        if c:
-            self.count[shard] = c
-            self.of_count[c] += 1
-        else:
-            del self.count[shard]
-        if d > 0:
-            self.top = max(self.top, c)
-        elif not self.of_count[self.top]:
-            self.top -= 1
-
-    def add(self, shard: bytes) -> None:
-        self.last.append(shard)
-        self._bump(shard, 1)
-        if len(self.last) > self.window:
-            self._bump(self.last.popleft(), -1)
-        if len(self.last) == self.window:
+            of[c] -= 1
+        c += 1
+        count[shard] = c
+        of[c] = of.get(c, 0) + 1
+        if c > self.top:
+            self.top = c
+        if len(last) > self.window:
+            gone = last.popleft()
+            c = count[gone]
+            of[c] -= 1
+            if c == 1:
+                del count[gone]
+            else:
+                count[gone] = c - 1
+                of[c - 1] += 1
+            if c == self.top and not of[c]:
+                self.top = c - 1
+        if len(last) == self.window:
             self.windows += 1
-            n = len(self.count)
-            self.distinct_min = n if self.distinct_min is None else min(self.distinct_min, n)
+            n = len(count)
+            self.distinct_min = n if self.distinct_min is None or n < self.distinct_min else self.distinct_min
             self.distinct_sum += n
-            self.top_max = max(self.top_max, self.top)
+            if self.top > self.top_max:
+                self.top_max = self.top
 
     def report(self) -> dict[str, Any]:
         if not self.windows:
@@ -506,7 +511,11 @@ class _StoreSource:
 
     def read_runs(self, runs: Sequence[Run], ahead: int) -> Generator[runs_mod.RunRead, None, None]:
         self._since = self.store.index.snapshot()  # (before any of them is read)
-        return runs_mod.read_runs(self.store, runs, ahead)
+        # (a worker but the first of several takes each local range from the page cache as the
+        # first reads it off the disk: the disk sees one process's reads)
+        ld = self.ld
+        follow = runs_mod.Follow() if ld.workers > 1 and ld.worker != 0 else None
+        return runs_mod.read_runs(self.store, runs, ahead, follow)
 
     def live(self, sha: bytes) -> bool:
         """Whether a sample read by `read_runs` is still held and shown: so when nothing in the
@@ -1133,7 +1142,7 @@ class Loader:
                     continue
                 self._stats["samples"] += 1
                 self._stats["bytes"] += len(data)
-                self._mix.add(p.shard(r))
+                self._mix.add(p.run_shard[p.order[r]])
                 yield self._sample(i, data, k)
         finally:
             reads.close()

@@ -27,6 +27,7 @@ from hoardfs.adapters.synth import Spec, generate
 from hoardfs.base import config
 from hoardfs.datasets import loader as loader_mod
 from hoardfs.datasets.loader import Mix, plan
+from hoardfs.fsd.core import disks
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.index import Index
 from hoardfs.fsd.maintenance.deletion import hide
@@ -538,6 +539,26 @@ def test_the_mix_counts_distinct_shards_and_the_largest_share() -> None:
                    "largest_shard_share": 1.0}
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_the_mix_kept_as_it_goes_is_every_windows_count(seed: int) -> None:
+    """Mix, kept sample by sample, reports what counting each window afresh gives: any window,
+    any number of shards, runs of one shard growing and shrinking the largest count."""
+    rng = random.Random(seed)
+    window = rng.choice([1, 2, 5, 17, 50])
+    shards = [rng.randrange(rng.choice([1, 3, 10])) for _ in range(rng.randrange(400))]
+    m = Mix(window)
+    for s in shards:
+        m.add(s)
+    windows = [shards[i:i + window] for i in range(len(shards) - window + 1)]
+    if not windows:
+        assert m.report() == {"window": window, "windows": 0}
+        return
+    distinct = [len(set(w)) for w in windows]
+    assert m.report() == {"window": window, "windows": len(windows), "distinct_shards_min": min(distinct),
+                          "distinct_shards_mean": round(sum(distinct) / len(windows), 1),
+                          "largest_shard_share": round(max(max(w.count(s) for s in w) for w in windows) / window, 4)}
+
+
 def test_the_plan_keeps_each_shards_runs_in_offset_order_and_mixes_lanes() -> None:
     """The plan (no store): every sample once; a shard's records come in offset order before the
     buffer; neighbours before the buffer come from `lanes` different runs; the same inputs give
@@ -855,6 +876,88 @@ def test_workers_read_every_run_whole_off_the_same_disk(built) -> None:
                     expect[per_run[r][0]] = expect.get(per_run[r][0], 0) + per_run[r][1]
                 assert ld.stats()["per_disk_bytes"] == expect, (block, workers, w)
             assert sorted(yielded) == sorted(keys)
+
+
+def _uncached(path: Path) -> None:
+    """The file's pages out of the page cache (written back first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_a_follower_takes_a_range_from_the_page_cache_as_another_reads_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pread_cached_into`: the bytes a leader reads off the disk meanwhile, all from the page
+    cache; with no leader, the same bytes (its looks start the reads); where the file system
+    takes no page-cache-only reads, the same bytes read plainly, said so; a range past the
+    file's end: what there is."""
+    data = os.urandom(3 << 20)
+    path = tmp_path / "shard"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _uncached(path)
+        try:
+            os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
+            pytest.skip("this file system keeps the file's pages cached (no page cache to follow)")
+        except BlockingIOError:
+            pass
+        buf = memoryview(bytearray(len(data)))
+        assert disks.pread_cached_into(fd, buf, 0, wait_s=10)[0] == len(data) and bytes(buf) == data
+        _uncached(path)
+        with monkeypatch.context() as m:
+            m.delattr(os, "RWF_NOWAIT")
+            buf = memoryview(bytearray(len(data)))
+            assert disks.pread_cached_into(fd, buf, 0) == (len(data), False) and bytes(buf) == data
+        _uncached(path)
+        out: list[tuple[int, bool]] = []
+        buf = memoryview(bytearray(len(data)))
+        follower = threading.Thread(target=lambda: out.append(disks.pread_cached_into(fd, buf, 0, wait_s=10)))
+        follower.start()
+        assert os.pread(fd, len(data), 0) == data  # the leader, reading as the follower looks
+        follower.join(10)
+        assert out == [(len(data), True)] and bytes(buf) == data
+        tail = memoryview(bytearray(1 << 20))
+        assert disks.pread_cached_into(fd, tail, len(data) - 100) == (100, True)
+        assert bytes(tail[:100]) == data[-100:]
+    finally:
+        os.close(fd)
+
+
+def test_workers_follow_the_first_ones_reads_and_one_alone_reads_for_itself(
+        built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers but the first of a split take their ranges from the page cache as the first reads
+    them off the disks: two workers iterating at once, the shard files out of the page cache,
+    yield their own samples, verified, between them each once. A follower alone (a worker's
+    state resumed by itself) gets the same samples."""
+    cfg, _ = built
+    monkeypatch.setattr(disks, "FOLLOW_WAIT_S", 0.3)
+    keys = _keys(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    shard_files = [p for d in cfg.disks for p in (Path(d.path) / "shards").rglob("*") if p.suffix in (".shard", ".open")]
+    assert shard_files
+
+    def part(w: int, out: dict) -> None:
+        ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, worker=w, workers=2, block=3, **SMALL)
+        out[w] = list(ld)
+
+    alone: dict[int, list] = {}
+    for f in shard_files:
+        _uncached(f)
+    part(1, alone)
+    both: dict[int, list] = {}
+    for f in shard_files:
+        _uncached(f)
+    threads = [threading.Thread(target=part, args=(w, both)) for w in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [s["key"] for s in both[1]] == [s["key"] for s in alone[1]]
+    assert sorted(s["key"] for w in (0, 1) for s in both[w]) == sorted(keys)
+    assert all(hashlib.sha256(s["bytes"]).hexdigest() == s["sha256"] for w in (0, 1) for s in both[w])
 
 
 def test_a_loaders_parts_are_the_worker_loaders_on_its_own_plan(built) -> None:

@@ -183,8 +183,28 @@ def scratch_size(n: int) -> int:
     return max(SCRATCH_BYTES, 1 << max(0, n - 1).bit_length())
 
 
-def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[tuple[list[Rec], Any,
-                                                                                      OSError | None]]:
+class Follow:
+    """A reader following another process's reads of the same runs off the same disks (a
+    training loader's workers but the first, hoardfs.datasets.loader): it takes each local
+    range from the page cache as the leader reads it off the disk (`LocalDisk.read_cached_into`)
+    and hints no range, so the disk sees one process's reads — two processes each reading a
+    range and hinting the next split the disk's reads into twice as many of half the size. A
+    follower with no leader (a worker's state resumed alone) still gets its ranges (a look the
+    page cache cannot answer starts the read, `pread_cached_into`); a disk one of whose ranges
+    did not arrive in time is read as any reader reads it from then on."""
+
+    def __init__(self) -> None:
+        self.stopped: set[str] = set()
+
+    def follows(self, disk: Any) -> bool:
+        return hasattr(disk, "read_cached_into") and disk.label not in self.stopped
+
+    def stop(self, disk: Any) -> None:
+        self.stopped.add(disk.label)
+
+
+def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]],
+                follow: Follow | None = None) -> Iterator[tuple[list[Rec], Any, OSError | None]]:
     """Each group (`disk_ranges`) of shard `shard_hex` read off `disk` as one range, from its
     first record's header to its last record's end, `read_streams` at once, in order: (the
     group, its bytes or None, the OSError that failed it). Nothing is checked here.
@@ -194,7 +214,8 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[
     for — the caller copies what it keeps before (`read_checked`). A range longer than the
     disk's `range_limit` (one record of its own) is read into bytes of its own, freed with
     them: in the buffer, the epoch's largest record would stay held by the reader to its end
-    (every worker process of a training loader reads every run)."""
+    (every worker process of a training loader reads every run). `follow`: this reader follows
+    another process's reads (`Follow`)."""
     if disk.read_streams <= 1 and hasattr(disk, "read_exact_into"):
         longest = range_limit(disk.read_streams)
         for rng in groups:
@@ -203,6 +224,12 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[
             try:
                 if n > longest:
                     got = (rng, disk.read_exact(shard_hex, a, n), None)
+                elif follow is not None and follow.follows(disk):
+                    view = _scratch_of(n)
+                    k, cached = disk.read_cached_into(shard_hex, a, view)
+                    if not cached:
+                        follow.stop(disk)
+                    got = (rng, view[:k], None)
                 else:
                     view = _scratch_of(n)
                     got = (rng, view[:disk.read_exact_into(shard_hex, a, view)], None)
@@ -224,7 +251,7 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]]) -> Iterator[
 
 def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, out: RunRead,
                  elsewhere: str, keep: frozenset[bytes] | None = None,
-                 then: Callable[[], None] | None = None) -> list[tuple[Rec, Exception]]:
+                 then: Callable[[], None] | None = None, follow: Follow | None = None) -> list[tuple[Rec, Exception]]:
     """Each group of shard `shard_hex` read off `disk` (`read_groups`) and each of its records
     verified (header, xxh3-128) into `out.payloads`, the bytes read counted in `out.nbytes`; the
     records that could not be read or did not check out, each with why — logged (a shard object
@@ -234,11 +261,14 @@ def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, 
 
     A disk read one range at a time that takes hints (`LocalDisk.prefetch`) is told the next
     range as soon as one arrives, and `then` (the reader's next run's first range, say) is
-    called when the last one has: the disk reads on while this thread checks."""
+    called when the last one has: the disk reads on while this thread checks — unless this
+    reader follows another's reads of the disk (`follow`, `Follow`: it hints nothing)."""
     where = f" (shard {shard_hex} on {name})"
     failed: list[tuple[Rec, Exception]] = []
     hint = getattr(disk, "prefetch", None) if disk.read_streams <= 1 else None
-    for k, (rng, buf, err) in enumerate(read_groups(disk, shard_hex, groups)):
+    if follow is not None and follow.follows(disk):
+        hint = None
+    for k, (rng, buf, err) in enumerate(read_groups(disk, shard_hex, groups, follow)):
         if hint is not None:
             if k + 1 < len(groups):
                 hint(shard_hex, *span(groups[k + 1]))
@@ -325,13 +355,14 @@ _UNPLANNED: Any = object()
 
 
 def read_run(store: Store, number: int, run: Run, uuid: str,
-             then: Callable[[], None] | None = None, planned: _Planned | None = _UNPLANNED) -> RunRead:
+             then: Callable[[], None] | None = None, planned: _Planned | None = _UNPLANNED,
+             follow: Follow | None = None) -> RunRead:
     """One run off disk `uuid`: what the store still shows of its kept records, verified, each
     record that fails there read from another replica. A run whose `keep` names some of its
     records is read whole off a local disk (the module's docstring), its kept records alone off
     any other; one that keeps none is not read at all. `then`: called once the run's last range
     is read, before it is checked (`read_checked`); `planned`: its plan, made with nothing
-    written to the index since (`read_runs`)."""
+    written to the index since (`read_runs`); `follow`: `Follow`."""
     p = _planned(store, number, run, uuid) if planned is _UNPLANNED else planned
     if p is None:
         return RunRead(number, {}, "")
@@ -340,7 +371,7 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
         # a shard file gone is a shard gc retired after the plan (its records were moved: looked
         # up again); any other error is the replica's
         failed += [r for r, _why in read_checked(p.disk, run.shard_id.hex(), p.groups, p.disk.label, out,
-                                                 "another replica, looked up again", run.keep, then)]
+                                                 "another replica, looked up again", run.keep, then, follow)]
     # a record read elsewhere is read later than its plan: one the store stopped showing since
     # (hidden, tombstoned while the run was read) is not read off another replica either
     shown = store.index.live_many([r.sha for r in failed]) if failed else []
@@ -366,11 +397,12 @@ def _prefetch_first(store: Store, number: int, run: Run, uuid: str) -> _Planned 
     return p
 
 
-def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD) -> Generator[RunRead, None, None]:
+def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD,
+              follow: Follow | None = None) -> Generator[RunRead, None, None]:
     """Each run read (`read_run`), in the order given, every disk reading its own runs at once
     and at most `ahead` runs ahead of the consumer. A reader's error (a record no replica
     holds whole: DataError) is raised here in its run's place. Closing the iterator stops the
-    readers."""
+    readers. `follow`: the readers follow another process's reads of the same runs (`Follow`)."""
     disk_of = assign(store, runs)
     following: dict[int, int] = {}  # run → the next run its disk reads
     last: dict[str, int] = {}
@@ -393,8 +425,8 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD) -> Generato
         then = None if j is None else lambda: hint(j, u)
         got = hinted.pop(i, None)
         if got is not None and got[0] == store.index.generation():
-            return read_run(store, i, got[1], u, then, got[2])
-        return read_run(store, i, runs[i], u, then)
+            return read_run(store, i, got[1], u, then, got[2], follow)
+        return read_run(store, i, runs[i], u, then, follow=follow)
 
     yield from read_assigned(disk_of, read, ahead)
 
