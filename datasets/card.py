@@ -13,7 +13,7 @@ import json
 import re
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, overload
 from urllib.parse import urlsplit
 
@@ -230,20 +230,30 @@ class Samples(Sequence[Sample]):
         return scan.samples(data=data)
 
     @classmethod
-    def of_pieces(cls, pieces: Iterable[bytes], lines: Lines) -> Samples:
+    def of_pieces(cls, pieces: Iterable[bytes], lines: Lines,
+                  found: Callable[[int, bytes], None] | None = None) -> Samples:
         """The samples of a manifest read in verified pieces (of any size), none of it kept:
-        `lines` reads each sample's line back when it is asked for."""
+        `lines` reads each sample's line back when it is asked for. `found(first, shas)`: told
+        the sha256s of each piece's whole lines as they are found (samples `first`… on, 32
+        bytes each) — before the manifest is checked whole: a reader may look them up early."""
         scan = _Scan(digests=True)
         carry, base = b"", 0
+
+        def block(data: bytes, at: int) -> None:
+            first, had = len(scan.starts), len(scan.shas)
+            scan.block(data, at)
+            if found is not None and len(scan.shas) > had:
+                found(first, bytes(scan.shas[had:]))
+
         for piece in pieces:
             buf = carry + piece if carry else bytes(piece)
             cut = buf.rfind(b"\n") + 1
             if cut:
-                scan.block(buf[:cut], base)
+                block(buf[:cut], base)
                 base += cut
             carry = buf[cut:]
         if carry:
-            scan.block(carry, base)
+            block(carry, base)
         return scan.samples(lines=lines)
 
     @classmethod
@@ -312,10 +322,14 @@ class Samples(Sequence[Sample]):
         present = set(self._split_of)
         return [n for k, n in enumerate(self._names) if k in present]
 
+    def indices_of(self, split: str) -> list[int]:
+        """The numbers of the samples of one split, in order (`of_split`'s samples)."""
+        code = self._names.index(split) if split in self._names else -1
+        return [k for k, c in enumerate(self._split_of) if c == code]
+
     def of_split(self, split: str) -> Samples:
         """The samples of one split (what is kept of them, shared: the manifest or its lines)."""
-        code = self._names.index(split) if split in self._names else -1
-        keep = [k for k, c in enumerate(self._split_of) if c == code]
+        keep = self.indices_of(split)
         sha, xxh = self._sha, self._xxh
         return Samples(array("Q", (self._starts[k] for k in keep)), array("L", (self._lens[k] for k in keep)),
                        b"".join(sha[32 * k:32 * k + 32] for k in keep), array("H", bytes(2 * len(keep))), [split],

@@ -10,7 +10,8 @@ epoch) alone — so a run resumes by recomputing the order and skipping to its p
 
 The order of an epoch, computed before a byte is read (`plan`):
 
-1. The split's samples are looked up in the index and grouped by shard; each shard's records,
+1. The split's samples are looked up in the index (for the first epoch, as the manifest was
+   read: `Places`) and grouped by shard; each shard's records,
    in offset order, are cut into *runs* of at most `run_bytes` — the long sequential reads.
 2. The runs of all shards are interleaved by a seeded shuffle that keeps each shard's runs in
    offset order (a random merge of the shards' sequences).
@@ -258,21 +259,27 @@ def plan(samples: Sequence[Sample], locs: Mapping[bytes, Any], manifest_sha: str
 def plan_shas(shas: Sequence[bytes],
               locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]] | Mapping[bytes, Any], manifest_sha: str,
               split: str | None, seed: int, epoch: int, buffer: int = BUFFER, lanes: int = LANES,
-              run_bytes: int = RUN_BYTES, buffer_bytes: int = BUFFER_BYTES) -> Plan:
+              run_bytes: int = RUN_BYTES, buffer_bytes: int = BUFFER_BYTES, located: Located | None = None) -> Plan:
     """`plan` from the samples' sha256s (sample i's is `shas[i]`), `locate(some)` giving the
     places of `some` of them (LOCATE at a time) — or `locate` the places of all of them (sha →
-    ObjectLoc), as `plan` takes them. Built with the process's other objects out of the cyclic
+    ObjectLoc), as `plan` takes them; `located`: the places already looked up (`Places`), which
+    `locate` is then not asked. Built with the process's other objects out of the cyclic
     collector's walks (`heap_frozen`): the manifest's samples would otherwise be walked by every
     collection its objects set off."""
     if isinstance(locate, Mapping):
         locs = locate
         locate = lambda _some: locs  # noqa: E731
     with heap_frozen():
-        return _plan(shas, locate, manifest_sha, split, seed, epoch, buffer, lanes, run_bytes, buffer_bytes)
+        return _plan(shas, located if located is not None else _located(shas, locate), manifest_sha, split, seed,
+                     epoch, buffer, lanes, run_bytes, buffer_bytes)
 
 
-def _located(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]]
-             ) -> tuple[list[bytes], array[int], array[int], array[int]]:
+#: each sample's record (`_located`): the shard ids, and a sample's shard (a number in them;
+#: -1: not in the store), offset and length
+Located = tuple[list[bytes], "array[int]", "array[int]", "array[int]"]
+
+
+def _located(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]]) -> Located:
     """Each sample's record: its shard's number in the first list (-1: not in the store), its
     offset, its length."""
     n = len(shas)
@@ -293,14 +300,84 @@ def _located(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[
     return ids, shard, offset, length
 
 
-def _plan(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]], manifest_sha: str,
-          split: str | None, seed: int, epoch: int, buffer: int, lanes: int, run_bytes: int,
-          buffer_bytes: int) -> Plan:
+class Places:
+    """The places of a manifest's samples looked up in the index as its pieces are read
+    (`card.Samples.of_pieces`'s `found`), on a thread of its own: the index is asked while the
+    disks read the manifest, not after — the plan of the loader's first epoch then waits for no
+    lookup (on lab4, the places of 100,000 samples took 0.3 s of a cold start's 1.5). A
+    manifest read again from its start (another replica) starts them again."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="loader-places")
+        self.todo: list[Any] = []
+        self.ids: list[bytes] = []
+        self.number: dict[bytes, int] = {}
+        self.shard, self.offset, self.length = array("i"), array("q"), array("q")
+
+    def found(self, first: int, shas: bytes) -> None:
+        self.todo.append(self.pool.submit(self._look, first, shas))
+
+    def _look(self, first: int, shas: bytes) -> None:
+        if first == 0:  # (read again from the start)
+            self.ids, self.number = [], {}
+            self.shard, self.offset, self.length = array("i"), array("q"), array("q")
+        if first != len(self.shard):
+            raise ValueError(f"manifest samples {first}… found after {len(self.shard)}")
+        every = [shas[k:k + 32] for k in range(0, len(shas), 32)]
+        for a in range(0, len(every), LOCATE):
+            part = every[a:a + LOCATE]
+            get = self.store.index.lookup_many(part).get
+            for sha in part:
+                loc = get(sha)
+                if loc is None:
+                    self.shard.append(-1)
+                    self.offset.append(0)
+                    self.length.append(0)
+                    continue
+                k = self.number.get(loc.shard_id)
+                if k is None:
+                    k = self.number[loc.shard_id] = len(self.ids)
+                    self.ids.append(loc.shard_id)
+                self.shard.append(k)
+                self.offset.append(loc.offset)
+                self.length.append(loc.length)
+
+    def located(self, n: int) -> Located | None:
+        """The places of the manifest's `n` samples, once looked up — None when a lookup failed
+        or they are not `n` (the plan then looks them up itself)."""
+        try:
+            for f in self.todo:
+                f.result()
+        except Exception as e:  # (looked up again by the plan, which meets the same error)
+            log.debug("loader: the early places were not used: %s", e)
+            return None
+        finally:
+            self.pool.shutdown()
+            self.todo = []
+        return (self.ids, self.shard, self.offset, self.length) if len(self.shard) == n else None
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+def _located_of(located: Located, keep: Sequence[int]) -> Located:
+    """The places of the samples `keep` (their numbers in `located`'s samples)."""
+    ids, shard, offset, length = located
+    return (ids, array("i", (shard[k] for k in keep)), array("q", (offset[k] for k in keep)),
+            array("q", (length[k] for k in keep)))
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+def _plan(shas: Sequence[bytes], located: Located, manifest_sha: str, split: str | None, seed: int, epoch: int,
+          buffer: int, lanes: int, run_bytes: int, buffer_bytes: int) -> Plan:
     # 1. each shard's records (shards in id order) in offset order — a record's duplicate
     # samples in sample order (a stable sort of samples gathered in order) — cut into runs of at
     # most `run_bytes` (a record at least)
     n = len(shas)
-    ids, shard_of, offset, length = _located(shas, locate)
+    ids, shard_of, offset, length = located
     by_shard: list[array[int] | None] = [array("i") for _ in ids]
     for i in range(n):
         s = shard_of[i]
@@ -614,13 +691,13 @@ class _ManifestLines:
 
 
 def _checked_samples(pieces: Iterator[bytes], lines: _ManifestLines, xx: Any, digest: bytes,
-                     where: str) -> card.Samples:
+                     where: str, found: Callable[[int, bytes], None] | None = None) -> card.Samples:
     """The samples of a manifest read in `pieces` (each added to `xx`, an xxh3-128, as it is
     read), once `digest` checks out: bytes that do not are a rotten replica's (PayloadChecksum-
     Mismatch), bytes that do and are no manifest the parser's error."""
     refused: Exception | None = None
     try:
-        samples = card.Samples.of_pieces(pieces, lines)
+        samples = card.Samples.of_pieces(pieces, lines, found)
     except fmt.ShardFormatError:  # (a short read: the replica's)
         raise
     except (ValueError, KeyError, TypeError) as e:  # (rotten bytes, or no manifest: the digest says)
@@ -634,7 +711,8 @@ def _checked_samples(pieces: Iterator[bytes], lines: _ManifestLines, xx: Any, di
     return samples
 
 
-def _manifest_samples(store: Store, manifest_sha: str, lines: _ManifestLines) -> card.Samples:
+def _manifest_samples(store: Store, manifest_sha: str, lines: _ManifestLines,
+                      found: Callable[[int, bytes], None] | None = None) -> card.Samples:
     """The manifest's samples (`card.Samples.of_pieces`), its record read off one replica in
     pieces of ITER_READ, none kept: its header and xxh3-128 checked before they are used. A
     replica that fails or does not check is logged and the next one read (`Store.from_replicas`:
@@ -657,9 +735,9 @@ def _manifest_samples(store: Store, manifest_sha: str, lines: _ManifestLines) ->
                 xx.update(buf)
                 yield buf
 
-        return _checked_samples(pieces(), lines, xx, digest, where)
+        return _checked_samples(pieces(), lines, xx, digest, where, found)
 
-    striped = _striped_manifest(store, sha, lines)
+    striped = _striped_manifest(store, sha, lines, found)
     return striped if striped is not None else store.from_replicas(sha, read, on_bad=_bad_manifest_replica(sha))
 
 
@@ -669,7 +747,8 @@ STRIPE_MIN = 16 << 20
 STRIPE_PIECE = ITER_READ
 
 
-def _striped_manifest(store: Store, sha: bytes, lines: _ManifestLines) -> card.Samples | None:
+def _striped_manifest(store: Store, sha: bytes, lines: _ManifestLines,
+                      found: Callable[[int, bytes], None] | None = None) -> card.Samples | None:
     """The manifest's samples read in pieces off every local replica at once, each disk a share
     of the pieces in proportion to its bandwidth (the start's wait: the disks have nothing else
     to read yet), at most two pieces a disk ahead; its header and xxh3-128 checked before the
@@ -713,7 +792,7 @@ def _striped_manifest(store: Store, sha: bytes, lines: _ManifestLines) -> card.S
                 yield buf
 
         samples = _checked_samples(pieces(), lines, xx, checked_header(head.result(), 0, sha, loc.length, where),
-                                   where)
+                                   where, found)
         fds: list[int] = []
         try:
             for d in disks:
@@ -796,6 +875,9 @@ class Loader:
         host = config.load_loader_host(config_path) if source != "store" else None
         self.source: str = source or (host.loader.source if host is not None else "store")
         self._located: remote.Located | None = None
+        # the places of the manifest's samples looked up as it was read (`Places`): the first
+        # plan's, not looked up again
+        self._early: Located | None = None
         if self.source == "store":
             self.cfg: config.Settings | None = config.load(config_path)
             every = self._from_store(ref, name, number, manifest)
@@ -816,6 +898,8 @@ class Loader:
             raise LoaderError(f"dataset {self.ref} has no split {split!r} (its splits: {', '.join(splits) or 'none'})")
         self.split = split
         self.samples = every if split is None else every.of_split(split)
+        if self._early is not None and split is not None:
+            self._early = _located_of(self._early, every.indices_of(split))
         if position > len(self.samples):
             raise LoaderError(f"Loader position={position}: past the end of {self.ref}'s "
                               f"{split if split is not None else 'every'} split ({len(self.samples)} samples); "
@@ -854,10 +938,16 @@ class Loader:
         self.manifest_sha = row["manifest_sha256"]
         self._check_manifest(manifest)
         with self._store() as store:  # (read in verified pieces, none of it kept: its lines are read back)
+            places = Places(store)  # (the samples' places looked up as the manifest is read)
             try:
-                return _manifest_samples(store, self.manifest_sha, _ManifestLines(self.cfg, self.manifest_sha))
+                samples = _manifest_samples(store, self.manifest_sha, _ManifestLines(self.cfg, self.manifest_sha),
+                                            places.found)
+                self._early = places.located(len(samples))
+                return samples
             except (ValueError, KeyError, TypeError) as e:  # (a line that is not a sample's; UnicodeDecodeError)
                 raise LoaderError(_not_a_manifest(self.ref, self.manifest_sha, e), ExitCode.DATA) from None
+            finally:
+                places.close()
 
     def _store(self) -> contextlib.AbstractContextManager[Store]:
         assert self.cfg is not None, "a loader reading through s3 or the mount opens no store"
@@ -983,8 +1073,10 @@ class Loader:
         locator's (which are the index's at publish time)."""
         if self._plan is None or self._plan_epoch != self.epoch:
             locate = store.index.lookup_many if isinstance(store, Store) else store.locs
+            early, self._early = self._early, None  # (the places as the manifest was read: the first plan's)
+            self._plan = None  # (the last epoch's let go before this one is made)
             self._plan = plan_shas(self.shas, locate, self.manifest_sha, self.split, self.seed, self.epoch,
-                                   self.buffer, self.lanes, self.run_bytes, self.buffer_bytes)
+                                   self.buffer, self.lanes, self.run_bytes, self.buffer_bytes, early)
             self._plan_epoch = self.epoch
         return self._plan
 

@@ -137,6 +137,18 @@ def test_resume_from_100_points_gives_the_same_sequence(built) -> None:
         assert got == whole, p
 
 
+def test_the_places_looked_up_as_the_manifest_is_read_plan_the_first_epoch(built) -> None:
+    """The places found as the manifest was read plan the first epoch (none looked up after),
+    the sequence the index's places give then; a split's are its samples' own."""
+    cfg, _ = built
+    for split in ("train", "val", None):
+        ld = Loader("pets@1", split, 7, 0, config_path=cfg.source, **SMALL)
+        assert ld._early is not None and len(ld._early[1]) == len(ld)
+        late = Loader("pets@1", split, 7, 0, config_path=cfg.source, **SMALL)
+        late._early = None
+        assert _keys(ld) == _keys(late) and ld._early is None
+
+
 def test_the_buffer_bounded_in_bytes_bounds_what_an_epoch_holds(built) -> None:
     """A shuffle buffer of `buffer_bytes`: an epoch holds at most those bytes plus the lanes'
     runs read (a record larger counted whole) — fewer than the same buffer by count alone holds

@@ -166,6 +166,25 @@ def test_a_buffer_bounded_in_bytes_holds_no_more_and_none_is_the_old_sequence() 
                                "position": 0})["buffer_bytes"] == 0
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_places_looked_up_early_for_the_whole_manifest_plan_a_split_as_its_own(seed: int) -> None:
+    """The places of every manifest sample, looked up in another order (shards numbered
+    otherwise) and cut to a split's samples (`_located_of`), give the plan the split's own
+    lookups give."""
+    shas, locs = _world(seed)
+    rng = random.Random(seed)
+    keep = sorted(rng.sample(range(len(shas)), rng.randrange(len(shas) + 1)))
+    backwards = shas[::-1]
+    ids, shard, offset, length = loader._located(backwards, lambda some: {s: locs[s] for s in some if s in locs})
+    every = (ids, shard[::-1], offset[::-1], length[::-1])  # (sample i's places, the shards numbered backwards)
+    mine = [shas[k] for k in keep]
+    args = ("m" * 64, "train", 3, 1, 64, 4, 300_000, 100_000)
+    early = plan_shas(mine, {}, *args, loader._located_of(every, keep))
+    own = plan_shas(mine, locs, *args)
+    assert list(early.post) == list(own.post) and list(early.run_of) == list(own.run_of)
+    assert [(r.shard_id, r.records) for r in early.runs] == [(r.shard_id, r.records) for r in own.runs]
+
+
 def test_the_places_of_all_samples_in_one_mapping_plan_as_before() -> None:
     """`plan_shas` still takes the places of all the samples as one mapping (sha → ObjectLoc), as
     `plan` does: the same plan as the reference's, not a TypeError."""
