@@ -4,7 +4,6 @@ long-lived objects is built; the memory a burst of short-lived ones freed handed
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 from collections.abc import Callable, Iterator
 
@@ -37,9 +36,13 @@ def _libc_trim() -> Callable[[int], int] | None:
     """glibc's `malloc_trim` (looked up among the process's own symbols: no library search), or
     None where the C library has none (musl, macOS)."""
     try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+        import ctypes  # (here: a Python built without it trims nothing)
+
+        trim = ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError):
         return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
 _TRIM = _libc_trim()

@@ -108,8 +108,10 @@ LANES = 8
 RUN_BYTES = 8 << 20
 #: the window the mix is measured over (`stats()["mix"]`)
 WINDOW = 1000
-#: the state's format
-STATE = 1
+#: the state's format: 2 for a loader whose buffer is bounded in bytes (`buffer_bytes`, which a
+#: reader of format 1 would drop, resuming another sequence), else 1
+STATE = 2
+STATES = (1, 2)
 #: where a loader reads (`[loader] source`; the constructor's `source`)
 SOURCES = ("store", "s3", "mount")
 
@@ -118,11 +120,16 @@ class LoaderError(HoardError):
     exit_code = ExitCode.USAGE
 
 
+def state_format(buffer_bytes: int) -> int:
+    """The format of a state saved by a loader with this `buffer_bytes` (`STATE`)."""
+    return STATE if buffer_bytes > 0 else 1
+
+
 def _state_args(state: Any) -> dict[str, Any]:
     """The constructor's arguments a state (`Loader.state_dict`) gives, or LoaderError (one
     line) for what is not one: the wrong format, a key missing, a name or split not a string."""
-    if not isinstance(state, dict) or state.get("state") != STATE:
-        raise LoaderError(f"not a loader state (format {STATE}): {str(state)[:80]!r}; pass what "
+    if not isinstance(state, dict) or state.get("state") not in STATES:
+        raise LoaderError(f"not a loader state (format {' or '.join(map(str, STATES))}): {str(state)[:80]!r}; pass what "
                           "Loader.state_dict() returned")
     missing = [k for k in ("dataset", "split", "seed", "epoch", "position") if k not in state]
     if missing:
@@ -451,7 +458,8 @@ def _plan(shas: Sequence[bytes], located: Located, manifest_sha: str, split: str
         slots = [q for q in slots if q[0] < q[1]]
     # 4. the shuffle buffer: a sample out (at random) for each one in once it holds `buffer`
     # samples, or as many as leave it holding at most `buffer_bytes` (a record's duplicates
-    # counted as many times: each is held apart, `_epoch`)
+    # counted as many times: each is held apart, `_epoch`); a sample larger than
+    # `buffer_bytes` passes through alone
     rng = _rng(manifest_sha, split, seed, epoch, "buffer")
     post = array("i")
     buf: list[int] = []
@@ -459,6 +467,9 @@ def _plan(shas: Sequence[bytes], located: Located, manifest_sha: str, split: str
     cap = buffer_bytes if buffer_bytes > 0 else -1
     held = 0
     for i in pre:
+        if length[i] > cap >= 0:  # (more than the buffer holds: out as it comes, the buffer left as it is)
+            post.append(i)
+            continue
         buf.append(i)
         held += length[i]
         while len(buf) >= size_b or held > cap >= 0:
@@ -592,7 +603,7 @@ class _StoreSource:
         # first reads it off the disk: the disk sees one process's reads)
         ld = self.ld
         follow = runs_mod.Follow() if ld.workers > 1 and ld.worker != 0 else None
-        return runs_mod.read_runs(self.store, runs, ahead, follow)
+        return runs_mod.read_runs(self.store, runs, ahead, follow, lead=ld.workers > 1 and ld.worker == 0)
 
     def live(self, sha: bytes) -> bool:
         """Whether a sample read by `read_runs` is still held and shown: so when nothing in the
@@ -1029,7 +1040,7 @@ class Loader:
         epoch, position, origin = self.epoch, self.position, self.origin
         if position >= len(self.samples):
             epoch, position, origin = epoch + 1, 0, 0
-        state = {"state": STATE, "dataset": self.ref, "manifest": self.manifest_sha[:16], "split": self.split,
+        state = {"state": state_format(self.buffer_bytes), "dataset": self.ref, "manifest": self.manifest_sha[:16], "split": self.split,
                  "seed": self.seed, "epoch": epoch, "position": position, "buffer": self.buffer, "lanes": self.lanes,
                  "run_bytes": self.run_bytes, "buffer_bytes": self.buffer_bytes}
         if self.workers > 1:  # a worker's own state: the split it is a part of, and where that starts
@@ -1054,7 +1065,7 @@ class Loader:
                                   "from the whole sequence's state (what one Loader or TorchDataset.state_dict gives)")
         else:
             args |= split_kw
-        for k in ("manifest", "origin", "withheld"):
+        for k in ("manifest", "origin", "withheld", "buffer_bytes"):
             if k in kwargs:
                 raise LoaderError(f"from_state_dict({k}=…): the state gives it; pass the state alone")
         return cls(args.pop("ref"), args.pop("split"), args.pop("seed"), args.pop("epoch"), **args, **kwargs)
@@ -1063,8 +1074,8 @@ class Loader:
         """Samples and bytes yielded, bytes read per disk, replicas fallen back to, samples
         withheld (deleted or hidden), the most samples held read and not yet yielded at once
         (`held_max`: at most `buffer` + `lanes` × a run's samples) and the most bytes
-        (`held_bytes_max`: at most `buffer_bytes` + `lanes` × `run_bytes`, a record larger than
-        those counted whole), and the mix (`Mix`)."""
+        (`held_bytes_max`: with `buffer_bytes`, at most that + `lanes` × `run_bytes` — a record
+        larger counted whole, and once for each of its duplicate samples), and the mix (`Mix`)."""
         return {**self._stats, "per_disk_bytes": dict(self._stats["per_disk_bytes"]), "mix": self._mix.report()}
 
     # -- the sequence -----------------------------------------------------------------------
@@ -1199,7 +1210,6 @@ class Loader:
         held: dict[int, bytes] = {}
         held_bytes = 0
         done = -1  # the last plan run read
-        per_disk = self._stats["per_disk_bytes"]
         try:
             for k in range(start, len(p.post)):
                 i = p.post[k]
@@ -1212,10 +1222,7 @@ class Loader:
                 while done < r:
                     got = next(reads)
                     done = todo[got.number]
-                    self._stats["read_bytes"] += got.nbytes
-                    self._stats["fallbacks"] += got.fallbacks
-                    if got.disk:
-                        per_disk[got.disk] = per_disk.get(got.disk, 0) + got.nbytes
+                    self._took(got)
                     for j in p.samples_of(done):
                         data = got.payloads.get(self.shas[j]) if need[j] else None
                         if data is not None:
@@ -1234,13 +1241,24 @@ class Loader:
                     continue
                 self._stats["samples"] += 1
                 self._stats["bytes"] += len(data)
-                self._mix.add(p.run_shard[p.order[r]])
+                self._mix.add(p.shard(r))
                 yield self._sample(i, data, k)
+            if self.workers > 1 and self.worker == 0 and self.source == "store":
+                for got in reads:  # (the others' leader, `runs.Follow`: the runs after its own last one read too)
+                    self._took(got)
         finally:
             reads.close()
         self.epoch += 1
         self.position = self.origin = 0
         self._dealt = None
+
+    def _took(self, got: runs_mod.RunRead) -> None:
+        """A run read, counted in `stats()`."""
+        self._stats["read_bytes"] += got.nbytes
+        self._stats["fallbacks"] += got.fallbacks
+        if got.disk:
+            per_disk = self._stats["per_disk_bytes"]
+            per_disk[got.disk] = per_disk.get(got.disk, 0) + got.nbytes
 
     def _sample(self, i: int, data: bytes, k: int) -> dict[str, Any]:
         try:

@@ -30,7 +30,7 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from hoardfs.datasets.loader import Loader, LoaderError, _state_args
+from hoardfs.datasets.loader import Loader, LoaderError, _state_args, state_format
 
 __all__ = ["TorchDataset"]
 
@@ -86,7 +86,8 @@ class TorchDataset(IterableDataset):
             epoch, position = int(last["epoch"]), int(last["position"]) + 1
         if position >= self.samples:
             epoch, position = epoch + 1, 0
-        return {"state": 1, "dataset": self.ref, "manifest": self.manifest, "split": self.split, "seed": self.seed,
+        return {"state": state_format(self.loader.buffer_bytes), "dataset": self.ref, "manifest": self.manifest,
+                "split": self.split, "seed": self.seed,
                 "epoch": epoch, "position": position, "buffer_bytes": self.loader.buffer_bytes,
                 **{k: self.kwargs[k] for k in ("buffer", "lanes", "run_bytes") if k in self.kwargs}}
 
@@ -101,5 +102,8 @@ class TorchDataset(IterableDataset):
                               "resumes from the whole sequence's state (TorchDataset.state_dict or one Loader's)")
         for k in ("worker", "block", "origin"):  # (the DataLoader's split is this dataset's own)
             args.pop(k, None)
+        for k in ("manifest", "withheld", "buffer_bytes"):
+            if k in kwargs:
+                raise LoaderError(f"TorchDataset.from_state_dict({k}=…): the state gives it; pass the state alone")
         return cls(args.pop("ref"), args.pop("split"), args.pop("seed"), args.pop("epoch"), block=block, **args,
                    **kwargs)

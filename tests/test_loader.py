@@ -166,10 +166,14 @@ def test_the_buffer_bounded_in_bytes_bounds_what_an_epoch_holds(built) -> None:
     held = ld.stats()["held_bytes_max"]
     assert held <= cap + kw["lanes"] * (kw["run_bytes"] + largest) < free.stats()["held_bytes_max"]
     state = Loader("pets@1", "train", 7, 0, config_path=cfg.source, buffer_bytes=cap, **kw).state_dict()
-    assert state["buffer_bytes"] == cap
+    # (format 2: a reader of format 1 would drop `buffer_bytes` and resume another sequence)
+    assert state["buffer_bytes"] == cap and state["state"] == 2 and free.state_dict()["state"] == 1
     state["position"] = 5
     assert _keys(Loader.from_state_dict(state, config_path=cfg.source)) == [s["key"] for s in got][5:]
+    with pytest.raises(LoaderError, match="buffer_bytes=…\\): the state gives it"):
+        Loader.from_state_dict(state, config_path=cfg.source, buffer_bytes=cap)
     del state["buffer_bytes"]
+    state["state"] = 1  # (as a loader before `buffer_bytes` saved it)
     assert _keys(Loader.from_state_dict(state, config_path=cfg.source)) == keys[5:]
     with pytest.raises(LoaderError, match="buffer_bytes=-1"):
         Loader("pets@1", "train", config_path=cfg.source, buffer_bytes=-1)
@@ -393,8 +397,8 @@ def test_a_record_hidden_after_its_run_was_hinted_is_not_read(built, monkeypatch
         runs, disk_of, j, victim = _hinted_run(store, ld)
         real = runs_mod._prefetch_first
 
-        def hint_then_hide(store_: Store, number: int, run: Run, uuid: str) -> object:
-            got = real(store_, number, run, uuid)
+        def hint_then_hide(store_: Store, number: int, run: Run, uuid: str, lead: bool = False) -> object:
+            got = real(store_, number, run, uuid, lead)
             if number == j:
                 hinted.append(number)
                 res = _hoard(cfg, "delete", "--node", victim.hex())  # (another process, as a user's)
@@ -490,8 +494,8 @@ def test_a_record_hidden_by_a_commit_landing_as_its_run_is_hinted_is_not_read(
                 a = (*a[:7], hide_then_hint)
             return real_checked(*a)
 
-        def first(store_: Store, number: int, run: Run, uuid: str) -> object:
-            got = real_first(store_, number, run, uuid)
+        def first(store_: Store, number: int, run: Run, uuid: str, lead: bool = False) -> object:
+            got = real_first(store_, number, run, uuid, lead)
             if number == j:
                 _lock_txnid(cfg, landing[0])  # the commit has landed, the plan made before
             return got
@@ -859,7 +863,7 @@ def test_each_dataloader_iteration_is_the_next_epoch(built) -> None:
 
 def test_workers_read_every_run_whole_off_the_same_disk(built) -> None:
     """Each of 2 or 4 workers (blocks of 1 and of 3) reads every run holding one of its samples
-    as one process reads it — whole, off the same disk, in the same ranges: per disk the bytes
+    (the first: every run, leading the others' reads) as one process reads it — whole, off the same disk, in the same ranges: per disk the bytes
     one process reads of those runs — so the page cache the workers share has the disks read
     each byte once; each still yields only its own samples, verified."""
     cfg, _ = built
@@ -882,7 +886,8 @@ def test_workers_read_every_run_whole_off_the_same_disk(built) -> None:
                 got = list(ld)
                 assert all(hashlib.sha256(s["bytes"]).hexdigest() == s["sha256"] for s in got)
                 yielded += [s["key"] for s in got]
-                mine = {p.run_of[i] for k, i in enumerate(p.post) if (k // block) % workers == w}
+                # (the first leads the others' reads, `runs.Follow`: it reads every run, its own or not)
+                mine = {p.run_of[i] for k, i in enumerate(p.post) if (k // block) % workers == w or w == 0}
                 expect: dict[str, int] = {}
                 for r in mine:
                     expect[per_run[r][0]] = expect.get(per_run[r][0], 0) + per_run[r][1]

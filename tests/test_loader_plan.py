@@ -91,6 +91,9 @@ def _reference(shas: list[bytes], locs: dict[bytes, Any], manifest_sha: str, spl
     buf: list[int] = []
     size_b = max(1, buffer)
     for i in pre:
+        if buffer_bytes and locs[shas[i]].length > buffer_bytes:  # (larger than the buffer: passes through)
+            post.append(i)
+            continue
         buf.append(i)
         while len(buf) >= size_b or (buffer_bytes and sum(locs[shas[k]].length for k in buf) > buffer_bytes):
             j = rng.randrange(len(buf))
@@ -141,12 +144,13 @@ def test_the_plan_in_arrays_is_the_plan_of_lists(seed: int, monkeypatch: pytest.
 
 
 def test_a_buffer_bounded_in_bytes_holds_no_more_and_none_is_the_old_sequence() -> None:
-    """A shuffle buffer bounded in bytes holds at most that many of its samples' bytes (one
-    sample larger than the bound passes through alone); `buffer_bytes=0` bounds it by count
-    alone — the sequence a state saved without `buffer_bytes` resumes (`_state_args`)."""
+    """A shuffle buffer bounded in bytes holds at most that many of its samples' bytes, a sample
+    larger than the bound passing through alone (as it comes, the buffer left as it is);
+    `buffer_bytes=0` bounds it by count alone — the sequence a state saved without
+    `buffer_bytes` resumes (`_state_args`)."""
     shas, locs = _world(5)
     base = ("m" * 64, None, 3, 0, 4096, 3, 300_000)
-    bounded = plan_shas(shas, locs, *base, 200_000)
+    bounded = plan_shas(shas, locs, *base, 60_000)
     unbounded = plan_shas(shas, locs, *base, 0)
     assert sorted(bounded.post) == sorted(unbounded.post) and list(bounded.post) != list(unbounded.post)
     assert list(unbounded.post) == _reference(shas, locs, *base)[3]
@@ -154,14 +158,18 @@ def test_a_buffer_bounded_in_bytes_holds_no_more_and_none_is_the_old_sequence() 
     pre = _reference(shas, locs, *base[:4], 1, base[5], base[6])[3]  # (a buffer of one: the lanes' sequence)
     held, out, bytes_in = set(), iter(bounded.post), 0
     length = {i: locs[shas[i]].length for i in pre}
+    assert any(n > 60_000 for n in length.values())
     for i in pre:
+        if length[i] > 60_000:
+            assert next(out) == i  # (through alone, as it comes)
+            continue
         held.add(i)
         bytes_in += length[i]
-        while len(held) >= 4096 or bytes_in > 200_000:
+        while len(held) >= 4096 or bytes_in > 60_000:
             k = next(out)
             held.remove(k)
             bytes_in -= length[k]
-        assert bytes_in <= 200_000
+        assert bytes_in <= 60_000
     assert loader._state_args({"state": 1, "dataset": "d@1", "split": None, "seed": 0, "epoch": 0,
                                "position": 0})["buffer_bytes"] == 0
 

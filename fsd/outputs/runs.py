@@ -186,12 +186,13 @@ def scratch_size(n: int) -> int:
 class Follow:
     """A reader following another process's reads of the same runs off the same disks (a
     training loader's workers but the first, hoardfs.datasets.loader): it takes each local
-    range from the page cache as the leader reads it off the disk (`LocalDisk.read_cached_into`)
-    and hints no range, so the disk sees one process's reads — two processes each reading a
+    range from the page cache as the leader (the first worker, `read_runs(lead=True)`: it reads
+    every run any worker needs, whole, even one it keeps nothing of) reads it off the disk
+    (`LocalDisk.read_cached_into`) and hints no range, so the disk sees one process's reads — two processes each reading a
     range and hinting the next split the disk's reads into twice as many of half the size. A
-    follower with no leader (a worker's state resumed alone) still gets its ranges (a look the
-    page cache cannot answer starts the read, `pread_cached_into`); a disk one of whose ranges
-    did not arrive in time is read as any reader reads it from then on."""
+    follower with no leader (a worker's state resumed alone) still gets its ranges where a look
+    the page cache cannot answer starts the read (`pread_cached_into`); a disk one of whose
+    ranges did not arrive in time is read as any reader reads it from then on."""
 
     def __init__(self) -> None:
         self.stopped: set[str] = set()
@@ -325,12 +326,14 @@ class _Planned:
     elsewhere: list[Rec]
 
 
-def _planned(store: Store, number: int, run: Run, uuid: str) -> _Planned | None:
-    """`read_run`'s ranges of `run` off disk `uuid` (None: it keeps no record, nothing is read)."""
+def _planned(store: Store, number: int, run: Run, uuid: str, lead: bool = False) -> _Planned | None:
+    """`read_run`'s ranges of `run` off disk `uuid` (None: it keeps no record, nothing is read —
+    unless this reader leads others' reads of the same runs, `lead`: a local run is read whole
+    then, for the followers, `Follow`)."""
     kept = run.kept()
-    if not kept:  # (no disk named: nothing read off one)
-        return None
     disk = store.disks.get(uuid) if uuid else None
+    if not kept and not (lead and run.keep is not None and isinstance(disk, LocalDisk)):
+        return None
     out = RunRead(number, {}, disk.label if disk is not None else "")
     span_ = run.records if run.keep is not None and isinstance(disk, LocalDisk) else kept
     flags = store.index.live_many([r.sha for r in span_])
@@ -356,14 +359,14 @@ _UNPLANNED: Any = object()
 
 def read_run(store: Store, number: int, run: Run, uuid: str,
              then: Callable[[], None] | None = None, planned: _Planned | None = _UNPLANNED,
-             follow: Follow | None = None) -> RunRead:
+             follow: Follow | None = None, lead: bool = False) -> RunRead:
     """One run off disk `uuid`: what the store still shows of its kept records, verified, each
     record that fails there read from another replica. A run whose `keep` names some of its
     records is read whole off a local disk (the module's docstring), its kept records alone off
     any other; one that keeps none is not read at all. `then`: called once the run's last range
     is read, before it is checked (`read_checked`); `planned`: its plan, made with nothing
-    written to the index since (`read_runs`); `follow`: `Follow`."""
-    p = _planned(store, number, run, uuid) if planned is _UNPLANNED else planned
+    written to the index since (`read_runs`); `follow`, `lead`: `Follow`."""
+    p = _planned(store, number, run, uuid, lead) if planned is _UNPLANNED else planned
     if p is None:
         return RunRead(number, {}, "")
     out, failed = p.out, list(p.elsewhere)
@@ -388,21 +391,23 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
     return out
 
 
-def _prefetch_first(store: Store, number: int, run: Run, uuid: str) -> _Planned | None:
+def _prefetch_first(store: Store, number: int, run: Run, uuid: str, lead: bool = False) -> _Planned | None:
     """Hint the disk the first range `read_run` will read of `run` (as the index shows its
     records now: nothing of a record it no longer shows); the plan that range is of."""
-    p = _planned(store, number, run, uuid)
+    p = _planned(store, number, run, uuid, lead)
     if p is not None and p.groups and hasattr(p.disk, "prefetch"):
         p.disk.prefetch(run.shard_id.hex(), *span(p.groups[0]))
     return p
 
 
-def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD,
-              follow: Follow | None = None) -> Generator[RunRead, None, None]:
+def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD, follow: Follow | None = None,
+              lead: bool = False) -> Generator[RunRead, None, None]:
     """Each run read (`read_run`), in the order given, every disk reading its own runs at once
     and at most `ahead` runs ahead of the consumer. A reader's error (a record no replica
     holds whole: DataError) is raised here in its run's place. Closing the iterator stops the
-    readers. `follow`: the readers follow another process's reads of the same runs (`Follow`)."""
+    readers. `follow`: the readers follow another process's reads of the same runs; `lead`:
+    others follow these readers' (a local run keeping none of its records is read whole all the
+    same), `Follow`."""
     disk_of = assign(store, runs)
     following: dict[int, int] = {}  # run → the next run its disk reads
     last: dict[str, int] = {}
@@ -418,15 +423,15 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD,
 
     def hint(j: int, u: str) -> None:
         since, run = store.index.snapshot(), runs[j]  # (not generation(): it may name a write the plan misses)
-        hinted[j] = (since, run, _prefetch_first(store, j, run, u))
+        hinted[j] = (since, run, _prefetch_first(store, j, run, u, lead))
 
     def read(i: int, u: str) -> RunRead:
         j = following.get(i)
         then = None if j is None else lambda: hint(j, u)
         got = hinted.pop(i, None)
         if got is not None and got[0] == store.index.generation():
-            return read_run(store, i, got[1], u, then, got[2], follow)
-        return read_run(store, i, runs[i], u, then, follow=follow)
+            return read_run(store, i, got[1], u, then, got[2], follow, lead)
+        return read_run(store, i, runs[i], u, then, follow=follow, lead=lead)
 
     yield from read_assigned(disk_of, read, ahead)
 
