@@ -36,7 +36,7 @@ def _libc_trim() -> Callable[[int], int] | None:
     """glibc's `malloc_trim` (looked up among the process's own symbols: no library search), or
     None where the C library has none (musl, macOS)."""
     try:
-        import ctypes  # (here: a Python built without it trims nothing)
+        import ctypes  # deferred: a Python built without it trims nothing
 
         trim = ctypes.CDLL(None).malloc_trim
     except (ImportError, OSError, AttributeError):
