@@ -289,22 +289,33 @@ Located = tuple[list[bytes], "array[int]", "array[int]", "array[int]"]
 def _located(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[bytes, Any]]) -> Located:
     """Each sample's record: its shard's number in the first list (-1: not in the store), its
     offset, its length."""
-    n = len(shas)
-    ids: list[bytes] = []
+    out: Located = ([], array("i"), array("q"), array("q"))
     number: dict[bytes, int] = {}
-    shard, offset, length = array("i", [-1]) * n, array("q", [0]) * n, array("q", [0]) * n
-    for a in range(0, n, LOCATE):
+    for a in range(0, len(shas), LOCATE):
         part = shas[a:a + LOCATE]
-        get = locate(part).get
-        for i, sha in enumerate(part, a):
-            loc = get(sha)
-            if loc is not None:
-                k = number.get(loc.shard_id)
-                if k is None:
-                    k = number[loc.shard_id] = len(ids)
-                    ids.append(loc.shard_id)
-                shard[i], offset[i], length[i] = k, loc.offset, loc.length
-    return ids, shard, offset, length
+        _place(out, number, part, locate(part))
+    return out
+
+
+def _place(located: Located, number: dict[bytes, int], shas: Sequence[bytes], locs: Mapping[bytes, Any]) -> None:
+    """Append the places of `shas` (from `locs`, sha → ObjectLoc) to `located`, numbering the
+    shards in `number` (shard id → its place in `located`'s ids) as they come."""
+    ids, shard, offset, length = located
+    get = locs.get
+    for sha in shas:
+        loc = get(sha)
+        if loc is None:
+            shard.append(-1)
+            offset.append(0)
+            length.append(0)
+            continue
+        k = number.get(loc.shard_id)
+        if k is None:
+            k = number[loc.shard_id] = len(ids)
+            ids.append(loc.shard_id)
+        shard.append(k)
+        offset.append(loc.offset)
+        length.append(loc.length)
 
 
 class Places:
@@ -318,37 +329,21 @@ class Places:
         self.store = store
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="loader-places")
         self.todo: list[Any] = []
-        self.ids: list[bytes] = []
+        self.got: Located = ([], array("i"), array("q"), array("q"))
         self.number: dict[bytes, int] = {}
-        self.shard, self.offset, self.length = array("i"), array("q"), array("q")
 
     def found(self, first: int, shas: bytes) -> None:
         self.todo.append(self.pool.submit(self._look, first, shas))
 
     def _look(self, first: int, shas: bytes) -> None:
         if first == 0:  # (read again from the start)
-            self.ids, self.number = [], {}
-            self.shard, self.offset, self.length = array("i"), array("q"), array("q")
-        if first != len(self.shard):
-            raise ValueError(f"manifest samples {first}… found after {len(self.shard)}")
+            self.got, self.number = ([], array("i"), array("q"), array("q")), {}
+        if first != len(self.got[1]):
+            raise ValueError(f"manifest samples {first}… found after {len(self.got[1])}")
         every = [shas[k:k + 32] for k in range(0, len(shas), 32)]
         for a in range(0, len(every), LOCATE):
             part = every[a:a + LOCATE]
-            get = self.store.index.lookup_many(part).get
-            for sha in part:
-                loc = get(sha)
-                if loc is None:
-                    self.shard.append(-1)
-                    self.offset.append(0)
-                    self.length.append(0)
-                    continue
-                k = self.number.get(loc.shard_id)
-                if k is None:
-                    k = self.number[loc.shard_id] = len(self.ids)
-                    self.ids.append(loc.shard_id)
-                self.shard.append(k)
-                self.offset.append(loc.offset)
-                self.length.append(loc.length)
+            _place(self.got, self.number, part, self.store.index.lookup_many(part))
 
     def located(self, n: int) -> Located | None:
         """The places of the manifest's `n` samples, once looked up — None when a lookup failed
@@ -362,7 +357,7 @@ class Places:
         finally:
             self.pool.shutdown()
             self.todo = []
-        return (self.ids, self.shard, self.offset, self.length) if len(self.shard) == n else None
+        return self.got if len(self.got[1]) == n else None
 
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
