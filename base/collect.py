@@ -52,8 +52,7 @@ def give_back_freed() -> None:
     """Hand the memory the C allocator holds free back to the system (glibc's `malloc_trim`;
     nothing elsewhere): after a burst of short-lived allocations — a training loader's
     manifest read in pieces of 8 MiB, its epoch's plan — the heap keeps their pages, and a
-    process that then holds a buffer's worth of samples for hours would keep them too
-    (~0.2 KB a sample of a 100,000-sample manifest, measured: docs/benchmarks.md). About a
+    process that then holds a buffer's worth of samples for hours would keep them too. About a
     millisecond; not for a loop: trimming pages the allocator reuses at once costs their
     faults again."""
     if _TRIM is not None:

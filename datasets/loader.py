@@ -125,6 +125,13 @@ def state_format(buffer_bytes: int) -> int:
     return STATE if buffer_bytes > 0 else 1
 
 
+def refuse_given(kwargs: Mapping[str, Any], keys: Sequence[str], call: str) -> None:
+    """LoaderError (one line) for the first of `keys` passed to `call` beside a state that gives it."""
+    for k in keys:
+        if k in kwargs:
+            raise LoaderError(f"{call}({k}=…): the state gives it; pass the state alone")
+
+
 def _state_args(state: Any) -> dict[str, Any]:
     """The constructor's arguments a state (`Loader.state_dict`) gives, or LoaderError (one
     line) for what is not one: the wrong format, a key missing, a name or split not a string."""
@@ -368,9 +375,6 @@ def _located_of(located: Located, keep: Sequence[int]) -> Located:
     ids, shard, offset, length = located
     return (ids, array("i", (shard[k] for k in keep)), array("q", (offset[k] for k in keep)),
             array("q", (length[k] for k in keep)))
-
-    def close(self) -> None:
-        self.pool.shutdown(cancel_futures=True)
 
 
 def _plan(shas: Sequence[bytes], located: Located, manifest_sha: str, split: str | None, seed: int, epoch: int,
@@ -1060,9 +1064,7 @@ class Loader:
                                   "from the whole sequence's state (what one Loader or TorchDataset.state_dict gives)")
         else:
             args |= split_kw
-        for k in ("manifest", "origin", "withheld", "buffer_bytes"):
-            if k in kwargs:
-                raise LoaderError(f"from_state_dict({k}=…): the state gives it; pass the state alone")
+        refuse_given(kwargs, ("manifest", "origin", "withheld", "buffer_bytes"), "from_state_dict")
         return cls(args.pop("ref"), args.pop("split"), args.pop("seed"), args.pop("epoch"), **args, **kwargs)
 
     def stats(self) -> dict[str, Any]:

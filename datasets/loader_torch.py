@@ -30,7 +30,7 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from hoardfs.datasets.loader import Loader, LoaderError, _state_args, state_format
+from hoardfs.datasets.loader import Loader, LoaderError, _state_args, refuse_given, state_format
 
 __all__ = ["TorchDataset"]
 
@@ -102,8 +102,6 @@ class TorchDataset(IterableDataset):
                               "resumes from the whole sequence's state (TorchDataset.state_dict or one Loader's)")
         for k in ("worker", "block", "origin"):  # (the DataLoader's split is this dataset's own)
             args.pop(k, None)
-        for k in ("manifest", "withheld", "buffer_bytes"):
-            if k in kwargs:
-                raise LoaderError(f"TorchDataset.from_state_dict({k}=…): the state gives it; pass the state alone")
+        refuse_given(kwargs, ("manifest", "withheld", "buffer_bytes"), "TorchDataset.from_state_dict")
         return cls(args.pop("ref"), args.pop("split"), args.pop("seed"), args.pop("epoch"), block=block, **args,
                    **kwargs)

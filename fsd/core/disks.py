@@ -521,9 +521,8 @@ class LocalDisk:
     def read_cached_into(self, shard_hex: str, offset: int, buf: memoryview) -> tuple[int, bool]:
         """`read_exact_into` by a follower (`pread_cached_into`): the range taken from the page
         cache as another process reads it off the disk — two processes reading the same range
-        at once split the disk's reads into twice as many of half the size (on the lab, a
-        training loader's two workers read an epoch in 2.6 times one's time). (How many bytes,
-        whether all came from the page cache.)"""
+        at once split the disk's reads into twice as many of half the size (`runs.Follow`).
+        (How many bytes, whether all came from the page cache.)"""
         return self._on_fd(shard_hex, True, lambda fd: pread_cached_into(fd, buf, offset))
 
     def size(self, shard_hex: str) -> int:

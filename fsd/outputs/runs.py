@@ -188,8 +188,9 @@ class Follow:
     training loader's workers but the first, hoardfs.datasets.loader): it takes each local
     range from the page cache as the leader (the first worker, `read_runs(lead=True)`: it reads
     every run any worker needs, whole, even one it keeps nothing of) reads it off the disk
-    (`LocalDisk.read_cached_into`) and hints no range, so the disk sees one process's reads — two processes each reading a
-    range and hinting the next split the disk's reads into twice as many of half the size. A
+    (`LocalDisk.read_cached_into`) and hints no range, so the disk sees one process's reads —
+    two processes each reading a range and hinting the next split the disk's reads into twice
+    as many of half the size. A
     follower with no leader (a worker's state resumed alone) still gets its ranges where a look
     the page cache cannot answer starts the read (`pread_cached_into`); a disk one of whose
     ranges did not arrive in time is read as any reader reads it from then on."""
@@ -225,15 +226,15 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]],
             try:
                 if n > longest:
                     got = (rng, disk.read_exact(shard_hex, a, n), None)
-                elif follow is not None and follow.follows(disk):
-                    view = _scratch_of(n)
-                    k, cached = disk.read_cached_into(shard_hex, a, view)
-                    if not cached:
-                        follow.stop(disk)
-                    got = (rng, view[:k], None)
                 else:
                     view = _scratch_of(n)
-                    got = (rng, view[:disk.read_exact_into(shard_hex, a, view)], None)
+                    if follow is not None and follow.follows(disk):
+                        k, cached = disk.read_cached_into(shard_hex, a, view)
+                        if not cached:
+                            follow.stop(disk)
+                    else:
+                        k = disk.read_exact_into(shard_hex, a, view)
+                    got = (rng, view[:k], None)
             except OSError as e:
                 got = (rng, None, e)
             yield got
