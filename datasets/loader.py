@@ -1220,11 +1220,13 @@ class Loader:
                     got = next(reads)
                     done = todo[got.number]
                     self._took(got)
+                    payloads = got.payloads
                     for j in p.samples_of(done):
-                        data = got.payloads.get(self.shas[j]) if need[j] else None
-                        if data is not None:
-                            held[j] = data
+                        data = payloads.get(self.shas[j]) if need[j] else None
+                        if data is not None:  # (copied by this thread: views of the readers' buffers)
+                            held[j] = bytes(data)
                             held_bytes += len(data)
+                    got.release()
                     self._stats["held_max"] = max(self._stats["held_max"], len(held))
                     self._stats["held_bytes_max"] = max(self._stats["held_bytes_max"], held_bytes)
                 data = held.pop(i, None)
@@ -1243,6 +1245,7 @@ class Loader:
             if self.workers > 1 and self.worker == 0 and self.source == "store":
                 for got in reads:  # (the others' leader, `runs.Follow`: the runs after its own last one read too)
                     self._took(got)
+                    got.release()
         finally:
             reads.close()
         self.epoch += 1

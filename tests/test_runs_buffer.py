@@ -96,3 +96,51 @@ def test_the_buffer_kept_fits_the_ranges_read() -> None:
     size = runs_mod.scratch_size
     assert size(1) == size(96 << 10) == size(1 << 20) == runs_mod.SCRATCH_BYTES == 1 << 20
     assert size((1 << 20) + 1) == 2 << 20 and size(8 << 20) == 8 << 20 and size((8 << 20) + 1) == 16 << 20
+
+
+def test_records_handed_out_as_views_stay_right_once_their_buffer_is_reused(
+        store_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read through one `Buffers` (a training loader's epoch): a run's records are views of its
+    range buffer until the consumer copies them and releases the run; the buffer then serves
+    the next run's range, the copies keep their bytes, and a view kept past `release` raises
+    rather than show the next range's bytes. A run keeping part of its records (a worker's)
+    hands out copies and gives its buffer back at once."""
+    store = store_factory(shard_size_mb=128)
+    _fresh_buffer(monkeypatch)
+    pool = runs_mod.Buffers()
+    run, want = _run(store, [os.urandom(5000 + i) for i in range(3)])
+    uuid = assign(store, [run])[0]
+    got = read_run(store, 0, run, uuid, buffers=pool)
+    assert all(type(v) is memoryview for v in got.payloads.values()) and len(got.buffers) == 1
+    copies = {k: bytes(v) for k, v in got.payloads.items()}
+    kept_view, buf = next(iter(got.payloads.values())), got.buffers[0]
+    got.release()
+    assert got.payloads == {} and [id(b) for b in pool._free] == [id(buf)]
+    with pytest.raises(ValueError):
+        bytes(kept_view)
+    run2, want2 = _run(store, [os.urandom(5000 + i) for i in range(3)])
+    got2 = read_run(store, 1, run2, assign(store, [run2])[0], buffers=pool)
+    assert [id(b) for b in got2.buffers] == [id(buf)] and pool._free == []  # (the same buffer, overwritten)
+    assert {k: bytes(v) for k, v in got2.payloads.items()} == want2 and copies == want
+    got2.release()
+    part = Run(run.shard_id, run.records, keep=frozenset([run.records[1].sha]))
+    got3 = read_run(store, 2, part, uuid, buffers=pool)
+    assert got3.payloads == {run.records[1].sha: want[run.records[1].sha]}
+    assert all(type(v) is bytes for v in got3.payloads.values()) and got3.buffers == [] and [id(b) for b in pool._free] == [id(buf)]
+
+
+@pytest.mark.expect_log(r"loader: record .* does not check out", level="WARNING")
+def test_a_rotten_record_in_a_pooled_range_is_read_from_another_replica(
+        store_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flipped byte in one record of a replica read into a pooled buffer: that record comes
+    from the other replica, its own bytes; the others are views of the range, all right."""
+    store, run, want, uuid, path = _read_once(store_factory, monkeypatch, 20_000)
+    with open(path, "r+b") as f:
+        f.seek(run.records[1].offset + 7)
+        b = f.read(1)
+        f.seek(run.records[1].offset + 7)
+        f.write(bytes([b[0] ^ 0xFF]))
+    store.disks[uuid].forget(run.shard_id.hex())
+    got = read_run(store, 1, run, uuid, buffers=runs_mod.Buffers())
+    assert got.fallbacks == 1 and type(got.payloads[run.records[1].sha]) is bytes
+    assert {k: bytes(v) for k, v in got.payloads.items()} == want

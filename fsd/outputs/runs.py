@@ -23,10 +23,12 @@ rule for a reader: the store may be opened read-only, by another user). An objec
 no longer holds or shows (`live`: hidden by a type-A delete, tombstoned by a type-B one,
 dropped by gc) when its run comes up is not read at all — not a byte of it.
 
-Memory: each disk's reader holds the run it reads plus up to `ahead` read ones, and one range
-buffer it reads a local disk's ranges into (each record copied out of it; at most a range's
-longest, `range_limit`: a longer record is read into bytes of its own, freed once copied out);
-the consumer holds the one it is given.
+Memory: each disk's reader holds the run it reads plus up to `ahead` read ones. `read_runs`
+reads a local disk's ranges into range buffers (`Buffers`) and hands a run's records out as
+views of them: the consumer copies what it keeps — its own thread's allocations — and gives
+the buffers back for the next ranges (`RunRead.release`). Other callers (`read_run` alone)
+read into one buffer a reader thread keeps, each record copied out of it. A range is at most
+`range_limit` long; a longer record is read into bytes of its own, copied out as it is checked.
 """
 
 from __future__ import annotations
@@ -81,14 +83,31 @@ class Run:
 
 @dataclass(slots=True)
 class RunRead:
-    """A run read: the payloads of its records the store shows (sha → bytes), the disk it came
-    from, the bytes read off it, how many records came from another replica."""
+    """A run read: the payloads of its records the store shows (sha → bytes, or a view of a
+    range buffer of `Buffers`: good until `release`), the disk it came from, the bytes read off
+    it, how many records came from another replica."""
     number: int
-    payloads: dict[bytes, bytes]
+    payloads: dict[bytes, bytes | memoryview]
     disk: str
     nbytes: int = 0
     fallbacks: int = 0
     unshown: list[bytes] = field(default_factory=list)
+    # the range buffers its payload views are of, and the pool they go back to
+    buffers: list[bytearray] = field(default_factory=list)
+    pool: Buffers | None = None
+
+    def release(self) -> None:
+        """Hand the range buffers back for the next ranges (the payloads copied out first by
+        whoever keeps them): every view of them ended, so a view kept by mistake raises
+        ValueError when used rather than show another range's bytes."""
+        for v in self.payloads.values():
+            if isinstance(v, memoryview):
+                v.release()
+        self.payloads.clear()
+        if self.pool is not None:
+            for buf in self.buffers:
+                self.pool.give(buf)
+        self.buffers.clear()
 
 
 def speeds(store: Store, disks: Sequence[Any]) -> list[float]:
@@ -183,6 +202,37 @@ def scratch_size(n: int) -> int:
     return max(SCRATCH_BYTES, 1 << max(0, n - 1).bit_length())
 
 
+class Buffers:
+    """The range buffers of one `read_runs`: each disk reader reads a local range into one
+    taken here and hands its records out as views of it (`RunRead.payloads`); the consumer,
+    once it has copied what it keeps, gives the buffers back (`RunRead.release`). The copies
+    are then the consumer thread's allocations, freed by that thread: a reader thread
+    allocating the samples another thread frees in shuffled order grows the C allocator's
+    per-thread arenas with the epoch's length. At most `keep` buffers wait here (the readers'
+    ranges in flight: `ahead` runs a disk); one given back past that is freed."""
+
+    #: sizes are rounded up to this, so that ranges of close sizes reuse each other's buffers
+    STEP = 256 << 10
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bytearray:
+        """A buffer of at least `n` bytes: the smallest one waiting that is long enough, or a new one."""
+        with self._lock:
+            fits = [k for k, b in enumerate(self._free) if len(b) >= n]
+            if fits:
+                return self._free.pop(min(fits, key=lambda k: len(self._free[k])))
+        return bytearray(-(-n // self.STEP) * self.STEP)
+
+    def give(self, buf: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(buf)
+
+
 class Follow:
     """A reader following another process's reads of the same runs off the same disks (a
     training loader's workers but the first, hoardfs.datasets.loader): it takes each local
@@ -205,8 +255,8 @@ class Follow:
         self.stopped.add(disk.label)
 
 
-def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]],
-                follow: Follow | None = None) -> Iterator[tuple[list[Rec], Any, OSError | None]]:
+def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]], follow: Follow | None = None,
+                buffers: Buffers | None = None) -> Iterator[tuple[list[Rec], Any, OSError | None]]:
     """Each group (`disk_ranges`) of shard `shard_hex` read off `disk` as one range, from its
     first record's header to its last record's end, `read_streams` at once, in order: (the
     group, its bytes or None, the OSError that failed it). Nothing is checked here.
@@ -216,8 +266,9 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]],
     for — the caller copies what it keeps before (`read_checked`). A range longer than the
     disk's `range_limit` (one record of its own) is read into bytes of its own, freed with
     them: in the buffer, the epoch's largest record would stay held by the reader to its end
-    (every worker process of a training loader reads every run). `follow`: this reader follows
-    another process's reads (`Follow`)."""
+    (every worker process of a training loader reads every run). `buffers`: each range read
+    into a buffer of its own taken there instead (the view handed out is of it, good until the
+    buffer is given back). `follow`: this reader follows another process's reads (`Follow`)."""
     if disk.read_streams <= 1 and hasattr(disk, "read_exact_into"):
         longest = range_limit(disk.read_streams)
         for rng in groups:
@@ -227,7 +278,7 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]],
                 if n > longest:
                     got = (rng, disk.read_exact(shard_hex, a, n), None)
                 else:
-                    view = _scratch_of(n)
+                    view = _scratch_of(n) if buffers is None else memoryview(buffers.take(n))[:n]
                     if follow is not None and follow.follows(disk):
                         k, cached = disk.read_cached_into(shard_hex, a, view)
                         if not cached:
@@ -253,7 +304,8 @@ def read_groups(disk: Any, shard_hex: str, groups: list[list[Rec]],
 
 def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, out: RunRead,
                  elsewhere: str, keep: frozenset[bytes] | None = None,
-                 then: Callable[[], None] | None = None, follow: Follow | None = None) -> list[tuple[Rec, Exception]]:
+                 then: Callable[[], None] | None = None, follow: Follow | None = None,
+                 buffers: Buffers | None = None) -> list[tuple[Rec, Exception]]:
     """Each group of shard `shard_hex` read off `disk` (`read_groups`) and each of its records
     verified (header, xxh3-128) into `out.payloads`, the bytes read counted in `out.nbytes`; the
     records that could not be read or did not check out, each with why — logged (a shard object
@@ -264,13 +316,18 @@ def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, 
     A disk read one range at a time that takes hints (`LocalDisk.prefetch`) is told the next
     range as soon as one arrives, and `then` (the reader's next run's first range, say) is
     called when the last one has: the disk reads on while this thread checks — unless this
-    reader follows another's reads of the disk (`follow`, `Follow`: it hints nothing)."""
+    reader follows another's reads of the disk (`follow`, `Follow`: it hints nothing).
+
+    `buffers` (`Buffers`): a local range is read into a buffer of its own and, when every
+    record is handed out (`keep` None), its records are views of it, copied by the consumer,
+    which gives the buffer back (`RunRead.release`); else each kept record is copied here, as
+    without `buffers`, and the buffer given back at once."""
     where = f" (shard {shard_hex} on {name})"
     failed: list[tuple[Rec, Exception]] = []
     hint = getattr(disk, "prefetch", None) if disk.read_streams <= 1 else None
     if follow is not None and follow.follows(disk):
         hint = None
-    for k, (rng, buf, err) in enumerate(read_groups(disk, shard_hex, groups, follow)):
+    for k, (rng, buf, err) in enumerate(read_groups(disk, shard_hex, groups, follow, buffers)):
         if hint is not None:
             if k + 1 < len(groups):
                 hint(shard_hex, *span(groups[k + 1]))
@@ -285,16 +342,25 @@ def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, 
         view = memoryview(buf)
         base = rng[0].offset - fmt.RECORD_HEADER_SIZE
         out.nbytes += len(buf)
+        # (a range in a buffer of `buffers`: its records handed out as views of it when all are kept)
+        pooled = (buffers, view.obj) if buffers is not None and isinstance(view.obj, bytearray) else None
+        as_views = pooled is not None and keep is None
         for r in rng:
             if keep is not None and r.sha not in keep:
                 continue
             try:
-                out.payloads[r.sha] = bytes(verified_view(view, r.offset - fmt.RECORD_HEADER_SIZE - base, r.sha,
-                                                          r.length, where))
+                payload = verified_view(view, r.offset - fmt.RECORD_HEADER_SIZE - base, r.sha, r.length, where)
+                out.payloads[r.sha] = payload if as_views else bytes(payload)
             except fmt.ShardFormatError as e:
                 log.warning("loader: record %s…%s does not check out (%s); read from %s", r.sha.hex()[:12], where,
                             e, elsewhere)
                 failed.append((r, e))
+        if pooled is not None:
+            if as_views:
+                out.buffers.append(pooled[1])
+            else:
+                view.release()
+                pooled[0].give(pooled[1])
     return failed
 
 
@@ -360,22 +426,26 @@ _UNPLANNED: Any = object()
 
 def read_run(store: Store, number: int, run: Run, uuid: str,
              then: Callable[[], None] | None = None, planned: _Planned | None = _UNPLANNED,
-             follow: Follow | None = None, lead: bool = False) -> RunRead:
+             follow: Follow | None = None, lead: bool = False, buffers: Buffers | None = None) -> RunRead:
     """One run off disk `uuid`: what the store still shows of its kept records, verified, each
     record that fails there read from another replica. A run whose `keep` names some of its
     records is read whole off a local disk (the module's docstring), its kept records alone off
     any other; one that keeps none is not read at all. `then`: called once the run's last range
     is read, before it is checked (`read_checked`); `planned`: its plan, made with nothing
-    written to the index since (`read_runs`); `follow`, `lead`: `Follow`."""
+    written to the index since (`read_runs`); `follow`, `lead`: `Follow`; `buffers`: the
+    range buffers its records may be views of (`read_checked`; the caller then copies what it
+    keeps and calls `RunRead.release`)."""
     p = _planned(store, number, run, uuid, lead) if planned is _UNPLANNED else planned
     if p is None:
         return RunRead(number, {}, "")
     out, failed = p.out, list(p.elsewhere)
+    out.pool = buffers
     if p.disk is not None:
         # a shard file gone is a shard gc retired after the plan (its records were moved: looked
         # up again); any other error is the replica's
         failed += [r for r, _why in read_checked(p.disk, run.shard_id.hex(), p.groups, p.disk.label, out,
-                                                 "another replica, looked up again", run.keep, then, follow)]
+                                                 "another replica, looked up again", run.keep, then, follow,
+                                                 buffers)]
     # a record read elsewhere is read later than its plan: one the store stopped showing since
     # (hidden, tombstoned while the run was read) is not read off another replica either
     shown = store.index.live_many([r.sha for r in failed]) if failed else []
@@ -408,7 +478,9 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD, follow: Fol
     holds whole: DataError) is raised here in its run's place. Closing the iterator stops the
     readers. `follow`: the readers follow another process's reads of the same runs; `lead`:
     others follow these readers' (a local run keeping none of its records is read whole all the
-    same), `Follow`."""
+    same), `Follow`. A run's payloads may be views of its range buffers (`Buffers`): the
+    consumer copies what it keeps, then calls `RunRead.release`."""
+    buffers = Buffers()
     disk_of = assign(store, runs)
     following: dict[int, int] = {}  # run → the next run its disk reads
     last: dict[str, int] = {}
@@ -431,8 +503,8 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD, follow: Fol
         then = None if j is None else lambda: hint(j, u)
         got = hinted.pop(i, None)
         if got is not None and got[0] == store.index.generation():
-            return read_run(store, i, got[1], u, then, got[2], follow, lead)
-        return read_run(store, i, runs[i], u, then, follow=follow, lead=lead)
+            return read_run(store, i, got[1], u, then, got[2], follow, lead, buffers)
+        return read_run(store, i, runs[i], u, then, follow=follow, lead=lead, buffers=buffers)
 
     yield from read_assigned(disk_of, read, ahead)
 
