@@ -861,11 +861,12 @@ def test_each_dataloader_iteration_is_the_next_epoch(built) -> None:
     assert ds.state_dict(3) == {**ds.state_dict(0), "position": 3} and ds.state_dict(0)["epoch"] == 1
 
 
-def test_workers_read_every_run_whole_off_the_same_disk(built) -> None:
-    """Each of 2 or 4 workers (blocks of 1 and of 3) reads every run holding one of its samples
-    (the first: every run, leading the others' reads) as one process reads it — whole, off the same disk, in the same ranges: per disk the bytes
-    one process reads of those runs — so the page cache the workers share has the disks read
-    each byte once; each still yields only its own samples, verified."""
+def test_the_first_worker_reads_every_run_whole_and_the_others_their_own_records(built) -> None:
+    """Of 2 or 4 workers (blocks of 1 and of 3), the first reads every run whole, off the disk
+    one process reads it from, in the same ranges — its own samples' runs and the others' — so
+    the disks are read once for all; each other worker takes only its own records, off the
+    same disks (from the page cache the workers share: `runs.Follow`). Each yields only its own
+    samples, verified, all of them between them."""
     cfg, _ = built
     one = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
     with Store.open(cfg, writable=False) as store:
@@ -886,11 +887,16 @@ def test_workers_read_every_run_whole_off_the_same_disk(built) -> None:
                 got = list(ld)
                 assert all(hashlib.sha256(s["bytes"]).hexdigest() == s["sha256"] for s in got)
                 yielded += [s["key"] for s in got]
-                # (the first leads the others' reads, `runs.Follow`: it reads every run, its own or not)
-                mine = {p.run_of[i] for k, i in enumerate(p.post) if (k // block) % workers == w or w == 0}
                 expect: dict[str, int] = {}
-                for r in mine:
-                    expect[per_run[r][0]] = expect.get(per_run[r][0], 0) + per_run[r][1]
+                if w == 0:
+                    for r in set(p.run_of):
+                        expect[per_run[r][0]] = expect.get(per_run[r][0], 0) + per_run[r][1]
+                else:
+                    for k, i in enumerate(p.post):
+                        if (k // block) % workers == w:
+                            rec = next(x for x in p.runs[p.run_of[i]].records if x.sha == one.shas[i])
+                            disk = per_run[p.run_of[i]][0]
+                            expect[disk] = expect.get(disk, 0) + rec.length + fmt.RECORD_HEADER_SIZE
                 assert ld.stats()["per_disk_bytes"] == expect, (block, workers, w)
             assert sorted(yielded) == sorted(keys)
 
@@ -975,6 +981,13 @@ def test_workers_follow_the_first_ones_reads_and_one_alone_reads_for_itself(
     assert [s["key"] for s in both[1]] == [s["key"] for s in alone[1]]
     assert sorted(s["key"] for w in (0, 1) for s in both[w]) == sorted(keys)
     assert all(hashlib.sha256(s["bytes"]).hexdigest() == s["sha256"] for w in (0, 1) for s in both[w])
+    # the files in the page cache now: the first reads every run whole, the other its own records alone
+    read = {}
+    for w in (0, 1):
+        ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, worker=w, workers=2, block=3, **SMALL)
+        assert [s["key"] for s in ld] == [s["key"] for s in both[w]]
+        read[w] = ld.stats()["read_bytes"]
+    assert 0 < read[1] < read[0] * 0.8, read
 
 
 def test_a_loaders_parts_are_the_worker_loaders_on_its_own_plan(built) -> None:

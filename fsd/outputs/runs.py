@@ -148,13 +148,13 @@ def assign(store: Store, runs: Sequence[Run]) -> list[str]:
     return out
 
 
-def ranges(records: list[Rec], longest: int) -> list[list[Rec]]:
-    """The records (offset order) cut into ranges read whole: a gap up to GAP_BYTES read through."""
+def ranges(records: list[Rec], longest: int, gap: int = GAP_BYTES) -> list[list[Rec]]:
+    """The records (offset order) cut into ranges read whole: a gap up to `gap` read through."""
     out: list[list[Rec]] = []
     start = end = 0
     for r in records:
         a, b = r.offset - fmt.RECORD_HEADER_SIZE, r.offset + r.length
-        if out and a - end <= GAP_BYTES and b - start <= longest:
+        if out and a - end <= gap and b - start <= longest:
             out[-1].append(r)
             end = max(end, b)
         else:
@@ -393,16 +393,20 @@ class _Planned:
     elsewhere: list[Rec]
 
 
-def _planned(store: Store, number: int, run: Run, uuid: str, lead: bool = False) -> _Planned | None:
+def _planned(store: Store, number: int, run: Run, uuid: str, lead: bool = False,
+             follow: Follow | None = None) -> _Planned | None:
     """`read_run`'s ranges of `run` off disk `uuid` (None: it keeps no record, nothing is read —
     unless this reader leads others' reads of the same runs, `lead`: a local run is read whole
-    then, for the followers, `Follow`)."""
+    then, for the followers, `Follow`). A follower of the disk's reads (`follow`) takes its
+    kept records alone, each its own range of the page cache (adjacent ones joined): the
+    leader reads the run whole."""
     kept = run.kept()
     disk = store.disks.get(uuid) if uuid else None
     if not kept and not (lead and run.keep is not None and isinstance(disk, LocalDisk)):
         return None
     out = RunRead(number, {}, disk.label if disk is not None else "")
-    span_ = run.records if run.keep is not None and isinstance(disk, LocalDisk) else kept
+    thin = follow is not None and disk is not None and follow.follows(disk)
+    span_ = run.records if run.keep is not None and isinstance(disk, LocalDisk) and not thin else kept
     flags = store.index.live_many([r.sha for r in span_])
     wanted = [r for r, ok in zip(span_, flags, strict=True) if ok and (run.keep is None or r.sha in run.keep)]
     out.unshown = [r.sha for r, ok in zip(span_, flags, strict=True)
@@ -417,7 +421,8 @@ def _planned(store: Store, number: int, run: Run, uuid: str, lead: bool = False)
             segments[-1].append(r)
         elif segments[-1]:
             segments.append([])
-    return _Planned(out, disk, [g for seg in segments for g in disk_ranges(disk, seg)], [])
+    longest = range_limit(disk.read_streams)
+    return _Planned(out, disk, [g for seg in segments for g in ranges(seg, longest, 0 if thin else GAP_BYTES)], [])
 
 
 #: `read_run` not handed a plan of its run (it plans it then)
@@ -435,7 +440,7 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
     written to the index since (`read_runs`); `follow`, `lead`: `Follow`; `buffers`: the
     range buffers its records may be views of (`read_checked`; the caller then copies what it
     keeps and calls `RunRead.release`)."""
-    p = _planned(store, number, run, uuid, lead) if planned is _UNPLANNED else planned
+    p = _planned(store, number, run, uuid, lead, follow) if planned is _UNPLANNED else planned
     if p is None:
         return RunRead(number, {}, "")
     out, failed = p.out, list(p.elsewhere)
