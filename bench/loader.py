@@ -22,9 +22,10 @@ side: the figure is the reading); **cold** = page cache, dentries and inodes dro
 - **loader, 1 process**: `Loader("ldr-full", split=None)` (its own reader per disk); also over
   `ldr-small`, for the peak RSS at two dataset sizes (a goal: flat in the size); its
   `stats()` — the mix over windows of 1,000 samples, bytes read per disk, fallbacks;
-- **loader, N processes** (4, 8): `TorchDataset(…, decode=len)` under `DataLoader(num_workers=N,
-  batch_size=None)` — the same process count as the file loaders, each worker handing over the
-  sample's size as theirs do (no side pickles the bytes through the DataLoader's pipes);
+- **loader, N processes** (4, 8): `TorchDataset(…, decode=len, transform=itemgetter("data"))`
+  under `DataLoader(num_workers=N, batch_size=None)` — the same process count as the file
+  loaders, each worker handing over the sample's size alone as theirs do (no side pickles the
+  bytes, nor the loader's other fields, through the DataLoader's pipes);
 - **mount, N processes**: `bench/loader_example.py`'s `ImageFiles` listing of the version's
   view through `hoard mount` (its daemon in the cgroup), each item one file read whole, under
   `DataLoader(shuffle=True, num_workers=N)`;
@@ -63,6 +64,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import operator
 import os
 import random
 import shutil
@@ -185,12 +187,13 @@ def child(job: dict) -> None:
             prof.dump_stats(Path(os.environ["HOARD_BENCH_PROFILE"]) / f"loader-{time.time_ns()}.prof")
         out["stats"] = ld.stats()
     elif job["kind"] == "loader":
-        # (each worker hands the DataLoader the sample's size, as a file loader's worker does below:
-        # no side pickles the bytes through the DataLoader's pipes)
-        ds = TorchDataset(job["ref"], split=None, config_path=job["config"], decode=len)
+        # (each worker hands the DataLoader the sample's size alone, as a file loader's worker does
+        # below: no side pickles the bytes, nor the loader's other fields, through the DataLoader's pipes)
+        ds = TorchDataset(job["ref"], split=None, config_path=job["config"], decode=len,
+                          transform=operator.itemgetter("data"))
         out["setup_s"] = time.monotonic() - t0
-        for s in DataLoader(ds, batch_size=None, num_workers=job["procs"]):
-            n, nbytes = n + 1, nbytes + int(s["data"])
+        for size in DataLoader(ds, batch_size=None, num_workers=job["procs"]):
+            n, nbytes = n + 1, nbytes + int(size)
     elif job["procs"] == 0:  # files read in one plain loop: no DataLoader, nothing between the reads
         files = Files(Path(job["root"]), job["order"])
         out["setup_s"] = time.monotonic() - t0

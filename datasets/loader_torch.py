@@ -21,11 +21,16 @@ iteration, from the epoch it was given (the first from `position`, the rest from
 start): the main process's (num_workers=0) and a persistent worker's (persistent_workers=True,
 which iterates its one copy every epoch — a `set_epoch` in the main process never reaches it).
 Workers that are not persistent get a fresh copy each epoch: `set_epoch(e)` before each.
+
+`transform`: a callable each worker applies to every sample before handing it over, e.g. one
+that returns `(tensor, sample["class_index"])` for the DataLoader's default collate — what
+crosses the DataLoader's pipes is what it returns. `state_dict(last=…)` needs a sample's
+`epoch` and `position`: with a transform that drops them, use `state_dict(consumed)`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -37,8 +42,9 @@ __all__ = ["TorchDataset"]
 
 class TorchDataset(IterableDataset):
     def __init__(self, ref: str, split: str | None = "train", seed: int = 0, epoch: int = 0, *, position: int = 0,
-                 block: int = 1, **kwargs: Any) -> None:
+                 block: int = 1, transform: Callable[[dict[str, Any]], Any] | None = None, **kwargs: Any) -> None:
         super().__init__()
+        self.transform = transform
         # checked here, in the process that makes it: a bad name or split is one line now, not
         # a worker's traceback later
         probe = Loader(ref, split, seed, epoch, position=position, block=block, **kwargs)
@@ -65,14 +71,14 @@ class TorchDataset(IterableDataset):
         n = max(0, self.iterations - 1)
         return self.epoch + n, self.position if n == 0 else 0
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         self.iterations += 1
         epoch, position = self._now()
         ld = self.loader.part(worker, workers, epoch, position)
         try:
-            yield from ld
+            yield from (ld if self.transform is None else map(self.transform, ld))
         finally:
             ld.close()
 

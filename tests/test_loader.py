@@ -630,6 +630,14 @@ def test_the_torch_wrapper_under_a_dataloader_with_two_workers(built) -> None:
     batched = TorchDataset("pets@1", "train", 7, 0, block=4, config_path=cfg.source, **SMALL)
     batches = list(DataLoader(batched, batch_size=4, num_workers=2, collate_fn=lambda b: [s["key"] for s in b]))
     assert [k for b in batches for k in b] == keys
+    # a transform each worker applies: (the bytes' length, the key's length) through the default collate
+    shaped = TorchDataset("pets@1", "train", 7, 0, block=4, config_path=cfg.source,
+                          transform=lambda s: (len(s["bytes"]), len(s["key"])), **SMALL)
+    sizes = {s["key"]: (len(s["bytes"]), len(s["key"])) for s in Loader("pets@1", "train", 7, 0, config_path=cfg.source,
+                                                                       **SMALL)}
+    collated = list(DataLoader(shaped, batch_size=4, num_workers=2))
+    assert [(int(a), int(b)) for x, y in collated for a, b in zip(x, y, strict=True)] == [sizes[k] for k in keys]
+    assert TorchDataset.from_state_dict(shaped.state_dict(3), transform=len, config_path=cfg.source).transform is len
     for bad, match in (({"x": 1}, r"not a loader state"), ({**state, "workers": 2, "worker": 0, "block": 1},
                                                              r"is worker 0's of 2: a TorchDataset resumes from the whole")):
         with pytest.raises(LoaderError, match=match) as e:
