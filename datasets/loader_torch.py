@@ -89,7 +89,12 @@ class TorchDataset(IterableDataset):
         epoch, start = self._now()
         position = start + consumed
         if last is not None:  # (the sample names its own epoch and position)
-            epoch, position = int(last["epoch"]), int(last["position"]) + 1
+            try:
+                epoch, position = int(last["epoch"]), int(last["position"]) + 1
+            except (TypeError, KeyError, ValueError, IndexError):
+                raise LoaderError("state_dict(last=…) takes a sample as the loader hands it out (its `epoch` and "
+                                  "`position`); after a transform that drops them, pass state_dict(consumed) the "
+                                  "number of samples handed out") from None
         if position >= self.samples:
             epoch, position = epoch + 1, 0
         return {"state": state_format(self.loader.buffer_bytes), "dataset": self.ref, "manifest": self.manifest,

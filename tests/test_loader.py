@@ -609,6 +609,11 @@ TORCH = importlib.util.find_spec("torch") is not None
 
 @pytest.mark.services  # (importing PyPI's torch starts a process)
 @pytest.mark.needs(TORCH, "TORCH MISSING (the search extra): make search")
+def _lengths(sample: dict[str, Any]) -> tuple[int, int]:
+    """A transform (a module's function: a worker started by spawn unpickles it)."""
+    return len(sample["bytes"]), len(sample["key"])
+
+
 def test_the_torch_wrapper_under_a_dataloader_with_two_workers(built) -> None:
     """TorchDataset under a real DataLoader(num_workers=2): the sequence of the Loader itself,
     each sample once; resumed from state_dict(consumed) with 1 worker it goes on identically."""
@@ -632,12 +637,15 @@ def test_the_torch_wrapper_under_a_dataloader_with_two_workers(built) -> None:
     assert [k for b in batches for k in b] == keys
     # a transform each worker applies: (the bytes' length, the key's length) through the default collate
     shaped = TorchDataset("pets@1", "train", 7, 0, block=4, config_path=cfg.source,
-                          transform=lambda s: (len(s["bytes"]), len(s["key"])), **SMALL)
+                          transform=_lengths, **SMALL)
     sizes = {s["key"]: (len(s["bytes"]), len(s["key"])) for s in Loader("pets@1", "train", 7, 0, config_path=cfg.source,
                                                                        **SMALL)}
     collated = list(DataLoader(shaped, batch_size=4, num_workers=2))
     assert [(int(a), int(b)) for x, y in collated for a, b in zip(x, y, strict=True)] == [sizes[k] for k in keys]
     assert TorchDataset.from_state_dict(shaped.state_dict(3), transform=len, config_path=cfg.source).transform is len
+    with pytest.raises(LoaderError, match=r"state_dict\(last=…\) takes a sample as the loader hands it out") as e:
+        shaped.state_dict(last=collated[0])
+    assert "\n" not in str(e.value)
     for bad, match in (({"x": 1}, r"not a loader state"), ({**state, "workers": 2, "worker": 0, "block": 1},
                                                              r"is worker 0's of 2: a TorchDataset resumes from the whole")):
         with pytest.raises(LoaderError, match=match) as e:
@@ -915,6 +923,28 @@ def _uncached(path: Path) -> None:
     try:
         os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_in_page_cache_tells_cached_bytes_without_reading_them(tmp_path: Path) -> None:
+    """`in_page_cache` (mincore of an untouched mapping): a file's range out of the page cache is
+    not cached, and asking leaves it so (nothing read, no read started); read, it is; an empty
+    range is; a range past the end of the file is not."""
+    data = os.urandom(16 << 20)
+    path = tmp_path / "shard"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _uncached(path)
+        if disks.in_page_cache(fd, 0, len(data)):
+            pytest.skip("this file system keeps the file's pages cached (no page cache to ask)")
+        assert not disks.in_page_cache(fd, 5000, 70_000) and not disks.in_page_cache(fd, 5000, 70_000)
+        assert os.pread(fd, 200_000, 0) == data[:200_000]
+        assert disks.in_page_cache(fd, 5000, 70_000) and disks.in_page_cache(fd, 0, 4096)
+        assert not disks.in_page_cache(fd, 0, len(data)) and not disks.in_page_cache(fd, 12 << 20, 4096)  # (never read)
+        assert disks.in_page_cache(fd, 10, 0)
+        assert not disks.in_page_cache(fd, len(data) + (1 << 20), 4096)
     finally:
         os.close(fd)
 

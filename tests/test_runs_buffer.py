@@ -108,7 +108,7 @@ def test_records_handed_out_as_views_stay_right_once_their_buffer_is_reused(
     store = store_factory(shard_size_mb=128)
     _fresh_buffer(monkeypatch)
     pool = runs_mod.Buffers()
-    run, want = _run(store, [os.urandom(5000 + i) for i in range(3)])
+    run, want = _run(store, [os.urandom(60_000 + i) for i in range(3)])  # (more than half a buffer's 256 KiB)
     uuid = assign(store, [run])[0]
     got = read_run(store, 0, run, uuid, buffers=pool)
     assert all(type(v) is memoryview for v in got.payloads.values()) and len(got.buffers) == 1
@@ -118,7 +118,7 @@ def test_records_handed_out_as_views_stay_right_once_their_buffer_is_reused(
     assert got.payloads == {} and [id(b) for b in pool._free] == [id(buf)]
     with pytest.raises(ValueError):
         bytes(kept_view)
-    run2, want2 = _run(store, [os.urandom(5000 + i) for i in range(3)])
+    run2, want2 = _run(store, [os.urandom(60_000 + i) for i in range(3)])
     got2 = read_run(store, 1, run2, assign(store, [run2])[0], buffers=pool)
     assert [id(b) for b in got2.buffers] == [id(buf)] and pool._free == []  # (the same buffer, overwritten)
     assert {k: bytes(v) for k, v in got2.payloads.items()} == want2 and copies == want
@@ -144,3 +144,20 @@ def test_a_rotten_record_in_a_pooled_range_is_read_from_another_replica(
     got = read_run(store, 1, run, uuid, buffers=runs_mod.Buffers())
     assert got.fallbacks == 1 and type(got.payloads[run.records[1].sha]) is bytes
     assert {k: bytes(v) for k, v in got.payloads.items()} == want
+
+
+def test_a_run_of_sparse_records_holds_no_more_than_its_records(store_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records of 4 KiB each between 300 KiB of other objects (a small split among others): each is
+    a range of its own, and the run read through one `Buffers` holds copies of its records, not a
+    256 KiB buffer for each of them; every buffer goes back to the pool as it is read."""
+    store = store_factory(shard_size_mb=128)
+    _fresh_buffer(monkeypatch)
+    datas = [os.urandom(4096 + i) if i % 2 == 0 else os.urandom(300 << 10) for i in range(64)]
+    run, want = _run(store, datas)
+    sparse = Run(run.shard_id, [r for r in run.records if r.length < 8192])
+    assert len(sparse.records) == 32
+    pool = runs_mod.Buffers()
+    got = read_run(store, 0, sparse, assign(store, [sparse])[0], buffers=pool)
+    assert got.buffers == [] and all(type(v) is bytes for v in got.payloads.values())
+    assert got.payloads == {r.sha: want[r.sha] for r in sparse.records}
+    assert len(pool._free) == 1 and pool._free_bytes == 256 << 10  # (one buffer, taken and given back 32 times)

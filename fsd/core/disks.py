@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import mmap
 import os
 import threading
 import time
@@ -164,6 +165,46 @@ def pread_into(fd: int, buf: memoryview, offset: int) -> int:
 FOLLOW_WAIT_S = 1.0
 #: how often it looks again meanwhile
 FOLLOW_POLL_S = 0.002
+
+
+#: libc's mmap, mincore and munmap through ctypes (`in_page_cache`), loaded at the first ask
+_LIBC: tuple = ()
+
+
+def _libc() -> tuple:
+    global _LIBC
+    if not _LIBC:
+        import ctypes  # deferred: only a training loader's worker asks the page cache, and rarely the first time
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _LIBC = (ctypes, libc)
+    return _LIBC
+
+
+def in_page_cache(fd: int, offset: int, length: int) -> bool:
+    """Whether every page of the file's bytes offset..offset+length is in the page cache, asked
+    with mincore(2) of a mapping nothing touches — no byte is read, and no read started (a
+    `preadv2` RWF_NOWAIT look that misses starts one on some kernels). False where it cannot
+    be told."""
+    if length <= 0:
+        return True
+    ctypes, libc = _libc()
+    page = mmap.PAGESIZE
+    start = offset - offset % page
+    n = offset + length - start
+    addr = libc.mmap(None, n, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        return False
+    try:
+        vec = (ctypes.c_ubyte * (-(-n // page)))()
+        return libc.mincore(addr, n, vec) == 0 and all(b & 1 for b in bytes(vec))
+    finally:
+        libc.munmap(addr, n)
 
 
 def pread_cached_into(fd: int, buf: memoryview, offset: int, wait_s: float | None = None) -> tuple[int, bool]:
@@ -517,6 +558,14 @@ class LocalDisk:
         a reader of many ranges one after the other reuses one buffer, where a fresh `bytes`
         each range has the allocator carve and free ranges of up to MAX_RANGE over and over."""
         return self._on_fd(shard_hex, True, lambda fd: pread_into(fd, buf, offset))
+
+    def cached(self, shard_hex: str, offset: int, length: int) -> bool:
+        """Whether the shard's bytes offset..offset+length are all in the page cache
+        (`in_page_cache`: nothing read); False where the file cannot be asked."""
+        try:
+            return self._on_fd(shard_hex, True, lambda fd: in_page_cache(fd, offset, length))
+        except OSError:
+            return False
 
     def read_cached_into(self, shard_hex: str, offset: int, buf: memoryview) -> tuple[int, bool]:
         """`read_exact_into` by a follower (`pread_cached_into`): the range taken from the page

@@ -97,14 +97,21 @@ class RunRead:
     pool: Buffers | None = None
 
     def release(self) -> None:
-        """Hand the range buffers back for the next ranges (the payloads copied out first by
-        whoever keeps them): every view of them ended, so a view kept by mistake raises
-        ValueError when used rather than show another range's bytes."""
+        """Hand the range buffers back for the next ranges, once whoever keeps the payloads has
+        copied them: the payload views are ended (one kept by mistake raises ValueError when
+        used; a slice made of one is not a payload view and is not ended — the consumer copies
+        each payload it keeps at once). A buffer one of whose payloads is still exported (a
+        numpy array made of it, say) is not given back but left to the collector: no range is
+        read into bytes someone still looks at."""
+        busy = False
         for v in self.payloads.values():
             if isinstance(v, memoryview):
-                v.release()
+                try:
+                    v.release()
+                except BufferError:
+                    busy = True
         self.payloads.clear()
-        if self.pool is not None:
+        if self.pool is not None and not busy:
             for buf in self.buffers:
                 self.pool.give(buf)
         self.buffers.clear()
@@ -208,15 +215,17 @@ class Buffers:
     once it has copied what it keeps, gives the buffers back (`RunRead.release`). The copies
     are then the consumer thread's allocations, freed by that thread: a reader thread
     allocating the samples another thread frees in shuffled order grows the C allocator's
-    per-thread arenas with the epoch's length. At most `keep` buffers wait here (the readers'
-    ranges in flight: `ahead` runs a disk); one given back past that is freed."""
+    per-thread arenas with the epoch's length. At most `keep_bytes` of buffers wait here (the
+    readers' ranges in flight: `ahead` runs a disk, of `run_bytes` each); one given back past
+    that is freed."""
 
     #: sizes are rounded up to this, so that ranges of close sizes reuse each other's buffers
     STEP = 256 << 10
 
-    def __init__(self, keep: int = 64) -> None:
-        self.keep = keep
+    def __init__(self, keep_bytes: int = 256 << 20) -> None:
+        self.keep_bytes = keep_bytes
         self._free: list[bytearray] = []
+        self._free_bytes = 0
         self._lock = threading.Lock()
 
     def take(self, n: int) -> bytearray:
@@ -224,13 +233,16 @@ class Buffers:
         with self._lock:
             fits = [k for k, b in enumerate(self._free) if len(b) >= n]
             if fits:
-                return self._free.pop(min(fits, key=lambda k: len(self._free[k])))
+                buf = self._free.pop(min(fits, key=lambda k: len(self._free[k])))
+                self._free_bytes -= len(buf)
+                return buf
         return bytearray(-(-n // self.STEP) * self.STEP)
 
     def give(self, buf: bytearray) -> None:
         with self._lock:
-            if len(self._free) < self.keep:
+            if self._free_bytes + len(buf) <= self.keep_bytes:
                 self._free.append(buf)
+                self._free_bytes += len(buf)
 
 
 class Follow:
@@ -319,9 +331,11 @@ def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, 
     reader follows another's reads of the disk (`follow`, `Follow`: it hints nothing).
 
     `buffers` (`Buffers`): a local range is read into a buffer of its own and, when every
-    record is handed out (`keep` None), its records are views of it, copied by the consumer,
-    which gives the buffer back (`RunRead.release`); else each kept record is copied here, as
-    without `buffers`, and the buffer given back at once."""
+    record is handed out (`keep` None) and they fill at least half of it (not a range mostly
+    of other objects' gaps: a run of sparse records would hold many times its records' bytes),
+    its records are views of it, copied by the consumer, which gives the buffer back
+    (`RunRead.release`); else each kept record is copied here, as without `buffers`, and the
+    buffer given back at once."""
     where = f" (shard {shard_hex} on {name})"
     failed: list[tuple[Rec, Exception]] = []
     hint = getattr(disk, "prefetch", None) if disk.read_streams <= 1 else None
@@ -344,7 +358,8 @@ def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, 
         out.nbytes += len(buf)
         # (a range in a buffer of `buffers`: its records handed out as views of it when all are kept)
         pooled = (buffers, view.obj) if buffers is not None and isinstance(view.obj, bytearray) else None
-        as_views = pooled is not None and keep is None
+        as_views = pooled is not None and keep is None and \
+            2 * sum(r.length for r in rng) >= len(pooled[1])
         for r in rng:
             if keep is not None and r.sha not in keep:
                 continue
@@ -397,15 +412,19 @@ def _planned(store: Store, number: int, run: Run, uuid: str, lead: bool = False,
              follow: Follow | None = None) -> _Planned | None:
     """`read_run`'s ranges of `run` off disk `uuid` (None: it keeps no record, nothing is read —
     unless this reader leads others' reads of the same runs, `lead`: a local run is read whole
-    then, for the followers, `Follow`). A follower of the disk's reads (`follow`) takes its
-    kept records alone, each its own range of the page cache (adjacent ones joined): the
-    leader reads the run whole."""
+    then, for the followers, `Follow`). A follower of the disk's reads (`follow`) reads the run
+    whole as the leader does, taking each range from the page cache as the leader reads it —
+    unless the whole run is in the page cache already (`LocalDisk.cached`: a warm epoch, or the
+    leader done with it): then its kept records alone, each its own range (adjacent ones
+    joined). (Looking for its own records as the leader reads the run would start reads ahead
+    of the leader's on kernels where a look that misses the cache starts one.)"""
     kept = run.kept()
     disk = store.disks.get(uuid) if uuid else None
     if not kept and not (lead and run.keep is not None and isinstance(disk, LocalDisk)):
         return None
     out = RunRead(number, {}, disk.label if disk is not None else "")
-    thin = follow is not None and disk is not None and follow.follows(disk)
+    thin = (follow is not None and isinstance(disk, LocalDisk) and run.keep is not None and follow.follows(disk)
+            and disk.cached(run.shard_id.hex(), *span(run.records)))
     span_ = run.records if run.keep is not None and isinstance(disk, LocalDisk) and not thin else kept
     flags = store.index.live_many([r.sha for r in span_])
     wanted = [r for r, ok in zip(span_, flags, strict=True) if ok and (run.keep is None or r.sha in run.keep)]
