@@ -44,7 +44,8 @@ passed over). The store is opened read-only, sharing the `readers` lock (ingest,
 looked up again); nothing is written to the store or the SSD.
 
 Memory: the shuffle buffer (at most `buffer_bytes`), the `lanes` runs being interleaved (at most `run_bytes` each), and
-per disk the run being read plus `ahead` read ones — whatever the dataset's size. Per sample:
+per disk the run being read plus `ahead` read ones (range buffers of `runs.Buffers`, each
+sample copied out of them by the thread that hands it out) — whatever the dataset's size. Per sample:
 the plan (a few integers and its record's place) and what `card.Samples` keeps — no manifest:
 it is read at the start in verified pieces, and each sample's line read back from the store
 as the sample is handed out (`_ManifestLines`), checked against the xxh3-64 taken then.
