@@ -6,6 +6,7 @@ dataset build`."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -18,6 +19,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -927,16 +929,25 @@ def _uncached(path: Path) -> None:
         os.close(fd)
 
 
-def test_in_page_cache_tells_cached_bytes_without_reading_them(tmp_path: Path) -> None:
-    """`in_page_cache` (mincore of an untouched mapping): a file's range out of the page cache is
-    not cached, and asking leaves it so (nothing read, no read started); read, it is; an empty
-    range is; a range past the end of the file is not."""
-    data = os.urandom(16 << 20)
+@contextlib.contextmanager
+def _file_out_of_the_cache(tmp_path: Path, size: int) -> Iterator[tuple[int, bytes, Path]]:
+    """A file of `size` random bytes, open, its pages out of the page cache: (fd, bytes, path)."""
+    data = os.urandom(size)
     path = tmp_path / "shard"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
     try:
         _uncached(path)
+        yield fd, data, path
+    finally:
+        os.close(fd)
+
+
+def test_in_page_cache_tells_cached_bytes_without_reading_them(tmp_path: Path) -> None:
+    """`in_page_cache` (mincore of an untouched mapping): a file's range out of the page cache is
+    not cached, and asking leaves it so (nothing read, no read started); read, it is; an empty
+    range is; a range past the end of the file is not."""
+    with _file_out_of_the_cache(tmp_path, 16 << 20) as (fd, data, _path):
         if disks.in_page_cache(fd, 0, len(data)):
             pytest.skip("this file system keeps the file's pages cached (no page cache to ask)")
         assert not disks.in_page_cache(fd, 5000, 70_000) and not disks.in_page_cache(fd, 5000, 70_000)
@@ -945,8 +956,6 @@ def test_in_page_cache_tells_cached_bytes_without_reading_them(tmp_path: Path) -
         assert not disks.in_page_cache(fd, 0, len(data)) and not disks.in_page_cache(fd, 12 << 20, 4096)  # (never read)
         assert disks.in_page_cache(fd, 10, 0)
         assert not disks.in_page_cache(fd, len(data) + (1 << 20), 4096)
-    finally:
-        os.close(fd)
 
 
 def test_a_follower_takes_a_range_from_the_page_cache_as_another_reads_it(
@@ -955,12 +964,7 @@ def test_a_follower_takes_a_range_from_the_page_cache_as_another_reads_it(
     cache; with no leader, the same bytes (its looks start the reads); where the file system
     takes no page-cache-only reads, the same bytes read plainly, said so; a range past the
     file's end: what there is."""
-    data = os.urandom(3 << 20)
-    path = tmp_path / "shard"
-    path.write_bytes(data)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        _uncached(path)
+    with _file_out_of_the_cache(tmp_path, 3 << 20) as (fd, data, path):
         try:
             os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
             pytest.skip("this file system keeps the file's pages cached (no page cache to follow)")
@@ -984,8 +988,6 @@ def test_a_follower_takes_a_range_from_the_page_cache_as_another_reads_it(
         tail = memoryview(bytearray(1 << 20))
         assert disks.pread_cached_into(fd, tail, len(data) - 100) == (100, True)
         assert bytes(tail[:100]) == data[-100:]
-    finally:
-        os.close(fd)
 
 
 def test_workers_follow_the_first_ones_reads_and_one_alone_reads_for_itself(
