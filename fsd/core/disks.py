@@ -186,6 +186,10 @@ def _libc() -> tuple:
     return _LIBC
 
 
+#: mincore's byte a page → its resident bit alone (the other bits are reserved)
+_RESIDENT = bytes(b & 1 for b in range(256))
+
+
 def in_page_cache(fd: int, offset: int, length: int) -> bool:
     """Whether every page of the file's bytes offset..offset+length is in the page cache, asked
     with mincore(2) of a mapping nothing touches — no byte is read, and no read started (a
@@ -202,7 +206,7 @@ def in_page_cache(fd: int, offset: int, length: int) -> bool:
         return False
     try:
         vec = (ctypes.c_ubyte * (-(-n // page)))()
-        return libc.mincore(addr, n, vec) == 0 and all(b & 1 for b in bytes(vec))
+        return libc.mincore(addr, n, vec) == 0 and 0 not in bytes(vec).translate(_RESIDENT)
     finally:
         libc.munmap(addr, n)
 

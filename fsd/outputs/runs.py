@@ -170,10 +170,10 @@ def ranges(records: list[Rec], longest: int, gap: int = GAP_BYTES) -> list[list[
     return out
 
 
-def disk_ranges(disk: Any, records: list[Rec]) -> list[list[Rec]]:
+def disk_ranges(disk: Any, records: list[Rec], gap: int = GAP_BYTES) -> list[list[Rec]]:
     """`ranges` of `records` as one read of `disk` joins them: up to `range_limit` of its reads
     in flight (`read_streams`)."""
-    return ranges(records, range_limit(disk.read_streams))
+    return ranges(records, range_limit(disk.read_streams), gap)
 
 
 def span(group: list[Rec]) -> tuple[int, int]:
@@ -357,9 +357,8 @@ def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, 
         base = rng[0].offset - fmt.RECORD_HEADER_SIZE
         out.nbytes += len(buf)
         # (a range in a buffer of `buffers`: its records handed out as views of it when all are kept)
-        pooled = (buffers, view.obj) if buffers is not None and isinstance(view.obj, bytearray) else None
-        as_views = pooled is not None and keep is None and \
-            2 * sum(r.length for r in rng) >= len(pooled[1])
+        pooled = view.obj if buffers is not None and isinstance(view.obj, bytearray) else None
+        as_views = pooled is not None and keep is None and 2 * sum(r.length for r in rng) >= len(pooled)
         for r in rng:
             if keep is not None and r.sha not in keep:
                 continue
@@ -370,12 +369,12 @@ def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, 
                 log.warning("loader: record %s…%s does not check out (%s); read from %s", r.sha.hex()[:12], where,
                             e, elsewhere)
                 failed.append((r, e))
-        if pooled is not None:
+        if buffers is not None and pooled is not None:
             if as_views:
-                out.buffers.append(pooled[1])
+                out.buffers.append(pooled)
             else:
                 view.release()
-                pooled[0].give(pooled[1])
+                buffers.give(pooled)
     return failed
 
 
@@ -440,8 +439,7 @@ def _planned(store: Store, number: int, run: Run, uuid: str, lead: bool = False,
             segments[-1].append(r)
         elif segments[-1]:
             segments.append([])
-    longest = range_limit(disk.read_streams)
-    return _Planned(out, disk, [g for seg in segments for g in ranges(seg, longest, 0 if thin else GAP_BYTES)], [])
+    return _Planned(out, disk, [g for seg in segments for g in disk_ranges(disk, seg, 0 if thin else GAP_BYTES)], [])
 
 
 #: `read_run` not handed a plan of its run (it plans it then)
