@@ -59,6 +59,7 @@ a state's resume — is the same.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import hashlib
@@ -548,6 +549,23 @@ _OPEN: dict[str, list[Any]] = {}
 _OPEN_LOCK = threading.Lock()
 
 
+#: every loader of this process not yet collected: closed when the interpreter exits (`_at_exit`)
+_LOADERS: weakref.WeakSet[Loader] = weakref.WeakSet()
+
+
+@atexit.register
+def _at_exit() -> None:
+    """Close the loaders whose iterations a script left going (`it = iter(ld); next(it)` held
+    by a global) while their readers still run: the interpreter's teardown freezes those daemon
+    threads, and an iteration closed after that would wait for them — and for the store's
+    close — forever."""
+    for ld in list(_LOADERS):
+        try:
+            ld.close()
+        except Exception as e:  # (the others closed all the same)
+            log.debug("loader: closing at exit: %s", e)
+
+
 @contextlib.contextmanager
 def _shared_store(cfg: config.Settings) -> Iterator[Store]:
     """The store opened read-only under the `readers` lock, shared by the process's loaders
@@ -923,6 +941,7 @@ class Loader:
         #: this loader's iterations not yet collected (`close` ends those still going)
         self._live: weakref.WeakSet[Generator[dict[str, Any], None, None]] = weakref.WeakSet()
         self._closes = 0  # `close` calls: an iteration running through one ends at its next sample
+        _LOADERS.add(self)
         give_back_freed()  # (the manifest was read in pieces of 8 MiB: their pages not kept for the epoch)
 
     def _check_manifest(self, manifest: str | None) -> None:
@@ -1023,6 +1042,7 @@ class Loader:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._live = weakref.WeakSet()
+        _LOADERS.add(self)
 
     def __enter__(self) -> Loader:
         return self

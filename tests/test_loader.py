@@ -1086,3 +1086,23 @@ def test_close_from_a_signal_handler_mid_sample_ends_the_epoch_there_and_loses_n
     assert 0 < len(got) < len(whole)
     assert not [t for t in threading.enumerate() if t.name.startswith("loader-read")]
     assert got + _keys(ld) == whole
+
+
+ABANDONED = """
+import sys
+from hoardfs.loader import Loader
+ld = Loader("pets@1", "train", 7, 0, config_path=sys.argv[1], buffer=7, lanes=3, run_bytes=96 << 10)
+it = iter(ld)
+print(next(it)["key"], flush=True)
+"""
+
+
+def test_a_script_ending_mid_epoch_exits_at_once(built) -> None:
+    """A script that ends with an iteration still going (held by a global, as `it = iter(ld);
+    next(it)` leaves it): the interpreter exits, its readers stopped — not a hang on readers the
+    interpreter's teardown froze."""
+    cfg, _ = built
+    res = subprocess.run([sys.executable, "-c", ABANDONED, str(cfg.source)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() and not res.stderr.strip(), res.stderr
