@@ -42,7 +42,7 @@ help:
 	@echo "make test-ceph - the S3 tests against a private Ceph RGW (where ceph-mon ceph-osd ceph-mgr radosgw are installed)"
 	@echo "make labelstudio - Label Studio in its own venv (var/labelstudio/venv) for the AC5 tests"
 	@echo "make lint   - the docs check, ruff and mypy as configured in pyproject.toml (CI runs it before the tests)"
-	@echo "make docs-check - history numbers in the docs and product code, a README over 10 KiB (tests/docs_check.py)"
+	@echo "make docs-check - history numbers (docs, code, tests, bench, migrations), a README over 10 KiB (tests/docs_check.py)"
 	@echo "make cli-docs - write docs/cli.md's command reference again from the commands' help"
 	@echo "make testing-docs - count each tier's tests with pytest into docs/testing.md's tier table"
 	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
@@ -231,8 +231,9 @@ cli-docs: venv
 testing-docs: venv
 	@$(VENV)/bin/python -m tests.tier_counts
 
-# the docs and the product code say what is: no session, review or issue numbers, a README of
-# at most 10 KiB (tests/docs_check.py; CONTRIBUTING.md, "Docs"). The standard library only.
+# the docs, the code, the tests, the benchmarks and the SQL migrations say what is: no session,
+# review or issue numbers, a README of at most 10 KiB (tests/docs_check.py; CONTRIBUTING.md,
+# "Docs"). The standard library only.
 docs-check:
 	@$(PYTHON) -m tests.docs_check
 

@@ -1,4 +1,4 @@
-"""The batch read's own client work per record, without any I/O (issue 39: what the S3 batch
+"""The batch read's own client work per record, without any I/O (what the S3 batch
 read's client CPU goes on beside the engine's GET loop — docs/benchmarks.md, "W3-L").
 
     python bench/batch_client_cpu.py [--objects 20000] [--rounds 7]

@@ -1,4 +1,4 @@
-"""What starting a `hoard` command costs before it does any work (issue 37: every `hoard`
+"""What starting a `hoard` command costs before it does any work (every `hoard`
 process — a user's, a timer's, each of the thousands the test suite starts — pays it).
 
     python bench/cli_start.py [--repeat 9] [--before DIR]

@@ -1,4 +1,4 @@
-"""Dataset builds (issue 36, docs/datasets.md): a ~2 GB ImageFolder and the same samples as
+"""Dataset builds (docs/datasets.md): a ~2 GB ImageFolder and the same samples as
 WebDataset shards, copy mode, against the export bound; a view-mode build of 1,000,000
 samples; `hoard dataset build --dry-run` over 1,000,000 candidate nodes.
 

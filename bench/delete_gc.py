@@ -1,6 +1,6 @@
 """`hoard delete --batch` and the gc that frees it, two checkouts against each other on a store
-`bench/scale.py --keep --work DIR` kept (issue 37: both grew with the whole store, not with
-the one batch they work on).
+`bench/scale.py --keep --work DIR` kept (the goal: both grow with the one batch they work on, not
+with the whole store).
 
     python bench/delete_gc.py --work DIR --old CHECKOUT [--rounds 4] [--label NAME]
 

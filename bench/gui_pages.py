@@ -1,5 +1,5 @@
 """How long each GUI page takes to show its content in a real browser, with N nodes (default
-100,000) in the database that are N objects in the store — issue #17's "every page answers in
+100,000) in the database that are N objects in the store — the goal: "every page answers in
 under 1 s on a store of 100,000 objects".
 
     python bench/gui_pages.py [--nodes 100000] [--repeat 5] [--relatives 250]

@@ -1,5 +1,5 @@
 """`hoard health --json` as the store grows, and a zone reservation beside 200,000 sealed files
-(issue 37: "`health` and the GUI storage page ≤ 2 s at 10 M"; "every command's cost flat").
+(the goals: "`health` and the GUI storage page ≤ 2 s at 10 M"; "every command's cost flat").
 
     python bench/health_scale.py [--sizes 100000,1000000] [--before DIR] [--zone-files 200000]
 

@@ -1,7 +1,7 @@
 """`hoard delete --batch` and the gc that frees it at two store sizes, this checkout against an
-older one (issue 37: both read every registered manifest, so their time grew with the store,
-not with the one batch; the `held` table, docs/design.md "Which manifests hold an object",
-answers from the index).
+older one (without the `held` table both read every registered manifest, so their time grew
+with the store, not with the one batch; the `held` table, docs/design.md "Which manifests hold
+an object", answers from the index).
 
     python bench/held_scale.py --old CHECKOUT [--sizes 50000,200000] [--batch 10000] [--work DIR]
                                [--object-bytes 512-4096]

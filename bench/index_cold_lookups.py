@@ -1,4 +1,4 @@
-"""What a batch's lookups cost on a cold index (issue 37: `put` of one batch at 10 M objects).
+"""What a batch's lookups cost on a cold index (as in a `put` of one batch at 10 M objects).
 
     python bench/index_cold_lookups.py WORK [--lookups 20000] [--rounds 2]
 

@@ -1,4 +1,4 @@
-"""Where a write-intent's time goes in the server, statement by statement (issue 37: the
+"""Where a write-intent's time goes in the server, statement by statement (the
 100,000-node intent 1.31x from 1 M to 10 M with its block reads flat).
 
     PGOPTIONS="-c session_preload_libraries=auto_explain -c auto_explain.log_min_duration=40 \\

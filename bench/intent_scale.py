@@ -1,4 +1,4 @@
-"""Where a write-intent's time goes as the database grows (issue 37: a 100,000-node intent 3.2×
+"""Where a write-intent's time goes as the database grows (a 100,000-node intent 3.2×
 slower per node at 10 M nodes than at 1 M), this checkout's `apply_write_intent` against an
 older checkout's, on one private PostgreSQL cluster.
 

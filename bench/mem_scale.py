@@ -1,4 +1,4 @@
-"""Peak memory of the whole-store commands as the store grows (issue 37): `hoard check`,
+"""Peak memory of the whole-store commands as the store grows (the goal: flat): `hoard check`,
 `hoard index rebuild` and `hoard gc --dry-run`, time and peak RSS at each size.
 
     python bench/mem_scale.py [--sizes 100000,400000] [--before /tmp/old-checkout] [--json out.json]

@@ -376,8 +376,8 @@ def warm_part(args, cfg_path: Path, mnt: Path, mfs: Path, rels: list[str], branc
         proc = mounted.enter_context(mergerfs_mounted(branches, mfs))
         first_pass("mergerfs", lambda k: mfs / rels[k], proc)
         # (the strongest fair mergerfs: the kernel keeps its files' pages and its entries and
-        # attributes, as the mount's immutable objects let it — review 39: at its defaults each
-        # warm read went through its daemon)
+        # attributes, as the mount's immutable objects let it — at its defaults each
+        # warm read goes through its daemon)
         proc = mounted.enter_context(mergerfs_mounted(branches, mfs_cached, MERGERFS_CACHED))
         first_pass("mergerfs_cached", lambda k: mfs_cached / rels[k], proc)
         proc = mounted.enter_context(hoard_mounted(cfg_path, mnt))

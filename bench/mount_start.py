@@ -1,5 +1,5 @@
 """What `hoard mount` spends before it serves, step by step, on stores of different sizes taken
-in turn (issue 37: does the mount's start grow with the store?).
+in turn (does the mount's start grow with the store?).
 
     python bench/mount_start.py CONFIG [CONFIG …] [--rounds 5]
     python bench/mount_start.py --render      # docs/benchmarks.md's section from the newest JSON

@@ -41,7 +41,7 @@ from tests.near_variants import TRANSFORMS, write_set
 BEGIN = "<!-- bench/neardup.py: begin (written by `bench/neardup.py --render`; do not edit) -->"
 END = "<!-- bench/neardup.py: end -->"
 RESULT = RESULTS / "neardup-default.json"
-#: the transforms whose recall has a goal (issue 40): ≥ 0.95 at the default threshold
+#: the transforms whose recall has a goal: ≥ 0.95 at the default threshold
 GOALS = ("resize", "quality60", "exif_rotated")
 
 

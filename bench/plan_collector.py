@@ -1,5 +1,5 @@
 """What a full cyclic collection costs a batch plan, and what `hoardfs.base.collect.heap_frozen`
-saves (docs/benchmarks.md, "The batch read's client work, session 43").
+saves (docs/benchmarks.md, "The batch read's client work per record, without I/O").
 
     python bench/plan_collector.py [--held 130000] [--made 80000] [--rounds 12]
 

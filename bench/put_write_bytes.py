@@ -1,5 +1,5 @@
-"""What a `hoard put` of one batch really writes, with the LMDB index cold and cached (issue 37:
-bench/scale.py's "put (one batch; index cached)" reported 5.5–9.6 GB of `write_bytes` at 10 M
+"""What a `hoard put` of one batch really writes, with the LMDB index cold and cached
+(bench/scale.py's "put (one batch; index cached)" reported 5.5–9.6 GB of `write_bytes` at 10 M
 objects against 0.3–0.5 GB for the same put with the page cache dropped).
 
     python bench/put_write_bytes.py --work DIR [--rounds 2]

@@ -1,4 +1,4 @@
-"""`hoard index rebuild` of two checkouts on one store, interleaved (issue 37: the rebuild's cost
+"""`hoard index rebuild` of two checkouts on one store, interleaved (the rebuild's cost
 per object at 10 M was 1.76× its cost at 1 M — the `held` fill).
 
     python bench/rebuild_ab.py --work DIR --objects 1000000 --old CHECKOUT [--rounds 2] [--label L]

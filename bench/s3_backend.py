@@ -1,4 +1,4 @@
-"""The S3 backend against its engine (issue 39, item 4): a batch read of N small objects and a
+"""The S3 backend against its engine: a batch read of N small objects and a
 large-object read through hoardfs's S3 backend, each beside the engine's own GET rate for the
 same bytes; the seal's upload beside the engine's multipart PUT rate; `hoard disks replace` of
 a local disk onto an S3 disk — every bound measured in the same run, on the same engine.
@@ -408,7 +408,7 @@ def seal_rounds(eng, disk, seals: list[dict], mib: int, rounds: int,
     saw the engine's PUT move by a tenth between runs while the seal did not); each object
     deleted afterwards (and the engine's room taken back). The round's two open shards are
     written before its PUTs, so every seal and every PUT begins just after the engine's room
-    was taken back (review 47: a seal came after a second of writing its shard). Per setting the
+    was taken back (not, as a seal would otherwise, after a second of writing its shard). Per setting the
     round of median MiB/s and every round's; and the PUTs' (bytes, seconds) per setting."""
     streams = disk.upload_streams
     runs: dict[str, list[dict]] = {"rounds": [], "rounds_one_stream": []}

@@ -1,4 +1,4 @@
-"""Issue 37's ratios judged side by side: two kept stores (`bench/scale.py --keep`, a small and a
+"""bench/scale.py's ratios judged side by side: two kept stores (`bench/scale.py --keep`, a small and a
 large size) re-timed in turn, round after round, so that a machine whose speed drifts (this VM's
 did by 10–25 % within an hour, and by 2× between days) meets both sizes alike.
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import REPO, RESULTS, _commit, _machine, run_timed, write_doc_section
 from bench.scale import GOAL_RATIO, _pretty, _units
 
-#: what issue 37's run left over 1.25× against one of its 1 M measurements (session 40), and the
+#: what bench/scale.py's run left over 1.25× against one of its 1 M measurements, and the
 #: cheap commands beside them; the store's alone (the write-intent and the GUI need a kept cluster);
 #: `index restore` restores the copy `index backup` makes first
 ONLY = "put (one batch),put (one batch; index cached),health --json,info,check,index backup,index rebuild,index restore,mount"

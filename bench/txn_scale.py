@@ -1,4 +1,4 @@
-"""The longest LMDB write transaction of the maintenance commands as the store grows (issue 37:
+"""The longest LMDB write transaction of the maintenance commands as the store grows (the goal:
 no write transaction held longer than 1 s — writers and the mount never stall behind
 maintenance).
 

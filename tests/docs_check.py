@@ -1,10 +1,14 @@
-"""The docs check (`make docs-check`, part of `make lint`): the docs and the product code say
-what is, not how it came to be.
+"""The docs check (`make docs-check`, part of `make lint`): the docs, the code, the tests, the
+benchmarks and the SQL migrations say what is, not how it came to be.
 
-It fails on a session, review or issue number ("session 12", "Review 4", "issue #39") in
-README.md, CONTRIBUTING.md, docs/*.md and the product code's *.py, and on a README.md over
-10 KiB, printing `file:line` for each. History belongs in CHANGES.md and the commit messages;
-CONTRIBUTING.md, "Docs", gives the rules.
+It fails on a session, review or issue number ("session N", "Review N", "issue #N", any case,
+plural too, N a number) in README.md, CONTRIBUTING.md, docs/*.md, the *.py of the product
+code, of tests/ and of bench/ (their subfolders too: bench/peers, tests/chaos), the SQL
+migrations (sql/**/*.sql), the Makefile and the CI scripts (.ci/), and on a README.md over
+10 KiB, printing `file:line` for each. Not checked: CHANGES.md (the history), tests/data (the
+fixtures), bench/results (the measurements) and this check's own test, whose examples are such
+numbers. An upstream project's issue is cited as `owner/repo#N`, which the check lets pass.
+History belongs in CHANGES.md and the commit messages; CONTRIBUTING.md, "Docs", gives the rules.
 
 Run: `python -m tests.docs_check [ROOT]` (ROOT: the checkout, by default this one). Only the
 standard library: it runs before the venv exists.
@@ -19,8 +23,21 @@ from pathlib import Path
 
 #: a development-history reference: the word, then its number
 HISTORY = re.compile(r"\b(sessions?|reviews?|issues?)\s+#?[0-9]+", re.IGNORECASE)
-#: the product code's folders (those of them the checkout has); tests/ and bench/ may tell stories
-CODE = ("fsd", "base", "cli", "jobs", "adapters", "datasets", "sql", "gui", "hoardfs")
+#: the folders checked (those of them the checkout has) and the endings of the files checked in
+#: each, subfolders included: the product code's, the tests', the benchmarks' (bench/peers too),
+#: the SQL migrations and the CI scripts (every file: "" ends every name)
+FOLDERS = {
+    **{code: (".py",) for code in ("fsd", "base", "cli", "jobs", "adapters", "datasets", "gui", "hoardfs")},
+    "sql": (".py", ".sql"),
+    "tests": (".py",),
+    "bench": (".py",),
+    ".ci": ("",),
+}
+#: the files checked at the checkout's top besides the documents
+TOP = ("Makefile",)
+#: not checked: the test fixtures, the benchmarks' raw results, and the test of this check, whose
+#: examples are history numbers
+SKIPPED = ("tests/data", "bench/results", "tests/test_docs_check.py")
 README_MAX = 10 * 1024
 
 
@@ -31,13 +48,20 @@ def documents(root: Path) -> list[Path]:
 
 
 def sources(root: Path) -> list[Path]:
-    """Every *.py of the product code, links not followed (hoardfs/ links to the others)."""
-    found = []
-    for folder in CODE:
+    """The Makefile, then every file of FOLDERS with one of its folder's endings, SKIPPED left out
+    and links not followed (hoardfs/ links to the product code's other folders)."""
+    found = [root / name for name in TOP if (root / name).is_file()]
+    for folder, endings in FOLDERS.items():
         for top, dirs, files in os.walk(root / folder):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            found += [Path(top) / f for f in sorted(files) if f.endswith(".py")]
+            here = Path(top)
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not _skipped(root, here / d))
+            found += [here / f for f in sorted(files)
+                      if f.endswith(endings) and not _skipped(root, here / f)]
     return found
+
+
+def _skipped(root: Path, path: Path) -> bool:
+    return path.relative_to(root).as_posix() in SKIPPED
 
 
 def findings(root: Path) -> list[str]:

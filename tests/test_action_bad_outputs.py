@@ -1,4 +1,4 @@
-"""What a worker writes, through whole runs (issue 35 item 8; parse's own cases are in
+"""What a worker writes, through whole runs (parse's own cases are in
 test_action_parse): a symbolic link out of the output root, a malformed results file, children
 bigger than max_output_bytes (a sparse file of many GB). Each: the run fails at parse with the
 one parse line, nothing of it stored or in SQL, 3C kept for inspection, no 3C reservation left

@@ -1,4 +1,4 @@
-"""The GPU gate's hook (issue 35, AC3/AC4): a contract whose `gate.hook` says "not ready" (exit 1)
+"""The GPU gate's hook (AC3/AC4): a contract whose `gate.hook` says "not ready" (exit 1)
 until the GPU host is up, then ready (exit 0). The run waits in WAIT_GPU_READY holding no worker
 and moves on by itself once the hook says ready — nobody releases it; a hook that hangs is ended
 and counts as not ready; past gate.timeout_s the run fails with one line; a runner killed at the

@@ -1,4 +1,4 @@
-"""Action runs that lose something on the way and must still end (issue 35): a run whose job Redis
+"""Action runs that lose something on the way and must still end: a run whose job Redis
 lost (restarted without its data, an enqueue that failed after the state was saved), Redis down
 between two steps, an ending event written by a process that died before saving the state,
 PostgreSQL down when the ending is recorded, a cancel after a failure or after the store step.

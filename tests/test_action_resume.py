@@ -1,4 +1,4 @@
-"""`hoard action resume RUN` (issue 35): the one way on of every run that stopped — the run id
+"""`hoard action resume RUN`: the one way on of every run that stopped — the run id
 with the inputs and parameters it was recorded with, where `hoard action run NAME` again is that
 run only with the same --nodes/--selector/--param. Every error line, `status`, `runs` and `hoard
 health` name it. Real PostgreSQL, Redis, store and workers."""

@@ -1,6 +1,6 @@
 """AC2–AC4 runs end to end with simple test workers (python scripts writing files): stage into
 3C, run, parse, store the children (class generated), ONE write-intent, finish cleaning 3C —
-and the faults of issue 35 item 8: kill -9 of the runner at every step, a worker exiting
+and the faults a run must survive: kill -9 of the runner at every step, a worker exiting
 non-zero, a timeout, `_DONE` with outputs missing, PostgreSQL down at apply, cancel while
 running, the gate never released, more children than a4_scale. Real PostgreSQL, Redis, store
 and files; the workers are real processes."""

@@ -144,7 +144,7 @@ LONG_NAME = "写" * 80
 def test_a_name_that_fit_beside_its_old_temporary_name_is_still_written(tmp_path: Path, made: str) -> None:
     """NAME_MAX is 255 bytes. `.<name>.part` added 6 bytes to the name; the writer's own
     `.<name>.<pid>-<8 hex>.part` adds up to 23, so `hoard get -o` of a 240-byte name (80 CJK
-    characters) failed `cannot write …: File name too long` (review 40), though the name is
+    characters) failed `cannot write …: File name too long`, though the name is
     legal. The temporary name is cut to fit, never the target's."""
     out = tmp_path / LONG_NAME
     assert len(os.fsencode(out.name)) == 240
@@ -159,7 +159,7 @@ def test_a_name_that_fit_beside_its_old_temporary_name_is_still_written(tmp_path
 def test_a_killed_get_leaves_no_part_behind_the_next_one(tmp_path: Path) -> None:
     """`hoard get -o` stopped by SIGTERM (`timeout`, systemd, kill) runs no clean-up. With one
     shared temporary name the next `get -o` of that path removed the leftover; with a name of
-    each writer's own (review 40) nothing did — a retried download left one object-sized
+    each writer's own, nothing did — a retried download left one object-sized
     `.part` per attempt. The file is now made without a name (O_TMPFILE) and named only just
     before the rename: three killed attempts and one that completes leave only the output."""
     out = tmp_path / "object.bin"
@@ -198,7 +198,7 @@ def test_the_server_user_cannot_have_root_chown_a_file_through_a_link(tmp_path: 
     it to the server: `prepare` chowned the temporary file by its name, which follows a link.
     The server user lists the directory (inotify): between the create and the chown it moved
     the file away and put a link to a root-only file at its name, and root made that file the
-    server's (review 40). The owner is now given by the descriptor (`give_fd_to_server`), on a
+    server's. The owner is now given by the descriptor (`give_fd_to_server`), on a
     file that has no name yet where the file system allows (`named`: where it does not), and
     `give_to_server` of a path gives a link itself, never what it names. (The generator stands
     in for the server user's process at that moment.)"""
@@ -249,7 +249,7 @@ def test_create_new_removes_a_link_planted_at_its_name_and_never_writes_through_
 
 @pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (a link another account owns)")
 def test_a_link_another_account_planted_on_the_way_is_not_followed(tmp_path: Path) -> None:
-    """Review 41: `replacing` opened the file's directory by its path, following every link on
+    """`replacing` opened the file's directory by its path, following every link on
     the way — PostgreSQL's conf.d is the postgres account's, and a conf.d swapped for a link to
     /etc had root write (and `hoard install` chown) its file there. Now the directory is walked
     to (`files.open_dir`) following only links root or this process owns (the kernel's
@@ -286,7 +286,7 @@ def test_a_link_another_account_planted_on_the_way_is_not_followed(tmp_path: Pat
 @pytest.mark.services
 @pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (a link another account owns)")
 def test_a_store_reached_through_another_accounts_link_is_one_line_not_a_traceback(tmp_path: Path) -> None:
-    """Review 44: a store whose SSD root is reached through a link another account owns (a
+    """A store whose SSD root is reached through a link another account owns (a
     developer's home) — `hoard init` as root stopped with a traceback when it wrote the disks'
     identities. Now one line naming the link and the next step, exit 2; through a link root
     owns it initialises as before."""
@@ -322,7 +322,7 @@ def test_a_store_reached_through_another_accounts_link_is_one_line_not_a_traceba
 @pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (a link another account owns)")
 def test_a_link_swapped_between_its_check_and_its_reading_sends_nothing_elsewhere(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Review 44: `open_dir` checked a link's owner by its name, then read its target by its
+    """`open_dir` checked a link's owner by its name, then read its target by its
     name again: the account owning the directory swapped root's link for its own in between
     and the write went where its link pointed. Both are now done on one descriptor of the link
     (O_PATH): the swap, made right after the owner's check, changes nothing."""

@@ -92,7 +92,7 @@ def test_restore_dump_with_confirmation(hoard_home: Path, pg) -> None:
 
 
 def test_verify_backup_after_a_deleted_batch_was_collected(hoard_home: Path, pg, redis_conn) -> None:
-    """Issue #33: `hoard delete --batch X --yes; hoard gc; hoard db backup; hoard db verify-backup`
+    """`hoard delete --batch X --yes; hoard gc; hoard db backup; hoard db verify-backup`
     said "FAILED — 29 of 200 sampled nodes are not in the store": the sample took deleted nodes
     whose bytes gc freed by design. Only nodes whose bytes the store must hold are sampled."""
     cfg, batches = ingest_sample(hoard_home, pg, redis_conn, Spec(seed=43, batches=2, items_per_batch=20,

@@ -319,7 +319,7 @@ def test_orphans_are_set_aside_never_lost(tmp_path: Path) -> None:
 
 @pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_put_that_filled_the_disks_leaves_nothing_check_cannot_clear(tmp_path: Path) -> None:
-    """Issue #33: `hoard put` of large files hits disks full (exit 6), `hoard delete --object`
+    """`hoard put` of large files hits disks full (exit 6), `hoard delete --object`
     of what it stored, `hoard gc` → `hoard check` exit 5 "chunk map entry for <sha>, which is
     not in the store … 1 stale mark" with no next step. Now gc clears stale chunk maps, check
     names the command, and following its advice makes check exit 0."""

@@ -164,7 +164,7 @@ def _demo_end_to_end(hoard_home: Path, pg) -> None:
     for kind, zone, oid in (("stage", "3C", "demo-ytdlp-s7-b000"), ("export", "3D", "demo-images")):
         assert any(ln.startswith(f"{'8' if kind == 'stage' else '9'}. {kind}") for ln in first.stdout.splitlines())
         seal.check_sealed(hoard_home / "ssd" / zone / oid, verify=True)
-    # issue #33: the demo said 3A was emptied and left `_derived` and truth.json there, and
+    # the demo said 3A was emptied and left `_derived` and truth.json there, and
     # `hoard health` exited 4 right after it (no backup yet): it takes its first backup
     zone3a = hoard_home / "ssd" / "3A"  # (its `.tmp`, where HTTP uploads are staged, is `hoard init`'s: empty)
     assert sorted(p.name for p in zone3a.iterdir()) == [".tmp"] and not any((zone3a / ".tmp").iterdir())
@@ -192,7 +192,7 @@ def _demo_end_to_end(hoard_home: Path, pg) -> None:
 
 
 def _demo_dataset_built(home: Path, said: str) -> None:
-    """The demo's dataset (issue 36): version 1 of demo-variants, an ImageFolder of the actions'
+    """The demo's dataset: version 1 of demo-variants, an ImageFolder of the actions'
     children by their `variant` label, sealed in 3D where the demo says it is."""
     line = next(ln for ln in said.splitlines() if ln.startswith("12. dataset"))
     root = home / "ssd" / "3D" / "demo-variants-v1"
@@ -211,7 +211,7 @@ def _row_counts(pg) -> dict[str, int]:
 
 
 def _demo_actions_made(home: Path, cfg: str, pg, said: str) -> dict:
-    """The demo's built-in actions (issue 35): `thumbnail` and `canny` (released at its GPU gate
+    """The demo's built-in actions: `thumbnail` and `canny` (released at its GPU gate
     as a user would) each made one child per image of the demo batches, linked to its image in
     PostgreSQL (edges, labels, result_canny), stored as class generated, shown by `hoard info`
     and by the asset browser's node page. Returns a thumbnail's `hoard info --json`."""

@@ -1,4 +1,4 @@
-"""Text → image search (issue 40 part 5): a tiny open_clip model this module builds with random
+"""Text → image search: a tiny open_clip model this module builds with random
 weights and saves as a weights file, loaded through the code a user's weights go through
 (hoardfs.jobs.clip_model); the `clip-embed` action (AC3, its GPU gate told "cpu") over an ingested batch
 with bad images in it; the embeddings' rows in PostgreSQL; `hoard search` against brute force

@@ -1,4 +1,4 @@
-"""Curation from the command line (issue #33, build 4): `hoard label add|rm`, `hoard select
+"""Curation from the command line: `hoard label add|rm`, `hoard select
 --text`, on a really ingested batch, real PostgreSQL and the real store."""
 
 from __future__ import annotations

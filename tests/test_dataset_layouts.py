@@ -1,4 +1,4 @@
-"""Every dataset layout through the real path (issue 36's "Done when"): images ingested (UA_1),
+"""Every dataset layout through the real path: images ingested (UA_1),
 classes labelled with `hoard label add`, boxes and a polygon written as Label Studio `ls:box`
 labels the way the AC5 round trip writes them (hoardfs.jobs.actions.labelstudio.annotations_to_labels
 → a write-intent), `hoard dataset build SPEC --here --json`, then the sealed tree at the

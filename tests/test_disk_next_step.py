@@ -190,7 +190,7 @@ def test_a_failed_disk_still_attached_holding_the_only_readable_replicas_is_repl
         tmp_path: Path) -> None:
     """A failed disk still at its path, whose shards' other replicas are on a missing disk: it
     is read as the last resort, so the advice is to replace it — and the replacement copies
-    those shards from the failed disk itself (review 42: the advice said the replacement copies
+    those shards from the failed disk itself (before, the advice said the replacement copies
     only the others, and that was so)."""
     cfg_path, results = _store(tmp_path)
     with Store.open(config.load(cfg_path), writable=False) as st:
@@ -311,7 +311,7 @@ def test_a_disk_without_a_copy_of_its_identity_gets_one_at_the_next_open(tmp_pat
 
 @pytest.mark.services  # starts hoard processes
 def test_a_put_of_a_file_whose_stored_copies_cannot_be_read_says_so(tmp_path: Path) -> None:
-    """Review 42: a file put again while every disk holding its stored copies is failed or
+    """A file put again while every disk holding its stored copies is failed or
     missing was answered `existing` (0/2) with exit 0 and "already present" — the team then
     deleted its only readable copy, the one it had just put. Now a line names it (keep the
     file; `hoard health`), the summary counts it and the exit is 5; the files whose copies read

@@ -1,4 +1,4 @@
-"""Events and webhooks (issue 40, part 4): facts recorded as `event` rows where they happen,
+"""Events and webhooks: facts recorded as `event` rows where they happen,
 POSTed to the [[webhooks]] of hoard.toml with an HMAC-SHA256 signature, retried with
 exponential backoff on the RQ queue `events`, every try logged in `webhook_delivery`.
 

@@ -1,4 +1,4 @@
-"""The everyday edges of issue 33 on real PostgreSQL, Redis, store and files: select by source
+"""Everyday edges, on real PostgreSQL, Redis, store and files: select by source
 reaches files whose metadata sits on their post, views and stages of one batch use that
 batch's paths, overlapping puts count exactly, deleted batches do not linger."""
 

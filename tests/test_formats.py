@@ -26,7 +26,7 @@ from hoardfs.fsd.store import Store
 from tests.helpers import dir_disks_config, make_files, missing
 
 REPO = Path(__file__).resolve().parents[1]
-#: the last commit whose index carries no format (issue 38): the previous release, run as is
+#: the last commit whose index carries no format: the previous release, run as is
 PREVIOUS = "aa56867"
 
 

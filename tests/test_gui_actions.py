@@ -1,4 +1,4 @@
-"""`hoard gui`'s Actions pages (issue 35 item 7): every contract (the actions directory's, the
+"""`hoard gui`'s Actions pages: every contract (the actions directory's, the
 built-ins, a bad file with its first problem), runs newest first, one contract described with
 its launch form typed from its `params`, an action run's page (`/runs/action/RUN`: steps, the
 error line, Release at the GPU gate, Cancel, children linking to their node pages, logs) —

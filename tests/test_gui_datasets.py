@@ -1,4 +1,4 @@
-"""`hoard gui`'s Datasets pages (issue 36 item 4): `/datasets/new` writes a spec with a live dry
+"""`hoard gui`'s Datasets pages: `/datasets/new` writes a spec with a live dry
 run (counts per split × class, bytes, 3D's quota, thumbnails per class) and launches the build
 as an RQ job, which a real `hoard worker --burst` runs to a sealed dataset; `/datasets` lists the
 versions, diffs each against the one before, removes and materializes behind a confirmation.

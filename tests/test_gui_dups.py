@@ -1,4 +1,4 @@
-"""`hoard gui`'s /dups page (issue 40, part 2): the near-duplicate groups of `hoard dups` at the
+"""`hoard gui`'s /dups page: the near-duplicate groups of `hoard dups` at the
 threshold chosen, each member a thumbnail linking to its node, mirror images marked. Real test
 PostgreSQL; the hashes are result rows written by a write-intent, as the action writes them."""
 

@@ -1,4 +1,4 @@
-"""`hoard gui`'s /events page (issue 40, part 4): the configured webhooks (by name, never the
+"""`hoard gui`'s /events page: the configured webhooks (by name, never the
 secret or the URL's path), every delivery with its tries and last answer, the events. Subjects
 and receivers' answers come from outside: shown as their characters, never markup. Real test
 PostgreSQL; the deliveries are recorded as the delivery job records them (hoardfs.sql.events)."""

@@ -1,4 +1,4 @@
-"""The asset browser's text → image search box (issue 40, part 5): `/assets?looks=TEXT` shows the
+"""The asset browser's text → image search box: `/assets?looks=TEXT` shows the
 images nearest the text by their CLIP embeddings — the tiny open_clip model of
 tests/test_clip_search.py, named by the environment as hoard.toml would name it — in the order
 brute force over the stored rows gives; the query is shown as text, never as markup. Real test

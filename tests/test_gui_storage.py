@@ -33,7 +33,7 @@ async def test_storage_page_shows_disks_zones_and_backups(user) -> None:
 
 async def test_a_page_answers_while_the_first_status_is_gathered(user) -> None:
     """Right after the GUI started, the first refresh can take longer than NiceGUI's 3 s
-    response_timeout (at 10 M objects the storage page answered 500, issue 37): the page
+    response_timeout (at 10 M objects the storage page answered 500): the page
     answers at once, says so, and fills in when the refresh is done. Here the refresh under
     way holds the cache's lock for 4.5 s, as a slow one does."""
     import threading

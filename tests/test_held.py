@@ -1,4 +1,4 @@
-"""The `held` table (fsd/core/held.py, issue 37): `hoard delete --batch` and gc learn which
+"""The `held` table (fsd/core/held.py): `hoard delete --batch` and gc learn which
 manifests name an object from the index, not by reading every manifest — the work is the
 batch's, not the store's. What it must never do is free an object a registered manifest still
 names: deleting one of two batches that share objects, killing the deletion or gc at any of

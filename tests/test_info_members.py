@@ -118,7 +118,7 @@ def test_a_shared_prefix_reads_the_manifest_and_finds_nothing(store_factory, tmp
 def test_info_looks_up_only_the_manifests_held_names(store_factory, tmp_path: Path) -> None:
     """On an index of format 3, `hoard info` opens the members files of only the manifests whose
     `held` entries name the object — not one per registered batch (its time grew with the
-    number of batches, issue 37): with the members folder emptied, a lookup makes again only the
+    number of batches): with the members folder emptied, a lookup makes again only the
     holders' files, and answers as reading every manifest does."""
     store = store_factory(n_disks=2, caps=None, copy_of_raw=2)
     res = store.put_many(make_files(tmp_path / "in", 30, lo=64, hi=256))

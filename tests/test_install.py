@@ -572,7 +572,7 @@ def test_a_written_file_is_owned_as_the_root_numbers_its_owner_and_never_written
 
 @pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (owners are changed)")
 def test_what_a_written_file_finds_there_is_looked_at_without_following_or_blocking(tmp_path: Path, capsys) -> None:
-    """Review 41: the same text with the wrong owner or mode was left as it was; a FIFO in the
+    """The same text with the wrong owner or mode was left as it was; a FIFO in the
     file's place hung the install (read_text blocks on it); a link to a file with the same
     text was taken for ours. Now: owner and mode are set by a descriptor, a FIFO or a link
     is replaced by the file (the link's target untouched), all without waiting."""
@@ -619,7 +619,7 @@ def test_what_a_written_file_finds_there_is_looked_at_without_following_or_block
 
 @pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (owners are changed)")
 def test_a_file_is_not_written_through_a_directory_another_account_swapped_for_a_link(tmp_path: Path) -> None:
-    """Review 41: PostgreSQL's conf.d is the postgres account's; swapped for a link to /etc, root
+    """PostgreSQL's conf.d is the postgres account's; swapped for a link to /etc, root
     wrote the archive settings there (a parent's link was followed). Now `Host.write` refuses in
     one line naming the link, and nothing is written where it points."""
     root = tmp_path / "root"

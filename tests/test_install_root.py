@@ -26,7 +26,7 @@ TOOLS = ("debootstrap", "unshare", "nsenter", "apt-get", "dpkg-deb")
 #: what a failed start of the backups prints: each unit's runs (a timer's too: hoard-backup.timer fires
 #: at 02:00, and a start that comes while that run is active gets its result), every hoard unit's
 #: journal, the system's warnings (an OOM kill) and PostgreSQL's log — one such failure, in 1 of 5
-#: runs (session 27, between 02:00 and 03:20 UTC), was never explained (docs/testing.md)
+#: runs (between 02:00 and 03:20 UTC), was never explained (docs/testing.md)
 BACKUP_FAILED = ("date -u; systemctl list-timers --all --no-pager; for u in hoard-backup hoard-pgbackrest@full; do "
                  "systemctl show -p Result,ExecMainStartTimestamp,ExecMainExitTimestamp,ExecMainStatus,NRestarts $u; "
                  "done; journalctl -u 'hoard-*' -n 300 --no-pager -o short-precise; journalctl -p warning -n 100 "

@@ -172,7 +172,7 @@ def _pointers_read(cfg: Path) -> tuple[list[str], dict]:
 def test_health_reads_again_only_the_pointers_that_changed_and_names_them_as_check_does(tmp_path: Path) -> None:
     """`hoard health` does not read a pointer whose file and index pointer are the ones the last
     judgement found agreeing (a batch's pointer per disk was its one cost growing with the
-    store, issue 37); a pointer damaged in place (its mtime put back: the ctime moved), one
+    store); a pointer damaged in place (its mtime put back: the ctime moved), one
     replaced by an older one (a new inode), and a memory file that is garbage are each read
     again — health names what check names, and nothing is read twice once they are mended."""
     import os
@@ -237,8 +237,8 @@ def test_a_pointer_changed_through_a_shared_mapping_is_named_once_its_reading_ag
     """A write through a shared writable mapping of a pointer changes its bytes and keeps its
     device, inode, size, mtime and ctime (the kernel stamps the file at the page's first write
     fault only). Health, which remembered the file as agreeing, names it once the last reading
-    of every pointer is older than WHOLE_MAX_S, and at once after check read it (review 38:
-    before, health took it as judged for good while check named it damaged)."""
+    of every pointer is older than WHOLE_MAX_S, and at once after check read it (before,
+    health took it as judged for good while check named it damaged)."""
     import json
     import mmap
     import os
@@ -279,7 +279,7 @@ def test_a_pointer_changed_through_a_shared_mapping_is_named_once_its_reading_ag
         pytest.fail("each of 5 attempts had its page written back between its two writes")
     kept = json.loads(memory.read_bytes())
     # the last reading of every pointer an hour ago; or "ahead" of this clock — written under a
-    # clock that was ahead, or Infinity — which never ages (review 39: health took the damaged
+    # clock that was ahead, or Infinity — which never ages (before, health took the damaged
     # pointer as judged until the next check)
     for whole_at in (kept["whole_at"] - judged.WHOLE_MAX_S, time.time() + 365 * 86400, float("inf")):
         memory.write_bytes(json.dumps(kept | {"whole_at": whole_at}).encode())
@@ -296,7 +296,7 @@ def test_a_pointer_changed_through_a_shared_mapping_is_named_once_its_reading_ag
 
 def test_no_tool_hangs_on_a_fifo_where_health_keeps_its_pointers_memory(tmp_path: Path) -> None:
     """A FIFO planted at `state/pointers-judged.json`: check and verify do not open it (they
-    read every pointer), health does not block on it (it remembers nothing) — review 38: each
+    read every pointer), health does not block on it (it remembers nothing) — before, each
     blocked for good."""
     import os
     import subprocess
@@ -324,7 +324,7 @@ def test_no_tool_hangs_on_a_fifo_where_health_keeps_its_pointers_memory(tmp_path
                         r"health reads it all again until it can — remove what is at that name$", level="WARNING")
 def test_a_memory_file_too_deep_for_json_or_a_directory_there_is_nothing_remembered(tmp_path: Path) -> None:
     """200 KB of `[` at either memory file: health judges as if nothing were remembered and
-    agrees with check (review 39: json's RecursionError escaped, and health said the store could
+    agrees with check (before, json's RecursionError escaped, and health said the store could
     not be opened and dropped its integrity section). A directory planted at a memory's name:
     health still judges, and says why nothing is kept (the warning declared above)."""
     import json
@@ -336,7 +336,7 @@ def test_a_memory_file_too_deep_for_json_or_a_directory_there_is_nothing_remembe
     ssd = config.load(cfg).ssd.root
     _pointers_read(cfg)  # (both memories written)
     kept = {name: json.loads((ssd / name).read_bytes()) for name in (judged.POINTERS, judged.MEMORY)}
-    # and numbers json reads that are no time (review 39: a 401-digit integer's OverflowError
+    # and numbers json reads that are no time (before, a 401-digit integer's OverflowError
     # escaped the loaders as the RecursionError had; NaN made health's ages NaN, not JSON)
     planted = [(name, b"[" * 200_000) for name in kept] + [
         (name, json.dumps(kept[name] | {field: v}).encode())

@@ -538,7 +538,7 @@ def test_a_node_another_transaction_adds_meanwhile_gets_its_edges(db, servers) -
 def test_a_node_committed_while_the_intent_waited_is_known_to_its_checks(db, servers) -> None:
     """Another transaction adds X and Y; the intent adds X and Z and names Y only in an edge.
     Y is in the database once the intent's wait on X ends: the edge is written (the first
-    NodeIds looked everything up before Y was committed — review 45 found the check refusing
+    NodeIds looked everything up before Y was committed — the check refused
     it; the old join-per-statement code saw it)."""
     x, y, z = sha("x"), sha("y"), sha("z")
     doc = {"key": "k", "relationships": [{"name": "crop_of"}],

@@ -1,4 +1,4 @@
-"""A failed disk is read as the last resort (review 41): a disk failed for one EIO is read by
+"""A failed disk is read as the last resort: a disk failed for one EIO is read by
 nothing else, so an object whose other replica rotted was unreadable — and `hoard rebuild
 --disk` of that disk, which copies from the other replicas only, gave up on the whole rebuild
 at the first such shard. Each test tries to lose an acknowledged object that the failed disk
@@ -78,7 +78,7 @@ def test_batch_reads_of_a_shard_whose_disks_all_failed_come_from_them(tmp_path: 
     got: dict[str, bytes] = {}
     store.read_batch(shas, lambda sha, data: got.__setitem__(sha.hex(), bytes(data)))
     assert got == {sha: p.read_bytes() for p, sha in zip(paths, shas, strict=True)}
-    found = check(store)  # its footer read from a failed disk: not "no readable replica footer" (review 42)
+    found = check(store)  # its footer read from a failed disk: not "no readable replica footer"
     assert found.counts == {} and found.problems == []
     store.close()
 
@@ -153,7 +153,7 @@ def _hoard(cfg, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.services  # starts hoard processes
 @pytest.mark.expect_log(r"disk d\d: (read|rebuild) error on shard \w+: .*checksum", level="WARNING")
 def test_replacing_a_disk_by_one_that_holds_its_shards_keeps_two_copies(tmp_path: Path) -> None:
-    """Review 42: `hoard disks replace d1 d2`, d2 already holding the shards d1 shared with it,
+    """`hoard disks replace d1 d2`, d2 already holding the shards d1 shared with it,
     counted d2's copy as the rebuilt one and dropped d1's: one copy left, and none when d2's had
     rotted (exit 0). Now the shard gets its second copy on another disk (from d1 if need be)."""
     store, paths, shas = _store(tmp_path, disks=4)
@@ -175,7 +175,7 @@ def test_replacing_a_disk_by_one_that_holds_its_shards_keeps_two_copies(tmp_path
 
 @pytest.mark.services  # starts hoard processes
 def test_a_disk_is_not_rebuilt_onto_itself(tmp_path: Path) -> None:
-    """Review 42: `hoard rebuild --disk d0 --onto d0` marked d0 failed, then counted its copies
+    """`hoard rebuild --disk d0 --onto d0` marked d0 failed, then counted its copies
     as rebuilt and dropped them all from the index (exit 0). Now refused, nothing changed."""
     store, paths, shas = _store(tmp_path)
     label = store.records[_replicas(store, shas[0])[0]].label
@@ -194,7 +194,7 @@ def test_a_disk_is_not_rebuilt_onto_itself(tmp_path: Path) -> None:
 @pytest.mark.parametrize("how", ["forget", "rebuild of a rotted one"])
 def test_a_failed_disk_is_not_dropped_while_the_copies_counted_instead_are_known_bad(tmp_path: Path,
                                                                                    how: str) -> None:
-    """Review 42: a failed disk d1 holds the last good replica; the shard's two active replicas
+    """A failed disk d1 holds the last good replica; the shard's two active replicas
     were read bad (queued for repair). `hoard disks forget d1` (and `hoard rebuild --disk` of one
     of the bad ones) counted those as copies and dropped d1's: the object was lost. Now a
     replica queued for repair is not counted: forget is refused, the rebuild copies from d1."""
@@ -227,7 +227,7 @@ def test_a_failed_disk_is_not_dropped_while_the_copies_counted_instead_are_known
 
 @pytest.mark.expect_log(r"disk d\d: verify error on shard \w+: .*checksum", level="WARNING")
 def test_verify_repair_mends_a_rotted_replica_from_the_failed_disk(tmp_path: Path) -> None:
-    """Review 42: `hoard verify --repair` looked for a good copy among the usable replicas only,
+    """`hoard verify --repair` looked for a good copy among the usable replicas only,
     so a shard whose one active replica rotted stayed bad (exit 5, no step) while the failed
     disk held it whole; now it is repaired from there, as the docs say."""
     from hoardfs.fsd.io.scrub import verify
@@ -246,7 +246,7 @@ def test_verify_repair_mends_a_rotted_replica_from_the_failed_disk(tmp_path: Pat
 
 @pytest.mark.expect_log(r"disk d\d: verify error on shard \w+: .*checksum", level="WARNING")
 def test_verify_repair_assembles_a_shard_whose_replicas_rotted_at_different_records(tmp_path: Path) -> None:
-    """Review 42: two replicas, each rotted at another record: every object still read (from the
+    """Two replicas, each rotted at another record: every object still read (from the
     one that holds it whole), yet no command could mend the shard — copies were whole-shard
     only. `hoard verify --repair` now assembles a copy record by record onto one bad replica's
     disk, then repairs the other from it."""
@@ -292,7 +292,7 @@ def test_rebuild_assembles_a_copy_when_the_lost_and_the_other_replica_rotted_at_
 @pytest.mark.expect_log(r"disk d\d: (verify|read) error on shard \w+", level="WARNING")
 @pytest.mark.expect_log(r"no copy could be assembled from its replicas", level="WARNING")
 def test_another_shards_file_under_a_shards_name_is_never_assembled_from(tmp_path: Path) -> None:
-    """Review 42 (second): two shards of the same size and count (same-size objects); one
+    """Two shards of the same size and count (same-size objects); one
     replica of A is B's file (a cross-link), A's other replica has one rotted record. The
     assembly took B's footer and records (they check against B's names) and `verify --repair`
     overwrote A's last good copy with them: every object of A lost, verify and check clean.
@@ -325,7 +325,7 @@ def test_another_shards_file_under_a_shards_name_is_never_assembled_from(tmp_pat
 @pytest.mark.expect_log(r"disk d\d: read error on shard \w+: .*checksum", level="WARNING")
 @pytest.mark.expect_log(r"repair of shard \w+ on d\d from d\d failed: payload checksum mismatch", level="WARNING")
 def test_the_repair_queue_assembles_what_no_whole_copy_mends(tmp_path: Path) -> None:
-    """Review 42 (second): reads queued both rotted replicas for repair and `hoard health` said
+    """Reads queued both rotted replicas for repair and `hoard health` said
     `hoard replicate` — which copied whole replicas only, so it never converged. Now the
     repair queue assembles a copy record by record when no whole one exists."""
     store, paths, shas = _store(tmp_path)
@@ -374,7 +374,7 @@ def test_what_verify_repair_cannot_mend_is_said_with_what_still_reads(tmp_path: 
 @pytest.mark.services  # starts hoard processes
 @pytest.mark.expect_log(r"disk d\d: (verify|read|rebuild|replicate) error on shard \w+: not a regular file", level="WARNING")
 def test_a_fifo_in_a_shard_files_place_hangs_nothing_and_is_repaired(tmp_path: Path) -> None:
-    """Review 42: a FIFO where a replica's file should be hung `hoard rebuild` (the open waited
+    """A FIFO where a replica's file should be hung `hoard rebuild` (the open waited
     for a writer). Now every open of a shard file refuses what is not a regular file: reads
     come from the other replica, `hoard verify` names it, `--repair` puts the file back."""
     import os

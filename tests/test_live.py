@@ -1,4 +1,4 @@
-"""The `live` table (fsd/core/live.py, issue 37): gc plans from per-shard counts kept with every
+"""The `live` table (fsd/core/live.py): gc plans from per-shard counts kept with every
 change to the objects table, so `hoard gc --dry-run` and a gc's plan read the dead objects'
 entries, not every object. What it must never do is lose an acknowledged object: a put, a
 deletion or a gc killed at any of their write transactions leaves counts `hoard check` finds

@@ -1,5 +1,5 @@
 """marks.settle — the replay of the disks' marks logs object by object from a spill on disk
-(issue 37: bounded memory) — decides exactly what `replay(agree(logs))` decides from the
+(bounded memory) — decides exactly what `replay(agree(logs))` decides from the
 logs held in memory: the same marks, the same disputed records, each log's own replay."""
 
 from __future__ import annotations

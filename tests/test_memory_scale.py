@@ -1,5 +1,5 @@
-"""Peak memory of the whole-store commands does not grow with the store (issue 37): at 10 M
-objects `hoard check` and `hoard index rebuild` took 13–16 GB (1.2–1.5 KB per object), gc
+"""Peak memory of the whole-store commands does not grow with the store — at 10 M
+objects `hoard check` and `hoard index rebuild` once took 13–16 GB (1.2–1.5 KB per object), gc
 --dry-run ~100 B per object. Measured here, not timed: each command's peak RssAnon — what
 the process allocated; VmHWM also counts the index pages a scan maps, page cache — at two
 store sizes, and the growth per object between them must stay under GROWTH bytes.

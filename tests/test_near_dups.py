@@ -1,4 +1,4 @@
-"""Near-duplicate groups (issue 40 part 2): the perceptual hashes of the `near-dup-hash` action
+"""Near-duplicate groups: the perceptual hashes of the `near-dup-hash` action
 (EXIF orientation applied, the mirror image's pHash), their rows in PostgreSQL as bigints, the
 multi-index grouping against brute force, and `hoard dups` over an ingested batch of real
 pictures and their copies (resized, re-encoded, mirrored, stored sideways) and bad images."""

@@ -1,4 +1,4 @@
-"""Near-duplicate hashes made at ingest (`[ingest] near_dup_at_ingest = true`; issue 40 part 2):
+"""Near-duplicate hashes made at ingest (`[ingest] near_dup_at_ingest = true`):
 a batch's images hashed as it is ingested, with no pipeline stage set up — by the worker (its
 finish step queues the built-in near-dup-hash run over the batch) and by `hoard ingest --here`
 — in the action's sandbox, the rows the action writes. Real PostgreSQL, Redis, RQ workers."""

@@ -94,7 +94,7 @@ def test_verify_reports_a_missing_object(cluster: PrivateCluster, tmp_path: Path
 
 
 def test_verify_skips_deleted_nodes_whose_bytes_were_freed(cluster: PrivateCluster, tmp_path: Path) -> None:
-    """Issue #33: a node deleted (no batch holds it) whose bytes gc freed is not a missing object;
+    """A node deleted (no batch holds it) whose bytes gc freed is not a missing object;
     the pgBackRest verify samples only nodes whose bytes the store must hold."""
     url = _url(cluster)
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))

@@ -1,4 +1,4 @@
-"""`hoard index rebuild` in bounded memory (issue 37) loses nothing at its seams: objects are
+"""`hoard index rebuild` in bounded memory loses nothing at its seams: objects are
 spilled to disk and written in chunks, the marks logs spilled and replayed object by object
 (hoardfs.fsd.core.spill, marks.settle). With chunks of a few entries — every object's records, its
 copies on several disks and its marks-log records on each, fall around many boundaries —

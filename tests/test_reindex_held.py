@@ -1,4 +1,4 @@
-"""`hoard index rebuild` writes the index at this hoardfs's format itself (issue 37): its `held`
+"""`hoard index rebuild` writes the index at this hoardfs's format itself: its `held`
 table filled from the manifests and its `objects` table appended, both in key order, before the
 swap — not left to a migration by the first writer after it, which put `held`'s keys in the
 order the manifests name them (57 % of a rebuild at 10 M objects). The index swapped in is the

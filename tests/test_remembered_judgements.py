@@ -1,4 +1,4 @@
-"""What health and the zones remember instead of reading again (issue 37) — the marks logs'
+"""What health and the zones remember instead of reading again — the marks logs'
 judgement (fsd/io/judged.py) and a sealed output's bytes (fsd/outputs/zones.py) — attacked: a
 log cut and grown again, a hostile or damaged memory, a finding that later appends settle, a
 record stamped in the future. Each test tries to make the integrity tools disagree or a zone

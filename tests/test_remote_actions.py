@@ -358,9 +358,9 @@ def test_a_parsed_json_is_read_as_it_streams_and_refused_before_it_fills_the_ser
     the server's memory — a list of empty maps — before a check looked at it. It is now read as
     it streams: what the engine serves is taken as json.loads takes it, and a document that nests
     too deep, is not JSON, names a top key twice, has a child that is not a map, holds a value
-    longer than TOKEN_MAX (yajl scans such a token again at each read: an 8 MiB number took 4.6 s,
-    review 39), or would take more memory than the server allows (HELD_MAX, lowered here; a
-    string's characters at their width) is refused in one line as soon as that shows — the rest
+    longer than TOKEN_MAX (yajl scans such a token again at each read: an 8 MiB number took 4.6 s),
+    or would take more memory than the server allows (HELD_MAX, lowered here; a string's
+    characters at their width) is refused in one line as soon as that shows — the rest
     of it never read."""
     engine_env(seaweedfs)
     disk = s3_disk(seaweedfs, tmp_path / "staging")
@@ -380,7 +380,7 @@ def test_a_parsed_json_is_read_as_it_streams_and_refused_before_it_fills_the_ser
         body.close()
     # a record's hash of -2**63 (the phash of a blank image: parse._hash64) and integers beyond
     # 64 bits, which yajl cannot hold: read again by ijson's own parser, as json.loads reads them
-    # (review 39: refused as "not JSON", every resume); an empty top key; keys ijson's prefixes
+    # (before, refused as "not JSON", every resume); an empty top key; keys ijson's prefixes
     # would confuse
     odd = {"children": [{"path": "a", "item": {"children": [1]}}], "records": [{"values": {"h": -(2 ** 63)}}],
            "": {"children": 1}, "children.item": 2 ** 64, "n": 123456789012345678901234567890,

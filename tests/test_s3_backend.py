@@ -248,7 +248,7 @@ def test_a_sealed_shard_s_staging_file_goes_after_the_seal_never_one_staged_agai
 def test_the_tmp_sweep_skips_a_file_a_seal_unlinks_under_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A seal unlinks its staging file in the staging folder's tmp/ without the maintenance lock
     the orphan sweep holds: one gone between the sweep's listing and its look at it is skipped,
-    not an internal error (review 47: `hoard verify --orphans` beside a writer)."""
+    not an internal error (as for `hoard verify --orphans` beside a writer)."""
     from hoardfs.fsd.core.beside import LocalBeside
 
     (tmp_path / "tmp").mkdir()
@@ -273,7 +273,7 @@ def test_a_staging_folder_lost_as_its_seal_ends_is_the_disk_gone(seaweedfs, engi
                                                                   how: str) -> None:
     """The staging folder gone (or its mount point left empty) once the upload is done: the seal
     raises DiskGone — the store takes the disk out of use — and makes nothing under the empty
-    mount point (review 47: it raised FileNotFoundError, or left a tmp/ there)."""
+    mount point (before, it raised FileNotFoundError, or left a tmp/ there)."""
     engine_env(seaweedfs)
     disk = s3_disk(seaweedfs, tmp_path / "staging")
     shard, _ = write_shard(disk, [os.urandom(2000)], seal=False)
@@ -293,7 +293,7 @@ def test_a_staging_folder_lost_as_its_seal_ends_is_the_disk_gone(seaweedfs, engi
 
 def test_ctrl_c_while_a_store_waits_for_its_disks_still_closes_it(store_factory) -> None:
     """Store.close waits for an S3 disk's staging files' unlinks (`close_all`): Ctrl-C there still
-    closes the index and lets go of the store lock (review 47)."""
+    closes the index and lets go of the store lock."""
     from hoardfs.fsd.core import storelock
     from hoardfs.fsd.store import lock_root
 
@@ -726,8 +726,8 @@ def test_a_part_failing_beside_a_refused_claim_is_the_claim_s_refusal(seaweedfs,
                                                                         tmp_path: Path) -> None:
     """A part fails while the claim is being refused (another live seal's, other bytes): the
     seal says SealRefused — the replica is left out, the disk stays in service — as when the
-    claim ran before the parts, not the part's EngineError, which takes the disk out of service
-    (review 46); nothing is left behind but the other seal's claim, the shard stays open."""
+    claim ran before the parts, not the part's EngineError, which takes the disk out of service;
+    nothing is left behind but the other seal's claim, the shard stays open."""
     from botocore.exceptions import EndpointConnectionError
 
     engine_env(seaweedfs)
@@ -755,7 +755,7 @@ def test_a_part_failing_beside_a_refused_claim_is_the_claim_s_refusal(seaweedfs,
 def test_ctrl_c_during_a_seal_is_not_held_up_by_its_claim(seaweedfs, engine_env, tmp_path: Path) -> None:
     """Ctrl-C while the upload's parts go up and the claim is slow (an engine that answers
     late): the seal ends at once, its upload aborted and the shard open — it does not wait out
-    the claim (review 46: 3.8 s here, up to the claim's timeouts on an engine that stopped)."""
+    the claim (before, 3.8 s here, up to the claim's timeouts on an engine that stopped)."""
     engine_env(seaweedfs)
     disk = s3_disk(seaweedfs, tmp_path / "staging")
     disk.upload_streams = 1
@@ -882,7 +882,7 @@ def test_each_part_is_checked_against_the_bytes_appended_in_it(seaweedfs, engine
 
 def test_a_write_cut_off_while_it_was_hashed_and_a_changed_part_size_still_seal_right(seaweedfs, engine_env,
                                                                                        tmp_path: Path) -> None:
-    """Review 43: (1) an exception while a write's bytes were hashed — in the sha256 but not yet
+    """(1) An exception while a write's bytes were hashed — in the sha256 but not yet
     in the parts' hashes — and the writer's cut back to the end it had: the seal named the
     object with a sha256 its bytes do not have (the parts still checked). Now any exception in
     a write drops the hashes and the seal hashes the file. (2) A disk's part size changed after

@@ -81,7 +81,7 @@ def test_a_link_planted_at_a_temporary_name_is_not_written_through(home: Path) -
 
 @needs_root
 def test_a_scrapers_link_in_3a_is_no_batch_and_stops_no_other(home: Path) -> None:
-    """Review 44: the scraper links `3A/0evil` to its own refused batch. `hoard ingest --ready`
+    """The scraper links `3A/0evil` to its own refused batch. `hoard ingest --ready`
     took the link for a batch, renamed the real batch's `_READY` through it, then stopped with
     a traceback when writing its `_REASON.txt` there (a link another account owns, not
     followed) — and every batch after it was skipped at each run. A link in 3A is no batch

@@ -227,7 +227,7 @@ def test_batch_read_plan_covers_everything_coalesced(store_factory, tmp_path: Pa
 def test_a_sink_error_in_a_batch_read_is_raised_not_blamed_on_the_disk_read(store_factory, tmp_path: Path,
                                                                            err: int) -> None:
     """The sink (an export writing to a zone) fails: its error is raised as it is, and the disk
-    the objects came from is not blamed — review 41: the sink's EIO marked the healthy source
+    the objects came from is not blamed — before, the sink's EIO marked the healthy source
     disk failed, its ENOSPC was recorded as the source's read error and retried elsewhere."""
     store = store_factory(shard_size_mb=4)
     shas = [r.sha256 for r in store.put_many(make_files(tmp_path / "in", 100))]

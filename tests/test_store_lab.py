@@ -132,7 +132,7 @@ def test_a_rotted_inode_is_read_around_named_by_check_and_mended_by_fsck(lab, tm
     """One bit flips in a shard file's inode on one disk: ext4 answers EBADMSG (its checksum
     fails). The objects come from the other replica; the disk stays in service — one file's
     damage is not a dying disk, and a failed disk is read by nothing, not even for an object
-    whose other replica rotted too (review 41). `hoard check` names the replica with the step
+    whose other replica rotted too. `hoard check` names the replica with the step
     that mends it, and that step works: `e2fsck -f`, then check is clean and the replica reads."""
     store = _lab_store(lab, tmp_path, ["lab1", "lab2", "lab3"], shard_size_mb=4, copy_of_raw=2)
     files = make_files(tmp_path / "in", 60, lo=4000, hi=40000)
@@ -171,7 +171,7 @@ def test_a_rotted_inode_is_read_around_named_by_check_and_mended_by_fsck(lab, tm
 @pytest.mark.expect_log(r"disk lab\d: recovery error on shard \w+: Bad message", level="WARNING")
 def test_a_rotted_inode_on_an_open_shard_does_not_stop_the_store_opening(lab, tmp_path: Path, caplog) -> None:
     """The writer dies before sealing; one bit flips in the inode of one replica's open file
-    (EBADMSG on its stat). A writable open runs recovery: it must not raise (review 41: the
+    (EBADMSG on its stat). A writable open runs recovery: it must not raise (before, the
     stat sat outside recovery's error handling, so no writer could open the store) — the good
     replica is sealed, every committed object reads, the disk stays in service, and `hoard
     check` notes the one replica short, and `hoard replicate` (its step) brings it back; the log
@@ -213,7 +213,7 @@ def test_a_rotted_inode_on_an_open_shard_does_not_stop_the_store_opening(lab, tm
 def test_activate_names_a_rotted_shard_file_and_puts_the_disk_back(lab, tmp_path: Path) -> None:
     """A failed disk was rebuilt away (its files stay on it); one of them has a rotted inode.
     `hoard disks activate` lists the others again and names that one with e2fsck as its step —
-    no traceback (review 41: the stat's EBADMSG escaped), the disk active, every object read.
+    no traceback (before, the stat's EBADMSG escaped), the disk active, every object read.
     (The disk is the one holding most shards: placement follows the disks' room, and a run
     once put none on lab1.)"""
     from hoardfs.fsd.core.disks import DiskState

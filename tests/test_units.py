@@ -1,4 +1,4 @@
-"""One unit convention (issue #33): `hoard disks list`, `hoard health`, the mount's
+"""One unit convention: `hoard disks list`, `hoard health`, the mount's
 `.hoard/health` and a zone's refusal show a capacity the same way — binary units named as
 such (hoard.toml's capacity_gb and quota_gb are GiB) — and `hoard gc` says exactly what it
 removed and what it wrote."""

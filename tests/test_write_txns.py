@@ -1,4 +1,4 @@
-"""No LMDB write transaction grows with the store (issue 37: none held longer than 1 s —
+"""No LMDB write transaction grows with the store (the goal: none held longer than 1 s —
 writers and the mount never stall behind maintenance). Checked by structure, never by time:
 the commands run as processes with HOARD_LMDB_TXN_LOG (fsd/core/txnlog.py) and no write
 transaction may write more than TXN_ENTRIES entries (index puts and deletes, marks-log

@@ -1,7 +1,7 @@
 -- hoardfs schema, migration 013: how many members each batch gained (or lost) per UTC day, kept
 -- by the database itself, so "files ingested per day" (the GUI's chart, sql.browse.ingested_per_day)
 -- sums a few rows per batch instead of scanning every batch_member row of the last 30 days
--- (4.5 s at 10 M members: the storage page timed out, issue 37).
+-- (4.5 s at 10 M members: the storage page timed out).
 --
 -- Append-only: each statement that inserts or deletes members adds one row per (batch, day) it
 -- touched, with the count (negative for a delete), from the statement's transition table.

@@ -1,4 +1,4 @@
--- hoardfs schema, migration 014: events and webhook deliveries (issue 40, part 4).
+-- hoardfs schema, migration 014: events and webhook deliveries.
 --
 -- An `event` row is a fact a person or another system may want to hear of at once: a batch
 -- ingested, an action run finished or failed, a run waiting at its GPU gate, a dataset version

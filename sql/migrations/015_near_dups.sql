@@ -1,4 +1,4 @@
--- hoardfs schema, migration 015: perceptual hashes of images, for near-duplicate groups (issue 40, part 2).
+-- hoardfs schema, migration 015: perceptual hashes of images, for near-duplicate groups.
 --
 -- One row per image node: the hashes the built-in action `near-dup-hash` computed from its
 -- content (jobs/actions/builtin/near_dup_hash.py; docs/near-dups.md), written by the run's

@@ -1,4 +1,4 @@
--- hoardfs schema, migration 017: image embeddings for text → image search (issue 40, part 5).
+-- hoardfs schema, migration 017: image embeddings for text → image search.
 --
 -- One row per (image node, model): the CLIP image embedding the built-in AC3 action
 -- `clip-embed` computed (jobs/actions/builtin/clip_embed.py; docs/search.md), written by the
