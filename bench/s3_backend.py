@@ -408,7 +408,7 @@ def seal_rounds(eng, disk, seals: list[dict], mib: int, rounds: int,
     saw the engine's PUT move by a tenth between runs while the seal did not); each object
     deleted afterwards (and the engine's room taken back). The round's two open shards are
     written before its PUTs, so every seal and every PUT begins just after the engine's room
-    was taken back (not, as a seal would otherwise, after a second of writing its shard). Per setting the
+    was taken back, not a second after its shard was written. Per setting the
     round of median MiB/s and every round's; and the PUTs' (bytes, seconds) per setting."""
     streams = disk.upload_streams
     runs: dict[str, list[dict]] = {"rounds": [], "rounds_one_stream": []}
