@@ -10,6 +10,7 @@ as it was."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,11 +18,18 @@ from typing import Any
 
 class Thread(threading.Thread):
     """A daemon thread running `target(*args)` whose `join` and `is_alive` go by an event set
-    when `target` returns or raises, so an interrupted `join` can be waited on again."""
+    when `target` returns or raises, so an interrupted `join` can be waited on again. In a
+    process forked from the one that started it, the thread does not run (a fork copies only
+    the thread that forked): ended there."""
 
     def __init__(self, target: Callable[..., Any], *args: Any, name: str) -> None:
         super().__init__(target=target, args=args, name=name, daemon=True)
         self._ended = threading.Event()
+        self._pid = os.getpid()
+
+    def start(self) -> None:
+        self._pid = os.getpid()
+        super().start()
 
     def run(self) -> None:
         try:
@@ -29,12 +37,17 @@ class Thread(threading.Thread):
         finally:
             self._ended.set()
 
+    def _elsewhere(self) -> bool:
+        return os.getpid() != self._pid
+
     def join(self, timeout: float | None = None) -> None:
+        if self._elsewhere():
+            return
         if self._ended.wait(timeout):
             super().join()  # (its code is done: what is left is the interpreter's own teardown)
 
     def is_alive(self) -> bool:
-        return super().is_alive() and not self._ended.is_set()
+        return super().is_alive() and not self._ended.is_set() and not self._elsewhere()
 
 
 def join_all(threads: Iterable[Thread], on_interrupt: Callable[[], None] | None = None) -> None:

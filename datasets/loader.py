@@ -590,7 +590,10 @@ def _shared_store(cfg: config.Settings) -> Iterator[Store]:
             got[1] -= 1
             if got[1] == 0 and _OPEN.get(key) is got:
                 del _OPEN[key]
-                got[0].close()
+                # (never the store of the process this one was forked from: closing its LMDB
+                # environment here would free that process's reader slots under it)
+                if got[2] == os.getpid():
+                    got[0].close()
 
 
 class _StoreSource:

@@ -1106,3 +1106,36 @@ def test_a_script_ending_mid_epoch_exits_at_once(built) -> None:
                          timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() and not res.stderr.strip(), res.stderr
+
+
+FORKED = """
+import os, sys, time
+from hoardfs.loader import Loader
+ld = Loader("pets@1", "train", 7, 0, config_path=sys.argv[1], buffer=7, lanes=3, run_bytes=96 << 10)
+it = iter(ld)
+seen = [next(it)["key"] for _ in range(3)]
+from hoardfs.datasets import loader
+index = next(iter(loader._OPEN.values()))[0].index
+txn = index.env.begin()  # (a read the parent has going as the child ends: its slot in LMDB's reader table)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a forked child ending as a script ends: its exit hooks, then the teardown
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), str(os.getpid()) in index.env.readers().split(), flush=True)
+txn.abort()
+seen += [s["key"] for s in it]
+print(" ".join(seen), flush=True)
+"""
+
+
+def test_a_child_forked_mid_epoch_exits_and_leaves_the_epoch_to_its_parent(built) -> None:
+    """A process forked mid-epoch (the iteration, its readers and its store inherited) that ends
+    normally: it exits at once, closing none of what its parent reads with (an LMDB environment
+    closed in the child frees the parent's reader slots) — the parent's epoch goes on to the
+    same sequence as one never forked."""
+    cfg, _ = built
+    res = subprocess.run([sys.executable, "-c", FORKED, str(cfg.source)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    status, keys = res.stdout.splitlines()
+    assert status == "0 True"  # (exited; the parent's reader slot still its own)
+    assert keys.split() == _keys(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
