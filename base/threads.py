@@ -11,6 +11,7 @@ as it was."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -54,7 +55,12 @@ def join_all(threads: Iterable[Thread], on_interrupt: Callable[[], None] | None 
     """Return once every one of `threads` has ended. An exception raised while waiting (a
     Ctrl-C's KeyboardInterrupt) calls `on_interrupt()` — which should tell the threads to
     stop — and is raised once they all have ended: never does this return, or raise, with one
-    of them still running. A second Ctrl-C meanwhile waits too."""
+    of them still running. A second Ctrl-C meanwhile waits too. Nothing is waited for in the
+    interpreter's teardown (a generator holding readers, kept in a script's global, closed as
+    the globals are cleared): its daemon threads are frozen for good then — none runs again,
+    and waiting for one would hang the exit."""
+    if sys.is_finalizing():
+        return
     caught: BaseException | None = None
     for t in threads:
         while t.ident is not None:  # (one never started has nothing to wait for)

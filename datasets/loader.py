@@ -59,7 +59,6 @@ a state's resume — is the same.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import copy
 import hashlib
@@ -67,6 +66,7 @@ import inspect
 import logging
 import os
 import random
+import sys
 import threading
 import weakref
 from array import array
@@ -549,21 +549,16 @@ _OPEN: dict[str, list[Any]] = {}
 _OPEN_LOCK = threading.Lock()
 
 
-#: every loader of this process not yet collected: closed when the interpreter exits (`_at_exit`)
-_LOADERS: weakref.WeakSet[Loader] = weakref.WeakSet()
+def _forked() -> None:
+    """In a child just forked: none of the parent's open stores (its copies are left unclosed:
+    closing one would free the parent's LMDB reader slots) and a lock no thread holds (one the
+    parent's threads held at the fork would stay held here for good)."""
+    global _OPEN_LOCK
+    _OPEN.clear()
+    _OPEN_LOCK = threading.Lock()
 
 
-@atexit.register
-def _at_exit() -> None:
-    """Close the loaders whose iterations a script left going (`it = iter(ld); next(it)` held
-    by a global) while their readers still run: the interpreter's teardown freezes those daemon
-    threads, and an iteration closed after that would wait for them — and for the store's
-    close — forever."""
-    for ld in list(_LOADERS):
-        try:
-            ld.close()
-        except Exception as e:  # (the others closed all the same)
-            log.debug("loader: closing at exit: %s", e)
+os.register_at_fork(after_in_child=_forked)
 
 
 @contextlib.contextmanager
@@ -590,9 +585,10 @@ def _shared_store(cfg: config.Settings) -> Iterator[Store]:
             got[1] -= 1
             if got[1] == 0 and _OPEN.get(key) is got:
                 del _OPEN[key]
-                # (never the store of the process this one was forked from: closing its LMDB
-                # environment here would free that process's reader slots under it)
-                if got[2] == os.getpid():
+                # (never the store of the process this one was forked from — closing its LMDB
+                # environment here would free that process's reader slots under it —, nor in the
+                # interpreter's teardown: its readers may be frozen mid-read, `join_all`)
+                if got[2] == os.getpid() and not sys.is_finalizing():
                     got[0].close()
 
 
@@ -944,7 +940,6 @@ class Loader:
         #: this loader's iterations not yet collected (`close` ends those still going)
         self._live: weakref.WeakSet[Generator[dict[str, Any], None, None]] = weakref.WeakSet()
         self._closes = 0  # `close` calls: an iteration running through one ends at its next sample
-        _LOADERS.add(self)
         give_back_freed()  # (the manifest was read in pieces of 8 MiB: their pages not kept for the epoch)
 
     def _check_manifest(self, manifest: str | None) -> None:
@@ -1045,7 +1040,6 @@ class Loader:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._live = weakref.WeakSet()
-        _LOADERS.add(self)
 
     def __enter__(self) -> Loader:
         return self

@@ -1089,18 +1089,28 @@ def test_close_from_a_signal_handler_mid_sample_ends_the_epoch_there_and_loses_n
 
 
 ABANDONED = """
-import sys
+import sys, threading, time
 from hoardfs.loader import Loader
 ld = Loader("pets@1", "train", 7, 0, config_path=sys.argv[1], buffer=7, lanes=3, run_bytes=96 << 10)
 it = iter(ld)
 print(next(it)["key"], flush=True)
+val = Loader("pets@1", "val", 7, 0, config_path=sys.argv[1], buffer=7, lanes=3, run_bytes=96 << 10)
+started = threading.Event()
+
+def consume():
+    for s in val:
+        started.set()
+        time.sleep(0.05)
+
+threading.Thread(target=consume, daemon=True).start()
+started.wait(30)
 """
 
 
 def test_a_script_ending_mid_epoch_exits_at_once(built) -> None:
     """A script that ends with an iteration still going (held by a global, as `it = iter(ld);
-    next(it)` leaves it): the interpreter exits, its readers stopped — not a hang on readers the
-    interpreter's teardown froze."""
+    next(it)` leaves it) and another being read by a daemon thread: the interpreter exits at
+    once and quietly — no wait for readers its teardown froze, no store closed under them."""
     cfg, _ = built
     res = subprocess.run([sys.executable, "-c", ABANDONED, str(cfg.source)], capture_output=True, text=True,
                          timeout=60)
@@ -1117,9 +1127,11 @@ seen = [next(it)["key"] for _ in range(3)]
 from hoardfs.datasets import loader
 index = next(iter(loader._OPEN.values()))[0].index
 txn = index.env.begin()  # (a read the parent has going as the child ends: its slot in LMDB's reader table)
+loader._OPEN_LOCK.acquire()  # (held by another thread of the parent's at the fork, say)
 pid = os.fork()
 if pid == 0:
     sys.exit(0)  # a forked child ending as a script ends: its exit hooks, then the teardown
+loader._OPEN_LOCK.release()
 _, status = os.waitpid(pid, 0)
 print(os.waitstatus_to_exitcode(status), str(os.getpid()) in index.env.readers().split(), flush=True)
 txn.abort()
