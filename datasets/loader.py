@@ -542,9 +542,9 @@ class Mix:
                 "largest_shard_share": round(self.top_max / self.window, 4)}
 
 
-#: the store each process's loaders share, by index path: [store, users, pid] (LMDB opens an
-#: index once per process — a train and a val loader iterating at once share it; a forked
-#: DataLoader worker opens its own)
+#: the store each process's loaders share, by index path: [store, users] (LMDB opens an index
+#: once per process — a train and a val loader iterating at once share it; a forked DataLoader
+#: worker opens its own: `_forked`)
 _OPEN: dict[str, list[Any]] = {}
 _OPEN_LOCK = threading.Lock()
 
@@ -568,9 +568,9 @@ def _shared_store(cfg: config.Settings) -> Iterator[Store]:
     key = str(cfg.index_dir)
     with _OPEN_LOCK:
         got = _OPEN.get(key)
-        if got is None or got[2] != os.getpid():
+        if got is None:
             try:
-                got = [Store.open(cfg, writable=False, lock="readers", what="a training loader"), 0, os.getpid()]
+                got = [Store.open(cfg, writable=False, lock="readers", what="a training loader"), 0]
             except PermissionError as e:  # a user who may only read: the lock files are written
                 raise LoaderError(f"this user cannot open the store for a training loader ({e.strerror}: "
                                   f"{e.filename or e}): it shares the `readers` lock and LMDB's reader table, "
@@ -585,10 +585,9 @@ def _shared_store(cfg: config.Settings) -> Iterator[Store]:
             got[1] -= 1
             if got[1] == 0 and _OPEN.get(key) is got:
                 del _OPEN[key]
-                # (never the store of the process this one was forked from — closing its LMDB
-                # environment here would free that process's reader slots under it —, nor in the
-                # interpreter's teardown: its readers may be frozen mid-read, `join_all`)
-                if got[2] == os.getpid() and not sys.is_finalizing():
+                # (not in the interpreter's teardown: its readers may be frozen mid-read,
+                # `join_all`; a store of the process this one was forked from is not in `_OPEN`)
+                if not sys.is_finalizing():
                     got[0].close()
 
 

@@ -1130,7 +1130,8 @@ txn = index.env.begin()  # (a read the parent has going as the child ends: its s
 loader._OPEN_LOCK.acquire()  # (held by another thread of the parent's at the fork, say)
 pid = os.fork()
 if pid == 0:
-    sys.exit(0)  # a forked child ending as a script ends: its exit hooks, then the teardown
+    it.close()  # a forked child ending its copy of the iteration (its readers, its store's use),
+    sys.exit(0)  # then as a script ends: its exit hooks, then the teardown
 loader._OPEN_LOCK.release()
 _, status = os.waitpid(pid, 0)
 print(os.waitstatus_to_exitcode(status), str(os.getpid()) in index.env.readers().split(), flush=True)
