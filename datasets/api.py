@@ -43,7 +43,7 @@ from hoardfs.fsd.outputs.write import require_stored, write_copy, write_view
 from hoardfs.fsd.store import Store
 from hoardfs.sql import datasets as sqld
 from hoardfs.sql.apply import apply_write_intent
-from hoardfs.sql.selectors import withheld_nodes
+from hoardfs.sql.selectors import marked_nodes, withheld_nodes
 
 if TYPE_CHECKING:
     import psycopg
@@ -532,12 +532,23 @@ def _record(store: Store, conn: psycopg.Connection, name: str, n: int, made: _Ma
     return shas[0], shas[1]
 
 
-def withheld(conn: psycopg.Connection, store: Store, shas: Iterable[bytes]) -> set[bytes]:
+def withheld(conn: psycopg.Connection, store: Store, shas: Iterable[bytes],
+             marked: set[bytes] | None = None) -> set[bytes]:
     """Those of `shas` a reader of a version leaves out: a node the database marks deleted or
     black-listed, or an object the store does not show (hidden, tombstoned) — what a loader
-    withholds and a published locator lists as withheld."""
+    withholds and a published locator lists as withheld. `marked`: every marked node's sha256
+    (`withheld_marked`), matched here instead of asking the database of each of `shas`."""
     every = set(shas)
-    return withheld_nodes(conn, sorted(every)) | store.index.unshown_among(every)
+    nodes = every & marked if marked is not None else withheld_nodes(conn, sorted(every))
+    return nodes | store.index.unshown_among(every)
+
+
+def withheld_marked(conn: psycopg.Connection, samples: int) -> set[bytes] | None:
+    """Every deleted or black-listed node's sha256, for `withheld` of `samples` sha256s asked in
+    parts: walked when there are at most a quarter as many of them (a store's few deletions:
+    one indexed walk, ~1 ms, for 100,000 samples the database would look up one by one in 0.25 s),
+    None otherwise."""
+    return marked_nodes(conn, max(1, samples // 4))
 
 
 def parse_ref(ref: str, need_version: bool = True) -> tuple[str, int | None]:

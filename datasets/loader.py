@@ -71,7 +71,7 @@ import threading
 import weakref
 from array import array
 from collections import deque
-from collections.abc import Callable, Container, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,29 +302,31 @@ def _located(shas: Sequence[bytes], locate: Callable[[Sequence[bytes]], Mapping[
     number: dict[bytes, int] = {}
     for a in range(0, len(shas), LOCATE):
         part = shas[a:a + LOCATE]
-        _place(out, number, part, locate(part))
+        locs = locate(part)
+        _place(out, number, [locs.get(sha) for sha in part])
     return out
 
 
-def _place(located: Located, number: dict[bytes, int], shas: Sequence[bytes], locs: Mapping[bytes, Any]) -> None:
-    """Append the places of `shas` (from `locs`, sha → ObjectLoc) to `located`, numbering the
-    shards in `number` (shard id → its place in `located`'s ids) as they come."""
+def _place(located: Located, number: dict[bytes, int], places: Iterable[Any]) -> None:
+    """Append `places` (one for each sample in turn: its shard id, offset and length first — an
+    ObjectLoc, a tuple of its fields (`Index.places_many`), a locator's place; None: not in the
+    store) to `located`, numbering the shards in `number`
+    (shard id → its place in `located`'s ids) as they come."""
     ids, shard, offset, length = located
-    get = locs.get
-    for sha in shas:
-        loc = get(sha)
+    for loc in places:
         if loc is None:
             shard.append(-1)
             offset.append(0)
             length.append(0)
             continue
-        k = number.get(loc.shard_id)
+        sid, at, n = loc[0], loc[1], loc[2]
+        k = number.get(sid)
         if k is None:
-            k = number[loc.shard_id] = len(ids)
-            ids.append(loc.shard_id)
+            k = number[sid] = len(ids)
+            ids.append(sid)
         shard.append(k)
-        offset.append(loc.offset)
-        length.append(loc.length)
+        offset.append(at)
+        length.append(n)
 
 
 class Places:
@@ -352,7 +354,7 @@ class Places:
         every = [shas[k:k + 32] for k in range(0, len(shas), 32)]
         for a in range(0, len(every), LOCATE):
             part = every[a:a + LOCATE]
-            _place(self.got, self.number, part, self.store.index.lookup_many(part))
+            _place(self.got, self.number, self.store.index.places_many(part))
 
     def located(self, n: int) -> Located | None:
         """The places of the manifest's `n` samples, once looked up — None when a lookup failed
@@ -609,8 +611,9 @@ class _StoreSource:
         out: set[bytes] = set()
         with api._connect(self.ld.cfg, f"read dataset {self.ld.ref}") as conn, \
                 api._db_errors(f"{self.ld.ref} was read"):
+            marked = api.withheld_marked(conn, len(shas))
             for a in range(0, len(shas), LOCATE):  # (a set of all of them at once: ~0.1 KB a sample)
-                out |= api.withheld(conn, self.store, shas[a:a + LOCATE])
+                out |= api.withheld(conn, self.store, shas[a:a + LOCATE], marked)
         return out
 
     def read_runs(self, runs: Sequence[Run], ahead: int) -> Generator[runs_mod.RunRead, None, None]:

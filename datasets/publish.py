@@ -78,7 +78,7 @@ def publish(cfg: Settings, ref: str, disk: str | None = None, out_dir: Path | No
             samples = card.read_manifest(store.get(manifest_sha))
             shas = sorted({bytes.fromhex(s.sha256) for s in samples})
             with api._db_errors(f"{name} was published"):
-                withheld = api.withheld(conn, store, shas)
+                withheld = api.withheld(conn, store, shas, api.withheld_marked(conn, len(shas)))
             body, placed = _locator(store, name, manifest_sha, shas, withheld, s3, targets)
             written = [_put(store, label, name, body) for label in targets]
     if out_dir is not None:

@@ -404,6 +404,19 @@ def physical_nodes(conn: psycopg.Connection, shas: list[bytes]) -> list[tuple[st
         "FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = ANY(%b)", [shas]).fetchall()]
 
 
+#: `marked_nodes`'s walk (at most the parameter's rows)
+MARKED_NODES = ("SELECT n.sha256 FROM physical_content pc JOIN node n USING (node_id) "
+                "WHERE (pc.is_deleted OR pc.in_black_list) AND n.sha256 IS NOT NULL LIMIT %s")
+
+
+def marked_nodes(conn: psycopg.Connection, most: int) -> set[bytes] | None:
+    """The sha256s of every physical node deleted or black-listed, when there are at most
+    `most` of them (the two partial indexes, migrations 020 and 022: the marked rows alone are
+    read); None when there are more (`withheld_nodes` asks of each sha256 then)."""
+    rows = conn.execute(MARKED_NODES, [most + 1]).fetchall()
+    return None if len(rows) > most else {bytes(r[0]) for r in rows}
+
+
 def withheld_nodes(conn: psycopg.Connection, shas: list[bytes]) -> set[bytes]:
     """The sha256s among `shas` of a physical node deleted or black-listed (the rows of
     `physical_nodes` marked so, without sending every live one back)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hoardfs.base import config
+from hoardfs.fsd.core.index import IndexDamaged
 from hoardfs.fsd.io.replicate import replicate_once
 from hoardfs.fsd.io.writer import _lock, _unlock
 from hoardfs.fsd.maintenance.check import check
@@ -126,6 +127,10 @@ def test_a_malformed_index_entry_is_named_not_a_traceback(tmp_path: Path) -> Non
     with store.index.env.begin(write=True) as txn:
         txn.put(victim, b"short", db=store.index.objects)
         txn.put(shard, b"{not json", db=store.index.shards)
+    # (a training loader's places of its samples: the same fields as a lookup, the bad one named)
+    assert store.index.places_many([other, b"\0" * 32]) == [tuple(store.index.lookup(other)), None]
+    with pytest.raises(IndexDamaged, match=f"the index entry of object {victim.hex()} is malformed"):
+        store.index.places_many([other, victim])
     rep = check(store)
     store.close()
     text = "\n".join(rep.problems)

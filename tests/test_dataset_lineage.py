@@ -21,7 +21,7 @@ import pytest
 from hoardfs.adapters.synth import Spec
 from hoardfs.sql import browse
 from hoardfs.sql.apply import apply_write_intent
-from hoardfs.sql.selectors import query_nodes, selector_query
+from hoardfs.sql.selectors import MARKED_NODES, marked_nodes, query_nodes, selector_query, withheld_nodes
 from tests.helpers import filled_schema
 from tests.test_ingest import ingest_sample
 from tests.test_selectors import picked, tree  # noqa: F401 (a fixture)
@@ -94,6 +94,31 @@ def test_the_lineage_walk_starts_from_the_black_list_by_its_index(chains) -> Non
     got = set(query_nodes(chains, {}).node_ids)
     gone = {h + k for h in range(1, N + 1, 1000) for k in range(4)}
     assert got == set(range(1, N + 1)) - gone
+
+
+def test_the_marked_nodes_are_walked_from_their_partial_indexes(chains) -> None:
+    """The nodes a dataset reader withholds (deleted or black-listed: `marked_nodes`) are found by
+    one walk that starts from the two partial indexes (migrations 020 and 022) — never a scan
+    of every physical_content row —; it gives up (None) past the most asked for, and matches
+    what asking of each sha256 (`withheld_nodes`) finds."""
+    deleted = [5, 6006, 17017]
+    chains.execute("UPDATE physical_content SET is_deleted = true WHERE node_id = ANY(%s)", [deleted])
+    try:
+        chains.execute("ANALYZE physical_content")
+        plan = "\n".join(r[0] for r in chains.execute("EXPLAIN " + MARKED_NODES, [100]))
+        assert "physical_content_deleted" in plan and "physical_content_black_listed" in plan, plan
+        assert "Seq Scan" not in plan, plan
+        marked = {n for n in range(1, N + 1) if n % 1000 == 1} | set(deleted)
+        sha = {n: bytes(r[0]) for n, r in zip(sorted(marked), chains.execute(
+            "SELECT sha256 FROM node WHERE node_id = ANY(%s) ORDER BY node_id", [sorted(marked)]), strict=True)}
+        assert marked_nodes(chains, len(marked)) == set(sha.values())
+        assert marked_nodes(chains, len(marked) - 1) is None
+        asked = [bytes(r[0]) for r in chains.execute("SELECT sha256 FROM node WHERE node_id <= 7000 ORDER BY 1")]
+        assert withheld_nodes(chains, asked) == set(asked) & set(sha.values()) == \
+            {sha[n] for n in marked if n <= 7000}
+    finally:
+        chains.execute("UPDATE physical_content SET is_deleted = false WHERE node_id = ANY(%s)", [deleted])
+        chains.execute("ANALYZE physical_content")
 
 
 # -- real builds --------------------------------------------------------------------------------

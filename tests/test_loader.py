@@ -333,6 +333,41 @@ def test_a_deleted_or_hidden_sample_is_never_yielded(built) -> None:
     assert got_run.nbytes <= span - middle.length - fmt.RECORD_HEADER_SIZE
 
 
+def test_samples_the_database_alone_marks_are_withheld_whether_few_or_many_nodes_are_marked(built, pg) -> None:
+    """A node black-listed or flagged deleted in the database alone (the store still shows its
+    object) is withheld at the epoch's start: with few nodes marked, found by one walk of the
+    marked rows (tests/test_dataset_lineage.py: from their partial indexes); with more than a
+    quarter of the samples marked, asked of each sample — the same samples left out either way."""
+    cfg, _ = built
+    whole = list(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    assert len(whole) >= 16
+
+    def mark(rows: list[dict[str, Any]], column: str) -> None:
+        pg.execute(f"UPDATE physical_content SET {column} = true WHERE node_id = ANY(%s)",
+                   [[r["node_id"] for r in rows]])
+
+    def left(marked: list[dict[str, Any]], walked: bool) -> None:
+        from hoardfs.datasets import api  # (the store's reader side: the same call the loader makes)
+        assert (api.withheld_marked(pg, len(whole)) is not None) is walked
+        ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+        shas = {r["sha256"] for r in marked}  # (a sample of the same content as a marked one: withheld too)
+        gone = {s["key"] for s in whole if s["sha256"] in shas}
+        planned = ld.order()
+        got = list(ld)
+        assert [s["key"] for s in got] == [s["key"] for s in whole if s["key"] not in gone] == planned
+        assert [s["position"] for s in got] == [s["position"] for s in whole if s["key"] not in gone]
+        assert ld.stats()["withheld"] == len(gone)
+
+    few = [whole[1], whole[-2]]
+    mark(few[:1], "in_black_list")
+    mark(few[1:], "is_deleted")
+    left(few, walked=True)
+    many = whole[::3]
+    assert len(many) > len(whole) // 4
+    mark(many, "is_deleted")
+    left(many + few, walked=False)
+
+
 def test_a_sample_hidden_after_its_run_was_read_is_not_handed_out(built) -> None:
     """A sample whose run was read (its bytes held, its position still to come) and which
     `hoard delete --node` then hides is not handed out: the check at hand-out looks at the index again once

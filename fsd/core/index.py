@@ -56,6 +56,7 @@ from __future__ import annotations
 import heapq
 import json
 import stat
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -216,6 +217,25 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
             for sha in shas:
                 if raw := get(sha):
                     out[sha] = unpack(raw, sha)
+        return out
+
+    def places_many(self, shas: Sequence[bytes]) -> list[tuple[bytes, int, int, int] | None]:
+        """`lookup_many`'s answers in the order of `shas`, as plain tuples (shard id, offset,
+        length, flags; None: not held) — a training loader's start places 100,000 samples, and
+        no ObjectLoc nor dict made for each takes half the time."""
+        unpack = _OBJ.unpack
+        out: list[tuple[bytes, int, int, int] | None] = []
+        with self.env.begin(db=self.objects) as txn:
+            get = txn.get
+            for sha in shas:
+                raw = get(sha)
+                if raw is None:
+                    out.append(None)
+                    continue
+                try:
+                    out.append(unpack(raw))
+                except struct.error:  # (IndexDamaged, naming the object)
+                    ObjectLoc.unpack(raw, sha)
         return out
 
     def add_objects(self, entries: list[tuple[bytes, ObjectLoc]], shard: ShardMeta | None = None,
