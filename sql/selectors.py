@@ -404,17 +404,26 @@ def physical_nodes(conn: psycopg.Connection, shas: list[bytes]) -> list[tuple[st
         "FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = ANY(%b)", [shas]).fetchall()]
 
 
-#: `marked_nodes`'s walk (at most the parameter's rows)
-MARKED_NODES = ("SELECT n.sha256 FROM physical_content pc JOIN node n USING (node_id) "
-                "WHERE (pc.is_deleted OR pc.in_black_list) AND n.sha256 IS NOT NULL LIMIT %s")
+#: `marked_nodes`'s walk: the marked nodes' ids off the two partial indexes alone, each arm at
+#: most `k` rows (a join with `node` here lets the planner scan either table whole once it
+#: expects thousands of marked rows, or marked rows clustered by id — a batch deleted whole)
+MARKED_IDS = ("(SELECT node_id FROM physical_content WHERE is_deleted LIMIT %(k)s) UNION "
+              "(SELECT node_id FROM physical_content WHERE in_black_list LIMIT %(k)s)")
 
 
 def marked_nodes(conn: psycopg.Connection, most: int) -> set[bytes] | None:
     """The sha256s of every physical node deleted or black-listed, when there are at most
-    `most` of them (the two partial indexes, migrations 020 and 022: the marked rows alone are
-    read); None when there are more (`withheld_nodes` asks of each sha256 then)."""
-    rows = conn.execute(MARKED_NODES, [most + 1]).fetchall()
-    return None if len(rows) > most else {bytes(r[0]) for r in rows}
+    `most` of them: their ids read off the two partial indexes (migrations 020 and 022) alone,
+    then their sha256s by primary key. None when there are more, or when the schema predates
+    migration 022 (the walk would read every physical_content row): `withheld_nodes` asks of
+    each sha256 then."""
+    index = conn.execute("SELECT to_regclass('physical_content_deleted')").fetchone()
+    if index is None or index[0] is None:
+        return None
+    ids = [r[0] for r in conn.execute(MARKED_IDS, {"k": most + 1})]
+    if len(ids) > most:  # (an arm stopped at its limit: more marked than `most`)
+        return None
+    return {bytes(r[0]) for r in conn.execute("SELECT sha256 FROM node WHERE node_id = ANY(%s)", [ids])}
 
 
 def withheld_nodes(conn: psycopg.Connection, shas: list[bytes]) -> set[bytes]:

@@ -129,6 +129,11 @@ def test_a_malformed_index_entry_is_named_not_a_traceback(tmp_path: Path) -> Non
         txn.put(shard, b"{not json", db=store.index.shards)
     # (a training loader's places of its samples: the same fields as a lookup, the bad one named)
     assert store.index.places_many([other, b"\0" * 32]) == [tuple(store.index.lookup(other)), None]
+    with store.index.env.begin(write=True) as txn:  # (an empty value: not held, for both)
+        txn.put(b"\1" * 32, b"", db=store.index.objects)
+    assert store.index.places_many([b"\1" * 32]) == [None] and store.index.lookup_many([b"\1" * 32]) == {}
+    with store.index.env.begin(write=True) as txn:
+        txn.delete(b"\1" * 32, db=store.index.objects)
     with pytest.raises(IndexDamaged, match=f"the index entry of object {victim.hex()} is malformed"):
         store.index.places_many([other, victim])
     rep = check(store)

@@ -21,7 +21,7 @@ import pytest
 from hoardfs.adapters.synth import Spec
 from hoardfs.sql import browse
 from hoardfs.sql.apply import apply_write_intent
-from hoardfs.sql.selectors import MARKED_NODES, marked_nodes, query_nodes, selector_query, withheld_nodes
+from hoardfs.sql.selectors import MARKED_IDS, marked_nodes, query_nodes, selector_query, withheld_nodes
 from tests.helpers import filled_schema
 from tests.test_ingest import ingest_sample
 from tests.test_selectors import picked, tree  # noqa: F401 (a fixture)
@@ -97,27 +97,38 @@ def test_the_lineage_walk_starts_from_the_black_list_by_its_index(chains) -> Non
 
 
 def test_the_marked_nodes_are_walked_from_their_partial_indexes(chains) -> None:
-    """The nodes a dataset reader withholds (deleted or black-listed: `marked_nodes`) are found by
-    one walk that starts from the two partial indexes (migrations 020 and 022) — never a scan
-    of every physical_content row —; it gives up (None) past the most asked for, and matches
-    what asking of each sha256 (`withheld_nodes`) finds."""
-    deleted = [5, 6006, 17017]
-    chains.execute("UPDATE physical_content SET is_deleted = true WHERE node_id = ANY(%s)", [deleted])
-    try:
-        chains.execute("ANALYZE physical_content")
-        plan = "\n".join(r[0] for r in chains.execute("EXPLAIN " + MARKED_NODES, [100]))
+    """The nodes a dataset reader withholds (deleted or black-listed: `marked_nodes`) are found
+    from the two partial indexes (migrations 020 and 022) — never a scan of every
+    physical_content or node row, whether a few nodes are marked here and there or a whole
+    batch's thousands, its ids in one block —; the walk gives up (None) past the most asked
+    for, or without migration 022's index, and finds what asking of each sha256
+    (`withheld_nodes`) finds."""
+    black = {n for n in range(1, N + 1) if n % 1000 == 1}
+    sha = dict(chains.execute("SELECT node_id, sha256 FROM node").fetchall())
+
+    def deleted(ids: list[int]) -> None:
+        chains.execute("UPDATE physical_content SET is_deleted = node_id = ANY(%s)", [ids])
+        chains.execute("VACUUM ANALYZE physical_content")
+        plan = "\n".join(r[0] for r in chains.execute("EXPLAIN " + MARKED_IDS, {"k": N}))
         assert "physical_content_deleted" in plan and "physical_content_black_listed" in plan, plan
-        assert "Seq Scan" not in plan, plan
-        marked = {n for n in range(1, N + 1) if n % 1000 == 1} | set(deleted)
-        sha = {n: bytes(r[0]) for n, r in zip(sorted(marked), chains.execute(
-            "SELECT sha256 FROM node WHERE node_id = ANY(%s) ORDER BY node_id", [sorted(marked)]), strict=True)}
-        assert marked_nodes(chains, len(marked)) == set(sha.values())
+        assert "Seq Scan" not in plan and "physical_content_pkey" not in plan, plan
+        marked = black | set(ids)
+        assert marked_nodes(chains, len(marked)) == {bytes(sha[n]) for n in marked}
         assert marked_nodes(chains, len(marked) - 1) is None
-        asked = [bytes(r[0]) for r in chains.execute("SELECT sha256 FROM node WHERE node_id <= 7000 ORDER BY 1")]
-        assert withheld_nodes(chains, asked) == set(asked) & set(sha.values()) == \
-            {sha[n] for n in marked if n <= 7000}
+        asked = [bytes(sha[n]) for n in range(1, 7001)]
+        assert withheld_nodes(chains, asked) == {bytes(sha[n]) for n in marked if n <= 7000}
+
+    try:
+        deleted([5, 6006, 17017])  # a few, here and there
+        deleted(list(range(N - 3000 + 1, N + 1)))  # a batch's 3,000, the newest ids
+        # a schema before migration 022 (`hoard db migrate` not run yet): no walk, each asked
+        chains.execute("DROP INDEX physical_content_deleted")
+        try:
+            assert marked_nodes(chains, N) is None
+        finally:
+            chains.execute("CREATE INDEX physical_content_deleted ON physical_content (node_id) WHERE is_deleted")
     finally:
-        chains.execute("UPDATE physical_content SET is_deleted = false WHERE node_id = ANY(%s)", [deleted])
+        chains.execute("UPDATE physical_content SET is_deleted = false WHERE is_deleted")
         chains.execute("ANALYZE physical_content")
 
 

@@ -229,7 +229,7 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
             get = txn.get
             for sha in shas:
                 raw = get(sha)
-                if raw is None:
+                if not raw:  # (an empty value: not held, as `lookup_many` reads it)
                     out.append(None)
                     continue
                 try:
