@@ -45,7 +45,8 @@ looked up again); nothing is written to the store or the SSD.
 
 Memory: the shuffle buffer (at most `buffer_bytes`), the `lanes` runs being interleaved (at most `run_bytes` each), and
 per disk the run being read plus `ahead` read ones (range buffers of `runs.Buffers`, each
-sample copied out of them by the thread that hands it out) — whatever the dataset's size. Per sample:
+sample copied out of them by the thread that hands it out; a run the page cache holds whole is
+read by that thread itself, record by record, `runs.Later`) — whatever the dataset's size. Per sample:
 the plan (a few integers and its record's place) and what `card.Samples` keeps — no manifest:
 it is read at the start in verified pieces, and each sample's line read back from the store
 as the sample is handed out (`_ManifestLines`), checked against the xxh3-64 taken then.
@@ -622,7 +623,7 @@ class _StoreSource:
         # first reads it off the disk: the disk sees one process's reads)
         ld = self.ld
         follow = runs_mod.Follow() if ld.workers > 1 and ld.worker != 0 else None
-        return runs_mod.read_runs(self.store, runs, ahead, follow, lead=ld.workers > 1 and ld.worker == 0)
+        return runs_mod.read_runs(self.store, runs, ahead, follow, lead=ld.workers > 1 and ld.worker == 0, later=True)
 
     def live(self, sha: bytes) -> bool:
         """Whether a sample read by `read_runs` is still held and shown: so when nothing in the
@@ -1239,13 +1240,13 @@ class Loader:
                 while done < r:
                     got = next(reads)
                     done = todo[got.number]
-                    self._took(got)
-                    payloads = got.payloads
                     for j in p.samples_of(done):
-                        data = payloads.get(self.shas[j]) if need[j] else None
-                        if data is not None:  # (copied by this thread: views of the readers' buffers)
-                            held[j] = bytes(data)
+                        # (bytes of this thread's own: copied out of a reader's buffer, or read now)
+                        data = got.take(self.shas[j]) if need[j] else None
+                        if data is not None:
+                            held[j] = data
                             held_bytes += len(data)
+                    self._took(got)
                     got.release()
                     self._stats["held_max"] = max(self._stats["held_max"], len(held))
                     self._stats["held_bytes_max"] = max(self._stats["held_bytes_max"], held_bytes)

@@ -449,6 +449,83 @@ def test_a_record_hidden_after_its_run_was_hinted_is_not_read(built, monkeypatch
     assert {r.sha for r in runs[j].records} - {victim} <= set(got[j].payloads)
 
 
+def _later_runs(store: Store, ld: Loader) -> tuple[list[Run], list[runs_mod.RunRead]]:
+    """The epoch's runs, and each one as `read_runs(later=True)` hands it out — every run left
+    to its consumer (the test store's shards are all in the page cache)."""
+    runs = [Run(r.shard_id, r.records) for r in ld.plan(store).runs]
+    got = list(read_runs(store, runs, later=True))
+    if not all(g.later is not None and not g.payloads for g in got):
+        pytest.skip("this file system does not tell what its page cache holds (mincore)")
+    return runs, got
+
+
+def _record_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The payload offset of each record read from now on by `LocalDisk.read_record`."""
+    reads: list[int] = []
+    real = disks.LocalDisk.read_record
+
+    def counted(self: disks.LocalDisk, shard_hex: str, offset: int, head: int, length: int) -> tuple[bytes, bytes]:
+        reads.append(offset)
+        return real(self, shard_hex, offset, head, length)
+
+    monkeypatch.setattr(disks.LocalDisk, "read_record", counted)
+    return reads
+
+
+def test_a_run_the_page_cache_holds_is_read_record_by_record_as_it_is_taken(
+        built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose records the page cache holds is not read by its disk's reader but left to
+    the consumer: each record read as it is taken, once, straight into its own bytes, verified —
+    the same payloads the range reads give, only the records' bytes read (no gap read through)."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        runs, later = _later_runs(store, ld)
+        ranged = list(read_runs(store, runs))  # (range buffers: the consumer copies out of them)
+        reads = _record_reads(monkeypatch)
+        for run, g, r in zip(runs, later, ranged, strict=True):
+            got = {rec.sha: g.take(rec.sha) for rec in run.records}
+            assert got == {sha: bytes(v) for sha, v in r.payloads.items()} and len(got) == len(run.records)
+            assert all(hashlib.sha256(v).digest() == sha for sha, v in got.items())
+            assert g.nbytes == run.size <= r.nbytes and g.take(run.records[0].sha) is None  # (taken once)
+            r.release()
+    assert len(reads) == sum(len(run.records) for run in runs)
+
+
+def test_a_record_hidden_before_its_consumer_takes_it_is_not_read(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run left to its consumer (`runs.Later`), one of its records hidden by `hoard delete
+    --node` (another process) before the consumer takes it: that record is not read — not a
+    byte of it — and is named unshown; the run's others are read."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        runs, later = _later_runs(store, ld)
+        j = next(b for b in range(len(runs)) if len(runs[b].records) >= 2)
+        victim = runs[j].records[1]
+        res = _hoard(cfg, "delete", "--node", victim.sha.hex())
+        assert res.returncode == 0, res.stderr
+        reads = _record_reads(monkeypatch)
+        got = {rec.sha: later[j].take(rec.sha) for rec in runs[j].records}
+    assert got[victim.sha] is None and victim.sha in later[j].unshown and victim.offset not in reads
+    assert all(v is not None and hashlib.sha256(v).digest() == sha for sha, v in got.items() if sha != victim.sha)
+
+
+@pytest.mark.expect_log(r"loader: record .* unreadable or does not check out", level="WARNING")
+def test_a_rotten_record_its_consumer_reads_comes_from_another_replica(built) -> None:
+    """A flipped byte in a record of a run left to its consumer: taken, it is read from another
+    replica (looked up again), its bytes right, the fallback counted and the replica named in
+    the log — never handed out as read."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        runs, later = _later_runs(store, ld)
+        j = next(b for b in range(len(runs)) if len(store.index.get_shard(runs[b].shard_id).replicas) >= 2)
+        victim = runs[j].records[0]
+        flip_byte(store.disks[assign(store, runs)[j]].find(runs[j].shard_id.hex()), victim.offset + 5)
+        got = later[j].take(victim.sha)
+    assert got is not None and hashlib.sha256(got).digest() == victim.sha and later[j].fallbacks == 1
+
+
 def _lock_txnid(cfg, txnid: int | None = None) -> int:
     """The last committed write's id in the index's LMDB lock file — the snapshot a read
     transaction begun now takes — set to `txnid` when given (LMDB 0.9's MDB_txbody on 64-bit
@@ -928,9 +1005,13 @@ def test_the_first_worker_reads_every_run_whole_and_the_others_their_own_records
         per_run = [(g.disk, g.nbytes) for g in read_runs(store, [Run(r.shard_id, r.records) for r in p.runs])]
     keys = _keys(one)
     whole: dict[str, int] = {}
-    for disk, n in per_run:
+    records: dict[str, int] = {}  # (a run the page cache holds is read record by record: `runs.Later`)
+    for r, (disk, n) in enumerate(per_run):
         whole[disk] = whole.get(disk, 0) + n
-    assert whole == one.stats()["per_disk_bytes"] and len(whole) >= 2
+        records[disk] = records.get(disk, 0) + p.runs[r].size
+    alone = one.stats()["per_disk_bytes"]
+    assert set(alone) == set(whole) and len(whole) >= 2
+    assert all(records[d] <= alone[d] <= whole[d] for d in whole), (records, alone, whole)
     for block in (1, 3):
         for workers in (2, 4):
             yielded: list[str] = []

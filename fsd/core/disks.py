@@ -563,6 +563,13 @@ class LocalDisk:
         each range has the allocator carve and free ranges of up to MAX_RANGE over and over."""
         return self._on_fd(shard_hex, True, lambda fd: pread_into(fd, buf, offset))
 
+    def read_record(self, shard_hex: str, offset: int, head: int, length: int) -> tuple[bytes, bytes]:
+        """The `head` bytes before `offset` and the `length` at it — a record's header and its
+        payload — each its own bytes: a reader that keeps the payload has it with no copy out
+        of a buffer holding both (two reads, for a record the page cache holds)."""
+        return self._on_fd(shard_hex, True, lambda fd: (pread_full(fd, head, offset - head),
+                                                        pread_full(fd, length, offset)))
+
     def cached(self, shard_hex: str, offset: int, length: int) -> bool:
         """Whether the shard's bytes offset..offset+length are all in the page cache
         (`in_page_cache`: nothing read); False where the file cannot be asked."""

@@ -102,6 +102,19 @@ def verify_record(buf: memoryview, at: int, sha: bytes, length: int, where: str 
     return bytes(verified_view(buf, at, sha, length, where))
 
 
+def verified_parts(head: bytes, payload: bytes, sha: bytes, length: int, where: str = "") -> bytes:
+    """`verify_record`'s checks of a record read as two parts, its header and its payload
+    (`LocalDisk.read_record`): the payload itself handed back, no copy made."""
+    if fmt.sound_parts(head, payload, sha, length):
+        return payload
+    # something does not check out: the checks one by one, for the error that names it
+    digest = checked_header(head, 0, sha, length, where)
+    if len(payload) != length:
+        raise fmt.TruncatedShard(f"short read{where}")
+    fmt.verify_payload(payload, digest, where)
+    return payload
+
+
 def verified_view(buf: memoryview, at: int, sha: bytes, length: int, where: str = "") -> memoryview:
     """`verify_record`'s checks, the payload handed back as a view into `buf`, not a copy: the
     batch planner's sinks write each payload out at once, and a copy of every record is a

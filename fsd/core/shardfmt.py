@@ -167,18 +167,33 @@ def sound_payload(buf: memoryview, at: int, sha: bytes, length: int) -> memoryvi
     as `decode_record_header` + `verify_payload`, in one call: a batch read makes this call for
     each of tens of thousands of records (docs/benchmarks.md, "The S3 backend against SeaweedFS").
     """
-    try:
-        magic, version, flags, _r, got_len, got_sha, digest, _r2, check = _REC_HDR.unpack_from(buf, at)
-    except struct.error:
+    digest = _sound_header(buf, at, sha, length)
+    if digest is None:
         return None
     start = at + RECORD_HEADER_SIZE
-    if (got_sha != sha or got_len != length or magic != RECORD_MAGIC or version != VERSION
-            or flags & ~KNOWN_RECORD_FLAGS or xxhash.xxh32_intdigest(buf[at:at + _REC_CHECKED.size]) != check):
-        return None
     payload = buf[start:start + length]
     if len(payload) != length or xxhash.xxh3_128_digest(payload) != digest:
         return None
     return payload
+
+
+def sound_parts(head: bytes, payload: bytes, sha: bytes, length: int) -> bool:
+    """`sound_payload`'s checks of a record read as two parts: its header and its payload."""
+    digest = _sound_header(head, 0, sha, length)
+    return digest is not None and len(payload) == length and xxhash.xxh3_128_digest(payload) == digest
+
+
+def _sound_header(buf: bytes | memoryview, at: int, sha: bytes, length: int) -> bytes | None:
+    """The payload's xxh3-128 when the record header at `at` is sound and describes (sha,
+    length); None otherwise."""
+    try:
+        magic, version, flags, _r, got_len, got_sha, digest, _r2, check = _REC_HDR.unpack_from(buf, at)
+    except struct.error:
+        return None
+    if (got_sha != sha or got_len != length or magic != RECORD_MAGIC or version != VERSION
+            or flags & ~KNOWN_RECORD_FLAGS or xxhash.xxh32_intdigest(buf[at:at + _REC_CHECKED.size]) != check):
+        return None
+    return digest
 
 
 def verify_payload(payload: bytes | memoryview, digest: bytes, where: str = "") -> None:

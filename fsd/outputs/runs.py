@@ -29,6 +29,10 @@ views of them: the consumer copies what it keeps — its own thread's allocation
 the buffers back for the next ranges (`RunRead.release`). Other callers (`read_run` alone)
 read into one buffer a reader thread keeps, each record copied out of it. A range is at most
 `range_limit` long; a longer record is read into bytes of its own, copied out as it is checked.
+A run the page cache holds whole is, for a consumer that asks (`read_runs(later=True)`), not
+read by the disk's reader but left to the consumer (`Later`): each record read as it is taken,
+straight into the bytes kept — no range buffer, one copy, and no reader thread contending for
+the interpreter with the consumer for bytes that need no disk.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from hoardfs.base.errors import first_line
 from hoardfs.base.threads import Thread, join_all
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.disks import LocalDisk
-from hoardfs.fsd.core.records import DataError, ObjectNotFound, verified_view, verify_record
+from hoardfs.fsd.core.records import DataError, ObjectNotFound, verified_parts, verified_view, verify_record
 from hoardfs.fsd.io.planner import DEFAULT_MB_S, GAP_BYTES, bandwidths, in_order, put_unless, range_limit
 
 if TYPE_CHECKING:
@@ -95,6 +99,16 @@ class RunRead:
     # the range buffers its payload views are of, and the pool they go back to
     buffers: list[bytearray] = field(default_factory=list)
     pool: Buffers | None = None
+    # records left in the page cache for the consumer to read as it takes them (`Later`)
+    later: Later | None = None
+
+    def take(self, sha: bytes) -> bytes | None:
+        """Record `sha`'s payload as bytes of its own, verified (None: not read — the store no
+        longer shows it): a copy of its view of a range buffer, or read now (`Later`)."""
+        v = self.payloads.get(sha)
+        if v is not None:
+            return v if isinstance(v, bytes) else bytes(v)
+        return self.later.take(sha, self) if self.later is not None else None
 
     def release(self) -> None:
         """Hand the range buffers back for the next ranges, once whoever keeps the payloads has
@@ -111,10 +125,54 @@ class RunRead:
                 except BufferError:
                     busy = True
         self.payloads.clear()
+        self.later = None
         if self.pool is not None and not busy:
             for buf in self.buffers:
                 self.pool.give(buf)
         self.buffers.clear()
+
+
+@dataclass(slots=True)
+class Later:
+    """A run whose records' bytes are all in the page cache (a warm epoch), left for the
+    consumer to read each one itself as it takes it (`RunRead.take`): straight into the bytes
+    it keeps, one copy where a range buffer costs two — and no reader thread contending for
+    the interpreter with the consumer for bytes that need no disk. Each record is verified as
+    `read_checked` verifies it, one that does not check out or cannot be read is read from
+    another replica; when the index was written since the run's plan (`since`), the records
+    the store no longer shows are passed over, unread, as `read_run` passes them over."""
+
+    store: Store
+    disk: Any
+    shard_hex: str
+    uuid: str
+    since: int | None  # the index's last write before the run's plan (None: unknown)
+    recs: dict[bytes, Rec]
+    looked: bool = False
+
+    def take(self, sha: bytes, out: RunRead) -> bytes | None:
+        if not self.looked:
+            self.looked = True
+            if self.since is None or self.store.index.generation() != self.since:
+                shas = list(self.recs)
+                for s, ok in zip(shas, self.store.index.live_many(shas), strict=True):
+                    if not ok:
+                        del self.recs[s]
+                        out.unshown.append(s)
+        rec = self.recs.pop(sha, None)
+        if rec is None:
+            return None
+        where = f" (shard {self.shard_hex} on {self.disk.label})"
+        try:
+            head, payload = self.disk.read_record(self.shard_hex, rec.offset, fmt.RECORD_HEADER_SIZE, rec.length)
+            out.nbytes += len(head) + len(payload)
+            return verified_parts(head, payload, sha, rec.length, where)
+        except (OSError, fmt.ShardFormatError) as e:
+            log.warning("loader: record %s…%s unreadable or does not check out (%s); read from another replica, "
+                        "looked up again", sha.hex()[:12], where, first_line(e))
+        _elsewhere(self.store, [rec], self.uuid, out)
+        got = out.payloads.pop(sha, None)
+        return None if got is None else bytes(got)
 
 
 def speeds(store: Store, disks: Sequence[Any]) -> list[float]:
@@ -448,28 +506,52 @@ _UNPLANNED: Any = object()
 
 def read_run(store: Store, number: int, run: Run, uuid: str,
              then: Callable[[], None] | None = None, planned: _Planned | None = _UNPLANNED,
-             follow: Follow | None = None, lead: bool = False, buffers: Buffers | None = None) -> RunRead:
+             follow: Follow | None = None, lead: bool = False, buffers: Buffers | None = None,
+             since: int | None = None, later: bool = False) -> RunRead:
     """One run off disk `uuid`: what the store still shows of its kept records, verified, each
     record that fails there read from another replica. A run whose `keep` names some of its
     records is read whole off a local disk (the module's docstring), its kept records alone off
     any other; one that keeps none is not read at all. `then`: called once the run's last range
     is read, before it is checked (`read_checked`); `planned`: its plan, made with nothing
-    written to the index since (`read_runs`); `follow`, `lead`: `Follow`; `buffers`: the
-    range buffers its records may be views of (`read_checked`; the caller then copies what it
-    keeps and calls `RunRead.release`)."""
-    p = _planned(store, number, run, uuid, lead, follow) if planned is _UNPLANNED else planned
+    written to the index since (`read_runs`) — and `since`, the index's last write before it
+    was made; `follow`, `lead`: `Follow`; `buffers`: the range buffers its records may be views
+    of (`read_checked`; the caller then copies what it keeps and calls `RunRead.release`).
+    `later`: a run all of whose records a local disk's page cache holds (and every one of them
+    kept, no one following) is not read here but left to the consumer, which reads each record
+    as it takes it (`Later`)."""
+    if planned is _UNPLANNED:
+        since = store.index.snapshot()  # (before the plan: a write after it is looked for at a `Later`'s take)
+        p = _planned(store, number, run, uuid, lead, follow)
+    else:
+        p = planned
     if p is None:
         return RunRead(number, {}, "")
     out, failed = p.out, list(p.elsewhere)
     out.pool = buffers
+    if (later and run.keep is None and follow is None and not lead and isinstance(p.disk, LocalDisk) and p.groups
+            and not failed):
+        recs = [r for g in p.groups for r in g]
+        shard_hex = run.shard_id.hex()
+        if all(p.disk.cached(shard_hex, *span(g)) for g in p.groups):
+            out.later = Later(store, p.disk, shard_hex, uuid, since, {r.sha: r for r in recs})
+            if then is not None:
+                then()
+            return out
     if p.disk is not None:
         # a shard file gone is a shard gc retired after the plan (its records were moved: looked
         # up again); any other error is the replica's
         failed += [r for r, _why in read_checked(p.disk, run.shard_id.hex(), p.groups, p.disk.label, out,
                                                  "another replica, looked up again", run.keep, then, follow,
                                                  buffers)]
-    # a record read elsewhere is read later than its plan: one the store stopped showing since
-    # (hidden, tombstoned while the run was read) is not read off another replica either
+    _elsewhere(store, failed, uuid, out)
+    return out
+
+
+def _elsewhere(store: Store, failed: list[Rec], uuid: str, out: RunRead) -> None:
+    """The `failed` records of a run read off disk `uuid` read from other replicas into
+    `out.payloads`. A record read elsewhere is read later than its plan: one the store stopped
+    showing since (hidden, tombstoned while the run was read) is not read off another replica
+    either (`out.unshown`)."""
     shown = store.index.live_many([r.sha for r in failed]) if failed else []
     for r, ok in zip(failed, shown, strict=True):
         if not ok:
@@ -481,7 +563,6 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
             out.unshown.append(r.sha)
             continue
         out.fallbacks += 1
-    return out
 
 
 def _prefetch_first(store: Store, number: int, run: Run, uuid: str, lead: bool = False) -> _Planned | None:
@@ -494,14 +575,15 @@ def _prefetch_first(store: Store, number: int, run: Run, uuid: str, lead: bool =
 
 
 def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD, follow: Follow | None = None,
-              lead: bool = False) -> Generator[RunRead, None, None]:
+              lead: bool = False, later: bool = False) -> Generator[RunRead, None, None]:
     """Each run read (`read_run`), in the order given, every disk reading its own runs at once
     and at most `ahead` runs ahead of the consumer. A reader's error (a record no replica
     holds whole: DataError) is raised here in its run's place. Closing the iterator stops the
     readers. `follow`: the readers follow another process's reads of the same runs; `lead`:
     others follow these readers' (a local run keeping none of its records is read whole all the
     same), `Follow`. A run's payloads may be views of its range buffers (`Buffers`): the
-    consumer copies what it keeps, then calls `RunRead.release`."""
+    consumer copies what it keeps, then calls `RunRead.release`. `later`: a run the page cache
+    holds whole is left to the consumer to read as it takes its records (`read_run`, `Later`)."""
     buffers = Buffers()
     disk_of = assign(store, runs)
     following: dict[int, int] = {}  # run → the next run its disk reads
@@ -525,8 +607,8 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD, follow: Fol
         then = None if j is None else lambda: hint(j, u)
         got = hinted.pop(i, None)
         if got is not None and got[0] == store.index.generation():
-            return read_run(store, i, got[1], u, then, got[2], follow, lead, buffers)
-        return read_run(store, i, runs[i], u, then, follow=follow, lead=lead, buffers=buffers)
+            return read_run(store, i, got[1], u, then, got[2], follow, lead, buffers, got[0], later)
+        return read_run(store, i, runs[i], u, then, follow=follow, lead=lead, buffers=buffers, later=later)
 
     yield from read_assigned(disk_of, read, ahead)
 
