@@ -139,8 +139,11 @@ class Later:
     it keeps, one copy where a range buffer costs two — and no reader thread contending for
     the interpreter with the consumer for bytes that need no disk. Each record is verified as
     `read_checked` verifies it, one that does not check out or cannot be read is read from
-    another replica; when the index was written since the run's plan (`since`), the records
-    the store no longer shows are passed over, unread, as `read_run` passes them over."""
+    another replica (one line at INFO for a shard file gc retired meanwhile, as `read_checked`
+    logs it); when the index was written since the run's plan (`since`), the records the store
+    no longer shows as the first is taken are passed over, unread, as `read_run` passes them
+    over — the run's records are taken one after the other at once, as a range is read whole
+    once planned. A record taken twice (a sample a version holds twice) is read twice."""
 
     store: Store
     disk: Any
@@ -149,6 +152,7 @@ class Later:
     since: int | None  # the index's last write before the run's plan (None: unknown)
     recs: dict[bytes, Rec]
     looked: bool = False
+    gone: bool = False  # the shard's file is gone off the disk (gc retired it): read elsewhere
 
     def take(self, sha: bytes, out: RunRead) -> bytes | None:
         if not self.looked:
@@ -159,20 +163,38 @@ class Later:
                     if not ok:
                         del self.recs[s]
                         out.unshown.append(s)
-        rec = self.recs.pop(sha, None)
+        # (kept: a record taken again — a sample the version holds twice — is read again, as a
+        # range's view is copied again)
+        rec = self.recs.get(sha)
         if rec is None:
             return None
-        where = f" (shard {self.shard_hex} on {self.disk.label})"
-        try:
-            head, payload = self.disk.read_record(self.shard_hex, rec.offset, fmt.RECORD_HEADER_SIZE, rec.length)
-            out.nbytes += len(head) + len(payload)
-            return verified_parts(head, payload, sha, rec.length, where)
-        except (OSError, fmt.ShardFormatError) as e:
-            log.warning("loader: record %s…%s unreadable or does not check out (%s); read from another replica, "
-                        "looked up again", sha.hex()[:12], where, first_line(e))
+        if not self.gone:
+            where = f" (shard {self.shard_hex} on {self.disk.label})"
+            try:
+                head, payload = self.disk.read_record(self.shard_hex, rec.offset, fmt.RECORD_HEADER_SIZE, rec.length)
+                out.nbytes += len(head) + len(payload)
+                return verified_parts(head, payload, sha, rec.length, where)
+            except FileNotFoundError as e:  # (its other records are read elsewhere too, unlogged)
+                self.gone = True
+                _unreadable(self.shard_hex, self.disk.label, e, ELSEWHERE)
+            except (OSError, fmt.ShardFormatError) as e:
+                log.warning("loader: record %s…%s unreadable or does not check out (%s); read from %s",
+                            sha.hex()[:12], where, first_line(e), ELSEWHERE)
         _elsewhere(self.store, [rec], self.uuid, out)
-        got = out.payloads.pop(sha, None)
+        got = out.payloads.get(sha)
         return None if got is None else bytes(got)
+
+
+#: where a record a replica failed is read from
+ELSEWHERE = "another replica, looked up again"
+
+
+def _unreadable(shard_hex: str, name: str, err: OSError | None, elsewhere: str) -> None:
+    """Log a shard file that could not be read: at INFO when it is gone (gc retired it: its
+    records were moved), as a WARNING otherwise."""
+    (log.info if isinstance(err, FileNotFoundError) else log.warning)(
+        "loader: shard %s on %s unreadable (%s); its records are read from %s", shard_hex, name,
+        first_line(err) if err else "?", elsewhere)
 
 
 def speeds(store: Store, disks: Sequence[Any]) -> list[float]:
@@ -406,9 +428,7 @@ def read_checked(disk: Any, shard_hex: str, groups: list[list[Rec]], name: str, 
             elif then is not None:
                 then()
         if buf is None:
-            (log.info if isinstance(err, FileNotFoundError) else log.warning)(
-                "loader: shard %s on %s unreadable (%s); its records are read from %s", shard_hex, name,
-                first_line(err) if err else "?", elsewhere)
+            _unreadable(shard_hex, name, err, elsewhere)
             failed += [(r, err or OSError("no answer")) for r in rng if keep is None or r.sha in keep]
             continue
         view = memoryview(buf)
@@ -541,7 +561,7 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
         # a shard file gone is a shard gc retired after the plan (its records were moved: looked
         # up again); any other error is the replica's
         failed += [r for r, _why in read_checked(p.disk, run.shard_id.hex(), p.groups, p.disk.label, out,
-                                                 "another replica, looked up again", run.keep, then, follow,
+                                                 ELSEWHERE, run.keep, then, follow,
                                                  buffers)]
     _elsewhere(store, failed, uuid, out)
     return out
