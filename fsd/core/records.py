@@ -105,14 +105,20 @@ def verify_record(buf: memoryview, at: int, sha: bytes, length: int, where: str 
 def verified_parts(head: bytes, payload: bytes, sha: bytes, length: int, where: str = "") -> bytes:
     """`verify_record`'s checks of a record read as two parts, its header and its payload
     (`LocalDisk.read_record`): the payload itself handed back, no copy made."""
-    if fmt.sound_parts(head, payload, sha, length):
-        return payload
-    # something does not check out: the checks one by one, for the error that names it
-    digest = checked_header(head, 0, sha, length, where)
+    if not fmt.sound_parts(head, payload, sha, length):
+        _unsound(head, 0, payload, sha, length, where)
+    return payload
+
+
+def _unsound(buf: bytes | memoryview, at: int, payload: bytes | memoryview, sha: bytes, length: int,
+             where: str) -> None:
+    """The checks of the record header at `at` of `buf` and of its `payload` one by one, for
+    the error that names what does not check out (`sound_payload` or `sound_parts` said
+    something does)."""
+    digest = checked_header(buf, at, sha, length, where)
     if len(payload) != length:
         raise fmt.TruncatedShard(f"short read{where}")
     fmt.verify_payload(payload, digest, where)
-    return payload
 
 
 def verified_view(buf: memoryview, at: int, sha: bytes, length: int, where: str = "") -> memoryview:
@@ -124,13 +130,9 @@ def verified_view(buf: memoryview, at: int, sha: bytes, length: int, where: str 
     payload = fmt.sound_payload(buf, at, sha, length)
     if payload is not None:
         return payload
-    # something does not check out: the checks one by one, for the error that names it
-    digest = checked_header(buf, at, sha, length, where)
     start = at + fmt.RECORD_HEADER_SIZE
     payload = buf[start:start + length]
-    if len(payload) != length:
-        raise fmt.TruncatedShard(f"short read{where}")
-    fmt.verify_payload(payload, digest, where)
+    _unsound(buf, at, payload, sha, length, where)
     return payload
 
 

@@ -540,7 +540,8 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
     kept, no one following) is not read here but left to the consumer, which reads each record
     as it takes it (`Later`)."""
     if planned is _UNPLANNED:
-        since = store.index.snapshot()  # (before the plan: a write after it is looked for at a `Later`'s take)
+        if later:  # (before the plan: a write after it is looked for at a `Later`'s take)
+            since = store.index.snapshot()
         p = _planned(store, number, run, uuid, lead, follow)
     else:
         p = planned
@@ -550,10 +551,9 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
     out.pool = buffers
     if (later and run.keep is None and follow is None and not lead and isinstance(p.disk, LocalDisk) and p.groups
             and not failed):
-        recs = [r for g in p.groups for r in g]
         shard_hex = run.shard_id.hex()
         if all(p.disk.cached(shard_hex, *span(g)) for g in p.groups):
-            out.later = Later(store, p.disk, shard_hex, uuid, since, {r.sha: r for r in recs})
+            out.later = Later(store, p.disk, shard_hex, uuid, since, {r.sha: r for g in p.groups for r in g})
             if then is not None:
                 then()
             return out
