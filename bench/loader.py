@@ -47,7 +47,8 @@ them); *share* = bound time / measured time. The same bound at the read MiB/s `d
 through the throttle once the store is written (`bound_measured_s`) judges the cold goal.
 Goals: the loader cold ≥ 90 % of the (dd-measured)
 bound and ≥ 3× the mount's file loader in the same run; RSS flat in the dataset size (the peak
-over `ldr-full`, four times the samples of `ldr-small`, at most 1.05× its peak); warm at
+over `ldr-full`, four times the samples of `ldr-small`, at most 1.05× its peak — the medians of
+three cold epochs each, taken in turn: one process's peak varies by a tenth run to run); warm at
 page-cache speed (the one-process warm epoch, its start apart, at least as fast as the
 page-cache floor's reads, its listing apart). Raw
 JSON: bench/results/loader-lab4.json (other sizes: loader-lab4-<items>-<large>.json;
@@ -69,6 +70,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -111,6 +113,8 @@ END = "<!-- bench/loader.py: end -->"
 GOAL_SHARE, GOAL_VS_MOUNT = 0.90, 3.0
 #: "RSS flat in the dataset size": the peak at four times the samples at most this much higher
 GOAL_RSS_FLAT = 1.05
+#: cold epochs of each one-process loader side whose peak RSS is measured (the goal: their medians)
+RSS_ROUNDS = 3
 SMALL, FULL = "ldr-small", "ldr-full"
 BATCHES = ("ldr-a", "ldr-b")
 PROCS = (4, 8)
@@ -295,6 +299,23 @@ def cold_warm(lab, work: Path, name: str, job: dict, out: dict, expect: int) -> 
               f"RSS {r['vmhwm_kb'] / 1024:6.0f} MiB", flush=True)
 
 
+def rss_rounds(lab, work: Path, sides: dict, refs: dict[str, tuple[str, int]], conf: str) -> dict[str, list[int]]:
+    """The peak RSS (VmHWM, KiB) of each one-process loader side over RSS_ROUNDS cold epochs:
+    the one `cold_warm` measured, then the sides again in turn (a process's peak varies by a
+    tenth from one run to the next with the allocator's and the threads' timing)."""
+    out = {name: [sides[name]["cold"]["vmhwm_kb"]] for name in refs}
+    for _ in range(RSS_ROUNDS - 1):
+        for name, (ref, expect) in refs.items():
+            drop_caches()
+            r = side(lab, work, {"kind": "loader", "procs": 0, "ref": ref, "config": conf})
+            if r["samples"] != expect:
+                raise SystemExit(f"{name} cold (RSS round): {r['samples']} samples, not {expect}")
+            out[name].append(r["vmhwm_kb"])
+    print("  peak RSS over the rounds: " + "; ".join(f"{n} {', '.join(f'{kb / 1024:.0f}' for kb in v)} MiB"
+                                                   for n, v in out.items()), flush=True)
+    return out
+
+
 # -- the corpus, the store, the datasets ----------------------------------------------------------------
 
 def corpus(work: Path, items: int, large: int) -> list[Path]:
@@ -404,6 +425,9 @@ def run(args) -> dict:
                           sides, n_full)
                 cold_warm(lab, work, "loader x1 (small)", {"kind": "loader", "procs": 0, "ref": small,
                                                            "config": conf}, sides, n_small)
+                if wanted("loader x1") and wanted("loader x1 (small)"):
+                    data["rss_rounds"] = rss_rounds(lab, work, sides, {"loader x1": (full, n_full),
+                                                                        "loader x1 (small)": (small, n_small)}, conf)
                 for n in PROCS:
                     cold_warm(lab, work, f"loader x{n}", {"kind": "loader", "procs": n, "ref": full,
                                                           "config": conf}, sides, n_full)
@@ -482,7 +506,12 @@ def goals(d: dict) -> list[str]:
     mount = min(s[f"mount x{n}"]["cold"]["seconds"] for n in PROCS)
     same = ", ".join(f"{n} processes {s[f'mount x{n}']['cold']['seconds'] / s[f'loader x{n}']['cold']['seconds']:.1f}×"
                      for n in PROCS)
-    rss_full, rss_small = s["loader x1"]["cold"]["vmhwm_kb"], s["loader x1 (small)"]["cold"]["vmhwm_kb"]
+    rounds = d.get("rss_rounds")  # (a run before the rounds: its one cold epoch each)
+    rss_full, rss_small = (statistics.median(rounds["loader x1"]), statistics.median(rounds["loader x1 (small)"])) \
+        if rounds else (s["loader x1"]["cold"]["vmhwm_kb"], s["loader x1 (small)"]["cold"]["vmhwm_kb"])
+    of = (f" (the median of {len(rounds['loader x1'])} cold epochs each: "
+          + "; ".join(f"{'smaller' if 'small' in n else 'larger'} {', '.join(f'{kb / 1024:.0f}' for kb in v)}"
+                      for n, v in rounds.items()) + " MiB)") if rounds else ""
     share = d["bound_s"] / cold
     judged, dd = share, ""
     if "bound_measured_s" in d:  # (a run before the dd-measured bound: the set limits' alone)
@@ -493,7 +522,7 @@ def goals(d: dict) -> list[str]:
             f"against the mount's fastest file loader: {mount / cold:.1f}× (goal ≥ {GOAL_VS_MOUNT:.0f}×): "
             f"{'met' if mount / cold >= GOAL_VS_MOUNT else 'missed'}; with the same processes: {same}",
             f"peak RSS {rss_small / 1024:.0f} MiB at {d['small_samples']:,} samples, {rss_full / 1024:.0f} MiB at "
-            f"{d['samples']:,} ({rss_full / rss_small:.2f}×, "
+            f"{d['samples']:,}{of} ({rss_full / rss_small:.2f}×, "
             f"{(rss_full - rss_small) * 1024 / (d['samples'] - d['small_samples']) / 1000:.2f} KB a sample more; "
             f"goal: flat, ≤ {GOAL_RSS_FLAT:.2f}×): {'met' if rss_full / rss_small <= GOAL_RSS_FLAT else 'missed'}"
             + _rss_over_the_epoch(d),

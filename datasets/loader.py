@@ -111,6 +111,11 @@ LANES = 8
 RUN_BYTES = 8 << 20
 #: the window the mix is measured over (`stats()["mix"]`)
 WINDOW = 1000
+#: the free pages the C allocator kept are handed back (`give_back_freed`) each time this many
+#: bytes of samples were handed out: the samples, freed by the training script in shuffled
+#: order, leave pages between the ones the buffer holds, which would otherwise add up over a
+#: long epoch (about a millisecond each time: twice a second at page-cache speed)
+TRIM_BYTES = 256 << 20
 #: the state's format: 2 for a loader whose buffer is bounded in bytes (`buffer_bytes`, which a
 #: reader of format 1 would drop, resuming another sequence), else 1
 STATE = 2
@@ -1227,6 +1232,7 @@ class Loader:
         reads = src.read_runs(parts, self.ahead)
         held: dict[int, bytes] = {}
         held_bytes = 0
+        trim_in = TRIM_BYTES
         done = -1  # the last plan run read
         try:
             for k in range(start, len(p.post)):
@@ -1261,6 +1267,10 @@ class Loader:
                     continue
                 self._stats["samples"] += 1
                 self._stats["bytes"] += len(data)
+                trim_in -= len(data)
+                if trim_in <= 0:
+                    trim_in = TRIM_BYTES
+                    give_back_freed()
                 self._mix.add(p.shard(r))
                 yield self._sample(i, data, k)
             if self.workers > 1 and self.worker == 0 and self.source == "store":

@@ -181,6 +181,23 @@ def test_the_buffer_bounded_in_bytes_bounds_what_an_epoch_holds(built) -> None:
         Loader("pets@1", "train", config_path=cfg.source, buffer_bytes=-1)
 
 
+def test_the_pages_freed_as_samples_are_handed_out_go_back_and_nothing_else_changes(
+        built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An epoch hands the allocator's free pages back each time `TRIM_BYTES` of samples went
+    out — here after every sample — and yields the same samples, bytes and order as one that
+    does it once an epoch only."""
+    cfg, _ = built
+    once = [(s["key"], s["bytes"]) for s in Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)]
+    trims: list[int] = []
+    real = loader_mod.give_back_freed
+    monkeypatch.setattr(loader_mod, "give_back_freed", lambda: (trims.append(1), real())[1])
+    monkeypatch.setattr(loader_mod, "TRIM_BYTES", 1)
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    at_start = len(trims)
+    assert [(s["key"], s["bytes"]) for s in ld] == once
+    assert len(trims) - at_start == len(once) + 1  # (a sample each, and the epoch's plan)
+
+
 @pytest.mark.expect_log(r"loader: record .* does not check out", level="WARNING")
 def test_a_rotten_replica_is_read_around(built) -> None:
     """A flipped byte in the replica the loader reads a sample from: the sample comes from
