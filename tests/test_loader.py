@@ -480,6 +480,45 @@ def _later_runs(store: Store, ld: Loader) -> tuple[list[Run], list[runs_mod.RunR
     return runs, got
 
 
+def test_a_warm_epochs_runs_are_planned_by_their_consumer_until_one_is_not_cached(
+        built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs the page cache holds whole are planned in the consumer's own thread (no reader
+    thread hands them over); from the first run whose shard the page cache dropped on, the
+    disks' readers read — every run handed out in order, every record right."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        runs, _ = _later_runs(store, ld)
+        disk_of = assign(store, runs)
+        k = next((j for j in range(1, len(runs)) if runs[j].shard_id not in {r.shard_id for r in runs[:j]}), None)
+        if k is None:
+            pytest.skip("the epoch's runs are all of one shard")
+        path = Path(store.disks[disk_of[k]].find(runs[k].shard_id.hex()))
+        os.sync()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        if store.disks[disk_of[k]].cached(runs[k].shard_id.hex(), *runs_mod.span(runs[k].records)):
+            pytest.skip("the page cache kept the shard's pages (posix_fadvise DONTNEED)")
+        threads: list[str] = []
+        real = runs_mod.read_run
+
+        def traced(*a: Any, **kw: Any) -> runs_mod.RunRead:
+            threads.append(threading.current_thread().name)
+            return real(*a, **kw)
+
+        monkeypatch.setattr(runs_mod, "read_run", traced)
+        got = list(read_runs(store, runs, later=True))
+        payloads = [{rec.sha: g.take(rec.sha) for rec in run.records} for run, g in zip(runs, got, strict=True)]
+    main = threading.current_thread().name
+    assert [g.number for g in got] == list(range(len(runs)))
+    assert threads[:k] == [main] * k and all(t.startswith("loader-read") for t in threads[k:])
+    assert got[k].later is None  # (read off the disk by its reader, not left to the consumer)
+    assert all(v is not None and hashlib.sha256(v).digest() == sha for p in payloads for sha, v in p.items())
+
+
 def _record_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The payload offset of each record read from now on by `LocalDisk.read_record`."""
     reads: list[int] = []
@@ -1125,6 +1164,14 @@ def test_in_page_cache_tells_cached_bytes_without_reading_them(tmp_path: Path) -
         assert not disks.in_page_cache(fd, 0, len(data)) and not disks.in_page_cache(fd, 12 << 20, 4096)  # (never read)
         assert disks.in_page_cache(fd, 10, 0)
         assert not disks.in_page_cache(fd, len(data) + (1 << 20), 4096)
+        # parts of a range (a run's records): only their pages count, not the gaps between them
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # (no read-ahead past what is read)
+        far = 8 << 20
+        assert os.pread(fd, 10_000, far) == data[far:far + 10_000]
+        parts = [(5000, 3000), (130_000, 100), (far + 500, 9000)]
+        assert not disks.in_page_cache(fd, 5000, far + 9500) and disks.in_page_cache(fd, 5000, far + 9500, parts)
+        assert not disks.in_page_cache(fd, 5000, far + 9500, [*parts, (4 << 20, 1)])
+        assert disks.in_page_cache(fd, 0, far, [(8191, 1), (0, 0)])
 
 
 def test_a_follower_takes_a_range_from_the_page_cache_as_another_reads_it(

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path, PurePath
 from typing import TypeVar
 
@@ -190,11 +190,11 @@ def _libc() -> tuple:
 _RESIDENT = bytes(b & 1 for b in range(256))
 
 
-def in_page_cache(fd: int, offset: int, length: int) -> bool:
-    """Whether every page of the file's bytes offset..offset+length is in the page cache, asked
-    with mincore(2) of a mapping nothing touches — no byte is read, and no read started (a
-    `preadv2` RWF_NOWAIT look that misses starts one on some kernels). False where it cannot
-    be told."""
+def in_page_cache(fd: int, offset: int, length: int, parts: Sequence[tuple[int, int]] | None = None) -> bool:
+    """Whether every page of the file's bytes offset..offset+length is in the page cache — or,
+    given `parts` (offset, length) within them, every page of those — asked with mincore(2) of
+    a mapping nothing touches: no byte is read, and no read started (a `preadv2` RWF_NOWAIT
+    look that misses starts one on some kernels). False where it cannot be told."""
     if length <= 0:
         return True
     ctypes, libc = _libc()
@@ -206,7 +206,12 @@ def in_page_cache(fd: int, offset: int, length: int) -> bool:
         return False
     try:
         vec = (ctypes.c_ubyte * (-(-n // page)))()
-        return libc.mincore(addr, n, vec) == 0 and 0 not in bytes(vec).translate(_RESIDENT)
+        if libc.mincore(addr, n, vec) != 0:
+            return False
+        resident = bytes(vec).translate(_RESIDENT)
+        if parts is None:
+            return 0 not in resident
+        return all(0 not in resident[(a - start) // page:(a + k - 1 - start) // page + 1] for a, k in parts if k > 0)
     finally:
         libc.munmap(addr, n)
 
@@ -570,11 +575,12 @@ class LocalDisk:
         return self._on_fd(shard_hex, True, lambda fd: (pread_full(fd, head, offset - head),
                                                         pread_full(fd, length, offset)))
 
-    def cached(self, shard_hex: str, offset: int, length: int) -> bool:
-        """Whether the shard's bytes offset..offset+length are all in the page cache
-        (`in_page_cache`: nothing read); False where the file cannot be asked."""
+    def cached(self, shard_hex: str, offset: int, length: int,
+               parts: Sequence[tuple[int, int]] | None = None) -> bool:
+        """Whether the shard's bytes offset..offset+length — or those `parts` of them — are all
+        in the page cache (`in_page_cache`: nothing read); False where the file cannot be asked."""
         try:
-            return self._on_fd(shard_hex, True, lambda fd: in_page_cache(fd, offset, length))
+            return self._on_fd(shard_hex, True, lambda fd: in_page_cache(fd, offset, length, parts))
         except OSError:
             return False
 

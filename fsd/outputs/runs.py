@@ -263,6 +263,14 @@ def span(group: list[Rec]) -> tuple[int, int]:
     return a, max(r.offset + r.length for r in group) - a
 
 
+def records_cached(disk: LocalDisk, shard_hex: str, records: list[Rec]) -> bool:
+    """Whether the page cache holds every one of the records (header and payload) of the
+    shard, whatever it holds of the bytes between them (one look, `LocalDisk.cached`)."""
+    return bool(records) and disk.cached(shard_hex, *span(records),
+                                         [(r.offset - fmt.RECORD_HEADER_SIZE, r.length + fmt.RECORD_HEADER_SIZE)
+                                          for r in records])
+
+
 #: each reader thread's buffer the ranges of a local disk are read into (`read_groups`)
 _scratch = threading.local()
 
@@ -527,7 +535,7 @@ _UNPLANNED: Any = object()
 def read_run(store: Store, number: int, run: Run, uuid: str,
              then: Callable[[], None] | None = None, planned: _Planned | None = _UNPLANNED,
              follow: Follow | None = None, lead: bool = False, buffers: Buffers | None = None,
-             since: int | None = None, later: bool = False) -> RunRead:
+             since: int | None = None, later: bool = False, cached: bool = False) -> RunRead:
     """One run off disk `uuid`: what the store still shows of its kept records, verified, each
     record that fails there read from another replica. A run whose `keep` names some of its
     records is read whole off a local disk (the module's docstring), its kept records alone off
@@ -538,7 +546,8 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
     of (`read_checked`; the caller then copies what it keeps and calls `RunRead.release`).
     `later`: a run all of whose records a local disk's page cache holds (and every one of them
     kept, no one following) is not read here but left to the consumer, which reads each record
-    as it takes it (`Later`)."""
+    as it takes it (`Later`); `cached`: the caller found all of the run's records there just now
+    (`records_cached`), not looked at again."""
     if planned is _UNPLANNED:
         if later:  # (before the plan: a write after it is looked for at a `Later`'s take)
             since = store.index.snapshot()
@@ -552,7 +561,7 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
     if (later and run.keep is None and follow is None and not lead and isinstance(p.disk, LocalDisk) and p.groups
             and not failed):
         shard_hex = run.shard_id.hex()
-        if all(p.disk.cached(shard_hex, *span(g)) for g in p.groups):
+        if cached or records_cached(p.disk, shard_hex, [r for g in p.groups for r in g]):
             out.later = Later(store, p.disk, shard_hex, uuid, since, {r.sha: r for g in p.groups for r in g})
             if then is not None:
                 then()
@@ -630,18 +639,34 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD, follow: Fol
             return read_run(store, i, got[1], u, then, got[2], follow, lead, buffers, got[0], later)
         return read_run(store, i, runs[i], u, then, follow=follow, lead=lead, buffers=buffers, later=later)
 
-    yield from read_assigned(disk_of, read, ahead)
+    first = 0
+    if later and follow is None and not lead:
+        # a warm epoch: each run the page cache holds whole is planned here, in the consumer's
+        # thread, and handed over as it is asked for (`Later`) — no reader thread hands it over
+        # (a wake-up of another thread and a turn of the interpreter's lock a run, for no disk
+        # read); the readers start at the first run the page cache does not hold whole
+        while first < len(runs):
+            run = runs[first]
+            disk = store.disks.get(disk_of[first]) if disk_of[first] else None
+            if run.keep is not None or not isinstance(disk, LocalDisk) or \
+                    not records_cached(disk, run.shard_id.hex(), run.records):
+                break
+            yield read_run(store, first, run, disk_of[first], later=True, cached=True)
+            first += 1
+    if first < len(runs):
+        yield from read_assigned(disk_of, read, ahead, first)
 
 
 def read_assigned(disk_of: Sequence[str], read: Callable[[int, str], RunRead],
-                  ahead: int = AHEAD) -> Generator[RunRead, None, None]:
-    """`read(i, disk_of[i])` of each run i, handed out in run order: one reader thread per disk
-    reading its own runs in that order, at most `ahead` runs ahead of the consumer (`read_runs`;
-    a training loader on another host reads its S3 disks or a mount through it). A reader's
-    error is raised here in its run's place. Closing the iterator stops the readers."""
+                  ahead: int = AHEAD, first: int = 0) -> Generator[RunRead, None, None]:
+    """`read(i, disk_of[i])` of each run i from `first` on, handed out in run order: one reader
+    thread per disk reading its own runs in that order, at most `ahead` runs ahead of the
+    consumer (`read_runs`; a training loader on another host reads its S3 disks or a mount
+    through it). A reader's error is raised here in its run's place. Closing the iterator
+    stops the readers."""
     mine: dict[str, list[int]] = {}
-    for i, u in enumerate(disk_of):
-        mine.setdefault(u, []).append(i)
+    for i in range(first, len(disk_of)):
+        mine.setdefault(disk_of[i], []).append(i)
     stop = threading.Event()
     queues: dict[str, queue.Queue] = {u: queue.Queue(maxsize=max(1, ahead)) for u in mine}
 
@@ -662,7 +687,8 @@ def read_assigned(disk_of: Sequence[str], read: Callable[[int, str], RunRead],
     try:
         for t in threads:  # (a start that fails, or a Ctrl-C meanwhile, stops those started)
             t.start()
-        for i, u in enumerate(disk_of):
+        for i in range(first, len(disk_of)):
+            u = disk_of[i]
             while True:
                 try:
                     item = queues[u].get(timeout=0.5)
