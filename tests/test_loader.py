@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import mmap
 import os
 import pickle
 import random
@@ -34,7 +35,7 @@ from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.index import Index
 from hoardfs.fsd.maintenance.deletion import hide
 from hoardfs.fsd.outputs import runs as runs_mod
-from hoardfs.fsd.outputs.runs import Run, assign, read_run, read_runs
+from hoardfs.fsd.outputs.runs import Rec, Run, assign, read_run, read_runs
 from hoardfs.fsd.store import Store
 from hoardfs.loader import Loader, LoaderError
 from hoardfs.sql import datasets as sqld
@@ -517,6 +518,40 @@ def test_a_warm_epochs_runs_are_planned_by_their_consumer_until_one_is_not_cache
     assert threads[:k] == [main] * k and all(t.startswith("loader-read") for t in threads[k:])
     assert got[k].later is None  # (read off the disk by its reader, not left to the consumer)
     assert all(v is not None and hashlib.sha256(v).digest() == sha for p in payloads for sha, v in p.items())
+
+
+def test_a_partly_warm_epoch_yields_the_same_wherever_the_readers_take_over(
+        built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An epoch whose first run the page cache does not hold whole, at the second run, in the
+    middle or at the last — the consumer plans the runs before it, the readers the rest —
+    yields what a cold epoch yields, bytes and positions, with right stats and no reader left."""
+    cfg, _ = built
+
+    def pairs(ld: Loader) -> list[tuple[str, bytes, int]]:
+        return [(s["key"], hashlib.sha256(s["bytes"]).digest(), s["position"]) for s in ld]
+
+    whole = pairs(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        runs, _ = _later_runs(store, ld)
+    real = runs_mod.records_cached
+    main = threading.current_thread().name
+    for at in sorted({0, 1, len(runs) // 2, len(runs) - 1}):
+        looked: list[tuple[str, str]] = []
+
+        def cold_at(disk: Any, shard_hex: str, records: list[Rec], cold: str = runs[at].shard_id.hex(),
+                    looked: list[tuple[str, str]] = looked) -> bool:
+            looked.append((threading.current_thread().name, shard_hex))
+            return shard_hex != cold and real(disk, shard_hex, records)
+
+        monkeypatch.setattr(runs_mod, "records_cached", cold_at)
+        ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+        assert pairs(ld) == whole, at
+        st = ld.stats()
+        assert st["fallbacks"] == 0 and sum(st["per_disk_bytes"].values()) == st["read_bytes"] >= st["bytes"]
+        assert not [t for t in threading.enumerate() if t.name.startswith("loader-read")]
+        first = next(j for j, r in enumerate(runs) if r.shard_id == runs[at].shard_id)
+        assert [s for t, s in looked if t == main] == [r.shard_id.hex() for r in runs[:first + 1]], at
 
 
 def _record_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -1172,6 +1207,38 @@ def test_in_page_cache_tells_cached_bytes_without_reading_them(tmp_path: Path) -
         assert not disks.in_page_cache(fd, 5000, far + 9500) and disks.in_page_cache(fd, 5000, far + 9500, parts)
         assert not disks.in_page_cache(fd, 5000, far + 9500, [*parts, (4 << 20, 1)])
         assert disks.in_page_cache(fd, 0, far, [(8191, 1), (0, 0)])
+
+
+def test_in_page_cache_asks_a_ranges_parts_to_the_page(tmp_path: Path) -> None:
+    """`in_page_cache` with parts (a run's records): a part's first and last byte decide which
+    pages it needs, whatever the span's alignment; zero-length parts need none; a part outside
+    the span is never said cached; parts far apart are asked apart, the pages between them not
+    (a version's run may span most of a shard)."""
+    page = mmap.PAGESIZE
+    with _file_out_of_the_cache(tmp_path, 512 * page) as (fd, data, _path):
+        if disks.in_page_cache(fd, 0, len(data)):
+            pytest.skip("this file system keeps the file's pages cached (no page cache to ask)")
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # (no read-ahead past what is read)
+        far = 4 * page + disks.CACHE_LOOK_JOIN + 8 * page
+        for at in (4 * page, far):
+            assert os.pread(fd, page, at) == data[at:at + page]
+        if any(disks.in_page_cache(fd, at, 1) for at in (3 * page, 5 * page, far - page, far + page)):
+            pytest.skip("read-ahead around the pages read")
+        assert disks.in_page_cache(fd, 0, 16 * page, [(4 * page, page)])
+        assert disks.in_page_cache(fd, 0, 16 * page, [(5 * page - 1, 1)])
+        assert not disks.in_page_cache(fd, 0, 16 * page, [(4 * page, page + 1)])  # (its last byte on page 5)
+        assert not disks.in_page_cache(fd, 0, 16 * page, [(4 * page - 1, 2)])  # (its first byte on page 3)
+        assert disks.in_page_cache(fd, 3 * page + 100, 10 * page, [(4 * page, page)])  # (a span not page aligned)
+        assert not disks.in_page_cache(fd, 3 * page + 100, 10 * page, [(3 * page + 100, 1)])
+        assert not disks.in_page_cache(fd, 3 * page + 100, 10 * page, [(13 * page + 99, 1)])  # (the span's last byte)
+        assert disks.in_page_cache(fd, 0, 16 * page, [(4 * page, 0), (9 * page, 0), (4 * page + 7, 1)])
+        # a part outside the span: not cached, whatever its pages hold
+        assert not disks.in_page_cache(fd, 4 * page, page, [(4 * page, page), (10 * page, page)])
+        assert not disks.in_page_cache(fd, 4 * page, page, [(0, 1)])
+        assert not disks.in_page_cache(fd, 5 * page, page, [(4 * page, page)])
+        # parts further apart than CACHE_LOOK_JOIN: the pages between them are not asked
+        assert disks.in_page_cache(fd, 4 * page, far + page - 4 * page, [(far, page), (4 * page, page)])
+        assert not disks.in_page_cache(fd, 4 * page, far + page - 4 * page, [(4 * page, page), (far - page, 2 * page)])
 
 
 def test_a_follower_takes_a_range_from_the_page_cache_as_another_reads_it(

@@ -190,28 +190,47 @@ def _libc() -> tuple:
 _RESIDENT = bytes(b & 1 for b in range(256))
 
 
+#: parts of a range closer than this are asked of mincore together (the pages between them too:
+#: a look is a system call, and a page's answer a byte)
+CACHE_LOOK_JOIN = 256 << 10
+
+
 def in_page_cache(fd: int, offset: int, length: int, parts: Sequence[tuple[int, int]] | None = None) -> bool:
     """Whether every page of the file's bytes offset..offset+length is in the page cache — or,
-    given `parts` (offset, length) within them, every page of those — asked with mincore(2) of
-    a mapping nothing touches: no byte is read, and no read started (a `preadv2` RWF_NOWAIT
-    look that misses starts one on some kernels). False where it cannot be told."""
+    given `parts` (offset, length) within them, every page of those, the pages between parts
+    further apart than CACHE_LOOK_JOIN not asked (a version's run may span most of a shard) —
+    asked with mincore(2) of a mapping nothing touches: no byte is read, and no read started (a
+    `preadv2` RWF_NOWAIT look that misses starts one on some kernels). False where it cannot
+    be told, and for a part not within the range."""
     if length <= 0:
         return True
-    ctypes, libc = _libc()
     page = mmap.PAGESIZE
     start = offset - offset % page
     n = offset + length - start
+    looks: list[list[int]] = []  # [first, end) byte offsets in the mapping, page-aligned first
+    for a, k in sorted(parts) if parts is not None else [(offset, length)]:
+        if k <= 0:
+            continue
+        if a < offset or a + k > offset + length:
+            return False
+        first, end = (a - start) // page * page, a + k - start
+        if looks and first - looks[-1][1] <= CACHE_LOOK_JOIN:
+            looks[-1][1] = max(looks[-1][1], end)
+        else:
+            looks.append([first, end])
+    if not looks:
+        return True
+    ctypes, libc = _libc()
     addr = libc.mmap(None, n, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
     if addr is None or addr == ctypes.c_void_p(-1).value:
         return False
     try:
-        vec = (ctypes.c_ubyte * (-(-n // page)))()
-        if libc.mincore(addr, n, vec) != 0:
-            return False
-        resident = bytes(vec).translate(_RESIDENT)
-        if parts is None:
-            return 0 not in resident
-        return all(0 not in resident[(a - start) // page:(a + k - 1 - start) // page + 1] for a, k in parts if k > 0)
+        for first, end in looks:
+            vec = (ctypes.c_ubyte * (-(-(end - first) // page)))()
+            if libc.mincore(ctypes.c_void_p(addr + first), end - first, vec) != 0 or \
+                    0 in bytes(vec).translate(_RESIDENT):
+                return False
+        return True
     finally:
         libc.munmap(addr, n)
 
