@@ -17,7 +17,12 @@ lab's disks read, measured from outside).
 
 Every side reads every sample of `ldr-full` once, whole, as bytes (nothing decoded on any
 side: the figure is the reading); **cold** = page cache, dentries and inodes dropped first
-(`drop_caches`), listing and planning inside the time; **warm** = the same again at once:
+(`drop_caches`), listing and planning inside the time; **warm** = the same again at once — a
+warm pass that read more than a quarter per cent of its bytes off the disks is run again (up
+to three in all; the table shows what the kept one read): this VM's kernel pages out what was
+not touched for a minute (DAMON's `pageout` scheme), so a side whose cold pass lasted minutes
+finds its first pages gone; the warm goal is judged only when the loader's warm epoch and the
+floor's kept pass both read no more than that:
 
 - **loader, 1 process**: `Loader("ldr-full", split=None)` (its own reader per disk); also over
   `ldr-small`, for the peak RSS at two dataset sizes (a goal: flat in the size); its
@@ -37,11 +42,7 @@ side: the figure is the reading); **cold** = page cache, dentries and inodes dro
 - **page-cache floor**: right after that side's warm pass (every plain file in the page
   cache), one process reading the same files in inode order in a plain loop (open, read whole,
   close; no DataLoader, nothing else between the reads): the fastest a file loader could hand
-  out page-cached samples — the bar for "warm at page-cache speed". A pass that read more than
-  a quarter per cent of the bytes off the disks is run again (up to three in all): this VM's
-  kernel pages out what was not touched for a minute (DAMON's `pageout` scheme), so a side
-  whose cold pass lasted minutes finds its first pages gone; the warm goal is judged only
-  when both the loader's warm epoch and the floor's kept pass read no more than that;
+  out page-cached samples — the bar for "warm at page-cache speed";
 - **3D export, then read**: `hoard export` (what `--here` runs) of the same nodes into zone 3D
   (this machine's disk: the SSD of a real host), cold, then its files read by the file loader
   (8 processes, shuffled): the time of both.
@@ -122,8 +123,8 @@ RSS_ROUNDS = 3
 #: a warm pass is warm when it reads at most this share of the samples' bytes off the disks: the
 #: warm goal is judged only then (this machine's reclaim takes back pages a while after they are read)
 WARM_DISK_SHARE = 0.0025
-#: the page-cache floor's passes at most, until one is warm
-FLOOR_PASSES = 3
+#: a warm side's passes at most, until one is warm (`warm`)
+WARM_PASSES = 3
 SMALL, FULL = "ldr-small", "ldr-full"
 BATCHES = ("ldr-a", "ldr-b")
 PROCS = (4, 8)
@@ -294,39 +295,44 @@ def side(lab, work: Path, job: dict) -> dict:
 
 
 def cold_warm(lab, work: Path, name: str, job: dict, out: dict, expect: int) -> None:
-    """`job` cold (caches dropped), then warm (at once); into `out[name]` (when `--sides` wants it)."""
+    """`job` cold (caches dropped), then warm (at once, `warm`); into `out[name]` (when `--sides`
+    wants it)."""
     if not wanted(name):
         return
-    out[name] = {}
-    for temp in ("cold", "warm"):
-        drop_caches() if temp == "cold" else os.sync()
+    drop_caches()
+    r = side(lab, work, job)
+    if r["samples"] != expect:
+        raise SystemExit(f"{name} cold: {r['samples']} samples, not {expect}")
+    out[name] = {"cold": r}
+    print(f"{name:>22} cold: {r['seconds']:8.2f} s  {r['samples'] / r['seconds']:8.0f} samples/s  "
+          f"RSS {r['vmhwm_kb'] / 1024:6.0f} MiB", flush=True)
+    out[name]["warm"] = warm(lab, work, name, job, expect)
+
+
+def warm(lab, work: Path, name: str, job: dict, expect: int) -> dict:
+    """`job` again at once, warm: a pass that read more than WARM_DISK_SHARE of its bytes off
+    the disks (the pages this VM's reclaim took back since they were read — it pages out what
+    was not touched for a minute, and a cold pass lasts minutes) is run again, up to
+    WARM_PASSES in all; the last one kept, every pass's seconds and disk bytes with it."""
+    passes = []
+    for _ in range(WARM_PASSES):
+        os.sync()
         r = side(lab, work, job)
         if r["samples"] != expect:
-            raise SystemExit(f"{name} {temp}: {r['samples']} samples, not {expect}")
-        out[name][temp] = r
-        print(f"{name:>22} {temp}: {r['seconds']:8.2f} s  {r['samples'] / r['seconds']:8.0f} samples/s  "
-              f"RSS {r['vmhwm_kb'] / 1024:6.0f} MiB", flush=True)
-
-
-def page_cache_floor(lab, work: Path, plain: Path, expect: int, total: int) -> dict:
-    """One process reading the plain files out of the page cache in a plain loop, in inode
-    order: a pass that read more than WARM_DISK_SHARE of the bytes off the disks (the pages
-    the machine's reclaim took back since they were read) is run again, up to FLOOR_PASSES in
-    all; the last one kept, every pass's seconds and disk bytes with it."""
-    passes = []
-    for _ in range(FLOOR_PASSES):
-        os.sync()
-        floor = side(lab, work, {"kind": "files", "procs": 0, "order": "inode", "root": str(plain)})
-        if floor["samples"] != expect:
-            raise SystemExit(f"page-cache floor: {floor['samples']} samples, not {expect}")
-        passes.append({"seconds": floor["seconds"], "setup_s": floor["setup_s"],
-                       "disk_read_bytes": floor["disk_read_bytes"]})
-        print(f"{'page-cache floor':>22} warm: {floor['seconds']:8.2f} s  "
-              f"{floor['samples'] / floor['seconds']:8.0f} samples/s  {floor['disk_read_bytes'] >> 20} MiB off the "
-              "disks", flush=True)
-        if floor["disk_read_bytes"] <= WARM_DISK_SHARE * total:
+            raise SystemExit(f"{name} warm: {r['samples']} samples, not {expect}")
+        passes.append({"seconds": r["seconds"], "setup_s": r["setup_s"], "disk_read_bytes": r["disk_read_bytes"]})
+        print(f"{name:>22} warm: {r['seconds']:8.2f} s  {r['samples'] / r['seconds']:8.0f} samples/s  "
+              f"RSS {r['vmhwm_kb'] / 1024:6.0f} MiB  {r['disk_read_bytes'] >> 20} MiB off the disks", flush=True)
+        if r["disk_read_bytes"] <= WARM_DISK_SHARE * r["bytes"]:
             break
-    return {**floor, "passes": passes}
+    return {**r, "passes": passes}
+
+
+def page_cache_floor(lab, work: Path, plain: Path, expect: int) -> dict:
+    """One process reading the plain files out of the page cache in a plain loop, in inode
+    order, warm (`warm`: its first pass follows the plain files' own warm passes)."""
+    return warm(lab, work, "page-cache floor", {"kind": "files", "procs": 0, "order": "inode", "root": str(plain)},
+                expect)
 
 
 def rss_rounds(lab, work: Path, sides: dict, refs: dict[str, tuple[str, int]], conf: str) -> dict[str, list[int]]:
@@ -474,7 +480,7 @@ def run(args) -> dict:
                                                                    "order": "inode", "root": str(plain)},
                           sides, n_full)
                 if wanted(f"plain x{PROCS[-1]} inode"):  # (its warm pass read every plain file)
-                    data["page_cache_floor"] = page_cache_floor(lab, work, plain, n_full, total)
+                    data["page_cache_floor"] = page_cache_floor(lab, work, plain, n_full)
                 if not wanted("3D"):
                     return data
                 drop_caches()
@@ -609,8 +615,9 @@ def render(results: Path | None = None) -> None:
              f"four disks{_dd_bound(d)}); 1-minute load {d['machine']['loadavg_1m_at_start']:.1f} at the start, "
              f"{d['machine']['loadavg_1m_at_end']:.1f} at the end. Each side is its own process in the lab's cgroup; "
              "samples read whole as bytes, none decoded.", "",
-             "| side | processes | cold s | cold share | cold samples/s | warm s | warm samples/s | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| side | processes | cold s | cold share | cold samples/s | warm s | warm samples/s | warm: MiB off the disks "
+             "| peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in side_names():
         r = d["sides"][name]
         c, w = r["cold"], r["warm"]
@@ -619,7 +626,8 @@ def render(results: Path | None = None) -> None:
         procs, _, extra = procs.partition(" ")
         lines.append(f"| {what}{' (' + extra.strip('()') + ')' if extra else ''} | {procs} "
                      f"| {c['seconds']:.2f} | {b / c['seconds']:.0%} | {c['samples'] / c['seconds']:,.0f} | "
-                     f"{w['seconds']:.2f} | {w['samples'] / w['seconds']:,.0f} | {c['vmhwm_kb'] / 1024:.0f} |")
+                     f"{w['seconds']:.2f} | {w['samples'] / w['seconds']:,.0f} | {w['disk_read_bytes'] >> 20:,} | "
+                     f"{c['vmhwm_kb'] / 1024:.0f} |")
     e = d["export_s"] + d["sides"][f"3D copy x{PROCS[-1]}"]["cold"]["seconds"]
     mix = d["sides"]["loader x1"]["cold"].get("stats", {}).get("mix", {})
     per_disk = d["sides"]["loader x1"]["cold"].get("stats", {}).get("per_disk_bytes", {})
@@ -630,6 +638,12 @@ def render(results: Path | None = None) -> None:
               f"reading it: {d['export_s']:.1f} s + {e - d['export_s']:.1f} s = {bound / e:.0%} of the bound. The "
               f"loader's mix (one process, cold, windows of {mix.get('window')} samples): {mixed}; MiB read per "
               "disk: " + ", ".join(f"{k} {v / (1 << 20):,.0f}" for k, v in sorted(per_disk.items())) + "."]
+    not_warm = [name for name in side_names()
+                if d["sides"][name]["warm"]["disk_read_bytes"] > WARM_DISK_SHARE * d["sides"][name]["warm"]["bytes"]]
+    if not_warm:
+        again = "" if d["sides"][not_warm[0]]["warm"].get("passes") else ", and the run did not pass them again"
+        lines += [f"Not warm (their kept warm pass read more than {WARM_DISK_SHARE:.2%} of its bytes off the "
+                  f"disks{again}): {', '.join(not_warm)} — their warm times include those reads."]
     one = d["sides"]["loader x1"]["cold"]
     # (a run that timed `read_exact` alone missed the ranges read into a reader's buffer: not shown)
     if one.get("disk_first_read_s") and "read_exact_into" in one.get("disk_reads_timed", []):
