@@ -300,13 +300,18 @@ def cold_warm(lab, work: Path, name: str, job: dict, out: dict, expect: int) -> 
     if not wanted(name):
         return
     drop_caches()
+    out[name] = {"cold": checked_side(lab, work, name, "cold", job, expect)}
+    out[name]["warm"] = warm(lab, work, name, job, expect)
+
+
+def checked_side(lab, work: Path, name: str, temp: str, job: dict, expect: int) -> dict:
+    """`side`, its samples counted (SystemExit when they are not `expect`) and its line printed."""
     r = side(lab, work, job)
     if r["samples"] != expect:
-        raise SystemExit(f"{name} cold: {r['samples']} samples, not {expect}")
-    out[name] = {"cold": r}
-    print(f"{name:>22} cold: {r['seconds']:8.2f} s  {r['samples'] / r['seconds']:8.0f} samples/s  "
-          f"RSS {r['vmhwm_kb'] / 1024:6.0f} MiB", flush=True)
-    out[name]["warm"] = warm(lab, work, name, job, expect)
+        raise SystemExit(f"{name} {temp}: {r['samples']} samples, not {expect}")
+    print(f"{name:>22} {temp}: {r['seconds']:8.2f} s  {r['samples'] / r['seconds']:8.0f} samples/s  "
+          f"RSS {r['vmhwm_kb'] / 1024:6.0f} MiB  {r['disk_read_bytes'] >> 20} MiB off the disks", flush=True)
+    return r
 
 
 def warm(lab, work: Path, name: str, job: dict, expect: int) -> dict:
@@ -317,12 +322,8 @@ def warm(lab, work: Path, name: str, job: dict, expect: int) -> dict:
     passes = []
     for _ in range(WARM_PASSES):
         os.sync()
-        r = side(lab, work, job)
-        if r["samples"] != expect:
-            raise SystemExit(f"{name} warm: {r['samples']} samples, not {expect}")
+        r = checked_side(lab, work, name, "warm", job, expect)
         passes.append({"seconds": r["seconds"], "setup_s": r["setup_s"], "disk_read_bytes": r["disk_read_bytes"]})
-        print(f"{name:>22} warm: {r['seconds']:8.2f} s  {r['samples'] / r['seconds']:8.0f} samples/s  "
-              f"RSS {r['vmhwm_kb'] / 1024:6.0f} MiB  {r['disk_read_bytes'] >> 20} MiB off the disks", flush=True)
         if r["disk_read_bytes"] <= WARM_DISK_SHARE * r["bytes"]:
             break
     return {**r, "passes": passes}
@@ -343,10 +344,8 @@ def rss_rounds(lab, work: Path, sides: dict, refs: dict[str, tuple[str, int]], c
     for _ in range(RSS_ROUNDS - 1):
         for name, (ref, expect) in refs.items():
             drop_caches()
-            r = side(lab, work, {"kind": "loader", "procs": 0, "ref": ref, "config": conf})
-            if r["samples"] != expect:
-                raise SystemExit(f"{name} cold (RSS round): {r['samples']} samples, not {expect}")
-            out[name].append(r["vmhwm_kb"])
+            job = {"kind": "loader", "procs": 0, "ref": ref, "config": conf}
+            out[name].append(checked_side(lab, work, name, "cold (RSS round)", job, expect)["vmhwm_kb"])
     print("  peak RSS over the rounds: " + "; ".join(f"{n} {', '.join(f'{kb / 1024:.0f}' for kb in v)} MiB"
                                                    for n, v in out.items()), flush=True)
     return out

@@ -560,9 +560,9 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
     out.pool = buffers
     if (later and run.keep is None and follow is None and not lead and isinstance(p.disk, LocalDisk) and p.groups
             and not failed):
-        shard_hex = run.shard_id.hex()
-        if cached or records_cached(p.disk, shard_hex, [r for g in p.groups for r in g]):
-            out.later = Later(store, p.disk, shard_hex, uuid, since, {r.sha: r for g in p.groups for r in g})
+        shard_hex, recs = run.shard_id.hex(), [r for g in p.groups for r in g]
+        if cached or records_cached(p.disk, shard_hex, recs):
+            out.later = Later(store, p.disk, shard_hex, uuid, since, {r.sha: r for r in recs})
             if then is not None:
                 then()
             return out
@@ -641,10 +641,10 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD, follow: Fol
 
     first = 0
     if later and follow is None and not lead:
-        # a warm epoch: each run the page cache holds whole is planned here, in the consumer's
-        # thread, and handed over as it is asked for (`Later`) — no reader thread hands it over
-        # (a wake-up of another thread and a turn of the interpreter's lock a run, for no disk
-        # read); the readers start at the first run the page cache does not hold whole
+        # a warm epoch: each run whose records the page cache holds is planned here, in the
+        # consumer's thread, and handed over as it is asked for (`Later`) — no reader thread
+        # hands it over (a wake-up of another thread and a turn of the interpreter's lock a run,
+        # for no disk read); the readers start at the first run whose records it does not hold
         while first < len(runs):
             run = runs[first]
             disk = store.disks.get(disk_of[first]) if disk_of[first] else None
