@@ -302,11 +302,12 @@ class Samples(Sequence[Sample]):
     def fields(self, i: int) -> dict[str, Any]:
         """Sample i's fields a loader yields, from its line (no Sample built, none kept: an
         epoch's memory does not grow with the samples handed out)."""
-        it = self._built.get(i)
+        it = self._built.get(i) if self._built else None
         if it is None:
             d = self._doc(i)
-            return {"key": d["key"], "sha256": d["sha256"], "labels": d.get("labels", {}), "split": d["split"],
-                    "class": d.get("class"), "class_index": d.get("class_index"), "path": d["path"],
+            get = d.get
+            return {"key": d["key"], "sha256": d["sha256"], "labels": get("labels", {}), "split": d["split"],
+                    "class": get("class"), "class_index": get("class_index"), "path": d["path"],
                     "node_id": d["node_id"]}
         return {"key": it.key, "sha256": it.sha256, "labels": {a: list(b) for a, b in it.labels.items()},
                 "split": it.split, "class": it.cls, "class_index": it.class_index, "path": it.path,
@@ -357,7 +358,7 @@ class Shas(Sequence[bytes]):
     """The sha256s of 32 bytes each laid end to end in one bytes, as a sequence."""
 
     def __init__(self, blob: bytes) -> None:
-        self._b = blob
+        self._b = self.blob = blob  # (sha256 i: blob[32 i : 32 i + 32] — read by a loop that asks 100,000)
 
     def __len__(self) -> int:
         return len(self._b) // 32

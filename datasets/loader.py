@@ -200,10 +200,11 @@ class Plan:
 
     def records(self, r: int, only: Container[bytes] | None = None) -> list[Rec]:
         """Run r's records (those of sha256s in `only`)."""
-        b, shas = self.order[r], self.shas
-        recs = (Rec(shas[self.rec_sample[k]], self.rec_offset[k], self.rec_length[k])
-                for k in range(self.rec_at[b], self.rec_at[b + 1]))
-        return list(recs) if only is None else [rec for rec in recs if rec.sha in only]
+        b, shas, sample, offset, length = self.order[r], self.shas, self.rec_sample, self.rec_offset, self.rec_length
+        blob = getattr(shas, "blob", None)  # (`card.Shas`: sliced here, no call a record)
+        recs = [Rec(shas[sample[k]] if blob is None else blob[32 * sample[k]:32 * sample[k] + 32], offset[k], length[k])
+                for k in range(self.rec_at[b], self.rec_at[b + 1])]
+        return recs if only is None else [rec for rec in recs if rec.sha in only]
 
     def size(self, r: int, only: Container[bytes] | None = None) -> int:
         """The bytes run r reads (of the records of sha256s in `only`): `Run.size` with no Run made."""
@@ -606,6 +607,7 @@ class _StoreSource:
     def __init__(self, ld: Loader, store: Store) -> None:
         self.ld, self.store = ld, store
         self._since: int | None = None  # the index's last write the reads' start saw (Index.snapshot)
+        self._generation = store.index.generation  # (asked once a sample handed out)
 
     def locs(self, shas: Sequence[bytes]) -> dict[bytes, Any]:
         return self.store.index.lookup_many(shas)
@@ -636,7 +638,7 @@ class _StoreSource:
         in that snapshot or a later one, as it was read, `runs.read_run`) — one look at the
         index's last write, not three lookups a sample; asked of the index otherwise (an
         ingest, a delete, a gc writing meanwhile)."""
-        if self._since is not None and self.store.index.generation() == self._since:
+        if self._since is not None and self._generation() == self._since:
             return True
         return runs_mod.live(self.store, sha)
 
@@ -703,15 +705,18 @@ class _ManifestLines:
         last = self._at
         if last is not None:
             self._reads += 1
-            fd = last[0][0] if last[2] is None else last[0][last[2][min(at // last[3], len(last[2]) - 1)]]
-            with contextlib.suppress(OSError):
+            fds, base, piece_of, piece = last
+            fd = fds[0] if piece_of is None else fds[piece_of[min(at // piece, len(piece_of) - 1)]]
+            try:  # (try, not contextlib.suppress: a line read for every sample handed out)
                 # (a shard file gc retired, looked for every LOOK_LINKS lines: let go, its space freed)
-                if not self._reads % LOOK_LINKS and not os.fstat(fd).st_nlink:
-                    self._let_go()
-                else:
-                    got = os.pread(fd, n, last[1] + at)
+                if self._reads % LOOK_LINKS or os.fstat(fd).st_nlink:
+                    got = os.pread(fd, n, base + at)
                     if len(got) == n and xxhash.xxh3_64_intdigest(got) == digest:
                         return got
+                else:
+                    self._let_go()
+            except OSError:
+                pass
         with _shared_store(self.cfg) as store:
             def read(disk: Any, meta: Any, loc: Any) -> bytes:
                 got = disk.read_at(meta.hex, loc.offset + at, n)
@@ -1232,6 +1237,7 @@ class Loader:
         reads = src.read_runs(parts, self.ahead)
         held: dict[int, bytes] = {}
         held_bytes = 0
+        blob, live = self.shas.blob, src.live  # (sample j's sha256: blob[32 j : 32 j + 32])
         trim_in = TRIM_BYTES
         done = -1  # the last plan run read
         try:
@@ -1246,9 +1252,9 @@ class Loader:
                 while done < r:
                     got = next(reads)
                     done = todo[got.number]
-                    for j in p.samples_of(done):
-                        # (bytes of this thread's own: copied out of a reader's buffer, or read now)
-                        data = got.take(self.shas[j]) if need[j] else None
+                    # (bytes of this thread's own: copied out of a reader's buffer, or read now)
+                    js = [j for j in p.samples_of(done) if need[j]]
+                    for j, data in zip(js, got.take_many([blob[32 * j:32 * j + 32] for j in js]), strict=True):
                         if data is not None:
                             held[j] = data
                             held_bytes += len(data)
@@ -1262,7 +1268,7 @@ class Loader:
                 self.position = k + 1
                 # hidden or deleted since the epoch began: not read — or read before, and not
                 # handed out now that the store no longer shows it
-                if data is None or not src.live(self.shas[i]):
+                if data is None or not live(blob[32 * i:32 * i + 32]):
                     self._stats["withheld"] += 1
                     continue
                 self._stats["samples"] += 1

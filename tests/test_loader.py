@@ -567,8 +567,29 @@ def _record_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return reads
 
 
+def _payload_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The offset of each pread from now on (`RunRead.take_many` reads a `Later` run's records
+    with os.pread on the shard's descriptor: a header's read and its payload's)."""
+    reads: list[int] = []
+    real = os.pread
+
+    def counted(fd: int, n: int, offset: int) -> bytes:
+        reads.append(offset)
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", counted)
+    return reads
+
+
+def _taken(g: runs_mod.RunRead, shas: list[bytes], many: bool) -> dict[bytes, bytes | None]:
+    """The records taken one at a time (`RunRead.take`) or all at once, as a loader takes a
+    run's (`RunRead.take_many`)."""
+    return dict(zip(shas, g.take_many(shas) if many else [g.take(sha) for sha in shas], strict=True))
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one by one", "all at once"])
 def test_a_run_the_page_cache_holds_is_read_record_by_record_as_it_is_taken(
-        built, monkeypatch: pytest.MonkeyPatch) -> None:
+        built, monkeypatch: pytest.MonkeyPatch, many: bool) -> None:
     """A run whose records the page cache holds is not read by its disk's reader but left to
     the consumer: each record read as it is taken, straight into its own bytes, verified — the
     same payloads the range reads give, only the records' bytes read (no gap read through); one
@@ -578,19 +599,23 @@ def test_a_run_the_page_cache_holds_is_read_record_by_record_as_it_is_taken(
     with Store.open(cfg, writable=False) as store:
         runs, later = _later_runs(store, ld)
         ranged = list(read_runs(store, runs))  # (range buffers: the consumer copies out of them)
-        reads = _record_reads(monkeypatch)
+        reads = _payload_reads(monkeypatch) if many else _record_reads(monkeypatch)
         for run, g, r in zip(runs, later, ranged, strict=True):
-            got = {rec.sha: g.take(rec.sha) for rec in run.records}
+            got = _taken(g, [rec.sha for rec in run.records], many)
             assert got == {sha: bytes(v) for sha, v in r.payloads.items()} and len(got) == len(run.records)
-            assert all(hashlib.sha256(v).digest() == sha for sha, v in got.items())
+            assert all(v is not None and hashlib.sha256(v).digest() == sha for sha, v in got.items())
             assert g.nbytes == run.size <= r.nbytes
             first = run.records[0].sha  # (taken again — a sample a version holds twice —: read again, as a view is)
-            assert g.take(first) == got[first] == r.take(first)
+            assert _taken(g, [first, first], many)[first] == got[first] == r.take(first)
             r.release()
-    assert len(reads) == sum(len(run.records) + 1 for run in runs)
+    # (each run's records, and its first twice more: a pread of the header and one of the payload
+    # a record taken all at once, one `read_record` a record taken one by one)
+    assert len(reads) == sum((len(run.records) + 2) * (2 if many else 1) for run in runs)
 
 
-def test_a_record_hidden_before_its_consumer_takes_it_is_not_read(built, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("many", [False, True], ids=["one by one", "all at once"])
+def test_a_record_hidden_before_its_consumer_takes_it_is_not_read(built, monkeypatch: pytest.MonkeyPatch,
+                                                                  many: bool) -> None:
     """A run left to its consumer (`runs.Later`), one of its records hidden by `hoard delete
     --node` (another process) before the consumer takes it: that record is not read — not a
     byte of it — and is named unshown; the run's others are read."""
@@ -602,14 +627,16 @@ def test_a_record_hidden_before_its_consumer_takes_it_is_not_read(built, monkeyp
         victim = runs[j].records[1]
         res = _hoard(cfg, "delete", "--node", victim.sha.hex())
         assert res.returncode == 0, res.stderr
-        reads = _record_reads(monkeypatch)
-        got = {rec.sha: later[j].take(rec.sha) for rec in runs[j].records}
+        reads = _payload_reads(monkeypatch) if many else _record_reads(monkeypatch)
+        got = _taken(later[j], [rec.sha for rec in runs[j].records], many)
     assert got[victim.sha] is None and victim.sha in later[j].unshown and victim.offset not in reads
+    assert victim.offset - fmt.RECORD_HEADER_SIZE not in reads and reads
     assert all(v is not None and hashlib.sha256(v).digest() == sha for sha, v in got.items() if sha != victim.sha)
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["one by one", "all at once"])
 def test_a_shard_gc_retired_before_its_consumer_takes_its_records_is_read_elsewhere_one_line(
-        built, caplog: pytest.LogCaptureFixture) -> None:
+        built, caplog: pytest.LogCaptureFixture, many: bool) -> None:
     """A run left to its consumer whose shard file is gone when the consumer takes its records
     (gc retired it — its records moved — and no descriptor of it is kept): each record comes
     from another replica, looked up again, its bytes right; one INFO line names the shard, no
@@ -628,7 +655,7 @@ def test_a_shard_gc_retired_before_its_consumer_takes_its_records_is_read_elsewh
         disk.forget(shard_hex)
         try:
             with caplog.at_level("INFO", logger=runs_mod.log.name):
-                got = {r.sha: later[j].take(r.sha) for r in runs[j].records}
+                got = _taken(later[j], [r.sha for r in runs[j].records], many)
         finally:
             path.write_bytes(saved)
     assert all(v is not None and hashlib.sha256(v).digest() == sha for sha, v in got.items())
@@ -637,8 +664,9 @@ def test_a_shard_gc_retired_before_its_consumer_takes_its_records_is_read_elsewh
     assert len(lines) == 1 and f"shard {shard_hex} on {disk.label} unreadable" in lines[0], lines
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["one by one", "all at once"])
 @pytest.mark.expect_log(r"loader: record .* unreadable or does not check out", level="WARNING")
-def test_a_rotten_record_its_consumer_reads_comes_from_another_replica(built) -> None:
+def test_a_rotten_record_its_consumer_reads_comes_from_another_replica(built, many: bool) -> None:
     """A flipped byte in a record of a run left to its consumer: taken, it is read from another
     replica (looked up again), its bytes right, the fallback counted and the replica named in
     the log — never handed out as read."""
@@ -649,8 +677,10 @@ def test_a_rotten_record_its_consumer_reads_comes_from_another_replica(built) ->
         j = next(b for b in range(len(runs)) if len(store.index.get_shard(runs[b].shard_id).replicas) >= 2)
         victim = runs[j].records[0]
         flip_byte(store.disks[assign(store, runs)[j]].find(runs[j].shard_id.hex()), victim.offset + 5)
-        got = later[j].take(victim.sha)
-    assert got is not None and hashlib.sha256(got).digest() == victim.sha and later[j].fallbacks == 1
+        others = [r.sha for r in runs[j].records[1:]]
+        got = _taken(later[j], [victim.sha, *others], many)
+    assert all(v is not None and hashlib.sha256(v).digest() == sha for sha, v in got.items())
+    assert later[j].fallbacks == 1
 
 
 def _lock_txnid(cfg, txnid: int | None = None) -> int:

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import TypeVar
 
@@ -527,10 +527,18 @@ class LocalDisk:
 
     def _on_fd(self, shard_hex: str, exact: bool, read: Callable[[int], T]) -> T:
         """`read(fd)` on the shard's shared descriptor (read-ahead off: `exact`), held for it."""
+        with self.descriptor(shard_hex, exact) as fd:
+            return read(fd)
+
+    @contextlib.contextmanager
+    def descriptor(self, shard_hex: str, exact: bool = True) -> Iterator[int]:
+        """The shard's shared descriptor (read-ahead off: `exact`), held while the block runs:
+        for a reader of many records of one shard in a row, one look-up for all of them.
+        OSError (FileNotFoundError: no such shard file here) when it cannot be opened."""
         key = (shard_hex, exact)
         ent = self._acquire(key)
         try:
-            return read(ent[0])
+            yield ent[0]
         finally:
             self._release(key, ent)
 

@@ -470,7 +470,7 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
         that snapshot. Never the starting point itself: a commit writes its meta page (synced
         to the disk) before the id read transactions start from, so this may name a write that
         a read transaction begun after it does not see."""
-        return int(self.env.info()["last_txnid"])
+        return self.env.info()["last_txnid"]
 
     def snapshot(self) -> int:
         """The id of the last write a read transaction begun now sees: the starting point a

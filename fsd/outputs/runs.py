@@ -37,7 +37,9 @@ the interpreter with the consumer for bytes that need no disk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -110,6 +112,13 @@ class RunRead:
             return v if isinstance(v, bytes) else bytes(v)
         return self.later.take(sha, self) if self.later is not None else None
 
+    def take_many(self, shas: Sequence[bytes]) -> list[bytes | None]:
+        """`take` of each record in turn (a consumer taking all it keeps of the run at once: a
+        `Later` run's shard file looked up once for all of them)."""
+        if self.later is not None and not self.payloads:
+            return self.later.take_many(shas, self)
+        return [self.take(sha) for sha in shas]
+
     def release(self) -> None:
         """Hand the range buffers back for the next ranges, once whoever keeps the payloads has
         copied them: the payload views are ended (one kept by mistake raises ValueError when
@@ -154,7 +163,9 @@ class Later:
     looked: bool = False
     gone: bool = False  # the shard's file is gone off the disk (gc retired it): read elsewhere
 
-    def take(self, sha: bytes, out: RunRead) -> bytes | None:
+    def _look(self, out: RunRead) -> None:
+        """At the first take: the records the store no longer shows passed over (`out.unshown`)
+        when the index was written since the run's plan."""
         if not self.looked:
             self.looked = True
             if self.since is None or self.store.index.generation() != self.since:
@@ -163,6 +174,40 @@ class Later:
                     if not ok:
                         del self.recs[s]
                         out.unshown.append(s)
+
+    def take_many(self, shas: Sequence[bytes], out: RunRead) -> list[bytes | None]:
+        """`take` of each in turn, read off the shard's descriptor held for all of them (two
+        preads a record, checked as `take` checks it); a record that cannot be read or does
+        not check out there — or every one, when the file cannot be opened — goes through
+        `take` (read again, logged, read elsewhere)."""
+        self._look(out)
+        if self.gone:
+            return [self.take(sha, out) for sha in shas]
+        got: list[bytes | None] = []
+        recs, head_size, sound = self.recs, fmt.RECORD_HEADER_SIZE, fmt.sound_parts
+        with contextlib.ExitStack() as held:
+            try:
+                fd = held.enter_context(self.disk.descriptor(self.shard_hex))
+            except OSError:  # (the shard's file cannot be opened: `take` says why, and reads elsewhere)
+                return [self.take(sha, out) for sha in shas]
+            for sha in shas:
+                rec = recs.get(sha)
+                if rec is None:
+                    got.append(None)
+                    continue
+                try:
+                    head, payload = os.pread(fd, head_size, rec.offset - head_size), os.pread(fd, rec.length, rec.offset)
+                except OSError:
+                    head = payload = b""
+                if sound(head, payload, sha, rec.length):
+                    out.nbytes += head_size + rec.length
+                    got.append(payload)
+                else:  # (read again, and reported or read elsewhere, by `take`)
+                    got.append(self.take(sha, out))
+        return got
+
+    def take(self, sha: bytes, out: RunRead) -> bytes | None:
+        self._look(out)
         # (kept: a record taken again — a sample the version holds twice — is read again, as a
         # range's view is copied again)
         rec = self.recs.get(sha)
