@@ -1254,7 +1254,8 @@ class Loader:
                     done = todo[got.number]
                     # (bytes of this thread's own: copied out of a reader's buffer, or read now)
                     js = [j for j in p.samples_of(done) if need[j]]
-                    for j, data in zip(js, got.take_many([blob[32 * j:32 * j + 32] for j in js]), strict=True):
+                    for j, data in zip(js, got.take_many([blob[32 * j:32 * j + 32] for j in js]) if js else (),
+                                       strict=True):
                         if data is not None:
                             held[j] = data
                             held_bytes += len(data)

@@ -182,15 +182,19 @@ class Later:
         `take` (read again, logged, read elsewhere)."""
         self._look(out)
         if self.gone:
-            return [self.take(sha, out) for sha in shas]
+            return [out.take(sha) for sha in shas]
         got: list[bytes | None] = []
-        recs, head_size, sound = self.recs, fmt.RECORD_HEADER_SIZE, fmt.sound_parts
+        recs, head_size, sound, elsewhere = self.recs, fmt.RECORD_HEADER_SIZE, fmt.sound_parts, out.payloads
         with contextlib.ExitStack() as held:
             try:
                 fd = held.enter_context(self.disk.descriptor(self.shard_hex))
             except OSError:  # (the shard's file cannot be opened: `take` says why, and reads elsewhere)
-                return [self.take(sha, out) for sha in shas]
+                return [out.take(sha) for sha in shas]
             for sha in shas:
+                v = elsewhere.get(sha)  # (read from another replica already — a sample held twice —: copied)
+                if v is not None:
+                    got.append(v if isinstance(v, bytes) else bytes(v))
+                    continue
                 rec = recs.get(sha)
                 if rec is None:
                     got.append(None)
@@ -203,7 +207,7 @@ class Later:
                     out.nbytes += head_size + rec.length
                     got.append(payload)
                 else:  # (read again, and reported or read elsewhere, by `take`)
-                    got.append(self.take(sha, out))
+                    got.append(out.take(sha))
         return got
 
     def take(self, sha: bytes, out: RunRead) -> bytes | None:
