@@ -358,10 +358,10 @@ class Shas(Sequence[bytes]):
     """The sha256s of 32 bytes each laid end to end in one bytes, as a sequence."""
 
     def __init__(self, blob: bytes) -> None:
-        self._b = self.blob = blob  # (sha256 i: blob[32 i : 32 i + 32] — read by a loop that asks 100,000)
+        self.blob = blob  # (sha256 i: blob[32 i : 32 i + 32] — sliced by a loop that asks 100,000)
 
     def __len__(self) -> int:
-        return len(self._b) // 32
+        return len(self.blob) // 32
 
     @overload
     def __getitem__(self, i: int) -> bytes: ...
@@ -372,29 +372,29 @@ class Shas(Sequence[bytes]):
         if isinstance(i, slice):
             a, b, step = i.indices(len(self))
             if step == 1:
-                return Shas(self._b[32 * a:32 * max(a, b)])
+                return Shas(self.blob[32 * a:32 * max(a, b)])
             return [self[k] for k in range(a, b, step)]
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return self._b[32 * i:32 * i + 32]
+        return self.blob[32 * i:32 * i + 32]
 
     def __iter__(self) -> Iterator[bytes]:
-        b = self._b
+        b = self.blob
         return (b[k:k + 32] for k in range(0, len(b), 32))
 
     def __eq__(self, other: object) -> bool:
         """Equal to the list of the same sha256s in the same order (`Samples.shas()`, what a
         loader's `shas` is a view of) and to Shas of the same bytes."""
         if isinstance(other, Shas):
-            return self._b == other._b
+            return self.blob == other.blob
         if isinstance(other, list):
             return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self._b)
+        return hash(self.blob)
 
 
 def fingerprint(manifest: bytes, spec_sha256: str) -> str:

@@ -107,15 +107,21 @@ class RunRead:
     def take(self, sha: bytes) -> bytes | None:
         """Record `sha`'s payload as bytes of its own, verified (None: not read — the store no
         longer shows it): a copy of its view of a range buffer, or read now (`Later`)."""
-        v = self.payloads.get(sha)
-        if v is not None:
-            return v if isinstance(v, bytes) else bytes(v)
+        got = self.copied(sha)
+        if got is not None:
+            return got
         return self.later.take(sha, self) if self.later is not None else None
+
+    def copied(self, sha: bytes) -> bytes | None:
+        """Record `sha`'s payload as bytes of its own when the run holds it already (read by its
+        reader, or from another replica): None otherwise."""
+        v = self.payloads.get(sha)
+        return v if v is None or isinstance(v, bytes) else bytes(v)
 
     def take_many(self, shas: Sequence[bytes]) -> list[bytes | None]:
         """`take` of each record in turn (a consumer taking all it keeps of the run at once: a
         `Later` run's shard file looked up once for all of them)."""
-        if self.later is not None and not self.payloads:
+        if self.later is not None:
             return self.later.take_many(shas, self)
         return [self.take(sha) for sha in shas]
 
@@ -184,16 +190,16 @@ class Later:
         if self.gone:
             return [out.take(sha) for sha in shas]
         got: list[bytes | None] = []
-        recs, head_size, sound, elsewhere = self.recs, fmt.RECORD_HEADER_SIZE, fmt.sound_parts, out.payloads
+        recs, head_size, sound = self.recs, fmt.RECORD_HEADER_SIZE, fmt.sound_parts
         with contextlib.ExitStack() as held:
             try:
                 fd = held.enter_context(self.disk.descriptor(self.shard_hex))
             except OSError:  # (the shard's file cannot be opened: `take` says why, and reads elsewhere)
                 return [out.take(sha) for sha in shas]
             for sha in shas:
-                v = elsewhere.get(sha)  # (read from another replica already — a sample held twice —: copied)
+                v = out.copied(sha)  # (read from another replica already — a sample held twice —: copied)
                 if v is not None:
-                    got.append(v if isinstance(v, bytes) else bytes(v))
+                    got.append(v)
                     continue
                 rec = recs.get(sha)
                 if rec is None:
@@ -230,8 +236,7 @@ class Later:
                 log.warning("loader: record %s…%s unreadable or does not check out (%s); read from %s",
                             sha.hex()[:12], where, first_line(e), ELSEWHERE)
         _elsewhere(self.store, [rec], self.uuid, out)
-        got = out.payloads.get(sha)
-        return None if got is None else bytes(got)
+        return out.copied(sha)
 
 
 #: where a record a replica failed is read from
