@@ -642,3 +642,57 @@ def test_a_descriptor_just_opened_is_never_trimmed_under_its_read(tmp_path: Path
     assert len(disk._fds) == 1  # the last one, idle: the next open trims it
     disk.close_all()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_opening_the_store_reads_every_disks_identity_at_once(tmp_path: Path) -> None:
+    """A store's open probes its disks at once, not one after another: each identity is a FIFO
+    here, and its read waits until the test writes it — all four are found waiting together
+    (one after another, the second is read only once the first was written: a loader's cold
+    start on four throttled disks spent 0.7 s on them). Then each disk is active, as read."""
+    from hoardfs.base import config
+    from hoardfs.fsd.core.disks import IDENTITY, DiskState
+    from hoardfs.fsd.store import Store
+    from tests.helpers import dir_disks_config
+
+    cfg_path = dir_disks_config(tmp_path, 4)
+    with Store.open(config.load(cfg_path), init=True) as st:
+        st.put_many(make_files(tmp_path / "in", 3))
+    idents = {}
+    for d in sorted(tmp_path.glob("d[0-9]")):
+        idents[d] = (d / IDENTITY).read_bytes()
+        (d / IDENTITY).unlink()
+        os.mkfifo(d / IDENTITY)
+    opened: dict = {}
+
+    def open_store() -> None:
+        try:
+            with Store.open(config.load(cfg_path), writable=False) as st:
+                opened["states"] = {rec.label: rec.state for rec in st.records.values()}
+        except BaseException as e:  # (asserted below)
+            opened["error"] = e
+
+    t = threading.Thread(target=open_store, daemon=True)
+    t.start()
+    waiting: dict[Path, int] = {}
+    deadline = time.monotonic() + 20
+    while len(waiting) < len(idents) and time.monotonic() < deadline and t.is_alive():
+        for d in idents:
+            if d not in waiting:
+                try:  # (ENXIO: nobody has it open to read yet)
+                    waiting[d] = os.open(d / IDENTITY, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError as e:
+                    assert e.errno == errno.ENXIO, e
+        time.sleep(0.01)
+    at_once = len(waiting)
+    for d, fd in waiting.items():
+        os.write(fd, idents[d])
+        os.close(fd)
+    for d in idents:  # (read one after another: each of the rest fed as its read comes)
+        if d not in waiting:
+            fd = os.open(d / IDENTITY, os.O_WRONLY)
+            os.write(fd, idents[d])
+            os.close(fd)
+    t.join(30)
+    assert at_once == len(idents), f"only {at_once} of {len(idents)} identity reads were waiting at once"
+    assert "error" not in opened, opened
+    assert opened["states"] == {d.name: DiskState.ACTIVE for d in idents}
