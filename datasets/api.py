@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import hashlib
 import json
 import re
 import time
@@ -448,7 +449,7 @@ def _write(cfg: Settings, conn: psycopg.Connection, name: str, n: int, mode: str
     fp = made.doc["state"]["fingerprint"]
     request = {"dataset": name, "version": n, "fingerprint": fp, "mode": mode, "view": view}
     with Store.open(cfg) as store:
-        manifest_sha, doc_sha = _record(store, conn, name, n, made, resumed)
+        manifest_sha, doc_sha, index_sha = _record(store, conn, name, n, made, resumed)
         doc = None
         if (final / seal.SEALED).is_file():  # killed after its seal, before the version was marked done
             job = seal.check_sealed(final)
@@ -487,18 +488,20 @@ def _write(cfg: Settings, conn: psycopg.Connection, name: str, n: int, mode: str
     nbytes = (sum(f.size for f in made.tree.files) if rows else 0) + sum(it.size for it in items) + \
         sum(len(d) for _, d in generated) + sum(a.size for a in assembled)
     with _db_errors(f"dataset {name} was recorded"):
-        sqld.finish_version(conn, name, n, manifest_sha, doc_sha, files, nbytes, made.doc["counts"], str(final))
+        sqld.finish_version(conn, name, n, manifest_sha, doc_sha, files, nbytes, made.doc["counts"], str(final),
+                            index_sha)
     return {"name": name, "version": n, "ref": f"{name}@{n}", "path": str(final), "output_id": out_id, "mode": mode,
             "view": view, "files": files, "bytes": nbytes, "counts": made.doc["counts"],
             "fingerprint": fp, "sealed_files": doc["actual_files"]}
 
 
 def _record(store: Store, conn: psycopg.Connection, name: str, n: int, made: _Made,
-            resumed: bool = False) -> tuple[str, str]:
+            resumed: bool = False) -> tuple[str, str, str]:
     """Store the manifest and dataset.json (class generated, pinned until the database names
     them) and record them as nodes by one write-intent, and the version's converted JPEGs
-    (`made.own`, pinned by the build until it ends) as its objects: gc keeps them all while
-    the version is recorded (hoardfs.sql.deletion.referenced).
+    (`made.own`, pinned by the build until it ends) and its loader index (`card.loader_index`)
+    as its objects: gc keeps them all while the version is recorded
+    (hoardfs.sql.deletion.referenced). The sha256s of the manifest, dataset.json and index.
 
     A build of version n killed after this, then resumed over other data (labels changed in
     between), records another manifest for n: in the same transaction the nodes an earlier
@@ -506,18 +509,20 @@ def _record(store: Store, conn: psycopg.Connection, name: str, n: int, made: _Ma
     deleted (selectors skip them, gc frees them) — so each name locates exactly one node, the
     one `dataset_version` records. (Only a `resumed` build can meet such nodes: the look-up
     scans the locators.)"""
-    res = store.put_bytes_many([made.manifest, made.doc_bytes], klass="generated")
+    manifest_sha = hashlib.sha256(made.manifest).hexdigest()
+    res = store.put_bytes_many([made.manifest, made.doc_bytes, card.loader_index(made.manifest, manifest_sha)],
+                               klass="generated")
     bad = next((r for r in res if r.status not in ("new", "existing")), None)
     if bad is not None:
         raise HoardError(f"dataset {name}: its manifest could not be stored ({bad.reason}); nothing was written — "
                          "run the same command again", ExitCode.UNAVAILABLE)
     shas = [r.sha256 for r in res]
     pin = f"dataset-{name}-v{n}"
-    store.pin(pin, shas, f"manifest and dataset.json of dataset {name}@{n}, until recorded")
+    store.pin(pin, shas, f"manifest, dataset.json and loader index of dataset {name}@{n}, until recorded")
     try:
         files = [(card.MANIFEST, made.manifest, None), (card.DOC, made.doc_bytes, "json")]
         located = [(LOCATOR.format(name=name, version=n, file=fname), sha)
-                   for (fname, _, _), sha in zip(files, shas, strict=True)]
+                   for (fname, _, _), sha in zip(files, shas[:2], strict=True)]
         with _db_errors(f"dataset {name} was recorded"), conn.transaction():
             stale = sqld.drop_stale_locators(conn, located) if resumed else []
             intent = {"key": f"dataset:{name}@{n}:{shas[0][:16]}" + (f":replaces:{stale[0][:16]}" if stale else ""),
@@ -525,11 +530,11 @@ def _record(store: Store, conn: psycopg.Connection, name: str, n: int, made: _Ma
                                                               "locators": [loc]}}
                                 for (loc, sha), (_, data, ftype) in zip(located, files, strict=True)]}
             apply_write_intent(conn, intent)
-            sqld.undelete(conn, shas)  # one an earlier attempt dropped as stale is live again
-            sqld.record_objects(conn, name, n, made.own)
+            sqld.undelete(conn, shas[:2])  # one an earlier attempt dropped as stale is live again
+            sqld.record_objects(conn, name, n, [*made.own, shas[2]])
     finally:
         store.unpin(pin)
-    return shas[0], shas[1]
+    return shas[0], shas[1], shas[2]
 
 
 def withheld(conn: psycopg.Connection, store: Store, shas: Iterable[bytes],

@@ -64,6 +64,7 @@ import contextlib
 import copy
 import hashlib
 import inspect
+import itertools
 import logging
 import os
 import random
@@ -88,7 +89,7 @@ from hoardfs.datasets import loader_remote as remote
 from hoardfs.datasets.model import Sample
 from hoardfs.fsd.core import shardfmt as fmt
 from hoardfs.fsd.core.disks import LocalDisk
-from hoardfs.fsd.core.records import ITER_READ, checked_header
+from hoardfs.fsd.core.records import ITER_READ, checked_header, verify_record
 from hoardfs.fsd.core.shardfmt import PayloadChecksumMismatch
 from hoardfs.fsd.outputs import runs as runs_mod
 from hoardfs.fsd.outputs.runs import Rec, Run
@@ -188,8 +189,17 @@ class Plan:
     mem_at: array[int]
     members: array[int]
     run_of: array[int]
-    post: array[int]
     run_size: array[int]
+    #: makes `post` when it is first asked for (`_deal`: a whole epoch's reads start before it)
+    deal: Callable[[], array[int]] | None = None
+    _post: array[int] | None = None
+
+    @property
+    def post(self) -> array[int]:
+        if self._post is None:
+            assert self.deal is not None
+            self._post, self.deal = self.deal(), None
+        return self._post
 
     def shard(self, r: int) -> bytes:
         return self.shard_ids[self.run_shard[self.order[r]]]
@@ -336,6 +346,14 @@ def _place(located: Located, number: dict[bytes, int], places: Iterable[Any]) ->
         length.append(n)
 
 
+def _place_all(store: Store, located: Located, number: dict[bytes, int], shas: bytes) -> None:
+    """`_place` the samples of `shas` (32 bytes each, end to end), looked up in the index
+    LOCATE at a time (`Index.places_many`)."""
+    every = [shas[k:k + 32] for k in range(0, len(shas), 32)]
+    for a in range(0, len(every), LOCATE):
+        _place(located, number, store.index.places_many(every[a:a + LOCATE]))
+
+
 class Places:
     """The places of a manifest's samples looked up in the index as its pieces are read
     (`card.Samples.of_pieces`'s `found`), on a thread of its own: the index is asked while the
@@ -358,10 +376,7 @@ class Places:
             self.got, self.number = ([], array("i"), array("q"), array("q")), {}
         if first != len(self.got[1]):
             raise ValueError(f"manifest samples {first}… found after {len(self.got[1])}")
-        every = [shas[k:k + 32] for k in range(0, len(shas), 32)]
-        for a in range(0, len(every), LOCATE):
-            part = every[a:a + LOCATE]
-            _place(self.got, self.number, self.store.index.places_many(part))
+        _place_all(self.store, self.got, self.number, shas)
 
     def located(self, n: int) -> Located | None:
         """The places of the manifest's `n` samples, once looked up — None when a lookup failed
@@ -453,6 +468,14 @@ def _plan(shas: Sequence[bytes], located: Located, manifest_sha: str, split: str
     for i in range(n):
         if run_of[i] >= 0:
             run_of[i] = renumber[run_of[i]]
+    return Plan(shas, ids, order, run_shard, rec_at, rec_sample, rec_offset, rec_length, mem_at, members, run_of,
+                run_size, lambda: _deal(order, mem_at, members, length, manifest_sha, split, seed, epoch, buffer, lanes,
+                                        buffer_bytes))
+
+
+def _deal(order: array[int], mem_at: array[int], members: array[int], length: array[int], manifest_sha: str,
+          split: str | None, seed: int, epoch: int, buffer: int, lanes: int, buffer_bytes: int) -> array[int]:
+    """The plan's positions (`Plan.post`): its runs' samples through the lanes and the shuffle buffer."""
     # 3. lanes: `lanes` runs open at once, one sample each in turn
     pre = array("i")
     slots: list[list[int]] = []  # [next, end] in `members` of each open run
@@ -489,11 +512,10 @@ def _plan(shas: Sequence[bytes], located: Located, manifest_sha: str, split: str
             held -= length[out]
             buf[j] = buf[-1]
             buf.pop()
-    del pre, length
+    del pre
     rng.shuffle(buf)
     post.extend(buf)
-    return Plan(shas, ids, order, run_shard, rec_at, rec_sample, rec_offset, rec_length, mem_at, members, run_of, post,
-                run_size)
+    return post
 
 
 class Mix:
@@ -654,13 +676,81 @@ def _close_all(fds: tuple[int, ...]) -> None:
             os.close(fd)
 
 
-def _bad_manifest_replica(sha: bytes) -> Callable[[Any, Any, Exception], None]:
-    """`Store.from_replicas`'s report of a manifest replica that fails or does not check: logged
-    only — a reader queues no repair and marks no disk, as for a record."""
+def _bad_manifest_replica(sha: bytes, what: str = "manifest") -> Callable[[Any, Any, Exception], None]:
+    """`Store.from_replicas`'s report of a manifest (or loader index) replica that fails or does
+    not check: logged only — a reader queues no repair and marks no disk, as for a record."""
     def bad(disk: Any, meta: Any, e: Exception) -> None:
-        log.warning("loader: manifest %s… unreadable on shard %s on %s: %s; trying another replica",
-                    sha.hex()[:12], meta.hex, disk.label, e)
+        log.warning("loader: %s %s… unreadable on shard %s on %s: %s; trying another replica",
+                    what, sha.hex()[:12], meta.hex, disk.label, e)
     return bad
+
+
+def _read_object(store: Store, sha: bytes, what: str) -> bytes:
+    """An object read whole — a piece off each local replica at once (`_striped_object`), else
+    off the first replica whose record checks out (its header and xxh3-128); one that fails or
+    does not check is logged and the next one read — nothing written
+    (`_bad_manifest_replica`). ObjectNotFound or DataError when none reads."""
+    got = _striped_object(store, sha, what)
+    if got is not None:
+        return got
+
+    def read(disk: Any, meta: Any, loc: Any) -> bytes:
+        where = f" ({what} {sha.hex()[:12]}…, shard {meta.hex} on {disk.label})"
+        buf = disk.read_exact(meta.hex, loc.offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE + loc.length)
+        if len(buf) != fmt.RECORD_HEADER_SIZE + loc.length:
+            raise fmt.TruncatedShard(f"short read{where}")
+        return verify_record(memoryview(buf), 0, sha, loc.length, where)
+
+    return store.from_replicas(sha, read, on_bad=_bad_manifest_replica(sha, what))
+
+
+def _striped_object(store: Store, sha: bytes, what: str) -> bytes | None:
+    """The object's record read in pieces off every local replica at once into one buffer
+    (`_stripes`: each disk a share in proportion to its bandwidth), its header and xxh3-128
+    checked; None — the caller reads it off one replica after another — with fewer than two
+    local replicas or a read or check that fails (logged)."""
+    loc = store.index.lookup(sha)
+    meta = store.index.get_shard(loc.shard_id) if loc is not None else None
+    disks = [d for d in store.replica_order(meta) if isinstance(d, LocalDisk)] if meta is not None else []
+    if loc is None or meta is None or len(disks) < 2:
+        return None
+    size = fmt.RECORD_HEADER_SIZE + loc.length
+    plan = _stripes(store, disks, size)
+    buf = memoryview(bytearray(size))
+    base = loc.offset - fmt.RECORD_HEADER_SIZE
+    where = f" ({what} {sha.hex()[:12]}…, shard {meta.hex}, striped)"
+
+    def read(k: int) -> None:
+        for d, start, n in plan:
+            if d == k and disks[k].read_exact_into(meta.hex, base + start, buf[start:start + n]) != n:
+                raise fmt.TruncatedShard(f"short read{where}")
+
+    try:
+        with ThreadPoolExecutor(len(disks), thread_name_prefix="loader-index") as pool:
+            for _ in pool.map(read, range(len(disks))):
+                pass
+        return verify_record(buf, 0, sha, loc.length, where)
+    except (OSError, fmt.ShardFormatError) as e:
+        log.warning("loader: %s %s… not read striped (%s); reading it off one replica after another",
+                    what, sha.hex()[:12], str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
+
+
+def _indexed_samples(store: Store, ref: str, manifest_sha: str, index_sha: str,
+                     lines: _ManifestLines) -> card.Samples | None:
+    """The version's samples from its loader index (`card.loader_index`), none of the manifest
+    read; None — logged, the caller scans the manifest — for an index that does not read or
+    is not this manifest's."""
+    try:
+        loc = store.index.lookup(bytes.fromhex(manifest_sha))
+        if loc is None:  # (the scan says so)
+            return None
+        data = _read_object(store, bytes.fromhex(index_sha), "loader index")
+        return card.Samples.of_index(data, manifest_sha, loc.length, lines)
+    except (HoardError, ValueError) as e:
+        log.warning("loader: the loader index of %s (%s…) is not used (%s); reading its manifest whole instead",
+                    ref, index_sha[:12], str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
 
 
 class _ManifestLines:
@@ -682,9 +772,61 @@ class _ManifestLines:
         self._at: tuple[tuple[int, ...], int, bytes | None, int] | None = None
         self._closer: weakref.finalize | None = None
         self._reads = 0
+        # the manifest being read into the page cache (`warm`): the process, its readers, and
+        # what stops them
+        self._warming: tuple[int, list[Any], threading.Event] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"cfg": self.cfg, "sha": self.sha, "_at": None, "_closer": None, "_reads": 0}
+        return {"cfg": self.cfg, "sha": self.sha, "_at": None, "_closer": None, "_reads": 0, "_warming": None}
+
+    def warm(self, store: Store) -> None:
+        """Have the page cache hold the manifest before its lines are read (a line read cold is
+        a page read off its disk, queued behind the samples' runs): its pieces read off every
+        local replica at once (`_stripes`), on threads of their own while the loader plans; the
+        lines read from then on off the replica that read their piece, the first line asked
+        for waiting for the reads. Nothing happens for a manifest with no local replica (its
+        lines are read as `read` reads any)."""
+        loc = store.index.lookup(self.sha)
+        meta = store.index.get_shard(loc.shard_id) if loc is not None else None
+        disks = [d for d in store.replica_order(meta) if isinstance(d, LocalDisk)] if meta is not None else []
+        if loc is None or meta is None or not disks:
+            return
+        plan = _stripes(store, disks, loc.length)
+        used = sorted({k for k, _a, _n in plan})  # (a manifest of one piece: one replica's file held)
+        disks = [disks[k] for k in used]
+        plan = [(used.index(k), a, n) for k, a, n in plan]
+        fds: list[int] = []
+        try:
+            for d in disks:
+                fds.append(d.open_reader(meta.hex))
+            own = [os.dup(fd) for fd in fds]  # (the readers' own: `keep`'s may be let go meanwhile)
+        except OSError:
+            _close_all(tuple(fds))
+            return
+        self.keep(tuple(fds), loc.offset, bytes(k for k, _a, _n in plan), STRIPE_PIECE)
+        stop = threading.Event()
+
+        def read(k: int) -> None:
+            try:  # (exactly its pieces, a read each: the kernel's read-ahead, in smaller reads, is slower)
+                os.posix_fadvise(own[k], 0, 0, os.POSIX_FADV_RANDOM)
+                buf = memoryview(bytearray(STRIPE_PIECE))
+                for d, start, n in plan:
+                    if d == k and not stop.is_set():
+                        os.preadv(own[k], [buf[:n]], loc.offset + start)
+            finally:
+                os.close(own[k])
+
+        pool = ThreadPoolExecutor(len(disks), thread_name_prefix="loader-manifest")
+        self._warming = (os.getpid(), [pool.submit(read, k) for k in range(len(disks))], stop)
+        pool.shutdown(wait=False)
+
+    def _warmed(self) -> None:
+        """Wait for `warm`'s reads (in the process that started them: a forked worker reads on)."""
+        warming, self._warming = self._warming, None
+        if warming is not None and warming[0] == os.getpid():
+            for f in warming[1]:
+                with contextlib.suppress(OSError):  # (a read that failed: its lines read off the disk)
+                    f.result()
 
     def keep(self, fds: tuple[int, ...], offset: int, piece_of: bytes | None = None, piece: int = 1) -> None:
         """Read the lines off these replica files (descriptors it now owns): the first, or each
@@ -699,9 +841,15 @@ class _ManifestLines:
             self._closer()
         self._at = self._closer = None
 
-    close = _let_go
+    def close(self) -> None:
+        if self._warming is not None:
+            self._warming[2].set()
+            self._warming = None
+        self._let_go()
 
     def read(self, at: int, n: int, digest: int) -> bytes:
+        if self._warming is not None:
+            self._warmed()
         last = self._at
         if last is not None:
             self._reads += 1
@@ -788,6 +936,20 @@ STRIPE_MIN = 16 << 20
 STRIPE_PIECE = ITER_READ
 
 
+def _stripes(store: Store, disks: Sequence[LocalDisk], length: int) -> list[tuple[int, int, int]]:
+    """A record `length` long cut in pieces of STRIPE_PIECE, each given to one of `disks` (the
+    record's replicas) in proportion to their bandwidth: (disk, start, length), in order."""
+    speed = runs_mod.speeds(store, disks)
+    given = [0] * len(disks)
+    plan: list[tuple[int, int, int]] = []
+    for start in range(0, length, STRIPE_PIECE):
+        n = min(STRIPE_PIECE, length - start)
+        k = min(range(len(disks)), key=lambda d: (given[d] + n) / speed[d])
+        given[k] += n
+        plan.append((k, start, n))
+    return plan
+
+
 def _striped_manifest(store: Store, sha: bytes, lines: _ManifestLines,
                       found: Callable[[int, bytes], None] | None = None) -> card.Samples | None:
     """The manifest's samples read in pieces off every local replica at once, each disk a share
@@ -801,14 +963,7 @@ def _striped_manifest(store: Store, sha: bytes, lines: _ManifestLines,
     disks = [d for d in store.replica_order(meta) if isinstance(d, LocalDisk)] if meta is not None else []
     if loc is None or meta is None or len(disks) < 2 or loc.length < STRIPE_MIN:
         return None
-    speed = runs_mod.speeds(store, disks)
-    given = [0] * len(disks)
-    plan: list[tuple[int, int, int]] = []  # (disk, start, length), in the record's order
-    for start in range(0, loc.length, STRIPE_PIECE):
-        n = min(STRIPE_PIECE, loc.length - start)
-        k = min(range(len(disks)), key=lambda d: (given[d] + n) / speed[d])
-        given[k] += n
-        plan.append((k, start, n))
+    plan = _stripes(store, disks, loc.length)
     where = f" (manifest {sha.hex()[:12]}…, shard {meta.hex}, striped)"
     pools = [ThreadPoolExecutor(1, thread_name_prefix="loader-manifest") for _ in disks]
 
@@ -919,6 +1074,8 @@ class Loader:
         # the places of the manifest's samples looked up as it was read (`Places`): the first
         # plan's, not looked up again
         self._early: Located | None = None
+        #: whether the samples came from the version's loader index (else its manifest was read whole)
+        self.from_index = False
         if self.source == "store":
             self.cfg: config.Settings | None = config.load(config_path)
             every = self._from_store(ref, name, number, manifest)
@@ -979,10 +1136,18 @@ class Loader:
         self.manifest_sha = row["manifest_sha256"]
         self._check_manifest(manifest)
         with self._store() as store:  # (read in verified pieces, none of it kept: its lines are read back)
+            lines = _ManifestLines(self.cfg, self.manifest_sha)
+            index = row.get("loader_index_sha256")
+            got = _indexed_samples(store, self.ref, self.manifest_sha, index, lines) if index else None
+            self.from_index = got is not None
+            if got is not None:  # (the manifest read into the page cache meanwhile, the places looked up now)
+                lines.warm(store)
+                self._early = ([], array("i"), array("q"), array("q"))
+                _place_all(store, self._early, {}, got.sha256s.blob)
+                return got
             places = Places(store)  # (the samples' places looked up as the manifest is read)
             try:
-                samples = _manifest_samples(store, self.manifest_sha, _ManifestLines(self.cfg, self.manifest_sha),
-                                            places.found)
+                samples = _manifest_samples(store, self.manifest_sha, lines, places.found)
                 self._early = places.located(len(samples))
                 return samples
             except (ValueError, KeyError, TypeError) as e:  # (a line that is not a sample's; UnicodeDecodeError)
@@ -1235,12 +1400,22 @@ class Loader:
         todo, parts = self._reads(p, start, withheld, need)
         give_back_freed()  # (what making the plan and asking the withheld freed: not kept for the epoch)
         reads = src.read_runs(parts, self.ahead)
+        runs_in: Iterator[runs_mod.RunRead] = reads
         held: dict[int, bytes] = {}
         held_bytes = 0
         blob, live = self.shas.blob, src.live  # (sample j's sha256: blob[32 j : 32 j + 32])
         trim_in = TRIM_BYTES
         done = -1  # the last plan run read
         try:
+            if p.deal is not None:  # (a whole epoch: the disks start reading while its positions are dealt)
+                with ThreadPoolExecutor(1, thread_name_prefix="loader-deal") as pool:
+                    dealt = pool.submit(lambda: p.post)
+                    try:
+                        runs_in = itertools.chain((next(reads),), reads)
+                    except StopIteration:
+                        pass
+                    finally:
+                        dealt.result()
             for k in range(start, len(p.post)):
                 i = p.post[k]
                 if not need[i]:
@@ -1250,7 +1425,7 @@ class Loader:
                     continue
                 r = p.run_of[i]
                 while done < r:
-                    got = next(reads)
+                    got = next(runs_in)
                     done = todo[got.number]
                     # (bytes of this thread's own: copied out of a reader's buffer, or read now)
                     js = [j for j in p.samples_of(done) if need[j]]

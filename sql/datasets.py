@@ -620,7 +620,7 @@ def _licences(raw: Any) -> list[str]:
 # -- dataset and dataset_version ------------------------------------------------------------------
 
 COLUMNS = ("name", "version", "spec", "spec_sha256", "manifest_sha256", "doc_sha256", "fingerprint", "output_id",
-           "path", "mode", "files", "bytes", "counts", "status", "built_at")
+           "path", "mode", "files", "bytes", "counts", "status", "built_at", "loader_index_sha256")
 
 
 def class_map(conn: psycopg.Connection, name: str) -> list[str] | None:
@@ -645,7 +645,7 @@ def save_class_map(conn: psycopg.Connection, name: str, classes: list[str]) -> N
 
 def _row(r: Sequence[Any]) -> dict[str, Any]:
     d = dict(zip(COLUMNS, r, strict=True))
-    for k in ("manifest_sha256", "doc_sha256"):
+    for k in ("manifest_sha256", "doc_sha256", "loader_index_sha256"):
         d[k] = bytes(d[k]).hex() if d[k] is not None else None
     d["built_at"] = d["built_at"].isoformat(timespec="seconds")
     order = (d["spec"].get("split") or {}).get("order") or []  # jsonb sorts keys: the splits in the spec's order
@@ -697,11 +697,11 @@ def begin_version(conn: psycopg.Connection, name: str, spec: dict, spec_sha: str
 
 
 def finish_version(conn: psycopg.Connection, name: str, number: int, manifest_sha: str, doc_sha: str, files: int,
-                   nbytes: int, counts: dict, path: str) -> None:
+                   nbytes: int, counts: dict, path: str, index_sha: str | None = None) -> None:
     conn.execute("UPDATE dataset_version SET manifest_sha256 = %s, doc_sha256 = %s, files = %s, bytes = %s, "
-                 "counts = %s, status = 'done', path = %s WHERE name = %s AND version = %s",
-                 [bytes.fromhex(manifest_sha), bytes.fromhex(doc_sha), files, nbytes, json.dumps(counts), path, name,
-                  number])
+                 "counts = %s, status = 'done', path = %s, loader_index_sha256 = %s WHERE name = %s AND version = %s",
+                 [bytes.fromhex(manifest_sha), bytes.fromhex(doc_sha), files, nbytes, json.dumps(counts), path,
+                  bytes.fromhex(index_sha) if index_sha else None, name, number])
 
 
 def drop_stale_locators(conn: psycopg.Connection, located: Sequence[tuple[str, str]]) -> list[str]:
@@ -731,7 +731,7 @@ def undelete(conn: psycopg.Connection, shas: Sequence[str]) -> None:
 
 def record_objects(conn: psycopg.Connection, name: str, number: int, shas: Sequence[str]) -> None:
     """Name the objects (sha256 hex) version `number` of `name` wrote that no node names — the
-    JPEGs a voc build converted — so `hoard gc` keeps them while the version is recorded
+    JPEGs a voc build converted, its loader index — so `hoard gc` keeps them while the version is recorded
     (hoardfs.sql.deletion.referenced). Run again (a materialize), it adds nothing twice."""
     if shas:
         conn.execute("INSERT INTO dataset_object (name, version, sha256) SELECT %s, %s, unnest(%s::bytea[]) "

@@ -201,3 +201,59 @@ def test_a_line_whose_fields_are_not_those_found_at_the_start_is_refused() -> No
     for ask in (lambda: samples.fields(1), lambda: samples[1], lambda: samples.of_split("val").fields(0)):
         with pytest.raises(ValueError, match=rf"the manifest line at byte {len(good) + 1}: its sha256 or split is not"):
             ask()
+
+
+def test_a_loader_index_gives_what_its_manifest_gives_and_refuses_any_other() -> None:
+    """A manifest's loader index (`card.loader_index`, made at the build) gives a loader the
+    samples reading the manifest whole gives — integers past 64 bits read exactly, escaped and
+    non-ASCII splits, every split's own — each line read back and checked as it is asked for;
+    an index cut short or overlong, of another manifest, or naming a split or a line it does
+    not hold is refused (ValueError: the loader reads the manifest whole then)."""
+    import struct
+
+    import xxhash
+
+    from hoardfs.datasets import card
+    from hoardfs.datasets.model import Sample
+
+    def sample(i: int, split: str, **kw: object) -> Sample:
+        return Sample(path=f"d/{i:03}.jpg", sha256=f"{i:064x}", size=1, ext=".jpg", key=f"{i:016x}", node_id=i,
+                      root_id=1, lineage=(i, 1), source_url=None, date=None, labels={"k": (str(i),)}, cls=None,
+                      class_index=None, split=split, **kw)  # type: ignore[arg-type]
+
+    samples = [sample(i, ("train", 'we"ird', "v\u00e9l")[i % 3], width=(2 ** 70 + i) if i % 4 == 0 else i)
+               for i in range(30)]
+    data = card.manifest_bytes(samples)
+    sha = hashlib.sha256(data).hexdigest()
+
+    class Checked:
+        def read(self, at: int, n: int, digest: int) -> bytes:
+            got = data[at:at + n]
+            assert xxhash.xxh3_64_intdigest(got) == digest
+            return got
+
+        def close(self) -> None:
+            pass
+
+    index = card.loader_index(data, sha)
+    whole = card.Samples.of_manifest(data)
+    got = card.Samples.of_index(index, sha, len(data), Checked())
+    assert list(got) == list(whole) == card.read_manifest(data)
+    assert got.shas() == whole.shas() and got.splits() == whole.splits()
+    assert [got.fields(k) for k in range(len(got))] == [whole.fields(k) for k in range(len(whole))]
+    for split in whole.split_names():
+        assert list(got.of_split(split)) == list(whole.of_split(split))
+        assert [got.of_split(split).fields(k) for k in range(len(got.of_split(split)))] == \
+            [whole.of_split(split).fields(k) for k in range(len(whole.of_split(split)))]
+    head_end = index.index(b"\n", len(b"hoardfs loader index 1\n")) + 1
+    n = len(samples)
+    split_at = head_end + 3 * 8 * n  # (the first sample's split number)
+    for bad, why in ((index[:-1], "cut short or overlong"), (index + b"\0", "cut short or overlong"),
+                     (b"x" + index, "not a loader index"),
+                     (index[:split_at] + struct.pack("<H", 3) + index[split_at + 2:], "names a split or a line"),
+                     (index[:head_end] + struct.pack("<Q", len(data)) + index[head_end + 8:], "names a split or a line")):
+        with pytest.raises(ValueError, match=why):
+            card.Samples.of_index(bad, sha, len(data), Checked())
+    for other_sha, other_len in ((hashlib.sha256(b"other").hexdigest(), len(data)), (sha, len(data) + 1)):
+        with pytest.raises(ValueError, match="is not manifest"):
+            card.Samples.of_index(index, other_sha, other_len, Checked())

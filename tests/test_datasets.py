@@ -442,7 +442,7 @@ def test_a_build_resumed_over_changed_labels_locates_one_manifest_per_name(label
         n = sqld.begin_version(conn, "rs", spec.doc(), spec.sha256(), made.doc["state"]["fingerprint"], "copy",
                                str(cfg.ssd.zone_path("3D")))
         with Store.open(cfg) as store:
-            first, _ = api._record(store, conn, "rs", n, made)
+            first, _, _ = api._record(store, conn, "rs", n, made)
     assert n == 1
     cls = pg.execute("SELECT value FROM label l JOIN node n USING (node_id) WHERE n.sha256 = %s AND l.key = 'class'",
                      [bytes.fromhex(shas[0])]).fetchone()[0]

@@ -67,6 +67,113 @@ def _keys(ld: Loader) -> list[str]:
     return [s["key"] for s in ld]
 
 
+def without_index(cfg, name: str = "pets", version: int = 1) -> None:
+    """The version as one built before loader indexes were kept: its row names none, its loader
+    reads the manifest whole."""
+    import psycopg
+
+    with psycopg.connect(cfg.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE dataset_version SET loader_index_sha256 = NULL WHERE name = %s AND version = %s",
+                     [name, version])
+
+
+def _fields(ld: Loader) -> list[dict]:
+    return [{k: v for k, v in s.items() if k != "bytes"} for s in ld]
+
+
+def test_a_version_is_started_from_its_loader_index_as_from_its_manifest(built, pg) -> None:
+    """A build keeps the version's loader index (each sample's sha256, split and manifest line:
+    58 bytes a sample) as an object its dataset_object rows name; a loader starts from it — the
+    manifest not read whole — and yields what a loader reading the manifest whole yields: the
+    same samples, fields, bytes and order, for every split, and the same resumed state."""
+    cfg, _ = built
+    row = sqld.version(pg, "pets", 1)
+    assert row is not None and row["loader_index_sha256"]
+    assert pg.execute("SELECT count(*) FROM dataset_object WHERE name = 'pets' AND version = 1 AND sha256 = %s",
+                      [bytes.fromhex(row["loader_index_sha256"])]).fetchone() == (1,)
+    with Store.open(cfg, writable=False) as store:
+        index = store.get(row["loader_index_sha256"])
+    kept = {}
+    for split in ("train", "val", None):
+        ld = Loader("pets@1", split, 7, 0, config_path=cfg.source, **SMALL)
+        assert ld.from_index
+        kept[split] = (list(ld), ld.state_dict(), len(ld))
+    n = len(kept[None][0])
+    assert len(index) < 200 + 58 * n
+    without_index(cfg)
+    for split, (got, state, size) in kept.items():
+        ld = Loader("pets@1", split, 7, 0, config_path=cfg.source, **SMALL)
+        assert not ld.from_index and len(ld) == size and list(ld) == got and ld.state_dict() == state
+
+
+@pytest.mark.expect_log(r"loader: (loader index .* (unreadable on shard .*: payload checksum mismatch.*; trying another "
+                        r"replica|not read striped \(payload checksum mismatch .*\); reading it off one replica after "
+                        r"another)|the loader index of pets@1 .* is not used \(.*\); reading its manifest whole instead)",
+                        level="WARNING")
+def test_a_rotten_or_foreign_loader_index_is_read_around_or_left_for_the_manifest(built, pg) -> None:
+    """A bit flipped in one replica of the loader index: logged, the other replica read; in
+    every replica, or an index of another manifest named by the row: logged, the manifest read
+    whole — each time the same fields in the same order, and nothing written of the store."""
+    cfg, _ = built
+    want = _fields(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    row = sqld.version(pg, "pets", 1)
+    sha = bytes.fromhex(row["loader_index_sha256"])
+    with Store.open(cfg, writable=False) as store:
+        loc = store.index.lookup(sha)
+        meta = store.index.get_shard(loc.shard_id)
+        paths = [d.find(meta.hex) for d in store.replica_order(meta)]
+        before = (store.index.pending_repairs(), store.index.events_since("read_error", 0))
+    assert len(paths) >= 2
+    flip_byte(paths[0], loc.offset + loc.length // 2)
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    assert ld.from_index and _fields(ld) == want
+    for path in paths[1:]:
+        flip_byte(path, loc.offset + loc.length // 2)
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    assert not ld.from_index and _fields(ld) == want
+    for path in paths:
+        flip_byte(path, loc.offset + loc.length // 2)  # (whole again)
+    _build(cfg, _spec(Path(cfg.source).parent, name="kin", ratios="train = 0.5, val = 0.5"))
+    other = sqld.version(pg, "kin", 1)["loader_index_sha256"]
+    assert other and other != row["loader_index_sha256"]
+    pg.execute("UPDATE dataset_version SET loader_index_sha256 = %s WHERE name = 'pets' AND version = 1",
+               [bytes.fromhex(other)])
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    assert not ld.from_index and _fields(ld) == want
+    with Store.open(cfg, writable=False) as store:
+        assert (store.index.pending_repairs(), store.index.events_since("read_error", 0)) == before == ([], [])
+
+
+def test_a_loader_index_and_its_manifest_read_striped_give_the_same(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader index read a piece off each replica at once, and the manifest read into the
+    page cache the same way (pieces made small: the test's version is small) — each line then
+    read off the replica that read its piece: every sample with its own fields, as with the
+    pieces the loader uses."""
+    cfg, _ = built
+    want = _fields(Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL))
+    monkeypatch.setattr(loader_mod, "STRIPE_PIECE", 777)
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    assert ld.from_index and _fields(ld) == want
+    with Store.open(cfg, writable=False) as store:
+        sha = bytes.fromhex(ld.manifest_sha)
+        meta = store.index.get_shard(store.index.lookup(sha).shard_id)
+        disks = [d for d in store.replica_order(meta)]
+        assert len({k for k, _a, _n in loader_mod._stripes(store, disks, store.index.lookup(sha).length)}) >= 2
+
+
+def test_the_loader_index_survives_a_delete_and_gc(built, pg) -> None:
+    """`hoard delete --object` of the loader index, then `hoard gc`: the index is kept (no node
+    names it; the version's dataset_object row does) and the next loader starts from it (with
+    the index not named by that row, gc freed it)."""
+    cfg, _ = built
+    index = sqld.version(pg, "pets", 1)["loader_index_sha256"]
+    for args in (("delete", "--object", index), ("gc", "--threshold", "1.0")):
+        res = _hoard(cfg, *args)
+        assert res.returncode == 0, res.stdout + res.stderr
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    assert ld.from_index and len(list(ld)) == len(ld)
+
+
 def _epochs(cfg, n: int = 2, **kw) -> list[tuple[int, str]]:
     ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **kw)
     return [(s["epoch"], s["key"]) for _ in range(n) for s in ld]
@@ -140,12 +247,17 @@ def test_resume_from_100_points_gives_the_same_sequence(built) -> None:
         assert got == whole, p
 
 
-def test_the_places_looked_up_as_the_manifest_is_read_plan_the_first_epoch(built) -> None:
-    """The places found as the manifest was read plan the first epoch (none looked up after),
-    the sequence the index's places give then; a split's are its samples' own."""
+@pytest.mark.parametrize("start", ["loader index", "manifest read whole"])
+def test_the_places_looked_up_as_the_manifest_is_read_plan_the_first_epoch(built, start: str) -> None:
+    """The places found at the start (from the loader index, or as the manifest was read) plan
+    the first epoch (none looked up after), the sequence the index's places give then; a
+    split's are its samples' own."""
     cfg, _ = built
+    if start != "loader index":
+        without_index(cfg)
     for split in ("train", "val", None):
         ld = Loader("pets@1", split, 7, 0, config_path=cfg.source, **SMALL)
+        assert ld.from_index == (start == "loader index")
         assert ld._early is not None and len(ld._early[1]) == len(ld)
         late = Loader("pets@1", split, 7, 0, config_path=cfg.source, **SMALL)
         late._early = None
