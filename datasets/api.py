@@ -531,7 +531,7 @@ def _record(store: Store, conn: psycopg.Connection, name: str, n: int, made: _Ma
                                 for (loc, sha), (_, data, ftype) in zip(located, files, strict=True)]}
             apply_write_intent(conn, intent)
             sqld.undelete(conn, shas[:2])  # one an earlier attempt dropped as stale is live again
-            sqld.record_objects(conn, name, n, [*made.own, shas[2]])
+            sqld.record_objects(conn, name, n, [*made.own, shas[2]], only=resumed)
     finally:
         store.unpin(pin)
     return shas[0], shas[1], shas[2]

@@ -81,7 +81,7 @@ from typing import Any
 
 import xxhash
 
-from hoardfs.base import config
+from hoardfs.base import config, threads
 from hoardfs.base.collect import give_back_freed, heap_frozen
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.datasets import api, card
@@ -196,10 +196,14 @@ class Plan:
 
     @property
     def post(self) -> array[int]:
-        if self._post is None:
-            assert self.deal is not None
-            self._post, self.deal = self.deal(), None
-        return self._post
+        post, deal = self._post, self.deal
+        if post is None:
+            if deal is None:  # (dealt by another thread meanwhile: `_post` is set before `deal` is let go)
+                assert self._post is not None
+                return self._post
+            post = deal()  # (two threads at once both deal: the same positions)
+            self._post, self.deal = post, None
+        return post
 
     def shard(self, r: int) -> bytes:
         return self.shard_ids[self.run_shard[self.order[r]]]
@@ -591,6 +595,32 @@ def _forked() -> None:
 
 os.register_at_fork(after_in_child=_forked)
 
+#: the manifests being read into the page cache (`_ManifestLines.warm`), and the lock a warm
+#: reader closes its descriptor under — held across a fork: the child closes the descriptors its
+#: copies of the readers (which do not run there) still held (`_warm_forked`)
+_WARMING: weakref.WeakSet[_ManifestLines] = weakref.WeakSet()
+_WARM_FDS = threading.Lock()
+
+
+def _warm_forked() -> None:
+    _WARM_FDS.release()
+    for lines in list(_WARMING):
+        warming, lines._warming = lines._warming, None
+        if warming is not None:
+            _close_warm(warming[2])
+
+
+def _close_warm(own: list[int]) -> None:
+    """Close the warm readers' descriptors still open (-1: closed)."""
+    for k, fd in enumerate(own):
+        if fd >= 0:
+            own[k] = -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+os.register_at_fork(before=_WARM_FDS.acquire, after_in_parent=_WARM_FDS.release, after_in_child=_warm_forked)
+
 
 @contextlib.contextmanager
 def _shared_store(cfg: config.Settings) -> Iterator[Store]:
@@ -772,12 +802,16 @@ class _ManifestLines:
         self._at: tuple[tuple[int, ...], int, bytes | None, int] | None = None
         self._closer: weakref.finalize | None = None
         self._reads = 0
-        # the manifest being read into the page cache (`warm`): the process, its readers, and
-        # what stops them
-        self._warming: tuple[int, list[Any], threading.Event] | None = None
+        # the manifest being read into the page cache (`warm`): the process, its readers, their
+        # descriptors (-1 once closed)
+        self._warming: tuple[int, list[threads.Thread], list[int]] | None = None
+        self._stop = threading.Event()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"cfg": self.cfg, "sha": self.sha, "_at": None, "_closer": None, "_reads": 0, "_warming": None}
+        return {"cfg": self.cfg, "sha": self.sha}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["cfg"], state["sha"].hex())  # type: ignore[misc]
 
     def warm(self, store: Store) -> None:
         """Have the page cache hold the manifest before its lines are read (a line read cold is
@@ -805,6 +839,9 @@ class _ManifestLines:
             return
         self.keep(tuple(fds), loc.offset, bytes(k for k, _a, _n in plan), STRIPE_PIECE)
         stop = threading.Event()
+        # (a lines reader let go of — a loader dropped, or refused after its start — stops its
+        # readers at their next piece; daemons: the interpreter's exit does not wait for them)
+        weakref.finalize(self, stop.set)
 
         def read(k: int) -> None:
             try:  # (exactly its pieces, a read each: the kernel's read-ahead, in smaller reads, is slower)
@@ -813,20 +850,25 @@ class _ManifestLines:
                 for d, start, n in plan:
                     if d == k and not stop.is_set():
                         os.preadv(own[k], [buf[:n]], loc.offset + start)
+            except OSError:  # (its lines read off the disk as they are asked for)
+                pass
             finally:
-                os.close(own[k])
+                with _WARM_FDS:
+                    fd, own[k] = own[k], -1
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
 
-        pool = ThreadPoolExecutor(len(disks), thread_name_prefix="loader-manifest")
-        self._warming = (os.getpid(), [pool.submit(read, k) for k in range(len(disks))], stop)
-        pool.shutdown(wait=False)
+        readers = [threads.Thread(read, k, name="loader-manifest") for k in range(len(disks))]
+        self._warming, self._stop = (os.getpid(), readers, own), stop
+        _WARMING.add(self)
+        for t in readers:
+            t.start()
 
     def _warmed(self) -> None:
         """Wait for `warm`'s reads (in the process that started them: a forked worker reads on)."""
         warming, self._warming = self._warming, None
         if warming is not None and warming[0] == os.getpid():
-            for f in warming[1]:
-                with contextlib.suppress(OSError):  # (a read that failed: its lines read off the disk)
-                    f.result()
+            threads.join_all(warming[1], self._stop.set)
 
     def keep(self, fds: tuple[int, ...], offset: int, piece_of: bytes | None = None, piece: int = 1) -> None:
         """Read the lines off these replica files (descriptors it now owns): the first, or each
@@ -843,7 +885,7 @@ class _ManifestLines:
 
     def close(self) -> None:
         if self._warming is not None:
-            self._warming[2].set()
+            self._stop.set()
             self._warming = None
         self._let_go()
 
@@ -1192,9 +1234,10 @@ class Loader:
             self.samples.close()
 
     def planned(self) -> Loader:
-        """This loader, its current epoch planned now (the index's places as they stand)."""
+        """This loader, its current epoch planned now (the index's places as they stand) and its
+        positions dealt (a DataLoader's workers each read a part of it: none deals them again)."""
         with self._source() as src:
-            self.plan(src)
+            self.plan(src).post  # noqa: B018
         return self
 
     def part(self, worker: int, workers: int, epoch: int, position: int) -> Loader:

@@ -729,10 +729,15 @@ def undelete(conn: psycopg.Connection, shas: Sequence[str]) -> None:
                  "AND n.sha256 = ANY(%s) AND pc.is_deleted AND NOT pc.is_hidden", [[bytes.fromhex(h) for h in shas]])
 
 
-def record_objects(conn: psycopg.Connection, name: str, number: int, shas: Sequence[str]) -> None:
+def record_objects(conn: psycopg.Connection, name: str, number: int, shas: Sequence[str], only: bool = False) -> None:
     """Name the objects (sha256 hex) version `number` of `name` wrote that no node names — the
-    JPEGs a voc build converted, its loader index — so `hoard gc` keeps them while the version is recorded
-    (hoardfs.sql.deletion.referenced). Run again (a materialize), it adds nothing twice."""
+    JPEGs a voc build converted, its loader index — so `hoard gc` keeps them while the version
+    is recorded (hoardfs.sql.deletion.referenced). Run again (a materialize), it adds nothing
+    twice. `only`: the version's rows name these alone — a build resumed over other data lets
+    go of what the killed attempt recorded (gc frees what nothing else holds)."""
+    if only:
+        conn.execute("DELETE FROM dataset_object WHERE name = %s AND version = %s AND NOT (sha256 = ANY(%s))",
+                     [name, number, [bytes.fromhex(h) for h in shas]])
     if shas:
         conn.execute("INSERT INTO dataset_object (name, version, sha256) SELECT %s, %s, unnest(%s::bytea[]) "
                      "ON CONFLICT DO NOTHING", [name, number, [bytes.fromhex(h) for h in shas]])

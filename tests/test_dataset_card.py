@@ -250,6 +250,7 @@ def test_a_loader_index_gives_what_its_manifest_gives_and_refuses_any_other() ->
     split_at = head_end + 3 * 8 * n  # (the first sample's split number)
     for bad, why in ((index[:-1], "cut short or overlong"), (index + b"\0", "cut short or overlong"),
                      (b"x" + index, "not a loader index"),
+                     (b"hoardfs loader index 1\n" + b"[" * 100_000 + b"\n", "is not manifest"),
                      (index[:split_at] + struct.pack("<H", 3) + index[split_at + 2:], "names a split or a line"),
                      (index[:head_end] + struct.pack("<Q", len(data)) + index[head_end + 8:], "names a split or a line")):
         with pytest.raises(ValueError, match=why):

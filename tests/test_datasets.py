@@ -442,7 +442,7 @@ def test_a_build_resumed_over_changed_labels_locates_one_manifest_per_name(label
         n = sqld.begin_version(conn, "rs", spec.doc(), spec.sha256(), made.doc["state"]["fingerprint"], "copy",
                                str(cfg.ssd.zone_path("3D")))
         with Store.open(cfg) as store:
-            first, _, _ = api._record(store, conn, "rs", n, made)
+            first, _, first_index = api._record(store, conn, "rs", n, made)
     assert n == 1
     cls = pg.execute("SELECT value FROM label l JOIN node n USING (node_id) WHERE n.sha256 = %s AND l.key = 'class'",
                      [bytes.fromhex(shas[0])]).fetchone()[0]
@@ -462,6 +462,11 @@ def test_a_build_resumed_over_changed_labels_locates_one_manifest_per_name(label
                       [bytes.fromhex(first)]).fetchone()[0] is True
     manifest = (Path(report["path"]) / "manifest.jsonl").read_bytes()
     assert hashlib.sha256(manifest).hexdigest() == row[0][0]
+    # the version's own objects are the finished build's: its loader index alone (the killed
+    # attempt's index let go — gc frees it — not kept for as long as the version is recorded)
+    index = pg.execute("SELECT encode(loader_index_sha256, 'hex') FROM dataset_version WHERE name = 'rs'").fetchone()[0]
+    assert index != first_index
+    assert [r[0] for r in pg.execute("SELECT encode(sha256, 'hex') FROM dataset_object WHERE name = 'rs'")] == [index]
 
 
 def test_zone_3d_missing_is_one_line_naming_it(labelled, pg, tmp_path: Path) -> None:

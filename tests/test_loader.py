@@ -100,6 +100,9 @@ def test_a_version_is_started_from_its_loader_index_as_from_its_manifest(built, 
         kept[split] = (list(ld), ld.state_dict(), len(ld))
     n = len(kept[None][0])
     assert len(index) < 200 + 58 * n
+    # (a DataLoader's workers each read a part of the plan its parent made: positions dealt too)
+    made = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL).planned()
+    assert made._plan is not None and made._plan.deal is None
     without_index(cfg)
     for split, (got, state, size) in kept.items():
         ld = Loader("pets@1", split, 7, 0, config_path=cfg.source, **SMALL)

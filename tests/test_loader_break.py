@@ -7,6 +7,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +185,81 @@ def test_a_manifest_read_striped_is_the_same_and_reads_around_rot(built, monkeyp
     assert fields() == want
     with Store.open(cfg, writable=False) as store:
         assert (store.index.pending_repairs(), store.index.events_since("read_error", 0)) == before == ([], [])
+
+
+#: a script's head: every read of the manifest into the page cache (`_ManifestLines.warm`) slowed
+#: to `SLOW` seconds a piece of 333 bytes (a slow disk, and many pieces of the test's manifest)
+SLOW_WARM = """
+import os, sys, threading, time
+_preadv = os.preadv
+def slow(fd, bufs, off, *a):
+    if threading.current_thread().name.startswith("loader-manifest"):
+        time.sleep(float(os.environ["SLOW"]))
+    return _preadv(fd, bufs, off, *a)
+os.preadv = slow
+from hoardfs.datasets import loader as loader_mod
+loader_mod.STRIPE_PIECE = 333
+from hoardfs.loader import Loader, LoaderError
+CFG = sys.argv[1]
+def held():
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if ".shard" in os.readlink(f"/proc/self/fd/{fd}"):
+                out.append(int(fd))
+        except OSError:
+            pass
+    return sorted(out)
+"""
+
+
+def _slow_script(cfg, body: str, slow: float) -> tuple[subprocess.CompletedProcess, float]:
+    t = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", SLOW_WARM + textwrap.dedent(body), str(cfg.source)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "SLOW": str(slow)})
+    return res, time.monotonic() - t
+
+
+def test_a_script_exits_at_once_whatever_its_manifests_read_into_the_page_cache(built) -> None:
+    """A loader made and dropped, and one refused (no such split), while its manifest is still
+    being read into the page cache off a slow disk: the script exits at once — the readers stop
+    at their next piece and the interpreter's exit does not wait for them (it waited for the
+    whole manifest: over a minute here)."""
+    cfg, _ = built
+    res, took = _slow_script(cfg, """
+        ld = Loader("pets@1", "train", 7, 0, config_path=CFG)
+        assert ld.from_index
+        del ld
+        try:
+            Loader("pets@1", "nosuch", 7, 0, config_path=CFG)
+        except LoaderError as e:
+            print("refused:", e, flush=True)
+    """, 2.0)
+    assert res.returncode == 0 and "refused: dataset pets@1 has no split 'nosuch'" in res.stdout, res.stderr
+    assert took < 30, took
+
+
+def test_a_process_forked_while_the_manifest_is_read_holds_none_of_its_readers_files(built) -> None:
+    """A process forked (a DataLoader's worker) while the manifest is read into the page cache:
+    it reads every sample's fields, and once its loader is closed holds none of the shard files
+    its parent's readers had open (its copies of those readers do not run: it closes their
+    descriptors itself) — a file gc retires is not kept from freeing its space."""
+    cfg, _ = built
+    res, _took = _slow_script(cfg, """
+        before = held()
+        ld = Loader("pets@1", "train", 7, 0, config_path=CFG)
+        pid = os.fork()
+        if pid == 0:
+            n = len([s["key"] for s in ld])
+            ld.close()
+            print("child", n, held() == before, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        n = len([s["key"] for s in ld])
+        ld.close()
+        print("parent", n, flush=True)
+    """, 0.2)
+    assert res.returncode == 0, res.stderr
+    child = next(line for line in res.stdout.splitlines() if line.startswith("child")).split()
+    parent = next(line for line in res.stdout.splitlines() if line.startswith("parent")).split()
+    assert child[1] == parent[1] != "0" and child[2] == "True", res.stdout

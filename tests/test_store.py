@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -696,3 +697,59 @@ def test_opening_the_store_reads_every_disks_identity_at_once(tmp_path: Path) ->
     assert at_once == len(idents), f"only {at_once} of {len(idents)} identity reads were waiting at once"
     assert "error" not in opened, opened
     assert opened["states"] == {d.name: DiskState.ACTIVE for d in idents}
+
+
+HUNG_OPEN = """
+import sys
+from hoardfs.base import config
+from hoardfs.fsd.store import Store
+print("opening", flush=True)
+try:
+    with Store.open(config.load(sys.argv[1]), writable=sys.argv[2] == "writable"):
+        print("opened", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.services  # (starts a process)
+@pytest.mark.parametrize("mode", ["read-only", "writable"])
+def test_a_ctrl_c_stops_an_open_whose_disk_identity_hangs(tmp_path: Path, mode: str) -> None:
+    """A disk whose identity read never returns (a FIFO nobody writes, as a hung disk or mount):
+    Ctrl-C stops the store's open at once, read-only or writable — the identities read all at
+    once are read on threads neither the interrupt nor the interpreter's exit waits for (a
+    pool's were joined by both: the process hung)."""
+    import subprocess
+    import sys
+
+    from hoardfs.base import config
+    from hoardfs.fsd.core.disks import IDENTITY
+    from hoardfs.fsd.store import Store
+    from tests.helpers import dir_disks_config
+
+    cfg_path = dir_disks_config(tmp_path, 3)
+    with Store.open(config.load(cfg_path), init=True):
+        pass
+    (tmp_path / "d1" / IDENTITY).unlink()
+    os.mkfifo(tmp_path / "d1" / IDENTITY)
+    proc = subprocess.Popen([sys.executable, "-c", HUNG_OPEN, str(cfg_path), mode], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _waits_on_a_fifo(proc.pid):  # (its identity read is waiting for a writer)
+            assert proc.poll() is None and time.monotonic() < deadline, "the open never read the identity"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert "interrupted" in out and "opened" not in out, out + err
+
+
+def _waits_on_a_fifo(pid: int) -> bool:
+    """Whether a thread of process `pid` is opening a FIFO no one writes (its kernel wait)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            if (task / "wchan").read_text().strip() == "wait_for_partner":
+                return True
+    return False

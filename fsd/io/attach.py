@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from hoardfs.base import config as config_mod
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.base.files import PlantedLink, open_dir
+from hoardfs.base.threads import each_at_once
 from hoardfs.fsd.core import formats
 from hoardfs.fsd.core.disks import (
     IDENTITY,
@@ -67,8 +67,7 @@ def identity_formats(cfg: Settings) -> dict[str, Any]:
     unreadable) — one small read each, all at once: cold, each costs its disk a few seeks
     (a stage's cold start on four throttled disks spent 0.4–0.9 s on them one by one)."""
     files = [("ssd", cfg.ssd.root, SSD_IDENTITY)] + [(f"disk {dc.label}", dc.path, IDENTITY) for dc in cfg.disks]
-    with ThreadPoolExecutor(max_workers=len(files), thread_name_prefix="identity") as pool:
-        got = list(pool.map(read_identity, [root for _, root, _ in files], [name for _, _, name in files]))
+    got = each_at_once(lambda f: read_identity(f[1], f[2]), files, "identity")
     return {what: (ident or {}).get("format") for (what, _, _), ident in zip(files, got, strict=True)}
 
 
@@ -120,10 +119,7 @@ def probed(cfg: Settings, known: dict[str, DiskRecord]) -> dict[str, tuple[DiskS
     allow_dir = cfg.store.allow_directory_disks
     local = [(dc.label, dc.path, known[dc.label].uuid) for dc in cfg.disks
              if dc.kind != "s3" and dc.label in known]
-    if len(local) < 2:
-        return {label: probe(path, uuid, allow_dir) for label, path, uuid in local}
-    with ThreadPoolExecutor(max_workers=len(local), thread_name_prefix="probe") as pool:
-        got = list(pool.map(lambda d: probe(d[1], d[2], allow_dir), local))
+    got = each_at_once(lambda d: probe(d[1], d[2], allow_dir), local, "probe")
     return {label: state for (label, _, _), state in zip(local, got, strict=True)}
 
 
