@@ -201,6 +201,7 @@ def child(job: dict) -> None:
             prof.disable()
             prof.dump_stats(Path(os.environ["HOARD_BENCH_PROFILE"]) / f"loader-{time.time_ns()}.prof")
         out["stats"] = ld.stats()
+        out["from_index"] = ld.from_index
     elif job["kind"] == "loader":
         # (each worker hands the DataLoader the sample's size alone, as a file loader's worker does
         # below: no side pickles the bytes, nor the loader's other fields, through the DataLoader's pipes)
@@ -661,12 +662,22 @@ def render(results: Path | None = None) -> None:
         # once the last one has begun)
         first, last = max(one["disk_first_read_s"].values()), max(one["disk_last_read_end_s"].values())
         lines += [f"Where the one-process cold epoch's {one['seconds']:.1f} s go: its start until every disk reads "
-                  f"samples, {first:.1f} s (the loader made in {one['setup_s']:.1f} s: its manifest read off both "
-                  f"replicas, each line's sha256 and split found; then the plan and the withheld query); the disks reading, {last - first:.1f} "
+                  f"samples, {first:.1f} s (the loader made in {one['setup_s']:.1f} s: {_made(one)}; then the plan "
+                  f"and the withheld query); the disks reading, {last - first:.1f} "
                   f"s ({bound / (last - first):.0%} of the bound while they read); after the last read, "
                   f"{one['seconds'] - last:.1f} s."]
     lines += [""] + [f"- {g}" for g in goals(d)] + ["", END]
     write_doc_section(BEGIN, END, lines)
+
+
+def _made(one: dict) -> str:
+    """What making the one-process loader did, as its side's JSON says (a run before it said
+    whether its loader index was read: either)."""
+    index = "its loader index read, the samples' places looked up, its manifest read into the page cache meanwhile"
+    whole = "its manifest read whole off both replicas, each line's sha256 and split found"
+    if "from_index" not in one:
+        return f"the store opened, then {index} (a version built before indexes were kept: {whole})"
+    return f"the store opened, then {index if one['from_index'] else whole}"
 
 
 def main() -> None:
