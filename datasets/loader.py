@@ -595,25 +595,25 @@ def _forked() -> None:
 
 os.register_at_fork(after_in_child=_forked)
 
-#: the manifests being read into the page cache (`_ManifestLines.warm`), and the lock a warm
-#: reader closes its descriptor under — held across a fork: the child closes the descriptors its
-#: copies of the readers (which do not run there) still held (`_warm_forked`)
-_WARMING: weakref.WeakSet[_ManifestLines] = weakref.WeakSet()
+#: the descriptors of the readers of every manifest being read into the page cache
+#: (`_ManifestLines.warm`; -1: closed), whatever became of their loaders, and the lock they are
+#: opened and closed under — held across a fork: the child closes those its copies of the
+#: readers (which do not run there) still held (`_warm_forked`)
+_WARM_OWN: dict[int, list[int]] = {}
 _WARM_FDS = threading.Lock()
 
 
 def _warm_forked() -> None:
     _WARM_FDS.release()
-    for lines in list(_WARMING):
-        warming, lines._warming = lines._warming, None
-        if warming is not None:
-            _close_warm(warming[2])
+    for own in _WARM_OWN.values():
+        _close_warm(own)
+    _WARM_OWN.clear()
 
 
-def _close_warm(own: list[int]) -> None:
-    """Close the warm readers' descriptors still open (-1: closed)."""
+def _close_warm(own: list[int], only: int | None = None) -> None:
+    """Close the warm readers' descriptors still open (-1: closed), or reader `only`'s."""
     for k, fd in enumerate(own):
-        if fd >= 0:
+        if fd >= 0 and only in (None, k):
             own[k] = -1
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -802,9 +802,8 @@ class _ManifestLines:
         self._at: tuple[tuple[int, ...], int, bytes | None, int] | None = None
         self._closer: weakref.finalize | None = None
         self._reads = 0
-        # the manifest being read into the page cache (`warm`): the process, its readers, their
-        # descriptors (-1 once closed)
-        self._warming: tuple[int, list[threads.Thread], list[int]] | None = None
+        # the manifest being read into the page cache (`warm`): the process, its readers
+        self._warming: tuple[int, list[threads.Thread]] | None = None
         self._stop = threading.Event()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -830,12 +829,18 @@ class _ManifestLines:
         disks = [disks[k] for k in used]
         plan = [(used.index(k), a, n) for k, a, n in plan]
         fds: list[int] = []
+        own: list[int] = []
         try:
             for d in disks:
                 fds.append(d.open_reader(meta.hex))
-            own = [os.dup(fd) for fd in fds]  # (the readers' own: `keep`'s may be let go meanwhile)
+            with _WARM_FDS:  # (the readers' own: `keep`'s may be let go meanwhile)
+                own += [os.dup(fd) for fd in fds]
+                _WARM_OWN[id(own)] = own
         except OSError:
             _close_all(tuple(fds))
+            with _WARM_FDS:
+                _close_warm(own)
+                _WARM_OWN.pop(id(own), None)
             return
         self.keep(tuple(fds), loc.offset, bytes(k for k, _a, _n in plan), STRIPE_PIECE)
         stop = threading.Event()
@@ -854,21 +859,27 @@ class _ManifestLines:
                 pass
             finally:
                 with _WARM_FDS:
-                    fd, own[k] = own[k], -1
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+                    _close_warm(own, k)
+                    if max(own) < 0:
+                        _WARM_OWN.pop(id(own), None)
 
         readers = [threads.Thread(read, k, name="loader-manifest") for k in range(len(disks))]
-        self._warming, self._stop = (os.getpid(), readers, own), stop
-        _WARMING.add(self)
+        self._warming, self._stop = (os.getpid(), readers), stop
         for t in readers:
             t.start()
 
     def _warmed(self) -> None:
-        """Wait for `warm`'s reads (in the process that started them: a forked worker reads on)."""
+        """Wait for `warm`'s reads (in the process that started them: a forked worker reads on).
+        A Ctrl-C meanwhile stops them and is raised at once: nothing waits on a hung disk's read
+        (the readers touch only their own buffers and descriptors, which they close)."""
         warming, self._warming = self._warming, None
         if warming is not None and warming[0] == os.getpid():
-            threads.join_all(warming[1], self._stop.set)
+            try:
+                for t in warming[1]:
+                    t.join()
+            except BaseException:
+                self._stop.set()
+                raise
 
     def keep(self, fds: tuple[int, ...], offset: int, piece_of: bytes | None = None, piece: int = 1) -> None:
         """Read the lines off these replica files (descriptors it now owns): the first, or each

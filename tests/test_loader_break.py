@@ -263,3 +263,46 @@ def test_a_process_forked_while_the_manifest_is_read_holds_none_of_its_readers_f
     child = next(line for line in res.stdout.splitlines() if line.startswith("child")).split()
     parent = next(line for line in res.stdout.splitlines() if line.startswith("parent")).split()
     assert child[1] == parent[1] != "0" and child[2] == "True", res.stdout
+
+
+@pytest.mark.parametrize("then", ["closed", "dropped"])
+def test_a_process_forked_after_its_loader_went_holds_none_of_the_readers_files(built, then: str) -> None:
+    """A loader closed, or dropped and collected, while its manifest's readers are still on a
+    slow piece, then a fork (a DataLoader starting its workers): the child holds none of the
+    files those readers had open — they are found whatever became of their loader."""
+    cfg, _ = built
+    res, _took = _slow_script(cfg, f"""
+        import gc
+        before = held()
+        ld = Loader("pets@1", "train", 7, 0, config_path=CFG)
+        if {then!r} == "closed":
+            ld.close()
+        else:
+            del ld
+            gc.collect()
+        pid = os.fork()
+        if pid == 0:
+            print("child", held() == before, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """, 3.0)
+    assert res.returncode == 0 and "child True" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_ctrl_c_while_the_first_sample_waits_for_the_manifest_is_raised_at_once(built) -> None:
+    """Ctrl-C while the first sample waits for its manifest's reads into the page cache (a disk
+    that takes minutes a read): the KeyboardInterrupt comes at once, not after the read."""
+    cfg, _ = built
+    res, _took = _slow_script(cfg, """
+        import signal
+        ld = Loader("pets@1", "train", 7, 0, config_path=CFG)
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t = time.monotonic()
+        try:
+            for _ in ld:
+                pass
+        except KeyboardInterrupt:
+            print("interrupted after", round(time.monotonic() - t, 1), flush=True)
+    """, 120.0)
+    assert "interrupted after" in res.stdout, res.stdout + res.stderr
+    assert float(res.stdout.split("interrupted after")[1].split()[0]) < 30, res.stdout
