@@ -211,6 +211,14 @@ _INDEX_MAGIC = b"hoardfs loader index 1\n"
 _INDEX_ARRAYS = ("Q", "Q", "Q", "H")
 
 
+def _little_endian(a: array[int]) -> array[int]:
+    """`a` with its items in little-endian order (the loader index's), in place: swapped on a
+    big-endian machine, as it is on any other (swapping is its own inverse: written or read)."""
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a
+
+
 def loader_index(manifest: bytes, manifest_sha: str) -> bytes:
     """What a training loader's start needs of a manifest, scanned once at the build: each
     line's start, length and xxh3-64, its sample's sha256 and split — 58 bytes a sample, the
@@ -223,11 +231,8 @@ def loader_index(manifest: bytes, manifest_sha: str) -> bytes:
     head = {"manifest": manifest_sha, "manifest_bytes": len(manifest), "samples": len(scan.starts),
             "splits": list(scan.names), "long": sorted(scan.built)}
     parts = [_INDEX_MAGIC, canonical_bytes(head)]
-    for a, code in zip((scan.starts, array("Q", scan.lens), scan.xxh, scan.split_of), _INDEX_ARRAYS, strict=True):
-        a = array(code, a)
-        if sys.byteorder != "little":
-            a.byteswap()
-        parts.append(a.tobytes())
+    for a, code in zip((scan.starts, scan.lens, scan.xxh, scan.split_of), _INDEX_ARRAYS, strict=True):
+        parts.append(_little_endian(array(code, a)).tobytes())
     parts.append(bytes(scan.shas))
     return b"".join(parts)
 
@@ -312,9 +317,7 @@ class Samples(Sequence[Sample]):
             a = array(code)
             end = at + a.itemsize * n
             a.frombytes(data[at:end])
-            if sys.byteorder != "little":
-                a.byteswap()
-            got.append(a)
+            got.append(_little_endian(a))
             at = end
         starts, lens, xxh, split_of = got
         shas = data[at:at + 32 * n]

@@ -715,6 +715,16 @@ def _bad_manifest_replica(sha: bytes, what: str = "manifest") -> Callable[[Any, 
     return bad
 
 
+def _local_replicas(store: Store, sha: bytes) -> tuple[Any, Any, list[LocalDisk]] | None:
+    """The object's record (its index entry), its shard, and the shard's local replicas in the
+    store's order of choice — None when the index does not hold it (the caller's read says so)."""
+    loc = store.index.lookup(sha)
+    meta = store.index.get_shard(loc.shard_id) if loc is not None else None
+    if loc is None or meta is None:
+        return None
+    return loc, meta, [d for d in store.replica_order(meta) if isinstance(d, LocalDisk)]
+
+
 def _read_object(store: Store, sha: bytes, what: str) -> bytes:
     """An object read whole — a piece off each local replica at once (`_striped_object`), else
     off the first replica whose record checks out (its header and xxh3-128); one that fails or
@@ -739,11 +749,10 @@ def _striped_object(store: Store, sha: bytes, what: str) -> bytes | None:
     (`_stripes`: each disk a share in proportion to its bandwidth), its header and xxh3-128
     checked; None — the caller reads it off one replica after another — with fewer than two
     local replicas or a read or check that fails (logged)."""
-    loc = store.index.lookup(sha)
-    meta = store.index.get_shard(loc.shard_id) if loc is not None else None
-    disks = [d for d in store.replica_order(meta) if isinstance(d, LocalDisk)] if meta is not None else []
-    if loc is None or meta is None or len(disks) < 2:
+    placed = _local_replicas(store, sha)
+    if placed is None or len(placed[2]) < 2:
         return None
+    loc, meta, disks = placed
     size = fmt.RECORD_HEADER_SIZE + loc.length
     plan = _stripes(store, disks, size)
     buf = memoryview(bytearray(size))
@@ -819,11 +828,10 @@ class _ManifestLines:
         lines read from then on off the replica that read their piece, the first line asked
         for waiting for the reads. Nothing happens for a manifest with no local replica (its
         lines are read as `read` reads any)."""
-        loc = store.index.lookup(self.sha)
-        meta = store.index.get_shard(loc.shard_id) if loc is not None else None
-        disks = [d for d in store.replica_order(meta) if isinstance(d, LocalDisk)] if meta is not None else []
-        if loc is None or meta is None or not disks:
+        placed = _local_replicas(store, self.sha)
+        if placed is None or not placed[2]:
             return
+        loc, meta, disks = placed
         plan = _stripes(store, disks, loc.length)
         used = sorted({k for k, _a, _n in plan})  # (a manifest of one piece: one replica's file held)
         disks = [disks[k] for k in used]
@@ -1011,11 +1019,10 @@ def _striped_manifest(store: Store, sha: bytes, lines: _ManifestLines,
     samples are used. None — the caller reads it off one replica after another — for a manifest
     under STRIPE_MIN or with one local replica, and for a read or check that fails (logged;
     nothing written). Bytes that check out and are no manifest: the parser's error."""
-    loc = store.index.lookup(sha)
-    meta = store.index.get_shard(loc.shard_id) if loc is not None else None
-    disks = [d for d in store.replica_order(meta) if isinstance(d, LocalDisk)] if meta is not None else []
-    if loc is None or meta is None or len(disks) < 2 or loc.length < STRIPE_MIN:
+    placed = _local_replicas(store, sha)
+    if placed is None or len(placed[2]) < 2 or placed[0].length < STRIPE_MIN:
         return None
+    loc, meta, disks = placed
     plan = _stripes(store, disks, loc.length)
     where = f" (manifest {sha.hex()[:12]}…, shard {meta.hex}, striped)"
     pools = [ThreadPoolExecutor(1, thread_name_prefix="loader-manifest") for _ in disks]
