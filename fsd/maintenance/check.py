@@ -372,7 +372,7 @@ def _check(store: Store, missing_in_db: MissingInDb | None, liveness_in_db: Live
                                 "lost unless a 3B package holds them")
         if unknown:
             rep.notes.append(f"{unknown} stored objects are not nodes in the database (manifests, dumps, files "
-                             "stored with `hoard put`)")
+                             "stored with `hoard put`, dataset versions' loader indexes and converted JPEGs)")
     if liveness_in_db is not None:  # 7: the deletion flags follow the store
         for line in liveness_in_db(IndexMarks(store)):
             rep.add("database", line)
