@@ -337,13 +337,6 @@ class Samples(Sequence[Sample]):
     def __len__(self) -> int:
         return len(self._starts)
 
-    def _line(self, i: int) -> bytes:
-        at, n = self._starts[i], self._lens[i]
-        if self._lines is None:
-            return self._data[at:at + n]
-        assert self._xxh is not None
-        return self._lines.read(at, n, self._xxh[i])
-
     @overload
     def __getitem__(self, i: int) -> Sample: ...
     @overload
@@ -363,7 +356,9 @@ class Samples(Sequence[Sample]):
         line; one written otherwise, a key after `split` holding an object with its own `split`,
         may differ) — the sample is never handed out with fields other than those it was
         planned by."""
-        d = parse_line(self._line(i), long)
+        at, n = self._starts[i], self._lens[i]  # (its line read here, not by a call: one a sample handed out)
+        line = self._data[at:at + n] if self._lines is None else self._lines.read(at, n, self._xxh[i])  # type: ignore[index]
+        d = parse_line(line, long)
         if not isinstance(d, dict) or not isinstance(d.get("sha256"), str) or \
                 bytes.fromhex(d["sha256"]) != self._sha[32 * i:32 * i + 32] or \
                 d.get("split") != self._names[self._split_of[i]]:

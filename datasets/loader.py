@@ -79,6 +79,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xxhash
 
 from hoardfs.base import config, threads
@@ -524,52 +525,75 @@ def _deal(order: array[int], mem_at: array[int], members: array[int], length: ar
 
 class Mix:
     """The mix of what was yielded, over every window of WINDOW consecutive samples: the fewest
-    and the mean number of distinct shards, and the largest share of one shard. Kept as it goes
-    (a loader adds every sample it hands out): each shard's count in the window and how many
-    shards have each count, so the largest count moves by one at most a sample."""
+    and the mean number of distinct shards, and the largest share of one shard. `add` notes a
+    sample's shard (a few hundred nanoseconds: a loader adds every sample it hands out); the
+    samples noted are counted FOLD at a time, in arrays (`_fold`), with the last window's worth
+    before them — so memory stays bounded whatever the epoch's length, and every window is
+    counted once, whichever fold it ends in."""
 
-    def __init__(self, window: int = WINDOW) -> None:
-        self.window = window
-        self.last: deque[Any] = deque()
-        self.count: dict[Any, int] = {}
-        self.of_count: dict[int, int] = {}  # how many shards have each count
-        self.top = 0
+    #: samples noted before they are counted
+    FOLD = 1 << 16
+
+    def __init__(self, window: int = WINDOW, fold: int = FOLD) -> None:
+        self.window, self.fold = window, fold
+        self._number: dict[Any, int] = {}  # shard → its number in the folds
+        self._noted = array("q")  # the shard numbers of the samples not counted yet
+        self._tail = np.empty(0, np.int64)  # the last window - 1 samples counted
         self.windows = 0
         self.distinct_min: int | None = None
         self.distinct_sum = 0
         self.top_max = 0
 
     def add(self, shard: Any) -> None:
-        last, count, of = self.last, self.count, self.of_count
-        last.append(shard)
-        c = count.get(shard, 0)
-        if c:
-            of[c] -= 1
-        c += 1
-        count[shard] = c
-        of[c] = of.get(c, 0) + 1
-        if c > self.top:
-            self.top = c
-        if len(last) > self.window:
-            gone = last.popleft()
-            c = count[gone]
-            of[c] -= 1
-            if c == 1:
-                del count[gone]
-            else:
-                count[gone] = c - 1
-                of[c - 1] += 1
-            if c == self.top and not of[c]:
-                self.top = c - 1
-        if len(last) == self.window:
-            self.windows += 1
-            n = len(count)
-            self.distinct_min = n if self.distinct_min is None or n < self.distinct_min else self.distinct_min
-            self.distinct_sum += n
-            if self.top > self.top_max:
-                self.top_max = self.top
+        number = self._number
+        noted = self._noted
+        noted.append(number.setdefault(shard, len(number)))
+        if len(noted) >= self.fold:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Count the windows that end among the samples noted: with the samples before them
+        that such windows reach back to (`_tail`), the distinct shards of the first window,
+        then each next one's from the last's (a window moving on by one loses its first sample
+        — and gains the next occurrence of that shard within it as a first occurrence — and
+        gains its new last sample when its shard is not already in); the largest count of one
+        shard in any of them, as the most occurrences of a shard within a window's length from
+        any of its occurrences."""
+        if not self._noted:
+            return
+        w = self.window
+        seq = np.concatenate([self._tail, np.frombuffer(self._noted, np.int64)])
+        self._noted = array("q")
+        n = len(seq)
+        first = max(w - 1, len(self._tail))  # the last sample of the first window not counted yet
+        self._tail = seq[max(0, n - (w - 1)):].copy() if w > 1 else seq[:0].copy()
+        if first >= n:
+            return
+        by_shard = np.argsort(seq, kind="stable")  # (each shard's samples in order)
+        same = seq[by_shard[1:]] == seq[by_shard[:-1]]
+        prev = np.full(n, -1, np.int64)  # the shard's sample before (-1: none)
+        nxt = np.full(n, n, np.int64)  # the shard's sample after (n: none)
+        prev[by_shard[1:][same]] = by_shard[:-1][same]
+        nxt[by_shard[:-1][same]] = by_shard[1:][same]
+        start = first - w + 1
+        d0 = int(np.count_nonzero(prev[start:first + 1] < start))
+        t = np.arange(first + 1, n)
+        step = (nxt[t - w] <= t - 1).astype(np.int64) + (prev[t] <= t - w) - 1
+        distinct = np.concatenate([[d0], d0 + np.cumsum(step)])
+        self.windows += len(distinct)
+        low = int(distinct.min())
+        self.distinct_min = low if self.distinct_min is None else min(self.distinct_min, low)
+        self.distinct_sum += int(distinct.sum())
+        # each shard's samples, ordered by (shard, position): the occurrences within a window's
+        # length from each one (from the first window's start on) are those before the first
+        # key at or past its own plus the window
+        keys = np.sort(seq * (n + w) + np.arange(n))
+        at = np.flatnonzero(keys % (n + w) >= start)
+        top = np.searchsorted(keys, keys[at] + w) - at
+        self.top_max = max(self.top_max, int(top.max()))
 
     def report(self) -> dict[str, Any]:
+        self._fold()
         if not self.windows:
             return {"window": self.window, "windows": 0}
         return {"window": self.window, "windows": self.windows, "distinct_shards_min": self.distinct_min,
@@ -1477,14 +1501,19 @@ class Loader:
                         pass
                     finally:
                         dealt.result()
-            for k in range(start, len(p.post)):
-                i = p.post[k]
+            # (the loop hands out every sample of an epoch: what it asks of the plan, the stats,
+            # the lines and the mix, looked up once — at page-cache speed each lookup a sample
+            # costs a share of a per cent)
+            post, run_of, run_shard, order = p.post, p.run_of, p.run_shard, p.order
+            stats, mix, fields, decode = self._stats, self._mix.add, self.samples.fields, self.decode
+            for k in range(start, len(post)):
+                i = post[k]
                 if not need[i]:
                     if owned is None:
-                        self._stats["withheld"] += 1
+                        stats["withheld"] += 1
                     self.position = k + 1
                     continue
-                r = p.run_of[i]
+                r = run_of[i]
                 while done < r:
                     got = next(runs_in)
                     done = todo[got.number]
@@ -1497,8 +1526,8 @@ class Loader:
                             held_bytes += len(data)
                     self._took(got)
                     got.release()
-                    self._stats["held_max"] = max(self._stats["held_max"], len(held))
-                    self._stats["held_bytes_max"] = max(self._stats["held_bytes_max"], held_bytes)
+                    stats["held_max"] = max(stats["held_max"], len(held))
+                    stats["held_bytes_max"] = max(stats["held_bytes_max"], held_bytes)
                 data = held.pop(i, None)
                 if data is not None:
                     held_bytes -= len(data)
@@ -1506,16 +1535,26 @@ class Loader:
                 # hidden or deleted since the epoch began: not read — or read before, and not
                 # handed out now that the store no longer shows it
                 if data is None or not live(blob[32 * i:32 * i + 32]):
-                    self._stats["withheld"] += 1
+                    stats["withheld"] += 1
                     continue
-                self._stats["samples"] += 1
-                self._stats["bytes"] += len(data)
-                trim_in -= len(data)
+                size = len(data)
+                stats["samples"] += 1
+                stats["bytes"] += size
+                trim_in -= size
                 if trim_in <= 0:
                     trim_in = TRIM_BYTES
                     give_back_freed()
-                self._mix.add(p.shard(r))
-                yield self._sample(i, data, k)
+                mix(run_shard[order[r]])  # (the shard's number in the plan: one each)
+                try:
+                    out = fields(i)
+                except (ValueError, KeyError, TypeError) as e:  # (its line checked at the start by its sha256 and split alone)
+                    raise LoaderError(_not_a_manifest(self.ref, self.manifest_sha, e), ExitCode.DATA) from None
+                out["epoch"], out["position"] = self.epoch, k
+                if decode is None:
+                    out["bytes"] = data
+                else:
+                    out["data"] = decode(data)
+                yield out
             if self.workers > 1 and self.worker == 0 and self.source == "store":
                 for got in reads:  # (the others' leader, `runs.Follow`: the runs after its own last one read too)
                     self._took(got)
@@ -1533,15 +1572,3 @@ class Loader:
         if got.disk:
             per_disk = self._stats["per_disk_bytes"]
             per_disk[got.disk] = per_disk.get(got.disk, 0) + got.nbytes
-
-    def _sample(self, i: int, data: bytes, k: int) -> dict[str, Any]:
-        try:
-            out = self.samples.fields(i)
-        except (ValueError, KeyError, TypeError) as e:  # (its line checked at the start by its sha256 and split alone)
-            raise LoaderError(_not_a_manifest(self.ref, self.manifest_sha, e), ExitCode.DATA) from None
-        out["epoch"], out["position"] = self.epoch, k
-        if self.decode is None:
-            out["bytes"] = data
-        else:
-            out["data"] = self.decode(data)
-        return out

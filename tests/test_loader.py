@@ -944,16 +944,20 @@ def test_the_mix_counts_distinct_shards_and_the_largest_share() -> None:
                    "largest_shard_share": 1.0}
 
 
-@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("seed", range(40))
 def test_the_mix_kept_as_it_goes_is_every_windows_count(seed: int) -> None:
     """Mix, kept sample by sample, reports what counting each window afresh gives: any window,
-    any number of shards, runs of one shard growing and shrinking the largest count."""
+    any number of shards, runs of one shard growing and shrinking the largest count — counted
+    in folds of any size (shorter or longer than the window), and asked for between them."""
     rng = random.Random(seed)
     window = rng.choice([1, 2, 5, 17, 50])
-    shards = [rng.randrange(rng.choice([1, 3, 10])) for _ in range(rng.randrange(400))]
-    m = Mix(window)
-    for s in shards:
+    shards = [rng.choice([b"a", b"b", 7, (3, 4)]) if seed % 4 == 3 else rng.randrange(rng.choice([1, 3, 10]))
+              for _ in range(rng.randrange(400))]
+    m = Mix(window, fold=rng.choice([1, 3, window, 64, Mix.FOLD]))
+    for k, s in enumerate(shards):
         m.add(s)
+        if k % 97 == 0:
+            m.report()
     windows = [shards[i:i + window] for i in range(len(shards) - window + 1)]
     if not windows:
         assert m.report() == {"window": window, "windows": 0}

@@ -142,6 +142,7 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
         # RQ kills work horses with SIGKILL: their reader slots stay taken and pin old pages
         # (the file grows) until someone clears them
         self.env.reader_check()
+        self._info = self.env.info  # (LMDB's own: `generation`, asked once a sample a loader hands out)
         #: the index's format (hoardfs.fsd.core.formats), read before any table is created: an index a
         #: later hoardfs wrote takes no write at all — not even a table this version would add
         self.format = formats.INDEX if new else self._stored_format()
@@ -470,7 +471,7 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
         that snapshot. Never the starting point itself: a commit writes its meta page (synced
         to the disk) before the id read transactions start from, so this may name a write that
         a read transaction begun after it does not see."""
-        return self.env.info()["last_txnid"]
+        return self._info()["last_txnid"]
 
     def snapshot(self) -> int:
         """The id of the last write a read transaction begun now sees: the starting point a

@@ -196,8 +196,10 @@ class Later:
                 fd = held.enter_context(self.disk.descriptor(self.shard_hex))
             except OSError:  # (the shard's file cannot be opened: `take` says why, and reads elsewhere)
                 return [out.take(sha) for sha in shas]
+            payloads = out.payloads
             for sha in shas:
-                v = out.copied(sha)  # (read from another replica already — a sample held twice —: copied)
+                # (read from another replica already — a sample held twice —: copied)
+                v = out.copied(sha) if payloads else None
                 if v is not None:
                     got.append(v)
                     continue
@@ -319,10 +321,14 @@ def span(group: list[Rec]) -> tuple[int, int]:
 
 def records_cached(disk: LocalDisk, shard_hex: str, records: list[Rec]) -> bool:
     """Whether the page cache holds every one of the records (header and payload) of the
-    shard, whatever it holds of the bytes between them (one look, `LocalDisk.cached`)."""
-    return bool(records) and disk.cached(shard_hex, *span(records),
-                                         [(r.offset - fmt.RECORD_HEADER_SIZE, r.length + fmt.RECORD_HEADER_SIZE)
-                                          for r in records])
+    shard, whatever it holds of the bytes between them (`LocalDisk.cached`)."""
+    if not records:
+        return False
+    a, n = span(records)
+    # (the whole span first, one look: a warm epoch's answer — the records one by one only when
+    # some page of it is not there, which may be another object's between them)
+    return disk.cached(shard_hex, a, n) or disk.cached(
+        shard_hex, a, n, [(r.offset - fmt.RECORD_HEADER_SIZE, r.length + fmt.RECORD_HEADER_SIZE) for r in records])
 
 
 #: each reader thread's buffer the ranges of a local disk are read into (`read_groups`)
