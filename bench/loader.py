@@ -43,6 +43,10 @@ floor's kept pass both read no more than that:
   cache), one process reading the same files in inode order in a plain loop (open, read whole,
   close; no DataLoader, nothing else between the reads): the fastest a file loader could hand
   out page-cached samples — the bar for "warm at page-cache speed";
+- **warm parts**: right after, one process timing in turn, three rounds, the floor's loop, the
+  loader's plan with every record read and checked as it does it written as one loop, the same
+  with each sample's manifest line read, checked and parsed too, and the loader itself
+  (`warm_parts`) — where a warm epoch's time goes beyond the page cache's;
 - **3D export, then read**: `hoard export` (what `--here` runs) of the same nodes into zone 3D
   (this machine's disk: the SSD of a real host), cold, then its files read by the file loader
   (8 processes, shuffled): the time of both.
@@ -202,6 +206,9 @@ def child(job: dict) -> None:
             prof.dump_stats(Path(os.environ["HOARD_BENCH_PROFILE"]) / f"loader-{time.time_ns()}.prof")
         out["stats"] = ld.stats()
         out["from_index"] = ld.from_index
+    elif job["kind"] == "parts":
+        out |= warm_parts(job)
+        n, nbytes = out["samples"], out["bytes"]
     elif job["kind"] == "loader":
         # (each worker hands the DataLoader the sample's size alone, as a file loader's worker does
         # below: no side pickles the bytes, nor the loader's other fields, through the DataLoader's pipes)
@@ -222,13 +229,119 @@ def child(job: dict) -> None:
         for size in DataLoader(files, batch_size=None, shuffle=job["order"] == "shuffled", generator=gen,
                                num_workers=job["procs"]):
             n, nbytes = n + 1, nbytes + int(size)
-    out |= {"samples": n, "bytes": nbytes, "seconds": time.monotonic() - t0}
+    out |= {"samples": n, "bytes": nbytes, "seconds": out.get("seconds", time.monotonic() - t0)}
     if busy is not None:  # each disk's seconds in reads, and from the start to its first read's start
         out["disk_reads_timed"] = ["read_exact", "read_exact_into"]
         out["disk_read_s"] = {k: round(v[0], 3) for k, v in sorted(busy.items())}  # and its last's end
         out["disk_first_read_s"] = {k: round(v[2] - t0, 3) for k, v in sorted(busy.items())}
         out["disk_last_read_end_s"] = {k: round(v[1] - t0, 3) for k, v in sorted(busy.items())}
     Path(job["out"]).write_text(json.dumps(out))
+
+
+#: rounds of the warm parts (`warm_parts`): each part once a round, in turn
+PART_ROUNDS = 3
+
+
+def warm_parts(job: dict) -> dict:
+    """Where a warm one-process epoch's time goes: each part timed in this one process, warm,
+    in turn, PART_ROUNDS times (this VM's CPU is shared: a part timed in a burst of another
+    guest's load runs slower — each part's fastest round is kept, every round with it), each
+    part's start apart (the listing; the loader made, as `Loader(…)` returns it):
+
+    - `floor`: the page-cache floor's plain loop (`Files`, inode order);
+    - `records`: the loader's plan of the epoch (made and dealt as it makes it, in the time),
+      each record read as its warm epoch reads one
+      (header and payload, two preads off the shard's file on the disk the plan gives the run)
+      and checked as it checks one (header, xxh3-128), the payloads handed out in the epoch's
+      order through a dict — the bytes' work alone, written as one loop;
+    - `records + lines`: each sample's manifest line read too, checked against its xxh3-64,
+      parsed, and the fields the loader yields made of it — the loader's work, as one loop;
+    - `loader`: `Loader` itself, iterated as the one-process side iterates it.
+
+    The plan, the disks and the lines are the loader's own (its private parts: a diagnostic)."""
+    files = Files(Path(job["root"]), "inode")
+    times: dict[str, list[float]] = {"floor": [], "records": [], "records + lines": [], "loader": []}
+    cpu: dict[str, list[float]] = {k: [] for k in times}  # (the process's CPU seconds: another guest's burst apart)
+
+    def took(part: str, t: float, c: float) -> None:
+        times[part].append(time.monotonic() - t)
+        cpu[part].append(time.process_time() - c)
+
+    n = nbytes = 0
+    for _ in range(PART_ROUNDS):
+        t, c = time.monotonic(), time.process_time()
+        got = sum(files[i] for i in range(len(files)))
+        took("floor", t, c)
+        for lines in (False, True):
+            ld = Loader(job["ref"], split=None, config_path=job["config"])
+            with ld._source() as src:
+                t, c = time.monotonic(), time.process_time()
+                p, _withheld = ld._plan_and_withheld(src)
+                n, nbytes = _one_loop(ld, src.store, p, lines)
+                took("records + lines" if lines else "records", t, c)
+            ld.close()
+        ld = Loader(job["ref"], split=None, config_path=job["config"])
+        t, c = time.monotonic(), time.process_time()
+        k = sum(1 for _ in ld)
+        took("loader", t, c)
+        ld.close()
+        if not got == nbytes or not k == n == len(files):
+            raise SystemExit(f"warm parts: {got} bytes of files, {nbytes} of records; {k}, {n}, {len(files)} samples")
+    best = {k: min(v) for k, v in times.items()}
+    return {"parts_s": {k: round(v, 3) for k, v in best.items()},
+            "parts_rounds_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
+            "parts_cpu_rounds_s": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
+            "samples": n, "bytes": nbytes, "seconds": sum(sum(v) for v in times.values()), "setup_s": 0.0}
+
+
+def _one_loop(ld: Loader, store: Store, p: Any, lines: bool) -> tuple[int, int]:
+    """`warm_parts`' `records` (`lines`: and `records + lines`): the samples and bytes handed out."""
+    import orjson  # deferred: the child's alone
+    import xxhash
+
+    from hoardfs.fsd.core import shardfmt as fmt
+    from hoardfs.fsd.outputs import runs
+
+    disk_of = runs.assign(store, p.runs)
+    post, run_of = p.post, p.run_of
+    samples = ld.samples
+    fds, base, piece_of, piece = samples._lines._at if lines else ((), 0, None, 1)
+    starts, lens, xxh, blob = samples._starts, samples._lens, samples._xxh, samples._sha
+    names, split_of = samples._names, samples._split_of
+    unpack, hs, checked = fmt._REC_HDR.unpack, fmt.RECORD_HEADER_SIZE, fmt._REC_CHECKED.size
+    pread, x32, x64, x128 = os.pread, xxhash.xxh32_intdigest, xxhash.xxh3_64_intdigest, xxhash.xxh3_128_digest
+    held: dict[int, bytes] = {}
+    done, n, nbytes = -1, 0, 0
+    for k in range(len(post)):
+        i = post[k]
+        r = run_of[i]
+        while done < r:
+            done += 1
+            with store.disks[disk_of[done]].descriptor(p.shard(done).hex()) as fd:
+                for j, rec in zip(p.samples_of(done), p.records(done), strict=True):
+                    head, data = pread(fd, hs, rec.offset - hs), pread(fd, rec.length, rec.offset)
+                    magic, version, flags, _r, length, sha, digest, _r2, check = unpack(head)
+                    if not (sha == rec.sha and length == rec.length == len(data) and magic == fmt.RECORD_MAGIC
+                            and version == fmt.VERSION and not flags and x32(head[:checked]) == check
+                            and x128(data) == digest):
+                        raise SystemExit(f"warm parts: record {rec.sha.hex()} does not check out")
+                    held[j] = data
+        data = held.pop(i)
+        out = {"bytes": data}
+        if lines:
+            at = starts[i]
+            fd = fds[0] if piece_of is None else fds[piece_of[min(at // piece, len(piece_of) - 1)]]
+            line = pread(fd, lens[i], base + at)
+            doc = orjson.loads(line) if x64(line) == xxh[i] else None
+            if not doc or bytes.fromhex(doc["sha256"]) != blob[32 * i:32 * i + 32] or \
+                    doc["split"] != names[split_of[i]]:
+                raise SystemExit(f"warm parts: sample {i}'s manifest line does not check out")
+            get = doc.get
+            out |= {"key": doc["key"], "sha256": doc["sha256"], "labels": get("labels", {}), "split": doc["split"],
+                    "class": get("class"), "class_index": get("class_index"), "path": doc["path"],
+                    "node_id": doc["node_id"], "epoch": 0, "position": k}
+        n, nbytes = n + 1, nbytes + len(out["bytes"])
+    return n, nbytes
 
 
 #: the one-process loader's RssAnon is read once in this many samples (`rss_anon_kb_by_sample`)
@@ -487,6 +600,9 @@ def run(args) -> dict:
                           sides, n_full)
                 if wanted(f"plain x{PROCS[-1]} inode"):  # (its warm pass read every plain file)
                     data["page_cache_floor"] = page_cache_floor(lab, work, plain, n_full)
+                    # where the warm epoch's time goes, each part beside the floor in one process
+                    data["warm_parts"] = checked_side(lab, work, "warm parts", "warm", {
+                        "kind": "parts", "procs": 0, "ref": full, "config": conf, "root": str(plain)}, n_full)
                 if not wanted("3D"):
                     return data
                 drop_caches()
@@ -602,7 +718,21 @@ def _warm_goal(d: dict) -> list[str]:
         return [f"{line}: not judged — a side was not warm (" + ", ".join(f"{k} read {v} MiB" for k, v in
                                                                              cold_mib.items())
                 + f" off the disks; at most {WARM_DISK_SHARE:.2%} of the bytes counts as warm)"]
-    return [f"{line}: {'met' if warm <= base else 'missed'}"]
+    return [f"{line}: {'met' if warm <= base else 'missed'}" + _warm_parts(d)]
+
+
+def _warm_parts(d: dict) -> str:
+    """`warm_parts`' figures, as the warm goal's line goes on (nothing for a run without them)."""
+    parts = d.get("warm_parts", {}).get("parts_s")
+    if not parts:
+        return ""
+    floor, recs, lines, ld = parts["floor"], parts["records"], parts["records + lines"], parts["loader"]
+    return (f". Where it goes (`warm_parts`: each part's fastest of {PART_ROUNDS} rounds in one process, in turn, "
+            f"its start apart): the plain loop {floor:.2f} s; the loader's plan and every record read and checked "
+            f"as it reads and checks them, written as one loop, {recs:.2f} s ({recs / floor:.2f}× the plain loop); "
+            f"each sample's manifest line read, checked and parsed into the fields the loader yields too, "
+            f"{lines:.2f} s (+{lines - recs:.2f} s); the loader itself {ld:.2f} s (+{ld - lines:.2f} s of its own "
+            "bookkeeping: the runs' hand-over, the checks of what the store shows, the stats and the mix)")
 
 
 def _dd_bound(d: dict) -> str:

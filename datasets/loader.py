@@ -708,12 +708,17 @@ class _StoreSource:
         follow = runs_mod.Follow() if ld.workers > 1 and ld.worker != 0 else None
         return runs_mod.read_runs(self.store, runs, ahead, follow, lead=ld.workers > 1 and ld.worker == 0, later=True)
 
+    def since(self) -> tuple[Callable[[], int], int | None]:
+        """The index's last write (`Index.generation`) and the one the reads began from (the
+        snapshot `read_runs` took; None before): while the two are equal, every sample read is
+        still held and shown — each run's records were asked in that snapshot or a later one,
+        as it was read (`runs.read_run`) — one look a sample, not three lookups."""
+        return self._generation, self._since
+
     def live(self, sha: bytes) -> bool:
-        """Whether a sample read by `read_runs` is still held and shown: so when nothing in the
-        index changed since the snapshot the reads began from (each run's records were asked
-        in that snapshot or a later one, as it was read, `runs.read_run`) — one look at the
-        index's last write, not three lookups a sample; asked of the index otherwise (an
-        ingest, a delete, a gc writing meanwhile)."""
+        """Whether a sample read by `read_runs` is still held and shown (`since` says so at once
+        while nothing was written; asked of the index otherwise — an ingest, a delete, a gc
+        writing meanwhile)."""
         if self._since is not None and self._generation() == self._since:
             return True
         return runs_mod.live(self.store, sha)
@@ -1489,6 +1494,9 @@ class Loader:
         held: dict[int, bytes] = {}
         held_bytes = 0
         blob, live = self.shas.blob, src.live  # (sample j's sha256: blob[32 j : 32 j + 32])
+        # (while the index's last write is the one the reads began from, every sample read is
+        # live: one look a sample — `live` asked otherwise, and of a source with no index)
+        generation, since = src.since()
         trim_in = TRIM_BYTES
         done = -1  # the last plan run read
         try:
@@ -1534,7 +1542,7 @@ class Loader:
                 self.position = k + 1
                 # hidden or deleted since the epoch began: not read — or read before, and not
                 # handed out now that the store no longer shows it
-                if data is None or not live(blob[32 * i:32 * i + 32]):
+                if data is None or ((since is None or generation() != since) and not live(blob[32 * i:32 * i + 32])):
                     stats["withheld"] += 1
                     continue
                 size = len(data)

@@ -179,6 +179,10 @@ class Located:
     def withheld(self, shas: Sequence[bytes]) -> set[bytes]:
         return self.withheld_at_publish | self.unshown
 
+    def since(self) -> tuple[Callable[[], int], int | None]:
+        """No index to look at (`_StoreSource.since`): `live` is asked of every sample."""
+        return int, None
+
     def live(self, sha: bytes) -> bool:
         return sha not in self.withheld_at_publish and sha not in self.unshown
 

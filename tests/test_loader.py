@@ -750,6 +750,30 @@ def test_a_record_hidden_before_its_consumer_takes_it_is_not_read(built, monkeyp
 
 
 @pytest.mark.parametrize("many", [False, True], ids=["one by one", "all at once"])
+def test_a_record_hidden_before_its_warm_run_is_planned_is_not_read(built, monkeypatch: pytest.MonkeyPatch,
+                                                                    many: bool) -> None:
+    """A record hidden by `hoard delete --node` (another process) before the warm epoch plans
+    its run (`read_runs(later=True)`: the run planned by its consumer, `runs._later`): named
+    unshown at once, not a byte of it read as the run's records are taken — whatever the
+    snapshot the takes compare the index with; the run's others read."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        runs, _ = _later_runs(store, ld)  # (every shard in the page cache)
+        j = next(b for b in range(len(runs)) if len(runs[b].records) >= 2)
+        victim = runs[j].records[1]
+        res = _hoard(cfg, "delete", "--node", victim.sha.hex())
+        assert res.returncode == 0, res.stderr
+        later = list(read_runs(store, runs, later=True))  # (planned now: after the delete)
+        assert later[j].later is not None and victim.sha in later[j].unshown
+        reads = _payload_reads(monkeypatch) if many else _record_reads(monkeypatch)
+        got = _taken(later[j], [rec.sha for rec in runs[j].records], many)
+    assert got[victim.sha] is None and victim.offset not in reads and reads
+    assert victim.offset - fmt.RECORD_HEADER_SIZE not in reads
+    assert all(v is not None and hashlib.sha256(v).digest() == sha for sha, v in got.items() if sha != victim.sha)
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one by one", "all at once"])
 def test_a_shard_gc_retired_before_its_consumer_takes_its_records_is_read_elsewhere_one_line(
         built, caplog: pytest.LogCaptureFixture, many: bool) -> None:
     """A run left to its consumer whose shard file is gone when the consumer takes its records

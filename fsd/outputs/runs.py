@@ -611,6 +611,8 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
     if planned is _UNPLANNED:
         if later:  # (before the plan: a write after it is looked for at a `Later`'s take)
             since = store.index.snapshot()
+            if cached and run.keep is None and follow is None and not lead:
+                return _later(store, number, run, uuid, since)
         p = _planned(store, number, run, uuid, lead, follow)
     else:
         p = planned
@@ -633,6 +635,19 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
                                                  ELSEWHERE, run.keep, then, follow,
                                                  buffers)]
     _elsewhere(store, failed, uuid, out)
+    return out
+
+
+def _later(store: Store, number: int, run: Run, uuid: str, since: int) -> RunRead:
+    """`read_run` of a run whose every record is kept and in the page cache of local disk
+    `uuid` (the caller looked: `records_cached`): its records the store shows left to the
+    consumer (`Later`), the others passed over (`unshown`) — no range planned, nothing read."""
+    disk, recs = store.disks[uuid], run.records
+    out = RunRead(number, {}, disk.label)
+    shown = store.index.live_many([r.sha for r in recs])
+    out.unshown = [r.sha for r, ok in zip(recs, shown, strict=True) if not ok]
+    out.later = Later(store, disk, run.shard_id.hex(), uuid, since,
+                      {r.sha: r for r, ok in zip(recs, shown, strict=True) if ok})
     return out
 
 
