@@ -246,14 +246,16 @@ def warm_parts(job: dict) -> dict:
     """Where a warm one-process epoch's time goes: each part timed in this one process, warm,
     in turn, PART_ROUNDS times (this VM's CPU is shared: a part timed in a burst of another
     guest's load runs slower — each part's fastest round is kept, every round with it), each
-    part's start apart (the listing; the loader made, as `Loader(…)` returns it):
+    part's start apart (the listing; the loader made, as `Loader(…)` returns it — the store
+    held open throughout, by all alike):
 
     - `floor`: the page-cache floor's plain loop (`Files`, inode order);
     - `records`: the loader's plan of the epoch (made and dealt as it makes it, in the time),
-      each record read as its warm epoch reads one
-      (header and payload, two preads off the shard's file on the disk the plan gives the run)
-      and checked as it checks one (header, xxh3-128), the payloads handed out in the epoch's
-      order through a dict — the bytes' work alone, written as one loop;
+      then as one loop what its warm epoch does for the bytes: each run's pages looked at
+      (`records_cached`) and its records looked up (`live_many`), each record read (header and
+      payload, two preads off the shard's file on the disk the plan gives the run) and checked
+      (header, xxh3-128), the payloads handed out in the epoch's order through a dict, the
+      index's last write looked at a sample;
     - `records + lines`: each sample's manifest line read too, checked against its xxh3-64,
       parsed, and the fields the loader yields made of it — the loader's work, as one loop;
     - `loader`: `Loader` itself, iterated as the one-process side iterates it.
@@ -268,29 +270,32 @@ def warm_parts(job: dict) -> dict:
         cpu[part].append(time.process_time() - c)
 
     n = nbytes = 0
-    for _ in range(PART_ROUNDS):
-        t, c = time.monotonic(), time.process_time()
-        got = sum(files[i] for i in range(len(files)))
-        took("floor", t, c)
-        for lines in (False, True):
+    with Loader(job["ref"], split=None, config_path=job["config"])._store():  # (open for every part)
+        for _ in range(PART_ROUNDS):
+            t, c = time.monotonic(), time.process_time()
+            got = sum(files[i] for i in range(len(files)))
+            took("floor", t, c)
+            for lines in (False, True):
+                ld = Loader(job["ref"], split=None, config_path=job["config"])
+                with ld._source() as src:
+                    t, c = time.monotonic(), time.process_time()
+                    p, _withheld = ld._plan_and_withheld(src)
+                    n, nbytes = _one_loop(ld, src.store, p, lines)
+                    took("records + lines" if lines else "records", t, c)
+                ld.close()
             ld = Loader(job["ref"], split=None, config_path=job["config"])
-            with ld._source() as src:
-                t, c = time.monotonic(), time.process_time()
-                p, _withheld = ld._plan_and_withheld(src)
-                n, nbytes = _one_loop(ld, src.store, p, lines)
-                took("records + lines" if lines else "records", t, c)
+            t, c = time.monotonic(), time.process_time()
+            k = sum(1 for _ in ld)
+            took("loader", t, c)
             ld.close()
-        ld = Loader(job["ref"], split=None, config_path=job["config"])
-        t, c = time.monotonic(), time.process_time()
-        k = sum(1 for _ in ld)
-        took("loader", t, c)
-        ld.close()
-        if not got == nbytes or not k == n == len(files):
-            raise SystemExit(f"warm parts: {got} bytes of files, {nbytes} of records; {k}, {n}, {len(files)} samples")
+            if not got == nbytes or not k == n == len(files):
+                raise SystemExit(f"warm parts: {got} bytes of files, {nbytes} of records; {k}, {n}, {len(files)} "
+                                 "samples")
     best = {k: min(v) for k, v in times.items()}
     return {"parts_s": {k: round(v, 3) for k, v in best.items()},
             "parts_rounds_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
             "parts_cpu_rounds_s": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
+            "parts_epochs": len(times) * PART_ROUNDS,
             "samples": n, "bytes": nbytes, "seconds": sum(sum(v) for v in times.values()), "setup_s": 0.0}
 
 
@@ -305,11 +310,16 @@ def _one_loop(ld: Loader, store: Store, p: Any, lines: bool) -> tuple[int, int]:
     disk_of = runs.assign(store, p.runs)
     post, run_of = p.post, p.run_of
     samples = ld.samples
+    if lines:
+        samples._lines._warmed()  # (as the loader's first line waits for the manifest's read into the page cache)
+        if samples._lines._at is None:
+            raise SystemExit("warm parts: the manifest's lines are read off no local replica")
     fds, base, piece_of, piece = samples._lines._at if lines else ((), 0, None, 1)
     starts, lens, xxh, blob = samples._starts, samples._lens, samples._xxh, samples._sha
     names, split_of = samples._names, samples._split_of
     unpack, hs, checked = fmt._REC_HDR.unpack, fmt.RECORD_HEADER_SIZE, fmt._REC_CHECKED.size
     pread, x32, x64, x128 = os.pread, xxhash.xxh32_intdigest, xxhash.xxh3_64_intdigest, xxhash.xxh3_128_digest
+    generation, since = store.index.generation, store.index.snapshot()
     held: dict[int, bytes] = {}
     done, n, nbytes = -1, 0, 0
     for k in range(len(post)):
@@ -317,16 +327,24 @@ def _one_loop(ld: Loader, store: Store, p: Any, lines: bool) -> tuple[int, int]:
         r = run_of[i]
         while done < r:
             done += 1
-            with store.disks[disk_of[done]].descriptor(p.shard(done).hex()) as fd:
-                for j, rec in zip(p.samples_of(done), p.records(done), strict=True):
+            disk, shard_hex, recs = store.disks[disk_of[done]], p.shard(done).hex(), p.records(done)
+            if not runs.records_cached(disk, shard_hex, recs) or not all(store.index.live_many([r.sha for r in recs])):
+                raise SystemExit(f"warm parts: run {done}'s records are not all in the page cache, or not all live")
+            read: dict[bytes, bytes] = {}
+            with disk.descriptor(shard_hex) as fd:
+                for rec in recs:
                     head, data = pread(fd, hs, rec.offset - hs), pread(fd, rec.length, rec.offset)
                     magic, version, flags, _r, length, sha, digest, _r2, check = unpack(head)
                     if not (sha == rec.sha and length == rec.length == len(data) and magic == fmt.RECORD_MAGIC
                             and version == fmt.VERSION and not flags and x32(head[:checked]) == check
                             and x128(data) == digest):
                         raise SystemExit(f"warm parts: record {rec.sha.hex()} does not check out")
-                    held[j] = data
+                    read[sha] = data
+            for j in p.samples_of(done):  # (a record of samples held twice: each its own)
+                held[j] = read[blob[32 * j:32 * j + 32]]
         data = held.pop(i)
+        if generation() != since:
+            raise SystemExit("warm parts: the index was written during the epoch")
         out = {"bytes": data}
         if lines:
             at = starts[i]
@@ -723,16 +741,21 @@ def _warm_goal(d: dict) -> list[str]:
 
 def _warm_parts(d: dict) -> str:
     """`warm_parts`' figures, as the warm goal's line goes on (nothing for a run without them)."""
-    parts = d.get("warm_parts", {}).get("parts_s")
+    side_ = d.get("warm_parts", {})
+    parts = side_.get("parts_s")
     if not parts:
         return ""
+    if side_["disk_read_bytes"] > WARM_DISK_SHARE * side_["bytes"] * side_["parts_epochs"]:
+        return (f". Where it goes (`warm_parts`) not told: its epochs read {side_['disk_read_bytes'] >> 20} MiB off "
+                "the disks (not warm)")
     floor, recs, lines, ld = parts["floor"], parts["records"], parts["records + lines"], parts["loader"]
     return (f". Where it goes (`warm_parts`: each part's fastest of {PART_ROUNDS} rounds in one process, in turn, "
-            f"its start apart): the plain loop {floor:.2f} s; the loader's plan and every record read and checked "
-            f"as it reads and checks them, written as one loop, {recs:.2f} s ({recs / floor:.2f}× the plain loop); "
+            f"its start apart): the plain loop {floor:.2f} s; the loader's plan, then as one loop what its warm epoch "
+            f"does for the bytes (each run's pages and records looked at, every record read and checked, the index's "
+            f"last write looked at a sample) {recs:.2f} s ({recs / floor:.2f}× the plain loop); "
             f"each sample's manifest line read, checked and parsed into the fields the loader yields too, "
             f"{lines:.2f} s (+{lines - recs:.2f} s); the loader itself {ld:.2f} s (+{ld - lines:.2f} s of its own "
-            "bookkeeping: the runs' hand-over, the checks of what the store shows, the stats and the mix)")
+            "bookkeeping: the runs handed over, the samples held, the stats and the mix, its calls a sample)")
 
 
 def _dd_bound(d: dict) -> str:

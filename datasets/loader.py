@@ -1512,7 +1512,7 @@ class Loader:
             # (the loop hands out every sample of an epoch: what it asks of the plan, the stats,
             # the lines and the mix, looked up once — at page-cache speed each lookup a sample
             # costs a share of a per cent)
-            post, run_of, run_shard, order = p.post, p.run_of, p.run_shard, p.order
+            post, run_of, run_shard, order, shard_ids = p.post, p.run_of, p.run_shard, p.order, p.shard_ids
             stats, mix, fields, decode = self._stats, self._mix.add, self.samples.fields, self.decode
             for k in range(start, len(post)):
                 i = post[k]
@@ -1552,7 +1552,9 @@ class Loader:
                 if trim_in <= 0:
                     trim_in = TRIM_BYTES
                     give_back_freed()
-                mix(run_shard[order[r]])  # (the shard's number in the plan: one each)
+                # (the shard's id: its number in the plan is another in the next epoch's, and the
+                # mix's windows run on across epochs)
+                mix(shard_ids[run_shard[order[r]]])
                 try:
                     out = fields(i)
                 except (ValueError, KeyError, TypeError) as e:  # (its line checked at the start by its sha256 and split alone)

@@ -982,14 +982,39 @@ def test_the_mix_kept_as_it_goes_is_every_windows_count(seed: int) -> None:
         m.add(s)
         if k % 97 == 0:
             m.report()
+    assert m.report() == _mix_counted(shards, window)
+
+
+def _mix_counted(shards: list[Any], window: int) -> dict[str, Any]:
+    """What `Mix.report` says of `shards`, each window counted afresh."""
     windows = [shards[i:i + window] for i in range(len(shards) - window + 1)]
     if not windows:
-        assert m.report() == {"window": window, "windows": 0}
-        return
+        return {"window": window, "windows": 0}
     distinct = [len(set(w)) for w in windows]
-    assert m.report() == {"window": window, "windows": len(windows), "distinct_shards_min": min(distinct),
-                          "distinct_shards_mean": round(sum(distinct) / len(windows), 1),
-                          "largest_shard_share": round(max(max(w.count(s) for s in w) for w in windows) / window, 4)}
+    return {"window": window, "windows": len(windows), "distinct_shards_min": min(distinct),
+            "distinct_shards_mean": round(sum(distinct) / len(windows), 1),
+            "largest_shard_share": round(max(max(w.count(s) for s in w) for w in windows) / window, 4)}
+
+
+def test_a_loaders_mix_runs_on_across_epochs_by_each_samples_shard(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`stats()["mix"]` of a split's loader over two epochs counts every window of the samples
+    it yielded by the shard each one's record is in — the windows across the epochs' boundary
+    too (each epoch's plan numbers the shards its own way: the first's from the manifest's
+    order, every split's samples, the next from the split's)."""
+    cfg, _ = built
+    noted: list[Any] = []
+
+    class Noted(Mix):
+        def add(self, shard: Any) -> None:
+            noted.append(shard)
+            super().add(shard)
+
+    monkeypatch.setattr(loader_mod, "Mix", lambda: Noted(window=5))
+    ld = Loader("pets@1", "train", 7, 0, config_path=cfg.source, **SMALL)
+    got = [s["sha256"] for _ in range(2) for s in ld]
+    with Store.open(cfg, writable=False) as store:
+        shards = [store.index.lookup(bytes.fromhex(h)).shard_id for h in got]
+    assert len(set(shards)) > 1 and noted == shards and ld.stats()["mix"] == _mix_counted(shards, 5)
 
 
 def test_the_plan_keeps_each_shards_runs_in_offset_order_and_mixes_lanes() -> None:
