@@ -528,11 +528,11 @@ class Mix:
     and the mean number of distinct shards, and the largest share of one shard. `add` notes a
     sample's shard (a few hundred nanoseconds: a loader adds every sample it hands out); the
     samples noted are counted FOLD at a time, in arrays (`_fold`), with the last window's worth
-    before them — so memory stays bounded whatever the epoch's length, and every window is
-    counted once, whichever fold it ends in."""
+    before them — so memory stays bounded (under a MiB) whatever the epoch's length, and every
+    window is counted once, whichever fold it ends in."""
 
-    #: samples noted before they are counted
-    FOLD = 1 << 16
+    #: samples noted before they are counted (a fold's arrays: ~10 of this many 8-byte numbers)
+    FOLD = 1 << 13
 
     def __init__(self, window: int = WINDOW, fold: int = FOLD) -> None:
         self.window, self.fold = window, fold
