@@ -716,11 +716,8 @@ class _StoreSource:
         return self._generation, self._since
 
     def live(self, sha: bytes) -> bool:
-        """Whether a sample read by `read_runs` is still held and shown (`since` says so at once
-        while nothing was written; asked of the index otherwise — an ingest, a delete, a gc
-        writing meanwhile)."""
-        if self._since is not None and self._generation() == self._since:
-            return True
+        """Whether a sample read by `read_runs` is still held and shown, asked of the index (the
+        loader asks only once `since` no longer says so: an ingest, a delete, a gc wrote)."""
         return runs_mod.live(self.store, sha)
 
 
