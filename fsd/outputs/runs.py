@@ -607,7 +607,8 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
     `later`: a run all of whose records a local disk's page cache holds (and every one of them
     kept, no one following) is not read here but left to the consumer, which reads each record
     as it takes it (`Later`); `cached`: the caller found all of the run's records there just now
-    (`records_cached`), not looked at again."""
+    (`records_cached`) — the run is handed over as it is (`_later`), no range planned, not
+    looked at again."""
     if planned is _UNPLANNED:
         if later:  # (before the plan: a write after it is looked for at a `Later`'s take)
             since = store.index.snapshot()
@@ -623,7 +624,7 @@ def read_run(store: Store, number: int, run: Run, uuid: str,
     if (later and run.keep is None and follow is None and not lead and isinstance(p.disk, LocalDisk) and p.groups
             and not failed):
         shard_hex, recs = run.shard_id.hex(), [r for g in p.groups for r in g]
-        if cached or records_cached(p.disk, shard_hex, recs):
+        if records_cached(p.disk, shard_hex, recs):
             out.later = Later(store, p.disk, shard_hex, uuid, since, {r.sha: r for r in recs})
             if then is not None:
                 then()
