@@ -17,7 +17,9 @@ lab's disks read, measured from outside).
 
 Every side reads every sample of `ldr-full` once, whole, as bytes (nothing decoded on any
 side: the figure is the reading); **cold** = page cache, dentries and inodes dropped first
-(`drop_caches`), listing and planning inside the time; **warm** = the same again at once — a
+(`drop_caches`), listing and planning inside the time; **warm** = the same again at once (a
+loader side: the next epoch, as training reads it — its plan orders and balances the runs its
+own way, and a run the last epoch read off one replica may be balanced to the other) — a
 warm pass that read more than a quarter per cent of its bytes off the disks is run again (up
 to three in all; the table shows what the kept one read): this VM's kernel pages out what was
 not touched for a minute (DAMON's `pageout` scheme), so a side whose cold pass lasted minutes
@@ -192,7 +194,7 @@ def child(job: dict) -> None:
     out: dict = {}
     n = nbytes = 0
     if job["kind"] == "loader" and job["procs"] == 0:
-        ld = Loader(job["ref"], split=None, config_path=job["config"])
+        ld = Loader(job["ref"], split=None, epoch=job.get("epoch", 0), config_path=job["config"])
         out["setup_s"] = time.monotonic() - t0
         prof = _profiler()
         trace = [[0, _rss_anon_kb()]]  # (RssAnon every TRACE_EVERY samples: where the peak is reached)
@@ -212,7 +214,7 @@ def child(job: dict) -> None:
     elif job["kind"] == "loader":
         # (each worker hands the DataLoader the sample's size alone, as a file loader's worker does
         # below: no side pickles the bytes, nor the loader's other fields, through the DataLoader's pipes)
-        ds = TorchDataset(job["ref"], split=None, config_path=job["config"], decode=len,
+        ds = TorchDataset(job["ref"], split=None, epoch=job.get("epoch", 0), config_path=job["config"], decode=len,
                           transform=operator.itemgetter("data"))
         out["setup_s"] = time.monotonic() - t0
         for size in DataLoader(ds, batch_size=None, num_workers=job["procs"]):
@@ -311,7 +313,7 @@ def _one_loop(ld: Loader, store: Store, p: Any, lines: bool) -> tuple[int, int]:
     from hoardfs.fsd.core import shardfmt as fmt
     from hoardfs.fsd.outputs import runs
 
-    disk_of = runs.assign(store, p.runs)
+    disk_of = runs.assign(store, p.runs, warm=True)
     post, run_of = p.post, p.run_of
     samples = ld.samples
     if lines:
@@ -321,8 +323,8 @@ def _one_loop(ld: Loader, store: Store, p: Any, lines: bool) -> tuple[int, int]:
     fds, base, piece_of, piece = samples._lines._at if lines else ((), 0, None, 1)
     starts, lens, xxh, blob = samples._starts, samples._lens, samples._xxh, samples._sha
     names, split_of = samples._names, samples._split_of
-    unpack, hs, checked = fmt._REC_HDR.unpack, fmt.RECORD_HEADER_SIZE, fmt._REC_CHECKED.size
-    pread, x32, x64, x128 = os.pread, xxhash.xxh32_intdigest, xxhash.xxh3_64_intdigest, xxhash.xxh3_128_digest
+    sound, hs = fmt.sound_parts, fmt.RECORD_HEADER_SIZE
+    pread, x64 = os.pread, xxhash.xxh3_64_intdigest
     generation, since = store.index.generation, store.index.snapshot()
     held: dict[int, bytes] = {}
     done, n, nbytes = -1, 0, 0
@@ -341,12 +343,9 @@ def _one_loop(ld: Loader, store: Store, p: Any, lines: bool) -> tuple[int, int]:
             with disk.descriptor(shard_hex) as fd:
                 for rec in recs:
                     head, data = pread(fd, hs, rec.offset - hs), pread(fd, rec.length, rec.offset)
-                    magic, version, flags, _r, length, sha, digest, _r2, check = unpack(head)
-                    if not (sha == rec.sha and length == rec.length == len(data) and magic == fmt.RECORD_MAGIC
-                            and version == fmt.VERSION and not flags and x32(head[:checked]) == check
-                            and x128(data) == digest):
+                    if not sound(head, data, rec.sha, rec.length):  # (the loader's own check)
                         raise SystemExit(f"warm parts: record {rec.sha.hex()} does not check out")
-                    read[sha] = data
+                    read[rec.sha] = data
             for j in p.samples_of(done):  # (a record of samples held twice: each its own)
                 held[j] = read[blob[32 * j:32 * j + 32]]
         data = held.pop(i)
@@ -441,7 +440,8 @@ def cold_warm(lab, work: Path, name: str, job: dict, out: dict, expect: int) -> 
         return
     drop_caches()
     out[name] = {"cold": checked_side(lab, work, name, "cold", job, expect)}
-    out[name]["warm"] = warm(lab, work, name, job, expect)
+    # (a loader's warm pass: the next epoch — `warm` runs it again, the same epoch, when it read off the disks)
+    out[name]["warm"] = warm(lab, work, name, {**job, "epoch": 1} if job["kind"] == "loader" else job, expect)
 
 
 def checked_side(lab, work: Path, name: str, temp: str, job: dict, expect: int) -> dict:

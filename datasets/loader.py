@@ -275,6 +275,15 @@ class _Runs(Sequence[Run]):
         for r in self.numbers:
             yield self.p.shard(r), self.p.size(r, self.only(r) if self.only is not None else None)
 
+    def span(self, j: int) -> tuple[int, int]:
+        """(offset, length) of the range run j's records lie in, headers included, no Rec made
+        (`hoardfs.fsd.outputs.runs.extent`; of all its records: those it keeps lie within)."""
+        p = self.p
+        b = p.order[self.numbers[j]]
+        first, last = p.rec_at[b], p.rec_at[b + 1] - 1
+        a = p.rec_offset[first] - fmt.RECORD_HEADER_SIZE
+        return a, p.rec_offset[last] + p.rec_length[last] - a
+
 
 def _rng(manifest_sha: str, split: str | None, seed: int, epoch: int, what: str) -> random.Random:
     return random.Random(f"hoardfs.loader/{manifest_sha}/{split or '*'}/{seed}/{epoch}/{what}")

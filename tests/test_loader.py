@@ -609,13 +609,7 @@ def test_a_warm_epochs_runs_are_planned_by_their_consumer_until_one_is_not_cache
         k = next((j for j in range(1, len(runs)) if runs[j].shard_id not in {r.shard_id for r in runs[:j]}), None)
         if k is None:
             pytest.skip("the epoch's runs are all of one shard")
-        path = Path(store.disks[disk_of[k]].find(runs[k].shard_id.hex()))
-        os.sync()
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        _drop_pages(store, runs[k].shard_id)  # (off every replica: none is read warm)
         if store.disks[disk_of[k]].cached(runs[k].shard_id.hex(), *runs_mod.span(runs[k].records)):
             pytest.skip("the page cache kept the shard's pages (posix_fadvise DONTNEED)")
         threads: list[str] = []
@@ -633,6 +627,59 @@ def test_a_warm_epochs_runs_are_planned_by_their_consumer_until_one_is_not_cache
     assert threads[:k] == [main] * k and all(t.startswith("loader-read") for t in threads[k:])
     assert got[k].later is None  # (read off the disk by its reader, not left to the consumer)
     assert all(v is not None and hashlib.sha256(v).digest() == sha for p in payloads for sha, v in p.items())
+
+
+def _drop_pages(store: Store, shard_id: bytes) -> None:
+    """The page cache's pages of the shard's file dropped on every disk holding it."""
+    os.sync()
+    meta = store.index.get_shard(shard_id)
+    assert meta is not None
+    for disk in store.replica_order(meta):
+        fd = os.open(disk.find(shard_id.hex()), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def test_a_next_epoch_reads_each_run_off_the_replica_the_page_cache_holds(built) -> None:
+    """Each epoch's plan orders its runs its own way, and the balance alone would send a run to
+    another replica than the one the last epoch read it off: a warm epoch's runs are read off
+    the replica whose pages the page cache holds (every one left to the consumer, nothing read
+    off a disk) — where the balance would have chosen the other one for each of them."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 1, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        runs = [Run(r.shard_id, r.records) for r in ld.plan(store).runs]
+        balanced = assign(store, runs)
+        meta = {run.shard_id: store.index.get_shard(run.shard_id) for run in runs}
+        if any(len(store.replica_order(m)) < 2 for m in meta.values()):
+            pytest.skip("a shard of the test store has one replica")
+        for shard_id in meta:
+            _drop_pages(store, shard_id)
+        # each run's bytes read off a replica the balance does not choose for it (a run of a
+        # shard read off one replica throughout: its other runs may be balanced either way)
+        warm_on: dict[bytes, str] = {}
+        for run, u in zip(runs, balanced, strict=True):
+            other = next(d.uuid for d in store.replica_order(meta[run.shard_id]) if d.uuid != u)
+            on = warm_on.setdefault(run.shard_id, other)
+            store.disks[on].read_at(run.shard_id.hex(), *runs_mod.span(run.records))
+        if not all(store.disks[warm_on[run.shard_id]].cached(run.shard_id.hex(), *runs_mod.span(run.records))
+                   for run in runs):
+            pytest.skip("this file system does not tell what its page cache holds (mincore)")
+        if all(balanced[j] == warm_on[run.shard_id] for j, run in enumerate(runs)):
+            pytest.skip("the balance chose the warm replica for every run")
+        assert assign(store, runs, warm=True) == [warm_on[run.shard_id] for run in runs]
+        got = list(read_runs(store, runs, later=True))
+        labels = [store.disks[warm_on[run.shard_id]].label for run in runs]
+        assert [g.later is not None and g.disk for g in got] == labels
+        for run, g in zip(runs, got, strict=True):
+            assert all(hashlib.sha256(v).digest() == r.sha  # type: ignore[arg-type]
+                       for r, v in zip(run.records, g.take_many([r.sha for r in run.records]), strict=True))
+        # a cold epoch's plan: the balance's choice (the looks end after the first COLD_RUNS runs)
+        for shard_id in meta:
+            _drop_pages(store, shard_id)
+        assert assign(store, runs, warm=True) == balanced
 
 
 def test_a_partly_warm_epoch_yields_the_same_wherever_the_readers_take_over(

@@ -267,16 +267,30 @@ def shapes(runs: Sequence[Run]) -> Iterator[tuple[bytes, int]]:
     return made() if made is not None else ((run.shard_id, run.size) for run in runs)
 
 
-def assign(store: Store, runs: Sequence[Run]) -> list[str]:
+def extent(runs: Sequence[Run], j: int) -> tuple[int, int]:
+    """`span` of run j's records; of a sequence that makes its runs as they are asked for (a
+    training loader's), its `span(j)`, which makes none."""
+    made = getattr(runs, "span", None)
+    return made(j) if made is not None else span(runs[j].records)
+
+
+def assign(store: Store, runs: Sequence[Run], warm: bool = False) -> list[str]:
     """The disk (uuid) each run is read from: among the usable replicas of its shard (the
     failed but attached ones when it has none, `Store.last_resort`), the one that would finish
     it earliest at its bandwidth — the planner's balance, in the runs' order. "" for a run
-    whose shard has no replica to read (its records are read by `Store.from_replicas`)."""
+    whose shard has no replica to read (its records are read by `Store.from_replicas`).
+    `warm`: a run whose bytes (its `extent`) the page cache holds on another of its replicas
+    and not on that one is read there — each epoch's plan orders its runs its own way, so the
+    balance sends a run to another replica than the last epoch's: without this, a next epoch
+    would read about half its bytes off the disks unless the page cache held every replica of
+    them. The balance counts the run as read off its disk all the same: processes choosing at
+    once (`Follow`) choose alike."""
     bw = bandwidths(store)
     load: dict[str, int] = {}
     out = []
     metas: dict[bytes, list[str]] = {}
-    for shard_id, size in shapes(runs):
+    cached = 0  # runs found in the page cache
+    for j, (shard_id, size) in enumerate(shapes(runs)):
         cands = metas.get(shard_id)
         if cands is None:
             meta = store.index.get_shard(shard_id)
@@ -286,9 +300,33 @@ def assign(store: Store, runs: Sequence[Run]) -> list[str]:
             out.append("")
             continue
         best = min(cands, key=lambda u: ((load.get(u, 0) + size) / bw.get(u, DEFAULT_MB_S * 1e6), u))
+        if warm and len(cands) > 1:
+            got = _cached_choice(store, cands, shard_id.hex(), extent(runs, j))
+            if got is not None:
+                best, cached = (best if best in got else got[0]), cached + 1
+            # (the first COLD_RUNS runs looked at found in the page cache nowhere: a cold epoch's
+            # plan — the looks end, its disks' first reads wait for none)
+            warm = cached > 0 or j + 1 < COLD_RUNS
         load[best] = load.get(best, 0) + size
         out.append(best)
     return out
+
+
+#: pages of a run's range looked at to choose the replica the page cache holds it on
+CACHE_SAMPLES = 9
+#: runs `assign` looks for in the page cache before it takes an epoch found nowhere there for cold
+COLD_RUNS = 16
+
+
+def _cached_choice(store: Store, cands: list[str], shard_hex: str, where: tuple[int, int]) -> list[str] | None:
+    """The disks of `cands` whose page cache holds the shard's bytes `where` (offset, length) —
+    None: none. Judged by CACHE_SAMPLES pages spread over them (`LocalDisk.cached`: a look at
+    every page of a run's megabytes costs ~0.2 ms, and a cold epoch's start would wait that
+    long a run); the run is read as `read_run` finds it."""
+    a, n = where
+    sample = [(a + k * (n - 1) // (CACHE_SAMPLES - 1), 1) for k in range(CACHE_SAMPLES)] if n > 0 else []
+    got = [u for u in cands if isinstance(d := store.disks.get(u), LocalDisk) and d.cached(shard_hex, a, n, sample)]
+    return got or None
 
 
 def ranges(records: list[Rec], longest: int, gap: int = GAP_BYTES) -> list[list[Rec]]:
@@ -690,7 +728,7 @@ def read_runs(store: Store, runs: Sequence[Run], ahead: int = AHEAD, follow: Fol
     consumer copies what it keeps, then calls `RunRead.release`. `later`: a run the page cache
     holds whole is left to the consumer to read as it takes its records (`read_run`, `Later`)."""
     buffers = Buffers()
-    disk_of = assign(store, runs)
+    disk_of = assign(store, runs, warm=later)
     following: dict[int, int] = {}  # run → the next run its disk reads
     last: dict[str, int] = {}
     for i, u in enumerate(disk_of):
