@@ -642,44 +642,79 @@ def _drop_pages(store: Store, shard_id: bytes) -> None:
             os.close(fd)
 
 
-def test_a_next_epoch_reads_each_run_off_the_replica_the_page_cache_holds(built) -> None:
+def test_a_next_epoch_reads_each_run_off_the_replica_the_page_cache_holds(
+        built, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each epoch's plan orders its runs its own way, and the balance alone would send a run to
     another replica than the one the last epoch read it off: a warm epoch's runs are read off
-    the replica whose pages the page cache holds (every one left to the consumer, nothing read
-    off a disk) — where the balance would have chosen the other one for each of them."""
+    the replica whose pages the page cache holds — every one left to the consumer, the bytes
+    each disk hands over those of the runs it holds — where the balance would have chosen the
+    other one for many of them; a cold epoch's plan is the balance's, its looks ending early."""
     cfg, _ = built
     ld = Loader("pets@1", "train", 7, 1, config_path=cfg.source, **SMALL)
     with Store.open(cfg, writable=False) as store:
-        runs = [Run(r.shard_id, r.records) for r in ld.plan(store).runs]
+        planned = ld.plan(store).runs  # (the loader's own runs: their ranges from its arrays)
+        runs = [Run(r.shard_id, r.records) for r in planned]
         balanced = assign(store, runs)
         meta = {run.shard_id: store.index.get_shard(run.shard_id) for run in runs}
         if any(len(store.replica_order(m)) < 2 for m in meta.values()):
             pytest.skip("a shard of the test store has one replica")
         for shard_id in meta:
             _drop_pages(store, shard_id)
-        # each run's bytes read off a replica the balance does not choose for it (a run of a
-        # shard read off one replica throughout: its other runs may be balanced either way)
+        if any(store.disks[u].cached(run.shard_id.hex(), *runs_mod.span(run.records))
+               for run, u in zip(runs, balanced, strict=True)):
+            pytest.skip("the page cache kept the shards' pages (posix_fadvise DONTNEED)")
+        # each shard's runs read off a replica the balance does not choose for its first run
         warm_on: dict[bytes, str] = {}
         for run, u in zip(runs, balanced, strict=True):
-            other = next(d.uuid for d in store.replica_order(meta[run.shard_id]) if d.uuid != u)
-            on = warm_on.setdefault(run.shard_id, other)
+            on = warm_on.setdefault(run.shard_id, next(d.uuid for d in store.replica_order(meta[run.shard_id])
+                                                       if d.uuid != u))
             store.disks[on].read_at(run.shard_id.hex(), *runs_mod.span(run.records))
         if not all(store.disks[warm_on[run.shard_id]].cached(run.shard_id.hex(), *runs_mod.span(run.records))
                    for run in runs):
             pytest.skip("this file system does not tell what its page cache holds (mincore)")
-        if all(balanced[j] == warm_on[run.shard_id] for j, run in enumerate(runs)):
-            pytest.skip("the balance chose the warm replica for every run")
-        assert assign(store, runs, warm=True) == [warm_on[run.shard_id] for run in runs]
+        wanted = [warm_on[run.shard_id] for run in runs]
+        assert assign(store, planned, warm=True) == assign(store, runs, warm=True) == wanted != balanced
+        # a run whose warm replica the kernel reclaimed in part: still read there, not off the other
+        j = next(j for j, u in enumerate(balanced) if u != wanted[j])
+        a, n = runs_mod.span(runs[j].records)
+        fd = os.open(store.disks[wanted[j]].find(runs[j].shard_id.hex()), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, a, n // 2, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        assert not store.disks[wanted[j]].cached(runs[j].shard_id.hex(), a, n)
+        assert assign(store, runs, warm=True)[j] == wanted[j]
+        store.disks[wanted[j]].read_at(runs[j].shard_id.hex(), a, n)
         got = list(read_runs(store, runs, later=True))
-        labels = [store.disks[warm_on[run.shard_id]].label for run in runs]
+        labels = [store.disks[u].label for u in wanted]
         assert [g.later is not None and g.disk for g in got] == labels
         for run, g in zip(runs, got, strict=True):
             assert all(hashlib.sha256(v).digest() == r.sha  # type: ignore[arg-type]
                        for r, v in zip(run.records, g.take_many([r.sha for r in run.records]), strict=True))
-        # a cold epoch's plan: the balance's choice (the looks end after the first COLD_RUNS runs)
+        # the loader's next epoch itself: each disk hands over the bytes of the runs it holds
+        per_disk: dict[str, int] = {}
+        for run, label in zip(runs, labels, strict=True):
+            per_disk[label] = per_disk.get(label, 0) + run.size
+    expect = [(s["key"], s["sha256"]) for s in Loader("pets@1", "train", 7, 1, config_path=cfg.source, **SMALL)]
+    ld = Loader("pets@1", "train", 7, 1, config_path=cfg.source, **SMALL)
+    assert [(s["key"], hashlib.sha256(s["bytes"]).hexdigest()) for s in ld] == expect
+    assert ld.stats()["per_disk_bytes"] == per_disk and ld.stats()["fallbacks"] == 0
+    # a cold epoch's plan: the balance's, the looks ended after the first COLD_RUNS runs
+    looks: list[str] = []
+    real = disks.LocalDisk.cached_pages
+
+    def counted(self: disks.LocalDisk, *a: Any, **kw: Any) -> int:
+        looks.append(self.uuid)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(disks.LocalDisk, "cached_pages", counted)
+    monkeypatch.setattr(runs_mod, "COLD_RUNS", 2)
+    with Store.open(cfg, writable=False) as store:
         for shard_id in meta:
             _drop_pages(store, shard_id)
         assert assign(store, runs, warm=True) == balanced
+        most = 2 * max(len(store.replica_order(m)) for m in meta.values())  # (two runs' replicas)
+    assert 0 < len(looks) <= most < 2 * len(runs)
 
 
 def test_a_partly_warm_epoch_yields_the_same_wherever_the_readers_take_over(
@@ -1455,6 +1490,24 @@ def test_in_page_cache_tells_cached_bytes_without_reading_them(tmp_path: Path) -
         assert not disks.in_page_cache(fd, 5000, far + 9500) and disks.in_page_cache(fd, 5000, far + 9500, parts)
         assert not disks.in_page_cache(fd, 5000, far + 9500, [*parts, (4 << 20, 1)])
         assert disks.in_page_cache(fd, 0, far, [(8191, 1), (0, 0)])
+
+
+def test_pages_cached_counts_the_cached_pages_of_points_without_reading_them(tmp_path: Path) -> None:
+    """`pages_cached` (the warm replica's choice): how many of the points' pages the page cache
+    holds — a point outside the range never counted, an empty range none, asking reads nothing."""
+    with _file_out_of_the_cache(tmp_path, 16 << 20) as (fd, data, _path):
+        if disks.in_page_cache(fd, 0, len(data)):
+            pytest.skip("this file system keeps the file's pages cached (no page cache to ask)")
+        points = [0, 1 << 20, 2 << 20, 9 << 20, 15 << 20]
+        assert disks.pages_cached(fd, 0, len(data), points) == 0
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # (no read-ahead past what is read)
+        assert os.pread(fd, 4096, 1 << 20) == data[1 << 20:(1 << 20) + 4096]
+        assert os.pread(fd, 10, 9 << 20) == data[9 << 20:(9 << 20) + 10]
+        assert disks.pages_cached(fd, 0, len(data), points) == 2
+        assert disks.pages_cached(fd, 0, len(data), points) == 2  # (and asking read none of the others)
+        assert disks.pages_cached(fd, 2 << 20, 1 << 20, points) == 0  # (points outside the range)
+        assert disks.pages_cached(fd, 1 << 20, 0, points) == 0
+        assert disks.pages_cached(fd, 0, len(data), [(9 << 20) + 4095, (1 << 20) + 4096]) == 1
 
 
 def test_in_page_cache_asks_a_ranges_parts_to_the_page(tmp_path: Path) -> None:

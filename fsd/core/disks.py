@@ -220,17 +220,50 @@ def in_page_cache(fd: int, offset: int, length: int, parts: Sequence[tuple[int, 
             looks.append([first, end])
     if not looks:
         return True
-    ctypes, libc = _libc()
-    addr = libc.mmap(None, n, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
-    if addr is None or addr == ctypes.c_void_p(-1).value:
-        return False
-    try:
+    with _mapped(fd, start, n) as addr:
+        if addr is None:
+            return False
+        ctypes, libc = _libc()
         for first, end in looks:
             vec = (ctypes.c_ubyte * (-(-(end - first) // page)))()
             if libc.mincore(ctypes.c_void_p(addr + first), end - first, vec) != 0 or \
                     0 in bytes(vec).translate(_RESIDENT):
                 return False
         return True
+
+
+def pages_cached(fd: int, offset: int, length: int, points: Sequence[int]) -> int:
+    """How many of the pages holding the file's bytes at `points` (offsets within offset..
+    offset+length) the page cache holds — a page a point, asked as `in_page_cache` asks (0
+    where it cannot be told)."""
+    if length <= 0:
+        return 0
+    page = mmap.PAGESIZE
+    start = offset - offset % page
+    with _mapped(fd, start, offset + length - start) as addr:
+        if addr is None:
+            return 0
+        ctypes, libc = _libc()
+        vec = (ctypes.c_ubyte * 1)()
+        got = 0
+        for at in points:
+            if offset <= at < offset + length and \
+                    libc.mincore(ctypes.c_void_p(addr + (at - start) // page * page), page, vec) == 0:
+                got += vec[0] & 1
+        return got
+
+
+@contextlib.contextmanager
+def _mapped(fd: int, start: int, n: int) -> Iterator[int | None]:
+    """The file's bytes start..start+n mapped (read-only, shared; nothing touched), unmapped
+    after: the address, or None where it cannot be mapped."""
+    ctypes, libc = _libc()
+    addr = libc.mmap(None, n, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        yield None
+        return
+    try:
+        yield addr
     finally:
         libc.munmap(addr, n)
 
@@ -610,6 +643,14 @@ class LocalDisk:
             return self._on_fd(shard_hex, True, lambda fd: in_page_cache(fd, offset, length, parts))
         except OSError:
             return False
+
+    def cached_pages(self, shard_hex: str, offset: int, length: int, points: Sequence[int]) -> int:
+        """How many of the pages at `points` of the shard's bytes offset..offset+length the page
+        cache holds (`pages_cached`: nothing read); 0 where the file cannot be asked."""
+        try:
+            return self._on_fd(shard_hex, True, lambda fd: pages_cached(fd, offset, length, points))
+        except OSError:
+            return 0
 
     def read_cached_into(self, shard_hex: str, offset: int, buf: memoryview) -> tuple[int, bool]:
         """`read_exact_into` by a follower (`pread_cached_into`): the range taken from the page

@@ -279,17 +279,20 @@ def assign(store: Store, runs: Sequence[Run], warm: bool = False) -> list[str]:
     failed but attached ones when it has none, `Store.last_resort`), the one that would finish
     it earliest at its bandwidth — the planner's balance, in the runs' order. "" for a run
     whose shard has no replica to read (its records are read by `Store.from_replicas`).
-    `warm`: a run whose bytes (its `extent`) the page cache holds on another of its replicas
-    and not on that one is read there — each epoch's plan orders its runs its own way, so the
+    `warm`: a run whose bytes (its `extent`) the page cache holds more of on another of its
+    replicas than on that one is read there — each epoch's plan orders its runs its own way, so the
     balance sends a run to another replica than the last epoch's: without this, a next epoch
     would read about half its bytes off the disks unless the page cache held every replica of
-    them. The balance counts the run as read off its disk all the same: processes choosing at
-    once (`Follow`) choose alike."""
+    them. The balance counts each run on the disk it would have chosen, wherever the run is
+    read: its choices do not depend on what the page cache holds, and processes choosing at
+    once (`Follow`: a follower reads off the page cache of the disk it chose) differ at most in
+    a run the page cache dropped or gained between their looks. Shards of one replica, or none
+    on a local disk, are not looked at."""
     bw = bandwidths(store)
     load: dict[str, int] = {}
     out = []
     metas: dict[bytes, list[str]] = {}
-    cached = 0  # runs found in the page cache
+    looked = cached = 0  # runs looked for in the page cache, found there
     for j, (shard_id, size) in enumerate(shapes(runs)):
         cands = metas.get(shard_id)
         if cands is None:
@@ -300,14 +303,15 @@ def assign(store: Store, runs: Sequence[Run], warm: bool = False) -> list[str]:
             out.append("")
             continue
         best = min(cands, key=lambda u: ((load.get(u, 0) + size) / bw.get(u, DEFAULT_MB_S * 1e6), u))
-        if warm and len(cands) > 1:
-            got = _cached_choice(store, cands, shard_id.hex(), extent(runs, j))
+        load[best] = load.get(best, 0) + size
+        if warm and len(cands) > 1 and size > 0:
+            got = _cached_choice(store, cands, best, shard_id.hex(), extent(runs, j))
+            looked += 1
             if got is not None:
-                best, cached = (best if best in got else got[0]), cached + 1
+                best, cached = got, cached + 1
             # (the first COLD_RUNS runs looked at found in the page cache nowhere: a cold epoch's
             # plan — the looks end, its disks' first reads wait for none)
-            warm = cached > 0 or j + 1 < COLD_RUNS
-        load[best] = load.get(best, 0) + size
+            warm = cached > 0 or looked < COLD_RUNS
         out.append(best)
     return out
 
@@ -318,15 +322,25 @@ CACHE_SAMPLES = 9
 COLD_RUNS = 16
 
 
-def _cached_choice(store: Store, cands: list[str], shard_hex: str, where: tuple[int, int]) -> list[str] | None:
-    """The disks of `cands` whose page cache holds the shard's bytes `where` (offset, length) —
-    None: none. Judged by CACHE_SAMPLES pages spread over them (`LocalDisk.cached`: a look at
-    every page of a run's megabytes costs ~0.2 ms, and a cold epoch's start would wait that
-    long a run); the run is read as `read_run` finds it."""
+def _cached_choice(store: Store, cands: list[str], best: str, shard_hex: str, where: tuple[int, int]) -> str | None:
+    """The disk of `cands` whose page cache holds the most of the shard's bytes `where` (offset,
+    length) — `best` among those holding as many; None where none holds any of them. Judged by
+    CACHE_SAMPLES pages spread over them (`LocalDisk.cached_pages`: a look at every page of a
+    run's megabytes costs ~0.2 ms, and a cold epoch's start would wait that long a run); a
+    replica whose pages the kernel reclaimed in part still beats one holding none. The run is
+    read as `read_run` finds it."""
     a, n = where
-    sample = [(a + k * (n - 1) // (CACHE_SAMPLES - 1), 1) for k in range(CACHE_SAMPLES)] if n > 0 else []
-    got = [u for u in cands if isinstance(d := store.disks.get(u), LocalDisk) and d.cached(shard_hex, a, n, sample)]
-    return got or None
+    points = [a + k * (n - 1) // (CACHE_SAMPLES - 1) for k in range(CACHE_SAMPLES)]
+    held: dict[str, int] = {}
+    for u in [best] + [u for u in cands if u != best]:  # (the balance's first: holding all, it is the one)
+        if isinstance(d := store.disks.get(u), LocalDisk):
+            held[u] = d.cached_pages(shard_hex, a, n, points)
+            if held[u] == CACHE_SAMPLES:
+                break
+    most = max(held.values(), default=0)
+    if not most:
+        return None
+    return best if held.get(best) == most else next(u for u in cands if held.get(u) == most)
 
 
 def ranges(records: list[Rec], longest: int, gap: int = GAP_BYTES) -> list[list[Rec]]:
