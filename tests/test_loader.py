@@ -717,6 +717,26 @@ def test_a_next_epoch_reads_each_run_off_the_replica_the_page_cache_holds(
     assert 0 < len(looks) <= most < 2 * len(runs)
 
 
+def test_a_worker_looking_after_the_leaders_first_reads_chooses_as_it_chose(built) -> None:
+    """A DataLoader's workers each choose their runs' disks, the followers a moment after the
+    leader, whose first reads are in the page cache by then: the pages those runs share with
+    their neighbours do not send a neighbour off the leader's choice (a follower then follows a
+    disk the leader does not read for it)."""
+    cfg, _ = built
+    ld = Loader("pets@1", "train", 7, 1, config_path=cfg.source, **SMALL)
+    with Store.open(cfg, writable=False) as store:
+        runs = [Run(r.shard_id, r.records) for r in ld.plan(store).runs]
+        for shard_id in {r.shard_id for r in runs}:
+            _drop_pages(store, shard_id)
+        leader = assign(store, runs, warm=True)
+        assert leader == assign(store, runs) and len(runs) > 8
+        for j in range(8):  # (its readers' first runs, read as they read: no read-ahead)
+            store.disks[leader[j]].read_exact(runs[j].shard_id.hex(), *runs_mod.span(runs[j].records))
+        if not store.disks[leader[0]].cached(runs[0].shard_id.hex(), *runs_mod.span(runs[0].records)):
+            pytest.skip("this file system does not tell what its page cache holds (mincore)")
+        assert assign(store, runs, warm=True) == leader
+
+
 def test_a_partly_warm_epoch_yields_the_same_wherever_the_readers_take_over(
         built, monkeypatch: pytest.MonkeyPatch) -> None:
     """An epoch whose first run the page cache does not hold whole, at the second run, in the

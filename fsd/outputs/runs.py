@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import queue
 import threading
@@ -330,7 +331,13 @@ def _cached_choice(store: Store, cands: list[str], best: str, shard_hex: str, wh
     replica whose pages the kernel reclaimed in part still beats one holding none. The run is
     read as `read_run` finds it."""
     a, n = where
-    points = [a + k * (n - 1) // (CACHE_SAMPLES - 1) for k in range(CACHE_SAMPLES)]
+    # (pages wholly the run's: its first and last page may be a neighbouring run's too, read
+    # off another replica — one such page would outweigh none)
+    page = mmap.PAGESIZE
+    lo, hi = -(-a // page) * page, (a + n) // page * page
+    if hi - lo < page:
+        lo, hi = a, a + n
+    points = [lo + k * (hi - lo - 1) // (CACHE_SAMPLES - 1) for k in range(CACHE_SAMPLES)]
     held: dict[str, int] = {}
     for u in [best] + [u for u in cands if u != best]:  # (the balance's first: holding all, it is the one)
         if isinstance(d := store.disks.get(u), LocalDisk):
