@@ -4,7 +4,9 @@ records in a set order and cannot hold them all (the training loader, hoardfs.da
 
 A *run* is records of one shard in offset order, the caller's unit of order. Each run is
 given to one replica disk, balanced over all of them as the planner balances its pieces (the
-disk that would finish it earliest at its bandwidth); one reader thread per disk reads its
+disk that would finish it earliest at its bandwidth) — for a consumer that reads what the
+page cache holds itself (`later`), the replica whose page cache holds most of it (`assign`:
+a next epoch is not sent to the replica the last one did not read); one reader thread per disk reads its
 runs in the caller's order, each run's wanted records coalesced into ranges (gaps up to
 GAP_BYTES read through, a range at most `range_limit(read_streams)`), and keeps at most
 `ahead` runs read ahead of the consumer. Every record is verified (header, xxh3-128) as the
