@@ -290,7 +290,7 @@ def assign(store: Store, runs: Sequence[Run], warm: bool = False) -> list[str]:
     read: its choices do not depend on what the page cache holds, and processes choosing at
     once (`Follow`: a follower reads off the page cache of the disk it chose) differ at most in
     a run the page cache dropped or gained between their looks. Shards of one replica, or none
-    on a local disk, are not looked at."""
+    on a local disk, are not looked at (nor counted among the COLD_RUNS looked at)."""
     bw = bandwidths(store)
     load: dict[str, int] = {}
     out = []
@@ -307,7 +307,7 @@ def assign(store: Store, runs: Sequence[Run], warm: bool = False) -> list[str]:
             continue
         best = min(cands, key=lambda u: ((load.get(u, 0) + size) / bw.get(u, DEFAULT_MB_S * 1e6), u))
         load[best] = load.get(best, 0) + size
-        if warm and len(cands) > 1 and size > 0:
+        if warm and len(cands) > 1 and size > 0 and any(isinstance(store.disks.get(u), LocalDisk) for u in cands):
             got = _cached_choice(store, cands, best, shard_id.hex(), extent(runs, j))
             looked += 1
             if got is not None:
