@@ -631,15 +631,10 @@ def test_a_warm_epochs_runs_are_planned_by_their_consumer_until_one_is_not_cache
 
 def _drop_pages(store: Store, shard_id: bytes) -> None:
     """The page cache's pages of the shard's file dropped on every disk holding it."""
-    os.sync()
     meta = store.index.get_shard(shard_id)
     assert meta is not None
     for disk in store.replica_order(meta):
-        fd = os.open(disk.find(shard_id.hex()), os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        _uncached(Path(disk.find(shard_id.hex())))
 
 
 def test_a_next_epoch_reads_each_run_off_the_replica_the_page_cache_holds(
@@ -677,11 +672,7 @@ def test_a_next_epoch_reads_each_run_off_the_replica_the_page_cache_holds(
         # a run whose warm replica the kernel reclaimed in part: still read there, not off the other
         j = next(j for j, u in enumerate(balanced) if u != wanted[j])
         a, n = runs_mod.span(runs[j].records)
-        fd = os.open(store.disks[wanted[j]].find(runs[j].shard_id.hex()), os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, a, n // 2, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        _uncached(Path(store.disks[wanted[j]].find(runs[j].shard_id.hex())), a, n // 2)
         assert not store.disks[wanted[j]].cached(runs[j].shard_id.hex(), a, n)
         assert assign(store, runs, warm=True)[j] == wanted[j]
         store.disks[wanted[j]].read_at(runs[j].shard_id.hex(), a, n)
@@ -1465,12 +1456,13 @@ def test_the_first_worker_reads_every_run_whole_and_the_others_their_own_records
             assert sorted(yielded) == sorted(keys)
 
 
-def _uncached(path: Path) -> None:
-    """The file's pages out of the page cache (written back first)."""
+def _uncached(path: Path, offset: int = 0, length: int = 0) -> None:
+    """The file's pages out of the page cache (written back first) — those of offset..offset+
+    length alone when `length` is given."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 
