@@ -294,21 +294,23 @@ def assign(store: Store, runs: Sequence[Run], warm: bool = False) -> list[str]:
     bw = bandwidths(store)
     load: dict[str, int] = {}
     out = []
-    metas: dict[bytes, list[str]] = {}
+    # each shard's replicas, and those of them whose page cache can be asked (local disks)
+    metas: dict[bytes, tuple[list[str], list[LocalDisk]]] = {}
     looked = cached = 0  # runs looked for in the page cache, found there
     for j, (shard_id, size) in enumerate(shapes(runs)):
-        cands = metas.get(shard_id)
-        if cands is None:
+        got_meta = metas.get(shard_id)
+        if got_meta is None:
             meta = store.index.get_shard(shard_id)
-            cands = [] if meta is None else [d.uuid for d in store.replica_order(meta) or store.last_resort(meta)]
-            metas[shard_id] = cands
+            disks = [] if meta is None else store.replica_order(meta) or store.last_resort(meta)
+            got_meta = metas[shard_id] = ([d.uuid for d in disks], [d for d in disks if isinstance(d, LocalDisk)])
+        cands, local = got_meta
         if not cands:
             out.append("")
             continue
         best = min(cands, key=lambda u: ((load.get(u, 0) + size) / bw.get(u, DEFAULT_MB_S * 1e6), u))
         load[best] = load.get(best, 0) + size
-        if warm and len(cands) > 1 and size > 0 and any(isinstance(store.disks.get(u), LocalDisk) for u in cands):
-            got = _cached_choice(store, cands, best, shard_id.hex(), extent(runs, j))
+        if warm and len(cands) > 1 and size > 0 and local:
+            got = _cached_choice(local, best, shard_id.hex(), extent(runs, j))
             looked += 1
             if got is not None:
                 best, cached = got, cached + 1
@@ -325,9 +327,9 @@ CACHE_SAMPLES = 9
 COLD_RUNS = 16
 
 
-def _cached_choice(store: Store, cands: list[str], best: str, shard_hex: str, where: tuple[int, int]) -> str | None:
-    """The disk of `cands` whose page cache holds the most of the shard's bytes `where` (offset,
-    length) — `best` among those holding as many; None where none holds any of them. Judged by
+def _cached_choice(local: list[LocalDisk], best: str, shard_hex: str, where: tuple[int, int]) -> str | None:
+    """The disk (uuid) of `local` whose page cache holds the most of the shard's bytes `where`
+    (offset, length) — `best` among those holding as many; None where none holds any of them. Judged by
     CACHE_SAMPLES pages spread over them (`LocalDisk.cached_pages`: a look at every page of a
     run's megabytes costs ~0.2 ms, and a cold epoch's start would wait that long a run); a
     replica whose pages the kernel reclaimed in part still beats one holding none. The run is
@@ -341,15 +343,14 @@ def _cached_choice(store: Store, cands: list[str], best: str, shard_hex: str, wh
         lo, hi = a, a + n
     points = [lo + k * (hi - lo - 1) // (CACHE_SAMPLES - 1) for k in range(CACHE_SAMPLES)]
     held: dict[str, int] = {}
-    for u in [best] + [u for u in cands if u != best]:  # (the balance's first: holding all, it is the one)
-        if isinstance(d := store.disks.get(u), LocalDisk):
-            held[u] = d.cached_pages(shard_hex, a, n, points)
-            if held[u] == CACHE_SAMPLES:
-                break
+    for d in sorted(local, key=lambda d: d.uuid != best):  # (the balance's first: holding all, it is the one)
+        held[d.uuid] = d.cached_pages(shard_hex, a, n, points)
+        if held[d.uuid] == CACHE_SAMPLES:
+            break
     most = max(held.values(), default=0)
     if not most:
         return None
-    return best if held.get(best) == most else next(u for u in cands if held.get(u) == most)
+    return best if held.get(best) == most else next(d.uuid for d in local if held.get(d.uuid) == most)
 
 
 def ranges(records: list[Rec], longest: int, gap: int = GAP_BYTES) -> list[list[Rec]]:
