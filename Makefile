@@ -32,7 +32,7 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: search summaries cli-docs docs-check install uninstall help demo test test-fast test-ceph lint chaos peers bench deps venv up down clean labelstudio readers pyfuse3
+.PHONY: search summaries cli-docs docs-check install uninstall help demo test test-fast test-ceph lint chaos peers bench bench-more deps venv up down clean labelstudio readers pyfuse3
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
@@ -47,7 +47,8 @@ help:
 	@echo "make testing-docs - count each tier's tests with pytest into docs/testing.md's tier table"
 	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
 	@echo "make peers  - hoardfs vs cp, git-annex, SnapRAID and mergerfs on one corpus (bench/peers; ARGS=...)"
-	@echo "make bench  - every other benchmark behind docs/benchmarks.md, raw JSON to bench/results"
+	@echo "make bench  - the main paths' benchmarks on the disk lab, raw JSON to bench/results (about 2 h)"
+	@echo "make bench-more - the shorter benchmarks make bench leaves out (docs/benchmarks.md, Running them)"
 	@echo "make down   - stop the private PostgreSQL and Redis under ./var"
 	@echo "make install ARGS=\"--disk hd1=/srv/hd1 --disk hd2=/srv/hd2 --ssd /srv/ssd\" - production install (root; --dry-run)"
 	@echo "make clean  - stop services and remove ./var and .venv"
@@ -258,8 +259,8 @@ clean: down
 	@if [ -L var/pg ]; then rm -rf "$$(readlink -f var/pg)"; fi
 	rm -rf var .venv hoard.toml
 
-# every benchmark docs/benchmarks.md quotes besides the versus table, as it quotes them; each
-# writes its raw JSON (commit, machine, load) to bench/results/. Run it on a quiet machine.
+# the benchmarks of the product's main paths on the disk lab, as docs/benchmarks.md quotes them;
+# each writes its raw JSON (commit, machine, load) to bench/results/. Run it on a quiet machine.
 BENCHES := "ingest_small.py --profile lab4" batch_read.py rebuild_scrub.py db_apply.py \
            "ua1_ingest.py --items 20000" mount_read.py pyfuse3_floor.py export.py planner_read.py gui_pages.py \
            "loader_example.py --lab" action_overhead.py dataset_build.py s3_backend.py stage_small.py loader.py
@@ -267,6 +268,15 @@ bench: APT_PKGS += mergerfs
 # (bench/loader.py's DataLoader sides need torch: the search extra's)
 bench: up $(SEARCH_STAMP)
 	@for b in $(BENCHES); do echo "==> bench/$$b"; $(VENV)/bin/python bench/$$b; done
+
+# the shorter benchmarks `make bench` leaves out (a few minutes each at most), as
+# docs/benchmarks.md quotes them. `make peers`, bench/scale.py, scale_turns.py,
+# mount_start.py and the Ceph run are longer or need more: docs/benchmarks.md, "Running them".
+BENCHES_MORE := plan_collector.py neardup.py parse_sandbox.py batch_client_cpu.py "batch_client_cpu.py --render" \
+                cli_start.py "db_apply.py --where /dev/shm" "txn_scale.py --json bench/results/txn_scale.json" \
+                quickdraw_scan.py health_scale.py
+bench-more: up
+	@for b in $(BENCHES_MORE); do echo "==> bench/$$b"; $(VENV)/bin/python bench/$$b || exit 1; done
 
 # the peers' packages only for the benchmark (a target-specific variable reaches `deps`)
 peers: APT_PKGS += git-annex snapraid mergerfs time

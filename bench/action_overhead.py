@@ -1,4 +1,4 @@
-"""An AC2 action run over N small images with a trivial worker (W3-H): the wall time
+"""An AC2 action run over N small images with a trivial worker: the wall time
 the engine spends outside the worker against the stage copy alone, and how fast it stores
 the children against the slower disk's write bound.
 

@@ -1,5 +1,6 @@
 """The batch read's own client work per record, without any I/O (what the S3 batch
-read's client CPU goes on beside the engine's GET loop — docs/benchmarks.md, "W3-L").
+read's client CPU goes on beside the engine's GET loop — docs/benchmarks.md, "The batch read's client
+work per record, without I/O").
 
     python bench/batch_client_cpu.py [--objects 20000] [--rounds 7]
     python bench/batch_client_cpu.py --render

@@ -1,4 +1,4 @@
-"""Copy-mode export (W2-F): a mixed corpus out of the store onto "the SSD" (a directory off
+"""Copy-mode export: a mixed corpus out of the store onto "the SSD" (a directory off
 the lab), cold, against the planner's bound and the strongest copies of the same files.
 
     python bench/export.py [--small 20000] [--large 30] [--only view|copy] [--results DIR]

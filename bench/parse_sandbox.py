@@ -1,6 +1,6 @@
 """The ingest's parse of one batch in-process (`parse_batch`, then the records' JSON as the scan
 step keeps them) against the same parse in the Landlock-confined child (`parse_isolated`, the
-scan step's way since W10): wall time and CPU — this process's and its children's, so the
+scan step's way): wall time and CPU — this process's and its children's, so the
 child's share is counted — alternately, `--rounds` times each.
 
     python bench/parse_sandbox.py [--items 20000] [--rounds 3]

@@ -1,4 +1,4 @@
-"""The batch planner's reads alone (W2-F): where copy-mode export loses time against its bound.
+"""The batch planner's reads alone: where copy-mode export loses time against its bound.
 
     python bench/planner_read.py [--small 20000] [--large 30] [--results DIR]
 

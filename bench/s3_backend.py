@@ -57,7 +57,7 @@ Rows and their bounds (docs/benchmarks.md, "S3 backend"):
   dropped.
 - **seal** — `S3Disk.seal` of an open shard of `--large-mib` just written on the staging folder
   (the file hashed, a HEAD, the multipart upload of 64 MiB parts, `upload_streams` in flight, a
-  HEAD; the open file dropped), alternately with one part at a time (as before W3-L), each
+  HEAD; the open file dropped), alternately with one part at a time (the one-stream client), each
   object deleted after, `--rounds` rounds, the median — against a plain multipart upload of a
   file of that size (64 MiB parts, the same client; 1, 2 and 4 parts in flight, the median of
   each; the file read from the page cache, as the seal reads its staging file), each round's
@@ -446,7 +446,7 @@ def seal_rounds(eng, disk, seals: list[dict], mib: int, rounds: int,
 
 def read_rows(eng, store: Store, disk, shas: list[str], large_sha: str, large_bytes: int, rounds: int) -> dict:
     """The batch and large-object reads through the backend — with the disk's `read_streams`
-    and with one stream (as before W3-L) — and the engine's GETs of the same bytes."""
+    and with one stream (the one-stream client) — and the engine's GETs of the same bytes."""
     client = s3.client_for(eng.endpoint)
     streams = disk.read_streams
     payload = [0]
@@ -664,9 +664,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="rounds over the read rows, the seals and the PUTs (the median is "
                     "shown; 5: a run on a shared 2-core machine moves ±10 % from round to round)")
     ap.add_argument("--read-streams", type=int, default=s3.READ_STREAMS,
-                    help="ranged GETs one reader keeps in flight (S3Disk.read_streams; 1: as before W3-L)")
+                    help="ranged GETs one reader keeps in flight (S3Disk.read_streams; 1: one at a time)")
     ap.add_argument("--upload-streams", type=int, default=s3.UPLOAD_STREAMS,
-                    help="parts of one upload in flight (S3Disk.upload_streams; 1: as before W3-L)")
+                    help="parts of one upload in flight (S3Disk.upload_streams; 1: one at a time)")
     ap.add_argument("--trial", action="store_true", help="a trial run: its JSON says so and is never rendered")
     ap.add_argument("--render", action="store_true", help="only rewrite docs/benchmarks.md's section from the JSON")
     args = ap.parse_args()
