@@ -2,7 +2,8 @@
 benchmarks and the SQL migrations say what is, not how it came to be.
 
 It fails on a session, review or issue number ("session N", "Review N", "issue #N", any case,
-plural too, N a number) in README.md, CONTRIBUTING.md, docs/*.md, the *.py of the product
+plural too, N a number, a line break allowed between the word and N) or a work item's code
+(W, a number, a dash, a capital letter) in README.md, CONTRIBUTING.md, docs/*.md, the *.py of the product
 code, of tests/ and of bench/ (their subfolders too: bench/peers, tests/chaos), the SQL
 migrations (sql/**/*.sql), the Makefile and the CI scripts (.ci/), and on a README.md over
 10 KiB, printing `file:line` for each. Not checked: CHANGES.md (the history), tests/data (the
@@ -21,8 +22,9 @@ import re
 import sys
 from pathlib import Path
 
-#: a development-history reference: the word, then its number
-HISTORY = re.compile(r"\b(sessions?|reviews?|issues?)\s+#?[0-9]+", re.IGNORECASE)
+#: a development-history reference: the word, then its number (a line break between them too),
+#: or a work item's code (W, a number, a dash, a capital letter)
+HISTORY = re.compile(r"\b(?:(?i:sessions?|reviews?|issues?)\s+#?[0-9]+|W[0-9]+-[A-Z]\b)")
 #: the folders checked (those of them the checkout has) and the endings of the files checked in
 #: each, subfolders included: the product code's, the tests', the benchmarks' (bench/peers too),
 #: the SQL migrations and the CI scripts (every file: "" ends every name)
@@ -73,9 +75,10 @@ def findings(root: Path) -> list[str]:
                    "move the detail into docs/ and link it")
     for path in documents(root) + sources(root):
         text = path.read_text(encoding="utf-8", errors="replace")
-        for number, line in enumerate(text.splitlines(), 1):
-            for m in HISTORY.finditer(line):
-                out.append(f"{path.relative_to(root)}:{number}: '{m.group(0)}': a development-history number")
+        for m in HISTORY.finditer(text):
+            number = text.count("\n", 0, m.start()) + 1
+            found = " ".join(m.group(0).split())
+            out.append(f"{path.relative_to(root)}:{number}: '{found}': a development-history number")
     return out
 
 

@@ -1,4 +1,4 @@
-"""Hostile review of action runs: what a worker's output root holds between the parse
+"""Action runs under attack: what a worker's output root holds between the parse
 and the store steps must be what was parsed — a child swapped for a symbolic link to a file
 outside the output root (another run's worker as the same user, or an external worker that goes
 on writing after its `_DONE`) is never stored. Real PostgreSQL, Redis, store and workers."""

@@ -1,4 +1,4 @@
-"""Everyday edges of the command line (W3-R): bad --since/--until/--type values are one line,
+"""Everyday edges of the command line: bad --since/--until/--type values are one line,
 a mistyped --source gets a did-you-mean, a closed pipe is exit 141 whatever the buffering,
 `hoard put EMPTYDIR` says the directory is empty, and --help shows its `<placeholders>`."""
 

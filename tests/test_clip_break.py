@@ -1,4 +1,4 @@
-"""Break-it review of text → image search: what a hostile or unlucky setup
+"""Text → image search under attack: what a hostile or unlucky setup
 does to hoardfs.jobs.clip_model, the clip-embed worker and hoardfs.sql.embeddings' index — a model that would
 fetch from the hub, a weights path that reads as one of open_clip's download tags, an image
 whose shape makes the model's resize huge, an index that is not of the rows its stamp says,

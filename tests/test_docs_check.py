@@ -17,7 +17,8 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_history_numbers_are_named_by_file_and_line(tmp_path: Path) -> None:
-    """`session N`, `Review N`, `issue #N` (any case, plural too) in README, CONTRIBUTING,
+    """`session N`, `Review N`, `issue #N` (any case, plural too, over a line break too) and a
+    work item's code (`W3-S`) in README, CONTRIBUTING,
     docs/*.md, the Makefile, the *.py of the product code, tests/ and bench/ (subfolders too),
     sql/**/*.sql and .ci/ are each reported as file:line; CHANGES.md, tests/data, bench/results,
     the check's own test, an upstream `owner/repo#N` and words without a number are not."""
@@ -36,7 +37,7 @@ def test_history_numbers_are_named_by_file_and_line(tmp_path: Path) -> None:
         "tests/test_docs_check.py": "# session 1\n",
         "tests/data/workers/w.py": "# session 2\n",
         "bench/b.py": "# session 47's run\n",
-        "bench/peers/p.py": "\n# review 39\n",
+        "bench/peers/p.py": "\n# review 39\n\"\"\"as the review\n40 found (W3-S)\"\"\"\n",
         "bench/results/r.py": "# session 3\n",
         ".ci/run": "#!/bin/sh\nmake lint  # Issue 12\n",
     })
@@ -50,6 +51,8 @@ def test_history_numbers_are_named_by_file_and_line(tmp_path: Path) -> None:
         "tests/test_z.py:1: 'issue 37': a development-history number",
         "bench/b.py:1: 'session 47': a development-history number",
         "bench/peers/p.py:2: 'review 39': a development-history number",
+        "bench/peers/p.py:3: 'review 40': a development-history number",
+        "bench/peers/p.py:4: 'W3-S': a development-history number",
         ".ci/run:2: 'Issue 12': a development-history number",
     ]
     assert docs_check.main([str(root)]) == 1

@@ -190,7 +190,7 @@ def test_crash_between_swap_and_delete_is_finished_next_run(store_factory, tmp_p
 @pytest.mark.expect_log(r"gc: shard \w+ on (d\d) kept for later: .*disk \1: .* has no .hoard-disk.json.*",
                         level="WARNING")
 def test_disk_vanishing_between_size_and_delete_keeps_its_retired_replica(store_factory, tmp_path: Path) -> None:
-    """Found by review: the disk drops off after gc read the replica's size and before the
+    """The disk drops off after gc read the replica's size and before the
     delete; an unlink on the empty mount point left behind finds nothing, and that must not
     count as deleted (the file came back with the disk as an orphan nobody named, its bytes
     still counted). The replica stays retired; the next gc with the disk back deletes it."""
@@ -228,7 +228,7 @@ def test_disk_vanishing_between_size_and_delete_keeps_its_retired_replica(store_
 # the dying disk is whichever holds a retired replica (placement decides), not always d1
 @pytest.mark.expect_log(r"gc: shard \w+ on d\d kept for later: .*", level="WARNING")
 def test_forgetting_a_dead_disk_releases_its_retired_replicas(store_factory, tmp_path: Path) -> None:
-    """Found by review: a disk that died while gc still had old replicas on it to delete is
+    """A disk that died while gc still had old replicas on it to delete is
     rebuilt and forgotten; its retired replicas must go with it (before, they stayed in the
     retired list for ever and gc tried them on every run)."""
     from hoardfs.fsd.maintenance import gc as gcmod

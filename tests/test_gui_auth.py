@@ -222,7 +222,7 @@ async def test_admin_adds_and_removes_a_user(user, gui_home: Path) -> None:
     user.find("Password").type("short")
     user.find(marker="user-add").click()
     await user.should_see("too short", retries=20)
-    user.find("Password").clear().type("adminadmin12")  # accepted before (W4-X L6)
+    user.find("Password").clear().type("adminadmin12")  # a password once accepted
     user.find(marker="user-add").click()
     await user.should_see("a short part repeated", retries=20)
     user.find("Password").clear().type("long-enough-pw")
@@ -317,13 +317,13 @@ def test_users_commands(hoard_home: Path) -> None:
             (("users", "add", "bob", "--role", "boss"), None, "role 'boss' is not one of viewer, operator, admin"),
             (("users", "add", "bob"), None, "no terminal to ask for the password"),
             (("users", "add", "bob", "--password-stdin"), "short\n", "too short"),
-            # W3-X 13: accepted for an admin before
+            # once accepted for an admin
             (("users", "add", "bob", "--role", "admin", "--password-stdin"), "12345678\n", "too short"),
             (("users", "add", "bob", "--role", "admin", "--password-stdin"), "1234567890\n", "a common password"),
             (("users", "add", "bob", "--role", "admin", "--password-stdin"), "Password123!\n", "a common password"),
             (("users", "add", "bob", "--role", "admin", "--password-stdin"), " " * 12 + "\n", "too few different"),
             (("users", "add", "bob", "--role", "admin", "--password-stdin"), "bob1234567890\n", "user's name"),
-            # W4-X L6: accepted for an admin before
+            # once accepted for an admin
             (("users", "add", "bob", "--role", "admin", "--password-stdin"), "adminadmin12\n", "a short part repeated"),
             (("users", "add", "bob", "--role", "admin", "--password-stdin"), "1qaz2wsx3edc\n", "a keyboard run"),
             (("users", "add", "bob", "--role", "admin", "--password-stdin"), "bobbob-qwerty\n", "mostly the user's name"),

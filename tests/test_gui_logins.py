@@ -1,5 +1,5 @@
-"""Logins that resist races, floods and lockouts (issue W3-X 5 and 6, W4-X M2; docs/security.md,
-Logins): a real `hoard gui` process, real HTTP requests from parallel threads.
+"""Logins that resist races, floods and lockouts (docs/security.md, Logins): a real `hoard gui`
+process, real HTTP requests from parallel threads.
 
 Reproduced before: 60 parallel wrong Basic logins to `/metrics` were all checked (the failure was
 recorded after argon2 answered); 300 parallel logins with random names ran 300 argon2 checks

@@ -83,7 +83,7 @@ def _connects(user_group: str, path: Path) -> bool:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("proxied", [{"socket_group": "nogroup", "trusted_proxies": ["192.0.2.1"]}], indirect=True)
 def test_a_local_user_cannot_write_the_forwarded_for_of_a_proxy_on_this_host(proxied) -> None:
-    """The review's finding: hoard.example.toml told a proxy on this host to be named by
+    """hoard.example.toml once told a proxy on this host to be named by
     `trusted_proxies = ["127.0.0.1"]`, and a local user connecting to the GUI's port directly is
     127.0.0.1 too: its X-Forwarded-For was believed, and five wrong guesses under each of four
     addresses it wrote locked otto out everywhere. A proxy on this host now reaches the GUI on

@@ -45,7 +45,7 @@ WITH_BATCH = pytest.mark.parametrize("gui_home", [{"_batch": True}], indirect=Tr
 
 @WITH_BATCH
 async def test_the_run_page_of_a_deleted_batch_says_it_was_deleted(user, gui_home: Path) -> None:
-    """W3-R: after `hoard delete --batch B`, `/runs/ingest/B` showed the ingest as done and
+    """After `hoard delete --batch B`, `/runs/ingest/B` showed the ingest as done and
     nothing more (health, `ingest --status` and the batch list said it was deleted)."""
     from hoardfs.gui.context import ctx
 
@@ -349,7 +349,7 @@ def _two_holders_failed(cfg) -> None:
 
 @pytest.mark.expect_log(r"shard \w+ has no readable replica to copy from", level="WARNING")
 async def test_a_run_whose_report_has_errors_is_not_green_and_a_done_run_offers_no_cancel(user, gui_home: Path) -> None:
-    """W3-R: a replicate whose report says errors 1 was a green "done" with raw keys
+    """A replicate whose report says errors 1 was a green "done" with raw keys
     (`intent_was_applied_before False`, `quarantine None`) and Retry/Cancel; now it is "done
     with errors", its report labelled figures with its duration, and it offers neither."""
     from hoardfs.gui.context import ctx
@@ -379,7 +379,7 @@ async def test_a_run_whose_report_has_errors_is_not_green_and_a_done_run_offers_
 
 
 async def test_a_done_run_offers_no_retry_or_cancel_and_shows_its_duration(user, gui_home: Path) -> None:
-    """W3-R: a run that ended well offers no Cancel (nothing waits or runs) and no Retry."""
+    """A run that ended well offers no Cancel (nothing waits or runs) and no Retry."""
     from hoardfs.gui.context import ctx
 
     job_id = launch.launch_maintenance(ctx().cfg, "replicate", {}, "otto")
@@ -394,7 +394,7 @@ async def test_a_done_run_offers_no_retry_or_cancel_and_shows_its_duration(user,
 
 
 async def test_a_maintenance_url_naming_another_job_says_so(user, gui_home: Path, redis_conn) -> None:
-    """W3-R: `/runs/replicate/<an id not starting with maint->` (another run's job) raised
+    """`/runs/replicate/<an id not starting with maint->` (another run's job) raised
     StopIteration in hoardfs.jobs.launch.detail and the page hung; now one line says there is no such run."""
     from hoardfs.gui.context import ctx
 
@@ -409,7 +409,7 @@ async def test_a_maintenance_url_naming_another_job_says_so(user, gui_home: Path
 
 @pytest.mark.expect_log(r"shard \w+ has no readable replica to copy from", level="WARNING")
 def test_replicate_exit_4_is_documented_and_says_what_to_do(gui_home: Path) -> None:
-    """W3-R: `hoard replicate` exited 4 (not in the README's table for it) with only raw
+    """`hoard replicate` exited 4 (not in the README's table for it) with only raw
     WARNING lines; now 4 is the README's "shards remain below their target" and a line names
     the next step."""
     from hoardfs.base import config
@@ -428,7 +428,7 @@ def test_replicate_exit_4_is_documented_and_says_what_to_do(gui_home: Path) -> N
 
 
 def test_a_report_reads_as_labelled_figures() -> None:
-    """W3-R: the report keys the run page showed raw (`intent_was_applied_before False`,
+    """The report keys the run page showed raw (`intent_was_applied_before False`,
     `quarantine None`) read as labels and words; sizes and times carry their units."""
     from hoardfs.jobs import reports
 

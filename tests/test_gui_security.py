@@ -1,9 +1,9 @@
-"""The GUI's defences of issue W3-X (docs/security.md): hostile text shown as text (real
-Chromium: a scraped value with U+2028 and a Markdown fence that used to close `ui.code`'s
-block and become HTML), no state change on GET, the headers on every answer (CSP, no framing:
+"""The GUI's defences (docs/security.md): hostile text shown as text (real Chromium: a
+scraped value with U+2028 and a Markdown fence that used to close `ui.code`'s block and
+become HTML), no state change on GET, the headers on every answer (CSP, no framing:
 a page on another port cannot frame the node page), `/health/ready` saying only ready or not,
-the `Secure` cookie setting; and of W4-X: a deadline on a request's head (L4), socket.io
-answering only the GUI's own origin (L5)."""
+the `Secure` cookie setting, a deadline on a request's head, socket.io answering only the
+GUI's own origin."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from tests.gui_fixtures import sign_in as sign_in_user
 pytestmark = pytest.mark.timeout(300)
 BROWSER = pytest.mark.needs(have_browser(), "no chromium + chromium-driver (Debian packages; `make deps` installs them)")
 
-#: the reviewer's payload: a line separator and a fence end `ui.code`'s Markdown block; what
+#: a hostile payload: a line separator and a fence end `ui.code`'s Markdown block; what
 #: follows was HTML (a sign-out, a requeue of every failed ingest, a form posting elsewhere, a style)
 LS = "\u2028"
 PAYLOAD = (f"x{LS}```{LS}<img id=injected-a src=/logout><img id=injected-b src='/rq/requeue/ingest'>"

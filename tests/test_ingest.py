@@ -374,7 +374,7 @@ def test_real_worker_process_and_cli(hoard_home: Path, pg, redis_conn) -> None:
     shown = subprocess.run(hoard + ["ingest", "--status", batches[1].batch_id], capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
     assert "done" in shown.stdout and "package: parts: 1" in shown.stdout and "took: " in shown.stdout
-    # W3-R: labelled figures, not raw keys and values (`intent_was_applied_before False`, `quarantine None`)
+    # labelled figures, not raw keys and values (`intent_was_applied_before False`, `quarantine None`)
     assert "files accepted: " in shown.stdout and "None" not in shown.stdout, shown.stdout
     assert not any("_" in line.split(":")[0] for line in shown.stdout.splitlines()[1:]), shown.stdout
     health = json.loads(subprocess.run(hoard + ["health", "--json"], capture_output=True, text=True).stdout)
@@ -608,7 +608,7 @@ def test_only_conditions_are_logged_as_conditions() -> None:
 
 
 def test_a_file_swapped_for_a_link_after_the_scan_is_not_stored(hoard_home: Path, pg) -> None:
-    """W3-X reproduction 4: between the scan and the store step a file of the batch is replaced
+    """Between the scan and the store step a file of the batch is replaced
     by a symbolic link to a secret (the scraper account can write 3A). The store step ran as
     root and stored the secret in the world-readable shards. Now each file must be the one the
     scan saw (device, inode, size, mtime): the swapped one is rejected, the others stored."""

@@ -293,8 +293,8 @@ def test_an_intent_reads_the_large_tables_by_their_indexes_only(db) -> None:
     black-listed and unlabelled nodes — into a database of 20,000 (past BY_INDEX_RATIO times its
     rows) reads `node`, `physical_content` and `label` by their indexes only, never whole: by
     hash joins (the planner's choice for rows of this many against that many) it read the whole
-    node table 12 times, so an intent's cost grew with the database, not with the intent (issue
-    37: 3.2× per node from 1 M to 10 M nodes). And it looks each sha256 up in `node` once, not
+    node table 12 times, so an intent's cost grew with the database, not with the intent (3.2×
+    per node from 1 M to 10 M nodes). And it looks each sha256 up in `node` once, not
     once per statement that names it. What it writes is the same."""
     big = _rows("big", 20_000, [])
     assert 20_000 >= BY_INDEX_RATIO * 2_000

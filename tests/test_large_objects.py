@@ -1,7 +1,7 @@
 """An object over 2 GiB (3 GiB here) through every path, in bounded memory.
 
-Linux returns at most 0x7ffff000 bytes from one read(); a review found a 2.06 GiB object
-unreadable (get, verify, replicate, rebuild all failed) and recovery deleting both replicas
+Linux returns at most 0x7ffff000 bytes from one read(); a 2.06 GiB object was once
+unreadable (get, verify, replicate, rebuild all failed) and recovery deleted both replicas
 of one. Here one 3 GiB object goes through put and get (the CLI's peak RSS measured, far
 below the object's size), verify --sha256, replicate, rebuild of a lost disk, the batch
 planner, the mount, and recovery after the writer dies between its commit and the seal.

@@ -2,11 +2,10 @@
 holds — roots above all: an index rebuilt without a root lets a batch drop + gc free an
 object `hoard put` acknowledged.
 
-Found by the review of roots (W2-K): marks were appended only to the disks writable at that
-moment and nothing seeded a disk added or reactivated later, so after the disks were
-replaced one by one no log held the old roots; `hoard index restore` brought back an index
-copy without the objects and marks since that copy; one damaged log line made every index
-rebuild crash.
+Marks were once appended only to the disks writable at that moment and nothing seeded a disk
+added or reactivated later, so after the disks were replaced one by one no log held the old
+roots; `hoard index restore` brought back an index copy without the objects and marks since
+that copy; one damaged log line made every index rebuild crash.
 """
 
 from __future__ import annotations

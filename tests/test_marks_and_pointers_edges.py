@@ -1,4 +1,4 @@
-"""Adversarial review of W3-S (marks-log checks, agreement, pointers): reproductions."""
+"""Marks-log checks, agreement between disks' logs, pointers: cases that once went wrong."""
 
 from __future__ import annotations
 

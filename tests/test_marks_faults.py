@@ -1,7 +1,5 @@
-"""The marks log under attack: reproductions from the adversarial review of the snapshots
-(1c1c7c5, 97d2b4e), each failing on that code — holes behind later appends, short appends,
-damaged resets, stamps given twice, racing writers and checks, disks absent at a rebuild,
-hostile files — and passing since."""
+"""The marks log under attack: holes behind later appends, short appends, damaged resets,
+stamps given twice, racing writers and checks, disks absent at a rebuild, hostile files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bit rot in one disk's marks log must not flip a mark (W3-S, reproduction 1).
+"""Bit rot in one disk's marks log must not flip a mark.
 
 The rebuild took the union of every disk's log sorted by stamp, so one flipped bit in the
 stamp of an `unroot` (or `drop`) line on ONE disk — a stamp weeks in the future — outvoted

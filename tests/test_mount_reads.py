@@ -168,7 +168,7 @@ def test_shuffled_reads_fetch_only_what_they_serve(lab_factory, tmp_path: Path) 
     # the read-ahead window ends up to PREFETCH_BLOCKS × BLOCK (32 MiB) past the last file read:
     # a bound in bytes, not a ratio (here ~20 MB are served). Measured: 39–45 MiB extra, of
     # which up to ~13 MiB are read on both replicas while the window ramps up and moves between
-    # the disks (open in W2-M); the bound allows that overlap (4 blocks) and fails on anything
+    # the disks (not yet avoided); the bound allows that overlap (4 blocks) and fails on anything
     # like a second window
     assert extra <= (PREFETCH_BLOCKS + 4) * BLOCK, f"stored-order reads read {extra >> 20} MiB more than served"
     # streamed in large reads, not one request per file (4 MiB blocks hold ~120 of these files)

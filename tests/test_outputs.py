@@ -1,6 +1,6 @@
 """`hoard export` / `hoard stage` (jobs/outputs.py) against real PostgreSQL, Redis and a store
 filled by UA_1: planned and checked before a byte moves, reserved, copied, sealed; idempotent,
-immutable ids, resumable after kill -9; the bad inputs W2-F names."""
+immutable ids, resumable after kill -9; bad requests, ids and state files refused in one line."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_stage_gives_the_worker_input_and_an_empty_output(filled, tmp_path: Path
     assert worker.returncode == 0, worker.stderr
     res = _hoard(cfg, "stage", "--status", "ab-1")
     assert res.returncode == 0 and "stage ab-1: done" in res.stdout, res.stdout + res.stderr
-    # W3-R: the report as labelled figures with the run's duration, not keys
+    # the report as labelled figures with the run's duration, not keys
     assert "  copied files: " in res.stdout and "  took: " in res.stdout and "  rate: " in res.stdout, res.stdout
     assert not any("_" in line.split(":")[0] for line in res.stdout.splitlines()[1:]), res.stdout
     root = cfg.ssd.zone_path("3C") / "ab-1" / "by_sha256"
@@ -623,7 +623,7 @@ REFUSALS = pytest.mark.parametrize("case, code, message", [
 
 @REFUSALS
 def test_a_refused_request_keeps_no_id_reservation_or_problem(filled, tmp_path: Path, case, code, message) -> None:
-    """W3-R: a stage/export refused before it copies (--here) is not a failed output: no state,
+    """A stage/export refused before it copies (--here) is not a failed output: no state,
     no reservation, no health line, one line with the README's code, and the id takes another
     request."""
     from hoardfs.jobs import outputs
@@ -652,7 +652,7 @@ def test_a_refused_request_keeps_no_id_reservation_or_problem(filled, tmp_path: 
 @REFUSALS
 def test_a_workers_refusal_says_why_and_holds_nothing(filled, redis_conn, tmp_path: Path, case, code,
                                                      message) -> None:
-    """W3-R: refused in the worker (the GUI's launches): `--status` says `refused` and why with
+    """Refused in the worker (the GUI's launches): `--status` says `refused` and why with
     the README's code, no health problem, nothing to retry (`hoardfs.jobs.launch.retry` queued it
     again), the id takes another request."""
     from hoardfs.jobs import launch, outputs

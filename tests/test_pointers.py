@@ -1,7 +1,7 @@
-"""Batch and view pointers reach every disk in service and survive an index rebuild or restore
-(W3-S part 2): a disk added, replaced onto or back from being unplugged gets them, `hoard
-check` names a disk that lacks one, and the newest definition always wins. Real stores on
-directory disks, through the real CLI."""
+"""Batch and view pointers reach every disk in service and survive an index rebuild or restore:
+a disk added, replaced onto or back from being unplugged gets them, `hoard check` names a
+disk that lacks one, and the newest definition always wins. Real stores on directory disks,
+through the real CLI."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""W3-X 2, 3, 4 and 8 as a real unprivileged local user: each attack runs in a subprocess
-with `setpriv --reuid nobody --regid nogroup --clear-groups`, against a store the real `hoard`
-CLI (as root, as in production) made and ran.
+"""Attacks as a real unprivileged local user — on the embedded Redis, the quarantine, a batch's
+files after the scan and the files a run leaves: each attack runs in a subprocess with
+`setpriv --reuid nobody --regid nogroup --clear-groups`, against a store the real `hoard` CLI
+(as root, as in production) made and ran.
 
 pytest's temporary directories are 0700: the fixture `reachable` lets others pass through
 them (never list them), and each test reads a control file as the user first, so what stops
@@ -129,7 +130,7 @@ def test_zone_3a_is_a_drop_box_with_the_sticky_bit(home: Path) -> None:
 
 
 def test_a_link_planted_at_the_quarantine_moves_nothing(home: Path) -> None:
-    """W3-X 3 as the scraper account: it drops a batch holding a `users.json` (a reject) and
+    """As the scraper account: it drops a batch holding a `users.json` (a reject) and
     plants `3A/_quarantine/<batch>` → the GUI's state; the ingest (root) refuses in one line
     and the GUI's accounts stay."""
     cfg_path = home / "hoard.toml"
@@ -150,7 +151,7 @@ def test_a_link_planted_at_the_quarantine_moves_nothing(home: Path) -> None:
 
 
 def test_a_file_swapped_for_a_link_to_a_secret_is_not_stored(home: Path, pg) -> None:
-    """W3-X 4 as the scraper account: after the scan it replaces one of its files by a link to
+    """As the scraper account: after the scan it replaces one of its files by a link to
     a root-only secret; the store step (root) stores the batch's other files, not the secret."""
     import hashlib
 
@@ -194,7 +195,7 @@ def private_redis(home: Path) -> Iterator[Path]:
 
 
 def test_an_unprivileged_user_cannot_reach_the_embedded_redis(private_redis: Path) -> None:
-    """W3-X 2: the user cannot write a job into the embedded Redis (its socket refuses); a job
+    """The user cannot write a job into the embedded Redis (its socket refuses); a job
     that names another function, written by someone who can, is refused by the worker
     (tests/test_worker_guard.py)."""
     res = as_user('redis-cli -s "$1" RPUSH rq:queue:maintenance x', str(private_redis))
@@ -204,7 +205,7 @@ def test_an_unprivileged_user_cannot_reach_the_embedded_redis(private_redis: Pat
 @pytest.mark.gui  # a real Chromium signs in
 @pytest.mark.needs(have_browser(), "CHROMIUM MISSING: the GUI's session file is made by a real sign-in")
 def test_an_unprivileged_user_reads_nothing_of_a_demo_run(home: Path, private_redis: Path, pg) -> None:
-    """W3-X 8: after `hoard put`, an ingest, a database dump, the GUI's users and a session, a
+    """After `hoard put`, an ingest, a database dump, the GUI's users and a session, a
     thumbnail and the private Redis's append-only file, the user can read none of the shards,
     the dump in 3B, the ingest's package in 3B, the sessions, users.json, the thumbnails, the
     index or the AOF. (The old code left them 0644 under 0755 directories.)"""

@@ -1,4 +1,4 @@
-"""Quarantine in a zone 3A that the scraper account can write (W3-X, reproduction 3).
+"""Quarantine in a zone 3A that the scraper account can write.
 
 `quarantine()` made `3A/_quarantine/<batch>` and renamed rejects into it without looking at
 what it was: a symbolic link there to the GUI's state let a rejected `users.json` replace the

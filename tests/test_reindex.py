@@ -251,8 +251,8 @@ def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
 @pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_planted_pointers_are_reported_not_waited_on(tmp_path: Path) -> None:
     """A FIFO, a directory or a file that is not JSON where a view or batch pointer belongs is
-    named as damage and the rebuild finishes — a FIFO read would block the rebuild for good
-    (the adversarial review of the pointer change); the real pointers still register."""
+    named as damage and the rebuild finishes — a FIFO read would block the rebuild for good;
+    the real pointers still register."""
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
     cfg = config.load(cfg_path)
     with Store.open(cfg, init=True) as store:
@@ -763,7 +763,7 @@ def test_a_marks_log_pointer_or_shard_that_does_not_read_stops_the_rebuild(lab_f
     files = _index_files(cfg)
     label = "k1"
     if what == "a shard":  # taken as damage, its objects were left out of the index when no other
-        # disk had them, and `hoard verify --orphans --repair` then deleted the file (the review of 70da9fd)
+        # disk had them, and `hoard verify --orphans --repair` then deleted the file
         label, path = next((k, p) for k in ("k1", "k2", "k3") for p in sorted(
             (lab.disks[k].mountpoint / "shards").rglob("*")) if p.suffix in (".shard", ".open"))
     else:

@@ -2,7 +2,7 @@
 judgement (fsd/io/judged.py) and a sealed output's bytes (fsd/outputs/zones.py) — attacked: a
 log cut and grown again, a hostile or damaged memory, a finding that later appends settle, a
 record stamped in the future. Each test tries to make the integrity tools disagree or a zone
-under-report; each failed on the code before the review that wrote it."""
+under-report; each failed on an earlier version of the code."""
 
 from __future__ import annotations
 

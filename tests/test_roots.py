@@ -1,8 +1,8 @@
 """What `hoard put` acknowledges is a root: no batch dropped, no gc, no index rebuild frees it;
 only `hoard delete --object` releases it (then gc frees it unless something else needs it).
 
-Found by the chaos review (W2-K): an object stored by `hoard put` had no reference of its
-own, so dropping a batch that happened to hold the same bytes tombstoned it and gc freed it.
+An object stored by `hoard put` once had no reference of its own, so dropping a batch that
+happened to hold the same bytes tombstoned it and gc freed it.
 """
 
 from __future__ import annotations

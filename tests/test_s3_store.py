@@ -489,7 +489,7 @@ def test_an_engine_s_own_copies_count_toward_the_target_and_never_let_a_copy_go(
 def test_a_batch_read_off_a_bucket_keeps_several_ranged_gets_in_flight(tmp_path: Path, seaweedfs,
                                                                         engine_env, monkeypatch) -> None:
     """The planner reads an S3 disk with READ_STREAMS ranged GETs in flight (one at a time left
-    the engine idle between requests: docs/benchmarks.md, W3-L), its ranges no longer than
+    the engine idle between requests: docs/benchmarks.md), its ranges no longer than
     `range_limit` (shorter than a local disk's MAX_RANGE); a large object comes off one streamed GET
     (S3Disk.stream_at, test_s3_faults) — every object arrives whole and checked, by the planner
     and by `copy_object_to`."""
@@ -545,7 +545,7 @@ def test_a_damaged_record_on_the_bucket_fails_the_batch_read(tmp_path: Path, sea
     """One flipped byte in a record's payload on the bucket (the object's only disk) fails the
     batch read and a get of that object, naming it; no sink is handed the damaged bytes and
     every other object arrives whole — the record checks stand whatever client sends the GETs
-    (presigned URLs with urllib3 since W3-L: `S3Disk._get`)."""
+    (presigned URLs with urllib3: `S3Disk._get`)."""
     engine_env(seaweedfs)
     bucket = _bucket(seaweedfs, "hoard-store-damage")
     path = _config(tmp_path, seaweedfs, bucket, copies=2, locals_=(), weight=2, shard_size_mb=64, write_ack=1)

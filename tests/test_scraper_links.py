@@ -281,7 +281,7 @@ def test_an_output_checked_for_its_seal_is_read_never_from_a_fifo(tmp_path: Path
 
 
 def test_a_file_name_with_a_line_separator_is_refused_at_the_screen(tmp_path: Path) -> None:
-    """W3-X build 1: U+2028/U+2029 "refused in file names and escaped in display". U+0085 was
+    """U+2028/U+2029 are refused in file names and escaped in display. U+0085 was
     refused (a C1 control) and the bidi overrides were, but a scraped `a<U+2028>b.png` was
     accepted, stored under that name and printed as two lines by `display`."""
     from hoardfs.adapters.screen import screen

@@ -1,4 +1,4 @@
-"""A Ctrl-C must never seal a shard whose footer disagrees with its body (W3-R, item 1).
+"""A Ctrl-C must never seal a shard whose footer disagrees with its body.
 
 `hoard ingest --here` stopped by Ctrl-C during its store step left a **sealed** shard whose
 body held one record more than its footer listed: the signal came between the writer moving

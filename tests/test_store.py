@@ -248,7 +248,7 @@ def test_a_sink_error_in_a_batch_read_is_raised_not_blamed_on_the_disk_read(stor
 
 
 def _ranges_by_record_order(records: list, gap: int, max_range: int) -> list[tuple]:
-    """The planner's per-disk step as it was before 564468e: the disk's records sorted one by
+    """The planner's per-disk step before the piece-wise sort: the disk's records sorted one by
     one by (shard, offset), then coalesced — the reference the piece-wise sort must equal."""
     out: list[list] = []
     for shard_hex, w in sorted(records, key=lambda x: (x[0], x[1].offset)):
@@ -407,8 +407,8 @@ def test_a_record_rotted_mid_range_hands_on_each_object_once(store_factory, tmp_
 def test_the_heap_frozen_for_a_plan_is_thawed_and_the_collector_never_stops() -> None:
     """`heap_frozen` (the batch plan's): the objects held before the block are frozen out of
     the collector's walks while it runs — the collector still running — and thawed after it,
-    on an exception too, nested too; a Ctrl-C in the block leaves nothing switched off (review
-    43: the collector held off instead could stay off for good after a Ctrl-C)."""
+    on an exception too, nested too; a Ctrl-C in the block leaves nothing switched off (the
+    collector held off instead could stay off for good after a Ctrl-C)."""
     import gc
 
     from hoardfs.base.collect import heap_frozen

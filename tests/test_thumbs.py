@@ -11,7 +11,7 @@ pytestmark = pytest.mark.services
 
 
 def test_a_progressive_jpeg_is_judged_by_its_declared_size(tmp_path: Path) -> None:
-    """W3-X 12: a progressive JPEG is decoded into whole-image buffers whatever draft() scale;
+    """A progressive JPEG is decoded into whole-image buffers whatever draft() scale;
     judged after draft (at 1/8), a 64 MP one passed the 40 MP limit and its decode grew the
     process by hundreds of MB (a 13000 × 13000 one: the GUI from 156 MB to 1.15 GB). Measured
     in a child process: no thumbnail, and little memory — in it and in its decoder process

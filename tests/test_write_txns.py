@@ -335,8 +335,7 @@ def test_a_put_killed_between_its_group_commits_keeps_what_it_reported(tmp_path:
 def test_a_put_of_files_the_store_has_writes_their_extensions_in_bounded_transactions(tmp_path: Path) -> None:
     """The second `hoard put` of 3,000 small files (all "existing"), chunks of 1,000 entries:
     their extensions are remembered within the chunk too (the old code: one transaction of every
-    existing file's extension — an ingest's resume of a 20,000-file batch, 20,000). (Review
-    finding of 8c089eb.)"""
+    existing file's extension — an ingest's resume of a 20,000-file batch, 20,000)."""
     cfg_path = _empty_store(tmp_path)
     files = _small_files(tmp_path / "in", 3000, seed=7)
     small = {"HOARD_LMDB_TXN_ENTRIES": "1000"}

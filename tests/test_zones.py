@@ -746,7 +746,7 @@ def test_usage_with_a_damaged_reservation_file(tmp_path: Path, monkeypatch: pyte
 
 
 def test_a_sparse_file_counts_by_its_apparent_size(tmp_path: Path) -> None:
-    """W3-X 14: `truncate -s 6G` in 3A allocates a few KB and slipped past the quota (ingest
+    """`truncate -s 6G` in 3A allocates a few KB and slipped past the quota (ingest
     then read 6 GB); a file counts by its apparent size when that is larger than its blocks."""
     from hoardfs.fsd.outputs.zones import du
 
@@ -858,8 +858,8 @@ def test_a_file_rewritten_in_place_in_a_sealed_output_is_counted_at_the_recount(
 def test_a_dump_folder_entry_that_is_a_dangling_link_or_gone_does_not_break_the_listing(tmp_path: Path) -> None:
     """3B/db-dumps is judged complete by its newest entry's mtime: `stat` of each entry listed
     followed a link (a dangling one raised FileNotFoundError out of `hoard zones` and health)
-    and raised for a dump's temporary name renamed between the listing and the stat (review
-    40). Each entry's own mtime is read now, and an entry gone meanwhile is passed over."""
+    and raised for a dump's temporary name renamed between the listing and the stat. Each
+    entry's own mtime is read now, and an entry gone meanwhile is passed over."""
     dumps = tmp_path / "db-dumps"
     dumps.mkdir()
     (dumps / "hoard-1.dump").write_bytes(b"dump")

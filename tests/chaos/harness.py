@@ -829,11 +829,11 @@ class World:
     def flip_marks(self, label: str, rng: random.Random) -> bool:
         """Flip one bit of one line of the disk's marks log: half the time a digit of the stamp of
         a record that frees an object (`unroot`, `delete`, `drop`) moved days ahead — what once
-        made one disk's log outvote the others' and lose an acknowledged object (W3-S) —, else
+        made one disk's log outvote the others' and lose an acknowledged object —, else
         any bit of any line. Returns whether a line was flipped."""
         root = self.lab.disks[label].mountpoint
         pointers = sorted(root.glob("batches/*.json")) + sorted(root.glob("views/*.json"))
-        if pointers and rng.random() < 1 / 3:  # a batch or view pointer instead (W3-S)
+        if pointers and rng.random() < 1 / 3:  # a batch or view pointer instead
             return self.flip_pointer(label, rng.choice(pointers), rng)
         log = root / "marks" / "marks.log"
         try:
@@ -884,7 +884,7 @@ class World:
         return random.Random(self.seed ^ REPLACE_ALL).random() < 1 / 3
 
     def replace_all_then_rebuild(self) -> None:
-        """W3-S: every disk replaced one by one by the documented procedure (docs/operations.md:
+        """Every disk replaced one by one by the documented procedure (docs/operations.md:
         add a new disk, `disks replace OLD NEW`, `disks forget OLD`, its [[disks]] table removed;
         the old disk wiped and kept as the next spare), then the index lost and rebuilt from the
         new disks alone: every acknowledged object (check_invariants), batch and view — with its
