@@ -73,11 +73,10 @@ def test_a_hosts_job_put_on_a_server_queue_is_refused(hoard_home: Path, redis_co
     assert "refused by the worker, not run" in (fetch_job("h-export", redis_conn).latest_result().exc_string or "")
 
 
-#: a built-in taken over by its input, confined as `hoard-builtin` confines it (`_io.confine`),
-#: asking the kernel to signal another process of its user through a file's owner (F_SETOWN:
-#: SIGIO, whose default action ends a process, when its pipe becomes readable)
-SIGIO_TO_ANOTHER = '''
-import errno, fcntl, json, os, sys
+#: what both children below do first: confine themselves as `hoard-builtin` confines a built-in
+#: (`_io.confine`), then try each attack, an errno (0: it worked) for each
+CONFINED_ATTEMPTS = '''
+import errno, fcntl, json, os, resource, sys
 from pathlib import Path
 from hoardfs.jobs.actions.builtin import _io
 VICTIM, INPUT, OUTPUT = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
@@ -88,6 +87,12 @@ def attempt(f):
         return 0
     except OSError as e:
         return e.errno
+'''
+
+#: a built-in taken over by its input, confined as `hoard-builtin` confines it (`_io.confine`),
+#: asking the kernel to signal another process of its user through a file's owner (F_SETOWN:
+#: SIGIO, whose default action ends a process, when its pipe becomes readable)
+SIGIO_TO_ANOTHER = CONFINED_ATTEMPTS + '''
 r, w = os.pipe()
 got = {"own": attempt(lambda: fcntl.fcntl(r, fcntl.F_SETOWN, VICTIM))}
 got["async"] = attempt(lambda: fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_ASYNC))
@@ -125,18 +130,7 @@ def test_a_confined_builtin_cannot_signal_another_process_through_a_file_owner(t
 #: a built-in taken over by its input, confined as `hoard-builtin` confines it, changing another
 #: process of its user: its hard limits (a file size of 0 ends it at its next write), its
 #: priority, its processors
-LIMITS_OF_ANOTHER = '''
-import json, os, resource, sys
-from pathlib import Path
-from hoardfs.jobs.actions.builtin import _io
-VICTIM, INPUT, OUTPUT = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-assert _io.confine(OUTPUT, INPUT)
-def attempt(f):
-    try:
-        f()
-        return 0
-    except OSError as e:
-        return e.errno
+LIMITS_OF_ANOTHER = CONFINED_ATTEMPTS + '''
 got = {"file size": attempt(lambda: resource.prlimit(VICTIM, resource.RLIMIT_FSIZE, (0, 0))),
        "open files": attempt(lambda: resource.prlimit(VICTIM, resource.RLIMIT_NOFILE, (3, 3))),
        "renice it": attempt(lambda: os.setpriority(os.PRIO_PROCESS, VICTIM, 19)),
