@@ -3,6 +3,7 @@ crash — each test one finding, with real Redis, PostgreSQL and `hoard` process
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -73,6 +74,23 @@ def test_a_hosts_job_put_on_a_server_queue_is_refused(hoard_home: Path, redis_co
     assert "refused by the worker, not run" in (fetch_job("h-export", redis_conn).latest_result().exc_string or "")
 
 
+@contextlib.contextmanager
+def _victim_and_boxes(tmp_path: Path):
+    """Another process of the service's user (the mount, the GUI) and a confined child's input and
+    output folders; skipped where Landlock is not enforced."""
+    if not landlock.status()["enforced"]:
+        pytest.skip("no Landlock here")
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    out.mkdir()
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        yield victim, inp, out
+    finally:
+        victim.kill()
+        victim.wait()
+
+
 #: what both children below do first: confine themselves as `hoard-builtin` confines a built-in
 #: (`_io.confine`), then try each attack, an errno (0: it worked) for each
 CONFINED_ATTEMPTS = '''
@@ -106,13 +124,7 @@ print(json.dumps(got))
 def test_a_confined_builtin_cannot_signal_another_process_through_a_file_owner(tmp_path: Path, abi: str | None) -> None:
     """A confined built-in cannot signal another process of its user by making it a file's owner (F_SETOWN and
     O_ASYNC: SIGIO on input), also where Landlock does not scope signals (ABI < 6): the process lives on."""
-    if not landlock.status()["enforced"]:
-        pytest.skip("no Landlock here")
-    inp, out = tmp_path / "in", tmp_path / "out"
-    inp.mkdir()
-    out.mkdir()
-    victim = subprocess.Popen(["sleep", "60"])  # a process of the service's user (the mount, the GUI)
-    try:
+    with _victim_and_boxes(tmp_path) as (victim, inp, out):
         res = subprocess.run([sys.executable, "-c", SIGIO_TO_ANOTHER, str(victim.pid), str(inp), str(out)],
                              capture_output=True, text=True, timeout=60,
                              env=os.environ | ({landlock.TEST_ABI: abi} if abi else {}))
@@ -122,9 +134,6 @@ def test_a_confined_builtin_cannot_signal_another_process_through_a_file_owner(t
         except subprocess.TimeoutExpired:
             pass
         assert victim.poll() is None, f"the service's process was signalled ({victim.returncode}): {res.stdout}"
-    finally:
-        victim.kill()
-        victim.wait()
 
 
 #: a built-in taken over by its input, confined as `hoard-builtin` confines it, changing another
@@ -145,13 +154,7 @@ print(json.dumps(got))
 def test_a_confined_builtin_cannot_change_another_processs_limits(tmp_path: Path) -> None:
     """A confined built-in cannot change another process's resource limits, priority or processors (EPERM); its
     own limits and priority it may still set."""
-    if not landlock.status()["enforced"]:
-        pytest.skip("no Landlock here")
-    inp, out = tmp_path / "in", tmp_path / "out"
-    inp.mkdir()
-    out.mkdir()
-    victim = subprocess.Popen(["sleep", "60"])  # a process of the service's user (the mount, the GUI)
-    try:
+    with _victim_and_boxes(tmp_path) as (victim, inp, out):
         before = Path(f"/proc/{victim.pid}/limits").read_text()
         res = subprocess.run([sys.executable, "-c", LIMITS_OF_ANOTHER, str(victim.pid), str(inp), str(out)],
                              capture_output=True, text=True, timeout=60)
@@ -160,9 +163,6 @@ def test_a_confined_builtin_cannot_change_another_processs_limits(tmp_path: Path
         assert Path(f"/proc/{victim.pid}/limits").read_text() == before, "another process's limits changed"
         assert os.getpriority(os.PRIO_PROCESS, victim.pid) == os.getpriority(os.PRIO_PROCESS, 0) and os.sched_getaffinity(victim.pid) == \
             os.sched_getaffinity(0)
-    finally:
-        victim.kill()
-        victim.wait()
     assert {k: got.pop(k) for k in ("own limit", "own priority")} == {"own limit": 0, "own priority": 0}
     assert got == dict.fromkeys(got, errno.EPERM), got
 
