@@ -120,9 +120,15 @@ def report(title: str, rows: list[tuple[str, str]], data: dict, results: Path | 
     results = results or RESULTS
     results.mkdir(parents=True, exist_ok=True)
     slug = name or result_name(Path(sys.argv[0]).stem, sys.argv[1:])
-    doc = {"benchmark": title, "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "commit": _commit(), "machine": _machine(), **data}
+    doc = {"benchmark": title, **stamp(), **data}
     (results / f"{slug}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def stamp() -> dict:
+    """What every results JSON says of its run: the arguments, when it ended, the commit measured
+    and the machine (with the load at start and end)."""
+    return {"argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": _commit(),
+            "machine": _machine()}
 
 
 def result_name(script: str, argv: list[str]) -> str:

@@ -17,10 +17,9 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
-from _common import REPO, RESULTS, _commit, _machine, hoard_process
+from _common import REPO, RESULTS, hoard_process, stamp
 
 from hoardfs.base import config
 from hoardfs.fsd.store import Store
@@ -58,8 +57,7 @@ def main() -> None:
 
 
 def _write(args, objects: int, load_before: tuple[float, float, float], rounds: list[dict]) -> Path:
-    doc = {"benchmark": "delete_gc", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
+    doc = {"benchmark": "delete_gc", **stamp(), "load_before": load_before, "load_after": os.getloadavg(),
            "objects": objects, "rounds": rounds}
     out = RESULTS / f"delete-gc-{args.label or objects}.json"
     out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")

@@ -20,11 +20,10 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, _commit, _machine, hoard_process, private_cluster
+from _common import RESULTS, hoard_process, private_cluster, stamp
 from scale import batch_to_put
 
 from hoardfs.base import config
@@ -80,8 +79,7 @@ def main() -> None:
         for r in range(args.rounds):
             for state in ("cold", "cached"):
                 runs.append(one_put(args.work, cfg_path, state, 10**14 + 2 * r + (state == "cached"), dev) | {"round": r})
-    doc = {"benchmark": "put-write-bytes", "argv": sys.argv[1:], "commit": _commit(), "machine": _machine(),
-           "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "objects": built.get("size"), "device": dev,
+    doc = {"benchmark": "put-write-bytes", **stamp(), "objects": built.get("size"), "device": dev,
            "kernel": os.uname().release, "files": FILES, "runs": runs}
     out = RESULTS / f"put-write-bytes-{args.label}.json"
     out.write_text(json.dumps(doc, indent=1) + "\n")

@@ -87,8 +87,6 @@ from _common import (
     REPO,
     RESULTS,
     PeakWatch,
-    _commit,
-    _machine,
     allocated,
     drop_caches,
     hoard_mounted,
@@ -96,6 +94,7 @@ from _common import (
     lab_config,
     private_cluster,
     read_all,
+    stamp,
     txn_lines,
     visit_page,
     write_doc_section,
@@ -1018,8 +1017,7 @@ def write_results(label: str, load_before, t_run: float, est: float, batch: int,
                   pg_set: dict[str, str] | None, partial: bool = False) -> dict:
     """The run's JSON: after each size (`partial`: a run that dies at a larger size keeps what the
     smaller ones measured; --render reads no partial file) and at the end."""
-    doc = {"benchmark": "scale", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
+    doc = {"benchmark": "scale", **stamp(), "load_before": load_before, "load_after": os.getloadavg(),
            "disks": DISKS, "batch": batch, "intent_nodes": INTENT_NODES, "sizes": results, "seconds": round(time.monotonic() - t_run),
            "estimated_s": round(est), "pg_set": pg_set or {}} | ({"partial": True} if partial else {})
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -1103,8 +1101,7 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
                 results.append(got | {"commands": cmds, "failed": {k: v for k, v in failed.items() if wanted(k, only)}})
     if not any(got["commands"] or got["failed"] for got in results):
         raise SystemExit(f"--only {','.join(only)}: nothing re-timed (no results file written)")
-    doc = {"benchmark": "scale --only", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
+    doc = {"benchmark": "scale --only", **stamp(), "load_before": load_before, "load_after": os.getloadavg(),
            "disks": DISKS, "batch": built.batch,
            "only": only, "repo": str(repo), "cluster": "kept (the store's rows)" if kept else "new (no rows)",
            "profiled": bool(profile), "pg_set": pg_set or {},

@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import _commit, _machine  # noqa: E402
+from bench._common import stamp  # noqa: E402
 from bench.mem_scale import grow, write_config  # noqa: E402
 
 STEPS = [("rewrite-marks", ["index", "rewrite-marks"]),
@@ -114,7 +114,7 @@ def main() -> None:
             out[variant] = sequence(copies.get(variant, base), repo, args.size)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out.update(commit=_commit(), when=time.strftime("%Y-%m-%dT%H:%M:%S"), argv=sys.argv[1:], machine=_machine())
+    out.update(stamp())
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
