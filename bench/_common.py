@@ -253,11 +253,13 @@ def allocated(*paths: Path) -> int:
 # -- reading through mounts (hoard mount, mergerfs) and plain files ---------------------------------
 
 @contextmanager
-def hoard_mounted(cfg_path: Path, mnt: Path, repo: Path = REPO):
+def hoard_mounted(cfg_path: Path, mnt: Path, repo: Path = REPO, stop_timeout: float = 30):
     """`hoard mount --foreground` at `mnt` while the block runs; yields its process (the
     daemon itself: its /proc/<pid>/status has the daemon's memory). Started from a throttled
     block, the daemon is in the lab's cgroup (children inherit it). `repo`: the checkout whose
-    daemon runs (another commit's worktree, for before/after figures in one run)."""
+    daemon runs (another commit's worktree, for before/after figures in one run). After the
+    block the daemon gets SIGTERM; the seconds until it exits are left in `proc.stop_s`, and a
+    daemon still running after `stop_timeout` seconds is killed and the run stopped, saying so."""
     mnt.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(cfg_path), "mount", "--foreground",
                              str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=repo,
@@ -267,7 +269,16 @@ def hoard_mounted(cfg_path: Path, mnt: Path, repo: Path = REPO):
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        t0 = time.monotonic()
+        try:
+            proc.wait(stop_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+            raise SystemExit(f"hoard mount at {mnt} was still running {stop_timeout:.0f} s after SIGTERM: killed "
+                             "(a benchmark's finding: time its exit with py-spy dump)") from None
+        proc.stop_s = round(time.monotonic() - t0, 3)  # type: ignore[attr-defined]
 
 
 @contextmanager
