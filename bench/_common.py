@@ -318,12 +318,17 @@ def drop_page_cache() -> None:
     subprocess.run(["sh", "-c", "sync; echo 1 > /proc/sys/vm/drop_caches"], check=True)
 
 
+def disk_reads_by_disk(lab: Lab) -> dict[str, int]:
+    """Each lab disk's bytes read so far (sectors read × 512, /sys/block/<loop>/stat). (Not its
+    io_ticks: the blkio throttle holds requests before the loop device, which counts them busy
+    only once let through.)"""
+    return {label: int((Path("/sys/block") / Path(d.device).name / "stat").read_text().split()[2]) * 512
+            for label, d in lab.disks.items()}
+
+
 def disk_reads(lab: Lab) -> int:
-    """Bytes the lab's disks have read so far (sectors read × 512, /sys/block/<loop>/stat)."""
-    total = 0
-    for d in lab.disks.values():
-        total += int((Path("/sys/block") / Path(d.device).name / "stat").read_text().split()[2]) * 512
-    return total
+    """Bytes the lab's disks have read so far."""
+    return sum(disk_reads_by_disk(lab).values())
 
 
 def read_all(paths: list[Path], readers: int) -> int:
