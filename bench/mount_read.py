@@ -231,10 +231,10 @@ def main() -> None:
                     read1 = disk_reads_by_disk(lab)
                 # each disk's reads while one reader walked stored order, and the seconds they take
                 # at its limit: their sum against the wall time says how far the disks overlapped
-                t["small_mount_disks"] = {d: {"read_mib": round((read1[d] - read0[d]) / MiB, 1),
-                                              "at_limit_s": round((read1[d] - read0[d]) / MiB
-                                                                  / lab.disks[d].profile.read_mbps, 2)}
-                                          for d in read0}
+                read_mib = {d: (read1[d] - read0[d]) / MiB for d in read0}
+                t["small_mount_disks"] = {d: {"read_mib": round(m, 1),
+                                              "at_limit_s": round(m / lab.disks[d].profile.read_mbps, 2)}
+                                          for d, m in read_mib.items()}
                 rows += [("small files", f"{len(small)} files, {sum(r.size for r in small_res) / MiB:.0f} MiB, "
                                          "cold caches, in stored order"),
                          ("  per-file plain ext4", f"{t['small_plain']:6.2f} s  {len(small) / t['small_plain']:7.0f} files/s"),

@@ -184,7 +184,7 @@ def test_units_run_as_hoard_with_least_privilege() -> None:
                 "RestrictSUIDSGID", "LockPersonality", "RestrictAddressFamilies", "RestrictNamespaces",
                 "SystemCallFilter", "MemoryDenyWriteExecute"} & set(mount)
     assert mount["NoNewPrivileges"] == "no"
-    # its exit waits while the kernel evicts every cached inode (~27 s after a walk of 10^7 names): a
+    # its exit waits while the kernel evicts every cached inode (over 30 s after a walk of 10^7 names): a
     # stop timeout shorter than that kills it mid-unmount on a large store
     assert int(mount["TimeoutStopSec"]) >= 300
     assert services["hoard-pgbackrest@.service"]["ReadWritePaths"].split()[-1] == "/srv/hd1/pgbackrest"
