@@ -37,7 +37,8 @@ SUMMARIES: dict[str, str] = {'put': 'Store files: prints sha256, new/existing an
            'a job whose worker went silent (docs/scale-out.md). In the embedded default (no\n'
            'hoard-replicate.timer) it queues the replicate job every `[worker] replicate_every_s`.\n'
            'SIGTERM or Ctrl-C: an idle worker stops within 2 s (a job it took meanwhile runs first), a\n'
-           'busy one once its job is done; a second signal stops it at once.',
+           'busy one once its job is done; a second signal stops it at once. Its scheduler process is\n'
+           'given 10 s to stop, then killed.',
  'demo': 'The main job on the embedded default (grows as the issues land).',
  'services': 'Start, stop and show the private PostgreSQL and Redis (embedded default).',
  'fixtures': 'Deterministic test and benchmark data.',

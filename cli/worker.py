@@ -31,7 +31,8 @@ def worker(
     a job whose worker went silent (docs/scale-out.md). In the embedded default (no
     hoard-replicate.timer) it queues the replicate job every `[worker] replicate_every_s`.
     SIGTERM or Ctrl-C: an idle worker stops within 2 s (a job it took meanwhile runs first), a
-    busy one once its job is done; a second signal stops it at once."""
+    busy one once its job is done; a second signal stops it at once. Its scheduler process is
+    given 10 s to stop, then killed."""
     cfg = state(ctx).settings
     remote = cfg.worker.remote
     allowed = (REMOTE_QUEUE,) if remote else (*QUEUES, REMOTE_QUEUE)

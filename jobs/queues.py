@@ -6,6 +6,8 @@ import contextlib
 import errno
 import logging
 import math
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -133,6 +135,8 @@ def fetch_job(job_id: str, conn: redis.Redis) -> Job:
 
 #: the longest `hoard worker`'s wait for a job blocks at a time (s): how long an idle worker takes to stop
 STOP_CHECK_S = 2
+#: how long `hoard worker`'s stop waits for its scheduler process after SIGTERM before it kills it
+SCHEDULER_STOP_S = 10
 
 
 class HoardWorker(GuardedWorker, Worker):
@@ -183,6 +187,27 @@ class HoardWorker(GuardedWorker, Worker):
                 return found
         self.log.info("Worker %s: stopping on request", self.name)
         return None
+
+    def stop_scheduler(self) -> None:
+        """RQ's: SIGTERM to the scheduler process, then a wait for it with no end. Its loop looks
+        at its stop request once a second; one that does not end within SCHEDULER_STOP_S (stuck
+        in a call to a Redis that stopped answering, or in a lock a thread of this process held
+        when it was forked) is killed, so that the worker's stop never waits on it. What a
+        killed scheduler was doing is safe to cut: it moves each due job from its registry into
+        its queue in one Redis transaction (all or nothing); its lock expires by itself (61 s)
+        and the next worker's scheduler takes it."""
+        proc = self.scheduler._process if self.scheduler is not None else None
+        if proc is None or not proc.pid:
+            return
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, signal.SIGTERM)
+        proc.join(SCHEDULER_STOP_S)
+        if proc.exitcode is None:
+            self.log.warning("Worker %s: its scheduler (pid %d) did not stop within %d s of SIGTERM; killed it",
+                             self.name, proc.pid, SCHEDULER_STOP_S)
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.join()
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         e = exc_info[1]

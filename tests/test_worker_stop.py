@@ -9,27 +9,40 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import redis
 from rq.job import JobStatus
 from rq.worker import WorkerStatus
 
-from hoardfs.jobs.queues import STOP_CHECK_S, HoardWorker, fetch_job, rq_queue
+from hoardfs.base.proc import pid_alive
+from hoardfs.jobs.queues import SCHEDULER_STOP_S, STOP_CHECK_S, HoardWorker, fetch_job, rq_queue
 from tests.helpers import wait_until
 
 #: a worker on the `sql` queue of the Redis at argv[1]; with argv[2] == "signal-on-take", it
 #: sends itself SIGTERM the moment it has taken a job off the queue (RQ's reorder_queues runs
 #: right after the dequeue), before it starts it
 WORKER = textwrap.dedent("""
-    import os, signal, sys
+    import faulthandler, os, signal, sys
     import redis
     from hoardfs.jobs.queues import HoardWorker, rq_queue
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung stop shows where (_stopped); forks keep it
 
     class Worker(HoardWorker):
         def reorder_queues(self, reference_queue):
             if sys.argv[2] == "signal-on-take":
                 os.kill(os.getpid(), signal.SIGTERM)
             super().reorder_queues(reference_queue)
+
+    if sys.argv[2] == "scheduler-stuck":  # its scheduler process ignores SIGTERM and never ends
+        import time
+        from rq.scheduler import RQScheduler
+
+        def stuck(self):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(3600)
+        RQScheduler.work = stuck
 
     conn = redis.Redis.from_url(sys.argv[1])
     Worker([rq_queue("sql", conn)], connection=conn, name="stopper").work(with_scheduler=True)
@@ -38,7 +51,7 @@ WORKER = textwrap.dedent("""
 
 def _start(url: str, mode: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", WORKER, url, mode], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # RQ logs errors to stderr
 
 
 def _idle(conn: redis.Redis) -> bool:
@@ -46,15 +59,24 @@ def _idle(conn: redis.Redis) -> bool:
     return w is not None and w.get_state() == WorkerStatus.IDLE
 
 
-def _stopped(proc: subprocess.Popen, conn: redis.Redis, within: float) -> None:
+def _stopped(proc: subprocess.Popen, conn: redis.Redis, within: float) -> str:
+    """Waits for `proc` to end by itself within `within` s, exit 0 and be gone from Redis: its log
+    (RQ's: below ERROR on stdout, the rest on stderr; both here)."""
     try:
-        _, err = proc.communicate(timeout=within)
+        err, _ = proc.communicate(timeout=within)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGUSR1)  # every thread's stack, of the worker and its scheduler
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        err, _ = proc.communicate()
+        raise AssertionError(f"the worker did not stop within {within} s; its stacks:\n{err}") from None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, err
     assert "stopper" not in {w.name for w in HoardWorker.all(connection=conn)}  # it said its death
+    return err
 
 
 def test_an_idle_worker_stops_on_one_sigterm(servers, redis_conn: redis.Redis) -> None:
@@ -76,3 +98,20 @@ def test_a_job_taken_as_the_stop_comes_is_run_not_dropped(servers, redis_conn: r
     _stopped(proc, redis_conn, 10 * STOP_CHECK_S)
     job = fetch_job(job.id, redis_conn)
     assert job.get_status() == JobStatus.FAILED and "refused by the worker" in (job.latest_result().exc_string or "")
+
+
+def test_a_scheduler_that_does_not_stop_is_killed_and_the_worker_stops(servers, redis_conn: redis.Redis) -> None:
+    """RQ waits for its scheduler process with no end: one stuck (SIGTERM ignored here; a Redis
+    that stopped answering, a lock held at the fork in life) kept `hoard worker` from stopping."""
+    redis_conn.delete("rq:scheduler-lock:sql")  # (a scheduler killed by an earlier test leaves its lock 61 s)
+    proc = _start(servers["redis_url"], "scheduler-stuck")
+    try:
+        wait_until(lambda: _idle(redis_conn))
+        (child,) = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)  # the worker alone: it stops its scheduler itself
+        log = _stopped(proc, redis_conn, SCHEDULER_STOP_S + 10 * STOP_CHECK_S)
+        assert time.monotonic() - t0 >= SCHEDULER_STOP_S - 1  # it was given its time first
+        assert not pid_alive(child) and f"its scheduler (pid {child}) did not stop within" in log, log
+    finally:
+        redis_conn.delete("rq:scheduler-lock:sql")
