@@ -194,10 +194,13 @@ class HoardWorker(GuardedWorker, Worker):
         in a call to a Redis that stopped answering, or in a lock a thread of this process held
         when it was forked) is killed, so that the worker's stop never waits on it. What a
         killed scheduler was doing is safe to cut: it moves each due job from its registry into
-        its queue in one Redis transaction (all or nothing); its lock expires by itself (61 s)
-        and the next worker's scheduler takes it."""
+        its queue in one Redis transaction (all or nothing). Its locks are released here (only
+        while still its own): a next worker takes them at its start, where a lock left to expire
+        would keep it without a scheduler until its maintenance, every 10 minutes. A scheduler
+        already stopped (RQ calls this from a busy worker's signal handler, then again at the
+        end) is not signalled again: its pid may be another process's by then."""
         proc = self.scheduler._process if self.scheduler is not None else None
-        if proc is None or not proc.pid:
+        if proc is None or not proc.pid or proc.exitcode is not None:
             return
         with contextlib.suppress(OSError):
             os.kill(proc.pid, signal.SIGTERM)
@@ -208,6 +211,7 @@ class HoardWorker(GuardedWorker, Worker):
             with contextlib.suppress(OSError):
                 os.kill(proc.pid, signal.SIGKILL)
             proc.join()
+            self.scheduler.release_locks()
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         e = exc_info[1]

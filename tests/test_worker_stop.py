@@ -113,5 +113,6 @@ def test_a_scheduler_that_does_not_stop_is_killed_and_the_worker_stops(servers, 
         log = _stopped(proc, redis_conn, SCHEDULER_STOP_S + 10 * STOP_CHECK_S)
         assert time.monotonic() - t0 >= SCHEDULER_STOP_S - 1  # it was given its time first
         assert not pid_alive(child) and f"its scheduler (pid {child}) did not stop within" in log, log
+        assert not redis_conn.exists("rq:scheduler-lock:sql")  # released: the next worker's scheduler starts at once
     finally:
         redis_conn.delete("rq:scheduler-lock:sql")
