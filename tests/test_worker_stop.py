@@ -13,11 +13,15 @@ from pathlib import Path
 
 import redis
 from rq.job import JobStatus
+from rq.scheduler import RQScheduler
 from rq.worker import WorkerStatus
 
 from hoardfs.base.proc import pid_alive
 from hoardfs.jobs.queues import SCHEDULER_STOP_S, STOP_CHECK_S, HoardWorker, fetch_job, rq_queue
 from tests.helpers import wait_until
+
+#: the lock the worker's scheduler takes for the `sql` queue (one scheduler per queue)
+SQL_LOCK = RQScheduler.get_locking_key("sql")
 
 #: a worker on the `sql` queue of the Redis at argv[1]; with argv[2] == "signal-on-take", it
 #: sends itself SIGTERM the moment it has taken a job off the queue (RQ's reorder_queues runs
@@ -51,7 +55,7 @@ WORKER = textwrap.dedent("""
 
 def _start(url: str, mode: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", WORKER, url, mode], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # RQ logs errors to stderr
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # RQ's log: both streams
 
 
 def _idle(conn: redis.Redis) -> bool:
@@ -63,20 +67,20 @@ def _stopped(proc: subprocess.Popen, conn: redis.Redis, within: float) -> str:
     """Waits for `proc` to end by itself within `within` s, exit 0 and be gone from Redis: its log
     (RQ's: below ERROR on stdout, the rest on stderr; both here)."""
     try:
-        err, _ = proc.communicate(timeout=within)
+        log, _ = proc.communicate(timeout=within)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGUSR1)  # every thread's stack, of the worker and its scheduler
         time.sleep(1)
         os.killpg(proc.pid, signal.SIGKILL)
-        err, _ = proc.communicate()
-        raise AssertionError(f"the worker did not stop within {within} s; its stacks:\n{err}") from None
+        log, _ = proc.communicate()
+        raise AssertionError(f"the worker did not stop within {within} s; its stacks:\n{log}") from None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 0, log
     assert "stopper" not in {w.name for w in HoardWorker.all(connection=conn)}  # it said its death
-    return err
+    return log
 
 
 def test_an_idle_worker_stops_on_one_sigterm(servers, redis_conn: redis.Redis) -> None:
@@ -103,7 +107,7 @@ def test_a_job_taken_as_the_stop_comes_is_run_not_dropped(servers, redis_conn: r
 def test_a_scheduler_that_does_not_stop_is_killed_and_the_worker_stops(servers, redis_conn: redis.Redis) -> None:
     """RQ waits for its scheduler process with no end: one stuck (SIGTERM ignored here; a Redis
     that stopped answering, a lock held at the fork in life) kept `hoard worker` from stopping."""
-    redis_conn.delete("rq:scheduler-lock:sql")  # (a scheduler killed by an earlier test leaves its lock 61 s)
+    redis_conn.delete(SQL_LOCK)  # (one left by any earlier worker would keep this one from forking a scheduler)
     proc = _start(servers["redis_url"], "scheduler-stuck")
     try:
         wait_until(lambda: _idle(redis_conn))
@@ -113,6 +117,6 @@ def test_a_scheduler_that_does_not_stop_is_killed_and_the_worker_stops(servers, 
         log = _stopped(proc, redis_conn, SCHEDULER_STOP_S + 10 * STOP_CHECK_S)
         assert time.monotonic() - t0 >= SCHEDULER_STOP_S - 1  # it was given its time first
         assert not pid_alive(child) and f"its scheduler (pid {child}) did not stop within" in log, log
-        assert not redis_conn.exists("rq:scheduler-lock:sql")  # released: the next worker's scheduler starts at once
+        assert not redis_conn.exists(SQL_LOCK)  # released: the next worker's scheduler starts at once
     finally:
-        redis_conn.delete("rq:scheduler-lock:sql")
+        redis_conn.delete(SQL_LOCK)
