@@ -25,6 +25,7 @@ from rq.registry import (
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
+from rq.scheduler import RQScheduler
 from rq.utils import current_timestamp
 from rq.worker import BaseWorker, WorkerStatus
 
@@ -139,6 +140,11 @@ STOP_CHECK_S = 2
 SCHEDULER_STOP_S = 10
 
 
+class _StopWhileUnreachable(Exception):
+    """Ends an idle worker's wait on a Redis that does not answer once a stop was asked: RQ's
+    wait retries such a Redis for good (sleeping up to 60 s a try) and never looks at a stop."""
+
+
 class HoardWorker(GuardedWorker, Worker):
     """`hoard worker`: RQ's worker, except that it runs only hoardfs's own jobs (hoardfs.jobs.guard: JSON,
     an allow-list checked before anything of a job is imported), and that a job ending on one of
@@ -155,8 +161,22 @@ class HoardWorker(GuardedWorker, Worker):
         super().__init__(*args, **kwargs)
         self.config_path = config_path
         self.job_key = job_key
+        self._waiting = False  # inside RQ's wait for a job (dequeue_job_and_maintain_ttl)
+        self._unreachable = False  # and its last heartbeat found Redis not answering
         if not any(isinstance(f, _OutageInOneLine) for f in self.log.filters):
             self.log.addFilter(_OutageInOneLine())
+
+    @property
+    def scheduler(self) -> RQScheduler | None:
+        return self._scheduler
+
+    @scheduler.setter
+    def scheduler(self, made: RQScheduler | None) -> None:
+        """RQ makes its RQScheduler in `_start_scheduler` and starts it there: made ours
+        (_Scheduler, a subclass with no state of its own) the moment RQ keeps it."""
+        if made is not None and type(made) is RQScheduler:
+            made.__class__ = _Scheduler
+        self._scheduler = made
 
     def _shutdown(self) -> None:
         """SIGTERM/SIGINT's warm shutdown. RQ stops an idle worker by raising StopRequested from
@@ -167,26 +187,54 @@ class HoardWorker(GuardedWorker, Worker):
         for good. So an idle worker raises nothing: the request is remembered, and its wait for
         jobs ends within STOP_CHECK_S (`dequeue_job_and_maintain_ttl`); a job it took
         meanwhile runs first. A busy worker is RQ's: it stops once its job is done, and a second
-        signal stops it cold."""
+        signal stops it cold. An idle worker whose Redis does not answer is in RQ's retry loop,
+        which never looks at the request: it is ended here (no job is taken while Redis is away),
+        and the stop goes on to `hoard worker`'s one line for the Redis that does not answer."""
         self._stop_requested = True
         if self.get_state() == WorkerStatus.BUSY:
             super()._shutdown()
+        elif self._waiting and self._unreachable:
+            raise _StopWhileUnreachable
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's; inside the wait for a job (`_waiting`) it notes whether Redis answered, and a
+        failed one after a stop request ends the wait (`_shutdown` may have come as a try began)."""
+        try:
+            super().heartbeat(timeout, pipeline)
+        except (redis.ConnectionError, redis.TimeoutError):
+            if self._waiting:
+                self._unreachable = True
+                if self._stop_requested:
+                    raise _StopWhileUnreachable from None
+            raise
+        self._unreachable = False
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         """RQ's wait for the next job, in steps of at most STOP_CHECK_S blocking, ended by a stop
         request (`_shutdown`): None then, which ends the work loop."""
         if timeout is None:  # burst: one look, nothing blocks
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            return self._wait_once(timeout, max_idle_time)
         until = None if max_idle_time is None else time.monotonic() + max_idle_time
         while not self._stop_requested:
             left = STOP_CHECK_S if until is None else math.ceil(until - time.monotonic())
             if left <= 0:
                 return None
-            found = super().dequeue_job_and_maintain_ttl(timeout, min(left, STOP_CHECK_S))
+            found = self._wait_once(timeout, min(left, STOP_CHECK_S))
             if found is not None:
                 return found
         self.log.info("Worker %s: stopping on request", self.name)
         return None
+
+    def _wait_once(self, timeout: int | None, max_idle_time: int | None) -> Any:
+        """One RQ wait for a job; None when a stop request ends it while Redis does not answer."""
+        self._waiting, self._unreachable = True, False
+        try:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        except _StopWhileUnreachable:
+            self._stop_requested = True  # (the loop above says so)
+            return None
+        finally:
+            self._waiting = False
 
     def stop_scheduler(self) -> None:
         """RQ's: SIGTERM to the scheduler process, then a wait for it with no end. Its loop looks
@@ -233,6 +281,18 @@ class _OutageInOneLine(logging.Filter):
             record.msg, record.args = f"{record.getMessage()} ({first_line(e)})", None
             record.exc_info = record.exc_text = None
         return True
+
+
+class _Scheduler(RQScheduler):
+    """RQ's scheduler process, which ends on a Redis that does not answer with its traceback
+    twice (RQ's log, then multiprocessing's on stderr): one line instead, and it ends as a
+    stopped scheduler does (the worker's maintenance starts it again once Redis answers)."""
+
+    def work(self) -> None:
+        try:
+            super().work()
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            self.log.error("Scheduler (pid %d) stopped: Redis does not answer (%s)", os.getpid(), first_line(e))
 
 
 def connect(url: str) -> redis.Redis:

@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import redis
 from rq.job import JobStatus
 from rq.scheduler import RQScheduler
@@ -18,6 +19,8 @@ from rq.worker import WorkerStatus
 
 from hoardfs.base.proc import pid_alive
 from hoardfs.jobs.queues import SCHEDULER_STOP_S, STOP_CHECK_S, HoardWorker, fetch_job, rq_queue
+from hoardfs.jobs.redis_server import PrivateRedis
+from tests.conftest import write_home
 from tests.helpers import wait_until
 
 #: the lock the worker's scheduler takes for the `sql` queue (one scheduler per queue)
@@ -120,3 +123,34 @@ def test_a_scheduler_that_does_not_stop_is_killed_and_the_worker_stops(servers, 
         assert not redis_conn.exists(SQL_LOCK)  # released: the next worker's scheduler starts at once
     finally:
         redis_conn.delete(SQL_LOCK)
+
+
+@pytest.mark.expect_log(r"could not connect to Redis instance", level="ERROR")
+@pytest.mark.expect_log(r"Scheduler \(pid \d+\) stopped: Redis does not answer \(", level="ERROR")
+def test_a_worker_whose_redis_is_gone_stops_on_sigterm(tmp_path: Path, servers) -> None:
+    """RQ's wait for a job retries a Redis that does not answer for good, sleeping up to 60 s a
+    try, and never looks at a stop request: `hoard worker` ignored SIGTERM."""
+    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
+    rd.start()
+    home = write_home(tmp_path, {**servers, "redis_url": f"unix://{rd.socket}"})
+    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(home / "hoard.toml"), "worker",
+                             "--queues", "sql"], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: rd.client().exists(SQL_LOCK))  # its scheduler too is up
+        rd.stop()
+        time.sleep(8)  # its retries are 1, 2, 4 s apart: in a sleep of 8 now, or about to be
+        assert proc.poll() is None  # still waiting for Redis, as RQ does
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        log, _ = proc.communicate(timeout=SCHEDULER_STOP_S + 10 * STOP_CHECK_S)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        rd.stop()
+    assert proc.returncode == 3, log  # ServiceUnavailable: its one line, with the next step
+    assert f"Redis at unix://{rd.socket} does not answer" in log and "Traceback" not in log, log
+    assert "stopping on request" in log, log  # the stop ended the wait, not an error
+    assert took <= SCHEDULER_STOP_S + 3 * STOP_CHECK_S, log
