@@ -38,9 +38,9 @@ SUMMARIES: dict[str, str] = {'put': 'Store files: prints sha256, new/existing an
            'hoard-replicate.timer) it queues the replicate job every `[worker] replicate_every_s`.\n'
            'SIGTERM or Ctrl-C: an idle worker stops within 2 s (a job it took meanwhile runs first), a\n'
            'busy one once its job is done; a second signal stops it at once. Its scheduler process is\n'
-           "given 10 s to stop, then killed. An idle worker whose Redis stops answering retries it (RQ's\n"
-           'wait) or ends; a signal stops one that retries too — either way with the line that names\n'
-           'that Redis (exit 3).',
+           'given 10 s to stop, then killed. An idle worker whose Redis stops answering (or leaves a\n'
+           'reply 30 s late) retries it every 2 s, saying so once a minute, or ends; a signal stops one\n'
+           'that retries too — either way with the line that names that Redis (exit 3).',
  'demo': 'The main job on the embedded default (grows as the issues land).',
  'services': 'Start, stop and show the private PostgreSQL and Redis (embedded default).',
  'fixtures': 'Deterministic test and benchmark data.',

@@ -32,9 +32,9 @@ def worker(
     hoard-replicate.timer) it queues the replicate job every `[worker] replicate_every_s`.
     SIGTERM or Ctrl-C: an idle worker stops within 2 s (a job it took meanwhile runs first), a
     busy one once its job is done; a second signal stops it at once. Its scheduler process is
-    given 10 s to stop, then killed. An idle worker whose Redis stops answering retries it (RQ's
-    wait) or ends; a signal stops one that retries too — either way with the line that names
-    that Redis (exit 3)."""
+    given 10 s to stop, then killed. An idle worker whose Redis stops answering (or leaves a
+    reply 30 s late) retries it every 2 s, saying so once a minute, or ends; a signal stops one
+    that retries too — either way with the line that names that Redis (exit 3)."""
     cfg = state(ctx).settings
     remote = cfg.worker.remote
     allowed = (REMOTE_QUEUE,) if remote else (*QUEUES, REMOTE_QUEUE)

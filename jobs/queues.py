@@ -134,15 +134,21 @@ def fetch_job(job_id: str, conn: redis.Redis) -> Job:
     return Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
 
 
-#: the longest `hoard worker`'s wait for a job blocks at a time (s): how long an idle worker takes to stop
+#: the longest `hoard worker`'s wait for a job blocks at a time (s): how long an idle worker takes to
+#: stop; also the longest it sleeps between tries of a Redis that does not answer
 STOP_CHECK_S = 2
+#: how long `hoard worker` waits for a reply of Redis before it takes Redis for one that does not
+#: answer (RQ's own: its longest wait for a job plus 10 s, 415 s by default)
+REDIS_REPLY_S = 30
+#: how often, at most, `hoard worker` says again that its Redis does not answer (it tries every STOP_CHECK_S)
+RETRY_LOG_S = 60
 #: how long `hoard worker`'s stop waits for its scheduler process after SIGTERM before it kills it
 SCHEDULER_STOP_S = 10
 
 
 class _StopWhileUnreachable(Exception):
     """Ends an idle worker's wait on a Redis that does not answer once a stop was asked: RQ's
-    wait retries such a Redis for good (sleeping up to 60 s a try) and never looks at a stop."""
+    wait retries such a Redis for good and never looks at a stop request."""
 
 
 class HoardWorker(GuardedWorker, Worker):
@@ -155,16 +161,27 @@ class HoardWorker(GuardedWorker, Worker):
     worker's configuration came from (a job naming another is refused); `job_key`: its store's
     job key (hoardfs.jobs.jobkey: a job not of HOST_JOBS runs only when signed with it)."""
 
+    #: RQ's wait sleeps this long at the most between tries of a Redis that does not answer (RQ: 60 s)
+    max_connection_wait_time = float(STOP_CHECK_S)
+
     def __init__(self, *args: Any, config_path: Any = None, job_key: JobKey | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", SERIALIZER)
         kwargs.setdefault("job_class", HoardJob)
         super().__init__(*args, **kwargs)
         self.config_path = config_path
         self.job_key = job_key
-        self._waiting = False  # inside RQ's wait for a job (dequeue_job_and_maintain_ttl)
-        self._unreachable = False  # and its last heartbeat found Redis not answering
+        self._waiting = False  # inside one of RQ's waits for a job (`_wait_once`)
+        self._taken = False  # and that wait took a job off its queue
+        self._unanswered: BaseException | None = None  # the Redis error a stop request ended a wait on
         if not any(isinstance(f, _OutageInOneLine) for f in self.log.filters):
             self.log.addFilter(_OutageInOneLine())
+
+    @property
+    def connection_timeout(self) -> int:
+        """RQ's socket timeout of the worker's connection: a Redis that hangs (stopped, or its
+        host gone without a reset) is one that does not answer after REDIS_REPLY_S, which the
+        wait retries and a stop request ends; the wait's blocking reads last STOP_CHECK_S."""
+        return REDIS_REPLY_S
 
     @property
     def scheduler(self) -> RQScheduler | None:
@@ -183,37 +200,42 @@ class HoardWorker(GuardedWorker, Worker):
         the signal handler, wherever the main thread is: in the moment between taking a job off
         its queue and starting it, that drops the job (queued, in no list any more); inside a
         finalizer (`__del__`) Python drops the exception, as do the `except Exception` blocks
-        around RQ's and redis-py's bookkeeping — one such landing left an idle worker running
-        for good. So an idle worker raises nothing: the request is remembered, and its wait for
-        jobs ends within STOP_CHECK_S (`dequeue_job_and_maintain_ttl`); a job it took
-        meanwhile runs first. A busy worker is RQ's: it stops once its job is done, and a second
-        signal stops it cold. An idle worker whose Redis does not answer is in RQ's retry loop,
-        which never looks at the request: it is ended here (no job is taken while Redis is away),
-        and the stop goes on to `hoard worker`'s one line for the Redis that does not answer."""
+        around RQ's and redis-py's bookkeeping and logging — one such landing left an idle
+        worker running for good. So an idle worker raises nothing: the request is remembered,
+        and its wait for jobs ends within STOP_CHECK_S (`dequeue_job_and_maintain_ttl`), or at
+        its next try of a Redis that does not answer (`heartbeat`); a job it took meanwhile
+        runs first. A busy worker is RQ's: it stops once its job is done, and a second signal
+        stops it cold."""
         self._stop_requested = True
         if self.get_state() == WorkerStatus.BUSY:
             super()._shutdown()
-        elif self._waiting and self._unreachable:
-            raise _StopWhileUnreachable
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        """RQ's; inside the wait for a job (`_waiting`) it notes whether Redis answered, and a
-        failed one after a stop request ends the wait (`_shutdown` may have come as a try began)."""
+        """RQ's. Inside a wait for a job, before it took one, a heartbeat that finds Redis not
+        answering after a stop request ends the wait: RQ's wait retries Redis (every
+        STOP_CHECK_S at the most, each try begun with a heartbeat) and never looks at the
+        request. Once the wait took a job, the error goes on as RQ's (the job is in RQ's
+        intermediate list, which its maintenance looks after)."""
         try:
             super().heartbeat(timeout, pipeline)
-        except (redis.ConnectionError, redis.TimeoutError):
-            if self._waiting:
-                self._unreachable = True
-                if self._stop_requested:
-                    raise _StopWhileUnreachable from None
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            if self._waiting and self._stop_requested and not self._taken:
+                raise _StopWhileUnreachable from e
             raise
-        self._unreachable = False
+
+    def reorder_queues(self, reference_queue: Queue) -> None:
+        """RQ's, called as its wait takes a job off `reference_queue`: noted (`heartbeat`)."""
+        self._taken = True
+        super().reorder_queues(reference_queue)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         """RQ's wait for the next job, in steps of at most STOP_CHECK_S blocking, ended by a stop
         request (`_shutdown`): None then, which ends the work loop."""
         if timeout is None:  # burst: one look, nothing blocks
-            return self._wait_once(timeout, max_idle_time)
+            found = self._wait_once(timeout, max_idle_time)
+            if found is None and self._stop_requested:
+                self.log.info("Worker %s: stopping on request", self.name)
+            return found
         until = None if max_idle_time is None else time.monotonic() + max_idle_time
         while not self._stop_requested:
             left = STOP_CHECK_S if until is None else math.ceil(until - time.monotonic())
@@ -227,14 +249,26 @@ class HoardWorker(GuardedWorker, Worker):
 
     def _wait_once(self, timeout: int | None, max_idle_time: int | None) -> Any:
         """One RQ wait for a job; None when a stop request ends it while Redis does not answer."""
-        self._waiting, self._unreachable = True, False
+        self._waiting, self._taken = True, False
         try:
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-        except _StopWhileUnreachable:
-            self._stop_requested = True  # (the loop above says so)
+        except _StopWhileUnreachable as stop:
+            self._unanswered = stop.__cause__
             return None
         finally:
             self._waiting = False
+
+    def teardown(self) -> None:
+        """RQ's, but for a worker whose wait ended on a Redis that does not answer: its
+        scheduler stopped, nothing more asked of that Redis (each ask waits REDIS_REPLY_S for
+        one that hangs; the worker's record expires by itself), and the Redis error raised —
+        `hoard worker`'s one line."""
+        if self._unanswered is None:
+            super().teardown()
+            return
+        if self.scheduler is not None:
+            self.stop_scheduler()
+        raise self._unanswered
 
     def stop_scheduler(self) -> None:
         """RQ's: SIGTERM to the scheduler process, then a wait for it with no end. Its loop looks
@@ -259,7 +293,8 @@ class HoardWorker(GuardedWorker, Worker):
             with contextlib.suppress(OSError):
                 os.kill(proc.pid, signal.SIGKILL)
             proc.join()
-            self.scheduler.release_locks()
+            if self._unanswered is None:  # (nothing is asked of a Redis that does not answer: `teardown`)
+                self.scheduler.release_locks()
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         e = exc_info[1]
@@ -273,9 +308,19 @@ class HoardWorker(GuardedWorker, Worker):
 class _OutageInOneLine(logging.Filter):
     """RQ's work loop logs any exception it quits on with its traceback ("found an unhandled
     exception, quitting..."): Redis stopping while a job runs is no bug — one line, the
-    error's first line appended; `hoard worker` then says what to do (exit 3)."""
+    error's first line appended; `hoard worker` then says what to do (exit 3). RQ's wait says
+    "could not connect to Redis instance" at each try (every STOP_CHECK_S): once in RETRY_LOG_S."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.retry_said = -math.inf
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if "could not connect to Redis instance" in str(record.msg):
+            now = time.monotonic()
+            if now - self.retry_said < RETRY_LOG_S:
+                return False
+            self.retry_said = now
         e = record.exc_info[1] if record.exc_info else None
         if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
             record.msg, record.args = f"{record.getMessage()} ({first_line(e)})", None
@@ -285,8 +330,9 @@ class _OutageInOneLine(logging.Filter):
 
 class _Scheduler(RQScheduler):
     """RQ's scheduler process, which ends on a Redis that does not answer with its traceback
-    twice (RQ's log, then multiprocessing's on stderr): one line instead, and it ends as a
-    stopped scheduler does (the worker's maintenance starts it again once Redis answers)."""
+    twice (RQ's log, then multiprocessing's on stderr): one line instead. It ends with its lock
+    held (Redis took no release), which expires; the worker's maintenance (every 10 minutes)
+    starts it again once Redis answers."""
 
     def work(self) -> None:
         try:

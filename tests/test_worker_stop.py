@@ -42,6 +42,9 @@ WORKER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGTERM)
             super().reorder_queues(reference_queue)
 
+    if sys.argv[2] == "short-replies":  # a Redis that hangs is taken for one that does not answer after 3 s
+        Worker.connection_timeout = 3
+
     if sys.argv[2] == "scheduler-stuck":  # its scheduler process ignores SIGTERM and never ends
         import time
         from rq.scheduler import RQScheduler
@@ -137,10 +140,12 @@ def test_a_worker_whose_redis_is_gone_stops_on_sigterm(tmp_path: Path, servers) 
                              "--queues", "sql"], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_until(lambda: rd.client().exists(SQL_LOCK))  # its scheduler too is up
+        wait_until(lambda: rd.client().exists(SQL_LOCK) and any(  # its scheduler up, itself in its wait for a job
+            w.get_state() == WorkerStatus.IDLE for w in HoardWorker.all(connection=rd.client())))
+        time.sleep(0.5)  # (past its start's maintenance: Redis gone there ends it — RQ's, as at any step but the wait)
         rd.stop()
-        time.sleep(8)  # its retries are 1, 2, 4 s apart: in a sleep of 8 now, or about to be
-        assert proc.poll() is None  # still waiting for Redis, as RQ does
+        time.sleep(8)  # a few of its tries (1, then 2 s apart), RQ's backoff grown past STOP_CHECK_S
+        assert proc.poll() is None, proc.communicate()[0]  # still waiting for Redis, as RQ does
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
         log, _ = proc.communicate(timeout=SCHEDULER_STOP_S + 10 * STOP_CHECK_S)
@@ -154,3 +159,33 @@ def test_a_worker_whose_redis_is_gone_stops_on_sigterm(tmp_path: Path, servers) 
     assert f"Redis at unix://{rd.socket} does not answer" in log and "Traceback" not in log, log
     assert "stopping on request" in log, log  # the stop ended the wait, not an error
     assert took <= SCHEDULER_STOP_S + 3 * STOP_CHECK_S, log
+    assert log.count("could not connect to Redis instance") == 1, log  # said once, not at each try
+
+
+@pytest.mark.services  # (starts a private Redis and a worker)
+def test_a_worker_whose_redis_hangs_stops_on_sigterm(tmp_path: Path) -> None:
+    """A Redis that hangs (stopped by SIGSTOP here; its host gone without a reset in life) is
+    one that does not answer once a reply is REDIS_REPLY_S late (3 s here): the stop comes
+    after that and the scheduler's time, and nothing more is asked of that Redis."""
+    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
+    rd.start()
+    server = int((rd.data_dir / "redis.pid").read_text())
+    proc = _start(f"unix://{rd.socket}", "short-replies")
+    try:
+        wait_until(lambda: rd.client().exists(SQL_LOCK) and any(  # its scheduler up, itself in its wait for a job
+            w.get_state() == WorkerStatus.IDLE for w in HoardWorker.all(connection=rd.client())))
+        time.sleep(0.5)
+        os.kill(server, signal.SIGSTOP)
+        time.sleep(1)  # the worker in its wait, for a reply that does not come
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        log, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        os.kill(server, signal.SIGCONT)
+        rd.stop()
+    assert "stopping on request" in log and "redis.exceptions.TimeoutError" in log, log  # (the script's end)
+    assert took <= 3 + SCHEDULER_STOP_S + 2 * STOP_CHECK_S + 3, log
