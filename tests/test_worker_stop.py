@@ -69,6 +69,19 @@ def _idle(conn: redis.Redis) -> bool:
     return w is not None and w.get_state() == WorkerStatus.IDLE
 
 
+def _in_its_wait(rd: PrivateRedis) -> bool:
+    """Whether the one worker on `rd` is in its wait for a job, its scheduler up (its lock taken)."""
+    conn = rd.client()
+    return bool(conn.exists(SQL_LOCK)) and any(w.get_state() == WorkerStatus.IDLE for w in HoardWorker.all(connection=conn))
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL to `proc`'s session (the worker, its scheduler, its work horse), if it still runs."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _stopped(proc: subprocess.Popen, conn: redis.Redis, within: float) -> str:
     """Waits for `proc` to end by itself within `within` s, exit 0 and be gone from Redis: its log
     (RQ's: below ERROR on stdout, the rest on stderr; both here)."""
@@ -81,9 +94,7 @@ def _stopped(proc: subprocess.Popen, conn: redis.Redis, within: float) -> str:
         log, _ = proc.communicate()
         raise AssertionError(f"the worker did not stop within {within} s; its stacks:\n{log}") from None
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _kill(proc)
     assert proc.returncode == 0, log
     assert "stopper" not in {w.name for w in HoardWorker.all(connection=conn)}  # it said its death
     return log
@@ -140,8 +151,7 @@ def test_a_worker_whose_redis_is_gone_stops_on_sigterm(tmp_path: Path, servers) 
                              "--queues", "sql"], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_until(lambda: rd.client().exists(SQL_LOCK) and any(  # its scheduler up, itself in its wait for a job
-            w.get_state() == WorkerStatus.IDLE for w in HoardWorker.all(connection=rd.client())))
+        wait_until(lambda: _in_its_wait(rd))
         time.sleep(0.5)  # (past its start's maintenance: Redis gone there ends it — RQ's, as at any step but the wait)
         rd.stop()
         time.sleep(8)  # a few of its tries (1, then 2 s apart), RQ's backoff grown past STOP_CHECK_S
@@ -151,9 +161,7 @@ def test_a_worker_whose_redis_is_gone_stops_on_sigterm(tmp_path: Path, servers) 
         log, _ = proc.communicate(timeout=SCHEDULER_STOP_S + 10 * STOP_CHECK_S)
         took = time.monotonic() - t0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _kill(proc)
         rd.stop()
     assert proc.returncode == 3, log  # ServiceUnavailable: its one line, with the next step
     assert f"Redis at unix://{rd.socket} does not answer" in log and "Traceback" not in log, log
@@ -172,8 +180,7 @@ def test_a_worker_whose_redis_hangs_stops_on_sigterm(tmp_path: Path) -> None:
     server = int((rd.data_dir / "redis.pid").read_text())
     proc = _start(f"unix://{rd.socket}", "short-replies")
     try:
-        wait_until(lambda: rd.client().exists(SQL_LOCK) and any(  # its scheduler up, itself in its wait for a job
-            w.get_state() == WorkerStatus.IDLE for w in HoardWorker.all(connection=rd.client())))
+        wait_until(lambda: _in_its_wait(rd))
         time.sleep(0.5)
         os.kill(server, signal.SIGSTOP)
         time.sleep(1)  # the worker in its wait, for a reply that does not come
@@ -182,9 +189,7 @@ def test_a_worker_whose_redis_hangs_stops_on_sigterm(tmp_path: Path) -> None:
         log, _ = proc.communicate(timeout=60)
         took = time.monotonic() - t0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _kill(proc)
         os.kill(server, signal.SIGCONT)
         rd.stop()
     assert "stopping on request" in log and "redis.exceptions.TimeoutError" in log, log  # (the script's end)

@@ -1084,9 +1084,10 @@ class World:
             return st is not None and st.status == "running"
         if m := re.match(r"store: (.+?): left by an index rebuild or restore that was killed \(none runs now", problem):
             # an index rebuild's or restore's work folder beside the index, and none runs: the cut killed every one
+            from hoardfs.fsd.core.layout import INDEX_WORK, index_work
+
             work = Path(m[1])
-            names = {f"{cfg.index_dir.name}.{kind}" for kind in ("rebuild", "spill", "restore")}
-            return (work.exists() or work.is_symlink()) and work.parent.resolve() == cfg.index_dir.parent.resolve() and work.name in names
+            return work in {index_work(cfg, kind) for kind in INDEX_WORK} and (work.exists() or work.is_symlink())
         if m := re.match(r"disk (\S+): its marks log holds (\d+) record\(s\) stamped after anything the index gave "
                          r"out", problem):
             # a writer appends its records to every disk before its commit: the cut came between
