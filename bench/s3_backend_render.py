@@ -138,6 +138,7 @@ def _render_engine(kind: str, path: Path | None) -> None:
         what = f"SeaweedFS ({doc['engine_version'] or 'weed'}) started as the tests start it"
         cold = "the engine's files evicted from the page cache (`posix_fadvise`)"
     sizes = [a for a in doc["argv"] if a not in ("--engine", kind)]
+    signed = any(k.startswith("signed_") for k in doc["batch_engine"])
     lines = [begin, "", title, "",
              f"`bench/s3_backend.py{' --engine ' + kind if kind != 'seaweedfs' else ''}"
              f"{' ' + ' '.join(sizes) if sizes else ''}` at {doc['commit']}, "
@@ -146,14 +147,15 @@ def _render_engine(kind: str, path: Path | None) -> None:
              f"{m['loadavg_1m_at_end']:.1f} at the end. Every bound is the engine's own rate for the same bytes, "
              "measured in the same run with the backend's client settings (boto3, `hoardfs.fsd.core.s3.client_for`"
              + ("; and the same GETs to presigned URLs with urllib3, as the backend sends its own"
-                if any(k.startswith("signed_") for k in doc["batch_engine"]) else "")
+                if signed else "")
              + f") at 1–8 requests in flight, the best taken. Cold = {cold}, warm = the same read again at once; "
              f"each figure the median of {doc['rounds']} rounds over all the rows in turn (every round's figure is "
              f"in the JSON). Raw JSON: `{path.relative_to(REPO)}`."
              + (" CI and this project's development machine install no Ceph: its run is made in a Debian 12 root "
                 "with Debian's packages, the checkout bound in (docs/testing.md, \"Ceph RGW\"). One OSD on one "
-                "disk: a cluster's many OSDs share a bucket's load, which this does not measure; the code this run "
-                "measured sent its GETs through boto3, not to presigned URLs (its bounds have no such row)."
+                "disk: a cluster's many OSDs share a bucket's load, which this does not measure."
+                + ("" if signed else " The code this run measured sent its GETs through boto3, not to presigned URLs "
+                   "(its bounds have no such row).")
                 if kind == "ceph" else ""),
              "", "| row | cold | warm | bound (best of the engine's) |", "|---|---|---|---|"]
 
