@@ -144,6 +144,8 @@ REDIS_REPLY_S = 30
 RETRY_LOG_S = 60
 #: how long `hoard worker`'s stop waits for its scheduler process after SIGTERM before it kills it
 SCHEDULER_STOP_S = 10
+#: how often, at most, `hoard worker` tries to start again a scheduler process that ended (RQ: every 10 minutes)
+SCHEDULER_REVIVE_S = 10
 
 
 class _StopWhileUnreachable(Exception):
@@ -173,6 +175,7 @@ class HoardWorker(GuardedWorker, Worker):
         self._waiting = False  # inside one of RQ's waits for a job (`_wait_once`)
         self._taken = False  # and that wait took a job off its queue
         self._unanswered: BaseException | None = None  # the Redis error a stop request ended a wait on
+        self._revived_at = -math.inf  # when `_revive_scheduler` last tried
         if not any(isinstance(f, _OutageInOneLine) for f in self.log.filters):
             self.log.addFilter(_OutageInOneLine())
 
@@ -210,6 +213,15 @@ class HoardWorker(GuardedWorker, Worker):
         if self.get_state() == WorkerStatus.BUSY:
             super()._shutdown()
 
+    def set_shutdown_requested_date(self) -> None:
+        """RQ's, from a busy worker's signal handler: the stop request's date written to the
+        worker's record in Redis (for `rq info`). A Redis that does not answer must not raise out
+        of the handler: that ended the worker's watch over its work horse at once, the job left
+        running with no worker. The date goes unwritten; the stop stands, and comes when the job
+        is done."""
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            super().set_shutdown_requested_date()
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's. Inside a wait for a job, before it took one, a heartbeat that finds Redis not
         answering after a stop request ends the wait: RQ's wait retries Redis (every
@@ -244,6 +256,7 @@ class HoardWorker(GuardedWorker, Worker):
             found = self._wait_once(timeout, min(left, STOP_CHECK_S))
             if found is not None:
                 return found
+            self._revive_scheduler()
         self.log.info("Worker %s: stopping on request", self.name)
         return None
 
@@ -257,6 +270,29 @@ class HoardWorker(GuardedWorker, Worker):
             return None
         finally:
             self._waiting = False
+
+    def maintain_heartbeats(self, *args: Any, **kwargs: Any) -> None:
+        """RQ's, every `job_monitoring_interval` while a job runs; then `_revive_scheduler`."""
+        super().maintain_heartbeats(*args, **kwargs)
+        self._revive_scheduler()
+
+    def _revive_scheduler(self) -> None:
+        """Starts the worker's scheduler process again once Redis answers, when it ended (a Redis
+        that stopped answering ends it: _Scheduler). RQ does so only in its maintenance, every
+        10 minutes: jobs put off meanwhile (`enqueue_in`: an action's next step, an event's next
+        delivery) waited that long past their time. Tried every SCHEDULER_REVIVE_S at the most,
+        from the worker's wait for a job and its watch over a running one; its lock, its own
+        name's, is taken again at once (or the scheduler of another worker that took it goes on)."""
+        proc = self.scheduler._process if self.scheduler is not None else None
+        if proc is None or proc.exitcode is None or self._stop_requested:
+            return
+        if time.monotonic() - self._revived_at < SCHEDULER_REVIVE_S:
+            return
+        self._revived_at = time.monotonic()
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):  # (tried again at the next turn)
+            if self.scheduler.acquire_locks(auto_start=True):
+                self.log.info("Worker %s: its scheduler (pid %d) had ended; started it again (pid %d)",
+                              self.name, proc.pid, self.scheduler._process.pid)
 
     def teardown(self) -> None:
         """RQ's, but for a worker whose wait ended on a Redis that does not answer: its
@@ -331,8 +367,8 @@ class _OutageInOneLine(logging.Filter):
 class _Scheduler(RQScheduler):
     """RQ's scheduler process, which ends on a Redis that does not answer with its traceback
     twice (RQ's log, then multiprocessing's on stderr): one line instead. It ends with its lock
-    held (Redis took no release), which expires; the worker's maintenance (every 10 minutes)
-    starts it again once Redis answers."""
+    held (Redis took no release); the worker starts it again once Redis answers
+    (HoardWorker._revive_scheduler), and takes the lock back, its own name's."""
 
     def work(self) -> None:
         try:

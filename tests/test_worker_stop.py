@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from rq.scheduler import RQScheduler
 from rq.worker import WorkerStatus
 
 from hoardfs.base.proc import pid_alive
-from hoardfs.jobs.queues import SCHEDULER_STOP_S, STOP_CHECK_S, HoardWorker, fetch_job, rq_queue
+from hoardfs.jobs.queues import SCHEDULER_REVIVE_S, SCHEDULER_STOP_S, STOP_CHECK_S, HoardWorker, fetch_job, rq_queue
 from hoardfs.jobs.redis_server import PrivateRedis
 from tests.conftest import write_home
 from tests.helpers import wait_until
@@ -42,6 +43,24 @@ WORKER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGTERM)
             super().reorder_queues(reference_queue)
 
+    if sys.argv[2] == "busy":  # every job (past the guard) is its work horse writing its pid to the folder argv[3],
+        import rq, time            # then waiting there for a file `done`
+        from pathlib import Path
+
+        class Worker(Worker):
+            job_monitoring_interval = 1
+
+            def execute_job(self, job, queue):
+                return rq.Worker.execute_job(self, job, queue)
+
+            def perform_job(self, job, queue, *rest):
+                box = Path(sys.argv[3])
+                (box / "horse.tmp").write_text(str(os.getpid()))
+                (box / "horse.tmp").rename(box / "horse")
+                while not (box / "done").exists():
+                    time.sleep(0.1)
+                return True
+
     if sys.argv[2] == "short-replies":  # a Redis that hangs is taken for one that does not answer after 3 s
         Worker.connection_timeout = 3
 
@@ -55,12 +74,16 @@ WORKER = textwrap.dedent("""
         RQScheduler.work = stuck
 
     conn = redis.Redis.from_url(sys.argv[1])
-    Worker([rq_queue("sql", conn)], connection=conn, name="stopper").work(with_scheduler=True)
+    try:
+        Worker([rq_queue("sql", conn)], connection=conn, name="stopper").work(with_scheduler=True)
+    except (redis.ConnectionError, redis.TimeoutError) as e:  # (`hoard worker`: its one line, exit 3)
+        print("worker ended:", type(e).__name__, flush=True)
+        sys.exit(3)
 """)
 
 
-def _start(url: str, mode: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WORKER, url, mode], start_new_session=True,
+def _start(url: str, mode: str, *more: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WORKER, url, mode, *more], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # RQ's log: both streams
 
 
@@ -192,5 +215,63 @@ def test_a_worker_whose_redis_hangs_stops_on_sigterm(tmp_path: Path) -> None:
         _kill(proc)
         os.kill(server, signal.SIGCONT)
         rd.stop()
-    assert "stopping on request" in log and "redis.exceptions.TimeoutError" in log, log  # (the script's end)
+    assert "stopping on request" in log and "worker ended: TimeoutError" in log, log
     assert took <= 3 + SCHEDULER_STOP_S + 2 * STOP_CHECK_S + 3, log
+
+
+@pytest.mark.services  # (starts a private Redis and a worker)
+def test_a_busy_worker_whose_redis_is_gone_stops_after_its_job(tmp_path: Path) -> None:
+    """SIGTERM to a busy worker is a stop once its job is done; RQ's handler writes the
+    request's date to Redis, and a Redis gone raised out of the handler: the worker quit at
+    once, its work horse left running the job with no worker."""
+    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
+    rd.start()
+    proc = _start(f"unix://{rd.socket}", "busy", str(tmp_path))
+    try:
+        wait_until(lambda: _in_its_wait(rd))
+        rq_queue("sql", rd.client()).enqueue("hoardfs.jobs.any", 1)  # (the script's horse runs it until `done`)
+        wait_until(lambda: (tmp_path / "horse").exists())
+        horse = int((tmp_path / "horse").read_text())
+        rd.stop()
+        time.sleep(1)
+        os.kill(proc.pid, signal.SIGTERM)  # the worker alone, as `kill` or systemd's KillMode=mixed
+        time.sleep(2 * STOP_CHECK_S)
+        watching = proc.poll() is None and pid_alive(horse)  # the worker watching its job
+        (tmp_path / "done").touch()
+        log, _ = proc.communicate(timeout=60)
+    finally:
+        _kill(proc)
+        rd.stop()
+    assert watching and not pid_alive(horse), log  # the worker ended after its job, not before
+    assert "warm shut down requested" in log and "worker ended: ConnectionError" in log, log
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.services  # (starts a private Redis and a worker)
+def test_a_scheduler_ended_by_a_redis_outage_starts_again_with_redis(tmp_path: Path) -> None:
+    """A Redis that goes away ends the worker's scheduler process (one line); RQ starts it again
+    only in its maintenance, every 10 minutes, and jobs put off (`enqueue_in`: an action's next
+    step) waited that long. Here one is due 1 s after Redis is back and runs within seconds."""
+    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
+    rd.start()
+    proc = _start(f"unix://{rd.socket}", "wait")
+    try:
+        wait_until(lambda: _in_its_wait(rd))
+        (scheduler,) = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        rd.stop()
+        wait_until(lambda: not pid_alive(scheduler), timeout=30)  # ended on the lost Redis
+        time.sleep(2 * STOP_CHECK_S)  # the worker waits for Redis
+        rd.start()
+        conn = rd.client()
+        job = rq_queue("sql", conn).enqueue_in(timedelta(seconds=1), "hoardfs.jobs.no_such_job", 1)
+        t0 = time.monotonic()
+        wait_until(lambda: fetch_job(job.id, conn).get_status() == JobStatus.FAILED, timeout=60)
+        took = time.monotonic() - t0
+        assert "refused by the worker" in (fetch_job(job.id, conn).latest_result().exc_string or "")
+        os.kill(proc.pid, signal.SIGTERM)
+        log = _stopped(proc, conn, SCHEDULER_STOP_S + 10 * STOP_CHECK_S)
+    finally:
+        _kill(proc)
+        rd.stop()
+    assert f"its scheduler (pid {scheduler}) had ended; started it again" in log, log
+    assert took <= 1 + SCHEDULER_REVIVE_S + 3 * STOP_CHECK_S + 5, log  # (RQ: up to 600 s)
