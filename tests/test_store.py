@@ -700,7 +700,8 @@ def test_opening_the_store_reads_every_disks_identity_at_once(tmp_path: Path) ->
 
 
 HUNG_OPEN = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung child shows where (the test's timeout)
 from hoardfs.base import config
 from hoardfs.fsd.store import Store
 print("opening", flush=True)
@@ -726,6 +727,7 @@ def test_a_ctrl_c_stops_an_open_whose_disk_identity_hangs(tmp_path: Path, mode: 
     from hoardfs.fsd.core.disks import IDENTITY
     from hoardfs.fsd.store import Store
     from tests.helpers import dir_disks_config
+    from tests.terminal import as_foreground
 
     cfg_path = dir_disks_config(tmp_path, 3)
     with Store.open(config.load(cfg_path), init=True):
@@ -733,14 +735,21 @@ def test_a_ctrl_c_stops_an_open_whose_disk_identity_hangs(tmp_path: Path, mode: 
     (tmp_path / "d1" / IDENTITY).unlink()
     os.mkfifo(tmp_path / "d1" / IDENTITY)
     proc = subprocess.Popen([sys.executable, "-c", HUNG_OPEN, str(cfg_path), mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_foreground)  # (Ctrl-C's target)
     try:
         deadline = time.monotonic() + 60
         while not _waits_on_a_fifo(proc.pid):  # (its identity read is waiting for a writer)
             assert proc.poll() is None and time.monotonic() < deadline, "the open never read the identity"
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # every thread's stack, on its stderr
+            time.sleep(1)
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"the open did not end within 20 s of SIGINT:\n{out}\n{err}") from None
     finally:
         proc.kill()
     assert "interrupted" in out and "opened" not in out, out + err
