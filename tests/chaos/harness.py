@@ -270,6 +270,7 @@ class World:
     action_runs: dict[str, int] = field(default_factory=dict)  # run id → inputs its worker ran on, every run done
     #: run id → (its inputs, {input: the earlier run whose child it reuses}), every run acknowledged done
     action_inputs: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    frozen: bool = False  # the world stopped at a power cut's instant: its PostgreSQL answers nothing
     _files: int = 0
 
     def __post_init__(self) -> None:
@@ -778,7 +779,8 @@ class World:
         if len(inputs) != n or len(stored) != n - len(reused):
             raise InvariantViolation(f"action run {rid} is done with {len(stored)} children stored for {len(inputs)} "
                                      f"inputs ({n} chosen), {len(reused)} of them reused")
-        if self.pg.is_running():  # (stopped by the step's fault: check_invariants looks, after the heal)
+        # (PostgreSQL stopped or frozen by the step's fault: check_invariants looks, after the heal)
+        if self.pg.is_running() and not self.frozen:
             self.childless(rid, inputs, reused, "done")
         self.acked.update({sha: size for sha, size in stored.values()})
         self.action_runs[rid] = n - len(reused)
@@ -962,7 +964,11 @@ class World:
         frozen = _freeze(lambda: _world_pids(sessions, servers + [proc.pid]))
         try:
             if during:  # its output file holds every line it wrote before the instant
-                self.collect_acks(step.workload, (self.home / "out.txt").read_text(errors="replace"), None)
+                self.frozen = True
+                try:
+                    self.collect_acks(step.workload, (self.home / "out.txt").read_text(errors="replace"), None)
+                finally:
+                    self.frozen = False
             cut = self.lab.power_cut()
         finally:
             for pid in frozen:
