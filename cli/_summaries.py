@@ -37,12 +37,13 @@ SUMMARIES: dict[str, str] = {'put': 'Store files: prints sha256, new/existing an
            'a job whose worker went silent (docs/scale-out.md). In the embedded default (no\n'
            'hoard-replicate.timer) it queues the replicate job every `[worker] replicate_every_s`.\n'
            'SIGTERM or Ctrl-C: an idle worker stops within 2 s (a job it took meanwhile runs first), a\n'
-           'busy one once its job is done, even with its Redis gone; a second signal stops it at once.\n'
-           'Its scheduler process is given 10 s to stop, then killed. An idle worker whose Redis stops\n'
-           'answering (or leaves a reply 30 s late) retries it every 2 s, saying so once a minute, or\n'
-           'ends; a signal stops one that retries too — either way with the line that names that Redis\n'
-           '(exit 3). A scheduler that a lost Redis ended is started again once Redis is back: within\n'
-           '12 s, or at the next heartbeat of a busy worker.',
+           'busy one once its job is done, its Redis gone or not; a second signal kills the job at\n'
+           'once. Its scheduler process is given 10 s to stop, then killed. An idle worker whose Redis\n'
+           'stops answering (or leaves a reply 30 s late) retries it every 2 s, saying so once a\n'
+           'minute, or ends; a signal stops one that retries too — either way with the line that names\n'
+           'that Redis (exit 3), as does a busy one once its job is done. A scheduler that a lost Redis\n'
+           "ended is started again once Redis is back: within 12 s, or at a busy worker's next\n"
+           'heartbeat.',
  'demo': 'The main job on the embedded default (grows as the issues land).',
  'services': 'Start, stop and show the private PostgreSQL and Redis (embedded default).',
  'fixtures': 'Deterministic test and benchmark data.',

@@ -31,12 +31,13 @@ def worker(
     a job whose worker went silent (docs/scale-out.md). In the embedded default (no
     hoard-replicate.timer) it queues the replicate job every `[worker] replicate_every_s`.
     SIGTERM or Ctrl-C: an idle worker stops within 2 s (a job it took meanwhile runs first), a
-    busy one once its job is done, even with its Redis gone; a second signal stops it at once.
-    Its scheduler process is given 10 s to stop, then killed. An idle worker whose Redis stops
-    answering (or leaves a reply 30 s late) retries it every 2 s, saying so once a minute, or
-    ends; a signal stops one that retries too — either way with the line that names that Redis
-    (exit 3). A scheduler that a lost Redis ended is started again once Redis is back: within
-    12 s, or at the next heartbeat of a busy worker."""
+    busy one once its job is done, its Redis gone or not; a second signal kills the job at
+    once. Its scheduler process is given 10 s to stop, then killed. An idle worker whose Redis
+    stops answering (or leaves a reply 30 s late) retries it every 2 s, saying so once a
+    minute, or ends; a signal stops one that retries too — either way with the line that names
+    that Redis (exit 3), as does a busy one once its job is done. A scheduler that a lost Redis
+    ended is started again once Redis is back: within 12 s, or at a busy worker's next
+    heartbeat."""
     cfg = state(ctx).settings
     remote = cfg.worker.remote
     allowed = (REMOTE_QUEUE,) if remote else (*QUEUES, REMOTE_QUEUE)

@@ -146,6 +146,8 @@ RETRY_LOG_S = 60
 SCHEDULER_STOP_S = 10
 #: how often, at most, `hoard worker` tries to start again a scheduler process that ended (RQ: every 10 minutes)
 SCHEDULER_REVIVE_S = 10
+#: the signals that stop a worker and its scheduler
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 class _StopWhileUnreachable(Exception):
@@ -272,8 +274,17 @@ class HoardWorker(GuardedWorker, Worker):
             self._waiting = False
 
     def maintain_heartbeats(self, *args: Any, **kwargs: Any) -> None:
-        """RQ's, every `job_monitoring_interval` while a job runs; then `_revive_scheduler`."""
-        super().maintain_heartbeats(*args, **kwargs)
+        """RQ's, every `job_monitoring_interval` while a job runs; then `_revive_scheduler`. A
+        Redis that does not answer raised out of RQ's watch over the work horse: the worker quit
+        and left its job running with no one watching it (under systemd: killed with the unit,
+        mid-job). The heartbeat goes unwritten instead, said once in RETRY_LOG_S; the worker
+        watches on, and once the job is done its next ask of Redis says what is wrong."""
+        try:
+            super().maintain_heartbeats(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            self.log.error("Worker %s: could not connect to Redis instance: its heartbeat not written; "
+                           "the running job goes on (%s)", self.name, first_line(e))
+            return
         self._revive_scheduler()
 
     def _revive_scheduler(self) -> None:
@@ -286,13 +297,19 @@ class HoardWorker(GuardedWorker, Worker):
         proc = self.scheduler._process if self.scheduler is not None else None
         if proc is None or proc.exitcode is None or self._stop_requested:
             return
+        if proc.exitcode > 0:  # it crashed on an error of its own (logged): left to RQ's maintenance, not a loop
+            return
         if time.monotonic() - self._revived_at < SCHEDULER_REVIVE_S:
             return
         self._revived_at = time.monotonic()
-        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):  # (tried again at the next turn)
-            if self.scheduler.acquire_locks(auto_start=True):
+        try:
+            if self.scheduler.acquire_locks() and not self._stop_requested:
+                self.scheduler.start()
                 self.log.info("Worker %s: its scheduler (pid %d) had ended; started it again (pid %d)",
                               self.name, proc.pid, self.scheduler._process.pid)
+        except (redis.ConnectionError, redis.TimeoutError) as e:  # (tried again at the next turn)
+            if self._stop_requested:  # a stop came while Redis did not answer: nothing more is asked of it
+                self._unanswered = e
 
     def teardown(self) -> None:
         """RQ's, but for a worker whose wait ended on a Redis that does not answer: its
@@ -330,7 +347,9 @@ class HoardWorker(GuardedWorker, Worker):
                 os.kill(proc.pid, signal.SIGKILL)
             proc.join()
             if self._unanswered is None:  # (nothing is asked of a Redis that does not answer: `teardown`)
-                self.scheduler.release_locks()
+                # (called from a busy worker's signal handler too: a Redis gone leaves the lock to expire)
+                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                    self.scheduler.release_locks()
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         e = exc_info[1]
@@ -370,7 +389,20 @@ class _Scheduler(RQScheduler):
     held (Redis took no release); the worker starts it again once Redis answers
     (HoardWorker._revive_scheduler), and takes the lock back, its own name's."""
 
+    def start(self) -> Any:
+        """RQ's fork of the scheduler process, with SIGINT and SIGTERM held back across it: one
+        sent to the worker's process group meanwhile reached the child before it set its own
+        handlers — it ran the worker's copy, ignored the stop, and was killed SCHEDULER_STOP_S
+        later. The child takes them once its own handlers are set (`work`), the worker at once."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
     def work(self) -> None:
+        self._install_signal_handlers()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         try:
             super().work()
         except (redis.ConnectionError, redis.TimeoutError) as e:

@@ -27,29 +27,28 @@ from tests.helpers import wait_until
 #: the lock the worker's scheduler takes for the `sql` queue (one scheduler per queue)
 SQL_LOCK = RQScheduler.get_locking_key("sql")
 
-#: a worker on the `sql` queue of the Redis at argv[1]; with argv[2] == "signal-on-take", it
-#: sends itself SIGTERM the moment it has taken a job off the queue (RQ's reorder_queues runs
-#: right after the dequeue), before it starts it
+#: a worker on the `sql` queue of the Redis at argv[1], in the modes named by argv[2] (comma-separated):
+#: "signal-on-take": it sends itself SIGTERM the moment it has taken a job off the queue (RQ's
+#: reorder_queues runs right after the dequeue), before it starts it; the others are told below
 WORKER = textwrap.dedent("""
     import faulthandler, os, signal, sys
     import redis
     from hoardfs.jobs.queues import HoardWorker, rq_queue
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung stop shows where (_stopped); forks keep it
+    MODES = set(sys.argv[2].split(","))
 
     class Worker(HoardWorker):
         def reorder_queues(self, reference_queue):
-            if sys.argv[2] == "signal-on-take":
+            if "signal-on-take" in MODES:
                 os.kill(os.getpid(), signal.SIGTERM)
             super().reorder_queues(reference_queue)
 
-    if sys.argv[2] == "busy":  # every job (past the guard) is its work horse writing its pid to the folder argv[3],
+    if "busy" in MODES:  # every job (past the guard) is its work horse writing its pid to the folder argv[3],
         import rq, time            # then waiting there for a file `done`
         from pathlib import Path
 
         class Worker(Worker):
-            job_monitoring_interval = 1
-
             def execute_job(self, job, queue):
                 return rq.Worker.execute_job(self, job, queue)
 
@@ -61,10 +60,10 @@ WORKER = textwrap.dedent("""
                     time.sleep(0.1)
                 return True
 
-    if sys.argv[2] == "short-replies":  # a Redis that hangs is taken for one that does not answer after 3 s
+    if "short-replies" in MODES:  # a Redis that hangs is taken for one that does not answer after 3 s
         Worker.connection_timeout = 3
 
-    if sys.argv[2] == "scheduler-stuck":  # its scheduler process ignores SIGTERM and never ends
+    if "scheduler-stuck" in MODES:  # its scheduler process ignores SIGTERM and never ends
         import time
         from rq.scheduler import RQScheduler
 
@@ -73,9 +72,17 @@ WORKER = textwrap.dedent("""
             time.sleep(3600)
         RQScheduler.work = stuck
 
+    if "scheduler-crashes" in MODES:  # its scheduler process ends on an error of its own at once
+        from rq.scheduler import RQScheduler
+
+        def crash(self):
+            raise ValueError("a scheduler's own error")
+        RQScheduler.work = crash
+
     conn = redis.Redis.from_url(sys.argv[1])
     try:
-        Worker([rq_queue("sql", conn)], connection=conn, name="stopper").work(with_scheduler=True)
+        Worker([rq_queue("sql", conn)], connection=conn, name="stopper",  # busy: its heartbeat every 1 s
+               job_monitoring_interval=1 if "busy" in MODES else 30).work(with_scheduler=True)
     except (redis.ConnectionError, redis.TimeoutError) as e:  # (`hoard worker`: its one line, exit 3)
         print("worker ended:", type(e).__name__, flush=True)
         sys.exit(3)
@@ -221,29 +228,35 @@ def test_a_worker_whose_redis_hangs_stops_on_sigterm(tmp_path: Path) -> None:
 
 @pytest.mark.services  # (starts a private Redis and a worker)
 def test_a_busy_worker_whose_redis_is_gone_stops_after_its_job(tmp_path: Path) -> None:
-    """SIGTERM to a busy worker is a stop once its job is done; RQ's handler writes the
-    request's date to Redis, and a Redis gone raised out of the handler: the worker quit at
-    once, its work horse left running the job with no worker."""
+    """A busy worker whose Redis goes away watches its job to its end, and SIGTERM stops it
+    then: RQ's watch raised out at the next heartbeat, and RQ's signal handler at the stop
+    request (it writes the request's date to Redis) — either way the worker quit at once and
+    left its work horse running the job with no worker."""
     rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
     rd.start()
     proc = _start(f"unix://{rd.socket}", "busy", str(tmp_path))
+    horse = None
     try:
         wait_until(lambda: _in_its_wait(rd))
         rq_queue("sql", rd.client()).enqueue("hoardfs.jobs.any", 1)  # (the script's horse runs it until `done`)
         wait_until(lambda: (tmp_path / "horse").exists())
         horse = int((tmp_path / "horse").read_text())
         rd.stop()
-        time.sleep(1)
+        time.sleep(3)  # heartbeats every 1 s, none of them written
+        watching = [proc.poll() is None and pid_alive(horse)]
         os.kill(proc.pid, signal.SIGTERM)  # the worker alone, as `kill` or systemd's KillMode=mixed
         time.sleep(2 * STOP_CHECK_S)
-        watching = proc.poll() is None and pid_alive(horse)  # the worker watching its job
+        watching.append(proc.poll() is None and pid_alive(horse))
         (tmp_path / "done").touch()
         log, _ = proc.communicate(timeout=60)
     finally:
         _kill(proc)
+        if horse is not None and pid_alive(horse):  # (a session of its own: RQ's horse calls setsid)
+            os.kill(horse, signal.SIGKILL)
         rd.stop()
-    assert watching and not pid_alive(horse), log  # the worker ended after its job, not before
+    assert watching == [True, True] and not pid_alive(horse), log  # the worker ended after its job, not before
     assert "warm shut down requested" in log and "worker ended: ConnectionError" in log, log
+    assert log.count("could not connect to Redis instance") == 1, log  # (once a minute)
     assert "Traceback" not in log, log
 
 
@@ -275,3 +288,51 @@ def test_a_scheduler_ended_by_a_redis_outage_starts_again_with_redis(tmp_path: P
         rd.stop()
     assert f"its scheduler (pid {scheduler}) had ended; started it again" in log, log
     assert took <= 1 + SCHEDULER_REVIVE_S + 3 * STOP_CHECK_S + 5, log  # (RQ: up to 600 s)
+
+
+@pytest.mark.services  # (starts a private Redis and a worker)
+def test_a_busy_worker_whose_redis_is_gone_stops_after_its_job_past_a_stuck_scheduler(tmp_path: Path) -> None:
+    """The stop's kill of a scheduler that does not stop releases its lock in Redis; from a busy
+    worker's signal handler a Redis gone raised out of it, and the worker left its job."""
+    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
+    rd.start()
+    proc = _start(f"unix://{rd.socket}", "busy,scheduler-stuck", str(tmp_path))
+    horse = None
+    try:
+        wait_until(lambda: _in_its_wait(rd))
+        rq_queue("sql", rd.client()).enqueue("hoardfs.jobs.any", 1)
+        wait_until(lambda: (tmp_path / "horse").exists())
+        horse = int((tmp_path / "horse").read_text())
+        rd.stop()
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(SCHEDULER_STOP_S + 2 * STOP_CHECK_S)  # its scheduler given its time, then killed
+        watching = proc.poll() is None and pid_alive(horse)
+        (tmp_path / "done").touch()
+        log, _ = proc.communicate(timeout=60)
+    finally:
+        _kill(proc)
+        if horse is not None and pid_alive(horse):
+            os.kill(horse, signal.SIGKILL)
+        rd.stop()
+    assert watching and not pid_alive(horse), log
+    assert "did not stop within" in log and "worker ended: ConnectionError" in log and "Traceback" not in log, log
+
+
+@pytest.mark.services  # (starts a private Redis and a worker)
+def test_a_scheduler_that_crashed_is_not_started_again_in_a_loop(tmp_path: Path) -> None:
+    """A scheduler process that ended on an error of its own (not a lost Redis) would end again:
+    started again every SCHEDULER_REVIVE_S, it filled the log with its tracebacks. It is left
+    to RQ's maintenance (every 10 minutes)."""
+    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
+    rd.start()
+    proc = _start(f"unix://{rd.socket}", "scheduler-crashes")
+    try:
+        wait_until(lambda: _idle(rd.client()))
+        time.sleep(2 * SCHEDULER_REVIVE_S + 2 * STOP_CHECK_S)
+        os.kill(proc.pid, signal.SIGTERM)
+        log = _stopped(proc, rd.client(), SCHEDULER_STOP_S + 10 * STOP_CHECK_S)
+    finally:
+        _kill(proc)
+        rd.stop()
+    assert log.count("a scheduler's own error") >= 1 and "started it again" not in log, log
+    assert log.count("Scheduler for sql started") == 1, log
