@@ -3,12 +3,14 @@ doing when the signal came; and a job it had just taken off its queue runs first
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -226,15 +228,14 @@ def test_a_worker_whose_redis_hangs_stops_on_sigterm(tmp_path: Path) -> None:
     assert took <= 3 + SCHEDULER_STOP_S + 2 * STOP_CHECK_S + 3, log
 
 
-@pytest.mark.services  # (starts a private Redis and a worker)
-def test_a_busy_worker_whose_redis_is_gone_stops_after_its_job(tmp_path: Path) -> None:
-    """A busy worker whose Redis goes away watches its job to its end, and SIGTERM stops it
-    then: RQ's watch raised out at the next heartbeat, and RQ's signal handler at the stop
-    request (it writes the request's date to Redis) — either way the worker quit at once and
-    left its work horse running the job with no worker."""
+@contextlib.contextmanager
+def _busy_while_redis_stopped(tmp_path: Path, modes: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """A worker in `modes` (with "busy") on a private Redis, its work horse running a job (until
+    `tmp_path/done`), then that Redis stopped: (the worker, its horse's pid). Both are killed
+    afterwards if they still run (the horse is in a session of its own: RQ's calls setsid)."""
     rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
     rd.start()
-    proc = _start(f"unix://{rd.socket}", "busy", str(tmp_path))
+    proc = _start(f"unix://{rd.socket}", modes, str(tmp_path))
     horse = None
     try:
         wait_until(lambda: _in_its_wait(rd))
@@ -242,6 +243,21 @@ def test_a_busy_worker_whose_redis_is_gone_stops_after_its_job(tmp_path: Path) -
         wait_until(lambda: (tmp_path / "horse").exists())
         horse = int((tmp_path / "horse").read_text())
         rd.stop()
+        yield proc, horse
+    finally:
+        _kill(proc)
+        if horse is not None and pid_alive(horse):
+            os.kill(horse, signal.SIGKILL)
+        rd.stop()
+
+
+@pytest.mark.services  # (starts a private Redis and a worker)
+def test_a_busy_worker_whose_redis_is_gone_stops_after_its_job(tmp_path: Path) -> None:
+    """A busy worker whose Redis goes away watches its job to its end, and SIGTERM stops it
+    then: RQ's watch raised out at the next heartbeat, and RQ's signal handler at the stop
+    request (it writes the request's date to Redis) — either way the worker quit at once and
+    left its work horse running the job with no worker."""
+    with _busy_while_redis_stopped(tmp_path, "busy") as (proc, horse):
         time.sleep(3)  # heartbeats every 1 s, none of them written
         watching = [proc.poll() is None and pid_alive(horse)]
         os.kill(proc.pid, signal.SIGTERM)  # the worker alone, as `kill` or systemd's KillMode=mixed
@@ -249,12 +265,8 @@ def test_a_busy_worker_whose_redis_is_gone_stops_after_its_job(tmp_path: Path) -
         watching.append(proc.poll() is None and pid_alive(horse))
         (tmp_path / "done").touch()
         log, _ = proc.communicate(timeout=60)
-    finally:
-        _kill(proc)
-        if horse is not None and pid_alive(horse):  # (a session of its own: RQ's horse calls setsid)
-            os.kill(horse, signal.SIGKILL)
-        rd.stop()
-    assert watching == [True, True] and not pid_alive(horse), log  # the worker ended after its job, not before
+        watching.append(not pid_alive(horse))  # (before the clean-up kills what is left)
+    assert watching == [True, True, True], log  # the worker ended after its job, not before
     assert "warm shut down requested" in log and "worker ended: ConnectionError" in log, log
     assert log.count("could not connect to Redis instance") == 1, log  # (once a minute)
     assert "Traceback" not in log, log
@@ -294,27 +306,14 @@ def test_a_scheduler_ended_by_a_redis_outage_starts_again_with_redis(tmp_path: P
 def test_a_busy_worker_whose_redis_is_gone_stops_after_its_job_past_a_stuck_scheduler(tmp_path: Path) -> None:
     """The stop's kill of a scheduler that does not stop releases its lock in Redis; from a busy
     worker's signal handler a Redis gone raised out of it, and the worker left its job."""
-    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
-    rd.start()
-    proc = _start(f"unix://{rd.socket}", "busy,scheduler-stuck", str(tmp_path))
-    horse = None
-    try:
-        wait_until(lambda: _in_its_wait(rd))
-        rq_queue("sql", rd.client()).enqueue("hoardfs.jobs.any", 1)
-        wait_until(lambda: (tmp_path / "horse").exists())
-        horse = int((tmp_path / "horse").read_text())
-        rd.stop()
+    with _busy_while_redis_stopped(tmp_path, "busy,scheduler-stuck") as (proc, horse):
         os.kill(proc.pid, signal.SIGTERM)
         time.sleep(SCHEDULER_STOP_S + 2 * STOP_CHECK_S)  # its scheduler given its time, then killed
         watching = proc.poll() is None and pid_alive(horse)
         (tmp_path / "done").touch()
         log, _ = proc.communicate(timeout=60)
-    finally:
-        _kill(proc)
-        if horse is not None and pid_alive(horse):
-            os.kill(horse, signal.SIGKILL)
-        rd.stop()
-    assert watching and not pid_alive(horse), log
+        horse_ended = not pid_alive(horse)  # (before the clean-up kills what is left)
+    assert watching and horse_ended, log
     assert "did not stop within" in log and "worker ended: ConnectionError" in log and "Traceback" not in log, log
 
 
