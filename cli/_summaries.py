@@ -41,7 +41,9 @@ SUMMARIES: dict[str, str] = {'put': 'Store files: prints sha256, new/existing an
            'once. Its scheduler process is given 10 s to stop, then killed. An idle worker whose Redis\n'
            'stops answering (or leaves a reply 30 s late) retries it every 2 s, saying so once a\n'
            'minute, or ends; a signal stops one that retries too — either way with the line that names\n'
-           'that Redis (exit 3), as does a busy one once its job is done. A scheduler that a lost Redis\n'
+           'that Redis (exit 3), as does a busy one once its job is done; a Redis that refuses writes\n'
+           '(a read-only replica) is said so the same way. A worker never exits 0 on an error. A scheduler '
+           'that a lost Redis\n'
            "ended is started again once Redis is back: within 12 s, or at a busy worker's next\n"
            'heartbeat.',
  'demo': 'The main job on the embedded default (grows as the issues land).',

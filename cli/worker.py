@@ -35,7 +35,8 @@ def worker(
     once. Its scheduler process is given 10 s to stop, then killed. An idle worker whose Redis
     stops answering (or leaves a reply 30 s late) retries it every 2 s, saying so once a
     minute, or ends; a signal stops one that retries too — either way with the line that names
-    that Redis (exit 3), as does a busy one once its job is done. A scheduler that a lost Redis
+    that Redis (exit 3), as does a busy one once its job is done; a Redis that refuses writes
+    (a read-only replica) is said so the same way. A worker never exits 0 on an error. A scheduler that a lost Redis
     ended is started again once Redis is back: within 12 s, or at a busy worker's next
     heartbeat."""
     cfg = state(ctx).settings

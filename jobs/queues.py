@@ -178,8 +178,22 @@ class HoardWorker(GuardedWorker, Worker):
         self._taken = False  # and that wait took a job off its queue
         self._unanswered: BaseException | None = None  # the Redis error a stop request ended a wait on
         self._revived_at = -math.inf  # when `_revive_scheduler` last tried
-        if not any(isinstance(f, _OutageInOneLine) for f in self.log.filters):
-            self.log.addFilter(_OutageInOneLine())
+        self._busy_said = -math.inf  # when `_unwatched_heartbeat` last said so
+        outage = [f for f in self.log.filters if isinstance(f, _OutageInOneLine)]
+        if not outage:
+            outage = [_OutageInOneLine()]
+            self.log.addFilter(outage[0])
+        self._outage = outage[0]
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        """RQ's loop, except that it never ends as if stopped when it quit on an error: RQ logs
+        the error ("…, quitting..."), breaks out and returns — `hoard worker` exited 0, and
+        systemd's Restart=on-failure did not start it again. The error is raised instead."""
+        self._outage.quit_on = None
+        ran = super().work(*args, **kwargs)
+        if self._outage.quit_on is not None:
+            raise self._outage.quit_on
+        return ran
 
     @property
     def connection_timeout(self) -> int:
@@ -221,7 +235,7 @@ class HoardWorker(GuardedWorker, Worker):
         of the handler: that ended the worker's watch over its work horse at once, the job left
         running with no worker. The date goes unwritten; the stop stands, and comes when the job
         is done."""
-        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+        with contextlib.suppress(redis.RedisError):
             super().set_shutdown_requested_date()
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
@@ -232,8 +246,12 @@ class HoardWorker(GuardedWorker, Worker):
         intermediate list, which its maintenance looks after)."""
         try:
             super().heartbeat(timeout, pipeline)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            if self._waiting and self._stop_requested and not self._taken:
+        except redis.RedisError as e:
+            if self.get_state() == WorkerStatus.BUSY:  # (RQ's watch over the horse: `_unwatched_heartbeat`)
+                self._unwatched_heartbeat(e)
+                return
+            if self._waiting and self._stop_requested and not self._taken and isinstance(
+                    e, (redis.ConnectionError, redis.TimeoutError)):
                 raise _StopWhileUnreachable from e
             raise
 
@@ -281,11 +299,19 @@ class HoardWorker(GuardedWorker, Worker):
         watches on, and once the job is done its next ask of Redis says what is wrong."""
         try:
             super().maintain_heartbeats(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            self.log.error("Worker %s: could not connect to Redis instance: its heartbeat not written; "
-                           "the running job goes on (%s)", self.name, first_line(e))
+        except redis.RedisError as e:
+            self._unwatched_heartbeat(e)
             return
         self._revive_scheduler()
+
+    def _unwatched_heartbeat(self, e: redis.RedisError) -> None:
+        """A heartbeat of a busy worker that Redis did not take (gone, hung, or read-only after
+        a failover): said once in RETRY_LOG_S; the worker watches its job on (and kills it at
+        its timeout, where RQ's heartbeat before the kill raised and left it running)."""
+        if time.monotonic() - self._busy_said >= RETRY_LOG_S:
+            self._busy_said = time.monotonic()
+            self.log.error("Worker %s: Redis did not take its heartbeat (%s); the running job goes on, watched",
+                           self.name, first_line(e))
 
     def _revive_scheduler(self) -> None:
         """Starts the worker's scheduler process again once Redis answers, when it ended (a Redis
@@ -348,7 +374,7 @@ class HoardWorker(GuardedWorker, Worker):
             proc.join()
             if self._unanswered is None:  # (nothing is asked of a Redis that does not answer: `teardown`)
                 # (called from a busy worker's signal handler too: a Redis gone leaves the lock to expire)
-                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                with contextlib.suppress(redis.RedisError):
                     self.scheduler.release_locks()
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
@@ -369,8 +395,14 @@ class _OutageInOneLine(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.retry_said = -math.inf
+        self.quit_on: BaseException | None = None  # the error RQ's work loop quit on (HoardWorker.work)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).endswith(", quitting..."):
+            if "Redis connection timeout" in str(record.msg):
+                self.quit_on = redis.TimeoutError("Redis connection timeout")
+            elif record.exc_info and record.exc_info[1] is not None:
+                self.quit_on = record.exc_info[1]
         if "could not connect to Redis instance" in str(record.msg):
             now = time.monotonic()
             if now - self.retry_said < RETRY_LOG_S:
@@ -407,6 +439,8 @@ class _Scheduler(RQScheduler):
             super().work()
         except (redis.ConnectionError, redis.TimeoutError) as e:
             self.log.error("Scheduler (pid %d) stopped: Redis does not answer (%s)", os.getpid(), first_line(e))
+        except redis.RedisError as e:  # (a read-only replica after a failover, a Redis that cannot persist)
+            self.log.error("Scheduler (pid %d) stopped: Redis refused it (%s)", os.getpid(), first_line(e))
 
 
 def connect(url: str) -> redis.Redis:
@@ -423,6 +457,9 @@ def redis_required(url: str) -> Iterator[None]:
         first = first_line(e)
         raise ServiceUnavailable(f"Redis at {url} does not answer ({first}); start it (`hoard services up` for the "
                                  "embedded one) or fix redis_url in hoard.toml, then run this again") from None
+    except redis.ReadOnlyError as e:
+        raise ServiceUnavailable(f"Redis at {url} refuses writes ({first_line(e)}): it is a read-only replica; point "
+                                 "redis_url in hoard.toml at the primary, then run this again") from None
 
 
 def redis_status(url: str) -> dict[str, Any]:

@@ -229,10 +229,11 @@ def test_a_worker_whose_redis_hangs_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _busy_while_redis_stopped(tmp_path: Path, modes: str) -> Iterator[tuple[subprocess.Popen, int]]:
+def _busy_while_redis_stopped(tmp_path: Path, modes: str, fault: str = "stopped") -> Iterator[tuple[subprocess.Popen, int]]:
     """A worker in `modes` (with "busy") on a private Redis, its work horse running a job (until
-    `tmp_path/done`), then that Redis stopped: (the worker, its horse's pid). Both are killed
-    afterwards if they still run (the horse is in a session of its own: RQ's calls setsid)."""
+    `tmp_path/done`), then that Redis stopped (or made a read-only replica, as a failover
+    does: `fault`): (the worker, its horse's pid). Both are killed afterwards if they still run
+    (the horse is in a session of its own: RQ's calls setsid)."""
     rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
     rd.start()
     proc = _start(f"unix://{rd.socket}", modes, str(tmp_path))
@@ -242,7 +243,10 @@ def _busy_while_redis_stopped(tmp_path: Path, modes: str) -> Iterator[tuple[subp
         rq_queue("sql", rd.client()).enqueue("hoardfs.jobs.any", 1)  # (the script's horse runs it until `done`)
         wait_until(lambda: (tmp_path / "horse").exists())
         horse = int((tmp_path / "horse").read_text())
-        rd.stop()
+        if fault == "read-only":
+            rd.client().execute_command("REPLICAOF", "127.0.0.1", "1")  # (a primary that is not there)
+        else:
+            rd.stop()
         yield proc, horse
     finally:
         _kill(proc)
@@ -268,7 +272,7 @@ def test_a_busy_worker_whose_redis_is_gone_stops_after_its_job(tmp_path: Path) -
         watching.append(not pid_alive(horse))  # (before the clean-up kills what is left)
     assert watching == [True, True, True], log  # the worker ended after its job, not before
     assert "warm shut down requested" in log and "worker ended: ConnectionError" in log, log
-    assert log.count("could not connect to Redis instance") == 1, log  # (once a minute)
+    assert log.count("Redis did not take its heartbeat") == 1, log  # (once a minute)
     assert "Traceback" not in log, log
 
 
@@ -335,3 +339,55 @@ def test_a_scheduler_that_crashed_is_not_started_again_in_a_loop(tmp_path: Path)
         rd.stop()
     assert log.count("a scheduler's own error") >= 1 and "started it again" not in log, log
     assert log.count("Scheduler for sql started") == 1, log
+
+
+@pytest.mark.services  # (starts a private Redis and a worker)
+def test_a_busy_worker_whose_redis_turns_read_only_watches_its_job(tmp_path: Path) -> None:
+    """A Redis made a read-only replica (a failover) refuses the heartbeat with ReadOnlyError,
+    which RQ's watch raised: the worker quit with a traceback and its job ran on unwatched."""
+    with _busy_while_redis_stopped(tmp_path, "busy", fault="read-only") as (proc, horse):
+        time.sleep(3)  # heartbeats every 1 s, each refused
+        watching = proc.poll() is None and pid_alive(horse)
+        redis.Redis(unix_socket_path=str(tmp_path / "run" / "redis.sock")).execute_command("REPLICAOF", "NO", "ONE")
+        (tmp_path / "done").touch()
+        wait_until(lambda: not pid_alive(horse))  # its job done, the worker on a writable Redis again
+        time.sleep(1)
+        alive_after = proc.poll() is None
+        os.kill(proc.pid, signal.SIGTERM)
+        log, _ = proc.communicate(timeout=60)
+    assert watching and alive_after and proc.returncode == 0, log
+    assert "Redis did not take its heartbeat (" in log and "read only replica" in log, log
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("error", [redis.TimeoutError("Timeout reading from socket"),
+                                   redis.ReadOnlyError("You can't write against a read only replica.")],
+                         ids=["timeout", "read-only"])
+@pytest.mark.expect_log(r"quitting\.\.\.", level="ERROR")
+def test_a_worker_that_quits_on_an_error_raises_it(redis_conn: redis.Redis, error: redis.RedisError) -> None:
+    """RQ's work loop logs an error it quits on and returns as from a stop: `hoard worker`
+    exited 0 after a Redis loss, and systemd's Restart=on-failure never started it again."""
+
+    class Quitting(HoardWorker):
+        def dequeue_job_and_maintain_ttl(self, *args, **kwargs):
+            raise error
+
+    worker = Quitting([rq_queue("sql", redis_conn)], connection=redis_conn, name="quitting")
+    with pytest.raises(type(error)):
+        worker.work(burst=True, with_scheduler=False)
+
+
+def test_a_worker_on_a_read_only_redis_says_so_in_one_line(tmp_path: Path, servers) -> None:
+    """A Redis made a read-only replica (a failover, redis_url left on the old primary)."""
+    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
+    rd.start()
+    try:
+        rd.client().execute_command("REPLICAOF", "127.0.0.1", "1")
+        home = write_home(tmp_path, {**servers, "redis_url": f"unix://{rd.socket}"})
+        res = subprocess.run([sys.executable, "-m", "hoardfs", "--config", str(home / "hoard.toml"), "worker",
+                              "--queues", "sql", "--burst"], capture_output=True, text=True, timeout=120)
+    finally:
+        rd.stop()
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert f"Redis at unix://{rd.socket} refuses writes (" in res.stderr and "point redis_url" in res.stderr, res.stderr
+    assert "Traceback" not in res.stdout + res.stderr, res.stdout + res.stderr
