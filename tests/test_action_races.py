@@ -60,6 +60,7 @@ def test_child_swapped_for_a_symlink_after_parse_is_not_stored(hoard_home: Path,
     assert st is not None and st.error is not None
     assert code != 0 and (st.status, st.step) == ("failed", "store"), (code, st.status, st.step, st.error)
     assert "\n" not in st.error and "Traceback" not in st.error
+    assert f"`hoard action resume {rid}` runs the worker again" in st.error and "new batch" not in st.error, st.error
     with Store.open(cfg, writable=False) as store:
         assert store.index.lookup(hashlib.sha256(secret.read_bytes()).digest()) is None
     with psycopg.connect(cfg.database_url) as conn:

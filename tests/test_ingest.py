@@ -631,3 +631,4 @@ def test_a_file_swapped_for_a_link_after_the_scan_is_not_stored(hoard_home: Path
         assert store.index.count_objects() >= 3
     rejected = {r["path"]: r["reason"] for r in report["rejected"]}
     assert "not the file the scan saw" in rejected[victim.name], rejected
+    assert rejected[victim.name].endswith("nothing of it was stored — drop it in a new batch"), rejected

@@ -42,6 +42,12 @@ KNOWN_BATCH = 256
 KNOWN_WAIT_S = 1.0
 
 
+#: why `put_many` refuses a file that is not the one its caller's scan saw (`expect`): the caller
+#: says what to do (a batch: drop it in a new batch; an action: the resume runs its worker again)
+UNLIKE_SCAN = ("not the file the scan saw (another device, inode, size or time: swapped or changed since); "
+               "nothing of it was stored")
+
+
 def put_files(store: Store, writer: SpreadWriter, paths: list[Path],
               on_result: Callable[[PutResult], None] | None = None,
               stop: threading.Event | None = None, root: str | None = None,
@@ -197,8 +203,7 @@ class _Batch:
         want = self.expect.get(str(path))
         if want is None or (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == want:
             return None
-        return ("not the file the scan saw (another device, inode, size or time: swapped or changed since); "
-                "nothing of it was stored — drop it in a new batch")
+        return UNLIKE_SCAN
 
     def _known(self, res: PutResult, sha: bytes) -> bool:
         if sha in self.waiting:

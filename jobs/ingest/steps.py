@@ -23,6 +23,7 @@ from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode, HoardError
 from hoardfs.base.files import atomic_write, fsync_dir
 from hoardfs.base.units import fmt_bytes
+from hoardfs.fsd.io.put import UNLIKE_SCAN
 from hoardfs.fsd.io.replicate import replicate_once
 from hoardfs.fsd.outputs import members, zones
 from hoardfs.fsd.outputs.manifest import batch_manifest, naming_lock
@@ -161,7 +162,7 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
     new = existing = bytes_new = 0
     for rel, res in zip(rels, results, strict=True):
         if res.status == "rejected":
-            late.append((rel, res.reason))
+            late.append((rel, f"{res.reason} — drop it in a new batch" if res.reason == UNLIKE_SCAN else res.reason))
             continue
         stored[rel] = (res.sha256, res.size)
         new += res.status == "new"
