@@ -146,6 +146,9 @@ RETRY_LOG_S = 60
 SCHEDULER_STOP_S = 10
 #: how often, at most, `hoard worker` tries to start again a scheduler process that ended (RQ: every 10 minutes)
 SCHEDULER_REVIVE_S = 10
+#: how often the worker's command thread (RQ's pubsub thread: kill-horse, shutdown) looks whether
+#: it is to end (RQ: 60 s; redis-py's stop() waits for the thread, so a stop waited as long)
+COMMANDS_WAKE_S = 1.0
 #: the signals that stop a worker and its scheduler
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
@@ -336,6 +339,16 @@ class HoardWorker(GuardedWorker, Worker):
         except (redis.ConnectionError, redis.TimeoutError) as e:  # (tried again at the next turn)
             if self._stop_requested:  # a stop came while Redis did not answer: nothing more is asked of it
                 self._unanswered = e
+
+    def subscribe(self) -> None:
+        """RQ's, with the command thread waking every COMMANDS_WAKE_S instead of 60 s: RQ's
+        teardown ends the channel, then stops the thread, and redis-py's stop() waits for it —
+        a thread that saw the channel end first waited out its whole timeout."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=COMMANDS_WAKE_S, daemon=True,
+                                                       exception_handler=self._pubsub_exception_handler)
 
     def teardown(self) -> None:
         """RQ's, but for a worker whose wait ended on a Redis that does not answer: its

@@ -81,6 +81,15 @@ WORKER = textwrap.dedent("""
             raise ValueError("a scheduler's own error")
         RQScheduler.work = crash
 
+    if "slow-unsubscribe" in MODES:  # the worker's main thread is set back (a loaded machine) right after it
+        import time                   # asks Redis to end its command channel, before it stops the thread reading it
+        from redis.client import PubSub
+
+        def unsubscribe(self, *args, _unsubscribe=PubSub.unsubscribe):
+            _unsubscribe(self, *args)
+            time.sleep(0.5)
+        PubSub.unsubscribe = unsubscribe
+
     conn = redis.Redis.from_url(sys.argv[1])
     try:
         Worker([rq_queue("sql", conn)], connection=conn, name="stopper",  # busy: its heartbeat every 1 s
@@ -138,6 +147,19 @@ def test_an_idle_worker_stops_on_one_sigterm(servers, redis_conn: redis.Redis) -
     time.sleep(1)  # in its wait for a job (a blocking BLPOP)
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)  # the worker and its scheduler, as systemd or a shell stops them
+    _stopped(proc, redis_conn, 10 * STOP_CHECK_S)
+    assert time.monotonic() - t0 <= 3 * STOP_CHECK_S
+
+
+def test_a_stop_never_waits_on_the_command_thread(servers, redis_conn: redis.Redis) -> None:
+    """RQ's command thread (kill-horse, shutdown: its pubsub) reads with a 60 s timeout, and
+    redis-py's stop() of that thread waits for it (from 8.2 on): when the end of the channel
+    reached the thread before the stop did, `hoard worker` took up to a minute to stop."""
+    proc = _start(servers["redis_url"], "slow-unsubscribe")
+    wait_until(lambda: _idle(redis_conn))
+    time.sleep(1)
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
     _stopped(proc, redis_conn, 10 * STOP_CHECK_S)
     assert time.monotonic() - t0 <= 3 * STOP_CHECK_S
 
