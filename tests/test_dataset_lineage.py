@@ -8,6 +8,7 @@ real builds through `hoard dataset build`."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import random
@@ -338,6 +339,7 @@ def test_the_leak_audit_refuses_a_cross_split_near_duplicate_warns_and_shows_zer
     assert "leak audit: 0 cross-split pairs" in shown.stdout, shown.stdout
 
 
+@pytest.mark.needs(importlib.util.find_spec("usearch") is not None, "USEARCH MISSING (the search extra): make search")
 def test_the_cosine_pairs_by_neighbours_are_the_exact_ones() -> None:
     """Above COSINE_EXACT embedded samples the audit asks an HNSW index of them for each one's
     nearest; over 3,000 random embeddings with 40 planted near pairs (half across splits) it

@@ -1145,13 +1145,13 @@ def test_the_plan_keeps_each_shards_runs_in_offset_order_and_mixes_lanes() -> No
 TORCH = importlib.util.find_spec("torch") is not None
 
 
-@pytest.mark.services  # (importing PyPI's torch starts a process)
-@pytest.mark.needs(TORCH, "TORCH MISSING (the search extra): make search")
 def _lengths(sample: dict[str, Any]) -> tuple[int, int]:
     """A transform (a module's function: a worker started by spawn unpickles it)."""
     return len(sample["bytes"]), len(sample["key"])
 
 
+@pytest.mark.services  # (importing PyPI's torch starts a process)
+@pytest.mark.needs(TORCH, "TORCH MISSING (the search extra): make search")
 def test_the_torch_wrapper_under_a_dataloader_with_two_workers(built) -> None:
     """TorchDataset under a real DataLoader(num_workers=2): the sequence of the Loader itself,
     each sample once; resumed from state_dict(consumed) with 1 worker it goes on identically."""
