@@ -347,8 +347,9 @@ class HoardWorker(GuardedWorker, Worker):
         self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
         self.pubsub = self.connection.pubsub()
         self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
-        self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=COMMANDS_WAKE_S, daemon=True,
-                                                       exception_handler=self._pubsub_exception_handler)
+        thread = self.pubsub.run_in_thread(sleep_time=COMMANDS_WAKE_S, daemon=True,
+                                           exception_handler=self._pubsub_exception_handler)
+        self.pubsub_thread = thread  # type: ignore[assignment]  # (RQ declares it None)
 
     def teardown(self) -> None:
         """RQ's, but for a worker whose wait ended on a Redis that does not answer: its
