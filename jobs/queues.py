@@ -153,6 +153,20 @@ COMMANDS_WAKE_S = 1.0
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
+class _OncePer:
+    """Called: true at most once in `every` seconds (a line said again only that often)."""
+
+    def __init__(self, every: float) -> None:
+        self.every, self.last = every, -math.inf
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return False
+        self.last = now
+        return True
+
+
 class _StopWhileUnreachable(Exception):
     """Ends an idle worker's wait on a Redis that does not answer once a stop was asked: RQ's
     wait retries such a Redis for good and never looks at a stop request."""
@@ -181,7 +195,8 @@ class HoardWorker(GuardedWorker, Worker):
         self._taken = False  # and that wait took a job off its queue
         self._unanswered: BaseException | None = None  # the Redis error a stop request ended a wait on
         self._revived_at = -math.inf  # when `_revive_scheduler` last tried
-        self._busy_said = -math.inf  # when `_unwatched_heartbeat` last said so
+        self._busy_said = _OncePer(RETRY_LOG_S)  # `_unwatched_heartbeat`'s line
+        self._refused_said = _OncePer(RETRY_LOG_S)  # `_revive_scheduler`'s
         outage = [f for f in self.log.filters if isinstance(f, _OutageInOneLine)]
         if not outage:
             outage = [_OutageInOneLine()]
@@ -311,8 +326,7 @@ class HoardWorker(GuardedWorker, Worker):
         """A heartbeat of a busy worker that Redis did not take (gone, hung, or read-only after
         a failover): said once in RETRY_LOG_S; the worker watches its job on (and kills it at
         its timeout, where RQ's heartbeat before the kill raised and left it running)."""
-        if time.monotonic() - self._busy_said >= RETRY_LOG_S:
-            self._busy_said = time.monotonic()
+        if self._busy_said():
             self.log.error("Worker %s: Redis did not take its heartbeat (%s); the running job goes on, watched",
                            self.name, first_line(e))
 
@@ -339,6 +353,10 @@ class HoardWorker(GuardedWorker, Worker):
         except (redis.ConnectionError, redis.TimeoutError) as e:  # (tried again at the next turn)
             if self._stop_requested:  # a stop came while Redis did not answer: nothing more is asked of it
                 self._unanswered = e
+        except redis.RedisError as e:  # refused (read-only, out of memory, an ACL): a busy worker watches its job on
+            if self._refused_said():
+                self.log.error("Worker %s: Redis refused its scheduler's lock (%s); the scheduler starts when Redis "
+                               "takes it", self.name, first_line(e))
 
     def subscribe(self) -> None:
         """RQ's, with the command thread waking every COMMANDS_WAKE_S instead of 60 s: RQ's
@@ -408,7 +426,7 @@ class _OutageInOneLine(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.retry_said = -math.inf
+        self.retry_said = _OncePer(RETRY_LOG_S)
         self.quit_on: BaseException | None = None  # the error RQ's work loop quit on (HoardWorker.work)
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -418,10 +436,8 @@ class _OutageInOneLine(logging.Filter):
             elif record.exc_info and record.exc_info[1] is not None:
                 self.quit_on = record.exc_info[1]
         if "could not connect to Redis instance" in str(record.msg):
-            now = time.monotonic()
-            if now - self.retry_said < RETRY_LOG_S:
+            if not self.retry_said():
                 return False
-            self.retry_said = now
         e = record.exc_info[1] if record.exc_info else None
         if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
             record.msg, record.args = f"{record.getMessage()} ({first_line(e)})", None

@@ -81,6 +81,21 @@ WORKER = textwrap.dedent("""
             raise ValueError("a scheduler's own error")
         RQScheduler.work = crash
 
+    if "scheduler-ends" in MODES:  # its scheduler process ends at once, as one a lost Redis ended (exit 0)
+        from rq.scheduler import RQScheduler
+        RQScheduler.work = lambda self: None
+
+    if "locks-refused" in MODES:  # Redis refuses the scheduler's lock once the worker has started (a failover
+        from rq.scheduler import RQScheduler  # between a heartbeat and that ask)
+        taken = RQScheduler.acquire_locks
+
+        def acquire_locks(self, *args, _n=[], **kwargs):
+            _n.append(1)
+            if len(_n) > 1:
+                raise redis.ReadOnlyError("You can't write against a read only replica.")
+            return taken(self, *args, **kwargs)
+        RQScheduler.acquire_locks = acquire_locks
+
     if "slow-unsubscribe" in MODES:  # the worker's main thread is set back (a loaded machine) right after it
         import time                   # asks Redis to end its command channel, before it stops the thread reading it
         from redis.client import PubSub
@@ -254,7 +269,7 @@ def test_a_worker_whose_redis_hangs_stops_on_sigterm(tmp_path: Path) -> None:
 def _busy_while_redis_stopped(tmp_path: Path, modes: str, fault: str = "stopped") -> Iterator[tuple[subprocess.Popen, int]]:
     """A worker in `modes` (with "busy") on a private Redis, its work horse running a job (until
     `tmp_path/done`), then that Redis stopped (or made a read-only replica, as a failover
-    does: `fault`): (the worker, its horse's pid). Both are killed afterwards if they still run
+    does; or left as it is: `fault` "none"): (the worker, its horse's pid). Both are killed afterwards if they still run
     (the horse is in a session of its own: RQ's calls setsid)."""
     rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
     rd.start()
@@ -267,7 +282,7 @@ def _busy_while_redis_stopped(tmp_path: Path, modes: str, fault: str = "stopped"
         horse = int((tmp_path / "horse").read_text())
         if fault == "read-only":
             rd.client().execute_command("REPLICAOF", "127.0.0.1", "1")  # (a primary that is not there)
-        else:
+        elif fault == "stopped":
             rd.stop()
         yield proc, horse
     finally:
@@ -379,6 +394,26 @@ def test_a_busy_worker_whose_redis_turns_read_only_watches_its_job(tmp_path: Pat
         log, _ = proc.communicate(timeout=60)
     assert watching and alive_after and proc.returncode == 0, log
     assert "Redis did not take its heartbeat (" in log and "read only replica" in log, log
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.services  # (starts a private Redis and a worker)
+def test_a_busy_worker_whose_scheduler_lock_is_refused_watches_its_job(tmp_path: Path) -> None:
+    """The start of a scheduler that had ended, from a busy worker's watch, asks Redis for its
+    lock; a refusal other than a lost connection (a read-only replica, an out-of-memory
+    Redis) raised out of the watch, and the worker quit with its job running unwatched."""
+    with _busy_while_redis_stopped(tmp_path, "busy,scheduler-ends,locks-refused", fault="none") as (proc, horse):
+        time.sleep(3)  # heartbeats every 1 s, the first of them trying the scheduler's start
+        watching = proc.poll() is None and pid_alive(horse)
+        (tmp_path / "done").touch()
+        wait_until(lambda: not pid_alive(horse))
+        time.sleep(1)
+        alive_after = proc.poll() is None
+        if alive_after:
+            os.kill(proc.pid, signal.SIGTERM)
+        log, _ = proc.communicate(timeout=60)
+    assert watching and alive_after and proc.returncode == 0, log
+    assert log.count("Redis refused its scheduler's lock (You can't write against a read only replica.)") == 1, log
     assert "Traceback" not in log, log
 
 
