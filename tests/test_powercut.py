@@ -458,3 +458,42 @@ def test_power_cut_right_after_a_group_is_acknowledged_while_the_next_is_written
     print(_summary(reports))
     assert [r.owed for r in reports] == sorted(r.owed for r in reports) and reports[-1].owed >= stops[-1]
     assert not _failures(reports), "\n".join(_failures(reports))
+
+
+def test_power_cut_right_after_an_action_ran_its_worker_keeps_what_parse_reads(
+        lab_factory, tmp_path: Path, servers, pg, redis_conn) -> None:
+    """An action's run step is recorded done only once its worker's output is on the disk: a
+    power cut right after it (the worker's files still in the page cache) left them empty or
+    missing, and parse read that — or, a cut after parse, store refused them as unlike what
+    parse had read (the chaos suite's power world). After the cut and the reboot every output
+    file holds what the worker wrote, and the run, resumed, is done with children of those
+    bytes."""
+    from hoardfs.jobs.actions import api
+    from hoardfs.jobs.actions.runner import _run_step_locked
+    from hoardfs.jobs.actions.state import load_state, read_work
+    from hoardfs.jobs.actions.steps import contract_of, roots_of
+    from tests.conftest import write_home
+    from tests.helpers import worker_contract
+    from tests.test_action_runs import action_home, hoard
+
+    lab = lab_factory(POWER_LAB[-1:], throttle=False, direct_io=True)
+    home = write_home(tmp_path, servers)
+    toml = home / "hoard.toml"
+    toml.write_text(toml.read_text().replace('root = "ssd"', f'root = "{lab.disks["ssd"].mountpoint}"'))
+    cfg, batch = action_home(home, pg, redis_conn, seed=131, items=4)
+    worker_contract(cfg, batch)
+    rid = api.submit(cfg, "thumbs", queue=False).state.run_id
+    for step in ("plan", "stage", "run"):
+        _run_step_locked(cfg, rid, step, then_enqueue=False)
+    st = load_state(cfg, rid)
+    out = roots_of(cfg, contract_of(cfg, st), st).output_root
+    wrote = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert len(wrote) == 5 and all(wrote.values()), wrote  # (4 thumbnails and edges.jsonl)
+    lab.reboot(lab.power_cut())  # nothing runs: no pause needed
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == wrote
+    res = hoard(cfg.source, "action", "resume", rid, "--here")
+    assert res.returncode == 0 and f"run {rid}: done" in res.stdout, res.stdout + res.stderr
+    stored = read_work(cfg, rid, "stored")
+    assert {str(p) for p in wrote if p.suffix == ".txt"} == set(stored), stored
+    assert all(size == len(wrote[Path(p)]) for p, (_sha, size) in stored.items()), stored

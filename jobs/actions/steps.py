@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -45,7 +46,7 @@ import psycopg
 
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode
-from hoardfs.base.files import flocked
+from hoardfs.base.files import flocked, syncfs, syncfs_fd
 from hoardfs.base.paths import display
 from hoardfs.datasets import layouts, stagefiles
 from hoardfs.fsd.core.layout import pin_path
@@ -323,6 +324,7 @@ def _step_run(cfg: Settings, st: RunState) -> None:
             st.waiting_since = now()
             st.report["external"] = execute.render(rs.instructions, roots, st.params) if rs.instructions else ""
         if execute.done_marker_present(c, roots):
+            syncfs(roots.output_root)  # what parse reads is on the disk before the step is done (run_attempts)
             st.report["run"] = {"external": True, "waited_s": round(since(st.waiting_since))}
             return
         waited = since(st.waiting_since)
@@ -358,15 +360,24 @@ def run_attempts(cfg: Settings, c: Contract, roots: execute.Roots, params: dict[
                  ended: Callable[[execute.Outcome], None] = lambda outcome: None) -> execute.Outcome:
     """The worker run on an emptied output root, again after a failure, up to 1 + `c.retries`
     times (here and on a --remote run's host, hoardfs.jobs.actions.remote); `ended(outcome)` after each
-    attempt. The last attempt's outcome: a success, or the failure that is the run's error line."""
+    attempt. The last attempt's outcome: a success, or the failure that is the run's error line.
+    A success's output is on the disk when it returns (syncfs: a power cut after the step was
+    recorded done otherwise left files parse then read empty or missing, or unlike what it
+    had read when store came), and a writeback error of it is raised (OSError)."""
     attempts = 1 + c.retries
     outcome: execute.Outcome | None = None
     for attempt in range(1, attempts + 1):
         _empty(roots.output_root)
-        outcome = execute.run_worker(c, roots, params, log_path=log_path(cfg, rid), heartbeat=heartbeat,
-                                     should_stop=should_stop, worker_user=cfg.actions.worker_user,
-                                     on_start=on_start, run_dir=cfg.ssd.zone_path("3C") / rid,
-                                     setup=embedded_setup(cfg))
+        fd = os.open(roots.output_root, os.O_RDONLY | os.O_DIRECTORY)  # (writeback errors seen from here on)
+        try:
+            outcome = execute.run_worker(c, roots, params, log_path=log_path(cfg, rid), heartbeat=heartbeat,
+                                         should_stop=should_stop, worker_user=cfg.actions.worker_user,
+                                         on_start=on_start, run_dir=cfg.ssd.zone_path("3C") / rid,
+                                         setup=embedded_setup(cfg))
+            if outcome.reason == "exited" and outcome.exit_code == 0:
+                syncfs_fd(fd, roots.output_root)
+        finally:
+            os.close(fd)
         ended(outcome)
         if outcome.reason == "exited" and outcome.exit_code == 0:
             break
