@@ -36,7 +36,7 @@ SUMMARIES: dict[str, str] = {'put': 'Store files: prints sha256, new/existing an
            "`[worker] heartbeat_s`; on the store's server it also runs the reaper, which queues again\n"
            'a job whose worker went silent (docs/scale-out.md). In the embedded default (no\n'
            'hoard-replicate.timer) it queues the replicate job every `[worker] replicate_every_s`.\n'
-           'SIGTERM or Ctrl-C: an idle worker stops within 2 s (a job it took meanwhile runs first), a\n'
+           'SIGTERM or Ctrl-C: an idle worker stops within 3 s (a job it took meanwhile runs first), a\n'
            'busy one once its job is done, its Redis gone or not; a second signal kills the job at\n'
            'once. Its scheduler process is given 10 s to stop, then killed. An idle worker whose Redis\n'
            'stops answering (or leaves a reply 30 s late) retries it every 2 s, saying so once a\n'

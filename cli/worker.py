@@ -30,7 +30,7 @@ def worker(
     `[worker] heartbeat_s`; on the store's server it also runs the reaper, which queues again
     a job whose worker went silent (docs/scale-out.md). In the embedded default (no
     hoard-replicate.timer) it queues the replicate job every `[worker] replicate_every_s`.
-    SIGTERM or Ctrl-C: an idle worker stops within 2 s (a job it took meanwhile runs first), a
+    SIGTERM or Ctrl-C: an idle worker stops within 3 s (a job it took meanwhile runs first), a
     busy one once its job is done, its Redis gone or not; a second signal kills the job at
     once. Its scheduler process is given 10 s to stop, then killed. An idle worker whose Redis
     stops answering (or leaves a reply 30 s late) retries it every 2 s, saying so once a
