@@ -5,6 +5,7 @@ health` name it. Real PostgreSQL, Redis, store and workers."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -131,4 +132,39 @@ def test_stage_refused_for_a_full_3c_says_free_space_then_resume(hoard_home: Pat
     cfg.source.write_text(toml)
     res = hoard(cfg.source, "action", "resume", rid, "--here")
     assert res.returncode == 0, res.stdout + res.stderr
+    assert_produced_once(cfg, base, rid, len(inputs_of(cfg, batch)))
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC], ids=["eio", "enospc"])
+def test_output_not_made_durable_fails_the_run_step_in_one_line_then_resume(
+        hoard_home: Path, pg, redis_conn, monkeypatch, err: int) -> None:
+    """The run step's syncfs of the worker's output (a failing SSD: EIO; a full one) fails the
+    step in one line that says the worker succeeded, what failed and the next step (exit 3 or
+    6); the state names no worker left (the resume would take it for one a dead runner left,
+    and stop it), and `hoard action resume RUN` runs the worker again and finishes the run."""
+    from hoardfs.jobs.actions import steps
+    from hoardfs.jobs.actions.runner import _run_step_locked
+
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=137, items=3)
+    worker_contract(cfg, batch)
+    base = counts(cfg)
+    rid = api.submit(cfg, "thumbs", queue=False).state.run_id
+    for step in ("plan", "stage"):
+        _run_step_locked(cfg, rid, step, then_enqueue=False)
+
+    def failing(fd: int, path: object) -> None:
+        raise OSError(err, os.strerror(err), str(path))
+
+    monkeypatch.setattr(steps, "syncfs_fd", failing)  # (the disk's answer; everything else is real)
+    with pytest.raises(Exception):
+        _run_step_locked(cfg, rid, "run", then_enqueue=False)
+    st = load_state(cfg, rid)
+    assert (st.status, st.step, st.worker) == ("failed", "run", None), st
+    assert st.report["run"]["exit_code"] == 0 and st.exit_code == (6 if err == errno.ENOSPC else 3), st
+    assert "\n" not in st.error and "the worker succeeded, but its output in" in st.error, st.error
+    assert os.strerror(err) in st.error and st.error.endswith(f"`hoard action resume {rid}` runs the worker again")
+    assert ("free space in zone 3C" if err == errno.ENOSPC else "check the SSD") in st.error, st.error
+    monkeypatch.undo()
+    res = hoard(cfg.source, "action", "resume", rid, "--here")
+    assert res.returncode == 0 and "ended" not in res.stderr, res.stdout + res.stderr
     assert_produced_once(cfg, base, rid, len(inputs_of(cfg, batch)))

@@ -32,6 +32,7 @@ resumes at that step.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ import psycopg
 
 from hoardfs.base.config import Settings
 from hoardfs.base.errors import ExitCode
-from hoardfs.base.files import flocked, syncfs, syncfs_fd
+from hoardfs.base.files import flocked, syncfs_fd
 from hoardfs.base.paths import display
 from hoardfs.datasets import layouts, stagefiles
 from hoardfs.fsd.core.layout import pin_path
@@ -324,7 +325,11 @@ def _step_run(cfg: Settings, st: RunState) -> None:
             st.waiting_since = now()
             st.report["external"] = execute.render(rs.instructions, roots, st.params) if rs.instructions else ""
         if execute.done_marker_present(c, roots):
-            syncfs(roots.output_root)  # what parse reads is on the disk before the step is done (run_attempts)
+            fd = os.open(roots.output_root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:  # what parse reads is on the disk before the step is done (run_attempts)
+                _output_durable(fd, roots.output_root, st.run_id)
+            finally:
+                os.close(fd)
             st.report["run"] = {"external": True, "waited_s": round(since(st.waiting_since))}
             return
         waited = since(st.waiting_since)
@@ -339,6 +344,8 @@ def _step_run(cfg: Settings, st: RunState) -> None:
 
     def ended(outcome: execute.Outcome) -> None:
         st.worker = None
+        st.report["run"] = {"reason": outcome.reason, "exit_code": outcome.exit_code,
+                            "seconds": round(outcome.seconds, 3)}
         save_state(cfg, st)
         if outcome.reason == "cancelled":
             raise Cancelled(f"run {st.run_id} was cancelled while its worker ran (stopped after "
@@ -347,7 +354,6 @@ def _step_run(cfg: Settings, st: RunState) -> None:
     outcome = run_attempts(cfg, c, roots, st.params, st.run_id, heartbeat=lambda: beat(cfg, st.run_id),
                            should_stop=lambda: cancel_flag(cfg, st.run_id).exists(),
                            on_start=lambda pid, start: _worker_started(cfg, st, pid, start), ended=ended)
-    st.report["run"] = {"reason": outcome.reason, "exit_code": outcome.exit_code, "seconds": round(outcome.seconds, 3)}
     if not (outcome.reason == "exited" and outcome.exit_code == 0):
         raise ActionError(f"run {st.run_id}: {_why(outcome, c)} ({attempts} attempt{'s' * (attempts > 1)}); its log: "
                           f"{log_path(cfg, st.run_id)}; the output is kept in {roots.output_root} — fix the worker, "
@@ -374,17 +380,32 @@ def run_attempts(cfg: Settings, c: Contract, roots: execute.Roots, params: dict[
                                          should_stop=should_stop, worker_user=cfg.actions.worker_user,
                                          on_start=on_start, run_dir=cfg.ssd.zone_path("3C") / rid,
                                          setup=embedded_setup(cfg))
+            ended(outcome)
             if outcome.reason == "exited" and outcome.exit_code == 0:
-                syncfs_fd(fd, roots.output_root)
+                _output_durable(fd, roots.output_root, rid)
         finally:
             os.close(fd)
-        ended(outcome)
         if outcome.reason == "exited" and outcome.exit_code == 0:
             break
         if attempt < attempts:  # the last one's failure is the run's error line
             log.info("run %s: attempt %d of %d: %s; trying again", rid, attempt, attempts, _why(outcome, c))
     assert outcome is not None
     return outcome
+
+
+def _output_durable(fd: int, root: Path, rid: str) -> None:
+    """syncfs of the file system holding the output root `root` (open as `fd`): a writeback
+    error (a failing SSD) or a full one is the run's one line, naming what failed — the worker
+    itself succeeded — and the resume, which runs it again."""
+    try:
+        syncfs_fd(fd, root)
+    except OSError as e:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise ActionError(f"run {rid}: the worker succeeded, but its output in {display(str(root))} could not be "
+                          f"written to the disk ({e.strerror}); "
+                          + ("free space in zone 3C (`hoard zones`)" if full else "check the SSD (`hoard health`)")
+                          + f", then {resume_line(rid)} runs the worker again",
+                          ExitCode.NO_SPACE if full else ExitCode.UNAVAILABLE) from None
 
 
 def _worker_started(cfg: Settings, st: RunState, pid: int, start: int) -> None:
