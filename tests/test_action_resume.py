@@ -144,6 +144,7 @@ def test_output_not_made_durable_fails_the_run_step_in_one_line_then_resume(
     and stop it), and `hoard action resume RUN` runs the worker again and finishes the run."""
     from hoardfs.jobs.actions import steps
     from hoardfs.jobs.actions.runner import _run_step_locked
+    from hoardfs.jobs.actions.state import ActionError
 
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=137, items=3)
     worker_contract(cfg, batch)
@@ -156,7 +157,7 @@ def test_output_not_made_durable_fails_the_run_step_in_one_line_then_resume(
         raise OSError(err, os.strerror(err), str(path))
 
     monkeypatch.setattr(steps, "syncfs_fd", failing)  # (the disk's answer; everything else is real)
-    with pytest.raises(Exception):
+    with pytest.raises(ActionError):
         _run_step_locked(cfg, rid, "run", then_enqueue=False)
     st = load_state(cfg, rid)
     assert (st.status, st.step, st.worker) == ("failed", "run", None), st
