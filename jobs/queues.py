@@ -369,6 +369,18 @@ class HoardWorker(GuardedWorker, Worker):
                                            exception_handler=self._pubsub_exception_handler)
         self.pubsub_thread = thread  # type: ignore[assignment]  # (RQ declares it None)
 
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+        """RQ's, for an error of the command thread: a Redis that does not answer is tried
+        again, hung (TimeoutError) as well as gone — RQ let the thread end on a timeout (a Redis
+        back but hanging in the handshake), and the worker obeyed no command (shutdown,
+        kill-horse) for good. Said as RQ says a lost one (once a minute: _OutageInOneLine)."""
+        if isinstance(exc, redis.TimeoutError):
+            self.log.error("Worker %s: could not connect to Redis instance: %s retrying in %d seconds...",
+                           self.name, exc, 2)
+            time.sleep(2.0)
+            return
+        super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+
     def teardown(self) -> None:
         """RQ's, but for a worker whose wait ended on a Redis that does not answer: its
         scheduler stopped, nothing more asked of that Redis (each ask waits REDIS_REPLY_S for
@@ -420,7 +432,7 @@ class HoardWorker(GuardedWorker, Worker):
 
 class _OutageInOneLine(logging.Filter):
     """RQ's work loop logs any exception it quits on with its traceback ("found an unhandled
-    exception, quitting..."): Redis stopping while a job runs is no bug — one line, the
+    exception, quitting..."): Redis stopping (or turning a read-only replica) is no bug — one line, the
     error's first line appended; `hoard worker` then says what to do (exit 3). RQ's wait says
     "could not connect to Redis instance" at each try (every STOP_CHECK_S): once in RETRY_LOG_S."""
 
@@ -439,7 +451,8 @@ class _OutageInOneLine(logging.Filter):
             if not self.retry_said():
                 return False
         e = record.exc_info[1] if record.exc_info else None
-        if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+        if isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)) or (
+                isinstance(e, redis.ResponseError) and str(e).startswith("UNBLOCKED")):  # (its wait, cut by a failover)
             record.msg, record.args = f"{record.getMessage()} ({first_line(e)})", None
             record.exc_info = record.exc_text = None
         return True

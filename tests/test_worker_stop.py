@@ -417,6 +417,40 @@ def test_a_busy_worker_whose_scheduler_lock_is_refused_watches_its_job(tmp_path:
     assert "Traceback" not in log, log
 
 
+@pytest.mark.services  # (starts a private Redis and a worker)
+def test_the_command_thread_outlives_a_redis_that_hangs_as_it_returns(tmp_path: Path) -> None:
+    """RQ's command thread (pubsub: shutdown, kill-horse) tries a lost Redis again, but ended
+    on a timeout — a Redis back, then hanging in the thread's handshake — and the worker then
+    obeyed no command for good. Here it is subscribed again once Redis answers, and a
+    shutdown command stops it."""
+    from rq.command import send_shutdown_command
+
+    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
+    rd.start()
+    proc = _start(f"unix://{rd.socket}", "short-replies")  # (replies given up after 3 s)
+    pid = None
+    try:
+        wait_until(lambda: _idle(rd.client()))
+        rd.stop()
+        time.sleep(3)
+        rd.start()
+        pid = int(rd.client().info("server")["process_id"])
+        os.kill(pid, signal.SIGSTOP)  # back, then hanging: the thread's handshake times out
+        time.sleep(8)
+        os.kill(pid, signal.SIGCONT)
+        conn = rd.client()
+        wait_until(lambda: conn.pubsub_numsub("rq:pubsub:stopper") == [(b"rq:pubsub:stopper", 1)], timeout=30)
+        send_shutdown_command(conn, "stopper")
+        log = _stopped(proc, conn, 10 * STOP_CHECK_S)
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        _kill(proc)
+        rd.stop()
+    assert "pubsub thread exiting" not in log and "Traceback" not in log, log
+
+
 @pytest.mark.parametrize("error", [redis.TimeoutError("Timeout reading from socket"),
                                    redis.ReadOnlyError("You can't write against a read only replica.")],
                          ids=["timeout", "read-only"])
@@ -432,6 +466,29 @@ def test_a_worker_that_quits_on_an_error_raises_it(redis_conn: redis.Redis, erro
     worker = Quitting([rq_queue("sql", redis_conn)], connection=redis_conn, name="quitting")
     with pytest.raises(type(error)):
         worker.work(burst=True, with_scheduler=False)
+
+
+@pytest.mark.expect_log(r"found an unhandled exception, quitting\.\.\. \(", level="ERROR")
+@pytest.mark.expect_log(r"Scheduler \(pid \d+\) stopped: Redis refused it \(", level="ERROR")
+def test_an_idle_worker_whose_redis_turns_read_only_says_so_in_one_line(tmp_path: Path, servers) -> None:
+    """A Redis made a read-only replica under an idle worker: RQ's loop quits on the refused
+    heartbeat with a traceback ("found an unhandled exception, quitting..."); one line instead,
+    and `hoard worker`'s own (exit 3)."""
+    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
+    rd.start()
+    home = write_home(tmp_path, {**servers, "redis_url": f"unix://{rd.socket}"})
+    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(home / "hoard.toml"), "worker",
+                             "--queues", "sql"], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: _in_its_wait(rd))
+        rd.client().execute_command("REPLICAOF", "127.0.0.1", "1")
+        log, _ = proc.communicate(timeout=60)
+    finally:
+        _kill(proc)
+        rd.stop()
+    assert proc.returncode == 3 and f"Redis at unix://{rd.socket} refuses writes (" in log, log
+    assert "Traceback" not in log, log
 
 
 def test_a_worker_on_a_read_only_redis_says_so_in_one_line(tmp_path: Path, servers) -> None:
