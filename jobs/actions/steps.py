@@ -369,7 +369,8 @@ def run_attempts(cfg: Settings, c: Contract, roots: execute.Roots, params: dict[
     attempt. The last attempt's outcome: a success, or the failure that is the run's error line.
     A success's output is on the disk when it returns (syncfs: a power cut after the step was
     recorded done otherwise left files parse then read empty or missing, or unlike what it
-    had read when store came), and a writeback error of it is raised (OSError)."""
+    had read when store came); a writeback error of it, or a full SSD, is the ActionError
+    `_output_durable` raises."""
     attempts = 1 + c.retries
     outcome: execute.Outcome | None = None
     for attempt in range(1, attempts + 1):
