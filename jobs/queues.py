@@ -194,7 +194,7 @@ class HoardWorker(GuardedWorker, Worker):
         self._waiting = False  # inside one of RQ's waits for a job (`_wait_once`)
         self._taken = False  # and that wait took a job off its queue
         self._unanswered: BaseException | None = None  # the Redis error a stop request ended a wait on
-        self._revived_at = -math.inf  # when `_revive_scheduler` last tried
+        self._revive_due = _OncePer(SCHEDULER_REVIVE_S)  # `_revive_scheduler`'s tries
         self._busy_said = _OncePer(RETRY_LOG_S)  # `_unwatched_heartbeat`'s line
         self._refused_said = _OncePer(RETRY_LOG_S)  # `_revive_scheduler`'s
         outage = [f for f in self.log.filters if isinstance(f, _OutageInOneLine)]
@@ -342,9 +342,8 @@ class HoardWorker(GuardedWorker, Worker):
             return
         if proc.exitcode > 0:  # it crashed on an error of its own (logged): left to RQ's maintenance, not a loop
             return
-        if time.monotonic() - self._revived_at < SCHEDULER_REVIVE_S:
+        if not self._revive_due():
             return
-        self._revived_at = time.monotonic()
         try:
             if self.scheduler.acquire_locks() and not self._stop_requested:
                 self.scheduler.start()
@@ -374,11 +373,8 @@ class HoardWorker(GuardedWorker, Worker):
         again, hung (TimeoutError) as well as gone — RQ let the thread end on a timeout (a Redis
         back but hanging in the handshake), and the worker obeyed no command (shutdown,
         kill-horse) for good. Said as RQ says a lost one (once a minute: _OutageInOneLine)."""
-        if isinstance(exc, redis.TimeoutError):
-            self.log.error("Worker %s: could not connect to Redis instance: %s retrying in %d seconds...",
-                           self.name, exc, 2)
-            time.sleep(2.0)
-            return
+        if isinstance(exc, redis.TimeoutError):  # (RQ's retry: its line, then 2 s asleep)
+            exc = redis.ConnectionError(str(exc))
         super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
 
     def teardown(self) -> None:

@@ -156,6 +156,18 @@ def _stopped(proc: subprocess.Popen, conn: redis.Redis, within: float) -> str:
     return log
 
 
+def _hoard_worker_on_its_redis(tmp_path: Path, servers) -> tuple[PrivateRedis, subprocess.Popen]:
+    """A private Redis under `tmp_path`, and `hoard worker --queues sql` on it (in a session of
+    its own, its log on stdout)."""
+    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
+    rd.start()
+    home = write_home(tmp_path, {**servers, "redis_url": f"unix://{rd.socket}"})
+    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(home / "hoard.toml"), "worker",
+                             "--queues", "sql"], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return rd, proc
+
+
 def test_an_idle_worker_stops_on_one_sigterm(servers, redis_conn: redis.Redis) -> None:
     proc = _start(servers["redis_url"], "wait")
     wait_until(lambda: _idle(redis_conn))
@@ -213,12 +225,7 @@ def test_a_scheduler_that_does_not_stop_is_killed_and_the_worker_stops(servers, 
 def test_a_worker_whose_redis_is_gone_stops_on_sigterm(tmp_path: Path, servers) -> None:
     """RQ's wait for a job retries a Redis that does not answer for good, sleeping up to 60 s a
     try, and never looks at a stop request: `hoard worker` ignored SIGTERM."""
-    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
-    rd.start()
-    home = write_home(tmp_path, {**servers, "redis_url": f"unix://{rd.socket}"})
-    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(home / "hoard.toml"), "worker",
-                             "--queues", "sql"], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rd, proc = _hoard_worker_on_its_redis(tmp_path, servers)
     try:
         wait_until(lambda: _in_its_wait(rd))
         time.sleep(0.5)  # (past its start's maintenance: Redis gone there ends it — RQ's, as at any step but the wait)
@@ -474,12 +481,7 @@ def test_an_idle_worker_whose_redis_turns_read_only_says_so_in_one_line(tmp_path
     """A Redis made a read-only replica under an idle worker: RQ's loop quits on the refused
     heartbeat with a traceback ("found an unhandled exception, quitting..."); one line instead,
     and `hoard worker`'s own (exit 3)."""
-    rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
-    rd.start()
-    home = write_home(tmp_path, {**servers, "redis_url": f"unix://{rd.socket}"})
-    proc = subprocess.Popen([sys.executable, "-m", "hoardfs", "--config", str(home / "hoard.toml"), "worker",
-                             "--queues", "sql"], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rd, proc = _hoard_worker_on_its_redis(tmp_path, servers)
     try:
         wait_until(lambda: _in_its_wait(rd))
         rd.client().execute_command("REPLICAOF", "127.0.0.1", "1")
